@@ -1,0 +1,1 @@
+"""Generated gRPC stubs (private): regenerate with `python -m replay._proto.generate`."""

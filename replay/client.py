@@ -1,0 +1,464 @@
+"""`ReplayClient`: the Python face of one replay shard.
+
+    client = ReplayClient("127.0.0.1:7001")
+    client.insert({"obs": obs, "action": action, ...})   # streamed; returns at once
+    client.flush()                                      # waits for acks; raises a batch's error
+    s = client.sample(256)                              # s.data, s.keys, s.probabilities, s.weights
+    client.update_priorities(s.keys, new_priorities)
+
+Inserts ride one long-lived bidirectional stream: `insert` encodes the batch, queues it and
+returns; the server acknowledges each batch in order. At most `max_in_flight` batches are
+unacknowledged at once, so a writer slows down when the shard (or its rate limiter) does. An error
+in batch k (bad input, rate-limiter deadline) is raised by the next `insert` or `flush` call.
+
+Every call retries UNAVAILABLE with capped exponential backoff for up to `retry_for_s` seconds;
+the insert stream reconnects and re-sends unacknowledged batches, which the server deduplicates by
+(writer id, sequence). The client pickles as its address alone, so it can be handed to another
+process (a Ray actor) and reconnects there.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import queue
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from replay import codec
+from replay._proto import replay_pb2, replay_pb2_grpc
+from replay.errors import (
+    DeadlineExceededError,
+    InvalidBatchError,
+    ReplayError,
+    ReplayUnavailableError,
+)
+from replay.server import grpc_options
+from replay.spec import Spec
+
+_END = object()
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled batch. Arrays are read-only views of the received bytes."""
+
+    data: dict[str, np.ndarray]
+    """Column name -> array of shape [batch_size, *item_shape]."""
+    keys: np.ndarray
+    """uint64 keys to pass back to `update_priorities`."""
+    probabilities: np.ndarray
+    """Probability with which each item was drawn from its table."""
+    weights: np.ndarray
+    """Importance weights (N * P)^-beta, normalised by the batch maximum."""
+    table_size: int
+    """Items in the table when the sample was drawn."""
+    priority_mass: float
+    """Sum of priority^alpha in the table when the sample was drawn."""
+
+
+@dataclass(frozen=True)
+class RateLimiterState:
+    """The shard's rate limiter (see replay/rate_limiter.py for the semantics)."""
+
+    samples_per_insert: float | None
+    min_size: int
+    min_diff: float
+    max_diff: float
+    diff: float
+    waiting_inserts: int
+    waiting_samples: int
+    insert_wait_seconds: float
+    sample_wait_seconds: float
+
+
+@dataclass(frozen=True)
+class ReplayInfo:
+    """What `info()` reports of one shard."""
+
+    address: str
+    shard_id: int
+    size: int
+    capacity: int
+    inserts: int
+    samples: int
+    priority_mass: float
+    dropped_priority_updates: int
+    rejected_batches: int
+    selector: str
+    spec: Spec
+    rate_limiter: RateLimiterState
+    checkpoint_sequence: int
+
+
+@dataclass(frozen=True)
+class PriorityUpdateResult:
+    """Outcome of `update_priorities`."""
+
+    applied: int
+    dropped_stale: int
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    """Outcome of `checkpoint`."""
+
+    path: str
+    size: int
+    sequence: int
+
+
+def _typed_error(err: grpc.RpcError, address: str, what: str) -> ReplayError:
+    code, details = err.code(), err.details()
+    text = f"{what} on {address}: {details}"
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidBatchError(text)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceededError(text)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ReplayUnavailableError(f"replay shard {address} unavailable during {what}: {details}")
+    return ReplayError(f"{text} ({code.name})")
+
+
+class _Backoff:
+    """Capped exponential backoff with jitter, giving up after `budget_s` seconds."""
+
+    def __init__(self, budget_s: float, initial_s: float = 0.05, cap_s: float = 2.0):
+        self._deadline = time.monotonic() + budget_s
+        self._delay = initial_s
+        self._cap = cap_s
+
+    def sleep(self) -> bool:
+        """Sleeps before the next try; False once the budget is spent."""
+        delay = self._delay * random.uniform(0.5, 1.0)
+        if time.monotonic() + delay > self._deadline:
+            return False
+        time.sleep(delay)
+        self._delay = min(self._delay * 2, self._cap)
+        return True
+
+
+class _InsertStream:
+    """One bidirectional Insert stream with a bounded window of unacknowledged batches."""
+
+    def __init__(self, client: ReplayClient):
+        self._client = client
+        self._cond = threading.Condition()
+        self._pending: collections.deque[replay_pb2.InsertRequest] = collections.deque()
+        self._errors: list[ReplayError] = []
+        self._queue: queue.SimpleQueue | None = None
+        self._reader: threading.Thread | None = None
+        self._writer_id = random.getrandbits(63)
+        self._sequence = 0
+        self._closing = False
+
+    def send(self, request: replay_pb2.InsertRequest) -> None:
+        with self._cond:
+            self._raise_error()
+            while len(self._pending) >= self._client.max_in_flight and not self._errors:
+                self._cond.wait()
+            self._raise_error()
+            self._sequence += 1
+            request.writer_id, request.sequence = self._writer_id, self._sequence
+            self._pending.append(request)
+            if self._queue is None:
+                self._open_locked()
+            else:
+                self._queue.put(request)
+
+    def flush(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending and not self._errors:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise DeadlineExceededError(
+                        f"flush to {self._client.address}: {len(self._pending)} batches still unacknowledged "
+                        f"after {timeout}s"
+                    )
+                self._cond.wait(remaining)
+            self._raise_error()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            if self._queue is not None:
+                self._queue.put(_END)
+            reader = self._reader
+        if reader is not None:
+            reader.join(timeout=10)
+
+    def _raise_error(self) -> None:
+        if self._errors:
+            raise self._errors.pop(0)
+
+    def _open_locked(self, backoff: _Backoff | None = None) -> None:
+        """Starts a new call and reader, (re-)sending every pending batch first."""
+        self._queue = queue.SimpleQueue()
+        for request in self._pending:
+            self._queue.put(request)
+        call = self._client._stub().Insert(iter(self._queue.get, _END))
+        self._reader = threading.Thread(target=self._read, args=(call, backoff), name="replay-insert-acks", daemon=True)
+        self._reader.start()
+
+    def _read(self, call, backoff: _Backoff | None) -> None:
+        while True:
+            try:
+                for response in call:
+                    backoff = None
+                    with self._cond:
+                        request = self._pending.popleft()
+                        if response.code:
+                            self._errors.append(self._batch_error(request, response))
+                        self._cond.notify_all()
+                return
+            except grpc.RpcError as err:
+                with self._cond:
+                    if self._closing:
+                        return
+                    old_queue, self._queue = self._queue, None
+                    old_queue.put(_END)  # frees the thread gRPC used to drain it
+                    retry = err.code() == grpc.StatusCode.UNAVAILABLE
+                if retry:
+                    backoff = backoff or _Backoff(self._client.retry_for_s)
+                    if backoff.sleep():
+                        with self._cond:
+                            if self._closing:
+                                return
+                            self._open_locked(backoff)
+                        return  # the new reader takes over
+                with self._cond:
+                    self._errors.append(_typed_error(err, self._client.address, f"insert stream ({len(self._pending)} batches lost)"))
+                    self._pending.clear()
+                    self._cond.notify_all()
+                return
+
+    def _batch_error(self, request, response) -> ReplayError:
+        items = next(iter(request.batch.columns.values())).shape[0] if request.batch.columns else 0
+        text = f"insert batch #{request.sequence} ({items} items) to {self._client.address}: {response.message}"
+        if response.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]:
+            error = DeadlineExceededError(text)
+            error.inserted = response.inserted
+            return error
+        if response.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]:
+            return InvalidBatchError(text)
+        return ReplayError(f"{text} (code {response.code})")
+
+
+class ReplayClient:
+    """Client of one replay shard at `address` ("host:port").
+
+    Args:
+        address: the shard's gRPC address.
+        max_in_flight: unacknowledged insert batches allowed before `insert` blocks.
+        max_batch_mb: `insert` splits batches larger than this into several messages.
+        retry_for_s: how long calls retry UNAVAILABLE before raising ReplayUnavailableError.
+        max_message_mb: gRPC message size limit; must cover the largest sample response.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        max_in_flight: int = 32,
+        max_batch_mb: float = 16.0,
+        retry_for_s: float = 30.0,
+        max_message_mb: int = 512,
+    ):
+        self.address = address
+        self.max_in_flight = max_in_flight
+        self.max_batch_bytes = int(max_batch_mb * 1024 * 1024)
+        self.retry_for_s = retry_for_s
+        self._max_message_mb = max_message_mb
+        self._lock = threading.Lock()
+        self._channel: grpc.Channel | None = None
+        self._stub_obj: replay_pb2_grpc.ReplayServiceStub | None = None
+        self._stream: _InsertStream | None = None
+
+    def __reduce__(self):
+        return (type(self), (self.address,))
+
+    def __repr__(self) -> str:
+        return f"ReplayClient({self.address!r})"
+
+    def _stub(self) -> replay_pb2_grpc.ReplayServiceStub:
+        with self._lock:
+            if self._stub_obj is None:
+                self._channel = grpc.insecure_channel(self.address, options=grpc_options(self._max_message_mb))
+                self._stub_obj = replay_pb2_grpc.ReplayServiceStub(self._channel)
+            return self._stub_obj
+
+    def _call(self, method: str, request, what: str, timeout: float | None = None):
+        backoff = _Backoff(self.retry_for_s)
+        while True:
+            try:
+                return getattr(self._stub(), method)(request, timeout=timeout)
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.UNAVAILABLE and backoff.sleep():
+                    continue
+                raise _typed_error(err, self.address, what) from None
+
+    # -- inserts ---------------------------------------------------------------------------------
+
+    def insert(self, batch: Mapping[str, np.ndarray], timeout: float | None = None) -> None:
+        """Streams a batch (arrays with a leading batch dimension) to the shard; returns at once.
+
+        Large batches are split into messages of at most `max_batch_mb`. An optional float64
+        `priority` column sets initial priorities.
+
+        Args:
+            batch: column name -> array.
+            timeout: seconds the batch may wait for the shard's rate limiter; None waits.
+
+        Raises:
+            InvalidBatchError / DeadlineExceededError: for an *earlier* batch that the shard
+                rejected or that timed out (see `flush`).
+            ReplayUnavailableError: the shard stayed unreachable for `retry_for_s`.
+        """
+        arrays = {name: np.asarray(value) for name, value in batch.items()}
+        timeout_ms = 0 if timeout is None else max(1, int(math.ceil(timeout * 1000)))
+        with self._lock:
+            if self._stream is None:
+                self._stream = _InsertStream(self)
+            stream = self._stream
+        for piece in self._split(arrays):
+            request = replay_pb2.InsertRequest(timeout_ms=timeout_ms)
+            codec.encode_batch(piece, request.batch)
+            stream.send(request)
+
+    def _split(self, arrays: dict[str, np.ndarray]):
+        lengths = {a.shape[0] if a.ndim else -1 for a in arrays.values()}
+        nbytes = sum(a.nbytes for a in arrays.values())
+        if len(lengths) != 1 or nbytes <= self.max_batch_bytes:
+            yield arrays  # malformed batches go whole, for the server to name the problem
+            return
+        (length,) = lengths
+        step = max(1, int(length * self.max_batch_bytes // nbytes))
+        for start in range(0, length, step):
+            yield {name: a[start : start + step] for name, a in arrays.items()}
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Waits until every inserted batch is acknowledged.
+
+        Raises:
+            InvalidBatchError: the shard rejected a batch (named by its sequence number).
+            DeadlineExceededError: a batch's rate-limiter timeout passed, or this flush's did.
+            ReplayUnavailableError: the shard stayed unreachable.
+        """
+        if self._stream is not None:
+            self._stream.flush(timeout)
+
+    # -- samples and priorities ------------------------------------------------------------------
+
+    def sample(self, batch_size: int, *, beta: float | None = None, timeout: float | None = None) -> Sample:
+        """Draws one batch of `batch_size` items (waits for min_size / the rate limiter).
+
+        Raises:
+            DeadlineExceededError: nothing could be sampled within `timeout` seconds.
+        """
+        return self.sample_batches(batch_size, 1, beta=beta, timeout=timeout)[0]
+
+    def sample_batches(
+        self, batch_size: int, num_batches: int, *, beta: float | None = None, timeout: float | None = None
+    ) -> list[Sample]:
+        """Draws `num_batches` batches in one round trip (each stratified on its own)."""
+        if batch_size < 1 or num_batches < 1:
+            raise InvalidBatchError(f"batch_size and num_batches must be >= 1, got {batch_size} and {num_batches}")
+        request = replay_pb2.SampleRequest(
+            batch_size=batch_size,
+            num_batches=num_batches,
+            beta=-1.0 if beta is None else beta,
+            timeout_ms=0 if timeout is None else max(1, int(math.ceil(timeout * 1000))),
+        )
+        # The server enforces `timeout` and says why; the gRPC deadline only guards a lost server.
+        response = self._call("Sample", request, f"sample({batch_size}x{num_batches})", None if timeout is None else timeout + 10)
+        data = codec.decode_batch(response.batch)
+        keys = codec.decode_tensor(response.keys, "keys")
+        probabilities = codec.decode_tensor(response.probabilities, "probabilities")
+        weights = codec.decode_tensor(response.weights, "weights")
+        samples = []
+        for i in range(num_batches):
+            part = slice(i * batch_size, (i + 1) * batch_size)
+            samples.append(
+                Sample(
+                    data={name: column[part] for name, column in data.items()},
+                    keys=keys[part],
+                    probabilities=probabilities[part],
+                    weights=weights[part],
+                    table_size=response.table_size,
+                    priority_mass=response.priority_mass,
+                )
+            )
+        return samples
+
+    def update_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> PriorityUpdateResult:
+        """Sets new priorities for sampled keys; keys of overwritten items are dropped and counted.
+
+        Raises:
+            InvalidBatchError: lengths differ or a priority is negative or not finite (nothing
+                applied).
+        """
+        request = replay_pb2.UpdatePrioritiesRequest()
+        codec.encode_tensor(np.asarray(keys, dtype=np.uint64), request.keys)
+        codec.encode_tensor(np.asarray(priorities, dtype=np.float64), request.priorities)
+        response = self._call("UpdatePriorities", request, "update_priorities")
+        return PriorityUpdateResult(applied=response.applied, dropped_stale=response.dropped_stale)
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def info(self, timeout: float | None = None) -> ReplayInfo:
+        """Size, counters, priority mass and rate-limiter state of the shard."""
+        r = self._call("Info", replay_pb2.InfoRequest(), "info", timeout)
+        limiter = r.rate_limiter
+        return ReplayInfo(
+            address=self.address,
+            shard_id=r.shard_id,
+            size=r.size,
+            capacity=r.capacity,
+            inserts=r.inserts,
+            samples=r.samples,
+            priority_mass=r.priority_mass,
+            dropped_priority_updates=r.dropped_priority_updates,
+            rejected_batches=r.rejected_batches,
+            selector=r.selector,
+            spec=Spec.from_json(r.spec_json),
+            checkpoint_sequence=r.checkpoint_sequence,
+            rate_limiter=RateLimiterState(
+                samples_per_insert=limiter.samples_per_insert or None,
+                min_size=limiter.min_size,
+                min_diff=limiter.min_diff,
+                max_diff=limiter.max_diff,
+                diff=limiter.diff,
+                waiting_inserts=limiter.waiting_inserts,
+                waiting_samples=limiter.waiting_samples,
+                insert_wait_seconds=limiter.insert_wait_seconds,
+                sample_wait_seconds=limiter.sample_wait_seconds,
+            ),
+        )
+
+    def checkpoint(self) -> CheckpointResult:
+        """Asks the shard to write a checkpoint now; returns where."""
+        r = self._call("Checkpoint", replay_pb2.CheckpointRequest(), "checkpoint")
+        return CheckpointResult(path=r.path, size=r.size, sequence=r.sequence)
+
+    def close(self) -> None:
+        """Ends the insert stream (after pending acks) and the channel."""
+        with self._lock:
+            stream, self._stream = self._stream, None
+            channel, self._channel, self._stub_obj = self._channel, None, None
+        if stream is not None:
+            stream.close()
+        if channel is not None:
+            channel.close()
+
+    def __enter__(self) -> ReplayClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

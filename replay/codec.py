@@ -1,0 +1,58 @@
+"""Conversion between numpy arrays and the wire's `Tensor`/`Batch` messages (raw bytes, no pickle)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from replay._proto import replay_pb2
+from replay.errors import InvalidBatchError
+
+
+def encode_tensor(value: np.ndarray, tensor: replay_pb2.Tensor) -> replay_pb2.Tensor:
+    """Fills `tensor` with the dtype, shape and little-endian bytes of `value`."""
+    array = np.asarray(value)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    tensor.dtype = array.dtype.name
+    tensor.shape[:] = array.shape
+    tensor.data = array.tobytes()
+    return tensor
+
+
+def decode_tensor(tensor: replay_pb2.Tensor, name: str) -> np.ndarray:
+    """A read-only array viewing the tensor's bytes.
+
+    Raises:
+        InvalidBatchError: naming `name`, for an unknown dtype or a byte count that does not match
+            dtype and shape.
+    """
+    try:
+        dtype = np.dtype(tensor.dtype).newbyteorder("<")
+    except TypeError as exc:
+        raise InvalidBatchError(f"column {name!r}: unknown dtype {tensor.dtype!r}") from exc
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise InvalidBatchError(f"column {name!r}: dtype {tensor.dtype!r} is not a numeric dtype")
+    shape = tuple(tensor.shape)
+    if not shape or any(d < 0 for d in shape):
+        raise InvalidBatchError(f"column {name!r}: shape {list(shape)} lacks a batch dimension")
+    data = tensor.data
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) != expected:
+        raise InvalidBatchError(
+            f"column {name!r}: {len(data)} bytes, expected {expected} for shape {list(shape)} of {dtype.name}"
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def encode_batch(columns: Mapping[str, np.ndarray], batch: replay_pb2.Batch) -> replay_pb2.Batch:
+    """Packs arrays with a leading batch dimension into `batch`."""
+    for name, value in columns.items():
+        encode_tensor(value, batch.columns[name])
+    return batch
+
+
+def decode_batch(batch: replay_pb2.Batch) -> dict[str, np.ndarray]:
+    """Unpacks a Batch into read-only arrays (views of the message's bytes)."""
+    return {name: decode_tensor(tensor, name) for name, tensor in batch.columns.items()}

@@ -1,0 +1,92 @@
+"""`ReplayConfig`: every setting of one replay shard, documented once for code, YAML and --help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Settings of a replay shard (the `replay` section of a run config)."""
+
+    capacity: int = 100_000
+    """Items held per shard; the oldest item is evicted first beyond it."""
+
+    selector: Literal["uniform", "prioritized"] = "prioritized"
+    """How samples pick items: "uniform", or "prioritized" (proportional to priority**alpha)."""
+
+    alpha: float = 0.6
+    """Priority exponent of the prioritized selector, in [0, 1] (0 is uniform)."""
+
+    beta: float = 0.4
+    """Importance-sampling exponent used when a sample request does not name one."""
+
+    samples_per_insert: float | None = None
+    """Target ratio of sampled to inserted items enforced per shard (Reverb-style); null: none."""
+
+    min_size: int = 1
+    """Items that must have been inserted before the first sample is allowed."""
+
+    error_buffer: float | None = None
+    """Slack around samples_per_insert, in items; null picks max(1024, 2*max(1,spi), 0.1*spi*min_size)."""
+
+    checkpoint_dir: str | None = None
+    """Folder for checkpoints (restored at start, written on request, periodically and on SIGTERM)."""
+
+    checkpoint_every_s: float | None = None
+    """Seconds between periodic checkpoints; null: only on request and at shutdown."""
+
+    host: str = "127.0.0.1"
+    """Address the gRPC server and /metrics bind to."""
+
+    port: int = 0
+    """gRPC port; 0 picks a free one."""
+
+    metrics_port: int | None = None
+    """Port of the Prometheus /metrics endpoint; 0 picks a free one; null: no endpoint."""
+
+    shard_id: int = 0
+    """This shard's id (0..1023), encoded into every key it hands out."""
+
+    max_message_mb: int = 512
+    """Largest gRPC message accepted or sent, in MiB (an Atari batch of 256 is about 15 MiB)."""
+
+    max_workers: int = 64
+    """gRPC handler threads: one per concurrent stream or blocked call."""
+
+    seed: int | None = None
+    """Seed of the sampling RNG; null: from OS entropy."""
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> None:
+            raise ValueError(f"{field}={getattr(self, field)!r}: {why}")
+
+        if self.capacity < 1:
+            bad("capacity", "must be >= 1")
+        if self.selector not in ("uniform", "prioritized"):
+            bad("selector", "must be 'uniform' or 'prioritized'")
+        if not 0.0 <= self.alpha <= 1.0:
+            bad("alpha", "must be in [0, 1]")
+        if self.beta < 0.0:
+            bad("beta", "must be >= 0")
+        if self.samples_per_insert is not None and not self.samples_per_insert > 0:
+            bad("samples_per_insert", "must be > 0, or null for no ratio")
+        if self.min_size < 1:
+            bad("min_size", "must be >= 1")
+        if self.min_size > self.capacity:
+            bad("min_size", f"exceeds capacity={self.capacity}: sampling could never start")
+        if self.checkpoint_every_s is not None and not self.checkpoint_every_s > 0:
+            bad("checkpoint_every_s", "must be > 0, or null")
+        if self.checkpoint_every_s is not None and self.checkpoint_dir is None:
+            bad("checkpoint_every_s", "needs checkpoint_dir")
+        if not 0 <= self.port <= 65535:
+            bad("port", "must be in [0, 65535]")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            bad("metrics_port", "must be in [0, 65535], or null")
+        if not 0 <= self.shard_id < 1024:
+            bad("shard_id", "must be in [0, 1023]")
+        if not 1 <= self.max_message_mb <= 2047:
+            bad("max_message_mb", "must be in [1, 2047]")
+        if self.max_workers < 2:
+            bad("max_workers", "must be >= 2")

@@ -1,0 +1,95 @@
+"""Prometheus metrics of a replay shard (`qfleet_replay_*`), one registry per server.
+
+Names here are the contract the Grafana dashboard generator reads; labels are bounded (`shard`).
+Counters that the table already keeps (inserts, samples, size, ...) are exported by a collector
+that reads `Table.info()` at scrape time, so the hot path pays nothing for them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+PREFIX = "qfleet_replay"
+
+# Name -> help, for the collector-backed series (also read by the dashboard generator).
+TABLE_SERIES = {
+    f"{PREFIX}_inserts_total": "Items inserted into the shard since it was created (restored from checkpoints).",
+    f"{PREFIX}_samples_total": "Items sampled from the shard since it was created.",
+    f"{PREFIX}_dropped_priority_updates_total": "Priority updates dropped because their slot had been overwritten.",
+    f"{PREFIX}_limiter_wait_seconds_total": "Seconds callers spent blocked by the rate limiter, by operation.",
+    f"{PREFIX}_size": "Items currently held.",
+    f"{PREFIX}_capacity": "Maximum items held.",
+    f"{PREFIX}_priority_mass": "Sum of priority^alpha over held items.",
+    f"{PREFIX}_limiter_diff": "inserts * samples_per_insert - samples (the rate limiter's error term).",
+    f"{PREFIX}_limiter_waiting": "Calls currently blocked by the rate limiter, by operation.",
+}
+RPC_LATENCY = f"{PREFIX}_rpc_latency_seconds"
+REJECTED_BATCHES = f"{PREFIX}_rejected_batches_total"
+CHECKPOINTS = f"{PREFIX}_checkpoints_total"
+
+
+class _TableCollector:
+    def __init__(self, table, shard: str):
+        self._table = table
+        self._shard = shard
+
+    def collect(self):
+        info = self._table.info()
+        labels = ["shard"]
+        values = [self._shard]
+
+        def counter(name, value):
+            family = CounterMetricFamily(name.removesuffix("_total"), TABLE_SERIES[name], labels=labels)
+            family.add_metric(values, value)
+            return family
+
+        def gauge(name, value):
+            family = GaugeMetricFamily(name, TABLE_SERIES[name], labels=labels)
+            family.add_metric(values, value)
+            return family
+
+        yield counter(f"{PREFIX}_inserts_total", info.inserts)
+        yield counter(f"{PREFIX}_samples_total", info.samples)
+        yield counter(f"{PREFIX}_dropped_priority_updates_total", info.dropped_priority_updates)
+        waits = CounterMetricFamily(
+            f"{PREFIX}_limiter_wait_seconds", TABLE_SERIES[f"{PREFIX}_limiter_wait_seconds_total"], labels=["shard", "op"]
+        )
+        waits.add_metric([self._shard, "insert"], info.insert_wait_seconds)
+        waits.add_metric([self._shard, "sample"], info.sample_wait_seconds)
+        yield waits
+        yield gauge(f"{PREFIX}_size", info.size)
+        yield gauge(f"{PREFIX}_capacity", info.capacity)
+        yield gauge(f"{PREFIX}_priority_mass", info.priority_mass)
+        yield gauge(f"{PREFIX}_limiter_diff", info.diff)
+        waiting = GaugeMetricFamily(f"{PREFIX}_limiter_waiting", TABLE_SERIES[f"{PREFIX}_limiter_waiting"], labels=["shard", "op"])
+        waiting.add_metric([self._shard, "insert"], info.waiting_inserts)
+        waiting.add_metric([self._shard, "sample"], info.waiting_samples)
+        yield waiting
+
+
+class ReplayMetrics:
+    """The metrics of one shard, in their own registry (several shards may share a process)."""
+
+    def __init__(self, table, shard_id: int):
+        self.registry = CollectorRegistry()
+        shard = str(shard_id)
+        self.registry.register(_TableCollector(table, shard))
+        self.rpc_latency = Histogram(
+            RPC_LATENCY,
+            "Server-side latency of replay RPCs (per Insert batch, per Sample/UpdatePriorities/Info call).",
+            ["shard", "method"],
+            registry=self.registry,
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        ).labels  # called as rpc_latency(shard, method)
+        self._shard = shard
+        self.rejected_batches = Counter(
+            REJECTED_BATCHES.removesuffix("_total"), "Batches rejected for bad input.", ["shard"], registry=self.registry
+        ).labels(shard)
+        self.checkpoints = Counter(
+            CHECKPOINTS.removesuffix("_total"), "Checkpoints written.", ["shard"], registry=self.registry
+        ).labels(shard)
+
+    def latency(self, method: str):
+        """The latency histogram child of `method`."""
+        return self.rpc_latency(self._shard, method)

@@ -1,0 +1,298 @@
+"""`ReplayServer`: one replay shard served over gRPC.
+
+The server owns a `Table`, restores it from the newest good checkpoint at start, writes
+checkpoints on request / every `checkpoint_every_s` / at stop, and serves Prometheus /metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import numpy as np
+from prometheus_client import start_http_server
+
+from replay import checkpoint as ckpt
+from replay import codec
+from replay._proto import replay_pb2, replay_pb2_grpc
+from replay.config import ReplayConfig
+from replay.errors import DeadlineExceededError, InvalidBatchError
+from replay.metrics import ReplayMetrics
+from replay.rate_limiter import RateLimiter
+from replay.selectors import make_selector
+from replay.spec import Spec
+from replay.table import Table, TableClosedError
+
+log = logging.getLogger(__name__)
+
+
+def grpc_options(max_message_mb: int) -> list[tuple[str, int]]:
+    """Channel/server options shared by server and client: raised message limits."""
+    limit = max_message_mb * 1024 * 1024
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+
+
+def importance_weights(probabilities: np.ndarray, table_size: int, beta: float, batch_size: int) -> np.ndarray:
+    """(N * P(i))**-beta, normalised by the largest weight within each batch (Schaul et al. 2016)."""
+    weights = (table_size * probabilities) ** (-beta)
+    per_batch = weights.reshape(-1, batch_size)
+    return (per_batch / per_batch.max(axis=1, keepdims=True)).reshape(-1)
+
+
+class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
+    def __init__(self, server: ReplayServer):
+        self._server = server
+        self._table = server.table
+        self._metrics = server.metrics
+        self._last_sequence: dict[int, int] = {}
+        self._sequence_lock = threading.Lock()
+        self._insert_latency = self._metrics.latency("insert")
+        self._sample_latency = self._metrics.latency("sample")
+        self._update_latency = self._metrics.latency("update_priorities")
+
+    def Insert(self, request_iterator, context):
+        for request in request_iterator:
+            started = time.perf_counter()
+            response = self._insert_one(request, context)
+            self._insert_latency.observe(time.perf_counter() - started)
+            yield response
+
+    def _insert_one(self, request, context) -> replay_pb2.InsertResponse:
+        response = replay_pb2.InsertResponse(sequence=request.sequence)
+        with self._sequence_lock:
+            already = request.sequence and request.sequence <= self._last_sequence.get(request.writer_id, 0)
+        if already:  # a re-sent batch after a reconnect: it is in the table already
+            return response
+        try:
+            arrays = codec.decode_batch(request.batch)
+            timeout = request.timeout_ms / 1000.0 if request.timeout_ms else None
+            response.inserted = self._table.insert(arrays, timeout=timeout)
+        except InvalidBatchError as exc:
+            self._server.count_rejected()
+            response.code, response.message = grpc.StatusCode.INVALID_ARGUMENT.value[0], str(exc)
+        except DeadlineExceededError as exc:
+            response.code, response.message = grpc.StatusCode.DEADLINE_EXCEEDED.value[0], str(exc)
+            response.inserted = getattr(exc, "inserted", 0)
+        except TableClosedError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        if request.sequence:
+            with self._sequence_lock:
+                self._last_sequence[request.writer_id] = request.sequence
+        return response
+
+    def Sample(self, request, context):
+        started = time.perf_counter()
+        batch_size, num_batches = request.batch_size, request.num_batches or 1
+        beta = request.beta if request.beta >= 0 else self._server.config.beta
+        timeout = request.timeout_ms / 1000.0 if request.timeout_ms else None
+        remaining = context.time_remaining()
+        if remaining is not None and remaining < 1e9:
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        try:
+            items = self._table.sample(batch_size, num_batches, timeout=timeout)
+        except InvalidBatchError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except DeadlineExceededError as exc:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        except TableClosedError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        response = replay_pb2.SampleResponse(table_size=items.table_size, priority_mass=items.priority_mass)
+        codec.encode_batch(items.data, response.batch)
+        codec.encode_tensor(items.keys, response.keys)
+        codec.encode_tensor(items.probabilities, response.probabilities)
+        weights = importance_weights(items.probabilities, items.table_size, beta, batch_size)
+        codec.encode_tensor(weights, response.weights)
+        self._sample_latency.observe(time.perf_counter() - started)
+        return response
+
+    def UpdatePriorities(self, request, context):
+        started = time.perf_counter()
+        try:
+            keys = codec.decode_tensor(request.keys, "keys")
+            priorities = codec.decode_tensor(request.priorities, "priorities")
+            if keys.dtype != np.uint64:
+                raise InvalidBatchError(f"column 'keys': dtype {keys.dtype.name}, expected uint64")
+            applied, dropped = self._table.update_priorities(keys, priorities)
+        except InvalidBatchError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self._update_latency.observe(time.perf_counter() - started)
+        return replay_pb2.UpdatePrioritiesResponse(applied=applied, dropped_stale=dropped)
+
+    def Info(self, request, context):
+        return self._server.info_message()
+
+    def Checkpoint(self, request, context):
+        if self._server.config.checkpoint_dir is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this shard was started without a checkpoint_dir")
+        path, sequence, size = self._server.checkpoint()
+        return replay_pb2.CheckpointResponse(path=str(path), sequence=sequence, size=size)
+
+
+class ReplayServer:
+    """A replay shard: a table served over gRPC on `host:port` (port 0 picks a free one).
+
+    Construct from keyword arguments (any `ReplayConfig` field) or from a `ReplayConfig`:
+
+        server = ReplayServer(spec, capacity=100_000, port=0, selector="prioritized")
+        server = ReplayServer(spec, config=ReplayConfig(...))
+
+    Raises:
+        ValueError / RateLimiterConfigError: an invalid or deadlock-prone configuration, at
+            construction, before anything is served.
+    """
+
+    def __init__(self, spec: Spec, config: ReplayConfig | None = None, **overrides):
+        config = dataclasses.replace(config or ReplayConfig(), **overrides)
+        self.spec = spec
+        self.config = config
+        limiter = RateLimiter(config.min_size, config.samples_per_insert, config.error_buffer)
+        self.table = Table(
+            spec,
+            config.capacity,
+            make_selector(config.selector, config.capacity, config.alpha),
+            limiter,
+            shard_id=config.shard_id,
+            seed=config.seed,
+        )
+        self.metrics = ReplayMetrics(self.table, config.shard_id)
+        self._identity = ckpt.TableIdentity(spec, config.capacity, config.selector)
+        self._checkpoint_lock = threading.Lock()
+        self._checkpoint_sequence = 0
+        self._rejected_batches = 0
+        self._rejected_lock = threading.Lock()
+        self._grpc: grpc.Server | None = None
+        self._metrics_http = None
+        self._stop_event = threading.Event()
+        self._periodic: threading.Thread | None = None
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self.restored_from: pathlib.Path | None = None
+        self.refused_checkpoints: list[str] = []
+
+    @property
+    def address(self) -> str:
+        """host:port clients connect to (after start)."""
+        return f"{self.config.host}:{self.port}"
+
+    def start(self) -> ReplayServer:
+        """Restores the newest good checkpoint, then starts serving. Returns self."""
+        if self.config.checkpoint_dir is not None:
+            self._restore(pathlib.Path(self.config.checkpoint_dir))
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.config.max_workers, thread_name_prefix="replay"),
+            options=grpc_options(self.config.max_message_mb),
+        )
+        replay_pb2_grpc.add_ReplayServiceServicer_to_server(_Servicer(self), self._grpc)
+        self.port = self._grpc.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind the replay server to {self.config.host}:{self.config.port}")
+        self._grpc.start()
+        if self.config.metrics_port is not None:
+            self._metrics_http, _ = start_http_server(
+                self.config.metrics_port, addr=self.config.host, registry=self.metrics.registry
+            )
+            self.metrics_port = self._metrics_http.server_port
+        if self.config.checkpoint_every_s:
+            self._periodic = threading.Thread(target=self._checkpoint_periodically, name="replay-checkpoints", daemon=True)
+            self._periodic.start()
+        log.info("replay shard %d serving %s on %s", self.config.shard_id, self.spec, self.address)
+        return self
+
+    def stop(self, grace: float = 1.0, checkpoint: bool = True) -> None:
+        """Releases waiting calls, stops serving, then writes a final checkpoint if configured."""
+        if self._grpc is None:
+            return
+        self._stop_event.set()
+        self.table.close()
+        self._grpc.stop(grace).wait()
+        self._grpc = None
+        if self._periodic is not None:
+            self._periodic.join()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            self._metrics_http = None
+        if checkpoint and self.config.checkpoint_dir is not None:
+            path, _, size = self.checkpoint()
+            log.info("final checkpoint of %d items written to %s", size, path)
+
+    def __enter__(self) -> ReplayServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def checkpoint(self) -> tuple[pathlib.Path, int, int]:
+        """Writes a checkpoint now; returns (path, sequence, items)."""
+        if self.config.checkpoint_dir is None:
+            raise ValueError("this shard has no checkpoint_dir")
+        with self._checkpoint_lock:
+            arrays, counters = self.table.state()
+            path, sequence = ckpt.write_checkpoint(
+                pathlib.Path(self.config.checkpoint_dir),
+                self._identity,
+                arrays,
+                counters,
+                extra={"shard_id": str(self.config.shard_id)},
+            )
+            self._checkpoint_sequence = sequence
+        self.metrics.checkpoints.inc()
+        return path, sequence, counters["size"]
+
+    def count_rejected(self) -> None:
+        """Counts one batch rejected for bad input (Info and metrics)."""
+        with self._rejected_lock:
+            self._rejected_batches += 1
+        self.metrics.rejected_batches.inc()
+
+    def _restore(self, directory: pathlib.Path) -> None:
+        loaded, self.refused_checkpoints = ckpt.load_latest(directory, self._identity)
+        if loaded is None:
+            if self.refused_checkpoints:
+                log.warning("no usable checkpoint in %s; starting empty", directory)
+            return
+        self.table.restore(loaded.arrays, loaded.counters)
+        self.restored_from = loaded.path
+        self._checkpoint_sequence = loaded.sequence
+        log.info("restored %d items (inserts=%d) from %s", loaded.counters["size"], loaded.counters["inserts"], loaded.path)
+
+    def _checkpoint_periodically(self) -> None:
+        while not self._stop_event.wait(self.config.checkpoint_every_s):
+            try:
+                self.checkpoint()
+            except OSError as exc:  # a full disk must not take the shard down
+                log.error("periodic checkpoint failed: %s", exc)
+
+    def info_message(self) -> replay_pb2.InfoResponse:
+        """The Info RPC's answer."""
+        info = self.table.info()
+        limiter = self.table.limiter
+        return replay_pb2.InfoResponse(
+            shard_id=self.config.shard_id,
+            size=info.size,
+            capacity=info.capacity,
+            inserts=info.inserts,
+            samples=info.samples,
+            priority_mass=info.priority_mass,
+            dropped_priority_updates=info.dropped_priority_updates,
+            rejected_batches=self._rejected_batches,
+            selector=self.config.selector,
+            spec_json=self.spec.to_json(),
+            checkpoint_sequence=self._checkpoint_sequence,
+            rate_limiter=replay_pb2.RateLimiterInfo(
+                samples_per_insert=limiter.samples_per_insert or 0.0,
+                min_size=limiter.min_size,
+                min_diff=limiter.min_diff,
+                max_diff=limiter.max_diff,
+                diff=info.diff,
+                waiting_inserts=info.waiting_inserts,
+                waiting_samples=info.waiting_samples,
+                insert_wait_seconds=info.insert_wait_seconds,
+                sample_wait_seconds=info.sample_wait_seconds,
+            ),
+        )

@@ -1,0 +1,1 @@
+"""qfleet system: run config, the `qfleet` CLI, and (later) the Ray driver that wires the rest."""
