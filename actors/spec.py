@@ -1,0 +1,62 @@
+"""The transition spec of an environment: the columns actors insert into replay.
+
+Each item is one n-step transition:
+    obs, action, reward (n-step discounted sum), next_obs (the state n steps later),
+    discount (gamma**k, or 0 after a terminal state: no bootstrapping through termination),
+    actor_id (which actor produced it) and policy_version (the weights version that acted).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+from replay import Spec
+
+
+class UnsupportedEnvError(ValueError):
+    """The environment id is unknown or its spaces are not ones qfleet's learners handle."""
+
+
+def transition_spec(env_id: str) -> Spec:
+    """Builds the replay spec for transitions of `env_id` (the env is created once and closed).
+
+    Raises:
+        UnsupportedEnvError: unknown id, or an observation/action space qfleet can't store.
+    """
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as exc:
+        raise UnsupportedEnvError(f"env.id={env_id!r}: {exc}") from None
+    try:
+        return spec_for_spaces(env_id, env.observation_space, env.action_space)
+    finally:
+        env.close()
+
+
+def spec_for_spaces(env_id: str, observation_space: gym.Space, action_space: gym.Space) -> Spec:
+    """The transition spec for an observation and action space."""
+    if not isinstance(observation_space, gym.spaces.Box):
+        raise UnsupportedEnvError(
+            f"env.id={env_id!r}: observation space {observation_space} is not a Box (array) space"
+        )
+    obs = (observation_space.shape, np.dtype(observation_space.dtype).name)
+    if isinstance(action_space, gym.spaces.Discrete):
+        action = ((), "int64")
+    elif isinstance(action_space, gym.spaces.Box):
+        action = (action_space.shape, "float32")
+    else:
+        raise UnsupportedEnvError(
+            f"env.id={env_id!r}: action space {action_space} is neither Discrete nor Box"
+        )
+    return Spec(
+        {
+            "obs": obs,
+            "action": action,
+            "reward": ((), "float32"),
+            "next_obs": obs,
+            "discount": ((), "float32"),
+            "actor_id": ((), "int32"),
+            "policy_version": ((), "int64"),
+        }
+    )

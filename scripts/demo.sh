@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (idempotent), then run the demo: for now the replay benchmark (one shard on loopback vs raw
+# gRPC and an in-process table). `qfleet train configs/cartpole.yaml` replaces it once it exists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
+exec .venv/bin/qfleet bench replay "$@"

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a fresh machine: system packages (redis-server, prometheus) when absent,
+# a .venv virtualenv in the checkout with torch (CPU wheel first), the pinned requirements and
+# qfleet itself (editable). Re-running does only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[setup] %s\n' "$*"; }
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  log "installing ${need_apt[*]} with apt"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # The Debian packages start system-wide services; qfleet starts its own on loopback ports.
+  for svc in redis-server prometheus; do
+    (command -v systemctl >/dev/null && $SUDO systemctl disable --now "$svc" >/dev/null 2>&1) || true
+  done
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv with $($PY --version)"
+  $PY -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+
+# Stamp: skip pip entirely when nothing that decides the install changed.
+stamp=.venv/.qfleet-installed
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import replay, torch" 2>/dev/null; then
+  log "environment up to date"
+  exit 0
+fi
+
+# torch first: the pinned CPU wheel, so nothing later pulls the CUDA build.
+if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
+  log "installing torch==2.13.0 (CPU)"
+  "${PIP[@]}" install torch==2.13.0
+fi
+log "installing pinned requirements"
+"${PIP[@]}" install -r requirements.txt
+log "installing qfleet (editable)"
+"${PIP[@]}" install --no-deps -e .
+echo "$want" > "$stamp"
+log "done: $(.venv/bin/qfleet --help >/dev/null && echo 'qfleet is on .venv/bin')"

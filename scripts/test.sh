@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (idempotent), then run the whole test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
+exec .venv/bin/python -m pytest "$@"

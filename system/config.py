@@ -1,0 +1,91 @@
+"""`RunConfig`: one run's configuration, composed of each package's section.
+
+Sources, later ones winning: the dataclass defaults, a YAML file, `--set section.key=value`
+overrides, then explicit command-line flags. Every problem is a ConfigError naming the key,
+raised before anything starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from actors import EnvConfig
+from replay import ReplayConfig
+from system.dataclass_args import ConfigError, build
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A qfleet run: one section per package."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """The environment (the `env` section)."""
+
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    """The replay shards (the `replay` section)."""
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(RunConfig)
+"""Section name -> its config dataclass."""
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Splits `section.key=value` (value parsed as YAML: 1e5, null, true, "text")."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    path, raw = text.split("=", 1)
+    if path.count(".") != 1:
+        raise ConfigError(f"--set {text!r}: expected section.key=value with one dot, e.g. replay.capacity=1000")
+    section, key = path.split(".")
+    if section not in SECTIONS:
+        raise ConfigError(f"{section}: unknown section (known: {', '.join(SECTIONS)})")
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: cannot parse {raw!r}: {exc}") from None
+    return section, key, value
+
+
+def load_config(path: str | pathlib.Path | None, overrides: list[str] = (), flags: dict[str, Any] | None = None) -> RunConfig:
+    """Reads a YAML run config, applies `--set` overrides and flags (`section.key` -> value).
+
+    Raises:
+        ConfigError: unreadable file, unknown section or key, or an invalid value (named).
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = pathlib.Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(SECTIONS)})")
+    for name in SECTIONS:
+        if not isinstance(raw.get(name) or {}, dict):
+            raise ConfigError(f"{name}: expected a mapping of keys, got {raw[name]!r}")
+    merged = {name: dict(raw.get(name) or {}) for name in SECTIONS}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        merged[section][key] = value
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            section, key = dotted.split(".", 1)
+            merged[section][key] = value
+    return RunConfig(**{name: build(cls, merged[name], name) for name, cls in SECTIONS.items()})
+
+
+def to_yaml(config: RunConfig) -> str:
+    """The resolved config as YAML (written into run directories)."""
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)

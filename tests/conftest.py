@@ -1,0 +1,126 @@
+"""Shared fixtures: CartPole-like specs and batches, in-process servers, `qfleet` subprocesses."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from replay import ReplayServer, Spec
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+CARTPOLE_SPEC = Spec(
+    {
+        "obs": ((4,), "float32"),
+        "action": ((), "int64"),
+        "reward": ((), "float32"),
+        "next_obs": ((4,), "float32"),
+        "discount": ((), "float32"),
+    }
+)
+
+
+def make_batch(n: int, start: int = 0, priority: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """n CartPole-shaped items whose `action` column numbers them start, start+1, ..."""
+    ids = np.arange(start, start + n)
+    batch = {
+        "obs": np.stack([ids, ids + 1, ids + 2, ids + 3], axis=1).astype(np.float32),
+        "action": ids.astype(np.int64),
+        "reward": (ids % 7).astype(np.float32),
+        "next_obs": np.stack([ids + 1, ids + 2, ids + 3, ids + 4], axis=1).astype(np.float32),
+        "discount": np.full(n, 0.99, dtype=np.float32),
+    }
+    if priority is not None:
+        batch["priority"] = np.asarray(priority, dtype=np.float64)
+    return batch
+
+
+@pytest.fixture
+def spec() -> Spec:
+    return CARTPOLE_SPEC
+
+
+@pytest.fixture
+def start_server():
+    """Starts in-process servers on free ports; stops every one at teardown."""
+    servers: list[ReplayServer] = []
+
+    def start(spec: Spec = CARTPOLE_SPEC, **kwargs) -> ReplayServer:
+        server = ReplayServer(spec, **{"port": 0, **kwargs}).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(grace=0.2, checkpoint=False)
+
+
+class QfleetProcess:
+    """A `qfleet replay serve` child process, as a user runs it."""
+
+    LINE = re.compile(r"serving at (\S+):(\d+); metrics (\S+)")
+
+    def __init__(self, args: list[str], log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "system.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
+        self.address, self.metrics_url = self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60.0) -> tuple[str, str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"qfleet exited ({self.proc.wait()}) before serving:\n{self.log()}")
+            match = self.LINE.search(line)
+            if match:
+                return f"{match.group(1)}:{match.group(2)}", match.group(3)
+        raise RuntimeError(f"qfleet did not start serving within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def signal(self, signum: int) -> int:
+        self.proc.send_signal(signum)
+        code = self.proc.wait(timeout=60)
+        self._log.close()
+        return code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if not self._log.closed:
+            self._log.close()
+
+
+@pytest.fixture
+def qfleet_serve(tmp_path):
+    """Starts `qfleet replay serve ARGS...` subprocesses; kills leftovers (by PID) at teardown."""
+    procs: list[QfleetProcess] = []
+
+    def start(*args: str) -> QfleetProcess:
+        proc = QfleetProcess(list(args), tmp_path / f"serve-{len(procs)}.log")
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+SIGTERM = signal.SIGTERM

@@ -1,0 +1,41 @@
+import pytest
+
+from system.config import load_config
+from system.dataclass_args import ConfigError, field_docs
+from replay import ReplayConfig
+
+
+def test_yaml_then_set_then_flags(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("env:\n  id: CartPole-v1\nreplay:\n  capacity: 1000\n  min_size: 10\n")
+    config = load_config(path, ["replay.capacity=5e3", "replay.samples_per_insert=4"], {"replay.selector": "uniform"})
+    assert config.replay.capacity == 5000
+    assert config.replay.samples_per_insert == 4.0
+    assert config.replay.selector == "uniform"
+    assert config.replay.min_size == 10
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "overrides", "named"),
+    [
+        ("replay:\n  capacty: 10\n", [], "replay.capacty"),
+        ("replay:\n  capacity: ten\n", [], "replay.capacity"),
+        ("replay:\n  capacity: 0\n", [], "replay.capacity"),
+        ("replay:\n  selector: lifo\n", [], "replay.selector"),
+        ("learnr:\n  lr: 1\n", [], "learnr"),
+        ("", ["replay.alpha=2"], "replay.alpha"),
+        ("", ["replay.checkpoint_every_s=5"], "replay.checkpoint_every_s"),
+        ("", ["replaycapacity=5"], "replaycapacity"),
+    ],
+)
+def test_bad_configs_fail_naming_the_key(tmp_path, yaml_text, overrides, named):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=named):
+        load_config(path, overrides)
+
+
+def test_every_config_field_is_documented():
+    docs = field_docs(ReplayConfig)
+    missing = [name for name in ReplayConfig.__dataclass_fields__ if not docs.get(name)]
+    assert not missing
