@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_replay.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement (default: 3)")
     bench_replay.add_argument("--repeats", type=int, default=3, help="repeats per measurement; the median is reported (default: 3)")
-    bench_replay.add_argument("--only", choices=["cartpole", "atari"], help="run one payload only")
+    bench_replay.add_argument("--only", choices=["cartpole", "cartpole_small", "atari"], help="run one payload only")
     bench_replay.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
 
     config = commands.add_parser(

@@ -91,7 +91,8 @@ class QfleetProcess:
         raise RuntimeError(f"qfleet did not start serving within {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def signal(self, signum: int) -> int:
