@@ -46,9 +46,7 @@ def spec_for_spaces(env_id: str, observation_space: gym.Space, action_space: gym
     elif isinstance(action_space, gym.spaces.Box):
         action = (action_space.shape, "float32")
     else:
-        raise UnsupportedEnvError(
-            f"env.id={env_id!r}: action space {action_space} is neither Discrete nor Box"
-        )
+        raise UnsupportedEnvError(f"env.id={env_id!r}: action space {action_space} is neither Discrete nor Box")
     return Spec(
         {
             "obs": obs,

@@ -222,7 +222,12 @@ def bench_payload(payload: Payload, seconds: float, repeats: int) -> dict:
         finally:
             server.close()
     results["in_process"] = _in_process_rates(payload, seconds, repeats)
-    return {"payload": payload.name, "item_bytes": payload.spec.item_nbytes(), "rates": results, "config": payload.__dict__ | {"spec": payload.spec.to_json()}}
+    return {
+        "payload": payload.name,
+        "item_bytes": payload.spec.item_nbytes(),
+        "rates": results,
+        "config": payload.__dict__ | {"spec": payload.spec.to_json()},
+    }
 
 
 def format_results(runs: list[dict]) -> str:
@@ -262,7 +267,9 @@ def check_targets(runs: list[dict]) -> list[str]:
             else:
                 ratio = q / rates["raw_grpc"][op]
                 ok = ratio >= 0.70
-                lines.append(f"{'met' if ok else 'MISSED'}: atari {op} at {ratio:.0%} of raw gRPC bytes/s (target >= 70%)")
+                lines.append(
+                    f"{'met' if ok else 'MISSED'}: atari {op} at {ratio:.0%} of raw gRPC bytes/s (target >= 70%)"
+                )
     return lines
 
 
@@ -283,7 +290,17 @@ def run_replay_bench(seconds: float, repeats: int, only: str | None, output: str
         print(line)
     if output:
         with open(output, "w") as handle:
-            json.dump({"machine": machine, "date": time.strftime("%Y-%m-%d"), "seconds": seconds, "repeats": repeats, "runs": runs}, handle, indent=2)
+            json.dump(
+                {
+                    "machine": machine,
+                    "date": time.strftime("%Y-%m-%d"),
+                    "seconds": seconds,
+                    "repeats": repeats,
+                    "runs": runs,
+                },
+                handle,
+                indent=2,
+            )
     return 0
 
 

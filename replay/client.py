@@ -234,7 +234,9 @@ class _InsertStream:
                             self._open_locked(backoff)
                         return  # the new reader takes over
                 with self._cond:
-                    self._errors.append(_typed_error(err, self._client.address, f"insert stream ({len(self._pending)} batches lost)"))
+                    self._errors.append(
+                        _typed_error(err, self._client.address, f"insert stream ({len(self._pending)} batches lost)")
+                    )
                     self._pending.clear()
                     self._cond.notify_all()
                 return
@@ -377,7 +379,9 @@ class ReplayClient:
             timeout_ms=0 if timeout is None else max(1, int(math.ceil(timeout * 1000))),
         )
         # The server enforces `timeout` and says why; the gRPC deadline only guards a lost server.
-        response = self._call("Sample", request, f"sample({batch_size}x{num_batches})", None if timeout is None else timeout + 10)
+        response = self._call(
+            "Sample", request, f"sample({batch_size}x{num_batches})", None if timeout is None else timeout + 10
+        )
         data = codec.decode_batch(response.batch)
         keys = codec.decode_tensor(response.keys, "keys")
         probabilities = codec.decode_tensor(response.probabilities, "probabilities")

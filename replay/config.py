@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from replay.rate_limiter import RateLimiter
+
 
 @dataclass(frozen=True)
 class ReplayConfig:
@@ -76,6 +78,8 @@ class ReplayConfig:
             bad("min_size", "must be >= 1")
         if self.min_size > self.capacity:
             bad("min_size", f"exceeds capacity={self.capacity}: sampling could never start")
+        # Raises RateLimiterConfigError (a ValueError) for a window that could block forever.
+        RateLimiter(self.min_size, self.samples_per_insert, self.error_buffer)
         if self.checkpoint_every_s is not None and not self.checkpoint_every_s > 0:
             bad("checkpoint_every_s", "must be > 0, or null")
         if self.checkpoint_every_s is not None and self.checkpoint_dir is None:

@@ -53,7 +53,9 @@ class _TableCollector:
         yield counter(f"{PREFIX}_samples_total", info.samples)
         yield counter(f"{PREFIX}_dropped_priority_updates_total", info.dropped_priority_updates)
         waits = CounterMetricFamily(
-            f"{PREFIX}_limiter_wait_seconds", TABLE_SERIES[f"{PREFIX}_limiter_wait_seconds_total"], labels=["shard", "op"]
+            f"{PREFIX}_limiter_wait_seconds",
+            TABLE_SERIES[f"{PREFIX}_limiter_wait_seconds_total"],
+            labels=["shard", "op"],
         )
         waits.add_metric([self._shard, "insert"], info.insert_wait_seconds)
         waits.add_metric([self._shard, "sample"], info.sample_wait_seconds)
@@ -62,7 +64,9 @@ class _TableCollector:
         yield gauge(f"{PREFIX}_capacity", info.capacity)
         yield gauge(f"{PREFIX}_priority_mass", info.priority_mass)
         yield gauge(f"{PREFIX}_limiter_diff", info.diff)
-        waiting = GaugeMetricFamily(f"{PREFIX}_limiter_waiting", TABLE_SERIES[f"{PREFIX}_limiter_waiting"], labels=["shard", "op"])
+        waiting = GaugeMetricFamily(
+            f"{PREFIX}_limiter_waiting", TABLE_SERIES[f"{PREFIX}_limiter_waiting"], labels=["shard", "op"]
+        )
         waiting.add_metric([self._shard, "insert"], info.waiting_inserts)
         waiting.add_metric([self._shard, "sample"], info.waiting_samples)
         yield waiting
@@ -84,7 +88,10 @@ class ReplayMetrics:
         ).labels  # called as rpc_latency(shard, method)
         self._shard = shard
         self.rejected_batches = Counter(
-            REJECTED_BATCHES.removesuffix("_total"), "Batches rejected for bad input.", ["shard"], registry=self.registry
+            REJECTED_BATCHES.removesuffix("_total"),
+            "Batches rejected for bad input.",
+            ["shard"],
+            registry=self.registry,
         ).labels(shard)
         self.checkpoints = Counter(
             CHECKPOINTS.removesuffix("_total"), "Checkpoints written.", ["shard"], registry=self.registry

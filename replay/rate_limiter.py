@@ -64,8 +64,7 @@ class RateLimiter:
         """Refuses a table too small to ever reach `min_size` (samples would wait forever)."""
         if self.min_size > capacity:
             raise RateLimiterConfigError(
-                f"min_size={self.min_size} exceeds capacity={capacity}: the table can never hold enough "
-                "items to sample"
+                f"min_size={self.min_size} exceeds capacity={capacity}: the table can never hold enough items to sample"
             )
 
     def diff(self, inserts: int, samples: int) -> float:

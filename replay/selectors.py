@@ -25,7 +25,9 @@ class Selector(Protocol):
     def set_priorities(self, slots: np.ndarray, priorities: np.ndarray) -> None:
         """Sets new priorities for occupied slots."""
 
-    def sample(self, num_items: int, size: int, rng: np.random.Generator, stratum: int) -> tuple[np.ndarray, np.ndarray]:
+    def sample(
+        self, num_items: int, size: int, rng: np.random.Generator, stratum: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Returns (slots, probabilities) of `num_items` draws from the first `size` slots."""
 
     def priority_mass(self, size: int) -> float:
@@ -49,7 +51,9 @@ class UniformSelector:
     def set_priorities(self, slots: np.ndarray, priorities: np.ndarray) -> None:
         pass
 
-    def sample(self, num_items: int, size: int, rng: np.random.Generator, stratum: int) -> tuple[np.ndarray, np.ndarray]:
+    def sample(
+        self, num_items: int, size: int, rng: np.random.Generator, stratum: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         slots = rng.integers(0, size, size=num_items, dtype=np.int64)
         return slots, np.full(num_items, 1.0 / size)
 
@@ -94,7 +98,9 @@ class PrioritizedSelector:
             self.max_priority = max(self.max_priority, float(priorities.max()))
         self._tree.set(slots, priorities**self.alpha)
 
-    def sample(self, num_items: int, size: int, rng: np.random.Generator, stratum: int) -> tuple[np.ndarray, np.ndarray]:
+    def sample(
+        self, num_items: int, size: int, rng: np.random.Generator, stratum: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         total = self._tree.total
         if total <= 0.0:
             raise ZeroDivisionError("every held item has priority 0; nothing can be sampled")

@@ -198,7 +198,9 @@ class ReplayServer:
             )
             self.metrics_port = self._metrics_http.server_port
         if self.config.checkpoint_every_s:
-            self._periodic = threading.Thread(target=self._checkpoint_periodically, name="replay-checkpoints", daemon=True)
+            self._periodic = threading.Thread(
+                target=self._checkpoint_periodically, name="replay-checkpoints", daemon=True
+            )
             self._periodic.start()
         log.info("replay shard %d serving %s on %s", self.config.shard_id, self.spec, self.address)
         return self
@@ -259,7 +261,9 @@ class ReplayServer:
         self.table.restore(loaded.arrays, loaded.counters)
         self.restored_from = loaded.path
         self._checkpoint_sequence = loaded.sequence
-        log.info("restored %d items (inserts=%d) from %s", loaded.counters["size"], loaded.counters["inserts"], loaded.path)
+        log.info(
+            "restored %d items (inserts=%d) from %s", loaded.counters["size"], loaded.counters["inserts"], loaded.path
+        )
 
     def _checkpoint_periodically(self) -> None:
         while not self._stop_event.wait(self.config.checkpoint_every_s):

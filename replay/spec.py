@@ -116,7 +116,9 @@ class Spec:
             raise InvalidBatchError(f"column {missing[0]!r} is missing (spec: {self})")
         extra = [n for n in batch if n not in self._columns and n != PRIORITY_COLUMN]
         if extra:
-            raise InvalidBatchError(f"column {extra[0]!r} is not in the spec (expected columns: {sorted(self._columns)})")
+            raise InvalidBatchError(
+                f"column {extra[0]!r} is not in the spec (expected columns: {sorted(self._columns)})"
+            )
         length = None
         for name, (shape, dtype) in self._columns.items():
             array = batch[name]

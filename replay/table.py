@@ -87,7 +87,9 @@ class Table:
         self.selector = selector
         self.limiter = rate_limiter
         self.shard_id = shard_id
-        self._columns = {name: np.zeros((capacity, *shape), dtype=dtype) for name, (shape, dtype) in spec.columns.items()}
+        self._columns = {
+            name: np.zeros((capacity, *shape), dtype=dtype) for name, (shape, dtype) in spec.columns.items()
+        }
         self._generations = np.zeros(capacity, dtype=np.uint32)
         self._next_slot = 0
         self._size = 0
@@ -122,7 +124,9 @@ class Table:
         with self._cond:
             while done < length:
                 admitted = self._wait(
-                    lambda: self.limiter.insertable(length - done, self._inserts, self._samples), deadline, "insert"
+                    lambda wanted=length - done: self.limiter.insertable(wanted, self._inserts, self._samples),
+                    deadline,
+                    "insert",
                 )
                 if admitted is None:
                     err = DeadlineExceededError(
@@ -175,7 +179,9 @@ class Table:
         with self._cond:
             while drawn < total:
                 admitted = self._wait(
-                    lambda: self.limiter.sampleable(total - drawn, self._inserts, self._samples), deadline, "sample"
+                    lambda wanted=total - drawn: self.limiter.sampleable(wanted, self._inserts, self._samples),
+                    deadline,
+                    "sample",
                 )
                 if admitted is None:
                     raise DeadlineExceededError(

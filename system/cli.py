@@ -56,9 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_config_options(serve)
-    serve.add_argument("--spec", metavar="FILE", help='JSON/YAML spec file: {"obs": {"shape": [4], "dtype": "float32"}, ...}')
-    serve.add_argument("--env-id", dest="env.id", metavar="ID", help=f"gymnasium id whose transitions the shard stores (default: {EnvConfig.id})")
-    serve.add_argument("--report-every", type=float, default=30.0, metavar="S", help="seconds between progress lines (default: 30)")
+    serve.add_argument(
+        "--spec", metavar="FILE", help='JSON/YAML spec file: {"obs": {"shape": [4], "dtype": "float32"}, ...}'
+    )
+    serve.add_argument(
+        "--env-id",
+        dest="env.id",
+        metavar="ID",
+        help=f"gymnasium id whose transitions the shard stores (default: {EnvConfig.id})",
+    )
+    serve.add_argument(
+        "--report-every", type=float, default=30.0, metavar="S", help="seconds between progress lines (default: 30)"
+    )
     add_arguments(serve, ReplayConfig, "replay")
 
     bench = commands.add_parser("bench", help="benchmarks (figures for docs/benchmarks.md)", description="Benchmarks.")
@@ -74,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     bench_replay.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement (default: 3)")
-    bench_replay.add_argument("--repeats", type=int, default=3, help="repeats per measurement; the median is reported (default: 3)")
+    bench_replay.add_argument(
+        "--repeats", type=int, default=3, help="repeats per measurement; the median is reported (default: 3)"
+    )
     bench_replay.add_argument("--only", choices=["cartpole", "cartpole_small", "atari"], help="run one payload only")
     bench_replay.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
 
@@ -84,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the resolved config (YAML) of CONFIG with --set overrides; with no CONFIG, every key with its default and meaning.",
     )
     config.add_argument("path", nargs="?", metavar="CONFIG", help="YAML run config")
-    config.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], help="override one value (repeatable)")
+    config.add_argument(
+        "--set", metavar="SECTION.KEY=VALUE", action="append", default=[], help="override one value (repeatable)"
+    )
     return parser
 
 

@@ -52,7 +52,9 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
-def load_config(path: str | pathlib.Path | None, overrides: list[str] = (), flags: dict[str, Any] | None = None) -> RunConfig:
+def load_config(
+    path: str | pathlib.Path | None, overrides: list[str] = (), flags: dict[str, Any] | None = None
+) -> RunConfig:
     """Reads a YAML run config, applies `--set` overrides and flags (`section.key` -> value).
 
     Raises:

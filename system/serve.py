@@ -52,7 +52,13 @@ def serve(config: RunConfig, spec: Spec, report_every_s: float) -> int:
     server.start()
     if server.restored_from is not None:
         info = server.table.info()
-        log.info("restored %d items (inserts=%d, samples=%d) from %s", info.size, info.inserts, info.samples, server.restored_from)
+        log.info(
+            "restored %d items (inserts=%d, samples=%d) from %s",
+            info.size,
+            info.inserts,
+            info.samples,
+            server.restored_from,
+        )
     for message in server.refused_checkpoints:
         log.warning("%s", message)
     metrics = f"http://{config.replay.host}:{server.metrics_port}/metrics" if server.metrics_port else "off"

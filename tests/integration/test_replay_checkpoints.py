@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import CARTPOLE_SPEC, make_batch
-from replay import ReplayClient, ReplayServer, Spec
+from replay import InvalidBatchError, ReplayClient, ReplayServer, Spec
 
 
 @pytest.fixture
@@ -23,7 +23,9 @@ def spec_file(tmp_path):
 
 def test_checkpoint_then_kill_9_then_restart_restores_contents_and_counters(qfleet_serve, spec_file, tmp_path):
     ckpt = str(tmp_path / "ckpt")
-    shard = qfleet_serve("replay", "serve", "--spec", spec_file, "--checkpoint-dir", ckpt, "--capacity", "5000", "--seed", "0")
+    shard = qfleet_serve(
+        "replay", "serve", "--spec", spec_file, "--checkpoint-dir", ckpt, "--capacity", "5000", "--seed", "0"
+    )
     client = ReplayClient(shard.address)
     client.insert(make_batch(1000, priority=np.linspace(0.1, 10, 1000)))
     client.flush()
@@ -137,7 +139,7 @@ def test_metrics_endpoint_serves_replay_series(qfleet_serve, spec_file):
     bad = make_batch(4)
     bad.pop("obs")
     client.insert(bad)
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidBatchError):
         client.flush()
     text = urllib.request.urlopen(shard.metrics_url, timeout=10).read().decode()
     for line in [

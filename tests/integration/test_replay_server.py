@@ -108,7 +108,10 @@ BAD_BATCHES = {
     "missing column": (lambda b: b.pop("reward"), "'reward'.*missing"),
     "extra column": (lambda b: b.__setitem__("bonus", np.zeros(8, np.float32)), "'bonus'.*not in the spec"),
     "wrong dtype": (lambda b: b.__setitem__("obs", b["obs"].astype(np.float64)), "'obs'.*float64, expected float32"),
-    "wrong item shape": (lambda b: b.__setitem__("obs", np.zeros((8, 5), np.float32)), r"'obs'.*\(5,\), expected \(4,\)"),
+    "wrong item shape": (
+        lambda b: b.__setitem__("obs", np.zeros((8, 5), np.float32)),
+        r"'obs'.*\(5,\), expected \(4,\)",
+    ),
     "mismatched lengths": (lambda b: b.__setitem__("action", np.arange(7)), "'action'.*7 items"),
     "nan priority": (lambda b: b.__setitem__("priority", np.array([1.0] * 7 + [np.nan])), "'priority'.*item 7 is nan"),
     "negative priority": (lambda b: b.__setitem__("priority", -np.ones(8)), "'priority'.*item 0 is -1"),
@@ -167,7 +170,9 @@ def test_rate_limiter_blocks_inserts_until_samples_release_them(start_server):
 
     writer = ReplayClient(server.address)
     done = threading.Event()
-    threading.Thread(target=lambda: (writer.insert(make_batch(5, start=30)), writer.flush(), done.set()), daemon=True).start()
+    threading.Thread(
+        target=lambda: (writer.insert(make_batch(5, start=30)), writer.flush(), done.set()), daemon=True
+    ).start()
     deadline = time.monotonic() + 5
     while client.info().rate_limiter.waiting_inserts != 1 and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -1,8 +1,8 @@
 import pytest
 
+from replay import ReplayConfig
 from system.config import load_config
 from system.dataclass_args import ConfigError, field_docs
-from replay import ReplayConfig
 
 
 def test_yaml_then_set_then_flags(tmp_path):

@@ -1,0 +1,69 @@
+"""Each `qfleet` entry point, run as a user runs it (a subprocess), briefly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+QFLEET = [sys.executable, "-m", "system.cli"]
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*QFLEET, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["replay"], ["replay", "serve"], ["bench"], ["bench", "replay"], ["config"]],
+)
+def test_help_of_every_command(args):
+    result = run(*args, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: qfleet" in result.stdout
+
+
+def test_serve_help_documents_every_replay_option_from_the_dataclass():
+    text = run("replay", "serve", "--help").stdout
+    for option, words in [
+        ("--capacity", "oldest item is evicted"),
+        ("--samples-per-insert", "Reverb-style"),
+        ("--checkpoint-every-s", "periodic checkpoints"),
+    ]:
+        assert option in text and words in " ".join(text.split())
+
+
+def test_config_reference_and_resolved_config(tmp_path):
+    reference = run("config")
+    assert reference.returncode == 0 and "capacity: 100000" in reference.stdout
+    resolved = run("config", "configs/cartpole.yaml", "--set", "replay.capacity=2048")
+    assert resolved.returncode == 0 and "capacity: 2048" in resolved.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["replay", "serve", "--set", "replay.capacity=-1"], "replay.capacity"),
+        (["replay", "serve", "--set", "env.id=NoSuchEnv-v9"], "env.id='NoSuchEnv-v9'"),
+        (["replay", "serve", "--min-size", "10", "--capacity", "5"], "replay.min_size"),
+        (["replay", "serve", "--samples-per-insert", "16", "--error-buffer", "2"], "error_buffer"),
+        (["replay", "serve", "--config", "does/not/exist.yaml"], "does/not/exist.yaml"),
+    ],
+)
+def test_bad_input_fails_before_serving_with_a_named_key(args, message):
+    result = run(*args, timeout=60)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in result.stderr
+    assert "serving at" not in result.stdout
+
+
+def test_bench_replay_runs_briefly_and_reports_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run("bench", "replay", "--only", "cartpole", "--seconds", "0.2", "--repeats", "1", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "| cartpole | insert |" in result.stdout and "| cartpole | sample |" in result.stdout
+    rates = json.loads(out.read_text())["runs"][0]["rates"]
+    assert set(rates) == {"qfleet", "raw_grpc", "in_process"}
+    assert all(rates[k][op] > 0 for k in rates for op in ("insert", "sample"))
