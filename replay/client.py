@@ -145,14 +145,20 @@ class _Backoff:
 
 
 class _InsertStream:
-    """One bidirectional Insert stream with a bounded window of unacknowledged batches."""
+    """One bidirectional Insert stream with a bounded window of unacknowledged batches.
+
+    States: idle (no call), open (a call, its request queue and an ack reader), reconnecting
+    (the reader is backing off after UNAVAILABLE). Batches sent while reconnecting wait in
+    `_pending`; the new call re-sends all of `_pending` first.
+    """
 
     def __init__(self, client: ReplayClient):
         self._client = client
         self._cond = threading.Condition()
         self._pending: collections.deque[replay_pb2.InsertRequest] = collections.deque()
         self._errors: list[ReplayError] = []
-        self._queue: queue.SimpleQueue | None = None
+        self._queue: queue.SimpleQueue | None = None  # set while open
+        self._reconnecting = False
         self._reader: threading.Thread | None = None
         self._writer_id = random.getrandbits(63)
         self._sequence = 0
@@ -167,10 +173,10 @@ class _InsertStream:
             self._sequence += 1
             request.writer_id, request.sequence = self._writer_id, self._sequence
             self._pending.append(request)
-            if self._queue is None:
-                self._open_locked()
-            else:
+            if self._queue is not None:
                 self._queue.put(request)
+            elif not self._reconnecting:
+                self._open_locked(None)
 
     def flush(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -198,48 +204,52 @@ class _InsertStream:
         if self._errors:
             raise self._errors.pop(0)
 
-    def _open_locked(self, backoff: _Backoff | None = None) -> None:
-        """Starts a new call and reader, (re-)sending every pending batch first."""
-        self._queue = queue.SimpleQueue()
+    def _open_locked(self, backoff: _Backoff | None) -> None:
+        """Starts a new call and its reader, (re-)sending every pending batch first."""
+        requests: queue.SimpleQueue = queue.SimpleQueue()
         for request in self._pending:
-            self._queue.put(request)
-        call = self._client._stub().Insert(iter(self._queue.get, _END))
-        self._reader = threading.Thread(target=self._read, args=(call, backoff), name="replay-insert-acks", daemon=True)
+            requests.put(request)
+        self._queue, self._reconnecting = requests, False
+        call = self._client._stub().Insert(iter(requests.get, _END))
+        self._reader = threading.Thread(
+            target=self._read, args=(call, requests, backoff), name="replay-insert-acks", daemon=True
+        )
         self._reader.start()
 
-    def _read(self, call, backoff: _Backoff | None) -> None:
-        while True:
-            try:
-                for response in call:
-                    backoff = None
-                    with self._cond:
-                        request = self._pending.popleft()
-                        if response.code:
-                            self._errors.append(self._batch_error(request, response))
-                        self._cond.notify_all()
+    def _read(self, call, requests: queue.SimpleQueue, backoff: _Backoff | None) -> None:
+        try:
+            for response in call:
+                backoff = None
+                with self._cond:
+                    request = self._pending.popleft()
+                    if response.code:
+                        self._errors.append(self._batch_error(request, response))
+                    self._cond.notify_all()
+            return
+        except grpc.RpcError as err:
+            error = err
+        requests.put(_END)  # frees the thread gRPC used to drain the dead call's requests
+        with self._cond:
+            if self._closing:
                 return
-            except grpc.RpcError as err:
+            self._queue = None
+            retry = error.code() == grpc.StatusCode.UNAVAILABLE
+            self._reconnecting = retry
+        if retry:
+            backoff = backoff or _Backoff(self._client.retry_for_s)
+            if backoff.sleep():
                 with self._cond:
                     if self._closing:
+                        self._reconnecting = False
                         return
-                    old_queue, self._queue = self._queue, None
-                    old_queue.put(_END)  # frees the thread gRPC used to drain it
-                    retry = err.code() == grpc.StatusCode.UNAVAILABLE
-                if retry:
-                    backoff = backoff or _Backoff(self._client.retry_for_s)
-                    if backoff.sleep():
-                        with self._cond:
-                            if self._closing:
-                                return
-                            self._open_locked(backoff)
-                        return  # the new reader takes over
-                with self._cond:
-                    self._errors.append(
-                        _typed_error(err, self._client.address, f"insert stream ({len(self._pending)} batches lost)")
-                    )
-                    self._pending.clear()
-                    self._cond.notify_all()
+                    self._open_locked(backoff)  # the new reader takes over
                 return
+        with self._cond:
+            what = f"insert stream ({len(self._pending)} unacknowledged batches lost)"
+            self._errors.append(_typed_error(error, self._client.address, what))
+            self._pending.clear()
+            self._reconnecting = False
+            self._cond.notify_all()
 
     def _batch_error(self, request, response) -> ReplayError:
         items = next(iter(request.batch.columns.values())).shape[0] if request.batch.columns else 0

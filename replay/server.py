@@ -188,14 +188,26 @@ class ReplayServer:
             options=grpc_options(self.config.max_message_mb),
         )
         replay_pb2_grpc.add_ReplayServiceServicer_to_server(_Servicer(self), self._grpc)
-        self.port = self._grpc.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        address = f"{self.config.host}:{self.config.port}"
+        try:
+            self.port = self._grpc.add_insecure_port(address)
+        except RuntimeError:  # grpc's message for a failed bind names no cause
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"could not bind the replay server to {self.config.host}:{self.config.port}")
+            self._grpc = None
+            raise OSError(f"replay server cannot listen on {address}: port in use or address not local")
         self._grpc.start()
         if self.config.metrics_port is not None:
-            self._metrics_http, _ = start_http_server(
-                self.config.metrics_port, addr=self.config.host, registry=self.metrics.registry
-            )
+            try:
+                self._metrics_http, _ = start_http_server(
+                    self.config.metrics_port, addr=self.config.host, registry=self.metrics.registry
+                )
+            except OSError as exc:
+                self._grpc.stop(0)
+                self._grpc = None
+                raise OSError(
+                    f"replay /metrics cannot listen on {self.config.host}:{self.config.metrics_port}: {exc.strerror}"
+                ) from None
             self.metrics_port = self._metrics_http.server_port
         if self.config.checkpoint_every_s:
             self._periodic = threading.Thread(

@@ -281,11 +281,13 @@ def test_client_retries_unavailable_and_resends_unacknowledged_batches(tmp_path)
     threading.Timer(
         1.0, lambda: second_holder.append(ReplayServer(CARTPOLE_SPEC, port=port, checkpoint_dir=str(tmp_path)).start())
     ).start()
-    client.insert(make_batch(5, start=10))  # the shard is down: retried until it is back
+    for i in range(6):  # the shard is down: these wait and are sent once it is back
+        client.insert(make_batch(5, start=10 + 5 * i))
+        time.sleep(0.1)
     client.flush(timeout=30)
     try:
         info = client.info()
-        assert (info.inserts, info.size) == (15, 15)
+        assert (info.inserts, info.size) == (40, 40)
     finally:
         client.close()
         second_holder[0].stop(grace=0.1, checkpoint=False)

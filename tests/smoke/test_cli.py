@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -57,6 +58,17 @@ def test_bad_input_fails_before_serving_with_a_named_key(args, message):
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert message in result.stderr
     assert "serving at" not in result.stdout
+
+
+@pytest.mark.parametrize("flag", ["--port", "--metrics-port"])
+def test_a_port_in_use_is_named_without_a_traceback(flag):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("replay", "serve", flag, str(port), timeout=60)
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_bench_replay_runs_briefly_and_reports_every_figure(tmp_path):
