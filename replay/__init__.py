@@ -1,7 +1,10 @@
 """qfleet replay: gRPC replay shards, their tables, selectors, rate limiter and clients.
 
 Public surface:
-    Spec, ReplayConfig, ReplayServer, ReplayClient, Sample, ReplayInfo, and the errors below.
+    Spec, ReplayConfig, ReplayServer, ReplayClient, Sample, ReplayInfo (one shard);
+    ShardedReplay, ShardedInfo, ShardRegistry (many shards as one); Prefetcher, TorchBatch
+    (batches kept ready for a learner); MixedReplay, validate_fractions (fixed-fraction mixes);
+    and the errors below.
 """
 
 from replay.client import CheckpointResult, PriorityUpdateResult, ReplayClient, ReplayInfo, Sample
@@ -15,7 +18,11 @@ from replay.errors import (
     ReplayUnavailableError,
     SpecMismatchError,
 )
+from replay.mixing import MixedReplay, validate_fractions
+from replay.prefetch import Prefetcher, TorchBatch
+from replay.registry import ShardRecord, ShardRegistry
 from replay.server import ReplayServer
+from replay.sharded import ShardedInfo, ShardedReplay
 from replay.spec import Spec
 
 __all__ = [
@@ -23,6 +30,8 @@ __all__ = [
     "CheckpointResult",
     "DeadlineExceededError",
     "InvalidBatchError",
+    "MixedReplay",
+    "Prefetcher",
     "PriorityUpdateResult",
     "RateLimiterConfigError",
     "ReplayClient",
@@ -32,6 +41,12 @@ __all__ = [
     "ReplayServer",
     "ReplayUnavailableError",
     "Sample",
+    "ShardRecord",
+    "ShardRegistry",
+    "ShardedInfo",
+    "ShardedReplay",
     "Spec",
     "SpecMismatchError",
+    "TorchBatch",
+    "validate_fractions",
 ]

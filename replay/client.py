@@ -61,6 +61,10 @@ class Sample:
     """Items in the table when the sample was drawn."""
     priority_mass: float
     """Sum of priority^alpha in the table when the sample was drawn."""
+    inserts: int = 0
+    """Items inserted into the table(s) so far, as of this sample."""
+    samples: int = 0
+    """Items sampled from the table(s) so far, this sample included."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,7 @@ class ReplayInfo:
     spec: Spec
     rate_limiter: RateLimiterState
     checkpoint_sequence: int
+    lost_transitions: int
 
 
 @dataclass(frozen=True)
@@ -245,8 +250,11 @@ class _InsertStream:
                     self._open_locked(backoff)  # the new reader takes over
                 return
         with self._cond:
-            what = f"insert stream ({len(self._pending)} unacknowledged batches lost)"
-            self._errors.append(_typed_error(error, self._client.address, what))
+            what = f"insert stream ({len(self._pending)} unacknowledged batches not inserted)"
+            failure = _typed_error(error, self._client.address, what)
+            # What never got an ack, decoded, so a caller (ShardedReplay) can send it elsewhere.
+            failure.unacknowledged = [codec.decode_batch(request.batch) for request in self._pending]
+            self._errors.append(failure)
             self._pending.clear()
             self._reconnecting = False
             self._cond.notify_all()
@@ -407,6 +415,8 @@ class ReplayClient:
                     weights=weights[part],
                     table_size=response.table_size,
                     priority_mass=response.priority_mass,
+                    inserts=response.inserts,
+                    samples=response.samples,
                 )
             )
         return samples
@@ -443,6 +453,7 @@ class ReplayClient:
             selector=r.selector,
             spec=Spec.from_json(r.spec_json),
             checkpoint_sequence=r.checkpoint_sequence,
+            lost_transitions=r.lost_transitions,
             rate_limiter=RateLimiterState(
                 samples_per_insert=limiter.samples_per_insert or None,
                 min_size=limiter.min_size,

@@ -60,6 +60,18 @@ class ReplayConfig:
     seed: int | None = None
     """Seed of the sampling RNG; null: from OS entropy."""
 
+    redis_url: str | None = None
+    """Redis URL of the run's shard registry, e.g. redis://127.0.0.1:6379/0; null: don't register."""
+
+    run: str = "default"
+    """Run name: the registry namespace that the run's shards and clients share."""
+
+    heartbeat_s: float = 1.0
+    """Seconds between registry heartbeats (which also re-register after a Redis restart)."""
+
+    registry_ttl_s: float = 5.0
+    """A shard whose last heartbeat is older than this is taken as gone by clients."""
+
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> None:
             raise ValueError(f"{field}={getattr(self, field)!r}: {why}")
@@ -94,3 +106,9 @@ class ReplayConfig:
             bad("max_message_mb", "must be in [1, 2047]")
         if self.max_workers < 2:
             bad("max_workers", "must be >= 2")
+        if not self.run or ":" in self.run:
+            bad("run", "must be a non-empty name without ':'")
+        if not self.heartbeat_s > 0:
+            bad("heartbeat_s", "must be > 0")
+        if not self.registry_ttl_s > 2 * self.heartbeat_s:
+            bad("registry_ttl_s", f"must exceed 2 * heartbeat_s = {2 * self.heartbeat_s}")

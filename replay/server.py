@@ -15,6 +15,7 @@ from concurrent import futures
 
 import grpc
 import numpy as np
+import redis
 from prometheus_client import start_http_server
 
 from replay import checkpoint as ckpt
@@ -24,6 +25,7 @@ from replay.config import ReplayConfig
 from replay.errors import DeadlineExceededError, InvalidBatchError
 from replay.metrics import ReplayMetrics
 from replay.rate_limiter import RateLimiter
+from replay.registry import ShardRecord, ShardRegistry, new_record
 from replay.selectors import make_selector
 from replay.spec import Spec
 from replay.table import Table, TableClosedError
@@ -101,7 +103,12 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         except TableClosedError as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        response = replay_pb2.SampleResponse(table_size=items.table_size, priority_mass=items.priority_mass)
+        response = replay_pb2.SampleResponse(
+            table_size=items.table_size,
+            priority_mass=items.priority_mass,
+            inserts=items.inserts,
+            samples=items.samples,
+        )
         codec.encode_batch(items.data, response.batch)
         codec.encode_tensor(items.keys, response.keys)
         codec.encode_tensor(items.probabilities, response.probabilities)
@@ -173,6 +180,12 @@ class ReplayServer:
         self.metrics_port: int | None = None
         self.restored_from: pathlib.Path | None = None
         self.refused_checkpoints: list[str] = []
+        self.registry: ShardRegistry | None = None
+        self._record: ShardRecord | None = None
+        self._heartbeats: threading.Thread | None = None
+        self._checkpoint_inserts = 0
+        self.lost_transitions = 0
+        """Transitions this shard id lost to crashes, known through the registry."""
 
     @property
     def address(self) -> str:
@@ -183,6 +196,8 @@ class ReplayServer:
         """Restores the newest good checkpoint, then starts serving. Returns self."""
         if self.config.checkpoint_dir is not None:
             self._restore(pathlib.Path(self.config.checkpoint_dir))
+        if self.config.redis_url is not None:
+            self._join_registry()
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.config.max_workers, thread_name_prefix="replay"),
             options=grpc_options(self.config.max_message_mb),
@@ -214,6 +229,12 @@ class ReplayServer:
                 target=self._checkpoint_periodically, name="replay-checkpoints", daemon=True
             )
             self._periodic.start()
+        if self.registry is not None:
+            metrics_address = f"{self.config.host}:{self.metrics_port}" if self.metrics_port else ""
+            self._record = new_record(self.config.shard_id, self.address, metrics_address, self.spec)
+            self._heartbeat()  # registered before start() returns: discoverable at once
+            self._heartbeats = threading.Thread(target=self._heartbeat_loop, name="replay-heartbeats", daemon=True)
+            self._heartbeats.start()
         log.info("replay shard %d serving %s on %s", self.config.shard_id, self.spec, self.address)
         return self
 
@@ -227,6 +248,8 @@ class ReplayServer:
         self._grpc = None
         if self._periodic is not None:
             self._periodic.join()
+        if self._heartbeats is not None:
+            self._heartbeats.join()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
@@ -234,6 +257,12 @@ class ReplayServer:
         if checkpoint and self.config.checkpoint_dir is not None:
             path, _, size = self.checkpoint()
             log.info("final checkpoint of %d items written to %s", size, path)
+        if self.registry is not None:
+            try:
+                self.registry.deregister(self.config.shard_id, self._registry_counters())
+            except redis.RedisError as exc:
+                log.warning("could not deregister from %s: %s", self.config.redis_url, exc)
+            self.registry.close()
 
     def __enter__(self) -> ReplayServer:
         return self.start()
@@ -255,6 +284,7 @@ class ReplayServer:
                 extra={"shard_id": str(self.config.shard_id)},
             )
             self._checkpoint_sequence = sequence
+            self._checkpoint_inserts = counters["inserts"]
         self.metrics.checkpoints.inc()
         return path, sequence, counters["size"]
 
@@ -273,9 +303,65 @@ class ReplayServer:
         self.table.restore(loaded.arrays, loaded.counters)
         self.restored_from = loaded.path
         self._checkpoint_sequence = loaded.sequence
+        self._checkpoint_inserts = loaded.counters["inserts"]
         log.info(
             "restored %d items (inserts=%d) from %s", loaded.counters["size"], loaded.counters["inserts"], loaded.path
         )
+
+    def _join_registry(self) -> None:
+        """Checks the run's spec and counts what a crash of this shard id lost, before serving.
+
+        Raises:
+            SpecMismatchError: the run's shards hold another spec.
+            ReplayUnavailableError: Redis is unreachable.
+        """
+        registry = ShardRegistry(self.config.redis_url, self.config.run, self.config.registry_ttl_s)
+        try:
+            registry.check_spec(self.spec, self.config.shard_id)
+            previous = registry.last_state(self.config.shard_id)
+        except Exception:
+            registry.close()
+            raise
+        restored = self.table.info().inserts
+        lost = max(0, previous.get("inserts", 0) - restored)
+        self.lost_transitions = previous.get("lost_total", 0) + lost
+        if lost:
+            log.warning(
+                "shard %d lost %d transitions: its last heartbeat reported %d inserts, its newest checkpoint holds %d",
+                self.config.shard_id,
+                lost,
+                previous["inserts"],
+                restored,
+            )
+        self.registry = registry
+
+    def _registry_counters(self) -> dict[str, int]:
+        info = self.table.info()
+        return {
+            "inserts": info.inserts,
+            "samples": info.samples,
+            "size": info.size,
+            "checkpoint_inserts": self._checkpoint_inserts,
+            "lost_total": self.lost_transitions,
+        }
+
+    def _heartbeat(self) -> bool:
+        try:
+            self.registry.heartbeat(self._record, self.spec, self._registry_counters())
+            return True
+        except redis.RedisError as exc:
+            log.warning(
+                "heartbeat to %s failed (%s); retrying every %ss", self.config.redis_url, exc, self.config.heartbeat_s
+            )
+            return False
+
+    def _heartbeat_loop(self) -> None:
+        healthy = True
+        while not self._stop_event.wait(self.config.heartbeat_s):
+            ok = self._heartbeat()
+            if ok and not healthy:
+                log.info("re-registered shard %d with %s", self.config.shard_id, self.config.redis_url)
+            healthy = ok
 
     def _checkpoint_periodically(self) -> None:
         while not self._stop_event.wait(self.config.checkpoint_every_s):
@@ -300,6 +386,7 @@ class ReplayServer:
             selector=self.config.selector,
             spec_json=self.spec.to_json(),
             checkpoint_sequence=self._checkpoint_sequence,
+            lost_transitions=self.lost_transitions,
             rate_limiter=replay_pb2.RateLimiterInfo(
                 samples_per_insert=limiter.samples_per_insert or 0.0,
                 min_size=limiter.min_size,

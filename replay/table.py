@@ -37,6 +37,8 @@ class SampledItems:
     probabilities: np.ndarray
     table_size: int
     priority_mass: float
+    inserts: int
+    samples: int
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,7 @@ class Table:
                 drawn += admitted
                 self._cond.notify_all()
             size, mass = self._size, self.selector.priority_mass(self._size)
+            inserts, samples = self._inserts, self._samples
         data = {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in data_parts.items()}
         return SampledItems(
             data=data,
@@ -209,6 +212,8 @@ class Table:
             probabilities=np.concatenate(prob_parts),
             table_size=size,
             priority_mass=mass,
+            inserts=inserts,
+            samples=samples,
         )
 
     def update_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> tuple[int, int]:

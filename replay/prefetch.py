@@ -1,0 +1,152 @@
+"""`Prefetcher`: background threads that keep K sampled batches ready for the learner.
+
+    prefetcher = Prefetcher(sharded, batch_size=256, depth=8, threads=2)
+    for batch in prefetcher:          # never waits on the network while data is available
+        ...
+    prefetcher.close()
+
+With `device` set ("cpu", "cuda", "cuda:0", or a torch.device) batches arrive as `TorchBatch`:
+columns and weights as torch tensors already on the device (through pinned memory when the device
+is CUDA). Without it they are the source's numpy `Sample`s.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from replay.client import Sample
+
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class TorchBatch:
+    """A sample moved to a torch device. Keys stay numpy (they go back to the replay)."""
+
+    data: dict[str, Any]
+    """Column name -> torch tensor on the device."""
+    weights: Any
+    """float32 importance weights on the device."""
+    keys: np.ndarray
+    probabilities: np.ndarray
+    sample: Sample
+    """The numpy sample this came from."""
+
+
+def to_torch(sample: Sample, device) -> TorchBatch:
+    """Copies a sample's arrays into torch tensors on `device` (pinned staging for CUDA)."""
+    import torch  # only the learner side needs torch
+
+    device = torch.device(device)
+    pin = device.type == "cuda"
+
+    def move(array: np.ndarray):
+        tensor = torch.from_numpy(np.array(array, copy=True))  # received buffers are read-only
+        if pin:
+            tensor = tensor.pin_memory()
+        return tensor.to(device, non_blocking=pin)
+
+    return TorchBatch(
+        data={name: move(column) for name, column in sample.data.items()},
+        weights=move(sample.weights.astype(np.float32)),
+        keys=sample.keys,
+        probabilities=sample.probabilities,
+        sample=sample,
+    )
+
+
+class Prefetcher:
+    """Keeps up to `depth` batches sampled ahead of the consumer.
+
+    Args:
+        source: anything with `sample_batches(batch_size, num_batches, beta=...)` (a
+            `ReplayClient`, `ShardedReplay` or `MixedReplay`).
+        batch_size: items per batch.
+        depth: batches kept ready.
+        threads: concurrent samplers (each holds one request in flight).
+        batches_per_request: batches drawn per round trip.
+        beta: importance-sampling exponent (None: the source's default).
+        device: None for numpy `Sample`s, else a torch device for `TorchBatch`es.
+
+    Errors raised by the source in a background thread are raised by `next()`.
+    """
+
+    def __init__(
+        self,
+        source,
+        batch_size: int,
+        *,
+        depth: int = 8,
+        threads: int = 2,
+        batches_per_request: int = 1,
+        beta: float | None = None,
+        device=None,
+    ):
+        if depth < 1 or threads < 1 or batches_per_request < 1:
+            raise ValueError("depth, threads and batches_per_request must be >= 1")
+        self._source = source
+        self._batch_size = batch_size
+        self._per_request = batches_per_request
+        self._beta = beta
+        self._device = device
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self.delivered = 0
+        self._threads = [threading.Thread(target=self._fill, name=f"prefetch-{i}", daemon=True) for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def _fill(self) -> None:
+        while not self._stop.is_set():
+            try:
+                samples = self._source.sample_batches(self._batch_size, self._per_request, beta=self._beta)
+                items = [to_torch(s, self._device) if self._device is not None else s for s in samples]
+            except Exception as exc:  # handed to the consumer, who decides
+                items = [exc]
+            for item in items:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+            if items and isinstance(items[0], Exception):
+                return
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.get()
+
+    def get(self, timeout: float | None = None):
+        """The next batch; raises a background error, or queue.Empty after `timeout`."""
+        if self._stop.is_set():
+            raise StopIteration
+        item = self._queue.get(timeout=timeout)
+        if isinstance(item, Exception):
+            raise item
+        self.delivered += 1
+        return item
+
+    @property
+    def ready(self) -> int:
+        """Batches waiting right now."""
+        return self._queue.qsize()
+
+    def close(self) -> None:
+        """Stops the sampler threads (a request in flight finishes first)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,218 @@
+"""Many shards as one replay: real redis-server, real shards on port 0, no mocks."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import CARTPOLE_SPEC, make_batch
+from replay import (
+    MixedReplay,
+    Prefetcher,
+    ReplayClient,
+    ReplayServer,
+    ShardedReplay,
+    ShardRegistry,
+    Spec,
+    SpecMismatchError,
+)
+from replay.sharded import _rendezvous_score
+
+
+def wait_until(predicate, timeout=10.0, step=0.05):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
+def shard_kwargs(redis_server, run="test", **extra):
+    return {"redis_url": redis_server.url, "run": run, "heartbeat_s": 0.2, "registry_ttl_s": 1.0, **extra}
+
+
+def writer_for(shard_id: int, shard_ids: list[int], prefix="w") -> str:
+    """A writer id whose rendezvous choice among `shard_ids` is `shard_id`."""
+    for i in range(1000):
+        writer = f"{prefix}{i}"
+        if max(shard_ids, key=lambda s: _rendezvous_score(writer, s)) == shard_id:
+            return writer
+    raise AssertionError("no writer id found")
+
+
+def test_clients_discover_joins_and_leaves_within_seconds(start_server, redis_server):
+    start_server(shard_id=0, **shard_kwargs(redis_server))
+    sharded = ShardedReplay(redis_server.url, "test", discovery_s=0.2)
+    assert sharded.wait_for_shards(1) == [0]
+
+    joined = start_server(shard_id=1, **shard_kwargs(redis_server))
+    started = time.monotonic()
+    assert wait_until(lambda: sharded.shard_ids() == [0, 1], timeout=5)
+    assert time.monotonic() - started < 2.0
+
+    joined.stop(grace=0.1, checkpoint=False)  # a clean stop deregisters at once
+    assert wait_until(lambda: sharded.shard_ids() == [0], timeout=5)
+    sharded.close()
+
+
+def test_a_shard_with_another_spec_is_refused_naming_both_specs(start_server, redis_server):
+    start_server(shard_id=0, **shard_kwargs(redis_server))
+    other = Spec({"obs": ((8,), "uint8"), "action": ((), "int64")})
+    with pytest.raises(SpecMismatchError) as refused:
+        ReplayServer(other, shard_id=1, port=0, **shard_kwargs(redis_server)).start()
+    assert '"shape":[8]' in str(refused.value) and '"shape":[4]' in str(refused.value)
+    assert sorted(ShardRegistry(redis_server.url, "test").live_shards()) == [0]
+
+
+def test_writers_are_routed_by_a_stable_hash_of_their_id(start_server, redis_server):
+    for shard_id in range(3):
+        start_server(shard_id=shard_id, **shard_kwargs(redis_server))
+    counts = {}
+    for shard_id in range(3):
+        writer = ShardedReplay(redis_server.url, "test", writer_id=writer_for(shard_id, [0, 1, 2]))
+        writer.wait_for_shards(3)
+        writer.insert(make_batch(10 + shard_id))
+        writer.flush()
+        counts[shard_id] = 10 + shard_id
+        writer.close()
+    info = ShardedReplay(redis_server.url, "test").info()
+    assert {i: s.inserts for i, s in info.shards.items()} == counts
+
+
+def test_global_prioritized_sampling_matches_one_table(start_server, redis_server):
+    """Shards of different sizes and priorities sample like a single table holding everything."""
+    alpha, beta = 0.6, 0.4
+    servers = [start_server(shard_id=i, capacity=100, alpha=alpha, seed=i, **shard_kwargs(redis_server)) for i in range(3)]
+    sizes = [5, 12, 23]
+    priorities, start = [], 0
+    for server, size in zip(servers, sizes, strict=True):
+        p = np.linspace(0.5, 6.0, size) * (1 + server.config.shard_id)
+        client = ReplayClient(server.address)
+        client.insert(make_batch(size, start=start, priority=p))
+        client.flush()
+        priorities.append(p)
+        start += size
+    priorities = np.concatenate(priorities)
+    expected = priorities**alpha / np.sum(priorities**alpha)
+
+    sharded = ShardedReplay(redis_server.url, "test", seed=0, beta=beta)
+    sharded.wait_for_shards(3)
+    counts = np.zeros(start)
+    draws = 0
+    for batch in sharded.sample_batches(256, 150):
+        ids = batch.data["action"]
+        counts += np.bincount(ids, minlength=start)
+        draws += len(ids)
+        np.testing.assert_allclose(batch.probabilities, expected[ids], rtol=1e-9)
+        w = (start * expected[ids]) ** -beta
+        np.testing.assert_allclose(batch.weights, w / w.max(), rtol=1e-9)
+        assert batch.table_size == start
+    chi_square = np.sum((counts - draws * expected) ** 2 / (draws * expected))
+    assert chi_square < 73.4, f"chi-square {chi_square:.1f} over 39 dof (p < 0.001 threshold 73.4)"
+    sharded.close()
+
+
+def test_priority_updates_are_routed_by_the_shard_in_each_key(start_server, redis_server):
+    for shard_id in (0, 1):
+        server = start_server(shard_id=shard_id, **shard_kwargs(redis_server))
+        ReplayClient(server.address).insert(make_batch(50, start=50 * shard_id))
+    sharded = ShardedReplay(redis_server.url, "test")
+    sharded.wait_for_shards(2)
+    batch = sharded.sample(64)
+    result = sharded.update_priorities(batch.keys, np.full(64, 3.0))
+    assert (result.applied, result.dropped_stale) == (64, 0)
+    info = sharded.info()
+    for shard_id, shard in info.shards.items():
+        mine = np.unique(batch.keys[(batch.keys >> np.uint64(54)).astype(int) == shard_id])
+        assert shard.priority_mass == pytest.approx(50 - len(mine) + len(mine) * 3.0**0.6)
+    sharded.close()
+
+
+def test_uneven_writers_keep_the_global_samples_per_insert(start_server, redis_server):
+    """A 4x-fast writer and a 1x writer on different shards; the learner samples at spi=4."""
+    target = 4.0
+    for shard_id in (0, 1):
+        start_server(shard_id=shard_id, capacity=100_000, selector="uniform", **shard_kwargs(redis_server))
+    stop = threading.Event()
+
+    def write(shard_id: int, pause: float) -> None:
+        writer = ShardedReplay(redis_server.url, "test", writer_id=writer_for(shard_id, [0, 1]))
+        writer.wait_for_shards(2)
+        i = 0
+        while not stop.is_set():
+            writer.insert(make_batch(20, start=i))
+            i += 20
+            time.sleep(pause)
+        writer.flush()
+        writer.close()
+
+    # ~2,000 and ~500 inserts/s: the learner (batches of 128) can sample 4x that, so the global
+    # limiter, not the learner's speed, decides the ratio.
+    writers = [threading.Thread(target=write, args=(0, 0.01)), threading.Thread(target=write, args=(1, 0.04))]
+    for w in writers:
+        w.start()
+    learner = ShardedReplay(redis_server.url, "test", samples_per_insert=target, min_size=100, error_buffer=200)
+    learner.wait_for_shards(2)
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:
+        learner.sample(128, timeout=5)
+    stop.set()
+    for w in writers:
+        w.join()
+    info = learner.info()
+    per_shard = {i: s.inserts for i, s in info.shards.items()}
+    assert per_shard[0] > 2.5 * per_shard[1], f"writers were not uneven: {per_shard}"
+    # Reverb's window: samples = spi * (inserts - min_size) within +-error_buffer.
+    achieved = info.samples / (info.inserts - 100)
+    assert abs(achieved - target) / target < 0.05, f"achieved {achieved:.3f} vs {target} ({info})"
+    assert abs(info.achieved_samples_per_insert - info.samples / info.inserts) < 1e-12
+    learner.close()
+
+
+def test_prefetcher_keeps_batches_ready_and_surfaces_errors(start_server):
+    server = start_server(capacity=1000)
+    client = ReplayClient(server.address)
+    client.insert(make_batch(500))
+    client.flush()
+    with Prefetcher(client, 64, depth=4, threads=2) as prefetcher:
+        assert wait_until(lambda: prefetcher.ready == 4)
+        batches = [next(prefetcher) for _ in range(20)]
+    assert all(b.data["obs"].shape == (64, 4) for b in batches)
+
+    torch = pytest.importorskip("torch")
+    with Prefetcher(client, 32, depth=2, device="cpu") as prefetcher:
+        batch = next(prefetcher)
+    assert isinstance(batch.data["obs"], torch.Tensor) and batch.data["obs"].shape == (32, 4)
+    assert batch.weights.dtype == torch.float32
+    np.testing.assert_array_equal(batch.data["action"].numpy(), batch.sample.data["action"])
+
+    server.stop(grace=0.1, checkpoint=False)
+    broken = Prefetcher(ReplayClient(server.address, retry_for_s=0.2), 8)
+    with pytest.raises(Exception, match="unavailable"):
+        broken.get(timeout=20)
+    broken.close()
+
+
+def test_mixed_sources_draw_fixed_fractions(start_server):
+    online = start_server(shard_id=0, capacity=1000)
+    offline = start_server(shard_id=900, capacity=1000)
+    ReplayClient(online.address).insert(make_batch(100, start=0))
+    ReplayClient(offline.address).insert(make_batch(100, start=1000))
+    time.sleep(0.2)
+    mixed = MixedReplay(
+        {"offline": (ReplayClient(offline.address), 0.25), "online": (ReplayClient(online.address), 0.75)}
+    )
+    for batch in mixed.sample_batches(102, 5):
+        from_offline = int((batch.data["action"] >= 1000).sum())
+        assert from_offline == 26 and len(batch.keys) == 102  # 25.5 rounds to 26, 76.5 to 76
+    result = mixed.update_priorities(batch.keys, np.ones(102))
+    assert result.applied == 102
+    with pytest.raises(ValueError, match="sum to 1.1"):
+        MixedReplay({"a": (ReplayClient(online.address), 0.6), "b": (ReplayClient(offline.address), 0.5)})
+    with pytest.raises(ValueError, match="both have shard id 0"):
+        MixedReplay({"a": (ReplayClient(online.address), 0.5), "b": (ReplayClient(online.address), 0.5)})
+    mixed.close()
