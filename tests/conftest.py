@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from replay import ReplayServer, Spec
+from replay.sharded import _rendezvous_score as rendezvous_score
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -193,3 +194,25 @@ def redis_server(tmp_path):
     server = RedisServer(tmp_path)
     yield server
     server.stop()
+
+
+def wait_until(predicate, timeout=10.0, step=0.05):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
+def shard_kwargs(redis_server, run="test", **extra):
+    return {"redis_url": redis_server.url, "run": run, "heartbeat_s": 0.2, "registry_ttl_s": 1.0, **extra}
+
+
+def writer_for(shard_id: int, shard_ids: list[int], prefix="w") -> str:
+    """A writer id whose rendezvous choice among `shard_ids` is `shard_id`."""
+    for i in range(1000):
+        writer = f"{prefix}{i}"
+        if max(shard_ids, key=lambda s: rendezvous_score(writer, s)) == shard_id:
+            return writer
+    raise AssertionError("no writer id found")

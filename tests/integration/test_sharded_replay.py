@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import CARTPOLE_SPEC, make_batch
+from conftest import make_batch, shard_kwargs, wait_until, writer_for
 from replay import (
     MixedReplay,
     Prefetcher,
@@ -19,29 +19,6 @@ from replay import (
     Spec,
     SpecMismatchError,
 )
-from replay.sharded import _rendezvous_score
-
-
-def wait_until(predicate, timeout=10.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
-
-
-def shard_kwargs(redis_server, run="test", **extra):
-    return {"redis_url": redis_server.url, "run": run, "heartbeat_s": 0.2, "registry_ttl_s": 1.0, **extra}
-
-
-def writer_for(shard_id: int, shard_ids: list[int], prefix="w") -> str:
-    """A writer id whose rendezvous choice among `shard_ids` is `shard_id`."""
-    for i in range(1000):
-        writer = f"{prefix}{i}"
-        if max(shard_ids, key=lambda s: _rendezvous_score(writer, s)) == shard_id:
-            return writer
-    raise AssertionError("no writer id found")
 
 
 def test_clients_discover_joins_and_leaves_within_seconds(start_server, redis_server):
@@ -86,7 +63,9 @@ def test_writers_are_routed_by_a_stable_hash_of_their_id(start_server, redis_ser
 def test_global_prioritized_sampling_matches_one_table(start_server, redis_server):
     """Shards of different sizes and priorities sample like a single table holding everything."""
     alpha, beta = 0.6, 0.4
-    servers = [start_server(shard_id=i, capacity=100, alpha=alpha, seed=i, **shard_kwargs(redis_server)) for i in range(3)]
+    servers = [
+        start_server(shard_id=i, capacity=100, alpha=alpha, seed=i, **shard_kwargs(redis_server)) for i in range(3)
+    ]
     sizes = [5, 12, 23]
     priorities, start = [], 0
     for server, size in zip(servers, sizes, strict=True):

@@ -1,0 +1,125 @@
+"""Faults of a sharded replay, with shards run as `qfleet replay serve` processes and real Redis.
+
+Each test counts transitions inserted (acknowledged) vs present afterwards vs reported lost.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from conftest import CARTPOLE_SPEC, make_batch, shard_kwargs, wait_until, writer_for
+from replay import ReplayClient, ShardedReplay, ShardRegistry
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    path = tmp_path / "spec.json"
+    path.write_text(CARTPOLE_SPEC.to_json())
+    return str(path)
+
+
+def serve_args(spec_file, redis_server, shard_id, checkpoint_dir):
+    return [
+        "replay", "serve", "--spec", spec_file, "--redis-url", redis_server.url, "--run", "faults",
+        "--shard-id", str(shard_id), "--checkpoint-dir", str(checkpoint_dir),
+        "--heartbeat-s", "0.2", "--registry-ttl-s", "1.0", "--capacity", "100000",
+    ]  # fmt: skip
+
+
+def start_pair(qfleet_serve, spec_file, redis_server, tmp_path):
+    return [qfleet_serve(*serve_args(spec_file, redis_server, i, tmp_path / f"ckpt{i}")) for i in (0, 1)]
+
+
+def test_sigkill_mid_run_fails_over_restarts_from_checkpoint_and_reports_the_loss(
+    qfleet_serve, spec_file, redis_server, tmp_path
+):
+    shards = start_pair(qfleet_serve, spec_file, redis_server, tmp_path)
+    writer = ShardedReplay(redis_server.url, "faults", writer_id=writer_for(0, [0, 1]), discovery_s=0.2)
+    learner = ShardedReplay(redis_server.url, "faults", discovery_s=0.2)
+    writer.wait_for_shards(2)
+    learner.wait_for_shards(2)
+
+    writer.insert(make_batch(500))
+    writer.flush()
+    assert ReplayClient(shards[0].address).checkpoint().size == 500
+    writer.insert(make_batch(300, start=500))  # after the checkpoint: lost with the process
+    writer.flush()
+    inserted = 800
+    time.sleep(0.5)  # a heartbeat reports the shard's insert count
+    shards[0].proc.kill()
+    shards[0].proc.wait()
+
+    killed_at = time.monotonic()
+    writer.insert(make_batch(200, start=800))
+    writer.flush()
+    failover_s = time.monotonic() - killed_at
+    inserted += 200
+    assert failover_s < 2.0, f"writer took {failover_s:.2f}s to fail over"
+    assert ReplayClient(shards[1].address).info().inserts == 200
+
+    # Sampling carries on from the shard that is left.
+    batch = learner.sample(64, timeout=10)
+    assert set((batch.keys >> np.uint64(54)).astype(int)) == {1}
+
+    restarted = qfleet_serve(*serve_args(spec_file, redis_server, 0, tmp_path / "ckpt0"))
+    assert "lost 300 transitions" in restarted.log()
+    assert wait_until(lambda: learner.shard_ids() == [0, 1], timeout=10)
+    info = learner.info()
+    assert info.lost_transitions == 300
+    assert info.size == inserted - info.lost_transitions == 700
+    assert info.shards[0].inserts == 500
+
+    # The writer goes back to its own shard once it has returned.
+    assert wait_until(lambda: 0 in writer.shard_ids(), timeout=10)
+    writer.insert(make_batch(50, start=1000))
+    writer.flush()
+    assert ReplayClient(restarted.address).info().inserts == 550
+    writer.close()
+    learner.close()
+
+
+def test_sigterm_loses_nothing(qfleet_serve, spec_file, redis_server, tmp_path):
+    shards = start_pair(qfleet_serve, spec_file, redis_server, tmp_path)
+    writer = ShardedReplay(redis_server.url, "faults", writer_id=writer_for(0, [0, 1]), discovery_s=0.2)
+    writer.wait_for_shards(2)
+    writer.insert(make_batch(400))
+    writer.flush()
+    assert shards[0].signal(signal.SIGTERM) == 0
+
+    writer.insert(make_batch(100, start=400))  # goes to shard 1 meanwhile
+    writer.flush()
+    qfleet_serve(*serve_args(spec_file, redis_server, 0, tmp_path / "ckpt0"))
+    assert wait_until(lambda: writer.shard_ids() == [0, 1], timeout=10)
+    info = writer.info()
+    assert (info.inserts, info.size, info.lost_transitions) == (500, 500, 0)
+    assert info.shards[0].size == 400
+    writer.close()
+
+
+def test_redis_restart_mid_run_components_re_register_and_carry_on(start_server, redis_server):
+    for shard_id in (0, 1):
+        start_server(shard_id=shard_id, **shard_kwargs(redis_server, run="faults"))
+    sharded = ShardedReplay(redis_server.url, "faults", discovery_s=0.2)
+    sharded.wait_for_shards(2)
+    sharded.insert(make_batch(100))
+    sharded.flush()
+
+    redis_server.stop()
+    sharded.insert(make_batch(100, start=100))  # data keeps flowing without the control plane
+    sharded.flush()
+    assert len(sharded.sample(32).keys) == 32
+    time.sleep(0.5)
+    assert sharded.shard_ids() == [0, 1]  # the last known shards are kept
+
+    redis_server.start()  # same port, empty
+    registry = ShardRegistry(redis_server.url, "faults")
+    assert wait_until(lambda: sorted(registry.live_shards()) == [0, 1], timeout=5)
+    start_server(shard_id=2, **shard_kwargs(redis_server, run="faults"))
+    assert wait_until(lambda: sharded.shard_ids() == [0, 1, 2], timeout=5)
+    assert sharded.info().inserts == 200
+    sharded.close()
+    registry.close()
