@@ -18,6 +18,7 @@ from replay.errors import (
     ReplayUnavailableError,
     SpecMismatchError,
 )
+from replay.metrics import ShardedCollector
 from replay.mixing import MixedReplay, validate_fractions
 from replay.prefetch import Prefetcher, TorchBatch
 from replay.registry import ShardRecord, ShardRegistry
@@ -42,6 +43,7 @@ __all__ = [
     "ReplayUnavailableError",
     "Sample",
     "ShardRecord",
+    "ShardedCollector",
     "ShardRegistry",
     "ShardedInfo",
     "ShardedReplay",

@@ -31,9 +31,10 @@ import numpy as np
 from replay import codec
 from replay._proto import replay_pb2, replay_pb2_grpc
 from replay.client import ReplayClient
+from replay.codec import grpc_options
 from replay.rate_limiter import RateLimiter
 from replay.selectors import make_selector
-from replay.server import ReplayServer, grpc_options
+from replay.server import ReplayServer
 from replay.spec import Spec
 from replay.table import Table
 
@@ -109,10 +110,12 @@ class _RawServicer(replay_pb2_grpc.ReplayServiceServicer):
         return self._responses[key]
 
 
-def _serve_forever(kind: str, payload: Payload) -> None:
+def _serve_forever(kind: str, payload: Payload, shard_id: int = 0) -> None:
     """Child-process entry: serve, print the port, run until stdin closes."""
     if kind == "qfleet":
-        server = ReplayServer(payload.spec, capacity=payload.capacity, selector="prioritized", seed=0).start()
+        server = ReplayServer(
+            payload.spec, capacity=payload.capacity, selector="prioritized", seed=0, shard_id=shard_id
+        ).start()
         port = server.port
     else:
         raw = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=grpc_options(512))
@@ -124,9 +127,9 @@ def _serve_forever(kind: str, payload: Payload) -> None:
 
 
 class _ChildServer:
-    def __init__(self, kind: str, payload: Payload):
+    def __init__(self, kind: str, payload: Payload, shard_id: int = 0):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "replay.bench", "--serve", kind, payload.name],
+            [sys.executable, "-m", "replay.bench", "--serve", kind, payload.name, str(shard_id)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -306,9 +309,16 @@ def run_replay_bench(seconds: float, repeats: int, only: str | None, output: str
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--serve", nargs=2, metavar=("KIND", "PAYLOAD"), help="internal: run a benchmark server")
+    parser.add_argument(
+        "--serve", nargs=3, metavar=("KIND", "PAYLOAD", "SHARD"), help="internal: run a benchmark server"
+    )
+    parser.add_argument("--write", nargs=3, metavar=("ADDRESSES", "SHARD", "SECONDS"), help="internal: run a writer")
     args = parser.parse_args()
     if args.serve:
-        _serve_forever(args.serve[0], PAYLOADS[args.serve[1]])
+        _serve_forever(args.serve[0], PAYLOADS[args.serve[1]], int(args.serve[2]))
+    elif args.write:
+        from replay.bench_sharded import write_for
+
+        write_for(args.write[0].split(","), int(args.write[1]), float(args.write[2]))
     else:
         sys.exit(run_replay_bench(3.0, 3, None, None))

@@ -33,13 +33,13 @@ import numpy as np
 
 from replay import codec
 from replay._proto import replay_pb2, replay_pb2_grpc
+from replay.codec import grpc_options
 from replay.errors import (
     DeadlineExceededError,
     InvalidBatchError,
     ReplayError,
     ReplayUnavailableError,
 )
-from replay.server import grpc_options
 from replay.spec import Spec
 
 _END = object()

@@ -10,6 +10,12 @@ from replay._proto import replay_pb2
 from replay.errors import InvalidBatchError
 
 
+def grpc_options(max_message_mb: int) -> list[tuple[str, int]]:
+    """Channel/server options shared by server and client: raised message limits."""
+    limit = max_message_mb * 1024 * 1024
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+
+
 def encode_tensor(value: np.ndarray, tensor: replay_pb2.Tensor) -> replay_pb2.Tensor:
     """Fills `tensor` with the dtype, shape and little-endian bytes of `value`."""
     array = np.asarray(value)

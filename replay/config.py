@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from replay.mixing import validate_fractions
 from replay.rate_limiter import RateLimiter
 
 
@@ -72,6 +73,9 @@ class ReplayConfig:
     registry_ttl_s: float = 5.0
     """A shard whose last heartbeat is older than this is taken as gone by clients."""
 
+    mix: dict[str, float] | None = None
+    """Fractions of every learner batch drawn from named runs' replays, e.g. {online: 0.5, offline: 0.5} (RLPD); must sum to 1; null: all from this run."""
+
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> None:
             raise ValueError(f"{field}={getattr(self, field)!r}: {why}")
@@ -90,6 +94,11 @@ class ReplayConfig:
             bad("min_size", "must be >= 1")
         if self.min_size > self.capacity:
             bad("min_size", f"exceeds capacity={self.capacity}: sampling could never start")
+        if self.mix is not None:
+            try:
+                validate_fractions(self.mix)
+            except ValueError as exc:
+                raise ValueError(f"mix={self.mix!r}: {exc}") from None
         # Raises RateLimiterConfigError (a ValueError) for a window that could block forever.
         RateLimiter(self.min_size, self.samples_per_insert, self.error_buffer)
         if self.checkpoint_every_s is not None and not self.checkpoint_every_s > 0:

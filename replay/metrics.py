@@ -24,6 +24,15 @@ TABLE_SERIES = {
     f"{PREFIX}_limiter_diff": "inserts * samples_per_insert - samples (the rate limiter's error term).",
     f"{PREFIX}_limiter_waiting": "Calls currently blocked by the rate limiter, by operation.",
 }
+# Series of a ShardedReplay (a learner or writer process), read from its cached counters.
+SHARDED_SERIES = {
+    f"{PREFIX}_achieved_samples_per_insert": "Total samples / total inserts over all shards, as last seen.",
+    f"{PREFIX}_target_samples_per_insert": "The global samples_per_insert this client enforces (0: none).",
+    f"{PREFIX}_live_shards": "Shards this client currently takes as live.",
+    f"{PREFIX}_global_inserts": "Sum of the shards' insert counters, as last seen.",
+    f"{PREFIX}_global_samples": "Sum of the shards' sample counters, as last seen.",
+    f"{PREFIX}_failovers_total": "Times this client found a shard unavailable and moved on without it.",
+}
 RPC_LATENCY = f"{PREFIX}_rpc_latency_seconds"
 REJECTED_BATCHES = f"{PREFIX}_rejected_batches_total"
 CHECKPOINTS = f"{PREFIX}_checkpoints_total"
@@ -100,3 +109,32 @@ class ReplayMetrics:
     def latency(self, method: str):
         """The latency histogram child of `method`."""
         return self.rpc_latency(self._shard, method)
+
+
+class ShardedCollector:
+    """Exports a ShardedReplay's view (achieved vs target UTD, live shards) at scrape time.
+
+    Register it in the process's registry: `registry.register(ShardedCollector(sharded))`.
+    """
+
+    def __init__(self, sharded):
+        self._sharded = sharded
+
+    def collect(self):
+        stats = self._sharded.stats()
+        values = {
+            f"{PREFIX}_achieved_samples_per_insert": stats["achieved_samples_per_insert"],
+            f"{PREFIX}_target_samples_per_insert": stats["target_samples_per_insert"],
+            f"{PREFIX}_live_shards": stats["live_shards"],
+            f"{PREFIX}_global_inserts": stats["inserts"],
+            f"{PREFIX}_global_samples": stats["samples"],
+        }
+        for name, value in values.items():
+            family = GaugeMetricFamily(name, SHARDED_SERIES[name], labels=["run"])
+            family.add_metric([stats["run"]], value)
+            yield family
+        failovers = CounterMetricFamily(
+            f"{PREFIX}_failovers", SHARDED_SERIES[f"{PREFIX}_failovers_total"], labels=["run"]
+        )
+        failovers.add_metric([stats["run"]], stats["failovers"])
+        yield failovers

@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 from replay import checkpoint as ckpt
 from replay import codec
 from replay._proto import replay_pb2, replay_pb2_grpc
+from replay.codec import grpc_options
 from replay.config import ReplayConfig
 from replay.errors import DeadlineExceededError, InvalidBatchError
 from replay.metrics import ReplayMetrics
@@ -31,12 +32,6 @@ from replay.spec import Spec
 from replay.table import Table, TableClosedError
 
 log = logging.getLogger(__name__)
-
-
-def grpc_options(max_message_mb: int) -> list[tuple[str, int]]:
-    """Channel/server options shared by server and client: raised message limits."""
-    limit = max_message_mb * 1024 * 1024
-    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
 
 
 def importance_weights(probabilities: np.ndarray, table_size: int, beta: float, batch_size: int) -> np.ndarray:

@@ -131,6 +131,8 @@ class ShardedReplay:
         self._registry = ShardRegistry(redis_url, run) if redis_url else None
         self._pool = futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="sharded-replay")
         self._stop = threading.Event()
+        self.failovers = 0
+        """Times a shard was found unavailable and left out."""
         self._refresh_membership()
         self._watcher = threading.Thread(target=self._watch, name="sharded-replay-discovery", daemon=True)
         self._watcher.start()
@@ -217,6 +219,7 @@ class ShardedReplay:
         with self._lock:
             if shard.failed_at is None:
                 shard.failed_at = time.monotonic()
+                self.failovers += 1
                 log.warning(
                     "shard %d at %s unavailable, moving on without it: %s", shard.shard_id, shard.address, error
                 )
@@ -507,8 +510,21 @@ class ShardedReplay:
             shards=infos,
         )
 
+    def stats(self) -> dict:
+        """Cached counters for metrics and progress lines (no RPC)."""
+        inserts, samples = self._totals()
+        return {
+            "run": self.run,
+            "inserts": inserts,
+            "samples": samples,
+            "achieved_samples_per_insert": samples / inserts if inserts else 0.0,
+            "target_samples_per_insert": self.limiter.samples_per_insert or 0.0,
+            "live_shards": len(self._live()),
+            "failovers": self.failovers,
+        }
+
     def close(self) -> None:
-        """Flushes nothing; stops discovery and closes every shard client."""
+        """Stops discovery and closes every shard client (call `flush` first to wait for acks)."""
         self._stop.set()
         self._watcher.join(timeout=5)
         with self._lock:

@@ -14,7 +14,7 @@ import logging
 import sys
 
 from actors import EnvConfig
-from replay import ReplayConfig, ReplayError
+from replay import ReplayConfig, ReplayError, SpecMismatchError
 from system.config import RunConfig, load_config, to_yaml
 from system.dataclass_args import ConfigError, add_arguments, describe
 
@@ -89,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench_replay.add_argument("--only", choices=["cartpole", "cartpole_small", "atari"], help="run one payload only")
     bench_replay.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
 
+    bench_sharded = bench_commands.add_parser(
+        "sharded",
+        help="aggregate throughput of 1, 2, 4 shards; prefetching vs synchronous sampling",
+        description=(
+            "Starts N shard processes (CartPole-size items) with one writer process per shard and "
+            "measures aggregate insert and sample throughput for each N, then the batches/s a "
+            "consumer receives with synchronous sampling vs the Prefetcher. Prints Markdown tables."
+        ),
+    )
+    bench_sharded.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement (default: 3)")
+    bench_sharded.add_argument("--repeats", type=int, default=3, help="repeats; the median is reported (default: 3)")
+    bench_sharded.add_argument("--shards", default="1,2,4", help="comma-separated shard counts (default: 1,2,4)")
+    bench_sharded.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
+
     config = commands.add_parser(
         "config",
         help="print a resolved config, or the reference of every key",
@@ -115,10 +129,18 @@ def main(argv: list[str] | None = None) -> int:
 
             config = load_config(args.config, args.set, _flags(args))
             return main_serve(config, args.spec, args.report_every)
-        if args.command == "bench":
+        if args.command == "bench" and args.bench_command == "replay":
             from replay.bench import run_replay_bench
 
             return run_replay_bench(args.seconds, args.repeats, args.only, args.output)
+        if args.command == "bench" and args.bench_command == "sharded":
+            from replay.bench_sharded import run_sharded_bench
+
+            try:
+                counts = [int(n) for n in args.shards.split(",")]
+            except ValueError:
+                raise ConfigError(f"--shards {args.shards!r}: expected comma-separated integers") from None
+            return run_sharded_bench(args.seconds, args.repeats, counts, args.output)
         if args.command == "config":
             if args.path is None and not args.set:
                 import typing
@@ -129,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     except ConfigError as exc:
         print(f"qfleet: config error: {exc}", file=sys.stderr)
+        return 2
+    except SpecMismatchError as exc:
+        print(f"qfleet: {exc}", file=sys.stderr)
         return 2
     except ReplayError as exc:
         print(f"qfleet: {exc}", file=sys.stderr)

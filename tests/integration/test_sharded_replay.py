@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from conftest import make_batch, shard_kwargs, wait_until, writer_for
 from replay import (
@@ -19,6 +20,7 @@ from replay import (
     Spec,
     SpecMismatchError,
 )
+from replay.metrics import ShardedCollector
 
 
 def test_clients_discover_joins_and_leaves_within_seconds(start_server, redis_server):
@@ -149,6 +151,14 @@ def test_uneven_writers_keep_the_global_samples_per_insert(start_server, redis_s
     achieved = info.samples / (info.inserts - 100)
     assert abs(achieved - target) / target < 0.05, f"achieved {achieved:.3f} vs {target} ({info})"
     assert abs(info.achieved_samples_per_insert - info.samples / info.inserts) < 1e-12
+
+    registry = CollectorRegistry()
+    registry.register(ShardedCollector(learner))
+    scraped = generate_latest(registry).decode()
+    assert 'qfleet_replay_target_samples_per_insert{run="test"} 4.0' in scraped
+    achieved_line = next(x for x in scraped.splitlines() if x.startswith("qfleet_replay_achieved_samples_per_insert{"))
+    assert float(achieved_line.split()[-1]) == pytest.approx(info.samples / info.inserts, rel=0.01)
+    assert 'qfleet_replay_live_shards{run="test"} 2.0' in scraped
     learner.close()
 
 

@@ -15,6 +15,12 @@ def test_yaml_then_set_then_flags(tmp_path):
     assert config.replay.min_size == 10
 
 
+def test_mix_fractions_are_read_from_yaml(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("replay:\n  mix: {online: 0.5, offline: 0.5}\n")
+    assert load_config(path).replay.mix == {"online": 0.5, "offline": 0.5}
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "overrides", "named"),
     [
@@ -26,6 +32,9 @@ def test_yaml_then_set_then_flags(tmp_path):
         ("", ["replay.alpha=2"], "replay.alpha"),
         ("", ["replay.checkpoint_every_s=5"], "replay.checkpoint_every_s"),
         ("", ["replaycapacity=5"], "replaycapacity"),
+        ("", ["replay.mix={online: 0.5, offline: 0.6}"], "replay.mix.*sum to 1.1"),
+        ("", ["replay.mix={online: 0}"], "replay.mix.*'online'"),
+        ("replay:\n  mix: [0.5, 0.5]\n", [], "replay.mix: expected a mapping"),
     ],
 )
 def test_bad_configs_fail_naming_the_key(tmp_path, yaml_text, overrides, named):
