@@ -129,12 +129,15 @@ def run_sharded_bench(seconds: float, repeats: int, shard_counts: list[int], out
                         _delivery_rate(lambda s=sharded: s.sample(PAYLOAD.sample_batch), consume, seconds)
                         for _ in range(repeats)
                     )
-                    runs = []
-                    for _ in range(repeats):
-                        with Prefetcher(sharded, PAYLOAD.sample_batch, depth=8, threads=2) as prefetcher:
-                            time.sleep(0.2)
-                            runs.append(_delivery_rate(prefetcher.get, consume, seconds))
-                    prefetch[f"prefetch, {label}"] = statistics.median(runs)
+                    for per_request in (1, 4):
+                        runs = []
+                        for _ in range(repeats):
+                            with Prefetcher(
+                                sharded, PAYLOAD.sample_batch, depth=8, threads=2, batches_per_request=per_request
+                            ) as prefetcher:
+                                time.sleep(0.2)
+                                runs.append(_delivery_rate(prefetcher.get, consume, seconds))
+                        prefetch[f"prefetch ({per_request} batch/request), {label}"] = statistics.median(runs)
                 prefetch["work alone"] = statistics.median(
                     _work_only_rate(_consumer(True), seconds) for _ in range(repeats)
                 )
