@@ -58,6 +58,7 @@ def test_sigkill_mid_run_fails_over_restarts_from_checkpoint_and_reports_the_los
     writer.flush()
     failover_s = time.monotonic() - killed_at
     inserted += 200
+    print(f"writer failed over in {failover_s:.2f}s")
     assert failover_s < 2.0, f"writer took {failover_s:.2f}s to fail over"
     assert ReplayClient(shards[1].address).info().inserts == 200
 
