@@ -44,7 +44,9 @@ def test_a_shard_with_another_spec_is_refused_naming_both_specs(start_server, re
     with pytest.raises(SpecMismatchError) as refused:
         ReplayServer(other, shard_id=1, port=0, **shard_kwargs(redis_server)).start()
     assert '"shape":[8]' in str(refused.value) and '"shape":[4]' in str(refused.value)
-    assert sorted(ShardRegistry(redis_server.url, "test").live_shards()) == [0]
+    registry = ShardRegistry(redis_server.url, "test")
+    assert sorted(registry.live_shards()) == [0]
+    registry.close()
 
 
 def test_writers_are_routed_by_a_stable_hash_of_their_id(start_server, redis_server):
@@ -58,7 +60,8 @@ def test_writers_are_routed_by_a_stable_hash_of_their_id(start_server, redis_ser
         writer.flush()
         counts[shard_id] = 10 + shard_id
         writer.close()
-    info = ShardedReplay(redis_server.url, "test").info()
+    with ShardedReplay(redis_server.url, "test") as reader:
+        info = reader.info()
     assert {i: s.inserts for i, s in info.shards.items()} == counts
 
 
