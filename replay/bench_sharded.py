@@ -13,6 +13,7 @@ All figures of one invocation come from the same run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -27,9 +28,8 @@ from replay.bench import PAYLOADS, _ChildServer, random_batch
 from replay.prefetch import Prefetcher
 from replay.sharded import ShardedReplay, _rendezvous_score
 
-PAYLOAD = PAYLOADS["cartpole"].__class__(
-    "cartpole", PAYLOADS["cartpole"].spec, 200_000, 2048, 256, 16
-)  # 200k items per shard: filled quickly, sampled from a realistic tree
+# 200k items per shard: filled quickly, and sampled from a realistically deep tree.
+PAYLOAD = dataclasses.replace(PAYLOADS["cartpole"], capacity=200_000)
 
 
 def _writer_id(shard_id: int, shard_ids: list[int]) -> str:

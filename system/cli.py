@@ -34,6 +34,14 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_bench_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement (default: 3)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="repeats per figure; the median is reported (default: 3)"
+    )
+    parser.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qfleet",
@@ -82,12 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
             "limit), all in one run. Prints a Markdown table."
         ),
     )
-    bench_replay.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement (default: 3)")
-    bench_replay.add_argument(
-        "--repeats", type=int, default=3, help="repeats per measurement; the median is reported (default: 3)"
-    )
+    _add_bench_options(bench_replay)
     bench_replay.add_argument("--only", choices=["cartpole", "cartpole_small", "atari"], help="run one payload only")
-    bench_replay.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
 
     bench_sharded = bench_commands.add_parser(
         "sharded",
@@ -98,10 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
             "consumer receives with synchronous sampling vs the Prefetcher. Prints Markdown tables."
         ),
     )
-    bench_sharded.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement (default: 3)")
-    bench_sharded.add_argument("--repeats", type=int, default=3, help="repeats; the median is reported (default: 3)")
+    _add_bench_options(bench_sharded)
     bench_sharded.add_argument("--shards", default="1,2,4", help="comma-separated shard counts (default: 1,2,4)")
-    bench_sharded.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
 
     config = commands.add_parser(
         "config",

@@ -18,7 +18,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["replay"], ["replay", "serve"], ["bench"], ["bench", "replay"], ["config"]],
+    [[], ["replay"], ["replay", "serve"], ["bench"], ["bench", "replay"], ["bench", "sharded"], ["config"]],
 )
 def test_help_of_every_command(args):
     result = run(*args, "--help")
@@ -79,3 +79,14 @@ def test_bench_replay_runs_briefly_and_reports_every_figure(tmp_path):
     rates = json.loads(out.read_text())["runs"][0]["rates"]
     assert set(rates) == {"qfleet", "raw_grpc", "in_process"}
     assert all(rates[k][op] > 0 for k in rates for op in ("insert", "sample"))
+
+
+def test_bench_sharded_runs_briefly(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run("bench", "sharded", "--shards", "1,2", "--seconds", "0.3", "--repeats", "1", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert [row["shards"] for row in report["scaling"]] == [1, 2]
+    assert all(row["insert"] > 0 and row["sample"] > 0 for row in report["scaling"])
+    assert "prefetch (4 batch/request), with work" in report["prefetch"]
+    assert "| consumer (2 shards, batches of 256) | batches/s |" in result.stdout
