@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from replay.client import Sample
+from replay.errors import DeadlineExceededError
 
 _STOP = object()
 
@@ -76,6 +77,9 @@ class Prefetcher:
     Errors raised by the source in a background thread are raised by `next()`.
     """
 
+    POLL_S = 0.5
+    """Longest a sampler thread waits on the replay before checking whether it should stop."""
+
     def __init__(
         self,
         source,
@@ -104,8 +108,14 @@ class Prefetcher:
     def _fill(self) -> None:
         while not self._stop.is_set():
             try:
-                samples = self._source.sample_batches(self._batch_size, self._per_request, beta=self._beta)
+                # A bounded wait, so that close() is noticed while the replay holds samples back
+                # (min_size, or the samples-per-insert budget spent).
+                samples = self._source.sample_batches(
+                    self._batch_size, self._per_request, beta=self._beta, timeout=self.POLL_S
+                )
                 items = [to_torch(s, self._device) if self._device is not None else s for s in samples]
+            except DeadlineExceededError:
+                continue
             except Exception as exc:  # handed to the consumer, who decides
                 items = [exc]
             for item in items:

@@ -133,6 +133,7 @@ class ShardedReplay:
         self._stop = threading.Event()
         self.failovers = 0
         """Times a shard was found unavailable and left out."""
+        self._reserved = 0  # samples admitted by the global limiter whose draw has not returned yet
         self._refresh_membership()
         self._watcher = threading.Thread(target=self._watch, name="sharded-replay-discovery", daemon=True)
         self._watcher.start()
@@ -331,8 +332,12 @@ class ShardedReplay:
         shard.size, shard.mass = size, mass
         shard.inserts, shard.samples = max(shard.inserts, inserts), max(shard.samples, samples)
 
-    def _wait_for_budget(self, wanted: int, deadline: float | None) -> None:
-        """Blocks until the global limiter admits `wanted` samples."""
+    def _reserve_budget(self, wanted: int, deadline: float | None) -> None:
+        """Blocks until the global limiter admits `wanted` samples, and reserves them.
+
+        The reservation makes check-and-draw atomic across this client's threads (a prefetcher
+        samples from several); `_release_budget` returns it once the draw's counters are in.
+        """
         window = self.limiter.max_diff - self.limiter.min_diff
         if wanted > window:
             raise InvalidBatchError(
@@ -341,9 +346,14 @@ class ShardedReplay:
             )
         delay = 0.001
         while True:
-            inserts, samples = self._totals()
-            if self.limiter.sampleable(wanted, inserts, samples) >= wanted and any(s.mass > 0 for s in self._live()):
-                return
+            with self._lock:
+                inserts, samples = self._totals()
+                samples += self._reserved
+                if self.limiter.sampleable(wanted, inserts, samples) >= wanted and any(
+                    s.mass > 0 for s in self._live()
+                ):
+                    self._reserved += wanted
+                    return
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceededError(
                     f"global limiter held a sample of {wanted} past its deadline: inserts={inserts} "
@@ -374,32 +384,43 @@ class ShardedReplay:
         deadline = None if timeout is None else time.monotonic() + timeout
         if not any(s.mass > 0 for s in self._live()):
             self._refresh_counters()
+        wanted = batch_size * num_batches
         for _ in range(8):
-            self._wait_for_budget(batch_size * num_batches, deadline)
-            live = [s for s in self._live() if s.mass > 0]
-            if not live:
-                continue
-            masses = np.array([s.mass for s in live])
-            shares = masses / masses.sum()
-            counts = self._rng.multinomial(batch_size, shares, size=num_batches)  # [batch, shard]
-            per_shard = counts.sum(axis=0)
-            jobs = {
-                self._pool.submit(self._sample_shard, shard, int(n), deadline): k
-                for k, (shard, n) in enumerate(zip(live, per_shard, strict=True))
-                if n > 0
-            }
-            drawn: dict[int, Sample] = {}
-            failed = False
-            for job in futures.as_completed(jobs):
-                result = job.result()
-                if result is None:
-                    failed = True
-                else:
-                    drawn[jobs[job]] = result
-            if failed:
-                continue  # a shard went away mid-draw: draw again from the rest
-            return self._assemble(live, shares, counts, drawn, beta)
+            self._reserve_budget(wanted, deadline)
+            try:
+                batches = self._draw(batch_size, num_batches, beta, deadline)
+            finally:
+                with self._lock:
+                    self._reserved -= wanted
+            if batches is not None:
+                return batches
         raise ReplayUnavailableError(f"sampling failed repeatedly: shards of run {self.run!r} keep going away")
+
+    def _draw(self, batch_size: int, num_batches: int, beta: float, deadline: float | None) -> list[Sample] | None:
+        """One parallel draw over the live shards; None if a shard failed midway."""
+        live = [s for s in self._live() if s.mass > 0]
+        if not live:
+            return None
+        masses = np.array([s.mass for s in live])
+        shares = masses / masses.sum()
+        counts = self._rng.multinomial(batch_size, shares, size=num_batches)  # [batch, shard]
+        per_shard = counts.sum(axis=0)
+        jobs = {
+            self._pool.submit(self._sample_shard, shard, int(n), deadline): k
+            for k, (shard, n) in enumerate(zip(live, per_shard, strict=True))
+            if n > 0
+        }
+        drawn: dict[int, Sample] = {}
+        failed = False
+        for job in futures.as_completed(jobs):
+            result = job.result()
+            if result is None:
+                failed = True
+            else:
+                drawn[jobs[job]] = result
+        if failed:
+            return None  # a shard went away mid-draw: the caller draws again from the rest
+        return self._assemble(live, shares, counts, drawn, beta)
 
     def _sample_shard(self, shard: _Shard, count: int, deadline: float | None) -> Sample | None:
         remaining = None if deadline is None else max(0.001, deadline - time.monotonic())

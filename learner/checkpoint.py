@@ -1,0 +1,78 @@
+"""Learner checkpoints: networks, target networks, optimizer state, counters and RNG state.
+
+One file per checkpoint, `learner-<updates>.pt`, written with `torch.save` to a temporary file,
+fsynced and renamed (never half a file in place), and read back with
+`torch.load(weights_only=True)`, which unpickles only tensors and plain containers. The three
+newest are kept; an unreadable one falls back to the one before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import random
+import re
+
+import numpy as np
+import torch
+
+KEEP = 3
+_NAME = re.compile(r"^learner-(\d{12})\.pt$")
+log = logging.getLogger(__name__)
+
+
+def rng_state(numpy_rng: np.random.Generator) -> dict:
+    """Every RNG the learner draws from."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": numpy_rng.bit_generator.state,
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict, numpy_rng: np.random.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_rng.bit_generator.state = state["numpy"]
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(directory: pathlib.Path, state: dict, updates: int) -> pathlib.Path:
+    """Writes `state` atomically as the checkpoint of update `updates`; prunes old ones."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"learner-{updates:012d}.pt"
+    temporary = directory / f".{final.name}.tmp-{os.getpid()}"
+    try:
+        torch.save(state, temporary)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, final)
+    finally:
+        temporary.unlink(missing_ok=True)
+    for _, old in _list(directory)[KEEP:]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def _list(directory: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
+    if not directory.is_dir():
+        return []
+    return sorted(((int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))), reverse=True)
+
+
+def load_latest(directory: pathlib.Path) -> tuple[dict, pathlib.Path] | None:
+    """The newest readable checkpoint and its path, or None."""
+    for _, path in _list(directory):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True), path
+        except Exception as exc:  # a damaged file: say so and use the previous one
+            log.warning(
+                "refused learner checkpoint %s (%s: %s); trying the previous one", path, type(exc).__name__, exc
+            )
+    return None

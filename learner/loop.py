@@ -1,0 +1,254 @@
+"""The learner's training loop.
+
+    replay = make_replay(config, redis_url=..., run=...)   # enforces the UTD through the replay
+    learner = Learner(config, replay, obs_shape, ActionSpace(num_actions=2), run=..., weight_store=...)
+    learner.run(max_updates=100_000, stop=stop_event)
+
+Each iteration: take a prefetched batch, compute the loss, step, send priorities back
+(asynchronously), publish weights every `publish_every` updates, checkpoint every
+`checkpoint_every`, log. The UTD is held by the replay: with
+`samples_per_insert = updates_per_env_step * batch_size`, sampling waits until actors have
+inserted enough, so the learner never over-trains on a stale buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from learner import checkpoint as ckpt
+from learner.agents import ActionSpace, make_agent
+from learner.config import LearnerConfig, resolve_device
+from learner.metrics import LearnerMetrics
+from learner.weights import WeightStore
+from replay import Prefetcher, ShardedReplay
+
+log = logging.getLogger(__name__)
+
+
+def make_replay(
+    config: LearnerConfig, redis_url: str | None = None, run: str = "default", addresses: list[str] | None = None
+) -> ShardedReplay:
+    """The learner's view of the sharded replay, with the global ratio that realises the UTD."""
+    return ShardedReplay(
+        redis_url,
+        run,
+        addresses,
+        samples_per_insert=config.samples_per_insert,
+        min_size=config.learning_starts,
+        error_buffer=max(4.0 * config.batch_size * config.prefetch_batches_per_request, 1024.0),
+        seed=config.seed,
+    )
+
+
+@dataclass(frozen=True)
+class LearnerSummary:
+    """What a `run` did."""
+
+    updates: int
+    version: int
+    seconds: float
+    updates_per_second: float
+    checkpoint: pathlib.Path | None
+
+
+class _PrioritySender:
+    """Sends new priorities back from a background thread so the loop never waits on it."""
+
+    def __init__(self, replay):
+        self._replay = replay
+        self._queue: queue.Queue = queue.Queue(maxsize=64)
+        self._thread = threading.Thread(target=self._send, name="learner-priorities", daemon=True)
+        self._thread.start()
+        self.dropped_stale = 0
+
+    def send(self, keys: np.ndarray, priorities: np.ndarray) -> None:
+        self._queue.put((keys, priorities))
+
+    def _send(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                self.dropped_stale += self._replay.update_priorities(*item).dropped_stale
+            except Exception as exc:  # priorities are advisory: a failed update must not stop training
+                log.warning("priority update failed: %s", exc)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+
+class Learner:
+    """Trains an agent from a replay source, publishes its weights and checkpoints itself.
+
+    Args:
+        config: the learner section.
+        replay: a `ShardedReplay` (or anything with `sample_batches` and `update_priorities`).
+        obs_shape: per-item observation shape.
+        action_space: what the agent acts on.
+        run: run name (metrics label).
+        weight_store: where weights are published; None: not published.
+        checkpoint_dir: where checkpoints go; an existing checkpoint there is resumed.
+        metrics: the metrics to update (default: a fresh registry).
+        log_every_s: seconds between progress lines.
+    """
+
+    def __init__(
+        self,
+        config: LearnerConfig,
+        replay,
+        obs_shape: tuple[int, ...],
+        action_space: ActionSpace,
+        *,
+        run: str = "default",
+        weight_store: WeightStore | None = None,
+        checkpoint_dir: str | pathlib.Path | None = None,
+        metrics: LearnerMetrics | None = None,
+        log_every_s: float = 10.0,
+    ):
+        self.config, self.replay, self.run_name = config, replay, run
+        self.device = resolve_device(config.device)
+        self.agent = make_agent(config, tuple(obs_shape), action_space, self.device)
+        self.weight_store = weight_store
+        self.checkpoint_dir = pathlib.Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.metrics = metrics or LearnerMetrics(run)
+        self.metrics.target_utd.set(config.updates_per_env_step)
+        self.log_every_s = log_every_s
+        self.rng = np.random.default_rng(config.seed)
+        self.updates = 0
+        self.version = 0
+        self._published_at: dict[int, float] = {0: time.time()}
+        self.resumed_from: pathlib.Path | None = None
+        if self.checkpoint_dir is not None:
+            self._resume()
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self, max_updates: int | None = None, stop: threading.Event | None = None) -> LearnerSummary:
+        """Trains until `max_updates` (total, resumes included) or until `stop` is set."""
+        stop = stop or threading.Event()
+        config = self.config
+        prefetcher = Prefetcher(
+            self.replay,
+            config.batch_size,
+            depth=config.prefetch_depth,
+            threads=2,
+            batches_per_request=config.prefetch_batches_per_request,
+            device=self.device,
+        )
+        priorities = _PrioritySender(self.replay)
+        started, first_update = time.perf_counter(), self.updates
+        self._last_log = (started, self.updates)
+        try:
+            while not stop.is_set() and (max_updates is None or self.updates < max_updates):
+                batch = self._next_batch(prefetcher, stop)
+                if batch is None:
+                    break
+                result = self.agent.update(batch.data, batch.weights)
+                priorities.send(batch.keys, result.td_abs + config.priority_eps)
+                self.updates += 1
+                if self.agent.after_update(self.updates):
+                    self.metrics.resets.inc()
+                if self.updates % config.publish_every == 0:
+                    self.publish()
+                if self.checkpoint_dir is not None and self.updates % config.checkpoint_every == 0:
+                    self.checkpoint()
+                self._record(result, batch)
+        finally:
+            prefetcher.close()
+            priorities.close()
+        path = None
+        if self.updates > first_update:
+            self.publish()
+            path = self.checkpoint() if self.checkpoint_dir is not None else None
+        seconds = time.perf_counter() - started
+        done = self.updates - first_update
+        return LearnerSummary(self.updates, self.version, seconds, done / seconds if seconds else 0.0, path)
+
+    def _next_batch(self, prefetcher: Prefetcher, stop: threading.Event):
+        waited = time.perf_counter()
+        while not stop.is_set():
+            try:
+                batch = prefetcher.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            self.metrics.data_wait.inc(time.perf_counter() - waited)
+            return batch
+        return None
+
+    # -- weights, checkpoints, metrics ---------------------------------------------------------------
+
+    def publish(self) -> int:
+        """Publishes the policy as the next version (when a store is configured)."""
+        if self.weight_store is None:
+            return self.version
+        self.version += 1
+        self.weight_store.publish(self.agent.policy_state(), self.version)
+        self._published_at[self.version] = time.time()
+        self._published_at.pop(self.version - 1000, None)
+        self.metrics.weight_version.set(self.version)
+        return self.version
+
+    def checkpoint(self) -> pathlib.Path:
+        """Writes a checkpoint of everything `resume` needs."""
+        state = {
+            "agent": self.agent.state_dict(),
+            "counters": {"updates": self.updates, "version": self.version},
+            "rng": ckpt.rng_state(self.rng),
+        }
+        path = ckpt.save(self.checkpoint_dir, state, self.updates)
+        log.info("learner checkpoint at update %d: %s", self.updates, path)
+        return path
+
+    def _resume(self) -> None:
+        loaded = ckpt.load_latest(self.checkpoint_dir)
+        if loaded is None:
+            return
+        state, path = loaded
+        self.agent.load_state_dict(state["agent"])
+        self.updates = int(state["counters"]["updates"])
+        self.version = int(state["counters"]["version"])
+        ckpt.restore_rng(state["rng"], self.rng)
+        self.metrics.updates.inc(self.updates)
+        self.metrics.weight_version.set(self.version)
+        self.resumed_from = path
+        log.info("resumed learner at update %d, weights version %d, from %s", self.updates, self.version, path)
+
+    def _record(self, result, batch) -> None:
+        metrics = self.metrics
+        metrics.updates.inc()
+        metrics.loss.set(result.loss)
+        metrics.q_mean.set(result.q_mean)
+        metrics.td_error.set(float(result.td_abs.mean()))
+        metrics.grad_norm.set(result.grad_norm)
+        versions = batch.sample.data.get("policy_version")
+        if versions is not None:
+            metrics.policy_staleness.set(self.version - float(np.mean(versions)))
+            now = time.time()
+            ages = [now - self._published_at.get(int(v), self._published_at[0]) for v in np.unique(versions)]
+            metrics.sample_age.set(float(np.mean(ages)))
+        stats = self.replay.stats() if hasattr(self.replay, "stats") else None
+        if stats and stats["inserts"]:
+            metrics.achieved_utd.set(self.updates / stats["inserts"])
+        now = time.perf_counter()
+        last_time, last_updates = self._last_log
+        if now - last_time >= self.log_every_s:
+            rate = (self.updates - last_updates) / (now - last_time)
+            metrics.updates_per_second.set(rate)
+            log.info(
+                "updates %d (%.1f/s) | loss %.4f | q %.3f | |td| %.3f | utd %s/%g | weights v%d",
+                self.updates,
+                rate,
+                result.loss,
+                result.q_mean,
+                float(result.td_abs.mean()),
+                f"{self.updates / stats['inserts']:.3f}" if stats and stats["inserts"] else "-",
+                self.config.updates_per_env_step,
+                self.version,
+            )
+            self._last_log = (now, self.updates)

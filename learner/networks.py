@@ -1,0 +1,190 @@
+"""Networks: torsos (MLP, Nature CNN), Q heads (plain, dueling, distributional), and SAC's
+tanh-Gaussian actor and batched critic ensemble.
+
+Every Q network maps observations [B, *obs_shape] to [B, A] values ("dqn") or [B, A, bins]
+logits (C51, HL-Gauss). Each network names its last layer(s) `head`, which periodic resets use.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU (and optional LayerNorm after each)."""
+
+    def __init__(self, in_dim: int, hidden_size: int, num_layers: int, layer_norm: bool):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(num_layers):
+            layers.append(nn.Linear(in_dim if i == 0 else hidden_size, hidden_size))
+            if layer_norm:
+                layers.append(nn.LayerNorm(hidden_size))
+            layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+        self.out_dim = hidden_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1).float())
+
+
+class NatureCNN(nn.Module):
+    """The Nature DQN torso (Mnih et al. 2015) for HxWxC uint8 frames, scaled to [0, 1]."""
+
+    def __init__(self, obs_shape: tuple[int, ...], hidden_size: int = 512):
+        super().__init__()
+        height, width, channels = obs_shape
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.conv(torch.zeros(1, channels, height, width)).shape[1]
+        self.fc = nn.Sequential(nn.Linear(flat, hidden_size), nn.ReLU())
+        self.out_dim = hidden_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x.permute(0, 3, 1, 2).float() / 255.0))
+
+
+class QNetwork(nn.Module):
+    """Torso + Q head: [B, A] values, or [B, A, bins] logits when `bins` > 1."""
+
+    def __init__(self, torso: nn.Module, num_actions: int, bins: int = 1, dueling: bool = False):
+        super().__init__()
+        self.torso = torso
+        self.num_actions, self.bins, self.dueling = num_actions, bins, dueling
+        self.head = nn.Linear(torso.out_dim, num_actions * bins)
+        self.value = nn.Linear(torso.out_dim, bins) if dueling else None
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        features = self.torso(obs)
+        out = self.head(features).view(-1, self.num_actions, self.bins)
+        if self.value is not None:
+            out = self.value(features).view(-1, 1, self.bins) + out - out.mean(dim=1, keepdim=True)
+        return out.squeeze(-1) if self.bins == 1 else out
+
+    def head_modules(self) -> list[nn.Module]:
+        """The layers a "head" reset re-initialises."""
+        return [m for m in (self.head, self.value) if m is not None]
+
+
+def build_q_network(
+    obs_shape: tuple[int, ...], num_actions: int, bins: int, network: str, hidden_size: int, num_layers: int,
+    layer_norm: bool, dueling: bool,
+) -> QNetwork:  # fmt: skip
+    """The Q network for an observation shape ("auto": CNN for HxWxC images, else MLP)."""
+    if network == "auto":
+        network = "cnn" if len(obs_shape) == 3 else "mlp"
+    if network == "cnn":
+        if len(obs_shape) != 3:
+            raise ValueError(f"learner.network='cnn' needs HxWxC observations, got shape {obs_shape}")
+        torso: nn.Module = NatureCNN(obs_shape)
+    else:
+        torso = MLP(math.prod(obs_shape), hidden_size, num_layers, layer_norm)
+    return QNetwork(torso, num_actions, bins, dueling)
+
+
+# -- SAC ---------------------------------------------------------------------------------------------
+
+
+class EnsembleLinear(nn.Module):
+    """E independent linear layers applied in one batched matmul: [E, B, in] -> [E, B, out]."""
+
+    def __init__(self, members: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.weight.shape[1])
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over features with a separate affine transform per ensemble member."""
+
+    def __init__(self, members: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(members, 1, dim))
+        self.bias = nn.Parameter(torch.zeros(members, 1, dim))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+
+
+class EnsembleCritic(nn.Module):
+    """E LayerNorm MLP critics Q_e(s, a), all computed in one batched pass: returns [E, B]."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_size: int, num_layers: int, members: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(num_layers):
+            layers += [
+                EnsembleLinear(members, obs_dim + action_dim if i == 0 else hidden_size, hidden_size),
+                EnsembleLayerNorm(members, hidden_size),
+                nn.ReLU(),
+            ]
+        self.body = nn.Sequential(*layers)
+        self.head = EnsembleLinear(members, hidden_size, 1)
+        self.members = members
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs.flatten(1).float(), action.float()], dim=-1)
+        x = x.unsqueeze(0).expand(self.members, *x.shape)
+        return self.head(self.body(x)).squeeze(-1)
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.head]
+
+
+class TanhGaussianActor(nn.Module):
+    """SAC's policy: a Gaussian squashed by tanh and scaled to the action bounds."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_size: int, num_layers: int, low, high):
+        super().__init__()
+        self.torso = MLP(obs_dim, hidden_size, num_layers, layer_norm=False)
+        self.head = nn.Linear(hidden_size, 2 * action_dim)
+        self.register_buffer("scale", torch.as_tensor((high - low) / 2.0, dtype=torch.float32))
+        self.register_buffer("center", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (action, log-probability) for each observation."""
+        mean, log_std = self.head(self.torso(obs)).chunk(2, dim=-1)
+        log_std = log_std.clamp(-5.0, 2.0)
+        std = log_std.exp()
+        raw = mean if deterministic else mean + std * torch.randn_like(mean)
+        squashed = torch.tanh(raw)
+        log_prob = (-0.5 * ((raw - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_prob = log_prob - (2 * (math.log(2) - raw - F.softplus(-2 * raw))).sum(-1)  # tanh correction
+        log_prob = log_prob - torch.log(self.scale).sum()
+        return squashed * self.scale + self.center, log_prob
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.head]
+
+
+def reinitialise(modules) -> None:
+    """Re-runs the default initialisation of every layer inside `modules`."""
+    for module in modules:
+        for sub in module.modules():
+            if hasattr(sub, "reset_parameters"):
+                sub.reset_parameters()

@@ -1,0 +1,98 @@
+"""The parameter store: versioned policy weights in Redis, as safetensors bytes (no pickle).
+
+The learner's Redis keys, all of them:
+
+    qfleet:{run}:learner:weights           bytes   safetensors of the policy network; its metadata
+                                                   holds "version" and "published_at"
+    qfleet:{run}:learner:weights_version   int     the announced version: one cheap GET tells an
+                                                   actor whether to fetch
+
+Both are written in one MULTI/EXEC, so a reader never sees a version without its weights.
+Versions start at 1 and only grow; 0 means nothing was published yet.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+
+class WeightStoreError(RuntimeError):
+    """The store is unreachable, or holds bytes that are not a qfleet weights blob."""
+
+
+def _keys(run: str) -> tuple[str, str]:
+    return f"qfleet:{run}:learner:weights", f"qfleet:{run}:learner:weights_version"
+
+
+class WeightStore:
+    """Publishes (learner) and fetches (actors) versioned weights.
+
+    Args:
+        redis_url: the run's Redis.
+        run: the run name (key namespace).
+    """
+
+    def __init__(self, redis_url: str, run: str = "default"):
+        self.redis_url, self.run = redis_url, run
+        self._weights_key, self._version_key = _keys(run)
+        self._redis = redis.Redis.from_url(redis_url, socket_timeout=10.0, socket_connect_timeout=2.0)
+
+    def __reduce__(self):
+        return (type(self), (self.redis_url, self.run))
+
+    def publish(self, state: dict[str, torch.Tensor], version: int) -> int:
+        """Stores `state` as `version` and announces it; returns the size in bytes."""
+        tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in state.items()}
+        blob = save_safetensors(tensors, metadata={"version": str(version), "published_at": f"{time.time():.6f}"})
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(self._weights_key, blob)
+            pipe.set(self._version_key, version)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise WeightStoreError(f"cannot publish weights to {self.redis_url}: {exc}") from None
+        return len(blob)
+
+    def version(self) -> int:
+        """The announced version (0 if none): one small GET."""
+        try:
+            value = self._redis.get(self._version_key)
+        except redis.RedisError as exc:
+            raise WeightStoreError(f"cannot read the weights version from {self.redis_url}: {exc}") from None
+        return int(value) if value is not None else 0
+
+    def fetch(self, known_version: int = 0) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """The newest weights if their version differs from `known_version`, else None."""
+        if self.version() == known_version:
+            return None
+        try:
+            blob = self._redis.get(self._weights_key)
+        except redis.RedisError as exc:
+            raise WeightStoreError(f"cannot fetch weights from {self.redis_url}: {exc}") from None
+        if blob is None:
+            return None
+        return decode_weights(blob)
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def decode_weights(blob: bytes) -> tuple[int, dict[str, torch.Tensor]]:
+    """(version, tensors) of a published blob.
+
+    Raises:
+        WeightStoreError: not safetensors, or no version in its metadata.
+    """
+    try:
+        tensors = load_safetensors(blob)
+        header_len = int.from_bytes(blob[:8], "little")
+        metadata = json.loads(blob[8 : 8 + header_len]).get("__metadata__", {})
+        return int(metadata["version"]), tensors
+    except Exception as exc:
+        raise WeightStoreError(f"not a qfleet weights blob: {type(exc).__name__}: {exc}") from None

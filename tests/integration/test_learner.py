@@ -1,0 +1,166 @@
+"""The learner through real shards, real Redis and a real child process."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from prometheus_client import generate_latest
+from safetensors.torch import load_file
+
+from actors import transition_spec
+from conftest import shard_kwargs, wait_until
+from learner import ActionSpace, Learner, LearnerConfig, WeightStore, make_replay
+from replay import ShardedReplay
+
+SMALL = LearnerConfig(
+    batch_size=32, hidden_size=32, learning_starts=200, updates_per_env_step=0.25, publish_every=10,
+    checkpoint_every=25, prefetch_depth=2, prefetch_batches_per_request=1, device="cpu",
+)  # fmt: skip
+
+
+def cartpole_transitions(n: int, start: int = 0, version: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(start)
+    return {
+        "obs": rng.normal(size=(n, 4)).astype(np.float32),
+        "action": rng.integers(0, 2, n).astype(np.int64),
+        "reward": np.ones(n, np.float32),
+        "next_obs": rng.normal(size=(n, 4)).astype(np.float32),
+        "discount": np.full(n, 0.99**3, np.float32),
+        "actor_id": np.zeros(n, np.int32),
+        "policy_version": np.full(n, version, np.int64),
+    }
+
+
+@pytest.fixture
+def shards(start_server, redis_server):
+    spec = transition_spec("CartPole-v1")
+    for shard_id in (0, 1):
+        start_server(spec, shard_id=shard_id, capacity=20_000, **shard_kwargs(redis_server, run="learn"))
+    writer = ShardedReplay(redis_server.url, "learn")
+    writer.wait_for_shards(2)
+    yield writer
+    writer.close()
+
+
+def test_learner_trains_from_shards_publishes_weights_and_sends_priorities(shards, redis_server, tmp_path):
+    shards.insert(cartpole_transitions(2000))
+    shards.flush()
+    store = WeightStore(redis_server.url, "learn")
+    replay = make_replay(SMALL, redis_server.url, "learn")
+    learner = Learner(
+        SMALL, replay, (4,), ActionSpace(num_actions=2), run="learn", weight_store=store, checkpoint_dir=tmp_path
+    )
+    summary = learner.run(max_updates=40)
+
+    assert summary.updates == 40
+    assert store.version() == summary.version == 5  # every 10 updates, plus the final publish
+    version, weights = store.fetch(known_version=0)
+    assert version == 5
+    for name, tensor in learner.agent.policy_state().items():
+        torch.testing.assert_close(weights[name], tensor)
+    assert store.fetch(known_version=5) is None  # nothing new: no download
+
+    info = shards.info()  # new priorities (|td| + eps) replaced the initial 1.0s of sampled items
+    assert info.priority_mass != pytest.approx(info.size)
+    assert summary.checkpoint is not None and summary.checkpoint.exists()
+
+    text = generate_latest(learner.metrics.registry).decode()
+    assert 'qfleet_learner_updates_total{run="learn"} 40.0' in text
+    assert 'qfleet_learner_weight_version{run="learn"} 5.0' in text
+    assert 'qfleet_learner_target_utd{run="learn"} 0.25' in text
+    for series in ("loss", "q_mean", "td_error", "grad_norm", "achieved_utd", "policy_staleness", "sample_age_seconds"):
+        assert f"qfleet_learner_{series}{{" in text
+    replay.close()
+    store.close()
+
+
+def test_learner_waits_for_data_instead_of_over_training(shards, redis_server):
+    shards.insert(cartpole_transitions(1000))
+    shards.flush()
+    replay = make_replay(SMALL, redis_server.url, "learn")
+    learner = Learner(SMALL, replay, (4,), ActionSpace(num_actions=2), run="learn")
+    stop = threading.Event()
+    runner = threading.Thread(target=learner.run, kwargs={"stop": stop})
+    runner.start()
+    # spi = 0.25 * 32 = 8 samples per insert; after min_size 200, Reverb's window allows
+    # 8 * (1000 - 200) + error_buffer (1024) samples: at most 232 batches of 32, prefetch included.
+    budget = (8 * (1000 - 200) + 1024) // 32
+    assert wait_until(lambda: learner.updates >= budget - 2 * SMALL.prefetch_depth, timeout=60)
+    time.sleep(1.0)
+    stalled = learner.updates
+    assert stalled <= budget
+    time.sleep(1.0)
+    assert learner.updates == stalled, "the learner kept updating without new data"
+
+    shards.insert(cartpole_transitions(500, start=1000))  # 500 transitions buy 125 more updates
+    shards.flush()
+    assert wait_until(lambda: learner.updates >= stalled + 120, timeout=60)
+    stop.set()
+    runner.join(30)
+    assert learner.updates <= (8 * (1500 - 200) + 1024) // 32
+    replay.close()
+
+
+@pytest.mark.parametrize("loss", ["dqn", "sac"])
+def test_checkpoint_then_new_process_resume_gives_identical_next_update(tmp_path, loss):
+    config = dataclasses.replace(SMALL, loss=loss, ensemble_size=4, seed=5)
+    space = ActionSpace(low=(-1.0,), high=(1.0,)) if loss == "sac" else ActionSpace(num_actions=2)
+    rng = np.random.default_rng(0)
+
+    def make_batch():
+        batch = {
+            "obs": torch.tensor(rng.normal(size=(32, 4)), dtype=torch.float32),
+            "action": torch.tensor(rng.uniform(-1, 1, (32, 1)), dtype=torch.float32)
+            if loss == "sac"
+            else torch.tensor(rng.integers(0, 2, 32)),
+            "reward": torch.tensor(rng.normal(size=32), dtype=torch.float32),
+            "next_obs": torch.tensor(rng.normal(size=(32, 4)), dtype=torch.float32),
+            "discount": torch.full((32,), 0.97),
+        }
+        return batch, torch.tensor(rng.uniform(0.5, 1.0, 32), dtype=torch.float32)
+
+    learner = Learner(config, None, (4,), space, checkpoint_dir=tmp_path / "ckpt")
+    for _ in range(5):
+        learner.agent.update(*make_batch())
+        learner.updates += 1
+    learner.version = 3
+    learner.checkpoint()
+
+    batch, weights = make_batch()
+    np.savez(tmp_path / "batch.npz", weights=weights.numpy(), **{k: v.numpy() for k, v in batch.items()})
+    learner.agent.update(batch, weights)  # the next step, in this process
+    here = {
+        f"{net}.{k}": v
+        for net, sd in learner.agent.state_dict().items()
+        if net in ("online", "actor", "critic")
+        for k, v in sd.items()
+    }
+
+    child = Path(__file__).with_name("resume_child.py")
+    out = tmp_path / "child"
+    subprocess.run(
+        [
+            sys.executable,
+            str(child),
+            json.dumps(dataclasses.asdict(config)),
+            str(tmp_path / "ckpt"),
+            str(tmp_path / "batch.npz"),
+            str(out),
+        ],
+        check=True,
+        timeout=120,
+    )
+    there = load_file(str(out) + ".safetensors")
+    assert set(there) == set(here)
+    for name, tensor in here.items():
+        assert torch.equal(there[name], tensor), f"{name} differs after resume"
+    assert json.loads(Path(str(out) + ".json").read_text()) == {"updates": 5, "version": 3}

@@ -1,0 +1,113 @@
+"""Agents learn known values; resets really re-initialise; SAC's ensemble behaves as specified."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from learner.agents import ActionSpace, make_agent
+from learner.config import LearnerConfig
+
+GAMMA = 0.9
+
+
+def chain_dataset():
+    """A 5-state chain: action 1 moves right, 0 moves left (floor 0); entering state 4 pays 1 and
+    terminates. Q*(s, right) = gamma**(3-s); Q*(s, left) = gamma**(1 + 3 - max(s-1, 0))."""
+    obs, action, reward, next_obs, discount = [], [], [], [], []
+    for s in range(4):
+        for a in (0, 1):
+            nxt = s + 1 if a == 1 else max(s - 1, 0)
+            obs.append(np.eye(5)[s])
+            next_obs.append(np.eye(5)[nxt])
+            action.append(a)
+            reward.append(1.0 if nxt == 4 else 0.0)
+            discount.append(0.0 if nxt == 4 else GAMMA)
+    q_star = np.array([[GAMMA ** (1 + 3 - max(s - 1, 0)), GAMMA ** (3 - s)] for s in range(4)])
+    batch = {
+        "obs": torch.tensor(np.array(obs), dtype=torch.float32),
+        "action": torch.tensor(action),
+        "reward": torch.tensor(reward, dtype=torch.float32),
+        "next_obs": torch.tensor(np.array(next_obs), dtype=torch.float32),
+        "discount": torch.tensor(discount, dtype=torch.float32),
+    }
+    return batch, q_star
+
+
+@pytest.mark.parametrize("loss", ["dqn", "c51", "hl_gauss"])
+def test_learns_the_chain_mdp_to_its_known_q_star(loss):
+    config = LearnerConfig(
+        loss=loss, hidden_size=64, lr=3e-3, target_update="hard", target_update_every=50, v_min=-0.5, v_max=1.5,
+        num_bins=41, max_grad_norm=None, seed=1,
+    )  # fmt: skip
+    agent = make_agent(config, (5,), ActionSpace(num_actions=2), torch.device("cpu"))
+    batch, q_star = chain_dataset()
+    ones = torch.ones(8)
+    for update in range(1, 1501):
+        agent.update(batch, ones)
+        agent.after_update(update)
+    with torch.no_grad():
+        q = agent.q_values(agent.online, torch.eye(5)[:4]).numpy()
+    np.testing.assert_allclose(q, q_star, atol=0.05)
+
+
+def test_sac_ensemble_target_uses_a_subset_minimum_and_learns_a_bandit():
+    config = LearnerConfig(loss="sac", hidden_size=64, lr=3e-3, ensemble_size=6, ensemble_subset=2, seed=0)
+    agent = make_agent(config, (1,), ActionSpace(low=(-1.0,), high=(1.0,)), torch.device("cpu"))
+    q = agent.critic(torch.zeros(7, 1), torch.zeros(7, 1))
+    assert q.shape == (6, 7)  # six critics, one batched pass
+    # A one-step bandit: reward peaks at a = 0.5; discount 0 (terminal).
+    for _ in range(600):
+        action = torch.rand(128, 1) * 2 - 1
+        batch = {
+            "obs": torch.zeros(128, 1),
+            "action": action,
+            "reward": 1.0 - 4.0 * (action[:, 0] - 0.5) ** 2,
+            "next_obs": torch.zeros(128, 1),
+            "discount": torch.zeros(128),
+        }
+        result = agent.update(batch, torch.ones(128))
+        agent.after_update(1)
+    best, _ = agent.actor(torch.zeros(1, 1), deterministic=True)
+    assert abs(float(best) - 0.5) < 0.15
+    assert result.td_abs.shape == (128,)
+
+
+def test_reset_reinitialises_parameters_and_optimizer_state():
+    config = LearnerConfig(hidden_size=32, reset_every=10, reset_modules="head", seed=3)
+    agent = make_agent(config, (5,), ActionSpace(num_actions=2), torch.device("cpu"))
+    batch, _ = chain_dataset()
+    for update in range(1, 10):
+        agent.update(batch, torch.ones(8))
+        assert not agent.after_update(update)
+    agent.update(batch, torch.ones(8))
+    head_before = agent.online.head.weight.detach().clone()
+    torso_before = [p.detach().clone() for p in agent.online.torso.parameters()]
+    assert all(p in agent.optimizer.state for p in agent.online.head.parameters())
+
+    assert agent.after_update(10)  # the 10th update resets the head
+    assert not torch.allclose(agent.online.head.weight, head_before)
+    for before, after in zip(torso_before, agent.online.torso.parameters(), strict=True):
+        torch.testing.assert_close(before, after.detach())  # the torso is kept
+    assert all(p not in agent.optimizer.state for p in agent.online.head.parameters())
+    assert all(p in agent.optimizer.state for p in agent.online.torso.parameters())
+    torch.testing.assert_close(agent.target.head.weight, agent.online.head.weight)
+
+    agent.reset("all")
+    assert not agent.optimizer.state
+
+
+def test_loss_that_does_not_fit_the_action_space_is_refused():
+    with pytest.raises(ValueError, match="learner.loss='sac' needs a continuous"):
+        make_agent(LearnerConfig(loss="sac"), (4,), ActionSpace(num_actions=2), torch.device("cpu"))
+    with pytest.raises(ValueError, match="learner.loss='dqn' needs a discrete"):
+        make_agent(LearnerConfig(), (4,), ActionSpace(low=(-1.0,), high=(1.0,)), torch.device("cpu"))
+
+
+def test_config_refuses_bad_values_naming_the_field():
+    with pytest.raises(ValueError, match="v_max"):
+        LearnerConfig(v_min=1.0, v_max=0.0)
+    with pytest.raises(ValueError, match="ensemble_subset"):
+        LearnerConfig(ensemble_size=4, ensemble_subset=5)
+    assert dataclasses.replace(LearnerConfig(), updates_per_env_step=0.5).samples_per_insert == 128.0
