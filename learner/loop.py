@@ -61,6 +61,8 @@ class LearnerSummary:
 class _PrioritySender:
     """Sends new priorities back from a background thread so the loop never waits on it."""
 
+    COALESCE_S = 0.02
+
     def __init__(self, replay):
         self._replay = replay
         self._queue: queue.Queue = queue.Queue(maxsize=64)
@@ -72,9 +74,28 @@ class _PrioritySender:
         self._queue.put((keys, priorities))
 
     def _send(self) -> None:
-        while (item := self._queue.get()) is not None:
+        closing = False
+        while not closing:
+            pending = [self._queue.get()]
+            # Gather what arrives within COALESCE_S into one request: a replay round trip costs
+            # the shard far more CPU than applying the priorities, so one call per few updates
+            # instead of one per update. A key updated twice keeps its newer priority (the shard
+            # applies a batch's repeated keys in order).
+            deadline = time.monotonic() + self.COALESCE_S
+            while pending[-1] is not None:
+                try:
+                    pending.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            if None in pending:
+                closing = True
+                pending = pending[: pending.index(None)]
+            if not pending:
+                continue
+            keys = np.concatenate([k for k, _ in pending])
+            priorities = np.concatenate([p for _, p in pending])
             try:
-                self.dropped_stale += self._replay.update_priorities(*item).dropped_stale
+                self.dropped_stale += self._replay.update_priorities(keys, priorities).dropped_stale
             except Exception as exc:  # priorities are advisory: a failed update must not stop training
                 log.warning("priority update failed: %s", exc)
 

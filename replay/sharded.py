@@ -76,6 +76,11 @@ class _Shard:
         self.failed_at: float | None = None  # set while the shard is taken as down
 
 
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenates per-shard parts; a single part is passed through without a copy."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def _rendezvous_score(writer_id: str, shard_id: int) -> int:
     digest = hashlib.blake2b(f"{writer_id}/{shard_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
@@ -440,8 +445,8 @@ class ShardedReplay:
         for b in range(counts.shape[0]):
             parts = [(k, offsets[b, k], counts[b, k]) for k in range(len(live)) if counts[b, k] > 0]
             pick = [(drawn[k], slice(start, start + n), k) for k, start, n in parts]
-            data = {name: np.concatenate([s.data[name][sl] for s, sl, _ in pick]) for name in pick[0][0].data}
-            keys = np.concatenate([s.keys[sl] for s, sl, _ in pick])
+            data = {name: _join([s.data[name][sl] for s, sl, _ in pick]) for name in pick[0][0].data}
+            keys = _join([s.keys[sl] for s, sl, _ in pick])
             # An item's global probability: its shard's share of the mass times its in-shard chance.
             probabilities = np.concatenate([shares[k] * s.probabilities[sl] for s, sl, k in pick])
             weights = (total_size * probabilities) ** (-beta)

@@ -105,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_options(bench_sharded)
     bench_sharded.add_argument("--shards", default="1,2,4", help="comma-separated shard counts (default: 1,2,4)")
 
+    bench_learner = bench_commands.add_parser(
+        "learner",
+        help="learner updates/s fed over gRPC (shard + prefetcher) vs from an in-process buffer",
+        description=(
+            "Runs the learner's training loop on the CartPole MLP (batch 256) and the Atari Nature CNN "
+            "(batches 32 and 256), fed once from a replay shard in another process over gRPC through "
+            "the prefetching sampler and once from the same table in-process. Prints a Markdown table."
+        ),
+    )
+    _add_bench_options(bench_learner)
+    bench_learner.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N (default: auto)")
+
     config = commands.add_parser(
         "config",
         help="print a resolved config, or the reference of every key",
@@ -143,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError:
                 raise ConfigError(f"--shards {args.shards!r}: expected comma-separated integers") from None
             return run_sharded_bench(args.seconds, args.repeats, counts, args.output)
+        if args.command == "bench" and args.bench_command == "learner":
+            from learner.bench import run_learner_bench
+
+            return run_learner_bench(args.seconds, args.repeats, args.device, args.output)
         if args.command == "config":
             if args.path is None and not args.set:
                 import typing

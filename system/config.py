@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from actors import EnvConfig
+from learner import LearnerConfig
 from replay import ReplayConfig
 from system.dataclass_args import ConfigError, build
 
@@ -29,6 +30,9 @@ class RunConfig:
 
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     """The replay shards (the `replay` section)."""
+
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    """The learner (the `learner` section)."""
 
 
 SECTIONS: dict[str, type] = typing.get_type_hints(RunConfig)

@@ -69,7 +69,8 @@ def test_sac_ensemble_target_uses_a_subset_minimum_and_learns_a_bandit():
         }
         result = agent.update(batch, torch.ones(128))
         agent.after_update(1)
-    best, _ = agent.actor(torch.zeros(1, 1), deterministic=True)
+    with torch.no_grad():
+        best, _ = agent.actor(torch.zeros(1, 1), deterministic=True)
     assert abs(float(best) - 0.5) < 0.15
     assert result.td_abs.shape == (128,)
 

@@ -1,5 +1,6 @@
 import pytest
 
+from learner import LearnerConfig
 from replay import ReplayConfig
 from system.config import load_config
 from system.dataclass_args import ConfigError, field_docs
@@ -33,6 +34,9 @@ def test_mix_fractions_are_read_from_yaml(tmp_path):
         ("", ["replay.checkpoint_every_s=5"], "replay.checkpoint_every_s"),
         ("", ["replaycapacity=5"], "replaycapacity"),
         ("", ["replay.mix={online: 0.5, offline: 0.6}"], "replay.mix.*sum to 1.1"),
+        ("", ["learner.loss=ppo"], "learner.loss"),
+        ("", ["learner.v_min=5"], "learner.v_max"),
+        ("", ["learner.device=tpu"], "learner.device"),
         ("", ["replay.mix={online: 0}"], "replay.mix.*'online'"),
         ("replay:\n  mix: [0.5, 0.5]\n", [], "replay.mix: expected a mapping"),
     ],
@@ -44,7 +48,8 @@ def test_bad_configs_fail_naming_the_key(tmp_path, yaml_text, overrides, named):
         load_config(path, overrides)
 
 
-def test_every_config_field_is_documented():
-    docs = field_docs(ReplayConfig)
-    missing = [name for name in ReplayConfig.__dataclass_fields__ if not docs.get(name)]
+@pytest.mark.parametrize("cls", [ReplayConfig, LearnerConfig])
+def test_every_config_field_is_documented(cls):
+    docs = field_docs(cls)
+    missing = [name for name in cls.__dataclass_fields__ if not docs.get(name)]
     assert not missing

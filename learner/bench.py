@@ -1,0 +1,200 @@
+"""`qfleet bench learner`: learner updates/s fed over gRPC vs fed from an in-process buffer.
+
+The same `Learner.run` (prefetching sampler, update, asynchronous priority updates) is fed two
+ways, in one run:
+
+- gRPC: one replay shard in its own process on loopback, read through `ShardedReplay`;
+- in-process: the same `Table` class living in the learner's process, behind the same interface.
+
+Cases: the CartPole MLP (4 floats in, 2 hidden layers of 256) at batch 256, and the Nature CNN on
+84x84x4 uint8 frames at batches 32 and 256 (double DQN, prioritized replay). The replay is filled
+before timing and the UTD limiter is off, so the figure is the learner's top speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import statistics
+import threading
+import time
+
+import numpy as np
+import torch
+
+from learner.agents import ActionSpace
+from learner.config import LearnerConfig, resolve_device
+from learner.loop import Learner
+from replay.bench import Payload, _ChildServer, random_batch
+from replay.client import PriorityUpdateResult, Sample
+from replay.rate_limiter import RateLimiter
+from replay.selectors import make_selector
+from replay.server import importance_weights
+from replay.sharded import ShardedReplay
+from replay.spec import Spec
+from replay.table import Table
+
+
+def _spec(obs_shape: tuple[int, ...], obs_dtype: str) -> Spec:
+    return Spec(
+        {
+            "obs": (obs_shape, obs_dtype),
+            "action": ((), "int64"),
+            "reward": ((), "float32"),
+            "next_obs": (obs_shape, obs_dtype),
+            "discount": ((), "float32"),
+        }
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    payload: Payload
+    obs_shape: tuple[int, ...]
+    num_actions: int
+    config: LearnerConfig
+
+
+def _cases(device: str) -> list[Case]:
+    cartpole = Payload("cartpole", _spec((4,), "float32"), 100_000, 2048, 256, 4)
+    atari = Payload("atari", _spec((84, 84, 4), "uint8"), 4096, 32, 32, 1)
+    base = LearnerConfig(device=device, learning_starts=1, publish_every=10**9, checkpoint_every=10**9)
+    return [
+        Case(
+            "cartpole-mlp b256",
+            cartpole,
+            (4,),
+            2,
+            dataclasses.replace(base, batch_size=256, prefetch_batches_per_request=4),
+        ),
+        Case(
+            "atari-cnn b32",
+            atari,
+            (84, 84, 4),
+            6,
+            dataclasses.replace(base, batch_size=32, prefetch_batches_per_request=1),
+        ),
+        Case(
+            "atari-cnn b256",
+            atari,
+            (84, 84, 4),
+            6,
+            dataclasses.replace(base, batch_size=256, prefetch_batches_per_request=1),
+        ),
+    ]
+
+
+class InProcessReplay:
+    """A `Table` in the learner's own process, behind the sampling interface the learner uses."""
+
+    def __init__(self, spec: Spec, capacity: int, beta: float = 0.4):
+        self.table = Table(spec, capacity, make_selector("prioritized", capacity, 0.6), RateLimiter())
+        self.beta = beta
+
+    def insert(self, batch) -> None:
+        self.table.insert(batch)
+
+    def sample_batches(self, batch_size: int, num_batches: int, *, beta=None, timeout=None) -> list[Sample]:
+        items = self.table.sample(batch_size, num_batches)
+        weights = importance_weights(
+            items.probabilities, items.table_size, self.beta if beta is None else beta, batch_size
+        )
+        out = []
+        for i in range(num_batches):
+            part = slice(i * batch_size, (i + 1) * batch_size)
+            out.append(
+                Sample(
+                    data={k: v[part] for k, v in items.data.items()},
+                    keys=items.keys[part],
+                    probabilities=items.probabilities[part],
+                    weights=weights[part],
+                    table_size=items.table_size,
+                    priority_mass=items.priority_mass,
+                )
+            )
+        return out
+
+    def update_priorities(self, keys, priorities) -> PriorityUpdateResult:
+        applied, dropped = self.table.update_priorities(keys, priorities)
+        return PriorityUpdateResult(applied, dropped)
+
+
+def _fill(target, payload: Payload) -> None:
+    rng = np.random.default_rng(0)
+    chunk = random_batch(payload.spec, min(payload.capacity, 8192), rng)
+    chunk["action"] = rng.integers(0, 2, len(chunk["action"])).astype(np.int64)
+    for _ in range(max(1, payload.capacity // len(chunk["action"]))):
+        target.insert(chunk)
+    if hasattr(target, "flush"):
+        target.flush()
+
+
+def _updates_per_second(case: Case, replay, seconds: float) -> float:
+    learner = Learner(case.config, replay, case.obs_shape, ActionSpace(num_actions=case.num_actions), log_every_s=1e9)
+    learner.run(max_updates=3)  # warm-up: allocations, first prefetches
+    stop = threading.Event()
+    timer = threading.Timer(seconds, stop.set)
+    timer.start()
+    summary = learner.run(stop=stop)
+    timer.cancel()
+    return summary.updates_per_second
+
+
+def run_learner_bench(seconds: float, repeats: int, device: str, output: str | None) -> int:
+    logging.getLogger("learner").setLevel(logging.WARNING)
+    resolved = resolve_device(device)
+    machine = (
+        f"{platform.node()} ({os.cpu_count()} CPUs, {platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads, device {resolved}"
+        + (f" = {torch.cuda.get_device_name(resolved)}" if resolved.type == "cuda" else "")
+        + ")"
+    )
+    print(f"qfleet bench learner: {seconds}s x {repeats} repeats per figure on {machine}", flush=True)
+    rows = []
+    for case in _cases(device):
+        print(f"  {case.name} ...", flush=True)
+        local = InProcessReplay(case.payload.spec, case.payload.capacity)
+        _fill(local, case.payload)
+        server = _ChildServer("qfleet", case.payload)
+        try:
+            sharded = ShardedReplay(addresses=[server.address])
+            _fill(sharded, case.payload)
+            # Alternate the two feeds so that drift in this shared machine's speed hits both.
+            in_process, over_grpc = [], []
+            for _ in range(repeats):
+                in_process.append(_updates_per_second(case, local, seconds))
+                over_grpc.append(_updates_per_second(case, sharded, seconds))
+            sharded.close()
+        finally:
+            server.close()
+        del local
+        rows.append(
+            {
+                "case": case.name,
+                "grpc": statistics.median(over_grpc),
+                "in_process": statistics.median(in_process),
+                "grpc_runs": over_grpc,
+                "in_process_runs": in_process,
+            }
+        )
+    print()
+    print("| case | updates/s over gRPC (shard + prefetcher) | updates/s in-process | gRPC / in-process |")
+    print("|---|---:|---:|---:|")
+    for row in rows:
+        print(
+            f"| {row['case']} | {row['grpc']:,.1f} | {row['in_process']:,.1f} | {row['grpc'] / row['in_process']:.0%} |"
+        )
+    print()
+    for row in rows:
+        ratio = row["grpc"] / row["in_process"]
+        print(
+            f"{'met' if ratio >= 0.9 else 'MISSED'}: {row['case']} over gRPC at {ratio:.0%} of in-process (target >= 90%)"
+        )
+    if output:
+        with open(output, "w") as handle:
+            json.dump({"machine": machine, "date": time.strftime("%Y-%m-%d"), "rows": rows}, handle, indent=2)
+    return 0
