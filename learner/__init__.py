@@ -1,34 +1,43 @@
 """qfleet learner: networks, losses, agents, the training loop, weight publishing and checkpoints.
 
 Public surface:
-    LearnerConfig, Learner, LearnerSummary, make_replay (the loop);
+    LearnerConfig, resolve_device (configuration; importing them does not import torch);
+    Learner, LearnerSummary, make_replay (the loop);
     ActionSpace, make_agent, DiscreteQAgent, SACAgent, UpdateResult (agents);
     WeightStore, WeightStoreError, decode_weights (the Redis parameter store);
     LearnerMetrics; build_q_network, TanhGaussianActor (networks actors act with).
+
+Everything but the configuration is imported on first use, so commands that only read configs
+(`qfleet --help`, `qfleet config`, `qfleet replay serve`) start without loading torch.
 """
 
-from learner.agents import ActionSpace, DiscreteQAgent, SACAgent, UpdateResult, make_agent
-from learner.config import LearnerConfig, resolve_device
-from learner.loop import Learner, LearnerSummary, make_replay
-from learner.metrics import LearnerMetrics
-from learner.networks import TanhGaussianActor, build_q_network
-from learner.weights import WeightStore, WeightStoreError, decode_weights
+import importlib
 
-__all__ = [
-    "ActionSpace",
-    "DiscreteQAgent",
-    "Learner",
-    "LearnerConfig",
-    "LearnerMetrics",
-    "LearnerSummary",
-    "SACAgent",
-    "TanhGaussianActor",
-    "UpdateResult",
-    "WeightStore",
-    "WeightStoreError",
-    "build_q_network",
-    "decode_weights",
-    "make_agent",
-    "make_replay",
-    "resolve_device",
-]
+from learner.config import LearnerConfig, resolve_device
+
+_LAZY = {
+    "ActionSpace": "learner.agents",
+    "DiscreteQAgent": "learner.agents",
+    "SACAgent": "learner.agents",
+    "UpdateResult": "learner.agents",
+    "make_agent": "learner.agents",
+    "Learner": "learner.loop",
+    "LearnerSummary": "learner.loop",
+    "make_replay": "learner.loop",
+    "LearnerMetrics": "learner.metrics",
+    "TanhGaussianActor": "learner.networks",
+    "build_q_network": "learner.networks",
+    "WeightStore": "learner.weights",
+    "WeightStoreError": "learner.weights",
+    "decode_weights": "learner.weights",
+}
+
+__all__ = ["LearnerConfig", "resolve_device", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'learner' has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """The `qfleet` command line.
 
     qfleet replay serve [--config FILE] [--spec FILE] [--set section.key=value ...] [--capacity N ...]
-    qfleet bench replay [--seconds S] [--output FILE]
+    qfleet learner run --redis-url URL --run NAME [--config FILE] [--checkpoint-dir DIR] [...]
+    qfleet bench {replay,sharded,learner} [--seconds S] [--output FILE]
     qfleet config [CONFIG] [--set ...]          print the resolved config (or the reference)
 
 Option help comes from the config dataclasses' field docstrings.
@@ -14,6 +15,7 @@ import logging
 import sys
 
 from actors import EnvConfig
+from learner import LearnerConfig
 from replay import ReplayConfig, ReplayError, SpecMismatchError
 from system.config import RunConfig, load_config, to_yaml
 from system.dataclass_args import ConfigError, add_arguments, describe
@@ -77,6 +79,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--report-every", type=float, default=30.0, metavar="S", help="seconds between progress lines (default: 30)"
     )
     add_arguments(serve, ReplayConfig, "replay")
+
+    learner = commands.add_parser("learner", help="learner commands", description="Learner commands.")
+    learner_commands = learner.add_subparsers(dest="learner_command", metavar="SUBCOMMAND", required=True)
+    learner_run = learner_commands.add_parser(
+        "run",
+        help="run the learner against a run's shards until SIGTERM",
+        description=(
+            "Train from the shards registered under --run in Redis, publish weights to the run's "
+            "parameter store, checkpoint into --checkpoint-dir (resuming any checkpoint there) and "
+            "serve /metrics. SIGTERM or Ctrl-C: finish the update, publish, checkpoint, exit 0. "
+            "Prints 'qfleet learner: run NAME on DEVICE (...); metrics URL' once started."
+        ),
+    )
+    _add_config_options(learner_run)
+    learner_run.add_argument("--redis-url", required=True, help="the run's Redis, e.g. redis://127.0.0.1:6379/0")
+    learner_run.add_argument(
+        "--run", default="default", help="run name shared with shards and actors (default: default)"
+    )
+    learner_run.add_argument("--checkpoint-dir", metavar="DIR", help="learner checkpoints (resumed when present)")
+    learner_run.add_argument("--max-updates", type=int, metavar="N", help="stop after N updates in total")
+    learner_run.add_argument("--metrics-port", type=int, metavar="PORT", help="serve /metrics here (0: a free port)")
+    learner_run.add_argument(
+        "--log-every", type=float, default=10.0, metavar="S", help="seconds between progress lines (default: 10)"
+    )
+    add_arguments(learner_run, LearnerConfig, "learner")
 
     bench = commands.add_parser("bench", help="benchmarks (figures for docs/benchmarks.md)", description="Benchmarks.")
     bench_commands = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
@@ -143,6 +170,19 @@ def main(argv: list[str] | None = None) -> int:
 
             config = load_config(args.config, args.set, _flags(args))
             return main_serve(config, args.spec, args.report_every)
+        if args.command == "learner":
+            from system.learner_cmd import run_learner
+
+            config = load_config(args.config, args.set, _flags(args))
+            return run_learner(
+                config,
+                args.redis_url,
+                args.run,
+                args.checkpoint_dir,
+                args.max_updates,
+                args.metrics_port,
+                args.log_every,
+            )
         if args.command == "bench" and args.bench_command == "replay":
             from replay.bench import run_replay_bench
 

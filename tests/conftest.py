@@ -216,3 +216,16 @@ def writer_for(shard_id: int, shard_ids: list[int], prefix="w") -> str:
         if max(shard_ids, key=lambda s: rendezvous_score(writer, s)) == shard_id:
             return writer
     raise AssertionError("no writer id found")
+
+
+def cartpole_transitions(n: int, start: int = 0, version: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(start)
+    return {
+        "obs": rng.normal(size=(n, 4)).astype(np.float32),
+        "action": rng.integers(0, 2, n).astype(np.int64),
+        "reward": np.ones(n, np.float32),
+        "next_obs": rng.normal(size=(n, 4)).astype(np.float32),
+        "discount": np.full(n, 0.99**3, np.float32),
+        "actor_id": np.zeros(n, np.int32),
+        "policy_version": np.full(n, version, np.int64),
+    }

@@ -17,7 +17,7 @@ from prometheus_client import generate_latest
 from safetensors.torch import load_file
 
 from actors import transition_spec
-from conftest import shard_kwargs, wait_until
+from conftest import cartpole_transitions, shard_kwargs, wait_until
 from learner import ActionSpace, Learner, LearnerConfig, WeightStore, make_replay
 from replay import ShardedReplay
 
@@ -25,19 +25,6 @@ SMALL = LearnerConfig(
     batch_size=32, hidden_size=32, learning_starts=200, updates_per_env_step=0.25, publish_every=10,
     checkpoint_every=25, prefetch_depth=2, prefetch_batches_per_request=1, device="cpu",
 )  # fmt: skip
-
-
-def cartpole_transitions(n: int, start: int = 0, version: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(start)
-    return {
-        "obs": rng.normal(size=(n, 4)).astype(np.float32),
-        "action": rng.integers(0, 2, n).astype(np.int64),
-        "reward": np.ones(n, np.float32),
-        "next_obs": rng.normal(size=(n, 4)).astype(np.float32),
-        "discount": np.full(n, 0.99**3, np.float32),
-        "actor_id": np.zeros(n, np.int32),
-        "policy_version": np.full(n, version, np.int64),
-    }
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ def test_mix_fractions_are_read_from_yaml(tmp_path):
         ("", ["replaycapacity=5"], "replaycapacity"),
         ("", ["replay.mix={online: 0.5, offline: 0.6}"], "replay.mix.*sum to 1.1"),
         ("", ["learner.loss=ppo"], "learner.loss"),
-        ("", ["learner.v_min=5"], "learner.v_max"),
+        ("", ["learner.v_min=50"], "learner.v_max"),
         ("", ["learner.device=tpu"], "learner.device"),
         ("", ["replay.mix={online: 0}"], "replay.mix.*'online'"),
         ("replay:\n  mix: [0.5, 0.5]\n", [], "replay.mix: expected a mapping"),
