@@ -28,7 +28,7 @@ import torch
 from learner.agents import ActionSpace
 from learner.config import LearnerConfig, resolve_device
 from learner.loop import Learner
-from replay.bench import Payload, _ChildServer, random_batch
+from replay.bench import Payload, _ChildServer, bench_spec, random_batch
 from replay.client import PriorityUpdateResult, Sample
 from replay.rate_limiter import RateLimiter
 from replay.selectors import make_selector
@@ -36,18 +36,6 @@ from replay.server import importance_weights
 from replay.sharded import ShardedReplay
 from replay.spec import Spec
 from replay.table import Table
-
-
-def _spec(obs_shape: tuple[int, ...], obs_dtype: str) -> Spec:
-    return Spec(
-        {
-            "obs": (obs_shape, obs_dtype),
-            "action": ((), "int64"),
-            "reward": ((), "float32"),
-            "next_obs": (obs_shape, obs_dtype),
-            "discount": ((), "float32"),
-        }
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +48,8 @@ class Case:
 
 
 def _cases(device: str) -> list[Case]:
-    cartpole = Payload("cartpole", _spec((4,), "float32"), 100_000, 2048, 256, 4)
-    atari = Payload("atari", _spec((84, 84, 4), "uint8"), 4096, 32, 32, 1)
+    cartpole = Payload("cartpole", bench_spec((4,), "float32"), 100_000, 2048, 256, 4)
+    atari = Payload("atari", bench_spec((84, 84, 4), "uint8"), 4096, 32, 32, 1)
     base = LearnerConfig(device=device, learning_starts=1, publish_every=10**9, checkpoint_every=10**9)
     return [
         Case(

@@ -51,7 +51,8 @@ class Payload:
     batches_per_request: int
 
 
-def _transition_spec(obs_shape: tuple[int, ...], obs_dtype: str) -> Spec:
+def bench_spec(obs_shape: tuple[int, ...], obs_dtype: str) -> Spec:
+    """The transition columns the benchmarks move (obs, action, reward, next_obs, discount)."""
     return Spec(
         {
             "obs": (obs_shape, obs_dtype),
@@ -64,10 +65,10 @@ def _transition_spec(obs_shape: tuple[int, ...], obs_dtype: str) -> Spec:
 
 
 PAYLOADS = {
-    "cartpole": Payload("cartpole", _transition_spec((4,), "float32"), 1_000_000, 2048, 256, 16),
+    "cartpole": Payload("cartpole", bench_spec((4,), "float32"), 1_000_000, 2048, 256, 16),
     # Same items in small messages: the per-message cost (informational, no target).
-    "cartpole_small": Payload("cartpole_small", _transition_spec((4,), "float32"), 1_000_000, 256, 256, 1),
-    "atari": Payload("atari", _transition_spec((84, 84, 4), "uint8"), 8_192, 32, 256, 1),
+    "cartpole_small": Payload("cartpole_small", bench_spec((4,), "float32"), 1_000_000, 256, 256, 1),
+    "atari": Payload("atari", bench_spec((84, 84, 4), "uint8"), 8_192, 32, 256, 1),
 }
 
 

@@ -18,7 +18,17 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["replay"], ["replay", "serve"], ["bench"], ["bench", "replay"], ["bench", "sharded"], ["config"]],
+    [
+        [],
+        ["replay"],
+        ["replay", "serve"],
+        ["learner", "run"],
+        ["bench"],
+        ["bench", "replay"],
+        ["bench", "sharded"],
+        ["bench", "learner"],
+        ["config"],
+    ],
 )
 def test_help_of_every_command(args):
     result = run(*args, "--help")
