@@ -13,14 +13,7 @@ from replay.errors import InvalidBatchError
 def grpc_options(max_message_mb: int) -> list[tuple[str, int]]:
     """Channel/server options shared by server and client: raised message limits."""
     limit = max_message_mb * 1024 * 1024
-    return [
-        ("grpc.max_send_message_length", limit),
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.http2.max_frame_size", 16 * 1024 * 1024 - 1),
-        ("grpc.optimization_target", "throughput"),
-        ("grpc.http2.lookahead_bytes", 16 * 1024 * 1024),
-        ("grpc.http2.write_buffer_size", 16 * 1024 * 1024),
-    ]
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
 
 
 def encode_tensor(value: np.ndarray, tensor: replay_pb2.Tensor) -> replay_pb2.Tensor:
