@@ -122,6 +122,11 @@ class ShardedReplay:
     ):
         if (redis_url is None) == (addresses is None):
             raise ValueError("give either redis_url (discover shards) or addresses (fixed shards), not both")
+        self._settings = {
+            "redis_url": redis_url, "run": run, "addresses": addresses, "writer_id": writer_id,
+            "samples_per_insert": samples_per_insert, "min_size": min_size, "error_buffer": error_buffer,
+            "beta": beta, "discovery_s": discovery_s, "failover_after_s": failover_after_s, "seed": seed,
+        }  # fmt: skip
         self.redis_url, self.run = redis_url, run
         self._addresses = list(addresses) if addresses is not None else None
         self.writer_id = writer_id or f"writer-{random.getrandbits(48):012x}"
@@ -144,20 +149,9 @@ class ShardedReplay:
         self._watcher.start()
 
     def __reduce__(self):
-        return (
-            _rebuild,
-            (
-                self.redis_url,
-                self.run,
-                self._addresses,
-                self.limiter.samples_per_insert,
-                self.limiter.min_size,
-                self.limiter.error_buffer,
-                self.beta,
-                self.discovery_s,
-                self.failover_after_s,
-            ),
-        )
+        # Pickles as its settings; the copy discovers shards again (and, without an explicit
+        # writer_id, picks its own).
+        return (_rebuild, (self._settings,))
 
     # -- membership ------------------------------------------------------------------------------
 
@@ -441,6 +435,8 @@ class ShardedReplay:
         total_size = sum(s.size for s in live)
         offsets = np.zeros_like(counts)
         offsets[1:] = np.cumsum(counts[:-1], axis=0)
+        mass = sum(s.mass for s in live)
+        inserts, samples = sum(s.inserts for s in live), sum(s.samples for s in live)
         batches = []
         for b in range(counts.shape[0]):
             parts = [(k, offsets[b, k], counts[b, k]) for k in range(len(live)) if counts[b, k] > 0]
@@ -451,7 +447,6 @@ class ShardedReplay:
             probabilities = np.concatenate([shares[k] * s.probabilities[sl] for s, sl, k in pick])
             weights = (total_size * probabilities) ** (-beta)
             weights /= weights.max()
-            mass = sum(s.mass for s in live)
             batches.append(
                 Sample(
                     data=data,
@@ -460,8 +455,8 @@ class ShardedReplay:
                     weights=weights,
                     table_size=total_size,
                     priority_mass=mass,
-                    inserts=sum(s.inserts for s in live),
-                    samples=sum(s.samples for s in live),
+                    inserts=inserts,
+                    samples=samples,
                 )
             )
         return batches
@@ -568,17 +563,5 @@ class ShardedReplay:
         self.close()
 
 
-def _rebuild(
-    redis_url, run, addresses, samples_per_insert, min_size, error_buffer, beta, discovery_s, failover_after_s
-):
-    return ShardedReplay(
-        redis_url,
-        run,
-        addresses,
-        samples_per_insert=samples_per_insert,
-        min_size=min_size,
-        error_buffer=error_buffer,
-        beta=beta,
-        discovery_s=discovery_s,
-        failover_after_s=failover_after_s,
-    )
+def _rebuild(settings: dict) -> ShardedReplay:
+    return ShardedReplay(**settings)

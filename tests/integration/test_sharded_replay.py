@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 
@@ -27,6 +28,9 @@ def test_clients_discover_joins_and_leaves_within_seconds(start_server, redis_se
     start_server(shard_id=0, **shard_kwargs(redis_server))
     sharded = ShardedReplay(redis_server.url, "test", discovery_s=0.2)
     assert sharded.wait_for_shards(1) == [0]
+    clone = pickle.loads(pickle.dumps(sharded))  # e.g. handed to a Ray actor
+    assert clone.run == "test" and clone.shard_ids() == [0]
+    clone.close()
 
     joined = start_server(shard_id=1, **shard_kwargs(redis_server))
     started = time.monotonic()
