@@ -9,8 +9,6 @@ checkpoints and exits 0.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 
 import gymnasium as gym
 from prometheus_client import start_http_server
@@ -19,6 +17,7 @@ from learner import ActionSpace, Learner, WeightStore, make_replay
 from replay import ShardedCollector
 from system.config import RunConfig
 from system.dataclass_args import ConfigError
+from system.signals import stop_on_signals
 
 log = logging.getLogger("qfleet.learner")
 
@@ -52,14 +51,7 @@ def run_learner(
     log_every_s: float,
 ) -> int:
     obs_shape, space = env_spaces(config.env.id)
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        log.info("received %s: stopping after this update (publish + checkpoint)", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals(log, "stopping after this update (publish + checkpoint)")
     try:
         learner_replay = make_replay(config.learner, redis_url=redis_url, run=run)
     except ValueError as exc:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-import signal
 import sys
-import threading
 import time
 
 import yaml
@@ -16,6 +14,7 @@ from actors import UnsupportedEnvError, transition_spec
 from replay import ReplayServer, Spec
 from system.config import RunConfig
 from system.dataclass_args import ConfigError
+from system.signals import stop_on_signals
 
 log = logging.getLogger("qfleet.replay")
 
@@ -41,14 +40,7 @@ def load_spec(spec_file: str | None, config: RunConfig) -> Spec:
 def serve(config: RunConfig, spec: Spec, report_every_s: float) -> int:
     """Runs the shard in the foreground; returns the exit code."""
     server = ReplayServer(spec, config=config.replay)
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        log.info("received %s: stopping (final checkpoint if configured)", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals(log, "stopping (final checkpoint if configured)")
     server.start()
     if server.restored_from is not None:
         info = server.table.info()
