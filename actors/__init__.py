@@ -1,19 +1,54 @@
-"""qfleet actors: environment configuration, transition specs, n-step transitions and the
-Ape-X exploration schedule (the Ray env actors come next).
+"""qfleet actors: environments, n-step transitions, the env actor and the fleet that runs them.
 
-Public surface: EnvConfig, transition_spec, spec_for_spaces, UnsupportedEnvError,
-NStepAccumulator, apex_epsilons.
+Public surface:
+    EnvConfig, ActorsConfig (configuration);
+    make_env, describe_env, transition_spec, EnvSpaces, EnvVector, UnsupportedEnvError,
+    EnvFailedError (environments);
+    NStepAccumulator, apex_epsilons (the math);
+    EnvActor, ActorStats (one actor), ActorFleet, FleetStats, FleetError (many, on Ray);
+    ActorRegistry (the actors' Redis keys), ActorMetrics (`qfleet_actor_*`).
 """
 
-from actors.config import EnvConfig
+import importlib
+
+from actors.config import ActorsConfig, EnvConfig
+from actors.envs import EnvFailedError, EnvSpaces, EnvVector, describe_env, make_env, transition_spec
+from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
-from actors.spec import UnsupportedEnvError, spec_for_spaces, transition_spec
+from actors.registry import ActorRegistry
+from actors.spec import UnsupportedEnvError, spec_for_spaces
+
+# Imported on first use: they load torch (and Ray), which config-only commands do not need.
+_LAZY = {
+    "EnvActor": "actors.actor",
+    "ActorStats": "actors.actor",
+    "ActorFleet": "actors.fleet",
+    "FleetError": "actors.fleet",
+    "FleetStats": "actors.fleet",
+}
 
 __all__ = [
+    *_LAZY,
+    "ActorMetrics",
+    "ActorRegistry",
+    "ActorsConfig",
     "EnvConfig",
+    "EnvFailedError",
+    "EnvSpaces",
+    "EnvVector",
     "NStepAccumulator",
     "UnsupportedEnvError",
     "apex_epsilons",
+    "describe_env",
+    "make_env",
     "spec_for_spaces",
     "transition_spec",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'actors' has no attribute {name!r}")

@@ -1,17 +1,106 @@
-"""`EnvConfig`: which environment the actors run (the `env` section of a run config)."""
+"""`EnvConfig` and `ActorsConfig`: the `env` and `actors` sections of a run config."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class EnvConfig:
-    """The environment of a run."""
+    """The environment of a run, and how many copies each actor steps."""
 
     id: str = "CartPole-v1"
-    """Gymnasium environment id, e.g. "CartPole-v1", "MinAtar/Breakout-v0", "ALE/Pong-v5"."""
+    """Gymnasium environment id, e.g. "CartPole-v1", "MinAtar/Breakout-v0", "ALE/Pong-v5" (Atari gets the standard preprocessing: 84x84 grayscale, frame skip 4, 30 no-op starts, frame stack)."""
+
+    num_envs: int = 8
+    """Environments each actor steps together (one batched network forward per step)."""
+
+    max_episode_steps: int | None = None
+    """Override the env's time limit (episodes end truncated there); null: the env's own."""
+
+    frame_stack: int = 4
+    """Atari: frames stacked into each observation (HxWxC, C = frame_stack)."""
+
+    terminal_on_life_loss: bool = False
+    """Atari: end episodes when a life is lost (Nature DQN did; modern protocols do not)."""
 
     def __post_init__(self) -> None:
         if not self.id:
             raise ValueError("id='': an environment id is required")
+        if self.num_envs < 1:
+            raise ValueError(f"num_envs={self.num_envs}: must be >= 1")
+        if self.max_episode_steps is not None and self.max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps={self.max_episode_steps}: must be >= 1, or null")
+        if self.frame_stack < 1:
+            raise ValueError(f"frame_stack={self.frame_stack}: must be >= 1")
+
+
+@dataclass(frozen=True)
+class ActorsConfig:
+    """The env actors: how many, how they explore, how they talk to replay and the weight store."""
+
+    num_actors: int = 2
+    """Env actors (Ray actors) to run; change it on a running system with `qfleet scale --actors N`."""
+
+    n_step: int = 3
+    """Steps per transition: reward is the discounted n-step sum, discount gamma^n (0 after a terminal state)."""
+
+    epsilon: float = 0.4
+    """Ape-X exploration: actor i of N acts with epsilon^(1 + i * epsilon_alpha / (N - 1)) (one actor: epsilon)."""
+
+    epsilon_alpha: float = 7.0
+    """Ape-X exponent spread between the most and the least exploring actor."""
+
+    weight_poll_steps: int = 50
+    """Vector steps between checks of the announced weights version (one small Redis GET; weights are fetched only when it changed)."""
+
+    insert_batch: int = 256
+    """Transitions buffered per insert message (larger batches cost less per item; see docs/benchmarks.md)."""
+
+    insert_retry_s: float = 10.0
+    """How long an actor keeps retrying a batch no shard accepts before it counts the batch as lost."""
+
+    num_cpus: float = 1.0
+    """CPUs each actor requests from Ray (on a cluster this spreads actors over nodes)."""
+
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each actor requests, e.g. {actor_host: 1}."""
+
+    max_restarts: int = -1
+    """Times Ray restarts an actor whose process died (-1: always); a restarted actor pulls fresh weights."""
+
+    env_max_rebuilds: int = 5
+    """Consecutive failed rebuilds of one env (raising in reset) before its actor gives up and is replaced."""
+
+    metrics_port: int | None = 0
+    """Each actor serves /metrics on this port (0: a free port, recorded in Redis for discovery); null: off."""
+
+    metrics_host: str = "127.0.0.1"
+    """Interface the actors' /metrics bind to (0.0.0.0 on a cluster, so Prometheus can reach them)."""
+
+    seed: int = 0
+    """Seeds environments, exploration and initial weights (actor i uses seed + i)."""
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
+
+        for name in ("num_actors", "n_step", "weight_poll_steps", "insert_batch"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        if not 0.0 <= self.epsilon <= 1.0:
+            bad("epsilon", "must be in [0, 1]")
+        if self.epsilon_alpha < 0:
+            bad("epsilon_alpha", "must be >= 0")
+        if self.insert_retry_s < 0:
+            bad("insert_retry_s", "must be >= 0")
+        if self.num_cpus < 0:
+            bad("num_cpus", "must be >= 0")
+        if any(not amount >= 0 for amount in self.resources.values()):
+            bad("resources", "amounts must be >= 0")
+        if self.max_restarts < -1:
+            bad("max_restarts", "must be >= -1")
+        if self.env_max_rebuilds < 1:
+            bad("env_max_rebuilds", "must be >= 1")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            bad("metrics_port", "must be a port number (0: any free port), or null")

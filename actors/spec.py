@@ -18,22 +18,6 @@ class UnsupportedEnvError(ValueError):
     """The environment id is unknown or its spaces are not ones qfleet's learners handle."""
 
 
-def transition_spec(env_id: str) -> Spec:
-    """Builds the replay spec for transitions of `env_id` (the env is created once and closed).
-
-    Raises:
-        UnsupportedEnvError: unknown id, or an observation/action space qfleet can't store.
-    """
-    try:
-        env = gym.make(env_id)
-    except gym.error.Error as exc:
-        raise UnsupportedEnvError(f"env.id={env_id!r}: {exc}") from None
-    try:
-        return spec_for_spaces(env_id, env.observation_space, env.action_space)
-    finally:
-        env.close()
-
-
 def spec_for_spaces(env_id: str, observation_space: gym.Space, action_space: gym.Space) -> Spec:
     """The transition spec for an observation and action space."""
     if not isinstance(observation_space, gym.spaces.Box):

@@ -1,11 +1,11 @@
 """qfleet learner: networks, losses, agents, the training loop, weight publishing and checkpoints.
 
 Public surface:
-    LearnerConfig, resolve_device (configuration; importing them does not import torch);
+    LearnerConfig, resolve_device, ActionSpace (importing them does not import torch);
     Learner, LearnerSummary, make_replay (the loop);
-    ActionSpace, make_agent, DiscreteQAgent, SACAgent, UpdateResult (agents);
+    make_agent, DiscreteQAgent, SACAgent, UpdateResult (agents);
     WeightStore, WeightStoreError, decode_weights (the Redis parameter store);
-    LearnerMetrics; build_q_network, TanhGaussianActor (networks actors act with).
+    LearnerMetrics; Policy (what actors and evaluation act with); build_q_network, TanhGaussianActor.
 
 Everything but the configuration is imported on first use, so commands that only read configs
 (`qfleet --help`, `qfleet config`, `qfleet replay serve`) start without loading torch.
@@ -14,9 +14,9 @@ Everything but the configuration is imported on first use, so commands that only
 import importlib
 
 from learner.config import LearnerConfig, resolve_device
+from learner.spaces import ActionSpace
 
 _LAZY = {
-    "ActionSpace": "learner.agents",
     "DiscreteQAgent": "learner.agents",
     "SACAgent": "learner.agents",
     "UpdateResult": "learner.agents",
@@ -27,12 +27,13 @@ _LAZY = {
     "LearnerMetrics": "learner.metrics",
     "TanhGaussianActor": "learner.networks",
     "build_q_network": "learner.networks",
+    "Policy": "learner.policy",
     "WeightStore": "learner.weights",
     "WeightStoreError": "learner.weights",
     "decode_weights": "learner.weights",
 }
 
-__all__ = ["LearnerConfig", "resolve_device", *_LAZY]
+__all__ = ["ActionSpace", "LearnerConfig", "resolve_device", *_LAZY]
 
 
 def __getattr__(name: str):

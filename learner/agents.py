@@ -21,22 +21,7 @@ from torch import nn
 from learner import losses
 from learner.config import LearnerConfig
 from learner.networks import EnsembleCritic, TanhGaussianActor, build_q_network, reinitialise
-
-
-@dataclass(frozen=True)
-class ActionSpace:
-    """What the learner needs of the env's action space."""
-
-    num_actions: int | None = None
-    """Discrete: number of actions."""
-    low: tuple[float, ...] | None = None
-    """Continuous: lower bounds."""
-    high: tuple[float, ...] | None = None
-    """Continuous: upper bounds."""
-
-    @property
-    def discrete(self) -> bool:
-        return self.num_actions is not None
+from learner.spaces import ActionSpace
 
 
 @dataclass(frozen=True)
@@ -48,6 +33,17 @@ class UpdateResult:
     grad_norm: float
     td_abs: np.ndarray
     """|TD error| per item (expected values for distributional losses), for new priorities."""
+
+
+def value_support(config: LearnerConfig, device: torch.device) -> torch.Tensor | None:
+    """The values a distributional head's outputs stand for: C51's atoms or HL-Gauss' bin
+    centres; None for "dqn" (the head outputs values)."""
+    if config.loss == "c51":
+        return torch.linspace(config.v_min, config.v_max, config.num_bins, device=device)
+    if config.loss == "hl_gauss":
+        edges = torch.linspace(config.v_min, config.v_max, config.num_bins + 1, device=device)
+        return (edges[:-1] + edges[1:]) / 2
+    return None
 
 
 def _update_target(online: nn.Module, target: nn.Module, config: LearnerConfig, updates: int) -> None:
@@ -91,11 +87,9 @@ class DiscreteQAgent:
         ).to(device)  # fmt: skip
         self.target = copy.deepcopy(self.online) if config.target_update != "none" else None
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=config.lr)
-        if config.loss == "c51":
-            self.support = torch.linspace(config.v_min, config.v_max, bins, device=device)
-        elif config.loss == "hl_gauss":
+        self.support = value_support(config, device)
+        if config.loss == "hl_gauss":
             self.edges = torch.linspace(config.v_min, config.v_max, bins + 1, device=device)
-            self.support = (self.edges[:-1] + self.edges[1:]) / 2  # bin centres
             self.sigma = config.sigma_ratio * float(self.edges[1] - self.edges[0])
 
     def q_values(self, network: nn.Module, obs: torch.Tensor) -> torch.Tensor:

@@ -25,9 +25,9 @@ import time
 import numpy as np
 import torch
 
-from learner.agents import ActionSpace
 from learner.config import LearnerConfig, resolve_device
 from learner.loop import Learner
+from learner.spaces import ActionSpace
 from replay.bench import Payload, _ChildServer, bench_spec, random_batch
 from replay.client import PriorityUpdateResult, Sample
 from replay.rate_limiter import RateLimiter

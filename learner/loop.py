@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from learner import checkpoint as ckpt
-from learner.agents import ActionSpace, make_agent
+from learner.agents import make_agent
 from learner.config import LearnerConfig, resolve_device
 from learner.metrics import LearnerMetrics
+from learner.spaces import ActionSpace
 from learner.weights import WeightStore
 from replay import Prefetcher, ShardedReplay
 

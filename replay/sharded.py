@@ -267,13 +267,18 @@ class ShardedReplay:
 
         Raises:
             InvalidBatchError / DeadlineExceededError: for an earlier batch (see `flush`).
-            ReplayUnavailableError: no shard is live.
+            ReplayUnavailableError: no shard is live; its `unacknowledged` holds every batch not
+                known to be stored (this one included), for the caller to retry or count as lost.
         """
         self._send([batch], timeout)
 
     def _send(self, batches: list[Mapping[str, np.ndarray]], timeout: float | None) -> None:
         while batches:
-            shard = self._writer_shard()
+            try:
+                shard = self._writer_shard()
+            except ReplayUnavailableError as exc:
+                exc.unacknowledged = batches  # what the caller has lost unless it tries again
+                raise
             with self._lock:
                 self._used_for_writes.add(shard.shard_id)
             sent = 0

@@ -2,7 +2,9 @@
 
     qfleet replay serve [--config FILE] [--spec FILE] [--set section.key=value ...] [--capacity N ...]
     qfleet learner run --redis-url URL --run NAME [--config FILE] [--checkpoint-dir DIR] [...]
-    qfleet bench {replay,sharded,learner} [--seconds S] [--output FILE]
+    qfleet actors run --redis-url URL --run NAME [--config FILE] [--num-actors N] [...]
+    qfleet scale --actors N --redis-url URL --run NAME
+    qfleet bench {replay,sharded,learner,actors} [--seconds S] [--output FILE]
     qfleet config [CONFIG] [--set ...]          print the resolved config (or the reference)
 
 Option help comes from the config dataclasses' field docstrings.
@@ -14,7 +16,7 @@ import argparse
 import logging
 import sys
 
-from actors import EnvConfig
+from actors import ActorsConfig, EnvConfig
 from learner import LearnerConfig
 from replay import ReplayConfig, ReplayError, SpecMismatchError
 from system.config import RunConfig, load_config, to_yaml
@@ -105,6 +107,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(learner_run, LearnerConfig, "learner")
 
+    actors = commands.add_parser("actors", help="env actor commands", description="Env actor commands.")
+    actors_commands = actors.add_subparsers(dest="actors_command", metavar="SUBCOMMAND", required=True)
+    actors_run = actors_commands.add_parser(
+        "run",
+        help="run the env actors of a run on Ray until SIGTERM",
+        description=(
+            "Start actors.num_actors env actors (Ray actors; a local Ray instance unless --ray-address) "
+            "that step env.num_envs copies of env.id each with the latest published weights and insert "
+            "n-step transitions into the shards registered under --run. Restarts actors that die, follows "
+            "`qfleet scale`, prints progress. SIGTERM or Ctrl-C: flush every actor's transitions, stop, exit 0."
+        ),
+    )
+    _add_config_options(actors_run)
+    actors_run.add_argument("--redis-url", required=True, help="the run's Redis, e.g. redis://127.0.0.1:6379/0")
+    actors_run.add_argument(
+        "--run", default="default", help="run name shared with shards and learner (default: default)"
+    )
+    actors_run.add_argument(
+        "--ray-address", metavar="ADDR", help="an existing Ray cluster (default: start Ray locally)"
+    )
+    actors_run.add_argument("--max-env-steps", type=int, metavar="N", help="stop after N env steps over all actors")
+    actors_run.add_argument(
+        "--log-every", type=float, default=10.0, metavar="S", help="seconds between progress lines (default: 10)"
+    )
+    add_arguments(actors_run, ActorsConfig, "actors")
+
+    scale = commands.add_parser(
+        "scale",
+        help="change the number of env actors of a running run",
+        description="Write the wanted actor count to the run's Redis; the running actor supervisor starts or retires actors to match within a second.",
+    )
+    scale.add_argument("--actors", type=int, required=True, metavar="N", help="wanted number of env actors")
+    scale.add_argument("--redis-url", required=True, help="the run's Redis")
+    scale.add_argument("--run", default="default", help="run name (default: default)")
+
     bench = commands.add_parser("bench", help="benchmarks (figures for docs/benchmarks.md)", description="Benchmarks.")
     bench_commands = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
     bench_replay = bench_commands.add_parser(
@@ -183,6 +220,17 @@ def main(argv: list[str] | None = None) -> int:
                 args.metrics_port,
                 args.log_every,
             )
+        if args.command == "actors":
+            from system.actors_cmd import run_actors
+
+            config = load_config(args.config, args.set, _flags(args))
+            return run_actors(config, args.redis_url, args.run, args.ray_address, args.max_env_steps, args.log_every)
+        if args.command == "scale":
+            from system.actors_cmd import scale
+
+            if args.actors < 0:
+                raise ConfigError(f"--actors {args.actors}: must be >= 0")
+            return scale(args.redis_url, args.run, args.actors)
         if args.command == "bench" and args.bench_command == "replay":
             from replay.bench import run_replay_bench
 

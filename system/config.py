@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from actors import EnvConfig
+from actors import ActorsConfig, EnvConfig
 from learner import LearnerConfig
 from replay import ReplayConfig
 from system.dataclass_args import ConfigError, build
@@ -27,6 +27,9 @@ class RunConfig:
 
     env: EnvConfig = field(default_factory=EnvConfig)
     """The environment (the `env` section)."""
+
+    actors: ActorsConfig = field(default_factory=ActorsConfig)
+    """The env actors (the `actors` section)."""
 
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     """The replay shards (the `replay` section)."""

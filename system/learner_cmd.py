@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 
-import gymnasium as gym
 from prometheus_client import start_http_server
 
+from actors import EnvConfig, UnsupportedEnvError, describe_env
 from learner import ActionSpace, Learner, WeightStore, make_replay
 from replay import ShardedCollector
 from system.config import RunConfig
@@ -22,23 +22,13 @@ from system.signals import stop_on_signals
 log = logging.getLogger("qfleet.learner")
 
 
-def env_spaces(env_id: str) -> tuple[tuple[int, ...], ActionSpace]:
-    """(observation shape, action space) of a gymnasium env id."""
+def env_spaces(config: EnvConfig) -> tuple[tuple[int, ...], ActionSpace]:
+    """(observation shape, action space) of the configured env (with its wrappers)."""
     try:
-        env = gym.make(env_id)
-    except gym.error.Error as exc:
-        raise ConfigError(f"env.id={env_id!r}: {exc}") from None
-    try:
-        obs_space, act_space = env.observation_space, env.action_space
-    finally:
-        env.close()
-    if isinstance(act_space, gym.spaces.Discrete):
-        space = ActionSpace(num_actions=int(act_space.n))
-    elif isinstance(act_space, gym.spaces.Box):
-        space = ActionSpace(low=tuple(map(float, act_space.low)), high=tuple(map(float, act_space.high)))
-    else:
-        raise ConfigError(f"env.id={env_id!r}: action space {act_space} is neither Discrete nor Box")
-    return tuple(obs_space.shape), space
+        spaces = describe_env(config)
+    except UnsupportedEnvError as exc:
+        raise ConfigError(str(exc)) from None
+    return spaces.obs_shape, spaces.action_space
 
 
 def run_learner(
@@ -50,7 +40,7 @@ def run_learner(
     metrics_port: int | None,
     log_every_s: float,
 ) -> int:
-    obs_shape, space = env_spaces(config.env.id)
+    obs_shape, space = env_spaces(config.env)
     stop = stop_on_signals(log, "stopping after this update (publish + checkpoint)")
     try:
         learner_replay = make_replay(config.learner, redis_url=redis_url, run=run)

@@ -23,7 +23,7 @@ def load_spec(spec_file: str | None, config: RunConfig) -> Spec:
     """The spec from a JSON/YAML spec file, else from the config's environment."""
     if spec_file is None:
         try:
-            return transition_spec(config.env.id)
+            return transition_spec(config.env)
         except UnsupportedEnvError as exc:
             raise ConfigError(str(exc)) from None
     path = pathlib.Path(spec_file)

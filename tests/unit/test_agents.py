@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from learner.agents import ActionSpace, make_agent
+from learner.agents import make_agent
 from learner.config import LearnerConfig
+from learner.spaces import ActionSpace
 
 GAMMA = 0.9
 

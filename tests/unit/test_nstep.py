@@ -87,3 +87,84 @@ def test_apex_epsilon_schedule():
     np.testing.assert_allclose(apex_epsilons(1), [0.4])
     with pytest.raises(ValueError):
         apex_epsilons(0)
+
+
+def test_an_aborted_step_ends_the_windows_before_it_and_bootstraps_from_its_observation():
+    acc = NStepAccumulator(2, n_step=3, gamma=G)
+    obs = np.array([[0.0], [10.0]], np.float32)
+    no = np.array([False, False])
+    acc.add(obs, np.array([0, 0]), np.array([1.0, 1.0]), obs + 1, no, no)
+    # env 1 raises on its second step: that step never happened.
+    out = acc.add(obs + 1, np.array([0, 0]), np.array([2.0, 99.0]), obs + 2, no, no, aborted=np.array([False, True]))
+    np.testing.assert_array_equal(out["obs"][:, 0], [10.0])
+    np.testing.assert_allclose(out["reward"], [1.0])  # the 99 of the failed step is not counted
+    np.testing.assert_allclose(out["discount"], [G])  # bootstraps, as a truncation does
+    np.testing.assert_array_equal(out["next_obs"][:, 0], [11.0])  # the observation it failed on
+    assert acc.pending() == 2  # env 0's two steps; env 1 starts afresh
+
+
+def test_extra_columns_come_from_each_window_s_first_step():
+    acc = NStepAccumulator(1, n_step=2, gamma=G)
+    for t in range(3):
+        out = acc.add(
+            np.array([[t]], np.float32), np.array([0]), np.array([1.0]), np.array([[t + 1]], np.float32),
+            np.array([False]), np.array([t == 2]), extras={"policy_version": np.array([100 + t])},
+        )  # fmt: skip
+    np.testing.assert_array_equal(out["policy_version"], [101, 102])
+
+
+def reference_transitions(trajectory, n, gamma):
+    """Brute force from whole segments: (obs, n-step return, next_obs, discount) per window start.
+
+    `trajectory` holds (steps, end, bootstrap_obs) per segment; steps are (obs, reward, next_obs).
+    """
+    out = []
+    for segment, end, bootstrap_obs in trajectory:
+        for i in range(len(segment)):
+            window = segment[i : i + n]
+            ret = sum(gamma**k * r for k, (_, r, _) in enumerate(window))
+            at_end = i + len(window) == len(segment)
+            if len(window) == n and not (at_end and end in ("terminated", "truncated")):
+                out.append((window[0][0], ret, window[-1][2], gamma**n))
+            elif end == "terminated":
+                out.append((window[0][0], ret, window[-1][2], 0.0))
+            elif end == "truncated":
+                out.append((window[0][0], ret, window[-1][2], gamma ** len(window)))
+            elif end == "aborted":
+                out.append((window[0][0], ret, bootstrap_obs, gamma ** len(window)))
+    return out
+
+
+@pytest.mark.parametrize("n_step", [1, 3, 5])
+def test_random_episodes_match_a_brute_force_reference(n_step):
+    rng = np.random.default_rng(n_step)
+    num_envs, steps = 4, 300
+    acc = NStepAccumulator(num_envs, n_step, gamma=G)
+    counter = 0
+    obs = np.arange(num_envs, dtype=np.float64)[:, None]
+    segments: list[list] = [[] for _ in range(num_envs)]
+    trajectory, got = [], []
+    for _ in range(steps):
+        counter += num_envs
+        reward = rng.integers(0, 5, num_envs).astype(np.float64)
+        next_obs = (counter + np.arange(num_envs, dtype=np.float64))[:, None]
+        event = rng.random(num_envs)
+        terminated, truncated, aborted = event < 0.05, (event >= 0.05) & (event < 0.1), (event >= 0.1) & (event < 0.13)
+        out = acc.add(obs, np.zeros(num_envs, np.int64), reward, next_obs, terminated, truncated, aborted=aborted)
+        if out is not None:
+            got += zip(out["obs"][:, 0], np.round(out["reward"].astype(np.float64), 3), out["next_obs"][:, 0],
+                       np.round(out["discount"].astype(np.float64), 5), strict=True)  # fmt: skip
+        for env in range(num_envs):
+            if aborted[env]:  # the failed step never happened; short windows bootstrap from obs
+                trajectory.append((segments[env], "aborted", obs[env, 0]))
+                segments[env] = []
+                continue
+            segments[env].append((obs[env, 0], reward[env], next_obs[env, 0]))
+            if terminated[env] or truncated[env]:
+                trajectory.append((segments[env], "terminated" if terminated[env] else "truncated", None))
+                segments[env] = []
+        obs = next_obs + 0.5  # tells the observation acted on from the previous step's next_obs
+    trajectory += [(segment, None, None) for segment in segments]
+    want = [(o, round(r, 3), nx, round(d, 5)) for o, r, nx, d in reference_transitions(trajectory, n_step, G)]
+    assert len(want) > steps
+    assert sorted(got) == sorted(want)

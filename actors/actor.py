@@ -1,0 +1,289 @@
+"""`EnvActor`: steps a vector of environments with the latest policy and feeds the replay.
+
+The loop, one vector step at a time:
+
+    every weight_poll_steps steps: one GET of the announced version; fetch weights if it moved
+    actions = policy.act(obs, epsilon)                   # one batched forward for all envs
+    step = envs.step(actions)                            # same-step reset; envs that raise are rebuilt
+    transitions = nstep.add(obs, actions, rewards, final obs, terminated, truncated,
+                            policy_version of each step, aborted)
+    buffer them; every insert_batch transitions: stream a batch to this actor's replay shard
+    finished episodes -> Redis stream + metrics
+
+The class is plain Python: `ActorFleet` runs it as a Ray actor (`run(seconds)` in chunks), and
+tests and the benchmark run it in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from prometheus_client import start_http_server
+
+from actors.config import ActorsConfig, EnvConfig
+from actors.envs import EnvVector, describe_env
+from actors.metrics import ActorMetrics
+from actors.nstep import NStepAccumulator, apex_epsilons
+from actors.registry import ActorRegistry
+from learner import LearnerConfig, Policy, WeightStore
+from replay import ReplayUnavailableError, ShardedReplay
+
+log = logging.getLogger("qfleet.actors")
+
+
+@dataclass
+class ActorStats:
+    """Counters of one actor since it (last) started; returned by every `run` chunk."""
+
+    actor_id: int
+    pid: int
+    env_steps: int
+    episodes: int
+    policy_version: int
+    epsilon: float
+    env_restarts: int
+    transitions_inserted: int
+    transitions_lost: int
+    recent_return: float | None
+    """Mean return of the last 100 episodes (None before the first)."""
+    steps_per_second: float
+    """Env steps per second over the last chunk."""
+
+
+def _concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(batches) == 1:
+        return batches[0]
+    return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+
+
+def actor_epsilon(actor_id: int, num_actors: int, config: ActorsConfig) -> float:
+    """Actor `actor_id`'s epsilon on the Ape-X schedule over max(num_actors, actor_id + 1)."""
+    return float(apex_epsilons(max(num_actors, actor_id + 1), config.epsilon, config.epsilon_alpha)[actor_id])
+
+
+class EnvActor:
+    """One actor: envs, a local policy, n-step transitions into the sharded replay.
+
+    Args:
+        actor_id: this actor's number (stamps its transitions, picks its epsilon and seed).
+        num_actors: fleet size the epsilon schedule spreads over.
+        env, actors, learner: the run's config sections (the learner's decides the network).
+        redis_url, run: the run's Redis (shard registry, weight store, actor keys).
+        replay: inserts go here; default: a ShardedReplay discovering the run's shards.
+    """
+
+    def __init__(
+        self,
+        actor_id: int,
+        num_actors: int,
+        env: EnvConfig,
+        actors: ActorsConfig,
+        learner: LearnerConfig,
+        redis_url: str,
+        run: str = "default",
+        replay: ShardedReplay | None = None,
+    ):
+        torch.set_num_threads(1)  # actors scale by processes, not by intra-op threads
+        self.actor_id, self.config, self.run_name = actor_id, actors, run
+        seed = actors.seed + actor_id
+        self.rng = np.random.default_rng(seed)
+        spaces = describe_env(env)
+        self.envs = EnvVector(env, seed=seed * 10_000, max_rebuilds=actors.env_max_rebuilds)
+        self.policy = Policy(learner, spaces.obs_shape, spaces.action_space, seed=seed)
+        self.epsilon = actor_epsilon(actor_id, num_actors, actors)
+        self.nstep = NStepAccumulator(env.num_envs, actors.n_step, learner.gamma)
+        self.replay = replay or ShardedReplay(redis_url=redis_url, run=run, writer_id=f"{run}-actor-{actor_id}")
+        self.weights = WeightStore(redis_url, run)
+        self.registry = ActorRegistry(redis_url, run)
+        self.metrics = ActorMetrics(run, actor_id)
+        self.metrics.epsilon.set(self.epsilon)
+        self.metrics_address = ""
+        self._metrics_server = None
+        if actors.metrics_port is not None:
+            self._metrics_server, _ = start_http_server(
+                actors.metrics_port, addr=actors.metrics_host, registry=self.metrics.registry
+            )
+            host = socket.gethostname() if actors.metrics_host == "0.0.0.0" else actors.metrics_host
+            self.metrics_address = f"{host}:{self._metrics_server.server_port}"
+
+        self.env_steps = self.vector_steps = self.episodes = 0
+        self.transitions_inserted = self.transitions_lost = 0
+        self._sent = 0  # transitions handed to the replay client (acknowledged once flushed)
+        self._restarts_counted = 0
+        self._returns: deque[float] = deque(maxlen=100)
+        self._buffer: list[dict[str, np.ndarray]] = []
+        self._buffered = 0
+        self._episode_buffer: list[dict] = []
+        self._pull_weights()  # a (re)started actor acts with the newest weights from its first step
+        self.obs = self.envs.reset()
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """One step of every env."""
+        if self.vector_steps % self.config.weight_poll_steps == 0:
+            self._pull_weights()
+        obs = self.obs
+        actions = self.policy.act(obs, self.epsilon, self.rng)
+        out = self.envs.step(actions)
+        versions = np.full(len(actions), self.policy.version, np.int64)
+        transitions = self.nstep.add(
+            obs, actions, out.reward, out.final_obs, out.terminated, out.truncated,
+            extras={"policy_version": versions}, aborted=out.aborted,
+        )  # fmt: skip
+        self.obs = out.obs
+        self.vector_steps += 1
+        stepped = len(actions) - int(out.aborted.sum())
+        self.env_steps += stepped
+        self.metrics.env_steps.inc(stepped)
+        if transitions is not None:
+            self._add(transitions)
+        for episode in out.episodes:
+            self._episode(episode.episode_return, episode.length)
+
+    def run(self, seconds: float, max_steps: int | None = None) -> ActorStats:
+        """Steps for `seconds` (or `max_steps` env steps), then flushes inserts and episode
+        records and reports; the supervisor calls this in a loop."""
+        start, steps_before = time.monotonic(), self.env_steps
+        deadline = start + seconds
+        while time.monotonic() < deadline and (max_steps is None or self.env_steps - steps_before < max_steps):
+            self.step()
+        self.flush()
+        elapsed = max(time.monotonic() - start, 1e-9)
+        stats = self.stats((self.env_steps - steps_before) / elapsed)
+        self._report(stats)
+        return stats
+
+    # -- data out ---------------------------------------------------------------------------------
+
+    def _add(self, transitions: dict[str, np.ndarray]) -> None:
+        transitions["actor_id"] = np.full(len(transitions["reward"]), self.actor_id, np.int32)
+        self._buffer.append(transitions)
+        self._buffered += len(transitions["reward"])
+        if self._buffered >= self.config.insert_batch:
+            self._insert_buffered()
+
+    def _insert_buffered(self) -> None:
+        if not self._buffer:
+            return
+        batch = _concat(self._buffer)
+        self._buffer, self._buffered = [], 0
+        self._sent += len(batch["reward"])
+        self._send(lambda: self.replay.insert(batch))
+
+    def flush(self) -> None:
+        """Sends buffered transitions and waits until replay acknowledged them; writes pending
+        episode records."""
+        self._insert_buffered()
+        self._send(self.replay.flush)
+        acknowledged = self._sent - self.transitions_lost
+        self.metrics.transitions_inserted.inc(acknowledged - self.transitions_inserted)
+        self.transitions_inserted = acknowledged
+        if self._episode_buffer:
+            self.registry.add_episodes(self._episode_buffer)
+            self._episode_buffer = []
+
+    def _send(self, call) -> None:
+        """Runs an insert or flush; while no shard accepts, re-sends what is unacknowledged with
+        backoff for up to insert_retry_s, then counts it lost (never dropped silently)."""
+        start = time.monotonic()
+        delay = 0.05
+        try:
+            call()
+        except ReplayUnavailableError as exc:
+            pending = list(getattr(exc, "unacknowledged", []))
+            while pending:
+                if time.monotonic() - start >= self.config.insert_retry_s:
+                    lost = sum(len(b["reward"]) for b in pending)
+                    self.transitions_lost += lost
+                    self.metrics.transitions_lost.inc(lost)
+                    log.error("actor %d: lost %d transitions, no replay shard took them: %s", self.actor_id, lost, exc)
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                try:
+                    self.replay.insert(_concat(pending))
+                    self.replay.flush()
+                    pending = []
+                except ReplayUnavailableError as again:
+                    exc, pending = again, list(getattr(again, "unacknowledged", []))
+        finally:
+            self.metrics.insert_wait_seconds.inc(time.monotonic() - start)
+
+    def _episode(self, episode_return: float, length: int) -> None:
+        self.episodes += 1
+        self._returns.append(episode_return)
+        self.metrics.episodes.inc()
+        self.metrics.episode_return.set(float(np.mean(self._returns)))
+        self.metrics.episode_length.set(length)
+        self._episode_buffer.append(
+            {
+                "actor": self.actor_id,
+                "return": episode_return,
+                "length": length,
+                "policy_version": self.policy.version,
+                "env_steps": self.env_steps,
+                "time": round(time.time(), 3),
+            }
+        )
+
+    # -- weights ----------------------------------------------------------------------------------
+
+    def _pull_weights(self) -> None:
+        fetched = self.weights.fetch(known_version=self.policy.version)
+        if fetched is None:
+            return
+        version, state = fetched
+        self.policy.load(state, version)
+        self.metrics.weight_pulls.inc()
+        self.metrics.weight_version.set(version)
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def stats(self, steps_per_second: float = 0.0) -> ActorStats:
+        restarts = self.envs.restarts
+        self.metrics.env_restarts.inc(restarts - self._restarts_counted)
+        self._restarts_counted = restarts
+        return ActorStats(
+            actor_id=self.actor_id,
+            pid=os.getpid(),
+            env_steps=self.env_steps,
+            episodes=self.episodes,
+            policy_version=self.policy.version,
+            epsilon=self.epsilon,
+            env_restarts=restarts,
+            transitions_inserted=self.transitions_inserted,
+            transitions_lost=self.transitions_lost,
+            recent_return=float(np.mean(self._returns)) if self._returns else None,
+            steps_per_second=steps_per_second,
+        )
+
+    def _report(self, stats: ActorStats) -> None:
+        fields = {k: v for k, v in vars(stats).items() if v is not None}
+        fields.update(host=socket.gethostname(), metrics=self.metrics_address)
+        self.registry.report(self.actor_id, fields)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def close(self) -> ActorStats:
+        """Flushes what is buffered, drops this actor's report, releases everything."""
+        try:
+            self.flush()
+        finally:
+            stats = self.stats()
+            self.registry.remove(self.actor_id)
+            self.envs.close()
+            self.replay.close()
+            self.weights.close()
+            self.registry.close()
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+        return stats

@@ -1,0 +1,214 @@
+"""`ActorFleet`: keeps N env actors running as Ray actors, restarts them, scales them, stops them.
+
+The supervisor is a loop in the driver (`poll`), not a thread: each actor always has one
+`run(chunk_s)` call in flight; when it returns the supervisor records its stats and submits the
+next one. Ray restarts an actor whose process died (`max_restarts`), and the supervisor re-submits
+to the restarted actor, which pulls the newest weights before its first step. An actor whose
+`run` raised (e.g. its env kept failing) is replaced by a fresh one. The wanted fleet size is
+read from Redis on every poll, so `qfleet scale --actors N` resizes a running fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from actors.actor import ActorStats, EnvActor
+from actors.config import ActorsConfig, EnvConfig
+from actors.envs import describe_env
+from actors.registry import ActorRegistry
+from learner import LearnerConfig
+
+log = logging.getLogger("qfleet.actors")
+
+
+class FleetError(RuntimeError):
+    """Actors keep failing (the same error, again and again); the run cannot go on."""
+
+
+@dataclass
+class _Slot:
+    handle: object
+    ref: object | None = None
+    stats: ActorStats | None = None
+    failures: list[float] = field(default_factory=list)  # times of recent task failures
+    deaths: int = 0  # process deaths since the last completed chunk
+
+
+@dataclass
+class FleetStats:
+    """The fleet at one poll: sums over live actors plus restart counts."""
+
+    actors: int
+    env_steps: int
+    episodes: int
+    transitions_inserted: int
+    transitions_lost: int
+    env_restarts: int
+    actor_restarts: int
+    """Actor processes that died and were restarted (by Ray) or replaced (by the supervisor)."""
+    steps_per_second: float
+    recent_return: float | None
+    policy_versions: dict[int, int]
+
+
+class ActorFleet:
+    """Runs `EnvActor`s on Ray (ray.init must have been called).
+
+    Args:
+        env, actors, learner: the run's config sections.
+        redis_url, run: the run's Redis.
+        chunk_s: seconds per `run` call (how often stats reach the supervisor).
+    """
+
+    def __init__(
+        self,
+        env: EnvConfig,
+        actors: ActorsConfig,
+        learner: LearnerConfig,
+        redis_url: str,
+        run: str = "default",
+        chunk_s: float = 1.0,
+    ):
+        import ray
+
+        self._ray = ray
+        self.env, self.config, self.learner = env, actors, learner
+        self.redis_url, self.run, self.chunk_s = redis_url, run, chunk_s
+        self.registry = ActorRegistry(redis_url, run)
+        self._slots: dict[int, _Slot] = {}
+        self.actor_restarts = 0
+        self._closed_stats: list[ActorStats] = []  # last stats of retired or dead actor processes
+        self._remote = ray.remote(EnvActor)
+
+    def start(self, num_actors: int | None = None) -> None:
+        """Checks the env (fails fast with a clear error) and starts the actors.
+
+        Raises:
+            UnsupportedEnvError: unknown env id or unsupported spaces, before any actor starts.
+        """
+        describe_env(self.env)
+        count = self.config.num_actors if num_actors is None else num_actors
+        self.registry.set_desired(count)
+        self._resize(count)
+
+    def _new_actor(self, actor_id: int, num_actors: int):
+        options = {
+            "num_cpus": self.config.num_cpus,
+            "resources": dict(self.config.resources),
+            "max_restarts": self.config.max_restarts,
+            "max_task_retries": 0,
+            "name": f"qfleet-{self.run}-actor-{actor_id}",
+            "get_if_exists": False,
+        }
+        return self._remote.options(**options).remote(
+            actor_id, num_actors, self.env, self.config, self.learner, self.redis_url, self.run
+        )
+
+    def _resize(self, count: int) -> None:
+        for actor_id in range(count):
+            if actor_id not in self._slots:
+                self._slots[actor_id] = _Slot(self._new_actor(actor_id, count))
+                log.info("actor %d started", actor_id)
+        for actor_id in sorted(self._slots):
+            if actor_id >= count:
+                self._retire(actor_id)
+
+    def _retire(self, actor_id: int) -> None:
+        slot = self._slots.pop(actor_id)
+        ray = self._ray
+        try:
+            if slot.ref is not None:
+                ray.wait([slot.ref], timeout=self.chunk_s + 30)
+            self._closed_stats.append(ray.get(slot.handle.close.remote(), timeout=60))
+        except Exception as exc:  # a dead or stuck actor: nothing left to flush
+            log.warning("actor %d did not close cleanly: %s", actor_id, exc)
+        ray.kill(slot.handle, no_restart=True)
+        log.info("actor %d retired", actor_id)
+
+    def poll(self, timeout: float = 1.0) -> FleetStats:
+        """One supervision round: follow the desired size, collect finished chunks, re-submit."""
+        ray = self._ray
+        desired = self.registry.desired()
+        if desired is not None and desired != len(self._slots):
+            log.info("scaling actors %d -> %d", len(self._slots), desired)
+            self._resize(desired)
+        for slot in self._slots.values():
+            if slot.ref is None:
+                slot.ref = slot.handle.run.remote(self.chunk_s)
+        refs = {slot.ref: actor_id for actor_id, slot in self._slots.items()}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout) if refs else ([], [])
+        for ref in ready:
+            actor_id = refs[ref]
+            slot = self._slots[actor_id]
+            slot.ref = None
+            try:
+                slot.stats = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                # The process died; Ray restarts it (max_restarts) and the next call waits for that.
+                # Twice in a row with no chunk between: out of restarts, so a fresh actor.
+                self.actor_restarts += 1
+                slot.deaths += 1
+                if slot.stats is not None:  # the restarted process counts from zero again
+                    self._closed_stats.append(slot.stats)
+                    slot.stats = None
+                log.warning("actor %d died (%s); it restarts with fresh weights", actor_id, _first_line(exc))
+                if slot.deaths >= 2:
+                    self._ray.kill(slot.handle, no_restart=True)
+                    slot.handle = self._new_actor(actor_id, len(self._slots))
+                    slot.deaths = 0
+                continue
+            except ray.exceptions.RayTaskError as exc:
+                self._replace_failed(actor_id, slot, exc)
+                continue
+            slot.deaths = 0
+        return self.stats()
+
+    def _replace_failed(self, actor_id: int, slot: _Slot, exc: Exception) -> None:
+        now = time.monotonic()
+        slot.failures = [t for t in slot.failures if now - t < 60] + [now]
+        log.error("actor %d failed: %s", actor_id, _first_line(exc))
+        if len(slot.failures) >= 3:
+            raise FleetError(f"actor {actor_id} failed 3 times within a minute; last error:\n{exc}") from None
+        self._ray.kill(slot.handle, no_restart=True)
+        if slot.stats is not None:
+            self._closed_stats.append(slot.stats)
+            slot.stats = None
+        slot.handle = self._new_actor(actor_id, len(self._slots))
+        self.actor_restarts += 1
+
+    def stats(self) -> FleetStats:
+        live = [slot.stats for slot in self._slots.values() if slot.stats is not None]
+        every = live + self._closed_stats
+        returns = [(s.recent_return, s.episodes) for s in live if s.recent_return is not None]
+        weight = sum(n for _, n in returns)
+        return FleetStats(
+            actors=len(self._slots),
+            env_steps=sum(s.env_steps for s in every),
+            episodes=sum(s.episodes for s in every),
+            transitions_inserted=sum(s.transitions_inserted for s in every),
+            transitions_lost=sum(s.transitions_lost for s in every),
+            env_restarts=sum(s.env_restarts for s in every),
+            actor_restarts=self.actor_restarts,
+            steps_per_second=sum(s.steps_per_second for s in live),
+            recent_return=sum(r * n for r, n in returns) / weight if weight else None,
+            policy_versions={s.actor_id: s.policy_version for s in live},
+        )
+
+    def pids(self) -> dict[int, int]:
+        """Process id of every actor (waits for actors still starting)."""
+        ray = self._ray
+        return {actor_id: ray.get(slot.handle.pid.remote()) for actor_id, slot in self._slots.items()}
+
+    def stop(self) -> FleetStats:
+        """Lets running chunks finish, flushes and closes every actor, and kills them."""
+        for actor_id in sorted(self._slots, reverse=True):
+            self._retire(actor_id)
+        stats = self.stats()
+        self.registry.close()
+        return stats
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,154 @@
+"""The actors' Redis keys: desired fleet size, per-actor reports, and the episode stream.
+
+The actors' keys, all of them:
+
+    qfleet:{run}:actors:desired      int     actors the supervisor keeps running; `qfleet scale`
+                                             writes it, the supervisor follows within a second
+    qfleet:{run}:actors:actor:{id}   hash    the actor's latest report: pid, host, env_steps,
+                                             episodes, policy_version, epsilon, env_restarts,
+                                             transitions_inserted, transitions_lost, metrics
+                                             (host:port of its /metrics, or ""), updated_at;
+                                             expires `ttl_s` after the last report
+    qfleet:{run}:actors:episodes     stream  one entry per finished episode: actor, return,
+                                             length, policy_version, env_steps (the actor's,
+                                             at the episode's end), time; capped near
+                                             EPISODE_STREAM_LENGTH entries
+
+Values are plain strings (no pickle); readers get typed dicts back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import redis
+
+EPISODE_STREAM_LENGTH = 100_000
+"""Approximate cap of the episode stream (older entries are trimmed)."""
+
+
+class ActorRegistryError(RuntimeError):
+    """Redis is unreachable."""
+
+
+def _number(text: bytes | str) -> int | float | str:
+    value = text.decode() if isinstance(text, bytes) else text
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+class ActorRegistry:
+    """Reads and writes the actors' keys of one run.
+
+    Args:
+        redis_url: the run's Redis.
+        run: the run name (key namespace).
+    """
+
+    def __init__(self, redis_url: str, run: str = "default"):
+        self.redis_url, self.run = redis_url, run
+        self._prefix = f"qfleet:{run}:actors"
+        self._redis = redis.Redis.from_url(redis_url, socket_timeout=10.0, socket_connect_timeout=2.0)
+
+    def __reduce__(self):
+        return (type(self), (self.redis_url, self.run))
+
+    def _do(self, what: str, fn):
+        try:
+            return fn()
+        except redis.RedisError as exc:
+            raise ActorRegistryError(f"cannot {what} at {self.redis_url}: {exc}") from None
+
+    # -- fleet size ------------------------------------------------------------------------------
+
+    def set_desired(self, count: int) -> None:
+        """Asks the running supervisor for `count` actors."""
+        if count < 0:
+            raise ValueError(f"actor count must be >= 0, got {count}")
+        self._do("set the desired actor count", lambda: self._redis.set(f"{self._prefix}:desired", count))
+
+    def desired(self) -> int | None:
+        """The requested actor count, or None if none was set."""
+        value = self._do("read the desired actor count", lambda: self._redis.get(f"{self._prefix}:desired"))
+        return int(value) if value is not None else None
+
+    # -- per-actor reports -----------------------------------------------------------------------
+
+    def report(self, actor_id: int, fields: dict[str, int | float | str], ttl_s: float = 30.0) -> None:
+        """Replaces actor `actor_id`'s report (with `updated_at`); it expires after `ttl_s`."""
+        key = f"{self._prefix}:actor:{actor_id}"
+        mapping = {**{k: str(v) for k, v in fields.items()}, "updated_at": f"{time.time():.3f}"}
+
+        def write():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hset(key, mapping=mapping)
+            pipe.pexpire(key, int(ttl_s * 1000))
+            pipe.execute()
+
+        self._do("report actor state", write)
+
+    def remove(self, actor_id: int) -> None:
+        """Drops an actor's report (it was retired)."""
+        self._do("remove an actor report", lambda: self._redis.delete(f"{self._prefix}:actor:{actor_id}"))
+
+    def actors(self) -> dict[int, dict[str, int | float | str]]:
+        """Every live actor's latest report, by actor id."""
+
+        def read():
+            keys = sorted(self._redis.scan_iter(f"{self._prefix}:actor:*", count=1000))
+            pipe = self._redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(key)
+            return keys, pipe.execute()
+
+        keys, values = self._do("read actor reports", read)
+        out = {}
+        for key, fields in zip(keys, values, strict=True):
+            if fields:
+                out[int(key.rsplit(b":", 1)[1])] = {k.decode(): _number(v) for k, v in fields.items()}
+        return out
+
+    # -- episodes --------------------------------------------------------------------------------
+
+    def add_episodes(self, episodes: Iterable[dict[str, int | float]]) -> None:
+        """Appends finished episodes to the stream (one round trip)."""
+        episodes = list(episodes)
+        if not episodes:
+            return
+        stream = f"{self._prefix}:episodes"
+
+        def write():
+            pipe = self._redis.pipeline(transaction=False)
+            for episode in episodes:
+                pipe.xadd(stream, {k: str(v) for k, v in episode.items()}, maxlen=EPISODE_STREAM_LENGTH)
+            pipe.execute()
+
+        self._do("append episodes", write)
+
+    def read_episodes(
+        self, after: str = "0-0", count: int = 10_000, block_ms: int | None = None
+    ) -> tuple[str, list[dict[str, int | float | str]]]:
+        """Episodes after stream id `after` ("0-0": from the start; "$": only new ones).
+
+        Returns:
+            (the id to pass next time, the episodes in order).
+        """
+        stream = f"{self._prefix}:episodes"
+        if after == "$":
+            last = self._do("read episodes", lambda: self._redis.xrevrange(stream, count=1))
+            after = last[0][0].decode() if last else "0-0"
+        reply = self._do("read episodes", lambda: self._redis.xread({stream: after}, count=count, block=block_ms))
+        episodes = []
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                after = entry_id.decode()
+                episodes.append({k.decode(): _number(v) for k, v in fields.items()})
+        return after, episodes
+
+    def close(self) -> None:
+        self._redis.close()

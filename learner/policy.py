@@ -1,0 +1,78 @@
+"""`Policy`: the network actors and evaluation act with, rebuilt from the learner's config.
+
+The learner publishes `agent.policy_state()` (the online Q network, or SAC's actor); a Policy
+builds the same architecture, loads those weights and turns observations into actions:
+epsilon-greedy on expected Q values for discrete actions (C51 and HL-Gauss take the expectation
+over their support), a sample from the tanh-Gaussian for continuous ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from learner import losses
+from learner.agents import value_support
+from learner.config import LearnerConfig
+from learner.networks import TanhGaussianActor, build_q_network
+from learner.spaces import ActionSpace
+
+
+class Policy:
+    """Acts with published weights (CPU, no gradients).
+
+    Args:
+        config: the learner's config (architecture and loss decide the network and its output).
+        obs_shape: one observation's shape.
+        space: the env's action space.
+        seed: seeds the initial (random) weights, used until the first `load`.
+    """
+
+    def __init__(self, config: LearnerConfig, obs_shape: tuple[int, ...], space: ActionSpace, seed: int = 0):
+        torch.manual_seed(seed)
+        self.space = space
+        self.version = 0
+        if space.discrete:
+            bins = 1 if config.loss == "dqn" else config.num_bins
+            self.network = build_q_network(
+                obs_shape, space.num_actions, bins, config.network, config.hidden_size, config.num_layers,
+                config.layer_norm, config.dueling,
+            )  # fmt: skip
+            self.support = value_support(config, torch.device("cpu"))
+        else:
+            low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
+            self.network = TanhGaussianActor(
+                int(np.prod(obs_shape)), low.shape[0], config.hidden_size, config.num_layers, low, high
+            )
+        self.network.eval()
+
+    def load(self, state: dict[str, torch.Tensor], version: int) -> None:
+        """Takes published weights (raises if they do not fit this architecture)."""
+        self.network.load_state_dict(state)
+        self.version = version
+
+    @torch.inference_mode()
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        """[B, A] expected action values (discrete actions only)."""
+        out = self.network(torch.from_numpy(np.asarray(obs)))
+        if self.support is not None:
+            out = losses.expectation(out, self.support)
+        return out.numpy()
+
+    @torch.inference_mode()
+    def act(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+        """Actions for a batch of observations.
+
+        Discrete: greedy in Q, replaced by a uniform random action with probability `epsilon`
+        per observation. Continuous: a sample of the policy, or its mean when `epsilon` is 0
+        (greedy evaluation).
+        """
+        if not self.space.discrete:
+            action, _ = self.network(torch.from_numpy(np.asarray(obs)).float(), deterministic=epsilon == 0)
+            return action.numpy()
+        actions = self.q_values(obs).argmax(axis=1)
+        if epsilon > 0:
+            explore = rng.random(len(actions)) < epsilon
+            if explore.any():
+                actions[explore] = rng.integers(0, self.space.num_actions, int(explore.sum()))
+        return actions

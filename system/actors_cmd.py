@@ -1,0 +1,82 @@
+"""`qfleet actors run` and `qfleet scale`: the actor fleet as its own driver, and resizing it.
+
+`actors run` connects to Ray (a local instance unless --ray-address), starts `actors.num_actors`
+env actors against the run's shards and weight store, supervises them until SIGTERM/Ctrl-C or
+--max-env-steps, and prints progress. `scale` writes the wanted actor count to Redis; the running
+supervisor follows within a poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from actors import ActorFleet, ActorRegistry, FleetError, UnsupportedEnvError
+from system.config import RunConfig
+from system.dataclass_args import ConfigError
+from system.ray_local import init_ray
+from system.signals import stop_on_signals
+
+log = logging.getLogger("qfleet.actors")
+
+
+def progress_line(stats) -> str:
+    versions = sorted(set(stats.policy_versions.values()))
+    recent = "-" if stats.recent_return is None else f"{stats.recent_return:.1f}"
+    return (
+        f"{stats.actors} actors | {stats.env_steps:,} env steps ({stats.steps_per_second:,.0f}/s) | "
+        f"{stats.episodes:,} episodes, recent return {recent} | weights v{','.join(map(str, versions)) or '-'} | "
+        f"restarts: {stats.env_restarts} env, {stats.actor_restarts} actor | lost {stats.transitions_lost:,}"
+    )
+
+
+def run_actors(
+    config: RunConfig, redis_url: str, run: str, ray_address: str | None, max_env_steps: int | None, log_every_s: float
+) -> int:
+    fleet = ActorFleet(config.env, config.actors, config.learner, redis_url, run)
+    try:
+        fleet.registry.actors()  # Redis reachable? (fails here, not inside every actor)
+    except Exception as exc:
+        raise ConfigError(f"--redis-url {redis_url}: {exc}") from None
+    stop = stop_on_signals(log, "stopping actors (flushing their transitions)")
+    init_ray(ray_address)
+    try:
+        fleet.start()
+    except UnsupportedEnvError as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"qfleet actors: run {run!r}, {config.actors.num_actors} actors on {config.env.id}", flush=True)
+    last_log = time.monotonic()
+    code = 0
+    try:
+        while not stop.is_set():
+            stats = fleet.poll(timeout=0.5)
+            if max_env_steps is not None and stats.env_steps >= max_env_steps:
+                break
+            if time.monotonic() - last_log >= log_every_s:
+                print(progress_line(stats), flush=True)
+                last_log = time.monotonic()
+    except FleetError as exc:
+        print(f"qfleet actors: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        stats = fleet.stop()
+    print(f"qfleet actors: stopped; {progress_line(stats)}", flush=True)
+    return code
+
+
+def scale(redis_url: str, run: str, count: int) -> int:
+    registry = ActorRegistry(redis_url, run)
+    try:
+        before = registry.desired()
+        registry.set_desired(count)
+        live = len(registry.actors())
+    except Exception as exc:
+        raise ConfigError(f"--redis-url {redis_url}: {exc}") from None
+    finally:
+        registry.close()
+    was = "unset" if before is None else str(before)
+    print(
+        f"qfleet scale: run {run!r} actors {was} -> {count} (live now: {live}); the supervisor follows within a second"
+    )
+    return 0

@@ -1,0 +1,23 @@
+"""Connecting to Ray: an existing cluster (`address`), or a local instance on this machine."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """`ray.init` for qfleet's drivers; a no-op when Ray is already initialised.
+
+    Local instances run without Ray's token authentication (RAY_AUTH_MODE=disabled, unless the
+    environment says otherwise) and without the dashboard; they bind to loopback.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    else:
+        ray.init(address=address, logging_level=logging.WARNING)

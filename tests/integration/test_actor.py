@@ -1,0 +1,198 @@
+"""One env actor in-process against a real shard and a real redis-server: the transitions it
+inserts, the weights it pulls, the episodes it reports, and what it does when envs or replay fail."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from actors import ActorRegistry, ActorsConfig, EnvActor, EnvConfig, EnvFailedError, UnsupportedEnvError
+from actors import describe_env, transition_spec
+from actors.actor import actor_epsilon
+from conftest import shard_kwargs, wait_until
+from learner import LearnerConfig, Policy, WeightStore
+
+GAMMA = 0.9
+LEARNER = LearnerConfig(hidden_size=16, gamma=GAMMA)
+
+
+def actor_config(**overrides) -> ActorsConfig:
+    return ActorsConfig(**{"n_step": 3, "insert_batch": 64, "num_actors": 4, "metrics_port": 0, **overrides})
+
+
+class FlakyEnv(gym.Env):
+    """Counts to 20 (reward 1 per step, then terminated); raises in step with probability
+    `step_failure`, and in every reset when `reset_fails`."""
+
+    observation_space = gym.spaces.Box(0.0, 100.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, step_failure: float = 0.0, reset_fails: bool = False):
+        self.step_failure, self.reset_fails = step_failure, reset_fails
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if self.reset_fails:
+            raise RuntimeError("emulator is gone")
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        if self.np_random.random() < self.step_failure:
+            raise RuntimeError("simulated crash")
+        self.t += 1
+        return np.array([self.t], np.float32), 1.0, self.t >= 20, False, {}
+
+
+gym.register("qfleet-test/Flaky-v0", entry_point=FlakyEnv, kwargs={"step_failure": 0.01})
+gym.register("qfleet-test/Counter-v0", entry_point=FlakyEnv)
+gym.register("qfleet-test/Broken-v0", entry_point=FlakyEnv, kwargs={"reset_fails": True})
+gym.register(
+    "qfleet-test/MultiDiscrete-v0",
+    entry_point=lambda: type(
+        "MultiDiscreteEnv",
+        (FlakyEnv,),
+        {"action_space": gym.spaces.MultiDiscrete([2, 3])},
+    )(),
+)
+
+
+@pytest.fixture
+def shard(redis_server, start_server):
+    def start(env: EnvConfig, run="act"):
+        return start_server(transition_spec(env), capacity=100_000, **shard_kwargs(redis_server, run=run))
+
+    return start
+
+
+def sample_all(server, n):
+    from replay import ReplayClient
+
+    with ReplayClient(f"127.0.0.1:{server.port}") as client:
+        return client.sample(n).data
+
+
+def test_actor_inserts_stamped_n_step_transitions_and_reports_episodes(redis_server, shard):
+    env = EnvConfig(id="qfleet-test/Counter-v0", num_envs=3)
+    server = shard(env)
+    actor = EnvActor(2, 4, env, actor_config(epsilon=0.5), LEARNER, redis_server.url, "act")
+    try:
+        stats = actor.run(seconds=0.5)
+        assert stats.env_steps > 200 and stats.episodes > 0
+        # Every transition the actor counted is in the shard, stamped with its id and version 0.
+        assert server.table.info().size == stats.transitions_inserted > 0
+        data = sample_all(server, 500)
+        assert set(data["actor_id"]) == {2} and set(data["policy_version"]) == {0}
+        # Counter env: obs t, reward 1 per step, terminal at 20. n = 3 windows: full ones look 3
+        # ahead with gamma^3; the last ones of an episode end at 20 with discount 0.
+        t, nxt = data["obs"][:, 0], data["next_obs"][:, 0]
+        full = data["discount"] > 0
+        np.testing.assert_allclose(data["discount"][full], GAMMA**3, rtol=1e-6)
+        np.testing.assert_array_equal(nxt[full], t[full] + 3)
+        np.testing.assert_allclose(data["reward"][full], 1 + GAMMA + GAMMA**2, rtol=1e-6)
+        assert np.all(nxt[~full] == 20) and np.all(t[~full] >= 17)
+        np.testing.assert_allclose(data["reward"][~full], [sum(GAMMA**i for i in range(int(20 - s))) for s in t[~full]])
+        # Episodes: in the stream and the actor's Redis report, with the Ape-X epsilon of actor 2 of 4.
+        _, episodes = actor.registry.read_episodes()
+        assert len(episodes) == stats.episodes > 0
+        assert all(e["return"] == 20 and e["length"] == 20 and e["actor"] == 2 for e in episodes)
+        report = ActorRegistry(redis_server.url, "act").actors()[2]
+        assert report["env_steps"] == stats.env_steps and report["pid"] == stats.pid
+        assert stats.epsilon == pytest.approx(0.5 ** (1 + 2 * 7 / 3))
+        # /metrics serves the same counters.
+        body = urllib.request.urlopen(f"http://{report['metrics']}/metrics", timeout=5).read().decode()
+        assert f'qfleet_actor_env_steps_total{{actor="2",run="act"}} {float(stats.env_steps)}' in body
+        assert f'qfleet_actor_transitions_inserted_total{{actor="2",run="act"}} {float(stats.transitions_inserted)}' in body
+    finally:
+        actor.close()
+    assert 2 not in ActorRegistry(redis_server.url, "act").actors()  # a closed actor leaves no report
+
+
+def test_actor_pulls_a_new_weight_version_and_stamps_it(redis_server, shard):
+    env = EnvConfig(id="CartPole-v1", num_envs=2)
+    server = shard(env)
+    spaces = describe_env(env)
+    store = WeightStore(redis_server.url, "act")
+    published = Policy(LEARNER, spaces.obs_shape, spaces.action_space, seed=123).network.state_dict()
+    store.publish(published, version=7)
+    actor = EnvActor(0, 1, env, actor_config(weight_poll_steps=5), LEARNER, redis_server.url, "act")
+    try:
+        assert actor.policy.version == 7  # a (re)started actor acts with the newest weights at once
+        for name, tensor in actor.policy.network.state_dict().items():
+            torch.testing.assert_close(tensor, published[name])
+        actor.run(seconds=0.2)
+        store.publish({k: v + 1 for k, v in published.items()}, version=8)
+        stats = actor.run(seconds=0.5)
+        assert stats.policy_version == 8
+        torch.testing.assert_close(actor.policy.network.state_dict()["head.bias"], published["head.bias"] + 1)
+        versions = sample_all(server, 2000)["policy_version"]
+        assert set(versions) == {7, 8}
+    finally:
+        actor.close()
+        store.close()
+
+
+def test_an_env_that_raises_is_rebuilt_counted_and_the_actor_goes_on(redis_server, shard):
+    env = EnvConfig(id="qfleet-test/Flaky-v0", num_envs=4)
+    server = shard(env)
+    actor = EnvActor(0, 1, env, actor_config(), LEARNER, redis_server.url, "act")
+    try:
+        stats = actor.run(seconds=1.0)
+        assert stats.env_restarts >= 5 and stats.episodes > 0
+        assert server.table.info().size == stats.transitions_inserted > 0
+        body = urllib.request.urlopen(f"http://{actor.metrics_address}/metrics", timeout=5).read().decode()
+        assert f'qfleet_actor_env_restarts_total{{actor="0",run="act"}} {float(stats.env_restarts)}' in body
+        # No transition crosses a failure: each one's next obs is 1-3 steps ahead (full or
+        # aborted windows) or the terminal 20.
+        data = sample_all(server, 2000)
+        gap = data["next_obs"][:, 0] - data["obs"][:, 0]
+        assert np.all((gap >= 0) & (gap <= 3))
+    finally:
+        actor.close()
+
+
+def test_an_env_that_keeps_failing_in_reset_stops_its_actor_with_a_clear_error(redis_server, shard):
+    env = EnvConfig(id="qfleet-test/Broken-v0", num_envs=1)
+    shard(EnvConfig(id="qfleet-test/Counter-v0"))
+    with pytest.raises(EnvFailedError, match=r"Broken-v0.*raised in reset 3 times.*emulator is gone"):
+        EnvActor(0, 1, env, actor_config(env_max_rebuilds=2, metrics_port=None), LEARNER, redis_server.url, "act")
+
+
+def test_unknown_env_ids_and_unsupported_action_spaces_fail_at_start():
+    with pytest.raises(UnsupportedEnvError, match="NoSuchEnv-v0"):
+        describe_env(EnvConfig(id="NoSuchEnv-v0"))
+    with pytest.raises(UnsupportedEnvError, match="MultiDiscrete.*neither Discrete nor Box"):
+        describe_env(EnvConfig(id="qfleet-test/MultiDiscrete-v0"))
+
+
+def test_batches_no_shard_takes_are_counted_lost_and_inserts_resume_when_a_shard_returns(redis_server, shard):
+    env = EnvConfig(id="qfleet-test/Counter-v0", num_envs=2)
+    server = shard(env)
+    actor = EnvActor(0, 1, env, actor_config(insert_retry_s=0.5, metrics_port=None), LEARNER, redis_server.url, "act")
+    try:
+        first = actor.run(seconds=0.3)
+        assert first.transitions_lost == 0 and first.transitions_inserted > 0
+        server.stop(grace=0.1, checkpoint=False)
+        lost = actor.run(seconds=0.3)
+        assert lost.transitions_lost > 0
+        assert lost.transitions_inserted == first.transitions_inserted
+        replacement = shard(env)
+        assert wait_until(lambda: actor.run(seconds=0.1).transitions_inserted > first.transitions_inserted, 15)
+        back = actor.stats()
+        assert replacement.table.info().size == back.transitions_inserted - first.transitions_inserted
+        assert actor._sent == back.transitions_inserted + back.transitions_lost  # nothing unaccounted
+    finally:
+        actor.close()
+
+
+def test_epsilons_follow_the_apex_schedule():
+    config = ActorsConfig(epsilon=0.4, epsilon_alpha=7.0)
+    eps = [actor_epsilon(i, 8, config) for i in range(8)]
+    assert eps[0] == pytest.approx(0.4) and eps[-1] == pytest.approx(0.4**8)
+    assert all(a > b for a, b in zip(eps, eps[1:], strict=False))
+    assert actor_epsilon(0, 1, config) == pytest.approx(0.4)
