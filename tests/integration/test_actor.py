@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from actors import ActorRegistry, ActorsConfig, EnvActor, EnvConfig, EnvFailedError, UnsupportedEnvError
-from actors import describe_env, transition_spec
+from actors import (
+    ActorRegistry,
+    ActorsConfig,
+    EnvActor,
+    EnvConfig,
+    EnvFailedError,
+    UnsupportedEnvError,
+    describe_env,
+    transition_spec,
+)
 from actors.actor import actor_epsilon
 from conftest import shard_kwargs, wait_until
 from learner import LearnerConfig, Policy, WeightStore
@@ -107,7 +115,10 @@ def test_actor_inserts_stamped_n_step_transitions_and_reports_episodes(redis_ser
         # /metrics serves the same counters.
         body = urllib.request.urlopen(f"http://{report['metrics']}/metrics", timeout=5).read().decode()
         assert f'qfleet_actor_env_steps_total{{actor="2",run="act"}} {float(stats.env_steps)}' in body
-        assert f'qfleet_actor_transitions_inserted_total{{actor="2",run="act"}} {float(stats.transitions_inserted)}' in body
+        assert (
+            f'qfleet_actor_transitions_inserted_total{{actor="2",run="act"}} {float(stats.transitions_inserted)}'
+            in body
+        )
     finally:
         actor.close()
     assert 2 not in ActorRegistry(redis_server.url, "act").actors()  # a closed actor leaves no report
