@@ -6,7 +6,7 @@ Public surface:
     EnvFailedError (environments);
     NStepAccumulator, apex_epsilons (the math);
     EnvActor, ActorStats (one actor), ActorFleet, FleetStats, FleetError (many, on Ray);
-    ActorRegistry (the actors' Redis keys), ActorMetrics (`qfleet_actor_*`).
+    ActorRegistry, ActorRegistryError (the actors' Redis keys), ActorMetrics (`qfleet_actor_*`).
 """
 
 import importlib
@@ -15,7 +15,7 @@ from actors.config import ActorsConfig, EnvConfig
 from actors.envs import EnvFailedError, EnvSpaces, EnvVector, describe_env, make_env, transition_spec
 from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
-from actors.registry import ActorRegistry
+from actors.registry import ActorRegistry, ActorRegistryError
 from actors.spec import UnsupportedEnvError, spec_for_spaces
 
 # Imported on first use: they load torch (and Ray), which config-only commands do not need.
@@ -31,6 +31,7 @@ __all__ = [
     *_LAZY,
     "ActorMetrics",
     "ActorRegistry",
+    "ActorRegistryError",
     "ActorsConfig",
     "EnvConfig",
     "EnvFailedError",

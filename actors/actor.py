@@ -7,7 +7,8 @@ The loop, one vector step at a time:
     step = envs.step(actions)                            # same-step reset; envs that raise are rebuilt
     transitions = nstep.add(obs, actions, rewards, final obs, terminated, truncated,
                             policy_version of each step, aborted)
-    buffer them; every insert_batch transitions: stream a batch to this actor's replay shard
+    buffer them; every insert_batch transitions (or INSERT_MAX_BYTES): stream a batch to this
+    actor's replay shard
     finished episodes -> Redis stream + metrics
 
 The class is plain Python: `ActorFleet` runs it as a Ray actor (`run(seconds)` in chunks), and
@@ -16,6 +17,7 @@ tests and the benchmark run it in-process.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -36,6 +38,13 @@ from learner import LearnerConfig, Policy, WeightStore
 from replay import ReplayUnavailableError, ShardedReplay
 
 log = logging.getLogger("qfleet.actors")
+
+NSTEP_BLOCK = 32
+"""Vector steps between n-step emissions: amortises numpy's per-call cost (see actors/nstep.py)."""
+
+INSERT_MAX_BYTES = 4 << 20
+"""An insert message is sent once it holds this many bytes, even below insert_batch items
+(Atari-size transitions: about 75 per message)."""
 
 
 @dataclass
@@ -98,7 +107,7 @@ class EnvActor:
         self.envs = EnvVector(env, seed=seed * 10_000, max_rebuilds=actors.env_max_rebuilds)
         self.policy = Policy(learner, spaces.obs_shape, spaces.action_space, seed=seed)
         self.epsilon = actor_epsilon(actor_id, num_actors, actors)
-        self.nstep = NStepAccumulator(env.num_envs, actors.n_step, learner.gamma)
+        self.nstep = NStepAccumulator(env.num_envs, actors.n_step, learner.gamma, block=NSTEP_BLOCK)
         self.replay = replay or ShardedReplay(redis_url=redis_url, run=run, writer_id=f"{run}-actor-{actor_id}")
         self.weights = WeightStore(redis_url, run)
         self.registry = ActorRegistry(redis_url, run)
@@ -116,13 +125,18 @@ class EnvActor:
         self.env_steps = self.vector_steps = self.episodes = 0
         self.transitions_inserted = self.transitions_lost = 0
         self._sent = 0  # transitions handed to the replay client (acknowledged once flushed)
-        self._restarts_counted = 0
-        self._returns: deque[float] = deque(maxlen=100)
+        self._returns: deque[float] = deque(maxlen=100)  # of the last 100 episodes
+        self._lengths: deque[int] = deque(maxlen=100)
+        self._counted = {"env_steps": 0, "episodes": 0, "env_restarts": 0}  # already in the metrics
         self._buffer: list[dict[str, np.ndarray]] = []
-        self._buffered = 0
+        self._buffered = self._buffered_bytes = 0
+        self._versions = np.zeros(env.num_envs, np.int64)  # policy_version column of one step
         self._episode_buffer: list[dict] = []
         self._pull_weights()  # a (re)started actor acts with the newest weights from its first step
         self.obs = self.envs.reset()
+        # The imports (torch, gymnasium, grpc) leave ~10^5 long-lived objects; freezing them keeps
+        # the collector's full passes from walking them again and again in the step loop.
+        gc.freeze()
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -133,16 +147,15 @@ class EnvActor:
         obs = self.obs
         actions = self.policy.act(obs, self.epsilon, self.rng)
         out = self.envs.step(actions)
-        versions = np.full(len(actions), self.policy.version, np.int64)
+        if self._versions[0] != self.policy.version:
+            self._versions = np.full(len(actions), self.policy.version, np.int64)
         transitions = self.nstep.add(
             obs, actions, out.reward, out.final_obs, out.terminated, out.truncated,
-            extras={"policy_version": versions}, aborted=out.aborted,
+            extras={"policy_version": self._versions}, aborted=out.aborted,
         )  # fmt: skip
         self.obs = out.obs
         self.vector_steps += 1
-        stepped = len(actions) - int(out.aborted.sum())
-        self.env_steps += stepped
-        self.metrics.env_steps.inc(stepped)
+        self.env_steps += len(actions) - int(out.aborted.sum()) if out.aborted.any() else len(actions)
         if transitions is not None:
             self._add(transitions)
         for episode in out.episodes:
@@ -167,14 +180,15 @@ class EnvActor:
         transitions["actor_id"] = np.full(len(transitions["reward"]), self.actor_id, np.int32)
         self._buffer.append(transitions)
         self._buffered += len(transitions["reward"])
-        if self._buffered >= self.config.insert_batch:
+        self._buffered_bytes += sum(column.nbytes for column in transitions.values())
+        if self._buffered >= self.config.insert_batch or self._buffered_bytes >= INSERT_MAX_BYTES:
             self._insert_buffered()
 
     def _insert_buffered(self) -> None:
         if not self._buffer:
             return
         batch = _concat(self._buffer)
-        self._buffer, self._buffered = [], 0
+        self._buffer, self._buffered, self._buffered_bytes = [], 0, 0
         self._sent += len(batch["reward"])
         self._send(lambda: self.replay.insert(batch))
 
@@ -187,7 +201,7 @@ class EnvActor:
         self.metrics.transitions_inserted.inc(acknowledged - self.transitions_inserted)
         self.transitions_inserted = acknowledged
         if self._episode_buffer:
-            self.registry.add_episodes(self._episode_buffer)
+            self.registry.add_episodes(self.actor_id, self._episode_buffer)
             self._episode_buffer = []
 
     def _send(self, call) -> None:
@@ -220,17 +234,13 @@ class EnvActor:
     def _episode(self, episode_return: float, length: int) -> None:
         self.episodes += 1
         self._returns.append(episode_return)
-        self.metrics.episodes.inc()
-        self.metrics.episode_return.set(float(np.mean(self._returns)))
-        self.metrics.episode_length.set(length)
+        self._lengths.append(length)
         self._episode_buffer.append(
             {
-                "actor": self.actor_id,
                 "return": episode_return,
                 "length": length,
                 "policy_version": self.policy.version,
                 "env_steps": self.env_steps,
-                "time": round(time.time(), 3),
             }
         )
 
@@ -248,9 +258,19 @@ class EnvActor:
     # -- state -----------------------------------------------------------------------------------
 
     def stats(self, steps_per_second: float = 0.0) -> ActorStats:
+        """Counters so far; also brings the Prometheus series up to date (once per chunk, so the
+        per-step loop pays nothing for them)."""
         restarts = self.envs.restarts
-        self.metrics.env_restarts.inc(restarts - self._restarts_counted)
-        self._restarts_counted = restarts
+        for name, value, counter in (
+            ("env_steps", self.env_steps, self.metrics.env_steps),
+            ("episodes", self.episodes, self.metrics.episodes),
+            ("env_restarts", restarts, self.metrics.env_restarts),
+        ):
+            counter.inc(value - self._counted[name])
+            self._counted[name] = value
+        if self._returns:
+            self.metrics.episode_return.set(float(np.mean(self._returns)))
+            self.metrics.episode_length.set(float(np.mean(self._lengths)))
         return ActorStats(
             actor_id=self.actor_id,
             pid=os.getpid(),

@@ -54,8 +54,8 @@ class ActorsConfig:
     weight_poll_steps: int = 50
     """Vector steps between checks of the announced weights version (one small Redis GET; weights are fetched only when it changed)."""
 
-    insert_batch: int = 256
-    """Transitions buffered per insert message (larger batches cost less per item; see docs/benchmarks.md)."""
+    insert_batch: int = 1024
+    """Transitions per insert message (a message also goes out at 4 MiB); larger messages cost less per item, see docs/benchmarks.md."""
 
     insert_retry_s: float = 10.0
     """How long an actor keeps retrying a batch no shard accepts before it counts the batch as lost."""

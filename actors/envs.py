@@ -181,8 +181,9 @@ class EnvVector:
         self.restarts = 0
         """Envs rebuilt after raising (in step or reset), over the vector's life."""
         self.envs: list[gym.Env] = [make_env(config) for _ in range(self.num_envs)]
-        self._returns = np.zeros(self.num_envs)
-        self._lengths = np.zeros(self.num_envs, np.int64)
+        self._unseeded = set(range(self.num_envs))
+        self._returns = [0.0] * self.num_envs
+        self._lengths = [0] * self.num_envs
         self._obs: np.ndarray | None = None
 
     def _next_seed(self) -> int:
@@ -192,8 +193,8 @@ class EnvVector:
     def reset(self) -> np.ndarray:
         """Resets every env; returns the stacked first observations."""
         self._obs = np.stack([self._reset(i) for i in range(self.num_envs)])
-        self._returns[:] = 0
-        self._lengths[:] = 0
+        self._returns = [0.0] * self.num_envs
+        self._lengths = [0] * self.num_envs
         return self._obs
 
     def _reset(self, i: int) -> np.ndarray:
@@ -201,7 +202,10 @@ class EnvVector:
         failures = 0
         while True:
             try:
-                obs, _ = self.envs[i].reset(seed=self._next_seed())
+                # A new env instance is seeded once; later resets continue its random stream.
+                seed = self._next_seed() if i in self._unseeded else None
+                obs, _ = self.envs[i].reset(seed=seed)
+                self._unseeded.discard(i)
                 return np.asarray(obs)
             except Exception as exc:  # an env is foreign code: any exception means "rebuild it"
                 failures += 1
@@ -220,42 +224,49 @@ class EnvVector:
         with contextlib.suppress(Exception):
             self.envs[i].close()
         self.envs[i] = make_env(self.config)
+        self._unseeded.add(i)
 
     def step(self, actions: np.ndarray) -> VectorStep:
         """Steps every env with its action; ended episodes are reset in the same step."""
         if self._obs is None:
             raise RuntimeError("call reset() before step()")
         n = self.num_envs
-        rewards = np.zeros(n)
-        terminated = np.zeros(n, bool)
-        truncated = np.zeros(n, bool)
-        aborted = np.zeros(n, bool)
-        final = [None] * n
-        next_obs = [None] * n
+        rewards, terminated, truncated = [0.0] * n, [False] * n, [False] * n
+        next_obs: list = [None] * n
+        finals: list[tuple[int, np.ndarray]] = []  # (env, real next obs) where it is not next_obs
+        aborted: list[int] = []
         episodes: list[Episode] = []
         for i, env in enumerate(self.envs):
             try:
                 obs, reward, term, trunc, _ = env.step(actions[i])
-            except Exception as exc:
-                aborted[i] = True
-                final[i] = self._obs[i]
+            except Exception as exc:  # an env is foreign code: any exception means "rebuild it"
+                aborted.append(i)
+                finals.append((i, self._obs[i]))
                 self._rebuild(i, "step", exc)
                 next_obs[i] = self._reset(i)
                 self._returns[i], self._lengths[i] = 0.0, 0
                 continue
             rewards[i], terminated[i], truncated[i] = reward, term, trunc
-            final[i] = obs
             self._returns[i] += reward
             self._lengths[i] += 1
             if term or trunc:
-                final[i] = np.array(obs)  # some wrappers (frame stacks) reuse one buffer across reset
-                episodes.append(Episode(i, float(self._returns[i]), int(self._lengths[i])))
+                finals.append((i, np.array(obs)))  # a copy: frame stacks reuse one buffer across reset
+                episodes.append(Episode(i, float(self._returns[i]), self._lengths[i]))
                 self._returns[i], self._lengths[i] = 0.0, 0
                 next_obs[i] = self._reset(i)
             else:
                 next_obs[i] = obs
         self._obs = np.stack(next_obs)
-        return VectorStep(self._obs, rewards, terminated, truncated, aborted, np.stack(final), episodes)
+        final_obs = self._obs
+        if finals:
+            final_obs = self._obs.copy()
+            for i, obs in finals:
+                final_obs[i] = obs
+        aborted_mask = np.zeros(n, bool)
+        aborted_mask[aborted] = True
+        return VectorStep(
+            self._obs, np.array(rewards), np.array(terminated), np.array(truncated), aborted_mask, final_obs, episodes
+        )
 
     def close(self) -> None:
         for env in self.envs:

@@ -29,27 +29,40 @@ import numpy as np
 class NStepAccumulator:
     """Turns per-step vector-env outputs into n-step transitions.
 
+    Steps are appended to time-major buffers [rows, num_envs, ...]; every `block` steps the
+    transitions of all completed windows are computed at once, with n passes of array operations
+    over the whole block (numpy's per-call cost is paid per block, not per step). A window is
+    complete when it holds n steps or its episode ended; the last n - 1 rows carry over to the
+    next block for the windows still open.
+
     Args:
         num_envs: environments stepped together.
         n_step: window length n (1 is plain one-step TD).
         gamma: discount per step.
+        block: steps between emissions (1: emit as soon as a window completes).
     """
 
-    def __init__(self, num_envs: int, n_step: int, gamma: float):
-        if num_envs < 1 or n_step < 1 or not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"need num_envs >= 1, n_step >= 1, 0 <= gamma <= 1; got {num_envs}, {n_step}, {gamma}")
-        self.num_envs, self.n_step, self.gamma = num_envs, n_step, gamma
+    def __init__(self, num_envs: int, n_step: int, gamma: float, block: int = 1):
+        if num_envs < 1 or n_step < 1 or block < 1 or not 0.0 <= gamma <= 1.0:
+            raise ValueError(
+                f"need num_envs >= 1, n_step >= 1, block >= 1, 0 <= gamma <= 1; got {num_envs}, {n_step}, {block}, {gamma}"
+            )
+        self.num_envs, self.n_step, self.gamma, self.block = num_envs, n_step, gamma, block
         self._powers = gamma ** np.arange(n_step + 1, dtype=np.float64)
-        self._step = -1  # index of the latest step, shared by all envs
-        self._start = np.zeros(num_envs, np.int64)  # first step of each env's current segment
-        self._rings: dict[str, np.ndarray] = {}
+        self._rows = block + n_step - 1
+        self._len = 0  # rows filled
+        self._fresh = 0  # rows added since the last emission
+        self._columns: dict[str, np.ndarray] = {}  # obs, action, extras, next_obs: [rows, num_envs, ...]
+        self._reward = np.zeros((self._rows, num_envs))
+        self._ends = np.zeros((3, self._rows, num_envs), bool)  # terminated, truncated, aborted
+        self._emitted = np.zeros((self._rows, num_envs), bool)  # windows starting here already out
 
-    def _ring(self, name: str, value: np.ndarray) -> np.ndarray:
-        ring = self._rings.get(name)
-        if ring is None:
-            ring = np.zeros((self.n_step, *value.shape), value.dtype)
-            self._rings[name] = ring
-        return ring
+    def _store(self, name: str, row: int, value) -> None:
+        column = self._columns.get(name)
+        if column is None:
+            value = np.asarray(value)
+            column = self._columns[name] = np.zeros((self._rows, *value.shape), value.dtype)
+        column[row] = value
 
     def add(
         self,
@@ -62,7 +75,7 @@ class NStepAccumulator:
         extras: Mapping[str, np.ndarray] | None = None,
         aborted: np.ndarray | None = None,
     ) -> dict[str, np.ndarray] | None:
-        """Records one step of every env; returns the transitions it completed (columnar), or None.
+        """Records one step of every env; returns the transitions completed (columnar), or None.
 
         Args:
             obs, action, reward: the step of each env, with a leading num_envs dimension.
@@ -74,62 +87,80 @@ class NStepAccumulator:
             aborted: envs whose step did not happen (the env raised); their windows end at the
                 previous step and bootstrap from `obs`.
         """
-        self._step += 1
-        t, n = self._step, self.n_step
-        slot = t % n
-        columns = {"obs": obs, "action": action, "reward": np.asarray(reward, np.float64), **(extras or {})}
-        for name, value in columns.items():
-            self._ring(name, np.asarray(value))[slot] = value
-
-        ended = np.asarray(terminated, bool) | np.asarray(truncated, bool)
-        if aborted is not None:
-            ended |= np.asarray(aborted, bool)
-        parts: list[dict[str, np.ndarray]] = []
-        full = ~ended & (t - self._start + 1 >= n)
-        if full.any():
-            envs = np.flatnonzero(full)
-            parts.append(self._windows(envs, np.full(len(envs), t - n + 1), t, next_obs[envs], bootstrap=True))
-        for env in np.flatnonzero(ended):
-            if aborted is not None and aborted[env]:
-                last, bootstrap_obs, bootstrap = t - 1, obs[env], True
-            else:
-                last, bootstrap_obs, bootstrap = t, next_obs[env], not terminated[env]
-            first = max(int(self._start[env]), t - n + 1)  # windows not yet emitted as full
-            if first <= last:
-                starts = np.arange(first, last + 1)
-                envs = np.full(len(starts), env)
-                parts.append(
-                    self._windows(envs, starts, last, np.repeat(bootstrap_obs[None], len(starts), 0), bootstrap)
-                )
-            self._start[env] = t + 1
-        if not parts:
+        row = self._len
+        for name, value in (("obs", obs), ("action", action), ("next_obs", next_obs), *(extras or {}).items()):
+            self._store(name, row, value)
+        self._reward[row] = reward
+        self._ends[:2, row] = terminated, truncated
+        if aborted is not None and aborted.any():
+            self._ends[2, row] = self._emitted[row] = aborted  # an aborted step starts no window
+        else:
+            self._ends[2, row] = self._emitted[row] = False
+        self._len += 1
+        self._fresh += 1
+        if self._fresh < self.block:
             return None
-        if len(parts) == 1:
-            return parts[0]
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-
-    def _windows(
-        self, envs: np.ndarray, starts: np.ndarray, last: int, bootstrap_obs: np.ndarray, bootstrap: bool
-    ) -> dict[str, np.ndarray]:
-        """Transitions of `envs` whose windows run from `starts` to step `last` (inclusive)."""
-        n = self.n_step
-        lengths = last - starts + 1  # 1..n
-        offsets = np.arange(n)
-        steps = starts[:, None] + offsets[None, :]  # [k, n]
-        valid = offsets[None, :] < lengths[:, None]
-        rewards = self._rings["reward"][steps % n, envs[:, None]].astype(np.float64)
-        returns = (np.where(valid, rewards, 0.0) * self._powers[:n]).sum(axis=1)
-        discount = self._powers[lengths] if bootstrap else np.zeros(len(envs))
-        first_slots = starts % n
-        out = {name: ring[first_slots, envs] for name, ring in self._rings.items() if name != "reward"}
-        out["reward"] = returns.astype(np.float32)
-        out["next_obs"] = np.asarray(bootstrap_obs)
-        out["discount"] = discount.astype(np.float32)
+        out = self._emit()
+        self._carry()
         return out
 
+    def _emit(self) -> dict[str, np.ndarray] | None:
+        n, rows, envs = self.n_step, self._len, self.num_envs
+        terminated, truncated, aborted = self._ends[:, :rows]
+        open_ = ~self._emitted[:rows]  # windows still collecting steps, by start row
+        complete = np.zeros((rows, envs), bool)
+        returns = np.zeros((rows, envs))
+        discount = np.zeros((rows, envs))
+        source_row = np.zeros((rows, envs), np.int64)  # row of the bootstrap observation
+        from_obs = np.zeros((rows, envs), bool)  # ... in `obs` (aborted) rather than `next_obs`
+        starts = np.arange(rows)[:, None]
+        for i in range(min(n, rows)):
+            here = slice(i, rows)  # step t + i of the window starting at t (t < rows - i)
+            live = open_[: rows - i]
+            # The step at t + i was aborted: the window ends before it, bootstrapping from its obs.
+            cut = live & aborted[here]
+            # Otherwise the step counts; it may end the episode, or fill the window.
+            step = live & ~cut
+            returns[: rows - i] += np.where(step, self._powers[i] * self._reward[here], 0.0)
+            ended = step & (terminated[here] | truncated[here])
+            filled = step & ~ended & (i == n - 1)
+            done = cut | ended | filled
+            discount[: rows - i] = np.where(
+                cut,
+                self._powers[i],
+                np.where(ended & terminated[here], 0.0, np.where(done, self._powers[i + 1], discount[: rows - i])),
+            )
+            source_row[: rows - i] = np.where(done, starts[: rows - i] + i, source_row[: rows - i])
+            from_obs[: rows - i] |= cut
+            complete[: rows - i] |= done
+            open_[: rows - i] &= ~done
+        t, e = np.nonzero(complete)
+        self._emitted[:rows] |= complete
+        if len(t) == 0:
+            return None
+        out = {name: column[t, e] for name, column in self._columns.items() if name != "next_obs"}
+        rows_after, bootstrap_obs = source_row[t, e], from_obs[t, e]
+        next_obs = self._columns["next_obs"][rows_after, e]
+        if bootstrap_obs.any():
+            next_obs[bootstrap_obs] = self._columns["obs"][rows_after[bootstrap_obs], e[bootstrap_obs]]
+        out["next_obs"] = next_obs
+        out["reward"] = returns[t, e].astype(np.float32)
+        out["discount"] = discount[t, e].astype(np.float32)
+        return out
+
+    def _carry(self) -> None:
+        """Keeps the last n - 1 rows (the only ones with windows possibly still open)."""
+        keep = min(self.n_step - 1, self._len)
+        if keep and self._len > keep:
+            first = self._len - keep
+            for column in (*self._columns.values(), self._reward, self._emitted):
+                column[:keep] = column[first : self._len]
+            self._ends[:, :keep] = self._ends[:, first : self._len]
+        self._len, self._fresh = keep, 0
+
     def pending(self) -> int:
-        """Steps recorded but not yet emitted, over all envs."""
-        return int(np.clip(self._step + 1 - self._start, 0, self.n_step - 1).sum())
+        """Steps recorded whose transition is not emitted yet, over all envs."""
+        return int((~self._emitted[: self._len]).sum())
 
 
 def apex_epsilons(num_actors: int, base: float = 0.4, alpha: float = 7.0) -> np.ndarray:

@@ -9,10 +9,14 @@ The actors' keys, all of them:
                                              transitions_inserted, transitions_lost, metrics
                                              (host:port of its /metrics, or ""), updated_at;
                                              expires `ttl_s` after the last report
-    qfleet:{run}:actors:episodes     stream  one entry per finished episode: actor, return,
+    qfleet:{run}:actors:episodes     stream  one entry per actor flush (about a second), holding
+                                             the episodes that actor finished meanwhile:
+                                             actor, time, and space-separated lists return,
                                              length, policy_version, env_steps (the actor's,
-                                             at the episode's end), time; capped near
-                                             EPISODE_STREAM_LENGTH entries
+                                             at each episode's end); capped near
+                                             EPISODE_STREAM_LENGTH entries. One entry per
+                                             flush, not per episode: short episodes (CartPole)
+                                             end thousands of times a second per actor
 
 Values are plain strings (no pickle); readers get typed dicts back.
 """
@@ -26,6 +30,10 @@ import redis
 
 EPISODE_STREAM_LENGTH = 100_000
 """Approximate cap of the episode stream (older entries are trimmed)."""
+
+
+EPISODE_FIELDS = ("return", "length", "policy_version", "env_steps")
+"""Per-episode lists in each stream entry."""
 
 
 class ActorRegistryError(RuntimeError):
@@ -115,39 +123,48 @@ class ActorRegistry:
 
     # -- episodes --------------------------------------------------------------------------------
 
-    def add_episodes(self, episodes: Iterable[dict[str, int | float]]) -> None:
-        """Appends finished episodes to the stream (one round trip)."""
+    def add_episodes(self, actor_id: int, episodes: Iterable[dict[str, int | float]]) -> None:
+        """Appends one actor's finished episodes (dicts with return, length, policy_version,
+        env_steps) to the stream as one entry."""
         episodes = list(episodes)
         if not episodes:
             return
-        stream = f"{self._prefix}:episodes"
-
-        def write():
-            pipe = self._redis.pipeline(transaction=False)
-            for episode in episodes:
-                pipe.xadd(stream, {k: str(v) for k, v in episode.items()}, maxlen=EPISODE_STREAM_LENGTH)
-            pipe.execute()
-
-        self._do("append episodes", write)
+        fields = {"actor": str(actor_id), "time": f"{time.time():.3f}"}
+        for name in EPISODE_FIELDS:
+            fields[name] = " ".join(repr(e[name]) if isinstance(e[name], float) else str(e[name]) for e in episodes)
+        self._do(
+            "append episodes",
+            lambda: self._redis.xadd(f"{self._prefix}:episodes", fields, maxlen=EPISODE_STREAM_LENGTH),
+        )
 
     def read_episodes(
-        self, after: str = "0-0", count: int = 10_000, block_ms: int | None = None
-    ) -> tuple[str, list[dict[str, int | float | str]]]:
-        """Episodes after stream id `after` ("0-0": from the start; "$": only new ones).
+        self, after: str = "0-0", count: int = 1000, block_ms: int | None = None
+    ) -> tuple[str, list[dict[str, int | float]]]:
+        """Episodes in stream entries after id `after` ("0-0": from the start; "$": only new ones).
 
         Returns:
-            (the id to pass next time, the episodes in order).
+            (the id to pass next time, one dict per episode in order: actor, time, return,
+            length, policy_version, env_steps).
         """
         stream = f"{self._prefix}:episodes"
         if after == "$":
             last = self._do("read episodes", lambda: self._redis.xrevrange(stream, count=1))
             after = last[0][0].decode() if last else "0-0"
         reply = self._do("read episodes", lambda: self._redis.xread({stream: after}, count=count, block=block_ms))
-        episodes = []
+        episodes: list[dict[str, int | float]] = []
         for _, entries in reply or []:
-            for entry_id, fields in entries:
+            for entry_id, raw in entries:
                 after = entry_id.decode()
-                episodes.append({k.decode(): _number(v) for k, v in fields.items()})
+                fields = {k.decode(): v.decode() for k, v in raw.items()}
+                columns = [[_number(x) for x in fields[name].split()] for name in EPISODE_FIELDS]
+                for values in zip(*columns, strict=True):
+                    episodes.append(
+                        {
+                            "actor": int(fields["actor"]),
+                            "time": float(fields["time"]),
+                            **dict(zip(EPISODE_FIELDS, values, strict=True)),
+                        }
+                    )
         return after, episodes
 
     def close(self) -> None:

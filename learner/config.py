@@ -14,7 +14,7 @@ class LearnerConfig:
     """Discrete actions: "dqn" (double DQN, n-step), "c51" (distributional), "hl_gauss" (HL-Gauss classification); continuous: "sac" (REDQ/RLPD-style ensemble)."""
 
     network: Literal["auto", "mlp", "cnn"] = "auto"
-    """Torso: "mlp" for vectors, "cnn" (Nature DQN) for HxWxC uint8 images; "auto" picks by observation shape."""
+    """Torso: "mlp" for vectors, "cnn" (Nature DQN) for HxWxC uint8 images; "auto": the CNN for HxWxC images of at least 36x36, else the MLP."""
 
     hidden_size: int = 256
     """Width of each hidden layer (MLP torso, heads, SAC actor and critics)."""

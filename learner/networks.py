@@ -82,9 +82,11 @@ def build_q_network(
     obs_shape: tuple[int, ...], num_actions: int, bins: int, network: str, hidden_size: int, num_layers: int,
     layer_norm: bool, dueling: bool,
 ) -> QNetwork:  # fmt: skip
-    """The Q network for an observation shape ("auto": CNN for HxWxC images, else MLP)."""
+    """The Q network for an observation shape ("auto": the Nature CNN for HxWxC images of at
+    least 36x36, its smallest input; an MLP over the flattened observation otherwise, e.g. for
+    vectors and MinAtar's 10x10 grids)."""
     if network == "auto":
-        network = "cnn" if len(obs_shape) == 3 else "mlp"
+        network = "cnn" if len(obs_shape) == 3 and min(obs_shape[:2]) >= 36 else "mlp"
     if network == "cnn":
         if len(obs_shape) != 3:
             raise ValueError(f"learner.network='cnn' needs HxWxC observations, got shape {obs_shape}")

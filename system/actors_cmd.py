@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 
-from actors import ActorFleet, ActorRegistry, FleetError, UnsupportedEnvError
+from actors import ActorFleet, ActorRegistry, ActorRegistryError, FleetError, UnsupportedEnvError, describe_env
 from system.config import RunConfig
 from system.dataclass_args import ConfigError
 from system.ray_local import init_ray
@@ -34,17 +34,18 @@ def progress_line(stats) -> str:
 def run_actors(
     config: RunConfig, redis_url: str, run: str, ray_address: str | None, max_env_steps: int | None, log_every_s: float
 ) -> int:
+    try:
+        describe_env(config.env)  # an unknown env or unsupported spaces fail before anything starts
+    except UnsupportedEnvError as exc:
+        raise ConfigError(str(exc)) from None
     fleet = ActorFleet(config.env, config.actors, config.learner, redis_url, run)
     try:
         fleet.registry.actors()  # Redis reachable? (fails here, not inside every actor)
-    except Exception as exc:
-        raise ConfigError(f"--redis-url {redis_url}: {exc}") from None
+    except ActorRegistryError as exc:
+        raise ConfigError(f"--redis-url: {exc}") from None
     stop = stop_on_signals(log, "stopping actors (flushing their transitions)")
     init_ray(ray_address)
-    try:
-        fleet.start()
-    except UnsupportedEnvError as exc:
-        raise ConfigError(str(exc)) from None
+    fleet.start()
     print(f"qfleet actors: run {run!r}, {config.actors.num_actors} actors on {config.env.id}", flush=True)
     last_log = time.monotonic()
     code = 0
@@ -71,8 +72,8 @@ def scale(redis_url: str, run: str, count: int) -> int:
         before = registry.desired()
         registry.set_desired(count)
         live = len(registry.actors())
-    except Exception as exc:
-        raise ConfigError(f"--redis-url {redis_url}: {exc}") from None
+    except ActorRegistryError as exc:
+        raise ConfigError(f"--redis-url: {exc}") from None
     finally:
         registry.close()
     was = "unset" if before is None else str(before)

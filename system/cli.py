@@ -181,6 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_options(bench_learner)
     bench_learner.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N (default: auto)")
 
+    bench_actors = bench_commands.add_parser(
+        "actors",
+        help="env steps/s of qfleet's actor vs a plain gymnasium loop; 1 vs 2 Ray actors",
+        description=(
+            "Starts a redis-server and a replay shard, then measures env steps/s of a plain gymnasium "
+            "loop acting with the same network, qfleet's EnvActor in-process (n-step transitions, "
+            "inserts, weight polls, episode records), and 1 and 2 actors on a local Ray instance. "
+            "Prints a Markdown table."
+        ),
+    )
+    _add_bench_options(bench_actors)
+    bench_actors.add_argument("--env", default="CartPole-v1", help="gymnasium id (default: CartPole-v1)")
+    bench_actors.add_argument("--num-envs", type=int, default=8, help="envs per actor (default: 8)")
+
     config = commands.add_parser(
         "config",
         help="print a resolved config, or the reference of every key",
@@ -247,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
             from learner.bench import run_learner_bench
 
             return run_learner_bench(args.seconds, args.repeats, args.device, args.output)
+        if args.command == "bench" and args.bench_command == "actors":
+            from system.bench_actors import run_actors_bench
+
+            return run_actors_bench(args.seconds, args.repeats, args.env, args.num_envs, args.output)
         if args.command == "config":
             if args.path is None and not args.set:
                 import typing

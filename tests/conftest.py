@@ -15,6 +15,7 @@ import pytest
 
 from replay import ReplayServer, Spec
 from replay.sharded import _rendezvous_score as rendezvous_score
+from system.redis_server import RedisProcess
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -128,64 +129,12 @@ def qfleet_serve(tmp_path):
 SIGTERM = signal.SIGTERM
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
-    """A real `redis-server` on a loopback port, without persistence; restartable on that port."""
+class RedisServer(RedisProcess):
+    """A real `redis-server` on a loopback port (the one `qfleet train` embeds), started at once."""
 
     def __init__(self, directory: Path):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._dir = directory
-        self.proc: subprocess.Popen | None = None
+        super().__init__(directory=str(directory))
         self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self._dir),
-                "--protected-mode",
-                "yes",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        import redis
-
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.05)
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
-        self.proc = None
 
 
 @pytest.fixture

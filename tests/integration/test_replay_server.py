@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import socket
 import threading
 import time
 
@@ -19,6 +18,7 @@ from replay import (
     ReplayServer,
     ReplayUnavailableError,
 )
+from system.redis_server import free_port
 
 
 def test_insert_sample_update_priorities_round_trip(start_server):
@@ -263,14 +263,8 @@ def test_client_pickles_as_its_address_and_works_after_unpickling(start_server):
     assert clone.info().inserts == 5
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_client_retries_unavailable_and_resends_unacknowledged_batches(tmp_path):
-    port = _free_port()
+    port = free_port()
     first = ReplayServer(CARTPOLE_SPEC, port=port, checkpoint_dir=str(tmp_path)).start()
     client = ReplayClient(f"127.0.0.1:{port}", retry_for_s=20)
     client.insert(make_batch(10))
@@ -294,7 +288,7 @@ def test_client_retries_unavailable_and_resends_unacknowledged_batches(tmp_path)
 
 
 def test_unreachable_shard_names_its_address():
-    client = ReplayClient(f"127.0.0.1:{_free_port()}", retry_for_s=0.5)
+    client = ReplayClient(f"127.0.0.1:{free_port()}", retry_for_s=0.5)
     with pytest.raises(ReplayUnavailableError, match="127.0.0.1"):
         client.info()
     client.insert(make_batch(1))

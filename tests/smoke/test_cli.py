@@ -27,6 +27,9 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         ["bench", "replay"],
         ["bench", "sharded"],
         ["bench", "learner"],
+        ["bench", "actors"],
+        ["actors", "run"],
+        ["scale"],
         ["config"],
     ],
 )
@@ -61,6 +64,10 @@ def test_config_reference_and_resolved_config(tmp_path):
         (["replay", "serve", "--min-size", "10", "--capacity", "5"], "replay.min_size"),
         (["replay", "serve", "--samples-per-insert", "16", "--error-buffer", "2"], "error_buffer"),
         (["replay", "serve", "--config", "does/not/exist.yaml"], "does/not/exist.yaml"),
+        (["actors", "run", "--redis-url", "redis://127.0.0.1:1/0", "--set", "env.id=NoSuchEnv-v9"], "NoSuchEnv-v9"),
+        (["actors", "run", "--redis-url", "redis://127.0.0.1:1/0", "--num-actors", "0"], "actors.num_actors"),
+        (["actors", "run", "--redis-url", "redis://127.0.0.1:1/0"], "redis://127.0.0.1:1/0"),
+        (["scale", "--actors", "-1", "--redis-url", "redis://127.0.0.1:1/0"], "--actors -1"),
     ],
 )
 def test_bad_input_fails_before_serving_with_a_named_key(args, message):

@@ -71,6 +71,17 @@ def test_envs_in_a_vector_keep_separate_windows():
     assert acc.pending() == 2
 
 
+def test_a_block_emits_every_block_steps_what_a_step_by_step_accumulator_emits():
+    blocked, stepwise = NStepAccumulator(1, 3, G, block=4), NStepAccumulator(1, 3, G)
+    outs = []
+    for t in range(8):
+        outs.append((step(blocked, t, float(t), terminated=t == 5), step(stepwise, t, float(t), terminated=t == 5)))
+    assert [o is None for o, _ in outs] == [True, True, True, False, True, True, True, False]
+    emitted = np.concatenate([o["reward"] for o, _ in outs if o is not None])
+    expected = np.concatenate([s["reward"] for _, s in outs if s is not None])
+    np.testing.assert_allclose(np.sort(emitted), np.sort(expected))
+
+
 def test_one_step_is_plain_td():
     acc = NStepAccumulator(1, n_step=1, gamma=G)
     out = step(acc, 0, 5.0)
@@ -135,11 +146,12 @@ def reference_transitions(trajectory, n, gamma):
     return out
 
 
+@pytest.mark.parametrize("block", [1, 4])
 @pytest.mark.parametrize("n_step", [1, 3, 5])
-def test_random_episodes_match_a_brute_force_reference(n_step):
+def test_random_episodes_match_a_brute_force_reference(n_step, block):
     rng = np.random.default_rng(n_step)
-    num_envs, steps = 4, 300
-    acc = NStepAccumulator(num_envs, n_step, gamma=G)
+    num_envs, steps = 4, 300  # a multiple of block: the last step emits
+    acc = NStepAccumulator(num_envs, n_step, gamma=G, block=block)
     counter = 0
     obs = np.arange(num_envs, dtype=np.float64)[:, None]
     segments: list[list] = [[] for _ in range(num_envs)]
@@ -168,3 +180,4 @@ def test_random_episodes_match_a_brute_force_reference(n_step):
     want = [(o, round(r, 3), nx, round(d, 5)) for o, r, nx, d in reference_transitions(trajectory, n_step, G)]
     assert len(want) > steps
     assert sorted(got) == sorted(want)
+    assert acc.pending() == sum(min(len(segment), n_step - 1) for segment in segments)

@@ -1,0 +1,145 @@
+"""`qfleet bench actors`: env steps/s through qfleet's actor vs a plain gymnasium loop.
+
+Four figures, measured in one run on one machine:
+
+- plain loop: a hand-written loop over `num_envs` envs of the same id, acting epsilon-greedily
+  with the same policy network (one batched forward per step) and resetting finished episodes;
+  nothing else. The reference.
+- qfleet actor, in-process: `EnvActor.run` (the same stepping plus n-step transitions, inserts
+  into a `qfleet replay serve` shard in another process, weight-version polls in Redis, episode
+  records) in this process.
+- 1 and 2 Ray actors: the same actor run by `ActorFleet` on a local Ray instance, each actor
+  requesting one CPU; aggregate env steps/s over a window.
+
+The plain loop and the in-process actor alternate `repeats` times (medians), so drifting machine
+load hits both alike. Everything runs with one torch thread per process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from actors import ActorFleet, ActorsConfig, EnvActor, EnvConfig, describe_env, make_env
+from learner import LearnerConfig, Policy
+from system.ray_local import init_ray
+from system.redis_server import RedisProcess
+
+RUN = "bench-actors"
+
+
+def plain_loop(env: EnvConfig, learner: LearnerConfig, epsilon: float, seconds: float, seed: int = 0) -> float:
+    """Env steps/s of the plain loop."""
+    spaces = describe_env(env)
+    policy = Policy(learner, spaces.obs_shape, spaces.action_space, seed=seed)
+    rng = np.random.default_rng(seed)
+    envs = [make_env(env) for _ in range(env.num_envs)]
+    obs = np.stack([np.asarray(e.reset(seed=seed + i)[0]) for i, e in enumerate(envs)])
+    steps = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        actions = policy.act(obs, epsilon, rng)
+        next_obs = []
+        for e, action in zip(envs, actions, strict=True):
+            o, _, terminated, truncated, _ = e.step(action)
+            if terminated or truncated:
+                o, _ = e.reset()
+            next_obs.append(o)
+        obs = np.stack(next_obs)
+        steps += len(envs)
+    rate = steps / (time.perf_counter() - start)
+    for e in envs:
+        e.close()
+    return rate
+
+
+class _Shard:
+    """`qfleet replay serve` in a child process, registered in the benchmark's Redis."""
+
+    def __init__(self, env: EnvConfig, redis_url: str):
+        args = [sys.executable, "-m", "system.cli", "replay", "serve", "--env-id", env.id, "--redis-url", redis_url,
+                "--run", RUN, "--capacity", "1000000", "--selector", "uniform", "--metrics-port", "0",
+                "--set", f"env.frame_stack={env.frame_stack}"]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        if not re.search(r"serving at", line):
+            self.close()
+            raise RuntimeError(f"the benchmark's replay shard did not start: {line!r}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+def _fleet_rate(fleet: ActorFleet, count: int, seconds: float) -> float:
+    """Aggregate env steps/s of `count` actors over a window of `seconds` after warm-up."""
+    fleet.registry.set_desired(count)
+    while True:  # warm-up: every actor has finished a chunk
+        stats = fleet.poll(timeout=0.5)
+        if stats.actors == count and len(stats.policy_versions) == count:
+            break
+    stats = fleet.poll(timeout=0.5)
+    steps0, t0 = stats.env_steps, time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        stats = fleet.poll(timeout=0.5)
+    return (stats.env_steps - steps0) / (time.monotonic() - t0)
+
+
+def run_actors_bench(seconds: float, repeats: int, env_id: str, num_envs: int, output: str | None) -> int:
+    logging.getLogger("qfleet").setLevel(logging.WARNING)
+    torch.set_num_threads(1)
+    env = EnvConfig(id=env_id, num_envs=num_envs)
+    learner = LearnerConfig()
+    actors = ActorsConfig(num_actors=1, metrics_port=None, num_cpus=1.0)
+    epsilon = actors.epsilon
+    results: dict[str, float] = {}
+    with RedisProcess() as redis:
+        shard = _Shard(env, redis.url)
+        try:
+            actor = EnvActor(0, 1, env, actors, learner, redis.url, RUN)
+            actor.run(seconds=0.5)  # warm-up (first inserts, allocations)
+            plain, inline = [], []
+            for _ in range(repeats):
+                plain.append(plain_loop(env, learner, epsilon, seconds))
+                inline.append(actor.run(seconds).steps_per_second)
+                print(f"  plain {plain[-1]:,.0f}/s, actor {inline[-1]:,.0f}/s", file=sys.stderr, flush=True)
+            actor.close()
+            results["plain_loop"] = statistics.median(plain)
+            results["actor_in_process"] = statistics.median(inline)
+            init_ray(num_cpus=2)
+            fleet = ActorFleet(env, actors, learner, redis.url, RUN, chunk_s=0.5)
+            fleet.start(1)
+            try:
+                for count in (1, 2):
+                    results[f"ray_{count}_actors"] = _fleet_rate(fleet, count, seconds * repeats)
+                    print(f"  {count} Ray actor(s): {results[f'ray_{count}_actors']:,.0f}/s", file=sys.stderr)
+            finally:
+                fleet.stop()
+        finally:
+            shard.close()
+
+    base = results["plain_loop"]
+    print(f"\n{env_id}, {num_envs} envs per actor, {learner.network} network, epsilon {epsilon}, "
+          f"{seconds:g} s x {repeats} (median)\n")  # fmt: skip
+    print("| runner | env steps/s | vs plain loop |")
+    print("|---|---:|---:|")
+    for name, label in [
+        ("plain_loop", "plain gymnasium loop, same network"),
+        ("actor_in_process", "qfleet EnvActor, in-process"),
+        ("ray_1_actors", "qfleet, 1 Ray actor"),
+        ("ray_2_actors", "qfleet, 2 Ray actors (aggregate)"),
+    ]:
+        print(f"| {label} | {results[name]:,.0f} | {results[name] / base:.1%} |")
+    if output:
+        with open(output, "w") as f:
+            json.dump({"env": env_id, "num_envs": num_envs, "results": results}, f, indent=2)
+    return 0

@@ -1,0 +1,102 @@
+"""The actor fleet on a local Ray instance (`ray.init()`), a real redis-server and a real shard:
+a killed actor process comes back with fresh weights; `qfleet scale` resizes a running fleet;
+stopping flushes every actor's transitions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from actors import (
+    ActorFleet,
+    ActorRegistry,
+    ActorsConfig,
+    EnvConfig,
+    UnsupportedEnvError,
+    describe_env,
+    transition_spec,
+)
+from conftest import shard_kwargs, wait_until
+from learner import LearnerConfig, Policy, WeightStore
+
+ENV = EnvConfig(id="CartPole-v1", num_envs=2)
+LEARNER = LearnerConfig(hidden_size=16)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from system.ray_local import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def polled(fleet, predicate, timeout=60.0):
+    """Polls the fleet until predicate(stats) holds; returns the stats (or fails)."""
+    holder = {}
+
+    def check():
+        holder["stats"] = fleet.poll(timeout=0.2)
+        return predicate(holder["stats"])
+
+    assert wait_until(check, timeout, step=0.0), f"fleet never got there: {holder.get('stats')}"
+    return holder["stats"]
+
+
+def test_a_killed_actor_comes_back_with_fresh_weights_and_scale_resizes_the_fleet(
+    ray_local, redis_server, start_server
+):
+    server = start_server(transition_spec(ENV), capacity=100_000, **shard_kwargs(redis_server, run="fleet"))
+    # Actors check the version only at start (polling effectively off) so only a restart shows it.
+    config = ActorsConfig(num_actors=2, num_cpus=0.5, weight_poll_steps=10**9, insert_batch=64)
+    fleet = ActorFleet(ENV, config, LEARNER, redis_server.url, "fleet", chunk_s=0.3)
+    store = WeightStore(redis_server.url, "fleet")
+    registry = ActorRegistry(redis_server.url, "fleet")
+    try:
+        fleet.start()
+        polled(fleet, lambda s: len(s.policy_versions) == 2 and s.env_steps > 0)
+        spaces = describe_env(ENV)
+        store.publish(Policy(LEARNER, spaces.obs_shape, spaces.action_space, seed=5).network.state_dict(), 3)
+
+        pids = fleet.pids()
+        os.kill(pids[1], signal.SIGKILL)
+        stats = polled(fleet, lambda s: s.actor_restarts >= 1 and s.policy_versions.get(1) == 3)
+        assert stats.policy_versions[0] == 0  # the untouched actor never re-checked
+        assert fleet.pids()[1] != pids[1]
+        assert registry.actors()[1]["policy_version"] == 3
+
+        # `qfleet scale --actors 1`, as a user runs it, while the fleet is polled.
+        subprocess.run(
+            [sys.executable, "-m", "system.cli", "scale", "--actors", "1", "--redis-url", redis_server.url,
+             "--run", "fleet"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        polled(fleet, lambda s: s.actors == 1)
+        assert list(registry.actors()) == [0]
+        steps_before = fleet.stats().env_steps
+        registry.set_desired(2)
+        polled(fleet, lambda s: s.actors == 2 and 1 in s.policy_versions and s.env_steps > steps_before)
+    finally:
+        final = fleet.stop()
+        store.close()
+    # Stopping flushed everything: the shard holds every transition the actors had acknowledged,
+    # plus at most what the killed process inserted after its last report.
+    held = server.table.info().size
+    assert final.transitions_lost == 0
+    assert final.transitions_inserted <= held
+    assert registry.actors() == {}
+    registry.close()
+
+
+def test_an_unknown_env_fails_before_any_actor_starts(ray_local, redis_server):
+    fleet = ActorFleet(EnvConfig(id="NoSuchEnv-v0"), ActorsConfig(), LEARNER, redis_server.url, "fleet")
+    with pytest.raises(UnsupportedEnvError, match="NoSuchEnv-v0"):
+        fleet.start()
+    assert fleet.stats().actors == 0
