@@ -131,7 +131,7 @@ class EnvActor:
         self._buffer: list[dict[str, np.ndarray]] = []
         self._buffered = self._buffered_bytes = 0
         self._versions = np.zeros(env.num_envs, np.int64)  # policy_version column of one step
-        self._episode_buffer: list[dict] = []
+        self._episode_buffer: list[tuple[float, int, int, int]] = []  # for the episode stream
         self._pull_weights()  # a (re)started actor acts with the newest weights from its first step
         self.obs = self.envs.reset()
         # The imports (torch, gymnasium, grpc) leave ~10^5 long-lived objects; freezing them keeps
@@ -151,11 +151,11 @@ class EnvActor:
             self._versions = np.full(len(actions), self.policy.version, np.int64)
         transitions = self.nstep.add(
             obs, actions, out.reward, out.final_obs, out.terminated, out.truncated,
-            extras={"policy_version": self._versions}, aborted=out.aborted,
+            extras={"policy_version": self._versions}, aborted=out.aborted if out.failed else None,
         )  # fmt: skip
         self.obs = out.obs
         self.vector_steps += 1
-        self.env_steps += len(actions) - int(out.aborted.sum()) if out.aborted.any() else len(actions)
+        self.env_steps += len(actions) - len(out.failed)
         if transitions is not None:
             self._add(transitions)
         for episode in out.episodes:
@@ -235,14 +235,7 @@ class EnvActor:
         self.episodes += 1
         self._returns.append(episode_return)
         self._lengths.append(length)
-        self._episode_buffer.append(
-            {
-                "return": episode_return,
-                "length": length,
-                "policy_version": self.policy.version,
-                "env_steps": self.env_steps,
-            }
-        )
+        self._episode_buffer.append((float(episode_return), length, self.policy.version, self.env_steps))
 
     # -- weights ----------------------------------------------------------------------------------
 

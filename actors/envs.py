@@ -161,6 +161,8 @@ class VectorStep:
     """Envs that raised: their step did not happen, and they were rebuilt."""
     final_obs: np.ndarray
     """Each env's real next observation (before any reset); for aborted envs, the one before the step."""
+    failed: list[int] = field(default_factory=list)
+    """The aborted envs' indices (empty on almost every step, so callers can skip the mask)."""
     episodes: list[Episode] = field(default_factory=list)
 
 
@@ -192,7 +194,8 @@ class EnvVector:
 
     def reset(self) -> np.ndarray:
         """Resets every env; returns the stacked first observations."""
-        self._obs = np.stack([self._reset(i) for i in range(self.num_envs)])
+        first = [self._reset(i) for i in range(self.num_envs)]
+        self._obs = np.stack(first)
         self._returns = [0.0] * self.num_envs
         self._lengths = [0] * self.num_envs
         return self._obs
@@ -232,15 +235,15 @@ class EnvVector:
             raise RuntimeError("call reset() before step()")
         n = self.num_envs
         rewards, terminated, truncated = [0.0] * n, [False] * n, [False] * n
-        next_obs: list = [None] * n
+        next_obs = np.empty_like(self._obs)  # filled row by row (cheaper than np.stack)
         finals: list[tuple[int, np.ndarray]] = []  # (env, real next obs) where it is not next_obs
-        aborted: list[int] = []
+        failed: list[int] = []
         episodes: list[Episode] = []
         for i, env in enumerate(self.envs):
             try:
                 obs, reward, term, trunc, _ = env.step(actions[i])
             except Exception as exc:  # an env is foreign code: any exception means "rebuild it"
-                aborted.append(i)
+                failed.append(i)
                 finals.append((i, self._obs[i]))
                 self._rebuild(i, "step", exc)
                 next_obs[i] = self._reset(i)
@@ -256,16 +259,16 @@ class EnvVector:
                 next_obs[i] = self._reset(i)
             else:
                 next_obs[i] = obs
-        self._obs = np.stack(next_obs)
-        final_obs = self._obs
+        final_obs = next_obs
         if finals:
-            final_obs = self._obs.copy()
+            final_obs = next_obs.copy()
             for i, obs in finals:
                 final_obs[i] = obs
-        aborted_mask = np.zeros(n, bool)
-        aborted_mask[aborted] = True
+        aborted = np.zeros(n, bool)
+        aborted[failed] = True
+        self._obs = next_obs
         return VectorStep(
-            self._obs, np.array(rewards), np.array(terminated), np.array(truncated), aborted_mask, final_obs, episodes
+            next_obs, np.array(rewards), np.array(terminated), np.array(truncated), aborted, final_obs, failed, episodes
         )
 
     def close(self) -> None:

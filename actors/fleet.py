@@ -138,13 +138,21 @@ class ActorFleet:
             if slot.ref is None:
                 slot.ref = slot.handle.run.remote(self.chunk_s)
         refs = {slot.ref: actor_id for actor_id, slot in self._slots.items()}
-        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout) if refs else ([], [])
+        if not refs:
+            time.sleep(timeout)
+            return self.stats()
+        # Back as soon as one chunk is done, then take every other finished one: an actor is idle
+        # from the end of its chunk until its next `run` is submitted below.
+        ready, _ = ray.wait(list(refs), num_returns=1, timeout=timeout)
+        if ready:
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
         for ref in ready:
             actor_id = refs[ref]
             slot = self._slots[actor_id]
             slot.ref = None
             try:
                 slot.stats = ray.get(ref)
+                slot.ref = slot.handle.run.remote(self.chunk_s)
             except ray.exceptions.RayActorError as exc:
                 # The process died; Ray restarts it (max_restarts) and the next call waits for that.
                 # Twice in a row with no chunk between: out of restarts, so a fresh actor.

@@ -91,11 +91,11 @@ class NStepAccumulator:
         for name, value in (("obs", obs), ("action", action), ("next_obs", next_obs), *(extras or {}).items()):
             self._store(name, row, value)
         self._reward[row] = reward
-        self._ends[:2, row] = terminated, truncated
-        if aborted is not None and aborted.any():
-            self._ends[2, row] = self._emitted[row] = aborted  # an aborted step starts no window
-        else:
-            self._ends[2, row] = self._emitted[row] = False
+        ends = self._ends
+        ends[0, row] = terminated
+        ends[1, row] = truncated
+        ends[2, row] = False if aborted is None else aborted
+        self._emitted[row] = ends[2, row]  # an aborted step starts no window
         self._len += 1
         self._fresh += 1
         if self._fresh < self.block:

@@ -24,7 +24,7 @@ Values are plain strings (no pickle); readers get typed dicts back.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import redis
 
@@ -123,15 +123,14 @@ class ActorRegistry:
 
     # -- episodes --------------------------------------------------------------------------------
 
-    def add_episodes(self, actor_id: int, episodes: Iterable[dict[str, int | float]]) -> None:
-        """Appends one actor's finished episodes (dicts with return, length, policy_version,
-        env_steps) to the stream as one entry."""
-        episodes = list(episodes)
+    def add_episodes(self, actor_id: int, episodes: Sequence[tuple[float, int, int, int]]) -> None:
+        """Appends one actor's finished episodes, (return, length, policy_version, env_steps)
+        tuples, to the stream as one entry."""
         if not episodes:
             return
         fields = {"actor": str(actor_id), "time": f"{time.time():.3f}"}
-        for name in EPISODE_FIELDS:
-            fields[name] = " ".join(repr(e[name]) if isinstance(e[name], float) else str(e[name]) for e in episodes)
+        for name, values in zip(EPISODE_FIELDS, zip(*episodes, strict=True), strict=True):
+            fields[name] = " ".join(map(repr, values))
         self._do(
             "append episodes",
             lambda: self._redis.xadd(f"{self._prefix}:episodes", fields, maxlen=EPISODE_STREAM_LENGTH),

@@ -73,6 +73,7 @@ class Policy:
         actions = self.q_values(obs).argmax(axis=1)
         if epsilon > 0:
             explore = rng.random(len(actions)) < epsilon
-            if explore.any():
-                actions[explore] = rng.integers(0, self.space.num_actions, int(explore.sum()))
+            count = np.count_nonzero(explore)
+            if count:
+                actions[explore] = rng.integers(0, self.space.num_actions, count)
         return actions
