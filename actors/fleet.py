@@ -33,7 +33,8 @@ class _Slot:
     ref: object | None = None
     stats: ActorStats | None = None
     failures: list[float] = field(default_factory=list)  # times of recent task failures
-    deaths: int = 0  # process deaths since the last completed chunk
+    restarting: bool = False  # Ray is restarting its process (counted once per death)
+    retry_at: float = 0.0  # no new `run` before this time (monotonic)
 
 
 @dataclass
@@ -134,10 +135,11 @@ class ActorFleet:
         if desired is not None and desired != len(self._slots):
             log.info("scaling actors %d -> %d", len(self._slots), desired)
             self._resize(desired)
+        now = time.monotonic()
         for slot in self._slots.values():
-            if slot.ref is None:
+            if slot.ref is None and now >= slot.retry_at:
                 slot.ref = slot.handle.run.remote(self.chunk_s)
-        refs = {slot.ref: actor_id for actor_id, slot in self._slots.items()}
+        refs = {slot.ref: actor_id for actor_id, slot in self._slots.items() if slot.ref is not None}
         if not refs:
             time.sleep(timeout)
             return self.stats()
@@ -153,38 +155,39 @@ class ActorFleet:
             try:
                 slot.stats = ray.get(ref)
                 slot.ref = slot.handle.run.remote(self.chunk_s)
-            except ray.exceptions.RayActorError as exc:
-                # The process died; Ray restarts it (max_restarts) and the next call waits for that.
-                # Twice in a row with no chunk between: out of restarts, so a fresh actor.
-                self.actor_restarts += 1
-                slot.deaths += 1
-                if slot.stats is not None:  # the restarted process counts from zero again
-                    self._closed_stats.append(slot.stats)
-                    slot.stats = None
-                log.warning("actor %d died (%s); it restarts with fresh weights", actor_id, _first_line(exc))
-                if slot.deaths >= 2:
-                    self._ray.kill(slot.handle, no_restart=True)
-                    slot.handle = self._new_actor(actor_id, len(self._slots))
-                    slot.deaths = 0
-                continue
+                slot.restarting = False
+            except ray.exceptions.ActorDiedError as exc:  # out of restarts, or killed for good
+                self._replace(actor_id, slot, f"died for good ({_first_line(exc)})")
+            except ray.exceptions.RayActorError as exc:  # unavailable: Ray is restarting the process
+                if not slot.restarting:
+                    self._count_restart(slot)
+                    log.warning("actor %d died (%s); Ray restarts it with fresh weights", actor_id, _first_line(exc))
+                slot.restarting = True
+                slot.retry_at = time.monotonic() + 0.5
             except ray.exceptions.RayTaskError as exc:
-                self._replace_failed(actor_id, slot, exc)
-                continue
-            slot.deaths = 0
+                self._record_failure(actor_id, slot, exc)
+                self._replace(actor_id, slot, f"failed: {_first_line(exc)}")
         return self.stats()
 
-    def _replace_failed(self, actor_id: int, slot: _Slot, exc: Exception) -> None:
-        now = time.monotonic()
-        slot.failures = [t for t in slot.failures if now - t < 60] + [now]
-        log.error("actor %d failed: %s", actor_id, _first_line(exc))
-        if len(slot.failures) >= 3:
-            raise FleetError(f"actor {actor_id} failed 3 times within a minute; last error:\n{exc}") from None
-        self._ray.kill(slot.handle, no_restart=True)
-        if slot.stats is not None:
+    def _count_restart(self, slot: _Slot) -> None:
+        self.actor_restarts += 1
+        if slot.stats is not None:  # the new process counts from zero again
             self._closed_stats.append(slot.stats)
             slot.stats = None
+
+    def _record_failure(self, actor_id: int, slot: _Slot, exc: Exception) -> None:
+        """Raises FleetError when one actor keeps failing: something is broken, not unlucky."""
+        now = time.monotonic()
+        slot.failures = [t for t in slot.failures if now - t < 60] + [now]
+        if len(slot.failures) >= 3:
+            raise FleetError(f"actor {actor_id} failed 3 times within a minute; last error:\n{exc}") from None
+
+    def _replace(self, actor_id: int, slot: _Slot, why: str) -> None:
+        log.error("actor %d %s; starting a fresh one", actor_id, why)
+        self._ray.kill(slot.handle, no_restart=True)
+        self._count_restart(slot)
         slot.handle = self._new_actor(actor_id, len(self._slots))
-        self.actor_restarts += 1
+        slot.restarting = False
 
     def stats(self) -> FleetStats:
         live = [slot.stats for slot in self._slots.values() if slot.stats is not None]
