@@ -192,7 +192,8 @@ class ActorFleet:
     def stats(self) -> FleetStats:
         live = [slot.stats for slot in self._slots.values() if slot.stats is not None]
         every = live + self._closed_stats
-        returns = [(s.recent_return, s.episodes) for s in live if s.recent_return is not None]
+        recent = live if any(s.recent_return is not None for s in live) else self._closed_stats
+        returns = [(s.recent_return, s.episodes) for s in recent if s.recent_return is not None]
         weight = sum(n for _, n in returns)
         return FleetStats(
             actors=len(self._slots),

@@ -47,7 +47,7 @@ def run_actors(
     init_ray(ray_address)
     fleet.start()
     print(f"qfleet actors: run {run!r}, {config.actors.num_actors} actors on {config.env.id}", flush=True)
-    last_log = time.monotonic()
+    started = last_log = time.monotonic()
     code = 0
     try:
         while not stop.is_set():
@@ -62,7 +62,15 @@ def run_actors(
         code = 1
     finally:
         stats = fleet.stop()
-    print(f"qfleet actors: stopped; {progress_line(stats)}", flush=True)
+    elapsed = time.monotonic() - started
+    recent = "-" if stats.recent_return is None else f"{stats.recent_return:.1f}"
+    print(
+        f"qfleet actors: stopped after {elapsed:.0f} s: {stats.env_steps:,} env steps "
+        f"({stats.env_steps / elapsed:,.0f}/s), {stats.episodes:,} episodes (recent return {recent}), "
+        f"{stats.transitions_inserted:,} transitions inserted, {stats.transitions_lost:,} lost, "
+        f"restarts: {stats.env_restarts} env, {stats.actor_restarts} actor",
+        flush=True,
+    )
     return code
 
 

@@ -65,8 +65,9 @@ class _Shard:
     """`qfleet replay serve` in a child process, registered in the benchmark's Redis."""
 
     def __init__(self, env: EnvConfig, redis_url: str):
+        capacity = min(1_000_000, (1 << 30) // describe_env(env).spec.item_nbytes())  # at most ~1 GiB
         args = [sys.executable, "-m", "system.cli", "replay", "serve", "--env-id", env.id, "--redis-url", redis_url,
-                "--run", RUN, "--capacity", "1000000", "--selector", "uniform", "--metrics-port", "0",
+                "--run", RUN, "--capacity", str(capacity), "--selector", "uniform", "--metrics-port", "0",
                 "--set", f"env.frame_stack={env.frame_stack}"]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()

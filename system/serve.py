@@ -82,6 +82,12 @@ def main_serve(config: RunConfig, spec_file: str | None, report_every_s: float) 
     spec = load_spec(spec_file, config)
     try:
         return serve(config, spec, report_every_s)
+    except MemoryError:
+        need = config.replay.capacity * spec.item_nbytes() / 2**30
+        raise ConfigError(
+            f"replay.capacity={config.replay.capacity}: the table needs {need:.1f} GiB for this spec "
+            f"({spec.item_nbytes():,} bytes per item) and that memory is not available; lower it"
+        ) from None
     except OSError as exc:
         print(f"qfleet replay serve: {exc}", file=sys.stderr)
         return 1

@@ -64,6 +64,7 @@ def test_config_reference_and_resolved_config(tmp_path):
         (["replay", "serve", "--min-size", "10", "--capacity", "5"], "replay.min_size"),
         (["replay", "serve", "--samples-per-insert", "16", "--error-buffer", "2"], "error_buffer"),
         (["replay", "serve", "--config", "does/not/exist.yaml"], "does/not/exist.yaml"),
+        (["replay", "serve", "--capacity", str(10**12)], "replay.capacity=1000000000000: the table needs"),
         (["actors", "run", "--redis-url", "redis://127.0.0.1:1/0", "--set", "env.id=NoSuchEnv-v9"], "NoSuchEnv-v9"),
         (["actors", "run", "--redis-url", "redis://127.0.0.1:1/0", "--num-actors", "0"], "actors.num_actors"),
         (["actors", "run", "--redis-url", "redis://127.0.0.1:1/0"], "redis://127.0.0.1:1/0"),
