@@ -31,7 +31,7 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 
 # Stamp: skip pip entirely when nothing that decides the install changed.
 stamp=.venv/.qfleet-installed
-want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-nodeps.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import replay, torch" 2>/dev/null; then
   log "environment up to date"
   exit 0
@@ -44,6 +44,7 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
 fi
 log "installing pinned requirements"
 "${PIP[@]}" install -r requirements.txt
+"${PIP[@]}" install --no-deps -r requirements-nodeps.txt
 log "installing qfleet (editable)"
 "${PIP[@]}" install --no-deps -e .
 echo "$want" > "$stamp"
