@@ -23,6 +23,10 @@ from learner import LearnerConfig
 log = logging.getLogger("qfleet.actors")
 
 
+PENDING_WARNING_S = 60.0
+"""An actor that has not finished a chunk this long after it was created gets a warning."""
+
+
 class FleetError(RuntimeError):
     """Actors keep failing (the same error, again and again); the run cannot go on."""
 
@@ -33,6 +37,8 @@ class _Slot:
     ref: object | None = None
     stats: ActorStats | None = None
     failures: list[float] = field(default_factory=list)  # times of recent task failures
+    created_at: float = field(default_factory=time.monotonic)
+    warned_pending: bool = False
     restarting: bool = False  # Ray is restarting its process (counted once per death)
     retry_at: float = 0.0  # no new `run` before this time (monotonic)
 
@@ -117,14 +123,17 @@ class ActorFleet:
                 self._retire(actor_id)
 
     def _retire(self, actor_id: int) -> None:
+        """Lets the actor finish its chunk, flush and close, then kills it."""
         slot = self._slots.pop(actor_id)
         ray = self._ray
+        # An actor that never reported may be waiting for resources: don't wait long for it.
+        patience = 30.0 if slot.stats is not None else 5.0
         try:
-            if slot.ref is not None:
-                ray.wait([slot.ref], timeout=self.chunk_s + 30)
+            if slot.ref is not None and not ray.wait([slot.ref], timeout=self.chunk_s + patience)[0]:
+                raise TimeoutError(f"its chunk did not end within {self.chunk_s + patience:.0f} s")
             self._closed_stats.append(ray.get(slot.handle.close.remote(), timeout=60))
-        except Exception as exc:  # a dead or stuck actor: nothing left to flush
-            log.warning("actor %d did not close cleanly: %s", actor_id, exc)
+        except Exception as exc:  # dead, stuck or never started: nothing left to flush
+            log.warning("actor %d did not close cleanly (%s); killing it", actor_id, _first_line(exc))
         ray.kill(slot.handle, no_restart=True)
         log.info("actor %d retired", actor_id)
 
@@ -139,6 +148,14 @@ class ActorFleet:
         for slot in self._slots.values():
             if slot.ref is None and now >= slot.retry_at:
                 slot.ref = slot.handle.run.remote(self.chunk_s)
+        for actor_id, slot in self._slots.items():
+            if slot.stats is None and not slot.warned_pending and now - slot.created_at > PENDING_WARNING_S:
+                slot.warned_pending = True
+                log.warning(
+                    "actor %d has not reported within %.0f s: is it waiting for resources the cluster lacks "
+                    "(num_cpus=%s, resources=%s; `ray status` shows what is free)?",
+                    actor_id, PENDING_WARNING_S, self.config.num_cpus, dict(self.config.resources),
+                )  # fmt: skip
         refs = {slot.ref: actor_id for actor_id, slot in self._slots.items() if slot.ref is not None}
         if not refs:
             time.sleep(timeout)
@@ -187,7 +204,7 @@ class ActorFleet:
         self._ray.kill(slot.handle, no_restart=True)
         self._count_restart(slot)
         slot.handle = self._new_actor(actor_id, len(self._slots))
-        slot.restarting = False
+        slot.restarting, slot.created_at, slot.warned_pending = False, time.monotonic(), False
 
     def stats(self) -> FleetStats:
         live = [slot.stats for slot in self._slots.values() if slot.stats is not None]

@@ -99,3 +99,17 @@ def test_an_unknown_env_fails_before_any_actor_starts(ray_local, redis_server):
     with pytest.raises(UnsupportedEnvError, match="NoSuchEnv-v0"):
         fleet.start()
     assert fleet.stats().actors == 0
+
+
+def test_an_actor_waiting_for_resources_the_cluster_lacks_is_reported(ray_local, redis_server, caplog, monkeypatch):
+    import actors.fleet
+
+    monkeypatch.setattr(actors.fleet, "PENDING_WARNING_S", 0.5)
+    config = ActorsConfig(num_actors=1, resources={"android_emulator": 1})
+    fleet = ActorFleet(ENV, config, LEARNER, redis_server.url, "pending", chunk_s=0.3)
+    fleet.start()
+    try:
+        assert wait_until(lambda: fleet.poll(timeout=0.2) and "has not reported within" in caplog.text, 10, step=0)
+        assert "android_emulator" in caplog.text and fleet.stats().env_steps == 0
+    finally:
+        fleet.stop()
