@@ -104,24 +104,9 @@ class EnvActor:
         seed = actors.seed + actor_id
         self.rng = np.random.default_rng(seed)
         spaces = describe_env(env)
-        self.envs = EnvVector(env, seed=seed * 10_000, max_rebuilds=actors.env_max_rebuilds)
         self.policy = Policy(learner, spaces.obs_shape, spaces.action_space, seed=seed)
         self.epsilon = actor_epsilon(actor_id, num_actors, actors)
         self.nstep = NStepAccumulator(env.num_envs, actors.n_step, learner.gamma, block=NSTEP_BLOCK)
-        self.replay = replay or ShardedReplay(redis_url=redis_url, run=run, writer_id=f"{run}-actor-{actor_id}")
-        self.weights = WeightStore(redis_url, run)
-        self.registry = ActorRegistry(redis_url, run)
-        self.metrics = ActorMetrics(run, actor_id)
-        self.metrics.epsilon.set(self.epsilon)
-        self.metrics_address = ""
-        self._metrics_server = None
-        if actors.metrics_port is not None:
-            self._metrics_server, _ = start_http_server(
-                actors.metrics_port, addr=actors.metrics_host, registry=self.metrics.registry
-            )
-            host = socket.gethostname() if actors.metrics_host == "0.0.0.0" else actors.metrics_host
-            self.metrics_address = f"{host}:{self._metrics_server.server_port}"
-
         self.env_steps = self.vector_steps = self.episodes = 0
         self.transitions_inserted = self.transitions_lost = 0
         self._sent = 0  # transitions handed to the replay client (acknowledged once flushed)
@@ -132,11 +117,47 @@ class EnvActor:
         self._buffered = self._buffered_bytes = 0
         self._versions = np.zeros(env.num_envs, np.int64)  # policy_version column of one step
         self._episode_buffer: list[tuple[float, int, int, int]] = []  # for the episode stream
-        self._pull_weights()  # a (re)started actor acts with the newest weights from its first step
-        self.obs = self.envs.reset()
+
+        # Envs first (an env that cannot start fails before anything connects), then the
+        # connections; if any step fails, what was opened is closed again.
+        self._opened: list = []
+        try:
+            self.envs = self._open(EnvVector(env, seed=seed * 10_000, max_rebuilds=actors.env_max_rebuilds))
+            self.obs = self.envs.reset()
+            self.replay = self._open(
+                replay or ShardedReplay(redis_url=redis_url, run=run, writer_id=f"{run}-actor-{actor_id}")
+            )
+            self.weights = self._open(WeightStore(redis_url, run))
+            self.registry = self._open(ActorRegistry(redis_url, run))
+            self.metrics = ActorMetrics(run, actor_id)
+            self.metrics.epsilon.set(self.epsilon)
+            self.metrics_address = ""
+            if actors.metrics_port is not None:
+                server, _ = start_http_server(
+                    actors.metrics_port, addr=actors.metrics_host, registry=self.metrics.registry
+                )
+                self._opened.append(_Shutdown(server))
+                host = socket.gethostname() if actors.metrics_host == "0.0.0.0" else actors.metrics_host
+                self.metrics_address = f"{host}:{server.server_port}"
+            self._pull_weights()  # a (re)started actor acts with the newest weights from its first step
+        except BaseException:
+            self._release()
+            raise
         # The imports (torch, gymnasium, grpc) leave ~10^5 long-lived objects; freezing them keeps
         # the collector's full passes from walking them again and again in the step loop.
         gc.freeze()
+
+    def _open(self, resource):
+        self._opened.append(resource)
+        return resource
+
+    def _release(self) -> None:
+        while self._opened:
+            resource = self._opened.pop()
+            try:
+                resource.close()
+            except Exception as exc:  # release the rest regardless
+                log.warning("actor %d: closing %s failed: %s", self.actor_id, type(resource).__name__, exc)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -292,11 +313,19 @@ class EnvActor:
             self.flush()
         finally:
             stats = self.stats()
-            self.registry.remove(self.actor_id)
-            self.envs.close()
-            self.replay.close()
-            self.weights.close()
-            self.registry.close()
-            if self._metrics_server is not None:
-                self._metrics_server.shutdown()
+            try:
+                self.registry.remove(self.actor_id)
+            finally:
+                self._release()
         return stats
+
+
+class _Shutdown:
+    """`close()` for prometheus-client's metrics HTTP server."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

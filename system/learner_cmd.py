@@ -72,4 +72,5 @@ def run_learner(
     store.close()
     if server is not None:
         server.shutdown()
+        server.server_close()
     return 0

@@ -3,6 +3,7 @@ inserts, the weights it pulls, the episodes it reports, and what it does when en
 
 from __future__ import annotations
 
+import threading
 import urllib.request
 
 import gymnasium as gym
@@ -170,8 +171,10 @@ def test_an_env_that_raises_is_rebuilt_counted_and_the_actor_goes_on(redis_serve
 def test_an_env_that_keeps_failing_in_reset_stops_its_actor_with_a_clear_error(redis_server, shard):
     env = EnvConfig(id="qfleet-test/Broken-v0", num_envs=1)
     shard(EnvConfig(id="qfleet-test/Counter-v0"))
+    threads_before = {t.name for t in threading.enumerate()}
     with pytest.raises(EnvFailedError, match=r"Broken-v0.*raised in reset 3 times.*emulator is gone"):
-        EnvActor(0, 1, env, actor_config(env_max_rebuilds=2, metrics_port=None), LEARNER, redis_server.url, "act")
+        EnvActor(0, 1, env, actor_config(env_max_rebuilds=2), LEARNER, redis_server.url, "act")
+    assert {t.name for t in threading.enumerate()} <= threads_before  # nothing left running
 
 
 def test_unknown_env_ids_and_unsupported_action_spaces_fail_at_start():
