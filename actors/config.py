@@ -54,7 +54,7 @@ class ActorsConfig:
     weight_poll_steps: int = 50
     """Vector steps between checks of the announced weights version (one small Redis GET; weights are fetched only when it changed)."""
 
-    insert_batch: int = 1024
+    insert_batch: int = 4096
     """Transitions per insert message (a message also goes out at 4 MiB); larger messages cost less per item, see docs/benchmarks.md."""
 
     insert_retry_s: float = 10.0

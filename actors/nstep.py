@@ -52,17 +52,11 @@ class NStepAccumulator:
         self._rows = block + n_step - 1
         self._len = 0  # rows filled
         self._fresh = 0  # rows added since the last emission
-        self._columns: dict[str, np.ndarray] = {}  # obs, action, extras, next_obs: [rows, num_envs, ...]
+        self._columns: dict[str, np.ndarray] = {}  # obs, action, next_obs, extras: [rows, num_envs, ...]
+        self._column_list: list[np.ndarray] = []
         self._reward = np.zeros((self._rows, num_envs))
         self._ends = np.zeros((3, self._rows, num_envs), bool)  # terminated, truncated, aborted
         self._emitted = np.zeros((self._rows, num_envs), bool)  # windows starting here already out
-
-    def _store(self, name: str, row: int, value) -> None:
-        column = self._columns.get(name)
-        if column is None:
-            value = np.asarray(value)
-            column = self._columns[name] = np.zeros((self._rows, *value.shape), value.dtype)
-        column[row] = value
 
     def add(
         self,
@@ -88,8 +82,14 @@ class NStepAccumulator:
                 previous step and bootstrap from `obs`.
         """
         row = self._len
-        for name, value in (("obs", obs), ("action", action), ("next_obs", next_obs), *(extras or {}).items()):
-            self._store(name, row, value)
+        values = (obs, action, next_obs, *(extras or {}).values())
+        if len(self._columns) != len(values):  # the first step: allocate, in this order
+            for name, value in zip(("obs", "action", "next_obs", *(extras or {})), values, strict=True):
+                value = np.asarray(value)
+                self._columns[name] = np.zeros((self._rows, *value.shape), value.dtype)
+            self._column_list = list(self._columns.values())
+        for column, value in zip(self._column_list, values, strict=True):
+            column[row] = value
         self._reward[row] = reward
         ends = self._ends
         ends[0, row] = terminated
