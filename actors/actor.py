@@ -2,7 +2,8 @@
 
 The loop, one vector step at a time:
 
-    every weight_poll_steps steps: one GET of the announced version; fetch weights if it moved
+    every weight_poll_steps steps: load the weights a background thread fetched, if any (the
+        thread checks the announced version with one small GET every 50 ms)
     actions = policy.act(obs, epsilon)                   # one batched forward for all envs
     step = envs.step(actions)                            # same-step reset; envs that raise are rebuilt
     transitions = nstep.add(obs, actions, rewards, final obs, terminated, truncated,
@@ -34,6 +35,7 @@ from actors.envs import EnvVector, describe_env
 from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
 from actors.registry import ActorRegistry
+from actors.weights import WeightSubscriber
 from learner import LearnerConfig, Policy, WeightStore
 from replay import ReplayUnavailableError, ShardedReplay
 
@@ -127,7 +129,7 @@ class EnvActor:
             self.replay = self._open(
                 replay or ShardedReplay(redis_url=redis_url, run=run, writer_id=f"{run}-actor-{actor_id}")
             )
-            self.weights = self._open(WeightStore(redis_url, run))
+            self.weights = self._open(WeightSubscriber(WeightStore(redis_url, run)))
             self.registry = self._open(ActorRegistry(redis_url, run))
             self.metrics = ActorMetrics(run, actor_id)
             self.metrics.epsilon.set(self.epsilon)
@@ -139,7 +141,7 @@ class EnvActor:
                 self._opened.append(_Shutdown(server))
                 host = socket.gethostname() if actors.metrics_host == "0.0.0.0" else actors.metrics_host
                 self.metrics_address = f"{host}:{server.server_port}"
-            self._pull_weights()  # a (re)started actor acts with the newest weights from its first step
+            self._pull_weights(wait=True)  # a (re)started actor acts with the newest weights from its first step
         except BaseException:
             self._release()
             raise
@@ -260,11 +262,15 @@ class EnvActor:
 
     # -- weights ----------------------------------------------------------------------------------
 
-    def _pull_weights(self) -> None:
-        fetched = self.weights.fetch(known_version=self.policy.version)
+    def _pull_weights(self, wait: bool = False) -> None:
+        """Loads newer weights: those the subscriber fetched in the background, or (`wait`)
+        whatever is newest in the store right now."""
+        fetched = self.weights.fetch_now() if wait else self.weights.take()
         if fetched is None:
             return
         version, state = fetched
+        if version <= self.policy.version:
+            return
         self.policy.load(state, version)
         self.metrics.weight_pulls.inc()
         self.metrics.weight_version.set(version)

@@ -52,7 +52,7 @@ class ActorsConfig:
     """Ape-X exponent spread between the most and the least exploring actor."""
 
     weight_poll_steps: int = 50
-    """Vector steps between checks of the announced weights version (one small Redis GET; weights are fetched only when it changed)."""
+    """Vector steps between switches to newer weights, when a background thread (one small Redis GET every 50 ms) has fetched some."""
 
     insert_batch: int = 4096
     """Transitions per insert message (a message also goes out at 4 MiB); larger messages cost less per item, see docs/benchmarks.md."""

@@ -210,3 +210,27 @@ def test_epsilons_follow_the_apex_schedule():
     assert eps[0] == pytest.approx(0.4) and eps[-1] == pytest.approx(0.4**8)
     assert all(a > b for a, b in zip(eps, eps[1:], strict=False))
     assert actor_epsilon(0, 1, config) == pytest.approx(0.4)
+
+
+def test_the_weight_subscriber_follows_new_versions_and_rides_out_a_redis_outage(redis_server, caplog):
+    from actors.weights import WeightSubscriber
+
+    store = WeightStore(redis_server.url, "subs")
+    subscriber = WeightSubscriber(WeightStore(redis_server.url, "subs"), poll_s=0.02)
+    try:
+        assert subscriber.take() is None
+        store.publish({"w": torch.ones(3)}, version=1)
+        got = {}
+        assert wait_until(lambda: got.setdefault("v", subscriber.take()) is not None or got.pop("v"), 5)
+        assert got["v"][0] == 1 and torch.equal(got["v"][1]["w"], torch.ones(3))
+        assert subscriber.take() is None  # handed over once
+
+        redis_server.stop()
+        assert wait_until(lambda: "acting with the current weights" in caplog.text, 5)
+        redis_server.start()  # empty again, as after a Redis restart
+        store.publish({"w": torch.full((3,), 2.0)}, version=2)
+        assert wait_until(lambda: got.setdefault("w", subscriber.take()) is not None or got.pop("w"), 10)
+        assert got["w"][0] == 2
+    finally:
+        subscriber.close()
+        store.close()

@@ -1,0 +1,77 @@
+"""`WeightSubscriber`: an actor's view of the learner's parameter store, kept current off the
+step loop.
+
+A daemon thread reads the announced version (one small GET every `poll_s`) and, when it moved,
+fetches and decodes the safetensors blob. The step loop only asks `take()` every
+`weight_poll_steps` steps, which costs an attribute read unless new weights are waiting, so
+neither the Redis round trip nor the download ever stalls env stepping. Redis being away is
+logged (once per outage) and the actor keeps acting with the weights it has.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import torch
+
+from learner import WeightStore, WeightStoreError
+
+log = logging.getLogger("qfleet.actors")
+
+
+class WeightSubscriber:
+    """Follows the newest published weights of a run.
+
+    Args:
+        store: the run's parameter store.
+        poll_s: seconds between version checks.
+        known_version: the version the caller already has (0: none).
+    """
+
+    def __init__(self, store: WeightStore, poll_s: float = 0.05, known_version: int = 0):
+        self.store, self.poll_s = store, poll_s
+        self._seen = known_version  # newest version fetched (or handed over)
+        self._pending: tuple[int, dict[str, torch.Tensor]] | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="weight-subscriber", daemon=True)
+        self._thread.start()
+
+    def fetch_now(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """Synchronously fetches weights newer than the ones seen (for an actor's first step)."""
+        fetched = self.store.fetch(known_version=self._seen)
+        if fetched is not None:
+            with self._lock:
+                self._seen = max(self._seen, fetched[0])
+        return fetched
+
+    def take(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """The newest weights fetched since the last call, or None (cheap when nothing is new)."""
+        if self._pending is None:
+            return None
+        with self._lock:
+            pending, self._pending = self._pending, None
+        return pending
+
+    def _follow(self) -> None:
+        outage = False
+        while not self._stop.wait(self.poll_s):
+            try:
+                fetched = self.store.fetch(known_version=self._seen)
+            except WeightStoreError as exc:
+                if not outage:
+                    log.warning("weights: %s; acting with the current weights until it is back", exc)
+                outage = True
+                continue
+            if outage:
+                log.info("weights: the parameter store is reachable again")
+                outage = False
+            if fetched is not None and fetched[0] > self._seen:
+                with self._lock:
+                    self._seen, self._pending = fetched[0], fetched
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.store.close()
