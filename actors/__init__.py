@@ -5,7 +5,8 @@ Public surface:
     make_env, describe_env, transition_spec, EnvSpaces, EnvVector, UnsupportedEnvError,
     EnvFailedError (environments);
     NStepAccumulator, apex_epsilons (the math);
-    EnvActor, ActorStats (one actor), ActorFleet, FleetStats, FleetError (many, on Ray);
+    EnvActor, ActorStats (one actor), WeightSubscriber (its weights, followed in the background),
+    ActorFleet, FleetStats, FleetError (many, on Ray);
     ActorRegistry, ActorRegistryError (the actors' Redis keys), ActorMetrics (`qfleet_actor_*`).
 """
 
@@ -25,6 +26,7 @@ _LAZY = {
     "ActorFleet": "actors.fleet",
     "FleetError": "actors.fleet",
     "FleetStats": "actors.fleet",
+    "WeightSubscriber": "actors.weights",
 }
 
 __all__ = [

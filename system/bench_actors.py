@@ -8,11 +8,13 @@ Four figures, measured in one run on one machine:
 - qfleet actor, in-process: `EnvActor.run` (the same stepping plus n-step transitions, inserts
   into a `qfleet replay serve` shard in another process, weight-version polls in Redis, episode
   records) in this process.
-- 1 and 2 Ray actors: the same actor run by `ActorFleet` on a local Ray instance, each actor
-  requesting one CPU; aggregate env steps/s over a window.
+- qfleet actor on Ray: the same actor as a Ray actor (its own worker process), driven with
+  `run(seconds)` calls.
+- a fleet of 1 and 2 Ray actors (`ActorFleet`, each actor requesting one CPU): aggregate env
+  steps/s over a window, for the scaling figure.
 
-The plain loop and the in-process actor alternate `repeats` times (medians), so drifting machine
-load hits both alike. Everything runs with one torch thread per process.
+The plain loop alternates with each actor kind `repeats` times; each ratio is the median over the
+adjacent (plain, actor) pairs, so drifting machine load hits both alike. Everything runs with one torch thread per process.
 """
 
 from __future__ import annotations
@@ -98,6 +100,16 @@ def _fleet_rate(fleet: ActorFleet, count: int, seconds: float) -> float:
     return (stats.env_steps - steps0) / (time.monotonic() - t0)
 
 
+def _paired(plain_segment, actor_segment, repeats: int, label: str) -> tuple[list[float], list[float]]:
+    """Alternates plain-loop and actor segments; returns both lists of env steps/s."""
+    plain, actor = [], []
+    for _ in range(repeats):
+        plain.append(plain_segment())
+        actor.append(actor_segment())
+        print(f"  plain {plain[-1]:,.0f}/s, {label} {actor[-1]:,.0f}/s", file=sys.stderr, flush=True)
+    return plain, actor
+
+
 def run_actors_bench(seconds: float, repeats: int, env_id: str, num_envs: int, output: str | None) -> int:
     logging.getLogger("qfleet").setLevel(logging.WARNING)
     torch.set_num_threads(1)
@@ -106,48 +118,68 @@ def run_actors_bench(seconds: float, repeats: int, env_id: str, num_envs: int, o
     actors = ActorsConfig(num_actors=1, metrics_port=None, num_cpus=1.0)
     epsilon = actors.epsilon
     results: dict[str, float] = {}
+
+    def plain_segment() -> float:
+        return plain_loop(env, learner, epsilon, seconds)
+
     with RedisProcess() as redis:
         shard = _Shard(env, redis.url)
         try:
+            # 1. The actor in this process, against the plain loop in this process.
             actor = EnvActor(0, 1, env, actors, learner, redis.url, RUN)
             actor.run(seconds=0.5)  # warm-up (first inserts, allocations)
-            plain, inline = [], []
-            for _ in range(repeats):
-                plain.append(plain_loop(env, learner, epsilon, seconds))
-                inline.append(actor.run(seconds).steps_per_second)
-                print(f"  plain {plain[-1]:,.0f}/s, actor {inline[-1]:,.0f}/s", file=sys.stderr, flush=True)
+            plain, inline = _paired(plain_segment, lambda: actor.run(seconds).steps_per_second, repeats, "actor")
             actor.close()
             results["plain_loop"] = statistics.median(plain)
             results["actor_in_process"] = statistics.median(inline)
             # Each actor segment against the plain segment just before it: the pairs closest in time.
-            results["actor_vs_plain_paired"] = statistics.median(a / p for a, p in zip(inline, plain, strict=True))
+            results["in_process_vs_plain"] = statistics.median(a / p for a, p in zip(inline, plain, strict=True))
+
+            # 2. The same actor as a Ray actor (its own worker process), alternating with the plain loop.
             init_ray(num_cpus=2)
+            import ray
+
+            remote = (
+                ray.remote(EnvActor)
+                .options(num_cpus=actors.num_cpus)
+                .remote(0, 1, env, actors, learner, redis.url, RUN)
+            )
+            ray.get(remote.run.remote(0.5))
+            time.sleep(3.0)  # Ray's worker pool settles after a new worker starts
+            plain, hosted = _paired(
+                plain_segment, lambda: ray.get(remote.run.remote(seconds)).steps_per_second, repeats, "Ray actor"
+            )
+            ray.get(remote.close.remote())
+            ray.kill(remote)
+            results["ray_actor"] = statistics.median(hosted)
+            results["ray_actor_vs_plain"] = statistics.median(a / p for a, p in zip(hosted, plain, strict=True))
+
+            # 3. Scaling: aggregate env steps/s of a fleet of 1 and then 2 actors.
             fleet = ActorFleet(env, actors, learner, redis.url, RUN, chunk_s=0.5)
             fleet.start(1)
+            window = max(seconds * repeats, 3.0)  # several chunks, so chunk edges don't dominate
             try:
                 for count in (1, 2):
-                    results[f"ray_{count}_actors"] = _fleet_rate(fleet, count, seconds * repeats)
-                    print(f"  {count} Ray actor(s): {results[f'ray_{count}_actors']:,.0f}/s", file=sys.stderr)
+                    results[f"fleet_{count}_actors"] = _fleet_rate(fleet, count, window)
+                    print(f"  fleet of {count}: {results[f'fleet_{count}_actors']:,.0f}/s", file=sys.stderr)
             finally:
                 fleet.stop()
         finally:
             shard.close()
 
-    base = results["plain_loop"]
-    print(f"\n{env_id}, {num_envs} envs per actor, {learner.network} network, epsilon {epsilon}, "
-          f"{seconds:g} s x {repeats} (median)\n")  # fmt: skip
-    print("| runner | env steps/s | vs plain loop |")
+    print(f"\n{env_id}, {num_envs} envs per actor, {learner.network} network, epsilon {epsilon}; "
+          f"{repeats} pairs of {seconds:g} s segments (medians)\n")  # fmt: skip
+    print("| runner | env steps/s | vs plain loop (median of pairs) |")
     print("|---|---:|---:|")
-    for name, label in [
-        ("plain_loop", "plain gymnasium loop, same network"),
-        ("actor_in_process", "qfleet EnvActor, in-process"),
-        ("ray_1_actors", "qfleet, 1 Ray actor"),
-        ("ray_2_actors", "qfleet, 2 Ray actors (aggregate)"),
-    ]:
-        print(f"| {label} | {results[name]:,.0f} | {results[name] / base:.1%} |")
+    print(f"| plain gymnasium loop, same network | {results['plain_loop']:,.0f} | 100% |")
     print(
-        f"\nqfleet EnvActor vs the plain loop, median of {repeats} adjacent pairs: "
-        f"{results['actor_vs_plain_paired']:.1%} (target: >= 85%)"
+        f"| qfleet EnvActor, in-process | {results['actor_in_process']:,.0f} | {results['in_process_vs_plain']:.1%} |"
+    )
+    print(f"| qfleet EnvActor as a Ray actor | {results['ray_actor']:,.0f} | {results['ray_actor_vs_plain']:.1%} |")
+    scaling = results["fleet_2_actors"] / results["fleet_1_actors"]
+    print(
+        f"\nFleet on Ray (aggregate over {window:g} s): 1 actor {results['fleet_1_actors']:,.0f}/s, "
+        f"2 actors {results['fleet_2_actors']:,.0f}/s ({scaling:.2f}x). Target for one actor: >= 85% of the plain loop."
     )
     if output:
         with open(output, "w") as f:

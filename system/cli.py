@@ -186,9 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="env steps/s of qfleet's actor vs a plain gymnasium loop; 1 vs 2 Ray actors",
         description=(
             "Starts a redis-server and a replay shard, then measures env steps/s of a plain gymnasium "
-            "loop acting with the same network, qfleet's EnvActor in-process (n-step transitions, "
-            "inserts, weight polls, episode records), and 1 and 2 actors on a local Ray instance. "
-            "Prints a Markdown table."
+            "loop acting with the same network against qfleet's EnvActor (n-step transitions, inserts, "
+            "weight subscription, episode records), in-process and as a Ray actor, alternating "
+            "segments; then the aggregate of a fleet of 1 and 2 Ray actors. Prints a Markdown table."
         ),
     )
     _add_bench_options(bench_actors)

@@ -108,3 +108,16 @@ def test_bench_sharded_runs_briefly(tmp_path):
     assert all(row["insert"] > 0 and row["sample"] > 0 for row in report["scaling"])
     assert "prefetch (4 batch/request), with work" in report["prefetch"]
     assert "| consumer (2 shards, batches of 256) | batches/s |" in result.stdout
+
+
+def test_bench_actors_runs_briefly_and_reports_every_figure(tmp_path):
+    out = tmp_path / "actors.json"
+    result = run("bench", "actors", "--seconds", "0.3", "--repeats", "1", "--output", str(out), timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| qfleet EnvActor as a Ray actor |" in result.stdout
+    figures = json.loads(out.read_text())["results"]
+    assert set(figures) == {
+        "plain_loop", "actor_in_process", "in_process_vs_plain", "ray_actor", "ray_actor_vs_plain",
+        "fleet_1_actors", "fleet_2_actors",
+    }  # fmt: skip
+    assert all(value > 0 for value in figures.values())
