@@ -38,6 +38,13 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis-url", required=True, help="the run's Redis, e.g. redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--run", default="default", help="run name shared by its shards, learner and actors (default: default)"
+    )
+
+
 def _add_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement (default: 3)")
     parser.add_argument(
@@ -95,10 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_config_options(learner_run)
-    learner_run.add_argument("--redis-url", required=True, help="the run's Redis, e.g. redis://127.0.0.1:6379/0")
-    learner_run.add_argument(
-        "--run", default="default", help="run name shared with shards and actors (default: default)"
-    )
+    _add_run_options(learner_run)
     learner_run.add_argument("--checkpoint-dir", metavar="DIR", help="learner checkpoints (resumed when present)")
     learner_run.add_argument("--max-updates", type=int, metavar="N", help="stop after N updates in total")
     learner_run.add_argument("--metrics-port", type=int, metavar="PORT", help="serve /metrics here (0: a free port)")
@@ -120,10 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_config_options(actors_run)
-    actors_run.add_argument("--redis-url", required=True, help="the run's Redis, e.g. redis://127.0.0.1:6379/0")
-    actors_run.add_argument(
-        "--run", default="default", help="run name shared with shards and learner (default: default)"
-    )
+    _add_run_options(actors_run)
     actors_run.add_argument(
         "--ray-address", metavar="ADDR", help="an existing Ray cluster (default: start Ray locally)"
     )
@@ -139,8 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write the wanted actor count to the run's Redis; the running actor supervisor starts or retires actors to match within a second.",
     )
     scale.add_argument("--actors", type=int, required=True, metavar="N", help="wanted number of env actors")
-    scale.add_argument("--redis-url", required=True, help="the run's Redis")
-    scale.add_argument("--run", default="default", help="run name (default: default)")
+    _add_run_options(scale)
 
     bench = commands.add_parser("bench", help="benchmarks (figures for docs/benchmarks.md)", description="Benchmarks.")
     bench_commands = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
