@@ -102,7 +102,7 @@ class EnvActor:
         replay: ShardedReplay | None = None,
     ):
         torch.set_num_threads(1)  # actors scale by processes, not by intra-op threads
-        self.actor_id, self.config, self.run_name = actor_id, actors, run
+        self.actor_id, self.config = actor_id, actors
         seed = actors.seed + actor_id
         self.rng = np.random.default_rng(seed)
         spaces = describe_env(env)
