@@ -127,7 +127,13 @@ class EnvActor:
             self.envs = self._open(EnvVector(env, seed=seed * 10_000, max_rebuilds=actors.env_max_rebuilds))
             self.obs = self.envs.reset()
             self.replay = self._open(
-                replay or ShardedReplay(redis_url=redis_url, run=run, writer_id=f"{run}-actor-{actor_id}")
+                replay
+                or ShardedReplay(
+                    redis_url=redis_url,
+                    run=run,
+                    writer_id=f"{run}-actor-{actor_id}",
+                    max_in_flight=actors.max_inserts_in_flight,
+                )
             )
             self.weights = self._open(WeightSubscriber(WeightStore(redis_url, run)))
             self.registry = self._open(ActorRegistry(redis_url, run))

@@ -57,6 +57,9 @@ class ActorsConfig:
     insert_batch: int = 4096
     """Transitions per insert message (a message also goes out at 4 MiB); larger messages cost less per item, see docs/benchmarks.md."""
 
+    max_inserts_in_flight: int = 32
+    """Insert messages an actor may have unacknowledged before it waits: with a rate-limited replay (`qfleet train`), this and insert_batch bound how far actors run ahead of the learner."""
+
     insert_retry_s: float = 10.0
     """How long an actor keeps retrying a batch no shard accepts before it counts the batch as lost."""
 
@@ -85,7 +88,7 @@ class ActorsConfig:
         def bad(name: str, why: str) -> None:
             raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
 
-        for name in ("num_actors", "n_step", "weight_poll_steps", "insert_batch"):
+        for name in ("num_actors", "n_step", "weight_poll_steps", "insert_batch", "max_inserts_in_flight"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
         if not 0.0 <= self.epsilon <= 1.0:

@@ -2,10 +2,11 @@
 
 Public surface:
     LearnerConfig, resolve_device, ActionSpace (importing them does not import torch);
-    Learner, LearnerSummary, make_replay (the loop);
+    Learner, LearnerSummary, make_replay, sample_error_buffer (the loop);
     make_agent, DiscreteQAgent, SACAgent, UpdateResult (agents);
     WeightStore, WeightStoreError, decode_weights (the Redis parameter store);
-    LearnerMetrics; Policy (what actors and evaluation act with); build_q_network, TanhGaussianActor.
+    LearnerMetrics; LearnerStatus (its status hash in Redis); Policy (what actors and evaluation
+    act with); build_q_network, TanhGaussianActor.
 
 Everything but the configuration is imported on first use, so commands that only read configs
 (`qfleet --help`, `qfleet config`, `qfleet replay serve`) start without loading torch.
@@ -24,7 +25,9 @@ _LAZY = {
     "Learner": "learner.loop",
     "LearnerSummary": "learner.loop",
     "make_replay": "learner.loop",
+    "sample_error_buffer": "learner.loop",
     "LearnerMetrics": "learner.metrics",
+    "LearnerStatus": "learner.status",
     "TanhGaussianActor": "learner.networks",
     "build_q_network": "learner.networks",
     "Policy": "learner.policy",

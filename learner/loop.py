@@ -33,6 +33,12 @@ from replay import Prefetcher, ShardedReplay
 log = logging.getLogger(__name__)
 
 
+def sample_error_buffer(config: LearnerConfig) -> float:
+    """Slack of the learner's global samples-per-insert window, in sampled items: room for the
+    prefetcher's requests (prefetch_batches_per_request batches each) from a few threads."""
+    return max(4.0 * config.batch_size * config.prefetch_batches_per_request, 1024.0)
+
+
 def make_replay(
     config: LearnerConfig, redis_url: str | None = None, run: str = "default", addresses: list[str] | None = None
 ) -> ShardedReplay:
@@ -43,7 +49,7 @@ def make_replay(
         addresses,
         samples_per_insert=config.samples_per_insert,
         min_size=config.learning_starts,
-        error_buffer=max(4.0 * config.batch_size * config.prefetch_batches_per_request, 1024.0),
+        error_buffer=sample_error_buffer(config),
         seed=config.seed,
     )
 
@@ -146,6 +152,8 @@ class Learner:
         self.version = 0
         self._published_at: dict[int, float] = {0: time.time()}
         self.resumed_from: pathlib.Path | None = None
+        self.last_result = None
+        """The `UpdateResult` of the latest update (loss, q_mean, ...), None before the first."""
         if self.checkpoint_dir is not None:
             self._resume()
 
@@ -242,6 +250,7 @@ class Learner:
         log.info("resumed learner at update %d, weights version %d, from %s", self.updates, self.version, path)
 
     def _record(self, result, batch) -> None:
+        self.last_result = result
         metrics = self.metrics
         metrics.updates.inc()
         metrics.loss.set(result.loss)

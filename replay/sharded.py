@@ -103,6 +103,8 @@ class ShardedReplay:
         failover_after_s: how long a shard may stay unreachable before writers and samplers
             move on without it.
         seed: seeds the per-batch shard allocation.
+        max_in_flight: unacknowledged insert batches per shard before `insert` blocks (a shard's
+            rate limiter delays acknowledgements, so this bounds how far a writer runs ahead).
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class ShardedReplay:
         discovery_s: float = 1.0,
         failover_after_s: float = 0.5,
         seed: int | None = None,
+        max_in_flight: int = 32,
     ):
         if (redis_url is None) == (addresses is None):
             raise ValueError("give either redis_url (discover shards) or addresses (fixed shards), not both")
@@ -126,6 +129,7 @@ class ShardedReplay:
             "redis_url": redis_url, "run": run, "addresses": addresses, "writer_id": writer_id,
             "samples_per_insert": samples_per_insert, "min_size": min_size, "error_buffer": error_buffer,
             "beta": beta, "discovery_s": discovery_s, "failover_after_s": failover_after_s, "seed": seed,
+            "max_in_flight": max_in_flight,
         }  # fmt: skip
         self.redis_url, self.run = redis_url, run
         self._addresses = list(addresses) if addresses is not None else None
@@ -134,6 +138,7 @@ class ShardedReplay:
         self.beta = beta
         self.discovery_s = discovery_s
         self.failover_after_s = failover_after_s
+        self.max_in_flight = max_in_flight
         self._rng = np.random.default_rng(seed)
         self._lock = threading.RLock()
         self._shards: dict[int, _Shard] = {}
@@ -156,7 +161,7 @@ class ShardedReplay:
     # -- membership ------------------------------------------------------------------------------
 
     def _new_client(self, address: str) -> ReplayClient:
-        return ReplayClient(address, retry_for_s=self.failover_after_s)
+        return ReplayClient(address, retry_for_s=self.failover_after_s, max_in_flight=self.max_in_flight)
 
     def _refresh_membership(self) -> None:
         """Reads the registry (or probes fixed addresses) and updates the live shard set."""

@@ -1,5 +1,9 @@
 """The `qfleet` command line.
 
+    qfleet train CONFIG [--set section.key=value ...] [--run-dir DIR] | --resume RUN_DIR
+    qfleet eval RUN_DIR [--episodes N]
+    qfleet status [RUN_DIR | --redis-url URL --run NAME]
+    qfleet report RUN_DIR
     qfleet replay serve [--config FILE] [--spec FILE] [--set section.key=value ...] [--capacity N ...]
     qfleet learner run --redis-url URL --run NAME [--config FILE] [--checkpoint-dir DIR] [...]
     qfleet actors run --redis-url URL --run NAME [--config FILE] [--num-actors N] [...]
@@ -61,6 +65,71 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser(
+        "train",
+        help="train: the whole system (Redis, Ray, shards, learner, actors) for one run",
+        description=(
+            "Run the whole system for one run until train.total_env_steps, Ctrl-C or SIGTERM. With no "
+            "redis.url and no ray.address it starts everything on this machine: a redis-server on a free "
+            "loopback port, Ray, train.num_shards replay shards, the learner and actors.num_actors env "
+            "actors (all Ray actors); with both set it runs on that Ray cluster. Progress goes to the "
+            "terminal; the run directory gets the resolved config, metrics.jsonl, checkpoints, and at "
+            "the end a learning curve and summary. Ctrl-C/SIGTERM stops in order (actors flush, the "
+            "learner checkpoints, shards checkpoint); --resume continues the run later. Every key: "
+            "`qfleet config`."
+        ),
+        epilog="example: qfleet train configs/cartpole.yaml --set train.total_env_steps=20000 --set actors.num_actors=1",
+    )
+    train.add_argument("path", nargs="?", metavar="CONFIG", help="YAML run config (configs/*.yaml); omit with --resume")
+    train.add_argument(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one config value, e.g. --set train.total_env_steps=50000 (repeatable; also with --resume)",
+    )
+    train.add_argument("--run-dir", metavar="DIR", help="run directory (default: train.run_dir, else runs/<env>-<time>)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run: its config, checkpoints and counters")
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate the newest learner checkpoint of a run",
+        description=(
+            "Load RUN_DIR's config and newest learner checkpoint and run --episodes episodes (one env "
+            "each) acting greedily (or with --epsilon). Prints mean, std, min and max return and writes "
+            "RUN_DIR/eval.json. Needs no Redis, Ray or shards."
+        ),
+    )
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a `qfleet train` run directory")
+    evaluate.add_argument("--episodes", type=int, metavar="N", help="episodes (default: train.eval_episodes)")
+    evaluate.add_argument("--epsilon", type=float, metavar="E", help="exploration (default: train.eval_epsilon)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seeds the episodes (default: 0)")
+
+    status = commands.add_parser(
+        "status",
+        help="live view of a run's learner, shards and actors (from Redis)",
+        description=(
+            "Read a running run's status from its Redis: the learner (updates, rate, weights version, "
+            "UTD, loss), every live shard (address, items, inserts, samples) and every actor (env steps, "
+            "episodes, weights, epsilon, restarts, lost transitions). Give a `qfleet train` RUN_DIR, or "
+            "--redis-url and --run."
+        ),
+    )
+    status.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a running `qfleet train` run directory")
+    status.add_argument("--redis-url", help="the run's Redis, e.g. redis://127.0.0.1:6379/0")
+    status.add_argument("--run", help="run name (default: the run directory's, else default)")
+
+    report = commands.add_parser(
+        "report",
+        help="learning curve (PNG) and summary table of a run",
+        description=(
+            "Rebuild RUN_DIR/learning_curve.png (return vs env steps and vs wall time: training episodes "
+            "and evaluations) and RUN_DIR/summary.md from RUN_DIR/metrics.jsonl; print the summary. "
+            "Works on finished and running runs."
+        ),
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a `qfleet train` run directory")
 
     replay = commands.add_parser("replay", help="replay shard commands", description="Replay shard commands.")
     replay_commands = replay.add_subparsers(dest="replay_command", metavar="SUBCOMMAND", required=True)
@@ -216,6 +285,26 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
+        if args.command == "train":
+            from system.train import run_train
+
+            if args.path is None and args.resume is None:
+                raise ConfigError("give a CONFIG (e.g. configs/cartpole.yaml), or --resume RUN_DIR")
+            return run_train(args.path, args.set, args.run_dir, args.resume)
+        if args.command == "eval":
+            from system.evaluate import main_eval
+
+            if args.episodes is not None and args.episodes < 1:
+                raise ConfigError(f"--episodes {args.episodes}: must be >= 1")
+            return main_eval(args.run_dir, args.episodes, args.epsilon, args.seed)
+        if args.command == "status":
+            from system.status import main_status
+
+            return main_status(args.run_dir, args.redis_url, args.run)
+        if args.command == "report":
+            from system.report import main_report
+
+            return main_report(args.run_dir)
         if args.command == "replay":
             from system.serve import main_serve
 

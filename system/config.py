@@ -19,6 +19,7 @@ from actors import ActorsConfig, EnvConfig
 from learner import LearnerConfig
 from replay import ReplayConfig
 from system.dataclass_args import ConfigError, build
+from system.train_config import RayConfig, RedisConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,15 @@ class RunConfig:
 
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     """The learner (the `learner` section)."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """`qfleet train`: length, run directory, shards, evaluation, placement (the `train` section)."""
+
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    """The run's Redis (the `redis` section)."""
+
+    ray: RayConfig = field(default_factory=RayConfig)
+    """The Ray cluster (the `ray` section)."""
 
 
 SECTIONS: dict[str, type] = typing.get_type_hints(RunConfig)

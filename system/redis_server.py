@@ -6,7 +6,9 @@ PID when its owner stops (and, as a child, dies with it).
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -15,6 +17,14 @@ import time
 
 class RedisLaunchError(RuntimeError):
     """redis-server is missing or did not start."""
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: ask Linux for SIGTERM when the parent goes (PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:  # not Linux/glibc: the owner's stop() is then the only way it ends
+        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -46,7 +56,15 @@ class RedisProcess:
 
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--dir", self.directory, "--protected-mode", "yes"]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Its own session, so a Ctrl-C meant for the owner does not stop Redis before the owner's
+        # orderly shutdown; and it gets SIGTERM if the owner dies without stopping it.
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent,
+        )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         try:

@@ -1,0 +1,59 @@
+"""The learner's status in Redis, for `qfleet status` and the `qfleet train` driver.
+
+The key, the only one besides the weight store's (learner/weights.py):
+
+    qfleet:{run}:learner:status    hash    updates, updates_per_second, weights_version,
+                                           achieved_utd, target_utd, loss, q_mean, device, host,
+                                           pid, metrics (host:port of its /metrics, or ""),
+                                           checkpoint (newest path, or ""), updated_at;
+                                           expires `ttl_s` after the last report
+
+Values are plain strings (no pickle); `read` gives numbers back as numbers.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+
+def _number(text: bytes) -> int | float | str:
+    value = text.decode()
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+class LearnerStatus:
+    """Writes (the learner) and reads (status views) one run's learner status hash.
+
+    Args:
+        redis_url: the run's Redis.
+        run: the run name (key namespace).
+    """
+
+    def __init__(self, redis_url: str, run: str = "default"):
+        self.redis_url, self.run = redis_url, run
+        self._key = f"qfleet:{run}:learner:status"
+        self._redis = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+
+    def write(self, fields: dict[str, int | float | str], ttl_s: float = 10.0) -> None:
+        """Replaces the status with `fields` (plus updated_at); raises redis.RedisError."""
+        mapping = {k: str(v) for k, v in fields.items()} | {"updated_at": f"{time.time():.3f}"}
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(self._key)
+        pipe.hset(self._key, mapping=mapping)
+        pipe.pexpire(self._key, int(ttl_s * 1000))
+        pipe.execute()
+
+    def read(self) -> dict[str, int | float | str] | None:
+        """The latest status, or None when no learner reported within its TTL."""
+        fields = self._redis.hgetall(self._key)
+        return {k.decode(): _number(v) for k, v in fields.items()} if fields else None
+
+    def close(self) -> None:
+        self._redis.close()

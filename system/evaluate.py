@@ -1,0 +1,199 @@
+"""Evaluation: run a policy for N whole episodes, one env each, side by side.
+
+Used by `qfleet train` (periodically, on the latest published weights, in a background thread)
+and by `qfleet eval RUN_DIR` (on the newest learner checkpoint of a run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from actors import EnvConfig, describe_env, make_env
+from learner import LearnerConfig
+
+log = logging.getLogger("qfleet.eval")
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Returns of one evaluation."""
+
+    returns: list[float]
+    lengths: list[int]
+    seconds: float
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.returns))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.returns))
+
+
+def eval_env_config(env: EnvConfig) -> EnvConfig:
+    """The env as evaluated: whole games (a lost life does not end an episode)."""
+    return dataclasses.replace(env, terminal_on_life_loss=False)
+
+
+class Evaluator:
+    """Runs `episodes` episodes of a policy, one env per episode, one batched forward per step.
+
+    Args:
+        env: the env section (evaluated as `eval_env_config` makes it).
+        learner: the learner section (decides the network).
+        episodes: episodes per evaluation.
+        epsilon: exploration while evaluating (0: greedy).
+        seed: episode i of evaluation k is seeded seed + 1000 * k + i.
+    """
+
+    def __init__(self, env: EnvConfig, learner: LearnerConfig, episodes: int, epsilon: float = 0.0, seed: int = 0):
+        from learner import Policy
+
+        self.env_config = eval_env_config(env)
+        spaces = describe_env(self.env_config)
+        self.obs_shape, self.action_space = spaces.obs_shape, spaces.action_space
+        self.policy = Policy(learner, spaces.obs_shape, spaces.action_space, seed=seed)
+        self.envs = [make_env(self.env_config) for _ in range(episodes)]
+        self.epsilon, self.seed = epsilon, seed
+        self.rng = np.random.default_rng(seed)
+        self.evaluations = 0
+
+    def run(self, state: dict | None = None, version: int = 0) -> EvalResult:
+        """Evaluates `state` (published weights; None: the weights loaded last)."""
+        if state is not None:
+            self.policy.load(state, version)
+        start = time.perf_counter()
+        n = len(self.envs)
+        base = self.seed + 1000 * self.evaluations
+        self.evaluations += 1
+        obs = [env.reset(seed=base + i)[0] for i, env in enumerate(self.envs)]
+        returns, lengths = np.zeros(n), np.zeros(n, np.int64)
+        running = list(range(n))
+        while running:
+            actions = self.policy.act(np.stack([obs[i] for i in running]), self.epsilon, self.rng)
+            still = []
+            for i, action in zip(running, actions, strict=True):
+                obs[i], reward, terminated, truncated, _ = self.envs[i].step(action)
+                returns[i] += float(reward)
+                lengths[i] += 1
+                if not (terminated or truncated):
+                    still.append(i)
+            running = still
+        return EvalResult([float(r) for r in returns], [int(x) for x in lengths], time.perf_counter() - start)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class BackgroundEvaluator:
+    """Evaluates in a thread, one evaluation at a time; a request made while one runs is skipped.
+
+    `submit(tag, state, version)` hands weights over; `results()` returns finished
+    (tag, EvalResult) pairs.
+    """
+
+    def __init__(self, evaluator: Evaluator):
+        self.evaluator = evaluator
+        self._requests: queue.Queue = queue.Queue(maxsize=1)
+        self._done: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="evaluator", daemon=True)
+        self._thread.start()
+
+    def submit(self, tag: dict, state: dict, version: int) -> bool:
+        """Queues an evaluation; False when one is already waiting (this one is skipped)."""
+        try:
+            self._requests.put_nowait((tag, state, version))
+            return True
+        except queue.Full:
+            return False
+
+    def _work(self) -> None:
+        while (request := self._requests.get()) is not None:
+            tag, state, version = request
+            try:
+                self._done.put((tag, self.evaluator.run(state, version)))
+            except Exception as exc:  # an evaluation failing must not end the run
+                log.warning("evaluation failed: %s: %s", type(exc).__name__, exc)
+
+    def results(self) -> list[tuple[dict, EvalResult]]:
+        out = []
+        while True:
+            try:
+                out.append(self._done.get_nowait())
+            except queue.Empty:
+                return out
+
+    def close(self, wait: bool = True) -> list[tuple[dict, EvalResult]]:
+        """Finishes a queued evaluation (when `wait`), stops the thread, returns what finished
+        (the evaluator itself stays open)."""
+        if not wait:
+            try:
+                self._requests.get_nowait()
+            except queue.Empty:
+                pass
+        self._requests.put(None)
+        self._thread.join()
+        return self.results()
+
+
+def main_eval(run_dir: str, episodes: int | None, epsilon: float | None, seed: int) -> int:
+    """`qfleet eval RUN_DIR`: the newest learner checkpoint, evaluated; prints and writes eval.json."""
+    from learner import make_agent
+    from learner import checkpoint as ckpt
+    from system.dataclass_args import ConfigError
+    from system.run_dir import RunDir
+
+    run = RunDir(pathlib.Path(run_dir))
+    config = run.load_config()
+    loaded = ckpt.load_latest(run.checkpoints)
+    if loaded is None:
+        raise ConfigError(f"{run.checkpoints}: no learner checkpoint to evaluate (has the run done any update?)")
+    state, path = loaded
+    episodes = episodes or config.train.eval_episodes
+    epsilon = config.train.eval_epsilon if epsilon is None else epsilon
+    evaluator = Evaluator(config.env, config.learner, episodes, epsilon, seed)
+    agent = make_agent(config.learner, evaluator.obs_shape, evaluator.action_space, _cpu())
+    agent.load_state_dict(state["agent"])
+    updates, version = int(state["counters"]["updates"]), int(state["counters"]["version"])
+    print(f"qfleet eval: {config.env.id}, checkpoint {path.name} (update {updates:,}), {episodes} episodes", flush=True)
+    result = evaluator.run(agent.policy_state(), version)
+    evaluator.close()
+    summary = {
+        "checkpoint": str(path),
+        "updates": updates,
+        "env_id": config.env.id,
+        "episodes": episodes,
+        "epsilon": epsilon,
+        "mean_return": result.mean,
+        "std_return": result.std,
+        "min_return": min(result.returns),
+        "max_return": max(result.returns),
+        "returns": result.returns,
+        "lengths": result.lengths,
+        "seconds": round(result.seconds, 3),
+    }
+    (run.path / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(
+        f"mean return {result.mean:.2f} +- {result.std:.2f} (min {min(result.returns):g}, max {max(result.returns):g}) "
+        f"over {episodes} episodes, mean length {np.mean(result.lengths):.0f}, {result.seconds:.1f} s; "
+        f"written to {run.path / 'eval.json'}",
+        flush=True,
+    )
+    return 0
+
+
+def _cpu():
+    import torch
+
+    return torch.device("cpu")

@@ -1,0 +1,124 @@
+"""`qfleet report RUN_DIR`: the learning curve (PNG) and a summary table (Markdown) of a run.
+
+`qfleet train` writes both at its end; `report` rebuilds them from metrics.jsonl at any time,
+also for a run that is still going.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from system.run_dir import RunDir
+
+SMOOTH_EPISODES = 100
+"""Training returns are shown as the mean over this many consecutive episodes."""
+
+
+def _episode_curve(run: RunDir) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(env steps, wall seconds, smoothed return) per episode."""
+    steps, walls, returns = [], [], []
+    for record in run.records("episodes"):
+        n = len(record["returns"])
+        steps += [record["env_steps"]] * n
+        walls += [record["wall_s"]] * n
+        returns += record["returns"]
+    if not returns:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    values = np.asarray(returns, dtype=float)
+    window = min(SMOOTH_EPISODES, len(values))
+    cumulative = np.concatenate([[0.0], np.cumsum(values)])
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    smoothed = (cumulative[1:] - cumulative[np.arange(1, len(values) + 1) - counts]) / counts
+    return np.asarray(steps, float), np.asarray(walls, float), smoothed
+
+
+def plot_learning_curve(run: RunDir, path=None):
+    """Writes learning_curve.png: return vs env steps and vs wall time. Returns the path."""
+    import logging
+
+    import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = path or run.path / "learning_curve.png"
+    config = run.load_config()
+    steps, walls, smoothed = _episode_curve(run)
+    evals = run.records("eval")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    for ax, x_train, key, label in (
+        (axes[0], steps, "env_steps", "env steps"),
+        (axes[1], walls / 60.0, "wall_s", "wall time (minutes)"),
+    ):
+        if len(smoothed):
+            ax.plot(x_train, smoothed, color="tab:blue", alpha=0.6, lw=1,
+                    label=f"training episodes (mean of {SMOOTH_EPISODES}, with exploration)")  # fmt: skip
+        if evals:
+            x = np.array([e[key] for e in evals], float) / (60.0 if key == "wall_s" else 1.0)
+            mean = np.array([e["mean_return"] for e in evals])
+            std = np.array([e["std_return"] for e in evals])
+            ax.errorbar(x, mean, yerr=std, color="tab:red", marker="o", ms=3, lw=1.5, capsize=2,
+                        label=f"evaluation (mean +- std of {len(evals[-1]['returns'])} episodes)")  # fmt: skip
+        ax.set_xlabel(label)
+        ax.set_ylabel("return")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"{config.env.id}: run {config.train.run_name or run.path.name}")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def summary_table(run: RunDir) -> str:
+    """The run's summary as Markdown."""
+    config = run.load_config()
+    progress = run.records("progress")
+    evals = run.records("eval")
+    state = run.read_json("state.json") or {}
+    last = progress[-1] if progress else {}
+    lines = [
+        f"# {config.env.id}: run `{config.train.run_name or run.path.name}`",
+        "",
+        "| | |",
+        "|---|---:|",
+        f"| env steps | {state.get('env_steps', last.get('env_steps', 0)):,} of {config.train.total_env_steps:,} |",
+        f"| episodes | {state.get('episodes', last.get('episodes', 0)):,} |",
+        f"| wall time | {state.get('wall_s', last.get('wall_s', 0.0)) / 60:.1f} min |",
+        f"| learner updates | {last.get('updates', 0):,} |",
+        f"| achieved / target UTD | {last.get('achieved_utd', 0.0):.3f} / {config.learner.updates_per_env_step:g} |",
+        f"| weights version | {last.get('weights_version', 0)} |",
+    ]
+    if last.get("recent_return") is not None:
+        lines.append(f"| training return (last {SMOOTH_EPISODES} episodes) | {last['recent_return']:.1f} |")
+    if evals:
+        best = max(evals, key=lambda e: e["mean_return"])
+        lines += [
+            f"| final evaluation | {evals[-1]['mean_return']:.1f} +- {evals[-1]['std_return']:.1f} at {evals[-1]['env_steps']:,} env steps |",
+            f"| best evaluation | {best['mean_return']:.1f} at {best['env_steps']:,} env steps |",
+            "",
+            "| env steps | wall time (min) | weights | eval return (mean +- std) |",
+            "|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {e['env_steps']:,} | {e['wall_s'] / 60:.1f} | v{e['weights_version']} | {e['mean_return']:.1f} +- {e['std_return']:.1f} |"
+            for e in evals
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run: RunDir) -> str:
+    """Writes learning_curve.png and summary.md into the run directory; returns the summary."""
+    text = summary_table(run)
+    (run.path / "summary.md").write_text(text)
+    plot_learning_curve(run)
+    return text
+
+
+def main_report(run_dir: str) -> int:
+    run = RunDir(run_dir)
+    run.load_config()  # a ConfigError when it is not a run directory
+    text = write_report(run)
+    print(text, end="")
+    print(f"written: {run.path / 'summary.md'}, {run.path / 'learning_curve.png'}")
+    return 0

@@ -1,0 +1,100 @@
+"""A run directory: everything `qfleet train` leaves behind, and what `eval`, `report`,
+`status` and `--resume` read back.
+
+    RUN_DIR/
+      config.yaml          the resolved config (every key), as the run used it
+      run.json             run name, Redis URL, shard/learner addresses, pids (while it runs)
+      state.json           counters a resumed run continues from (env steps, episodes, wall time)
+      metrics.jsonl        one JSON object per line: {"kind": "progress" | "eval" | "episodes", ...}
+      checkpoints/         learner checkpoints (learner-<updates>.pt)
+      replay/shard-<i>/    replay shard checkpoints
+      learning_curve.png   return vs env steps and vs wall time (written at the end, and by report)
+      summary.md           the summary table (idem)
+      eval.json            the latest `qfleet eval`
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+from system.config import RunConfig, load_config, to_yaml
+from system.dataclass_args import ConfigError
+
+
+class RunDir:
+    """Paths and files of one run directory."""
+
+    def __init__(self, path: str | pathlib.Path):
+        self.path = pathlib.Path(path)
+
+    @property
+    def config_path(self) -> pathlib.Path:
+        return self.path / "config.yaml"
+
+    @property
+    def checkpoints(self) -> pathlib.Path:
+        return self.path / "checkpoints"
+
+    @property
+    def metrics_path(self) -> pathlib.Path:
+        return self.path / "metrics.jsonl"
+
+    def replay_checkpoints(self, shard_id: int) -> pathlib.Path:
+        return self.path / "replay" / f"shard-{shard_id}"
+
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    def load_config(self, overrides: list[str] = ()) -> RunConfig:
+        """The run's resolved config (with `--set` overrides on top).
+
+        Raises:
+            ConfigError: not a run directory, or an invalid override.
+        """
+        if not self.config_path.exists():
+            raise ConfigError(f"{self.path}: not a qfleet run directory (no config.yaml)")
+        return load_config(self.config_path, list(overrides))
+
+    def write_config(self, config: RunConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._write(self.config_path, to_yaml(config))
+
+    def write_json(self, name: str, data: dict) -> None:
+        self._write(self.path / name, json.dumps(data, indent=2) + "\n")
+
+    def read_json(self, name: str) -> dict | None:
+        path = self.path / name
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: unreadable ({exc})") from None
+
+    def append_records(self, records: list[dict]) -> None:
+        if not records:
+            return
+        with open(self.metrics_path, "a") as handle:
+            handle.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+
+    def records(self, kind: str | None = None) -> list[dict]:
+        """Records of metrics.jsonl (of one kind); a truncated last line (a crash) is skipped."""
+        if not self.metrics_path.exists():
+            return []
+        out = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if kind is None or record.get("kind") == kind:
+                out.append(record)
+        return out
+
+    @staticmethod
+    def _write(path: pathlib.Path, text: str) -> None:
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        temporary.write_text(text)
+        os.replace(temporary, path)

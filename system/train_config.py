@@ -1,0 +1,100 @@
+"""The `train`, `redis` and `ray` sections of a run config: what `qfleet train` needs beyond the
+packages' own sections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One `qfleet train` run: its length, its directory, its shards, evaluation and placement."""
+
+    total_env_steps: int = 100_000
+    """Env steps over all actors after which the run stops (a resumed run counts on from where it stopped)."""
+
+    run_dir: str | None = None
+    """Run directory (config, metrics.jsonl, checkpoints, plots); null: runs/<run name>."""
+
+    run_name: str | None = None
+    """Namespace of the run's Redis keys and metric labels; null: the run directory's name."""
+
+    seed: int | None = None
+    """When set, seeds everything: learner.seed, actors.seed and the shards' sampling (shard i: seed + i)."""
+
+    num_shards: int = 1
+    """Replay shards (each a Ray actor serving gRPC); actors spread their inserts over them."""
+
+    checkpoint_replay: bool = True
+    """Shards write a checkpoint into the run directory at shutdown (what --resume restores); false: a resumed run starts with an empty replay."""
+
+    eval_every_steps: int = 10_000
+    """Env steps between greedy evaluations of the latest weights (0: only at the end)."""
+
+    eval_episodes: int = 10
+    """Episodes per evaluation (run side by side, one env each)."""
+
+    eval_epsilon: float = 0.0
+    """Exploration during evaluation (0: greedy; Atari protocols often use 0.001 to 0.05)."""
+
+    log_every_s: float = 10.0
+    """Seconds between progress lines in the terminal (metrics.jsonl gets a record every second)."""
+
+    learner_num_cpus: float = 1.0
+    """CPUs the learner requests from Ray (also its torch threads, at least 1)."""
+
+    learner_num_gpus: float | None = None
+    """GPUs the learner requests from Ray; null: 1 when the cluster has a GPU and learner.device is not "cpu", else 0."""
+
+    learner_resources: dict[str, float] | None = None
+    """Custom Ray resources the learner requests, e.g. {learner_host: 1}."""
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
+
+        if self.total_env_steps < 1:
+            bad("total_env_steps", "must be >= 1")
+        if self.run_name is not None and (not self.run_name or ":" in self.run_name or "/" in self.run_name):
+            bad("run_name", "must be a non-empty name without ':' or '/'")
+        if not 1 <= self.num_shards <= 1024:
+            bad("num_shards", "must be in [1, 1024]")
+        if self.eval_every_steps < 0:
+            bad("eval_every_steps", "must be >= 0")
+        if self.eval_episodes < 1:
+            bad("eval_episodes", "must be >= 1")
+        if not 0.0 <= self.eval_epsilon <= 1.0:
+            bad("eval_epsilon", "must be in [0, 1]")
+        if not self.log_every_s > 0:
+            bad("log_every_s", "must be > 0")
+        if self.learner_num_cpus < 0:
+            bad("learner_num_cpus", "must be >= 0")
+        if self.learner_num_gpus is not None and self.learner_num_gpus < 0:
+            bad("learner_num_gpus", "must be >= 0, or null")
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """The run's Redis (shard registry, weight store, actor and learner reports)."""
+
+    url: str | None = None
+    """e.g. redis://redis:6379/0; null: `qfleet train` starts its own redis-server on a free loopback port."""
+
+    def __post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"url={self.url!r}: expected redis://HOST:PORT/DB (or rediss://, unix://)")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where the run's Ray actors live."""
+
+    address: str | None = None
+    """An existing Ray cluster ("auto", or HOST:PORT of its head); null: start Ray on this machine."""
+
+    num_cpus: int | None = None
+    """Local Ray only: logical CPUs it offers; null: enough for the learner and every actor (at least this machine's cores)."""
+
+    def __post_init__(self) -> None:
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ValueError(f"num_cpus={self.num_cpus}: must be >= 1, or null")
