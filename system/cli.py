@@ -89,8 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="override one config value, e.g. --set train.total_env_steps=50000 (repeatable; also with --resume)",
     )
-    train.add_argument("--run-dir", metavar="DIR", help="run directory (default: train.run_dir, else runs/<env>-<time>)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run: its config, checkpoints and counters")
+    train.add_argument(
+        "--run-dir", metavar="DIR", help="run directory (default: train.run_dir, else runs/<env>-<time>)"
+    )
+    train.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a stopped run: its config, checkpoints and counters"
+    )
 
     evaluate = commands.add_parser(
         "eval",

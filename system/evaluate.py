@@ -149,8 +149,8 @@ class BackgroundEvaluator:
 
 def main_eval(run_dir: str, episodes: int | None, epsilon: float | None, seed: int) -> int:
     """`qfleet eval RUN_DIR`: the newest learner checkpoint, evaluated; prints and writes eval.json."""
-    from learner import make_agent
     from learner import checkpoint as ckpt
+    from learner import make_agent
     from system.dataclass_args import ConfigError
     from system.run_dir import RunDir
 

@@ -1,7 +1,7 @@
 """`qfleet status`: the live view of a run's shards, learner and actors, read from its Redis.
 
-    qfleet status RUN_DIR                      # a `qfleet train` run: its run.json names the Redis
-    qfleet status --redis-url URL --run NAME   # any run
+qfleet status RUN_DIR                      # a `qfleet train` run: its run.json names the Redis
+qfleet status --redis-url URL --run NAME   # any run
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ def status_text(redis_url: str, run: str) -> str:
     from learner import LearnerStatus
     from replay import ReplayUnavailableError, ShardRegistry
 
-    shards, actors, learner = ShardRegistry(redis_url, run), ActorRegistry(redis_url, run), LearnerStatus(redis_url, run)
+    shards, actors, learner = (
+        ShardRegistry(redis_url, run),
+        ActorRegistry(redis_url, run),
+        LearnerStatus(redis_url, run),
+    )
     try:
         live = shards.live_shards()
         states = {i: shards.last_state(i) for i in live}
@@ -59,7 +63,9 @@ def status_text(redis_url: str, run: str) -> str:
             )
     lines += ["", f"actors: {len(reports)} reporting, {desired if desired is not None else '-'} wanted"]
     if reports:
-        lines.append("  id  host:pid              env steps    episodes  weights  epsilon  env restarts  lost  return  metrics")
+        lines.append(
+            "  id  host:pid              env steps    episodes  weights  epsilon  env restarts  lost  return  metrics"
+        )
         for actor_id, r in sorted(reports.items()):
             recent = r.get("recent_return")
             lines.append(

@@ -29,7 +29,6 @@ import socket
 import sys
 import time
 from collections import deque
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 from actors import UnsupportedEnvError, describe_env
@@ -168,7 +167,9 @@ def _check(config: RunConfig, spec) -> None:
     defaults = type(replay)()
     for key in ("samples_per_insert", "min_size", "error_buffer", "checkpoint_dir", "redis_url"):
         if getattr(replay, key) != getattr(defaults, key):
-            log.warning("replay.%s is set by qfleet train itself; the configured %r is ignored", key, getattr(replay, key))
+            log.warning(
+                "replay.%s is set by qfleet train itself; the configured %r is ignored", key, getattr(replay, key)
+            )
 
 
 def shard_config(config: RunConfig, shard_id: int, redis_url: str, name: str, run: RunDir):
@@ -323,8 +324,13 @@ class _Session:
         self.episodes_after, _ = self.episodes.read_episodes("$", count=1)
         # Evaluations run in a thread of this process, on the weights the learner publishes.
         self.evaluator = BackgroundEvaluator(
-            Evaluator(config.env, config.learner, config.train.eval_episodes, config.train.eval_epsilon,
-                      seed=10_000 + config.actors.seed)  # fmt: skip
+            Evaluator(
+                config.env,
+                config.learner,
+                config.train.eval_episodes,
+                config.train.eval_epsilon,
+                seed=10_000 + config.actors.seed,
+            )  # fmt: skip
         )
         if self.stop.is_set():
             return
