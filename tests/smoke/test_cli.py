@@ -31,6 +31,10 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         ["actors", "run"],
         ["scale"],
         ["config"],
+        ["train"],
+        ["eval"],
+        ["status"],
+        ["report"],
     ],
 )
 def test_help_of_every_command(args):
@@ -69,6 +73,16 @@ def test_config_reference_and_resolved_config(tmp_path):
         (["actors", "run", "--redis-url", "redis://127.0.0.1:1/0", "--num-actors", "0"], "actors.num_actors"),
         (["actors", "run", "--redis-url", "redis://127.0.0.1:1/0"], "redis://127.0.0.1:1/0"),
         (["scale", "--actors", "-1", "--redis-url", "redis://127.0.0.1:1/0"], "--actors -1"),
+        (["train"], "give a CONFIG"),
+        (["train", "configs/cartpole.yaml", "--set", "learner.batch_sizee=3"], "learner.batch_sizee: unknown key"),
+        (["train", "configs/cartpole.yaml", "--set", "env.id=NoSuchEnv-v9"], "NoSuchEnv-v9"),
+        (["train", "configs/cartpole.yaml", "--set", "learner.learning_starts=10"], "learner.batch_size=256"),
+        (["train", "configs/cartpole.yaml", "--set", "replay.capacity=1000000000"], "replay.capacity=1000000000:"),
+        (["train", "configs/cartpole.yaml", "--set", "ray.address=auto"], "redis.url is not set"),
+        (["train", "--resume", "does/not/exist"], "not a qfleet run directory"),
+        (["eval", "does/not/exist"], "not a qfleet run directory"),
+        (["status"], "give a RUN_DIR"),
+        (["status", "--redis-url", "redis://127.0.0.1:1/0"], "redis://127.0.0.1:1/0"),
     ],
 )
 def test_bad_input_fails_before_serving_with_a_named_key(args, message):

@@ -1,0 +1,158 @@
+"""`qfleet train`, `status`, `eval`, `report` and `--resume` as a user runs them (subprocesses):
+the embedded default (redis-server child, local Ray, a shard, the learner, an actor), stopped with
+Ctrl-C, then resumed to the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from actors import ActorRegistry
+from conftest import wait_until
+
+QFLEET = [sys.executable, "-m", "system.cli"]
+
+SMALL = [
+    "--set", "actors.num_actors=1", "--set", "actors.num_cpus=0.5", "--set", "env.num_envs=4",
+    "--set", "learner.hidden_size=32", "--set", "learner.learning_starts=500", "--set", "learner.batch_size=64",
+    "--set", "learner.publish_every=20", "--set", "learner.updates_per_env_step=0.5",
+    "--set", "train.eval_every_steps=1000", "--set", "train.eval_episodes=3", "--set", "train.log_every_s=1",
+    "--set", "replay.capacity=20000",
+]  # fmt: skip
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def listening(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, int(port))) == 0
+
+
+def qfleet(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*QFLEET, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def records(run_dir: Path, kind: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    log = open(tmp_path / "train.log", "w+")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    proc = subprocess.Popen(
+        [*QFLEET, "train", "configs/cartpole.yaml", "--run-dir", str(run_dir), *SMALL,
+         "--set", "train.total_env_steps=1000000"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )  # fmt: skip
+    seen_pids: set[int] = set()
+    addresses: set[str] = set()
+    status = None
+    try:
+
+        def trained_and_evaluated() -> bool:
+            seen_pids.update(descendants(proc.pid))
+            assert proc.poll() is None, Path(log.name).read_text()[-3000:]
+            metrics = run_dir / "metrics.jsonl"
+            return metrics.exists() and '"kind":"eval"' in metrics.read_text()
+
+        assert wait_until(trained_and_evaluated, timeout=240, step=0.5), Path(log.name).read_text()[-3000:]
+        info = json.loads((run_dir / "run.json").read_text())
+        addresses |= {info["redis_url"].split("//")[1].split("/")[0], info["shards"][0]["address"]}
+        addresses.add(info["learner"]["metrics"])
+        registry = ActorRegistry(info["redis_url"], info["run"])
+        assert wait_until(lambda: registry.actors(), timeout=30)
+        addresses |= {r["metrics"] for r in registry.actors().values()}
+        registry.close()
+        assert all(listening(a) for a in addresses), addresses
+
+        status = qfleet("status", str(run_dir), timeout=60)
+        seen_pids.update(descendants(proc.pid))
+        # Ctrl-C in a terminal goes to the whole foreground process group.
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    output = Path(log.name).read_text()
+    assert code == 0, output[-3000:]
+
+    # The live view named the learner, the shard and the actor.
+    assert status.returncode == 0, status.stderr
+    assert "learner: " in status.stdout and " updates (" in status.stdout
+    assert "shards: 1 live" in status.stdout and "actors: 1 reporting, 1 wanted" in status.stdout
+
+    # A clean stop: every child process gone, every port closed, the run saved.
+    assert seen_pids and not [pid for pid in seen_pids if alive(pid)]
+    assert not [a for a in addresses if listening(a)]
+    assert "received SIGINT" in output and "continue it with: qfleet train --resume" in output
+    assert (run_dir / "config.yaml").exists() and (run_dir / "learning_curve.png").stat().st_size > 10_000
+    assert "| env steps |" in (run_dir / "summary.md").read_text()
+    checkpoints = sorted((run_dir / "checkpoints").glob("learner-*.pt"))
+    assert checkpoints and list((run_dir / "replay" / "shard-0").glob("*.safetensors"))
+    first = json.loads((run_dir / "state.json").read_text())
+    assert first["env_steps"] >= 1000 and first["episodes"] > 0
+    progress = records(run_dir, "progress")
+    assert progress[-1]["updates"] > 0 and progress[-1]["weights_version"] > 0
+    assert records(run_dir, "eval") and records(run_dir, "episodes")
+
+    # `eval` loads the newest checkpoint without Redis, Ray or shards.
+    evaluated = qfleet("eval", str(run_dir), "--episodes", "2", timeout=120)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert checkpoints[-1].name in evaluated.stdout and "mean return" in evaluated.stdout
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert len(result["returns"]) == 2 and all(r >= 1 for r in result["returns"])
+
+    reported = qfleet("report", str(run_dir), timeout=120)
+    assert reported.returncode == 0, reported.stderr
+    assert "| final evaluation |" in reported.stdout
+
+    # --resume continues the counters, the learner and the replay.
+    target = first["env_steps"] + 1500
+    resumed = subprocess.run(
+        [*QFLEET, "train", "--resume", str(run_dir), "--set", f"train.total_env_steps={target}"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    assert f"resuming at {first['env_steps']:,} env steps" in resumed.stdout
+    assert "restored" in resumed.stderr and "resumed at update" in resumed.stderr
+    second = json.loads((run_dir / "state.json").read_text())
+    assert second["env_steps"] >= target and second["episodes"] > first["episodes"]
+    assert second["wall_s"] > first["wall_s"]
+    after = records(run_dir, "progress")[len(progress) :]
+    assert after and after[0]["env_steps"] >= first["env_steps"]
+    assert after[0]["updates"] >= progress[-1]["updates"]  # from the checkpoint on, not from 0
+    assert "finished at" in resumed.stdout
