@@ -1,0 +1,150 @@
+"""A CleanRL-style single-process DQN: the baseline `bench/learning.py` runs beside qfleet.
+
+Written here from the hyper-parameters CleanRL publishes for `dqn.py` on CartPole-v1
+(docs.cleanrl.dev, "dqn.py"): 500k steps, Adam lr 2.5e-4, replay buffer 10k, batch 128,
+gamma 0.99, hard target update every 500 steps, epsilon linearly 1 -> 0.05 over the first half of
+training, learning starts at 10k steps, one update every 10 env steps, MSE on the (non-double)
+one-step target, Q-network 120-84 ReLU MLP, one env.
+
+    python bench/dqn_baseline.py --seed 0 --eval-every 10000 --threshold 475
+
+Greedy evaluations (10 episodes) run every --eval-every steps; their time is not counted in the
+reported wall time, which is the training loop's alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class QNetwork(nn.Module):
+    def __init__(self, obs_dim: int, num_actions: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_actions)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
+    return max(end, start + (end - start) * t / duration)
+
+
+@torch.inference_mode()
+def evaluate(q: QNetwork, env_id: str, episodes: int, seed: int) -> list[float]:
+    envs = [gym.make(env_id) for _ in range(episodes)]
+    obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
+    returns = [0.0] * episodes
+    running = list(range(episodes))
+    while running:
+        actions = q(torch.as_tensor(np.stack([obs[i] for i in running]), dtype=torch.float32)).argmax(1).numpy()
+        still = []
+        for i, action in zip(running, actions, strict=True):
+            obs[i], reward, terminated, truncated, _ = envs[i].step(int(action))
+            returns[i] += float(reward)
+            if not (terminated or truncated):
+                still.append(i)
+        running = still
+    for env in envs:
+        env.close()
+    return returns
+
+
+def train(
+    seed: int,
+    env_id: str = "CartPole-v1",
+    total_steps: int = 500_000,
+    eval_every: int = 10_000,
+    eval_episodes: int = 10,
+    threshold: float | None = None,
+    lr: float = 2.5e-4,
+    buffer_size: int = 10_000,
+    batch_size: int = 128,
+    gamma: float = 0.99,
+    target_every: int = 500,
+    learning_starts: int = 10_000,
+    train_every: int = 10,
+    exploration_fraction: float = 0.5,
+) -> dict:
+    """Trains; returns the evaluation curve and when `threshold` was first reached."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    env = gym.make(env_id)
+    obs_dim, num_actions = env.observation_space.shape[0], int(env.action_space.n)
+    q, target = QNetwork(obs_dim, num_actions), QNetwork(obs_dim, num_actions)
+    target.load_state_dict(q.state_dict())
+    optimizer = torch.optim.Adam(q.parameters(), lr=lr)
+    buf_obs = np.zeros((buffer_size, obs_dim), np.float32)
+    buf_next = np.zeros((buffer_size, obs_dim), np.float32)
+    buf_act = np.zeros(buffer_size, np.int64)
+    buf_rew = np.zeros(buffer_size, np.float32)
+    buf_done = np.zeros(buffer_size, np.float32)
+    size = pos = 0
+    obs, _ = env.reset(seed=seed)
+    evals, train_seconds, reached = [], 0.0, None
+    started = time.perf_counter()
+    for step in range(1, total_steps + 1):
+        epsilon = linear_schedule(1.0, 0.05, int(exploration_fraction * total_steps), step)
+        if rng.random() < epsilon:
+            action = int(rng.integers(num_actions))
+        else:
+            with torch.inference_mode():
+                action = int(q(torch.as_tensor(obs[None], dtype=torch.float32)).argmax(1)[0])
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buf_obs[pos], buf_next[pos], buf_act[pos], buf_rew[pos], buf_done[pos] = (
+            obs, next_obs, action, reward, float(terminated)
+        )  # fmt: skip
+        pos, size = (pos + 1) % buffer_size, min(size + 1, buffer_size)
+        obs = next_obs
+        if terminated or truncated:
+            obs, _ = env.reset()
+        if step > learning_starts and step % train_every == 0:
+            idx = rng.integers(0, size, batch_size)
+            o, n = torch.from_numpy(buf_obs[idx]), torch.from_numpy(buf_next[idx])
+            a, r, d = torch.from_numpy(buf_act[idx]), torch.from_numpy(buf_rew[idx]), torch.from_numpy(buf_done[idx])
+            with torch.no_grad():
+                td_target = r + gamma * target(n).max(1).values * (1.0 - d)
+            value = q(o).gather(1, a[:, None]).squeeze(1)
+            loss = F.mse_loss(td_target, value)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if step % target_every == 0:
+            target.load_state_dict(q.state_dict())
+        if step % eval_every == 0:
+            train_seconds += time.perf_counter() - started
+            returns = evaluate(q, env_id, eval_episodes, seed=10_000 + step)
+            mean = float(np.mean(returns))
+            evals.append({"env_steps": step, "wall_s": round(train_seconds, 2), "mean_return": mean})
+            if threshold is not None and reached is None and mean >= threshold:
+                reached = {"env_steps": step, "wall_s": round(train_seconds, 2)}
+            started = time.perf_counter()
+    train_seconds += time.perf_counter() - started
+    return {"seed": seed, "evals": evals, "reached": reached, "train_seconds": round(train_seconds, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("--total-steps", type=int, default=500_000)
+    parser.add_argument("--eval-every", type=int, default=10_000)
+    parser.add_argument("--threshold", type=float, default=475.0)
+    args = parser.parse_args()
+    result = train(args.seed, args.env, args.total_steps, args.eval_every, threshold=args.threshold)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
