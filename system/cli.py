@@ -294,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.path is None and args.resume is None:
                 raise ConfigError("give a CONFIG (e.g. configs/cartpole.yaml), or --resume RUN_DIR")
+            if args.resume is not None and args.run_dir is not None:
+                raise ConfigError("--run-dir with --resume: a resumed run stays in its own directory")
             return run_train(args.path, args.set, args.run_dir, args.resume)
         if args.command == "eval":
             from system.evaluate import main_eval
@@ -369,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"qfleet: config error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("qfleet: interrupted", file=sys.stderr)
+        return 130
     except SpecMismatchError as exc:
         print(f"qfleet: {exc}", file=sys.stderr)
         return 2

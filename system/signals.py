@@ -7,12 +7,20 @@ import signal
 import threading
 
 
-def stop_on_signals(log: logging.Logger, what_happens: str) -> threading.Event:
-    """An event set by SIGTERM or SIGINT (Ctrl-C), which also logs `what_happens` next."""
+def stop_on_signals(log: logging.Logger, what_happens: str, force_on_second: bool = False) -> threading.Event:
+    """An event set by SIGTERM or SIGINT (Ctrl-C), which also logs `what_happens` next.
+
+    With `force_on_second`, a second signal while the orderly stop is under way raises
+    KeyboardInterrupt in the main thread: the impatient user's way out.
+    """
     stop = threading.Event()
 
     def on_signal(signum, _frame):
-        log.info("received %s: %s", signal.Signals(signum).name, what_happens)
+        name = signal.Signals(signum).name
+        if stop.is_set() and force_on_second:
+            log.warning("second %s: leaving without finishing the orderly stop", name)
+            raise KeyboardInterrupt
+        log.info("received %s: %s", name, what_happens)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)

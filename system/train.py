@@ -148,6 +148,11 @@ def _check(config: RunConfig, spec) -> None:
             f"{which} is not set: on a Ray cluster (ray.address) the run needs a Redis every node reaches "
             "(redis.url), and the other way round; set both, or neither for the embedded default"
         )
+    if config.ray.address is None and learner.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"learner.device={learner.device!r}: CUDA is not available on this machine")
     need = total_capacity * spec.item_nbytes()
     available = _memory_available()
     if config.ray.address is None and available is not None and need > 0.8 * available:
@@ -243,7 +248,9 @@ def run_train(config_path: str | None, overrides: list[str], run_dir: str | None
     """Entry of `qfleet train` after argument parsing; returns the exit code."""
     p = plan(config_path, overrides, run_dir, resume)
     config, run = p.config, p.run
-    stop = stop_on_signals(log, "stopping: actors flush, the learner checkpoints, shards checkpoint")
+    stop = stop_on_signals(
+        log, "stopping in order: actors flush, the learner checkpoints, shards checkpoint (again: at once)", True
+    )
     run.write_config(config)
     session = _Session(p, stop)
     what = f"resuming at {session.totals.env_steps0:,} env steps" if resume else "fresh"

@@ -80,6 +80,7 @@ def test_config_reference_and_resolved_config(tmp_path):
         (["train", "configs/cartpole.yaml", "--set", "replay.capacity=1000000000"], "replay.capacity=1000000000:"),
         (["train", "configs/cartpole.yaml", "--set", "ray.address=auto"], "redis.url is not set"),
         (["train", "--resume", "does/not/exist"], "not a qfleet run directory"),
+        (["train", "--resume", "runs/x", "--run-dir", "runs/y"], "--run-dir with --resume"),
         (["eval", "does/not/exist"], "not a qfleet run directory"),
         (["status"], "give a RUN_DIR"),
         (["status", "--redis-url", "redis://127.0.0.1:1/0"], "redis://127.0.0.1:1/0"),
