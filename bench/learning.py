@@ -84,41 +84,46 @@ def summarise(result: dict, threshold: float | None) -> dict:
         out["reached_env_steps"] = evals[hit]["env_steps"] if hit is not None else None
         out["reached_wall_s"] = evals[hit]["wall_s"] if hit is not None else None
         out["min_after"] = min(e["mean_return"] for e in evals[hit:]) if hit is not None else None
-        out["held"] = hit is not None and out["min_after"] >= threshold
+        # From which evaluation on every evaluation stays at or above the threshold ("held").
+        stable = len(evals)
+        while stable > 0 and evals[stable - 1]["mean_return"] >= threshold:
+            stable -= 1
+        out["held_from_env_steps"] = evals[stable]["env_steps"] if stable < len(evals) else None
+        out["held_from_wall_s"] = evals[stable]["wall_s"] if stable < len(evals) else None
     return out
+
+
+def _fmt(value, spec: str) -> str:
+    return "never" if value is None else format(value, spec)
+
+
+def _median(rows: list[dict], key: str, spec: str) -> str:
+    value = statistics.median([r[key] if r[key] is not None else float("inf") for r in rows])
+    return _fmt(None if value == float("inf") else value, spec)
 
 
 def table(name: str, rows: list[dict], threshold: float | None) -> str:
     if threshold is None:
         head = f"| {name} seed | final eval return | wall time (s) |\n|---:|---:|---:|\n"
         body = "".join(f"| {r['seed']} | {r['final']:.1f} | {r['wall_s']:.0f} |\n" for r in rows)
-        finals = [r["final"] for r in rows]
-        return head + body + f"| median | {statistics.median(finals):.1f} | |\n"
+        return head + body + f"| median | {statistics.median(r['final'] for r in rows):.1f} | |\n"
+    t = f"{threshold:g}"
     head = (
-        f"| {name} seed | env steps to >= {threshold:g} | wall time to it (s) | lowest eval after | held | "
-        "final eval | run wall time (s) |\n|---:|---:|---:|---:|---|---:|---:|\n"
+        f"| {name} seed | first eval >= {t} (env steps) | wall time to it (s) | lowest eval after | "
+        f"every eval >= {t} from (env steps) | wall time to it (s) | final eval | run wall time (s) |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
-
-    def fmt(value, spec):
-        return "never" if value is None else format(value, spec)
-
     body = "".join(
-        f"| {r['seed']} | {fmt(r['reached_env_steps'], ',')} | {fmt(r['reached_wall_s'], '.0f')} | "
-        f"{fmt(r['min_after'], '.1f')} | {'yes' if r['held'] else 'no'} | {r['final']:.1f} | {r['wall_s']:.0f} |\n"
+        f"| {r['seed']} | {_fmt(r['reached_env_steps'], ',')} | {_fmt(r['reached_wall_s'], '.0f')} | "
+        f"{_fmt(r['min_after'], '.1f')} | {_fmt(r['held_from_env_steps'], ',')} | "
+        f"{_fmt(r['held_from_wall_s'], '.0f')} | {r['final']:.1f} | {r['wall_s']:.0f} |\n"
         for r in rows
     )
-    steps = [r["reached_env_steps"] if r["reached_env_steps"] is not None else float("inf") for r in rows]
-    walls = [r["reached_wall_s"] if r["reached_wall_s"] is not None else float("inf") for r in rows]
-    median_steps, median_wall = statistics.median(steps), statistics.median(walls)
-    return (
-        head
-        + body
-        + (
-            f"| median | {fmt(None if median_steps == float('inf') else median_steps, ',.0f')} | "
-            f"{fmt(None if median_wall == float('inf') else median_wall, '.0f')} | | "
-            f"{sum(r['held'] for r in rows)}/{len(rows)} held | | |\n"
-        )
+    medians = (
+        f"| median | {_median(rows, 'reached_env_steps', ',.0f')} | {_median(rows, 'reached_wall_s', '.0f')} | | "
+        f"{_median(rows, 'held_from_env_steps', ',.0f')} | {_median(rows, 'held_from_wall_s', '.0f')} | | |\n"
     )
+    return head + body + medians
 
 
 def main() -> None:
@@ -136,7 +141,14 @@ def main() -> None:
     parser.add_argument("--env", default="CartPole-v1", help="the baseline's env (default: CartPole-v1)")
     parser.add_argument("--out-dir", default="runs/bench-learning", help="run directories and logs")
     parser.add_argument("--output", help="write every figure as JSON here")
+    parser.add_argument("--summarise", metavar="JSON", help="only print the tables of an earlier --output file")
     args = parser.parse_args()
+    if args.summarise:
+        results = json.loads(pathlib.Path(args.summarise).read_text())
+        for side in ("qfleet", "baseline"):
+            if results[side]:
+                print(table(side, [summarise(r, args.threshold) for r in results[side]], args.threshold))
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     out_dir = pathlib.Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,51 @@
+"""`qfleet train`'s plan: what it derives from a config before anything starts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from learner import sample_error_buffer
+from replay.rate_limiter import RateLimiter
+from system.dataclass_args import ConfigError
+from system.run_dir import RunDir
+from system.train import plan, shard_config
+
+
+def limiter_of(settings) -> RateLimiter:
+    return RateLimiter(settings.min_size, settings.samples_per_insert, settings.error_buffer)
+
+
+def test_a_shard_takes_learning_starts_items_before_any_sample_then_holds_writers_to_the_utd(tmp_path):
+    p = plan("configs/cartpole.yaml", ["train.num_shards=2"], str(tmp_path / "run"), None)
+    learner = p.config.learner
+    spi = learner.samples_per_insert
+    slack = math.floor(sample_error_buffer(learner) / spi) + 1  # min_size 1: the first item is free
+    for shard_id in (0, 1):
+        settings = shard_config(p.config, shard_id, "redis://127.0.0.1:1/0", p.name, p.run)
+        assert settings.shard_id == shard_id and settings.run == p.name
+        assert settings.checkpoint_dir == str(tmp_path / "run" / "replay" / f"shard-{shard_id}")
+        limiter = limiter_of(settings)
+        # Either shard alone can fill the whole warm-up: actors never wait on a shard the learner
+        # cannot sample yet (a deadlock if the actors all write to one shard).
+        assert limiter.insertable(10**9, inserts=0, samples=0) == learner.learning_starts + slack
+        # Afterwards a writer gets one item per `spi` sampled items: the UTD, enforced on actors.
+        inserts = learner.learning_starts + slack
+        assert limiter.insertable(10**9, inserts, samples=0) == 0
+        assert limiter.insertable(10**9, inserts, samples=int(100 * spi)) == 100
+        # ... and the learner may sample everything the ratio allows on that shard.
+        assert limiter.sampleable(10**9, inserts, samples=0) >= inserts * spi
+
+
+def test_seed_names_and_existing_run_directories(tmp_path):
+    p = plan("configs/cartpole.yaml", ["train.seed=7"], str(tmp_path / "seeded"), None)
+    assert (p.config.learner.seed, p.config.actors.seed, p.config.replay.seed) == (7, 7, 7)
+    assert p.name == "seeded" and p.config.train.run_dir == str(tmp_path / "seeded")
+    assert p.obs_shape == (4,) and p.action_space.num_actions == 2
+    RunDir(tmp_path / "seeded").write_config(p.config)
+    with pytest.raises(ConfigError, match="already holds a run: continue it with --resume"):
+        plan("configs/cartpole.yaml", [], str(tmp_path / "seeded"), None)
+    resumed = plan(None, ["train.total_env_steps=123"], None, str(tmp_path / "seeded"))
+    assert resumed.config.train.total_env_steps == 123 and resumed.config.learner.seed == 7
+    assert resumed.state == {}
