@@ -76,7 +76,10 @@ def test_config_reference_and_resolved_config(tmp_path):
         (["train"], "give a CONFIG"),
         (["train", "configs/cartpole.yaml", "--set", "learner.batch_sizee=3"], "learner.batch_sizee: unknown key"),
         (["train", "configs/cartpole.yaml", "--set", "env.id=NoSuchEnv-v9"], "NoSuchEnv-v9"),
-        (["train", "configs/cartpole.yaml", "--set", "learner.learning_starts=10"], "learner.batch_size=256"),
+        (
+            ["train", "configs/cartpole.yaml", "--set", "learner.learning_starts=10"],
+            "exceeds learner.learning_starts=10",
+        ),
         (["train", "configs/cartpole.yaml", "--set", "replay.capacity=1000000000"], "replay.capacity=1000000000:"),
         (["train", "configs/cartpole.yaml", "--set", "ray.address=auto"], "redis.url is not set"),
         (["train", "--resume", "does/not/exist"], "not a qfleet run directory"),
