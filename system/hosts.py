@@ -19,6 +19,17 @@ from replay import ReplayConfig, ReplayServer, Spec
 log = logging.getLogger("qfleet.train")
 
 
+def node_address() -> str:
+    """This Ray node's address as the cluster knows it (what `ray start --node-ip-address` set)."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node["NodeID"] == node_id:
+            return node["NodeManagerAddress"]
+    return ray.util.get_node_ip_address()
+
+
 class ShardHost:
     """One replay shard serving gRPC from inside a Ray actor.
 
@@ -31,9 +42,7 @@ class ShardHost:
 
     def __init__(self, spec: Spec, config: ReplayConfig, node_ip: bool = False):
         if node_ip:
-            import ray
-
-            config = dataclasses.replace(config, host=ray.util.get_node_ip_address())
+            config = dataclasses.replace(config, host=node_address())
         self.server = ReplayServer(spec, config=config).start()
 
     def describe(self) -> dict:
@@ -69,7 +78,8 @@ class LearnerHost:
         redis_url, run: the run's Redis.
         checkpoint_dir: learner checkpoints (resumed when present).
         num_threads: torch intra-op threads.
-        metrics_host: interface of /metrics (a free port); None: no /metrics.
+        metrics_host: interface of /metrics (a free port); "node": this Ray node's IP; None: no
+            /metrics.
     """
 
     REPORT_EVERY_S = 1.0
@@ -101,6 +111,8 @@ class LearnerHost:
         self.learner.metrics.registry.register(ShardedCollector(self.replay))
         self.metrics_address = ""
         self._http = None
+        if metrics_host == "node":
+            metrics_host = node_address()
         if metrics_host is not None:
             self._http, _ = start_http_server(0, addr=metrics_host, registry=self.learner.metrics.registry)
             host = socket.gethostname() if metrics_host == "0.0.0.0" else metrics_host

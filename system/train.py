@@ -402,7 +402,7 @@ class _Session:
             "max_restarts": 0,
             "name": f"qfleet-{self.name}-learner",
         }
-        metrics_host = "0.0.0.0" if config.ray.address is not None else "127.0.0.1"
+        metrics_host = "node" if config.ray.address is not None else "127.0.0.1"
         self.learner = self.ray.remote(LearnerHost).options(**options).remote(
             config, self.plan.obs_shape, self.plan.action_space, redis_url, self.name,
             str(self.dir.checkpoints), max(1, int(train.learner_num_cpus)), metrics_host,
