@@ -122,18 +122,22 @@ class ActorFleet:
             if actor_id >= count:
                 self._retire(actor_id)
 
-    def _retire(self, actor_id: int) -> None:
+    def _retire(self, actor_id: int, deadline: float | None = None) -> None:
         """Lets the actor finish its chunk, flush and close, then kills it."""
         slot = self._slots.pop(actor_id)
         ray = self._ray
         # An actor that never reported may be waiting for resources: don't wait long for it.
         patience = 30.0 if slot.stats is not None else 5.0
+        if deadline is None:
+            deadline = time.monotonic() + self.chunk_s + patience
         try:
-            if slot.ref is not None and not ray.wait([slot.ref], timeout=self.chunk_s + patience)[0]:
-                raise TimeoutError(f"its chunk did not end within {self.chunk_s + patience:.0f} s")
+            if slot.ref is not None and not ray.wait([slot.ref], timeout=max(0.0, deadline - time.monotonic()))[0]:
+                raise TimeoutError("its chunk did not end in time (is it waiting for a replay that no longer samples?)")
             self._closed_stats.append(ray.get(slot.handle.close.remote(), timeout=60))
         except Exception as exc:  # dead, stuck or never started: nothing left to flush
             log.warning("actor %d did not close cleanly (%s); killing it", actor_id, _first_line(exc))
+            if slot.stats is not None:  # its last report still counts (what it did since is lost)
+                self._closed_stats.append(slot.stats)
         ray.kill(slot.handle, no_restart=True)
         log.info("actor %d retired", actor_id)
 
@@ -232,8 +236,9 @@ class ActorFleet:
 
     def stop(self) -> FleetStats:
         """Lets running chunks finish, flushes and closes every actor, and kills them."""
+        deadline = time.monotonic() + self.chunk_s + 30.0  # one wait for all, not one per actor
         for actor_id in sorted(self._slots, reverse=True):
-            self._retire(actor_id)
+            self._retire(actor_id, deadline)
         stats = self.stats()
         self.registry.close()
         return stats

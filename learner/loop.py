@@ -32,6 +32,9 @@ from replay import Prefetcher, ShardedReplay
 
 log = logging.getLogger(__name__)
 
+PUBLISH_MEMORY = 1000
+"""Publish times kept for the sample-age metric; older versions count from the learner's start."""
+
 
 def sample_error_buffer(config: LearnerConfig) -> float:
     """Slack of the learner's global samples-per-insert window, in sampled items: room for the
@@ -150,7 +153,8 @@ class Learner:
         self.rng = np.random.default_rng(config.seed)
         self.updates = 0
         self.version = 0
-        self._published_at: dict[int, float] = {0: time.time()}
+        self._started_at = time.time()  # the age of data from versions no longer remembered
+        self._published_at: dict[int, float] = {}  # version -> publish time, the last PUBLISH_MEMORY
         self.resumed_from: pathlib.Path | None = None
         self.last_result = None
         """The `UpdateResult` of the latest update (loss, q_mean, ...), None before the first."""
@@ -220,7 +224,7 @@ class Learner:
         self.version += 1
         self.weight_store.publish(self.agent.policy_state(), self.version)
         self._published_at[self.version] = time.time()
-        self._published_at.pop(self.version - 1000, None)
+        self._published_at.pop(self.version - PUBLISH_MEMORY, None)
         self.metrics.weight_version.set(self.version)
         return self.version
 
@@ -261,7 +265,7 @@ class Learner:
         if versions is not None:
             metrics.policy_staleness.set(self.version - float(np.mean(versions)))
             now = time.time()
-            ages = [now - self._published_at.get(int(v), self._published_at[0]) for v in np.unique(versions)]
+            ages = [now - self._published_at.get(int(v), self._started_at) for v in np.unique(versions)]
             metrics.sample_age.set(float(np.mean(ages)))
         stats = self.replay.stats() if hasattr(self.replay, "stats") else None
         if stats and stats["inserts"]:

@@ -528,7 +528,7 @@ class _Session:
         if self.fleet is not None:
             try:
                 stats = self.fleet.stop()
-                self.env_steps = self.totals.env_steps0 + stats.env_steps
+                self.env_steps = max(self.env_steps, self.totals.env_steps0 + stats.env_steps)
                 log.info("actors stopped: %s transitions inserted, %s lost",
                          f"{stats.transitions_inserted:,}", f"{stats.transitions_lost:,}")  # fmt: skip
             except Exception as exc:

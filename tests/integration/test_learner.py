@@ -151,3 +151,20 @@ def test_checkpoint_then_new_process_resume_gives_identical_next_update(tmp_path
     for name, tensor in here.items():
         assert torch.equal(there[name], tensor), f"{name} differs after resume"
     assert json.loads(Path(str(out) + ".json").read_text()) == {"updates": 5, "version": 3}
+
+
+def test_sample_age_survives_more_publications_than_it_remembers(shards, redis_server):
+    """Regression: at weights version PUBLISH_MEMORY the learner forgot the publish time that data
+    of version 0 (the actors' initial weights) is aged against, and died with a KeyError."""
+    from learner.loop import PUBLISH_MEMORY
+
+    shards.insert(cartpole_transitions(6000, version=0))
+    shards.flush()
+    config = dataclasses.replace(SMALL, publish_every=1, checkpoint_every=10**6)
+    store = WeightStore(redis_server.url, "learn")
+    learner = Learner(config, make_replay(config, redis_server.url, "learn"), (4,), ActionSpace(num_actions=2),
+                      run="learn", weight_store=store)  # fmt: skip
+    summary = learner.run(max_updates=PUBLISH_MEMORY + 10)
+    assert summary.version > PUBLISH_MEMORY
+    assert learner.metrics.sample_age._value.get() > 0
+    store.close()
