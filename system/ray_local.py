@@ -18,6 +18,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+        # "local": always a new instance of our own, never one that happens to run on this
+        # machine already (another run's, a benchmark's), which a bare ray.init() would join.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     else:
         ray.init(address=address, logging_level=logging.WARNING)

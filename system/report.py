@@ -63,7 +63,8 @@ def plot_learning_curve(run: RunDir, path=None):
         ax.set_xlabel(label)
         ax.set_ylabel("return")
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="lower right", fontsize=8)
+    if len(smoothed) or evals:
+        axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(f"{config.env.id}: run {config.train.run_name or run.path.name}")
     fig.savefig(path, dpi=110)
     plt.close(fig)
