@@ -40,9 +40,10 @@ def run_qfleet(config: str, seed: int, args, out_dir: pathlib.Path) -> dict:
     with open(out_dir / f"qfleet-seed{seed}.log", "w") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=_env()).returncode
     wall = time.perf_counter() - started
-    if code != 0:
-        raise SystemExit(f"qfleet train (seed {seed}) exited {code}; see {out_dir / f'qfleet-seed{seed}.log'}")
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    if code != 0:  # reported with the seed's figures so far; the other seeds still run
+        print(f"[learning] qfleet train (seed {seed}) exited {code}; see {out_dir / f'qfleet-seed{seed}.log'}")
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
     records = [json.loads(line) for line in lines]
     evals = [
         {"env_steps": r["env_steps"], "wall_s": r["wall_s"], "mean_return": r["mean_return"]}
@@ -57,6 +58,7 @@ def run_qfleet(config: str, seed: int, args, out_dir: pathlib.Path) -> dict:
         "updates": progress[-1]["updates"] if progress else 0,
         "env_steps": progress[-1]["env_steps"] if progress else 0,
         "achieved_utd": progress[-1]["achieved_utd"] if progress else 0.0,
+        "exit_code": code,
     }
 
 
@@ -105,8 +107,8 @@ def _median(rows: list[dict], key: str, spec: str) -> str:
 def table(name: str, rows: list[dict], threshold: float | None) -> str:
     if threshold is None:
         head = f"| {name} seed | final eval return | wall time (s) |\n|---:|---:|---:|\n"
-        body = "".join(f"| {r['seed']} | {r['final']:.1f} | {r['wall_s']:.0f} |\n" for r in rows)
-        return head + body + f"| median | {statistics.median(r['final'] for r in rows):.1f} | |\n"
+        body = "".join(f"| {r['seed']} | {_fmt(r['final'], '.1f')} | {r['wall_s']:.0f} |\n" for r in rows)
+        return head + body + f"| median | {_median(rows, 'final', '.1f')} | |\n"
     t = f"{threshold:g}"
     head = (
         f"| {name} seed | first eval >= {t} (env steps) | wall time to it (s) | lowest eval after | "
@@ -116,7 +118,7 @@ def table(name: str, rows: list[dict], threshold: float | None) -> str:
     body = "".join(
         f"| {r['seed']} | {_fmt(r['reached_env_steps'], ',')} | {_fmt(r['reached_wall_s'], '.0f')} | "
         f"{_fmt(r['min_after'], '.1f')} | {_fmt(r['held_from_env_steps'], ',')} | "
-        f"{_fmt(r['held_from_wall_s'], '.0f')} | {r['final']:.1f} | {r['wall_s']:.0f} |\n"
+        f"{_fmt(r['held_from_wall_s'], '.0f')} | {_fmt(r['final'], '.1f')} | {r['wall_s']:.0f} |\n"
         for r in rows
     )
     medians = (
