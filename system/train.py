@@ -42,6 +42,9 @@ log = logging.getLogger("qfleet.train")
 RECORD_EVERY_S = 1.0
 """Seconds between progress records in metrics.jsonl."""
 
+RATE_WINDOW_S = 10.0
+"""Env steps/s in progress lines and records: over this many seconds."""
+
 RECENT_EPISODES = 100
 """The "recent return" is the mean over this many latest episodes."""
 
@@ -419,7 +422,8 @@ class _Session:
 
         train, totals = self.config.train, self.totals
         last_record = last_line = last_state = time.monotonic()
-        last_steps = self.env_steps
+        # Actors report once per chunk (about a second): the rate is taken over a 10 s window.
+        window: deque[tuple[float, int]] = deque([(last_record, self.env_steps)])
         while not self.stop.is_set():
             try:
                 stats = self.fleet.poll(timeout=0.25)
@@ -431,9 +435,13 @@ class _Session:
             records += self._evaluations()
             now = time.monotonic()
             if now - last_record >= RECORD_EVERY_S:
-                record = self._progress_record(stats, (self.env_steps - last_steps) / (now - last_record))
+                window.append((now, self.env_steps))
+                while len(window) > 2 and now - window[1][0] >= RATE_WINDOW_S:
+                    window.popleft()
+                rate = (self.env_steps - window[0][1]) / max(now - window[0][0], 1e-9)
+                record = self._progress_record(stats, rate)
                 records.append(record)
-                last_record, last_steps = now, self.env_steps
+                last_record = now
                 if now - last_line >= train.log_every_s:
                     print(_progress_line(record, train.total_env_steps), flush=True)
                     last_line = now
