@@ -97,6 +97,12 @@ def plan(config_path: str | None, overrides: list[str], run_dir: str | None, res
         run = RunDir(resume)
         config = run.load_config(overrides)
         state = run.read_json("state.json") or {}
+        done = int(state.get("env_steps", 0))
+        if done >= config.train.total_env_steps:
+            raise ConfigError(
+                f"train.total_env_steps={config.train.total_env_steps}: the run already did {done:,} env steps; "
+                f"go further with --set train.total_env_steps=N (N > {done})"
+            )
         train = dataclasses.replace(config.train, run_dir=str(run.path))
         config = dataclasses.replace(config, train=train)
     else:

@@ -49,3 +49,7 @@ def test_seed_names_and_existing_run_directories(tmp_path):
     resumed = plan(None, ["train.total_env_steps=123"], None, str(tmp_path / "seeded"))
     assert resumed.config.train.total_env_steps == 123 and resumed.config.learner.seed == 7
     assert resumed.state == {}
+    RunDir(tmp_path / "seeded").write_json("state.json", {"env_steps": 50_000})
+    with pytest.raises(ConfigError, match="already did 50,000 env steps"):
+        plan(None, ["train.total_env_steps=50000"], None, str(tmp_path / "seeded"))
+    assert plan(None, ["train.total_env_steps=60000"], None, str(tmp_path / "seeded")).state["env_steps"] == 50_000
