@@ -149,9 +149,11 @@ class LearnerHost:
         now, updates = time.monotonic(), self.learner.updates
         last_time, last_updates = self._last
         stats = self.replay.stats()
+        rate = (updates - last_updates) / max(now - last_time, 1e-9)
+        self.learner.metrics.updates_per_second.set(rate)  # the loop itself logs (and sets it) rarely here
         self._progress = {
             "updates": updates,
-            "updates_per_second": (updates - last_updates) / max(now - last_time, 1e-9),
+            "updates_per_second": rate,
             "version": self.learner.version,
             "inserts": stats["inserts"],
             "achieved_utd": updates / stats["inserts"] if stats["inserts"] else 0.0,

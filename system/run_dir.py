@@ -8,6 +8,7 @@
       metrics.jsonl        one JSON object per line: {"kind": "progress" | "eval" | "episodes", ...}
       checkpoints/         learner checkpoints (learner-<updates>.pt)
       replay/shard-<i>/    replay shard checkpoints
+      prometheus/targets.json   every component's /metrics, for Prometheus' file-based discovery
       learning_curve.png   return vs env steps and vs wall time (written at the end, and by report)
       summary.md           the summary table (idem)
       eval.json            the latest `qfleet eval`

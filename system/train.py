@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from actors import UnsupportedEnvError, describe_env
 from system.config import RunConfig, load_config
 from system.dataclass_args import ConfigError
+from system.discovery import DISCOVERY_EVERY_S
 from system.run_dir import RunDir
 from system.signals import stop_on_signals
 
@@ -328,6 +329,7 @@ class _Session:
         redis_url = self.config.redis.url or self._start_redis()
         self.info["redis_url"] = redis_url
         self._start_ray()
+        self._start_metrics()
         self.dir.write_json("run.json", self.info)
         steps = [self._start_shards, self._start_learner]
         for step in steps:
@@ -376,6 +378,40 @@ class _Session:
             init_ray(None, num_cpus=config.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(need)))
         else:
             init_ray(config.ray.address)
+
+    def _start_metrics(self) -> None:
+        from prometheus_client import start_http_server
+
+        from system.train_metrics import TrainMetrics
+
+        train = self.config.train
+        self.metrics = TrainMetrics(self.name)
+        self.metrics.target_env_steps.set(train.total_env_steps)
+        self.metrics_address = None
+        if train.metrics_port is not None:
+            try:
+                self._http, _ = start_http_server(train.metrics_port, addr=train.metrics_host,
+                                                  registry=self.metrics.registry)  # fmt: skip
+            except OSError as exc:
+                raise TrainError(f"train.metrics_port: cannot listen on {train.metrics_host}:{train.metrics_port}: "
+                                 f"{exc.strerror}") from None  # fmt: skip
+            host = socket.gethostname() if train.metrics_host == "0.0.0.0" else train.metrics_host
+            self.metrics_address = f"{host}:{self._http.server_port}"
+            self.info["metrics"] = self.metrics_address
+            log.info("driver metrics %s; Prometheus targets in %s", self.metrics_address, self.targets_path)
+
+    @property
+    def targets_path(self):
+        return self.dir.path / "prometheus" / "targets.json"
+
+    def _write_targets(self, final: bool = False) -> None:
+        from system.discovery import discover, write_targets
+
+        try:
+            groups = [] if final else discover(self.info["redis_url"], self.name, self.metrics_address)
+            write_targets(self.targets_path, groups)
+        except Exception as exc:  # discovery is best effort: the next round tries again
+            log.debug("Prometheus targets not updated: %s", exc)
 
     def _start_shards(self, redis_url: str) -> None:
         from system.hosts import ShardHost
@@ -427,7 +463,8 @@ class _Session:
         from actors import FleetError
 
         train, totals = self.config.train, self.totals
-        last_record = last_line = last_state = time.monotonic()
+        last_record = last_line = last_state = last_targets = time.monotonic()
+        self._write_targets()
         # Actors report once per chunk (about a second): the rate is taken over a 10 s window.
         window: deque[tuple[float, int]] = deque([(last_record, self.env_steps)])
         while not self.stop.is_set():
@@ -452,6 +489,9 @@ class _Session:
                     print(_progress_line(record, train.total_env_steps), flush=True)
                     last_line = now
             self.dir.append_records(records)
+            if now - last_targets >= DISCOVERY_EVERY_S:
+                self._write_targets()
+                last_targets = now
             if now - last_state >= 10.0:
                 self.dir.write_json("state.json", totals.state(self.env_steps))
                 last_state = now
@@ -531,6 +571,7 @@ class _Session:
             "transitions_lost": stats.transitions_lost,
         }
         self._latest = record
+        self.metrics.update(record)
         return record
 
     # -- stop -----------------------------------------------------------------------------------
@@ -575,6 +616,11 @@ class _Session:
             if hasattr(self, resource):
                 getattr(self, resource).close()
         self.dir.write_json("state.json", self.totals.state(self.env_steps))
+        if self.targets_path.exists():
+            self._write_targets(final=True)
+        if getattr(self, "_http", None) is not None:
+            self._http.shutdown()
+            self._http.server_close()
         if ray is not None and self.config.ray.address is None:
             ray.shutdown()
         elif ray is not None:

@@ -40,6 +40,12 @@ class TrainConfig:
     log_every_s: float = 10.0
     """Seconds between progress lines in the terminal (metrics.jsonl gets a record every second)."""
 
+    metrics_port: int | None = 0
+    """The driver's /metrics (qfleet_train_*) port (0: a free one); null: off. Every component's /metrics is listed for Prometheus in RUN_DIR/prometheus/targets.json."""
+
+    metrics_host: str = "127.0.0.1"
+    """Interface the driver's /metrics binds to."""
+
     learner_num_cpus: float = 1.0
     """CPUs the learner requests from Ray (also its torch threads, at least 1)."""
 
@@ -67,6 +73,8 @@ class TrainConfig:
             bad("eval_epsilon", "must be in [0, 1]")
         if not self.log_every_s > 0:
             bad("log_every_s", "must be > 0")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            bad("metrics_port", "must be a port number (0: any free port), or null")
         if self.learner_num_cpus < 0:
             bad("learner_num_cpus", "must be >= 0")
         if self.learner_num_gpus is not None and self.learner_num_gpus < 0:

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from actors import ActorRegistry
@@ -94,9 +95,20 @@ def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
         addresses.add(info["learner"]["metrics"])
         registry = ActorRegistry(info["redis_url"], info["run"])
         assert wait_until(lambda: registry.actors(), timeout=30)
-        addresses |= {r["metrics"] for r in registry.actors().values()}
+        actor_metrics = {r["metrics"] for r in registry.actors().values()}
+        addresses |= actor_metrics | {info["shards"][0]["metrics"]}
         registry.close()
         assert all(listening(a) for a in addresses), addresses
+        # Prometheus discovery: the driver lists every component's /metrics (and its own).
+        addresses.add(info["metrics"])
+        targets_file = run_dir / "prometheus" / "targets.json"
+        assert wait_until(lambda: len(json.loads(targets_file.read_text())) == 4, timeout=30)
+        groups = {g["labels"]["job"]: g for g in json.loads(targets_file.read_text())}
+        assert set(groups) == {"qfleet_train", "qfleet_learner", "qfleet_replay", "qfleet_actor"}
+        scraped = {info["metrics"], info["learner"]["metrics"], info["shards"][0]["metrics"]} | actor_metrics
+        assert {t for g in groups.values() for t in g["targets"]} == scraped
+        driver = urllib.request.urlopen(f"http://{info['metrics']}/metrics", timeout=10).read().decode()
+        assert 'qfleet_train_env_steps{run="run"}' in driver
 
         status = qfleet("status", str(run_dir), timeout=60)
         seen_pids.update(descendants(proc.pid))
@@ -118,6 +130,7 @@ def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
     # A clean stop: every child process gone, every port closed, the run saved.
     assert seen_pids and not [pid for pid in seen_pids if alive(pid)]
     assert not [a for a in addresses if listening(a)]
+    assert json.loads((run_dir / "prometheus" / "targets.json").read_text()) == []  # nothing left to scrape
     assert "received SIGINT" in output and "continue it with: qfleet train --resume" in output
     assert (run_dir / "config.yaml").exists() and (run_dir / "learning_curve.png").stat().st_size > 10_000
     assert "| env steps |" in (run_dir / "summary.md").read_text()

@@ -1,0 +1,49 @@
+"""Prometheus metrics of the `qfleet train` driver (`qfleet_train_*`): the run as a whole."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Gauge
+
+PREFIX = "qfleet_train"
+
+SERIES = {
+    f"{PREFIX}_env_steps": "Env steps of the run over all actors (a resumed run counts on).",
+    f"{PREFIX}_target_env_steps": "train.total_env_steps: where the run stops.",
+    f"{PREFIX}_episodes": "Episodes finished by all actors (a resumed run counts on).",
+    f"{PREFIX}_recent_return": "Mean return of the last 100 training episodes of all actors (with exploration).",
+    f"{PREFIX}_eval_return": "Mean return of the latest evaluation of the published weights.",
+    f"{PREFIX}_eval_env_steps": "Env steps of the run when the latest evaluation's weights were taken.",
+    f"{PREFIX}_replay_size": "Items held by all replay shards.",
+    f"{PREFIX}_actors": "Env actors the supervisor keeps running.",
+}
+
+
+class TrainMetrics:
+    """The driver's series; `registry` is served on the driver's /metrics."""
+
+    def __init__(self, run: str, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+
+        def gauge(name: str) -> Gauge:
+            return Gauge(name, SERIES[name], ["run"], registry=self.registry).labels(run)
+
+        self.env_steps = gauge(f"{PREFIX}_env_steps")
+        self.target_env_steps = gauge(f"{PREFIX}_target_env_steps")
+        self.episodes = gauge(f"{PREFIX}_episodes")
+        self.recent_return = gauge(f"{PREFIX}_recent_return")
+        self.eval_return = gauge(f"{PREFIX}_eval_return")
+        self.eval_env_steps = gauge(f"{PREFIX}_eval_env_steps")
+        self.replay_size = gauge(f"{PREFIX}_replay_size")
+        self.actors = gauge(f"{PREFIX}_actors")
+
+    def update(self, record: dict) -> None:
+        """Takes the values of a progress record (metrics.jsonl)."""
+        self.env_steps.set(record["env_steps"])
+        self.episodes.set(record["episodes"])
+        if record["recent_return"] is not None:
+            self.recent_return.set(record["recent_return"])
+        if record["last_eval"] is not None:
+            self.eval_env_steps.set(record["last_eval"][0])
+            self.eval_return.set(record["last_eval"][1])
+        self.replay_size.set(record["replay_size"])
+        self.actors.set(record["actors"])
