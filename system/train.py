@@ -523,8 +523,9 @@ class _Session:
             return
         version, state = fetched
         tag = {"env_steps": self.env_steps, "wall_s": round(totals.wall(), 3), "weights_version": version}
-        if self.evaluator.submit(tag, state, version):
-            totals.next_eval = (self.env_steps // every + 1) * every
+        if not self.evaluator.submit(tag, state, version):  # the previous ones are still running: skip this one
+            log.info("evaluation at %s env steps skipped: the evaluator is still busy", f"{self.env_steps:,}")
+        totals.next_eval = (self.env_steps // every + 1) * every
 
     def _evaluations(self, final: bool = False) -> list[dict]:
         records = []
