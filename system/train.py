@@ -517,21 +517,17 @@ class _Session:
         totals, every = self.totals, self.config.train.eval_every_steps
         if not every or self.env_steps < totals.next_eval:
             return
+        totals.next_eval = (self.env_steps // every + 1) * every
         fetched = self.store.fetch(0)
         if fetched is None:  # no weights published yet: evaluate at the next threshold
-            totals.next_eval = (self.env_steps // every + 1) * every
             return
         version, state = fetched
         tag = {"env_steps": self.env_steps, "wall_s": round(totals.wall(), 3), "weights_version": version}
         if not self.evaluator.submit(tag, state, version):  # the previous ones are still running: skip this one
             log.info("evaluation at %s env steps skipped: the evaluator is still busy", f"{self.env_steps:,}")
-        totals.next_eval = (self.env_steps // every + 1) * every
 
-    def _evaluations(self, final: bool = False) -> list[dict]:
-        records = []
-        for tag, result in self.evaluator.results():
-            records.append(self._eval_record(tag, result, final))
-        return records
+    def _evaluations(self) -> list[dict]:
+        return [self._eval_record(tag, result, False) for tag, result in self.evaluator.results()]
 
     def _eval_record(self, tag: dict, result, final: bool) -> dict:
         self.totals.evals += 1
