@@ -141,11 +141,14 @@ class EnvActor:
             self.metrics.epsilon.set(self.epsilon)
             self.metrics_address = ""
             if actors.metrics_port is not None:
-                server, _ = start_http_server(
-                    actors.metrics_port, addr=actors.metrics_host, registry=self.metrics.registry
-                )
+                bind = actors.metrics_host
+                if bind == "node":
+                    import ray
+
+                    bind = ray.util.get_node_ip_address()
+                server, _ = start_http_server(actors.metrics_port, addr=bind, registry=self.metrics.registry)
                 self._opened.append(_Shutdown(server))
-                host = socket.gethostname() if actors.metrics_host == "0.0.0.0" else actors.metrics_host
+                host = socket.gethostname() if bind == "0.0.0.0" else bind
                 self.metrics_address = f"{host}:{server.server_port}"
             self._pull_weights(wait=True)  # a (re)started actor acts with the newest weights from its first step
         except BaseException:

@@ -79,7 +79,7 @@ class ActorsConfig:
     """Each actor serves /metrics on this port (0: a free port, recorded in Redis for discovery); null: off."""
 
     metrics_host: str = "127.0.0.1"
-    """Interface the actors' /metrics bind to (0.0.0.0 on a cluster, so Prometheus can reach them)."""
+    """Interface the actors' /metrics bind to; "node": the IP of the Ray node the actor runs on (what `qfleet train` makes of 127.0.0.1 when ray.address is set, so Prometheus can reach them)."""
 
     seed: int = 0
     """Seeds environments, exploration and initial weights (actor i uses seed + i)."""

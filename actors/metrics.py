@@ -11,6 +11,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 PREFIX = "qfleet_actor"
 
+SERIES = {
+    f"{PREFIX}_env_steps_total": "Environment steps taken (every env of the actor's vector).",
+    f"{PREFIX}_episodes_total": "Episodes finished.",
+    f"{PREFIX}_transitions_inserted_total": "n-step transitions acknowledged by replay.",
+    f"{PREFIX}_transitions_lost_total": "Transitions no replay shard accepted within insert_retry_s (dropped, counted).",
+    f"{PREFIX}_env_restarts_total": "Environments rebuilt after raising in step or reset.",
+    f"{PREFIX}_weight_pulls_total": "New weight versions fetched from the parameter store.",
+    f"{PREFIX}_insert_wait_seconds_total": "Seconds spent blocked inserting (replay back-pressure or failover).",
+    f"{PREFIX}_weight_version": "Version of the weights the actor acts with (0: initial).",
+    f"{PREFIX}_episode_return": "Mean return of the episodes the actor finished recently.",
+    f"{PREFIX}_episode_length": "Mean length (env steps) of recently finished episodes.",
+    f"{PREFIX}_epsilon": "Exploration rate of the actor (Ape-X schedule).",
+}
+
 
 class ActorMetrics:
     """The series of one actor.
@@ -25,24 +39,22 @@ class ActorMetrics:
         labels = ("run", "actor")
         values = (run, str(actor_id))
 
-        def counter(name: str, doc: str) -> Counter:
-            return Counter(f"{PREFIX}_{name}", doc, labels, registry=self.registry).labels(*values)
+        def counter(name: str) -> Counter:
+            full = f"{PREFIX}_{name}_total"
+            return Counter(full.removesuffix("_total"), SERIES[full], labels, registry=self.registry).labels(*values)
 
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(f"{PREFIX}_{name}", doc, labels, registry=self.registry).labels(*values)
+        def gauge(name: str) -> Gauge:
+            full = f"{PREFIX}_{name}"
+            return Gauge(full, SERIES[full], labels, registry=self.registry).labels(*values)
 
-        self.env_steps = counter("env_steps", "Environment steps taken (every env of the actor's vector).")
-        self.episodes = counter("episodes", "Episodes finished.")
-        self.transitions_inserted = counter("transitions_inserted", "n-step transitions acknowledged by replay.")
-        self.transitions_lost = counter(
-            "transitions_lost", "Transitions no replay shard accepted within insert_retry_s (dropped, counted)."
-        )
-        self.env_restarts = counter("env_restarts", "Environments rebuilt after raising in step or reset.")
-        self.weight_pulls = counter("weight_pulls", "New weight versions fetched from the parameter store.")
-        self.insert_wait_seconds = counter(
-            "insert_wait_seconds", "Seconds spent blocked inserting (replay back-pressure or failover)."
-        )
-        self.weight_version = gauge("weight_version", "Version of the weights the actor acts with (0: initial).")
-        self.episode_return = gauge("episode_return", "Mean return of the episodes the actor finished recently.")
-        self.episode_length = gauge("episode_length", "Mean length (env steps) of recently finished episodes.")
-        self.epsilon = gauge("epsilon", "Exploration rate of the actor (Ape-X schedule).")
+        self.env_steps = counter("env_steps")
+        self.episodes = counter("episodes")
+        self.transitions_inserted = counter("transitions_inserted")
+        self.transitions_lost = counter("transitions_lost")
+        self.env_restarts = counter("env_restarts")
+        self.weight_pulls = counter("weight_pulls")
+        self.insert_wait_seconds = counter("insert_wait_seconds")
+        self.weight_version = gauge("weight_version")
+        self.episode_return = gauge("episode_return")
+        self.episode_length = gauge("episode_length")
+        self.epsilon = gauge("epsilon")

@@ -36,6 +36,13 @@ SHARDED_SERIES = {
 RPC_LATENCY = f"{PREFIX}_rpc_latency_seconds"
 REJECTED_BATCHES = f"{PREFIX}_rejected_batches_total"
 CHECKPOINTS = f"{PREFIX}_checkpoints_total"
+SERVER_SERIES = {
+    RPC_LATENCY: "Server-side latency of replay RPCs (per Insert batch, per Sample/UpdatePriorities/Info call).",
+    REJECTED_BATCHES: "Batches rejected for bad input.",
+    CHECKPOINTS: "Checkpoints written.",
+}
+SERIES = TABLE_SERIES | SHARDED_SERIES | SERVER_SERIES
+"""Every replay series, name -> help (histograms by their base name)."""
 
 
 class _TableCollector:
@@ -90,7 +97,7 @@ class ReplayMetrics:
         self.registry.register(_TableCollector(table, shard))
         self.rpc_latency = Histogram(
             RPC_LATENCY,
-            "Server-side latency of replay RPCs (per Insert batch, per Sample/UpdatePriorities/Info call).",
+            SERVER_SERIES[RPC_LATENCY],
             ["shard", "method"],
             registry=self.registry,
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
@@ -98,12 +105,12 @@ class ReplayMetrics:
         self._shard = shard
         self.rejected_batches = Counter(
             REJECTED_BATCHES.removesuffix("_total"),
-            "Batches rejected for bad input.",
+            SERVER_SERIES[REJECTED_BATCHES],
             ["shard"],
             registry=self.registry,
         ).labels(shard)
         self.checkpoints = Counter(
-            CHECKPOINTS.removesuffix("_total"), "Checkpoints written.", ["shard"], registry=self.registry
+            CHECKPOINTS.removesuffix("_total"), SERVER_SERIES[CHECKPOINTS], ["shard"], registry=self.registry
         ).labels(shard)
 
     def latency(self, method: str):

@@ -4,6 +4,7 @@
     qfleet eval RUN_DIR [--episodes N]
     qfleet status [RUN_DIR | --redis-url URL --run NAME]
     qfleet report RUN_DIR
+    qfleet discovery [RUN_DIR] [--redis-url URL] [--run NAME ...] [--host H] [--port P]
     qfleet replay serve [--config FILE] [--spec FILE] [--set section.key=value ...] [--capacity N ...]
     qfleet learner run --redis-url URL --run NAME [--config FILE] [--checkpoint-dir DIR] [...]
     qfleet actors run --redis-url URL --run NAME [--config FILE] [--num-actors N] [...]
@@ -134,6 +135,22 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     report.add_argument("run_dir", metavar="RUN_DIR", help="a `qfleet train` run directory")
+
+    discovery = commands.add_parser(
+        "discovery",
+        help="Prometheus HTTP service discovery of every component's /metrics (from Redis)",
+        description=(
+            "Serve Prometheus' http_sd at http://HOST:PORT/targets: the /metrics address of the driver, "
+            "learner, every live shard and every reporting actor of the runs registered in a Redis, "
+            "labelled job, run, shard and actor. deploy/prometheus/prometheus.yml points at it. Give "
+            "--redis-url (every run there, or --run NAME ...) or a `qfleet train` RUN_DIR (that run)."
+        ),
+    )
+    discovery.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a running `qfleet train` run directory")
+    discovery.add_argument("--redis-url", help="the Redis the runs register in, e.g. redis://redis:6379/0")
+    discovery.add_argument("--run", action="append", default=[], metavar="NAME", help="only this run (repeatable)")
+    discovery.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    discovery.add_argument("--port", type=int, default=9101, help="port (default: 9101; 0: any free port)")
 
     replay = commands.add_parser("replay", help="replay shard commands", description="Replay shard commands.")
     replay_commands = replay.add_subparsers(dest="replay_command", metavar="SUBCOMMAND", required=True)
@@ -307,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
             from system.status import main_status
 
             return main_status(args.run_dir, args.redis_url, args.run)
+        if args.command == "discovery":
+            from system.discovery_server import main_discovery
+
+            return main_discovery(args.run_dir, args.redis_url, args.run, args.host, args.port)
         if args.command == "report":
             from system.report import main_report
 

@@ -1,10 +1,19 @@
-"""Prometheus service discovery for a run: every component's /metrics, as file_sd target groups.
+"""Prometheus service discovery: every component's /metrics, as target groups.
 
-The `qfleet train` driver rewrites RUN_DIR/prometheus/targets.json every DISCOVERY_EVERY_S
-seconds (atomically, as Prometheus' file-based discovery expects) from what the components
-register in the run's Redis: the driver itself, the learner's status hash, every live shard and
-every reporting actor. Prometheus picks changes up without a restart; a component that leaves
-disappears from the file. At the end of the run the file is emptied.
+What a run's components register in Redis decides the targets: the driver's key (below), the
+learner's status hash, every live shard and every reporting actor. Two ways to hand them to
+Prometheus, both kept current as components come and go:
+
+- file_sd: the `qfleet train` driver rewrites RUN_DIR/prometheus/targets.json every
+  DISCOVERY_EVERY_S seconds (atomically, as Prometheus' file-based discovery expects) and empties
+  it at the end of the run;
+- http_sd: `qfleet discovery --redis-url URL` (system/discovery_server.py) answers Prometheus'
+  HTTP service discovery with the targets of every run in that Redis (the deploy/ configs).
+
+The driver's key, the only one `system` keeps in Redis:
+
+    qfleet:{run}:train:driver    hash    metrics (host:port of the driver's /metrics), host, pid,
+                                         updated_at; expires DRIVER_TTL_S after the last write
 
     [{"targets": ["127.0.0.1:45359"], "labels": {"job": "qfleet_learner", "run": "demo"}},
      {"targets": ["127.0.0.1:35277"], "labels": {"job": "qfleet_replay", "run": "demo", "shard": "0"}}, ...]
@@ -16,15 +25,72 @@ import json
 import logging
 import os
 import pathlib
+import socket
+import time
+
+import redis
 
 log = logging.getLogger("qfleet.train")
 
 DISCOVERY_EVERY_S = 5.0
-"""Seconds between rewrites of the targets file."""
+"""Seconds between rewrites of the targets file and of the driver's key."""
+
+DRIVER_TTL_S = 3 * DISCOVERY_EVERY_S
+"""The driver's key expires this long after its last write (a killed driver leaves discovery)."""
+
+# Keys whose presence means a run has components; the run name is the second field.
+_RUN_PATTERNS = ("qfleet:*:train:driver", "qfleet:*:learner:status", "qfleet:*:replay:shard:*:live",
+                 "qfleet:*:actors:actor:*")  # fmt: skip
 
 
-def discover(redis_url: str, run: str, driver_metrics: str | None) -> list[dict]:
-    """File_sd target groups of every component of run `run` that serves /metrics.
+def _driver_key(run: str) -> str:
+    return f"qfleet:{run}:train:driver"
+
+
+def register_driver(redis_url: str, run: str, metrics: str) -> None:
+    """Writes (refreshes) the driver's key; raises redis.RedisError."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    try:
+        fields = {
+            "metrics": metrics,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "updated_at": f"{time.time():.3f}",
+        }
+        pipe = client.pipeline(transaction=True)
+        pipe.hset(_driver_key(run), mapping=fields)
+        pipe.pexpire(_driver_key(run), int(DRIVER_TTL_S * 1000))
+        pipe.execute()
+    finally:
+        client.close()
+
+
+def unregister_driver(redis_url: str, run: str) -> None:
+    """Removes the driver's key (the run ended); raises redis.RedisError."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    try:
+        client.delete(_driver_key(run))
+    finally:
+        client.close()
+
+
+def runs(redis_url: str) -> list[str]:
+    """Names of the runs that have a registered component in this Redis; raises redis.RedisError."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    try:
+        names = set()
+        for pattern in _RUN_PATTERNS:
+            for key in client.scan_iter(match=pattern, count=1000):
+                names.add(key.decode().split(":")[1])
+        return sorted(names)
+    finally:
+        client.close()
+
+
+def discover(redis_url: str, run: str, driver_metrics: str | None = None) -> list[dict]:
+    """Target groups (file_sd/http_sd format) of every component of run `run` that serves /metrics.
+
+    `driver_metrics` names the driver's /metrics; None: what the driver registered, if anything.
 
     Raises:
         redis.RedisError, ReplayUnavailableError, ActorRegistryError: Redis unreachable.
@@ -39,6 +105,12 @@ def discover(redis_url: str, run: str, driver_metrics: str | None) -> list[dict]
         if address:
             groups.append({"targets": [str(address)], "labels": {"job": job, "run": run, **labels}})
 
+    if driver_metrics is None:
+        client = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        try:
+            driver_metrics = (client.hget(_driver_key(run), "metrics") or b"").decode()
+        finally:
+            client.close()
     add(driver_metrics, "qfleet_train")
     status = LearnerStatus(redis_url, run)
     shards = ShardRegistry(redis_url, run)
@@ -54,6 +126,11 @@ def discover(redis_url: str, run: str, driver_metrics: str | None) -> list[dict]
         shards.close()
         actors.close()
     return groups
+
+
+def discover_all(redis_url: str, names: list[str] | None = None) -> list[dict]:
+    """Target groups of every run in this Redis (or of `names`); raises as `discover` does."""
+    return [group for run in (runs(redis_url) if names is None else names) for group in discover(redis_url, run)]
 
 
 def write_targets(path: pathlib.Path, groups: list[dict]) -> None:

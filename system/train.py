@@ -116,7 +116,7 @@ def plan(config_path: str | None, overrides: list[str], run_dir: str | None, res
             )
         state = {}
     name = config.train.run_name or re.sub(r"[^A-Za-z0-9_.-]+", "-", run.path.resolve().name)
-    config = _seeded(config)
+    config = _reachable_metrics(_seeded(config))
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, run_dir=str(run.path), run_name=name))
     try:
         spaces = describe_env(config.env)
@@ -124,6 +124,18 @@ def plan(config_path: str | None, overrides: list[str], run_dir: str | None, res
         raise ConfigError(str(exc)) from None
     _check(config, spaces.spec)
     return Plan(config, run, name, state, spaces.obs_shape, spaces.action_space, spaces.spec)
+
+
+def _reachable_metrics(config: RunConfig) -> RunConfig:
+    """On a cluster, /metrics left on loopback move to the node's address (Prometheus runs elsewhere)."""
+    if config.ray.address is None:
+        return config
+    actors, train = config.actors, config.train
+    if actors.metrics_host == "127.0.0.1":
+        actors = dataclasses.replace(actors, metrics_host="node")
+    if train.metrics_host == "127.0.0.1":
+        train = dataclasses.replace(train, metrics_host="node")
+    return dataclasses.replace(config, actors=actors, train=train)
 
 
 def _seeded(config: RunConfig) -> RunConfig:
@@ -389,13 +401,13 @@ class _Session:
         self.metrics.target_env_steps.set(train.total_env_steps)
         self.metrics_address = None
         if train.metrics_port is not None:
+            bind = self.ray.util.get_node_ip_address() if train.metrics_host == "node" else train.metrics_host
             try:
-                self._http, _ = start_http_server(train.metrics_port, addr=train.metrics_host,
-                                                  registry=self.metrics.registry)  # fmt: skip
+                self._http, _ = start_http_server(train.metrics_port, addr=bind, registry=self.metrics.registry)
             except OSError as exc:
-                raise TrainError(f"train.metrics_port: cannot listen on {train.metrics_host}:{train.metrics_port}: "
+                raise TrainError(f"train.metrics_port: cannot listen on {bind}:{train.metrics_port}: "
                                  f"{exc.strerror}") from None  # fmt: skip
-            host = socket.gethostname() if train.metrics_host == "0.0.0.0" else train.metrics_host
+            host = socket.gethostname() if bind == "0.0.0.0" else bind
             self.metrics_address = f"{host}:{self._http.server_port}"
             self.info["metrics"] = self.metrics_address
             log.info("driver metrics %s; Prometheus targets in %s", self.metrics_address, self.targets_path)
@@ -405,11 +417,18 @@ class _Session:
         return self.dir.path / "prometheus" / "targets.json"
 
     def _write_targets(self, final: bool = False) -> None:
-        from system.discovery import discover, write_targets
+        from system.discovery import discover, register_driver, unregister_driver, write_targets
 
+        redis_url = self.info["redis_url"]
         try:
-            groups = [] if final else discover(self.info["redis_url"], self.name, self.metrics_address)
-            write_targets(self.targets_path, groups)
+            if final:
+                write_targets(self.targets_path, [])
+                if self.metrics_address:
+                    unregister_driver(redis_url, self.name)
+                return
+            if self.metrics_address:
+                register_driver(redis_url, self.name, self.metrics_address)
+            write_targets(self.targets_path, discover(redis_url, self.name, self.metrics_address or ""))
         except Exception as exc:  # discovery is best effort: the next round tries again
             log.debug("Prometheus targets not updated: %s", exc)
 

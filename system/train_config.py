@@ -44,7 +44,7 @@ class TrainConfig:
     """The driver's /metrics (qfleet_train_*) port (0: a free one); null: off. Every component's /metrics is listed for Prometheus in RUN_DIR/prometheus/targets.json."""
 
     metrics_host: str = "127.0.0.1"
-    """Interface the driver's /metrics binds to."""
+    """Interface the driver's /metrics binds to; "node": this Ray node's IP (what 127.0.0.1 becomes when ray.address is set)."""
 
     learner_num_cpus: float = 1.0
     """CPUs the learner requests from Ray (also its torch threads, at least 1)."""

@@ -35,6 +35,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         ["eval"],
         ["status"],
         ["report"],
+        ["discovery"],
     ],
 )
 def test_help_of_every_command(args):
@@ -87,6 +88,9 @@ def test_config_reference_and_resolved_config(tmp_path):
         (["eval", "does/not/exist"], "not a qfleet run directory"),
         (["status"], "give a RUN_DIR"),
         (["status", "--redis-url", "redis://127.0.0.1:1/0"], "redis://127.0.0.1:1/0"),
+        (["discovery"], "give --redis-url"),
+        (["discovery", "--redis-url", "redis://127.0.0.1:1/0"], "--redis-url redis://127.0.0.1:1/0"),
+        (["discovery", "does/not/exist"], "no run.json"),
     ],
 )
 def test_bad_input_fails_before_serving_with_a_named_key(args, message):

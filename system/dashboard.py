@@ -1,0 +1,427 @@
+"""The Grafana dashboard, generated from the packages' metric-name modules.
+
+Every query names its series through `_m(name)`, which looks the name up in the metric modules
+(learner/metrics.py, replay/metrics.py, actors/metrics.py, system/train_metrics.py) and fails on a
+name none of them defines; a panel's description defaults to the help text of its first series.
+The committed file is what this module writes:
+
+    python -m system.dashboard                 # rewrites deploy/grafana/dashboards/qfleet.json
+    python -m system.dashboard --check         # exit 1 when the committed file is not current
+
+Queries use two dashboard variables, `$run` (one or more runs) and `$__rate_interval` (Grafana's
+window for rate()); `queries()` lists every query with them for tests that run them through a
+real Prometheus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from dataclasses import dataclass
+
+from actors.metrics import SERIES as ACTOR_SERIES
+from learner.metrics import SERIES as LEARNER_SERIES
+from replay.metrics import SERIES as REPLAY_SERIES
+from system.train_metrics import SERIES as TRAIN_SERIES
+
+OUTPUT = pathlib.Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "dashboards" / "qfleet.json"
+"""The committed dashboard (provisioned into Grafana by docker-compose)."""
+
+UID = "qfleet"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+RUN = 'run=~"$run"'
+RATE = "$__rate_interval"
+
+ALL_SERIES = LEARNER_SERIES | REPLAY_SERIES | ACTOR_SERIES | TRAIN_SERIES
+
+
+def _m(name: str) -> str:
+    """`name`, checked against the metric modules (KeyError: a series nobody exports); a histogram's
+    `_bucket` series counts as its base name."""
+    if name.removesuffix("_bucket") not in ALL_SERIES:
+        raise KeyError(f"{name}: not defined in any metrics module")
+    return name
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A time-series panel: `queries` are (PromQL, legend) pairs; `unit` a Grafana unit id."""
+
+    title: str
+    unit: str
+    queries: tuple[tuple[str, str], ...]
+    description: str = ""
+    stack: bool = False
+
+    def help(self) -> str:
+        if self.description:
+            return self.description
+        first = self.queries[0][0]
+        names = [name for name in ALL_SERIES if name in first]
+        return ALL_SERIES[max(names, key=len)]
+
+
+def _sel(name: str, extra: str = "") -> str:
+    """`name{run=~"$run"[,extra]}`."""
+    return f"{_m(name)}{{{RUN}{',' + extra if extra else ''}}}"
+
+
+def _rate(name: str, by: str) -> str:
+    return f"sum by ({by}) (rate({_sel(name)}[{RATE}]))"
+
+
+def _gauge(title: str, unit: str, name: str, legend: str = "{{run}}", **kw) -> Panel:
+    return Panel(title, unit, ((_sel(name), legend),), **kw)
+
+
+def _learner() -> list[Panel]:
+    L = "qfleet_learner"
+    return [
+        Panel(
+            "Updates per second",
+            "ops",
+            (
+                (_sel(f"{L}_updates_per_second"), "{{run}} (learner's window)"),
+                (f"sum by (run) (rate({_sel(f'{L}_updates_total')}[{RATE}]))", "{{run}} (rate of updates_total)"),
+            ),
+            "Gradient updates per second: the learner's own figure over its progress interval, and the rate "
+            "of qfleet_learner_updates_total.",
+        ),  # fmt: skip
+        _gauge("Loss", "none", f"{L}_loss"),
+        _gauge("Q mean", "none", f"{L}_q_mean"),
+        _gauge("TD error", "none", f"{L}_td_error"),
+        _gauge("Gradient norm", "none", f"{L}_grad_norm"),
+        Panel(
+            "Update-to-data ratio: achieved vs target",
+            "none",
+            (
+                (_sel(f"{L}_achieved_utd"), "{{run}} achieved"),
+                (_sel(f"{L}_target_utd"), "{{run}} target"),
+            ),
+            "Updates per transition inserted into replay since the run began (achieved), against the configured "
+            "updates per env step (target). Achieved below target: the learner is the bottleneck.",
+        ),  # fmt: skip
+        Panel(
+            "Samples per insert (learner's replay client)",
+            "none",
+            (
+                (_sel("qfleet_replay_achieved_samples_per_insert"), "{{run}} achieved"),
+                (_sel("qfleet_replay_target_samples_per_insert"), "{{run}} target"),
+            ),
+            "Total samples / total inserts over all shards as the learner's client last saw them, and the ratio it "
+            "enforces (0: none).",
+        ),  # fmt: skip
+        _gauge("Weight version", "none", f"{L}_weight_version"),
+        _gauge("Policy staleness", "none", f"{L}_policy_staleness"),
+        _gauge("Sample age", "s", f"{L}_sample_age_seconds"),
+        Panel(
+            "Time waiting for data",
+            "percentunit",
+            ((f"sum by (run) (rate({_sel(f'{L}_data_wait_seconds_total')}[{RATE}]))", "{{run}}"),),
+            "Fraction of wall time the learner waited for data (replay below learning_starts, or the UTD budget "
+            "spent: actors are the bottleneck).",
+        ),  # fmt: skip
+        Panel(
+            "Updates and resets",
+            "short",
+            (
+                (_sel(f"{L}_updates_total"), "{{run}} updates"),
+                (_sel(f"{L}_resets_total"), "{{run}} resets"),
+            ),
+            "Gradient updates done and periodic resets done, since the run began (continue across resumes).",
+        ),
+    ]
+
+
+def _replay() -> list[Panel]:
+    R = "qfleet_replay"
+    return [
+        Panel(
+            "Size per shard",
+            "short",
+            (
+                (_sel(f"{R}_size"), "shard {{shard}}"),
+                (_sel(f"{R}_capacity"), "shard {{shard}} capacity"),
+            ),
+            "Items held by each shard, and its capacity.",
+        ),  # fmt: skip
+        Panel("Inserts per second", "ops", ((_rate(f"{R}_inserts_total", "run, shard"), "shard {{shard}}"),)),
+        Panel("Samples per second", "ops", ((_rate(f"{R}_samples_total", "run, shard"), "shard {{shard}}"),)),
+        Panel(
+            "Rate limiter: time blocked",
+            "percentunit",
+            ((_rate(f"{R}_limiter_wait_seconds_total", "run, shard, op"), "shard {{shard}} {{op}}"),),
+            "Seconds per second that callers spent blocked by each shard's rate limiter, by operation (insert: "
+            "actors ahead of the UTD; sample: the learner ahead).",
+        ),  # fmt: skip
+        Panel(
+            "Rate limiter: calls blocked now", "short", ((_sel(f"{R}_limiter_waiting"), "shard {{shard}} {{op}}"),)
+        ),  # fmt: skip
+        _gauge("Rate limiter: error term", "short", f"{R}_limiter_diff", "shard {{shard}}"),
+        Panel(
+            "RPC latency (server side)",
+            "s",
+            (
+                (
+                    f"histogram_quantile(0.5, sum by (le, method) (rate({_sel(f'{R}_rpc_latency_seconds_bucket')}[{RATE}])))",
+                    "p50 {{method}}",
+                ),
+                (
+                    f"histogram_quantile(0.99, sum by (le, method) (rate({_sel(f'{R}_rpc_latency_seconds_bucket')}[{RATE}])))",
+                    "p99 {{method}}",
+                ),
+            ),
+            "Median and 99th percentile of the shards' server-side RPC latency (per Insert batch, per "
+            "Sample/UpdatePriorities call), all shards together.",
+        ),  # fmt: skip
+        Panel(
+            "Dropped priority updates per second",
+            "ops",
+            ((_rate(f"{R}_dropped_priority_updates_total", "run, shard"), "shard {{shard}}"),),
+        ),  # fmt: skip
+        Panel(
+            "Rejected batches and checkpoints",
+            "short",
+            (
+                (f"sum by (run, shard) ({_sel(f'{R}_rejected_batches_total')})", "shard {{shard}} rejected"),
+                (f"sum by (run, shard) ({_sel(f'{R}_checkpoints_total')})", "shard {{shard}} checkpoints"),
+            ),
+            "Batches a shard rejected for bad input (malformed column, non-finite priority), and checkpoints "
+            "written, since the shard started.",
+        ),  # fmt: skip
+        _gauge("Priority mass", "none", f"{R}_priority_mass", "shard {{shard}}"),
+        Panel(
+            "Learner's view of the shards",
+            "short",
+            (
+                (_sel(f"{R}_live_shards"), "{{run}} live shards"),
+                (_sel(f"{R}_failovers_total"), "{{run}} failovers"),
+            ),
+            "Shards the learner's client takes as live, and how often it found one unavailable and moved on.",
+        ),
+        Panel(
+            "Inserts and samples (all shards)",
+            "short",
+            (
+                (_sel(f"{R}_global_inserts"), "{{run}} inserts"),
+                (_sel(f"{R}_global_samples"), "{{run}} samples"),
+            ),
+            "Sum of the shards' insert and sample counters, as the learner's client last saw them.",
+        ),
+    ]
+
+
+def _actors() -> list[Panel]:
+    A = "qfleet_actor"
+    return [
+        Panel(
+            "Env steps per second",
+            "ops",
+            (
+                (_rate(f"{A}_env_steps_total", "run, actor"), "actor {{actor}}"),
+                (_rate(f"{A}_env_steps_total", "run"), "{{run}} total"),
+            ),
+            "Environment steps per second of each actor (every env of its vector) and of all actors.",
+        ),
+        _gauge("Episode return", "none", f"{A}_episode_return", "actor {{actor}}"),
+        _gauge("Episode length", "short", f"{A}_episode_length", "actor {{actor}}"),
+        Panel(
+            "Weight version lag",
+            "none",
+            (
+                (
+                    f"max by (run) ({_sel('qfleet_learner_weight_version')}) - on (run) group_right "
+                    f"{_sel(f'{A}_weight_version')}",
+                    "actor {{actor}}",
+                ),
+            ),
+            "Published learner weight version minus the version each actor acts with. It grows when actors "
+            "cannot keep up with the weight broadcast.",
+        ),  # fmt: skip
+        Panel(
+            "Env restarts (last 10 min)",
+            "short",
+            ((f"sum by (run, actor) (increase({_sel(f'{A}_env_restarts_total')}[10m]))", "actor {{actor}}"),),
+            "Environments rebuilt after raising in step or reset, per actor, over the last 10 minutes.",
+        ),
+        Panel(
+            "Transitions per second",
+            "ops",
+            (
+                (_rate(f"{A}_transitions_inserted_total", "run"), "{{run}} inserted"),
+                (_rate(f"{A}_transitions_lost_total", "run"), "{{run}} lost"),
+            ),
+            "n-step transitions acknowledged by replay, and transitions no shard accepted within insert_retry_s "
+            "(dropped and counted), all actors.",
+        ),  # fmt: skip
+        Panel(
+            "Time blocked inserting",
+            "percentunit",
+            ((_rate(f"{A}_insert_wait_seconds_total", "run, actor"), "actor {{actor}}"),),
+            "Fraction of wall time each actor spent blocked inserting (replay back-pressure or failover).",
+        ),
+        Panel(
+            "Episodes and weight pulls per second",
+            "ops",
+            (
+                (_rate(f"{A}_episodes_total", "run"), "{{run}} episodes"),
+                (_rate(f"{A}_weight_pulls_total", "run"), "{{run}} weight pulls"),
+            ),
+            "Episodes finished and new weight versions fetched per second, all actors.",
+        ),
+        _gauge("Exploration (epsilon)", "percentunit", f"{A}_epsilon", "actor {{actor}}"),
+    ]
+
+
+def _run() -> list[Panel]:
+    T = "qfleet_train"
+    return [
+        Panel(
+            "Env steps",
+            "short",
+            (
+                (_sel(f"{T}_env_steps"), "{{run}}"),
+                (_sel(f"{T}_target_env_steps"), "{{run}} target"),
+            ),
+            "Env steps of the run over all actors, and train.total_env_steps where it stops.",
+        ),
+        Panel(
+            "Return",
+            "none",
+            (
+                (_sel(f"{T}_eval_return"), "{{run}} evaluation (greedy)"),
+                (_sel(f"{T}_recent_return"), "{{run}} training (last 100 episodes)"),
+            ),
+            "Mean return of the latest greedy evaluation of the published weights, and of the last 100 training "
+            "episodes (with exploration).",
+        ),  # fmt: skip
+        _gauge("Env steps at the latest evaluation", "short", f"{T}_eval_env_steps"),
+        _gauge("Episodes", "short", f"{T}_episodes"),
+        _gauge("Replay size (all shards)", "short", f"{T}_replay_size"),
+        Panel(
+            "Actors",
+            "short",
+            (
+                (_sel(f"{T}_actors"), "{{run}} desired"),
+                (f"count by (run) ({_sel('qfleet_actor_env_steps_total')})", "{{run}} reporting"),
+            ),
+            "Env actors the supervisor keeps running (qfleet scale changes it), and actors Prometheus scrapes.",
+        ),
+    ]
+
+
+ROWS = (("Run", _run), ("Learner", _learner), ("Replay", _replay), ("Actors", _actors))
+
+
+def rows() -> list[tuple[str, list[Panel]]]:
+    return [(title, build()) for title, build in ROWS]
+
+
+def queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every query on the dashboard."""
+    return [(panel.title, expr) for _, panels in rows() for panel in panels for expr, _ in panel.queries]
+
+
+def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
+    return {
+        "id": panel_id,
+        "type": "timeseries",
+        "title": panel.title,
+        "description": panel.help(),
+        "datasource": DATASOURCE,
+        "gridPos": {"h": 8, "w": 8, "x": x, "y": y},
+        "fieldConfig": {
+            "defaults": {
+                "unit": panel.unit,
+                "custom": {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never"},
+            },
+            "overrides": [],
+        },
+        "options": {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+        "targets": [
+            {"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
+            for i, (expr, legend) in enumerate(panel.queries)
+        ],
+    }
+
+
+def dashboard() -> dict:
+    """The dashboard as Grafana's JSON model."""
+    panels, panel_id, y = [], 1, 0
+    for title, row in rows():
+        panels.append({"id": panel_id, "type": "row", "title": title, "collapsed": False,
+                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})  # fmt: skip
+        panel_id, y = panel_id + 1, y + 1
+        for i, panel in enumerate(row):
+            panels.append(_panel_json(panel, panel_id, x=8 * (i % 3), y=y + 8 * (i // 3)))
+            panel_id += 1
+        y += 8 * ((len(row) + 2) // 3)
+    return {
+        "uid": UID,
+        "title": "qfleet",
+        "description": "qfleet learner, replay and actors (generated by system/dashboard.py; do not edit by hand).",
+        "tags": ["qfleet"],
+        "timezone": "browser",
+        "editable": False,
+        "refresh": "10s",
+        "schemaVersion": 39,
+        "time": {"from": "now-30m", "to": "now"},
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Data source",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                },  # fmt: skip
+                {
+                    "name": "run",
+                    "label": "Run",
+                    "type": "query",
+                    "datasource": DATASOURCE,
+                    "query": {"query": 'label_values(up{job=~"qfleet_.+"}, run)', "refId": "run"},
+                    "definition": 'label_values(up{job=~"qfleet_.+"}, run)',
+                    "refresh": 2,
+                    "multi": True,
+                    "includeAll": True,
+                    "current": {"text": "All", "value": "$__all"},
+                    "sort": 1,
+                },
+            ]
+        },
+        "panels": panels,
+    }
+
+
+def render() -> str:
+    return json.dumps(dashboard(), indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m system.dashboard", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", type=pathlib.Path, default=OUTPUT, help=f"where to write (default {OUTPUT})")
+    parser.add_argument("--check", action="store_true", help="exit 1 when the file differs from what would be written")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = args.output.read_text() if args.output.exists() else ""
+        if current != text:
+            print(f"{args.output} is not current: run python -m system.dashboard", file=sys.stderr)
+            return 1
+        print(f"{args.output} is current")
+        return 0
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(f"wrote {args.output} ({sum(len(p) for _, p in rows())} panels)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
