@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up of a fresh machine: system packages (redis-server, prometheus) when absent,
+# Idempotent set-up of a fresh machine: system packages (redis-server, prometheus, docker-compose) when absent,
 # a .venv virtualenv in the checkout with torch (CPU wheel first), the pinned requirements and
 # qfleet itself (editable). Re-running does only what is missing.
 set -euo pipefail
@@ -10,6 +10,8 @@ log() { printf '[setup] %s\n' "$*"; }
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+# docker-compose: only `docker-compose config -q` in the tests (deploy files); no Docker engine needed.
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Submits a qfleet run to a Ray cluster's job API (deploy/ray/cluster.yaml: after
+# `ray dashboard deploy/ray/cluster.yaml`, the API is on http://localhost:8265).
+#
+#   bash deploy/ray/submit.sh CONFIG RUN_NAME [--set section.key=value ...]
+#
+# The driver runs on the head, reaches the cluster with ray.address=auto and the head's Redis
+# (port 6390) by the head's own address, and writes runs/RUN_NAME on the head.
+set -euo pipefail
+if [ $# -lt 2 ]; then
+  echo "usage: $0 CONFIG RUN_NAME [--set section.key=value ...]" >&2
+  exit 2
+fi
+config=$1 run=$2
+shift 2
+address=${RAY_JOB_ADDRESS:-http://localhost:8265}
+extra=$(printf ' %q' "$@")
+exec ray job submit --address="$address" --submission-id="qfleet-$run" -- bash -c "
+  cd /opt/qfleet &&
+  head_ip=\$(python -c 'import ray.util; print(ray.util.get_node_ip_address())') &&
+  exec qfleet train $(printf %q "$config") --run-dir runs/$(printf %q "$run") \
+    --set ray.address=auto --set redis.url=redis://\$head_ip:6390/0 $extra"
