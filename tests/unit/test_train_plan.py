@@ -53,3 +53,14 @@ def test_seed_names_and_existing_run_directories(tmp_path):
     with pytest.raises(ConfigError, match="already did 50,000 env steps"):
         plan(None, ["train.total_env_steps=50000"], None, str(tmp_path / "seeded"))
     assert plan(None, ["train.total_env_steps=60000"], None, str(tmp_path / "seeded")).state["env_steps"] == 50_000
+
+
+def test_on_a_cluster_metrics_leave_loopback_unless_configured(tmp_path):
+    cluster = ["ray.address=auto", "redis.url=redis://10.0.0.1:6390/0"]
+    p = plan("configs/cartpole.yaml", cluster, str(tmp_path / "a"), None)
+    # Prometheus runs on another machine: the driver and actors advertise their node's address.
+    assert p.config.actors.metrics_host == "node" and p.config.train.metrics_host == "node"
+    chosen = plan("configs/cartpole.yaml", [*cluster, "actors.metrics_host=0.0.0.0"], str(tmp_path / "b"), None)
+    assert chosen.config.actors.metrics_host == "0.0.0.0"
+    local = plan("configs/cartpole.yaml", [], str(tmp_path / "c"), None)
+    assert local.config.actors.metrics_host == "127.0.0.1" and local.config.train.metrics_host == "127.0.0.1"
