@@ -1,9 +1,10 @@
 """qfleet actors: environments, n-step transitions, the env actor and the fleet that runs them.
 
 Public surface:
-    EnvConfig, ActorsConfig (configuration);
+    EnvConfig, ActorsConfig, AndroidConfig (configuration);
     make_env, describe_env, transition_spec, EnvSpaces, EnvVector, UnsupportedEnvError,
-    EnvFailedError (environments);
+    EnvFailedError (environments); AndroidGymEnv, AndroidSetupError, SimulatorTimeoutError,
+    check_emulator (qfleet/Android-v0 over android_env);
     NStepAccumulator, apex_epsilons (the math);
     EnvActor, ActorStats (one actor), WeightSubscriber (its weights, followed in the background),
     ActorFleet, FleetStats, FleetError (many, on Ray);
@@ -12,7 +13,7 @@ Public surface:
 
 import importlib
 
-from actors.config import ActorsConfig, EnvConfig
+from actors.config import ActorsConfig, AndroidConfig, EnvConfig
 from actors.envs import EnvFailedError, EnvSpaces, EnvVector, describe_env, make_env, transition_spec
 from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
@@ -27,6 +28,10 @@ _LAZY = {
     "FleetError": "actors.fleet",
     "FleetStats": "actors.fleet",
     "WeightSubscriber": "actors.weights",
+    "AndroidGymEnv": "actors.android",
+    "AndroidSetupError": "actors.android",
+    "SimulatorTimeoutError": "actors.android",
+    "check_emulator": "actors.android",
 }
 
 __all__ = [
@@ -35,6 +40,7 @@ __all__ = [
     "ActorRegistry",
     "ActorRegistryError",
     "ActorsConfig",
+    "AndroidConfig",
     "EnvConfig",
     "EnvFailedError",
     "EnvSpaces",

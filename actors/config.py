@@ -2,7 +2,112 @@
 
 from __future__ import annotations
 
+import pathlib
 from dataclasses import dataclass, field
+from typing import Literal
+
+SWIPES = ("up", "down", "left", "right")
+"""Android swipe actions, in action-space order."""
+BUTTONS = ("back", "home", "enter")
+"""Android key actions, in action-space order."""
+
+
+@dataclass(frozen=True)
+class AndroidConfig:
+    """The `env.android` section (actors/android.py): the device, the task, the action and observation layout."""
+
+    simulator: Literal["fake", "emulator"] = "fake"
+    """fake: android_env's FakeSimulator (no emulator; random screens and log lines); emulator: an Android Virtual Device."""
+
+    task: str = "configs/android/tasks/fake_rewards.textproto"
+    """android_env task textproto (setup/reset steps, log-parsing rewards, episode limits); relative paths are taken from the working directory."""
+
+    goal: str | None = None
+    """The goal given to the agent in info["goal"]; null: the task's description."""
+
+    obs_height: int = 64
+    """Observation height in pixels (the screenshot is resized to it)."""
+
+    obs_width: int = 64
+    """Observation width in pixels."""
+
+    grayscale: bool = True
+    """One luminance channel instead of RGB."""
+
+    tap_rows: int = 4
+    """Rows of the tap grid."""
+
+    tap_cols: int = 4
+    """Columns of the tap grid."""
+
+    texts: list[str] = field(default_factory=list)
+    """Strings the agent can type (one action each), e.g. the task's search terms."""
+
+    swipe_length: float = 0.5
+    """Swipe length as a fraction of the screen, through its centre."""
+
+    swipe_points: int = 5
+    """Touch positions a swipe passes through before the lift."""
+
+    step_timeout_s: float = 30.0
+    """A step taking longer than this kills the simulator; the actor rebuilds the env."""
+
+    reset_timeout_s: float = 300.0
+    """A reset (including the first launch) taking longer than this kills the simulator."""
+
+    fake_screen_height: int = 240
+    """FakeSimulator: the device screen height in pixels."""
+
+    fake_screen_width: int = 160
+    """FakeSimulator: the device screen width in pixels."""
+
+    sdk_root: str = "~/Android/Sdk"
+    """Emulator: the Android SDK root."""
+
+    avd_name: str = ""
+    """Emulator: the AVD to launch (created with avdmanager)."""
+
+    avd_home: str = "~/.android/avd"
+    """Emulator: where AVDs live."""
+
+    emulator_path: str | None = None
+    """Emulator: the emulator binary; null: SDK_ROOT/emulator/emulator."""
+
+    adb_path: str | None = None
+    """Emulator: the adb binary; null: SDK_ROOT/platform-tools/adb."""
+
+    snapshot: str = ""
+    """Emulator: a snapshot to boot from (faster resets); empty: cold boot."""
+
+    kvm_device: str = "/dev/kvm"
+    """Emulator: the KVM device (hardware acceleration is required)."""
+
+    def __post_init__(self) -> None:
+        for name in ("obs_height", "obs_width", "tap_rows", "tap_cols", "fake_screen_height", "fake_screen_width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.swipe_points < 2:
+            raise ValueError(f"swipe_points={self.swipe_points}: must be >= 2")
+        if not 0 < self.swipe_length <= 1:
+            raise ValueError(f"swipe_length={self.swipe_length}: must be in (0, 1]")
+        for name in ("step_timeout_s", "reset_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be > 0")
+        if any(not text for text in self.texts):
+            raise ValueError("texts: empty strings cannot be typed")
+
+    @property
+    def num_actions(self) -> int:
+        return self.tap_rows * self.tap_cols + len(SWIPES) + len(self.texts) + len(BUTTONS) + 1
+
+    def binaries(self) -> tuple[pathlib.Path, pathlib.Path]:
+        """(emulator, adb) paths, user-expanded."""
+        root = pathlib.Path(self.sdk_root).expanduser()
+        emulator = (
+            pathlib.Path(self.emulator_path).expanduser() if self.emulator_path else root / "emulator" / "emulator"
+        )
+        adb = pathlib.Path(self.adb_path).expanduser() if self.adb_path else root / "platform-tools" / "adb"
+        return emulator, adb
 
 
 @dataclass(frozen=True)
@@ -23,6 +128,9 @@ class EnvConfig:
 
     terminal_on_life_loss: bool = False
     """Atari: end episodes when a life is lost (Nature DQN did; modern protocols do not)."""
+
+    android: AndroidConfig | None = None
+    """qfleet/Android-v0: the device, task, actions and observations (see actors/android.py); null: the defaults (FakeSimulator)."""
 
     def __post_init__(self) -> None:
         if not self.id:

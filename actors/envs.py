@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
-from actors.config import EnvConfig
+from actors.config import AndroidConfig, EnvConfig
 from actors.spec import UnsupportedEnvError, spec_for_spaces
 from learner import ActionSpace
 from replay import Spec
 
 log = logging.getLogger("qfleet.actors")
+
+ANDROID_ID = "qfleet/Android-v0"
+"""Android device control over android_env (actors/android.py), configured by `env.android`."""
 
 
 class EnvFailedError(RuntimeError):
@@ -51,7 +54,11 @@ def _quiet_root_logger():
 
 def _register(env_id: str) -> None:
     try:
-        if env_id.startswith("MinAtar/"):
+        if env_id == ANDROID_ID:
+            from actors.android import register
+
+            register()
+        elif env_id.startswith("MinAtar/"):
             with _quiet_root_logger():
                 import minatar.gym
             if env_id not in gym.registry:
@@ -86,6 +93,8 @@ def make_env(config: EnvConfig) -> gym.Env:
     """
     _register(config.id)
     kwargs = {} if config.max_episode_steps is None else {"max_episode_steps": config.max_episode_steps}
+    if config.id == ANDROID_ID:  # AndroidSetupError (bad task file, ...) is an UnsupportedEnvError
+        return gym.make(ANDROID_ID, config=config.android or AndroidConfig(), **kwargs)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # e.g. "MinAtar/...-v0 is out of date"
@@ -210,6 +219,8 @@ class EnvVector:
                 obs, _ = self.envs[i].reset(seed=seed)
                 self._unseeded.discard(i)
                 return np.asarray(obs)
+            except UnsupportedEnvError as exc:  # a setup that cannot work (Android launch settings): no retry
+                raise EnvFailedError(f"env {self.config.id!r} #{i}: {exc}") from exc
             except Exception as exc:  # an env is foreign code: any exception means "rebuild it"
                 failures += 1
                 if failures > self.max_rebuilds:
@@ -241,7 +252,7 @@ class EnvVector:
         episodes: list[Episode] = []
         for i, env in enumerate(self.envs):
             try:
-                obs, reward, term, trunc, _ = env.step(actions[i])
+                obs, reward, term, trunc, info = env.step(actions[i])
             except Exception as exc:  # an env is foreign code: any exception means "rebuild it"
                 failed.append(i)
                 finals.append((i, self._obs[i]))
@@ -250,6 +261,9 @@ class EnvVector:
                 self._returns[i], self._lengths[i] = 0.0, 0
                 continue
             rewards[i], terminated[i], truncated[i] = reward, term, trunc
+            if info and info.get("env_restarted"):  # the env relaunched its own simulator (Android)
+                self.restarts += 1
+                log.warning("env %r #%d: its simulator failed and is relaunched; episode truncated", self.config.id, i)
             self._returns[i] += reward
             self._lengths[i] += 1
             if term or trunc:

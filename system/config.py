@@ -57,9 +57,9 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected section.key=value")
     path, raw = text.split("=", 1)
-    if path.count(".") != 1:
-        raise ConfigError(f"--set {text!r}: expected section.key=value with one dot, e.g. replay.capacity=1000")
-    section, key = path.split(".")
+    if "." not in path or "" in path.split("."):
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. replay.capacity=1000")
+    section, key = path.split(".", 1)  # key may go deeper: env.android.tap_rows=3
     if section not in SECTIONS:
         raise ConfigError(f"{section}: unknown section (known: {', '.join(SECTIONS)})")
     try:
@@ -97,7 +97,13 @@ def load_config(
     merged = {name: dict(raw.get(name) or {}) for name in SECTIONS}
     for text in overrides:
         section, key, value = parse_override(text)
-        merged[section][key] = value
+        node = merged[section]
+        *parents, last = key.split(".")
+        for parent in parents:
+            if not isinstance(node.get(parent), dict):
+                node[parent] = {}
+            node = node[parent]
+        node[last] = value
     for dotted, value in (flags or {}).items():
         if value is not None:
             section, key = dotted.split(".", 1)

@@ -100,6 +100,11 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return {coerce(k, key_type, key): coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
+    if typing.get_origin(inner) is list:
+        (item_type,) = typing.get_args(inner)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
     if dataclasses.is_dataclass(inner):
         return build(inner, value, key)
     raise ConfigError(f"{key}: unsupported field type {inner!r}")
@@ -142,8 +147,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, dest_prefix: str, 
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": f"{dest_prefix}.{f.name}", "default": None, "help": help_text}
-        if typing.get_origin(inner) is dict:
-            continue  # mappings are set in the YAML file or with --set section.key='{a: 1}'
+        if typing.get_origin(inner) in (dict, list) or dataclasses.is_dataclass(inner):
+            continue  # set in the YAML file or with --set section.key='{a: 1}' / section.sub.key=v
         if typing.get_origin(inner) is typing.Literal:
             kwargs["choices"] = list(typing.get_args(inner))
         else:

@@ -1,0 +1,322 @@
+"""Android device control as a gymnasium environment, over android_env ("qfleet/Android-v0").
+
+The action space is the discrete one device-control agents (DigiRL, Digi-Q) use, in this order:
+
+    taps          tap_rows x tap_cols points, the centres of a grid over the screen (row-major)
+    swipes        up, down, left, right: a drag of swipe_length (screen fraction) through the centre
+    type text     one action per `texts` entry (the task's candidate strings): adb `input text`
+    back, home, enter   adb key events (KEYCODE_BACK, KEYCODE_HOME, KEYCODE_ENTER)
+    task complete       the agent declares the task done: the episode ends (terminated)
+
+A tap is android_env's TOUCH at the point then LIFT; a swipe is TOUCH at swipe_points positions
+from start to end, then LIFT; the adb actions are android_env adb calls followed by a LIFT step
+that reads the screen. The reward of an action is the sum over those android_env steps (rewards
+come from the task's log-parsing rules). Observations: the screenshot resized to obs_height x
+obs_width (grayscale: one channel), uint8, HxWxC; the task goal is in `info["goal"]`.
+
+Episodes end terminated when the task's log says so (android_env LAST with discount 0) or on task
+complete, truncated on the task's step/time limit. A simulator that fails inside android_env
+(screenshot or action error) is relaunched by android_env; that step ends the episode truncated
+with `info["env_restarted"] = True`, which the actor counts as an env restart. A step or reset
+that takes longer than step_timeout_s / reset_timeout_s raises `SimulatorTimeoutError` after
+closing the simulator (the emulator process is killed), and the actor rebuilds the env (counted too).
+
+`simulator: fake` is android_env's FakeSimulator (random screens, random log lines): it runs
+anywhere and is what the tests and configs/android_fake.yaml use. `simulator: emulator` launches
+an AVD; its launch settings are checked before anything starts (`check_emulator`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import pathlib
+import threading
+from dataclasses import dataclass
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+
+from actors.config import BUTTONS, SWIPES, AndroidConfig
+from actors.envs import ANDROID_ID as ENV_ID
+from actors.spec import UnsupportedEnvError
+
+log = logging.getLogger("qfleet.actors")
+# android_env logs every step of its set-up (and, at INFO, the whole process environment) through
+# absl; its warnings and errors still come through.
+logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+class AndroidSetupError(UnsupportedEnvError):
+    """The Android launch settings cannot work (missing binary, no KVM, unknown AVD, bad task)."""
+
+
+class SimulatorTimeoutError(RuntimeError):
+    """A step or reset did not finish in time; the simulator was closed."""
+
+
+@dataclass(frozen=True)
+class Action:
+    """What one discrete action does (see the module docstring)."""
+
+    kind: Literal["tap", "swipe", "type", "button", "complete"]
+    points: tuple[tuple[float, float], ...] = ()
+    """Normalised (x, y) touch positions, in order."""
+    text: str = ""
+    button: str = ""
+
+
+def action_table(config: AndroidConfig) -> list[Action]:
+    """Every discrete action, indexed as the action space numbers them."""
+    table = []
+    for row in range(config.tap_rows):
+        for col in range(config.tap_cols):
+            table.append(Action("tap", (((col + 0.5) / config.tap_cols, (row + 0.5) / config.tap_rows),)))
+    half = config.swipe_length / 2
+    ends = {"up": ((0.5, 0.5 + half), (0.5, 0.5 - half)), "down": ((0.5, 0.5 - half), (0.5, 0.5 + half)),
+            "left": ((0.5 + half, 0.5), (0.5 - half, 0.5)), "right": ((0.5 - half, 0.5), (0.5 + half, 0.5))}  # fmt: skip
+    for name in SWIPES:
+        (x0, y0), (x1, y1) = ends[name]
+        steps = np.linspace(0.0, 1.0, config.swipe_points)
+        table.append(Action("swipe", tuple((float(x0 + (x1 - x0) * t), float(y0 + (y1 - y0) * t)) for t in steps)))
+    table += [Action("type", text=text) for text in config.texts]
+    table += [Action("button", button=name) for name in BUTTONS]
+    table.append(Action("complete"))
+    return table
+
+
+def check_emulator(config: AndroidConfig) -> None:
+    """Checks an emulator launch can work on this host; raises AndroidSetupError naming what is wrong."""
+    emulator, adb = config.binaries()
+    for key, path in (("emulator_path", emulator), ("adb_path", adb)):
+        if not path.is_file():
+            raise AndroidSetupError(
+                f"env.android.{key}: {path} not found (is the Android SDK at sdk_root={config.sdk_root!r}?)"
+            )
+        if not os.access(path, os.X_OK):
+            raise AndroidSetupError(f"env.android.{key}: {path} is not executable")
+    kvm = pathlib.Path(config.kvm_device)
+    if not kvm.exists():
+        raise AndroidSetupError(f"env.android.kvm_device: {kvm} does not exist (the emulator needs KVM: a bare-metal or "
+                                "nested-virtualisation host)")  # fmt: skip
+    if not os.access(kvm, os.R_OK | os.W_OK):
+        raise AndroidSetupError(
+            f"env.android.kvm_device: {kvm} is not readable and writable by this user (add it to the kvm group)"
+        )
+    if not config.avd_name:
+        raise AndroidSetupError("env.android.avd_name: required with simulator=emulator")
+    home = pathlib.Path(config.avd_home).expanduser()
+    if not (home / f"{config.avd_name}.ini").is_file():
+        found = sorted(p.stem for p in home.glob("*.ini")) if home.is_dir() else []
+        raise AndroidSetupError(f"env.android.avd_name: AVD {config.avd_name!r} not found in {home} "
+                                f"(found: {', '.join(found) or 'none'})")  # fmt: skip
+
+
+def load_task(path: str):
+    """The task proto from a textproto file; raises AndroidSetupError naming the file."""
+    from android_env.proto import task_pb2
+    from google.protobuf import text_format
+
+    file = pathlib.Path(path).expanduser()
+    if not file.is_file():
+        raise AndroidSetupError(f"env.android.task: {file} not found")
+    try:
+        return text_format.Parse(file.read_text(), task_pb2.Task())
+    except text_format.ParseError as exc:
+        raise AndroidSetupError(f"env.android.task: {file}: {exc}") from None
+
+
+def _simulator_config(config: AndroidConfig):
+    from android_env.components import config_classes
+
+    if config.simulator == "fake":
+        return config_classes.FakeSimulatorConfig(
+            screen_dimensions=(config.fake_screen_height, config.fake_screen_width)
+        )
+    check_emulator(config)
+    emulator, adb = config.binaries()
+    return config_classes.EmulatorConfig(
+        emulator_launcher=config_classes.EmulatorLauncherConfig(
+            emulator_path=str(emulator), android_sdk_root=str(pathlib.Path(config.sdk_root).expanduser()),
+            avd_name=config.avd_name, android_avd_home=str(pathlib.Path(config.avd_home).expanduser()),
+            snapshot_name=config.snapshot, kvm_device=config.kvm_device, run_headless=True,
+        ),
+        adb_controller=config_classes.AdbControllerConfig(adb_path=str(adb)),
+    )  # fmt: skip
+
+
+def build_android_env(config: AndroidConfig, simulator=None):
+    """android_env's AndroidEnv for `config` (launches the simulator). `simulator`: a ready
+    simulator object to use instead of the configured one (tests inject failing fakes)."""
+    from android_env import environment
+    from android_env.components import coordinator as coordinator_lib
+    from android_env.components import device_settings as device_settings_lib
+    from android_env.components import task_manager as task_manager_lib
+    from android_env.components.simulators.emulator import emulator_simulator
+    from android_env.components.simulators.fake import fake_simulator
+
+    task = load_task(config.task)
+    if simulator is None:
+        settings = _simulator_config(config)
+        simulator = (fake_simulator.FakeSimulator(settings) if config.simulator == "fake"
+                     else emulator_simulator.EmulatorSimulator(config=settings))  # fmt: skip
+    task_manager = task_manager_lib.TaskManager(task)
+    coordinator = coordinator_lib.Coordinator(simulator, task_manager, device_settings_lib.DeviceSettings(simulator))
+    return environment.AndroidEnv(simulator=simulator, coordinator=coordinator, task_manager=task_manager)
+
+
+class AndroidGymEnv(gym.Env):
+    """`qfleet/Android-v0`: see the module docstring.
+
+    Args:
+        config: an AndroidConfig (or its fields as a mapping).
+        simulator: tests only: a simulator object to drive instead of the configured one.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, config: AndroidConfig | dict | None = None, simulator=None):
+        if config is None or isinstance(config, dict):
+            config = AndroidConfig(**(config or {}))
+        self.config = config
+        self.actions = action_table(config)
+        self.action_space = gym.spaces.Discrete(len(self.actions))
+        channels = 1 if config.grayscale else 3
+        self.observation_space = gym.spaces.Box(0, 255, (config.obs_height, config.obs_width, channels), np.uint8)
+        self._task = load_task(config.task)
+        self.goal = config.goal if config.goal is not None else self._task.description
+        self._simulator = simulator
+        self._env = None
+        self._pool = None
+        self._restarts_seen = 0
+        self._last_obs = np.zeros(self.observation_space.shape, np.uint8)
+
+    # -- android_env plumbing -------------------------------------------------------------------
+
+    def _call(self, fn, timeout: float, what: str):
+        """Runs fn() in the worker thread; on timeout closes the simulator and raises."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="qfleet-android")
+        future = self._pool.submit(fn)
+        try:
+            return future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            self._abandon()
+            raise SimulatorTimeoutError(f"android {what} took over {timeout:g} s; the simulator was closed") from None
+
+    def _abandon(self) -> None:
+        """Closes a hung simulator from another thread (killing an emulator process) and drops the worker."""
+        env, pool = self._env, self._pool
+        self._env = self._pool = None
+        if env is not None:
+            threading.Thread(target=self._close_quietly, args=(env,), daemon=True).start()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def _close_quietly(env) -> None:
+        try:
+            env.close()
+        except Exception as exc:
+            log.warning("closing a hung android simulator: %s: %s", type(exc).__name__, exc)
+
+    def _raw_step(self, action_type: int, point: tuple[float, float] = (0.5, 0.5)):
+        return self._env.step(
+            {"action_type": np.array(action_type, np.int32), "touch_position": np.array(point, np.float32)}
+        )
+
+    def _adb(self, action: Action) -> None:
+        from android_env.proto import adb_pb2
+
+        request = adb_pb2.AdbRequest()
+        if action.kind == "type":
+            request.input_text.text = action.text
+        else:
+            request.press_button.button = getattr(adb_pb2.AdbRequest.PressButton, action.button.upper())
+        response = self._env.execute_adb_call(request)
+        if response.status != adb_pb2.AdbResponse.Status.OK:
+            log.warning("android %s %r: adb status %s %s", action.kind, action.text or action.button,
+                        adb_pb2.AdbResponse.Status.Name(response.status), response.error_message)  # fmt: skip
+
+    def _observe(self, pixels: np.ndarray) -> np.ndarray:
+        import cv2
+
+        frame = np.asarray(pixels, np.uint8)
+        if frame.size == 0:
+            return self._last_obs
+        size = (self.config.obs_width, self.config.obs_height)
+        frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+        if self.config.grayscale:
+            frame = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)[..., None]
+        self._last_obs = frame
+        return frame
+
+    def _failures(self) -> int:
+        """Simulator failures android_env caught (each marks it for a relaunch at the next reset)."""
+        stats = self._env.stats()
+        return int(stats.get("relaunch_count_execute_action", 0) + stats.get("relaunch_count_fetch_observation", 0))
+
+    # -- gymnasium API ----------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+
+        def do_reset():
+            if self._env is None:
+                self._env = build_android_env(self.config, self._simulator)
+                self._simulator = None  # an injected simulator serves the first build only
+                self._restarts_seen = self._failures()
+            return self._env.reset()
+
+        timestep = self._call(do_reset, self.config.reset_timeout_s, "reset")
+        self._restarts_seen = self._failures()
+        return self._observe(timestep.observation["pixels"]), {"goal": self.goal}
+
+    def step(self, action):
+        chosen = self.actions[int(action)]
+
+        def do_step():
+            timesteps = []
+            if chosen.kind in ("tap", "swipe"):
+                for point in chosen.points:
+                    timesteps.append(self._raw_step(0, point))  # TOUCH
+                    if timesteps[-1].last():
+                        return timesteps
+            elif chosen.kind in ("type", "button"):
+                self._adb(chosen)
+            timesteps.append(self._raw_step(1))  # LIFT: ends a gesture, reads the screen
+            return timesteps
+
+        if self._env is None:
+            raise RuntimeError("call reset() before step()")
+        timesteps = self._call(do_step, self.config.step_timeout_s, f"step ({chosen.kind})")
+        reward = float(sum(ts.reward or 0.0 for ts in timesteps))
+        last = timesteps[-1]
+        info = {"goal": self.goal, "action": chosen.kind}
+        restarts = self._failures()
+        terminated = truncated = False
+        if restarts > self._restarts_seen:  # the simulator failed: relaunched at the next reset
+            self._restarts_seen = restarts
+            info["env_restarted"] = True
+            truncated = True
+        elif last.last():
+            terminated, truncated = last.discount == 0.0, last.discount != 0.0
+        elif chosen.kind == "complete":
+            terminated = True
+        return self._observe(last.observation["pixels"]), reward, terminated, truncated, info
+
+    def close(self) -> None:
+        env, pool = self._env, self._pool
+        self._env = self._pool = None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        if env is not None:
+            self._close_quietly(env)
+
+
+def register() -> None:
+    """Registers qfleet/Android-v0 with gymnasium (once)."""
+    if ENV_ID not in gym.registry:
+        gym.register(ENV_ID, entry_point=AndroidGymEnv, disable_env_checker=True)
