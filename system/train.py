@@ -126,6 +126,14 @@ def plan(config_path: str | None, overrides: list[str], run_dir: str | None, res
     return Plan(config, run, name, state, spaces.obs_shape, spaces.action_space, spaces.spec)
 
 
+def _evaluates_in_driver(config: RunConfig) -> bool:
+    """Whether the driver can run the env itself for evaluations (not an Android emulator)."""
+    from actors.envs import ANDROID_ID
+
+    android = config.env.android
+    return not (config.env.id == ANDROID_ID and android is not None and android.simulator == "emulator")
+
+
 def _reachable_metrics(config: RunConfig) -> RunConfig:
     """On a cluster, /metrics left on loopback move to the node's address (Prometheus runs elsewhere)."""
     if config.ray.address is None:
@@ -352,16 +360,20 @@ class _Session:
         self.store = WeightStore(redis_url, self.name)
         self.episodes = ActorRegistry(redis_url, self.name)
         self.episodes_after, _ = self.episodes.read_episodes("$", count=1)
-        # Evaluations run in a thread of this process, on the weights the learner publishes.
-        self.evaluator = BackgroundEvaluator(
-            Evaluator(
-                config.env,
-                config.learner,
-                config.train.eval_episodes,
-                config.train.eval_epsilon,
-                seed=10_000 + config.actors.seed,
-            )  # fmt: skip
-        )
+        # Evaluations run in a thread of this process, on the weights the learner publishes; not
+        # for emulator envs, which need an emulator host (the driver's machine rarely is one).
+        if _evaluates_in_driver(config):
+            self.evaluator = BackgroundEvaluator(
+                Evaluator(
+                    config.env,
+                    config.learner,
+                    config.train.eval_episodes,
+                    config.train.eval_epsilon,
+                    seed=10_000 + config.actors.seed,
+                )  # fmt: skip
+            )
+        else:
+            log.info("no driver evaluations for %s on emulators: follow the training returns", config.env.id)
         if self.stop.is_set():
             return
         self.fleet = ActorFleet(config.env, config.actors, config.learner, redis_url, self.name)
@@ -534,7 +546,7 @@ class _Session:
 
     def _maybe_evaluate(self) -> None:
         totals, every = self.totals, self.config.train.eval_every_steps
-        if not every or self.env_steps < totals.next_eval:
+        if self.evaluator is None or not every or self.env_steps < totals.next_eval:
             return
         totals.next_eval = (self.env_steps // every + 1) * every
         fetched = self.store.fetch(0)
@@ -546,6 +558,8 @@ class _Session:
             log.info("evaluation at %s env steps skipped: the evaluator is still busy", f"{self.env_steps:,}")
 
     def _evaluations(self) -> list[dict]:
+        if self.evaluator is None:
+            return []
         return [self._eval_record(tag, result, False) for tag, result in self.evaluator.results()]
 
     def _eval_record(self, tag: dict, result, final: bool) -> dict:

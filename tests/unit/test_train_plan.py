@@ -64,3 +64,17 @@ def test_on_a_cluster_metrics_leave_loopback_unless_configured(tmp_path):
     assert chosen.config.actors.metrics_host == "0.0.0.0"
     local = plan("configs/cartpole.yaml", [], str(tmp_path / "c"), None)
     assert local.config.actors.metrics_host == "127.0.0.1" and local.config.train.metrics_host == "127.0.0.1"
+
+
+def test_android_configs_plan_without_launching_anything_and_emulator_runs_skip_driver_evaluations(tmp_path):
+    from system.train import _evaluates_in_driver
+
+    fake = plan("configs/android_fake.yaml", [], str(tmp_path / "fake"), None)
+    assert fake.obs_shape == (32, 32, 1) and fake.action_space.num_actions == 16 + 4 + 2 + 3 + 1
+    assert _evaluates_in_driver(fake.config)
+    # The emulator config plans on a machine without any Android SDK: nothing is launched here,
+    # the launch settings are checked on the emulator hosts, and the driver does not evaluate.
+    cluster = ["ray.address=auto", "redis.url=redis://10.0.0.1:6390/0"]
+    emulator = plan("configs/android_emulator.yaml", cluster, str(tmp_path / "emu"), None)
+    assert emulator.config.actors.resources == {"android_emulator": 1.0}
+    assert not _evaluates_in_driver(emulator.config)
