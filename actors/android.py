@@ -147,9 +147,10 @@ def _simulator_config(config: AndroidConfig):
     )  # fmt: skip
 
 
-def build_android_env(config: AndroidConfig, simulator=None):
+def build_android_env(config: AndroidConfig, simulator=None, task=None):
     """android_env's AndroidEnv for `config` (launches the simulator). `simulator`: a ready
-    simulator object to use instead of the configured one (tests inject failing fakes)."""
+    simulator object to use instead of the configured one (tests inject failing fakes); `task`:
+    the already loaded task proto (None: load config.task)."""
     from android_env import environment
     from android_env.components import coordinator as coordinator_lib
     from android_env.components import device_settings as device_settings_lib
@@ -157,7 +158,7 @@ def build_android_env(config: AndroidConfig, simulator=None):
     from android_env.components.simulators.emulator import emulator_simulator
     from android_env.components.simulators.fake import fake_simulator
 
-    task = load_task(config.task)
+    task = task if task is not None else load_task(config.task)
     if simulator is None:
         settings = _simulator_config(config)
         simulator = (fake_simulator.FakeSimulator(settings) if config.simulator == "fake"
@@ -265,7 +266,7 @@ class AndroidGymEnv(gym.Env):
 
         def do_reset():
             if self._env is None:
-                self._env = build_android_env(self.config, self._simulator)
+                self._env = build_android_env(self.config, self._simulator, self._task)
                 self._simulator = None  # an injected simulator serves the first build only
                 self._restarts_seen = self._failures()
             return self._env.reset()
