@@ -43,13 +43,17 @@ _RUN_PATTERNS = ("qfleet:*:train:driver", "qfleet:*:learner:status", "qfleet:*:r
                  "qfleet:*:actors:actor:*")  # fmt: skip
 
 
+def _client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+
+
 def _driver_key(run: str) -> str:
     return f"qfleet:{run}:train:driver"
 
 
 def register_driver(redis_url: str, run: str, metrics: str) -> None:
     """Writes (refreshes) the driver's key; raises redis.RedisError."""
-    client = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    client = _client(redis_url)
     try:
         fields = {
             "metrics": metrics,
@@ -67,7 +71,7 @@ def register_driver(redis_url: str, run: str, metrics: str) -> None:
 
 def unregister_driver(redis_url: str, run: str) -> None:
     """Removes the driver's key (the run ended); raises redis.RedisError."""
-    client = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    client = _client(redis_url)
     try:
         client.delete(_driver_key(run))
     finally:
@@ -76,7 +80,7 @@ def unregister_driver(redis_url: str, run: str) -> None:
 
 def runs(redis_url: str) -> list[str]:
     """Names of the runs that have a registered component in this Redis; raises redis.RedisError."""
-    client = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    client = _client(redis_url)
     try:
         names = set()
         for pattern in _RUN_PATTERNS:
@@ -106,7 +110,7 @@ def discover(redis_url: str, run: str, driver_metrics: str | None = None) -> lis
             groups.append({"targets": [str(address)], "labels": {"job": job, "run": run, **labels}})
 
     if driver_metrics is None:
-        client = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        client = _client(redis_url)
         try:
             driver_metrics = (client.hget(_driver_key(run), "metrics") or b"").decode()
         finally:
