@@ -47,6 +47,9 @@ class Case:
     config: LearnerConfig
 
 
+CASES = ("cartpole-mlp b256", "atari-cnn b32", "atari-cnn b256")
+
+
 def _cases(device: str) -> list[Case]:
     cartpole = Payload("cartpole", bench_spec((4,), "float32"), 100_000, 2048, 256, 4)
     atari = Payload("atari", bench_spec((84, 84, 4), "uint8"), 4096, 32, 32, 1)
@@ -132,7 +135,9 @@ def _updates_per_second(case: Case, replay, seconds: float) -> float:
     return summary.updates_per_second
 
 
-def run_learner_bench(seconds: float, repeats: int, device: str, output: str | None) -> int:
+def run_learner_bench(
+    seconds: float, repeats: int, device: str, output: str | None, only: list[str] | None = None
+) -> int:
     logging.getLogger("learner").setLevel(logging.WARNING)
     resolved = resolve_device(device)
     machine = (
@@ -144,6 +149,8 @@ def run_learner_bench(seconds: float, repeats: int, device: str, output: str | N
     print(f"qfleet bench learner: {seconds}s x {repeats} repeats per figure on {machine}", flush=True)
     rows = []
     for case in _cases(device):
+        if only and case.name not in only:
+            continue
         print(f"  {case.name} ...", flush=True)
         local = InProcessReplay(case.payload.spec, case.payload.capacity)
         _fill(local, case.payload)

@@ -28,13 +28,13 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from replay import codec
+from replay import wire
 from replay._proto import replay_pb2, replay_pb2_grpc
 from replay.client import ReplayClient
 from replay.codec import grpc_options
 from replay.rate_limiter import RateLimiter
 from replay.selectors import make_selector
-from replay.server import ReplayServer
+from replay.server import ReplayServer, add_servicer
 from replay.spec import Spec
 from replay.table import Table
 
@@ -87,27 +87,32 @@ def random_batch(spec: Spec, n: int, rng: np.random.Generator) -> dict[str, np.n
 
 
 class _RawServicer(replay_pb2_grpc.ReplayServiceServicer):
-    """Same proto, no table: the cost of moving the bytes alone."""
+    """Same proto and wire code, no table: the cost of moving the bytes alone."""
 
     def __init__(self, spec: Spec):
         self._spec = spec
         self._responses: dict[tuple[int, int], bytes] = {}
 
     def Insert(self, request_iterator, context):
-        for request in request_iterator:
-            items = next(iter(request.batch.columns.values())).shape[0]
+        for raw in request_iterator:
+            request = wire.decode_insert_request(raw)  # headers only: no item is copied
+            items = next(iter(request.columns().values())).shape[0]
             yield replay_pb2.InsertResponse(sequence=request.sequence, inserted=items)
 
     def Sample(self, request, context):
         key = (request.batch_size, request.num_batches or 1)
         if key not in self._responses:
             n = key[0] * key[1]
-            response = replay_pb2.SampleResponse(table_size=n, priority_mass=float(n))
-            codec.encode_batch(random_batch(self._spec, n, np.random.default_rng(0)), response.batch)
-            codec.encode_tensor(np.arange(n, dtype=np.uint64), response.keys)
-            codec.encode_tensor(np.full(n, 1.0 / n), response.probabilities)
-            codec.encode_tensor(np.ones(n), response.weights)
-            self._responses[key] = response
+            self._responses[key] = wire.encode_sample_response(
+                random_batch(self._spec, n, np.random.default_rng(0)),
+                np.arange(n, dtype=np.uint64),
+                np.full(n, 1.0 / n),
+                np.ones(n),
+                table_size=n,
+                priority_mass=float(n),
+                inserts=n,
+                samples=n,
+            )
         return self._responses[key]
 
 
@@ -120,7 +125,7 @@ def _serve_forever(kind: str, payload: Payload, shard_id: int = 0) -> None:
         port = server.port
     else:
         raw = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=grpc_options(512))
-        replay_pb2_grpc.add_ReplayServiceServicer_to_server(_RawServicer(payload.spec), raw)
+        add_servicer(_RawServicer(payload.spec), raw)
         port = raw.add_insecure_port("127.0.0.1:0")
         raw.start()
     print(port, flush=True)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from replay import codec
+from replay import codec, wire
 from replay._proto import replay_pb2, replay_pb2_grpc
 from replay.codec import grpc_options
 from replay.errors import (
@@ -149,6 +149,15 @@ class _Backoff:
         return True
 
 
+@dataclass(frozen=True)
+class _PendingBatch:
+    """A sent, unacknowledged insert: its serialized request."""
+
+    sequence: int
+    items: int
+    request: bytes
+
+
 class _InsertStream:
     """One bidirectional Insert stream with a bounded window of unacknowledged batches.
 
@@ -160,7 +169,7 @@ class _InsertStream:
     def __init__(self, client: ReplayClient):
         self._client = client
         self._cond = threading.Condition()
-        self._pending: collections.deque[replay_pb2.InsertRequest] = collections.deque()
+        self._pending: collections.deque[_PendingBatch] = collections.deque()
         self._errors: list[ReplayError] = []
         self._queue: queue.SimpleQueue | None = None  # set while open
         self._reconnecting = False
@@ -169,15 +178,18 @@ class _InsertStream:
         self._sequence = 0
         self._closing = False
 
-    def send(self, request: replay_pb2.InsertRequest) -> None:
+    def send(self, columns: dict[str, np.ndarray], timeout_ms: int) -> None:
         with self._cond:
             self._raise_error()
             while len(self._pending) >= self._client.max_in_flight and not self._errors:
                 self._cond.wait()
             self._raise_error()
             self._sequence += 1
-            request.writer_id, request.sequence = self._writer_id, self._sequence
-            self._pending.append(request)
+            request = wire.encode_insert_request(
+                columns, writer_id=self._writer_id, sequence=self._sequence, timeout_ms=timeout_ms
+            )
+            items = next(iter(columns.values())).shape[0] if columns else 0
+            self._pending.append(_PendingBatch(self._sequence, items, request))
             if self._queue is not None:
                 self._queue.put(request)
             elif not self._reconnecting:
@@ -212,10 +224,10 @@ class _InsertStream:
     def _open_locked(self, backoff: _Backoff | None) -> None:
         """Starts a new call and its reader, (re-)sending every pending batch first."""
         requests: queue.SimpleQueue = queue.SimpleQueue()
-        for request in self._pending:
-            requests.put(request)
+        for batch in self._pending:
+            requests.put(batch.request)
         self._queue, self._reconnecting = requests, False
-        call = self._client._stub().Insert(iter(requests.get, _END))
+        call = self._client._stub().InsertBytes(iter(requests.get, _END))
         self._reader = threading.Thread(
             target=self._read, args=(call, requests, backoff), name="replay-insert-acks", daemon=True
         )
@@ -226,9 +238,9 @@ class _InsertStream:
             for response in call:
                 backoff = None
                 with self._cond:
-                    request = self._pending.popleft()
+                    batch = self._pending.popleft()
                     if response.code:
-                        self._errors.append(self._batch_error(request, response))
+                        self._errors.append(self._batch_error(batch, response))
                     self._cond.notify_all()
             return
         except grpc.RpcError as err:
@@ -253,15 +265,14 @@ class _InsertStream:
             what = f"insert stream ({len(self._pending)} unacknowledged batches not inserted)"
             failure = _typed_error(error, self._client.address, what)
             # What never got an ack, decoded, so a caller (ShardedReplay) can send it elsewhere.
-            failure.unacknowledged = [codec.decode_batch(request.batch) for request in self._pending]
+            failure.unacknowledged = [wire.decode_insert_request(b.request).columns() for b in self._pending]
             self._errors.append(failure)
             self._pending.clear()
             self._reconnecting = False
             self._cond.notify_all()
 
-    def _batch_error(self, request, response) -> ReplayError:
-        items = next(iter(request.batch.columns.values())).shape[0] if request.batch.columns else 0
-        text = f"insert batch #{request.sequence} ({items} items) to {self._client.address}: {response.message}"
+    def _batch_error(self, batch: _PendingBatch, response) -> ReplayError:
+        text = f"insert batch #{batch.sequence} ({batch.items} items) to {self._client.address}: {response.message}"
         if response.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]:
             error = DeadlineExceededError(text)
             error.inserted = response.inserted
@@ -312,6 +323,17 @@ class ReplayClient:
             if self._stub_obj is None:
                 self._channel = grpc.insecure_channel(self.address, options=grpc_options(self._max_message_mb))
                 self._stub_obj = replay_pb2_grpc.ReplayServiceStub(self._channel)
+                # The bulk messages are written and read by replay/wire.py, as bytes.
+                self._stub_obj.SampleBytes = self._channel.unary_unary(
+                    "/qfleet.replay.ReplayService/Sample",
+                    request_serializer=replay_pb2.SampleRequest.SerializeToString,
+                    response_deserializer=None,
+                )
+                self._stub_obj.InsertBytes = self._channel.stream_stream(
+                    "/qfleet.replay.ReplayService/Insert",
+                    request_serializer=None,
+                    response_deserializer=replay_pb2.InsertResponse.FromString,
+                )
             return self._stub_obj
 
     def _call(self, method: str, request, what: str, timeout: float | None = None):
@@ -348,9 +370,7 @@ class ReplayClient:
                 self._stream = _InsertStream(self)
             stream = self._stream
         for piece in self._split(arrays):
-            request = replay_pb2.InsertRequest(timeout_ms=timeout_ms)
-            codec.encode_batch(piece, request.batch)
-            stream.send(request)
+            stream.send(piece, timeout_ms)
 
     def _split(self, arrays: dict[str, np.ndarray]):
         lengths = {a.shape[0] if a.ndim else -1 for a in arrays.values()}
@@ -397,13 +417,11 @@ class ReplayClient:
             timeout_ms=0 if timeout is None else max(1, int(math.ceil(timeout * 1000))),
         )
         # The server enforces `timeout` and says why; the gRPC deadline only guards a lost server.
-        response = self._call(
-            "Sample", request, f"sample({batch_size}x{num_batches})", None if timeout is None else timeout + 10
+        raw = self._call(
+            "SampleBytes", request, f"sample({batch_size}x{num_batches})", None if timeout is None else timeout + 10
         )
-        data = codec.decode_batch(response.batch)
-        keys = codec.decode_tensor(response.keys, "keys")
-        probabilities = codec.decode_tensor(response.probabilities, "probabilities")
-        weights = codec.decode_tensor(response.weights, "weights")
+        response = wire.decode_sample_response(raw)
+        data, keys, probabilities, weights = response.data, response.keys, response.probabilities, response.weights
         samples = []
         for i in range(num_batches):
             part = slice(i * batch_size, (i + 1) * batch_size)

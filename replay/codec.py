@@ -18,13 +18,43 @@ def grpc_options(max_message_mb: int) -> list[tuple[str, int]]:
 
 def encode_tensor(value: np.ndarray, tensor: replay_pb2.Tensor) -> replay_pb2.Tensor:
     """Fills `tensor` with the dtype, shape and little-endian bytes of `value`."""
-    array = np.asarray(value)
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
+    array = little_endian(np.asarray(value))
     tensor.dtype = array.dtype.name
     tensor.shape[:] = array.shape
     tensor.data = array.tobytes()
     return tensor
+
+
+def little_endian(array: np.ndarray) -> np.ndarray:
+    """`array`, converted to little-endian bytes when it is big-endian."""
+    if array.dtype.byteorder == ">":
+        return array.astype(array.dtype.newbyteorder("<"))
+    return array
+
+
+def array_from_bytes(buffer, dtype_name: str, shape, offset: int, nbytes: int, name: str) -> np.ndarray:
+    """A read-only array viewing `nbytes` of `buffer` from `offset` as `dtype_name` of `shape`.
+
+    Raises:
+        InvalidBatchError: naming `name`, for an unknown or non-numeric dtype, a missing batch
+            dimension, or a byte count that does not match dtype and shape.
+    """
+    try:
+        dtype = np.dtype(dtype_name).newbyteorder("<")
+    except TypeError as exc:
+        raise InvalidBatchError(f"column {name!r}: unknown dtype {dtype_name!r}") from exc
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise InvalidBatchError(f"column {name!r}: dtype {dtype_name!r} is not a numeric dtype")
+    shape = tuple(shape)
+    if not shape or any(d < 0 for d in shape):
+        raise InvalidBatchError(f"column {name!r}: shape {list(shape)} lacks a batch dimension")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes != expected:
+        raise InvalidBatchError(
+            f"column {name!r}: {nbytes} bytes, expected {expected} for shape {list(shape)} of {dtype.name}"
+        )
+    count = expected // dtype.itemsize
+    return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
 def decode_tensor(tensor: replay_pb2.Tensor, name: str) -> np.ndarray:
@@ -34,22 +64,8 @@ def decode_tensor(tensor: replay_pb2.Tensor, name: str) -> np.ndarray:
         InvalidBatchError: naming `name`, for an unknown dtype or a byte count that does not match
             dtype and shape.
     """
-    try:
-        dtype = np.dtype(tensor.dtype).newbyteorder("<")
-    except TypeError as exc:
-        raise InvalidBatchError(f"column {name!r}: unknown dtype {tensor.dtype!r}") from exc
-    if dtype.hasobject or dtype.kind not in "biuf":
-        raise InvalidBatchError(f"column {name!r}: dtype {tensor.dtype!r} is not a numeric dtype")
-    shape = tuple(tensor.shape)
-    if not shape or any(d < 0 for d in shape):
-        raise InvalidBatchError(f"column {name!r}: shape {list(shape)} lacks a batch dimension")
     data = tensor.data
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(data) != expected:
-        raise InvalidBatchError(
-            f"column {name!r}: {len(data)} bytes, expected {expected} for shape {list(shape)} of {dtype.name}"
-        )
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+    return array_from_bytes(data, tensor.dtype, tensor.shape, 0, len(data), name)
 
 
 def encode_batch(columns: Mapping[str, np.ndarray], batch: replay_pb2.Batch) -> replay_pb2.Batch:

@@ -19,7 +19,7 @@ import redis
 from prometheus_client import start_http_server
 
 from replay import checkpoint as ckpt
-from replay import codec
+from replay import codec, wire
 from replay._proto import replay_pb2, replay_pb2_grpc
 from replay.codec import grpc_options
 from replay.config import ReplayConfig
@@ -41,6 +41,44 @@ def importance_weights(probabilities: np.ndarray, table_size: int, beta: float, 
     return (per_batch / per_batch.max(axis=1, keepdims=True)).reshape(-1)
 
 
+_SERVICE = "qfleet.replay.ReplayService"
+
+
+def _serialized(message: bytes) -> bytes:
+    return message
+
+
+def add_servicer(servicer: replay_pb2_grpc.ReplayServiceServicer, server: grpc.Server) -> None:
+    """Registers the service as the generated `add_ReplayServiceServicer_to_server` does, except
+    that Insert requests and Sample responses stay bytes, read and written by replay/wire.py
+    (the same wire format, fewer copies)."""
+
+    def unary(behaviour, request, response_serializer):
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour, request_deserializer=request.FromString, response_serializer=response_serializer
+        )
+
+    handlers = {
+        "Insert": grpc.stream_stream_rpc_method_handler(
+            servicer.Insert,
+            request_deserializer=_serialized,
+            response_serializer=replay_pb2.InsertResponse.SerializeToString,
+        ),
+        "Sample": unary(servicer.Sample, replay_pb2.SampleRequest, _serialized),
+        "UpdatePriorities": unary(
+            servicer.UpdatePriorities,
+            replay_pb2.UpdatePrioritiesRequest,
+            replay_pb2.UpdatePrioritiesResponse.SerializeToString,
+        ),
+        "Info": unary(servicer.Info, replay_pb2.InfoRequest, replay_pb2.InfoResponse.SerializeToString),
+        "Checkpoint": unary(
+            servicer.Checkpoint, replay_pb2.CheckpointRequest, replay_pb2.CheckpointResponse.SerializeToString
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+    server.add_registered_method_handlers(_SERVICE, handlers)
+
+
 class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
     def __init__(self, server: ReplayServer):
         self._server = server
@@ -59,14 +97,20 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
             self._insert_latency.observe(time.perf_counter() - started)
             yield response
 
-    def _insert_one(self, request, context) -> replay_pb2.InsertResponse:
+    def _insert_one(self, raw: bytes, context) -> replay_pb2.InsertResponse:
+        try:
+            request = wire.decode_insert_request(raw)
+        except InvalidBatchError as exc:  # not even the sequence could be read
+            self._server.count_rejected()
+            code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            return replay_pb2.InsertResponse(code=code, message=str(exc))
         response = replay_pb2.InsertResponse(sequence=request.sequence)
         with self._sequence_lock:
             already = request.sequence and request.sequence <= self._last_sequence.get(request.writer_id, 0)
         if already:  # a re-sent batch after a reconnect: it is in the table already
             return response
         try:
-            arrays = codec.decode_batch(request.batch)
+            arrays = request.columns()
             timeout = request.timeout_ms / 1000.0 if request.timeout_ms else None
             response.inserted = self._table.insert(arrays, timeout=timeout)
         except InvalidBatchError as exc:
@@ -98,19 +142,18 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         except TableClosedError as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        response = replay_pb2.SampleResponse(
+        response = wire.encode_sample_response(
+            items.data,
+            items.keys,
+            items.probabilities,
+            importance_weights(items.probabilities, items.table_size, beta, batch_size),
             table_size=items.table_size,
             priority_mass=items.priority_mass,
             inserts=items.inserts,
             samples=items.samples,
         )
-        codec.encode_batch(items.data, response.batch)
-        codec.encode_tensor(items.keys, response.keys)
-        codec.encode_tensor(items.probabilities, response.probabilities)
-        weights = importance_weights(items.probabilities, items.table_size, beta, batch_size)
-        codec.encode_tensor(weights, response.weights)
         self._sample_latency.observe(time.perf_counter() - started)
-        return response
+        return response  # already serialized: see add_servicer
 
     def UpdatePriorities(self, request, context):
         started = time.perf_counter()
@@ -197,7 +240,7 @@ class ReplayServer:
             futures.ThreadPoolExecutor(max_workers=self.config.max_workers, thread_name_prefix="replay"),
             options=grpc_options(self.config.max_message_mb),
         )
-        replay_pb2_grpc.add_ReplayServiceServicer_to_server(_Servicer(self), self._grpc)
+        add_servicer(_Servicer(self), self._grpc)
         address = f"{self.config.host}:{self.config.port}"
         try:
             self.port = self._grpc.add_insecure_port(address)

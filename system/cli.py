@@ -270,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_bench_options(bench_learner)
     bench_learner.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N (default: auto)")
+    bench_learner.add_argument(
+        "--case",
+        action="append",
+        choices=("cartpole-mlp b256", "atari-cnn b32", "atari-cnn b256"),  # = learner.bench.CASES
+        help="run only this case (repeatable; default: all three)",
+    )
 
     bench_actors = bench_commands.add_parser(
         "actors",
@@ -376,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench" and args.bench_command == "learner":
             from learner.bench import run_learner_bench
 
-            return run_learner_bench(args.seconds, args.repeats, args.device, args.output)
+            return run_learner_bench(args.seconds, args.repeats, args.device, args.output, args.case)
         if args.command == "bench" and args.bench_command == "actors":
             from system.bench_actors import run_actors_bench
 

@@ -1,0 +1,298 @@
+"""The bulk messages' protobuf bytes, written and read without the generated classes' copies.
+
+`SampleResponse` and `InsertRequest` carry megabytes of array bytes (an Atari batch of 256 is
+14 MB). Through the generated classes every array is copied four times on the way out (gather,
+`tobytes`, into the message, serialization) and twice on the way in (parse, the `data` accessor).
+This module writes the very same wire format as `replay.proto` by hand (one join of small headers
+and the arrays' own buffers) and reads it into numpy views of the received bytes. Tests check it
+both ways against the generated classes; everything else on the wire still goes through them.
+
+Protobuf wire format used here: each field is a varint key `field_number << 3 | wire_type`
+followed by a varint (type 0), 8 little-endian bytes (type 1), or a varint length and that many
+bytes (type 2: strings, bytes, sub-messages, packed repeated numbers). Unknown fields are skipped
+when reading, so newer writers stay readable.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from replay.codec import array_from_bytes, little_endian
+from replay.errors import InvalidBatchError
+
+_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _key(field: int, wire_type: int) -> bytes:
+    return _varint(field << 3 | wire_type)
+
+
+class _Writer:
+    """Collects the pieces of one message (headers as bytes, arrays as buffers) and its length."""
+
+    def __init__(self):
+        self.parts: list = []
+        self.size = 0
+
+    def add(self, piece) -> None:
+        self.parts.append(piece)
+        self.size += len(piece)
+
+    def varint(self, field: int, value: int) -> None:
+        if value:  # proto3 leaves zeros out
+            self.add(_key(field, _VARINT) + _varint(value))
+
+    def double(self, field: int, value: float) -> None:
+        if value:
+            self.add(_key(field, _FIXED64) + struct.pack("<d", value))
+
+    def blob(self, field: int, data) -> None:
+        self.add(_key(field, _LEN) + _varint(len(data)))
+        if len(data):
+            self.add(data)
+
+    def message(self, field: int, inner: _Writer) -> None:
+        self.add(_key(field, _LEN) + _varint(inner.size))
+        self.parts.extend(inner.parts)
+        self.size += inner.size
+
+    def tensor(self, field: int, value: np.ndarray) -> None:
+        array = np.ascontiguousarray(little_endian(np.asarray(value)))
+        tensor = _Writer()
+        tensor.blob(1, array.dtype.name.encode())
+        tensor.blob(2, b"".join(_varint(d) for d in array.shape))  # packed repeated int64
+        tensor.blob(3, memoryview(array.reshape(-1)).cast("B"))
+        self.message(field, tensor)
+
+    def batch(self, field: int, columns: Mapping[str, np.ndarray]) -> None:
+        batch = _Writer()
+        for name, value in columns.items():
+            entry = _Writer()  # map<string, Tensor> entries are messages {1: key, 2: value}
+            entry.blob(1, name.encode())
+            entry.tensor(2, value)
+            batch.message(1, entry)
+        self.message(field, batch)
+
+    def tobytes(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def encode_sample_response(
+    data: Mapping[str, np.ndarray],
+    keys: np.ndarray,
+    probabilities: np.ndarray,
+    weights: np.ndarray,
+    *,
+    table_size: int,
+    priority_mass: float,
+    inserts: int,
+    samples: int,
+) -> bytes:
+    """A serialized `SampleResponse` (field numbers as in replay.proto)."""
+    out = _Writer()
+    out.batch(1, data)
+    out.tensor(2, keys)
+    out.tensor(3, probabilities)
+    out.tensor(4, weights)
+    out.varint(5, table_size)
+    out.double(6, priority_mass)
+    out.varint(7, inserts)
+    out.varint(8, samples)
+    return out.tobytes()
+
+
+def encode_insert_request(
+    columns: Mapping[str, np.ndarray], *, writer_id: int, sequence: int, timeout_ms: int
+) -> bytes:
+    """A serialized `InsertRequest` (field numbers as in replay.proto)."""
+    out = _Writer()
+    out.batch(1, columns)
+    out.varint(2, writer_id)
+    out.varint(3, sequence)
+    out.varint(4, timeout_ms)
+    return out.tobytes()
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def _malformed(what: str, why: str) -> InvalidBatchError:
+    return InvalidBatchError(f"malformed {what}: {why}")
+
+
+def _read_varint(buf: memoryview, pos: int, end: int, what: str) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _malformed(what, "truncated or overlong varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf: memoryview, start: int, end: int, what: str) -> Iterator[tuple[int, int, object]]:
+    """(field number, wire type, value) for each field of the message in buf[start:end].
+
+    The value is an int for varints, a (start, end) span for length-delimited fields and the raw
+    8 or 4 bytes for fixed-width ones.
+    """
+    pos = start
+    while pos < end:
+        key, pos = _read_varint(buf, pos, end, what)
+        field, wire_type = key >> 3, key & 7
+        if wire_type == _VARINT:
+            value, pos = _read_varint(buf, pos, end, what)
+        elif wire_type == _LEN:
+            length, pos = _read_varint(buf, pos, end, what)
+            value, pos = (pos, pos + length), pos + length
+        elif wire_type in (_FIXED64, _FIXED32):
+            width = 8 if wire_type == _FIXED64 else 4
+            value, pos = buf[pos : pos + width], pos + width
+        else:
+            raise _malformed(what, f"unsupported wire type {wire_type} for field {field}")
+        if pos > end:
+            raise _malformed(what, f"field {field} runs past the end of the message")
+        yield field, wire_type, value
+
+
+def _read_tensor(raw: bytes, buf: memoryview, span: tuple[int, int], name: str) -> np.ndarray:
+    dtype, shape, data = "", [], (span[0], span[0])
+    for field, wire_type, value in _fields(buf, *span, f"tensor {name!r}"):
+        if wire_type != _LEN:
+            if field == 2 and wire_type == _VARINT:  # an unpacked shape element
+                shape.append(value)
+            continue
+        if field == 1:
+            dtype = bytes(buf[value[0] : value[1]]).decode("utf-8", "replace")
+        elif field == 2:
+            pos, stop = value
+            while pos < stop:
+                dim, pos = _read_varint(buf, pos, stop, f"tensor {name!r} shape")
+                shape.append(dim - (1 << 64) if dim >> 63 else dim)  # int64: negatives are 10 bytes
+        elif field == 3:
+            data = value
+    return array_from_bytes(raw, dtype, shape, data[0], data[1] - data[0], name)
+
+
+def _read_batch(raw: bytes, buf: memoryview, span: tuple[int, int], what: str) -> dict[str, np.ndarray]:
+    columns = {}
+    for field, wire_type, entry in _fields(buf, *span, what):
+        if field != 1 or wire_type != _LEN:
+            continue
+        name, tensor = "", None
+        for entry_field, entry_type, value in _fields(buf, *entry, f"{what} column"):
+            if entry_type != _LEN:
+                continue
+            if entry_field == 1:
+                name = bytes(buf[value[0] : value[1]]).decode("utf-8", "replace")
+            elif entry_field == 2:
+                tensor = value
+        columns[name] = _read_tensor(raw, buf, tensor or (entry[1], entry[1]), name)
+    return columns
+
+
+@dataclass(frozen=True)
+class SampleResponseView:
+    """A parsed `SampleResponse`; the arrays are read-only views of the received bytes."""
+
+    data: dict[str, np.ndarray]
+    keys: np.ndarray
+    probabilities: np.ndarray
+    weights: np.ndarray
+    table_size: int
+    priority_mass: float
+    inserts: int
+    samples: int
+
+
+def decode_sample_response(raw: bytes) -> SampleResponseView:
+    """Reads a serialized `SampleResponse` without copying its arrays.
+
+    Raises:
+        InvalidBatchError: the bytes are not a well-formed SampleResponse.
+    """
+    what = "SampleResponse"
+    buf = memoryview(raw)
+    data: dict[str, np.ndarray] = {}
+    tensors: dict[int, np.ndarray] = {}
+    scalars = {5: 0, 7: 0, 8: 0}
+    priority_mass = 0.0
+    names = {2: "keys", 3: "probabilities", 4: "weights"}
+    for field, wire_type, value in _fields(buf, 0, len(buf), what):
+        if field == 1 and wire_type == _LEN:
+            data = _read_batch(raw, buf, value, what)
+        elif field in names and wire_type == _LEN:
+            tensors[field] = _read_tensor(raw, buf, value, names[field])
+        elif field in scalars and wire_type == _VARINT:
+            scalars[field] = value
+        elif field == 6 and wire_type == _FIXED64:
+            priority_mass = struct.unpack("<d", value)[0]
+    missing = [names[f] for f in names if f not in tensors]
+    if missing:
+        raise _malformed(what, f"no {', '.join(missing)}")
+    return SampleResponseView(
+        data=data,
+        keys=tensors[2],
+        probabilities=tensors[3],
+        weights=tensors[4],
+        table_size=scalars[5],
+        priority_mass=priority_mass,
+        inserts=scalars[7],
+        samples=scalars[8],
+    )
+
+
+@dataclass(frozen=True)
+class InsertRequestView:
+    """A parsed `InsertRequest`'s header; `columns()` reads its batch."""
+
+    writer_id: int
+    sequence: int
+    timeout_ms: int
+    raw: bytes
+    batch_span: tuple[int, int] | None
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The batch's columns as read-only views of the received bytes.
+
+        Raises:
+            InvalidBatchError: a column is malformed (named).
+        """
+        if self.batch_span is None:
+            return {}
+        return _read_batch(self.raw, memoryview(self.raw), self.batch_span, "InsertRequest")
+
+
+def decode_insert_request(raw: bytes) -> InsertRequestView:
+    """Reads a serialized `InsertRequest`'s writer, sequence and timeout; the batch is read later.
+
+    Raises:
+        InvalidBatchError: the bytes are not a well-formed message.
+    """
+    scalars = {2: 0, 3: 0, 4: 0}
+    span = None
+    for field, wire_type, value in _fields(memoryview(raw), 0, len(raw), "InsertRequest"):
+        if field == 1 and wire_type == _LEN:
+            span = value
+        elif field in scalars and wire_type == _VARINT:
+            scalars[field] = value
+    return InsertRequestView(scalars[2], scalars[3], scalars[4], raw, span)
