@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -32,6 +34,18 @@ def little_endian(array: np.ndarray) -> np.ndarray:
     return array
 
 
+@functools.lru_cache(maxsize=64)
+def _wire_dtype(name: str) -> np.dtype | str:
+    """The little-endian numeric dtype called `name`, or why there is none."""
+    try:
+        dtype = np.dtype(name).newbyteorder("<")
+    except TypeError:
+        return f"unknown dtype {name!r}"
+    if dtype.hasobject or dtype.kind not in "biuf":
+        return f"dtype {name!r} is not a numeric dtype"
+    return dtype
+
+
 def array_from_bytes(buffer, dtype_name: str, shape, offset: int, nbytes: int, name: str) -> np.ndarray:
     """A read-only array viewing `nbytes` of `buffer` from `offset` as `dtype_name` of `shape`.
 
@@ -39,21 +53,17 @@ def array_from_bytes(buffer, dtype_name: str, shape, offset: int, nbytes: int, n
         InvalidBatchError: naming `name`, for an unknown or non-numeric dtype, a missing batch
             dimension, or a byte count that does not match dtype and shape.
     """
-    try:
-        dtype = np.dtype(dtype_name).newbyteorder("<")
-    except TypeError as exc:
-        raise InvalidBatchError(f"column {name!r}: unknown dtype {dtype_name!r}") from exc
-    if dtype.hasobject or dtype.kind not in "biuf":
-        raise InvalidBatchError(f"column {name!r}: dtype {dtype_name!r} is not a numeric dtype")
+    dtype = _wire_dtype(dtype_name)
+    if isinstance(dtype, str):
+        raise InvalidBatchError(f"column {name!r}: {dtype}")
     shape = tuple(shape)
     if not shape or any(d < 0 for d in shape):
         raise InvalidBatchError(f"column {name!r}: shape {list(shape)} lacks a batch dimension")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if nbytes != expected:
+    count = math.prod(shape)
+    if nbytes != count * dtype.itemsize:
         raise InvalidBatchError(
-            f"column {name!r}: {nbytes} bytes, expected {expected} for shape {list(shape)} of {dtype.name}"
+            f"column {name!r}: {nbytes} bytes, expected {count * dtype.itemsize} for shape {list(shape)} of {dtype.name}"
         )
-    count = expected // dtype.itemsize
     return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 

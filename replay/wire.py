@@ -15,6 +15,7 @@ when reading, so newer writers stay readable.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -30,7 +31,12 @@ _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 # -- writing ---------------------------------------------------------------------------------------
 
 
+_ONE_BYTE = [bytes([value]) for value in range(0x80)]
+
+
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
@@ -41,6 +47,13 @@ def _varint(value: int) -> bytes:
 
 def _key(field: int, wire_type: int) -> bytes:
     return _varint(field << 3 | wire_type)
+
+
+@functools.lru_cache(maxsize=64)
+def _dtype_field(dtype: np.dtype) -> bytes:
+    """Tensor.dtype (field 1) for `dtype`, ready to write."""
+    name = dtype.name.encode()
+    return _key(1, _LEN) + _varint(len(name)) + name
 
 
 class _Writer:
@@ -74,11 +87,13 @@ class _Writer:
 
     def tensor(self, field: int, value: np.ndarray) -> None:
         array = np.ascontiguousarray(little_endian(np.asarray(value)))
-        tensor = _Writer()
-        tensor.blob(1, array.dtype.name.encode())
-        tensor.blob(2, b"".join(_varint(d) for d in array.shape))  # packed repeated int64
-        tensor.blob(3, memoryview(array.reshape(-1)).cast("B"))
-        self.message(field, tensor)
+        shape = b"".join([_varint(d) for d in array.shape])  # packed repeated int64
+        head = _dtype_field(array.dtype) + _key(2, _LEN) + _varint(len(shape)) + shape
+        head += _key(3, _LEN) + _varint(array.nbytes)
+        self.add(_key(field, _LEN) + _varint(len(head) + array.nbytes))
+        self.add(head)
+        if array.nbytes:
+            self.add(memoryview(array.reshape(-1)).cast("B"))
 
     def batch(self, field: int, columns: Mapping[str, np.ndarray]) -> None:
         batch = _Writer()
@@ -136,7 +151,9 @@ def _malformed(what: str, why: str) -> InvalidBatchError:
     return InvalidBatchError(f"malformed {what}: {why}")
 
 
-def _read_varint(buf: memoryview, pos: int, end: int, what: str) -> tuple[int, int]:
+def _read_varint(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
+    if pos < end and buf[pos] < 0x80:  # one byte: most keys, lengths and dimensions
+        return buf[pos], pos + 1
     value = shift = 0
     while True:
         if pos >= end or shift > 63:
@@ -149,7 +166,7 @@ def _read_varint(buf: memoryview, pos: int, end: int, what: str) -> tuple[int, i
         shift += 7
 
 
-def _fields(buf: memoryview, start: int, end: int, what: str) -> Iterator[tuple[int, int, object]]:
+def _fields(buf: bytes, start: int, end: int, what: str) -> Iterator[tuple[int, int, object]]:
     """(field number, wire type, value) for each field of the message in buf[start:end].
 
     The value is an int for varints, a (start, end) span for length-delimited fields and the raw
@@ -174,7 +191,7 @@ def _fields(buf: memoryview, start: int, end: int, what: str) -> Iterator[tuple[
         yield field, wire_type, value
 
 
-def _read_tensor(raw: bytes, buf: memoryview, span: tuple[int, int], name: str) -> np.ndarray:
+def _read_tensor(buf: bytes, span: tuple[int, int], name: str) -> np.ndarray:
     dtype, shape, data = "", [], (span[0], span[0])
     for field, wire_type, value in _fields(buf, *span, f"tensor {name!r}"):
         if wire_type != _LEN:
@@ -182,7 +199,7 @@ def _read_tensor(raw: bytes, buf: memoryview, span: tuple[int, int], name: str) 
                 shape.append(value)
             continue
         if field == 1:
-            dtype = bytes(buf[value[0] : value[1]]).decode("utf-8", "replace")
+            dtype = buf[value[0] : value[1]].decode("utf-8", "replace")
         elif field == 2:
             pos, stop = value
             while pos < stop:
@@ -190,10 +207,10 @@ def _read_tensor(raw: bytes, buf: memoryview, span: tuple[int, int], name: str) 
                 shape.append(dim - (1 << 64) if dim >> 63 else dim)  # int64: negatives are 10 bytes
         elif field == 3:
             data = value
-    return array_from_bytes(raw, dtype, shape, data[0], data[1] - data[0], name)
+    return array_from_bytes(buf, dtype, shape, data[0], data[1] - data[0], name)
 
 
-def _read_batch(raw: bytes, buf: memoryview, span: tuple[int, int], what: str) -> dict[str, np.ndarray]:
+def _read_batch(buf: bytes, span: tuple[int, int], what: str) -> dict[str, np.ndarray]:
     columns = {}
     for field, wire_type, entry in _fields(buf, *span, what):
         if field != 1 or wire_type != _LEN:
@@ -203,10 +220,10 @@ def _read_batch(raw: bytes, buf: memoryview, span: tuple[int, int], what: str) -
             if entry_type != _LEN:
                 continue
             if entry_field == 1:
-                name = bytes(buf[value[0] : value[1]]).decode("utf-8", "replace")
+                name = buf[value[0] : value[1]].decode("utf-8", "replace")
             elif entry_field == 2:
                 tensor = value
-        columns[name] = _read_tensor(raw, buf, tensor or (entry[1], entry[1]), name)
+        columns[name] = _read_tensor(buf, tensor or (entry[1], entry[1]), name)
     return columns
 
 
@@ -231,17 +248,16 @@ def decode_sample_response(raw: bytes) -> SampleResponseView:
         InvalidBatchError: the bytes are not a well-formed SampleResponse.
     """
     what = "SampleResponse"
-    buf = memoryview(raw)
     data: dict[str, np.ndarray] = {}
     tensors: dict[int, np.ndarray] = {}
     scalars = {5: 0, 7: 0, 8: 0}
     priority_mass = 0.0
     names = {2: "keys", 3: "probabilities", 4: "weights"}
-    for field, wire_type, value in _fields(buf, 0, len(buf), what):
+    for field, wire_type, value in _fields(raw, 0, len(raw), what):
         if field == 1 and wire_type == _LEN:
-            data = _read_batch(raw, buf, value, what)
+            data = _read_batch(raw, value, what)
         elif field in names and wire_type == _LEN:
-            tensors[field] = _read_tensor(raw, buf, value, names[field])
+            tensors[field] = _read_tensor(raw, value, names[field])
         elif field in scalars and wire_type == _VARINT:
             scalars[field] = value
         elif field == 6 and wire_type == _FIXED64:
@@ -279,7 +295,7 @@ class InsertRequestView:
         """
         if self.batch_span is None:
             return {}
-        return _read_batch(self.raw, memoryview(self.raw), self.batch_span, "InsertRequest")
+        return _read_batch(self.raw, self.batch_span, "InsertRequest")
 
 
 def decode_insert_request(raw: bytes) -> InsertRequestView:
@@ -290,7 +306,7 @@ def decode_insert_request(raw: bytes) -> InsertRequestView:
     """
     scalars = {2: 0, 3: 0, 4: 0}
     span = None
-    for field, wire_type, value in _fields(memoryview(raw), 0, len(raw), "InsertRequest"):
+    for field, wire_type, value in _fields(raw, 0, len(raw), "InsertRequest"):
         if field == 1 and wire_type == _LEN:
             span = value
         elif field in scalars and wire_type == _VARINT:

@@ -132,6 +132,21 @@ def test_bench_sharded_runs_briefly(tmp_path):
     assert "| consumer (2 shards, batches of 256) | batches/s |" in result.stdout
 
 
+def test_bench_learner_runs_one_case_briefly(tmp_path):
+    from learner.bench import CASES
+
+    out = tmp_path / "learner.json"
+    case = "cartpole-mlp b256"
+    result = run("bench", "learner", "--case", case, "--seconds", "0.5", "--repeats", "1", "--output", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"| {case} |" in result.stdout and "atari" not in result.stdout
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["case"] == case and row["grpc"] > 0 and row["in_process"] > 0 and row["ratio"] > 0
+    help_text = run("bench", "learner", "--help").stdout
+    assert all(name in help_text for name in CASES)  # the CLI offers every case the bench has
+    assert run("bench", "learner", "--case", "pong").returncode == 2
+
+
 def test_bench_actors_runs_briefly_and_reports_every_figure(tmp_path):
     out = tmp_path / "actors.json"
     result = run("bench", "actors", "--seconds", "0.3", "--repeats", "1", "--output", str(out), timeout=240)
