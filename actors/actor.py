@@ -37,7 +37,7 @@ from actors.nstep import NStepAccumulator, apex_epsilons
 from actors.registry import ActorRegistry
 from actors.weights import WeightSubscriber
 from learner import LearnerConfig, Policy, WeightStore
-from replay import ReplayUnavailableError, ShardedReplay
+from replay import ReplayUnavailableError, ShardedReplay, keep_freed_memory
 
 log = logging.getLogger("qfleet.actors")
 
@@ -102,6 +102,7 @@ class EnvActor:
         replay: ShardedReplay | None = None,
     ):
         torch.set_num_threads(1)  # actors scale by processes, not by intra-op threads
+        keep_freed_memory()  # insert messages of pixel envs are megabytes each
         self.actor_id, self.config = actor_id, actors
         seed = actors.seed + actor_id
         self.rng = np.random.default_rng(seed)

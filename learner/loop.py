@@ -28,7 +28,7 @@ from learner.config import LearnerConfig, resolve_device
 from learner.metrics import LearnerMetrics
 from learner.spaces import ActionSpace
 from learner.weights import WeightStore
-from replay import Prefetcher, ShardedReplay
+from replay import Prefetcher, ShardedReplay, keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ class Learner:
         log_every_s: float = 10.0,
     ):
         self.config, self.replay, self.run_name = config, replay, run
+        keep_freed_memory()  # received batches are large buffers, freed after each update
         self.device = resolve_device(config.device)
         self.agent = make_agent(config, tuple(obs_shape), action_space, self.device)
         self.weight_store = weight_store

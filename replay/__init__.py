@@ -4,9 +4,11 @@ Public surface:
     Spec, ReplayConfig, ReplayServer, ReplayClient, Sample, ReplayInfo (one shard);
     ShardedReplay, ShardedInfo, ShardRegistry (many shards as one); Prefetcher, TorchBatch
     (batches kept ready for a learner); MixedReplay, validate_fractions (fixed-fraction mixes);
-    and the errors below.
+    keep_freed_memory (malloc settings for processes that move large batches); and the errors
+    below.
 """
 
+from replay.allocator import keep_freed_memory
 from replay.client import CheckpointResult, PriorityUpdateResult, ReplayClient, ReplayInfo, Sample
 from replay.config import ReplayConfig
 from replay.errors import (
@@ -50,5 +52,6 @@ __all__ = [
     "Spec",
     "SpecMismatchError",
     "TorchBatch",
+    "keep_freed_memory",
     "validate_fractions",
 ]

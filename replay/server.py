@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 from replay import checkpoint as ckpt
 from replay import codec, wire
 from replay._proto import replay_pb2, replay_pb2_grpc
+from replay.allocator import keep_freed_memory
 from replay.codec import grpc_options
 from replay.config import ReplayConfig
 from replay.errors import DeadlineExceededError, InvalidBatchError
@@ -232,6 +233,7 @@ class ReplayServer:
 
     def start(self) -> ReplayServer:
         """Restores the newest good checkpoint, then starts serving. Returns self."""
+        keep_freed_memory()  # samples and inserts churn through large buffers
         if self.config.checkpoint_dir is not None:
             self._restore(pathlib.Path(self.config.checkpoint_dir))
         if self.config.redis_url is not None:
