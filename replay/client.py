@@ -40,31 +40,10 @@ from replay.errors import (
     ReplayError,
     ReplayUnavailableError,
 )
+from replay.sample import Sample
 from replay.spec import Spec
 
 _END = object()
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One sampled batch. Arrays are read-only views of the received bytes."""
-
-    data: dict[str, np.ndarray]
-    """Column name -> array of shape [batch_size, *item_shape]."""
-    keys: np.ndarray
-    """uint64 keys to pass back to `update_priorities`."""
-    probabilities: np.ndarray
-    """Probability with which each item was drawn from its table."""
-    weights: np.ndarray
-    """Importance weights (N * P)^-beta, normalised by the batch maximum."""
-    table_size: int
-    """Items in the table when the sample was drawn."""
-    priority_mass: float
-    """Sum of priority^alpha in the table when the sample was drawn."""
-    inserts: int = 0
-    """Items inserted into the table(s) so far, as of this sample."""
-    samples: int = 0
-    """Items sampled from the table(s) so far, this sample included."""
 
 
 @dataclass(frozen=True)
@@ -420,7 +399,7 @@ class ReplayClient:
         raw = self._call(
             "SampleBytes", request, f"sample({batch_size}x{num_batches})", None if timeout is None else timeout + 10
         )
-        response = wire.decode_sample_response(raw)
+        response = wire.decode_sample_response(raw)  # every batch of the request as one Sample
         data, keys, probabilities, weights = response.data, response.keys, response.probabilities, response.weights
         samples = []
         for i in range(num_batches):

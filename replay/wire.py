@@ -24,6 +24,7 @@ import numpy as np
 
 from replay.codec import array_from_bytes, little_endian
 from replay.errors import InvalidBatchError
+from replay.sample import Sample
 
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 
@@ -227,22 +228,8 @@ def _read_batch(buf: bytes, span: tuple[int, int], what: str) -> dict[str, np.nd
     return columns
 
 
-@dataclass(frozen=True)
-class SampleResponseView:
-    """A parsed `SampleResponse`; the arrays are read-only views of the received bytes."""
-
-    data: dict[str, np.ndarray]
-    keys: np.ndarray
-    probabilities: np.ndarray
-    weights: np.ndarray
-    table_size: int
-    priority_mass: float
-    inserts: int
-    samples: int
-
-
-def decode_sample_response(raw: bytes) -> SampleResponseView:
-    """Reads a serialized `SampleResponse` without copying its arrays.
+def decode_sample_response(raw: bytes) -> Sample:
+    """Reads a serialized `SampleResponse` without copying its arrays (read-only views of `raw`).
 
     Raises:
         InvalidBatchError: the bytes are not a well-formed SampleResponse.
@@ -265,7 +252,7 @@ def decode_sample_response(raw: bytes) -> SampleResponseView:
     missing = [names[f] for f in names if f not in tensors]
     if missing:
         raise _malformed(what, f"no {', '.join(missing)}")
-    return SampleResponseView(
+    return Sample(
         data=data,
         keys=tensors[2],
         probabilities=tensors[3],
