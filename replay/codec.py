@@ -1,10 +1,9 @@
-"""Conversion between numpy arrays and the wire's `Tensor`/`Batch` messages (raw bytes, no pickle)."""
+"""Conversion between numpy arrays and the wire's `Tensor` message (raw bytes, no pickle); the bulk messages are in wire.py."""
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
 
 import numpy as np
 
@@ -76,15 +75,3 @@ def decode_tensor(tensor: replay_pb2.Tensor, name: str) -> np.ndarray:
     """
     data = tensor.data
     return array_from_bytes(data, tensor.dtype, tensor.shape, 0, len(data), name)
-
-
-def encode_batch(columns: Mapping[str, np.ndarray], batch: replay_pb2.Batch) -> replay_pb2.Batch:
-    """Packs arrays with a leading batch dimension into `batch`."""
-    for name, value in columns.items():
-        encode_tensor(value, batch.columns[name])
-    return batch
-
-
-def decode_batch(batch: replay_pb2.Batch) -> dict[str, np.ndarray]:
-    """Unpacks a Batch into read-only arrays (views of the message's bytes)."""
-    return {name: decode_tensor(tensor, name) for name, tensor in batch.columns.items()}

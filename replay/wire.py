@@ -167,6 +167,11 @@ def _read_varint(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
         shift += 7
 
 
+def _int64(value: int) -> int:
+    """A varint read as int64 (negatives are written as 10-byte two's complement)."""
+    return value - (1 << 64) if value >> 63 else value
+
+
 def _fields(buf: bytes, start: int, end: int, what: str) -> Iterator[tuple[int, int, object]]:
     """(field number, wire type, value) for each field of the message in buf[start:end].
 
@@ -197,7 +202,7 @@ def _read_tensor(buf: bytes, span: tuple[int, int], name: str) -> np.ndarray:
     for field, wire_type, value in _fields(buf, *span, f"tensor {name!r}"):
         if wire_type != _LEN:
             if field == 2 and wire_type == _VARINT:  # an unpacked shape element
-                shape.append(value)
+                shape.append(_int64(value))
             continue
         if field == 1:
             dtype = buf[value[0] : value[1]].decode("utf-8", "replace")
@@ -205,7 +210,7 @@ def _read_tensor(buf: bytes, span: tuple[int, int], name: str) -> np.ndarray:
             pos, stop = value
             while pos < stop:
                 dim, pos = _read_varint(buf, pos, stop, f"tensor {name!r} shape")
-                shape.append(dim - (1 << 64) if dim >> 63 else dim)  # int64: negatives are 10 bytes
+                shape.append(_int64(dim))
         elif field == 3:
             data = value
     return array_from_bytes(buf, dtype, shape, data[0], data[1] - data[0], name)

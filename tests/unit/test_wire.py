@@ -20,7 +20,8 @@ def _columns():
 
 def _reference_sample_response(columns, keys, probabilities, weights) -> replay_pb2.SampleResponse:
     message = replay_pb2.SampleResponse(table_size=7, priority_mass=3.5, inserts=9, samples=2)
-    codec.encode_batch(columns, message.batch)
+    for name, column in columns.items():
+        codec.encode_tensor(column, message.batch.columns[name])
     codec.encode_tensor(keys, message.keys)
     codec.encode_tensor(probabilities, message.probabilities)
     codec.encode_tensor(weights, message.weights)
@@ -68,8 +69,8 @@ def test_insert_request_round_trip():
     raw = wire.encode_insert_request(columns, writer_id=2**62 + 3, sequence=300, timeout_ms=0)
     parsed = replay_pb2.InsertRequest.FromString(raw)
     assert (parsed.writer_id, parsed.sequence, parsed.timeout_ms) == (2**62 + 3, 300, 0)
-    for name, column in codec.decode_batch(parsed.batch).items():
-        np.testing.assert_array_equal(column, columns[name])
+    for name, tensor in parsed.batch.columns.items():
+        np.testing.assert_array_equal(codec.decode_tensor(tensor, name), columns[name])
     view = wire.decode_insert_request(parsed.SerializeToString())
     assert (view.writer_id, view.sequence, view.timeout_ms) == (2**62 + 3, 300, 0)
     assert {k: v.tolist() for k, v in view.columns().items()} == {k: v.tolist() for k, v in columns.items()}
