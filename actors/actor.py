@@ -41,8 +41,9 @@ from replay import ReplayUnavailableError, ShardedReplay, keep_freed_memory
 
 log = logging.getLogger("qfleet.actors")
 
-NSTEP_BLOCK = 32
-"""Vector steps between n-step emissions: amortises numpy's per-call cost (see actors/nstep.py)."""
+NSTEP_BLOCK = 64
+"""Most vector steps between n-step emissions: amortises numpy's per-call cost (see
+actors/nstep.py); fewer where one emission would exceed INSERT_MAX_BYTES (pixel envs)."""
 
 INSERT_MAX_BYTES = 4 << 20
 """An insert message is sent once it holds this many bytes, even below insert_batch items
@@ -109,7 +110,9 @@ class EnvActor:
         spaces = describe_env(env)
         self.policy = Policy(learner, spaces.obs_shape, spaces.action_space, seed=seed)
         self.epsilon = actor_epsilon(actor_id, num_actors, actors)
-        self.nstep = NStepAccumulator(env.num_envs, actors.n_step, learner.gamma, block=NSTEP_BLOCK)
+        block_bytes = env.num_envs * spaces.spec.item_nbytes()
+        block = max(1, min(NSTEP_BLOCK, INSERT_MAX_BYTES // block_bytes))
+        self.nstep = NStepAccumulator(env.num_envs, actors.n_step, learner.gamma, block=block)
         self.env_steps = self.vector_steps = self.episodes = 0
         self.transitions_inserted = self.transitions_lost = 0
         self._sent = 0  # transitions handed to the replay client (acknowledged once flushed)

@@ -196,6 +196,8 @@ class EnvVector:
         self._returns = [0.0] * self.num_envs
         self._lengths = [0] * self.num_envs
         self._obs: np.ndarray | None = None
+        self._none_aborted = np.zeros(self.num_envs, bool)
+        self._none_aborted.flags.writeable = False  # shared by every step without a failure
 
     def _next_seed(self) -> int:
         self._seeds_used += 1
@@ -278,8 +280,10 @@ class EnvVector:
             final_obs = next_obs.copy()
             for i, obs in finals:
                 final_obs[i] = obs
-        aborted = np.zeros(n, bool)
-        aborted[failed] = True
+        aborted = self._none_aborted
+        if failed:
+            aborted = np.zeros(n, bool)
+            aborted[failed] = True
         self._obs = next_obs
         return VectorStep(
             next_obs, np.array(rewards), np.array(terminated), np.array(truncated), aborted, final_obs, failed, episodes

@@ -14,9 +14,10 @@ When an episode ends every pending window is emitted at once, shortened to the s
 
 The learner's target is then reward + discount * max_a Q(next_obs, a) for every loss.
 
-Steps live in ring buffers shaped [n, num_envs, ...]; the common case (every env mid-episode with
-a full window) is a handful of vectorised numpy operations, and only envs whose episode ended
-take a Python loop.
+Each step is recorded by reference (an append, nothing copied); every `block` steps the recorded
+steps are stacked into time-major arrays [rows, num_envs, ...] and the transitions of all completed
+windows come out of a handful of vectorised numpy operations over the whole block, so numpy's
+per-call cost is paid per block, not per step.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ import numpy as np
 class NStepAccumulator:
     """Turns per-step vector-env outputs into n-step transitions.
 
-    Steps are appended to time-major buffers [rows, num_envs, ...]; every `block` steps the
-    transitions of all completed windows are computed at once, with n passes of array operations
-    over the whole block (numpy's per-call cost is paid per block, not per step). A window is
-    complete when it holds n steps or its episode ended; the last n - 1 rows carry over to the
-    next block for the windows still open.
+    `add` keeps references to the arrays it is given until they have been stacked (at the latest
+    `block` steps later): callers pass fresh arrays each step and do not write into them afterwards
+    (`EnvVector` and `Policy.act` return new arrays every step). A window is complete when it holds
+    n steps or its episode ended; the last n - 1 steps carry over to the next block for the windows
+    still open.
 
     Args:
         num_envs: environments stepped together.
@@ -49,14 +50,11 @@ class NStepAccumulator:
             )
         self.num_envs, self.n_step, self.gamma, self.block = num_envs, n_step, gamma, block
         self._powers = gamma ** np.arange(n_step + 1, dtype=np.float64)
-        self._rows = block + n_step - 1
-        self._len = 0  # rows filled
-        self._fresh = 0  # rows added since the last emission
-        self._columns: dict[str, np.ndarray] = {}  # obs, action, next_obs, extras: [rows, num_envs, ...]
-        self._column_list: list[np.ndarray] = []
-        self._reward = np.zeros((self._rows, num_envs))
-        self._ends = np.zeros((3, self._rows, num_envs), bool)  # terminated, truncated, aborted
-        self._emitted = np.zeros((self._rows, num_envs), bool)  # windows starting here already out
+        self._names: tuple[str, ...] = ()  # obs, action, next_obs, extras: the leading fields of a step
+        self._steps: list[tuple] = []  # (obs, action, next_obs, *extras, reward, terminated, truncated, aborted)
+        self._carried = 0  # leading steps kept from the last block
+        self._carried_emitted = np.zeros((0, num_envs), bool)  # their windows already out
+        self._not_aborted = np.zeros(num_envs, bool)
 
     def add(
         self,
@@ -81,86 +79,72 @@ class NStepAccumulator:
             aborted: envs whose step did not happen (the env raised); their windows end at the
                 previous step and bootstrap from `obs`.
         """
-        row = self._len
-        values = (obs, action, next_obs, *(extras or {}).values())
-        if len(self._columns) != len(values):  # the first step: allocate, in this order
-            for name, value in zip(("obs", "action", "next_obs", *(extras or {})), values, strict=True):
-                value = np.asarray(value)
-                self._columns[name] = np.zeros((self._rows, *value.shape), value.dtype)
-            self._column_list = list(self._columns.values())
-        for column, value in zip(self._column_list, values, strict=True):
-            column[row] = value
-        self._reward[row] = reward
-        ends = self._ends
-        ends[0, row] = terminated
-        ends[1, row] = truncated
-        ends[2, row] = False if aborted is None else aborted
-        self._emitted[row] = ends[2, row]  # an aborted step starts no window
-        self._len += 1
-        self._fresh += 1
-        if self._fresh < self.block:
+        if aborted is None:
+            aborted = self._not_aborted
+        if extras:
+            if not self._names:
+                self._names = ("obs", "action", "next_obs", *extras)
+            self._steps.append((obs, action, next_obs, *extras.values(), reward, terminated, truncated, aborted))
+        else:
+            if not self._names:
+                self._names = ("obs", "action", "next_obs")
+            self._steps.append((obs, action, next_obs, reward, terminated, truncated, aborted))
+        if len(self._steps) - self._carried < self.block:
             return None
-        out = self._emit()
-        self._carry()
-        return out
+        return self._emit()
 
     def _emit(self) -> dict[str, np.ndarray] | None:
-        n, rows, envs = self.n_step, self._len, self.num_envs
-        terminated, truncated, aborted = self._ends[:, :rows]
-        open_ = ~self._emitted[:rows]  # windows still collecting steps, by start row
-        complete = np.zeros((rows, envs), bool)
+        n, envs = self.n_step, self.num_envs
+        *columns, reward, terminated, truncated, aborted = (np.array(field) for field in zip(*self._steps, strict=True))
+        rows = len(reward)
+        ended = terminated | truncated
+        open_ = ~aborted  # windows still collecting steps, by start row (an aborted step starts none)
+        open_[: self._carried] &= ~self._carried_emitted
+        emitted_before = ~open_
         returns = np.zeros((rows, envs))
         discount = np.zeros((rows, envs))
-        source_row = np.zeros((rows, envs), np.int64)  # row of the bootstrap observation
+        length = np.zeros((rows, envs), np.int64)  # steps to the bootstrap observation's row
         from_obs = np.zeros((rows, envs), bool)  # ... in `obs` (aborted) rather than `next_obs`
-        starts = np.arange(rows)[:, None]
         for i in range(min(n, rows)):
-            here = slice(i, rows)  # step t + i of the window starting at t (t < rows - i)
-            live = open_[: rows - i]
+            m = rows - i  # step t + i of the window starting at t (t < m)
+            live = open_[:m]
             # The step at t + i was aborted: the window ends before it, bootstrapping from its obs.
-            cut = live & aborted[here]
+            cut = live & aborted[i:]
             # Otherwise the step counts; it may end the episode, or fill the window.
-            step = live & ~cut
-            returns[: rows - i] += np.where(step, self._powers[i] * self._reward[here], 0.0)
-            ended = step & (terminated[here] | truncated[here])
-            filled = step & ~ended & (i == n - 1)
-            done = cut | ended | filled
-            discount[: rows - i] = np.where(
-                cut,
-                self._powers[i],
-                np.where(ended & terminated[here], 0.0, np.where(done, self._powers[i + 1], discount[: rows - i])),
-            )
-            source_row[: rows - i] = np.where(done, starts[: rows - i] + i, source_row[: rows - i])
-            from_obs[: rows - i] |= cut
-            complete[: rows - i] |= done
-            open_[: rows - i] &= ~done
+            step = live ^ cut
+            np.add(returns[:m], self._powers[i] * reward[i:], out=returns[:m], where=step)
+            end = step & ended[i:]
+            done = step if i == n - 1 else end
+            np.copyto(discount[:m], self._powers[i + 1], where=done)
+            np.copyto(discount[:m], 0.0, where=end & terminated[i:])
+            np.copyto(discount[:m], self._powers[i], where=cut)
+            done = done | cut
+            np.copyto(length[:m], i, where=done)
+            from_obs[:m] |= cut
+            live ^= done
+        complete = ~open_ & ~emitted_before
+        keep = min(n - 1, rows)
+        self._carried_emitted = (~open_)[rows - keep :]
+        self._steps = self._steps[rows - keep :]
+        self._carried = keep
         t, e = np.nonzero(complete)
-        self._emitted[:rows] |= complete
         if len(t) == 0:
             return None
-        out = {name: column[t, e] for name, column in self._columns.items() if name != "next_obs"}
-        rows_after, bootstrap_obs = source_row[t, e], from_obs[t, e]
-        next_obs = self._columns["next_obs"][rows_after, e]
+        out = {name: column[t, e] for name, column in zip(self._names, columns, strict=True) if name != "next_obs"}
+        rows_after, bootstrap_obs = t + length[t, e], from_obs[t, e]
+        next_obs = columns[2][rows_after, e]
         if bootstrap_obs.any():
-            next_obs[bootstrap_obs] = self._columns["obs"][rows_after[bootstrap_obs], e[bootstrap_obs]]
+            next_obs[bootstrap_obs] = columns[0][rows_after[bootstrap_obs], e[bootstrap_obs]]
         out["next_obs"] = next_obs
         out["reward"] = returns[t, e].astype(np.float32)
         out["discount"] = discount[t, e].astype(np.float32)
         return out
 
-    def _carry(self) -> None:
-        """Keeps the last n - 1 rows (the only ones with windows possibly still open)."""
-        keep = min(self.n_step - 1, self._len)
-        if keep and self._len > keep:
-            first = self._len - keep
-            for column in (*self._columns.values(), self._reward, self._emitted):
-                column[:keep] = column[first : self._len]
-            self._ends[:, :keep] = self._ends[:, first : self._len]
-        self._len, self._fresh = keep, 0
-
     def pending(self) -> int:
         """Steps recorded whose transition is not emitted yet, over all envs."""
-        return int((~self._emitted[: self._len]).sum())
+        carried = int((~self._carried_emitted).sum())
+        fresh = sum(int((~step[-1]).sum()) for step in self._steps[self._carried :])
+        return carried + fresh
 
 
 def apex_epsilons(num_actors: int, base: float = 0.4, alpha: float = 7.0) -> np.ndarray:
