@@ -92,7 +92,7 @@ class LearnerConfig:
     """Batches the prefetching sampler keeps ready."""
 
     prefetch_batches_per_request: int = 4
-    """Batches drawn per replay round trip by the prefetcher; small items (CartPole) reach top speed at 16, pixels at 1."""
+    """Batches drawn per replay round trip by the prefetcher; aim for responses of a few MB: 16 for CartPole-size items, 4 for Atari at batch 32, 1 at batch 256."""
 
     ensemble_size: int = 10
     """SAC: critics in the ensemble (REDQ uses 10; RLPD 10 with LayerNorm)."""
