@@ -142,11 +142,19 @@ def _updates_per_second(case: Case, replay, seconds: float) -> float:
     stop = threading.Event()
     window: list[tuple[float, int]] = []
 
+    def mark() -> None:
+        # At the moment an update completes, so that the window holds whole updates (a 2 s window
+        # of 5 updates/s would otherwise be off by up to one update in ten).
+        before = learner.updates
+        while learner.updates == before and not stop.wait(0.0005):
+            pass
+        window.append((time.perf_counter(), learner.updates))
+
     def timer() -> None:
         for wait in (WARMUP_S, seconds):
             if stop.wait(wait):
                 return
-            window.append((time.perf_counter(), learner.updates))
+            mark()
         stop.set()
 
     clock = threading.Thread(target=timer, name="bench-window", daemon=True)
