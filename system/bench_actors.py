@@ -15,12 +15,18 @@ Four figures, measured in one run on one machine:
 
 The plain loop alternates with each actor kind `repeats` times; each ratio is the median over the
 adjacent (plain, actor) pairs, so drifting machine load hits both alike. Everything runs with one torch thread per process.
+
+The shard runs at the niceness Ray gives its worker processes (15 unless RAY_worker_niceness says
+otherwise), as `qfleet train`'s shards do: they are Ray actors like the env actors. A shard at the
+shell's niceness 0 beside a Ray actor at 15 takes CPU from it whenever both want the same core,
+which no deployment of qfleet does (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import statistics
 import subprocess
@@ -66,11 +72,13 @@ def plain_loop(env: EnvConfig, learner: LearnerConfig, epsilon: float, seconds: 
 class _Shard:
     """`qfleet replay serve` in a child process, registered in the benchmark's Redis."""
 
-    def __init__(self, env: EnvConfig, redis_url: str):
+    def __init__(self, env: EnvConfig, redis_url: str, niceness: int = 0):
         capacity = min(1_000_000, (1 << 30) // describe_env(env).spec.item_nbytes())  # at most ~1 GiB
         args = [sys.executable, "-m", "system.cli", "replay", "serve", "--env-id", env.id, "--redis-url", redis_url,
                 "--run", RUN, "--capacity", str(capacity), "--selector", "uniform", "--metrics-port", "0",
                 "--set", f"env.frame_stack={env.frame_stack}"]  # fmt: skip
+        if niceness:  # from the start, so that every thread of the shard has it
+            args = ["nice", "-n", str(niceness), *args]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         if not re.search(r"serving at", line):
@@ -81,6 +89,13 @@ class _Shard:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=30)
+
+
+def _ray_worker_niceness() -> int:
+    """The niceness Ray starts its worker processes with."""
+    import ray
+
+    return ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote())
 
 
 def _fleet_rate(fleet: ActorFleet, count: int, seconds: float) -> float:
@@ -122,8 +137,12 @@ def run_actors_bench(seconds: float, repeats: int, env_id: str, num_envs: int, o
     def plain_segment() -> float:
         return plain_loop(env, learner, epsilon, seconds)
 
+    init_ray(num_cpus=2)
+    import ray
+
+    niceness = _ray_worker_niceness()
     with RedisProcess() as redis:
-        shard = _Shard(env, redis.url)
+        shard = _Shard(env, redis.url, niceness)
         try:
             # 1. The actor in this process, against the plain loop in this process.
             actor = EnvActor(0, 1, env, actors, learner, redis.url, RUN)
@@ -136,9 +155,6 @@ def run_actors_bench(seconds: float, repeats: int, env_id: str, num_envs: int, o
             results["in_process_vs_plain"] = statistics.median(a / p for a, p in zip(inline, plain, strict=True))
 
             # 2. The same actor as a Ray actor (its own worker process), alternating with the plain loop.
-            init_ray(num_cpus=2)
-            import ray
-
             remote = (
                 ray.remote(EnvActor)
                 .options(num_cpus=actors.num_cpus)
@@ -168,7 +184,7 @@ def run_actors_bench(seconds: float, repeats: int, env_id: str, num_envs: int, o
             shard.close()
 
     print(f"\n{env_id}, {num_envs} envs per actor, {learner.network} network, epsilon {epsilon}; "
-          f"{repeats} pairs of {seconds:g} s segments (medians)\n")  # fmt: skip
+          f"{repeats} pairs of {seconds:g} s segments (medians); shard and Ray workers at niceness {niceness}\n")  # fmt: skip
     print("| runner | env steps/s | vs plain loop (median of pairs) |")
     print("|---|---:|---:|")
     print(f"| plain gymnasium loop, same network | {results['plain_loop']:,.0f} | 100% |")
@@ -183,5 +199,5 @@ def run_actors_bench(seconds: float, repeats: int, env_id: str, num_envs: int, o
     )
     if output:
         with open(output, "w") as f:
-            json.dump({"env": env_id, "num_envs": num_envs, "results": results}, f, indent=2)
+            json.dump({"env": env_id, "num_envs": num_envs, "niceness": niceness, "results": results}, f, indent=2)
     return 0
