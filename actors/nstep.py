@@ -95,7 +95,9 @@ class NStepAccumulator:
 
     def _emit(self) -> dict[str, np.ndarray] | None:
         n, envs = self.n_step, self.num_envs
-        *columns, reward, terminated, truncated, aborted = (np.array(field) for field in zip(*self._steps, strict=True))
+        fields = list(zip(*self._steps, strict=True))  # per field, its arrays of every recorded step
+        *columns, reward, terminated, truncated, aborted = fields
+        reward, terminated, truncated, aborted = (np.array(f) for f in (reward, terminated, truncated, aborted))
         rows = len(reward)
         ended = terminated | truncated
         open_ = ~aborted  # windows still collecting steps, by start row (an aborted step starts none)
@@ -130,11 +132,13 @@ class NStepAccumulator:
         t, e = np.nonzero(complete)
         if len(t) == 0:
             return None
-        out = {name: column[t, e] for name, column in zip(self._names, columns, strict=True) if name != "next_obs"}
+        out = {
+            name: _take(column, t, e) for name, column in zip(self._names, columns, strict=True) if name != "next_obs"
+        }
         rows_after, bootstrap_obs = t + length[t, e], from_obs[t, e]
-        next_obs = columns[2][rows_after, e]
+        next_obs = _take(columns[2], rows_after, e)
         if bootstrap_obs.any():
-            next_obs[bootstrap_obs] = columns[0][rows_after[bootstrap_obs], e[bootstrap_obs]]
+            next_obs[bootstrap_obs] = _take(columns[0], rows_after[bootstrap_obs], e[bootstrap_obs])
         out["next_obs"] = next_obs
         out["reward"] = returns[t, e].astype(np.float32)
         out["discount"] = discount[t, e].astype(np.float32)
@@ -145,6 +149,27 @@ class NStepAccumulator:
         carried = int((~self._carried_emitted).sum())
         fresh = sum(int((~step[-1]).sum()) for step in self._steps[self._carried :])
         return carried + fresh
+
+
+GATHER_BYTES = 64 << 10
+"""A step's array (all envs) at least this large is copied straight into the transitions instead
+of being stacked first: pixel observations (Atari: 225 KB per step of 8 envs) are then read once,
+not twice."""
+
+
+def _take(per_step: tuple, rows: np.ndarray, envs: np.ndarray) -> np.ndarray:
+    """`stack(per_step)[rows, envs]`: the entries of env `envs[i]` at step `rows[i]`."""
+    first = np.asarray(per_step[0])
+    if first.nbytes < GATHER_BYTES:  # small: one stack and one fancy index beat a loop over steps
+        return np.array(per_step)[rows, envs]
+    out = np.empty((len(rows), *first.shape[1:]), first.dtype)
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    for a, b in zip(starts, (*starts[1:], len(rows)), strict=True):
+        picked = order[a:b]
+        out[picked] = np.asarray(per_step[ordered[a]])[envs[picked]]
+    return out
 
 
 def apex_epsilons(num_actors: int, base: float = 0.4, alpha: float = 7.0) -> np.ndarray:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from actors import nstep
 from actors.nstep import NStepAccumulator, apex_epsilons
 
 G = 0.9
@@ -146,9 +147,12 @@ def reference_transitions(trajectory, n, gamma):
     return out
 
 
+@pytest.mark.parametrize("gather", ["stacked", "per-step"])
 @pytest.mark.parametrize("block", [1, 4])
 @pytest.mark.parametrize("n_step", [1, 3, 5])
-def test_random_episodes_match_a_brute_force_reference(n_step, block):
+def test_random_episodes_match_a_brute_force_reference(n_step, block, gather, monkeypatch):
+    if gather == "per-step":  # the path pixel observations take (their steps are copied, not stacked)
+        monkeypatch.setattr(nstep, "GATHER_BYTES", 0)
     rng = np.random.default_rng(n_step)
     num_envs, steps = 4, 300  # a multiple of block: the last step emits
     acc = NStepAccumulator(num_envs, n_step, gamma=G, block=block)
