@@ -14,10 +14,11 @@ When an episode ends every pending window is emitted at once, shortened to the s
 
 The learner's target is then reward + discount * max_a Q(next_obs, a) for every loss.
 
-Each step is recorded by reference (an append, nothing copied); every `block` steps the recorded
-steps are stacked into time-major arrays [rows, num_envs, ...] and the transitions of all completed
-windows come out of a handful of vectorised numpy operations over the whole block, so numpy's
-per-call cost is paid per block, not per step.
+Each step is recorded by reference (an append, nothing copied); every `block` steps the windows
+of all recorded steps are worked out with a handful of vectorised numpy operations over the whole
+block (numpy's per-call cost is paid per block, not per step), and the completed transitions are
+gathered: small columns through one stack per block, pixel-size ones copied straight from each
+step's array into the transitions (read once rather than stacked and then gathered).
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ import numpy as np
 class NStepAccumulator:
     """Turns per-step vector-env outputs into n-step transitions.
 
-    `add` keeps references to the arrays it is given until they have been stacked (at the latest
-    `block` steps later): callers pass fresh arrays each step and do not write into them afterwards
-    (`EnvVector` and `Policy.act` return new arrays every step). A window is complete when it holds
-    n steps or its episode ended; the last n - 1 steps carry over to the next block for the windows
-    still open.
+    `add` keeps references to the arrays it is given until their transitions have been emitted (up
+    to `block` + n - 1 steps later): callers pass fresh arrays each step and do not write into
+    them afterwards (`EnvVector` and `Policy.act` return new arrays every step). A window is
+    complete when it holds n steps or its episode ended; the last n - 1 steps carry over to the
+    next block for the windows still open.
 
     Args:
         num_envs: environments stepped together.
