@@ -15,7 +15,7 @@ import pytest
 
 from replay import ReplayServer, Spec
 from replay.sharded import _rendezvous_score as rendezvous_score
-from system.redis_server import RedisProcess
+from system.local.redis_server import RedisProcess
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 

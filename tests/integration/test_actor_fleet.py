@@ -31,7 +31,7 @@ LEARNER = LearnerConfig(hidden_size=16)
 def ray_local():
     import ray
 
-    from system.ray_local import init_ray
+    from system.local.ray_runtime import init_ray
 
     init_ray(num_cpus=2)
     yield ray

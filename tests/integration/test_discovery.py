@@ -11,8 +11,8 @@ import pytest
 
 from conftest import wait_until
 from learner import LearnerStatus
-from system.discovery import register_driver, unregister_driver
-from system.discovery_server import DiscoveryServer
+from system.observe.discovery import register_driver, unregister_driver
+from system.observe.discovery_server import DiscoveryServer
 
 
 def get(url: str) -> tuple[int, str, str]:

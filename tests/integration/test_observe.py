@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from conftest import wait_until
-from system import dashboard
+from system.observe import dashboard
 
 ROOT = Path(__file__).resolve().parents[2]
 QFLEET = [sys.executable, "-m", "system.cli"]

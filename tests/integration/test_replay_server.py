@@ -18,7 +18,7 @@ from replay import (
     ReplayServer,
     ReplayUnavailableError,
 )
-from system.redis_server import free_port
+from system.local.redis_server import free_port
 
 
 def test_insert_sample_update_priorities_round_trip(start_server):

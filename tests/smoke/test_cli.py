@@ -133,7 +133,7 @@ def test_bench_sharded_runs_briefly(tmp_path):
 
 
 def test_bench_learner_runs_one_case_briefly(tmp_path):
-    from learner.bench import CASES
+    from system.bench.learner import CASES
 
     out = tmp_path / "learner.json"
     case = "cartpole-mlp b256"

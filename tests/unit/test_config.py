@@ -4,7 +4,7 @@ from actors.config import AndroidConfig
 from learner import LearnerConfig
 from replay import ReplayConfig
 from system.config import load_config
-from system.dataclass_args import ConfigError, field_docs
+from system.config.dataclass_args import ConfigError, field_docs
 
 
 def test_yaml_then_set_then_flags(tmp_path):

@@ -8,11 +8,11 @@ import re
 
 import pytest
 
-from system import dashboard
+from system.observe import dashboard
 
 
 def test_committed_dashboard_is_what_the_generator_writes():
-    assert dashboard.OUTPUT.read_text() == dashboard.render(), "run: python -m system.dashboard"
+    assert dashboard.OUTPUT.read_text() == dashboard.render(), "run: python -m system.observe.dashboard"
     assert dashboard.main(["--check"]) == 0
 
 

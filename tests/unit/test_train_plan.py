@@ -8,9 +8,9 @@ import pytest
 
 from learner import sample_error_buffer
 from replay.rate_limiter import RateLimiter
-from system.dataclass_args import ConfigError
-from system.run_dir import RunDir
+from system.config.dataclass_args import ConfigError
 from system.train import plan, shard_config
+from system.train.run_dir import RunDir
 
 
 def limiter_of(settings) -> RateLimiter:
@@ -67,7 +67,7 @@ def test_on_a_cluster_metrics_leave_loopback_unless_configured(tmp_path):
 
 
 def test_android_configs_plan_without_launching_anything_and_emulator_runs_skip_driver_evaluations(tmp_path):
-    from system.train import _evaluates_in_driver
+    from system.train.driver import _evaluates_in_driver
 
     fake = plan("configs/android_fake.yaml", [], str(tmp_path / "fake"), None)
     assert fake.obs_shape == (32, 32, 1) and fake.action_space.num_actions == 16 + 4 + 2 + 3 + 1

@@ -17,7 +17,7 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from system.discovery import discover_all
+from system.observe.discovery import discover_all
 
 log = logging.getLogger("qfleet.discovery")
 
@@ -89,10 +89,10 @@ def main_discovery(run_dir: str | None, redis_url: str | None, runs: list[str], 
 
     import redis
 
-    from system.dataclass_args import ConfigError
+    from system.config.dataclass_args import ConfigError
 
     if run_dir is not None:
-        from system.run_dir import RunDir
+        from system.train.run_dir import RunDir
 
         info = RunDir(run_dir).read_json("run.json")
         if info is None:

@@ -135,7 +135,7 @@ def _serve_forever(kind: str, payload: Payload, shard_id: int = 0) -> None:
 class _ChildServer:
     def __init__(self, kind: str, payload: Payload, shard_id: int = 0):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "replay.bench", "--serve", kind, payload.name, str(shard_id)],
+            [sys.executable, "-m", "system.bench.replay", "--serve", kind, payload.name, str(shard_id)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -323,7 +323,7 @@ if __name__ == "__main__":
     if args.serve:
         _serve_forever(args.serve[0], PAYLOADS[args.serve[1]], int(args.serve[2]))
     elif args.write:
-        from replay.bench_sharded import write_for
+        from system.bench.sharded import write_for
 
         write_for(args.write[0].split(","), int(args.write[1]), float(args.write[2]))
     else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from system.dataclass_args import ConfigError
+from system.config.dataclass_args import ConfigError
 
 
 def _age(updated_at: float | int | str | None) -> str:
@@ -79,7 +79,7 @@ def status_text(redis_url: str, run: str) -> str:
 
 def main_status(run_dir: str | None, redis_url: str | None, run: str | None) -> int:
     if run_dir is not None:
-        from system.run_dir import RunDir
+        from system.train.run_dir import RunDir
 
         info = RunDir(run_dir).read_json("run.json")
         if info is None:

@@ -30,7 +30,6 @@ import torch
 from learner.config import LearnerConfig, resolve_device
 from learner.loop import Learner
 from learner.spaces import ActionSpace
-from replay.bench import Payload, _ChildServer, bench_spec, random_batch
 from replay.client import PriorityUpdateResult, Sample
 from replay.rate_limiter import RateLimiter
 from replay.selectors import make_selector
@@ -38,6 +37,7 @@ from replay.server import importance_weights
 from replay.sharded import ShardedReplay
 from replay.spec import Spec
 from replay.table import Table
+from system.bench.replay import Payload, _ChildServer, bench_spec, random_batch
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,9 +24,9 @@ import time
 
 import numpy as np
 
-from replay.bench import PAYLOADS, _ChildServer, random_batch
 from replay.prefetch import Prefetcher
 from replay.sharded import ShardedReplay, _rendezvous_score
+from system.bench.replay import PAYLOADS, _ChildServer, random_batch
 
 # 200k items per shard: filled quickly, and sampled from a realistically deep tree.
 PAYLOAD = dataclasses.replace(PAYLOADS["cartpole"], capacity=200_000)
@@ -58,7 +58,7 @@ def write_for(addresses: list[str], shard_id: int, seconds: float) -> None:
 def _aggregate_insert_rate(addresses: list[str], seconds: float) -> float:
     writers = [
         subprocess.Popen(
-            [sys.executable, "-m", "replay.bench", "--write", ",".join(addresses), str(i), str(seconds)],
+            [sys.executable, "-m", "system.bench.replay", "--write", ",".join(addresses), str(i), str(seconds)],
             stdout=subprocess.PIPE,
             text=True,
         )

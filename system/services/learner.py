@@ -16,8 +16,8 @@ from actors import EnvConfig, UnsupportedEnvError, describe_env
 from learner import ActionSpace, Learner, WeightStore, make_replay
 from replay import ShardedCollector
 from system.config import RunConfig
-from system.dataclass_args import ConfigError
-from system.signals import stop_on_signals
+from system.config.dataclass_args import ConfigError
+from system.local.signals import stop_on_signals
 
 log = logging.getLogger("qfleet.learner")
 

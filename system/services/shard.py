@@ -13,8 +13,8 @@ import yaml
 from actors import UnsupportedEnvError, transition_spec
 from replay import ReplayServer, Spec
 from system.config import RunConfig
-from system.dataclass_args import ConfigError
-from system.signals import stop_on_signals
+from system.config.dataclass_args import ConfigError
+from system.local.signals import stop_on_signals
 
 log = logging.getLogger("qfleet.replay")
 

@@ -38,8 +38,8 @@ import torch
 
 from actors import ActorFleet, ActorsConfig, EnvActor, EnvConfig, describe_env, make_env
 from learner import LearnerConfig, Policy
-from system.ray_local import init_ray
-from system.redis_server import RedisProcess
+from system.local.ray_runtime import init_ray
+from system.local.redis_server import RedisProcess
 
 RUN = "bench-actors"
 

@@ -14,9 +14,9 @@ import time
 
 from actors import ActorFleet, ActorRegistry, ActorRegistryError, FleetError, UnsupportedEnvError, describe_env
 from system.config import RunConfig
-from system.dataclass_args import ConfigError
-from system.ray_local import init_ray
-from system.signals import stop_on_signals
+from system.config.dataclass_args import ConfigError
+from system.local.ray_runtime import init_ray
+from system.local.signals import stop_on_signals
 
 log = logging.getLogger("qfleet.actors")
 

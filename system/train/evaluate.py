@@ -151,8 +151,8 @@ def main_eval(run_dir: str, episodes: int | None, epsilon: float | None, seed: i
     """`qfleet eval RUN_DIR`: the newest learner checkpoint, evaluated; prints and writes eval.json."""
     from learner import checkpoint as ckpt
     from learner import make_agent
-    from system.dataclass_args import ConfigError
-    from system.run_dir import RunDir
+    from system.config.dataclass_args import ConfigError
+    from system.train.run_dir import RunDir
 
     run = RunDir(pathlib.Path(run_dir))
     config = run.load_config()

@@ -1,4 +1,4 @@
-"""A CleanRL-style single-process DQN: the baseline `bench/learning.py` runs beside qfleet.
+"""A CleanRL-style single-process DQN: the baseline `system/bench/learning.py` runs beside qfleet.
 
 Written here from the hyper-parameters CleanRL publishes for `dqn.py` on CartPole-v1
 (docs.cleanrl.dev, "dqn.py"): 500k steps, Adam lr 2.5e-4, replay buffer 10k, batch 128,
@@ -6,7 +6,7 @@ gamma 0.99, hard target update every 500 steps, epsilon linearly 1 -> 0.05 over 
 training, learning starts at 10k steps, one update every 10 env steps, MSE on the (non-double)
 one-step target, Q-network 120-84 ReLU MLP, one env.
 
-    python bench/dqn_baseline.py --seed 0 --eval-every 10000 --threshold 475
+    python -m system.bench.dqn_baseline --seed 0 --eval-every 10000 --threshold 475
 
 Greedy evaluations (10 episodes) run every --eval-every steps; their time is not counted in the
 reported wall time, which is the training loop's alone.

@@ -1,7 +1,7 @@
 """Learning benchmark: `qfleet train` over several seeds, and the CleanRL-style DQN baseline
 beside it, in one run. Prints a Markdown table per side and writes every seed's figures as JSON.
 
-    .venv/bin/python bench/learning.py --config configs/cartpole.yaml --seeds 0,1,2,3,4 \\
+    .venv/bin/python -m system.bench.learning --config configs/cartpole.yaml --seeds 0,1,2,3,4 \\
         --total-env-steps 100000 --eval-every 5000 --threshold 475 --baseline
 
 For each qfleet seed: the first evaluation at or above --threshold (env steps and wall time since
@@ -21,8 +21,8 @@ import subprocess
 import sys
 import time
 
-HERE = pathlib.Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+"""The checkout: `qfleet train` runs from here (configs/ paths are relative to it)."""
 
 
 def run_qfleet(config: str, seed: int, args, out_dir: pathlib.Path) -> dict:
@@ -63,8 +63,7 @@ def run_qfleet(config: str, seed: int, args, out_dir: pathlib.Path) -> dict:
 
 
 def run_baseline(seed: int, args, out_dir: pathlib.Path) -> dict:
-    sys.path.insert(0, str(HERE))
-    from dqn_baseline import train
+    from system.bench.dqn_baseline import train
 
     print(f"[learning] baseline seed {seed}: {args.baseline_steps:,} steps", flush=True)
     result = train(seed, args.env, args.baseline_steps, args.baseline_eval_every, args.eval_episodes, args.threshold)

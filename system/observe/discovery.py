@@ -7,7 +7,7 @@ Prometheus, both kept current as components come and go:
 - file_sd: the `qfleet train` driver rewrites RUN_DIR/prometheus/targets.json every
   DISCOVERY_EVERY_S seconds (atomically, as Prometheus' file-based discovery expects) and empties
   it at the end of the run;
-- http_sd: `qfleet discovery --redis-url URL` (system/discovery_server.py) answers Prometheus'
+- http_sd: `qfleet discovery --redis-url URL` (system/observe/discovery_server.py) answers Prometheus'
   HTTP service discovery with the targets of every run in that Redis (the deploy/ configs).
 
 The driver's key, the only one `system` keeps in Redis:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from system.run_dir import RunDir
+from system.train.run_dir import RunDir
 
 SMOOTH_EPISODES = 100
 """Training returns are shown as the mean over this many consecutive episodes."""

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 
 from actors import UnsupportedEnvError, describe_env
 from system.config import RunConfig, load_config
-from system.dataclass_args import ConfigError
-from system.discovery import DISCOVERY_EVERY_S
-from system.run_dir import RunDir
-from system.signals import stop_on_signals
+from system.config.dataclass_args import ConfigError
+from system.local.signals import stop_on_signals
+from system.observe.discovery import DISCOVERY_EVERY_S
+from system.train.run_dir import RunDir
 
 log = logging.getLogger("qfleet.train")
 
@@ -288,7 +288,7 @@ def run_train(config_path: str | None, overrides: list[str], run_dir: str | None
           f"{config.actors.num_actors} actors x {config.env.num_envs} envs, {config.train.num_shards} shard(s), "
           f"until {config.train.total_env_steps:,} env steps", flush=True)  # fmt: skip
     code = session.run()
-    from system.report import write_report
+    from system.observe.report import write_report
 
     try:
         print(write_report(run), flush=True)
@@ -343,7 +343,7 @@ class _Session:
     def _start(self) -> None:
         from actors import ActorFleet, ActorRegistry
         from learner import WeightStore
-        from system.evaluate import BackgroundEvaluator, Evaluator
+        from system.train.evaluate import BackgroundEvaluator, Evaluator
 
         config = self.config
         redis_url = self.config.redis.url or self._start_redis()
@@ -380,7 +380,7 @@ class _Session:
         self.fleet.start()
 
     def _start_redis(self) -> str:
-        from system.redis_server import RedisLaunchError, RedisProcess
+        from system.local.redis_server import RedisLaunchError, RedisProcess
 
         try:
             self.redis = RedisProcess().start()
@@ -393,7 +393,7 @@ class _Session:
     def _start_ray(self) -> None:
         import ray
 
-        from system.ray_local import init_ray
+        from system.local.ray_runtime import init_ray
 
         config = self.config
         self.ray = ray
@@ -406,7 +406,7 @@ class _Session:
     def _start_metrics(self) -> None:
         from prometheus_client import start_http_server
 
-        from system.train_metrics import TrainMetrics
+        from system.train.metrics import TrainMetrics
 
         train = self.config.train
         self.metrics = TrainMetrics(self.name)
@@ -429,7 +429,7 @@ class _Session:
         return self.dir.path / "prometheus" / "targets.json"
 
     def _write_targets(self, final: bool = False) -> None:
-        from system.discovery import discover, register_driver, unregister_driver, write_targets
+        from system.observe.discovery import discover, register_driver, unregister_driver, write_targets
 
         redis_url = self.info["redis_url"]
         try:
@@ -445,7 +445,7 @@ class _Session:
             log.debug("Prometheus targets not updated: %s", exc)
 
     def _start_shards(self, redis_url: str) -> None:
-        from system.hosts import ShardHost
+        from system.train.hosts import ShardHost
 
         remote = self.ray.remote(ShardHost)
         on_cluster = self.config.ray.address is not None
@@ -462,7 +462,7 @@ class _Session:
         self.info["shards"] = described
 
     def _start_learner(self, redis_url: str) -> None:
-        from system.hosts import LearnerHost
+        from system.train.hosts import LearnerHost
 
         config, train = self.config, self.config.train
         gpus = train.learner_num_gpus

@@ -18,8 +18,8 @@ import yaml
 from actors import ActorsConfig, EnvConfig
 from learner import LearnerConfig
 from replay import ReplayConfig
-from system.dataclass_args import ConfigError, build
-from system.train_config import RayConfig, RedisConfig, TrainConfig
+from system.config.dataclass_args import ConfigError, build
+from system.config.sections import RayConfig, RedisConfig, TrainConfig
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import os
 import pathlib
 
 from system.config import RunConfig, load_config, to_yaml
-from system.dataclass_args import ConfigError
+from system.config.dataclass_args import ConfigError
 
 
 class RunDir:

@@ -1,0 +1,100 @@
+"""`qfleet bench replay|sharded|learner|actors`: the benchmarks behind docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+
+from system.config import ConfigError
+
+NAME = "bench"
+
+LEARNER_CASES = ("cartpole-mlp b256", "atari-cnn b32", "atari-cnn b256")
+"""The cases of `qfleet bench learner` (system.bench.learner.CASES; a test keeps them equal)."""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement (default: 3)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="repeats per figure; the median is reported (default: 3)"
+    )
+    parser.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(NAME, help="benchmarks (figures for docs/benchmarks.md)", description="Benchmarks.")
+    subcommands = parser.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    replay = subcommands.add_parser(
+        "replay",
+        help="insert/sample throughput of one shard vs raw gRPC and an in-process table",
+        description=(
+            "Measures one replay shard on loopback with CartPole-size (4 float32 obs) and Atari-size "
+            "(84x84x4 uint8 obs) transitions: insert and prioritized-sample throughput, beside raw gRPC "
+            "streaming of the same bytes (the transport limit) and an in-process numpy table (the memory "
+            "limit), all in one run. Prints a Markdown table."
+        ),
+    )
+    _common(replay)
+    replay.add_argument("--only", choices=["cartpole", "cartpole_small", "atari"], help="run one payload only")
+
+    sharded = subcommands.add_parser(
+        "sharded",
+        help="aggregate throughput of 1, 2, 4 shards; prefetching vs synchronous sampling",
+        description=(
+            "Starts N shard processes (CartPole-size items) with one writer process per shard and "
+            "measures aggregate insert and sample throughput for each N, then the batches/s a "
+            "consumer receives with synchronous sampling vs the Prefetcher. Prints Markdown tables."
+        ),
+    )
+    _common(sharded)
+    sharded.add_argument("--shards", default="1,2,4", help="comma-separated shard counts (default: 1,2,4)")
+
+    learner = subcommands.add_parser(
+        "learner",
+        help="learner updates/s fed over gRPC (shard + prefetcher) vs from an in-process buffer",
+        description=(
+            "Runs the learner's training loop on the CartPole MLP (batch 256) and the Atari Nature CNN "
+            "(batches 32 and 256), fed once from a replay shard in another process over gRPC through "
+            "the prefetching sampler and once from the same table in-process. Prints a Markdown table."
+        ),
+    )
+    _common(learner)
+    learner.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N (default: auto)")
+    learner.add_argument(
+        "--case", action="append", choices=LEARNER_CASES, help="run only this case (repeatable; default: all three)"
+    )
+
+    actors = subcommands.add_parser(
+        "actors",
+        help="env steps/s of qfleet's actor vs a plain gymnasium loop; 1 vs 2 Ray actors",
+        description=(
+            "Starts a redis-server and a replay shard, then measures env steps/s of a plain gymnasium "
+            "loop acting with the same network against qfleet's EnvActor (n-step transitions, inserts, "
+            "weight subscription, episode records), in-process and as a Ray actor, alternating "
+            "segments; then the aggregate of a fleet of 1 and 2 Ray actors. Prints a Markdown table."
+        ),
+    )
+    _common(actors)
+    actors.add_argument("--env", default="CartPole-v1", help="gymnasium id (default: CartPole-v1)")
+    actors.add_argument("--num-envs", type=int, default=8, help="envs per actor (default: 8)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.bench_command == "replay":
+        from system.bench.replay import run_replay_bench
+
+        return run_replay_bench(args.seconds, args.repeats, args.only, args.output)
+    if args.bench_command == "sharded":
+        from system.bench.sharded import run_sharded_bench
+
+        try:
+            counts = [int(n) for n in args.shards.split(",")]
+        except ValueError:
+            raise ConfigError(f"--shards {args.shards!r}: expected comma-separated integers") from None
+        return run_sharded_bench(args.seconds, args.repeats, counts, args.output)
+    if args.bench_command == "learner":
+        from system.bench.learner import run_learner_bench
+
+        return run_learner_bench(args.seconds, args.repeats, args.device, args.output, args.case)
+    from system.bench.actors import run_actors_bench
+
+    return run_actors_bench(args.seconds, args.repeats, args.env, args.num_envs, args.output)

@@ -1,0 +1,48 @@
+"""`qfleet replay serve`: one standalone replay shard."""
+
+from __future__ import annotations
+
+import argparse
+
+from actors import EnvConfig
+from replay import ReplayConfig
+from system.cli.options import config_options, flag_overrides
+from system.config import add_arguments, load_config
+
+NAME = "replay"
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(NAME, help="replay shard commands", description="Replay shard commands.")
+    subcommands = parser.add_subparsers(dest="replay_command", metavar="SUBCOMMAND", required=True)
+    serve = subcommands.add_parser(
+        "serve",
+        help="run one standalone replay shard",
+        description=(
+            "Run one replay shard (gRPC) until SIGTERM or Ctrl-C. The item spec comes from --spec, or "
+            "else from the config's environment (env.id). With replay.checkpoint_dir set, the shard "
+            "restores the newest good checkpoint at start and writes one at shutdown. Prints "
+            "'qfleet replay: shard N serving at HOST:PORT; metrics URL' once serving."
+        ),
+    )
+    config_options(serve)
+    serve.add_argument(
+        "--spec", metavar="FILE", help='JSON/YAML spec file: {"obs": {"shape": [4], "dtype": "float32"}, ...}'
+    )
+    serve.add_argument(
+        "--env-id",
+        dest="env.id",
+        metavar="ID",
+        help=f"gymnasium id whose transitions the shard stores (default: {EnvConfig.id})",
+    )
+    serve.add_argument(
+        "--report-every", type=float, default=30.0, metavar="S", help="seconds between progress lines (default: 30)"
+    )
+    add_arguments(serve, ReplayConfig, "replay")
+
+
+def run(args: argparse.Namespace) -> int:
+    from system.services.shard import main_serve
+
+    config = load_config(args.config, args.set, flag_overrides(args))
+    return main_serve(config, args.spec, args.report_every)

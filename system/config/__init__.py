@@ -1,0 +1,25 @@
+"""A run's configuration: one frozen dataclass section per package, loaded from YAML and `--set`.
+
+`RunConfig` composes the packages' sections (`env`, `actors`, `replay`, `learner`) with the
+roof's own (`train`, `redis`, `ray`); `dataclass_args` turns any config dataclass into YAML
+sections, `--set` keys and `--help` text from its field docstrings.
+"""
+
+from system.config.dataclass_args import ConfigError, add_arguments, build, describe, field_docs
+from system.config.run import RunConfig, load_config, parse_override, to_yaml
+from system.config.sections import RayConfig, RedisConfig, TrainConfig
+
+__all__ = [
+    "ConfigError",
+    "RayConfig",
+    "RedisConfig",
+    "RunConfig",
+    "TrainConfig",
+    "add_arguments",
+    "build",
+    "describe",
+    "field_docs",
+    "load_config",
+    "parse_override",
+    "to_yaml",
+]
