@@ -41,6 +41,7 @@ from replay.errors import (
     ReplayUnavailableError,
 )
 from replay.sample import Sample
+from replay.source import ReplayStats, make_stats
 from replay.spec import Spec
 
 _END = object()
@@ -106,7 +107,7 @@ def _typed_error(err: grpc.RpcError, address: str, what: str) -> ReplayError:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceededError(text)
     if code == grpc.StatusCode.UNAVAILABLE:
-        return ReplayUnavailableError(f"replay shard {address} unavailable during {what}: {details}")
+        return ReplayUnavailableError(f"replay shard {address} unavailable during {what}: {details}", address=address)
     return ReplayError(f"{text} ({code.name})")
 
 
@@ -241,21 +242,26 @@ class _InsertStream:
                     self._open_locked(backoff)  # the new reader takes over
                 return
         with self._cond:
-            what = f"insert stream ({len(self._pending)} unacknowledged batches not inserted)"
-            failure = _typed_error(error, self._client.address, what)
-            # What never got an ack, decoded, so a caller (ShardedReplay) can send it elsewhere.
-            failure.unacknowledged = [wire.decode_insert_request(b.request).columns() for b in self._pending]
-            self._errors.append(failure)
+            self._errors.append(self._stream_error(error))
             self._pending.clear()
             self._reconnecting = False
             self._cond.notify_all()
 
+    def _stream_error(self, error: grpc.RpcError) -> ReplayError:
+        """The typed error of a failed stream (called holding the condition)."""
+        address = self._client.address
+        what = f"insert stream ({len(self._pending)} unacknowledged batches not inserted)"
+        if error.code() != grpc.StatusCode.UNAVAILABLE:
+            return _typed_error(error, address, what)
+        # What never got an ack, decoded, so a caller (ShardedReplay) can send it elsewhere.
+        unacknowledged = [wire.decode_insert_request(b.request).columns() for b in self._pending]
+        message = f"replay shard {address} unavailable during {what}: {error.details()}"
+        return ReplayUnavailableError(message, address=address, unacknowledged=unacknowledged)
+
     def _batch_error(self, batch: _PendingBatch, response) -> ReplayError:
         text = f"insert batch #{batch.sequence} ({batch.items} items) to {self._client.address}: {response.message}"
         if response.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]:
-            error = DeadlineExceededError(text)
-            error.inserted = response.inserted
-            return error
+            return DeadlineExceededError(text, inserted=response.inserted)
         if response.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]:
             return InvalidBatchError(text)
         return ReplayError(f"{text} (code {response.code})")
@@ -290,6 +296,7 @@ class ReplayClient:
         self._channel: grpc.Channel | None = None
         self._stub_obj: replay_pb2_grpc.ReplayServiceStub | None = None
         self._stream: _InsertStream | None = None
+        self._counters = (0, 0)  # (inserts, samples) of the shard as of the last response
 
     def __reduce__(self):
         return (type(self), (self.address,))
@@ -400,6 +407,7 @@ class ReplayClient:
             "SampleBytes", request, f"sample({batch_size}x{num_batches})", None if timeout is None else timeout + 10
         )
         response = wire.decode_sample_response(raw)  # every batch of the request as one Sample
+        self._counters = (response.inserts, response.samples)
         data, keys, probabilities, weights = response.data, response.keys, response.probabilities, response.weights
         samples = []
         for i in range(num_batches):
@@ -436,6 +444,7 @@ class ReplayClient:
     def info(self, timeout: float | None = None) -> ReplayInfo:
         """Size, counters, priority mass and rate-limiter state of the shard."""
         r = self._call("Info", replay_pb2.InfoRequest(), "info", timeout)
+        self._counters = (r.inserts, r.samples)
         limiter = r.rate_limiter
         return ReplayInfo(
             address=self.address,
@@ -463,6 +472,15 @@ class ReplayClient:
                 sample_wait_seconds=limiter.sample_wait_seconds,
             ),
         )
+
+    def stats(self) -> ReplayStats:
+        """The shard's counters as of the last sample or info response (no RPC).
+
+        A lone shard enforces no global ratio here (its own limiter is in `info()`), so the target
+        is 0; `run` is "" as the client knows only its address.
+        """
+        inserts, samples = self._counters
+        return make_stats("", inserts, samples)
 
     def checkpoint(self) -> CheckpointResult:
         """Asks the shard to write a checkpoint now; returns where."""

@@ -18,14 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from replay import keys as keylib
-from replay.errors import DeadlineExceededError, InvalidBatchError, ReplayError
+from replay.errors import DeadlineExceededError, InvalidBatchError, TableClosedError
 from replay.rate_limiter import RateLimiter
 from replay.selectors import Selector
 from replay.spec import PRIORITY_COLUMN, Spec, validate_priorities
-
-
-class TableClosedError(ReplayError):
-    """The table is shutting down; waiting calls are released with this."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +109,7 @@ class Table:
 
         The whole batch is validated before anything is written. The rate limiter may admit it in
         pieces; if `timeout` (seconds) passes first, DeadlineExceededError is raised and its
-        `inserted` attribute says how many items made it in.
+        `inserted` field says how many items made it in.
 
         Raises:
             InvalidBatchError: the batch does not match the spec (nothing inserted).
@@ -131,12 +127,12 @@ class Table:
                     "insert",
                 )
                 if admitted is None:
-                    err = DeadlineExceededError(
+                    diff = self.limiter.diff(self._inserts, self._samples)
+                    raise DeadlineExceededError(
                         f"rate limiter held the insert past its deadline: {done} of {length} items inserted "
-                        f"(diff={self.limiter.diff(self._inserts, self._samples):.1f}, max_diff={self.limiter.max_diff})"
+                        f"(diff={diff:.1f}, max_diff={self.limiter.max_diff})",
+                        inserted=done,
                     )
-                    err.inserted = done
-                    raise err
                 self._write(batch, priorities, done, done + admitted)
                 done += admitted
                 self._cond.notify_all()

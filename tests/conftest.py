@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from replay import ReplayServer, Spec
-from replay.sharded import _rendezvous_score as rendezvous_score
+from replay import ReplayServer, Spec, choose_shard
 from system.redis_server import RedisProcess
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -162,7 +161,7 @@ def writer_for(shard_id: int, shard_ids: list[int], prefix="w") -> str:
     """A writer id whose rendezvous choice among `shard_ids` is `shard_id`."""
     for i in range(1000):
         writer = f"{prefix}{i}"
-        if max(shard_ids, key=lambda s: rendezvous_score(writer, s)) == shard_id:
+        if choose_shard(writer, shard_ids) == shard_id:
             return writer
     raise AssertionError("no writer id found")
 
