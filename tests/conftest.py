@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from replay import ReplayServer, Spec, choose_shard
+from replay import ReplayClient, ReplayServer, Spec, choose_shard
 from system.redis_server import RedisProcess
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -62,6 +62,21 @@ def start_server():
     yield start
     for server in servers:
         server.stop(grace=0.2, checkpoint=False)
+
+
+@pytest.fixture
+def connect():
+    """Opens `ReplayClient(address, **kwargs)`s; closes every one at teardown."""
+    clients: list[ReplayClient] = []
+
+    def open_client(address: str, **kwargs) -> ReplayClient:
+        client = ReplayClient(address, **kwargs)
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        client.close()
 
 
 class QfleetProcess:
@@ -145,6 +160,7 @@ def redis_server(tmp_path):
 
 
 def wait_until(predicate, timeout=10.0, step=0.05):
+    """Polls `predicate` until it holds (True) or `timeout` seconds pass (False)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
