@@ -3,18 +3,13 @@
     client = ReplayClient("127.0.0.1:7001")
     client.insert({"obs": obs, "action": action, ...})   # streamed; returns at once
     client.flush()                                      # waits for acks; raises a batch's error
-    s = client.sample(256)                              # s.data, s.keys, s.probabilities, s.weights
-    client.update_priorities(s.keys, new_priorities)
+    sample = client.sample(256)                         # .data, .keys, .probabilities, .weights
+    client.update_priorities(sample.keys, new_priorities)
 
-Inserts ride one long-lived bidirectional stream: `insert` encodes the batch, queues it and
-returns; the server acknowledges each batch in order. At most `max_in_flight` batches are
-unacknowledged at once, so a writer slows down when the shard (or its rate limiter) does. An error
-in batch k (bad input, rate-limiter deadline) is raised by the next `insert` or `flush` call.
-
-Every call retries UNAVAILABLE with capped exponential backoff for up to `retry_for_s` seconds;
-the insert stream reconnects and re-sends unacknowledged batches, which the server deduplicates by
-(writer id, sequence). The client pickles as its address alone, so it can be handed to another
-process (a Ray actor) and reconnects there.
+Inserts ride one bidirectional stream with at most `max_in_flight` unacknowledged batches; an
+error in batch k is raised by the next `insert` or `flush`. Calls retry UNAVAILABLE with capped
+backoff; a reconnected stream re-sends unacknowledged batches, deduplicated by the server. The
+client pickles as its address alone, so it can be handed to another process (a Ray actor).
 """
 
 from __future__ import annotations
@@ -443,23 +438,23 @@ class ReplayClient:
 
     def info(self, timeout: float | None = None) -> ReplayInfo:
         """Size, counters, priority mass and rate-limiter state of the shard."""
-        r = self._call("Info", replay_pb2.InfoRequest(), "info", timeout)
-        self._counters = (r.inserts, r.samples)
-        limiter = r.rate_limiter
+        response = self._call("Info", replay_pb2.InfoRequest(), "info", timeout)
+        self._counters = (response.inserts, response.samples)
+        limiter = response.rate_limiter
         return ReplayInfo(
             address=self.address,
-            shard_id=r.shard_id,
-            size=r.size,
-            capacity=r.capacity,
-            inserts=r.inserts,
-            samples=r.samples,
-            priority_mass=r.priority_mass,
-            dropped_priority_updates=r.dropped_priority_updates,
-            rejected_batches=r.rejected_batches,
-            selector=r.selector,
-            spec=Spec.from_json(r.spec_json),
-            checkpoint_sequence=r.checkpoint_sequence,
-            lost_transitions=r.lost_transitions,
+            shard_id=response.shard_id,
+            size=response.size,
+            capacity=response.capacity,
+            inserts=response.inserts,
+            samples=response.samples,
+            priority_mass=response.priority_mass,
+            dropped_priority_updates=response.dropped_priority_updates,
+            rejected_batches=response.rejected_batches,
+            selector=response.selector,
+            spec=Spec.from_json(response.spec_json),
+            checkpoint_sequence=response.checkpoint_sequence,
+            lost_transitions=response.lost_transitions,
             rate_limiter=RateLimiterState(
                 samples_per_insert=limiter.samples_per_insert or None,
                 min_size=limiter.min_size,
@@ -484,8 +479,8 @@ class ReplayClient:
 
     def checkpoint(self) -> CheckpointResult:
         """Asks the shard to write a checkpoint now; returns where."""
-        r = self._call("Checkpoint", replay_pb2.CheckpointRequest(), "checkpoint")
-        return CheckpointResult(path=r.path, size=r.size, sequence=r.sequence)
+        response = self._call("Checkpoint", replay_pb2.CheckpointRequest(), "checkpoint")
+        return CheckpointResult(path=response.path, size=response.size, sequence=response.sequence)
 
     def close(self) -> None:
         """Ends the insert stream (after pending acks) and the channel."""

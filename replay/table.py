@@ -143,17 +143,17 @@ class Table:
         # Items beyond the last `capacity` of a piece would be evicted at once: skip their copy.
         skip = max(0, count - self.capacity)
         first = (self._next_slot + skip) % self.capacity
-        n = count - skip
-        head = min(n, self.capacity - first)
+        kept = count - skip
+        head = min(kept, self.capacity - first)
         src = start + skip
         for name, column in self._columns.items():
             values = batch[name]
             column[first : first + head] = values[src : src + head]
-            if head < n:
-                column[: n - head] = values[src + head : src + n]
-        slots = (first + np.arange(n)) % self.capacity
+            if head < kept:
+                column[: kept - head] = values[src + head : src + kept]
+        slots = (first + np.arange(kept)) % self.capacity
         self._generations[slots] += 1
-        self.selector.on_insert(slots, None if priorities is None else priorities[src : src + n])
+        self.selector.on_insert(slots, None if priorities is None else priorities[src : src + kept])
         self._next_slot = (self._next_slot + count) % self.capacity
         self._size = min(self.capacity, self._size + count)
         self._inserts += count
