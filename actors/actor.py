@@ -248,7 +248,7 @@ class EnvActor:
         try:
             call()
         except ReplayUnavailableError as exc:
-            pending = list(getattr(exc, "unacknowledged", []))
+            pending = exc.unacknowledged
             while pending:
                 if time.monotonic() - start >= self.config.insert_retry_s:
                     lost = sum(len(b["reward"]) for b in pending)
@@ -263,7 +263,7 @@ class EnvActor:
                     self.replay.flush()
                     pending = []
                 except ReplayUnavailableError as again:
-                    exc, pending = again, list(getattr(again, "unacknowledged", []))
+                    exc, pending = again, again.unacknowledged
         finally:
             self.metrics.insert_wait_seconds.inc(time.monotonic() - start)
 

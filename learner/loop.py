@@ -28,7 +28,7 @@ from learner.config import LearnerConfig, resolve_device
 from learner.metrics import LearnerMetrics
 from learner.spaces import ActionSpace
 from learner.weights import WeightStore
-from replay import Prefetcher, ShardedReplay, keep_freed_memory
+from replay import Prefetcher, ReplaySource, ShardedReplay, keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class _PrioritySender:
 
     COALESCE_S = 0.05
 
-    def __init__(self, replay):
+    def __init__(self, replay: ReplaySource):
         self._replay = replay
         self._queue: queue.Queue = queue.Queue(maxsize=64)
         self._thread = threading.Thread(target=self._send, name="learner-priorities", daemon=True)
@@ -120,7 +120,7 @@ class Learner:
 
     Args:
         config: the learner section.
-        replay: a `ShardedReplay` (or anything with `sample_batches` and `update_priorities`).
+        replay: what to train from (a `ShardedReplay`, `ReplayClient` or `MixedReplay`).
         obs_shape: per-item observation shape.
         action_space: what the agent acts on.
         run: run name (metrics label).
@@ -133,7 +133,7 @@ class Learner:
     def __init__(
         self,
         config: LearnerConfig,
-        replay,
+        replay: ReplaySource,
         obs_shape: tuple[int, ...],
         action_space: ActionSpace,
         *,
@@ -269,8 +269,8 @@ class Learner:
             now = time.time()
             ages = [now - self._published_at.get(int(v), self._started_at) for v in np.unique(versions)]
             metrics.sample_age.set(float(np.mean(ages)))
-        stats = self.replay.stats() if hasattr(self.replay, "stats") else None
-        if stats and stats["inserts"]:
+        stats = self.replay.stats()
+        if stats["inserts"]:
             metrics.achieved_utd.set(self.updates / stats["inserts"])
         now = time.perf_counter()
         last_time, last_updates = self._last_log
@@ -284,7 +284,7 @@ class Learner:
                 result.loss,
                 result.q_mean,
                 float(result.td_abs.mean()),
-                f"{self.updates / stats['inserts']:.3f}" if stats and stats["inserts"] else "-",
+                f"{self.updates / stats['inserts']:.3f}" if stats["inserts"] else "-",
                 self.config.updates_per_env_step,
                 self.version,
             )

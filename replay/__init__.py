@@ -2,15 +2,15 @@
 
 Public surface:
     Spec, ReplayConfig, ReplayServer, ReplayClient, Sample, ReplayInfo (one shard);
-    ShardedReplay, ShardedInfo, ShardRegistry (many shards as one); Prefetcher, TorchBatch
+    ShardedReplay, ShardedReplayConfig, ShardedInfo, ShardRegistry, rendezvous_score, choose_shard
+    (many shards as one); ReplaySource, ReplayStats (what a learner reads); Prefetcher, TorchBatch
     (batches kept ready for a learner); MixedReplay, validate_fractions (fixed-fraction mixes);
-    keep_freed_memory (malloc settings for processes that move large batches); and the errors
-    below.
+    keep_freed_memory (malloc settings for processes that move large batches); and the errors.
 """
 
 from replay.allocator import keep_freed_memory
 from replay.client import CheckpointResult, PriorityUpdateResult, ReplayClient, ReplayInfo, Sample
-from replay.config import ReplayConfig
+from replay.config import ReplayConfig, ShardedReplayConfig
 from replay.errors import (
     CheckpointError,
     DeadlineExceededError,
@@ -19,13 +19,16 @@ from replay.errors import (
     ReplayError,
     ReplayUnavailableError,
     SpecMismatchError,
+    TableClosedError,
 )
 from replay.metrics import ShardedCollector
 from replay.mixing import MixedReplay, validate_fractions
 from replay.prefetch import Prefetcher, TorchBatch
 from replay.registry import ShardRecord, ShardRegistry
+from replay.routing import choose_shard, rendezvous_score
 from replay.server import ReplayServer
 from replay.sharded import ShardedInfo, ShardedReplay
+from replay.source import ReplaySource, ReplayStats
 from replay.spec import Spec
 
 __all__ = [
@@ -42,6 +45,8 @@ __all__ = [
     "ReplayError",
     "ReplayInfo",
     "ReplayServer",
+    "ReplaySource",
+    "ReplayStats",
     "ReplayUnavailableError",
     "Sample",
     "ShardRecord",
@@ -49,9 +54,13 @@ __all__ = [
     "ShardRegistry",
     "ShardedInfo",
     "ShardedReplay",
+    "ShardedReplayConfig",
     "Spec",
     "SpecMismatchError",
+    "TableClosedError",
     "TorchBatch",
+    "choose_shard",
     "keep_freed_memory",
+    "rendezvous_score",
     "validate_fractions",
 ]

@@ -1,18 +1,8 @@
 """Keeps freed batch buffers inside the process instead of handing them back to the kernel.
 
-Shards, learners and pixel-env actors allocate and free buffers of megabytes many times a second
-(an Atari sample of 256 items is 14 MB, copied into a new buffer at every hop). glibc's malloc
-serves blocks this large with mmap and returns them with munmap, or trims them off the heap's top
-once freed, so every new buffer page-faults its memory back in, zeroed by the kernel. On the
-project VM that was 35-40% of a shard's CPU for Atari samples (perf: clear_page_erms and the
-page-fault path), CPU that the learner beside it then lacked; see docs/benchmarks.md.
-
-`keep_freed_memory()` sets glibc's mmap threshold to its maximum (32 MiB) and the trim threshold
-to 256 MiB, so such buffers come from and go back to the heap. The cost is resident memory: up
-to the trim threshold of freed memory per arena can stay mapped. It does nothing on other C
-libraries, nor when the user already chose malloc settings through the environment
-(`GLIBC_TUNABLES` with glibc.malloc.*, or `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`), and
-`QFLEET_KEEP_FREED_MEMORY=0` turns it off.
+glibc serves multi-MB blocks with mmap and unmaps them once freed, so every new batch buffer
+page-faults zeroed memory back in: 35-40% of a shard's CPU on Atari samples (docs/benchmarks.md).
+`keep_freed_memory()` raises the mmap and trim thresholds so such buffers stay on the heap.
 """
 
 from __future__ import annotations
@@ -46,7 +36,13 @@ def _user_chose() -> str | None:
 
 
 def keep_freed_memory() -> bool:
-    """Applies the settings above once per process; returns whether they are in effect."""
+    """Applies the settings above once per process; returns whether they are in effect.
+
+    The cost is resident memory: up to TRIM_THRESHOLD of freed memory per arena stays mapped. Does
+    nothing on other C libraries, nor when the user chose malloc settings through the environment
+    (`GLIBC_TUNABLES` with glibc.malloc.*, `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`);
+    `QFLEET_KEEP_FREED_MEMORY=0` turns it off.
+    """
     global _applied
     if _applied is not None:
         return _applied

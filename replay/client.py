@@ -3,18 +3,13 @@
     client = ReplayClient("127.0.0.1:7001")
     client.insert({"obs": obs, "action": action, ...})   # streamed; returns at once
     client.flush()                                      # waits for acks; raises a batch's error
-    s = client.sample(256)                              # s.data, s.keys, s.probabilities, s.weights
-    client.update_priorities(s.keys, new_priorities)
+    sample = client.sample(256)                         # .data, .keys, .probabilities, .weights
+    client.update_priorities(sample.keys, new_priorities)
 
-Inserts ride one long-lived bidirectional stream: `insert` encodes the batch, queues it and
-returns; the server acknowledges each batch in order. At most `max_in_flight` batches are
-unacknowledged at once, so a writer slows down when the shard (or its rate limiter) does. An error
-in batch k (bad input, rate-limiter deadline) is raised by the next `insert` or `flush` call.
-
-Every call retries UNAVAILABLE with capped exponential backoff for up to `retry_for_s` seconds;
-the insert stream reconnects and re-sends unacknowledged batches, which the server deduplicates by
-(writer id, sequence). The client pickles as its address alone, so it can be handed to another
-process (a Ray actor) and reconnects there.
+Inserts ride one bidirectional stream with at most `max_in_flight` unacknowledged batches; an
+error in batch k is raised by the next `insert` or `flush`. Calls retry UNAVAILABLE with capped
+backoff; a reconnected stream re-sends unacknowledged batches, deduplicated by the server. The
+client pickles as its address alone, so it can be handed to another process (a Ray actor).
 """
 
 from __future__ import annotations
@@ -41,6 +36,7 @@ from replay.errors import (
     ReplayUnavailableError,
 )
 from replay.sample import Sample
+from replay.source import ReplayStats, make_stats
 from replay.spec import Spec
 
 _END = object()
@@ -106,7 +102,7 @@ def _typed_error(err: grpc.RpcError, address: str, what: str) -> ReplayError:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceededError(text)
     if code == grpc.StatusCode.UNAVAILABLE:
-        return ReplayUnavailableError(f"replay shard {address} unavailable during {what}: {details}")
+        return ReplayUnavailableError(f"replay shard {address} unavailable during {what}: {details}", address=address)
     return ReplayError(f"{text} ({code.name})")
 
 
@@ -241,21 +237,26 @@ class _InsertStream:
                     self._open_locked(backoff)  # the new reader takes over
                 return
         with self._cond:
-            what = f"insert stream ({len(self._pending)} unacknowledged batches not inserted)"
-            failure = _typed_error(error, self._client.address, what)
-            # What never got an ack, decoded, so a caller (ShardedReplay) can send it elsewhere.
-            failure.unacknowledged = [wire.decode_insert_request(b.request).columns() for b in self._pending]
-            self._errors.append(failure)
+            self._errors.append(self._stream_error(error))
             self._pending.clear()
             self._reconnecting = False
             self._cond.notify_all()
 
+    def _stream_error(self, error: grpc.RpcError) -> ReplayError:
+        """The typed error of a failed stream (called holding the condition)."""
+        address = self._client.address
+        what = f"insert stream ({len(self._pending)} unacknowledged batches not inserted)"
+        if error.code() != grpc.StatusCode.UNAVAILABLE:
+            return _typed_error(error, address, what)
+        # What never got an ack, decoded, so a caller (ShardedReplay) can send it elsewhere.
+        unacknowledged = [wire.decode_insert_request(b.request).columns() for b in self._pending]
+        message = f"replay shard {address} unavailable during {what}: {error.details()}"
+        return ReplayUnavailableError(message, address=address, unacknowledged=unacknowledged)
+
     def _batch_error(self, batch: _PendingBatch, response) -> ReplayError:
         text = f"insert batch #{batch.sequence} ({batch.items} items) to {self._client.address}: {response.message}"
         if response.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]:
-            error = DeadlineExceededError(text)
-            error.inserted = response.inserted
-            return error
+            return DeadlineExceededError(text, inserted=response.inserted)
         if response.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]:
             return InvalidBatchError(text)
         return ReplayError(f"{text} (code {response.code})")
@@ -290,6 +291,7 @@ class ReplayClient:
         self._channel: grpc.Channel | None = None
         self._stub_obj: replay_pb2_grpc.ReplayServiceStub | None = None
         self._stream: _InsertStream | None = None
+        self._counters = (0, 0)  # (inserts, samples) of the shard as of the last response
 
     def __reduce__(self):
         return (type(self), (self.address,))
@@ -400,6 +402,7 @@ class ReplayClient:
             "SampleBytes", request, f"sample({batch_size}x{num_batches})", None if timeout is None else timeout + 10
         )
         response = wire.decode_sample_response(raw)  # every batch of the request as one Sample
+        self._counters = (response.inserts, response.samples)
         data, keys, probabilities, weights = response.data, response.keys, response.probabilities, response.weights
         samples = []
         for i in range(num_batches):
@@ -435,22 +438,23 @@ class ReplayClient:
 
     def info(self, timeout: float | None = None) -> ReplayInfo:
         """Size, counters, priority mass and rate-limiter state of the shard."""
-        r = self._call("Info", replay_pb2.InfoRequest(), "info", timeout)
-        limiter = r.rate_limiter
+        response = self._call("Info", replay_pb2.InfoRequest(), "info", timeout)
+        self._counters = (response.inserts, response.samples)
+        limiter = response.rate_limiter
         return ReplayInfo(
             address=self.address,
-            shard_id=r.shard_id,
-            size=r.size,
-            capacity=r.capacity,
-            inserts=r.inserts,
-            samples=r.samples,
-            priority_mass=r.priority_mass,
-            dropped_priority_updates=r.dropped_priority_updates,
-            rejected_batches=r.rejected_batches,
-            selector=r.selector,
-            spec=Spec.from_json(r.spec_json),
-            checkpoint_sequence=r.checkpoint_sequence,
-            lost_transitions=r.lost_transitions,
+            shard_id=response.shard_id,
+            size=response.size,
+            capacity=response.capacity,
+            inserts=response.inserts,
+            samples=response.samples,
+            priority_mass=response.priority_mass,
+            dropped_priority_updates=response.dropped_priority_updates,
+            rejected_batches=response.rejected_batches,
+            selector=response.selector,
+            spec=Spec.from_json(response.spec_json),
+            checkpoint_sequence=response.checkpoint_sequence,
+            lost_transitions=response.lost_transitions,
             rate_limiter=RateLimiterState(
                 samples_per_insert=limiter.samples_per_insert or None,
                 min_size=limiter.min_size,
@@ -464,10 +468,19 @@ class ReplayClient:
             ),
         )
 
+    def stats(self) -> ReplayStats:
+        """The shard's counters as of the last sample or info response (no RPC).
+
+        A lone shard enforces no global ratio here (its own limiter is in `info()`), so the target
+        is 0; `run` is "" as the client knows only its address.
+        """
+        inserts, samples = self._counters
+        return make_stats("", inserts, samples)
+
     def checkpoint(self) -> CheckpointResult:
         """Asks the shard to write a checkpoint now; returns where."""
-        r = self._call("Checkpoint", replay_pb2.CheckpointRequest(), "checkpoint")
-        return CheckpointResult(path=r.path, size=r.size, sequence=r.sequence)
+        response = self._call("Checkpoint", replay_pb2.CheckpointRequest(), "checkpoint")
+        return CheckpointResult(path=response.path, size=response.size, sequence=response.sequence)
 
     def close(self) -> None:
         """Ends the insert stream (after pending acks) and the channel."""

@@ -1,4 +1,7 @@
-"""Conversion between numpy arrays and the wire's `Tensor` message (raw bytes, no pickle); the bulk messages are in wire.py."""
+"""Numpy arrays to and from the wire's `Tensor` message (raw bytes, no pickle).
+
+The bulk messages (insert and sample) are written and read in wire.py.
+"""
 
 from __future__ import annotations
 

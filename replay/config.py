@@ -1,7 +1,11 @@
-"""`ReplayConfig`: every setting of one replay shard, documented once for code, YAML and --help."""
+"""Replay settings, documented once for code, YAML and --help.
+
+`ReplayConfig` holds a shard's settings; `ShardedReplayConfig` those of a client of many shards.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,7 +36,7 @@ class ReplayConfig:
     """Items that must have been inserted before the first sample is allowed."""
 
     error_buffer: float | None = None
-    """Slack around samples_per_insert, in items; null picks max(1024, 2*max(1,spi), 0.1*spi*min_size)."""
+    """Slack around samples_per_insert, in items; null: max(1024, 2*max(1,spi), 0.1*spi*min_size)."""
 
     checkpoint_dir: str | None = None
     """Folder for checkpoints (restored at start, written on request, periodically and on SIGTERM)."""
@@ -74,7 +78,7 @@ class ReplayConfig:
     """A shard whose last heartbeat is older than this is taken as gone by clients."""
 
     mix: dict[str, float] | None = None
-    """Fractions of every learner batch drawn from named runs' replays, e.g. {online: 0.5, offline: 0.5} (RLPD); must sum to 1; null: all from this run."""
+    """Fractions of each learner batch by run, e.g. {online: 0.5, offline: 0.5} (RLPD); null: this run."""
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> None:
@@ -121,3 +125,53 @@ class ReplayConfig:
             bad("heartbeat_s", "must be > 0")
         if not self.registry_ttl_s > 2 * self.heartbeat_s:
             bad("registry_ttl_s", f"must exceed 2 * heartbeat_s = {2 * self.heartbeat_s}")
+
+
+@dataclass(frozen=True)
+class ShardedReplayConfig:
+    """Settings of a `ShardedReplay`: where its shards are, how it writes, samples and fails over.
+
+    Give exactly one of `redis_url` (shards are discovered) and `addresses` (shards are named).
+    """
+
+    redis_url: str | None = None
+    """The run's shard registry; shards are discovered and followed from there."""
+
+    run: str = "default"
+    """The run name (registry namespace)."""
+
+    addresses: Sequence[str] | None = None
+    """Instead of a registry, a fixed list of shard addresses ("host:port")."""
+
+    writer_id: str | None = None
+    """Routes this client's inserts (stable hash); None: each instance picks a random one."""
+
+    samples_per_insert: float | None = None
+    """Global ratio of sampled to inserted items, enforced when sampling; None: no ratio."""
+
+    min_size: int = 1
+    """Total inserts (all shards) needed before the first sample."""
+
+    error_buffer: float | None = None
+    """Slack of the global ratio, in items; None: as for a shard's limiter."""
+
+    beta: float = 0.4
+    """Default importance-sampling exponent."""
+
+    discovery_s: float = 1.0
+    """Seconds between registry reads (joins and leaves are seen within this)."""
+
+    failover_after_s: float = 0.5
+    """How long a shard may stay unreachable before writers and samplers move on without it."""
+
+    seed: int | None = None
+    """Seeds the per-batch allocation of items to shards."""
+
+    max_in_flight: int = 32
+    """Unacknowledged insert batches per shard before `insert` blocks (bounds a writer's lead)."""
+
+    def __post_init__(self) -> None:
+        if (self.redis_url is None) == (self.addresses is None):
+            raise ValueError("give either redis_url (discover shards) or addresses (fixed shards), not both")
+        if self.addresses is not None:
+            object.__setattr__(self, "addresses", tuple(self.addresses))

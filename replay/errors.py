@@ -1,10 +1,14 @@
 """Typed errors of the replay package.
 
-Every error a caller of `ReplayClient` can see is a `ReplayError`; gRPC status codes map onto the
-subclasses below so callers never inspect `grpc.RpcError` themselves.
+Every error a caller of the replay clients can see is a `ReplayError`; gRPC status codes map onto
+the subclasses below, so callers never inspect `grpc.RpcError` themselves.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 
 class ReplayError(Exception):
@@ -27,12 +31,41 @@ class RateLimiterConfigError(ReplayError, ValueError):
 
 
 class DeadlineExceededError(ReplayError, TimeoutError):
-    """A sample or insert waited for the rate limiter (or the server) past its deadline."""
+    """A sample or insert waited for the rate limiter (or the server) past its deadline.
+
+    Attributes:
+        inserted: items of the timed-out insert batch that made it into the table (0 for samples).
+    """
+
+    def __init__(self, message: str, *, inserted: int = 0):
+        super().__init__(message)
+        self.inserted = inserted
 
 
 class ReplayUnavailableError(ReplayError, ConnectionError):
-    """The shard could not be reached, after retries; the message names the address."""
+    """The shard (or every shard) could not be reached, after retries; the message names where.
+
+    Attributes:
+        address: the unreachable shard's address ("" when no single shard is meant).
+        unacknowledged: insert batches (column name -> array) not known to be stored, for the
+            caller to send again or count as lost; empty when the failed call was no insert.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        address: str = "",
+        unacknowledged: Sequence[Mapping[str, np.ndarray]] = (),
+    ):
+        super().__init__(message)
+        self.address = address
+        self.unacknowledged = list(unacknowledged)
 
 
 class CheckpointError(ReplayError):
     """A checkpoint could not be read (corrupt, truncated, or written for another spec)."""
+
+
+class TableClosedError(ReplayError):
+    """The table is shutting down; waiting calls are released with this."""

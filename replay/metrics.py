@@ -10,6 +10,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from replay.source import ReplaySource
+
 PREFIX = "qfleet_replay"
 
 # Name -> help, for the collector-backed series (also read by the dashboard generator).
@@ -119,12 +121,12 @@ class ReplayMetrics:
 
 
 class ShardedCollector:
-    """Exports a ShardedReplay's view (achieved vs target UTD, live shards) at scrape time.
+    """Exports a replay source's view (achieved vs target UTD, live shards) at scrape time.
 
     Register it in the process's registry: `registry.register(ShardedCollector(sharded))`.
     """
 
-    def __init__(self, sharded):
+    def __init__(self, sharded: ReplaySource):
         self._sharded = sharded
 
     def collect(self):

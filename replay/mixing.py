@@ -13,12 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent import futures
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from replay import keys as keylib
-from replay.client import PriorityUpdateResult, Sample
+from replay.client import PriorityUpdateResult, ReplayClient, Sample
 from replay.errors import InvalidBatchError
+from replay.source import ReplayStats, make_stats
+
+if TYPE_CHECKING:  # sharded.py imports config.py, which imports this module
+    from replay.sharded import ShardedReplay
 
 
 def validate_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
@@ -58,7 +63,7 @@ class MixedReplay:
         ValueError: bad fractions, or two sources sharing a shard id.
     """
 
-    def __init__(self, sources: Mapping[str, tuple[object, float]]):
+    def __init__(self, sources: Mapping[str, tuple[ReplayClient | ShardedReplay, float]]):
         self.fractions = validate_fractions({name: fraction for name, (_, fraction) in sources.items()})
         self.sources = {name: source for name, (source, _) in sources.items()}
         owner: dict[int, str] = {}
@@ -74,6 +79,7 @@ class MixedReplay:
         self._pool = futures.ThreadPoolExecutor(max_workers=max(2, len(self.sources)))
 
     def sample(self, batch_size: int, *, beta: float | None = None, timeout: float | None = None) -> Sample:
+        """One batch holding exactly `split_counts(batch_size)` items per source."""
         return self.sample_batches(batch_size, 1, beta=beta, timeout=timeout)[0]
 
     def sample_batches(
@@ -121,10 +127,23 @@ class MixedReplay:
         unknown = int((~np.isin(shard_ids, list(self._owner))).sum())
         return PriorityUpdateResult(applied=applied, dropped_stale=dropped + unknown)
 
+    def stats(self) -> ReplayStats:
+        """The sources' cached counters, summed (no RPC); the mix itself enforces no ratio."""
+        parts = [source.stats() for source in self.sources.values()]
+        return make_stats(
+            "+".join(sorted({part["run"] for part in parts if part["run"]})),
+            sum(part["inserts"] for part in parts),
+            sum(part["samples"] for part in parts),
+            live_shards=sum(part["live_shards"] for part in parts),
+            failovers=sum(part["failovers"] for part in parts),
+        )
+
     def close(self) -> None:
+        """Stops the sampling threads (the sources stay open: they belong to the caller)."""
         self._pool.shutdown(wait=False)
 
 
-def _shard_ids(source) -> list[int]:
-    info = source.info()
-    return list(info.shards) if hasattr(info, "shards") else [info.shard_id]
+def _shard_ids(source: ReplayClient | ShardedReplay) -> list[int]:
+    if isinstance(source, ReplayClient):
+        return [source.info().shard_id]
+    return list(source.info().shards)

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from replay.client import Sample
 from replay.errors import DeadlineExceededError
+from replay.sample import Sample
+from replay.source import ReplaySource
 
 _STOP = object()
 
@@ -65,8 +66,7 @@ class Prefetcher:
     """Keeps up to `depth` batches sampled ahead of the consumer.
 
     Args:
-        source: anything with `sample_batches(batch_size, num_batches, beta=...)` (a
-            `ReplayClient`, `ShardedReplay` or `MixedReplay`).
+        source: what to sample from (a `ReplayClient`, `ShardedReplay` or `MixedReplay`).
         batch_size: items per batch.
         depth: batches kept ready.
         threads: concurrent samplers (each holds one request in flight).
@@ -82,7 +82,7 @@ class Prefetcher:
 
     def __init__(
         self,
-        source,
+        source: ReplaySource,
         batch_size: int,
         *,
         depth: int = 8,

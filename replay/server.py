@@ -24,13 +24,13 @@ from replay._proto import replay_pb2, replay_pb2_grpc
 from replay.allocator import keep_freed_memory
 from replay.codec import grpc_options
 from replay.config import ReplayConfig
-from replay.errors import DeadlineExceededError, InvalidBatchError
+from replay.errors import DeadlineExceededError, InvalidBatchError, TableClosedError
 from replay.metrics import ReplayMetrics
 from replay.rate_limiter import RateLimiter
 from replay.registry import ShardRecord, ShardRegistry, new_record
 from replay.selectors import make_selector
 from replay.spec import Spec
-from replay.table import Table, TableClosedError
+from replay.table import Table
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
             response.code, response.message = grpc.StatusCode.INVALID_ARGUMENT.value[0], str(exc)
         except DeadlineExceededError as exc:
             response.code, response.message = grpc.StatusCode.DEADLINE_EXCEEDED.value[0], str(exc)
-            response.inserted = getattr(exc, "inserted", 0)
+            response.inserted = exc.inserted
         except TableClosedError as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         if request.sequence:

@@ -18,14 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from replay import keys as keylib
-from replay.errors import DeadlineExceededError, InvalidBatchError, ReplayError
+from replay.errors import DeadlineExceededError, InvalidBatchError, TableClosedError
 from replay.rate_limiter import RateLimiter
 from replay.selectors import Selector
 from replay.spec import PRIORITY_COLUMN, Spec, validate_priorities
-
-
-class TableClosedError(ReplayError):
-    """The table is shutting down; waiting calls are released with this."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +109,7 @@ class Table:
 
         The whole batch is validated before anything is written. The rate limiter may admit it in
         pieces; if `timeout` (seconds) passes first, DeadlineExceededError is raised and its
-        `inserted` attribute says how many items made it in.
+        `inserted` field says how many items made it in.
 
         Raises:
             InvalidBatchError: the batch does not match the spec (nothing inserted).
@@ -131,12 +127,12 @@ class Table:
                     "insert",
                 )
                 if admitted is None:
-                    err = DeadlineExceededError(
+                    diff = self.limiter.diff(self._inserts, self._samples)
+                    raise DeadlineExceededError(
                         f"rate limiter held the insert past its deadline: {done} of {length} items inserted "
-                        f"(diff={self.limiter.diff(self._inserts, self._samples):.1f}, max_diff={self.limiter.max_diff})"
+                        f"(diff={diff:.1f}, max_diff={self.limiter.max_diff})",
+                        inserted=done,
                     )
-                    err.inserted = done
-                    raise err
                 self._write(batch, priorities, done, done + admitted)
                 done += admitted
                 self._cond.notify_all()
@@ -147,17 +143,17 @@ class Table:
         # Items beyond the last `capacity` of a piece would be evicted at once: skip their copy.
         skip = max(0, count - self.capacity)
         first = (self._next_slot + skip) % self.capacity
-        n = count - skip
-        head = min(n, self.capacity - first)
+        kept = count - skip
+        head = min(kept, self.capacity - first)
         src = start + skip
         for name, column in self._columns.items():
             values = batch[name]
             column[first : first + head] = values[src : src + head]
-            if head < n:
-                column[: n - head] = values[src + head : src + n]
-        slots = (first + np.arange(n)) % self.capacity
+            if head < kept:
+                column[: kept - head] = values[src + head : src + kept]
+        slots = (first + np.arange(kept)) % self.capacity
         self._generations[slots] += 1
-        self.selector.on_insert(slots, None if priorities is None else priorities[src : src + n])
+        self.selector.on_insert(slots, None if priorities is None else priorities[src : src + kept])
         self._next_slot = (self._next_slot + count) % self.capacity
         self._size = min(self.capacity, self._size + count)
         self._inserts += count

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from replay import ReplayServer, Spec
-from replay.sharded import _rendezvous_score as rendezvous_score
+from replay import ReplayClient, ReplayServer, Spec, choose_shard
 from system.local.redis_server import RedisProcess
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -63,6 +62,21 @@ def start_server():
     yield start
     for server in servers:
         server.stop(grace=0.2, checkpoint=False)
+
+
+@pytest.fixture
+def connect():
+    """Opens `ReplayClient(address, **kwargs)`s; closes every one at teardown."""
+    clients: list[ReplayClient] = []
+
+    def open_client(address: str, **kwargs) -> ReplayClient:
+        client = ReplayClient(address, **kwargs)
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        client.close()
 
 
 class QfleetProcess:
@@ -146,6 +160,7 @@ def redis_server(tmp_path):
 
 
 def wait_until(predicate, timeout=10.0, step=0.05):
+    """Polls `predicate` until it holds (True) or `timeout` seconds pass (False)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -162,7 +177,7 @@ def writer_for(shard_id: int, shard_ids: list[int], prefix="w") -> str:
     """A writer id whose rendezvous choice among `shard_ids` is `shard_id`."""
     for i in range(1000):
         writer = f"{prefix}{i}"
-        if max(shard_ids, key=lambda s: rendezvous_score(writer, s)) == shard_id:
+        if choose_shard(writer, shard_ids) == shard_id:
             return writer
     raise AssertionError("no writer id found")
 

@@ -25,7 +25,8 @@ import time
 import numpy as np
 
 from replay.prefetch import Prefetcher
-from replay.sharded import ShardedReplay, _rendezvous_score
+from replay.routing import choose_shard
+from replay.sharded import ShardedReplay
 from system.bench.replay import PAYLOADS, _ChildServer, random_batch
 
 # 200k items per shard: filled quickly, and sampled from a realistically deep tree.
@@ -35,7 +36,7 @@ PAYLOAD = dataclasses.replace(PAYLOADS["cartpole"], capacity=200_000)
 def _writer_id(shard_id: int, shard_ids: list[int]) -> str:
     for i in range(10_000):
         writer = f"bench-writer-{i}"
-        if max(shard_ids, key=lambda s: _rendezvous_score(writer, s)) == shard_id:
+        if choose_shard(writer, shard_ids) == shard_id:
             return writer
     raise RuntimeError("no writer id maps to that shard")
 

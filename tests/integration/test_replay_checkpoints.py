@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 import urllib.request
 
 import numpy as np
 import pytest
 
-from conftest import CARTPOLE_SPEC, make_batch
+from conftest import CARTPOLE_SPEC, make_batch, wait_until
 from replay import InvalidBatchError, ReplayClient, ReplayServer, Spec
 
 
@@ -21,12 +20,12 @@ def spec_file(tmp_path):
     return str(path)
 
 
-def test_checkpoint_then_kill_9_then_restart_restores_contents_and_counters(qfleet_serve, spec_file, tmp_path):
+def test_checkpoint_then_kill_9_then_restart_restores_contents_and_counters(qfleet_serve, spec_file, tmp_path, connect):
     ckpt = str(tmp_path / "ckpt")
     shard = qfleet_serve(
         "replay", "serve", "--spec", spec_file, "--checkpoint-dir", ckpt, "--capacity", "5000", "--seed", "0"
     )
-    client = ReplayClient(shard.address)
+    client = connect(shard.address)
     client.insert(make_batch(1000, priority=np.linspace(0.1, 10, 1000)))
     client.flush()
     client.sample_batches(100, 3)
@@ -43,7 +42,7 @@ def test_checkpoint_then_kill_9_then_restart_restores_contents_and_counters(qfle
     shard.proc.wait()
 
     again = qfleet_serve("replay", "serve", "--spec", spec_file, "--checkpoint-dir", ckpt, "--capacity", "5000")
-    client = ReplayClient(again.address)
+    client = connect(again.address)
     info = client.info()
     assert (info.size, info.inserts, info.samples) == (1000, 1000, saved.samples)
     assert info.priority_mass == pytest.approx(saved.priority_mass)
@@ -56,10 +55,10 @@ def test_checkpoint_then_kill_9_then_restart_restores_contents_and_counters(qfle
     client.close()
 
 
-def test_sigterm_writes_a_final_checkpoint_and_loses_nothing(qfleet_serve, spec_file, tmp_path):
+def test_sigterm_writes_a_final_checkpoint_and_loses_nothing(qfleet_serve, spec_file, tmp_path, connect):
     ckpt = str(tmp_path / "ckpt")
     shard = qfleet_serve("replay", "serve", "--spec", spec_file, "--checkpoint-dir", ckpt)
-    client = ReplayClient(shard.address)
+    client = connect(shard.address)
     client.insert(make_batch(321))
     client.flush()
     client.close()
@@ -67,17 +66,14 @@ def test_sigterm_writes_a_final_checkpoint_and_loses_nothing(qfleet_serve, spec_
     assert "final checkpoint of 321 items" in shard.log()
 
     again = qfleet_serve("replay", "serve", "--spec", spec_file, "--checkpoint-dir", ckpt)
-    assert ReplayClient(again.address).info().inserts == 321
+    assert connect(again.address).info().inserts == 321
     again.signal(signal.SIGTERM)
 
 
-def test_periodic_checkpoints_are_written(start_server, tmp_path):
+def test_periodic_checkpoints_are_written(start_server, tmp_path, connect):
     server = start_server(capacity=100, checkpoint_dir=str(tmp_path), checkpoint_every_s=0.2)
-    ReplayClient(server.address).insert(make_batch(7))
-    deadline = time.monotonic() + 10
-    while not list(tmp_path.glob("replay-*.safetensors")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert list(tmp_path.glob("replay-*.safetensors"))
+    connect(server.address).insert(make_batch(7))
+    assert wait_until(lambda: list(tmp_path.glob("replay-*.safetensors")), timeout=10)
     assert not list(tmp_path.glob(".*tmp*")), "a temporary file was left in place"
 
 
@@ -96,7 +92,7 @@ def _server_with_two_checkpoints(directory) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip bytes", "garbage"])
-def test_corrupt_newest_checkpoint_falls_back_to_the_previous_good_one(tmp_path, damage):
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_good_one(tmp_path, damage, connect):
     older, newer = _server_with_two_checkpoints(tmp_path)
     data = bytearray(open(newer, "rb").read())
     if damage == "truncate":
@@ -110,27 +106,27 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_good_one(tmp_path,
     server = ReplayServer(CARTPOLE_SPEC, capacity=1000, checkpoint_dir=str(tmp_path)).start()
     try:
         assert str(server.restored_from) == older
-        assert ReplayClient(server.address).info().inserts == 100
+        assert connect(server.address).info().inserts == 100
         assert len(server.refused_checkpoints) == 1 and newer in server.refused_checkpoints[0]
     finally:
         server.stop(grace=0.1, checkpoint=False)
 
 
-def test_checkpoint_of_another_spec_is_refused_with_both_specs_named(tmp_path):
+def test_checkpoint_of_another_spec_is_refused_with_both_specs_named(tmp_path, connect):
     _server_with_two_checkpoints(tmp_path)
     other = Spec({"obs": ((8,), "float32"), "action": ((), "int64")})
     server = ReplayServer(other, capacity=1000, checkpoint_dir=str(tmp_path)).start()
     try:
         assert server.restored_from is None
-        assert ReplayClient(server.address).info().size == 0
+        assert connect(server.address).info().size == 0
         assert all('"shape":[8]' in m and '"shape":[4]' in m for m in server.refused_checkpoints)
     finally:
         server.stop(grace=0.1, checkpoint=False)
 
 
-def test_metrics_endpoint_serves_replay_series(qfleet_serve, spec_file):
+def test_metrics_endpoint_serves_replay_series(qfleet_serve, spec_file, connect):
     shard = qfleet_serve("replay", "serve", "--spec", spec_file, "--metrics-port", "0", "--shard-id", "3")
-    client = ReplayClient(shard.address)
+    client = connect(shard.address)
     client.insert(make_batch(64))
     client.flush()
     sample = client.sample(16)
@@ -157,11 +153,11 @@ def test_metrics_endpoint_serves_replay_series(qfleet_serve, spec_file):
     shard.signal(signal.SIGTERM)
 
 
-def test_spec_from_the_config_environment(qfleet_serve, tmp_path):
+def test_spec_from_the_config_environment(qfleet_serve, tmp_path, connect):
     config = tmp_path / "run.yaml"
     config.write_text("env:\n  id: CartPole-v1\nreplay:\n  capacity: 100\n")
     shard = qfleet_serve("replay", "serve", "--config", str(config))
-    info = ReplayClient(shard.address).info()
+    info = connect(shard.address).info()
     assert info.capacity == 100
     assert json.loads(info.spec.to_json())["obs"] == {"shape": [4], "dtype": "float32"}
     assert set(info.spec) == {"obs", "action", "reward", "next_obs", "discount", "actor_id", "policy_version"}

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pickle
 import threading
-import time
 
 import numpy as np
 import pytest
 
-from conftest import CARTPOLE_SPEC, make_batch
+from conftest import CARTPOLE_SPEC, make_batch, wait_until
 from replay import (
     DeadlineExceededError,
     InvalidBatchError,
@@ -21,9 +20,9 @@ from replay import (
 from system.local.redis_server import free_port
 
 
-def test_insert_sample_update_priorities_round_trip(start_server):
+def test_insert_sample_update_priorities_round_trip(start_server, connect):
     server = start_server(capacity=1000, selector="prioritized", alpha=1.0, seed=1)
-    client = ReplayClient(server.address)
+    client = connect(server.address)
     client.insert(make_batch(100))
     client.flush()
 
@@ -48,10 +47,10 @@ def test_insert_sample_update_priorities_round_trip(start_server):
     client.close()
 
 
-def test_prioritized_frequencies_match_priority_to_the_alpha(start_server):
+def test_prioritized_frequencies_match_priority_to_the_alpha(start_server, connect):
     alpha, beta, n = 0.6, 0.4, 20
     server = start_server(capacity=64, selector="prioritized", alpha=alpha, seed=7)
-    client = ReplayClient(server.address)
+    client = connect(server.address)
     priorities = np.arange(1, n + 1, dtype=np.float64)
     client.insert(make_batch(n, priority=priorities))
     client.flush()
@@ -71,18 +70,18 @@ def test_prioritized_frequencies_match_priority_to_the_alpha(start_server):
     np.testing.assert_allclose(batch.probabilities, expected_p[batch.data["action"]])
 
 
-def test_uniform_selector_draws_every_item_evenly(start_server):
+def test_uniform_selector_draws_every_item_evenly(start_server, connect):
     server = start_server(capacity=100, selector="uniform", seed=3)
-    client = ReplayClient(server.address)
+    client = connect(server.address)
     client.insert(make_batch(10))
     counts = np.bincount(np.concatenate([s.data["action"] for s in client.sample_batches(100, 100)]), minlength=10)
     chi_square = np.sum((counts - 1000) ** 2 / 1000)
     assert chi_square < 27.9  # 9 dof, p < 0.001
 
 
-def test_fifo_eviction_and_stale_priority_updates_are_dropped_and_counted(start_server):
+def test_fifo_eviction_and_stale_priority_updates_are_dropped_and_counted(start_server, connect):
     server = start_server(capacity=10, selector="prioritized")
-    client = ReplayClient(server.address)
+    client = connect(server.address)
     client.insert(make_batch(10))
     old = client.sample(10)
     client.insert(make_batch(4, start=10))  # overwrites the 4 oldest slots
@@ -120,9 +119,9 @@ BAD_BATCHES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_BATCHES))
-def test_bad_batch_is_rejected_whole_and_the_stream_goes_on(start_server, case):
+def test_bad_batch_is_rejected_whole_and_the_stream_goes_on(start_server, case, connect):
     server = start_server(capacity=100)
-    client = ReplayClient(server.address)
+    client = connect(server.address)
     client.insert(make_batch(8))
     client.flush()
     before = client.info()
@@ -143,9 +142,9 @@ def test_bad_batch_is_rejected_whole_and_the_stream_goes_on(start_server, case):
     assert client.info().inserts == before.inserts + 8
 
 
-def test_bad_priority_updates_are_rejected_whole(start_server):
+def test_bad_priority_updates_are_rejected_whole(start_server, connect):
     server = start_server(capacity=100)
-    client = ReplayClient(server.address)
+    client = connect(server.address)
     client.insert(make_batch(10))
     sample = client.sample(10)
     mass = client.info().priority_mass
@@ -156,10 +155,10 @@ def test_bad_priority_updates_are_rejected_whole(start_server):
     assert client.info().priority_mass == mass
 
 
-def test_rate_limiter_blocks_inserts_until_samples_release_them(start_server):
+def test_rate_limiter_blocks_inserts_until_samples_release_them(start_server, connect):
     # spi=2, min_size=10, error_buffer=20 -> diff = 2*inserts - samples within [0, 40].
     server = start_server(capacity=1000, samples_per_insert=2.0, min_size=10, error_buffer=20.0)
-    client = ReplayClient(server.address)
+    client = connect(server.address)
     client.insert(make_batch(20))  # 10 free + 10 up to diff=40
     client.flush()
     with pytest.raises(DeadlineExceededError) as raised:
@@ -168,15 +167,12 @@ def test_rate_limiter_blocks_inserts_until_samples_release_them(start_server):
     assert raised.value.inserted == 0
     assert client.info().rate_limiter.diff == 40.0
 
-    writer = ReplayClient(server.address)
+    writer = connect(server.address)
     done = threading.Event()
     threading.Thread(
         target=lambda: (writer.insert(make_batch(5, start=30)), writer.flush(), done.set()), daemon=True
     ).start()
-    deadline = time.monotonic() + 5
-    while client.info().rate_limiter.waiting_inserts != 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert client.info().rate_limiter.waiting_inserts == 1
+    assert wait_until(lambda: client.info().rate_limiter.waiting_inserts == 1, timeout=5)
     assert not done.is_set()
 
     client.sample(10)  # diff 40 -> 30: room for 5 inserts (10 units)
@@ -187,9 +183,9 @@ def test_rate_limiter_blocks_inserts_until_samples_release_them(start_server):
     writer.close()
 
 
-def test_rate_limiter_blocks_samples_until_inserts_release_them(start_server):
+def test_rate_limiter_blocks_samples_until_inserts_release_them(start_server, connect):
     server = start_server(capacity=1000, samples_per_insert=1.0, min_size=10, error_buffer=5.0)
-    client = ReplayClient(server.address)
+    client = connect(server.address)
     with pytest.raises(DeadlineExceededError, match="min_size=10"):
         client.sample(1, timeout=0.2)  # below min_size
 
@@ -204,16 +200,16 @@ def test_rate_limiter_blocks_samples_until_inserts_release_them(start_server):
     got = []
     reader = threading.Thread(target=lambda: got.append(client.sample(4)), daemon=True)
     reader.start()
-    time.sleep(0.2)
-    assert not got and client.info().rate_limiter.waiting_samples == 1
+    assert wait_until(lambda: client.info().rate_limiter.waiting_samples == 1, timeout=5)
+    assert not got
     client.insert(make_batch(4, start=10))
     reader.join(5)
     assert got and got[0].data["action"].shape == (4,)
 
 
-def test_a_sample_larger_than_the_window_is_served_in_pieces(start_server):
+def test_a_sample_larger_than_the_window_is_served_in_pieces(start_server, connect):
     server = start_server(capacity=1000, samples_per_insert=1.0, min_size=1, error_buffer=4.0)
-    client = ReplayClient(server.address)
+    client = connect(server.address)
     writer = threading.Thread(target=lambda: [client.insert(make_batch(2, start=i)) for i in range(0, 100, 2)])
     writer.start()
     sample = client.sample(64, timeout=10)
@@ -228,7 +224,7 @@ def test_deadlock_prone_configurations_are_refused_before_serving():
         ReplayServer(CARTPOLE_SPEC, capacity=100, min_size=500)
 
 
-def test_sixteen_concurrent_writers_lose_nothing(start_server):
+def test_sixteen_concurrent_writers_lose_nothing(start_server, connect):
     writers, batches, per_batch = 16, 25, 64
     server = start_server(capacity=writers * batches * per_batch, selector="uniform", max_workers=32)
 
@@ -245,15 +241,15 @@ def test_sixteen_concurrent_writers_lose_nothing(start_server):
     for t in threads:
         t.join(60)
     total = writers * batches * per_batch
-    assert ReplayClient(server.address).info().inserts == total
+    assert connect(server.address).info().inserts == total
     arrays, counters = server.table.state()
     assert counters["size"] == total
     np.testing.assert_array_equal(np.sort(arrays["column/action"]), np.arange(total))
 
 
-def test_client_pickles_as_its_address_and_works_after_unpickling(start_server):
+def test_client_pickles_as_its_address_and_works_after_unpickling(start_server, connect):
     server = start_server()
-    client = ReplayClient(server.address)
+    client = connect(server.address)
     client.insert(make_batch(3))
     clone = pickle.loads(pickle.dumps(client))
     assert clone.address == server.address
@@ -261,34 +257,31 @@ def test_client_pickles_as_its_address_and_works_after_unpickling(start_server):
     clone.flush()
     client.flush()
     assert clone.info().inserts == 5
+    clone.close()
 
 
-def test_client_retries_unavailable_and_resends_unacknowledged_batches(tmp_path):
+def test_client_retries_unavailable_and_resends_unacknowledged_batches(tmp_path, connect):
     port = free_port()
     first = ReplayServer(CARTPOLE_SPEC, port=port, checkpoint_dir=str(tmp_path)).start()
-    client = ReplayClient(f"127.0.0.1:{port}", retry_for_s=20)
+    client = connect(f"127.0.0.1:{port}", retry_for_s=20)
     client.insert(make_batch(10))
     client.flush()
     first.stop(grace=0.1)  # final checkpoint holds the 10 items
 
-    second_holder = []
-    threading.Timer(
-        1.0, lambda: second_holder.append(ReplayServer(CARTPOLE_SPEC, port=port, checkpoint_dir=str(tmp_path)).start())
-    ).start()
     for i in range(6):  # the shard is down: these wait and are sent once it is back
         client.insert(make_batch(5, start=10 + 5 * i))
-        time.sleep(0.1)
-    client.flush(timeout=30)
+    second = ReplayServer(CARTPOLE_SPEC, port=port, checkpoint_dir=str(tmp_path)).start()
     try:
+        client.flush(timeout=30)
         info = client.info()
         assert (info.inserts, info.size) == (40, 40)
     finally:
         client.close()
-        second_holder[0].stop(grace=0.1, checkpoint=False)
+        second.stop(grace=0.1, checkpoint=False)
 
 
-def test_unreachable_shard_names_its_address():
-    client = ReplayClient(f"127.0.0.1:{free_port()}", retry_for_s=0.5)
+def test_unreachable_shard_names_its_address(connect):
+    client = connect(f"127.0.0.1:{free_port()}", retry_for_s=0.5)
     with pytest.raises(ReplayUnavailableError, match="127.0.0.1"):
         client.info()
     client.insert(make_batch(1))

@@ -14,7 +14,6 @@ from conftest import make_batch, shard_kwargs, wait_until, writer_for
 from replay import (
     MixedReplay,
     Prefetcher,
-    ReplayClient,
     ReplayServer,
     ShardedReplay,
     ShardRegistry,
@@ -69,7 +68,7 @@ def test_writers_are_routed_by_a_stable_hash_of_their_id(start_server, redis_ser
     assert {i: s.inserts for i, s in info.shards.items()} == counts
 
 
-def test_global_prioritized_sampling_matches_one_table(start_server, redis_server):
+def test_global_prioritized_sampling_matches_one_table(start_server, redis_server, connect):
     """Shards of different sizes and priorities sample like a single table holding everything."""
     alpha, beta = 0.6, 0.4
     servers = [
@@ -78,11 +77,11 @@ def test_global_prioritized_sampling_matches_one_table(start_server, redis_serve
     sizes = [5, 12, 23]
     priorities, start = [], 0
     for server, size in zip(servers, sizes, strict=True):
-        p = np.linspace(0.5, 6.0, size) * (1 + server.config.shard_id)
-        client = ReplayClient(server.address)
-        client.insert(make_batch(size, start=start, priority=p))
+        shard_priorities = np.linspace(0.5, 6.0, size) * (1 + server.config.shard_id)
+        client = connect(server.address)
+        client.insert(make_batch(size, start=start, priority=shard_priorities))
         client.flush()
-        priorities.append(p)
+        priorities.append(shard_priorities)
         start += size
     priorities = np.concatenate(priorities)
     expected = priorities**alpha / np.sum(priorities**alpha)
@@ -96,18 +95,20 @@ def test_global_prioritized_sampling_matches_one_table(start_server, redis_serve
         counts += np.bincount(ids, minlength=start)
         draws += len(ids)
         np.testing.assert_allclose(batch.probabilities, expected[ids], rtol=1e-9)
-        w = (start * expected[ids]) ** -beta
-        np.testing.assert_allclose(batch.weights, w / w.max(), rtol=1e-9)
+        weights = (start * expected[ids]) ** -beta
+        np.testing.assert_allclose(batch.weights, weights / weights.max(), rtol=1e-9)
         assert batch.table_size == start
     chi_square = np.sum((counts - draws * expected) ** 2 / (draws * expected))
     assert chi_square < 73.4, f"chi-square {chi_square:.1f} over 39 dof (p < 0.001 threshold 73.4)"
     sharded.close()
 
 
-def test_priority_updates_are_routed_by_the_shard_in_each_key(start_server, redis_server):
+def test_priority_updates_are_routed_by_the_shard_in_each_key(start_server, redis_server, connect):
     for shard_id in (0, 1):
         server = start_server(shard_id=shard_id, **shard_kwargs(redis_server))
-        ReplayClient(server.address).insert(make_batch(50, start=50 * shard_id))
+        client = connect(server.address)
+        client.insert(make_batch(50, start=50 * shard_id))
+        client.flush()
     sharded = ShardedReplay(redis_server.url, "test")
     sharded.wait_for_shards(2)
     batch = sharded.sample(64)
@@ -134,23 +135,23 @@ def test_uneven_writers_keep_the_global_samples_per_insert(start_server, redis_s
         while not stop.is_set():
             writer.insert(make_batch(20, start=i))
             i += 20
-            time.sleep(pause)
+            stop.wait(pause)  # paces the writer; returns at once when the test ends
         writer.flush()
         writer.close()
 
     # ~2,000 and ~500 inserts/s: the learner (batches of 128) can sample 4x that, so the global
     # limiter, not the learner's speed, decides the ratio.
     writers = [threading.Thread(target=write, args=(0, 0.01)), threading.Thread(target=write, args=(1, 0.04))]
-    for w in writers:
-        w.start()
+    for writer in writers:
+        writer.start()
     learner = ShardedReplay(redis_server.url, "test", samples_per_insert=target, min_size=100, error_buffer=200)
     learner.wait_for_shards(2)
     deadline = time.monotonic() + 4.0
     while time.monotonic() < deadline:
         learner.sample(128, timeout=5)
     stop.set()
-    for w in writers:
-        w.join()
+    for writer in writers:
+        writer.join()
     info = learner.info()
     per_shard = {i: s.inserts for i, s in info.shards.items()}
     assert per_shard[0] > 2.5 * per_shard[1], f"writers were not uneven: {per_shard}"
@@ -169,9 +170,9 @@ def test_uneven_writers_keep_the_global_samples_per_insert(start_server, redis_s
     learner.close()
 
 
-def test_prefetcher_keeps_batches_ready_and_surfaces_errors(start_server):
+def test_prefetcher_keeps_batches_ready_and_surfaces_errors(start_server, connect):
     server = start_server(capacity=1000)
-    client = ReplayClient(server.address)
+    client = connect(server.address)
     client.insert(make_batch(500))
     client.flush()
     with Prefetcher(client, 64, depth=4, threads=2) as prefetcher:
@@ -187,28 +188,30 @@ def test_prefetcher_keeps_batches_ready_and_surfaces_errors(start_server):
     np.testing.assert_array_equal(batch.data["action"].numpy(), batch.sample.data["action"])
 
     server.stop(grace=0.1, checkpoint=False)
-    broken = Prefetcher(ReplayClient(server.address, retry_for_s=0.2), 8)
+    broken = Prefetcher(connect(server.address, retry_for_s=0.2), 8)
     with pytest.raises(Exception, match="unavailable"):
         broken.get(timeout=20)
     broken.close()
 
 
-def test_mixed_sources_draw_fixed_fractions(start_server):
+def test_mixed_sources_draw_fixed_fractions(start_server, connect):
     online = start_server(shard_id=0, capacity=1000)
     offline = start_server(shard_id=900, capacity=1000)
-    ReplayClient(online.address).insert(make_batch(100, start=0))
-    ReplayClient(offline.address).insert(make_batch(100, start=1000))
-    time.sleep(0.2)
-    mixed = MixedReplay(
-        {"offline": (ReplayClient(offline.address), 0.25), "online": (ReplayClient(online.address), 0.75)}
-    )
+    online_client, offline_client = connect(online.address), connect(offline.address)
+    online_client.insert(make_batch(100, start=0))
+    offline_client.insert(make_batch(100, start=1000))
+    online_client.flush()
+    offline_client.flush()
+    mixed = MixedReplay({"offline": (offline_client, 0.25), "online": (online_client, 0.75)})
     for batch in mixed.sample_batches(102, 5):
         from_offline = int((batch.data["action"] >= 1000).sum())
         assert from_offline == 26 and len(batch.keys) == 102  # 25.5 rounds to 26, 76.5 to 76
     result = mixed.update_priorities(batch.keys, np.ones(102))
     assert result.applied == 102
     with pytest.raises(ValueError, match="sum to 1.1"):
-        MixedReplay({"a": (ReplayClient(online.address), 0.6), "b": (ReplayClient(offline.address), 0.5)})
+        MixedReplay({"a": (online_client, 0.6), "b": (offline_client, 0.5)})
     with pytest.raises(ValueError, match="both have shard id 0"):
-        MixedReplay({"a": (ReplayClient(online.address), 0.5), "b": (ReplayClient(online.address), 0.5)})
+        MixedReplay({"a": (online_client, 0.5), "b": (connect(online.address), 0.5)})
+    stats = mixed.stats()
+    assert (stats["inserts"], stats["samples"]) == (200, 5 * 102)
     mixed.close()

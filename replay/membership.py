@@ -1,0 +1,217 @@
+"""`Membership`: which replay shards a sharded client uses, and which of them are live.
+
+Shards come from the run's registry (followed by a watcher thread every `discovery_s`) or from a
+fixed list of addresses (each shard's id learnt from its Info). A shard that fails a call is
+taken as down until the registry or a probe shows it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent import futures
+
+from replay.client import ReplayClient, ReplayInfo
+from replay.config import ShardedReplayConfig
+from replay.errors import ReplayUnavailableError
+from replay.registry import ShardRegistry
+
+log = logging.getLogger(__name__)
+
+
+class ShardHandle:
+    """One shard as a sharded client sees it: its client and its last seen counters."""
+
+    def __init__(self, shard_id: int, address: str, client: ReplayClient, started_at: float = 0.0):
+        self.shard_id = shard_id
+        self.address = address
+        self.client = client
+        self.started_at = started_at
+        self.mass = 0.0
+        self.size = 0
+        self.inserts = 0
+        self.samples = 0
+        self.failed_at: float | None = None  # set while the shard is taken as down
+
+    def absorb(self, size: int, mass: float, inserts: int, samples: int) -> None:
+        """Takes counters from a response; inserts and samples never go back."""
+        self.size, self.mass = size, mass
+        self.inserts, self.samples = max(self.inserts, inserts), max(self.samples, samples)
+
+
+class Membership:
+    """The shard set of a sharded client, kept current from the registry or by probing.
+
+    Args:
+        config: where the shards are (`redis_url` + `run`, or `addresses`) and the timings.
+        pool: runs parallel Info calls and closes the clients of departed shards.
+    """
+
+    def __init__(self, config: ShardedReplayConfig, pool: futures.ThreadPoolExecutor):
+        self.config = config
+        self.lock = threading.RLock()
+        """Guards the shard set and each handle's `failed_at`."""
+        self.failovers = 0
+        """Times a shard was found unavailable and left out."""
+        self._pool = pool
+        self._shards: dict[int, ShardHandle] = {}
+        self._registry = ShardRegistry(config.redis_url, config.run) if config.redis_url else None
+        self._stop = threading.Event()
+        self.refresh()
+        self._watcher = threading.Thread(target=self._watch, name="sharded-replay-discovery", daemon=True)
+        self._watcher.start()
+
+    @property
+    def where(self) -> str:
+        """Where the shards are looked for, for error messages."""
+        return f"{self.config.redis_url or list(self.config.addresses or ())}, run {self.config.run!r}"
+
+    def _new_client(self, address: str) -> ReplayClient:
+        config = self.config
+        return ReplayClient(address, retry_for_s=config.failover_after_s, max_in_flight=config.max_in_flight)
+
+    # -- following the shard set -----------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Reads the registry (or probes fixed addresses) and updates the live shard set."""
+        if self._registry is not None:
+            self._refresh_from_registry(self._registry)
+        else:
+            self._probe_addresses()
+
+    def _refresh_from_registry(self, registry: ShardRegistry) -> None:
+        try:
+            records = registry.live_shards()
+        except ReplayUnavailableError as exc:
+            log.warning("%s; keeping the last known shards", exc)
+            return
+        run = self.config.run
+        with self.lock:
+            for shard_id in list(self._shards):
+                if shard_id not in records:
+                    log.info("shard %d left run %r", shard_id, run)
+                    self._drop(shard_id)
+            for shard_id, record in records.items():
+                shard = self._shards.get(shard_id)
+                if shard is None or shard.address != record.address or shard.started_at != record.started_at:
+                    if shard is not None:
+                        self._drop(shard_id)
+                    log.info("shard %d joined run %r at %s", shard_id, run, record.address)
+                    client = self._new_client(record.address)
+                    self._shards[shard_id] = ShardHandle(shard_id, record.address, client, record.started_at)
+
+    def _probe_addresses(self) -> None:
+        """Learns each fixed address's shard id from Info; a failed shard is probed again."""
+        for address in self.config.addresses or ():
+            with self.lock:
+                known = next((s for s in self._shards.values() if s.address == address), None)
+            if known is not None and known.failed_at is None:
+                continue
+            client = known.client if known is not None else self._new_client(address)
+            try:
+                info = client.info(timeout=2.0)
+            except ReplayUnavailableError:
+                if known is None:
+                    client.close()
+                continue
+            with self.lock:
+                other = self._shards.get(info.shard_id)
+                if other is not None and other.address != address:
+                    raise ValueError(f"shards {other.address} and {address} both have shard id {info.shard_id}")
+                if known is None:
+                    self._shards[info.shard_id] = ShardHandle(info.shard_id, address, client)
+                else:
+                    known.failed_at = None
+                    log.info("shard %d at %s is back", info.shard_id, address)
+
+    def _drop(self, shard_id: int) -> None:
+        shard = self._shards.pop(shard_id)
+        self._pool.submit(shard.client.close)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.config.discovery_s):
+            try:
+                self.refresh()
+            except Exception:  # the watcher must outlive any one bad read
+                log.exception("shard discovery failed; retrying")
+
+    # -- liveness --------------------------------------------------------------------------------
+
+    def mark_failed(self, shard: ShardHandle, error: Exception) -> None:
+        """Takes `shard` as down (once) until it is seen again."""
+        with self.lock:
+            if shard.failed_at is None:
+                shard.failed_at = time.monotonic()
+                self.failovers += 1
+                log.warning(
+                    "shard %d at %s unavailable, moving on without it: %s", shard.shard_id, shard.address, error
+                )
+
+    def all(self) -> dict[int, ShardHandle]:
+        """Every known shard by id, live or not (a copy)."""
+        with self.lock:
+            return dict(self._shards)
+
+    def live(self) -> list[ShardHandle]:
+        """The shards currently taken as live."""
+        with self.lock:
+            return [s for s in self._shards.values() if s.failed_at is None]
+
+    def wait_for(self, count: int, timeout: float) -> None:
+        """Waits until at least `count` shards are live.
+
+        Raises:
+            ReplayUnavailableError: fewer than `count` within `timeout`.
+        """
+        deadline = time.monotonic() + timeout
+        while len(self.live()) < count:
+            if time.monotonic() > deadline:
+                raise ReplayUnavailableError(
+                    f"only {len(self.live())} of {count} shards live after {timeout}s ({self.where})"
+                )
+            time.sleep(0.05)
+            self.refresh()
+
+    # -- counters --------------------------------------------------------------------------------
+
+    def totals(self) -> tuple[int, int]:
+        """(inserts, samples) summed over every known shard, as last seen."""
+        with self.lock:
+            shards = list(self._shards.values())
+        return sum(s.inserts for s in shards), sum(s.samples for s in shards)
+
+    def info_or_fail(self, shard: ShardHandle) -> ReplayInfo | None:
+        """The shard's Info, or None after taking it as down."""
+        try:
+            return shard.client.info(timeout=5.0)
+        except ReplayUnavailableError as exc:
+            self.mark_failed(shard, exc)
+            return None
+
+    def read_infos(self) -> dict[int, ReplayInfo]:
+        """Info of every live shard, read in parallel; their counters are absorbed on the way."""
+        live = self.live()
+        infos = {}
+        for shard, info in zip(live, self._pool.map(self.info_or_fail, live), strict=True):
+            if info is not None:
+                shard.absorb(info.size, info.priority_mass, info.inserts, info.samples)
+                infos[shard.shard_id] = info
+        return infos
+
+    def lost_transitions(self, infos: dict[int, ReplayInfo]) -> int:
+        """Transitions lost to shard crashes: from the registry, else summed over `infos`."""
+        if self._registry is not None:
+            return self._registry.lost_total()
+        return sum(i.lost_transitions for i in infos.values())
+
+    def close(self) -> None:
+        """Stops the watcher and closes every shard client and the registry."""
+        self._stop.set()
+        self._watcher.join(timeout=5)
+        with self.lock:
+            shards, self._shards = list(self._shards.values()), {}
+        for shard in shards:
+            shard.client.close()
+        if self._registry is not None:
+            self._registry.close()

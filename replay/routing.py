@@ -1,0 +1,98 @@
+"""Write routing: which shard a writer's inserts go to, and failing over when it stops answering.
+
+A writer goes to the live shard with the highest rendezvous score of (writer id, shard id): stable
+while membership is, and when a shard leaves only its writers move. A writer whose shard stops
+answering re-sends its unacknowledged batches to the next shard in its order, and returns to its
+own shard when that one is back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from replay.errors import ReplayUnavailableError
+from replay.membership import Membership, ShardHandle
+
+
+def rendezvous_score(writer_id: str, shard_id: int) -> int:
+    """The score of `shard_id` for `writer_id`; a writer goes to its highest-scoring live shard."""
+    digest = hashlib.blake2b(f"{writer_id}/{shard_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def choose_shard(writer_id: str, shard_ids: Sequence[int]) -> int:
+    """The shard among `shard_ids` that `writer_id` writes to."""
+    return max(shard_ids, key=lambda shard_id: rendezvous_score(writer_id, shard_id))
+
+
+class ShardWriter:
+    """Streams one writer's batches to its shard, failing over to the next live one.
+
+    Args:
+        membership: the shard set to route over.
+        writer_id: the id hashed to choose the shard.
+    """
+
+    def __init__(self, membership: Membership, writer_id: str):
+        self.writer_id = writer_id
+        self._membership = membership
+        self._lock = threading.Lock()
+        self._used: set[int] = set()  # shards written to, to flush
+
+    def _shard(self) -> ShardHandle | None:
+        """This writer's live shard; None when no shard is live, even after a fresh look."""
+        live = self._membership.live()
+        if not live:
+            self._membership.refresh()
+            live = self._membership.live()
+            if not live:
+                return None
+        return max(live, key=lambda s: rendezvous_score(self.writer_id, s.shard_id))
+
+    def send(self, batches: list[Mapping[str, np.ndarray]], timeout: float | None) -> None:
+        """Inserts `batches` in order; on a shard's failure re-sends what it had not acknowledged.
+
+        Raises:
+            ReplayUnavailableError: no shard is live; its `unacknowledged` holds every batch not
+                known to be stored, for the caller to retry or count as lost.
+        """
+        while batches:
+            shard = self._shard()
+            if shard is None:
+                where = self._membership.where
+                raise ReplayUnavailableError(f"no live replay shard ({where})", unacknowledged=batches)
+            with self._lock:
+                self._used.add(shard.shard_id)
+            sent = 0
+            try:
+                for batch in batches:
+                    shard.client.insert(batch, timeout)
+                    sent += 1
+                return
+            except ReplayUnavailableError as exc:
+                self._membership.mark_failed(shard, exc)
+                batches = exc.unacknowledged + list(batches[sent:])
+
+    def flush(self, timeout: float | None) -> None:
+        """Waits until every batch sent is acknowledged, re-sending after failovers."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            shards = self._membership.all()
+            with self._lock:
+                used = [shards[i] for i in self._used if i in shards]
+            resend: list[Mapping[str, np.ndarray]] = []
+            for shard in used:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    shard.client.flush(remaining)
+                except ReplayUnavailableError as exc:
+                    self._membership.mark_failed(shard, exc)
+                    resend.extend(exc.unacknowledged)
+            if not resend:
+                return
+            self.send(resend, None)

@@ -1,0 +1,123 @@
+"""`Table` alone (no server): storage, keys, eviction, stale priority updates, the limiter's wait."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import CARTPOLE_SPEC, make_batch
+from replay import keys as keylib
+from replay.errors import DeadlineExceededError, InvalidBatchError
+from replay.rate_limiter import RateLimiter
+from replay.selectors import PrioritizedSelector, UniformSelector
+from replay.table import Table
+
+
+def prioritized_table(capacity: int = 4, shard_id: int = 3) -> Table:
+    selector = PrioritizedSelector(capacity, alpha=1.0)  # P(i) = p_i / sum p: easy to check by hand
+    return Table(CARTPOLE_SPEC, capacity, selector, RateLimiter(), shard_id=shard_id, seed=0)
+
+
+def test_insert_stores_whole_items_and_sampling_returns_them_intact():
+    table = Table(CARTPOLE_SPEC, 8, UniformSelector(), RateLimiter(), seed=0)
+    assert table.insert(make_batch(5)) == 5
+    drawn = table.sample(4, num_batches=3)
+    ids = drawn.data["action"]
+    assert ids.shape == (12,) and set(ids) <= set(range(5))
+    np.testing.assert_array_equal(drawn.data["obs"][:, 0], ids.astype(np.float32))
+    np.testing.assert_array_equal(drawn.data["next_obs"][:, 3], (ids + 4).astype(np.float32))
+    np.testing.assert_allclose(drawn.probabilities, 1 / 5)
+    assert (drawn.table_size, drawn.priority_mass, drawn.inserts, drawn.samples) == (5, 5.0, 5, 12)
+
+
+def test_keys_name_the_shard_the_slot_and_its_generation():
+    table = prioritized_table()
+    table.insert(make_batch(4))
+    drawn = table.sample(16)
+    shards, slots, generations = keylib.split_keys(drawn.keys)
+    assert set(shards) == {3}
+    np.testing.assert_array_equal(slots, drawn.data["action"])  # item i went to slot i
+    assert set(generations) == {1}
+
+
+def test_prioritized_probabilities_are_priority_over_the_total():
+    table = prioritized_table()
+    table.insert(make_batch(4, priority=[1.0, 2.0, 3.0, 4.0]))
+    drawn = table.sample(8, num_batches=4)
+    priorities = np.array([1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(drawn.probabilities, priorities[drawn.data["action"]] / 10.0)
+    assert drawn.priority_mass == 10.0
+
+
+def test_overwriting_evicts_the_oldest_and_bumps_the_slot_generation():
+    table = prioritized_table()
+    table.insert(make_batch(4))
+    table.insert(make_batch(2, start=4))  # items 4 and 5 take slots 0 and 1
+    arrays, counters = table.state()
+    np.testing.assert_array_equal(arrays["column/action"], [4, 5, 2, 3])
+    np.testing.assert_array_equal(arrays["generations"], [2, 2, 1, 1])
+    assert (counters["size"], counters["next_slot"], counters["inserts"]) == (4, 2, 6)
+
+
+def test_a_batch_larger_than_capacity_keeps_its_last_items():
+    table = Table(CARTPOLE_SPEC, 4, UniformSelector(), RateLimiter())
+    assert table.insert(make_batch(10)) == 10
+    arrays, counters = table.state()
+    # Ten writes round a ring of four: items 8, 9 sit in slots 0, 1 and items 6, 7 in slots 2, 3.
+    np.testing.assert_array_equal(arrays["column/action"], [8, 9, 6, 7])
+    assert (counters["size"], counters["next_slot"], counters["inserts"]) == (4, 2, 10)
+
+
+def test_priority_updates_for_overwritten_slots_are_dropped_and_counted():
+    table = prioritized_table()
+    table.insert(make_batch(4, priority=[1.0, 2.0, 3.0, 4.0]))
+    old = table.sample(10, num_batches=10)
+    _, slots, _ = keylib.split_keys(old.keys)
+    assert set(slots) == {0, 1, 2, 3}
+    table.insert(make_batch(2, start=4))  # new occupants of slots 0, 1 get the max priority, 4
+
+    applied, dropped = table.update_priorities(old.keys, np.full(len(old.keys), 5.0))
+
+    assert applied == int(np.isin(slots, [2, 3]).sum())
+    assert dropped == int(np.isin(slots, [0, 1]).sum())
+    assert table.info().dropped_priority_updates == dropped
+    np.testing.assert_allclose(table.selector.priorities(np.arange(4)), [4.0, 4.0, 5.0, 5.0])
+    assert table.info().priority_mass == pytest.approx(18.0)
+
+
+def test_keys_of_another_shard_are_refused_whole():
+    table = prioritized_table(shard_id=3)
+    table.insert(make_batch(4))
+    foreign = keylib.make_keys(4, np.array([0]), np.array([1]))
+    with pytest.raises(InvalidBatchError, match="belongs to shard 4"):
+        table.update_priorities(foreign, np.array([9.0]))
+    assert table.info().priority_mass == 4.0
+
+
+def test_a_malformed_batch_changes_nothing():
+    table = Table(CARTPOLE_SPEC, 8, UniformSelector(), RateLimiter())
+    table.insert(make_batch(3))
+    bad = make_batch(2, start=3)
+    del bad["reward"]
+    with pytest.raises(InvalidBatchError, match="reward"):
+        table.insert(bad)
+    info = table.info()
+    assert (info.size, info.inserts) == (3, 3)
+
+
+def test_the_limiter_admits_an_insert_in_pieces_and_reports_what_got_in():
+    # spi=1, min_size=2, error_buffer=2: diff = inserts - samples must stay <= 4.
+    table = Table(CARTPOLE_SPEC, 100, UniformSelector(), RateLimiter(2, 1.0, 2.0))
+    with pytest.raises(DeadlineExceededError) as held:
+        table.insert(make_batch(10), timeout=0.05)
+    assert held.value.inserted == 4
+    assert table.info().inserts == 4
+
+
+def test_sampling_below_min_size_waits_until_its_deadline():
+    table = Table(CARTPOLE_SPEC, 100, UniformSelector(), RateLimiter(min_size=5))
+    table.insert(make_batch(4))
+    with pytest.raises(DeadlineExceededError, match="min_size=5"):
+        table.sample(1, timeout=0.05)
+    table.insert(make_batch(1, start=4))
+    assert table.sample(1, timeout=0.05).table_size == 5
