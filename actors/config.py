@@ -6,6 +6,9 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Literal
 
+ANDROID_ID = "qfleet/Android-v0"
+"""Android device control over android_env (actors/android.py), configured by `env.android`."""
+
 SWIPES = ("up", "down", "left", "right")
 """Android swipe actions, in action-space order."""
 BUTTONS = ("back", "home", "enter")

@@ -28,16 +28,14 @@ from collections.abc import Sequence
 
 import redis
 
+from actors.errors import ActorRegistryError
+
 EPISODE_STREAM_LENGTH = 100_000
 """Approximate cap of the episode stream (older entries are trimmed)."""
 
 
 EPISODE_FIELDS = ("return", "length", "policy_version", "env_steps")
 """Per-episode lists in each stream entry."""
-
-
-class ActorRegistryError(RuntimeError):
-    """Redis is unreachable."""
 
 
 def _number(text: bytes | str) -> int | float | str:
@@ -70,7 +68,7 @@ class ActorRegistry:
         try:
             return fn()
         except redis.RedisError as exc:
-            raise ActorRegistryError(f"cannot {what} at {self.redis_url}: {exc}") from None
+            raise ActorRegistryError(f"cannot {what} at {self.redis_url}: {exc}", redis_url=self.redis_url) from None
 
     # -- fleet size ------------------------------------------------------------------------------
 

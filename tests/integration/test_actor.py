@@ -199,7 +199,7 @@ def test_batches_no_shard_takes_are_counted_lost_and_inserts_resume_when_a_shard
         assert wait_until(lambda: actor.run(seconds=0.1).transitions_inserted > first.transitions_inserted, 15)
         back = actor.stats()
         assert replacement.table.info().size == back.transitions_inserted - first.transitions_inserted
-        assert actor._sent == back.transitions_inserted + back.transitions_lost  # nothing unaccounted
+        assert actor.writer.sent == back.transitions_inserted + back.transitions_lost  # nothing unaccounted
     finally:
         actor.close()
 
