@@ -2,35 +2,43 @@
 
 Public surface:
     EnvConfig, ActorsConfig, AndroidConfig (configuration);
-    make_env, describe_env, transition_spec, EnvSpaces, EnvVector, UnsupportedEnvError,
-    EnvFailedError (environments); AndroidGymEnv, AndroidSetupError, SimulatorTimeoutError,
-    check_emulator (qfleet/Android-v0 over android_env);
+    make_env, describe_env, transition_spec, EnvSpaces, EnvVector (environments);
+    AndroidGymEnv, check_emulator (qfleet/Android-v0 over android_env);
     NStepAccumulator, apex_epsilons (the math);
     EnvActor, ActorStats (one actor), WeightSubscriber (its weights, followed in the background),
-    ActorFleet, FleetStats, FleetError (many, on Ray);
-    ActorRegistry, ActorRegistryError (the actors' Redis keys), ActorMetrics (`qfleet_actor_*`).
+    Writer, TransitionWriter (how its transitions reach replay);
+    ActorFleet, FleetStats (many, on Ray);
+    ActorRegistry (the actors' Redis keys), ActorMetrics (`qfleet_actor_*`);
+    UnsupportedEnvError, AndroidSetupError, EnvFailedError, SimulatorTimeoutError, FleetError,
+    ActorRegistryError (actors/errors.py).
 """
 
 import importlib
 
 from actors.config import ActorsConfig, AndroidConfig, EnvConfig
-from actors.envs import EnvFailedError, EnvSpaces, EnvVector, describe_env, make_env, transition_spec
+from actors.envs import EnvSpaces, EnvVector, describe_env, make_env, transition_spec
+from actors.errors import (
+    ActorRegistryError,
+    AndroidSetupError,
+    EnvFailedError,
+    FleetError,
+    SimulatorTimeoutError,
+    UnsupportedEnvError,
+)
 from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
-from actors.registry import ActorRegistry, ActorRegistryError
-from actors.spec import UnsupportedEnvError, spec_for_spaces
+from actors.registry import ActorRegistry
+from actors.spec import spec_for_spaces
+from actors.writer import TransitionWriter, Writer
 
 # Imported on first use: they load torch (and Ray), which config-only commands do not need.
 _LAZY = {
     "EnvActor": "actors.actor",
     "ActorStats": "actors.actor",
     "ActorFleet": "actors.fleet",
-    "FleetError": "actors.fleet",
     "FleetStats": "actors.fleet",
     "WeightSubscriber": "actors.weights",
     "AndroidGymEnv": "actors.android",
-    "AndroidSetupError": "actors.android",
-    "SimulatorTimeoutError": "actors.android",
     "check_emulator": "actors.android",
 }
 
@@ -41,12 +49,17 @@ __all__ = [
     "ActorRegistryError",
     "ActorsConfig",
     "AndroidConfig",
+    "AndroidSetupError",
     "EnvConfig",
     "EnvFailedError",
     "EnvSpaces",
     "EnvVector",
+    "FleetError",
     "NStepAccumulator",
+    "SimulatorTimeoutError",
+    "TransitionWriter",
     "UnsupportedEnvError",
+    "Writer",
     "apex_epsilons",
     "describe_env",
     "make_env",

@@ -1,19 +1,9 @@
 """`EnvActor`: steps a vector of environments with the latest policy and feeds the replay.
 
-The loop, one vector step at a time:
-
-    every weight_poll_steps steps: load the weights a background thread fetched, if any (the
-        thread checks the announced version with one small GET every 50 ms)
-    actions = policy.act(obs, epsilon)                   # one batched forward for all envs
-    step = envs.step(actions)                            # same-step reset; envs that raise are rebuilt
-    transitions = nstep.add(obs, actions, rewards, final obs, terminated, truncated,
-                            policy_version of each step, aborted)
-    buffer them; every insert_batch transitions (or INSERT_MAX_BYTES): stream a batch to this
-    actor's replay shard
-    finished episodes -> Redis stream + metrics
-
-The class is plain Python: `ActorFleet` runs it as a Ray actor (`run(seconds)` in chunks), and
-tests and the benchmark run it in-process.
+One vector step: switch to weights a background thread fetched (every weight_poll_steps steps),
+act for all envs with one batched forward, step the envs, turn the steps into n-step transitions
+and hand them to the writer. Plain Python: `ActorFleet` runs it as a Ray actor (`run(seconds)` in
+chunks); tests and the benchmark run it in-process.
 """
 
 from __future__ import annotations
@@ -36,18 +26,14 @@ from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
 from actors.registry import ActorRegistry
 from actors.weights import WeightSubscriber
+from actors.writer import INSERT_MAX_BYTES, TransitionWriter, Writer
 from learner import LearnerConfig, Policy, WeightStore
-from replay import ReplayUnavailableError, ShardedReplay, keep_freed_memory
+from replay import ShardedReplay, keep_freed_memory
 
-log = logging.getLogger("qfleet.actors")
+log = logging.getLogger(__name__)
 
 NSTEP_BLOCK = 64
-"""Most vector steps between n-step emissions: amortises numpy's per-call cost (see
-actors/nstep.py); fewer where one emission would exceed INSERT_MAX_BYTES (pixel envs)."""
-
-INSERT_MAX_BYTES = 4 << 20
-"""An insert message is sent once it holds this many bytes, even below insert_batch items
-(Atari-size transitions: about 75 per message)."""
+"""Most vector steps between n-step emissions (fewer where one would exceed INSERT_MAX_BYTES)."""
 
 
 @dataclass
@@ -69,12 +55,6 @@ class ActorStats:
     """Env steps per second over the last chunk."""
 
 
-def _concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    if len(batches) == 1:
-        return batches[0]
-    return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
-
-
 def actor_epsilon(actor_id: int, num_actors: int, config: ActorsConfig) -> float:
     """Actor `actor_id`'s epsilon on the Ape-X schedule over max(num_actors, actor_id + 1)."""
     return float(apex_epsilons(max(num_actors, actor_id + 1), config.epsilon, config.epsilon_alpha)[actor_id])
@@ -89,6 +69,8 @@ class EnvActor:
         env, actors, learner: the run's config sections (the learner's decides the network).
         redis_url, run: the run's Redis (shard registry, weight store, actor keys).
         replay: inserts go here; default: a ShardedReplay discovering the run's shards.
+        writer: takes the transitions instead (then `replay` must be None); default: a
+            TransitionWriter into `replay`. The actor closes it.
     """
 
     def __init__(
@@ -101,7 +83,10 @@ class EnvActor:
         redis_url: str,
         run: str = "default",
         replay: ShardedReplay | None = None,
+        writer: Writer | None = None,
     ):
+        if writer is not None and replay is not None:
+            raise ValueError("give a writer or a replay to write into, not both")
         torch.set_num_threads(1)  # actors scale by processes, not by intra-op threads
         keep_freed_memory()  # insert messages of pixel envs are megabytes each
         self.actor_id, self.config = actor_id, actors
@@ -114,35 +99,37 @@ class EnvActor:
         block = max(1, min(NSTEP_BLOCK, INSERT_MAX_BYTES // block_bytes))
         self.nstep = NStepAccumulator(env.num_envs, actors.n_step, learner.gamma, block=block)
         self.env_steps = self.vector_steps = self.episodes = 0
-        self.transitions_inserted = self.transitions_lost = 0
-        self._sent = 0  # transitions handed to the replay client (acknowledged once flushed)
         self._returns: deque[float] = deque(maxlen=100)  # of the last 100 episodes
         self._lengths: deque[int] = deque(maxlen=100)
         self._counted = {"env_steps": 0, "episodes": 0, "env_restarts": 0}  # already in the metrics
-        self._buffer: list[dict[str, np.ndarray]] = []
-        self._buffered = self._buffered_bytes = 0
         self._versions = np.zeros(env.num_envs, np.int64)  # policy_version column of one step
         self._episode_buffer: list[tuple[float, int, int, int]] = []  # for the episode stream
 
         # Envs first (an env that cannot start fails before anything connects), then the
         # connections; if any step fails, what was opened is closed again.
         self._opened: list = []
+        self.metrics = ActorMetrics(run, actor_id)
+        self.metrics.epsilon.set(self.epsilon)
         try:
             self.envs = self._open(EnvVector(env, seed=seed * 10_000, max_rebuilds=actors.env_max_rebuilds))
             self.obs = self.envs.reset()
-            self.replay = self._open(
-                replay
-                or ShardedReplay(
+            if writer is None:
+                replay = replay or ShardedReplay(
                     redis_url=redis_url,
                     run=run,
                     writer_id=f"{run}-actor-{actor_id}",
                     max_in_flight=actors.max_inserts_in_flight,
                 )
-            )
+                writer = TransitionWriter(
+                    replay,
+                    batch_items=actors.insert_batch,
+                    retry_s=actors.insert_retry_s,
+                    metrics=self.metrics,
+                    name=f"actor {actor_id}",
+                )
+            self.writer = self._open(writer)
             self.weights = self._open(WeightSubscriber(WeightStore(redis_url, run)))
             self.registry = self._open(ActorRegistry(redis_url, run))
-            self.metrics = ActorMetrics(run, actor_id)
-            self.metrics.epsilon.set(self.epsilon)
             self.metrics_address = ""
             if actors.metrics_port is not None:
                 bind = actors.metrics_host
@@ -186,14 +173,21 @@ class EnvActor:
         if self._versions[0] != self.policy.version:
             self._versions = np.full(len(actions), self.policy.version, np.int64)
         transitions = self.nstep.add(
-            obs, actions, out.reward, out.final_obs, out.terminated, out.truncated,
-            extras={"policy_version": self._versions}, aborted=out.aborted if out.failed else None,
-        )  # fmt: skip
+            obs,
+            actions,
+            out.reward,
+            out.final_obs,
+            out.terminated,
+            out.truncated,
+            extras={"policy_version": self._versions},
+            aborted=out.aborted if out.failed else None,
+        )
         self.obs = out.obs
         self.vector_steps += 1
         self.env_steps += len(actions) - len(out.failed)
         if transitions is not None:
-            self._add(transitions)
+            transitions["actor_id"] = np.full(len(transitions["reward"]), self.actor_id, np.int32)
+            self.writer.add(transitions)
         for episode in out.episodes:
             self._episode(episode.episode_return, episode.length)
 
@@ -212,60 +206,13 @@ class EnvActor:
 
     # -- data out ---------------------------------------------------------------------------------
 
-    def _add(self, transitions: dict[str, np.ndarray]) -> None:
-        transitions["actor_id"] = np.full(len(transitions["reward"]), self.actor_id, np.int32)
-        self._buffer.append(transitions)
-        self._buffered += len(transitions["reward"])
-        self._buffered_bytes += sum(column.nbytes for column in transitions.values())
-        if self._buffered >= self.config.insert_batch or self._buffered_bytes >= INSERT_MAX_BYTES:
-            self._insert_buffered()
-
-    def _insert_buffered(self) -> None:
-        if not self._buffer:
-            return
-        batch = _concat(self._buffer)
-        self._buffer, self._buffered, self._buffered_bytes = [], 0, 0
-        self._sent += len(batch["reward"])
-        self._send(lambda: self.replay.insert(batch))
-
     def flush(self) -> None:
-        """Sends buffered transitions and waits until replay acknowledged them; writes pending
-        episode records."""
-        self._insert_buffered()
-        self._send(self.replay.flush)
-        acknowledged = self._sent - self.transitions_lost
-        self.metrics.transitions_inserted.inc(acknowledged - self.transitions_inserted)
-        self.transitions_inserted = acknowledged
+        """Sends buffered transitions and waits until replay acknowledged them (or they were
+        counted lost); writes pending episode records."""
+        self.writer.flush()
         if self._episode_buffer:
             self.registry.add_episodes(self.actor_id, self._episode_buffer)
             self._episode_buffer = []
-
-    def _send(self, call) -> None:
-        """Runs an insert or flush; while no shard accepts, re-sends what is unacknowledged with
-        backoff for up to insert_retry_s, then counts it lost (never dropped silently)."""
-        start = time.monotonic()
-        delay = 0.05
-        try:
-            call()
-        except ReplayUnavailableError as exc:
-            pending = exc.unacknowledged
-            while pending:
-                if time.monotonic() - start >= self.config.insert_retry_s:
-                    lost = sum(len(b["reward"]) for b in pending)
-                    self.transitions_lost += lost
-                    self.metrics.transitions_lost.inc(lost)
-                    log.error("actor %d: lost %d transitions, no replay shard took them: %s", self.actor_id, lost, exc)
-                    break
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                try:
-                    self.replay.insert(_concat(pending))
-                    self.replay.flush()
-                    pending = []
-                except ReplayUnavailableError as again:
-                    exc, pending = again, again.unacknowledged
-        finally:
-            self.metrics.insert_wait_seconds.inc(time.monotonic() - start)
 
     def _episode(self, episode_return: float, length: int) -> None:
         self.episodes += 1
@@ -312,8 +259,8 @@ class EnvActor:
             policy_version=self.policy.version,
             epsilon=self.epsilon,
             env_restarts=restarts,
-            transitions_inserted=self.transitions_inserted,
-            transitions_lost=self.transitions_lost,
+            transitions_inserted=self.writer.inserted,
+            transitions_lost=self.writer.lost,
             recent_return=float(np.mean(self._returns)) if self._returns else None,
             steps_per_second=steps_per_second,
         )

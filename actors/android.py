@@ -1,29 +1,13 @@
 """Android device control as a gymnasium environment, over android_env ("qfleet/Android-v0").
 
-The action space is the discrete one device-control agents (DigiRL, Digi-Q) use, in this order:
-
-    taps          tap_rows x tap_cols points, the centres of a grid over the screen (row-major)
-    swipes        up, down, left, right: a drag of swipe_length (screen fraction) through the centre
-    type text     one action per `texts` entry (the task's candidate strings): adb `input text`
-    back, home, enter   adb key events (KEYCODE_BACK, KEYCODE_HOME, KEYCODE_ENTER)
-    task complete       the agent declares the task done: the episode ends (terminated)
-
-A tap is android_env's TOUCH at the point then LIFT; a swipe is TOUCH at swipe_points positions
-from start to end, then LIFT; the adb actions are android_env adb calls followed by a LIFT step
-that reads the screen. The reward of an action is the sum over those android_env steps (rewards
-come from the task's log-parsing rules). Observations: the screenshot resized to obs_height x
-obs_width (grayscale: one channel), uint8, HxWxC; the task goal is in `info["goal"]`.
-
-Episodes end terminated when the task's log says so (android_env LAST with discount 0) or on task
-complete, truncated on the task's step/time limit. A simulator that fails inside android_env
-(screenshot or action error) is relaunched by android_env; that step ends the episode truncated
-with `info["env_restarted"] = True`, which the actor counts as an env restart. A step or reset
-that takes longer than step_timeout_s / reset_timeout_s raises `SimulatorTimeoutError` after
-closing the simulator (the emulator process is killed), and the actor rebuilds the env (counted too).
-
-`simulator: fake` is android_env's FakeSimulator (random screens, random log lines): it runs
-anywhere and is what the tests and configs/android_fake.yaml use. `simulator: emulator` launches
-an AVD; its launch settings are checked before anything starts (`check_emulator`).
+Discrete actions, as device-control agents (DigiRL, Digi-Q) use them: a grid of taps, four swipes,
+typing each of `texts`, back/home/enter, and "task complete" (ends the episode terminated). Each
+maps onto android_env touch/lift steps or adb calls (`action_table`); rewards come from the task's
+log rules. Observations: the screenshot resized to obs_height x obs_width, uint8 HxWxC; the goal
+is in `info["goal"]`. A simulator android_env relaunches ends the episode truncated with
+`info["env_restarted"]`; one that hangs past step/reset_timeout_s is closed and
+`SimulatorTimeoutError` raised (the actor rebuilds the env). `simulator: fake` is android_env's
+FakeSimulator (runs anywhere: tests, configs/android_fake.yaml); `emulator` launches an AVD.
 """
 
 from __future__ import annotations
@@ -34,27 +18,18 @@ import os
 import pathlib
 import threading
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NoReturn
 
 import gymnasium as gym
 import numpy as np
 
-from actors.config import BUTTONS, SWIPES, AndroidConfig
-from actors.envs import ANDROID_ID as ENV_ID
-from actors.spec import UnsupportedEnvError
+from actors.config import ANDROID_ID, BUTTONS, SWIPES, AndroidConfig
+from actors.errors import AndroidSetupError, SimulatorTimeoutError
 
-log = logging.getLogger("qfleet.actors")
+log = logging.getLogger(__name__)
 # android_env logs every step of its set-up (and, at INFO, the whole process environment) through
 # absl; its warnings and errors still come through.
 logging.getLogger("absl").setLevel(logging.WARNING)
-
-
-class AndroidSetupError(UnsupportedEnvError):
-    """The Android launch settings cannot work (missing binary, no KVM, unknown AVD, bad task)."""
-
-
-class SimulatorTimeoutError(RuntimeError):
-    """A step or reset did not finish in time; the simulator was closed."""
 
 
 @dataclass(frozen=True)
@@ -75,8 +50,12 @@ def action_table(config: AndroidConfig) -> list[Action]:
         for col in range(config.tap_cols):
             table.append(Action("tap", (((col + 0.5) / config.tap_cols, (row + 0.5) / config.tap_rows),)))
     half = config.swipe_length / 2
-    ends = {"up": ((0.5, 0.5 + half), (0.5, 0.5 - half)), "down": ((0.5, 0.5 - half), (0.5, 0.5 + half)),
-            "left": ((0.5 + half, 0.5), (0.5 - half, 0.5)), "right": ((0.5 - half, 0.5), (0.5 + half, 0.5))}  # fmt: skip
+    ends = {  # (start, end) of each swipe through the centre
+        "up": ((0.5, 0.5 + half), (0.5, 0.5 - half)),
+        "down": ((0.5, 0.5 - half), (0.5, 0.5 + half)),
+        "left": ((0.5 + half, 0.5), (0.5 - half, 0.5)),
+        "right": ((0.5 - half, 0.5), (0.5 + half, 0.5)),
+    }
     for name in SWIPES:
         (x0, y0), (x1, y1) = ends[name]
         steps = np.linspace(0.0, 1.0, config.swipe_points)
@@ -92,26 +71,26 @@ def check_emulator(config: AndroidConfig) -> None:
     emulator, adb = config.binaries()
     for key, path in (("emulator_path", emulator), ("adb_path", adb)):
         if not path.is_file():
-            raise AndroidSetupError(
-                f"env.android.{key}: {path} not found (is the Android SDK at sdk_root={config.sdk_root!r}?)"
-            )
+            _setup_error(key, f"{path} not found (is the Android SDK at sdk_root={config.sdk_root!r}?)")
         if not os.access(path, os.X_OK):
-            raise AndroidSetupError(f"env.android.{key}: {path} is not executable")
+            _setup_error(key, f"{path} is not executable")
     kvm = pathlib.Path(config.kvm_device)
     if not kvm.exists():
-        raise AndroidSetupError(f"env.android.kvm_device: {kvm} does not exist (the emulator needs KVM: a bare-metal or "
-                                "nested-virtualisation host)")  # fmt: skip
-    if not os.access(kvm, os.R_OK | os.W_OK):
-        raise AndroidSetupError(
-            f"env.android.kvm_device: {kvm} is not readable and writable by this user (add it to the kvm group)"
+        _setup_error(
+            "kvm_device", f"{kvm} does not exist (the emulator needs KVM: a bare-metal or nested-virtualisation host)"
         )
+    if not os.access(kvm, os.R_OK | os.W_OK):
+        _setup_error("kvm_device", f"{kvm} is not readable and writable by this user (add it to the kvm group)")
     if not config.avd_name:
-        raise AndroidSetupError("env.android.avd_name: required with simulator=emulator")
+        _setup_error("avd_name", "required with simulator=emulator")
     home = pathlib.Path(config.avd_home).expanduser()
     if not (home / f"{config.avd_name}.ini").is_file():
-        found = sorted(p.stem for p in home.glob("*.ini")) if home.is_dir() else []
-        raise AndroidSetupError(f"env.android.avd_name: AVD {config.avd_name!r} not found in {home} "
-                                f"(found: {', '.join(found) or 'none'})")  # fmt: skip
+        found = ", ".join(sorted(p.stem for p in home.glob("*.ini"))) if home.is_dir() else ""
+        _setup_error("avd_name", f"AVD {config.avd_name!r} not found in {home} (found: {found or 'none'})")
+
+
+def _setup_error(key: str, reason: str) -> NoReturn:
+    raise AndroidSetupError(f"env.android.{key}: {reason}", setting=f"env.android.{key}")
 
 
 def load_task(path: str):
@@ -121,11 +100,11 @@ def load_task(path: str):
 
     file = pathlib.Path(path).expanduser()
     if not file.is_file():
-        raise AndroidSetupError(f"env.android.task: {file} not found")
+        _setup_error("task", f"{file} not found")
     try:
         return text_format.Parse(file.read_text(), task_pb2.Task())
     except text_format.ParseError as exc:
-        raise AndroidSetupError(f"env.android.task: {file}: {exc}") from None
+        _setup_error("task", f"{file}: {exc}")
 
 
 def _simulator_config(config: AndroidConfig):
@@ -137,14 +116,17 @@ def _simulator_config(config: AndroidConfig):
         )
     check_emulator(config)
     emulator, adb = config.binaries()
-    return config_classes.EmulatorConfig(
-        emulator_launcher=config_classes.EmulatorLauncherConfig(
-            emulator_path=str(emulator), android_sdk_root=str(pathlib.Path(config.sdk_root).expanduser()),
-            avd_name=config.avd_name, android_avd_home=str(pathlib.Path(config.avd_home).expanduser()),
-            snapshot_name=config.snapshot, kvm_device=config.kvm_device, run_headless=True,
-        ),
-        adb_controller=config_classes.AdbControllerConfig(adb_path=str(adb)),
-    )  # fmt: skip
+    launcher = config_classes.EmulatorLauncherConfig(
+        emulator_path=str(emulator),
+        android_sdk_root=str(pathlib.Path(config.sdk_root).expanduser()),
+        avd_name=config.avd_name,
+        android_avd_home=str(pathlib.Path(config.avd_home).expanduser()),
+        snapshot_name=config.snapshot,
+        kvm_device=config.kvm_device,
+        run_headless=True,
+    )
+    adb_controller = config_classes.AdbControllerConfig(adb_path=str(adb))
+    return config_classes.EmulatorConfig(emulator_launcher=launcher, adb_controller=adb_controller)
 
 
 def build_android_env(config: AndroidConfig, simulator=None, task=None):
@@ -161,8 +143,10 @@ def build_android_env(config: AndroidConfig, simulator=None, task=None):
     task = task if task is not None else load_task(config.task)
     if simulator is None:
         settings = _simulator_config(config)
-        simulator = (fake_simulator.FakeSimulator(settings) if config.simulator == "fake"
-                     else emulator_simulator.EmulatorSimulator(config=settings))  # fmt: skip
+        if config.simulator == "fake":
+            simulator = fake_simulator.FakeSimulator(settings)
+        else:
+            simulator = emulator_simulator.EmulatorSimulator(config=settings)
     task_manager = task_manager_lib.TaskManager(task)
     coordinator = coordinator_lib.Coordinator(simulator, task_manager, device_settings_lib.DeviceSettings(simulator))
     return environment.AndroidEnv(simulator=simulator, coordinator=coordinator, task_manager=task_manager)
@@ -205,7 +189,9 @@ class AndroidGymEnv(gym.Env):
             return future.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
             self._abandon()
-            raise SimulatorTimeoutError(f"android {what} took over {timeout:g} s; the simulator was closed") from None
+            raise SimulatorTimeoutError(
+                f"android {what} took over {timeout:g} s; the simulator was closed", timeout_s=timeout
+            ) from None
 
     def _abandon(self) -> None:
         """Closes a hung simulator from another thread (killing an emulator process) and drops the worker."""
@@ -238,8 +224,9 @@ class AndroidGymEnv(gym.Env):
             request.press_button.button = getattr(adb_pb2.AdbRequest.PressButton, action.button.upper())
         response = self._env.execute_adb_call(request)
         if response.status != adb_pb2.AdbResponse.Status.OK:
-            log.warning("android %s %r: adb status %s %s", action.kind, action.text or action.button,
-                        adb_pb2.AdbResponse.Status.Name(response.status), response.error_message)  # fmt: skip
+            status = adb_pb2.AdbResponse.Status.Name(response.status)
+            target = action.text or action.button
+            log.warning("android %s %r: adb status %s %s", action.kind, target, status, response.error_message)
 
     def _observe(self, pixels: np.ndarray) -> np.ndarray:
         import cv2
@@ -319,5 +306,5 @@ class AndroidGymEnv(gym.Env):
 
 def register() -> None:
     """Registers qfleet/Android-v0 with gymnasium (once)."""
-    if ENV_ID not in gym.registry:
-        gym.register(ENV_ID, entry_point=AndroidGymEnv, disable_env_checker=True)
+    if ANDROID_ID not in gym.registry:
+        gym.register(ANDROID_ID, entry_point=AndroidGymEnv, disable_env_checker=True)

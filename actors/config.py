@@ -6,6 +6,9 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Literal
 
+ANDROID_ID = "qfleet/Android-v0"
+"""Android device control over android_env (actors/android.py), configured by `env.android`."""
+
 SWIPES = ("up", "down", "left", "right")
 """Android swipe actions, in action-space order."""
 BUTTONS = ("back", "home", "enter")
@@ -14,13 +17,13 @@ BUTTONS = ("back", "home", "enter")
 
 @dataclass(frozen=True)
 class AndroidConfig:
-    """The `env.android` section (actors/android.py): the device, the task, the action and observation layout."""
+    """The `env.android` section (actors/android.py): device, task, actions and observations."""
 
     simulator: Literal["fake", "emulator"] = "fake"
-    """fake: android_env's FakeSimulator (no emulator; random screens and log lines); emulator: an Android Virtual Device."""
+    """fake: android_env's FakeSimulator (random screens and log lines); emulator: an Android AVD."""
 
     task: str = "configs/android/tasks/fake_rewards.textproto"
-    """android_env task textproto (setup/reset steps, log-parsing rewards, episode limits); relative paths are taken from the working directory."""
+    """android_env task textproto (set-up, log-parsing rewards, limits); relative to the working dir."""
 
     goal: str | None = None
     """The goal given to the agent in info["goal"]; null: the task's description."""
@@ -115,7 +118,7 @@ class EnvConfig:
     """The environment of a run, and how many copies each actor steps."""
 
     id: str = "CartPole-v1"
-    """Gymnasium environment id, e.g. "CartPole-v1", "MinAtar/Breakout-v0", "ALE/Pong-v5" (Atari gets the standard preprocessing: 84x84 grayscale, frame skip 4, 30 no-op starts, frame stack)."""
+    """Gymnasium id, e.g. "CartPole-v1", "MinAtar/Breakout-v0", "ALE/Pong-v5" (DQN preprocessing)."""
 
     num_envs: int = 8
     """Environments each actor steps together (one batched network forward per step)."""
@@ -130,7 +133,7 @@ class EnvConfig:
     """Atari: end episodes when a life is lost (Nature DQN did; modern protocols do not)."""
 
     android: AndroidConfig | None = None
-    """qfleet/Android-v0: the device, task, actions and observations (see actors/android.py); null: the defaults (FakeSimulator)."""
+    """qfleet/Android-v0: device, task, actions, observations; null: defaults (FakeSimulator)."""
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -151,22 +154,22 @@ class ActorsConfig:
     """Env actors (Ray actors) to run; change it on a running system with `qfleet scale --actors N`."""
 
     n_step: int = 3
-    """Steps per transition: reward is the discounted n-step sum, discount gamma^n (0 after a terminal state)."""
+    """Steps per transition: reward sums n discounted rewards, discount gamma^n (0 after terminal)."""
 
     epsilon: float = 0.4
-    """Ape-X exploration: actor i of N acts with epsilon^(1 + i * epsilon_alpha / (N - 1)) (one actor: epsilon)."""
+    """Ape-X: actor i of N acts with epsilon^(1 + i * epsilon_alpha / (N - 1)) (one actor: epsilon)."""
 
     epsilon_alpha: float = 7.0
     """Ape-X exponent spread between the most and the least exploring actor."""
 
     weight_poll_steps: int = 50
-    """Vector steps between switches to newer weights, when a background thread (one small Redis GET every 50 ms) has fetched some."""
+    """Vector steps between switches to newer weights (fetched by a background thread, if any)."""
 
     insert_batch: int = 4096
-    """Transitions per insert message (a message also goes out at 4 MiB); larger messages cost less per item, see docs/benchmarks.md."""
+    """Transitions per insert message (one also goes out at 4 MiB); see docs/benchmarks.md."""
 
     max_inserts_in_flight: int = 32
-    """Insert messages an actor may have unacknowledged before it waits: with a rate-limited replay (`qfleet train`), this and insert_batch bound how far actors run ahead of the learner."""
+    """Unacknowledged insert messages before an actor waits (bounds how far it runs ahead)."""
 
     insert_retry_s: float = 10.0
     """How long an actor keeps retrying a batch no shard accepts before it counts the batch as lost."""
@@ -178,16 +181,16 @@ class ActorsConfig:
     """Custom Ray resources each actor requests, e.g. {actor_host: 1}."""
 
     max_restarts: int = -1
-    """Times Ray restarts an actor whose process died (-1: always); a restarted actor pulls fresh weights."""
+    """Times Ray restarts an actor whose process died (-1: always); it pulls fresh weights."""
 
     env_max_rebuilds: int = 5
-    """Consecutive failed rebuilds of one env (raising in reset) before its actor gives up and is replaced."""
+    """Consecutive failed rebuilds of one env before its actor gives up (and is replaced)."""
 
     metrics_port: int | None = 0
-    """Each actor serves /metrics on this port (0: a free port, recorded in Redis for discovery); null: off."""
+    """Each actor serves /metrics on this port (0: a free port, recorded in Redis); null: off."""
 
     metrics_host: str = "127.0.0.1"
-    """Interface the actors' /metrics bind to; "node": the IP of the Ray node the actor runs on (what `qfleet train` makes of 127.0.0.1 when ray.address is set, so Prometheus can reach them)."""
+    """Interface the actors' /metrics bind to; "node": their Ray node's IP (for Prometheus on a cluster)."""
 
     seed: int = 0
     """Seeds environments, exploration and initial weights (actor i uses seed + i)."""

@@ -1,14 +1,8 @@
 """Environments: building one from an `EnvConfig`, and the vector of them an actor steps.
 
-`make_env` knows three families: any registered gymnasium id; Atari through ale-py's bundled ROMs
-(ids "ALE/..." or "...NoFrameskip-v4") with the standard preprocessing (Machado et al. 2018's
-v5 settings plus the DQN wrappers: 30 no-op starts, frame skip 4 with max-pooling, 84x84
-grayscale, a stack of frames, channels last for the Nature CNN); and MinAtar ("MinAtar/...",
-registered on first use).
-
-`EnvVector` steps `num_envs` copies with same-step auto-reset and keeps actors alive when an env
-misbehaves: an env that raises in `step` is rebuilt, its step reported as aborted (the n-step
-accumulator ends its windows before it), and the rebuild counted.
+`make_env` knows any registered gymnasium id, Atari (ale-py's bundled ROMs, the standard DQN
+preprocessing, channels last) and MinAtar. `EnvVector` steps `num_envs` copies with same-step
+auto-reset; an env that raises in `step` is rebuilt, its step reported as aborted, and counted.
 """
 
 from __future__ import annotations
@@ -21,19 +15,13 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
-from actors.config import AndroidConfig, EnvConfig
-from actors.spec import UnsupportedEnvError, spec_for_spaces
+from actors.config import ANDROID_ID, AndroidConfig, EnvConfig
+from actors.errors import EnvFailedError, UnsupportedEnvError
+from actors.spec import spec_for_spaces
 from learner import ActionSpace
 from replay import Spec
 
-log = logging.getLogger("qfleet.actors")
-
-ANDROID_ID = "qfleet/Android-v0"
-"""Android device control over android_env (actors/android.py), configured by `env.android`."""
-
-
-class EnvFailedError(RuntimeError):
-    """An environment kept raising when rebuilt; its actor cannot go on."""
+log = logging.getLogger(__name__)
 
 
 def is_atari(env_id: str) -> bool:
@@ -68,7 +56,7 @@ def _register(env_id: str) -> None:
 
             gym.register_envs(ale_py)
     except ImportError as exc:
-        raise UnsupportedEnvError(f"env.id={env_id!r}: its package is not installed ({exc})") from None
+        raise UnsupportedEnvError(f"env.id={env_id!r}: its package is not installed ({exc})", env_id=env_id) from None
 
 
 class _ChannelsLast(gym.ObservationWrapper):
@@ -104,15 +92,21 @@ def make_env(config: EnvConfig) -> gym.Env:
                 if config.id.startswith("ALE/"):
                     kwargs["frameskip"] = 1  # the preprocessing skips (and max-pools) frames itself
                 env = gym.make(config.id, **kwargs)
+                # Machado et al. (2018)'s v5 settings plus the DQN wrappers: 30 no-op starts, frame
+                # skip 4 with max-pooling, 84x84 grayscale, then a frame stack.
                 env = gym.wrappers.AtariPreprocessing(
-                    env, noop_max=30, frame_skip=4, screen_size=84,
-                    terminal_on_life_loss=config.terminal_on_life_loss, grayscale_obs=True,
-                )  # fmt: skip
+                    env,
+                    noop_max=30,
+                    frame_skip=4,
+                    screen_size=84,
+                    terminal_on_life_loss=config.terminal_on_life_loss,
+                    grayscale_obs=True,
+                )
                 env = _ChannelsLast(gym.wrappers.FrameStackObservation(env, config.frame_stack))
             else:
                 env = gym.make(config.id, **kwargs)
     except gym.error.Error as exc:
-        raise UnsupportedEnvError(f"env.id={config.id!r}: {exc}") from None
+        raise UnsupportedEnvError(f"env.id={config.id!r}: {exc}", env_id=config.id) from None
     return env
 
 
@@ -224,13 +218,15 @@ class EnvVector:
                 self._unseeded.discard(i)
                 return np.asarray(obs)
             except UnsupportedEnvError as exc:  # a setup that cannot work (Android launch settings): no retry
-                raise EnvFailedError(f"env {self.config.id!r} #{i}: {exc}") from exc
+                raise EnvFailedError(f"env {self.config.id!r} #{i}: {exc}", env_id=self.config.id, env_index=i) from exc
             except Exception as exc:  # an env is foreign code: any exception means "rebuild it"
                 failures += 1
                 if failures > self.max_rebuilds:
                     raise EnvFailedError(
                         f"env {self.config.id!r} #{i} raised in reset {failures} times in a row; last: "
-                        f"{type(exc).__name__}: {exc}"
+                        f"{type(exc).__name__}: {exc}",
+                        env_id=self.config.id,
+                        env_index=i,
                     ) from exc
                 self._rebuild(i, "reset", exc)
 

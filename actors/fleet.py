@@ -1,11 +1,8 @@
 """`ActorFleet`: keeps N env actors running as Ray actors, restarts them, scales them, stops them.
 
-The supervisor is a loop in the driver (`poll`), not a thread: each actor always has one
-`run(chunk_s)` call in flight; when it returns the supervisor records its stats and submits the
-next one. Ray restarts an actor whose process died (`max_restarts`), and the supervisor re-submits
-to the restarted actor, which pulls the newest weights before its first step. An actor whose
-`run` raised (e.g. its env kept failing) is replaced by a fresh one. The wanted fleet size is
-read from Redis on every poll, so `qfleet scale --actors N` resizes a running fleet.
+The supervisor is a loop in the driver (`poll`): each actor always has one `run(chunk_s)` call in
+flight. Ray restarts a dead actor process (`max_restarts`); an actor whose `run` raised is
+replaced. The wanted size is read from Redis every poll, so `qfleet scale --actors N` resizes it.
 """
 
 from __future__ import annotations
@@ -17,18 +14,15 @@ from dataclasses import dataclass, field
 from actors.actor import ActorStats, EnvActor
 from actors.config import ActorsConfig, EnvConfig
 from actors.envs import describe_env
+from actors.errors import FleetError
 from actors.registry import ActorRegistry
 from learner import LearnerConfig
 
-log = logging.getLogger("qfleet.actors")
+log = logging.getLogger(__name__)
 
 
 PENDING_WARNING_S = 60.0
 """An actor that has not finished a chunk this long after it was created gets a warning."""
-
-
-class FleetError(RuntimeError):
-    """Actors keep failing (the same error, again and again); the run cannot go on."""
 
 
 @dataclass
@@ -158,8 +152,11 @@ class ActorFleet:
                 log.warning(
                     "actor %d has not reported within %.0f s: is it waiting for resources the cluster lacks "
                     "(num_cpus=%s, resources=%s; `ray status` shows what is free)?",
-                    actor_id, PENDING_WARNING_S, self.config.num_cpus, dict(self.config.resources),
-                )  # fmt: skip
+                    actor_id,
+                    PENDING_WARNING_S,
+                    self.config.num_cpus,
+                    dict(self.config.resources),
+                )
         refs = {slot.ref: actor_id for actor_id, slot in self._slots.items() if slot.ref is not None}
         if not refs:
             time.sleep(timeout)
@@ -201,7 +198,9 @@ class ActorFleet:
         now = time.monotonic()
         slot.failures = [t for t in slot.failures if now - t < 60] + [now]
         if len(slot.failures) >= 3:
-            raise FleetError(f"actor {actor_id} failed 3 times within a minute; last error:\n{exc}") from None
+            raise FleetError(
+                f"actor {actor_id} failed 3 times within a minute; last error:\n{exc}", actor_id=actor_id
+            ) from None
 
     def _replace(self, actor_id: int, slot: _Slot, why: str) -> None:
         log.error("actor %d %s; starting a fresh one", actor_id, why)

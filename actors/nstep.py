@@ -1,24 +1,13 @@
 """n-step transitions, built on the actor, for a vector of environments.
 
-For each env the accumulator keeps the last n steps. A full window emits
+A full window emits obs_t, action_t, reward = sum_{i<n} gamma^i r_{t+i}, next_obs = obs_{t+n},
+discount = gamma^n. When an episode ends, its pending windows are emitted shortened: terminated
+gives discount 0 (no bootstrapping through a terminal state); truncated gives gamma^k for k steps
+and bootstraps from the last real observation (Pardo et al. 2018); aborted (the env raised) ends
+the windows one step earlier and bootstraps from the observation the env failed on.
 
-    obs_t, action_t, reward = sum_{i<n} gamma^i r_{t+i}, next_obs = obs_{t+n}, discount = gamma^n.
-
-When an episode ends every pending window is emitted at once, shortened to the steps that remain:
-
-- terminated (a true terminal state): discount = 0, so the learner never bootstraps through it;
-- truncated (time limit): discount = gamma^k for a window of k steps, and next_obs is the last
-  real observation, so the learner bootstraps from it (Pardo et al. 2018);
-- aborted (the env raised and was rebuilt): the failed step never happened, so the windows end
-  one step earlier and bootstrap from the observation the env failed on, as for a truncation.
-
-The learner's target is then reward + discount * max_a Q(next_obs, a) for every loss.
-
-Each step is recorded by reference (an append, nothing copied); every `block` steps the windows
-of all recorded steps are worked out with a handful of vectorised numpy operations over the whole
-block (numpy's per-call cost is paid per block, not per step), and the completed transitions are
-gathered: small columns through one stack per block, pixel-size ones copied straight from each
-step's array into the transitions (read once rather than stacked and then gathered).
+Steps are recorded by reference; every `block` steps the windows are worked out with a few
+vectorised operations over the whole block, so numpy's per-call cost is paid per block.
 """
 
 from __future__ import annotations

@@ -1,24 +1,11 @@
-"""The actors' Redis keys: desired fleet size, per-actor reports, and the episode stream.
+"""The actors' Redis keys (values are plain strings; readers get typed dicts back):
 
-The actors' keys, all of them:
-
-    qfleet:{run}:actors:desired      int     actors the supervisor keeps running; `qfleet scale`
-                                             writes it, the supervisor follows within a second
-    qfleet:{run}:actors:actor:{id}   hash    the actor's latest report: pid, host, env_steps,
-                                             episodes, policy_version, epsilon, env_restarts,
-                                             transitions_inserted, transitions_lost, metrics
-                                             (host:port of its /metrics, or ""), updated_at;
-                                             expires `ttl_s` after the last report
-    qfleet:{run}:actors:episodes     stream  one entry per actor flush (about a second), holding
-                                             the episodes that actor finished meanwhile:
-                                             actor, time, and space-separated lists return,
-                                             length, policy_version, env_steps (the actor's,
-                                             at each episode's end); capped near
-                                             EPISODE_STREAM_LENGTH entries. One entry per
-                                             flush, not per episode: short episodes (CartPole)
-                                             end thousands of times a second per actor
-
-Values are plain strings (no pickle); readers get typed dicts back.
+qfleet:{run}:actors:desired      int     actors the supervisor keeps running (`qfleet scale`)
+qfleet:{run}:actors:actor:{id}   hash    the actor's latest report (ActorStats fields, host,
+                                         metrics address, updated_at); expires after ttl_s
+qfleet:{run}:actors:episodes     stream  one entry per actor flush with the episodes it finished
+                                         meanwhile (not one per episode: CartPole ends
+                                         thousands a second); capped near EPISODE_STREAM_LENGTH
 """
 
 from __future__ import annotations
@@ -28,16 +15,14 @@ from collections.abc import Sequence
 
 import redis
 
+from actors.errors import ActorRegistryError
+
 EPISODE_STREAM_LENGTH = 100_000
 """Approximate cap of the episode stream (older entries are trimmed)."""
 
 
 EPISODE_FIELDS = ("return", "length", "policy_version", "env_steps")
 """Per-episode lists in each stream entry."""
-
-
-class ActorRegistryError(RuntimeError):
-    """Redis is unreachable."""
 
 
 def _number(text: bytes | str) -> int | float | str:
@@ -70,7 +55,7 @@ class ActorRegistry:
         try:
             return fn()
         except redis.RedisError as exc:
-            raise ActorRegistryError(f"cannot {what} at {self.redis_url}: {exc}") from None
+            raise ActorRegistryError(f"cannot {what} at {self.redis_url}: {exc}", redis_url=self.redis_url) from None
 
     # -- fleet size ------------------------------------------------------------------------------
 

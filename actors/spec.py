@@ -11,18 +11,15 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from actors.errors import UnsupportedEnvError
 from replay import Spec
-
-
-class UnsupportedEnvError(ValueError):
-    """The environment id is unknown or its spaces are not ones qfleet's learners handle."""
 
 
 def spec_for_spaces(env_id: str, observation_space: gym.Space, action_space: gym.Space) -> Spec:
     """The transition spec for an observation and action space."""
     if not isinstance(observation_space, gym.spaces.Box):
         raise UnsupportedEnvError(
-            f"env.id={env_id!r}: observation space {observation_space} is not a Box (array) space"
+            f"env.id={env_id!r}: observation space {observation_space} is not a Box (array) space", env_id=env_id
         )
     obs = (observation_space.shape, np.dtype(observation_space.dtype).name)
     if isinstance(action_space, gym.spaces.Discrete):
@@ -30,7 +27,9 @@ def spec_for_spaces(env_id: str, observation_space: gym.Space, action_space: gym
     elif isinstance(action_space, gym.spaces.Box):
         action = (action_space.shape, "float32")
     else:
-        raise UnsupportedEnvError(f"env.id={env_id!r}: action space {action_space} is neither Discrete nor Box")
+        raise UnsupportedEnvError(
+            f"env.id={env_id!r}: action space {action_space} is neither Discrete nor Box", env_id=env_id
+        )
     return Spec(
         {
             "obs": obs,

@@ -1,11 +1,8 @@
-"""`WeightSubscriber`: an actor's view of the learner's parameter store, kept current off the
-step loop.
+"""`WeightSubscriber`: an actor's view of the learner's weight store, kept current off the step loop.
 
-A daemon thread reads the announced version (one small GET every `poll_s`) and, when it moved,
-fetches and decodes the safetensors blob. The step loop only asks `take()` every
-`weight_poll_steps` steps, which costs an attribute read unless new weights are waiting, so
-neither the Redis round trip nor the download ever stalls env stepping. Redis being away is
-logged (once per outage) and the actor keeps acting with the weights it has.
+A daemon thread checks the announced version (one small GET every `poll_s`) and fetches new
+weights; the step loop only calls `take()`, so Redis round trips never stall env stepping. A Redis
+outage is logged once and the actor acts with the weights it has.
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ import torch
 
 from learner import WeightStore, WeightStoreError
 
-log = logging.getLogger("qfleet.actors")
+log = logging.getLogger(__name__)
 
 
 class WeightSubscriber:

@@ -199,9 +199,40 @@ def test_batches_no_shard_takes_are_counted_lost_and_inserts_resume_when_a_shard
         assert wait_until(lambda: actor.run(seconds=0.1).transitions_inserted > first.transitions_inserted, 15)
         back = actor.stats()
         assert replacement.table.info().size == back.transitions_inserted - first.transitions_inserted
-        assert actor._sent == back.transitions_inserted + back.transitions_lost  # nothing unaccounted
+        assert actor.writer.sent == back.transitions_inserted + back.transitions_lost  # nothing unaccounted
     finally:
         actor.close()
+
+
+class RecordingWriter:
+    """A `Writer` that keeps what it is given, in place of replay."""
+
+    def __init__(self):
+        self.batches: list[dict[str, np.ndarray]] = []
+        self.inserted = self.lost = 0
+        self.closed = False
+
+    def add(self, transitions):
+        self.batches.append(transitions)
+
+    def flush(self):
+        self.inserted = sum(len(batch["reward"]) for batch in self.batches)
+
+    def close(self):
+        self.closed = True
+
+
+def test_an_actor_hands_its_stamped_transitions_to_any_writer(redis_server):
+    env = EnvConfig(id="qfleet-test/Counter-v0", num_envs=2)
+    writer = RecordingWriter()
+    actor = EnvActor(1, 2, env, actor_config(metrics_port=None), LEARNER, redis_server.url, "act", writer=writer)
+    try:
+        stats = actor.run(seconds=0.3)
+    finally:
+        actor.close()
+    assert writer.closed  # the actor owns its writer
+    assert stats.transitions_inserted == writer.inserted > 0 and stats.transitions_lost == 0
+    assert all(set(batch["actor_id"]) == {1} and set(batch["policy_version"]) == {0} for batch in writer.batches)
 
 
 def test_epsilons_follow_the_apex_schedule():

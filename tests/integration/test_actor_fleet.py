@@ -73,11 +73,10 @@ def test_a_killed_actor_comes_back_with_fresh_weights_and_scale_resizes_the_flee
         assert registry.actors()[1]["policy_version"] == 3
 
         # `qfleet scale --actors 1`, as a user runs it, while the fleet is polled.
+        scale = [sys.executable, "-m", "system.cli", "scale", "--actors", "1"]
         subprocess.run(
-            [sys.executable, "-m", "system.cli", "scale", "--actors", "1", "--redis-url", redis_server.url,
-             "--run", "fleet"],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
+            [*scale, "--redis-url", redis_server.url, "--run", "fleet"], check=True, capture_output=True, timeout=60
+        )
         polled(fleet, lambda s: s.actors == 1)
         assert list(registry.actors()) == [0]
         steps_before = fleet.stats().env_steps

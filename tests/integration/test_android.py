@@ -110,8 +110,8 @@ def test_text_and_keys_go_through_adb_and_task_complete_ends_the_episode():
 
 @pytest.mark.parametrize(("grayscale", "channels"), [(True, 1), (False, 3)])
 def test_observations_are_resized_uint8_frames(grayscale, channels):
-    config = EnvConfig(id="qfleet/Android-v0", num_envs=1,
-                       android=AndroidConfig(obs_height=48, obs_width=40, grayscale=grayscale))  # fmt: skip
+    android = AndroidConfig(obs_height=48, obs_width=40, grayscale=grayscale)
+    config = EnvConfig(id="qfleet/Android-v0", num_envs=1, android=android)
     spaces = describe_env(config)  # no simulator is launched to read the spaces
     assert spaces.obs_shape == (48, 40, channels) and spaces.action_space.num_actions == 16 + 4 + 3 + 1
     assert spaces.spec.columns["obs"] == ((48, 40, channels), "uint8")
@@ -187,12 +187,13 @@ def test_emulator_launch_settings_are_checked_with_named_errors(tmp_path):
     avds = tmp_path / "avd"
     avds.mkdir()
     (avds / "other.ini").write_text("")
+    launch = AndroidConfig(
+        simulator="emulator", sdk_root=str(sdk), avd_name="pixel", kvm_device=str(kvm), avd_home=str(avds)
+    )
     with pytest.raises(UnsupportedEnvError, match="AVD 'pixel' not found in .* \\(found: other\\)"):
-        check_emulator(AndroidConfig(simulator="emulator", sdk_root=str(sdk), avd_name="pixel",
-                                     kvm_device=str(kvm), avd_home=str(avds)))  # fmt: skip
+        check_emulator(launch)
     (avds / "pixel.ini").write_text("")
-    check_emulator(AndroidConfig(simulator="emulator", sdk_root=str(sdk), avd_name="pixel",
-                                 kvm_device=str(kvm), avd_home=str(avds)))  # fmt: skip
+    check_emulator(launch)  # every setting checks out
 
 
 def test_a_missing_task_file_is_named():

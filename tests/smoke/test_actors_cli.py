@@ -11,14 +11,12 @@ from replay import ReplayClient
 
 
 def test_actors_run_fills_the_shard_and_stops_cleanly_after_max_env_steps(redis_server, qfleet_serve):
-    shard = qfleet_serve("replay", "serve", "--redis-url", redis_server.url, "--run", "smoke", "--capacity", "50000",
-                         "--heartbeat-s", "0.2")  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-m", "system.cli", "actors", "run", "--redis-url", redis_server.url, "--run", "smoke",
-         "--num-actors", "1", "--num-cpus", "0.5", "--max-env-steps", "3000", "--log-every", "0.5",
-         "--set", "env.num_envs=2", "--set", "learner.hidden_size=16"],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+    where = ["--redis-url", redis_server.url, "--run", "smoke"]
+    shard = qfleet_serve("replay", "serve", *where, "--capacity", "50000", "--heartbeat-s", "0.2")
+    fleet = ["--num-actors", "1", "--num-cpus", "0.5", "--max-env-steps", "3000", "--log-every", "0.5"]
+    small = ["--set", "env.num_envs=2", "--set", "learner.hidden_size=16"]
+    command = [sys.executable, "-m", "system.cli", "actors", "run", *where, *fleet, *small]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "qfleet actors: run 'smoke', 1 actors on CartPole-v1" in result.stdout
     summary = result.stdout.strip().splitlines()[-1]

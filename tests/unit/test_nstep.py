@@ -1,4 +1,5 @@
-"""n-step returns and discounts against hand-computed cases; the Ape-X epsilon schedule."""
+"""n-step returns and discounts against hand-computed cases and a brute-force reference; the Ape-X
+epsilon schedule."""
 
 import numpy as np
 import pytest
@@ -119,69 +120,93 @@ def test_extra_columns_come_from_each_window_s_first_step():
     acc = NStepAccumulator(1, n_step=2, gamma=G)
     for t in range(3):
         out = acc.add(
-            np.array([[t]], np.float32), np.array([0]), np.array([1.0]), np.array([[t + 1]], np.float32),
-            np.array([False]), np.array([t == 2]), extras={"policy_version": np.array([100 + t])},
-        )  # fmt: skip
+            np.array([[t]], np.float32),
+            np.array([0]),
+            np.array([1.0]),
+            np.array([[t + 1]], np.float32),
+            np.array([False]),
+            np.array([t == 2]),
+            extras={"policy_version": np.array([100 + t])},
+        )
     np.testing.assert_array_equal(out["policy_version"], [101, 102])
 
 
 def reference_transitions(trajectory, n, gamma):
-    """Brute force from whole segments: (obs, n-step return, next_obs, discount) per window start.
+    """Brute force from whole segments: (obs, n-step return, next_obs, discount, first step's
+    version) per window start.
 
-    `trajectory` holds (steps, end, bootstrap_obs) per segment; steps are (obs, reward, next_obs).
+    `trajectory` holds (steps, end, bootstrap_obs) per segment; steps are (obs, reward, next_obs,
+    version).
     """
     out = []
     for segment, end, bootstrap_obs in trajectory:
         for i in range(len(segment)):
             window = segment[i : i + n]
-            ret = sum(gamma**k * r for k, (_, r, _) in enumerate(window))
+            first_obs, last_next_obs, version = window[0][0], window[-1][2], window[0][3]
+            ret = sum(gamma**k * step[1] for k, step in enumerate(window))
             at_end = i + len(window) == len(segment)
             if len(window) == n and not (at_end and end in ("terminated", "truncated")):
-                out.append((window[0][0], ret, window[-1][2], gamma**n))
+                out.append((first_obs, ret, last_next_obs, gamma**n, version))
             elif end == "terminated":
-                out.append((window[0][0], ret, window[-1][2], 0.0))
+                out.append((first_obs, ret, last_next_obs, 0.0, version))
             elif end == "truncated":
-                out.append((window[0][0], ret, window[-1][2], gamma ** len(window)))
+                out.append((first_obs, ret, last_next_obs, gamma ** len(window), version))
             elif end == "aborted":
-                out.append((window[0][0], ret, bootstrap_obs, gamma ** len(window)))
+                out.append((first_obs, ret, bootstrap_obs, gamma ** len(window), version))
     return out
 
 
 @pytest.mark.parametrize("gather", ["stacked", "per-step"])
-@pytest.mark.parametrize("block", [1, 4])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 0.99, 1.0])
+@pytest.mark.parametrize("block", [1, 4, 7])
 @pytest.mark.parametrize("n_step", [1, 3, 5])
-def test_random_episodes_match_a_brute_force_reference(n_step, block, gather, monkeypatch):
+def test_random_episodes_match_a_brute_force_reference(n_step, block, gamma, gather, monkeypatch):
+    """Terminations, truncations and aborts at random in 4 envs, windows shorter and longer than a
+    block, and extras: the emitted transitions are exactly the reference's."""
     if gather == "per-step":  # the path pixel observations take (their steps are copied, not stacked)
         monkeypatch.setattr(nstep, "GATHER_BYTES", 0)
-    rng = np.random.default_rng(n_step)
-    num_envs, steps = 4, 300  # a multiple of block: the last step emits
-    acc = NStepAccumulator(num_envs, n_step, gamma=G, block=block)
+    rng = np.random.default_rng(n_step * 100 + block)
+    num_envs, steps = 4, 308  # a multiple of every block: the last step emits
+    acc = NStepAccumulator(num_envs, n_step, gamma=gamma, block=block)
     counter = 0
     obs = np.arange(num_envs, dtype=np.float64)[:, None]
     segments: list[list] = [[] for _ in range(num_envs)]
     trajectory, got = [], []
-    for _ in range(steps):
+    for t in range(steps):
         counter += num_envs
         reward = rng.integers(0, 5, num_envs).astype(np.float64)
         next_obs = (counter + np.arange(num_envs, dtype=np.float64))[:, None]
         event = rng.random(num_envs)
-        terminated, truncated, aborted = event < 0.05, (event >= 0.05) & (event < 0.1), (event >= 0.1) & (event < 0.13)
-        out = acc.add(obs, np.zeros(num_envs, np.int64), reward, next_obs, terminated, truncated, aborted=aborted)
+        terminated, truncated = event < 0.05, (event >= 0.05) & (event < 0.1)
+        aborted = (event >= 0.1) & (event < 0.13)
+        version = np.full(num_envs, t, np.int64)
+        out = acc.add(
+            obs,
+            np.zeros(num_envs, np.int64),
+            reward,
+            next_obs,
+            terminated,
+            truncated,
+            extras={"policy_version": version},
+            aborted=aborted,
+        )
         if out is not None:
-            got += zip(out["obs"][:, 0], np.round(out["reward"].astype(np.float64), 3), out["next_obs"][:, 0],
-                       np.round(out["discount"].astype(np.float64), 5), strict=True)  # fmt: skip
+            columns = (out["obs"][:, 0], out["reward"], out["next_obs"][:, 0], out["discount"], out["policy_version"])
+            got += zip(*columns, strict=True)
         for env in range(num_envs):
             if aborted[env]:  # the failed step never happened; short windows bootstrap from obs
                 trajectory.append((segments[env], "aborted", obs[env, 0]))
                 segments[env] = []
                 continue
-            segments[env].append((obs[env, 0], reward[env], next_obs[env, 0]))
+            segments[env].append((obs[env, 0], reward[env], next_obs[env, 0], t))
             if terminated[env] or truncated[env]:
                 trajectory.append((segments[env], "terminated" if terminated[env] else "truncated", None))
                 segments[env] = []
         obs = next_obs + 0.5  # tells the observation acted on from the previous step's next_obs
     trajectory += [(segment, None, None) for segment in segments]
-    want = [(o, round(r, 3), nx, round(d, 5)) for o, r, nx, d in reference_transitions(trajectory, n_step, G)]
-    assert len(want) > steps
-    assert sorted(got) == sorted(want)
+    want = np.array(sorted(reference_transitions(trajectory, n_step, gamma)))
+    got = np.array(sorted(got))  # by obs, which is unique to each step of each env
+    assert len(want) > steps and got.shape == want.shape
+    np.testing.assert_array_equal(got[:, [0, 2, 4]], want[:, [0, 2, 4]])  # obs, next_obs, version
+    np.testing.assert_allclose(got[:, [1, 3]], want[:, [1, 3]], rtol=1e-6, atol=1e-6)  # reward, discount
     assert acc.pending() == sum(min(len(segment), n_step - 1) for segment in segments)

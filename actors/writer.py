@@ -1,0 +1,155 @@
+"""`TransitionWriter`: how an actor's transitions reach replay (Acme's Adder, for qfleet).
+
+The actor hands it transitions and flushes once per chunk; the writer batches them into insert
+messages, and accounts for every transition as inserted (acknowledged) or lost, never silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from actors.metrics import ActorMetrics
+from replay import ReplayClient, ReplayUnavailableError, ShardedReplay
+
+log = logging.getLogger(__name__)
+
+INSERT_MAX_BYTES = 4 << 20
+"""An insert message is sent once it holds this many bytes, even below its item count (Atari: ~75)."""
+
+
+class Writer(Protocol):
+    """What an actor hands its transitions to; `EnvActor` takes any."""
+
+    inserted: int
+    """Transitions replay acknowledged, as of the last `flush`."""
+    lost: int
+    """Transitions given up on (no replay took them); never dropped silently."""
+
+    def add(self, transitions: dict[str, np.ndarray]) -> None:
+        """Takes columnar transitions (a leading item dimension); may send them later."""
+        ...
+
+    def flush(self) -> None:
+        """Sends what is held and waits until each transition sent is inserted or counted lost."""
+        ...
+
+    def close(self) -> None:
+        """Flushes what is not accounted for yet and releases the connection."""
+        ...
+
+
+def _concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(batches) == 1:
+        return batches[0]
+    return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+
+
+def _items(batch: dict[str, np.ndarray]) -> int:
+    return len(next(iter(batch.values())))
+
+
+class TransitionWriter:
+    """Sends transitions to replay in insert messages of `batch_items` (or INSERT_MAX_BYTES).
+
+    Below it, the replay client retries an unreachable shard and `ShardedReplay` moves a writer's
+    unacknowledged batches to the next live shard. The writer itself only re-sends while no shard
+    is live at all (a lone shard restarting), for up to `retry_s`; then it counts them lost.
+
+    Args:
+        replay: where inserts go; the writer owns it (`close` closes it).
+        batch_items: transitions per insert message.
+        retry_s: how long transitions no shard takes are re-sent before they count as lost.
+        metrics: the actor's series kept current (inserted, lost, insert wait); None: none.
+        name: who writes, in log lines (e.g. "actor 3").
+    """
+
+    def __init__(
+        self,
+        replay: ShardedReplay | ReplayClient,
+        *,
+        batch_items: int,
+        retry_s: float,
+        metrics: ActorMetrics | None = None,
+        name: str = "writer",
+    ):
+        self.replay = replay
+        self.batch_items, self.retry_s = batch_items, retry_s
+        self.metrics, self.name = metrics, name
+        self.sent = 0
+        """Transitions handed to replay (each ends up inserted or lost once flushed)."""
+        self.inserted = 0
+        """Transitions replay acknowledged, as of the last `flush`."""
+        self.lost = 0
+        """Transitions no shard took within `retry_s` (dropped, counted)."""
+        self._buffer: list[dict[str, np.ndarray]] = []
+        self._buffered = self._buffered_bytes = 0
+
+    def add(self, transitions: dict[str, np.ndarray]) -> None:
+        """Buffers transitions; sends a message once batch_items or INSERT_MAX_BYTES are held."""
+        self._buffer.append(transitions)
+        self._buffered += _items(transitions)
+        self._buffered_bytes += sum(column.nbytes for column in transitions.values())
+        if self._buffered >= self.batch_items or self._buffered_bytes >= INSERT_MAX_BYTES:
+            self._send_buffered()
+
+    def flush(self) -> None:
+        """Sends what is buffered and waits until replay acknowledged every transition sent (or
+        they were counted lost)."""
+        self._send_buffered()
+        self._deliver(self.replay.flush)
+        acknowledged = self.sent - self.lost
+        if self.metrics is not None:
+            self.metrics.transitions_inserted.inc(acknowledged - self.inserted)
+        self.inserted = acknowledged
+
+    def close(self) -> None:
+        """Flushes what is not accounted for yet, then closes the replay connection."""
+        try:
+            if self._buffer or self.sent != self.inserted + self.lost:
+                self.flush()
+        finally:
+            self.replay.close()
+
+    def _send_buffered(self) -> None:
+        if not self._buffer:
+            return
+        batch = _concat(self._buffer)
+        self._buffer, self._buffered, self._buffered_bytes = [], 0, 0
+        self.sent += _items(batch)
+        self._deliver(lambda: self.replay.insert(batch))
+
+    def _deliver(self, call: Callable[[], None]) -> None:
+        """Runs an insert or flush; while no shard accepts, re-sends what is unacknowledged with
+        backoff for up to retry_s, then counts it lost."""
+        start = time.monotonic()
+        delay = 0.05
+        try:
+            call()
+        except ReplayUnavailableError as exc:
+            pending = list(exc.unacknowledged)
+            while pending:
+                if time.monotonic() - start >= self.retry_s:
+                    self._count_lost(sum(_items(batch) for batch in pending), exc)
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                try:
+                    self.replay.insert(_concat(pending))
+                    self.replay.flush()
+                    pending = []
+                except ReplayUnavailableError as again:
+                    exc, pending = again, list(again.unacknowledged)
+        finally:
+            if self.metrics is not None:
+                self.metrics.insert_wait_seconds.inc(time.monotonic() - start)
+
+    def _count_lost(self, count: int, error: Exception) -> None:
+        self.lost += count
+        if self.metrics is not None:
+            self.metrics.transitions_lost.inc(count)
+        log.error("%s: lost %d transitions, no replay shard took them: %s", self.name, count, error)

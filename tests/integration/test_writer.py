@@ -1,0 +1,117 @@
+"""`TransitionWriter` against a real shard on a free port: what it sends when, and how every
+transition it was given ends up counted as inserted or lost."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from actors import TransitionWriter
+from conftest import make_batch, wait_until
+from replay import ShardedReplay
+
+
+def stored_ids(server) -> list[int]:
+    """The item numbers (make_batch's `action` column) the shard holds, sorted."""
+    arrays, _ = server.table.state()
+    return sorted(arrays["column/action"].tolist())
+
+
+def sharded(server, failover_after_s: float = 0.2) -> ShardedReplay:
+    return ShardedReplay(addresses=[f"127.0.0.1:{server.port}"], discovery_s=0.05, failover_after_s=failover_after_s)
+
+
+@pytest.fixture
+def writers():
+    """Builds writers; closes every one at teardown."""
+    made: list[TransitionWriter] = []
+
+    def make(replay, **kwargs) -> TransitionWriter:
+        writer = TransitionWriter(replay, **{"batch_items": 100, "retry_s": 5.0, **kwargs})
+        made.append(writer)
+        return writer
+
+    yield make
+    for writer in made:
+        writer.close()
+
+
+def test_transitions_go_out_in_messages_of_batch_items_and_the_rest_at_flush(start_server, writers):
+    server = start_server(capacity=1000)
+    writer = writers(sharded(server))
+    writer.add(make_batch(60))
+    writer.add(make_batch(30, start=60))
+    assert server.table.info().inserts == 0  # 90 < batch_items: still buffered
+    writer.add(make_batch(20, start=90))  # 110 >= 100: one message of all three
+    assert wait_until(lambda: server.table.info().inserts == 110, 5)
+    writer.add(make_batch(5, start=110))
+    writer.flush()
+    assert stored_ids(server) == list(range(115))
+    assert (writer.sent, writer.inserted, writer.lost) == (115, 115, 0)
+
+
+def test_inserted_counts_acknowledged_transitions_as_of_the_last_flush(start_server, writers):
+    server = start_server(capacity=1000)
+    writer = writers(sharded(server), batch_items=10)
+    writer.add(make_batch(12))
+    writer.add(make_batch(3, start=12))
+    assert (writer.sent, writer.inserted) == (12, 0)  # one message out, not flushed yet
+    writer.flush()
+    assert (writer.sent, writer.inserted) == (15, 15)
+
+
+def test_close_flushes_what_is_buffered_and_closes_the_replay(start_server, writers):
+    server = start_server(capacity=1000)
+    writer = writers(sharded(server))
+    writer.add(make_batch(7))
+    writer.close()
+    assert stored_ids(server) == list(range(7))
+    assert writer.inserted == 7
+
+
+def test_transitions_no_shard_takes_within_retry_s_are_counted_lost_once(start_server, writers, caplog):
+    server = start_server(capacity=1000)
+    writer = writers(sharded(server), retry_s=0.3, name="actor 7")
+    writer.add(make_batch(40))
+    writer.flush()
+    server.stop(grace=0.1, checkpoint=False)
+    with caplog.at_level(logging.ERROR, logger="actors.writer"):
+        writer.add(make_batch(30, start=40))
+        writer.flush()
+    assert (writer.sent, writer.inserted, writer.lost) == (70, 40, 30)
+    assert "actor 7: lost 30 transitions, no replay shard took them" in caplog.text
+    writer.flush()  # nothing pending: nothing counted twice
+    assert (writer.inserted, writer.lost) == (40, 30)
+
+
+def test_a_shard_back_within_retry_s_gets_the_held_transitions_and_nothing_is_lost(start_server, writers):
+    server = start_server(capacity=1000)
+    replay = sharded(server)
+    writer = writers(replay, retry_s=30.0)
+    port = server.port
+    server.stop(grace=0.1, checkpoint=False)
+    writer.add(make_batch(50))
+    flushing = threading.Thread(target=writer.flush)
+    flushing.start()
+    try:
+        assert wait_until(lambda: replay.failovers >= 1, 10)  # the writer found no shard and holds the batch
+        back = start_server(capacity=1000, port=port)
+    finally:
+        flushing.join(timeout=30)
+    assert not flushing.is_alive()
+    assert (writer.sent, writer.inserted, writer.lost) == (50, 50, 0)
+    assert stored_ids(back) == list(range(50))
+
+
+def test_a_message_also_goes_out_at_insert_max_bytes(start_server, writers, monkeypatch):
+    import actors.writer
+
+    server = start_server(capacity=1000)
+    batch = make_batch(10)
+    monkeypatch.setattr(actors.writer, "INSERT_MAX_BYTES", sum(column.nbytes for column in batch.values()))
+    writer = writers(sharded(server), batch_items=1000)
+    writer.add(batch)
+    assert wait_until(lambda: server.table.info().inserts == 10, 5)
+    assert stored_ids(server) == list(range(10))
