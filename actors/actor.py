@@ -119,11 +119,11 @@ class EnvActor:
                     run=run,
                     writer_id=f"{run}-actor-{actor_id}",
                     max_in_flight=actors.max_inserts_in_flight,
+                    insert_wait_s=actors.insert_retry_s,
                 )
                 writer = TransitionWriter(
                     replay,
                     batch_items=actors.insert_batch,
-                    retry_s=actors.insert_retry_s,
                     metrics=self.metrics,
                     name=f"actor {actor_id}",
                 )

@@ -172,7 +172,7 @@ class ActorsConfig:
     """Unacknowledged insert messages before an actor waits (bounds how far it runs ahead)."""
 
     insert_retry_s: float = 10.0
-    """How long an actor keeps retrying a batch no shard accepts before it counts the batch as lost."""
+    """While no shard is live, how long inserts wait for one before the batch counts as lost."""
 
     num_cpus: float = 1.0
     """CPUs each actor requests from Ray (on a cluster this spreads actors over nodes)."""

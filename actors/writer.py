@@ -56,14 +56,13 @@ def _items(batch: dict[str, np.ndarray]) -> int:
 class TransitionWriter:
     """Sends transitions to replay in insert messages of `batch_items` (or INSERT_MAX_BYTES).
 
-    Below it, the replay client retries an unreachable shard and `ShardedReplay` moves a writer's
-    unacknowledged batches to the next live shard. The writer itself only re-sends while no shard
-    is live at all (a lone shard restarting), for up to `retry_s`; then it counts them lost.
+    The writer never retries: below it, `ShardedReplay` moves unacknowledged batches to the next
+    live shard and, while none is live, waits for one (its `insert_wait_s`); a plain
+    `ReplayClient` retries its shard for `retry_for_s`. What replay still gives back is lost.
 
     Args:
         replay: where inserts go; the writer owns it (`close` closes it).
         batch_items: transitions per insert message.
-        retry_s: how long transitions no shard takes are re-sent before they count as lost.
         metrics: the actor's series kept current (inserted, lost, insert wait); None: none.
         name: who writes, in log lines (e.g. "actor 3").
     """
@@ -73,19 +72,18 @@ class TransitionWriter:
         replay: ShardedReplay | ReplayClient,
         *,
         batch_items: int,
-        retry_s: float,
         metrics: ActorMetrics | None = None,
         name: str = "writer",
     ):
         self.replay = replay
-        self.batch_items, self.retry_s = batch_items, retry_s
+        self.batch_items = batch_items
         self.metrics, self.name = metrics, name
         self.sent = 0
         """Transitions handed to replay (each ends up inserted or lost once flushed)."""
         self.inserted = 0
         """Transitions replay acknowledged, as of the last `flush`."""
         self.lost = 0
-        """Transitions no shard took within `retry_s` (dropped, counted)."""
+        """Transitions replay gave back unacknowledged (dropped, counted)."""
         self._buffer: list[dict[str, np.ndarray]] = []
         self._buffered = self._buffered_bytes = 0
 
@@ -124,26 +122,12 @@ class TransitionWriter:
         self._deliver(lambda: self.replay.insert(batch))
 
     def _deliver(self, call: Callable[[], None]) -> None:
-        """Runs an insert or flush; while no shard accepts, re-sends what is unacknowledged with
-        backoff for up to retry_s, then counts it lost."""
+        """Runs an insert or flush; what replay gives back unacknowledged is counted lost."""
         start = time.monotonic()
-        delay = 0.05
         try:
             call()
         except ReplayUnavailableError as exc:
-            pending = list(exc.unacknowledged)
-            while pending:
-                if time.monotonic() - start >= self.retry_s:
-                    self._count_lost(sum(_items(batch) for batch in pending), exc)
-                    break
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                try:
-                    self.replay.insert(_concat(pending))
-                    self.replay.flush()
-                    pending = []
-                except ReplayUnavailableError as again:
-                    exc, pending = again, list(again.unacknowledged)
+            self._count_lost(sum(_items(batch) for batch in exc.unacknowledged), exc)
         finally:
             if self.metrics is not None:
                 self.metrics.insert_wait_seconds.inc(time.monotonic() - start)

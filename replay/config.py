@@ -170,8 +170,13 @@ class ShardedReplayConfig:
     max_in_flight: int = 32
     """Unacknowledged insert batches per shard before `insert` blocks (bounds a writer's lead)."""
 
+    insert_wait_s: float = 0.0
+    """While no shard is live, inserts wait this long for one (re-sending what is unacknowledged)."""
+
     def __post_init__(self) -> None:
         if (self.redis_url is None) == (self.addresses is None):
             raise ValueError("give either redis_url (discover shards) or addresses (fixed shards), not both")
         if self.addresses is not None:
             object.__setattr__(self, "addresses", tuple(self.addresses))
+        if self.insert_wait_s < 0:
+            raise ValueError(f"insert_wait_s={self.insert_wait_s}: must be >= 0")

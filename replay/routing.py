@@ -45,21 +45,28 @@ class ShardWriter:
         self._used: set[int] = set()  # shards written to, to flush
 
     def _shard(self) -> ShardHandle | None:
-        """This writer's live shard; None when no shard is live, even after a fresh look."""
-        live = self._membership.live()
-        if not live:
-            self._membership.refresh()
+        """This writer's live shard. While none is live, looks again with backoff for up to the
+        config's `insert_wait_s`; None if none came back."""
+        deadline = time.monotonic() + self._membership.config.insert_wait_s
+        delay = 0.05
+        while True:
             live = self._membership.live()
             if not live:
+                self._membership.refresh()
+                live = self._membership.live()
+            if live:
+                return max(live, key=lambda s: rendezvous_score(self.writer_id, s.shard_id))
+            if time.monotonic() + delay > deadline:
                 return None
-        return max(live, key=lambda s: rendezvous_score(self.writer_id, s.shard_id))
+            time.sleep(delay)
+            delay = min(2 * delay, 1.0)
 
     def send(self, batches: list[Mapping[str, np.ndarray]], timeout: float | None) -> None:
         """Inserts `batches` in order; on a shard's failure re-sends what it had not acknowledged.
 
         Raises:
-            ReplayUnavailableError: no shard is live; its `unacknowledged` holds every batch not
-                known to be stored, for the caller to retry or count as lost.
+            ReplayUnavailableError: no shard was live within `insert_wait_s`; its `unacknowledged`
+                holds every batch not known to be stored, for the caller to count as lost.
         """
         while batches:
             shard = self._shard()

@@ -19,8 +19,9 @@ def stored_ids(server) -> list[int]:
     return sorted(arrays["column/action"].tolist())
 
 
-def sharded(server, failover_after_s: float = 0.2) -> ShardedReplay:
-    return ShardedReplay(addresses=[f"127.0.0.1:{server.port}"], discovery_s=0.05, failover_after_s=failover_after_s)
+def sharded(server, insert_wait_s: float = 5.0) -> ShardedReplay:
+    address = f"127.0.0.1:{server.port}"
+    return ShardedReplay(addresses=[address], discovery_s=0.05, failover_after_s=0.2, insert_wait_s=insert_wait_s)
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def writers():
     made: list[TransitionWriter] = []
 
     def make(replay, **kwargs) -> TransitionWriter:
-        writer = TransitionWriter(replay, **{"batch_items": 100, "retry_s": 5.0, **kwargs})
+        writer = TransitionWriter(replay, **{"batch_items": 100, **kwargs})
         made.append(writer)
         return writer
 
@@ -71,9 +72,9 @@ def test_close_flushes_what_is_buffered_and_closes_the_replay(start_server, writ
     assert writer.inserted == 7
 
 
-def test_transitions_no_shard_takes_within_retry_s_are_counted_lost_once(start_server, writers, caplog):
+def test_transitions_no_shard_takes_within_insert_wait_s_are_counted_lost_once(start_server, writers, caplog):
     server = start_server(capacity=1000)
-    writer = writers(sharded(server), retry_s=0.3, name="actor 7")
+    writer = writers(sharded(server, insert_wait_s=0.3), name="actor 7")
     writer.add(make_batch(40))
     writer.flush()
     server.stop(grace=0.1, checkpoint=False)
@@ -86,10 +87,10 @@ def test_transitions_no_shard_takes_within_retry_s_are_counted_lost_once(start_s
     assert (writer.inserted, writer.lost) == (40, 30)
 
 
-def test_a_shard_back_within_retry_s_gets_the_held_transitions_and_nothing_is_lost(start_server, writers):
+def test_a_shard_back_within_insert_wait_s_gets_the_held_transitions_and_nothing_is_lost(start_server, writers):
     server = start_server(capacity=1000)
-    replay = sharded(server)
-    writer = writers(replay, retry_s=30.0)
+    replay = sharded(server, insert_wait_s=30.0)
+    writer = writers(replay)
     port = server.port
     server.stop(grace=0.1, checkpoint=False)
     writer.add(make_batch(50))
