@@ -17,15 +17,7 @@ import time
 
 import redis
 
-
-def _number(text: bytes) -> int | float | str:
-    value = text.decode()
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
+from learner.redis_values import parse_number
 
 
 class LearnerStatus:
@@ -53,7 +45,7 @@ class LearnerStatus:
     def read(self) -> dict[str, int | float | str] | None:
         """The latest status, or None when no learner reported within its TTL."""
         fields = self._redis.hgetall(self._key)
-        return {k.decode(): _number(v) for k, v in fields.items()} if fields else None
+        return {k.decode(): parse_number(v) for k, v in fields.items()} if fields else None
 
     def close(self) -> None:
         self._redis.close()
