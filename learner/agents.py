@@ -53,14 +53,14 @@ class DiscreteQAgent:
 
     def __init__(self, config: LearnerConfig, obs_shape: tuple[int, ...], space: ActionSpace, device: torch.device):
         self.config, self.device = config, device
-        self.loss = make_q_loss(config, device)
-        self.online = build_q_network(obs_shape, space.num_actions, self.loss.bins, config.architecture).to(device)
+        self.q_loss = make_q_loss(config, device)
+        self.online = build_q_network(obs_shape, space.num_actions, self.q_loss.bins, config.architecture).to(device)
         self.target = copy.deepcopy(self.online) if config.target.update != "none" else None
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=config.optimizer.lr)
 
     def q_values(self, network: nn.Module, obs: torch.Tensor) -> torch.Tensor:
         """[B, A] expected action values."""
-        return self.loss.values(network(obs))
+        return self.q_loss.values(network(obs))
 
     def update(self, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> UpdateResult:
         """One gradient step on importance-weighted losses."""
@@ -69,9 +69,9 @@ class DiscreteQAgent:
         with torch.no_grad():
             next_online = self.online(batch["next_obs"])
             next_bootstrap = next_online if self.target is None else self.target(batch["next_obs"])
-            target = self.loss.target(next_online, next_bootstrap, reward, discount)
+            target = self.q_loss.target(next_online, next_bootstrap, reward, discount)
         taken = self.online(obs)[torch.arange(len(action)), action]
-        per_item, q_taken = self.loss.per_item(taken, target)
+        per_item, q_taken = self.q_loss.per_item(taken, target)
         loss = (weights * per_item).mean()
         grad_norm = _step(self.optimizer, loss, list(self.online.parameters()), self.config.optimizer.max_grad_norm)
         td = (q_taken.detach() - target.value).abs()

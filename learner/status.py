@@ -1,12 +1,8 @@
-"""The learner's status in Redis, for `qfleet status` and the `qfleet train` driver.
+"""The learner's status hash in Redis, for `qfleet status` and the `qfleet train` driver.
 
-The key, the only one besides the weight store's (learner/weights.py):
-
-    qfleet:{run}:learner:status    hash    updates, updates_per_second, weights_version,
-                                           achieved_utd, target_utd, loss, q_mean, device, host,
-                                           pid, metrics (host:port of its /metrics, or ""),
-                                           checkpoint (newest path, or ""), updated_at;
-                                           expires `ttl_s` after the last report
+    qfleet:{run}:learner:status   hash   updates, updates_per_second, weights_version, achieved_utd,
+                                         target_utd, loss, q_mean, device, host, pid, metrics,
+                                         checkpoint, updated_at; expires `ttl_s` after a report
 
 Values are plain strings (no pickle); `read` gives numbers back as numbers.
 """

@@ -1,11 +1,7 @@
 """The parameter store: versioned policy weights in Redis, as safetensors bytes (no pickle).
 
-The learner's Redis keys, all of them:
-
-    qfleet:{run}:learner:weights           bytes   safetensors of the policy network; its metadata
-                                                   holds "version" and "published_at"
-    qfleet:{run}:learner:weights_version   int     the announced version: one cheap GET tells an
-                                                   actor whether to fetch
+    qfleet:{run}:learner:weights           bytes   safetensors; metadata: version, published_at
+    qfleet:{run}:learner:weights_version   int     the announced version (one cheap GET to poll)
 
 Both are written in one MULTI/EXEC, so a reader never sees a version without its weights.
 Versions start at 1 and only grow; 0 means nothing was published yet.
