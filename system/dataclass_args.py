@@ -173,9 +173,10 @@ def build(cls: type, values: Mapping[str, Any] | None, section: str, spelled: Ma
         nested = own.get(group) or {}
         if not isinstance(nested, Mapping):
             raise ConfigError(f"{section}.{group}: expected a mapping of keys, got {nested!r}")
+        keys = flat_names(group_cls)
         for attribute in sorted(set(nested) & set(group_values)):
-            raise ConfigError(f"{section}.{attribute}: given both flat and as {section}.{group}.{attribute}")
-        kwargs[group] = build(group_cls, {**nested, **group_values}, section, flat_names(group_cls))
+            raise ConfigError(f"{section}.{keys[attribute]}: given both flat and as {section}.{group}.{attribute}")
+        kwargs[group] = build(group_cls, {**nested, **group_values}, section, keys)
     try:
         return cls(**kwargs)
     except ConfigError:

@@ -67,6 +67,7 @@ def test_nested_sections_from_yaml_and_set(tmp_path):
         ("", ["learner.sac.ensemble_sise=3"], "learner.sac.ensemble_sise: unknown key"),
         ("", ["learner.ensemble_sise=3"], "learner.ensemble_sise: unknown key.*ensemble_size"),
         ("learner:\n  v_min: 0\n", ["learner.distributional.v_min=1"], "learner.v_min: given both"),
+        ("learner:\n  reset_every: 5\n", ["learner.resets.every=1"], "learner.reset_every: given both"),
         ("", ["learner.device=tpu"], "learner.device"),
         ("", ["replay.mix={online: 0}"], "replay.mix.*'online'"),
         ("replay:\n  mix: [0.5, 0.5]\n", [], "replay.mix: expected a mapping"),
