@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import redis
 
 from actors.errors import ActorRegistryError
+from learner import parse_number
 
 EPISODE_STREAM_LENGTH = 100_000
 """Approximate cap of the episode stream (older entries are trimmed)."""
@@ -23,16 +24,6 @@ EPISODE_STREAM_LENGTH = 100_000
 
 EPISODE_FIELDS = ("return", "length", "policy_version", "env_steps")
 """Per-episode lists in each stream entry."""
-
-
-def _number(text: bytes | str) -> int | float | str:
-    value = text.decode() if isinstance(text, bytes) else text
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
 
 
 class ActorRegistry:
@@ -103,7 +94,7 @@ class ActorRegistry:
         out = {}
         for key, fields in zip(keys, values, strict=True):
             if fields:
-                out[int(key.rsplit(b":", 1)[1])] = {k.decode(): _number(v) for k, v in fields.items()}
+                out[int(key.rsplit(b":", 1)[1])] = {k.decode(): parse_number(v) for k, v in fields.items()}
         return out
 
     # -- episodes --------------------------------------------------------------------------------
@@ -140,7 +131,7 @@ class ActorRegistry:
             for entry_id, raw in entries:
                 after = entry_id.decode()
                 fields = {k.decode(): v.decode() for k, v in raw.items()}
-                columns = [[_number(x) for x in fields[name].split()] for name in EPISODE_FIELDS]
+                columns = [[parse_number(x) for x in fields[name].split()] for name in EPISODE_FIELDS]
                 for values in zip(*columns, strict=True):
                     episodes.append(
                         {

@@ -1,26 +1,43 @@
 """qfleet learner: networks, losses, agents, the training loop, weight publishing and checkpoints.
 
 Public surface:
-    LearnerConfig, resolve_device, ActionSpace (importing them does not import torch);
+    LearnerConfig and its groups (ArchitectureConfig, OptimizerConfig, TargetConfig, DQNConfig,
+    DistributionalConfig, SACConfig, ResetConfig, PrefetchConfig), resolve_device, ActionSpace,
+    parse_number, LearnerError, WeightStoreError (importing these does not import torch);
     Learner, LearnerSummary, make_replay, sample_error_buffer (the loop);
-    make_agent, DiscreteQAgent, SACAgent, UpdateResult (agents);
-    WeightStore, WeightStoreError, decode_weights (the Redis parameter store);
-    LearnerMetrics; LearnerStatus (its status hash in Redis); Policy (what actors and evaluation
-    act with); build_q_network, TanhGaussianActor.
+    Agent, UpdateResult (the seam), make_agent, AGENTS, DiscreteQAgent, SACAgent (agents);
+    QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore, decode_weights (the Redis
+    parameter store); LearnerMetrics; LearnerStatus (its status hash in Redis); Policy (what
+    actors and evaluation act with); build_q_network, TanhGaussianActor.
 
-Everything but the configuration is imported on first use, so commands that only read configs
-(`qfleet --help`, `qfleet config`, `qfleet replay serve`) start without loading torch.
+Everything else is imported on first use, so commands that only read configs (`qfleet --help`,
+`qfleet config`, `qfleet replay serve`) start without loading torch.
 """
 
 import importlib
 
-from learner.config import LearnerConfig, resolve_device
+from learner.config import (
+    ArchitectureConfig,
+    DistributionalConfig,
+    DQNConfig,
+    LearnerConfig,
+    OptimizerConfig,
+    PrefetchConfig,
+    ResetConfig,
+    SACConfig,
+    TargetConfig,
+    resolve_device,
+)
+from learner.errors import LearnerError, WeightStoreError
+from learner.redis_values import parse_number
 from learner.spaces import ActionSpace
 
 _LAZY = {
+    "Agent": "learner.agent",
+    "UpdateResult": "learner.agent",
+    "AGENTS": "learner.agents",
     "DiscreteQAgent": "learner.agents",
     "SACAgent": "learner.agents",
-    "UpdateResult": "learner.agents",
     "make_agent": "learner.agents",
     "Learner": "learner.loop",
     "LearnerSummary": "learner.loop",
@@ -31,12 +48,30 @@ _LAZY = {
     "TanhGaussianActor": "learner.networks",
     "build_q_network": "learner.networks",
     "Policy": "learner.policy",
+    "QLoss": "learner.q_losses",
+    "Q_LOSSES": "learner.q_losses",
+    "make_q_loss": "learner.q_losses",
     "WeightStore": "learner.weights",
-    "WeightStoreError": "learner.weights",
     "decode_weights": "learner.weights",
 }
 
-__all__ = ["ActionSpace", "LearnerConfig", "resolve_device", *_LAZY]
+__all__ = [
+    "ActionSpace",
+    "ArchitectureConfig",
+    "DQNConfig",
+    "DistributionalConfig",
+    "LearnerConfig",
+    "LearnerError",
+    "OptimizerConfig",
+    "PrefetchConfig",
+    "ResetConfig",
+    "SACConfig",
+    "TargetConfig",
+    "WeightStoreError",
+    "parse_number",
+    "resolve_device",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str):

@@ -1,20 +1,35 @@
-"""`LearnerConfig`: every setting of the learner (the `learner` section of a run config)."""
+"""`LearnerConfig`: the `learner` section of a run config, one small dataclass per concern.
+
+Each algorithm's settings are their own group (`distributional`, `sac`, ...), but the YAML
+section stays flat and backward compatible: a group field marked `flat` takes its keys at the
+section's level (`learner.v_min`, named by `flat_key` where it differs from the attribute), and
+the nested spelling (`learner.distributional.v_min`) is accepted as well.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+FLAT = {"flat": True}
+"""Field metadata: this group's keys are written at the parent section's level in YAML and `--set`."""
+
+
+def flat_key(name: str) -> dict[str, str]:
+    """Field metadata: the key this field is written as in a flat section, when not its own name."""
+    return {"flat_key": name}
+
+
+def _refuse(field_name: str, value: object, why: str) -> None:
+    raise ValueError(f"{field_name}={value!r}: {why}")
 
 
 @dataclass(frozen=True)
-class LearnerConfig:
-    """How the learner builds its networks, computes its loss and paces itself."""
+class ArchitectureConfig:
+    """The networks: torso, widths and normalisation."""
 
-    loss: Literal["dqn", "c51", "hl_gauss", "sac"] = "dqn"
-    """Discrete actions: "dqn" (double DQN, n-step), "c51" (distributional), "hl_gauss" (HL-Gauss classification); continuous: "sac" (REDQ/RLPD-style ensemble)."""
-
-    network: Literal["auto", "mlp", "cnn"] = "auto"
-    """Torso: "mlp" for vectors, "cnn" (Nature DQN) for HxWxC uint8 images; "auto": the CNN for HxWxC images of at least 36x36, else the MLP."""
+    torso: Literal["auto", "mlp", "cnn"] = field(default="auto", metadata=flat_key("network"))
+    """"mlp" for vectors, "cnn" (Nature DQN) for HxWxC images; "auto": CNN for images >= 36x36."""
 
     hidden_size: int = 256
     """Width of each hidden layer (MLP torso, heads, SAC actor and critics)."""
@@ -23,49 +38,160 @@ class LearnerConfig:
     """Hidden layers of the MLP torso (and of SAC's actor and critics)."""
 
     layer_norm: bool = False
-    """LayerNorm after every hidden layer (RLPD/high-UTD recipes use it; SAC critics always do)."""
+    """LayerNorm after every hidden layer (high-UTD recipes use it; SAC critics always do)."""
 
     dueling: bool = False
     """Dueling head: Q = V + A - mean(A) (per atom for distributional losses)."""
 
-    batch_size: int = 256
-    """Transitions per update."""
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_layers"):
+            if getattr(self, name) < 1:
+                _refuse(name, getattr(self, name), "must be >= 1")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Adam and gradient clipping, shared by every network."""
 
     lr: float = 3e-4
     """Adam learning rate (all networks)."""
 
-    gamma: float = 0.99
-    """Discount per env step; actors fold it into each transition's n-step `discount` column."""
+    max_grad_norm: float | None = 10.0
+    """Gradient clipping by global norm; null: none."""
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            _refuse("lr", self.lr, "must be > 0")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            _refuse("max_grad_norm", self.max_grad_norm, "must be > 0, or null")
+
+
+@dataclass(frozen=True)
+class DQNConfig:
+    """Settings of the "dqn" loss."""
 
     td_loss: Literal["huber", "mse"] = "huber"
     """Regression loss of "dqn"."""
+
+
+@dataclass(frozen=True)
+class DistributionalConfig:
+    """The value support of the "c51" and "hl_gauss" losses."""
 
     num_bins: int = 51
     """Atoms (C51) or bins (HL-Gauss) of the value distribution."""
 
     v_min: float = -10.0
-    """Lower end of the value support (C51, HL-Gauss); targets are clamped into [v_min, v_max]."""
+    """Lower end of the value support; targets are clamped into [v_min, v_max]."""
 
     v_max: float = 10.0
     """Upper end of the value support."""
 
     sigma_ratio: float = 0.75
-    """HL-Gauss: Gaussian sigma as a multiple of the bin width (0.75 per "Stop Regressing")."""
+    """HL-Gauss: Gaussian sigma in bin widths (0.75 per "Stop Regressing")."""
 
-    target_update: Literal["hard", "soft", "none"] = "hard"
-    """Target network: copied every target_update_every updates ("hard"), Polyak-averaged with tau ("soft"), or absent ("none": bootstrap from the online network)."""
+    def __post_init__(self) -> None:
+        if self.num_bins < 2:
+            _refuse("num_bins", self.num_bins, "must be >= 2")
+        if not self.v_max > self.v_min:
+            _refuse("v_max", self.v_max, f"must exceed v_min={self.v_min}")
+        if not self.sigma_ratio > 0:
+            _refuse("sigma_ratio", self.sigma_ratio, "must be > 0")
 
-    target_update_every: int = 500
+
+@dataclass(frozen=True)
+class SACConfig:
+    """Settings of the "sac" loss (REDQ/RLPD-style critic ensemble)."""
+
+    ensemble_size: int = 10
+    """Critics in the ensemble (REDQ uses 10; RLPD 10 with LayerNorm)."""
+
+    ensemble_subset: int = 2
+    """Critics the target takes the minimum over, drawn at random per update."""
+
+    init_temperature: float = 1.0
+    """Initial entropy temperature (tuned towards -action_dim entropy)."""
+
+    def __post_init__(self) -> None:
+        if self.ensemble_size < 2:
+            _refuse("ensemble_size", self.ensemble_size, "must be >= 2")
+        if not 1 <= self.ensemble_subset <= self.ensemble_size:
+            _refuse("ensemble_subset", self.ensemble_subset, f"must be in [1, ensemble_size={self.ensemble_size}]")
+        if not self.init_temperature > 0:
+            _refuse("init_temperature", self.init_temperature, "must be > 0")
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """The target network."""
+
+    update: Literal["hard", "soft", "none"] = field(default="hard", metadata=flat_key("target_update"))
+    """"hard": copied every `target_update_every` updates; "soft": Polyak with tau; "none": no target."""
+
+    every: int = field(default=500, metadata=flat_key("target_update_every"))
     """Updates between hard target copies."""
 
     tau: float = 0.005
     """Polyak step of soft target updates."""
 
-    max_grad_norm: float | None = 10.0
-    """Gradient clipping by global norm; null: none."""
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            _refuse("target_update_every", self.every, "must be >= 1")
+        if not 0.0 < self.tau <= 1.0:
+            _refuse("tau", self.tau, "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class ResetConfig:
+    """Periodic resets (Nikishin et al. 2022)."""
+
+    every: int | None = field(default=None, metadata=flat_key("reset_every"))
+    """Updates between periodic resets; null: never."""
+
+    modules: Literal["head", "all"] = field(default="head", metadata=flat_key("reset_modules"))
+    """What a reset re-initialises, with its optimizer state: the last layer(s) or every network."""
+
+    def __post_init__(self) -> None:
+        if self.every is not None and self.every < 1:
+            _refuse("reset_every", self.every, "must be >= 1, or null")
+
+
+@dataclass(frozen=True)
+class PrefetchConfig:
+    """The prefetching sampler that keeps batches ready."""
+
+    depth: int = field(default=8, metadata=flat_key("prefetch_depth"))
+    """Batches the prefetching sampler keeps ready."""
+
+    batches_per_request: int = field(default=4, metadata=flat_key("prefetch_batches_per_request"))
+    """Batches per replay round trip; aim for a few MB: 16 for CartPole, 4 for Atari at batch 32."""
+
+    def __post_init__(self) -> None:
+        if self.depth < 1:
+            _refuse("prefetch_depth", self.depth, "must be >= 1")
+        if self.batches_per_request < 1:
+            _refuse("prefetch_batches_per_request", self.batches_per_request, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """How the learner builds its networks, computes its loss and paces itself.
+
+    YAML keys are flat (option (a) of the restructure: every key of earlier releases still
+    works); each group below also accepts its nested spelling, e.g. `learner.sac.ensemble_size`.
+    """
+
+    loss: Literal["dqn", "c51", "hl_gauss", "sac"] = "dqn"
+    """Discrete: "dqn" (double DQN), "c51", "hl_gauss"; continuous: "sac" (critic ensemble)."""
+
+    batch_size: int = 256
+    """Transitions per update."""
+
+    gamma: float = 0.99
+    """Discount per env step; actors fold it into each transition's n-step `discount` column."""
 
     updates_per_env_step: float = 1.0
-    """The update-to-data ratio (UTD), enforced with the replay: the learner waits for data rather than over-train."""
+    """The update-to-data ratio (UTD), held with the replay: the learner waits for data."""
 
     learning_starts: int = 1000
     """Transitions in replay (all shards) before the first update."""
@@ -79,79 +205,48 @@ class LearnerConfig:
     checkpoint_every: int = 10_000
     """Updates between learner checkpoints (also written at SIGTERM)."""
 
-    reset_every: int | None = None
-    """Updates between periodic resets (Nikishin et al. 2022); null: never."""
-
-    reset_modules: Literal["head", "all"] = "head"
-    """What a reset re-initialises, together with its optimizer state: the last layer(s) or every network."""
-
     device: str = "auto"
     """"auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"."""
-
-    prefetch_depth: int = 8
-    """Batches the prefetching sampler keeps ready."""
-
-    prefetch_batches_per_request: int = 4
-    """Batches drawn per replay round trip by the prefetcher; aim for responses of a few MB: 16 for CartPole-size items, 4 for Atari at batch 32, 1 at batch 256."""
-
-    ensemble_size: int = 10
-    """SAC: critics in the ensemble (REDQ uses 10; RLPD 10 with LayerNorm)."""
-
-    ensemble_subset: int = 2
-    """SAC: critics the target takes the minimum over, drawn at random per update."""
-
-    init_temperature: float = 1.0
-    """SAC: initial entropy temperature (tuned towards -action_dim entropy)."""
 
     seed: int = 0
     """Seeds network initialisation and the learner's random draws."""
 
-    def __post_init__(self) -> None:
-        def bad(field: str, why: str) -> None:
-            raise ValueError(f"{field}={getattr(self, field)!r}: {why}")
+    architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig, metadata=FLAT)
+    """The networks (keys: network, hidden_size, num_layers, layer_norm, dueling)."""
 
-        for field in (
-            "hidden_size",
-            "num_layers",
-            "batch_size",
-            "target_update_every",
-            "publish_every",
-            "checkpoint_every",
-        ):
-            if getattr(self, field) < 1:
-                bad(field, "must be >= 1")
-        if not self.lr > 0:
-            bad("lr", "must be > 0")
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig, metadata=FLAT)
+    """Adam and clipping (keys: lr, max_grad_norm)."""
+
+    target: TargetConfig = field(default_factory=TargetConfig, metadata=FLAT)
+    """The target network (keys: target_update, target_update_every, tau)."""
+
+    dqn: DQNConfig = field(default_factory=DQNConfig, metadata=FLAT)
+    """The "dqn" loss (key: td_loss)."""
+
+    distributional: DistributionalConfig = field(default_factory=DistributionalConfig, metadata=FLAT)
+    """The "c51" and "hl_gauss" losses (keys: num_bins, v_min, v_max, sigma_ratio)."""
+
+    sac: SACConfig = field(default_factory=SACConfig, metadata=FLAT)
+    """The "sac" loss (keys: ensemble_size, ensemble_subset, init_temperature)."""
+
+    resets: ResetConfig = field(default_factory=ResetConfig, metadata=FLAT)
+    """Periodic resets (keys: reset_every, reset_modules)."""
+
+    prefetch: PrefetchConfig = field(default_factory=PrefetchConfig, metadata=FLAT)
+    """The prefetching sampler (keys: prefetch_depth, prefetch_batches_per_request)."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "publish_every", "checkpoint_every", "learning_starts"):
+            if getattr(self, name) < 1:
+                _refuse(name, getattr(self, name), "must be >= 1")
         if not 0.0 <= self.gamma <= 1.0:
-            bad("gamma", "must be in [0, 1]")
-        if self.num_bins < 2:
-            bad("num_bins", "must be >= 2")
-        if not self.v_max > self.v_min:
-            bad("v_max", f"must exceed v_min={self.v_min}")
-        if not self.sigma_ratio > 0:
-            bad("sigma_ratio", "must be > 0")
-        if not 0.0 < self.tau <= 1.0:
-            bad("tau", "must be in (0, 1]")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            bad("max_grad_norm", "must be > 0, or null")
+            _refuse("gamma", self.gamma, "must be in [0, 1]")
         if not self.updates_per_env_step > 0:
-            bad("updates_per_env_step", "must be > 0")
-        if self.learning_starts < 1:
-            bad("learning_starts", "must be >= 1")
+            _refuse("updates_per_env_step", self.updates_per_env_step, "must be > 0")
         if not self.priority_eps > 0:
-            bad("priority_eps", "must be > 0")
-        if self.reset_every is not None and self.reset_every < 1:
-            bad("reset_every", "must be >= 1, or null")
+            _refuse("priority_eps", self.priority_eps, "must be > 0")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
-            bad("device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-        if self.prefetch_depth < 1 or self.prefetch_batches_per_request < 1:
-            bad("prefetch_depth", "prefetch_depth and prefetch_batches_per_request must be >= 1")
-        if self.ensemble_size < 2:
-            bad("ensemble_size", "must be >= 2")
-        if not 1 <= self.ensemble_subset <= self.ensemble_size:
-            bad("ensemble_subset", f"must be in [1, ensemble_size={self.ensemble_size}]")
-        if not self.init_temperature > 0:
-            bad("init_temperature", "must be > 0")
+            _refuse("device", self.device, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
     @property
     def samples_per_insert(self) -> float:

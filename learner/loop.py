@@ -1,14 +1,11 @@
-"""The learner's training loop.
+"""The learner's training loop: `Learner.run` takes prefetched batches and calls `step` on each.
 
     replay = make_replay(config, redis_url=..., run=...)   # enforces the UTD through the replay
     learner = Learner(config, replay, obs_shape, ActionSpace(num_actions=2), run=..., weight_store=...)
     learner.run(max_updates=100_000, stop=stop_event)
 
-Each iteration: take a prefetched batch, compute the loss, step, send priorities back
-(asynchronously), publish weights every `publish_every` updates, checkpoint every
-`checkpoint_every`, log. The UTD is held by the replay: with
-`samples_per_insert = updates_per_env_step * batch_size`, sampling waits until actors have
-inserted enough, so the learner never over-trains on a stale buffer.
+The UTD is held by the replay (samples_per_insert = updates_per_env_step * batch_size): sampling
+waits until actors have inserted enough, so the learner never over-trains on a stale buffer.
 """
 
 from __future__ import annotations
@@ -23,12 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from learner import checkpoint as ckpt
+from learner.agent import Agent, UpdateResult
 from learner.agents import make_agent
 from learner.config import LearnerConfig, resolve_device
 from learner.metrics import LearnerMetrics
 from learner.spaces import ActionSpace
 from learner.weights import WeightStore
-from replay import Prefetcher, ReplaySource, ShardedReplay, keep_freed_memory
+from replay import Prefetcher, ReplaySource, ShardedReplay, TorchBatch, keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +37,7 @@ PUBLISH_MEMORY = 1000
 def sample_error_buffer(config: LearnerConfig) -> float:
     """Slack of the learner's global samples-per-insert window, in sampled items: room for the
     prefetcher's requests (prefetch_batches_per_request batches each) from a few threads."""
-    return max(4.0 * config.batch_size * config.prefetch_batches_per_request, 1024.0)
+    return max(4.0 * config.batch_size * config.prefetch.batches_per_request, 1024.0)
 
 
 def make_replay(
@@ -146,7 +144,7 @@ class Learner:
         self.config, self.replay, self.run_name = config, replay, run
         keep_freed_memory()  # received batches are large buffers, freed after each update
         self.device = resolve_device(config.device)
-        self.agent = make_agent(config, tuple(obs_shape), action_space, self.device)
+        self.agent: Agent = make_agent(config, tuple(obs_shape), action_space, self.device)
         self.weight_store = weight_store
         self.checkpoint_dir = pathlib.Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.metrics = metrics or LearnerMetrics(run)
@@ -158,8 +156,10 @@ class Learner:
         self._started_at = time.time()  # the age of data from versions no longer remembered
         self._published_at: dict[int, float] = {}  # version -> publish time, the last PUBLISH_MEMORY
         self.resumed_from: pathlib.Path | None = None
-        self.last_result = None
+        self.last_result: UpdateResult | None = None
         """The `UpdateResult` of the latest update (loss, q_mean, ...), None before the first."""
+        self._priorities: _PrioritySender | None = None  # open while `run` runs
+        self._last_log = (time.perf_counter(), self.updates)  # (time, updates) of the last progress line
         if self.checkpoint_dir is not None:
             self._resume()
 
@@ -172,12 +172,12 @@ class Learner:
         prefetcher = Prefetcher(
             self.replay,
             config.batch_size,
-            depth=config.prefetch_depth,
+            depth=config.prefetch.depth,
             threads=2,
-            batches_per_request=config.prefetch_batches_per_request,
+            batches_per_request=config.prefetch.batches_per_request,
             device=self.device,
         )
-        priorities = _PrioritySender(self.replay)
+        self._priorities = _PrioritySender(self.replay)
         started, first_update = time.perf_counter(), self.updates
         self._last_log = (started, self.updates)
         try:
@@ -185,19 +185,11 @@ class Learner:
                 batch = self._next_batch(prefetcher, stop)
                 if batch is None:
                     break
-                result = self.agent.update(batch.data, batch.weights)
-                priorities.send(batch.keys, result.td_abs + config.priority_eps)
-                self.updates += 1
-                if self.agent.after_update(self.updates):
-                    self.metrics.resets.inc()
-                if self.updates % config.publish_every == 0:
-                    self.publish()
-                if self.checkpoint_dir is not None and self.updates % config.checkpoint_every == 0:
-                    self.checkpoint()
-                self._record(result, batch)
+                self.step(batch)
         finally:
             prefetcher.close()
-            priorities.close()
+            self._priorities.close()
+            self._priorities = None
         path = None
         if self.updates > first_update:
             self.publish()
@@ -205,6 +197,30 @@ class Learner:
         seconds = time.perf_counter() - started
         done = self.updates - first_update
         return LearnerSummary(self.updates, self.version, seconds, done / seconds if seconds else 0.0, path)
+
+    def step(self, batch: TorchBatch) -> UpdateResult:
+        """Exactly one update on `batch`: the agent's gradient step, new priorities sent back,
+        target/reset bookkeeping, a publish and a checkpoint when due, counters and metrics.
+
+        Inside `run` priorities go back from a background thread; a step called on its own sends
+        them synchronously (and not at all without a replay).
+        """
+        config = self.config
+        result = self.agent.update(batch.data, batch.weights)
+        priorities = result.td_abs + config.priority_eps
+        if self._priorities is not None:
+            self._priorities.send(batch.keys, priorities)
+        elif self.replay is not None:
+            self.replay.update_priorities(batch.keys, priorities)
+        self.updates += 1
+        if self.agent.after_update(self.updates):
+            self.metrics.resets.inc()
+        if self.updates % config.publish_every == 0:
+            self.publish()
+        if self.checkpoint_dir is not None and self.updates % config.checkpoint_every == 0:
+            self.checkpoint()
+        self._record(result, batch)
+        return result
 
     def _next_batch(self, prefetcher: Prefetcher, stop: threading.Event):
         waited = time.perf_counter()
@@ -255,7 +271,7 @@ class Learner:
         self.resumed_from = path
         log.info("resumed learner at update %d, weights version %d, from %s", self.updates, self.version, path)
 
-    def _record(self, result, batch) -> None:
+    def _record(self, result: UpdateResult, batch: TorchBatch) -> None:
         self.last_result = result
         metrics = self.metrics
         metrics.updates.inc()

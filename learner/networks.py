@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from learner.config import ArchitectureConfig
+
 
 class MLP(nn.Module):
     """Linear layers with ReLU (and optional LayerNorm after each)."""
@@ -79,12 +81,12 @@ class QNetwork(nn.Module):
 
 
 def build_q_network(
-    obs_shape: tuple[int, ...], num_actions: int, bins: int, network: str, hidden_size: int, num_layers: int,
-    layer_norm: bool, dueling: bool,
-) -> QNetwork:  # fmt: skip
-    """The Q network for an observation shape ("auto": the Nature CNN for HxWxC images of at
-    least 36x36, its smallest input; an MLP over the flattened observation otherwise, e.g. for
+    obs_shape: tuple[int, ...], num_actions: int, bins: int, architecture: ArchitectureConfig
+) -> QNetwork:
+    """The Q network for an observation shape ("auto" torso: the Nature CNN for HxWxC images of
+    at least 36x36, its smallest input; an MLP over the flattened observation otherwise, e.g. for
     vectors and MinAtar's 10x10 grids)."""
+    network = architecture.torso
     if network == "auto":
         network = "cnn" if len(obs_shape) == 3 and min(obs_shape[:2]) >= 36 else "mlp"
     if network == "cnn":
@@ -92,8 +94,8 @@ def build_q_network(
             raise ValueError(f"learner.network='cnn' needs HxWxC observations, got shape {obs_shape}")
         torso: nn.Module = NatureCNN(obs_shape)
     else:
-        torso = MLP(math.prod(obs_shape), hidden_size, num_layers, layer_norm)
-    return QNetwork(torso, num_actions, bins, dueling)
+        torso = MLP(math.prod(obs_shape), architecture.hidden_size, architecture.num_layers, architecture.layer_norm)
+    return QNetwork(torso, num_actions, bins, architecture.dueling)
 
 
 # -- SAC ---------------------------------------------------------------------------------------------

@@ -11,10 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from learner import losses
-from learner.agents import value_support
 from learner.config import LearnerConfig
 from learner.networks import TanhGaussianActor, build_q_network
+from learner.q_losses import make_q_loss
 from learner.spaces import ActionSpace
 
 
@@ -32,17 +31,16 @@ class Policy:
         torch.manual_seed(seed)
         self.space = space
         self.version = 0
+        architecture = config.architecture
+        self.q_loss = None
         if space.discrete:
-            bins = 1 if config.loss == "dqn" else config.num_bins
-            self.network = build_q_network(
-                obs_shape, space.num_actions, bins, config.network, config.hidden_size, config.num_layers,
-                config.layer_norm, config.dueling,
-            )  # fmt: skip
-            self.support = value_support(config, torch.device("cpu"))
+            self.q_loss = make_q_loss(config, torch.device("cpu"))
+            self.network = build_q_network(obs_shape, space.num_actions, self.q_loss.bins, architecture)
         else:
             low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
+            obs_dim, action_dim = int(np.prod(obs_shape)), low.shape[0]
             self.network = TanhGaussianActor(
-                int(np.prod(obs_shape)), low.shape[0], config.hidden_size, config.num_layers, low, high
+                obs_dim, action_dim, architecture.hidden_size, architecture.num_layers, low, high
             )
         self.network.eval()
 
@@ -54,10 +52,7 @@ class Policy:
     @torch.inference_mode()
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """[B, A] expected action values (discrete actions only)."""
-        out = self.network(torch.from_numpy(np.asarray(obs)))
-        if self.support is not None:
-            out = losses.expectation(out, self.support)
-        return out.numpy()
+        return self.q_loss.values(self.network(torch.from_numpy(np.asarray(obs)))).numpy()
 
     @torch.inference_mode()
     def act(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:

@@ -1,12 +1,8 @@
-"""The learner's status in Redis, for `qfleet status` and the `qfleet train` driver.
+"""The learner's status hash in Redis, for `qfleet status` and the `qfleet train` driver.
 
-The key, the only one besides the weight store's (learner/weights.py):
-
-    qfleet:{run}:learner:status    hash    updates, updates_per_second, weights_version,
-                                           achieved_utd, target_utd, loss, q_mean, device, host,
-                                           pid, metrics (host:port of its /metrics, or ""),
-                                           checkpoint (newest path, or ""), updated_at;
-                                           expires `ttl_s` after the last report
+    qfleet:{run}:learner:status   hash   updates, updates_per_second, weights_version, achieved_utd,
+                                         target_utd, loss, q_mean, device, host, pid, metrics,
+                                         checkpoint, updated_at; expires `ttl_s` after a report
 
 Values are plain strings (no pickle); `read` gives numbers back as numbers.
 """
@@ -17,15 +13,7 @@ import time
 
 import redis
 
-
-def _number(text: bytes) -> int | float | str:
-    value = text.decode()
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
+from learner.redis_values import parse_number
 
 
 class LearnerStatus:
@@ -53,7 +41,7 @@ class LearnerStatus:
     def read(self) -> dict[str, int | float | str] | None:
         """The latest status, or None when no learner reported within its TTL."""
         fields = self._redis.hgetall(self._key)
-        return {k.decode(): _number(v) for k, v in fields.items()} if fields else None
+        return {k.decode(): parse_number(v) for k, v in fields.items()} if fields else None
 
     def close(self) -> None:
         self._redis.close()

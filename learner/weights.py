@@ -1,11 +1,7 @@
 """The parameter store: versioned policy weights in Redis, as safetensors bytes (no pickle).
 
-The learner's Redis keys, all of them:
-
-    qfleet:{run}:learner:weights           bytes   safetensors of the policy network; its metadata
-                                                   holds "version" and "published_at"
-    qfleet:{run}:learner:weights_version   int     the announced version: one cheap GET tells an
-                                                   actor whether to fetch
+    qfleet:{run}:learner:weights           bytes   safetensors; metadata: version, published_at
+    qfleet:{run}:learner:weights_version   int     the announced version (one cheap GET to poll)
 
 Both are written in one MULTI/EXEC, so a reader never sees a version without its weights.
 Versions start at 1 and only grow; 0 means nothing was published yet.
@@ -21,9 +17,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-
-class WeightStoreError(RuntimeError):
-    """The store is unreachable, or holds bytes that are not a qfleet weights blob."""
+from learner.errors import WeightStoreError
+from learner.redis_values import parse_number
 
 
 def _keys(run: str) -> tuple[str, str]:
@@ -56,7 +51,7 @@ class WeightStore:
             pipe.set(self._version_key, version)
             pipe.execute()
         except redis.RedisError as exc:
-            raise WeightStoreError(f"cannot publish weights to {self.redis_url}: {exc}") from None
+            raise WeightStoreError(f"cannot publish weights to {self.redis_url}: {exc}", self.redis_url) from None
         return len(blob)
 
     def version(self) -> int:
@@ -64,8 +59,15 @@ class WeightStore:
         try:
             value = self._redis.get(self._version_key)
         except redis.RedisError as exc:
-            raise WeightStoreError(f"cannot read the weights version from {self.redis_url}: {exc}") from None
-        return int(value) if value is not None else 0
+            raise WeightStoreError(
+                f"cannot read the weights version from {self.redis_url}: {exc}", self.redis_url
+            ) from None
+        if value is None:
+            return 0
+        version = parse_number(value)
+        if not isinstance(version, int):
+            raise WeightStoreError(f"{self._version_key} in {self.redis_url} holds {value!r}, not a version")
+        return version
 
     def fetch(self, known_version: int = 0) -> tuple[int, dict[str, torch.Tensor]] | None:
         """The newest weights if their version differs from `known_version`, else None."""
@@ -74,7 +76,7 @@ class WeightStore:
         try:
             blob = self._redis.get(self._weights_key)
         except redis.RedisError as exc:
-            raise WeightStoreError(f"cannot fetch weights from {self.redis_url}: {exc}") from None
+            raise WeightStoreError(f"cannot fetch weights from {self.redis_url}: {exc}", self.redis_url) from None
         if blob is None:
             return None
         return decode_weights(blob)

@@ -184,7 +184,7 @@ def run_actors_bench(seconds: float, repeats: int, env_id: str, num_envs: int, o
         finally:
             shard.close()
 
-    print(f"\n{env_id}, {num_envs} envs per actor, {learner.network} network, epsilon {epsilon}; "
+    print(f"\n{env_id}, {num_envs} envs per actor, {learner.architecture.torso} network, epsilon {epsilon}; "
           f"{repeats} pairs of {seconds:g} s segments (medians); shard and Ray workers at niceness {niceness}\n")  # fmt: skip
     print("| runner | env steps/s | vs plain loop (median of pairs) |")
     print("|---|---:|---:|")

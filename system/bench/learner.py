@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from learner.config import LearnerConfig, resolve_device
+from learner.config import LearnerConfig, PrefetchConfig, resolve_device
 from learner.loop import Learner
 from learner.spaces import ActionSpace
 from replay.client import PriorityUpdateResult, Sample
@@ -63,7 +63,7 @@ def _cases(device: str) -> list[Case]:
             (4,),
             2,
             # 48-byte items: a request's fixed cost needs many batches to spread over.
-            dataclasses.replace(base, batch_size=256, prefetch_batches_per_request=16),
+            dataclasses.replace(base, batch_size=256, prefetch=PrefetchConfig(batches_per_request=16)),
         ),
         Case(
             "atari-cnn b32",
@@ -72,14 +72,14 @@ def _cases(device: str) -> list[Case]:
             6,
             # 1.8 MB batches: 4 per request (the config default) spreads a round trip's fixed cost
             # (a few ms of CPU on both ends) over 4 updates; 1 per request lost ~10 points here.
-            dataclasses.replace(base, batch_size=32, prefetch_batches_per_request=4),
+            dataclasses.replace(base, batch_size=32, prefetch=PrefetchConfig(batches_per_request=4)),
         ),
         Case(
             "atari-cnn b256",
             atari,
             (84, 84, 4),
             6,
-            dataclasses.replace(base, batch_size=256, prefetch_batches_per_request=1),
+            dataclasses.replace(base, batch_size=256, prefetch=PrefetchConfig(batches_per_request=1)),
         ),
     ]
 

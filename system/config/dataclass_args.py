@@ -2,12 +2,17 @@
 
 Field documentation is the attribute docstring under each field (as in CleanRL's `Args`), read
 from the source with `ast`, so one docstring serves the code, the YAML reference and `--help`.
+
+A dataclass-typed field with `metadata={"flat": True}` is a group whose keys are written at the
+parent's level (a flat YAML section over nested dataclasses); a field of the group may name its
+flat spelling with `metadata={"flat_key": "..."}`. The nested spelling is accepted too.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import dataclasses
 import functools
 import inspect
@@ -110,17 +115,68 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported field type {inner!r}")
 
 
-def build(cls: type, values: Mapping[str, Any] | None, section: str) -> Any:
-    """Builds dataclass `cls` from a mapping, naming `section.key` in every error."""
+def flat_groups(cls: type) -> dict[str, type]:
+    """The fields of `cls` marked flat, by name: their keys are written at `cls`'s level."""
+    hints = _resolved_types(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.metadata.get("flat")}
+
+
+def flat_names(cls: type) -> dict[str, str]:
+    """Attribute -> the key it is written as in a flat section (`flat_key` metadata, else its name)."""
+    return {f.name: f.metadata.get("flat_key", f.name) for f in dataclasses.fields(cls)}
+
+
+@functools.cache
+def _flat_routes(cls: type) -> dict[str, tuple[str, str]]:
+    """Flat key -> (group field, attribute in the group), for every flat group of `cls`."""
+    own = {f.name for f in dataclasses.fields(cls)}
+    routes: dict[str, tuple[str, str]] = {}
+    for group, group_cls in flat_groups(cls).items():
+        for attribute, key in flat_names(group_cls).items():
+            if key in own or key in routes:
+                raise TypeError(f"{cls.__name__}: flat key {key!r} of {group} is defined twice")
+            routes[key] = (group, attribute)
+    return routes
+
+
+def build(cls: type, values: Mapping[str, Any] | None, section: str, spelled: Mapping[str, str] | None = None) -> Any:
+    """Builds dataclass `cls` from a mapping, naming `section.key` in every error.
+
+    Keys of flat groups may be given at this level (routed into their group) or nested under the
+    group's name. `spelled` (attribute -> key) is how the caller's keys were written, for errors.
+    """
     values = values or {}
     if not isinstance(values, Mapping):
         raise ConfigError(f"{section}: expected a mapping of keys, got {values!r}")
+    spelled = dict(spelled or {})
     hints = _resolved_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    routes = _flat_routes(cls)
+    own: dict[str, Any] = {}
+    routed: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        if key in routes:
+            group, attribute = routes[key]
+            routed.setdefault(group, {})[attribute] = value
+        else:
+            own[key] = value
+    unknown = sorted(set(own) - names)
     if unknown:
-        raise ConfigError(f"{section}.{unknown[0]}: unknown key (known keys: {', '.join(sorted(names))})")
-    kwargs = {name: coerce(value, hints[name], f"{section}.{name}") for name, value in values.items()}
+        known = sorted((names - set(flat_groups(cls))) | set(routes))
+        raise ConfigError(f"{section}.{unknown[0]}: unknown key (known keys: {', '.join(known)})")
+    kwargs = {}
+    for name, value in own.items():
+        if name not in routed:
+            kwargs[name] = coerce(value, hints[name], f"{section}.{spelled.get(name, name)}")
+    for group, group_values in routed.items():
+        group_cls = hints[group]
+        nested = own.get(group) or {}
+        if not isinstance(nested, Mapping):
+            raise ConfigError(f"{section}.{group}: expected a mapping of keys, got {nested!r}")
+        keys = flat_names(group_cls)
+        for attribute in sorted(set(nested) & set(group_values)):
+            raise ConfigError(f"{section}.{keys[attribute]}: given both flat and as {section}.{group}.{attribute}")
+        kwargs[group] = build(group_cls, {**nested, **group_values}, section, keys)
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -128,39 +184,68 @@ def build(cls: type, values: Mapping[str, Any] | None, section: str) -> Any:
     except (TypeError, ValueError) as exc:
         text = str(exc)
         field = text.split("=", 1)[0] if "=" in text.split(":", 1)[0] else ""
-        where = f"{section}.{field}" if field in names else section
+        known = {spelled.get(name, name) for name in names} | set(flat_names(cls).values())
+        where = f"{section}.{spelled.get(field, field)}" if field in known | names else section
         raise ConfigError(f"{where}: {text}") from None
 
 
+def as_mapping(config: Any) -> dict[str, Any]:
+    """The inverse of `build`: a dataclass as plain values, flat groups written flat."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("flat"):
+            names = flat_names(type(value))
+            out.update({names[key]: item for key, item in as_mapping(value).items()})
+        elif dataclasses.is_dataclass(value):
+            out[f.name] = as_mapping(value)
+        else:
+            out[f.name] = copy.deepcopy(value)
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, dest_prefix: str, skip: tuple[str, ...] = ()) -> None:
-    """Adds `--field-name` options for each field of `cls`, with help from its docstrings.
+    """Adds `--field-name` options for each field of `cls` (and of its flat groups, by their flat
+    keys), with help from its docstrings.
 
     Values stay None unless given, so they override the config file only when set.
     """
-    docs = field_docs(cls)
-    hints = _resolved_types(cls)
     group = parser.add_argument_group(f"{dest_prefix} options (override the config file)")
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
+    for key, tp, default, doc in _flat_fields(cls):
+        if key in skip:
             continue
-        inner, _ = _unwrap_optional(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")
-        kwargs: dict[str, Any] = {"dest": f"{dest_prefix}.{f.name}", "default": None, "help": help_text}
+        inner, _ = _unwrap_optional(tp)
+        shown = None if default is dataclasses.MISSING else default
+        help_text = f"{doc} (default: {shown})".replace("%", "%%")
+        kwargs: dict[str, Any] = {"dest": f"{dest_prefix}.{key}", "default": None, "help": help_text}
         if typing.get_origin(inner) in (dict, list) or dataclasses.is_dataclass(inner):
             continue  # set in the YAML file or with --set section.key='{a: 1}' / section.sub.key=v
         if typing.get_origin(inner) is typing.Literal:
             kwargs["choices"] = list(typing.get_args(inner))
         else:
             kwargs["metavar"] = {int: "INT", float: "FLOAT", bool: "BOOL"}.get(inner, "TEXT")
-        group.add_argument(f"--{f.name.replace('_', '-')}", **kwargs)
+        group.add_argument(f"--{key.replace('_', '-')}", **kwargs)
+
+
+def _flat_fields(cls: type) -> list[tuple[str, Any, Any, str]]:
+    """(key, type, default, doc) of each key a section of `cls` takes, flat groups expanded."""
+    docs = field_docs(cls)
+    hints = _resolved_types(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("flat"):
+            names = flat_names(hints[f.name])
+            out += [(names[name], *rest) for name, *rest in _flat_fields(hints[f.name])]
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else dataclasses.MISSING
+        out.append((f.name, hints[f.name], default, docs.get(f.name, "")))
+    return out
 
 
 def describe(cls: type, section: str) -> str:
     """A YAML-like reference of a config section: each key, default and docstring."""
-    docs = field_docs(cls)
     lines = [f"{section}:"]
-    for f in dataclasses.fields(cls):
-        default = "(required)" if f.default is dataclasses.MISSING else "null" if f.default is None else f.default
-        lines.append(f"  {f.name}: {default}    # {docs.get(f.name, '')}")
+    for key, _, default, doc in _flat_fields(cls):
+        shown = "(required)" if default is dataclasses.MISSING else "null" if default is None else default
+        lines.append(f"  {key}: {shown}    # {doc}")
     return "\n".join(lines)

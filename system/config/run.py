@@ -7,7 +7,6 @@ raised before anything starts.
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import yaml
 from actors import ActorsConfig, EnvConfig
 from learner import LearnerConfig
 from replay import ReplayConfig
-from system.config.dataclass_args import ConfigError, build
+from system.config.dataclass_args import ConfigError, as_mapping, build
 from system.config.sections import RayConfig, RedisConfig, TrainConfig
 
 
@@ -112,5 +111,5 @@ def load_config(
 
 
 def to_yaml(config: RunConfig) -> str:
-    """The resolved config as YAML (written into run directories)."""
-    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+    """The resolved config as YAML (written into run directories), flat groups written flat."""
+    return yaml.safe_dump(as_mapping(config), sort_keys=False)

@@ -23,10 +23,10 @@ from actors import (
 )
 from actors.actor import actor_epsilon
 from conftest import shard_kwargs, wait_until
-from learner import LearnerConfig, Policy, WeightStore
+from learner import ArchitectureConfig, LearnerConfig, Policy, WeightStore
 
 GAMMA = 0.9
-LEARNER = LearnerConfig(hidden_size=16, gamma=GAMMA)
+LEARNER = LearnerConfig(architecture=ArchitectureConfig(hidden_size=16), gamma=GAMMA)
 
 
 def actor_config(**overrides) -> ActorsConfig:

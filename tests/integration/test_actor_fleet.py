@@ -21,10 +21,10 @@ from actors import (
     transition_spec,
 )
 from conftest import shard_kwargs, wait_until
-from learner import LearnerConfig, Policy, WeightStore
+from learner import ArchitectureConfig, LearnerConfig, Policy, WeightStore
 
 ENV = EnvConfig(id="CartPole-v1", num_envs=2)
-LEARNER = LearnerConfig(hidden_size=16)
+LEARNER = LearnerConfig(architecture=ArchitectureConfig(hidden_size=16))
 
 
 @pytest.fixture(scope="module")

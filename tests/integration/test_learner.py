@@ -14,17 +14,34 @@ import numpy as np
 import pytest
 import torch
 from prometheus_client import generate_latest
+from resume_child import as_batch, learned_parameters
 from safetensors.torch import load_file
 
 from actors import transition_spec
 from conftest import cartpole_transitions, shard_kwargs, wait_until
-from learner import ActionSpace, Learner, LearnerConfig, WeightStore, make_replay
+from learner import (
+    ActionSpace,
+    ArchitectureConfig,
+    Learner,
+    LearnerConfig,
+    PrefetchConfig,
+    SACConfig,
+    WeightStore,
+    make_replay,
+)
 from replay import ShardedReplay
+from system.dataclass_args import as_mapping
 
 SMALL = LearnerConfig(
-    batch_size=32, hidden_size=32, learning_starts=200, updates_per_env_step=0.25, publish_every=10,
-    checkpoint_every=25, prefetch_depth=2, prefetch_batches_per_request=1, device="cpu",
-)  # fmt: skip
+    batch_size=32,
+    learning_starts=200,
+    updates_per_env_step=0.25,
+    publish_every=10,
+    checkpoint_every=25,
+    device="cpu",
+    architecture=ArchitectureConfig(hidden_size=32),
+    prefetch=PrefetchConfig(depth=2, batches_per_request=1),
+)
 
 
 @pytest.fixture
@@ -81,7 +98,7 @@ def test_learner_waits_for_data_instead_of_over_training(shards, redis_server):
     # spi = 0.25 * 32 = 8 samples per insert; after min_size 200, Reverb's window allows
     # 8 * (1000 - 200) + error_buffer (1024) samples: at most 232 batches of 32, prefetch included.
     budget = (8 * (1000 - 200) + 1024) // 32
-    assert wait_until(lambda: learner.updates >= budget - 2 * SMALL.prefetch_depth, timeout=60)
+    assert wait_until(lambda: learner.updates >= budget - 2 * SMALL.prefetch.depth, timeout=60)
     time.sleep(1.0)
     stalled = learner.updates
     assert stalled <= budget
@@ -99,7 +116,7 @@ def test_learner_waits_for_data_instead_of_over_training(shards, redis_server):
 
 @pytest.mark.parametrize("loss", ["dqn", "sac"])
 def test_checkpoint_then_new_process_resume_gives_identical_next_update(tmp_path, loss):
-    config = dataclasses.replace(SMALL, loss=loss, ensemble_size=4, seed=5)
+    config = dataclasses.replace(SMALL, loss=loss, sac=SACConfig(ensemble_size=4), seed=5)
     space = ActionSpace(low=(-1.0,), high=(1.0,)) if loss == "sac" else ActionSpace(num_actions=2)
     rng = np.random.default_rng(0)
 
@@ -117,20 +134,15 @@ def test_checkpoint_then_new_process_resume_gives_identical_next_update(tmp_path
 
     learner = Learner(config, None, (4,), space, checkpoint_dir=tmp_path / "ckpt")
     for _ in range(5):
-        learner.agent.update(*make_batch())
-        learner.updates += 1
+        learner.step(as_batch(*make_batch()))
+    assert learner.updates == 5
     learner.version = 3
     learner.checkpoint()
 
     batch, weights = make_batch()
     np.savez(tmp_path / "batch.npz", weights=weights.numpy(), **{k: v.numpy() for k, v in batch.items()})
-    learner.agent.update(batch, weights)  # the next step, in this process
-    here = {
-        f"{net}.{k}": v
-        for net, sd in learner.agent.state_dict().items()
-        if net in ("online", "actor", "critic")
-        for k, v in sd.items()
-    }
+    learner.step(as_batch(batch, weights))  # the next step, in this process
+    here = learned_parameters(learner)
 
     child = Path(__file__).with_name("resume_child.py")
     out = tmp_path / "child"
@@ -138,7 +150,7 @@ def test_checkpoint_then_new_process_resume_gives_identical_next_update(tmp_path
         [
             sys.executable,
             str(child),
-            json.dumps(dataclasses.asdict(config)),
+            json.dumps(as_mapping(config)),
             str(tmp_path / "ckpt"),
             str(tmp_path / "batch.npz"),
             str(out),
@@ -150,7 +162,7 @@ def test_checkpoint_then_new_process_resume_gives_identical_next_update(tmp_path
     assert set(there) == set(here)
     for name, tensor in here.items():
         assert torch.equal(there[name], tensor), f"{name} differs after resume"
-    assert json.loads(Path(str(out) + ".json").read_text()) == {"updates": 5, "version": 3}
+    assert json.loads(Path(str(out) + ".json").read_text()) == {"updates": 6, "version": 3}
 
 
 def test_sample_age_survives_more_publications_than_it_remembers(shards, redis_server):
@@ -162,9 +174,10 @@ def test_sample_age_survives_more_publications_than_it_remembers(shards, redis_s
     shards.flush()
     config = dataclasses.replace(SMALL, publish_every=1, checkpoint_every=10**6)
     store = WeightStore(redis_server.url, "learn")
-    learner = Learner(config, make_replay(config, redis_server.url, "learn"), (4,), ActionSpace(num_actions=2),
-                      run="learn", weight_store=store)  # fmt: skip
+    replay = make_replay(config, redis_server.url, "learn")
+    learner = Learner(config, replay, (4,), ActionSpace(num_actions=2), run="learn", weight_store=store)
     summary = learner.run(max_updates=PUBLISH_MEMORY + 10)
     assert summary.version > PUBLISH_MEMORY
     assert learner.metrics.sample_age._value.get() > 0
+    replay.close()
     store.close()

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 from actors import transition_spec
@@ -15,43 +14,24 @@ from conftest import cartpole_transitions, shard_kwargs, wait_until
 from learner import WeightStore
 from replay import ShardedReplay
 
+OVERRIDES = (
+    "learner.batch_size=32",
+    "learner.learning_starts=100",
+    "learner.publish_every=5",
+    "learner.hidden_size=32",
+    "learner.updates_per_env_step=0.1",
+)
+"""Flat `learner.` keys, as shipped configs and earlier releases write them."""
+
 
 def start_learner(redis_server, checkpoint_dir, log_path):
-    log = open(log_path, "a")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "system.cli",
-            "learner",
-            "run",
-            "--config",
-            "configs/cartpole.yaml",
-            "--redis-url",
-            redis_server.url,
-            "--run",
-            "proc",
-            "--checkpoint-dir",
-            str(checkpoint_dir),
-            "--metrics-port",
-            "0",
-            "--log-every",
-            "0.5",
-            "--set",
-            "learner.batch_size=32",
-            "--set",
-            "learner.learning_starts=100",
-            "--set",
-            "learner.publish_every=5",
-            "--set",
-            "learner.hidden_size=32",
-            "--set",
-            "learner.updates_per_env_step=0.1",
-        ],  # fmt: skip
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
+    command = [sys.executable, "-m", "system.cli", "learner", "run", "--config", "configs/cartpole.yaml"]
+    command += ["--redis-url", redis_server.url, "--run", "proc", "--checkpoint-dir", str(checkpoint_dir)]
+    command += ["--metrics-port", "0", "--log-every", "0.5"]
+    for override in OVERRIDES:
+        command += ["--set", override]
+    with open(log_path, "a") as log:  # the child keeps its own handle
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
     line = proc.stdout.readline()
     match = re.search(r"metrics (\S+)", line)
     assert match, f"no start line: {line!r}\n{open(log_path).read()}"
@@ -74,7 +54,7 @@ def test_learner_process_trains_stops_on_sigterm_and_resumes(start_server, redis
     scraped = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
     assert 'qfleet_learner_updates_total{run="proc"}' in scraped
     assert 'qfleet_replay_target_samples_per_insert{run="proc"} 3.2' in scraped
-    time.sleep(1.0)
+    assert wait_until(lambda: store.version() >= 5, timeout=60), log_path.read_text()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     first_version = store.version()

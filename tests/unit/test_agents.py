@@ -6,9 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from learner.agents import make_agent
-from learner.config import LearnerConfig
-from learner.spaces import ActionSpace
+from learner import (
+    ActionSpace,
+    Agent,
+    ArchitectureConfig,
+    DistributionalConfig,
+    LearnerConfig,
+    OptimizerConfig,
+    ResetConfig,
+    SACConfig,
+    TargetConfig,
+    make_agent,
+)
 
 GAMMA = 0.9
 
@@ -39,10 +48,15 @@ def chain_dataset():
 @pytest.mark.parametrize("loss", ["dqn", "c51", "hl_gauss"])
 def test_learns_the_chain_mdp_to_its_known_q_star(loss):
     config = LearnerConfig(
-        loss=loss, hidden_size=64, lr=3e-3, target_update="hard", target_update_every=50, v_min=-0.5, v_max=1.5,
-        num_bins=41, max_grad_norm=None, seed=1,
-    )  # fmt: skip
+        loss=loss,
+        architecture=ArchitectureConfig(hidden_size=64),
+        optimizer=OptimizerConfig(lr=3e-3, max_grad_norm=None),
+        target=TargetConfig(update="hard", every=50),
+        distributional=DistributionalConfig(v_min=-0.5, v_max=1.5, num_bins=41),
+        seed=1,
+    )
     agent = make_agent(config, (5,), ActionSpace(num_actions=2), torch.device("cpu"))
+    assert isinstance(agent, Agent)
     batch, q_star = chain_dataset()
     ones = torch.ones(8)
     for update in range(1, 1501):
@@ -54,8 +68,15 @@ def test_learns_the_chain_mdp_to_its_known_q_star(loss):
 
 
 def test_sac_ensemble_target_uses_a_subset_minimum_and_learns_a_bandit():
-    config = LearnerConfig(loss="sac", hidden_size=64, lr=3e-3, ensemble_size=6, ensemble_subset=2, seed=0)
+    config = LearnerConfig(
+        loss="sac",
+        architecture=ArchitectureConfig(hidden_size=64),
+        optimizer=OptimizerConfig(lr=3e-3),
+        sac=SACConfig(ensemble_size=6, ensemble_subset=2),
+        seed=0,
+    )
     agent = make_agent(config, (1,), ActionSpace(low=(-1.0,), high=(1.0,)), torch.device("cpu"))
+    assert isinstance(agent, Agent)
     q = agent.critic(torch.zeros(7, 1), torch.zeros(7, 1))
     assert q.shape == (6, 7)  # six critics, one batched pass
     # A one-step bandit: reward peaks at a = 0.5; discount 0 (terminal).
@@ -77,7 +98,9 @@ def test_sac_ensemble_target_uses_a_subset_minimum_and_learns_a_bandit():
 
 
 def test_reset_reinitialises_parameters_and_optimizer_state():
-    config = LearnerConfig(hidden_size=32, reset_every=10, reset_modules="head", seed=3)
+    config = LearnerConfig(
+        architecture=ArchitectureConfig(hidden_size=32), resets=ResetConfig(every=10, modules="head"), seed=3
+    )
     agent = make_agent(config, (5,), ActionSpace(num_actions=2), torch.device("cpu"))
     batch, _ = chain_dataset()
     for update in range(1, 10):
@@ -109,7 +132,9 @@ def test_loss_that_does_not_fit_the_action_space_is_refused():
 
 def test_config_refuses_bad_values_naming_the_field():
     with pytest.raises(ValueError, match="v_max"):
-        LearnerConfig(v_min=1.0, v_max=0.0)
+        DistributionalConfig(v_min=1.0, v_max=0.0)
     with pytest.raises(ValueError, match="ensemble_subset"):
-        LearnerConfig(ensemble_size=4, ensemble_subset=5)
+        SACConfig(ensemble_size=4, ensemble_subset=5)
+    with pytest.raises(ValueError, match="target_update_every"):
+        TargetConfig(every=0)
     assert dataclasses.replace(LearnerConfig(), updates_per_env_step=0.5).samples_per_insert == 128.0

@@ -1,10 +1,23 @@
+import pathlib
+
 import pytest
+import yaml
 
 from actors.config import AndroidConfig
-from learner import LearnerConfig
+from learner import (
+    ArchitectureConfig,
+    DistributionalConfig,
+    DQNConfig,
+    LearnerConfig,
+    OptimizerConfig,
+    PrefetchConfig,
+    ResetConfig,
+    SACConfig,
+    TargetConfig,
+)
 from replay import ReplayConfig
-from system.config import load_config
-from system.config.dataclass_args import ConfigError, field_docs
+from system.config import load_config, to_yaml
+from system.config.dataclass_args import ConfigError, describe, field_docs
 
 
 def test_yaml_then_set_then_flags(tmp_path):
@@ -48,6 +61,13 @@ def test_nested_sections_from_yaml_and_set(tmp_path):
         ("", ["replay.mix={online: 0.5, offline: 0.6}"], "replay.mix.*sum to 1.1"),
         ("", ["learner.loss=ppo"], "learner.loss"),
         ("", ["learner.v_min=50"], "learner.v_max"),
+        ("", ["learner.distributional.v_min=50"], "learner.distributional.v_max"),
+        ("", ["learner.target_update_every=0"], "learner.target_update_every: target_update_every=0"),
+        ("", ["learner.reset_modules=some"], "learner.reset_modules: 'some' is not one of"),
+        ("", ["learner.sac.ensemble_sise=3"], "learner.sac.ensemble_sise: unknown key"),
+        ("", ["learner.ensemble_sise=3"], "learner.ensemble_sise: unknown key.*ensemble_size"),
+        ("learner:\n  v_min: 0\n", ["learner.distributional.v_min=1"], "learner.v_min: given both"),
+        ("learner:\n  reset_every: 5\n", ["learner.resets.every=1"], "learner.reset_every: given both"),
         ("", ["learner.device=tpu"], "learner.device"),
         ("", ["replay.mix={online: 0}"], "replay.mix.*'online'"),
         ("replay:\n  mix: [0.5, 0.5]\n", [], "replay.mix: expected a mapping"),
@@ -66,7 +86,55 @@ def test_bad_configs_fail_naming_the_key(tmp_path, yaml_text, overrides, named):
         load_config(path, overrides)
 
 
-@pytest.mark.parametrize("cls", [ReplayConfig, LearnerConfig, AndroidConfig])
+def test_flat_learner_keys_fill_the_algorithm_groups(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("learner:\n  loss: hl_gauss\n  v_max: 110\n  network: mlp\n  reset_every: 50\n")
+    overrides = ["learner.hidden_size=32", "learner.prefetch_batches_per_request=16", "learner.sac.ensemble_size=4"]
+    learner = load_config(path, overrides, {"learner.lr": 0.001}).learner
+    assert (learner.loss, learner.distributional.v_max, learner.distributional.v_min) == ("hl_gauss", 110.0, -10.0)
+    assert (learner.architecture.torso, learner.architecture.hidden_size) == ("mlp", 32)
+    assert (learner.resets.every, learner.prefetch.batches_per_request, learner.prefetch.depth) == (50, 16, 8)
+    assert (learner.sac.ensemble_size, learner.optimizer.lr) == (4, 0.001)
+
+
+def test_written_config_is_flat_and_reads_back_the_same(tmp_path):
+    config = load_config("configs/minatar_breakout.yaml", ["learner.tau=0.01", "learner.reset_every=7"])
+    written = yaml.safe_load(to_yaml(config))["learner"]
+    assert written["tau"] == 0.01 and written["reset_every"] == 7 and written["num_bins"] == 61
+    assert "target" not in written and "distributional" not in written
+    path = tmp_path / "config.yaml"
+    path.write_text(to_yaml(config))
+    assert load_config(path) == config
+
+
+@pytest.mark.parametrize("path", sorted(pathlib.Path("configs").glob("*.yaml")))
+def test_every_shipped_config_loads(path):
+    load_config(path)
+
+
+def test_reference_lists_flat_learner_keys_with_their_docs():
+    reference = describe(LearnerConfig, "learner")
+    assert "  ensemble_size: 10    # Critics in the ensemble" in reference
+    assert "  network: auto    # " in reference
+    assert "architecture" not in reference
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        ReplayConfig,
+        LearnerConfig,
+        ArchitectureConfig,
+        OptimizerConfig,
+        TargetConfig,
+        DQNConfig,
+        DistributionalConfig,
+        SACConfig,
+        ResetConfig,
+        PrefetchConfig,
+        AndroidConfig,
+    ],
+)
 def test_every_config_field_is_documented(cls):
     docs = field_docs(cls)
     missing = [name for name in cls.__dataclass_fields__ if not docs.get(name)]

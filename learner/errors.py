@@ -1,0 +1,19 @@
+"""The learner's typed errors (all of them), exported from `learner`."""
+
+from __future__ import annotations
+
+
+class LearnerError(Exception):
+    """Base class of the learner's errors."""
+
+
+class WeightStoreError(LearnerError, RuntimeError):
+    """The parameter store is unreachable, or holds bytes that are not a qfleet weights blob.
+
+    Attributes:
+        redis_url: the store's Redis when the failure is reaching it; None for a bad blob.
+    """
+
+    def __init__(self, message: str, redis_url: str | None = None):
+        super().__init__(message)
+        self.redis_url = redis_url
