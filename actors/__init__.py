@@ -8,7 +8,7 @@ Public surface:
     NStepAccumulator, apex_epsilons (the math);
     EnvActor, ActorStats (one actor), WeightSubscriber (its weights, followed in the background),
     ActorFleet, FleetStats, FleetError (many, on Ray);
-    ActorRegistry, ActorRegistryError (the actors' Redis keys), ActorMetrics (`qfleet_actor_*`).
+    ActorRegistry, ActorRegistryError, actor_report_key (the actors' Redis keys), ActorMetrics (`qfleet_actor_*`).
 """
 
 import importlib
@@ -17,7 +17,7 @@ from actors.config import ActorsConfig, AndroidConfig, EnvConfig
 from actors.envs import EnvFailedError, EnvSpaces, EnvVector, describe_env, make_env, transition_spec
 from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
-from actors.registry import ActorRegistry, ActorRegistryError
+from actors.registry import ActorRegistry, ActorRegistryError, actor_report_key
 from actors.spec import UnsupportedEnvError, spec_for_spaces
 
 # Imported on first use: they load torch (and Ray), which config-only commands do not need.
@@ -47,6 +47,7 @@ __all__ = [
     "EnvVector",
     "NStepAccumulator",
     "UnsupportedEnvError",
+    "actor_report_key",
     "apex_epsilons",
     "describe_env",
     "make_env",

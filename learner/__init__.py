@@ -5,7 +5,7 @@ Public surface:
     Learner, LearnerSummary, make_replay, sample_error_buffer (the loop);
     make_agent, DiscreteQAgent, SACAgent, UpdateResult (agents);
     WeightStore, WeightStoreError, decode_weights (the Redis parameter store);
-    LearnerMetrics; LearnerStatus (its status hash in Redis); Policy (what actors and evaluation
+    LearnerMetrics; LearnerStatus, learner_status_key (its status hash in Redis); Policy (what actors and evaluation
     act with); build_q_network, TanhGaussianActor.
 
 Everything but the configuration is imported on first use, so commands that only read configs
@@ -28,6 +28,7 @@ _LAZY = {
     "sample_error_buffer": "learner.loop",
     "LearnerMetrics": "learner.metrics",
     "LearnerStatus": "learner.status",
+    "learner_status_key": "learner.status",
     "TanhGaussianActor": "learner.networks",
     "build_q_network": "learner.networks",
     "Policy": "learner.policy",

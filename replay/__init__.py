@@ -2,7 +2,7 @@
 
 Public surface:
     Spec, ReplayConfig, ReplayServer, ReplayClient, Sample, ReplayInfo (one shard);
-    ShardedReplay, ShardedInfo, ShardRegistry (many shards as one); Prefetcher, TorchBatch
+    ShardedReplay, ShardedInfo, ShardRegistry, live_shard_key (many shards as one); Prefetcher, TorchBatch
     (batches kept ready for a learner); MixedReplay, validate_fractions (fixed-fraction mixes);
     keep_freed_memory (malloc settings for processes that move large batches); and the errors
     below.
@@ -23,7 +23,7 @@ from replay.errors import (
 from replay.metrics import ShardedCollector
 from replay.mixing import MixedReplay, validate_fractions
 from replay.prefetch import Prefetcher, TorchBatch
-from replay.registry import ShardRecord, ShardRegistry
+from replay.registry import ShardRecord, ShardRegistry, live_shard_key
 from replay.server import ReplayServer
 from replay.sharded import ShardedInfo, ShardedReplay
 from replay.spec import Spec
@@ -53,5 +53,6 @@ __all__ = [
     "SpecMismatchError",
     "TorchBatch",
     "keep_freed_memory",
+    "live_shard_key",
     "validate_fractions",
 ]
