@@ -37,7 +37,7 @@ from replay.server import importance_weights
 from replay.sharded import ShardedReplay
 from replay.spec import Spec
 from replay.table import Table
-from system.bench.replay import Payload, _ChildServer, bench_spec, random_batch
+from system.bench.replay import ChildServer, Payload, bench_spec, random_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +189,7 @@ def run_learner_bench(
         print(f"  {case.name} ...", flush=True)
         local = InProcessReplay(case.payload.spec, case.payload.capacity)
         _fill(local, case.payload)
-        server = _ChildServer("qfleet", case.payload)
+        server = ChildServer("qfleet", case.payload)
         try:
             sharded = ShardedReplay(addresses=[server.address])
             _fill(sharded, case.payload)

@@ -132,7 +132,9 @@ def _serve_forever(kind: str, payload: Payload, shard_id: int = 0) -> None:
     sys.stdin.read()  # the parent closes stdin (or dies) to stop us
 
 
-class _ChildServer:
+class ChildServer:
+    """A benchmark server ("qfleet" shard or "raw" gRPC) in its own process; `address` is where it listens."""
+
     def __init__(self, kind: str, payload: Payload, shard_id: int = 0):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "system.bench.replay", "--serve", kind, payload.name, str(shard_id)],
@@ -225,7 +227,7 @@ def bench_payload(payload: Payload, seconds: float, repeats: int) -> dict:
     """Every figure of one payload, in one run."""
     results: dict[str, dict[str, float]] = {}
     for kind in ("qfleet", "raw_grpc"):
-        server = _ChildServer("qfleet" if kind == "qfleet" else "raw", payload)
+        server = ChildServer("qfleet" if kind == "qfleet" else "raw", payload)
         try:
             results[kind] = _client_rates(server.address, payload, seconds, repeats)
         finally:

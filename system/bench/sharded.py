@@ -26,7 +26,7 @@ import numpy as np
 
 from replay.prefetch import Prefetcher
 from replay.sharded import ShardedReplay, _rendezvous_score
-from system.bench.replay import PAYLOADS, _ChildServer, random_batch
+from system.bench.replay import PAYLOADS, ChildServer, random_batch
 
 # 200k items per shard: filled quickly, and sampled from a realistically deep tree.
 PAYLOAD = dataclasses.replace(PAYLOADS["cartpole"], capacity=200_000)
@@ -114,7 +114,7 @@ def run_sharded_bench(seconds: float, repeats: int, shard_counts: list[int], out
     prefetch: dict[str, float] = {}
     for count in shard_counts:
         print(f"  {count} shard(s) ...", flush=True)
-        servers = [_ChildServer("qfleet", PAYLOAD, shard_id=i) for i in range(count)]
+        servers = [ChildServer("qfleet", PAYLOAD, shard_id=i) for i in range(count)]
         try:
             addresses = [s.address for s in servers]
             insert = statistics.median(_aggregate_insert_rate(addresses, seconds) for _ in range(repeats))

@@ -172,6 +172,9 @@ def test_bench_sharded_runs_briefly(tmp_path):
 
 def test_bench_learner_runs_one_case_briefly(tmp_path):
     from system.bench.learner import CASES
+    from system.cli.bench import LEARNER_CASES
+
+    assert LEARNER_CASES == CASES  # the CLI offers exactly the cases the bench has
 
     out = tmp_path / "learner.json"
     case = "cartpole-mlp b256"
@@ -181,7 +184,7 @@ def test_bench_learner_runs_one_case_briefly(tmp_path):
     (row,) = json.loads(out.read_text())["rows"]
     assert row["case"] == case and row["grpc"] > 0 and row["in_process"] > 0 and row["ratio"] > 0
     help_text = run("bench", "learner", "--help").stdout
-    assert all(name in help_text for name in CASES)  # the CLI offers every case the bench has
+    assert all(name in help_text for name in CASES)
     assert run("bench", "learner", "--case", "pong").returncode == 2
 
 
