@@ -1,15 +1,8 @@
 """`qfleet bench replay`: throughput of one shard beside its two limits, measured in one run.
 
-For CartPole-size items (4 float32 obs) and Atari-size items (84x84x4 uint8 obs), it measures:
-
-- qfleet: a real shard in its own process on loopback, driven through `ReplayClient`;
-- raw gRPC: a server in its own process speaking the same proto with no table (inserts are
-  acknowledged unread, samples answered with a prebuilt response of the same bytes): the transport
-  limit, through the very same client code;
-- in-process: a `Table` in this process, no gRPC: the memory limit.
-
-Each figure is the median of `repeats` runs of `seconds` each. Ratios are taken within one run
-because this machine is shared and noisy.
+For CartPole- and Atari-size items: a qfleet shard in its own process; a raw gRPC server speaking
+the same proto with no table (the transport limit, same client code); an in-process `Table` (the
+memory limit). Each figure is the median of `repeats` runs; ratios are taken within one run.
 """
 
 from __future__ import annotations
