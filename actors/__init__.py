@@ -8,7 +8,7 @@ Public surface:
     EnvActor, ActorStats (one actor), WeightSubscriber (its weights, followed in the background),
     Writer, TransitionWriter (how its transitions reach replay);
     ActorFleet, FleetStats (many, on Ray);
-    ActorRegistry (the actors' Redis keys), ActorMetrics (`qfleet_actor_*`);
+    ActorRegistry, actor_report_key (the actors' Redis keys), ActorMetrics (`qfleet_actor_*`);
     UnsupportedEnvError, AndroidSetupError, EnvFailedError, SimulatorTimeoutError, FleetError,
     ActorRegistryError (actors/errors.py).
 """
@@ -27,7 +27,7 @@ from actors.errors import (
 )
 from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
-from actors.registry import ActorRegistry
+from actors.registry import ActorRegistry, actor_report_key
 from actors.spec import spec_for_spaces
 from actors.writer import TransitionWriter, Writer
 
@@ -60,6 +60,7 @@ __all__ = [
     "TransitionWriter",
     "UnsupportedEnvError",
     "Writer",
+    "actor_report_key",
     "apex_epsilons",
     "describe_env",
     "make_env",

@@ -26,6 +26,11 @@ EPISODE_FIELDS = ("return", "length", "policy_version", "env_steps")
 """Per-episode lists in each stream entry."""
 
 
+def actor_report_key(run: str, actor_id: int | str) -> str:
+    """The key of actor `actor_id`'s report in run `run`; "*" for either makes a pattern."""
+    return f"qfleet:{run}:actors:actor:{actor_id}"
+
+
 class ActorRegistry:
     """Reads and writes the actors' keys of one run.
 
@@ -65,7 +70,7 @@ class ActorRegistry:
 
     def report(self, actor_id: int, fields: dict[str, int | float | str], ttl_s: float = 30.0) -> None:
         """Replaces actor `actor_id`'s report (with `updated_at`); it expires after `ttl_s`."""
-        key = f"{self._prefix}:actor:{actor_id}"
+        key = actor_report_key(self.run, actor_id)
         mapping = {**{k: str(v) for k, v in fields.items()}, "updated_at": f"{time.time():.3f}"}
 
         def write():
@@ -78,13 +83,13 @@ class ActorRegistry:
 
     def remove(self, actor_id: int) -> None:
         """Drops an actor's report (it was retired)."""
-        self._do("remove an actor report", lambda: self._redis.delete(f"{self._prefix}:actor:{actor_id}"))
+        self._do("remove an actor report", lambda: self._redis.delete(actor_report_key(self.run, actor_id)))
 
     def actors(self) -> dict[int, dict[str, int | float | str]]:
         """Every live actor's latest report, by actor id."""
 
         def read():
-            keys = sorted(self._redis.scan_iter(f"{self._prefix}:actor:*", count=1000))
+            keys = sorted(self._redis.scan_iter(actor_report_key(self.run, "*"), count=1000))
             pipe = self._redis.pipeline(transaction=False)
             for key in keys:
                 pipe.hgetall(key)

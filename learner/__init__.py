@@ -6,9 +6,10 @@ Public surface:
     parse_number, LearnerError, WeightStoreError (importing these does not import torch);
     Learner, LearnerSummary, make_replay, sample_error_buffer (the loop);
     Agent, UpdateResult (the seam), make_agent, AGENTS, DiscreteQAgent, SACAgent (agents);
-    QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore, decode_weights (the Redis
-    parameter store); LearnerMetrics; LearnerStatus (its status hash in Redis); Policy (what
-    actors and evaluation act with); build_q_network, TanhGaussianActor.
+    QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore,
+    decode_weights (the Redis parameter store); LearnerMetrics; LearnerStatus, learner_status_key
+    (its status hash in Redis); Policy (what actors and evaluation act with); build_q_network,
+    TanhGaussianActor.
 
 Everything else is imported on first use, so commands that only read configs (`qfleet --help`,
 `qfleet config`, `qfleet replay serve`) start without loading torch.
@@ -45,6 +46,7 @@ _LAZY = {
     "sample_error_buffer": "learner.loop",
     "LearnerMetrics": "learner.metrics",
     "LearnerStatus": "learner.status",
+    "learner_status_key": "learner.status",
     "TanhGaussianActor": "learner.networks",
     "build_q_network": "learner.networks",
     "Policy": "learner.policy",

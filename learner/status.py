@@ -16,6 +16,11 @@ import redis
 from learner.redis_values import parse_number
 
 
+def learner_status_key(run: str) -> str:
+    """The learner status key of run `run`; run="*" makes a pattern matching every run's."""
+    return f"qfleet:{run}:learner:status"
+
+
 class LearnerStatus:
     """Writes (the learner) and reads (status views) one run's learner status hash.
 
@@ -26,7 +31,7 @@ class LearnerStatus:
 
     def __init__(self, redis_url: str, run: str = "default"):
         self.redis_url, self.run = redis_url, run
-        self._key = f"qfleet:{run}:learner:status"
+        self._key = learner_status_key(run)
         self._redis = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
 
     def write(self, fields: dict[str, int | float | str], ttl_s: float = 10.0) -> None:

@@ -2,8 +2,9 @@
 
 Public surface:
     Spec, ReplayConfig, ReplayServer, ReplayClient, Sample, ReplayInfo (one shard);
-    ShardedReplay, ShardedReplayConfig, ShardedInfo, ShardRegistry, rendezvous_score, choose_shard
-    (many shards as one); ReplaySource, ReplayStats (what a learner reads); Prefetcher, TorchBatch
+    ShardedReplay, ShardedReplayConfig, ShardedInfo, ShardRegistry, live_shard_key,
+    rendezvous_score, choose_shard (many shards as one); ReplaySource, ReplayStats (what a learner
+    reads); Prefetcher, TorchBatch
     (batches kept ready for a learner); MixedReplay, validate_fractions (fixed-fraction mixes);
     keep_freed_memory (malloc settings for processes that move large batches); and the errors.
 """
@@ -24,7 +25,7 @@ from replay.errors import (
 from replay.metrics import ShardedCollector
 from replay.mixing import MixedReplay, validate_fractions
 from replay.prefetch import Prefetcher, TorchBatch
-from replay.registry import ShardRecord, ShardRegistry
+from replay.registry import ShardRecord, ShardRegistry, live_shard_key
 from replay.routing import choose_shard, rendezvous_score
 from replay.server import ReplayServer
 from replay.sharded import ShardedInfo, ShardedReplay
@@ -61,6 +62,7 @@ __all__ = [
     "TorchBatch",
     "choose_shard",
     "keep_freed_memory",
+    "live_shard_key",
     "rendezvous_score",
     "validate_fractions",
 ]

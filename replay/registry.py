@@ -37,6 +37,11 @@ def _key(run: str, *parts: object) -> str:
     return ":".join(["qfleet", run, "replay", *map(str, parts)])
 
 
+def live_shard_key(run: str, shard_id: int | str) -> str:
+    """The key present while shard `shard_id` of run `run` is live; "*" for either makes a pattern."""
+    return _key(run, "shard", shard_id, "live")
+
+
 @dataclass(frozen=True)
 class ShardRecord:
     """A live shard as the registry knows it."""
@@ -91,7 +96,7 @@ class ShardRegistry:
 
     def heartbeat(self, record: ShardRecord, spec: Spec, counters: dict[str, int]) -> None:
         """(Re-)registers the shard and refreshes its TTL and counters. Raises redis.RedisError."""
-        live = _key(self.run, "shard", record.shard_id, "live")
+        live = live_shard_key(self.run, record.shard_id)
         fields = {
             "address": record.address,
             "metrics_address": record.metrics_address,
@@ -111,7 +116,7 @@ class ShardRegistry:
     def deregister(self, shard_id: int, counters: dict[str, int]) -> None:
         """Removes the live entry at a clean stop (clients notice at once) and saves counters."""
         pipe = self._redis.pipeline()
-        pipe.delete(_key(self.run, "shard", shard_id, "live"))
+        pipe.delete(live_shard_key(self.run, shard_id))
         pipe.hset(_key(self.run, "shard", shard_id, "state"), mapping=counters)
         pipe.execute()
 
@@ -131,7 +136,7 @@ class ShardRegistry:
             ids = sorted(int(i) for i in self._redis.smembers(_key(self.run, "shards")))
             pipe = self._redis.pipeline()
             for shard_id in ids:
-                pipe.hgetall(_key(self.run, "shard", shard_id, "live"))
+                pipe.hgetall(live_shard_key(self.run, shard_id))
             entries = pipe.execute()
         except redis.RedisError as exc:
             raise ReplayUnavailableError(f"shard registry {self.redis_url} unreachable: {exc}") from None

@@ -1,25 +1,8 @@
 """`qfleet bench actors`: env steps/s through qfleet's actor vs a plain gymnasium loop.
 
-Four figures, measured in one run on one machine:
-
-- plain loop: a hand-written loop over `num_envs` envs of the same id, acting epsilon-greedily
-  with the same policy network (one batched forward per step) and resetting finished episodes;
-  nothing else. The reference.
-- qfleet actor, in-process: `EnvActor.run` (the same stepping plus n-step transitions, inserts
-  into a `qfleet replay serve` shard in another process, weight-version polls in Redis, episode
-  records) in this process.
-- qfleet actor on Ray: the same actor as a Ray actor (its own worker process), driven with
-  `run(seconds)` calls.
-- a fleet of 1 and 2 Ray actors (`ActorFleet`, each actor requesting one CPU): aggregate env
-  steps/s over a window, for the scaling figure.
-
-The plain loop alternates with each actor kind `repeats` times; each ratio is the median over the
-adjacent (plain, actor) pairs, so drifting machine load hits both alike. Everything runs with one torch thread per process.
-
-The shard runs at the niceness Ray gives its worker processes (15 unless RAY_worker_niceness says
-otherwise), as `qfleet train`'s shards do: they are Ray actors like the env actors. A shard at the
-shell's niceness 0 beside a Ray actor at 15 takes CPU from it whenever both want the same core,
-which no deployment of qfleet does (see docs/benchmarks.md).
+In one run: the plain loop (same envs and network, nothing else) alternating with `EnvActor`
+in-process and as a Ray actor (ratios: medians over adjacent pairs, so drifting load hits both),
+then fleets of 1 and 2 Ray actors. One torch thread per process; the shard at Ray's worker niceness.
 """
 
 from __future__ import annotations
@@ -74,9 +57,9 @@ class _Shard:
 
     def __init__(self, env: EnvConfig, redis_url: str, niceness: int = 0):
         capacity = min(1_000_000, (1 << 30) // describe_env(env).spec.item_nbytes())  # at most ~1 GiB
-        args = [sys.executable, "-m", "system.cli", "replay", "serve", "--env-id", env.id, "--redis-url", redis_url,
-                "--run", RUN, "--capacity", str(capacity), "--selector", "uniform", "--metrics-port", "0",
-                "--set", f"env.frame_stack={env.frame_stack}"]  # fmt: skip
+        options = ["--env-id", env.id, "--redis-url", redis_url, "--run", RUN, "--capacity", str(capacity)]
+        options += ["--selector", "uniform", "--metrics-port", "0", "--set", f"env.frame_stack={env.frame_stack}"]
+        args = [sys.executable, "-m", "system.cli", "replay", "serve", *options]
         if niceness:  # from the start, so that every thread of the shard has it
             args = ["nice", "-n", str(niceness), *args]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -92,7 +75,11 @@ class _Shard:
 
 
 def _ray_worker_niceness() -> int:
-    """The niceness Ray starts its worker processes with."""
+    """The niceness Ray starts its worker processes with (15 unless RAY_worker_niceness says otherwise).
+
+    The shard runs at it, as `qfleet train`'s shards (Ray actors) do: a shard at niceness 0 beside a
+    Ray actor at 15 takes CPU from it whenever both want a core, which no deployment does.
+    """
     import ray
 
     return ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote())
@@ -126,8 +113,8 @@ def _paired(plain_segment, actor_segment, repeats: int, label: str) -> tuple[lis
 
 
 def run_actors_bench(seconds: float, repeats: int, env_id: str, num_envs: int, output: str | None) -> int:
-    logging.getLogger("qfleet").setLevel(logging.WARNING)
-    logging.getLogger("actors").setLevel(logging.WARNING)  # the actors package logs under its module names
+    for quiet in ("qfleet", "actors"):  # the actors' loggers, by either naming
+        logging.getLogger(quiet).setLevel(logging.WARNING)
     torch.set_num_threads(1)
     env = EnvConfig(id=env_id, num_envs=num_envs)
     learner = LearnerConfig()
@@ -184,8 +171,10 @@ def run_actors_bench(seconds: float, repeats: int, env_id: str, num_envs: int, o
         finally:
             shard.close()
 
-    print(f"\n{env_id}, {num_envs} envs per actor, {learner.architecture.torso} network, epsilon {epsilon}; "
-          f"{repeats} pairs of {seconds:g} s segments (medians); shard and Ray workers at niceness {niceness}\n")  # fmt: skip
+    print(
+        f"\n{env_id}, {num_envs} envs per actor, {learner.architecture.torso} network, epsilon {epsilon}; "
+        f"{repeats} pairs of {seconds:g} s segments (medians); shard and Ray workers at niceness {niceness}\n"
+    )
     print("| runner | env steps/s | vs plain loop (median of pairs) |")
     print("|---|---:|---:|")
     print(f"| plain gymnasium loop, same network | {results['plain_loop']:,.0f} | 100% |")

@@ -1,15 +1,7 @@
-"""A CleanRL-style single-process DQN: the baseline `system/bench/learning.py` runs beside qfleet.
-
-Written here from the hyper-parameters CleanRL publishes for `dqn.py` on CartPole-v1
-(docs.cleanrl.dev, "dqn.py"): 500k steps, Adam lr 2.5e-4, replay buffer 10k, batch 128,
-gamma 0.99, hard target update every 500 steps, epsilon linearly 1 -> 0.05 over the first half of
-training, learning starts at 10k steps, one update every 10 env steps, MSE on the (non-double)
-one-step target, Q-network 120-84 ReLU MLP, one env.
+"""A CleanRL-style single-process DQN, with the hyper-parameters CleanRL publishes for `dqn.py` on
+CartPole-v1 (see `train`): the baseline `system/bench/learning.py` runs beside qfleet.
 
     python -m system.bench.dqn_baseline --seed 0 --eval-every 10000 --threshold 475
-
-Greedy evaluations (10 episodes) run every --eval-every steps; their time is not counted in the
-reported wall time, which is the training loop's alone.
 """
 
 from __future__ import annotations
@@ -76,7 +68,12 @@ def train(
     train_every: int = 10,
     exploration_fraction: float = 0.5,
 ) -> dict:
-    """Trains; returns the evaluation curve and when `threshold` was first reached."""
+    """Trains; returns the evaluation curve and when `threshold` was first reached.
+
+    The defaults are CleanRL's (docs.cleanrl.dev, "dqn.py"): Adam, one env, MSE on the one-step
+    (non-double) target, a 120-84 ReLU MLP, epsilon 1 -> 0.05 over `exploration_fraction`. Greedy
+    evaluations (`eval_episodes`) every `eval_every` steps are not counted in the wall time.
+    """
     torch.set_num_threads(1)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -102,9 +99,8 @@ def train(
             with torch.inference_mode():
                 action = int(q(torch.as_tensor(obs[None], dtype=torch.float32)).argmax(1)[0])
         next_obs, reward, terminated, truncated, _ = env.step(action)
-        buf_obs[pos], buf_next[pos], buf_act[pos], buf_rew[pos], buf_done[pos] = (
-            obs, next_obs, action, reward, float(terminated)
-        )  # fmt: skip
+        buf_obs[pos], buf_next[pos] = obs, next_obs
+        buf_act[pos], buf_rew[pos], buf_done[pos] = action, reward, float(terminated)
         pos, size = (pos + 1) % buffer_size, min(size + 1, buffer_size)
         obs = next_obs
         if terminated or truncated:

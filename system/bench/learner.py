@@ -1,16 +1,8 @@
 """`qfleet bench learner`: learner updates/s fed over gRPC vs fed from an in-process buffer.
 
-The same `Learner.run` (prefetching sampler, update, asynchronous priority updates) is fed two
-ways, in one run:
-
-- gRPC: one replay shard in its own process on loopback, read through `ShardedReplay`;
-- in-process: the same `Table` class living in the learner's process, behind the same interface.
-
-Cases: the CartPole MLP (4 floats in, 2 hidden layers of 256) at batch 256, and the Nature CNN on
-84x84x4 uint8 frames at batches 32 and 256 (double DQN, prioritized replay). The replay is filled
-before timing and the UTD limiter is off, so the figure is the learner's top speed. Each run is
-timed over a window inside it (after WARMUP_S, before it stops), so a run's prefetcher start-up and
-shut-down, which a real training run pays once, are not counted every few seconds.
+The same `Learner.run` is fed by one shard in another process (through `ShardedReplay`) and by the
+same `Table` in-process, for the CASES (CartPole MLP, Atari Nature CNN), replay full, limiter off:
+the learner's top speed, timed over a window inside each run (see `WARMUP_S`).
 """
 
 from __future__ import annotations
@@ -37,7 +29,7 @@ from replay.server import importance_weights
 from replay.sharded import ShardedReplay
 from replay.spec import Spec
 from replay.table import Table
-from system.bench.replay import Payload, _ChildServer, bench_spec, random_batch
+from system.bench.replay import ChildServer, Payload, bench_spec, random_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +181,7 @@ def run_learner_bench(
         print(f"  {case.name} ...", flush=True)
         local = InProcessReplay(case.payload.spec, case.payload.capacity)
         _fill(local, case.payload)
-        server = _ChildServer("qfleet", case.payload)
+        server = ChildServer("qfleet", case.payload)
         try:
             sharded = ShardedReplay(addresses=[server.address])
             _fill(sharded, case.payload)

@@ -1,13 +1,8 @@
-"""Learning benchmark: `qfleet train` over several seeds, and the CleanRL-style DQN baseline
-beside it, in one run. Prints a Markdown table per side and writes every seed's figures as JSON.
+"""Learning benchmark: `qfleet train` over several seeds, and the CleanRL-style DQN baseline beside
+it, one run after another (never side by side, so wall times compare). Markdown tables and JSON.
 
-    .venv/bin/python -m system.bench.learning --config configs/cartpole.yaml --seeds 0,1,2,3,4 \\
+    .venv/bin/python -m system.bench.learning --config configs/cartpole.yaml --seeds 0,1,2,3,4 \
         --total-env-steps 100000 --eval-every 5000 --threshold 475 --baseline
-
-For each qfleet seed: the first evaluation at or above --threshold (env steps and wall time since
-the run started, start-up included), the lowest evaluation from then to the end ("held" when it
-stays at or above the threshold), the final evaluation and the run's wall time. Runs go one after
-another, never side by side, so that wall times are comparable.
 """
 
 from __future__ import annotations
@@ -27,12 +22,16 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 def run_qfleet(config: str, seed: int, args, out_dir: pathlib.Path) -> dict:
     run_dir = out_dir / f"qfleet-seed{seed}"
-    command = [
-        sys.executable, "-m", "system.cli", "train", config, "--run-dir", str(run_dir),
-        "--set", f"train.seed={seed}", "--set", f"train.total_env_steps={args.total_env_steps}",
-        "--set", f"train.eval_every_steps={args.eval_every}", "--set", f"train.eval_episodes={args.eval_episodes}",
-        "--set", "train.log_every_s=30",
-    ]  # fmt: skip
+    settings = {
+        "train.seed": seed,
+        "train.total_env_steps": args.total_env_steps,
+        "train.eval_every_steps": args.eval_every,
+        "train.eval_episodes": args.eval_episodes,
+        "train.log_every_s": 30,
+    }
+    command = [sys.executable, "-m", "system.cli", "train", config, "--run-dir", str(run_dir)]
+    for key, value in settings.items():
+        command += ["--set", f"{key}={value}"]
     for override in args.set:
         command += ["--set", override]
     print(f"[learning] qfleet seed {seed}: {' '.join(command[3:])}", flush=True)
@@ -78,6 +77,9 @@ def _env() -> dict:
 
 
 def summarise(result: dict, threshold: float | None) -> dict:
+    """One seed's figures: the first evaluation at or above `threshold` (env steps, and wall time
+    since the run started, start-up included), the lowest evaluation from then on ("held" when it
+    stays at or above the threshold), the final evaluation and the run's wall time."""
     evals = result["evals"]
     out = {"seed": result["seed"], "final": evals[-1]["mean_return"] if evals else None, "wall_s": result["wall_s"]}
     if threshold is not None:

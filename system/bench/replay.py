@@ -1,15 +1,8 @@
 """`qfleet bench replay`: throughput of one shard beside its two limits, measured in one run.
 
-For CartPole-size items (4 float32 obs) and Atari-size items (84x84x4 uint8 obs), it measures:
-
-- qfleet: a real shard in its own process on loopback, driven through `ReplayClient`;
-- raw gRPC: a server in its own process speaking the same proto with no table (inserts are
-  acknowledged unread, samples answered with a prebuilt response of the same bytes): the transport
-  limit, through the very same client code;
-- in-process: a `Table` in this process, no gRPC: the memory limit.
-
-Each figure is the median of `repeats` runs of `seconds` each. Ratios are taken within one run
-because this machine is shared and noisy.
+For CartPole- and Atari-size items: a qfleet shard in its own process; a raw gRPC server speaking
+the same proto with no table (the transport limit, same client code); an in-process `Table` (the
+memory limit). Each figure is the median of `repeats` runs; ratios are taken within one run.
 """
 
 from __future__ import annotations
@@ -132,7 +125,9 @@ def _serve_forever(kind: str, payload: Payload, shard_id: int = 0) -> None:
     sys.stdin.read()  # the parent closes stdin (or dies) to stop us
 
 
-class _ChildServer:
+class ChildServer:
+    """A benchmark server ("qfleet" shard or "raw" gRPC) in its own process; `address` is where it listens."""
+
     def __init__(self, kind: str, payload: Payload, shard_id: int = 0):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "system.bench.replay", "--serve", kind, payload.name, str(shard_id)],
@@ -225,7 +220,7 @@ def bench_payload(payload: Payload, seconds: float, repeats: int) -> dict:
     """Every figure of one payload, in one run."""
     results: dict[str, dict[str, float]] = {}
     for kind in ("qfleet", "raw_grpc"):
-        server = _ChildServer("qfleet" if kind == "qfleet" else "raw", payload)
+        server = ChildServer("qfleet" if kind == "qfleet" else "raw", payload)
         try:
             results[kind] = _client_rates(server.address, payload, seconds, repeats)
         finally:

@@ -1,14 +1,8 @@
 """`qfleet bench sharded`: a sharded replay's aggregate throughput and the prefetcher's gain.
 
-- Aggregate insert and sample throughput with 1, 2 and 4 shards (CartPole-size items). Each shard
-  is its own process; each shard gets one writer process routed to it (rendezvous hashing), so
-  the insert figure is what N writers push into N shards at once. Sampling is one learner process
-  drawing 16 batches of 256 per round over all shards.
-- The prefetching sampler: batches/s delivered to a consumer that does a fixed amount of work per
-  batch (a 256x512 @ 512x512 float32 matmul, standing in for a learner step), with synchronous
-  `sample` calls vs a `Prefetcher`; and with no work at all (pure delivery).
-
-All figures of one invocation come from the same run.
+Insert and sample throughput with 1, 2 and 4 shard processes (one writer process routed to each
+shard); then batches/s a consumer gets from synchronous `sample` calls vs a `Prefetcher`, with a
+fixed matmul per batch standing in for a learner step, and with no work.
 """
 
 from __future__ import annotations
@@ -27,7 +21,7 @@ import numpy as np
 from replay.prefetch import Prefetcher
 from replay.routing import choose_shard
 from replay.sharded import ShardedReplay
-from system.bench.replay import PAYLOADS, _ChildServer, random_batch
+from system.bench.replay import PAYLOADS, ChildServer, random_batch
 
 # 200k items per shard: filled quickly, and sampled from a realistically deep tree.
 PAYLOAD = dataclasses.replace(PAYLOADS["cartpole"], capacity=200_000)
@@ -115,7 +109,7 @@ def run_sharded_bench(seconds: float, repeats: int, shard_counts: list[int], out
     prefetch: dict[str, float] = {}
     for count in shard_counts:
         print(f"  {count} shard(s) ...", flush=True)
-        servers = [_ChildServer("qfleet", PAYLOAD, shard_id=i) for i in range(count)]
+        servers = [ChildServer("qfleet", PAYLOAD, shard_id=i) for i in range(count)]
         try:
             addresses = [s.address for s in servers]
             insert = statistics.median(_aggregate_insert_rate(addresses, seconds) for _ in range(repeats))

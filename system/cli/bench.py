@@ -9,7 +9,8 @@ from system.config import ConfigError
 NAME = "bench"
 
 LEARNER_CASES = ("cartpole-mlp b256", "atari-cnn b32", "atari-cnn b256")
-"""The cases of `qfleet bench learner` (system.bench.learner.CASES; a test keeps them equal)."""
+"""The cases of `qfleet bench learner`: system.bench.learner.CASES, copied so that `--help` needs no
+torch (tests/smoke/test_cli.py keeps them equal)."""
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

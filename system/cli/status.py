@@ -15,10 +15,11 @@ def add_parser(commands) -> None:
             "Read a running run's status from its Redis: the learner (updates, rate, weights version, "
             "UTD, loss), every live shard (address, items, inserts, samples) and every actor (env steps, "
             "episodes, weights, epsilon, restarts, lost transitions). Give a `qfleet train` RUN_DIR, or "
-            "--redis-url and --run."
+            "--redis-url and --run. A RUN_DIR whose run is not running (finished, crashed, never started) "
+            "gets what it last recorded, and exit status 1."
         ),
     )
-    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a running `qfleet train` run directory")
+    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a `qfleet train` run directory")
     parser.add_argument("--redis-url", help="the run's Redis, e.g. redis://127.0.0.1:6379/0")
     parser.add_argument("--run", help="run name (default: the run directory's, else default)")
 

@@ -1,16 +1,9 @@
 """The Grafana dashboard, generated from the packages' metric-name modules.
 
-Every query names its series through `_m(name)`, which looks the name up in the metric modules
-(learner/metrics.py, replay/metrics.py, actors/metrics.py, system/train/metrics.py) and fails on a
-name none of them defines; a panel's description defaults to the help text of its first series.
-The committed file is what this module writes:
+Queries name their series through `series`, which fails on a name no metrics module defines.
 
-    python -m system.observe.dashboard                 # rewrites deploy/grafana/dashboards/qfleet.json
-    python -m system.observe.dashboard --check         # exit 1 when the committed file is not current
-
-Queries use two dashboard variables, `$run` (one or more runs) and `$__rate_interval` (Grafana's
-window for rate()); `queries()` lists every query with them for tests that run them through a
-real Prometheus.
+    python -m system.observe.dashboard          # rewrites deploy/grafana/dashboards/qfleet.json
+    python -m system.observe.dashboard --check  # exit 1 when the committed file is not current
 """
 
 from __future__ import annotations
@@ -37,7 +30,7 @@ RATE = "$__rate_interval"
 ALL_SERIES = LEARNER_SERIES | REPLAY_SERIES | ACTOR_SERIES | TRAIN_SERIES
 
 
-def _m(name: str) -> str:
+def series(name: str) -> str:
     """`name`, checked against the metric modules (KeyError: a series nobody exports); a histogram's
     `_bucket` series counts as its base name."""
     if name.removesuffix("_bucket") not in ALL_SERIES:
@@ -63,72 +56,80 @@ class Panel:
         return ALL_SERIES[max(names, key=len)]
 
 
-def _sel(name: str, extra: str = "") -> str:
+def _select(name: str, extra: str = "") -> str:
     """`name{run=~"$run"[,extra]}`."""
-    return f"{_m(name)}{{{RUN}{',' + extra if extra else ''}}}"
+    return f"{series(name)}{{{RUN}{',' + extra if extra else ''}}}"
 
 
 def _rate(name: str, by: str) -> str:
-    return f"sum by ({by}) (rate({_sel(name)}[{RATE}]))"
+    return f"sum by ({by}) (rate({_select(name)}[{RATE}]))"
+
+
+def _quantile(quantile: float, name: str, by: str) -> str:
+    """The `quantile` of histogram series `name` (a _bucket series) by label `by`, over all shards."""
+    return f"histogram_quantile({quantile}, sum by (le, {by}) (rate({_select(name)}[{RATE}])))"
 
 
 def _gauge(title: str, unit: str, name: str, legend: str = "{{run}}", **kw) -> Panel:
-    return Panel(title, unit, ((_sel(name), legend),), **kw)
+    return Panel(title, unit, ((_select(name), legend),), **kw)
 
 
 def _learner() -> list[Panel]:
-    L = "qfleet_learner"
+    prefix = "qfleet_learner"
     return [
         Panel(
             "Updates per second",
             "ops",
             (
-                (_sel(f"{L}_updates_per_second"), "{{run}} (learner's window)"),
-                (f"sum by (run) (rate({_sel(f'{L}_updates_total')}[{RATE}]))", "{{run}} (rate of updates_total)"),
+                (_select(f"{prefix}_updates_per_second"), "{{run}} (learner's window)"),
+                (
+                    f"sum by (run) (rate({_select(f'{prefix}_updates_total')}[{RATE}]))",
+                    "{{run}} (rate of updates_total)",
+                ),
             ),
             "Gradient updates per second: the learner's own figure over its progress interval, and the rate "
             "of qfleet_learner_updates_total.",
-        ),  # fmt: skip
-        _gauge("Loss", "none", f"{L}_loss"),
-        _gauge("Q mean", "none", f"{L}_q_mean"),
-        _gauge("TD error", "none", f"{L}_td_error"),
-        _gauge("Gradient norm", "none", f"{L}_grad_norm"),
+        ),
+        _gauge("Loss", "none", f"{prefix}_loss"),
+        _gauge("Q mean", "none", f"{prefix}_q_mean"),
+        _gauge("TD error", "none", f"{prefix}_td_error"),
+        _gauge("Gradient norm", "none", f"{prefix}_grad_norm"),
         Panel(
             "Update-to-data ratio: achieved vs target",
             "none",
             (
-                (_sel(f"{L}_achieved_utd"), "{{run}} achieved"),
-                (_sel(f"{L}_target_utd"), "{{run}} target"),
+                (_select(f"{prefix}_achieved_utd"), "{{run}} achieved"),
+                (_select(f"{prefix}_target_utd"), "{{run}} target"),
             ),
             "Updates per transition inserted into replay since the run began (achieved), against the configured "
             "updates per env step (target). Achieved below target: the learner is the bottleneck.",
-        ),  # fmt: skip
+        ),
         Panel(
             "Samples per insert (learner's replay client)",
             "none",
             (
-                (_sel("qfleet_replay_achieved_samples_per_insert"), "{{run}} achieved"),
-                (_sel("qfleet_replay_target_samples_per_insert"), "{{run}} target"),
+                (_select("qfleet_replay_achieved_samples_per_insert"), "{{run}} achieved"),
+                (_select("qfleet_replay_target_samples_per_insert"), "{{run}} target"),
             ),
             "Total samples / total inserts over all shards as the learner's client last saw them, and the ratio it "
             "enforces (0: none).",
-        ),  # fmt: skip
-        _gauge("Weight version", "none", f"{L}_weight_version"),
-        _gauge("Policy staleness", "none", f"{L}_policy_staleness"),
-        _gauge("Sample age", "s", f"{L}_sample_age_seconds"),
+        ),
+        _gauge("Weight version", "none", f"{prefix}_weight_version"),
+        _gauge("Policy staleness", "none", f"{prefix}_policy_staleness"),
+        _gauge("Sample age", "s", f"{prefix}_sample_age_seconds"),
         Panel(
             "Time waiting for data",
             "percentunit",
-            ((f"sum by (run) (rate({_sel(f'{L}_data_wait_seconds_total')}[{RATE}]))", "{{run}}"),),
+            ((f"sum by (run) (rate({_select(f'{prefix}_data_wait_seconds_total')}[{RATE}]))", "{{run}}"),),
             "Fraction of wall time the learner waited for data (replay below learning_starts, or the UTD budget "
             "spent: actors are the bottleneck).",
-        ),  # fmt: skip
+        ),
         Panel(
             "Updates and resets",
             "short",
             (
-                (_sel(f"{L}_updates_total"), "{{run}} updates"),
-                (_sel(f"{L}_resets_total"), "{{run}} resets"),
+                (_select(f"{prefix}_updates_total"), "{{run}} updates"),
+                (_select(f"{prefix}_resets_total"), "{{run}} resets"),
             ),
             "Gradient updates done and periodic resets done, since the run began (continue across resumes).",
         ),
@@ -136,68 +137,64 @@ def _learner() -> list[Panel]:
 
 
 def _replay() -> list[Panel]:
-    R = "qfleet_replay"
+    prefix = "qfleet_replay"
     return [
         Panel(
             "Size per shard",
             "short",
             (
-                (_sel(f"{R}_size"), "shard {{shard}}"),
-                (_sel(f"{R}_capacity"), "shard {{shard}} capacity"),
+                (_select(f"{prefix}_size"), "shard {{shard}}"),
+                (_select(f"{prefix}_capacity"), "shard {{shard}} capacity"),
             ),
             "Items held by each shard, and its capacity.",
-        ),  # fmt: skip
-        Panel("Inserts per second", "ops", ((_rate(f"{R}_inserts_total", "run, shard"), "shard {{shard}}"),)),
-        Panel("Samples per second", "ops", ((_rate(f"{R}_samples_total", "run, shard"), "shard {{shard}}"),)),
+        ),
+        Panel("Inserts per second", "ops", ((_rate(f"{prefix}_inserts_total", "run, shard"), "shard {{shard}}"),)),
+        Panel("Samples per second", "ops", ((_rate(f"{prefix}_samples_total", "run, shard"), "shard {{shard}}"),)),
         Panel(
             "Rate limiter: time blocked",
             "percentunit",
-            ((_rate(f"{R}_limiter_wait_seconds_total", "run, shard, op"), "shard {{shard}} {{op}}"),),
+            ((_rate(f"{prefix}_limiter_wait_seconds_total", "run, shard, op"), "shard {{shard}} {{op}}"),),
             "Seconds per second that callers spent blocked by each shard's rate limiter, by operation (insert: "
             "actors ahead of the UTD; sample: the learner ahead).",
-        ),  # fmt: skip
+        ),
         Panel(
-            "Rate limiter: calls blocked now", "short", ((_sel(f"{R}_limiter_waiting"), "shard {{shard}} {{op}}"),)
-        ),  # fmt: skip
-        _gauge("Rate limiter: error term", "short", f"{R}_limiter_diff", "shard {{shard}}"),
+            "Rate limiter: calls blocked now",
+            "short",
+            ((_select(f"{prefix}_limiter_waiting"), "shard {{shard}} {{op}}"),),
+        ),
+        _gauge("Rate limiter: error term", "short", f"{prefix}_limiter_diff", "shard {{shard}}"),
         Panel(
             "RPC latency (server side)",
             "s",
             (
-                (
-                    f"histogram_quantile(0.5, sum by (le, method) (rate({_sel(f'{R}_rpc_latency_seconds_bucket')}[{RATE}])))",
-                    "p50 {{method}}",
-                ),
-                (
-                    f"histogram_quantile(0.99, sum by (le, method) (rate({_sel(f'{R}_rpc_latency_seconds_bucket')}[{RATE}])))",
-                    "p99 {{method}}",
-                ),
+                (_quantile(0.5, f"{prefix}_rpc_latency_seconds_bucket", "method"), "p50 {{method}}"),
+                (_quantile(0.99, f"{prefix}_rpc_latency_seconds_bucket", "method"), "p99 {{method}}"),
             ),
             "Median and 99th percentile of the shards' server-side RPC latency (per Insert batch, per "
             "Sample/UpdatePriorities call), all shards together.",
-        ),  # fmt: skip
+        ),
         Panel(
             "Dropped priority updates per second",
             "ops",
-            ((_rate(f"{R}_dropped_priority_updates_total", "run, shard"), "shard {{shard}}"),),
-        ),  # fmt: skip
+            ((_rate(f"{prefix}_dropped_priority_updates_total", "run, shard"), "shard {{shard}}"),),
+        ),
         Panel(
             "Rejected batches and checkpoints",
             "short",
             (
-                (f"sum by (run, shard) ({_sel(f'{R}_rejected_batches_total')})", "shard {{shard}} rejected"),
-                (f"sum by (run, shard) ({_sel(f'{R}_checkpoints_total')})", "shard {{shard}} checkpoints"),
+                (f"sum by (run, shard) ({_select(f'{prefix}_rejected_batches_total')})", "shard {{shard}} rejected"),
+                (f"sum by (run, shard) ({_select(f'{prefix}_checkpoints_total')})", "shard {{shard}} checkpoints"),
             ),
             "Batches a shard rejected for bad input (malformed column, non-finite priority), and checkpoints "
             "written, since the shard started.",
-        ),  # fmt: skip
-        _gauge("Priority mass", "none", f"{R}_priority_mass", "shard {{shard}}"),
+        ),
+        _gauge("Priority mass", "none", f"{prefix}_priority_mass", "shard {{shard}}"),
         Panel(
             "Learner's view of the shards",
             "short",
             (
-                (_sel(f"{R}_live_shards"), "{{run}} live shards"),
-                (_sel(f"{R}_failovers_total"), "{{run}} failovers"),
+                (_select(f"{prefix}_live_shards"), "{{run}} live shards"),
+                (_select(f"{prefix}_failovers_total"), "{{run}} failovers"),
             ),
             "Shards the learner's client takes as live, and how often it found one unavailable and moved on.",
         ),
@@ -205,8 +202,8 @@ def _replay() -> list[Panel]:
             "Inserts and samples (all shards)",
             "short",
             (
-                (_sel(f"{R}_global_inserts"), "{{run}} inserts"),
-                (_sel(f"{R}_global_samples"), "{{run}} samples"),
+                (_select(f"{prefix}_global_inserts"), "{{run}} inserts"),
+                (_select(f"{prefix}_global_samples"), "{{run}} samples"),
             ),
             "Sum of the shards' insert and sample counters, as the learner's client last saw them.",
         ),
@@ -214,76 +211,76 @@ def _replay() -> list[Panel]:
 
 
 def _actors() -> list[Panel]:
-    A = "qfleet_actor"
+    prefix = "qfleet_actor"
     return [
         Panel(
             "Env steps per second",
             "ops",
             (
-                (_rate(f"{A}_env_steps_total", "run, actor"), "actor {{actor}}"),
-                (_rate(f"{A}_env_steps_total", "run"), "{{run}} total"),
+                (_rate(f"{prefix}_env_steps_total", "run, actor"), "actor {{actor}}"),
+                (_rate(f"{prefix}_env_steps_total", "run"), "{{run}} total"),
             ),
             "Environment steps per second of each actor (every env of its vector) and of all actors.",
         ),
-        _gauge("Episode return", "none", f"{A}_episode_return", "actor {{actor}}"),
-        _gauge("Episode length", "short", f"{A}_episode_length", "actor {{actor}}"),
+        _gauge("Episode return", "none", f"{prefix}_episode_return", "actor {{actor}}"),
+        _gauge("Episode length", "short", f"{prefix}_episode_length", "actor {{actor}}"),
         Panel(
             "Weight version lag",
             "none",
             (
                 (
-                    f"max by (run) ({_sel('qfleet_learner_weight_version')}) - on (run) group_right "
-                    f"{_sel(f'{A}_weight_version')}",
+                    f"max by (run) ({_select('qfleet_learner_weight_version')}) - on (run) group_right "
+                    f"{_select(f'{prefix}_weight_version')}",
                     "actor {{actor}}",
                 ),
             ),
             "Published learner weight version minus the version each actor acts with. It grows when actors "
             "cannot keep up with the weight broadcast.",
-        ),  # fmt: skip
+        ),
         Panel(
             "Env restarts (last 10 min)",
             "short",
-            ((f"sum by (run, actor) (increase({_sel(f'{A}_env_restarts_total')}[10m]))", "actor {{actor}}"),),
+            ((f"sum by (run, actor) (increase({_select(f'{prefix}_env_restarts_total')}[10m]))", "actor {{actor}}"),),
             "Environments rebuilt after raising in step or reset, per actor, over the last 10 minutes.",
         ),
         Panel(
             "Transitions per second",
             "ops",
             (
-                (_rate(f"{A}_transitions_inserted_total", "run"), "{{run}} inserted"),
-                (_rate(f"{A}_transitions_lost_total", "run"), "{{run}} lost"),
+                (_rate(f"{prefix}_transitions_inserted_total", "run"), "{{run}} inserted"),
+                (_rate(f"{prefix}_transitions_lost_total", "run"), "{{run}} lost"),
             ),
             "n-step transitions acknowledged by replay, and transitions no shard accepted within insert_retry_s "
             "(dropped and counted), all actors.",
-        ),  # fmt: skip
+        ),
         Panel(
             "Time blocked inserting",
             "percentunit",
-            ((_rate(f"{A}_insert_wait_seconds_total", "run, actor"), "actor {{actor}}"),),
+            ((_rate(f"{prefix}_insert_wait_seconds_total", "run, actor"), "actor {{actor}}"),),
             "Fraction of wall time each actor spent blocked inserting (replay back-pressure or failover).",
         ),
         Panel(
             "Episodes and weight pulls per second",
             "ops",
             (
-                (_rate(f"{A}_episodes_total", "run"), "{{run}} episodes"),
-                (_rate(f"{A}_weight_pulls_total", "run"), "{{run}} weight pulls"),
+                (_rate(f"{prefix}_episodes_total", "run"), "{{run}} episodes"),
+                (_rate(f"{prefix}_weight_pulls_total", "run"), "{{run}} weight pulls"),
             ),
             "Episodes finished and new weight versions fetched per second, all actors.",
         ),
-        _gauge("Exploration (epsilon)", "percentunit", f"{A}_epsilon", "actor {{actor}}"),
+        _gauge("Exploration (epsilon)", "percentunit", f"{prefix}_epsilon", "actor {{actor}}"),
     ]
 
 
 def _run() -> list[Panel]:
-    T = "qfleet_train"
+    prefix = "qfleet_train"
     return [
         Panel(
             "Env steps",
             "short",
             (
-                (_sel(f"{T}_env_steps"), "{{run}}"),
-                (_sel(f"{T}_target_env_steps"), "{{run}} target"),
+                (_select(f"{prefix}_env_steps"), "{{run}}"),
+                (_select(f"{prefix}_target_env_steps"), "{{run}} target"),
             ),
             "Env steps of the run over all actors, and train.total_env_steps where it stops.",
         ),
@@ -291,21 +288,21 @@ def _run() -> list[Panel]:
             "Return",
             "none",
             (
-                (_sel(f"{T}_eval_return"), "{{run}} evaluation (greedy)"),
-                (_sel(f"{T}_recent_return"), "{{run}} training (last 100 episodes)"),
+                (_select(f"{prefix}_eval_return"), "{{run}} evaluation (greedy)"),
+                (_select(f"{prefix}_recent_return"), "{{run}} training (last 100 episodes)"),
             ),
             "Mean return of the latest greedy evaluation of the published weights, and of the last 100 training "
             "episodes (with exploration).",
-        ),  # fmt: skip
-        _gauge("Env steps at the latest evaluation", "short", f"{T}_eval_env_steps"),
-        _gauge("Episodes", "short", f"{T}_episodes"),
-        _gauge("Replay size (all shards)", "short", f"{T}_replay_size"),
+        ),
+        _gauge("Env steps at the latest evaluation", "short", f"{prefix}_eval_env_steps"),
+        _gauge("Episodes", "short", f"{prefix}_episodes"),
+        _gauge("Replay size (all shards)", "short", f"{prefix}_replay_size"),
         Panel(
             "Actors",
             "short",
             (
-                (_sel(f"{T}_actors"), "{{run}} desired"),
-                (f"count by (run) ({_sel('qfleet_actor_env_steps_total')})", "{{run}} reporting"),
+                (_select(f"{prefix}_actors"), "{{run}} desired"),
+                (f"count by (run) ({_select('qfleet_actor_env_steps_total')})", "{{run}} reporting"),
             ),
             "Env actors the supervisor keeps running (qfleet scale changes it), and actors Prometheus scrapes.",
         ),
@@ -320,7 +317,8 @@ def rows() -> list[tuple[str, list[Panel]]]:
 
 
 def queries() -> list[tuple[str, str]]:
-    """(panel title, PromQL) of every query on the dashboard."""
+    """(panel title, PromQL) of every query on the dashboard, for tests that run them through a real
+    Prometheus. They use the dashboard variables `$run` (one or more runs) and `$__rate_interval`."""
     return [(panel.title, expr) for _, panels in rows() for panel in panels for expr, _ in panel.queries]
 
 
@@ -350,12 +348,16 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
     }
 
 
+def _row_json(title: str, panel_id: int, y: int) -> dict:
+    grid = {"h": 1, "w": 24, "x": 0, "y": y}
+    return {"id": panel_id, "type": "row", "title": title, "collapsed": False, "gridPos": grid, "panels": []}
+
+
 def dashboard() -> dict:
     """The dashboard as Grafana's JSON model."""
     panels, panel_id, y = [], 1, 0
     for title, row in rows():
-        panels.append({"id": panel_id, "type": "row", "title": title, "collapsed": False,
-                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})  # fmt: skip
+        panels.append(_row_json(title, panel_id, y))
         panel_id, y = panel_id + 1, y + 1
         for i, panel in enumerate(row):
             panels.append(_panel_json(panel, panel_id, x=8 * (i % 3), y=y + 8 * (i // 3)))
@@ -380,7 +382,7 @@ def dashboard() -> dict:
                     "query": "prometheus",
                     "current": {},
                     "hide": 0,
-                },  # fmt: skip
+                },
                 {
                     "name": "run",
                     "label": "Run",

@@ -1,28 +1,16 @@
-"""Prometheus service discovery: every component's /metrics, as target groups.
+"""Prometheus service discovery: every component's /metrics of a run, as target groups.
 
-What a run's components register in Redis decides the targets: the driver's key (below), the
-learner's status hash, every live shard and every reporting actor. Two ways to hand them to
-Prometheus, both kept current as components come and go:
-
-- file_sd: the `qfleet train` driver rewrites RUN_DIR/prometheus/targets.json every
-  DISCOVERY_EVERY_S seconds (atomically, as Prometheus' file-based discovery expects) and empties
-  it at the end of the run;
-- http_sd: `qfleet discovery --redis-url URL` (system/observe/discovery_server.py) answers Prometheus'
-  HTTP service discovery with the targets of every run in that Redis (the deploy/ configs).
-
-The driver's key, the only one `system` keeps in Redis:
+The targets come from what components register in Redis (each package names its own keys); the
+driver adds its own key, below. `qfleet train` rewrites RUN_DIR/prometheus/targets.json for
+file_sd; `qfleet discovery` (discovery_server.py) answers http_sd for every run in a Redis.
 
     qfleet:{run}:train:driver    hash    metrics (host:port of the driver's /metrics), host, pid,
                                          updated_at; expires DRIVER_TTL_S after the last write
-
-    [{"targets": ["127.0.0.1:45359"], "labels": {"job": "qfleet_learner", "run": "demo"}},
-     {"targets": ["127.0.0.1:35277"], "labels": {"job": "qfleet_replay", "run": "demo", "shard": "0"}}, ...]
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pathlib
 import socket
@@ -30,17 +18,11 @@ import time
 
 import redis
 
-log = logging.getLogger("qfleet.train")
-
 DISCOVERY_EVERY_S = 5.0
 """Seconds between rewrites of the targets file and of the driver's key."""
 
 DRIVER_TTL_S = 3 * DISCOVERY_EVERY_S
 """The driver's key expires this long after its last write (a killed driver leaves discovery)."""
-
-# Keys whose presence means a run has components; the run name is the second field.
-_RUN_PATTERNS = ("qfleet:*:train:driver", "qfleet:*:learner:status", "qfleet:*:replay:shard:*:live",
-                 "qfleet:*:actors:actor:*")  # fmt: skip
 
 
 def _client(redis_url: str) -> redis.Redis:
@@ -49,6 +31,22 @@ def _client(redis_url: str) -> redis.Redis:
 
 def _driver_key(run: str) -> str:
     return f"qfleet:{run}:train:driver"
+
+
+def _run_key_patterns() -> tuple[str, ...]:
+    """Patterns of the keys whose presence means a run has components, first `*` the run name."""
+    from actors import actor_report_key
+    from learner import learner_status_key
+    from replay import live_shard_key
+
+    return (_driver_key("*"), learner_status_key("*"), live_shard_key("*", "*"), actor_report_key("*", "*"))
+
+
+def _run_of(key: str, pattern: str) -> str:
+    """The part of `key` that the first `*` of `pattern` matched (what follows it is literal)."""
+    prefix, rest = pattern.split("*", 1)
+    literal = rest.split("*", 1)[0]
+    return key[len(prefix) : key.index(literal, len(prefix))]
 
 
 def register_driver(redis_url: str, run: str, metrics: str) -> None:
@@ -83,9 +81,9 @@ def runs(redis_url: str) -> list[str]:
     client = _client(redis_url)
     try:
         names = set()
-        for pattern in _RUN_PATTERNS:
+        for pattern in _run_key_patterns():
             for key in client.scan_iter(match=pattern, count=1000):
-                names.add(key.decode().split(":")[1])
+                names.add(_run_of(key.decode(), pattern))
         return sorted(names)
     finally:
         client.close()

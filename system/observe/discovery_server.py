@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from system.observe.discovery import discover_all
 
-log = logging.getLogger("qfleet.discovery")
+log = logging.getLogger(__name__)
 
 
 class DiscoveryServer:

@@ -47,20 +47,20 @@ def plot_learning_curve(run: RunDir, path=None):
     steps, walls, smoothed = _episode_curve(run)
     evals = run.records("eval")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
-    for ax, x_train, key, label in (
+    for ax, x_train, key, axis_label in (
         (axes[0], steps, "env_steps", "env steps"),
         (axes[1], walls / 60.0, "wall_s", "wall time (minutes)"),
     ):
         if len(smoothed):
-            ax.plot(x_train, smoothed, color="tab:blue", alpha=0.6, lw=1,
-                    label=f"training episodes (mean of {SMOOTH_EPISODES}, with exploration)")  # fmt: skip
+            train_label = f"training episodes (mean of {SMOOTH_EPISODES}, with exploration)"
+            ax.plot(x_train, smoothed, color="tab:blue", alpha=0.6, lw=1, label=train_label)
         if evals:
             x = np.array([e[key] for e in evals], float) / (60.0 if key == "wall_s" else 1.0)
             mean = np.array([e["mean_return"] for e in evals])
             std = np.array([e["std_return"] for e in evals])
-            ax.errorbar(x, mean, yerr=std, color="tab:red", marker="o", ms=3, lw=1.5, capsize=2,
-                        label=f"evaluation (mean +- std of {len(evals[-1]['returns'])} episodes)")  # fmt: skip
-        ax.set_xlabel(label)
+            eval_label = f"evaluation (mean +- std of {len(evals[-1]['returns'])} episodes)"
+            ax.errorbar(x, mean, yerr=std, color="tab:red", marker="o", ms=3, lw=1.5, capsize=2, label=eval_label)
+        ax.set_xlabel(axis_label)
         ax.set_ylabel("return")
         ax.grid(alpha=0.3)
     if len(smoothed) or evals:

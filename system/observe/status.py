@@ -1,14 +1,44 @@
-"""`qfleet status`: the live view of a run's shards, learner and actors, read from its Redis.
+"""`qfleet status`: the live view of a run's learner, shards and actors, read from its Redis.
 
 qfleet status RUN_DIR                      # a `qfleet train` run: its run.json names the Redis
 qfleet status --redis-url URL --run NAME   # any run
+
+A RUN_DIR whose Redis is gone (the run finished, crashed or never started) gets "not running" and
+what the run directory last recorded instead, with exit status 1.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from system.config.dataclass_args import ConfigError
+from system.train.run_dir import RunDir
+
+
+class _RedisGone(Exception):
+    """The run's Redis did not answer.
+
+    Attributes:
+        redis_url: the address tried.
+        reason: what the client said.
+    """
+
+    def __init__(self, redis_url: str, reason: str):
+        super().__init__(f"{redis_url}: {reason}")
+        self.redis_url = redis_url
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class _Live:
+    """What a run's components report to its Redis."""
+
+    learner: dict | None
+    shards: dict
+    shard_states: dict
+    actors: dict
+    desired_actors: int | None
 
 
 def _age(updated_at: float | int | str | None) -> str:
@@ -17,8 +47,8 @@ def _age(updated_at: float | int | str | None) -> str:
     return f"{max(0.0, time.time() - float(updated_at)):.0f} s ago"
 
 
-def status_text(redis_url: str, run: str) -> str:
-    """The status of run `run` as text. Raises ConfigError when Redis is unreachable."""
+def _read(redis_url: str, run: str) -> _Live:
+    """Everything run `run` reports to its Redis. Raises _RedisGone."""
     import redis
 
     from actors import ActorRegistry, ActorRegistryError
@@ -32,15 +62,31 @@ def status_text(redis_url: str, run: str) -> str:
     )
     try:
         live = shards.live_shards()
-        states = {i: shards.last_state(i) for i in live}
-        reports, desired = actors.actors(), actors.desired()
-        status = learner.read()
+        return _Live(
+            learner=learner.read(),
+            shards=live,
+            shard_states={i: shards.last_state(i) for i in live},
+            actors=actors.actors(),
+            desired_actors=actors.desired(),
+        )
     except (ReplayUnavailableError, ActorRegistryError, redis.RedisError) as exc:
-        raise ConfigError(f"--redis-url {redis_url}: {exc}") from None
+        raise _RedisGone(redis_url, str(exc)) from None
     finally:
         shards.close()
         actors.close()
         learner.close()
+
+
+def status_text(redis_url: str, run: str) -> str:
+    """The status of run `run` as text. Raises ConfigError (naming the address) when Redis is unreachable."""
+    try:
+        return _live_text(redis_url, run, _read(redis_url, run))
+    except _RedisGone as exc:
+        raise ConfigError(f"--redis-url {exc}") from None
+
+
+def _live_text(redis_url: str, run: str, live: _Live) -> str:
+    status, reports, desired = live.learner, live.actors, live.desired_actors
     lines = [f"run {run!r} (Redis {redis_url})", ""]
     if status is None:
         lines.append("learner: none reporting")
@@ -52,11 +98,11 @@ def status_text(redis_url: str, run: str) -> str:
             f"at {status.get('host', '-')} pid {status.get('pid', '-')}, metrics {status.get('metrics') or '-'} "
             f"({_age(status.get('updated_at'))})"
         )
-    lines += ["", f"shards: {len(live)} live"]
-    if live:
+    lines += ["", f"shards: {len(live.shards)} live"]
+    if live.shards:
         lines.append("  id  address                    items       inserts       samples  metrics")
-        for shard_id, record in sorted(live.items()):
-            state = states.get(shard_id, {})
+        for shard_id, record in sorted(live.shards.items()):
+            state = live.shard_states.get(shard_id, {})
             lines.append(
                 f"  {shard_id:<3} {record.address:<22} {state.get('size', 0):>9,} {state.get('inserts', 0):>13,} "
                 f"{state.get('samples', 0):>13,}  {record.metrics_address or '-'}"
@@ -77,15 +123,58 @@ def status_text(redis_url: str, run: str) -> str:
     return "\n".join(lines)
 
 
-def main_status(run_dir: str | None, redis_url: str | None, run: str | None) -> int:
-    if run_dir is not None:
-        from system.train.run_dir import RunDir
+def not_running_text(run_dir: RunDir, run: str, why: str) -> str:
+    """What a stopped run's directory last recorded (state.json, metrics.jsonl), as text."""
+    config = run_dir.load_config()
+    state = run_dir.read_json("state.json") or {}
+    progress = run_dir.records("progress")
+    last = progress[-1] if progress else {}
+    env_steps = state.get("env_steps", last.get("env_steps", 0))
+    total = config.train.total_env_steps
+    recorded = [p.stat().st_mtime for p in (run_dir.path / "state.json", run_dir.metrics_path) if p.exists()]
+    lines = [f"run {run!r} is not running ({why})"]
+    if recorded:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(max(recorded)))
+        lines.append(
+            f"last recorded at {when}: env steps {env_steps:,}/{total:,}, "
+            f"episodes {state.get('episodes', last.get('episodes', 0)):,}, "
+            f"wall time {state.get('wall_s', last.get('wall_s', 0.0)) / 60:.1f} min, "
+            f"updates {last.get('updates', 0):,}, weights v{last.get('weights_version', 0)}"
+        )
+        if state.get("last_eval"):
+            eval_steps, eval_return = state["last_eval"]
+            lines.append(f"last evaluation: return {eval_return:.1f} at {eval_steps:,} env steps")
+    lines.append(f"see `qfleet report {run_dir.path}` for its learning curve and summary")
+    if env_steps < total:
+        lines.append(f"continue it with `qfleet train --resume {run_dir.path}`")
+    return "\n".join(lines)
 
-        info = RunDir(run_dir).read_json("run.json")
-        if info is None:
-            raise ConfigError(f"{run_dir}: no run.json (not a qfleet train run directory, or it never started)")
-        redis_url, run = redis_url or info["redis_url"], run or info["run"]
-    if redis_url is None:
-        raise ConfigError("give a RUN_DIR, or --redis-url (and --run)")
-    print(status_text(redis_url, run or "default"))
+
+def main_status(run_dir: str | None, redis_url: str | None, run: str | None) -> int:
+    """`qfleet status`: 0 when the run's Redis answers, 1 when a RUN_DIR's run is not running.
+
+    Raises:
+        ConfigError: no run given, not a run directory, or an explicit --redis-url unreachable.
+    """
+    if run_dir is None:
+        if redis_url is None:
+            raise ConfigError("give a RUN_DIR, or --redis-url (and --run)")
+        print(status_text(redis_url, run or "default"))
+        return 0
+    directory = RunDir(run_dir)
+    info = directory.read_json("run.json")
+    if info is None:
+        name = run or directory.load_config().train.run_name or directory.path.name  # ConfigError: no run here
+        print(not_running_text(directory, name, f"it never started: no run.json in {directory.path}"))
+        return 1
+    run = run or info["run"]
+    if redis_url is not None:
+        print(status_text(redis_url, run))
+        return 0
+    try:
+        live = _read(info["redis_url"], run)
+    except _RedisGone as exc:
+        print(not_running_text(directory, run, f"its Redis at {exc.redis_url} is gone"))
+        return 1
+    print(_live_text(info["redis_url"], run, live))
     return 0

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from learner import ActionSpace, Learner, LearnerConfig
 from replay import Sample, TorchBatch
-from system.dataclass_args import build
+from system.config.dataclass_args import build
 
 
 def as_batch(data: dict[str, torch.Tensor], weights: torch.Tensor) -> TorchBatch:

@@ -121,10 +121,9 @@ def test_ray_submit_script_runs_a_valid_train_command(tmp_path):
     fake_ray = tmp_path / "ray"
     fake_ray.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')  # prints what would be submitted
     fake_ray.chmod(0o755)
-    result = subprocess.run(
-        ["bash", str(DEPLOY / "ray" / "submit.sh"), "configs/minatar_breakout.yaml", "b1", "--set", "actors.num_actors=8"],
-        capture_output=True, text=True, env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
-    )  # fmt: skip
+    submit = ["bash", str(DEPLOY / "ray" / "submit.sh"), "configs/minatar_breakout.yaml", "b1"]
+    path = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    result = subprocess.run([*submit, "--set", "actors.num_actors=8"], capture_output=True, text=True, env=path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[:2] == ["job", "submit"] and "--submission-id=qfleet-b1" in lines

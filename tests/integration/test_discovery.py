@@ -4,14 +4,17 @@ run filter, components leaving, and Redis going away."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from conftest import wait_until
+from actors import ActorRegistry
+from conftest import CARTPOLE_SPEC, wait_until
 from learner import LearnerStatus
-from system.observe.discovery import register_driver, unregister_driver
+from replay import ShardRecord, ShardRegistry
+from system.observe.discovery import discover, register_driver, runs, unregister_driver
 from system.observe.discovery_server import DiscoveryServer
 
 
@@ -56,6 +59,34 @@ def test_lists_every_run_and_follows_components(redis_server, server):
     assert [g["labels"]["run"] for g in json.loads(get(f"{url}/targets")[2])] == ["beta"]
     assert get(f"{url}/nothing-here")[0] == 404
     learner.close()
+
+
+def test_any_registered_component_makes_its_run_discoverable(redis_server):
+    url = redis_server.url
+    learner, shards, actors = (
+        LearnerStatus(url, "learner-only"),
+        ShardRegistry(url, "shard-only", 60),
+        ActorRegistry(url, "actor-only"),
+    )
+    try:
+        register_driver(url, "driver-only", "127.0.0.1:9001")
+        learner.write({"metrics": "127.0.0.1:9002"}, ttl_s=60)
+        now = time.time()
+        record = ShardRecord(0, "127.0.0.1:7001", "127.0.0.1:9003", CARTPOLE_SPEC.digest(), 1, now, now)
+        shards.heartbeat(record, CARTPOLE_SPEC, {"inserts": 0})
+        actors.report(3, {"metrics": "127.0.0.1:9004"}, ttl_s=60)
+
+        assert runs(url) == ["actor-only", "driver-only", "learner-only", "shard-only"]
+        assert discover(url, "shard-only") == [
+            {"targets": ["127.0.0.1:9003"], "labels": {"job": "qfleet_replay", "run": "shard-only", "shard": "0"}}
+        ]
+        assert discover(url, "actor-only") == [
+            {"targets": ["127.0.0.1:9004"], "labels": {"job": "qfleet_actor", "run": "actor-only", "actor": "3"}}
+        ]
+    finally:
+        learner.close()
+        shards.close()
+        actors.close()
 
 
 def test_redis_gone_is_a_503_naming_it_and_serving_resumes(redis_server, server):

@@ -30,7 +30,7 @@ from learner import (
     make_replay,
 )
 from replay import ShardedReplay
-from system.dataclass_args import as_mapping
+from system.config.dataclass_args import as_mapping
 
 SMALL = LearnerConfig(
     batch_size=32,

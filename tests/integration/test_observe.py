@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -27,13 +26,23 @@ QFLEET = [sys.executable, "-m", "system.cli"]
 RATE_WINDOW = "10s"
 """What Grafana's $__rate_interval becomes here (10 scrapes at 1 s)."""
 
-TRAIN = [
-    "--set", "actors.num_actors=1", "--set", "actors.num_cpus=0.5", "--set", "env.num_envs=4",
-    "--set", "learner.hidden_size=32", "--set", "learner.learning_starts=500", "--set", "learner.batch_size=64",
-    "--set", "learner.publish_every=20", "--set", "learner.updates_per_env_step=0.5",
-    "--set", "train.num_shards=2", "--set", "train.eval_every_steps=2000", "--set", "train.eval_episodes=2",
-    "--set", "train.log_every_s=5", "--set", "replay.capacity=20000", "--set", "train.total_env_steps=10000000",
-]  # fmt: skip
+SETTINGS = {
+    "actors.num_actors": 1,
+    "actors.num_cpus": 0.5,
+    "env.num_envs": 4,
+    "learner.hidden_size": 32,
+    "learner.learning_starts": 500,
+    "learner.batch_size": 64,
+    "learner.publish_every": 20,
+    "learner.updates_per_env_step": 0.5,
+    "train.num_shards": 2,
+    "train.eval_every_steps": 2000,
+    "train.eval_episodes": 2,
+    "train.log_every_s": 5,
+    "replay.capacity": 20000,
+    "train.total_env_steps": 10000000,
+}
+TRAIN = [arg for key, value in SETTINGS.items() for arg in ("--set", f"{key}={value}")]
 
 
 def free_port() -> int:
@@ -63,8 +72,13 @@ def test_every_dashboard_query_returns_series_from_a_live_run(tmp_path):
     train_log = open(tmp_path / "train.log", "w+")
     train = subprocess.Popen(
         [*QFLEET, "train", "configs/cartpole.yaml", "--run-dir", str(run_dir), *TRAIN],
-        stdout=train_log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=ROOT,
-    )  # fmt: skip
+        stdout=train_log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        cwd=ROOT,
+    )
+    prometheus_log = open(tmp_path / "prometheus.log", "w")
     procs: list[subprocess.Popen] = []
     try:
         # The run is up once the driver lists driver, learner, both shards and the actor.
@@ -98,11 +112,9 @@ def test_every_dashboard_query_returns_series_from_a_live_run(tmp_path):
         config["scrape_configs"] = [qfleet_job]
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = free_port()
-        prometheus = subprocess.Popen(
-            ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=open(tmp_path / "prometheus.log", "w"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        prometheus_args = [f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}"]
+        prometheus_args += [f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
+        prometheus = subprocess.Popen(["prometheus", *prometheus_args], stdout=prometheus_log, stderr=subprocess.STDOUT)
         procs.append(prometheus)
         api = f"http://127.0.0.1:{port}/api/v1"
 
@@ -115,22 +127,34 @@ def test_every_dashboard_query_returns_series_from_a_live_run(tmp_path):
             return len(active) == 5 and all(t["health"] == "up" for t in active)
 
         assert wait_until(all_up, timeout=60, step=0.5), (tmp_path / "prometheus.log").read_text()[-3000:]
-        time.sleep(12)  # a rate window's worth of scrapes, with the learner training meanwhile
 
-        failures = []
-        for title, expr in dashboard.queries():
-            query = expr.replace("$run", re.escape(run)).replace("$__rate_interval", RATE_WINDOW)
-            try:
-                answer = get_json(f"{api}/query?" + urllib.parse.urlencode({"query": query}))
-            except urllib.error.HTTPError as exc:  # a bad query: 400 with Prometheus' message
-                failures.append(f"{title}: {query}: {exc.read().decode()}")
-                continue
-            if answer["status"] != "success" or not answer["data"]["result"]:
-                failures.append(f"{title}: {query}: {answer['status']}, {len(answer['data']['result'])} series")
+        def failed_queries() -> list[str]:
+            failures = []
+            for title, expr in dashboard.queries():
+                query = expr.replace("$run", re.escape(run)).replace("$__rate_interval", RATE_WINDOW)
+                try:
+                    answer = get_json(f"{api}/query?" + urllib.parse.urlencode({"query": query}))
+                except urllib.error.HTTPError as exc:  # a bad query: 400 with Prometheus' message
+                    failures.append(f"{title}: {query}: {exc.read().decode()}")
+                    continue
+                if answer["status"] != "success" or not answer["data"]["result"]:
+                    failures.append(f"{title}: {query}: {answer['status']}, {len(answer['data']['result'])} series")
+            return failures
+
+        # Rates need a window's worth of scrapes, some series a trained learner or an evaluation.
+        failures: list[str] = []
+
+        def every_query_answers() -> bool:
+            failures[:] = failed_queries()
+            return not failures
+
+        wait_until(every_query_answers, timeout=90, step=1.0)
         assert not failures, "\n".join(failures)
         assert len(dashboard.queries()) >= 40
     finally:
         for proc in procs:
             stop(proc)
         code = stop(train, group=True)
+        prometheus_log.close()
+        train_log.close()
     assert code == 0, Path(train_log.name).read_text()[-3000:]

@@ -30,8 +30,9 @@ def test_every_exported_series_is_on_a_panel():
     missing = sorted(set(dashboard.ALL_SERIES) - used)
     assert not missing, f"series no panel shows: {missing}"
     # The learner recipes' figures the issue names are all there.
-    for name in ("updates_per_second", "loss", "q_mean", "td_error", "grad_norm", "achieved_utd", "target_utd",
-                 "weight_version", "policy_staleness", "sample_age_seconds"):  # fmt: skip
+    recipe_figures = "updates_per_second loss q_mean td_error grad_norm achieved_utd target_utd"
+    recipe_figures += " weight_version policy_staleness sample_age_seconds"
+    for name in recipe_figures.split():
         assert f"qfleet_learner_{name}" in used
 
 
@@ -58,4 +59,4 @@ def test_every_panel_has_a_unit_a_description_and_run_scoped_queries():
 
 def test_a_series_no_module_defines_is_refused():
     with pytest.raises(KeyError, match="qfleet_learner_lossy"):
-        dashboard._m("qfleet_learner_lossy")
+        dashboard.series("qfleet_learner_lossy")
