@@ -80,6 +80,11 @@ def add_servicer(servicer: replay_pb2_grpc.ReplayServiceServicer, server: grpc.S
     server.add_registered_method_handlers(_SERVICE, handlers)
 
 
+def insert_response(sequence: int, inserted: int) -> replay_pb2.InsertResponse:
+    """What an Insert stream answers batch `sequence` with, for any servicer `add_servicer` registers."""
+    return replay_pb2.InsertResponse(sequence=sequence, inserted=inserted)
+
+
 class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
     def __init__(self, server: ReplayServer):
         self._server = server

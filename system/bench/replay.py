@@ -22,12 +22,11 @@ import grpc
 import numpy as np
 
 from replay import wire
-from replay._proto import replay_pb2, replay_pb2_grpc
 from replay.client import ReplayClient
 from replay.codec import grpc_options
 from replay.rate_limiter import RateLimiter
 from replay.selectors import make_selector
-from replay.server import ReplayServer, add_servicer
+from replay.server import ReplayServer, add_servicer, insert_response
 from replay.spec import Spec
 from replay.table import Table
 
@@ -79,8 +78,9 @@ def random_batch(spec: Spec, n: int, rng: np.random.Generator) -> dict[str, np.n
 # -- the raw gRPC reference server -----------------------------------------------------------------
 
 
-class _RawServicer(replay_pb2_grpc.ReplayServiceServicer):
-    """Same proto and wire code, no table: the cost of moving the bytes alone."""
+class _RawServicer:
+    """Same proto and wire code, no table: the cost of moving the bytes alone (Insert and Sample;
+    the other methods are not part of the reference)."""
 
     def __init__(self, spec: Spec):
         self._spec = spec
@@ -90,7 +90,7 @@ class _RawServicer(replay_pb2_grpc.ReplayServiceServicer):
         for raw in request_iterator:
             request = wire.decode_insert_request(raw)  # headers only: no item is copied
             items = next(iter(request.columns().values())).shape[0]
-            yield replay_pb2.InsertResponse(sequence=request.sequence, inserted=items)
+            yield insert_response(request.sequence, items)
 
     def Sample(self, request, context):
         key = (request.batch_size, request.num_batches or 1)
@@ -107,6 +107,11 @@ class _RawServicer(replay_pb2_grpc.ReplayServiceServicer):
                 samples=n,
             )
         return self._responses[key]
+
+    def _unimplemented(self, request, context):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "the raw reference server only inserts and samples")
+
+    UpdatePriorities = Info = Checkpoint = _unimplemented
 
 
 def _serve_forever(kind: str, payload: Payload, shard_id: int = 0) -> None:

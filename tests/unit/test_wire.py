@@ -56,10 +56,9 @@ def test_sample_response_read_without_copies():
 
 def test_unknown_fields_are_skipped():
     columns = _columns()
-    raw = wire.encode_sample_response(
-        columns, np.arange(5, dtype=np.uint64), np.ones(5), np.ones(5), table_size=5, priority_mass=5.0,
-        inserts=5, samples=5,
-    )  # fmt: skip
+    keys, ones = np.arange(5, dtype=np.uint64), np.ones(5)
+    counters = {"table_size": 5, "priority_mass": 5.0, "inserts": 5, "samples": 5}
+    raw = wire.encode_sample_response(columns, keys, ones, ones, **counters)
     newer = raw + bytes([15 << 3 | 2, 3]) + b"abc" + bytes([14 << 3 | 0, 0x96, 0x01])  # fields 15, 14
     assert wire.decode_sample_response(newer).table_size == 5
 
