@@ -285,9 +285,9 @@ class Learner:
             now = time.time()
             ages = [now - self._published_at.get(int(v), self._started_at) for v in np.unique(versions)]
             metrics.sample_age.set(float(np.mean(ages)))
-        stats = self.replay.stats()
-        if stats["inserts"]:
-            metrics.achieved_utd.set(self.updates / stats["inserts"])
+        inserts = self.replay.stats()["inserts"] if self.replay is not None else 0
+        if inserts:
+            metrics.achieved_utd.set(self.updates / inserts)
         now = time.perf_counter()
         last_time, last_updates = self._last_log
         if now - last_time >= self.log_every_s:
@@ -300,7 +300,7 @@ class Learner:
                 result.loss,
                 result.q_mean,
                 float(result.td_abs.mean()),
-                f"{self.updates / stats['inserts']:.3f}" if stats["inserts"] else "-",
+                f"{self.updates / inserts:.3f}" if inserts else "-",
                 self.config.updates_per_env_step,
                 self.version,
             )
