@@ -81,6 +81,8 @@ class LearnerService:
         metrics_host: interface of /metrics; None: no /metrics.
         metrics_port: port of /metrics (0: a free one).
         log_every_s: seconds between the learner's own progress log lines.
+        publish_at_resume: publish the resumed weights at once (actors of a resumed run then act
+            with them from their first step), not only after publish_every updates.
 
     Raises:
         ConfigError: learner settings the replay source refuses.
@@ -97,6 +99,7 @@ class LearnerService:
         metrics_host: str | None = "127.0.0.1",
         metrics_port: int = 0,
         log_every_s: float = 60.0,
+        publish_at_resume: bool = False,
     ):
         try:
             self.replay = make_replay(config.learner, redis_url=redis_url, run=run)
@@ -121,8 +124,8 @@ class LearnerService:
             self._http, _ = start_http_server(metrics_port, addr=metrics_host, registry=registry)
             host = socket.gethostname() if metrics_host == "0.0.0.0" else metrics_host
             self.metrics_address = f"{host}:{self._http.server_port}"
-        if self.learner.resumed_from is not None:
-            self.learner.publish()  # actors of the resumed run act with the trained weights at once
+        if publish_at_resume and self.learner.resumed_from is not None:
+            self.learner.publish()
         self.status = LearnerStatus(redis_url, run)
         self._stop = threading.Event()
         self._summary = None

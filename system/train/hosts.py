@@ -120,7 +120,14 @@ class LearnerHost:
         if metrics_host == "node":
             metrics_host = node_address()
         self.service = LearnerService(
-            config, obs_shape, action_space, redis_url, run, checkpoint_dir, metrics_host=metrics_host
+            config,
+            obs_shape,
+            action_space,
+            redis_url,
+            run,
+            checkpoint_dir,
+            metrics_host=metrics_host,
+            publish_at_resume=True,
         ).start()
 
     def describe(self) -> LearnerDescription:
