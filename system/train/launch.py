@@ -11,14 +11,19 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from system.config import RunConfig
+from system.local.redis_server import RedisProcess
 from system.observe.discovery import discover, register_driver, unregister_driver, write_targets
 from system.train.errors import TrainError
 from system.train.evaluate import RunEvaluations
 from system.train.metrics import TrainMetrics
 from system.train.plan import Plan, evaluates_in_driver, shard_config
 from system.train.records import RunCounters
+
+if TYPE_CHECKING:
+    from actors import ActorFleet
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +80,8 @@ class Components:
 
     info: dict
     """run.json: run name, host, pids, Redis URL, shard and learner addresses."""
-    redis: object | None = None
-    """The embedded RedisProcess (None with redis.url)."""
+    redis: RedisProcess | None = None
+    """The embedded redis-server (None with redis.url)."""
     redis_url: str = ""
     ray: object | None = None
     """The `ray` module, once initialised."""
@@ -91,8 +96,7 @@ class Components:
     episodes: EpisodeFeed | None = None
     evaluations: RunEvaluations | None = None
     """Evaluations (None for emulator envs: the driver's machine rarely is an emulator host)."""
-    fleet: object | None = None
-    """The ActorFleet."""
+    fleet: ActorFleet | None = None
 
 
 def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components: Components) -> None:
@@ -129,7 +133,7 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
 
 
 def _start_redis(components: Components) -> str:
-    from system.local.redis_server import RedisLaunchError, RedisProcess
+    from system.local.redis_server import RedisLaunchError
 
     try:
         components.redis = RedisProcess().start()

@@ -8,12 +8,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from system.observe.discovery import DISCOVERY_EVERY_S
 from system.train.errors import TrainError
 from system.train.launch import Components
 from system.train.plan import Plan
 from system.train.records import EpisodesRecord, ProgressRecord, RunCounters, progress_line
+
+if TYPE_CHECKING:
+    from actors import FleetStats
+    from system.services.learner import LearnerProgress
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +141,7 @@ class Supervisor:
         )
         return [record]
 
-    def _progress(self, fleet, learner, env_steps_per_s: float) -> ProgressRecord:
+    def _progress(self, fleet: FleetStats, learner: LearnerProgress, env_steps_per_s: float) -> ProgressRecord:
         parts, counters = self.components, self.counters
         shards = parts.ray.get([shard.info.remote() for shard in parts.shards], timeout=60)
         return ProgressRecord(
