@@ -35,6 +35,7 @@ class _Slot:
     warned_pending: bool = False
     restarting: bool = False  # Ray is restarting its process (counted once per death)
     retry_at: float = 0.0  # no new `run` before this time (monotonic)
+    allotment: int | None = None  # env steps the chunk in flight may take (None: no limit)
 
 
 @dataclass
@@ -61,6 +62,9 @@ class ActorFleet:
         env, actors, learner: the run's config sections.
         redis_url, run: the run's Redis.
         chunk_s: seconds per `run` call (how often stats reach the supervisor).
+        max_env_steps: env steps of all actors together after which no chunk starts (None: no
+            limit); the last chunks are shortened so that the fleet stops there, not a chunk later
+            (past it by less than env.num_envs when it is not a multiple of that).
     """
 
     def __init__(
@@ -71,12 +75,14 @@ class ActorFleet:
         redis_url: str,
         run: str = "default",
         chunk_s: float = 1.0,
+        max_env_steps: int | None = None,
     ):
         import ray
 
         self._ray = ray
         self.env, self.config, self.learner = env, actors, learner
         self.redis_url, self.run, self.chunk_s = redis_url, run, chunk_s
+        self.max_env_steps = max_env_steps
         self.registry = ActorRegistry(redis_url, run)
         self._slots: dict[int, _Slot] = {}
         self.actor_restarts = 0
@@ -145,7 +151,7 @@ class ActorFleet:
         now = time.monotonic()
         for slot in self._slots.values():
             if slot.ref is None and now >= slot.retry_at:
-                slot.ref = slot.handle.run.remote(self.chunk_s)
+                self._submit(slot)
         for actor_id, slot in self._slots.items():
             if slot.stats is None and not slot.warned_pending and now - slot.created_at > PENDING_WARNING_S:
                 slot.warned_pending = True
@@ -172,7 +178,7 @@ class ActorFleet:
             slot.ref = None
             try:
                 slot.stats = ray.get(ref)
-                slot.ref = slot.handle.run.remote(self.chunk_s)
+                self._submit(slot)
                 slot.restarting = False
             except ray.exceptions.ActorDiedError as exc:  # out of restarts, or killed for good
                 self._replace(actor_id, slot, f"died for good ({_first_line(exc)})")
@@ -186,6 +192,25 @@ class ActorFleet:
                 self._record_failure(actor_id, slot, exc)
                 self._replace(actor_id, slot, f"failed: {_first_line(exc)}")
         return self.stats()
+
+    def _submit(self, slot: _Slot) -> None:
+        """Starts the slot's next chunk: with max_env_steps, only within its share of what is left."""
+        slot.allotment = self._allotment()
+        if slot.allotment != 0:
+            slot.ref = slot.handle.run.remote(self.chunk_s, slot.allotment)
+
+    def _allotment(self) -> int | None:
+        """Env steps the next chunk may take: an even share of the budget not yet done nor promised
+        to chunks in flight, in whole vector steps (None: no budget; 0: nothing left)."""
+        if self.max_env_steps is None:
+            return None
+        promised = sum(slot.allotment or 0 for slot in self._slots.values() if slot.ref is not None)
+        left = self.max_env_steps - self.stats().env_steps - promised
+        if left <= 0:
+            return 0
+        num_envs = self.env.num_envs
+        vector_steps = max(1, left // num_envs)
+        return -(-vector_steps // len(self._slots)) * num_envs
 
     def _count_restart(self, slot: _Slot) -> None:
         self.actor_restarts += 1

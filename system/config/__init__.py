@@ -2,10 +2,11 @@
 
 `RunConfig` composes the packages' sections (`env`, `actors`, `replay`, `learner`) with the
 roof's own (`train`, `redis`, `ray`); `dataclass_args` turns any config dataclass into YAML
-sections, `--set` keys and `--help` text from its field docstrings.
+sections, `--set` keys and `--help` text from its field docstrings; `env_spaces` checks the env.
 """
 
 from system.config.dataclass_args import ConfigError, add_arguments, build, describe, field_docs
+from system.config.env import env_spaces
 from system.config.run import RunConfig, load_config, parse_override, to_yaml
 from system.config.sections import RayConfig, RedisConfig, TrainConfig
 
@@ -18,6 +19,7 @@ __all__ = [
     "add_arguments",
     "build",
     "describe",
+    "env_spaces",
     "field_docs",
     "load_config",
     "parse_override",

@@ -13,10 +13,30 @@ import socket
 import subprocess
 import tempfile
 import time
+from typing import IO
+
+START_TIMEOUT_S = 60.0
+"""How long a start waits for redis-server to answer PING (a loaded machine can take seconds)."""
+
+PORT_ATTEMPTS = 3
+"""Starts on a fresh free port when a port we chose was taken before redis-server bound it."""
+
+LOG_TAIL_LINES = 5
+"""Lines of redis-server's own output quoted in a RedisLaunchError."""
 
 
 class RedisLaunchError(RuntimeError):
-    """redis-server is missing or did not start."""
+    """redis-server is missing or did not start.
+
+    Attributes:
+        port: the port it was to listen on (None: it never ran).
+        log_tail: the last lines redis-server printed (its own reason, when it gave one).
+    """
+
+    def __init__(self, message: str, port: int | None = None, log_tail: str = ""):
+        super().__init__(f"{message}: {log_tail}" if log_tail else message)
+        self.port = port
+        self.log_tail = log_tail
 
 
 def _terminate_with_parent() -> None:
@@ -38,47 +58,90 @@ class RedisProcess:
     """`redis-server` on 127.0.0.1:`port` (a free one by default); restartable on the same port.
 
     Args:
-        port: the port (None: a free one).
+        port: the port (None: a free one, chosen again if another process takes it first).
         directory: its working directory (None: a temporary one).
     """
 
     def __init__(self, port: int | None = None, directory: str | None = None):
         if shutil.which("redis-server") is None:
             raise RedisLaunchError("redis-server is not installed (scripts/setup.sh installs it with apt)")
+        self._port_chosen_here = port is None
         self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="qfleet-redis-")
         self.directory = directory or self._tmp.name
         self.proc: subprocess.Popen | None = None
+        self._log: IO[bytes] | None = None
 
-    def start(self, timeout: float = 20.0) -> RedisProcess:
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> RedisProcess:
+        """Starts it and waits until it answers PING.
+
+        Raises:
+            RedisLaunchError: it exited or did not answer within `timeout`; the message quotes
+                the last lines redis-server printed.
+        """
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._start_once(timeout)
+                break
+            except RedisLaunchError as exc:
+                port_taken = "Address already in use" in exc.log_tail
+                if not (port_taken and self._port_chosen_here and attempt < PORT_ATTEMPTS):
+                    raise
+                self.port = free_port()
+        self._port_chosen_here = False  # a restart comes back on the same port: clients know it
+        return self
+
+    def _start_once(self, timeout: float) -> None:
         import redis
 
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", self.directory, "--protected-mode", "yes"]  # fmt: skip
+        args = [
+            "redis-server",
+            *("--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+            *("--dir", self.directory, "--protected-mode", "yes"),
+        ]
+        # Its output goes to an unnamed file, read back only to say why a start failed.
+        self._log = tempfile.TemporaryFile(prefix="qfleet-redis-log-")
         # Its own session, so a Ctrl-C meant for the owner does not stop Redis before the owner's
         # orderly shutdown; and it gets SIGTERM if the owner dies without stopping it.
         self.proc = subprocess.Popen(
             args,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=_terminate_with_parent,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, socket_connect_timeout=1.0, socket_timeout=1.0)
         deadline = time.monotonic() + timeout
         try:
             while True:
                 try:
                     client.ping()
-                    return self
-                except redis.ConnectionError:
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        self.stop()
-                        raise RedisLaunchError(f"redis-server did not start on 127.0.0.1:{self.port}") from None
+                    return
+                except (redis.ConnectionError, redis.TimeoutError):
+                    code = self.proc.poll()
+                    if code is not None:
+                        self._fail(f"redis-server exited with code {code} while starting on 127.0.0.1:{self.port}")
+                    if time.monotonic() > deadline:
+                        self._fail(f"redis-server did not answer on 127.0.0.1:{self.port} within {timeout:g} s")
                     time.sleep(0.05)
         finally:
             client.close()
+
+    def _fail(self, message: str) -> None:
+        tail = self._log_tail()
+        self.stop()
+        raise RedisLaunchError(message, self.port, tail) from None
+
+    def _log_tail(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        lines = self._log.read().decode(errors="replace").strip().splitlines()
+        return " | ".join(line.strip() for line in lines[-LOG_TAIL_LINES:])
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -89,6 +152,9 @@ class RedisProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def close(self) -> None:
         self.stop()

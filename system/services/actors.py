@@ -12,13 +12,12 @@ import logging
 import sys
 import time
 
-from actors import ActorFleet, ActorRegistry, ActorRegistryError, FleetError, UnsupportedEnvError, describe_env
-from system.config import RunConfig
-from system.config.dataclass_args import ConfigError
+from actors import ActorFleet, ActorRegistry, ActorRegistryError, FleetError
+from system.config import ConfigError, RunConfig, env_spaces
 from system.local.ray_runtime import init_ray
 from system.local.signals import stop_on_signals
 
-log = logging.getLogger("qfleet.actors")
+log = logging.getLogger(__name__)
 
 
 def progress_line(stats) -> str:
@@ -34,11 +33,8 @@ def progress_line(stats) -> str:
 def run_actors(
     config: RunConfig, redis_url: str, run: str, ray_address: str | None, max_env_steps: int | None, log_every_s: float
 ) -> int:
-    try:
-        describe_env(config.env)  # an unknown env or unsupported spaces fail before anything starts
-    except UnsupportedEnvError as exc:
-        raise ConfigError(str(exc)) from None
-    fleet = ActorFleet(config.env, config.actors, config.learner, redis_url, run)
+    env_spaces(config.env)  # an unknown env or unsupported spaces fail before anything starts
+    fleet = ActorFleet(config.env, config.actors, config.learner, redis_url, run, max_env_steps=max_env_steps)
     try:
         fleet.registry.actors()  # Redis reachable? (fails here, not inside every actor)
     except ActorRegistryError as exc:

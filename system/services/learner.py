@@ -1,34 +1,236 @@
-"""`qfleet learner run`: the learner as its own process, until SIGTERM/Ctrl-C or --max-updates.
+"""The learner of a run with everything around it (`LearnerService`), and `qfleet learner run`.
 
-Reads the env section to learn the observation and action spaces, connects to the run's shards
-through Redis, publishes weights to the run's parameter store, checkpoints into --checkpoint-dir
-(resuming what is there), serves /metrics, and on SIGTERM finishes the current update, publishes,
-checkpoints and exits 0.
+The service is the one wiring of a learner: `qfleet learner run` runs it in the foreground, and
+`qfleet train` hosts it in a Ray actor (system/train/hosts.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
 
 from prometheus_client import start_http_server
 
-from actors import EnvConfig, UnsupportedEnvError, describe_env
-from learner import ActionSpace, Learner, WeightStore, make_replay
+from learner import ActionSpace, Learner, LearnerStatus, WeightStore, make_replay
 from replay import ShardedCollector
-from system.config import RunConfig
-from system.config.dataclass_args import ConfigError
+from system.config import ConfigError, RunConfig, env_spaces
 from system.local.signals import stop_on_signals
 
-log = logging.getLogger("qfleet.learner")
+log = logging.getLogger(__name__)
+
+REPORT_EVERY_S = 1.0
+"""Seconds between measurements (progress, the status hash in Redis, updates/s on /metrics)."""
 
 
-def env_spaces(config: EnvConfig) -> tuple[tuple[int, ...], ActionSpace]:
-    """(observation shape, action space) of the configured env (with its wrappers)."""
-    try:
-        spaces = describe_env(config)
-    except UnsupportedEnvError as exc:
-        raise ConfigError(str(exc)) from None
-    return spaces.obs_shape, spaces.action_space
+@dataclass(frozen=True)
+class LearnerDescription:
+    """Where a started learner runs (run.json's "learner")."""
+
+    device: str
+    pid: int
+    metrics: str
+    """host:port of its /metrics ("" when off)."""
+    resumed_from: str
+    """The checkpoint it resumed from ("" when fresh)."""
+    updates: int
+    version: int
+
+
+@dataclass(frozen=True)
+class LearnerProgress:
+    """The learner's counters at its latest measurement."""
+
+    updates: int
+    updates_per_second: float
+    version: int
+    inserts: int
+    """Items inserted into all shards (what the UTD is counted against)."""
+    achieved_utd: float
+    error: str | None
+    """Why the training thread died (None while it is fine)."""
+
+
+@dataclass(frozen=True)
+class LearnerResult:
+    """What a stopped learner did."""
+
+    updates: int
+    version: int
+    checkpoint: str
+    """The final checkpoint ("" when none was written)."""
+    error: str | None
+    """Why the training thread died (None when it stopped as asked)."""
+    updates_per_second: float
+    """Over the training thread's whole run (0 when it died)."""
+
+
+class LearnerService:
+    """A learner trained in a background thread: replay source, weight publishing, checkpoints,
+    /metrics and the status hash that `qfleet status` reads.
+
+    Args:
+        config: the run config (its learner section decides everything the learner does).
+        obs_shape, action_space: the env's spaces.
+        redis_url, run: the run's Redis.
+        checkpoint_dir: learner checkpoints (resumed when present; None: none written).
+        metrics_host: interface of /metrics; None: no /metrics.
+        metrics_port: port of /metrics (0: a free one).
+        log_every_s: seconds between the learner's own progress log lines.
+        publish_at_resume: publish the resumed weights at once (actors of a resumed run then act
+            with them from their first step), not only after publish_every updates.
+
+    Raises:
+        ConfigError: learner settings the replay source refuses.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        obs_shape: tuple[int, ...],
+        action_space: ActionSpace,
+        redis_url: str,
+        run: str,
+        checkpoint_dir: str | None,
+        metrics_host: str | None = "127.0.0.1",
+        metrics_port: int = 0,
+        log_every_s: float = 60.0,
+        publish_at_resume: bool = False,
+    ):
+        try:
+            self.replay = make_replay(config.learner, redis_url=redis_url, run=run)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.store = WeightStore(redis_url, run)
+        self.learner = Learner(
+            config.learner,
+            self.replay,
+            obs_shape,
+            action_space,
+            run=run,
+            weight_store=self.store,
+            checkpoint_dir=checkpoint_dir,
+            log_every_s=log_every_s,
+        )
+        self.learner.metrics.registry.register(ShardedCollector(self.replay))
+        self.metrics_address = ""
+        self._http = None
+        if metrics_host is not None:
+            registry = self.learner.metrics.registry
+            self._http, _ = start_http_server(metrics_port, addr=metrics_host, registry=registry)
+            host = socket.gethostname() if metrics_host == "0.0.0.0" else metrics_host
+            self.metrics_address = f"{host}:{self._http.server_port}"
+        if publish_at_resume and self.learner.resumed_from is not None:
+            self.learner.publish()
+        self.status = LearnerStatus(redis_url, run)
+        self._stop = threading.Event()
+        self._summary = None
+        self._error: str | None = None
+        self._progress: LearnerProgress | None = None
+        self._last_measured = (time.monotonic(), self.learner.updates)
+        self._threads: list[threading.Thread] = []
+
+    def start(self, max_updates: int | None = None) -> LearnerService:
+        """Starts training (until `stop()`, or `max_updates` in total) and the status reports."""
+        trainer = threading.Thread(target=self._train, args=(max_updates,), name="learner", daemon=True)
+        reporter = threading.Thread(target=self._report_loop, name="learner-status", daemon=True)
+        self._threads = [trainer, reporter]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def training(self) -> bool:
+        """Whether the training thread still runs."""
+        return bool(self._threads) and self._threads[0].is_alive()
+
+    def _train(self, max_updates: int | None) -> None:
+        try:
+            self._summary = self.learner.run(max_updates=max_updates, stop=self._stop)
+        except Exception as exc:  # reported through `progress` and `stop`
+            log.exception("learner failed")
+            self._error = f"{type(exc).__name__}: {exc}"
+
+    def _report_loop(self) -> None:
+        while not self._stop.wait(REPORT_EVERY_S):
+            progress = self._measure()
+            try:
+                self.status.write(self._status_fields(progress))
+            except Exception as exc:  # Redis hiccup: the next report tries again
+                log.debug("learner status not written: %s", exc)
+
+    def _measure(self) -> LearnerProgress:
+        now, updates = time.monotonic(), self.learner.updates
+        last_time, last_updates = self._last_measured
+        inserts = self.replay.stats()["inserts"]
+        rate = (updates - last_updates) / max(now - last_time, 1e-9)
+        self.learner.metrics.updates_per_second.set(rate)  # the loop itself logs (and sets it) rarely
+        self._progress = LearnerProgress(
+            updates=updates,
+            updates_per_second=rate,
+            version=self.learner.version,
+            inserts=inserts,
+            achieved_utd=updates / inserts if inserts else 0.0,
+            error=self._error,
+        )
+        self._last_measured = (now, updates)
+        return self._progress
+
+    def _status_fields(self, progress: LearnerProgress) -> dict:
+        last = self.learner.last_result
+        return {
+            "updates": progress.updates,
+            "updates_per_second": round(progress.updates_per_second, 2),
+            "weights_version": progress.version,
+            "achieved_utd": round(progress.achieved_utd, 4),
+            "target_utd": self.learner.config.updates_per_env_step,
+            "loss": round(float(last.loss), 6) if last is not None else "",
+            "q_mean": round(float(last.q_mean), 4) if last is not None else "",
+            "device": str(self.learner.device),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "metrics": self.metrics_address,
+        }
+
+    def describe(self) -> LearnerDescription:
+        """Device, pid, metrics address and where it resumed from."""
+        return LearnerDescription(
+            device=str(self.learner.device),
+            pid=os.getpid(),
+            metrics=self.metrics_address,
+            resumed_from=str(self.learner.resumed_from or ""),
+            updates=self.learner.updates,
+            version=self.learner.version,
+        )
+
+    def progress(self) -> LearnerProgress:
+        """The latest measurement (taken every REPORT_EVERY_S), with the current `error`."""
+        progress = self._progress or self._measure()
+        return LearnerProgress(**{**vars(progress), "error": self._error})
+
+    def stop(self) -> LearnerResult:
+        """Ends training after the current update (it publishes and checkpoints), closes everything."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        summary = self._summary
+        result = LearnerResult(
+            updates=self.learner.updates,
+            version=self.learner.version,
+            checkpoint=str(summary.checkpoint) if summary and summary.checkpoint else "",
+            error=self._error,
+            updates_per_second=summary.updates_per_second if summary else 0.0,
+        )
+        self.replay.close()
+        self.store.close()
+        self.status.close()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        return result
 
 
 def run_learner(
@@ -40,37 +242,36 @@ def run_learner(
     metrics_port: int | None,
     log_every_s: float,
 ) -> int:
-    obs_shape, space = env_spaces(config.env)
+    """Entry of `qfleet learner run` after argument parsing; returns the exit code."""
+    spaces = env_spaces(config.env)
     stop = stop_on_signals(log, "stopping after this update (publish + checkpoint)")
-    try:
-        learner_replay = make_replay(config.learner, redis_url=redis_url, run=run)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    store = WeightStore(redis_url, run)
-    learner = Learner(
-        config.learner, learner_replay, obs_shape, space, run=run, weight_store=store,
-        checkpoint_dir=checkpoint_dir, log_every_s=log_every_s,
-    )  # fmt: skip
-    learner.metrics.registry.register(ShardedCollector(learner_replay))
-    server = None
-    if metrics_port is not None:
-        server, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=learner.metrics.registry)
-        metrics = f"http://127.0.0.1:{server.server_port}/metrics"
-    else:
-        metrics = "off"
-    where = f"resumed at update {learner.updates}" if learner.resumed_from else "fresh"
-    print(f"qfleet learner: run {run!r} on {learner.device} ({where}); metrics {metrics}", flush=True)
-    summary = learner.run(max_updates=max_updates, stop=stop)
+    service = LearnerService(
+        config,
+        spaces.obs_shape,
+        spaces.action_space,
+        redis_url,
+        run,
+        checkpoint_dir,
+        metrics_host=None if metrics_port is None else "127.0.0.1",
+        metrics_port=metrics_port or 0,
+        log_every_s=log_every_s,
+    )
+    described = service.describe()
+    metrics = f"http://{described.metrics}/metrics" if described.metrics else "off"
+    where = f"resumed at update {described.updates}" if described.resumed_from else "fresh"
+    print(f"qfleet learner: run {run!r} on {described.device} ({where}); metrics {metrics}", flush=True)
+    service.start(max_updates)
+    while service.training() and not stop.wait(0.2):
+        pass
+    result = service.stop()
     log.info(
         "stopped at update %d (weights v%d, %.1f updates/s); checkpoint %s",
-        summary.updates,
-        summary.version,
-        summary.updates_per_second,
-        summary.checkpoint,
+        result.updates,
+        result.version,
+        result.updates_per_second,
+        result.checkpoint or None,
     )
-    learner_replay.close()
-    store.close()
-    if server is not None:
-        server.shutdown()
-        server.server_close()
+    if result.error:
+        print(f"qfleet learner: {result.error}", file=sys.stderr, flush=True)
+        return 1
     return 0

@@ -10,22 +10,17 @@ import time
 
 import yaml
 
-from actors import UnsupportedEnvError, transition_spec
 from replay import ReplayServer, Spec
-from system.config import RunConfig
-from system.config.dataclass_args import ConfigError
+from system.config import ConfigError, RunConfig, env_spaces
 from system.local.signals import stop_on_signals
 
-log = logging.getLogger("qfleet.replay")
+log = logging.getLogger(__name__)
 
 
 def load_spec(spec_file: str | None, config: RunConfig) -> Spec:
     """The spec from a JSON/YAML spec file, else from the config's environment."""
     if spec_file is None:
-        try:
-            return transition_spec(config.env)
-        except UnsupportedEnvError as exc:
-            raise ConfigError(str(exc)) from None
+        return env_spaces(config.env).spec
     path = pathlib.Path(spec_file)
     try:
         data = yaml.safe_load(path.read_text())

@@ -1,7 +1,7 @@
 """Evaluation: run a policy for N whole episodes, one env each, side by side.
 
-Used by `qfleet train` (periodically, on the latest published weights, in a background thread)
-and by `qfleet eval RUN_DIR` (on the newest learner checkpoint of a run).
+Used by `qfleet train` (`RunEvaluations`: periodically on the latest published weights, in a
+background thread, and once at the end) and by `qfleet eval RUN_DIR` (the newest checkpoint).
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from actors import EnvConfig, describe_env, make_env
-from learner import LearnerConfig
+from actors import EnvConfig, make_env
+from learner import LearnerConfig, WeightStore
+from system.config import ConfigError, RunConfig, env_spaces
+from system.train.records import EvalRecord, RunCounters
+from system.train.run_dir import RunDir
 
-log = logging.getLogger("qfleet.eval")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class Evaluator:
         from learner import Policy
 
         self.env_config = eval_env_config(env)
-        spaces = describe_env(self.env_config)
+        spaces = env_spaces(self.env_config)
         self.obs_shape, self.action_space = spaces.obs_shape, spaces.action_space
         self.policy = Policy(learner, spaces.obs_shape, spaces.action_space, seed=seed)
         self.envs = [make_env(self.env_config) for _ in range(episodes)]
@@ -147,12 +150,95 @@ class BackgroundEvaluator:
         return self.results()
 
 
+class RunEvaluations:
+    """A run's evaluations: every train.eval_every_steps on the weights the learner published
+    last (in a background thread; skipped while the previous one runs), and a final one.
+
+    Args:
+        config: the run config (env, learner and train sections).
+        redis_url, run: the run's Redis (its weight store).
+        counters: the run's counters (env steps now; evaluations done, next one due).
+    """
+
+    def __init__(self, config: RunConfig, redis_url: str, run: str, counters: RunCounters):
+        train = config.train
+        self.counters, self.every = counters, train.eval_every_steps
+        self.weights = WeightStore(redis_url, run)
+        try:
+            evaluator = Evaluator(
+                config.env, config.learner, train.eval_episodes, train.eval_epsilon, seed=10_000 + config.actors.seed
+            )
+        except BaseException:
+            self.weights.close()
+            raise
+        self.background = BackgroundEvaluator(evaluator)
+
+    def submit_if_due(self) -> None:
+        """Hands the latest published weights to the background thread when an evaluation is due."""
+        counters, every = self.counters, self.every
+        if not every or counters.env_steps < counters.next_eval:
+            return
+        counters.next_eval = (counters.env_steps // every + 1) * every
+        fetched = self.weights.fetch(0)
+        if fetched is None:  # no weights published yet: evaluate at the next threshold
+            return
+        version, state = fetched
+        tag = {"env_steps": counters.env_steps, "wall_s": counters.wall_s(), "weights_version": version}
+        if not self.background.submit(tag, state, version):  # the previous one still runs: skip this one
+            log.info("evaluation at %s env steps skipped: the evaluator is still busy", f"{counters.env_steps:,}")
+
+    def finished(self) -> list[EvalRecord]:
+        """Evaluations finished since the last call."""
+        return [self._record(tag, result, final=False) for tag, result in self.background.results()]
+
+    def final(self) -> list[EvalRecord]:
+        """Waits for a running evaluation, then evaluates the last published weights (unless the
+        latest evaluation already was at these env steps)."""
+        records = [self._record(tag, result, final=False) for tag, result in self.background.close()]
+        counters = self.counters
+        fetched = None
+        try:
+            fetched = self.weights.fetch(0)
+        except Exception as exc:
+            log.warning("no final evaluation: %s", exc)
+        last = counters.last_eval
+        if fetched is not None and not (last and last[0] == counters.env_steps):
+            version, state = fetched
+            tag = {"env_steps": counters.env_steps, "wall_s": counters.wall_s(), "weights_version": version}
+            try:
+                records.append(self._record(tag, self.background.evaluator.run(state, version), final=True))
+            except Exception as exc:
+                log.warning("final evaluation failed: %s: %s", type(exc).__name__, exc)
+        return records
+
+    def _record(self, tag: dict, result: EvalResult, final: bool) -> EvalRecord:
+        self.counters.evals += 1
+        self.counters.last_eval = (tag["env_steps"], result.mean)
+        print(
+            f"eval{' (final)' if final else ''} at {tag['env_steps']:,} env steps (weights v{tag['weights_version']}): "
+            f"return {result.mean:.1f} +- {result.std:.1f} over {len(result.returns)} episodes",
+            flush=True,
+        )
+        return EvalRecord(
+            **tag,
+            final=final,
+            mean_return=result.mean,
+            std_return=result.std,
+            returns=result.returns,
+            lengths=result.lengths,
+            seconds=round(result.seconds, 3),
+        )
+
+    def close(self) -> None:
+        """Closes the envs and the weight store (after `final`)."""
+        self.background.evaluator.close()
+        self.weights.close()
+
+
 def main_eval(run_dir: str, episodes: int | None, epsilon: float | None, seed: int) -> int:
     """`qfleet eval RUN_DIR`: the newest learner checkpoint, evaluated; prints and writes eval.json."""
     from learner import checkpoint as ckpt
     from learner import make_agent
-    from system.config.dataclass_args import ConfigError
-    from system.train.run_dir import RunDir
 
     run = RunDir(pathlib.Path(run_dir))
     config = run.load_config()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from system.train.records import ProgressRecord
+
 PREFIX = "qfleet_train"
 
 SERIES = {
@@ -36,14 +38,14 @@ class TrainMetrics:
         self.replay_size = gauge(f"{PREFIX}_replay_size")
         self.actors = gauge(f"{PREFIX}_actors")
 
-    def update(self, record: dict) -> None:
+    def update(self, record: ProgressRecord) -> None:
         """Takes the values of a progress record (metrics.jsonl)."""
-        self.env_steps.set(record["env_steps"])
-        self.episodes.set(record["episodes"])
-        if record["recent_return"] is not None:
-            self.recent_return.set(record["recent_return"])
-        if record["last_eval"] is not None:
-            self.eval_env_steps.set(record["last_eval"][0])
-            self.eval_return.set(record["last_eval"][1])
-        self.replay_size.set(record["replay_size"])
-        self.actors.set(record["actors"])
+        self.env_steps.set(record.env_steps)
+        self.episodes.set(record.episodes)
+        if record.recent_return is not None:
+            self.recent_return.set(record.recent_return)
+        if record.last_eval is not None:
+            self.eval_env_steps.set(record.last_eval[0])
+            self.eval_return.set(record.last_eval[1])
+        self.replay_size.set(record.replay_size)
+        self.actors.set(record.actors)

@@ -1,18 +1,5 @@
 """A run directory: everything `qfleet train` leaves behind, and what `eval`, `report`,
-`status` and `--resume` read back.
-
-    RUN_DIR/
-      config.yaml          the resolved config (every key), as the run used it
-      run.json             run name, Redis URL, shard/learner addresses, pids (while it runs)
-      state.json           counters a resumed run continues from (env steps, episodes, wall time)
-      metrics.jsonl        one JSON object per line: {"kind": "progress" | "eval" | "episodes", ...}
-      checkpoints/         learner checkpoints (learner-<updates>.pt)
-      replay/shard-<i>/    replay shard checkpoints
-      prometheus/targets.json   every component's /metrics, for Prometheus' file-based discovery
-      learning_curve.png   return vs env steps and vs wall time (written at the end, and by report)
-      summary.md           the summary table (idem)
-      eval.json            the latest `qfleet eval`
-"""
+`status` and `--resume` read back (the layout is in `RunDir`'s docstring)."""
 
 from __future__ import annotations
 
@@ -25,7 +12,20 @@ from system.config.dataclass_args import ConfigError
 
 
 class RunDir:
-    """Paths and files of one run directory."""
+    """Paths and files of one run directory:
+
+    RUN_DIR/
+      config.yaml          the resolved config (every key), as the run used it
+      run.json             run name, Redis URL, shard/learner addresses, pids (while it runs)
+      state.json           counters a resumed run continues from (env steps, episodes, wall time)
+      metrics.jsonl        one JSON object per line: {"kind": "progress" | "eval" | "episodes", ...}
+      checkpoints/         learner checkpoints (learner-<updates>.pt)
+      replay/shard-<i>/    replay shard checkpoints
+      prometheus/targets.json   every component's /metrics, for Prometheus' file-based discovery
+      learning_curve.png   return vs env steps and vs wall time (written at the end, and by report)
+      summary.md           the summary table (idem)
+      eval.json            the latest `qfleet eval`
+    """
 
     def __init__(self, path: str | pathlib.Path):
         self.path = pathlib.Path(path)

@@ -18,13 +18,28 @@ from conftest import wait_until
 
 QFLEET = [sys.executable, "-m", "system.cli"]
 
-SMALL = [
-    "--set", "actors.num_actors=1", "--set", "actors.num_cpus=0.5", "--set", "env.num_envs=4",
-    "--set", "learner.hidden_size=32", "--set", "learner.learning_starts=500", "--set", "learner.batch_size=64",
-    "--set", "learner.publish_every=20", "--set", "learner.updates_per_env_step=0.5",
-    "--set", "train.eval_every_steps=1000", "--set", "train.eval_episodes=3", "--set", "train.log_every_s=1",
-    "--set", "replay.capacity=20000",
-]  # fmt: skip
+SETTINGS = {
+    "actors.num_actors": 1,
+    "actors.num_cpus": 0.5,
+    "env.num_envs": 4,
+    "learner.hidden_size": 32,
+    "learner.learning_starts": 500,
+    "learner.batch_size": 64,
+    "learner.publish_every": 20,
+    "learner.updates_per_env_step": 0.5,
+    "train.eval_every_steps": 1000,
+    "train.eval_episodes": 3,
+    "train.log_every_s": 1,
+    "replay.capacity": 20000,
+}
+
+
+def overrides(settings: dict) -> list[str]:
+    """`--set key=value` arguments."""
+    return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+
+
+SMALL = overrides(SETTINGS)
 
 
 def descendants(pid: int) -> set[int]:
@@ -73,11 +88,14 @@ def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
     run_dir = tmp_path / "run"
     log = open(tmp_path / "train.log", "w+")
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    command = [*QFLEET, "train", "configs/cartpole.yaml", "--run-dir", str(run_dir), *SMALL]
     proc = subprocess.Popen(
-        [*QFLEET, "train", "configs/cartpole.yaml", "--run-dir", str(run_dir), *SMALL,
-         "--set", "train.total_env_steps=1000000"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )  # fmt: skip
+        [*command, *overrides({"train.total_env_steps": 1_000_000})],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     seen_pids: set[int] = set()
     addresses: set[str] = set()
     status = None
@@ -153,19 +171,24 @@ def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
     assert reported.returncode == 0, reported.stderr
     assert "| final evaluation |" in reported.stdout
 
-    # --resume continues the counters, the learner and the replay.
+    # --resume continues the counters, the learner and the replay, and stops at the target: the
+    # last chunks of the actors are shortened to it (1500 is a whole number of vector steps).
     target = first["env_steps"] + 1500
     resumed = subprocess.run(
-        [*QFLEET, "train", "--resume", str(run_dir), "--set", f"train.total_env_steps={target}"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        [*QFLEET, "train", "--resume", str(run_dir), *overrides({"train.total_env_steps": target})],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
     assert f"resuming at {first['env_steps']:,} env steps" in resumed.stdout
     assert "restored" in resumed.stderr and "resumed at update" in resumed.stderr
     second = json.loads((run_dir / "state.json").read_text())
-    assert second["env_steps"] >= target and second["episodes"] > first["episodes"]
+    assert second["env_steps"] == target and second["episodes"] > first["episodes"]
     assert second["wall_s"] > first["wall_s"]
     after = records(run_dir, "progress")[len(progress) :]
     assert after and after[0]["env_steps"] >= first["env_steps"]
     assert after[0]["updates"] >= progress[-1]["updates"]  # from the checkpoint on, not from 0
-    assert "finished at" in resumed.stdout
+    assert records(run_dir, "progress")[-1]["final"] and records(run_dir, "progress")[-1]["env_steps"] == target
+    assert f"finished at {target:,} env steps" in resumed.stdout

@@ -9,7 +9,7 @@ import pytest
 from learner import sample_error_buffer
 from replay.rate_limiter import RateLimiter
 from system.config.dataclass_args import ConfigError
-from system.train import plan, shard_config
+from system.train import evaluates_in_driver, plan, shard_config
 from system.train.run_dir import RunDir
 
 
@@ -18,13 +18,13 @@ def limiter_of(settings) -> RateLimiter:
 
 
 def test_a_shard_takes_learning_starts_items_before_any_sample_then_holds_writers_to_the_utd(tmp_path):
-    p = plan("configs/cartpole.yaml", ["train.num_shards=2"], str(tmp_path / "run"), None)
-    learner = p.config.learner
+    planned = plan("configs/cartpole.yaml", ["train.num_shards=2"], str(tmp_path / "run"), None)
+    learner = planned.config.learner
     spi = learner.samples_per_insert
     slack = math.floor(sample_error_buffer(learner) / spi) + 1  # min_size 1: the first item is free
     for shard_id in (0, 1):
-        settings = shard_config(p.config, shard_id, "redis://127.0.0.1:1/0", p.name, p.run)
-        assert settings.shard_id == shard_id and settings.run == p.name
+        settings = shard_config(planned.config, shard_id, "redis://127.0.0.1:1/0", planned.name, planned.run)
+        assert settings.shard_id == shard_id and settings.run == planned.name
         assert settings.checkpoint_dir == str(tmp_path / "run" / "replay" / f"shard-{shard_id}")
         limiter = limiter_of(settings)
         # Either shard alone can fill the whole warm-up: actors never wait on a shard the learner
@@ -39,11 +39,11 @@ def test_a_shard_takes_learning_starts_items_before_any_sample_then_holds_writer
 
 
 def test_seed_names_and_existing_run_directories(tmp_path):
-    p = plan("configs/cartpole.yaml", ["train.seed=7"], str(tmp_path / "seeded"), None)
-    assert (p.config.learner.seed, p.config.actors.seed, p.config.replay.seed) == (7, 7, 7)
-    assert p.name == "seeded" and p.config.train.run_dir == str(tmp_path / "seeded")
-    assert p.obs_shape == (4,) and p.action_space.num_actions == 2
-    RunDir(tmp_path / "seeded").write_config(p.config)
+    planned = plan("configs/cartpole.yaml", ["train.seed=7"], str(tmp_path / "seeded"), None)
+    assert (planned.config.learner.seed, planned.config.actors.seed, planned.config.replay.seed) == (7, 7, 7)
+    assert planned.name == "seeded" and planned.config.train.run_dir == str(tmp_path / "seeded")
+    assert planned.obs_shape == (4,) and planned.action_space.num_actions == 2
+    RunDir(tmp_path / "seeded").write_config(planned.config)
     with pytest.raises(ConfigError, match="already holds a run: continue it with --resume"):
         plan("configs/cartpole.yaml", [], str(tmp_path / "seeded"), None)
     resumed = plan(None, ["train.total_env_steps=123"], None, str(tmp_path / "seeded"))
@@ -57,9 +57,9 @@ def test_seed_names_and_existing_run_directories(tmp_path):
 
 def test_on_a_cluster_metrics_leave_loopback_unless_configured(tmp_path):
     cluster = ["ray.address=auto", "redis.url=redis://10.0.0.1:6390/0"]
-    p = plan("configs/cartpole.yaml", cluster, str(tmp_path / "a"), None)
+    planned = plan("configs/cartpole.yaml", cluster, str(tmp_path / "a"), None)
     # Prometheus runs on another machine: the driver and actors advertise their node's address.
-    assert p.config.actors.metrics_host == "node" and p.config.train.metrics_host == "node"
+    assert planned.config.actors.metrics_host == "node" and planned.config.train.metrics_host == "node"
     chosen = plan("configs/cartpole.yaml", [*cluster, "actors.metrics_host=0.0.0.0"], str(tmp_path / "b"), None)
     assert chosen.config.actors.metrics_host == "0.0.0.0"
     local = plan("configs/cartpole.yaml", [], str(tmp_path / "c"), None)
@@ -67,14 +67,12 @@ def test_on_a_cluster_metrics_leave_loopback_unless_configured(tmp_path):
 
 
 def test_android_configs_plan_without_launching_anything_and_emulator_runs_skip_driver_evaluations(tmp_path):
-    from system.train.driver import _evaluates_in_driver
-
     fake = plan("configs/android_fake.yaml", [], str(tmp_path / "fake"), None)
     assert fake.obs_shape == (32, 32, 1) and fake.action_space.num_actions == 16 + 4 + 2 + 3 + 1
-    assert _evaluates_in_driver(fake.config)
+    assert evaluates_in_driver(fake.config)
     # The emulator config plans on a machine without any Android SDK: nothing is launched here,
     # the launch settings are checked on the emulator hosts, and the driver does not evaluate.
     cluster = ["ray.address=auto", "redis.url=redis://10.0.0.1:6390/0"]
     emulator = plan("configs/android_emulator.yaml", cluster, str(tmp_path / "emu"), None)
     assert emulator.config.actors.resources == {"android_emulator": 1.0}
-    assert not _evaluates_in_driver(emulator.config)
+    assert not evaluates_in_driver(emulator.config)

@@ -1,0 +1,243 @@
+"""Starting a run's components in order: Redis -> Ray -> driver /metrics -> shards -> learner ->
+evaluations -> actors. What started is in `Components` at once, so a failure part way (or Ctrl-C)
+stops exactly what runs."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from system.config import RunConfig
+from system.local.redis_server import RedisProcess
+from system.observe.discovery import discover, register_driver, unregister_driver, write_targets
+from system.train.errors import TrainError
+from system.train.evaluate import RunEvaluations
+from system.train.metrics import TrainMetrics
+from system.train.plan import Plan, evaluates_in_driver, shard_config
+from system.train.records import RunCounters
+
+if TYPE_CHECKING:
+    from actors import ActorFleet
+
+log = logging.getLogger(__name__)
+
+
+class EpisodeFeed:
+    """Episodes that actors finished, read from the run's Redis stream from now on."""
+
+    def __init__(self, redis_url: str, run: str):
+        from actors import ActorRegistry
+
+        self.registry = ActorRegistry(redis_url, run)
+        self._after, _ = self.registry.read_episodes("$", count=1)
+
+    def read(self) -> list[dict]:
+        """Episodes since the previous read (dicts: return, length, actor, policy_version, ...)."""
+        self._after, episodes = self.registry.read_episodes(self._after, count=10_000)
+        return episodes
+
+    def close(self) -> None:
+        self.registry.close()
+
+
+class PrometheusTargets:
+    """The run's Prometheus file_sd targets (RUN_DIR/prometheus/targets.json) and the driver's
+    discovery key; both best effort (the next round tries again)."""
+
+    def __init__(self, plan: Plan, redis_url: str, driver_metrics: str):
+        self.path = plan.run.path / "prometheus" / "targets.json"
+        self.redis_url, self.run, self.driver_metrics = redis_url, plan.name, driver_metrics
+
+    def write(self) -> None:
+        try:
+            if self.driver_metrics:
+                register_driver(self.redis_url, self.run, self.driver_metrics)
+            write_targets(self.path, discover(self.redis_url, self.run, self.driver_metrics))
+        except Exception as exc:
+            log.debug("Prometheus targets not updated: %s", exc)
+
+    def clear(self) -> None:
+        """Nothing left to scrape: an empty file, and the driver's key removed."""
+        if not self.path.exists():
+            return
+        try:
+            write_targets(self.path, [])
+            if self.driver_metrics:
+                unregister_driver(self.redis_url, self.run)
+        except Exception as exc:
+            log.debug("Prometheus targets not updated: %s", exc)
+
+
+@dataclass
+class Components:
+    """What a run started; a handle stays None until its component started."""
+
+    info: dict
+    """run.json: run name, host, pids, Redis URL, shard and learner addresses."""
+    redis: RedisProcess | None = None
+    """The embedded redis-server (None with redis.url)."""
+    redis_url: str = ""
+    ray: object | None = None
+    """The `ray` module, once initialised."""
+    metrics: TrainMetrics | None = None
+    metrics_server: object | None = None
+    """The driver's /metrics HTTP server (None with train.metrics_port unset)."""
+    targets: PrometheusTargets | None = None
+    shards: list = field(default_factory=list)
+    """ShardHost actor handles."""
+    learner: object | None = None
+    """The LearnerHost actor handle."""
+    episodes: EpisodeFeed | None = None
+    evaluations: RunEvaluations | None = None
+    """Evaluations (None for emulator envs: the driver's machine rarely is an emulator host)."""
+    fleet: ActorFleet | None = None
+
+
+def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components: Components) -> None:
+    """Starts everything into `components`; returns early once `stop` is set.
+
+    Raises:
+        TrainError: a component could not start.
+    """
+    from actors import ActorFleet
+
+    config, run = plan.config, plan.run
+    components.redis_url = config.redis.url or _start_redis(components)
+    components.info["redis_url"] = components.redis_url
+    components.ray = _start_ray(config)
+    _start_metrics(plan, components)
+    run.write_json("run.json", components.info)
+    for start in (_start_shards, _start_learner):
+        if stop.is_set():
+            return
+        start(plan, components)
+        run.write_json("run.json", components.info)
+    components.episodes = EpisodeFeed(components.redis_url, plan.name)
+    if evaluates_in_driver(config):
+        components.evaluations = RunEvaluations(config, components.redis_url, plan.name, counters)
+    else:
+        log.info("no driver evaluations for %s on emulators: follow the training returns", config.env.id)
+    if stop.is_set():
+        return
+    budget = config.train.total_env_steps - counters.start_env_steps
+    components.fleet = ActorFleet(
+        config.env, config.actors, config.learner, components.redis_url, plan.name, max_env_steps=budget
+    )
+    components.fleet.start()
+
+
+def _start_redis(components: Components) -> str:
+    from system.local.redis_server import RedisLaunchError
+
+    try:
+        components.redis = RedisProcess().start()
+    except RedisLaunchError as exc:
+        raise TrainError(str(exc)) from None
+    components.info["redis_pid"] = components.redis.proc.pid
+    log.info("redis-server on %s", components.redis.url)
+    return components.redis.url
+
+
+def _start_ray(config: RunConfig):
+    import ray
+
+    from system.local.ray_runtime import init_ray
+
+    if config.ray.address is None:
+        need = config.actors.num_actors * config.actors.num_cpus + config.train.learner_num_cpus
+        init_ray(None, num_cpus=config.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(need)))
+    else:
+        init_ray(config.ray.address)
+    return ray
+
+
+def _start_metrics(plan: Plan, components: Components) -> None:
+    from prometheus_client import start_http_server
+
+    train = plan.config.train
+    components.metrics = TrainMetrics(plan.name)
+    components.metrics.target_env_steps.set(train.total_env_steps)
+    address = ""
+    if train.metrics_port is not None:
+        bind = components.ray.util.get_node_ip_address() if train.metrics_host == "node" else train.metrics_host
+        try:
+            server, _ = start_http_server(train.metrics_port, addr=bind, registry=components.metrics.registry)
+        except OSError as exc:
+            raise TrainError(
+                f"train.metrics_port: cannot listen on {bind}:{train.metrics_port}: {exc.strerror}"
+            ) from None
+        components.metrics_server = server
+        host = socket.gethostname() if bind == "0.0.0.0" else bind
+        address = f"{host}:{server.server_port}"
+        components.info["metrics"] = address
+    components.targets = PrometheusTargets(plan, components.redis_url, address)
+    if address:
+        log.info("driver metrics %s; Prometheus targets in %s", address, components.targets.path)
+
+
+def _start_shards(plan: Plan, components: Components) -> None:
+    from system.train.hosts import ShardHost
+
+    config, ray = plan.config, components.ray
+    remote = ray.remote(ShardHost)
+    on_cluster = config.ray.address is not None
+    for shard_id in range(config.train.num_shards):
+        settings = shard_config(config, shard_id, components.redis_url, plan.name, plan.run)
+        options = {"num_cpus": 0, "max_restarts": -1, "name": f"qfleet-{plan.name}-shard-{shard_id}"}
+        components.shards.append(remote.options(**options).remote(plan.spec, settings, on_cluster))
+    described = ray.get([shard.describe.remote() for shard in components.shards], timeout=300)
+    for shard in described:
+        restored = f", restored {shard.size:,} items" if shard.restored_from else ""
+        log.info("shard %d serving at %s%s", shard.shard_id, shard.address, restored)
+        for message in shard.refused_checkpoints:
+            log.warning("shard %d: %s", shard.shard_id, message)
+    components.info["shards"] = [asdict(shard) for shard in described]
+
+
+def _start_learner(plan: Plan, components: Components) -> None:
+    from system.train.hosts import LearnerHost
+
+    config, train, ray = plan.config, plan.config.train, components.ray
+    gpus = train.learner_num_gpus
+    if gpus is None:
+        has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+        gpus = 1 if has_gpu and config.learner.device != "cpu" else 0
+    if config.learner.device.startswith("cuda") and gpus == 0:
+        raise TrainError(f"learner.device={config.learner.device!r}: the Ray cluster has no GPU for the learner")
+    options = {
+        "num_cpus": train.learner_num_cpus,
+        "num_gpus": gpus,
+        "resources": dict(train.learner_resources or {}),
+        "max_restarts": 0,
+        "name": f"qfleet-{plan.name}-learner",
+    }
+    components.learner = (
+        ray.remote(LearnerHost)
+        .options(**options)
+        .remote(
+            config,
+            plan.obs_shape,
+            plan.action_space,
+            components.redis_url,
+            plan.name,
+            str(plan.run.checkpoints),
+            num_threads=max(1, int(train.learner_num_cpus)),
+            metrics_host="node" if config.ray.address is not None else "127.0.0.1",
+        )
+    )
+    described = ray.get(components.learner.describe.remote(), timeout=600)
+    where = f"resumed at update {described.updates:,}" if described.resumed_from else "fresh"
+    log.info("learner on %s (%s); metrics %s", described.device, where, described.metrics or "off")
+    components.info["learner"] = asdict(described)
+
+
+def new_components(plan: Plan) -> Components:
+    """Components with nothing started yet, and run.json's first fields."""
+    info = {"run": plan.name, "host": socket.gethostname(), "driver_pid": os.getpid(), "started_at": time.time()}
+    return Components(info=info)

@@ -1,0 +1,203 @@
+"""A run's plan: the config resolved and checked, the run directory and the env's spaces, before
+anything starts or is written. A bad config fails here, naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import re
+import time
+from dataclasses import dataclass
+
+from learner import ActionSpace
+from replay import ReplayConfig, Spec
+from system.config import ConfigError, RunConfig, env_spaces, load_config
+from system.train.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """A checked run, before anything starts."""
+
+    config: RunConfig
+    run: RunDir
+    name: str
+    state: dict
+    """Counters of the run so far (state.json; empty for a fresh run)."""
+    obs_shape: tuple[int, ...]
+    action_space: ActionSpace
+    spec: Spec
+
+
+def plan(config_path: str | None, overrides: list[str], run_dir: str | None, resume: str | None) -> Plan:
+    """Resolves and checks everything a run needs; nothing is started or written.
+
+    Raises:
+        ConfigError: a bad value (named), an unknown env, a replay that cannot fit in memory, a
+            run directory that already holds a run (fresh runs), or one that holds none (resume).
+    """
+    if resume is not None:
+        if config_path is not None:
+            raise ConfigError("--resume RUN_DIR takes the run's own config.yaml: give no CONFIG with it")
+        run = RunDir(resume)
+        config = run.load_config(overrides)
+        state = run.read_json("state.json") or {}
+        done = int(state.get("env_steps", 0))
+        if done >= config.train.total_env_steps:
+            raise ConfigError(
+                f"train.total_env_steps={config.train.total_env_steps}: the run already did {done:,} env steps; "
+                f"go further with --set train.total_env_steps=N (N > {done})"
+            )
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, run_dir=str(run.path)))
+    else:
+        config = load_config(config_path, overrides, {"train.run_dir": run_dir})
+        run = RunDir(config.train.run_dir or default_run_dir(config))
+        if run.exists():
+            raise ConfigError(
+                f"train.run_dir={str(run.path)!r} already holds a run: continue it with --resume {run.path}, "
+                "or choose another --run-dir"
+            )
+        state = {}
+    name = config.train.run_name or re.sub(r"[^A-Za-z0-9_.-]+", "-", run.path.resolve().name)
+    config = reachable_metrics(seeded(config))
+    train = dataclasses.replace(config.train, run_dir=str(run.path), run_name=name)
+    config = dataclasses.replace(config, train=train)
+    spaces = env_spaces(config.env)
+    check(config, spaces.spec)
+    return Plan(config, run, name, state, spaces.obs_shape, spaces.action_space, spaces.spec)
+
+
+def default_run_dir(config: RunConfig) -> pathlib.Path:
+    """runs/RUN_NAME, or runs/ENV-DATE-TIME."""
+    if config.train.run_name:
+        return pathlib.Path("runs") / config.train.run_name
+    env = re.sub(r"[^A-Za-z0-9.-]+", "-", config.env.id).strip("-").lower()
+    return pathlib.Path("runs") / f"{env}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def evaluates_in_driver(config: RunConfig) -> bool:
+    """Whether the driver can run the env itself for evaluations (not an Android emulator)."""
+    from actors.envs import ANDROID_ID
+
+    android = config.env.android
+    return not (config.env.id == ANDROID_ID and android is not None and android.simulator == "emulator")
+
+
+def reachable_metrics(config: RunConfig) -> RunConfig:
+    """On a cluster, /metrics left on loopback move to the node's address (Prometheus runs elsewhere)."""
+    if config.ray.address is None:
+        return config
+    actors, train = config.actors, config.train
+    if actors.metrics_host == "127.0.0.1":
+        actors = dataclasses.replace(actors, metrics_host="node")
+    if train.metrics_host == "127.0.0.1":
+        train = dataclasses.replace(train, metrics_host="node")
+    return dataclasses.replace(config, actors=actors, train=train)
+
+
+def seeded(config: RunConfig) -> RunConfig:
+    """train.seed, when set, seeds the learner, the actors and the replay."""
+    seed = config.train.seed
+    if seed is None:
+        return config
+    return dataclasses.replace(
+        config,
+        learner=dataclasses.replace(config.learner, seed=seed),
+        actors=dataclasses.replace(config.actors, seed=seed),
+        replay=dataclasses.replace(config.replay, seed=seed),
+    )
+
+
+def _memory_available() -> int | None:
+    try:
+        for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check(config: RunConfig, spec: Spec) -> None:
+    """Cross-section checks: what no single section can know.
+
+    Raises:
+        ConfigError: a combination that cannot run (named).
+    """
+    train, replay, learner = config.train, config.replay, config.learner
+    total_capacity = replay.capacity * train.num_shards
+    if learner.learning_starts > total_capacity:
+        raise ConfigError(
+            f"learner.learning_starts={learner.learning_starts} exceeds the replay's room "
+            f"(replay.capacity={replay.capacity} x train.num_shards={train.num_shards}): training could never start"
+        )
+    if learner.batch_size > learner.learning_starts:
+        raise ConfigError(
+            f"learner.batch_size={learner.batch_size} exceeds learner.learning_starts={learner.learning_starts}: "
+            "the first batches would repeat items many times; raise learning_starts"
+        )
+    if (config.redis.url is None) != (config.ray.address is None):
+        which = "redis.url" if config.redis.url is None else "ray.address"
+        raise ConfigError(
+            f"{which} is not set: on a Ray cluster (ray.address) the run needs a Redis every node reaches "
+            "(redis.url), and the other way round; set both, or neither for the embedded default"
+        )
+    if config.ray.address is None and learner.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"learner.device={learner.device!r}: CUDA is not available on this machine")
+    need = total_capacity * spec.item_nbytes()
+    available = _memory_available()
+    if config.ray.address is None and available is not None and need > 0.8 * available:
+        raise ConfigError(
+            f"replay.capacity={replay.capacity}: {train.num_shards} shard(s) need {need / 2**30:.1f} GiB "
+            f"({spec.item_nbytes():,} bytes per item) and this machine has {available / 2**30:.1f} GiB available; lower it"
+        )
+    actors = config.actors
+    lead = actors.num_actors * actors.insert_batch * (actors.max_inserts_in_flight + 1)
+    if lead > 0.05 * train.total_env_steps:
+        log.warning(
+            "actors may run up to %s transitions ahead of the learner (num_actors x insert_batch x "
+            "(max_inserts_in_flight + 1)), %.0f%% of train.total_env_steps: lower actors.insert_batch or "
+            "actors.max_inserts_in_flight for a tighter UTD",
+            f"{lead:,}",
+            100 * lead / train.total_env_steps,
+        )
+    defaults = type(replay)()
+    for key in ("samples_per_insert", "min_size", "error_buffer", "checkpoint_dir", "redis_url"):
+        if getattr(replay, key) != getattr(defaults, key):
+            log.warning(
+                "replay.%s is set by qfleet train itself; the configured %r is ignored", key, getattr(replay, key)
+            )
+
+
+def shard_config(config: RunConfig, shard_id: int, redis_url: str, name: str, run: RunDir) -> ReplayConfig:
+    """Shard `shard_id`'s settings: registry, checkpoints in the run directory, and the limiter
+    that makes writers wait for the learner.
+
+    The shard's window is Reverb's SampleToInsertRatio with min_size 1 and an error buffer wide
+    enough for `learning_starts` items on any single shard plus the learner's own sampling slack:
+    actors fill the replay to learning_starts, then run at most that far ahead of the UTD.
+    """
+    from learner import sample_error_buffer
+
+    learner = config.learner
+    samples_per_insert = learner.samples_per_insert
+    return dataclasses.replace(
+        config.replay,
+        shard_id=shard_id,
+        redis_url=redis_url,
+        run=name,
+        port=0,
+        metrics_port=0,
+        samples_per_insert=samples_per_insert,
+        min_size=1,
+        error_buffer=samples_per_insert * learner.learning_starts + sample_error_buffer(learner),
+        checkpoint_dir=str(run.replay_checkpoints(shard_id)) if config.train.checkpoint_replay else None,
+        checkpoint_every_s=None,
+        seed=None if config.replay.seed is None else config.replay.seed + shard_id,
+    )

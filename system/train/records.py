@@ -1,0 +1,149 @@
+"""What a run records: its counters (state.json) and the lines of metrics.jsonl.
+
+Each record is a dataclass whose `to_json()` gives the line's object: {"kind": "progress" |
+"episodes" | "eval", ...}, with the keys (and their order) `qfleet report` and older runs use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import deque
+from dataclasses import dataclass
+
+RECENT_EPISODES = 100
+"""The "recent return" is the mean over this many latest episodes."""
+
+
+class RunCounters:
+    """The run's counters: this session's plus what earlier sessions of a resumed run did.
+
+    Args:
+        state: state.json of the run so far (empty for a fresh run).
+        eval_every_steps: train.eval_every_steps (where the first evaluation of a fresh run is).
+    """
+
+    def __init__(self, state: dict, eval_every_steps: int):
+        self.start_env_steps = int(state.get("env_steps", 0))
+        """Env steps of the earlier sessions."""
+        self.start_episodes = int(state.get("episodes", 0))
+        self.start_wall_s = float(state.get("wall_s", 0.0))
+        self.next_eval = int(state.get("next_eval", 0)) or eval_every_steps
+        """Env steps at which the next evaluation is due."""
+        self.evals = int(state.get("evals", 0))
+        last_eval = state.get("last_eval")
+        self.last_eval: tuple[int, float] | None = tuple(last_eval) if last_eval else None
+        """(env steps, mean return) of the latest evaluation."""
+        self.env_steps = self.start_env_steps
+        """Env steps of the whole run so far."""
+        self.session_episodes = 0
+        self.returns: deque[float] = deque(maxlen=RECENT_EPISODES)
+        self._started = time.monotonic()
+
+    @property
+    def episodes(self) -> int:
+        return self.start_episodes + self.session_episodes
+
+    def wall_s(self) -> float:
+        """Seconds the run has trained, over all its sessions (rounded to ms)."""
+        return round(self.start_wall_s + time.monotonic() - self._started, 3)
+
+    def recent_return(self) -> float | None:
+        return sum(self.returns) / len(self.returns) if self.returns else None
+
+    def add_episodes(self, returns: list[float]) -> None:
+        self.returns.extend(float(r) for r in returns)
+        self.session_episodes += len(returns)
+
+    def state(self) -> dict:
+        """What state.json holds (a resumed run starts from it)."""
+        return {
+            "env_steps": self.env_steps,
+            "episodes": self.episodes,
+            "wall_s": self.wall_s(),
+            "next_eval": self.next_eval,
+            "evals": self.evals,
+            "last_eval": list(self.last_eval) if self.last_eval else None,
+        }
+
+
+@dataclass(frozen=True)
+class ProgressRecord:
+    """The run at one moment (every RECORD_EVERY_S, and once more, `final`, after the learner stopped)."""
+
+    wall_s: float
+    time: float
+    """Unix time."""
+    env_steps: int
+    env_steps_per_s: float
+    episodes: int
+    recent_return: float | None
+    last_eval: list | None
+    """[env steps, mean return] of the latest evaluation."""
+    updates: int
+    updates_per_s: float
+    achieved_utd: float
+    target_utd: float
+    weights_version: int
+    replay_size: int
+    replay_inserts: int
+    actors: int
+    actor_restarts: int
+    env_restarts: int
+    transitions_lost: int
+    final: bool = False
+    """The run's last counters (the key is written only when true)."""
+
+    def to_json(self) -> dict:
+        record = {"kind": "progress", **dataclasses.asdict(self)}
+        if not self.final:
+            del record["final"]
+        return record
+
+
+@dataclass(frozen=True)
+class EpisodesRecord:
+    """Episodes that actors finished since the previous record, one list entry each."""
+
+    wall_s: float
+    env_steps: int
+    returns: list[float]
+    lengths: list[int]
+    actors: list[int]
+    policy_versions: list[int]
+
+    def to_json(self) -> dict:
+        return {"kind": "episodes", **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """One evaluation of published weights."""
+
+    env_steps: int
+    """Env steps of the run when the weights were taken."""
+    wall_s: float
+    weights_version: int
+    final: bool
+    mean_return: float
+    std_return: float
+    returns: list[float]
+    lengths: list[int]
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {"kind": "eval", **dataclasses.asdict(self)}
+
+
+def progress_line(record: ProgressRecord, total_env_steps: int) -> str:
+    """The line `qfleet train` prints every train.log_every_s."""
+    recent = "-" if record.recent_return is None else f"{record.recent_return:.1f}"
+    last_eval = record.last_eval
+    evaluated = "-" if last_eval is None else f"{last_eval[1]:.1f} @ {last_eval[0]:,}"
+    return (
+        f"[{record.wall_s:7.0f} s] env steps {record.env_steps:,}/{total_env_steps:,} "
+        f"({record.env_steps_per_s:,.0f}/s) | episodes {record.episodes:,}, return {recent} (eval {evaluated}) | "
+        f"updates {record.updates:,} ({record.updates_per_s:,.0f}/s), "
+        f"utd {record.achieved_utd:.3f}/{record.target_utd:g} | "
+        f"replay {record.replay_size:,} | weights v{record.weights_version}"
+    )

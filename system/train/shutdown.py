@@ -1,0 +1,117 @@
+"""Stopping a run in order: actors (they flush while the learner still samples) -> learner
+(publish + checkpoint) -> final evaluation -> shards (checkpoint) -> Ray -> Redis."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+from system.train.launch import Components
+from system.train.plan import Plan
+from system.train.records import ProgressRecord, RunCounters
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 900
+"""Longest wait for the learner or a shard to stop (each writes a checkpoint first)."""
+
+
+class _Failures:
+    """The first thing that failed while stopping (every one is logged)."""
+
+    def __init__(self):
+        self.first: str | None = None
+
+    def add(self, what: str, exc: Exception | str) -> None:
+        log.error("%s: %s", what, exc)
+        self.first = self.first or f"{what}: {exc}"
+
+
+def shutdown(plan: Plan, parts: Components, counters: RunCounters, latest: ProgressRecord | None) -> str | None:
+    """Stops whatever of `parts` started, in order; writes the final record and state.json.
+
+    Args:
+        latest: the latest progress record (the final one carries its values on).
+
+    Returns:
+        What went wrong while stopping (the first thing), or None.
+    """
+    failures = _Failures()
+    _stop_actors(parts, counters, failures)
+    _stop_learner(plan, parts, counters, latest, failures)
+    if parts.evaluations is not None:
+        plan.run.append_records([record.to_json() for record in parts.evaluations.final()])
+    for shard in parts.shards:
+        try:
+            stopped = parts.ray.get(shard.stop.remote(), timeout=STOP_TIMEOUT_S)
+            log.info("shard stopped with %s items", f"{stopped.size:,}")
+        except Exception as exc:
+            failures.add("a shard did not stop cleanly", exc)
+    if parts.evaluations is not None:
+        parts.evaluations.close()
+    if parts.episodes is not None:
+        parts.episodes.close()
+    plan.run.write_json("state.json", counters.state())
+    if parts.targets is not None:
+        parts.targets.clear()
+    if parts.metrics_server is not None:
+        parts.metrics_server.shutdown()
+        parts.metrics_server.server_close()
+    _stop_ray(plan, parts)
+    if parts.redis is not None:
+        parts.redis.close()
+    return failures.first
+
+
+def _stop_actors(parts: Components, counters: RunCounters, failures: _Failures) -> None:
+    if parts.fleet is None:
+        return
+    try:
+        stats = parts.fleet.stop()
+    except Exception as exc:
+        failures.add("actors did not stop cleanly", exc)
+        return
+    counters.env_steps = max(counters.env_steps, counters.start_env_steps + stats.env_steps)
+    inserted, lost = f"{stats.transitions_inserted:,}", f"{stats.transitions_lost:,}"
+    log.info("actors stopped: %s transitions inserted, %s lost", inserted, lost)
+
+
+def _stop_learner(
+    plan: Plan, parts: Components, counters: RunCounters, latest: ProgressRecord | None, failures: _Failures
+) -> None:
+    if parts.learner is None:
+        return
+    try:
+        result = parts.ray.get(parts.learner.stop.remote(), timeout=STOP_TIMEOUT_S)
+    except Exception as exc:
+        failures.add("the learner did not stop cleanly", exc)
+        return
+    if latest is not None:  # the last record carries the final counters
+        final = dataclasses.replace(
+            latest,
+            wall_s=counters.wall_s(),
+            time=round(time.time(), 3),
+            env_steps=counters.env_steps,
+            updates=result.updates,
+            weights_version=result.version,
+            final=True,
+        )
+        plan.run.append_records([final.to_json()])
+    checkpoint = result.checkpoint or "-"
+    log.info(
+        "learner stopped at update %s (weights v%d); checkpoint %s", f"{result.updates:,}", result.version, checkpoint
+    )
+    if result.error:
+        failures.first = failures.first or f"the learner failed: {result.error}"
+
+
+def _stop_ray(plan: Plan, parts: Components) -> None:
+    ray = parts.ray
+    if ray is None:
+        return
+    if plan.config.ray.address is not None:  # on a cluster, what this run started goes with it
+        for handle in [*parts.shards, parts.learner]:
+            if handle is not None:
+                ray.kill(handle)
+    ray.shutdown()
