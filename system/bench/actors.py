@@ -113,8 +113,7 @@ def _paired(plain_segment, actor_segment, repeats: int, label: str) -> tuple[lis
 
 
 def run_actors_bench(seconds: float, repeats: int, env_id: str, num_envs: int, output: str | None) -> int:
-    for quiet in ("qfleet", "actors"):  # the actors' loggers, by either naming
-        logging.getLogger(quiet).setLevel(logging.WARNING)
+    logging.getLogger("actors").setLevel(logging.WARNING)
     torch.set_num_threads(1)
     env = EnvConfig(id=env_id, num_envs=num_envs)
     learner = LearnerConfig()
