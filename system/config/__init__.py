@@ -5,10 +5,11 @@ roof's own (`train`, `redis`, `ray`); `dataclass_args` turns any config dataclas
 sections, `--set` keys and `--help` text from its field docstrings; `env_spaces` checks the env.
 """
 
-from system.config.dataclass_args import ConfigError, add_arguments, build, describe, field_docs
+from system.config.dataclass_args import add_arguments, build, describe, field_docs
 from system.config.env import env_spaces
 from system.config.run import RunConfig, load_config, parse_override, to_yaml
 from system.config.sections import RayConfig, RedisConfig, TrainConfig
+from system.errors import ConfigError
 
 __all__ = [
     "ConfigError",

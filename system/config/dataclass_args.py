@@ -22,9 +22,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or invalid; the message names the key."""
+from system.errors import ConfigError
 
 
 @functools.cache

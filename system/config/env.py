@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from actors import EnvConfig, EnvSpaces, UnsupportedEnvError, describe_env
-from system.config.dataclass_args import ConfigError
+from system.errors import ConfigError
 
 
 def env_spaces(env: EnvConfig) -> EnvSpaces:

@@ -17,8 +17,9 @@ import yaml
 from actors import ActorsConfig, EnvConfig
 from learner import LearnerConfig
 from replay import ReplayConfig
-from system.config.dataclass_args import ConfigError, as_mapping, build
+from system.config.dataclass_args import as_mapping, build
 from system.config.sections import RayConfig, RedisConfig, TrainConfig
+from system.errors import ConfigError
 
 
 @dataclass(frozen=True)

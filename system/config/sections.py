@@ -11,7 +11,7 @@ class TrainConfig:
     """One `qfleet train` run: its length, its directory, its shards, evaluation and placement."""
 
     total_env_steps: int = 100_000
-    """Env steps over all actors after which the run stops (a resumed run counts on from where it stopped)."""
+    """Env steps over all actors at which the run stops (a resumed run counts on)."""
 
     run_dir: str | None = None
     """Run directory (config, metrics.jsonl, checkpoints, plots); null: runs/<run name>."""
@@ -20,13 +20,13 @@ class TrainConfig:
     """Namespace of the run's Redis keys and metric labels; null: the run directory's name."""
 
     seed: int | None = None
-    """When set, seeds everything: learner.seed, actors.seed and the shards' sampling (shard i: seed + i)."""
+    """Seeds everything when set: learner.seed, actors.seed, shard i's sampling (seed + i)."""
 
     num_shards: int = 1
     """Replay shards (each a Ray actor serving gRPC); actors spread their inserts over them."""
 
     checkpoint_replay: bool = True
-    """Shards write a checkpoint into the run directory at shutdown (what --resume restores); false: a resumed run starts with an empty replay."""
+    """Shards checkpoint into the run directory at shutdown, for --resume; false: resume empty."""
 
     eval_every_steps: int = 10_000
     """Env steps between greedy evaluations of the latest weights (0: only at the end)."""
@@ -41,16 +41,16 @@ class TrainConfig:
     """Seconds between progress lines in the terminal (metrics.jsonl gets a record every second)."""
 
     metrics_port: int | None = 0
-    """The driver's /metrics (qfleet_train_*) port (0: a free one); null: off. Every component's /metrics is listed for Prometheus in RUN_DIR/prometheus/targets.json."""
+    """Port of the driver's /metrics (qfleet_train_*); 0: a free one; null: off."""
 
     metrics_host: str = "127.0.0.1"
-    """Interface the driver's /metrics binds to; "node": this Ray node's IP (what 127.0.0.1 becomes when ray.address is set)."""
+    """Interface the driver's /metrics binds to; "node": this Ray node's IP (the cluster default)."""
 
     learner_num_cpus: float = 1.0
     """CPUs the learner requests from Ray (also its torch threads, at least 1)."""
 
     learner_num_gpus: float | None = None
-    """GPUs the learner requests from Ray; null: 1 when the cluster has a GPU and learner.device is not "cpu", else 0."""
+    """GPUs the learner requests from Ray; null: 1 if the cluster has one and learner.device != cpu."""
 
     learner_resources: dict[str, float] | None = None
     """Custom Ray resources the learner requests, e.g. {learner_host: 1}."""
@@ -86,7 +86,7 @@ class RedisConfig:
     """The run's Redis (shard registry, weight store, actor and learner reports)."""
 
     url: str | None = None
-    """e.g. redis://redis:6379/0; null: `qfleet train` starts its own redis-server on a free loopback port."""
+    """e.g. redis://redis:6379/0; null: `qfleet train` starts a redis-server on a loopback port."""
 
     def __post_init__(self) -> None:
         if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
@@ -101,7 +101,7 @@ class RayConfig:
     """An existing Ray cluster ("auto", or HOST:PORT of its head); null: start Ray on this machine."""
 
     num_cpus: int | None = None
-    """Local Ray only: logical CPUs it offers; null: enough for the learner and every actor (at least this machine's cores)."""
+    """Local Ray only: CPUs it offers; null: enough for the learner and every actor (>= the cores)."""
 
     def __post_init__(self) -> None:
         if self.num_cpus is not None and self.num_cpus < 1:

@@ -15,6 +15,8 @@ import tempfile
 import time
 from typing import IO
 
+from system.errors import RedisLaunchError
+
 START_TIMEOUT_S = 60.0
 """How long a start waits for redis-server to answer PING (a loaded machine can take seconds)."""
 
@@ -23,20 +25,6 @@ PORT_ATTEMPTS = 3
 
 LOG_TAIL_LINES = 5
 """Lines of redis-server's own output quoted in a RedisLaunchError."""
-
-
-class RedisLaunchError(RuntimeError):
-    """redis-server is missing or did not start.
-
-    Attributes:
-        port: the port it was to listen on (None: it never ran).
-        log_tail: the last lines redis-server printed (its own reason, when it gave one).
-    """
-
-    def __init__(self, message: str, port: int | None = None, log_tail: str = ""):
-        super().__init__(f"{message}: {log_tail}" if log_tail else message)
-        self.port = port
-        self.log_tail = log_tail
 
 
 def _terminate_with_parent() -> None:

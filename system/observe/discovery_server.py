@@ -89,7 +89,7 @@ def main_discovery(run_dir: str | None, redis_url: str | None, runs: list[str], 
 
     import redis
 
-    from system.config.dataclass_args import ConfigError
+    from system.errors import ConfigError
 
     if run_dir is not None:
         from system.train.run_dir import RunDir

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from system.config.dataclass_args import ConfigError
+from system.errors import ConfigError
 from system.train.run_dir import RunDir
 
 

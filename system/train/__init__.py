@@ -4,8 +4,8 @@ plan.py (checks, no processes) -> launch.py (Components) -> supervise.py (the lo
 shutdown.py (in order); hosts.py: shards and learner as Ray actors; records.py: metrics.jsonl.
 """
 
+from system.errors import TrainError
 from system.train.driver import run_train
-from system.train.errors import TrainError
 from system.train.plan import Plan, evaluates_in_driver, plan, shard_config
 from system.train.run_dir import RunDir
 

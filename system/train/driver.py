@@ -12,8 +12,8 @@ import logging
 import sys
 
 from system.config import ConfigError
+from system.errors import TrainError
 from system.local.signals import stop_on_signals
-from system.train.errors import TrainError
 from system.train.launch import launch, new_components
 from system.train.plan import Plan, plan
 from system.train.records import RunCounters

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from system.config import RunConfig
+from system.errors import TrainError
 from system.local.redis_server import RedisProcess
 from system.observe.discovery import discover, register_driver, unregister_driver, write_targets
-from system.train.errors import TrainError
 from system.train.evaluate import RunEvaluations
 from system.train.metrics import TrainMetrics
 from system.train.plan import Plan, evaluates_in_driver, shard_config
@@ -133,7 +133,7 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
 
 
 def _start_redis(components: Components) -> str:
-    from system.local.redis_server import RedisLaunchError
+    from system.errors import RedisLaunchError
 
     try:
         components.redis = RedisProcess().start()

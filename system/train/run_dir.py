@@ -8,7 +8,7 @@ import os
 import pathlib
 
 from system.config import RunConfig, load_config, to_yaml
-from system.config.dataclass_args import ConfigError
+from system.errors import ConfigError
 
 
 class RunDir:

@@ -10,8 +10,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from system.errors import TrainError
 from system.observe.discovery import DISCOVERY_EVERY_S
-from system.train.errors import TrainError
 from system.train.launch import Components
 from system.train.plan import Plan
 from system.train.records import EpisodesRecord, ProgressRecord, RunCounters, progress_line

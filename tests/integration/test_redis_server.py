@@ -8,7 +8,8 @@ import socket
 import pytest
 import redis
 
-from system.local.redis_server import RedisLaunchError, RedisProcess
+from system.errors import RedisLaunchError
+from system.local.redis_server import RedisProcess
 
 
 def test_an_embedded_redis_answers_and_restarts_on_the_same_port(tmp_path):

@@ -17,7 +17,8 @@ from learner import (
 )
 from replay import ReplayConfig
 from system.config import load_config, to_yaml
-from system.config.dataclass_args import ConfigError, describe, field_docs
+from system.config.dataclass_args import describe, field_docs
+from system.errors import ConfigError
 
 
 def test_yaml_then_set_then_flags(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from learner import sample_error_buffer
 from replay.rate_limiter import RateLimiter
-from system.config.dataclass_args import ConfigError
+from system.errors import ConfigError
 from system.train import evaluates_in_driver, plan, shard_config
 from system.train.run_dir import RunDir
 

@@ -1,0 +1,28 @@
+"""The roof's typed errors: a bad config, a run that failed, an embedded Redis that did not start."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid; the message names the key.
+
+    Raised before anything starts; the CLI prints it and exits 2.
+    """
+
+
+class TrainError(RuntimeError):
+    """A component of the run failed; the run was stopped (checkpoints written where possible)."""
+
+
+class RedisLaunchError(RuntimeError):
+    """redis-server is missing or did not start.
+
+    Attributes:
+        port: the port it was to listen on (None: it never ran).
+        log_tail: the last lines redis-server printed (its own reason, when it gave one).
+    """
+
+    def __init__(self, message: str, port: int | None = None, log_tail: str = ""):
+        super().__init__(f"{message}: {log_tail}" if log_tail else message)
+        self.port = port
+        self.log_tail = log_tail
