@@ -15,7 +15,7 @@ Public surface:
 
 import importlib
 
-from actors.config import ActorsConfig, AndroidConfig, EnvConfig
+from actors.config import ANDROID_ID, ActorsConfig, AndroidConfig, EnvConfig
 from actors.envs import EnvSpaces, EnvVector, describe_env, make_env, transition_spec
 from actors.errors import (
     ActorRegistryError,
@@ -25,6 +25,7 @@ from actors.errors import (
     SimulatorTimeoutError,
     UnsupportedEnvError,
 )
+from actors.metrics import SERIES as METRIC_SERIES
 from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
 from actors.registry import ActorRegistry, actor_report_key
@@ -44,6 +45,8 @@ _LAZY = {
 
 __all__ = [
     *_LAZY,
+    "ANDROID_ID",
+    "METRIC_SERIES",
     "ActorMetrics",
     "ActorRegistry",
     "ActorRegistryError",

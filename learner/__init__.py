@@ -33,6 +33,9 @@ from learner.errors import LearnerError, WeightStoreError
 from learner.redis_values import parse_number
 from learner.spaces import ActionSpace
 
+_RENAMED = {"METRIC_SERIES": "SERIES", "load_latest_checkpoint": "load_latest"}
+"""Names exported under another name than their module's."""
+
 _LAZY = {
     "Agent": "learner.agent",
     "UpdateResult": "learner.agent",
@@ -45,6 +48,8 @@ _LAZY = {
     "make_replay": "learner.loop",
     "sample_error_buffer": "learner.loop",
     "LearnerMetrics": "learner.metrics",
+    "METRIC_SERIES": "learner.metrics",
+    "load_latest_checkpoint": "learner.checkpoint",
     "LearnerStatus": "learner.status",
     "learner_status_key": "learner.status",
     "TanhGaussianActor": "learner.networks",
@@ -78,7 +83,7 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), _RENAMED.get(name, name))
         globals()[name] = value
         return value
     raise AttributeError(f"module 'learner' has no attribute {name!r}")

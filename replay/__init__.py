@@ -9,8 +9,10 @@ Public surface:
     keep_freed_memory (malloc settings for processes that move large batches); and the errors.
 """
 
+from replay import wire
 from replay.allocator import keep_freed_memory
 from replay.client import CheckpointResult, PriorityUpdateResult, ReplayClient, ReplayInfo, Sample
+from replay.codec import grpc_options
 from replay.config import ReplayConfig, ShardedReplayConfig
 from replay.errors import (
     CheckpointError,
@@ -22,17 +24,30 @@ from replay.errors import (
     SpecMismatchError,
     TableClosedError,
 )
+from replay.metrics import SERIES as METRIC_SERIES
 from replay.metrics import ShardedCollector
 from replay.mixing import MixedReplay, validate_fractions
 from replay.prefetch import Prefetcher, TorchBatch
+from replay.rate_limiter import RateLimiter
 from replay.registry import ShardRecord, ShardRegistry, live_shard_key
 from replay.routing import choose_shard, rendezvous_score
-from replay.server import ReplayServer
+from replay.selectors import make_selector
+from replay.server import ReplayServer, add_servicer, importance_weights, insert_response
 from replay.sharded import ShardedInfo, ShardedReplay
 from replay.source import ReplaySource, ReplayStats
 from replay.spec import Spec
+from replay.table import Table
 
 __all__ = [
+    "METRIC_SERIES",
+    "RateLimiter",
+    "Table",
+    "add_servicer",
+    "grpc_options",
+    "importance_weights",
+    "insert_response",
+    "make_selector",
+    "wire",
     "CheckpointError",
     "CheckpointResult",
     "DeadlineExceededError",

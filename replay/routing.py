@@ -44,10 +44,9 @@ class ShardWriter:
         self._lock = threading.Lock()
         self._used: set[int] = set()  # shards written to, to flush
 
-    def _shard(self) -> ShardHandle | None:
-        """This writer's live shard. While none is live, looks again with backoff for up to the
-        config's `insert_wait_s`; None if none came back."""
-        deadline = time.monotonic() + self._membership.config.insert_wait_s
+    def _shard(self, deadline: float) -> ShardHandle | None:
+        """This writer's live shard. While none is live, looks again with backoff until
+        `deadline` (monotonic); None if none came back."""
         delay = 0.05
         while True:
             live = self._membership.live()
@@ -68,8 +67,9 @@ class ShardWriter:
             ReplayUnavailableError: no shard was live within `insert_wait_s`; its `unacknowledged`
                 holds every batch not known to be stored, for the caller to count as lost.
         """
+        deadline = time.monotonic() + self._membership.config.insert_wait_s
         while batches:
-            shard = self._shard()
+            shard = self._shard(deadline)
             if shard is None:
                 where = self._membership.where
                 raise ReplayUnavailableError(f"no live replay shard ({where})", unacknowledged=batches)

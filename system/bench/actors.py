@@ -113,7 +113,8 @@ def _paired(plain_segment, actor_segment, repeats: int, label: str) -> tuple[lis
 
 
 def run_actors_bench(seconds: float, repeats: int, env_id: str, num_envs: int, output: str | None) -> int:
-    logging.getLogger("actors").setLevel(logging.WARNING)
+    for package in ("replay", "learner", "actors"):  # the library's progress lines would cut the table
+        logging.getLogger(package).setLevel(logging.WARNING)
     torch.set_num_threads(1)
     env = EnvConfig(id=env_id, num_envs=num_envs)
     learner = LearnerConfig()

@@ -19,16 +19,18 @@ import time
 import numpy as np
 import torch
 
-from learner.config import LearnerConfig, PrefetchConfig, resolve_device
-from learner.loop import Learner
-from learner.spaces import ActionSpace
-from replay.client import PriorityUpdateResult, Sample
-from replay.rate_limiter import RateLimiter
-from replay.selectors import make_selector
-from replay.server import importance_weights
-from replay.sharded import ShardedReplay
-from replay.spec import Spec
-from replay.table import Table
+from learner import ActionSpace, Learner, LearnerConfig, PrefetchConfig, resolve_device
+from replay import (
+    PriorityUpdateResult,
+    RateLimiter,
+    ReplayStats,
+    Sample,
+    ShardedReplay,
+    Spec,
+    Table,
+    importance_weights,
+    make_selector,
+)
 from system.bench.replay import ChildServer, Payload, bench_spec, random_batch
 
 
@@ -77,17 +79,35 @@ def _cases(device: str) -> list[Case]:
 
 
 class InProcessReplay:
-    """A `Table` in the learner's own process, behind the sampling interface the learner uses."""
+    """A `Table` in the learner's own process, behind `ReplaySource`."""
 
     def __init__(self, spec: Spec, capacity: int, beta: float = 0.4):
         self.table = Table(spec, capacity, make_selector("prioritized", capacity, 0.6), RateLimiter())
         self.beta = beta
+        self._inserts = self._samples = 0
 
     def insert(self, batch) -> None:
         self.table.insert(batch)
+        self._inserts += len(batch["action"])
+
+    def flush(self) -> None:
+        """Nothing is in flight in-process."""
+
+    def stats(self) -> ReplayStats:
+        achieved = self._samples / self._inserts if self._inserts else 0.0
+        return ReplayStats(
+            run="",
+            inserts=self._inserts,
+            samples=self._samples,
+            achieved_samples_per_insert=achieved,
+            target_samples_per_insert=0.0,
+            live_shards=1,
+            failovers=0,
+        )
 
     def sample_batches(self, batch_size: int, num_batches: int, *, beta=None, timeout=None) -> list[Sample]:
         items = self.table.sample(batch_size, num_batches)
+        self._samples += batch_size * num_batches
         weights = importance_weights(
             items.probabilities, items.table_size, self.beta if beta is None else beta, batch_size
         )
@@ -117,8 +137,7 @@ def _fill(target, payload: Payload) -> None:
     chunk["action"] = rng.integers(0, 2, len(chunk["action"])).astype(np.int64)
     for _ in range(max(1, payload.capacity // len(chunk["action"]))):
         target.insert(chunk)
-    if hasattr(target, "flush"):
-        target.flush()
+    target.flush()
 
 
 WARMUP_S = 0.5

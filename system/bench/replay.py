@@ -21,14 +21,18 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from replay import wire
-from replay.client import ReplayClient
-from replay.codec import grpc_options
-from replay.rate_limiter import RateLimiter
-from replay.selectors import make_selector
-from replay.server import ReplayServer, add_servicer, insert_response
-from replay.spec import Spec
-from replay.table import Table
+from replay import (
+    RateLimiter,
+    ReplayClient,
+    ReplayServer,
+    Spec,
+    Table,
+    add_servicer,
+    grpc_options,
+    insert_response,
+    make_selector,
+    wire,
+)
 
 
 @dataclass(frozen=True)

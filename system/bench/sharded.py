@@ -18,9 +18,7 @@ import time
 
 import numpy as np
 
-from replay.prefetch import Prefetcher
-from replay.routing import choose_shard
-from replay.sharded import ShardedReplay
+from replay import Prefetcher, ShardedReplay, choose_shard
 from system.bench.replay import PAYLOADS, ChildServer, random_batch
 
 # 200k items per shard: filled quickly, and sampled from a realistically deep tree.

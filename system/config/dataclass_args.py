@@ -124,6 +124,34 @@ def flat_names(cls: type) -> dict[str, str]:
     return {f.name: f.metadata.get("flat_key", f.name) for f in dataclasses.fields(cls)}
 
 
+def flatten(cls: type, values: Mapping[str, Any], section: str) -> dict[str, Any]:
+    """`values` (one source's keys of section `cls`) with flat groups given nested written flat:
+    `{"sac": {"ensemble_size": 4}}` -> `{"ensemble_size": 4}`. Sources are flattened before they
+    are merged, so a later source overrides an earlier one whichever spelling each used.
+
+    Raises:
+        ConfigError: a key given both ways in `values`, or a nested key its group lacks.
+    """
+    groups = flat_groups(cls)
+    out: dict[str, Any] = {}
+    nested: list[tuple[str, Any, str]] = []
+    for key, value in values.items():
+        if key not in groups or not isinstance(value, Mapping):
+            out[key] = value
+            continue
+        names = flat_names(groups[key])
+        for attribute, item in value.items():
+            if attribute not in names:
+                known = ", ".join(sorted(names))
+                raise ConfigError(f"{section}.{key}.{attribute}: unknown key (known keys: {known})")
+            nested.append((names[attribute], item, f"{section}.{key}.{attribute}"))
+    for flat_key, item, spelled in nested:
+        if flat_key in out:
+            raise ConfigError(f"{section}.{flat_key}: given both flat and as {spelled}")
+        out[flat_key] = item
+    return out
+
+
 @functools.cache
 def _flat_routes(cls: type) -> dict[str, tuple[str, str]]:
     """Flat key -> (group field, attribute in the group), for every flat group of `cls`."""

@@ -17,7 +17,7 @@ import yaml
 from actors import ActorsConfig, EnvConfig
 from learner import LearnerConfig
 from replay import ReplayConfig
-from system.config.dataclass_args import as_mapping, build
+from system.config.dataclass_args import as_mapping, build, flatten
 from system.config.sections import RayConfig, RedisConfig, TrainConfig
 from system.errors import ConfigError
 
@@ -94,21 +94,29 @@ def load_config(
     for name in SECTIONS:
         if not isinstance(raw.get(name) or {}, dict):
             raise ConfigError(f"{name}: expected a mapping of keys, got {raw[name]!r}")
-    merged = {name: dict(raw.get(name) or {}) for name in SECTIONS}
+    merged = {name: flatten(cls, raw.get(name) or {}, name) for name, cls in SECTIONS.items()}
     for text in overrides:
         section, key, value = parse_override(text)
-        node = merged[section]
         *parents, last = key.split(".")
-        for parent in parents:
-            if not isinstance(node.get(parent), dict):
-                node[parent] = {}
-            node = node[parent]
-        node[last] = value
+        override: dict[str, Any] = {last: value}
+        for parent in reversed(parents):
+            override = {parent: override}
+        _merge(merged[section], flatten(SECTIONS[section], override, section))
     for dotted, value in (flags or {}).items():
         if value is not None:
             section, key = dotted.split(".", 1)
             merged[section][key] = value
     return RunConfig(**{name: build(cls, merged[name], name) for name, cls in SECTIONS.items()})
+
+
+def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    """Writes `update` into `into`, merging nested mappings key by key (an override of one nested
+    key keeps its siblings)."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def to_yaml(config: RunConfig) -> str:

@@ -108,7 +108,14 @@ class RedisProcess:
             while True:
                 try:
                     client.ping()
-                    return
+                    if client.info("server").get("process_id") == self.proc.pid:
+                        return
+                    # Another Redis holds the port: ours exits ("Address already in use").
+                    try:
+                        self.proc.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        pass
+                    self._fail(f"127.0.0.1:{self.port} is answered by another process's Redis")
                 except (redis.ConnectionError, redis.TimeoutError):
                     code = self.proc.poll()
                     if code is not None:

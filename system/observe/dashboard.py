@@ -14,9 +14,9 @@ import pathlib
 import sys
 from dataclasses import dataclass
 
-from actors.metrics import SERIES as ACTOR_SERIES
-from learner.metrics import SERIES as LEARNER_SERIES
-from replay.metrics import SERIES as REPLAY_SERIES
+from actors import METRIC_SERIES as ACTOR_SERIES
+from learner import METRIC_SERIES as LEARNER_SERIES
+from replay import METRIC_SERIES as REPLAY_SERIES
 from system.train.metrics import SERIES as TRAIN_SERIES
 
 OUTPUT = pathlib.Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "qfleet.json"

@@ -176,5 +176,9 @@ def main_status(run_dir: str | None, redis_url: str | None, run: str | None) -> 
     except _RedisGone as exc:
         print(not_running_text(directory, run, f"its Redis at {exc.redis_url} is gone"))
         return 1
+    if live.learner is None and not live.shards and not live.actors:  # reports expire within seconds
+        why = f"nothing of it reports to its Redis at {info['redis_url']}; or it is only starting"
+        print(not_running_text(directory, run, why))
+        return 1
     print(_live_text(info["redis_url"], run, live))
     return 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from prometheus_client import start_http_server
 
 from learner import ActionSpace, Learner, LearnerStatus, WeightStore, make_replay
-from replay import ShardedCollector
+from replay import ReplayError, ShardedCollector
 from system.config import ConfigError, RunConfig, env_spaces
 from system.local.signals import stop_on_signals
 
@@ -130,6 +130,8 @@ class LearnerService:
         self._stop = threading.Event()
         self._summary = None
         self._error: str | None = None
+        self.failure: Exception | None = None
+        """What ended training, if it failed."""
         self._progress: LearnerProgress | None = None
         self._last_measured = (time.monotonic(), self.learner.updates)
         self._threads: list[threading.Thread] = []
@@ -152,6 +154,7 @@ class LearnerService:
             self._summary = self.learner.run(max_updates=max_updates, stop=self._stop)
         except Exception as exc:  # reported through `progress` and `stop`
             log.exception("learner failed")
+            self.failure = exc
             self._error = f"{type(exc).__name__}: {exc}"
 
     def _report_loop(self) -> None:
@@ -271,6 +274,8 @@ def run_learner(
         result.updates_per_second,
         result.checkpoint or None,
     )
+    if isinstance(service.failure, ReplayError):
+        raise service.failure  # the CLI's exit code and message for replay errors (a spec mismatch: 2)
     if result.error:
         print(f"qfleet learner: {result.error}", file=sys.stderr, flush=True)
         return 1

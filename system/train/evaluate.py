@@ -237,12 +237,11 @@ class RunEvaluations:
 
 def main_eval(run_dir: str, episodes: int | None, epsilon: float | None, seed: int) -> int:
     """`qfleet eval RUN_DIR`: the newest learner checkpoint, evaluated; prints and writes eval.json."""
-    from learner import checkpoint as ckpt
-    from learner import make_agent
+    from learner import load_latest_checkpoint, make_agent
 
     run = RunDir(pathlib.Path(run_dir))
     config = run.load_config()
-    loaded = ckpt.load_latest(run.checkpoints)
+    loaded = load_latest_checkpoint(run.checkpoints)
     if loaded is None:
         raise ConfigError(f"{run.checkpoints}: no learner checkpoint to evaluate (has the run done any update?)")
     state, path = loaded

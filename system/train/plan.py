@@ -80,7 +80,7 @@ def default_run_dir(config: RunConfig) -> pathlib.Path:
 
 def evaluates_in_driver(config: RunConfig) -> bool:
     """Whether the driver can run the env itself for evaluations (not an Android emulator)."""
-    from actors.envs import ANDROID_ID
+    from actors import ANDROID_ID
 
     android = config.env.android
     return not (config.env.id == ANDROID_ID and android is not None and android.simulator == "emulator")

@@ -41,3 +41,17 @@ def test_a_directory_that_does_not_exist_fails_with_redis_reason(tmp_path):
     with pytest.raises(RedisLaunchError, match="exited with code 1.*missing"):
         server.start()
     server.close()
+
+
+def test_a_port_answered_by_another_redis_is_not_taken_for_ours(tmp_path):
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    with RedisProcess(directory=str(tmp_path / "first")) as first:
+        second = RedisProcess(port=first.port, directory=str(tmp_path / "second"))
+        with pytest.raises(RedisLaunchError, match="answered by another process's Redis"):
+            second.start()
+        assert second.proc is None
+        second.close()
+        client = redis.Redis.from_url(first.url)
+        assert client.ping()  # the first one is untouched
+        client.close()

@@ -102,13 +102,13 @@ def test_bad_input_fails_before_serving_with_a_named_key(args, message):
     assert "serving at" not in result.stdout
 
 
-def stopped_run(run_dir, started: bool):
+def stopped_run(run_dir, started: bool, redis_url: str = "redis://127.0.0.1:1/0"):
     """A run directory as `qfleet train` leaves it; `started`: it got as far as run.json."""
     config = load_config("configs/cartpole.yaml", ["train.total_env_steps=5000", "train.run_name=cartpole"])
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text(to_yaml(config))
     if started:
-        (run_dir / "run.json").write_text(json.dumps({"run": "cartpole", "redis_url": "redis://127.0.0.1:1/0"}))
+        (run_dir / "run.json").write_text(json.dumps({"run": "cartpole", "redis_url": redis_url}))
         state = {"env_steps": 3000, "episodes": 150, "wall_s": 90.0, "last_eval": [2500, 187.5]}
         (run_dir / "state.json").write_text(json.dumps(state))
         progress = {"kind": "progress", "env_steps": 3000, "updates": 1234, "weights_version": 12}
@@ -130,6 +130,13 @@ def test_status_of_a_stopped_run_says_it_is_not_running_and_what_it_last_recorde
     assert f"run 'cartpole' is not running {why}" in result.stdout
     assert recorded in result.stdout and f"qfleet report {run_dir}" in result.stdout
     assert "config error" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_status_of_a_stopped_run_whose_redis_still_answers_says_it_is_not_running(tmp_path, redis_server):
+    run_dir = stopped_run(tmp_path / "run", started=True, redis_url=redis_server.url)
+    result = run("status", str(run_dir), timeout=60)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert f"run 'cartpole' is not running (nothing of it reports to its Redis at {redis_server.url}" in result.stdout
 
 
 def test_status_with_an_unreachable_redis_url_names_it(tmp_path):

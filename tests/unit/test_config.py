@@ -62,13 +62,13 @@ def test_nested_sections_from_yaml_and_set(tmp_path):
         ("", ["replay.mix={online: 0.5, offline: 0.6}"], "replay.mix.*sum to 1.1"),
         ("", ["learner.loss=ppo"], "learner.loss"),
         ("", ["learner.v_min=50"], "learner.v_max"),
-        ("", ["learner.distributional.v_min=50"], "learner.distributional.v_max"),
+        ("", ["learner.distributional.v_min=50"], "learner.v_max"),
         ("", ["learner.target_update_every=0"], "learner.target_update_every: target_update_every=0"),
         ("", ["learner.reset_modules=some"], "learner.reset_modules: 'some' is not one of"),
         ("", ["learner.sac.ensemble_sise=3"], "learner.sac.ensemble_sise: unknown key"),
         ("", ["learner.ensemble_sise=3"], "learner.ensemble_sise: unknown key.*ensemble_size"),
-        ("learner:\n  v_min: 0\n", ["learner.distributional.v_min=1"], "learner.v_min: given both"),
-        ("learner:\n  reset_every: 5\n", ["learner.resets.every=1"], "learner.reset_every: given both"),
+        ("learner:\n  v_min: 0\n  distributional: {v_min: 1}\n", [], "learner.v_min: given both"),
+        ("learner:\n  reset_every: 5\n  resets: {every: 1}\n", [], "learner.reset_every: given both"),
         ("", ["learner.device=tpu"], "learner.device"),
         ("", ["replay.mix={online: 0}"], "replay.mix.*'online'"),
         ("replay:\n  mix: [0.5, 0.5]\n", [], "replay.mix: expected a mapping"),
@@ -96,6 +96,19 @@ def test_flat_learner_keys_fill_the_algorithm_groups(tmp_path):
     assert (learner.architecture.torso, learner.architecture.hidden_size) == ("mlp", 32)
     assert (learner.resets.every, learner.prefetch.batches_per_request, learner.prefetch.depth) == (50, 16, 8)
     assert (learner.sac.ensemble_size, learner.optimizer.lr) == (4, 0.001)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "override"),
+    [
+        ("learner: {v_max: 10.0}", "learner.distributional.v_max=20"),  # a resumed run's flat config.yaml
+        ("learner: {distributional: {v_max: 10.0}}", "learner.v_max=20"),
+    ],
+)
+def test_a_later_source_wins_whichever_spelling_each_uses(tmp_path, yaml_text, override):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml_text)
+    assert load_config(path, [override]).learner.distributional.v_max == 20.0
 
 
 def test_written_config_is_flat_and_reads_back_the_same(tmp_path):
