@@ -49,6 +49,8 @@ class ActorStats:
     env_restarts: int
     transitions_inserted: int
     transitions_lost: int
+    malformed_weights: int
+    """Malformed weight-store values (version, blob) read from Redis and skipped; logged once per key."""
     recent_return: float | None
     """Mean return of the last 100 episodes (None before the first)."""
     steps_per_second: float
@@ -261,6 +263,7 @@ class EnvActor:
             env_restarts=restarts,
             transitions_inserted=self.writer.inserted,
             transitions_lost=self.writer.lost,
+            malformed_weights=self.weights.malformed.total,
             recent_return=float(np.mean(self._returns)) if self._returns else None,
             steps_per_second=steps_per_second,
         )

@@ -15,6 +15,11 @@ BUTTONS = ("back", "home", "enter")
 """Android key actions, in action-space order."""
 
 
+def imported_module(env_id: str) -> str | None:
+    """The module gymnasium imports to make `env_id` ("module:Env" ids), or None."""
+    return env_id.split(":", 1)[0] if ":" in env_id else None
+
+
 @dataclass(frozen=True)
 class AndroidConfig:
     """The `env.android` section (actors/android.py): device, task, actions and observations."""
@@ -118,7 +123,10 @@ class EnvConfig:
     """The environment of a run, and how many copies each actor steps."""
 
     id: str = "CartPole-v1"
-    """Gymnasium id, e.g. "CartPole-v1", "MinAtar/Breakout-v0", "ALE/Pong-v5" (DQN preprocessing)."""
+    """Gymnasium id, e.g. "CartPole-v1", "MinAtar/Breakout-v0", "ALE/Pong-v5"; "module:Env" imports module."""
+
+    allow_import: list[str] = field(default_factory=list)
+    """Modules an id "module:Env" may import (and their submodules): code execution, so none by default."""
 
     num_envs: int = 8
     """Environments each actor steps together (one batched network forward per step)."""
@@ -138,6 +146,17 @@ class EnvConfig:
     def __post_init__(self) -> None:
         if not self.id:
             raise ValueError("id='': an environment id is required")
+        for name in self.allow_import:
+            if not all(part.isidentifier() for part in name.split(".")):
+                raise ValueError(f"allow_import={self.allow_import!r}: {name!r} is not a module name")
+        module = imported_module(self.id)
+        if module is not None and not any(
+            module == name or module.startswith(f"{name}.") for name in self.allow_import
+        ):
+            raise ValueError(
+                f"id={self.id!r} would import module {module!r} (running its code); "
+                f"name it in env.allow_import to allow that"
+            )
         if self.num_envs < 1:
             raise ValueError(f"num_envs={self.num_envs}: must be >= 1")
         if self.max_episode_steps is not None and self.max_episode_steps < 1:

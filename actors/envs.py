@@ -105,7 +105,7 @@ def make_env(config: EnvConfig) -> gym.Env:
                 env = _ChannelsLast(gym.wrappers.FrameStackObservation(env, config.frame_stack))
             else:
                 env = gym.make(config.id, **kwargs)
-    except gym.error.Error as exc:
+    except (gym.error.Error, ModuleNotFoundError) as exc:  # the latter: an allowed "module:Env" is missing
         raise UnsupportedEnvError(f"env.id={config.id!r}: {exc}", env_id=config.id) from None
     return env
 

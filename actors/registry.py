@@ -6,17 +6,23 @@ qfleet:{run}:actors:actor:{id}   hash    the actor's latest report (ActorStats f
 qfleet:{run}:actors:episodes     stream  one entry per actor flush with the episodes it finished
                                          meanwhile (not one per episode: CartPole ends
                                          thousands a second); capped near EPISODE_STREAM_LENGTH
+
+Readers skip a malformed value (an entry missing a field, a non-number, a bad key) and count it in
+`ActorRegistry.malformed`; the first of each kind is logged.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 
 import redis
 
 from actors.errors import ActorRegistryError
-from learner import parse_number
+from learner import MalformedValues, parse_number
+
+log = logging.getLogger(__name__)
 
 EPISODE_STREAM_LENGTH = 100_000
 """Approximate cap of the episode stream (older entries are trimmed)."""
@@ -43,6 +49,8 @@ class ActorRegistry:
         self.redis_url, self.run = redis_url, run
         self._prefix = f"qfleet:{run}:actors"
         self._redis = redis.Redis.from_url(redis_url, socket_timeout=10.0, socket_connect_timeout=2.0)
+        self.malformed = MalformedValues(log)
+        """Malformed values this reader skipped (episode entries, report keys, the desired count)."""
 
     def __reduce__(self):
         return (type(self), (self.redis_url, self.run))
@@ -62,9 +70,16 @@ class ActorRegistry:
         self._do("set the desired actor count", lambda: self._redis.set(f"{self._prefix}:desired", count))
 
     def desired(self) -> int | None:
-        """The requested actor count, or None if none was set."""
-        value = self._do("read the desired actor count", lambda: self._redis.get(f"{self._prefix}:desired"))
-        return int(value) if value is not None else None
+        """The requested actor count, or None if none was set (or it is not a count: then counted)."""
+        key = f"{self._prefix}:desired"
+        value = self._do("read the desired actor count", lambda: self._redis.get(key))
+        if value is None:
+            return None
+        count = parse_number(value)
+        if not isinstance(count, int) or count < 0:
+            self.malformed.add(key, f"{key} holds {value[:100]!r}, not an actor count")
+            return None
+        return count
 
     # -- per-actor reports -----------------------------------------------------------------------
 
@@ -98,8 +113,11 @@ class ActorRegistry:
         keys, values = self._do("read actor reports", read)
         out = {}
         for key, fields in zip(keys, values, strict=True):
-            if fields:
-                out[int(key.rsplit(b":", 1)[1])] = {k.decode(): parse_number(v) for k, v in fields.items()}
+            actor_id = parse_number(key.rsplit(b":", 1)[1])
+            if not isinstance(actor_id, int):
+                self.malformed.add("actor report key", f"{key[:100]!r} names no actor id")
+            elif fields:
+                out[actor_id] = {k.decode(errors="replace"): parse_number(v) for k, v in fields.items()}
         return out
 
     # -- episodes --------------------------------------------------------------------------------
@@ -135,17 +153,27 @@ class ActorRegistry:
         for _, entries in reply or []:
             for entry_id, raw in entries:
                 after = entry_id.decode()
-                fields = {k.decode(): v.decode() for k, v in raw.items()}
-                columns = [[parse_number(x) for x in fields[name].split()] for name in EPISODE_FIELDS]
-                for values in zip(*columns, strict=True):
-                    episodes.append(
-                        {
-                            "actor": int(fields["actor"]),
-                            "time": float(fields["time"]),
-                            **dict(zip(EPISODE_FIELDS, values, strict=True)),
-                        }
-                    )
+                try:
+                    episodes += _entry_episodes(raw)
+                except (KeyError, ValueError) as exc:
+                    self.malformed.add("episode stream entry", f"{stream} {after}: {type(exc).__name__}: {exc}")
         return after, episodes
 
     def close(self) -> None:
         self._redis.close()
+
+
+def _entry_episodes(raw: dict[bytes, bytes]) -> list[dict[str, int | float]]:
+    """The episodes of one stream entry. Raises KeyError (a field missing) or ValueError (a value
+    that is not a number, columns of different lengths)."""
+    fields = {key.decode(): value.decode() for key, value in raw.items()}
+    columns = [[_number(x, name) for x in fields[name].split()] for name in EPISODE_FIELDS]
+    common = {"actor": int(fields["actor"]), "time": float(fields["time"])}
+    return [{**common, **dict(zip(EPISODE_FIELDS, values, strict=True))} for values in zip(*columns, strict=True)]
+
+
+def _number(text: str, name: str) -> int | float:
+    value = parse_number(text)
+    if isinstance(value, str):
+        raise ValueError(f"{name} {text[:100]!r} is not a number")
+    return value

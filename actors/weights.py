@@ -2,7 +2,9 @@
 
 A daemon thread checks the announced version (one small GET every `poll_s`) and fetches new
 weights; the step loop only calls `take()`, so Redis round trips never stall env stepping. A Redis
-outage is logged once and the actor acts with the weights it has.
+outage is logged once and the actor acts with the weights it has; so is a malformed value (a
+version that is not a number, a blob that is not weights), which is also counted and skipped until
+the next valid publish replaces it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import threading
 
 import torch
 
-from learner import WeightStore, WeightStoreError
+from learner import MalformedValues, MalformedWeightsError, WeightStore, WeightStoreError
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,8 @@ class WeightSubscriber:
     def __init__(self, store: WeightStore, poll_s: float = 0.05, known_version: int = 0):
         self.store, self.poll_s = store, poll_s
         self._seen = known_version  # newest version fetched (or handed over)
+        self.malformed = MalformedValues(log)
+        """Malformed values read from the store, skipped (by key; the first of each is logged)."""
         self._pending: tuple[int, dict[str, torch.Tensor]] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -36,8 +40,12 @@ class WeightSubscriber:
         self._thread.start()
 
     def fetch_now(self) -> tuple[int, dict[str, torch.Tensor]] | None:
-        """Synchronously fetches weights newer than the ones seen (for an actor's first step)."""
-        fetched = self.store.fetch(known_version=self._seen)
+        """Synchronously fetches weights newer than the ones seen (for an actor's first step).
+
+        Raises:
+            WeightStoreError: the store is unreachable (a malformed value only gives None).
+        """
+        fetched = self._fetch()
         if fetched is not None:
             with self._lock:
                 self._seen = max(self._seen, fetched[0])
@@ -51,11 +59,18 @@ class WeightSubscriber:
             pending, self._pending = self._pending, None
         return pending
 
+    def _fetch(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+        try:
+            return self.store.fetch(known_version=self._seen)
+        except MalformedWeightsError as exc:
+            self.malformed.add(exc.key or "weights", str(exc))
+            return None
+
     def _follow(self) -> None:
         outage = False
         while not self._stop.wait(self.poll_s):
             try:
-                fetched = self.store.fetch(known_version=self._seen)
+                fetched = self._fetch()
             except WeightStoreError as exc:
                 if not outage:
                     log.warning("weights: %s; acting with the current weights until it is back", exc)

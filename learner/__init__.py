@@ -3,7 +3,7 @@
 Public surface:
     LearnerConfig and its groups (ArchitectureConfig, OptimizerConfig, TargetConfig, DQNConfig,
     DistributionalConfig, SACConfig, ResetConfig, PrefetchConfig), resolve_device, ActionSpace,
-    parse_number, LearnerError, WeightStoreError (importing these does not import torch);
+    parse_number, MalformedValues, LearnerError, WeightStoreError, MalformedWeightsError (importing these does not import torch);
     Learner, LearnerSummary, make_replay, sample_error_buffer (the loop);
     Agent, UpdateResult (the seam), make_agent, AGENTS, DiscreteQAgent, SACAgent (agents);
     QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore,
@@ -29,8 +29,8 @@ from learner.config import (
     TargetConfig,
     resolve_device,
 )
-from learner.errors import LearnerError, WeightStoreError
-from learner.redis_values import parse_number
+from learner.errors import LearnerError, MalformedWeightsError, WeightStoreError
+from learner.redis_values import MalformedValues, parse_number
 from learner.spaces import ActionSpace
 
 _RENAMED = {"METRIC_SERIES": "SERIES", "load_latest_checkpoint": "load_latest"}
@@ -69,6 +69,8 @@ __all__ = [
     "DistributionalConfig",
     "LearnerConfig",
     "LearnerError",
+    "MalformedValues",
+    "MalformedWeightsError",
     "OptimizerConfig",
     "PrefetchConfig",
     "ResetConfig",

@@ -17,3 +17,16 @@ class WeightStoreError(LearnerError, RuntimeError):
     def __init__(self, message: str, redis_url: str | None = None):
         super().__init__(message)
         self.redis_url = redis_url
+
+
+class MalformedWeightsError(WeightStoreError):
+    """The store was reached but holds a malformed value: a version that is not an integer >= 0, or
+    bytes that are not a qfleet weights blob. Readers skip it; the next valid publish replaces it.
+
+    Attributes:
+        key: the Redis key that holds it; None for a blob not read from Redis.
+    """
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from learner.errors import WeightStoreError
+from learner.errors import MalformedWeightsError, WeightStoreError
 from learner.redis_values import parse_number
 
 
@@ -55,7 +55,12 @@ class WeightStore:
         return len(blob)
 
     def version(self) -> int:
-        """The announced version (0 if none): one small GET."""
+        """The announced version (0 if none): one small GET.
+
+        Raises:
+            WeightStoreError: Redis is unreachable.
+            MalformedWeightsError: the key holds something else than an integer >= 0.
+        """
         try:
             value = self._redis.get(self._version_key)
         except redis.RedisError as exc:
@@ -65,12 +70,19 @@ class WeightStore:
         if value is None:
             return 0
         version = parse_number(value)
-        if not isinstance(version, int):
-            raise WeightStoreError(f"{self._version_key} in {self.redis_url} holds {value!r}, not a version")
+        if not isinstance(version, int) or version < 0:
+            raise MalformedWeightsError(
+                f"{self._version_key} in {self.redis_url} holds {value[:100]!r}, not a version", key=self._version_key
+            )
         return version
 
     def fetch(self, known_version: int = 0) -> tuple[int, dict[str, torch.Tensor]] | None:
-        """The newest weights if their version differs from `known_version`, else None."""
+        """The newest weights if their version differs from `known_version`, else None.
+
+        Raises:
+            WeightStoreError: Redis is unreachable.
+            MalformedWeightsError: the version or the weights key holds a malformed value.
+        """
         if self.version() == known_version:
             return None
         try:
@@ -79,7 +91,12 @@ class WeightStore:
             raise WeightStoreError(f"cannot fetch weights from {self.redis_url}: {exc}", self.redis_url) from None
         if blob is None:
             return None
-        return decode_weights(blob)
+        try:
+            return decode_weights(blob)
+        except MalformedWeightsError as exc:
+            raise MalformedWeightsError(
+                f"{self._weights_key} in {self.redis_url}: {exc}", key=self._weights_key
+            ) from None
 
     def close(self) -> None:
         self._redis.close()
@@ -89,7 +106,7 @@ def decode_weights(blob: bytes) -> tuple[int, dict[str, torch.Tensor]]:
     """(version, tensors) of a published blob.
 
     Raises:
-        WeightStoreError: not safetensors, or no version in its metadata.
+        MalformedWeightsError: not safetensors, or no version in its metadata.
     """
     try:
         tensors = load_safetensors(blob)
@@ -97,4 +114,4 @@ def decode_weights(blob: bytes) -> tuple[int, dict[str, torch.Tensor]]:
         metadata = json.loads(blob[8 : 8 + header_len]).get("__metadata__", {})
         return int(metadata["version"]), tensors
     except Exception as exc:
-        raise WeightStoreError(f"not a qfleet weights blob: {type(exc).__name__}: {exc}") from None
+        raise MalformedWeightsError(f"not a qfleet weights blob: {type(exc).__name__}: {exc}") from None

@@ -10,6 +10,7 @@ what the run directory last recorded instead, with exit status 1.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from system.errors import ConfigError
@@ -88,39 +89,59 @@ def status_text(redis_url: str, run: str) -> str:
 def _live_text(redis_url: str, run: str, live: _Live) -> str:
     status, reports, desired = live.learner, live.actors, live.desired_actors
     lines = [f"run {run!r} (Redis {redis_url})", ""]
-    if status is None:
-        lines.append("learner: none reporting")
-    else:
-        lines.append(
-            f"learner: {status.get('updates', 0):,} updates ({status.get('updates_per_second', 0):,} /s), "
-            f"weights v{status.get('weights_version', 0)}, UTD {status.get('achieved_utd', 0)}/{status.get('target_utd', '-')}, "
-            f"loss {status.get('loss', '-')}, q {status.get('q_mean', '-')}, on {status.get('device', '-')} "
-            f"at {status.get('host', '-')} pid {status.get('pid', '-')}, metrics {status.get('metrics') or '-'} "
-            f"({_age(status.get('updated_at'))})"
-        )
+    lines.append("learner: none reporting" if status is None else _line("learner", _learner_line, status))
     lines += ["", f"shards: {len(live.shards)} live"]
     if live.shards:
         lines.append("  id  address                    items       inserts       samples  metrics")
         for shard_id, record in sorted(live.shards.items()):
             state = live.shard_states.get(shard_id, {})
-            lines.append(
-                f"  {shard_id:<3} {record.address:<22} {state.get('size', 0):>9,} {state.get('inserts', 0):>13,} "
-                f"{state.get('samples', 0):>13,}  {record.metrics_address or '-'}"
-            )
+            lines.append(_line(f"  {shard_id:<3}", _shard_line, shard_id, record, state))
     lines += ["", f"actors: {len(reports)} reporting, {desired if desired is not None else '-'} wanted"]
     if reports:
         lines.append(
             "  id  host:pid              env steps    episodes  weights  epsilon  env restarts  lost  return  metrics"
         )
-        for actor_id, r in sorted(reports.items()):
-            recent = r.get("recent_return")
-            lines.append(
-                f"  {actor_id:<3} {str(r.get('host', '-')) + ':' + str(r.get('pid', '-')):<20} {r.get('env_steps', 0):>10,} "
-                f"{r.get('episodes', 0):>11,}  v{r.get('policy_version', 0):<7} {float(r.get('epsilon', 0)):<7.4f} "
-                f"{r.get('env_restarts', 0):>13} {r.get('transitions_lost', 0):>5}  "
-                f"{'-' if recent is None else f'{float(recent):.1f}':>6}  {r.get('metrics') or '-'}"
-            )
+        for actor_id, report in sorted(reports.items()):
+            lines.append(_line(f"  {actor_id:<3}", _actor_line, actor_id, report))
     return "\n".join(lines)
+
+
+def _line(label: str, text: Callable[..., str], *args) -> str:
+    """`text(*args)`; or `label` and the raw values (the last of `args`) when one is not a number
+    where one belongs (anyone who can write to Redis can put one there): a bad value spoils its
+    line, not the whole view."""
+    try:
+        return text(*args)
+    except (TypeError, ValueError):
+        return f"{label} malformed report: {str(args[-1])[:300]}"
+
+
+def _learner_line(status: dict) -> str:
+    return (
+        f"learner: {status.get('updates', 0):,} updates ({status.get('updates_per_second', 0):,} /s), "
+        f"weights v{status.get('weights_version', 0)}, UTD {status.get('achieved_utd', 0)}/{status.get('target_utd', '-')}, "
+        f"loss {status.get('loss', '-')}, q {status.get('q_mean', '-')}, on {status.get('device', '-')} "
+        f"at {status.get('host', '-')} pid {status.get('pid', '-')}, metrics {status.get('metrics') or '-'} "
+        f"({_age(status.get('updated_at'))})"
+    )
+
+
+def _shard_line(shard_id: int, record, state: dict) -> str:
+    return (
+        f"  {shard_id:<3} {record.address:<22} {state.get('size', 0):>9,} {state.get('inserts', 0):>13,} "
+        f"{state.get('samples', 0):>13,}  {record.metrics_address or '-'}"
+    )
+
+
+def _actor_line(actor_id: int, report: dict) -> str:
+    recent = report.get("recent_return")
+    host_pid = f"{report.get('host', '-')}:{report.get('pid', '-')}"
+    return (
+        f"  {actor_id:<3} {host_pid:<20} {report.get('env_steps', 0):>10,} "
+        f"{report.get('episodes', 0):>11,}  v{report.get('policy_version', 0):<7} {float(report.get('epsilon', 0)):<7.4f} "
+        f"{report.get('env_restarts', 0):>13} {report.get('transitions_lost', 0):>5}  "
+        f"{'-' if recent is None else f'{float(recent):.1f}':>6}  {report.get('metrics') or '-'}"
+    )
 
 
 def not_running_text(run_dir: RunDir, run: str, why: str) -> str:

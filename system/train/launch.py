@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class EpisodeFeed:
-    """Episodes that actors finished, read from the run's Redis stream from now on."""
+    """Episodes that actors finished, read from the run's Redis stream from now on; malformed
+    entries are skipped, logged once and counted (`malformed`)."""
 
     def __init__(self, redis_url: str, run: str):
         from actors import ActorRegistry
@@ -41,6 +42,11 @@ class EpisodeFeed:
         """Episodes since the previous read (dicts: return, length, actor, policy_version, ...)."""
         self._after, episodes = self.registry.read_episodes(self._after, count=10_000)
         return episodes
+
+    @property
+    def malformed(self) -> int:
+        """Malformed stream entries skipped so far."""
+        return self.registry.malformed.total
 
     def close(self) -> None:
         self.registry.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -192,3 +193,38 @@ def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
     assert after[0]["updates"] >= progress[-1]["updates"]  # from the checkpoint on, not from 0
     assert records(run_dir, "progress")[-1]["final"] and records(run_dir, "progress")[-1]["env_steps"] == target
     assert f"finished at {target:,} env steps" in resumed.stdout
+
+
+def test_sigterm_stops_train_in_the_same_order_as_ctrl_c(tmp_path):
+    """SIGTERM is what Kubernetes, systemd and `ray job stop` send, to the driver alone (`kill PID`)."""
+    run_dir = tmp_path / "run"
+    log = open(tmp_path / "train.log", "w+")
+    settings = {**SETTINGS, "train.eval_every_steps": 0, "train.total_env_steps": 1_000_000}
+    proc = subprocess.Popen(
+        [*QFLEET, "train", "configs/cartpole.yaml", "--run-dir", str(run_dir), *overrides(settings)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, RAY_AUTH_MODE="disabled"),
+        start_new_session=True,
+    )
+    try:
+
+        def learning() -> bool:
+            assert proc.poll() is None, Path(log.name).read_text()[-3000:]
+            metrics = run_dir / "metrics.jsonl"
+            return metrics.exists() and re.search(r'"updates":[1-9]', metrics.read_text()) is not None
+
+        assert wait_until(learning, timeout=240, step=0.5), Path(log.name).read_text()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    output = Path(log.name).read_text()
+    assert code == 0, output[-3000:]
+    assert "received SIGTERM: stopping in order" in output
+    assert list((run_dir / "checkpoints").glob("learner-*.pt")), output[-3000:]
+    assert list((run_dir / "replay" / "shard-0").glob("*.safetensors")), output[-3000:]
+    assert "continue it with: qfleet train --resume" in output

@@ -1,4 +1,5 @@
 import pathlib
+import sys
 
 import pytest
 import yaml
@@ -153,3 +154,31 @@ def test_every_config_field_is_documented(cls):
     docs = field_docs(cls)
     missing = [name for name in cls.__dataclass_fields__ if not docs.get(name)]
     assert not missing
+
+
+def test_a_module_env_id_imports_only_what_env_allow_import_names(tmp_path, monkeypatch):
+    import gymnasium as gym
+
+    from system.config.env import env_spaces
+
+    marker = tmp_path / "imported"
+    (tmp_path / "qfleet_test_envmod.py").write_text(
+        "import pathlib\nimport gymnasium\n"
+        f"pathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "gymnasium.register('EnvModCartPole-v0', entry_point='gymnasium.envs.classic_control:CartPoleEnv')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env_id = "qfleet_test_envmod:EnvModCartPole-v0"
+    try:
+        for allowed in ([], ["qfleet_test"], ["os", "qfleet_test_envmod_x"]):
+            with pytest.raises(ConfigError, match=r"env\.id: .*module 'qfleet_test_envmod'.*env\.allow_import"):
+                load_config(None, [f"env.id={env_id}", f"env.allow_import={allowed}"])
+        with pytest.raises(ConfigError, match=r"env\.id: .*module 'os'"):
+            load_config(None, ["env.id=os:Nope"])
+        assert not marker.exists() and "qfleet_test_envmod" not in sys.modules  # refused before any import
+
+        config = load_config(None, [f"env.id={env_id}", "env.allow_import=[qfleet_test_envmod]"])
+        assert env_spaces(config.env).action_space.num_actions == 2 and marker.read_text() == "ran"
+    finally:
+        sys.modules.pop("qfleet_test_envmod", None)
+        gym.registry.pop("EnvModCartPole-v0", None)
