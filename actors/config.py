@@ -125,9 +125,6 @@ class EnvConfig:
     id: str = "CartPole-v1"
     """Gymnasium id, e.g. "CartPole-v1", "MinAtar/Breakout-v0", "ALE/Pong-v5"; "module:Env" imports module."""
 
-    allow_import: list[str] = field(default_factory=list)
-    """Modules an id "module:Env" may import (and their submodules): code execution, so none by default."""
-
     num_envs: int = 8
     """Environments each actor steps together (one batched network forward per step)."""
 
@@ -142,6 +139,9 @@ class EnvConfig:
 
     android: AndroidConfig | None = None
     """qfleet/Android-v0: device, task, actions, observations; null: defaults (FakeSimulator)."""
+
+    allow_import: list[str] = field(default_factory=list)
+    """Modules an id "module:Env" may import (and their submodules): code execution, so none by default."""
 
     def __post_init__(self) -> None:
         if not self.id:

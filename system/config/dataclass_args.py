@@ -263,7 +263,9 @@ def _flat_fields(cls: type) -> list[tuple[str, Any, Any, str]]:
             names = flat_names(hints[f.name])
             out += [(names[name], *rest) for name, *rest in _flat_fields(hints[f.name])]
             continue
-        default = f.default if f.default is not dataclasses.MISSING else dataclasses.MISSING
+        default = f.default
+        if f.default_factory is not dataclasses.MISSING:  # e.g. a list: [] by default, not required
+            default = f.default_factory()
         out.append((f.name, hints[f.name], default, docs.get(f.name, "")))
     return out
 
