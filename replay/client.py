@@ -40,6 +40,7 @@ from replay.source import ReplayStats, make_stats
 from replay.spec import Spec
 
 _END = object()
+_RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)  # with capped backoff
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,7 @@ class _InsertStream:
                     if response.code:
                         self._errors.append(self._batch_error(batch, response))
                     self._cond.notify_all()
-            return
+            error = None  # the shard ended the stream (its max age)
         except grpc.RpcError as err:
             error = err
         requests.put(_END)  # frees the thread gRPC used to drain the dead call's requests
@@ -225,7 +226,11 @@ class _InsertStream:
             if self._closing:
                 return
             self._queue = None
-            retry = error.code() == grpc.StatusCode.UNAVAILABLE
+            if error is None or error.code() == grpc.StatusCode.CANCELLED:  # ended by age or idleness
+                if self._pending:
+                    self._open_locked(None)  # re-sends what this stream left unacknowledged
+                return
+            retry = error.code() in _RETRIED
             self._reconnecting = retry
         if retry:
             backoff = backoff or _Backoff(self._client.retry_for_s)
@@ -323,7 +328,7 @@ class ReplayClient:
             try:
                 return getattr(self._stub(), method)(request, timeout=timeout)
             except grpc.RpcError as err:
-                if err.code() == grpc.StatusCode.UNAVAILABLE and backoff.sleep():
+                if err.code() in _RETRIED and backoff.sleep():
                     continue
                 raise _typed_error(err, self.address, what) from None
 
@@ -397,10 +402,16 @@ class ReplayClient:
             beta=-1.0 if beta is None else beta,
             timeout_ms=0 if timeout is None else max(1, int(math.ceil(timeout * 1000))),
         )
+        what = f"sample({batch_size}x{num_batches})"
         # The server enforces `timeout` and says why; the gRPC deadline only guards a lost server.
-        raw = self._call(
-            "SampleBytes", request, f"sample({batch_size}x{num_batches})", None if timeout is None else timeout + 10
-        )
+        while True:
+            try:
+                raw = self._call("SampleBytes", request, what, None if timeout is None else timeout + 10)
+                break
+            except DeadlineExceededError:
+                if timeout is not None:
+                    raise
+                # The shard bounds every wait (max_sample_wait_s); a caller without a timeout waits on.
         response = wire.decode_sample_response(raw)  # every batch of the request as one Sample
         self._counters = (response.inserts, response.samples)
         data, keys, probabilities, weights = response.data, response.keys, response.probabilities, response.weights

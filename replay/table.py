@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from replay import keys as keylib
-from replay.errors import DeadlineExceededError, InvalidBatchError, TableClosedError
+from replay.errors import DeadlineExceededError, InvalidBatchError, RequestCancelledError, TableClosedError
 from replay.rate_limiter import RateLimiter
 from replay.selectors import Selector
 from replay.spec import PRIORITY_COLUMN, Spec, validate_priorities
@@ -104,16 +104,20 @@ class Table:
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def insert(self, batch: Mapping[str, np.ndarray], timeout: float | None = None) -> int:
+    def insert(
+        self, batch: Mapping[str, np.ndarray], timeout: float | None = None, cancelled: threading.Event | None = None
+    ) -> int:
         """Validates and inserts a batch; returns the number of items inserted.
 
         The whole batch is validated before anything is written. The rate limiter may admit it in
         pieces; if `timeout` (seconds) passes first, DeadlineExceededError is raised and its
-        `inserted` field says how many items made it in.
+        `inserted` field says how many items made it in. Once `cancelled` is set (then `wake()`
+        called), a wait ends with RequestCancelledError.
 
         Raises:
             InvalidBatchError: the batch does not match the spec (nothing inserted).
             DeadlineExceededError: the rate limiter held the batch past `timeout`.
+            RequestCancelledError: `cancelled` was set while the batch waited.
         """
         length = self.spec.validate(batch)
         priorities = batch.get(PRIORITY_COLUMN)
@@ -125,6 +129,7 @@ class Table:
                     lambda wanted=length - done: self.limiter.insertable(wanted, self._inserts, self._samples),
                     deadline,
                     "insert",
+                    cancelled,
                 )
                 if admitted is None:
                     diff = self.limiter.diff(self._inserts, self._samples)
@@ -160,12 +165,19 @@ class Table:
 
     # -- reads -----------------------------------------------------------------------------------
 
-    def sample(self, batch_size: int, num_batches: int = 1, timeout: float | None = None) -> SampledItems:
+    def sample(
+        self,
+        batch_size: int,
+        num_batches: int = 1,
+        timeout: float | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> SampledItems:
         """Draws `num_batches` batches of `batch_size` items (stratified within each batch).
 
         Raises:
             InvalidBatchError: batch_size or num_batches < 1.
             DeadlineExceededError: min_size or the ratio held the sample past `timeout` seconds.
+            RequestCancelledError: `cancelled` was set while the sample waited (nothing counted).
         """
         if batch_size < 1 or num_batches < 1:
             raise InvalidBatchError(f"batch_size and num_batches must be >= 1, got {batch_size} and {num_batches}")
@@ -176,12 +188,18 @@ class Table:
         drawn = 0
         with self._cond:
             while drawn < total:
-                admitted = self._wait(
-                    lambda wanted=total - drawn: self.limiter.sampleable(wanted, self._inserts, self._samples),
-                    deadline,
-                    "sample",
-                )
+                try:
+                    admitted = self._wait(
+                        lambda wanted=total - drawn: self.limiter.sampleable(wanted, self._inserts, self._samples),
+                        deadline,
+                        "sample",
+                        cancelled,
+                    )
+                except RequestCancelledError:
+                    self._samples -= drawn  # drawn in earlier pieces, never delivered
+                    raise
                 if admitted is None:
+                    self._samples -= drawn
                     raise DeadlineExceededError(
                         f"sample of {total} items waited past its deadline: size={self._size}, "
                         f"inserts={self._inserts} (min_size={self.limiter.min_size}), "
@@ -246,7 +264,7 @@ class Table:
 
     # -- waiting ---------------------------------------------------------------------------------
 
-    def _wait(self, admissible, deadline: float | None, kind: str) -> int | None:
+    def _wait(self, admissible, deadline: float | None, kind: str, cancelled: threading.Event | None) -> int | None:
         """Waits (holding the condition) until `admissible()` > 0; None once `deadline` passes."""
         admitted = admissible()
         if admitted > 0:
@@ -260,6 +278,8 @@ class Table:
             while True:
                 if self._closed:
                     raise TableClosedError("the replay table is shutting down")
+                if cancelled is not None and cancelled.is_set():
+                    raise RequestCancelledError(f"the {kind} was cancelled while waiting for the rate limiter")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
@@ -275,6 +295,17 @@ class Table:
             else:
                 self._waiting_samples -= 1
                 self._sample_wait_seconds += waited
+
+    def wake(self) -> None:
+        """Wakes waiting calls to re-check their `cancelled` events."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def return_samples(self, count: int) -> None:
+        """Un-counts `count` sampled items that never reached their caller (their budget returns)."""
+        with self._cond:
+            self._samples -= count
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Releases every waiting call with TableClosedError."""
