@@ -62,7 +62,7 @@ def array_from_bytes(buffer, dtype_name: str, shape, offset: int, nbytes: int, n
         raise InvalidBatchError(f"column {name!r}: {dtype}")
     shape = tuple(shape)
     if len(shape) > MAX_DIMS:
-        raise InvalidBatchError(f"column {name!r}: {len(shape)} dimensions, at most {MAX_DIMS} are allowed")
+        raise InvalidBatchError(f"column {name!r}: more than {MAX_DIMS} dimensions")
     if not shape or any(d < 0 for d in shape):
         raise InvalidBatchError(f"column {name!r}: shape {list(shape)} lacks a batch dimension")
     count = math.prod(shape)
