@@ -114,21 +114,24 @@ def test_a_cancelled_blocked_sample_frees_its_budget_within_two_seconds(start_se
 # -- concurrency and streams --------------------------------------------------------------------------
 
 
-def test_sixty_five_idle_insert_streams_do_not_stop_a_fresh_info(start_server, raw_channel):
+def test_sixty_five_idle_insert_streams_do_not_stop_a_fresh_info(start_server, connect, raw_channel):
     server = start_server(capacity=1000)
+    fresh = connect(server.address, retry_for_s=0)
     channel = raw_channel(server.address)
     streams = [RawInsert(channel) for _ in range(65)]
+    for writer, stream in enumerate(streams):
+        stream.requests.put(insert_bytes(make_batch(1, start=writer), writer_id=writer + 1))  # then idle
     try:
-        fresh = ReplayClient(server.address, retry_for_s=0)
-        started = time.monotonic()
-        assert fresh.info(timeout=1.0).size == 0
-        assert time.monotonic() - started < 1.0
-        fresh.close()
-        # Streams beyond the cap were refused at once, not queued behind the others.
+        # Every stream the shard admitted holds a handler thread now; those beyond the cap were
+        # refused at once, not queued behind the others.
         cap = server.config.max_insert_streams
+        assert wait_until(lambda: fresh.info(timeout=1.0).inserts == cap, timeout=5)
         assert wait_until(lambda: sum(s.call.done() for s in streams) == 65 - cap, timeout=5)
-        refused = [s.call.code() for s in streams if s.call.done()]
-        assert set(refused) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert {s.call.code() for s in streams if s.call.done()} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+        started = time.monotonic()
+        assert fresh.info(timeout=1.0).size == cap
+        assert time.monotonic() - started < 1.0
     finally:
         for stream in streams:
             stream.close()
@@ -153,12 +156,10 @@ def test_an_idle_insert_stream_is_cancelled_and_its_client_reopens_on_the_next_i
 
 
 def test_insert_streams_past_their_max_age_reconnect_without_losing_or_repeating_a_batch(start_server, connect):
-    server = start_server(capacity=10_000, insert_stream_max_age_s=0.05)
+    server = start_server(capacity=10_000, insert_stream_max_age_s=0.001)  # ends after each batch
     client = connect(server.address, max_in_flight=4)
     for b in range(40):
         client.insert(make_batch(25, start=b * 25))
-        if b % 10 == 9:
-            time.sleep(0.06)  # let the stream age past its limit between bursts
     client.flush(timeout=10)
     info = client.info()
     assert (info.inserts, info.size) == (1000, 1000)  # re-sent batches were recognised, none lost
@@ -168,7 +169,7 @@ def test_insert_streams_past_their_max_age_reconnect_without_losing_or_repeating
 
 
 def test_priorities_of_1e308_leave_priority_mass_and_weights_finite(start_server, connect):
-    server = start_server(capacity=100, selector="prioritized", seed=3)
+    server = start_server(capacity=100, selector="prioritized", alpha=1.0, seed=3)
     client = connect(server.address)
     client.insert(make_batch(20))
     client.flush()
@@ -233,7 +234,9 @@ def test_a_shape_of_65_dimensions_fails_its_batch_and_the_stream_carries_on(star
     for name, value in make_batch(1).items():
         tensor = bad.batch.columns[name]
         tensor.dtype, tensor.data = value.dtype.name, value.tobytes()
-        tensor.shape[:] = [1] * 65 if name == "obs" else value.shape
+        tensor.shape[:] = value.shape
+    bad.batch.columns["obs"].shape[:] = [1] * 65  # one float32 in 65 dimensions
+    bad.batch.columns["obs"].data = bad.batch.columns["obs"].data[:4]
     stream = RawInsert(raw_channel(server.address))
 
     response = stream.send(bad.SerializeToString())
