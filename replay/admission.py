@@ -3,7 +3,8 @@
 gRPC's sync server gives every stream and every blocked call a thread of one pool. `Slots` caps
 Insert streams and Samples apiece, refusing at once beyond the cap, so the pool always keeps
 threads for Info and priority updates. `StreamWatch` cancels Insert streams that sent nothing for
-`idle_s` (a client reopens on its next insert) and tells a stream older than `max_age_s` to end.
+`idle_s` (a client reopens on its next insert), tells a stream older than `max_age_s` to end, and
+cancels one that has not ended `idle_s` after that (stuck in a reply its client never reads).
 """
 
 from __future__ import annotations
@@ -59,7 +60,12 @@ class _Stream:
 
 
 class StreamWatch:
-    """Cancels Insert streams idle for `idle_s`; `expired` tells a stream older than `max_age_s` to end."""
+    """Cancels Insert streams idle for `idle_s` or older than `max_age_s + idle_s`.
+
+    `expired` tells a stream older than `max_age_s` to end after its current batch; the grace of
+    `idle_s` beyond that covers a batch still waiting for the rate limiter. A stream the watch
+    cancelled is forgotten at once, so the calls below ignore a handle they no longer know.
+    """
 
     def __init__(self, idle_s: float, max_age_s: float):
         self.idle_s = idle_s
@@ -87,17 +93,22 @@ class StreamWatch:
     def busy(self, handle: int) -> None:
         """A request arrived: the stream is not idle until `waiting`."""
         with self._lock:
-            self._streams[handle].idle_since = None
+            stream = self._streams.get(handle)
+            if stream is not None:
+                stream.idle_since = None
 
     def waiting(self, handle: int) -> None:
         """The stream answered and waits for its client's next request."""
         with self._lock:
-            self._streams[handle].idle_since = time.monotonic()
+            stream = self._streams.get(handle)
+            if stream is not None:
+                stream.idle_since = time.monotonic()
 
     def expired(self, handle: int) -> bool:
-        """True once the stream is older than `max_age_s`."""
+        """True once the stream is older than `max_age_s` (or was cancelled by the watch)."""
         with self._lock:
-            return time.monotonic() - self._streams[handle].opened > self.max_age_s
+            stream = self._streams.get(handle)
+            return stream is None or time.monotonic() - stream.opened > self.max_age_s
 
     def closed(self, handle: int) -> None:
         with self._lock:
@@ -107,11 +118,12 @@ class StreamWatch:
         while not self._stop.wait(min(1.0, self.idle_s / 4)):
             now = time.monotonic()
             with self._lock:
-                idle = [
+                overdue = [
                     handle
                     for handle, stream in self._streams.items()
-                    if stream.idle_since is not None and now - stream.idle_since > self.idle_s
+                    if (stream.idle_since is not None and now - stream.idle_since > self.idle_s)
+                    or now - stream.opened > self.max_age_s + self.idle_s
                 ]
-                contexts = [self._streams.pop(handle).context for handle in idle]
+                contexts = [self._streams.pop(handle).context for handle in overdue]
             for context in contexts:
                 context.cancel()

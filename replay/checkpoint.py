@@ -148,19 +148,22 @@ def read_checkpoint(path: pathlib.Path, identity: TableIdentity) -> LoadedCheckp
         column = arrays.get(f"column/{name}")
         if column is None or column.shape != (size, *shape):
             raise CheckpointError(f"{path}: column {name!r} missing or of the wrong shape for size {size}")
-    _check_ranges(path, arrays, counters, identity.capacity)
+    _check_ranges(path, arrays, counters, identity)
     return LoadedCheckpoint(path=path, sequence=sequence, arrays=arrays, counters=counters)
 
 
 _COUNTERS = ("size", "next_slot", "inserts", "samples", "dropped_priority_updates")
 
 
-def _check_ranges(path: pathlib.Path, arrays: dict[str, np.ndarray], counters: dict[str, int], capacity: int) -> None:
+def _check_ranges(
+    path: pathlib.Path, arrays: dict[str, np.ndarray], counters: dict[str, int], identity: TableIdentity
+) -> None:
     """Refuses counters and arrays that a table could not hold or sample from.
 
     Raises:
         CheckpointError: naming the first value out of range.
     """
+    capacity = identity.capacity
     missing = [name for name in _COUNTERS if name not in counters]
     if missing:
         raise CheckpointError(f"{path}: counters {missing} missing")
@@ -178,6 +181,8 @@ def _check_ranges(path: pathlib.Path, arrays: dict[str, np.ndarray], counters: d
     bounds = {"selector/weights": (capacity,), "selector/max_priority": (1,)}
     for name, shape in bounds.items():
         if name not in arrays:
+            if identity.selector == "prioritized":  # its selector restores from both arrays
+                raise CheckpointError(f"{path}: {name} missing for a prioritized table")
             continue
         values = arrays[name]
         if values.shape != shape or values.dtype.kind != "f":

@@ -9,6 +9,9 @@ from __future__ import annotations
 from replay.errors import InvalidBatchError
 from replay.spec import Spec
 
+SHARD_BUSY = "replay shard busy"
+"""How the details of a shard's own RESOURCE_EXHAUSTED refusals begin (clients retry only these)."""
+
 MAX_PRIORITY = 1e30
 """Priorities above this are stored as this: with alpha <= 1 and < 2**30 slots the sum stays finite."""
 

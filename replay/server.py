@@ -26,7 +26,7 @@ from replay.allocator import keep_freed_memory
 from replay.codec import grpc_options
 from replay.config import ReplayConfig
 from replay.errors import DeadlineExceededError, InvalidBatchError, RequestCancelledError, TableClosedError
-from replay.limits import check_sample_request
+from replay.limits import SHARD_BUSY, check_sample_request
 from replay.metrics import ReplayMetrics
 from replay.rate_limiter import RateLimiter
 from replay.registry import ShardRecord, ShardRegistry, new_record
@@ -88,15 +88,13 @@ def insert_response(sequence: int, inserted: int) -> replay_pb2.InsertResponse:
     return replay_pb2.InsertResponse(sequence=sequence, inserted=inserted)
 
 
-def _cancellation(context: grpc.ServicerContext, table: Table) -> threading.Event:
-    """An event set (and the table's waiters woken) when the call ends: its client went away."""
+def _cancellation(context: grpc.ServicerContext) -> threading.Event:
+    """An event set when the call ends (its client went away); table waits poll it.
+
+    The callback runs on gRPC's polling thread, so it only sets the event: no lock taken there.
+    """
     ended = threading.Event()
-
-    def on_end() -> None:
-        ended.set()
-        table.wake()
-
-    if not context.add_callback(on_end):
+    if not context.add_callback(ended.set):
         ended.set()
     return ended
 
@@ -121,10 +119,10 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
         if slot is None:
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"this shard serves at most {self._stream_slots.limit} Insert streams at once "
+                f"{SHARD_BUSY}: it serves at most {self._stream_slots.limit} Insert streams at once "
                 "(max_workers - max_concurrent_samples - 4)",
             )
-        cancelled = _cancellation(context, self._table)
+        cancelled = _cancellation(context)
         stream = self._streams.opened(context)
         try:
             for request in request_iterator:
@@ -132,10 +130,12 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
                 started = time.perf_counter()
                 response = self._insert_one(request, context, cancelled)
                 self._insert_latency.observe(time.perf_counter() - started)
+                # Waiting from here: a client that never reads its replies blocks the yield, and
+                # the watch cancels the stream after insert_idle_s.
+                self._streams.waiting(stream)
                 yield response
                 if self._streams.expired(stream):
                     return  # the client reopens and re-sends what this stream left unacknowledged
-                self._streams.waiting(stream)
         finally:
             self._streams.closed(stream)
             slot.release()
@@ -180,7 +180,7 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
         if slot is None:
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"this shard serves at most max_concurrent_samples={self._sample_slots.limit} Samples at once",
+                f"{SHARD_BUSY}: it serves at most max_concurrent_samples={self._sample_slots.limit} Samples at once",
             )
         try:
             response = self._sample(request, context, batch_size, num_batches)
@@ -200,9 +200,7 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
         if remaining is not None:
             timeout = min(timeout, remaining)
         try:
-            items = self._table.sample(
-                batch_size, num_batches, timeout=timeout, cancelled=_cancellation(context, self._table)
-            )
+            items = self._table.sample(batch_size, num_batches, timeout=timeout, cancelled=_cancellation(context))
         except InvalidBatchError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except DeadlineExceededError as exc:
@@ -225,8 +223,7 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
             # the response is handed over to a call that is still live.
             delivered = context.is_active()
         finally:
-            if not delivered:
-                self._table.return_samples(batch_size * num_batches)
+            self._table.settle_samples(batch_size * num_batches, delivered)
         if not delivered:
             context.abort(grpc.StatusCode.CANCELLED, "the client went away before the sample was handed over")
         return response

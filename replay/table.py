@@ -23,6 +23,9 @@ from replay.rate_limiter import RateLimiter
 from replay.selectors import Selector
 from replay.spec import PRIORITY_COLUMN, Spec, validate_priorities
 
+CANCEL_POLL_S = 0.25
+"""How often a wait given a `cancelled` event re-checks it (seconds)."""
+
 
 @dataclass(frozen=True)
 class SampledItems:
@@ -52,6 +55,7 @@ class TableInfo:
     waiting_samples: int
     insert_wait_seconds: float
     sample_wait_seconds: float
+    delivered_samples: int
 
 
 class Table:
@@ -93,6 +97,7 @@ class Table:
         self._size = 0
         self._inserts = 0
         self._samples = 0
+        self._delivered_samples = 0  # settled as delivered: never decreases (a Prometheus counter)
         self._dropped_priority_updates = 0
         self._rng = np.random.default_rng(seed)
         self._cond = threading.Condition()
@@ -111,8 +116,8 @@ class Table:
 
         The whole batch is validated before anything is written. The rate limiter may admit it in
         pieces; if `timeout` (seconds) passes first, DeadlineExceededError is raised and its
-        `inserted` field says how many items made it in. Once `cancelled` is set (then `wake()`
-        called), a wait ends with RequestCancelledError.
+        `inserted` field says how many items made it in. Once `cancelled` is set, a wait ends
+        with RequestCancelledError (within `CANCEL_POLL_S`).
 
         Raises:
             InvalidBatchError: the batch does not match the spec (nothing inserted).
@@ -196,10 +201,10 @@ class Table:
                         cancelled,
                     )
                 except RequestCancelledError:
-                    self._samples -= drawn  # drawn in earlier pieces, never delivered
+                    self._unsample(drawn)  # drawn in earlier pieces, never delivered
                     raise
                 if admitted is None:
-                    self._samples -= drawn
+                    self._unsample(drawn)
                     raise DeadlineExceededError(
                         f"sample of {total} items waited past its deadline: size={self._size}, "
                         f"inserts={self._inserts} (min_size={self.limiter.min_size}), "
@@ -265,7 +270,11 @@ class Table:
     # -- waiting ---------------------------------------------------------------------------------
 
     def _wait(self, admissible, deadline: float | None, kind: str, cancelled: threading.Event | None) -> int | None:
-        """Waits (holding the condition) until `admissible()` > 0; None once `deadline` passes."""
+        """Waits (holding the condition) until `admissible()` > 0; None once `deadline` passes.
+
+        With a `cancelled` event the wait re-checks it every `CANCEL_POLL_S`: whoever sets it
+        (gRPC's callback thread) need not take the table lock.
+        """
         admitted = admissible()
         if admitted > 0:
             return admitted
@@ -283,7 +292,10 @@ class Table:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
-                self._cond.wait(remaining if remaining is not None else 1.0)
+                wait = remaining if remaining is not None else 1.0
+                if cancelled is not None:
+                    wait = min(wait, CANCEL_POLL_S)
+                self._cond.wait(wait)
                 admitted = admissible()
                 if admitted > 0:
                     return admitted
@@ -296,16 +308,23 @@ class Table:
                 self._waiting_samples -= 1
                 self._sample_wait_seconds += waited
 
-    def wake(self) -> None:
-        """Wakes waiting calls to re-check their `cancelled` events."""
-        with self._cond:
-            self._cond.notify_all()
-
-    def return_samples(self, count: int) -> None:
-        """Un-counts `count` sampled items that never reached their caller (their budget returns)."""
-        with self._cond:
+    def _unsample(self, count: int) -> None:
+        """Un-counts `count` drawn items (holding the condition); other waiting samples re-check."""
+        if count:
             self._samples -= count
             self._cond.notify_all()
+
+    def settle_samples(self, count: int, delivered: bool) -> None:
+        """Settles `count` items of one `sample` call: delivered to their caller, or un-counted.
+
+        Items un-counted return their rate-limiter budget. Only delivered items reach the
+        `delivered_samples` counter, so it never decreases.
+        """
+        with self._cond:
+            if delivered:
+                self._delivered_samples += count
+            else:
+                self._unsample(count)
 
     def close(self) -> None:
         """Releases every waiting call with TableClosedError."""
@@ -330,6 +349,7 @@ class Table:
                 waiting_samples=self._waiting_samples,
                 insert_wait_seconds=self._insert_wait_seconds,
                 sample_wait_seconds=self._sample_wait_seconds,
+                delivered_samples=self._delivered_samples,
             )
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
@@ -360,5 +380,6 @@ class Table:
             self._next_slot = int(counters["next_slot"])
             self._inserts = int(counters["inserts"])
             self._samples = int(counters["samples"])
+            self._delivered_samples = self._samples
             self._dropped_priority_updates = int(counters["dropped_priority_updates"])
             self._cond.notify_all()
