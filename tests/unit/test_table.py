@@ -148,3 +148,14 @@ def test_priorities_above_the_cap_are_stored_at_the_cap():
     slots = keylib.split_keys(keys)[1]
     table.update_priorities(keys[np.unique(slots, return_index=True)[1]], np.full(len(np.unique(slots)), 1e308))
     assert table.info().priority_mass == pytest.approx(len(np.unique(slots)) * MAX_PRIORITY)
+
+
+def test_only_delivered_samples_reach_the_never_decreasing_delivered_counter():
+    table = Table(CARTPOLE_SPEC, 16, UniformSelector(), RateLimiter(4, 1.0, 4.0), seed=0)
+    table.insert(make_batch(4))
+    table.sample(4)
+    table.settle_samples(4, delivered=False)  # the response never reached its caller
+    assert (table.info().samples, table.info().delivered_samples) == (0, 0)
+    table.sample(4, timeout=1)  # the budget came back
+    table.settle_samples(4, delivered=True)
+    assert (table.info().samples, table.info().delivered_samples) == (4, 4)
