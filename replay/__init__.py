@@ -6,7 +6,8 @@ Public surface:
     rendezvous_score, choose_shard (many shards as one); ReplaySource, ReplayStats (what a learner
     reads); Prefetcher, TorchBatch
     (batches kept ready for a learner); MixedReplay, validate_fractions (fixed-fraction mixes);
-    keep_freed_memory (malloc settings for processes that move large batches); and the errors.
+    keep_freed_memory (malloc settings for processes that move large batches); MAX_PRIORITY (the
+    cap on stored priorities); and the errors.
 """
 
 from replay import wire
@@ -21,9 +22,11 @@ from replay.errors import (
     RateLimiterConfigError,
     ReplayError,
     ReplayUnavailableError,
+    RequestCancelledError,
     SpecMismatchError,
     TableClosedError,
 )
+from replay.limits import MAX_PRIORITY
 from replay.metrics import SERIES as METRIC_SERIES
 from replay.metrics import ShardedCollector
 from replay.mixing import MixedReplay, validate_fractions
@@ -39,6 +42,7 @@ from replay.spec import Spec
 from replay.table import Table
 
 __all__ = [
+    "MAX_PRIORITY",
     "METRIC_SERIES",
     "RateLimiter",
     "Table",
@@ -64,6 +68,7 @@ __all__ = [
     "ReplaySource",
     "ReplayStats",
     "ReplayUnavailableError",
+    "RequestCancelledError",
     "Sample",
     "ShardRecord",
     "ShardedCollector",

@@ -7,7 +7,9 @@ array. No pickle: safetensors is a JSON header plus raw little-endian arrays.
 Files are `replay-<sequence>.safetensors` in the checkpoint folder. Each is written to a hidden
 temporary file, fsynced and renamed into place, so a reader never sees half a file. The newest
 `KEEP` checkpoints are kept; on restore, a checkpoint that is corrupt, truncated or written for
-another spec/capacity/selector is refused with a logged message and the next older one is tried.
+another spec/capacity/selector, or that holds values out of range (a size beyond capacity,
+negative counters, non-finite or negative priorities), is refused with a logged message and the
+next older one is tried.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from replay.errors import CheckpointError, SpecMismatchError
+from replay.limits import MAX_PRIORITY
 from replay.spec import Spec
 
 FORMAT = "qfleet-replay-checkpoint/1"
@@ -145,7 +148,47 @@ def read_checkpoint(path: pathlib.Path, identity: TableIdentity) -> LoadedCheckp
         column = arrays.get(f"column/{name}")
         if column is None or column.shape != (size, *shape):
             raise CheckpointError(f"{path}: column {name!r} missing or of the wrong shape for size {size}")
+    _check_ranges(path, arrays, counters, identity)
     return LoadedCheckpoint(path=path, sequence=sequence, arrays=arrays, counters=counters)
+
+
+_COUNTERS = ("size", "next_slot", "inserts", "samples", "dropped_priority_updates")
+
+
+def _check_ranges(
+    path: pathlib.Path, arrays: dict[str, np.ndarray], counters: dict[str, int], identity: TableIdentity
+) -> None:
+    """Refuses counters and arrays that a table could not hold or sample from.
+
+    Raises:
+        CheckpointError: naming the first value out of range.
+    """
+    capacity = identity.capacity
+    missing = [name for name in _COUNTERS if name not in counters]
+    if missing:
+        raise CheckpointError(f"{path}: counters {missing} missing")
+    negative = [name for name in _COUNTERS if counters[name] < 0]
+    if negative:
+        raise CheckpointError(f"{path}: counter {negative[0]}={counters[negative[0]]} is negative")
+    size = counters["size"]
+    if size > capacity or counters["next_slot"] >= capacity or counters["inserts"] < size:
+        raise CheckpointError(
+            f"{path}: size={size}, next_slot={counters['next_slot']}, inserts={counters['inserts']} "
+            f"do not fit capacity={capacity}"
+        )
+    if arrays.get("generations", np.empty(0)).shape != (size,):
+        raise CheckpointError(f"{path}: generations missing or not of shape ({size},)")
+    bounds = {"selector/weights": (capacity,), "selector/max_priority": (1,)}
+    for name, shape in bounds.items():
+        if name not in arrays:
+            if identity.selector == "prioritized":  # its selector restores from both arrays
+                raise CheckpointError(f"{path}: {name} missing for a prioritized table")
+            continue
+        values = arrays[name]
+        if values.shape != shape or values.dtype.kind != "f":
+            raise CheckpointError(f"{path}: {name} has shape {values.shape} {values.dtype}, expected {shape} float")
+        if not np.all((values >= 0) & (values <= MAX_PRIORITY)):  # False for NaN too
+            raise CheckpointError(f"{path}: {name} holds values outside [0, {MAX_PRIORITY:g}] (NaN, inf or negative)")
 
 
 def load_latest(directory: pathlib.Path, identity: TableIdentity) -> tuple[LoadedCheckpoint | None, list[str]]:

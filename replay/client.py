@@ -7,9 +7,10 @@
     client.update_priorities(sample.keys, new_priorities)
 
 Inserts ride one bidirectional stream with at most `max_in_flight` unacknowledged batches; an
-error in batch k is raised by the next `insert` or `flush`. Calls retry UNAVAILABLE with capped
-backoff; a reconnected stream re-sends unacknowledged batches, deduplicated by the server. The
-client pickles as its address alone, so it can be handed to another process (a Ray actor).
+error in batch k is raised by the next `insert` or `flush`. Calls retry UNAVAILABLE (and a busy
+shard's RESOURCE_EXHAUSTED) with capped backoff; a reconnected stream re-sends unacknowledged
+batches, deduplicated by the server. The client pickles as its address alone, so it can be handed
+to another process (a Ray actor).
 """
 
 from __future__ import annotations
@@ -35,11 +36,30 @@ from replay.errors import (
     ReplayError,
     ReplayUnavailableError,
 )
+from replay.limits import SHARD_BUSY
 from replay.sample import Sample
 from replay.source import ReplayStats, make_stats
 from replay.spec import Spec
 
 _END = object()
+_GRPC_BUSY = "Concurrent RPC limit exceeded"  # gRPC's own refusal beyond maximum_concurrent_rpcs
+
+
+def _shard_busy(err: grpc.RpcError) -> bool:
+    """True for a shard's refusal of one more concurrent call (its own cap or gRPC's).
+
+    Worth retrying, unlike any other RESOURCE_EXHAUSTED: a message over the size limit fails the
+    same way every time.
+    """
+    details = err.details() or ""
+    return err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and (
+        details.startswith(SHARD_BUSY) or _GRPC_BUSY in details
+    )
+
+
+def _retryable(err: grpc.RpcError) -> bool:
+    """Retried with capped backoff: the shard is unreachable or busy."""
+    return err.code() == grpc.StatusCode.UNAVAILABLE or _shard_busy(err)
 
 
 @dataclass(frozen=True)
@@ -101,7 +121,7 @@ def _typed_error(err: grpc.RpcError, address: str, what: str) -> ReplayError:
         return InvalidBatchError(text)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceededError(text)
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == grpc.StatusCode.UNAVAILABLE or _shard_busy(err):
         return ReplayUnavailableError(f"replay shard {address} unavailable during {what}: {details}", address=address)
     return ReplayError(f"{text} ({code.name})")
 
@@ -209,15 +229,16 @@ class _InsertStream:
         self._reader.start()
 
     def _read(self, call, requests: queue.SimpleQueue, backoff: _Backoff | None) -> None:
+        acknowledged = False
         try:
             for response in call:
-                backoff = None
+                acknowledged, backoff = True, None
                 with self._cond:
                     batch = self._pending.popleft()
                     if response.code:
                         self._errors.append(self._batch_error(batch, response))
                     self._cond.notify_all()
-            return
+            error = None  # the shard ended the stream (its max age)
         except grpc.RpcError as err:
             error = err
         requests.put(_END)  # frees the thread gRPC used to drain the dead call's requests
@@ -225,7 +246,12 @@ class _InsertStream:
             if self._closing:
                 return
             self._queue = None
-            retry = error.code() == grpc.StatusCode.UNAVAILABLE
+            ended = error is None or error.code() == grpc.StatusCode.CANCELLED  # by the shard's age or idle limit
+            if ended and (acknowledged or not self._pending):
+                if self._pending:
+                    self._open_locked(None)  # re-sends what this stream left unacknowledged
+                return
+            retry = ended or _retryable(error)  # ended without an ack: reopen after a backoff
             self._reconnecting = retry
         if retry:
             backoff = backoff or _Backoff(self._client.retry_for_s)
@@ -242,15 +268,17 @@ class _InsertStream:
             self._reconnecting = False
             self._cond.notify_all()
 
-    def _stream_error(self, error: grpc.RpcError) -> ReplayError:
-        """The typed error of a failed stream (called holding the condition)."""
+    def _stream_error(self, error: grpc.RpcError | None) -> ReplayError:
+        """The typed error of a failed stream (called holding the condition); None: ended unacknowledged."""
         address = self._client.address
         what = f"insert stream ({len(self._pending)} unacknowledged batches not inserted)"
-        if error.code() != grpc.StatusCode.UNAVAILABLE:
+        if error is not None and error.code() != grpc.StatusCode.CANCELLED and not _retryable(error):
             return _typed_error(error, address, what)
-        # What never got an ack, decoded, so a caller (ShardedReplay) can send it elsewhere.
+        # Unreachable, busy or cancelled past the retry budget: what never got an ack, decoded, so
+        # a caller (ShardedReplay, the actors' writer) can send it elsewhere or count it lost.
         unacknowledged = [wire.decode_insert_request(b.request).columns() for b in self._pending]
-        message = f"replay shard {address} unavailable during {what}: {error.details()}"
+        details = "the stream ended without an acknowledgement" if error is None else error.details()
+        message = f"replay shard {address} unavailable during {what}: {details}"
         return ReplayUnavailableError(message, address=address, unacknowledged=unacknowledged)
 
     def _batch_error(self, batch: _PendingBatch, response) -> ReplayError:
@@ -323,7 +351,7 @@ class ReplayClient:
             try:
                 return getattr(self._stub(), method)(request, timeout=timeout)
             except grpc.RpcError as err:
-                if err.code() == grpc.StatusCode.UNAVAILABLE and backoff.sleep():
+                if _retryable(err) and backoff.sleep():
                     continue
                 raise _typed_error(err, self.address, what) from None
 
@@ -391,16 +419,24 @@ class ReplayClient:
         """Draws `num_batches` batches in one round trip (each stratified on its own)."""
         if batch_size < 1 or num_batches < 1:
             raise InvalidBatchError(f"batch_size and num_batches must be >= 1, got {batch_size} and {num_batches}")
-        request = replay_pb2.SampleRequest(
-            batch_size=batch_size,
-            num_batches=num_batches,
-            beta=-1.0 if beta is None else beta,
-            timeout_ms=0 if timeout is None else max(1, int(math.ceil(timeout * 1000))),
-        )
-        # The server enforces `timeout` and says why; the gRPC deadline only guards a lost server.
-        raw = self._call(
-            "SampleBytes", request, f"sample({batch_size}x{num_batches})", None if timeout is None else timeout + 10
-        )
+        what = f"sample({batch_size}x{num_batches})"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # The server enforces the timeout and says why; the gRPC deadline only guards a lost server.
+        # The shard bounds every wait (max_sample_wait_s): until the caller's deadline, ask again.
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            request = replay_pb2.SampleRequest(
+                batch_size=batch_size,
+                num_batches=num_batches,
+                beta=-1.0 if beta is None else beta,
+                timeout_ms=0 if remaining is None else max(1, int(math.ceil(remaining * 1000))),
+            )
+            try:
+                raw = self._call("SampleBytes", request, what, None if remaining is None else remaining + 10)
+                break
+            except DeadlineExceededError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
         response = wire.decode_sample_response(raw)  # every batch of the request as one Sample
         self._counters = (response.inserts, response.samples)
         data, keys, probabilities, weights = response.data, response.keys, response.probabilities, response.weights

@@ -12,6 +12,7 @@ import numpy as np
 
 from replay._proto import replay_pb2
 from replay.errors import InvalidBatchError
+from replay.limits import MAX_DIMS
 
 
 def grpc_options(max_message_mb: int) -> list[tuple[str, int]]:
@@ -53,12 +54,15 @@ def array_from_bytes(buffer, dtype_name: str, shape, offset: int, nbytes: int, n
 
     Raises:
         InvalidBatchError: naming `name`, for an unknown or non-numeric dtype, a missing batch
-            dimension, or a byte count that does not match dtype and shape.
+            dimension, more than `MAX_DIMS` dimensions, or a byte count that does not match dtype
+            and shape.
     """
     dtype = _wire_dtype(dtype_name)
     if isinstance(dtype, str):
         raise InvalidBatchError(f"column {name!r}: {dtype}")
     shape = tuple(shape)
+    if len(shape) > MAX_DIMS:
+        raise InvalidBatchError(f"column {name!r}: more than {MAX_DIMS} dimensions")
     if not shape or any(d < 0 for d in shape):
         raise InvalidBatchError(f"column {name!r}: shape {list(shape)} lacks a batch dimension")
     count = math.prod(shape)
@@ -66,7 +70,10 @@ def array_from_bytes(buffer, dtype_name: str, shape, offset: int, nbytes: int, n
         raise InvalidBatchError(
             f"column {name!r}: {nbytes} bytes, expected {count * dtype.itemsize} for shape {list(shape)} of {dtype.name}"
         )
-    return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape)
+    try:
+        return np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape)
+    except ValueError as exc:  # e.g. a zero-length shape whose other dimensions overflow
+        raise InvalidBatchError(f"column {name!r}: shape {list(shape)}: {exc}") from None
 
 
 def decode_tensor(tensor: replay_pb2.Tensor, name: str) -> np.ndarray:

@@ -12,6 +12,9 @@ from typing import Literal
 from replay.mixing import validate_fractions
 from replay.rate_limiter import RateLimiter
 
+RESERVED_THREADS = 4
+"""Handler threads kept free of Insert streams and Samples, so Info and priority updates answer."""
+
 
 @dataclass(frozen=True)
 class ReplayConfig:
@@ -62,6 +65,27 @@ class ReplayConfig:
     max_workers: int = 64
     """gRPC handler threads: one per concurrent stream or blocked call."""
 
+    max_concurrent_samples: int = 8
+    """Sample calls served at once (each may wait for the limiter); more get RESOURCE_EXHAUSTED."""
+
+    max_concurrent_rpcs: int = 256
+    """RPCs in progress or queued (streams included); more are refused with RESOURCE_EXHAUSTED."""
+
+    max_sample_items: int = 1 << 20
+    """Largest batch_size x num_batches of one Sample; more is refused with INVALID_ARGUMENT."""
+
+    max_sample_wait_s: float = 30.0
+    """Longest a Sample waits for the rate limiter server-side; ReplayClient re-asks if it may wait."""
+
+    insert_idle_s: float = 300.0
+    """An Insert stream that sends nothing for this long is cancelled (the client reopens on demand)."""
+
+    insert_stream_max_age_s: float = 3600.0
+    """An Insert stream older than this is ended after its current batch (the client reopens it)."""
+
+    max_tracked_writers: int = 65_536
+    """Writers whose last batch sequence is kept for de-duplication (least recently seen dropped)."""
+
     seed: int | None = None
     """Seed of the sampling RNG; null: from OS entropy."""
 
@@ -79,6 +103,11 @@ class ReplayConfig:
 
     mix: dict[str, float] | None = None
     """Fractions of each learner batch by run, e.g. {online: 0.5, offline: 0.5} (RLPD); null: this run."""
+
+    @property
+    def max_insert_streams(self) -> int:
+        """Insert streams served at once: the threads left after Samples and the reserve."""
+        return self.max_workers - self.max_concurrent_samples - RESERVED_THREADS
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> None:
@@ -117,8 +146,22 @@ class ReplayConfig:
             bad("shard_id", "must be in [0, 1023]")
         if not 1 <= self.max_message_mb <= 2047:
             bad("max_message_mb", "must be in [1, 2047]")
-        if self.max_workers < 2:
-            bad("max_workers", "must be >= 2")
+        if self.max_concurrent_samples < 1:
+            bad("max_concurrent_samples", "must be >= 1")
+        if self.max_workers < self.max_concurrent_samples + RESERVED_THREADS + 1:
+            bad(
+                "max_workers",
+                f"must be >= max_concurrent_samples + {RESERVED_THREADS + 1} (threads for Info and one Insert stream)",
+            )
+        if self.max_concurrent_rpcs < self.max_workers:
+            bad("max_concurrent_rpcs", f"must be >= max_workers={self.max_workers}")
+        if self.max_sample_items < 1:
+            bad("max_sample_items", "must be >= 1")
+        for field in ("max_sample_wait_s", "insert_idle_s", "insert_stream_max_age_s"):
+            if not getattr(self, field) > 0:
+                bad(field, "must be > 0")
+        if self.max_tracked_writers < 1:
+            bad("max_tracked_writers", "must be >= 1")
         if not self.run or ":" in self.run:
             bad("run", "must be a non-empty name without ':'")
         if not self.heartbeat_s > 0:

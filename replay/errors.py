@@ -67,5 +67,12 @@ class CheckpointError(ReplayError):
     """A checkpoint could not be read (corrupt, truncated, or written for another spec)."""
 
 
+class RequestCancelledError(ReplayError):
+    """The caller of a waiting insert or sample went away (cancelled, or past its deadline).
+
+    Nothing of the sample was drawn; the shard stops waiting for a client that can't receive it.
+    """
+
+
 class TableClosedError(ReplayError):
     """The table is shutting down; waiting calls are released with this."""

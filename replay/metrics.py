@@ -68,7 +68,7 @@ class _TableCollector:
             return family
 
         yield counter(f"{PREFIX}_inserts_total", info.inserts)
-        yield counter(f"{PREFIX}_samples_total", info.samples)
+        yield counter(f"{PREFIX}_samples_total", info.delivered_samples)
         yield counter(f"{PREFIX}_dropped_priority_updates_total", info.dropped_priority_updates)
         waits = CounterMetricFamily(
             f"{PREFIX}_limiter_wait_seconds",

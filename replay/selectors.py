@@ -11,6 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
+from replay.limits import MAX_PRIORITY
 from replay.sum_tree import SumTree
 
 
@@ -71,7 +72,8 @@ class PrioritizedSelector:
     """Proportional prioritization: P(i) = p_i**alpha / sum_j p_j**alpha.
 
     New items without an explicit priority get the largest priority seen so far (1.0 before any),
-    so every transition is replayed at least once with high probability.
+    so every transition is replayed at least once with high probability. Priorities above
+    `MAX_PRIORITY` (1e30) are stored as 1e30, so the sum-tree total stays finite.
 
     Args:
         capacity: number of slots.
@@ -93,7 +95,7 @@ class PrioritizedSelector:
         self.set_priorities(slots, priorities)
 
     def set_priorities(self, slots: np.ndarray, priorities: np.ndarray) -> None:
-        priorities = np.asarray(priorities, dtype=np.float64)
+        priorities = np.minimum(np.asarray(priorities, dtype=np.float64), MAX_PRIORITY)
         if priorities.size:
             self.max_priority = max(self.max_priority, float(priorities.max()))
         self._tree.set(slots, priorities**self.alpha)

@@ -21,16 +21,19 @@ from prometheus_client import start_http_server
 from replay import checkpoint as ckpt
 from replay import codec, wire
 from replay._proto import replay_pb2, replay_pb2_grpc
+from replay.admission import Slots, StreamWatch
 from replay.allocator import keep_freed_memory
 from replay.codec import grpc_options
 from replay.config import ReplayConfig
-from replay.errors import DeadlineExceededError, InvalidBatchError, TableClosedError
+from replay.errors import DeadlineExceededError, InvalidBatchError, RequestCancelledError, TableClosedError
+from replay.limits import SHARD_BUSY, check_sample_request
 from replay.metrics import ReplayMetrics
 from replay.rate_limiter import RateLimiter
 from replay.registry import ShardRecord, ShardRegistry, new_record
 from replay.selectors import make_selector
-from replay.spec import Spec
+from replay.spec import PRIORITY_COLUMN, Spec
 from replay.table import Table
+from replay.writers import WriterSequences
 
 log = logging.getLogger(__name__)
 
@@ -85,25 +88,59 @@ def insert_response(sequence: int, inserted: int) -> replay_pb2.InsertResponse:
     return replay_pb2.InsertResponse(sequence=sequence, inserted=inserted)
 
 
+def _cancellation(context: grpc.ServicerContext) -> threading.Event:
+    """An event set when the call ends (its client went away); table waits poll it.
+
+    The callback runs on gRPC's polling thread, so it only sets the event: no lock taken there.
+    """
+    ended = threading.Event()
+    if not context.add_callback(ended.set):
+        ended.set()
+    return ended
+
+
 class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
-    def __init__(self, server: ReplayServer):
+    def __init__(self, server: ReplayServer, streams: StreamWatch):
+        config = server.config
         self._server = server
         self._table = server.table
         self._metrics = server.metrics
-        self._last_sequence: dict[int, int] = {}
-        self._sequence_lock = threading.Lock()
+        self._streams = streams
+        self._stream_slots = Slots(config.max_insert_streams)
+        self._sample_slots = Slots(config.max_concurrent_samples)
+        self._writers = WriterSequences(config.max_tracked_writers)
+        self._columns = frozenset([*server.spec, PRIORITY_COLUMN])
         self._insert_latency = self._metrics.latency("insert")
         self._sample_latency = self._metrics.latency("sample")
         self._update_latency = self._metrics.latency("update_priorities")
 
     def Insert(self, request_iterator, context):
-        for request in request_iterator:
-            started = time.perf_counter()
-            response = self._insert_one(request, context)
-            self._insert_latency.observe(time.perf_counter() - started)
-            yield response
+        slot = self._stream_slots.acquire(context)
+        if slot is None:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{SHARD_BUSY}: it serves at most {self._stream_slots.limit} Insert streams at once "
+                "(max_workers - max_concurrent_samples - 4)",
+            )
+        cancelled = _cancellation(context)
+        stream = self._streams.opened(context)
+        try:
+            for request in request_iterator:
+                self._streams.busy(stream)
+                started = time.perf_counter()
+                response = self._insert_one(request, context, cancelled)
+                self._insert_latency.observe(time.perf_counter() - started)
+                # Waiting from here: a client that never reads its replies blocks the yield, and
+                # the watch cancels the stream after insert_idle_s.
+                self._streams.waiting(stream)
+                yield response
+                if self._streams.expired(stream):
+                    return  # the client reopens and re-sends what this stream left unacknowledged
+        finally:
+            self._streams.closed(stream)
+            slot.release()
 
-    def _insert_one(self, raw: bytes, context) -> replay_pb2.InsertResponse:
+    def _insert_one(self, raw: bytes, context, cancelled: threading.Event) -> replay_pb2.InsertResponse:
         try:
             request = wire.decode_insert_request(raw)
         except InvalidBatchError as exc:  # not even the sequence could be read
@@ -111,55 +148,85 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
             code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
             return replay_pb2.InsertResponse(code=code, message=str(exc))
         response = replay_pb2.InsertResponse(sequence=request.sequence)
-        with self._sequence_lock:
-            already = request.sequence and request.sequence <= self._last_sequence.get(request.writer_id, 0)
-        if already:  # a re-sent batch after a reconnect: it is in the table already
-            return response
+        if request.sequence and self._writers.seen(request.writer_id, request.sequence):
+            return response  # a re-sent batch after a reconnect: it is in the table already
         try:
-            arrays = request.columns()
+            arrays = request.columns(self._columns)
             timeout = request.timeout_ms / 1000.0 if request.timeout_ms else None
-            response.inserted = self._table.insert(arrays, timeout=timeout)
+            response.inserted = self._table.insert(arrays, timeout=timeout, cancelled=cancelled)
         except InvalidBatchError as exc:
             self._server.count_rejected()
             response.code, response.message = grpc.StatusCode.INVALID_ARGUMENT.value[0], str(exc)
         except DeadlineExceededError as exc:
             response.code, response.message = grpc.StatusCode.DEADLINE_EXCEEDED.value[0], str(exc)
             response.inserted = exc.inserted
-        except TableClosedError as exc:
+        except (TableClosedError, RequestCancelledError) as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         if request.sequence:
-            with self._sequence_lock:
-                self._last_sequence[request.writer_id] = request.sequence
+            self._writers.record(request.writer_id, request.sequence)
         return response
 
     def Sample(self, request, context):
         started = time.perf_counter()
+        config = self._server.config
         batch_size, num_batches = request.batch_size, request.num_batches or 1
-        beta = request.beta if request.beta >= 0 else self._server.config.beta
-        timeout = request.timeout_ms / 1000.0 if request.timeout_ms else None
-        remaining = context.time_remaining()
-        if remaining is not None and remaining < 1e9:
-            timeout = remaining if timeout is None else min(timeout, remaining)
+        try:  # before the table lock: a request too large for its limits costs nothing
+            check_sample_request(
+                self._server.spec, batch_size, num_batches, config.max_sample_items, config.max_message_mb
+            )
+        except InvalidBatchError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        slot = self._sample_slots.acquire(context)
+        if slot is None:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{SHARD_BUSY}: it serves at most max_concurrent_samples={self._sample_slots.limit} Samples at once",
+            )
         try:
-            items = self._table.sample(batch_size, num_batches, timeout=timeout)
+            response = self._sample(request, context, batch_size, num_batches)
+        finally:
+            slot.release()
+        self._sample_latency.observe(time.perf_counter() - started)
+        return response  # already serialized: see add_servicer
+
+    def _sample(self, request, context, batch_size: int, num_batches: int) -> bytes:
+        """Draws, encodes and hands over; items that can't be handed over are un-counted."""
+        config = self._server.config
+        beta = request.beta if request.beta >= 0 else config.beta
+        timeout = config.max_sample_wait_s
+        if request.timeout_ms:
+            timeout = min(timeout, request.timeout_ms / 1000.0)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, remaining)
+        try:
+            items = self._table.sample(batch_size, num_batches, timeout=timeout, cancelled=_cancellation(context))
         except InvalidBatchError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except DeadlineExceededError as exc:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
-        except TableClosedError as exc:
+        except (TableClosedError, RequestCancelledError) as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        response = wire.encode_sample_response(
-            items.data,
-            items.keys,
-            items.probabilities,
-            importance_weights(items.probabilities, items.table_size, beta, batch_size),
-            table_size=items.table_size,
-            priority_mass=items.priority_mass,
-            inserts=items.inserts,
-            samples=items.samples,
-        )
-        self._sample_latency.observe(time.perf_counter() - started)
-        return response  # already serialized: see add_servicer
+        delivered = False
+        try:
+            response = wire.encode_sample_response(
+                items.data,
+                items.keys,
+                items.probabilities,
+                importance_weights(items.probabilities, items.table_size, beta, batch_size),
+                table_size=items.table_size,
+                priority_mass=items.priority_mass,
+                inserts=items.inserts,
+                samples=items.samples,
+            )
+            # gRPC gives a unary handler no send confirmation: the items count as delivered when
+            # the response is handed over to a call that is still live.
+            delivered = context.is_active()
+        finally:
+            self._table.settle_samples(batch_size * num_batches, delivered)
+        if not delivered:
+            context.abort(grpc.StatusCode.CANCELLED, "the client went away before the sample was handed over")
+        return response
 
     def UpdatePriorities(self, request, context):
         started = time.perf_counter()
@@ -217,6 +284,7 @@ class ReplayServer:
         self._rejected_batches = 0
         self._rejected_lock = threading.Lock()
         self._grpc: grpc.Server | None = None
+        self._streams: StreamWatch | None = None
         self._metrics_http = None
         self._stop_event = threading.Event()
         self._periodic: threading.Thread | None = None
@@ -246,8 +314,10 @@ class ReplayServer:
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.config.max_workers, thread_name_prefix="replay"),
             options=grpc_options(self.config.max_message_mb),
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
-        add_servicer(_Servicer(self), self._grpc)
+        self._streams = StreamWatch(self.config.insert_idle_s, self.config.insert_stream_max_age_s)
+        add_servicer(_Servicer(self, self._streams), self._grpc)
         address = f"{self.config.host}:{self.config.port}"
         try:
             self.port = self._grpc.add_insecure_port(address)
@@ -257,6 +327,7 @@ class ReplayServer:
             self._grpc = None
             raise OSError(f"replay server cannot listen on {address}: port in use or address not local")
         self._grpc.start()
+        self._streams.start()
         if self.config.metrics_port is not None:
             try:
                 self._metrics_http, _ = start_http_server(
@@ -291,6 +362,7 @@ class ReplayServer:
         self.table.close()
         self._grpc.stop(grace).wait()
         self._grpc = None
+        self._streams.stop()
         if self._periodic is not None:
             self._periodic.join()
         if self._heartbeats is not None:

@@ -18,10 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from replay import keys as keylib
-from replay.errors import DeadlineExceededError, InvalidBatchError, TableClosedError
+from replay.errors import DeadlineExceededError, InvalidBatchError, RequestCancelledError, TableClosedError
 from replay.rate_limiter import RateLimiter
 from replay.selectors import Selector
 from replay.spec import PRIORITY_COLUMN, Spec, validate_priorities
+
+CANCEL_POLL_S = 0.25
+"""How often a wait given a `cancelled` event re-checks it (seconds)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class TableInfo:
     waiting_samples: int
     insert_wait_seconds: float
     sample_wait_seconds: float
+    delivered_samples: int
 
 
 class Table:
@@ -93,6 +97,7 @@ class Table:
         self._size = 0
         self._inserts = 0
         self._samples = 0
+        self._delivered_samples = 0  # settled as delivered: never decreases (a Prometheus counter)
         self._dropped_priority_updates = 0
         self._rng = np.random.default_rng(seed)
         self._cond = threading.Condition()
@@ -104,16 +109,20 @@ class Table:
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def insert(self, batch: Mapping[str, np.ndarray], timeout: float | None = None) -> int:
+    def insert(
+        self, batch: Mapping[str, np.ndarray], timeout: float | None = None, cancelled: threading.Event | None = None
+    ) -> int:
         """Validates and inserts a batch; returns the number of items inserted.
 
         The whole batch is validated before anything is written. The rate limiter may admit it in
         pieces; if `timeout` (seconds) passes first, DeadlineExceededError is raised and its
-        `inserted` field says how many items made it in.
+        `inserted` field says how many items made it in. Once `cancelled` is set, a wait ends
+        with RequestCancelledError (within `CANCEL_POLL_S`).
 
         Raises:
             InvalidBatchError: the batch does not match the spec (nothing inserted).
             DeadlineExceededError: the rate limiter held the batch past `timeout`.
+            RequestCancelledError: `cancelled` was set while the batch waited.
         """
         length = self.spec.validate(batch)
         priorities = batch.get(PRIORITY_COLUMN)
@@ -125,6 +134,7 @@ class Table:
                     lambda wanted=length - done: self.limiter.insertable(wanted, self._inserts, self._samples),
                     deadline,
                     "insert",
+                    cancelled,
                 )
                 if admitted is None:
                     diff = self.limiter.diff(self._inserts, self._samples)
@@ -160,12 +170,19 @@ class Table:
 
     # -- reads -----------------------------------------------------------------------------------
 
-    def sample(self, batch_size: int, num_batches: int = 1, timeout: float | None = None) -> SampledItems:
+    def sample(
+        self,
+        batch_size: int,
+        num_batches: int = 1,
+        timeout: float | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> SampledItems:
         """Draws `num_batches` batches of `batch_size` items (stratified within each batch).
 
         Raises:
             InvalidBatchError: batch_size or num_batches < 1.
             DeadlineExceededError: min_size or the ratio held the sample past `timeout` seconds.
+            RequestCancelledError: `cancelled` was set while the sample waited (nothing counted).
         """
         if batch_size < 1 or num_batches < 1:
             raise InvalidBatchError(f"batch_size and num_batches must be >= 1, got {batch_size} and {num_batches}")
@@ -176,12 +193,18 @@ class Table:
         drawn = 0
         with self._cond:
             while drawn < total:
-                admitted = self._wait(
-                    lambda wanted=total - drawn: self.limiter.sampleable(wanted, self._inserts, self._samples),
-                    deadline,
-                    "sample",
-                )
+                try:
+                    admitted = self._wait(
+                        lambda wanted=total - drawn: self.limiter.sampleable(wanted, self._inserts, self._samples),
+                        deadline,
+                        "sample",
+                        cancelled,
+                    )
+                except RequestCancelledError:
+                    self._unsample(drawn)  # drawn in earlier pieces, never delivered
+                    raise
                 if admitted is None:
+                    self._unsample(drawn)
                     raise DeadlineExceededError(
                         f"sample of {total} items waited past its deadline: size={self._size}, "
                         f"inserts={self._inserts} (min_size={self.limiter.min_size}), "
@@ -246,8 +269,12 @@ class Table:
 
     # -- waiting ---------------------------------------------------------------------------------
 
-    def _wait(self, admissible, deadline: float | None, kind: str) -> int | None:
-        """Waits (holding the condition) until `admissible()` > 0; None once `deadline` passes."""
+    def _wait(self, admissible, deadline: float | None, kind: str, cancelled: threading.Event | None) -> int | None:
+        """Waits (holding the condition) until `admissible()` > 0; None once `deadline` passes.
+
+        With a `cancelled` event the wait re-checks it every `CANCEL_POLL_S`: whoever sets it
+        (gRPC's callback thread) need not take the table lock.
+        """
         admitted = admissible()
         if admitted > 0:
             return admitted
@@ -260,10 +287,15 @@ class Table:
             while True:
                 if self._closed:
                     raise TableClosedError("the replay table is shutting down")
+                if cancelled is not None and cancelled.is_set():
+                    raise RequestCancelledError(f"the {kind} was cancelled while waiting for the rate limiter")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
-                self._cond.wait(remaining if remaining is not None else 1.0)
+                wait = remaining if remaining is not None else 1.0
+                if cancelled is not None:
+                    wait = min(wait, CANCEL_POLL_S)
+                self._cond.wait(wait)
                 admitted = admissible()
                 if admitted > 0:
                     return admitted
@@ -275,6 +307,24 @@ class Table:
             else:
                 self._waiting_samples -= 1
                 self._sample_wait_seconds += waited
+
+    def _unsample(self, count: int) -> None:
+        """Un-counts `count` drawn items (holding the condition); other waiting samples re-check."""
+        if count:
+            self._samples -= count
+            self._cond.notify_all()
+
+    def settle_samples(self, count: int, delivered: bool) -> None:
+        """Settles `count` items of one `sample` call: delivered to their caller, or un-counted.
+
+        Items un-counted return their rate-limiter budget. Only delivered items reach the
+        `delivered_samples` counter, so it never decreases.
+        """
+        with self._cond:
+            if delivered:
+                self._delivered_samples += count
+            else:
+                self._unsample(count)
 
     def close(self) -> None:
         """Releases every waiting call with TableClosedError."""
@@ -299,6 +349,7 @@ class Table:
                 waiting_samples=self._waiting_samples,
                 insert_wait_seconds=self._insert_wait_seconds,
                 sample_wait_seconds=self._sample_wait_seconds,
+                delivered_samples=self._delivered_samples,
             )
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
@@ -329,5 +380,6 @@ class Table:
             self._next_slot = int(counters["next_slot"])
             self._inserts = int(counters["inserts"])
             self._samples = int(counters["samples"])
+            self._delivered_samples = self._samples
             self._dropped_priority_updates = int(counters["dropped_priority_updates"])
             self._cond.notify_all()

@@ -10,23 +10,26 @@ both ways against the generated classes; everything else on the wire still goes 
 Protobuf wire format used here: each field is a varint key `field_number << 3 | wire_type`
 followed by a varint (type 0), 8 little-endian bytes (type 1), or a varint length and that many
 bytes (type 2: strings, bytes, sub-messages, packed repeated numbers). Unknown fields are skipped
-when reading, so newer writers stay readable.
+when reading, so newer writers stay readable, but only `MAX_UNKNOWN_FIELDS` of them per message:
+every loop here is bounded by what the message may hold, and an Insert's columns by the spec.
 """
 
 from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from replay.codec import array_from_bytes, little_endian
 from replay.errors import InvalidBatchError
+from replay.limits import MAX_DIMS, MAX_UNKNOWN_FIELDS
 from replay.sample import Sample
 
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
+_MAX_RESPONSE_COLUMNS = 4096  # columns a client reads from a SampleResponse (the shard's spec)
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -172,14 +175,18 @@ def _int64(value: int) -> int:
     return value - (1 << 64) if value >> 63 else value
 
 
-def _fields(buf: bytes, start: int, end: int, what: str) -> Iterator[tuple[int, int, object]]:
+def _fields(buf: bytes, start: int, end: int, what: str, known: int) -> Iterator[tuple[int, int, object]]:
     """(field number, wire type, value) for each field of the message in buf[start:end].
 
     The value is an int for varints, a (start, end) span for length-delimited fields and the raw
-    8 or 4 bytes for fixed-width ones.
+    8 or 4 bytes for fixed-width ones. More than `known + MAX_UNKNOWN_FIELDS` fields is malformed.
     """
     pos = start
+    remaining = known + MAX_UNKNOWN_FIELDS
     while pos < end:
+        if remaining == 0:
+            raise _malformed(what, f"more than {known + MAX_UNKNOWN_FIELDS} fields")
+        remaining -= 1
         key, pos = _read_varint(buf, pos, end, what)
         field, wire_type = key >> 3, key & 7
         if wire_type == _VARINT:
@@ -199,7 +206,7 @@ def _fields(buf: bytes, start: int, end: int, what: str) -> Iterator[tuple[int, 
 
 def _read_tensor(buf: bytes, span: tuple[int, int], name: str) -> np.ndarray:
     dtype, shape, data = "", [], (span[0], span[0])
-    for field, wire_type, value in _fields(buf, *span, f"tensor {name!r}"):
+    for field, wire_type, value in _fields(buf, *span, f"tensor {name!r}", 3 + MAX_DIMS):
         if wire_type != _LEN:
             if field == 2 and wire_type == _VARINT:  # an unpacked shape element
                 shape.append(_int64(value))
@@ -208,7 +215,7 @@ def _read_tensor(buf: bytes, span: tuple[int, int], name: str) -> np.ndarray:
             dtype = buf[value[0] : value[1]].decode("utf-8", "replace")
         elif field == 2:
             pos, stop = value
-            while pos < stop:
+            while pos < stop and len(shape) <= MAX_DIMS:
                 dim, pos = _read_varint(buf, pos, stop, f"tensor {name!r} shape")
                 shape.append(_int64(dim))
         elif field == 3:
@@ -216,19 +223,25 @@ def _read_tensor(buf: bytes, span: tuple[int, int], name: str) -> np.ndarray:
     return array_from_bytes(buf, dtype, shape, data[0], data[1] - data[0], name)
 
 
-def _read_batch(buf: bytes, span: tuple[int, int], what: str) -> dict[str, np.ndarray]:
+def _read_batch(buf: bytes, span: tuple[int, int], what: str, allowed: Collection[str] | None) -> dict[str, np.ndarray]:
+    """The columns of a batch; with `allowed`, a column not in it is refused before it is read."""
     columns = {}
-    for field, wire_type, entry in _fields(buf, *span, what):
+    limit = _MAX_RESPONSE_COLUMNS if allowed is None else len(allowed)
+    for field, wire_type, entry in _fields(buf, *span, what, limit):
         if field != 1 or wire_type != _LEN:
             continue
         name, tensor = "", None
-        for entry_field, entry_type, value in _fields(buf, *entry, f"{what} column"):
+        for entry_field, entry_type, value in _fields(buf, *entry, f"{what} column", 2):
             if entry_type != _LEN:
                 continue
             if entry_field == 1:
                 name = buf[value[0] : value[1]].decode("utf-8", "replace")
             elif entry_field == 2:
                 tensor = value
+        if allowed is not None and name not in allowed:
+            raise InvalidBatchError(f"column {name!r} is not in the spec (expected columns: {sorted(allowed)})")
+        if name in columns:
+            raise _malformed(what, f"column {name!r} appears twice")
         columns[name] = _read_tensor(buf, tensor or (entry[1], entry[1]), name)
     return columns
 
@@ -245,9 +258,9 @@ def decode_sample_response(raw: bytes) -> Sample:
     scalars = {5: 0, 7: 0, 8: 0}
     priority_mass = 0.0
     names = {2: "keys", 3: "probabilities", 4: "weights"}
-    for field, wire_type, value in _fields(raw, 0, len(raw), what):
+    for field, wire_type, value in _fields(raw, 0, len(raw), what, 8):
         if field == 1 and wire_type == _LEN:
-            data = _read_batch(raw, value, what)
+            data = _read_batch(raw, value, what, None)
         elif field in names and wire_type == _LEN:
             tensors[field] = _read_tensor(raw, value, names[field])
         elif field in scalars and wire_type == _VARINT:
@@ -279,15 +292,19 @@ class InsertRequestView:
     raw: bytes
     batch_span: tuple[int, int] | None
 
-    def columns(self) -> dict[str, np.ndarray]:
+    def columns(self, allowed: Collection[str] | None = None) -> dict[str, np.ndarray]:
         """The batch's columns as read-only views of the received bytes.
 
+        Args:
+            allowed: the column names a batch may carry (a shard's spec and `priority`); a batch
+                naming another is refused before its data is read. None: any.
+
         Raises:
-            InvalidBatchError: a column is malformed (named).
+            InvalidBatchError: a column is malformed or not allowed (named).
         """
         if self.batch_span is None:
             return {}
-        return _read_batch(self.raw, self.batch_span, "InsertRequest")
+        return _read_batch(self.raw, self.batch_span, "InsertRequest", allowed)
 
 
 def decode_insert_request(raw: bytes) -> InsertRequestView:
@@ -298,7 +315,7 @@ def decode_insert_request(raw: bytes) -> InsertRequestView:
     """
     scalars = {2: 0, 3: 0, 4: 0}
     span = None
-    for field, wire_type, value in _fields(raw, 0, len(raw), "InsertRequest"):
+    for field, wire_type, value in _fields(raw, 0, len(raw), "InsertRequest", 4):
         if field == 1 and wire_type == _LEN:
             span = value
         elif field in scalars and wire_type == _VARINT:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
 from conftest import CARTPOLE_SPEC, make_batch
 from replay import keys as keylib
-from replay.errors import DeadlineExceededError, InvalidBatchError
+from replay.errors import DeadlineExceededError, InvalidBatchError, RequestCancelledError
+from replay.limits import MAX_PRIORITY
 from replay.rate_limiter import RateLimiter
 from replay.selectors import PrioritizedSelector, UniformSelector
 from replay.table import Table
@@ -121,3 +125,37 @@ def test_sampling_below_min_size_waits_until_its_deadline():
         table.sample(1, timeout=0.05)
     table.insert(make_batch(1, start=4))
     assert table.sample(1, timeout=0.05).table_size == 5
+
+
+def test_a_cancelled_sample_stops_waiting_and_uncounts_what_it_drew():
+    # spi 1, min_size 4, buffer 4: 4 inserts allow 4 samples; a sample of 6 draws 4, then waits.
+    table = Table(CARTPOLE_SPEC, 16, UniformSelector(), RateLimiter(4, 1.0, 4.0), seed=0)
+    table.insert(make_batch(4))
+    cancelled = threading.Event()
+    threading.Timer(0.2, cancelled.set).start()  # no wake-up: the wait polls the event
+    started = time.monotonic()
+    with pytest.raises(RequestCancelledError):
+        table.sample(6, cancelled=cancelled, timeout=10)
+    assert time.monotonic() - started < 5
+    assert table.info().samples == 0  # the 4 drawn before the wait never reached a caller
+    assert table.sample(4, timeout=1).samples == 4
+
+
+def test_priorities_above_the_cap_are_stored_at_the_cap():
+    table = prioritized_table()
+    table.insert(make_batch(4))
+    keys = table.sample(16).keys
+    slots = keylib.split_keys(keys)[1]
+    table.update_priorities(keys[np.unique(slots, return_index=True)[1]], np.full(len(np.unique(slots)), 1e308))
+    assert table.info().priority_mass == pytest.approx(len(np.unique(slots)) * MAX_PRIORITY)
+
+
+def test_only_delivered_samples_reach_the_never_decreasing_delivered_counter():
+    table = Table(CARTPOLE_SPEC, 16, UniformSelector(), RateLimiter(4, 1.0, 4.0), seed=0)
+    table.insert(make_batch(4))
+    table.sample(4)
+    table.settle_samples(4, delivered=False)  # the response never reached its caller
+    assert (table.info().samples, table.info().delivered_samples) == (0, 0)
+    table.sample(4, timeout=1)  # the budget came back
+    table.settle_samples(4, delivered=True)
+    assert (table.info().samples, table.info().delivered_samples) == (4, 4)

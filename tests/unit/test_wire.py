@@ -96,3 +96,18 @@ def test_malformed_messages_are_named():
     message.batch.columns["reward"].dtype = "object"
     with pytest.raises(InvalidBatchError, match="column 'reward'.*not a numeric dtype"):
         wire.decode_insert_request(message.SerializeToString()).columns()
+
+
+def test_a_message_with_too_many_fields_is_malformed():
+    raw = wire.encode_insert_request(_columns(), writer_id=1, sequence=1, timeout_ms=0)
+    assert wire.decode_insert_request(raw + b"\x78\x00" * 16).sequence == 1  # room for newer writers
+    with pytest.raises(InvalidBatchError, match="more than 20 fields"):
+        wire.decode_insert_request(raw + b"\x78\x00" * 18)
+
+
+def test_columns_outside_the_allowed_names_are_refused_before_they_are_read():
+    raw = wire.encode_insert_request(_columns(), writer_id=1, sequence=1, timeout_ms=0)
+    view = wire.decode_insert_request(raw)
+    assert set(view.columns(set(_columns()))) == set(_columns())
+    with pytest.raises(InvalidBatchError, match="is not in the spec"):
+        view.columns({"only"})
