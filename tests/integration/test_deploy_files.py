@@ -139,7 +139,7 @@ def test_kuberay_manifests_agree_with_each_other():
     cluster, service, claim = docs["RayCluster"], docs["Service"], docs["PersistentVolumeClaim"]
     assert cluster["apiVersion"] == "ray.io/v1" and claim["spec"]["accessModes"] == ["ReadWriteMany"]
     groups = {g["groupName"]: g for g in cluster["spec"]["workerGroupSpecs"]}
-    assert cluster["spec"]["workerGroupSpecs"][0]["groupName"] == "actors"  # README's kubectl patch path
+    assert cluster["spec"]["workerGroupSpecs"][0]["groupName"] == "actors"  # docs/deploy.md's kubectl patch path
     assert set(groups) == {"actors", "gpu-learner", "android-emulators"}
 
     def resources(group) -> dict:  # KubeRay's quoted-JSON form: '"{\"name\": n}"'
