@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ def run_qfleet(config: str, seed: int, args, out_dir: pathlib.Path) -> dict:
     print(f"[learning] qfleet seed {seed}: {' '.join(command[3:])}", flush=True)
     started = time.perf_counter()
     with open(out_dir / f"qfleet-seed{seed}.log", "w") as log:
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=_env()).returncode
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
     wall = time.perf_counter() - started
     if code != 0:  # reported with the seed's figures so far; the other seeds still run
         print(f"[learning] qfleet train (seed {seed}) exited {code}; see {out_dir / f'qfleet-seed{seed}.log'}")
@@ -68,12 +67,6 @@ def run_baseline(seed: int, args, out_dir: pathlib.Path) -> dict:
     result = train(seed, args.env, args.baseline_steps, args.baseline_eval_every, args.eval_episodes, args.threshold)
     (out_dir / f"baseline-seed{seed}.json").write_text(json.dumps(result))
     return {"seed": seed, "evals": result["evals"], "wall_s": result["train_seconds"]}
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env.setdefault("RAY_AUTH_MODE", "disabled")
-    return env
 
 
 def summarise(result: dict, threshold: float | None) -> dict:

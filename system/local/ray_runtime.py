@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 
@@ -11,8 +10,8 @@ import threading
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """`ray.init` for qfleet's drivers; a no-op when Ray is already initialised.
 
-    Local instances run without Ray's token authentication (RAY_AUTH_MODE=disabled, unless the
-    environment says otherwise) and without the dashboard; they bind to loopback.
+    Local instances run without the dashboard and keep Ray's token authentication on (Ray makes
+    the token at start and qfleet's Ray processes read it; only the environment can turn it off).
 
     `ray.init` installs its own SIGTERM handler (exit at once, killing the local Ray processes);
     a handler the caller installed (`stop_on_signals`) is put back afterwards, so SIGTERM stops a
@@ -26,7 +25,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     on_sigterm = signal.getsignal(signal.SIGTERM) if in_main_thread else None
     try:
         if address is None:
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             # "local": always a new instance of our own, never one that happens to run on this
             # machine already (another run's, a benchmark's), which a bare ray.init() would join.
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
