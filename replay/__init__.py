@@ -7,7 +7,9 @@ Public surface:
     reads); Prefetcher, TorchBatch
     (batches kept ready for a learner); MixedReplay, validate_fractions (fixed-fraction mixes);
     keep_freed_memory (malloc settings for processes that move large batches); MAX_PRIORITY (the
-    cap on stored priorities); and the errors.
+    cap on stored priorities); ReplayCredentials, generate_credentials (a run's token and TLS
+    certificate); connect_redis, redact_url (the run's Redis, its password kept out of sight); and
+    the errors.
 """
 
 from replay import wire
@@ -15,6 +17,7 @@ from replay.allocator import keep_freed_memory
 from replay.client import CheckpointResult, PriorityUpdateResult, ReplayClient, ReplayInfo, Sample
 from replay.codec import grpc_options
 from replay.config import ReplayConfig, ShardedReplayConfig
+from replay.credentials import ReplayCredentials, generate_credentials
 from replay.errors import (
     CheckpointError,
     DeadlineExceededError,
@@ -32,6 +35,7 @@ from replay.metrics import ShardedCollector
 from replay.mixing import MixedReplay, validate_fractions
 from replay.prefetch import Prefetcher, TorchBatch
 from replay.rate_limiter import RateLimiter
+from replay.redis_connection import connect_redis, redact_url
 from replay.registry import ShardRecord, ShardRegistry, live_shard_key
 from replay.routing import choose_shard, rendezvous_score
 from replay.selectors import make_selector
@@ -62,6 +66,7 @@ __all__ = [
     "RateLimiterConfigError",
     "ReplayClient",
     "ReplayConfig",
+    "ReplayCredentials",
     "ReplayError",
     "ReplayInfo",
     "ReplayServer",
@@ -81,8 +86,11 @@ __all__ = [
     "TableClosedError",
     "TorchBatch",
     "choose_shard",
+    "connect_redis",
+    "generate_credentials",
     "keep_freed_memory",
     "live_shard_key",
+    "redact_url",
     "rendezvous_score",
     "validate_fractions",
 ]
