@@ -28,7 +28,7 @@ from actors.registry import ActorRegistry
 from actors.weights import WeightSubscriber
 from actors.writer import INSERT_MAX_BYTES, TransitionWriter, Writer
 from learner import LearnerConfig, Policy, WeightStore
-from replay import ShardedReplay, keep_freed_memory
+from replay import ReplayCredentials, ShardedReplay, keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ class EnvActor:
         env, actors, learner: the run's config sections (the learner's decides the network).
         redis_url, run: the run's Redis (shard registry, weight store, actor keys).
         replay: inserts go here; default: a ShardedReplay discovering the run's shards.
+        replay_credentials: the run's replay token and certificate, for that default ShardedReplay
+            (None: shards that serve plaintext).
         writer: takes the transitions instead (then `replay` must be None); default: a
             TransitionWriter into `replay`. The actor closes it.
     """
@@ -86,6 +88,7 @@ class EnvActor:
         run: str = "default",
         replay: ShardedReplay | None = None,
         writer: Writer | None = None,
+        replay_credentials: ReplayCredentials | None = None,
     ):
         if writer is not None and replay is not None:
             raise ValueError("give a writer or a replay to write into, not both")
@@ -122,6 +125,7 @@ class EnvActor:
                     writer_id=f"{run}-actor-{actor_id}",
                     max_in_flight=actors.max_inserts_in_flight,
                     insert_wait_s=actors.insert_retry_s,
+                    credentials=replay_credentials,
                 )
                 writer = TransitionWriter(
                     replay,

@@ -17,6 +17,7 @@ from actors.envs import describe_env
 from actors.errors import FleetError
 from actors.registry import ActorRegistry
 from learner import LearnerConfig
+from replay import ReplayCredentials
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class ActorFleet:
     Args:
         env, actors, learner: the run's config sections.
         redis_url, run: the run's Redis.
+        replay_credentials: the run's replay token and certificate, handed to every actor (and to
+            a restarted one again: Ray keeps constructor arguments); None: plaintext shards.
         chunk_s: seconds per `run` call (how often stats reach the supervisor).
         max_env_steps: env steps of all actors together after which no chunk starts (None: no
             limit); the last chunks are shortened so that the fleet stops there, not a chunk later
@@ -76,6 +79,7 @@ class ActorFleet:
         run: str = "default",
         chunk_s: float = 1.0,
         max_env_steps: int | None = None,
+        replay_credentials: ReplayCredentials | None = None,
     ):
         import ray
 
@@ -83,6 +87,7 @@ class ActorFleet:
         self.env, self.config, self.learner = env, actors, learner
         self.redis_url, self.run, self.chunk_s = redis_url, run, chunk_s
         self.max_env_steps = max_env_steps
+        self._replay_credentials = None if replay_credentials is None else replay_credentials.for_clients()
         self.registry = ActorRegistry(redis_url, run)
         self._slots: dict[int, _Slot] = {}
         self.actor_restarts = 0
@@ -110,7 +115,14 @@ class ActorFleet:
             "get_if_exists": False,
         }
         return self._remote.options(**options).remote(
-            actor_id, num_actors, self.env, self.config, self.learner, self.redis_url, self.run
+            actor_id,
+            num_actors,
+            self.env,
+            self.config,
+            self.learner,
+            self.redis_url,
+            self.run,
+            replay_credentials=self._replay_credentials,
         )
 
     def _resize(self, count: int) -> None:

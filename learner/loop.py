@@ -26,7 +26,7 @@ from learner.config import LearnerConfig, resolve_device
 from learner.metrics import LearnerMetrics
 from learner.spaces import ActionSpace
 from learner.weights import WeightStore
-from replay import Prefetcher, ReplaySource, ShardedReplay, TorchBatch, keep_freed_memory
+from replay import Prefetcher, ReplayCredentials, ReplaySource, ShardedReplay, TorchBatch, keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,16 @@ def sample_error_buffer(config: LearnerConfig) -> float:
 
 
 def make_replay(
-    config: LearnerConfig, redis_url: str | None = None, run: str = "default", addresses: list[str] | None = None
+    config: LearnerConfig,
+    redis_url: str | None = None,
+    run: str = "default",
+    addresses: list[str] | None = None,
+    credentials: ReplayCredentials | None = None,
 ) -> ShardedReplay:
-    """The learner's view of the sharded replay, with the global ratio that realises the UTD."""
+    """The learner's view of the sharded replay, with the global ratio that realises the UTD.
+
+    `credentials`: the run's replay token and certificate (None: shards that serve plaintext).
+    """
     return ShardedReplay(
         redis_url,
         run,
@@ -52,6 +59,7 @@ def make_replay(
         min_size=config.learning_starts,
         error_buffer=sample_error_buffer(config),
         seed=config.seed,
+        credentials=credentials,
     )
 
 

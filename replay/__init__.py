@@ -8,7 +8,8 @@ Public surface:
     (batches kept ready for a learner); MixedReplay, validate_fractions (fixed-fraction mixes);
     keep_freed_memory (malloc settings for processes that move large batches); MAX_PRIORITY (the
     cap on stored priorities); ReplayCredentials, generate_credentials (a run's token and TLS
-    certificate); connect_redis, redact_url (the run's Redis, its password kept out of sight); and
+    certificate; TOKEN_ENV, CERT_ENV, KEY_ENV name the environment variables that hold them);
+    connect_redis, redact_url (the run's Redis, its password kept out of sight); and
     the errors.
 """
 
@@ -17,12 +18,13 @@ from replay.allocator import keep_freed_memory
 from replay.client import CheckpointResult, PriorityUpdateResult, ReplayClient, ReplayInfo, Sample
 from replay.codec import grpc_options
 from replay.config import ReplayConfig, ShardedReplayConfig
-from replay.credentials import ReplayCredentials, generate_credentials
+from replay.credentials import CERT_ENV, KEY_ENV, TOKEN_ENV, ReplayCredentials, generate_credentials
 from replay.errors import (
     CheckpointError,
     DeadlineExceededError,
     InvalidBatchError,
     RateLimiterConfigError,
+    ReplayAuthenticationError,
     ReplayError,
     ReplayUnavailableError,
     RequestCancelledError,
@@ -46,6 +48,9 @@ from replay.spec import Spec
 from replay.table import Table
 
 __all__ = [
+    "CERT_ENV",
+    "KEY_ENV",
+    "TOKEN_ENV",
     "MAX_PRIORITY",
     "METRIC_SERIES",
     "RateLimiter",
@@ -65,6 +70,7 @@ __all__ = [
     "PriorityUpdateResult",
     "RateLimiterConfigError",
     "ReplayClient",
+    "ReplayAuthenticationError",
     "ReplayConfig",
     "ReplayCredentials",
     "ReplayError",

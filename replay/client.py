@@ -9,8 +9,12 @@
 Inserts ride one bidirectional stream with at most `max_in_flight` unacknowledged batches; an
 error in batch k is raised by the next `insert` or `flush`. Calls retry UNAVAILABLE (and a busy
 shard's RESOURCE_EXHAUSTED) with capped backoff; a reconnected stream re-sends unacknowledged
-batches, deduplicated by the server. The client pickles as its address alone, so it can be handed
-to another process (a Ray actor).
+batches, deduplicated by the server. The client pickles as its address (and its credentials, if
+any), so it can be handed to another process (a Ray actor).
+
+A shard started with `ReplayCredentials` serves TLS only and wants the run's token on every call:
+
+    client = ReplayClient("10.0.0.5:7001", credentials=ReplayCredentials.from_env())
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ import numpy as np
 
 from replay import codec, wire
 from replay._proto import replay_pb2, replay_pb2_grpc
+from replay.auth import call_metadata
 from replay.codec import grpc_options
+from replay.credentials import ReplayCredentials
 from replay.errors import (
     DeadlineExceededError,
     InvalidBatchError,
+    ReplayAuthenticationError,
     ReplayError,
     ReplayUnavailableError,
 )
@@ -114,15 +121,43 @@ class CheckpointResult:
     sequence: int
 
 
-def _typed_error(err: grpc.RpcError, address: str, what: str) -> ReplayError:
+_PLAINTEXT_TO_TLS_HINT = (
+    "; if the shard serves TLS (every qfleet train shard and `qfleet replay serve` without --insecure do), "
+    "this client needs the run's replay token and certificate (ReplayClient(..., credentials=...), or "
+    "QFLEET_REPLAY_TOKEN and QFLEET_REPLAY_TLS_CERT for the qfleet commands)"
+)
+
+
+def _unavailable_hint(details: str | None, secure: bool) -> str:
+    """What to check when a shard stays unreachable, if the cause may be TLS."""
+    if not secure:
+        return _PLAINTEXT_TO_TLS_HINT
+    if "handshake" in (details or "").lower():
+        return (
+            "; the TLS handshake failed: the shard serves plaintext (started with --insecure?) or another "
+            "certificate than the one this client pins (credentials of another run?)"
+        )
+    return ""
+
+
+def _typed_error(err: grpc.RpcError, address: str, what: str, secure: bool = True) -> ReplayError:
     code, details = err.code(), err.details()
     text = f"{what} on {address}: {details}"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return ReplayAuthenticationError(
+            f"replay shard {address} refused {what}: it requires the run's replay token (TLS + token), and this "
+            f"client's is {'wrong' if secure else 'missing'}",
+            address=address,
+        )
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidBatchError(text)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceededError(text)
     if code == grpc.StatusCode.UNAVAILABLE or _shard_busy(err):
-        return ReplayUnavailableError(f"replay shard {address} unavailable during {what}: {details}", address=address)
+        hint = _unavailable_hint(details, secure)
+        return ReplayUnavailableError(
+            f"replay shard {address} unavailable during {what}: {details}{hint}", address=address
+        )
     return ReplayError(f"{text} ({code.name})")
 
 
@@ -222,7 +257,7 @@ class _InsertStream:
         for batch in self._pending:
             requests.put(batch.request)
         self._queue, self._reconnecting = requests, False
-        call = self._client._stub().InsertBytes(iter(requests.get, _END))
+        call = self._client._stub().InsertBytes(iter(requests.get, _END), metadata=self._client._metadata)
         self._reader = threading.Thread(
             target=self._read, args=(call, requests, backoff), name="replay-insert-acks", daemon=True
         )
@@ -273,12 +308,13 @@ class _InsertStream:
         address = self._client.address
         what = f"insert stream ({len(self._pending)} unacknowledged batches not inserted)"
         if error is not None and error.code() != grpc.StatusCode.CANCELLED and not _retryable(error):
-            return _typed_error(error, address, what)
+            return _typed_error(error, address, what, self._client.secure)
         # Unreachable, busy or cancelled past the retry budget: what never got an ack, decoded, so
         # a caller (ShardedReplay, the actors' writer) can send it elsewhere or count it lost.
         unacknowledged = [wire.decode_insert_request(b.request).columns() for b in self._pending]
         details = "the stream ended without an acknowledgement" if error is None else error.details()
-        message = f"replay shard {address} unavailable during {what}: {details}"
+        hint = _unavailable_hint(details, self._client.secure)
+        message = f"replay shard {address} unavailable during {what}: {details}{hint}"
         return ReplayUnavailableError(message, address=address, unacknowledged=unacknowledged)
 
     def _batch_error(self, batch: _PendingBatch, response) -> ReplayError:
@@ -299,6 +335,10 @@ class ReplayClient:
         max_batch_mb: `insert` splits batches larger than this into several messages.
         retry_for_s: how long calls retry UNAVAILABLE before raising ReplayUnavailableError.
         max_message_mb: gRPC message size limit; must cover the largest sample response.
+        credentials: the run's replay credentials: the client then connects with TLS, trusting
+            only their certificate (under its `server_name`, whatever host the address names),
+            and sends their token with every call. None: plaintext, no token (a shard started
+            without credentials). The private key, if present, is dropped: clients never hold it.
     """
 
     def __init__(
@@ -309,8 +349,11 @@ class ReplayClient:
         max_batch_mb: float = 16.0,
         retry_for_s: float = 30.0,
         max_message_mb: int = 512,
+        credentials: ReplayCredentials | None = None,
     ):
         self.address = address
+        self.credentials = None if credentials is None else credentials.for_clients()
+        self._metadata = None if credentials is None else call_metadata(credentials.token)
         self.max_in_flight = max_in_flight
         self.max_batch_bytes = int(max_batch_mb * 1024 * 1024)
         self.retry_for_s = retry_for_s
@@ -322,15 +365,31 @@ class ReplayClient:
         self._counters = (0, 0)  # (inserts, samples) of the shard as of the last response
 
     def __reduce__(self):
-        return (type(self), (self.address,))
+        # The address and the client's credentials (token and certificate; never a private key).
+        return (_rebuild, (self.address, self.credentials))
 
     def __repr__(self) -> str:
-        return f"ReplayClient({self.address!r})"
+        return f"ReplayClient({self.address!r}{', TLS' if self.secure else ''})"
+
+    @property
+    def secure(self) -> bool:
+        """Whether the client connects with TLS and sends a token."""
+        return self.credentials is not None
+
+    def _open_channel(self) -> grpc.Channel:
+        options = grpc_options(self._max_message_mb)
+        credentials = self.credentials
+        if credentials is None:
+            return grpc.insecure_channel(self.address, options=options)
+        tls = grpc.ssl_channel_credentials(root_certificates=credentials.cert_pem)
+        # The certificate names the run's replay service, not a host: any shard address matches it.
+        options = [*options, ("grpc.ssl_target_name_override", credentials.server_name)]
+        return grpc.secure_channel(self.address, tls, options=options)
 
     def _stub(self) -> replay_pb2_grpc.ReplayServiceStub:
         with self._lock:
             if self._stub_obj is None:
-                self._channel = grpc.insecure_channel(self.address, options=grpc_options(self._max_message_mb))
+                self._channel = self._open_channel()
                 self._stub_obj = replay_pb2_grpc.ReplayServiceStub(self._channel)
                 # The bulk messages are written and read by replay/wire.py, as bytes.
                 self._stub_obj.SampleBytes = self._channel.unary_unary(
@@ -349,11 +408,11 @@ class ReplayClient:
         backoff = _Backoff(self.retry_for_s)
         while True:
             try:
-                return getattr(self._stub(), method)(request, timeout=timeout)
+                return getattr(self._stub(), method)(request, timeout=timeout, metadata=self._metadata)
             except grpc.RpcError as err:
                 if _retryable(err) and backoff.sleep():
                     continue
-                raise _typed_error(err, self.address, what) from None
+                raise _typed_error(err, self.address, what, self.secure) from None
 
     # -- inserts ---------------------------------------------------------------------------------
 
@@ -533,3 +592,7 @@ class ReplayClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _rebuild(address: str, credentials: ReplayCredentials | None) -> ReplayClient:
+    return ReplayClient(address, credentials=credentials)

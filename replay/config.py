@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from replay.credentials import ReplayCredentials
 from replay.mixing import validate_fractions
 from replay.rate_limiter import RateLimiter
 
@@ -216,10 +217,16 @@ class ShardedReplayConfig:
     insert_wait_s: float = 0.0
     """While no shard is live, inserts wait this long for one (re-sending what is unacknowledged)."""
 
+    credentials: ReplayCredentials | None = None
+    """The run's replay token and certificate (TLS + token on every call); None: plaintext shards.
+    Its repr shows neither the token nor the certificate."""
+
     def __post_init__(self) -> None:
         if (self.redis_url is None) == (self.addresses is None):
             raise ValueError("give either redis_url (discover shards) or addresses (fixed shards), not both")
         if self.addresses is not None:
             object.__setattr__(self, "addresses", tuple(self.addresses))
+        if self.credentials is not None and self.credentials.key_pem is not None:
+            object.__setattr__(self, "credentials", self.credentials.for_clients())  # clients never hold the key
         if self.insert_wait_s < 0:
             raise ValueError(f"insert_wait_s={self.insert_wait_s}: must be >= 0")

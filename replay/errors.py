@@ -63,6 +63,20 @@ class ReplayUnavailableError(ReplayError, ConnectionError):
         self.unacknowledged = list(unacknowledged)
 
 
+class ReplayAuthenticationError(ReplayError, PermissionError):
+    """A shard refused a call UNAUTHENTICATED: the client sent no replay token or a wrong one.
+
+    Not retried: the token does not change by waiting. The message never holds a token.
+
+    Attributes:
+        address: the shard's address.
+    """
+
+    def __init__(self, message: str, *, address: str = ""):
+        super().__init__(message)
+        self.address = address
+
+
 class CheckpointError(ReplayError):
     """A checkpoint could not be read (corrupt, truncated, or written for another spec)."""
 

@@ -69,7 +69,12 @@ class Membership:
 
     def _new_client(self, address: str) -> ReplayClient:
         config = self.config
-        return ReplayClient(address, retry_for_s=config.failover_after_s, max_in_flight=config.max_in_flight)
+        return ReplayClient(
+            address,
+            retry_for_s=config.failover_after_s,
+            max_in_flight=config.max_in_flight,
+            credentials=config.credentials,
+        )
 
     # -- following the shard set -----------------------------------------------------------------
 

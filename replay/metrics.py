@@ -38,10 +38,12 @@ SHARDED_SERIES = {
 RPC_LATENCY = f"{PREFIX}_rpc_latency_seconds"
 REJECTED_BATCHES = f"{PREFIX}_rejected_batches_total"
 CHECKPOINTS = f"{PREFIX}_checkpoints_total"
+UNAUTHENTICATED = f"{PREFIX}_unauthenticated_requests_total"
 SERVER_SERIES = {
     RPC_LATENCY: "Server-side latency of replay RPCs (per Insert batch, per Sample/UpdatePriorities/Info call).",
     REJECTED_BATCHES: "Batches rejected for bad input.",
     CHECKPOINTS: "Checkpoints written.",
+    UNAUTHENTICATED: "Calls refused UNAUTHENTICATED: no replay token, or a wrong one.",
 }
 SERIES = TABLE_SERIES | SHARDED_SERIES | SERVER_SERIES
 """Every replay series, name -> help (histograms by their base name)."""
@@ -113,6 +115,9 @@ class ReplayMetrics:
         ).labels(shard)
         self.checkpoints = Counter(
             CHECKPOINTS.removesuffix("_total"), SERVER_SERIES[CHECKPOINTS], ["shard"], registry=self.registry
+        ).labels(shard)
+        self.unauthenticated_requests = Counter(
+            UNAUTHENTICATED.removesuffix("_total"), SERVER_SERIES[UNAUTHENTICATED], ["shard"], registry=self.registry
         ).labels(shard)
 
     def latency(self, method: str):

@@ -2,6 +2,8 @@
 
 The server owns a `Table`, restores it from the newest good checkpoint at start, writes
 checkpoints on request / every `checkpoint_every_s` / at stop, and serves Prometheus /metrics.
+Given `ReplayCredentials` it serves TLS only and refuses every call without the run's token
+(replay/auth.py); without them it serves plaintext, for in-process tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from replay import codec, wire
 from replay._proto import replay_pb2, replay_pb2_grpc
 from replay.admission import Slots, StreamWatch
 from replay.allocator import keep_freed_memory
+from replay.auth import TokenInterceptor
 from replay.codec import grpc_options
 from replay.config import ReplayConfig
+from replay.credentials import ReplayCredentials
 from replay.errors import DeadlineExceededError, InvalidBatchError, RequestCancelledError, TableClosedError
 from replay.limits import SHARD_BUSY, check_sample_request
 from replay.metrics import ReplayMetrics
@@ -258,16 +262,37 @@ class ReplayServer:
 
         server = ReplayServer(spec, capacity=100_000, port=0, selector="prioritized")
         server = ReplayServer(spec, config=ReplayConfig(...))
+        server = ReplayServer(spec, config=..., credentials=generate_credentials())   # TLS + token
+
+    With `credentials` (the run's token, certificate and private key) the shard listens with TLS
+    only, and every call of every method must carry the token (`authorization: Bearer <token>`);
+    others get UNAUTHENTICATED before any handler runs and are counted
+    (`unauthenticated_requests`, `qfleet_replay_unauthenticated_requests_total`). Without them it
+    serves plaintext to anyone who reaches its port: for in-process tests and benchmarks only;
+    `qfleet train` and the standalone services always pass credentials.
 
     Raises:
-        ValueError / RateLimiterConfigError: an invalid or deadlock-prone configuration, at
-            construction, before anything is served.
+        ValueError / RateLimiterConfigError: an invalid or deadlock-prone configuration, or
+            credentials without the private key, at construction, before anything is served.
     """
 
-    def __init__(self, spec: Spec, config: ReplayConfig | None = None, **overrides):
+    def __init__(
+        self,
+        spec: Spec,
+        config: ReplayConfig | None = None,
+        *,
+        credentials: ReplayCredentials | None = None,
+        **overrides,
+    ):
         config = dataclasses.replace(config or ReplayConfig(), **overrides)
+        if credentials is not None and credentials.key_pem is None:
+            raise ValueError(
+                "replay credentials: a shard needs the certificate's private key (QFLEET_REPLAY_TLS_KEY); "
+                "these are a client's copy"
+            )
         self.spec = spec
         self.config = config
+        self.credentials = credentials
         limiter = RateLimiter(config.min_size, config.samples_per_insert, config.error_buffer)
         self.table = Table(
             spec,
@@ -283,6 +308,7 @@ class ReplayServer:
         self._checkpoint_sequence = 0
         self._rejected_batches = 0
         self._rejected_lock = threading.Lock()
+        self._unauthenticated = 0
         self._grpc: grpc.Server | None = None
         self._streams: StreamWatch | None = None
         self._metrics_http = None
@@ -300,6 +326,16 @@ class ReplayServer:
         """Transitions this shard id lost to crashes, known through the registry."""
 
     @property
+    def secure(self) -> bool:
+        """Whether the shard serves TLS and checks the token."""
+        return self.credentials is not None
+
+    @property
+    def unauthenticated_requests(self) -> int:
+        """Calls refused for a missing or wrong token since start."""
+        return self._unauthenticated
+
+    @property
     def address(self) -> str:
         """host:port clients connect to (after start)."""
         return f"{self.config.host}:{self.port}"
@@ -311,8 +347,11 @@ class ReplayServer:
             self._restore(pathlib.Path(self.config.checkpoint_dir))
         if self.config.redis_url is not None:
             self._join_registry()
+        credentials = self.credentials
+        interceptors = [] if credentials is None else [TokenInterceptor(credentials.token, self._count_unauthenticated)]
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.config.max_workers, thread_name_prefix="replay"),
+            interceptors=interceptors,
             options=grpc_options(self.config.max_message_mb),
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
@@ -320,7 +359,11 @@ class ReplayServer:
         add_servicer(_Servicer(self, self._streams), self._grpc)
         address = f"{self.config.host}:{self.config.port}"
         try:
-            self.port = self._grpc.add_insecure_port(address)
+            if credentials is None:
+                self.port = self._grpc.add_insecure_port(address)
+            else:
+                tls = grpc.ssl_server_credentials([(credentials.key_pem, credentials.cert_pem)])
+                self.port = self._grpc.add_secure_port(address, tls)
         except RuntimeError:  # grpc's message for a failed bind names no cause
             self.port = 0
         if self.port == 0:
@@ -351,7 +394,13 @@ class ReplayServer:
             self._heartbeat()  # registered before start() returns: discoverable at once
             self._heartbeats = threading.Thread(target=self._heartbeat_loop, name="replay-heartbeats", daemon=True)
             self._heartbeats.start()
-        log.info("replay shard %d serving %s on %s", self.config.shard_id, self.spec, self.address)
+        log.info(
+            "replay shard %d serving %s on %s (%s)",
+            self.config.shard_id,
+            self.spec,
+            self.address,
+            "TLS, token required" if credentials is not None else "plaintext, no token",
+        )
         return self
 
     def stop(self, grace: float = 1.0, checkpoint: bool = True) -> None:
@@ -410,6 +459,11 @@ class ReplayServer:
         with self._rejected_lock:
             self._rejected_batches += 1
         self.metrics.rejected_batches.inc()
+
+    def _count_unauthenticated(self) -> None:
+        # Runs on gRPC's polling thread (the interceptor): an int add under the GIL, no lock.
+        self._unauthenticated += 1
+        self.metrics.unauthenticated_requests.inc()
 
     def _restore(self, directory: pathlib.Path) -> None:
         loaded, self.refused_checkpoints = ckpt.load_latest(directory, self._identity)

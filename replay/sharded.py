@@ -59,7 +59,8 @@ class ShardedReplay:
         addresses: instead of a registry, a fixed list of shard addresses.
         config: every setting at once, instead of the arguments above and `settings`.
         **settings: any other `ShardedReplayConfig` field by name: writer_id, samples_per_insert,
-            min_size, error_buffer, beta, discovery_s, failover_after_s, seed, max_in_flight.
+            min_size, error_buffer, beta, discovery_s, failover_after_s, seed, max_in_flight,
+            credentials (the run's replay token and certificate, for shards that serve TLS).
 
     Raises:
         ValueError: neither or both of redis_url and addresses; both config and other arguments.
@@ -91,8 +92,8 @@ class ShardedReplay:
         self._drawer = ShardDrawer(self._membership, self._pool, config.seed)
 
     def __reduce__(self):
-        # Pickles as its config; the copy discovers shards again (and, without an explicit
-        # writer_id, picks its own).
+        # Pickles as its config (credentials included, never a private key); the copy discovers
+        # shards again (and, without an explicit writer_id, picks its own).
         return (_rebuild, (self.config,))
 
     @property

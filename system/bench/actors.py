@@ -21,6 +21,7 @@ import torch
 
 from actors import ActorFleet, ActorsConfig, EnvActor, EnvConfig, describe_env, make_env
 from learner import LearnerConfig, Policy
+from replay import ReplayCredentials, generate_credentials
 from system.local.ray_runtime import init_ray
 from system.local.redis_server import RedisProcess
 
@@ -53,16 +54,23 @@ def plain_loop(env: EnvConfig, learner: LearnerConfig, epsilon: float, seconds: 
 
 
 class _Shard:
-    """`qfleet replay serve` in a child process, registered in the benchmark's Redis."""
+    """`qfleet replay serve` in a child process, registered in the benchmark's Redis, serving TLS
+    with `credentials` (handed over in its environment, as a user's shell would)."""
 
-    def __init__(self, env: EnvConfig, redis_url: str, niceness: int = 0):
+    def __init__(self, env: EnvConfig, redis_url: str, credentials: ReplayCredentials, niceness: int = 0):
         capacity = min(1_000_000, (1 << 30) // describe_env(env).spec.item_nbytes())  # at most ~1 GiB
         options = ["--env-id", env.id, "--redis-url", redis_url, "--run", RUN, "--capacity", str(capacity)]
         options += ["--selector", "uniform", "--metrics-port", "0", "--set", f"env.frame_stack={env.frame_stack}"]
         args = [sys.executable, "-m", "system.cli", "replay", "serve", *options]
         if niceness:  # from the start, so that every thread of the shard has it
             args = ["nice", "-n", str(niceness), *args]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **credentials.environ()},
+        )
         line = self.proc.stdout.readline()
         if not re.search(r"serving at", line):
             self.close()
@@ -129,11 +137,13 @@ def run_actors_bench(seconds: float, repeats: int, env_id: str, num_envs: int, o
     import ray
 
     niceness = _ray_worker_niceness()
+    credentials = generate_credentials()  # as qfleet train runs: TLS + token
+    clients = credentials.for_clients()
     with RedisProcess() as redis:
-        shard = _Shard(env, redis.url, niceness)
+        shard = _Shard(env, redis.url, credentials, niceness)
         try:
             # 1. The actor in this process, against the plain loop in this process.
-            actor = EnvActor(0, 1, env, actors, learner, redis.url, RUN)
+            actor = EnvActor(0, 1, env, actors, learner, redis.url, RUN, replay_credentials=clients)
             actor.run(seconds=0.5)  # warm-up (first inserts, allocations)
             plain, inline = _paired(plain_segment, lambda: actor.run(seconds).steps_per_second, repeats, "actor")
             actor.close()
@@ -146,7 +156,7 @@ def run_actors_bench(seconds: float, repeats: int, env_id: str, num_envs: int, o
             remote = (
                 ray.remote(EnvActor)
                 .options(num_cpus=actors.num_cpus)
-                .remote(0, 1, env, actors, learner, redis.url, RUN)
+                .remote(0, 1, env, actors, learner, redis.url, RUN, replay_credentials=clients)
             )
             ray.get(remote.run.remote(0.5))
             time.sleep(3.0)  # Ray's worker pool settles after a new worker starts
@@ -159,7 +169,7 @@ def run_actors_bench(seconds: float, repeats: int, env_id: str, num_envs: int, o
             results["ray_actor_vs_plain"] = statistics.median(a / p for a, p in zip(hosted, plain, strict=True))
 
             # 3. Scaling: aggregate env steps/s of a fleet of 1 and then 2 actors.
-            fleet = ActorFleet(env, actors, learner, redis.url, RUN, chunk_s=0.5)
+            fleet = ActorFleet(env, actors, learner, redis.url, RUN, chunk_s=0.5, replay_credentials=clients)
             fleet.start(1)
             window = max(seconds * repeats, 3.0)  # several chunks, so chunk edges don't dominate
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from actors import ActorsConfig
-from system.cli.options import config_options, flag_overrides, run_options
+from system.cli.options import config_options, flag_overrides, insecure_option, run_options
 from system.config import add_arguments, load_config
 
 NAME = "actors"
@@ -20,12 +20,15 @@ def add_parser(commands) -> None:
         description=(
             "Start actors.num_actors env actors (Ray actors; a local Ray instance unless --ray-address) "
             "that step env.num_envs copies of env.id each with the latest published weights and insert "
-            "n-step transitions into the shards registered under --run. Restarts actors that die, follows "
+            "n-step transitions into the shards registered under --run (with the replay token and certificate "
+            "from QFLEET_REPLAY_TOKEN and QFLEET_REPLAY_TLS_CERT, or --insecure for plaintext shards). "
+            "Restarts actors that die, follows "
             "`qfleet scale`, prints progress. SIGTERM or Ctrl-C: flush every actor's transitions, stop, exit 0."
         ),
     )
     config_options(actors_run)
     run_options(actors_run)
+    insecure_option(actors_run, "connect to the shards")
     actors_run.add_argument(
         "--ray-address", metavar="ADDR", help="an existing Ray cluster (default: start Ray locally)"
     )
@@ -40,4 +43,6 @@ def run(args: argparse.Namespace) -> int:
     from system.services.actors import run_actors
 
     config = load_config(args.config, args.set, flag_overrides(args))
-    return run_actors(config, args.redis_url, args.run, args.ray_address, args.max_env_steps, args.log_every)
+    return run_actors(
+        config, args.redis_url, args.run, args.ray_address, args.max_env_steps, args.log_every, args.insecure
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from learner import LearnerConfig
-from system.cli.options import config_options, flag_overrides, run_options
+from system.cli.options import config_options, flag_overrides, insecure_option, run_options
 from system.config import add_arguments, load_config
 
 NAME = "learner"
@@ -20,12 +20,15 @@ def add_parser(commands) -> None:
         description=(
             "Train from the shards registered under --run in Redis, publish weights to the run's "
             "parameter store, checkpoint into --checkpoint-dir (resuming any checkpoint there) and "
-            "serve /metrics. SIGTERM or Ctrl-C: finish the update, publish, checkpoint, exit 0. "
+            "serve /metrics. The replay token and certificate come from QFLEET_REPLAY_TOKEN and "
+            "QFLEET_REPLAY_TLS_CERT (or --insecure for plaintext shards). "
+            "SIGTERM or Ctrl-C: finish the update, publish, checkpoint, exit 0. "
             "Prints 'qfleet learner: run NAME on DEVICE (...); metrics URL' once started."
         ),
     )
     config_options(learner_run)
     run_options(learner_run)
+    insecure_option(learner_run, "connect to the shards")
     learner_run.add_argument("--checkpoint-dir", metavar="DIR", help="learner checkpoints (resumed when present)")
     learner_run.add_argument("--max-updates", type=int, metavar="N", help="stop after N updates in total")
     learner_run.add_argument("--metrics-port", type=int, metavar="PORT", help="serve /metrics here (0: a free port)")
@@ -40,5 +43,12 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set, flag_overrides(args))
     return run_learner(
-        config, args.redis_url, args.run, args.checkpoint_dir, args.max_updates, args.metrics_port, args.log_every
+        config,
+        args.redis_url,
+        args.run,
+        args.checkpoint_dir,
+        args.max_updates,
+        args.metrics_port,
+        args.log_every,
+        args.insecure,
     )

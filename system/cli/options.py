@@ -30,6 +30,19 @@ def run_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def insecure_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--insecure`: run without the replay credentials (plaintext, no token)."""
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help=(
+            f"{what} without TLS and without a token (refused unless on loopback for a shard). Default: the "
+            "run's replay credentials from QFLEET_REPLAY_TOKEN, QFLEET_REPLAY_TLS_CERT (and QFLEET_REPLAY_TLS_KEY "
+            "for a shard); `qfleet replay credentials --out DIR` makes them"
+        ),
+    )
+
+
 def flag_overrides(args: argparse.Namespace) -> dict:
     """The `section.key` options a command added from a config dataclass (`add_arguments`)."""
     return {key: value for key, value in vars(args).items() if "." in key}

@@ -179,14 +179,18 @@ def _replay() -> list[Panel]:
             ((_rate(f"{prefix}_dropped_priority_updates_total", "run, shard"), "shard {{shard}}"),),
         ),
         Panel(
-            "Rejected batches and checkpoints",
+            "Rejected batches, refused calls and checkpoints",
             "short",
             (
                 (f"sum by (run, shard) ({_select(f'{prefix}_rejected_batches_total')})", "shard {{shard}} rejected"),
+                (
+                    f"sum by (run, shard) ({_select(f'{prefix}_unauthenticated_requests_total')})",
+                    "shard {{shard}} unauthenticated",
+                ),
                 (f"sum by (run, shard) ({_select(f'{prefix}_checkpoints_total')})", "shard {{shard}} checkpoints"),
             ),
-            "Batches a shard rejected for bad input (malformed column, non-finite priority), and checkpoints "
-            "written, since the shard started.",
+            "Batches a shard rejected for bad input (malformed column, non-finite priority), calls it refused "
+            "for a missing or wrong replay token, and checkpoints written, since the shard started.",
         ),
         _gauge("Priority mass", "none", f"{prefix}_priority_mass", "shard {{shard}}"),
         Panel(

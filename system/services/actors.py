@@ -16,6 +16,7 @@ from actors import ActorFleet, ActorRegistry, ActorRegistryError, FleetError
 from system.config import ConfigError, RunConfig, env_spaces
 from system.local.ray_runtime import init_ray
 from system.local.signals import stop_on_signals
+from system.services.credentials import service_credentials
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,33 @@ def progress_line(stats) -> str:
 
 
 def run_actors(
-    config: RunConfig, redis_url: str, run: str, ray_address: str | None, max_env_steps: int | None, log_every_s: float
+    config: RunConfig,
+    redis_url: str,
+    run: str,
+    ray_address: str | None,
+    max_env_steps: int | None,
+    log_every_s: float,
+    insecure: bool = False,
 ) -> int:
+    """Entry of `qfleet actors run` after argument parsing; returns the exit code.
+
+    The replay credentials reach the actors as constructor arguments, not through the environment
+    (Ray logs a runtime_env's variables).
+
+    Raises:
+        ConfigError: a bad config, an unreachable Redis, or no replay credentials without --insecure.
+    """
     env_spaces(config.env)  # an unknown env or unsupported spaces fail before anything starts
-    fleet = ActorFleet(config.env, config.actors, config.learner, redis_url, run, max_env_steps=max_env_steps)
+    credentials = service_credentials("qfleet actors run", insecure)
+    fleet = ActorFleet(
+        config.env,
+        config.actors,
+        config.learner,
+        redis_url,
+        run,
+        max_env_steps=max_env_steps,
+        replay_credentials=credentials,
+    )
     try:
         fleet.registry.actors()  # Redis reachable? (fails here, not inside every actor)
     except ActorRegistryError as exc:

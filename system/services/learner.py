@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from prometheus_client import start_http_server
 
 from learner import ActionSpace, Learner, LearnerStatus, WeightStore, make_replay
-from replay import ReplayError, ShardedCollector
+from replay import ReplayCredentials, ReplayError, ShardedCollector
 from system.config import ConfigError, RunConfig, env_spaces
 from system.local.signals import stop_on_signals
 
@@ -78,6 +78,7 @@ class LearnerService:
         obs_shape, action_space: the env's spaces.
         redis_url, run: the run's Redis.
         checkpoint_dir: learner checkpoints (resumed when present; None: none written).
+        replay_credentials: the run's replay token and certificate; None: plaintext shards.
         metrics_host: interface of /metrics; None: no /metrics.
         metrics_port: port of /metrics (0: a free one).
         log_every_s: seconds between the learner's own progress log lines.
@@ -100,9 +101,10 @@ class LearnerService:
         metrics_port: int = 0,
         log_every_s: float = 60.0,
         publish_at_resume: bool = False,
+        replay_credentials: ReplayCredentials | None = None,
     ):
         try:
-            self.replay = make_replay(config.learner, redis_url=redis_url, run=run)
+            self.replay = make_replay(config.learner, redis_url=redis_url, run=run, credentials=replay_credentials)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.store = WeightStore(redis_url, run)
@@ -244,9 +246,17 @@ def run_learner(
     max_updates: int | None,
     metrics_port: int | None,
     log_every_s: float,
+    insecure: bool = False,
 ) -> int:
-    """Entry of `qfleet learner run` after argument parsing; returns the exit code."""
+    """Entry of `qfleet learner run` after argument parsing; returns the exit code.
+
+    Raises:
+        ConfigError: a bad config, or no replay credentials in the environment without --insecure.
+    """
+    from system.services.credentials import service_credentials
+
     spaces = env_spaces(config.env)
+    credentials = service_credentials("qfleet learner run", insecure)
     stop = stop_on_signals(log, "stopping after this update (publish + checkpoint)")
     service = LearnerService(
         config,
@@ -258,6 +268,7 @@ def run_learner(
         metrics_host=None if metrics_port is None else "127.0.0.1",
         metrics_port=metrics_port or 0,
         log_every_s=log_every_s,
+        replay_credentials=credentials,
     )
     described = service.describe()
     metrics = f"http://{described.metrics}/metrics" if described.metrics else "off"

@@ -10,9 +10,10 @@ import time
 
 import yaml
 
-from replay import ReplayServer, Spec
+from replay import ReplayCredentials, ReplayServer, Spec
 from system.config import ConfigError, RunConfig, env_spaces
 from system.local.signals import stop_on_signals
+from system.services.credentials import service_credentials
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,9 @@ def load_spec(spec_file: str | None, config: RunConfig) -> Spec:
         raise ConfigError(f"--spec {path}: {exc}") from None
 
 
-def serve(config: RunConfig, spec: Spec, report_every_s: float) -> int:
-    """Runs the shard in the foreground; returns the exit code."""
-    server = ReplayServer(spec, config=config.replay)
+def serve(config: RunConfig, spec: Spec, report_every_s: float, credentials: ReplayCredentials | None) -> int:
+    """Runs the shard in the foreground (TLS + token with `credentials`); returns the exit code."""
+    server = ReplayServer(spec, config=config.replay, credentials=credentials)
     stop = stop_on_signals(log, "stopping (final checkpoint if configured)")
     server.start()
     if server.restored_from is not None:
@@ -49,8 +50,12 @@ def serve(config: RunConfig, spec: Spec, report_every_s: float) -> int:
     for message in server.refused_checkpoints:
         log.warning("%s", message)
     metrics = f"http://{config.replay.host}:{server.metrics_port}/metrics" if server.metrics_port else "off"
+    security = "TLS, token required" if server.secure else "plaintext, no token"
     # One stable line that scripts (and tests) parse for the bound ports.
-    print(f"qfleet replay: shard {config.replay.shard_id} serving at {server.address}; metrics {metrics}", flush=True)
+    print(
+        f"qfleet replay: shard {config.replay.shard_id} serving at {server.address}; metrics {metrics} ({security})",
+        flush=True,
+    )
     last = server.table.info()
     last_time = time.monotonic()
     while not stop.wait(report_every_s):
@@ -72,11 +77,17 @@ def serve(config: RunConfig, spec: Spec, report_every_s: float) -> int:
     return 0
 
 
-def main_serve(config: RunConfig, spec_file: str | None, report_every_s: float) -> int:
-    """Entry of `qfleet replay serve` after argument parsing."""
+def main_serve(config: RunConfig, spec_file: str | None, report_every_s: float, insecure: bool = False) -> int:
+    """Entry of `qfleet replay serve` after argument parsing.
+
+    Raises:
+        ConfigError: a bad spec or config, or no replay credentials in the environment without
+            --insecure (see system/services/credentials.py).
+    """
     spec = load_spec(spec_file, config)
+    credentials = service_credentials("qfleet replay serve", insecure, server=True, host=config.replay.host)
     try:
-        return serve(config, spec, report_every_s)
+        return serve(config, spec, report_every_s, credentials)
     except MemoryError:
         need = config.replay.capacity * spec.item_nbytes() / 2**30
         raise ConfigError(

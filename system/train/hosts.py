@@ -11,7 +11,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from replay import ReplayConfig, ReplayServer, Spec
+from replay import ReplayConfig, ReplayCredentials, ReplayServer, Spec
 from system.services.learner import LearnerDescription, LearnerProgress, LearnerResult, LearnerService
 
 
@@ -60,12 +60,17 @@ class ShardHost:
         config: the shard's settings (shard_id, registry, checkpoint_dir, ...).
         node_ip: bind to this node's IP instead of config.host (on a cluster, so that other nodes
             can reach it).
+        credentials: the run's replay credentials, private key included: the shard serves TLS and
+            refuses calls without the token. Ray keeps them with the actor's constructor
+            arguments (in its token-protected GCS), so a restarted shard serves with the same.
     """
 
-    def __init__(self, spec: Spec, config: ReplayConfig, node_ip: bool = False):
+    def __init__(
+        self, spec: Spec, config: ReplayConfig, node_ip: bool = False, credentials: ReplayCredentials | None = None
+    ):
         if node_ip:
             config = dataclasses.replace(config, host=node_address())
-        self.server = ReplayServer(spec, config=config).start()
+        self.server = ReplayServer(spec, config=config, credentials=credentials).start()
 
     def describe(self) -> ShardDescription:
         """Address, metrics address, pid and what was restored."""
@@ -101,6 +106,7 @@ class LearnerHost:
         num_threads: torch intra-op threads.
         metrics_host: interface of /metrics (a free port); "node": this Ray node's IP; None: no
             /metrics.
+        replay_credentials: the run's replay token and certificate (no private key).
     """
 
     def __init__(
@@ -113,6 +119,7 @@ class LearnerHost:
         checkpoint_dir: str,
         num_threads: int = 1,
         metrics_host: str | None = "127.0.0.1",
+        replay_credentials: ReplayCredentials | None = None,
     ):
         import torch
 
@@ -128,6 +135,7 @@ class LearnerHost:
             checkpoint_dir,
             metrics_host=metrics_host,
             publish_at_resume=True,
+            replay_credentials=replay_credentials,
         ).start()
 
     def describe(self) -> LearnerDescription:

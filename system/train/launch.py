@@ -1,6 +1,12 @@
 """Starting a run's components in order: Redis -> Ray -> driver /metrics -> shards -> learner ->
 evaluations -> actors. What started is in `Components` at once, so a failure part way (or Ctrl-C)
-stops exactly what runs."""
+stops exactly what runs.
+
+Every start makes fresh replay credentials (a token and a self-signed certificate, in memory only):
+the shards get them with the private key, the learner and the actors without it, all as Ray
+constructor arguments (kept in Ray's token-protected GCS, so restarted actors get them again; not
+in a runtime_env, whose variables Ray logs). Nothing of them goes to run.json, config.yaml or a log.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+from replay import ReplayCredentials, generate_credentials
 from system.config import RunConfig
 from system.errors import TrainError
 from system.local.redis_server import RedisProcess
@@ -103,6 +110,8 @@ class Components:
     evaluations: RunEvaluations | None = None
     """Evaluations (None for emulator envs: the driver's machine rarely is an emulator host)."""
     fleet: ActorFleet | None = None
+    replay_credentials: ReplayCredentials | None = field(default=None, repr=False)
+    """This start's replay token, certificate and key (made by `launch`; never written anywhere)."""
 
 
 def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components: Components) -> None:
@@ -114,6 +123,7 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
     from actors import ActorFleet
 
     config, run = plan.config, plan.run
+    components.replay_credentials = generate_credentials()
     components.redis_url = config.redis.url or _start_redis(components)
     components.info["redis_url"] = components.redis_url
     components.ray = _start_ray(config)
@@ -133,7 +143,13 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
         return
     budget = config.train.total_env_steps - counters.start_env_steps
     components.fleet = ActorFleet(
-        config.env, config.actors, config.learner, components.redis_url, plan.name, max_env_steps=budget
+        config.env,
+        config.actors,
+        config.learner,
+        components.redis_url,
+        plan.name,
+        max_env_steps=budget,
+        replay_credentials=components.replay_credentials.for_clients(),
     )
     components.fleet.start()
 
@@ -196,7 +212,9 @@ def _start_shards(plan: Plan, components: Components) -> None:
     for shard_id in range(config.train.num_shards):
         settings = shard_config(config, shard_id, components.redis_url, plan.name, plan.run)
         options = {"num_cpus": 0, "max_restarts": -1, "name": f"qfleet-{plan.name}-shard-{shard_id}"}
-        components.shards.append(remote.options(**options).remote(plan.spec, settings, on_cluster))
+        components.shards.append(
+            remote.options(**options).remote(plan.spec, settings, on_cluster, components.replay_credentials)
+        )
     described = ray.get([shard.describe.remote() for shard in components.shards], timeout=300)
     for shard in described:
         restored = f", restored {shard.size:,} items" if shard.restored_from else ""
@@ -235,6 +253,7 @@ def _start_learner(plan: Plan, components: Components) -> None:
             str(plan.run.checkpoints),
             num_threads=max(1, int(train.learner_num_cpus)),
             metrics_host="node" if config.ray.address is not None else "127.0.0.1",
+            replay_credentials=components.replay_credentials.for_clients(),
         )
     )
     described = ray.get(components.learner.describe.remote(), timeout=600)
