@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from replay import ReplayClient, ReplayServer, Spec, choose_shard
+from replay import ReplayClient, ReplayCredentials, ReplayServer, Spec, choose_shard
 from system.local.redis_server import RedisProcess
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -84,7 +84,7 @@ class QfleetProcess:
 
     LINE = re.compile(r"serving at (\S+):(\d+); metrics (\S+)")
 
-    def __init__(self, args: list[str], log_path: Path):
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None):
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
@@ -92,6 +92,7 @@ class QfleetProcess:
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
+            env=env,
         )
         self.address, self.metrics_url = self._wait_ready()
 
@@ -127,11 +128,20 @@ class QfleetProcess:
 
 @pytest.fixture
 def qfleet_serve(tmp_path):
-    """Starts `qfleet replay serve ARGS...` subprocesses; kills leftovers (by PID) at teardown."""
+    """Starts `qfleet replay serve ARGS...` subprocesses; kills leftovers (by PID) at teardown.
+
+    With `credentials` the shard gets them in its environment (TLS + token, as users run it);
+    without, it serves plaintext on loopback (`--insecure`), for the tests about other things.
+    """
     procs: list[QfleetProcess] = []
 
-    def start(*args: str) -> QfleetProcess:
-        proc = QfleetProcess(list(args), tmp_path / f"serve-{len(procs)}.log")
+    def start(*args: str, credentials: ReplayCredentials | None = None) -> QfleetProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QFLEET_REPLAY_")}
+        if credentials is None:
+            args = (*args, "--insecure")
+        else:
+            env |= credentials.environ()
+        proc = QfleetProcess(list(args), tmp_path / f"serve-{len(procs)}.log", env)
         procs.append(proc)
         return proc
 

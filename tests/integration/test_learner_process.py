@@ -1,8 +1,10 @@
-"""`qfleet learner run` as a user runs it: trains from real shards, stops on SIGTERM with a
-checkpoint, and a restart resumes its counters and weight versions."""
+"""`qfleet learner run` as a user runs it: trains from real shards (TLS + token, the credentials
+in its environment), stops on SIGTERM with a checkpoint, and a restart resumes its counters and
+weight versions."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -12,7 +14,9 @@ import urllib.request
 from actors import transition_spec
 from conftest import cartpole_transitions, shard_kwargs, wait_until
 from learner import WeightStore
-from replay import ShardedReplay
+from replay import ShardedReplay, generate_credentials
+
+CREDENTIALS = generate_credentials()
 
 OVERRIDES = (
     "learner.batch_size=32",
@@ -31,7 +35,8 @@ def start_learner(redis_server, checkpoint_dir, log_path):
     for override in OVERRIDES:
         command += ["--set", override]
     with open(log_path, "a") as log:  # the child keeps its own handle
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+        env = dict(os.environ, **CREDENTIALS.for_clients().environ())
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     line = proc.stdout.readline()
     match = re.search(r"metrics (\S+)", line)
     assert match, f"no start line: {line!r}\n{open(log_path).read()}"
@@ -39,8 +44,13 @@ def start_learner(redis_server, checkpoint_dir, log_path):
 
 
 def test_learner_process_trains_stops_on_sigterm_and_resumes(start_server, redis_server, tmp_path):
-    start_server(transition_spec("CartPole-v1"), capacity=10_000, **shard_kwargs(redis_server, run="proc"))
-    writer = ShardedReplay(redis_server.url, "proc")
+    start_server(
+        transition_spec("CartPole-v1"),
+        capacity=10_000,
+        credentials=CREDENTIALS,
+        **shard_kwargs(redis_server, run="proc"),
+    )
+    writer = ShardedReplay(redis_server.url, "proc", credentials=CREDENTIALS)
     writer.wait_for_shards(1)
     writer.insert(cartpole_transitions(1000))
     writer.flush()

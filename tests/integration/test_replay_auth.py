@@ -1,0 +1,246 @@
+"""A shard with the run's credentials (real servers on port 0): TLS only, and every method refuses
+a call without the run's token before anything changes; the right credentials work end to end."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import CARTPOLE_SPEC, make_batch
+from replay import (
+    ReplayAuthenticationError,
+    ReplayClient,
+    ReplayCredentials,
+    ReplayServer,
+    ReplayUnavailableError,
+    ShardedReplay,
+    codec,
+    generate_credentials,
+    wire,
+)
+from replay._proto import replay_pb2, replay_pb2_grpc
+from replay.auth import REFUSAL
+
+CREDENTIALS = generate_credentials()
+SERVICE = "/qfleet.replay.ReplayService/"
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    path = tmp_path / "spec.json"
+    path.write_text(CARTPOLE_SPEC.to_json())
+    return str(path)
+
+
+@pytest.fixture
+def shard(start_server, tmp_path):
+    """A TLS shard holding 100 items (priorities 1), with a checkpoint folder."""
+    server = start_server(capacity=1000, checkpoint_dir=str(tmp_path / "ckpt"), credentials=CREDENTIALS)
+    with ReplayClient(server.address, credentials=CREDENTIALS) as client:
+        client.insert(make_batch(100))
+        client.flush()
+    return server
+
+
+def tls_channel(address: str, cert_pem: bytes = CREDENTIALS.cert_pem) -> grpc.Channel:
+    """A TLS channel that trusts `cert_pem` and sends no token of its own."""
+    options = [("grpc.ssl_target_name_override", CREDENTIALS.server_name)]
+    return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=cert_pem), options=options)
+
+
+def call(channel: grpc.Channel, method: str, keys: np.ndarray, metadata):
+    """One call of `method` that would change the shard (or read it) if it were let through."""
+    if method == "Insert":
+        request = wire.encode_insert_request(make_batch(10, start=1000), writer_id=7, sequence=1, timeout_ms=0)
+        stream = channel.stream_stream(SERVICE + "Insert", request_serializer=None, response_deserializer=None)
+        return list(stream(iter([request]), metadata=metadata, timeout=10))
+    if method == "Sample":
+        request = replay_pb2.SampleRequest(batch_size=8, num_batches=4, beta=-1.0).SerializeToString()
+    elif method == "UpdatePriorities":
+        message = replay_pb2.UpdatePrioritiesRequest()
+        codec.encode_tensor(keys, message.keys)
+        codec.encode_tensor(np.full(len(keys), 1e6), message.priorities)
+        request = message.SerializeToString()
+    else:
+        request = getattr(replay_pb2, f"{method}Request")().SerializeToString()
+    unary = channel.unary_unary(SERVICE + method, request_serializer=None, response_deserializer=None)
+    return unary(request, metadata=metadata, timeout=10)
+
+
+def state(server: ReplayServer, tmp_path) -> tuple:
+    info = server.table.info()
+    return info.size, info.inserts, info.samples, info.priority_mass, sorted((tmp_path / "ckpt").glob("*"))
+
+
+METHODS = ["Insert", "Sample", "UpdatePriorities", "Info", "Checkpoint"]
+
+
+def test_every_method_is_in_the_list_checked_here():
+    assert set(METHODS) == set(replay_pb2.DESCRIPTOR.services_by_name["ReplayService"].methods_by_name)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        None,
+        (("authorization", "Bearer " + generate_credentials().token),),
+        (("authorization", "Bearer " + CREDENTIALS.token[:-1]),),
+        (("authorization", CREDENTIALS.token),),  # the token without its scheme
+    ],
+    ids=["no token", "another run's token", "a truncated token", "no Bearer"],
+)
+def test_each_rpc_without_the_token_is_refused_and_changes_nothing(shard, tmp_path, method, metadata):
+    with ReplayClient(shard.address, credentials=CREDENTIALS) as client:
+        keys = client.sample(16).keys
+    before = state(shard, tmp_path)
+    refused = shard.unauthenticated_requests
+    with tls_channel(shard.address) as channel, pytest.raises(grpc.RpcError) as caught:
+        call(channel, method, keys, metadata)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert caught.value.details() == REFUSAL and CREDENTIALS.token not in caught.value.details()
+    assert state(shard, tmp_path) == before  # table, counters, priorities, no checkpoint file
+    assert shard.unauthenticated_requests == refused + 1
+
+
+def test_the_same_calls_with_the_token_go_through(shard, tmp_path):
+    """The control for the test above: the very calls it makes do change the shard with the token."""
+    with ReplayClient(shard.address, credentials=CREDENTIALS) as client:
+        keys = client.sample(16).keys
+    token = (("authorization", "Bearer " + CREDENTIALS.token),)
+    with tls_channel(shard.address) as channel:
+        for method in METHODS:
+            call(channel, method, keys, token)
+    size, inserts, samples, mass, checkpoints = state(shard, tmp_path)
+    assert (size, inserts, samples) == (110, 110, 16 + 32) and mass > 1000 and checkpoints  # 1e6 ** alpha per key
+    assert shard.unauthenticated_requests == 0
+
+
+def test_refusals_are_counted_on_metrics(start_server):
+    server = start_server(metrics_port=0, credentials=CREDENTIALS)
+    with tls_channel(server.address) as channel:
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError):
+                replay_pb2_grpc.ReplayServiceStub(channel).Info(replay_pb2.InfoRequest(), timeout=10)
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    assert 'qfleet_replay_unauthenticated_requests_total{shard="0"} 3.0' in scraped
+
+
+def test_right_credentials_work_end_to_end_and_survive_pickling(shard):
+    client = pickle.loads(pickle.dumps(ReplayClient(shard.address, credentials=CREDENTIALS)))
+    assert client.credentials.key_pem is None  # a client never carries the private key
+    assert CREDENTIALS.token not in repr(client) and CREDENTIALS.token not in repr(client.credentials)
+    client.insert(make_batch(50, start=100))
+    client.flush()
+    sample = client.sample(32)
+    assert client.update_priorities(sample.keys, np.full(32, 3.0)).applied == 32
+    assert client.info().size == 150 and client.checkpoint().size == 150
+    client.close()
+
+    sharded = pickle.loads(pickle.dumps(ShardedReplay(addresses=[shard.address], credentials=CREDENTIALS)))
+    assert sharded.config.credentials.key_pem is None
+    sharded.insert(make_batch(10, start=150))
+    sharded.flush()
+    assert sharded.sample(8).keys.shape == (8,) and sharded.info().size == 160
+    sharded.close()
+
+
+def test_a_wrong_token_raises_a_typed_error_at_once_without_the_token(shard):
+    wrong = ReplayCredentials(generate_credentials().token, CREDENTIALS.cert_pem)
+    with ReplayClient(shard.address, credentials=wrong, retry_for_s=30) as client:
+        started = time.monotonic()
+        with pytest.raises(ReplayAuthenticationError, match="requires the run's replay token") as caught:
+            client.info()
+        assert time.monotonic() - started < 5  # not retried: waiting does not fix a token
+        client.insert(make_batch(5))
+        with pytest.raises(ReplayAuthenticationError):
+            client.flush()
+    assert wrong.token not in str(caught.value) and CREDENTIALS.token not in str(caught.value)
+    assert shard.table.info().size == 100
+
+
+def test_a_plaintext_client_is_told_the_shard_wants_tls_and_a_token(shard):
+    with ReplayClient(shard.address, retry_for_s=0.3) as client, pytest.raises(ReplayUnavailableError) as caught:
+        client.info()
+    assert "needs the run's replay token and certificate" in str(caught.value)
+    with grpc.insecure_channel(shard.address) as channel, pytest.raises(grpc.RpcError) as raw:
+        replay_pb2_grpc.ReplayServiceStub(channel).Info(replay_pb2.InfoRequest(), timeout=5)
+    assert raw.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_client_pinning_another_certificate_cannot_connect(shard):
+    impostor = generate_credentials()
+    other_cert = ReplayCredentials(CREDENTIALS.token, impostor.cert_pem)  # the right token, another cert
+    with ReplayClient(shard.address, credentials=other_cert, retry_for_s=0.3) as client:
+        with pytest.raises(ReplayUnavailableError, match="TLS handshake failed"):
+            client.info()
+    assert shard.unauthenticated_requests == 0  # the token never left the client
+
+
+def test_a_shard_needs_the_private_key():
+    with pytest.raises(ValueError, match="private key"):
+        ReplayServer(CARTPOLE_SPEC, credentials=CREDENTIALS.for_clients())
+
+
+# -- the standalone command --------------------------------------------------------------------------
+
+
+def qfleet(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("QFLEET_REPLAY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "system.cli", *args], capture_output=True, text=True, timeout=60, env=clean | env
+    )
+
+
+def test_replay_credentials_writes_private_files_and_prints_no_secret(tmp_path):
+    out = tmp_path / "creds"
+    made = qfleet("replay", "credentials", "--out", str(out), env={})
+    assert made.returncode == 0, made.stderr
+    token = (out / "token").read_text()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE((out / name).stat().st_mode) == 0o600 for name in ("token", "cert.pem", "key.pem"))
+    assert token not in made.stdout + made.stderr and "PRIVATE KEY" not in made.stdout
+    assert f'export QFLEET_REPLAY_TOKEN="$(cat {out}/token)"' in made.stdout
+    # What the exports hand a service reads back as the files' credentials.
+    credentials = ReplayCredentials.from_env(
+        {
+            "QFLEET_REPLAY_TOKEN": token,
+            "QFLEET_REPLAY_TLS_CERT": str(out / "cert.pem"),
+            "QFLEET_REPLAY_TLS_KEY": str(out / "key.pem"),
+        }
+    )
+    assert credentials.key_pem == (out / "key.pem").read_bytes()
+    again = qfleet("replay", "credentials", "--out", str(out), env={})
+    assert again.returncode == 2 and "holds credentials already" in again.stderr
+    assert (out / "token").read_text() == token  # never overwritten
+
+
+def test_serve_refuses_to_start_without_credentials_or_insecure_off_loopback(spec_file):
+    plain = qfleet("replay", "serve", "--spec", spec_file, env={})
+    assert plain.returncode == 2 and "qfleet replay credentials --out DIR" in plain.stderr
+    exposed = qfleet("replay", "serve", "--spec", spec_file, "--insecure", "--host", "0.0.0.0", env={})
+    assert exposed.returncode == 2 and "only on a loopback address" in exposed.stderr
+    key_missing = qfleet("replay", "serve", "--spec", spec_file, env=CREDENTIALS.for_clients().environ())
+    assert key_missing.returncode == 2 and "QFLEET_REPLAY_TLS_KEY is not set" in key_missing.stderr
+    learner = qfleet("learner", "run", "--redis-url", "redis://127.0.0.1:1/0", env={})
+    assert learner.returncode == 2 and "replay credentials" in learner.stderr
+
+
+def test_serve_with_credentials_from_the_environment_refuses_token_less_clients(qfleet_serve, spec_file):
+    shard = qfleet_serve("replay", "serve", "--spec", spec_file, credentials=CREDENTIALS)
+    with ReplayClient(shard.address, credentials=CREDENTIALS) as client:
+        client.insert(make_batch(20))
+        client.flush()
+        assert client.info().size == 20
+    with ReplayClient(shard.address, retry_for_s=0.3) as client, pytest.raises(ReplayUnavailableError):
+        client.info()
+    assert CREDENTIALS.token not in shard.log() and "PRIVATE KEY" not in shard.log()
