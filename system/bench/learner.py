@@ -2,7 +2,9 @@
 
 The same `Learner.run` is fed by one shard in another process (through `ShardedReplay`) and by the
 same `Table` in-process, for the CASES (CartPole MLP, Atari Nature CNN), replay full, limiter off:
-the learner's top speed, timed over a window inside each run (see `WARMUP_S`).
+the learner's top speed, timed over a window inside each run (see `WARMUP_S`). `security`: the
+shard plaintext ("off"), with TLS + token ("on", as `qfleet train` runs it), or both in one run,
+the feeds taking turns ("both").
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from replay import (
     ShardedReplay,
     Spec,
     Table,
+    generate_credentials,
     importance_weights,
     make_selector,
 )
@@ -182,7 +185,12 @@ def _updates_per_second(case: Case, replay, seconds: float) -> float:
 
 
 def run_learner_bench(
-    seconds: float, repeats: int, device: str, output: str | None, only: list[str] | None = None
+    seconds: float,
+    repeats: int,
+    device: str,
+    output: str | None,
+    only: list[str] | None = None,
+    security: str = "both",
 ) -> int:
     logging.getLogger("learner").setLevel(logging.WARNING)
     resolved = resolve_device(device)
@@ -192,7 +200,13 @@ def run_learner_bench(
         + (f" = {torch.cuda.get_device_name(resolved)}" if resolved.type == "cuda" else "")
         + ")"
     )
-    print(f"qfleet bench learner: {seconds}s x {repeats} repeats per figure on {machine}", flush=True)
+    print(
+        f"qfleet bench learner: {seconds}s x {repeats} repeats per figure, security {security}, on {machine}",
+        flush=True,
+    )
+    credentials = generate_credentials()
+    feeds = [name for name, on in (("grpc", security != "on"), ("grpc_tls", security != "off")) if on]
+    labels = {"grpc": "over gRPC", "grpc_tls": "over gRPC with TLS + token"}
     rows = []
     for case in _cases(device):
         if only and case.name not in only:
@@ -200,43 +214,67 @@ def run_learner_bench(
         print(f"  {case.name} ...", flush=True)
         local = InProcessReplay(case.payload.spec, case.payload.capacity)
         _fill(local, case.payload)
-        server = ChildServer("qfleet", case.payload)
+        servers, sources = {}, {}
         try:
-            sharded = ShardedReplay(addresses=[server.address])
-            _fill(sharded, case.payload)
-            # Alternate the two feeds so that drift in this shared machine's speed hits both.
-            in_process, over_grpc = [], []
+            for feed in feeds:
+                tls = credentials if feed == "grpc_tls" else None
+                servers[feed] = ChildServer("qfleet", case.payload, credentials=tls)
+                sources[feed] = ShardedReplay(
+                    addresses=[servers[feed].address], credentials=tls.for_clients() if tls else None
+                )
+                _fill(sources[feed], case.payload)
+            # Alternate the feeds so that drift in this shared machine's speed hits each alike.
+            runs: dict[str, list[float]] = {"in_process": [], **{feed: [] for feed in feeds}}
             for _ in range(repeats):
-                in_process.append(_updates_per_second(case, local, seconds))
-                over_grpc.append(_updates_per_second(case, sharded, seconds))
-                print(f"    in-process {in_process[-1]:,.1f}/s, over gRPC {over_grpc[-1]:,.1f}/s", flush=True)
-            sharded.close()
+                runs["in_process"].append(_updates_per_second(case, local, seconds))
+                for feed in feeds:
+                    runs[feed].append(_updates_per_second(case, sources[feed], seconds))
+                line = ", ".join(f"{labels.get(k, 'in-process')} {v[-1]:,.1f}/s" for k, v in runs.items())
+                print(f"    {line}", flush=True)
         finally:
-            server.close()
+            for source in sources.values():
+                source.close()
+            for server in servers.values():
+                server.close()
         del local
-        rows.append(
-            {
-                "case": case.name,
-                "grpc": statistics.median(over_grpc),
-                "in_process": statistics.median(in_process),
-                # Each gRPC run against the in-process run just before it: the closest in time.
-                "ratio": statistics.median(g / i for g, i in zip(over_grpc, in_process, strict=True)),
-                "grpc_runs": over_grpc,
-                "in_process_runs": in_process,
-            }
-        )
+        row = {"case": case.name, "in_process": statistics.median(runs["in_process"]), "runs": runs}
+        for feed in feeds:
+            row[feed] = statistics.median(runs[feed])
+            # Each gRPC run against the in-process run just before it: the closest in time.
+            row[f"{feed}_ratio"] = statistics.median(g / i for g, i in zip(runs[feed], runs["in_process"], strict=True))
+        if len(feeds) == 2:  # each TLS run against the plaintext run just before it
+            row["tls_ratio"] = statistics.median(t / p for t, p in zip(runs["grpc_tls"], runs["grpc"], strict=True))
+        rows.append(row)
     print()
-    print("| case | updates/s over gRPC (shard + prefetcher) | updates/s in-process | gRPC / in-process |")
-    print("|---|---:|---:|---:|")
+    head = "".join(f" updates/s {labels[feed]} (shard + prefetcher) |" for feed in feeds)
+    ratios = "".join(f" {labels[feed]} / in-process |" for feed in feeds)
+    tls = " TLS / plaintext |" if len(feeds) == 2 else ""
+    print(f"| case |{head} updates/s in-process |{ratios}{tls}")
+    print("|---|" + "---:|" * (2 * len(feeds) + 1 + bool(tls)))
     for row in rows:
-        print(f"| {row['case']} | {row['grpc']:,.1f} | {row['in_process']:,.1f} | {row['ratio']:.1%} |")
-    print("\n(updates/s: medians of the runs; ratio: median over adjacent pairs of runs)\n")
+        cells = [f"{row[feed]:,.1f}" for feed in feeds] + [f"{row['in_process']:,.1f}"]
+        cells += [f"{row[f'{feed}_ratio']:.1%}" for feed in feeds]
+        cells += [f"{row['tls_ratio']:.1%}"] if tls else []
+        print(f"| {row['case']} | " + " | ".join(cells) + " |")
+    print("\n(updates/s: medians of the runs; ratios: medians over adjacent pairs of runs)\n")
     for row in rows:
-        ratio = row["ratio"]
-        print(
-            f"{'met' if ratio >= 0.9 else 'MISSED'}: {row['case']} over gRPC at {ratio:.0%} of in-process (target >= 90%)"
-        )
+        for feed in feeds:
+            ratio = row[f"{feed}_ratio"]
+            print(
+                f"{'met' if ratio >= 0.9 else 'MISSED'}: {row['case']} {labels[feed]} at {ratio:.0%} of in-process "
+                "(target >= 90%)"
+            )
+        if "tls_ratio" in row:
+            ratio = row["tls_ratio"]
+            print(
+                f"{'met' if ratio >= 0.9 else 'MISSED'}: {row['case']} with TLS + token at {ratio:.0%} of plaintext "
+                "(target >= 90%)"
+            )
     if output:
         with open(output, "w") as handle:
-            json.dump({"machine": machine, "date": time.strftime("%Y-%m-%d"), "rows": rows}, handle, indent=2)
+            json.dump(
+                {"machine": machine, "date": time.strftime("%Y-%m-%d"), "security": security, "rows": rows},
+                handle,
+                indent=2,
+            )
     return 0

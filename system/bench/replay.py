@@ -3,6 +3,9 @@
 For CartPole- and Atari-size items: a qfleet shard in its own process; a raw gRPC server speaking
 the same proto with no table (the transport limit, same client code); an in-process `Table` (the
 memory limit). Each figure is the median of `repeats` runs; ratios are taken within one run.
+
+`security`: "off" measures the shard as plaintext, "on" with TLS and the token on every call (as
+`qfleet train` runs it), "both" both in one run, their measurements interleaved, with the ratio.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ import numpy as np
 from replay import (
     RateLimiter,
     ReplayClient,
+    ReplayCredentials,
     ReplayServer,
     Spec,
     Table,
     add_servicer,
+    generate_credentials,
     grpc_options,
     insert_response,
     make_selector,
@@ -119,10 +124,16 @@ class _RawServicer:
 
 
 def _serve_forever(kind: str, payload: Payload, shard_id: int = 0) -> None:
-    """Child-process entry: serve, print the port, run until stdin closes."""
+    """Child-process entry: serve, print the port, run until stdin closes. A qfleet shard serves
+    TLS + token when its environment holds replay credentials (QFLEET_REPLAY_*)."""
     if kind == "qfleet":
         server = ReplayServer(
-            payload.spec, capacity=payload.capacity, selector="prioritized", seed=0, shard_id=shard_id
+            payload.spec,
+            capacity=payload.capacity,
+            selector="prioritized",
+            seed=0,
+            shard_id=shard_id,
+            credentials=ReplayCredentials.from_env(),
         ).start()
         port = server.port
     else:
@@ -135,14 +146,19 @@ def _serve_forever(kind: str, payload: Payload, shard_id: int = 0) -> None:
 
 
 class ChildServer:
-    """A benchmark server ("qfleet" shard or "raw" gRPC) in its own process; `address` is where it listens."""
+    """A benchmark server ("qfleet" shard or "raw" gRPC) in its own process; `address` is where it
+    listens. With `credentials` a qfleet shard serves TLS + token (they reach it in its environment)."""
 
-    def __init__(self, kind: str, payload: Payload, shard_id: int = 0):
+    def __init__(self, kind: str, payload: Payload, shard_id: int = 0, credentials: ReplayCredentials | None = None):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QFLEET_REPLAY_")}
+        if credentials is not None:
+            env |= credentials.environ()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "system.bench.replay", "--serve", kind, payload.name, str(shard_id)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=env,
         )
         line = self.proc.stdout.readline()
         if not line.strip().isdigit():
@@ -177,30 +193,53 @@ def _median(fn, repeats: int) -> float:
     return statistics.median(fn() for _ in range(repeats))
 
 
-def _client_rates(address: str, payload: Payload, seconds: float, repeats: int) -> dict[str, float]:
-    rng = np.random.default_rng(1)
-    batch = random_batch(payload.spec, payload.insert_batch, rng)
-    client = ReplayClient(address, max_in_flight=64)
-    # Fill the table so samples draw from a full prioritized tree.
-    fill = random_batch(payload.spec, min(payload.capacity, 65_536), rng)
-    for _ in range(max(1, payload.capacity // len(fill["action"]))):
-        client.insert(fill)
-    client.flush()
+SECURITY = ("off", "on", "both")
+"""`--security`: plaintext shards, TLS + token shards, or both in one run."""
 
-    def insert_step() -> int:
-        client.insert(batch)
-        return payload.insert_batch
 
-    def sample_step() -> int:
-        client.sample_batches(payload.sample_batch, payload.batches_per_request)
-        return payload.sample_batch * payload.batches_per_request
+class _Feed:
+    """A client of one benchmark server, its table filled, measuring insert and sample rates."""
 
-    rates = {
-        "insert": _median(lambda: _rate(insert_step, seconds, client.flush), repeats),
-        "sample": _median(lambda: _rate(sample_step, seconds), repeats),
-    }
-    client.close()
-    return rates
+    def __init__(self, address: str, payload: Payload, credentials: ReplayCredentials | None = None):
+        self.payload = payload
+        rng = np.random.default_rng(1)
+        self.batch = random_batch(payload.spec, payload.insert_batch, rng)
+        self.client = ReplayClient(address, max_in_flight=64, credentials=credentials)
+        # Fill the table so samples draw from a full prioritized tree.
+        fill = random_batch(payload.spec, min(payload.capacity, 65_536), rng)
+        for _ in range(max(1, payload.capacity // len(fill["action"]))):
+            self.client.insert(fill)
+        self.client.flush()
+
+    def rate(self, op: str, seconds: float) -> float:
+        payload, client = self.payload, self.client
+        if op == "insert":
+
+            def insert_step() -> int:
+                client.insert(self.batch)
+                return payload.insert_batch
+
+            return _rate(insert_step, seconds, client.flush)
+
+        def sample_step() -> int:
+            client.sample_batches(payload.sample_batch, payload.batches_per_request)
+            return payload.sample_batch * payload.batches_per_request
+
+        return _rate(sample_step, seconds)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _interleaved_rates(feeds: dict[str, _Feed], seconds: float, repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Every feed's insert and sample rates, `repeats` times, the feeds taking turns in each
+    repeat (so that drift in a shared machine's speed hits them alike)."""
+    runs: dict[str, dict[str, list[float]]] = {name: {"insert": [], "sample": []} for name in feeds}
+    for _ in range(repeats):
+        for op in ("insert", "sample"):
+            for name, feed in feeds.items():
+                runs[name][op].append(feed.rate(op, seconds))
+    return runs
 
 
 def _in_process_rates(payload: Payload, seconds: float, repeats: int) -> dict[str, float]:
@@ -225,22 +264,46 @@ def _in_process_rates(payload: Payload, seconds: float, repeats: int) -> dict[st
     }
 
 
-def bench_payload(payload: Payload, seconds: float, repeats: int) -> dict:
-    """Every figure of one payload, in one run."""
-    results: dict[str, dict[str, float]] = {}
-    for kind in ("qfleet", "raw_grpc"):
-        server = ChildServer("qfleet" if kind == "qfleet" else "raw", payload)
-        try:
-            results[kind] = _client_rates(server.address, payload, seconds, repeats)
-        finally:
+def bench_payload(payload: Payload, seconds: float, repeats: int, security: str = "off") -> dict:
+    """Every figure of one payload, in one run: the qfleet shard plaintext ("qfleet") and/or with
+    TLS + token ("qfleet_tls"), raw gRPC, in-process."""
+    credentials = generate_credentials()
+    wanted = {"qfleet": security in ("off", "both"), "qfleet_tls": security in ("on", "both"), "raw_grpc": True}
+    servers: dict[str, ChildServer] = {}
+    feeds: dict[str, _Feed] = {}
+    try:
+        for name in (n for n, on in wanted.items() if on):
+            kind = "raw" if name == "raw_grpc" else "qfleet"
+            tls = credentials if name == "qfleet_tls" else None
+            servers[name] = ChildServer(kind, payload, credentials=tls)
+            feeds[name] = _Feed(servers[name].address, payload, tls.for_clients() if tls else None)
+        runs = _interleaved_rates(feeds, seconds, repeats)
+    finally:
+        for feed in feeds.values():
+            feed.close()
+        for server in servers.values():
             server.close()
+    results = {name: {op: statistics.median(values) for op, values in ops.items()} for name, ops in runs.items()}
     results["in_process"] = _in_process_rates(payload, seconds, repeats)
-    return {
+    run = {
         "payload": payload.name,
         "item_bytes": payload.spec.item_nbytes(),
+        "security": security,
         "rates": results,
+        "runs": runs,
         "config": payload.__dict__ | {"spec": payload.spec.to_json()},
     }
+    if security == "both":  # each TLS figure against the plaintext one just before it
+        run["tls_ratio"] = {
+            op: statistics.median(t / p for t, p in zip(runs["qfleet_tls"][op], runs["qfleet"][op], strict=True))
+            for op in ("insert", "sample")
+        }
+    return run
+
+
+def _shard_rates(rates: dict) -> dict[str, float]:
+    """The qfleet shard's figures: plaintext when measured, else TLS + token."""
+    return rates["qfleet"] if "qfleet" in rates else rates["qfleet_tls"]
 
 
 def format_results(runs: list[dict]) -> str:
@@ -252,7 +315,8 @@ def format_results(runs: list[dict]) -> str:
     for run in runs:
         payload = PAYLOADS[run["payload"]]
         for op in ("insert", "sample"):
-            q, raw, mem = (run["rates"][k][op] for k in ("qfleet", "raw_grpc", "in_process"))
+            rates = run["rates"]
+            q, raw, mem = _shard_rates(rates)[op], rates["raw_grpc"][op], rates["in_process"][op]
             batch = (
                 f"{payload.insert_batch}/msg"
                 if op == "insert"
@@ -262,6 +326,20 @@ def format_results(runs: list[dict]) -> str:
                 f"| {run['payload']} | {op} | {batch} | {q:,.0f} | {q * run['item_bytes'] / 1e6:,.1f} | "
                 f"{raw:,.0f} | {q / raw:.0%} | {mem:,.0f} |"
             )
+    if any("tls_ratio" in run for run in runs):
+        lines += [
+            "",
+            "| payload | op | plaintext items/s | TLS + token items/s | TLS / plaintext |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for run in runs:
+            if "tls_ratio" in run:
+                for op in ("insert", "sample"):
+                    plain, tls = run["rates"]["qfleet"][op], run["rates"]["qfleet_tls"][op]
+                    lines.append(
+                        f"| {run['payload']} | {op} | {plain:,.0f} | {tls:,.0f} | {run['tls_ratio'][op]:.0%} |"
+                    )
+        lines.append("\n(TLS / plaintext: median over the interleaved pairs of runs)")
     return "\n".join(lines)
 
 
@@ -271,7 +349,13 @@ def check_targets(runs: list[dict]) -> list[str]:
     for run in runs:
         rates = run["rates"]
         for op in ("insert", "sample"):
-            q = rates["qfleet"][op]
+            q = _shard_rates(rates)[op]
+            if "tls_ratio" in run:
+                ratio = run["tls_ratio"][op]
+                lines.append(
+                    f"{'met' if ratio >= 0.9 else 'MISSED'}: {run['payload']} {op} with TLS + token at {ratio:.0%} "
+                    "of plaintext (target >= 90%)"
+                )
             if run["payload"] == "cartpole_small":
                 continue
             if run["payload"] == "cartpole":
@@ -286,16 +370,19 @@ def check_targets(runs: list[dict]) -> list[str]:
     return lines
 
 
-def run_replay_bench(seconds: float, repeats: int, only: str | None, output: str | None) -> int:
+def run_replay_bench(seconds: float, repeats: int, only: str | None, output: str | None, security: str = "both") -> int:
     """Runs the benchmark, prints progress and the table; returns 0."""
     machine = f"{platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()})"
-    print(f"qfleet bench replay: {seconds}s x {repeats} repeats per figure on {machine}", flush=True)
+    print(
+        f"qfleet bench replay: {seconds}s x {repeats} repeats per figure, security {security}, on {machine}",
+        flush=True,
+    )
     runs = []
     for name, payload in PAYLOADS.items():
         if only and name != only:
             continue
         print(f"  measuring {name} ({payload.spec.item_nbytes():,} bytes/item) ...", flush=True)
-        runs.append(bench_payload(payload, seconds, repeats))
+        runs.append(bench_payload(payload, seconds, repeats, security))
     print()
     print(format_results(runs))
     print()
@@ -309,6 +396,7 @@ def run_replay_bench(seconds: float, repeats: int, only: str | None, output: str
                     "date": time.strftime("%Y-%m-%d"),
                     "seconds": seconds,
                     "repeats": repeats,
+                    "security": security,
                     "runs": runs,
                 },
                 handle,

@@ -21,6 +21,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
 
 
+def _security(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--security",
+        choices=["off", "on", "both"],
+        default="both",
+        help=(
+            "the shard plaintext (off), with TLS and the token on every call as qfleet train runs it (on), "
+            "or both in one run, interleaved, with their ratio (both; the default)"
+        ),
+    )
+
+
 def add_parser(commands) -> None:
     parser = commands.add_parser(NAME, help="benchmarks (figures for docs/benchmarks.md)", description="Benchmarks.")
     subcommands = parser.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
@@ -36,6 +48,7 @@ def add_parser(commands) -> None:
     )
     _common(replay)
     replay.add_argument("--only", choices=["cartpole", "cartpole_small", "atari"], help="run one payload only")
+    _security(replay)
 
     sharded = subcommands.add_parser(
         "sharded",
@@ -63,6 +76,7 @@ def add_parser(commands) -> None:
     learner.add_argument(
         "--case", action="append", choices=LEARNER_CASES, help="run only this case (repeatable; default: all three)"
     )
+    _security(learner)
 
     actors = subcommands.add_parser(
         "actors",
@@ -83,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.bench_command == "replay":
         from system.bench.replay import run_replay_bench
 
-        return run_replay_bench(args.seconds, args.repeats, args.only, args.output)
+        return run_replay_bench(args.seconds, args.repeats, args.only, args.output, args.security)
     if args.bench_command == "sharded":
         from system.bench.sharded import run_sharded_bench
 
@@ -95,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if args.bench_command == "learner":
         from system.bench.learner import run_learner_bench
 
-        return run_learner_bench(args.seconds, args.repeats, args.device, args.output, args.case)
+        return run_learner_bench(args.seconds, args.repeats, args.device, args.output, args.case, args.security)
     from system.bench.actors import run_actors_bench
 
     return run_actors_bench(args.seconds, args.repeats, args.env, args.num_envs, args.output)

@@ -71,10 +71,13 @@ def test_config_reference_and_resolved_config(tmp_path):
         (["replay", "serve", "--min-size", "10", "--capacity", "5"], "replay.min_size"),
         (["replay", "serve", "--samples-per-insert", "16", "--error-buffer", "2"], "error_buffer"),
         (["replay", "serve", "--config", "does/not/exist.yaml"], "does/not/exist.yaml"),
-        (["replay", "serve", "--capacity", str(10**12)], "replay.capacity=1000000000000: the table needs"),
+        (
+            ["replay", "serve", "--insecure", "--capacity", str(10**12)],
+            "replay.capacity=1000000000000: the table needs",
+        ),
         (["actors", "run", "--redis-url", "redis://127.0.0.1:1/0", "--set", "env.id=NoSuchEnv-v9"], "NoSuchEnv-v9"),
         (["actors", "run", "--redis-url", "redis://127.0.0.1:1/0", "--num-actors", "0"], "actors.num_actors"),
-        (["actors", "run", "--redis-url", "redis://127.0.0.1:1/0"], "redis://127.0.0.1:1/0"),
+        (["actors", "run", "--insecure", "--redis-url", "redis://127.0.0.1:1/0"], "redis://127.0.0.1:1/0"),
         (["scale", "--actors", "-1", "--redis-url", "redis://127.0.0.1:1/0"], "--actors -1"),
         (["train"], "give a CONFIG"),
         (["train", "configs/cartpole.yaml", "--set", "learner.batch_sizee=3"], "learner.batch_sizee: unknown key"),
@@ -151,7 +154,7 @@ def test_a_port_in_use_is_named_without_a_traceback(flag):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run("replay", "serve", flag, str(port), timeout=60)
+        result = run("replay", "serve", "--insecure", flag, str(port), timeout=60)
     assert result.returncode == 1
     assert f"127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
 
@@ -161,9 +164,12 @@ def test_bench_replay_runs_briefly_and_reports_every_figure(tmp_path):
     result = run("bench", "replay", "--only", "cartpole", "--seconds", "0.2", "--repeats", "1", "--output", str(out))
     assert result.returncode == 0, result.stderr
     assert "| cartpole | insert |" in result.stdout and "| cartpole | sample |" in result.stdout
-    rates = json.loads(out.read_text())["runs"][0]["rates"]
-    assert set(rates) == {"qfleet", "raw_grpc", "in_process"}
+    assert "TLS / plaintext" in result.stdout and "cartpole insert with TLS + token at" in result.stdout
+    (payload,) = json.loads(out.read_text())["runs"]
+    rates = payload["rates"]
+    assert set(rates) == {"qfleet", "qfleet_tls", "raw_grpc", "in_process"}  # --security both, the default
     assert all(rates[k][op] > 0 for k in rates for op in ("insert", "sample"))
+    assert all(payload["tls_ratio"][op] > 0 for op in ("insert", "sample"))
 
 
 def test_bench_sharded_runs_briefly(tmp_path):
@@ -189,7 +195,8 @@ def test_bench_learner_runs_one_case_briefly(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"| {case} |" in result.stdout and "atari" not in result.stdout
     (row,) = json.loads(out.read_text())["rows"]
-    assert row["case"] == case and row["grpc"] > 0 and row["in_process"] > 0 and row["ratio"] > 0
+    assert row["case"] == case and row["grpc"] > 0 and row["grpc_tls"] > 0 and row["in_process"] > 0
+    assert row["grpc_ratio"] > 0 and row["tls_ratio"] > 0 and "TLS / plaintext" in result.stdout
     help_text = run("bench", "learner", "--help").stdout
     assert all(name in help_text for name in CASES)
     assert run("bench", "learner", "--case", "pong").returncode == 2

@@ -14,8 +14,11 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from actors import ActorRegistry
 from conftest import wait_until
+from replay import ReplayClient, ReplayUnavailableError, generate_credentials
 
 QFLEET = [sys.executable, "-m", "system.cli"]
 
@@ -112,6 +115,14 @@ def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
         info = json.loads((run_dir / "run.json").read_text())
         addresses |= {info["redis_url"].split("//")[1].split("/")[0], info["shards"][0]["address"]}
         addresses.add(info["learner"]["metrics"])
+        # The run's shard serves TLS with this start's certificate and wants its token: a client
+        # without them, or with another run's, gets nowhere (no credential is in the run folder).
+        shard = info["shards"][0]["address"]
+        other = generate_credentials()
+        for credentials in (None, other):
+            with ReplayClient(shard, credentials=credentials, retry_for_s=0.3) as outsider:
+                with pytest.raises(ReplayUnavailableError):
+                    outsider.info()
         registry = ActorRegistry(info["redis_url"], info["run"])
         assert wait_until(lambda: registry.actors(), timeout=30)
         actor_metrics = {r["metrics"] for r in registry.actors().values()}
@@ -151,6 +162,8 @@ def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
     assert not [a for a in addresses if listening(a)]
     assert json.loads((run_dir / "prometheus" / "targets.json").read_text()) == []  # nothing left to scrape
     assert "received SIGINT" in output and "continue it with: qfleet train --resume" in output
+    assert "-----BEGIN" not in output  # no certificate or key in the logs ...
+    assert not [f for f in run_dir.rglob("*") if f.is_file() and b"-----BEGIN" in f.read_bytes()]  # nor the run
     assert (run_dir / "config.yaml").exists() and (run_dir / "learning_curve.png").stat().st_size > 10_000
     assert "| env steps |" in (run_dir / "summary.md").read_text()
     checkpoints = sorted((run_dir / "checkpoints").glob("learner-*.pt"))
