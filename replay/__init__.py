@@ -8,8 +8,9 @@ Public surface:
     (batches kept ready for a learner); MixedReplay, validate_fractions (fixed-fraction mixes);
     keep_freed_memory (malloc settings for processes that move large batches); MAX_PRIORITY (the
     cap on stored priorities); ReplayCredentials, generate_credentials (a run's token and TLS
-    certificate); connect_redis, redact_url (the run's Redis, its password kept out of sight); and
-    the errors.
+    certificate); connect_redis, redact_url (the run's Redis, its password kept out of sight);
+    BoundedHTTPServer, HTTPLimits, start_metrics_server (HTTP with bounded threads and timeouts,
+    for /metrics and discovery); and the errors.
 """
 
 from replay import wire
@@ -29,6 +30,7 @@ from replay.errors import (
     SpecMismatchError,
     TableClosedError,
 )
+from replay.http_server import BoundedHTTPServer, HTTPLimits, start_metrics_server
 from replay.limits import MAX_PRIORITY
 from replay.metrics import SERIES as METRIC_SERIES
 from replay.metrics import ShardedCollector
@@ -50,6 +52,9 @@ __all__ = [
     "METRIC_SERIES",
     "RateLimiter",
     "Table",
+    "BoundedHTTPServer",
+    "HTTPLimits",
+    "start_metrics_server",
     "add_servicer",
     "grpc_options",
     "importance_weights",

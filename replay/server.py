@@ -16,7 +16,6 @@ from concurrent import futures
 import grpc
 import numpy as np
 import redis
-from prometheus_client import start_http_server
 
 from replay import checkpoint as ckpt
 from replay import codec, wire
@@ -26,6 +25,7 @@ from replay.allocator import keep_freed_memory
 from replay.codec import grpc_options
 from replay.config import ReplayConfig
 from replay.errors import DeadlineExceededError, InvalidBatchError, RequestCancelledError, TableClosedError
+from replay.http_server import start_metrics_server
 from replay.limits import SHARD_BUSY, check_sample_request
 from replay.metrics import ReplayMetrics
 from replay.rate_limiter import RateLimiter
@@ -330,8 +330,8 @@ class ReplayServer:
         self._streams.start()
         if self.config.metrics_port is not None:
             try:
-                self._metrics_http, _ = start_http_server(
-                    self.config.metrics_port, addr=self.config.host, registry=self.metrics.registry
+                self._metrics_http = start_metrics_server(
+                    self.config.metrics_port, self.config.host, self.metrics.registry
                 )
             except OSError as exc:
                 self._grpc.stop(0)
@@ -368,8 +368,7 @@ class ReplayServer:
         if self._heartbeats is not None:
             self._heartbeats.join()
         if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
+            self._metrics_http.close()
             self._metrics_http = None
         if checkpoint and self.config.checkpoint_dir is not None:
             path, _, size = self.checkpoint()
