@@ -253,6 +253,23 @@ def test_priorities_of_1e308_leave_priority_mass_and_weights_finite(start_server
         client.update_priorities(keys, np.array([np.inf, -1.0]))
 
 
+def test_a_priority_update_of_more_keys_than_the_cap_is_refused_before_the_table(start_server, connect, monkeypatch):
+    server = start_server(capacity=1000, selector="prioritized", max_priority_updates=100)
+    client = connect(server.address)
+    client.insert(make_batch(200))
+    client.flush()
+    keys = client.sample(200).keys
+    reached = []
+    update = server.table.update_priorities
+    monkeypatch.setattr(server.table, "update_priorities", lambda *a: reached.append(len(a[0])) or update(*a))
+
+    with pytest.raises(InvalidBatchError, match="priority update of 101 keys exceeds max_priority_updates=100"):
+        client.update_priorities(keys[:101], np.ones(101))
+    assert reached == []  # refused before the table (and its lock)
+    client.update_priorities(keys[:100], np.ones(100))  # at the cap: applied
+    assert reached == [100]
+
+
 # -- decoding ----------------------------------------------------------------------------------------
 
 
@@ -365,3 +382,34 @@ def test_planted_out_of_range_checkpoints_fall_back_to_the_previous_good_one(sta
             assert np.all(np.isfinite(client.sample(16).weights))
     finally:
         restarted.stop(grace=0.2, checkpoint=False)
+
+
+def test_checkpoints_are_written_one_at_a_time_and_a_second_caller_is_told_busy(
+    start_server, connect, raw_channel, tmp_path
+):
+    server = start_server(capacity=100, checkpoint_dir=str(tmp_path / "replay"))
+    with ReplayClient(server.address) as client:
+        client.insert(make_batch(30))
+        client.flush()
+    checkpoint = raw_channel(server.address).unary_unary(
+        f"{_SERVICE}/Checkpoint",
+        request_serializer=replay_pb2.CheckpointRequest.SerializeToString,
+        response_deserializer=replay_pb2.CheckpointResponse.FromString,
+    )
+    with server._checkpoint_lock:  # a checkpoint (periodic, or another caller's) is being written
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as busy:
+            checkpoint(replay_pb2.CheckpointRequest(), timeout=5)
+        assert time.monotonic() - started < 2.0  # refused at once, not queued behind it
+        assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "a checkpoint is being written" in busy.value.details()
+        assert list((tmp_path / "replay").glob("*")) == []
+
+        # ReplayClient takes the refusal as "busy" and asks again until its retry deadline.
+        result: queue.SimpleQueue = queue.SimpleQueue()
+        waiter = threading.Thread(target=lambda: result.put(_outcome(connect(server.address).checkpoint)))
+        waiter.start()
+        assert not wait_until(lambda: not waiter.is_alive(), timeout=0.5)  # still asking
+    waiter.join(timeout=30)
+    assert result.get(timeout=1).size == 30
+    assert checkpoint(replay_pb2.CheckpointRequest(), timeout=5).size == 30  # free again: served
