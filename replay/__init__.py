@@ -10,7 +10,8 @@ Public surface:
     cap on stored priorities); ReplayCredentials, generate_credentials (a run's token and TLS
     certificate); connect_redis, redact_url (the run's Redis, its password kept out of sight);
     BoundedHTTPServer, HTTPLimits, start_metrics_server (HTTP with bounded threads and timeouts,
-    for /metrics and discovery); and the errors.
+    for /metrics and discovery); private_dir, create_private_file (owner-only checkpoints and
+    run folders); and the errors.
 """
 
 from replay import wire
@@ -36,6 +37,7 @@ from replay.metrics import SERIES as METRIC_SERIES
 from replay.metrics import ShardedCollector
 from replay.mixing import MixedReplay, validate_fractions
 from replay.prefetch import Prefetcher, TorchBatch
+from replay.private_files import create_private_file, private_dir
 from replay.rate_limiter import RateLimiter
 from replay.redis_connection import connect_redis, redact_url
 from replay.registry import ShardRecord, ShardRegistry, live_shard_key
@@ -55,6 +57,8 @@ __all__ = [
     "BoundedHTTPServer",
     "HTTPLimits",
     "start_metrics_server",
+    "create_private_file",
+    "private_dir",
     "add_servicer",
     "grpc_options",
     "importance_weights",
