@@ -141,6 +141,80 @@ def test_a_cancelled_blocked_sample_frees_its_budget_within_two_seconds(start_se
     assert client.info().samples == 15
 
 
+class PacedWriter:
+    """Inserts `batch` items every `period_s` on its own thread (a steady actor), until paused."""
+
+    def __init__(self, client: ReplayClient, batch: int = 32, period_s: float = 0.02):
+        self.client, self.batch, self.period_s = client, batch, period_s
+        self.running, self.stopped = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        start = 0
+        while not self.stopped.is_set():
+            if not self.running.wait(0.05):
+                continue
+            self.client.insert(make_batch(self.batch, start=start))
+            start += self.batch
+            time.sleep(self.period_s)
+
+    def pause(self) -> None:
+        self.running.clear()
+        self.client.flush(timeout=10)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)
+
+
+def sampling_rate(client: ReplayClient, window_s: float = 1.0, windows: int = 3) -> float:
+    """The best of `windows` measurements of batches of 32 sampled per second (noise only lowers one)."""
+    best = 0.0
+    for _ in range(windows):
+        batches, started = 0, time.monotonic()
+        while time.monotonic() - started < window_s:
+            client.sample(32, timeout=5)
+            batches += 1
+        best = max(best, batches / (time.monotonic() - started))
+    return best
+
+
+def test_cancelled_blocked_samples_leave_a_learners_sampling_rate_as_it_was(start_server, connect, raw_channel):
+    # spi 1: the learner samples as fast as the writer inserts, so stolen budget would show as a lower rate.
+    server = start_server(capacity=100_000, samples_per_insert=1.0, min_size=100, error_buffer=400.0)
+    learner = connect(server.address)
+    writer = PacedWriter(connect(server.address))
+    try:
+        writer.running.set()
+        sampling_rate(learner, windows=1)  # spends the limiter's initial slack: steady state from here
+        before = sampling_rate(learner)
+
+        # The writer stops; the learner spends what is left; then four Samples block and are cancelled.
+        writer.pause()
+        with pytest.raises(ReplayError):
+            while True:
+                learner.sample(32, timeout=0.3)
+        sample = raw_channel(server.address).unary_unary(
+            f"{_SERVICE}/Sample", request_serializer=replay_pb2.SampleRequest.SerializeToString
+        )
+        blocked = [sample.future(replay_pb2.SampleRequest(batch_size=300, num_batches=1, beta=-1.0)) for _ in range(4)]
+        assert wait_until(lambda: learner.info().rate_limiter.waiting_samples == 4, timeout=5)
+        for call in blocked:
+            call.cancel()
+        cancelled = time.monotonic()
+        assert wait_until(lambda: learner.info().rate_limiter.waiting_samples == 0, timeout=2)
+        assert time.monotonic() - cancelled < 2.0
+
+        writer.running.set()
+        sampling_rate(learner, windows=1)
+        after = sampling_rate(learner)
+        assert after >= 0.9 * before, f"{before:.0f} batches/s before, {after:.0f} after"
+        assert all(call.cancelled() for call in blocked)
+    finally:
+        writer.close()
+
+
 def test_a_sample_timeout_beyond_the_shards_max_wait_is_honoured(start_server, connect):
     server = start_server(capacity=1000, min_size=10, max_sample_wait_s=0.2)
     client = connect(server.address)
