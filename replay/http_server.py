@@ -252,10 +252,10 @@ class BoundedHTTPServer:
             pass
 
     def _drop(self, pending: _Pending, count: bool = True) -> None:
+        if count:  # before the close, which the client may see at once
+            self.closed_early += 1
         self._unregister(pending)
         pending.sock.close()
-        if count:
-            self.closed_early += 1
 
 
 def start_metrics_server(
