@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from prometheus_client import start_http_server
 
 from actors.config import ActorsConfig, EnvConfig
 from actors.envs import EnvVector, describe_env
@@ -28,7 +27,7 @@ from actors.registry import ActorRegistry
 from actors.weights import WeightSubscriber
 from actors.writer import INSERT_MAX_BYTES, TransitionWriter, Writer
 from learner import LearnerConfig, Policy, WeightStore
-from replay import ReplayCredentials, ShardedReplay, keep_freed_memory
+from replay import ReplayCredentials, ShardedReplay, keep_freed_memory, start_metrics_server
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +142,7 @@ class EnvActor:
                     import ray
 
                     bind = ray.util.get_node_ip_address()
-                server, _ = start_http_server(actors.metrics_port, addr=bind, registry=self.metrics.registry)
-                self._opened.append(_Shutdown(server))
+                server = self._open(start_metrics_server(actors.metrics_port, bind, self.metrics.registry))
                 host = socket.gethostname() if bind == "0.0.0.0" else bind
                 self.metrics_address = f"{host}:{server.server_port}"
             self._pull_weights(wait=True)  # a (re)started actor acts with the newest weights from its first step
@@ -291,14 +289,3 @@ class EnvActor:
             finally:
                 self._release()
         return stats
-
-
-class _Shutdown:
-    """`close()` for prometheus-client's metrics HTTP server."""
-
-    def __init__(self, server):
-        self.server = server
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

@@ -17,6 +17,8 @@ import re
 import numpy as np
 import torch
 
+from replay import create_private_file, private_dir
+
 KEEP = 3
 _NAME = re.compile(r"^learner-(\d{12})\.pt$")
 log = logging.getLogger(__name__)
@@ -44,11 +46,13 @@ def restore_rng(state: dict, numpy_rng: np.random.Generator) -> None:
 
 
 def save(directory: pathlib.Path, state: dict, updates: int) -> pathlib.Path:
-    """Writes `state` atomically as the checkpoint of update `updates`; prunes old ones."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Writes `state` atomically as the checkpoint of update `updates`, owner-only (0600 in a 0700
+    directory); prunes old ones."""
+    private_dir(directory)
     final = directory / f"learner-{updates:012d}.pt"
     temporary = directory / f".{final.name}.tmp-{os.getpid()}"
     try:
+        create_private_file(temporary)
         torch.save(state, temporary)
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())

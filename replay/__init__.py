@@ -9,8 +9,10 @@ Public surface:
     keep_freed_memory (malloc settings for processes that move large batches); MAX_PRIORITY (the
     cap on stored priorities); ReplayCredentials, generate_credentials (a run's token and TLS
     certificate; TOKEN_ENV, CERT_ENV, KEY_ENV name the environment variables that hold them);
-    connect_redis, redact_url (the run's Redis, its password kept out of sight); and
-    the errors.
+    connect_redis, redact_url (the run's Redis, its password kept out of sight);
+    BoundedHTTPServer, HTTPLimits, start_metrics_server (HTTP with bounded threads and timeouts,
+    for /metrics and discovery); private_dir, create_private_file (owner-only checkpoints and
+    run folders); and the errors.
 """
 
 from replay import wire
@@ -31,11 +33,13 @@ from replay.errors import (
     SpecMismatchError,
     TableClosedError,
 )
+from replay.http_server import BoundedHTTPServer, HTTPLimits, start_metrics_server
 from replay.limits import MAX_PRIORITY
 from replay.metrics import SERIES as METRIC_SERIES
 from replay.metrics import ShardedCollector
 from replay.mixing import MixedReplay, validate_fractions
 from replay.prefetch import Prefetcher, TorchBatch
+from replay.private_files import create_private_file, private_dir
 from replay.rate_limiter import RateLimiter
 from replay.redis_connection import connect_redis, redact_url
 from replay.registry import ShardRecord, ShardRegistry, live_shard_key
@@ -55,6 +59,11 @@ __all__ = [
     "METRIC_SERIES",
     "RateLimiter",
     "Table",
+    "BoundedHTTPServer",
+    "HTTPLimits",
+    "start_metrics_server",
+    "create_private_file",
+    "private_dir",
     "add_servicer",
     "grpc_options",
     "importance_weights",

@@ -28,6 +28,7 @@ from safetensors.numpy import save_file
 
 from replay.errors import CheckpointError, SpecMismatchError
 from replay.limits import MAX_PRIORITY
+from replay.private_files import create_private_file, private_dir
 from replay.spec import Spec
 
 FORMAT = "qfleet-replay-checkpoint/1"
@@ -75,8 +76,9 @@ def write_checkpoint(
     counters: dict[str, int],
     extra: dict[str, str] | None = None,
 ) -> tuple[pathlib.Path, int]:
-    """Writes a new checkpoint atomically; returns (path, sequence). Prunes beyond `KEEP`."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Writes a new checkpoint atomically, owner-only (0600 in a 0700 directory); returns (path,
+    sequence). Prunes beyond `KEEP`."""
+    private_dir(directory)
     existing = list_checkpoints(directory)
     sequence = existing[0][0] + 1 if existing else 1
     final = directory / f"replay-{sequence:012d}.safetensors"
@@ -91,6 +93,7 @@ def write_checkpoint(
         **(extra or {}),
     }
     try:
+        create_private_file(temporary)
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(temporary), metadata=metadata)
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())

@@ -75,6 +75,10 @@ class ReplayConfig:
     max_sample_items: int = 1 << 20
     """Largest batch_size x num_batches of one Sample; more is refused with INVALID_ARGUMENT."""
 
+    max_priority_updates: int = 1 << 20
+    """Most keys one UpdatePriorities call may carry (a learner sends one Sample's keys, at most
+    max_sample_items); more is refused with INVALID_ARGUMENT before the table lock."""
+
     max_sample_wait_s: float = 30.0
     """Longest a Sample waits for the rate limiter server-side; ReplayClient re-asks if it may wait."""
 
@@ -158,6 +162,8 @@ class ReplayConfig:
             bad("max_concurrent_rpcs", f"must be >= max_workers={self.max_workers}")
         if self.max_sample_items < 1:
             bad("max_sample_items", "must be >= 1")
+        if self.max_priority_updates < 1:
+            bad("max_priority_updates", "must be >= 1")
         for field in ("max_sample_wait_s", "insert_idle_s", "insert_stream_max_age_s"):
             if not getattr(self, field) > 0:
                 bad(field, "must be > 0")

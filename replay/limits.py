@@ -33,6 +33,16 @@ def sample_response_nbytes(spec: Spec, items: int) -> int:
     return items * (spec.item_nbytes() + SAMPLE_ITEM_OVERHEAD)
 
 
+def check_priority_update(keys: int, max_keys: int) -> None:
+    """Refuses an UpdatePriorities call carrying more than `max_keys` keys.
+
+    Raises:
+        InvalidBatchError: naming the limit (`max_priority_updates`).
+    """
+    if keys > max_keys:
+        raise InvalidBatchError(f"priority update of {keys} keys exceeds max_priority_updates={max_keys}")
+
+
 def check_sample_request(spec: Spec, batch_size: int, num_batches: int, max_items: int, max_message_mb: int) -> None:
     """Refuses a Sample that asks for too many items or a response larger than a message may be.
 

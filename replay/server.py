@@ -18,7 +18,6 @@ from concurrent import futures
 import grpc
 import numpy as np
 import redis
-from prometheus_client import start_http_server
 
 from replay import checkpoint as ckpt
 from replay import codec, wire
@@ -30,7 +29,8 @@ from replay.codec import grpc_options
 from replay.config import ReplayConfig
 from replay.credentials import ReplayCredentials
 from replay.errors import DeadlineExceededError, InvalidBatchError, RequestCancelledError, TableClosedError
-from replay.limits import SHARD_BUSY, check_sample_request
+from replay.http_server import start_metrics_server
+from replay.limits import SHARD_BUSY, check_priority_update, check_sample_request
 from replay.metrics import ReplayMetrics
 from replay.rate_limiter import RateLimiter
 from replay.registry import ShardRecord, ShardRegistry, new_record
@@ -239,6 +239,7 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
             priorities = codec.decode_tensor(request.priorities, "priorities")
             if keys.dtype != np.uint64:
                 raise InvalidBatchError(f"column 'keys': dtype {keys.dtype.name}, expected uint64")
+            check_priority_update(keys.size, self._server.config.max_priority_updates)
             applied, dropped = self._table.update_priorities(keys, priorities)
         except InvalidBatchError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -251,7 +252,10 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
     def Checkpoint(self, request, context):
         if self._server.config.checkpoint_dir is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this shard was started without a checkpoint_dir")
-        path, sequence, size = self._server.checkpoint()
+        written = self._server.checkpoint(wait=False)
+        if written is None:  # each one copies the whole table: callers take turns, never pile up
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{SHARD_BUSY}: a checkpoint is being written")
+        path, sequence, size = written
         return replay_pb2.CheckpointResponse(path=str(path), sequence=sequence, size=size)
 
 
@@ -373,8 +377,8 @@ class ReplayServer:
         self._streams.start()
         if self.config.metrics_port is not None:
             try:
-                self._metrics_http, _ = start_http_server(
-                    self.config.metrics_port, addr=self.config.host, registry=self.metrics.registry
+                self._metrics_http = start_metrics_server(
+                    self.config.metrics_port, self.config.host, self.metrics.registry
                 )
             except OSError as exc:
                 self._grpc.stop(0)
@@ -417,8 +421,7 @@ class ReplayServer:
         if self._heartbeats is not None:
             self._heartbeats.join()
         if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
+            self._metrics_http.close()
             self._metrics_http = None
         if checkpoint and self.config.checkpoint_dir is not None:
             path, _, size = self.checkpoint()
@@ -436,11 +439,17 @@ class ReplayServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def checkpoint(self) -> tuple[pathlib.Path, int, int]:
-        """Writes a checkpoint now; returns (path, sequence, items)."""
+    def checkpoint(self, wait: bool = True) -> tuple[pathlib.Path, int, int] | None:
+        """Writes a checkpoint now; returns (path, sequence, items).
+
+        One checkpoint is written at a time. With `wait` False, returns None at once when another
+        one is being written (the Checkpoint RPC: a caller cannot queue copies of the table).
+        """
         if self.config.checkpoint_dir is None:
             raise ValueError("this shard has no checkpoint_dir")
-        with self._checkpoint_lock:
+        if not self._checkpoint_lock.acquire(blocking=wait):
+            return None
+        try:
             arrays, counters = self.table.state()
             path, sequence = ckpt.write_checkpoint(
                 pathlib.Path(self.config.checkpoint_dir),
@@ -451,6 +460,8 @@ class ReplayServer:
             )
             self._checkpoint_sequence = sequence
             self._checkpoint_inserts = counters["inserts"]
+        finally:
+            self._checkpoint_lock.release()
         self.metrics.checkpoints.inc()
         return path, sequence, counters["size"]
 

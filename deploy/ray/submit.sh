@@ -5,7 +5,8 @@
 #   bash deploy/ray/submit.sh CONFIG RUN_NAME [--set section.key=value ...]
 #
 # The driver runs on the head, reaches the cluster with ray.address=auto and the head's Redis
-# (port 6390) by the head's own address, and writes runs/RUN_NAME on the head.
+# (port 6390, its password from the head's environment) by the head's own address, and writes
+# runs/RUN_NAME on the head.
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 CONFIG RUN_NAME [--set section.key=value ...]" >&2
@@ -14,6 +15,17 @@ fi
 config=$1 run=$2
 shift 2
 address=${RAY_JOB_ADDRESS:-http://localhost:8265}
+# The job API asks for the cluster's Ray token: from the environment, or deploy/secrets/.
+export RAY_AUTH_MODE=token
+if [ -z "${RAY_AUTH_TOKEN:-}" ]; then
+  secret="$(dirname "$0")/../secrets/RAY_AUTH_TOKEN"
+  if [ ! -r "$secret" ]; then
+    echo "$0: set RAY_AUTH_TOKEN or run python deploy/make_secrets.py first" >&2
+    exit 2
+  fi
+  RAY_AUTH_TOKEN=$(cat "$secret")
+  export RAY_AUTH_TOKEN
+fi
 extra=$(printf ' %q' "$@")
 exec ray job submit --address="$address" --submission-id="qfleet-$run" -- bash -c "
   cd /opt/qfleet &&

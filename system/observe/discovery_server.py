@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
+from replay import BoundedHTTPServer, HTTPLimits
 from system.observe.discovery import discover_all
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,17 @@ class DiscoveryServer:
         redis_url: the Redis the runs register in.
         host, port: where to listen (port 0: a free one; `port` tells which after `start`).
         runs: only these runs; None: every run in the Redis.
+        limits: the bounds on its threads, connections and time (None: `replay.HTTPLimits()`).
     """
 
-    def __init__(self, redis_url: str, host: str = "127.0.0.1", port: int = 9101, runs: list[str] | None = None):
+    def __init__(
+        self,
+        redis_url: str,
+        host: str = "127.0.0.1",
+        port: int = 9101,
+        runs: list[str] | None = None,
+        limits: HTTPLimits | None = None,
+    ):
         self.redis_url, self.runs = redis_url, runs
         server = self
 
@@ -60,9 +68,8 @@ class DiscoveryServer:
             def log_message(self, format, *args):  # noqa: A002 (http.server's name)
                 log.debug("%s %s", self.address_string(), format % args)
 
-        self._http = ThreadingHTTPServer((host, port), Handler)
-        self._http.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        # A fixed pool and per-connection time limits: slow or idle clients cannot pile up threads.
+        self._http = BoundedHTTPServer(host, port, Handler, limits or HTTPLimits(), name="qfleet-discovery")
 
     @property
     def port(self) -> int:
@@ -73,13 +80,11 @@ class DiscoveryServer:
         return discover_all(self.redis_url, self.runs)
 
     def start(self) -> DiscoveryServer:
-        self._thread = threading.Thread(target=self._http.serve_forever, name="qfleet-discovery", daemon=True)
-        self._thread.start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
+        self._http.close()
 
 
 def main_discovery(run_dir: str | None, redis_url: str | None, runs: list[str], host: str, port: int) -> int:

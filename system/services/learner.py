@@ -14,10 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from prometheus_client import start_http_server
-
 from learner import ActionSpace, Learner, LearnerStatus, WeightStore, make_replay
-from replay import ReplayCredentials, ReplayError, ShardedCollector
+from replay import ReplayCredentials, ReplayError, ShardedCollector, start_metrics_server
 from system.config import ConfigError, RunConfig, env_spaces
 from system.local.signals import stop_on_signals
 
@@ -123,7 +121,7 @@ class LearnerService:
         self._http = None
         if metrics_host is not None:
             registry = self.learner.metrics.registry
-            self._http, _ = start_http_server(metrics_port, addr=metrics_host, registry=registry)
+            self._http = start_metrics_server(metrics_port, metrics_host, registry)
             host = socket.gethostname() if metrics_host == "0.0.0.0" else metrics_host
             self.metrics_address = f"{host}:{self._http.server_port}"
         if publish_at_resume and self.learner.resumed_from is not None:
@@ -233,8 +231,7 @@ class LearnerService:
         self.store.close()
         self.status.close()
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.close()
         return result
 
 

@@ -7,7 +7,6 @@ background thread, and once at the end) and by `qfleet eval RUN_DIR` (the newest
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import pathlib
 import queue
@@ -268,7 +267,7 @@ def main_eval(run_dir: str, episodes: int | None, epsilon: float | None, seed: i
         "lengths": result.lengths,
         "seconds": round(result.seconds, 3),
     }
-    (run.path / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    run.write_json("eval.json", summary)
     print(
         f"mean return {result.mean:.2f} +- {result.std:.2f} (min {min(result.returns):g}, max {max(result.returns):g}) "
         f"over {episodes} episodes, mean length {np.mean(result.lengths):.0f}, {result.seconds:.1f} s; "

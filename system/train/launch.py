@@ -180,7 +180,7 @@ def _start_ray(config: RunConfig):
 
 
 def _start_metrics(plan: Plan, components: Components) -> None:
-    from prometheus_client import start_http_server
+    from replay import start_metrics_server
 
     train = plan.config.train
     components.metrics = TrainMetrics(plan.name)
@@ -189,7 +189,7 @@ def _start_metrics(plan: Plan, components: Components) -> None:
     if train.metrics_port is not None:
         bind = components.ray.util.get_node_ip_address() if train.metrics_host == "node" else train.metrics_host
         try:
-            server, _ = start_http_server(train.metrics_port, addr=bind, registry=components.metrics.registry)
+            server = start_metrics_server(train.metrics_port, bind, components.metrics.registry)
         except OSError as exc:
             raise TrainError(
                 f"train.metrics_port: cannot listen on {bind}:{train.metrics_port}: {exc.strerror}"

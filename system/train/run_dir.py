@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 
+from replay import create_private_file, private_dir
 from system.config import RunConfig, load_config, to_yaml
 from system.errors import ConfigError
 
@@ -25,6 +26,9 @@ class RunDir:
       learning_curve.png   return vs env steps and vs wall time (written at the end, and by report)
       summary.md           the summary table (idem)
       eval.json            the latest `qfleet eval`
+
+    Owner-only: the folder and the folders and files written here are 0700 and 0600 whatever the
+    umask (they hold the run's addresses; checkpoints hold its data and networks).
     """
 
     def __init__(self, path: str | pathlib.Path):
@@ -59,7 +63,7 @@ class RunDir:
         return load_config(self.config_path, list(overrides))
 
     def write_config(self, config: RunConfig) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path)
         self._write(self.config_path, to_yaml(config))
 
     def write_json(self, name: str, data: dict) -> None:
@@ -77,6 +81,8 @@ class RunDir:
     def append_records(self, records: list[dict]) -> None:
         if not records:
             return
+        if not self.metrics_path.exists():
+            create_private_file(self.metrics_path)
         with open(self.metrics_path, "a") as handle:
             handle.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
 
@@ -97,5 +103,6 @@ class RunDir:
     @staticmethod
     def _write(path: pathlib.Path, text: str) -> None:
         temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        create_private_file(temporary)
         temporary.write_text(text)
         os.replace(temporary, path)

@@ -56,8 +56,7 @@ def shutdown(plan: Plan, parts: Components, counters: RunCounters, latest: Progr
     if parts.targets is not None:
         parts.targets.clear()
     if parts.metrics_server is not None:
-        parts.metrics_server.shutdown()
-        parts.metrics_server.server_close()
+        parts.metrics_server.close()
     _stop_ray(plan, parts)
     if parts.redis is not None:
         parts.redis.close()

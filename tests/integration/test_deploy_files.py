@@ -1,13 +1,20 @@
 """The deployment files are valid for the tools that read them (real binaries and schemas; no
-Docker engine or Kubernetes here), agree with each other, and start runs with valid configs."""
+Docker engine or Kubernetes here), agree with each other, start runs with valid configs, and are
+closed by default: authentication on, secrets from a Secret or an ignored file, never on a command
+line, nothing listening wider than it must."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shlex
+import socket
+import stat
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +25,25 @@ from system.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
+
+SECRET_ENV = {
+    "RAY_AUTH_TOKEN": "test-ray-token",
+    "QFLEET_REDIS_PASSWORD": "test-redis-password",
+    "QFLEET_REPLAY_TOKEN": "test-replay-token",
+    "GRAFANA_ADMIN_PASSWORD": "test-grafana-password",
+}
+"""What .env (deploy/make_secrets.py) gives docker compose; compose refuses to render without each."""
+
+
+def compose_env(**changes: str | None) -> dict[str, str]:
+    """A clean environment for docker-compose: the secrets, no developer's settings, `changes` applied."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(ROOT), **SECRET_ENV}
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
 
 
 def check_train_command(command: str) -> None:
@@ -40,11 +66,24 @@ def test_prometheus_config_passes_promtool():
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict:
-    quiet = subprocess.run(["docker-compose", "config", "-q"], cwd=ROOT, capture_output=True, text=True)
+def render_compose(tmp_path_factory):
+    """Runs `docker-compose config ARGS` in `env`, with `env_file` (default: an empty one, so a
+    developer's own .env, made by deploy/make_secrets.py, does not change the test)."""
+    empty = tmp_path_factory.mktemp("compose") / "empty.env"
+    empty.write_text("")
+
+    def render(env: dict[str, str], *args: str, env_file: Path = empty) -> subprocess.CompletedProcess:
+        command = ["docker-compose", "--env-file", str(env_file), "config", *args]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+
+    return render
+
+
+@pytest.fixture(scope="module")
+def compose(render_compose) -> dict:
+    quiet = render_compose(compose_env(), "-q")
     assert quiet.returncode == 0, quiet.stderr
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(ROOT)}  # defaults only, whatever this shell exports
-    full = subprocess.run(["docker-compose", "config"], cwd=ROOT, capture_output=True, text=True, env=env)
+    full = render_compose(compose_env())  # defaults only, whatever this shell exports
     assert full.returncode == 0, full.stderr
     return yaml.safe_load(full.stdout)
 
@@ -55,7 +94,7 @@ def test_compose_has_every_service_and_scales_workers(compose):
     worker = services["ray-worker"]
     # `--scale ray-worker=N` needs no fixed name and no published port.
     assert "container_name" not in worker and "ports" not in worker
-    assert "--address=ray-head:6380" in worker["command"] and "--port=6380" in services["ray-head"]["command"]
+    assert "--address=ray-head:6380" in worker["command"] and "--port=6380" in " ".join(services["ray-head"]["command"])
     # Published ports stay on loopback.
     for name, service in services.items():
         for port in service.get("ports", []):
@@ -122,9 +161,10 @@ def test_ray_submit_script_runs_a_valid_train_command(tmp_path):
     fake_ray.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')  # prints what would be submitted
     fake_ray.chmod(0o755)
     submit = ["bash", str(DEPLOY / "ray" / "submit.sh"), "configs/minatar_breakout.yaml", "b1"]
-    path = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    path = {"PATH": f"{tmp_path}:/usr/bin:/bin", "RAY_AUTH_TOKEN": "test-ray-token"}
     result = subprocess.run([*submit, "--set", "actors.num_actors=8"], capture_output=True, text=True, env=path)
     assert result.returncode == 0, result.stderr
+    assert "test-ray-token" not in result.stdout  # the token reaches ray through its environment only
     lines = result.stdout.splitlines()
     assert lines[:2] == ["job", "submit"] and "--submission-id=qfleet-b1" in lines
     entry = lines[-1].replace("\\$head_ip", "10.0.0.1").replace("$head_ip", "10.0.0.1")
@@ -157,3 +197,241 @@ def test_kuberay_manifests_agree_with_each_other():
     check_train_command(job["spec"]["entrypoint"])
     redis_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "redis")
     assert re.search(rf"redis://{service['metadata']['name']}:{redis_port}/0", job["spec"]["entrypoint"])
+
+
+# -- closed by default ------------------------------------------------------------------------------
+
+OPEN_SETTINGS = [
+    (r"protected-mode\W+no\b", "Redis with protected mode off"),
+    (r"RAY_AUTH_MODE\W[^\n]*\bdisabled\b", "Ray token authentication turned off"),
+    (r"dashboard-host\W+0\.0\.0\.0", "the Ray dashboard and job API on every interface"),
+    (r"\b0?777\b", "a world-writable directory"),
+    (r"GRAFANA_ADMIN_PASSWORD:-|GF_SECURITY_ADMIN_PASSWORD\W+admin\b", "a default Grafana admin password"),
+    (r"\b10001\b", "the Ray client port exposed"),
+    (r"--requirepass\b", "a Redis password on a command line"),
+    (r"redis://[^/\s]*:[^@/\s]+@", "a password written into a Redis URL"),
+]
+"""(pattern, what it opens): none may appear in a deploy file."""
+
+DEPLOY_FILES = sorted(
+    path.relative_to(ROOT).as_posix()
+    for path in [ROOT / "docker-compose.yml", *DEPLOY.rglob("*")]
+    if path.is_file() and "secrets" not in path.relative_to(ROOT).parts
+)
+
+
+@pytest.mark.parametrize("name", DEPLOY_FILES)
+def test_no_deploy_file_leaves_the_control_plane_open(name):
+    found = [
+        f"{name}:{number}: {what}: {line.strip()}"
+        for number, line in enumerate((ROOT / name).read_text().splitlines(), 1)
+        for pattern, what in OPEN_SETTINGS
+        if re.search(pattern, line)
+    ]
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize(("pattern", "what"), OPEN_SETTINGS)
+def test_the_open_settings_check_finds_what_the_old_files_had(pattern, what):
+    old = {
+        "Redis with protected mode off": "redis-server --bind 0.0.0.0 --protected-mode no",
+        "Ray token authentication turned off": "- {name: RAY_AUTH_MODE, value: disabled}",
+        "the Ray dashboard and job API on every interface": "ray start --head --dashboard-host=0.0.0.0",
+        "a world-writable directory": "sudo chmod 777 /mnt/qfleet-runs",
+        "a default Grafana admin password": "GF_SECURITY_ADMIN_PASSWORD: ${GRAFANA_ADMIN_PASSWORD:-admin}",
+        "the Ray client port exposed": "- {containerPort: 10001, name: client}",
+        "a Redis password on a command line": "redis-server --requirepass hunter2",
+        "a password written into a Redis URL": "--redis-url redis://:hunter2@redis:6379/0",
+    }
+    assert re.search(pattern, old[what])
+
+
+@pytest.mark.parametrize("missing", sorted(SECRET_ENV))
+def test_compose_refuses_to_render_without_each_secret(render_compose, missing):
+    result = render_compose(compose_env(**{missing: None}), "-q")
+    assert result.returncode != 0
+    assert missing in result.stderr and "make_secrets.py" in result.stderr
+
+
+def test_compose_turns_authentication_on_and_keeps_secrets_off_command_lines(compose):
+    services = compose["services"]
+    for name in ("ray-head", "ray-worker", "train", "discovery"):
+        environment = services[name]["environment"]
+        assert environment["RAY_AUTH_MODE"] == "token", name
+        assert environment["RAY_AUTH_TOKEN"] == SECRET_ENV["RAY_AUTH_TOKEN"], name
+        assert environment["QFLEET_REDIS_PASSWORD"] == SECRET_ENV["QFLEET_REDIS_PASSWORD"], name
+        assert environment["QFLEET_REPLAY_TLS_CERT"].startswith("/run/secrets/"), name
+        assert {s["source"] if isinstance(s, dict) else s for s in services[name]["secrets"]} == {
+            "qfleet_replay_tls_cert",
+            "qfleet_replay_tls_key",
+        }
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == SECRET_ENV["GRAFANA_ADMIN_PASSWORD"]
+    assert services["redis"]["user"] == "redis"  # not root
+    assert "ports" not in services["redis"]
+    for name, service in services.items():
+        command = " ".join(service.get("command") or [])
+        for value in SECRET_ENV.values():
+            assert value not in command, f"{name}'s command line holds a secret"
+        assert not service.get("privileged"), name
+
+
+def test_the_compose_redis_asks_for_its_password_which_is_on_no_command_line(compose, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = (
+        compose["services"]["redis"]["command"][2].replace("$$", "$").replace("/tmp/redis.conf", f"{tmp_path}/r.conf")
+    )
+    assert script.endswith(f"exec redis-server {tmp_path}/r.conf")
+    script += f" --port {port} --bind 127.0.0.1 --dir {tmp_path}"  # a test port; no secret here
+    env = {"PATH": os.environ["PATH"], "QFLEET_REDIS_PASSWORD": "test-redis-password"}
+    server = subprocess.Popen(["sh", "-c", script], env=env, stdout=subprocess.DEVNULL)
+    try:
+        cli = ["redis-cli", "-p", str(port), "ping"]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            answer = subprocess.run(cli, capture_output=True, text=True).stdout.strip()
+            if answer and "Connection refused" not in answer:
+                break
+            time.sleep(0.05)
+        assert answer.startswith("NOAUTH")
+        authed = subprocess.run(
+            cli, capture_output=True, text=True, env={**env, "REDISCLI_AUTH": "test-redis-password"}
+        )
+        assert authed.stdout.strip() == "PONG"
+        assert b"test-redis-password" not in Path(f"/proc/{server.pid}/cmdline").read_bytes()
+        assert stat.S_IMODE((tmp_path / "r.conf").stat().st_mode) == 0o600
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_make_secrets_writes_owner_only_files_that_compose_and_kubectl_take(render_compose, tmp_path):
+    secrets_dir, env_file = tmp_path / "secrets", tmp_path / ".env"
+    command = [sys.executable, str(DEPLOY / "make_secrets.py"), "--secrets-dir", str(secrets_dir)]
+    command += ["--env-file", str(env_file)]
+    made = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert made.returncode == 0, made.stderr
+    names = {path.name for path in secrets_dir.iterdir()}
+    assert names == {*SECRET_ENV, "QFLEET_REPLAY_TLS_CERT", "QFLEET_REPLAY_TLS_KEY"}
+    assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700
+    for path in [env_file, *secrets_dir.iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+        assert path.read_text() not in made.stdout + made.stderr
+    assert (secrets_dir / "QFLEET_REPLAY_TLS_CERT").read_text().startswith("-----BEGIN CERTIFICATE-----")
+    # The .env alone renders compose (no secret from this shell).
+    rendered = render_compose(compose_env(**{name: None for name in SECRET_ENV}), "-q", env_file=env_file)
+    assert rendered.returncode == 0, rendered.stderr
+    again = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert again.returncode == 2 and "--force" in again.stderr  # never overwritten by accident
+    for ignore in (".gitignore", ".dockerignore"):
+        lines = (ROOT / ignore).read_text().splitlines()
+        assert ".env" in lines and any(line.rstrip("/") == "deploy/secrets" for line in lines), ignore
+
+
+def test_the_ray_launcher_takes_its_secrets_from_the_mounted_folder():
+    config = yaml.safe_load((DEPLOY / "ray" / "cluster.yaml").read_text())
+    assert config["file_mounts"] == {"~/qfleet-secrets": "./deploy/secrets"}
+    env_script = " ".join(config["setup_commands"])
+    assert "qfleet-env.sh" in env_script and "RAY_AUTH_MODE=token" in env_script
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    for command in starts:
+        if "ray start" in command or "redis-server" in command or "qfleet " in command:
+            assert command.startswith(". ~/qfleet-env.sh"), command
+    redis = next(c for c in starts if "redis-server" in c)
+    assert "requirepass" in redis and "protected-mode yes" in redis and redis.rstrip().endswith("redis-server -")
+    assert "sudo chmod 700 /mnt/qfleet-runs" in " ".join(config["initialization_commands"])
+    for node in config["available_node_types"].values():
+        assert "--privileged" not in " ".join(node.get("docker", {}).get("worker_run_options", []))
+
+
+def test_the_ray_submit_script_refuses_without_a_token(tmp_path):
+    if (DEPLOY / "secrets" / "RAY_AUTH_TOKEN").exists():
+        pytest.skip("this checkout has deploy/secrets/: the script reads the token from there")
+    submit = ["bash", str(DEPLOY / "ray" / "submit.sh"), "configs/minatar_breakout.yaml", "b1"]
+    result = subprocess.run(submit, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+    assert result.returncode == 2 and "RAY_AUTH_TOKEN" in result.stderr
+
+
+def kuberay_documents() -> dict[str, dict]:
+    return {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "kuberay" / "raycluster.yaml").read_text())}
+
+
+def pod_specs() -> dict[str, dict]:
+    """Group name (head, worker groups, the RayJob submitter) -> its pod spec."""
+    cluster = kuberay_documents()["RayCluster"]["spec"]
+    specs = {"head": cluster["headGroupSpec"]["template"]["spec"]}
+    specs.update({g["groupName"]: g["template"]["spec"] for g in cluster["workerGroupSpecs"]})
+    job = yaml.safe_load((DEPLOY / "kuberay" / "rayjob.yaml").read_text())
+    specs["submitter"] = job["spec"]["submitterPodTemplate"]["spec"]
+    return specs
+
+
+def test_kuberay_pods_get_every_secret_from_the_secret_and_run_as_non_root():
+    for group, spec in pod_specs().items():
+        assert spec["securityContext"]["runAsNonRoot"] is True, group
+        assert spec["securityContext"]["runAsUser"] != 0, group
+        for container in spec["containers"]:
+            where = f"{group}/{container['name']}"
+            env = {e["name"]: e for e in container.get("env", [])}
+            for name, variable in env.items():
+                if name.startswith(("QFLEET_", "RAY_AUTH_TOKEN")):
+                    assert variable["valueFrom"]["secretKeyRef"] == {"name": "qfleet-secrets", "key": name}, where
+            if container["name"] in ("ray-head", "ray-worker", "ray-job-submitter"):
+                assert env["RAY_AUTH_MODE"]["value"] == "token", where
+                assert "RAY_AUTH_TOKEN" in env, where
+            if container["name"] in ("ray-head", "ray-worker"):
+                assert {"QFLEET_REDIS_PASSWORD", "QFLEET_REPLAY_TOKEN", "QFLEET_REPLAY_TLS_CERT"} <= set(env), where
+            assert 10001 not in {p["containerPort"] for p in container.get("ports", [])}, where
+            assert container.get("securityContext", {}).get("runAsUser", 1000) != 0, where
+    autoscaler = kuberay_documents()["RayCluster"]["spec"]["autoscalerOptions"]
+    assert {e["name"] for e in autoscaler["env"]} == {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}
+    head = kuberay_documents()["RayCluster"]["spec"]["headGroupSpec"]
+    assert head["rayStartParams"]["dashboard-host"] == "$(POD_IP)"  # not KubeRay's default 0.0.0.0
+    assert "POD_IP" in {e["name"] for e in head["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_only_the_emulator_group_is_privileged_and_says_why():
+    text = (DEPLOY / "kuberay" / "raycluster.yaml").read_text().splitlines()
+    privileged = []
+    for group, spec in pod_specs().items():
+        for container in spec["containers"]:
+            context = container.get("securityContext", {})
+            if context.get("privileged"):
+                privileged.append(group)
+            else:
+                assert context.get("allowPrivilegeEscalation") is False, f"{group}/{container['name']}"
+    assert privileged == ["android-emulators"]
+    (number,) = [n for n, line in enumerate(text) if "privileged: true" in line]
+    comment = []
+    for line in reversed(text[:number]):
+        if not line.strip().startswith("#"):
+            break
+        comment.append(line)
+    explained = " ".join(comment)
+    assert len(comment) >= 3 and "/dev/kvm" in explained and "device plugin" in explained, comment
+
+
+def test_the_network_policy_admits_only_the_runs_pods():
+    documents = kuberay_documents()
+    policy, cluster = documents["NetworkPolicy"], documents["RayCluster"]
+    run_pods = {"ray.io/cluster": cluster["metadata"]["name"]}
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    assert policy["spec"]["podSelector"] == {"matchLabels": run_pods}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = policy["spec"]["ingress"]
+    assert all(rule.get("from") for rule in rules), "a rule without `from` admits everyone"
+    unrestricted = [rule for rule in rules if "ports" not in rule]
+    assert unrestricted == [{"from": [{"podSelector": {"matchLabels": run_pods}}]}]  # the run's pods only
+    for rule in rules:
+        for peer in rule["from"]:
+            assert peer.get("podSelector", {}).get("matchLabels"), "every peer names the pods it admits"
+        for port in rule.get("ports", []):  # outsiders never reach Redis, the GCS or Ray's workers
+            low, high = port["port"], port.get("endPort", port["port"])
+            for closed in (6379, 6390, 10001, 10002, 19999):
+                assert not low <= closed <= high, (rule, closed)
+    # The submitter the policy admits to the job API is the RayJob's.
+    job = yaml.safe_load((DEPLOY / "kuberay" / "rayjob.yaml").read_text())
+    submitter = job["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    admitted = [peer["podSelector"]["matchLabels"] for rule in rules for peer in rule["from"]]
+    assert submitter in admitted

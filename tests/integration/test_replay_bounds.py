@@ -141,6 +141,80 @@ def test_a_cancelled_blocked_sample_frees_its_budget_within_two_seconds(start_se
     assert client.info().samples == 15
 
 
+class PacedWriter:
+    """Inserts `batch` items every `period_s` on its own thread (a steady actor), until paused."""
+
+    def __init__(self, client: ReplayClient, batch: int = 32, period_s: float = 0.02):
+        self.client, self.batch, self.period_s = client, batch, period_s
+        self.running, self.stopped = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        start = 0
+        while not self.stopped.is_set():
+            if not self.running.wait(0.05):
+                continue
+            self.client.insert(make_batch(self.batch, start=start))
+            start += self.batch
+            time.sleep(self.period_s)
+
+    def pause(self) -> None:
+        self.running.clear()
+        self.client.flush(timeout=10)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)
+
+
+def sampling_rate(client: ReplayClient, window_s: float = 1.0, windows: int = 3) -> float:
+    """The best of `windows` measurements of batches of 32 sampled per second (noise only lowers one)."""
+    best = 0.0
+    for _ in range(windows):
+        batches, started = 0, time.monotonic()
+        while time.monotonic() - started < window_s:
+            client.sample(32, timeout=5)
+            batches += 1
+        best = max(best, batches / (time.monotonic() - started))
+    return best
+
+
+def test_cancelled_blocked_samples_leave_a_learners_sampling_rate_as_it_was(start_server, connect, raw_channel):
+    # spi 1: the learner samples as fast as the writer inserts, so stolen budget would show as a lower rate.
+    server = start_server(capacity=100_000, samples_per_insert=1.0, min_size=100, error_buffer=400.0)
+    learner = connect(server.address)
+    writer = PacedWriter(connect(server.address))
+    try:
+        writer.running.set()
+        sampling_rate(learner, windows=1)  # spends the limiter's initial slack: steady state from here
+        before = sampling_rate(learner)
+
+        # The writer stops; the learner spends what is left; then four Samples block and are cancelled.
+        writer.pause()
+        with pytest.raises(ReplayError):
+            while True:
+                learner.sample(32, timeout=0.3)
+        sample = raw_channel(server.address).unary_unary(
+            f"{_SERVICE}/Sample", request_serializer=replay_pb2.SampleRequest.SerializeToString
+        )
+        blocked = [sample.future(replay_pb2.SampleRequest(batch_size=300, num_batches=1, beta=-1.0)) for _ in range(4)]
+        assert wait_until(lambda: learner.info().rate_limiter.waiting_samples == 4, timeout=5)
+        for call in blocked:
+            call.cancel()
+        cancelled = time.monotonic()
+        assert wait_until(lambda: learner.info().rate_limiter.waiting_samples == 0, timeout=2)
+        assert time.monotonic() - cancelled < 2.0
+
+        writer.running.set()
+        sampling_rate(learner, windows=1)
+        after = sampling_rate(learner)
+        assert after >= 0.9 * before, f"{before:.0f} batches/s before, {after:.0f} after"
+        assert all(call.cancelled() for call in blocked)
+    finally:
+        writer.close()
+
+
 def test_a_sample_timeout_beyond_the_shards_max_wait_is_honoured(start_server, connect):
     server = start_server(capacity=1000, min_size=10, max_sample_wait_s=0.2)
     client = connect(server.address)
@@ -251,6 +325,23 @@ def test_priorities_of_1e308_leave_priority_mass_and_weights_finite(start_server
     assert np.all(np.isfinite(sample.weights)) and np.all(np.isfinite(sample.probabilities))
     with pytest.raises(InvalidBatchError, match="finite value"):
         client.update_priorities(keys, np.array([np.inf, -1.0]))
+
+
+def test_a_priority_update_of_more_keys_than_the_cap_is_refused_before_the_table(start_server, connect, monkeypatch):
+    server = start_server(capacity=1000, selector="prioritized", max_priority_updates=100)
+    client = connect(server.address)
+    client.insert(make_batch(200))
+    client.flush()
+    keys = client.sample(200).keys
+    reached = []
+    update = server.table.update_priorities
+    monkeypatch.setattr(server.table, "update_priorities", lambda *a: reached.append(len(a[0])) or update(*a))
+
+    with pytest.raises(InvalidBatchError, match="priority update of 101 keys exceeds max_priority_updates=100"):
+        client.update_priorities(keys[:101], np.ones(101))
+    assert reached == []  # refused before the table (and its lock)
+    client.update_priorities(keys[:100], np.ones(100))  # at the cap: applied
+    assert reached == [100]
 
 
 # -- decoding ----------------------------------------------------------------------------------------
@@ -365,3 +456,34 @@ def test_planted_out_of_range_checkpoints_fall_back_to_the_previous_good_one(sta
             assert np.all(np.isfinite(client.sample(16).weights))
     finally:
         restarted.stop(grace=0.2, checkpoint=False)
+
+
+def test_checkpoints_are_written_one_at_a_time_and_a_second_caller_is_told_busy(
+    start_server, connect, raw_channel, tmp_path
+):
+    server = start_server(capacity=100, checkpoint_dir=str(tmp_path / "replay"))
+    with ReplayClient(server.address) as client:
+        client.insert(make_batch(30))
+        client.flush()
+    checkpoint = raw_channel(server.address).unary_unary(
+        f"{_SERVICE}/Checkpoint",
+        request_serializer=replay_pb2.CheckpointRequest.SerializeToString,
+        response_deserializer=replay_pb2.CheckpointResponse.FromString,
+    )
+    with server._checkpoint_lock:  # a checkpoint (periodic, or another caller's) is being written
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as busy:
+            checkpoint(replay_pb2.CheckpointRequest(), timeout=5)
+        assert time.monotonic() - started < 2.0  # refused at once, not queued behind it
+        assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "a checkpoint is being written" in busy.value.details()
+        assert list((tmp_path / "replay").glob("*")) == []
+
+        # ReplayClient takes the refusal as "busy" and asks again until its retry deadline.
+        result: queue.SimpleQueue = queue.SimpleQueue()
+        waiter = threading.Thread(target=lambda: result.put(_outcome(connect(server.address).checkpoint)))
+        waiter.start()
+        assert not wait_until(lambda: not waiter.is_alive(), timeout=0.5)  # still asking
+    waiter.join(timeout=30)
+    assert result.get(timeout=1).size == 30
+    assert checkpoint(replay_pb2.CheckpointRequest(), timeout=5).size == 30  # free again: served
