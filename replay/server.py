@@ -29,6 +29,7 @@ from replay.errors import DeadlineExceededError, InvalidBatchError, RequestCance
 from replay.limits import SHARD_BUSY, check_sample_request
 from replay.metrics import ReplayMetrics
 from replay.rate_limiter import RateLimiter
+from replay.redis_connection import redact_url
 from replay.registry import ShardRecord, ShardRegistry, new_record
 from replay.selectors import make_selector
 from replay.spec import PRIORITY_COLUMN, Spec
@@ -378,7 +379,7 @@ class ReplayServer:
             try:
                 self.registry.deregister(self.config.shard_id, self._registry_counters())
             except redis.RedisError as exc:
-                log.warning("could not deregister from %s: %s", self.config.redis_url, exc)
+                log.warning("could not deregister from %s: %s", redact_url(self.config.redis_url), exc)
             self.registry.close()
 
     def __enter__(self) -> ReplayServer:
@@ -468,7 +469,10 @@ class ReplayServer:
             return True
         except redis.RedisError as exc:
             log.warning(
-                "heartbeat to %s failed (%s); retrying every %ss", self.config.redis_url, exc, self.config.heartbeat_s
+                "heartbeat to %s failed (%s); retrying every %ss",
+                redact_url(self.config.redis_url),
+                exc,
+                self.config.heartbeat_s,
             )
             return False
 
@@ -477,7 +481,7 @@ class ReplayServer:
         while not self._stop_event.wait(self.config.heartbeat_s):
             ok = self._heartbeat()
             if ok and not healthy:
-                log.info("re-registered shard %d with %s", self.config.shard_id, self.config.redis_url)
+                log.info("re-registered shard %d with %s", self.config.shard_id, redact_url(self.config.redis_url))
             healthy = ok
 
     def _checkpoint_periodically(self) -> None:

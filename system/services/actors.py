@@ -15,6 +15,7 @@ import time
 from actors import ActorFleet, ActorRegistry, ActorRegistryError, FleetError
 from system.config import ConfigError, RunConfig, env_spaces
 from system.local.ray_runtime import init_ray
+from system.local.secrets import use_run_secrets
 from system.local.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ def run_actors(
     config: RunConfig, redis_url: str, run: str, ray_address: str | None, max_env_steps: int | None, log_every_s: float
 ) -> int:
     env_spaces(config.env)  # an unknown env or unsupported spaces fail before anything starts
+    use_run_secrets(redis_url)  # a local `qfleet train`'s Redis password and Ray token
     fleet = ActorFleet(config.env, config.actors, config.learner, redis_url, run, max_env_steps=max_env_steps)
     try:
         fleet.registry.actors()  # Redis reachable? (fails here, not inside every actor)
@@ -71,6 +73,7 @@ def run_actors(
 
 
 def scale(redis_url: str, run: str, count: int) -> int:
+    use_run_secrets(redis_url)
     registry = ActorRegistry(redis_url, run)
     try:
         before = registry.desired()

@@ -19,6 +19,7 @@ from prometheus_client import start_http_server
 from learner import ActionSpace, Learner, LearnerStatus, WeightStore, make_replay
 from replay import ReplayError, ShardedCollector
 from system.config import ConfigError, RunConfig, env_spaces
+from system.local.secrets import use_run_secrets
 from system.local.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -247,6 +248,7 @@ def run_learner(
 ) -> int:
     """Entry of `qfleet learner run` after argument parsing; returns the exit code."""
     spaces = env_spaces(config.env)
+    use_run_secrets(redis_url)
     stop = stop_on_signals(log, "stopping after this update (publish + checkpoint)")
     service = LearnerService(
         config,

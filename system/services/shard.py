@@ -12,6 +12,7 @@ import yaml
 
 from replay import ReplayServer, Spec
 from system.config import ConfigError, RunConfig, env_spaces
+from system.local.secrets import use_run_secrets
 from system.local.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ def load_spec(spec_file: str | None, config: RunConfig) -> Spec:
 
 def serve(config: RunConfig, spec: Spec, report_every_s: float) -> int:
     """Runs the shard in the foreground; returns the exit code."""
+    if config.replay.redis_url:
+        use_run_secrets(config.replay.redis_url)
     server = ReplayServer(spec, config=config.replay)
     stop = stop_on_signals(log, "stopping (final checkpoint if configured)")
     server.start()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -16,7 +17,8 @@ class RunDir:
 
     RUN_DIR/
       config.yaml          the resolved config (every key), as the run used it
-      run.json             run name, Redis URL, shard/learner addresses, pids (while it runs)
+      run.json             run name, Redis URL (no password), Ray's GCS address, shard/learner
+                           addresses, pids, the id of the run's private secrets file
       state.json           counters a resumed run continues from (env steps, episodes, wall time)
       metrics.jsonl        one JSON object per line: {"kind": "progress" | "eval" | "episodes", ...}
       checkpoints/         learner checkpoints (learner-<updates>.pt)
@@ -59,6 +61,14 @@ class RunDir:
         return load_config(self.config_path, list(overrides))
 
     def write_config(self, config: RunConfig) -> None:
+        """Writes config.yaml; a password in redis.url is shown as *** (a resumed run takes it from
+        QFLEET_REDIS_PASSWORD)."""
+        from replay import redact_url
+
+        if config.redis.url is not None:
+            config = dataclasses.replace(
+                config, redis=dataclasses.replace(config.redis, url=redact_url(config.redis.url))
+            )
         self.path.mkdir(parents=True, exist_ok=True)
         self._write(self.config_path, to_yaml(config))
 
