@@ -97,3 +97,17 @@ def test_a_runs_own_password_wins_over_one_set_for_another_redis(runtime, monkey
 )
 def test_a_redacted_url_connects_without_the_placeholder(shown, connect):
     assert without_redacted_password(shown) == connect
+
+
+def test_config_yaml_shows_a_redis_password_as_stars_and_a_resume_connects_without_them(tmp_path):
+    from system.config import load_config
+    from system.train.run_dir import RunDir
+
+    url = "redis://:hunter2-secret@redis:6379/0"
+    config = load_config(None, [f"redis.url={url}", f"replay.redis_url={url}"])
+    run = RunDir(tmp_path / "run")
+    run.write_config(config)
+    assert b"hunter2-secret" not in run.config_path.read_bytes()
+    resumed = run.load_config()
+    assert resumed.redis.url == "redis://:***@redis:6379/0"
+    assert without_redacted_password(resumed.redis.url) == "redis://redis:6379/0"
