@@ -75,7 +75,7 @@ class ActorRegistryError(RuntimeError):
     """The run's Redis (the actors' keys) is unreachable.
 
     Attributes:
-        redis_url: the Redis that could not be reached.
+        redis_url: the Redis that could not be reached (its password hidden).
     """
 
     def __init__(self, message: str, *, redis_url: str = ""):

@@ -21,6 +21,7 @@ import redis
 
 from actors.errors import ActorRegistryError
 from learner import MalformedValues, parse_number
+from replay import connect_redis, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ class ActorRegistry:
     def __init__(self, redis_url: str, run: str = "default"):
         self.redis_url, self.run = redis_url, run
         self._prefix = f"qfleet:{run}:actors"
-        self._redis = redis.Redis.from_url(redis_url, socket_timeout=10.0, socket_connect_timeout=2.0)
+        self._shown_url = redact_url(redis_url)
+        self._redis = connect_redis(redis_url, socket_timeout=10.0, socket_connect_timeout=2.0)
         self.malformed = MalformedValues(log)
         """Malformed values this reader skipped (episode entries, report keys, the desired count)."""
 
@@ -59,7 +61,7 @@ class ActorRegistry:
         try:
             return fn()
         except redis.RedisError as exc:
-            raise ActorRegistryError(f"cannot {what} at {self.redis_url}: {exc}", redis_url=self.redis_url) from None
+            raise ActorRegistryError(f"cannot {what} at {self._shown_url}: {exc}", redis_url=self._shown_url) from None
 
     # -- fleet size ------------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ class WeightStoreError(LearnerError, RuntimeError):
     """The parameter store is unreachable, or holds bytes that are not a qfleet weights blob.
 
     Attributes:
-        redis_url: the store's Redis when the failure is reaching it; None for a bad blob.
+        redis_url: the store's Redis (its password hidden) when the failure is reaching it; None
+            for a bad blob.
     """
 
     def __init__(self, message: str, redis_url: str | None = None):

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import time
 
-import redis
-
 from learner.redis_values import parse_number
+from replay import connect_redis
 
 
 def learner_status_key(run: str) -> str:
@@ -32,7 +31,7 @@ class LearnerStatus:
     def __init__(self, redis_url: str, run: str = "default"):
         self.redis_url, self.run = redis_url, run
         self._key = learner_status_key(run)
-        self._redis = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        self._redis = connect_redis(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
 
     def write(self, fields: dict[str, int | float | str], ttl_s: float = 10.0) -> None:
         """Replaces the status with `fields` (plus updated_at); raises redis.RedisError."""

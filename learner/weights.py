@@ -19,6 +19,7 @@ from safetensors.torch import save as save_safetensors
 
 from learner.errors import MalformedWeightsError, WeightStoreError
 from learner.redis_values import parse_number
+from replay import connect_redis, redact_url
 
 
 def _keys(run: str) -> tuple[str, str]:
@@ -36,7 +37,8 @@ class WeightStore:
     def __init__(self, redis_url: str, run: str = "default"):
         self.redis_url, self.run = redis_url, run
         self._weights_key, self._version_key = _keys(run)
-        self._redis = redis.Redis.from_url(redis_url, socket_timeout=10.0, socket_connect_timeout=2.0)
+        self._shown_url = redact_url(redis_url)
+        self._redis = connect_redis(redis_url, socket_timeout=10.0, socket_connect_timeout=2.0)
 
     def __reduce__(self):
         return (type(self), (self.redis_url, self.run))
@@ -51,7 +53,7 @@ class WeightStore:
             pipe.set(self._version_key, version)
             pipe.execute()
         except redis.RedisError as exc:
-            raise WeightStoreError(f"cannot publish weights to {self.redis_url}: {exc}", self.redis_url) from None
+            raise WeightStoreError(f"cannot publish weights to {self._shown_url}: {exc}", self._shown_url) from None
         return len(blob)
 
     def version(self) -> int:
@@ -65,14 +67,14 @@ class WeightStore:
             value = self._redis.get(self._version_key)
         except redis.RedisError as exc:
             raise WeightStoreError(
-                f"cannot read the weights version from {self.redis_url}: {exc}", self.redis_url
+                f"cannot read the weights version from {self._shown_url}: {exc}", self._shown_url
             ) from None
         if value is None:
             return 0
         version = parse_number(value)
         if not isinstance(version, int) or version < 0:
             raise MalformedWeightsError(
-                f"{self._version_key} in {self.redis_url} holds {value[:100]!r}, not a version", key=self._version_key
+                f"{self._version_key} in {self._shown_url} holds {value[:100]!r}, not a version", key=self._version_key
             )
         return version
 
@@ -88,14 +90,14 @@ class WeightStore:
         try:
             blob = self._redis.get(self._weights_key)
         except redis.RedisError as exc:
-            raise WeightStoreError(f"cannot fetch weights from {self.redis_url}: {exc}", self.redis_url) from None
+            raise WeightStoreError(f"cannot fetch weights from {self._shown_url}: {exc}", self._shown_url) from None
         if blob is None:
             return None
         try:
             return decode_weights(blob)
         except MalformedWeightsError as exc:
             raise MalformedWeightsError(
-                f"{self._weights_key} in {self.redis_url}: {exc}", key=self._weights_key
+                f"{self._weights_key} in {self._shown_url}: {exc}", key=self._weights_key
             ) from None
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ from concurrent import futures
 from replay.client import ReplayClient, ReplayInfo
 from replay.config import ShardedReplayConfig
 from replay.errors import ReplayUnavailableError
+from replay.redis_connection import redact_url
 from replay.registry import ShardRegistry
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ class Membership:
     @property
     def where(self) -> str:
         """Where the shards are looked for, for error messages."""
-        return f"{self.config.redis_url or list(self.config.addresses or ())}, run {self.config.run!r}"
+        shards = redact_url(self.config.redis_url) if self.config.redis_url else list(self.config.addresses or ())
+        return f"{shards}, run {self.config.run!r}"
 
     def _new_client(self, address: str) -> ReplayClient:
         config = self.config

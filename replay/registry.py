@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import redis
 
 from replay.errors import ReplayUnavailableError, SpecMismatchError
+from replay.redis_connection import connect_redis, redact_url
 from replay.spec import Spec
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ class ShardRegistry:
         self.redis_url = redis_url
         self.run = run
         self.ttl_s = ttl_s
-        self._redis = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._shown_url = redact_url(redis_url)
+        self._redis = connect_redis(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
 
     def __reduce__(self):
         return (type(self), (self.redis_url, self.run, self.ttl_s))
@@ -88,7 +90,7 @@ class ShardRegistry:
             self._redis.set(key, ours, nx=True)
             theirs = self._redis.get(key)
         except redis.RedisError as exc:
-            raise ReplayUnavailableError(f"shard registry {self.redis_url} unreachable: {exc}") from None
+            raise ReplayUnavailableError(f"shard registry {self._shown_url} unreachable: {exc}") from None
         if theirs is not None and theirs.decode() != ours:
             raise SpecMismatchError(
                 f"shard {shard_id} refused: its spec {ours} differs from run {self.run!r}'s spec {theirs.decode()}"
@@ -125,7 +127,7 @@ class ShardRegistry:
         try:
             raw = self._redis.hgetall(_key(self.run, "shard", shard_id, "state"))
         except redis.RedisError as exc:
-            raise ReplayUnavailableError(f"shard registry {self.redis_url} unreachable: {exc}") from None
+            raise ReplayUnavailableError(f"shard registry {self._shown_url} unreachable: {exc}") from None
         return {k.decode(): int(float(v)) for k, v in raw.items()}
 
     # -- client side -----------------------------------------------------------------------------
@@ -139,7 +141,7 @@ class ShardRegistry:
                 pipe.hgetall(live_shard_key(self.run, shard_id))
             entries = pipe.execute()
         except redis.RedisError as exc:
-            raise ReplayUnavailableError(f"shard registry {self.redis_url} unreachable: {exc}") from None
+            raise ReplayUnavailableError(f"shard registry {self._shown_url} unreachable: {exc}") from None
         live = {}
         for shard_id, raw in zip(ids, entries, strict=True):
             if not raw:
@@ -165,7 +167,7 @@ class ShardRegistry:
                 pipe.hget(_key(self.run, "shard", int(shard_id), "state"), "lost_total")
             return sum(int(float(v)) for v in pipe.execute() if v is not None)
         except redis.RedisError as exc:
-            raise ReplayUnavailableError(f"shard registry {self.redis_url} unreachable: {exc}") from None
+            raise ReplayUnavailableError(f"shard registry {self._shown_url} unreachable: {exc}") from None
 
     def close(self) -> None:
         self._redis.close()

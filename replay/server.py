@@ -33,6 +33,7 @@ from replay.http_server import start_metrics_server
 from replay.limits import SHARD_BUSY, check_priority_update, check_sample_request
 from replay.metrics import ReplayMetrics
 from replay.rate_limiter import RateLimiter
+from replay.redis_connection import redact_url
 from replay.registry import ShardRecord, ShardRegistry, new_record
 from replay.selectors import make_selector
 from replay.spec import PRIORITY_COLUMN, Spec
@@ -430,7 +431,7 @@ class ReplayServer:
             try:
                 self.registry.deregister(self.config.shard_id, self._registry_counters())
             except redis.RedisError as exc:
-                log.warning("could not deregister from %s: %s", self.config.redis_url, exc)
+                log.warning("could not deregister from %s: %s", redact_url(self.config.redis_url), exc)
             self.registry.close()
 
     def __enter__(self) -> ReplayServer:
@@ -533,7 +534,10 @@ class ReplayServer:
             return True
         except redis.RedisError as exc:
             log.warning(
-                "heartbeat to %s failed (%s); retrying every %ss", self.config.redis_url, exc, self.config.heartbeat_s
+                "heartbeat to %s failed (%s); retrying every %ss",
+                redact_url(self.config.redis_url),
+                exc,
+                self.config.heartbeat_s,
             )
             return False
 
@@ -542,7 +546,7 @@ class ReplayServer:
         while not self._stop_event.wait(self.config.heartbeat_s):
             ok = self._heartbeat()
             if ok and not healthy:
-                log.info("re-registered shard %d with %s", self.config.shard_id, self.config.redis_url)
+                log.info("re-registered shard %d with %s", self.config.shard_id, redact_url(self.config.redis_url))
             healthy = ok
 
     def _checkpoint_periodically(self) -> None:

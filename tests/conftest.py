@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +20,27 @@ import pytest
 from replay import ReplayClient, ReplayCredentials, ReplayServer, Spec, choose_shard
 from system.local.redis_server import RedisProcess
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+def _session_secrets() -> str:
+    """The test session runs as `qfleet train` does, with its secrets in its environment before
+    anything imports Ray (none of the imports above does): Ray token auth with a per-session token
+    (unless the environment chose one), one Redis password for every `redis_server` of the session
+    (Ray workers inherit it at `ray.init`, so module-wide Ray instances serve every test), and a
+    private runtime folder, so the run secrets of `qfleet train` children stay out of the user's."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled" and not (
+        os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    ):
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    runtime = tempfile.mkdtemp(prefix="qfleet-test-runtime-")
+    atexit.register(shutil.rmtree, runtime, ignore_errors=True)
+    os.environ["XDG_RUNTIME_DIR"] = runtime
+    password = secrets.token_urlsafe(32)
+    os.environ["QFLEET_REDIS_PASSWORD"] = password
+    return password
+
+
+REDIS_PASSWORD = _session_secrets()
+"""The password of every `redis_server` of this session (also in QFLEET_REDIS_PASSWORD)."""
 
 CARTPOLE_SPEC = Spec(
     {
@@ -154,10 +178,11 @@ SIGTERM = signal.SIGTERM
 
 
 class RedisServer(RedisProcess):
-    """A real `redis-server` on a loopback port (the one `qfleet train` embeds), started at once."""
+    """A real `redis-server` on a loopback port (the one `qfleet train` embeds), started at once,
+    with the session's password (clients find it in QFLEET_REDIS_PASSWORD)."""
 
     def __init__(self, directory: Path):
-        super().__init__(directory=str(directory))
+        super().__init__(directory=str(directory), password=REDIS_PASSWORD)
         self.start()
 
 

@@ -24,6 +24,7 @@ from learner import LearnerConfig, Policy
 from replay import ReplayCredentials, generate_credentials
 from system.local.ray_runtime import init_ray
 from system.local.redis_server import RedisProcess
+from system.local.secrets import REDIS_PASSWORD_ENV
 
 RUN = "bench-actors"
 
@@ -133,13 +134,16 @@ def run_actors_bench(seconds: float, repeats: int, env_id: str, num_envs: int, o
     def plain_segment() -> float:
         return plain_loop(env, learner, epsilon, seconds)
 
+    # Redis first, its password in the environment before Ray starts: Ray's workers inherit it.
+    redis = RedisProcess().start()
+    os.environ[REDIS_PASSWORD_ENV] = redis.password
     init_ray(num_cpus=2)
     import ray
 
     niceness = _ray_worker_niceness()
     credentials = generate_credentials()  # as qfleet train runs: TLS + token
     clients = credentials.for_clients()
-    with RedisProcess() as redis:
+    with redis:
         shard = _Shard(env, redis.url, credentials, niceness)
         try:
             # 1. The actor in this process, against the plain loop in this process.

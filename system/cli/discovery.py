@@ -15,7 +15,8 @@ def add_parser(commands) -> None:
             "Serve Prometheus' http_sd at http://HOST:PORT/targets: the /metrics address of the driver, "
             "learner, every live shard and every reporting actor of the runs registered in a Redis, "
             "labelled job, run, shard and actor. deploy/prometheus/prometheus.yml points at it. Give "
-            "--redis-url (every run there, or --run NAME ...) or a `qfleet train` RUN_DIR (that run)."
+            "--redis-url (every run there, or --run NAME ...) or a `qfleet train` RUN_DIR (that run). The Redis "
+            "password: a local qfleet train's saved one (private secrets file), else QFLEET_REDIS_PASSWORD."
         ),
     )
     parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a running `qfleet train` run directory")

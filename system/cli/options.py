@@ -24,7 +24,12 @@ def config_options(parser: argparse.ArgumentParser) -> None:
 
 def run_options(parser: argparse.ArgumentParser) -> None:
     """`--redis-url` and `--run`: which run a component joins."""
-    parser.add_argument("--redis-url", required=True, help="the run's Redis, e.g. redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--redis-url",
+        required=True,
+        help="the run's Redis, e.g. redis://127.0.0.1:6379/0 (its password: a local qfleet train's saved one, "
+        "else QFLEET_REDIS_PASSWORD; never put it in the URL on a command line)",
+    )
     parser.add_argument(
         "--run", default="default", help="run name shared by its shards, learner and actors (default: default)"
     )

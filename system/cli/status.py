@@ -16,7 +16,8 @@ def add_parser(commands) -> None:
             "UTD, loss), every live shard (address, items, inserts, samples) and every actor (env steps, "
             "episodes, weights, epsilon, restarts, lost transitions). Give a `qfleet train` RUN_DIR, or "
             "--redis-url and --run. A RUN_DIR whose run is not running (finished, crashed, never started) "
-            "gets what it last recorded, and exit status 1."
+            "gets what it last recorded, and exit status 1. The Redis password: a local qfleet train's saved one "
+            "(private secrets file), else QFLEET_REDIS_PASSWORD."
         ),
     )
     parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a `qfleet train` run directory")

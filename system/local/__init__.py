@@ -1,8 +1,37 @@
-"""What one machine runs for a run: an embedded redis-server, a local Ray, signal handling."""
+"""What one machine runs for a run: an embedded redis-server (with a password), a local Ray (with a
+token of its own, on loopback), the private store of a live run's secrets, signal handling."""
 
 from system.errors import RedisLaunchError
-from system.local.ray_runtime import init_ray
-from system.local.redis_server import RedisProcess, free_port
+from system.local.ray_runtime import init_ray, local_ray_token
+from system.local.redis_server import NEW_PASSWORD, RedisProcess, free_port
+from system.local.secrets import (
+    RunSecrets,
+    find_run_secrets,
+    load_run_secrets,
+    new_secrets_id,
+    remove_run_secrets,
+    save_run_secrets,
+    secrets_dir,
+    use_run_secrets,
+    without_redacted_password,
+)
 from system.local.signals import stop_on_signals
 
-__all__ = ["RedisLaunchError", "RedisProcess", "free_port", "init_ray", "stop_on_signals"]
+__all__ = [
+    "NEW_PASSWORD",
+    "RedisLaunchError",
+    "RedisProcess",
+    "RunSecrets",
+    "find_run_secrets",
+    "free_port",
+    "init_ray",
+    "load_run_secrets",
+    "local_ray_token",
+    "new_secrets_id",
+    "remove_run_secrets",
+    "save_run_secrets",
+    "secrets_dir",
+    "stop_on_signals",
+    "use_run_secrets",
+    "without_redacted_password",
+]

@@ -1,12 +1,16 @@
-"""An embedded `redis-server`: a child process on a loopback port, without persistence.
+"""An embedded `redis-server`: a child process on a loopback port, without persistence, with a
+password.
 
 `qfleet train` (with no `redis.url`), the benchmarks and the tests start one; it is stopped by
-PID when its owner stops (and, as a child, dies with it).
+PID when its owner stops (and, as a child, dies with it). Its settings, the password among them,
+reach it on its standard input (`redis-server -`), never on its command line, which any local user
+can read in /proc/PID/cmdline.
 """
 
 from __future__ import annotations
 
 import ctypes
+import secrets
 import shutil
 import signal
 import socket
@@ -26,6 +30,9 @@ PORT_ATTEMPTS = 3
 LOG_TAIL_LINES = 5
 """Lines of redis-server's own output quoted in a RedisLaunchError."""
 
+NEW_PASSWORD = "new"
+"""`RedisProcess(password=NEW_PASSWORD)` (the default): a fresh random password for this server."""
+
 
 def _terminate_with_parent() -> None:
     """In the child before exec: ask Linux for SIGTERM when the parent goes (PR_SET_PDEATHSIG)."""
@@ -42,17 +49,31 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def _quoted(value: str) -> str:
+    """`value` as one argument of a redis.conf line (double-quoted, escapes for \\ and ")."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 class RedisProcess:
-    """`redis-server` on 127.0.0.1:`port` (a free one by default); restartable on the same port.
+    """`redis-server` on 127.0.0.1:`port` (a free one by default), with a password (`requirepass`);
+    restartable on the same port with the same password.
+
+    `url` carries no password: clients get it from `password` (the driver of `qfleet train` puts it
+    in QFLEET_REDIS_PASSWORD, which `replay.connect_redis` reads).
 
     Args:
         port: the port (None: a free one, chosen again if another process takes it first).
         directory: its working directory (None: a temporary one).
+        password: the password clients must give (NEW_PASSWORD, the default: a fresh random one,
+            `secrets.token_urlsafe(32)`; None: no password, any local process may use it).
     """
 
-    def __init__(self, port: int | None = None, directory: str | None = None):
+    def __init__(self, port: int | None = None, directory: str | None = None, password: str | None = NEW_PASSWORD):
         if shutil.which("redis-server") is None:
             raise RedisLaunchError("redis-server is not installed (scripts/setup.sh installs it with apt)")
+        if password == "":
+            raise ValueError("password: give a non-empty password, or None for none")
+        self.password = secrets.token_urlsafe(32) if password == NEW_PASSWORD else password
         self._port_chosen_here = port is None
         self.port = port or free_port()
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="qfleet-redis-")
@@ -83,26 +104,42 @@ class RedisProcess:
         self._port_chosen_here = False  # a restart comes back on the same port: clients know it
         return self
 
+    def _config(self) -> str:
+        """redis.conf text: loopback only, no persistence, protected mode, the password."""
+        lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            'save ""',
+            "appendonly no",
+            f"dir {_quoted(self.directory)}",
+            "protected-mode yes",
+        ]
+        if self.password is not None:
+            lines.append(f"requirepass {_quoted(self.password)}")
+        return "\n".join(lines) + "\n"
+
     def _start_once(self, timeout: float) -> None:
         import redis
 
-        args = [
-            "redis-server",
-            *("--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-            *("--dir", self.directory, "--protected-mode", "yes"),
-        ]
         # Its output goes to an unnamed file, read back only to say why a start failed.
         self._log = tempfile.TemporaryFile(prefix="qfleet-redis-log-")
         # Its own session, so a Ctrl-C meant for the owner does not stop Redis before the owner's
-        # orderly shutdown; and it gets SIGTERM if the owner dies without stopping it.
+        # orderly shutdown; and it gets SIGTERM if the owner dies without stopping it. `-`: the
+        # config comes on stdin (read to its end before redis-server starts serving).
         self.proc = subprocess.Popen(
-            args,
+            ["redis-server", "-"],
+            stdin=subprocess.PIPE,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=_terminate_with_parent,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=1.0, socket_timeout=1.0)
+        try:
+            self.proc.stdin.write(self._config().encode())
+            self.proc.stdin.close()
+        except BrokenPipeError:  # it exited at once; the loop below says why
+            pass
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=1.0, socket_timeout=1.0)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -110,12 +147,9 @@ class RedisProcess:
                     client.ping()
                     if client.info("server").get("process_id") == self.proc.pid:
                         return
-                    # Another Redis holds the port: ours exits ("Address already in use").
-                    try:
-                        self.proc.wait(timeout=5)
-                    except subprocess.TimeoutExpired:
-                        pass
-                    self._fail(f"127.0.0.1:{self.port} is answered by another process's Redis")
+                    self._fail_another_redis()
+                except (redis.AuthenticationError, redis.ResponseError):
+                    self._fail_another_redis()  # ours takes our password: this one is another's
                 except (redis.ConnectionError, redis.TimeoutError):
                     code = self.proc.poll()
                     if code is not None:
@@ -125,6 +159,14 @@ class RedisProcess:
                     time.sleep(0.05)
         finally:
             client.close()
+
+    def _fail_another_redis(self) -> None:
+        """Another Redis holds the port: ours exits ("Address already in use")."""
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._fail(f"127.0.0.1:{self.port} is answered by another process's Redis")
 
     def _fail(self, message: str) -> None:
         tail = self._log_tail()
@@ -136,7 +178,9 @@ class RedisProcess:
             return ""
         self._log.seek(0)
         lines = self._log.read().decode(errors="replace").strip().splitlines()
-        return " | ".join(line.strip() for line in lines[-LOG_TAIL_LINES:])
+        tail = " | ".join(line.strip() for line in lines[-LOG_TAIL_LINES:])
+        # redis-server quotes a config line it rejects: never the password.
+        return tail.replace(self.password, "***") if self.password else tail
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -26,7 +26,9 @@ DRIVER_TTL_S = 3 * DISCOVERY_EVERY_S
 
 
 def _client(redis_url: str) -> redis.Redis:
-    return redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    from replay import connect_redis
+
+    return connect_redis(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
 
 
 def _driver_key(run: str) -> str:

@@ -16,7 +16,7 @@ import json
 import logging
 from http.server import BaseHTTPRequestHandler
 
-from replay import BoundedHTTPServer, HTTPLimits
+from replay import BoundedHTTPServer, HTTPLimits, redact_url
 from system.observe.discovery import discover_all
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ class DiscoveryServer:
         limits: HTTPLimits | None = None,
     ):
         self.redis_url, self.runs = redis_url, runs
+        self.shown_url = redact_url(redis_url)
+        """`redis_url` as the 503 body shows it: without its password."""
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,7 +52,7 @@ class DiscoveryServer:
                     try:
                         body, status, kind = json.dumps(server.targets()).encode(), 200, "application/json"
                     except Exception as exc:  # Redis down or a registry unreadable: tell Prometheus, keep serving
-                        body, status, kind = f"cannot read {server.redis_url}: {exc}\n".encode(), 503, "text/plain"
+                        body, status, kind = f"cannot read {server.shown_url}: {exc}\n".encode(), 503, "text/plain"
                 elif path == "/":
                     body, status, kind = (
                         b"qfleet discovery: Prometheus http_sd targets at /targets\n",
@@ -94,25 +96,31 @@ def main_discovery(run_dir: str | None, redis_url: str | None, runs: list[str], 
 
     import redis
 
+    from replay import connect_redis
     from system.errors import ConfigError
+    from system.local.secrets import use_run_secrets, without_redacted_password
 
+    secrets_id = None
     if run_dir is not None:
         from system.train.run_dir import RunDir
 
         info = RunDir(run_dir).read_json("run.json")
         if info is None:
             raise ConfigError(f"{run_dir}: no run.json (not a qfleet train run directory, or it never started)")
-        redis_url, runs = redis_url or info["redis_url"], runs or [info["run"]]
+        redis_url = redis_url or without_redacted_password(info["redis_url"])
+        runs, secrets_id = runs or [info["run"]], info.get("secrets_id")
     if redis_url is None:
         raise ConfigError("give --redis-url (every run in that Redis), or a RUN_DIR")
     if not 0 <= port < 65536:
         raise ConfigError(f"--port {port}: must be a port number (0: any free port)")
+    use_run_secrets(redis_url, secrets_id)
+    shown_url = redact_url(redis_url)
     try:
-        client = redis.Redis.from_url(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        client = connect_redis(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
         client.ping()
         client.close()
     except (redis.RedisError, ValueError) as exc:
-        raise ConfigError(f"--redis-url {redis_url}: {exc}") from None
+        raise ConfigError(f"--redis-url {shown_url}: {exc}") from None
     try:
         server = DiscoveryServer(redis_url, host, port, runs or None)
     except OSError as exc:
@@ -126,7 +134,7 @@ def main_discovery(run_dir: str | None, redis_url: str | None, runs: list[str], 
     signal.signal(signal.SIGTERM, on_signal)
     server.start()
     which = ", ".join(runs) if runs else "every run"
-    print(f"qfleet discovery: http://{host}:{server.port}/targets ({which} in {redis_url})", flush=True)
+    print(f"qfleet discovery: http://{host}:{server.port}/targets ({which} in {shown_url})", flush=True)
     seen = None
     try:
         while not stop:
@@ -142,7 +150,7 @@ def main_discovery(run_dir: str | None, redis_url: str | None, runs: list[str], 
                     print(f"qfleet discovery: {len(now)} targets ({listed})", flush=True)
             except Exception as exc:
                 if seen != "error":
-                    print(f"qfleet discovery: cannot read {redis_url}: {exc}", flush=True)
+                    print(f"qfleet discovery: cannot read {shown_url}: {exc}", flush=True)
                     seen = "error"
             time.sleep(1.0)
     except KeyboardInterrupt:

@@ -5,6 +5,10 @@ qfleet status --redis-url URL --run NAME   # any run
 
 A RUN_DIR whose Redis is gone (the run finished, crashed or never started) gets "not running" and
 what the run directory last recorded instead, with exit status 1.
+
+The Redis password: a `qfleet train` run of this user on this machine saved its own in the private
+secrets folder (run.json names the file; `--redis-url` finds it by address); otherwise
+QFLEET_REDIS_PASSWORD or the URL's. Addresses are shown without a password.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from replay import redact_url
 from system.errors import ConfigError
+from system.local.secrets import use_run_secrets, without_redacted_password
 from system.train.run_dir import RunDir
 
 
@@ -21,11 +27,12 @@ class _RedisGone(Exception):
     """The run's Redis did not answer.
 
     Attributes:
-        redis_url: the address tried.
+        redis_url: the address tried (its password hidden).
         reason: what the client said.
     """
 
     def __init__(self, redis_url: str, reason: str):
+        redis_url = redact_url(redis_url)
         super().__init__(f"{redis_url}: {reason}")
         self.redis_url = redis_url
         self.reason = reason
@@ -88,7 +95,7 @@ def status_text(redis_url: str, run: str) -> str:
 
 def _live_text(redis_url: str, run: str, live: _Live) -> str:
     status, reports, desired = live.learner, live.actors, live.desired_actors
-    lines = [f"run {run!r} (Redis {redis_url})", ""]
+    lines = [f"run {run!r} (Redis {redact_url(redis_url)})", ""]
     lines.append("learner: none reporting" if status is None else _line("learner", _learner_line, status))
     lines += ["", f"shards: {len(live.shards)} live"]
     if live.shards:
@@ -180,6 +187,7 @@ def main_status(run_dir: str | None, redis_url: str | None, run: str | None) -> 
     if run_dir is None:
         if redis_url is None:
             raise ConfigError("give a RUN_DIR, or --redis-url (and --run)")
+        use_run_secrets(redis_url)
         print(status_text(redis_url, run or "default"))
         return 0
     directory = RunDir(run_dir)
@@ -190,16 +198,19 @@ def main_status(run_dir: str | None, redis_url: str | None, run: str | None) -> 
         return 1
     run = run or info["run"]
     if redis_url is not None:
+        use_run_secrets(redis_url, info.get("secrets_id"))
         print(status_text(redis_url, run))
         return 0
+    redis_url = without_redacted_password(info["redis_url"])
+    use_run_secrets(redis_url, info.get("secrets_id"))
     try:
-        live = _read(info["redis_url"], run)
+        live = _read(redis_url, run)
     except _RedisGone as exc:
         print(not_running_text(directory, run, f"its Redis at {exc.redis_url} is gone"))
         return 1
     if live.learner is None and not live.shards and not live.actors:  # reports expire within seconds
-        why = f"nothing of it reports to its Redis at {info['redis_url']}; or it is only starting"
+        why = f"nothing of it reports to its Redis at {redact_url(redis_url)}; or it is only starting"
         print(not_running_text(directory, run, why))
         return 1
-    print(_live_text(info["redis_url"], run, live))
+    print(_live_text(redis_url, run, live))
     return 0

@@ -15,6 +15,7 @@ import time
 from actors import ActorFleet, ActorRegistry, ActorRegistryError, FleetError
 from system.config import ConfigError, RunConfig, env_spaces
 from system.local.ray_runtime import init_ray
+from system.local.secrets import use_run_secrets
 from system.local.signals import stop_on_signals
 from system.services.credentials import service_credentials
 
@@ -50,6 +51,7 @@ def run_actors(
     """
     env_spaces(config.env)  # an unknown env or unsupported spaces fail before anything starts
     credentials = service_credentials("qfleet actors run", insecure)
+    use_run_secrets(redis_url)  # a local `qfleet train`'s Redis password and Ray token
     fleet = ActorFleet(
         config.env,
         config.actors,
@@ -95,6 +97,7 @@ def run_actors(
 
 
 def scale(redis_url: str, run: str, count: int) -> int:
+    use_run_secrets(redis_url)
     registry = ActorRegistry(redis_url, run)
     try:
         before = registry.desired()

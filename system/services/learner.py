@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from learner import ActionSpace, Learner, LearnerStatus, WeightStore, make_replay
 from replay import ReplayCredentials, ReplayError, ShardedCollector, start_metrics_server
 from system.config import ConfigError, RunConfig, env_spaces
+from system.local.secrets import use_run_secrets
 from system.local.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -254,6 +255,7 @@ def run_learner(
 
     spaces = env_spaces(config.env)
     credentials = service_credentials("qfleet learner run", insecure)
+    use_run_secrets(redis_url)
     stop = stop_on_signals(log, "stopping after this update (publish + checkpoint)")
     service = LearnerService(
         config,

@@ -12,6 +12,7 @@ import yaml
 
 from replay import ReplayCredentials, ReplayServer, Spec
 from system.config import ConfigError, RunConfig, env_spaces
+from system.local.secrets import use_run_secrets
 from system.local.signals import stop_on_signals
 from system.services.credentials import service_credentials
 
@@ -35,6 +36,8 @@ def load_spec(spec_file: str | None, config: RunConfig) -> Spec:
 
 def serve(config: RunConfig, spec: Spec, report_every_s: float, credentials: ReplayCredentials | None) -> int:
     """Runs the shard in the foreground (TLS + token with `credentials`); returns the exit code."""
+    if config.replay.redis_url:
+        use_run_secrets(config.replay.redis_url)
     server = ReplayServer(spec, config=config.replay, credentials=credentials)
     stop = stop_on_signals(log, "stopping (final checkpoint if configured)")
     server.start()

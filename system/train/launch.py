@@ -6,6 +6,11 @@ Every start makes fresh replay credentials (a token and a self-signed certificat
 the shards get them with the private key, the learner and the actors without it, all as Ray
 constructor arguments (kept in Ray's token-protected GCS, so restarted actors get them again; not
 in a runtime_env, whose variables Ray logs). Nothing of them goes to run.json, config.yaml or a log.
+
+The embedded Redis's password goes into this process's QFLEET_REDIS_PASSWORD before Ray starts
+(local Ray workers inherit it), the local Ray gets a token of its own (`init_ray`), and both are
+saved in the user's private secrets folder (`system.local.secrets`) for other qfleet commands;
+run.json names that file ("secrets_id") and shows Redis URLs with `redact_url`.
 """
 
 from __future__ import annotations
@@ -19,10 +24,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from replay import ReplayCredentials, generate_credentials
+from replay import ReplayCredentials, generate_credentials, redact_url
 from system.config import RunConfig
 from system.errors import TrainError
 from system.local.redis_server import RedisProcess
+from system.local.secrets import (
+    REDIS_PASSWORD_ENV,
+    RunSecrets,
+    new_secrets_id,
+    save_run_secrets,
+    without_redacted_password,
+)
 from system.observe.discovery import discover, register_driver, unregister_driver, write_targets
 from system.train.evaluate import RunEvaluations
 from system.train.metrics import TrainMetrics
@@ -96,6 +108,9 @@ class Components:
     redis: RedisProcess | None = None
     """The embedded redis-server (None with redis.url)."""
     redis_url: str = ""
+    """The URL components connect with (a password it carries is never shown: see run.json's)."""
+    secrets_id: str | None = None
+    """The run's file in the private secrets folder (None until saved, or nothing to save)."""
     ray: object | None = None
     """The `ray` module, once initialised."""
     metrics: TrainMetrics | None = None
@@ -124,9 +139,14 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
 
     config, run = plan.config, plan.run
     components.replay_credentials = generate_credentials()
-    components.redis_url = config.redis.url or _start_redis(components)
-    components.info["redis_url"] = components.redis_url
+    # A resumed run's config.yaml shows a password of redis.url as ***: it comes from the environment.
+    url = without_redacted_password(config.redis.url) if config.redis.url else None
+    components.redis_url = url or _start_redis(components)
+    components.info["redis_url"] = redact_url(components.redis_url)
     components.ray = _start_ray(config)
+    if config.ray.address is None:
+        components.info["ray_address"] = components.ray.get_runtime_context().gcs_address
+    _save_secrets(plan, components)
     _start_metrics(plan, components)
     run.write_json("run.json", components.info)
     for start in (_start_shards, _start_learner):
@@ -162,8 +182,32 @@ def _start_redis(components: Components) -> str:
     except RedisLaunchError as exc:
         raise TrainError(str(exc)) from None
     components.info["redis_pid"] = components.redis.proc.pid
-    log.info("redis-server on %s", components.redis.url)
+    # Before Ray starts: local Ray workers (shards, learner, actors) inherit it.
+    os.environ[REDIS_PASSWORD_ENV] = components.redis.password
+    log.info("redis-server on %s (password in the run's secrets)", components.redis.url)
     return components.redis.url
+
+
+def _save_secrets(plan: Plan, components: Components) -> None:
+    """Saves what this run generated (the embedded Redis's password, the local Ray's token) in
+    the user's private secrets folder, and names the file in run.json."""
+    from system.local.ray_runtime import local_ray_token
+
+    local_ray = plan.config.ray.address is None
+    found = RunSecrets(
+        redis_password=components.redis.password if components.redis is not None else None,
+        ray_token=local_ray_token() if local_ray else None,
+    )
+    if found.redis_password is None and found.ray_token is None:
+        return
+    secrets_id = new_secrets_id(plan.name)
+    try:
+        save_run_secrets(secrets_id, plan.name, components.redis_url, found)
+    except (OSError, ValueError) as exc:
+        log.warning("run secrets not saved (other qfleet commands need QFLEET_REDIS_PASSWORD): %s", exc)
+        return
+    components.secrets_id = secrets_id
+    components.info["secrets_id"] = secrets_id
 
 
 def _start_ray(config: RunConfig):

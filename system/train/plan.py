@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from learner import ActionSpace
-from replay import ReplayConfig, Spec
+from replay import ReplayConfig, Spec, redact_url
 from system.config import ConfigError, RunConfig, env_spaces, load_config
 from system.train.run_dir import RunDir
 
@@ -170,9 +170,8 @@ def check(config: RunConfig, spec: Spec) -> None:
     defaults = type(replay)()
     for key in ("samples_per_insert", "min_size", "error_buffer", "checkpoint_dir", "redis_url"):
         if getattr(replay, key) != getattr(defaults, key):
-            log.warning(
-                "replay.%s is set by qfleet train itself; the configured %r is ignored", key, getattr(replay, key)
-            )
+            value = redact_url(replay.redis_url) if key == "redis_url" else getattr(replay, key)
+            log.warning("replay.%s is set by qfleet train itself; the configured %r is ignored", key, value)
 
 
 def shard_config(config: RunConfig, shard_id: int, redis_url: str, name: str, run: RunDir) -> ReplayConfig:

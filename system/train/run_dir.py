@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -17,7 +18,8 @@ class RunDir:
 
     RUN_DIR/
       config.yaml          the resolved config (every key), as the run used it
-      run.json             run name, Redis URL, shard/learner addresses, pids (while it runs)
+      run.json             run name, Redis URL (no password), Ray's GCS address, shard/learner
+                           addresses, pids, the id of the run's private secrets file
       state.json           counters a resumed run continues from (env steps, episodes, wall time)
       metrics.jsonl        one JSON object per line: {"kind": "progress" | "eval" | "episodes", ...}
       checkpoints/         learner checkpoints (learner-<updates>.pt)
@@ -63,8 +65,17 @@ class RunDir:
         return load_config(self.config_path, list(overrides))
 
     def write_config(self, config: RunConfig) -> None:
+        """Writes config.yaml; a password in redis.url (or replay.redis_url) is shown as *** (a
+        resumed run takes it from QFLEET_REDIS_PASSWORD)."""
+        from replay import redact_url
+
+        redis, replay = config.redis, config.replay
+        if redis.url is not None:
+            redis = dataclasses.replace(redis, url=redact_url(redis.url))
+        if replay.redis_url is not None:
+            replay = dataclasses.replace(replay, redis_url=redact_url(replay.redis_url))
         private_dir(self.path)
-        self._write(self.config_path, to_yaml(config))
+        self._write(self.config_path, to_yaml(dataclasses.replace(config, redis=redis, replay=replay)))
 
     def write_json(self, name: str, data: dict) -> None:
         self._write(self.path / name, json.dumps(data, indent=2) + "\n")

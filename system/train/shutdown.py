@@ -1,5 +1,6 @@
 """Stopping a run in order: actors (they flush while the learner still samples) -> learner
-(publish + checkpoint) -> final evaluation -> shards (checkpoint) -> Ray -> Redis."""
+(publish + checkpoint) -> final evaluation -> shards (checkpoint) -> Ray -> Redis -> the run's
+secrets file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 import logging
 import time
 
+from system.local.secrets import remove_run_secrets
 from system.train.launch import Components
 from system.train.plan import Plan
 from system.train.records import ProgressRecord, RunCounters
@@ -60,6 +62,8 @@ def shutdown(plan: Plan, parts: Components, counters: RunCounters, latest: Progr
     _stop_ray(plan, parts)
     if parts.redis is not None:
         parts.redis.close()
+    if parts.secrets_id is not None:
+        remove_run_secrets(parts.secrets_id)
     return failures.first
 
 

@@ -99,3 +99,15 @@ def test_redis_gone_is_a_503_naming_it_and_serving_resumes(redis_server, server)
     register_driver(redis_server.url, "alpha", "127.0.0.1:9001")
     assert wait_until(lambda: get(f"{url}/targets")[0] == 200, timeout=10)
     assert json.loads(get(f"{url}/targets")[2])[0]["targets"] == ["127.0.0.1:9001"]
+
+
+def test_a_password_in_the_redis_url_is_never_in_a_503_body(redis_server):
+    """A wrong password is as good as Redis gone for Prometheus: a 503 naming the Redis, not the password."""
+    password = "not-the-session-password-0123456789"
+    started = DiscoveryServer(f"redis://:{password}@127.0.0.1:{redis_server.port}/0", port=0).start()
+    try:
+        status, _, body = get(f"http://127.0.0.1:{started.port}/targets")
+    finally:
+        started.stop()
+    assert status == 503 and f"redis://:***@127.0.0.1:{redis_server.port}/0" in body
+    assert password not in body

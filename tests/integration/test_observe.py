@@ -68,13 +68,11 @@ def stop(proc: subprocess.Popen, group: bool = False) -> int:
 
 def test_every_dashboard_query_returns_series_from_a_live_run(tmp_path):
     run_dir = tmp_path / "run"
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
     train_log = open(tmp_path / "train.log", "w+")
     train = subprocess.Popen(
         [*QFLEET, "train", "configs/cartpole.yaml", "--run-dir", str(run_dir), *TRAIN],
         stdout=train_log,
         stderr=subprocess.STDOUT,
-        env=env,
         start_new_session=True,
         cwd=ROOT,
     )

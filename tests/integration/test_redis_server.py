@@ -1,5 +1,6 @@
-"""The embedded redis-server: it starts on a free port, and when it cannot start the error says
-why in redis-server's own words."""
+"""The embedded redis-server: it starts on a free port with a password that is nowhere on its
+command line, refuses clients without it, and when it cannot start the error says why in
+redis-server's own words."""
 
 from __future__ import annotations
 
@@ -8,18 +9,53 @@ import socket
 import pytest
 import redis
 
+from replay import connect_redis
 from system.errors import RedisLaunchError
 from system.local.redis_server import RedisProcess
 
 
-def test_an_embedded_redis_answers_and_restarts_on_the_same_port(tmp_path):
+def test_an_embedded_redis_answers_and_restarts_on_the_same_port_with_the_same_password(tmp_path):
     with RedisProcess(directory=str(tmp_path)) as server:
-        client = redis.Redis.from_url(server.url)
+        client = connect_redis(server.url, password=server.password)
         assert client.ping()
-        port = server.port
+        port, password = server.port, server.password
         server.stop()
         server.start()
-        assert server.port == port and client.ping()
+        assert server.port == port and server.password == password and client.ping()
+        client.close()
+
+
+def test_each_embedded_redis_gets_a_fresh_password_that_is_not_on_its_command_line(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with RedisProcess(directory=str(tmp_path / "a")) as first, RedisProcess(directory=str(tmp_path / "b")) as second:
+        assert first.password and second.password and first.password != second.password
+        assert len(first.password) >= 32 and "@" not in first.url and first.password not in first.url
+        argv = open(f"/proc/{first.proc.pid}/cmdline", "rb").read()
+        assert first.password.encode() not in argv
+        assert b"requirepass" not in argv
+
+
+def test_a_client_without_the_password_gets_noauth_and_one_with_a_wrong_one_is_refused(tmp_path):
+    with RedisProcess(directory=str(tmp_path)) as server:
+        anonymous = redis.Redis(port=server.port, protocol=2)
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            raw.sendall(b"SET qfleet:any:key 1\r\n")
+            assert raw.recv(200).startswith(b"-NOAUTH")
+        with pytest.raises(redis.AuthenticationError):
+            connect_redis(server.url, password="not-" + server.password).ping()
+        anonymous.close()
+        owner = connect_redis(server.url, password=server.password)
+        assert owner.get("qfleet:any:key") is None  # nothing was written
+        owner.close()
+
+
+def test_password_none_is_a_redis_without_one(tmp_path):
+    with RedisProcess(directory=str(tmp_path), password=None) as server:
+        client = redis.Redis.from_url(server.url)
+        assert server.password is None and client.ping()
         client.close()
 
 
@@ -52,6 +88,6 @@ def test_a_port_answered_by_another_redis_is_not_taken_for_ours(tmp_path):
             second.start()
         assert second.proc is None
         second.close()
-        client = redis.Redis.from_url(first.url)
+        client = connect_redis(first.url, password=first.password)
         assert client.ping()  # the first one is untouched
         client.close()

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import logging
 
-import redis
 import torch
 
 from actors import ActorRegistry, ActorsConfig, EnvActor, EnvConfig, describe_env
 from conftest import wait_until
 from learner import ArchitectureConfig, LearnerConfig, Policy, WeightStore
+from replay import connect_redis
 from system.observe.status import status_text
 from system.train.launch import EpisodeFeed
 
@@ -25,7 +25,7 @@ def test_a_bad_weights_version_is_counted_and_the_actor_follows_the_next_valid_v
     store = WeightStore(redis_server.url, "bad")
     published = Policy(LEARNER, spaces.obs_shape, spaces.action_space, seed=1).network.state_dict()
     store.publish(published, version=30)
-    raw = redis.Redis.from_url(redis_server.url)
+    raw = connect_redis(redis_server.url)
     registry = ActorRegistry(redis_server.url, "bad")
     actor = EnvActor(
         0,
@@ -61,7 +61,7 @@ def test_a_bad_weights_version_is_counted_and_the_actor_follows_the_next_valid_v
 
 
 def test_an_actor_starts_while_the_version_is_malformed(redis_server):
-    raw = redis.Redis.from_url(redis_server.url)
+    raw = connect_redis(redis_server.url)
     raw.set("qfleet:start:learner:weights_version", "-3")
     actor = EnvActor(
         0, 1, ENV, ActorsConfig(metrics_port=None), LEARNER, redis_server.url, "start", writer=_NullWriter()
@@ -76,7 +76,7 @@ def test_an_actor_starts_while_the_version_is_malformed(redis_server):
 def test_malformed_episode_entries_are_skipped_and_the_driver_feed_reads_on(redis_server, caplog):
     feed = EpisodeFeed(redis_server.url, "feed")
     registry = ActorRegistry(redis_server.url, "feed")
-    raw = redis.Redis.from_url(redis_server.url)
+    raw = connect_redis(redis_server.url)
     stream = "qfleet:feed:actors:episodes"
     try:
         registry.add_episodes(1, [(10.0, 10, 3, 100)])
@@ -103,7 +103,7 @@ def test_malformed_episode_entries_are_skipped_and_the_driver_feed_reads_on(redi
 
 def test_status_shows_a_malformed_report_on_its_line_and_the_rest_as_usual(redis_server):
     registry = ActorRegistry(redis_server.url, "view")
-    raw = redis.Redis.from_url(redis_server.url)
+    raw = connect_redis(redis_server.url)
     try:
         registry.report(0, {"env_steps": 100, "episodes": 3, "host": "h", "pid": 1})
         registry.report(1, {"env_steps": "lots", "episodes": 3})

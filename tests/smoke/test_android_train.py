@@ -4,7 +4,6 @@ replay and the learner publishes weights, end to end, as a user runs it."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,6 @@ def test_android_fake_config_trains_end_to_end(tmp_path):
         text=True,
         timeout=300,
         cwd=ROOT,
-        env=dict(os.environ, RAY_AUTH_MODE="disabled"),
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]

@@ -19,6 +19,7 @@ import pytest
 from actors import ActorRegistry
 from conftest import wait_until
 from replay import ReplayClient, ReplayUnavailableError, generate_credentials
+from system.local.secrets import load_run_secrets
 
 QFLEET = [sys.executable, "-m", "system.cli"]
 
@@ -91,13 +92,11 @@ def records(run_dir: Path, kind: str) -> list[dict]:
 def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
     run_dir = tmp_path / "run"
     log = open(tmp_path / "train.log", "w+")
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
     command = [*QFLEET, "train", "configs/cartpole.yaml", "--run-dir", str(run_dir), *SMALL]
     proc = subprocess.Popen(
         [*command, *overrides({"train.total_env_steps": 1_000_000})],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=env,
         start_new_session=True,
     )
     seen_pids: set[int] = set()
@@ -123,7 +122,9 @@ def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
             with ReplayClient(shard, credentials=credentials, retry_for_s=0.3) as outsider:
                 with pytest.raises(ReplayUnavailableError):
                     outsider.info()
-        registry = ActorRegistry(info["redis_url"], info["run"])
+        # The run's Redis takes the password the driver saved in the private secrets folder.
+        password = load_run_secrets(info["secrets_id"]).redis_password
+        registry = ActorRegistry(info["redis_url"].replace("//", f"//:{password}@"), info["run"])
         assert wait_until(lambda: registry.actors(), timeout=30)
         actor_metrics = {r["metrics"] for r in registry.actors().values()}
         addresses |= actor_metrics | {info["shards"][0]["metrics"]}
@@ -192,7 +193,6 @@ def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
         [*QFLEET, "train", "--resume", str(run_dir), *overrides({"train.total_env_steps": target})],
         capture_output=True,
         text=True,
-        env=env,
         timeout=300,
     )
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
@@ -217,7 +217,6 @@ def test_sigterm_stops_train_in_the_same_order_as_ctrl_c(tmp_path):
         [*QFLEET, "train", "configs/cartpole.yaml", "--run-dir", str(run_dir), *overrides(settings)],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=dict(os.environ, RAY_AUTH_MODE="disabled"),
         start_new_session=True,
     )
     try:
