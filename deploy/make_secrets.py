@@ -5,16 +5,20 @@
 
 deploy/secrets/ holds one file per secret, named after the environment variable it becomes:
 
-    RAY_AUTH_TOKEN           Ray's token authentication (RAY_AUTH_MODE=token)
+    RAY_AUTH_TOKEN           Ray's token authentication (RAY_AUTH_MODE=token; compose and the Ray
+                             cluster launcher; KubeRay makes its own)
     QFLEET_REDIS_PASSWORD    the control-plane Redis's password (requirepass)
-    QFLEET_REPLAY_TOKEN      the replay shards' bearer token (for standalone shards and clients)
-    QFLEET_REPLAY_TLS_CERT   the replay shards' TLS certificate (PEM; clients pin it)
-    QFLEET_REPLAY_TLS_KEY    its private key (PEM)
-    GRAFANA_ADMIN_PASSWORD   Grafana's admin password (docker compose)
 
-Kubernetes: `kubectl create secret generic qfleet-secrets --from-file=deploy/secrets/` (the keys are
-the file names). Ray cluster launcher: deploy/ray/cluster.yaml mounts the folder. docker compose:
-the single-line ones are also written to `.env`, and the certificate and key are compose secrets.
+`.env` (docker compose) holds both and GRAFANA_ADMIN_PASSWORD, Grafana's admin password, which
+goes nowhere else (not to the Ray nodes, whose environment every job inherits). The replay's token
+and TLS certificate are not here: `qfleet train` makes them itself for each run (standalone
+`qfleet replay serve` processes take theirs from `qfleet replay credentials`).
+
+Every value is URL-safe base64 or hex (A-Z a-z 0-9 - _): the deploy files refuse a Redis password
+with any other character, since it is written into a quoted redis.conf line.
+
+Kubernetes: `kubectl create secret generic qfleet-secrets --from-file=deploy/secrets/QFLEET_REDIS_PASSWORD`
+(the key is the file name). Ray cluster launcher: deploy/ray/cluster.yaml mounts the folder.
 Both deploy/secrets/ and .env are in .gitignore and .dockerignore; the values are printed nowhere.
 """
 
@@ -26,21 +30,18 @@ import pathlib
 import secrets
 import sys
 
-from replay import generate_credentials
+SECRET_FILE_NAMES = ("RAY_AUTH_TOKEN", "QFLEET_REDIS_PASSWORD")
+"""The secrets written to deploy/secrets/ (for the Ray nodes and Kubernetes)."""
 
-ENV_FILE_NAMES = ("RAY_AUTH_TOKEN", "QFLEET_REDIS_PASSWORD", "QFLEET_REPLAY_TOKEN", "GRAFANA_ADMIN_PASSWORD")
-"""The secrets docker compose reads from `.env` (single-line values)."""
+ENV_FILE_NAMES = ("RAY_AUTH_TOKEN", "QFLEET_REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+"""The secrets docker compose reads from `.env`."""
 
 
 def make_secrets() -> dict[str, str]:
-    """Fresh values: random URL-safe tokens (32 bytes) and a new self-signed replay certificate."""
-    credentials = generate_credentials()
+    """Fresh random values: 32 bytes for Ray and Redis, 18 for Grafana."""
     return {
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
         "QFLEET_REDIS_PASSWORD": secrets.token_urlsafe(32),
-        "QFLEET_REPLAY_TOKEN": credentials.token,
-        "QFLEET_REPLAY_TLS_CERT": credentials.cert_pem.decode(),
-        "QFLEET_REPLAY_TLS_KEY": credentials.key_pem.decode(),
         "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(18),
     }
 
@@ -65,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     values = make_secrets()
-    for name, value in values.items():
-        write_private(directory / name, value)
+    for name in SECRET_FILE_NAMES:
+        write_private(directory / name, values[name])
     write_private(env_file, "".join(f"{name}={values[name]}\n" for name in ENV_FILE_NAMES))
-    print(f"wrote {len(values)} secrets to {directory}/ and {', '.join(ENV_FILE_NAMES)} to {env_file}")
+    print(f"wrote {', '.join(SECRET_FILE_NAMES)} to {directory}/ and {', '.join(ENV_FILE_NAMES)} to {env_file}")
     return 0
 
 

@@ -7,9 +7,16 @@ connections and reads their request heads without blocking (a `selectors` loop);
 whose head is not complete within `head_timeout_s`, or is larger than `max_head_bytes`, is closed,
 and when `max_pending` connections are still sending their heads the oldest is closed to admit a
 new one. Only a complete request reaches the fixed pool of `workers` threads, through a queue of at
-most `max_queued` requests (more are closed at once); a worker's socket writes time out after
-`io_timeout_s`. So the thread count is 1 + `workers` whatever clients do, and a fresh request is
-answered while slow ones wait.
+most `max_queued` requests (more are closed at once); a worker gives up on a response that is not
+completely sent within `io_timeout_s` of its first byte and resets that connection (a client that
+reads slowly holds a worker that long at most). So the thread count is 1 + `workers` whatever clients do, and a fresh request
+is answered while slow ones wait.
+
+The accept thread survives what goes wrong: when `accept` fails (out of file descriptors, EMFILE)
+the listener is set aside for `ACCEPT_PAUSE_S` (connections wait in the backlog instead of the
+thread spinning on a listener that stays readable), an unexpected exception drops the connection
+it came from, and either is logged at most once per `LOG_EVERY_S`. `close()` closes every
+connection it leaves unanswered, queued ones included.
 
 Only the request head is read: the servers here answer GET (a request body is not delivered to
 the handler). One request per connection (HTTP/1.0, as `http.server` handlers speak by default).
@@ -21,6 +28,7 @@ import io
 import logging
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -32,6 +40,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import MetricsHandler
 
 log = logging.getLogger(__name__)
+
+ACCEPT_PAUSE_S = 0.5
+"""After a failed accept (e.g. EMFILE), how long the listener is left alone before trying again."""
+
+LOG_EVERY_S = 10.0
+"""A recurring failure of the accept thread is logged at most this often (with a count)."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +59,8 @@ class HTTPLimits:
             closed to admit a new one.
         head_timeout_s: a connection's whole request head must arrive within this many seconds.
         max_head_bytes: a larger request head closes the connection.
-        io_timeout_s: each socket write of a response must progress within this many seconds.
+        io_timeout_s: a response must be sent completely within this many seconds of its first
+            write (one deadline for all its writes); a slower reader's connection is closed.
     """
 
     workers: int = 4
@@ -65,21 +80,41 @@ class HTTPLimits:
 
 
 class _ReadConnection:
-    """The accepted socket as `StreamRequestHandler` uses it, its request head already read."""
+    """The accepted socket as `StreamRequestHandler` uses it, its request head already read.
 
-    def __init__(self, sock: socket.socket, head: bytes):
-        self._sock, self._head = sock, head
+    Every write goes through `sendall` (the handlers write unbuffered), which holds all of a
+    response's writes to one deadline, `write_timeout_s` after the first.
+    """
+
+    def __init__(self, sock: socket.socket, head: bytes, write_timeout_s: float):
+        self._sock, self._head, self._write_timeout_s = sock, head, write_timeout_s
+        self._deadline: float | None = None
+        self.timed_out = False
+        """The response missed its deadline (`http.server` handlers swallow the TimeoutError)."""
 
     def makefile(self, mode: str, *args, **kwargs):
         if "r" in mode:
             return io.BytesIO(self._head)
-        return self._sock.makefile(mode, *args, **kwargs)
+        raise io.UnsupportedOperation("responses are written with sendall (handlers' wbufsize = 0)")
 
     def sendall(self, data) -> None:
-        self._sock.sendall(data)
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self._write_timeout_s
+        view = memoryview(data).cast("B")
+        while view:
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                self.timed_out = True
+                raise TimeoutError(f"response not sent within {self._write_timeout_s} s")
+            self._sock.settimeout(remaining)
+            try:
+                view = view[self._sock.send(view) :]
+            except TimeoutError:
+                self.timed_out = True
+                raise
 
     def settimeout(self, timeout: float | None) -> None:
-        self._sock.settimeout(timeout)
+        pass  # sendall sets the time left before each send
 
     def setsockopt(self, *args) -> None:
         self._sock.setsockopt(*args)
@@ -133,6 +168,11 @@ class BoundedHTTPServer:
         self._selector.register(self.socket, selectors.EVENT_READ)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._accept_paused_until: float | None = None
+        self._queued: set[socket.socket] = set()
+        self._queued_lock = threading.Lock()
+        self._last_logged: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
 
     def start(self) -> BoundedHTTPServer:
         """Serves on a daemon thread until `close()`."""
@@ -154,6 +194,10 @@ class BoundedHTTPServer:
             pass
         self.socket.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._queued_lock:  # cancelled before a worker took them: nobody else closes these
+            unanswered, self._queued = self._queued, set()
+        for sock in unanswered:
+            sock.close()
 
     # `http.server`'s names, for callers written against it.
     def shutdown(self) -> None:
@@ -164,23 +208,59 @@ class BoundedHTTPServer:
 
     def _serve(self) -> None:
         while not self._stop.is_set():
-            timeout = 0.2
-            if self._pending:
-                first = next(iter(self._pending.values()))
-                timeout = min(timeout, max(0.0, first.deadline - time.monotonic()))
-            for key, _ in self._selector.select(timeout):
-                if key.fileobj is self.socket:
-                    self._accept()
-                else:
-                    pending = self._pending.get(key.fileobj)
-                    if pending is not None:
+            try:
+                self._serve_once()
+            except Exception as exc:  # never leave the socket bound with nobody accepting
+                self._log_sometimes("serve", "%s: accept thread: %r; serving on", self.name, exc, exc_info=True)
+                self._stop.wait(0.05)
+
+    def _serve_once(self) -> None:
+        now = time.monotonic()
+        if self._accept_paused_until is not None and now >= self._accept_paused_until:
+            self._accept_paused_until = None
+            self._selector.register(self.socket, selectors.EVENT_READ)
+        timeout = 0.2
+        if self._pending:
+            first = next(iter(self._pending.values()))
+            timeout = min(timeout, max(0.0, first.deadline - now))
+        if self._accept_paused_until is not None:
+            timeout = min(timeout, max(0.0, self._accept_paused_until - now))
+        for key, _ in self._selector.select(timeout):
+            if key.fileobj is self.socket:
+                self._accept()
+            else:
+                pending = self._pending.get(key.fileobj)
+                if pending is not None:
+                    try:
                         self._read(pending)
-            now = time.monotonic()
-            while self._pending:  # oldest first: deadlines grow in admission order
-                first = next(iter(self._pending.values()))
-                if first.deadline > now:
-                    break
-                self._drop(first)
+                    except Exception as exc:  # that connection's problem: drop it, serve the others
+                        self._drop(pending)
+                        self._log_sometimes("read", "%s: reading a request failed: %r", self.name, exc, exc_info=True)
+        now = time.monotonic()
+        while self._pending:  # oldest first: deadlines grow in admission order
+            first = next(iter(self._pending.values()))
+            if first.deadline > now:
+                break
+            self._drop(first)
+
+    def _log_sometimes(self, what: str, message: str, *args, exc_info: bool = False) -> None:
+        """Logs `message` unless `what` was logged less than LOG_EVERY_S ago (then counts it)."""
+        now = time.monotonic()
+        last = self._last_logged.get(what)
+        if last is not None and now - last < LOG_EVERY_S:
+            self._unlogged[what] = self._unlogged.get(what, 0) + 1
+            return
+        self._last_logged[what] = now
+        skipped = self._unlogged.pop(what, 0)
+        suffix = f" ({skipped} more since the last message)" if skipped else ""
+        log.warning(message + suffix, *args, exc_info=exc_info)
+
+    def _pause_accepting(self) -> None:
+        """Leaves the listener out of the selector for ACCEPT_PAUSE_S: while accept cannot
+        succeed (EMFILE), a listener with a backlog stays readable and would spin this thread."""
+        if self._accept_paused_until is None:
+            self._selector.unregister(self.socket)
+        self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
 
     def _accept(self) -> None:
         for _ in range(64):  # drain a burst, then look at the readable connections again
@@ -189,7 +269,10 @@ class BoundedHTTPServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # out of descriptors: leave the rest in the backlog for now
-                log.warning("%s: accept failed: %s", self.name, exc)
+                self._pause_accepting()
+                self._log_sometimes(
+                    "accept", "%s: accept failed: %s; retrying in %.1f s", self.name, exc, ACCEPT_PAUSE_S
+                )
                 return
             if len(self._pending) >= self.limits.max_pending:
                 self._drop(next(iter(self._pending.values())))
@@ -223,22 +306,32 @@ class BoundedHTTPServer:
             return
         pending.sock.setblocking(True)
         pending.sock.settimeout(self.limits.io_timeout_s)
+        with self._queued_lock:
+            self._queued.add(pending.sock)
         try:
             self._pool.submit(self._answer, pending.sock, pending.address, bytes(pending.head))
         except RuntimeError:  # the pool is shut down: the server is closing
+            with self._queued_lock:
+                self._queued.discard(pending.sock)
             self._queue_slots.release()
             pending.sock.close()
 
     def _answer(self, sock: socket.socket, address, head: bytes) -> None:
+        with self._queued_lock:
+            self._queued.discard(sock)
+        connection = _ReadConnection(sock, head, self.limits.io_timeout_s)
         try:
-            self.handler_class(_ReadConnection(sock, head), address, self)
-        except OSError as exc:  # the client went away or stopped reading
+            self.handler_class(connection, address, self)
+        except OSError as exc:  # the client went away or read too slowly
             log.debug("%s: %s: %s", self.name, address, exc)
         except Exception:
             log.exception("%s: handler failed for %s", self.name, address)
         finally:
             try:
-                sock.shutdown(socket.SHUT_WR)
+                if connection.timed_out:  # reset, so the kernel drops the unsent rest too
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                else:
+                    sock.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
             sock.close()

@@ -3,22 +3,34 @@
 A checkpoint holds the replay data and the networks, and a run folder the run's addresses: they are
 written 0600 (files) in 0700 directories, whatever the process's umask. A file gets its mode when
 it is created, before any byte is written, so there is no moment it is readable by others.
+
+A directory that exists already keeps its mode: it may be shared on purpose (a group's checkpoint
+folder with setgid, another account's volume), and changing it would break that. One that others
+may write into is logged once, as a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
+import stat
+
+log = logging.getLogger(__name__)
 
 FILE_MODE = 0o600
 DIRECTORY_MODE = 0o700
 
 
-def private_dir(path: pathlib.Path) -> pathlib.Path:
-    """Creates `path` (and missing parents) and makes it 0700; returns it.
+_warned: set[str] = set()
+"""Existing directories already warned about (once per process)."""
 
-    Parents that already exist keep their mode: only what this call creates, and `path` itself,
-    become owner-only.
+
+def private_dir(path: pathlib.Path) -> pathlib.Path:
+    """Creates `path` and its missing parents as 0700 directories; returns it.
+
+    Only directories this call creates are made owner-only: an existing `path` (or parent) keeps
+    its mode, and a warning is logged once if group or others may write into it.
     """
     missing = []
     parent = path
@@ -28,11 +40,24 @@ def private_dir(path: pathlib.Path) -> pathlib.Path:
     for directory in reversed(missing):
         try:
             directory.mkdir(mode=DIRECTORY_MODE)
-        except FileExistsError:  # another process made it meanwhile
-            pass
-        os.chmod(directory, DIRECTORY_MODE)
-    os.chmod(path, DIRECTORY_MODE)
+        except FileExistsError:  # another process made it meanwhile: its mode is its maker's
+            continue
+        os.chmod(directory, DIRECTORY_MODE)  # mkdir's mode went through the umask
+    if not missing:
+        _warn_if_writable_by_others(path)
     return path
+
+
+def _warn_if_writable_by_others(path: pathlib.Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH) and str(path) not in _warned:
+        _warned.add(str(path))
+        log.warning(
+            "%s is writable by %s (mode %s): its files stay owner-only, but others may add or replace files there",
+            path,
+            "others" if mode & stat.S_IWOTH else "its group",
+            oct(mode),
+        )
 
 
 def create_private_file(path: pathlib.Path) -> None:

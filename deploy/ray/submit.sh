@@ -26,7 +26,8 @@ if [ -z "${RAY_AUTH_TOKEN:-}" ]; then
   RAY_AUTH_TOKEN=$(cat "$secret")
   export RAY_AUTH_TOKEN
 fi
-extra=$(printf ' %q' "$@")
+extra=""   # the --set arguments, quoted for the remote shell (none: nothing, not '')
+if [ $# -gt 0 ]; then extra=$(printf ' %q' "$@"); fi
 exec ray job submit --address="$address" --submission-id="qfleet-$run" -- bash -c "
   cd /opt/qfleet &&
   head_ip=\$(python -c 'import ray.util; print(ray.util.get_node_ip_address())') &&

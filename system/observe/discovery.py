@@ -18,6 +18,8 @@ import time
 
 import redis
 
+from replay import create_private_file, private_dir
+
 DISCOVERY_EVERY_S = 5.0
 """Seconds between rewrites of the targets file and of the driver's key."""
 
@@ -138,8 +140,10 @@ def discover_all(redis_url: str, names: list[str] | None = None) -> list[dict]:
 
 
 def write_targets(path: pathlib.Path, groups: list[dict]) -> None:
-    """Replaces the file_sd file atomically (Prometheus never reads half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Replaces the file_sd file atomically (Prometheus never reads half a file), owner-only (it
+    lists the run's addresses) like the rest of the run directory."""
+    private_dir(path.parent)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    create_private_file(temporary)
     temporary.write_text(json.dumps(groups, indent=1) + "\n")
     os.replace(temporary, path)

@@ -6,8 +6,11 @@ also for a run that is still going.
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 
+from replay import create_private_file
 from system.train.run_dir import RunDir
 
 SMOOTH_EPISODES = 100
@@ -66,6 +69,7 @@ def plot_learning_curve(run: RunDir, path=None):
     if len(smoothed) or evals:
         axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(f"{config.env.id}: run {config.train.run_name or run.path.name}")
+    create_private_file(pathlib.Path(path))  # owner-only before the first byte, like the rest of the run
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -111,7 +115,7 @@ def summary_table(run: RunDir) -> str:
 def write_report(run: RunDir) -> str:
     """Writes learning_curve.png and summary.md into the run directory; returns the summary."""
     text = summary_table(run)
-    (run.path / "summary.md").write_text(text)
+    run.write_text("summary.md", text)
     plot_learning_curve(run)
     return text
 

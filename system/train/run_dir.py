@@ -80,6 +80,10 @@ class RunDir:
     def write_json(self, name: str, data: dict) -> None:
         self._write(self.path / name, json.dumps(data, indent=2) + "\n")
 
+    def write_text(self, name: str, text: str) -> None:
+        """Replaces RUN_DIR/`name` with `text`, atomically and owner-only."""
+        self._write(self.path / name, text)
+
     def read_json(self, name: str) -> dict | None:
         path = self.path / name
         if not path.exists():
@@ -90,11 +94,12 @@ class RunDir:
             raise ConfigError(f"{path}: unreadable ({exc})") from None
 
     def append_records(self, records: list[dict]) -> None:
+        """Appends `records` to metrics.jsonl, creating it 0600 (one open: no check-then-create
+        race in which a second writer could truncate it)."""
         if not records:
             return
-        if not self.metrics_path.exists():
-            create_private_file(self.metrics_path)
-        with open(self.metrics_path, "a") as handle:
+        descriptor = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(descriptor, "a") as handle:
             handle.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
 
     def records(self, kind: str | None = None) -> list[dict]:

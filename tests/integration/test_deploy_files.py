@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import socket
 import stat
 import subprocess
@@ -29,7 +30,6 @@ DEPLOY = ROOT / "deploy"
 SECRET_ENV = {
     "RAY_AUTH_TOKEN": "test-ray-token",
     "QFLEET_REDIS_PASSWORD": "test-redis-password",
-    "QFLEET_REPLAY_TOKEN": "test-replay-token",
     "GRAFANA_ADMIN_PASSWORD": "test-grafana-password",
 }
 """What .env (deploy/make_secrets.py) gives docker compose; compose refuses to render without each."""
@@ -124,6 +124,25 @@ def test_compose_has_every_service_and_scales_workers(compose):
     assert "redis://redis:6379/0" in services["discovery"]["command"] and "9101" in services["discovery"]["command"]
 
 
+def test_compose_ray_head_serves_its_dashboard_on_one_address_of_several(compose, tmp_path):
+    for name, script in {
+        "hostname": 'printf "172.18.0.3 fd00::3 \\n"',  # what `hostname -i` prints with IPv6 on
+        "ray": 'printf "%s\\n" "$@"',
+    }.items():
+        (tmp_path / name).write_text(f"#!/bin/sh\n{script}\n")
+        (tmp_path / name).chmod(0o755)
+    command = compose["services"]["ray-head"]["command"]
+    assert command[:2] == ["bash", "-c"]
+    result = subprocess.run(
+        ["bash", "-c", command[2].replace("$$", "$")],
+        capture_output=True,
+        text=True,
+        env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--dashboard-host=172.18.0.3" in result.stdout.splitlines()
+
+
 def test_compose_train_job_submits_a_valid_run(compose):
     command = " ".join(compose["services"]["train"]["command"])
     assert "ray job submit --address=http://ray-head:8265" in command
@@ -138,6 +157,25 @@ def test_dockerfile_copies_every_package_and_what_compose_mounts():
     for source in copied:
         assert (ROOT / source).exists(), source
     assert "torch==2.13.0" in text and "requirements-nodeps.txt" in text
+
+
+def test_the_image_sets_home_to_its_users_home_where_the_launcher_mounts_secrets():
+    """The cluster launcher puts `~/` file mounts at the HOME of the image's environment (/root
+    when unset), so the image must set it to the home of the user it runs as."""
+    lines = [line.strip() for line in (DEPLOY / "Dockerfile").read_text().splitlines()]
+    useradd = next(line for line in lines if "useradd" in line)
+    uid = re.search(r"--uid (\d+)", useradd).group(1)
+    home = re.search(r"--home-dir (\S+)", useradd).group(1)
+    homes = [line.split("=", 1)[1] for line in lines if line.startswith("ENV HOME=")]
+    user = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert homes == [home] and user == [f"{uid}:{uid}"]
+    assert lines.index(f"ENV HOME={home}") < lines.index(f"USER {uid}:{uid}")
+    config = yaml.safe_load((DEPLOY / "ray" / "cluster.yaml").read_text())
+    for target in config["file_mounts"]:
+        assert target.startswith("~/") or target.startswith(home + "/"), target
+    # The commands that use the mount name it the same way.
+    commands = " ".join(config["setup_commands"])
+    assert "~/qfleet-secrets" in commands and "/root" not in commands
 
 
 def test_ray_cluster_config_passes_rays_schema():
@@ -172,6 +210,19 @@ def test_ray_submit_script_runs_a_valid_train_command(tmp_path):
     assert "actors.num_actors=8" in entry
     usage = subprocess.run(["bash", str(DEPLOY / "ray" / "submit.sh")], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
+def test_ray_submit_script_without_extra_arguments_adds_none(tmp_path):
+    fake_ray = tmp_path / "ray"
+    fake_ray.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake_ray.chmod(0o755)
+    submit = ["bash", str(DEPLOY / "ray" / "submit.sh"), "configs/cartpole.yaml", "c1"]
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "RAY_AUTH_TOKEN": "test-ray-token"}
+    result = subprocess.run(submit, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    entry = result.stdout.splitlines()[-1].replace("\\$head_ip", "10.0.0.1").replace("$head_ip", "10.0.0.1")
+    assert "''" not in entry  # an empty argument: `qfleet train` would refuse it (unrecognized arguments)
+    check_train_command(entry)
 
 
 def test_kuberay_manifests_agree_with_each_other():
@@ -260,11 +311,9 @@ def test_compose_turns_authentication_on_and_keeps_secrets_off_command_lines(com
         assert environment["RAY_AUTH_MODE"] == "token", name
         assert environment["RAY_AUTH_TOKEN"] == SECRET_ENV["RAY_AUTH_TOKEN"], name
         assert environment["QFLEET_REDIS_PASSWORD"] == SECRET_ENV["QFLEET_REDIS_PASSWORD"], name
-        assert environment["QFLEET_REPLAY_TLS_CERT"].startswith("/run/secrets/"), name
-        assert {s["source"] if isinstance(s, dict) else s for s in services[name]["secrets"]} == {
-            "qfleet_replay_tls_cert",
-            "qfleet_replay_tls_key",
-        }
+        # Ray's environment is every job's: nothing it does not need (`qfleet train` makes its
+        # replay credentials itself; Grafana's password is Grafana's).
+        assert set(environment) == {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "QFLEET_REDIS_PASSWORD"}, name
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == SECRET_ENV["GRAFANA_ADMIN_PASSWORD"]
     assert services["redis"]["user"] == "redis"  # not root
     assert "ports" not in services["redis"]
@@ -275,65 +324,137 @@ def test_compose_turns_authentication_on_and_keeps_secrets_off_command_lines(com
         assert not service.get("privileged"), name
 
 
-def test_the_compose_redis_asks_for_its_password_which_is_on_no_command_line(compose, tmp_path):
+def redis_start_scripts() -> dict[str, tuple[str, str]]:
+    """Deployment -> (shell, the script that starts its Redis), as each file holds it."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["redis"]["command"]
+    head = kuberay_documents()["RayCluster"]["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    kuberay = next(c for c in head if c["name"] == "redis")["command"]
+    launcher = yaml.safe_load((DEPLOY / "ray" / "cluster.yaml").read_text())["head_start_ray_commands"]
+    launched = next(c for c in launcher if "redis-server" in c)
+    assert compose[:2] == kuberay[:2] == ["sh", "-c"] and launched.startswith(". ~/qfleet-env.sh && ")
+    return {
+        "compose": ("sh", compose[2].replace("$$", "$")),  # compose's escape for a literal $
+        "kuberay": ("sh", kuberay[2]),
+        "launcher": ("bash", launched.removeprefix(". ~/qfleet-env.sh && ")),  # the env comes from the test
+    }
+
+
+def run_redis_script(deployment: str, password: str, tmp_path: Path, port: int, path_prefix: str = ""):
+    """Starts `deployment`'s Redis script with `password`, its config file and port moved into the
+    test's reach (no secret added to its command line); returns the Popen (its own process group)."""
+    shell, script = redis_start_scripts()[deployment]
+    script = script.replace("/tmp/redis.conf", f"{tmp_path}/r.conf")
+    assert re.search(r"redis-server (\S+)$", script), script
+    script += f" --port {port} --bind 127.0.0.1 --dir {tmp_path} --daemonize no"
+    env = {"PATH": path_prefix + os.environ["PATH"], "QFLEET_REDIS_PASSWORD": password}
+    return subprocess.Popen(
+        [shell, "-c", script],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def command_lines(pid: int) -> bytes:
+    """The command lines of `pid` and its descendants."""
+    found = Path(f"/proc/{pid}/cmdline").read_bytes()
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        found += b"\n" + command_lines(int(child))
+    return found
+
+
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    script = (
-        compose["services"]["redis"]["command"][2].replace("$$", "$").replace("/tmp/redis.conf", f"{tmp_path}/r.conf")
-    )
-    assert script.endswith(f"exec redis-server {tmp_path}/r.conf")
-    script += f" --port {port} --bind 127.0.0.1 --dir {tmp_path}"  # a test port; no secret here
-    env = {"PATH": os.environ["PATH"], "QFLEET_REDIS_PASSWORD": "test-redis-password"}
-    server = subprocess.Popen(["sh", "-c", script], env=env, stdout=subprocess.DEVNULL)
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("deployment", ["compose", "kuberay", "launcher"])
+def test_each_deployments_redis_asks_for_its_password_which_is_on_no_command_line(deployment, tmp_path):
+    port, password = free_port(), "Test-redis_pass.word~9"  # every character make_secrets may use, and more
+    server = run_redis_script(deployment, password, tmp_path, port)
     try:
         cli = ["redis-cli", "-p", str(port), "ping"]
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        answer = ""
+        while time.monotonic() < deadline and server.poll() is None:
             answer = subprocess.run(cli, capture_output=True, text=True).stdout.strip()
             if answer and "Connection refused" not in answer:
                 break
             time.sleep(0.05)
-        assert answer.startswith("NOAUTH")
-        authed = subprocess.run(
-            cli, capture_output=True, text=True, env={**env, "REDISCLI_AUTH": "test-redis-password"}
-        )
+        assert answer.startswith("NOAUTH"), (answer, server.poll())
+        authed = subprocess.run(cli, capture_output=True, text=True, env={**os.environ, "REDISCLI_AUTH": password})
         assert authed.stdout.strip() == "PONG"
-        assert b"test-redis-password" not in Path(f"/proc/{server.pid}/cmdline").read_bytes()
-        assert stat.S_IMODE((tmp_path / "r.conf").stat().st_mode) == 0o600
+        wrong = subprocess.run(cli, capture_output=True, text=True, env={**os.environ, "REDISCLI_AUTH": "Test"})
+        assert "WRONGPASS" in wrong.stdout + wrong.stderr
+        assert password.encode() not in command_lines(server.pid)
+        if deployment != "launcher":  # the launcher's config goes through a pipe
+            assert stat.S_IMODE((tmp_path / "r.conf").stat().st_mode) == 0o600
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)  # the script's own process group
         server.wait(timeout=10)
+
+
+BAD_REDIS_PASSWORDS = {
+    "a quote": 'pass"word',
+    "a backslash": "pass\\word",
+    "a newline": 'password\nrename-command CONFIG ""',
+    "a space": "pass word",
+    "nothing": "",
+}
+"""Passwords that would break out of (or empty) `requirepass "..."` in a redis config."""
+
+
+@pytest.mark.parametrize("deployment", ["compose", "kuberay", "launcher"])
+@pytest.mark.parametrize("what", sorted(BAD_REDIS_PASSWORDS))
+def test_each_deployments_redis_refuses_a_password_that_would_alter_its_config(deployment, what, tmp_path):
+    marker = tmp_path / "redis-server-ran"
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "redis-server").write_text(f"#!/bin/sh\ntouch {marker}\ncat > /dev/null\n")
+    (fake_bin / "redis-server").chmod(0o755)
+    script = run_redis_script(deployment, BAD_REDIS_PASSWORDS[what], tmp_path, free_port(), f"{fake_bin}:")
+    _, stderr = script.communicate(timeout=10)
+    assert script.returncode == 1
+    assert "QFLEET_REDIS_PASSWORD" in stderr and "make_secrets.py" in stderr
+    if BAD_REDIS_PASSWORDS[what]:
+        assert BAD_REDIS_PASSWORDS[what] not in stderr  # never echoed
+    assert not marker.exists() and not (tmp_path / "r.conf").exists()
 
 
 def test_make_secrets_writes_owner_only_files_that_compose_and_kubectl_take(render_compose, tmp_path):
     secrets_dir, env_file = tmp_path / "secrets", tmp_path / ".env"
     command = [sys.executable, str(DEPLOY / "make_secrets.py"), "--secrets-dir", str(secrets_dir)]
     command += ["--env-file", str(env_file)]
-    made = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    made = subprocess.run(command, capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
     assert made.returncode == 0, made.stderr
-    names = {path.name for path in secrets_dir.iterdir()}
-    assert names == {*SECRET_ENV, "QFLEET_REPLAY_TLS_CERT", "QFLEET_REPLAY_TLS_KEY"}
+    # deploy/secrets/ is for the Ray nodes and Kubernetes: Grafana's password stays in .env.
+    assert {path.name for path in secrets_dir.iterdir()} == {"RAY_AUTH_TOKEN", "QFLEET_REDIS_PASSWORD"}
+    env_values = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+    assert set(env_values) == set(SECRET_ENV)
     assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700
     for path in [env_file, *secrets_dir.iterdir()]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
         assert path.read_text() not in made.stdout + made.stderr
-    assert (secrets_dir / "QFLEET_REPLAY_TLS_CERT").read_text().startswith("-----BEGIN CERTIFICATE-----")
+    for name, value in env_values.items():  # what the Redis start scripts accept, long enough
+        assert re.fullmatch(r"[A-Za-z0-9._~-]{24,}", value), name
+        if name in {"RAY_AUTH_TOKEN", "QFLEET_REDIS_PASSWORD"}:
+            assert (secrets_dir / name).read_text() == value
     # The .env alone renders compose (no secret from this shell).
     rendered = render_compose(compose_env(**{name: None for name in SECRET_ENV}), "-q", env_file=env_file)
     assert rendered.returncode == 0, rendered.stderr
-    again = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    again = subprocess.run(command, capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
     assert again.returncode == 2 and "--force" in again.stderr  # never overwritten by accident
     for ignore in (".gitignore", ".dockerignore"):
         lines = (ROOT / ignore).read_text().splitlines()
         assert ".env" in lines and any(line.rstrip("/") == "deploy/secrets" for line in lines), ignore
 
 
-def test_the_ray_launcher_takes_its_secrets_from_the_mounted_folder():
+def test_the_ray_launcher_takes_its_secrets_from_the_mounted_folder(tmp_path):
     config = yaml.safe_load((DEPLOY / "ray" / "cluster.yaml").read_text())
     assert config["file_mounts"] == {"~/qfleet-secrets": "./deploy/secrets"}
-    env_script = " ".join(config["setup_commands"])
-    assert "qfleet-env.sh" in env_script and "RAY_AUTH_MODE=token" in env_script
     starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
     for command in starts:
         if "ray start" in command or "redis-server" in command or "qfleet " in command:
@@ -343,6 +464,28 @@ def test_the_ray_launcher_takes_its_secrets_from_the_mounted_folder():
     assert "sudo chmod 700 /mnt/qfleet-runs" in " ".join(config["initialization_commands"])
     for node in config["available_node_types"].values():
         assert "--privileged" not in " ".join(node.get("docker", {}).get("worker_run_options", []))
+    # The setup commands, run in a home with the mounted folder (an old one holding Grafana's
+    # password too), give the start commands Ray's and Redis's secrets and nothing else.
+    mounted = tmp_path / "qfleet-secrets"
+    mounted.mkdir()
+    for name, value in SECRET_ENV.items():
+        (mounted / name).write_text(value)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    for command in config["setup_commands"]:
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        assert not {value for value in SECRET_ENV.values() if value in command + done.stdout + done.stderr}
+    assert stat.S_IMODE(mounted.stat().st_mode) == 0o700
+    exported = subprocess.run(
+        ["bash", "-c", ". ~/qfleet-env.sh && env -0"], capture_output=True, text=True, env=env
+    ).stdout
+    exported = dict(line.split("=", 1) for line in exported.split("\0") if line)
+    assert {name: exported.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "QFLEET_REDIS_PASSWORD")} == {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": SECRET_ENV["RAY_AUTH_TOKEN"],
+        "QFLEET_REDIS_PASSWORD": SECRET_ENV["QFLEET_REDIS_PASSWORD"],
+    }
+    assert "GRAFANA_ADMIN_PASSWORD" not in exported and SECRET_ENV["GRAFANA_ADMIN_PASSWORD"] not in exported.values()
 
 
 def test_the_ray_submit_script_refuses_without_a_token(tmp_path):
@@ -367,26 +510,35 @@ def pod_specs() -> dict[str, dict]:
     return specs
 
 
-def test_kuberay_pods_get_every_secret_from_the_secret_and_run_as_non_root():
+def test_kuberay_lets_the_operator_make_and_use_the_ray_token_and_pods_run_as_non_root():
+    cluster = kuberay_documents()["RayCluster"]["spec"]
+    # KubeRay >= 1.5.1: the operator makes the token's Secret, gives it to every Ray container,
+    # the autoscaler and the RayJob submitter, and sends it on its own dashboard calls (job
+    # status). It adds RAY_AUTH_TOKEN only where none is set (>= 1.6): a token set here would be
+    # used by the cluster but not by the operator, whose calls would then get 401.
+    assert cluster["authOptions"] == {"mode": "token"}
+    assert tuple(int(n) for n in cluster["rayVersion"].split(".")) >= (2, 52, 0)  # KubeRay refuses older
+    assert "env" not in cluster["autoscalerOptions"]
     for group, spec in pod_specs().items():
         assert spec["securityContext"]["runAsNonRoot"] is True, group
         assert spec["securityContext"]["runAsUser"] != 0, group
+        if "fsGroup" in spec["securityContext"]:  # the kubelet walks the volume only when needed
+            assert spec["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch", group
         for container in spec["containers"]:
             where = f"{group}/{container['name']}"
             env = {e["name"]: e for e in container.get("env", [])}
+            assert not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} & set(env), where
             for name, variable in env.items():
-                if name.startswith(("QFLEET_", "RAY_AUTH_TOKEN")):
+                if name.startswith("QFLEET_"):
                     assert variable["valueFrom"]["secretKeyRef"] == {"name": "qfleet-secrets", "key": name}, where
-            if container["name"] in ("ray-head", "ray-worker", "ray-job-submitter"):
-                assert env["RAY_AUTH_MODE"]["value"] == "token", where
-                assert "RAY_AUTH_TOKEN" in env, where
-            if container["name"] in ("ray-head", "ray-worker"):
-                assert {"QFLEET_REDIS_PASSWORD", "QFLEET_REPLAY_TOKEN", "QFLEET_REPLAY_TLS_CERT"} <= set(env), where
+            # Only the Redis password comes from qfleet-secrets (train makes its replay credentials).
+            assert set(env) <= {"POD_IP", "QFLEET_REDIS_PASSWORD"}, where
+            if container["name"] in ("ray-head", "ray-worker", "redis", "discovery"):
+                assert "QFLEET_REDIS_PASSWORD" in env, where
             assert 10001 not in {p["containerPort"] for p in container.get("ports", [])}, where
             assert container.get("securityContext", {}).get("runAsUser", 1000) != 0, where
-    autoscaler = kuberay_documents()["RayCluster"]["spec"]["autoscalerOptions"]
-    assert {e["name"] for e in autoscaler["env"]} == {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}
-    head = kuberay_documents()["RayCluster"]["spec"]["headGroupSpec"]
+    head = cluster["headGroupSpec"]
+    assert head["template"]["spec"]["containers"][0]["name"] == "ray-head"  # where the operator adds the token
     assert head["rayStartParams"]["dashboard-host"] == "$(POD_IP)"  # not KubeRay's default 0.0.0.0
     assert "POD_IP" in {e["name"] for e in head["template"]["spec"]["containers"][0]["env"]}
 
@@ -426,10 +578,23 @@ def test_the_network_policy_admits_only_the_runs_pods():
     for rule in rules:
         for peer in rule["from"]:
             assert peer.get("podSelector", {}).get("matchLabels"), "every peer names the pods it admits"
+            # A pod label alone can be copied in any namespace: outsiders come from a named one.
+            if "namespaceSelector" in peer:
+                assert set(peer["namespaceSelector"]) == {"matchLabels"}, peer
+                assert set(peer["namespaceSelector"]["matchLabels"]) == {"kubernetes.io/metadata.name"}, peer
         for port in rule.get("ports", []):  # outsiders never reach Redis, the GCS or Ray's workers
             low, high = port["port"], port.get("endPort", port["port"])
             for closed in (6379, 6390, 10001, 10002, 19999):
                 assert not low <= closed <= high, (rule, closed)
+    namespaces = {
+        peer["podSelector"]["matchLabels"].get("app.kubernetes.io/name"): peer["namespaceSelector"]["matchLabels"][
+            "kubernetes.io/metadata.name"
+        ]
+        for rule in rules
+        for peer in rule["from"]
+        if "namespaceSelector" in peer
+    }
+    assert namespaces == {"kuberay-operator": "ray-system", "prometheus": "monitoring"}
     # The submitter the policy admits to the job API is the RayJob's.
     job = yaml.safe_load((DEPLOY / "kuberay" / "rayjob.yaml").read_text())
     submitter = job["spec"]["submitterPodTemplate"]["metadata"]["labels"]
