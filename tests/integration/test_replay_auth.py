@@ -8,6 +8,7 @@ import pickle
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -244,3 +245,53 @@ def test_serve_with_credentials_from_the_environment_refuses_token_less_clients(
     with ReplayClient(shard.address, retry_for_s=0.3) as client, pytest.raises(ReplayUnavailableError):
         client.info()
     assert CREDENTIALS.token not in shard.log() and "PRIVATE KEY" not in shard.log()
+
+
+# -- a token-less peer that withholds its request body -------------------------------------------
+
+
+def withheld_body(release: threading.Event):
+    """A request iterator that sends nothing until `release` is set (headers only on the wire)."""
+    release.wait(30)
+    yield from ()
+
+
+def withheld_call(channel: grpc.Channel, method: str, release: threading.Event, timeout: float = 20):
+    """A token-less call of a unary-request `method` whose body never comes (until `release`)."""
+    stream = channel.stream_unary(SERVICE + method, request_serializer=None, response_deserializer=None)
+    return stream.future(withheld_body(release), timeout=timeout)
+
+
+@pytest.mark.parametrize("method", ["Info", "Sample"])
+def test_a_token_less_call_that_withholds_its_body_is_refused_at_once(shard, method):
+    release = threading.Event()
+    with tls_channel(shard.address) as channel:
+        try:
+            started = time.monotonic()
+            call = withheld_call(channel, method, release)
+            with pytest.raises(grpc.RpcError) as caught:
+                call.result(timeout=5)
+            assert time.monotonic() - started < 0.5
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            release.set()
+
+
+def test_many_withheld_token_less_calls_do_not_starve_the_run(shard):
+    """80 peers that send headers and no body (more than the shard's 64 workers) hold nothing."""
+    release = threading.Event()
+    channels = [tls_channel(shard.address) for _ in range(4)]
+    try:
+        calls = [withheld_call(channels[i % 4], ("Info", "Sample")[i % 2], release) for i in range(80)]
+        with ReplayClient(shard.address, credentials=CREDENTIALS) as client:
+            started = time.monotonic()
+            assert client.info(timeout=5).size == 100
+            assert time.monotonic() - started < 1.0
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as caught:
+                call.result(timeout=5)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        release.set()
+        for channel in channels:
+            channel.close()
