@@ -3,8 +3,10 @@ a call without the run's token before anything changes; the right credentials wo
 
 from __future__ import annotations
 
+import datetime
 import os
 import pickle
+import resource
 import stat
 import subprocess
 import sys
@@ -30,6 +32,7 @@ from replay import (
 )
 from replay._proto import replay_pb2, replay_pb2_grpc
 from replay.auth import REFUSAL
+from replay.credentials import SERVER_NAME, self_signed
 
 CREDENTIALS = generate_credentials()
 SERVICE = "/qfleet.replay.ReplayService/"
@@ -192,6 +195,21 @@ def test_a_shard_needs_the_private_key():
         ReplayServer(CARTPOLE_SPEC, credentials=CREDENTIALS.for_clients())
 
 
+def test_a_key_of_another_certificate_is_named_not_taken_for_a_busy_port():
+    mixed = ReplayCredentials(CREDENTIALS.token, CREDENTIALS.cert_pem, generate_credentials().key_pem)
+    with pytest.raises(ValueError, match="is not the certificate's"):
+        ReplayServer(CARTPOLE_SPEC, port=0, credentials=mixed)
+
+
+def test_a_shard_with_an_expired_certificate_refuses_to_start():
+    now = datetime.datetime.now(datetime.UTC)
+    cert_pem, key_pem = self_signed(SERVER_NAME, now - datetime.timedelta(days=60), now - datetime.timedelta(days=1))
+    server = ReplayServer(CARTPOLE_SPEC, port=0, credentials=ReplayCredentials(CREDENTIALS.token, cert_pem, key_pem))
+    with pytest.raises(ValueError, match="replay certificate for 'qfleet-replay' expired on"):
+        server.start()
+    assert server.port is None  # nothing listens
+
+
 # -- the standalone command --------------------------------------------------------------------------
 
 
@@ -210,19 +228,61 @@ def test_replay_credentials_writes_private_files_and_prints_no_secret(tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     assert all(stat.S_IMODE((out / name).stat().st_mode) == 0o600 for name in ("token", "cert.pem", "key.pem"))
     assert token not in made.stdout + made.stderr and "PRIVATE KEY" not in made.stdout
-    assert f'export QFLEET_REPLAY_TOKEN="$(cat {out}/token)"' in made.stdout
-    # What the exports hand a service reads back as the files' credentials.
-    credentials = ReplayCredentials.from_env(
-        {
-            "QFLEET_REPLAY_TOKEN": token,
-            "QFLEET_REPLAY_TLS_CERT": str(out / "cert.pem"),
-            "QFLEET_REPLAY_TLS_KEY": str(out / "key.pem"),
-        }
+    exports = dict(
+        line.removeprefix("export ").split("  #")[0].split("=", 1)
+        for line in made.stdout.splitlines()
+        if line.startswith("export ")
     )
-    assert credentials.key_pem == (out / "key.pem").read_bytes()
+    assert exports == {
+        "QFLEET_REPLAY_TOKEN": f"{out}/token",
+        "QFLEET_REPLAY_TLS_CERT": f"{out}/cert.pem",
+        "QFLEET_REPLAY_TLS_KEY": f"{out}/key.pem",
+    }
+    # What the exports hand a service reads back as the files' credentials.
+    credentials = ReplayCredentials.from_env(exports)
+    assert credentials.token == token and credentials.key_pem == (out / "key.pem").read_bytes()
     again = qfleet("replay", "credentials", "--out", str(out), env={})
     assert again.returncode == 2 and "holds credentials already" in again.stderr
     assert (out / "token").read_text() == token  # never overwritten
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o1777, 0o750], ids=["a working folder", "like /tmp", "group-readable"])
+def test_replay_credentials_never_changes_an_open_existing_folder(tmp_path, mode):
+    out = tmp_path / "shared"
+    out.mkdir()
+    out.chmod(mode)
+    made = qfleet("replay", "credentials", "--out", str(out), env={})
+    assert made.returncode == 2 and "open to other users" in made.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == mode and not list(out.iterdir())
+
+
+def test_replay_credentials_uses_an_existing_private_empty_folder_as_it_is(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir(mode=0o700)
+    out.chmod(0o700)
+    (out / "notes").write_text("kept")
+    made = qfleet("replay", "credentials", "--out", str(out), env={})
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700 and (out / "notes").read_text() == "kept"
+    assert {p.name for p in out.iterdir()} == {"notes", "token", "cert.pem", "key.pem"}
+
+
+def test_replay_credentials_keeps_nothing_when_a_write_fails(tmp_path):
+    """A file-size limit of 100 bytes: the token (43) is written, the certificate is not."""
+    out = tmp_path / "new" / "creds"
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+
+    made = subprocess.run(
+        [sys.executable, "-B", "-m", "system.cli", "replay", "credentials", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=small_files,
+    )
+    assert made.returncode == 2 and "cannot write cert.pem" in made.stderr and "nothing was kept" in made.stderr
+    assert not out.exists() and (tmp_path / "new").is_dir()
 
 
 def test_serve_refuses_to_start_without_credentials_or_insecure_off_loopback(spec_file):
