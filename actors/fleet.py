@@ -2,7 +2,8 @@
 
 The supervisor is a loop in the driver (`poll`): each actor always has one `run(chunk_s)` call in
 flight. Ray restarts a dead actor process (`max_restarts`); an actor whose `run` raised is
-replaced. The wanted size is read from Redis every poll, so `qfleet scale --actors N` resizes it.
+replaced, except when replay refused the actors' credentials: no actor would do better, so the
+fleet raises `FleetError` at once. The wanted size is read from Redis every poll, so `qfleet scale --actors N` resizes it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from actors.envs import describe_env
 from actors.errors import FleetError
 from actors.registry import ActorRegistry
 from learner import LearnerConfig
-from replay import ReplayCredentials
+from replay import ReplayAuthenticationError, ReplayCredentials
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,12 @@ class ActorFleet:
                 slot.restarting = True
                 slot.retry_at = time.monotonic() + 0.5
             except ray.exceptions.RayTaskError as exc:
+                if isinstance(getattr(exc, "cause", None), ReplayAuthenticationError):
+                    raise FleetError(
+                        f"actor {actor_id}: the replay refuses the actors' credentials (every actor would be "
+                        f"refused the same way): {exc.cause}",
+                        actor_id=actor_id,
+                    ) from None
                 self._record_failure(actor_id, slot, exc)
                 self._replace(actor_id, slot, f"failed: {_first_line(exc)}")
         return self.stats()

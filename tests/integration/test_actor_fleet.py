@@ -16,12 +16,14 @@ from actors import (
     ActorRegistry,
     ActorsConfig,
     EnvConfig,
+    FleetError,
     UnsupportedEnvError,
     describe_env,
     transition_spec,
 )
 from conftest import shard_kwargs, wait_until
 from learner import ArchitectureConfig, LearnerConfig, Policy, WeightStore
+from replay import generate_credentials
 
 ENV = EnvConfig(id="CartPole-v1", num_envs=2)
 LEARNER = LearnerConfig(architecture=ArchitectureConfig(hidden_size=16))
@@ -110,5 +112,25 @@ def test_an_actor_waiting_for_resources_the_cluster_lacks_is_reported(ray_local,
     try:
         assert wait_until(lambda: fleet.poll(timeout=0.2) and "has not reported within" in caplog.text, 10, step=0)
         assert "android_emulator" in caplog.text and fleet.stats().env_steps == 0
+    finally:
+        fleet.stop()
+
+
+def test_actors_refused_by_replay_stop_the_fleet_at_once_not_after_three_failures(
+    ray_local, redis_server, start_server
+):
+    """Actors pinning another run's certificate fail their TLS handshake: the fleet raises at
+    once, naming the cause, instead of counting their transitions lost for ever."""
+    run, other = generate_credentials(), generate_credentials()
+    start_server(transition_spec(ENV), capacity=10_000, credentials=run, **shard_kwargs(redis_server, run="refused"))
+    config = ActorsConfig(num_actors=1, num_cpus=0.5, insert_batch=16)
+    fleet = ActorFleet(
+        ENV, config, LEARNER, redis_server.url, "refused", chunk_s=0.3, replay_credentials=other.for_clients()
+    )
+    fleet.start()
+    try:
+        with pytest.raises(FleetError, match="refuses the actors' credentials") as caught:
+            wait_until(lambda: fleet.poll(timeout=0.2) and False, 60, step=0)
+        assert "TLS handshake failed" in str(caught.value) and fleet.actor_restarts == 0
     finally:
         fleet.stop()

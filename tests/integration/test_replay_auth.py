@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
+from concurrent import futures
 
 import grpc
 import numpy as np
@@ -24,6 +25,7 @@ from replay import (
     ReplayClient,
     ReplayCredentials,
     ReplayServer,
+    ReplayTLSError,
     ReplayUnavailableError,
     ShardedReplay,
     codec,
@@ -181,13 +183,54 @@ def test_a_plaintext_client_is_told_the_shard_wants_tls_and_a_token(shard):
     assert raw.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_a_client_pinning_another_certificate_cannot_connect(shard):
+def test_a_client_pinning_another_certificate_fails_at_once_with_the_cause(shard):
     impostor = generate_credentials()
     other_cert = ReplayCredentials(CREDENTIALS.token, impostor.cert_pem)  # the right token, another cert
-    with ReplayClient(shard.address, credentials=other_cert, retry_for_s=0.3) as client:
-        with pytest.raises(ReplayUnavailableError, match="TLS handshake failed"):
+    with ReplayClient(shard.address, credentials=other_cert, retry_for_s=30) as client:
+        started = time.monotonic()
+        with pytest.raises(ReplayTLSError, match="holds another certificate than the one this client pins"):
             client.info()
+        client.insert(make_batch(5))
+        with pytest.raises(ReplayTLSError):
+            client.flush()
+        assert time.monotonic() - started < 5  # not retried for retry_for_s
     assert shard.unauthenticated_requests == 0  # the token never left the client
+
+
+def test_a_tls_client_of_a_plaintext_shard_is_told_so_at_once(start_server):
+    plain = start_server()
+    with ReplayClient(plain.address, credentials=CREDENTIALS, retry_for_s=30) as client:
+        started = time.monotonic()
+        with pytest.raises(ReplayTLSError, match="serves plaintext"):
+            client.info()
+        assert time.monotonic() - started < 5
+
+
+def test_a_shard_certificate_that_expired_is_named_as_the_cause():
+    """A shard whose certificate expired while it ran (a qfleet shard refuses to start with one)."""
+    now = datetime.datetime.now(datetime.UTC)
+    cert_pem, key_pem = self_signed(SERVER_NAME, now - datetime.timedelta(days=60), now - datetime.timedelta(days=1))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key_pem, cert_pem)]))
+    server.start()
+    try:
+        pinned = ReplayCredentials(CREDENTIALS.token, cert_pem)
+        with ReplayClient(f"127.0.0.1:{port}", credentials=pinned, retry_for_s=30) as client:
+            with pytest.raises(ReplayTLSError, match="certificate has expired"):
+                client.info()
+    finally:
+        server.stop(0)
+
+
+def test_a_shard_that_is_merely_down_is_still_retried(start_server):
+    server = start_server(credentials=CREDENTIALS)
+    address = server.address
+    server.stop(grace=0, checkpoint=False)
+    with ReplayClient(address, credentials=CREDENTIALS, retry_for_s=1.0) as client:
+        started = time.monotonic()
+        with pytest.raises(ReplayUnavailableError) as caught:
+            client.info()
+        assert time.monotonic() - started > 0.5 and not isinstance(caught.value, ReplayTLSError)
 
 
 def test_a_shard_needs_the_private_key():
