@@ -64,7 +64,8 @@ class ActorFleet:
         env, actors, learner: the run's config sections.
         redis_url, run: the run's Redis.
         replay_credentials: the run's replay token and certificate, handed to every actor (and to
-            a restarted one again: Ray keeps constructor arguments); None: plaintext shards.
+            a restarted one again: Ray keeps constructor arguments); None: plaintext shards. Required,
+            so that plaintext is always a choice made at the call site.
         chunk_s: seconds per `run` call (how often stats reach the supervisor).
         max_env_steps: env steps of all actors together after which no chunk starts (None: no
             limit); the last chunks are shortened so that the fleet stops there, not a chunk later
@@ -80,7 +81,8 @@ class ActorFleet:
         run: str = "default",
         chunk_s: float = 1.0,
         max_env_steps: int | None = None,
-        replay_credentials: ReplayCredentials | None = None,
+        *,
+        replay_credentials: ReplayCredentials | None,
     ):
         import ray
 

@@ -15,7 +15,7 @@ any), so it can be handed to another process (a Ray actor).
 
 A shard started with `ReplayCredentials` serves TLS only and wants the run's token on every call:
 
-    client = ReplayClient("10.0.0.5:7001", credentials=ReplayCredentials.from_env())
+    client = ReplayClient("10.0.0.5:7001", credentials=ReplayCredentials.from_env(required=True))
 """
 
 from __future__ import annotations
