@@ -71,7 +71,8 @@ class EnvActor:
         redis_url, run: the run's Redis (shard registry, weight store, actor keys).
         replay: inserts go here; default: a ShardedReplay discovering the run's shards.
         replay_credentials: the run's replay token and certificate, for that default ShardedReplay
-            (None: shards that serve plaintext).
+            (None: shards that serve plaintext). Required, so that plaintext is always a choice
+            made at the call site.
         writer: takes the transitions instead (then `replay` must be None); default: a
             TransitionWriter into `replay`. The actor closes it.
     """
@@ -87,7 +88,8 @@ class EnvActor:
         run: str = "default",
         replay: ShardedReplay | None = None,
         writer: Writer | None = None,
-        replay_credentials: ReplayCredentials | None = None,
+        *,
+        replay_credentials: ReplayCredentials | None,
     ):
         if writer is not None and replay is not None:
             raise ValueError("give a writer or a replay to write into, not both")

@@ -2,7 +2,8 @@
 
 The supervisor is a loop in the driver (`poll`): each actor always has one `run(chunk_s)` call in
 flight. Ray restarts a dead actor process (`max_restarts`); an actor whose `run` raised is
-replaced. The wanted size is read from Redis every poll, so `qfleet scale --actors N` resizes it.
+replaced, except when replay refused the actors' credentials: no actor would do better, so the
+fleet raises `FleetError` at once. The wanted size is read from Redis every poll, so `qfleet scale --actors N` resizes it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from actors.envs import describe_env
 from actors.errors import FleetError
 from actors.registry import ActorRegistry
 from learner import LearnerConfig
-from replay import ReplayCredentials
+from replay import ReplayAuthenticationError, ReplayCredentials
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ class ActorFleet:
         env, actors, learner: the run's config sections.
         redis_url, run: the run's Redis.
         replay_credentials: the run's replay token and certificate, handed to every actor (and to
-            a restarted one again: Ray keeps constructor arguments); None: plaintext shards.
+            a restarted one again: Ray keeps constructor arguments); None: plaintext shards. Required,
+            so that plaintext is always a choice made at the call site.
         chunk_s: seconds per `run` call (how often stats reach the supervisor).
         max_env_steps: env steps of all actors together after which no chunk starts (None: no
             limit); the last chunks are shortened so that the fleet stops there, not a chunk later
@@ -79,7 +81,8 @@ class ActorFleet:
         run: str = "default",
         chunk_s: float = 1.0,
         max_env_steps: int | None = None,
-        replay_credentials: ReplayCredentials | None = None,
+        *,
+        replay_credentials: ReplayCredentials | None,
     ):
         import ray
 
@@ -201,6 +204,12 @@ class ActorFleet:
                 slot.restarting = True
                 slot.retry_at = time.monotonic() + 0.5
             except ray.exceptions.RayTaskError as exc:
+                if isinstance(getattr(exc, "cause", None), ReplayAuthenticationError):
+                    raise FleetError(
+                        f"actor {actor_id}: the replay refuses the actors' credentials (every actor would be "
+                        f"refused the same way): {exc.cause}",
+                        actor_id=actor_id,
+                    ) from None
                 self._record_failure(actor_id, slot, exc)
                 self._replace(actor_id, slot, f"failed: {_first_line(exc)}")
         return self.stats()

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from actors.metrics import ActorMetrics
-from replay import ReplayClient, ReplayUnavailableError, ShardedReplay
+from replay import ReplayAuthenticationError, ReplayClient, ReplayUnavailableError, ShardedReplay
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,9 @@ class TransitionWriter:
 
     The writer never retries: below it, `ShardedReplay` moves unacknowledged batches to the next
     live shard and, while none is live, waits for one (its `insert_wait_s`); a plain
-    `ReplayClient` retries its shard for `retry_for_s`. What replay still gives back is lost.
+    `ReplayClient` retries its shard for `retry_for_s`. What replay still gives back is lost. A
+    refusal of the credentials (`ReplayAuthenticationError`, `ReplayTLSError`) is no loss to
+    count: it is logged once and raised, as the actor cannot go on with that configuration.
 
     Args:
         replay: where inserts go; the writer owns it (`close` closes it).
@@ -84,6 +86,8 @@ class TransitionWriter:
         """Transitions replay acknowledged, as of the last `flush`."""
         self.lost = 0
         """Transitions replay gave back unacknowledged (dropped, counted)."""
+        self.refused = False
+        """Replay refused this writer's credentials (`ReplayAuthenticationError`, raised on)."""
         self._buffer: list[dict[str, np.ndarray]] = []
         self._buffered = self._buffered_bytes = 0
 
@@ -128,6 +132,15 @@ class TransitionWriter:
             call()
         except ReplayUnavailableError as exc:
             self._count_lost(sum(_items(batch) for batch in exc.unacknowledged), exc)
+        except ReplayAuthenticationError as exc:
+            # Replay refuses this actor's token or certificate: no wait fixes that, so the actor
+            # stops here (its supervisor gives up at once) instead of counting every transition lost.
+            if not self.refused:
+                log.error(
+                    "%s: replay refuses this actor's credentials; its transitions cannot be stored: %s", self.name, exc
+                )
+            self.refused = True
+            raise
         finally:
             if self.metrics is not None:
                 self.metrics.insert_wait_seconds.inc(time.monotonic() - start)

@@ -1,6 +1,6 @@
 """The learner's training loop: `Learner.run` takes prefetched batches and calls `step` on each.
 
-    replay = make_replay(config, redis_url=..., run=...)   # enforces the UTD through the replay
+    replay = make_replay(config, redis_url=..., run=..., credentials=...)   # enforces the UTD through the replay
     learner = Learner(config, replay, obs_shape, ActionSpace(num_actions=2), run=..., weight_store=...)
     learner.run(max_updates=100_000, stop=stop_event)
 
@@ -45,11 +45,13 @@ def make_replay(
     redis_url: str | None = None,
     run: str = "default",
     addresses: list[str] | None = None,
-    credentials: ReplayCredentials | None = None,
+    *,
+    credentials: ReplayCredentials | None,
 ) -> ShardedReplay:
     """The learner's view of the sharded replay, with the global ratio that realises the UTD.
 
-    `credentials`: the run's replay token and certificate (None: shards that serve plaintext).
+    `credentials`: the run's replay token and certificate (None: shards that serve plaintext;
+    required, so that plaintext is a choice made at the call site).
     """
     return ShardedReplay(
         redis_url,

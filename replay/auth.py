@@ -38,14 +38,16 @@ def _refuse(request_or_iterator, context: grpc.ServicerContext):
 
 
 def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that refuses at once, reading no request."""
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(_refuse)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(_refuse)
+    """A handler that refuses at once, reading no request, answering as `handler` would.
+
+    It always takes the request as a stream, even for a unary-request method: gRPC reads a unary
+    request whole on a worker thread before the handler runs, so a peer that sends headers and
+    withholds the body would hold that worker (and 64 such calls every worker). A streaming
+    handler runs at once and aborts without reading anything.
+    """
     if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(_refuse)
-    return grpc.unary_unary_rpc_method_handler(_refuse)
+        return grpc.stream_stream_rpc_method_handler(_refuse)
+    return grpc.stream_unary_rpc_method_handler(_refuse)
 
 
 class TokenInterceptor(grpc.ServerInterceptor):

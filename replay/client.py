@@ -8,13 +8,14 @@
 
 Inserts ride one bidirectional stream with at most `max_in_flight` unacknowledged batches; an
 error in batch k is raised by the next `insert` or `flush`. Calls retry UNAVAILABLE (and a busy
-shard's RESOURCE_EXHAUSTED) with capped backoff; a reconnected stream re-sends unacknowledged
+shard's RESOURCE_EXHAUSTED) with capped backoff, except a failed TLS handshake (`ReplayTLSError`:
+another certificate, an expired one, or TLS against plaintext), which no wait fixes; a reconnected stream re-sends unacknowledged
 batches, deduplicated by the server. The client pickles as its address (and its credentials, if
 any), so it can be handed to another process (a Ray actor).
 
 A shard started with `ReplayCredentials` serves TLS only and wants the run's token on every call:
 
-    client = ReplayClient("10.0.0.5:7001", credentials=ReplayCredentials.from_env())
+    client = ReplayClient("10.0.0.5:7001", credentials=ReplayCredentials.from_env(required=True))
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from replay.errors import (
     InvalidBatchError,
     ReplayAuthenticationError,
     ReplayError,
+    ReplayTLSError,
     ReplayUnavailableError,
 )
 from replay.limits import SHARD_BUSY
@@ -64,9 +66,22 @@ def _shard_busy(err: grpc.RpcError) -> bool:
     )
 
 
+_TLS_FAILURES = ("handshake failed", "certificate_verify_failed", "wrong_version_number", "ssl_error")
+"""Words of gRPC's UNAVAILABLE details when the TLS handshake itself failed (BoringSSL's names)."""
+
+
+def _tls_failure(err: grpc.RpcError) -> bool:
+    """True when the shard was reached but the TLS handshake failed: the same every time."""
+    details = (err.details() or "").lower()
+    return err.code() == grpc.StatusCode.UNAVAILABLE and any(word in details for word in _TLS_FAILURES)
+
+
 def _retryable(err: grpc.RpcError) -> bool:
-    """Retried with capped backoff: the shard is unreachable or busy."""
-    return err.code() == grpc.StatusCode.UNAVAILABLE or _shard_busy(err)
+    """Retried with capped backoff: the shard is unreachable (down, restarting) or busy.
+
+    A failed TLS handshake is not retried: waiting does not change a pinned certificate.
+    """
+    return (err.code() == grpc.StatusCode.UNAVAILABLE and not _tls_failure(err)) or _shard_busy(err)
 
 
 @dataclass(frozen=True)
@@ -130,14 +145,22 @@ _PLAINTEXT_TO_TLS_HINT = (
 
 def _unavailable_hint(details: str | None, secure: bool) -> str:
     """What to check when a shard stays unreachable, if the cause may be TLS."""
-    if not secure:
-        return _PLAINTEXT_TO_TLS_HINT
-    if "handshake" in (details or "").lower():
+    return "" if secure else _PLAINTEXT_TO_TLS_HINT
+
+
+def _tls_cause(details: str) -> str:
+    """The likely cause of a failed handshake, from BoringSSL's words in gRPC's details."""
+    details = details.lower()
+    if "expired" in details:
+        return "the shard's certificate has expired: make new credentials and restart the run's shards and clients"
+    if "wrong_version_number" in details:
+        return "the shard serves plaintext (started with --insecure?) while this client speaks TLS"
+    if "certificate_verify_failed" in details:
         return (
-            "; the TLS handshake failed: the shard serves plaintext (started with --insecure?) or another "
-            "certificate than the one this client pins (credentials of another run?)"
+            "the shard holds another certificate than the one this client pins (credentials of another run, "
+            "or the shard was restarted with new ones)"
         )
-    return ""
+    return "the client and the shard do not agree on TLS (another certificate, or plaintext on one side)"
 
 
 def _typed_error(err: grpc.RpcError, address: str, what: str, secure: bool = True) -> ReplayError:
@@ -147,6 +170,12 @@ def _typed_error(err: grpc.RpcError, address: str, what: str, secure: bool = Tru
         return ReplayAuthenticationError(
             f"replay shard {address} refused {what}: it requires the run's replay token (TLS + token), and this "
             f"client's is {'wrong' if secure else 'missing'}",
+            address=address,
+        )
+    if _tls_failure(err):
+        return ReplayTLSError(
+            f"replay shard {address}: the TLS handshake failed during {what}, not retried: {_tls_cause(details)} "
+            f"({details})",
             address=address,
         )
     if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -333,7 +362,8 @@ class ReplayClient:
         address: the shard's gRPC address.
         max_in_flight: unacknowledged insert batches allowed before `insert` blocks.
         max_batch_mb: `insert` splits batches larger than this into several messages.
-        retry_for_s: how long calls retry UNAVAILABLE before raising ReplayUnavailableError.
+        retry_for_s: how long calls retry UNAVAILABLE before raising ReplayUnavailableError (a
+            failed TLS handshake raises ReplayTLSError at once).
         max_message_mb: gRPC message size limit; must cover the largest sample response.
         credentials: the run's replay credentials: the client then connects with TLS, trusting
             only their certificate (under its `server_name`, whatever host the address names),

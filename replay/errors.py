@@ -77,6 +77,19 @@ class ReplayAuthenticationError(ReplayError, PermissionError):
         self.address = address
 
 
+class ReplayTLSError(ReplayAuthenticationError):
+    """The TLS handshake with a shard failed: the client and the shard do not trust each other.
+
+    The client pins another certificate than the shard holds (credentials of another run, or a
+    shard restarted with new ones), the shard's certificate expired, or one side speaks TLS and the
+    other plaintext. Not retried, unlike a shard that is merely down: the handshake fails the same
+    way until this configuration changes. The message names the likely cause.
+
+    Attributes:
+        address: the shard's address.
+    """
+
+
 class CheckpointError(ReplayError):
     """A checkpoint could not be read (corrupt, truncated, or written for another spec)."""
 

@@ -2,7 +2,9 @@
 
 Shards come from the run's registry (followed by a watcher thread every `discovery_s`) or from a
 fixed list of addresses (each shard's id learnt from its Info). A shard that fails a call is
-taken as down until the registry or a probe shows it back.
+taken as down until the registry or a probe shows it back. A fixed address whose shard refuses
+this client's credentials (a wrong token, or a failed TLS handshake) is an error at construction;
+found later by the watcher, it is logged once and reported by the calls that find no live shard.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from concurrent import futures
 
 from replay.client import ReplayClient, ReplayInfo
 from replay.config import ShardedReplayConfig
-from replay.errors import ReplayUnavailableError
+from replay.errors import ReplayAuthenticationError, ReplayUnavailableError
 from replay.redis_connection import redact_url
 from replay.registry import ShardRegistry
 
@@ -59,7 +61,11 @@ class Membership:
         self._shards: dict[int, ShardHandle] = {}
         self._registry = ShardRegistry(config.redis_url, config.run) if config.redis_url else None
         self._stop = threading.Event()
+        self._refusals: dict[str, ReplayAuthenticationError] = {}  # fixed address -> its shard's refusal
         self.refresh()
+        if self._refusals:  # a misconfiguration, not bad luck: say so before anything is sent
+            self._close_all()
+            raise self.refusal()
         self._watcher = threading.Thread(target=self._watch, name="sharded-replay-discovery", daemon=True)
         self._watcher.start()
 
@@ -122,6 +128,16 @@ class Membership:
                 if known is None:
                     client.close()
                 continue
+            except ReplayAuthenticationError as exc:  # no retry fixes it: once per address, not per probe
+                with self.lock:
+                    first = address not in self._refusals
+                    self._refusals[address] = exc
+                if first:
+                    log.error("replay shard at %s refuses this client's credentials: %s", address, exc)
+                client.close()  # a known shard's client reopens its channel on the next probe
+                continue
+            with self.lock:
+                self._refusals.pop(address, None)
             with self.lock:
                 other = self._shards.get(info.shard_id)
                 if other is not None and other.address != address:
@@ -131,6 +147,13 @@ class Membership:
                 else:
                     known.failed_at = None
                     log.info("shard %d at %s is back", info.shard_id, address)
+
+    def refusal(self) -> ReplayAuthenticationError | None:
+        """The latest refusal of this client's credentials by a fixed address's shard, if any."""
+        with self.lock:
+            latest = next(reversed(self._refusals.values()), None)
+        # A fresh instance per raise: callers on several threads may raise it at once.
+        return None if latest is None else type(latest)(str(latest), address=latest.address)
 
     def _drop(self, shard_id: int) -> None:
         shard = self._shards.pop(shard_id)
@@ -169,11 +192,15 @@ class Membership:
         """Waits until at least `count` shards are live.
 
         Raises:
+            ReplayAuthenticationError: fewer, and a shard refuses this client's credentials.
             ReplayUnavailableError: fewer than `count` within `timeout`.
         """
         deadline = time.monotonic() + timeout
         while len(self.live()) < count:
             if time.monotonic() > deadline:
+                refusal = self.refusal()
+                if refusal is not None:
+                    raise refusal
                 raise ReplayUnavailableError(
                     f"only {len(self.live())} of {count} shards live after {timeout}s ({self.where})"
                 )
@@ -216,6 +243,9 @@ class Membership:
         """Stops the watcher and closes every shard client and the registry."""
         self._stop.set()
         self._watcher.join(timeout=5)
+        self._close_all()
+
+    def _close_all(self) -> None:
         with self.lock:
             shards, self._shards = list(self._shards.values()), {}
         for shard in shards:

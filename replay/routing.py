@@ -64,6 +64,7 @@ class ShardWriter:
         """Inserts `batches` in order; on a shard's failure re-sends what it had not acknowledged.
 
         Raises:
+            ReplayAuthenticationError: no shard was live, and one refuses this client's credentials.
             ReplayUnavailableError: no shard was live within `insert_wait_s`; its `unacknowledged`
                 holds every batch not known to be stored, for the caller to count as lost.
         """
@@ -71,6 +72,9 @@ class ShardWriter:
         while batches:
             shard = self._shard(deadline)
             if shard is None:
+                refusal = self._membership.refusal()
+                if refusal is not None:
+                    raise refusal  # not "no live shard": one is there and refuses these credentials
                 where = self._membership.where
                 raise ReplayUnavailableError(f"no live replay shard ({where})", unacknowledged=batches)
             with self._lock:

@@ -278,7 +278,8 @@ class ReplayServer:
 
     Raises:
         ValueError / RateLimiterConfigError: an invalid or deadlock-prone configuration, or
-            credentials without the private key, at construction, before anything is served.
+            credentials without the private key or with a key of another certificate, at
+            construction, before anything is served; an expired certificate, at `start`.
     """
 
     def __init__(
@@ -290,11 +291,8 @@ class ReplayServer:
         **overrides,
     ):
         config = dataclasses.replace(config or ReplayConfig(), **overrides)
-        if credentials is not None and credentials.key_pem is None:
-            raise ValueError(
-                "replay credentials: a shard needs the certificate's private key (QFLEET_REPLAY_TLS_KEY); "
-                "these are a client's copy"
-            )
+        if credentials is not None:
+            credentials.check_key()  # else gRPC's bind fails as if the port were taken
         self.spec = spec
         self.config = config
         self.credentials = credentials
@@ -353,6 +351,8 @@ class ReplayServer:
         if self.config.redis_url is not None:
             self._join_registry()
         credentials = self.credentials
+        if credentials is not None:
+            credentials.check_expiry()  # a restart late in a run says so, instead of failing every handshake
         interceptors = [] if credentials is None else [TokenInterceptor(credentials.token, self._count_unauthenticated)]
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.config.max_workers, thread_name_prefix="replay"),

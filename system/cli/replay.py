@@ -53,7 +53,12 @@ def add_parser(commands) -> None:
             "token itself is never printed. To rotate: make a new set and restart every service with it."
         ),
     )
-    credentials.add_argument("--out", required=True, metavar="DIR", help="folder for the files (created)")
+    credentials.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for the files: created 0700 if missing; an existing one must be yours, closed to others, and hold no credentials",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

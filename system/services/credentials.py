@@ -4,7 +4,8 @@
 TLS certificate from the environment (`QFLEET_REPLAY_TOKEN`, `QFLEET_REPLAY_TLS_CERT`, and
 `QFLEET_REPLAY_TLS_KEY` for a shard), never from argv. Without them they refuse to start, unless
 `--insecure` asks for plaintext (a shard then binds loopback only). `qfleet replay credentials
---out DIR` makes a set: files only the user can read, and the `export` lines that name them.
+--out DIR` makes a set: files only the user can read, and the `export` lines that name them (each
+variable takes a file path, the token's too, so no secret is printed).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import pathlib
 import shlex
+import stat
 
 from replay import CERT_ENV, KEY_ENV, TOKEN_ENV, ReplayCredentials, generate_credentials
 from system.config import ConfigError
@@ -58,9 +60,9 @@ def service_credentials(what: str, insecure: bool, *, server: bool = False, host
             loopback; a set that cannot be read, or a shard's without the key.
     """
     try:
-        credentials = ReplayCredentials.from_env()
+        credentials = ReplayCredentials.from_env(required=not insecure)  # a missing set: an error, no plaintext
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(f"{what}: {exc}: {HOW_TO_MAKE}" + ("" if insecure else f"; {INSECURE}")) from None
     if insecure:
         if credentials is not None:
             raise ConfigError(f"{what}: --insecure, but {TOKEN_ENV} is set: unset it, or drop --insecure")
@@ -71,45 +73,76 @@ def service_credentials(what: str, insecure: bool, *, server: bool = False, host
             )
         log.warning("%s: --insecure: the replay runs without TLS and without a token", what)
         return None
-    if credentials is None:
-        raise ConfigError(f"{what} needs the run's replay credentials and none are set: {HOW_TO_MAKE}; {INSECURE}")
     if server and credentials.key_pem is None:
         raise ConfigError(f"{what}: {KEY_ENV} is not set: a shard needs the certificate's private key")
     return credentials if server else credentials.for_clients()
 
 
 def write_credentials(directory: str) -> list[str]:
-    """Writes fresh credentials into `directory` (0700; files 0600); returns the `export` lines.
+    """Writes fresh credentials into `directory`; returns the `export` lines that name the files.
 
-    The lines name the files; the token's reads its file (`$(cat ...)`), so it is never printed.
+    A folder that does not exist is created, 0700. An existing one is used only if it is the
+    user's, closed to group and others, and holds no credentials yet: its mode is never changed
+    (`--out .` must not close a working folder, nor `--out /tmp` a shared one). Files are 0600,
+    never overwritten; if one cannot be written, those already written are removed again.
 
     Raises:
-        ConfigError: the directory holds credentials already (never overwritten: rotate into a
-            new one), or cannot be written.
+        ConfigError: an existing folder that is another user's, open to others, or holds
+            credentials already; or a folder or file that cannot be written.
     """
     path = pathlib.Path(directory).expanduser().resolve()
     files = [path / TOKEN_FILE, path / CERT_FILE, path / KEY_FILE]
-    existing = [str(f) for f in files if f.exists()]
-    if existing:
-        raise ConfigError(f"--out {directory}: holds credentials already ({', '.join(existing)}); choose a new folder")
-    credentials = generate_credentials()
+    created = False
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path, 0o700)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700)
+        os.chmod(path, 0o700)  # ours, just made: whatever the umask left
+        created = True
+    except FileExistsError:
+        _check_existing_folder(path, directory, files)
+    except OSError as exc:
+        raise ConfigError(f"--out {directory}: cannot create the folder: {exc.strerror}") from None
+    credentials = generate_credentials()
+    written: list[pathlib.Path] = []
+    try:
         for file, content in zip(
             files, [credentials.token.encode(), credentials.cert_pem, credentials.key_pem], strict=True
         ):
             descriptor = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            written.append(file)
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(content)
     except OSError as exc:
-        raise ConfigError(f"--out {directory}: cannot write: {exc.strerror}") from None
+        for file in written:
+            file.unlink(missing_ok=True)
+        if created:
+            path.rmdir()
+        raise ConfigError(f"--out {directory}: cannot write {file.name}: {exc.strerror}; nothing was kept") from None
     token, cert, key = (shlex.quote(str(f)) for f in files)
     return [
-        f'export {TOKEN_ENV}="$(cat {token})"',
+        f"export {TOKEN_ENV}={token}",
         f"export {CERT_ENV}={cert}",
         f"export {KEY_ENV}={key}  # shards only: learners and actors need the first two",
     ]
+
+
+def _check_existing_folder(path: pathlib.Path, directory: str, files: list[pathlib.Path]) -> None:
+    """Accepts an existing `--out` folder only if it is the user's, private and free of credentials."""
+    info = path.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"--out {directory}: exists and is not a folder")
+    if info.st_uid != os.getuid():
+        raise ConfigError(
+            f"--out {directory}: the folder belongs to another user; choose a new folder (it is created 0700)"
+        )
+    if info.st_mode & 0o077:
+        raise ConfigError(
+            f"--out {directory}: the folder is open to other users (mode {stat.S_IMODE(info.st_mode):o}); choose a "
+            "new folder (it is created 0700), or close this one yourself (chmod 700) if nothing else lives there"
+        )
+    existing = [str(f) for f in files if f.exists()]
+    if existing:
+        raise ConfigError(f"--out {directory}: holds credentials already ({', '.join(existing)}); choose a new folder")
 
 
 def main_credentials(directory: str) -> int:

@@ -77,7 +77,8 @@ class LearnerService:
         obs_shape, action_space: the env's spaces.
         redis_url, run: the run's Redis.
         checkpoint_dir: learner checkpoints (resumed when present; None: none written).
-        replay_credentials: the run's replay token and certificate; None: plaintext shards.
+        replay_credentials: the run's replay token and certificate; None: plaintext shards (a
+            required argument: plaintext is always chosen explicitly).
         metrics_host: interface of /metrics; None: no /metrics.
         metrics_port: port of /metrics (0: a free one).
         log_every_s: seconds between the learner's own progress log lines.
@@ -100,7 +101,8 @@ class LearnerService:
         metrics_port: int = 0,
         log_every_s: float = 60.0,
         publish_at_resume: bool = False,
-        replay_credentials: ReplayCredentials | None = None,
+        *,
+        replay_credentials: ReplayCredentials | None,
     ):
         try:
             self.replay = make_replay(config.learner, redis_url=redis_url, run=run, credentials=replay_credentials)

@@ -61,12 +61,12 @@ class ShardHost:
         node_ip: bind to this node's IP instead of config.host (on a cluster, so that other nodes
             can reach it).
         credentials: the run's replay credentials, private key included: the shard serves TLS and
-            refuses calls without the token. Ray keeps them with the actor's constructor
+            refuses calls without the token (None, given explicitly: plaintext). Ray keeps them with the actor's constructor
             arguments (in its token-protected GCS), so a restarted shard serves with the same.
     """
 
     def __init__(
-        self, spec: Spec, config: ReplayConfig, node_ip: bool = False, credentials: ReplayCredentials | None = None
+        self, spec: Spec, config: ReplayConfig, node_ip: bool = False, *, credentials: ReplayCredentials | None
     ):
         if node_ip:
             config = dataclasses.replace(config, host=node_address())
@@ -106,7 +106,8 @@ class LearnerHost:
         num_threads: torch intra-op threads.
         metrics_host: interface of /metrics (a free port); "node": this Ray node's IP; None: no
             /metrics.
-        replay_credentials: the run's replay token and certificate (no private key).
+        replay_credentials: the run's replay token and certificate (no private key); required, so
+            that plaintext (None) is always a choice made at the call site.
     """
 
     def __init__(
@@ -119,7 +120,8 @@ class LearnerHost:
         checkpoint_dir: str,
         num_threads: int = 1,
         metrics_host: str | None = "127.0.0.1",
-        replay_credentials: ReplayCredentials | None = None,
+        *,
+        replay_credentials: ReplayCredentials | None,
     ):
         import torch
 

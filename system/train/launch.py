@@ -257,7 +257,7 @@ def _start_shards(plan: Plan, components: Components) -> None:
         settings = shard_config(config, shard_id, components.redis_url, plan.name, plan.run)
         options = {"num_cpus": 0, "max_restarts": -1, "name": f"qfleet-{plan.name}-shard-{shard_id}"}
         components.shards.append(
-            remote.options(**options).remote(plan.spec, settings, on_cluster, components.replay_credentials)
+            remote.options(**options).remote(plan.spec, settings, on_cluster, credentials=components.replay_credentials)
         )
     described = ray.get([shard.describe.remote() for shard in components.shards], timeout=300)
     for shard in described:

@@ -89,7 +89,7 @@ def sample_all(server, n):
 def test_actor_inserts_stamped_n_step_transitions_and_reports_episodes(redis_server, shard):
     env = EnvConfig(id="qfleet-test/Counter-v0", num_envs=3)
     server = shard(env)
-    actor = EnvActor(2, 4, env, actor_config(epsilon=0.5), LEARNER, redis_server.url, "act")
+    actor = EnvActor(2, 4, env, actor_config(epsilon=0.5), LEARNER, redis_server.url, "act", replay_credentials=None)
     try:
         stats = actor.run(seconds=0.5)
         assert stats.env_steps > 200 and stats.episodes > 0
@@ -132,7 +132,9 @@ def test_actor_pulls_a_new_weight_version_and_stamps_it(redis_server, shard):
     store = WeightStore(redis_server.url, "act")
     published = Policy(LEARNER, spaces.obs_shape, spaces.action_space, seed=123).network.state_dict()
     store.publish(published, version=7)
-    actor = EnvActor(0, 1, env, actor_config(weight_poll_steps=5), LEARNER, redis_server.url, "act")
+    actor = EnvActor(
+        0, 1, env, actor_config(weight_poll_steps=5), LEARNER, redis_server.url, "act", replay_credentials=None
+    )
     try:
         assert actor.policy.version == 7  # a (re)started actor acts with the newest weights at once
         for name, tensor in actor.policy.network.state_dict().items():
@@ -152,7 +154,7 @@ def test_actor_pulls_a_new_weight_version_and_stamps_it(redis_server, shard):
 def test_an_env_that_raises_is_rebuilt_counted_and_the_actor_goes_on(redis_server, shard):
     env = EnvConfig(id="qfleet-test/Flaky-v0", num_envs=4)
     server = shard(env)
-    actor = EnvActor(0, 1, env, actor_config(), LEARNER, redis_server.url, "act")
+    actor = EnvActor(0, 1, env, actor_config(), LEARNER, redis_server.url, "act", replay_credentials=None)
     try:
         stats = actor.run(seconds=1.0)
         assert stats.env_restarts >= 5 and stats.episodes > 0
@@ -173,7 +175,7 @@ def test_an_env_that_keeps_failing_in_reset_stops_its_actor_with_a_clear_error(r
     shard(EnvConfig(id="qfleet-test/Counter-v0"))
     threads_before = {t.name for t in threading.enumerate()}
     with pytest.raises(EnvFailedError, match=r"Broken-v0.*raised in reset 3 times.*emulator is gone"):
-        EnvActor(0, 1, env, actor_config(env_max_rebuilds=2), LEARNER, redis_server.url, "act")
+        EnvActor(0, 1, env, actor_config(env_max_rebuilds=2), LEARNER, redis_server.url, "act", replay_credentials=None)
     assert {t.name for t in threading.enumerate()} <= threads_before  # nothing left running
 
 
@@ -187,7 +189,16 @@ def test_unknown_env_ids_and_unsupported_action_spaces_fail_at_start():
 def test_batches_no_shard_takes_are_counted_lost_and_inserts_resume_when_a_shard_returns(redis_server, shard):
     env = EnvConfig(id="qfleet-test/Counter-v0", num_envs=2)
     server = shard(env)
-    actor = EnvActor(0, 1, env, actor_config(insert_retry_s=0.5, metrics_port=None), LEARNER, redis_server.url, "act")
+    actor = EnvActor(
+        0,
+        1,
+        env,
+        actor_config(insert_retry_s=0.5, metrics_port=None),
+        LEARNER,
+        redis_server.url,
+        "act",
+        replay_credentials=None,
+    )
     try:
         first = actor.run(seconds=0.3)
         assert first.transitions_lost == 0 and first.transitions_inserted > 0
@@ -225,7 +236,17 @@ class RecordingWriter:
 def test_an_actor_hands_its_stamped_transitions_to_any_writer(redis_server):
     env = EnvConfig(id="qfleet-test/Counter-v0", num_envs=2)
     writer = RecordingWriter()
-    actor = EnvActor(1, 2, env, actor_config(metrics_port=None), LEARNER, redis_server.url, "act", writer=writer)
+    actor = EnvActor(
+        1,
+        2,
+        env,
+        actor_config(metrics_port=None),
+        LEARNER,
+        redis_server.url,
+        "act",
+        writer=writer,
+        replay_credentials=None,
+    )
     try:
         stats = actor.run(seconds=0.3)
     finally:

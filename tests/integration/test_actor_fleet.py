@@ -16,12 +16,14 @@ from actors import (
     ActorRegistry,
     ActorsConfig,
     EnvConfig,
+    FleetError,
     UnsupportedEnvError,
     describe_env,
     transition_spec,
 )
 from conftest import shard_kwargs, wait_until
 from learner import ArchitectureConfig, LearnerConfig, Policy, WeightStore
+from replay import generate_credentials
 
 ENV = EnvConfig(id="CartPole-v1", num_envs=2)
 LEARNER = LearnerConfig(architecture=ArchitectureConfig(hidden_size=16))
@@ -56,7 +58,7 @@ def test_a_killed_actor_comes_back_with_fresh_weights_and_scale_resizes_the_flee
     server = start_server(transition_spec(ENV), capacity=100_000, **shard_kwargs(redis_server, run="fleet"))
     # Actors check the version only at start (polling effectively off) so only a restart shows it.
     config = ActorsConfig(num_actors=2, num_cpus=0.5, weight_poll_steps=10**9, insert_batch=64)
-    fleet = ActorFleet(ENV, config, LEARNER, redis_server.url, "fleet", chunk_s=0.3)
+    fleet = ActorFleet(ENV, config, LEARNER, redis_server.url, "fleet", chunk_s=0.3, replay_credentials=None)
     store = WeightStore(redis_server.url, "fleet")
     registry = ActorRegistry(redis_server.url, "fleet")
     try:
@@ -94,7 +96,9 @@ def test_a_killed_actor_comes_back_with_fresh_weights_and_scale_resizes_the_flee
 
 
 def test_an_unknown_env_fails_before_any_actor_starts(ray_local, redis_server):
-    fleet = ActorFleet(EnvConfig(id="NoSuchEnv-v0"), ActorsConfig(), LEARNER, redis_server.url, "fleet")
+    fleet = ActorFleet(
+        EnvConfig(id="NoSuchEnv-v0"), ActorsConfig(), LEARNER, redis_server.url, "fleet", replay_credentials=None
+    )
     with pytest.raises(UnsupportedEnvError, match="NoSuchEnv-v0"):
         fleet.start()
     assert fleet.stats().actors == 0
@@ -105,10 +109,30 @@ def test_an_actor_waiting_for_resources_the_cluster_lacks_is_reported(ray_local,
 
     monkeypatch.setattr(actors.fleet, "PENDING_WARNING_S", 0.5)
     config = ActorsConfig(num_actors=1, resources={"android_emulator": 1})
-    fleet = ActorFleet(ENV, config, LEARNER, redis_server.url, "pending", chunk_s=0.3)
+    fleet = ActorFleet(ENV, config, LEARNER, redis_server.url, "pending", chunk_s=0.3, replay_credentials=None)
     fleet.start()
     try:
         assert wait_until(lambda: fleet.poll(timeout=0.2) and "has not reported within" in caplog.text, 10, step=0)
         assert "android_emulator" in caplog.text and fleet.stats().env_steps == 0
+    finally:
+        fleet.stop()
+
+
+def test_actors_refused_by_replay_stop_the_fleet_at_once_not_after_three_failures(
+    ray_local, redis_server, start_server
+):
+    """Actors pinning another run's certificate fail their TLS handshake: the fleet raises at
+    once, naming the cause, instead of counting their transitions lost for ever."""
+    run, other = generate_credentials(), generate_credentials()
+    start_server(transition_spec(ENV), capacity=10_000, credentials=run, **shard_kwargs(redis_server, run="refused"))
+    config = ActorsConfig(num_actors=1, num_cpus=0.5, insert_batch=16)
+    fleet = ActorFleet(
+        ENV, config, LEARNER, redis_server.url, "refused", chunk_s=0.3, replay_credentials=other.for_clients()
+    )
+    fleet.start()
+    try:
+        with pytest.raises(FleetError, match="refuses the actors' credentials") as caught:
+            wait_until(lambda: fleet.poll(timeout=0.2) and False, 60, step=0)
+        assert "TLS handshake failed" in str(caught.value) and fleet.actor_restarts == 0
     finally:
         fleet.stop()

@@ -59,7 +59,7 @@ def test_learner_trains_from_shards_publishes_weights_and_sends_priorities(shard
     shards.insert(cartpole_transitions(2000))
     shards.flush()
     store = WeightStore(redis_server.url, "learn")
-    replay = make_replay(SMALL, redis_server.url, "learn")
+    replay = make_replay(SMALL, redis_server.url, "learn", credentials=None)
     learner = Learner(
         SMALL, replay, (4,), ActionSpace(num_actions=2), run="learn", weight_store=store, checkpoint_dir=tmp_path
     )
@@ -90,7 +90,7 @@ def test_learner_trains_from_shards_publishes_weights_and_sends_priorities(shard
 def test_learner_waits_for_data_instead_of_over_training(shards, redis_server):
     shards.insert(cartpole_transitions(1000))
     shards.flush()
-    replay = make_replay(SMALL, redis_server.url, "learn")
+    replay = make_replay(SMALL, redis_server.url, "learn", credentials=None)
     learner = Learner(SMALL, replay, (4,), ActionSpace(num_actions=2), run="learn")
     stop = threading.Event()
     runner = threading.Thread(target=learner.run, kwargs={"stop": stop})
@@ -174,7 +174,7 @@ def test_sample_age_survives_more_publications_than_it_remembers(shards, redis_s
     shards.flush()
     config = dataclasses.replace(SMALL, publish_every=1, checkpoint_every=10**6)
     store = WeightStore(redis_server.url, "learn")
-    replay = make_replay(config, redis_server.url, "learn")
+    replay = make_replay(config, redis_server.url, "learn", credentials=None)
     learner = Learner(config, replay, (4,), ActionSpace(num_actions=2), run="learn", weight_store=store)
     summary = learner.run(max_updates=PUBLISH_MEMORY + 10)
     assert summary.version > PUBLISH_MEMORY

@@ -36,6 +36,7 @@ def test_a_bad_weights_version_is_counted_and_the_actor_follows_the_next_valid_v
         redis_server.url,
         "bad",
         writer=_NullWriter(),
+        replay_credentials=None,
     )
     try:
         assert actor.policy.version == 30
@@ -64,7 +65,15 @@ def test_an_actor_starts_while_the_version_is_malformed(redis_server):
     raw = connect_redis(redis_server.url)
     raw.set("qfleet:start:learner:weights_version", "-3")
     actor = EnvActor(
-        0, 1, ENV, ActorsConfig(metrics_port=None), LEARNER, redis_server.url, "start", writer=_NullWriter()
+        0,
+        1,
+        ENV,
+        ActorsConfig(metrics_port=None),
+        LEARNER,
+        redis_server.url,
+        "start",
+        writer=_NullWriter(),
+        replay_credentials=None,
     )
     try:
         assert actor.policy.version == 0 and actor.stats().malformed_weights >= 1

@@ -3,13 +3,17 @@ a call without the run's token before anything changes; the right credentials wo
 
 from __future__ import annotations
 
+import datetime
 import os
 import pickle
+import resource
 import stat
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from concurrent import futures
 
 import grpc
 import numpy as np
@@ -21,6 +25,7 @@ from replay import (
     ReplayClient,
     ReplayCredentials,
     ReplayServer,
+    ReplayTLSError,
     ReplayUnavailableError,
     ShardedReplay,
     codec,
@@ -29,6 +34,7 @@ from replay import (
 )
 from replay._proto import replay_pb2, replay_pb2_grpc
 from replay.auth import REFUSAL
+from replay.credentials import SERVER_NAME, self_signed
 
 CREDENTIALS = generate_credentials()
 SERVICE = "/qfleet.replay.ReplayService/"
@@ -177,18 +183,74 @@ def test_a_plaintext_client_is_told_the_shard_wants_tls_and_a_token(shard):
     assert raw.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_a_client_pinning_another_certificate_cannot_connect(shard):
+def test_a_client_pinning_another_certificate_fails_at_once_with_the_cause(shard):
     impostor = generate_credentials()
     other_cert = ReplayCredentials(CREDENTIALS.token, impostor.cert_pem)  # the right token, another cert
-    with ReplayClient(shard.address, credentials=other_cert, retry_for_s=0.3) as client:
-        with pytest.raises(ReplayUnavailableError, match="TLS handshake failed"):
+    with ReplayClient(shard.address, credentials=other_cert, retry_for_s=30) as client:
+        started = time.monotonic()
+        with pytest.raises(ReplayTLSError, match="holds another certificate than the one this client pins"):
             client.info()
+        client.insert(make_batch(5))
+        with pytest.raises(ReplayTLSError):
+            client.flush()
+        assert time.monotonic() - started < 5  # not retried for retry_for_s
     assert shard.unauthenticated_requests == 0  # the token never left the client
+
+
+def test_a_tls_client_of_a_plaintext_shard_is_told_so_at_once(start_server):
+    plain = start_server()
+    with ReplayClient(plain.address, credentials=CREDENTIALS, retry_for_s=30) as client:
+        started = time.monotonic()
+        with pytest.raises(ReplayTLSError, match="serves plaintext"):
+            client.info()
+        assert time.monotonic() - started < 5
+
+
+def test_a_shard_certificate_that_expired_is_named_as_the_cause():
+    """A shard whose certificate expired while it ran (a qfleet shard refuses to start with one)."""
+    now = datetime.datetime.now(datetime.UTC)
+    cert_pem, key_pem = self_signed(SERVER_NAME, now - datetime.timedelta(days=60), now - datetime.timedelta(days=1))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key_pem, cert_pem)]))
+    server.start()
+    try:
+        pinned = ReplayCredentials(CREDENTIALS.token, cert_pem)
+        with ReplayClient(f"127.0.0.1:{port}", credentials=pinned, retry_for_s=30) as client:
+            with pytest.raises(ReplayTLSError, match="certificate has expired"):
+                client.info()
+    finally:
+        server.stop(0)
+
+
+def test_a_shard_that_is_merely_down_is_still_retried(start_server):
+    server = start_server(credentials=CREDENTIALS)
+    address = server.address
+    server.stop(grace=0, checkpoint=False)
+    with ReplayClient(address, credentials=CREDENTIALS, retry_for_s=1.0) as client:
+        started = time.monotonic()
+        with pytest.raises(ReplayUnavailableError) as caught:
+            client.info()
+        assert time.monotonic() - started > 0.5 and not isinstance(caught.value, ReplayTLSError)
 
 
 def test_a_shard_needs_the_private_key():
     with pytest.raises(ValueError, match="private key"):
         ReplayServer(CARTPOLE_SPEC, credentials=CREDENTIALS.for_clients())
+
+
+def test_a_key_of_another_certificate_is_named_not_taken_for_a_busy_port():
+    mixed = ReplayCredentials(CREDENTIALS.token, CREDENTIALS.cert_pem, generate_credentials().key_pem)
+    with pytest.raises(ValueError, match="is not the certificate's"):
+        ReplayServer(CARTPOLE_SPEC, port=0, credentials=mixed)
+
+
+def test_a_shard_with_an_expired_certificate_refuses_to_start():
+    now = datetime.datetime.now(datetime.UTC)
+    cert_pem, key_pem = self_signed(SERVER_NAME, now - datetime.timedelta(days=60), now - datetime.timedelta(days=1))
+    server = ReplayServer(CARTPOLE_SPEC, port=0, credentials=ReplayCredentials(CREDENTIALS.token, cert_pem, key_pem))
+    with pytest.raises(ValueError, match="replay certificate for 'qfleet-replay' expired on"):
+        server.start()
+    assert server.port is None  # nothing listens
 
 
 # -- the standalone command --------------------------------------------------------------------------
@@ -209,19 +271,61 @@ def test_replay_credentials_writes_private_files_and_prints_no_secret(tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     assert all(stat.S_IMODE((out / name).stat().st_mode) == 0o600 for name in ("token", "cert.pem", "key.pem"))
     assert token not in made.stdout + made.stderr and "PRIVATE KEY" not in made.stdout
-    assert f'export QFLEET_REPLAY_TOKEN="$(cat {out}/token)"' in made.stdout
-    # What the exports hand a service reads back as the files' credentials.
-    credentials = ReplayCredentials.from_env(
-        {
-            "QFLEET_REPLAY_TOKEN": token,
-            "QFLEET_REPLAY_TLS_CERT": str(out / "cert.pem"),
-            "QFLEET_REPLAY_TLS_KEY": str(out / "key.pem"),
-        }
+    exports = dict(
+        line.removeprefix("export ").split("  #")[0].split("=", 1)
+        for line in made.stdout.splitlines()
+        if line.startswith("export ")
     )
-    assert credentials.key_pem == (out / "key.pem").read_bytes()
+    assert exports == {
+        "QFLEET_REPLAY_TOKEN": f"{out}/token",
+        "QFLEET_REPLAY_TLS_CERT": f"{out}/cert.pem",
+        "QFLEET_REPLAY_TLS_KEY": f"{out}/key.pem",
+    }
+    # What the exports hand a service reads back as the files' credentials.
+    credentials = ReplayCredentials.from_env(exports)
+    assert credentials.token == token and credentials.key_pem == (out / "key.pem").read_bytes()
     again = qfleet("replay", "credentials", "--out", str(out), env={})
     assert again.returncode == 2 and "holds credentials already" in again.stderr
     assert (out / "token").read_text() == token  # never overwritten
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o1777, 0o750], ids=["a working folder", "like /tmp", "group-readable"])
+def test_replay_credentials_never_changes_an_open_existing_folder(tmp_path, mode):
+    out = tmp_path / "shared"
+    out.mkdir()
+    out.chmod(mode)
+    made = qfleet("replay", "credentials", "--out", str(out), env={})
+    assert made.returncode == 2 and "open to other users" in made.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == mode and not list(out.iterdir())
+
+
+def test_replay_credentials_uses_an_existing_private_empty_folder_as_it_is(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir(mode=0o700)
+    out.chmod(0o700)
+    (out / "notes").write_text("kept")
+    made = qfleet("replay", "credentials", "--out", str(out), env={})
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700 and (out / "notes").read_text() == "kept"
+    assert {p.name for p in out.iterdir()} == {"notes", "token", "cert.pem", "key.pem"}
+
+
+def test_replay_credentials_keeps_nothing_when_a_write_fails(tmp_path):
+    """A file-size limit of 100 bytes: the token (43) is written, the certificate is not."""
+    out = tmp_path / "new" / "creds"
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+
+    made = subprocess.run(
+        [sys.executable, "-B", "-m", "system.cli", "replay", "credentials", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=small_files,
+    )
+    assert made.returncode == 2 and "cannot write cert.pem" in made.stderr and "nothing was kept" in made.stderr
+    assert not out.exists() and (tmp_path / "new").is_dir()
 
 
 def test_serve_refuses_to_start_without_credentials_or_insecure_off_loopback(spec_file):
@@ -244,3 +348,53 @@ def test_serve_with_credentials_from_the_environment_refuses_token_less_clients(
     with ReplayClient(shard.address, retry_for_s=0.3) as client, pytest.raises(ReplayUnavailableError):
         client.info()
     assert CREDENTIALS.token not in shard.log() and "PRIVATE KEY" not in shard.log()
+
+
+# -- a token-less peer that withholds its request body -------------------------------------------
+
+
+def withheld_body(release: threading.Event):
+    """A request iterator that sends nothing until `release` is set (headers only on the wire)."""
+    release.wait(30)
+    yield from ()
+
+
+def withheld_call(channel: grpc.Channel, method: str, release: threading.Event, timeout: float = 20):
+    """A token-less call of a unary-request `method` whose body never comes (until `release`)."""
+    stream = channel.stream_unary(SERVICE + method, request_serializer=None, response_deserializer=None)
+    return stream.future(withheld_body(release), timeout=timeout)
+
+
+@pytest.mark.parametrize("method", ["Info", "Sample"])
+def test_a_token_less_call_that_withholds_its_body_is_refused_at_once(shard, method):
+    release = threading.Event()
+    with tls_channel(shard.address) as channel:
+        try:
+            started = time.monotonic()
+            call = withheld_call(channel, method, release)
+            with pytest.raises(grpc.RpcError) as caught:
+                call.result(timeout=5)
+            assert time.monotonic() - started < 0.5
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            release.set()
+
+
+def test_many_withheld_token_less_calls_do_not_starve_the_run(shard):
+    """80 peers that send headers and no body (more than the shard's 64 workers) hold nothing."""
+    release = threading.Event()
+    channels = [tls_channel(shard.address) for _ in range(4)]
+    try:
+        calls = [withheld_call(channels[i % 4], ("Info", "Sample")[i % 2], release) for i in range(80)]
+        with ReplayClient(shard.address, credentials=CREDENTIALS) as client:
+            started = time.monotonic()
+            assert client.info(timeout=5).size == 100
+            assert time.monotonic() - started < 1.0
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as caught:
+                call.result(timeout=5)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        release.set()
+        for channel in channels:
+            channel.close()

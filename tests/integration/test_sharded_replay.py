@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 import threading
 import time
@@ -14,11 +15,14 @@ from conftest import make_batch, shard_kwargs, wait_until, writer_for
 from replay import (
     MixedReplay,
     Prefetcher,
+    ReplayAuthenticationError,
+    ReplayCredentials,
     ReplayServer,
     ShardedReplay,
     ShardRegistry,
     Spec,
     SpecMismatchError,
+    generate_credentials,
 )
 from replay.metrics import ShardedCollector
 
@@ -215,3 +219,46 @@ def test_mixed_sources_draw_fixed_fractions(start_server, connect):
     stats = mixed.stats()
     assert (stats["inserts"], stats["samples"]) == (200, 5 * 102)
     mixed.close()
+
+
+# -- a shard that refuses this client's credentials ----------------------------------------------
+
+RUN_CREDENTIALS = generate_credentials()
+WRONG_CREDENTIALS = {
+    "another run's token": ReplayCredentials(generate_credentials().token, RUN_CREDENTIALS.cert_pem),
+    "another run's certificate": generate_credentials().for_clients(),
+}
+
+
+@pytest.mark.parametrize("wrong", WRONG_CREDENTIALS.values(), ids=WRONG_CREDENTIALS.keys())
+def test_a_fixed_address_that_refuses_the_credentials_fails_construction_at_once(start_server, wrong):
+    server = start_server(credentials=RUN_CREDENTIALS)
+    started = time.monotonic()
+    with pytest.raises(ReplayAuthenticationError, match=f"replay shard {server.address}"):
+        ShardedReplay(addresses=[server.address], credentials=wrong, failover_after_s=30)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("wrong", WRONG_CREDENTIALS.values(), ids=WRONG_CREDENTIALS.keys())
+def test_a_shard_found_later_that_refuses_is_logged_once_and_named_by_the_calls(start_server, caplog, wrong):
+    """The shard is down at construction and comes up with other credentials: the watcher logs the
+    refusal once (no traceback per discovery round) and inserts raise it, not "no live shard"."""
+    reserved = start_server()
+    port = reserved.port
+    reserved.stop(grace=0, checkpoint=False)
+    sharded = ShardedReplay(
+        addresses=[f"127.0.0.1:{port}"], credentials=wrong, discovery_s=0.05, failover_after_s=0.2, insert_wait_s=1
+    )
+    try:
+        with caplog.at_level(logging.INFO, logger="replay.membership"):
+            start_server(port=port, credentials=RUN_CREDENTIALS)
+            assert wait_until(lambda: "refuses this client's credentials" in caplog.text, 10)
+            time.sleep(0.5)  # ten more discovery rounds
+        assert caplog.text.count("refuses this client's credentials") == 1
+        assert "shard discovery failed" not in caplog.text and sharded.shard_ids() == []
+        with pytest.raises(ReplayAuthenticationError):
+            sharded.insert(make_batch(5))
+        with pytest.raises(ReplayAuthenticationError):
+            sharded.wait_for_shards(1, timeout=0.3)
+    finally:
+        sharded.close()

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 
 from actors import TransitionWriter
 from conftest import make_batch, wait_until
-from replay import ShardedReplay
+from replay import ReplayClient, ReplayTLSError, ShardedReplay, generate_credentials
 
 
 def stored_ids(server) -> list[int]:
@@ -116,3 +117,23 @@ def test_a_message_also_goes_out_at_insert_max_bytes(start_server, writers, monk
     writer.add(batch)
     assert wait_until(lambda: server.table.info().inserts == 10, 5)
     assert stored_ids(server) == list(range(10))
+
+
+def test_a_replay_that_refuses_the_credentials_stops_the_writer_instead_of_losing_forever(
+    start_server, writers, caplog
+):
+    """A failed TLS handshake (another run's certificate) is raised at once and logged once; no
+    transition is counted lost, as with a shard that is merely down."""
+    run = generate_credentials()
+    server = start_server(capacity=1000, credentials=run)
+    client = ReplayClient(server.address, credentials=generate_credentials().for_clients(), retry_for_s=30)
+    writer = writers(client, batch_items=10)
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="actors.writer"):
+        for _ in range(2):
+            writer.add(make_batch(10))
+            with pytest.raises(ReplayTLSError):
+                writer.flush()
+    assert time.monotonic() - started < 5 and writer.refused and writer.lost == 0
+    assert caplog.text.count("replay refuses this actor's credentials") == 1
+    assert server.table.info().inserts == 0

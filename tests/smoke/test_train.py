@@ -9,16 +9,25 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
 
 from actors import ActorRegistry
 from conftest import wait_until
-from replay import ReplayClient, ReplayUnavailableError, generate_credentials
+from replay import (
+    ReplayAuthenticationError,
+    ReplayClient,
+    ReplayCredentials,
+    ReplayTLSError,
+    ReplayUnavailableError,
+    generate_credentials,
+)
 from system.local.secrets import load_run_secrets
 
 QFLEET = [sys.executable, "-m", "system.cli"]
@@ -117,11 +126,25 @@ def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
         # The run's shard serves TLS with this start's certificate and wants its token: a client
         # without them, or with another run's, gets nowhere (no credential is in the run folder).
         shard = info["shards"][0]["address"]
-        other = generate_credentials()
-        for credentials in (None, other):
-            with ReplayClient(shard, credentials=credentials, retry_for_s=0.3) as outsider:
-                with pytest.raises(ReplayUnavailableError):
-                    outsider.info()
+        with ReplayClient(shard, retry_for_s=0.3) as outsider, pytest.raises(ReplayUnavailableError):
+            outsider.info()
+        with ReplayClient(shard, credentials=generate_credentials()) as outsider, pytest.raises(ReplayTLSError):
+            outsider.info()
+        # Any peer can read the shard's real certificate off the wire and pin it: the token still
+        # keeps it out (none, or a wrong one: UNAUTHENTICATED).
+        host, port = shard.rsplit(":", 1)
+        real_cert = ssl.get_server_certificate((host, int(port))).encode()
+        pinned = ReplayCredentials(generate_credentials().token, real_cert)
+        with ReplayClient(shard, credentials=pinned) as outsider, pytest.raises(ReplayAuthenticationError):
+            outsider.info()
+        tls = grpc.ssl_channel_credentials(root_certificates=real_cert)
+        with grpc.secure_channel(
+            shard, tls, options=[("grpc.ssl_target_name_override", pinned.server_name)]
+        ) as channel:
+            info_call = channel.unary_unary("/qfleet.replay.ReplayService/Info")
+            with pytest.raises(grpc.RpcError) as token_less:
+                info_call(b"", timeout=10)
+            assert token_less.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # The run's Redis takes the password the driver saved in the private secrets folder.
         password = load_run_secrets(info["secrets_id"]).redis_password
         registry = ActorRegistry(info["redis_url"].replace("//", f"//:{password}@"), info["run"])
