@@ -122,6 +122,7 @@ class EnvActor:
                     redis_url=redis_url,
                     run=run,
                     writer_id=f"{run}-actor-{actor_id}",
+                    writer_index=actor_id,  # actors 0..n-1 cover every shard, whatever the run's name
                     max_in_flight=actors.max_inserts_in_flight,
                     insert_wait_s=actors.insert_retry_s,
                     credentials=replay_credentials,

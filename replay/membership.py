@@ -2,7 +2,9 @@
 
 Shards come from the run's registry (followed by a watcher thread every `discovery_s`) or from a
 fixed list of addresses (each shard's id learnt from its Info). A shard that fails a call is
-taken as down until the registry or a probe shows it back.
+taken as down until the registry or a probe shows it back. Once the client samples, the watcher
+also re-reads every live shard's counters each `discovery_s`: sample responses refresh only the
+shards drawn from, so a shard first seen empty would otherwise never be drawn from at all.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Membership:
         self._shards: dict[int, ShardHandle] = {}
         self._registry = ShardRegistry(config.redis_url, config.run) if config.redis_url else None
         self._stop = threading.Event()
+        self._following_counters = False
         self.refresh()
         self._watcher = threading.Thread(target=self._watch, name="sharded-replay-discovery", daemon=True)
         self._watcher.start()
@@ -136,10 +139,19 @@ class Membership:
         shard = self._shards.pop(shard_id)
         self._pool.submit(shard.client.close)
 
+    def follow_counters(self) -> None:
+        """Has the watcher re-read every live shard's counters (size, mass, inserts, samples) each
+        `discovery_s` from now on. A sampler calls it: it sees a shard's new mass only when it
+        draws from it, never for a shard it took as empty (nor that shard's inserts, for the
+        global limiter), and that shard's writers would then wait on its rate limiter for ever."""
+        self._following_counters = True
+
     def _watch(self) -> None:
         while not self._stop.wait(self.config.discovery_s):
             try:
                 self.refresh()
+                if self._following_counters:
+                    self.read_infos()
             except Exception:  # the watcher must outlive any one bad read
                 log.exception("shard discovery failed; retrying")
 
