@@ -8,7 +8,8 @@ Public surface:
     EnvActor, ActorStats (one actor), WeightSubscriber (its weights, followed in the background),
     Writer, TransitionWriter (how its transitions reach replay);
     ActorFleet, FleetStats (many, on Ray);
-    ActorRegistry, actor_report_key (the actors' Redis keys), ActorMetrics (`qfleet_actor_*`);
+    ActorRegistry, actor_report_key, STATE_ACTING, STATE_HELD_BACK (the actors' Redis keys and
+    report states), ActorMetrics (`qfleet_actor_*`);
     UnsupportedEnvError, AndroidSetupError, EnvFailedError, SimulatorTimeoutError, FleetError,
     ActorRegistryError (actors/errors.py).
 """
@@ -28,7 +29,7 @@ from actors.errors import (
 from actors.metrics import SERIES as METRIC_SERIES
 from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
-from actors.registry import ActorRegistry, actor_report_key
+from actors.registry import STATE_ACTING, STATE_HELD_BACK, ActorRegistry, actor_report_key
 from actors.spec import spec_for_spaces
 from actors.writer import TransitionWriter, Writer
 
@@ -47,6 +48,8 @@ __all__ = [
     *_LAZY,
     "ANDROID_ID",
     "METRIC_SERIES",
+    "STATE_ACTING",
+    "STATE_HELD_BACK",
     "ActorMetrics",
     "ActorRegistry",
     "ActorRegistryError",

@@ -23,7 +23,7 @@ from actors.config import ActorsConfig, EnvConfig
 from actors.envs import EnvVector, describe_env
 from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
-from actors.registry import ActorRegistry
+from actors.registry import STATE_ACTING, STATE_HELD_BACK, ActorRegistry
 from actors.weights import WeightSubscriber
 from actors.writer import INSERT_MAX_BYTES, TransitionWriter, Writer
 from learner import LearnerConfig, Policy, WeightStore
@@ -124,6 +124,7 @@ class EnvActor:
                     redis_url=redis_url,
                     run=run,
                     writer_id=f"{run}-actor-{actor_id}",
+                    writer_index=actor_id,  # actors 0..n-1 cover every shard, whatever the run's name
                     max_in_flight=actors.max_inserts_in_flight,
                     insert_wait_s=actors.insert_retry_s,
                     credentials=replay_credentials,
@@ -133,6 +134,7 @@ class EnvActor:
                     batch_items=actors.insert_batch,
                     metrics=self.metrics,
                     name=f"actor {actor_id}",
+                    on_held_back=self._report_held_back,
                 )
             self.writer = self._open(writer)
             self.weights = self._open(WeightSubscriber(WeightStore(redis_url, run)))
@@ -148,6 +150,7 @@ class EnvActor:
                 host = socket.gethostname() if bind == "0.0.0.0" else bind
                 self.metrics_address = f"{host}:{server.server_port}"
             self._pull_weights(wait=True)  # a (re)started actor acts with the newest weights from its first step
+            self._report(self.stats())  # up: from here a missing chunk is not for want of resources
         except BaseException:
             self._release()
             raise
@@ -274,8 +277,13 @@ class EnvActor:
 
     def _report(self, stats: ActorStats) -> None:
         fields = {k: v for k, v in vars(stats).items() if v is not None}
-        fields.update(host=socket.gethostname(), metrics=self.metrics_address)
+        fields.update(host=socket.gethostname(), metrics=self.metrics_address, state=STATE_ACTING, insert_wait_s=0)
         self.registry.report(self.actor_id, fields)
+
+    def _report_held_back(self, waited: float) -> None:
+        """Says in the actor's report that its inserts have waited `waited` s on replay (called
+        from the writer's watch thread: the step loop is blocked in the insert meanwhile)."""
+        self.registry.report(self.actor_id, {"state": STATE_HELD_BACK, "insert_wait_s": f"{waited:.0f}"})
 
     def pid(self) -> int:
         return os.getpid()

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from actors.actor import ActorStats, EnvActor
 from actors.config import ActorsConfig, EnvConfig
 from actors.envs import describe_env
-from actors.errors import FleetError
-from actors.registry import ActorRegistry
+from actors.errors import ActorRegistryError, FleetError
+from actors.registry import STATE_HELD_BACK, ActorRegistry
 from learner import LearnerConfig
 from replay import ReplayAuthenticationError, ReplayCredentials
 
@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 PENDING_WARNING_S = 60.0
-"""An actor that has not finished a chunk this long after it was created gets a warning."""
+"""An actor whose chunk is this long overdue (its first: since the actor was created) gets a
+warning, once per stall, saying why from its report."""
 
 
 @dataclass
@@ -33,8 +34,8 @@ class _Slot:
     ref: object | None = None
     stats: ActorStats | None = None
     failures: list[float] = field(default_factory=list)  # times of recent task failures
-    created_at: float = field(default_factory=time.monotonic)
-    warned_pending: bool = False
+    submitted_at: float = field(default_factory=time.monotonic)  # when the chunk in flight began
+    warned_pending: bool = False  # the chunk in flight is overdue and was warned about
     restarting: bool = False  # Ray is restarting its process (counted once per death)
     retry_at: float = 0.0  # no new `run` before this time (monotonic)
     allotment: int | None = None  # env steps the chunk in flight may take (None: no limit)
@@ -168,16 +169,7 @@ class ActorFleet:
             if slot.ref is None and now >= slot.retry_at:
                 self._submit(slot)
         for actor_id, slot in self._slots.items():
-            if slot.stats is None and not slot.warned_pending and now - slot.created_at > PENDING_WARNING_S:
-                slot.warned_pending = True
-                log.warning(
-                    "actor %d has not reported within %.0f s: is it waiting for resources the cluster lacks "
-                    "(num_cpus=%s, resources=%s; `ray status` shows what is free)?",
-                    actor_id,
-                    PENDING_WARNING_S,
-                    self.config.num_cpus,
-                    dict(self.config.resources),
-                )
+            self._warn_if_overdue(actor_id, slot, now)
         refs = {slot.ref: actor_id for actor_id, slot in self._slots.items() if slot.ref is not None}
         if not refs:
             time.sleep(timeout)
@@ -194,7 +186,7 @@ class ActorFleet:
             try:
                 slot.stats = ray.get(ref)
                 self._submit(slot)
-                slot.restarting = False
+                slot.restarting = slot.warned_pending = False
             except ray.exceptions.ActorDiedError as exc:  # out of restarts, or killed for good
                 self._replace(actor_id, slot, f"died for good ({_first_line(exc)})")
             except ray.exceptions.RayActorError as exc:  # unavailable: Ray is restarting the process
@@ -214,11 +206,52 @@ class ActorFleet:
                 self._replace(actor_id, slot, f"failed: {_first_line(exc)}")
         return self.stats()
 
+    def _warn_if_overdue(self, actor_id: int, slot: _Slot, now: float) -> None:
+        """Warns once when an actor's chunk is PENDING_WARNING_S overdue, with the reason its report
+        gives: inserts held back by replay's rate limiter (the UTD), or no report at all (the
+        actor never came up: Ray is waiting for resources the cluster lacks?)."""
+        if slot.ref is None or slot.warned_pending:
+            return
+        due = slot.submitted_at + self.chunk_s
+        if now - due <= PENDING_WARNING_S:
+            return
+        slot.warned_pending = True
+        try:
+            report = self.registry.actors().get(actor_id, {})
+        except ActorRegistryError as exc:
+            report = {}
+            log.warning("actor %d: cannot read its report: %s", actor_id, exc)
+        if report.get("state") == STATE_HELD_BACK:
+            log.warning(
+                "actor %d has not finished a chunk within %.0f s: held back by the UTD (the learner samples "
+                "slower than actors insert; its inserts have waited %s s on replay's rate limiter)",
+                actor_id,
+                PENDING_WARNING_S,
+                report.get("insert_wait_s", "-"),
+            )
+        elif report or slot.stats is not None:
+            log.warning(
+                "actor %d is up but has not finished a chunk within %.0f s (a slow env? `qfleet status` "
+                "shows its last report)",
+                actor_id,
+                PENDING_WARNING_S,
+            )
+        else:
+            log.warning(
+                "actor %d has not reported within %.0f s: is it waiting for resources the cluster lacks "
+                "(num_cpus=%s, resources=%s; `ray status` shows what is free)?",
+                actor_id,
+                PENDING_WARNING_S,
+                self.config.num_cpus,
+                dict(self.config.resources),
+            )
+
     def _submit(self, slot: _Slot) -> None:
         """Starts the slot's next chunk: with max_env_steps, only within its share of what is left."""
         slot.allotment = self._allotment()
         if slot.allotment != 0:
             slot.ref = slot.handle.run.remote(self.chunk_s, slot.allotment)
+            slot.submitted_at = time.monotonic()
 
     def _allotment(self) -> int | None:
         """Env steps the next chunk may take: an even share of the budget not yet done nor promised
@@ -253,7 +286,7 @@ class ActorFleet:
         self._ray.kill(slot.handle, no_restart=True)
         self._count_restart(slot)
         slot.handle = self._new_actor(actor_id, len(self._slots))
-        slot.restarting, slot.created_at, slot.warned_pending = False, time.monotonic(), False
+        slot.restarting, slot.warned_pending = False, False
 
     def stats(self) -> FleetStats:
         live = [slot.stats for slot in self._slots.values() if slot.stats is not None]

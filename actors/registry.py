@@ -2,7 +2,9 @@
 
 qfleet:{run}:actors:desired      int     actors the supervisor keeps running (`qfleet scale`)
 qfleet:{run}:actors:actor:{id}   hash    the actor's latest report (ActorStats fields, host,
-                                         metrics address, updated_at); expires after ttl_s
+                                         metrics address, state, insert_wait_s, updated_at),
+                                         written once it is up, after each chunk and while its
+                                         inserts wait; expires after ttl_s
 qfleet:{run}:actors:episodes     stream  one entry per actor flush with the episodes it finished
                                          meanwhile (not one per episode: CartPole ends
                                          thousands a second); capped near EPISODE_STREAM_LENGTH
@@ -31,6 +33,13 @@ EPISODE_STREAM_LENGTH = 100_000
 
 EPISODE_FIELDS = ("return", "length", "policy_version", "env_steps")
 """Per-episode lists in each stream entry."""
+
+STATE_ACTING = "acting"
+"""An actor report's `state`: the actor is up and stepping its envs."""
+
+STATE_HELD_BACK = "held_back"
+"""An actor report's `state`: its inserts have waited `insert_wait_s` seconds on replay, whose
+rate limiter holds writers while the learner samples slower than the actors insert (the UTD)."""
 
 
 def actor_report_key(run: str, actor_id: int | str) -> str:

@@ -7,6 +7,7 @@ messages, and accounts for every transition as inserted (acknowledged) or lost, 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 
 INSERT_MAX_BYTES = 4 << 20
 """An insert message is sent once it holds this many bytes, even below its item count (Atari: ~75)."""
+
+HELD_BACK_AFTER_S = 2.0
+"""An insert or flush that has waited this long is reported to `on_held_back` (then about every
+half of this), for as long as it waits."""
 
 
 class Writer(Protocol):
@@ -67,6 +72,9 @@ class TransitionWriter:
         batch_items: transitions per insert message.
         metrics: the actor's series kept current (inserted, lost, insert wait); None: none.
         name: who writes, in log lines (e.g. "actor 3").
+        on_held_back: called with the seconds waited, from a watch thread, while an insert or
+            flush has waited HELD_BACK_AFTER_S or more (replay's rate limiter holds it): the
+            caller's own thread is blocked in it then. None: no watch thread.
     """
 
     def __init__(
@@ -76,10 +84,19 @@ class TransitionWriter:
         batch_items: int,
         metrics: ActorMetrics | None = None,
         name: str = "writer",
+        on_held_back: Callable[[float], None] | None = None,
     ):
         self.replay = replay
         self.batch_items = batch_items
         self.metrics, self.name = metrics, name
+        self._waiting_since: float | None = None  # monotonic start of the insert or flush in progress
+        self._closed = threading.Event()
+        self._watch: threading.Thread | None = None
+        if on_held_back is not None:
+            self._watch = threading.Thread(
+                target=self._watch_waits, args=(on_held_back,), name="writer-wait-watch", daemon=True
+            )
+            self._watch.start()
         self.sent = 0
         """Transitions handed to replay (each ends up inserted or lost once flushed)."""
         self.inserted = 0
@@ -115,7 +132,10 @@ class TransitionWriter:
             if self._buffer or self.sent != self.inserted + self.lost:
                 self.flush()
         finally:
+            self._closed.set()
             self.replay.close()
+            if self._watch is not None:
+                self._watch.join(timeout=5)
 
     def _send_buffered(self) -> None:
         if not self._buffer:
@@ -127,7 +147,7 @@ class TransitionWriter:
 
     def _deliver(self, call: Callable[[], None]) -> None:
         """Runs an insert or flush; what replay gives back unacknowledged is counted lost."""
-        start = time.monotonic()
+        start = self._waiting_since = time.monotonic()
         try:
             call()
         except ReplayUnavailableError as exc:
@@ -142,8 +162,22 @@ class TransitionWriter:
             self.refused = True
             raise
         finally:
+            self._waiting_since = None
             if self.metrics is not None:
                 self.metrics.insert_wait_seconds.inc(time.monotonic() - start)
+
+    def _watch_waits(self, on_held_back: Callable[[float], None]) -> None:
+        failed = False
+        while not self._closed.wait(HELD_BACK_AFTER_S / 2):
+            since = self._waiting_since
+            if since is None or (waited := time.monotonic() - since) < HELD_BACK_AFTER_S:
+                continue
+            try:
+                on_held_back(waited)
+            except Exception as exc:  # a report that fails must not end the watch
+                if not failed:
+                    log.warning("%s: could not report its inserts waiting: %s", self.name, exc)
+                failed = True
 
     def _count_lost(self, count: int, error: Exception) -> None:
         self.lost += count

@@ -3,8 +3,8 @@
 Public surface:
     Spec, ReplayConfig, ReplayServer, ReplayClient, Sample, ReplayInfo (one shard);
     ShardedReplay, ShardedReplayConfig, ShardedInfo, ShardRegistry, live_shard_key,
-    rendezvous_score, choose_shard (many shards as one); ReplaySource, ReplayStats (what a learner
-    reads); Prefetcher, TorchBatch
+    rendezvous_score, choose_shard, indexed_order (many shards as one); ReplaySource, ReplayStats
+    (what a learner reads); Prefetcher, TorchBatch
     (batches kept ready for a learner); MixedReplay, validate_fractions (fixed-fraction mixes);
     keep_freed_memory (malloc settings for processes that move large batches); MAX_PRIORITY (the
     cap on stored priorities); ReplayCredentials, generate_credentials (a run's token and TLS
@@ -44,7 +44,7 @@ from replay.private_files import create_private_file, private_dir
 from replay.rate_limiter import RateLimiter
 from replay.redis_connection import connect_redis, redact_url
 from replay.registry import ShardRecord, ShardRegistry, live_shard_key
-from replay.routing import choose_shard, rendezvous_score
+from replay.routing import choose_shard, indexed_order, rendezvous_score
 from replay.selectors import make_selector
 from replay.server import ReplayServer, add_servicer, importance_weights, insert_response
 from replay.sharded import ShardedInfo, ShardedReplay
@@ -103,6 +103,7 @@ __all__ = [
     "TableClosedError",
     "TorchBatch",
     "choose_shard",
+    "indexed_order",
     "connect_redis",
     "generate_credentials",
     "keep_freed_memory",

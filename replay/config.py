@@ -196,6 +196,12 @@ class ShardedReplayConfig:
     writer_id: str | None = None
     """Routes this client's inserts (stable hash); None: each instance picks a random one."""
 
+    writer_index: int | None = None
+    """Routes this client's inserts by number instead: writer i goes to the i % n-th of the n known
+    shards (by id), the next live one while that one is down, so writers 0..n-1 cover every shard
+    (an actor passes its actor id). None: the rendezvous hash of writer_id, which can leave a
+    shard without writers."""
+
     samples_per_insert: float | None = None
     """Global ratio of sampled to inserted items, enforced when sampling; None: no ratio."""
 
@@ -236,3 +242,5 @@ class ShardedReplayConfig:
             object.__setattr__(self, "credentials", self.credentials.for_clients())  # clients never hold the key
         if self.insert_wait_s < 0:
             raise ValueError(f"insert_wait_s={self.insert_wait_s}: must be >= 0")
+        if self.writer_index is not None and self.writer_index < 0:
+            raise ValueError(f"writer_index={self.writer_index}: must be >= 0, or None")

@@ -5,6 +5,9 @@ fixed list of addresses (each shard's id learnt from its Info). A shard that fai
 taken as down until the registry or a probe shows it back. A fixed address whose shard refuses
 this client's credentials (a wrong token, or a failed TLS handshake) is an error at construction;
 found later by the watcher, it is logged once and reported by the calls that find no live shard.
+taken as down until the registry or a probe shows it back. Once the client samples, the watcher
+also re-reads every live shard's counters each `discovery_s`: sample responses refresh only the
+shards drawn from, so a shard first seen empty would otherwise never be drawn from at all.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class Membership:
         self._registry = ShardRegistry(config.redis_url, config.run) if config.redis_url else None
         self._stop = threading.Event()
         self._refusals: dict[str, ReplayAuthenticationError] = {}  # fixed address -> its shard's refusal
+        self._following_counters = False
         self.refresh()
         if self._refusals:  # a misconfiguration, not bad luck: say so before anything is sent
             self._close_all()
@@ -159,10 +163,19 @@ class Membership:
         shard = self._shards.pop(shard_id)
         self._pool.submit(shard.client.close)
 
+    def follow_counters(self) -> None:
+        """Has the watcher re-read every live shard's counters (size, mass, inserts, samples) each
+        `discovery_s` from now on. A sampler calls it: it sees a shard's new mass only when it
+        draws from it, never for a shard it took as empty (nor that shard's inserts, for the
+        global limiter), and that shard's writers would then wait on its rate limiter for ever."""
+        self._following_counters = True
+
     def _watch(self) -> None:
         while not self._stop.wait(self.config.discovery_s):
             try:
                 self.refresh()
+                if self._following_counters:
+                    self.read_infos()
             except Exception:  # the watcher must outlive any one bad read
                 log.exception("shard discovery failed; retrying")
 

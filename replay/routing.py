@@ -1,9 +1,12 @@
 """Write routing: which shard a writer's inserts go to, and failing over when it stops answering.
 
 A writer goes to the live shard with the highest rendezvous score of (writer id, shard id): stable
-while membership is, and when a shard leaves only its writers move. A writer whose shard stops
-answering re-sends its unacknowledged batches to the next shard in its order, and returns to its
-own shard when that one is back.
+while membership is, and when a shard leaves only its writers move. Hashing can put several
+writers on one shard and none on another, so writers that are numbered (actors) go by number
+instead: writer i to the i % n-th of the n known shards in id order, which gives every shard a
+writer once there are as many writers as shards. Either way a writer whose shard stops answering
+re-sends its unacknowledged batches to the next shard in its order, and returns to its own shard
+when that one is back.
 """
 
 from __future__ import annotations
@@ -30,16 +33,26 @@ def choose_shard(writer_id: str, shard_ids: Sequence[int]) -> int:
     return max(shard_ids, key=lambda shard_id: rendezvous_score(writer_id, shard_id))
 
 
+def indexed_order(writer_index: int, shard_ids: Sequence[int]) -> list[int]:
+    """The order in which writer number `writer_index` tries `shard_ids`: from the
+    `writer_index % n`-th smallest id on, wrapping around (its failover order)."""
+    ordered = sorted(shard_ids)
+    start = writer_index % len(ordered)
+    return ordered[start:] + ordered[:start]
+
+
 class ShardWriter:
     """Streams one writer's batches to its shard, failing over to the next live one.
 
     Args:
         membership: the shard set to route over.
         writer_id: the id hashed to choose the shard.
+        writer_index: the writer's number; given, it chooses the shard instead of the hash.
     """
 
-    def __init__(self, membership: Membership, writer_id: str):
+    def __init__(self, membership: Membership, writer_id: str, writer_index: int | None = None):
         self.writer_id = writer_id
+        self.writer_index = writer_index
         self._membership = membership
         self._lock = threading.Lock()
         self._used: set[int] = set()  # shards written to, to flush
@@ -54,11 +67,20 @@ class ShardWriter:
                 self._membership.refresh()
                 live = self._membership.live()
             if live:
-                return max(live, key=lambda s: rendezvous_score(self.writer_id, s.shard_id))
+                return self._choose(live)
             if time.monotonic() + delay > deadline:
                 return None
             time.sleep(delay)
             delay = min(2 * delay, 1.0)
+
+    def _choose(self, live: list[ShardHandle]) -> ShardHandle:
+        if self.writer_index is None:
+            return max(live, key=lambda s: rendezvous_score(self.writer_id, s.shard_id))
+        # Ordered over every known shard, down ones included, so that a shard's brief outage
+        # moves only its own writers (to the next shard) rather than renumbering all of them.
+        by_id = {s.shard_id: s for s in live}
+        known = self._membership.all().keys() | by_id.keys()
+        return next(by_id[i] for i in indexed_order(self.writer_index, list(known)) if i in by_id)
 
     def send(self, batches: list[Mapping[str, np.ndarray]], timeout: float | None) -> None:
         """Inserts `batches` in order; on a shard's failure re-sends what it had not acknowledged.

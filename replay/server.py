@@ -13,6 +13,7 @@ import logging
 import pathlib
 import threading
 import time
+import weakref
 from concurrent import futures
 
 import grpc
@@ -102,6 +103,41 @@ def _cancellation(context: grpc.ServicerContext) -> threading.Event:
     if not context.add_callback(ended.set):
         ended.set()
     return ended
+
+
+_running_servers: weakref.WeakSet[ReplayServer] = weakref.WeakSet()
+_exit_hook_lock = threading.Lock()
+_exit_hook_registered = False
+
+
+def _stop_servers_at_exit() -> None:
+    """Stops every server still running when the interpreter exits, before it joins threads.
+
+    gRPC serves on a `ThreadPoolExecutor`, whose worker threads the interpreter joins at exit
+    (concurrent.futures registers that join with `threading._register_atexit`). A worker serving
+    an open Insert stream blocks reading it until the client hangs up, so a script that raised,
+    or simply ended, with a server running never exited. Stopping the servers first (no grace, no
+    checkpoint: as if the process had died, which the registry's loss accounting covers) cancels
+    those calls, and the join returns at once. Hooks run in reverse order of registration, and
+    this one is registered after the executor module is imported, so it runs before the join.
+    """
+    for server in list(_running_servers):
+        try:
+            server.stop(grace=0, checkpoint=False)
+        except Exception as exc:  # the process is exiting: stop the others regardless
+            log.warning("replay shard %d did not stop cleanly at exit: %s", server.config.shard_id, exc)
+
+
+def _stop_at_exit(server: ReplayServer) -> None:
+    """Has `_stop_servers_at_exit` stop `server` if it is still running when the interpreter exits."""
+    global _exit_hook_registered
+    with _exit_hook_lock:
+        if not _exit_hook_registered:
+            # CPython's hook for exactly this (concurrent.futures uses it); atexit runs too late,
+            # after the threads are joined.
+            threading._register_atexit(_stop_servers_at_exit)
+            _exit_hook_registered = True
+    _running_servers.add(server)
 
 
 class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
@@ -375,6 +411,7 @@ class ReplayServer:
             self._grpc = None
             raise OSError(f"replay server cannot listen on {address}: port in use or address not local")
         self._grpc.start()
+        _stop_at_exit(self)
         self._streams.start()
         if self.config.metrics_port is not None:
             try:
@@ -416,6 +453,7 @@ class ReplayServer:
         self.table.close()
         self._grpc.stop(grace).wait()
         self._grpc = None
+        _running_servers.discard(self)
         self._streams.stop()
         if self._periodic is not None:
             self._periodic.join()

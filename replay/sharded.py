@@ -58,7 +58,7 @@ class ShardedReplay:
         run: the run name (registry namespace).
         addresses: instead of a registry, a fixed list of shard addresses.
         config: every setting at once, instead of the arguments above and `settings`.
-        **settings: any other `ShardedReplayConfig` field by name: writer_id, samples_per_insert,
+        **settings: any other `ShardedReplayConfig` field by name: writer_id, writer_index, samples_per_insert,
             min_size, error_buffer, beta, discovery_s, failover_after_s, seed, max_in_flight,
             credentials (the run's replay token and certificate, for shards that serve TLS).
 
@@ -87,7 +87,7 @@ class ShardedReplay:
         self._pool = futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="sharded-replay")
         self._membership = Membership(config, self._pool)
         writer_id = config.writer_id or f"writer-{random.getrandbits(48):012x}"
-        self._writer = ShardWriter(self._membership, writer_id)
+        self._writer = ShardWriter(self._membership, writer_id, config.writer_index)
         self._global_limiter = GlobalSampleLimiter(self.limiter, self._membership)
         self._drawer = ShardDrawer(self._membership, self._pool, config.seed)
 
@@ -157,6 +157,7 @@ class ShardedReplay:
             raise InvalidBatchError(f"batch_size and num_batches must be >= 1, got {batch_size} and {num_batches}")
         beta = self.beta if beta is None else beta
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._membership.follow_counters()
         if not any(s.mass > 0 for s in self._membership.live()):
             self._membership.read_infos()
         wanted = batch_size * num_batches

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from actors import (
+    STATE_HELD_BACK,
     ActorFleet,
     ActorRegistry,
     ActorsConfig,
@@ -23,7 +24,7 @@ from actors import (
 )
 from conftest import shard_kwargs, wait_until
 from learner import ArchitectureConfig, LearnerConfig, Policy, WeightStore
-from replay import generate_credentials
+from replay import choose_shard, generate_credentials
 
 ENV = EnvConfig(id="CartPole-v1", num_envs=2)
 LEARNER = LearnerConfig(architecture=ArchitectureConfig(hidden_size=16))
@@ -136,3 +137,63 @@ def test_actors_refused_by_replay_stop_the_fleet_at_once_not_after_three_failure
         assert "TLS handshake failed" in str(caught.value) and fleet.actor_restarts == 0
     finally:
         fleet.stop()
+
+
+def test_two_actors_on_two_shards_both_write_even_where_the_run_name_hashes_them_together(
+    ray_local, redis_server, start_server
+):
+    run = "spread-0"  # by the hash of their ids alone, both actors of this run go to one shard
+    assert choose_shard(f"{run}-actor-0", [0, 1]) == choose_shard(f"{run}-actor-1", [0, 1])
+    servers = [
+        start_server(transition_spec(ENV), shard_id=i, capacity=100_000, **shard_kwargs(redis_server, run=run))
+        for i in (0, 1)
+    ]
+    config = ActorsConfig(num_actors=2, num_cpus=0.5, insert_batch=64)
+    fleet = ActorFleet(ENV, config, LEARNER, redis_server.url, run, chunk_s=0.3)
+    registry = ActorRegistry(redis_server.url, run)
+    try:
+        fleet.start()
+
+        def both_progress(stats) -> bool:
+            reports = registry.actors()
+            return all(reports.get(i, {}).get("transitions_inserted", 0) > 0 for i in (0, 1))
+
+        polled(fleet, both_progress)
+        assert all(server.table.info().inserts > 0 for server in servers)
+    finally:
+        fleet.stop()
+        registry.close()
+
+
+def test_an_actor_held_back_by_the_replay_rate_limiter_is_reported_as_held_back_by_the_utd(
+    ray_local, redis_server, start_server, caplog, monkeypatch
+):
+    import actors.fleet
+
+    # The shard admits about 2 items more than it has sampled, and nothing samples it.
+    server = start_server(
+        transition_spec(ENV),
+        samples_per_insert=1.0,
+        error_buffer=1.0,
+        **shard_kwargs(redis_server, run="held"),
+    )
+    config = ActorsConfig(num_actors=1, num_cpus=0.5, insert_batch=64, insert_retry_s=0.5)
+    fleet = ActorFleet(ENV, config, LEARNER, redis_server.url, "held", chunk_s=0.3)
+    registry = ActorRegistry(redis_server.url, "held")
+    try:
+        fleet.start()
+        polled(fleet, lambda _: registry.actors().get(0, {}).get("state") == STATE_HELD_BACK)
+        monkeypatch.setattr(actors.fleet, "PENDING_WARNING_S", 0.0)
+        assert wait_until(lambda: fleet.poll(timeout=0.2) and "held back by the UTD" in caplog.text, 10, step=0)
+        assert "waiting for resources" not in caplog.text
+        status = subprocess.run(
+            [sys.executable, "-m", "system.cli", "status", "--redis-url", redis_server.url, "--run", "held"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "held back by the UTD: inserts waiting" in status.stdout, status.stdout + status.stderr
+    finally:
+        server.stop(grace=0, checkpoint=False)  # releases the held insert: the actor's chunk ends
+        fleet.stop()
+        registry.close()

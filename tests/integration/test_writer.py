@@ -9,9 +9,10 @@ import time
 
 import pytest
 
+import actors.writer
 from actors import TransitionWriter
 from conftest import make_batch, wait_until
-from replay import ReplayClient, ReplayTLSError, ShardedReplay, generate_credentials
+from replay import DeadlineExceededError, ReplayClient, ReplayTLSError, ShardedReplay, generate_credentials
 
 
 def stored_ids(server) -> list[int]:
@@ -137,3 +138,33 @@ def test_a_replay_that_refuses_the_credentials_stops_the_writer_instead_of_losin
     assert time.monotonic() - started < 5 and writer.refused and writer.lost == 0
     assert caplog.text.count("replay refuses this actor's credentials") == 1
     assert server.table.info().inserts == 0
+
+
+def test_a_writer_held_back_by_the_shards_rate_limiter_reports_its_wait_until_samples_release_it(
+    start_server, connect, writers, monkeypatch
+):
+    monkeypatch.setattr(actors.writer, "HELD_BACK_AFTER_S", 0.2)
+    server = start_server(capacity=1000, samples_per_insert=1.0, error_buffer=10)  # ~11 items ahead at most
+    waits: list[float] = []
+    writer = writers(sharded(server), batch_items=50, on_held_back=waits.append)
+    flushed = threading.Event()
+
+    def write() -> None:
+        writer.add(make_batch(50))
+        writer.flush()
+        flushed.set()
+
+    threading.Thread(target=write, daemon=True).start()
+    assert wait_until(lambda: len(waits) >= 2, 5), "the held-back flush was not reported"
+    assert not flushed.is_set() and waits[-1] > waits[0] >= 0.2
+    reader = connect(server.address)
+
+    def sample_some() -> bool:
+        try:
+            reader.sample(5, timeout=0.5)
+        except DeadlineExceededError:  # the shard is between pieces of the insert
+            pass
+        return flushed.is_set()
+
+    assert wait_until(sample_some, 10, step=0)
+    assert (writer.inserted, writer.lost) == (50, 0)
