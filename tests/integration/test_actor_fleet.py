@@ -149,7 +149,7 @@ def test_two_actors_on_two_shards_both_write_even_where_the_run_name_hashes_them
         for i in (0, 1)
     ]
     config = ActorsConfig(num_actors=2, num_cpus=0.5, insert_batch=64)
-    fleet = ActorFleet(ENV, config, LEARNER, redis_server.url, run, chunk_s=0.3)
+    fleet = ActorFleet(ENV, config, LEARNER, redis_server.url, run, chunk_s=0.3, replay_credentials=None)
     registry = ActorRegistry(redis_server.url, run)
     try:
         fleet.start()
@@ -178,7 +178,7 @@ def test_an_actor_held_back_by_the_replay_rate_limiter_is_reported_as_held_back_
         **shard_kwargs(redis_server, run="held"),
     )
     config = ActorsConfig(num_actors=1, num_cpus=0.5, insert_batch=64, insert_retry_s=0.5)
-    fleet = ActorFleet(ENV, config, LEARNER, redis_server.url, "held", chunk_s=0.3)
+    fleet = ActorFleet(ENV, config, LEARNER, redis_server.url, "held", chunk_s=0.3, replay_credentials=None)
     registry = ActorRegistry(redis_server.url, "held")
     try:
         fleet.start()
