@@ -1,4 +1,5 @@
-"""The roof's typed errors: a bad config, a run that failed, an embedded Redis that did not start."""
+"""The roof's typed errors: a bad config, a run that failed, an embedded Redis or local Ray that did
+not start."""
 
 from __future__ import annotations
 
@@ -26,3 +27,15 @@ class RedisLaunchError(RuntimeError):
         super().__init__(f"{message}: {log_tail}" if log_tail else message)
         self.port = port
         self.log_tail = log_tail
+
+
+class RayLaunchError(RuntimeError):
+    """A local Ray could not be started as qfleet requires (private, on loopback).
+
+    Attributes:
+        gcs_address: the address Ray's GCS listens on ("" when Ray did not start).
+    """
+
+    def __init__(self, message: str, gcs_address: str = ""):
+        super().__init__(message)
+        self.gcs_address = gcs_address

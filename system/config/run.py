@@ -7,6 +7,7 @@ raised before anything starts.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import typing
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import yaml
 
 from actors import ActorsConfig, EnvConfig
 from learner import LearnerConfig
-from replay import ReplayConfig
+from replay import ReplayConfig, redact_url
 from system.config.dataclass_args import as_mapping, build, flatten
 from system.config.sections import RayConfig, RedisConfig, TrainConfig
 from system.errors import ConfigError
@@ -120,5 +121,13 @@ def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
 
 
 def to_yaml(config: RunConfig) -> str:
-    """The resolved config as YAML (written into run directories), flat groups written flat."""
-    return yaml.safe_dump(as_mapping(config), sort_keys=False)
+    """The resolved config as YAML (written into run directories, printed by `qfleet config`), flat
+    groups written flat; a password in `redis.url` or `replay.redis_url` is shown as `***` (a
+    resumed run takes it from QFLEET_REDIS_PASSWORD)."""
+    redis, replay = config.redis, config.replay
+    if redis.url is not None:
+        redis = dataclasses.replace(redis, url=redact_url(redis.url))
+    if replay.redis_url is not None:
+        replay = dataclasses.replace(replay, redis_url=redact_url(replay.redis_url))
+    shown = dataclasses.replace(config, redis=redis, replay=replay)
+    return yaml.safe_dump(as_mapping(shown), sort_keys=False)

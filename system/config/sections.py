@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from replay import redact_url
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -90,7 +92,8 @@ class RedisConfig:
 
     def __post_init__(self) -> None:
         if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"url={self.url!r}: expected redis://HOST:PORT/DB (or rediss://, unix://)")
+            shown = redact_url(self.url)
+            raise ValueError(f"url={shown!r}: expected redis://HOST:PORT/DB (or rediss://, unix://)")
 
 
 @dataclass(frozen=True)

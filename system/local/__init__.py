@@ -1,7 +1,7 @@
 """What one machine runs for a run: an embedded redis-server (with a password), a local Ray (with a
 token of its own, on loopback), the private store of a live run's secrets, signal handling."""
 
-from system.errors import RedisLaunchError
+from system.errors import RayLaunchError, RedisLaunchError
 from system.local.ray_runtime import init_ray, local_ray_token
 from system.local.redis_server import NEW_PASSWORD, RedisProcess, free_port
 from system.local.secrets import (
@@ -13,12 +13,14 @@ from system.local.secrets import (
     save_run_secrets,
     secrets_dir,
     use_run_secrets,
+    was_redacted,
     without_redacted_password,
 )
 from system.local.signals import stop_on_signals
 
 __all__ = [
     "NEW_PASSWORD",
+    "RayLaunchError",
     "RedisLaunchError",
     "RedisProcess",
     "RunSecrets",
@@ -33,5 +35,6 @@ __all__ = [
     "secrets_dir",
     "stop_on_signals",
     "use_run_secrets",
+    "was_redacted",
     "without_redacted_password",
 ]

@@ -20,7 +20,7 @@ import re
 import secrets
 import socket
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from replay import redact_url
 
@@ -93,7 +93,7 @@ def load_run_secrets(secrets_id: str) -> RunSecrets | None:
     if not _ID.match(secrets_id or ""):
         return None
     record = _read(secrets_dir() / f"{secrets_id}.json")
-    return _secrets(record) if record is not None else None
+    return _secrets(record) if record is not None and _live_here(record) else None
 
 
 def find_run_secrets(redis_url: str) -> RunSecrets | None:
@@ -103,11 +103,13 @@ def find_run_secrets(redis_url: str) -> RunSecrets | None:
     directory = secrets_dir()
     if wanted is None or not directory.is_dir():
         return None
-    for path in sorted(directory.glob("*.json")):
+    matches = []
+    for path in directory.glob("*.json"):
         record = _read(path)
-        if record is not None and _endpoint(str(record.get("redis_url", ""))) == wanted:
-            return _secrets(record)
-    return None
+        if record is not None and _live_here(record) and _endpoint(str(record.get("redis_url", ""))) == wanted:
+            matches.append((path.stat().st_mtime, path.name, record))
+    # Loopback ports are reused: the newest live run's record is the one listening there now.
+    return _secrets(max(matches, key=lambda match: match[:2])[2]) if matches else None
 
 
 def remove_run_secrets(secrets_id: str) -> None:
@@ -137,12 +139,22 @@ def without_redacted_password(url: str) -> str:
     """`url` as shown by `redact_url` (password `***`) turned back into a URL to connect with: the
     placeholder is dropped, so the password comes from QFLEET_REDIS_PASSWORD (or the run's secrets)."""
     parts = urlsplit(url)
-    if parts.password != "***":
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    if parts.username:
-        netloc = f"{parts.username}@{netloc}"
-    return parts._replace(netloc=netloc).geturl()
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if ("password", "***") in pairs:
+        kept = urlencode([pair for pair in pairs if pair != ("password", "***")], safe="/")
+        url = url.replace(f"?{parts.query}", f"?{kept}" if kept else "", 1)
+        parts = urlsplit(url)
+    if parts.password == "***":
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        if parts.username:
+            netloc = f"{parts.username}@{netloc}"
+        url = parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def was_redacted(url: str) -> bool:
+    """True when `url` carries `redact_url`'s placeholder instead of its password."""
+    return without_redacted_password(url) != url
 
 
 def _checked(secrets_id: str) -> str:
@@ -203,6 +215,12 @@ def _remove_stale(directory: pathlib.Path) -> None:
         pid = record.get("driver_pid")
         if isinstance(pid, int) and pid > 0 and not _alive(pid):
             path.unlink(missing_ok=True)
+
+
+def _live_here(record: dict) -> bool:
+    """The record's driver runs on this host (a home folder may be shared by several machines)."""
+    pid = record.get("driver_pid")
+    return record.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0 and _alive(pid)
 
 
 def _alive(pid: int) -> bool:

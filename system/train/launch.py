@@ -141,6 +141,11 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
     components.replay_credentials = generate_credentials()
     # A resumed run's config.yaml shows a password of redis.url as ***: it comes from the environment.
     url = without_redacted_password(config.redis.url) if config.redis.url else None
+    if url and url != config.redis.url and not os.environ.get(REDIS_PASSWORD_ENV):
+        raise TrainError(
+            f"redis.url {config.redis.url} keeps its password out of the run folder: set "
+            f"{REDIS_PASSWORD_ENV} (on every node of the cluster) to resume"
+        )
     components.redis_url = url or _start_redis(components)
     components.info["redis_url"] = redact_url(components.redis_url)
     components.ray = _start_ray(config)
@@ -211,15 +216,20 @@ def _save_secrets(plan: Plan, components: Components) -> None:
 
 
 def _start_ray(config: RunConfig):
-    import ray
-
+    from system.errors import RayLaunchError
     from system.local.ray_runtime import init_ray
 
-    if config.ray.address is None:
-        need = config.actors.num_actors * config.actors.num_cpus + config.train.learner_num_cpus
-        init_ray(None, num_cpus=config.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(need)))
-    else:
-        init_ray(config.ray.address)
+    # init_ray before `import ray` here: Ray reads its single-machine switch at import.
+    try:
+        if config.ray.address is None:
+            need = config.actors.num_actors * config.actors.num_cpus + config.train.learner_num_cpus
+            init_ray(None, num_cpus=config.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(need)))
+        else:
+            init_ray(config.ray.address)
+    except RayLaunchError as exc:
+        raise TrainError(str(exc)) from None
+    import ray
+
     return ray
 
 

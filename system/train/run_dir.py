@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
@@ -65,17 +64,9 @@ class RunDir:
         return load_config(self.config_path, list(overrides))
 
     def write_config(self, config: RunConfig) -> None:
-        """Writes config.yaml; a password in redis.url (or replay.redis_url) is shown as *** (a
-        resumed run takes it from QFLEET_REDIS_PASSWORD)."""
-        from replay import redact_url
-
-        redis, replay = config.redis, config.replay
-        if redis.url is not None:
-            redis = dataclasses.replace(redis, url=redact_url(redis.url))
-        if replay.redis_url is not None:
-            replay = dataclasses.replace(replay, redis_url=redact_url(replay.redis_url))
+        """Writes config.yaml (Redis passwords shown as ***, see `to_yaml`)."""
         private_dir(self.path)
-        self._write(self.config_path, to_yaml(dataclasses.replace(config, redis=redis, replay=replay)))
+        self._write(self.config_path, to_yaml(config))
 
     def write_json(self, name: str, data: dict) -> None:
         self._write(self.path / name, json.dumps(data, indent=2) + "\n")

@@ -40,30 +40,38 @@ def shutdown(plan: Plan, parts: Components, counters: RunCounters, latest: Progr
         What went wrong while stopping (the first thing), or None.
     """
     failures = _Failures()
-    _stop_actors(parts, counters, failures)
-    _stop_learner(plan, parts, counters, latest, failures)
-    if parts.evaluations is not None:
-        plan.run.append_records([record.to_json() for record in parts.evaluations.final()])
-    for shard in parts.shards:
+    try:
+        _stop_actors(parts, counters, failures)
+        _stop_learner(plan, parts, counters, latest, failures)
+        if parts.evaluations is not None:
+            plan.run.append_records([record.to_json() for record in parts.evaluations.final()])
+        for shard in parts.shards:
+            try:
+                stopped = parts.ray.get(shard.stop.remote(), timeout=STOP_TIMEOUT_S)
+                log.info("shard stopped with %s items", f"{stopped.size:,}")
+            except Exception as exc:
+                failures.add("a shard did not stop cleanly", exc)
+        if parts.evaluations is not None:
+            parts.evaluations.close()
+        if parts.episodes is not None:
+            parts.episodes.close()
+        plan.run.write_json("state.json", counters.state())
+        if parts.targets is not None:
+            parts.targets.clear()
+        if parts.metrics_server is not None:
+            parts.metrics_server.close()
+    finally:
+        # Even when a second Ctrl-C or an error cuts the orderly stop short: Ray, Redis and the
+        # run's secrets file go.
         try:
-            stopped = parts.ray.get(shard.stop.remote(), timeout=STOP_TIMEOUT_S)
-            log.info("shard stopped with %s items", f"{stopped.size:,}")
-        except Exception as exc:
-            failures.add("a shard did not stop cleanly", exc)
-    if parts.evaluations is not None:
-        parts.evaluations.close()
-    if parts.episodes is not None:
-        parts.episodes.close()
-    plan.run.write_json("state.json", counters.state())
-    if parts.targets is not None:
-        parts.targets.clear()
-    if parts.metrics_server is not None:
-        parts.metrics_server.close()
-    _stop_ray(plan, parts)
-    if parts.redis is not None:
-        parts.redis.close()
-    if parts.secrets_id is not None:
-        remove_run_secrets(parts.secrets_id)
+            _stop_ray(plan, parts)
+        finally:
+            try:
+                if parts.redis is not None:
+                    parts.redis.close()
+            finally:
+                if parts.secrets_id is not None:
+                    remove_run_secrets(parts.secrets_id)
     return failures.first
 
 

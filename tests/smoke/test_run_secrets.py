@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -157,6 +158,14 @@ def test_a_running_train_refuses_outsiders_and_leaves_no_secret_behind(tmp_path,
             except OSError:
                 continue
             assert password.encode() not in argv and token.encode() not in argv, argv
+        # Ray's sockets and logs live below a folder only this user can enter (Ray's own folders
+        # are world-writable): the raylet was started on that folder's session.
+        private = Path(tempfile.gettempdir()) / f"qfleet-{os.getuid()}"
+        assert private.stat().st_mode & 0o777 == 0o700
+        raylet_argv = [
+            Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids if Path(f"/proc/{pid}/cmdline").exists()
+        ]
+        assert any(b"raylet" in argv and str(private / "ray").encode() in argv for argv in raylet_argv)
 
         # `qfleet status RUN_DIR` and `qfleet discovery RUN_DIR` reach it with the saved password.
         status = subprocess.run([*QFLEET, "status", str(run_dir)], capture_output=True, text=True, timeout=60)

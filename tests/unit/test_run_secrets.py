@@ -93,6 +93,8 @@ def test_a_runs_own_password_wins_over_one_set_for_another_redis(runtime, monkey
         ("redis://qfleet:***@redis:6379/0", "redis://qfleet@redis:6379/0"),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
         ("redis://:real@redis:6379/0", "redis://:real@redis:6379/0"),
+        ("redis://redis:6379/0?password=***&db=2", "redis://redis:6379/0?db=2"),
+        ("unix:///run/redis.sock?password=***", "unix:///run/redis.sock"),
     ],
 )
 def test_a_redacted_url_connects_without_the_placeholder(shown, connect):
@@ -111,3 +113,45 @@ def test_config_yaml_shows_a_redis_password_as_stars_and_a_resume_connects_witho
     resumed = run.load_config()
     assert resumed.redis.url == "redis://:***@redis:6379/0"
     assert without_redacted_password(resumed.redis.url) == "redis://redis:6379/0"
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("redis://:hunter2-secret@redis:6379/0", "redis://:***@redis:6379/0"),
+        ("redis://redis:6379/0?password=hunter2-secret&db=2", "redis://redis:6379/0?password=***&db=2"),
+        ("unix:///run/redis.sock?password=hunter2-secret", "unix:///run/redis.sock?password=***"),
+        ("redis://redis:6379/0?db=2", "redis://redis:6379/0?db=2"),
+    ],
+)
+def test_a_password_in_the_address_or_in_the_query_is_redacted(url, shown):
+    from replay import redact_url
+
+    assert redact_url(url) == shown
+
+
+def test_qfleet_config_prints_no_redis_password(capsys):
+    from system.cli import main
+
+    assert main(["config", "--set", "redis.url=redis://redis:6379/0?password=hunter2-secret"]) == 0
+    printed = capsys.readouterr().out
+    assert "hunter2-secret" not in printed and "password=***" in printed
+
+
+def test_secrets_of_another_host_or_a_dead_driver_are_never_used(runtime):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for change in ({"host": "another-machine"}, {"driver_pid": int(dead.stdout)}):
+        secrets_id = new_secrets_id("run")
+        path = save_run_secrets(secrets_id, "run", "redis://127.0.0.1:6400/0", SECRETS)
+        path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+        assert load_run_secrets(secrets_id) is None
+        assert find_run_secrets("redis://127.0.0.1:6400/0") is None
+        remove_run_secrets(secrets_id)
+
+
+def test_of_two_live_records_for_one_loopback_port_the_newest_wins(runtime):
+    older = RunSecrets(redis_password="older-password-1234")
+    first = save_run_secrets(new_secrets_id("a"), "a", "redis://127.0.0.1:6400/0", older)
+    os.utime(first, (1, 1))
+    save_run_secrets(new_secrets_id("b"), "b", "redis://127.0.0.1:6400/0", SECRETS)
+    assert find_run_secrets("redis://127.0.0.1:6400/0") == SECRETS
