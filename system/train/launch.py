@@ -11,6 +11,11 @@ The embedded Redis's password goes into this process's QFLEET_REDIS_PASSWORD bef
 (local Ray workers inherit it), the local Ray gets a token of its own (`init_ray`), and both are
 saved in the user's private secrets folder (`system.local.secrets`) for other qfleet commands;
 run.json names that file ("secrets_id") and shows Redis URLs with `redact_url`.
+
+The embedded default first starts a watchdog (`system.local.watchdog`): if this process dies
+without stopping, what it started (redis-server, Ray and its agents, the hosts) goes within seconds.
+The learner is restartable (LEARNER_MAX_RESTARTS): a restarted one resumes from its newest good
+checkpoint, above the versions and updates the run reached.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from system.local.secrets import (
     save_run_secrets,
     without_redacted_password,
 )
+from system.local.watchdog import Watchdog
 from system.observe.discovery import discover, register_driver, unregister_driver, write_targets
 from system.train.evaluate import RunEvaluations
 from system.train.metrics import TrainMetrics
@@ -45,6 +51,9 @@ if TYPE_CHECKING:
     from actors import ActorFleet
 
 log = logging.getLogger(__name__)
+
+LEARNER_MAX_RESTARTS = 5
+"""Times Ray restarts a learner whose process died, within one session."""
 
 
 class EpisodeFeed:
@@ -125,6 +134,8 @@ class Components:
     evaluations: RunEvaluations | None = None
     """Evaluations (None for emulator envs: the driver's machine rarely is an emulator host)."""
     fleet: ActorFleet | None = None
+    watchdog: Watchdog | None = None
+    """Ends what this run started if the driver dies (the embedded default only)."""
     replay_credentials: ReplayCredentials | None = field(default=None, repr=False)
     """This start's replay token, certificate and key (made by `launch`; never written anywhere)."""
 
@@ -139,6 +150,9 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
 
     config, run = plan.config, plan.run
     components.replay_credentials = generate_credentials()
+    if config.ray.address is None:
+        components.watchdog = Watchdog.start()
+        components.info["watchdog_pid"] = components.watchdog.pid
     # A resumed run's config.yaml shows a password of redis.url as ***: it comes from the environment.
     url = without_redacted_password(config.redis.url) if config.redis.url else None
     components.redis_url = url or _start_redis(components)
@@ -282,7 +296,7 @@ def _start_learner(plan: Plan, components: Components) -> None:
         "num_cpus": train.learner_num_cpus,
         "num_gpus": gpus,
         "resources": dict(train.learner_resources or {}),
-        "max_restarts": 0,
+        "max_restarts": LEARNER_MAX_RESTARTS,
         "name": f"qfleet-{plan.name}-learner",
     }
     components.learner = (
@@ -298,11 +312,18 @@ def _start_learner(plan: Plan, components: Components) -> None:
             num_threads=max(1, int(train.learner_num_cpus)),
             metrics_host="node" if config.ray.address is not None else "127.0.0.1",
             replay_credentials=components.replay_credentials.for_clients(),
+            reached=plan.learner_reached,
         )
     )
     described = ray.get(components.learner.describe.remote(), timeout=600)
+    for message in described.refused_checkpoints:
+        log.warning("learner checkpoint refused: %s", message)
     where = f"resumed at update {described.updates:,}" if described.resumed_from else "fresh"
+    if not described.resumed_from and plan.learner_reached.updates:
+        where = f"fresh, counting on from update {described.updates:,}"
     log.info("learner on %s (%s); metrics %s", described.device, where, described.metrics or "off")
+    if described.updates_lost:
+        log.warning("learner: %s updates since its checkpoint were lost", f"{described.updates_lost:,}")
     components.info["learner"] = asdict(described)
 
 
