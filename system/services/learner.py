@@ -38,6 +38,8 @@ class LearnerDescription:
     """The checkpoint it resumed from ("" when fresh)."""
     updates: int
     version: int
+    resumed_at: int = 0
+    """The update it resumed (or, fresh, started) from."""
     updates_lost: int = 0
     """Updates an earlier learner of the run reported beyond the checkpoint resumed from."""
     refused_checkpoints: tuple[str, ...] = ()
@@ -132,6 +134,7 @@ class LearnerService:
             log_every_s=log_every_s,
             reached=self._reached(reached or LearnerReached()),
         )
+        self._resumed_at = self.learner.updates
         self._align_inserts()
         self.learner.metrics.registry.register(ShardedCollector(self.replay))
         self.metrics_address = ""
@@ -244,6 +247,7 @@ class LearnerService:
             resumed_from=str(self.learner.resumed_from or ""),
             updates=self.learner.updates,
             version=self.learner.version,
+            resumed_at=self._resumed_at,
             updates_lost=self.learner.updates_lost,
             refused_checkpoints=tuple(self.learner.refused_checkpoints),
         )

@@ -45,7 +45,7 @@ from system.observe.discovery import discover, register_driver, unregister_drive
 from system.train.evaluate import RunEvaluations
 from system.train.metrics import TrainMetrics
 from system.train.plan import Plan, evaluates_in_driver, shard_config
-from system.train.records import RunCounters
+from system.train.records import LearnerEventRecord, RunCounters
 
 if TYPE_CHECKING:
     from actors import ActorFleet
@@ -166,7 +166,7 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
     for start in (_start_shards, _start_learner):
         if stop.is_set():
             return
-        start(plan, components)
+        start(plan, components, counters)
         run.write_json("run.json", components.info)
     components.episodes = EpisodeFeed(components.redis_url, plan.name)
     if evaluates_in_driver(config):
@@ -261,7 +261,7 @@ def _start_metrics(plan: Plan, components: Components) -> None:
         log.info("driver metrics %s; Prometheus targets in %s", address, components.targets.path)
 
 
-def _start_shards(plan: Plan, components: Components) -> None:
+def _start_shards(plan: Plan, components: Components, counters: RunCounters) -> None:
     from system.train.hosts import ShardHost
 
     config, ray = plan.config, components.ray
@@ -282,7 +282,7 @@ def _start_shards(plan: Plan, components: Components) -> None:
     components.info["shards"] = [asdict(shard) for shard in described]
 
 
-def _start_learner(plan: Plan, components: Components) -> None:
+def _start_learner(plan: Plan, components: Components, counters: RunCounters) -> None:
     from system.train.hosts import LearnerHost
 
     config, train, ray = plan.config, plan.config.train, components.ray
@@ -318,12 +318,22 @@ def _start_learner(plan: Plan, components: Components) -> None:
     described = ray.get(components.learner.describe.remote(), timeout=600)
     for message in described.refused_checkpoints:
         log.warning("learner checkpoint refused: %s", message)
-    where = f"resumed at update {described.updates:,}" if described.resumed_from else "fresh"
-    if not described.resumed_from and plan.learner_reached.updates:
-        where = f"fresh, counting on from update {described.updates:,}"
+    where = f"resumed at update {described.resumed_at:,}" if described.resumed_from else "fresh"
+    if not described.resumed_from and described.resumed_at:
+        where = f"fresh, counting on from update {described.resumed_at:,}"
     log.info("learner on %s (%s); metrics %s", described.device, where, described.metrics or "off")
-    if described.updates_lost:
+    if described.updates_lost:  # the previous session ended without its stop checkpoint
         log.warning("learner: %s updates since its checkpoint were lost", f"{described.updates_lost:,}")
+        counters.learner_updates_lost += described.updates_lost
+        event = LearnerEventRecord(
+            "resumed",
+            counters.wall_s(),
+            counters.env_steps,
+            described.resumed_at,
+            described.updates_lost,
+            described.resumed_from,
+        )
+        plan.run.append_records([event.to_json()])
     components.info["learner"] = asdict(described)
 
 

@@ -147,7 +147,8 @@ class EvalRecord:
 @dataclass(frozen=True)
 class LearnerEventRecord:
     """The learner came back without some of its training: "restarted" (Ray restarted its dead
-    process; it resumed from its newest good checkpoint) or "fresh" (a resume found no good
+    process; it resumed from its newest good checkpoint), "resumed" (a resume after a session that
+    ended without its stop checkpoint: a killed driver) or "fresh" (a resume found no good
     checkpoint and --fresh-learner let a fresh learner continue)."""
 
     event: str

@@ -159,7 +159,7 @@ class Supervisor:
         log.warning(
             "the learner was restarted (pid %d): resumed at update %s from %s; %s updates lost",
             learner.pid,
-            f"{described.updates:,}",
+            f"{described.resumed_at:,}",
             described.resumed_from or "no checkpoint",
             f"{described.updates_lost:,}",
         )
@@ -168,7 +168,7 @@ class Supervisor:
                 "restarted",
                 counters.wall_s(),
                 counters.env_steps,
-                described.updates,
+                described.resumed_at,
                 described.updates_lost,
                 described.resumed_from,
             )
