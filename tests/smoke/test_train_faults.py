@@ -60,6 +60,11 @@ def test_a_killed_learner_resumes_from_its_checkpoint_and_the_run_finishes(tmp_p
     progress = records(run_dir, "progress")
     versions = [r["weights_version"] for r in progress]
     assert versions == sorted(versions), "weights versions went down"
+    acted_with: dict[int, list[int]] = {}  # each actor's weights versions, episode by episode
+    for batch in records(run_dir, "episodes"):
+        for actor, version in zip(batch["actors"], batch["policy_versions"], strict=True):
+            acted_with.setdefault(actor, []).append(version)
+    assert acted_with and all(seen == sorted(seen) for seen in acted_with.values()), "an actor saw it go down"
     after = [r for r in progress if r["time"] > killed_at]
     assert after and after[-1]["updates"] > after[0]["updates"]  # it trained on after the kill
     (event,) = records(run_dir, "learner")
