@@ -3,8 +3,9 @@ processes it started go with it within seconds, Ray's agents included.
 
 Ray's own processes outlive a killed driver: gcs_server and raylet end by themselves, but the
 dashboard and runtime-env agents linger for minutes. The watchdog is a small child process in its
-own session that notes, every `SCAN_EVERY_S`, the driver's descendants started since it began
-(pid and start time, so a reused pid is never taken for one of them). Its standard input is a
+own session that notes, every `SCAN_EVERY_S`, the driver's descendants that were not there when
+it began (pid and start time, so a reused pid is never taken for one of them); the driver waits
+for its "ready" before it starts anything. Its standard input is a
 pipe from the driver: end of file without a "done" line means the driver died, and then it
 terminates what it noted (and their children), by pid, SIGKILL after `GRACE_S`. An orderly stop
 writes "done" and nothing is touched.
@@ -37,12 +38,23 @@ class Watchdog:
 
     @classmethod
     def start(cls) -> Watchdog:
+        """Starts the watchdog and waits until it has noted what ran before it (not its to end).
+
+        Raises:
+            OSError: it could not start, or said nothing.
+        """
         proc = subprocess.Popen(
             [sys.executable, "-m", "system.local.watchdog", str(os.getpid())],
             stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             start_new_session=True,  # a Ctrl-C meant for the driver must not end it first
             cwd=Path(__file__).resolve().parents[2],
         )
+        if proc.stdout.readline().strip() != b"ready":
+            proc.kill()
+            proc.wait()
+            raise OSError("the driver's watchdog did not start")
+        proc.stdout.close()
         return cls(proc)
 
     @property
@@ -89,11 +101,11 @@ def _descendants(roots: set[int], table: dict[int, tuple[int, int]]) -> set[int]
     return found
 
 
-def _note(driver: int, since: int, noted: dict[int, int]) -> None:
+def _note(driver: int, before: set[tuple[int, int]], noted: dict[int, int]) -> None:
     table = _processes()
     for pid in _descendants({driver}, table):
         started = table[pid][1]
-        if started >= since and pid != os.getpid():
+        if (pid, started) not in before and pid != os.getpid():
             noted[pid] = started
 
 
@@ -125,11 +137,14 @@ def _end(noted: dict[int, int]) -> None:
 def main(argv: list[str]) -> int:
     driver = int(argv[0])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    since = _processes().get(os.getpid(), (0, 0))[1]
+    table = _processes()
+    before = {(pid, table[pid][1]) for pid in _descendants({driver}, table)}
+    os.write(sys.stdout.fileno(), b"ready\n")
+    os.close(sys.stdout.fileno())
     noted: dict[int, int] = {}
     received = b""
     while True:
-        _note(driver, since, noted)
+        _note(driver, before, noted)
         ready, _, _ = select.select([sys.stdin.buffer], [], [], SCAN_EVERY_S)
         if not ready:
             continue
