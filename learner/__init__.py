@@ -4,7 +4,7 @@ Public surface:
     LearnerConfig and its groups (ArchitectureConfig, OptimizerConfig, TargetConfig, DQNConfig,
     DistributionalConfig, SACConfig, ResetConfig, PrefetchConfig), resolve_device, ActionSpace,
     parse_number, MalformedValues, LearnerError, WeightStoreError, MalformedWeightsError (importing these does not import torch);
-    Learner, LearnerSummary, make_replay, sample_error_buffer (the loop);
+    Learner, LearnerSummary, LearnerReached, make_replay, sample_error_buffer (the loop);
     Agent, UpdateResult (the seam), make_agent, AGENTS, DiscreteQAgent, SACAgent (agents);
     QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore,
     decode_weights (the Redis parameter store); LearnerMetrics; LearnerStatus, learner_status_key
@@ -33,7 +33,7 @@ from learner.errors import LearnerError, MalformedWeightsError, WeightStoreError
 from learner.redis_values import MalformedValues, parse_number
 from learner.spaces import ActionSpace
 
-_RENAMED = {"METRIC_SERIES": "SERIES", "load_latest_checkpoint": "load_latest"}
+_RENAMED = {"METRIC_SERIES": "SERIES", "load_latest_checkpoint": "load_latest", "find_checkpoint": "find"}
 """Names exported under another name than their module's."""
 
 _LAZY = {
@@ -45,11 +45,13 @@ _LAZY = {
     "make_agent": "learner.agents",
     "Learner": "learner.loop",
     "LearnerSummary": "learner.loop",
+    "LearnerReached": "learner.loop",
     "make_replay": "learner.loop",
     "sample_error_buffer": "learner.loop",
     "LearnerMetrics": "learner.metrics",
     "METRIC_SERIES": "learner.metrics",
     "load_latest_checkpoint": "learner.checkpoint",
+    "find_checkpoint": "learner.checkpoint",
     "LearnerStatus": "learner.status",
     "learner_status_key": "learner.status",
     "TanhGaussianActor": "learner.networks",

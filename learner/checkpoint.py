@@ -3,7 +3,8 @@
 One file per checkpoint, `learner-<updates>.pt`, written with `torch.save` to a temporary file,
 fsynced and renamed (never half a file in place), and read back with
 `torch.load(weights_only=True)`, which unpickles only tensors and plain containers. The three
-newest are kept; an unreadable one falls back to the one before.
+newest are kept; an unreadable one (truncated, corrupt, or missing what a resume needs) is
+skipped, with a warning, for the one before.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import pathlib
 import random
 import re
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -70,13 +72,41 @@ def _list(directory: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
     return sorted(((int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))), reverse=True)
 
 
-def load_latest(directory: pathlib.Path) -> tuple[dict, pathlib.Path] | None:
-    """The newest readable checkpoint and its path, or None."""
+@dataclass
+class Found:
+    """What `find` found in a checkpoint directory."""
+
+    state: dict | None = None
+    """The newest good checkpoint's contents (None: no good one)."""
+    path: pathlib.Path | None = None
+    refused: list[str] = field(default_factory=list)
+    """Why each newer checkpoint was skipped ("PATH: why")."""
+
+
+REQUIRED = ("agent", "counters", "rng")
+"""Keys a checkpoint must hold to be resumed from."""
+
+
+def find(directory: pathlib.Path) -> Found:
+    """The newest good checkpoint in `directory`, and why newer ones were refused (each logged)."""
+    found = Found()
     for _, path in _list(directory):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True), path
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            missing = [key for key in REQUIRED if key not in state]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)}")
         except Exception as exc:  # a damaged file: say so and use the previous one
-            log.warning(
-                "refused learner checkpoint %s (%s: %s); trying the previous one", path, type(exc).__name__, exc
-            )
-    return None
+            reason = f"{path}: {type(exc).__name__}: {str(exc)[:200]}"
+            log.warning("refused learner checkpoint %s; trying the previous one", reason)
+            found.refused.append(reason)
+            continue
+        found.state, found.path = state, path
+        return found
+    return found
+
+
+def load_latest(directory: pathlib.Path) -> tuple[dict, pathlib.Path] | None:
+    """The newest good checkpoint and its path, or None."""
+    found = find(directory)
+    return (found.state, found.path) if found.path is not None else None

@@ -203,7 +203,11 @@ class LearnerConfig:
     """Updates between weight publications to the parameter store."""
 
     checkpoint_every: int = 10_000
-    """Updates between learner checkpoints (also written at SIGTERM)."""
+    """Updates between learner checkpoints (also written when it stops)."""
+
+    checkpoint_every_s: float | None = 60.0
+    """Seconds between learner checkpoints, whichever of this and `checkpoint_every` comes first:
+    a learner that dies loses at most about this much training (None: by updates only)."""
 
     device: str = "auto"
     """"auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"."""
@@ -239,6 +243,8 @@ class LearnerConfig:
         for name in ("batch_size", "publish_every", "checkpoint_every", "learning_starts"):
             if getattr(self, name) < 1:
                 _refuse(name, getattr(self, name), "must be >= 1")
+        if self.checkpoint_every_s is not None and not self.checkpoint_every_s > 0:
+            _refuse("checkpoint_every_s", self.checkpoint_every_s, "must be > 0, or null for by updates only")
         if not 0.0 <= self.gamma <= 1.0:
             _refuse("gamma", self.gamma, "must be in [0, 1]")
         if not self.updates_per_env_step > 0:

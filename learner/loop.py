@@ -23,6 +23,7 @@ from learner import checkpoint as ckpt
 from learner.agent import Agent, UpdateResult
 from learner.agents import make_agent
 from learner.config import LearnerConfig, resolve_device
+from learner.errors import WeightStoreError
 from learner.metrics import LearnerMetrics
 from learner.spaces import ActionSpace
 from learner.weights import WeightStore
@@ -63,6 +64,19 @@ def make_replay(
         seed=config.seed,
         credentials=credentials,
     )
+
+
+@dataclass(frozen=True)
+class LearnerReached:
+    """How far earlier learners of a run got (the counters last reported), so that a resumed or
+    restarted learner continues above them: weights versions only grow, and the updates it cannot
+    restore are counted as lost. A fresh learner (no good checkpoint, allowed explicitly) starts
+    its counters here, so the run's update count and UTD go on where they were."""
+
+    updates: int = 0
+    version: int = 0
+    inserts: int = 0
+    """Items inserted into the replay (what the UTD is counted against)."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +150,7 @@ class Learner:
         checkpoint_dir: where checkpoints go; an existing checkpoint there is resumed.
         metrics: the metrics to update (default: a fresh registry).
         log_every_s: seconds between progress lines.
+        reached: how far earlier learners of the run got (see `LearnerReached`).
     """
 
     def __init__(
@@ -150,6 +165,7 @@ class Learner:
         checkpoint_dir: str | pathlib.Path | None = None,
         metrics: LearnerMetrics | None = None,
         log_every_s: float = 10.0,
+        reached: LearnerReached | None = None,
     ):
         self.config, self.replay, self.run_name = config, replay, run
         keep_freed_memory()  # received batches are large buffers, freed after each update
@@ -166,12 +182,24 @@ class Learner:
         self._started_at = time.time()  # the age of data from versions no longer remembered
         self._published_at: dict[int, float] = {}  # version -> publish time, the last PUBLISH_MEMORY
         self.resumed_from: pathlib.Path | None = None
+        self.refused_checkpoints: list[str] = []
+        """Why newer checkpoints were skipped at the resume ("PATH: why")."""
+        self.updates_lost = 0
+        """Updates an earlier learner of the run reported beyond the checkpoint resumed from."""
+        self._reached = reached or LearnerReached()
+        self._base_inserts = 0  # the inserts the restored updates were counted against
+        self.inserts_offset = 0
+        """Added to the replay's insert count: inserts the shards no longer count (they came back
+        empty) but the restored updates were made against (see `align_inserts`)."""
+        self._last_checkpoint = time.monotonic()
+        self._publish_failing = False
         self.last_result: UpdateResult | None = None
         """The `UpdateResult` of the latest update (loss, q_mean, ...), None before the first."""
         self._priorities: _PrioritySender | None = None  # open while `run` runs
         self._last_log = (time.perf_counter(), self.updates)  # (time, updates) of the last progress line
         if self.checkpoint_dir is not None:
             self._resume()
+        self._continue_versions()
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -202,8 +230,12 @@ class Learner:
             self._priorities = None
         path = None
         if self.updates > first_update:
-            self.publish()
+            # The checkpoint first: it needs no Redis, so a dead Redis cannot cost the training.
             path = self.checkpoint() if self.checkpoint_dir is not None else None
+            try:
+                self.publish()
+            except WeightStoreError as exc:
+                log.warning("final weights not published (the checkpoint holds them): %s", exc)
         seconds = time.perf_counter() - started
         done = self.updates - first_update
         return LearnerSummary(self.updates, self.version, seconds, done / seconds if seconds else 0.0, path)
@@ -226,8 +258,8 @@ class Learner:
         if self.agent.after_update(self.updates):
             self.metrics.resets.inc()
         if self.updates % config.publish_every == 0:
-            self.publish()
-        if self.checkpoint_dir is not None and self.updates % config.checkpoint_every == 0:
+            self.try_publish()
+        if self.checkpoint_dir is not None and self._checkpoint_due():
             self.checkpoint()
         self._record(result, batch)
         return result
@@ -256,30 +288,92 @@ class Learner:
         self.metrics.weight_version.set(self.version)
         return self.version
 
+    def inserts(self) -> int:
+        """Items inserted into the replay over the run, as the UTD counts them."""
+        return (self.replay.stats()["inserts"] if self.replay is not None else 0) + self.inserts_offset
+
+    def align_inserts(self, replay_inserts: int) -> None:
+        """Counts the UTD on from where the restored updates were: when the shards now count fewer
+        inserts than the checkpoint's (they came back empty after a crash), the difference is added.
+
+        Args:
+            replay_inserts: the shards' insert count now (read once they are reachable).
+        """
+        self.inserts_offset = max(0, self._base_inserts - replay_inserts)
+
+    def _checkpoint_due(self) -> bool:
+        config = self.config
+        if self.updates % config.checkpoint_every == 0:
+            return True
+        every_s = config.checkpoint_every_s
+        return every_s is not None and time.monotonic() - self._last_checkpoint >= every_s
+
+    def try_publish(self) -> None:
+        """A publish during training: a Redis gap costs actors fresh weights (they act on their
+        last ones meanwhile), not the training; warned once per gap."""
+        try:
+            self.publish()
+        except WeightStoreError as exc:
+            if not self._publish_failing:
+                log.warning("weights not published (retried every publish_every updates): %s", exc)
+            self._publish_failing = True
+            return
+        if self._publish_failing:
+            log.info("weights published again (v%d)", self.version)
+        self._publish_failing = False
+
     def checkpoint(self) -> pathlib.Path:
         """Writes a checkpoint of everything `resume` needs."""
         state = {
             "agent": self.agent.state_dict(),
-            "counters": {"updates": self.updates, "version": self.version},
+            "counters": {"updates": self.updates, "version": self.version, "inserts": self.inserts()},
             "rng": ckpt.rng_state(self.rng),
         }
         path = ckpt.save(self.checkpoint_dir, state, self.updates)
+        self._last_checkpoint = time.monotonic()
         log.info("learner checkpoint at update %d: %s", self.updates, path)
         return path
 
     def _resume(self) -> None:
-        loaded = ckpt.load_latest(self.checkpoint_dir)
-        if loaded is None:
+        found = ckpt.find(self.checkpoint_dir)
+        self.refused_checkpoints = found.refused
+        reached = self._reached
+        if found.path is None:  # a fresh learner: the run's counters go on where they were
+            self.updates, self._base_inserts = reached.updates, reached.inserts
             return
-        state, path = loaded
+        state = found.state
         self.agent.load_state_dict(state["agent"])
-        self.updates = int(state["counters"]["updates"])
-        self.version = int(state["counters"]["version"])
+        counters = state["counters"]
+        self.updates = int(counters["updates"])
+        self.version = int(counters["version"])
+        self._base_inserts = int(counters.get("inserts", 0))
         ckpt.restore_rng(state["rng"], self.rng)
         self.metrics.updates.inc(self.updates)
+        self.resumed_from = found.path
+        self.updates_lost = max(0, reached.updates - self.updates)
+        if self.updates_lost:
+            log.warning(
+                "learner resumed at update %d from %s: the %d updates since that checkpoint are lost",
+                self.updates,
+                found.path,
+                self.updates_lost,
+            )
+        else:
+            log.info(
+                "resumed learner at update %d, weights version %d, from %s", self.updates, self.version, found.path
+            )
+
+    def _continue_versions(self) -> None:
+        """The next published version is above every version published before (by an earlier
+        learner of the run, whose weights actors may hold), so versions only grow."""
+        published = 0
+        if self.weight_store is not None:
+            try:
+                published = self.weight_store.version()
+            except WeightStoreError as exc:
+                log.warning("published weights version unknown (%s); continuing above the checkpoint's", exc)
+        self.version = max(self.version, self._reached.version, published)
         self.metrics.weight_version.set(self.version)
-        self.resumed_from = path
-        log.info("resumed learner at update %d, weights version %d, from %s", self.updates, self.version, path)
 
     def _record(self, result: UpdateResult, batch: TorchBatch) -> None:
         self.last_result = result
@@ -295,7 +389,7 @@ class Learner:
             now = time.time()
             ages = [now - self._published_at.get(int(v), self._started_at) for v in np.unique(versions)]
             metrics.sample_age.set(float(np.mean(ages)))
-        inserts = self.replay.stats()["inserts"] if self.replay is not None else 0
+        inserts = self.inserts()
         if inserts:
             metrics.achieved_utd.set(self.updates / inserts)
         now = time.perf_counter()

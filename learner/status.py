@@ -3,6 +3,8 @@
     qfleet:{run}:learner:status   hash   updates, updates_per_second, weights_version, achieved_utd,
                                          target_utd, loss, q_mean, device, host, pid, metrics,
                                          checkpoint, updated_at; expires `ttl_s` after a report
+    qfleet:{run}:learner:reached  hash   updates, version, inserts: the highest reported, kept
+                                         (REACHED_TTL_S) so a restarted learner knows what it lost
 
 Values are plain strings (no pickle); `read` gives numbers back as numbers.
 """
@@ -13,6 +15,9 @@ import time
 
 from learner.redis_values import parse_number
 from replay import connect_redis
+
+REACHED_TTL_S = 7 * 24 * 3600
+"""How long the `reached` hash outlives the last report."""
 
 
 def learner_status_key(run: str) -> str:
@@ -31,6 +36,7 @@ class LearnerStatus:
     def __init__(self, redis_url: str, run: str = "default"):
         self.redis_url, self.run = redis_url, run
         self._key = learner_status_key(run)
+        self._reached_key = f"qfleet:{run}:learner:reached"
         self._redis = connect_redis(redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
 
     def write(self, fields: dict[str, int | float | str], ttl_s: float = 10.0) -> None:
@@ -40,7 +46,16 @@ class LearnerStatus:
         pipe.delete(self._key)
         pipe.hset(self._key, mapping=mapping)
         pipe.pexpire(self._key, int(ttl_s * 1000))
+        pipe.hset(self._reached_key, mapping={k: mapping[k] for k in ("updates", "weights_version") if k in mapping})
+        pipe.expire(self._reached_key, REACHED_TTL_S)
         pipe.execute()
+
+    def reached(self) -> dict[str, int]:
+        """The latest counters a learner of this run reported ({} when none): updates,
+        weights_version. Raises redis.RedisError."""
+        fields = self._redis.hgetall(self._reached_key)
+        values = {k.decode(): parse_number(v) for k, v in fields.items()}
+        return {k: v for k, v in values.items() if isinstance(v, int)}
 
     def read(self) -> dict[str, int | float | str] | None:
         """The latest status, or None when no learner reported within its TTL."""

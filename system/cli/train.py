@@ -36,6 +36,12 @@ def add_parser(commands) -> None:
     parser.add_argument(
         "--resume", metavar="RUN_DIR", help="continue a stopped run: its config, checkpoints and counters"
     )
+    parser.add_argument(
+        "--fresh-learner",
+        action="store_true",
+        help="with --resume: when no learner checkpoint is good, continue with a fresh learner "
+        "(counters go on, the run records it) instead of refusing",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,4 +51,4 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give a CONFIG (e.g. configs/cartpole.yaml), or --resume RUN_DIR")
     if args.resume is not None and args.run_dir is not None:
         raise ConfigError("--run-dir with --resume: a resumed run stays in its own directory")
-    return run_train(args.path, args.set, args.run_dir, args.resume)
+    return run_train(args.path, args.set, args.run_dir, args.resume, fresh_learner=args.fresh_learner)

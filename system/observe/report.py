@@ -94,6 +94,11 @@ def summary_table(run: RunDir) -> str:
         f"| achieved / target UTD | {last.get('achieved_utd', 0.0):.3f} / {config.learner.updates_per_env_step:g} |",
         f"| weights version | {last.get('weights_version', 0)} |",
     ]
+    if state.get("learner_restarts") or state.get("learner_updates_lost"):
+        lost = state.get("learner_updates_lost", 0)
+        lines.append(f"| learner restarts (updates lost) | {state.get('learner_restarts', 0)} ({lost:,}) |")
+    for at in state.get("fresh_learners", []):
+        lines.append(f"| fresh learner (no good checkpoint) | at {at:,} env steps |")
     if last.get("recent_return") is not None:
         lines.append(f"| training return (last {SMOOTH_EPISODES} episodes) | {last['recent_return']:.1f} |")
     if evals:

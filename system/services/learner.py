@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from learner import ActionSpace, Learner, LearnerStatus, WeightStore, make_replay
+from learner import ActionSpace, Learner, LearnerReached, LearnerStatus, WeightStore, make_replay
 from replay import ReplayCredentials, ReplayError, ShardedCollector, start_metrics_server
 from system.config import ConfigError, RunConfig, env_spaces
 from system.local.secrets import use_run_secrets
@@ -38,6 +38,12 @@ class LearnerDescription:
     """The checkpoint it resumed from ("" when fresh)."""
     updates: int
     version: int
+    resumed_at: int = 0
+    """The update it resumed (or, fresh, started) from."""
+    updates_lost: int = 0
+    """Updates an earlier learner of the run reported beyond the checkpoint resumed from."""
+    refused_checkpoints: tuple[str, ...] = ()
+    """Newer checkpoints skipped as unreadable ("PATH: why")."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,10 @@ class LearnerProgress:
     achieved_utd: float
     error: str | None
     """Why the training thread died (None while it is fine)."""
+    pid: int = 0
+    """The learner's process (another pid: it was restarted)."""
+    updates_lost: int = 0
+    """This learner's `LearnerDescription.updates_lost`."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,8 @@ class LearnerService:
         log_every_s: seconds between the learner's own progress log lines.
         publish_at_resume: publish the resumed weights at once (actors of a resumed run then act
             with them from their first step), not only after publish_every updates.
+        reached: how far earlier learners of the run got (from its records); what the run's Redis
+            remembers is added.
 
     Raises:
         ConfigError: learner settings the replay source refuses.
@@ -103,12 +115,14 @@ class LearnerService:
         publish_at_resume: bool = False,
         *,
         replay_credentials: ReplayCredentials | None,
+        reached: LearnerReached | None = None,
     ):
         try:
             self.replay = make_replay(config.learner, redis_url=redis_url, run=run, credentials=replay_credentials)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.store = WeightStore(redis_url, run)
+        self.status = LearnerStatus(redis_url, run)
         self.learner = Learner(
             config.learner,
             self.replay,
@@ -118,7 +132,10 @@ class LearnerService:
             weight_store=self.store,
             checkpoint_dir=checkpoint_dir,
             log_every_s=log_every_s,
+            reached=self._reached(reached or LearnerReached()),
         )
+        self._resumed_at = self.learner.updates
+        self._align_inserts()
         self.learner.metrics.registry.register(ShardedCollector(self.replay))
         self.metrics_address = ""
         self._http = None
@@ -128,8 +145,7 @@ class LearnerService:
             host = socket.gethostname() if metrics_host == "0.0.0.0" else metrics_host
             self.metrics_address = f"{host}:{self._http.server_port}"
         if publish_at_resume and self.learner.resumed_from is not None:
-            self.learner.publish()
-        self.status = LearnerStatus(redis_url, run)
+            self.learner.try_publish()
         self._stop = threading.Event()
         self._summary = None
         self._error: str | None = None
@@ -138,6 +154,25 @@ class LearnerService:
         self._progress: LearnerProgress | None = None
         self._last_measured = (time.monotonic(), self.learner.updates)
         self._threads: list[threading.Thread] = []
+
+    def _reached(self, recorded: LearnerReached) -> LearnerReached:
+        """`recorded` raised to what the run's Redis remembers (a learner of this run that died)."""
+        try:
+            remembered = self.status.reached()
+        except Exception as exc:  # Redis unreachable: the records still give a floor
+            log.warning("cannot read the learner's last counters from Redis: %s", exc)
+            remembered = {}
+        return LearnerReached(
+            updates=max(recorded.updates, remembered.get("updates", 0)),
+            version=max(recorded.version, remembered.get("weights_version", 0)),
+            inserts=recorded.inserts,
+        )
+
+    def _align_inserts(self) -> None:
+        try:
+            self.learner.align_inserts(self.replay.info().inserts)
+        except ReplayError as exc:
+            log.warning("replay insert count unknown at the start (%s): the UTD counts from the shards'", exc)
 
     def start(self, max_updates: int | None = None) -> LearnerService:
         """Starts training (until `stop()`, or `max_updates` in total) and the status reports."""
@@ -171,7 +206,7 @@ class LearnerService:
     def _measure(self) -> LearnerProgress:
         now, updates = time.monotonic(), self.learner.updates
         last_time, last_updates = self._last_measured
-        inserts = self.replay.stats()["inserts"]
+        inserts = self.learner.inserts()
         rate = (updates - last_updates) / max(now - last_time, 1e-9)
         self.learner.metrics.updates_per_second.set(rate)  # the loop itself logs (and sets it) rarely
         self._progress = LearnerProgress(
@@ -181,6 +216,8 @@ class LearnerService:
             inserts=inserts,
             achieved_utd=updates / inserts if inserts else 0.0,
             error=self._error,
+            pid=os.getpid(),
+            updates_lost=self.learner.updates_lost,
         )
         self._last_measured = (now, updates)
         return self._progress
@@ -210,6 +247,9 @@ class LearnerService:
             resumed_from=str(self.learner.resumed_from or ""),
             updates=self.learner.updates,
             version=self.learner.version,
+            resumed_at=self._resumed_at,
+            updates_lost=self.learner.updates_lost,
+            refused_checkpoints=tuple(self.learner.refused_checkpoints),
         )
 
     def progress(self) -> LearnerProgress:

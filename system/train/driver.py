@@ -16,22 +16,30 @@ from system.errors import TrainError
 from system.local.signals import stop_on_signals
 from system.train.launch import launch, new_components
 from system.train.plan import Plan, plan
-from system.train.records import RunCounters
+from system.train.records import LearnerEventRecord, RunCounters
 from system.train.shutdown import shutdown
 from system.train.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
 
-def run_train(config_path: str | None, overrides: list[str], run_dir: str | None, resume: str | None) -> int:
+def run_train(
+    config_path: str | None,
+    overrides: list[str],
+    run_dir: str | None,
+    resume: str | None,
+    fresh_learner: bool = False,
+) -> int:
     """Entry of `qfleet train` after argument parsing; returns the exit code."""
-    checked = plan(config_path, overrides, run_dir, resume)
+    checked = plan(config_path, overrides, run_dir, resume, fresh_learner)
     config, run = checked.config, checked.run
     stop = stop_on_signals(
         log, "stopping in order: actors flush, the learner checkpoints, shards checkpoint (again: at once)", True
     )
     run.write_config(config)
     counters = RunCounters(checked.state, config.train.eval_every_steps)
+    if checked.fresh_learner:
+        record_fresh_learner(checked, counters)
     what = f"resuming at {counters.start_env_steps:,} env steps" if resume else "fresh"
     print(
         f"qfleet train: run {checked.name!r} in {run.path} ({what}); {config.env.id}, "
@@ -56,6 +64,15 @@ def run_train(config_path: str | None, overrides: list[str], run_dir: str | None
         flush=True,
     )
     return 1 if error else 0
+
+
+def record_fresh_learner(checked: Plan, counters: RunCounters) -> None:
+    """A fresh learner continues the run: said in metrics.jsonl, state.json and the summary."""
+    reached = checked.learner_reached
+    counters.fresh_learners.append(counters.env_steps)
+    record = LearnerEventRecord("fresh", counters.wall_s(), counters.env_steps, reached.updates, 0, "")
+    checked.run.append_records([record.to_json()])
+    checked.run.write_json("state.json", counters.state())
 
 
 def train_session(checked: Plan, counters: RunCounters, stop) -> str | None:

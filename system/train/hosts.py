@@ -108,6 +108,8 @@ class LearnerHost:
             /metrics.
         replay_credentials: the run's replay token and certificate (no private key); required, so
             that plaintext (None) is always a choice made at the call site.
+        reached: how far earlier learners of the run got (`learner.LearnerReached`): a resumed or
+            restarted learner continues above it.
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class LearnerHost:
         metrics_host: str | None = "127.0.0.1",
         *,
         replay_credentials: ReplayCredentials | None,
+        reached=None,
     ):
         import torch
 
@@ -138,6 +141,7 @@ class LearnerHost:
             metrics_host=metrics_host,
             publish_at_resume=True,
             replay_credentials=replay_credentials,
+            reached=reached,
         ).start()
 
     def describe(self) -> LearnerDescription:

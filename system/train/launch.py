@@ -11,6 +11,11 @@ The embedded Redis's password goes into this process's QFLEET_REDIS_PASSWORD bef
 (local Ray workers inherit it), the local Ray gets a token of its own (`init_ray`), and both are
 saved in the user's private secrets folder (`system.local.secrets`) for other qfleet commands;
 run.json names that file ("secrets_id") and shows Redis URLs with `redact_url`.
+
+The embedded default first starts a watchdog (`system.local.watchdog`): if this process dies
+without stopping, what it started (redis-server, Ray and its agents, the hosts) goes within seconds.
+The learner is restartable (LEARNER_MAX_RESTARTS): a restarted one resumes from its newest good
+checkpoint, above the versions and updates the run reached.
 """
 
 from __future__ import annotations
@@ -35,16 +40,20 @@ from system.local.secrets import (
     save_run_secrets,
     without_redacted_password,
 )
+from system.local.watchdog import Watchdog
 from system.observe.discovery import discover, register_driver, unregister_driver, write_targets
 from system.train.evaluate import RunEvaluations
 from system.train.metrics import TrainMetrics
 from system.train.plan import Plan, evaluates_in_driver, shard_config
-from system.train.records import RunCounters
+from system.train.records import LearnerEventRecord, RunCounters
 
 if TYPE_CHECKING:
     from actors import ActorFleet
 
 log = logging.getLogger(__name__)
+
+LEARNER_MAX_RESTARTS = 5
+"""Times Ray restarts a learner whose process died, within one session."""
 
 
 class EpisodeFeed:
@@ -125,6 +134,8 @@ class Components:
     evaluations: RunEvaluations | None = None
     """Evaluations (None for emulator envs: the driver's machine rarely is an emulator host)."""
     fleet: ActorFleet | None = None
+    watchdog: Watchdog | None = None
+    """Ends what this run started if the driver dies (the embedded default only)."""
     replay_credentials: ReplayCredentials | None = field(default=None, repr=False)
     """This start's replay token, certificate and key (made by `launch`; never written anywhere)."""
 
@@ -139,6 +150,9 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
 
     config, run = plan.config, plan.run
     components.replay_credentials = generate_credentials()
+    if config.ray.address is None:
+        components.watchdog = Watchdog.start()
+        components.info["watchdog_pid"] = components.watchdog.pid
     # A resumed run's config.yaml shows a password of redis.url as ***: it comes from the environment.
     url = without_redacted_password(config.redis.url) if config.redis.url else None
     if url and url != config.redis.url and not os.environ.get(REDIS_PASSWORD_ENV):
@@ -157,7 +171,7 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
     for start in (_start_shards, _start_learner):
         if stop.is_set():
             return
-        start(plan, components)
+        start(plan, components, counters)
         run.write_json("run.json", components.info)
     components.episodes = EpisodeFeed(components.redis_url, plan.name)
     if evaluates_in_driver(config):
@@ -257,7 +271,7 @@ def _start_metrics(plan: Plan, components: Components) -> None:
         log.info("driver metrics %s; Prometheus targets in %s", address, components.targets.path)
 
 
-def _start_shards(plan: Plan, components: Components) -> None:
+def _start_shards(plan: Plan, components: Components, counters: RunCounters) -> None:
     from system.train.hosts import ShardHost
 
     config, ray = plan.config, components.ray
@@ -278,7 +292,7 @@ def _start_shards(plan: Plan, components: Components) -> None:
     components.info["shards"] = [asdict(shard) for shard in described]
 
 
-def _start_learner(plan: Plan, components: Components) -> None:
+def _start_learner(plan: Plan, components: Components, counters: RunCounters) -> None:
     from system.train.hosts import LearnerHost
 
     config, train, ray = plan.config, plan.config.train, components.ray
@@ -292,7 +306,7 @@ def _start_learner(plan: Plan, components: Components) -> None:
         "num_cpus": train.learner_num_cpus,
         "num_gpus": gpus,
         "resources": dict(train.learner_resources or {}),
-        "max_restarts": 0,
+        "max_restarts": LEARNER_MAX_RESTARTS,
         "name": f"qfleet-{plan.name}-learner",
     }
     components.learner = (
@@ -308,11 +322,28 @@ def _start_learner(plan: Plan, components: Components) -> None:
             num_threads=max(1, int(train.learner_num_cpus)),
             metrics_host="node" if config.ray.address is not None else "127.0.0.1",
             replay_credentials=components.replay_credentials.for_clients(),
+            reached=plan.learner_reached,
         )
     )
     described = ray.get(components.learner.describe.remote(), timeout=600)
-    where = f"resumed at update {described.updates:,}" if described.resumed_from else "fresh"
+    for message in described.refused_checkpoints:
+        log.warning("learner checkpoint refused: %s", message)
+    where = f"resumed at update {described.resumed_at:,}" if described.resumed_from else "fresh"
+    if not described.resumed_from and described.resumed_at:
+        where = f"fresh, counting on from update {described.resumed_at:,}"
     log.info("learner on %s (%s); metrics %s", described.device, where, described.metrics or "off")
+    if described.updates_lost:  # the previous session ended without its stop checkpoint
+        log.warning("learner: %s updates since its checkpoint were lost", f"{described.updates_lost:,}")
+        counters.learner_updates_lost += described.updates_lost
+        event = LearnerEventRecord(
+            "resumed",
+            counters.wall_s(),
+            counters.env_steps,
+            described.resumed_at,
+            described.updates_lost,
+            described.resumed_from,
+        )
+        plan.run.append_records([event.to_json()])
     components.info["learner"] = asdict(described)
 
 

@@ -9,6 +9,7 @@ import pathlib
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from learner import ActionSpace
 from replay import ReplayConfig, Spec, redact_url
@@ -30,15 +31,32 @@ class Plan:
     obs_shape: tuple[int, ...]
     action_space: ActionSpace
     spec: Spec
+    learner_reached: Any = None
+    """How far the run's learner got in earlier sessions (a `learner.LearnerReached`; None for a
+    fresh run): a resumed learner continues above it."""
+    fresh_learner: bool = False
+    """A resume whose learner starts fresh (no good checkpoint, --fresh-learner given)."""
 
 
-def plan(config_path: str | None, overrides: list[str], run_dir: str | None, resume: str | None) -> Plan:
+def plan(
+    config_path: str | None,
+    overrides: list[str],
+    run_dir: str | None,
+    resume: str | None,
+    fresh_learner: bool = False,
+) -> Plan:
     """Resolves and checks everything a run needs; nothing is started or written.
+
+    Args:
+        fresh_learner: a resume may start a fresh learner when no learner checkpoint is good.
 
     Raises:
         ConfigError: a bad value (named), an unknown env, a replay that cannot fit in memory, a
-            run directory that already holds a run (fresh runs), or one that holds none (resume).
+            run directory that already holds a run (fresh runs), or one that holds none (resume);
+            a resume whose learner trained but left no good checkpoint (without fresh_learner).
     """
+    if fresh_learner and resume is None:
+        raise ConfigError("--fresh-learner goes with --resume RUN_DIR (a new run's learner is fresh anyway)")
     if resume is not None:
         if config_path is not None:
             raise ConfigError("--resume RUN_DIR takes the run's own config.yaml: give no CONFIG with it")
@@ -67,7 +85,41 @@ def plan(config_path: str | None, overrides: list[str], run_dir: str | None, res
     config = dataclasses.replace(config, train=train)
     spaces = env_spaces(config.env)
     check(config, spaces.spec)
-    return Plan(config, run, name, state, spaces.obs_shape, spaces.action_space, spaces.spec)
+    checked = Plan(config, run, name, state, spaces.obs_shape, spaces.action_space, spaces.spec)
+    if resume is not None:
+        checked.learner_reached, checked.fresh_learner = learner_resume(run, fresh_learner)
+    return checked
+
+
+def learner_resume(run: RunDir, fresh_learner: bool):
+    """How far the run's learner got (its records), and whether it must start fresh.
+
+    Returns:
+        (a `learner.LearnerReached`, True when no checkpoint is good but fresh_learner allows it).
+
+    Raises:
+        ConfigError: the learner trained but no checkpoint of it is good, without fresh_learner.
+    """
+    from learner import LearnerReached, find_checkpoint
+
+    progress = run.records("progress")
+    reached = LearnerReached(
+        updates=max((int(r.get("updates", 0)) for r in progress), default=0),
+        version=max((int(r.get("weights_version", 0)) for r in progress), default=0),
+        inserts=max((int(r.get("replay_inserts", 0)) for r in progress), default=0),
+    )
+    found = find_checkpoint(run.checkpoints)
+    if found.path is not None or (reached.updates == 0 and not found.refused):
+        return reached, False  # a good checkpoint, or a learner that never trained
+    why = "; ".join(found.refused) if found.refused else f"none in {run.checkpoints}"
+    if not fresh_learner:
+        raise ConfigError(
+            f"no good learner checkpoint ({why}), and the run's learner had reached update {reached.updates:,}: "
+            f"resuming would lose its training. Continue with a fresh learner (its counters go on from there, "
+            f"the run records it): qfleet train --resume {run.path} --fresh-learner"
+        )
+    log.warning("no good learner checkpoint (%s): a fresh learner continues from update %d", why, reached.updates)
+    return reached, True
 
 
 def default_run_dir(config: RunConfig) -> pathlib.Path:

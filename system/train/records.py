@@ -36,6 +36,12 @@ class RunCounters:
         """(env steps, mean return) of the latest evaluation."""
         self.env_steps = self.start_env_steps
         """Env steps of the whole run so far."""
+        self.learner_restarts = int(state.get("learner_restarts", 0))
+        """Times a learner resumed from a checkpoint after its process died (all sessions)."""
+        self.learner_updates_lost = int(state.get("learner_updates_lost", 0))
+        """Updates lost with those learners (made after their newest checkpoint)."""
+        self.fresh_learners: list[int] = [int(at) for at in state.get("fresh_learners", [])]
+        """Env steps at which a resume started a fresh learner (no good checkpoint, --fresh-learner)."""
         self.session_episodes = 0
         self.returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self._started = time.monotonic()
@@ -64,6 +70,9 @@ class RunCounters:
             "next_eval": self.next_eval,
             "evals": self.evals,
             "last_eval": list(self.last_eval) if self.last_eval else None,
+            "learner_restarts": self.learner_restarts,
+            "learner_updates_lost": self.learner_updates_lost,
+            "fresh_learners": self.fresh_learners,
         }
 
 
@@ -133,6 +142,27 @@ class EvalRecord:
 
     def to_json(self) -> dict:
         return {"kind": "eval", **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class LearnerEventRecord:
+    """The learner came back without some of its training: "restarted" (Ray restarted its dead
+    process; it resumed from its newest good checkpoint), "resumed" (a resume after a session that
+    ended without its stop checkpoint: a killed driver) or "fresh" (a resume found no good
+    checkpoint and --fresh-learner let a fresh learner continue)."""
+
+    event: str
+    wall_s: float
+    env_steps: int
+    updates: int
+    """The update it continued from."""
+    updates_lost: int
+    """Updates an earlier learner had reported beyond that."""
+    resumed_from: str
+    """The checkpoint ("" for a fresh learner)."""
+
+    def to_json(self) -> dict:
+        return {"kind": "learner", **dataclasses.asdict(self)}
 
 
 def progress_line(record: ProgressRecord, total_env_steps: int) -> str:

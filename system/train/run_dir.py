@@ -20,7 +20,7 @@ class RunDir:
       run.json             run name, Redis URL (no password), Ray's GCS address, shard/learner
                            addresses, pids, the id of the run's private secrets file
       state.json           counters a resumed run continues from (env steps, episodes, wall time)
-      metrics.jsonl        one JSON object per line: {"kind": "progress" | "eval" | "episodes", ...}
+      metrics.jsonl        one JSON object per line: {"kind": "progress" | "eval" | "episodes" | "learner", ...}
       checkpoints/         learner checkpoints (learner-<updates>.pt)
       replay/shard-<i>/    replay shard checkpoints
       prometheus/targets.json   every component's /metrics, for Prometheus' file-based discovery

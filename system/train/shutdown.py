@@ -72,6 +72,9 @@ def shutdown(plan: Plan, parts: Components, counters: RunCounters, latest: Progr
             finally:
                 if parts.secrets_id is not None:
                     remove_run_secrets(parts.secrets_id)
+    # Only after an orderly stop: one cut short leaves the watchdog armed to end what remains.
+    if parts.watchdog is not None:
+        parts.watchdog.close()
     return failures.first
 
 
@@ -94,7 +97,7 @@ def _stop_learner(
     if parts.learner is None:
         return
     try:
-        result = parts.ray.get(parts.learner.stop.remote(), timeout=STOP_TIMEOUT_S)
+        result = _learner_stopped(parts)
     except Exception as exc:
         failures.add("the learner did not stop cleanly", exc)
         return
@@ -115,6 +118,21 @@ def _stop_learner(
     )
     if result.error:
         failures.first = failures.first or f"the learner failed: {result.error}"
+
+
+def _learner_stopped(parts: Components):
+    """The learner's `stop()`; a learner Ray is restarting is waited for (it resumes, then stops
+    with a checkpoint)."""
+    from ray.exceptions import ActorUnavailableError
+
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while True:
+        try:
+            return parts.ray.get(parts.learner.stop.remote(), timeout=max(1.0, deadline - time.monotonic()))
+        except ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def _stop_ray(plan: Plan, parts: Components) -> None:

@@ -14,7 +14,7 @@ from system.errors import TrainError
 from system.observe.discovery import DISCOVERY_EVERY_S
 from system.train.launch import Components
 from system.train.plan import Plan
-from system.train.records import EpisodesRecord, ProgressRecord, RunCounters, progress_line
+from system.train.records import EpisodesRecord, LearnerEventRecord, ProgressRecord, RunCounters, progress_line
 
 if TYPE_CHECKING:
     from actors import FleetStats
@@ -83,6 +83,8 @@ class Supervisor:
         self.components, self.counters, self.stop = components, counters, stop
         self.latest: ProgressRecord | None = None
         """The latest progress record (the final one is made from it)."""
+        self._learner_pid = components.info.get("learner", {}).get("pid")
+        self._learner_away = False  # Ray is restarting it (said once)
 
     def run(self) -> None:
         """The loop; returns at train.total_env_steps or when `stop` is set.
@@ -111,20 +113,68 @@ class Supervisor:
                 records += parts.evaluations.finished()
             now = time.monotonic()
             if recording.due(now):
-                learner = parts.ray.get(parts.learner.progress.remote(), timeout=60)
-                if learner.error is not None:
-                    raise TrainError(f"the learner failed: {learner.error}")
-                self.latest = self._progress(fleet, learner, rate.add(now, counters.env_steps))
-                parts.metrics.update(self.latest)
-                records.append(self.latest)
-                if printing.due(now):
-                    print(progress_line(self.latest, train.total_env_steps), flush=True)
+                learner = self._learner_progress(records)
+                if learner is not None:
+                    self.latest = self._progress(fleet, learner, rate.add(now, counters.env_steps))
+                    parts.metrics.update(self.latest)
+                    records.append(self.latest)
+                    if printing.due(now):
+                        print(progress_line(self.latest, train.total_env_steps), flush=True)
             self.run_dir.append_records([record.to_json() for record in records])
             targets.tick(now)
             state.tick(now)
             if counters.env_steps >= train.total_env_steps:
                 log.info("reached %s env steps", f"{counters.env_steps:,}")
                 return
+
+    def _learner_progress(self, records: list) -> LearnerProgress | None:
+        """The learner's progress; None while Ray restarts its process (the round goes on without
+        it; actors act on their last weights meanwhile). A restarted learner is logged and recorded.
+
+        Raises:
+            TrainError: the learner's training thread failed, or Ray gave up restarting it.
+        """
+        from ray.exceptions import ActorUnavailableError, GetTimeoutError
+
+        parts = self.components
+        try:
+            learner = parts.ray.get(parts.learner.progress.remote(), timeout=60)
+        except (ActorUnavailableError, GetTimeoutError) as exc:
+            if not self._learner_away:
+                log.warning("the learner is away (%s); it resumes from its newest checkpoint", type(exc).__name__)
+            self._learner_away = True
+            return None
+        if learner.error is not None:
+            raise TrainError(f"the learner failed: {learner.error}")
+        if self._learner_pid is not None and learner.pid != self._learner_pid:
+            self._learner_restarted(learner, records)
+        self._learner_pid, self._learner_away = learner.pid, False
+        return learner
+
+    def _learner_restarted(self, learner: LearnerProgress, records: list) -> None:
+        parts, counters = self.components, self.counters
+        described = parts.ray.get(parts.learner.describe.remote(), timeout=60)
+        counters.learner_restarts += 1
+        counters.learner_updates_lost += described.updates_lost
+        log.warning(
+            "the learner was restarted (pid %d): resumed at update %s from %s; %s updates lost",
+            learner.pid,
+            f"{described.resumed_at:,}",
+            described.resumed_from or "no checkpoint",
+            f"{described.updates_lost:,}",
+        )
+        records.append(
+            LearnerEventRecord(
+                "restarted",
+                counters.wall_s(),
+                counters.env_steps,
+                described.resumed_at,
+                described.updates_lost,
+                described.resumed_from,
+            )
+        )
+        parts.info["learner"] = {**parts.info.get("learner", {}), "pid": learner.pid}
+        self.run_dir.write_json("run.json", parts.info)
 
     def _episodes(self) -> list[EpisodesRecord]:
         episodes = self.components.episodes.read()

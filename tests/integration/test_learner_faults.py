@@ -1,0 +1,217 @@
+"""The learner survives its faults: checkpoints by time, a damaged newest checkpoint skipped for the
+previous one, versions that only grow after a resume, a checkpoint that needs no Redis at stop,
+and UTD counters that come back consistent (real shards, real Redis)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+
+import numpy as np
+import pytest
+import torch
+from resume_child import as_batch
+
+from actors import transition_spec
+from conftest import cartpole_transitions, shard_kwargs
+from learner import (
+    ActionSpace,
+    ArchitectureConfig,
+    Learner,
+    LearnerConfig,
+    LearnerReached,
+    PrefetchConfig,
+    WeightStore,
+    find_checkpoint,
+    make_replay,
+)
+from replay import ShardedReplay
+from system.config import ConfigError
+from system.local.redis_server import free_port
+from system.train.plan import learner_resume
+from system.train.run_dir import RunDir
+
+SMALL = LearnerConfig(
+    batch_size=32,
+    learning_starts=200,
+    updates_per_env_step=0.25,
+    publish_every=10,
+    checkpoint_every=1_000_000,
+    checkpoint_every_s=None,
+    device="cpu",
+    architecture=ArchitectureConfig(hidden_size=32),
+    prefetch=PrefetchConfig(depth=2, batches_per_request=1),
+)
+SPACE = ActionSpace(num_actions=2)
+
+
+def random_batch(rng: np.random.Generator):
+    data = {
+        "obs": torch.tensor(rng.normal(size=(32, 4)), dtype=torch.float32),
+        "action": torch.tensor(rng.integers(0, 2, 32)),
+        "reward": torch.tensor(rng.normal(size=32), dtype=torch.float32),
+        "next_obs": torch.tensor(rng.normal(size=(32, 4)), dtype=torch.float32),
+        "discount": torch.full((32,), 0.97),
+    }
+    return as_batch(data, torch.ones(32))
+
+
+def checkpointed_learner(directory, updates_at: list[int]) -> Learner:
+    """A learner (no replay) that wrote a checkpoint at each of `updates_at`."""
+    learner = Learner(SMALL, None, (4,), SPACE, checkpoint_dir=directory)
+    rng = np.random.default_rng(0)
+    for target in updates_at:
+        while learner.updates < target:
+            learner.step(random_batch(rng))
+        learner.version = target // 10
+        learner.checkpoint()
+    return learner
+
+
+@pytest.fixture
+def shards(start_server, redis_server):
+    spec = transition_spec("CartPole-v1")
+    for shard_id in (0, 1):
+        start_server(spec, shard_id=shard_id, capacity=20_000, **shard_kwargs(redis_server, run="faults"))
+    writer = ShardedReplay(redis_server.url, "faults")
+    writer.wait_for_shards(2)
+    yield writer
+    writer.close()
+
+
+def test_a_learner_checkpoints_by_time_as_well_as_by_updates(tmp_path):
+    config = dataclasses.replace(SMALL, checkpoint_every_s=0.3)
+    learner = Learner(config, None, (4,), SPACE, checkpoint_dir=tmp_path)
+    rng = np.random.default_rng(0)
+    learner.step(random_batch(rng))
+    assert not list(tmp_path.glob("learner-*.pt"))  # not due yet: 1 update, well under 0.3 s
+    time.sleep(0.35)
+    learner.step(random_batch(rng))
+    assert [p.name for p in tmp_path.glob("learner-*.pt")] == ["learner-000000000002.pt"]
+
+
+@pytest.mark.parametrize("checkpoint_every_s", [0.0, -1.0])
+def test_checkpoint_every_s_must_be_positive(checkpoint_every_s):
+    with pytest.raises(ValueError, match="checkpoint_every_s"):
+        dataclasses.replace(SMALL, checkpoint_every_s=checkpoint_every_s)
+
+
+def test_a_truncated_newest_checkpoint_is_skipped_for_the_previous_one(tmp_path, caplog):
+    checkpointed_learner(tmp_path, [20, 40])
+    newest = tmp_path / "learner-000000000040.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # a crash while copying, a full disk
+
+    with caplog.at_level(logging.WARNING, logger="learner.checkpoint"):
+        resumed = Learner(SMALL, None, (4,), SPACE, checkpoint_dir=tmp_path)
+    assert resumed.updates == 20 and resumed.resumed_from == tmp_path / "learner-000000000020.pt"
+    assert len(resumed.refused_checkpoints) == 1 and str(newest) in resumed.refused_checkpoints[0]
+    assert "refused learner checkpoint" in caplog.text and str(newest) in caplog.text
+
+
+def test_a_resumed_learner_publishes_above_every_version_published_before(tmp_path, redis_server):
+    store = WeightStore(redis_server.url, "faults")
+    first = Learner(SMALL, None, (4,), SPACE, run="faults", weight_store=store, checkpoint_dir=tmp_path)
+    rng = np.random.default_rng(0)
+    for _ in range(30):  # publishes v1..v3, checkpoints at v3 ...
+        first.step(random_batch(rng))
+    first.checkpoint()
+    seen = [store.version()]
+    for _ in range(50):  # ... and goes on to v8 before it dies
+        first.step(random_batch(rng))
+        seen.append(store.version())
+    assert store.version() == 8
+
+    restarted = Learner(SMALL, None, (4,), SPACE, run="faults", weight_store=store, checkpoint_dir=tmp_path)
+    assert restarted.updates == 30  # the checkpoint's training ...
+    assert restarted.publish() == 9  # ... published above what actors may hold already
+    for _ in range(10):
+        restarted.step(random_batch(rng))
+        seen.append(store.version())
+    assert seen == sorted(seen) and seen[-1] == 10  # an actor polling the store never sees it go down
+    store.close()
+
+
+def test_the_stop_checkpoint_comes_first_so_a_dead_redis_cannot_prevent_it(shards, redis_server, tmp_path):
+    shards.insert(cartpole_transitions(2000))
+    shards.flush()
+    dead_store = WeightStore(f"redis://127.0.0.1:{free_port()}/0", "faults")  # nothing listens there
+    replay = make_replay(SMALL, redis_server.url, "faults", credentials=None)
+    learner = Learner(SMALL, replay, (4,), SPACE, run="faults", weight_store=dead_store, checkpoint_dir=tmp_path)
+
+    summary = learner.run(max_updates=25)  # publishes fail (logged), training goes on
+
+    assert summary.updates == 25
+    assert summary.checkpoint == tmp_path / "learner-000000000025.pt" and summary.checkpoint.exists()
+    replay.close()
+
+
+def test_utd_counters_come_back_consistent_when_shards_come_back_empty(shards, redis_server, tmp_path):
+    shards.insert(cartpole_transitions(2000))
+    shards.flush()
+    replay = make_replay(SMALL, redis_server.url, "faults", credentials=None)
+    learner = Learner(SMALL, replay, (4,), SPACE, run="faults", checkpoint_dir=tmp_path)
+    learner.run(max_updates=40)
+    assert learner.inserts() == 2000
+    replay.close()
+
+    # The shards restarted empty (no replay checkpoint): the restored updates were made against
+    # 2,000 inserts, and the UTD goes on from 40 / 2,000, not 40 / (whatever came in since).
+    restarted = Learner(SMALL, None, (4,), SPACE, checkpoint_dir=tmp_path)
+    restarted.align_inserts(0)
+    assert (restarted.updates, restarted.inserts()) == (40, 2000)
+    # The shards kept their data (a learner restart mid-run): their count is the truth.
+    again = Learner(SMALL, None, (4,), SPACE, checkpoint_dir=tmp_path)
+    again.align_inserts(2600)
+    assert again.inserts_offset == 0
+
+
+def test_updates_beyond_the_checkpoint_are_counted_as_lost(tmp_path):
+    checkpointed_learner(tmp_path, [20])
+    resumed = Learner(SMALL, None, (4,), SPACE, checkpoint_dir=tmp_path, reached=LearnerReached(updates=57))
+    assert (resumed.updates, resumed.updates_lost) == (20, 37)
+
+
+def run_dir_with(tmp_path, updates: int) -> RunDir:
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    progress = {"kind": "progress", "updates": updates, "weights_version": 9, "replay_inserts": 3000}
+    (run.path / "metrics.jsonl").write_text(json.dumps(progress) + "\n")
+    return run
+
+
+def test_resume_falls_back_to_an_older_checkpoint(tmp_path):
+    run = run_dir_with(tmp_path, updates=45)
+    checkpointed_learner(run.checkpoints, [20, 40])
+    newest = run.checkpoints / "learner-000000000040.pt"
+    newest.write_bytes(b"")
+
+    reached, fresh = learner_resume(run, fresh_learner=False)
+    assert (reached.updates, reached.version, fresh) == (45, 9, False)
+    assert find_checkpoint(run.checkpoints).path == run.checkpoints / "learner-000000000020.pt"
+
+
+def test_resume_without_a_good_checkpoint_refuses_unless_a_fresh_learner_is_asked_for(tmp_path):
+    run = run_dir_with(tmp_path, updates=45)
+    checkpointed_learner(run.checkpoints, [40])
+    only = run.checkpoints / "learner-000000000040.pt"
+    only.write_bytes(only.read_bytes()[:500])
+
+    with pytest.raises(ConfigError) as refused:
+        learner_resume(run, fresh_learner=False)
+    message = str(refused.value)
+    assert "no good learner checkpoint" in message and str(only) in message
+    assert "update 45" in message and f"qfleet train --resume {run.path} --fresh-learner" in message
+
+    reached, fresh = learner_resume(run, fresh_learner=True)
+    assert fresh and reached == LearnerReached(updates=45, version=9, inserts=3000)
+    # A fresh learner's counters go on from there: the UTD and the checkpoints' numbers continue.
+    learner = Learner(SMALL, None, (4,), SPACE, checkpoint_dir=run.checkpoints, reached=reached)
+    learner.align_inserts(0)
+    assert (learner.updates, learner.version, learner.inserts(), learner.resumed_from) == (45, 9, 3000, None)
+
+
+def test_resume_of_a_run_whose_learner_never_trained_needs_no_checkpoint(tmp_path):
+    run = run_dir_with(tmp_path, updates=0)
+    assert learner_resume(run, fresh_learner=False) == (LearnerReached(0, 9, 3000), False)
