@@ -5,6 +5,7 @@ Public surface:
     DistributionalConfig, SACConfig, ResetConfig, PrefetchConfig), resolve_device, ActionSpace,
     parse_number, MalformedValues, LearnerError, WeightStoreError, MalformedWeightsError (importing these does not import torch);
     Learner, LearnerSummary, LearnerReached, make_replay, sample_error_buffer (the loop);
+    find_checkpoint, has_checkpoints, load_latest_checkpoint (checkpoints);
     Agent, UpdateResult (the seam), make_agent, AGENTS, DiscreteQAgent, SACAgent (agents);
     QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore,
     decode_weights (the Redis parameter store); LearnerMetrics; LearnerStatus, learner_status_key
@@ -52,6 +53,7 @@ _LAZY = {
     "METRIC_SERIES": "learner.metrics",
     "load_latest_checkpoint": "learner.checkpoint",
     "find_checkpoint": "learner.checkpoint",
+    "has_checkpoints": "learner.checkpoint",
     "LearnerStatus": "learner.status",
     "learner_status_key": "learner.status",
     "TanhGaussianActor": "learner.networks",

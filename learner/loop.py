@@ -35,6 +35,14 @@ PUBLISH_MEMORY = 1000
 """Publish times kept for the sample-age metric; older versions count from the learner's start."""
 
 
+VERSION_READ_S = 30.0
+"""How long a starting learner retries reading the published weights version."""
+
+VERSION_SAFETY_STEP = 1000
+"""A resumed learner that cannot read the published version continues this far above the highest
+version it knows (checkpoint, run records): above anything published since, in practice."""
+
+
 def sample_error_buffer(config: LearnerConfig) -> float:
     """Slack of the learner's global samples-per-insert window, in sampled items: room for the
     prefetcher's requests (prefetch_batches_per_request batches each) from a few threads."""
@@ -77,6 +85,9 @@ class LearnerReached:
     version: int = 0
     inserts: int = 0
     """Items inserted into the replay (what the UTD is counted against)."""
+    fresh_from: int = 0
+    """The update at which the run's current network started (the last fresh learner's start; 0:
+    the run's start): a learner that must start fresh again loses the updates since then."""
 
 
 @dataclass(frozen=True)
@@ -185,7 +196,10 @@ class Learner:
         self.refused_checkpoints: list[str] = []
         """Why newer checkpoints were skipped at the resume ("PATH: why")."""
         self.updates_lost = 0
-        """Updates an earlier learner of the run reported beyond the checkpoint resumed from."""
+        """Updates an earlier learner of the run reported beyond the checkpoint resumed from (all
+        of its network's updates when no checkpoint was good: see `fresh`)."""
+        self.fresh = False
+        """A new network continues a run that had trained (no good checkpoint)."""
         self._reached = reached or LearnerReached()
         self._base_inserts = 0  # the inserts the restored updates were counted against
         self.inserts_offset = 0
@@ -340,6 +354,14 @@ class Learner:
         reached = self._reached
         if found.path is None:  # a fresh learner: the run's counters go on where they were
             self.updates, self._base_inserts = reached.updates, reached.inserts
+            self.fresh = reached.updates > 0 or bool(found.refused)
+            self.updates_lost = max(0, reached.updates - reached.fresh_from)
+            if self.fresh:
+                log.warning(
+                    "no good learner checkpoint: a fresh network continues from update %d (%d updates lost)",
+                    self.updates,
+                    self.updates_lost,
+                )
             return
         state = found.state
         self.agent.load_state_dict(state["agent"])
@@ -365,15 +387,34 @@ class Learner:
 
     def _continue_versions(self) -> None:
         """The next published version is above every version published before (by an earlier
-        learner of the run, whose weights actors may hold), so versions only grow."""
-        published = 0
-        if self.weight_store is not None:
-            try:
-                published = self.weight_store.version()
-            except WeightStoreError as exc:
-                log.warning("published weights version unknown (%s); continuing above the checkpoint's", exc)
-        self.version = max(self.version, self._reached.version, published)
+        learner of the run, whose weights actors may hold), so versions only grow. The published
+        version is read for up to VERSION_READ_S (once for a brand-new learner); when Redis stays
+        unreadable, a continued learner jumps VERSION_SAFETY_STEP above the highest version it
+        knows, so it never reuses a number an earlier learner published after its checkpoint."""
+        known = max(self.version, self._reached.version)
+        if self.weight_store is None:
+            self.version = known
+        else:
+            continued = self.resumed_from is not None or self.updates > 0 or known > 0
+            published = self._published_version(VERSION_READ_S if continued else 0.0)
+            if published is None:
+                self.version = known + VERSION_SAFETY_STEP if continued else known
+                log.warning("published weights version unknown: continuing from v%d", self.version)
+            else:
+                self.version = max(known, published)
         self.metrics.weight_version.set(self.version)
+
+    def _published_version(self, retry_s: float) -> int | None:
+        """The published version, read for up to `retry_s`; None when Redis stays unreachable."""
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                return self.weight_store.version()
+            except WeightStoreError as exc:
+                if time.monotonic() >= deadline:
+                    log.warning("cannot read the published weights version (%.0f s of tries): %s", retry_s, exc)
+                    return None
+            time.sleep(0.5)
 
     def _record(self, result: UpdateResult, batch: TorchBatch) -> None:
         self.last_result = result

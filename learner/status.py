@@ -46,8 +46,10 @@ class LearnerStatus:
         pipe.delete(self._key)
         pipe.hset(self._key, mapping=mapping)
         pipe.pexpire(self._key, int(ttl_s * 1000))
-        pipe.hset(self._reached_key, mapping={k: mapping[k] for k in ("updates", "weights_version") if k in mapping})
-        pipe.expire(self._reached_key, REACHED_TTL_S)
+        reached = {k: mapping[k] for k in ("updates", "weights_version") if k in mapping}
+        if reached:  # HSET with no fields is an error that would lose the whole write
+            pipe.hset(self._reached_key, mapping=reached)
+            pipe.expire(self._reached_key, REACHED_TTL_S)
         pipe.execute()
 
     def reached(self) -> dict[str, int]:
@@ -56,6 +58,11 @@ class LearnerStatus:
         fields = self._redis.hgetall(self._reached_key)
         values = {k.decode(): parse_number(v) for k, v in fields.items()}
         return {k: v for k, v in values.items() if isinstance(v, int)}
+
+    def forget_reached(self) -> None:
+        """Deletes the `reached` hash: a new run that reuses this run name must not inherit an
+        earlier run's counters. Raises redis.RedisError."""
+        self._redis.delete(self._reached_key)
 
     def read(self) -> dict[str, int | float | str] | None:
         """The latest status, or None when no learner reported within its TTL."""

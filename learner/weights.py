@@ -10,6 +10,7 @@ Versions start at 1 and only grow; 0 means nothing was published yet.
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import redis
@@ -20,6 +21,8 @@ from safetensors.torch import save as save_safetensors
 from learner.errors import MalformedWeightsError, WeightStoreError
 from learner.redis_values import parse_number
 from replay import connect_redis, redact_url
+
+log = logging.getLogger(__name__)
 
 
 def _keys(run: str) -> tuple[str, str]:
@@ -39,6 +42,7 @@ class WeightStore:
         self._weights_key, self._version_key = _keys(run)
         self._shown_url = redact_url(redis_url)
         self._redis = connect_redis(redis_url, socket_timeout=10.0, socket_connect_timeout=2.0)
+        self._lower_seen = False  # a version below the one held was announced (logged once)
 
     def __reduce__(self):
         return (type(self), (self.redis_url, self.run))
@@ -79,13 +83,24 @@ class WeightStore:
         return version
 
     def fetch(self, known_version: int = 0) -> tuple[int, dict[str, torch.Tensor]] | None:
-        """The newest weights if their version differs from `known_version`, else None.
+        """The newest weights if their version is above `known_version`, else None. A lower
+        announced version (an earlier learner's number reused) is ignored, logged once: versions
+        only grow, so the weights held are newer.
 
         Raises:
             WeightStoreError: Redis is unreachable.
             MalformedWeightsError: the version or the weights key holds a malformed value.
         """
-        if self.version() == known_version:
+        announced = self.version()
+        if announced < known_version and not self._lower_seen:
+            self._lower_seen = True
+            log.warning(
+                "weights v%d announced in %s, below the v%d held: ignored until a higher version comes",
+                announced,
+                self._shown_url,
+                known_version,
+            )
+        if announced <= known_version:
             return None
         try:
             blob = self._redis.get(self._weights_key)
@@ -94,11 +109,12 @@ class WeightStore:
         if blob is None:
             return None
         try:
-            return decode_weights(blob)
+            version, tensors = decode_weights(blob)
         except MalformedWeightsError as exc:
             raise MalformedWeightsError(
                 f"{self._weights_key} in {self._shown_url}: {exc}", key=self._weights_key
             ) from None
+        return (version, tensors) if version > known_version else None
 
     def close(self) -> None:
         self._redis.close()

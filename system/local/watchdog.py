@@ -7,8 +7,9 @@ own session that notes, every `SCAN_EVERY_S`, the driver's descendants that were
 it began (pid and start time, so a reused pid is never taken for one of them); the driver waits
 for its "ready" before it starts anything. Its standard input is a
 pipe from the driver: end of file without a "done" line means the driver died, and then it
-terminates what it noted (and their children), by pid, SIGKILL after `GRACE_S`. An orderly stop
-writes "done" and nothing is touched.
+terminates what it noted (and their children), SIGKILL after `GRACE_S`, through pidfds opened
+once their start time was checked (a pid reused during the grace is never signalled). An orderly
+stop writes "done" and nothing is touched.
 
     watchdog = Watchdog.start()   # in the driver, before Redis and Ray start
     ...
@@ -28,6 +29,8 @@ from pathlib import Path
 SCAN_EVERY_S = 0.5
 GRACE_S = 3.0
 """Seconds between SIGTERM and SIGKILL of what is left."""
+READY_TIMEOUT_S = 30.0
+"""Longest wait for the watchdog's "ready" (it scans /proc once before)."""
 
 
 class Watchdog:
@@ -50,11 +53,7 @@ class Watchdog:
             start_new_session=True,  # a Ctrl-C meant for the driver must not end it first
             cwd=Path(__file__).resolve().parents[2],
         )
-        if proc.stdout.readline().strip() != b"ready":
-            proc.kill()
-            proc.wait()
-            raise OSError("the driver's watchdog did not start")
-        proc.stdout.close()
+        await_ready(proc, READY_TIMEOUT_S)
         return cls(proc)
 
     @property
@@ -73,6 +72,22 @@ class Watchdog:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def await_ready(proc: subprocess.Popen, timeout_s: float) -> None:
+    """Waits up to `timeout_s` for the line "ready" on `proc`'s stdout (then closed).
+
+    Raises:
+        OSError: another line, end of file, or nothing in time (`proc` is killed).
+    """
+    answered, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    line = proc.stdout.readline() if answered else b""
+    proc.stdout.close()
+    if line.strip() != b"ready":
+        proc.kill()
+        proc.wait()
+        why = "said nothing" if not answered else f"said {line[:80]!r}"
+        raise OSError(f"the driver's watchdog did not start ({why} within {timeout_s:.0f} s)")
 
 
 def _processes() -> dict[int, tuple[int, int]]:
@@ -109,29 +124,72 @@ def _note(driver: int, before: set[tuple[int, int]], noted: dict[int, int]) -> N
             noted[pid] = started
 
 
-def _still_ours(noted: dict[int, int]) -> set[int]:
-    """The noted processes still alive (same start time), and their children."""
+def _still_ours(noted: dict[int, int]) -> dict[int, int]:
+    """The noted processes still alive (same start time), and their children: pid -> start time."""
     table = _processes()
     alive = {pid for pid, started in noted.items() if table.get(pid, (0, -1))[1] == started}
-    return alive | _descendants(alive, table)
+    return {pid: table[pid][1] for pid in alive | _descendants(alive, table) if pid in table}
 
 
-def _signal(pids: set[int], signum: int) -> None:
-    for pid in pids:
+def _start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (None: no such process)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class _Process:
+    """One process to end, held by a pidfd where the kernel has them (a pid reused after it exits
+    is then never signalled), else by pid and start time, rechecked before each signal."""
+
+    def __init__(self, pid: int, started: int):
+        self.pid, self.started, self.fd = pid, started, None
         try:
-            os.kill(pid, signum)
-        except OSError:
+            self.fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # no pidfds (old kernel), or it is gone: checked below
             pass
+        self.gone = _start_time(pid) != started  # checked after opening: the fd is that process
+
+    def signal(self, signum: int) -> None:
+        try:
+            if self.fd is not None:
+                signal.pidfd_send_signal(self.fd, signum)
+            elif _start_time(self.pid) == self.started:
+                os.kill(self.pid, signum)
+            else:
+                self.gone = True
+        except OSError:  # it exited
+            self.gone = True
+
+    def exited(self) -> bool:
+        if not self.gone:
+            if self.fd is not None:
+                self.gone = bool(select.select([self.fd], [], [], 0)[0])  # readable once it exited
+            else:
+                self.gone = _start_time(self.pid) != self.started
+        return self.gone
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 def _end(noted: dict[int, int]) -> None:
-    left = _still_ours(noted)
-    _signal(left, signal.SIGTERM)
-    deadline = time.monotonic() + GRACE_S
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = {pid for pid in left if pid in _processes()}
-    _signal(left, signal.SIGKILL)
+    processes = [_Process(pid, started) for pid, started in _still_ours(noted).items()]
+    try:
+        left = [process for process in processes if not process.gone]
+        for process in left:
+            process.signal(signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_S
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = [process for process in left if not process.exited()]
+        for process in left:
+            process.signal(signal.SIGKILL)
+    finally:
+        for process in processes:
+            process.close()
 
 
 def main(argv: list[str]) -> int:

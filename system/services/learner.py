@@ -6,15 +6,23 @@ The service is the one wiring of a learner: `qfleet learner run` runs it in the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
 
-from learner import ActionSpace, Learner, LearnerReached, LearnerStatus, WeightStore, make_replay
+from learner import (
+    ActionSpace,
+    Learner,
+    LearnerReached,
+    LearnerStatus,
+    WeightStore,
+    has_checkpoints,
+    make_replay,
+)
 from replay import ReplayCredentials, ReplayError, ShardedCollector, start_metrics_server
 from system.config import ConfigError, RunConfig, env_spaces
 from system.local.secrets import use_run_secrets
@@ -26,7 +34,7 @@ REPORT_EVERY_S = 1.0
 """Seconds between measurements (progress, the status hash in Redis, updates/s on /metrics)."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class LearnerDescription:
     """Where a started learner runs (run.json's "learner")."""
 
@@ -44,9 +52,12 @@ class LearnerDescription:
     """Updates an earlier learner of the run reported beyond the checkpoint resumed from."""
     refused_checkpoints: tuple[str, ...] = ()
     """Newer checkpoints skipped as unreadable ("PATH: why")."""
+    fresh: bool = False
+    """A new network continues a run that had trained (no good checkpoint): `updates_lost` are
+    all of the previous network's."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class LearnerProgress:
     """The learner's counters at its latest measurement."""
 
@@ -64,7 +75,7 @@ class LearnerProgress:
     """This learner's `LearnerDescription.updates_lost`."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class LearnerResult:
     """What a stopped learner did."""
 
@@ -94,8 +105,12 @@ class LearnerService:
         log_every_s: seconds between the learner's own progress log lines.
         publish_at_resume: publish the resumed weights at once (actors of a resumed run then act
             with them from their first step), not only after publish_every updates.
-        reached: how far earlier learners of the run got (from its records); what the run's Redis
-            remembers is added.
+        reached: how far earlier learners of the run got (from its records; None: a new run).
+        restarted: Ray restarted this learner's process (a dead learner of this session).
+
+    A continued learner (`reached` given, `restarted`, or a checkpoint to resume) takes the run's
+    latest counters from the Redis `reached` hash when present (the most recent report); a new
+    run's learner deletes a stale one (a run name reused on a persistent Redis) instead.
 
     Raises:
         ConfigError: learner settings the replay source refuses.
@@ -116,6 +131,7 @@ class LearnerService:
         *,
         replay_credentials: ReplayCredentials | None,
         reached: LearnerReached | None = None,
+        restarted: bool = False,
     ):
         try:
             self.replay = make_replay(config.learner, redis_url=redis_url, run=run, credentials=replay_credentials)
@@ -132,7 +148,7 @@ class LearnerService:
             weight_store=self.store,
             checkpoint_dir=checkpoint_dir,
             log_every_s=log_every_s,
-            reached=self._reached(reached or LearnerReached()),
+            reached=self._reached(reached, restarted, checkpoint_dir),
         )
         self._resumed_at = self.learner.updates
         self._align_inserts()
@@ -155,17 +171,27 @@ class LearnerService:
         self._last_measured = (time.monotonic(), self.learner.updates)
         self._threads: list[threading.Thread] = []
 
-    def _reached(self, recorded: LearnerReached) -> LearnerReached:
-        """`recorded` raised to what the run's Redis remembers (a learner of this run that died)."""
+    def _reached(self, recorded: LearnerReached | None, restarted: bool, checkpoint_dir: str | None) -> LearnerReached:
+        """How far this run's learner got: the records' counters, with the updates the run's Redis
+        remembers (more recent) and the highest version of both. A new run forgets what Redis
+        remembers of an earlier run of the same name."""
+        continued = recorded is not None or restarted or has_checkpoints(checkpoint_dir)
+        recorded = recorded or LearnerReached()
+        if not continued:
+            try:
+                self.status.forget_reached()
+            except Exception as exc:  # Redis unreachable: the status writes will fail as well
+                log.warning("cannot clear an earlier run's learner counters from Redis: %s", exc)
+            return recorded
         try:
             remembered = self.status.reached()
         except Exception as exc:  # Redis unreachable: the records still give a floor
             log.warning("cannot read the learner's last counters from Redis: %s", exc)
             remembered = {}
-        return LearnerReached(
-            updates=max(recorded.updates, remembered.get("updates", 0)),
+        return dataclasses.replace(
+            recorded,
+            updates=remembered.get("updates", recorded.updates),
             version=max(recorded.version, remembered.get("weights_version", 0)),
-            inserts=recorded.inserts,
         )
 
     def _align_inserts(self) -> None:
@@ -250,6 +276,7 @@ class LearnerService:
             resumed_at=self._resumed_at,
             updates_lost=self.learner.updates_lost,
             refused_checkpoints=tuple(self.learner.refused_checkpoints),
+            fresh=self.learner.fresh,
         )
 
     def progress(self) -> LearnerProgress:

@@ -109,7 +109,8 @@ class LearnerHost:
         replay_credentials: the run's replay token and certificate (no private key); required, so
             that plaintext (None) is always a choice made at the call site.
         reached: how far earlier learners of the run got (`learner.LearnerReached`): a resumed or
-            restarted learner continues above it.
+            restarted learner continues above it (a process Ray restarted also reads what the
+            run's Redis remembers).
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class LearnerHost:
         replay_credentials: ReplayCredentials | None,
         reached=None,
     ):
+        import ray
         import torch
 
         torch.set_num_threads(max(1, num_threads))
@@ -142,6 +144,7 @@ class LearnerHost:
             publish_at_resume=True,
             replay_credentials=replay_credentials,
             reached=reached,
+            restarted=bool(ray.get_runtime_context().was_current_actor_reconstructed),
         ).start()
 
     def describe(self) -> LearnerDescription:

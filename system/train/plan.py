@@ -103,15 +103,22 @@ def learner_resume(run: RunDir, fresh_learner: bool):
     from learner import LearnerReached, find_checkpoint
 
     progress = run.records("progress")
-    reached = LearnerReached(
-        updates=max((int(r.get("updates", 0)) for r in progress), default=0),
+    last = progress[-1] if progress else {}
+    fresh_starts = [r for r in run.records("learner") if r.get("event") == "fresh"]
+    reached = LearnerReached(  # the last record: an earlier session's loss is not counted again
+        updates=int(last.get("updates", 0)),
         version=max((int(r.get("weights_version", 0)) for r in progress), default=0),
-        inserts=max((int(r.get("replay_inserts", 0)) for r in progress), default=0),
+        inserts=int(last.get("replay_inserts", 0)),
+        fresh_from=int(fresh_starts[-1].get("updates", 0)) if fresh_starts else 0,
     )
     found = find_checkpoint(run.checkpoints)
     if found.path is not None or (reached.updates == 0 and not found.refused):
         return reached, False  # a good checkpoint, or a learner that never trained
     why = "; ".join(found.refused) if found.refused else f"none in {run.checkpoints}"
+    if aside := sorted(path.name for path in run.checkpoints.glob("*.refused")):
+        why += f"; refused before and renamed: {', '.join(aside)}"
+    if fresh_learner:  # the driver records the fresh start (and its loss): the learner counts none again
+        reached = dataclasses.replace(reached, fresh_from=reached.updates)
     if not fresh_learner:
         raise ConfigError(
             f"no good learner checkpoint ({why}), and the run's learner had reached update {reached.updates:,}: "

@@ -34,6 +34,12 @@ STATE_EVERY_S = 10.0
 POLL_TIMEOUT_S = 0.25
 """Longest wait for an actor's chunk per round."""
 
+LEARNER_AWAY_POLL_S = 2.0
+"""Longest wait for the learner's answer while it is away (Ray restarting it, or hung)."""
+
+LEARNER_AWAY_LIMIT_S = 300.0
+"""A learner away this long ends the run (with resume advice): it hangs, or Ray cannot place it."""
+
 
 class Periodic:
     """`fn` every `every_s` seconds, counted from creation, for a loop that calls `tick(now)`."""
@@ -84,7 +90,7 @@ class Supervisor:
         self.latest: ProgressRecord | None = None
         """The latest progress record (the final one is made from it)."""
         self._learner_pid = components.info.get("learner", {}).get("pid")
-        self._learner_away = False  # Ray is restarting it (said once)
+        self._learner_away_since: float | None = None  # monotonic time it stopped answering
 
     def run(self) -> None:
         """The loop; returns at train.total_env_steps or when `stop` is set.
@@ -129,43 +135,65 @@ class Supervisor:
 
     def _learner_progress(self, records: list) -> LearnerProgress | None:
         """The learner's progress; None while Ray restarts its process (the round goes on without
-        it; actors act on their last weights meanwhile). A restarted learner is logged and recorded.
+        it; actors act on their last weights meanwhile, and it is asked with a short timeout). A
+        restarted learner is logged and recorded.
 
         Raises:
-            TrainError: the learner's training thread failed, or Ray gave up restarting it.
+            TrainError: the learner's training thread failed, Ray gave up restarting it, or it
+                stayed away (unreachable or hung) for LEARNER_AWAY_LIMIT_S.
         """
-        from ray.exceptions import ActorUnavailableError, GetTimeoutError
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
 
         parts = self.components
+        away_since = self._learner_away_since
+        timeout = 60 if away_since is None else LEARNER_AWAY_POLL_S
         try:
-            learner = parts.ray.get(parts.learner.progress.remote(), timeout=60)
+            learner = parts.ray.get(parts.learner.progress.remote(), timeout=timeout)
+            if learner.error is None and self._learner_pid is not None and learner.pid != self._learner_pid:
+                self._learner_restarted(learner, records)
         except (ActorUnavailableError, GetTimeoutError) as exc:
-            if not self._learner_away:
+            now = time.monotonic()
+            if away_since is None:
                 log.warning("the learner is away (%s); it resumes from its newest checkpoint", type(exc).__name__)
-            self._learner_away = True
+                self._learner_away_since = now
+            elif now - away_since > LEARNER_AWAY_LIMIT_S:
+                raise TrainError(
+                    f"the learner has not answered for {now - away_since:.0f} s ({type(exc).__name__}); "
+                    f"continue the run with: qfleet train --resume {self.run_dir.path}"
+                ) from None
             return None
+        except ActorDiedError as exc:
+            raise TrainError(
+                f"the learner died and Ray restarts it no more ({str(exc).splitlines()[0][:200]}); "
+                f"continue the run from its newest checkpoint with: qfleet train --resume {self.run_dir.path}"
+            ) from None
         if learner.error is not None:
             raise TrainError(f"the learner failed: {learner.error}")
-        if self._learner_pid is not None and learner.pid != self._learner_pid:
-            self._learner_restarted(learner, records)
-        self._learner_pid, self._learner_away = learner.pid, False
+        self._learner_pid, self._learner_away_since = learner.pid, None
         return learner
 
     def _learner_restarted(self, learner: LearnerProgress, records: list) -> None:
+        """Records a learner that Ray restarted: "restarted" (from a checkpoint) or "fresh" (no good
+        checkpoint: a new network, all of the previous one's updates lost). Raises what Ray raises
+        when the learner is away again (nothing is counted then; the next round asks again)."""
         parts, counters = self.components, self.counters
-        described = parts.ray.get(parts.learner.describe.remote(), timeout=60)
+        described = parts.ray.get(parts.learner.describe.remote(), timeout=LEARNER_AWAY_POLL_S)
         counters.learner_restarts += 1
         counters.learner_updates_lost += described.updates_lost
+        event = "fresh" if described.fresh else "restarted"
+        if described.fresh:
+            counters.fresh_learners.append(counters.env_steps)
         log.warning(
-            "the learner was restarted (pid %d): resumed at update %s from %s; %s updates lost",
+            "the learner was restarted (pid %d): %s at update %s from %s; %s updates lost",
             learner.pid,
+            "a fresh network continues" if described.fresh else "resumed",
             f"{described.resumed_at:,}",
             described.resumed_from or "no checkpoint",
             f"{described.updates_lost:,}",
         )
         records.append(
             LearnerEventRecord(
-                "restarted",
+                event,
                 counters.wall_s(),
                 counters.env_steps,
                 described.resumed_at,

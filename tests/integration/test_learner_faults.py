@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import subprocess
 import time
 
 import numpy as np
@@ -14,8 +16,8 @@ import pytest
 import torch
 from resume_child import as_batch
 
-from actors import transition_spec
-from conftest import cartpole_transitions, shard_kwargs
+from actors import WeightSubscriber, transition_spec
+from conftest import cartpole_transitions, shard_kwargs, wait_until
 from learner import (
     ActionSpace,
     ArchitectureConfig,
@@ -27,6 +29,7 @@ from learner import (
     find_checkpoint,
     make_replay,
 )
+from learner.loop import VERSION_SAFETY_STEP
 from replay import ShardedReplay
 from system.config import ConfigError
 from system.local.redis_server import free_port
@@ -202,10 +205,12 @@ def test_resume_without_a_good_checkpoint_refuses_unless_a_fresh_learner_is_aske
         learner_resume(run, fresh_learner=False)
     message = str(refused.value)
     assert "no good learner checkpoint" in message and str(only) in message
+    assert not only.exists() and only.with_name(only.name + ".refused").exists()  # out of pruning's way
     assert "update 45" in message and f"qfleet train --resume {run.path} --fresh-learner" in message
 
     reached, fresh = learner_resume(run, fresh_learner=True)
-    assert fresh and reached == LearnerReached(updates=45, version=9, inserts=3000)
+    # The driver records the fresh start: the fresh learner counts no loss of its own again.
+    assert fresh and reached == LearnerReached(updates=45, version=9, inserts=3000, fresh_from=45)
     # A fresh learner's counters go on from there: the UTD and the checkpoints' numbers continue.
     learner = Learner(SMALL, None, (4,), SPACE, checkpoint_dir=run.checkpoints, reached=reached)
     learner.align_inserts(0)
@@ -215,3 +220,95 @@ def test_resume_without_a_good_checkpoint_refuses_unless_a_fresh_learner_is_aske
 def test_resume_of_a_run_whose_learner_never_trained_needs_no_checkpoint(tmp_path):
     run = run_dir_with(tmp_path, updates=0)
     assert learner_resume(run, fresh_learner=False) == (LearnerReached(0, 9, 3000), False)
+
+
+def test_a_checkpoint_written_below_damaged_ones_is_kept(tmp_path):
+    for updates in (40, 50, 60):  # damaged checkpoints with higher numbers than the new learner's
+        (tmp_path / f"learner-{updates:012d}.pt").write_bytes(b"damaged")
+    fresh = Learner(SMALL, None, (4,), SPACE, checkpoint_dir=tmp_path, reached=LearnerReached(updates=5))
+    # Refused at the resume, they are set aside: kept for inspection, out of the resume and pruning.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"learner-{updates:012d}.pt.refused" for updates in (40, 50, 60)
+    ]
+    first = fresh.checkpoint()
+    for updates in (70, 80, 90):  # damaged ones that appear later are still never preferred to it
+        (tmp_path / f"learner-{updates:012d}.pt").write_bytes(b"damaged")
+    fresh.step(random_batch(np.random.default_rng(0)))
+    newest = fresh.checkpoint()
+
+    assert first.exists() is False and newest.exists()  # pruned as the oldest, not before
+    assert find_checkpoint(tmp_path).path == newest
+
+
+def test_temporary_files_of_a_killed_save_are_removed_once_their_writer_is_gone(tmp_path):
+    checkpointed_learner(tmp_path, [10])
+    writer = subprocess.Popen(["true"])
+    writer.wait()
+    stale = tmp_path / f".learner-000000000020.pt.tmp-{writer.pid}"
+    live = tmp_path / f".learner-000000000030.pt.tmp-{os.getpid()}"  # a save still under way
+    stale.write_bytes(b"half a checkpoint")
+    live.write_bytes(b"half a checkpoint")
+
+    assert find_checkpoint(tmp_path).path == tmp_path / "learner-000000000010.pt"
+    assert not stale.exists() and live.exists()
+
+
+def test_a_loss_reported_by_an_earlier_session_is_not_counted_again(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    records = [
+        {"kind": "progress", "updates": 60, "weights_version": 6, "replay_inserts": 2400},  # killed at 60
+        {"kind": "learner", "event": "resumed", "updates": 40, "updates_lost": 20},  # resumed from 40
+        {"kind": "progress", "updates": 40, "weights_version": 8, "replay_inserts": 2600},  # a clean stop
+    ]
+    (run.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    checkpointed_learner(run.checkpoints, [40])
+
+    reached, fresh = learner_resume(run, fresh_learner=False)
+    assert reached == LearnerReached(updates=40, version=8, inserts=2600) and not fresh
+    resumed = Learner(SMALL, None, (4,), SPACE, checkpoint_dir=run.checkpoints, reached=reached)
+    assert resumed.updates_lost == 0 and resumed.version == 8
+
+
+def test_a_learner_without_a_good_checkpoint_counts_its_network_lost(tmp_path):
+    (tmp_path / "learner-000000000040.pt").write_bytes(b"damaged")
+    # A Ray restart of a run whose network started fresh at update 30 (--fresh-learner) and got to 75.
+    restarted = Learner(
+        SMALL, None, (4,), SPACE, checkpoint_dir=tmp_path, reached=LearnerReached(updates=75, fresh_from=30)
+    )
+    assert restarted.fresh and (restarted.updates, restarted.updates_lost) == (75, 45)
+    assert restarted.resumed_from is None
+
+
+def test_a_continued_learner_never_reuses_a_version_when_redis_is_unreadable(tmp_path, monkeypatch):
+    monkeypatch.setattr("learner.loop.VERSION_READ_S", 1.0)
+    checkpointed_learner(tmp_path, [30])  # version 3 in the checkpoint; later ones were published
+    dead_store = WeightStore(f"redis://127.0.0.1:{free_port()}/0", "faults")  # nothing listens there
+    started = time.monotonic()
+    resumed = Learner(SMALL, None, (4,), SPACE, weight_store=dead_store, checkpoint_dir=tmp_path)
+    assert time.monotonic() - started >= 1.0  # it tried for a while before giving up
+    assert resumed.version == 3 + VERSION_SAFETY_STEP
+
+    brand_new = Learner(SMALL, None, (4,), SPACE, weight_store=dead_store, checkpoint_dir=tmp_path / "new")
+    assert brand_new.version == 0  # nothing was published before it: nothing to step over
+
+
+def test_actors_ignore_a_version_below_the_one_they_hold(redis_server, caplog):
+    store = WeightStore(redis_server.url, "lower")
+    weights = {"w": torch.ones(2)}
+    store.publish(weights, 7)
+    subscriber = WeightSubscriber(WeightStore(redis_server.url, "lower"), poll_s=0.02)
+    try:
+        assert subscriber.fetch_now()[0] == 7
+        with caplog.at_level(logging.WARNING, logger="learner.weights"):
+            store.publish({"w": torch.zeros(2)}, 3)  # a learner that reused a lower number
+            assert wait_until(lambda: "below the v7 held" in caplog.text, timeout=5)
+            assert subscriber.fetch_now() is None and subscriber.take() is None
+            store.publish({"w": torch.full((2,), 2.0)}, 8)
+            taken = []
+            assert wait_until(lambda: taken.append(subscriber.take()) or taken[-1] is not None, timeout=5)
+            assert taken[-1][0] == 8 and torch.equal(taken[-1][1]["w"], torch.full((2,), 2.0))
+        assert caplog.text.count("below the v7 held") == 1  # said once, however often it is polled
+    finally:
+        subscriber.close()
+        store.close()
