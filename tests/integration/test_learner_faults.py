@@ -24,6 +24,7 @@ from learner import (
     Learner,
     LearnerConfig,
     LearnerReached,
+    LearnerStatus,
     PrefetchConfig,
     WeightStore,
     find_checkpoint,
@@ -31,8 +32,9 @@ from learner import (
 )
 from learner.loop import VERSION_SAFETY_STEP
 from replay import ShardedReplay
-from system.config import ConfigError
+from system.config import ConfigError, load_config
 from system.local.redis_server import free_port
+from system.services.learner import LearnerService
 from system.train.plan import learner_resume
 from system.train.run_dir import RunDir
 
@@ -312,3 +314,49 @@ def test_actors_ignore_a_version_below_the_one_they_hold(redis_server, caplog):
     finally:
         subscriber.close()
         store.close()
+
+
+def small_service(redis_server, checkpoint_dir, **kwargs) -> LearnerService:
+    config = load_config(None, ["learner.device=cpu", "learner.architecture.hidden_size=32"])
+    return LearnerService(
+        config,
+        (4,),
+        SPACE,
+        redis_server.url,
+        "faults",
+        str(checkpoint_dir),
+        metrics_host=None,
+        replay_credentials=None,
+        **kwargs,
+    )
+
+
+def test_a_new_run_forgets_the_counters_redis_kept_of_an_earlier_run_of_its_name(shards, redis_server, tmp_path):
+    status = LearnerStatus(redis_server.url, "faults")
+    status.write({"updates": 500, "weights_version": 50})  # an earlier run with this name
+
+    new = small_service(redis_server, tmp_path / "new")
+    assert (new.learner.updates, new.learner.updates_lost, new.learner.fresh) == (0, 0, False)
+    assert status.reached() == {}
+    new.stop()
+
+    # This run's learner dies before its first checkpoint and Ray restarts it: Redis tells how far
+    # it got, and the new network counts all of that as lost.
+    status.write({"updates": 120, "weights_version": 12})
+    restarted = small_service(redis_server, tmp_path / "new", restarted=True)
+    described = restarted.describe()
+    assert (described.updates, described.updates_lost, described.fresh) == (120, 120, True)
+    assert described.version >= 12
+    restarted.stop()
+    status.close()
+
+
+def test_within_a_session_the_counters_redis_kept_are_preferred_to_the_records(shards, redis_server, tmp_path):
+    checkpointed_learner(tmp_path, [40])
+    status = LearnerStatus(redis_server.url, "faults")
+    status.write({"updates": 90, "weights_version": 4})  # the latest report, after the records' last one
+
+    resumed = small_service(redis_server, tmp_path, reached=LearnerReached(updates=60, version=9))
+    assert (resumed.learner.updates, resumed.learner.updates_lost, resumed.learner.version) == (40, 50, 9)
+    resumed.stop()
+    status.close()
