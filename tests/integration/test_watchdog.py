@@ -11,8 +11,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import wait_until
-from system.local.watchdog import SCAN_EVERY_S
+from system.local.watchdog import GRACE_S, SCAN_EVERY_S, _end, _start_time, await_ready
 
 DRIVER = textwrap.dedent(
     """
@@ -81,3 +83,30 @@ def test_an_orderly_end_leaves_everything_alone():
         assert all(alive(pid) for pid in (older, child, grandchild, below))
     finally:
         end([older, child, grandchild, below], proc)
+
+
+def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_but_a_reused_pid_never_is():
+    ignore_sigterm = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(300)"
+    stubborn = subprocess.Popen([sys.executable, "-c", ignore_sigterm], stdout=subprocess.PIPE, text=True)
+    other = subprocess.Popen(["sleep", "300"])
+    try:
+        assert stubborn.stdout.readline().strip() == "ready"
+        started = {pid: _start_time(pid) for pid in (stubborn.pid, other.pid)}
+        # `other`'s pid with another start time: what a pid reused since it was noted looks like.
+        began = time.monotonic()
+        _end({stubborn.pid: started[stubborn.pid], other.pid: started[other.pid] + 1})
+        assert stubborn.wait(timeout=5) == -signal.SIGKILL and time.monotonic() - began >= GRACE_S
+        assert other.poll() is None
+    finally:
+        for proc in (stubborn, other):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def test_a_watchdog_that_never_says_ready_is_given_up_on_in_time():
+    silent = subprocess.Popen(["sleep", "300"], stdout=subprocess.PIPE)
+    began = time.monotonic()
+    with pytest.raises(OSError, match="did not start"):
+        await_ready(silent, 0.5)
+    assert time.monotonic() - began < 5 and silent.poll() is not None  # killed, not left behind
