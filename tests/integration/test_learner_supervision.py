@@ -1,0 +1,109 @@
+"""The driver's view of a learner that Ray restarts, hangs or loses for good (real Ray, a stand-in
+learner actor): a restart is recorded once it answers, a fresh network as "fresh" with its loss, a
+learner away is asked briefly and ends the run after a limit, a learner gone for good ends it with
+resume advice."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from system.config import load_config
+from system.errors import TrainError
+from system.services.learner import LearnerDescription, LearnerProgress
+from system.train import supervise
+from system.train.launch import Components
+from system.train.records import RunCounters
+from system.train.run_dir import RunDir
+from system.train.supervise import Supervisor
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from system.local.ray_runtime import init_ray
+
+    init_ray(num_cpus=2)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
+    yield ray
+    ray.shutdown()
+
+
+class StandInLearner:
+    """Answers like a LearnerHost; `behave` sets its pid, its delays and what describe says."""
+
+    def __init__(self):
+        self.pid, self.progress_delay_s, self.describe_delay_s, self.described = 1, 0.0, 0.0, {}
+
+    def behave(self, **settings) -> None:
+        vars(self).update(settings)
+
+    def progress(self) -> LearnerProgress:
+        time.sleep(self.progress_delay_s)
+        return LearnerProgress(
+            updates=75, updates_per_second=1.0, version=9, inserts=300, achieved_utd=0.25, error=None, pid=self.pid
+        )
+
+    def describe(self) -> LearnerDescription:
+        time.sleep(self.describe_delay_s)
+        return LearnerDescription(
+            device="cpu", pid=self.pid, metrics="", resumed_from="", updates=75, version=9, **self.described
+        )
+
+
+@pytest.fixture
+def supervised(ray_local, tmp_path):
+    learner = ray_local.remote(StandInLearner).options(max_concurrency=4, num_cpus=0).remote()
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    components = Components(info={"learner": {"pid": 1}}, ray=ray_local, learner=learner)
+    plan = SimpleNamespace(config=load_config(None, []), run=run)
+    counters = RunCounters({}, eval_every_steps=1000)
+    yield Supervisor(plan, components, counters, threading.Event()), learner
+    ray_local.kill(learner)
+
+
+def test_a_restart_is_recorded_once_the_restarted_learner_answers_and_a_fresh_network_as_fresh(supervised):
+    supervisor, learner = supervised
+    ray = supervisor.components.ray
+    ray.get(learner.behave.remote(pid=2, describe_delay_s=10.0))  # restarted, still loading
+    records = []
+    began = time.monotonic()
+    assert supervisor._learner_progress(records) is None  # away for a moment, not the run's end
+    assert time.monotonic() - began < 5 and records == [] and supervisor.counters.learner_restarts == 0
+
+    fresh = {"resumed_at": 75, "updates_lost": 45, "fresh": True}  # no good checkpoint: a new network
+    ray.get(learner.behave.remote(describe_delay_s=0.0, described=fresh))
+    assert supervisor._learner_progress(records).pid == 2
+    counters = supervisor.counters
+    assert (counters.learner_restarts, counters.learner_updates_lost, counters.fresh_learners) == (1, 45, [0])
+    assert [(r.event, r.updates, r.updates_lost) for r in records] == [("fresh", 75, 45)]
+    assert supervisor._learner_progress(records).pid == 2 and len(records) == 1  # recorded once
+
+
+def test_a_hung_learner_is_asked_briefly_and_ends_the_run_after_the_limit(supervised, monkeypatch):
+    monkeypatch.setattr(supervise, "LEARNER_AWAY_LIMIT_S", 3.0)
+    supervisor, learner = supervised
+    supervisor.components.ray.get(learner.behave.remote(progress_delay_s=60.0))
+    supervisor._learner_away_since = time.monotonic()  # it stopped answering (the first, long wait)
+    began = time.monotonic()
+    with pytest.raises(TrainError) as ended:
+        while time.monotonic() - began < 20:
+            asked = time.monotonic()
+            assert supervisor._learner_progress([]) is None
+            assert time.monotonic() - asked < supervise.LEARNER_AWAY_POLL_S + 2
+    assert "has not answered" in str(ended.value) and "qfleet train --resume" in str(ended.value)
+
+
+def test_a_learner_ray_no_longer_restarts_ends_the_run_with_resume_advice(supervised):
+    supervisor, learner = supervised
+    supervisor.components.ray.kill(learner, no_restart=True)
+    with pytest.raises(TrainError, match="Ray restarts it no more.*qfleet train --resume"):
+        for _ in range(50):  # the kill takes effect within moments
+            supervisor._learner_progress([])
+            time.sleep(0.1)
