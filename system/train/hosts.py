@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass
 
 from replay import ReplayConfig, ReplayCredentials, ReplayServer, Spec
 from system.services.learner import LearnerDescription, LearnerProgress, LearnerResult, LearnerService
+
+
+def restarted_by_ray() -> bool:
+    """Whether Ray restarted this actor's process (after it died)."""
+    import ray
+
+    with warnings.catch_warnings():  # Ray's property itself uses an API it deprecated, and says so
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
 def node_address() -> str:
@@ -127,7 +137,6 @@ class LearnerHost:
         replay_credentials: ReplayCredentials | None,
         reached=None,
     ):
-        import ray
         import torch
 
         torch.set_num_threads(max(1, num_threads))
@@ -144,7 +153,7 @@ class LearnerHost:
             publish_at_resume=True,
             replay_credentials=replay_credentials,
             reached=reached,
-            restarted=bool(ray.get_runtime_context().was_current_actor_reconstructed),
+            restarted=restarted_by_ray(),
         ).start()
 
     def describe(self) -> LearnerDescription:
