@@ -3,8 +3,9 @@
     qfleet:{run}:learner:status   hash   updates, updates_per_second, weights_version, achieved_utd,
                                          target_utd, loss, q_mean, device, host, pid, metrics,
                                          checkpoint, updated_at; expires `ttl_s` after a report
-    qfleet:{run}:learner:reached  hash   updates, version, inserts: the highest reported, kept
-                                         (REACHED_TTL_S) so a restarted learner knows what it lost
+    qfleet:{run}:learner:reached  hash   updates, weights_version: the latest reported, kept
+                                         (REACHED_TTL_S) so a restarted learner knows what it lost;
+                                         a new run of the same name deletes it (`forget_reached`)
 
 Values are plain strings (no pickle); `read` gives numbers back as numbers.
 """
