@@ -94,6 +94,11 @@ def summary_table(run: RunDir) -> str:
         f"| achieved / target UTD | {last.get('achieved_utd', 0.0):.3f} / {config.learner.updates_per_env_step:g} |",
         f"| weights version | {last.get('weights_version', 0)} |",
     ]
+    if "faults" in state:
+        from system.train.faults import FaultCounts
+
+        lines.append(f"| faults ridden out | {FaultCounts.from_json(state['faults']).describe() or 'none'} |")
+        lines.append(f"| transitions lost | {int(state.get('transitions_lost', 0)):,} |")
     if last.get("recent_return") is not None:
         lines.append(f"| training return (last {SMOOTH_EPISODES} episodes) | {last['recent_return']:.1f} |")
     if evals:

@@ -50,6 +50,8 @@ class ShardCounters:
     inserts: int
     samples: int
     capacity: int
+    lost_transitions: int
+    """Transitions this shard id acknowledged and then lost to its crashes during the run."""
 
 
 class ShardHost:
@@ -87,7 +89,13 @@ class ShardHost:
 
     def info(self) -> ShardCounters:
         info = self.server.table.info()
-        return ShardCounters(size=info.size, inserts=info.inserts, samples=info.samples, capacity=info.capacity)
+        return ShardCounters(
+            size=info.size,
+            inserts=info.inserts,
+            samples=info.samples,
+            capacity=info.capacity,
+            lost_transitions=self.server.lost_transitions,
+        )
 
     def stop(self) -> ShardCounters:
         """Stops serving and writes the final checkpoint (when it has a checkpoint_dir)."""

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 
 from system.errors import TrainError
 from system.observe.discovery import DISCOVERY_EVERY_S
+from system.train.faults import FaultLog
 from system.train.launch import Components
 from system.train.plan import Plan
+from system.train.polls import ComponentPoll, PollFailure
 from system.train.records import EpisodesRecord, ProgressRecord, RunCounters, progress_line
 
 if TYPE_CHECKING:
@@ -33,6 +35,9 @@ STATE_EVERY_S = 10.0
 
 POLL_TIMEOUT_S = 0.25
 """Longest wait for an actor's chunk per round."""
+
+REDIS_RESTART_TIMEOUT_S = 15.0
+"""How long a restart of the embedded redis-server may take (it reloads its data)."""
 
 
 class Periodic:
@@ -71,6 +76,11 @@ class StepRate:
 class Supervisor:
     """Runs the loop of one session over started `components`.
 
+    The loop never waits on one component: shards and the learner are asked for their state with
+    calls it collects when ready (`ComponentPoll`), a dead or restarting one is a fault counted in
+    `faults` (Ray restarts it), a shard silent beyond train.silent_after_s is restarted, and a
+    dead embedded redis-server is started again on its port with its data.
+
     Args:
         plan: the checked run.
         components: what `launch` started (the fleet, shards, learner, ...).
@@ -79,16 +89,22 @@ class Supervisor:
     """
 
     def __init__(self, plan: Plan, components: Components, counters: RunCounters, stop: threading.Event):
-        self.config, self.run_dir = plan.config, plan.run
+        self.config, self.run_dir, self.name = plan.config, plan.run, plan.name
         self.components, self.counters, self.stop = components, counters, stop
+        train = plan.config.train
+        self.faults = FaultLog(train.max_component_failures, train.failure_window_s, counters.faults)
         self.latest: ProgressRecord | None = None
         """The latest progress record (the final one is made from it)."""
+        self._learner: ComponentPoll | None = None
+        self._shards: list[ComponentPoll] = []
+        self._redis_feed_down = False
 
     def run(self) -> None:
         """The loop; returns at train.total_env_steps or when `stop` is set.
 
         Raises:
-            TrainError: the actors keep failing, or the learner died.
+            TrainError: the actors keep failing, a component failed too often or is gone for good,
+                or the learner failed.
         """
         from actors import FleetError
 
@@ -98,6 +114,8 @@ class Supervisor:
         targets = Periodic(DISCOVERY_EVERY_S, parts.targets.write)
         state = Periodic(STATE_EVERY_S, lambda: self.run_dir.write_json("state.json", counters.state()))
         rate = StepRate(counters.env_steps)
+        self._learner = ComponentPoll("learner", parts.learner.progress.remote)
+        self._shards = [ComponentPoll(f"shard {i}", shard.info.remote) for i, shard in enumerate(parts.shards)]
         parts.targets.write()
         while not self.stop.is_set():
             try:
@@ -105,20 +123,25 @@ class Supervisor:
             except FleetError as exc:
                 raise TrainError(str(exc)) from None
             counters.env_steps = counters.start_env_steps + fleet.env_steps
+            self.faults.set_actor_restarts(fleet.actor_restarts)
+            now = time.monotonic()
+            self._watch_redis()
             records = self._episodes()
             if parts.evaluations is not None:
-                parts.evaluations.submit_if_due()
+                self._evaluate()
                 records += parts.evaluations.finished()
-            now = time.monotonic()
             if recording.due(now):
-                learner = parts.ray.get(parts.learner.progress.remote(), timeout=60)
-                if learner.error is not None:
+                self._poll(now)
+                learner = self._learner.value
+                if learner is not None and learner.error is not None:
                     raise TrainError(f"the learner failed: {learner.error}")
-                self.latest = self._progress(fleet, learner, rate.add(now, counters.env_steps))
-                parts.metrics.update(self.latest)
-                records.append(self.latest)
-                if printing.due(now):
-                    print(progress_line(self.latest, train.total_env_steps), flush=True)
+                counters.faults = self.faults.counts
+                if learner is not None:
+                    self.latest = self._progress(fleet, learner, rate.add(now, counters.env_steps), now)
+                    parts.metrics.update(self.latest)
+                    records.append(self.latest)
+                    if printing.due(now):
+                        print(progress_line(self.latest, train.total_env_steps), flush=True)
             self.run_dir.append_records([record.to_json() for record in records])
             targets.tick(now)
             state.tick(now)
@@ -126,8 +149,79 @@ class Supervisor:
                 log.info("reached %s env steps", f"{counters.env_steps:,}")
                 return
 
+    def _poll(self, now: float) -> None:
+        """Collects the learner's and the shards' answers; counts and handles their faults."""
+        ray = self.components.ray
+        failure = self._learner.tick(ray, now)
+        if failure is not None:
+            self._failed(self._learner, failure, f"qfleet-{self.name}-learner", "learner_restarts")
+        for index, poll in enumerate(self._shards):
+            failure = poll.tick(ray, now)
+            if failure is not None:
+                self._failed(poll, failure, f"qfleet-{self.name}-shard-{index}", "shard_restarts")
+            elif poll.silent_for(now) > self.config.train.silent_after_s:
+                self.faults.record(
+                    poll.name,
+                    "shard_hangs",
+                    f"answered no call for {poll.silent_for(now):.0f} s (train.silent_after_s="
+                    f"{self.config.train.silent_after_s:g}): Ray restarts it",
+                )
+                ray.kill(self.components.shards[index], no_restart=False)
+                poll.forget_call(now)
+                poll.failing = True  # its restart is this fault, not another one
+
+    def _failed(self, poll: ComponentPoll, failure: PollFailure, actor_name: str, kind: str) -> None:
+        """A call to `poll`'s actor failed: a restart (counted once per outage) or the end."""
+        if failure.gone and not _actor_exists(self.components.ray, actor_name):
+            raise TrainError(f"the {poll.name} died and was not restarted: {failure.cause}")
+        if not failure.gone and not failure.restarting:
+            raise TrainError(f"the {poll.name} failed: {failure.cause}")
+        if poll.failing:
+            return
+        poll.failing = True
+        self.faults.record(poll.name, kind, f"died or unreachable, Ray restarts it ({failure.cause})")
+
+    def _watch_redis(self) -> None:
+        """Restarts a dead embedded redis-server on its port (its data comes back from its AOF)."""
+        from system.errors import RedisLaunchError
+
+        parts = self.components
+        redis = parts.redis
+        if redis is None or (redis.proc is not None and redis.proc.poll() is None):
+            return
+        code = None if redis.proc is None else redis.proc.returncode
+        self.faults.record(
+            "redis-server", "redis_restarts", f"exited (code {code}): restarting it on port {redis.port} with its data"
+        )
+        redis.stop()
+        try:
+            redis.start(timeout=REDIS_RESTART_TIMEOUT_S)
+        except RedisLaunchError as exc:
+            log.warning("redis-server did not come back (the next round tries again): %s", exc)
+            return
+        parts.info["redis_pid"] = redis.proc.pid
+        self.run_dir.write_json("run.json", parts.info)
+        log.info("redis-server back on port %d", redis.port)
+
+    def _evaluate(self) -> None:
+        try:
+            self.components.evaluations.submit_if_due()
+        except Exception as exc:  # Redis away for a moment: this evaluation is skipped, not the run
+            log.warning("evaluation skipped: %s: %s", type(exc).__name__, exc)
+
     def _episodes(self) -> list[EpisodesRecord]:
-        episodes = self.components.episodes.read()
+        from actors import ActorRegistryError
+
+        try:
+            episodes = self.components.episodes.read()
+        except ActorRegistryError as exc:  # Redis away: its stream keeps them, read on its return
+            if not self._redis_feed_down:
+                log.warning("episodes not read while Redis is away: %s", exc)
+            self._redis_feed_down = True
+            return []
+        if self._redis_feed_down:
+            log.info("episodes read again")
+            self._redis_feed_down = False
         if not episodes:
             return []
         self.counters.add_episodes([episode["return"] for episode in episodes])
@@ -141,9 +235,15 @@ class Supervisor:
         )
         return [record]
 
-    def _progress(self, fleet: FleetStats, learner: LearnerProgress, env_steps_per_s: float) -> ProgressRecord:
-        parts, counters = self.components, self.counters
-        shards = parts.ray.get([shard.info.remote() for shard in parts.shards], timeout=60)
+    def _progress(
+        self, fleet: FleetStats, learner: LearnerProgress, env_steps_per_s: float, now: float
+    ) -> ProgressRecord:
+        counters = self.counters
+        shards = [poll.value for poll in self._shards if poll.value is not None]
+        counters.fleet_lost = fleet.transitions_lost
+        counters.shards_lost = sum(shard.lost_transitions for shard in shards)
+        silent_after = self.config.train.silent_after_s / 2
+        silent = [poll for poll in (self._learner, *self._shards) if poll.silent_for(now) > silent_after]
         return ProgressRecord(
             wall_s=counters.wall_s(),
             time=round(time.time(), 3),
@@ -162,5 +262,16 @@ class Supervisor:
             actors=fleet.actors,
             actor_restarts=fleet.actor_restarts,
             env_restarts=fleet.env_restarts,
-            transitions_lost=fleet.transitions_lost,
+            transitions_lost=counters.transitions_lost,
+            faults=self.faults.counts.to_json(),
+            silent={poll.name: round(poll.silent_for(now), 1) for poll in silent},
         )
+
+
+def _actor_exists(ray, name: str) -> bool:
+    """Whether Ray still knows the named actor (alive or restarting); a dead one is unnamed."""
+    try:
+        ray.get_actor(name)
+        return True
+    except ValueError:
+        return False
