@@ -40,11 +40,13 @@ class RunCounters:
         """Env steps of the whole run so far."""
         self.faults = FaultCounts.from_json(state.get("faults"))
         """Faults of the whole run so far (the supervisor counts them)."""
-        self.start_transitions_lost = int(state.get("transitions_lost", 0))
+        self.shards_lost = int(state.get("shards_lost", 0))
+        """Transitions that shards acknowledged and lost when they died, over the run (each shard
+        id's ledger in its checkpoint directory counts across sessions)."""
+        self.start_fleet_lost = int(state.get("transitions_lost", 0)) - self.shards_lost
+        """Batches of earlier sessions that no shard acknowledged."""
         self.fleet_lost = 0
         """This session's batches that no shard acknowledged (the actors count them)."""
-        self.shards_lost = 0
-        """This session's transitions that shards acknowledged and lost when they died."""
         self.session_episodes = 0
         self.returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self._started = time.monotonic()
@@ -56,7 +58,7 @@ class RunCounters:
     @property
     def transitions_lost(self) -> int:
         """Transitions lost over the whole run (never stored, or lost by a shard's crash)."""
-        return self.start_transitions_lost + self.fleet_lost + self.shards_lost
+        return self.start_fleet_lost + self.fleet_lost + self.shards_lost
 
     def wall_s(self) -> float:
         """Seconds the run has trained, over all its sessions (rounded to ms)."""
@@ -79,6 +81,7 @@ class RunCounters:
             "evals": self.evals,
             "last_eval": list(self.last_eval) if self.last_eval else None,
             "transitions_lost": self.transitions_lost,
+            "shards_lost": self.shards_lost,
             "faults": self.faults.to_json(),
         }
 

@@ -241,7 +241,8 @@ class Supervisor:
         counters = self.counters
         shards = [poll.value for poll in self._shards if poll.value is not None]
         counters.fleet_lost = fleet.transitions_lost
-        counters.shards_lost = sum(shard.lost_transitions for shard in shards)
+        if len(shards) == len(self._shards):  # each shard's count is of the whole run: all of them, or keep the last
+            counters.shards_lost = sum(shard.lost_transitions for shard in shards)
         silent_after = self.config.train.silent_after_s / 2
         silent = [poll for poll in (self._learner, *self._shards) if poll.silent_for(now) > silent_after]
         return ProgressRecord(
