@@ -313,6 +313,10 @@ class _InsertStream:
         requests.put(_END)  # frees the thread gRPC used to drain the dead call's requests
         with self._cond:
             if self._closing:
+                if self._pending:  # closed under a waiting sender (its shard left): it sends them elsewhere
+                    self._errors.append(self._stream_error(error))
+                    self._pending.clear()
+                    self._cond.notify_all()
                 return
             self._queue = None
             ended = error is None or error.code() == grpc.StatusCode.CANCELLED  # by the shard's age or idle limit

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from dataclasses import dataclass
 
 from replay import ReplayConfig, ReplayCredentials, ReplayServer, Spec
@@ -52,6 +53,10 @@ class ShardCounters:
     capacity: int
     lost_transitions: int
     """Transitions this shard id acknowledged and then lost to its crashes during the run."""
+    pid: int
+    """Its process (a restarted shard has a new one)."""
+    host: str
+    """The machine's hostname (the driver kills a hung shard on its own machine by PID)."""
 
 
 class ShardHost:
@@ -95,6 +100,8 @@ class ShardHost:
             samples=info.samples,
             capacity=info.capacity,
             lost_transitions=self.server.lost_transitions,
+            pid=os.getpid(),
+            host=socket.gethostname(),
         )
 
     def stop(self) -> ShardCounters:

@@ -37,6 +37,8 @@ class ComponentPoll:
         """When the latest answer came (the start, before the first)."""
         self.failing = False
         """A call failed and none answered since (one fault per outage)."""
+        self.down_at: float | None = None
+        """When a call last failed or the driver last had the actor restarted."""
         self._ref = None
 
     def tick(self, ray, now: float) -> PollFailure | None:
@@ -56,11 +58,22 @@ class ComponentPoll:
         return None
 
     def silent_for(self, now: float) -> float:
+        """Seconds since the latest answer."""
         return now - self.answered_at
 
-    def forget_call(self, now: float) -> None:
-        """Drops the outstanding call (its actor is being restarted) and counts silence from now."""
-        self._ref, self.answered_at = None, now
+    def hung_for(self, now: float) -> float:
+        """Seconds without an answer since the latest answer, failure or restart (a restart that
+        Ray reports is no hang until it takes that long)."""
+        return now - max(self.answered_at, self.down_at or self.answered_at)
+
+    def down(self, now: float) -> None:
+        """The actor is restarting (Ray's, or the driver's doing): drops the outstanding call."""
+        self._ref, self.down_at, self.failing = None, now, True
+
+    @property
+    def current(self) -> object | None:
+        """The latest answer if it came from the actor's current process (after its latest restart)."""
+        return self.value if self.down_at is None or self.answered_at > self.down_at else None
 
 
 def _failure(exc: Exception) -> PollFailure:

@@ -4,6 +4,9 @@ until train.total_env_steps, a stop request, or a failed component."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -21,6 +24,7 @@ from system.train.records import EpisodesRecord, ProgressRecord, RunCounters, pr
 if TYPE_CHECKING:
     from actors import FleetStats
     from system.services.learner import LearnerProgress
+    from system.train.hosts import ShardCounters
 
 log = logging.getLogger(__name__)
 
@@ -154,23 +158,22 @@ class Supervisor:
         ray = self.components.ray
         failure = self._learner.tick(ray, now)
         if failure is not None:
-            self._failed(self._learner, failure, f"qfleet-{self.name}-learner", "learner_restarts")
+            self._failed(self._learner, failure, f"qfleet-{self.name}-learner", "learner_restarts", now)
         for index, poll in enumerate(self._shards):
             failure = poll.tick(ray, now)
             if failure is not None:
-                self._failed(poll, failure, f"qfleet-{self.name}-shard-{index}", "shard_restarts")
-            elif poll.silent_for(now) > self.config.train.silent_after_s:
+                self._failed(poll, failure, f"qfleet-{self.name}-shard-{index}", "shard_restarts", now)
+            elif poll.hung_for(now) > self.config.train.silent_after_s:
                 self.faults.record(
                     poll.name,
                     "shard_hangs",
                     f"answered no call for {poll.silent_for(now):.0f} s (train.silent_after_s="
-                    f"{self.config.train.silent_after_s:g}): Ray restarts it",
+                    f"{self.config.train.silent_after_s:g}): restarting it",
                 )
-                ray.kill(self.components.shards[index], no_restart=False)
-                poll.forget_call(now)
-                poll.failing = True  # its restart is this fault, not another one
+                _restart_hung(ray, self.components.shards[index], poll.current)
+                poll.down(now)  # its restart is this fault, not another one
 
-    def _failed(self, poll: ComponentPoll, failure: PollFailure, actor_name: str, kind: str) -> None:
+    def _failed(self, poll: ComponentPoll, failure: PollFailure, actor_name: str, kind: str, now: float) -> None:
         """A call to `poll`'s actor failed: a restart (counted once per outage) or the end."""
         if failure.gone and not _actor_exists(self.components.ray, actor_name):
             raise TrainError(f"the {poll.name} died and was not restarted: {failure.cause}")
@@ -178,7 +181,7 @@ class Supervisor:
             raise TrainError(f"the {poll.name} failed: {failure.cause}")
         if poll.failing:
             return
-        poll.failing = True
+        poll.down(now)
         self.faults.record(poll.name, kind, f"died or unreachable, Ray restarts it ({failure.cause})")
 
     def _watch_redis(self) -> None:
@@ -267,6 +270,18 @@ class Supervisor:
             faults=self.faults.counts.to_json(),
             silent={poll.name: round(poll.silent_for(now), 1) for poll in silent},
         )
+
+
+def _restart_hung(ray, handle, last: ShardCounters | None) -> None:
+    """Has Ray restart a hung shard: `ray.kill` asks its worker to exit, which a stopped (SIGSTOP)
+    or wedged process never does, so a shard on this machine is also killed by its PID (known from
+    an answer of its current process only: never a PID of an earlier one)."""
+    ray.kill(handle, no_restart=False)
+    if last is not None and last.host == socket.gethostname():
+        try:
+            os.kill(last.pid, signal.SIGKILL)
+        except ProcessLookupError:  # gone already
+            pass
 
 
 def _actor_exists(ray, name: str) -> bool:
