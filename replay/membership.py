@@ -39,6 +39,8 @@ class ShardHandle:
         self.inserts = 0
         self.samples = 0
         self.failed_at: float | None = None  # set while the shard is taken as down
+        self.writers_waiting = False
+        """Its last Info: inserts wait on its own rate limiter (its writers are held back)."""
 
     def absorb(self, size: int, mass: float, inserts: int, samples: int) -> None:
         """Takes counters from a response; inserts and samples never go back."""
@@ -243,6 +245,7 @@ class Membership:
         for shard, info in zip(live, self._pool.map(self.info_or_fail, live), strict=True):
             if info is not None:
                 shard.absorb(info.size, info.priority_mass, info.inserts, info.samples)
+                shard.writers_waiting = info.rate_limiter.waiting_inserts > 0
                 infos[shard.shard_id] = info
         return infos
 
