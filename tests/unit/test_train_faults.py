@@ -11,11 +11,26 @@ from system.train.records import ProgressRecord, RunCounters, progress_line
 
 
 def record(**changes) -> ProgressRecord:
-    values = dict(
-        wall_s=12.0, time=0.0, env_steps=1000, env_steps_per_s=100.0, episodes=10, recent_return=20.0,
-        last_eval=None, updates=500, updates_per_s=50.0, achieved_utd=0.5, target_utd=0.5, weights_version=3,
-        replay_size=1000, replay_inserts=1000, actors=2, actor_restarts=0, env_restarts=0, transitions_lost=0,
-    )  # fmt: skip
+    values = {
+        "wall_s": 12.0,
+        "time": 0.0,
+        "env_steps": 1000,
+        "env_steps_per_s": 100.0,
+        "episodes": 10,
+        "recent_return": 20.0,
+        "last_eval": None,
+        "updates": 500,
+        "updates_per_s": 50.0,
+        "achieved_utd": 0.5,
+        "target_utd": 0.5,
+        "weights_version": 3,
+        "replay_size": 1000,
+        "replay_inserts": 1000,
+        "actors": 2,
+        "actor_restarts": 0,
+        "env_restarts": 0,
+        "transitions_lost": 0,
+    }
     return ProgressRecord(**{**values, **changes})
 
 
