@@ -19,7 +19,7 @@ from concurrent import futures
 
 from replay.client import ReplayClient, ReplayInfo
 from replay.config import ShardedReplayConfig
-from replay.errors import ReplayAuthenticationError, ReplayUnavailableError
+from replay.errors import DeadlineExceededError, ReplayAuthenticationError, ReplayUnavailableError
 from replay.redis_connection import redact_url
 from replay.registry import ShardRegistry
 
@@ -231,10 +231,10 @@ class Membership:
         return sum(s.inserts for s in shards), sum(s.samples for s in shards)
 
     def info_or_fail(self, shard: ShardHandle) -> ReplayInfo | None:
-        """The shard's Info, or None after taking it as down."""
+        """The shard's Info, or None after taking it as down (unreachable, or hung: no answer in 5 s)."""
         try:
             return shard.client.info(timeout=5.0)
-        except ReplayUnavailableError as exc:
+        except (ReplayUnavailableError, DeadlineExceededError) as exc:
             self.mark_failed(shard, exc)
             return None
 
