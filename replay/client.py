@@ -76,12 +76,17 @@ def _tls_failure(err: grpc.RpcError) -> bool:
     return err.code() == grpc.StatusCode.UNAVAILABLE and any(word in details for word in _TLS_FAILURES)
 
 
+_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+"""Codes of a shard that is down, restarting or hung: a hung shard's channel is closed under a
+waiting call ("Channel closed!", CANCELLED), so CANCELLED is as transient as UNAVAILABLE."""
+
+
 def _retryable(err: grpc.RpcError) -> bool:
-    """Retried with capped backoff: the shard is unreachable (down, restarting) or busy.
+    """Retried with capped backoff: the shard is unreachable (down, restarting, hung) or busy.
 
     A failed TLS handshake is not retried: waiting does not change a pinned certificate.
     """
-    return (err.code() == grpc.StatusCode.UNAVAILABLE and not _tls_failure(err)) or _shard_busy(err)
+    return (err.code() in _TRANSIENT and not _tls_failure(err)) or _shard_busy(err)
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,7 @@ def _typed_error(err: grpc.RpcError, address: str, what: str, secure: bool = Tru
         return InvalidBatchError(text)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceededError(text)
-    if code == grpc.StatusCode.UNAVAILABLE or _shard_busy(err):
+    if code in _TRANSIENT or _shard_busy(err):
         hint = _unavailable_hint(details, secure)
         return ReplayUnavailableError(
             f"replay shard {address} unavailable during {what}: {details}{hint}", address=address
@@ -308,6 +313,10 @@ class _InsertStream:
         requests.put(_END)  # frees the thread gRPC used to drain the dead call's requests
         with self._cond:
             if self._closing:
+                if self._pending:  # closed under a waiting sender (its shard left): it sends them elsewhere
+                    self._errors.append(self._stream_error(error))
+                    self._pending.clear()
+                    self._cond.notify_all()
                 return
             self._queue = None
             ended = error is None or error.code() == grpc.StatusCode.CANCELLED  # by the shard's age or idle limit
@@ -440,9 +449,15 @@ class ReplayClient:
             try:
                 return getattr(self._stub(), method)(request, timeout=timeout, metadata=self._metadata)
             except grpc.RpcError as err:
-                if _retryable(err) and backoff.sleep():
+                # A client closed under its call (its shard left the run) says so at once: the
+                # caller (ShardedReplay) goes on with the other shards.
+                if _retryable(err) and not self._closed_under(err) and backoff.sleep():
                     continue
                 raise _typed_error(err, self.address, what, self.secure) from None
+
+    def _closed_under(self, err: grpc.RpcError) -> bool:
+        """True when `err` is the CANCELLED of this client's own `close` during the call."""
+        return err.code() == grpc.StatusCode.CANCELLED and self._channel is None
 
     # -- inserts ---------------------------------------------------------------------------------
 

@@ -4,6 +4,13 @@ With `samples_per_insert` set, sampling waits until the sum of all shards' sampl
 Reverb's window of spi * (sum of all shards' inserts), whatever the speed of each writer. The
 counters ride along on every sample response, so the accounting costs no extra round trip until
 sampling must wait. Shards can still run their own limiter as a backstop that makes writers wait.
+
+The two limits can wait on each other when the shards' windows are out of balance: after a shard
+restored an older checkpoint, or when the last writer left writes to one shard while another sits
+below its share, that shard reaches its own max_diff before the sum reaches the global window, and
+then nothing moves unless the learner samples. So a sample is also admitted when a freshly read
+live shard reports inserts waiting on its own limiter: the learner runs ahead of the global ratio
+only by what frees those writers, bounded by the shards' own windows.
 """
 
 from __future__ import annotations
@@ -59,13 +66,16 @@ class GlobalSampleLimiter:
                 "raise error_buffer or sample fewer items per call"
             )
         delay = 0.001
+        fresh = False  # whether the shards' counters were read during this wait
         while True:
             with self._lock:
                 inserts, samples = self._membership.totals()
                 samples += self._reserved
-                if limiter.sampleable(wanted, inserts, samples) >= wanted and any(
-                    s.mass > 0 for s in self._membership.live()
-                ):
+                live = self._membership.live()
+                admitted = limiter.sampleable(wanted, inserts, samples) >= wanted or (
+                    fresh and inserts >= limiter.min_size and any(s.writers_waiting for s in live)
+                )
+                if admitted and any(s.mass > 0 for s in live):
                     self._reserved += wanted
                     return
             if deadline is not None and time.monotonic() > deadline:
@@ -77,3 +87,4 @@ class GlobalSampleLimiter:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
             self._membership.read_infos()
+            fresh = True

@@ -19,7 +19,7 @@ from concurrent import futures
 
 from replay.client import ReplayClient, ReplayInfo
 from replay.config import ShardedReplayConfig
-from replay.errors import ReplayAuthenticationError, ReplayUnavailableError
+from replay.errors import DeadlineExceededError, ReplayAuthenticationError, ReplayUnavailableError
 from replay.redis_connection import redact_url
 from replay.registry import ShardRegistry
 
@@ -39,6 +39,8 @@ class ShardHandle:
         self.inserts = 0
         self.samples = 0
         self.failed_at: float | None = None  # set while the shard is taken as down
+        self.writers_waiting = False
+        """Its last Info: inserts wait on its own rate limiter (its writers are held back)."""
 
     def absorb(self, size: int, mass: float, inserts: int, samples: int) -> None:
         """Takes counters from a response; inserts and samples never go back."""
@@ -229,10 +231,10 @@ class Membership:
         return sum(s.inserts for s in shards), sum(s.samples for s in shards)
 
     def info_or_fail(self, shard: ShardHandle) -> ReplayInfo | None:
-        """The shard's Info, or None after taking it as down."""
+        """The shard's Info, or None after taking it as down (unreachable, or hung: no answer in 5 s)."""
         try:
             return shard.client.info(timeout=5.0)
-        except ReplayUnavailableError as exc:
+        except (ReplayUnavailableError, DeadlineExceededError) as exc:
             self.mark_failed(shard, exc)
             return None
 
@@ -243,6 +245,7 @@ class Membership:
         for shard, info in zip(live, self._pool.map(self.info_or_fail, live), strict=True):
             if info is not None:
                 shard.absorb(info.size, info.priority_mass, info.inserts, info.samples)
+                shard.writers_waiting = info.rate_limiter.waiting_inserts > 0
                 infos[shard.shard_id] = info
         return infos
 

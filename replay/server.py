@@ -31,6 +31,7 @@ from replay.config import ReplayConfig
 from replay.credentials import ReplayCredentials
 from replay.errors import DeadlineExceededError, InvalidBatchError, RequestCancelledError, TableClosedError
 from replay.http_server import start_metrics_server
+from replay.insert_ledger import InsertLedger
 from replay.limits import SHARD_BUSY, check_priority_update, check_sample_request
 from replay.metrics import ReplayMetrics
 from replay.rate_limiter import RateLimiter
@@ -205,6 +206,7 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         if request.sequence:
             self._writers.record(request.writer_id, request.sequence)
+        self._server.acknowledge_inserts()
         return response
 
     def Sample(self, request, context):
@@ -362,7 +364,9 @@ class ReplayServer:
         self._heartbeats: threading.Thread | None = None
         self._checkpoint_inserts = 0
         self.lost_transitions = 0
-        """Transitions this shard id lost to crashes, known through the registry."""
+        """Transitions this shard id acknowledged and lost to crashes (its ledger, else the registry)."""
+        self._ledger: InsertLedger | None = None
+        self._ledger_lost = 0
 
     @property
     def secure(self) -> bool:
@@ -384,6 +388,7 @@ class ReplayServer:
         keep_freed_memory()  # samples and inserts churn through large buffers
         if self.config.checkpoint_dir is not None:
             self._restore(pathlib.Path(self.config.checkpoint_dir))
+            self._start_ledger(pathlib.Path(self.config.checkpoint_dir))
         if self.config.redis_url is not None:
             self._join_registry()
         credentials = self.credentials
@@ -465,6 +470,8 @@ class ReplayServer:
         if checkpoint and self.config.checkpoint_dir is not None:
             path, _, size = self.checkpoint()
             log.info("final checkpoint of %d items written to %s", size, path)
+        if self._ledger is not None:
+            self._ledger.close()
         if self.registry is not None:
             try:
                 self.registry.deregister(self.config.shard_id, self._registry_counters())
@@ -503,6 +510,28 @@ class ReplayServer:
             self._checkpoint_lock.release()
         self.metrics.checkpoints.inc()
         return path, sequence, counters["size"]
+
+    def acknowledge_inserts(self) -> None:
+        """Before an insert's reply: the ledger holds what the shard acknowledged (exact loss
+        counts if this process dies)."""
+        if self._ledger is not None:
+            self._ledger.acknowledge(self.table.inserts)
+
+    def _start_ledger(self, directory: pathlib.Path) -> None:
+        """Counts what the previous process of this shard id acknowledged after the restored checkpoint."""
+        self._ledger = InsertLedger(directory)
+        restored = self.table.info().inserts
+        previous = self._ledger.previous_inserts
+        self._ledger_lost = self._ledger.start(restored)
+        self.lost_transitions = self._ledger.lost_total
+        if self._ledger_lost:
+            log.warning(
+                "shard %d lost %d transitions: it had acknowledged %d inserts, its newest checkpoint holds %d",
+                self.config.shard_id,
+                self._ledger_lost,
+                previous,
+                restored,
+            )
 
     def count_rejected(self) -> None:
         """Counts one batch rejected for bad input (Info and metrics)."""
@@ -545,8 +574,9 @@ class ReplayServer:
             raise
         restored = self.table.info().inserts
         lost = max(0, previous.get("inserts", 0) - restored)
-        self.lost_transitions = previous.get("lost_total", 0) + lost
-        if lost:
+        if self._ledger is None:  # no checkpoint directory: the last heartbeat is all there is
+            self.lost_transitions = previous.get("lost_total", 0) + lost
+        if lost and self._ledger is None:
             log.warning(
                 "shard %d lost %d transitions: its last heartbeat reported %d inserts, its newest checkpoint holds %d",
                 self.config.shard_id,

@@ -334,6 +334,11 @@ class Table:
 
     # -- state -----------------------------------------------------------------------------------
 
+    @property
+    def inserts(self) -> int:
+        """Items inserted so far: a plain read without the lock, at least every insert that returned."""
+        return self._inserts
+
     def info(self) -> TableInfo:
         """Counters and limiter state, read under the lock."""
         with self._cond:

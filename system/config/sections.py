@@ -30,6 +30,20 @@ class TrainConfig:
     checkpoint_replay: bool = True
     """Shards checkpoint into the run directory at shutdown, for --resume; false: resume empty."""
 
+    shard_checkpoint_every_s: float | None = 30.0
+    """Seconds between a shard's checkpoints during the run (with checkpoint_replay): a shard that
+    dies restores the newest and loses only what came after it (counted); null: only at shutdown."""
+
+    max_component_failures: int = 5
+    """A run stops (cleanly, resumable) when one component fails this many times within
+    failure_window_s; fewer failures are ridden out (Ray restarts it, or the driver replaces it)."""
+
+    failure_window_s: float = 600.0
+    """The window of max_component_failures, in seconds."""
+
+    silent_after_s: float = 30.0
+    """A shard that answers no call for this long is hung: the driver has Ray restart it."""
+
     eval_every_steps: int = 10_000
     """Env steps between greedy evaluations of the latest weights (0: only at the end)."""
 
@@ -67,6 +81,14 @@ class TrainConfig:
             bad("run_name", "must be a non-empty name without ':' or '/'")
         if not 1 <= self.num_shards <= 1024:
             bad("num_shards", "must be in [1, 1024]")
+        if self.shard_checkpoint_every_s is not None and not self.shard_checkpoint_every_s > 0:
+            bad("shard_checkpoint_every_s", "must be > 0, or null")
+        if self.max_component_failures < 1:
+            bad("max_component_failures", "must be >= 1")
+        if not self.failure_window_s > 0:
+            bad("failure_window_s", "must be > 0")
+        if not self.silent_after_s > 0:
+            bad("silent_after_s", "must be > 0")
         if self.eval_every_steps < 0:
             bad("eval_every_steps", "must be >= 0")
         if self.eval_episodes < 1:

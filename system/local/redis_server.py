@@ -1,5 +1,6 @@
-"""An embedded `redis-server`: a child process on a loopback port, without persistence, with a
-password.
+"""An embedded `redis-server`: a child process on a loopback port, with a password, and (for
+`qfleet train`) an append-only file in its private directory, so that a restart on the same port
+comes back with its data.
 
 `qfleet train` (with no `redis.url`), the benchmarks and the tests start one; it is stopped by
 PID when its owner stops (and, as a child, dies with it). Its settings, the password among them,
@@ -66,9 +67,19 @@ class RedisProcess:
         directory: its working directory (None: a temporary one).
         password: the password clients must give (NEW_PASSWORD, the default: a fresh random one,
             `secrets.token_urlsafe(32)`; None: no password, any local process may use it).
+        persistent: keep the data in an append-only file in `directory` (fsync every second), so
+            that `start` after the server died restores it (at most about a second of writes lost);
+            False: nothing on disk.
     """
 
-    def __init__(self, port: int | None = None, directory: str | None = None, password: str | None = NEW_PASSWORD):
+    def __init__(
+        self,
+        port: int | None = None,
+        directory: str | None = None,
+        password: str | None = NEW_PASSWORD,
+        *,
+        persistent: bool = False,
+    ):
         if shutil.which("redis-server") is None:
             raise RedisLaunchError("redis-server is not installed (scripts/setup.sh installs it with apt)")
         if password == "":
@@ -78,6 +89,7 @@ class RedisProcess:
         self.port = port or free_port()
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="qfleet-redis-")
         self.directory = directory or self._tmp.name
+        self.persistent = persistent
         self.proc: subprocess.Popen | None = None
         self._log: IO[bytes] | None = None
 
@@ -105,12 +117,14 @@ class RedisProcess:
         return self
 
     def _config(self) -> str:
-        """redis.conf text: loopback only, no persistence, protected mode, the password."""
+        """redis.conf text: loopback only, an append-only file or no persistence, protected mode,
+        the password."""
         lines = [
             f"port {self.port}",
             "bind 127.0.0.1",
             'save ""',
-            "appendonly no",
+            "appendonly yes" if self.persistent else "appendonly no",
+            "appendfsync everysec",
             f"dir {_quoted(self.directory)}",
             "protected-mode yes",
         ]

@@ -310,6 +310,15 @@ def _run() -> list[Panel]:
             ),
             "Env actors the supervisor keeps running (qfleet scale changes it), and actors Prometheus scrapes.",
         ),
+        Panel(
+            "Faults ridden out",
+            "short",
+            ((_select(f"{prefix}_faults"), "{{run}} {{kind}}"),),
+            "Components that died or hung and came back (Ray restarted them, or the driver did), by kind, over the "
+            "run. The run stops only when one component fails train.max_component_failures times within "
+            "train.failure_window_s.",
+        ),
+        _gauge("Transitions lost", "short", f"{prefix}_transitions_lost"),
     ]
 
 

@@ -99,6 +99,11 @@ def summary_table(run: RunDir) -> str:
         lines.append(f"| learner restarts (updates lost) | {state.get('learner_restarts', 0)} ({lost:,}) |")
     for at in state.get("fresh_learners", []):
         lines.append(f"| fresh learner (no good checkpoint) | at {at:,} env steps |")
+    if "faults" in state:
+        from system.train.faults import FaultCounts
+
+        lines.append(f"| faults ridden out | {FaultCounts.from_json(state['faults']).describe() or 'none'} |")
+        lines.append(f"| transitions lost | {int(state.get('transitions_lost', 0)):,} |")
     if last.get("recent_return") is not None:
         lines.append(f"| training return (last {SMOOTH_EPISODES} episodes) | {last['recent_return']:.1f} |")
     if evals:

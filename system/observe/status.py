@@ -161,6 +161,16 @@ def _held_back(report: dict) -> str:
     return f"  held back by the UTD: inserts waiting {float(report.get('insert_wait_s', 0)):.0f} s"
 
 
+def faults_line(state: dict) -> str:
+    """The run's faults and losses as state.json last recorded them ("" for an older run)."""
+    if "faults" not in state:
+        return ""
+    from system.train.faults import FaultCounts
+
+    faults = FaultCounts.from_json(state.get("faults")).describe() or "none"
+    return f"faults: {faults}; transitions lost: {int(state.get('transitions_lost', 0)):,}"
+
+
 def not_running_text(run_dir: RunDir, run: str, why: str) -> str:
     """What a stopped run's directory last recorded (state.json, metrics.jsonl), as text."""
     config = run_dir.load_config()
@@ -182,6 +192,8 @@ def not_running_text(run_dir: RunDir, run: str, why: str) -> str:
         if state.get("last_eval"):
             eval_steps, eval_return = state["last_eval"]
             lines.append(f"last evaluation: return {eval_return:.1f} at {eval_steps:,} env steps")
+        if faults_line(state):
+            lines.append(faults_line(state))
     lines.append(f"see `qfleet report {run_dir.path}` for its learning curve and summary")
     if env_steps < total:
         lines.append(f"continue it with `qfleet train --resume {run_dir.path}`")
@@ -223,4 +235,7 @@ def main_status(run_dir: str | None, redis_url: str | None, run: str | None) -> 
         print(not_running_text(directory, run, why))
         return 1
     print(_live_text(redis_url, run, live))
+    faults = faults_line(directory.read_json("state.json") or {})
+    if faults:
+        print(f"{faults} (the driver's state.json)")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import warnings
 from dataclasses import dataclass
 
@@ -60,6 +61,12 @@ class ShardCounters:
     inserts: int
     samples: int
     capacity: int
+    lost_transitions: int
+    """Transitions this shard id acknowledged and then lost to its crashes during the run."""
+    pid: int
+    """Its process (a restarted shard has a new one)."""
+    host: str
+    """The machine's hostname (the driver kills a hung shard on its own machine by PID)."""
 
 
 class ShardHost:
@@ -97,7 +104,15 @@ class ShardHost:
 
     def info(self) -> ShardCounters:
         info = self.server.table.info()
-        return ShardCounters(size=info.size, inserts=info.inserts, samples=info.samples, capacity=info.capacity)
+        return ShardCounters(
+            size=info.size,
+            inserts=info.inserts,
+            samples=info.samples,
+            capacity=info.capacity,
+            lost_transitions=self.server.lost_transitions,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+        )
 
     def stop(self) -> ShardCounters:
         """Stops serving and writes the final checkpoint (when it has a checkpoint_dir)."""

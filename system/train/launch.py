@@ -197,7 +197,8 @@ def _start_redis(components: Components) -> str:
     from system.errors import RedisLaunchError
 
     try:
-        components.redis = RedisProcess().start()
+        # Persistent: if it dies, the supervisor starts it again on its port with its data.
+        components.redis = RedisProcess(persistent=True).start()
     except RedisLaunchError as exc:
         raise TrainError(str(exc)) from None
     components.info["redis_pid"] = components.redis.proc.pid

@@ -17,6 +17,8 @@ SERIES = {
     f"{PREFIX}_eval_env_steps": "Env steps of the run when the latest evaluation's weights were taken.",
     f"{PREFIX}_replay_size": "Items held by all replay shards.",
     f"{PREFIX}_actors": "Env actors the supervisor keeps running.",
+    f"{PREFIX}_transitions_lost": "Transitions lost over the run: never acknowledged, or lost by a shard that died.",
+    f"{PREFIX}_faults": "Component faults ridden out over the run, by kind (shard_restarts, redis_restarts, ...).",
 }
 
 
@@ -37,6 +39,10 @@ class TrainMetrics:
         self.eval_env_steps = gauge(f"{PREFIX}_eval_env_steps")
         self.replay_size = gauge(f"{PREFIX}_replay_size")
         self.actors = gauge(f"{PREFIX}_actors")
+        self.transitions_lost = gauge(f"{PREFIX}_transitions_lost")
+        name = f"{PREFIX}_faults"
+        self.faults = Gauge(name, SERIES[name], ["run", "kind"], registry=self.registry)
+        self.run = run
 
     def update(self, record: ProgressRecord) -> None:
         """Takes the values of a progress record (metrics.jsonl)."""
@@ -49,3 +55,6 @@ class TrainMetrics:
             self.eval_return.set(record.last_eval[1])
         self.replay_size.set(record.replay_size)
         self.actors.set(record.actors)
+        self.transitions_lost.set(record.transitions_lost)
+        for kind, count in record.faults.items():
+            self.faults.labels(self.run, kind).set(count)

@@ -256,6 +256,6 @@ def shard_config(config: RunConfig, shard_id: int, redis_url: str, name: str, ru
         min_size=1,
         error_buffer=samples_per_insert * learner.learning_starts + sample_error_buffer(learner),
         checkpoint_dir=str(run.replay_checkpoints(shard_id)) if config.train.checkpoint_replay else None,
-        checkpoint_every_s=None,
+        checkpoint_every_s=config.train.shard_checkpoint_every_s if config.train.checkpoint_replay else None,
         seed=None if config.replay.seed is None else config.replay.seed + shard_id,
     )

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from system.train.faults import FaultCounts
 
 RECENT_EPISODES = 100
 """The "recent return" is the mean over this many latest episodes."""
@@ -42,6 +44,15 @@ class RunCounters:
         """Updates lost with those learners (made after their newest checkpoint)."""
         self.fresh_learners: list[int] = [int(at) for at in state.get("fresh_learners", [])]
         """Env steps at which a resume started a fresh learner (no good checkpoint, --fresh-learner)."""
+        self.faults = FaultCounts.from_json(state.get("faults"))
+        """Faults of the whole run so far (the supervisor counts them)."""
+        self.shards_lost = int(state.get("shards_lost", 0))
+        """Transitions that shards acknowledged and lost when they died, over the run (each shard
+        id's ledger in its checkpoint directory counts across sessions)."""
+        self.start_fleet_lost = int(state.get("transitions_lost", 0)) - self.shards_lost
+        """Batches of earlier sessions that no shard acknowledged."""
+        self.fleet_lost = 0
+        """This session's batches that no shard acknowledged (the actors count them)."""
         self.session_episodes = 0
         self.returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self._started = time.monotonic()
@@ -49,6 +60,11 @@ class RunCounters:
     @property
     def episodes(self) -> int:
         return self.start_episodes + self.session_episodes
+
+    @property
+    def transitions_lost(self) -> int:
+        """Transitions lost over the whole run (never stored, or lost by a shard's crash)."""
+        return self.start_fleet_lost + self.fleet_lost + self.shards_lost
 
     def wall_s(self) -> float:
         """Seconds the run has trained, over all its sessions (rounded to ms)."""
@@ -73,6 +89,9 @@ class RunCounters:
             "learner_restarts": self.learner_restarts,
             "learner_updates_lost": self.learner_updates_lost,
             "fresh_learners": self.fresh_learners,
+            "transitions_lost": self.transitions_lost,
+            "shards_lost": self.shards_lost,
+            "faults": self.faults.to_json(),
         }
 
 
@@ -100,6 +119,12 @@ class ProgressRecord:
     actor_restarts: int
     env_restarts: int
     transitions_lost: int
+    """Transitions lost over the run: batches no shard acknowledged, plus what shards that died
+    had acknowledged after their newest checkpoint."""
+    faults: dict[str, int] = field(default_factory=dict)
+    """FaultCounts of the run so far."""
+    silent: dict[str, float] = field(default_factory=dict)
+    """Components that have not answered for a while: name -> seconds."""
     final: bool = False
     """The run's last counters (the key is written only when true)."""
 
@@ -175,5 +200,16 @@ def progress_line(record: ProgressRecord, total_env_steps: int) -> str:
         f"({record.env_steps_per_s:,.0f}/s) | episodes {record.episodes:,}, return {recent} (eval {evaluated}) | "
         f"updates {record.updates:,} ({record.updates_per_s:,.0f}/s), "
         f"utd {record.achieved_utd:.3f}/{record.target_utd:g} | "
-        f"replay {record.replay_size:,} | weights v{record.weights_version}"
+        f"replay {record.replay_size:,} | weights v{record.weights_version}" + _faults_text(record)
     )
+
+
+def _faults_text(record: ProgressRecord) -> str:
+    """ " | faults: ..., lost N | silent: ..." when there is anything to say, else ""."""
+    text = ""
+    faults = FaultCounts.from_json(record.faults).describe()
+    if faults or record.transitions_lost:
+        text += f" | faults: {faults or 'none'}; {record.transitions_lost:,} transitions lost"
+    if record.silent:
+        text += " | silent: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in record.silent.items())
+    return text

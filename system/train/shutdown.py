@@ -45,12 +45,7 @@ def shutdown(plan: Plan, parts: Components, counters: RunCounters, latest: Progr
         _stop_learner(plan, parts, counters, latest, failures)
         if parts.evaluations is not None:
             plan.run.append_records([record.to_json() for record in parts.evaluations.final()])
-        for shard in parts.shards:
-            try:
-                stopped = parts.ray.get(shard.stop.remote(), timeout=STOP_TIMEOUT_S)
-                log.info("shard stopped with %s items", f"{stopped.size:,}")
-            except Exception as exc:
-                failures.add("a shard did not stop cleanly", exc)
+        _stop_shards(parts, counters, failures)
         if parts.evaluations is not None:
             parts.evaluations.close()
         if parts.episodes is not None:
@@ -78,6 +73,26 @@ def shutdown(plan: Plan, parts: Components, counters: RunCounters, latest: Progr
     return failures.first
 
 
+def _stop_shards(parts: Components, counters: RunCounters, failures: _Failures) -> None:
+    """Stops the shards (each writes its final checkpoint); takes their final loss counts."""
+    lost = []
+    for shard in parts.shards:
+        try:
+            stopped = parts.ray.get(shard.stop.remote(), timeout=STOP_TIMEOUT_S)
+        except Exception as exc:
+            failures.add("a shard did not stop cleanly", exc)
+            continue
+        lost.append(stopped.lost_transitions)
+        log.info(
+            "shard stopped with %s items after %s inserts; %s transitions lost to its crashes",
+            f"{stopped.size:,}",
+            f"{stopped.inserts:,}",
+            f"{stopped.lost_transitions:,}",
+        )
+    if len(lost) == len(parts.shards):
+        counters.shards_lost = sum(lost)
+
+
 def _stop_actors(parts: Components, counters: RunCounters, failures: _Failures) -> None:
     if parts.fleet is None:
         return
@@ -87,6 +102,7 @@ def _stop_actors(parts: Components, counters: RunCounters, failures: _Failures) 
         failures.add("actors did not stop cleanly", exc)
         return
     counters.env_steps = max(counters.env_steps, counters.start_env_steps + stats.env_steps)
+    counters.fleet_lost = stats.transitions_lost
     inserted, lost = f"{stats.transitions_inserted:,}", f"{stats.transitions_lost:,}"
     log.info("actors stopped: %s transitions inserted, %s lost", inserted, lost)
 

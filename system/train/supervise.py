@@ -4,6 +4,9 @@ until train.total_env_steps, a stop request, or a failed component."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -12,13 +15,16 @@ from typing import TYPE_CHECKING
 
 from system.errors import TrainError
 from system.observe.discovery import DISCOVERY_EVERY_S
+from system.train.faults import FaultLog
 from system.train.launch import Components
 from system.train.plan import Plan
+from system.train.polls import ComponentPoll, PollFailure
 from system.train.records import EpisodesRecord, LearnerEventRecord, ProgressRecord, RunCounters, progress_line
 
 if TYPE_CHECKING:
     from actors import FleetStats
     from system.services.learner import LearnerProgress
+    from system.train.hosts import ShardCounters
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +41,13 @@ POLL_TIMEOUT_S = 0.25
 """Longest wait for an actor's chunk per round."""
 
 LEARNER_AWAY_POLL_S = 2.0
-"""Longest wait for the learner's answer while it is away (Ray restarting it, or hung)."""
+"""Longest wait for a restarted learner's description (it may still be loading its checkpoint)."""
 
 LEARNER_AWAY_LIMIT_S = 300.0
-"""A learner away this long ends the run (with resume advice): it hangs, or Ray cannot place it."""
+"""A learner silent this long ends the run (with resume advice): it hangs, or Ray cannot place it."""
+
+REDIS_RESTART_TIMEOUT_S = 15.0
+"""How long a restart of the embedded redis-server may take (it reloads its data)."""
 
 
 class Periodic:
@@ -77,6 +86,11 @@ class StepRate:
 class Supervisor:
     """Runs the loop of one session over started `components`.
 
+    The loop never waits on one component: shards and the learner are asked for their state with
+    calls it collects when ready (`ComponentPoll`), a dead or restarting one is a fault counted in
+    `faults` (Ray restarts it), a shard silent beyond train.silent_after_s is restarted, and a
+    dead embedded redis-server is started again on its port with its data.
+
     Args:
         plan: the checked run.
         components: what `launch` started (the fleet, shards, learner, ...).
@@ -85,18 +99,23 @@ class Supervisor:
     """
 
     def __init__(self, plan: Plan, components: Components, counters: RunCounters, stop: threading.Event):
-        self.config, self.run_dir = plan.config, plan.run
+        self.config, self.run_dir, self.name = plan.config, plan.run, plan.name
         self.components, self.counters, self.stop = components, counters, stop
+        train = plan.config.train
+        self.faults = FaultLog(train.max_component_failures, train.failure_window_s, counters.faults)
         self.latest: ProgressRecord | None = None
         """The latest progress record (the final one is made from it)."""
+        self._learner: ComponentPoll | None = None
         self._learner_pid = components.info.get("learner", {}).get("pid")
-        self._learner_away_since: float | None = None  # monotonic time it stopped answering
+        self._shards: list[ComponentPoll] = []
+        self._redis_feed_down = False
 
     def run(self) -> None:
         """The loop; returns at train.total_env_steps or when `stop` is set.
 
         Raises:
-            TrainError: the actors keep failing, or the learner died.
+            TrainError: the actors keep failing, a component failed too often or is gone for good,
+                or the learner failed.
         """
         from actors import FleetError
 
@@ -106,6 +125,7 @@ class Supervisor:
         targets = Periodic(DISCOVERY_EVERY_S, parts.targets.write)
         state = Periodic(STATE_EVERY_S, lambda: self.run_dir.write_json("state.json", counters.state()))
         rate = StepRate(counters.env_steps)
+        self._shards = [ComponentPoll(f"shard {i}", shard.info.remote) for i, shard in enumerate(parts.shards)]
         parts.targets.write()
         while not self.stop.is_set():
             try:
@@ -113,15 +133,19 @@ class Supervisor:
             except FleetError as exc:
                 raise TrainError(str(exc)) from None
             counters.env_steps = counters.start_env_steps + fleet.env_steps
+            self.faults.set_actor_restarts(fleet.actor_restarts)
+            now = time.monotonic()
+            self._watch_redis()
             records = self._episodes()
             if parts.evaluations is not None:
-                parts.evaluations.submit_if_due()
+                self._evaluate()
                 records += parts.evaluations.finished()
-            now = time.monotonic()
             if recording.due(now):
-                learner = self._learner_progress(records)
+                self._poll(now)
+                learner = self._learner_progress(records, now)
+                counters.faults = self.faults.counts
                 if learner is not None:
-                    self.latest = self._progress(fleet, learner, rate.add(now, counters.env_steps))
+                    self.latest = self._progress(fleet, learner, rate.add(now, counters.env_steps), now)
                     parts.metrics.update(self.latest)
                     records.append(self.latest)
                     if printing.due(now):
@@ -133,43 +157,58 @@ class Supervisor:
                 log.info("reached %s env steps", f"{counters.env_steps:,}")
                 return
 
-    def _learner_progress(self, records: list) -> LearnerProgress | None:
-        """The learner's progress; None while Ray restarts its process (the round goes on without
-        it; actors act on their last weights meanwhile, and it is asked with a short timeout). A
-        restarted learner is logged and recorded.
+    def _poll(self, now: float) -> None:
+        """Collects the shards' answers; counts and handles their faults (the learner's:
+        `_learner_progress`)."""
+        ray = self.components.ray
+        for index, poll in enumerate(self._shards):
+            failure = poll.tick(ray, now)
+            if failure is not None:
+                self._failed(poll, failure, f"qfleet-{self.name}-shard-{index}", "shard_restarts", now)
+            elif poll.hung_for(now) > self.config.train.silent_after_s:
+                self.faults.record(
+                    poll.name,
+                    "shard_hangs",
+                    f"answered no call for {poll.silent_for(now):.0f} s (train.silent_after_s="
+                    f"{self.config.train.silent_after_s:g}): restarting it",
+                )
+                _restart_hung(ray, self.components.shards[index], poll.current)
+                poll.down(now)  # its restart is this fault, not another one
+
+    def _learner_progress(self, records: list, now: float | None = None) -> LearnerProgress | None:
+        """The learner's latest answer from its current process; None while it has not answered
+        (Ray restarting it: the round goes on, actors act on their last weights). A restarted
+        learner is logged and recorded once it has described itself.
 
         Raises:
-            TrainError: the learner's training thread failed, Ray gave up restarting it, or it
-                stayed away (unreachable or hung) for LEARNER_AWAY_LIMIT_S.
+            TrainError: its training thread failed, Ray restarts it no more, it failed too often,
+                or it stayed silent for LEARNER_AWAY_LIMIT_S.
         """
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
+        from ray.exceptions import ActorUnavailableError, GetTimeoutError
 
-        parts = self.components
-        away_since = self._learner_away_since
-        timeout = 60 if away_since is None else LEARNER_AWAY_POLL_S
-        try:
-            learner = parts.ray.get(parts.learner.progress.remote(), timeout=timeout)
-            if learner.error is None and self._learner_pid is not None and learner.pid != self._learner_pid:
-                self._learner_restarted(learner, records)
-        except (ActorUnavailableError, GetTimeoutError) as exc:
-            now = time.monotonic()
-            if away_since is None:
-                log.warning("the learner is away (%s); it resumes from its newest checkpoint", type(exc).__name__)
-                self._learner_away_since = now
-            elif now - away_since > LEARNER_AWAY_LIMIT_S:
-                raise TrainError(
-                    f"the learner has not answered for {now - away_since:.0f} s ({type(exc).__name__}); "
-                    f"continue the run with: qfleet train --resume {self.run_dir.path}"
-                ) from None
-            return None
-        except ActorDiedError as exc:
+        now = time.monotonic() if now is None else now
+        if self._learner is None:
+            self._learner = ComponentPoll("learner", self.components.learner.progress.remote)
+        poll = self._learner
+        failure = poll.tick(self.components.ray, now)
+        if failure is not None:
+            self._failed(poll, failure, f"qfleet-{self.name}-learner", "learner_restarts", now)
+        if poll.silent_for(now) > LEARNER_AWAY_LIMIT_S:
             raise TrainError(
-                f"the learner died and Ray restarts it no more ({str(exc).splitlines()[0][:200]}); "
-                f"continue the run from its newest checkpoint with: qfleet train --resume {self.run_dir.path}"
-            ) from None
+                f"the learner has not answered for {poll.silent_for(now):.0f} s; continue the run with: "
+                f"qfleet train --resume {self.run_dir.path}"
+            )
+        learner = poll.current
+        if learner is None:
+            return None
         if learner.error is not None:
             raise TrainError(f"the learner failed: {learner.error}")
-        self._learner_pid, self._learner_away_since = learner.pid, None
+        if self._learner_pid is not None and learner.pid != self._learner_pid:
+            try:
+                self._learner_restarted(learner, records)
+            except (ActorUnavailableError, GetTimeoutError):
+                return None  # still loading, or away again: the next round asks again
+        self._learner_pid = learner.pid
         return learner
 
     def _learner_restarted(self, learner: LearnerProgress, records: list) -> None:
@@ -204,8 +243,61 @@ class Supervisor:
         parts.info["learner"] = {**parts.info.get("learner", {}), "pid": learner.pid}
         self.run_dir.write_json("run.json", parts.info)
 
+    def _failed(self, poll: ComponentPoll, failure: PollFailure, actor_name: str, kind: str, now: float) -> None:
+        """A call to `poll`'s actor failed: a restart (counted once per outage) or the end."""
+        if failure.gone and not _actor_exists(self.components.ray, actor_name):
+            raise TrainError(
+                f"the {poll.name} died and Ray restarts it no more ({failure.cause}); continue the run "
+                f"from its newest checkpoints with: qfleet train --resume {self.run_dir.path}"
+            )
+        if not failure.gone and not failure.restarting:
+            raise TrainError(f"the {poll.name} failed: {failure.cause}")
+        if poll.failing:
+            return
+        poll.down(now)
+        self.faults.record(poll.name, kind, f"died or unreachable, Ray restarts it ({failure.cause})")
+
+    def _watch_redis(self) -> None:
+        """Restarts a dead embedded redis-server on its port (its data comes back from its AOF)."""
+        from system.errors import RedisLaunchError
+
+        parts = self.components
+        redis = parts.redis
+        if redis is None or (redis.proc is not None and redis.proc.poll() is None):
+            return
+        code = None if redis.proc is None else redis.proc.returncode
+        self.faults.record(
+            "redis-server", "redis_restarts", f"exited (code {code}): restarting it on port {redis.port} with its data"
+        )
+        redis.stop()
+        try:
+            redis.start(timeout=REDIS_RESTART_TIMEOUT_S)
+        except RedisLaunchError as exc:
+            log.warning("redis-server did not come back (the next round tries again): %s", exc)
+            return
+        parts.info["redis_pid"] = redis.proc.pid
+        self.run_dir.write_json("run.json", parts.info)
+        log.info("redis-server back on port %d", redis.port)
+
+    def _evaluate(self) -> None:
+        try:
+            self.components.evaluations.submit_if_due()
+        except Exception as exc:  # Redis away for a moment: this evaluation is skipped, not the run
+            log.warning("evaluation skipped: %s: %s", type(exc).__name__, exc)
+
     def _episodes(self) -> list[EpisodesRecord]:
-        episodes = self.components.episodes.read()
+        from actors import ActorRegistryError
+
+        try:
+            episodes = self.components.episodes.read()
+        except ActorRegistryError as exc:  # Redis away: its stream keeps them, read on its return
+            if not self._redis_feed_down:
+                log.warning("episodes not read while Redis is away: %s", exc)
+            self._redis_feed_down = True
+            return []
+        if self._redis_feed_down:
+            log.info("episodes read again")
+            self._redis_feed_down = False
         if not episodes:
             return []
         self.counters.add_episodes([episode["return"] for episode in episodes])
@@ -219,9 +311,16 @@ class Supervisor:
         )
         return [record]
 
-    def _progress(self, fleet: FleetStats, learner: LearnerProgress, env_steps_per_s: float) -> ProgressRecord:
-        parts, counters = self.components, self.counters
-        shards = parts.ray.get([shard.info.remote() for shard in parts.shards], timeout=60)
+    def _progress(
+        self, fleet: FleetStats, learner: LearnerProgress, env_steps_per_s: float, now: float
+    ) -> ProgressRecord:
+        counters = self.counters
+        shards = [poll.value for poll in self._shards if poll.value is not None]
+        counters.fleet_lost = fleet.transitions_lost
+        if len(shards) == len(self._shards):  # each shard's count is of the whole run: all of them, or keep the last
+            counters.shards_lost = sum(shard.lost_transitions for shard in shards)
+        silent_after = self.config.train.silent_after_s / 2
+        silent = [poll for poll in (self._learner, *self._shards) if poll.silent_for(now) > silent_after]
         return ProgressRecord(
             wall_s=counters.wall_s(),
             time=round(time.time(), 3),
@@ -240,5 +339,28 @@ class Supervisor:
             actors=fleet.actors,
             actor_restarts=fleet.actor_restarts,
             env_restarts=fleet.env_restarts,
-            transitions_lost=fleet.transitions_lost,
+            transitions_lost=counters.transitions_lost,
+            faults=self.faults.counts.to_json(),
+            silent={poll.name: round(poll.silent_for(now), 1) for poll in silent},
         )
+
+
+def _restart_hung(ray, handle, last: ShardCounters | None) -> None:
+    """Has Ray restart a hung shard: `ray.kill` asks its worker to exit, which a stopped (SIGSTOP)
+    or wedged process never does, so a shard on this machine is also killed by its PID (known from
+    an answer of its current process only: never a PID of an earlier one)."""
+    ray.kill(handle, no_restart=False)
+    if last is not None and last.host == socket.gethostname():
+        try:
+            os.kill(last.pid, signal.SIGKILL)
+        except ProcessLookupError:  # gone already
+            pass
+
+
+def _actor_exists(ray, name: str) -> bool:
+    """Whether Ray still knows the named actor (alive or restarting); a dead one is unnamed."""
+    try:
+        ray.get_actor(name)
+        return True
+    except ValueError:
+        return False

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import wait_until
 from system.config import load_config
 from system.errors import TrainError
 from system.services.learner import LearnerDescription, LearnerProgress
@@ -62,7 +63,7 @@ def supervised(ray_local, tmp_path):
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
     components = Components(info={"learner": {"pid": 1}}, ray=ray_local, learner=learner)
-    plan = SimpleNamespace(config=load_config(None, []), run=run)
+    plan = SimpleNamespace(config=load_config(None, []), run=run, name="stand-in")
     counters = RunCounters({}, eval_every_steps=1000)
     yield Supervisor(plan, components, counters, threading.Event()), learner
     ray_local.kill(learner)
@@ -74,12 +75,16 @@ def test_a_restart_is_recorded_once_the_restarted_learner_answers_and_a_fresh_ne
     ray.get(learner.behave.remote(pid=2, describe_delay_s=10.0))  # restarted, still loading
     records = []
     began = time.monotonic()
-    assert supervisor._learner_progress(records) is None  # away for a moment, not the run's end
-    assert time.monotonic() - began < 5 and records == [] and supervisor.counters.learner_restarts == 0
+    for _ in range(3):  # its answers come (pid 2), its description does not yet: never the run's end
+        assert supervisor._learner_progress(records) is None
+        time.sleep(0.2)
+    assert time.monotonic() - began < 10 and records == [] and supervisor.counters.learner_restarts == 0
 
     fresh = {"resumed_at": 75, "updates_lost": 45, "fresh": True}  # no good checkpoint: a new network
     ray.get(learner.behave.remote(describe_delay_s=0.0, described=fresh))
-    assert supervisor._learner_progress(records).pid == 2
+    answered = []
+    assert wait_until(lambda: answered.append(supervisor._learner_progress(records)) or answered[-1], 20)
+    assert answered[-1].pid == 2
     counters = supervisor.counters
     assert (counters.learner_restarts, counters.learner_updates_lost, counters.fresh_learners) == (1, 45, [0])
     assert [(r.event, r.updates, r.updates_lost) for r in records] == [("fresh", 75, 45)]
@@ -90,7 +95,6 @@ def test_a_hung_learner_is_asked_briefly_and_ends_the_run_after_the_limit(superv
     monkeypatch.setattr(supervise, "LEARNER_AWAY_LIMIT_S", 3.0)
     supervisor, learner = supervised
     supervisor.components.ray.get(learner.behave.remote(progress_delay_s=60.0))
-    supervisor._learner_away_since = time.monotonic()  # it stopped answering (the first, long wait)
     began = time.monotonic()
     with pytest.raises(TrainError) as ended:
         while time.monotonic() - began < 20:
@@ -103,7 +107,7 @@ def test_a_hung_learner_is_asked_briefly_and_ends_the_run_after_the_limit(superv
 def test_a_learner_ray_no_longer_restarts_ends_the_run_with_resume_advice(supervised):
     supervisor, learner = supervised
     supervisor.components.ray.kill(learner, no_restart=True)
-    with pytest.raises(TrainError, match="Ray restarts it no more.*qfleet train --resume"):
+    with pytest.raises(TrainError, match="(?s)Ray restarts it no more.*qfleet train --resume"):
         for _ in range(50):  # the kill takes effect within moments
             supervisor._learner_progress([])
             time.sleep(0.1)

@@ -48,6 +48,9 @@ def test_checkpoint_then_kill_9_then_restart_restores_contents_and_counters(qfle
     assert info.priority_mass == pytest.approx(saved.priority_mass)
     assert info.checkpoint_sequence == result.sequence
     assert "restored 1000 items" in again.log()
+    # Exactly the acknowledged inserts after the checkpoint are counted lost (no heartbeat, no Redis here).
+    assert info.lost_transitions == 500
+    assert "shard 0 lost 500 transitions: it had acknowledged 1500 inserts" in again.log()
     # Contents are the inserted items, every column consistent; keys from before still match.
     ids = np.concatenate([s.data["action"] for s in client.sample_batches(200, 10)])
     assert ids.max() < 1000
@@ -66,7 +69,8 @@ def test_sigterm_writes_a_final_checkpoint_and_loses_nothing(qfleet_serve, spec_
     assert "final checkpoint of 321 items" in shard.log()
 
     again = qfleet_serve("replay", "serve", "--spec", spec_file, "--checkpoint-dir", ckpt)
-    assert connect(again.address).info().inserts == 321
+    info = connect(again.address).info()
+    assert (info.inserts, info.lost_transitions) == (321, 0)
     again.signal(signal.SIGTERM)
 
 

@@ -126,3 +126,37 @@ def test_redis_restart_mid_run_components_re_register_and_carry_on(start_server,
     assert sharded.info().inserts == 200
     sharded.close()
     registry.close()
+
+
+def test_a_writer_waiting_on_a_closed_clients_stream_gets_its_batches_back_to_send_elsewhere(start_server):
+    """A hung shard's writer blocks with its batches in flight; when its client is closed (the shard
+    left the registry) the writer gets them back in a ReplayUnavailableError instead of waiting for
+    ever, so ShardWriter fails over."""
+    import threading
+
+    from replay import ReplayClient, ReplayUnavailableError
+
+    # A window of 10 inserts ahead of samples and nobody sampling: the second batch waits on the shard.
+    server = start_server(capacity=1000, samples_per_insert=1.0, min_size=1, error_buffer=10)
+    client = ReplayClient(server.address, max_in_flight=1, credentials=None)
+    client.insert(make_batch(5))
+    client.flush(timeout=10)
+    client.insert(make_batch(50, start=5))  # admitted in part, then waits for samples
+    outcome: list[BaseException] = []
+
+    def third_insert() -> None:
+        try:
+            client.insert(make_batch(5, start=55))  # blocks: one batch in flight already
+        except BaseException as exc:
+            outcome.append(exc)
+
+    writer = threading.Thread(target=third_insert)
+    writer.start()
+    time.sleep(0.5)
+    assert writer.is_alive()
+    client.close()
+    writer.join(timeout=30)
+    assert not writer.is_alive(), "the waiting writer was never released"
+    (error,) = outcome
+    assert isinstance(error, ReplayUnavailableError)
+    assert [batch["action"][0] for batch in error.unacknowledged] == [5]

@@ -1,0 +1,76 @@
+"""The driver's fault bookkeeping: counted per kind, shown only when there is something to show,
+and a run stops only when one component fails too often within the window."""
+
+from __future__ import annotations
+
+import pytest
+
+from system.errors import TrainError
+from system.train.faults import FaultCounts, FaultLog
+from system.train.records import ProgressRecord, RunCounters, progress_line
+
+
+def record(**changes) -> ProgressRecord:
+    values = {
+        "wall_s": 12.0,
+        "time": 0.0,
+        "env_steps": 1000,
+        "env_steps_per_s": 100.0,
+        "episodes": 10,
+        "recent_return": 20.0,
+        "last_eval": None,
+        "updates": 500,
+        "updates_per_s": 50.0,
+        "achieved_utd": 0.5,
+        "target_utd": 0.5,
+        "weights_version": 3,
+        "replay_size": 1000,
+        "replay_inserts": 1000,
+        "actors": 2,
+        "actor_restarts": 0,
+        "env_restarts": 0,
+        "transitions_lost": 0,
+    }
+    return ProgressRecord(**{**values, **changes})
+
+
+def test_progress_line_names_faults_losses_and_silent_components_only_when_there_are_any():
+    assert "faults" not in progress_line(record(faults=FaultCounts().to_json()), 5000)
+    line = progress_line(
+        record(
+            faults=FaultCounts(shard_restarts=1, redis_restarts=2).to_json(),
+            transitions_lost=1205,
+            silent={"shard 1": 6.2},
+        ),
+        5000,
+    )
+    assert line.endswith("| faults: shard restarts 1, redis restarts 2; 1,205 transitions lost | silent: shard 1 6 s")
+
+
+def test_a_component_failing_max_times_within_the_window_stops_the_run_others_do_not():
+    faults = FaultLog(max_failures=3, window_s=60.0)
+    faults.record("shard 0", "shard_restarts", "died", now=0.0)
+    faults.record("shard 1", "shard_hangs", "silent", now=1.0)
+    faults.record("shard 0", "shard_restarts", "died", now=2.0)
+    faults.record("shard 0", "shard_restarts", "died", now=70.0)  # the first two left the window
+    faults.record("shard 0", "shard_restarts", "died", now=71.0)
+    with pytest.raises(TrainError, match=r"shard 0 failed 3 times within 60 s .*max_component_failures=3.*last: died"):
+        faults.record("shard 0", "shard_restarts", "died", now=72.0)
+    assert faults.counts == FaultCounts(shard_restarts=5, shard_hangs=1)
+
+
+def test_counts_continue_across_a_resume_through_state_json():
+    counters = RunCounters({}, eval_every_steps=0)
+    counters.faults = FaultCounts(shard_restarts=2, actor_restarts=1)
+    counters.fleet_lost, counters.shards_lost = 10, 500
+    state = counters.state()
+    assert (state["transitions_lost"], state["shards_lost"]) == (510, 500)
+
+    resumed = RunCounters(state, eval_every_steps=0)
+    log = FaultLog(5, 600.0, resumed.faults)
+    log.set_actor_restarts(3)  # this session's fleet count adds to the earlier sessions'
+    assert log.counts == FaultCounts(shard_restarts=2, actor_restarts=4)
+    resumed.fleet_lost = 7
+    resumed.shards_lost = 600  # the shards' ledgers count over the whole run
+    assert resumed.transitions_lost == 10 + 7 + 600
+    assert FaultCounts.from_json(None) == FaultCounts()
