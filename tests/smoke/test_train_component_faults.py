@@ -165,9 +165,6 @@ def test_a_run_rides_out_a_killed_shard_and_a_hung_one_and_counts_what_they_lost
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    reason="the learner's weight publish does not yet ride out a Redis gap (learner/, issue #17)", strict=False
-)
 def test_a_run_rides_out_a_killed_redis_server(tmp_path):
     run = start_run(tmp_path, {**FAULT_SETTINGS, "train.total_env_steps": 8_000})
     try:
