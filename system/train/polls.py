@@ -53,7 +53,7 @@ class ComponentPoll:
         try:
             self.value = ray.get(ref, timeout=0)
         except Exception as exc:  # Ray's errors of a dead or restarting actor, or what the call raised
-            return _failure(exc)
+            return failure_of(exc)
         self.answered_at, self.failing = now, False
         return None
 
@@ -76,7 +76,8 @@ class ComponentPoll:
         return self.value if self.down_at is None or self.answered_at > self.down_at else None
 
 
-def _failure(exc: Exception) -> PollFailure:
+def failure_of(exc: Exception) -> PollFailure:
+    """What a Ray error of a call to an actor says: restarting, gone, or the call's own error."""
     from ray.exceptions import ActorUnavailableError, RayActorError
 
     cause = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"

@@ -89,7 +89,7 @@ def _stop_shards(parts: Components, counters: RunCounters, failures: _Failures) 
             f"{stopped.inserts:,}",
             f"{stopped.lost_transitions:,}",
         )
-    if len(lost) == len(parts.shards):
+    if parts.shards and len(lost) == len(parts.shards):  # none started: keep the earlier sessions' count
         counters.shards_lost = sum(lost)
 
 

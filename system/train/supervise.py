@@ -18,7 +18,7 @@ from system.observe.discovery import DISCOVERY_EVERY_S
 from system.train.faults import FaultLog
 from system.train.launch import Components
 from system.train.plan import Plan
-from system.train.polls import ComponentPoll, PollFailure
+from system.train.polls import ComponentPoll, PollFailure, failure_of
 from system.train.records import EpisodesRecord, LearnerEventRecord, ProgressRecord, RunCounters, progress_line
 
 if TYPE_CHECKING:
@@ -117,7 +117,6 @@ class Supervisor:
             TrainError: the actors keep failing, a component failed too often or is gone for good,
                 or the learner failed.
         """
-        from actors import FleetError
 
         train, counters, parts = self.config.train, self.counters, self.components
         recording = Periodic(RECORD_EVERY_S)
@@ -127,6 +126,17 @@ class Supervisor:
         rate = StepRate(counters.env_steps)
         self._shards = [ComponentPoll(f"shard {i}", shard.info.remote) for i, shard in enumerate(parts.shards)]
         parts.targets.write()
+        try:
+            self._loop(recording, printing, targets, state, rate)
+        finally:  # also when a fault ends the run: the final state.json counts it
+            counters.faults = self.faults.counts
+
+    def _loop(
+        self, recording: Periodic, printing: Periodic, targets: Periodic, state: Periodic, rate: StepRate
+    ) -> None:
+        from actors import FleetError
+
+        train, counters, parts = self.config.train, self.counters, self.components
         while not self.stop.is_set():
             try:
                 fleet = parts.fleet.poll(timeout=POLL_TIMEOUT_S)
@@ -184,11 +194,13 @@ class Supervisor:
             TrainError: its training thread failed, Ray restarts it no more, it failed too often,
                 or it stayed silent for LEARNER_AWAY_LIMIT_S.
         """
-        from ray.exceptions import ActorUnavailableError, GetTimeoutError
+        from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
         now = time.monotonic() if now is None else now
         if self._learner is None:
             self._learner = ComponentPoll("learner", self.components.learner.progress.remote)
+            if self._learner_pid is None:  # launch described it after this supervisor was made
+                self._learner_pid = self.components.info.get("learner", {}).get("pid")
         poll = self._learner
         failure = poll.tick(self.components.ray, now)
         if failure is not None:
@@ -208,6 +220,9 @@ class Supervisor:
                 self._learner_restarted(learner, records)
             except (ActorUnavailableError, GetTimeoutError):
                 return None  # still loading, or away again: the next round asks again
+            except RayActorError as exc:  # died again while describing itself
+                self._failed(poll, failure_of(exc), f"qfleet-{self.name}-learner", "learner_restarts", now)
+                return None
         self._learner_pid = learner.pid
         return learner
 
@@ -217,6 +232,7 @@ class Supervisor:
         when the learner is away again (nothing is counted then; the next round asks again)."""
         parts, counters = self.components, self.counters
         described = parts.ray.get(parts.learner.describe.remote(), timeout=LEARNER_AWAY_POLL_S)
+        self.faults.record("learner", "learner_restarts", f"its process died (pid {learner.pid} now)")
         counters.learner_restarts += 1
         counters.learner_updates_lost += described.updates_lost
         event = "fresh" if described.fresh else "restarted"
@@ -255,6 +271,9 @@ class Supervisor:
         if poll.failing:
             return
         poll.down(now)
+        if poll is self._learner:  # counted once it answers from a new process (_learner_restarted)
+            log.warning("the learner is away (%s); Ray restarts it", failure.cause)
+            return
         self.faults.record(poll.name, kind, f"died or unreachable, Ray restarts it ({failure.cause})")
 
     def _watch_redis(self) -> None:

@@ -75,6 +75,7 @@ def test_a_killed_learner_resumes_from_its_checkpoint_and_the_run_finishes(tmp_p
     assert event["updates_lost"] >= 0 and event["updates"] + event["updates_lost"] >= reached
     state = json.loads((run_dir / "state.json").read_text())
     assert state["learner_restarts"] == 1 and state["learner_updates_lost"] == event["updates_lost"]
+    assert state["faults"]["learner_restarts"] == 1  # one count of the one restart, everywhere
     assert (
         f"| learner restarts (updates lost) | 1 ({event['updates_lost']:,}) |" in (run_dir / "summary.md").read_text()
     )
