@@ -73,3 +73,10 @@ def test_no_fmt_skip_markers():
         if "fmt: skip" in text and path.name != "test_layout.py"
     ]
     assert not marked, "\n".join(marked)
+
+
+def test_test_files_have_unique_names_across_folders():
+    """pytest imports test modules by their base name (no packages under tests/): two files of one
+    name in different folders stop the whole collection."""
+    names = [path.name for path in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted({name for name in names if names.count(name) > 1}) == []
