@@ -16,6 +16,8 @@ import pathlib
 import struct
 import threading
 
+from replay.private_files import private_dir
+
 LEDGER_NAME = "acknowledged-inserts"
 """The ledger's file name in the checkpoint directory."""
 
@@ -31,7 +33,7 @@ class InsertLedger:
     """
 
     def __init__(self, directory: pathlib.Path):
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)  # owner-only, like the checkpoints beside it
         path = directory / LEDGER_NAME
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
