@@ -5,7 +5,7 @@ loopback only:
 - Token: Ray 2.60's token authentication (RAY_AUTH_MODE=token) with a fresh RAY_AUTH_TOKEN per
   instance, so neither a process without it nor one holding the user's ~/.ray/auth_token can join.
   A token the user set (RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) is kept;
-  RAY_AUTH_MODE=disabled in the environment is respected, with a warning.
+  an opt-out of token auth in the environment is overridden, with a warning.
 - Loopback: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, Ray's single-machine mode, makes Ray take
   127.0.0.1 as the node's address, and its GCS, raylet, object manager and workers' gRPC servers
   bind to it (`ray.init(_node_ip_address="127.0.0.1")` alone is rewritten to the machine's address).
@@ -107,17 +107,21 @@ def local_ray_token() -> str | None:
 
 def _use_local_token() -> None:
     """Sets RAY_AUTH_MODE=token and a fresh RAY_AUTH_TOKEN for a new local instance, unless the
-    user chose: their token is kept, and `disabled` is respected with a warning (once)."""
+    user's own token is set (kept). An opt-out of token auth inherited from the environment is
+    overridden, with a warning (once): qfleet never starts a Ray that any local process may join."""
     global _warned_disabled, _generated_token
     mode = os.environ.get(AUTH_MODE_ENV, "").lower()
-    if mode == "disabled":
+    if mode not in ("", "token"):
         if not _warned_disabled:
             log.warning(
-                "RAY_AUTH_MODE=disabled: the local Ray accepts any local process (it can run code as "
-                "this user and read the run); unset it to give the run a token of its own"
+                "%s=%s in the environment is overridden: the local Ray gets a token of its own "
+                "(without one, any local process could join it and run code as this user)",
+                AUTH_MODE_ENV,
+                mode,
             )
             _warned_disabled = True
-        return
+        os.environ.pop(AUTH_TOKEN_ENV, None)
+        os.environ.pop(AUTH_TOKEN_PATH_ENV, None)
     token = os.environ.get(AUTH_TOKEN_ENV)
     users = (token and token != _generated_token) or os.environ.get(AUTH_TOKEN_PATH_ENV)
     if mode == "token" and users:

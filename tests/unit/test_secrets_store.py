@@ -155,3 +155,19 @@ def test_of_two_live_records_for_one_loopback_port_the_newest_wins(runtime):
     os.utime(first, (1, 1))
     save_run_secrets(new_secrets_id("b"), "b", "redis://127.0.0.1:6400/0", SECRETS)
     assert find_run_secrets("redis://127.0.0.1:6400/0") == SECRETS
+
+
+def test_an_inherited_opt_out_of_ray_token_auth_is_overridden_for_the_local_ray():
+    """In a fresh process: the local Ray still gets a token of its own, with one warning."""
+    script = (
+        "import logging, os; logging.basicConfig(level=logging.WARNING)\n"
+        "from system.local.ray_runtime import _use_local_token\n"
+        "_use_local_token(); _use_local_token()\n"
+        "print(os.environ['RAY_AUTH_MODE'], len(os.environ['RAY_AUTH_TOKEN']))\n"
+    )
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_AUTH_TOKEN", None)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["token", "64"]
+    assert done.stderr.count("is overridden: the local Ray gets a token of its own") == 1
