@@ -98,6 +98,10 @@ class Evaluator:
             env.close()
 
 
+FINISH_TIMEOUT_S = 300.0
+"""How long the end of a run waits for an evaluation in progress."""
+
+
 class BackgroundEvaluator:
     """Evaluates in a thread, one evaluation at a time; a request made while one runs is skipped.
 
@@ -120,6 +124,11 @@ class BackgroundEvaluator:
         except queue.Full:
             return False
 
+    @property
+    def running(self) -> bool:
+        """Its thread is alive (after `close`: stuck in an evaluation that did not end)."""
+        return self._thread.is_alive()
+
     def _work(self) -> None:
         while (request := self._requests.get()) is not None:
             tag, state, version = request
@@ -136,16 +145,22 @@ class BackgroundEvaluator:
             except queue.Empty:
                 return out
 
-    def close(self, wait: bool = True) -> list[tuple[dict, EvalResult]]:
+    def close(self, wait: bool = True, timeout_s: float = FINISH_TIMEOUT_S) -> list[tuple[dict, EvalResult]]:
         """Finishes a queued evaluation (when `wait`), stops the thread, returns what finished
-        (the evaluator itself stays open)."""
+        (the evaluator itself stays open). An evaluation still running after `timeout_s` (a hung
+        env) is left behind with a warning: the run's end does not wait on it."""
         if not wait:
             try:
                 self._requests.get_nowait()
             except queue.Empty:
                 pass
-        self._requests.put(None)
-        self._thread.join()
+        try:
+            self._requests.put(None, timeout=timeout_s)
+        except queue.Full:  # the thread is stuck in an evaluation and has not taken the queued one
+            pass
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("an evaluation is still running after %g s (a hung env?): not waiting for it", timeout_s)
         return self.results()
 
 
@@ -194,6 +209,9 @@ class RunEvaluations:
         """Waits for a running evaluation, then evaluates the last published weights (unless the
         latest evaluation already was at these env steps)."""
         records = [self._record(tag, result, final=False) for tag, result in self.background.close()]
+        if self.background.running:  # its envs are still in use by an evaluation that did not end
+            log.warning("no final evaluation: the evaluator is stuck in an earlier one")
+            return records
         counters = self.counters
         fetched = None
         try:
@@ -229,8 +247,9 @@ class RunEvaluations:
         )
 
     def close(self) -> None:
-        """Closes the envs and the weight store (after `final`)."""
-        self.background.evaluator.close()
+        """Closes the envs (unless an evaluation stuck in them still runs) and the weight store."""
+        if not self.background.running:
+            self.background.evaluator.close()
         self.weights.close()
 
 

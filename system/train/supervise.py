@@ -23,7 +23,7 @@ from system.train.records import EpisodesRecord, LearnerEventRecord, ProgressRec
 
 if TYPE_CHECKING:
     from actors import FleetStats
-    from system.services.learner import LearnerProgress
+    from system.services.learner import LearnerDescription, LearnerProgress
     from system.train.hosts import ShardCounters
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,6 @@ STATE_EVERY_S = 10.0
 
 POLL_TIMEOUT_S = 0.25
 """Longest wait for an actor's chunk per round."""
-
-LEARNER_AWAY_POLL_S = 2.0
-"""Longest wait for a restarted learner's description (it may still be loading its checkpoint)."""
 
 LEARNER_AWAY_LIMIT_S = 300.0
 """A learner silent this long ends the run (with resume advice): it hangs, or Ray cannot place it."""
@@ -107,6 +104,7 @@ class Supervisor:
         """The latest progress record (the final one is made from it)."""
         self._learner: ComponentPoll | None = None
         self._learner_pid = components.info.get("learner", {}).get("pid")
+        self._describing: tuple[int, object] | None = None  # (restarted learner's pid, its describe() call)
         self._shards: list[ComponentPoll] = []
         self._redis_feed_down = False
 
@@ -217,21 +215,37 @@ class Supervisor:
             raise TrainError(f"the learner failed: {learner.error}")
         if self._learner_pid is not None and learner.pid != self._learner_pid:
             try:
-                self._learner_restarted(learner, records)
+                described = self._description_of(learner.pid)
             except (ActorUnavailableError, GetTimeoutError):
-                return None  # still loading, or away again: the next round asks again
+                self._describing = None  # away again: the next round asks again
+                return None
             except RayActorError as exc:  # died again while describing itself
+                self._describing = None
                 self._failed(poll, failure_of(exc), f"qfleet-{self.name}-learner", "learner_restarts", now)
                 return None
+            if described is None:
+                return None  # still loading its checkpoint: the round goes on
+            self._learner_restarted(learner, described, records)
         self._learner_pid = learner.pid
         return learner
 
-    def _learner_restarted(self, learner: LearnerProgress, records: list) -> None:
+    def _description_of(self, pid: int) -> LearnerDescription | None:
+        """The restarted learner's description once it is ready, asked once per process and
+        never waited for (it may be loading a large checkpoint); None until then."""
+        ray = self.components.ray
+        if self._describing is None or self._describing[0] != pid:
+            self._describing = (pid, self.components.learner.describe.remote())
+        ref = self._describing[1]
+        ready, _ = ray.wait([ref], timeout=0)
+        if not ready:
+            return None
+        self._describing = None
+        return ray.get(ref, timeout=0)
+
+    def _learner_restarted(self, learner: LearnerProgress, described: LearnerDescription, records: list) -> None:
         """Records a learner that Ray restarted: "restarted" (from a checkpoint) or "fresh" (no good
-        checkpoint: a new network, all of the previous one's updates lost). Raises what Ray raises
-        when the learner is away again (nothing is counted then; the next round asks again)."""
+        checkpoint: a new network, all of the previous one's updates lost)."""
         parts, counters = self.components, self.counters
-        described = parts.ray.get(parts.learner.describe.remote(), timeout=LEARNER_AWAY_POLL_S)
         self.faults.record("learner", "learner_restarts", f"its process died (pid {learner.pid} now)")
         counters.learner_restarts += 1
         counters.learner_updates_lost += described.updates_lost

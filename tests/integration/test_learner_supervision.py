@@ -100,7 +100,7 @@ def test_a_hung_learner_is_asked_briefly_and_ends_the_run_after_the_limit(superv
         while time.monotonic() - began < 20:
             asked = time.monotonic()
             assert supervisor._learner_progress([]) is None
-            assert time.monotonic() - asked < supervise.LEARNER_AWAY_POLL_S + 2
+            assert time.monotonic() - asked < 1.0  # the loop never waits on the learner
     assert "has not answered" in str(ended.value) and "qfleet train --resume" in str(ended.value)
 
 
