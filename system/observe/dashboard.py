@@ -1,4 +1,5 @@
-"""The Grafana dashboard, generated from the packages' metric-name modules.
+"""The Grafana dashboard, generated from the packages' metric-name modules with Grafana's own typed
+builders (grafana-foundation-sdk), so the JSON is the schema the shipped Grafana expects.
 
 Queries name their series through `series`, which fails on a name no metrics module defines.
 
@@ -13,6 +14,14 @@ import json
 import pathlib
 import sys
 from dataclasses import dataclass
+from typing import TypeVar
+
+from grafana_foundation_sdk.builders import common as grafana_common
+from grafana_foundation_sdk.builders import dashboard as grafana
+from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as grafana_common_model
+from grafana_foundation_sdk.models import dashboard as grafana_model
 
 from actors import METRIC_SERIES as ACTOR_SERIES
 from learner import METRIC_SERIES as LEARNER_SERIES
@@ -23,9 +32,12 @@ OUTPUT = pathlib.Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "d
 """The committed dashboard (provisioned into Grafana by docker-compose)."""
 
 UID = "qfleet"
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+DATASOURCE = grafana_model.DataSourceRef(type_val="prometheus", uid="${datasource}")
+"""Every panel and query reads the data source picked in the dashboard's `datasource` variable."""
 RUN = 'run=~"$run"'
 RATE = "$__rate_interval"
+PANEL_HEIGHT, PANEL_WIDTH = 8, 8
+"""Grid units: three panels side by side on Grafana's 24-column grid."""
 
 ALL_SERIES = LEARNER_SERIES | REPLAY_SERIES | ACTOR_SERIES | TRAIN_SERIES
 
@@ -46,14 +58,59 @@ class Panel:
     unit: str
     queries: tuple[tuple[str, str], ...]
     description: str = ""
-    stack: bool = False
 
     def help(self) -> str:
+        """The description, or else the help text of the series the first query reads."""
         if self.description:
             return self.description
         first = self.queries[0][0]
         names = [name for name in ALL_SERIES if name in first]
         return ALL_SERIES[max(names, key=len)]
+
+    def builder(self) -> timeseries.Panel:
+        """Grafana's time-series panel: thin lines, no points, a bottom legend, one tooltip for all series."""
+        panel = _with_queries(timeseries.Panel(), self)
+        panel.draw_style(grafana_common_model.GraphDrawStyle.LINE).line_width(1).fill_opacity(10)
+        panel.show_points(grafana_common_model.VisibilityMode.NEVER)
+        legend = grafana_common.VizLegendOptions().show_legend(True)
+        legend.display_mode(grafana_common_model.LegendDisplayMode.LIST)
+        legend.placement(grafana_common_model.LegendPlacement.BOTTOM)
+        tooltip = grafana_common.VizTooltipOptions().mode(grafana_common_model.TooltipDisplayMode.MULTI)
+        tooltip.sort(grafana_common_model.SortOrder.DESCENDING)
+        return panel.legend(legend).tooltip(tooltip)
+
+
+@dataclass(frozen=True)
+class Stat(Panel):
+    """A single-figure panel: each series' latest value over a sparkline of its history, coloured by
+    `thresholds`, (value, colour) steps over a green base (none: the figure stays green). For counts
+    whose current value is the point, such as transitions lost."""
+
+    thresholds: tuple[tuple[float, str], ...] = ()
+
+    def builder(self) -> stat.Panel:
+        steps = [grafana_model.Threshold(value=None, color="green")]  # the base step: from -infinity
+        steps += [grafana_model.Threshold(value=value, color=color) for value, color in self.thresholds]
+        thresholds = grafana.ThresholdsConfig().mode(grafana_model.ThresholdsMode.ABSOLUTE).steps(steps)
+        panel = _with_queries(stat.Panel(), self).thresholds(thresholds)
+        panel.reduce_options(grafana_common.ReduceDataOptions().values(False).calcs(["lastNotNull"]))
+        panel.graph_mode(grafana_common_model.BigValueGraphMode.AREA)
+        panel.color_mode(grafana_common_model.BigValueColorMode.VALUE)
+        return panel.text_mode(grafana_common_model.BigValueTextMode.VALUE_AND_NAME)
+
+
+PanelBuilder = TypeVar("PanelBuilder", timeseries.Panel, stat.Panel)
+
+
+def _with_queries(builder: PanelBuilder, panel: Panel) -> PanelBuilder:
+    """`builder` with what every panel has: title, description, unit, size and its Prometheus queries
+    (refIds A, B, ... in order), all on the dashboard's data source."""
+    builder.title(panel.title).description(panel.help()).unit(panel.unit).datasource(DATASOURCE)
+    builder.height(PANEL_HEIGHT).span(PANEL_WIDTH)
+    for index, (expr, legend) in enumerate(panel.queries):
+        query = prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(chr(ord("A") + index))
+        builder.with_target(query.datasource(DATASOURCE))
+    return builder
 
 
 def _select(name: str, extra: str = "") -> str:
@@ -298,8 +355,8 @@ def _run() -> list[Panel]:
             "Mean return of the latest greedy evaluation of the published weights, and of the last 100 training "
             "episodes (with exploration).",
         ),
-        _gauge("Env steps at the latest evaluation", "short", f"{prefix}_eval_env_steps"),
-        _gauge("Episodes", "short", f"{prefix}_episodes"),
+        Stat("Env steps at the latest evaluation", "short", ((_select(f"{prefix}_eval_env_steps"), "{{run}}"),)),
+        Stat("Episodes", "short", ((_select(f"{prefix}_episodes"), "{{run}}"),)),
         _gauge("Replay size (all shards)", "short", f"{prefix}_replay_size"),
         Panel(
             "Actors",
@@ -310,15 +367,21 @@ def _run() -> list[Panel]:
             ),
             "Env actors the supervisor keeps running (qfleet scale changes it), and actors Prometheus scrapes.",
         ),
-        Panel(
+        Stat(
             "Faults ridden out",
             "short",
             ((_select(f"{prefix}_faults"), "{{run}} {{kind}}"),),
             "Components that died or hung and came back (Ray restarted them, or the driver did), by kind, over the "
             "run. The run stops only when one component fails train.max_component_failures times within "
             "train.failure_window_s.",
+            thresholds=((1, "orange"),),
         ),
-        _gauge("Transitions lost", "short", f"{prefix}_transitions_lost"),
+        Stat(
+            "Transitions lost",
+            "short",
+            ((_select(f"{prefix}_transitions_lost"), "{{run}}"),),
+            thresholds=((1, "red"),),
+        ),
     ]
 
 
@@ -329,94 +392,44 @@ def rows() -> list[tuple[str, list[Panel]]]:
     return [(title, build()) for title, build in ROWS]
 
 
-def queries() -> list[tuple[str, str]]:
-    """(panel title, PromQL) of every query on the dashboard, for tests that run them through a real
-    Prometheus. They use the dashboard variables `$run` (one or more runs) and `$__rate_interval`."""
-    return [(panel.title, expr) for _, panels in rows() for panel in panels for expr, _ in panel.queries]
-
-
-def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict:
-    return {
-        "id": panel_id,
-        "type": "timeseries",
-        "title": panel.title,
-        "description": panel.help(),
-        "datasource": DATASOURCE,
-        "gridPos": {"h": 8, "w": 8, "x": x, "y": y},
-        "fieldConfig": {
-            "defaults": {
-                "unit": panel.unit,
-                "custom": {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never"},
-            },
-            "overrides": [],
-        },
-        "options": {
-            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        },
-        "targets": [
-            {"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
-            for i, (expr, legend) in enumerate(panel.queries)
-        ],
-    }
-
-
-def _row_json(title: str, panel_id: int, y: int) -> dict:
-    grid = {"h": 1, "w": 24, "x": 0, "y": y}
-    return {"id": panel_id, "type": "row", "title": title, "collapsed": False, "gridPos": grid, "panels": []}
-
-
-def dashboard() -> dict:
-    """The dashboard as Grafana's JSON model."""
-    panels, panel_id, y = [], 1, 0
-    for title, row in rows():
-        panels.append(_row_json(title, panel_id, y))
-        panel_id, y = panel_id + 1, y + 1
-        for i, panel in enumerate(row):
-            panels.append(_panel_json(panel, panel_id, x=8 * (i % 3), y=y + 8 * (i // 3)))
+def dashboard() -> grafana_model.Dashboard:
+    """The dashboard as Grafana's typed model: a row per part, its panels three to a line below it
+    (the builder places them on the grid), ids in order."""
+    board = grafana.Dashboard("qfleet").uid(UID).tags(["qfleet"]).readonly()
+    board.description(
+        "qfleet learner, replay and actors (generated by system/observe/dashboard.py; do not edit by hand)."
+    )
+    board.timezone("browser").refresh("10s").time("now-30m", "now")
+    board.with_variable(grafana.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+    runs = grafana.QueryVariable("run").label("Run").datasource(DATASOURCE)
+    runs.query('label_values(up{job=~"qfleet_.+"}, run)').refresh(grafana_model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+    runs.multi(True).include_all(True).current(grafana_model.VariableOption(text="All", value="$__all"))
+    board.with_variable(runs.sort(grafana_model.VariableSort.ALPHABETICAL_ASC))
+    panel_id = 0
+    for title, panels in rows():
+        panel_id += 1
+        board.with_row(grafana.Row(title).id(panel_id))
+        for panel in panels:
             panel_id += 1
-        y += 8 * ((len(row) + 2) // 3)
-    return {
-        "uid": UID,
-        "title": "qfleet",
-        "description": "qfleet learner, replay and actors (generated by system/observe/dashboard.py; do not edit by hand).",
-        "tags": ["qfleet"],
-        "timezone": "browser",
-        "editable": False,
-        "refresh": "10s",
-        "schemaVersion": 39,
-        "time": {"from": "now-30m", "to": "now"},
-        "templating": {
-            "list": [
-                {
-                    "name": "datasource",
-                    "label": "Data source",
-                    "type": "datasource",
-                    "query": "prometheus",
-                    "current": {},
-                    "hide": 0,
-                },
-                {
-                    "name": "run",
-                    "label": "Run",
-                    "type": "query",
-                    "datasource": DATASOURCE,
-                    "query": {"query": 'label_values(up{job=~"qfleet_.+"}, run)', "refId": "run"},
-                    "definition": 'label_values(up{job=~"qfleet_.+"}, run)',
-                    "refresh": 2,
-                    "multi": True,
-                    "includeAll": True,
-                    "current": {"text": "All", "value": "$__all"},
-                    "sort": 1,
-                },
-            ]
-        },
-        "panels": panels,
-    }
+            board.with_panel(panel.builder().id(panel_id))
+    return board.build()
+
+
+def queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every query on the dashboard, read from the built model, for tests that
+    run them through a real Prometheus. They use the dashboard variables `$run` (one or more runs) and
+    `$__rate_interval`."""
+    return [
+        (panel.title, target.expr)
+        for panel in dashboard().panels
+        if isinstance(panel, grafana_model.Panel)
+        for target in panel.targets
+    ]
 
 
 def render() -> str:
-    return json.dumps(dashboard(), indent=2) + "\n"
+    """The dashboard as the JSON Grafana provisions (the SDK's encoder, 2-space indents)."""
+    return json.dumps(dashboard(), cls=JSONEncoder, indent=2) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
