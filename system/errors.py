@@ -1,5 +1,5 @@
-"""The roof's typed errors: a bad config, a run that failed, an embedded Redis or local Ray that did
-not start."""
+"""The roof's typed errors: a bad config, a dataset that cannot be used, a run that failed, an
+embedded Redis or local Ray that did not start."""
 
 from __future__ import annotations
 
@@ -39,3 +39,20 @@ class RayLaunchError(RuntimeError):
     def __init__(self, message: str, gcs_address: str = ""):
         super().__init__(message)
         self.gcs_address = gcs_address
+
+
+class DatasetError(ValueError):
+    """A dataset is missing, malformed or does not fit the env; nothing of it was loaded.
+
+    Attributes:
+        dataset: the dataset's id or folder, as the user named it.
+        field: what is at fault: a metadata key (`observation_space`, `total_steps`), a column
+            (`rewards`, `observations`), or `episode 12` for a damaged episode file.
+        reason: what is wrong with it, in words.
+    """
+
+    def __init__(self, dataset: str, field: str, reason: str):
+        super().__init__(f"dataset {dataset!r}: {field}: {reason}")
+        self.dataset = dataset
+        self.field = field
+        self.reason = reason

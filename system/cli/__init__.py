@@ -2,6 +2,8 @@
 
     qfleet train CONFIG [--set section.key=value ...] [--run-dir DIR] | --resume RUN_DIR
     qfleet eval RUN_DIR [--episodes N]
+    qfleet record DATASET_ID --policy RUN_DIR | --config CONFIG --episodes N [--epsilon E] [--datasets-dir DIR]
+    qfleet dataset list | info DATASET [--datasets-dir DIR]
     qfleet status [RUN_DIR | --redis-url URL --run NAME]
     qfleet report RUN_DIR
     qfleet discovery [RUN_DIR] [--redis-url URL] [--run NAME ...] [--host H] [--port P]
@@ -22,12 +24,41 @@ import logging
 import sys
 
 from replay import ReplayError, SpecMismatchError
-from system.cli import actors, bench, config, discovery, evaluate, learner, replay, report, scale, status, train
+from system.cli import (
+    actors,
+    bench,
+    config,
+    dataset,
+    discovery,
+    evaluate,
+    learner,
+    record,
+    replay,
+    report,
+    scale,
+    status,
+    train,
+)
 from system.config import ConfigError
+from system.errors import DatasetError
 
 COMMANDS = {
     module.NAME: module
-    for module in (train, evaluate, status, report, discovery, replay, learner, actors, scale, bench, config)
+    for module in (
+        train,
+        evaluate,
+        record,
+        dataset,
+        status,
+        report,
+        discovery,
+        replay,
+        learner,
+        actors,
+        scale,
+        bench,
+        config,
+    )
 }
 """Every `qfleet` command, by name, in `--help` order."""
 
@@ -61,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         print("qfleet: interrupted", file=sys.stderr)
         return 130
     except SpecMismatchError as exc:
+        print(f"qfleet: {exc}", file=sys.stderr)
+        return 2
+    except DatasetError as exc:
         print(f"qfleet: {exc}", file=sys.stderr)
         return 2
     except ReplayError as exc:
