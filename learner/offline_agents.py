@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -195,8 +196,7 @@ class FilteredBCAgent(_PolicyAgent):
         log_likelihood = offline_losses.log_likelihood(self.policy(batch["obs"]), batch["action"])
         loss = -(weights * kept * log_likelihood).sum() / kept.sum()
         grad_norm = self._policy_step(loss)
-        uniform = torch.ones(len(kept)).numpy()
-        return UpdateResult(float(loss.detach()), 0.0, grad_norm, uniform)
+        return UpdateResult(float(loss.detach()), 0.0, grad_norm, np.ones(len(kept), dtype=np.float32))
 
     def after_update(self, updates: int) -> bool:
         return self._periodic_reset(updates)
