@@ -2,11 +2,13 @@
 
 Public surface:
     LearnerConfig and its groups (ArchitectureConfig, OptimizerConfig, TargetConfig, DQNConfig,
-    DistributionalConfig, SACConfig, ResetConfig, PrefetchConfig), resolve_device, ActionSpace,
-    parse_number, MalformedValues, LearnerError, WeightStoreError, MalformedWeightsError (importing these does not import torch);
+    DistributionalConfig, SACConfig, IQLConfig, FilteredBCConfig, ResetConfig, PrefetchConfig),
+    resolve_device, ActionSpace, parse_number, MalformedValues, LearnerError, WeightStoreError,
+    MalformedWeightsError, MissingColumnError (importing these does not import torch);
     Learner, LearnerSummary, LearnerReached, make_replay, sample_error_buffer (the loop);
     find_checkpoint, has_checkpoints, load_latest_checkpoint (checkpoints);
-    Agent, UpdateResult (the seam), make_agent, AGENTS, DiscreteQAgent, SACAgent (agents);
+    Agent, UpdateResult (the seam), make_agent, acting_head, AGENTS, DiscreteQAgent, SACAgent,
+    IQLAgent, FilteredBCAgent (agents);
     QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore,
     decode_weights (the Redis parameter store); LearnerMetrics; LearnerStatus, learner_status_key
     (its status hash in Redis); Policy (what actors and evaluation act with); build_q_network,
@@ -22,6 +24,8 @@ from learner.config import (
     ArchitectureConfig,
     DistributionalConfig,
     DQNConfig,
+    FilteredBCConfig,
+    IQLConfig,
     LearnerConfig,
     OptimizerConfig,
     PrefetchConfig,
@@ -30,7 +34,7 @@ from learner.config import (
     TargetConfig,
     resolve_device,
 )
-from learner.errors import LearnerError, MalformedWeightsError, WeightStoreError
+from learner.errors import LearnerError, MalformedWeightsError, MissingColumnError, WeightStoreError
 from learner.redis_values import MalformedValues, parse_number
 from learner.spaces import ActionSpace
 
@@ -44,6 +48,9 @@ _LAZY = {
     "DiscreteQAgent": "learner.agents",
     "SACAgent": "learner.agents",
     "make_agent": "learner.agents",
+    "acting_head": "learner.agents",
+    "IQLAgent": "learner.offline_agents",
+    "FilteredBCAgent": "learner.offline_agents",
     "Learner": "learner.loop",
     "LearnerSummary": "learner.loop",
     "LearnerReached": "learner.loop",
@@ -71,10 +78,13 @@ __all__ = [
     "ArchitectureConfig",
     "DQNConfig",
     "DistributionalConfig",
+    "FilteredBCConfig",
+    "IQLConfig",
     "LearnerConfig",
     "LearnerError",
     "MalformedValues",
     "MalformedWeightsError",
+    "MissingColumnError",
     "OptimizerConfig",
     "PrefetchConfig",
     "ResetConfig",

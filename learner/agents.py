@@ -1,5 +1,7 @@
 """The agents: `DiscreteQAgent` (DQN, C51, HL-Gauss) and `SACAgent` (continuous actions, with a
-REDQ-style critic ensemble), both implementing `learner.agent.Agent`; `make_agent` picks one.
+REDQ-style critic ensemble), both implementing `learner.agent.Agent`, and the offline ones of
+`learner.offline_agents` (IQL, filtered BC); `make_agent` picks one, `acting_head` says how actors
+act with what it publishes.
 """
 
 from __future__ import annotations
@@ -12,37 +14,12 @@ import torch
 from torch import nn
 
 from learner.agent import Agent, UpdateResult
-from learner.config import LearnerConfig, TargetConfig
+from learner.config import LearnerConfig
 from learner.networks import EnsembleCritic, TanhGaussianActor, build_q_network, reinitialise
-from learner.q_losses import make_q_loss
+from learner.offline_agents import FilteredBCAgent, IQLAgent
+from learner.optimization import forget_optimizer_state, step, update_target
+from learner.q_losses import QLoss, make_q_loss
 from learner.spaces import ActionSpace
-
-
-def _update_target(online: nn.Module, target: nn.Module, config: TargetConfig, updates: int) -> None:
-    if config.update == "soft":
-        with torch.no_grad():
-            for target_param, online_param in zip(target.parameters(), online.parameters(), strict=True):
-                target_param.lerp_(online_param, config.tau)
-    elif config.update == "hard" and updates % config.every == 0:
-        target.load_state_dict(online.state_dict())
-
-
-def _forget_optimizer_state(optimizer: torch.optim.Optimizer, modules) -> None:
-    """Drops Adam's moments (and step counts) of every parameter in `modules`."""
-    for module in modules:
-        for parameter in module.parameters():
-            optimizer.state.pop(parameter, None)
-
-
-def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters, max_grad_norm: float | None) -> float:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if max_grad_norm is not None:
-        norm = nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-    else:
-        norm = torch.norm(torch.stack([p.grad.norm() for p in parameters if p.grad is not None]))
-    optimizer.step()
-    return float(norm)
 
 
 class DiscreteQAgent:
@@ -57,6 +34,11 @@ class DiscreteQAgent:
         self.online = build_q_network(obs_shape, space.num_actions, self.q_loss.bins, config.architecture).to(device)
         self.target = copy.deepcopy(self.online) if config.target.update != "none" else None
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=config.optimizer.lr)
+
+    @staticmethod
+    def acting_head(config: LearnerConfig) -> QLoss:
+        """Actors act greedily in the expected Q values of the configured loss."""
+        return make_q_loss(config, torch.device("cpu"))
 
     def q_values(self, network: nn.Module, obs: torch.Tensor) -> torch.Tensor:
         """[B, A] expected action values."""
@@ -73,14 +55,14 @@ class DiscreteQAgent:
         taken = self.online(obs)[torch.arange(len(action)), action]
         per_item, q_taken = self.q_loss.per_item(taken, target)
         loss = (weights * per_item).mean()
-        grad_norm = _step(self.optimizer, loss, list(self.online.parameters()), self.config.optimizer.max_grad_norm)
+        grad_norm = step(self.optimizer, loss, list(self.online.parameters()), self.config.optimizer.max_grad_norm)
         td = (q_taken.detach() - target.value).abs()
         return UpdateResult(float(loss.detach()), float(q_taken.detach().mean()), grad_norm, td.cpu().numpy())
 
     def after_update(self, updates: int) -> bool:
         """Target update and periodic reset after update number `updates`; True if it reset."""
         if self.target is not None:
-            _update_target(self.online, self.target, self.config.target, updates)
+            update_target(self.online, self.target, self.config.target, updates)
         if self.config.resets.every and updates % self.config.resets.every == 0:
             self.reset(self.config.resets.modules)
             return True
@@ -90,7 +72,7 @@ class DiscreteQAgent:
         """Re-initialises the head (or every layer) and its optimizer state; the target follows."""
         modules = self.online.head_modules() if which == "head" else [self.online]
         reinitialise(modules)
-        _forget_optimizer_state(self.optimizer, modules)
+        forget_optimizer_state(self.optimizer, modules)
         if self.target is not None:
             self.target.load_state_dict(self.online.state_dict())
 
@@ -150,11 +132,11 @@ class SACAgent:
         per_item = ((q - target) ** 2).mean(dim=0)
         critic_loss = (weights * per_item).mean()
         max_grad_norm = self.config.optimizer.max_grad_norm
-        grad_norm = _step(self.critic_optimizer, critic_loss, list(self.critic.parameters()), max_grad_norm)
+        grad_norm = step(self.critic_optimizer, critic_loss, list(self.critic.parameters()), max_grad_norm)
 
         new_action, log_prob = self.actor(obs)
         actor_loss = (alpha * log_prob - self.critic(obs, new_action).mean(dim=0)).mean()
-        _step(self.actor_optimizer, actor_loss, list(self.actor.parameters()), max_grad_norm)
+        step(self.actor_optimizer, actor_loss, list(self.actor.parameters()), max_grad_norm)
         alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
         self.alpha_optimizer.zero_grad(set_to_none=True)
         alpha_loss.backward()
@@ -165,7 +147,7 @@ class SACAgent:
 
     def after_update(self, updates: int) -> bool:
         if self.critic_target is not None:
-            _update_target(self.critic, self.critic_target, self.config.target, updates)
+            update_target(self.critic, self.critic_target, self.config.target, updates)
         if self.config.resets.every and updates % self.config.resets.every == 0:
             self.reset(self.config.resets.modules)
             return True
@@ -177,7 +159,7 @@ class SACAgent:
         for network, optimizer in pairs:
             modules = network.head_modules() if which == "head" else [network]
             reinitialise(modules)
-            _forget_optimizer_state(optimizer, modules)
+            forget_optimizer_state(optimizer, modules)
         if self.critic_target is not None:
             self.critic_target.load_state_dict(self.critic.state_dict())
 
@@ -209,13 +191,28 @@ class SACAgent:
             self.critic_target.load_state_dict(state["critic_target"])
 
 
-AGENTS: dict[str, type[DiscreteQAgent] | type[SACAgent]] = {
+AGENTS: dict[str, type[DiscreteQAgent] | type[SACAgent] | type[IQLAgent] | type[FilteredBCAgent]] = {
     "dqn": DiscreteQAgent,
     "c51": DiscreteQAgent,
     "hl_gauss": DiscreteQAgent,
     "sac": SACAgent,
+    "iql": IQLAgent,
+    "filtered_bc": FilteredBCAgent,
 }
 """`learner.loss` -> the agent that trains it."""
+
+
+def acting_head(config: LearnerConfig):
+    """How the network a discrete agent publishes becomes the scores greedy acting maximises:
+    `bins` outputs per action and `values(out)` -> [B, A] (expected Q values, or pi's logits).
+
+    Raises:
+        ValueError: the configured loss is for continuous actions, naming `learner.loss`.
+    """
+    agent_class = AGENTS[config.loss]
+    if not agent_class.discrete:
+        raise ValueError(f"learner.loss={config.loss!r} needs a continuous (Box) action space")
+    return agent_class.acting_head(config)
 
 
 def make_agent(config: LearnerConfig, obs_shape: tuple[int, ...], space: ActionSpace, device: torch.device) -> Agent:

@@ -122,6 +122,54 @@ class SACConfig:
 
 
 @dataclass(frozen=True)
+class IQLConfig:
+    """Settings of the "iql" loss: implicit Q-learning (Kostrikov et al. 2021) for offline data, with
+    the policy extracted by AWR or by Digi-Q's Best-of-N (Bai et al. 2025)."""
+
+    expectile: float = 0.7
+    """Expectile tau of V's regression towards Q(s, a_data): 0.5 is plain (half) squared error, Digi-Q's
+    V regression; towards 1 V approaches the best action the data shows (IQL: 0.7 locomotion, 0.9 mazes)."""
+
+    extraction: Literal["awr", "best_of_n"] = field(default="awr", metadata=flat_key("policy_extraction"))
+    """How the policy is extracted: "awr" (advantage-weighted regression on the data actions) or
+    "best_of_n" (imitate the highest-Q of n actions sampled from the policy, when it beats V)."""
+
+    temperature: float = field(default=3.0, metadata=flat_key("awr_temperature"))
+    """AWR's inverse temperature beta: data actions are weighted by exp(beta * (Q - V))."""
+
+    max_weight: float = field(default=100.0, metadata=flat_key("awr_max_weight"))
+    """AWR's weights are clipped at this (IQL clips at 100)."""
+
+    n: int = field(default=16, metadata=flat_key("best_of_n"))
+    """Best-of-N: actions sampled from the current policy per state (1, 4 or 16 in Digi-Q's study)."""
+
+    advantage_threshold: float = 0.0
+    """Best-of-N: the chosen action is imitated only when Q(s, a) - V(s) exceeds this."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.expectile < 1.0:
+            _refuse("expectile", self.expectile, "must be in (0, 1)")
+        if not self.temperature >= 0:
+            _refuse("awr_temperature", self.temperature, "must be >= 0")
+        if not self.max_weight > 0:
+            _refuse("awr_max_weight", self.max_weight, "must be > 0")
+        if self.n < 1:
+            _refuse("best_of_n", self.n, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class FilteredBCConfig:
+    """Settings of the "filtered_bc" loss: behaviour cloning of the best episodes only."""
+
+    top_k_percent: float = 10.0
+    """Imitate the data actions of transitions whose episode return is in the top k% of the batch."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.top_k_percent <= 100.0:
+            _refuse("top_k_percent", self.top_k_percent, "must be in (0, 100]")
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     """The target network."""
 
@@ -181,8 +229,9 @@ class LearnerConfig:
     works); each group below also accepts its nested spelling, e.g. `learner.sac.ensemble_size`.
     """
 
-    loss: Literal["dqn", "c51", "hl_gauss", "sac"] = "dqn"
-    """Discrete: "dqn" (double DQN), "c51", "hl_gauss"; continuous: "sac" (critic ensemble)."""
+    loss: Literal["dqn", "c51", "hl_gauss", "sac", "iql", "filtered_bc"] = "dqn"
+    """Discrete: "dqn" (double DQN), "c51", "hl_gauss"; continuous: "sac" (critic ensemble); offline,
+    discrete: "iql" (expectile V, AWR or Best-of-N policy), "filtered_bc" (needs `episode_return`)."""
 
     batch_size: int = 256
     """Transitions per update."""
@@ -232,6 +281,13 @@ class LearnerConfig:
 
     sac: SACConfig = field(default_factory=SACConfig, metadata=FLAT)
     """The "sac" loss (keys: ensemble_size, ensemble_subset, init_temperature)."""
+
+    iql: IQLConfig = field(default_factory=IQLConfig, metadata=FLAT)
+    """The "iql" loss (keys: expectile, policy_extraction, awr_temperature, awr_max_weight, best_of_n,
+    advantage_threshold)."""
+
+    filtered_bc: FilteredBCConfig = field(default_factory=FilteredBCConfig, metadata=FLAT)
+    """The "filtered_bc" loss (key: top_k_percent)."""
 
     resets: ResetConfig = field(default_factory=ResetConfig, metadata=FLAT)
     """Periodic resets (keys: reset_every, reset_modules)."""

@@ -31,3 +31,21 @@ class MalformedWeightsError(WeightStoreError):
     def __init__(self, message: str, key: str | None = None):
         super().__init__(message)
         self.key = key
+
+
+class MissingColumnError(LearnerError, KeyError):
+    """A batch lacks a column the configured loss needs (e.g. "filtered_bc" needs `episode_return`,
+    which datasets provide and online transitions do not).
+
+    Attributes:
+        loss: the `learner.loss` that needs it.
+        column: the missing column.
+        columns: the columns the batch has.
+    """
+
+    def __init__(self, loss: str, column: str, columns: list[str]):
+        super().__init__(f"learner.loss={loss!r} needs a {column!r} column in its batches; they have {columns}")
+        self.loss, self.column, self.columns = loss, column, columns
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])

@@ -1,5 +1,5 @@
-"""Networks: torsos (MLP, Nature CNN), Q heads (plain, dueling, distributional), and SAC's
-tanh-Gaussian actor and batched critic ensemble.
+"""Networks: torsos (MLP, Nature CNN), Q heads (plain, dueling, distributional), IQL's twin-Q and
+value critics, and SAC's tanh-Gaussian actor and batched critic ensemble.
 
 Every Q network maps observations [B, *obs_shape] to [B, A] values ("dqn") or [B, A, bins]
 logits (C51, HL-Gauss). Each network names its last layer(s) `head`, which periodic resets use.
@@ -96,6 +96,28 @@ def build_q_network(
     else:
         torso = MLP(math.prod(obs_shape), architecture.hidden_size, architecture.num_layers, architecture.layer_norm)
     return QNetwork(torso, num_actions, bins, architecture.dueling)
+
+
+class IQLCritic(nn.Module):
+    """IQL's critics: twin Q networks (the target takes their minimum, as in IQL and TD3) and a
+    state-value network V, each its own torso."""
+
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, architecture: ArchitectureConfig):
+        super().__init__()
+        self.q1 = build_q_network(obs_shape, num_actions, 1, architecture)
+        self.q2 = build_q_network(obs_shape, num_actions, 1, architecture)
+        self.value = build_q_network(obs_shape, 1, 1, architecture)
+
+    def twin_q(self, obs: torch.Tensor) -> torch.Tensor:
+        """[2, B, A] both Q networks' values."""
+        return torch.stack([self.q1(obs), self.q2(obs)])
+
+    def v(self, obs: torch.Tensor) -> torch.Tensor:
+        """[B] state values."""
+        return self.value(obs).squeeze(-1)
+
+    def head_modules(self) -> list[nn.Module]:
+        return [*self.q1.head_modules(), *self.q2.head_modules(), *self.value.head_modules()]
 
 
 # -- SAC ---------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """`Policy`: the network actors and evaluation act with, rebuilt from the learner's config.
 
-The learner publishes `agent.policy_state()` (the online Q network, or SAC's actor); a Policy
-builds the same architecture, loads those weights and turns observations into actions:
-epsilon-greedy on expected Q values for discrete actions (C51 and HL-Gauss take the expectation
-over their support), a sample from the tanh-Gaussian for continuous ones.
+The learner publishes `agent.policy_state()` (the online Q network, the offline losses' policy
+network pi, or SAC's actor); a Policy builds the same architecture, loads those weights and turns
+observations into actions: epsilon-greedy on expected Q values for discrete actions (C51 and
+HL-Gauss take the expectation over their support) or on pi's logits ("iql", "filtered_bc": greedy
+is pi's most likely action), a sample from the tanh-Gaussian for continuous ones.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from learner.agents import acting_head
 from learner.config import LearnerConfig
 from learner.networks import TanhGaussianActor, build_q_network
-from learner.q_losses import make_q_loss
 from learner.spaces import ActionSpace
 
 
@@ -32,10 +33,10 @@ class Policy:
         self.space = space
         self.version = 0
         architecture = config.architecture
-        self.q_loss = None
+        self.head = None
         if space.discrete:
-            self.q_loss = make_q_loss(config, torch.device("cpu"))
-            self.network = build_q_network(obs_shape, space.num_actions, self.q_loss.bins, architecture)
+            self.head = acting_head(config)
+            self.network = build_q_network(obs_shape, space.num_actions, self.head.bins, architecture)
         else:
             low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
             obs_dim, action_dim = int(np.prod(obs_shape)), low.shape[0]
@@ -51,8 +52,9 @@ class Policy:
 
     @torch.inference_mode()
     def q_values(self, obs: np.ndarray) -> np.ndarray:
-        """[B, A] expected action values (discrete actions only)."""
-        return self.q_loss.values(self.network(torch.from_numpy(np.asarray(obs)))).numpy()
+        """[B, A] the scores greedy acting maximises (discrete actions only): expected action values,
+        or pi's logits for the offline policy losses."""
+        return self.head.values(self.network(torch.from_numpy(np.asarray(obs)))).numpy()
 
     @torch.inference_mode()
     def act(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:

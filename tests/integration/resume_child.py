@@ -27,7 +27,7 @@ def learned_parameters(learner: Learner) -> dict[str, torch.Tensor]:
     return {
         f"{net}.{k}": v
         for net, sd in learner.agent.state_dict().items()
-        if net in ("online", "actor", "critic")
+        if net in ("online", "actor", "critic", "policy")
         for k, v in sd.items()
     }
 

@@ -22,8 +22,10 @@ from conftest import cartpole_transitions, shard_kwargs, wait_until
 from learner import (
     ActionSpace,
     ArchitectureConfig,
+    IQLConfig,
     Learner,
     LearnerConfig,
+    Policy,
     PrefetchConfig,
     SACConfig,
     WeightStore,
@@ -87,6 +89,28 @@ def test_learner_trains_from_shards_publishes_weights_and_sends_priorities(shard
     store.close()
 
 
+def test_an_iql_learner_publishes_its_policy_and_actors_act_greedily_in_it(shards, redis_server):
+    shards.insert(cartpole_transitions(1000))
+    shards.flush()
+    config = dataclasses.replace(SMALL, loss="iql")
+    store = WeightStore(redis_server.url, "learn")
+    replay = make_replay(config, redis_server.url, "learn", credentials=None)
+    learner = Learner(config, replay, (4,), ActionSpace(num_actions=2), run="learn", weight_store=store)
+    assert learner.run(max_updates=20).updates == 20
+
+    version, weights = store.fetch(known_version=0)
+    policy = Policy(config, (4,), ActionSpace(num_actions=2), seed=7)
+    policy.load(weights, version)
+    obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    with torch.no_grad():
+        expected = learner.agent.policy(torch.from_numpy(obs)).argmax(dim=1).numpy()
+    np.testing.assert_array_equal(policy.act(obs, epsilon=0.0, rng=np.random.default_rng(0)), expected)
+    info = shards.info()  # |TD error| + eps of the Q networks went back as priorities
+    assert info.priority_mass != pytest.approx(info.size)
+    replay.close()
+    store.close()
+
+
 def test_learner_waits_for_data_instead_of_over_training(shards, redis_server):
     shards.insert(cartpole_transitions(1000))
     shards.flush()
@@ -114,9 +138,10 @@ def test_learner_waits_for_data_instead_of_over_training(shards, redis_server):
     replay.close()
 
 
-@pytest.mark.parametrize("loss", ["dqn", "sac"])
+@pytest.mark.parametrize("loss", ["dqn", "sac", "iql"])
 def test_checkpoint_then_new_process_resume_gives_identical_next_update(tmp_path, loss):
-    config = dataclasses.replace(SMALL, loss=loss, sac=SACConfig(ensemble_size=4), seed=5)
+    best_of_n = IQLConfig(extraction="best_of_n", n=4)  # samples from pi: the RNG must be restored too
+    config = dataclasses.replace(SMALL, loss=loss, sac=SACConfig(ensemble_size=4), iql=best_of_n, seed=5)
     space = ActionSpace(low=(-1.0,), high=(1.0,)) if loss == "sac" else ActionSpace(num_actions=2)
     rng = np.random.default_rng(0)
 

@@ -9,6 +9,8 @@ from learner import (
     ArchitectureConfig,
     DistributionalConfig,
     DQNConfig,
+    FilteredBCConfig,
+    IQLConfig,
     LearnerConfig,
     OptimizerConfig,
     PrefetchConfig,
@@ -71,6 +73,10 @@ def test_nested_sections_from_yaml_and_set(tmp_path):
         ("learner:\n  v_min: 0\n  distributional: {v_min: 1}\n", [], "learner.v_min: given both"),
         ("learner:\n  reset_every: 5\n  resets: {every: 1}\n", [], "learner.reset_every: given both"),
         ("", ["learner.device=tpu"], "learner.device"),
+        ("", ["learner.expectile=1"], "learner.expectile: expectile=1.0: must be in \\(0, 1\\)"),
+        ("", ["learner.iql.extraction=greedy"], "learner.policy_extraction: 'greedy' is not one of"),
+        ("", ["learner.best_of_n=0"], "learner.best_of_n: best_of_n=0: must be >= 1"),
+        ("", ["learner.top_k_percent=0"], "learner.top_k_percent: top_k_percent=0.0: must be in"),
         ("", ["replay.mix={online: 0}"], "replay.mix.*'online'"),
         ("replay:\n  mix: [0.5, 0.5]\n", [], "replay.mix: expected a mapping"),
         ("", ["env.android.tap_rowz=3"], "env.android.tap_rowz: unknown key"),
@@ -97,6 +103,16 @@ def test_flat_learner_keys_fill_the_algorithm_groups(tmp_path):
     assert (learner.architecture.torso, learner.architecture.hidden_size) == ("mlp", 32)
     assert (learner.resets.every, learner.prefetch.batches_per_request, learner.prefetch.depth) == (50, 16, 8)
     assert (learner.sac.ensemble_size, learner.optimizer.lr) == (4, 0.001)
+
+
+def test_offline_loss_settings_read_flat_or_as_their_own_section(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("learner:\n  loss: iql\n  iql: {expectile: 0.5, extraction: best_of_n, n: 4}\n")
+    iql = load_config(path, ["learner.awr_temperature=10", "learner.top_k_percent=20"]).learner
+    assert (iql.loss, iql.iql.expectile, iql.iql.extraction, iql.iql.n) == ("iql", 0.5, "best_of_n", 4)
+    assert (iql.iql.temperature, iql.filtered_bc.top_k_percent) == (10.0, 20.0)
+    written = yaml.safe_load(to_yaml(load_config(path)))["learner"]
+    assert (written["policy_extraction"], written["best_of_n"], written["expectile"]) == ("best_of_n", 4, 0.5)
 
 
 @pytest.mark.parametrize(
@@ -145,6 +161,8 @@ def test_reference_lists_flat_learner_keys_with_their_docs():
         DQNConfig,
         DistributionalConfig,
         SACConfig,
+        IQLConfig,
+        FilteredBCConfig,
         ResetConfig,
         PrefetchConfig,
         AndroidConfig,

@@ -1,0 +1,103 @@
+"""Offline-RL losses, each a small function of tensors: IQL's expectile value regression and
+V-bootstrapped Q target, AWR weights, Digi-Q's Best-of-N choice and filtered BC's selection.
+
+Implicit Q-learning (IQL; Kostrikov, Nair & Levine 2021, "Offline Reinforcement Learning with
+Implicit Q-Learning") never evaluates Q at an action the data does not hold: V(s) is regressed
+towards Q(s, a_data) with an asymmetric (expectile) squared loss, so that V approaches the best
+action seen in the data rather than the behaviour policy's average, and Q(s, a) towards
+r + discount * V(s'). A policy is then extracted from Q and V without querying unseen actions
+(AWR) or by ranking the policy's own samples by Q (Best-of-N; Bai et al. 2025, "Digi-Q").
+
+Conventions as in `learner.losses`: `reward` is the n-step return, `discount` gamma**n or 0 after
+a termination; every function works on a batch [B].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+
+def expectile_loss(difference: torch.Tensor, expectile: float) -> torch.Tensor:
+    """IQL's asymmetric squared loss L_tau(u) = |tau - 1(u < 0)| * u**2, per item.
+
+    With u = Q(s, a) - V(s): V below Q (u > 0) costs tau, V above Q costs 1 - tau, so for tau > 0.5
+    V settles at an upper expectile of Q over the data's actions. tau = 0.5 is half the squared
+    error: plain regression of V towards Q (Digi-Q's V loss), with the same minimiser as MSE.
+
+    Args:
+        difference: [B] target minus prediction (Q(s, a_data) - V(s)).
+        expectile: tau in (0, 1).
+    """
+    weight = torch.where(difference < 0, 1.0 - expectile, expectile)
+    return weight * difference.square()
+
+
+def value_bootstrap_target(reward: torch.Tensor, discount: torch.Tensor, next_value: torch.Tensor) -> torch.Tensor:
+    """IQL's Q target: r + discount * V(s'). No max over actions, so no action outside the data
+    is ever evaluated.
+
+    Args:
+        reward, discount, next_value: [B]; next_value from the (target) value network at s'.
+    """
+    return reward + discount * next_value
+
+
+def awr_weights(advantage: torch.Tensor, temperature: float, max_weight: float) -> torch.Tensor:
+    """Advantage-weighted regression's weights exp(beta * A), clipped at `max_weight` (IQL: 100).
+
+    Computed as exp(min(beta * A, log(max_weight))): the same values, never an overflow to inf.
+
+    Args:
+        advantage: [B] Q(s, a_data) - V(s), without gradient.
+        temperature: beta >= 0 (0: plain behaviour cloning).
+        max_weight: the clip, > 0.
+    """
+    return torch.exp((temperature * advantage).clamp(max=math.log(max_weight)))
+
+
+def log_likelihood(logits: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """log pi(a|s) [B] of the actions `action` [B] under softmax(`logits`) [B, A]."""
+    return F.log_softmax(logits, dim=-1).gather(1, action.long()[:, None]).squeeze(1)
+
+
+def best_of_n(
+    candidates: torch.Tensor, q: torch.Tensor, value: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digi-Q's Best-of-N choice: of N candidate actions per state, the one with the highest Q, and
+    whether its advantage Q - V exceeds `threshold` (only then is it imitated).
+
+    Args:
+        candidates: [B, N] action indices (sampled from the current policy).
+        q: [B, A] action values.
+        value: [B] state values V(s).
+        threshold: the advantage the chosen action must exceed.
+
+    Returns:
+        (chosen [B] action indices, improves [B] bool).
+    """
+    candidate_q = q.gather(1, candidates)
+    best = candidate_q.argmax(dim=1, keepdim=True)
+    chosen = candidates.gather(1, best).squeeze(1)
+    improves = candidate_q.gather(1, best).squeeze(1) - value > threshold
+    return chosen, improves
+
+
+def top_returns(episode_return: torch.Tensor, top_k_percent: float) -> torch.Tensor:
+    """Filtered BC's selection: the items whose episode return is among the top k% of the batch.
+
+    keep = ceil(k% of B) (at least 1) items by return; every item whose return equals the lowest
+    kept one is kept too, so ties are never split by position.
+
+    Args:
+        episode_return: [B] the return of the episode each transition belongs to.
+        top_k_percent: k in (0, 100].
+
+    Returns:
+        [B] bool.
+    """
+    keep = max(1, math.ceil(top_k_percent * episode_return.numel() / 100.0 - 1e-9))  # 1e-9: no float ceil-up
+    lowest_kept = episode_return.topk(keep).values[-1]
+    return episode_return >= lowest_kept

@@ -1,0 +1,38 @@
+"""The bookkeeping every agent shares: a clipped optimizer step, target-network updates, and
+forgetting a reset layer's optimizer state."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from learner.config import TargetConfig
+
+
+def update_target(online: nn.Module, target: nn.Module, config: TargetConfig, updates: int) -> None:
+    """Moves `target` towards `online`: Polyak by `tau` ("soft"), or a copy every `every` updates ("hard")."""
+    if config.update == "soft":
+        with torch.no_grad():
+            for target_param, online_param in zip(target.parameters(), online.parameters(), strict=True):
+                target_param.lerp_(online_param, config.tau)
+    elif config.update == "hard" and updates % config.every == 0:
+        target.load_state_dict(online.state_dict())
+
+
+def forget_optimizer_state(optimizer: torch.optim.Optimizer, modules) -> None:
+    """Drops Adam's moments (and step counts) of every parameter in `modules`."""
+    for module in modules:
+        for parameter in module.parameters():
+            optimizer.state.pop(parameter, None)
+
+
+def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters, max_grad_norm: float | None) -> float:
+    """One optimizer step on `loss`, gradients clipped by global norm; returns the norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm is not None:
+        norm = nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    else:
+        norm = torch.norm(torch.stack([p.grad.norm() for p in parameters if p.grad is not None]))
+    optimizer.step()
+    return float(norm)

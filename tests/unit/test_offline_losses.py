@@ -1,0 +1,72 @@
+"""The offline losses (IQL, AWR, Best-of-N, filtered BC) against small hand-computed cases."""
+
+import math
+
+import pytest
+import torch
+
+from learner import offline_losses
+
+
+def test_expectile_loss_weighs_v_below_q_by_tau_and_v_above_q_by_one_minus_tau():
+    # difference = Q(s, a) - V(s): positive when V is below Q.
+    difference = torch.tensor([2.0, -2.0, 0.5, 0.0])
+    loss = offline_losses.expectile_loss(difference, 0.7)
+    torch.testing.assert_close(loss, torch.tensor([0.7 * 4, 0.3 * 4, 0.7 * 0.25, 0.0]))
+
+
+def test_expectile_one_half_is_half_the_squared_error():
+    difference = torch.tensor([2.0, -2.0, 0.5])
+    torch.testing.assert_close(offline_losses.expectile_loss(difference, 0.5), 0.5 * difference.square())
+
+
+def test_q_target_bootstraps_from_the_next_state_value_and_not_through_a_termination():
+    reward = torch.tensor([1.0, 0.5, -0.1])
+    discount = torch.tensor([0.0, 0.81, 0.9])  # terminated; a 2-step window; one step
+    next_value = torch.tensor([5.0, 2.0, -1.0])
+    target = offline_losses.value_bootstrap_target(reward, discount, next_value)
+    torch.testing.assert_close(target, torch.tensor([1.0, 0.5 + 0.81 * 2.0, -0.1 - 0.9]))
+
+
+def test_awr_weights_are_exponentiated_advantages_clipped_at_max_weight():
+    advantage = torch.tensor([0.0, 1.0, -1.0, 10.0, 1e4])
+    weights = offline_losses.awr_weights(advantage, temperature=2.0, max_weight=100.0)
+    expected = torch.tensor([1.0, math.exp(2.0), math.exp(-2.0), 100.0, 100.0])  # e**20 and e**20000 clip
+    torch.testing.assert_close(weights, expected)
+    assert torch.isfinite(weights).all()
+    torch.testing.assert_close(offline_losses.awr_weights(advantage, 0.0, 100.0), torch.ones(5))  # plain BC
+
+
+def test_log_likelihood_of_the_data_action():
+    logits = torch.tensor([[0.0, math.log(3.0)], [math.log(4.0), 0.0]])  # pi = (1/4, 3/4), (4/5, 1/5)
+    log_likelihood = offline_losses.log_likelihood(logits, torch.tensor([1, 1]))
+    torch.testing.assert_close(log_likelihood, torch.tensor([math.log(0.75), math.log(0.2)]))
+
+
+def test_best_of_n_picks_the_highest_q_candidate_and_masks_those_without_advantage():
+    q = torch.tensor([[1.0, 5.0, 3.0], [2.0, 0.0, 1.0], [0.0, 1.0, 2.0]])
+    # Row 0: action 1 (Q 5) was not sampled, so the best candidate is action 2 (Q 3).
+    candidates = torch.tensor([[0, 2, 2, 0], [1, 1, 2, 1], [2, 1, 0, 2]])
+    value = torch.tensor([2.0, 0.5, 2.5])
+    chosen, improves = offline_losses.best_of_n(candidates, q, value, threshold=0.0)
+    assert chosen.tolist() == [2, 2, 2]
+    assert improves.tolist() == [True, True, False]  # advantages 1, 0.5, -0.5
+    _, improves = offline_losses.best_of_n(candidates, q, value, threshold=0.6)
+    assert improves.tolist() == [True, False, False]
+    _, improves = offline_losses.best_of_n(candidates, q, torch.tensor([3.0, 1.0, 2.0]), threshold=0.0)
+    assert improves.tolist() == [False, False, False]  # an advantage of exactly the threshold is not enough
+
+
+@pytest.mark.parametrize(
+    ("returns", "top_k_percent", "kept"),
+    [
+        ([1, 5, 3, 5, 2, 0, 4, 7, 6, 8], 30, [7, 8, 9]),  # ceil(3.0) = 3 items: 8, 7, 6
+        ([1, 5, 3, 5, 2, 0, 4, 7, 6, 8], 25, [7, 8, 9]),  # ceil(2.5) = 3
+        ([1, 5, 3, 5, 2, 0, 4, 7, 6, 8], 1, [9]),  # at least one
+        ([1, 5, 5, 5, 0], 40, [1, 2, 3]),  # two items, but ties with the lowest kept are all kept
+        ([1, 5, 5, 5, 0], 100, [0, 1, 2, 3, 4]),  # plain behaviour cloning
+    ],
+)
+def test_filtered_bc_keeps_the_top_k_percent_of_the_batch_by_episode_return(returns, top_k_percent, kept):
+    mask = offline_losses.top_returns(torch.tensor(returns, dtype=torch.float32), top_k_percent)
+    assert torch.nonzero(mask).flatten().tolist() == kept
