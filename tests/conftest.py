@@ -42,6 +42,18 @@ def _session_secrets() -> str:
 REDIS_PASSWORD = _session_secrets()
 """The password of every `redis_server` of this session (also in QFLEET_REDIS_PASSWORD)."""
 
+
+def _one_torch_thread() -> None:
+    """The tests' own torch work runs on one thread, as actors and `qfleet record` do: the small
+    networks gain nothing from more, and on a 2-core machine that also runs Ray workers, torch's
+    default of one thread per core oversubscribes it (chain-MDP tests then took minutes)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+_one_torch_thread()
+
 CARTPOLE_SPEC = Spec(
     {
         "obs": ((4,), "float32"),
