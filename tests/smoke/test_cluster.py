@@ -134,7 +134,7 @@ class RayCluster:
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.nodes.values():
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=5)  # `ray start --block` may sit on SIGTERM: then SIGKILL
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -310,4 +310,4 @@ def test_a_cluster_run_places_by_resources_scales_survives_a_lost_node_and_learn
     assert 0.3 < progress[-1]["achieved_utd"] <= 0.55
     final_eval = [r for r in records(run.run_dir, "eval") if r["final"]]
     print("final eval:", final_eval[-1]["mean_return"] if final_eval else None)
-    assert final_eval and final_eval[-1]["mean_return"] >= 40  # a random policy: about 22
+    assert final_eval and final_eval[-1]["mean_return"] >= 60  # random: about 22; measured once: 200.8
