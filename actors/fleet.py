@@ -113,6 +113,7 @@ class ActorFleet:
         options = {
             "num_cpus": self.config.num_cpus,
             "resources": dict(self.config.resources),
+            "scheduling_strategy": "SPREAD",  # over every node that offers their resources
             "max_restarts": self.config.max_restarts,
             "max_task_retries": 0,
             "name": f"qfleet-{self.run}-actor-{actor_id}",

@@ -69,7 +69,13 @@ class TrainConfig:
     """GPUs the learner requests from Ray; null: 1 if the cluster has one and learner.device != cpu."""
 
     learner_resources: dict[str, float] | None = None
-    """Custom Ray resources the learner requests, e.g. {learner_host: 1}."""
+    """Custom Ray resources the learner requests, e.g. {learner: 1} (a node started with
+    `ray start --resources '{"learner": 1}'`)."""
+
+    shard_resources: dict[str, float] | None = None
+    """Custom Ray resources each replay shard requests, e.g. {replay: 1}: shards go only to nodes
+    that offer them, spread over those nodes (a node lost takes as few shards as it can), and a
+    shard whose node is lost restarts on another that offers them."""
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> None:
@@ -103,6 +109,9 @@ class TrainConfig:
             bad("learner_num_cpus", "must be >= 0")
         if self.learner_num_gpus is not None and self.learner_num_gpus < 0:
             bad("learner_num_gpus", "must be >= 0, or null")
+        for name in ("learner_resources", "shard_resources"):
+            if any(not amount >= 0 for amount in (getattr(self, name) or {}).values()):
+                bad(name, "amounts must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -280,7 +280,13 @@ def _start_shards(plan: Plan, components: Components, counters: RunCounters) -> 
     on_cluster = config.ray.address is not None
     for shard_id in range(config.train.num_shards):
         settings = shard_config(config, shard_id, components.redis_url, plan.name, plan.run)
-        options = {"num_cpus": 0, "max_restarts": -1, "name": f"qfleet-{plan.name}-shard-{shard_id}"}
+        options = {
+            "num_cpus": 0,
+            "resources": dict(config.train.shard_resources or {}),
+            "scheduling_strategy": "SPREAD",  # on a cluster, a node lost takes as few shards as it can
+            "max_restarts": -1,
+            "name": f"qfleet-{plan.name}-shard-{shard_id}",
+        }
         components.shards.append(
             remote.options(**options).remote(plan.spec, settings, on_cluster, credentials=components.replay_credentials)
         )

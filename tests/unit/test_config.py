@@ -40,6 +40,15 @@ def test_mix_fractions_are_read_from_yaml(tmp_path):
     assert load_config(path).replay.mix == {"online": 0.5, "offline": 0.5}
 
 
+def test_placement_resources_are_read_per_role(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  shard_resources: {replay: 1}\nactors:\n  resources: {actors: 1}\n")
+    config = load_config(path, ["train.learner_resources={learner: 1}"])
+    assert config.train.shard_resources == {"replay": 1}
+    assert config.train.learner_resources == {"learner": 1}
+    assert config.actors.resources == {"actors": 1}
+
+
 def test_nested_sections_from_yaml_and_set(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("env:\n  id: qfleet/Android-v0\n  android:\n    tap_rows: 2\n    texts: [a, b]\n")
@@ -85,6 +94,8 @@ def test_nested_sections_from_yaml_and_set(tmp_path):
         ("", ["env.android.texts=[hello, '']"], "env.android.*texts: empty strings"),
         ("", ["env.android.tap_rows=0"], "env.android.tap_rows: tap_rows=0: must be >= 1"),
         ("", ["env..id=x"], "expected section.key=value"),
+        ("", ["train.shard_resources={replay: -1}"], "train.shard_resources.*amounts must be >= 0"),
+        ("", ["train.learner_resources={learner: -1}"], "train.learner_resources.*amounts must be >= 0"),
     ],
 )
 def test_bad_configs_fail_naming_the_key(tmp_path, yaml_text, overrides, named):
