@@ -2,13 +2,15 @@
 
 Public surface:
     LearnerConfig and its groups (ArchitectureConfig, OptimizerConfig, TargetConfig, DQNConfig,
-    DistributionalConfig, SACConfig, ResetConfig, PrefetchConfig), resolve_device, ActionSpace,
-    parse_number, MalformedValues, LearnerError, WeightStoreError, MalformedWeightsError (importing these does not import torch);
+    DistributionalConfig, SACConfig, ResetConfig, PrefetchConfig, WeightsConfig), resolve_device,
+    ActionSpace, parse_number, MalformedValues, LearnerError, WeightStoreError, MalformedWeightsError,
+    WeightsHostError (importing these does not import torch);
     Learner, LearnerSummary, LearnerReached, make_replay, sample_error_buffer (the loop);
     find_checkpoint, has_checkpoints, load_latest_checkpoint (checkpoints);
     Agent, UpdateResult (the seam), make_agent, AGENTS, DiscreteQAgent, SACAgent (agents);
-    QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore,
-    decode_weights (the Redis parameter store); LearnerMetrics; LearnerStatus, learner_status_key
+    QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore (the parameter store: announced
+    in Redis, carried by Redis or Ray's object store), encode_weights, decode_weights, split_chunks,
+    join_chunks (its payload), WeightsHost, weights_host_name (the object store's Ray actor); LearnerMetrics; LearnerStatus, learner_status_key
     (its status hash in Redis); Policy (what actors and evaluation act with); build_q_network,
     TanhGaussianActor.
 
@@ -28,13 +30,19 @@ from learner.config import (
     ResetConfig,
     SACConfig,
     TargetConfig,
+    WeightsConfig,
     resolve_device,
 )
-from learner.errors import LearnerError, MalformedWeightsError, WeightStoreError
+from learner.errors import LearnerError, MalformedWeightsError, WeightsHostError, WeightStoreError
 from learner.redis_values import MalformedValues, parse_number
 from learner.spaces import ActionSpace
 
-_RENAMED = {"METRIC_SERIES": "SERIES", "load_latest_checkpoint": "load_latest", "find_checkpoint": "find"}
+_RENAMED = {
+    "METRIC_SERIES": "SERIES",
+    "load_latest_checkpoint": "load_latest",
+    "find_checkpoint": "find",
+    "weights_host_name": "host_name",
+}
 """Names exported under another name than their module's."""
 
 _LAZY = {
@@ -63,7 +71,12 @@ _LAZY = {
     "Q_LOSSES": "learner.q_losses",
     "make_q_loss": "learner.q_losses",
     "WeightStore": "learner.weights",
-    "decode_weights": "learner.weights",
+    "encode_weights": "learner.weights_codec",
+    "decode_weights": "learner.weights_codec",
+    "split_chunks": "learner.weights_codec",
+    "join_chunks": "learner.weights_codec",
+    "WeightsHost": "learner.weights_host",
+    "weights_host_name": "learner.weights_host",
 }
 
 __all__ = [
@@ -81,6 +94,8 @@ __all__ = [
     "SACConfig",
     "TargetConfig",
     "WeightStoreError",
+    "WeightsConfig",
+    "WeightsHostError",
     "parse_number",
     "resolve_device",
     *_LAZY,
