@@ -188,3 +188,19 @@ def test_an_absent_or_killed_weights_host_leaves_actors_on_their_weights_until_t
     finally:
         store.close()
         raw.close()
+
+
+@pytest.mark.slow  # 17 s (object store) and 40 s (Redis) on a loaded 2-core machine
+@pytest.mark.parametrize("transport", ["object_store", "redis"])
+def test_a_policy_larger_than_a_redis_string_reaches_an_actor(ray_local, redis_server, followers, transport):
+    """560 MB: above the 512 MiB Redis caps a string (or a hash field) at, in 64 MiB chunks."""
+    config = WeightsConfig(transport=transport)
+    state = {f"layer{i}": torch.full((35_000_000,), float(i)) for i in range(4)}
+    store = WeightStore(redis_server.url, f"large-{transport}", config)
+    handles = followers(f"large-{transport}", 1, config)
+    try:
+        assert store.publish(state, 1) > 2**29
+        assert all_hold(ray_local, handles, 1, timeout=60)
+        assert ray_local.get(handles[0].held.remote())[1] == sums_of(state)
+    finally:
+        store.close()
