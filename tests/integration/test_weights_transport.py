@@ -122,7 +122,9 @@ def test_subscribers_on_ray_actors_receive_the_newest_of_many_versions(ray_local
 
 
 def test_auto_is_the_object_store_inside_ray(ray_local):
-    assert resolve_transport("auto") == "object_store"
+    assert resolve_transport("auto") == "object_store"  # a driver (qfleet train's evaluations)
+    in_worker = ray_local.remote(num_cpus=0)(resolve_transport)  # a Ray actor (qfleet train's learner)
+    assert ray_local.get(in_worker.remote("auto")) == "object_store"
     assert resolve_transport("redis") == "redis"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -103,3 +104,12 @@ F32_2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
 def test_malformed_payloads_are_refused_with_a_typed_error(blob, message):
     with pytest.raises(MalformedWeightsError, match=message):
         decode_weights(blob)
+
+
+def test_auto_is_redis_in_a_process_without_ray():
+    from learner.weights import resolve_transport
+
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()
+    assert resolve_transport("auto") == "redis"
+    assert resolve_transport("object_store") == "object_store"
