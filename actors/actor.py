@@ -50,6 +50,8 @@ class ActorStats:
     transitions_lost: int
     malformed_weights: int
     """Malformed weight-store values (version, blob) read from Redis and skipped; logged once per key."""
+    weight_fetch_failures: int
+    """Weight fetches that failed (the actor acted with its current weights and retried)."""
     recent_return: float | None
     """Mean return of the last 100 episodes (None before the first)."""
     steps_per_second: float
@@ -137,7 +139,7 @@ class EnvActor:
                     on_held_back=self._report_held_back,
                 )
             self.writer = self._open(writer)
-            self.weights = self._open(WeightSubscriber(WeightStore(redis_url, run)))
+            self.weights = self._open(WeightSubscriber(WeightStore(redis_url, run, learner.weights)))
             self.registry = self._open(ActorRegistry(redis_url, run))
             self.metrics_address = ""
             if actors.metrics_port is not None:
@@ -271,6 +273,7 @@ class EnvActor:
             transitions_inserted=self.writer.inserted,
             transitions_lost=self.writer.lost,
             malformed_weights=self.weights.malformed.total,
+            weight_fetch_failures=self.weights.fetch_failures,
             recent_return=float(np.mean(self._returns)) if self._returns else None,
             steps_per_second=steps_per_second,
         )

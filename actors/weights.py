@@ -1,10 +1,12 @@
 """`WeightSubscriber`: an actor's view of the learner's weight store, kept current off the step loop.
 
 A daemon thread checks the announced version (one small GET every `poll_s`) and fetches new
-weights; the step loop only calls `take()`, so Redis round trips never stall env stepping. A Redis
-outage is logged once and the actor acts with the weights it has; so is a malformed value (a
-version that is not a number, a blob that is not weights), which is also counted and skipped until
-the next valid publish replaces it.
+weights (from Redis or Ray's object store, wherever the learner put them); the step loop only calls
+`take()`, so fetches never stall env stepping. A failed fetch (Redis down, the weights host or the
+learner that owns the payload gone, a pull that timed out) is logged once per outage, counted in
+`fetch_failures` and retried every `retry_s`, and the actor acts with the weights it has meanwhile;
+a malformed value (a version that is not a number, a payload that is not weights) is counted and
+skipped until the next valid publish replaces it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 
 import torch
 
-from learner import MalformedValues, MalformedWeightsError, WeightStore, WeightStoreError
+from learner import MalformedValues, MalformedWeightsError, WeightsHostError, WeightStore, WeightStoreError
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +28,14 @@ class WeightSubscriber:
         store: the run's parameter store.
         poll_s: seconds between version checks.
         known_version: the version the caller already has (0: none).
+        retry_s: seconds between tries while fetches fail.
     """
 
-    def __init__(self, store: WeightStore, poll_s: float = 0.05, known_version: int = 0):
-        self.store, self.poll_s = store, poll_s
+    def __init__(self, store: WeightStore, poll_s: float = 0.05, known_version: int = 0, retry_s: float = 1.0):
+        self.store, self.poll_s, self.retry_s = store, poll_s, retry_s
+        self.fetch_failures = 0
+        """Fetches that failed (store unreachable, weights host or payload gone, pull timed out)."""
+        self._failing = False  # in an outage: logged at its start, retried every retry_s
         self._seen = known_version  # newest version fetched (or handed over)
         self.malformed = MalformedValues(log)
         """Malformed values read from the store, skipped (by key; the first of each is logged)."""
@@ -43,9 +49,14 @@ class WeightSubscriber:
         """Synchronously fetches weights newer than the ones seen (for an actor's first step).
 
         Raises:
-            WeightStoreError: the store is unreachable (a malformed value only gives None).
+            WeightStoreError: Redis is unreachable. A malformed value or an unreachable object
+                store (`WeightsHostError`: counted, logged, retried in the background) give None.
         """
-        fetched = self._fetch()
+        try:
+            fetched = self._fetch()
+        except WeightsHostError as exc:
+            self._failed(exc)
+            return None
         if fetched is not None:
             with self._lock:
                 self._seen = max(self._seen, fetched[0])
@@ -66,19 +77,22 @@ class WeightSubscriber:
             self.malformed.add(exc.key or "weights", str(exc))
             return None
 
+    def _failed(self, exc: WeightStoreError) -> None:
+        self.fetch_failures += 1
+        if not self._failing:
+            log.warning("weights: %s; acting with the current weights until it is back", exc)
+        self._failing = True
+
     def _follow(self) -> None:
-        outage = False
-        while not self._stop.wait(self.poll_s):
+        while not self._stop.wait(self.retry_s if self._failing else self.poll_s):
             try:
                 fetched = self._fetch()
             except WeightStoreError as exc:
-                if not outage:
-                    log.warning("weights: %s; acting with the current weights until it is back", exc)
-                outage = True
+                self._failed(exc)
                 continue
-            if outage:
+            if self._failing:
                 log.info("weights: the parameter store is reachable again")
-                outage = False
+                self._failing = False
             if fetched is not None and fetched[0] > self._seen:
                 with self._lock:
                     self._seen, self._pending = fetched[0], fetched

@@ -2,15 +2,17 @@
 
 Public surface:
     LearnerConfig and its groups (ArchitectureConfig, OptimizerConfig, TargetConfig, DQNConfig,
-    DistributionalConfig, SACConfig, IQLConfig, FilteredBCConfig, ResetConfig, PrefetchConfig),
-    resolve_device, ActionSpace, parse_number, MalformedValues, LearnerError, WeightStoreError,
-    MalformedWeightsError, MissingColumnError (importing these does not import torch);
+    DistributionalConfig, SACConfig, IQLConfig, FilteredBCConfig, ResetConfig, PrefetchConfig,
+    WeightsConfig), resolve_device, ActionSpace, parse_number, MalformedValues, LearnerError,
+    WeightStoreError, MalformedWeightsError, MissingColumnError, WeightsHostError (importing these
+    does not import torch);
     Learner, LearnerSummary, LearnerReached, make_replay, sample_error_buffer (the loop);
     find_checkpoint, has_checkpoints, load_latest_checkpoint (checkpoints);
     Agent, UpdateResult (the seam), make_agent, acting_head, AGENTS, DiscreteQAgent, SACAgent,
     IQLAgent, FilteredBCAgent (agents);
-    QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore,
-    decode_weights (the Redis parameter store); LearnerMetrics; LearnerStatus, learner_status_key
+    QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore (the parameter store: announced
+    in Redis, carried by Redis or Ray's object store), encode_weights, decode_weights, split_chunks,
+    join_chunks (its payload), WeightsHost, weights_host_name (the object store's Ray actor); LearnerMetrics; LearnerStatus, learner_status_key
     (its status hash in Redis); Policy (what actors and evaluation act with); build_q_network,
     TanhGaussianActor.
 
@@ -32,13 +34,25 @@ from learner.config import (
     ResetConfig,
     SACConfig,
     TargetConfig,
+    WeightsConfig,
     resolve_device,
 )
-from learner.errors import LearnerError, MalformedWeightsError, MissingColumnError, WeightStoreError
+from learner.errors import (
+    LearnerError,
+    MalformedWeightsError,
+    MissingColumnError,
+    WeightsHostError,
+    WeightStoreError,
+)
 from learner.redis_values import MalformedValues, parse_number
 from learner.spaces import ActionSpace
 
-_RENAMED = {"METRIC_SERIES": "SERIES", "load_latest_checkpoint": "load_latest", "find_checkpoint": "find"}
+_RENAMED = {
+    "METRIC_SERIES": "SERIES",
+    "load_latest_checkpoint": "load_latest",
+    "find_checkpoint": "find",
+    "weights_host_name": "host_name",
+}
 """Names exported under another name than their module's."""
 
 _LAZY = {
@@ -70,7 +84,12 @@ _LAZY = {
     "Q_LOSSES": "learner.q_losses",
     "make_q_loss": "learner.q_losses",
     "WeightStore": "learner.weights",
-    "decode_weights": "learner.weights",
+    "encode_weights": "learner.weights_codec",
+    "decode_weights": "learner.weights_codec",
+    "split_chunks": "learner.weights_codec",
+    "join_chunks": "learner.weights_codec",
+    "WeightsHost": "learner.weights_host",
+    "weights_host_name": "learner.weights_host",
 }
 
 __all__ = [
@@ -91,6 +110,8 @@ __all__ = [
     "SACConfig",
     "TargetConfig",
     "WeightStoreError",
+    "WeightsConfig",
+    "WeightsHostError",
     "parse_number",
     "resolve_device",
     *_LAZY,

@@ -222,6 +222,36 @@ class PrefetchConfig:
 
 
 @dataclass(frozen=True)
+class WeightsConfig:
+    """How published weights travel to actors (learner/weights.py); readers follow whatever the
+    publisher chose, so only the learner's setting matters."""
+
+    transport: Literal["auto", "redis", "object_store"] = "auto"
+    """"object_store": Ray's object store (Redis holds only the version and where to get it);
+    "redis": the payload in Redis (runs without Ray); "auto": the object store when the learner
+    runs inside Ray (`qfleet train`), else Redis (`qfleet learner run`)."""
+
+    chunk_bytes: int = 64 * 2**20
+    """Largest piece of the payload (Redis caps a string at 512 MB; policies may be larger)."""
+
+    keep_versions: int = 2
+    """Object store: versions whose payloads the learner keeps pinned (the newest and the ones before)."""
+
+    timeout_s: float = 60.0
+    """Object store: how long a publish waits for the weights host, and a reader for the payload."""
+
+    def __post_init__(self) -> None:
+        if self.transport not in ("auto", "redis", "object_store"):
+            _refuse("weights.transport", self.transport, "must be 'auto', 'redis' or 'object_store'")
+        if not 1 <= self.chunk_bytes <= 512 * 2**20:
+            _refuse("weights.chunk_bytes", self.chunk_bytes, "must be in [1, 512 MiB]")
+        if self.keep_versions < 1:
+            _refuse("weights.keep_versions", self.keep_versions, "must be >= 1")
+        if not self.timeout_s > 0:
+            _refuse("weights.timeout_s", self.timeout_s, "must be > 0")
+
+
+@dataclass(frozen=True)
 class LearnerConfig:
     """How the learner builds its networks, computes its loss and paces itself.
 
@@ -294,6 +324,9 @@ class LearnerConfig:
 
     prefetch: PrefetchConfig = field(default_factory=PrefetchConfig, metadata=FLAT)
     """The prefetching sampler (keys: prefetch_depth, prefetch_batches_per_request)."""
+
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    """How weights reach the actors (keys: weights.transport, weights.chunk_bytes, ...)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "publish_every", "checkpoint_every", "learning_starts"):

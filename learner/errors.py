@@ -49,3 +49,18 @@ class MissingColumnError(LearnerError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class WeightsHostError(WeightStoreError):
+    """Weights published to Ray's object store cannot be reached: the weights host (the Ray actor
+    that hands out the newest version's object references) is absent or dead, the payload's owner
+    (the learner) is gone, the pull timed out, or this process is not connected to the run's Ray.
+    Readers keep their current weights and retry; the learner's next publish starts a new host.
+
+    Attributes:
+        host: the weights host's Ray actor name.
+    """
+
+    def __init__(self, message: str, host: str):
+        super().__init__(message)
+        self.host = host

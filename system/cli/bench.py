@@ -1,4 +1,4 @@
-"""`qfleet bench replay|sharded|learner|actors`: the benchmarks behind docs/benchmarks.md."""
+"""`qfleet bench replay|sharded|learner|actors|weights`: the benchmarks behind docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -92,6 +92,29 @@ def add_parser(commands) -> None:
     actors.add_argument("--env", default="CartPole-v1", help="gymnasium id (default: CartPole-v1)")
     actors.add_argument("--num-envs", type=int, default=8, help="envs per actor (default: 8)")
 
+    weights = subcommands.add_parser(
+        "weights",
+        help="publish-to-all-subscribers latency and bytes through Redis: object store vs Redis transport",
+        description=(
+            "Starts a redis-server and a local Ray instance with N subscribers (Ray actors, num_cpus=0, "
+            "each following the weights as an env actor does), publishes a policy of S MB --repeats times "
+            "through Ray's object store and through Redis (alternating), and reports the latency from "
+            "publish to the last subscriber's decode (p50, p99) and the bytes through Redis per publish. "
+            "Memory: each subscriber holds one decoded copy (two while a Redis reply is joined), so 32 x "
+            "300 MB needs about 20 GB. Quick check: --subscribers 2 --sizes-mb 1 --repeats 3. Prints a "
+            "Markdown table."
+        ),
+    )
+    weights.add_argument("--subscribers", default="8,32", help="comma-separated subscriber counts (default: 8,32)")
+    weights.add_argument("--sizes-mb", default="7,300", help="comma-separated payload sizes in MB (default: 7,300)")
+    weights.add_argument(
+        "--transports",
+        default="object_store,redis",
+        help="comma-separated transports among object_store, redis (default: both)",
+    )
+    weights.add_argument("--repeats", type=int, default=20, help="publishes per case (default: 20)")
+    weights.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
+
 
 def run(args: argparse.Namespace) -> int:
     if args.bench_command == "replay":
@@ -110,6 +133,32 @@ def run(args: argparse.Namespace) -> int:
         from system.bench.learner import run_learner_bench
 
         return run_learner_bench(args.seconds, args.repeats, args.device, args.output, args.case, args.security)
+    if args.bench_command == "weights":
+        return _run_weights(args)
     from system.bench.actors import run_actors_bench
 
     return run_actors_bench(args.seconds, args.repeats, args.env, args.num_envs, args.output)
+
+
+def _numbers(option: str, text: str, kind):
+    try:
+        values = [kind(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated numbers") from None
+    if not values or min(values) <= 0:
+        raise ConfigError(f"{option} {text!r}: every value must be > 0")
+    return values
+
+
+def _run_weights(args: argparse.Namespace) -> int:
+    counts = _numbers("--subscribers", args.subscribers, int)
+    sizes = _numbers("--sizes-mb", args.sizes_mb, float)
+    transports = args.transports.split(",")
+    unknown = sorted(set(transports) - {"object_store", "redis"})
+    if unknown:
+        raise ConfigError(f"--transports: unknown {unknown[0]!r} (known: object_store, redis)")
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats {args.repeats}: must be >= 1")
+    from system.bench.weights import run_weights_bench
+
+    return run_weights_bench(counts, sizes, transports, args.repeats, args.output)

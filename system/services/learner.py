@@ -137,7 +137,7 @@ class LearnerService:
             self.replay = make_replay(config.learner, redis_url=redis_url, run=run, credentials=replay_credentials)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        self.store = WeightStore(redis_url, run)
+        self.store = WeightStore(redis_url, run, config.learner.weights)
         self.status = LearnerStatus(redis_url, run)
         self.learner = Learner(
             config.learner,

@@ -177,7 +177,7 @@ class RunEvaluations:
     def __init__(self, config: RunConfig, redis_url: str, run: str, counters: RunCounters):
         train = config.train
         self.counters, self.every = counters, train.eval_every_steps
-        self.weights = WeightStore(redis_url, run)
+        self.weights = WeightStore(redis_url, run, config.learner.weights)
         try:
             evaluator = Evaluator(
                 config.env, config.learner, train.eval_episodes, train.eval_epsilon, seed=10_000 + config.actors.seed

@@ -30,6 +30,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         ["bench", "sharded"],
         ["bench", "learner"],
         ["bench", "actors"],
+        ["bench", "weights"],
         ["actors", "run"],
         ["scale"],
         ["config"],
@@ -212,3 +213,17 @@ def test_bench_actors_runs_briefly_and_reports_every_figure(tmp_path):
     on_ray = {"ray_actor", "ray_actor_vs_plain", "fleet_1_actors", "fleet_2_actors"}
     assert set(figures) == in_process | on_ray
     assert all(value > 0 for value in figures.values())
+
+
+def test_bench_weights_runs_briefly_with_both_transports(tmp_path):
+    out = tmp_path / "weights.json"
+    args = ["--subscribers", "2", "--sizes-mb", "2", "--repeats", "2", "--output", str(out)]
+    result = run("bench", "weights", *args, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| 2 | 2.0 MB | object_store |" in result.stdout and "| 2 | 2.0 MB | redis |" in result.stdout
+    rows = {row["transport"]: row for row in json.loads(out.read_text())["results"]}
+    assert rows.keys() == {"object_store", "redis"}
+    assert all(0 < row["p50_s"] <= row["p99_s"] for row in rows.values())
+    assert rows["redis"]["redis_bytes_per_publish"] > 2 * 2_000_000  # the payload, once per subscriber
+    assert rows["object_store"]["redis_bytes_per_publish"] < 50_000  # the manifest and version polls
+    assert run("bench", "weights", "--transports", "carrier-pigeon").returncode == 2

@@ -1,0 +1,182 @@
+"""`qfleet bench weights`: publish-to-all-subscribers latency and bytes through Redis, for weights
+carried by Ray's object store beside weights carried by Redis, in one run.
+
+On a local Ray instance and an embedded redis-server: N subscribers (Ray actors, num_cpus=0, each
+a `WeightSubscriber` as an env actor runs it, polling every 50 ms) follow a run's weights; the
+driver publishes a policy of S MB `repeats` times, after one unmeasured warm-up publish (which
+starts the object store's weights host, once per learner). A publish's latency runs from the start of
+`WeightStore.publish` (encoding included) to the moment the last subscriber has decoded it; the
+publish call's own duration is how long the learner is held up; the
+bytes through Redis are the server's `total_net_input_bytes + total_net_output_bytes` over that
+time. Cases alternate transports, so drifting load hits both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+from learner import WeightsConfig, WeightStore
+from replay import connect_redis
+from system.local.ray_runtime import init_ray
+from system.local.redis_server import RedisProcess
+from system.local.secrets import REDIS_PASSWORD_ENV
+
+TRANSPORTS = ("object_store", "redis")
+WAIT_S = 600.0
+"""Longest wait for every subscriber to receive one publish."""
+
+
+class BenchSubscriber:
+    """A Ray actor following a run's weights; says when it has decoded a given version."""
+
+    def __init__(self):
+        self.subscriber = None
+
+    def follow(self, redis_url: str, run: str, config: WeightsConfig) -> None:
+        from actors import WeightSubscriber
+
+        self.close()
+        self.subscriber = WeightSubscriber(WeightStore(redis_url, run, config))
+        self.version = 0
+
+    def received(self, version: int, timeout: float) -> float:
+        """time.time() at which `version` (or a newer one) was decoded here; its tensors are dropped."""
+        deadline = time.monotonic() + timeout
+        while self.version < version:
+            fetched = self.subscriber.take()
+            if fetched is not None:
+                self.version = fetched[0]
+                continue
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"weights v{version} not received within {timeout:.0f} s")
+            time.sleep(0.001)
+        return time.time()
+
+    def close(self) -> None:
+        if self.subscriber is not None:
+            self.subscriber.close()
+            self.subscriber = None
+
+
+def policy_of(megabytes: float) -> dict[str, torch.Tensor]:
+    """A state dict of float32 tensors (4 MB each, the last one the rest) totalling `megabytes` MB."""
+    floats = int(megabytes * 1e6) // 4
+    per_tensor = 1_000_000
+    generator = torch.Generator().manual_seed(0)
+    return {
+        f"layer{i}.weight": torch.randn(min(per_tensor, floats - start), generator=generator)
+        for i, start in enumerate(range(0, floats, per_tensor))
+    }
+
+
+def _redis_bytes(client) -> int:
+    stats = client.info("stats")
+    return stats["total_net_input_bytes"] + stats["total_net_output_bytes"]
+
+
+def _case(ray, redis, subscribers, transport: str, megabytes: float, count: int, repeats: int) -> dict:
+    """Latencies (s) and Redis bytes of `repeats` publishes of `megabytes` to `count` subscribers."""
+    run = f"bench-weights-{transport}-{megabytes:g}mb-{count}"
+    config = WeightsConfig(transport=transport)
+    store = WeightStore(redis.url, run, config)
+    client = connect_redis(redis.url)
+    chosen = subscribers[:count]
+    ray.get([subscriber.follow.remote(redis.url, run, config) for subscriber in chosen])
+    state = policy_of(megabytes)
+    latencies, moved, blocked = [], [], []
+    try:
+        # Warm-up, not measured: the first publish starts the weights host (a Ray worker process)
+        # and the subscribers' first fetch connects them; both happen once per learner / actor.
+        warm_up = [subscriber.received.remote(1, WAIT_S) for subscriber in chosen]
+        store.publish(state, 1)
+        ray.get(warm_up, timeout=WAIT_S + 60)
+        for version in range(2, repeats + 2):
+            waits = [subscriber.received.remote(version, WAIT_S) for subscriber in chosen]
+            before, started = _redis_bytes(client), time.time()
+            size = store.publish(state, version)
+            blocked.append(time.time() - started)
+            latencies.append(max(ray.get(waits, timeout=WAIT_S + 60)) - started)
+            moved.append(_redis_bytes(client) - before)
+    finally:
+        ray.get([subscriber.close.remote() for subscriber in chosen])
+        client.delete(f"qfleet:{run}:learner:weights", f"qfleet:{run}:learner:weights_version")
+        client.close()
+        store.close()
+    return {
+        "transport": transport,
+        "subscribers": count,
+        "payload_bytes": size,
+        "p50_s": float(np.percentile(latencies, 50)),
+        "p99_s": float(np.percentile(latencies, 99)),
+        "publish_call_p50_s": float(np.percentile(blocked, 50)),
+        "redis_bytes_per_publish": int(np.median(moved)),
+        "latencies_s": [round(x, 4) for x in latencies],
+    }
+
+
+def run_weights_bench(
+    counts: list[int], sizes_mb: list[float], transports: list[str], repeats: int, output: str | None
+) -> int:
+    for package in ("replay", "learner", "actors"):
+        logging.getLogger(package).setLevel(logging.WARNING)
+    redis = RedisProcess().start()
+    os.environ[REDIS_PASSWORD_ENV] = redis.password  # before Ray starts: its workers inherit it
+    init_ray()
+    import ray
+
+    results = []
+    with redis:
+        remote = ray.remote(BenchSubscriber).options(num_cpus=0)
+        subscribers = [remote.remote() for _ in range(max(counts))]
+        try:
+            for megabytes in sizes_mb:
+                for count in counts:
+                    for transport in transports:
+                        result = _case(ray, redis, subscribers, transport, megabytes, count, repeats)
+                        results.append(result)
+                        print(
+                            f"  {transport:>12}: {count} subscribers x {megabytes:g} MB: p50 {result['p50_s']:.3f} s, "
+                            f"p99 {result['p99_s']:.3f} s, Redis {result['redis_bytes_per_publish']:,} B/publish",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+        finally:
+            for subscriber in subscribers:
+                ray.kill(subscriber)
+            ray.shutdown()
+    _print_table(results, repeats)
+    if output:
+        machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+        with open(output, "w") as f:
+            json.dump({"machine": machine, "repeats": repeats, "results": results}, f, indent=2)
+    return 0
+
+
+def _print_table(results: list[dict], repeats: int) -> None:
+    print(
+        f"\nPublish to all subscribers ({repeats} publishes per row; latency: publish start to the last "
+        f"subscriber's decode, subscribers poll every 50 ms); {os.cpu_count()} CPUs, {platform.platform()}\n"
+    )
+    print("| subscribers | payload | transport | p50 | p99 | publish call (p50) | bytes through Redis per publish |")
+    print("|---:|---:|---|---:|---:|---:|---:|")
+    for r in results:
+        print(
+            f"| {r['subscribers']} | {r['payload_bytes'] / 1e6:,.1f} MB | {r['transport']} | {r['p50_s'] * 1e3:,.0f} ms "
+            f"| {r['p99_s'] * 1e3:,.0f} ms | {r['publish_call_p50_s'] * 1e3:,.0f} ms | {r['redis_bytes_per_publish']:,} |"
+        )
+    by_case: dict[tuple[int, int], dict[str, dict]] = {}
+    for r in results:
+        by_case.setdefault((r["subscribers"], r["payload_bytes"]), {})[r["transport"]] = r
+    for (count, size), pair in by_case.items():
+        if len(pair) == 2:
+            ratio = pair["redis"]["p99_s"] / pair["object_store"]["p99_s"]
+            print(f"\n{count} x {size / 1e6:,.1f} MB: Redis p99 / object store p99 = {ratio:.1f}x", end="")
+    print()
