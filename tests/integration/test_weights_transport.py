@@ -192,8 +192,9 @@ def test_an_absent_or_killed_weights_host_leaves_actors_on_their_weights_until_t
         raw.close()
 
 
-@pytest.mark.slow  # 17 s (object store) and 40 s (Redis) on a loaded 2-core machine
-@pytest.mark.parametrize("transport", ["object_store", "redis"])
+@pytest.mark.slow  # 17 s on a loaded 2-core machine (the Redis transport took 40 s: its chunking is
+# the same code, tested with small chunks above, so the suite carries only the train default here)
+@pytest.mark.parametrize("transport", ["object_store"])
 def test_a_policy_larger_than_a_redis_string_reaches_an_actor(ray_local, redis_server, followers, transport):
     """560 MB: above the 512 MiB Redis caps a string (or a hash field) at, in 64 MiB chunks."""
     config = WeightsConfig(transport=transport)
