@@ -42,6 +42,11 @@ class ReplayConfig:
     error_buffer: float | None = None
     """Slack around samples_per_insert, in items; null: max(1024, 2*max(1,spi), 0.1*spi*min_size)."""
 
+    limit_samples: bool = True
+    """Samples wait for samples_per_insert too (Reverb's limiter); false: only inserts wait, for
+    shards whose samplers keep the ratio over all shards themselves (`qfleet train` sets it), so a
+    shard with few writers never blocks the learner's draws."""
+
     checkpoint_dir: str | None = None
     """Folder for checkpoints (restored at start, written on request, periodically and on SIGTERM)."""
 

@@ -14,6 +14,13 @@ max_diff = spi * min_size + error_buffer (Reverb's definition, `reverb/rate_limi
 Without spi only `min_size` applies. A batch is admitted in as many pieces as the window allows,
 so a batch larger than the window still goes through instead of waiting forever. The limiter is
 pure arithmetic; the table owns the lock and the waiting.
+
+A shard of a sharded run paces only its inserts (`limit_samples=False`): the samplers' global
+limiter already holds the learner to the ratio over all shards, and a shard that gets few inserts
+(fewer actors than shards, a scale-down) would otherwise block every draw that includes it while
+the learner draws its share of the shard's items. Samples past the window are then *forgiven*
+(`excess`): the table stops counting them against the shard, so a shard starved of inserts does
+not build up an allowance that would let its next writer run further ahead than the window.
 """
 
 from __future__ import annotations
@@ -34,11 +41,14 @@ class RateLimiter:
         error_buffer: half-width of the allowed window around the ratio, in sampled items; None
             picks max(1024, 2 * max(1, spi), 0.1 * spi * min_size), roomy enough that batches of a
             few hundred items pass whole (Acme sizes it as a fraction of spi * min_size too).
+        limit_samples: samples wait for the ratio (Reverb's); False: only inserts do, and samples
+            past the window are forgiven (`excess`), for shards whose samplers pace themselves.
     """
 
     min_size: int = 1
     samples_per_insert: float | None = None
     error_buffer: float | None = None
+    limit_samples: bool = True
 
     def __post_init__(self) -> None:
         if self.min_size < 1:
@@ -87,7 +97,14 @@ class RateLimiter:
         """How many of `wanted` items may be sampled now (0 = wait)."""
         if inserts < self.min_size:
             return 0
-        if self.samples_per_insert is None:
+        if self.samples_per_insert is None or not self.limit_samples:
             return wanted
         room = self.diff(inserts, samples) - self.min_diff
         return min(wanted, max(0, int(math.floor(room + 1e-9))))
+
+    def excess(self, inserts: int, samples: int) -> int:
+        """Samples beyond the window's lower edge (0 inside it): what a table with
+        `limit_samples=False` forgives, so that its diff never falls below min_diff."""
+        if self.samples_per_insert is None or self.limit_samples or inserts < self.min_size:
+            return 0
+        return max(0, math.ceil(self.min_diff - self.diff(inserts, samples) - 1e-9))

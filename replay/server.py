@@ -334,7 +334,7 @@ class ReplayServer:
         self.spec = spec
         self.config = config
         self.credentials = credentials
-        limiter = RateLimiter(config.min_size, config.samples_per_insert, config.error_buffer)
+        limiter = RateLimiter(config.min_size, config.samples_per_insert, config.error_buffer, config.limit_samples)
         self.table = Table(
             spec,
             config.capacity,

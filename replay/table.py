@@ -97,6 +97,7 @@ class Table:
         self._size = 0
         self._inserts = 0
         self._samples = 0
+        self._forgiven = 0  # samples the limiter no longer counts (`RateLimiter.excess`)
         self._delivered_samples = 0  # settled as delivered: never decreases (a Prometheus counter)
         self._dropped_priority_updates = 0
         self._rng = np.random.default_rng(seed)
@@ -131,13 +132,13 @@ class Table:
         with self._cond:
             while done < length:
                 admitted = self._wait(
-                    lambda wanted=length - done: self.limiter.insertable(wanted, self._inserts, self._samples),
+                    lambda wanted=length - done: self.limiter.insertable(wanted, self._inserts, self._paced_samples),
                     deadline,
                     "insert",
                     cancelled,
                 )
                 if admitted is None:
-                    diff = self.limiter.diff(self._inserts, self._samples)
+                    diff = self.limiter.diff(self._inserts, self._paced_samples)
                     raise DeadlineExceededError(
                         f"rate limiter held the insert past its deadline: {done} of {length} items inserted "
                         f"(diff={diff:.1f}, max_diff={self.limiter.max_diff})",
@@ -195,7 +196,9 @@ class Table:
             while drawn < total:
                 try:
                     admitted = self._wait(
-                        lambda wanted=total - drawn: self.limiter.sampleable(wanted, self._inserts, self._samples),
+                        lambda wanted=total - drawn: self.limiter.sampleable(
+                            wanted, self._inserts, self._paced_samples
+                        ),
                         deadline,
                         "sample",
                         cancelled,
@@ -208,7 +211,7 @@ class Table:
                     raise DeadlineExceededError(
                         f"sample of {total} items waited past its deadline: size={self._size}, "
                         f"inserts={self._inserts} (min_size={self.limiter.min_size}), "
-                        f"diff={self.limiter.diff(self._inserts, self._samples):.1f} (min_diff={self.limiter.min_diff})"
+                        f"diff={self.limiter.diff(self._inserts, self._paced_samples):.1f} (min_diff={self.limiter.min_diff})"
                     )
                 try:
                     slots, probabilities = self.selector.sample(admitted, self._size, self._rng, batch_size)
@@ -220,6 +223,7 @@ class Table:
                 prob_parts.append(probabilities)
                 key_parts.append(keylib.make_keys(self.shard_id, slots, self._generations[slots]))
                 self._samples += admitted
+                self._forgive()
                 drawn += admitted
                 self._cond.notify_all()
             size, mass = self._size, self.selector.priority_mass(self._size)
@@ -308,10 +312,20 @@ class Table:
                 self._waiting_samples -= 1
                 self._sample_wait_seconds += waited
 
+    @property
+    def _paced_samples(self) -> int:
+        """The samples the rate limiter counts: all of them, less those it forgave."""
+        return self._samples - self._forgiven
+
+    def _forgive(self) -> None:
+        """Stops counting samples past the window (a limiter with limit_samples=False; holding the condition)."""
+        self._forgiven += self.limiter.excess(self._inserts, self._paced_samples)
+
     def _unsample(self, count: int) -> None:
         """Un-counts `count` drawn items (holding the condition); other waiting samples re-check."""
         if count:
             self._samples -= count
+            self._forgiven = min(self._forgiven, self._samples)
             self._cond.notify_all()
 
     def settle_samples(self, count: int, delivered: bool) -> None:
@@ -349,7 +363,7 @@ class Table:
                 samples=self._samples,
                 priority_mass=self.selector.priority_mass(self._size),
                 dropped_priority_updates=self._dropped_priority_updates,
-                diff=self.limiter.diff(self._inserts, self._samples),
+                diff=self.limiter.diff(self._inserts, self._paced_samples),
                 waiting_inserts=self._waiting_inserts,
                 waiting_samples=self._waiting_samples,
                 insert_wait_seconds=self._insert_wait_seconds,
@@ -385,6 +399,8 @@ class Table:
             self._next_slot = int(counters["next_slot"])
             self._inserts = int(counters["inserts"])
             self._samples = int(counters["samples"])
+            self._forgiven = 0
+            self._forgive()  # a restored shard's window starts inside its bounds too
             self._delivered_samples = self._samples
             self._dropped_priority_updates = int(counters["dropped_priority_updates"])
             self._cond.notify_all()

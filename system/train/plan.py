@@ -239,7 +239,9 @@ def shard_config(config: RunConfig, shard_id: int, redis_url: str, name: str, ru
 
     The shard's window is Reverb's SampleToInsertRatio with min_size 1 and an error buffer wide
     enough for `learning_starts` items on any single shard plus the learner's own sampling slack:
-    actors fill the replay to learning_starts, then run at most that far ahead of the UTD.
+    actors fill the replay to learning_starts, then run at most that far ahead of the UTD. Only
+    inserts wait for it (`limit_samples=False`): the learner's sampler keeps the ratio over all
+    shards, and a shard with fewer writers than its share of draws must not hold the learner up.
     """
     from learner import sample_error_buffer
 
@@ -253,6 +255,7 @@ def shard_config(config: RunConfig, shard_id: int, redis_url: str, name: str, ru
         port=0,
         metrics_port=0,
         samples_per_insert=samples_per_insert,
+        limit_samples=False,
         min_size=1,
         error_buffer=samples_per_insert * learner.learning_starts + sample_error_buffer(learner),
         checkpoint_dir=str(run.replay_checkpoints(shard_id)) if config.train.checkpoint_replay else None,

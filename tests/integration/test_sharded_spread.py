@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from conftest import make_batch, shard_kwargs
 from replay import DeadlineExceededError, ShardedReplay, indexed_order
 
@@ -104,4 +106,29 @@ def test_a_shard_that_was_empty_at_the_first_sample_is_drawn_from_and_its_writer
         time.sleep(0.005)
     assert written.wait(timeout=1), f"shard 1's writer stayed blocked: {late.table.info()}"
     assert drawn_from_late > 0 and late.table.info().inserts == 320
+    learner.close()
+
+
+def test_a_shard_without_writers_never_holds_up_the_learner(start_server, redis_server, connect):
+    """Fewer actors than shards (a scale-down to 1 actor on 2 shards): shard 1 gets no more inserts
+    while the learner keeps drawing its share of shard 1's items, far past its limiter's window. As
+    `qfleet train` configures shards (samples_per_insert set, limit_samples false), every draw goes on."""
+    limited = dict(capacity=10_000, selector="uniform", samples_per_insert=1.0, error_buffer=64, limit_samples=False)
+    shards = [start_server(shard_id=i, **limited, **shard_kwargs(redis_server)) for i in (0, 1)]
+    for shard, start in zip(shards, (0, 10_000), strict=True):
+        client = connect(shard.address)
+        client.insert(make_batch(60, start=start))
+        client.flush()
+    learner = ShardedReplay(redis_server.url, "test", discovery_s=0.2)
+    learner.wait_for_shards(2)
+    drawn_from_idle = 0
+    for _ in range(40):  # ~640 items of shard 1: ten times its window of 64 past its 60 inserts
+        batch = learner.sample(32, timeout=5)
+        drawn_from_idle += int((batch.data["action"] >= 10_000).sum())
+    assert drawn_from_idle > 124, drawn_from_idle  # past 60 inserts + 64: Reverb's limiter held it there
+    writer = connect(shards[1].address)  # a writer coming back runs at most the window ahead
+    with pytest.raises(DeadlineExceededError):
+        writer.insert(make_batch(1000, start=20_000), timeout=0.5)
+        writer.flush()
+    assert shards[1].table.info().inserts - 60 <= 128 + 1  # 2 * error_buffer / spi
     learner.close()

@@ -48,3 +48,16 @@ def test_configurations_that_could_block_forever_are_refused():
 def test_default_error_buffer_lets_a_training_batch_through_whole():
     limiter = RateLimiter(min_size=1000, samples_per_insert=8.0)
     assert limiter.max_diff - limiter.min_diff >= 2 * 256
+
+
+def test_a_limiter_that_paces_only_inserts_never_holds_samples_and_forgives_their_excess():
+    """A shard of a sharded run (limit_samples=False): its samplers keep the ratio themselves."""
+    limiter = RateLimiter(min_size=1, samples_per_insert=1.0, error_buffer=10, limit_samples=False)
+    assert (limiter.min_diff, limiter.max_diff) == (-9.0, 11.0)
+    assert limiter.sampleable(5, inserts=0, samples=0) == 0  # min_size still holds
+    assert limiter.sampleable(500, inserts=1, samples=0) == 500  # far past the window: not held
+    assert limiter.excess(inserts=1, samples=500) == 500 - 1 - 9  # diff -499 is 490 below min_diff
+    assert limiter.excess(inserts=1, samples=10) == 0  # diff -9: inside the window
+    assert limiter.insertable(100, inserts=1, samples=10) == 20  # max_diff 11 from diff -9: 20 items
+    reverb = RateLimiter(min_size=1, samples_per_insert=1.0, error_buffer=10)
+    assert reverb.sampleable(500, inserts=1, samples=0) == 10 and reverb.excess(1, 500) == 0

@@ -159,3 +159,22 @@ def test_only_delivered_samples_reach_the_never_decreasing_delivered_counter():
     table.sample(4, timeout=1)  # the budget came back
     table.settle_samples(4, delivered=True)
     assert (table.info().samples, table.info().delivered_samples) == (4, 4)
+
+
+def test_a_shard_starved_of_inserts_is_still_sampled_and_its_next_writer_stays_inside_the_window():
+    """Fewer writers than shards: the learner keeps drawing this shard's share though nothing new
+    arrives; the samples past the window are forgiven, so a writer that comes back may run at most
+    the window (2 * error_buffer / spi items) ahead, not the whole backlog of draws."""
+    limiter = RateLimiter(min_size=1, samples_per_insert=1.0, error_buffer=16, limit_samples=False)
+    table = Table(CARTPOLE_SPEC, 1000, UniformSelector(), limiter, seed=0)
+    table.insert(make_batch(10))
+    for _ in range(50):  # 1,600 draws of 10 items: Reverb's limiter would hold the 27th item
+        assert table.sample(32, timeout=0.01).data["action"].shape == (32,)
+    info = table.info()
+    assert (
+        info.samples == 1600 and info.diff == limiter.min_diff
+    )  # counted, but only the window's worth held against it
+    began = time.monotonic()
+    with pytest.raises(DeadlineExceededError) as held:
+        table.insert(make_batch(100, start=10), timeout=0.2)
+    assert held.value.inserted == 32 and time.monotonic() - began >= 0.2  # 2 * 16 / 1.0, then it waits
