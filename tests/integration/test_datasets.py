@@ -202,8 +202,7 @@ def _rewrite_episode(data: pathlib.Path, column: str, change, episode: int = 2) 
     import pyarrow.ipc as ipc
 
     path = data / str(episode) / "part-0.arrow"
-    with pa.memory_map(str(path)) as source:
-        table = ipc.open_file(source).read_all()
+    table = ipc.open_file(pa.py_buffer(path.read_bytes())).read_all()  # not mapped: the file is rewritten below
     table = table.set_column(table.column_names.index(column), column, change(table[column]))
     with ipc.new_file(path, table.schema) as sink:
         sink.write_table(table)
@@ -252,8 +251,7 @@ def _empty_episode(data: pathlib.Path) -> None:
     import pyarrow.ipc as ipc
 
     path = data / "1" / "part-0.arrow"
-    with pa.memory_map(str(path)) as source:
-        table = ipc.open_file(source).read_all().slice(0, 1)
+    table = ipc.open_file(pa.py_buffer(path.read_bytes())).read_all().slice(0, 1)
     with ipc.new_file(path, table.schema) as sink:
         sink.write_table(table)
     _episode_metadata(data, 1, sha256=None, total_steps=None)
@@ -594,3 +592,24 @@ def test_record_errors_name_the_flag_or_the_folder_without_a_traceback(tmp_path,
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "dataset 'cp/new-v0': --datasets-dir: cannot make" in err and "Traceback" not in err
+
+
+def test_a_file_flagging_both_on_its_last_step_is_read_as_terminated(tmp_path):
+    # Minari's own collector stores gymnasium's flags as they come: both on a TimeLimit's terminal step.
+    episodes = random_episodes(np.random.default_rng(11), 4)
+    data = write(tmp_path, "test/both-v0", episodes)
+    assert episodes[0].terminations[-1] and not episodes[0].truncations[-1]
+
+    def truncated_at_last_step(column):
+        import pyarrow as pa
+
+        values = column.to_numpy(zero_copy_only=False).copy()
+        values[len(episodes[0]) - 1] = True
+        return pa.array(values)
+
+    _rewrite_episode(data, "truncations", truncated_at_last_step, episode=0)
+    source = DatasetSource("test/both-v0", datasets_dir=str(tmp_path))
+    read = load_episodes(source, SPEC, ACTIONS)
+    end = len(episodes[0]) - 1
+    assert read.terminations[end] and not read.truncations[end]
+    assert load_transitions(source, SPEC, ACTIONS, n_step=2, gamma=0.9).transitions["discount"][end] == 0.0

@@ -30,6 +30,9 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         ["bench", "sharded"],
         ["bench", "learner"],
         ["bench", "actors"],
+        ["bench", "dataset"],
+        ["record"],
+        ["dataset", "list"],
         ["actors", "run"],
         ["scale"],
         ["config"],
@@ -212,3 +215,16 @@ def test_bench_actors_runs_briefly_and_reports_every_figure(tmp_path):
     on_ray = {"ray_actor", "ray_actor_vs_plain", "fleet_1_actors", "fleet_2_actors"}
     assert set(figures) == in_process | on_ray
     assert all(value > 0 for value in figures.values())
+
+
+def test_bench_dataset_times_each_stage_for_both_shapes_of_episodes(tmp_path, capsys):
+    from system.cli import main
+
+    out = tmp_path / "dataset.json"
+    assert main(["bench", "dataset", "--steps", "4000", "--n-step", "3", "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| episodes | steps | longest |" in text and "| even (" in text and "| uneven (" in text
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["shape"] for row in rows] == ["even", "uneven"]
+    assert all(row["steps"] == 4000 and row["read_s"] > 0 and row["insert_s"] > 0 for row in rows)
+    assert rows[1]["longest"] == 2000  # the uneven dataset's one long episode
