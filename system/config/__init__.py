@@ -5,7 +5,7 @@ roof's own (`train`, `redis`, `ray`); `dataclass_args` turns any config dataclas
 sections, `--set` keys and `--help` text from its field docstrings; `env_spaces` checks the env.
 """
 
-from system.config.dataclass_args import add_arguments, build, describe, field_docs
+from system.config.dataclass_args import add_arguments, build, describe, field_docs, from_arguments
 from system.config.env import env_spaces
 from system.config.run import RunConfig, load_config, parse_override, to_yaml
 from system.config.sections import RayConfig, RedisConfig, TrainConfig
@@ -22,6 +22,7 @@ __all__ = [
     "describe",
     "env_spaces",
     "field_docs",
+    "from_arguments",
     "load_config",
     "parse_override",
     "to_yaml",
