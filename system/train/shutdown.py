@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 900
 """Longest wait for the learner or a shard to stop (each writes a checkpoint first)."""
 
+SHARD_COUNTS_TIMEOUT_S = 30
+"""Longest wait for the shards' counts before the final record."""
+
 
 class _Failures:
     """The first thing that failed while stopping (every one is logged)."""
@@ -46,6 +49,7 @@ def shutdown(plan: Plan, parts: Components, counters: RunCounters, latest: Progr
     failures = _Failures()
     try:
         fleet = _stop_actors(parts, counters, failures)
+        _take_shard_counts(parts, counters)
         _stop_learner(plan, parts, counters, latest, failures)
         if parts.evaluations is not None:
             plan.run.append_records([record.to_json() for record in parts.evaluations.final()])
@@ -129,6 +133,20 @@ def _log_per_actor(plan: Plan, shards: list, fleet: FleetStats) -> None:
         )
 
 
+def _take_shard_counts(parts: Components, counters: RunCounters) -> None:
+    """The shards' counts once the actors flushed their last inserts, for the final record
+    (the shards' own stop gives them again); kept as they were if a shard does not answer."""
+    if not parts.shards:
+        return
+    try:
+        shards = parts.ray.get([shard.info.remote() for shard in parts.shards], timeout=SHARD_COUNTS_TIMEOUT_S)
+    except Exception as exc:  # a shard restarting or hung: the last poll's counts stay
+        log.warning("shard counts not taken before the final record: %s", exc)
+        return
+    counters.shards_lost = sum(shard.lost_transitions for shard in shards)
+    take_shard_accounting(counters, shards)
+
+
 def _stop_actors(parts: Components, counters: RunCounters, failures: _Failures) -> FleetStats | None:
     if parts.fleet is None:
         return None
@@ -162,6 +180,9 @@ def _stop_learner(
             env_steps=counters.env_steps,
             updates=result.updates,
             weights_version=result.version,
+            transitions_lost=counters.transitions_lost,
+            transitions_inserted=counters.transitions_inserted,
+            transitions_stored_twice=counters.transitions_stored_twice,
             final=True,
         )
         plan.run.append_records([final.to_json()])
