@@ -25,6 +25,7 @@ import os
 import pathlib
 import struct
 import threading
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -43,21 +44,18 @@ _OLD_LAYOUT = struct.Struct("<QQ")  # the first ledger: inserts acknowledged, tr
 _HEADER = struct.Struct("<QQQ")  # version, lost_total, check
 _SLOT = struct.Struct("<QQQQQQQ")  # version, stream_id, writer_tag, items, last_sequence, last_done, check
 _RECEIPT = struct.Struct("<QQQQ")  # origin shard + 1, origin stream, items acknowledged on it, check
-_MASK = (1 << 64) - 1
-_MULTIPLIERS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD)
-_SEED = 0x5145_4C45_4447_4552  # never the check of an all-zero record
+_SEED = 0x5145_4C45_0000_0000
+_BODIES = {count: struct.Struct(f"<{count}Q") for count in range(1, 7)}
 
 ALL = 1 << 62
 """`stored(...)` of a batch the stream had moved past: every item of it is stored."""
 
 
 def _check(*values: int) -> int:
-    """A check word over a record's values: a torn write (some fields new, some old) fails it."""
-    total = _SEED
-    for index, value in enumerate(values):
-        total = (total + value * _MULTIPLIERS[index % len(_MULTIPLIERS)]) & _MASK
-        total ^= total >> 29
-    return total
+    """A check word over a record's values: CRC-32 of their bytes, plus a constant so that an
+    all-zero record (never written) fails it. Fields are written in order and the check last, so
+    a torn write pairs new leading fields with an old check and fails it too."""
+    return zlib.crc32(_BODIES[len(values)].pack(*values)) + _SEED
 
 
 @dataclass
