@@ -114,6 +114,7 @@ class InsertLedger:
         self._streams: dict[int, _Stream] = {}
         self._receipts: list[Receipt] = []
         self._header_version = 0
+        self._next_slot: int | None = None  # found on the first new stream
         self.previous_lost = 0
         """What the previous processes had counted lost (0 for a new ledger)."""
         if old:
@@ -174,10 +175,13 @@ class InsertLedger:
             _SLOT.pack_into(self._map, offset, stream.version, *values, _check(stream.version, *values))
 
     def _new_stream(self, stream_id: int, writer_tag: int) -> _Stream:
-        used = len(self._streams)
-        if used >= self._slots:
+        # After every slot used so far (a slot whose first write was torn stays unused: no gap
+        # is filled, so no stream overwrites another's record).
+        slot = max(stream.slot for stream in self._streams.values()) + 1 if self._next_slot is None else self._next_slot
+        if slot >= self._slots:
             return self._streams[0]  # full: counted together, no de-duplication
-        stream = _Stream(used, 0, stream_id, writer_tag, 0, 0, 0)
+        self._next_slot = slot + 1
+        stream = _Stream(slot, 0, stream_id, writer_tag, 0, 0, 0)
         self._streams[stream_id] = stream
         return stream
 

@@ -160,3 +160,16 @@ def test_a_receipt_carried_to_two_shards_counts_once_and_one_of_an_unknown_strea
 def test_writer_tags_are_stable_and_never_zero():
     assert writer_tag("run-actor-3") == writer_tag("run-actor-3") != writer_tag("run-actor-4")
     assert 0 < writer_tag("") < 2**63
+
+
+def test_a_stream_whose_first_write_tore_leaves_its_slot_to_no_one(tmp_path):
+    ledger = InsertLedger(tmp_path)
+    ledger.wrote(1, TAG, 1, 10)  # slot 1
+    ledger.wrote(2, TAG, 1, 10)  # slot 2
+    ledger.wrote(3, TAG, 1, 10)  # slot 3
+    offset = ledger._slots_at + 2 * 2 * _SLOT.size  # stream 2's only write, torn
+    ledger._map[offset : offset + 2 * _SLOT.size] = bytes(2 * _SLOT.size)
+    again = _killed(ledger, tmp_path)
+    assert again.previous_inserts == 20
+    again.wrote(4, TAG, 1, 5)  # a new stream takes slot 4, not stream 2's
+    assert _killed(again, tmp_path).stream_items() == {1: (TAG, 10), 3: (TAG, 10), 4: (TAG, 5)}
