@@ -46,6 +46,7 @@ _SLOT = struct.Struct("<QQQQQQQ")  # version, stream_id, writer_tag, items, last
 _RECEIPT = struct.Struct("<QQQQ")  # origin shard + 1, origin stream, items acknowledged on it, check
 _SEED = 0x5145_4C45_0000_0000
 _BODIES = {count: struct.Struct(f"<{count}Q") for count in range(1, 7)}
+_CHECK = struct.Struct("<Q")
 
 ALL = 1 << 62
 """`stored(...)` of a batch the stream had moved past: every item of it is stored."""
@@ -169,10 +170,13 @@ class InsertLedger:
                 stream.last_done = stream.last_done + count if sequence == stream.last_sequence else count
                 stream.last_sequence = sequence
             stream.items += count
-            stream.version += 1
-            values = (stream.stream_id, stream.writer_tag, stream.items, stream.last_sequence, stream.last_done)
-            offset = self._slots_at + (2 * stream.slot + stream.version % 2) * _SLOT.size
-            _SLOT.pack_into(self._map, offset, stream.version, *values, _check(stream.version, *values))
+            stream.version = version = stream.version + 1
+            body = _BODIES[6].pack(
+                version, stream.stream_id, stream.writer_tag, stream.items, stream.last_sequence, stream.last_done
+            )
+            offset = self._slots_at + (2 * stream.slot + version % 2) * _SLOT.size
+            self._map[offset : offset + 48] = body  # then its check word (`_check`), last
+            _CHECK.pack_into(self._map, offset + 48, zlib.crc32(body) + _SEED)
 
     def _new_stream(self, stream_id: int, writer_tag: int) -> _Stream:
         # After every slot used so far (a slot whose first write was torn stays unused: no gap
