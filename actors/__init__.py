@@ -6,7 +6,7 @@ Public surface:
     AndroidGymEnv, check_emulator (qfleet/Android-v0 over android_env);
     NStepAccumulator, apex_epsilons (the math);
     EnvActor, ActorStats (one actor), WeightSubscriber (its weights, followed in the background),
-    Writer, TransitionWriter (how its transitions reach replay);
+    Writer, TransitionWriter, actor_writer_id (how its transitions reach replay);
     ActorFleet, FleetStats (many, on Ray);
     ActorRegistry, actor_report_key, STATE_ACTING, STATE_HELD_BACK (the actors' Redis keys and
     report states), ActorMetrics (`qfleet_actor_*`);
@@ -31,7 +31,7 @@ from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
 from actors.registry import STATE_ACTING, STATE_HELD_BACK, ActorRegistry, actor_report_key
 from actors.spec import spec_for_spaces
-from actors.writer import TransitionWriter, Writer
+from actors.writer import TransitionWriter, Writer, actor_writer_id
 
 # Imported on first use: they load torch (and Ray), which config-only commands do not need.
 _LAZY = {
@@ -64,6 +64,7 @@ __all__ = [
     "NStepAccumulator",
     "SimulatorTimeoutError",
     "TransitionWriter",
+    "actor_writer_id",
     "UnsupportedEnvError",
     "Writer",
     "actor_report_key",

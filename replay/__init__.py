@@ -16,6 +16,7 @@ Public surface:
 """
 
 from replay import wire
+from replay.accounting import Reconciled, ShardAccounting, reconcile, writer_tag
 from replay.allocator import keep_freed_memory
 from replay.client import CheckpointResult, PriorityUpdateResult, ReplayClient, ReplayInfo, Sample
 from replay.codec import grpc_options
@@ -54,6 +55,10 @@ from replay.table import Table
 
 __all__ = [
     "CERT_ENV",
+    "Reconciled",
+    "ShardAccounting",
+    "reconcile",
+    "writer_tag",
     "KEY_ENV",
     "TOKEN_ENV",
     "MAX_PRIORITY",

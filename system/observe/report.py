@@ -104,6 +104,9 @@ def summary_table(run: RunDir) -> str:
 
         lines.append(f"| faults ridden out | {FaultCounts.from_json(state['faults']).describe() or 'none'} |")
         lines.append(f"| transitions lost | {int(state.get('transitions_lost', 0)):,} |")
+        if "transitions_inserted" in state:
+            lines.append(f"| transitions stored for the actors | {int(state['transitions_inserted']):,} |")
+            lines.append(f"| transitions stored twice (failover) | {int(state.get('transitions_stored_twice', 0)):,} |")
     if last.get("recent_return") is not None:
         lines.append(f"| training return (last {SMOOTH_EPISODES} episodes) | {last['recent_return']:.1f} |")
     if evals:

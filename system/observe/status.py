@@ -168,7 +168,13 @@ def faults_line(state: dict) -> str:
     from system.train.faults import FaultCounts
 
     faults = FaultCounts.from_json(state.get("faults")).describe() or "none"
-    return f"faults: {faults}; transitions lost: {int(state.get('transitions_lost', 0)):,}"
+    line = f"faults: {faults}; transitions lost: {int(state.get('transitions_lost', 0)):,}"
+    if "transitions_inserted" in state:
+        line += (
+            f"; stored for the actors: {int(state['transitions_inserted']):,}"
+            f" (stored twice: {int(state.get('transitions_stored_twice', 0)):,})"
+        )
+    return line
 
 
 def not_running_text(run_dir: RunDir, run: str, why: str) -> str:

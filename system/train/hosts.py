@@ -13,7 +13,7 @@ import socket
 import warnings
 from dataclasses import dataclass
 
-from replay import ReplayConfig, ReplayCredentials, ReplayServer, Spec
+from replay import ReplayConfig, ReplayCredentials, ReplayServer, ShardAccounting, Spec
 from system.services.learner import LearnerDescription, LearnerProgress, LearnerResult, LearnerService
 
 
@@ -67,6 +67,8 @@ class ShardCounters:
     """Its process (a restarted shard has a new one)."""
     host: str
     """The machine's hostname (the driver kills a hung shard on its own machine by PID)."""
+    accounting: ShardAccounting
+    """Its insert ledger: items stored per stream and writer, receipts of abandoned streams."""
 
 
 class ShardHost:
@@ -112,6 +114,7 @@ class ShardHost:
             lost_transitions=self.server.lost_transitions,
             pid=os.getpid(),
             host=socket.gethostname(),
+            accounting=self.server.accounting(),
         )
 
     def stop(self) -> ShardCounters:

@@ -11,6 +11,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from replay import reconcile
 from system.train.faults import FaultCounts
 
 RECENT_EPISODES = 100
@@ -53,6 +54,12 @@ class RunCounters:
         """Batches of earlier sessions that no shard acknowledged."""
         self.fleet_lost = 0
         """This session's batches that no shard acknowledged (the actors count them)."""
+        self.transitions_inserted = int(state.get("transitions_inserted", 0))
+        """Transitions stored for the actors over the run, each once, as the shards' insert ledgers
+        count them (a killed actor's last chunk included): present + lost by shards - stored twice."""
+        self.transitions_stored_twice = int(state.get("transitions_stored_twice", 0))
+        """Transitions a shard stored (held, or lost with it) whose writer then re-sent them to
+        another shard, having had no reply (replay/accounting.py)."""
         self.session_episodes = 0
         self.returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self._started = time.monotonic()
@@ -91,6 +98,8 @@ class RunCounters:
             "fresh_learners": self.fresh_learners,
             "transitions_lost": self.transitions_lost,
             "shards_lost": self.shards_lost,
+            "transitions_inserted": self.transitions_inserted,
+            "transitions_stored_twice": self.transitions_stored_twice,
             "faults": self.faults.to_json(),
         }
 
@@ -121,6 +130,10 @@ class ProgressRecord:
     transitions_lost: int
     """Transitions lost over the run: batches no shard acknowledged, plus what shards that died
     had acknowledged after their newest checkpoint."""
+    transitions_inserted: int = 0
+    """Transitions stored for the actors over the run, each once (the shards' ledgers)."""
+    transitions_stored_twice: int = 0
+    """Transitions stored by a shard and, with no reply reaching the writer, again elsewhere."""
     faults: dict[str, int] = field(default_factory=dict)
     """FaultCounts of the run so far."""
     silent: dict[str, float] = field(default_factory=dict)
@@ -210,6 +223,16 @@ def _faults_text(record: ProgressRecord) -> str:
     faults = FaultCounts.from_json(record.faults).describe()
     if faults or record.transitions_lost:
         text += f" | faults: {faults or 'none'}; {record.transitions_lost:,} transitions lost"
+        if record.transitions_stored_twice:
+            text += f", {record.transitions_stored_twice:,} stored twice"
     if record.silent:
         text += " | silent: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in record.silent.items())
     return text
+
+
+def take_shard_accounting(counters: RunCounters, shards: list) -> None:
+    """Sets the run's inserted and stored-twice counts from every shard's insert ledger
+    (`ShardCounters.accounting`, one per shard id; all of them, or the counts are kept)."""
+    reconciled = reconcile(shard.accounting for shard in shards)
+    counters.transitions_stored_twice = reconciled.stored_twice
+    counters.transitions_inserted = sum(items for tag, items in reconciled.by_writer.items() if tag)

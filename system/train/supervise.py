@@ -19,7 +19,14 @@ from system.train.faults import FaultLog
 from system.train.launch import Components
 from system.train.plan import Plan
 from system.train.polls import ComponentPoll, PollFailure, failure_of
-from system.train.records import EpisodesRecord, LearnerEventRecord, ProgressRecord, RunCounters, progress_line
+from system.train.records import (
+    EpisodesRecord,
+    LearnerEventRecord,
+    ProgressRecord,
+    RunCounters,
+    progress_line,
+    take_shard_accounting,
+)
 
 if TYPE_CHECKING:
     from actors import FleetStats
@@ -352,6 +359,7 @@ class Supervisor:
         counters.fleet_lost = fleet.transitions_lost
         if len(shards) == len(self._shards):  # each shard's count is of the whole run: all of them, or keep the last
             counters.shards_lost = sum(shard.lost_transitions for shard in shards)
+            take_shard_accounting(counters, shards)
         silent_after = self.config.train.silent_after_s / 2
         silent = [poll for poll in (self._learner, *self._shards) if poll.silent_for(now) > silent_after]
         return ProgressRecord(
@@ -373,6 +381,8 @@ class Supervisor:
             actor_restarts=fleet.actor_restarts,
             env_restarts=fleet.env_restarts,
             transitions_lost=counters.transitions_lost,
+            transitions_inserted=counters.transitions_inserted,
+            transitions_stored_twice=counters.transitions_stored_twice,
             faults=self.faults.counts.to_json(),
             silent={poll.name: round(poll.silent_for(now), 1) for poll in silent},
         )
