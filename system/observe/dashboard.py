@@ -382,6 +382,18 @@ def _run() -> list[Panel]:
             ((_select(f"{prefix}_transitions_lost"), "{{run}}"),),
             thresholds=((1, "red"),),
         ),
+        Panel(
+            "Transitions accounted",
+            "short",
+            (
+                (_select(f"{prefix}_transitions_inserted"), "{{run}} stored for the actors"),
+                (_select(f"{prefix}_transitions_stored_twice"), "{{run}} stored twice"),
+                (_select(f"{prefix}_transitions_lost"), "{{run}} lost"),
+            ),
+            "What the shards stored for the actors (each transition once, counted by the shards, so a killed "
+            "actor's last chunk is in), what a failover stored on two shards, and what was lost: stored for the "
+            "actors = held by the shards + lost - stored twice.",
+        ),
     ]
 
 
