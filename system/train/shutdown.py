@@ -1,6 +1,6 @@
 """Stopping a run in order: actors (they flush while the learner still samples) -> learner
-(publish + checkpoint) -> final evaluation -> shards (checkpoint) -> Ray -> Redis -> the run's
-secrets file."""
+(publish + checkpoint) -> final evaluation -> shards (checkpoint; offline shards just stop) ->
+Ray -> Redis -> the run's secrets file."""
 
 from __future__ import annotations
 
@@ -91,6 +91,11 @@ def _stop_shards(parts: Components, counters: RunCounters, failures: _Failures) 
         )
     if parts.shards and len(lost) == len(parts.shards):  # none started: keep the earlier sessions' count
         counters.shards_lost = sum(lost)
+    for shard in parts.offline_shards:  # nothing to checkpoint: the dataset loads them at every start
+        try:
+            parts.ray.get(shard.stop.remote(), timeout=STOP_TIMEOUT_S)
+        except Exception as exc:
+            failures.add("an offline shard did not stop cleanly", exc)
 
 
 def _stop_actors(parts: Components, counters: RunCounters, failures: _Failures) -> None:
@@ -156,7 +161,7 @@ def _stop_ray(plan: Plan, parts: Components) -> None:
     if ray is None:
         return
     if plan.config.ray.address is not None:  # on a cluster, what this run started goes with it
-        for handle in [*parts.shards, parts.learner]:
+        for handle in [*parts.shards, *parts.offline_shards, parts.learner]:
             if handle is not None:
                 ray.kill(handle)
     ray.shutdown()
