@@ -56,17 +56,20 @@ def make_replay(
     addresses: list[str] | None = None,
     *,
     credentials: ReplayCredentials | None,
+    batch_items: int | None = None,
 ) -> ShardedReplay:
     """The learner's view of the sharded replay, with the global ratio that realises the UTD.
 
     `credentials`: the run's replay token and certificate (None: shards that serve plaintext;
-    required, so that plaintext is a choice made at the call site).
+    required, so that plaintext is a choice made at the call site). `batch_items`: items each
+    update samples from this replay (default batch_size; the online share of a mixed batch), so
+    that the ratio holds updates_per_env_step updates per inserted item.
     """
     return ShardedReplay(
         redis_url,
         run,
         addresses,
-        samples_per_insert=config.samples_per_insert,
+        samples_per_insert=config.updates_per_env_step * (batch_items or config.batch_size),
         min_size=config.learning_starts,
         error_buffer=sample_error_buffer(config),
         seed=config.seed,
@@ -202,6 +205,9 @@ class Learner:
         """A new network continues a run that had trained (no good checkpoint)."""
         self._reached = reached or LearnerReached()
         self._base_inserts = 0  # the inserts the restored updates were counted against
+        self.utd_from_update = 0
+        """Updates made before the replay's data counted (a run's offline phase, on a dataset alone):
+        the UTD is (updates - utd_from_update) / inserts."""
         self.inserts_offset = 0
         """Added to the replay's insert count: inserts the shards no longer count (they came back
         empty) but the restored updates were made against (see `align_inserts`)."""
@@ -217,19 +223,28 @@ class Learner:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def run(self, max_updates: int | None = None, stop: threading.Event | None = None) -> LearnerSummary:
-        """Trains until `max_updates` (total, resumes included) or until `stop` is set."""
+    def run(
+        self, max_updates: int | None = None, stop: threading.Event | None = None, source: ReplaySource | None = None
+    ) -> LearnerSummary:
+        """Trains until `max_updates` (total, resumes included) or until `stop` is set.
+
+        Args:
+            source: what batches are drawn from (and priorities go back to); default the learner's
+                replay. A run's offline phase draws from its dataset, its online phase from a mix;
+                the UTD always counts the learner's replay's inserts.
+        """
         stop = stop or threading.Event()
         config = self.config
+        source = self.replay if source is None else source
         prefetcher = Prefetcher(
-            self.replay,
+            source,
             config.batch_size,
             depth=config.prefetch.depth,
             threads=2,
             batches_per_request=config.prefetch.batches_per_request,
             device=self.device,
         )
-        self._priorities = _PrioritySender(self.replay)
+        self._priorities = _PrioritySender(source)
         started, first_update = time.perf_counter(), self.updates
         self._last_log = (started, self.updates)
         try:
@@ -305,6 +320,11 @@ class Learner:
     def inserts(self) -> int:
         """Items inserted into the replay over the run, as the UTD counts them."""
         return (self.replay.stats()["inserts"] if self.replay is not None else 0) + self.inserts_offset
+
+    def achieved_utd(self, inserts: int | None = None) -> float:
+        """Updates per inserted item (0 before any insert); updates before `utd_from_update` not counted."""
+        inserts = self.inserts() if inserts is None else inserts
+        return max(0, self.updates - self.utd_from_update) / inserts if inserts else 0.0
 
     def align_inserts(self, replay_inserts: int) -> None:
         """Counts the UTD on from where the restored updates were: when the shards now count fewer
@@ -432,7 +452,7 @@ class Learner:
             metrics.sample_age.set(float(np.mean(ages)))
         inserts = self.inserts()
         if inserts:
-            metrics.achieved_utd.set(self.updates / inserts)
+            metrics.achieved_utd.set(self.achieved_utd(inserts))
         now = time.perf_counter()
         last_time, last_updates = self._last_log
         if now - last_time >= self.log_every_s:
@@ -445,7 +465,7 @@ class Learner:
                 result.loss,
                 result.q_mean,
                 float(result.td_abs.mean()),
-                f"{self.updates / inserts:.3f}" if inserts else "-",
+                f"{self.achieved_utd(inserts):.3f}" if inserts else "-",
                 self.config.updates_per_env_step,
                 self.version,
             )

@@ -1,7 +1,7 @@
 """What a run records: its counters (state.json) and the lines of metrics.jsonl.
 
 Each record is a dataclass whose `to_json()` gives the line's object: {"kind": "progress" |
-"episodes" | "eval", ...}, with the keys (and their order) `qfleet report` and older runs use.
+"episodes" | "eval" | "learner" | "phase", ...}, with the keys (and their order) `qfleet report` and older runs use.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ class RunCounters:
     Args:
         state: state.json of the run so far (empty for a fresh run).
         eval_every_steps: train.eval_every_steps (where the first evaluation of a fresh run is).
+        eval_every_updates: offline.eval_every_updates (the first offline-phase evaluation).
     """
 
-    def __init__(self, state: dict, eval_every_steps: int):
+    def __init__(self, state: dict, eval_every_steps: int, eval_every_updates: int = 0):
         self.start_env_steps = int(state.get("env_steps", 0))
         """Env steps of the earlier sessions."""
         self.start_episodes = int(state.get("episodes", 0))
@@ -60,6 +61,16 @@ class RunCounters:
         self.transitions_stored_twice = int(state.get("transitions_stored_twice", 0))
         """Transitions a shard stored (held, or lost with it) whose writer then re-sent them to
         another shard, having had no reply (replay/accounting.py)."""
+        self.phase: str | None = state.get("phase")
+        """"offline" (the learner on the dataset alone) or "online" (actors act) in a run with an
+        offline dataset; None in an online-only run."""
+        self.online_from: dict | None = state.get("online_from")
+        """Where the online phase began: {"wall_s", "env_steps", "updates"} (None before it, and in
+        an online-only run)."""
+        self.next_offline_eval = int(state.get("next_offline_eval", 0)) or eval_every_updates
+        """Learner updates at which the next offline-phase evaluation is due."""
+        self.updates = 0
+        """The learner's updates at its latest report."""
         self.session_episodes = 0
         self.returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self._started = time.monotonic()
@@ -84,9 +95,19 @@ class RunCounters:
         self.returns.extend(float(r) for r in returns)
         self.session_episodes += len(returns)
 
+    def start_online(self, updates: int) -> PhaseRecord:
+        """The online phase begins now, at the learner's `updates`: counted, and its record."""
+        self.phase = "online"
+        self.online_from = {"wall_s": self.wall_s(), "env_steps": self.env_steps, "updates": updates}
+        return PhaseRecord("online", **self.online_from)
+
     def state(self) -> dict:
         """What state.json holds (a resumed run starts from it)."""
+        phases = {}
+        if self.phase is not None:
+            phases = {"phase": self.phase, "online_from": self.online_from, "next_offline_eval": self.next_offline_eval}
         return {
+            **phases,
             "env_steps": self.env_steps,
             "episodes": self.episodes,
             "wall_s": self.wall_s(),
@@ -140,11 +161,15 @@ class ProgressRecord:
     """Components that have not answered for a while: name -> seconds."""
     final: bool = False
     """The run's last counters (the key is written only when true)."""
+    phase: str | None = None
+    """"offline" or "online" in a run with an offline dataset (the key is written only then)."""
 
     def to_json(self) -> dict:
         record = {"kind": "progress", **dataclasses.asdict(self)}
         if not self.final:
             del record["final"]
+        if self.phase is None:
+            del record["phase"]
         return record
 
 
@@ -177,9 +202,31 @@ class EvalRecord:
     returns: list[float]
     lengths: list[int]
     seconds: float
+    phase: str | None = None
+    """"offline" or "online" in a run with an offline dataset (phase and updates are written only then)."""
+    updates: int | None = None
+    """The learner's updates when the weights were taken (runs with an offline dataset)."""
 
     def to_json(self) -> dict:
-        return {"kind": "eval", **dataclasses.asdict(self)}
+        record = {"kind": "eval", **dataclasses.asdict(self)}
+        if self.phase is None:
+            del record["phase"], record["updates"]
+        return record
+
+
+@dataclass(frozen=True)
+class PhaseRecord:
+    """A run with an offline dataset entered a phase: "offline" (the learner on the dataset alone)
+    or "online" (actors started; batches mix the dataset with their data)."""
+
+    phase: str
+    wall_s: float
+    env_steps: int
+    updates: int
+    """The learner's updates when the phase began."""
+
+    def to_json(self) -> dict:
+        return {"kind": "phase", **dataclasses.asdict(self)}
 
 
 @dataclass(frozen=True)
@@ -208,12 +255,24 @@ def progress_line(record: ProgressRecord, total_env_steps: int) -> str:
     recent = "-" if record.recent_return is None else f"{record.recent_return:.1f}"
     last_eval = record.last_eval
     evaluated = "-" if last_eval is None else f"{last_eval[1]:.1f} @ {last_eval[0]:,}"
+    phase = "" if record.phase is None else f"{record.phase} phase: "
     return (
-        f"[{record.wall_s:7.0f} s] env steps {record.env_steps:,}/{total_env_steps:,} "
+        f"[{record.wall_s:7.0f} s] {phase}env steps {record.env_steps:,}/{total_env_steps:,} "
         f"({record.env_steps_per_s:,.0f}/s) | episodes {record.episodes:,}, return {recent} (eval {evaluated}) | "
         f"updates {record.updates:,} ({record.updates_per_s:,.0f}/s), "
         f"utd {record.achieved_utd:.3f}/{record.target_utd:g} | "
         f"replay {record.replay_size:,} | weights v{record.weights_version}" + _faults_text(record)
+    )
+
+
+def offline_progress_line(record: ProgressRecord, offline_updates: int, dataset_size: int) -> str:
+    """The line `qfleet train` prints every train.log_every_s in the offline phase (no actors yet)."""
+    last_eval = record.last_eval
+    evaluated = "-" if last_eval is None else f"{last_eval[1]:.1f}"
+    return (
+        f"[{record.wall_s:7.0f} s] offline phase: updates {record.updates:,}/{offline_updates:,} "
+        f"({record.updates_per_s:,.0f}/s) on {dataset_size:,} dataset transitions | eval {evaluated} | "
+        f"weights v{record.weights_version}" + _faults_text(record)
     )
 
 

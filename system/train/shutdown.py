@@ -1,6 +1,6 @@
 """Stopping a run in order: actors (they flush while the learner still samples) -> learner
-(publish + checkpoint) -> final evaluation -> shards (checkpoint) -> Ray -> Redis -> the run's
-secrets file."""
+(publish + checkpoint) -> final evaluation -> shards (checkpoint; offline shards just stop) ->
+Ray -> Redis -> the run's secrets file."""
 
 from __future__ import annotations
 
@@ -114,6 +114,11 @@ def _stop_shards(
         )
         if fleet is not None:
             _log_per_actor(plan, stopped_shards, fleet)
+    for shard in parts.offline_shards:  # nothing to checkpoint: the dataset loads them at every start
+        try:
+            parts.ray.get(shard.stop.remote(), timeout=STOP_TIMEOUT_S)
+        except Exception as exc:
+            failures.add("an offline shard did not stop cleanly", exc)
 
 
 def _log_per_actor(plan: Plan, shards: list, fleet: FleetStats) -> None:
@@ -214,7 +219,7 @@ def _stop_ray(plan: Plan, parts: Components) -> None:
     if ray is None:
         return
     if plan.config.ray.address is not None:  # on a cluster, what this run started goes with it
-        for handle in [*parts.shards, parts.learner]:
+        for handle in [*parts.shards, *parts.offline_shards, parts.learner]:
             if handle is not None:
                 ray.kill(handle)
     ray.shutdown()
