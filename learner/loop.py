@@ -23,7 +23,7 @@ from learner import checkpoint as ckpt
 from learner.agent import Agent, UpdateResult
 from learner.agents import make_agent
 from learner.config import LearnerConfig, resolve_device
-from learner.errors import WeightStoreError
+from learner.errors import CheckpointLossError, WeightStoreError
 from learner.metrics import LearnerMetrics
 from learner.spaces import ActionSpace
 from learner.weights import WeightStore
@@ -274,15 +274,16 @@ class Learner:
         target/reset bookkeeping, a publish and a checkpoint when due, counters and metrics.
 
         Inside `run` priorities go back from a background thread; a step called on its own sends
-        them synchronously (and not at all without a replay).
+        them synchronously (and not at all without a replay, nor for a loss without TD errors).
         """
         config = self.config
         result = self.agent.update(batch.data, batch.weights)
-        priorities = result.td_abs + config.priority_eps
-        if self._priorities is not None:
-            self._priorities.send(batch.keys, priorities)
-        elif self.replay is not None:
-            self.replay.update_priorities(batch.keys, priorities)
+        if result.td_abs is not None:  # None: the loss has no TD error; items keep their priorities
+            priorities = result.td_abs + config.priority_eps
+            if self._priorities is not None:
+                self._priorities.send(batch.keys, priorities)
+            elif self.replay is not None:
+                self.replay.update_priorities(batch.keys, priorities)
         self.updates += 1
         if self.agent.after_update(self.updates):
             self.metrics.resets.inc()
@@ -359,6 +360,7 @@ class Learner:
     def checkpoint(self) -> pathlib.Path:
         """Writes a checkpoint of everything `resume` needs."""
         state = {
+            "loss": self.config.loss,
             "agent": self.agent.state_dict(),
             "counters": {"updates": self.updates, "version": self.version, "inserts": self.inserts()},
             "rng": ckpt.rng_state(self.rng),
@@ -384,7 +386,7 @@ class Learner:
                 )
             return
         state = found.state
-        self.agent.load_state_dict(state["agent"])
+        self._load_agent(state, found.path)
         counters = state["counters"]
         self.updates = int(counters["updates"])
         self.version = int(counters["version"])
@@ -404,6 +406,24 @@ class Learner:
             log.info(
                 "resumed learner at update %d, weights version %d, from %s", self.updates, self.version, found.path
             )
+
+    def _load_agent(self, state: dict, path: pathlib.Path) -> None:
+        """Restores the agent from a checkpoint written under the configured `learner.loss`.
+
+        Raises:
+            CheckpointLossError: it was written under another loss (or, from before losses were
+                recorded, its parts do not fit this agent).
+        """
+        saved_loss = state.get("loss")
+        if saved_loss is not None and saved_loss != self.config.loss:
+            raise CheckpointLossError(str(path), saved_loss, self.config.loss)
+        try:
+            self.agent.load_state_dict(state["agent"])
+        except (KeyError, RuntimeError) as exc:
+            if saved_loss is not None:
+                raise
+            detail = f"{type(exc).__name__}: {str(exc)[:200]}"
+            raise CheckpointLossError(str(path), None, self.config.loss, detail) from exc
 
     def _continue_versions(self) -> None:
         """The next published version is above every version published before (by an earlier
@@ -442,8 +462,11 @@ class Learner:
         metrics.updates.inc()
         metrics.loss.set(result.loss)
         metrics.q_mean.set(result.q_mean)
-        metrics.td_error.set(float(result.td_abs.mean()))
+        td_error = float(result.td_abs.mean()) if result.td_abs is not None else None
+        if td_error is not None:
+            metrics.td_error.set(td_error)
         metrics.grad_norm.set(result.grad_norm)
+        metrics.set_policy(result.policy_loss, result.imitation_weight)
         versions = batch.sample.data.get("policy_version")
         if versions is not None:
             metrics.policy_staleness.set(self.version - float(np.mean(versions)))
@@ -458,13 +481,19 @@ class Learner:
         if now - last_time >= self.log_every_s:
             rate = (self.updates - last_updates) / (now - last_time)
             metrics.updates_per_second.set(rate)
+            policy = ""
+            if result.policy_loss is not None:
+                policy = f" | pi loss {result.policy_loss:.4f}"
+            if result.imitation_weight is not None:
+                policy += f" | imitation weight {result.imitation_weight:.3f}"
             log.info(
-                "updates %d (%.1f/s) | loss %.4f | q %.3f | |td| %.3f | utd %s/%g | weights v%d",
+                "updates %d (%.1f/s) | loss %.4f | q %.3f | |td| %s%s | utd %s/%g | weights v%d",
                 self.updates,
                 rate,
                 result.loss,
                 result.q_mean,
-                float(result.td_abs.mean()),
+                f"{td_error:.3f}" if td_error is not None else "-",
+                policy,
                 f"{self.achieved_utd(inserts):.3f}" if inserts else "-",
                 self.config.updates_per_env_step,
                 self.version,
