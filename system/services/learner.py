@@ -320,6 +320,12 @@ class LearnerService:
             "target_utd": self.learner.config.updates_per_env_step,
             "loss": round(float(last.loss), 6) if last is not None else "",
             "q_mean": round(float(last.q_mean), 4) if last is not None else "",
+            "policy_loss": round(float(last.policy_loss), 6)
+            if last is not None and last.policy_loss is not None
+            else "",
+            "imitation_weight": (
+                round(float(last.imitation_weight), 4) if last is not None and last.imitation_weight is not None else ""
+            ),
             "device": str(self.learner.device),
             "host": socket.gethostname(),
             "pid": os.getpid(),
