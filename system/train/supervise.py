@@ -272,15 +272,20 @@ class Supervisor:
             failure = poll.tick(ray, now)
             if failure is not None:
                 self._failed(poll, failure, actor_name, "shard_restarts", now)
-            elif poll.hung_for(now) > self.config.train.silent_after_s:
+            elif poll.hung_for(now) > (limit := self._silence_limit(poll)):
+                setting = "train.restart_grace_s" if poll.restarting() else "train.silent_after_s"
                 self.faults.record(
                     poll.name,
                     "shard_hangs",
-                    f"answered no call for {poll.silent_for(now):.0f} s (train.silent_after_s="
-                    f"{self.config.train.silent_after_s:g}): restarting it",
+                    f"answered no call for {poll.silent_for(now):.0f} s ({setting}={limit:g}): restarting it",
                 )
                 _restart_hung(ray, handle, poll.current)
                 poll.down(now)  # its restart is this fault, not another one
+
+    def _silence_limit(self, poll: ComponentPoll) -> float:
+        """How long a shard may stay silent: longer while it starts up after a restart."""
+        train = self.config.train
+        return max(train.restart_grace_s, train.silent_after_s) if poll.restarting() else train.silent_after_s
 
     def _learner_progress(self, records: list, now: float | None = None) -> LearnerProgress | None:
         """The learner's latest answer from its current process; None while it has not answered
