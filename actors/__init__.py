@@ -4,23 +4,27 @@ Public surface:
     EnvConfig, ActorsConfig, AndroidConfig (configuration);
     make_env, describe_env, transition_spec, EnvSpaces, EnvVector (environments);
     AndroidGymEnv, check_emulator (qfleet/Android-v0 over android_env);
+    BrowserConfig, BrowserGymEnv (MiniWoB in headless Chromium), UIActionSpace, UIAction,
+    instruction_tokens, text_candidates (the UI action space shared by Android and MiniWoB);
     NStepAccumulator, apex_epsilons (the math);
     EnvActor, ActorStats (one actor), WeightSubscriber (its weights, followed in the background),
-    Writer, TransitionWriter (how its transitions reach replay);
+    Writer, TransitionWriter, actor_writer_id (how its transitions reach replay);
     ActorFleet, FleetStats (many, on Ray);
     ActorRegistry, actor_report_key, STATE_ACTING, STATE_HELD_BACK (the actors' Redis keys and
     report states), ActorMetrics (`qfleet_actor_*`);
-    UnsupportedEnvError, AndroidSetupError, EnvFailedError, SimulatorTimeoutError, FleetError,
+    UnsupportedEnvError, AndroidSetupError, BrowserSetupError, BrowserTimeoutError, EnvFailedError, SimulatorTimeoutError, FleetError,
     ActorRegistryError (actors/errors.py).
 """
 
 import importlib
 
-from actors.config import ANDROID_ID, ActorsConfig, AndroidConfig, EnvConfig
+from actors.config import ANDROID_ID, MINIWOB_PREFIX, ActorsConfig, AndroidConfig, BrowserConfig, EnvConfig
 from actors.envs import EnvSpaces, EnvVector, describe_env, make_env, transition_spec
 from actors.errors import (
     ActorRegistryError,
     AndroidSetupError,
+    BrowserSetupError,
+    BrowserTimeoutError,
     EnvFailedError,
     FleetError,
     SimulatorTimeoutError,
@@ -31,7 +35,8 @@ from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
 from actors.registry import STATE_ACTING, STATE_HELD_BACK, ActorRegistry, actor_report_key
 from actors.spec import spec_for_spaces
-from actors.writer import TransitionWriter, Writer
+from actors.ui_actions import UIAction, UIActionSpace, instruction_tokens, text_candidates
+from actors.writer import TransitionWriter, Writer, actor_writer_id
 
 # Imported on first use: they load torch (and Ray), which config-only commands do not need.
 _LAZY = {
@@ -42,11 +47,13 @@ _LAZY = {
     "WeightSubscriber": "actors.weights",
     "AndroidGymEnv": "actors.android",
     "check_emulator": "actors.android",
+    "BrowserGymEnv": "actors.browser",
 }
 
 __all__ = [
     *_LAZY,
     "ANDROID_ID",
+    "MINIWOB_PREFIX",
     "METRIC_SERIES",
     "STATE_ACTING",
     "STATE_HELD_BACK",
@@ -56,6 +63,9 @@ __all__ = [
     "ActorsConfig",
     "AndroidConfig",
     "AndroidSetupError",
+    "BrowserConfig",
+    "BrowserSetupError",
+    "BrowserTimeoutError",
     "EnvConfig",
     "EnvFailedError",
     "EnvSpaces",
@@ -64,13 +74,18 @@ __all__ = [
     "NStepAccumulator",
     "SimulatorTimeoutError",
     "TransitionWriter",
+    "UIAction",
+    "UIActionSpace",
+    "actor_writer_id",
     "UnsupportedEnvError",
     "Writer",
     "actor_report_key",
     "apex_epsilons",
     "describe_env",
+    "instruction_tokens",
     "make_env",
     "spec_for_spaces",
+    "text_candidates",
     "transition_spec",
 ]
 

@@ -25,7 +25,7 @@ from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
 from actors.registry import STATE_ACTING, STATE_HELD_BACK, ActorRegistry
 from actors.weights import WeightSubscriber
-from actors.writer import INSERT_MAX_BYTES, TransitionWriter, Writer
+from actors.writer import INSERT_MAX_BYTES, TransitionWriter, Writer, actor_writer_id
 from learner import LearnerConfig, Policy, WeightStore
 from replay import ReplayCredentials, ShardedReplay, keep_freed_memory, start_metrics_server
 
@@ -125,7 +125,7 @@ class EnvActor:
                 replay = replay or ShardedReplay(
                     redis_url=redis_url,
                     run=run,
-                    writer_id=f"{run}-actor-{actor_id}",
+                    writer_id=actor_writer_id(run, actor_id),
                     writer_index=actor_id,  # actors 0..n-1 cover every shard, whatever the run's name
                     max_in_flight=actors.max_inserts_in_flight,
                     insert_wait_s=actors.insert_retry_s,

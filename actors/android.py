@@ -1,10 +1,11 @@
 """Android device control as a gymnasium environment, over android_env ("qfleet/Android-v0").
 
-Discrete actions, as device-control agents (DigiRL, Digi-Q) use them: a grid of taps, four swipes,
-typing each of `texts`, back/home/enter, and "task complete" (ends the episode terminated). Each
-maps onto android_env touch/lift steps or adb calls (`action_table`); rewards come from the task's
-log rules. Observations: the screenshot resized to obs_height x obs_width, uint8 HxWxC; the goal
-is in `info["goal"]`. A simulator android_env relaunches ends the episode truncated with
+Discrete actions, as device-control agents (DigiRL, Digi-Q) use them, in the UI action space shared
+with MiniWoB (actors/ui_actions.py): a grid of taps, four swipes, typing each of `texts` and of
+`text_slots` candidates from the goal, back/home/enter, and "task complete" (ends the episode
+terminated). Each maps onto android_env touch/lift steps or adb calls (`to_android`); rewards come
+from the task's log rules. Observations: the screenshot resized to obs_height x obs_width, uint8
+HxWxC; the goal is in `info["goal"]` (and `info["instruction"]`, `info["instruction_tokens"]`). A simulator android_env relaunches ends the episode truncated with
 `info["env_restarted"]`; one that hangs past step/reset_timeout_s is closed and
 `SimulatorTimeoutError` raised (the actor rebuilds the env). `simulator: fake` is android_env's
 FakeSimulator (runs anywhere: tests, configs/android_fake.yaml); `emulator` launches an AVD.
@@ -17,6 +18,7 @@ import logging
 import os
 import pathlib
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NoReturn
 
@@ -25,6 +27,7 @@ import numpy as np
 
 from actors.config import ANDROID_ID, BUTTONS, SWIPES, AndroidConfig
 from actors.errors import AndroidSetupError, SimulatorTimeoutError
+from actors.ui_actions import UIAction, UIActionSpace, instruction_tokens, text_candidates
 
 log = logging.getLogger(__name__)
 # android_env logs every step of its set-up (and, at INFO, the whole process environment) through
@@ -43,27 +46,39 @@ class Action:
     button: str = ""
 
 
-def action_table(config: AndroidConfig) -> list[Action]:
-    """Every discrete action, indexed as the action space numbers them."""
-    table = []
-    for row in range(config.tap_rows):
-        for col in range(config.tap_cols):
-            table.append(Action("tap", (((col + 0.5) / config.tap_cols, (row + 0.5) / config.tap_rows),)))
-    half = config.swipe_length / 2
-    ends = {  # (start, end) of each swipe through the centre
-        "up": ((0.5, 0.5 + half), (0.5, 0.5 - half)),
-        "down": ((0.5, 0.5 - half), (0.5, 0.5 + half)),
-        "left": ((0.5 + half, 0.5), (0.5 - half, 0.5)),
-        "right": ((0.5 - half, 0.5), (0.5 + half, 0.5)),
-    }
-    for name in SWIPES:
-        (x0, y0), (x1, y1) = ends[name]
+def ui_action_space(config: AndroidConfig) -> UIActionSpace:
+    """The shared UI action space (actors/ui_actions.py) of this config: taps, the four swipes,
+    `texts` and `text_slots`, back/home/enter, task complete."""
+    return UIActionSpace(
+        config.tap_rows, config.tap_cols, SWIPES, config.texts, config.text_slots, BUTTONS, complete=True
+    )
+
+
+def to_android(action: UIAction, config: AndroidConfig, candidates: Sequence[str] = ()) -> Action:
+    """A UI action as this adapter performs it (`candidates`: the episode's typed-text slots)."""
+    if action.kind == "tap":
+        return Action("tap", ((action.x, action.y),))
+    if action.kind == "swipe":
+        half = config.swipe_length / 2
+        ends = {  # (start, end) of each swipe through the centre
+            "up": ((0.5, 0.5 + half), (0.5, 0.5 - half)),
+            "down": ((0.5, 0.5 - half), (0.5, 0.5 + half)),
+            "left": ((0.5 + half, 0.5), (0.5 - half, 0.5)),
+            "right": ((0.5 - half, 0.5), (0.5 + half, 0.5)),
+        }
+        (x0, y0), (x1, y1) = ends[action.direction]
         steps = np.linspace(0.0, 1.0, config.swipe_points)
-        table.append(Action("swipe", tuple((float(x0 + (x1 - x0) * t), float(y0 + (y1 - y0) * t)) for t in steps)))
-    table += [Action("type", text=text) for text in config.texts]
-    table += [Action("button", button=name) for name in BUTTONS]
-    table.append(Action("complete"))
-    return table
+        return Action("swipe", tuple((float(x0 + (x1 - x0) * t), float(y0 + (y1 - y0) * t)) for t in steps))
+    if action.kind == "type":
+        return Action("type", text=action.typed(candidates))
+    if action.kind == "key":
+        return Action("button", button=action.key)
+    return Action("complete")
+
+
+def action_table(config: AndroidConfig) -> list[Action]:
+    """Every discrete action, indexed as the action space numbers them (candidate slots type "")."""
+    return [to_android(action, config) for action in ui_action_space(config).actions]
 
 
 def check_emulator(config: AndroidConfig) -> None:
@@ -166,12 +181,20 @@ class AndroidGymEnv(gym.Env):
         if config is None or isinstance(config, dict):
             config = AndroidConfig(**(config or {}))
         self.config = config
+        self.ui_actions = ui_action_space(config)
         self.actions = action_table(config)
-        self.action_space = gym.spaces.Discrete(len(self.actions))
+        self.action_space = self.ui_actions.gym_space()
         channels = 1 if config.grayscale else 3
         self.observation_space = gym.spaces.Box(0, 255, (config.obs_height, config.obs_width, channels), np.uint8)
         self._task = load_task(config.task)
         self.goal = config.goal if config.goal is not None else self._task.description
+        self.text_candidates = text_candidates(self.goal, (), config.text_slots)
+        self._info = {
+            "goal": self.goal,
+            "instruction": self.goal,
+            "instruction_tokens": instruction_tokens(self.goal),
+            "text_candidates": self.text_candidates,
+        }
         self._simulator = simulator
         self._env = None
         self._pool = None
@@ -260,10 +283,10 @@ class AndroidGymEnv(gym.Env):
 
         timestep = self._call(do_reset, self.config.reset_timeout_s, "reset")
         self._restarts_seen = self._failures()
-        return self._observe(timestep.observation["pixels"]), {"goal": self.goal}
+        return self._observe(timestep.observation["pixels"]), dict(self._info)
 
     def step(self, action):
-        chosen = self.actions[int(action)]
+        chosen = to_android(self.ui_actions.decode(action), self.config, self.text_candidates)
 
         def do_step():
             timesteps = []
@@ -272,7 +295,7 @@ class AndroidGymEnv(gym.Env):
                     timesteps.append(self._raw_step(0, point))  # TOUCH
                     if timesteps[-1].last():
                         return timesteps
-            elif chosen.kind in ("type", "button"):
+            elif chosen.kind == "button" or (chosen.kind == "type" and chosen.text):
                 self._adb(chosen)
             timesteps.append(self._raw_step(1))  # LIFT: ends a gesture, reads the screen
             return timesteps
@@ -282,7 +305,7 @@ class AndroidGymEnv(gym.Env):
         timesteps = self._call(do_step, self.config.step_timeout_s, f"step ({chosen.kind})")
         reward = float(sum(ts.reward or 0.0 for ts in timesteps))
         last = timesteps[-1]
-        info = {"goal": self.goal, "action": chosen.kind}
+        info = {**self._info, "action": chosen.kind}
         restarts = self._failures()
         terminated = truncated = False
         if restarts > self._restarts_seen:  # the simulator failed: relaunched at the next reset

@@ -9,6 +9,10 @@ from typing import Literal
 ANDROID_ID = "qfleet/Android-v0"
 """Android device control over android_env (actors/android.py), configured by `env.android`."""
 
+MINIWOB_PREFIX = "miniwob/"
+"""MiniWoB++ tasks in headless Chromium (actors/browser.py), e.g. "miniwob/click-button-v1",
+configured by `env.browser`."""
+
 SWIPES = ("up", "down", "left", "right")
 """Android swipe actions, in action-space order."""
 BUTTONS = ("back", "home", "enter")
@@ -50,6 +54,9 @@ class AndroidConfig:
 
     texts: list[str] = field(default_factory=list)
     """Strings the agent can type (one action each), e.g. the task's search terms."""
+
+    text_slots: int = 0
+    """Per-episode type actions after `texts`: the goal's quoted phrases and words (actors/ui_actions.py)."""
 
     swipe_length: float = 0.5
     """Swipe length as a fraction of the screen, through its centre."""
@@ -103,10 +110,12 @@ class AndroidConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: must be > 0")
         if any(not text for text in self.texts):
             raise ValueError("texts: empty strings cannot be typed")
+        if self.text_slots < 0:
+            raise ValueError(f"text_slots={self.text_slots}: must be >= 0")
 
     @property
     def num_actions(self) -> int:
-        return self.tap_rows * self.tap_cols + len(SWIPES) + len(self.texts) + len(BUTTONS) + 1
+        return self.tap_rows * self.tap_cols + len(SWIPES) + len(self.texts) + self.text_slots + len(BUTTONS) + 1
 
     def binaries(self) -> tuple[pathlib.Path, pathlib.Path]:
         """(emulator, adb) paths, user-expanded."""
@@ -116,6 +125,78 @@ class AndroidConfig:
         )
         adb = pathlib.Path(self.adb_path).expanduser() if self.adb_path else root / "platform-tools" / "adb"
         return emulator, adb
+
+
+@dataclass(frozen=True)
+class BrowserConfig:
+    """The `env.browser` section (actors/browser.py): MiniWoB in headless Chromium, its UI actions
+    (actors/ui_actions.py) and observations."""
+
+    obs_height: int = 105
+    """Observation height in pixels (the 210x160 task area is resized to it)."""
+
+    obs_width: int = 80
+    """Observation width in pixels."""
+
+    grid_rows: int = 12
+    """Rows of the click grid over the task area."""
+
+    grid_cols: int = 10
+    """Columns of the click grid."""
+
+    swipes: list[str] = field(default_factory=lambda: ["up", "down"])
+    """Mouse-wheel scrolls, named as finger swipes ("up" shows what is further down); up/down only."""
+
+    keys: list[str] = field(default_factory=lambda: ["enter", "backspace", "tab"])
+    """Keys the agent can press (enter, backspace, tab, escape)."""
+
+    texts: list[str] = field(default_factory=list)
+    """Fixed strings the agent can type (one action each)."""
+
+    text_slots: int = 4
+    """Per-episode type actions: the task's fields, then the instruction's quoted phrases and words."""
+
+    instruction_length: int = 32
+    """Length of info["instruction_tokens"] (hashed word ids, 0-padded)."""
+
+    instruction_vocab: int = 4096
+    """Hash buckets of the instruction's word ids."""
+
+    reward: Literal["success", "miniwob"] = "success"
+    """success: 1 when the task is solved, else 0; miniwob: the package's time-decayed reward in [-1, 1]."""
+
+    step_timeout_s: float = 10.0
+    """A step taking longer than this kills the browser: the episode ends truncated, a new one starts."""
+
+    reset_timeout_s: float = 60.0
+    """A reset (including the browser's launch) taking longer than this kills the browser and raises."""
+
+    chromium_path: str = "/usr/bin/chromium"
+    """The Chromium binary (Debian's `chromium`)."""
+
+    chromedriver_path: str = "/usr/bin/chromedriver"
+    """The ChromeDriver binary (Debian's `chromium-driver`); given explicitly, so Selenium never
+    looks for a driver on the internet."""
+
+    def __post_init__(self) -> None:
+        for name in ("obs_height", "obs_width", "grid_rows", "grid_cols", "instruction_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.instruction_vocab < 2:
+            raise ValueError(f"instruction_vocab={self.instruction_vocab}: must be >= 2")
+        if self.text_slots < 0:
+            raise ValueError(f"text_slots={self.text_slots}: must be >= 0")
+        for name, allowed in (("swipes", ("up", "down")), ("keys", ("enter", "backspace", "tab", "escape"))):
+            given = getattr(self, name)
+            if any(item not in allowed for item in given) or len(set(given)) != len(given):
+                raise ValueError(f"{name}={given!r}: a web page has {', '.join(allowed)} (each at most once)")
+        if any(not text for text in self.texts):
+            raise ValueError("texts: empty strings cannot be typed")
+        if self.reward not in ("success", "miniwob"):
+            raise ValueError(f"reward={self.reward!r}: must be success or miniwob")
+        for name in ("step_timeout_s", "reset_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be > 0")
 
 
 @dataclass(frozen=True)
@@ -139,6 +220,9 @@ class EnvConfig:
 
     android: AndroidConfig | None = None
     """qfleet/Android-v0: device, task, actions, observations; null: defaults (FakeSimulator)."""
+
+    browser: BrowserConfig | None = None
+    """miniwob/<task>-v1: the browser, UI actions, observations; null: defaults."""
 
     allow_import: list[str] = field(default_factory=list)
     """Modules an id "module:Env" may import (and their submodules): code execution, so none by default."""

@@ -1,7 +1,8 @@
 """Environments: building one from an `EnvConfig`, and the vector of them an actor steps.
 
 `make_env` knows any registered gymnasium id, Atari (ale-py's bundled ROMs, the standard DQN
-preprocessing, channels last) and MinAtar. `EnvVector` steps `num_envs` copies with same-step
+preprocessing, channels last), MinAtar, qfleet/Android-v0 and MiniWoB (`miniwob/<task>-v1`, in
+headless Chromium: actors/browser.py). `EnvVector` steps `num_envs` copies with same-step
 auto-reset; an env that raises in `step` is rebuilt, its step reported as aborted, and counted.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
-from actors.config import ANDROID_ID, AndroidConfig, EnvConfig
+from actors.config import ANDROID_ID, MINIWOB_PREFIX, AndroidConfig, EnvConfig
 from actors.errors import EnvFailedError, UnsupportedEnvError
 from actors.spec import spec_for_spaces
 from learner import ActionSpace
@@ -85,6 +86,15 @@ def make_env(config: EnvConfig) -> gym.Env:
     kwargs = {} if config.max_episode_steps is None else {"max_episode_steps": config.max_episode_steps}
     if config.id == ANDROID_ID:  # AndroidSetupError (bad task file, ...) is an UnsupportedEnvError
         return gym.make(ANDROID_ID, config=config.android or AndroidConfig(), **kwargs)
+    if config.id.startswith(MINIWOB_PREFIX):  # our adapter, not the miniwob package's Dict-space envs
+        try:
+            from actors.browser import make_browser_env
+        except ImportError as exc:
+            raise UnsupportedEnvError(f"env.id={config.id!r}: {exc} (install miniwob)", env_id=config.id) from None
+        env = make_browser_env(config.id, config.browser)
+        if config.max_episode_steps is not None:
+            env = gym.wrappers.TimeLimit(env, config.max_episode_steps)
+        return env
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # e.g. "MinAtar/...-v0 is out of date"

@@ -33,6 +33,30 @@ class AndroidSetupError(UnsupportedEnvError):
         self.setting = setting
 
 
+class BrowserSetupError(UnsupportedEnvError):
+    """The browser cannot be launched (Chromium or ChromeDriver missing at the configured path).
+
+    Attributes:
+        setting: the config key at fault, e.g. "env.browser.chromium_path".
+    """
+
+    def __init__(self, message: str, *, setting: str = ""):
+        super().__init__(message)
+        self.setting = setting
+
+
+class BrowserTimeoutError(RuntimeError):
+    """A browser env's reset (or launch) did not finish in time; the browser was killed.
+
+    Attributes:
+        timeout_s: the limit it ran past (env.browser.reset_timeout_s).
+    """
+
+    def __init__(self, message: str, *, timeout_s: float = 0.0):
+        super().__init__(message)
+        self.timeout_s = timeout_s
+
+
 class EnvFailedError(RuntimeError):
     """An environment kept raising when rebuilt; its actor cannot go on.
 

@@ -56,6 +56,9 @@ class FleetStats:
     steps_per_second: float
     recent_return: float | None
     policy_versions: dict[int, int]
+    inserted_by_actor: dict[int, int] = field(default_factory=dict)
+    """Transitions inserted as each actor id's processes reported them (a killed one's last chunk
+    is missing here; the shards' ledgers count it: see `actor_writer_id`)."""
 
 
 class ActorFleet:
@@ -295,6 +298,9 @@ class ActorFleet:
         recent = live if any(s.recent_return is not None for s in live) else self._closed_stats
         returns = [(s.recent_return, s.episodes) for s in recent if s.recent_return is not None]
         weight = sum(n for _, n in returns)
+        inserted_by_actor: dict[int, int] = {}
+        for s in every:
+            inserted_by_actor[s.actor_id] = inserted_by_actor.get(s.actor_id, 0) + s.transitions_inserted
         return FleetStats(
             actors=len(self._slots),
             env_steps=sum(s.env_steps for s in every),
@@ -306,6 +312,7 @@ class ActorFleet:
             steps_per_second=sum(s.steps_per_second for s in live),
             recent_return=sum(r * n for r, n in returns) / weight if weight else None,
             policy_versions={s.actor_id: s.policy_version for s in live},
+            inserted_by_actor=inserted_by_actor,
         )
 
     def pids(self) -> dict[int, int]:

@@ -27,6 +27,13 @@ HELD_BACK_AFTER_S = 2.0
 half of this), for as long as it waits."""
 
 
+def actor_writer_id(run: str, actor_id: int) -> str:
+    """The writer id of actor `actor_id`'s inserts, the same for all its processes: the shards'
+    ledgers count what each writer stored (`replay.writer_tag` of this), so a killed process's
+    transitions are counted though it never reported them."""
+    return f"{run}-actor-{actor_id}"
+
+
 class Writer(Protocol):
     """What an actor hands its transitions to; `EnvActor` takes any."""
 

@@ -4,12 +4,13 @@ Public surface:
     LearnerConfig and its groups (ArchitectureConfig, OptimizerConfig, TargetConfig, DQNConfig,
     DistributionalConfig, SACConfig, IQLConfig, FilteredBCConfig, ResetConfig, PrefetchConfig,
     WeightsConfig), resolve_device, ActionSpace, parse_number, MalformedValues, LearnerError,
-    WeightStoreError, MalformedWeightsError, MissingColumnError, WeightsHostError (importing these
-    does not import torch);
+    WeightStoreError, MalformedWeightsError, MissingColumnError, MalformedColumnError,
+    CheckpointLossError, WeightsHostError (importing these does not import torch);
     Learner, LearnerSummary, LearnerReached, make_replay, sample_error_buffer (the loop);
     find_checkpoint, has_checkpoints, load_latest_checkpoint (checkpoints);
-    Agent, UpdateResult (the seam), make_agent, acting_head, AGENTS, DiscreteQAgent, SACAgent,
-    IQLAgent, FilteredBCAgent (agents);
+    Agent, UpdateResult (the seam), make_agent, AGENTS, DiscreteQAgent, SACAgent,
+    IQLAgent, FilteredBCAgent (agents); ActingHead, acting_head, ACTING_HEADS, PolicyLogits (how
+    actors act with what a discrete agent publishes);
     QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore (the parameter store: announced
     in Redis, carried by Redis or Ray's object store), encode_weights, decode_weights, split_chunks,
     join_chunks (its payload), WeightsHost, weights_host_name (the object store's Ray actor); LearnerMetrics; LearnerStatus, learner_status_key
@@ -38,7 +39,9 @@ from learner.config import (
     resolve_device,
 )
 from learner.errors import (
+    CheckpointLossError,
     LearnerError,
+    MalformedColumnError,
     MalformedWeightsError,
     MissingColumnError,
     WeightsHostError,
@@ -62,7 +65,10 @@ _LAZY = {
     "DiscreteQAgent": "learner.agents",
     "SACAgent": "learner.agents",
     "make_agent": "learner.agents",
-    "acting_head": "learner.agents",
+    "ActingHead": "learner.acting",
+    "ACTING_HEADS": "learner.acting",
+    "PolicyLogits": "learner.acting",
+    "acting_head": "learner.acting",
     "IQLAgent": "learner.offline_agents",
     "FilteredBCAgent": "learner.offline_agents",
     "Learner": "learner.loop",
@@ -95,12 +101,14 @@ _LAZY = {
 __all__ = [
     "ActionSpace",
     "ArchitectureConfig",
+    "CheckpointLossError",
     "DQNConfig",
     "DistributionalConfig",
     "FilteredBCConfig",
     "IQLConfig",
     "LearnerConfig",
     "LearnerError",
+    "MalformedColumnError",
     "MalformedValues",
     "MalformedWeightsError",
     "MissingColumnError",

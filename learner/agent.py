@@ -1,9 +1,10 @@
-"""`Agent`: the seam between the training loop and what it trains (DiscreteQAgent, SACAgent)."""
+"""`Agent`: the seam between the training loop and what it trains (`learner.agents`:
+DiscreteQAgent, SACAgent; `learner.offline_agents`: IQLAgent, FilteredBCAgent)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -16,13 +17,25 @@ class UpdateResult:
     """Statistics of one update."""
 
     loss: float
-    """The (importance-weighted) loss that was minimised; the critics' loss for SAC."""
+    """The (importance-weighted) loss that was minimised: the Q loss of the discrete Q losses, the
+    critics' loss for "sac" and "iql" (Q + V), pi's cloning loss for "filtered_bc"."""
     q_mean: float
-    """Mean Q of the taken actions in the batch."""
+    """Mean Q of the batch's taken (data) actions; 0 for "filtered_bc", which has no Q."""
     grad_norm: float
-    """Global gradient norm before clipping (the Q network's, or the critics')."""
-    td_abs: np.ndarray
-    """|TD error| per item (expected values for distributional losses), for new priorities."""
+    """Global gradient norm before clipping of the network `loss` trained (the Q network, the
+    critics, or pi for "filtered_bc")."""
+    td_abs: np.ndarray | None
+    """[B] |TD error| per item (expected values for distributional losses; of the critics' mean for
+    "sac" and "iql"), sent back as new priorities; None when the loss has no TD error
+    ("filtered_bc"): then no priorities are sent and items keep the priority they were inserted with."""
+    policy_loss: float | None = None
+    """The (importance-weighted) loss of the policy pi: "iql" and "filtered_bc"; None for the Q losses
+    and "sac"."""
+    imitation_weight: float | None = None
+    """Mean per-item weight of pi's imitation loss (before importance weights): the share of the
+    batch imitated for Best-of-N and kept for "filtered_bc" (in [0, 1]); the mean of AWR's clipped
+    exp(beta * A) (1 when advantages are near 0, `awr_max_weight` when every weight is clipped);
+    None for the losses without a policy to imitate."""
 
 
 @runtime_checkable
@@ -32,6 +45,9 @@ class Agent(Protocol):
     The loop calls `update` (one gradient step; `td_abs` becomes new priorities), then
     `after_update` (target network, periodic reset), and publishes `policy_state()`.
     """
+
+    discrete: ClassVar[bool]
+    """Whether it trains on discrete actions (`make_agent` refuses an action space that does not fit)."""
 
     def update(self, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> UpdateResult:
         """One gradient step on the importance-`weights`ed loss of `batch` (column -> [B, ...])."""

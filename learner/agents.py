@@ -1,7 +1,7 @@
 """The agents: `DiscreteQAgent` (DQN, C51, HL-Gauss) and `SACAgent` (continuous actions, with a
 REDQ-style critic ensemble), both implementing `learner.agent.Agent`, and the offline ones of
-`learner.offline_agents` (IQL, filtered BC); `make_agent` picks one, `acting_head` says how actors
-act with what it publishes.
+`learner.offline_agents` (IQL, filtered BC); `make_agent` picks one by `learner.loss`. How actors
+act with what an agent publishes is `learner.acting`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from torch import nn
 
 from learner.agent import Agent, UpdateResult
 from learner.config import LearnerConfig
-from learner.networks import EnsembleCritic, TanhGaussianActor, build_q_network, reinitialise
+from learner.networks import EnsembleCritic, TanhGaussianActor, build_q_network
 from learner.offline_agents import FilteredBCAgent, IQLAgent
-from learner.optimization import forget_optimizer_state, step, update_target
-from learner.q_losses import QLoss, make_q_loss
+from learner.optimization import periodic_reset, reinitialise_with_optimizer, step, update_target
+from learner.q_losses import make_q_loss
 from learner.spaces import ActionSpace
 
 
@@ -34,11 +34,6 @@ class DiscreteQAgent:
         self.online = build_q_network(obs_shape, space.num_actions, self.q_loss.bins, config.architecture).to(device)
         self.target = copy.deepcopy(self.online) if config.target.update != "none" else None
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=config.optimizer.lr)
-
-    @staticmethod
-    def acting_head(config: LearnerConfig) -> QLoss:
-        """Actors act greedily in the expected Q values of the configured loss."""
-        return make_q_loss(config, torch.device("cpu"))
 
     def q_values(self, network: nn.Module, obs: torch.Tensor) -> torch.Tensor:
         """[B, A] expected action values."""
@@ -63,16 +58,11 @@ class DiscreteQAgent:
         """Target update and periodic reset after update number `updates`; True if it reset."""
         if self.target is not None:
             update_target(self.online, self.target, self.config.target, updates)
-        if self.config.resets.every and updates % self.config.resets.every == 0:
-            self.reset(self.config.resets.modules)
-            return True
-        return False
+        return periodic_reset(self, self.config.resets, updates)
 
     def reset(self, which: str) -> None:
         """Re-initialises the head (or every layer) and its optimizer state; the target follows."""
-        modules = self.online.head_modules() if which == "head" else [self.online]
-        reinitialise(modules)
-        forget_optimizer_state(self.optimizer, modules)
+        reinitialise_with_optimizer(self.online, self.optimizer, which)
         if self.target is not None:
             self.target.load_state_dict(self.online.state_dict())
 
@@ -148,18 +138,12 @@ class SACAgent:
     def after_update(self, updates: int) -> bool:
         if self.critic_target is not None:
             update_target(self.critic, self.critic_target, self.config.target, updates)
-        if self.config.resets.every and updates % self.config.resets.every == 0:
-            self.reset(self.config.resets.modules)
-            return True
-        return False
+        return periodic_reset(self, self.config.resets, updates)
 
     def reset(self, which: str) -> None:
         """Re-initialises heads (or all layers) of actor and critics, with their optimizer state."""
-        pairs = [(self.actor, self.actor_optimizer), (self.critic, self.critic_optimizer)]
-        for network, optimizer in pairs:
-            modules = network.head_modules() if which == "head" else [network]
-            reinitialise(modules)
-            forget_optimizer_state(optimizer, modules)
+        reinitialise_with_optimizer(self.actor, self.actor_optimizer, which)
+        reinitialise_with_optimizer(self.critic, self.critic_optimizer, which)
         if self.critic_target is not None:
             self.critic_target.load_state_dict(self.critic.state_dict())
 
@@ -191,7 +175,7 @@ class SACAgent:
             self.critic_target.load_state_dict(state["critic_target"])
 
 
-AGENTS: dict[str, type[DiscreteQAgent] | type[SACAgent] | type[IQLAgent] | type[FilteredBCAgent]] = {
+AGENTS: dict[str, type[Agent]] = {
     "dqn": DiscreteQAgent,
     "c51": DiscreteQAgent,
     "hl_gauss": DiscreteQAgent,
@@ -200,19 +184,6 @@ AGENTS: dict[str, type[DiscreteQAgent] | type[SACAgent] | type[IQLAgent] | type[
     "filtered_bc": FilteredBCAgent,
 }
 """`learner.loss` -> the agent that trains it."""
-
-
-def acting_head(config: LearnerConfig):
-    """How the network a discrete agent publishes becomes the scores greedy acting maximises:
-    `bins` outputs per action and `values(out)` -> [B, A] (expected Q values, or pi's logits).
-
-    Raises:
-        ValueError: the configured loss is for continuous actions, naming `learner.loss`.
-    """
-    agent_class = AGENTS[config.loss]
-    if not agent_class.discrete:
-        raise ValueError(f"learner.loss={config.loss!r} needs a continuous (Box) action space")
-    return agent_class.acting_head(config)
 
 
 def make_agent(config: LearnerConfig, obs_shape: tuple[int, ...], space: ActionSpace, device: torch.device) -> Agent:

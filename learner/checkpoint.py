@@ -1,4 +1,5 @@
-"""Learner checkpoints: networks, target networks, optimizer state, counters and RNG state.
+"""Learner checkpoints: networks, target networks, optimizer state, counters, RNG state and the
+`learner.loss` they were trained under (a resume under another loss is refused, not attempted).
 
 One file per checkpoint, `learner-<updates>.pt`, written with `torch.save` to a temporary file,
 fsynced and renamed (never half a file in place), and read back with

@@ -8,6 +8,7 @@ the nested spelling (`learner.distributional.v_min`) is accepted as well.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -141,7 +142,14 @@ class IQLConfig:
     """AWR's weights are clipped at this (IQL clips at 100)."""
 
     n: int = field(default=16, metadata=flat_key("best_of_n"))
-    """Best-of-N: actions sampled from the current policy per state (1, 4 or 16 in Digi-Q's study)."""
+    """Best-of-N: candidate actions per state (1, 4 or 16 in Digi-Q's study), sampled from the current
+    policy; distinct when n <= the number of actions (Digi-Q samples distinct ones), with
+    replacement beyond."""
+
+    include_data_action: bool = field(default=False, metadata=flat_key("best_of_n_include_data_action"))
+    """Best-of-N: the data action takes one of the n candidate slots (n - 1 sampled from pi), as Digi-Q's
+    `actor_always_include_original_action`: pi then also imitates a data action that beats V and
+    beats pi's own samples."""
 
     advantage_threshold: float = 0.0
     """Best-of-N: the chosen action is imitated only when Q(s, a) - V(s) exceeds this."""
@@ -149,6 +157,14 @@ class IQLConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.expectile < 1.0:
             _refuse("expectile", self.expectile, "must be in (0, 1)")
+        finite = {
+            "awr_temperature": self.temperature,
+            "awr_max_weight": self.max_weight,
+            "advantage_threshold": self.advantage_threshold,
+        }
+        for key, value in finite.items():
+            if not math.isfinite(value):
+                _refuse(key, value, "must be finite")
         if not self.temperature >= 0:
             _refuse("awr_temperature", self.temperature, "must be >= 0")
         if not self.max_weight > 0:
@@ -314,7 +330,7 @@ class LearnerConfig:
 
     iql: IQLConfig = field(default_factory=IQLConfig, metadata=FLAT)
     """The "iql" loss (keys: expectile, policy_extraction, awr_temperature, awr_max_weight, best_of_n,
-    advantage_threshold)."""
+    best_of_n_include_data_action, advantage_threshold)."""
 
     filtered_bc: FilteredBCConfig = field(default_factory=FilteredBCConfig, metadata=FLAT)
     """The "filtered_bc" loss (key: top_k_percent)."""

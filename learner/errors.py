@@ -51,6 +51,43 @@ class MissingColumnError(LearnerError, KeyError):
         return str(self.args[0])
 
 
+class MalformedColumnError(LearnerError, ValueError):
+    """A batch column the configured loss needs holds values it cannot use (e.g. a NaN or infinite
+    `episode_return` for "filtered_bc": the top-k% selection would silently keep or drop it).
+
+    Attributes:
+        loss: the `learner.loss` that reads it.
+        column: the column.
+        why: what is wrong with its values.
+    """
+
+    def __init__(self, loss: str, column: str, why: str):
+        super().__init__(f"learner.loss={loss!r}: column {column!r} {why}")
+        self.loss, self.column, self.why = loss, column, why
+
+
+class CheckpointLossError(LearnerError):
+    """A checkpoint was written by a learner of another `learner.loss` than the configured one: its
+    networks and optimizers are not this agent's, so it cannot be resumed (and it is not damaged:
+    it is left in place, not set aside).
+
+    Attributes:
+        path: the checkpoint.
+        saved_loss: the loss it was written under (None: a checkpoint from before losses were
+            recorded, whose parts did not fit).
+        configured_loss: the configured `learner.loss`.
+    """
+
+    def __init__(self, path: str, saved_loss: str | None, configured_loss: str, detail: str = ""):
+        written = f"learner.loss={saved_loss!r}" if saved_loss is not None else "another learner.loss"
+        super().__init__(
+            f"learner checkpoint {path} was written under {written}; this run's is "
+            f"learner.loss={configured_loss!r}: resume with the loss it was trained with, or use another "
+            f"checkpoint directory (a new run){f' ({detail})' if detail else ''}"
+        )
+        self.path, self.saved_loss, self.configured_loss = path, saved_loss, configured_loss
+
+
 class WeightsHostError(WeightStoreError):
     """Weights published to Ray's object store cannot be reached: the weights host (the Ray actor
     that hands out the newest version's object references) is absent or dead, the payload's owner

@@ -23,7 +23,7 @@ from learner import checkpoint as ckpt
 from learner.agent import Agent, UpdateResult
 from learner.agents import make_agent
 from learner.config import LearnerConfig, resolve_device
-from learner.errors import WeightStoreError
+from learner.errors import CheckpointLossError, WeightStoreError
 from learner.metrics import LearnerMetrics
 from learner.spaces import ActionSpace
 from learner.weights import WeightStore
@@ -56,17 +56,20 @@ def make_replay(
     addresses: list[str] | None = None,
     *,
     credentials: ReplayCredentials | None,
+    batch_items: int | None = None,
 ) -> ShardedReplay:
     """The learner's view of the sharded replay, with the global ratio that realises the UTD.
 
     `credentials`: the run's replay token and certificate (None: shards that serve plaintext;
-    required, so that plaintext is a choice made at the call site).
+    required, so that plaintext is a choice made at the call site). `batch_items`: items each
+    update samples from this replay (default batch_size; the online share of a mixed batch), so
+    that the ratio holds updates_per_env_step updates per inserted item.
     """
     return ShardedReplay(
         redis_url,
         run,
         addresses,
-        samples_per_insert=config.samples_per_insert,
+        samples_per_insert=config.updates_per_env_step * (batch_items or config.batch_size),
         min_size=config.learning_starts,
         error_buffer=sample_error_buffer(config),
         seed=config.seed,
@@ -202,6 +205,9 @@ class Learner:
         """A new network continues a run that had trained (no good checkpoint)."""
         self._reached = reached or LearnerReached()
         self._base_inserts = 0  # the inserts the restored updates were counted against
+        self.utd_from_update = 0
+        """Updates made before the replay's data counted (a run's offline phase, on a dataset alone):
+        the UTD is (updates - utd_from_update) / inserts."""
         self.inserts_offset = 0
         """Added to the replay's insert count: inserts the shards no longer count (they came back
         empty) but the restored updates were made against (see `align_inserts`)."""
@@ -217,19 +223,28 @@ class Learner:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def run(self, max_updates: int | None = None, stop: threading.Event | None = None) -> LearnerSummary:
-        """Trains until `max_updates` (total, resumes included) or until `stop` is set."""
+    def run(
+        self, max_updates: int | None = None, stop: threading.Event | None = None, source: ReplaySource | None = None
+    ) -> LearnerSummary:
+        """Trains until `max_updates` (total, resumes included) or until `stop` is set.
+
+        Args:
+            source: what batches are drawn from (and priorities go back to); default the learner's
+                replay. A run's offline phase draws from its dataset, its online phase from a mix;
+                the UTD always counts the learner's replay's inserts.
+        """
         stop = stop or threading.Event()
         config = self.config
+        source = self.replay if source is None else source
         prefetcher = Prefetcher(
-            self.replay,
+            source,
             config.batch_size,
             depth=config.prefetch.depth,
             threads=2,
             batches_per_request=config.prefetch.batches_per_request,
             device=self.device,
         )
-        self._priorities = _PrioritySender(self.replay)
+        self._priorities = _PrioritySender(source)
         started, first_update = time.perf_counter(), self.updates
         self._last_log = (started, self.updates)
         try:
@@ -259,15 +274,16 @@ class Learner:
         target/reset bookkeeping, a publish and a checkpoint when due, counters and metrics.
 
         Inside `run` priorities go back from a background thread; a step called on its own sends
-        them synchronously (and not at all without a replay).
+        them synchronously (and not at all without a replay, nor for a loss without TD errors).
         """
         config = self.config
         result = self.agent.update(batch.data, batch.weights)
-        priorities = result.td_abs + config.priority_eps
-        if self._priorities is not None:
-            self._priorities.send(batch.keys, priorities)
-        elif self.replay is not None:
-            self.replay.update_priorities(batch.keys, priorities)
+        if result.td_abs is not None:  # None: the loss has no TD error; items keep their priorities
+            priorities = result.td_abs + config.priority_eps
+            if self._priorities is not None:
+                self._priorities.send(batch.keys, priorities)
+            elif self.replay is not None:
+                self.replay.update_priorities(batch.keys, priorities)
         self.updates += 1
         if self.agent.after_update(self.updates):
             self.metrics.resets.inc()
@@ -306,6 +322,11 @@ class Learner:
         """Items inserted into the replay over the run, as the UTD counts them."""
         return (self.replay.stats()["inserts"] if self.replay is not None else 0) + self.inserts_offset
 
+    def achieved_utd(self, inserts: int | None = None) -> float:
+        """Updates per inserted item (0 before any insert); updates before `utd_from_update` not counted."""
+        inserts = self.inserts() if inserts is None else inserts
+        return max(0, self.updates - self.utd_from_update) / inserts if inserts else 0.0
+
     def align_inserts(self, replay_inserts: int) -> None:
         """Counts the UTD on from where the restored updates were: when the shards now count fewer
         inserts than the checkpoint's (they came back empty after a crash), the difference is added.
@@ -339,6 +360,7 @@ class Learner:
     def checkpoint(self) -> pathlib.Path:
         """Writes a checkpoint of everything `resume` needs."""
         state = {
+            "loss": self.config.loss,
             "agent": self.agent.state_dict(),
             "counters": {"updates": self.updates, "version": self.version, "inserts": self.inserts()},
             "rng": ckpt.rng_state(self.rng),
@@ -364,7 +386,7 @@ class Learner:
                 )
             return
         state = found.state
-        self.agent.load_state_dict(state["agent"])
+        self._load_agent(state, found.path)
         counters = state["counters"]
         self.updates = int(counters["updates"])
         self.version = int(counters["version"])
@@ -384,6 +406,24 @@ class Learner:
             log.info(
                 "resumed learner at update %d, weights version %d, from %s", self.updates, self.version, found.path
             )
+
+    def _load_agent(self, state: dict, path: pathlib.Path) -> None:
+        """Restores the agent from a checkpoint written under the configured `learner.loss`.
+
+        Raises:
+            CheckpointLossError: it was written under another loss (or, from before losses were
+                recorded, its parts do not fit this agent).
+        """
+        saved_loss = state.get("loss")
+        if saved_loss is not None and saved_loss != self.config.loss:
+            raise CheckpointLossError(str(path), saved_loss, self.config.loss)
+        try:
+            self.agent.load_state_dict(state["agent"])
+        except (KeyError, RuntimeError) as exc:
+            if saved_loss is not None:
+                raise
+            detail = f"{type(exc).__name__}: {str(exc)[:200]}"
+            raise CheckpointLossError(str(path), None, self.config.loss, detail) from exc
 
     def _continue_versions(self) -> None:
         """The next published version is above every version published before (by an earlier
@@ -422,8 +462,11 @@ class Learner:
         metrics.updates.inc()
         metrics.loss.set(result.loss)
         metrics.q_mean.set(result.q_mean)
-        metrics.td_error.set(float(result.td_abs.mean()))
+        td_error = float(result.td_abs.mean()) if result.td_abs is not None else None
+        if td_error is not None:
+            metrics.td_error.set(td_error)
         metrics.grad_norm.set(result.grad_norm)
+        metrics.set_policy(result.policy_loss, result.imitation_weight)
         versions = batch.sample.data.get("policy_version")
         if versions is not None:
             metrics.policy_staleness.set(self.version - float(np.mean(versions)))
@@ -432,20 +475,26 @@ class Learner:
             metrics.sample_age.set(float(np.mean(ages)))
         inserts = self.inserts()
         if inserts:
-            metrics.achieved_utd.set(self.updates / inserts)
+            metrics.achieved_utd.set(self.achieved_utd(inserts))
         now = time.perf_counter()
         last_time, last_updates = self._last_log
         if now - last_time >= self.log_every_s:
             rate = (self.updates - last_updates) / (now - last_time)
             metrics.updates_per_second.set(rate)
+            policy = ""
+            if result.policy_loss is not None:
+                policy = f" | pi loss {result.policy_loss:.4f}"
+            if result.imitation_weight is not None:
+                policy += f" | imitation weight {result.imitation_weight:.3f}"
             log.info(
-                "updates %d (%.1f/s) | loss %.4f | q %.3f | |td| %.3f | utd %s/%g | weights v%d",
+                "updates %d (%.1f/s) | loss %.4f | q %.3f | |td| %s%s | utd %s/%g | weights v%d",
                 self.updates,
                 rate,
                 result.loss,
                 result.q_mean,
-                float(result.td_abs.mean()),
-                f"{self.updates / inserts:.3f}" if inserts else "-",
+                f"{td_error:.3f}" if td_error is not None else "-",
+                policy,
+                f"{self.achieved_utd(inserts):.3f}" if inserts else "-",
                 self.config.updates_per_env_step,
                 self.version,
             )

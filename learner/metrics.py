@@ -13,6 +13,9 @@ SERIES = {
     f"{PREFIX}_q_mean": "Mean Q of the taken actions in the latest batch.",
     f"{PREFIX}_td_error": "Mean |TD error| of the latest batch.",
     f"{PREFIX}_grad_norm": "Global gradient norm of the latest update (before clipping).",
+    f"{PREFIX}_policy_loss": "Policy pi's loss of the latest update (offline losses iql, filtered_bc only).",
+    f"{PREFIX}_imitation_weight": "Mean per-item weight of pi's imitation loss in the latest update: the share "
+    "imitated (Best-of-N) or kept (filtered_bc), AWR's mean clipped weight (iql, filtered_bc only).",
     f"{PREFIX}_achieved_utd": "Updates per transition inserted into replay (all shards), since the run began.",
     f"{PREFIX}_target_utd": "Configured updates per env step.",
     f"{PREFIX}_weight_version": "Version of the newest published weights.",
@@ -24,10 +27,17 @@ SERIES = {
 
 
 class LearnerMetrics:
-    """The learner's series; `registry` is served on the learner's /metrics."""
+    """The learner's series; `registry` is served on the learner's /metrics.
+
+    The policy series (`policy_loss`, `imitation_weight`) are exported only once set: a loss
+    without a policy to imitate (the Q losses, SAC) never shows them, rather than a 0 that reads as
+    a value.
+    """
 
     def __init__(self, run: str, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
+
+        self.run = run
 
         def gauge(name: str) -> Gauge:
             return Gauge(name, SERIES[name], ["run"], registry=self.registry).labels(run)
@@ -41,6 +51,12 @@ class LearnerMetrics:
         self.q_mean = gauge(f"{PREFIX}_q_mean")
         self.td_error = gauge(f"{PREFIX}_td_error")
         self.grad_norm = gauge(f"{PREFIX}_grad_norm")
+        self._policy_loss = Gauge(
+            f"{PREFIX}_policy_loss", SERIES[f"{PREFIX}_policy_loss"], ["run"], registry=self.registry
+        )
+        self._imitation_weight = Gauge(
+            f"{PREFIX}_imitation_weight", SERIES[f"{PREFIX}_imitation_weight"], ["run"], registry=self.registry
+        )
         self.achieved_utd = gauge(f"{PREFIX}_achieved_utd")
         self.target_utd = gauge(f"{PREFIX}_target_utd")
         self.weight_version = gauge(f"{PREFIX}_weight_version")
@@ -48,3 +64,10 @@ class LearnerMetrics:
         self.sample_age = gauge(f"{PREFIX}_sample_age_seconds")
         self.data_wait = counter(f"{PREFIX}_data_wait_seconds_total")
         self.resets = counter(f"{PREFIX}_resets_total")
+
+    def set_policy(self, policy_loss: float | None, imitation_weight: float | None) -> None:
+        """Sets the policy series from an update's figures; None leaves a series unset (unexported)."""
+        if policy_loss is not None:
+            self._policy_loss.labels(self.run).set(policy_loss)
+        if imitation_weight is not None:
+            self._imitation_weight.labels(self.run).set(imitation_weight)

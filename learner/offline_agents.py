@@ -3,16 +3,16 @@ both implementing `learner.agent.Agent`. The maths is in `learner.offline_losses
 
 Both train a policy network pi (a Q-shaped network whose [B, A] outputs are logits) and publish it:
 actors and evaluation act greedily in pi (argmax of its logits), epsilon-greedy while exploring,
-through `PolicyLogits`. Continuous actions are not supported (IQL's Gaussian policy is not built).
+through `learner.acting.PolicyLogits`. Continuous actions are not supported (IQL's Gaussian policy
+is not built).
 
 Batch columns: the usual `obs`, `action`, `reward`, `next_obs`, `discount`; "filtered_bc" also
 needs `episode_return` [B] float32: the undiscounted return of the whole episode each transition
 belongs to (datasets provide it; online transitions from actors do not).
 
-Priorities sent back: "iql" the |TD error| of its Q (mean of the twins against
-r + discount * V_target(s')), as the Q losses do; "filtered_bc" has no TD error and sends 1 for
-every item (plus `priority_eps`), the priority new items get, so prioritized sampling stays
-(nearly) uniform.
+Priorities sent back: "iql" the |TD error| of its Q (the twins' mean against
+r + discount * V_target(s')), as the Q losses do; "filtered_bc" has no TD error (`td_abs` None):
+no priorities are sent, and items keep the priority they were inserted with.
 """
 
 from __future__ import annotations
@@ -20,28 +20,15 @@ from __future__ import annotations
 import copy
 from typing import ClassVar
 
-import numpy as np
 import torch
-from torch import nn
 
 from learner import offline_losses
 from learner.agent import UpdateResult
 from learner.config import LearnerConfig
-from learner.errors import MissingColumnError
-from learner.networks import IQLCritic, build_q_network, reinitialise
-from learner.optimization import forget_optimizer_state, step, update_target
+from learner.errors import MalformedColumnError, MissingColumnError
+from learner.networks import IQLCritic, build_q_network
+from learner.optimization import periodic_reset, reinitialise_with_optimizer, step, update_target
 from learner.spaces import ActionSpace
-
-
-class PolicyLogits:
-    """The acting head of the policy losses: the published network's outputs are pi's logits, and
-    greedy acting takes their argmax (pi's most likely action)."""
-
-    bins = 1
-
-    def values(self, out: torch.Tensor) -> torch.Tensor:
-        """The scores greedy acting maximises: the logits themselves."""
-        return out
 
 
 def _column(batch: dict[str, torch.Tensor], column: str, loss: str) -> torch.Tensor:
@@ -60,46 +47,39 @@ class _PolicyAgent:
         self.policy = build_q_network(obs_shape, space.num_actions, 1, config.architecture).to(device)
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.optimizer.lr)
 
-    @staticmethod
-    def acting_head(config: LearnerConfig) -> PolicyLogits:
-        """Actors act greedily in pi."""
-        return PolicyLogits()
-
-    def _policy_step(self, loss: torch.Tensor) -> float:
-        return step(self.policy_optimizer, loss, list(self.policy.parameters()), self.config.optimizer.max_grad_norm)
+    def _imitate(
+        self, logits: torch.Tensor, action: torch.Tensor, item_weight: torch.Tensor, weights: torch.Tensor
+    ) -> float:
+        """One step of pi on -mean(weights * item_weight * log pi(action|s)); returns that loss."""
+        log_likelihood = offline_losses.log_likelihood(logits, action)
+        loss = -(weights * item_weight * log_likelihood).mean()
+        step(self.policy_optimizer, loss, list(self.policy.parameters()), self.config.optimizer.max_grad_norm)
+        return float(loss.detach())
 
     def policy_state(self) -> dict[str, torch.Tensor]:
         """The policy network's weights (on CPU): what actors act with."""
         return {k: v.detach().cpu() for k, v in self.policy.state_dict().items()}
-
-    def _periodic_reset(self, updates: int) -> bool:
-        if self.config.resets.every and updates % self.config.resets.every == 0:
-            self.reset(self.config.resets.modules)
-            return True
-        return False
-
-    def _reinitialise(self, network: nn.Module, optimizer: torch.optim.Optimizer, which: str) -> None:
-        modules = network.head_modules() if which == "head" else [network]
-        reinitialise(modules)
-        forget_optimizer_state(optimizer, modules)
 
 
 class IQLAgent(_PolicyAgent):
     """Implicit Q-learning (Kostrikov et al. 2021) with discrete actions.
 
     Per update: V(s) <- expectile regression towards min(Q1, Q2)_target(s, a_data); Q1, Q2 (s, a_data)
-    <- r + discount * V_target(s') (squared error); then pi by the configured extraction:
+    <- r + discount * V_target(s') (squared error; the target V as Digi-Q does, where IQL's code
+    uses the online V); then pi by the configured extraction:
 
     - "awr": maximise exp(beta * (Q_target(s, a_data) - V(s))) (clipped) * log pi(a_data|s).
-    - "best_of_n" (Digi-Q, Bai et al. 2025): sample n actions from the current pi, take the one with
-      the highest Q_target; if its advantage over V(s) exceeds the threshold, maximise its
+    - "best_of_n" (Digi-Q, Bai et al. 2025): sample n candidates from the current pi (distinct when
+      n <= A; the data action in one slot with `include_data_action`), take the one with the
+      highest Q_target; if its advantage over V(s) exceeds the threshold, maximise its
       log-likelihood, else that item gives no gradient. Digi-Q's operator is this indicator:
       imitating the data action instead would pull pi back towards the behaviour policy exactly
       where the critic found nothing better among pi's own samples.
 
     One target network holds the twin Qs and V (`learner.target_update` as for the other losses;
     "none": the online critics bootstrap). The critics and pi have their own optimizers; `loss`
-    and `grad_norm` of an update are the critics' (Q + V), as for SAC.
+    and `grad_norm` of an update are the critics' (Q + V), as for SAC; `policy_loss` and
+    `imitation_weight` are pi's.
     """
 
     def __init__(self, config: LearnerConfig, obs_shape: tuple[int, ...], space: ActionSpace, device: torch.device):
@@ -133,28 +113,35 @@ class IQLAgent(_PolicyAgent):
             item_weight = offline_losses.awr_weights(advantage, iql.temperature, iql.max_weight)
         else:
             with torch.no_grad():
-                candidates = torch.multinomial(logits.detach().softmax(-1), iql.n, replacement=True)
+                data_action = action if iql.include_data_action else None
+                candidates = offline_losses.sample_candidates(logits.detach(), iql.n, data_action)
                 imitated, improves = offline_losses.best_of_n(
                     candidates, q_target_all, value.detach(), iql.advantage_threshold
                 )
             item_weight = improves.float()
-        log_likelihood = offline_losses.log_likelihood(logits, imitated)
-        self._policy_step(-(weights * item_weight * log_likelihood).mean())
+        policy_loss = self._imitate(logits, imitated, item_weight, weights)
 
         q_mean = q_taken.detach().mean(dim=0)
         td = (q_mean - td_target).abs()
-        return UpdateResult(float(critic_loss.detach()), float(q_mean.mean()), grad_norm, td.cpu().numpy())
+        return UpdateResult(
+            float(critic_loss.detach()),
+            float(q_mean.mean()),
+            grad_norm,
+            td.cpu().numpy(),
+            policy_loss=policy_loss,
+            imitation_weight=float(item_weight.mean()),
+        )
 
     def after_update(self, updates: int) -> bool:
         if self.critic_target is not None:
             update_target(self.critic, self.critic_target, self.config.target, updates)
-        return self._periodic_reset(updates)
+        return periodic_reset(self, self.config.resets, updates)
 
     def reset(self, which: str) -> None:
         """Re-initialises the heads (or every layer) of pi and the critics, with their optimizer
         state; the target critics follow."""
-        self._reinitialise(self.policy, self.policy_optimizer, which)
-        self._reinitialise(self.critic, self.critic_optimizer, which)
+        reinitialise_with_optimizer(self.policy, self.policy_optimizer, which)
+        reinitialise_with_optimizer(self.critic, self.critic_optimizer, which)
         if self.critic_target is not None:
             self.critic_target.load_state_dict(self.critic.state_dict())
 
@@ -186,24 +173,32 @@ class FilteredBCAgent(_PolicyAgent):
 
     The top k% is taken per batch, over transitions: long episodes hold more transitions, so they
     weigh more than in a top-k% of episodes (where long episodes are the good ones, as in CartPole,
-    fewer than k% of the episodes are kept). `loss` is the BC loss, `q_mean` 0 (no Q function)
-    and `grad_norm` pi's.
+    fewer than k% of the episodes are kept). `loss` and `policy_loss` are the BC loss, `grad_norm`
+    pi's, `imitation_weight` the share kept; `q_mean` is 0 and `td_abs` None (no Q function, no
+    priorities). A NaN or infinite `episode_return` is refused (`MalformedColumnError`).
     """
 
     def update(self, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> UpdateResult:
-        episode_return = _column(batch, "episode_return", self.config.loss).float()
+        loss_name = self.config.loss
+        episode_return = _column(batch, "episode_return", loss_name).float()
+        if not torch.isfinite(episode_return).all():
+            raise MalformedColumnError(loss_name, "episode_return", "holds NaN or infinite returns")
         kept = offline_losses.top_returns(episode_return, self.config.filtered_bc.top_k_percent).float()
         log_likelihood = offline_losses.log_likelihood(self.policy(batch["obs"]), batch["action"])
         loss = -(weights * kept * log_likelihood).sum() / kept.sum()
-        grad_norm = self._policy_step(loss)
-        return UpdateResult(float(loss.detach()), 0.0, grad_norm, np.ones(len(kept), dtype=np.float32))
+        max_grad_norm = self.config.optimizer.max_grad_norm
+        grad_norm = step(self.policy_optimizer, loss, list(self.policy.parameters()), max_grad_norm)
+        loss_value = float(loss.detach())
+        return UpdateResult(
+            loss_value, 0.0, grad_norm, None, policy_loss=loss_value, imitation_weight=float(kept.mean())
+        )
 
     def after_update(self, updates: int) -> bool:
-        return self._periodic_reset(updates)
+        return periodic_reset(self, self.config.resets, updates)
 
     def reset(self, which: str) -> None:
         """Re-initialises pi's head (or every layer) with its optimizer state."""
-        self._reinitialise(self.policy, self.policy_optimizer, which)
+        reinitialise_with_optimizer(self.policy, self.policy_optimizer, which)
 
     def state_dict(self) -> dict:
         return {"policy": self.policy.state_dict(), "policy_optimizer": self.policy_optimizer.state_dict()}

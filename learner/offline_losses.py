@@ -8,6 +8,10 @@ action seen in the data rather than the behaviour policy's average, and Q(s, a) 
 r + discount * V(s'). A policy is then extracted from Q and V without querying unseen actions
 (AWR) or by ranking the policy's own samples by Q (Best-of-N; Bai et al. 2025, "Digi-Q").
 
+The Q target here bootstraps from the *target* network's V (Digi-Q's variant); IQL's own code
+uses the online V there. Both are sound offline (neither evaluates an unseen action); the target V
+moves slowly, so with `target_update: soft` (IQL's Polyak tau = 0.005) the two differ little.
+
 Conventions as in `learner.losses`: `reward` is the n-step return, `discount` gamma**n or 0 after
 a termination; every function works on a batch [B].
 """
@@ -61,6 +65,34 @@ def awr_weights(advantage: torch.Tensor, temperature: float, max_weight: float) 
 def log_likelihood(logits: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     """log pi(a|s) [B] of the actions `action` [B] under softmax(`logits`) [B, A]."""
     return F.log_softmax(logits, dim=-1).gather(1, action.long()[:, None]).squeeze(1)
+
+
+def sample_candidates(logits: torch.Tensor, n: int, data_action: torch.Tensor | None = None) -> torch.Tensor:
+    """Best-of-N's candidates: n actions per state drawn from pi = softmax(`logits`).
+
+    Distinct when n <= A, as Digi-Q samples them: drawn without replacement by the Gumbel-top-k
+    trick (the n largest of logits + Gumbel noise; Kool et al. 2019), so a peaked pi still offers
+    n different actions to rank. With replacement when n > A. With `data_action`, the data action
+    takes the first slot and n - 1 are sampled (Digi-Q's `actor_always_include_original_action`).
+
+    Args:
+        logits: [B, A] pi's logits (no gradient needed).
+        n: candidates per state, >= 1.
+        data_action: [B] the data's actions, or None.
+
+    Returns:
+        [B, n] action indices.
+    """
+    sampled = n - 1 if data_action is not None else n
+    actions = logits.shape[1]
+    if sampled <= actions:
+        gumbel = -torch.empty_like(logits).exponential_().log()
+        candidates = (logits + gumbel).topk(sampled, dim=1).indices
+    else:
+        candidates = torch.multinomial(logits.softmax(dim=1), sampled, replacement=True)
+    if data_action is not None:
+        candidates = torch.cat([data_action.long()[:, None], candidates], dim=1)
+    return candidates
 
 
 def best_of_n(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from learner.agents import acting_head
+from learner.acting import acting_head
 from learner.config import LearnerConfig
 from learner.networks import TanhGaussianActor, build_q_network
 from learner.spaces import ActionSpace

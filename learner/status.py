@@ -1,7 +1,8 @@
 """The learner's status hash in Redis, for `qfleet status` and the `qfleet train` driver.
 
     qfleet:{run}:learner:status   hash   updates, updates_per_second, weights_version, achieved_utd,
-                                         target_utd, loss, q_mean, device, host, pid, metrics,
+                                         target_utd, loss, q_mean, policy_loss, imitation_weight
+                                         (offline losses; "" otherwise), device, host, pid, metrics,
                                          checkpoint, updated_at; expires `ttl_s` after a report
     qfleet:{run}:learner:reached  hash   updates, weights_version: the latest reported, kept
                                          (REACHED_TTL_S) so a restarted learner knows what it lost;

@@ -5,7 +5,7 @@ Public surface:
     ShardedReplay, ShardedReplayConfig, ShardedInfo, ShardRegistry, live_shard_key,
     rendezvous_score, choose_shard, indexed_order (many shards as one); ReplaySource, ReplayStats
     (what a learner reads); Prefetcher, TorchBatch
-    (batches kept ready for a learner); MixedReplay, validate_fractions (fixed-fraction mixes);
+    (batches kept ready for a learner); MixedReplay, validate_fractions, split_counts (fixed-fraction mixes);
     keep_freed_memory (malloc settings for processes that move large batches); MAX_PRIORITY (the
     cap on stored priorities); ReplayCredentials, generate_credentials (a run's token and TLS
     certificate; TOKEN_ENV, CERT_ENV, KEY_ENV name the environment variables that hold them);
@@ -16,6 +16,7 @@ Public surface:
 """
 
 from replay import wire
+from replay.accounting import Reconciled, ShardAccounting, reconcile, writer_tag
 from replay.allocator import keep_freed_memory
 from replay.client import CheckpointResult, PriorityUpdateResult, ReplayClient, ReplayInfo, Sample
 from replay.codec import grpc_options
@@ -38,7 +39,7 @@ from replay.http_server import BoundedHTTPServer, HTTPLimits, start_metrics_serv
 from replay.limits import MAX_PRIORITY
 from replay.metrics import SERIES as METRIC_SERIES
 from replay.metrics import ShardedCollector
-from replay.mixing import MixedReplay, validate_fractions
+from replay.mixing import MixedReplay, split_counts, validate_fractions
 from replay.prefetch import Prefetcher, TorchBatch
 from replay.private_files import create_private_file, private_dir
 from replay.rate_limiter import RateLimiter
@@ -54,6 +55,10 @@ from replay.table import Table
 
 __all__ = [
     "CERT_ENV",
+    "Reconciled",
+    "ShardAccounting",
+    "reconcile",
+    "writer_tag",
     "KEY_ENV",
     "TOKEN_ENV",
     "MAX_PRIORITY",
@@ -110,5 +115,6 @@ __all__ = [
     "live_shard_key",
     "redact_url",
     "rendezvous_score",
+    "split_counts",
     "validate_fractions",
 ]

@@ -26,7 +26,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -220,6 +220,7 @@ class _PendingBatch:
     sequence: int
     items: int
     request: bytes
+    resent_from: tuple[tuple[int, int, int], ...] = ()
 
 
 class _InsertStream:
@@ -240,9 +241,10 @@ class _InsertStream:
         self._reader: threading.Thread | None = None
         self._writer_id = random.getrandbits(63)
         self._sequence = 0
+        self._acknowledged_items = 0  # of this stream id: what a receipt says if it is given up
         self._closing = False
 
-    def send(self, columns: dict[str, np.ndarray], timeout_ms: int) -> None:
+    def send(self, columns: dict[str, np.ndarray], timeout_ms: int, writer_tag: int, resent_from: tuple = ()) -> None:
         with self._cond:
             self._raise_error()
             while len(self._pending) >= self._client.max_in_flight and not self._errors:
@@ -250,10 +252,15 @@ class _InsertStream:
             self._raise_error()
             self._sequence += 1
             request = wire.encode_insert_request(
-                columns, writer_id=self._writer_id, sequence=self._sequence, timeout_ms=timeout_ms
+                columns,
+                writer_id=self._writer_id,
+                sequence=self._sequence,
+                timeout_ms=timeout_ms,
+                writer_tag=writer_tag,
+                resent_from=resent_from,
             )
             items = next(iter(columns.values())).shape[0] if columns else 0
-            self._pending.append(_PendingBatch(self._sequence, items, request))
+            self._pending.append(_PendingBatch(self._sequence, items, request, resent_from))
             if self._queue is not None:
                 self._queue.put(request)
             elif not self._reconnecting:
@@ -306,6 +313,9 @@ class _InsertStream:
                     batch = self._pending.popleft()
                     if response.code:
                         self._errors.append(self._batch_error(batch, response))
+                        self._acknowledged_items += response.inserted
+                    else:
+                        self._acknowledged_items += batch.items
                     self._cond.notify_all()
             error = None  # the shard ended the stream (its max age)
         except grpc.RpcError as err:
@@ -315,7 +325,7 @@ class _InsertStream:
             if self._closing:
                 if self._pending:  # closed under a waiting sender (its shard left): it sends them elsewhere
                     self._errors.append(self._stream_error(error))
-                    self._pending.clear()
+                    self._give_up()
                     self._cond.notify_all()
                 return
             self._queue = None
@@ -337,9 +347,15 @@ class _InsertStream:
                 return
         with self._cond:
             self._errors.append(self._stream_error(error))
-            self._pending.clear()
+            self._give_up()
             self._reconnecting = False
             self._cond.notify_all()
+
+    def _give_up(self) -> None:
+        """Drops the pending batches (their error hands them back) and starts a new stream id:
+        the shard's count for the old one stays what it stored of it (see replay/accounting.py)."""
+        self._pending.clear()
+        self._writer_id, self._sequence, self._acknowledged_items = random.getrandbits(63), 0, 0
 
     def _stream_error(self, error: grpc.RpcError | None) -> ReplayError:
         """The typed error of a failed stream (called holding the condition); None: ended unacknowledged."""
@@ -353,7 +369,13 @@ class _InsertStream:
         details = "the stream ended without an acknowledgement" if error is None else error.details()
         hint = _unavailable_hint(details, self._client.secure)
         message = f"replay shard {address} unavailable during {what}: {details}{hint}"
-        return ReplayUnavailableError(message, address=address, unacknowledged=unacknowledged)
+        return ReplayUnavailableError(
+            message,
+            address=address,
+            unacknowledged=unacknowledged,
+            abandoned=(self._writer_id, self._acknowledged_items) if self._pending else None,
+            resent_from=[receipt for b in self._pending for receipt in b.resent_from],
+        )
 
     def _batch_error(self, batch: _PendingBatch, response) -> ReplayError:
         text = f"insert batch #{batch.sequence} ({batch.items} items) to {self._client.address}: {response.message}"
@@ -461,7 +483,14 @@ class ReplayClient:
 
     # -- inserts ---------------------------------------------------------------------------------
 
-    def insert(self, batch: Mapping[str, np.ndarray], timeout: float | None = None) -> None:
+    def insert(
+        self,
+        batch: Mapping[str, np.ndarray],
+        timeout: float | None = None,
+        *,
+        writer_tag: int = 0,
+        resent_from: Sequence[tuple[int, int, int]] = (),
+    ) -> None:
         """Streams a batch (arrays with a leading batch dimension) to the shard; returns at once.
 
         Large batches are split into messages of at most `max_batch_mb`. An optional float64
@@ -470,6 +499,9 @@ class ReplayClient:
         Args:
             batch: column name -> array.
             timeout: seconds the batch may wait for the shard's rate limiter; None waits.
+            writer_tag: who writes (`replay.writer_tag`), counted per writer by shards with a ledger.
+            resent_from: receipts of streams given up on (ShardedReplay's failover); they ride
+                with the batch's first message.
 
         Raises:
             InvalidBatchError / DeadlineExceededError: for an *earlier* batch that the shard
@@ -482,8 +514,10 @@ class ReplayClient:
             if self._stream is None:
                 self._stream = _InsertStream(self)
             stream = self._stream
+        receipts = tuple(tuple(receipt) for receipt in resent_from)
         for piece in self._split(arrays):
-            stream.send(piece, timeout_ms)
+            stream.send(piece, timeout_ms, writer_tag, receipts)
+            receipts = ()
 
     def _split(self, arrays: dict[str, np.ndarray]):
         lengths = {a.shape[0] if a.ndim else -1 for a in arrays.values()}

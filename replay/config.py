@@ -112,7 +112,8 @@ class ReplayConfig:
     """A shard whose last heartbeat is older than this is taken as gone by clients."""
 
     mix: dict[str, float] | None = None
-    """Fractions of each learner batch by run, e.g. {online: 0.5, offline: 0.5} (RLPD); null: this run."""
+    """Fractions of each learner batch by source in a run with an offline dataset (`offline:`),
+    {offline: F, online: 1 - F}; null: RLPD's {offline: 0.5, online: 0.5} (online-only runs: null)."""
 
     @property
     def max_insert_streams(self) -> int:

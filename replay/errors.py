@@ -49,6 +49,10 @@ class ReplayUnavailableError(ReplayError, ConnectionError):
         address: the unreachable shard's address ("" when no single shard is meant).
         unacknowledged: insert batches (column name -> array) not known to be stored, for the
             caller to send again or count as lost; empty when the failed call was no insert.
+        abandoned: (stream id, items acknowledged on it) of the insert stream given up on, whose
+            unacknowledged batches the shard may have stored all the same; None: no stream.
+        resent_from: receipts (shard id, stream id, items acknowledged) that the unacknowledged
+            batches carried, to be carried again with them.
     """
 
     def __init__(
@@ -57,10 +61,14 @@ class ReplayUnavailableError(ReplayError, ConnectionError):
         *,
         address: str = "",
         unacknowledged: Sequence[Mapping[str, np.ndarray]] = (),
+        abandoned: tuple[int, int] | None = None,
+        resent_from: Sequence[tuple[int, int, int]] = (),
     ):
         super().__init__(message)
         self.address = address
         self.unacknowledged = list(unacknowledged)
+        self.abandoned = abandoned
+        self.resent_from = list(resent_from)
 
 
 class ReplayAuthenticationError(ReplayError, PermissionError):

@@ -1,11 +1,21 @@
-"""A shard's running count of acknowledged inserts, kept where a crash of its process cannot take
-it: a 16-byte file in its checkpoint directory, mapped into memory and updated before each insert
-is acknowledged. A restarted shard compares it with what its newest checkpoint holds and so knows
-exactly how many acknowledged transitions its crash lost (a heartbeat to Redis would miss the last
-second's inserts, and Redis may itself be away).
+"""A shard's record of what it stored, kept where a crash of its process cannot take it: a file in
+its checkpoint directory, mapped into memory and updated under the table's lock as each piece of a
+batch is written, before any reply acknowledges it. A restarted shard reads it to know:
+
+- exactly how many transitions its crash lost (everything recorded minus what the restored
+  checkpoint holds: the record and the table move under one lock, so a checkpoint never holds an
+  item the record lacks);
+- for each insert stream (a client's writer id), the last batch sequence stored and how much of
+  it, so a batch re-sent after a reconnect is never stored twice, even by a restarted process;
+- how many items each stream had stored in all, and which abandoned streams other shards were
+  told about (receipts): a batch a writer re-sends to another shard after giving up on this one
+  may have been stored here too, and `stored_twice` works out exactly how many items were.
 
 The page cache keeps a MAP_SHARED write when the process is killed (SIGKILL included); only a
 crash of the machine can lose the latest writes, and then the checkpoint is gone with it too.
+Every record is written in one of two copies, alternately, each with a version and a check word:
+a kill in the middle of a write leaves the other copy, one write older, which is what the shard
+had acknowledged (the piece being written had not been).
 """
 
 from __future__ import annotations
@@ -15,62 +25,239 @@ import os
 import pathlib
 import struct
 import threading
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from replay.private_files import private_dir
 
 LEDGER_NAME = "acknowledged-inserts"
 """The ledger's file name in the checkpoint directory."""
 
-_LAYOUT = struct.Struct("<QQ")
-"""inserts acknowledged (the table's counter), transitions lost to crashes so far."""
+STREAM_SLOTS = 2048
+"""Insert streams tracked one by one; later ones share slot 0 (counted, not de-duplicated)."""
+RECEIPT_SLOTS = 1024
+"""Receipts of abandoned streams kept (a writer gives up on a shard only when it fails)."""
+
+_MAGIC = b"QFLEDGR2"
+_OLD_LAYOUT = struct.Struct("<QQ")  # the first ledger: inserts acknowledged, transitions lost
+_HEADER = struct.Struct("<QQQ")  # version, lost_total, check
+_SLOT = struct.Struct("<QQQQQQQ")  # version, stream_id, writer_tag, items, last_sequence, last_done, check
+_RECEIPT = struct.Struct("<QQQQ")  # origin shard + 1, origin stream, items acknowledged on it, check
+_SEED = 0x5145_4C45_0000_0000
+_BODIES = {count: struct.Struct(f"<{count}Q") for count in range(1, 7)}
+_CHECK = struct.Struct("<Q")
+
+ALL = 1 << 62
+"""`stored(...)` of a batch the stream had moved past: every item of it is stored."""
+
+
+def _check(*values: int) -> int:
+    """A check word over a record's values: CRC-32 of their bytes, plus a constant so that an
+    all-zero record (never written) fails it. Fields are written in order and the check last, so
+    a torn write pairs new leading fields with an old check and fails it too."""
+    return zlib.crc32(_BODIES[len(values)].pack(*values)) + _SEED
+
+
+@dataclass
+class _Stream:
+    slot: int
+    version: int
+    stream_id: int
+    writer_tag: int
+    items: int
+    last_sequence: int
+    last_done: int
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A writer gave up on stream `stream_id` of shard `shard_id` after `acknowledged` items of it
+    were acknowledged, and re-sent the rest elsewhere."""
+
+    shard_id: int
+    stream_id: int
+    acknowledged: int
 
 
 class InsertLedger:
-    """The acknowledged-inserts count and the loss count of one shard id, in `directory`.
+    """The stored-items record of one shard id, in `directory`.
 
     Args:
         directory: the shard's checkpoint directory (created if missing).
+        stream_slots, receipt_slots: capacities (tests use small ones).
     """
 
-    def __init__(self, directory: pathlib.Path):
+    def __init__(self, directory: pathlib.Path, stream_slots: int = STREAM_SLOTS, receipt_slots: int = RECEIPT_SLOTS):
         private_dir(directory)  # owner-only, like the checkpoints beside it
+        self._slots, self._receipt_slots = stream_slots, receipt_slots
+        self._slots_at = len(_MAGIC) + 2 * _HEADER.size
+        self._receipts_at = self._slots_at + 2 * stream_slots * _SLOT.size
+        size = self._receipts_at + receipt_slots * _RECEIPT.size
         path = directory / LEDGER_NAME
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            self.found = os.fstat(fd).st_size == _LAYOUT.size
+            found_size = os.fstat(fd).st_size
+            old = b""
+            if found_size == _OLD_LAYOUT.size:
+                old = os.pread(fd, _OLD_LAYOUT.size, 0)
+            elif found_size not in (0, size):
+                raise ValueError(f"{path}: {found_size} bytes, not an insert ledger of this layout ({size} bytes)")
+            self.found = found_size > 0
             """Whether an earlier process of this shard id left a ledger."""
-            if not self.found:
-                os.ftruncate(fd, _LAYOUT.size)
-            self._map = mmap.mmap(fd, _LAYOUT.size)
+            if found_size != size:
+                os.ftruncate(fd, 0)
+                os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
         finally:
             os.close(fd)
-        self.previous_inserts, self.previous_lost = _LAYOUT.unpack_from(self._map) if self.found else (0, 0)
-        """What the previous process had acknowledged and counted lost (0 for a new ledger)."""
         self._lock = threading.Lock()
-        self._inserts = 0
+        self._streams: dict[int, _Stream] = {}
+        self._receipts: list[Receipt] = []
+        self._header_version = 0
+        self._next_slot: int | None = None  # found on the first new stream
+        self.previous_lost = 0
+        """What the previous processes had counted lost (0 for a new ledger)."""
+        if old:
+            self._convert(*_OLD_LAYOUT.unpack(old))
+        elif self.found and self._map[: len(_MAGIC)] == _MAGIC:
+            self._load()
+        else:
+            self._map[: len(_MAGIC)] = _MAGIC
+        if 0 not in self._streams:
+            self._streams[0] = _Stream(0, 0, 0, 0, 0, 0, 0)
+        self.recorded_at_start = sum(stream.items for stream in self._streams.values())
+        """Items the previous processes had stored (lost ones included)."""
         self._lost = self.previous_lost
 
+    # -- start -----------------------------------------------------------------------------------
+
+    @property
+    def previous_inserts(self) -> int:
+        """The table's insert counter when the previous process stopped (or died)."""
+        return self.recorded_at_start - self.previous_lost
+
     def start(self, restored_inserts: int) -> int:
-        """Starts counting from the restored checkpoint's inserts; returns the transitions the
-        previous process acknowledged after that checkpoint (lost), now added to `lost_total`."""
-        lost = max(0, self.previous_inserts - restored_inserts) if self.found else 0
+        """Starts from the restored checkpoint's inserts; returns the items the previous process
+        stored after that checkpoint (lost), now added to `lost_total`."""
+        lost = max(0, self.previous_inserts - restored_inserts)
         with self._lock:
-            self._inserts, self._lost = restored_inserts, self.previous_lost + lost
-            _LAYOUT.pack_into(self._map, 0, self._inserts, self._lost)
+            self._lost = self.previous_lost + lost
+            self._write_header()
         return lost
 
     @property
     def lost_total(self) -> int:
         return self._lost
 
-    def acknowledge(self, inserts: int) -> None:
-        """Records the table's insert counter before a reply acknowledges the batch."""
+    # -- the insert path (under the table's lock) ------------------------------------------------
+
+    def stored(self, stream_id: int, sequence: int) -> int:
+        """Items of batch `sequence` of `stream_id` stored already: 0 for a new batch, `ALL` for
+        one the stream has moved past, else the part a cut-short insert got in."""
+        stream = self._streams.get(stream_id) if sequence else None
+        if stream is None or sequence > stream.last_sequence:
+            return 0
+        return stream.last_done if sequence == stream.last_sequence else ALL
+
+    def wrote(self, stream_id: int, writer_tag: int, sequence: int, count: int) -> None:
+        """Records `count` items of batch `sequence` of `stream_id` as written to the table."""
         with self._lock:
-            if inserts > self._inserts:
-                self._inserts = inserts
-                _LAYOUT.pack_into(self._map, 0, inserts, self._lost)
+            stream = self._streams.get(stream_id if sequence else 0)
+            if stream is None:
+                stream = self._new_stream(stream_id, writer_tag)
+            if stream.slot:
+                stream.last_done = stream.last_done + count if sequence == stream.last_sequence else count
+                stream.last_sequence = sequence
+            stream.items += count
+            stream.version = version = stream.version + 1
+            body = _BODIES[6].pack(
+                version, stream.stream_id, stream.writer_tag, stream.items, stream.last_sequence, stream.last_done
+            )
+            offset = self._slots_at + (2 * stream.slot + version % 2) * _SLOT.size
+            self._map[offset : offset + 48] = body  # then its check word (`_check`), last
+            _CHECK.pack_into(self._map, offset + 48, zlib.crc32(body) + _SEED)
+
+    def _new_stream(self, stream_id: int, writer_tag: int) -> _Stream:
+        # After every slot used so far (a slot whose first write was torn stays unused: no gap
+        # is filled, so no stream overwrites another's record).
+        slot = max(stream.slot for stream in self._streams.values()) + 1 if self._next_slot is None else self._next_slot
+        if slot >= self._slots:
+            return self._streams[0]  # full: counted together, no de-duplication
+        self._next_slot = slot + 1
+        stream = _Stream(slot, 0, stream_id, writer_tag, 0, 0, 0)
+        self._streams[stream_id] = stream
+        return stream
+
+    # -- receipts --------------------------------------------------------------------------------
+
+    def receive(self, receipts: Iterable[Receipt]) -> None:
+        """Keeps receipts of streams other shards' writers gave up on (each once)."""
+        with self._lock:
+            for receipt in receipts:
+                if receipt in self._receipts or len(self._receipts) >= self._receipt_slots:
+                    continue
+                values = (receipt.shard_id + 1, receipt.stream_id, receipt.acknowledged)
+                offset = self._receipts_at + len(self._receipts) * _RECEIPT.size
+                _RECEIPT.pack_into(self._map, offset, *values, _check(*values))
+                self._receipts.append(receipt)
+
+    def receipts(self) -> list[Receipt]:
+        with self._lock:
+            return list(self._receipts)
+
+    def stream_items(self) -> dict[int, tuple[int, int]]:
+        """stream id -> (writer tag, items stored from it), over every process of this shard id."""
+        with self._lock:
+            return {s.stream_id: (s.writer_tag, s.items) for s in self._streams.values() if s.slot}
 
     def close(self) -> None:
         with self._lock:
             if not self._map.closed:
                 self._map.close()
+
+    # -- the file --------------------------------------------------------------------------------
+
+    def _write_header(self) -> None:
+        self._header_version += 1
+        version = self._header_version
+        offset = len(_MAGIC) + (version % 2) * _HEADER.size
+        _HEADER.pack_into(self._map, offset, version, self._lost, _check(version, self._lost))
+
+    def _load(self) -> None:
+        best = _newest(_HEADER, self._map, len(_MAGIC), 2)
+        if best is not None:
+            self._header_version, self.previous_lost = best[0], best[1]
+        for slot in range(self._slots):
+            values = _newest(_SLOT, self._map, self._slots_at + 2 * slot * _SLOT.size, 2)
+            if values is None:
+                continue
+            version, stream_id, tag, items, last_sequence, last_done = values[:6]
+            self._streams[stream_id if slot else 0] = _Stream(
+                slot, version, stream_id, tag, items, last_sequence, last_done
+            )
+        for index in range(self._receipt_slots):
+            values = _RECEIPT.unpack_from(self._map, self._receipts_at + index * _RECEIPT.size)
+            if values[-1] != _check(*values[:-1]) or not values[0]:
+                break
+            self._receipts.append(Receipt(values[0] - 1, values[1], values[2]))
+
+    def _convert(self, inserts: int, lost: int) -> None:
+        """From the first ledger (two counters): every item it counted goes to slot 0."""
+        self._map[: len(_MAGIC)] = _MAGIC
+        self.previous_lost = lost
+        self._streams[0] = _Stream(0, 0, 0, 0, 0, 0, 0)
+        self._lost = lost
+        self._write_header()
+        if inserts + lost:
+            self.wrote(0, 0, 0, inserts + lost)
+
+
+def _newest(layout: struct.Struct, buffer, offset: int, copies: int) -> tuple | None:
+    """The valid copy with the highest version among `copies` records at `offset` (None: none)."""
+    best = None
+    for copy in range(copies):
+        values = layout.unpack_from(buffer, offset + copy * layout.size)
+        if values[0] and values[-1] == _check(*values[:-1]) and (best is None or values[0] > best[0]):
+            best = values
+    return best

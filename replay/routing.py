@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from replay.accounting import writer_tag
 from replay.errors import ReplayUnavailableError
 from replay.membership import Membership, ShardHandle
 
@@ -56,6 +57,9 @@ class ShardWriter:
         self._membership = membership
         self._lock = threading.Lock()
         self._used: set[int] = set()  # shards written to, to flush
+        self.writer_tag = writer_tag(writer_id)
+        """What its inserts carry on every shard (per-writer counts in the shards' ledgers)."""
+        self._receipts: list[tuple[int, int, int]] = []  # of streams given up on, for the next batch
 
     def _shard(self, deadline: float) -> ShardHandle | None:
         """This writer's live shard. While none is live, looks again with backoff until
@@ -101,15 +105,28 @@ class ShardWriter:
                 raise ReplayUnavailableError(f"no live replay shard ({where})", unacknowledged=batches)
             with self._lock:
                 self._used.add(shard.shard_id)
+                receipts, self._receipts = self._receipts, []
             sent = 0
             try:
                 for batch in batches:
-                    shard.client.insert(batch, timeout)
+                    shard.client.insert(batch, timeout, writer_tag=self.writer_tag, resent_from=receipts)
+                    receipts = []
                     sent += 1
                 return
             except ReplayUnavailableError as exc:
                 self._membership.mark_failed(shard, exc)
+                self._keep_receipts(shard, exc, receipts)
                 batches = exc.unacknowledged + list(batches[sent:])
+
+    def _keep_receipts(self, shard: ShardHandle, exc: ReplayUnavailableError, unsent: list) -> None:
+        """The receipts the next batch carries: the stream given up on (its shard may have stored
+        some of the batches re-sent now: replay/accounting.py), and those that had not arrived
+        anywhere yet (a repeat is harmless: receipts are counted once)."""
+        receipts = [*unsent, *exc.resent_from]
+        if exc.abandoned is not None:
+            receipts.append((shard.shard_id, *exc.abandoned))
+        with self._lock:
+            self._receipts.extend(tuple(r) for r in receipts if tuple(r) not in self._receipts)
 
     def flush(self, timeout: float | None) -> None:
         """Waits until every batch sent is acknowledged, re-sending after failovers."""
@@ -125,6 +142,7 @@ class ShardWriter:
                     shard.client.flush(remaining)
                 except ReplayUnavailableError as exc:
                     self._membership.mark_failed(shard, exc)
+                    self._keep_receipts(shard, exc, [])
                     resend.extend(exc.unacknowledged)
             if not resend:
                 return

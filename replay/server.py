@@ -23,6 +23,7 @@ import redis
 from replay import checkpoint as ckpt
 from replay import codec, wire
 from replay._proto import replay_pb2, replay_pb2_grpc
+from replay.accounting import ShardAccounting
 from replay.admission import Slots, StreamWatch
 from replay.allocator import keep_freed_memory
 from replay.auth import TokenInterceptor
@@ -31,7 +32,7 @@ from replay.config import ReplayConfig
 from replay.credentials import ReplayCredentials
 from replay.errors import DeadlineExceededError, InvalidBatchError, RequestCancelledError, TableClosedError
 from replay.http_server import start_metrics_server
-from replay.insert_ledger import InsertLedger
+from replay.insert_ledger import InsertLedger, Receipt
 from replay.limits import SHARD_BUSY, check_priority_update, check_sample_request
 from replay.metrics import ReplayMetrics
 from replay.rate_limiter import RateLimiter
@@ -141,6 +142,21 @@ def _stop_at_exit(server: ReplayServer) -> None:
     _running_servers.add(server)
 
 
+class _LedgerProgress:
+    """One batch's insert as the shard's ledger sees it (see `Table.insert`'s `progress`)."""
+
+    __slots__ = ("_ledger", "_stream_id", "_writer_tag", "_sequence")
+
+    def __init__(self, ledger: InsertLedger, stream_id: int, writer_tag: int, sequence: int):
+        self._ledger, self._stream_id, self._writer_tag, self._sequence = ledger, stream_id, writer_tag, sequence
+
+    def stored(self) -> int:
+        return self._ledger.stored(self._stream_id, self._sequence)
+
+    def wrote(self, count: int) -> None:
+        self._ledger.wrote(self._stream_id, self._writer_tag, self._sequence, count)
+
+
 class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
     def __init__(self, server: ReplayServer, streams: StreamWatch):
         config = server.config
@@ -190,12 +206,18 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
             code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
             return replay_pb2.InsertResponse(code=code, message=str(exc))
         response = replay_pb2.InsertResponse(sequence=request.sequence)
-        if request.sequence and self._writers.seen(request.writer_id, request.sequence):
+        ledger = self._server.ledger
+        progress = None
+        if ledger is not None:  # it de-duplicates, across restarts too
+            if request.resent_from:
+                ledger.receive(Receipt(*receipt) for receipt in request.resent_from)
+            progress = _LedgerProgress(ledger, request.writer_id, request.writer_tag, request.sequence)
+        elif request.sequence and self._writers.seen(request.writer_id, request.sequence):
             return response  # a re-sent batch after a reconnect: it is in the table already
         try:
             arrays = request.columns(self._columns)
             timeout = request.timeout_ms / 1000.0 if request.timeout_ms else None
-            response.inserted = self._table.insert(arrays, timeout=timeout, cancelled=cancelled)
+            response.inserted = self._table.insert(arrays, timeout=timeout, cancelled=cancelled, progress=progress)
         except InvalidBatchError as exc:
             self._server.count_rejected()
             response.code, response.message = grpc.StatusCode.INVALID_ARGUMENT.value[0], str(exc)
@@ -204,9 +226,8 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
             response.inserted = exc.inserted
         except (TableClosedError, RequestCancelledError) as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        if request.sequence:
+        if request.sequence and ledger is None:
             self._writers.record(request.writer_id, request.sequence)
-        self._server.acknowledge_inserts()
         return response
 
     def Sample(self, request, context):
@@ -511,11 +532,16 @@ class ReplayServer:
         self.metrics.checkpoints.inc()
         return path, sequence, counters["size"]
 
-    def acknowledge_inserts(self) -> None:
-        """Before an insert's reply: the ledger holds what the shard acknowledged (exact loss
-        counts if this process dies)."""
-        if self._ledger is not None:
-            self._ledger.acknowledge(self.table.inserts)
+    @property
+    def ledger(self) -> InsertLedger | None:
+        """The record of what this shard id stored (with a checkpoint_dir; else None)."""
+        return self._ledger
+
+    def accounting(self) -> ShardAccounting:
+        """What the ledger says of each insert stream and of streams writers gave up on."""
+        if self._ledger is None:
+            return ShardAccounting(self.config.shard_id, {}, [])
+        return ShardAccounting(self.config.shard_id, self._ledger.stream_items(), self._ledger.receipts())
 
     def _start_ledger(self, directory: pathlib.Path) -> None:
         """Counts what the previous process of this shard id acknowledged after the restored checkpoint."""

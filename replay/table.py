@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -56,6 +57,18 @@ class TableInfo:
     insert_wait_seconds: float
     sample_wait_seconds: float
     delivered_samples: int
+
+
+class InsertProgress(Protocol):
+    """What a table's insert of one batch tells and is told (the shard's insert ledger)."""
+
+    def stored(self) -> int:
+        """Items of this batch stored already (leading ones); called under the table's lock."""
+        ...
+
+    def wrote(self, count: int) -> None:
+        """`count` more items of this batch were written; called under the table's lock."""
+        ...
 
 
 class Table:
@@ -111,14 +124,20 @@ class Table:
     # -- writes ----------------------------------------------------------------------------------
 
     def insert(
-        self, batch: Mapping[str, np.ndarray], timeout: float | None = None, cancelled: threading.Event | None = None
+        self,
+        batch: Mapping[str, np.ndarray],
+        timeout: float | None = None,
+        cancelled: threading.Event | None = None,
+        progress: InsertProgress | None = None,
     ) -> int:
-        """Validates and inserts a batch; returns the number of items inserted.
+        """Validates and inserts a batch; returns the number of items this call wrote.
 
         The whole batch is validated before anything is written. The rate limiter may admit it in
         pieces; if `timeout` (seconds) passes first, DeadlineExceededError is raised and its
         `inserted` field says how many items made it in. Once `cancelled` is set, a wait ends
-        with RequestCancelledError (within `CANCEL_POLL_S`).
+        with RequestCancelledError (within `CANCEL_POLL_S`). With `progress`, the items it says
+        are stored already are skipped (a re-sent batch), and each piece written is reported to
+        it under the table's lock, so that a checkpoint never holds an item it was not told of.
 
         Raises:
             InvalidBatchError: the batch does not match the spec (nothing inserted).
@@ -128,9 +147,13 @@ class Table:
         length = self.spec.validate(batch)
         priorities = batch.get(PRIORITY_COLUMN)
         deadline = None if timeout is None else time.monotonic() + timeout
-        done = 0
+        done = written = 0
         with self._cond:
-            while done < length:
+            while True:
+                if progress is not None:  # another call of the same batch may have written some
+                    done = min(length, max(done, progress.stored()))
+                if done >= length:
+                    return written
                 admitted = self._wait(
                     lambda wanted=length - done: self.limiter.insertable(wanted, self._inserts, self._paced_samples),
                     deadline,
@@ -144,10 +167,17 @@ class Table:
                         f"(diff={diff:.1f}, max_diff={self.limiter.max_diff})",
                         inserted=done,
                     )
+                if progress is not None:  # the wait let other calls in
+                    done = min(length, max(done, progress.stored()))
+                    admitted = min(admitted, length - done)
+                    if not admitted:
+                        continue
                 self._write(batch, priorities, done, done + admitted)
+                if progress is not None:
+                    progress.wrote(admitted)
                 done += admitted
+                written += admitted
                 self._cond.notify_all()
-        return length
 
     def _write(self, batch: Mapping[str, np.ndarray], priorities: np.ndarray | None, start: int, stop: int) -> None:
         count = stop - start

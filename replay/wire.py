@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +30,8 @@ from replay.sample import Sample
 
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 _MAX_RESPONSE_COLUMNS = 4096  # columns a client reads from a SampleResponse (the shard's spec)
+MAX_RESENT_FROM = 64
+"""Receipts of abandoned streams one InsertRequest may carry (the rest are ignored)."""
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -137,14 +139,29 @@ def encode_sample_response(
 
 
 def encode_insert_request(
-    columns: Mapping[str, np.ndarray], *, writer_id: int, sequence: int, timeout_ms: int
+    columns: Mapping[str, np.ndarray],
+    *,
+    writer_id: int,
+    sequence: int,
+    timeout_ms: int,
+    writer_tag: int = 0,
+    resent_from: Sequence[tuple[int, int, int]] = (),
 ) -> bytes:
-    """A serialized `InsertRequest` (field numbers as in replay.proto)."""
+    """A serialized `InsertRequest` (field numbers as in replay.proto).
+
+    Args:
+        writer_tag: who writes, the same on every shard (0: not said).
+        resent_from: (shard id, stream id, items acknowledged on it) of streams the writer gave
+            up on, whose unacknowledged batches it now sends here.
+    """
     out = _Writer()
     out.batch(1, columns)
     out.varint(2, writer_id)
     out.varint(3, sequence)
     out.varint(4, timeout_ms)
+    out.varint(5, writer_tag)
+    if resent_from:
+        out.blob(6, b"".join(_varint(value) for receipt in resent_from for value in receipt))
     return out.tobytes()
 
 
@@ -291,6 +308,9 @@ class InsertRequestView:
     timeout_ms: int
     raw: bytes
     batch_span: tuple[int, int] | None
+    writer_tag: int = 0
+    resent_from: tuple[tuple[int, int, int], ...] = ()
+    """(shard id, stream id, items acknowledged on it) of streams given up on (see the encoder)."""
 
     def columns(self, allowed: Collection[str] | None = None) -> dict[str, np.ndarray]:
         """The batch's columns as read-only views of the received bytes.
@@ -313,11 +333,18 @@ def decode_insert_request(raw: bytes) -> InsertRequestView:
     Raises:
         InvalidBatchError: the bytes are not a well-formed message.
     """
-    scalars = {2: 0, 3: 0, 4: 0}
+    scalars = {2: 0, 3: 0, 4: 0, 5: 0}
     span = None
-    for field, wire_type, value in _fields(raw, 0, len(raw), "InsertRequest", 4):
+    resent: list[int] = []
+    for field, wire_type, value in _fields(raw, 0, len(raw), "InsertRequest", 6):
         if field == 1 and wire_type == _LEN:
             span = value
         elif field in scalars and wire_type == _VARINT:
             scalars[field] = value
-    return InsertRequestView(scalars[2], scalars[3], scalars[4], raw, span)
+        elif field == 6 and wire_type == _LEN:
+            pos, stop = value
+            while pos < stop and len(resent) < 3 * MAX_RESENT_FROM:
+                number, pos = _read_varint(raw, pos, stop, "InsertRequest resent_from")
+                resent.append(number)
+    triples = tuple(tuple(resent[i : i + 3]) for i in range(0, len(resent) - len(resent) % 3, 3))
+    return InsertRequestView(scalars[2], scalars[3], scalars[4], raw, span, scalars[5], triples)

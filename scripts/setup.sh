@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up of a fresh machine: system packages (redis-server, prometheus, docker-compose) when absent,
+# Idempotent set-up of a fresh machine: system packages (redis-server, prometheus, docker-compose,
+# chromium, chromium-driver) when absent,
 # a .venv virtualenv in the checkout with torch (CPU wheel first), the pinned requirements and
 # qfleet itself (editable). Re-running does only what is missing.
 set -euo pipefail
@@ -12,6 +13,9 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 # docker-compose: only `docker-compose config -q` in the tests (deploy files); no Docker engine needed.
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+# MiniWoB browser envs (actors/browser.py): headless Chromium and the matching ChromeDriver.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"

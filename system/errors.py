@@ -56,3 +56,28 @@ class DatasetError(ValueError):
         self.dataset = dataset
         self.field = field
         self.reason = reason
+
+
+class ShardFillError(DatasetError):
+    """Filling offline shards failed part-way: some shards hold part of the dataset.
+
+    The shards cannot be topped up (`fill_shards` refuses shards that hold data, and a second
+    fill would duplicate what is there): stop them and start fresh ones.
+
+    Attributes:
+        shard: the address of the shard whose insert or flush failed.
+        sent: transitions handed to the shards (all of them) when the failure was reported; inserts
+            stream, so the failing shard may have refused some of those.
+        total: transitions the fill was to insert.
+    """
+
+    def __init__(self, dataset: str, shard: str, sent: int, total: int, cause: str):
+        super().__init__(
+            dataset,
+            "shards",
+            f"filling failed at shard {shard} with {sent:,} of {total:,} transitions sent ({cause}); the offline "
+            "shards now hold part of the dataset: stop them and fill fresh ones",
+        )
+        self.shard = shard
+        self.sent = sent
+        self.total = total

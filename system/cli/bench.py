@@ -1,4 +1,4 @@
-"""`qfleet bench replay|sharded|learner|actors|weights`: the benchmarks behind docs/benchmarks.md."""
+"""`qfleet bench replay|sharded|learner|actors|weights|dataset|ui-env`: the benchmarks behind docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -114,6 +114,37 @@ def add_parser(commands) -> None:
     )
     weights.add_argument("--repeats", type=int, default=20, help="publishes per case (default: 20)")
     weights.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
+    dataset = subcommands.add_parser(
+        "dataset",
+        help="loading an offline dataset into shards: read+validate, n-step, insert",
+        description=(
+            "Writes a CartPole-shaped dataset of --steps steps (episodes of 100 to 400 steps: `even`; or one "
+            "episode of half the steps and the rest: `uneven`) to a temporary folder, then times loading it "
+            "into fresh in-process offline shards: read and validate, n-step transitions, insert. Prints a "
+            "Markdown table."
+        ),
+    )
+    dataset.add_argument("--steps", type=int, default=1_000_000, help="steps in the dataset (default: 1000000)")
+    dataset.add_argument(
+        "--shape", action="append", choices=["even", "uneven"], help="run this shape only (repeatable; default: both)"
+    )
+    dataset.add_argument("--shards", type=int, default=2, help="offline shards (default: 2)")
+    dataset.add_argument("--n-step", type=int, default=3, help="n of the n-step transitions (default: 3)")
+    dataset.add_argument("--repeats", type=int, default=1, help="loads per shape; the median is reported (default: 1)")
+    dataset.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
+    ui_env = subcommands.add_parser(
+        "ui-env",
+        help="MiniWoB in headless Chromium: env steps/s per browser and per actor",
+        description=(
+            "Steps one env vector of B MiniWoB browsers (as an env actor steps them, one after another) with "
+            "uniformly random UI actions for --seconds, for each B of --browsers, and reports steps/s per actor "
+            "and per browser, episodes/s and the launch time per browser. Prints a Markdown table."
+        ),
+    )
+    ui_env.add_argument("--task", default="click-button", help="MiniWoB task or env id (default: click-button)")
+    ui_env.add_argument("--browsers", default="1,4", help="comma-separated browsers per actor (default: 1,4)")
+    ui_env.add_argument("--seconds", type=float, default=20.0, help="stepping time per case (default: 20)")
+    ui_env.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,12 +160,26 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError(f"--shards {args.shards!r}: expected comma-separated integers") from None
         return run_sharded_bench(args.seconds, args.repeats, counts, args.output)
+    if args.bench_command == "dataset":
+        from system.bench.dataset import run_dataset_bench
+
+        if args.steps < 2 or args.shards < 1 or args.n_step < 1 or args.repeats < 1:
+            raise ConfigError("--steps must be >= 2, --shards, --n-step and --repeats >= 1")
+        shapes = args.shape or ["even", "uneven"]
+        return run_dataset_bench(args.steps, shapes, args.shards, args.n_step, args.repeats, args.output)
     if args.bench_command == "learner":
         from system.bench.learner import run_learner_bench
 
         return run_learner_bench(args.seconds, args.repeats, args.device, args.output, args.case, args.security)
     if args.bench_command == "weights":
         return _run_weights(args)
+    if args.bench_command == "ui-env":
+        from system.bench.ui_env import run_ui_env_bench
+
+        counts = _numbers("--browsers", args.browsers, int)
+        if args.seconds <= 0:
+            raise ConfigError(f"--seconds {args.seconds}: must be > 0")
+        return run_ui_env_bench(args.task, counts, args.seconds, args.output)
     from system.bench.actors import run_actors_bench
 
     return run_actors_bench(args.seconds, args.repeats, args.env, args.num_envs, args.output)

@@ -15,8 +15,9 @@ def add_parser(commands) -> None:
         NAME,
         help="list datasets, or describe one",
         description=(
-            "`list`: every Minari dataset under the datasets folder (id, episodes, steps, env). `info DATASET`: "
-            "a dataset (by id, or its folder): episodes, steps, spaces, return statistics, and how qfleet "
+            "`list`: every Minari dataset under the datasets folder (id, episodes, steps, env; from each one's "
+            "metadata.json, an unreadable one listed with the reason). `info DATASET`: a dataset (by id, or "
+            "its folder as an absolute path or ./PATH): episodes, steps, spaces, return statistics, and how qfleet "
             "recorded it (policy, checkpoint, epsilon, policy versions). Reads JSON and Arrow files only."
         ),
     )
@@ -24,26 +25,30 @@ def add_parser(commands) -> None:
     listing = actions.add_parser("list", help="the datasets under the datasets folder")
     datasets_dir_option(listing)
     info = actions.add_parser("info", help="one dataset's summary")
-    info.add_argument("dataset", metavar="DATASET", help="dataset id under the datasets folder, or a dataset folder")
+    info.add_argument(
+        "dataset",
+        metavar="DATASET",
+        help="dataset id under the datasets folder, or a dataset folder (absolute, or ./PATH)",
+    )
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     datasets_dir_option(info)
 
 
 def run(args: argparse.Namespace) -> int:
-    from system.datasets import dataset_info, datasets_dir, list_datasets
+    from system.datasets import dataset_info, dataset_listing, datasets_dir
 
     if args.action == "list":
-        found = list_datasets(args.datasets_dir)
+        found = dataset_listing(args.datasets_dir)
         root = datasets_dir(args.datasets_dir)
         if not found:
             print(f"no datasets in {root}")
             return 0
         print(f"{len(found)} dataset(s) in {root}")
-        for dataset_id, data in found:
-            summary = dataset_info(str(data.parent), returns=False)
-            print(
-                f"  {dataset_id:40s} {summary.episodes:>8,} episodes {summary.steps:>11,} steps  {summary.env_id or ''}"
-            )
+        for entry in found:
+            if entry.unreadable:
+                print(f"  {entry.dataset:40s} unreadable: {entry.unreadable}")
+                continue
+            print(f"  {entry.dataset:40s} {entry.episodes:>8,} episodes {entry.steps:>11,} steps  {entry.env_id or ''}")
         return 0
     summary = dataset_info(args.dataset, args.datasets_dir)
     if args.json:

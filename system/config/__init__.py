@@ -1,28 +1,45 @@
 """A run's configuration: one frozen dataclass section per package, loaded from YAML and `--set`.
 
 `RunConfig` composes the packages' sections (`env`, `actors`, `replay`, `learner`) with the
-roof's own (`train`, `redis`, `ray`); `dataclass_args` turns any config dataclass into YAML
+roof's own (`train`, `redis`, `ray`, `offline`); `dataclass_args` turns any config dataclass into YAML
 sections, `--set` keys and `--help` text from its field docstrings; `env_spaces` checks the env.
 """
 
-from system.config.dataclass_args import add_arguments, build, describe, field_docs
+from system.config.dataclass_args import add_arguments, build, describe, field_docs, from_arguments
 from system.config.env import env_spaces
+from system.config.offline import (
+    DEFAULT_MIX,
+    OFFLINE,
+    ONLINE,
+    OfflineConfig,
+    batch_mix,
+    offline_run_name,
+    online_batch_items,
+)
 from system.config.run import RunConfig, load_config, parse_override, to_yaml
 from system.config.sections import RayConfig, RedisConfig, TrainConfig
 from system.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_MIX",
+    "OFFLINE",
+    "ONLINE",
     "ConfigError",
+    "OfflineConfig",
     "RayConfig",
     "RedisConfig",
     "RunConfig",
     "TrainConfig",
     "add_arguments",
+    "batch_mix",
     "build",
     "describe",
     "env_spaces",
     "field_docs",
+    "from_arguments",
     "load_config",
+    "offline_run_name",
+    "online_batch_items",
     "parse_override",
     "to_yaml",
 ]

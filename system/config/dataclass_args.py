@@ -230,19 +230,26 @@ def as_mapping(config: Any) -> dict[str, Any]:
     return out
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, dest_prefix: str, skip: tuple[str, ...] = ()) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    dest_prefix: str,
+    skip: tuple[str, ...] = (),
+    title: str | None = None,
+) -> None:
     """Adds `--field-name` options for each field of `cls` (and of its flat groups, by their flat
-    keys), with help from its docstrings.
+    keys), with help from its docstrings, under the heading `title`.
 
-    Values stay None unless given, so they override the config file only when set.
+    Values stay None unless given, so they override the config file only when set (or, read back
+    with `from_arguments`, leave the field's default).
     """
-    group = parser.add_argument_group(f"{dest_prefix} options (override the config file)")
+    group = parser.add_argument_group(title or f"{dest_prefix} options (override the config file)")
     for key, tp, default, doc in _flat_fields(cls):
         if key in skip:
             continue
         inner, _ = _unwrap_optional(tp)
-        shown = None if default is dataclasses.MISSING else default
-        help_text = f"{doc} (default: {shown})".replace("%", "%%")
+        shown = "(required)" if default is dataclasses.MISSING else f"(default: {default})"
+        help_text = f"{doc} {shown}".replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": f"{dest_prefix}.{key}", "default": None, "help": help_text}
         if typing.get_origin(inner) in (dict, list) or dataclasses.is_dataclass(inner):
             continue  # set in the YAML file or with --set section.key='{a: 1}' / section.sub.key=v
@@ -251,6 +258,36 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, dest_prefix: str, 
         else:
             kwargs["metavar"] = {int: "INT", float: "FLOAT", bool: "BOOL"}.get(inner, "TEXT")
         group.add_argument(f"--{key.replace('_', '-')}", **kwargs)
+
+
+def option_name(field: str) -> str:
+    """The command-line option of a field: `num_actors` -> `--num-actors`."""
+    return f"--{field.replace('_', '-')}"
+
+
+def from_arguments(args: argparse.Namespace, cls: type, dest_prefix: str) -> Any:
+    """Builds `cls` (no flat groups) from the options `add_arguments` added, a field's default
+    where its option was not given; every error names the option (`--epsilon: ...`).
+
+    Raises:
+        ConfigError: a required option missing, a value of the wrong type, or one `cls` refuses.
+    """
+    hints = _resolved_types(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f"{dest_prefix}.{f.name}", None)
+        if value is not None:
+            kwargs[f.name] = coerce(value, hints[f.name], option_name(f.name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{option_name(f.name)}: required")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        text = str(exc)
+        field = text.split("=", 1)[0] if "=" in text.split(":", 1)[0] else ""
+        if field in hints:  # the dataclasses' own checks say `name=value: why`
+            raise ConfigError(f"{option_name(field)}{text[len(field) :]}") from None
+        raise ConfigError(text) from None
 
 
 def _flat_fields(cls: type) -> list[tuple[str, Any, Any, str]]:

@@ -19,6 +19,7 @@ from actors import ActorsConfig, EnvConfig
 from learner import LearnerConfig
 from replay import ReplayConfig, redact_url
 from system.config.dataclass_args import as_mapping, build, flatten
+from system.config.offline import OfflineConfig
 from system.config.sections import RayConfig, RedisConfig, TrainConfig
 from system.errors import ConfigError
 
@@ -47,6 +48,9 @@ class RunConfig:
 
     ray: RayConfig = field(default_factory=RayConfig)
     """The Ray cluster (the `ray` section)."""
+
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
+    """A dataset learned from first, then mixed into online batches (the `offline` section)."""
 
 
 SECTIONS: dict[str, type] = typing.get_type_hints(RunConfig)

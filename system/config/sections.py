@@ -44,6 +44,11 @@ class TrainConfig:
     silent_after_s: float = 30.0
     """A shard that answers no call for this long is hung: the driver has Ray restart it."""
 
+    restart_grace_s: float = 120.0
+    """A shard coming back from a restart is hung only when it has not answered for this long
+    (starting a process and restoring a checkpoint can take much longer than silent_after_s on a
+    busy host); once it has answered, silent_after_s applies again."""
+
     eval_every_steps: int = 10_000
     """Env steps between greedy evaluations of the latest weights (0: only at the end)."""
 
@@ -95,6 +100,8 @@ class TrainConfig:
             bad("failure_window_s", "must be > 0")
         if not self.silent_after_s > 0:
             bad("silent_after_s", "must be > 0")
+        if not self.restart_grace_s > 0:
+            bad("restart_grace_s", "must be > 0")
         if self.eval_every_steps < 0:
             bad("eval_every_steps", "must be >= 0")
         if self.eval_episodes < 1:

@@ -2,14 +2,16 @@
 an offline replay source (validated, n-step transitions, its own never-evicting shards).
 
 Public surface: DatasetSource, LoadedDataset, load_transitions, load_episodes, offline_shard_config,
-fill_shards, shard_share (loading); DatasetWriter, Episode (writing); EpisodeRecorder, record_episodes,
-RecordSettings (recording from actors' env vectors); Episodes, read_dataset (reading);
+fill_shards, shard_share (loading); DatasetWriter, Episode, check_dataset_free (writing);
+EpisodeRecorder, record_episodes, RecordSettings (recording from actors' env vectors); Episodes,
+read_dataset (reading); read_dataset_metadata, read_episode_metadata (checked metadata);
 nstep_transitions; datasets_dir, data_path, list_datasets, check_dataset_id (where datasets live);
-dataset_info (what `qfleet dataset info` shows); DatasetError.
+dataset_info, dataset_listing (what `qfleet dataset info` and `list` show); DatasetError,
+ShardFillError.
 """
 
-from system.datasets.errors import DatasetError
-from system.datasets.info import DatasetInfo, dataset_info
+from system.datasets.errors import DatasetError, ShardFillError
+from system.datasets.info import DatasetInfo, ListedDataset, dataset_info, dataset_listing
 from system.datasets.layout import check_dataset_id, data_path, datasets_dir, list_datasets
 from system.datasets.loading import (
     DatasetSource,
@@ -20,10 +22,11 @@ from system.datasets.loading import (
     offline_shard_config,
     shard_share,
 )
+from system.datasets.metadata import read_dataset_metadata, read_episode_metadata
 from system.datasets.reader import Episodes, read_dataset
 from system.datasets.recorder import EpisodeRecorder, RecordSettings, record_episodes
 from system.datasets.transitions import nstep_transitions
-from system.datasets.writer import DatasetWriter, Episode
+from system.datasets.writer import DatasetWriter, Episode, check_dataset_free
 
 __all__ = [
     "DatasetError",
@@ -33,11 +36,15 @@ __all__ = [
     "Episode",
     "EpisodeRecorder",
     "Episodes",
+    "ListedDataset",
     "LoadedDataset",
     "RecordSettings",
+    "ShardFillError",
+    "check_dataset_free",
     "check_dataset_id",
     "data_path",
     "dataset_info",
+    "dataset_listing",
     "datasets_dir",
     "fill_shards",
     "list_datasets",
@@ -46,6 +53,8 @@ __all__ = [
     "nstep_transitions",
     "offline_shard_config",
     "read_dataset",
+    "read_dataset_metadata",
+    "read_episode_metadata",
     "record_episodes",
     "shard_share",
 ]

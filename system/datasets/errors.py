@@ -1,6 +1,6 @@
-"""`DatasetError` (defined in system/errors.py with the roof's other errors, so the CLI can catch it
-without importing the dataset code)."""
+"""`DatasetError` and `ShardFillError` (defined in system/errors.py with the roof's other errors, so
+the CLI can catch them without importing the dataset code)."""
 
-from system.errors import DatasetError
+from system.errors import DatasetError, ShardFillError
 
-__all__ = ["DatasetError"]
+__all__ = ["DatasetError", "ShardFillError"]

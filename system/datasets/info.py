@@ -1,5 +1,6 @@
-"""`dataset_info`: what `qfleet dataset info` and `list` show about a dataset (from its metadata and
-reward columns, without validating it against an env)."""
+"""What `qfleet dataset info` and `list` show: `dataset_info` (a dataset's metadata, its episodes'
+metadata and reward columns, without validating it against an env) and `dataset_listing` (every
+dataset of a folder from its top-level metadata.json only; an unreadable one says why)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from system.datasets.errors import DatasetError
-from system.datasets.layout import EPISODE_FILE, METADATA_FILE, data_path, episode_dir, read_json, read_metadata
+from system.datasets.layout import EPISODE_FILE, data_path, episode_dir, list_datasets
+from system.datasets.metadata import dataset_env_id, read_dataset_metadata, read_episode_metadata
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,8 @@ class DatasetInfo:
     returns: dict[str, float]
     """mean, std, min, max of the episodes' undiscounted returns (empty when returns=False)."""
     recorded_by: dict[str, Any]
-    """qfleet's recording metadata (command, policy, epsilon, actors), if qfleet recorded it."""
+    """qfleet's recording metadata (command, env id, policy checkpoint, epsilon, actors), if qfleet
+    recorded it."""
     policy_versions: tuple[int, int] | None
     """Smallest and largest policy_version of the episodes (None: not recorded)."""
     epsilons: list[float]
@@ -48,29 +51,27 @@ def _episode_return(path, dataset: str, episode: int) -> float:
 
 
 def dataset_info(dataset: str, root: str | os.PathLike | None = None, returns: bool = True) -> DatasetInfo:
-    """Summary of a dataset by id (under `root`) or folder.
+    """Summary of a dataset by id (under `root`) or folder (absolute, or starting with ./).
 
     Raises:
-        DatasetError: no dataset there, or unreadable metadata or episode files.
+        DatasetError: no dataset there, malformed metadata (naming the key), or unreadable
+            episode files.
     """
     data = data_path(dataset, root)
-    metadata = read_metadata(data, dataset)
-    episodes = int(metadata.get("total_episodes", 0))
+    metadata = read_dataset_metadata(data, dataset)
+    episodes = metadata["total_episodes"]
     episode_returns, versions, epsilons = [], [], set()
     for index in range(episodes):
-        folder = episode_dir(data, index)
-        meta = (
-            read_json(folder / METADATA_FILE, dataset, f"episode {index}: metadata.json")
-            if (folder / METADATA_FILE).exists()
-            else {}
-        )
+        meta = read_episode_metadata(data, dataset, index)
         if "policy_version" in meta:
-            versions.append(int(meta["policy_version"]))
+            versions.append(meta["policy_version"])
         if "epsilon" in meta:
             epsilons.add(float(meta["epsilon"]))
         if returns:
             episode_returns.append(
-                float(meta["return"]) if "return" in meta else _episode_return(folder / EPISODE_FILE, dataset, index)
+                float(meta["return"])
+                if "return" in meta
+                else _episode_return(episode_dir(data, index) / EPISODE_FILE, dataset, index)
             )
     summary = {}
     if episode_returns:
@@ -81,19 +82,48 @@ def dataset_info(dataset: str, root: str | os.PathLike | None = None, returns: b
             "min": float(values.min()),
             "max": float(values.max()),
         }
-    env_id = metadata.get("qfleet", {}).get("env", {}).get("id") if isinstance(metadata.get("qfleet"), dict) else None
     return DatasetInfo(
         dataset=dataset,
         path=str(data.parent),
         episodes=episodes,
-        steps=int(metadata.get("total_steps", 0)),
+        steps=metadata["total_steps"],
         data_format=str(metadata.get("data_format")),
         observation_space=str(metadata.get("observation_space")),
         action_space=str(metadata.get("action_space")),
-        env_id=env_id,
+        env_id=dataset_env_id(metadata),
         returns=summary,
-        recorded_by=metadata.get("qfleet", {}) if isinstance(metadata.get("qfleet"), dict) else {},
+        recorded_by=metadata.get("qfleet", {}),
         policy_versions=(min(versions), max(versions)) if versions else None,
         epsilons=sorted(epsilons),
         size_mb=float(metadata.get("dataset_size", 0.0)),
     )
+
+
+@dataclass(frozen=True)
+class ListedDataset:
+    """One line of `qfleet dataset list`."""
+
+    dataset: str
+    episodes: int
+    steps: int
+    env_id: str | None
+    unreadable: str | None
+    """Why its metadata.json could not be read (then the counts are 0), or None."""
+
+
+def dataset_listing(root: str | os.PathLike | None = None) -> list[ListedDataset]:
+    """Every dataset under the datasets folder, from its top-level metadata.json only (fast for
+    datasets of many episodes); a malformed one is listed with the reason instead of failing."""
+    listed = []
+    for dataset_id, data in list_datasets(root):
+        try:
+            metadata = read_dataset_metadata(data, dataset_id)
+        except DatasetError as exc:
+            listed.append(ListedDataset(dataset_id, 0, 0, None, f"{exc.field}: {exc.reason}"))
+            continue
+        listed.append(
+            ListedDataset(
+                dataset_id, metadata["total_episodes"], metadata["total_steps"], dataset_env_id(metadata), None
+            )
+        )
+    return listed

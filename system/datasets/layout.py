@@ -52,48 +52,23 @@ def check_dataset_id(dataset_id: str) -> str:
 
 
 def data_path(dataset: str, root: str | os.PathLike | None = None) -> pathlib.Path:
-    """The `data` folder of a dataset named by id (under the datasets folder) or by its folder.
+    """The `data` folder of a dataset named by id (under `datasets_dir(root)`) or by its folder.
 
-    A name that is an existing folder (holding `data/` or being one) is taken as the dataset's
-    folder; otherwise it is an id under `datasets_dir(root)`.
+    A name is a folder only when it says so: an absolute path, or one starting with `./` (the
+    dataset's folder, or its `data/`). Anything else is an id, so a folder in the working
+    directory named like an id never shadows the datasets folder.
+
+    Raises:
+        DatasetError: a name that is neither a path nor a valid id.
     """
-    given = pathlib.Path(dataset)
-    for candidate in (given / "data", given):
-        if (candidate / METADATA_FILE).is_file():
-            return candidate
+    if os.path.isabs(dataset) or dataset.startswith("./"):
+        given = pathlib.Path(dataset)
+        return given if given.name == "data" and (given / METADATA_FILE).is_file() else given / "data"
     return datasets_dir(root) / check_dataset_id(dataset) / "data"
 
 
 def episode_dir(data: pathlib.Path, episode: int) -> pathlib.Path:
     return data / str(episode)
-
-
-def read_json(path: pathlib.Path, dataset: str, field: str) -> dict[str, Any]:
-    """A JSON object from `path`.
-
-    Raises:
-        DatasetError: missing, unreadable, not JSON, or not an object.
-    """
-    try:
-        value = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DatasetError(dataset, field, f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(dataset, field, f"{path} is not readable JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise DatasetError(dataset, field, f"{path} holds {type(value).__name__}, expected an object")
-    return value
-
-
-def read_metadata(data: pathlib.Path, dataset: str) -> dict[str, Any]:
-    """The dataset's metadata.json.
-
-    Raises:
-        DatasetError: no dataset there, or a metadata file that is not a JSON object.
-    """
-    if not (data / METADATA_FILE).is_file():
-        raise DatasetError(dataset, "metadata.json", f"no dataset at {data.parent} (no data/{METADATA_FILE})")
-    return read_json(data / METADATA_FILE, dataset, "metadata.json")
 
 
 def write_json(path: pathlib.Path, value: dict[str, Any]) -> None:

@@ -9,8 +9,10 @@
 `load_transitions` reads and validates the whole dataset before anything is inserted (a bad file
 raises `DatasetError` and no shard holds any of it). `offline_shard_config` sizes each shard to
 hold its share (no eviction) with no rate limiter (offline data is sampled as often as the learner
-likes); `fill_shards` refuses shards that hold data or lack room, then streams large columnar
-batches. A run config can hold a `DatasetSource` as its offline section.
+likes); `fill_shards` refuses shards that hold data or lack room before inserting anything, then
+streams large columnar batches; a shard failing after that raises `ShardFillError` (the shards hold
+part of the dataset and must be started afresh). No run config holds a `DatasetSource` yet: the
+offline phase of `qfleet train` will.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from typing import Literal
 import numpy as np
 
 from learner import ActionSpace
-from replay import ReplayClient, ReplayConfig, Spec
-from system.datasets.errors import DatasetError
+from replay import ReplayClient, ReplayConfig, ReplayError, Spec
+from system.datasets.errors import DatasetError, ShardFillError
 from system.datasets.layout import data_path
 from system.datasets.reader import Episodes, read_dataset
 from system.datasets.transitions import nstep_transitions
@@ -37,7 +39,7 @@ the client splits larger ones)."""
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """An offline dataset to learn from (the offline section of a run config)."""
+    """An offline dataset to learn from (what the offline phase of `qfleet train` will name)."""
 
     dataset: str
     """Minari dataset id under datasets_dir (e.g. cartpole/medium-v0), or the dataset's folder."""
@@ -136,7 +138,8 @@ def fill_shards(
     Raises:
         DatasetError: a shard that already holds data or has too little room (checked on every
             shard before any insert: an offline shard must never evict).
-        ReplayError: a shard refused a batch (its typed error).
+        ShardFillError: a shard refused a batch or a flush after inserts began (its `ReplayError`
+            is the cause): the shards hold part of the dataset; start fresh ones.
     """
     dataset = loaded.source.dataset
     counts = [shard_share(loaded.size, len(shards), i) for i in range(len(shards))]
@@ -152,12 +155,17 @@ def fill_shards(
                 "shards",
                 f"shard {client.address} has room for {info.capacity} items, its share is {count}: it would evict",
             )
-    begin = 0
-    for client, count in zip(shards, counts, strict=True):
-        for start in range(begin, begin + count, batch_items):
-            stop = min(start + batch_items, begin + count)
-            client.insert({name: column[start:stop] for name, column in loaded.transitions.items()})
-        begin += count
-    for client in shards:
-        client.flush()
+    begin = sent = 0
+    client = shards[0]
+    try:
+        for client, count in zip(shards, counts, strict=True):
+            for start in range(begin, begin + count, batch_items):
+                stop = min(start + batch_items, begin + count)
+                client.insert({name: column[start:stop] for name, column in loaded.transitions.items()})
+                sent += stop - start
+            begin += count
+        for client in shards:
+            client.flush()
+    except ReplayError as exc:
+        raise ShardFillError(dataset, client.address, sent, loaded.size, f"{type(exc).__name__}: {exc}") from exc
     return counts

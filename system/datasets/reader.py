@@ -1,14 +1,21 @@
 """Reading a dataset whole, validated before anything of it is used.
 
-`read_dataset` checks the metadata (format, spaces against the env), then every episode file
-(Arrow IPC: a truncated or corrupt file fails to open), its columns (types, lengths, dtypes), its
-values (no NaN or infinity, actions in range, episode ends only at the last step) and the totals.
-The first problem raises `DatasetError` naming the dataset and the field; the caller gets the
-episodes only when all of them passed, so a bad file never half-loads.
+`read_dataset` checks the metadata (`metadata.read_dataset_metadata`: counts and types; the format;
+the spaces against the env's: observation shape and dtype, a Discrete action space of the env's n
+starting at 0, or a Box of the env's shape), then every episode: its file against the sha256 its
+metadata holds (qfleet writes one; a Minari-made dataset has none, and then only Arrow's own
+structure checks catch damage), its schema (no extension types, read before any data), its
+columns (present, types, lengths, dtypes, no missing values) and values (no NaN or infinity in
+observations, actions or rewards; discrete actions in [0, n), continuous ones within the env's
+bounds; an episode ends only at its last step), its metadata (`read_episode_metadata`) and the
+totals. Observations are not checked against the observation space's bounds. The first problem
+raises `DatasetError` naming the dataset and the field; the caller gets the episodes only when all
+of them passed, so a bad file never half-loads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import pathlib
 from dataclasses import dataclass
@@ -21,7 +28,8 @@ import pyarrow.ipc as ipc
 from learner import ActionSpace
 from replay import Spec
 from system.datasets.errors import DatasetError
-from system.datasets.layout import DATA_FORMAT, EPISODE_FILE, METADATA_FILE, episode_dir, read_json, read_metadata
+from system.datasets.layout import DATA_FORMAT, EPISODE_FILE, episode_dir
+from system.datasets.metadata import read_dataset_metadata, read_episode_metadata
 
 COLUMNS = ("observations", "actions", "rewards", "terminations", "truncations")
 """The columns of an episode file qfleet reads (others, e.g. Minari's `infos`, are not read)."""
@@ -98,7 +106,11 @@ def check_spaces(observation_space, action_space, spec: Spec, action: ActionSpac
             dataset, "observation_space", f"{observation_space} does not match the env's Box{obs_shape} {obs_dtype}"
         )
     if action.discrete:
-        if not isinstance(action_space, gym.spaces.Discrete) or int(action_space.n) != action.num_actions:
+        if (
+            not isinstance(action_space, gym.spaces.Discrete)
+            or int(action_space.n) != action.num_actions
+            or int(action_space.start) != 0
+        ):
             raise DatasetError(
                 dataset, "action_space", f"{action_space} does not match the env's Discrete({action.num_actions})"
             )
@@ -106,17 +118,12 @@ def check_spaces(observation_space, action_space, spec: Spec, action: ActionSpac
         raise DatasetError(dataset, "action_space", f"{action_space} does not match the env's Box({len(action.low)},)")
 
 
-def _count(metadata: dict[str, Any], key: str, dataset: str) -> int:
-    value = metadata.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise DatasetError(dataset, key, f"{value!r} in metadata.json, expected a count >= 0")
-    return value
-
-
-def _has_extension_type(data_type: pa.DataType) -> bool:
-    if isinstance(data_type, pa.ExtensionType):
+def _is_extension(field: pa.Field) -> bool:
+    """An extension type (registered: a `BaseExtensionType`; unregistered: its name in the field's
+    metadata), here or in a nested field."""
+    if isinstance(field.type, pa.BaseExtensionType) or b"ARROW:extension:name" in (field.metadata or {}):
         return True
-    return any(_has_extension_type(data_type.field(i).type) for i in range(data_type.num_fields))
+    return any(_is_extension(field.type.field(i)) for i in range(field.type.num_fields))
 
 
 def _numpy(column: pa.ChunkedArray, shape: tuple[int, ...], dtype: np.dtype, field: str, dataset: str) -> np.ndarray:
@@ -144,21 +151,36 @@ def _numpy(column: pa.ChunkedArray, shape: tuple[int, ...], dtype: np.dtype, fie
     return out.astype(dtype, copy=False).reshape(len(array), *shape)
 
 
-def _read_episode(path: pathlib.Path, episode: int, obs_shape, obs_dtype, action_shape, action_dtype, dataset: str):
-    where = f"episode {episode}"
+def _read_table(path: pathlib.Path, where: str, sha256: str | None, dataset: str) -> pa.Table:
+    """An episode file as a table: its bytes against `sha256`, its schema before its data."""
     try:
-        with pa.memory_map(str(path)) as source:
-            table = ipc.open_file(source).read_all()
+        content = path.read_bytes()
     except FileNotFoundError:
         raise DatasetError(dataset, where, f"{path} is missing (metadata.json counts it)") from None
-    except (OSError, pa.ArrowException) as exc:
+    except OSError as exc:
+        raise DatasetError(dataset, where, f"{path} is unreadable ({exc})") from None
+    if sha256 is not None and hashlib.sha256(content).hexdigest() != sha256:
+        raise DatasetError(dataset, where, f"{path} is corrupt (its sha256 differs from the one recorded with it)")
+    try:
+        reader = ipc.open_file(pa.py_buffer(content))
+        for field in reader.schema:
+            if _is_extension(field):
+                raise DatasetError(
+                    dataset, f"{where}: {field.name}", "Arrow extension types are refused (their readers are code)"
+                )
+        return reader.read_all()
+    except pa.ArrowException as exc:
         raise DatasetError(dataset, where, f"{path} is truncated or corrupt ({exc})") from None
+
+
+def _read_episode(
+    path: pathlib.Path, episode: int, sha256: str | None, obs_shape, obs_dtype, action_shape, action_dtype, dataset: str
+):
+    where = f"episode {episode}"
+    table = _read_table(path, where, sha256, dataset)
     missing = [name for name in COLUMNS if name not in table.column_names]
     if missing:
         raise DatasetError(dataset, f"{where}: {missing[0]}", "column missing")
-    for name in table.column_names:
-        if _has_extension_type(table.schema.field(name).type):
-            raise DatasetError(dataset, f"{where}: {name}", "Arrow extension types are refused (they may unpickle)")
     rows = table.num_rows
     if rows < 2:
         raise DatasetError(dataset, where, f"empty episode ({max(rows - 1, 0)} steps)")
@@ -179,19 +201,21 @@ def read_dataset(data: pathlib.Path, dataset: str, spec: Spec, action: ActionSpa
     """Every episode of the dataset at `data`, validated against the env (see the module doc).
 
     An episode whose last step is neither terminated nor truncated (a recording cut mid-episode)
-    is taken as truncated: its last observation is real, so bootstrapping from it is sound.
+    is taken as truncated: its last observation is real, so bootstrapping from it is sound. One
+    whose last step is both (gymnasium's TimeLimit flags truncation on the very step that
+    terminates) is taken as terminated: the state is terminal, there is nothing to bootstrap.
 
     Raises:
         DatasetError: the first problem found, naming the dataset and the field.
     """
-    metadata = read_metadata(data, dataset)
+    metadata = read_dataset_metadata(data, dataset)
     if metadata.get("data_format") != DATA_FORMAT:
         raise DatasetError(
             dataset, "data_format", f"{metadata.get('data_format')!r}; qfleet reads Minari's {DATA_FORMAT!r} datasets"
         )
     observation_space, action_space = parse_spaces(metadata, dataset)
     check_spaces(observation_space, action_space, spec, action, dataset)
-    episodes, total_steps = _count(metadata, "total_episodes", dataset), _count(metadata, "total_steps", dataset)
+    episodes, total_steps = metadata["total_episodes"], metadata["total_steps"]
     if episodes == 0:
         raise DatasetError(dataset, "total_episodes", "the dataset holds no episode")
     obs_shape, obs_dtype = spec["obs"]
@@ -200,14 +224,10 @@ def read_dataset(data: pathlib.Path, dataset: str, spec: Spec, action: ActionSpa
     parts: list[tuple] = []
     episode_metadata = []
     for index in range(episodes):
-        folder = episode_dir(data, index)
+        meta = read_episode_metadata(data, dataset, index)
+        path = episode_dir(data, index) / EPISODE_FILE
         parts.append(
-            _read_episode(folder / EPISODE_FILE, index, obs_shape, obs_dtype, action_shape, action_dtype, dataset)
-        )
-        meta = (
-            read_json(folder / METADATA_FILE, dataset, f"episode {index}: metadata.json")
-            if (folder / METADATA_FILE).exists()
-            else {}
+            _read_episode(path, index, meta.get("sha256"), obs_shape, obs_dtype, action_shape, action_dtype, dataset)
         )
         episode_metadata.append(meta)
     observations, actions, rewards, terminations, truncations = (np.concatenate(c) for c in zip(*parts, strict=True))
@@ -222,6 +242,7 @@ def read_dataset(data: pathlib.Path, dataset: str, spec: Spec, action: ActionSpa
                 dataset, f"episode {index}: total_steps", f"{meta['total_steps']}, the file holds {length}"
             )
     _check_values(dataset, observations, actions, rewards, terminations, truncations, lengths, action)
+    truncations &= ~terminations
     ends = np.cumsum(lengths) - 1
     unended = ~(terminations[ends] | truncations[ends])
     truncations[ends[unended]] = True
@@ -255,11 +276,16 @@ def _check_values(dataset, observations, actions, rewards, terminations, truncat
                 f"episode {_first_episode(lengths, row)}: actions",
                 f"{actions[row]} outside [0, {action.num_actions})",
             )
-    if (terminations & truncations).any():
-        row = int(np.flatnonzero(terminations & truncations)[0])
-        raise DatasetError(
-            dataset, f"episode {_first_episode(lengths, row)}: terminations", "terminated and truncated at once"
-        )
+    else:
+        low, high = np.asarray(action.low, np.float32), np.asarray(action.high, np.float32)
+        bad = ((actions < low) | (actions > high)).any(axis=1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DatasetError(
+                dataset,
+                f"episode {_first_episode(lengths, row)}: actions",
+                f"{actions[row]} outside the env's bounds [{low}, {high}]",
+            )
     last = np.zeros(len(rewards), bool)
     last[np.cumsum(lengths) - 1] = True
     early = (terminations | truncations) & ~last

@@ -69,7 +69,9 @@ class EpisodeRecorder:
                 continue
             if not self._steps[i]:
                 self._versions[i] = policy_version
-            self._steps[i].append((actions[i], float(rewards[i]), bool(terminated[i]), bool(truncated[i])))
+            # gymnasium's TimeLimit flags truncation on the step that terminates too: that is a termination
+            terminal = bool(terminated[i])
+            self._steps[i].append((actions[i], float(rewards[i]), terminal, bool(truncated[i]) and not terminal))
             self._obs[i].append(np.array(final_obs[i]))
             if terminated[i] or truncated[i]:
                 finished += self._finish(i)
@@ -106,14 +108,15 @@ class RecordSettings:
 
     episodes: int
     """Episodes to record (all actors together); the last vector step's extra episodes are kept."""
-    epsilon: float
+    epsilon: float = 0.0
     """Exploration of every actor: a random action with this probability, else the policy's."""
     num_actors: int = 1
     """Actors (env vectors of env.num_envs envs each, own seeds), stepped in turn in this process."""
     seed: int = 0
-    """Actor i's envs are seeded from seed + 1000 * i."""
+    """Seeds actor i's exploration (seed + 1000 * i), its envs (seed * 10000 + 1000 * i) and an
+    untrained network's weights."""
     progress_every_s: float = 10.0
-    """Seconds between progress lines."""
+    """Seconds between progress lines; the dataset is committed at each."""
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
@@ -126,7 +129,7 @@ class RecordSettings:
 
 def record_episodes(
     writer: DatasetWriter,
-    make_vector: Callable[[int], object],
+    make_vector: Callable[[int, int], object],
     policy,
     settings: RecordSettings,
     progress: Callable[[str], None] = print,
@@ -136,10 +139,11 @@ def record_episodes(
     and at the end, so an interrupted recording keeps what it flushed.
 
     Args:
-        make_vector: actor index -> an `actors.EnvVector` (reset here).
+        make_vector: (actor index, env seed) -> an `actors.EnvVector` (reset here); actor i's
+            seed is `settings.seed * 10000 + 1000 * i`.
         policy: a `learner.Policy` (`act(obs, epsilon, rng)`, `version`).
     """
-    vectors = [make_vector(i) for i in range(settings.num_actors)]
+    vectors = [make_vector(i, settings.seed * 10_000 + 1000 * i) for i in range(settings.num_actors)]
     try:
         rngs = [np.random.default_rng(settings.seed + 1000 * i) for i in range(settings.num_actors)]
         obs = [vector.reset() for vector in vectors]

@@ -1,35 +1,41 @@
 """`qfleet record`: a policy (a run's newest checkpoint, or an untrained network) played with
-exploration in env vectors, its episodes written to a new Minari dataset."""
+exploration in env vectors, its episodes written to a new Minari dataset.
+
+The dataset id is checked free (and its folder makeable) before any policy is loaded. The dataset's
+metadata says how it was made without anything local: the env id (not the env section, whose
+settings can hold SDK or AVD paths), the checkpoint's file name, updates and weights version (not
+the run directory), epsilon, actors, seed and time."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import pathlib
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from actors import EnvVector, make_env
 from learner import Policy
 from system.config import ConfigError, RunConfig, env_spaces, load_config
+from system.datasets.errors import DatasetError
 from system.datasets.layout import check_dataset_id, datasets_dir
 from system.datasets.recorder import RecordSettings, record_episodes
-from system.datasets.writer import DatasetWriter
+from system.datasets.writer import DatasetWriter, check_dataset_free
+
+if TYPE_CHECKING:
+    from system.train import RunDir
 
 
-def _policy_from_run(run_dir: str, overrides: list[str]) -> tuple[RunConfig, Policy, dict]:
+def _policy_from_run(run: RunDir, config: RunConfig) -> tuple[Policy, dict]:
+    """The newest checkpoint of `run` as a policy, and what the dataset says of it (no paths)."""
     import torch
 
     from learner import load_latest_checkpoint, make_agent
-    from system.train import RunDir
 
-    run = RunDir(pathlib.Path(run_dir))
-    config = run.load_config(overrides)
     loaded = load_latest_checkpoint(run.checkpoints)
     if loaded is None:
         raise ConfigError(
-            f"--policy {run_dir}: no learner checkpoint in {run.checkpoints} (has the run done any update?)"
+            f"--policy {run.path}: no learner checkpoint in {run.checkpoints} (has the run done any update?)"
         )
     state, path = loaded
     spaces = env_spaces(config.env)
@@ -38,8 +44,18 @@ def _policy_from_run(run_dir: str, overrides: list[str]) -> tuple[RunConfig, Pol
     version = int(state["counters"]["version"])
     policy = Policy(config.learner, spaces.obs_shape, spaces.action_space)
     policy.load(agent.policy_state(), version)
-    source = {"run_dir": str(run.path), "checkpoint": path.name, "updates": int(state["counters"]["updates"])}
-    return config, policy, source
+    return policy, {"checkpoint": path.name, "updates": int(state["counters"]["updates"]), "version": version}
+
+
+def _check_destination(data: pathlib.Path, dataset_id: str) -> None:
+    """The id is free and its folder can be made, before any policy is loaded."""
+    check_dataset_free(data, dataset_id)
+    try:
+        data.parent.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(
+            dataset_id, "--datasets-dir", f"cannot make {data.parent.parent}: {exc.strerror or exc}"
+        ) from None
 
 
 def main_record(
@@ -56,10 +72,17 @@ def main_record(
     check_dataset_id(dataset_id)
     if (policy_dir is None) == (config_path is None):
         raise ConfigError("give --policy RUN_DIR (a trained run) or --config CONFIG (an untrained network), not both")
+    data = datasets_dir(root) / dataset_id / "data"
     if policy_dir is not None:
-        config, policy, source = _policy_from_run(policy_dir, overrides)
+        from system.train import RunDir
+
+        run = RunDir(pathlib.Path(policy_dir))
+        config = run.load_config(overrides)
+        _check_destination(data, dataset_id)
+        policy, source = _policy_from_run(run, config)
     else:
         config = load_config(config_path, overrides)
+        _check_destination(data, dataset_id)
         spaces = env_spaces(config.env)
         policy = Policy(config.learner, spaces.obs_shape, spaces.action_space, seed=settings.seed)
         source = {"untrained": True}
@@ -68,10 +91,10 @@ def main_record(
         observation_space, action_space, env_spec = env.observation_space, env.action_space, env.spec
     finally:
         env.close()
-    data = datasets_dir(root) / dataset_id / "data"
+    # Only what a shared dataset needs: no paths, no env settings (they can hold local paths).
     recorded_by = {
         "command": "qfleet record",
-        "env": json.loads(json.dumps(dataclasses.asdict(config.env), default=str)),
+        "env_id": config.env.id,
         "policy": source,
         "epsilon": settings.epsilon,
         "num_actors": settings.num_actors,
@@ -88,14 +111,15 @@ def main_record(
     )
     print(
         f"qfleet record: {config.env.id}, {settings.episodes:,} episodes with epsilon {settings.epsilon} from "
-        f"{policy_dir or 'an untrained network'}, {settings.num_actors} actor(s) x {config.env.num_envs} envs -> {data.parent}",
+        f"{policy_dir or 'an untrained network'}, {settings.num_actors} actor(s) x {config.env.num_envs} envs "
+        f"-> {data.parent}",
         flush=True,
     )
     started = time.monotonic()
     try:
         returns = record_episodes(
             writer,
-            lambda i: EnvVector(config.env, seed=settings.seed * 10_000 + 1000 * i),
+            lambda i, seed: EnvVector(config.env, seed=seed),
             policy,
             settings,
             progress=lambda line: print(line, flush=True),

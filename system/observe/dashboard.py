@@ -151,6 +151,21 @@ def _learner() -> list[Panel]:
         _gauge("Q mean", "none", f"{prefix}_q_mean"),
         _gauge("TD error", "none", f"{prefix}_td_error"),
         _gauge("Gradient norm", "none", f"{prefix}_grad_norm"),
+        _gauge(
+            "Policy loss",
+            "none",
+            f"{prefix}_policy_loss",
+            description="The policy pi's imitation loss of the latest update (offline losses iql and filtered_bc; "
+            "absent for the Q losses and sac). The critics' loss is on Loss.",
+        ),
+        _gauge(
+            "Imitation weight",
+            "none",
+            f"{prefix}_imitation_weight",
+            description="Mean per-item weight of pi's imitation loss: the share of the batch imitated (Best-of-N) "
+            "or kept (filtered_bc), in [0, 1]; AWR's mean clipped exp(beta * advantage). Near 0 for Best-of-N: "
+            "the critic finds nothing better than V among pi's samples.",
+        ),
         Panel(
             "Update-to-data ratio: achieved vs target",
             "none",
@@ -381,6 +396,18 @@ def _run() -> list[Panel]:
             "short",
             ((_select(f"{prefix}_transitions_lost"), "{{run}}"),),
             thresholds=((1, "red"),),
+        ),
+        Panel(
+            "Transitions accounted",
+            "short",
+            (
+                (_select(f"{prefix}_transitions_inserted"), "{{run}} stored for the actors"),
+                (_select(f"{prefix}_transitions_stored_twice"), "{{run}} stored twice"),
+                (_select(f"{prefix}_transitions_lost"), "{{run}} lost"),
+            ),
+            "What the shards stored for the actors (each transition once, counted by the shards, so a killed "
+            "actor's last chunk is in), what a failover stored on two shards, and what was lost: stored for the "
+            "actors = held by the shards + lost - stored twice.",
         ),
     ]
 

@@ -49,6 +49,9 @@ def plot_learning_curve(run: RunDir, path=None):
     config = run.load_config()
     steps, walls, smoothed = _episode_curve(run)
     evals = run.records("eval")
+    offline_evals = [e for e in evals if e.get("phase") == "offline"]
+    evals = [e for e in evals if e.get("phase") != "offline"]
+    online = (run.read_json("state.json") or {}).get("online_from")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     for ax, x_train, key, axis_label in (
         (axes[0], steps, "env_steps", "env steps"),
@@ -63,11 +66,20 @@ def plot_learning_curve(run: RunDir, path=None):
             std = np.array([e["std_return"] for e in evals])
             eval_label = f"evaluation (mean +- std of {len(evals[-1]['returns'])} episodes)"
             ax.errorbar(x, mean, yerr=std, color="tab:red", marker="o", ms=3, lw=1.5, capsize=2, label=eval_label)
+        if offline_evals:
+            x = np.array([e[key] for e in offline_evals], float) / (60.0 if key == "wall_s" else 1.0)
+            mean = np.array([e["mean_return"] for e in offline_evals])
+            std = np.array([e["std_return"] for e in offline_evals])
+            label = "evaluation, offline phase (dataset only)"
+            ax.errorbar(x, mean, yerr=std, color="tab:purple", marker="s", ms=3, lw=1, capsize=2, ls=":", label=label)
+        if online:
+            at = online[key] / (60.0 if key == "wall_s" else 1.0)
+            ax.axvline(at, color="black", ls="--", lw=1, label=f"online starts (update {online['updates']:,})")
         ax.set_xlabel(axis_label)
         ax.set_ylabel("return")
         ax.grid(alpha=0.3)
-    if len(smoothed) or evals:
-        axes[0].legend(loc="lower right", fontsize=8)
+    if len(smoothed) or evals or offline_evals:
+        axes[0 if not offline_evals else 1].legend(loc="lower right", fontsize=8)
     fig.suptitle(f"{config.env.id}: run {config.train.run_name or run.path.name}")
     create_private_file(pathlib.Path(path))  # owner-only before the first byte, like the rest of the run
     fig.savefig(path, dpi=110)
@@ -104,6 +116,10 @@ def summary_table(run: RunDir) -> str:
 
         lines.append(f"| faults ridden out | {FaultCounts.from_json(state['faults']).describe() or 'none'} |")
         lines.append(f"| transitions lost | {int(state.get('transitions_lost', 0)):,} |")
+        if "transitions_inserted" in state:
+            lines.append(f"| transitions stored for the actors | {int(state['transitions_inserted']):,} |")
+            lines.append(f"| transitions stored twice (failover) | {int(state.get('transitions_stored_twice', 0)):,} |")
+    lines += _phase_rows(config, state, evals)
     if last.get("recent_return") is not None:
         lines.append(f"| training return (last {SMOOTH_EPISODES} episodes) | {last['recent_return']:.1f} |")
     if evals:
@@ -117,9 +133,31 @@ def summary_table(run: RunDir) -> str:
         ]
         lines += [
             f"| {e['env_steps']:,} | {e['wall_s'] / 60:.1f} | v{e['weights_version']} | {e['mean_return']:.1f} +- {e['std_return']:.1f} |"
+            + (f" {e['phase']} phase, update {e['updates']:,}" if "phase" in e else "")
             for e in evals
         ]
     return "\n".join(lines) + "\n"
+
+
+def _phase_rows(config, state: dict, evals: list[dict]) -> list[str]:
+    """Rows of a run with an offline dataset: its phase now, the offline result, where online began."""
+    if state.get("phase") is None:
+        return []
+    offline = config.offline
+    rows = [f"| phase | {state['phase']} |", f"| offline dataset | {offline.dataset} |"]
+    done = [e for e in evals if e.get("phase") == "offline"]
+    if done:
+        last = done[-1]
+        rows.append(
+            f"| offline phase result (update {last['updates']:,}) | {last['mean_return']:.1f} +- {last['std_return']:.1f} |"
+        )
+    online = state.get("online_from")
+    if online:
+        rows.append(
+            f"| online phase from | update {online['updates']:,}, {online['env_steps']:,} env steps, "
+            f"{online['wall_s'] / 60:.1f} min |"
+        )
+    return rows
 
 
 def write_report(run: RunDir) -> str:

@@ -123,11 +123,18 @@ def _line(label: str, text: Callable[..., str], *args) -> str:
         return f"{label} malformed report: {str(args[-1])[:300]}"
 
 
+def _policy_part(status: dict) -> str:
+    """The published policy's own figures, for the offline losses (iql, filtered_bc); "" otherwise."""
+    if status.get("policy_loss", "") in ("", None):
+        return ""
+    return f", policy loss {status['policy_loss']}, imitation weight {status.get('imitation_weight', '-')}"
+
+
 def _learner_line(status: dict) -> str:
     return (
         f"learner: {status.get('updates', 0):,} updates ({status.get('updates_per_second', 0):,} /s), "
         f"weights v{status.get('weights_version', 0)}, UTD {status.get('achieved_utd', 0)}/{status.get('target_utd', '-')}, "
-        f"loss {status.get('loss', '-')}, q {status.get('q_mean', '-')}, on {status.get('device', '-')} "
+        f"loss {status.get('loss', '-')}, q {status.get('q_mean', '-')}{_policy_part(status)}, on {status.get('device', '-')} "
         f"at {status.get('host', '-')} pid {status.get('pid', '-')}, metrics {status.get('metrics') or '-'} "
         f"({_age(status.get('updated_at'))})"
     )
@@ -168,7 +175,13 @@ def faults_line(state: dict) -> str:
     from system.train.faults import FaultCounts
 
     faults = FaultCounts.from_json(state.get("faults")).describe() or "none"
-    return f"faults: {faults}; transitions lost: {int(state.get('transitions_lost', 0)):,}"
+    line = f"faults: {faults}; transitions lost: {int(state.get('transitions_lost', 0)):,}"
+    if "transitions_inserted" in state:
+        line += (
+            f"; stored for the actors: {int(state['transitions_inserted']):,}"
+            f" (stored twice: {int(state.get('transitions_stored_twice', 0)):,})"
+        )
+    return line
 
 
 def not_running_text(run_dir: RunDir, run: str, why: str) -> str:

@@ -23,8 +23,17 @@ from learner import (
     has_checkpoints,
     make_replay,
 )
-from replay import ReplayCredentials, ReplayError, ShardedCollector, start_metrics_server
-from system.config import ConfigError, RunConfig, env_spaces
+from replay import MixedReplay, ReplayCredentials, ReplayError, ShardedCollector, ShardedReplay, start_metrics_server
+from system.config import (
+    OFFLINE,
+    ONLINE,
+    ConfigError,
+    RunConfig,
+    batch_mix,
+    env_spaces,
+    offline_run_name,
+    online_batch_items,
+)
 from system.local.secrets import use_run_secrets
 from system.local.signals import stop_on_signals
 
@@ -73,6 +82,9 @@ class LearnerProgress:
     """The learner's process (another pid: it was restarted)."""
     updates_lost: int = 0
     """This learner's `LearnerDescription.updates_lost`."""
+    phase: str = ONLINE
+    """"offline" while it trains on the run's dataset alone, "online" once it samples actors'
+    data (mixed with the dataset's when the run has one)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +120,12 @@ class LearnerService:
         reached: how far earlier learners of the run got (from its records; None: a new run).
         restarted: Ray restarted this learner's process (a dead learner of this session).
 
+    With `config.offline.dataset` (a run that `qfleet train` gave offline shards), it trains in
+    two phases: `config.offline.updates` updates on the dataset alone (ending with a checkpoint
+    and a publish), then on batches that mix the dataset and the online replay by `replay.mix`.
+    A resumed learner past the offline updates goes straight to the online phase. The UTD counts
+    online updates against online inserts only.
+
     A continued learner (`reached` given, `restarted`, or a checkpoint to resume) takes the run's
     latest counters from the Redis `reached` hash when present (the most recent report); a new
     run's learner deletes a stale one (a run name reused on a persistent Redis) instead.
@@ -133,10 +151,26 @@ class LearnerService:
         reached: LearnerReached | None = None,
         restarted: bool = False,
     ):
+        self.mix = batch_mix(config.offline, config.replay.mix)
         try:
-            self.replay = make_replay(config.learner, redis_url=redis_url, run=run, credentials=replay_credentials)
+            self.replay = make_replay(
+                config.learner,
+                redis_url=redis_url,
+                run=run,
+                credentials=replay_credentials,
+                batch_items=online_batch_items(config.learner.batch_size, self.mix),
+            )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        self.offline_replay: ShardedReplay | None = None
+        """The run's offline shards (their own registry namespace; None without a dataset)."""
+        if self.mix is not None:
+            self.offline_replay = ShardedReplay(
+                redis_url, offline_run_name(run), seed=config.learner.seed, credentials=replay_credentials
+            )
+        self.offline_updates = config.offline.updates if self.mix is not None else 0
+        """Updates of the offline phase (0: none)."""
+        self._phase = ONLINE
         self.store = WeightStore(redis_url, run, config.learner.weights)
         self.status = LearnerStatus(redis_url, run)
         self.learner = Learner(
@@ -150,6 +184,9 @@ class LearnerService:
             log_every_s=log_every_s,
             reached=self._reached(reached, restarted, checkpoint_dir),
         )
+        self.learner.utd_from_update = self.offline_updates
+        if self.learner.updates < self.offline_updates:
+            self._phase = OFFLINE
         self._resumed_at = self.learner.updates
         self._align_inserts()
         self.learner.metrics.registry.register(ShardedCollector(self.replay))
@@ -214,12 +251,36 @@ class LearnerService:
         return bool(self._threads) and self._threads[0].is_alive()
 
     def _train(self, max_updates: int | None) -> None:
+        learner, mixed = self.learner, None
         try:
-            self._summary = self.learner.run(max_updates=max_updates, stop=self._stop)
+            if self._phase == OFFLINE:
+                until = self.offline_updates if max_updates is None else min(max_updates, self.offline_updates)
+                self._summary = learner.run(max_updates=until, stop=self._stop, source=self.offline_replay)
+                if learner.updates < self.offline_updates:
+                    return  # stopped during the offline phase (its checkpoint is the resume point)
+                log.info("offline phase done at update %d: online data from now on", learner.updates)
+            if self._stop.is_set() or (max_updates is not None and learner.updates >= max_updates):
+                return
+            source = None
+            if self.mix is not None:
+                mixed = source = MixedReplay({name: (self._source(name), self.mix[name]) for name in self.mix})
+            self._phase = ONLINE
+            self._summary = learner.run(max_updates=max_updates, stop=self._stop, source=source)
         except Exception as exc:  # reported through `progress` and `stop`
             log.exception("learner failed")
             self.failure = exc
             self._error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if mixed is not None:
+                mixed.close()
+
+    def _source(self, name: str) -> ShardedReplay:
+        return self.offline_replay if name == OFFLINE else self.replay
+
+    @property
+    def phase(self) -> str:
+        """ "offline" (the dataset alone) or "online" (see `LearnerProgress.phase`)."""
+        return self._phase
 
     def _report_loop(self) -> None:
         while not self._stop.wait(REPORT_EVERY_S):
@@ -240,10 +301,11 @@ class LearnerService:
             updates_per_second=rate,
             version=self.learner.version,
             inserts=inserts,
-            achieved_utd=updates / inserts if inserts else 0.0,
+            achieved_utd=self.learner.achieved_utd(inserts),
             error=self._error,
             pid=os.getpid(),
             updates_lost=self.learner.updates_lost,
+            phase=self._phase,
         )
         self._last_measured = (now, updates)
         return self._progress
@@ -258,10 +320,17 @@ class LearnerService:
             "target_utd": self.learner.config.updates_per_env_step,
             "loss": round(float(last.loss), 6) if last is not None else "",
             "q_mean": round(float(last.q_mean), 4) if last is not None else "",
+            "policy_loss": round(float(last.policy_loss), 6)
+            if last is not None and last.policy_loss is not None
+            else "",
+            "imitation_weight": (
+                round(float(last.imitation_weight), 4) if last is not None and last.imitation_weight is not None else ""
+            ),
             "device": str(self.learner.device),
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "metrics": self.metrics_address,
+            "phase": self._phase,
         }
 
     def describe(self) -> LearnerDescription:
@@ -282,7 +351,7 @@ class LearnerService:
     def progress(self) -> LearnerProgress:
         """The latest measurement (taken every REPORT_EVERY_S), with the current `error`."""
         progress = self._progress or self._measure()
-        return LearnerProgress(**{**vars(progress), "error": self._error})
+        return LearnerProgress(**{**vars(progress), "error": self._error, "phase": self._phase})
 
     def stop(self) -> LearnerResult:
         """Ends training after the current update (it publishes and checkpoints), closes everything."""
@@ -298,6 +367,8 @@ class LearnerService:
             updates_per_second=summary.updates_per_second if summary else 0.0,
         )
         self.replay.close()
+        if self.offline_replay is not None:
+            self.offline_replay.close()
         self.store.close()
         self.status.close()
         if self._http is not None:
@@ -322,6 +393,11 @@ def run_learner(
     """
     from system.services.credentials import service_credentials
 
+    if config.offline.enabled:
+        raise ConfigError(
+            f"offline.dataset={config.offline.dataset!r}: the dataset's shards are loaded by qfleet train; "
+            "qfleet learner run learns from online replay only (leave offline.dataset null)"
+        )
     spaces = env_spaces(config.env)
     credentials = service_credentials("qfleet learner run", insecure)
     use_run_secrets(redis_url)

@@ -1,8 +1,9 @@
 """`qfleet train CONFIG`: the whole system for one run, from one command.
 
-plan (checks; nothing starts if the config is wrong) -> launch (run directory, Redis, Ray, shards,
-learner, actors) -> supervise (until total_env_steps, Ctrl-C/SIGTERM or a failure) -> shutdown
-(in order, checkpoints written) -> report. The UTD is held both ways: the learner's global limiter
+plan (checks, the offline dataset read and validated; nothing starts if either is wrong) -> launch
+(run directory, Redis, Ray, shards, offline shards, learner) -> the offline phase (a run with a
+dataset: the learner on it alone) -> actors -> supervise (until total_env_steps, Ctrl-C/SIGTERM or
+a failure) -> shutdown (in order, checkpoints written) -> report. The UTD is held both ways: the learner's global limiter
 waits for data, the shards' limiters make actors wait for the learner.
 """
 
@@ -14,7 +15,7 @@ import sys
 from system.config import ConfigError
 from system.errors import TrainError
 from system.local.signals import stop_on_signals
-from system.train.launch import launch, new_components
+from system.train.launch import launch, new_components, start_actors
 from system.train.plan import Plan, plan
 from system.train.records import LearnerEventRecord, RunCounters
 from system.train.shutdown import shutdown
@@ -37,14 +38,14 @@ def run_train(
         log, "stopping in order: actors flush, the learner checkpoints, shards checkpoint (again: at once)", True
     )
     run.write_config(config)
-    counters = RunCounters(checked.state, config.train.eval_every_steps)
+    counters = RunCounters(checked.state, config.train.eval_every_steps, config.offline.eval_every_updates)
     if checked.fresh_learner:
         record_fresh_learner(checked, counters)
     what = f"resuming at {counters.start_env_steps:,} env steps" if resume else "fresh"
     print(
         f"qfleet train: run {checked.name!r} in {run.path} ({what}); {config.env.id}, "
         f"{config.actors.num_actors} actors x {config.env.num_envs} envs, {config.train.num_shards} shard(s), "
-        f"until {config.train.total_env_steps:,} env steps",
+        f"until {config.train.total_env_steps:,} env steps" + offline_text(checked, counters),
         flush=True,
     )
     error = train_session(checked, counters, stop)
@@ -58,12 +59,26 @@ def run_train(
         print(f"qfleet train: {error}", file=sys.stderr, flush=True)
     done = counters.env_steps >= config.train.total_env_steps
     hint = "" if done else f"; continue it with: qfleet train --resume {run.path}"
+    where = f"{counters.env_steps:,} env steps"
+    if counters.phase == "offline":
+        where = f"update {counters.updates:,} of the offline phase ({config.offline.updates:,} updates)"
     print(
-        f"qfleet train: {'finished' if done else 'stopped'} at {counters.env_steps:,} env steps; "
-        f"run directory {run.path}{hint}",
+        f"qfleet train: {'finished' if done else 'stopped'} at {where}; run directory {run.path}{hint}",
         flush=True,
     )
     return 1 if error else 0
+
+
+def offline_text(checked: Plan, counters: RunCounters) -> str:
+    """What the start line says of the offline dataset ("" without one)."""
+    loaded, offline = checked.offline_data, checked.config.offline
+    if loaded is None:
+        return ""
+    if counters.online_from is not None or offline.updates == 0:
+        phase = "mixed into online batches"
+    else:
+        phase = f"first {offline.updates:,} updates on it alone, then mixed into online batches"
+    return f"; offline dataset {offline.dataset} ({loaded.size:,} transitions, {offline.num_shards} shard(s)): {phase}"
 
 
 def record_fresh_learner(checked: Plan, counters: RunCounters) -> None:
@@ -86,7 +101,10 @@ def train_session(checked: Plan, counters: RunCounters, stop) -> str | None:
     error = None
     try:
         launch(checked, counters, stop, components)
+        if not stop.is_set() and checked.offline_data is not None and counters.online_from is None:
+            supervisor.run_offline()
         if not stop.is_set():
+            start_actors(checked, counters, components)
             supervisor.run()
     except TrainError as exc:
         error = str(exc)

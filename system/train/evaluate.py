@@ -166,7 +166,9 @@ class BackgroundEvaluator:
 
 class RunEvaluations:
     """A run's evaluations: every train.eval_every_steps on the weights the learner published
-    last (in a background thread; skipped while the previous one runs), and a final one.
+    last (in a background thread; skipped while the previous one runs), and a final one. In the
+    offline phase of a run with a dataset (env steps do not move), every
+    offline.eval_every_updates learner updates and once at its end.
 
     Args:
         config: the run config (env, learner and train sections).
@@ -177,6 +179,7 @@ class RunEvaluations:
     def __init__(self, config: RunConfig, redis_url: str, run: str, counters: RunCounters):
         train = config.train
         self.counters, self.every = counters, train.eval_every_steps
+        self.every_updates = config.offline.eval_every_updates
         self.weights = WeightStore(redis_url, run, config.learner.weights)
         try:
             evaluator = Evaluator(
@@ -196,10 +199,39 @@ class RunEvaluations:
         fetched = self.weights.fetch(0)
         if fetched is None:  # no weights published yet: evaluate at the next threshold
             return
-        version, state = fetched
+        self._submit(*fetched)
+
+    def submit_offline_if_due(self) -> None:
+        """In the offline phase: an evaluation when counters.updates passed the next threshold."""
+        counters, every = self.counters, self.every_updates
+        if not every or counters.updates < counters.next_offline_eval:
+            return
+        counters.next_offline_eval = (counters.updates // every + 1) * every
+        fetched = self.weights.fetch(0)
+        if fetched is not None:
+            self._submit(*fetched)
+
+    def submit_latest(self) -> None:
+        """Evaluates the latest published weights now (the end of the offline phase)."""
+        fetched = self.weights.fetch(0)
+        if fetched is not None:
+            self._submit(*fetched)
+
+    def _tag(self, version: int) -> dict:
+        counters = self.counters
         tag = {"env_steps": counters.env_steps, "wall_s": counters.wall_s(), "weights_version": version}
+        if counters.phase is not None:
+            tag |= {"phase": counters.phase, "updates": counters.updates}
+        return tag
+
+    def _submit(self, version: int, state: dict) -> None:
+        tag = self._tag(version)
         if not self.background.submit(tag, state, version):  # the previous one still runs: skip this one
-            log.info("evaluation at %s env steps skipped: the evaluator is still busy", f"{counters.env_steps:,}")
+            log.info(
+                "evaluation at %s env steps, update %s skipped: the evaluator is still busy",
+                f"{tag['env_steps']:,}",
+                f"{self.counters.updates:,}",
+            )
 
     def finished(self) -> list[EvalRecord]:
         """Evaluations finished since the last call."""
@@ -219,9 +251,9 @@ class RunEvaluations:
         except Exception as exc:
             log.warning("no final evaluation: %s", exc)
         last = counters.last_eval
-        if fetched is not None and not (last and last[0] == counters.env_steps):
+        if fetched is not None and not (last and last[0] == counters.env_steps and counters.phase != "offline"):
             version, state = fetched
-            tag = {"env_steps": counters.env_steps, "wall_s": counters.wall_s(), "weights_version": version}
+            tag = self._tag(version)
             try:
                 records.append(self._record(tag, self.background.evaluator.run(state, version), final=True))
             except Exception as exc:
@@ -231,8 +263,11 @@ class RunEvaluations:
     def _record(self, tag: dict, result: EvalResult, final: bool) -> EvalRecord:
         self.counters.evals += 1
         self.counters.last_eval = (tag["env_steps"], result.mean)
+        where = f"{tag['env_steps']:,} env steps"
+        if tag.get("phase") == "offline":
+            where = f"update {tag['updates']:,} (offline phase)"
         print(
-            f"eval{' (final)' if final else ''} at {tag['env_steps']:,} env steps (weights v{tag['weights_version']}): "
+            f"eval{' (final)' if final else ''} at {where} (weights v{tag['weights_version']}): "
             f"return {result.mean:.1f} +- {result.std:.1f} over {len(result.returns)} episodes",
             flush=True,
         )

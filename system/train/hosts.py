@@ -13,7 +13,7 @@ import socket
 import warnings
 from dataclasses import dataclass
 
-from replay import ReplayConfig, ReplayCredentials, ReplayServer, Spec
+from replay import ReplayConfig, ReplayCredentials, ReplayServer, ShardAccounting, Spec
 from system.services.learner import LearnerDescription, LearnerProgress, LearnerResult, LearnerService
 
 
@@ -67,6 +67,8 @@ class ShardCounters:
     """Its process (a restarted shard has a new one)."""
     host: str
     """The machine's hostname (the driver kills a hung shard on its own machine by PID)."""
+    accounting: ShardAccounting
+    """Its insert ledger: items stored per stream and writer, receipts of abandoned streams."""
 
 
 class ShardHost:
@@ -80,14 +82,26 @@ class ShardHost:
         credentials: the run's replay credentials, private key included: the shard serves TLS and
             refuses calls without the token (None, given explicitly: plaintext). Ray keeps them with the actor's constructor
             arguments (in its token-protected GCS), so a restarted shard serves with the same.
+        items: columns inserted before the shard serves and registers (an offline shard's share of
+            a dataset: clients never see it half full). Ray keeps them with the constructor
+            arguments too, so a restarted offline shard (no checkpoints) comes back full.
     """
 
     def __init__(
-        self, spec: Spec, config: ReplayConfig, node_ip: bool = False, *, credentials: ReplayCredentials | None
+        self,
+        spec: Spec,
+        config: ReplayConfig,
+        node_ip: bool = False,
+        *,
+        credentials: ReplayCredentials | None,
+        items: dict | None = None,
     ):
         if node_ip:
             config = dataclasses.replace(config, host=node_address())
-        self.server = ReplayServer(spec, config=config, credentials=credentials).start()
+        server = ReplayServer(spec, config=config, credentials=credentials)
+        if items is not None:
+            server.table.insert(items)
+        self.server = server.start()
 
     def describe(self) -> ShardDescription:
         """Address, metrics address, pid and what was restored."""
@@ -112,6 +126,7 @@ class ShardHost:
             lost_transitions=self.server.lost_transitions,
             pid=os.getpid(),
             host=socket.gethostname(),
+            accounting=self.server.accounting(),
         )
 
     def stop(self) -> ShardCounters:

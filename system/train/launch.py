@@ -1,5 +1,6 @@
-"""Starting a run's components in order: Redis -> Ray -> driver /metrics -> shards -> learner ->
-evaluations -> actors. What started is in `Components` at once, so a failure part way (or Ctrl-C)
+"""Starting a run's components in order: Redis -> Ray -> driver /metrics -> shards -> offline
+shards (a run with a dataset) -> learner -> evaluations, then (`start_actors`, after an offline
+phase) actors. What started is in `Components` at once, so a failure part way (or Ctrl-C)
 stops exactly what runs.
 
 Every start makes fresh replay credentials (a token and a self-signed certificate, in memory only):
@@ -44,7 +45,7 @@ from system.local.watchdog import Watchdog
 from system.observe.discovery import discover, register_driver, unregister_driver, write_targets
 from system.train.evaluate import RunEvaluations
 from system.train.metrics import TrainMetrics
-from system.train.plan import Plan, evaluates_in_driver, shard_config
+from system.train.plan import Plan, evaluates_in_driver, offline_shard_settings, shard_config
 from system.train.records import LearnerEventRecord, RunCounters
 
 if TYPE_CHECKING:
@@ -128,6 +129,8 @@ class Components:
     targets: PrometheusTargets | None = None
     shards: list = field(default_factory=list)
     """ShardHost actor handles."""
+    offline_shards: list = field(default_factory=list)
+    """ShardHost actor handles of the offline dataset's shards (a run with `offline.dataset`)."""
     learner: object | None = None
     """The LearnerHost actor handle."""
     episodes: EpisodeFeed | None = None
@@ -141,13 +144,12 @@ class Components:
 
 
 def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components: Components) -> None:
-    """Starts everything into `components`; returns early once `stop` is set.
+    """Starts everything but the actors into `components` (`start_actors` follows, after an
+    offline phase if the run has one); returns early once `stop` is set.
 
     Raises:
         TrainError: a component could not start.
     """
-    from actors import ActorFleet
-
     config, run = plan.config, plan.run
     components.replay_credentials = generate_credentials()
     if config.ray.address is None:
@@ -168,7 +170,7 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
     _save_secrets(plan, components)
     _start_metrics(plan, components)
     run.write_json("run.json", components.info)
-    for start in (_start_shards, _start_learner):
+    for start in (_start_shards, _start_offline_shards, _start_learner):
         if stop.is_set():
             return
         start(plan, components, counters)
@@ -178,8 +180,13 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
         components.evaluations = RunEvaluations(config, components.redis_url, plan.name, counters)
     else:
         log.info("no driver evaluations for %s on emulators: follow the training returns", config.env.id)
-    if stop.is_set():
-        return
+
+
+def start_actors(plan: Plan, counters: RunCounters, components: Components) -> None:
+    """Starts the env actors (the online phase)."""
+    from actors import ActorFleet
+
+    config = plan.config
     budget = config.train.total_env_steps - counters.start_env_steps
     components.fleet = ActorFleet(
         config.env,
@@ -297,6 +304,35 @@ def _start_shards(plan: Plan, components: Components, counters: RunCounters) -> 
         for message in shard.refused_checkpoints:
             log.warning("shard %d: %s", shard.shard_id, message)
     components.info["shards"] = [asdict(shard) for shard in described]
+
+
+def _start_offline_shards(plan: Plan, components: Components, counters: RunCounters) -> None:
+    """The dataset's shards: each inserts its share before it serves (a Ray restart inserts it again)."""
+    from system.datasets import shard_share
+    from system.train.hosts import ShardHost
+
+    loaded, config, ray = plan.offline_data, plan.config, components.ray
+    if loaded is None:
+        return
+    remote = ray.remote(ShardHost)
+    on_cluster = config.ray.address is not None
+    begin = 0
+    for index in range(config.offline.num_shards):
+        share = shard_share(loaded.size, config.offline.num_shards, index)
+        items = {name: column[begin : begin + share] for name, column in loaded.transitions.items()}
+        begin += share
+        settings = offline_shard_settings(config, loaded, index, components.redis_url, plan.name)
+        options = {"num_cpus": 0, "max_restarts": -1, "name": f"qfleet-{plan.name}-offline-shard-{index}"}
+        handle = remote.options(**options).remote(
+            plan.spec, settings, on_cluster, credentials=components.replay_credentials, items=items
+        )
+        components.offline_shards.append(handle)
+    described = ray.get([shard.describe.remote() for shard in components.offline_shards], timeout=600)
+    for shard in described:
+        log.info(
+            "offline shard %d serving %s dataset transitions at %s", shard.shard_id, f"{shard.size:,}", shard.address
+        )
+    components.info["offline_shards"] = [asdict(shard) for shard in described]
 
 
 def _start_learner(plan: Plan, components: Components, counters: RunCounters) -> None:

@@ -18,6 +18,10 @@ SERIES = {
     f"{PREFIX}_replay_size": "Items held by all replay shards.",
     f"{PREFIX}_actors": "Env actors the supervisor keeps running.",
     f"{PREFIX}_transitions_lost": "Transitions lost over the run: never acknowledged, or lost by a shard that died.",
+    f"{PREFIX}_transitions_inserted": "Transitions stored for the actors over the run, each once (the shards' "
+    "insert ledgers; a killed actor's last chunk included).",
+    f"{PREFIX}_transitions_stored_twice": "Transitions a shard stored and, no reply reaching the writer, another "
+    "shard stored again (failover); present + lost - this = inserted.",
     f"{PREFIX}_faults": "Component faults ridden out over the run, by kind (shard_restarts, redis_restarts, ...).",
 }
 
@@ -40,6 +44,8 @@ class TrainMetrics:
         self.replay_size = gauge(f"{PREFIX}_replay_size")
         self.actors = gauge(f"{PREFIX}_actors")
         self.transitions_lost = gauge(f"{PREFIX}_transitions_lost")
+        self.transitions_inserted = gauge(f"{PREFIX}_transitions_inserted")
+        self.transitions_stored_twice = gauge(f"{PREFIX}_transitions_stored_twice")
         name = f"{PREFIX}_faults"
         self.faults = Gauge(name, SERIES[name], ["run", "kind"], registry=self.registry)
         self.run = run
@@ -56,5 +62,7 @@ class TrainMetrics:
         self.replay_size.set(record.replay_size)
         self.actors.set(record.actors)
         self.transitions_lost.set(record.transitions_lost)
+        self.transitions_inserted.set(record.transitions_inserted)
+        self.transitions_stored_twice.set(record.transitions_stored_twice)
         for kind, count in record.faults.items():
             self.faults.labels(self.run, kind).set(count)

@@ -13,7 +13,17 @@ from typing import Any
 
 from learner import ActionSpace
 from replay import ReplayConfig, Spec, redact_url
-from system.config import ConfigError, RunConfig, env_spaces, load_config
+from system.config import (
+    OFFLINE,
+    ONLINE,
+    ConfigError,
+    RunConfig,
+    batch_mix,
+    env_spaces,
+    load_config,
+    offline_run_name,
+    online_batch_items,
+)
 from system.train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -36,6 +46,9 @@ class Plan:
     fresh run): a resumed learner continues above it."""
     fresh_learner: bool = False
     """A resume whose learner starts fresh (no good checkpoint, --fresh-learner given)."""
+    offline_data: Any = None
+    """The `offline` dataset's n-step transitions, read and validated (a
+    `system.datasets.LoadedDataset`; None without one): loaded into the offline shards at every start."""
 
 
 def plan(
@@ -86,9 +99,56 @@ def plan(
     spaces = env_spaces(config.env)
     check(config, spaces.spec)
     checked = Plan(config, run, name, state, spaces.obs_shape, spaces.action_space, spaces.spec)
+    checked.offline_data = load_offline(config, spaces)
     if resume is not None:
         checked.learner_reached, checked.fresh_learner = learner_resume(run, fresh_learner)
     return checked
+
+
+OFFLINE_FIRST_SHARD_ID = 512
+"""Offline shard i has id 512 + i (online shards are 0..train.num_shards-1): keys of a mixed batch
+name their shard unambiguously, so priority updates route."""
+
+
+def load_offline(config: RunConfig, spaces):
+    """The `offline` dataset as n-step transitions (the actors' n and the learner's gamma), or None.
+
+    Raises:
+        DatasetError: a missing dataset, or one that does not match the env (named field).
+    """
+    offline = config.offline
+    if not offline.enabled:
+        return None
+    from system.datasets import DatasetSource, load_transitions
+
+    source = DatasetSource(offline.dataset, offline.datasets_dir, offline.num_shards, offline.selector)
+    loaded = load_transitions(
+        source, spaces.spec, spaces.action_space, n_step=config.actors.n_step, gamma=config.learner.gamma
+    )
+    log.info(
+        "offline dataset %s: %s transitions from %s episodes (read %.1f s, n-step %.1f s)",
+        offline.dataset,
+        f"{loaded.size:,}",
+        f"{loaded.episodes:,}",
+        loaded.read_s,
+        loaded.nstep_s,
+    )
+    return loaded
+
+
+def offline_shard_settings(config: RunConfig, loaded, shard: int, redis_url: str, name: str) -> ReplayConfig:
+    """Offline shard `shard`'s settings: its share of the dataset exactly (never evicted), no rate
+    limiter, no checkpoints, registered under the run's offline namespace (`offline_run_name`)."""
+    from system.datasets import offline_shard_config
+
+    base = dataclasses.replace(
+        config.replay,
+        redis_url=redis_url,
+        run=offline_run_name(name),
+        metrics_port=0,
+        seed=None if config.replay.seed is None else config.replay.seed + OFFLINE_FIRST_SHARD_ID + shard,
+    )
+    return offline_shard_config(base, loaded.source, loaded.size, shard, first_shard_id=OFFLINE_FIRST_SHARD_ID)
 
 
 def learner_resume(run: RunDir, fresh_learner: bool):
@@ -226,11 +286,53 @@ def check(config: RunConfig, spec: Spec) -> None:
             f"{lead:,}",
             100 * lead / train.total_env_steps,
         )
+    check_offline(config)
     defaults = type(replay)()
     for key in ("samples_per_insert", "min_size", "error_buffer", "checkpoint_dir", "redis_url"):
         if getattr(replay, key) != getattr(defaults, key):
             value = redact_url(replay.redis_url) if key == "redis_url" else getattr(replay, key)
             log.warning("replay.%s is set by qfleet train itself; the configured %r is ignored", key, value)
+
+
+def check_offline(config: RunConfig) -> None:
+    """The `offline` section against the rest: a mix needs a dataset, names both sources, gives
+    each at least one item of a batch; the online loss must learn from actors' transitions.
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    offline, replay, learner = config.offline, config.replay, config.learner
+    if not offline.enabled:
+        if replay.mix is not None:
+            raise ConfigError(
+                f"replay.mix={replay.mix!r}: mixes an offline dataset into online batches; "
+                "set offline.dataset, or leave replay.mix null"
+            )
+        return
+    mix = batch_mix(offline, replay.mix)
+    if set(mix) != {OFFLINE, ONLINE}:
+        raise ConfigError(
+            f"replay.mix={replay.mix!r}: with offline.dataset, give the fractions of both sources, "
+            f"e.g. {{{OFFLINE}: 0.5, {ONLINE}: 0.5}}"
+        )
+    from replay import split_counts
+
+    counts = split_counts(learner.batch_size, mix)
+    if min(counts.values()) < 1:
+        raise ConfigError(
+            f"replay.mix={mix!r}: a batch of learner.batch_size={learner.batch_size} would hold {counts} items "
+            "per source; each needs at least one"
+        )
+    if learner.loss == "filtered_bc":
+        raise ConfigError(
+            "learner.loss='filtered_bc' needs each transition's episode_return, which actors' online "
+            "transitions lack: an offline -> online run needs iql or a Q-learning loss"
+        )
+    if config.train.num_shards > OFFLINE_FIRST_SHARD_ID:
+        raise ConfigError(
+            f"train.num_shards={config.train.num_shards}: with offline shards (ids from "
+            f"{OFFLINE_FIRST_SHARD_ID}) at most {OFFLINE_FIRST_SHARD_ID} online shards"
+        )
 
 
 def shard_config(config: RunConfig, shard_id: int, redis_url: str, name: str, run: RunDir) -> ReplayConfig:
@@ -242,11 +344,13 @@ def shard_config(config: RunConfig, shard_id: int, redis_url: str, name: str, ru
     actors fill the replay to learning_starts, then run at most that far ahead of the UTD. Only
     inserts wait for it (`limit_samples=False`): the learner's sampler keeps the ratio over all
     shards, and a shard with fewer writers than its share of draws must not hold the learner up.
+    With an offline dataset the ratio counts the online share of each batch only (`online_batch_items`).
     """
     from learner import sample_error_buffer
 
     learner = config.learner
-    samples_per_insert = learner.samples_per_insert
+    mix = batch_mix(config.offline, config.replay.mix)
+    samples_per_insert = learner.updates_per_env_step * online_batch_items(learner.batch_size, mix)
     return dataclasses.replace(
         config.replay,
         shard_id=shard_id,

@@ -66,6 +66,10 @@ class ComponentPoll:
         Ray reports is no hang until it takes that long)."""
         return now - max(self.answered_at, self.down_at or self.answered_at)
 
+    def restarting(self) -> bool:
+        """It went down (a failed call or a restart) and has not answered since: starting up."""
+        return self.down_at is not None and self.answered_at <= self.down_at
+
     def down(self, now: float) -> None:
         """The actor is restarting (Ray's, or the driver's doing): drops the outstanding call."""
         self._ref, self.down_at, self.failing = None, now, True

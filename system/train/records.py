@@ -1,7 +1,7 @@
 """What a run records: its counters (state.json) and the lines of metrics.jsonl.
 
 Each record is a dataclass whose `to_json()` gives the line's object: {"kind": "progress" |
-"episodes" | "eval", ...}, with the keys (and their order) `qfleet report` and older runs use.
+"episodes" | "eval" | "learner" | "phase", ...}, with the keys (and their order) `qfleet report` and older runs use.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from replay import reconcile
 from system.train.faults import FaultCounts
 
 RECENT_EPISODES = 100
@@ -23,9 +24,10 @@ class RunCounters:
     Args:
         state: state.json of the run so far (empty for a fresh run).
         eval_every_steps: train.eval_every_steps (where the first evaluation of a fresh run is).
+        eval_every_updates: offline.eval_every_updates (the first offline-phase evaluation).
     """
 
-    def __init__(self, state: dict, eval_every_steps: int):
+    def __init__(self, state: dict, eval_every_steps: int, eval_every_updates: int = 0):
         self.start_env_steps = int(state.get("env_steps", 0))
         """Env steps of the earlier sessions."""
         self.start_episodes = int(state.get("episodes", 0))
@@ -53,6 +55,22 @@ class RunCounters:
         """Batches of earlier sessions that no shard acknowledged."""
         self.fleet_lost = 0
         """This session's batches that no shard acknowledged (the actors count them)."""
+        self.transitions_inserted = int(state.get("transitions_inserted", 0))
+        """Transitions stored for the actors over the run, each once, as the shards' insert ledgers
+        count them (a killed actor's last chunk included): present + lost by shards - stored twice."""
+        self.transitions_stored_twice = int(state.get("transitions_stored_twice", 0))
+        """Transitions a shard stored (held, or lost with it) whose writer then re-sent them to
+        another shard, having had no reply (replay/accounting.py)."""
+        self.phase: str | None = state.get("phase")
+        """"offline" (the learner on the dataset alone) or "online" (actors act) in a run with an
+        offline dataset; None in an online-only run."""
+        self.online_from: dict | None = state.get("online_from")
+        """Where the online phase began: {"wall_s", "env_steps", "updates"} (None before it, and in
+        an online-only run)."""
+        self.next_offline_eval = int(state.get("next_offline_eval", 0)) or eval_every_updates
+        """Learner updates at which the next offline-phase evaluation is due."""
+        self.updates = 0
+        """The learner's updates at its latest report."""
         self.session_episodes = 0
         self.returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self._started = time.monotonic()
@@ -77,9 +95,19 @@ class RunCounters:
         self.returns.extend(float(r) for r in returns)
         self.session_episodes += len(returns)
 
+    def start_online(self, updates: int) -> PhaseRecord:
+        """The online phase begins now, at the learner's `updates`: counted, and its record."""
+        self.phase = "online"
+        self.online_from = {"wall_s": self.wall_s(), "env_steps": self.env_steps, "updates": updates}
+        return PhaseRecord("online", **self.online_from)
+
     def state(self) -> dict:
         """What state.json holds (a resumed run starts from it)."""
+        phases = {}
+        if self.phase is not None:
+            phases = {"phase": self.phase, "online_from": self.online_from, "next_offline_eval": self.next_offline_eval}
         return {
+            **phases,
             "env_steps": self.env_steps,
             "episodes": self.episodes,
             "wall_s": self.wall_s(),
@@ -91,6 +119,8 @@ class RunCounters:
             "fresh_learners": self.fresh_learners,
             "transitions_lost": self.transitions_lost,
             "shards_lost": self.shards_lost,
+            "transitions_inserted": self.transitions_inserted,
+            "transitions_stored_twice": self.transitions_stored_twice,
             "faults": self.faults.to_json(),
         }
 
@@ -121,17 +151,25 @@ class ProgressRecord:
     transitions_lost: int
     """Transitions lost over the run: batches no shard acknowledged, plus what shards that died
     had acknowledged after their newest checkpoint."""
+    transitions_inserted: int = 0
+    """Transitions stored for the actors over the run, each once (the shards' ledgers)."""
+    transitions_stored_twice: int = 0
+    """Transitions stored by a shard and, with no reply reaching the writer, again elsewhere."""
     faults: dict[str, int] = field(default_factory=dict)
     """FaultCounts of the run so far."""
     silent: dict[str, float] = field(default_factory=dict)
     """Components that have not answered for a while: name -> seconds."""
     final: bool = False
     """The run's last counters (the key is written only when true)."""
+    phase: str | None = None
+    """"offline" or "online" in a run with an offline dataset (the key is written only then)."""
 
     def to_json(self) -> dict:
         record = {"kind": "progress", **dataclasses.asdict(self)}
         if not self.final:
             del record["final"]
+        if self.phase is None:
+            del record["phase"]
         return record
 
 
@@ -164,9 +202,31 @@ class EvalRecord:
     returns: list[float]
     lengths: list[int]
     seconds: float
+    phase: str | None = None
+    """"offline" or "online" in a run with an offline dataset (phase and updates are written only then)."""
+    updates: int | None = None
+    """The learner's updates when the weights were taken (runs with an offline dataset)."""
 
     def to_json(self) -> dict:
-        return {"kind": "eval", **dataclasses.asdict(self)}
+        record = {"kind": "eval", **dataclasses.asdict(self)}
+        if self.phase is None:
+            del record["phase"], record["updates"]
+        return record
+
+
+@dataclass(frozen=True)
+class PhaseRecord:
+    """A run with an offline dataset entered a phase: "offline" (the learner on the dataset alone)
+    or "online" (actors started; batches mix the dataset with their data)."""
+
+    phase: str
+    wall_s: float
+    env_steps: int
+    updates: int
+    """The learner's updates when the phase began."""
+
+    def to_json(self) -> dict:
+        return {"kind": "phase", **dataclasses.asdict(self)}
 
 
 @dataclass(frozen=True)
@@ -195,12 +255,24 @@ def progress_line(record: ProgressRecord, total_env_steps: int) -> str:
     recent = "-" if record.recent_return is None else f"{record.recent_return:.1f}"
     last_eval = record.last_eval
     evaluated = "-" if last_eval is None else f"{last_eval[1]:.1f} @ {last_eval[0]:,}"
+    phase = "" if record.phase is None else f"{record.phase} phase: "
     return (
-        f"[{record.wall_s:7.0f} s] env steps {record.env_steps:,}/{total_env_steps:,} "
+        f"[{record.wall_s:7.0f} s] {phase}env steps {record.env_steps:,}/{total_env_steps:,} "
         f"({record.env_steps_per_s:,.0f}/s) | episodes {record.episodes:,}, return {recent} (eval {evaluated}) | "
         f"updates {record.updates:,} ({record.updates_per_s:,.0f}/s), "
         f"utd {record.achieved_utd:.3f}/{record.target_utd:g} | "
         f"replay {record.replay_size:,} | weights v{record.weights_version}" + _faults_text(record)
+    )
+
+
+def offline_progress_line(record: ProgressRecord, offline_updates: int, dataset_size: int) -> str:
+    """The line `qfleet train` prints every train.log_every_s in the offline phase (no actors yet)."""
+    last_eval = record.last_eval
+    evaluated = "-" if last_eval is None else f"{last_eval[1]:.1f}"
+    return (
+        f"[{record.wall_s:7.0f} s] offline phase: updates {record.updates:,}/{offline_updates:,} "
+        f"({record.updates_per_s:,.0f}/s) on {dataset_size:,} dataset transitions | eval {evaluated} | "
+        f"weights v{record.weights_version}" + _faults_text(record)
     )
 
 
@@ -210,6 +282,16 @@ def _faults_text(record: ProgressRecord) -> str:
     faults = FaultCounts.from_json(record.faults).describe()
     if faults or record.transitions_lost:
         text += f" | faults: {faults or 'none'}; {record.transitions_lost:,} transitions lost"
+        if record.transitions_stored_twice:
+            text += f", {record.transitions_stored_twice:,} stored twice"
     if record.silent:
         text += " | silent: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in record.silent.items())
     return text
+
+
+def take_shard_accounting(counters: RunCounters, shards: list) -> None:
+    """Sets the run's inserted and stored-twice counts from every shard's insert ledger
+    (`ShardCounters.accounting`, one per shard id; all of them, or the counts are kept)."""
+    reconciled = reconcile(shard.accounting for shard in shards)
+    counters.transitions_stored_twice = reconciled.stored_twice
+    counters.transitions_inserted = sum(items for tag, items in reconciled.by_writer.items() if tag)

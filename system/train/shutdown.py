@@ -1,22 +1,29 @@
 """Stopping a run in order: actors (they flush while the learner still samples) -> learner
-(publish + checkpoint) -> final evaluation -> shards (checkpoint) -> Ray -> Redis -> the run's
-secrets file."""
+(publish + checkpoint) -> final evaluation -> shards (checkpoint; offline shards just stop) ->
+Ray -> Redis -> the run's secrets file."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from system.local.secrets import remove_run_secrets
 from system.train.launch import Components
 from system.train.plan import Plan
-from system.train.records import ProgressRecord, RunCounters
+from system.train.records import ProgressRecord, RunCounters, take_shard_accounting
+
+if TYPE_CHECKING:
+    from actors import FleetStats
 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 900
 """Longest wait for the learner or a shard to stop (each writes a checkpoint first)."""
+
+SHARD_COUNTS_TIMEOUT_S = 30
+"""Longest wait for the shards' counts before the final record."""
 
 
 class _Failures:
@@ -41,11 +48,12 @@ def shutdown(plan: Plan, parts: Components, counters: RunCounters, latest: Progr
     """
     failures = _Failures()
     try:
-        _stop_actors(parts, counters, failures)
+        fleet = _stop_actors(parts, counters, failures)
+        _take_shard_counts(parts, counters)
         _stop_learner(plan, parts, counters, latest, failures)
         if parts.evaluations is not None:
             plan.run.append_records([record.to_json() for record in parts.evaluations.final()])
-        _stop_shards(parts, counters, failures)
+        _stop_shards(plan, parts, counters, fleet, failures)
         if parts.evaluations is not None:
             parts.evaluations.close()
         if parts.episodes is not None:
@@ -73,9 +81,12 @@ def shutdown(plan: Plan, parts: Components, counters: RunCounters, latest: Progr
     return failures.first
 
 
-def _stop_shards(parts: Components, counters: RunCounters, failures: _Failures) -> None:
-    """Stops the shards (each writes its final checkpoint); takes their final loss counts."""
-    lost = []
+def _stop_shards(
+    plan: Plan, parts: Components, counters: RunCounters, fleet: FleetStats | None, failures: _Failures
+) -> None:
+    """Stops the shards (each writes its final checkpoint); takes their final loss counts and
+    reconciles their ledgers with what the actors were told."""
+    lost, stopped_shards = [], []
     for shard in parts.shards:
         try:
             stopped = parts.ray.get(shard.stop.remote(), timeout=STOP_TIMEOUT_S)
@@ -83,6 +94,7 @@ def _stop_shards(parts: Components, counters: RunCounters, failures: _Failures) 
             failures.add("a shard did not stop cleanly", exc)
             continue
         lost.append(stopped.lost_transitions)
+        stopped_shards.append(stopped)
         log.info(
             "shard stopped with %s items after %s inserts; %s transitions lost to its crashes",
             f"{stopped.size:,}",
@@ -91,20 +103,68 @@ def _stop_shards(parts: Components, counters: RunCounters, failures: _Failures) 
         )
     if parts.shards and len(lost) == len(parts.shards):  # none started: keep the earlier sessions' count
         counters.shards_lost = sum(lost)
+        take_shard_accounting(counters, stopped_shards)
+        present = sum(shard.inserts for shard in stopped_shards)
+        log.info(
+            "transitions stored for the actors: %s = %s in shards + %s lost by shards - %s stored twice",
+            f"{counters.transitions_inserted:,}",
+            f"{present:,}",
+            f"{counters.shards_lost:,}",
+            f"{counters.transitions_stored_twice:,}",
+        )
+        if fleet is not None:
+            _log_per_actor(plan, stopped_shards, fleet)
+    for shard in parts.offline_shards:  # nothing to checkpoint: the dataset loads them at every start
+        try:
+            parts.ray.get(shard.stop.remote(), timeout=STOP_TIMEOUT_S)
+        except Exception as exc:
+            failures.add("an offline shard did not stop cleanly", exc)
 
 
-def _stop_actors(parts: Components, counters: RunCounters, failures: _Failures) -> None:
-    if parts.fleet is None:
+def _log_per_actor(plan: Plan, shards: list, fleet: FleetStats) -> None:
+    """Each actor's transitions as the shards count them beside what its processes reported (a
+    process that was killed never reported its last chunk)."""
+    from actors import actor_writer_id
+    from replay import reconcile, writer_tag
+
+    by_writer = reconcile(shard.accounting for shard in shards).by_writer
+    for actor_id in sorted(fleet.inserted_by_actor):
+        stored = by_writer.get(writer_tag(actor_writer_id(plan.name, actor_id)), 0)
+        log.info(
+            "actor %d: %s transitions stored by the shards, %s reported by its processes",
+            actor_id,
+            f"{stored:,}",
+            f"{fleet.inserted_by_actor[actor_id]:,}",
+        )
+
+
+def _take_shard_counts(parts: Components, counters: RunCounters) -> None:
+    """The shards' counts once the actors flushed their last inserts, for the final record
+    (the shards' own stop gives them again); kept as they were if a shard does not answer."""
+    if not parts.shards:
         return
+    try:
+        shards = parts.ray.get([shard.info.remote() for shard in parts.shards], timeout=SHARD_COUNTS_TIMEOUT_S)
+    except Exception as exc:  # a shard restarting or hung: the last poll's counts stay
+        log.warning("shard counts not taken before the final record: %s", exc)
+        return
+    counters.shards_lost = sum(shard.lost_transitions for shard in shards)
+    take_shard_accounting(counters, shards)
+
+
+def _stop_actors(parts: Components, counters: RunCounters, failures: _Failures) -> FleetStats | None:
+    if parts.fleet is None:
+        return None
     try:
         stats = parts.fleet.stop()
     except Exception as exc:
         failures.add("actors did not stop cleanly", exc)
-        return
+        return None
     counters.env_steps = max(counters.env_steps, counters.start_env_steps + stats.env_steps)
     counters.fleet_lost = stats.transitions_lost
     inserted, lost = f"{stats.transitions_inserted:,}", f"{stats.transitions_lost:,}"
     log.info("actors stopped: %s transitions inserted, %s lost", inserted, lost)
+    return stats
 
 
 def _stop_learner(
@@ -125,6 +185,9 @@ def _stop_learner(
             env_steps=counters.env_steps,
             updates=result.updates,
             weights_version=result.version,
+            transitions_lost=counters.transitions_lost,
+            transitions_inserted=counters.transitions_inserted,
+            transitions_stored_twice=counters.transitions_stored_twice,
             final=True,
         )
         plan.run.append_records([final.to_json()])
@@ -156,7 +219,7 @@ def _stop_ray(plan: Plan, parts: Components) -> None:
     if ray is None:
         return
     if plan.config.ray.address is not None:  # on a cluster, what this run started goes with it
-        for handle in [*parts.shards, parts.learner]:
+        for handle in [*parts.shards, *parts.offline_shards, parts.learner]:
             if handle is not None:
                 ray.kill(handle)
     ray.shutdown()

@@ -19,7 +19,16 @@ from system.train.faults import FaultLog
 from system.train.launch import Components
 from system.train.plan import Plan
 from system.train.polls import ComponentPoll, PollFailure, failure_of
-from system.train.records import EpisodesRecord, LearnerEventRecord, ProgressRecord, RunCounters, progress_line
+from system.train.records import (
+    EpisodesRecord,
+    LearnerEventRecord,
+    PhaseRecord,
+    ProgressRecord,
+    RunCounters,
+    offline_progress_line,
+    progress_line,
+    take_shard_accounting,
+)
 
 if TYPE_CHECKING:
     from actors import FleetStats
@@ -106,7 +115,90 @@ class Supervisor:
         self._learner_pid = components.info.get("learner", {}).get("pid")
         self._describing: tuple[int, object] | None = None  # (restarted learner's pid, its describe() call)
         self._shards: list[ComponentPoll] = []
+        self._offline_shards: list[ComponentPoll] = []
         self._redis_feed_down = False
+
+    def _start_polls(self) -> None:
+        """Polls of the shards' counters (once per session: the offline phase's go on online)."""
+        if self._shards or self._offline_shards:
+            return
+        parts = self.components
+        self._shards = [ComponentPoll(f"shard {i}", shard.info.remote) for i, shard in enumerate(parts.shards)]
+        self._offline_shards = [
+            ComponentPoll(f"offline shard {i}", shard.info.remote) for i, shard in enumerate(parts.offline_shards)
+        ]
+
+    def run_offline(self) -> None:
+        """The offline phase: the learner trains on the dataset alone, no actor runs, evaluations
+        come every offline.eval_every_updates. Returns once the learner reports the online phase
+        (at once for one resumed past it; it ends the phase with a checkpoint and a publish, whose
+        weights are evaluated as the offline result), or when `stop` is set.
+
+        Raises:
+            TrainError: as `run`.
+        """
+        config, counters, parts = self.config, self.counters, self.components
+        if config.offline.updates == 0:  # no offline phase: the data only joins the online batches
+            self.run_dir.append_records([counters.start_online(0).to_json()])
+            return
+        if counters.phase is None:
+            counters.phase = "offline"
+            record = PhaseRecord("offline", counters.wall_s(), counters.env_steps, counters.updates)
+            self.run_dir.append_records([record.to_json()])
+        recording = Periodic(RECORD_EVERY_S)
+        printing = Periodic(config.train.log_every_s)
+        targets = Periodic(DISCOVERY_EVERY_S, parts.targets.write)
+        state = Periodic(STATE_EVERY_S, lambda: self.run_dir.write_json("state.json", counters.state()))
+        self._start_polls()
+        parts.targets.write()
+        dataset_size = sum(poll.value.size for poll in self._offline_shards if poll.value is not None)
+        try:
+            while not self.stop.wait(POLL_TIMEOUT_S):
+                now = time.monotonic()
+                self._watch_redis()
+                records: list = []
+                if parts.evaluations is not None:
+                    self._evaluate(parts.evaluations.submit_offline_if_due)
+                    records += parts.evaluations.finished()
+                online = False
+                if recording.due(now):
+                    self._poll(now)
+                    learner = self._learner_progress(records, now)
+                    counters.faults = self.faults.counts
+                    if learner is not None:
+                        self.latest = self._progress(None, learner, 0.0, now)
+                        parts.metrics.update(self.latest)
+                        records.append(self.latest)
+                        dataset_size = (
+                            sum(poll.value.size for poll in self._offline_shards if poll.value) or dataset_size
+                        )
+                        if printing.due(now):
+                            print(offline_progress_line(self.latest, config.offline.updates, dataset_size), flush=True)
+                        online = learner.phase == "online"
+                if online:
+                    counters.updates = max(counters.updates, config.offline.updates)
+                    if parts.evaluations is not None:  # the offline phase's result
+                        self._evaluate(parts.evaluations.submit_latest)
+                    records.append(counters.start_online(counters.updates))
+                    print(
+                        f"qfleet train: offline phase done at update {counters.updates:,}; starting the actors "
+                        f"(online phase: each batch mixes {self._mix_text()})",
+                        flush=True,
+                    )
+                self.run_dir.append_records([record.to_json() for record in records])
+                targets.tick(now)
+                state.tick(now)
+                if online:
+                    self.run_dir.write_json("state.json", counters.state())
+                    return
+        finally:
+            counters.faults = self.faults.counts
+
+    def _mix_text(self) -> str:
+        from system.config import batch_mix
+
+        mix = batch_mix(self.config.offline, self.config.replay.mix) or {}
+        return " and ".join(f"{fraction:g} {name}" for name, fraction in mix.items())
 
     def run(self) -> None:
         """The loop; returns at train.total_env_steps or when `stop` is set.
@@ -122,7 +214,7 @@ class Supervisor:
         targets = Periodic(DISCOVERY_EVERY_S, parts.targets.write)
         state = Periodic(STATE_EVERY_S, lambda: self.run_dir.write_json("state.json", counters.state()))
         rate = StepRate(counters.env_steps)
-        self._shards = [ComponentPoll(f"shard {i}", shard.info.remote) for i, shard in enumerate(parts.shards)]
+        self._start_polls()
         parts.targets.write()
         try:
             self._loop(recording, printing, targets, state, rate)
@@ -146,7 +238,7 @@ class Supervisor:
             self._watch_redis()
             records = self._episodes()
             if parts.evaluations is not None:
-                self._evaluate()
+                self._evaluate(parts.evaluations.submit_if_due)
                 records += parts.evaluations.finished()
             if recording.due(now):
                 self._poll(now)
@@ -168,20 +260,32 @@ class Supervisor:
     def _poll(self, now: float) -> None:
         """Collects the shards' answers; counts and handles their faults (the learner's:
         `_learner_progress`)."""
-        ray = self.components.ray
-        for index, poll in enumerate(self._shards):
+        ray, parts = self.components.ray, self.components
+        polls = [
+            *((poll, parts.shards[i], f"qfleet-{self.name}-shard-{i}") for i, poll in enumerate(self._shards)),
+            *(
+                (poll, parts.offline_shards[i], f"qfleet-{self.name}-offline-shard-{i}")
+                for i, poll in enumerate(self._offline_shards)
+            ),
+        ]
+        for poll, handle, actor_name in polls:
             failure = poll.tick(ray, now)
             if failure is not None:
-                self._failed(poll, failure, f"qfleet-{self.name}-shard-{index}", "shard_restarts", now)
-            elif poll.hung_for(now) > self.config.train.silent_after_s:
+                self._failed(poll, failure, actor_name, "shard_restarts", now)
+            elif poll.hung_for(now) > (limit := self._silence_limit(poll)):
+                setting = "train.restart_grace_s" if poll.restarting() else "train.silent_after_s"
                 self.faults.record(
                     poll.name,
                     "shard_hangs",
-                    f"answered no call for {poll.silent_for(now):.0f} s (train.silent_after_s="
-                    f"{self.config.train.silent_after_s:g}): restarting it",
+                    f"answered no call for {poll.silent_for(now):.0f} s ({setting}={limit:g}): restarting it",
                 )
-                _restart_hung(ray, self.components.shards[index], poll.current)
+                _restart_hung(ray, handle, poll.current)
                 poll.down(now)  # its restart is this fault, not another one
+
+    def _silence_limit(self, poll: ComponentPoll) -> float:
+        """How long a shard may stay silent: longer while it starts up after a restart."""
+        train = self.config.train
+        return max(train.restart_grace_s, train.silent_after_s) if poll.restarting() else train.silent_after_s
 
     def _learner_progress(self, records: list, now: float | None = None) -> LearnerProgress | None:
         """The learner's latest answer from its current process; None while it has not answered
@@ -312,9 +416,9 @@ class Supervisor:
         self.run_dir.write_json("run.json", parts.info)
         log.info("redis-server back on port %d", redis.port)
 
-    def _evaluate(self) -> None:
+    def _evaluate(self, submit: Callable[[], None]) -> None:
         try:
-            self.components.evaluations.submit_if_due()
+            submit()
         except Exception as exc:  # Redis away for a moment: this evaluation is skipped, not the run
             log.warning("evaluation skipped: %s: %s", type(exc).__name__, exc)
 
@@ -345,15 +449,23 @@ class Supervisor:
         return [record]
 
     def _progress(
-        self, fleet: FleetStats, learner: LearnerProgress, env_steps_per_s: float, now: float
+        self, fleet: FleetStats | None, learner: LearnerProgress, env_steps_per_s: float, now: float
     ) -> ProgressRecord:
+        """The progress record of now (`fleet` None: no actor runs yet, the offline phase)."""
         counters = self.counters
+        counters.updates = learner.updates
         shards = [poll.value for poll in self._shards if poll.value is not None]
-        counters.fleet_lost = fleet.transitions_lost
+        if fleet is not None:
+            counters.fleet_lost = fleet.transitions_lost
         if len(shards) == len(self._shards):  # each shard's count is of the whole run: all of them, or keep the last
             counters.shards_lost = sum(shard.lost_transitions for shard in shards)
+            take_shard_accounting(counters, shards)
         silent_after = self.config.train.silent_after_s / 2
-        silent = [poll for poll in (self._learner, *self._shards) if poll.silent_for(now) > silent_after]
+        silent = [
+            poll
+            for poll in (self._learner, *self._shards, *self._offline_shards)
+            if poll.silent_for(now) > silent_after
+        ]
         return ProgressRecord(
             wall_s=counters.wall_s(),
             time=round(time.time(), 3),
@@ -369,12 +481,15 @@ class Supervisor:
             weights_version=learner.version,
             replay_size=sum(shard.size for shard in shards),
             replay_inserts=sum(shard.inserts for shard in shards),
-            actors=fleet.actors,
-            actor_restarts=fleet.actor_restarts,
-            env_restarts=fleet.env_restarts,
+            actors=fleet.actors if fleet is not None else 0,
+            actor_restarts=fleet.actor_restarts if fleet is not None else 0,
+            env_restarts=fleet.env_restarts if fleet is not None else 0,
             transitions_lost=counters.transitions_lost,
+            transitions_inserted=counters.transitions_inserted,
+            transitions_stored_twice=counters.transitions_stored_twice,
             faults=self.faults.counts.to_json(),
             silent={poll.name: round(poll.silent_for(now), 1) for poll in silent},
+            phase=counters.phase,
         )
 
 

@@ -199,3 +199,31 @@ def test_emulator_launch_settings_are_checked_with_named_errors(tmp_path):
 def test_a_missing_task_file_is_named():
     with pytest.raises(UnsupportedEnvError, match="env.android.task: .*nope.textproto not found"):
         describe_env(EnvConfig(id="qfleet/Android-v0", android=AndroidConfig(task="nope.textproto")))
+
+
+def test_the_shared_ui_action_space_maps_onto_android_touches_and_goal_text():
+    # The same UIActionSpace layout as MiniWoB's: a tap index lands on the same normalised point on
+    # both platforms, and candidate slots type the goal's phrases through adb.
+    sim = RecordingSimulator()
+    env = AndroidGymEnv(
+        AndroidConfig(tap_rows=3, tap_cols=4, text_slots=2, goal='Search for "blue whale"'), simulator=sim
+    )
+    try:
+        _, info = env.reset(seed=0)
+        assert info["instruction"] == 'Search for "blue whale"' and info["text_candidates"] == ["blue whale", "Search"]
+        assert info["instruction_tokens"].shape == (32,) and info["instruction_tokens"][3] > 0
+        space = env.ui_actions
+        assert space.n == env.action_space.n == env.config.num_actions == 12 + 4 + 2 + 3 + 1
+        sim.touches.clear()
+        index = space.tap_index(0.6, 0.2)  # row 0, column 2
+        env.step(index)
+        h, w = SCREEN
+        assert sim.touches[0][:2] == (int(2.5 / 4 * w), int(0.5 / 3 * h))
+        env.step(space.indices("type")[0])  # slot 0: "blue whale"
+        typed = [c for c in sim.adb_commands if c[:3] == ["shell", "input", "text"]]
+        assert typed and "blue" in " ".join(typed[-1])
+        before = len(sim.adb_commands)
+        env.step(space.indices("type")[1])  # slot 1: "Search"
+        assert len(sim.adb_commands) > before
+    finally:
+        env.close()

@@ -22,6 +22,8 @@ from conftest import cartpole_transitions, shard_kwargs, wait_until
 from learner import (
     ActionSpace,
     ArchitectureConfig,
+    CheckpointLossError,
+    FilteredBCConfig,
     IQLConfig,
     Learner,
     LearnerConfig,
@@ -31,7 +33,7 @@ from learner import (
     WeightStore,
     make_replay,
 )
-from replay import ShardedReplay
+from replay import ShardedReplay, Spec
 from system.config.dataclass_args import as_mapping
 
 SMALL = LearnerConfig(
@@ -85,6 +87,8 @@ def test_learner_trains_from_shards_publishes_weights_and_sends_priorities(shard
     assert 'qfleet_learner_target_utd{run="learn"} 0.25' in text
     for series in ("loss", "q_mean", "td_error", "grad_norm", "achieved_utd", "policy_staleness", "sample_age_seconds"):
         assert f"qfleet_learner_{series}{{" in text
+    for series in ("policy_loss", "imitation_weight"):  # DQN has no policy: no series, not a 0
+        assert f"qfleet_learner_{series}{{" not in text
     replay.close()
     store.close()
 
@@ -109,6 +113,54 @@ def test_an_iql_learner_publishes_its_policy_and_actors_act_greedily_in_it(shard
     assert info.priority_mass != pytest.approx(info.size)
     replay.close()
     store.close()
+
+
+def test_a_filtered_bc_learner_sends_no_priorities_and_exports_its_policy_figures(start_server, redis_server, tmp_path):
+    spec = transition_spec("CartPole-v1")
+    spec = Spec({**spec.columns, "episode_return": ((), "float32")})
+    start_server(spec, shard_id=0, capacity=5_000, **shard_kwargs(redis_server, run="bc"))
+    writer = ShardedReplay(redis_server.url, "bc")
+    writer.wait_for_shards(1)
+    transitions = cartpole_transitions(1000)
+    transitions["episode_return"] = np.repeat(np.arange(10, dtype=np.float32), 100)  # ten episodes
+    writer.insert(transitions)
+    writer.flush()
+    config = dataclasses.replace(SMALL, loss="filtered_bc", filtered_bc=FilteredBCConfig(top_k_percent=20))
+    replay = make_replay(config, redis_server.url, "bc", credentials=None)
+    learner = Learner(config, replay, (4,), ActionSpace(num_actions=2), run="bc", log_every_s=0.0)
+    assert learner.run(max_updates=20).updates == 20
+
+    info = writer.info()  # every item kept the priority (1.0) it was inserted with
+    assert info.priority_mass == pytest.approx(info.size)
+    assert learner.last_result.td_abs is None
+    text = generate_latest(learner.metrics.registry).decode()
+    for series in ("policy_loss", "imitation_weight", "loss"):
+        assert f'qfleet_learner_{series}{{run="bc"}}' in text
+    assert 0 < learner.metrics._imitation_weight.labels("bc")._value.get() <= 1
+    replay.close()
+    writer.close()
+
+
+def test_a_checkpoint_is_not_resumed_under_another_loss(tmp_path):
+    iql = dataclasses.replace(SMALL, loss="iql")
+    learner = Learner(iql, None, (4,), ActionSpace(num_actions=2), checkpoint_dir=tmp_path)
+    path = learner.checkpoint()
+    with pytest.raises(CheckpointLossError, match="written under learner.loss='iql'; this run's is learner.loss='dqn'"):
+        Learner(SMALL, None, (4,), ActionSpace(num_actions=2), checkpoint_dir=tmp_path)
+    assert path.exists()  # not damaged: left in place, not renamed aside
+    assert Learner(iql, None, (4,), ActionSpace(num_actions=2), checkpoint_dir=tmp_path).resumed_from == path
+
+
+def test_a_checkpoint_from_before_losses_were_recorded_that_does_not_fit_is_refused_clearly(tmp_path):
+    c51 = dataclasses.replace(SMALL, loss="c51")
+    learner = Learner(c51, None, (4,), ActionSpace(num_actions=2), checkpoint_dir=tmp_path)
+    path = learner.checkpoint()
+    state = torch.load(path, weights_only=True)
+    del state["loss"]  # as written before the loss was stored
+    torch.save(state, path)
+    with pytest.raises(CheckpointLossError, match="written under another learner.loss.*'dqn'") as raised:
+        Learner(SMALL, None, (4,), ActionSpace(num_actions=2), checkpoint_dir=tmp_path)
+    assert raised.value.saved_loss is None and raised.value.configured_loss == "dqn"
 
 
 def test_learner_waits_for_data_instead_of_over_training(shards, redis_server):

@@ -31,6 +31,9 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         ["bench", "learner"],
         ["bench", "actors"],
         ["bench", "weights"],
+        ["bench", "dataset"],
+        ["record"],
+        ["dataset", "list"],
         ["actors", "run"],
         ["scale"],
         ["config"],
@@ -227,3 +230,16 @@ def test_bench_weights_runs_briefly_with_both_transports(tmp_path):
     assert rows["redis"]["redis_bytes_per_publish"] > 2 * 2_000_000  # the payload, once per subscriber
     assert rows["object_store"]["redis_bytes_per_publish"] < 50_000  # the manifest and version polls
     assert run("bench", "weights", "--transports", "carrier-pigeon").returncode == 2
+
+
+def test_bench_dataset_times_each_stage_for_both_shapes_of_episodes(tmp_path, capsys):
+    from system.cli import main
+
+    out = tmp_path / "dataset.json"
+    assert main(["bench", "dataset", "--steps", "4000", "--n-step", "3", "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| episodes | steps | longest |" in text and "| even (" in text and "| uneven (" in text
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["shape"] for row in rows] == ["even", "uneven"]
+    assert all(row["steps"] == 4000 and row["read_s"] > 0 and row["insert_s"] > 0 for row in rows)
+    assert rows[1]["longest"] == 2000  # the uneven dataset's one long episode

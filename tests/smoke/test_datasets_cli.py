@@ -1,25 +1,27 @@
-"""`qfleet record` from a run's checkpoint, then `qfleet dataset list` and `info`, as subprocesses."""
+"""`qfleet record` from a run's checkpoint as a subprocess, SIGKILLed mid-recording; then what it left
+is loaded, listed and described (in process: a subprocess would add nothing there)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
+import gymnasium as gym
 import numpy as np
 import torch
 
+from actors import spec_for_spaces
 from learner import ActionSpace, make_agent
 from learner.checkpoint import rng_state
 from learner.checkpoint import save as save_checkpoint
+from system.cli import main
 from system.config import load_config
+from system.datasets import DatasetSource, load_episodes
 from system.train import RunDir
-
-
-def qfleet(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "system.cli", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 def make_run(tmp_path):
@@ -37,44 +39,58 @@ def make_run(tmp_path):
     return run
 
 
-def test_record_from_a_checkpoint_then_list_and_info(tmp_path):
+def wait_for(condition, timeout: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, process.stderr.read() if process.stderr else "qfleet record exited"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_recording_killed_midway_keeps_its_committed_episodes_which_list_and_info_describe(tmp_path, capsys):
     run = make_run(tmp_path)
     datasets = tmp_path / "datasets"
-    recorded = qfleet(
-        "record",
-        "cartpole/ckpt-v0",
-        "--policy",
-        str(run.path),
-        "--epsilon",
-        "0.3",
-        "--episodes",
-        "4",
-        "--actors",
-        "2",
-        "--datasets-dir",
-        str(datasets),
+    data = datasets / "cartpole/ckpt-v0" / "data"
+    args = ["record", "cartpole/ckpt-v0", "--policy", str(run.path), "--epsilon", "0.3", "--episodes", "1000000"]
+    args += ["--num-actors", "2", "--progress-every-s", "0.2", "--datasets-dir", str(datasets)]
+    recording = subprocess.Popen(
+        [sys.executable, "-m", "system.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    assert recorded.returncode == 0, recorded.stderr
-    assert "recorded" in recorded.stdout and "cartpole/ckpt-v0" in recorded.stdout
+    try:
+        wait_for(lambda: (data / "metadata.json").exists(), 120, recording)
+        committed = json.loads((data / "metadata.json").read_text())["total_episodes"]
+        # Killed while episodes past the last commit are on disk, uncommitted.
+        wait_for(lambda: (data / str(committed + 2)).exists(), 60, recording)
+        os.kill(recording.pid, signal.SIGKILL)
+    finally:
+        recording.kill()
+        recording.wait(timeout=30)
+    metadata = json.loads((data / "metadata.json").read_text())
+    assert metadata["total_episodes"] >= committed >= 1
+    # What a shared dataset needs and nothing local: no run directory, no env settings.
+    assert str(tmp_path) not in (data / "metadata.json").read_text()
+    assert metadata["qfleet"]["env_id"] == "CartPole-v1" and "env" not in metadata["qfleet"]
+    space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
+    spec = spec_for_spaces("CartPole-v1", space, gym.spaces.Discrete(2))
+    read = load_episodes(DatasetSource("cartpole/ckpt-v0", datasets_dir=str(datasets)), spec, ActionSpace(2))
+    assert len(read.lengths) == metadata["total_episodes"]  # the committed episodes, whole
 
-    listed = qfleet("dataset", "list", "--datasets-dir", str(datasets))
-    assert listed.returncode == 0, listed.stderr
-    assert "cartpole/ckpt-v0" in listed.stdout and "CartPole-v1" in listed.stdout
+    assert main(["dataset", "list", "--datasets-dir", str(datasets)]) == 0
+    listed = capsys.readouterr().out
+    assert "cartpole/ckpt-v0" in listed and f"{metadata['total_episodes']:,} episodes" in listed
+    assert "CartPole-v1" in listed
 
-    info = qfleet("dataset", "info", "cartpole/ckpt-v0", "--datasets-dir", str(datasets), "--json")
-    assert info.returncode == 0, info.stderr
-    summary = json.loads(info.stdout)
-    assert summary["episodes"] >= 4 and summary["steps"] >= summary["episodes"]
+    assert main(["dataset", "info", "cartpole/ckpt-v0", "--datasets-dir", str(datasets), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["episodes"] == metadata["total_episodes"] and summary["steps"] == int(read.lengths.sum())
     assert summary["policy_versions"] == [7, 7]  # the checkpoint's weights version, on every episode
     assert summary["epsilons"] == [0.3]
-    assert summary["recorded_by"]["policy"]["checkpoint"] == "learner-000000000005.pt"
+    assert summary["recorded_by"]["policy"] == {"checkpoint": "learner-000000000005.pt", "updates": 5, "version": 7}
     assert summary["returns"]["min"] >= 1
 
-    text = qfleet("dataset", "info", "cartpole/ckpt-v0", "--datasets-dir", str(datasets))
-    assert "policy versions 7..7" in text.stdout and "epsilon 0.3" in text.stdout
+    assert main(["dataset", "info", "cartpole/ckpt-v0", "--datasets-dir", str(datasets)]) == 0
+    text = capsys.readouterr().out
+    assert "policy versions 7..7" in text and "epsilon 0.3" in text
 
-
-def test_info_of_a_missing_dataset_names_it(tmp_path):
-    out = qfleet("dataset", "info", "nothing/here-v0", "--datasets-dir", str(tmp_path))
-    assert out.returncode == 2
-    assert "dataset 'nothing/here-v0'" in out.stderr and "no dataset" in out.stderr
+    assert main(["dataset", "info", "nothing/here-v0", "--datasets-dir", str(tmp_path)]) == 2
+    assert "dataset 'nothing/here-v0'" in capsys.readouterr().err

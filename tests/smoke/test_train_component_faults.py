@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import QFLEET, SETTINGS, alive, overrides
+from test_train import QFLEET, SETTINGS, alive, descendants, overrides
 
 from conftest import wait_until
 
@@ -140,24 +140,25 @@ def test_a_run_rides_out_a_killed_shard_and_a_hung_one_and_counts_what_they_lost
 
     # Losses: each restarted shard said what its crash lost (from its ledger), the driver's total is
     # theirs plus what no shard acknowledged, and every transition acknowledged to an actor is in a
-    # shard or counted lost. (A batch in flight when its shard died may be re-sent to another shard
-    # and so be held twice: delivery to replay is at least once.)
+    # shard or counted lost, exactly once: a batch in flight when its shard died may have been
+    # stored there and re-sent to the other shard, and the ledgers say how many items were.
     said = [_number(n) for n in re.findall(r"shard \d lost ([\d,]+) transitions: it had acknowledged", output)]
-    final = [
-        tuple(map(_number, m))
-        for m in re.findall(
-            r"shard stopped with [\d,]+ items after ([\d,]+) inserts; ([\d,]+) transitions lost", output
-        )
-    ]
     acked, unacknowledged = map(
         _number, re.search(r"actors stopped: ([\d,]+) transitions inserted, ([\d,]+) lost", output).groups()
     )
-    present, lost = sum(inserts for inserts, _ in final), sum(lost for _, lost in final)
-    print(f"acknowledged to actors {acked:,}; in shards {present:,} + lost {lost:,} (shards said {said})")
-    assert len(final) == 2 and lost == sum(said) > 0, output[-4000:]
+    stored, present, lost, twice = shard_totals(output)
+    print(
+        f"acknowledged to actors {acked:,}; in shards {present:,} + lost {lost:,} - stored twice {twice:,} "
+        f"(shards said {said}; stored for the actors {stored:,}; never acknowledged {unacknowledged:,})"
+    )
+    assert lost == sum(said) > 0, output[-4000:]
+    assert acked == present + lost - twice
+    assert stored == acked  # no actor died: what they were told is what the shards hold for them
     assert state["transitions_lost"] == unacknowledged + lost
-    assert run.latest()["transitions_lost"] == state["transitions_lost"]
-    assert acked <= present + lost
+    assert (state["transitions_inserted"], state["transitions_stored_twice"]) == (stored, twice)
+    final_record = run.latest()
+    assert final_record["transitions_lost"] == state["transitions_lost"]
+    assert final_record["transitions_stored_twice"] == twice
 
     # It kept learning after the faults.
     records = progress_records(run.run_dir)
@@ -179,6 +180,71 @@ def test_a_run_rides_out_a_killed_redis_server(tmp_path):
     state = json.loads((run.run_dir / "state.json").read_text())
     assert state["faults"]["redis_restarts"] == 1
     assert progress_records(run.run_dir)[-1]["final"]
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_actors_last_chunk_is_counted_from_the_shards_ledgers(tmp_path):
+    run = start_run(tmp_path, {**FAULT_SETTINGS, "train.total_env_steps": 10_000})
+    try:
+        run.learning()
+        actors = [pid for pid in descendants(run.proc.pid) if _cmdline(pid).startswith(b"ray::EnvActor")]
+        assert len(actors) == 2, [_cmdline(pid) for pid in descendants(run.proc.pid)]
+        seconds = run.fault(actors[0], signal.SIGKILL, "actor_restarts")
+        print("seconds from the actor's SIGKILL to progress moving again:", seconds)
+    finally:
+        code = run.finish()
+    output = run.output()
+    assert code == 0, output[-4000:]
+    state = json.loads((run.run_dir / "state.json").read_text())
+    assert state["faults"]["actor_restarts"] == 1 and state["faults"]["shard_restarts"] == 0, state
+
+    # What the killed process inserted after its last report is in the shards and in the totals.
+    reported = _number(re.search(r"actors stopped: ([\d,]+) transitions inserted", output).group(1))
+    stored, present, lost, twice = shard_totals(output)
+    per_actor = [
+        tuple(map(_number, m))
+        for m in re.findall(r"actor \d: ([\d,]+) transitions stored by the shards, ([\d,]+) reported", output)
+    ]
+    print(
+        f"stored for the actors {stored:,} = in shards {present:,} + lost {lost:,} - stored twice {twice:,}; "
+        f"reported by their processes {reported:,}; per actor (stored, reported): {per_actor}"
+    )
+    assert (lost, twice) == (0, 0) and stored == present
+    assert len(per_actor) == 2 and sum(s for s, _ in per_actor) == stored
+    assert sorted(s > r for s, r in per_actor) == [False, True], per_actor  # only the killed one's differ
+    assert all(s >= r for s, r in per_actor) and stored > reported
+    assert state["transitions_inserted"] == stored
+    assert f"| transitions stored for the actors | {stored:,} |" in (run.run_dir / "summary.md").read_text()
+    assert run.latest()["transitions_inserted"] == stored
+
+
+def shard_totals(output: str) -> tuple[int, int, int, int]:
+    """(stored for the actors, present, lost by shards, stored twice) as the driver logged them
+    at the end, checked against the shards' own final lines."""
+    stored, present, lost, twice = map(
+        _number,
+        re.search(
+            r"transitions stored for the actors: ([\d,]+) = ([\d,]+) in shards \+ ([\d,]+) lost by shards "
+            r"- ([\d,]+) stored twice",
+            output,
+        ).groups(),
+    )
+    final = [
+        tuple(map(_number, m))
+        for m in re.findall(
+            r"shard stopped with [\d,]+ items after ([\d,]+) inserts; ([\d,]+) transitions lost", output
+        )
+    ]
+    assert len(final) == 2 and (present, lost) == (sum(i for i, _ in final), sum(x for _, x in final)), output[-4000:]
+    assert stored == present + lost - twice
+    return stored, present, lost, twice
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _number(text: str) -> int:

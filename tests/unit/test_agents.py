@@ -1,12 +1,16 @@
 """Agents learn known values; resets really re-initialise; SAC's ensemble behaves as specified."""
 
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from learner import (
+    ACTING_HEADS,
+    AGENTS,
     ActionSpace,
     Agent,
     ArchitectureConfig,
@@ -16,6 +20,7 @@ from learner import (
     ResetConfig,
     SACConfig,
     TargetConfig,
+    acting_head,
     make_agent,
 )
 
@@ -138,3 +143,22 @@ def test_config_refuses_bad_values_naming_the_field():
     with pytest.raises(ValueError, match="target_update_every"):
         TargetConfig(every=0)
     assert dataclasses.replace(LearnerConfig(), updates_per_env_step=0.5).samples_per_insert == 128.0
+
+
+def test_every_discrete_loss_has_an_acting_head_and_a_continuous_one_is_refused():
+    assert set(ACTING_HEADS) == {loss for loss, agent in AGENTS.items() if agent.discrete}
+    for loss in ACTING_HEADS:
+        head = acting_head(LearnerConfig(loss=loss))
+        out = torch.zeros(3, 2 * head.bins)
+        assert head.values(out.view(3, 2, head.bins) if head.bins > 1 else out).shape == (3, 2)
+    with pytest.raises(ValueError, match="learner.loss='sac' needs a continuous"):
+        acting_head(LearnerConfig(loss="sac"))
+
+
+def test_actors_policy_does_not_import_the_agents():
+    # learner.Policy is imported by every actor process: it needs the acting heads, not the
+    # agents, their optimizers and the offline learners.
+    code = "import sys, learner.policy; print(sorted(m for m in sys.modules if m.startswith('learner.')))"
+    modules = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert "learner.agents" not in modules and "learner.offline_agents" not in modules
+    assert "learner.acting" in modules

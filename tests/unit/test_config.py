@@ -85,6 +85,10 @@ def test_nested_sections_from_yaml_and_set(tmp_path):
         ("", ["learner.expectile=1"], "learner.expectile: expectile=1.0: must be in \\(0, 1\\)"),
         ("", ["learner.iql.extraction=greedy"], "learner.policy_extraction: 'greedy' is not one of"),
         ("", ["learner.best_of_n=0"], "learner.best_of_n: best_of_n=0: must be >= 1"),
+        ("", ["learner.awr_temperature=.inf"], "learner.awr_temperature: awr_temperature=inf: must be finite"),
+        ("", ["learner.awr_max_weight=.inf"], "learner.awr_max_weight: awr_max_weight=inf: must be finite"),
+        ("", ["learner.advantage_threshold=.nan"], "learner.advantage_threshold: .*=nan: must be finite"),
+        ("", ["learner.iql.advantage_threshold=-.inf"], "learner.advantage_threshold: .*=-inf: must be finite"),
         ("", ["learner.top_k_percent=0"], "learner.top_k_percent: top_k_percent=0.0: must be in"),
         ("", ["replay.mix={online: 0}"], "replay.mix.*'online'"),
         ("replay:\n  mix: [0.5, 0.5]\n", [], "replay.mix: expected a mapping"),
@@ -119,7 +123,10 @@ def test_flat_learner_keys_fill_the_algorithm_groups(tmp_path):
 def test_offline_loss_settings_read_flat_or_as_their_own_section(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("learner:\n  loss: iql\n  iql: {expectile: 0.5, extraction: best_of_n, n: 4}\n")
-    iql = load_config(path, ["learner.awr_temperature=10", "learner.top_k_percent=20"]).learner
+    iql = load_config(
+        path, ["learner.awr_temperature=10", "learner.top_k_percent=20", "learner.best_of_n_include_data_action=true"]
+    ).learner
+    assert iql.iql.include_data_action is True
     assert (iql.loss, iql.iql.expectile, iql.iql.extraction, iql.iql.n) == ("iql", 0.5, "best_of_n", 4)
     assert (iql.iql.temperature, iql.filtered_bc.top_k_percent) == (10.0, 20.0)
     written = yaml.safe_load(to_yaml(load_config(path)))["learner"]

@@ -74,3 +74,30 @@ def test_counts_continue_across_a_resume_through_state_json():
     resumed.shards_lost = 600  # the shards' ledgers count over the whole run
     assert resumed.transitions_lost == 10 + 7 + 600
     assert FaultCounts.from_json(None) == FaultCounts()
+
+
+def test_the_shards_ledgers_give_the_run_its_inserted_and_stored_twice_counts():
+    from types import SimpleNamespace
+
+    from replay import ShardAccounting, writer_tag
+    from replay.insert_ledger import Receipt
+    from system.train.records import take_shard_accounting
+
+    actor0, actor1 = writer_tag("run-actor-0"), writer_tag("run-actor-1")
+    # Shard 0 died after storing 450 items of actor 0's stream 7, of which 300 had been
+    # acknowledged; actor 0 re-sent the rest to shard 1 (stream 8, 200 items), receipt attached.
+    # A plain client (tag 0) also stored 5 items: not the actors'.
+    shards = [
+        SimpleNamespace(accounting=ShardAccounting(0, {7: (actor0, 450), 9: (actor1, 1000)}, [])),
+        SimpleNamespace(accounting=ShardAccounting(1, {8: (actor0, 200), 3: (0, 5)}, [Receipt(0, 7, 300)])),
+    ]
+    counters = RunCounters({}, eval_every_steps=0)
+    take_shard_accounting(counters, shards)
+    assert (counters.transitions_inserted, counters.transitions_stored_twice) == (1500, 150)
+    state = counters.state()
+    assert RunCounters(state, eval_every_steps=0).transitions_stored_twice == 150
+    line = progress_line(
+        record(faults=FaultCounts(shard_restarts=1).to_json(), transitions_lost=450, transitions_stored_twice=150),
+        5000,
+    )
+    assert line.endswith("| faults: shard restarts 1; 450 transitions lost, 150 stored twice")

@@ -15,6 +15,8 @@ from learner import (
     FilteredBCConfig,
     IQLConfig,
     LearnerConfig,
+    LearnerError,
+    MalformedColumnError,
     MissingColumnError,
     OptimizerConfig,
     Policy,
@@ -128,7 +130,10 @@ def test_filtered_bc_recovers_the_optimal_policy_when_the_top_episodes_are_optim
     agent = make_agent(learner_config, (STATES,), ActionSpace(num_actions=2), CPU)
     result = train(agent, recorded_batch(), 100)
     assert greedy_actions(learner_config, agent) == [1, 1, 1, 1]
-    np.testing.assert_array_equal(result.td_abs, np.ones(420))  # uniform priorities
+    assert result.td_abs is None  # no TD error: no priorities sent, items keep theirs
+    kept = recorded_batch()["episode_return"] >= 0.7 - 1e-6  # the optimal episodes' return
+    assert result.imitation_weight == pytest.approx(float(kept.float().mean()))
+    assert result.policy_loss == result.loss > 0
 
 
 def test_the_q_target_bootstraps_from_the_target_networks_value():
@@ -149,6 +154,104 @@ def test_the_q_target_bootstraps_from_the_target_networks_value():
     result = agent.update(batch, torch.ones(2))
     np.testing.assert_allclose(result.td_abs, [1.0, abs(-0.1 + 0.9 * 3.0)], rtol=1e-6)
     assert result.q_mean == 0.0
+
+
+def set_head(network: torch.nn.Module, bias: list[float]) -> None:
+    """Makes `network` output `bias` for every observation: its head's weights zeroed."""
+    with torch.no_grad():
+        network.head.weight.zero_()
+        network.head.bias.copy_(torch.tensor(bias))
+
+
+def two_rows() -> dict[str, torch.Tensor]:
+    """(s0, a0, r 0.5, discount 0.9, -> s1) and (s1, a1, r 0, discount 0.9, -> s2)."""
+    return {
+        "obs": torch.eye(STATES)[:2],
+        "action": torch.tensor([0, 1]),
+        "reward": torch.tensor([0.5, 0.0]),
+        "next_obs": torch.eye(STATES)[1:3],
+        "discount": torch.tensor([0.9, 0.9]),
+    }
+
+
+def test_the_critic_loss_regresses_v_to_the_min_of_the_target_twins_and_q_to_r_plus_v_target():
+    agent = make_agent(config("iql", iql=IQLConfig(expectile=0.7)), (STATES,), ActionSpace(num_actions=2), CPU)
+    set_head(agent.critic_target.q1, [1.0, 2.0])
+    set_head(agent.critic_target.q2, [3.0, 0.0])  # min of the twins: Q_target(., a0) = 1, (., a1) = 0
+    for network in (agent.critic_target.value, agent.critic.value, agent.critic.q1, agent.critic.q2):
+        set_head(network, [0.0] * network.head.bias.numel())  # V_target = V = online Q = 0
+    result = agent.update(two_rows(), torch.ones(2))
+    # V: u = Q_target(s, a_data) - V = [1, 0] -> 0.7 * 1**2, 0. Q: target r + 0.9 * V_target = [0.5, 0]
+    # against online Q 0 -> 0.25, 0 (both twins). Mean over the batch: (0.7 + 0.25 + 0) / 2.
+    assert result.loss == pytest.approx(0.475)
+    # Regressing V to the online Q (0) would give 0.125; to the max of the twins (3, 2) 4.675.
+    np.testing.assert_allclose(result.td_abs, [0.5, 0.0], atol=1e-7)
+
+
+def test_priorities_are_the_td_error_of_the_mean_of_both_twins():
+    agent = make_agent(config("iql"), (STATES,), ActionSpace(num_actions=2), CPU)
+    set_head(agent.critic.q1, [1.0, 1.0])
+    set_head(agent.critic.q2, [3.0, 3.0])
+    set_head(agent.critic_target.value, [0.0])  # target r = 0.5 (row 0), 0 (row 1)
+    result = agent.update(two_rows(), torch.ones(2))
+    # The twins' mean is 2: |2 - 0.5|, |2 - 0|. q1 alone would give 0.5, 1; q2 alone 2.5, 3.
+    np.testing.assert_allclose(result.td_abs, [1.5, 2.0], rtol=1e-6)
+    assert result.q_mean == pytest.approx(2.0)
+
+
+def test_best_of_n_leaves_pi_unchanged_when_no_candidate_beats_v():
+    iql = IQLConfig(extraction="best_of_n", n=2, include_data_action=True)
+    agent = make_agent(config("iql", iql=iql), (STATES,), ActionSpace(num_actions=2), CPU)
+    set_head(agent.critic.value, [100.0])  # V far above any Q: no advantage anywhere
+    before = [p.detach().clone() for p in agent.policy.parameters()]
+    result = agent.update(two_rows(), torch.ones(2))
+    assert all(torch.equal(b, p) for b, p in zip(before, agent.policy.parameters(), strict=True))
+    assert result.imitation_weight == 0.0 and result.policy_loss == 0.0
+
+
+def test_best_of_n_imitates_the_highest_q_candidate_when_it_beats_v():
+    iql = IQLConfig(extraction="best_of_n", n=2)  # n = A: both actions are candidates, every time
+    agent = make_agent(config("iql", iql=iql), (STATES,), ActionSpace(num_actions=2), CPU)
+    set_head(agent.critic_target.q1, [0.0, 1.0])
+    set_head(agent.critic_target.q2, [0.0, 1.0])  # action 1 is the best everywhere
+    set_head(agent.critic.value, [-1.0])
+    set_head(agent.policy, [0.0, 0.0])
+    result = agent.update(two_rows(), torch.ones(2))
+    assert result.imitation_weight == 1.0
+    assert result.policy_loss == pytest.approx(np.log(2.0))  # -mean(log 1/2) over two imitated items
+    assert agent.policy.head.bias[1] > agent.policy.head.bias[0]  # towards action 1, at both states
+
+
+def test_pi_loss_is_weighted_by_the_importance_weights():
+    # AWR with beta 0: every data action weighs 1, and pi (zero head) gives each probability 1/2.
+    agent = make_agent(config("iql", iql=IQLConfig(temperature=0.0)), (STATES,), ActionSpace(num_actions=2), CPU)
+    set_head(agent.policy, [0.0, 0.0])
+    result = agent.update(two_rows(), torch.tensor([1.0, 0.0]))
+    assert result.policy_loss == pytest.approx(np.log(2.0) / 2)  # -(1 * log 1/2 + 0 * log 1/2) / 2
+    assert result.imitation_weight == pytest.approx(1.0)
+    # Only row 0 (action 0) counts: pi's bias moves towards action 0; both rows would cancel out.
+    assert agent.policy.head.bias[0] > agent.policy.head.bias[1]
+
+
+def test_awr_imitation_weight_is_the_mean_clipped_weight():
+    iql = IQLConfig(temperature=1.0, max_weight=2.0)
+    agent = make_agent(config("iql", iql=iql), (STATES,), ActionSpace(num_actions=2), CPU)
+    set_head(agent.critic_target.q1, [1.0, -1.0])
+    set_head(agent.critic_target.q2, [1.0, -1.0])
+    set_head(agent.critic.value, [0.0])  # advantages of the data actions: 1 (a0), -1 (a1)
+    result = agent.update(two_rows(), torch.ones(2))
+    assert result.imitation_weight == pytest.approx((2.0 + np.exp(-1.0)) / 2)  # e**1 clipped at 2
+
+
+def test_filtered_bc_refuses_non_finite_episode_returns_naming_the_column():
+    agent = make_agent(config("filtered_bc"), (STATES,), ActionSpace(num_actions=2), CPU)
+    batch = recorded_batch()
+    for bad in (float("nan"), float("inf")):
+        batch["episode_return"][3] = bad
+        with pytest.raises(MalformedColumnError, match="'episode_return' holds NaN or infinite") as raised:
+            agent.update(batch, torch.ones(420))
+        assert (raised.value.column, raised.value.loss) == ("episode_return", "filtered_bc")
+        assert isinstance(raised.value, LearnerError)
 
 
 def test_filtered_bc_without_episode_returns_names_the_missing_column():

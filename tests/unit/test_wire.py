@@ -100,9 +100,9 @@ def test_malformed_messages_are_named():
 
 def test_a_message_with_too_many_fields_is_malformed():
     raw = wire.encode_insert_request(_columns(), writer_id=1, sequence=1, timeout_ms=0)
-    assert wire.decode_insert_request(raw + b"\x78\x00" * 16).sequence == 1  # room for newer writers
-    with pytest.raises(InvalidBatchError, match="more than 20 fields"):
-        wire.decode_insert_request(raw + b"\x78\x00" * 18)
+    assert wire.decode_insert_request(raw + b"\x78\x00" * 18).sequence == 1  # room for newer writers
+    with pytest.raises(InvalidBatchError, match="more than 22 fields"):
+        wire.decode_insert_request(raw + b"\x78\x00" * 20)
 
 
 def test_columns_outside_the_allowed_names_are_refused_before_they_are_read():
@@ -111,3 +111,15 @@ def test_columns_outside_the_allowed_names_are_refused_before_they_are_read():
     assert set(view.columns(set(_columns()))) == set(_columns())
     with pytest.raises(InvalidBatchError, match="is not in the spec"):
         view.columns({"only"})
+
+
+def test_an_insert_request_carries_its_writer_tag_and_receipts_as_the_proto_declares():
+    receipts = [(1, 2**63 - 5, 4096), (0, 7, 0)]
+    raw = wire.encode_insert_request(
+        _columns(), writer_id=3, sequence=9, timeout_ms=0, writer_tag=2**62 + 1, resent_from=receipts
+    )
+    parsed = replay_pb2.InsertRequest.FromString(raw)
+    assert parsed.writer_tag == 2**62 + 1
+    assert list(parsed.resent_from) == [1, 2**63 - 5, 4096, 0, 7, 0]
+    view = wire.decode_insert_request(raw)
+    assert (view.writer_tag, view.resent_from) == (2**62 + 1, tuple(receipts))

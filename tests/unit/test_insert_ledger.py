@@ -1,0 +1,175 @@
+"""The shard's insert ledger and the reconciliation of stored-twice items, by hand.
+
+A SIGKILL is simulated by opening the ledger file again without closing the first mapping (what
+the page cache holds is what a killed process leaves), and a kill in the middle of a write by
+tearing the record being written.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from replay import RateLimiter, ShardAccounting, Spec, Table, make_selector, reconcile, writer_tag
+from replay.insert_ledger import _SLOT, ALL, LEDGER_NAME, InsertLedger, Receipt
+
+STREAM, TAG = 11, 99
+
+
+def _killed(ledger: InsertLedger, tmp_path) -> InsertLedger:
+    """The ledger as a restarted process finds it (the old mapping is simply abandoned)."""
+    return InsertLedger(tmp_path)
+
+
+class _Progress:
+    def __init__(self, ledger, stream, sequence):
+        self.ledger, self.stream, self.sequence = ledger, stream, sequence
+
+    def stored(self):
+        return self.ledger.stored(self.stream, self.sequence)
+
+    def wrote(self, count):
+        self.ledger.wrote(self.stream, TAG, self.sequence, count)
+
+
+def _table() -> Table:
+    spec = Spec({"x": ((), np.float32)})
+    return Table(spec, 100, make_selector("uniform", 100, 0.6), RateLimiter(1, None, 0))
+
+
+def test_a_restarted_shard_counts_as_lost_what_it_stored_after_its_checkpoint(tmp_path):
+    ledger = InsertLedger(tmp_path)
+    assert not ledger.found and ledger.start(0) == 0
+    ledger.wrote(STREAM, TAG, 1, 10)
+    ledger.wrote(STREAM, TAG, 2, 10)  # checkpoint here: 20 inserts
+    ledger.wrote(STREAM, TAG, 3, 7)
+    again = _killed(ledger, tmp_path)
+    assert again.found and again.previous_inserts == 27
+    assert again.start(20) == 7 and again.lost_total == 7
+    # The restarted process's table counts from 20; another death after 5 more, no new checkpoint.
+    again.wrote(STREAM, TAG, 4, 5)
+    third = _killed(again, tmp_path)
+    assert third.previous_inserts == 25 and third.start(20) == 5 and third.lost_total == 12
+    assert third.stream_items() == {STREAM: (TAG, 32)}  # lost ones included: what the stream stored
+
+
+def test_a_batch_re_sent_to_a_restarted_shard_is_not_stored_again(tmp_path):
+    ledger = InsertLedger(tmp_path)
+    ledger.start(0)
+    ledger.wrote(STREAM, TAG, 1, 10)
+    ledger.wrote(STREAM, TAG, 2, 4)  # batch 2 (10 items) cut short after 4: the rate limiter, a kill
+    again = _killed(ledger, tmp_path)
+    again.start(0)
+    assert again.stored(STREAM, 1) == ALL
+    assert again.stored(STREAM, 2) == 4
+    assert again.stored(STREAM, 3) == 0
+    assert again.stored(STREAM + 1, 1) == 0  # another stream
+    table = _table()
+    written = table.insert({"x": np.arange(10, dtype=np.float32)}, progress=_Progress(again, STREAM, 2))
+    assert written == 6 and table.info().inserts == 6  # only the 6 items the first try had not stored
+    assert table.insert({"x": np.zeros(10, np.float32)}, progress=_Progress(again, STREAM, 1)) == 0
+    assert again.stream_items()[STREAM] == (TAG, 20)
+
+
+def test_a_kill_in_the_middle_of_a_write_leaves_the_write_before(tmp_path):
+    ledger = InsertLedger(tmp_path)
+    ledger.start(0)
+    ledger.wrote(STREAM, TAG, 1, 10)
+    ledger.wrote(STREAM, TAG, 2, 10)  # version 2: the second copy
+    # A third write tears: its copy (the first one again) gets only its leading fields.
+    version = 3
+    offset = ledger._slots_at + (2 * 1 + version % 2) * _SLOT.size
+    torn = _SLOT.pack(version, STREAM, TAG, 30, 3, 10, 0)[:24]
+    ledger._map[offset : offset + len(torn)] = torn
+    again = _killed(ledger, tmp_path)
+    assert again.previous_inserts == 20  # the torn piece was never acknowledged: it is re-sent
+    assert again.stored(STREAM, 2) == 10  # batch 2 whole, as of the write before
+    assert again.stored(STREAM, 3) == 0
+
+
+def test_a_kill_before_the_write_counts_nothing_and_the_re_send_stores_the_batch_once(tmp_path):
+    ledger = InsertLedger(tmp_path)
+    ledger.start(0)
+    ledger.wrote(STREAM, TAG, 1, 10)
+    # Killed after the table took batch 2 and before the ledger heard of it: neither counted
+    # (present nor lost) nor acknowledged; the writer re-sends it and this one stores it.
+    again = _killed(ledger, tmp_path)
+    assert again.start(10) == 0
+    assert again.stored(STREAM, 2) == 0
+
+
+def test_a_ledger_of_the_first_layout_is_read_and_kept_counting(tmp_path):
+    (tmp_path / LEDGER_NAME).write_bytes((500).to_bytes(8, "little") + (30).to_bytes(8, "little"))
+    ledger = InsertLedger(tmp_path)
+    assert ledger.found and ledger.previous_inserts == 500 and ledger.previous_lost == 30
+    assert ledger.start(480) == 20 and ledger.lost_total == 50
+
+
+def test_receipts_survive_a_kill_and_count_once(tmp_path):
+    ledger = InsertLedger(tmp_path)
+    receipt = Receipt(shard_id=0, stream_id=5, acknowledged=640)
+    ledger.receive([receipt, receipt])
+    ledger.receive([Receipt(1, 6, 0)])
+    assert _killed(ledger, tmp_path).receipts() == [receipt, Receipt(1, 6, 0)]
+
+
+def test_streams_beyond_the_slots_are_counted_together_without_de_duplication(tmp_path):
+    ledger = InsertLedger(tmp_path, stream_slots=3)  # slot 0 and two streams
+    ledger.start(0)
+    for stream in (1, 2, 3, 4):
+        ledger.wrote(stream, TAG, 1, 10)
+    assert set(ledger.stream_items()) == {1, 2}
+    again = InsertLedger(tmp_path, stream_slots=3)
+    assert again.previous_inserts == 40 and again.stored(3, 1) == 0
+
+
+def test_a_ledger_of_another_size_is_refused(tmp_path):
+    (tmp_path / LEDGER_NAME).write_bytes(b"x" * 100)
+    with pytest.raises(ValueError, match="not an insert ledger"):
+        InsertLedger(tmp_path)
+
+
+# -- reconciliation --------------------------------------------------------------------------------
+
+
+def test_items_a_dead_shard_stored_and_its_writer_re_sent_are_counted_stored_twice():
+    # Writer A sent 5 batches of 100 to shard 0 on stream 7; 3 were acknowledged, then shard 0
+    # died. It had stored batch 4 and half of batch 5 (150 items) without the replies arriving.
+    # A re-sent batches 4 and 5 to shard 1 (stream 8) with the receipt (0, 7, 300).
+    a, b = writer_tag("run-actor-0"), writer_tag("run-actor-1")
+    shard0 = ShardAccounting(0, {7: (a, 450), 9: (b, 1000)}, [])
+    shard1 = ShardAccounting(1, {8: (a, 200)}, [Receipt(0, 7, 300)])
+    result = reconcile([shard0, shard1])
+    assert result.stored_twice == 150 and result.unresolved == 0
+    # acknowledged to A: 300 + 200 = 500 = (450 + 200) - 150
+    assert result.by_writer == {a: 500, b: 1000}
+    present_plus_lost = 450 + 1000 + 200
+    assert present_plus_lost - result.stored_twice == 500 + 1000
+
+
+def test_a_receipt_carried_to_two_shards_counts_once_and_one_of_an_unknown_stream_is_unresolved():
+    a = writer_tag("w")
+    shard0 = ShardAccounting(0, {7: (a, 250)}, [Receipt(1, 3, 0)])
+    shard1 = ShardAccounting(1, {8: (a, 100)}, [Receipt(0, 7, 200)])
+    shard2 = ShardAccounting(2, {9: (a, 50)}, [Receipt(0, 7, 200)])  # re-sent again: the same receipt
+    result = reconcile([shard0, shard1, shard2])
+    assert result.stored_twice == 50 and result.unresolved == 1
+    assert result.by_writer == {a: 350}
+
+
+def test_writer_tags_are_stable_and_never_zero():
+    assert writer_tag("run-actor-3") == writer_tag("run-actor-3") != writer_tag("run-actor-4")
+    assert 0 < writer_tag("") < 2**63
+
+
+def test_a_stream_whose_first_write_tore_leaves_its_slot_to_no_one(tmp_path):
+    ledger = InsertLedger(tmp_path)
+    ledger.wrote(1, TAG, 1, 10)  # slot 1
+    ledger.wrote(2, TAG, 1, 10)  # slot 2
+    ledger.wrote(3, TAG, 1, 10)  # slot 3
+    offset = ledger._slots_at + 2 * 2 * _SLOT.size  # stream 2's only write, torn
+    ledger._map[offset : offset + 2 * _SLOT.size] = bytes(2 * _SLOT.size)
+    again = _killed(ledger, tmp_path)
+    assert again.previous_inserts == 20
+    again.wrote(4, TAG, 1, 5)  # a new stream takes slot 4, not stream 2's
+    assert _killed(again, tmp_path).stream_items() == {1: (TAG, 10), 3: (TAG, 10), 4: (TAG, 5)}
