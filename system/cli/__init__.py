@@ -4,6 +4,7 @@
     qfleet eval RUN_DIR [--episodes N]
     qfleet record DATASET_ID --policy RUN_DIR | --config CONFIG --episodes N [--epsilon E] [--datasets-dir DIR]
     qfleet dataset list | info DATASET [--datasets-dir DIR]
+    qfleet encoder train --dataset ID --out DIR [--epochs N ...]
     qfleet status [RUN_DIR | --redis-url URL --run NAME]
     qfleet report RUN_DIR
     qfleet discovery [RUN_DIR] [--redis-url URL] [--run NAME ...] [--host H] [--port P]
@@ -30,6 +31,7 @@ from system.cli import (
     config,
     dataset,
     discovery,
+    encoder,
     evaluate,
     learner,
     record,
@@ -49,6 +51,7 @@ COMMANDS = {
         evaluate,
         record,
         dataset,
+        encoder,
         status,
         report,
         discovery,

@@ -2,7 +2,7 @@
 an offline replay source (validated, n-step transitions, its own never-evicting shards).
 
 Public surface: DatasetSource, LoadedDataset, load_transitions, load_episodes, offline_shard_config,
-fill_shards, shard_share (loading); DatasetWriter, Episode, check_dataset_free (writing);
+fill_shards, shard_share, load_recorded_episodes (loading); DatasetWriter, Episode, check_dataset_free (writing);
 EpisodeRecorder, record_episodes, RecordSettings (recording from actors' env vectors); Episodes,
 read_dataset (reading); read_dataset_metadata, read_episode_metadata (checked metadata);
 nstep_transitions; datasets_dir, data_path, list_datasets, check_dataset_id (where datasets live);
@@ -18,6 +18,7 @@ from system.datasets.loading import (
     LoadedDataset,
     fill_shards,
     load_episodes,
+    load_recorded_episodes,
     load_transitions,
     offline_shard_config,
     shard_share,
@@ -49,6 +50,7 @@ __all__ = [
     "fill_shards",
     "list_datasets",
     "load_episodes",
+    "load_recorded_episodes",
     "load_transitions",
     "nstep_transitions",
     "offline_shard_config",
