@@ -7,6 +7,8 @@ Public surface:
     AndroidGymEnv, check_emulator (qfleet/Android-v0 over android_env);
     BrowserConfig, BrowserGymEnv (MiniWoB in headless Chromium), UIActionSpace, UIAction,
     instruction_tokens, text_candidates (the UI action space shared by Android and MiniWoB);
+    InstructionBehaviour, INSTRUCTION_RULES (a MiniWoB behaviour policy following the instruction
+    with probability p, for datasets of mixed quality);
     NStepAccumulator, apex_epsilons (the math);
     EnvActor, ActorStats (one actor), WeightSubscriber (its weights, followed in the background),
     Writer, TransitionWriter, actor_writer_id (how its transitions reach replay);
@@ -58,6 +60,8 @@ _LAZY = {
     "AndroidGymEnv": "actors.android",
     "check_emulator": "actors.android",
     "BrowserGymEnv": "actors.browser",
+    "InstructionBehaviour": "actors.ui_behaviour",
+    "INSTRUCTION_RULES": "actors.ui_behaviour",
 }
 
 __all__ = [

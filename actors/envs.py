@@ -209,6 +209,9 @@ class EnvVector:
         self._returns = [0.0] * self.num_envs
         self._lengths = [0] * self.num_envs
         self._obs: np.ndarray | None = None
+        self.infos: list[dict] = [{} for _ in range(self.num_envs)]
+        """Each env's info for the observation it acts on next (its reset's where an episode began):
+        what a policy reading the page (actors/ui_behaviour.py) acts on."""
         self._none_aborted = np.zeros(self.num_envs, bool)
         self._none_aborted.flags.writeable = False  # shared by every step without a failure
 
@@ -231,7 +234,7 @@ class EnvVector:
             try:
                 # A new env instance is seeded once; later resets continue its random stream.
                 seed = self._next_seed() if i in self._unseeded else None
-                obs, _ = self.envs[i].reset(seed=seed)
+                obs, self.infos[i] = self.envs[i].reset(seed=seed)
                 self._unseeded.discard(i)
                 return np.asarray(obs)
             except UnsupportedEnvError as exc:  # a setup that cannot work (Android launch settings): no retry
@@ -290,6 +293,7 @@ class EnvVector:
                 next_obs[i] = self._reset(i)
             else:
                 next_obs[i] = obs
+                self.infos[i] = info
         final_obs = next_obs
         if finals:
             final_obs = next_obs.copy()

@@ -1,7 +1,7 @@
 """Who may call a shard: the run's bearer token, checked before any handler runs.
 
 A shard started with `ReplayCredentials` serves TLS only and installs `TokenInterceptor`: every
-call of every method (Insert, Sample, UpdatePriorities, Info, Checkpoint, and any added later)
+call of every method (Insert, Sample, Credit, UpdatePriorities, Info, Checkpoint, any added later)
 must carry gRPC metadata `authorization: Bearer <token>`. A call without it, or with another
 token, is answered UNAUTHENTICATED by a stand-in handler, so the servicer never sees it and the
 table, priorities and checkpoints stay as they were. The refusal names no token.

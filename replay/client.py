@@ -102,6 +102,8 @@ class RateLimiterState:
     waiting_samples: int
     insert_wait_seconds: float
     sample_wait_seconds: float
+    credited: int = 0
+    """Items counted as sampled without a draw (`ReplayClient.credit`), to free writers."""
 
 
 @dataclass(frozen=True)
@@ -608,6 +610,14 @@ class ReplayClient:
         response = self._call("UpdatePriorities", request, "update_priorities")
         return PriorityUpdateResult(applied=response.applied, dropped_stale=response.dropped_stale)
 
+    def credit(self, items: int, timeout: float | None = None) -> int:
+        """Counts up to `items` items against the shard's rate limiter as if sampled, without a
+        draw, to free its waiting writers; returns how many were credited (the shard stops at its
+        window's lower edge, and credits nothing without a ratio). They are no samples: the
+        shard's `samples` counter does not change.
+        """
+        return self._call("Credit", replay_pb2.CreditRequest(items=items), "credit", timeout).credited
+
     # -- state -----------------------------------------------------------------------------------
 
     def info(self, timeout: float | None = None) -> ReplayInfo:
@@ -639,6 +649,7 @@ class ReplayClient:
                 waiting_samples=limiter.waiting_samples,
                 insert_wait_seconds=limiter.insert_wait_seconds,
                 sample_wait_seconds=limiter.sample_wait_seconds,
+                credited=limiter.credited,
             ),
         )
 

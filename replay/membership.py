@@ -249,6 +249,20 @@ class Membership:
                 infos[shard.shard_id] = info
         return infos
 
+    def credit(self, shards: list[ShardHandle], items: int) -> None:
+        """Credits `items` to each of `shards`' rate limiters in parallel (`ReplayClient.credit`),
+        to free their waiting writers; a shard that does not answer is taken as down. Each is
+        taken as without waiting writers until its next Info says otherwise."""
+        for shard in shards:
+            shard.writers_waiting = False
+        list(self._pool.map(lambda shard: self._credit_or_fail(shard, items), shards))
+
+    def _credit_or_fail(self, shard: ShardHandle, items: int) -> None:
+        try:
+            shard.client.credit(items, timeout=5.0)
+        except (ReplayUnavailableError, DeadlineExceededError) as exc:
+            self.mark_failed(shard, exc)
+
     def lost_transitions(self, infos: dict[int, ReplayInfo]) -> int:
         """Transitions lost to shard crashes: from the registry, else summed over `infos`."""
         if self._registry is not None:

@@ -66,16 +66,7 @@ class MixedReplay:
     def __init__(self, sources: Mapping[str, tuple[ReplayClient | ShardedReplay, float]]):
         self.fractions = validate_fractions({name: fraction for name, (_, fraction) in sources.items()})
         self.sources = {name: source for name, (source, _) in sources.items()}
-        owner: dict[int, str] = {}
-        for name, source in self.sources.items():
-            for shard_id in _shard_ids(source):
-                if shard_id in owner:
-                    raise ValueError(
-                        f"sources {owner[shard_id]!r} and {name!r} both have shard id {shard_id}: "
-                        "give each source's shards distinct ids so keys route"
-                    )
-                owner[shard_id] = name
-        self._owner = owner
+        self._owner = self._owners()
         self._pool = futures.ThreadPoolExecutor(max_workers=max(2, len(self.sources)))
 
     def sample(self, batch_size: int, *, beta: float | None = None, timeout: float | None = None) -> Sample:
@@ -118,6 +109,8 @@ class MixedReplay:
         if keys.shape != priorities.shape:
             raise InvalidBatchError(f"keys {keys.shape} and priorities {priorities.shape} differ in shape")
         shard_ids = keylib.shard_of(keys)
+        if not np.isin(shard_ids, list(self._owner)).all():  # a shard that joined a source since: look again
+            self._owner = self._owners()
         applied = dropped = 0
         for name, source in self.sources.items():
             mine = np.isin(shard_ids, [i for i, owner in self._owner.items() if owner == name])
@@ -126,6 +119,23 @@ class MixedReplay:
                 applied, dropped = applied + result.applied, dropped + result.dropped_stale
         unknown = int((~np.isin(shard_ids, list(self._owner))).sum())
         return PriorityUpdateResult(applied=applied, dropped_stale=dropped + unknown)
+
+    def _owners(self) -> dict[int, str]:
+        """Which source each shard id belongs to, as the sources know their shards now.
+
+        Raises:
+            ValueError: two sources share a shard id.
+        """
+        owner: dict[int, str] = {}
+        for name, source in self.sources.items():
+            for shard_id in _shard_ids(source):
+                if shard_id in owner:
+                    raise ValueError(
+                        f"sources {owner[shard_id]!r} and {name!r} both have shard id {shard_id}: "
+                        "give each source's shards distinct ids so keys route"
+                    )
+                owner[shard_id] = name
+        return owner
 
     def stats(self) -> ReplayStats:
         """The sources' cached counters, summed (no RPC); the mix itself enforces no ratio."""

@@ -108,3 +108,12 @@ class RateLimiter:
         if self.samples_per_insert is None or self.limit_samples or inserts < self.min_size:
             return 0
         return max(0, math.ceil(self.min_diff - self.diff(inserts, samples) - 1e-9))
+
+    def creditable(self, wanted: int, inserts: int, samples: int) -> int:
+        """How many of `wanted` items may be credited now: counted as sampled without being drawn,
+        as far as diff stays >= min_diff (0 without a ratio). min_size does not apply: a credit
+        only frees inserts."""
+        if self.samples_per_insert is None:
+            return 0
+        room = self.diff(inserts, samples) - self.min_diff
+        return min(wanted, max(0, int(math.floor(room + 1e-9))))

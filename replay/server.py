@@ -77,6 +77,7 @@ def add_servicer(servicer: replay_pb2_grpc.ReplayServiceServicer, server: grpc.S
             response_serializer=replay_pb2.InsertResponse.SerializeToString,
         ),
         "Sample": unary(servicer.Sample, replay_pb2.SampleRequest, _serialized),
+        "Credit": unary(servicer.Credit, replay_pb2.CreditRequest, replay_pb2.CreditResponse.SerializeToString),
         "UpdatePriorities": unary(
             servicer.UpdatePriorities,
             replay_pb2.UpdatePrioritiesRequest,
@@ -291,6 +292,10 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
         if not delivered:
             context.abort(grpc.StatusCode.CANCELLED, "the client went away before the sample was handed over")
         return response
+
+    def Credit(self, request, context):
+        # O(1) under the table lock and bounded by the window (`Table.credit`): no slot needed.
+        return replay_pb2.CreditResponse(credited=self._table.credit(request.items))
 
     def UpdatePriorities(self, request, context):
         started = time.perf_counter()
@@ -677,5 +682,6 @@ class ReplayServer:
                 waiting_samples=info.waiting_samples,
                 insert_wait_seconds=info.insert_wait_seconds,
                 sample_wait_seconds=info.sample_wait_seconds,
+                credited=info.credited,
             ),
         )

@@ -57,6 +57,8 @@ class TableInfo:
     insert_wait_seconds: float
     sample_wait_seconds: float
     delivered_samples: int
+    credited: int
+    """Items counted against the rate limiter as if sampled, without a draw (`Table.credit`)."""
 
 
 class InsertProgress(Protocol):
@@ -111,6 +113,7 @@ class Table:
         self._inserts = 0
         self._samples = 0
         self._forgiven = 0  # samples the limiter no longer counts (`RateLimiter.excess`)
+        self._credited = 0  # items the limiter counts as sampled, never drawn (`credit`)
         self._delivered_samples = 0  # settled as delivered: never decreases (a Prometheus counter)
         self._dropped_priority_updates = 0
         self._rng = np.random.default_rng(seed)
@@ -301,6 +304,22 @@ class Table:
             self._dropped_priority_updates += dropped
         return applied, dropped
 
+    def credit(self, items: int) -> int:
+        """Counts up to `items` items against the rate limiter as if sampled, without drawing them;
+        returns how many were credited.
+
+        A credit frees waiting inserts as a sample would, but is no sample: `samples` and the
+        delivered counter do not change. It stops where a sample would be refused
+        (`RateLimiter.creditable`: diff stays >= min_diff), so writers run at most the window ahead
+        whatever a caller asks for. A table without a ratio credits nothing.
+        """
+        with self._cond:
+            credited = self.limiter.creditable(items, self._inserts, self._paced_samples)
+            if credited:
+                self._credited += credited
+                self._cond.notify_all()
+            return credited
+
     # -- waiting ---------------------------------------------------------------------------------
 
     def _wait(self, admissible, deadline: float | None, kind: str, cancelled: threading.Event | None) -> int | None:
@@ -344,8 +363,8 @@ class Table:
 
     @property
     def _paced_samples(self) -> int:
-        """The samples the rate limiter counts: all of them, less those it forgave."""
-        return self._samples - self._forgiven
+        """The samples the rate limiter counts: all of them, less those it forgave, plus credits."""
+        return self._samples - self._forgiven + self._credited
 
     def _forgive(self) -> None:
         """Stops counting samples past the window (a limiter with limit_samples=False; holding the condition)."""
@@ -399,6 +418,7 @@ class Table:
                 insert_wait_seconds=self._insert_wait_seconds,
                 sample_wait_seconds=self._sample_wait_seconds,
                 delivered_samples=self._delivered_samples,
+                credited=self._credited,
             )
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
@@ -429,7 +449,7 @@ class Table:
             self._next_slot = int(counters["next_slot"])
             self._inserts = int(counters["inserts"])
             self._samples = int(counters["samples"])
-            self._forgiven = 0
+            self._forgiven = self._credited = 0
             self._forgive()  # a restored shard's window starts inside its bounds too
             self._delivered_samples = self._samples
             self._dropped_priority_updates = int(counters["dropped_priority_updates"])

@@ -6,7 +6,8 @@
 #
 # The driver runs on the head, reaches the cluster with ray.address=auto and the head's Redis
 # (port 6390, its password from the head's environment) by the head's own address, and writes
-# runs/RUN_NAME on the head.
+# runs/RUN_NAME on the head. The learner, shards and actors ask for the node slots cluster.yaml's
+# node types offer (`learner`, `replay`, `actors`: README's "Deploy on a Ray cluster").
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 CONFIG RUN_NAME [--set section.key=value ...]" >&2
@@ -32,4 +33,7 @@ exec ray job submit --address="$address" --submission-id="qfleet-$run" -- bash -
   cd /opt/qfleet &&
   head_ip=\$(python -c 'import ray.util; print(ray.util.get_node_ip_address())') &&
   exec qfleet train $(printf %q "$config") --run-dir runs/$(printf %q "$run") \
-    --set ray.address=auto --set redis.url=redis://\$head_ip:6390/0 $extra"
+    --set ray.address=auto --set redis.url=redis://\$head_ip:6390/0 \
+    --set train.num_shards=2 --set 'train.shard_resources={replay: 1}' \
+    --set 'train.learner_resources={learner: 1}' --set 'actors.resources={actors: 1}' \
+    --set actors.num_cpus=0.1 --set train.learner_num_cpus=0.5 $extra"

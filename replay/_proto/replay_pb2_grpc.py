@@ -44,6 +44,11 @@ class ReplayServiceStub:
                 request_serializer=replay_dot___proto_dot_replay__pb2.SampleRequest.SerializeToString,
                 response_deserializer=replay_dot___proto_dot_replay__pb2.SampleResponse.FromString,
                 _registered_method=True)
+        self.Credit = channel.unary_unary(
+                '/qfleet.replay.ReplayService/Credit',
+                request_serializer=replay_dot___proto_dot_replay__pb2.CreditRequest.SerializeToString,
+                response_deserializer=replay_dot___proto_dot_replay__pb2.CreditResponse.FromString,
+                _registered_method=True)
         self.UpdatePriorities = channel.unary_unary(
                 '/qfleet.replay.ReplayService/UpdatePriorities',
                 request_serializer=replay_dot___proto_dot_replay__pb2.UpdatePrioritiesRequest.SerializeToString,
@@ -73,6 +78,13 @@ class ReplayServiceServicer:
 
     def Sample(self, request, context):
         """Draws batches of items by the table's selector, subject to the rate limiter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Credit(self, request, context):
+        """Counts items against the rate limiter as if sampled, without a draw (frees waiting writers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +123,11 @@ def add_ReplayServiceServicer_to_server(servicer, server):
                     servicer.Sample,
                     request_deserializer=replay_dot___proto_dot_replay__pb2.SampleRequest.FromString,
                     response_serializer=replay_dot___proto_dot_replay__pb2.SampleResponse.SerializeToString,
+            ),
+            'Credit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Credit,
+                    request_deserializer=replay_dot___proto_dot_replay__pb2.CreditRequest.FromString,
+                    response_serializer=replay_dot___proto_dot_replay__pb2.CreditResponse.SerializeToString,
             ),
             'UpdatePriorities': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdatePriorities,
@@ -182,6 +199,33 @@ class ReplayService:
             '/qfleet.replay.ReplayService/Sample',
             replay_dot___proto_dot_replay__pb2.SampleRequest.SerializeToString,
             replay_dot___proto_dot_replay__pb2.SampleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Credit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qfleet.replay.ReplayService/Credit',
+            replay_dot___proto_dot_replay__pb2.CreditRequest.SerializeToString,
+            replay_dot___proto_dot_replay__pb2.CreditResponse.FromString,
             options,
             channel_credentials,
             insecure,

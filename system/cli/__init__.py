@@ -3,6 +3,7 @@
     qfleet train CONFIG [--set section.key=value ...] [--run-dir DIR] | --resume RUN_DIR
     qfleet eval RUN_DIR [--episodes N]
     qfleet record DATASET_ID --policy RUN_DIR | --config CONFIG --episodes N [--epsilon E] [--datasets-dir DIR]
+    qfleet record DATASET_ID --behaviour instruction --follow-p P --env miniwob/<task>-v1 ... --episodes N
     qfleet dataset list | info DATASET [--datasets-dir DIR]
     qfleet encoder train --dataset ID --out DIR [--epochs N ...]
     qfleet status [RUN_DIR | --redis-url URL --run NAME]

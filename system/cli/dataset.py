@@ -72,5 +72,8 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"  policy versions {summary.policy_versions[0]}..{summary.policy_versions[1]}")
     if summary.epsilons:
         lines.append(f"  epsilon {', '.join(f'{e:g}' for e in summary.epsilons)}")
+    if summary.successes is not None:
+        won, said = summary.successes
+        lines.append(f"  success {won:,}/{said:,} episodes ({won / said:.2f})")
     print("\n".join(lines))
     return 0

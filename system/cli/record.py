@@ -1,4 +1,5 @@
-"""`qfleet record DATASET_ID --policy RUN_DIR | --config CONFIG`: record episodes into a dataset."""
+"""`qfleet record DATASET_ID --policy RUN_DIR | --config CONFIG | --behaviour instruction`: record
+episodes into a dataset (one per --env)."""
 
 from __future__ import annotations
 
@@ -32,14 +33,33 @@ def add_parser(commands) -> None:
             "metadata holds the env id and spaces and how it was recorded (no local paths). --num-actors env vectors of "
             "env.num_envs envs each run side by side. A progress line comes every --progress-every-s seconds; "
             "the dataset is committed at each, so an interrupted recording keeps what it had (one stopped "
-            "before its first commit leaves no dataset). Needs no Redis, Ray or shards."
+            "before its first commit leaves no dataset). Needs no Redis, Ray or shards. On MiniWoB, "
+            "--behaviour instruction plays a policy that follows the task's instruction with the page's own "
+            "elements with probability --follow-p per step and acts uniformly at random otherwise (datasets of "
+            "mixed quality; --config, optional, gives the env settings); episodes carry their success. "
+            "Several --env record one dataset each: DATASET_ID then holds {task}, the MiniWoB task name."
         ),
-        epilog="example: qfleet record cartpole/medium-v0 --policy runs/cartpole --epsilon 0.1 --episodes 500",
+        epilog=(
+            "examples: qfleet record cartpole/medium-v0 --policy runs/cartpole --epsilon 0.1 --episodes 500; "
+            "qfleet record 'miniwob/{task}-p0.7-v0' --behaviour instruction --follow-p 0.7 "
+            "--env miniwob/click-button-v1 --env miniwob/enter-text-v1 --episodes 100"
+        ),
     )
     parser.add_argument("dataset_id", metavar="DATASET_ID", help="new dataset id, [namespace/]name-vN")
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--policy", metavar="RUN_DIR", help="a qfleet train run directory: its newest checkpoint acts")
-    source.add_argument("--config", metavar="CONFIG", help="YAML run config: an untrained network of it acts")
+    source.add_argument(
+        "--config",
+        metavar="CONFIG",
+        help="YAML run config: an untrained network of it acts (with --behaviour instruction: only its env settings)",
+    )
+    parser.add_argument(
+        "--env",
+        metavar="ENV_ID",
+        action="append",
+        default=[],
+        help="env.id to record (repeatable: one dataset each, DATASET_ID with {task}); default: the config's",
+    )
     set_option(parser, "env.num_envs=4")
     datasets_dir_option(parser)
     add_arguments(parser, RecordSettings, NAME, title="recording options")
@@ -49,4 +69,4 @@ def run(args: argparse.Namespace) -> int:
     from system.datasets.run_record import main_record
 
     settings = from_arguments(args, RecordSettings, NAME)
-    return main_record(args.dataset_id, args.policy, args.config, args.set, settings, args.datasets_dir)
+    return main_record(args.dataset_id, args.policy, args.config, args.set, settings, args.datasets_dir, args.env)

@@ -3,7 +3,8 @@ an offline replay source (validated, n-step transitions, its own never-evicting 
 
 Public surface: DatasetSource, LoadedDataset, load_transitions, load_episodes, offline_shard_config,
 fill_shards, shard_share, load_recorded_episodes (loading); DatasetWriter, Episode, check_dataset_free (writing);
-EpisodeRecorder, record_episodes, RecordSettings (recording from actors' env vectors); Episodes,
+EpisodeRecorder, record_episodes, RecordSettings, Recorded, VectorActions, PolicyActions (recording
+from actors' env vectors, by a network or a behaviour policy); Episodes,
 read_dataset (reading); read_dataset_metadata, read_episode_metadata (checked metadata);
 nstep_transitions; datasets_dir, data_path, list_datasets, check_dataset_id (where datasets live);
 dataset_info, dataset_listing (what `qfleet dataset info` and `list` show); DatasetError,
@@ -25,7 +26,14 @@ from system.datasets.loading import (
 )
 from system.datasets.metadata import read_dataset_metadata, read_episode_metadata
 from system.datasets.reader import Episodes, read_dataset
-from system.datasets.recorder import EpisodeRecorder, RecordSettings, record_episodes
+from system.datasets.recorder import (
+    EpisodeRecorder,
+    PolicyActions,
+    Recorded,
+    RecordSettings,
+    VectorActions,
+    record_episodes,
+)
 from system.datasets.transitions import nstep_transitions
 from system.datasets.writer import DatasetWriter, Episode, check_dataset_free
 
@@ -39,8 +47,11 @@ __all__ = [
     "Episodes",
     "ListedDataset",
     "LoadedDataset",
+    "PolicyActions",
     "RecordSettings",
+    "Recorded",
     "ShardFillError",
+    "VectorActions",
     "check_dataset_free",
     "check_dataset_id",
     "data_path",

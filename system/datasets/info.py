@@ -38,6 +38,8 @@ class DatasetInfo:
     """Smallest and largest policy_version of the episodes (None: not recorded)."""
     epsilons: list[float]
     """The distinct epsilons the episodes were recorded with."""
+    successes: tuple[int, int] | None
+    """(episodes that succeeded, episodes that say) where episodes carry `success` (MiniWoB), else None."""
     size_mb: float
 
 
@@ -60,13 +62,15 @@ def dataset_info(dataset: str, root: str | os.PathLike | None = None, returns: b
     data = data_path(dataset, root)
     metadata = read_dataset_metadata(data, dataset)
     episodes = metadata["total_episodes"]
-    episode_returns, versions, epsilons = [], [], set()
+    episode_returns, versions, epsilons, successes = [], [], set(), []
     for index in range(episodes):
         meta = read_episode_metadata(data, dataset, index)
         if "policy_version" in meta:
             versions.append(meta["policy_version"])
         if "epsilon" in meta:
             epsilons.add(float(meta["epsilon"]))
+        if "success" in meta:
+            successes.append(meta["success"])
         if returns:
             episode_returns.append(
                 float(meta["return"])
@@ -95,6 +99,7 @@ def dataset_info(dataset: str, root: str | os.PathLike | None = None, returns: b
         recorded_by=metadata.get("qfleet", {}),
         policy_versions=(min(versions), max(versions)) if versions else None,
         epsilons=sorted(epsilons),
+        successes=(sum(successes), len(successes)) if successes else None,
         size_mb=float(metadata.get("dataset_size", 0.0)),
     )
 

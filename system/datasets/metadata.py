@@ -8,7 +8,8 @@ are; the ones it uses are checked when present:
     dataset:  total_episodes, total_steps (counts), data_format, observation_space, action_space,
               env_spec (strings), dataset_size (a number), qfleet (an object; its env_id a string)
     episode:  id, total_steps (counts), policy_version (an integer), actor_id (an int32),
-              epsilon (in [0, 1]), return (a finite number), sha256 (64 hex digits)
+              epsilon and follow_p (in [0, 1]), return (a finite number), sha256 (64 hex digits),
+              success (a boolean)
 """
 
 from __future__ import annotations
@@ -113,12 +114,14 @@ def read_episode_metadata(data: pathlib.Path, dataset: str, episode: int) -> dic
     for key, (low, high, expected) in checks.items():
         if key in metadata:
             _check_int(metadata[key], dataset, f"{where}: {key}", low, high, expected)
-    for key, low, high in (("epsilon", 0.0, 1.0), ("return", -math.inf, math.inf)):
+    for key, low, high in (("epsilon", 0.0, 1.0), ("follow_p", 0.0, 1.0), ("return", -math.inf, math.inf)):
         value = metadata.get(key, 0.0)
         if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
             raise DatasetError(dataset, f"{where}: {key}", f"{value!r}, expected a number in [{low}, {high}]")
         if not math.isfinite(value):
             raise DatasetError(dataset, f"{where}: {key}", f"{value!r}, expected a finite number")
+    if "success" in metadata and not isinstance(metadata["success"], bool):
+        raise DatasetError(dataset, f"{where}: success", f"{metadata['success']!r}, expected true or false")
     if "sha256" in metadata and not (isinstance(metadata["sha256"], str) and _SHA256.match(metadata["sha256"])):
         raise DatasetError(dataset, f"{where}: sha256", f"{metadata['sha256']!r}, expected 64 hex digits")
     return metadata

@@ -2,18 +2,21 @@
 
 `EpisodeRecorder` sits beside an actor's step loop: it takes each vector step (the same arrays the
 actor hands its n-step accumulator) and hands each finished episode to a `DatasetWriter`, with the
-policy version that chose its first action, the actor's epsilon and the actor's id. Any number of
-recorders can share one writer (it is thread-safe and numbers episodes as they arrive).
-`record_episodes` runs a policy in `actors` env vectors until enough episodes are recorded; it
-is what `qfleet record` does.
+policy version that chose its first action, the actor's epsilon and the actor's id (and, where
+asked, whether it succeeded and what its behaviour policy says of it). Any number of recorders can
+share one writer (it is thread-safe and numbers episodes as they arrive). `record_episodes` runs
+`VectorActions` (a network with epsilon-greedy exploration, `PolicyActions`, or a behaviour policy
+that reads the page, actors/ui_behaviour.py) in `actors` env vectors until enough episodes are
+recorded; it is what `qfleet record` does.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -29,16 +32,31 @@ class EpisodeRecorder:
         writer: where finished episodes go.
         first_obs: the vector's first observations (from `EnvVector.reset`).
         actor_id, epsilon: stamped on every episode's metadata.
+        mark_success: stamp `success` on every episode: it terminated on a positive reward (what
+            a solved MiniWoB task gives, with either of env.browser.reward's settings).
+        episode_metadata: env index -> more metadata for its episode as it ends (a behaviour
+            policy's account of it); its keys cannot replace the recorder's own.
     """
 
-    def __init__(self, writer: DatasetWriter, first_obs: np.ndarray, actor_id: int, epsilon: float):
+    def __init__(
+        self,
+        writer: DatasetWriter,
+        first_obs: np.ndarray,
+        actor_id: int,
+        epsilon: float,
+        mark_success: bool = False,
+        episode_metadata: Callable[[int], dict[str, Any]] | None = None,
+    ):
         self.writer, self.actor_id, self.epsilon = writer, actor_id, epsilon
+        self.mark_success, self.episode_metadata = mark_success, episode_metadata
         self.num_envs = len(first_obs)
         self._obs: list[list[np.ndarray]] = [[np.array(o)] for o in first_obs]
         self._steps: list[list[tuple]] = [[] for _ in range(self.num_envs)]
         self._versions = [0] * self.num_envs
         self.episodes = 0
         self.returns: list[float] = []
+        self.successes: list[bool] = []
+        """Per finished episode, whether it succeeded (only with mark_success)."""
 
     def add(
         self,
@@ -82,6 +100,17 @@ class EpisodeRecorder:
     def _finish(self, i: int) -> int:
         actions, rewards, terms, truncs = zip(*self._steps[i], strict=True)
         episode_return = float(np.sum(rewards))
+        metadata: dict[str, Any] = dict(self.episode_metadata(i)) if self.episode_metadata else {}
+        if self.mark_success:
+            success = bool(terms[-1]) and rewards[-1] > 0
+            metadata["success"] = success
+            self.successes.append(success)
+        metadata.update(
+            policy_version=int(self._versions[i]),
+            epsilon=float(self.epsilon),
+            actor_id=int(self.actor_id),
+            **{"return": episode_return},
+        )
         self.writer.add(
             Episode(
                 observations=np.stack(self._obs[i]),
@@ -89,12 +118,7 @@ class EpisodeRecorder:
                 rewards=np.asarray(rewards, np.float64),
                 terminations=np.asarray(terms, bool),
                 truncations=np.asarray(truncs, bool),
-                metadata={
-                    "policy_version": int(self._versions[i]),
-                    "epsilon": float(self.epsilon),
-                    "actor_id": int(self.actor_id),
-                    "return": episode_return,
-                },
+                metadata=metadata,
             )
         )
         self.episodes += 1
@@ -107,14 +131,22 @@ class RecordSettings:
     """How `record_episodes` runs (the `qfleet record` options)."""
 
     episodes: int
-    """Episodes to record (all actors together); the last vector step's extra episodes are kept."""
+    """Episodes to record (all actors together, per env); the last vector step's extra episodes are kept."""
+    behaviour: Literal["network", "instruction"] = "network"
+    """What acts. network: the --policy run's newest checkpoint or --config's untrained network, with
+    --epsilon exploration; instruction: a MiniWoB policy that follows the task's instruction with
+    the page's own elements with probability --follow-p per step and acts uniformly at random
+    otherwise (actors/ui_behaviour.py; miniwob/<task>-v1 envs)."""
+    follow_p: float = 1.0
+    """behaviour instruction: probability of following the instruction on a step (1: a scripted
+    expert, 0: uniformly random); stored in the dataset's and each episode's metadata."""
     epsilon: float = 0.0
-    """Exploration of every actor: a random action with this probability, else the policy's."""
+    """behaviour network: a random action with this probability, else the network's."""
     num_actors: int = 1
     """Actors (env vectors of env.num_envs envs each, own seeds), stepped in turn in this process."""
     seed: int = 0
-    """Seeds actor i's exploration (seed + 1000 * i), its envs (seed * 10000 + 1000 * i) and an
-    untrained network's weights."""
+    """Seeds actor i's exploration or behaviour policy (seed + 1000 * i), its envs (seed * 10000 +
+    1000 * i) and an untrained network's weights."""
     progress_every_s: float = 10.0
     """Seconds between progress lines; the dataset is committed at each."""
 
@@ -123,36 +155,102 @@ class RecordSettings:
             raise ValueError(f"episodes={self.episodes}: must be >= 1")
         if not 0.0 <= self.epsilon <= 1.0:
             raise ValueError(f"epsilon={self.epsilon}: must be in [0, 1]")
+        if not 0.0 <= self.follow_p <= 1.0:
+            raise ValueError(f"follow_p={self.follow_p}: must be in [0, 1]")
+        if self.behaviour == "instruction" and self.epsilon != 0.0:
+            raise ValueError(
+                f"epsilon={self.epsilon}: behaviour instruction acts at random with probability 1 - follow_p; "
+                "set --follow-p instead"
+            )
+        if self.behaviour == "network" and self.follow_p != 1.0:
+            raise ValueError(f"follow_p={self.follow_p}: only with --behaviour instruction")
         if self.num_actors < 1:
             raise ValueError(f"num_actors={self.num_actors}: must be >= 1")
 
 
+class VectorActions(Protocol):
+    """What chooses one env vector's actions in a recording (one per actor)."""
+
+    version: int
+    """The policy version stamped on the episodes it starts."""
+
+    @property
+    def epsilon(self) -> float:
+        """Its probability of a random action on a step, stamped on every episode."""
+        ...
+
+    def act(self, obs: np.ndarray, infos: Sequence[dict[str, Any]], starts: np.ndarray) -> np.ndarray:
+        """Every env's action, from its observation and info (`EnvVector.infos`); `starts` marks
+        the envs whose observation begins an episode."""
+        ...
+
+    def episode_metadata(self, env: int) -> dict[str, Any]:
+        """More metadata for env `env`'s episode, asked as it ends ({} for none)."""
+        ...
+
+
+@dataclass
+class PolicyActions:
+    """A network (`learner.Policy`) with epsilon-greedy exploration, as `VectorActions`."""
+
+    policy: Any
+    epsilon: float
+    rng: np.random.Generator
+
+    @property
+    def version(self) -> int:
+        return int(self.policy.version)
+
+    def act(self, obs: np.ndarray, infos: Sequence[dict[str, Any]], starts: np.ndarray) -> np.ndarray:
+        return self.policy.act(obs, self.epsilon, self.rng)
+
+    def episode_metadata(self, env: int) -> dict[str, Any]:
+        return {}
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What `record_episodes` recorded."""
+
+    returns: list[float]
+    """Each episode's undiscounted return, actor by actor."""
+    successes: list[bool]
+    """Each episode's success (empty unless mark_success)."""
+
+
 def record_episodes(
     writer: DatasetWriter,
-    make_vector: Callable[[int, int], object],
-    policy,
+    make_vector: Callable[[int, int], Any],
+    make_actions: Callable[[int, Any], VectorActions],
     settings: RecordSettings,
     progress: Callable[[str], None] = print,
-) -> list[float]:
-    """Steps `settings.num_actors` env vectors with `policy` until `settings.episodes` episodes
-    are written; returns their returns. The writer is flushed (committed) at every progress line
-    and at the end, so an interrupted recording keeps what it flushed.
+    mark_success: bool = False,
+) -> Recorded:
+    """Steps `settings.num_actors` env vectors, each with its own `VectorActions`, until
+    `settings.episodes` episodes are written. The writer is flushed (committed) at every progress
+    line and at the end, so an interrupted recording keeps what it flushed.
 
     Args:
         make_vector: (actor index, env seed) -> an `actors.EnvVector` (reset here); actor i's
             seed is `settings.seed * 10000 + 1000 * i`.
-        policy: a `learner.Policy` (`act(obs, epsilon, rng)`, `version`).
+        make_actions: (actor index, its vector) -> what chooses that vector's actions
+            (`PolicyActions` for a network, seeded `settings.seed + 1000 * i`).
+        mark_success: stamp each episode's `success` (`EpisodeRecorder`).
     """
     vectors = [make_vector(i, settings.seed * 10_000 + 1000 * i) for i in range(settings.num_actors)]
     try:
-        rngs = [np.random.default_rng(settings.seed + 1000 * i) for i in range(settings.num_actors)]
+        choosers = [make_actions(i, vector) for i, vector in enumerate(vectors)]
         obs = [vector.reset() for vector in vectors]
-        recorders = [EpisodeRecorder(writer, o, i, settings.epsilon) for i, o in enumerate(obs)]
+        starts = [np.ones(vector.num_envs, bool) for vector in vectors]
+        recorders = [
+            EpisodeRecorder(writer, o, i, chooser.epsilon, mark_success, chooser.episode_metadata)
+            for i, (o, chooser) in enumerate(zip(obs, choosers, strict=True))
+        ]
         started = last = time.monotonic()
         done = 0
         while done < settings.episodes:
             for i, vector in enumerate(vectors):
-                actions = policy.act(obs[i], settings.epsilon, rngs[i])
+                actions = choosers[i].act(obs[i], vector.infos, starts[i])
                 out = vector.step(actions)
                 done += recorders[i].add(
                     actions,
@@ -162,20 +260,23 @@ def record_episodes(
                     out.terminated,
                     out.truncated,
                     out.aborted,
-                    policy.version,
+                    choosers[i].version,
                 )
                 obs[i] = out.obs
+                starts[i] = out.terminated | out.truncated | out.aborted
             if time.monotonic() - last >= settings.progress_every_s:
                 last = time.monotonic()
                 writer.flush()
                 recent = [r for rec in recorders for r in rec.returns[-100:]]
+                successes = [s for rec in recorders for s in rec.successes]
                 progress(
                     f"recorded {done:,}/{settings.episodes:,} episodes, {writer.steps:,} steps "
                     f"({writer.steps / max(last - started, 1e-9):,.0f} steps/s)"
                     + (f", mean return {np.mean(recent):.1f}" if recent else "")
+                    + (f", success {np.mean(successes):.2f}" if successes else "")
                 )
         writer.flush()
-        return [r for rec in recorders for r in rec.returns]
+        return Recorded([r for rec in recorders for r in rec.returns], [s for rec in recorders for s in rec.successes])
     finally:
         for vector in vectors:
             vector.close()

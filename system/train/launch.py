@@ -131,6 +131,10 @@ class Components:
     """ShardHost actor handles."""
     offline_shards: list = field(default_factory=list)
     """ShardHost actor handles of the offline dataset's shards (a run with `offline.dataset`)."""
+    offline_rows: list = field(default_factory=list)
+    """Each offline shard's rows in Ray's object store, held for the whole run: Ray frees a
+    constructor's argument once the actor has started unless someone holds it, and then a
+    restarted offline shard could not load its rows again."""
     learner: object | None = None
     """The LearnerHost actor handle."""
     episodes: EpisodeFeed | None = None
@@ -319,12 +323,13 @@ def _start_offline_shards(plan: Plan, components: Components, counters: RunCount
     begin = 0
     for index in range(config.offline.num_shards):
         share = shard_share(loaded.size, config.offline.num_shards, index)
-        items = {name: column[begin : begin + share] for name, column in loaded.transitions.items()}
+        rows = ray.put({name: column[begin : begin + share] for name, column in loaded.transitions.items()})
+        components.offline_rows.append(rows)
         begin += share
         settings = offline_shard_settings(config, loaded, index, components.redis_url, plan.name)
         options = {"num_cpus": 0, "max_restarts": -1, "name": f"qfleet-{plan.name}-offline-shard-{index}"}
         handle = remote.options(**options).remote(
-            plan.spec, settings, on_cluster, credentials=components.replay_credentials, items=items
+            plan.spec, settings, on_cluster, credentials=components.replay_credentials, items=rows
         )
         components.offline_shards.append(handle)
     described = ray.get([shard.describe.remote() for shard in components.offline_shards], timeout=600)

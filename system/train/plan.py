@@ -93,6 +93,11 @@ def plan(
             )
         state = {}
     name = config.train.run_name or re.sub(r"[^A-Za-z0-9_.-]+", "-", run.path.resolve().name)
+    if name.endswith(".offline"):  # the shard registry's namespace of a run's offline shards
+        raise ConfigError(
+            f"run name {name!r}: a name ending in '.offline' would share the shard registry of the offline "
+            f"shards of run {name.removesuffix('.offline')!r}; set train.run_name or choose another --run-dir"
+        )
     config = reachable_metrics(seeded(config))
     train = dataclasses.replace(config.train, run_dir=str(run.path), run_name=name)
     config = dataclasses.replace(config, train=train)

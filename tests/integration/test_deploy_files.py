@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cluster_topology import ACTOR_NODE, HEAD_CPUS, LEARNER_NODE, WORKERS, train_overrides
 
 from system.cli import build_parser
-from system.config import load_config
+from system.config import RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -46,13 +47,15 @@ def compose_env(**changes: str | None) -> dict[str, str]:
     return env
 
 
-def check_train_command(command: str) -> None:
-    """`command` (a shell line holding `qfleet train ...`) parses, and its config and --set keys load."""
+def check_train_command(command: str, address: str = "auto") -> RunConfig:
+    """`command` (a shell line holding `qfleet train ...`) parses, and its config and --set keys
+    load; returns the config it runs with."""
     words = shlex.split(command[command.index("qfleet train") :].rstrip("'\""))
     args = build_parser().parse_args(words[1:])
     assert args.command == "train" and args.path.startswith("configs/")
     config = load_config(ROOT / args.path, args.set)
-    assert config.ray.address == "auto" and config.redis.url.startswith("redis://")
+    assert config.ray.address == address and config.redis.url.startswith("redis://")
+    return config
 
 
 def test_prometheus_config_passes_promtool():
@@ -232,11 +235,7 @@ def test_kuberay_manifests_agree_with_each_other():
     groups = {g["groupName"]: g for g in cluster["spec"]["workerGroupSpecs"]}
     assert cluster["spec"]["workerGroupSpecs"][0]["groupName"] == "actors"  # docs/deploy.md's kubectl patch path
     assert set(groups) == {"actors", "gpu-learner", "android-emulators"}
-
-    def resources(group) -> dict:  # KubeRay's quoted-JSON form: '"{\"name\": n}"'
-        return json.loads(json.loads(group["rayStartParams"].get("resources", '"{}"')))
-
-    assert resources(groups["android-emulators"]) == {"android_emulator": 4}
+    assert kuberay_resources(groups["android-emulators"]) == {"android_emulator": 4}
     gpu = groups["gpu-learner"]["template"]["spec"]["containers"][0]["resources"]
     assert gpu["limits"]["nvidia.com/gpu"] == 1 and groups["gpu-learner"]["rayStartParams"]["num-gpus"] == "1"
     head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
@@ -600,3 +599,103 @@ def test_the_network_policy_admits_only_the_runs_pods():
     submitter = job["spec"]["submitterPodTemplate"]["metadata"]["labels"]
     admitted = [peer["podSelector"]["matchLabels"] for rule in rules for peer in rule["from"]]
     assert submitter in admitted
+
+
+# -- one topology: the cluster test's, README's recipe and every deployment's ------------------------
+
+
+def placement(config: RunConfig) -> dict[str, object]:
+    """What a run asks the cluster for: its shards, the learner's and the actors' resources and CPUs."""
+    train, actors = config.train, config.actors
+    return {
+        "shards": train.num_shards,
+        "shard_resources": train.shard_resources,
+        "learner_resources": train.learner_resources,
+        "learner_num_cpus": train.learner_num_cpus,
+        "actor_resources": actors.resources,
+        "actor_num_cpus": actors.num_cpus,
+    }
+
+
+TOPOLOGY_PLACEMENT = placement(load_config(ROOT / "configs" / "cartpole.yaml", train_overrides()))
+"""What tests/smoke/test_cluster.py's run asks for (tests/cluster_topology.py)."""
+
+
+def ray_start_options(command: str) -> dict[str, object]:
+    """`ray start`'s --num-cpus and --resources (parsed from their JSON) in a shell line."""
+    words = shlex.split(command[command.index("ray start") :])
+    options: dict[str, object] = {}
+    for word in words:
+        if word.startswith("--num-cpus="):
+            options["num_cpus"] = float(word.split("=", 1)[1].replace("${RAY_WORKER_CPUS:-4}", "4"))
+        elif word.startswith("--resources="):
+            options["resources"] = json.loads(word.split("=", 1)[1])
+    return options
+
+
+def kuberay_resources(group: dict) -> dict:
+    """A group's custom resources, from KubeRay's quoted-JSON form '"{\"name\": n}"'."""
+    return json.loads(json.loads(group["rayStartParams"].get("resources", '"{}"')))
+
+
+def readme_cluster_recipe() -> list[str]:
+    """The shell commands of README's "Deploy on a Ray cluster" block (continuations joined)."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("**Deploy on a Ray cluster**") :]
+    start = section.index("```bash\n") + len("```bash\n")
+    block = section[start : section.index("\n```", start)]
+    return [line.split("   #")[0].strip() for line in block.replace("\\\n", " ").splitlines()]
+
+
+def test_the_readme_recipe_starts_the_cluster_tests_topology():
+    commands = readme_cluster_recipe()
+    head = next(c for c in commands if c.startswith("ray start --head"))
+    assert ray_start_options(head) == {"num_cpus": HEAD_CPUS}
+    workers = [ray_start_options(c) for c in commands if c.startswith("ray start --address")]
+    assert [w["resources"] for w in workers] == [WORKERS[LEARNER_NODE], WORKERS[ACTOR_NODE]]
+    train = next(c for c in commands if c.startswith("qfleet train"))
+    assert placement(check_train_command(train, address="HEAD:6379")) == TOPOLOGY_PLACEMENT
+
+
+def test_compose_starts_the_cluster_tests_topology(compose):
+    services = compose["services"]
+    assert ray_start_options(" ".join(services["ray-head"]["command"]))["num_cpus"] == HEAD_CPUS
+    assert ray_start_options(services["ray-learner"]["command"])["resources"] == WORKERS[LEARNER_NODE]
+    assert ray_start_options(services["ray-worker"]["command"])["resources"] == WORKERS[ACTOR_NODE]
+    assert ray_start_options(services["ray-gpu-worker"]["command"])["resources"] == WORKERS[LEARNER_NODE]
+    train = " ".join(services["train"]["command"])
+    assert placement(check_train_command(train)) == TOPOLOGY_PLACEMENT
+
+
+def test_the_ray_launcher_starts_the_cluster_tests_topology(tmp_path):
+    types = yaml.safe_load((DEPLOY / "ray" / "cluster.yaml").read_text())["available_node_types"]
+    assert types["head"]["resources"] == {"CPU": HEAD_CPUS}
+    assert types["gpu_learner"]["resources"] == WORKERS[LEARNER_NODE]
+    assert types["actor_cpu"]["resources"] == WORKERS[ACTOR_NODE]
+    fake_ray = tmp_path / "ray"
+    fake_ray.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')  # prints what submit.sh would submit
+    fake_ray.chmod(0o755)
+    submit = ["bash", str(DEPLOY / "ray" / "submit.sh"), "configs/cartpole.yaml", "c1"]
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "RAY_AUTH_TOKEN": "test-ray-token"}
+    result = subprocess.run(submit, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    entry = result.stdout.splitlines()[-1].replace("\\$head_ip", "10.0.0.1")
+    assert placement(check_train_command(entry)) == TOPOLOGY_PLACEMENT
+
+
+def test_kuberay_starts_the_cluster_tests_topology():
+    cluster = kuberay_documents()["RayCluster"]["spec"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == str(HEAD_CPUS)
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert kuberay_resources(groups["gpu-learner"]) == WORKERS[LEARNER_NODE]
+    assert kuberay_resources(groups["actors"]) == WORKERS[ACTOR_NODE]
+    job = yaml.safe_load((DEPLOY / "kuberay" / "rayjob.yaml").read_text())
+    assert placement(check_train_command(job["spec"]["entrypoint"])) == TOPOLOGY_PLACEMENT
+
+
+def test_the_topology_check_sees_a_drifted_setting():
+    drifted = load_config(ROOT / "configs" / "cartpole.yaml", [*train_overrides(), "actors.resources={actors: 2}"])
+    assert placement(drifted) != TOPOLOGY_PLACEMENT
+    assert ray_start_options('ray start --address=h:1 --resources=\'{"replay": 1, "actors": 4}\'') == {
+        "resources": {"replay": 1, "actors": 4}
+    }

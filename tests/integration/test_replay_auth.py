@@ -49,8 +49,10 @@ def spec_file(tmp_path):
 
 @pytest.fixture
 def shard(start_server, tmp_path):
-    """A TLS shard holding 100 items (priorities 1), with a checkpoint folder."""
-    server = start_server(capacity=1000, checkpoint_dir=str(tmp_path / "ckpt"), credentials=CREDENTIALS)
+    """A TLS shard holding 100 items (priorities 1), with a checkpoint folder and a rate limiter."""
+    server = start_server(
+        capacity=1000, samples_per_insert=1.0, checkpoint_dir=str(tmp_path / "ckpt"), credentials=CREDENTIALS
+    )
     with ReplayClient(server.address, credentials=CREDENTIALS) as client:
         client.insert(make_batch(100))
         client.flush()
@@ -71,6 +73,8 @@ def call(channel: grpc.Channel, method: str, keys: np.ndarray, metadata):
         return list(stream(iter([request]), metadata=metadata, timeout=10))
     if method == "Sample":
         request = replay_pb2.SampleRequest(batch_size=8, num_batches=4, beta=-1.0).SerializeToString()
+    elif method == "Credit":
+        request = replay_pb2.CreditRequest(items=5).SerializeToString()
     elif method == "UpdatePriorities":
         message = replay_pb2.UpdatePrioritiesRequest()
         codec.encode_tensor(keys, message.keys)
@@ -84,10 +88,17 @@ def call(channel: grpc.Channel, method: str, keys: np.ndarray, metadata):
 
 def state(server: ReplayServer, tmp_path) -> tuple:
     info = server.table.info()
-    return info.size, info.inserts, info.samples, info.priority_mass, sorted((tmp_path / "ckpt").glob("*"))
+    return (
+        info.size,
+        info.inserts,
+        info.samples,
+        info.credited,
+        info.priority_mass,
+        sorted((tmp_path / "ckpt").glob("*")),
+    )
 
 
-METHODS = ["Insert", "Sample", "UpdatePriorities", "Info", "Checkpoint"]
+METHODS = ["Insert", "Sample", "Credit", "UpdatePriorities", "Info", "Checkpoint"]
 
 
 def test_every_method_is_in_the_list_checked_here():
@@ -126,8 +137,10 @@ def test_the_same_calls_with_the_token_go_through(shard, tmp_path):
     with tls_channel(shard.address) as channel:
         for method in METHODS:
             call(channel, method, keys, token)
-    size, inserts, samples, mass, checkpoints = state(shard, tmp_path)
-    assert (size, inserts, samples) == (110, 110, 16 + 32) and mass > 1000 and checkpoints  # 1e6 ** alpha per key
+    size, inserts, samples, credited, mass, checkpoints = state(shard, tmp_path)
+    assert (
+        (size, inserts, samples, credited) == (110, 110, 16 + 32, 5) and mass > 1000 and checkpoints
+    )  # 1e6 ** alpha per key
     assert shard.unauthenticated_requests == 0
 
 

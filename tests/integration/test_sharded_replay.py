@@ -221,6 +221,30 @@ def test_mixed_sources_draw_fixed_fractions(start_server, connect):
     mixed.close()
 
 
+def test_a_mixed_sources_priorities_reach_a_shard_that_joined_it_after_the_mix_was_made(
+    start_server, redis_server, connect
+):
+    """The online phase of an offline -> online run: a shard restarted or added later still gets
+    the learner's priorities (keys route by the sources' shards as they are now)."""
+    offline = start_server(shard_id=512)
+    offline_client = connect(offline.address)
+    offline_client.insert(make_batch(50, start=1000))
+    offline_client.flush()
+    start_server(shard_id=0, **shard_kwargs(redis_server))
+    online = ShardedReplay(redis_server.url, "test", discovery_s=0.2)
+    online.wait_for_shards(1)
+    mixed = MixedReplay({"offline": (offline_client, 0.5), "online": (online, 0.5)})
+    late = start_server(shard_id=1, selector="prioritized", **shard_kwargs(redis_server))
+    assert wait_until(lambda: online.shard_ids() == [0, 1], timeout=5)
+    late_client = connect(late.address)
+    late_client.insert(make_batch(50))
+    late_client.flush()
+    keys = late_client.sample(8).keys
+    result = mixed.update_priorities(keys, np.full(8, 5.0))
+    assert (result.applied, result.dropped_stale) == (8, 0)
+    mixed.close()
+
+
 # -- a shard that refuses this client's credentials ----------------------------------------------
 
 RUN_CREDENTIALS = generate_credentials()

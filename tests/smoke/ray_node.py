@@ -7,8 +7,11 @@ rewrites 127.0.0.1 to the machine's address and its servers listen on every inte
 test's worker nodes are started here the way `ray start --address` does it (and Ray's own
 `ray.cluster_utils.Cluster`), with `ray._private.node.Node`.
 
-    python tests/smoke/ray_node.py --address 127.0.0.1:PORT --num-cpus 1 --resources '{"actors": 4}'
+    python tests/smoke/ray_node.py --address 127.0.0.1:PORT --num-cpus 1 --resources '{"actors": 4}' \
+        --sockets /tmp/qfc-x/node-b
 
+With --sockets, the node's raylet and object store sockets get those fixed names in that folder
+(else Ray numbers them in the session's folder, which two nodes starting at once could both take).
 It prints "ready NODE_ID" once the node is up, and stops the node on SIGTERM. Started in a session
 of its own, its process group is the node: SIGKILL to the group is a node lost hard.
 """
@@ -29,6 +32,8 @@ def main() -> int:
     parser.add_argument("--address", required=True, help="the head's GCS address, 127.0.0.1:PORT")
     parser.add_argument("--num-cpus", type=int, default=0)
     parser.add_argument("--resources", default="{}", help="custom resources as JSON")
+    parser.add_argument("--object-store-mb", type=int, default=100, help="object store size (MiB)")
+    parser.add_argument("--sockets", help="a folder of this node's own for its socket files")
     args = parser.parse_args()
 
     import ray._private.node
@@ -40,7 +45,9 @@ def main() -> int:
         num_cpus=args.num_cpus,
         num_gpus=0,
         resources=json.loads(args.resources),
-        object_store_memory=100 * 2**20,
+        object_store_memory=args.object_store_mb * 2**20,
+        plasma_store_socket_name=os.path.join(args.sockets, "plasma") if args.sockets else None,
+        raylet_socket_name=os.path.join(args.sockets, "raylet") if args.sockets else None,
         min_worker_port=0,
         max_worker_port=0,
         node_manager_port=0,

@@ -71,6 +71,14 @@ def test_offline_combinations_that_cannot_run_fail_before_anything_starts(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_name_that_would_share_another_runs_offline_shard_registry_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"run name 'cartpole.offline'.*offline shards of run 'cartpole'"):
+        plan("configs/cartpole.yaml", ["train.run_name=cartpole.offline"], str(tmp_path / "run"), None)
+    with pytest.raises(ConfigError, match="ending in '.offline'"):
+        plan("configs/cartpole.yaml", [], str(tmp_path / "mine.offline"), None)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "mine.offline").exists()
+
+
 def test_a_missing_dataset_fails_the_plan_naming_it(tmp_path):
     settings = ["offline.dataset=cartpole/none-v0", f"offline.datasets_dir={tmp_path}"]
     with pytest.raises(DatasetError, match="dataset 'cartpole/none-v0'.*no dataset"):

@@ -61,3 +61,17 @@ def test_a_limiter_that_paces_only_inserts_never_holds_samples_and_forgives_thei
     assert limiter.insertable(100, inserts=1, samples=10) == 20  # max_diff 11 from diff -9: 20 items
     reverb = RateLimiter(min_size=1, samples_per_insert=1.0, error_buffer=10)
     assert reverb.sampleable(500, inserts=1, samples=0) == 10 and reverb.excess(1, 500) == 0
+
+
+def test_a_credit_counts_as_sampled_down_to_the_windows_lower_edge_and_ignores_min_size():
+    """Credits free inserts as draws would, never past min_diff (writers stay within the window)."""
+    limiter = RateLimiter(min_size=100, samples_per_insert=2.0, error_buffer=10, limit_samples=False)
+    assert (limiter.min_diff, limiter.max_diff) == (190.0, 210.0)
+    assert limiter.creditable(5, inserts=105, samples=0) == 5  # diff 210 -> 205: room 20
+    assert limiter.creditable(500, inserts=105, samples=0) == 20  # clipped at min_diff
+    assert limiter.creditable(5, inserts=105, samples=20) == 0  # diff 190: at the edge already
+    assert limiter.creditable(5, inserts=99, samples=0) == 5  # before min_size too: diff 198
+    assert limiter.insertable(10, inserts=105, samples=0) == 0 and limiter.insertable(10, 105, 4) == 2
+    reverb = RateLimiter(min_size=100, samples_per_insert=2.0, error_buffer=10)
+    assert reverb.creditable(500, inserts=105, samples=0) == 20  # the same bound as its samples
+    assert RateLimiter(min_size=1).creditable(5, inserts=10, samples=0) == 0  # no ratio: nothing to credit

@@ -178,3 +178,27 @@ def test_a_shard_starved_of_inserts_is_still_sampled_and_its_next_writer_stays_i
     with pytest.raises(DeadlineExceededError) as held:
         table.insert(make_batch(100, start=10), timeout=0.2)
     assert held.value.inserted == 32 and time.monotonic() - began >= 0.2  # 2 * 16 / 1.0, then it waits
+
+
+def test_a_credit_frees_a_waiting_insert_without_counting_as_a_sample_and_stops_at_the_window():
+    """What the sharded sampler's global limiter relies on: a credit is a draw that never happened."""
+    limiter = RateLimiter(min_size=1, samples_per_insert=1.0, error_buffer=16, limit_samples=False)
+    table = Table(CARTPOLE_SPEC, 1000, UniformSelector(), limiter, seed=0)
+    table.insert(make_batch(17))  # diff 17 = max_diff: the next item waits
+    finished = threading.Event()
+    thread = threading.Thread(target=lambda: (table.insert(make_batch(10, start=17), timeout=5), finished.set()))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while table.info().waiting_inserts == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert table.credit(10) == 10
+    assert finished.wait(timeout=5), table.info()
+    thread.join()
+    info = table.info()
+    assert (info.inserts, info.samples, info.delivered_samples, info.credited) == (27, 0, 0, 10)
+    assert info.diff == 17.0  # 27 inserts - 10 credited
+    assert table.credit(1000) == 32 and table.info().diff == limiter.min_diff  # clipped at min_diff
+    assert table.credit(5) == 0
+    with pytest.raises(DeadlineExceededError) as held:  # the writer runs at most the window ahead
+        table.insert(make_batch(100, start=27), timeout=0.1)
+    assert held.value.inserted == 32
