@@ -1,7 +1,8 @@
 """qfleet actors: environments, n-step transitions, the env actor and the fleet that runs them.
 
 Public surface:
-    EnvConfig, ActorsConfig, AndroidConfig (configuration);
+    EnvConfig, ActorsConfig, AndroidConfig, FeaturesConfig (configuration);
+    FeaturizedEnv, featurize (observations as frozen-encoder features, docs/digiq.md);
     make_env, describe_env, transition_spec, EnvSpaces, EnvVector (environments);
     AndroidGymEnv, check_emulator (qfleet/Android-v0 over android_env);
     BrowserConfig, BrowserGymEnv (MiniWoB in headless Chromium), UIActionSpace, UIAction,
@@ -20,7 +21,15 @@ Public surface:
 
 import importlib
 
-from actors.config import ANDROID_ID, MINIWOB_PREFIX, ActorsConfig, AndroidConfig, BrowserConfig, EnvConfig
+from actors.config import (
+    ANDROID_ID,
+    MINIWOB_PREFIX,
+    ActorsConfig,
+    AndroidConfig,
+    BrowserConfig,
+    EnvConfig,
+    FeaturesConfig,
+)
 from actors.envs import EnvSpaces, EnvVector, describe_env, make_env, transition_spec
 from actors.errors import (
     ActorRegistryError,
@@ -32,6 +41,7 @@ from actors.errors import (
     SimulatorTimeoutError,
     UnsupportedEnvError,
 )
+from actors.features import FeaturizedEnv, featurize
 from actors.metrics import SERIES as METRIC_SERIES
 from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
@@ -71,6 +81,8 @@ __all__ = [
     "BrowserSetupError",
     "BrowserTimeoutError",
     "EnvConfig",
+    "FeaturesConfig",
+    "FeaturizedEnv",
     "EnvFailedError",
     "EnvSpaces",
     "EnvVector",
@@ -86,6 +98,7 @@ __all__ = [
     "actor_report_key",
     "apex_epsilons",
     "describe_env",
+    "featurize",
     "instruction_tokens",
     "make_env",
     "spec_for_spaces",

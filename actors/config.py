@@ -200,6 +200,39 @@ class BrowserConfig:
 
 
 @dataclass(frozen=True)
+class FeaturesConfig:
+    """The `env.features` section (actors/features.py, docs/digiq.md): a frozen encoder turns each
+    screenshot into a feature vector in the actor, so replay and the learner see features only."""
+
+    encoder: Literal["none", "small", "transformers"] = "none"
+    """none: observations as the env gives them; small: the CNN `qfleet encoder train` saved in
+    `path`; transformers: a Hugging Face vision model saved (safetensors) in `path`."""
+
+    path: str | None = None
+    """The encoder's local directory (nothing is downloaded); required unless encoder is none."""
+
+    layer: int = -1
+    """transformers: the hidden layer whose mean-pooled states are the features (0: embeddings,
+    -1: the last; Python indexing); the small encoder has only -1."""
+
+    instruction_dim: int = 32
+    """Length of the instruction's embedding appended to the image features (a fixed random
+    bag-of-words projection of info["instruction_tokens"]; zeros for envs without one); 0: none."""
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ("none", "small", "transformers"):
+            raise ValueError(f"encoder={self.encoder!r}: must be none, small or transformers")
+        if self.encoder != "none" and not self.path:
+            raise ValueError(f"path={self.path!r}: the encoder's directory is required when encoder is {self.encoder}")
+        if self.encoder == "small" and self.layer != -1:
+            raise ValueError(
+                f"layer={self.layer}: the small encoder has one feature layer (-1); layers are for transformers"
+            )
+        if self.instruction_dim < 0:
+            raise ValueError(f"instruction_dim={self.instruction_dim}: must be >= 0")
+
+
+@dataclass(frozen=True)
 class EnvConfig:
     """The environment of a run, and how many copies each actor steps."""
 
@@ -223,6 +256,9 @@ class EnvConfig:
 
     browser: BrowserConfig | None = None
     """miniwob/<task>-v1: the browser, UI actions, observations; null: defaults."""
+
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    """A frozen encoder run on every observation (Digi-Q features); default: none, raw observations."""
 
     allow_import: list[str] = field(default_factory=list)
     """Modules an id "module:Env" may import (and their submodules): code execution, so none by default."""

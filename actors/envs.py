@@ -18,6 +18,7 @@ import numpy as np
 
 from actors.config import ANDROID_ID, MINIWOB_PREFIX, AndroidConfig, EnvConfig
 from actors.errors import EnvFailedError, UnsupportedEnvError
+from actors.features import featurize
 from actors.spec import spec_for_spaces
 from learner import ActionSpace
 from replay import Spec
@@ -77,11 +78,17 @@ class _ChannelsLast(gym.ObservationWrapper):
 
 
 def make_env(config: EnvConfig) -> gym.Env:
-    """One environment as configured.
+    """One environment as configured; with `env.features`, its observations are the frozen
+    encoder's features (actors/features.py).
 
     Raises:
-        UnsupportedEnvError: unknown id, or a family whose package is missing.
+        UnsupportedEnvError: unknown id, a family whose package is missing, or an encoder that
+            cannot be loaded or does not fit the env.
     """
+    return featurize(_make_raw_env(config), config.features, config.id)
+
+
+def _make_raw_env(config: EnvConfig) -> gym.Env:
     _register(config.id)
     kwargs = {} if config.max_episode_steps is None else {"max_episode_steps": config.max_episode_steps}
     if config.id == ANDROID_ID:  # AndroidSetupError (bad task file, ...) is an UnsupportedEnvError

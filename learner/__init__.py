@@ -15,7 +15,10 @@ Public surface:
     in Redis, carried by Redis or Ray's object store), encode_weights, decode_weights, split_chunks,
     join_chunks (its payload), WeightsHost, weights_host_name (the object store's Ray actor); LearnerMetrics; LearnerStatus, learner_status_key
     (its status hash in Redis); Policy (what actors and evaluation act with); build_q_network,
-    TanhGaussianActor.
+    TanhGaussianActor; FrozenEncoder, SmallEncoder, load_encoder, load_small_encoder,
+    save_small_encoder, load_transformers_encoder, instruction_embedding, ENCODER_LOADERS (frozen
+    image encoders, docs/digiq.md); ActionabilityConfig, EncoderError (no torch),
+    train_actionability, screen_changed, ActionabilityModel, ActionabilityResult (phase 1).
 
 Everything else is imported on first use, so commands that only read configs (`qfleet --help`,
 `qfleet config`, `qfleet replay serve`) start without loading torch.
@@ -24,6 +27,7 @@ Everything else is imported on first use, so commands that only read configs (`q
 import importlib
 
 from learner.config import (
+    ActionabilityConfig,
     ArchitectureConfig,
     DistributionalConfig,
     DQNConfig,
@@ -40,6 +44,7 @@ from learner.config import (
 )
 from learner.errors import (
     CheckpointLossError,
+    EncoderError,
     LearnerError,
     MalformedColumnError,
     MalformedWeightsError,
@@ -95,11 +100,25 @@ _LAZY = {
     "split_chunks": "learner.weights_codec",
     "join_chunks": "learner.weights_codec",
     "WeightsHost": "learner.weights_host",
+    "FrozenEncoder": "learner.encoders",
+    "SmallEncoder": "learner.encoders",
+    "ENCODER_LOADERS": "learner.encoders",
+    "load_encoder": "learner.encoders",
+    "load_small_encoder": "learner.encoders",
+    "save_small_encoder": "learner.encoders",
+    "instruction_embedding": "learner.encoders",
+    "load_transformers_encoder": "learner.hf_encoder",
+    "ActionabilityModel": "learner.actionability",
+    "ActionabilityResult": "learner.actionability",
+    "screen_changed": "learner.actionability",
+    "train_actionability": "learner.actionability",
     "weights_host_name": "learner.weights_host",
 }
 
 __all__ = [
     "ActionSpace",
+    "ActionabilityConfig",
+    "EncoderError",
     "ArchitectureConfig",
     "CheckpointLossError",
     "DQNConfig",

@@ -365,6 +365,54 @@ class LearnerConfig:
         return self.updates_per_env_step * self.batch_size
 
 
+@dataclass(frozen=True)
+class ActionabilityConfig:
+    """Phase 1 training (`qfleet encoder train`): the model, the label and the optimisation."""
+
+    epochs: int = 10
+    """Passes over the training split."""
+
+    batch_size: int = 128
+    """(screen, action) pairs per gradient step."""
+
+    learning_rate: float = 1e-3
+    """Adam's learning rate."""
+
+    feature_dim: int = 256
+    """D, the length of the encoder's feature vector (what replay stores per observation)."""
+
+    action_dim: int = 32
+    """Length of the action embedding the classifier reads beside the features."""
+
+    holdout_fraction: float = 0.2
+    """Share of the episodes held out to measure accuracy (never trained on)."""
+
+    pixel_tolerance: int = 8
+    """A pixel has changed when a channel moved by more than this (of 255): JPEG-like noise is not a change."""
+
+    change_threshold: float = 0.001
+    """The screen has changed when more than this fraction of its pixels changed."""
+
+    seed: int = 0
+    """Seeds the split, the initial weights and the batches."""
+
+    device: str = "cpu"
+    """"cpu", "cuda[:N]", or "auto" (CUDA when present)."""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "feature_dim", "action_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate={self.learning_rate}: must be > 0")
+        if not 0 < self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction={self.holdout_fraction}: must be in (0, 1)")
+        if not 0 <= self.pixel_tolerance < 255:
+            raise ValueError(f"pixel_tolerance={self.pixel_tolerance}: must be in [0, 255)")
+        if not 0 <= self.change_threshold < 1:
+            raise ValueError(f"change_threshold={self.change_threshold}: must be in [0, 1)")
+
+
 def resolve_device(name: str):
     """A torch.device for "auto" / "cpu" / "cuda[:N]"; "auto" is CUDA when present."""
     import torch

@@ -101,3 +101,17 @@ class WeightsHostError(WeightStoreError):
     def __init__(self, message: str, host: str):
         super().__init__(message)
         self.host = host
+
+
+class EncoderError(LearnerError, ValueError):
+    """A frozen encoder cannot be loaded or saved: its directory is missing, holds pickle weights
+    (refused: unpickling runs code), a malformed config, or weights that do not fit it.
+
+    Attributes:
+        path: the encoder's directory.
+        why: what is wrong there.
+    """
+
+    def __init__(self, path: str, why: str):
+        super().__init__(f"encoder {path}: {why}")
+        self.path, self.why = path, why

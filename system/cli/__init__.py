@@ -5,6 +5,7 @@
     qfleet record DATASET_ID --policy RUN_DIR | --config CONFIG --episodes N [--epsilon E] [--datasets-dir DIR]
     qfleet record DATASET_ID --behaviour instruction --follow-p P --env miniwob/<task>-v1 ... --episodes N
     qfleet dataset list | info DATASET [--datasets-dir DIR]
+    qfleet encoder train --dataset ID --out DIR [--epochs N ...]
     qfleet status [RUN_DIR | --redis-url URL --run NAME]
     qfleet report RUN_DIR
     qfleet discovery [RUN_DIR] [--redis-url URL] [--run NAME ...] [--host H] [--port P]
@@ -31,6 +32,7 @@ from system.cli import (
     config,
     dataset,
     discovery,
+    encoder,
     evaluate,
     learner,
     record,
@@ -50,6 +52,7 @@ COMMANDS = {
         evaluate,
         record,
         dataset,
+        encoder,
         status,
         report,
         discovery,

@@ -311,6 +311,10 @@ def describe(cls: type, section: str) -> str:
     """A YAML-like reference of a config section: each key, default and docstring."""
     lines = [f"{section}:"]
     for key, _, default, doc in _flat_fields(cls):
+        if dataclasses.is_dataclass(default):  # a nested section with defaults: its keys, indented
+            lines.append(f"  {key}:    # {doc}")
+            lines += [f"  {line}" for line in describe(type(default), key).splitlines()[1:]]
+            continue
         shown = "(required)" if default is dataclasses.MISSING else "null" if default is None else default
         lines.append(f"  {key}: {shown}    # {doc}")
     return "\n".join(lines)

@@ -2,7 +2,7 @@
 an offline replay source (validated, n-step transitions, its own never-evicting shards).
 
 Public surface: DatasetSource, LoadedDataset, load_transitions, load_episodes, offline_shard_config,
-fill_shards, shard_share (loading); DatasetWriter, Episode, check_dataset_free (writing);
+fill_shards, shard_share, load_recorded_episodes (loading); DatasetWriter, Episode, check_dataset_free (writing);
 EpisodeRecorder, record_episodes, RecordSettings, Recorded, VectorActions, PolicyActions (recording
 from actors' env vectors, by a network or a behaviour policy); Episodes,
 read_dataset (reading); read_dataset_metadata, read_episode_metadata (checked metadata);
@@ -19,6 +19,7 @@ from system.datasets.loading import (
     LoadedDataset,
     fill_shards,
     load_episodes,
+    load_recorded_episodes,
     load_transitions,
     offline_shard_config,
     shard_share,
@@ -60,6 +61,7 @@ __all__ = [
     "fill_shards",
     "list_datasets",
     "load_episodes",
+    "load_recorded_episodes",
     "load_transitions",
     "nstep_transitions",
     "offline_shard_config",

@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 
+from actors import UnsupportedEnvError
 from learner import ActionSpace
 from replay import ReplayClient, ReplayConfig, ReplayError, Spec
 from system.datasets.errors import DatasetError, ShardFillError
@@ -86,6 +87,34 @@ def load_episodes(source: DatasetSource, spec: Spec, action_space: ActionSpace) 
         DatasetError: the first problem, naming the dataset and the field.
     """
     return read_dataset(data_path(source.dataset, source.datasets_dir), source.dataset, spec, action_space)
+
+
+def load_recorded_episodes(dataset: str, datasets_dir: str | None = None) -> Episodes:
+    """A dataset's episodes, validated against the spaces its own metadata declares (for tools
+    that take a dataset without an env config, e.g. `qfleet encoder train`).
+
+    Raises:
+        DatasetError: the first problem, naming the dataset and the field.
+    """
+    import gymnasium as gym
+
+    from actors import spec_for_spaces
+    from system.datasets.metadata import read_dataset_metadata
+    from system.datasets.reader import parse_spaces
+
+    data = data_path(dataset, datasets_dir)
+    observation_space, action_space = parse_spaces(read_dataset_metadata(data, dataset), dataset)
+    if isinstance(action_space, gym.spaces.Discrete):
+        action = ActionSpace(num_actions=int(action_space.n))
+    elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+        action = ActionSpace(low=tuple(map(float, action_space.low)), high=tuple(map(float, action_space.high)))
+    else:
+        raise DatasetError(dataset, "action_space", f"{action_space} is neither Discrete nor a 1-D Box")
+    try:
+        spec = spec_for_spaces(dataset, observation_space, action_space)
+    except UnsupportedEnvError as exc:
+        raise DatasetError(dataset, "observation_space", str(exc)) from None
+    return read_dataset(data, dataset, spec, action)
 
 
 def load_transitions(

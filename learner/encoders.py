@@ -1,0 +1,223 @@
+"""Frozen image encoders for Digi-Q-style learning on features (docs/digiq.md).
+
+A `FrozenEncoder` turns uint8 screenshots [B, H, W, C] into float32 features [B, D] with no
+gradient and in eval mode: actors run it once per frame (actors/features.py), so replay and the
+learner only ever see the feature vectors. Two kinds:
+
+- `small`: `SmallEncoder`, a three-layer CNN trained by the actionability objective
+  (learner/actionability.py) and saved as `encoder.safetensors` + `encoder.json`;
+- `transformers`: any Hugging Face vision (or vision-language) model in a local directory
+  (learner/hf_encoder.py), features of a selectable hidden layer.
+
+Weights are read from safetensors only: a directory that holds pickle checkpoints (`.bin`, `.pt`,
+...) instead is refused, since unpickling runs code.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from learner.errors import EncoderError
+
+SMALL_FORMAT = "qfleet-small-encoder"
+"""`format` of a small encoder's encoder.json."""
+WEIGHTS_FILE = "encoder.safetensors"
+CONFIG_FILE = "encoder.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+"""Weight files refused: torch.save and `pytorch_model.bin` are pickles."""
+
+INSTRUCTION_VOCAB = 4096
+"""Rows of the instruction embedding table; token ids are taken modulo it (actors/ui_actions.py
+hashes words into [1, instruction_vocab))."""
+
+
+class SmallEncoder(nn.Module):
+    """A small CNN for HxWxC uint8 screens: three strided 3x3 convolutions, then a linear layer
+    and LayerNorm to `feature_dim`. It flattens rather than pools, so features keep where things
+    are on the screen: the actionability head has to tell whether a click lands on a button.
+
+    Args:
+        obs_shape: (height, width, channels) of the frames.
+        feature_dim: D, the length of a feature vector.
+        channels: output channels of the three convolutions.
+    """
+
+    def __init__(self, obs_shape: tuple[int, int, int], feature_dim: int = 256, channels=(32, 64, 64)):
+        super().__init__()
+        height, width, depth = obs_shape
+        self.obs_shape, self.feature_dim, self.channels = tuple(obs_shape), feature_dim, tuple(channels)
+        layers: list[nn.Module] = []
+        for out in channels:
+            layers += [nn.Conv2d(depth, out, 3, stride=2, padding=1), nn.ReLU()]
+            depth = out
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():
+            flat = self.conv(torch.zeros(1, obs_shape[2], height, width)).shape[1]
+        self.project = nn.Sequential(nn.Linear(flat, feature_dim), nn.LayerNorm(feature_dim))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """[B, H, W, C] uint8 -> [B, D] float32."""
+        return self.project(self.conv(frames.permute(0, 3, 1, 2).float() / 255.0))
+
+    def describe(self) -> dict[str, Any]:
+        """What encoder.json records to rebuild it."""
+        return {
+            "format": SMALL_FORMAT,
+            "obs_shape": list(self.obs_shape),
+            "feature_dim": self.feature_dim,
+            "channels": list(self.channels),
+        }
+
+
+class FrozenEncoder:
+    """An image encoder with its weights frozen: `encode(frames)` -> features, no gradient.
+
+    Args:
+        module: maps a uint8 tensor [B, H, W, C] to float features [B, D] (it preprocesses).
+        feature_dim: D.
+        name: what it is (shown in logs and errors), e.g. "small encoder at DIR".
+        input_shape: the (H, W, C) it was built for; None: any size (it resizes).
+    """
+
+    def __init__(self, module: nn.Module, feature_dim: int, name: str, input_shape: tuple[int, ...] | None = None):
+        self.module = module.eval().requires_grad_(False)
+        self.feature_dim, self.name, self.input_shape = feature_dim, name, input_shape
+
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        """[B, H, W, C] uint8 frames -> [B, D] float32 features."""
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(np.ascontiguousarray(frames))).float().numpy()
+
+
+def refuse_pickles(directory: pathlib.Path, wanted: str) -> None:
+    """EncoderError unless `directory` exists and holds safetensors weights (`wanted` names them)."""
+    if not directory.is_dir():
+        raise EncoderError(str(directory), "not a directory")
+    if any(directory.glob("*.safetensors")):
+        return
+    pickles = sorted(path.name for path in directory.iterdir() if path.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise EncoderError(
+            str(directory),
+            f"holds pickle weights ({', '.join(pickles)}), which are refused (unpickling runs code); "
+            f"save the weights as safetensors",
+        )
+    raise EncoderError(str(directory), f"no {wanted} found")
+
+
+def save_small_encoder(encoder: SmallEncoder, directory: str | pathlib.Path, extra: dict[str, Any]) -> pathlib.Path:
+    """Writes `encoder.safetensors` and `encoder.json` (its shape plus `extra`, e.g. how it was
+    trained) into `directory` (created). Returns the directory."""
+    from safetensors.torch import save_file
+
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in encoder.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE))
+    (directory / CONFIG_FILE).write_text(json.dumps({**encoder.describe(), **extra}, indent=2) + "\n")
+    return directory
+
+
+def read_small_config(directory: pathlib.Path) -> dict[str, Any]:
+    """A small encoder's encoder.json, checked.
+
+    Raises:
+        EncoderError: missing, not JSON, another format, or bad shapes.
+    """
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text())
+    except FileNotFoundError:
+        raise EncoderError(str(directory), f"{CONFIG_FILE} is missing (not a small encoder's directory?)") from None
+    except (OSError, ValueError) as exc:
+        raise EncoderError(str(directory), f"{CONFIG_FILE} is unreadable ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != SMALL_FORMAT:
+        raise EncoderError(str(directory), f"{CONFIG_FILE}: format is not {SMALL_FORMAT!r}")
+    for key, length in (("obs_shape", 3), ("channels", None)):
+        value = config.get(key)
+        if (
+            not isinstance(value, list)
+            or not value
+            or (length and len(value) != length)
+            or not all(isinstance(v, int) and v >= 1 for v in value)
+        ):
+            raise EncoderError(str(directory), f"{CONFIG_FILE}: {key}={value!r} is not a list of positive integers")
+    if not isinstance(config.get("feature_dim"), int) or config["feature_dim"] < 1:
+        raise EncoderError(str(directory), f"{CONFIG_FILE}: feature_dim={config.get('feature_dim')!r} must be >= 1")
+    return config
+
+
+def load_small_encoder(path: str | pathlib.Path, layer: int = -1) -> FrozenEncoder:
+    """The small encoder saved in `path` by `qfleet encoder train`, frozen.
+
+    Raises:
+        EncoderError: no such directory, pickle weights, a malformed config, weights that do not fit,
+            or a `layer` other than -1 (the small encoder has one feature layer).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = pathlib.Path(path)
+    if layer != -1:
+        raise EncoderError(str(directory), f"layer={layer}: the small encoder has one feature layer (use -1)")
+    refuse_pickles(directory, WEIGHTS_FILE)
+    config = read_small_config(directory)
+    encoder = SmallEncoder(tuple(config["obs_shape"]), config["feature_dim"], tuple(config["channels"]))
+    try:
+        encoder.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    except FileNotFoundError:
+        raise EncoderError(str(directory), f"{WEIGHTS_FILE} is missing") from None
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        raise EncoderError(str(directory), f"{WEIGHTS_FILE} does not fit {CONFIG_FILE} ({exc})") from None
+    return FrozenEncoder(encoder, encoder.feature_dim, f"small encoder at {directory}", encoder.obs_shape)
+
+
+def _load_transformers(path: str | pathlib.Path, layer: int = -1) -> FrozenEncoder:
+    from learner.hf_encoder import load_transformers_encoder
+
+    return load_transformers_encoder(path, layer)
+
+
+ENCODER_LOADERS: dict[str, Callable[..., FrozenEncoder]] = {
+    "small": load_small_encoder,
+    "transformers": _load_transformers,
+}
+"""`env.features.encoder` -> the loader of that kind (path, layer) -> FrozenEncoder."""
+
+
+@functools.lru_cache(maxsize=8)
+def load_encoder(kind: str, path: str, layer: int = -1) -> FrozenEncoder:
+    """The frozen encoder of `kind` in `path`, loaded once per process: every env of an actor
+    shares it (it is frozen, so sharing changes nothing but memory and load time).
+
+    Raises:
+        EncoderError: see the kind's loader; an unknown kind.
+    """
+    if kind not in ENCODER_LOADERS:
+        raise EncoderError(path, f"unknown encoder kind {kind!r} (known: {', '.join(ENCODER_LOADERS)})")
+    return ENCODER_LOADERS[kind](path, layer)
+
+
+@functools.lru_cache(maxsize=4)
+def _instruction_table(dim: int, seed: int) -> np.ndarray:
+    # PCG64 with a fixed seed gives the same table on every machine and numpy version.
+    return np.random.default_rng(seed).normal(0.0, 1.0 / np.sqrt(dim), (INSTRUCTION_VOCAB, dim)).astype(np.float32)
+
+
+def instruction_embedding(tokens: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:
+    """A fixed random bag-of-words embedding of hashed instruction tokens: [B, L] int -> [B, dim]
+    float32, the mean of the tokens' rows of a seeded Gaussian table (0 pads and is skipped; an
+    empty instruction is the zero vector). Random projections keep distinct instructions apart
+    (Johnson-Lindenstrauss) without training, so the Q-function sees the task text."""
+    tokens = np.asarray(tokens, np.int64)
+    table = _instruction_table(dim, seed)
+    mask = (tokens != 0).astype(np.float32)
+    rows = table[tokens % INSTRUCTION_VOCAB] * mask[..., None]
+    return (rows.sum(axis=-2) / np.maximum(mask.sum(axis=-1, keepdims=True), 1.0)).astype(np.float32)
