@@ -110,9 +110,11 @@ class ObjectStoreTransport:
         holds it. A queued version not yet offered is dropped for this one.
 
         Raises:
-            WeightsHostError: this process is not connected to Ray; or the previous version failed
-                (its host was replaced, or Redis refused the announcement: a `WeightStoreError`).
-                This version is queued all the same.
+            WeightsHostError: this process is not connected to Ray, or this transport is closed
+                (nothing queued); or the previous version's host failed and was replaced (this
+                version is queued all the same).
+            WeightStoreError: Redis refused the previous version's announcement (this version is
+                queued all the same).
         """
         import ray
 
