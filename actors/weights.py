@@ -2,11 +2,14 @@
 
 A daemon thread checks the announced version (one small GET every `poll_s`) and fetches new
 weights (from Redis or Ray's object store, wherever the learner put them); the step loop only calls
-`take()`, so fetches never stall env stepping. A failed fetch (Redis down, the weights host or the
-learner that owns the payload gone, a pull that timed out) is logged once per outage, counted in
-`fetch_failures` and retried every `retry_s`, and the actor acts with the weights it has meanwhile;
-a malformed value (a version that is not a number, a payload that is not weights) is counted and
-skipped until the next valid publish replaces it.
+`take()`, so fetches never stall env stepping. The thread starts after the actor's first,
+synchronous `fetch_now()` (or its first `take()`), so the weights are not downloaded twice at the
+start. A failed fetch (Redis down, the weights host or the learner that owns the payload gone, a
+host holding less than announced, a chunk that is not the publisher's, a pull that timed out) is
+logged once per outage, counted in `fetch_failures` and retried every `retry_s`, and the actor acts
+with the weights it has meanwhile; a malformed value (a version that is not a number, a payload
+that is not weights) is counted and skipped until the next valid publish replaces it. Versions
+handed out never go down.
 """
 
 from __future__ import annotations
@@ -36,17 +39,18 @@ class WeightSubscriber:
         self.fetch_failures = 0
         """Fetches that failed (store unreachable, weights host or payload gone, pull timed out)."""
         self._failing = False  # in an outage: logged at its start, retried every retry_s
-        self._seen = known_version  # newest version fetched (or handed over)
+        self._seen = known_version  # newest version fetched (or handed over); only grows
         self.malformed = MalformedValues(log)
         """Malformed values read from the store, skipped (by key; the first of each is logged)."""
         self._pending: tuple[int, dict[str, torch.Tensor]] | None = None
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._follow, name="weight-subscriber", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
 
     def fetch_now(self) -> tuple[int, dict[str, torch.Tensor]] | None:
-        """Synchronously fetches weights newer than the ones seen (for an actor's first step).
+        """Synchronously fetches weights newer than the ones seen (for an actor's first step), then
+        follows the store in the background.
 
         Raises:
             WeightStoreError: Redis is unreachable. A malformed value or an unreachable object
@@ -56,32 +60,55 @@ class WeightSubscriber:
             fetched = self._fetch()
         except WeightsHostError as exc:
             self._failed(exc)
-            return None
-        if fetched is not None:
-            with self._lock:
-                self._seen = max(self._seen, fetched[0])
-        return fetched
-
-    def take(self) -> tuple[int, dict[str, torch.Tensor]] | None:
-        """The newest weights fetched since the last call, or None (cheap when nothing is new)."""
-        if self._pending is None:
+            fetched = None
+        finally:
+            self._follow_in_background()
+        if fetched is None:
             return None
         with self._lock:
+            if fetched[0] <= self._seen:  # the thread (a later fetch_now) already had it or newer
+                return None
+            self._seen = fetched[0]
+            if self._pending is not None and self._pending[0] <= fetched[0]:
+                self._pending = None
+        return fetched
+
+    def take(self, timeout: float = 0.0) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """The newest weights fetched since the last call, or None (cheap when nothing is new).
+
+        Args:
+            timeout: seconds to wait for new weights when none are pending (0: do not wait).
+        """
+        self._follow_in_background()
+        if self._pending is None and timeout <= 0:
+            return None
+        with self._arrived:
+            if timeout > 0:
+                self._arrived.wait_for(lambda: self._pending is not None, timeout)
             pending, self._pending = self._pending, None
         return pending
 
+    def _follow_in_background(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._follow, name="weight-subscriber", daemon=True)
+            self._thread.start()
+
     def _fetch(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+        with self._lock:
+            seen = self._seen
         try:
-            return self.store.fetch(known_version=self._seen)
+            return self.store.fetch(known_version=seen)
         except MalformedWeightsError as exc:
             self.malformed.add(exc.key or "weights", str(exc))
             return None
 
     def _failed(self, exc: WeightStoreError) -> None:
-        self.fetch_failures += 1
-        if not self._failing:
+        with self._lock:
+            self.fetch_failures += 1
+            first = not self._failing
+            self._failing = True
+        if first:
             log.warning("weights: %s; acting with the current weights until it is back", exc)
-        self._failing = True
 
     def _follow(self) -> None:
         while not self._stop.wait(self.retry_s if self._failing else self.poll_s):
@@ -93,11 +120,15 @@ class WeightSubscriber:
             if self._failing:
                 log.info("weights: the parameter store is reachable again")
                 self._failing = False
-            if fetched is not None and fetched[0] > self._seen:
-                with self._lock:
+            if fetched is None:
+                continue
+            with self._arrived:
+                if fetched[0] > self._seen:
                     self._seen, self._pending = fetched[0], fetched
+                    self._arrived.notify_all()
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         self.store.close()

@@ -3,8 +3,8 @@
 Public surface:
     LearnerConfig and its groups (ArchitectureConfig, OptimizerConfig, TargetConfig, DQNConfig,
     DistributionalConfig, SACConfig, IQLConfig, FilteredBCConfig, ResetConfig, PrefetchConfig,
-    WeightsConfig), resolve_device, ActionSpace, parse_number, MalformedValues, LearnerError,
-    WeightStoreError, MalformedWeightsError, MissingColumnError, MalformedColumnError,
+    WeightsConfig), WEIGHTS_TRANSPORTS (the weights' transport names), resolve_device, ActionSpace,
+    parse_number, MalformedValues, LearnerError, WeightStoreError, MalformedWeightsError, MissingColumnError, MalformedColumnError,
     CheckpointLossError, WeightsHostError (importing these does not import torch);
     Learner, LearnerSummary, LearnerReached, make_replay, sample_error_buffer (the loop);
     find_checkpoint, has_checkpoints, load_latest_checkpoint (checkpoints);
@@ -13,7 +13,8 @@ Public surface:
     actors act with what a discrete agent publishes);
     QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore (the parameter store: announced
     in Redis, carried by Redis or Ray's object store), encode_weights, decode_weights, split_chunks,
-    join_chunks (its payload), WeightsHost, weights_host_name (the object store's Ray actor); LearnerMetrics; LearnerStatus, learner_status_key
+    join_chunks (its payload), WeightsHost, weights_host_name (the object store's Ray actor, a new
+    name per host); LearnerMetrics; LearnerStatus, learner_status_key
     (its status hash in Redis); Policy (what actors and evaluation act with); build_q_network,
     TanhGaussianActor; FrozenEncoder, SmallEncoder, load_encoder, load_small_encoder,
     save_small_encoder, load_transformers_encoder, instruction_embedding, ENCODER_LOADERS (frozen
@@ -27,6 +28,7 @@ Everything else is imported on first use, so commands that only read configs (`q
 import importlib
 
 from learner.config import (
+    WEIGHTS_TRANSPORTS,
     ActionabilityConfig,
     ArchitectureConfig,
     DistributionalConfig,
@@ -139,6 +141,7 @@ __all__ = [
     "WeightStoreError",
     "WeightsConfig",
     "WeightsHostError",
+    "WEIGHTS_TRANSPORTS",
     "parse_number",
     "resolve_device",
     *_LAZY,

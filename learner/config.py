@@ -237,6 +237,12 @@ class PrefetchConfig:
             _refuse("prefetch_batches_per_request", self.batches_per_request, "must be >= 1")
 
 
+WEIGHTS_OVER_REDIS, WEIGHTS_OVER_OBJECT_STORE = "redis", "object_store"
+"""The transports a weights manifest names (learner/weights.py: REDIS, OBJECT_STORE)."""
+
+WEIGHTS_TRANSPORTS = (WEIGHTS_OVER_OBJECT_STORE, WEIGHTS_OVER_REDIS)
+
+
 @dataclass(frozen=True)
 class WeightsConfig:
     """How published weights travel to actors (learner/weights.py); readers follow whatever the
@@ -254,10 +260,15 @@ class WeightsConfig:
     """Object store: versions whose payloads the learner keeps pinned (the newest and the ones before)."""
 
     timeout_s: float = 60.0
-    """Object store: how long a publish waits for the weights host, and a reader for the payload."""
+    """Object store: how long a reader waits for the payload's chunks (Redis calls time out after 10 s)."""
+
+    host_timeout_s: float = 10.0
+    """Object store: how long the weights host may take to answer (the learner's offer of a version,
+    a reader's request for its refs) before the learner replaces it, or a reader gives up. The
+    learner offers from a background thread: training never waits for the host."""
 
     def __post_init__(self) -> None:
-        if self.transport not in ("auto", "redis", "object_store"):
+        if self.transport not in ("auto", *WEIGHTS_TRANSPORTS):
             _refuse("weights.transport", self.transport, "must be 'auto', 'redis' or 'object_store'")
         if not 1 <= self.chunk_bytes <= 512 * 2**20:
             _refuse("weights.chunk_bytes", self.chunk_bytes, "must be in [1, 512 MiB]")
@@ -265,6 +276,8 @@ class WeightsConfig:
             _refuse("weights.keep_versions", self.keep_versions, "must be >= 1")
         if not self.timeout_s > 0:
             _refuse("weights.timeout_s", self.timeout_s, "must be > 0")
+        if not self.host_timeout_s > 0:
+            _refuse("weights.host_timeout_s", self.host_timeout_s, "must be > 0")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ class WeightStoreError(LearnerError, RuntimeError):
         super().__init__(message)
         self.redis_url = redis_url
 
+    def __reduce__(self):  # with its fields: these errors cross Ray's process boundaries
+        return (type(self), (str(self), self.redis_url))
+
 
 class MalformedWeightsError(WeightStoreError):
     """The store was reached but holds a malformed value: a version that is not an integer >= 0, or
@@ -31,6 +34,9 @@ class MalformedWeightsError(WeightStoreError):
     def __init__(self, message: str, key: str | None = None):
         super().__init__(message)
         self.key = key
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.key))
 
 
 class MissingColumnError(LearnerError, KeyError):
@@ -89,18 +95,25 @@ class CheckpointLossError(LearnerError):
 
 
 class WeightsHostError(WeightStoreError):
-    """Weights published to Ray's object store cannot be reached: the weights host (the Ray actor
-    that hands out the newest version's object references) is absent or dead, the payload's owner
-    (the learner) is gone, the pull timed out, or this process is not connected to the run's Ray.
-    Readers keep their current weights and retry; the learner's next publish starts a new host.
+    """Weights published to Ray's object store cannot be reached or are not the publisher's: the
+    weights host (the Ray actor that hands out the newest version's object references) is absent,
+    dead, hung or holds another version than Redis announces, a chunk does not match the
+    manifest's digest, the payload's owner (the learner) is gone, the pull timed out, or this
+    process is not connected to the run's Ray. Readers keep their current weights and retry; the
+    learner replaces a host that fails it.
+
+    Pickles with its fields (it crosses Ray's process boundaries).
 
     Attributes:
         host: the weights host's Ray actor name.
     """
 
-    def __init__(self, message: str, host: str):
+    def __init__(self, message: str, host: str = ""):
         super().__init__(message)
         self.host = host
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.host))
 
 
 class EncoderError(LearnerError, ValueError):

@@ -4,37 +4,44 @@
     qfleet:{run}:learner:weights           hash   the manifest: version, transport, chunks, bytes,
                                                   published_at; and the payload's place:
         transport "redis":         chunk:0 .. chunk:{chunks-1}   the payload itself, in chunks
-        transport "object_store":  host, namespace               the Ray actor handing out its refs
+        transport "object_store":  host, namespace, digest:0 .. digest:{chunks-1}
+                                   the Ray actor handing out the chunks' refs, and their SHA-256
 
 Both keys are written in one MULTI/EXEC (the hash replaced whole), so a reader never sees a
 version without its payload's place. Versions start at 1 and only grow; 0: nothing published.
 
 The payload is safetensors (learner/weights_codec.py), never pickle. Through the object store
 (learner/weights_host.py) Redis carries a few hundred bytes per publish, whatever the policy's
-size, and Ray moves the payload node to node; through Redis every reader downloads it whole
-from one Redis (runs without Ray). Readers follow whichever transport the publisher chose.
+size, Ray moves the payload node to node, and the learner hands the publish to a background
+thread (it never waits for the weights host); through Redis every reader downloads it whole from
+one Redis (runs without Ray). Readers follow whichever transport the publisher chose.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 
 import redis
 import torch
 
-from learner.config import WeightsConfig
+from learner.config import WEIGHTS_OVER_OBJECT_STORE, WEIGHTS_OVER_REDIS, WeightsConfig
 from learner.errors import MalformedWeightsError, WeightStoreError
 from learner.redis_values import parse_number
-from learner.weights_codec import decode_weights, encode_weights, join_chunks, split_chunks
-from learner.weights_host import ObjectStorePublisher, ObjectStoreReader
+from learner.weights_codec import decode_weights, encode_weights, split_chunks
+from learner.weights_host import HostAheadError, ObjectStoreTransport
+from learner.weights_transport import Manifest, RedisTransport, Transport
 from replay import connect_redis, redact_url
 
 log = logging.getLogger(__name__)
 
-REDIS, OBJECT_STORE = "redis", "object_store"
+REDIS, OBJECT_STORE = WEIGHTS_OVER_REDIS, WEIGHTS_OVER_OBJECT_STORE
 """The transports a manifest names."""
+
+REDIS_TIMEOUT_S = 10.0
+"""Redis calls' socket timeout (a manifest with a Redis-carried payload is a few reads of 64 MiB)."""
 
 
 def _keys(run: str) -> tuple[str, str]:
@@ -56,7 +63,7 @@ class WeightStore:
     Args:
         redis_url: the run's Redis.
         run: the run name (key namespace).
-        config: the transport and its settings (`learner.weights`); readers only use its timeout.
+        config: the transport and its settings (`learner.weights`); readers use only its timeouts.
     """
 
     def __init__(self, redis_url: str, run: str = "default", config: WeightsConfig | None = None):
@@ -64,12 +71,10 @@ class WeightStore:
         self.config = config or WeightsConfig()
         self._weights_key, self._version_key = _keys(run)
         self._shown_url = redact_url(redis_url)
-        self._redis = connect_redis(
-            redis_url, socket_timeout=max(10.0, self.config.timeout_s), socket_connect_timeout=2.0
-        )
+        self._redis = connect_redis(redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=2.0)
         self._lower_seen = False  # a version below the one held was announced (logged once)
-        self._publisher: ObjectStorePublisher | None = None
-        self._reader: ObjectStoreReader | None = None
+        self._transports: dict[str, Transport] = {}
+        self._transports_lock = threading.Lock()
 
     def __reduce__(self):
         return (type(self), (self.redis_url, self.run, self.config))
@@ -79,40 +84,52 @@ class WeightStore:
         """The transport this store publishes with (see `resolve_transport`)."""
         return resolve_transport(self.config.transport)
 
+    def _transport(self, name: str) -> Transport:
+        """The transport called `name`, started at its first use (the publisher's, or a reader's)."""
+        with self._transports_lock:
+            if name not in self._transports:
+                factories = {REDIS: RedisTransport, OBJECT_STORE: lambda: ObjectStoreTransport(self.run, self.config)}
+                self._transports[name] = factories[name]()
+            return self._transports[name]
+
     def publish(self, state: dict[str, torch.Tensor], version: int) -> int:
         """Stores `state` as `version` and announces it; returns the payload's size in bytes.
 
+        Through Redis the version is announced when this returns. Through the object store this
+        returns once the payload is encoded, and a background thread announces it when the weights
+        host holds it (`flush` waits for that): the caller never waits for the host.
+
         Raises:
-            WeightStoreError: Redis is unreachable (`WeightsHostError`: the object store or its
-                host failed); nothing was announced.
+            WeightStoreError: Redis is unreachable; nothing was announced. Object store: the previous
+                version was not announced (`WeightsHostError`: its host failed and was replaced; a
+                `WeightStoreError`: Redis refused), or Ray is not connected; this version is on its way.
         """
         blob = encode_weights(state, version)
         chunks = split_chunks(blob, self.config.chunk_bytes)
+        transport = self.transport
         manifest = {
             "version": version,
+            "transport": transport,
             "chunks": len(chunks),
             "bytes": len(blob),
             "published_at": f"{time.time():.6f}",
         }
-        if self.transport == OBJECT_STORE:
-            if self._publisher is None:
-                config = self.config
-                self._publisher = ObjectStorePublisher(self.run, config.keep_versions, config.timeout_s)
-            self._publisher.publish(chunks, version)
-            manifest.update(
-                transport=OBJECT_STORE, host=self._publisher.name, namespace=self._publisher.namespace or ""
-            )
-        else:
-            manifest.update({"transport": REDIS, **{f"chunk:{i}": chunk for i, chunk in enumerate(chunks)}})
+        self._transport(transport).publish(version, chunks, lambda place: self._announce({**manifest, **place}))
+        return len(blob)
+
+    def _announce(self, manifest: dict) -> None:
         try:
             pipe = self._redis.pipeline(transaction=True)
             pipe.delete(self._weights_key)
             pipe.hset(self._weights_key, mapping=manifest)
-            pipe.set(self._version_key, version)
+            pipe.set(self._version_key, manifest["version"])
             pipe.execute()
         except redis.RedisError as exc:
             raise WeightStoreError(f"cannot publish weights to {self._shown_url}: {exc}", self._shown_url) from None
-        return len(blob)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Waits until every published version was announced or failed; False if `timeout` passed."""
+        return self._transport(self.transport).flush(timeout)
 
     def version(self) -> int:
         """The announced version (0 if none): one small GET.
@@ -142,8 +159,9 @@ class WeightStore:
         only grow, so the weights held are newer.
 
         Raises:
-            WeightStoreError: Redis is unreachable (`WeightsHostError`: the object store's host or
-                the payload's owner is gone, or the pull timed out).
+            WeightStoreError: Redis is unreachable (`WeightsHostError`: the object store's host is
+                gone, slow or holds less than announced, a chunk is not the publisher's, the
+                payload's owner is gone, or the pull timed out).
             MalformedWeightsError: the version, the manifest or the payload is malformed.
         """
         announced = self.version()
@@ -157,6 +175,33 @@ class WeightStore:
             )
         if announced <= known_version:
             return None
+        for attempt in (1, 2):  # a second read when a newer version was published meanwhile
+            manifest = self._manifest()
+            if manifest is None or manifest.version <= known_version:
+                return None
+            try:
+                payload = self._transport(manifest.transport).read(manifest)
+                break
+            except HostAheadError:
+                if attempt == 2:
+                    raise
+            except MalformedWeightsError as exc:
+                raise MalformedWeightsError(
+                    f"{self._weights_key} in {self._shown_url}: {exc}", self._weights_key
+                ) from None
+        try:
+            version, tensors = decode_weights(payload)
+        except MalformedWeightsError as exc:
+            raise MalformedWeightsError(f"{self._weights_key} in {self._shown_url}: {exc}", self._weights_key) from None
+        if version != manifest.version:
+            raise MalformedWeightsError(
+                f"{self._weights_key} in {self._shown_url}: the manifest says v{manifest.version}, its payload v{version}",
+                self._weights_key,
+            )
+        return version, tensors
+
+    def _manifest(self) -> Manifest | None:
+        """The manifest hash, parsed (None: no manifest)."""
         try:
             fields = self._redis.hgetall(self._weights_key)
         except redis.ResponseError as exc:  # WRONGTYPE: something else than a manifest (a foreign SET)
@@ -167,37 +212,30 @@ class WeightStore:
             raise WeightStoreError(f"cannot fetch weights from {self._shown_url}: {exc}", self._shown_url) from None
         if not fields:
             return None
-        try:
-            version, tensors = self._payload({key.decode(errors="replace"): value for key, value in fields.items()})
-        except MalformedWeightsError as exc:
-            raise MalformedWeightsError(
-                f"{self._weights_key} in {self._shown_url}: {exc}", key=self._weights_key
-            ) from None
-        return (version, tensors) if version > known_version else None
-
-    def _payload(self, fields: dict[str, bytes]) -> tuple[int, dict[str, torch.Tensor]]:
-        """Decodes the payload a manifest points at (in the hash itself, or in the object store)."""
+        fields = {key.decode(errors="replace"): value for key, value in fields.items()}
         try:
             transport = fields["transport"].decode()
-            count, total = int(fields["chunks"]), int(fields["bytes"])
-            if transport == REDIS:
-                chunks = [fields[f"chunk:{i}"] for i in range(count)]
-            elif transport == OBJECT_STORE:
-                host, namespace = fields["host"].decode(), fields["namespace"].decode()
-            else:
-                raise ValueError(f"unknown transport {transport!r}")
+            if transport not in (REDIS, OBJECT_STORE):
+                raise ValueError(f"unknown transport {transport[:40]!r}")
+            version, chunks, total = (_count(fields[name]) for name in ("version", "chunks", "bytes"))
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
-            raise MalformedWeightsError(f"not a weights manifest: {type(exc).__name__}: {exc}") from None
-        if transport == OBJECT_STORE:
-            if self._reader is None:
-                self._reader = ObjectStoreReader(self.config.timeout_s)
-            held, chunks = self._reader.fetch(host, namespace)
-            if not chunks:  # a new host that holds no version yet
-                return 0, {}
-            total = sum(chunk.nbytes for chunk in chunks)
-        return decode_weights(join_chunks(chunks, total))
+            raise MalformedWeightsError(
+                f"{self._weights_key} in {self._shown_url}: not a weights manifest: {type(exc).__name__}: {exc}",
+                self._weights_key,
+            ) from None
+        return Manifest(version, transport, chunks, total, fields)
 
     def close(self) -> None:
-        """Closes the Redis connection. Payloads in the object store stay readable while this
-        process lives (the run's final evaluation reads the last one after the learner stopped)."""
+        """Announces a version still on its way (object store: up to host_timeout_s + 10 s), then
+        closes the Redis connection. Payloads in the object store stay readable while this process
+        lives (the run's final evaluation reads the last one after the learner stopped)."""
+        for transport in self._transports.values():
+            transport.close()
         self._redis.close()
+
+
+def _count(value: bytes) -> int:
+    """A manifest's integer field (ASCII digits only)."""
+    if not value.isdigit():
+        raise ValueError(f"{value[:40]!r} is not an integer >= 0")
+    return int(value)

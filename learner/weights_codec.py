@@ -13,15 +13,20 @@ little-endian header length N, N bytes of JSON ({name: {dtype, shape, data_offse
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save as save_safetensors
 
 from learner.errors import MalformedWeightsError
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # bytes, bytearray, memoryview, numpy arrays: the buffer protocol
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 """Default chunk size: far below Redis's 512 MB string limit, large enough that a 7 MB policy is
@@ -41,6 +46,10 @@ _DTYPES = {
 }
 """safetensors dtype names -> torch dtypes (those a policy network holds)."""
 
+MAX_HEADER_BYTES = 100_000_000
+"""Longest header a reader parses (safetensors' own limit): a length field of 2**63 is refused
+before any allocation."""
+
 
 def encode_weights(state: dict[str, torch.Tensor], version: int) -> bytes:
     """`state` as safetensors bytes; the metadata holds `version` and the publish time."""
@@ -48,15 +57,18 @@ def encode_weights(state: dict[str, torch.Tensor], version: int) -> bytes:
     return save_safetensors(tensors, metadata={"version": str(version), "published_at": f"{time.time():.6f}"})
 
 
-def decode_weights(blob) -> tuple[int, dict[str, torch.Tensor]]:
+def decode_weights(blob: Buffer) -> tuple[int, dict[str, torch.Tensor]]:
     """(version, tensors) of an encoded payload.
 
-    A bytearray is used in place (the tensors are views into it); any other buffer is copied once
-    into a new bytearray first.
+    A bytearray is used in place (the tensors are views into it); any other buffer (bytes, a
+    memoryview, the read-only numpy arrays Ray hands out) is copied once into a new bytearray first.
+
+    The header is checked before any tensor is built: a version >= 1, known dtypes, integer shapes
+    and offsets that tile the data exactly (sorted by offset, no gap, no overlap, aligned to the
+    item size), boolean bytes 0 or 1. Anything else is refused whole, never half-decoded.
 
     Raises:
-        MalformedWeightsError: not safetensors, offsets that do not match the shapes, an unknown
-            dtype, or no version in the metadata.
+        MalformedWeightsError: not a qfleet weights payload (the message says why).
     """
     buffer = blob if isinstance(blob, bytearray) else bytearray(memoryview(blob).cast("B"))
     try:
@@ -67,36 +79,85 @@ def decode_weights(blob) -> tuple[int, dict[str, torch.Tensor]]:
         raise MalformedWeightsError(f"not a qfleet weights blob: {type(exc).__name__}: {exc}") from None
 
 
-def _decode(buffer: bytearray) -> tuple[int, dict[str, torch.Tensor]]:
-    def malformed(why: str) -> MalformedWeightsError:
-        return MalformedWeightsError(f"not a qfleet weights blob: {why}")
+def _malformed(why: str) -> MalformedWeightsError:
+    return MalformedWeightsError(f"not a qfleet weights blob: {why}")
 
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _decode(buffer: bytearray) -> tuple[int, dict[str, torch.Tensor]]:
     if len(buffer) < 8:
-        raise malformed(f"{len(buffer)} bytes, shorter than the header length")
+        raise _malformed(f"{len(buffer)} bytes, shorter than the header length")
     header_len = int.from_bytes(buffer[:8], "little")
+    if header_len > MAX_HEADER_BYTES:
+        raise _malformed(f"a header of {header_len} bytes, above the {MAX_HEADER_BYTES} allowed")
     data_start = 8 + header_len
     if data_start > len(buffer):
-        raise malformed(f"a header of {header_len} bytes in {len(buffer)} bytes")
+        raise _malformed(f"a header of {header_len} bytes in {len(buffer)} bytes")
     header = json.loads(bytes(buffer[8:data_start]))
     if not isinstance(header, dict):
-        raise malformed("the header is not a JSON object")
-    version = int(header.pop("__metadata__", {})["version"])
-    data_len = len(buffer) - data_start
+        raise _malformed("the header is not a JSON object")
+    version = _version(header.pop("__metadata__", None))
+    entries = {name: _entry(name, entry) for name, entry in header.items()}
+    _check_tiling(entries, len(buffer) - data_start)
     tensors = {}
-    for name, entry in header.items():
-        dtype = _DTYPES.get(entry["dtype"])
-        if dtype is None:
-            raise malformed(f"tensor {name!r}: unknown dtype {entry['dtype']!r}")
-        shape = [int(n) for n in entry["shape"]]
-        begin, end = (int(n) for n in entry["data_offsets"])
+    for name, (dtype, shape, begin, _) in entries.items():
         count = math.prod(shape)
-        if min(shape, default=0) < 0 or not 0 <= begin <= end <= data_len or end - begin != count * dtype.itemsize:
-            raise malformed(f"tensor {name!r}: offsets {begin}..{end} do not hold {entry['dtype']} {shape}")
         if count == 0:
             tensors[name] = torch.empty(shape, dtype=dtype)
-        else:
-            tensors[name] = torch.frombuffer(buffer, dtype=dtype, count=count, offset=data_start + begin).view(shape)
+            continue
+        tensor = torch.frombuffer(buffer, dtype=dtype, count=count, offset=data_start + begin).view(shape)
+        if dtype == torch.bool and bool((tensor.view(torch.uint8) > 1).any()):
+            raise _malformed(f"tensor {name!r}: BOOL bytes other than 0 and 1")
+        tensors[name] = tensor
     return version, tensors
+
+
+def _version(metadata) -> int:
+    if not isinstance(metadata, dict) or "version" not in metadata:
+        raise _malformed("no version in the metadata")
+    text = metadata["version"]
+    if not isinstance(text, str) or not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise _malformed(f"version {str(text)[:40]!r}: not an integer >= 1")
+    return int(text)
+
+
+def _entry(name: str, entry) -> tuple[torch.dtype, list[int], int, int]:
+    """(dtype, shape, begin, end) of a header entry whose fields have the right types and sizes."""
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise _malformed(f"tensor {name!r}: not an object of dtype, shape, data_offsets")
+    dtype = _DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+    if dtype is None:
+        raise _malformed(f"tensor {name!r}: unknown dtype {str(entry['dtype'])[:40]!r}")
+    shape, offsets = entry["shape"], entry["data_offsets"]
+    if not isinstance(shape, list) or not all(_is_int(n) and n >= 0 for n in shape):
+        raise _malformed(f"tensor {name!r}: shape {str(shape)[:80]} is not a list of integers >= 0")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(n) for n in offsets):
+        raise _malformed(f"tensor {name!r}: data_offsets {str(offsets)[:80]} is not a list of two integers")
+    begin, end = offsets
+    if begin % dtype.itemsize or end - begin != math.prod(shape) * dtype.itemsize:
+        raise _malformed(f"tensor {name!r}: offsets {begin}..{end} do not hold {entry['dtype']} {shape}")
+    return dtype, shape, begin, end
+
+
+def _check_tiling(entries: dict[str, tuple], data_len: int) -> None:
+    """The tensors, sorted by offset, cover the data bytes exactly: from 0, each where the one
+    before ends, the last at `data_len` (safetensors' own rule: no gap, no overlap, no tail)."""
+    position = 0
+    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda item: item[1][2:]):
+        if begin != position:
+            raise _malformed(f"tensor {name!r}: offsets {begin}..{end} leave a gap or overlap at byte {position}")
+        position = end
+    if position != data_len:
+        raise _malformed(f"the tensors cover {position} of the {data_len} data bytes")
+
+
+def chunk_digest(chunk: Buffer) -> str:
+    """The SHA-256 of a chunk, in hex: the manifest carries one per chunk, so a reader refuses
+    chunks that are not the publisher's (SHA-256: hashlib's fastest here, about 1.3 GB/s)."""
+    return hashlib.sha256(chunk).hexdigest()
 
 
 def split_chunks(blob: bytes, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[memoryview]:

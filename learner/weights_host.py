@@ -2,160 +2,311 @@
 named Ray actor, the weights host, holds their references and hands them to readers.
 
 Why a host: an ObjectRef cannot be rebuilt from a string by an unrelated process, so Redis cannot
-carry one. Redis carries the host's name and namespace instead; a reader looks the host up by
-name, asks it for the newest version's refs and `ray.get`s them. Ray pulls each chunk once per
-node into that node's object store and readers on the node share it (zero-copy numpy views), so
-the learner's node serves one copy per node, from Ray's object manager, not from the learner's
-Python thread: slow readers never hold the learner up.
+carry one. Redis carries the host's name and namespace instead, and a SHA-256 per chunk; a reader
+looks the host up by name, asks it for the newest version's refs, `ray.get`s them and checks each
+chunk against its digest before decoding. Ray pulls each chunk once per node into that node's
+object store and readers on the node share it (zero-copy numpy views), so the learner's node
+serves one copy per node, from Ray's object manager, not from the learner's Python thread.
+
+The learner never waits on the host: `publish` hands the encoded payload to a background thread
+(a latest-wins slot: a version not yet offered is dropped for a newer one) and returns. The
+thread puts the chunks, offers their refs to the host and announces the version in Redis only
+once the host holds it. A host that does not answer within `host_timeout_s`, or answers with
+another version than offered, is killed and replaced by a new one under a new name (one name per
+host: a hung or foreign actor squatting a name is never adopted again); the error reaches the
+learner at its next publish.
 
 Lifetimes: the learner owns the payload objects (it put them) and the host (it created it), so
-both end with the learner's process, like the weights they describe; a restarted learner starts a
-new host at its first publish. The learner keeps the refs of its last `keep_versions` versions
-and the host those of the newest, so at most `keep_versions` payloads stay pinned, plus copies
-that readers are still pulling (they hold borrowed refs until their `ray.get` returns).
+both end with the learner's process, like the weights they describe. The learner keeps the refs
+of its last `keep_versions` versions and the host those of the newest; readers hold borrowed refs
+while they pull, and Ray frees released objects asynchronously, so up to about 3 x
+`keep_versions` payloads may sit in the object store briefly.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from learner.errors import WeightsHostError
+from learner.config import WeightsConfig
+from learner.errors import MalformedWeightsError, WeightsHostError, WeightStoreError
+from learner.weights_codec import chunk_digest, join_chunks
+from learner.weights_transport import Manifest
 
 log = logging.getLogger(__name__)
 
+HOST_START_S = 120.0
+"""Longest wait for a new host's worker process to start (seconds on a loaded machine)."""
+
 
 def host_name(run: str) -> str:
-    """The weights host's Ray actor name for a run."""
-    return f"qfleet-{run}-weights"
+    """A new weights host's Ray actor name, unique to that host: `qfleet-{run}-weights-{8 hex}`."""
+    return f"qfleet-{run}-weights-{secrets.token_hex(4)}"
 
 
 class WeightsHost:
-    """The Ray actor holding the newest version's object refs (created by `ObjectStorePublisher`)."""
+    """The Ray actor holding the newest version's object refs (created by `ObjectStoreTransport`)."""
 
     def __init__(self):
-        self._version = 0
-        self._refs: list = []
+        self._version, self._refs, self._bytes = 0, [], 0
 
-    def offer(self, version: int, refs: list) -> int:
-        """Holds `refs` (a list, so Ray passes them as refs, unresolved) if `version` is newer than
-        the one held; returns the version now held."""
+    def offer(self, version: int, refs: list, total_bytes: int) -> int:
+        """Holds `refs` (a list, so Ray passes them as refs, unresolved) and their `total_bytes` if
+        `version` is newer than the one held; returns the version now held (the publisher checks
+        it is `version`)."""
         if version > self._version:
-            self._version, self._refs = version, list(refs)
+            self._version, self._refs, self._bytes = version, list(refs), total_bytes
         return self._version
 
-    def latest(self) -> tuple[int, list]:
-        """(version, chunk refs) of the newest version offered; (0, []) before the first."""
-        return self._version, self._refs
+    def latest(self) -> tuple[int, list, int]:
+        """(version, chunk refs, total bytes) of the newest version offered; (0, [], 0) before the first."""
+        return self._version, self._refs, self._bytes
 
 
-class ObjectStorePublisher:
-    """The learner's side: puts chunks, offers their refs to the host, starts the host if needed.
+class HostAheadError(WeightsHostError):
+    """The host holds a newer version than the manifest read (published in between): read the
+    manifest again."""
+
+
+@dataclass(frozen=True)
+class _Offer:
+    version: int
+    chunks: list[memoryview]
+    announce: Callable[[dict], None]
+
+
+class ObjectStoreTransport:
+    """Publishes through a weights host in a background thread; reads from the host a manifest names.
 
     Args:
-        run: the run (names the host).
-        keep_versions: versions whose refs this process keeps (their payloads stay pinned).
-        timeout_s: how long a publish waits for the host to take a version.
+        run: the run (names the hosts).
+        config: keep_versions, host_timeout_s (the host's answers), timeout_s (payload pulls).
     """
 
-    def __init__(self, run: str, keep_versions: int, timeout_s: float):
+    def __init__(self, run: str, config: WeightsConfig):
+        self.run, self.config = run, config
+        self.host: str | None = None
+        """The current host's name (None before the first publish, or after it was replaced)."""
+        self._handle = None
+        self._kept: collections.deque = collections.deque(maxlen=config.keep_versions)
+        self._slot: _Offer | None = None
+        self._busy = False
+        self._error: WeightStoreError | None = None
+        self._closed = False
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._read_from: tuple[tuple[str, str], object] | None = None  # the host last read from
+
+    # -- publishing (the learner) --------------------------------------------------------------------
+
+    def publish(self, version: int, chunks: list[memoryview], announce: Callable[[dict], None]) -> None:
+        """Queues `chunks` as `version` and returns at once; `announce(fields)` runs once the host
+        holds it. A queued version not yet offered is dropped for this one.
+
+        Raises:
+            WeightsHostError: this process is not connected to Ray, or this transport is closed
+                (nothing queued); or the previous version's host failed and was replaced (this
+                version is queued all the same).
+            WeightStoreError: Redis refused the previous version's announcement (this version is
+                queued all the same).
+        """
         import ray
 
         if not ray.is_initialized():
             raise WeightsHostError(
-                "learner.weights.transport=object_store needs Ray: this process is not connected to a Ray cluster",
-                host_name(run),
+                "learner.weights.transport=object_store needs Ray: this process is not connected to a Ray cluster"
             )
-        self._ray = ray
-        self.name = host_name(run)
-        self.namespace = ray.get_runtime_context().namespace
-        self.timeout_s = timeout_s
-        self._host = None
-        self._kept: collections.deque = collections.deque(maxlen=keep_versions)
+        with self._changed:
+            if self._closed:
+                raise WeightsHostError("the weights publisher is closed", self.host or "")
+            error, self._error = self._error, None
+            self._slot = _Offer(version, chunks, announce)
+            self._changed.notify_all()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._deliver_loop, name="weights-publisher", daemon=True)
+                self._thread.start()
+        if error is not None:
+            raise error
 
-    def publish(self, chunks: list[memoryview], version: int) -> None:
-        """Puts `chunks` into the object store and has the host hand them out as `version`.
+    def flush(self, timeout: float) -> bool:
+        """Waits until every queued version was delivered (or failed); False if `timeout` passed."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._slot is None and not self._busy, timeout)
 
-        A dead host is replaced once within the call (a learner restarted by Ray, a host killed).
+    def close(self, timeout: float | None = None) -> None:
+        """Delivers the queued version (up to `timeout`, default host_timeout_s + 10 s) and stops the
+        thread. The host and the kept payloads stay while this process lives (the run's final
+        evaluation reads the last version after the learner stopped)."""
+        self.flush(self.config.host_timeout_s + 10.0 if timeout is None else timeout)
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
-        Raises:
-            WeightsHostError: the put or the host failed (the learner's next publish tries again).
-        """
-        ray = self._ray
+    def _deliver_loop(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._slot is not None or self._closed)
+                if self._slot is None:
+                    return
+                offer, self._slot, self._busy = self._slot, None, True
+            error = None
+            try:
+                self._deliver(offer)
+            except WeightStoreError as exc:
+                error = exc
+                log.warning("weights v%d not published: %s", offer.version, exc)
+            except Exception as exc:  # a bug or an unexpected Ray error: reported, the thread goes on
+                error = WeightsHostError(f"weights v{offer.version} not published: {type(exc).__name__}: {exc}")
+                log.exception("weights v%d not published", offer.version)
+            with self._changed:
+                self._busy = False
+                if error is not None:
+                    self._error = error
+                self._changed.notify_all()
+
+    def _deliver(self, offer: _Offer) -> None:
+        """Puts the chunks, has a host take them (replacing a failed host once), then announces."""
+        import ray
+
+        total = sum(len(chunk) for chunk in offer.chunks)
         try:
-            refs = [ray.put(np.frombuffer(chunk, dtype=np.uint8)) for chunk in chunks]
+            refs = [ray.put(np.frombuffer(chunk, dtype=np.uint8)) for chunk in offer.chunks]
         except ray.exceptions.RayError as exc:
-            raise WeightsHostError(f"cannot put weights v{version} into Ray's object store: {exc}", self.name) from None
+            raise WeightsHostError(f"cannot put weights v{offer.version} into Ray's object store: {exc}") from None
+        digests = {f"digest:{i}": chunk_digest(chunk) for i, chunk in enumerate(offer.chunks)}
         for attempt in (1, 2):
             try:
-                ray.get(self._handle().offer.remote(version, refs), timeout=self.timeout_s)
+                self._offer(offer.version, refs, total)
                 break
-            except ray.exceptions.RayError as exc:
-                self._host = None
-                if attempt == 2:
-                    raise WeightsHostError(
-                        f"weights host {self.name} did not take v{version}: {exc}", self.name
-                    ) from None
-                log.info("weights host %s unreachable (%s): starting a new one", self.name, type(exc).__name__)
+            except WeightsHostError as exc:
+                log.warning("%s: replacing the weights host", exc)
+                self._replace_host()
+                with self._changed:
+                    superseded = self._slot is not None
+                if attempt == 2 or superseded:
+                    raise
         self._kept.append(refs)
+        offer.announce({"host": self.host, "namespace": ray.get_runtime_context().namespace or "", **digests})
 
-    def _handle(self):
-        if self._host is None:
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    def _offer(self, version: int, refs: list, total: int) -> None:
+        import ray
 
-            here = NodeAffinitySchedulingStrategy(self._ray.get_runtime_context().get_node_id(), soft=True)
-            self._host = (
-                self._ray.remote(WeightsHost)
-                .options(
-                    name=self.name,
-                    namespace=self.namespace,
-                    get_if_exists=True,
-                    num_cpus=0,
-                    max_restarts=0,
-                    scheduling_strategy=here,
-                )
-                .remote()
+        handle, name = self._current_host()
+        pending = handle.offer.remote(version, refs, total)
+        ready, _ = ray.wait([pending], timeout=self.config.host_timeout_s)
+        if not ready:
+            try:
+                ray.cancel(pending)
+            except Exception as exc:  # the host is killed next in any case
+                log.debug("cannot cancel the offer to %s: %s", name, exc)
+            raise WeightsHostError(
+                f"weights host {name} did not take v{version} within {self.config.host_timeout_s:g} s", name
             )
-        return self._host
+        try:
+            held = ray.get(pending)
+        except ray.exceptions.RayError as exc:
+            raise WeightsHostError(
+                f"weights host {name} failed to take v{version}: {type(exc).__name__}", name
+            ) from None
+        if held != version:
+            raise WeightsHostError(f"weights host {name} holds v{held} and refused v{version}", name)
 
+    def _current_host(self):
+        """(handle, name) of the current host, starting a new one (a new name) if there is none."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-class ObjectStoreReader:
-    """A reader's side: finds the host by name and pulls the newest version's chunks.
+        if self._handle is not None:
+            return self._handle, self.host
+        name = host_name(self.run)
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        handle = (
+            ray.remote(WeightsHost).options(name=name, num_cpus=0, max_restarts=0, scheduling_strategy=here).remote()
+        )
+        ready, _ = ray.wait([handle.__ray_ready__.remote()], timeout=HOST_START_S)
+        if not ready:
+            ray.kill(handle)
+            raise WeightsHostError(f"weights host {name} did not start within {HOST_START_S:g} s", name)
+        self._handle, self.host = handle, name
+        log.info("weights host %s started", name)
+        return handle, name
 
-    Args:
-        timeout_s: how long a fetch waits for the host's answer and for the chunks.
-    """
+    def _replace_host(self) -> None:
+        import ray
 
-    def __init__(self, timeout_s: float):
-        self.timeout_s = timeout_s
-        self._hosts: dict[tuple[str, str], object] = {}
+        if self._handle is not None:
+            try:
+                ray.kill(self._handle)
+            except Exception as exc:  # already gone
+                log.debug("cannot kill weights host %s: %s", self.host, exc)
+        self._handle, self.host = None, None
 
-    def fetch(self, name: str, namespace: str) -> tuple[int, list[np.ndarray]]:
-        """(version, chunks) of the newest version the host `name` holds; chunks are read-only
-        views into this node's object store. (0, []) when it holds none yet.
+    # -- reading (actors, evaluation) ----------------------------------------------------------------
+
+    def read(self, manifest: Manifest) -> bytearray:
+        """The payload `manifest` announces, pulled from its host, each chunk checked against the
+        manifest's digest, joined into one writable buffer.
 
         Raises:
-            WeightsHostError: Ray is not connected, the host is absent or dead, the payload's owner
-                died, or the pull timed out.
+            HostAheadError: the host holds a newer version (published since the manifest was read).
+            WeightsHostError: Ray is not connected, the host is absent, dead, slow or holds less than
+                announced, a chunk is not the publisher's, the payload's owner died, or the pull
+                timed out.
         """
         import ray
 
+        try:
+            name, namespace = manifest.fields["host"].decode(), manifest.fields["namespace"].decode()
+            digests = [manifest.fields[f"digest:{i}"].decode() for i in range(manifest.chunks)]
+        except (KeyError, UnicodeDecodeError) as exc:
+            raise MalformedWeightsError(f"not an object store manifest: {type(exc).__name__}: {exc}") from None
         if not ray.is_initialized():
             raise WeightsHostError(
                 f"weights are published through Ray's object store (host {name}): this process is not connected to Ray",
                 name,
             )
-        key = (name, namespace)
         try:
-            host = self._hosts.get(key) or ray.get_actor(name, namespace=namespace)
-            self._hosts[key] = host
-            version, refs = ray.get(host.latest.remote(), timeout=self.timeout_s)
-            chunks = ray.get(refs, timeout=self.timeout_s) if refs else []
+            host = self._host_handle(name, namespace)
+            held, refs, held_bytes = ray.get(host.latest.remote(), timeout=self.config.host_timeout_s)
         except (ValueError, ray.exceptions.RayError) as exc:  # ValueError: no actor of that name
-            self._hosts.pop(key, None)
+            self._read_from = None
+            raise WeightsHostError(f"cannot reach weights host {name}: {type(exc).__name__}: {exc}", name) from None
+        if held > manifest.version:
+            raise HostAheadError(f"weights host {name} holds v{held}, newer than the v{manifest.version} read", name)
+        if held < manifest.version:
+            raise WeightsHostError(f"weights host {name} holds v{held}, Redis announces v{manifest.version}", name)
+        if len(refs) != manifest.chunks or held_bytes != manifest.bytes:
             raise WeightsHostError(
-                f"cannot fetch weights from host {name}: {type(exc).__name__}: {exc}", name
+                f"weights host {name} holds {len(refs)} chunks of {held_bytes} bytes for v{held}, "
+                f"the manifest says {manifest.chunks} of {manifest.bytes}",
+                name,
+            )
+        try:
+            chunks = ray.get(refs, timeout=self.config.timeout_s)
+        except ray.exceptions.RayError as exc:
+            raise WeightsHostError(
+                f"cannot pull weights v{held} from host {name}: {type(exc).__name__}", name
             ) from None
-        return version, chunks
+        for index, (chunk, digest) in enumerate(zip(chunks, digests, strict=True)):
+            if chunk_digest(chunk) != digest:
+                raise WeightsHostError(
+                    f"chunk {index} of weights v{held} from host {name} does not match the manifest's digest: refused",
+                    name,
+                )
+        return join_chunks(chunks, manifest.bytes)
+
+    def _host_handle(self, name: str, namespace: str):
+        import ray
+
+        key = (name, namespace)
+        if self._read_from is None or self._read_from[0] != key:
+            self._read_from = (key, ray.get_actor(name, namespace=namespace))
+        return self._read_from[1]

@@ -1,14 +1,17 @@
 """`qfleet bench weights`: publish-to-all-subscribers latency and bytes through Redis, for weights
 carried by Ray's object store beside weights carried by Redis, in one run.
 
-On a local Ray instance and an embedded redis-server: N subscribers (Ray actors, num_cpus=0, each
-a `WeightSubscriber` as an env actor runs it, polling every 50 ms) follow a run's weights; the
-driver publishes a policy of S MB `repeats` times, after one unmeasured warm-up publish (which
-starts the object store's weights host, once per learner). A publish's latency runs from the start of
-`WeightStore.publish` (encoding included) to the moment the last subscriber has decoded it; the
-publish call's own duration is how long the learner is held up; the
-bytes through Redis are the server's `total_net_input_bytes + total_net_output_bytes` over that
-time. Cases alternate transports, so drifting load hits both.
+On one machine, a single Ray node and an embedded redis-server: N subscribers (Ray actors,
+num_cpus=0, each a `WeightSubscriber` as an env actor runs it, polling the version every 50 ms)
+follow a run's weights; the driver publishes a policy of S MB `repeats` times, after one
+unmeasured warm-up publish (which starts the object store's weights host, once per learner). A
+publish's latency runs from the start of `WeightStore.publish` (encoding included) to the moment
+the last subscriber has decoded it (loading it into a network is not included); a subscriber's
+thread wakes the bench's wait when it has decoded (no polling). The publish call's own duration
+is how long the learner is held up. The bytes through Redis are the server's
+`total_net_input_bytes + total_net_output_bytes` over that time; divided by the payload's size
+they count the payload's copies through Redis. Cases alternate transports, so drifting load hits
+both. With 20 publishes per case the p99 is in effect the slowest of them.
 """
 
 from __future__ import annotations
@@ -29,41 +32,54 @@ from system.local.ray_runtime import init_ray
 from system.local.redis_server import RedisProcess
 from system.local.secrets import REDIS_PASSWORD_ENV
 
-TRANSPORTS = ("object_store", "redis")
 WAIT_S = 600.0
 """Longest wait for every subscriber to receive one publish."""
 
 
-class BenchSubscriber:
-    """A Ray actor following a run's weights; says when it has decoded a given version."""
+class WeightsFollower:
+    """A Ray actor following a run's weights as an env actor does (a `WeightSubscriber`), that
+    says when it received a version: the bench's subscribers, and the integration tests'."""
 
     def __init__(self):
         self.subscriber = None
+        self.version, self.tensors = 0, {}
 
-    def follow(self, redis_url: str, run: str, config: WeightsConfig) -> None:
+    def follow(self, redis_url: str, run: str, config: WeightsConfig, poll_s: float = 0.05) -> None:
+        """Follows `run`'s weights from now on (one pool of followers serves every case)."""
         from actors import WeightSubscriber
 
         self.close()
-        self.subscriber = WeightSubscriber(WeightStore(redis_url, run, config))
-        self.version = 0
+        self.subscriber = WeightSubscriber(WeightStore(redis_url, run, config), poll_s=poll_s, retry_s=0.1)
+        self.version, self.tensors = 0, {}
 
     def received(self, version: int, timeout: float) -> float:
-        """time.time() at which `version` (or a newer one) was decoded here; its tensors are dropped."""
+        """time.time() at which `version` (or a newer one) was decoded here: woken by the
+        subscriber's thread, no polling."""
         deadline = time.monotonic() + timeout
         while self.version < version:
-            fetched = self.subscriber.take()
-            if fetched is not None:
-                self.version = fetched[0]
-                continue
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise TimeoutError(f"weights v{version} not received within {timeout:.0f} s")
-            time.sleep(0.001)
+            self._keep(self.subscriber.take(timeout=left))
         return time.time()
+
+    def held(self) -> tuple[int, dict[str, float]]:
+        """(version, per-tensor sums) of the newest weights received (sums: no torch crosses processes)."""
+        self._keep(self.subscriber.take())
+        return self.version, {name: float(tensor.double().sum()) for name, tensor in self.tensors.items()}
+
+    def failures(self) -> int:
+        return self.subscriber.fetch_failures
+
+    def _keep(self, fetched) -> None:
+        if fetched is not None:
+            self.version, self.tensors = fetched
 
     def close(self) -> None:
         if self.subscriber is not None:
             self.subscriber.close()
             self.subscriber = None
+        self.tensors = {}
 
 
 def policy_of(megabytes: float) -> dict[str, torch.Tensor]:
@@ -118,6 +134,7 @@ def _case(ray, redis, subscribers, transport: str, megabytes: float, count: int,
         "p99_s": float(np.percentile(latencies, 99)),
         "publish_call_p50_s": float(np.percentile(blocked, 50)),
         "redis_bytes_per_publish": int(np.median(moved)),
+        "payload_copies_through_redis": float(np.median(moved)) / size,
         "latencies_s": [round(x, 4) for x in latencies],
     }
 
@@ -134,7 +151,7 @@ def run_weights_bench(
 
     results = []
     with redis:
-        remote = ray.remote(BenchSubscriber).options(num_cpus=0)
+        remote = ray.remote(WeightsFollower).options(num_cpus=0)
         subscribers = [remote.remote() for _ in range(max(counts))]
         try:
             for megabytes in sizes_mb:
@@ -144,7 +161,8 @@ def run_weights_bench(
                         results.append(result)
                         print(
                             f"  {transport:>12}: {count} subscribers x {megabytes:g} MB: p50 {result['p50_s']:.3f} s, "
-                            f"p99 {result['p99_s']:.3f} s, Redis {result['redis_bytes_per_publish']:,} B/publish",
+                            f"p99 {result['p99_s']:.3f} s, Redis {result['redis_bytes_per_publish']:,} B/publish "
+                            f"({result['payload_copies_through_redis']:.2f} payload copies)",
                             file=sys.stderr,
                             flush=True,
                         )
@@ -162,15 +180,20 @@ def run_weights_bench(
 
 def _print_table(results: list[dict], repeats: int) -> None:
     print(
-        f"\nPublish to all subscribers ({repeats} publishes per row; latency: publish start to the last "
-        f"subscriber's decode, subscribers poll every 50 ms); {os.cpu_count()} CPUs, {platform.platform()}\n"
+        f"\nPublish to all subscribers on one Ray node ({repeats} publishes per row, so p99 is about the max; "
+        f"latency: publish start to the last subscriber's decode, not its load into a network; subscribers "
+        f"poll the version every 50 ms); {os.cpu_count()} CPUs, {platform.platform()}\n"
     )
-    print("| subscribers | payload | transport | p50 | p99 | publish call (p50) | bytes through Redis per publish |")
-    print("|---:|---:|---|---:|---:|---:|---:|")
+    print(
+        "| subscribers | payload | transport | p50 | p99 | publish call (p50) | bytes through Redis per publish "
+        "| payload copies through Redis |"
+    )
+    print("|---:|---:|---|---:|---:|---:|---:|---:|")
     for r in results:
         print(
             f"| {r['subscribers']} | {r['payload_bytes'] / 1e6:,.1f} MB | {r['transport']} | {r['p50_s'] * 1e3:,.0f} ms "
-            f"| {r['p99_s'] * 1e3:,.0f} ms | {r['publish_call_p50_s'] * 1e3:,.0f} ms | {r['redis_bytes_per_publish']:,} |"
+            f"| {r['p99_s'] * 1e3:,.0f} ms | {r['publish_call_p50_s'] * 1e3:,.0f} ms | {r['redis_bytes_per_publish']:,} "
+            f"| {r['payload_copies_through_redis']:.2f} |"
         )
     by_case: dict[tuple[int, int], dict[str, dict]] = {}
     for r in results:

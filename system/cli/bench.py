@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from learner import WEIGHTS_TRANSPORTS
 from system.config import ConfigError
 
 NAME = "bench"
@@ -109,8 +110,8 @@ def add_parser(commands) -> None:
     weights.add_argument("--sizes-mb", default="7,300", help="comma-separated payload sizes in MB (default: 7,300)")
     weights.add_argument(
         "--transports",
-        default="object_store,redis",
-        help="comma-separated transports among object_store, redis (default: both)",
+        default=",".join(WEIGHTS_TRANSPORTS),
+        help=f"comma-separated transports among {', '.join(WEIGHTS_TRANSPORTS)} (default: all)",
     )
     weights.add_argument("--repeats", type=int, default=20, help="publishes per case (default: 20)")
     weights.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
@@ -155,10 +156,7 @@ def run(args: argparse.Namespace) -> int:
     if args.bench_command == "sharded":
         from system.bench.sharded import run_sharded_bench
 
-        try:
-            counts = [int(n) for n in args.shards.split(",")]
-        except ValueError:
-            raise ConfigError(f"--shards {args.shards!r}: expected comma-separated integers") from None
+        counts = _numbers("--shards", args.shards, int)
         return run_sharded_bench(args.seconds, args.repeats, counts, args.output)
     if args.bench_command == "dataset":
         from system.bench.dataset import run_dataset_bench
@@ -185,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
     return run_actors_bench(args.seconds, args.repeats, args.env, args.num_envs, args.output)
 
 
-def _numbers(option: str, text: str, kind):
+def _numbers(option: str, text: str, kind: type) -> list:
+    """The comma-separated numbers of an option, each > 0."""
     try:
         values = [kind(part) for part in text.split(",")]
     except ValueError:
@@ -199,9 +198,9 @@ def _run_weights(args: argparse.Namespace) -> int:
     counts = _numbers("--subscribers", args.subscribers, int)
     sizes = _numbers("--sizes-mb", args.sizes_mb, float)
     transports = args.transports.split(",")
-    unknown = sorted(set(transports) - {"object_store", "redis"})
+    unknown = sorted(set(transports) - set(WEIGHTS_TRANSPORTS))
     if unknown:
-        raise ConfigError(f"--transports: unknown {unknown[0]!r} (known: object_store, redis)")
+        raise ConfigError(f"--transports: unknown {unknown[0]!r} (known: {', '.join(WEIGHTS_TRANSPORTS)})")
     if args.repeats < 1:
         raise ConfigError(f"--repeats {args.repeats}: must be >= 1")
     from system.bench.weights import run_weights_bench

@@ -1,19 +1,25 @@
 """Weights from a publisher to subscribers on Ray actors, through Redis or Ray's object store, on a
 local Ray instance and a real redis-server: the newest version arrives whole, the object store
-keeps the payload out of Redis, and a missing weights host costs actors fresh weights, not their
-current ones."""
+keeps the payload out of Redis and old versions out of memory, a missing, hung or refusing weights
+host costs actors fresh weights (not their current ones) and never the learner's time, and chunks
+that are not the publisher's are refused."""
 
 from __future__ import annotations
 
-import sys
+import os
+import re
+import signal
+import threading
+import time
 
 import pytest
 import torch
 
 from conftest import wait_until
-from learner import WeightsConfig, WeightStore, weights_host_name
+from learner import WeightsConfig, WeightsHostError, WeightStore
 from learner.weights import resolve_transport
 from replay import connect_redis
+from system.bench.weights import WeightsFollower
 
 POOL = 3
 """Subscriber actors shared by the tests of this module."""
@@ -29,40 +35,8 @@ def ray_local():
     from system.local.ray_runtime import init_ray
 
     init_ray(num_cpus=2)
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Follower: its workers cannot import tests
     yield ray
     ray.shutdown()
-
-
-class Follower:
-    """A subscriber in a Ray actor of its own, as an env actor follows the weights."""
-
-    def __init__(self):
-        self.subscriber = None
-
-    def follow(self, redis_url: str, run: str, config: WeightsConfig, poll_s: float) -> None:
-        """Follows `run`'s weights from now on (a pool of followers serves every test)."""
-        from actors import WeightSubscriber
-
-        self.close()
-        self.subscriber = WeightSubscriber(WeightStore(redis_url, run, config), poll_s=poll_s, retry_s=0.1)
-        self.version, self.sums = 0, {}
-
-    def held(self) -> tuple[int, dict[str, float]]:
-        """(version, per-tensor sums) of the newest weights received (sums: no torch crosses processes)."""
-        fetched = self.subscriber.take()
-        if fetched is not None:
-            self.version = fetched[0]
-            self.sums = {name: float(tensor.double().sum()) for name, tensor in fetched[1].items()}
-        return self.version, self.sums
-
-    def failures(self) -> int:
-        return self.subscriber.fetch_failures
-
-    def close(self) -> None:
-        if self.subscriber is not None:
-            self.subscriber.close()
-            self.subscriber = None
 
 
 def state_of(version: int, floats: int = 5000) -> dict[str, torch.Tensor]:
@@ -76,7 +50,7 @@ def sums_of(state: dict[str, torch.Tensor]) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def follower_pool(ray_local):
     """Ray actors with num_cpus=0 (started once: a worker that imports torch takes seconds here)."""
-    handles = [ray_local.remote(Follower).options(num_cpus=0).remote() for _ in range(POOL)]
+    handles = [ray_local.remote(WeightsFollower).options(num_cpus=0).remote() for _ in range(POOL)]
     yield handles
     ray_local.get([handle.close.remote() for handle in handles])
     for handle in handles:
@@ -162,19 +136,23 @@ def test_an_absent_or_killed_weights_host_leaves_actors_on_their_weights_until_t
     handles = followers("hostless", 2, config)
     try:
         store.publish(state_of(1), 1)
+        assert store.flush(60)
         assert all_hold(ray_local, handles, 1)
+        host = raw.hget(key, "host").decode()
 
         # A manifest naming a host that does not exist (absent).
-        raw.hset(key, "host", "qfleet-nobody-weights")
+        raw.hset(key, mapping={"host": "qfleet-nobody-weights", "version": 2})
         raw.set(version_key, 2)
         assert wait_until(lambda: min(ray_local.get([h.failures.remote() for h in handles])) >= 2, 10)
         assert all(v == 1 for v, _ in ray_local.get([h.held.remote() for h in handles]))  # acting on v1
         store.publish(state_of(3), 3)
         assert all_hold(ray_local, handles, 3)
+        assert raw.hget(key, "host").decode() == host
 
         # The host killed: versions announced meanwhile are not fetched; the next publish starts a new host.
-        ray_local.kill(ray_local.get_actor(weights_host_name("hostless")))
+        ray_local.kill(ray_local.get_actor(host))
         failed = ray_local.get([h.failures.remote() for h in handles])
+        raw.hset(key, "version", 4)
         raw.set(version_key, 4)
         assert wait_until(
             lambda: all(
@@ -187,9 +165,172 @@ def test_an_absent_or_killed_weights_host_leaves_actors_on_their_weights_until_t
         assert all_hold(ray_local, handles, 5)
         for _, sums in ray_local.get([h.held.remote() for h in handles]):
             assert sums == sums_of(state_of(5))
+        assert raw.hget(key, "host").decode() != host
     finally:
         store.close()
         raw.close()
+
+
+def plasma_objects(ray) -> int:
+    """Objects in this node's object store (Ray's memory summary: `ray memory --stats-only`)."""
+    from ray._private.internal_api import memory_summary
+
+    summary = memory_summary(address=ray.get_runtime_context().gcs_address, stats_only=True)
+    return int(re.search(r"Plasma memory usage \d+ MiB, (\d+) objects", summary).group(1))
+
+
+def host_of(raw, run: str) -> str:
+    """The weights host the run's manifest names."""
+    return raw.hget(f"qfleet:{run}:learner:weights", "host").decode()
+
+
+def test_a_hung_weights_host_never_holds_up_publishes_and_is_replaced(ray_local, redis_server, followers):
+    """A SIGSTOPped host: publishes return at once, the next version goes through a new host (a
+    new name), the hung one is killed and the object store holds no more than the kept versions."""
+    config = WeightsConfig(transport="object_store", host_timeout_s=1.0)  # one chunk per version
+    store = WeightStore(redis_server.url, "hung", config)
+    raw = connect_redis(redis_server.url)
+    handles = followers("hung", 2, config)
+    pid = None
+    try:
+        store.publish(state_of(1, 250_000), 1)  # 1 MB
+        assert store.flush(60)
+        assert all_hold(ray_local, handles, 1, timeout=30)
+        hung = host_of(raw, "hung")
+        pid = ray_local.get(ray_local.get_actor(hung).__ray_call__.remote(lambda _: os.getpid()))
+        objects = plasma_objects(ray_local)
+        os.kill(pid, signal.SIGSTOP)
+        for version in range(2, 8):
+            started = time.monotonic()
+            store.publish(state_of(version, 250_000), version)
+            assert time.monotonic() - started < 0.5  # encoding 1 MB; no wait on the host
+        assert store.flush(120)
+        with pytest.raises(WeightsHostError, match=f"{hung} did not take v[2-7] within 1 s"):
+            store.publish(state_of(8, 250_000), 8)  # the failure is reported; v8 is on its way
+        assert store.flush(60)
+        assert all_hold(ray_local, handles, 8, timeout=30)
+        assert host_of(raw, "hung") != hung
+        assert ray_local.get(handles[0].held.remote())[1] == sums_of(state_of(8, 250_000))
+        assert wait_until(lambda: not _alive(ray_local, hung), 30)
+        assert wait_until(lambda: plasma_objects(ray_local) <= objects + config.keep_versions, 30)
+    finally:
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        store.close()
+        raw.close()
+
+
+def _alive(ray, name: str) -> bool:
+    try:
+        ray.get_actor(name)
+    except ValueError:
+        return False
+    return True
+
+
+def test_old_versions_leave_the_object_store(ray_local, redis_server, followers):
+    config = WeightsConfig(transport="object_store", keep_versions=2)  # one chunk per version
+    store = WeightStore(redis_server.url, "released", config)
+    handles = followers("released", 2, config)
+    objects = plasma_objects(ray_local)
+    try:
+        for version in range(1, 13):
+            store.publish(state_of(version, 250_000), version)
+            assert store.flush(60)
+            assert all_hold(ray_local, handles, version, timeout=30)
+        # The kept versions (the host's newest among them) and one a reader may still borrow.
+        assert wait_until(lambda: plasma_objects(ray_local) <= objects + config.keep_versions + 1, 30)
+    finally:
+        store.close()
+
+
+def test_a_refused_version_replaces_the_host_and_readers_refuse_a_host_that_disagrees_with_redis(
+    ray_local, redis_server
+):
+    config = WeightsConfig(transport="object_store", chunk_bytes=SMALL_CHUNKS)
+    store = WeightStore(redis_server.url, "refused", config)
+    reader = WeightStore(redis_server.url, "refused", config)
+    raw = connect_redis(redis_server.url)
+    key, version_key = "qfleet:refused:learner:weights", "qfleet:refused:learner:weights_version"
+    try:
+        store.publish(state_of(1), 1)
+        assert store.flush(60)
+        first = host_of(raw, "refused")
+        foreign = 2**62  # an offer from another process on the Ray cluster
+        assert ray_local.get(ray_local.get_actor(first).offer.remote(foreign, [], 0)) == foreign
+        with pytest.raises(WeightsHostError, match=f"holds v{foreign}, newer than the v1 read"):
+            reader.fetch(0)
+
+        store.publish(state_of(2), 2)  # refused by the first host: a new one takes it
+        assert store.flush(60)
+        assert host_of(raw, "refused") != first
+        version, tensors = reader.fetch(0)
+        assert version == 2 and sums_of(tensors) == sums_of(state_of(2))
+
+        raw.hset(key, "version", 3)  # Redis announces a version the host does not hold
+        raw.set(version_key, 3)
+        with pytest.raises(WeightsHostError, match="holds v2, Redis announces v3"):
+            reader.fetch(2)
+    finally:
+        store.close()
+        reader.close()
+        raw.close()
+
+
+def test_chunks_that_do_not_match_the_manifests_digests_are_refused(ray_local, redis_server):
+    """Redis (password-protected) carries a SHA-256 per chunk: chunks a host hands out that are not
+    the ones the learner published are refused before decoding."""
+    config = WeightsConfig(transport="object_store", chunk_bytes=SMALL_CHUNKS)
+    store = WeightStore(redis_server.url, "digests", config)
+    reader = WeightStore(redis_server.url, "digests", config)
+    raw = connect_redis(redis_server.url)
+    try:
+        store.publish(state_of(1), 1)
+        assert store.flush(60)
+        assert reader.fetch(0)[0] == 1
+        raw.hset("qfleet:digests:learner:weights", "digest:2", "0" * 64)
+        with pytest.raises(WeightsHostError, match="chunk 2 of weights v1 .* does not match the manifest's digest"):
+            reader.fetch(0)
+    finally:
+        store.close()
+        reader.close()
+        raw.close()
+
+
+def test_a_subscriber_downloads_the_weights_once_at_its_start(redis_server):
+    from actors import WeightSubscriber
+
+    class Counting(WeightStore):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.calls, self.downloads, self.lock = 0, 0, threading.Lock()
+
+        def fetch(self, known_version: int = 0):
+            fetched = super().fetch(known_version)
+            with self.lock:
+                self.calls += 1
+                self.downloads += fetched is not None
+            return fetched
+
+    config = WeightsConfig(transport="redis")
+    publisher = WeightStore(redis_server.url, "once", config)
+    store = Counting(redis_server.url, "once", config)
+    publisher.publish(state_of(1, 1_000_000), 1)  # 4 MB: a download outlasts many polls
+    subscriber = WeightSubscriber(store, poll_s=0.001)
+    try:
+        assert subscriber.fetch_now()[0] == 1
+        calls = store.calls
+        assert wait_until(lambda: store.calls >= calls + 5, 10)  # the thread polled, and found nothing new
+        assert store.downloads == 1 and subscriber.take() is None
+        publisher.publish(state_of(2), 2)
+        assert subscriber.take(timeout=10)[0] == 2
+        assert store.downloads == 2
+    finally:
+        subscriber.close()
+        publisher.close()
 
 
 @pytest.mark.slow  # 17 s on a loaded 2-core machine (the Redis transport took 40 s: its chunking is

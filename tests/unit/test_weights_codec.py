@@ -4,6 +4,7 @@ joined again; malformed payloads refused with a typed error, never half-decoded.
 from __future__ import annotations
 
 import json
+import pickle
 import struct
 import sys
 
@@ -12,7 +13,16 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from learner import MalformedWeightsError, decode_weights, encode_weights, join_chunks, split_chunks
+from learner import (
+    MalformedWeightsError,
+    WeightsHostError,
+    WeightStoreError,
+    decode_weights,
+    encode_weights,
+    join_chunks,
+    split_chunks,
+)
+from learner.weights_codec import chunk_digest
 
 STATE = {
     "torso.0.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4),
@@ -48,8 +58,10 @@ def test_a_bytearray_is_decoded_in_place_and_read_only_buffers_are_copied_once()
     view = np.frombuffer(bytes(blob), np.uint8)  # read-only, as Ray's object store hands it out
     _, copied = decode_weights(view)
     _assert_same(copied, STATE)
-    copied["torso.0.weight"] += 1  # writable: its own buffer
-    assert view[-1] == blob[-1]
+    view_start = view.ctypes.data
+    assert not view_start <= copied["torso.0.weight"].data_ptr() < view_start + view.nbytes  # its own buffer
+    copied["torso.0.weight"] += 1  # writable, and writing leaves the object store's bytes alone
+    assert bytes(view) == bytes(blob)
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 7, 100, 10**6])
@@ -84,26 +96,104 @@ def _blob(header: dict, data: bytes = b"") -> bytes:
 
 
 F32_2 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+V1 = {"__metadata__": {"version": "1"}}
+
+
+def _one(**changes) -> bytes:
+    """A payload of one F32 tensor of 2 values whose header entry has `changes`."""
+    return _blob({**V1, "w": {**F32_2, **changes}}, bytes(8))
 
 
 @pytest.mark.parametrize(
     ("blob", "message"),
     [
-        (b"", "shorter than the header length"),
-        (b"\xff" * 8 + b"{}", "a header of"),
-        (struct.pack("<Q", 3) + b"{{{", "JSONDecodeError"),
-        (_blob([1, 2]), "not a JSON object"),
-        (_blob({"w": F32_2}, bytes(8)), "KeyError"),  # no version in the metadata
-        (_blob({"__metadata__": {"version": "x"}}), "ValueError"),
-        (_blob({"__metadata__": {"version": "1"}, "w": F32_2}, bytes(4)), "do not hold F32"),
-        (_blob({"__metadata__": {"version": "1"}, "w": {**F32_2, "shape": [3]}}, bytes(8)), "do not hold F32"),
-        (_blob({"__metadata__": {"version": "1"}, "w": {**F32_2, "data_offsets": [4, 0]}}, bytes(8)), "do not hold"),
-        (_blob({"__metadata__": {"version": "1"}, "w": {**F32_2, "dtype": "C64"}}, bytes(8)), "unknown dtype"),
+        pytest.param(b"", "shorter than the header length", id="empty"),
+        pytest.param(b"\xff" * 8 + b"{}", "above the 100000000 allowed", id="header-length-over-the-cap"),
+        pytest.param(struct.pack("<Q", 200) + b"{}", "a header of 200 bytes in 10", id="header-longer-than-the-blob"),
+        pytest.param(struct.pack("<Q", 3) + b"{{{", "JSONDecodeError", id="header-not-json"),
+        pytest.param(_blob([1, 2]), "not a JSON object", id="header-a-list"),
+        pytest.param(_blob({"w": F32_2}, bytes(8)), "no version", id="no-metadata"),
+        pytest.param(_blob({"__metadata__": "1"}), "no version", id="metadata-not-an-object"),
+        pytest.param(_blob({"__metadata__": {"version": "x"}}), "not an integer >= 1", id="version-not-a-number"),
+        pytest.param(_blob({"__metadata__": {"version": "0"}}), "'0': not an integer >= 1", id="version-0"),
+        pytest.param(_blob({"__metadata__": {"version": "-3"}}), "not an integer >= 1", id="version-negative"),
+        pytest.param(_blob({"__metadata__": {"version": " 1"}}), "not an integer >= 1", id="version-padded"),
+        pytest.param(_blob({"__metadata__": {"version": 1}}), "not an integer >= 1", id="version-not-a-string"),
+        pytest.param(_blob({**V1, "w": F32_2}, bytes(4)), "cover 8 of the 4 data bytes", id="data-cut"),
+        pytest.param(_one(shape=[3]), "do not hold F32", id="shape-too-large-for-the-offsets"),
+        pytest.param(_one(data_offsets=[4, 0]), "do not hold", id="offsets-reversed"),
+        pytest.param(_one(dtype="C64"), "unknown dtype", id="unknown-dtype"),
+        pytest.param(_one(dtype=["F32"]), "unknown dtype", id="dtype-not-a-string"),
+        pytest.param(_one(shape=["2"]), "not a list of integers", id="shape-dim-a-string"),
+        pytest.param(_one(shape=[True, 2]), "not a list of integers", id="shape-dim-a-bool"),
+        pytest.param(_one(shape=[2.0]), "not a list of integers", id="shape-dim-a-float"),
+        pytest.param(_one(shape=[-2]), "not a list of integers >= 0", id="shape-dim-negative"),
+        pytest.param(_one(shape={"0": 2}), "not a list of integers", id="shape-an-object"),
+        pytest.param(_one(shape=2), "not a list of integers", id="shape-a-number"),
+        pytest.param(_one(data_offsets=["0", "8"]), "not a list of two integers", id="offset-a-string"),
+        pytest.param(_one(data_offsets=[False, 8]), "not a list of two integers", id="offset-a-bool"),
+        pytest.param(_one(data_offsets=[0, 4, 8]), "not a list of two integers", id="three-offsets"),
+        pytest.param(_one(data_offsets={"0": 0, "1": 8}), "not a list of two integers", id="offsets-an-object"),
+        pytest.param(_blob({**V1, "w": [1]}, bytes(8)), "not an object of dtype", id="entry-a-list"),
+        pytest.param(_blob({**V1, "w": {**F32_2, "x": 1}}, bytes(8)), "not an object of dtype", id="entry-extra-key"),
+        pytest.param(
+            _blob({**V1, "w": {"dtype": "F32", "shape": [1], "data_offsets": [2, 6]}}, bytes(8)),
+            "do not hold F32",
+            id="offset-not-a-multiple-of-the-item-size",
+        ),
+        pytest.param(
+            _blob({**V1, "a": F32_2, "b": {**F32_2, "data_offsets": [4, 12]}}, bytes(12)),
+            "gap or overlap at byte 8",
+            id="tensors-overlap",
+        ),
+        pytest.param(
+            _blob({**V1, "a": F32_2, "b": {**F32_2, "data_offsets": [12, 20]}}, bytes(20)),
+            "gap or overlap at byte 8",
+            id="gap-between-tensors",
+        ),
+        pytest.param(_one(data_offsets=[4, 12], shape=[2]), "gap or overlap at byte 0", id="gap-before-the-first"),
+        pytest.param(_blob({**V1, "w": F32_2}, bytes(12)), "cover 8 of the 12 data bytes", id="bytes-after-the-last"),
+        pytest.param(
+            _blob({**V1, "m": {"dtype": "BOOL", "shape": [3], "data_offsets": [0, 3]}}, b"\x01\x00\x02"),
+            "BOOL bytes other than 0 and 1",
+            id="bool-byte-2",
+        ),
     ],
 )
 def test_malformed_payloads_are_refused_with_a_typed_error(blob, message):
     with pytest.raises(MalformedWeightsError, match=message):
         decode_weights(blob)
+
+
+def test_tensors_listed_out_of_offset_order_still_decode():
+    """The tiling rule sorts by offset: a header's key order is not the data's order."""
+    data = struct.pack("<2f", 1.0, 2.0) + struct.pack("<q", 7)
+    blob = _blob({**V1, "n": {"dtype": "I64", "shape": [], "data_offsets": [8, 16]}, "w": F32_2}, data)
+    version, tensors = decode_weights(blob)
+    assert version == 1 and tensors["w"].tolist() == [1.0, 2.0] and tensors["n"].item() == 7
+
+
+def test_chunk_digests_tell_a_changed_chunk_from_the_published_one():
+    chunk = split_chunks(encode_weights(STATE, version=2), 64)[1]
+    assert chunk_digest(chunk) == chunk_digest(np.frombuffer(bytes(chunk), np.uint8))
+    changed = bytearray(chunk)
+    changed[0] ^= 1
+    assert chunk_digest(changed) != chunk_digest(chunk)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        WeightsHostError("weights host qfleet-r-weights-1a2b3c4d did not take v7", "qfleet-r-weights-1a2b3c4d"),
+        WeightStoreError("cannot publish weights to redis://127.0.0.1:1", "redis://127.0.0.1:1"),
+        MalformedWeightsError("not a weights manifest", "qfleet:r:learner:weights"),
+    ],
+    ids=type,
+)
+def test_weights_errors_survive_pickling_with_their_fields(error):
+    """They cross Ray's process boundaries (a reader in an actor, the learner in another)."""
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error) and str(copy) == str(error) and vars(copy) == vars(error)
 
 
 def test_auto_is_redis_in_a_process_without_ray():
