@@ -308,14 +308,20 @@ def test_a_cluster_run_places_by_resources_scales_survives_a_lost_node_and_learn
         # Placement by resources: the learner on the only node with `learner`, shards and actors
         # spread over the nodes with `replay` and `actors`, nothing on the head.
         def ours() -> dict[str, str]:
-            """The run's roles (learner, shard-N, actor-N) -> their nodes; the weights host apart
-            (a detail of the learner's: it hands out the object store's refs)."""
+            """The run's roles (learner, shard-N, actor-N) -> their nodes; the weights hosts apart
+            (a detail of the learner's: they hand out the object store's refs)."""
             prefix = f"qfleet-{name}-"
             return {
                 actor.removeprefix(prefix): node
                 for actor, node in ray_cluster.actors().items()
-                if actor.startswith(prefix) and actor != f"{prefix}weights"
+                if actor.startswith(prefix) and not actor.startswith(f"{prefix}weights-")
             }
+
+        def weights_hosts() -> set[str]:
+            """The nodes of the run's live weights hosts (`qfleet-RUN-weights-XXXXXXXX`: a new
+            name for each host the learner starts)."""
+            prefix = f"qfleet-{name}-weights-"
+            return {node for actor, node in ray_cluster.actors().items() if actor.startswith(prefix)}
 
         def roles(actors: int) -> set[str]:
             return {"learner", "shard-0", "shard-1", *(f"actor-{i}" for i in range(actors))}
@@ -351,7 +357,7 @@ def test_a_cluster_run_places_by_resources_scales_survives_a_lost_node_and_learn
                 and run.latest().get("faults", {}).get("shard_restarts", 0) >= 1
                 and set(placed) == roles(4)
                 and set(placed.values()) == {node_a}
-                and ray_cluster.actors().get(f"qfleet-{name}-weights") not in (None, node_b)
+                and weights_hosts() - {node_b}
             )
 
         assert wait_until(recovered, timeout=120, step=0.2), f"{ours()}\n{node_a=}\n{run.output()[-3000:]}"
