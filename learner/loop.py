@@ -469,6 +469,8 @@ class Learner:
         metrics.set_policy(result.policy_loss, result.imitation_weight)
         versions = batch.sample.data.get("policy_version")
         if versions is not None:
+            versions = versions[versions >= 0]  # offline data (-1) was made by no version of this learner
+        if versions is not None and len(versions):
             metrics.policy_staleness.set(self.version - float(np.mean(versions)))
             now = time.time()
             ages = [now - self._published_at.get(int(v), self._started_at) for v in np.unique(versions)]

@@ -1,4 +1,4 @@
-"""`qfleet bench replay|sharded|learner|actors|weights|dataset|ui-env`: the benchmarks behind docs/benchmarks.md."""
+"""`qfleet bench replay|sharded|learner|actors|weights|dataset|offline|ui-env`: the benchmarks behind docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -133,6 +133,29 @@ def add_parser(commands) -> None:
     dataset.add_argument("--n-step", type=int, default=3, help="n of the n-step transitions (default: 3)")
     dataset.add_argument("--repeats", type=int, default=1, help="loads per shape; the median is reported (default: 1)")
     dataset.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
+    offline = subcommands.add_parser(
+        "offline",
+        help="offline learners on one CartPole dataset: IQL + AWR, IQL + Best-of-N, filtered BC",
+        description=(
+            "Records a CartPole dataset of medium quality (a pole-balancing controller taking random actions "
+            "with a per-episode probability of 0.3 to 0.9), or takes --dataset, then trains IQL + AWR, IQL + "
+            "Best-of-N (N = 1, 4, 16) and filtered BC (top 10%%) in-process on uniform batches of it for "
+            "--updates updates each, over every seed of --seeds, and evaluates each greedily. Prints a Markdown "
+            "table: the dataset's mean return, every learner's greedy return per seed, vs the dataset's mean, "
+            "and whether the best beats filtered BC."
+        ),
+    )
+    offline.add_argument("--dataset", metavar="ID", help="use this recorded dataset instead of recording one")
+    offline.add_argument("--datasets-dir", metavar="DIR", help="folder of datasets for --dataset")
+    offline.add_argument(
+        "--episodes", type=int, default=300, help="episodes to record when no --dataset is given (default: 300)"
+    )
+    offline.add_argument("--updates", type=int, default=2000, help="updates per learner and seed (default: 2000)")
+    offline.add_argument("--seeds", default="0", help="comma-separated seeds, each reported (default: 0)")
+    offline.add_argument(
+        "--eval-episodes", type=int, default=10, help="greedy evaluation episodes per run (default: 10)"
+    )
+    offline.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
     ui_env = subcommands.add_parser(
         "ui-env",
         help="MiniWoB in headless Chromium: env steps/s per browser and per actor",
@@ -165,6 +188,15 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--steps must be >= 2, --shards, --n-step and --repeats >= 1")
         shapes = args.shape or ["even", "uneven"]
         return run_dataset_bench(args.steps, shapes, args.shards, args.n_step, args.repeats, args.output)
+    if args.bench_command == "offline":
+        from system.bench.offline import run_offline_bench
+
+        seeds = _numbers("--seeds", args.seeds, int, minimum=0)
+        if args.updates < 1 or args.episodes < 1 or args.eval_episodes < 1:
+            raise ConfigError("--updates, --episodes and --eval-episodes must be >= 1")
+        return run_offline_bench(
+            args.dataset, args.datasets_dir, args.episodes, args.updates, seeds, args.eval_episodes, args.output
+        )
     if args.bench_command == "learner":
         from system.bench.learner import run_learner_bench
 
@@ -183,14 +215,14 @@ def run(args: argparse.Namespace) -> int:
     return run_actors_bench(args.seconds, args.repeats, args.env, args.num_envs, args.output)
 
 
-def _numbers(option: str, text: str, kind: type) -> list:
-    """The comma-separated numbers of an option, each > 0."""
+def _numbers(option: str, text: str, kind: type, minimum: float | None = None) -> list:
+    """The comma-separated numbers of an option, each > 0 (or >= `minimum`)."""
     try:
         values = [kind(part) for part in text.split(",")]
     except ValueError:
         raise ConfigError(f"{option} {text!r}: expected comma-separated numbers") from None
-    if not values or min(values) <= 0:
-        raise ConfigError(f"{option} {text!r}: every value must be > 0")
+    if not values or (min(values) <= 0 if minimum is None else min(values) < minimum):
+        raise ConfigError(f"{option} {text!r}: every value must be {'> 0' if minimum is None else f'>= {minimum}'}")
     return values
 
 

@@ -9,6 +9,7 @@ from system.config.dataclass_args import add_arguments, build, describe, field_d
 from system.config.env import env_spaces
 from system.config.offline import (
     DEFAULT_MIX,
+    FINISHED,
     OFFLINE,
     ONLINE,
     OfflineConfig,
@@ -22,6 +23,7 @@ from system.errors import ConfigError
 
 __all__ = [
     "DEFAULT_MIX",
+    "FINISHED",
     "OFFLINE",
     "ONLINE",
     "ConfigError",

@@ -10,6 +10,10 @@ OFFLINE = "offline"
 ONLINE = "online"
 """The sources of a mixed batch, as `replay.mix` names them."""
 
+FINISHED = "finished"
+"""The phase of the learner of an offline-only run (train.total_env_steps 0) once it made its
+offline updates: it trains no more (there is no online phase)."""
+
 DEFAULT_MIX = {OFFLINE: 0.5, ONLINE: 0.5}
 """RLPD's symmetric sampling: half of every online-phase batch from the dataset."""
 

@@ -13,7 +13,8 @@ class TrainConfig:
     """One `qfleet train` run: its length, its directory, its shards, evaluation and placement."""
 
     total_env_steps: int = 100_000
-    """Env steps over all actors at which the run stops (a resumed run counts on)."""
+    """Env steps over all actors at which the run stops (a resumed run counts on); 0: an offline-only
+    run (with an `offline:` dataset and updates): the offline phase, a final evaluation, no actors."""
 
     run_dir: str | None = None
     """Run directory (config, metrics.jsonl, checkpoints, plots); null: runs/<run name>."""
@@ -86,8 +87,8 @@ class TrainConfig:
         def bad(name: str, why: str) -> None:
             raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
 
-        if self.total_env_steps < 1:
-            bad("total_env_steps", "must be >= 1")
+        if self.total_env_steps < 0:
+            bad("total_env_steps", "must be >= 0 (0: offline only)")
         if self.run_name is not None and (not self.run_name or ":" in self.run_name or "/" in self.run_name):
             bad("run_name", "must be a non-empty name without ':' or '/'")
         if not 1 <= self.num_shards <= 1024:

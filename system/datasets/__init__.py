@@ -1,7 +1,7 @@
 """Offline datasets in Minari's format: record episodes, list and describe datasets, load one as
 an offline replay source (validated, n-step transitions, its own never-evicting shards).
 
-Public surface: DatasetSource, LoadedDataset, load_transitions, load_episodes, offline_shard_config,
+Public surface: DatasetSource, LoadedDataset, load_transitions, with_episode_return, load_episodes, offline_shard_config,
 fill_shards, shard_share, load_recorded_episodes (loading); DatasetWriter, Episode, check_dataset_free (writing);
 EpisodeRecorder, record_episodes, RecordSettings, Recorded, VectorActions, PolicyActions (recording
 from actors' env vectors, by a network or a behaviour policy); Episodes,
@@ -23,6 +23,7 @@ from system.datasets.loading import (
     load_transitions,
     offline_shard_config,
     shard_share,
+    with_episode_return,
 )
 from system.datasets.metadata import read_dataset_metadata, read_episode_metadata
 from system.datasets.reader import Episodes, read_dataset
@@ -65,6 +66,7 @@ __all__ = [
     "load_transitions",
     "nstep_transitions",
     "offline_shard_config",
+    "with_episode_return",
     "read_dataset",
     "read_dataset_metadata",
     "read_episode_metadata",

@@ -11,8 +11,13 @@ raises `DatasetError` and no shard holds any of it). `offline_shard_config` size
 hold its share (no eviction) with no rate limiter (offline data is sampled as often as the learner
 likes); `fill_shards` refuses shards that hold data or lack room before inserting anything, then
 streams large columnar batches; a shard failing after that raises `ShardFillError` (the shards hold
-part of the dataset and must be started afresh). No run config holds a `DatasetSource` yet: the
-offline phase of `qfleet train` will.
+part of the dataset and must be started afresh). The offline phase of `qfleet train` loads its
+`offline:` dataset this way.
+
+Loaded rows carry policy_version -1: the versions in a dataset are the recording run's, not this
+learner's, and would distort its staleness and sample-age figures. `episode_return` (each
+transition's episode's undiscounted return) is a column of the offline shards only when the loss
+needs it (`with_episode_return`): online transitions have no such column.
 """
 
 from __future__ import annotations
@@ -117,10 +122,23 @@ def load_recorded_episodes(dataset: str, datasets_dir: str | None = None) -> Epi
     return read_dataset(data, dataset, spec, action)
 
 
+EPISODE_RETURN = "episode_return"
+"""The column of each transition's episode's undiscounted return (what "filtered_bc" ranks by)."""
+
+OFFLINE_POLICY_VERSION = -1
+"""The policy_version of every loaded row: not a version of this run's learner."""
+
+
+def with_episode_return(spec: Spec) -> Spec:
+    """`spec` plus the float32 `episode_return` column (offline shards of a "filtered_bc" run)."""
+    return Spec({**spec.columns, EPISODE_RETURN: ((), "float32")})
+
+
 def load_transitions(
     source: DatasetSource, spec: Spec, action_space: ActionSpace, *, n_step: int, gamma: float
 ) -> LoadedDataset:
-    """Reads, validates and turns the dataset into n-step transitions in `spec`'s columns.
+    """Reads, validates and turns the dataset into n-step transitions in `spec`'s columns (with
+    `episode_return` only if `spec` has it; policy_version -1 on every row).
 
     Raises:
         DatasetError: a problem with the dataset (nothing is returned).
@@ -129,6 +147,7 @@ def load_transitions(
     episodes = load_episodes(source, spec, action_space)
     read = time.perf_counter()
     transitions = nstep_transitions(episodes, n_step, gamma)
+    transitions["policy_version"] = np.full(len(transitions["reward"]), OFFLINE_POLICY_VERSION, np.int64)
     columns = {name: transitions[name].astype(dtype, copy=False) for name, (_, dtype) in spec.columns.items()}
     return LoadedDataset(source, columns, len(episodes.lengths), read - started, time.perf_counter() - read)
 

@@ -7,6 +7,10 @@ window never crosses into the next episode, and one that reaches a truncated end
 the episode's last observation, as the actors' `NStepAccumulator` does online. The sum is n
 vectorised shifted, masked adds over all steps at once, so time and memory are O(n x steps)
 whatever the episodes' lengths.
+
+Each transition also carries `episode_return`, the undiscounted sum of its whole episode's rewards
+(however the episode ended, terminated or truncated): what filtered behaviour cloning ranks
+transitions by (imitate the top-k% of returns, `learner.loss: filtered_bc`).
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ def nstep_transitions(episodes: Episodes, n_step: int, gamma: float) -> dict[str
     order (step i of the dataset starts row i).
 
     Each transition carries its episode's `policy_version` and `actor_id` from the episode
-    metadata (-1 where it has none).
+    metadata (-1 where it has none), and its episode's undiscounted return.
 
     Returns:
-        obs, action, reward (n-step discounted sum), next_obs, discount, policy_version, actor_id;
-        one row per dataset step.
+        obs, action, reward (n-step discounted sum), next_obs, discount, policy_version, actor_id,
+        episode_return (float32); one row per dataset step.
     """
     if n_step < 1:
         raise ValueError(f"n_step={n_step}: must be >= 1")
@@ -44,6 +48,7 @@ def nstep_transitions(episodes: Episodes, n_step: int, gamma: float) -> dict[str
     obs_row = step + episode_of  # episode e's observations sit e rows below its steps (T + 1 each)
     versions = np.array([m.get("policy_version", -1) for m in episodes.metadata], np.int64)
     actors = np.array([m.get("actor_id", -1) for m in episodes.metadata], np.int32)
+    returns = episodes.returns()
     return {
         "obs": episodes.observations[obs_row],
         "action": episodes.actions,
@@ -52,4 +57,5 @@ def nstep_transitions(episodes: Episodes, n_step: int, gamma: float) -> dict[str
         "discount": discount,
         "policy_version": versions[episode_of],
         "actor_id": actors[episode_of],
+        "episode_return": returns[episode_of].astype(np.float32),
     }

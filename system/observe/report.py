@@ -128,15 +128,30 @@ def summary_table(run: RunDir) -> str:
             f"| final evaluation | {evals[-1]['mean_return']:.1f} +- {evals[-1]['std_return']:.1f} at {evals[-1]['env_steps']:,} env steps |",
             f"| best evaluation | {best['mean_return']:.1f} at {best['env_steps']:,} env steps |",
             "",
-            "| env steps | wall time (min) | weights | eval return (mean +- std) |",
-            "|---:|---:|---:|---:|",
+        ]
+        phases = any("phase" in e for e in evals)  # a run with an offline dataset: each row's phase
+        lines += [
+            "| env steps | wall time (min) | weights |"
+            + (" phase |" if phases else "")
+            + " eval return (mean +- std) |",
+            "|---:|---:|---:|" + ("---|" if phases else "") + "---:|",
         ]
         lines += [
-            f"| {e['env_steps']:,} | {e['wall_s'] / 60:.1f} | v{e['weights_version']} | {e['mean_return']:.1f} +- {e['std_return']:.1f} |"
-            + (f" {e['phase']} phase, update {e['updates']:,}" if "phase" in e else "")
+            f"| {e['env_steps']:,} | {e['wall_s'] / 60:.1f} | v{e['weights_version']} |"
+            + (f" {_eval_phase(e)} |" if phases else "")
+            + f" {e['mean_return']:.1f} +- {e['std_return']:.1f} |"
             for e in evals
         ]
     return "\n".join(lines) + "\n"
+
+
+def _eval_phase(evaluation: dict) -> str:
+    """An evaluation's phase cell: "offline, update N", "online", or "" (a record without one)."""
+    if "phase" not in evaluation:
+        return ""
+    if evaluation["phase"] == "offline":
+        return f"offline, update {evaluation['updates']:,}"
+    return str(evaluation["phase"])
 
 
 def _phase_rows(config, state: dict, evals: list[dict]) -> list[str]:
@@ -144,7 +159,10 @@ def _phase_rows(config, state: dict, evals: list[dict]) -> list[str]:
     if state.get("phase") is None:
         return []
     offline = config.offline
-    rows = [f"| phase | {state['phase']} |", f"| offline dataset | {offline.dataset} |"]
+    phase = state["phase"]
+    if config.train.total_env_steps == 0:
+        phase = f"{phase} (offline only: no actors)"
+    rows = [f"| phase | {phase} |", f"| offline dataset | {offline.dataset} |"]
     done = [e for e in evals if e.get("phase") == "offline"]
     if done:
         last = done[-1]

@@ -25,6 +25,7 @@ from learner import (
 )
 from replay import MixedReplay, ReplayCredentials, ReplayError, ShardedCollector, ShardedReplay, start_metrics_server
 from system.config import (
+    FINISHED,
     OFFLINE,
     ONLINE,
     ConfigError,
@@ -84,7 +85,8 @@ class LearnerProgress:
     """This learner's `LearnerDescription.updates_lost`."""
     phase: str = ONLINE
     """"offline" while it trains on the run's dataset alone, "online" once it samples actors'
-    data (mixed with the dataset's when the run has one)."""
+    data (mixed with the dataset's when the run has one), "finished" once an offline-only run's
+    learner made its offline updates (it trains no more)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,8 +187,12 @@ class LearnerService:
             reached=self._reached(reached, restarted, checkpoint_dir),
         )
         self.learner.utd_from_update = self.offline_updates
+        self.offline_only = self.mix is not None and config.train.total_env_steps == 0
+        """An offline-only run: no online phase follows the offline one."""
         if self.learner.updates < self.offline_updates:
             self._phase = OFFLINE
+        elif self.offline_only:
+            self._phase = FINISHED
         self._resumed_at = self.learner.updates
         self._align_inserts()
         self.learner.metrics.registry.register(ShardedCollector(self.replay))
@@ -253,11 +259,17 @@ class LearnerService:
     def _train(self, max_updates: int | None) -> None:
         learner, mixed = self.learner, None
         try:
+            if self._phase == FINISHED:
+                return
             if self._phase == OFFLINE:
                 until = self.offline_updates if max_updates is None else min(max_updates, self.offline_updates)
                 self._summary = learner.run(max_updates=until, stop=self._stop, source=self.offline_replay)
                 if learner.updates < self.offline_updates:
                     return  # stopped during the offline phase (its checkpoint is the resume point)
+                if self.offline_only:
+                    log.info("offline phase done at update %d: an offline-only run trains no more", learner.updates)
+                    self._phase = FINISHED
+                    return
                 log.info("offline phase done at update %d: online data from now on", learner.updates)
             if self._stop.is_set() or (max_updates is not None and learner.updates >= max_updates):
                 return

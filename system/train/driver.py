@@ -3,7 +3,8 @@
 plan (checks, the offline dataset read and validated; nothing starts if either is wrong) -> launch
 (run directory, Redis, Ray, shards, offline shards, learner) -> the offline phase (a run with a
 dataset: the learner on it alone) -> actors -> supervise (until total_env_steps, Ctrl-C/SIGTERM or
-a failure) -> shutdown (in order, checkpoints written) -> report. The UTD is held both ways: the learner's global limiter
+a failure) -> shutdown (in order, checkpoints written) -> report. An offline-only run
+(train.total_env_steps 0) starts no actors: the offline phase, then shutdown (the final evaluation). The UTD is held both ways: the learner's global limiter
 waits for data, the shards' limiters make actors wait for the learner.
 """
 
@@ -58,10 +59,14 @@ def run_train(
     if error:
         print(f"qfleet train: {error}", file=sys.stderr, flush=True)
     done = counters.env_steps >= config.train.total_env_steps
+    if checked.offline_only:
+        done = counters.updates >= config.offline.updates
     hint = "" if done else f"; continue it with: qfleet train --resume {run.path}"
     where = f"{counters.env_steps:,} env steps"
     if counters.phase == "offline":
         where = f"update {counters.updates:,} of the offline phase ({config.offline.updates:,} updates)"
+    if checked.offline_only:
+        where += ", offline only"
     print(
         f"qfleet train: {'finished' if done else 'stopped'} at {where}; run directory {run.path}{hint}",
         flush=True,
@@ -74,7 +79,9 @@ def offline_text(checked: Plan, counters: RunCounters) -> str:
     loaded, offline = checked.offline_data, checked.config.offline
     if loaded is None:
         return ""
-    if counters.online_from is not None or offline.updates == 0:
+    if checked.offline_only:
+        phase = f"offline only: {offline.updates:,} updates on it alone, then a final evaluation, no actors"
+    elif counters.online_from is not None or offline.updates == 0:
         phase = "mixed into online batches"
     else:
         phase = f"first {offline.updates:,} updates on it alone, then mixed into online batches"
@@ -103,7 +110,7 @@ def train_session(checked: Plan, counters: RunCounters, stop) -> str | None:
         launch(checked, counters, stop, components)
         if not stop.is_set() and checked.offline_data is not None and counters.online_from is None:
             supervisor.run_offline()
-        if not stop.is_set():
+        if not stop.is_set() and not checked.offline_only:
             start_actors(checked, counters, components)
             supervisor.run()
     except TrainError as exc:

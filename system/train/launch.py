@@ -329,7 +329,11 @@ def _start_offline_shards(plan: Plan, components: Components, counters: RunCount
         settings = offline_shard_settings(config, loaded, index, components.redis_url, plan.name)
         options = {"num_cpus": 0, "max_restarts": -1, "name": f"qfleet-{plan.name}-offline-shard-{index}"}
         handle = remote.options(**options).remote(
-            plan.spec, settings, on_cluster, credentials=components.replay_credentials, items=rows
+            plan.offline_spec or plan.spec,
+            settings,
+            on_cluster,
+            credentials=components.replay_credentials,
+            items=rows,
         )
         components.offline_shards.append(handle)
     described = ray.get([shard.describe.remote() for shard in components.offline_shards], timeout=600)

@@ -49,6 +49,19 @@ class Plan:
     offline_data: Any = None
     """The `offline` dataset's n-step transitions, read and validated (a
     `system.datasets.LoadedDataset`; None without one): loaded into the offline shards at every start."""
+    offline_spec: Spec | None = None
+    """The offline shards' columns: `spec`, plus `episode_return` when the loss ranks by it
+    ("filtered_bc"); None without a dataset."""
+
+    @property
+    def offline_only(self) -> bool:
+        """An offline-only run (train.total_env_steps 0): the offline phase, then no actors."""
+        return is_offline_only(self.config)
+
+
+def is_offline_only(config: RunConfig) -> bool:
+    """Whether `config` is an offline-only run: train.total_env_steps 0 (with an offline dataset)."""
+    return config.train.total_env_steps == 0
 
 
 def plan(
@@ -104,7 +117,8 @@ def plan(
     spaces = env_spaces(config.env)
     check(config, spaces.spec)
     checked = Plan(config, run, name, state, spaces.obs_shape, spaces.action_space, spaces.spec)
-    checked.offline_data = load_offline(config, spaces)
+    checked.offline_spec = offline_spec(config, spaces.spec)
+    checked.offline_data = load_offline(config, spaces, checked.offline_spec)
     if resume is not None:
         checked.learner_reached, checked.fresh_learner = learner_resume(run, fresh_learner)
     return checked
@@ -115,8 +129,21 @@ OFFLINE_FIRST_SHARD_ID = 512
 name their shard unambiguously, so priority updates route."""
 
 
-def load_offline(config: RunConfig, spaces):
-    """The `offline` dataset as n-step transitions (the actors' n and the learner's gamma), or None.
+def offline_spec(config: RunConfig, spec: Spec) -> Spec | None:
+    """The offline shards' columns: `spec`, with `episode_return` for "filtered_bc" (which only an
+    offline-only run may use: `check_offline`); None without a dataset."""
+    if not config.offline.enabled:
+        return None
+    if config.learner.loss == "filtered_bc":
+        from system.datasets import with_episode_return
+
+        return with_episode_return(spec)
+    return spec
+
+
+def load_offline(config: RunConfig, spaces, spec: Spec | None = None):
+    """The `offline` dataset as n-step transitions (the actors' n and the learner's gamma) in
+    `spec`'s columns (default: the env's), or None.
 
     Raises:
         DatasetError: a missing dataset, or one that does not match the env (named field).
@@ -128,7 +155,7 @@ def load_offline(config: RunConfig, spaces):
 
     source = DatasetSource(offline.dataset, offline.datasets_dir, offline.num_shards, offline.selector)
     loaded = load_transitions(
-        source, spaces.spec, spaces.action_space, n_step=config.actors.n_step, gamma=config.learner.gamma
+        source, spec or spaces.spec, spaces.action_space, n_step=config.actors.n_step, gamma=config.learner.gamma
     )
     log.info(
         "offline dataset %s: %s transitions from %s episodes (read %.1f s, n-step %.1f s)",
@@ -283,7 +310,7 @@ def check(config: RunConfig, spec: Spec) -> None:
         )
     actors = config.actors
     lead = actors.num_actors * actors.insert_batch * (actors.max_inserts_in_flight + 1)
-    if lead > 0.05 * train.total_env_steps:
+    if train.total_env_steps and lead > 0.05 * train.total_env_steps:
         log.warning(
             "actors may run up to %s transitions ahead of the learner (num_actors x insert_batch x "
             "(max_inserts_in_flight + 1)), %.0f%% of train.total_env_steps: lower actors.insert_batch or "
@@ -307,7 +334,19 @@ def check_offline(config: RunConfig) -> None:
         ConfigError: naming the key.
     """
     offline, replay, learner = config.offline, config.replay, config.learner
+    offline_only = is_offline_only(config)
+    if offline_only and not (offline.enabled and offline.updates > 0):
+        raise ConfigError(
+            "train.total_env_steps=0 is an offline-only run: it needs offline.dataset and offline.updates > 0 "
+            f"(got dataset {offline.dataset!r}, updates {offline.updates})"
+        )
     if not offline.enabled:
+        if learner.loss == "filtered_bc":
+            raise ConfigError(
+                "learner.loss='filtered_bc' imitates the transitions of the best episodes, ranked by each "
+                "transition's episode_return, which actors' online transitions lack: it trains on an offline "
+                "dataset only (offline.dataset with train.total_env_steps=0)"
+            )
         if replay.mix is not None:
             raise ConfigError(
                 f"replay.mix={replay.mix!r}: mixes an offline dataset into online batches; "
@@ -328,10 +367,11 @@ def check_offline(config: RunConfig) -> None:
             f"replay.mix={mix!r}: a batch of learner.batch_size={learner.batch_size} would hold {counts} items "
             "per source; each needs at least one"
         )
-    if learner.loss == "filtered_bc":
+    if learner.loss == "filtered_bc" and not offline_only:
         raise ConfigError(
             "learner.loss='filtered_bc' needs each transition's episode_return, which actors' online "
-            "transitions lack: an offline -> online run needs iql or a Q-learning loss"
+            "transitions lack: an offline -> online run needs iql or a Q-learning loss (filtered_bc "
+            "runs offline only: train.total_env_steps=0)"
         )
     if config.train.num_shards > OFFLINE_FIRST_SHARD_ID:
         raise ConfigError(

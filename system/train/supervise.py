@@ -132,7 +132,8 @@ class Supervisor:
         """The offline phase: the learner trains on the dataset alone, no actor runs, evaluations
         come every offline.eval_every_updates. Returns once the learner reports the online phase
         (at once for one resumed past it; it ends the phase with a checkpoint and a publish, whose
-        weights are evaluated as the offline result), or when `stop` is set.
+        weights are evaluated as the offline result), or, in an offline-only run, "finished" (its
+        final evaluation is shutdown's), or when `stop` is set.
 
         Raises:
             TrainError: as `run`.
@@ -174,7 +175,17 @@ class Supervisor:
                         )
                         if printing.due(now):
                             print(offline_progress_line(self.latest, config.offline.updates, dataset_size), flush=True)
-                        online = learner.phase == "online"
+                        online = learner.phase != "offline"
+                if online and self.config.train.total_env_steps == 0:  # offline only: no actors follow
+                    counters.updates = max(counters.updates, config.offline.updates)
+                    print(
+                        f"qfleet train: offline phase done at update {counters.updates:,}; offline only "
+                        "(train.total_env_steps 0): no actors start, the final evaluation follows",
+                        flush=True,
+                    )
+                    self.run_dir.append_records([record.to_json() for record in records])
+                    self.run_dir.write_json("state.json", counters.state())
+                    return
                 if online:
                     counters.updates = max(counters.updates, config.offline.updates)
                     if parts.evaluations is not None:  # the offline phase's result

@@ -1,0 +1,248 @@
+"""`qfleet bench offline`: offline learners side by side on one CartPole dataset (issue 20's table
+at small scale).
+
+Records a CartPole dataset of medium quality (each episode played by a pole-balancing controller
+that takes a uniformly random action with a probability drawn per episode from `EPSILONS`: a wide
+spread of returns whose mean sits well between random, ~22, and the 500 cap), or takes an existing
+one (--dataset), loads it as `qfleet train` does (n-step transitions with `episode_return`), then
+trains each learner in-process on uniform batches of it for U updates and evaluates it greedily
+(the evaluator of `qfleet train`): IQL + AWR, IQL + Best-of-N (N in 1, 4, 16), filtered BC (top
+10%), each over every seed. Prints a Markdown table; no Redis, Ray or shards (the learners' math
+is what is compared; `qfleet train` with train.total_env_steps=0 runs the same offline-only
+training through the whole system).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+CONFIG = "configs/cartpole_offline_online.yaml"
+"""The offline learners' settings (IQL's expectile, AWR temperature, network, lr, gamma, n-step)."""
+
+EPSILONS = (0.3, 0.5, 0.7, 0.9)
+"""Per-episode probabilities of a random action in the recorded dataset."""
+
+LEARNERS = {
+    "IQL + AWR": {"learner.loss": "iql", "learner.policy_extraction": "awr"},
+    "IQL + Best-of-N (N=1)": {"learner.loss": "iql", "learner.policy_extraction": "best_of_n", "learner.best_of_n": 1},
+    "IQL + Best-of-N (N=4)": {"learner.loss": "iql", "learner.policy_extraction": "best_of_n", "learner.best_of_n": 4},
+    "IQL + Best-of-N (N=16)": {
+        "learner.loss": "iql",
+        "learner.policy_extraction": "best_of_n",
+        "learner.best_of_n": 16,
+    },
+    "filtered BC (top 10%)": {"learner.loss": "filtered_bc", "learner.top_k_percent": 10},
+}
+"""Each learner's settings over `CONFIG`."""
+
+FILTERED_BC = "filtered BC (top 10%)"
+
+
+def controller_action(obs: np.ndarray) -> int:
+    """A pole-balancing rule (push towards where the pole falls): about 500 per episode alone."""
+    return int(obs[2] + 0.5 * obs[3] + 0.05 * obs[1] > 0)
+
+
+def record_medium_dataset(root: str, dataset_id: str, episodes: int, seed: int) -> list[float]:
+    """Writes `episodes` CartPole episodes of the epsilon-mixed controller; returns their returns."""
+    import gymnasium as gym
+
+    from system.datasets import DatasetWriter, Episode
+
+    env = gym.make("CartPole-v1")
+    rng = np.random.default_rng(seed)
+    writer = DatasetWriter(
+        pathlib.Path(root) / dataset_id / "data",
+        dataset_id,
+        env.observation_space,
+        env.action_space,
+        gym.spec("CartPole-v1"),
+    )
+    returns = []
+    for e in range(episodes):
+        epsilon = float(EPSILONS[e % len(EPSILONS)])
+        obs, _ = env.reset(seed=seed * 100_000 + e)
+        observations, actions, rewards = [obs], [], []
+        terminated = truncated = False
+        while not (terminated or truncated):
+            action = int(rng.integers(2)) if rng.random() < epsilon else controller_action(obs)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(float(reward))
+        ends = np.zeros(len(rewards), bool)
+        terms, truncs = ends.copy(), ends.copy()
+        (terms if terminated else truncs)[-1] = True
+        writer.add(
+            Episode(
+                np.asarray(observations, np.float32),
+                np.asarray(actions, np.int64),
+                np.asarray(rewards),
+                terms,
+                truncs,
+                metadata={"epsilon": epsilon, "return": sum(rewards)},
+            )
+        )
+        returns.append(sum(rewards))
+    writer.close()
+    env.close()
+    return returns
+
+
+@dataclass(frozen=True)
+class Outcome:
+    learner: str
+    seed: int
+    mean_return: float
+    std_return: float
+    seconds: float
+
+
+def train_offline(config, loaded: dict[str, np.ndarray], updates: int, eval_episodes: int, seed: int) -> Outcome:
+    """`updates` updates of `config.learner` on uniform batches of `loaded`, then a greedy evaluation."""
+    import torch
+
+    from learner import make_agent
+    from system.config import env_spaces
+    from system.train.evaluate import Evaluator
+
+    spaces = env_spaces(config.env)
+    device = torch.device("cpu")
+    agent = make_agent(config.learner, spaces.obs_shape, spaces.action_space, device)
+    rng = np.random.default_rng(seed)
+    size = len(loaded["reward"])
+    batch_size = config.learner.batch_size
+    weights = torch.ones(batch_size)
+    started = time.perf_counter()
+    for update in range(1, updates + 1):
+        rows = rng.integers(0, size, batch_size)
+        batch = {name: torch.from_numpy(column[rows]) for name, column in loaded.items()}
+        agent.update(batch, weights)
+        agent.after_update(update)
+    seconds = time.perf_counter() - started
+    evaluator = Evaluator(config.env, config.learner, eval_episodes, epsilon=0.0, seed=10_000 + seed)
+    try:
+        result = evaluator.run(agent.policy_state(), updates)
+    finally:
+        evaluator.close()
+    return Outcome("", seed, result.mean, result.std, seconds)
+
+
+def run_offline_bench(
+    dataset: str | None,
+    datasets_dir: str | None,
+    episodes: int,
+    updates: int,
+    seeds: list[int],
+    eval_episodes: int,
+    output: str | None,
+) -> int:
+    """Records (or takes) the dataset, trains every learner on every seed, prints the table."""
+    import torch
+
+    from system.config import load_config
+    from system.datasets import DatasetSource, load_episodes, load_transitions, with_episode_return
+
+    torch.set_num_threads(1)
+    base = load_config(CONFIG, [])
+    with tempfile.TemporaryDirectory(prefix="qfleet-bench-offline-") as scratch:
+        if dataset is None:
+            dataset, datasets_dir = "cartpole/medium-v0", scratch
+            started = time.perf_counter()
+            record_medium_dataset(scratch, dataset, episodes, seed=0)
+            print(f"[offline] recorded {dataset}: {episodes} episodes in {time.perf_counter() - started:.1f} s")
+        from system.config import env_spaces
+
+        spaces = env_spaces(base.env)
+        source = DatasetSource(dataset, datasets_dir)
+        returns = load_episodes(source, spaces.spec, spaces.action_space).returns()
+        loaded = load_transitions(
+            source,
+            with_episode_return(spaces.spec),
+            spaces.action_space,
+            n_step=base.actors.n_step,
+            gamma=base.learner.gamma,
+        ).transitions
+    dataset_mean = float(np.mean(returns))
+    print(
+        f"[offline] dataset {dataset}: {len(returns)} episodes, {len(loaded['reward']):,} transitions, "
+        f"mean return {dataset_mean:.1f} (min {min(returns):.0f}, max {max(returns):.0f})",
+        flush=True,
+    )
+    outcomes: list[Outcome] = []
+    for name, settings in LEARNERS.items():
+        for seed in seeds:
+            overrides = [f"{key}={value}" for key, value in settings.items()] + [f"train.seed={seed}"]
+            config = load_config(CONFIG, overrides)
+            from system.train.plan import seeded
+
+            config = seeded(config)
+            outcome = train_offline(config, loaded, updates, eval_episodes, seed)
+            outcome = Outcome(name, seed, outcome.mean_return, outcome.std_return, outcome.seconds)
+            print(
+                f"[offline] {name}, seed {seed}: {outcome.mean_return:.1f} +- {outcome.std_return:.1f} "
+                f"({updates:,} updates in {outcome.seconds:.0f} s)",
+                flush=True,
+            )
+            outcomes.append(outcome)
+    print()
+    print(table(dataset, dataset_mean, outcomes, updates, eval_episodes))
+    if output:
+        with open(output, "w") as file:
+            json.dump(
+                {
+                    "dataset": dataset,
+                    "dataset_mean_return": dataset_mean,
+                    "updates": updates,
+                    "eval_episodes": eval_episodes,
+                    "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",
+                    "results": [vars(o) for o in outcomes],
+                },
+                file,
+                indent=1,
+            )
+    return 0
+
+
+def table(dataset: str, dataset_mean: float, outcomes: list[Outcome], updates: int, eval_episodes: int) -> str:
+    """The Markdown table: every seed's greedy return, each learner's mean over seeds, vs the data."""
+    lines = [
+        f"Dataset `{dataset}`: mean return {dataset_mean:.1f}. Each learner: {updates:,} updates, then "
+        f"{eval_episodes} greedy evaluation episodes per seed.",
+        "",
+        "| learner | seed | greedy return (mean +- std) | vs dataset mean |",
+        "|---|---:|---:|---:|",
+    ]
+    means: dict[str, float] = {}
+    for name in dict.fromkeys(o.learner for o in outcomes):
+        mine = [o for o in outcomes if o.learner == name]
+        for o in mine:
+            lines.append(
+                f"| {name} | {o.seed} | {o.mean_return:.1f} +- {o.std_return:.1f} | {_versus(o.mean_return, dataset_mean)} |"
+            )
+        means[name] = statistics.mean(o.mean_return for o in mine)
+        if len(mine) > 1:
+            spread = statistics.stdev(o.mean_return for o in mine)
+            lines.append(
+                f"| {name} | all | {means[name]:.1f} +- {spread:.1f} (over seeds) | {_versus(means[name], dataset_mean)} |"
+            )
+    best = max((n for n in means if n != FILTERED_BC), key=means.get, default=None)
+    if best is not None and FILTERED_BC in means:
+        beats = "beats" if means[best] > means[FILTERED_BC] else "does not beat"
+        lines += [
+            "",
+            f"Best offline learner: {best} ({means[best]:.1f}), which {beats} filtered BC ({means[FILTERED_BC]:.1f}).",
+        ]
+    return "\n".join(lines)
+
+
+def _versus(value: float, reference: float) -> str:
+    return f"{100 * (value - reference) / reference:+.0f}%" if reference else "n/a"
