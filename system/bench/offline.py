@@ -27,7 +27,7 @@ import numpy as np
 CONFIG = "configs/cartpole_offline_online.yaml"
 """The offline learners' settings (IQL's expectile, AWR temperature, network, lr, gamma, n-step)."""
 
-EPSILONS = (0.3, 0.5, 0.7, 0.9)
+EPSILONS = (0.5, 0.6, 0.7, 0.8)
 """Per-episode probabilities of a random action in the recorded dataset."""
 
 LEARNERS = {

@@ -120,3 +120,29 @@ def test_a_dataset_of_another_env_stops_the_run_before_anything_starts(datasets,
     assert out.returncode == 2, out.stderr
     assert "dataset 'cartpole/random-v0'" in out.stderr and "observation_space" in out.stderr
     assert not run_dir.exists()
+
+
+@pytest.mark.timeout(240)
+def test_an_offline_only_run_trains_filtered_bc_on_the_dataset_evaluates_and_starts_no_actors(datasets, tmp_path):
+    run_dir = tmp_path / "run"
+    settings = {
+        **SETTINGS,
+        "offline.datasets_dir": str(datasets),
+        "offline.updates": 300,
+        "offline.eval_every_updates": 0,
+        "train.total_env_steps": 0,
+        "learner.loss": "filtered_bc",
+    }
+    out = qfleet("train", CONFIG, "--run-dir", str(run_dir), *overrides(settings), timeout=200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "offline only: 300 updates on it alone" in out.stdout
+    assert "offline phase done at update 300; offline only" in out.stdout
+    assert "finished at update 300 of the offline phase (300 updates), offline only" in out.stdout
+
+    assert [p["phase"] for p in records(run_dir, "phase")] == ["offline"]  # no online phase
+    assert all(p["actors"] == 0 and p["env_steps"] == 0 for p in records(run_dir, "progress"))
+    assert not records(run_dir, "episodes")
+    final = [e for e in records(run_dir, "eval") if e["final"]]
+    assert len(final) == 1 and final[0]["phase"] == "offline" and final[0]["updates"] >= 300
+    summary = (run_dir / "summary.md").read_text()
+    assert "| phase | offline (offline only: no actors) |" in summary

@@ -1,0 +1,119 @@
+"""Offline-only runs (train.total_env_steps 0) and what filtered BC needs from a dataset: each
+transition's `episode_return`, hand-computed; loaded rows at policy_version -1; the plan of an
+offline-only run; the summary's phase column."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actors import spec_for_spaces
+from learner import ActionSpace
+from system.bench.offline import record_medium_dataset
+from system.config import load_config
+from system.datasets import DatasetSource, Episodes, load_transitions, nstep_transitions, with_episode_return
+from system.errors import ConfigError
+from system.observe.report import summary_table
+from system.train import plan
+from system.train.records import EvalRecord
+from system.train.run_dir import RunDir
+
+OFFLINE_ONLY = "configs/cartpole_offline_online.yaml"
+DATASET = "cartpole/medium-v0"
+
+
+def hand_made_episodes() -> Episodes:
+    """Episode 0: rewards 1, 2, 3, terminated; episode 1: rewards 0.5, 4, truncated (time limit)."""
+    return Episodes(
+        observations=np.arange(7, dtype=np.float32).reshape(7, 1),  # 3 + 1, then 2 + 1 observations
+        actions=np.zeros(5, np.int64),
+        rewards=np.array([1.0, 2.0, 3.0, 0.5, 4.0]),
+        terminations=np.array([False, False, True, False, False]),
+        truncations=np.array([False, False, False, False, True]),
+        lengths=np.array([3, 2]),
+        metadata=[{"policy_version": 7}, {}],
+        dataset_metadata={},
+    )
+
+
+def test_each_transition_carries_its_whole_episodes_undiscounted_return_however_the_episode_ended():
+    out = nstep_transitions(hand_made_episodes(), n_step=2, gamma=0.5)
+    # Every step of an episode, its first and its last included, carries the same sum: 1+2+3, 0.5+4.
+    np.testing.assert_array_equal(out["episode_return"], np.array([6.0, 6.0, 6.0, 4.5, 4.5], np.float32))
+    assert out["episode_return"].dtype == np.float32
+    # The n-step reward stays discounted and windowed (the return is a column beside it).
+    np.testing.assert_allclose(out["reward"], [1 + 0.5 * 2, 2 + 0.5 * 3, 3, 0.5 + 0.5 * 4, 4])
+    np.testing.assert_allclose(out["discount"], [0.25, 0.0, 0.0, 0.25, 0.5])  # terminated: 0; truncated: bootstraps
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("datasets")
+    returns = record_medium_dataset(str(folder), DATASET, episodes=6, seed=0)
+    return folder, returns
+
+
+def test_loaded_rows_carry_episode_return_only_when_asked_and_no_policy_version_of_this_run(datasets):
+    import gymnasium as gym
+
+    folder, returns = datasets
+    env = gym.make("CartPole-v1")
+    spec = spec_for_spaces("CartPole-v1", env.observation_space, env.action_space)
+    source = DatasetSource(DATASET, datasets_dir=str(folder))
+    loaded = load_transitions(source, with_episode_return(spec), ActionSpace(num_actions=2), n_step=3, gamma=0.99)
+    columns = loaded.transitions
+    assert sorted(set(columns["episode_return"].tolist())) == sorted(set(returns))
+    assert len(columns["episode_return"]) == sum(returns)  # CartPole: one reward per step
+    assert (columns["policy_version"] == -1).all()  # the recording run's versions, not this learner's
+    plain = load_transitions(source, spec, ActionSpace(num_actions=2), n_step=3, gamma=0.99).transitions
+    assert "episode_return" not in plain and set(plain) == set(spec.columns)
+
+
+def offline_only(folder, *extra: str) -> list[str]:
+    return ["train.total_env_steps=0", f"offline.dataset={DATASET}", f"offline.datasets_dir={folder}", *extra]
+
+
+def test_an_offline_only_plan_starts_no_actors_and_gives_filtered_bc_its_episode_returns(datasets, tmp_path):
+    folder, returns = datasets
+    checked = plan(OFFLINE_ONLY, offline_only(folder, "learner.loss=filtered_bc"), str(tmp_path / "bc"), None)
+    assert checked.offline_only
+    assert "episode_return" in checked.offline_spec.columns and "episode_return" not in checked.spec.columns
+    assert set(checked.offline_data.transitions["episode_return"].tolist()) == set(returns)
+    iql = plan(OFFLINE_ONLY, offline_only(folder), str(tmp_path / "iql"), None)
+    assert iql.offline_only and iql.offline_spec == iql.spec  # iql needs no returns: same columns as online
+    online = plan(OFFLINE_ONLY, [f"offline.datasets_dir={folder}", f"offline.dataset={DATASET}"], None, None)
+    assert not online.offline_only
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["train.total_env_steps=0"], "offline-only run: it needs offline.dataset"),
+        (["train.total_env_steps=0", "offline.dataset=d", "offline.updates=0"], "offline.updates > 0"),
+        (["learner.loss=filtered_bc"], "filtered_bc.*actors' online transitions lack"),
+        (["offline.dataset=d", "learner.loss=filtered_bc"], "filtered_bc.*runs offline only"),
+        (["train.total_env_steps=-1"], "total_env_steps=-1"),
+    ],
+)
+def test_runs_that_cannot_be_offline_only_or_filtered_bc_are_refused_naming_why(tmp_path, overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        plan("configs/cartpole.yaml", overrides, str(tmp_path / "run"), None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_summary_puts_each_evaluations_phase_in_its_own_cell_and_names_an_offline_only_run(tmp_path):
+    run = RunDir(tmp_path / "run")
+    config = load_config(OFFLINE_ONLY, ["train.total_env_steps=0"])
+    run.write_config(config)
+    run.write_json("state.json", {"phase": "offline", "online_from": None, "env_steps": 0})
+    evals = [
+        EvalRecord(0, 1.0, 3, False, 120.0, 10.0, [120.0], [120], 0.5, phase="offline", updates=500),
+        EvalRecord(0, 2.0, 5, True, 200.0, 0.0, [200.0], [200], 0.5, phase="offline", updates=1000),
+    ]
+    run.append_records([e.to_json() for e in evals])
+    summary = summary_table(run)
+    assert "| phase | offline (offline only: no actors) |" in summary
+    assert "| env steps | wall time (min) | weights | phase | eval return (mean +- std) |" in summary
+    assert "| 0 | 0.0 | v5 | offline, update 1,000 | 200.0 +- 0.0 |" in summary
+    for row in summary.splitlines():  # every table row closes its last cell: nothing trails the table
+        assert not row.startswith("|") or row.endswith("|"), row
