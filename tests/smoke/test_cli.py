@@ -32,6 +32,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         ["bench", "actors"],
         ["bench", "weights"],
         ["bench", "dataset"],
+        ["bench", "offline"],
         ["record"],
         ["dataset", "list"],
         ["actors", "run"],
@@ -174,6 +175,19 @@ def test_bench_replay_runs_briefly_and_reports_every_figure(tmp_path):
     assert set(rates) == {"qfleet", "qfleet_tls", "raw_grpc", "in_process"}  # --security both, the default
     assert all(rates[k][op] > 0 for k in rates for op in ("insert", "sample"))
     assert all(payload["tls_ratio"][op] > 0 for op in ("insert", "sample"))
+
+
+def test_bench_offline_runs_briefly_and_reports_every_learner_and_seed(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["--episodes", "20", "--updates", "20", "--seeds", "0,1", "--eval-episodes", "2", "--output", str(out)]
+    result = run("bench", "offline", *args)
+    assert result.returncode == 0, result.stderr
+    assert "| learner | seed | greedy return (mean +- std) | vs dataset mean |" in result.stdout
+    assert "filtered BC (top 10%)" in result.stdout and "IQL + Best-of-N (N=16)" in result.stdout
+    payload = json.loads(out.read_text())
+    assert 22 < payload["dataset_mean_return"] < 500  # a dataset of medium quality
+    assert len(payload["results"]) == 5 * 2  # every learner, every seed
+    assert run("bench", "offline", "--seeds", "x").returncode == 2
 
 
 def test_bench_sharded_runs_briefly(tmp_path):
