@@ -20,16 +20,19 @@ had acknowledged (the piece being written had not been).
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import pathlib
 import struct
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from replay.private_files import private_dir
+
+log = logging.getLogger(__name__)
 
 LEDGER_NAME = "acknowledged-inserts"
 """The ledger's file name in the checkpoint directory."""
@@ -94,7 +97,7 @@ class InsertLedger:
         self._slots_at = len(_MAGIC) + 2 * _HEADER.size
         self._receipts_at = self._slots_at + 2 * stream_slots * _SLOT.size
         size = self._receipts_at + receipt_slots * _RECEIPT.size
-        path = directory / LEDGER_NAME
+        self.path = path = directory / LEDGER_NAME
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             found_size = os.fstat(fd).st_size
@@ -139,7 +142,19 @@ class InsertLedger:
 
     def start(self, restored_inserts: int) -> int:
         """Starts from the restored checkpoint's inserts; returns the items the previous process
-        stored after that checkpoint (lost), now added to `lost_total`."""
+        stored after that checkpoint (lost), now added to `lost_total`.
+
+        A checkpoint holding more inserts than the ledger recorded means the two do not belong
+        together (a checkpoint copied in from elsewhere, a ledger replaced): nothing is counted
+        lost, and a warning says so, since this shard's counts no longer add up."""
+        if restored_inserts > self.previous_inserts:
+            log.warning(
+                "%s records %d inserts but the restored checkpoint holds %d: they do not belong together; "
+                "no loss is counted for this restart and this shard's accounting is off by the difference",
+                self.path,
+                self.previous_inserts,
+                restored_inserts,
+            )
         lost = max(0, self.previous_inserts - restored_inserts)
         with self._lock:
             self._lost = self.previous_lost + lost
@@ -162,21 +177,38 @@ class InsertLedger:
 
     def wrote(self, stream_id: int, writer_tag: int, sequence: int, count: int) -> None:
         """Records `count` items of batch `sequence` of `stream_id` as written to the table."""
+        self.record(stream_id, writer_tag, sequence, count)()
+
+    def record(self, stream_id: int, writer_tag: int, sequence: int, count: int) -> Callable[[], None]:
+        """The record of `count` more items of batch `sequence` of `stream_id`, packed: the call
+        returned writes it and cannot fail. The table packs it before it writes the items, so
+        that nothing can raise between the items and their record (a value that does not fit
+        the record raises here, before any item is written).
+
+        Raises:
+            struct.error: a value beyond 64 bits (the wire refuses them first).
+        """
         with self._lock:
             stream = self._streams.get(stream_id if sequence else 0)
             if stream is None:
                 stream = self._new_stream(stream_id, writer_tag)
-            if stream.slot:
-                stream.last_done = stream.last_done + count if sequence == stream.last_sequence else count
-                stream.last_sequence = sequence
-            stream.items += count
-            stream.version = version = stream.version + 1
-            body = _BODIES[6].pack(
-                version, stream.stream_id, stream.writer_tag, stream.items, stream.last_sequence, stream.last_done
-            )
-            offset = self._slots_at + (2 * stream.slot + version % 2) * _SLOT.size
-            self._map[offset : offset + 48] = body  # then its check word (`_check`), last
-            _CHECK.pack_into(self._map, offset + 48, zlib.crc32(body) + _SEED)
+        last_sequence, last_done = stream.last_sequence, stream.last_done
+        if stream.slot:
+            last_done = last_done + count if sequence == last_sequence else count
+            last_sequence = sequence
+        items, version = stream.items + count, stream.version + 1
+        body = _BODIES[6].pack(version, stream.stream_id, stream.writer_tag, items, last_sequence, last_done)
+        check = _CHECK.pack(zlib.crc32(body) + _SEED)
+        offset = self._slots_at + (2 * stream.slot + version % 2) * _SLOT.size
+
+        def commit() -> None:
+            with self._lock:
+                stream.items, stream.version = items, version
+                stream.last_sequence, stream.last_done = last_sequence, last_done
+                self._map[offset : offset + 48] = body  # then its check word (`_check`), last
+                self._map[offset + 48 : offset + 56] = check
+
+        return commit
 
     def _new_stream(self, stream_id: int, writer_tag: int) -> _Stream:
         # After every slot used so far (a slot whose first write was torn stays unused: no gap

@@ -14,6 +14,7 @@ import pathlib
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -153,8 +154,8 @@ class _LedgerProgress:
     def stored(self) -> int:
         return self._ledger.stored(self._stream_id, self._sequence)
 
-    def wrote(self, count: int) -> None:
-        self._ledger.wrote(self._stream_id, self._writer_tag, self._sequence, count)
+    def record(self, count: int) -> Callable[[], None]:
+        return self._ledger.record(self._stream_id, self._writer_tag, self._sequence, count)
 
 
 class _Servicer(replay_pb2_grpc.ReplayServiceServicer):

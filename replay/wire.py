@@ -25,12 +25,15 @@ import numpy as np
 
 from replay.codec import array_from_bytes, little_endian
 from replay.errors import InvalidBatchError
+from replay.keys import MAX_SHARDS
 from replay.limits import MAX_DIMS, MAX_UNKNOWN_FIELDS
 from replay.sample import Sample
 
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 _MAX_RESPONSE_COLUMNS = 4096  # columns a client reads from a SampleResponse (the shard's spec)
 MAX_RESENT_FROM = 64
+MAX_SHARD_ID = MAX_SHARDS - 1
+"""The largest shard id a key can name."""
 """Receipts of abandoned streams one InsertRequest may carry (the rest are ignored)."""
 
 
@@ -183,6 +186,8 @@ def _read_varint(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
         pos += 1
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
+            if value >> 64:  # ten bytes can spell 70 bits; no field of ours holds more than 64
+                raise _malformed(what, "varint beyond 64 bits")
             return value, pos
         shift += 7
 
@@ -347,4 +352,14 @@ def decode_insert_request(raw: bytes) -> InsertRequestView:
                 number, pos = _read_varint(raw, pos, stop, "InsertRequest resent_from")
                 resent.append(number)
     triples = tuple(tuple(resent[i : i + 3]) for i in range(0, len(resent) - len(resent) % 3, 3))
+    _check_stream(scalars[2], triples)
     return InsertRequestView(scalars[2], scalars[3], scalars[4], raw, span, scalars[5], triples)
+
+
+def _check_stream(writer_id: int, receipts: tuple[tuple[int, ...], ...]) -> None:
+    """Refuses what a shard's insert ledger could not record: stream 0 (the ledger's shared slot), a receipt naming a shard id no key can hold."""
+    if not writer_id:
+        raise _malformed("InsertRequest", "no stream id (writer_id 0)")
+    for receipt in receipts:
+        if receipt[0] > MAX_SHARD_ID:
+            raise _malformed("InsertRequest", f"receipt of shard {receipt[0]} (shard ids are 0..{MAX_SHARD_ID})")

@@ -7,10 +7,16 @@ tearing the record being written.
 
 from __future__ import annotations
 
+import logging
+import struct
+
+import grpc
 import numpy as np
 import pytest
 
-from replay import RateLimiter, ShardAccounting, Spec, Table, make_selector, reconcile, writer_tag
+from conftest import make_batch
+from replay import RateLimiter, ShardAccounting, Spec, Table, make_selector, reconcile, wire, writer_tag
+from replay._proto.replay_pb2 import InsertResponse
 from replay.insert_ledger import _SLOT, ALL, LEDGER_NAME, InsertLedger, Receipt
 
 STREAM, TAG = 11, 99
@@ -28,8 +34,8 @@ class _Progress:
     def stored(self):
         return self.ledger.stored(self.stream, self.sequence)
 
-    def wrote(self, count):
-        self.ledger.wrote(self.stream, TAG, self.sequence, count)
+    def record(self, count):
+        return self.ledger.record(self.stream, TAG, self.sequence, count)
 
 
 def _table() -> Table:
@@ -96,6 +102,49 @@ def test_a_kill_before_the_write_counts_nothing_and_the_re_send_stores_the_batch
     again = _killed(ledger, tmp_path)
     assert again.start(10) == 0
     assert again.stored(STREAM, 2) == 0
+
+
+def test_a_record_that_cannot_be_packed_writes_nothing_to_the_table(tmp_path):
+    ledger = InsertLedger(tmp_path)
+    ledger.start(0)
+    table = _table()
+    with pytest.raises(struct.error):  # a stream id beyond 64 bits (the wire refuses it first)
+        table.insert({"x": np.zeros(10, np.float32)}, progress=_Progress(ledger, 2**64 + 5, 1))
+    assert table.info().inserts == 0
+    assert sum(items for _, items in ledger.stream_items().values()) == 0
+    assert _killed(ledger, tmp_path).previous_inserts == 0  # the file agrees with the table
+
+
+def test_a_shard_answers_a_batch_its_ledger_could_not_record_with_invalid_argument(start_server, tmp_path):
+    server = start_server(checkpoint_dir=str(tmp_path))
+    channel = grpc.insecure_channel(server.address)
+    insert = channel.stream_stream(
+        "/qfleet.replay.ReplayService/Insert", response_deserializer=InsertResponse.FromString
+    )
+    huge_stream = wire.encode_insert_request(make_batch(10), writer_id=1, sequence=1, timeout_ms=0)
+    huge_stream += bytes([2 << 3]) + b"\x85\x80\x80\x80\x80\x80\x80\x80\x80\x02"  # writer_id 2**64 + 5
+    bad_receipt = wire.encode_insert_request(
+        make_batch(10), writer_id=2, sequence=1, timeout_ms=0, resent_from=[(2**64 - 1, 1, 1)]
+    )
+    good = wire.encode_insert_request(make_batch(10), writer_id=3, sequence=1, timeout_ms=0)
+    replies = list(insert(iter([huge_stream, bad_receipt, good])))
+    channel.close()
+    assert [reply.code for reply in replies] == [grpc.StatusCode.INVALID_ARGUMENT.value[0]] * 2 + [0]
+    assert (
+        server.table.info().inserts
+        == 10
+        == server.ledger.previous_inserts + sum(items for _, items in server.ledger.stream_items().values())
+    )
+    assert server.ledger.receipts() == []
+
+
+def test_a_checkpoint_holding_more_than_the_ledger_recorded_is_said_not_hidden(tmp_path, caplog):
+    ledger = InsertLedger(tmp_path)
+    ledger.wrote(STREAM, TAG, 1, 10)
+    again = _killed(ledger, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="replay.insert_ledger"):
+        assert again.start(25) == 0
+    assert "records 10 inserts but the restored checkpoint holds 25" in caplog.text
 
 
 def test_a_ledger_of_the_first_layout_is_read_and_kept_counting(tmp_path):
