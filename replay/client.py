@@ -220,7 +220,7 @@ class _PendingBatch:
     sequence: int
     items: int
     request: bytes
-    resent_from: tuple[tuple[int, int, int], ...] = ()
+    resent_from: tuple[tuple[int, int, int, int], ...] = ()
 
 
 class _InsertStream:
@@ -489,7 +489,7 @@ class ReplayClient:
         timeout: float | None = None,
         *,
         writer_tag: int = 0,
-        resent_from: Sequence[tuple[int, int, int]] = (),
+        resent_from: Sequence[tuple[int, int, int, int]] = (),
     ) -> None:
         """Streams a batch (arrays with a leading batch dimension) to the shard; returns at once.
 
@@ -500,8 +500,9 @@ class ReplayClient:
             batch: column name -> array.
             timeout: seconds the batch may wait for the shard's rate limiter; None waits.
             writer_tag: who writes (`replay.writer_tag`), counted per writer by shards with a ledger.
-            resent_from: receipts of streams given up on (ShardedReplay's failover); they ride
-                with the batch's first message.
+            resent_from: receipts (shard id, stream id, items acknowledged, handed back 0/1) of
+                streams given up on (ShardedReplay's failover); they ride with the batch's first
+                message.
 
         Raises:
             InvalidBatchError / DeadlineExceededError: for an *earlier* batch that the shard

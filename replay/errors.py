@@ -51,7 +51,7 @@ class ReplayUnavailableError(ReplayError, ConnectionError):
             caller to send again or count as lost; empty when the failed call was no insert.
         abandoned: (stream id, items acknowledged on it) of the insert stream given up on, whose
             unacknowledged batches the shard may have stored all the same; None: no stream.
-        resent_from: receipts (shard id, stream id, items acknowledged) that the unacknowledged
+        resent_from: receipts (shard id, stream id, items acknowledged, handed back) that the unacknowledged
             batches carried, to be carried again with them.
     """
 
@@ -62,7 +62,7 @@ class ReplayUnavailableError(ReplayError, ConnectionError):
         address: str = "",
         unacknowledged: Sequence[Mapping[str, np.ndarray]] = (),
         abandoned: tuple[int, int] | None = None,
-        resent_from: Sequence[tuple[int, int, int]] = (),
+        resent_from: Sequence[tuple[int, int, int, int]] = (),
     ):
         super().__init__(message)
         self.address = address

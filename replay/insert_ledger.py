@@ -9,7 +9,8 @@ batch is written, before any reply acknowledges it. A restarted shard reads it t
   it, so a batch re-sent after a reconnect is never stored twice, even by a restarted process;
 - how many items each stream had stored in all, and which abandoned streams other shards were
   told about (receipts): a batch a writer re-sends to another shard after giving up on this one
-  may have been stored here too, and `stored_twice` works out exactly how many items were.
+  may have been stored here too, and `reconcile` (replay/accounting.py) works out exactly how
+  many items were, or were handed back to the writer's caller (counted lost by it) while stored.
 
 The page cache keeps a MAP_SHARED write when the process is killed (SIGKILL included); only a
 crash of the machine can lose the latest writes, and then the checkpoint is gone with it too.
@@ -30,6 +31,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from replay.keys import MAX_SHARDS
 from replay.private_files import private_dir
 
 log = logging.getLogger(__name__)
@@ -42,11 +44,11 @@ STREAM_SLOTS = 2048
 RECEIPT_SLOTS = 1024
 """Receipts of abandoned streams kept (a writer gives up on a shard only when it fails)."""
 
-_MAGIC = b"QFLEDGR2"
+_MAGIC = b"QFLEDGR3"
 _OLD_LAYOUT = struct.Struct("<QQ")  # the first ledger: inserts acknowledged, transitions lost
 _HEADER = struct.Struct("<QQQ")  # version, lost_total, check
 _SLOT = struct.Struct("<QQQQQQQ")  # version, stream_id, writer_tag, items, last_sequence, last_done, check
-_RECEIPT = struct.Struct("<QQQQ")  # origin shard + 1, origin stream, items acknowledged on it, check
+_RECEIPT = struct.Struct("<QQQQQ")  # origin shard + 1 | handed back << 32, stream, acknowledged, writer tag, check
 _SEED = 0x5145_4C45_0000_0000
 _BODIES = {count: struct.Struct(f"<{count}Q") for count in range(1, 7)}
 _CHECK = struct.Struct("<Q")
@@ -76,11 +78,16 @@ class _Stream:
 @dataclass(frozen=True)
 class Receipt:
     """A writer gave up on stream `stream_id` of shard `shard_id` after `acknowledged` items of it
-    were acknowledged, and re-sent the rest elsewhere."""
+    were acknowledged, and re-sent the rest elsewhere (or, `handed_back`, gave the rest back to its
+    caller unacknowledged: no shard took them in time, and the caller counted them lost)."""
 
     shard_id: int
     stream_id: int
     acknowledged: int
+    handed_back: bool = False
+    writer_tag: int = 0
+    """The tag of the writer that sent the receipt (the shard records it; `reconcile` uses a
+    receipt only for a stream of that same writer, so no writer can discount another's items)."""
 
 
 class InsertLedger:
@@ -117,6 +124,9 @@ class InsertLedger:
         self._lock = threading.Lock()
         self._streams: dict[int, _Stream] = {}
         self._receipts: list[Receipt] = []
+        self._receipt_set: set[Receipt] = set()
+        self.dropped_receipts = 0
+        """Receipts refused since start: no room left, or naming another writer (see `receive`)."""
         self._header_version = 0
         self._next_slot: int | None = None  # found on the first new stream
         self.previous_lost = 0
@@ -223,16 +233,35 @@ class InsertLedger:
 
     # -- receipts --------------------------------------------------------------------------------
 
-    def receive(self, receipts: Iterable[Receipt]) -> None:
-        """Keeps receipts of streams other shards' writers gave up on (each once)."""
+    def receive(self, receipts: Iterable[Receipt], writer_tag: int) -> int:
+        """Keeps receipts of streams that the writer tagged `writer_tag` gave up on (each once);
+        returns how many were refused: one naming another writer's tag or none, of a shard id no
+        key can hold, or beyond the room left (all counted in `dropped_receipts`)."""
+        refused = 0
         with self._lock:
             for receipt in receipts:
-                if receipt in self._receipts or len(self._receipts) >= self._receipt_slots:
+                if receipt in self._receipt_set:
                     continue
-                values = (receipt.shard_id + 1, receipt.stream_id, receipt.acknowledged)
+                if (
+                    not writer_tag
+                    or receipt.writer_tag != writer_tag
+                    or not 0 <= receipt.shard_id < MAX_SHARDS
+                    or len(self._receipts) >= self._receipt_slots
+                ):
+                    refused += 1
+                    continue
+                values = (
+                    receipt.shard_id + 1 | receipt.handed_back << 32,
+                    receipt.stream_id,
+                    receipt.acknowledged,
+                    receipt.writer_tag,
+                )
                 offset = self._receipts_at + len(self._receipts) * _RECEIPT.size
                 _RECEIPT.pack_into(self._map, offset, *values, _check(*values))
                 self._receipts.append(receipt)
+                self._receipt_set.add(receipt)
+            self.dropped_receipts += refused
+        return refused
 
     def receipts(self) -> list[Receipt]:
         with self._lock:
@@ -272,7 +301,10 @@ class InsertLedger:
             values = _RECEIPT.unpack_from(self._map, self._receipts_at + index * _RECEIPT.size)
             if values[-1] != _check(*values[:-1]) or not values[0]:
                 break
-            self._receipts.append(Receipt(values[0] - 1, values[1], values[2]))
+            origin, stream_id, acknowledged, tag = values[:4]
+            receipt = Receipt((origin & 0xFFFF_FFFF) - 1, stream_id, acknowledged, bool(origin >> 32), tag)
+            self._receipts.append(receipt)
+            self._receipt_set.add(receipt)
 
     def _convert(self, inserts: int, lost: int) -> None:
         """From the first ledger (two counters): every item it counted goes to slot 0."""

@@ -211,7 +211,11 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
         progress = None
         if ledger is not None:  # it de-duplicates, across restarts too
             if request.resent_from:
-                ledger.receive(Receipt(*receipt) for receipt in request.resent_from)
+                receipts = (
+                    Receipt(s, stream, acked, bool(back), request.writer_tag)
+                    for s, stream, acked, back in request.resent_from
+                )
+                ledger.receive(receipts, request.writer_tag)
             progress = _LedgerProgress(ledger, request.writer_id, request.writer_tag, request.sequence)
         elif request.sequence and self._writers.seen(request.writer_id, request.sequence):
             return response  # a re-sent batch after a reconnect: it is in the table already

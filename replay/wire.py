@@ -32,6 +32,8 @@ from replay.sample import Sample
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 _MAX_RESPONSE_COLUMNS = 4096  # columns a client reads from a SampleResponse (the shard's spec)
 MAX_RESENT_FROM = 64
+RECEIPT_FIELDS = 4
+"""Numbers per receipt in `resent_from`: shard id, stream id, items acknowledged, handed back (0/1)."""
 MAX_SHARD_ID = MAX_SHARDS - 1
 """The largest shard id a key can name."""
 """Receipts of abandoned streams one InsertRequest may carry (the rest are ignored)."""
@@ -148,14 +150,15 @@ def encode_insert_request(
     sequence: int,
     timeout_ms: int,
     writer_tag: int = 0,
-    resent_from: Sequence[tuple[int, int, int]] = (),
+    resent_from: Sequence[tuple[int, int, int, int]] = (),
 ) -> bytes:
     """A serialized `InsertRequest` (field numbers as in replay.proto).
 
     Args:
         writer_tag: who writes, the same on every shard (0: not said).
-        resent_from: (shard id, stream id, items acknowledged on it) of streams the writer gave
-            up on, whose unacknowledged batches it now sends here.
+        resent_from: (shard id, stream id, items acknowledged on it, handed back) of streams the
+            writer gave up on, whose unacknowledged batches it now sends here (handed back 1: it
+            gave them back to its caller instead, none re-sent).
     """
     out = _Writer()
     out.batch(1, columns)
@@ -314,8 +317,9 @@ class InsertRequestView:
     raw: bytes
     batch_span: tuple[int, int] | None
     writer_tag: int = 0
-    resent_from: tuple[tuple[int, int, int], ...] = ()
-    """(shard id, stream id, items acknowledged on it) of streams given up on (see the encoder)."""
+    resent_from: tuple[tuple[int, int, int, int], ...] = ()
+    """(shard id, stream id, items acknowledged on it, handed back) of streams given up on (see
+    the encoder)."""
 
     def columns(self, allowed: Collection[str] | None = None) -> dict[str, np.ndarray]:
         """The batch's columns as read-only views of the received bytes.
@@ -348,12 +352,14 @@ def decode_insert_request(raw: bytes) -> InsertRequestView:
             scalars[field] = value
         elif field == 6 and wire_type == _LEN:
             pos, stop = value
-            while pos < stop and len(resent) < 3 * MAX_RESENT_FROM:
+            while pos < stop and len(resent) < RECEIPT_FIELDS * MAX_RESENT_FROM:
                 number, pos = _read_varint(raw, pos, stop, "InsertRequest resent_from")
                 resent.append(number)
-    triples = tuple(tuple(resent[i : i + 3]) for i in range(0, len(resent) - len(resent) % 3, 3))
-    _check_stream(scalars[2], triples)
-    return InsertRequestView(scalars[2], scalars[3], scalars[4], raw, span, scalars[5], triples)
+    if len(resent) % RECEIPT_FIELDS:
+        raise _malformed("InsertRequest", f"resent_from holds {len(resent)} numbers, not {RECEIPT_FIELDS} per receipt")
+    receipts = tuple(tuple(resent[i : i + RECEIPT_FIELDS]) for i in range(0, len(resent), RECEIPT_FIELDS))
+    _check_stream(scalars[2], receipts)
+    return InsertRequestView(scalars[2], scalars[3], scalars[4], raw, span, scalars[5], receipts)
 
 
 def _check_stream(writer_id: int, receipts: tuple[tuple[int, ...], ...]) -> None:

@@ -51,7 +51,11 @@ class RunCounters:
         self.shards_lost = int(state.get("shards_lost", 0))
         """Transitions that shards acknowledged and lost when they died, over the run (each shard
         id's ledger in its checkpoint directory counts across sessions)."""
-        self.start_fleet_lost = int(state.get("transitions_lost", 0)) - self.shards_lost
+        self.transitions_given_back = int(state.get("transitions_given_back", 0))
+        """Transitions a shard stored of batches that replay then handed back to an actor
+        unacknowledged (no shard took the re-send in time): the actor counted them lost, and
+        the shard holds them or counted them lost too (replay/accounting.py), over the run."""
+        self.start_fleet_lost = int(state.get("transitions_lost", 0)) - self.shards_lost + self.transitions_given_back
         """Batches of earlier sessions that no shard acknowledged."""
         self.fleet_lost = 0
         """This session's batches that no shard acknowledged (the actors count them)."""
@@ -81,8 +85,9 @@ class RunCounters:
 
     @property
     def transitions_lost(self) -> int:
-        """Transitions lost over the whole run (never stored, or lost by a shard's crash)."""
-        return self.start_fleet_lost + self.fleet_lost + self.shards_lost
+        """Transitions lost over the whole run (never stored, or lost by a shard's crash), each
+        once: what an actor counted lost that a shard had stored (given back) counts once."""
+        return self.start_fleet_lost + self.fleet_lost + self.shards_lost - self.transitions_given_back
 
     def wall_s(self) -> float:
         """Seconds the run has trained, over all its sessions (rounded to ms)."""
@@ -121,6 +126,7 @@ class RunCounters:
             "shards_lost": self.shards_lost,
             "transitions_inserted": self.transitions_inserted,
             "transitions_stored_twice": self.transitions_stored_twice,
+            "transitions_given_back": self.transitions_given_back,
             "faults": self.faults.to_json(),
         }
 
@@ -290,8 +296,11 @@ def _faults_text(record: ProgressRecord) -> str:
 
 
 def take_shard_accounting(counters: RunCounters, shards: list) -> None:
-    """Sets the run's inserted and stored-twice counts from every shard's insert ledger
-    (`ShardCounters.accounting`, one per shard id; all of them, or the counts are kept)."""
+    """Sets the run's lost-by-shards, inserted, stored-twice and given-back counts from every
+    shard's counters and insert ledger (`ShardCounters`, one per shard id: call it with all of
+    them, or not at all, so that the counts of the last call are kept)."""
+    counters.shards_lost = sum(shard.lost_transitions for shard in shards)
     reconciled = reconcile(shard.accounting for shard in shards)
     counters.transitions_stored_twice = reconciled.stored_twice
+    counters.transitions_given_back = reconciled.given_back
     counters.transitions_inserted = sum(items for tag, items in reconciled.by_writer.items() if tag)

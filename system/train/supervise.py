@@ -458,7 +458,6 @@ class Supervisor:
         if fleet is not None:
             counters.fleet_lost = fleet.transitions_lost
         if len(shards) == len(self._shards):  # each shard's count is of the whole run: all of them, or keep the last
-            counters.shards_lost = sum(shard.lost_transitions for shard in shards)
             take_shard_accounting(counters, shards)
         silent_after = self.config.train.silent_after_s / 2
         silent = [

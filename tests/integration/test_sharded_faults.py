@@ -160,3 +160,54 @@ def test_a_writer_waiting_on_a_closed_clients_stream_gets_its_batches_back_to_se
     (error,) = outcome
     assert isinstance(error, ReplayUnavailableError)
     assert [batch["action"][0] for batch in error.unacknowledged] == [5]
+
+
+def test_what_a_dead_shard_stored_of_batches_handed_back_to_the_writer_counts_lost_once(tmp_path):
+    """One shard, killed (no final checkpoint) while a batch was cut short by its rate limiter; no
+    shard takes the re-send within insert_wait_s, so the batches go back to the caller, who counts
+    them lost. The shard comes back: what it had stored of them is given back, not stored twice,
+    and the run's lost count is exact."""
+    from types import SimpleNamespace
+
+    from replay import ReplayServer, ReplayUnavailableError
+    from system.train.records import RunCounters, take_shard_accounting
+
+    settings = dict(checkpoint_dir=str(tmp_path), samples_per_insert=1.0, error_buffer=10, min_size=1)
+    shard = ReplayServer(CARTPOLE_SPEC, port=0, limit_samples=False, **settings).start()
+    writer = ShardedReplay(addresses=[shard.address], writer_id="run-actor-0", insert_wait_s=1.0)
+    restarted = None
+    try:
+        for i in range(4):  # batch 1 acknowledged, batch 2 cut short by the limiter, 3 and 4 wait
+            writer.insert(make_batch(10, start=10 * i))
+        assert wait_until(lambda: shard.table.info().waiting_inserts == 1)
+        stored = shard.table.info().inserts
+        assert stored > 10
+        shard.stop(grace=0, checkpoint=False)  # as a SIGKILL: nothing after the last checkpoint
+        counted_lost = 0
+        try:
+            writer.insert(make_batch(10, start=100))
+            writer.flush(10)
+        except ReplayUnavailableError as exc:
+            counted_lost = sum(len(batch["action"]) for batch in exc.unacknowledged)
+        assert counted_lost == 40  # batches 2..5: none was acknowledged
+
+        restarted = ReplayServer(CARTPOLE_SPEC, port=shard.port, limit_samples=False, **settings).start()
+        assert restarted.lost_transitions == stored
+        assert wait_until(lambda: writer.shard_ids() == [0], timeout=10)  # the discovery round sees it back
+        writer.insert(make_batch(5, start=500))  # carries the receipt, handed back
+        writer.flush(10)
+        counters = RunCounters({}, eval_every_steps=0)
+        counters.fleet_lost = counted_lost
+        take_shard_accounting(
+            counters, [SimpleNamespace(lost_transitions=restarted.lost_transitions, accounting=restarted.accounting())]
+        )
+        present = restarted.table.info().inserts
+        acknowledged = 10 + 5
+        assert (counters.transitions_stored_twice, counters.transitions_given_back) == (0, stored - 10)
+        assert counters.transitions_inserted == acknowledged == present + counters.shards_lost - stored + 10
+        assert counters.transitions_lost == 50  # 55 sent, 5 in replay
+    finally:
+        writer.close()
+        for server in (shard, restarted):
+            if server is not None:
+                server.stop(grace=0, checkpoint=False)

@@ -88,8 +88,11 @@ def test_the_shards_ledgers_give_the_run_its_inserted_and_stored_twice_counts():
     # acknowledged; actor 0 re-sent the rest to shard 1 (stream 8, 200 items), receipt attached.
     # A plain client (tag 0) also stored 5 items: not the actors'.
     shards = [
-        SimpleNamespace(accounting=ShardAccounting(0, {7: (actor0, 450), 9: (actor1, 1000)}, [])),
-        SimpleNamespace(accounting=ShardAccounting(1, {8: (actor0, 200), 3: (0, 5)}, [Receipt(0, 7, 300)])),
+        SimpleNamespace(lost_transitions=0, accounting=ShardAccounting(0, {7: (actor0, 450), 9: (actor1, 1000)}, [])),
+        SimpleNamespace(
+            lost_transitions=0,
+            accounting=ShardAccounting(1, {8: (actor0, 200), 3: (0, 5)}, [Receipt(0, 7, 300, writer_tag=actor0)]),
+        ),
     ]
     counters = RunCounters({}, eval_every_steps=0)
     take_shard_accounting(counters, shards)
@@ -101,3 +104,30 @@ def test_the_shards_ledgers_give_the_run_its_inserted_and_stored_twice_counts():
         5000,
     )
     assert line.endswith("| faults: shard restarts 1; 450 transitions lost, 150 stored twice")
+
+
+def test_what_an_actor_counted_lost_and_its_shard_had_stored_is_lost_once_across_a_resume():
+    from types import SimpleNamespace
+
+    from replay import ShardAccounting, writer_tag
+    from replay.insert_ledger import Receipt
+    from system.train.records import take_shard_accounting
+
+    actor = writer_tag("run-actor-0")
+    # 10 acknowledged on shard 0, then 1 more stored; shard 0 died before a checkpoint (11 lost by
+    # it). No shard took the re-send in time: the actor counted 40 lost (that 1 among them).
+    shards = [
+        SimpleNamespace(
+            lost_transitions=11,
+            accounting=ShardAccounting(0, {7: (actor, 11), 8: (actor, 5)}, [Receipt(0, 7, 10, True, actor)]),
+        )
+    ]
+    counters = RunCounters({}, eval_every_steps=0)
+    counters.fleet_lost = 40
+    take_shard_accounting(counters, shards)
+    assert (counters.transitions_given_back, counters.transitions_stored_twice) == (1, 0)
+    assert counters.transitions_lost == 50 and counters.transitions_inserted == 15
+    resumed = RunCounters(counters.state(), eval_every_steps=0)
+    assert resumed.transitions_lost == 50
+    take_shard_accounting(resumed, shards)
+    assert resumed.transitions_lost == 50

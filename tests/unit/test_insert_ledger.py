@@ -124,7 +124,7 @@ def test_a_shard_answers_a_batch_its_ledger_could_not_record_with_invalid_argume
     huge_stream = wire.encode_insert_request(make_batch(10), writer_id=1, sequence=1, timeout_ms=0)
     huge_stream += bytes([2 << 3]) + b"\x85\x80\x80\x80\x80\x80\x80\x80\x80\x02"  # writer_id 2**64 + 5
     bad_receipt = wire.encode_insert_request(
-        make_batch(10), writer_id=2, sequence=1, timeout_ms=0, resent_from=[(2**64 - 1, 1, 1)]
+        make_batch(10), writer_id=2, sequence=1, timeout_ms=0, resent_from=[(2**64 - 1, 1, 1, 0)]
     )
     good = wire.encode_insert_request(make_batch(10), writer_id=3, sequence=1, timeout_ms=0)
     replies = list(insert(iter([huge_stream, bad_receipt, good])))
@@ -156,10 +156,21 @@ def test_a_ledger_of_the_first_layout_is_read_and_kept_counting(tmp_path):
 
 def test_receipts_survive_a_kill_and_count_once(tmp_path):
     ledger = InsertLedger(tmp_path)
-    receipt = Receipt(shard_id=0, stream_id=5, acknowledged=640)
-    ledger.receive([receipt, receipt])
-    ledger.receive([Receipt(1, 6, 0)])
-    assert _killed(ledger, tmp_path).receipts() == [receipt, Receipt(1, 6, 0)]
+    receipt = Receipt(shard_id=0, stream_id=5, acknowledged=640, writer_tag=TAG)
+    handed_back = Receipt(1023, 6, 0, handed_back=True, writer_tag=TAG)
+    assert ledger.receive([receipt, receipt], TAG) == 0
+    ledger.receive([handed_back], TAG)
+    assert _killed(ledger, tmp_path).receipts() == [receipt, handed_back]
+
+
+def test_a_receipt_is_kept_only_from_the_writer_it_names_and_within_the_room_left(tmp_path):
+    ledger = InsertLedger(tmp_path, receipt_slots=2)
+    assert ledger.receive([Receipt(0, 5, 0, writer_tag=TAG + 1)], TAG) == 1  # another writer's
+    assert ledger.receive([Receipt(0, 5, 0, writer_tag=0)], 0) == 1  # a writer that says no tag
+    assert ledger.receive([Receipt(1024, 5, 0, writer_tag=TAG)], TAG) == 1  # no such shard id
+    kept = [Receipt(0, stream, 0, writer_tag=TAG) for stream in (5, 6)]
+    assert ledger.receive([*kept, Receipt(0, 7, 0, writer_tag=TAG)], TAG) == 1  # full
+    assert ledger.receipts() == kept and ledger.dropped_receipts == 4
 
 
 def test_streams_beyond_the_slots_are_counted_together_without_de_duplication(tmp_path):
@@ -187,9 +198,9 @@ def test_items_a_dead_shard_stored_and_its_writer_re_sent_are_counted_stored_twi
     # A re-sent batches 4 and 5 to shard 1 (stream 8) with the receipt (0, 7, 300).
     a, b = writer_tag("run-actor-0"), writer_tag("run-actor-1")
     shard0 = ShardAccounting(0, {7: (a, 450), 9: (b, 1000)}, [])
-    shard1 = ShardAccounting(1, {8: (a, 200)}, [Receipt(0, 7, 300)])
+    shard1 = ShardAccounting(1, {8: (a, 200)}, [Receipt(0, 7, 300, writer_tag=a)])
     result = reconcile([shard0, shard1])
-    assert result.stored_twice == 150 and result.unresolved == 0
+    assert result.stored_twice == 150 and result.unresolved == 0 and result.given_back == 0
     # acknowledged to A: 300 + 200 = 500 = (450 + 200) - 150
     assert result.by_writer == {a: 500, b: 1000}
     present_plus_lost = 450 + 1000 + 200
@@ -198,12 +209,34 @@ def test_items_a_dead_shard_stored_and_its_writer_re_sent_are_counted_stored_twi
 
 def test_a_receipt_carried_to_two_shards_counts_once_and_one_of_an_unknown_stream_is_unresolved():
     a = writer_tag("w")
-    shard0 = ShardAccounting(0, {7: (a, 250)}, [Receipt(1, 3, 0)])
-    shard1 = ShardAccounting(1, {8: (a, 100)}, [Receipt(0, 7, 200)])
-    shard2 = ShardAccounting(2, {9: (a, 50)}, [Receipt(0, 7, 200)])  # re-sent again: the same receipt
+    shard0 = ShardAccounting(0, {7: (a, 250)}, [Receipt(1, 3, 0, writer_tag=a)])
+    shard1 = ShardAccounting(1, {8: (a, 100)}, [Receipt(0, 7, 200, writer_tag=a)])
+    shard2 = ShardAccounting(2, {9: (a, 50)}, [Receipt(0, 7, 200, writer_tag=a)])  # re-sent again: the same receipt
     result = reconcile([shard0, shard1, shard2])
     assert result.stored_twice == 50 and result.unresolved == 1
     assert result.by_writer == {a: 350}
+
+
+def test_items_a_dead_shard_stored_of_batches_handed_back_to_the_caller_are_given_back_not_stored_twice():
+    # Writer A had 100 items acknowledged on shard 0's stream 7; shard 0 stored 60 more and died.
+    # No shard took the re-send in time: the 60 (and the rest) went back to A's caller, counted
+    # lost there. A receipt that first rode a re-send that failed (handed_back 0) and then the
+    # same receipt handed back, at two shards: handed back wins.
+    a = writer_tag("w")
+    shard0 = ShardAccounting(0, {7: (a, 160)}, [])
+    shard1 = ShardAccounting(1, {8: (a, 30)}, [Receipt(0, 7, 100, writer_tag=a)])
+    shard2 = ShardAccounting(2, {9: (a, 50)}, [Receipt(0, 7, 100, handed_back=True, writer_tag=a)])
+    result = reconcile([shard0, shard1, shard2])
+    assert (result.stored_twice, result.given_back) == (0, 60)
+    assert result.by_writer == {a: 100 + 30 + 50}  # what A was acknowledged
+
+
+def test_a_receipt_naming_another_writers_stream_is_refused_and_discounts_nothing():
+    victim, forger = writer_tag("run-actor-0"), writer_tag("run-actor-1")
+    shard0 = ShardAccounting(0, {7: (victim, 500), 8: (forger, 10)}, [Receipt(0, 7, 0, writer_tag=forger)])
+    result = reconcile([shard0])
+    assert (result.stored_twice, result.refused) == (0, 1)
+    assert result.by_writer == {victim: 500, forger: 10}
 
 
 def test_writer_tags_are_stable_and_never_zero():

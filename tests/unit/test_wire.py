@@ -114,13 +114,13 @@ def test_columns_outside_the_allowed_names_are_refused_before_they_are_read():
 
 
 def test_an_insert_request_carries_its_writer_tag_and_receipts_as_the_proto_declares():
-    receipts = [(1, 2**63 - 5, 4096), (0, 7, 0)]
+    receipts = [(1, 2**63 - 5, 4096, 0), (0, 7, 0, 1)]
     raw = wire.encode_insert_request(
         _columns(), writer_id=3, sequence=9, timeout_ms=0, writer_tag=2**62 + 1, resent_from=receipts
     )
     parsed = replay_pb2.InsertRequest.FromString(raw)
     assert parsed.writer_tag == 2**62 + 1
-    assert list(parsed.resent_from) == [1, 2**63 - 5, 4096, 0, 7, 0]
+    assert list(parsed.resent_from) == [1, 2**63 - 5, 4096, 0, 0, 7, 0, 1]
     view = wire.decode_insert_request(raw)
     assert (view.writer_tag, view.resent_from) == (2**62 + 1, tuple(receipts))
 
@@ -146,8 +146,8 @@ def test_an_insert_request_a_ledger_could_not_record_is_refused(extra, expected)
 def test_the_largest_64_bit_value_is_read_and_a_receipt_beyond_the_shard_ids_is_refused():
     raw = wire.encode_insert_request(_columns(), writer_id=2**64 - 1, sequence=1, timeout_ms=0)
     assert wire.decode_insert_request(raw).writer_id == 2**64 - 1
-    ok = wire.encode_insert_request(_columns(), writer_id=3, sequence=1, timeout_ms=0, resent_from=[(1023, 1, 0)])
-    assert wire.decode_insert_request(ok).resent_from == ((1023, 1, 0),)
-    bad = wire.encode_insert_request(_columns(), writer_id=3, sequence=1, timeout_ms=0, resent_from=[(1024, 1, 0)])
+    ok = wire.encode_insert_request(_columns(), writer_id=3, sequence=1, timeout_ms=0, resent_from=[(1023, 1, 0, 0)])
+    assert wire.decode_insert_request(ok).resent_from == ((1023, 1, 0, 0),)
+    bad = wire.encode_insert_request(_columns(), writer_id=3, sequence=1, timeout_ms=0, resent_from=[(1024, 1, 0, 0)])
     with pytest.raises(InvalidBatchError, match=r"receipt of shard 1024 \(shard ids are 0..1023\)"):
         wire.decode_insert_request(bad)
