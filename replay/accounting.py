@@ -39,6 +39,14 @@ class ShardAccounting:
     """stream id -> (writer tag, items stored from that stream)."""
     receipts: list[Receipt] = field(default_factory=list)
     """Streams of other shards that writers gave up on and re-sent from, to this shard."""
+    tracked: bool = True
+    """Whether the shard keeps an insert ledger (a checkpoint directory); False: it counts
+    nothing here, and no run total built on it is a fact."""
+    untracked_items: int = 0
+    """Items of streams beyond the ledger's slots: counted, under no stream (their writer's
+    total and stored-twice items miss them)."""
+    dropped_receipts: int = 0
+    """Receipts the shard refused since its start: naming another writer, or no room left."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,12 @@ class Reconciled:
     forgery): ignored, so no writer's count is discounted by another."""
     by_writer: dict[int, int]
     """writer tag -> items stored for that writer, each once (stored twice and given back taken off)."""
+    tracked: bool = True
+    """Whether every shard keeps a ledger (else the counts above are not facts)."""
+    untracked_items: int = 0
+    """Items the shards counted beyond their ledgers' stream slots (in no writer's total)."""
+    dropped_receipts: int = 0
+    """Receipts the shards refused since their starts."""
 
 
 def reconcile(shards: Iterable[ShardAccounting]) -> Reconciled:
@@ -98,5 +112,12 @@ def reconcile(shards: Iterable[ShardAccounting]) -> Reconciled:
             twice += extra
         by_writer[tag] -= extra
     return Reconciled(
-        stored_twice=twice, given_back=given_back, unresolved=unresolved, refused=refused, by_writer=dict(by_writer)
+        stored_twice=twice,
+        given_back=given_back,
+        unresolved=unresolved,
+        refused=refused,
+        by_writer=dict(by_writer),
+        tracked=bool(shards) and all(shard.tracked for shard in shards),
+        untracked_items=sum(shard.untracked_items for shard in shards),
+        dropped_receipts=sum(shard.dropped_receipts for shard in shards),
     )

@@ -40,7 +40,8 @@ LEDGER_NAME = "acknowledged-inserts"
 """The ledger's file name in the checkpoint directory."""
 
 STREAM_SLOTS = 2048
-"""Insert streams tracked one by one; later ones share slot 0 (counted, not de-duplicated)."""
+"""Insert streams tracked one by one; later ones share slot 0 (counted; the shard de-duplicates
+their re-sent batches in memory instead, so not across its restarts: `tracks`)."""
 RECEIPT_SLOTS = 1024
 """Receipts of abandoned streams kept (a writer gives up on a shard only when it fails)."""
 
@@ -129,6 +130,7 @@ class InsertLedger:
         """Receipts refused since start: no room left, or naming another writer (see `receive`)."""
         self._header_version = 0
         self._next_slot: int | None = None  # found on the first new stream
+        self._full_logged = False
         self.previous_lost = 0
         """What the previous processes had counted lost (0 for a new ledger)."""
         if old:
@@ -224,8 +226,16 @@ class InsertLedger:
         # After every slot used so far (a slot whose first write was torn stays unused: no gap
         # is filled, so no stream overwrites another's record).
         slot = max(stream.slot for stream in self._streams.values()) + 1 if self._next_slot is None else self._next_slot
-        if slot >= self._slots:
-            return self._streams[0]  # full: counted together, no de-duplication
+        if slot >= self._slots:  # full: counted together (the shard de-duplicates them in memory)
+            if not self._full_logged:
+                self._full_logged = True
+                log.warning(
+                    "%s: all %d insert stream slots are used; later streams are counted together and their "
+                    "re-sent batches de-duplicated in memory only (not across a restart of this shard)",
+                    self.path,
+                    self._slots - 1,
+                )
+            return self._streams[0]
         self._next_slot = slot + 1
         stream = _Stream(slot, 0, stream_id, writer_tag, 0, 0, 0)
         self._streams[stream_id] = stream
@@ -266,6 +276,16 @@ class InsertLedger:
     def receipts(self) -> list[Receipt]:
         with self._lock:
             return list(self._receipts)
+
+    def tracks(self, stream_id: int) -> bool:
+        """Whether `stream_id` has a slot of its own (its batches are de-duplicated by the ledger,
+        across restarts too); a stream not seen yet gets one on its first write if any is left."""
+        return stream_id != 0 and stream_id in self._streams
+
+    @property
+    def untracked_items(self) -> int:
+        """Items counted without a stream slot (over every process of this shard id)."""
+        return self._streams[0].items
 
     def stream_items(self) -> dict[int, tuple[int, int]]:
         """stream id -> (writer tag, items stored from it), over every process of this shard id."""

@@ -209,7 +209,7 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
         response = replay_pb2.InsertResponse(sequence=request.sequence)
         ledger = self._server.ledger
         progress = None
-        if ledger is not None:  # it de-duplicates, across restarts too
+        if ledger is not None:  # it counts every stream, and de-duplicates those it tracks across restarts too
             if request.resent_from:
                 receipts = (
                     Receipt(s, stream, acked, bool(back), request.writer_tag)
@@ -217,7 +217,10 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
                 )
                 ledger.receive(receipts, request.writer_tag)
             progress = _LedgerProgress(ledger, request.writer_id, request.writer_tag, request.sequence)
-        elif request.sequence and self._writers.seen(request.writer_id, request.sequence):
+        # Without a ledger, or for a stream beyond its slots (a new one gets a slot on its first
+        # write: never seen here), the last sequences in memory skip a re-sent batch.
+        in_memory = ledger is None or not ledger.tracks(request.writer_id)
+        if in_memory and request.sequence and self._writers.seen(request.writer_id, request.sequence):
             return response  # a re-sent batch after a reconnect: it is in the table already
         try:
             arrays = request.columns(self._columns)
@@ -231,7 +234,7 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
             response.inserted = exc.inserted
         except (TableClosedError, RequestCancelledError) as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        if request.sequence and ledger is None:
+        if request.sequence and (ledger is None or not ledger.tracks(request.writer_id)):
             self._writers.record(request.writer_id, request.sequence)
         return response
 
@@ -544,9 +547,16 @@ class ReplayServer:
 
     def accounting(self) -> ShardAccounting:
         """What the ledger says of each insert stream and of streams writers gave up on."""
-        if self._ledger is None:
-            return ShardAccounting(self.config.shard_id, {}, [])
-        return ShardAccounting(self.config.shard_id, self._ledger.stream_items(), self._ledger.receipts())
+        ledger = self._ledger
+        if ledger is None:
+            return ShardAccounting(self.config.shard_id, tracked=False)
+        return ShardAccounting(
+            self.config.shard_id,
+            ledger.stream_items(),
+            ledger.receipts(),
+            untracked_items=ledger.untracked_items,
+            dropped_receipts=ledger.dropped_receipts,
+        )
 
     def _start_ledger(self, directory: pathlib.Path) -> None:
         """Counts what the previous process of this shard id acknowledged after the restored checkpoint."""

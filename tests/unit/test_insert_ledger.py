@@ -183,6 +183,34 @@ def test_streams_beyond_the_slots_are_counted_together_without_de_duplication(tm
     assert again.previous_inserts == 40 and again.stored(3, 1) == 0
 
 
+def test_a_shard_de_duplicates_streams_beyond_its_ledgers_slots_in_memory(start_server, tmp_path, monkeypatch, caplog):
+    import functools
+
+    import replay.server
+
+    monkeypatch.setattr(replay.server, "InsertLedger", functools.partial(InsertLedger, stream_slots=3))
+    server = start_server(checkpoint_dir=str(tmp_path))
+    channel = grpc.insecure_channel(server.address)
+    insert = channel.stream_stream(
+        "/qfleet.replay.ReplayService/Insert", response_deserializer=InsertResponse.FromString
+    )
+
+    def send(stream: int, sequence: int) -> int:
+        raw = wire.encode_insert_request(make_batch(10), writer_id=stream, sequence=sequence, timeout_ms=0)
+        (reply,) = insert(iter([raw]))
+        return reply.inserted
+
+    with caplog.at_level(logging.WARNING, logger="replay.insert_ledger"):
+        assert [send(stream, 1) for stream in (1, 2, 3, 4)] == [10] * 4  # 3 and 4: beyond the 2 slots
+        assert [send(stream, 1) for stream in (1, 2, 3, 4)] == [0] * 4  # re-sent: none stored again
+        assert send(3, 2) == 10
+    channel.close()
+    assert caplog.text.count("insert stream slots are used") == 1
+    accounting = server.accounting()
+    assert accounting.untracked_items == 30 and set(accounting.streams) == {1, 2}
+    assert server.table.info().inserts == 50
+
+
 def test_a_ledger_of_another_size_is_refused(tmp_path):
     (tmp_path / LEDGER_NAME).write_bytes(b"x" * 100)
     with pytest.raises(ValueError, match="not an insert ledger"):
