@@ -103,15 +103,23 @@ def _stop_shards(
     if parts.shards and len(stopped_shards) == len(parts.shards):  # none started: keep the earlier sessions' count
         take_shard_accounting(counters, stopped_shards)
         present = sum(shard.inserts for shard in stopped_shards)
-        log.info(
-            "transitions stored for the actors: %s = %s in shards + %s lost by shards - %s stored twice"
-            " - %s given back to the actors",
-            f"{counters.transitions_inserted:,}",
-            f"{present:,}",
-            f"{counters.shards_lost:,}",
-            f"{counters.transitions_stored_twice:,}",
-            f"{counters.transitions_given_back:,}",
-        )
+        if counters.accounting_tracked:
+            log.info(
+                "transitions stored for the actors: %s = %s in shards + %s lost by shards - %s stored twice"
+                " - %s given back to the actors - %s unattributed",
+                f"{counters.transitions_inserted:,}",
+                f"{present:,}",
+                f"{counters.shards_lost:,}",
+                f"{counters.transitions_stored_twice:,}",
+                f"{counters.transitions_given_back:,}",
+                f"{counters.transitions_unattributed:,}",
+            )
+        else:
+            log.info(
+                "transitions stored for the actors: not counted (train.checkpoint_replay is off: the shards keep "
+                "no insert ledger); %s in shards",
+                f"{present:,}",
+            )
         if fleet is not None:
             _log_per_actor(plan, stopped_shards, fleet)
     for shard in parts.offline_shards:  # nothing to checkpoint: the dataset loads them at every start
@@ -185,8 +193,7 @@ def _stop_learner(
             updates=result.updates,
             weights_version=result.version,
             transitions_lost=counters.transitions_lost,
-            transitions_inserted=counters.transitions_inserted,
-            transitions_stored_twice=counters.transitions_stored_twice,
+            **counters.accounting(),
             final=True,
         )
         plan.run.append_records([final.to_json()])

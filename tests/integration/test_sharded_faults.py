@@ -199,13 +199,21 @@ def test_what_a_dead_shard_stored_of_batches_handed_back_to_the_writer_counts_lo
         counters = RunCounters({}, eval_every_steps=0)
         counters.fleet_lost = counted_lost
         take_shard_accounting(
-            counters, [SimpleNamespace(lost_transitions=restarted.lost_transitions, accounting=restarted.accounting())]
+            counters,
+            [
+                SimpleNamespace(
+                    inserts=restarted.table.info().inserts,
+                    lost_transitions=restarted.lost_transitions,
+                    accounting=restarted.accounting(),
+                )
+            ],
         )
         present = restarted.table.info().inserts
         acknowledged = 10 + 5
         assert (counters.transitions_stored_twice, counters.transitions_given_back) == (0, stored - 10)
         assert counters.transitions_inserted == acknowledged == present + counters.shards_lost - stored + 10
         assert counters.transitions_lost == 50  # 55 sent, 5 in replay
+        assert counters.transitions_unattributed == 0
     finally:
         writer.close()
         for server in (shard, restarted):
