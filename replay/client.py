@@ -213,6 +213,9 @@ class _Backoff:
         return True
 
 
+_CLOSED = "the client was closed (its shard left the run) with inserts unacknowledged"
+
+
 @dataclass(frozen=True)
 class _PendingBatch:
     """A sent, unacknowledged insert: its serialized request."""
@@ -248,8 +251,12 @@ class _InsertStream:
         with self._cond:
             self._raise_error()
             while len(self._pending) >= self._client.max_in_flight and not self._errors:
-                self._cond.wait()
+                self._cond.wait()  # a `close` ends it: the pending batches come back as an error
             self._raise_error()
+            if self._closing:  # closed under this sender (its shard left the run): it sends elsewhere
+                raise ReplayUnavailableError(
+                    f"replay shard {self._client.address}: {_CLOSED}", address=self._client.address
+                )
             self._sequence += 1
             request = wire.encode_insert_request(
                 columns,
@@ -283,7 +290,11 @@ class _InsertStream:
         with self._cond:
             self._closing = True
             if self._queue is not None:
-                self._queue.put(_END)
+                self._queue.put(_END)  # the reader hands back what stays unacknowledged
+            elif self._pending:  # backing off before a reconnect: no call will ever ack them
+                self._errors.append(self._stream_error(None, _CLOSED))
+                self._give_up()
+            self._cond.notify_all()  # a sender waiting for room gets the error (or the closing)
             reader = self._reader
         if reader is not None:
             reader.join(timeout=10)
@@ -340,7 +351,7 @@ class _InsertStream:
             backoff = backoff or _Backoff(self._client.retry_for_s)
             if backoff.sleep():
                 with self._cond:
-                    if self._closing:
+                    if self._closing:  # `close` handed back the pending batches
                         self._reconnecting = False
                         return
                     self._open_locked(backoff)  # the new reader takes over
@@ -357,8 +368,9 @@ class _InsertStream:
         self._pending.clear()
         self._writer_id, self._sequence, self._acknowledged_items = random.getrandbits(63), 0, 0
 
-    def _stream_error(self, error: grpc.RpcError | None) -> ReplayError:
-        """The typed error of a failed stream (called holding the condition); None: ended unacknowledged."""
+    def _stream_error(self, error: grpc.RpcError | None, why: str | None = None) -> ReplayError:
+        """The typed error of a failed stream (called holding the condition); None: ended
+        unacknowledged, or `why` it ended (the client was closed)."""
         address = self._client.address
         what = f"insert stream ({len(self._pending)} unacknowledged batches not inserted)"
         if error is not None and error.code() != grpc.StatusCode.CANCELLED and not _retryable(error):
@@ -366,7 +378,7 @@ class _InsertStream:
         # Unreachable, busy or cancelled past the retry budget: what never got an ack, decoded, so
         # a caller (ShardedReplay, the actors' writer) can send it elsewhere or count it lost.
         unacknowledged = [wire.decode_insert_request(b.request).columns() for b in self._pending]
-        details = "the stream ended without an acknowledgement" if error is None else error.details()
+        details = (why or "the stream ended without an acknowledgement") if error is None else error.details()
         hint = _unavailable_hint(details, self._client.secure)
         message = f"replay shard {address} unavailable during {what}: {details}{hint}"
         return ReplayUnavailableError(
@@ -423,6 +435,10 @@ class ReplayClient:
         self._channel: grpc.Channel | None = None
         self._stub_obj: replay_pb2_grpc.ReplayServiceStub | None = None
         self._stream: _InsertStream | None = None
+        self._closed_stream: _InsertStream | None = None  # its hand-back error, for the next flush
+        self.closed = False
+        """Whether `close` ran (a later call opens a new channel; a flush after it hands back what
+        the close left unacknowledged)."""
         self._counters = (0, 0)  # (inserts, samples) of the shard as of the last response
 
     def __reduce__(self):
@@ -539,8 +555,12 @@ class ReplayClient:
             DeadlineExceededError: a batch's rate-limiter timeout passed, or this flush's did.
             ReplayUnavailableError: the shard stayed unreachable.
         """
-        if self._stream is not None:
-            self._stream.flush(timeout)
+        with self._lock:
+            stream, closed, self._closed_stream = self._stream, self._closed_stream, None
+        if closed is not None:  # the batches a `close` handed back (ShardWriter sends them elsewhere)
+            closed.flush(timeout)
+        if stream is not None:
+            stream.flush(timeout)
 
     # -- samples and priorities ------------------------------------------------------------------
 
@@ -661,6 +681,7 @@ class ReplayClient:
         """Ends the insert stream (after pending acks) and the channel."""
         with self._lock:
             stream, self._stream = self._stream, None
+            self._closed_stream, self.closed = stream, True
             channel, self._channel, self._stub_obj = self._channel, None, None
         if stream is not None:
             stream.close()

@@ -219,3 +219,58 @@ def test_what_a_dead_shard_stored_of_batches_handed_back_to_the_writer_counts_lo
         for server in (shard, restarted):
             if server is not None:
                 server.stop(grace=0, checkpoint=False)
+
+
+def test_closing_a_client_whose_stream_backs_off_hands_its_batches_back_at_the_next_flush(tmp_path):
+    """The shard died and the stream backs off before reconnecting; the client is closed (the shard
+    re-registered elsewhere: Membership drops it). The batches it held come back for the writer
+    to send elsewhere or count lost, instead of vanishing."""
+    from replay import ReplayClient, ReplayServer, ReplayUnavailableError
+
+    settings = dict(samples_per_insert=1.0, error_buffer=10, min_size=1, checkpoint_dir=str(tmp_path))
+    server = ReplayServer(CARTPOLE_SPEC, port=0, **settings).start()
+    client = ReplayClient(server.address, retry_for_s=30)
+    for i in range(4):  # the rate limiter holds batches 2..4 unacknowledged
+        client.insert(make_batch(10, start=10 * i))
+    assert wait_until(lambda: server.table.info().waiting_inserts == 1)
+    server.stop(grace=0, checkpoint=False)
+    time.sleep(0.3)  # the stream is now backing off (a 30 s budget)
+    started = time.monotonic()
+    client.close()
+    assert time.monotonic() - started < 5
+    with pytest.raises(ReplayUnavailableError, match="the client was closed") as caught:
+        client.flush(timeout=1)
+    assert [batch["action"][0] for batch in caught.value.unacknowledged] == [10, 20, 30]
+    client.flush(timeout=1)  # handed back once
+    client.close()
+
+
+def test_a_sender_waiting_on_a_client_closed_while_its_stream_backs_off_gets_the_batches_back(start_server):
+    import threading
+
+    from replay import ReplayClient, ReplayUnavailableError
+
+    server = start_server(samples_per_insert=1.0, error_buffer=10, min_size=1)
+    client = ReplayClient(server.address, retry_for_s=30, max_in_flight=1)
+    client.insert(make_batch(10))
+    client.insert(make_batch(10, start=10))  # held by the rate limiter: the window is full
+    assert wait_until(lambda: server.table.info().waiting_inserts == 1)
+    server.stop(grace=0, checkpoint=False)
+    time.sleep(0.3)  # backing off
+    outcome: list[BaseException] = []
+
+    def sender() -> None:
+        try:
+            client.insert(make_batch(10, start=20))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    assert not wait_until(lambda: not thread.is_alive(), timeout=0.3)  # waiting for room
+    client.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the sender was never released"
+    (error,) = outcome
+    assert isinstance(error, ReplayUnavailableError)
+    assert [batch["action"][0] for batch in error.unacknowledged] == [10]  # the batch in flight (it holds its own)
