@@ -102,6 +102,22 @@ class CheckpointError(ReplayError):
     """A checkpoint could not be read (corrupt, truncated, or written for another spec)."""
 
 
+class LedgerError(ReplayError):
+    """A shard's insert ledger file is not one this shard can use (another layout or size).
+
+    Attributes:
+        path: the file.
+        found_size: its size in bytes.
+        expected_size: the size of a ledger of this layout.
+    """
+
+    def __init__(self, message: str, *, path: str, found_size: int, expected_size: int):
+        super().__init__(message)
+        self.path = path
+        self.found_size = found_size
+        self.expected_size = expected_size
+
+
 class RequestCancelledError(ReplayError):
     """The caller of a waiting insert or sample went away (cancelled, or past its deadline).
 

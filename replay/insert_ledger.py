@@ -31,6 +31,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from replay.errors import LedgerError
 from replay.keys import MAX_SHARDS
 from replay.private_files import private_dir
 
@@ -97,6 +98,9 @@ class InsertLedger:
     Args:
         directory: the shard's checkpoint directory (created if missing).
         stream_slots, receipt_slots: capacities (tests use small ones).
+
+    Raises:
+        LedgerError: the file there is not a ledger of this layout (`open_ledger` sets it aside).
     """
 
     def __init__(self, directory: pathlib.Path, stream_slots: int = STREAM_SLOTS, receipt_slots: int = RECEIPT_SLOTS):
@@ -113,7 +117,12 @@ class InsertLedger:
             if found_size == _OLD_LAYOUT.size:
                 old = os.pread(fd, _OLD_LAYOUT.size, 0)
             elif found_size not in (0, size):
-                raise ValueError(f"{path}: {found_size} bytes, not an insert ledger of this layout ({size} bytes)")
+                raise LedgerError(
+                    f"{path}: {found_size} bytes, not an insert ledger of this layout ({size} bytes)",
+                    path=str(path),
+                    found_size=found_size,
+                    expected_size=size,
+                )
             self.found = found_size > 0
             """Whether an earlier process of this shard id left a ledger."""
             if found_size != size:
@@ -335,6 +344,29 @@ class InsertLedger:
         self._write_header()
         if inserts + lost:
             self.wrote(0, 0, 0, inserts + lost)
+
+
+REFUSED_SUFFIX = ".refused"
+"""What a ledger file this shard cannot use is renamed to (kept for a person to look at)."""
+
+
+def open_ledger(directory: pathlib.Path) -> InsertLedger:
+    """The shard's ledger in `directory`; a file there of another layout or size is renamed
+    aside (`REFUSED_SUFFIX`) and a new ledger started, with a warning: a shard that refused to
+    start over it would be restarted into the same refusal for ever, and what the old file
+    counted cannot be read anyway."""
+    try:
+        return InsertLedger(directory)
+    except LedgerError as exc:
+        aside = pathlib.Path(exc.path + REFUSED_SUFFIX)
+        os.replace(exc.path, aside)
+        log.warning(
+            "%s; moved to %s: exact accounting restarts; earlier losses unknown (what this shard stored "
+            "before and lost to crashes is not counted)",
+            exc,
+            aside.name,
+        )
+        return InsertLedger(directory)
 
 
 def _newest(layout: struct.Struct, buffer, offset: int, copies: int) -> tuple | None:

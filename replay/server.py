@@ -33,7 +33,7 @@ from replay.config import ReplayConfig
 from replay.credentials import ReplayCredentials
 from replay.errors import DeadlineExceededError, InvalidBatchError, RequestCancelledError, TableClosedError
 from replay.http_server import start_metrics_server
-from replay.insert_ledger import InsertLedger, Receipt
+from replay.insert_ledger import InsertLedger, Receipt, open_ledger
 from replay.limits import SHARD_BUSY, check_priority_update, check_sample_request
 from replay.metrics import ReplayMetrics
 from replay.rate_limiter import RateLimiter
@@ -560,7 +560,7 @@ class ReplayServer:
 
     def _start_ledger(self, directory: pathlib.Path) -> None:
         """Counts what the previous process of this shard id acknowledged after the restored checkpoint."""
-        self._ledger = InsertLedger(directory)
+        self._ledger = open_ledger(directory)
         restored = self.table.info().inserts
         previous = self._ledger.previous_inserts
         self._ledger_lost = self._ledger.start(restored)

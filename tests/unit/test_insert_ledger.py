@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import make_batch
-from replay import RateLimiter, ShardAccounting, Spec, Table, make_selector, reconcile, wire, writer_tag
+from replay import LedgerError, RateLimiter, ShardAccounting, Spec, Table, make_selector, reconcile, wire, writer_tag
 from replay._proto.replay_pb2 import InsertResponse
 from replay.insert_ledger import _SLOT, ALL, LEDGER_NAME, InsertLedger, Receipt
 
@@ -186,9 +186,9 @@ def test_streams_beyond_the_slots_are_counted_together_without_de_duplication(tm
 def test_a_shard_de_duplicates_streams_beyond_its_ledgers_slots_in_memory(start_server, tmp_path, monkeypatch, caplog):
     import functools
 
-    import replay.server
+    import replay.insert_ledger
 
-    monkeypatch.setattr(replay.server, "InsertLedger", functools.partial(InsertLedger, stream_slots=3))
+    monkeypatch.setattr(replay.insert_ledger, "InsertLedger", functools.partial(InsertLedger, stream_slots=3))
     server = start_server(checkpoint_dir=str(tmp_path))
     channel = grpc.insecure_channel(server.address)
     insert = channel.stream_stream(
@@ -213,8 +213,19 @@ def test_a_shard_de_duplicates_streams_beyond_its_ledgers_slots_in_memory(start_
 
 def test_a_ledger_of_another_size_is_refused(tmp_path):
     (tmp_path / LEDGER_NAME).write_bytes(b"x" * 100)
-    with pytest.raises(ValueError, match="not an insert ledger"):
+    with pytest.raises(LedgerError, match="100 bytes, not an insert ledger") as caught:
         InsertLedger(tmp_path)
+    assert (caught.value.path, caught.value.found_size) == (str(tmp_path / LEDGER_NAME), 100)
+    assert caught.value.expected_size > 100
+
+
+def test_a_shard_finding_a_ledger_of_another_size_sets_it_aside_and_starts_a_new_one(start_server, tmp_path, caplog):
+    (tmp_path / LEDGER_NAME).write_bytes(b"x" * 100)
+    with caplog.at_level(logging.WARNING, logger="replay.insert_ledger"):
+        server = start_server(checkpoint_dir=str(tmp_path))  # starts, rather than crash-looping
+    assert "exact accounting restarts; earlier losses unknown" in caplog.text
+    assert (tmp_path / (LEDGER_NAME + ".refused")).read_bytes() == b"x" * 100
+    assert server.ledger.previous_inserts == 0 and server.accounting().tracked
 
 
 # -- reconciliation --------------------------------------------------------------------------------
