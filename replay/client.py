@@ -24,6 +24,7 @@ import collections
 import math
 import queue
 import random
+import secrets
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -213,6 +214,13 @@ class _Backoff:
         return True
 
 
+def _new_stream_id() -> int:
+    """A stream id no other stream of the run shares: from the OS's entropy, not the `random`
+    module (a seeded or forked `random` repeats ids, and a shard's ledger then takes a new
+    stream's batches for re-sends of an old one's). Never 0 (a shard refuses stream 0)."""
+    return secrets.randbits(63) or 1
+
+
 _CLOSED = "the client was closed (its shard left the run) with inserts unacknowledged"
 
 
@@ -242,7 +250,7 @@ class _InsertStream:
         self._queue: queue.SimpleQueue | None = None  # set while open
         self._reconnecting = False
         self._reader: threading.Thread | None = None
-        self._writer_id = random.getrandbits(63)
+        self._writer_id = _new_stream_id()
         self._sequence = 0
         self._acknowledged_items = 0  # of this stream id: what a receipt says if it is given up
         self._closing = False
@@ -366,7 +374,7 @@ class _InsertStream:
         """Drops the pending batches (their error hands them back) and starts a new stream id:
         the shard's count for the old one stays what it stored of it (see replay/accounting.py)."""
         self._pending.clear()
-        self._writer_id, self._sequence, self._acknowledged_items = random.getrandbits(63), 0, 0
+        self._writer_id, self._sequence, self._acknowledged_items = _new_stream_id(), 0, 0
 
     def _stream_error(self, error: grpc.RpcError | None, why: str | None = None) -> ReplayError:
         """The typed error of a failed stream (called holding the condition); None: ended

@@ -294,3 +294,15 @@ def test_a_stream_whose_first_write_tore_leaves_its_slot_to_no_one(tmp_path):
     assert again.previous_inserts == 20
     again.wrote(4, TAG, 1, 5)  # a new stream takes slot 4, not stream 2's
     assert _killed(again, tmp_path).stream_items() == {1: (TAG, 10), 3: (TAG, 10), 4: (TAG, 5)}
+
+
+def test_stream_ids_do_not_follow_the_random_modules_seed():
+    import random
+
+    from replay.client import _new_stream_id
+
+    random.seed(7)
+    first = _new_stream_id()
+    random.seed(7)  # a forked or seeded process: the same `random` state
+    assert _new_stream_id() != first
+    assert 0 < first < 2**63
