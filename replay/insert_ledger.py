@@ -209,9 +209,9 @@ class InsertLedger:
         Raises:
             struct.error: a value beyond 64 bits (the wire refuses them first).
         """
-        with self._lock:
-            stream = self._streams.get(stream_id if sequence else 0)
-            if stream is None:
+        stream = self._streams.get(stream_id if sequence else 0)  # the table's lock keeps writers apart
+        if stream is None:
+            with self._lock:  # from readers of the streams (`stream_items`)
                 stream = self._new_stream(stream_id, writer_tag)
         last_sequence, last_done = stream.last_sequence, stream.last_done
         if stream.slot:
