@@ -118,6 +118,19 @@ class LedgerError(ReplayError):
         self.expected_size = expected_size
 
 
+class LedgerInUseError(ReplayError):
+    """Another live process holds the shard's insert ledger (the same shard id started twice on
+    one checkpoint folder): this one does not start, rather than overwrite its records.
+
+    Attributes:
+        path: the ledger file.
+    """
+
+    def __init__(self, message: str, *, path: str):
+        super().__init__(message)
+        self.path = path
+
+
 class RequestCancelledError(ReplayError):
     """The caller of a waiting insert or sample went away (cancelled, or past its deadline).
 

@@ -21,17 +21,19 @@ had acknowledged (the piece being written had not been).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import mmap
 import os
 import pathlib
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from replay.errors import LedgerError
+from replay.errors import LedgerError, LedgerInUseError
 from replay.keys import MAX_SHARDS
 from replay.private_files import private_dir
 
@@ -101,6 +103,7 @@ class InsertLedger:
 
     Raises:
         LedgerError: the file there is not a ledger of this layout (`open_ledger` sets it aside).
+        LedgerInUseError: another live process holds it.
     """
 
     def __init__(self, directory: pathlib.Path, stream_slots: int = STREAM_SLOTS, receipt_slots: int = RECEIPT_SLOTS):
@@ -112,6 +115,7 @@ class InsertLedger:
         self.path = path = directory / LEDGER_NAME
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
+            _hold(fd, path)
             found_size = os.fstat(fd).st_size
             old = b""
             if found_size == _OLD_LAYOUT.size:
@@ -129,8 +133,10 @@ class InsertLedger:
                 os.ftruncate(fd, 0)
                 os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        self._fd = fd  # open while this process writes the ledger: its lock says so
         self._lock = threading.Lock()
         self._streams: dict[int, _Stream] = {}
         self._receipts: list[Receipt] = []
@@ -302,9 +308,13 @@ class InsertLedger:
             return {s.stream_id: (s.writer_tag, s.items) for s in self._streams.values() if s.slot}
 
     def close(self) -> None:
+        """Unmaps the file and lets another process of this shard id open it."""
         with self._lock:
             if not self._map.closed:
                 self._map.close()
+            if self._fd >= 0:
+                os.close(self._fd)  # releases the lock
+                self._fd = -1
 
     # -- the file --------------------------------------------------------------------------------
 
@@ -344,6 +354,32 @@ class InsertLedger:
         self._write_header()
         if inserts + lost:
             self.wrote(0, 0, 0, inserts + lost)
+
+
+HOLD_WAIT_S = 10.0
+"""How long a new process waits for the ledger's previous holder to be gone (a killed process's
+lock goes with it, a moment after the kill) before refusing to start."""
+
+
+def _hold(fd: int, path: pathlib.Path) -> None:
+    """Takes the ledger's exclusive lock: two live processes of one shard id on one checkpoint
+    folder would each overwrite the other's records.
+
+    Raises:
+        LedgerInUseError: another process held it for `HOLD_WAIT_S`.
+    """
+    deadline = time.monotonic() + HOLD_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise LedgerInUseError(
+                    f"{path} is held by another live process (a shard started twice on one checkpoint folder?)",
+                    path=str(path),
+                ) from None
+            time.sleep(0.1)
 
 
 REFUSED_SUFFIX = ".refused"

@@ -414,6 +414,14 @@ class ReplayServer:
 
     def start(self) -> ReplayServer:
         """Restores the newest good checkpoint, then starts serving. Returns self."""
+        try:
+            return self._start()
+        except BaseException:
+            if self._ledger is not None:  # its file lock: a next try in this process may take it
+                self._ledger.close()
+            raise
+
+    def _start(self) -> ReplayServer:
         keep_freed_memory()  # samples and inserts churn through large buffers
         if self.config.checkpoint_dir is not None:
             self._restore(pathlib.Path(self.config.checkpoint_dir))

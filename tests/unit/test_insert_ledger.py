@@ -1,13 +1,14 @@
 """The shard's insert ledger and the reconciliation of stored-twice items, by hand.
 
-A SIGKILL is simulated by opening the ledger file again without closing the first mapping (what
-the page cache holds is what a killed process leaves), and a kill in the middle of a write by
-tearing the record being written.
+A SIGKILL is simulated by opening the ledger file again after unmapping the first (what the page
+cache holds is what a killed process leaves), and a kill in the middle of a write by tearing the
+record being written.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import struct
 
 import grpc
@@ -15,16 +16,29 @@ import numpy as np
 import pytest
 
 from conftest import make_batch
-from replay import LedgerError, RateLimiter, ShardAccounting, Spec, Table, make_selector, reconcile, wire, writer_tag
+from replay import (
+    LedgerError,
+    LedgerInUseError,
+    RateLimiter,
+    ShardAccounting,
+    Spec,
+    Table,
+    make_selector,
+    reconcile,
+    wire,
+    writer_tag,
+)
 from replay._proto.replay_pb2 import InsertResponse
 from replay.insert_ledger import _SLOT, ALL, LEDGER_NAME, InsertLedger, Receipt
 
 STREAM, TAG = 11, 99
 
 
-def _killed(ledger: InsertLedger, tmp_path) -> InsertLedger:
-    """The ledger as a restarted process finds it (the old mapping is simply abandoned)."""
-    return InsertLedger(tmp_path)
+def _killed(ledger: InsertLedger, tmp_path, **slots) -> InsertLedger:
+    """The ledger as a restarted process finds it. Unmapping writes nothing: a MAP_SHARED page is
+    the page cache, which is what a killed process leaves; its file lock goes with the process."""
+    ledger.close()
+    return InsertLedger(tmp_path, **slots)
 
 
 class _Progress:
@@ -179,7 +193,7 @@ def test_streams_beyond_the_slots_are_counted_together_without_de_duplication(tm
     for stream in (1, 2, 3, 4):
         ledger.wrote(stream, TAG, 1, 10)
     assert set(ledger.stream_items()) == {1, 2}
-    again = InsertLedger(tmp_path, stream_slots=3)
+    again = _killed(ledger, tmp_path, stream_slots=3)
     assert again.previous_inserts == 40 and again.stored(3, 1) == 0
 
 
@@ -306,3 +320,16 @@ def test_stream_ids_do_not_follow_the_random_modules_seed():
     random.seed(7)  # a forked or seeded process: the same `random` state
     assert _new_stream_id() != first
     assert 0 < first < 2**63
+
+
+def test_a_ledger_held_by_a_live_process_is_refused_and_taken_once_it_is_gone(tmp_path, monkeypatch):
+    import replay.insert_ledger
+
+    monkeypatch.setattr(replay.insert_ledger, "HOLD_WAIT_S", 0.2)
+    first = InsertLedger(tmp_path)
+    with pytest.raises(LedgerInUseError, match="held by another live process") as caught:
+        InsertLedger(tmp_path)
+    assert caught.value.path == str(tmp_path / LEDGER_NAME)
+    assert LEDGER_NAME in os.listdir(tmp_path)  # not set aside: it is in use
+    first.close()
+    InsertLedger(tmp_path).close()
