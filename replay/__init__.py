@@ -26,6 +26,8 @@ from replay.errors import (
     CheckpointError,
     DeadlineExceededError,
     InvalidBatchError,
+    LedgerError,
+    LedgerInUseError,
     RateLimiterConfigError,
     ReplayAuthenticationError,
     ReplayError,
@@ -36,6 +38,7 @@ from replay.errors import (
     TableClosedError,
 )
 from replay.http_server import BoundedHTTPServer, HTTPLimits, start_metrics_server
+from replay.insert_ledger import Receipt
 from replay.limits import MAX_PRIORITY
 from replay.metrics import SERIES as METRIC_SERIES
 from replay.metrics import ShardedCollector
@@ -55,6 +58,7 @@ from replay.table import Table
 
 __all__ = [
     "CERT_ENV",
+    "Receipt",
     "Reconciled",
     "ShardAccounting",
     "reconcile",
@@ -80,6 +84,8 @@ __all__ = [
     "CheckpointResult",
     "DeadlineExceededError",
     "InvalidBatchError",
+    "LedgerError",
+    "LedgerInUseError",
     "MixedReplay",
     "Prefetcher",
     "PriorityUpdateResult",

@@ -24,6 +24,7 @@ import collections
 import math
 import queue
 import random
+import secrets
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -215,6 +216,16 @@ class _Backoff:
         return True
 
 
+def _new_stream_id() -> int:
+    """A stream id no other stream of the run shares: from the OS's entropy, not the `random`
+    module (a seeded or forked `random` repeats ids, and a shard's ledger then takes a new
+    stream's batches for re-sends of an old one's). Never 0 (a shard refuses stream 0)."""
+    return secrets.randbits(63) or 1
+
+
+_CLOSED = "the client was closed (its shard left the run) with inserts unacknowledged"
+
+
 @dataclass(frozen=True)
 class _PendingBatch:
     """A sent, unacknowledged insert: its serialized request."""
@@ -222,7 +233,7 @@ class _PendingBatch:
     sequence: int
     items: int
     request: bytes
-    resent_from: tuple[tuple[int, int, int], ...] = ()
+    resent_from: tuple[tuple[int, int, int, int], ...] = ()
 
 
 class _InsertStream:
@@ -241,7 +252,7 @@ class _InsertStream:
         self._queue: queue.SimpleQueue | None = None  # set while open
         self._reconnecting = False
         self._reader: threading.Thread | None = None
-        self._writer_id = random.getrandbits(63)
+        self._writer_id = _new_stream_id()
         self._sequence = 0
         self._acknowledged_items = 0  # of this stream id: what a receipt says if it is given up
         self._closing = False
@@ -250,8 +261,12 @@ class _InsertStream:
         with self._cond:
             self._raise_error()
             while len(self._pending) >= self._client.max_in_flight and not self._errors:
-                self._cond.wait()
+                self._cond.wait()  # a `close` ends it: the pending batches come back as an error
             self._raise_error()
+            if self._closing:  # closed under this sender (its shard left the run): it sends elsewhere
+                raise ReplayUnavailableError(
+                    f"replay shard {self._client.address}: {_CLOSED}", address=self._client.address
+                )
             self._sequence += 1
             request = wire.encode_insert_request(
                 columns,
@@ -285,7 +300,11 @@ class _InsertStream:
         with self._cond:
             self._closing = True
             if self._queue is not None:
-                self._queue.put(_END)
+                self._queue.put(_END)  # the reader hands back what stays unacknowledged
+            elif self._pending:  # backing off before a reconnect: no call will ever ack them
+                self._errors.append(self._stream_error(None, _CLOSED))
+                self._give_up()
+            self._cond.notify_all()  # a sender waiting for room gets the error (or the closing)
             reader = self._reader
         if reader is not None:
             reader.join(timeout=10)
@@ -342,7 +361,7 @@ class _InsertStream:
             backoff = backoff or _Backoff(self._client.retry_for_s)
             if backoff.sleep():
                 with self._cond:
-                    if self._closing:
+                    if self._closing:  # `close` handed back the pending batches
                         self._reconnecting = False
                         return
                     self._open_locked(backoff)  # the new reader takes over
@@ -357,10 +376,11 @@ class _InsertStream:
         """Drops the pending batches (their error hands them back) and starts a new stream id:
         the shard's count for the old one stays what it stored of it (see replay/accounting.py)."""
         self._pending.clear()
-        self._writer_id, self._sequence, self._acknowledged_items = random.getrandbits(63), 0, 0
+        self._writer_id, self._sequence, self._acknowledged_items = _new_stream_id(), 0, 0
 
-    def _stream_error(self, error: grpc.RpcError | None) -> ReplayError:
-        """The typed error of a failed stream (called holding the condition); None: ended unacknowledged."""
+    def _stream_error(self, error: grpc.RpcError | None, why: str | None = None) -> ReplayError:
+        """The typed error of a failed stream (called holding the condition); None: ended
+        unacknowledged, or `why` it ended (the client was closed)."""
         address = self._client.address
         what = f"insert stream ({len(self._pending)} unacknowledged batches not inserted)"
         if error is not None and error.code() != grpc.StatusCode.CANCELLED and not _retryable(error):
@@ -368,7 +388,7 @@ class _InsertStream:
         # Unreachable, busy or cancelled past the retry budget: what never got an ack, decoded, so
         # a caller (ShardedReplay, the actors' writer) can send it elsewhere or count it lost.
         unacknowledged = [wire.decode_insert_request(b.request).columns() for b in self._pending]
-        details = "the stream ended without an acknowledgement" if error is None else error.details()
+        details = (why or "the stream ended without an acknowledgement") if error is None else error.details()
         hint = _unavailable_hint(details, self._client.secure)
         message = f"replay shard {address} unavailable during {what}: {details}{hint}"
         return ReplayUnavailableError(
@@ -425,6 +445,10 @@ class ReplayClient:
         self._channel: grpc.Channel | None = None
         self._stub_obj: replay_pb2_grpc.ReplayServiceStub | None = None
         self._stream: _InsertStream | None = None
+        self._closed_stream: _InsertStream | None = None  # its hand-back error, for the next flush
+        self.closed = False
+        """Whether `close` ran (a later call opens a new channel; a flush after it hands back what
+        the close left unacknowledged)."""
         self._counters = (0, 0)  # (inserts, samples) of the shard as of the last response
 
     def __reduce__(self):
@@ -491,7 +515,7 @@ class ReplayClient:
         timeout: float | None = None,
         *,
         writer_tag: int = 0,
-        resent_from: Sequence[tuple[int, int, int]] = (),
+        resent_from: Sequence[tuple[int, int, int, int]] = (),
     ) -> None:
         """Streams a batch (arrays with a leading batch dimension) to the shard; returns at once.
 
@@ -502,8 +526,9 @@ class ReplayClient:
             batch: column name -> array.
             timeout: seconds the batch may wait for the shard's rate limiter; None waits.
             writer_tag: who writes (`replay.writer_tag`), counted per writer by shards with a ledger.
-            resent_from: receipts of streams given up on (ShardedReplay's failover); they ride
-                with the batch's first message.
+            resent_from: receipts (shard id, stream id, items acknowledged, handed back 0/1) of
+                streams given up on (ShardedReplay's failover); they ride with the batch's first
+                message.
 
         Raises:
             InvalidBatchError / DeadlineExceededError: for an *earlier* batch that the shard
@@ -540,8 +565,12 @@ class ReplayClient:
             DeadlineExceededError: a batch's rate-limiter timeout passed, or this flush's did.
             ReplayUnavailableError: the shard stayed unreachable.
         """
-        if self._stream is not None:
-            self._stream.flush(timeout)
+        with self._lock:
+            stream, closed, self._closed_stream = self._stream, self._closed_stream, None
+        if closed is not None:  # the batches a `close` handed back (ShardWriter sends them elsewhere)
+            closed.flush(timeout)
+        if stream is not None:
+            stream.flush(timeout)
 
     # -- samples and priorities ------------------------------------------------------------------
 
@@ -671,6 +700,7 @@ class ReplayClient:
         """Ends the insert stream (after pending acks) and the channel."""
         with self._lock:
             stream, self._stream = self._stream, None
+            self._closed_stream, self.closed = stream, True
             channel, self._channel, self._stub_obj = self._channel, None, None
         if stream is not None:
             stream.close()

@@ -51,7 +51,7 @@ class ReplayUnavailableError(ReplayError, ConnectionError):
             caller to send again or count as lost; empty when the failed call was no insert.
         abandoned: (stream id, items acknowledged on it) of the insert stream given up on, whose
             unacknowledged batches the shard may have stored all the same; None: no stream.
-        resent_from: receipts (shard id, stream id, items acknowledged) that the unacknowledged
+        resent_from: receipts (shard id, stream id, items acknowledged, handed back) that the unacknowledged
             batches carried, to be carried again with them.
     """
 
@@ -62,7 +62,7 @@ class ReplayUnavailableError(ReplayError, ConnectionError):
         address: str = "",
         unacknowledged: Sequence[Mapping[str, np.ndarray]] = (),
         abandoned: tuple[int, int] | None = None,
-        resent_from: Sequence[tuple[int, int, int]] = (),
+        resent_from: Sequence[tuple[int, int, int, int]] = (),
     ):
         super().__init__(message)
         self.address = address
@@ -100,6 +100,35 @@ class ReplayTLSError(ReplayAuthenticationError):
 
 class CheckpointError(ReplayError):
     """A checkpoint could not be read (corrupt, truncated, or written for another spec)."""
+
+
+class LedgerError(ReplayError):
+    """A shard's insert ledger file is not one this shard can use (another layout or size).
+
+    Attributes:
+        path: the file.
+        found_size: its size in bytes.
+        expected_size: the size of a ledger of this layout.
+    """
+
+    def __init__(self, message: str, *, path: str, found_size: int, expected_size: int):
+        super().__init__(message)
+        self.path = path
+        self.found_size = found_size
+        self.expected_size = expected_size
+
+
+class LedgerInUseError(ReplayError):
+    """Another live process holds the shard's insert ledger (the same shard id started twice on
+    one checkpoint folder): this one does not start, rather than overwrite its records.
+
+    Attributes:
+        path: the ledger file.
+    """
+
+    def __init__(self, message: str, *, path: str):
+        super().__init__(message)
+        self.path = path
 
 
 class RequestCancelledError(ReplayError):

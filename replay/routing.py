@@ -56,10 +56,10 @@ class ShardWriter:
         self.writer_index = writer_index
         self._membership = membership
         self._lock = threading.Lock()
-        self._used: set[int] = set()  # shards written to, to flush
+        self._used: dict[int, ShardHandle] = {}  # handles written to (by id()), to flush, dropped ones too
         self.writer_tag = writer_tag(writer_id)
         """What its inserts carry on every shard (per-writer counts in the shards' ledgers)."""
-        self._receipts: list[tuple[int, int, int]] = []  # of streams given up on, for the next batch
+        self._receipts: list[tuple[int, int, int, int]] = []  # of streams given up on, for the next batch
 
     def _shard(self, deadline: float) -> ShardHandle | None:
         """This writer's live shard. While none is live, looks again with backoff until
@@ -102,9 +102,10 @@ class ShardWriter:
                 if refusal is not None:
                     raise refusal  # not "no live shard": one is there and refuses these credentials
                 where = self._membership.where
+                self._hand_back_receipts()
                 raise ReplayUnavailableError(f"no live replay shard ({where})", unacknowledged=batches)
             with self._lock:
-                self._used.add(shard.shard_id)
+                self._used[id(shard)] = shard
                 receipts, self._receipts = self._receipts, []
             sent = 0
             try:
@@ -124,26 +125,39 @@ class ShardWriter:
         anywhere yet (a repeat is harmless: receipts are counted once)."""
         receipts = [*unsent, *exc.resent_from]
         if exc.abandoned is not None:
-            receipts.append((shard.shard_id, *exc.abandoned))
+            receipts.append((shard.shard_id, *exc.abandoned, 0))
         with self._lock:
             self._receipts.extend(tuple(r) for r in receipts if tuple(r) not in self._receipts)
+
+    def _hand_back_receipts(self) -> None:
+        """The batches go back to the caller, who counts them lost: every receipt not delivered
+        yet now says so (its stream's unacknowledged batches are among those handed back: none
+        of them was acknowledged anywhere, or its receipt would have been delivered with it), so
+        that what the first shard stored of them counts as given back, not stored twice."""
+        with self._lock:
+            self._receipts = [(shard_id, stream, acked, 1) for shard_id, stream, acked, _ in self._receipts]
 
     def flush(self, timeout: float | None) -> None:
         """Waits until every batch sent is acknowledged, re-sending after failovers."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            shards = self._membership.all()
             with self._lock:
-                used = [shards[i] for i in self._used if i in shards]
+                used = list(self._used.values())
             resend: list[Mapping[str, np.ndarray]] = []
             for shard in used:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                closed = shard.client.closed
                 try:
                     shard.client.flush(remaining)
                 except ReplayUnavailableError as exc:
                     self._membership.mark_failed(shard, exc)
                     self._keep_receipts(shard, exc, [])
                     resend.extend(exc.unacknowledged)
+                # A shard dropped from the set (it left, or came back elsewhere) had its client
+                # closed, which handed its unacknowledged batches back above: nothing more to wait for.
+                if closed and self._membership.all().get(shard.shard_id) is not shard:
+                    with self._lock:
+                        self._used.pop(id(shard), None)
             if not resend:
                 return
             self.send(resend, None)

@@ -14,6 +14,7 @@ import pathlib
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -32,7 +33,7 @@ from replay.config import ReplayConfig
 from replay.credentials import ReplayCredentials
 from replay.errors import DeadlineExceededError, InvalidBatchError, RequestCancelledError, TableClosedError
 from replay.http_server import start_metrics_server
-from replay.insert_ledger import InsertLedger, Receipt
+from replay.insert_ledger import InsertLedger, Receipt, open_ledger
 from replay.limits import SHARD_BUSY, check_priority_update, check_sample_request
 from replay.metrics import ReplayMetrics
 from replay.rate_limiter import RateLimiter
@@ -154,8 +155,8 @@ class _LedgerProgress:
     def stored(self) -> int:
         return self._ledger.stored(self._stream_id, self._sequence)
 
-    def wrote(self, count: int) -> None:
-        self._ledger.wrote(self._stream_id, self._writer_tag, self._sequence, count)
+    def record(self, count: int) -> Callable[[], None]:
+        return self._ledger.record(self._stream_id, self._writer_tag, self._sequence, count)
 
 
 class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
@@ -209,11 +210,18 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
         response = replay_pb2.InsertResponse(sequence=request.sequence)
         ledger = self._server.ledger
         progress = None
-        if ledger is not None:  # it de-duplicates, across restarts too
+        if ledger is not None:  # it counts every stream, and de-duplicates those it tracks across restarts too
             if request.resent_from:
-                ledger.receive(Receipt(*receipt) for receipt in request.resent_from)
+                receipts = (
+                    Receipt(s, stream, acked, bool(back), request.writer_tag)
+                    for s, stream, acked, back in request.resent_from
+                )
+                ledger.receive(receipts, request.writer_tag)
             progress = _LedgerProgress(ledger, request.writer_id, request.writer_tag, request.sequence)
-        elif request.sequence and self._writers.seen(request.writer_id, request.sequence):
+        # Without a ledger, or for a stream beyond its slots (a new one gets a slot on its first
+        # write: never seen here), the last sequences in memory skip a re-sent batch.
+        in_memory = ledger is None or not ledger.tracks(request.writer_id)
+        if in_memory and request.sequence and self._writers.seen(request.writer_id, request.sequence):
             return response  # a re-sent batch after a reconnect: it is in the table already
         try:
             arrays = request.columns(self._columns)
@@ -227,7 +235,7 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
             response.inserted = exc.inserted
         except (TableClosedError, RequestCancelledError) as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        if request.sequence and ledger is None:
+        if request.sequence and (ledger is None or not ledger.tracks(request.writer_id)):
             self._writers.record(request.writer_id, request.sequence)
         return response
 
@@ -411,6 +419,14 @@ class ReplayServer:
 
     def start(self) -> ReplayServer:
         """Restores the newest good checkpoint, then starts serving. Returns self."""
+        try:
+            return self._start()
+        except BaseException:
+            if self._ledger is not None:  # its file lock: a next try in this process may take it
+                self._ledger.close()
+            raise
+
+    def _start(self) -> ReplayServer:
         keep_freed_memory()  # samples and inserts churn through large buffers
         if self.config.checkpoint_dir is not None:
             self._restore(pathlib.Path(self.config.checkpoint_dir))
@@ -544,13 +560,20 @@ class ReplayServer:
 
     def accounting(self) -> ShardAccounting:
         """What the ledger says of each insert stream and of streams writers gave up on."""
-        if self._ledger is None:
-            return ShardAccounting(self.config.shard_id, {}, [])
-        return ShardAccounting(self.config.shard_id, self._ledger.stream_items(), self._ledger.receipts())
+        ledger = self._ledger
+        if ledger is None:
+            return ShardAccounting(self.config.shard_id, tracked=False)
+        return ShardAccounting(
+            self.config.shard_id,
+            ledger.stream_items(),
+            ledger.receipts(),
+            untracked_items=ledger.untracked_items,
+            dropped_receipts=ledger.dropped_receipts,
+        )
 
     def _start_ledger(self, directory: pathlib.Path) -> None:
         """Counts what the previous process of this shard id acknowledged after the restored checkpoint."""
-        self._ledger = InsertLedger(directory)
+        self._ledger = open_ledger(directory)
         restored = self.table.info().inserts
         previous = self._ledger.previous_inserts
         self._ledger_lost = self._ledger.start(restored)

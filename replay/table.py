@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,8 +68,10 @@ class InsertProgress(Protocol):
         """Items of this batch stored already (leading ones); called under the table's lock."""
         ...
 
-    def wrote(self, count: int) -> None:
-        """`count` more items of this batch were written; called under the table's lock."""
+    def record(self, count: int) -> Callable[[], None]:
+        """Prepares the record of `count` more items of this batch, before they are written (it
+        may raise: then nothing is written); the call returned records them once they are, and
+        cannot fail. Both are called under the table's lock."""
         ...
 
 
@@ -175,9 +177,11 @@ class Table:
                     admitted = min(admitted, length - done)
                     if not admitted:
                         continue
+                # Recorded as written with nothing that can raise in between: packed first.
+                record = None if progress is None else progress.record(admitted)
                 self._write(batch, priorities, done, done + admitted)
-                if progress is not None:
-                    progress.wrote(admitted)
+                if record is not None:
+                    record()
                 done += admitted
                 written += admitted
                 self._cond.notify_all()

@@ -25,12 +25,17 @@ import numpy as np
 
 from replay.codec import array_from_bytes, little_endian
 from replay.errors import InvalidBatchError
+from replay.keys import MAX_SHARDS
 from replay.limits import MAX_DIMS, MAX_UNKNOWN_FIELDS
 from replay.sample import Sample
 
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 _MAX_RESPONSE_COLUMNS = 4096  # columns a client reads from a SampleResponse (the shard's spec)
 MAX_RESENT_FROM = 64
+RECEIPT_FIELDS = 4
+"""Numbers per receipt in `resent_from`: shard id, stream id, items acknowledged, handed back (0/1)."""
+MAX_SHARD_ID = MAX_SHARDS - 1
+"""The largest shard id a key can name."""
 """Receipts of abandoned streams one InsertRequest may carry (the rest are ignored)."""
 
 
@@ -145,14 +150,15 @@ def encode_insert_request(
     sequence: int,
     timeout_ms: int,
     writer_tag: int = 0,
-    resent_from: Sequence[tuple[int, int, int]] = (),
+    resent_from: Sequence[tuple[int, int, int, int]] = (),
 ) -> bytes:
     """A serialized `InsertRequest` (field numbers as in replay.proto).
 
     Args:
         writer_tag: who writes, the same on every shard (0: not said).
-        resent_from: (shard id, stream id, items acknowledged on it) of streams the writer gave
-            up on, whose unacknowledged batches it now sends here.
+        resent_from: (shard id, stream id, items acknowledged on it, handed back) of streams the
+            writer gave up on, whose unacknowledged batches it now sends here (handed back 1: it
+            gave them back to its caller instead, none re-sent).
     """
     out = _Writer()
     out.batch(1, columns)
@@ -183,6 +189,8 @@ def _read_varint(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
         pos += 1
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
+            if value >> 64:  # ten bytes can spell 70 bits; no field of ours holds more than 64
+                raise _malformed(what, "varint beyond 64 bits")
             return value, pos
         shift += 7
 
@@ -309,8 +317,9 @@ class InsertRequestView:
     raw: bytes
     batch_span: tuple[int, int] | None
     writer_tag: int = 0
-    resent_from: tuple[tuple[int, int, int], ...] = ()
-    """(shard id, stream id, items acknowledged on it) of streams given up on (see the encoder)."""
+    resent_from: tuple[tuple[int, int, int, int], ...] = ()
+    """(shard id, stream id, items acknowledged on it, handed back) of streams given up on (see
+    the encoder)."""
 
     def columns(self, allowed: Collection[str] | None = None) -> dict[str, np.ndarray]:
         """The batch's columns as read-only views of the received bytes.
@@ -343,8 +352,20 @@ def decode_insert_request(raw: bytes) -> InsertRequestView:
             scalars[field] = value
         elif field == 6 and wire_type == _LEN:
             pos, stop = value
-            while pos < stop and len(resent) < 3 * MAX_RESENT_FROM:
+            while pos < stop and len(resent) < RECEIPT_FIELDS * MAX_RESENT_FROM:
                 number, pos = _read_varint(raw, pos, stop, "InsertRequest resent_from")
                 resent.append(number)
-    triples = tuple(tuple(resent[i : i + 3]) for i in range(0, len(resent) - len(resent) % 3, 3))
-    return InsertRequestView(scalars[2], scalars[3], scalars[4], raw, span, scalars[5], triples)
+    if len(resent) % RECEIPT_FIELDS:
+        raise _malformed("InsertRequest", f"resent_from holds {len(resent)} numbers, not {RECEIPT_FIELDS} per receipt")
+    receipts = tuple(tuple(resent[i : i + RECEIPT_FIELDS]) for i in range(0, len(resent), RECEIPT_FIELDS))
+    _check_stream(scalars[2], receipts)
+    return InsertRequestView(scalars[2], scalars[3], scalars[4], raw, span, scalars[5], receipts)
+
+
+def _check_stream(writer_id: int, receipts: tuple[tuple[int, ...], ...]) -> None:
+    """Refuses what a shard's insert ledger could not record: stream 0 (the ledger's shared slot), a receipt naming a shard id no key can hold."""
+    if not writer_id:
+        raise _malformed("InsertRequest", "no stream id (writer_id 0)")
+    for receipt in receipts:
+        if receipt[0] > MAX_SHARD_ID:
+            raise _malformed("InsertRequest", f"receipt of shard {receipt[0]} (shard ids are 0..{MAX_SHARD_ID})")

@@ -403,11 +403,26 @@ def _run() -> list[Panel]:
             (
                 (_select(f"{prefix}_transitions_inserted"), "{{run}} stored for the actors"),
                 (_select(f"{prefix}_transitions_stored_twice"), "{{run}} stored twice"),
+                (_select(f"{prefix}_transitions_given_back"), "{{run}} given back"),
                 (_select(f"{prefix}_transitions_lost"), "{{run}} lost"),
             ),
             "What the shards stored for the actors (each transition once, counted by the shards, so a killed "
-            "actor's last chunk is in), what a failover stored on two shards, and what was lost: stored for the "
-            "actors = held by the shards + lost - stored twice.",
+            "actor's last chunk is in), what a failover stored on two shards, what a shard stored of batches "
+            "handed back to an actor, and what was lost: stored for the actors = held by the shards + lost by "
+            "shards - stored twice - given back. No series without shard ledgers (train.checkpoint_replay off).",
+        ),
+        Panel(
+            "Accounting gaps",
+            "short",
+            (
+                (_select(f"{prefix}_transitions_unattributed"), "{{run}} unattributed"),
+                (_select(f"{prefix}_transitions_untracked"), "{{run}} untracked streams"),
+                (_select(f"{prefix}_receipts_unresolved"), "{{run}} receipts unresolved"),
+                (_select(f"{prefix}_receipts_dropped"), "{{run}} receipts dropped"),
+            ),
+            "Where the exact accounting falls short, all 0 when it holds: transitions no actor is credited with, "
+            "transitions of streams beyond the shards' ledger slots, failover receipts naming a stream no ledger "
+            "holds, and receipts the shards refused.",
         ),
     ]
 

@@ -119,6 +119,15 @@ def summary_table(run: RunDir) -> str:
         if "transitions_inserted" in state:
             lines.append(f"| transitions stored for the actors | {int(state['transitions_inserted']):,} |")
             lines.append(f"| transitions stored twice (failover) | {int(state.get('transitions_stored_twice', 0)):,} |")
+            lines.append(f"| transitions given back (failover) | {int(state.get('transitions_given_back', 0)):,} |")
+            for key, label in (
+                ("transitions_unattributed", "transitions unattributed"),
+                ("transitions_untracked", "transitions of untracked streams"),
+                ("receipts_unresolved", "failover receipts unresolved"),
+                ("receipts_dropped", "failover receipts dropped"),
+            ):
+                if int(state.get(key, 0)):
+                    lines.append(f"| {label} | {int(state[key]):,} |")
     lines += _phase_rows(config, state, evals)
     if last.get("recent_return") is not None:
         lines.append(f"| training return (last {SMOOTH_EPISODES} episodes) | {last['recent_return']:.1f} |")

@@ -176,12 +176,25 @@ def faults_line(state: dict) -> str:
 
     faults = FaultCounts.from_json(state.get("faults")).describe() or "none"
     line = f"faults: {faults}; transitions lost: {int(state.get('transitions_lost', 0)):,}"
-    if "transitions_inserted" in state:
+    if "transitions_inserted" in state:  # only with shard ledgers (train.checkpoint_replay)
         line += (
             f"; stored for the actors: {int(state['transitions_inserted']):,}"
-            f" (stored twice: {int(state.get('transitions_stored_twice', 0)):,})"
+            f" (stored twice: {int(state.get('transitions_stored_twice', 0)):,}"
+            f", given back: {int(state.get('transitions_given_back', 0)):,})"
         )
+        gaps = [f"{label} {int(state[key]):,}" for key, label in _ACCOUNTING_GAPS if int(state.get(key, 0))]
+        if gaps:
+            line += "; accounting gaps: " + ", ".join(gaps)
     return line
+
+
+_ACCOUNTING_GAPS = (
+    ("transitions_unattributed", "unattributed"),
+    ("transitions_untracked", "untracked"),
+    ("receipts_unresolved", "receipts unresolved"),
+    ("receipts_dropped", "receipts dropped"),
+)
+"""state.json keys named in the faults line when non-zero (where the exact accounting falls short)."""
 
 
 def not_running_text(run_dir: RunDir, run: str, why: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from system.train.records import ProgressRecord
+from system.train.records import ACCOUNTING_FIELDS, ProgressRecord
 
 PREFIX = "qfleet_train"
 
@@ -22,6 +22,15 @@ SERIES = {
     "insert ledgers; a killed actor's last chunk included).",
     f"{PREFIX}_transitions_stored_twice": "Transitions a shard stored and, no reply reaching the writer, another "
     "shard stored again (failover); present + lost - this = inserted.",
+    f"{PREFIX}_transitions_given_back": "Transitions a shard stored of batches handed back to an actor unacknowledged "
+    "(no shard took the re-send in time): counted lost once.",
+    f"{PREFIX}_transitions_unattributed": "present + lost by shards - stored twice - given back - stored for the "
+    "actors: transitions no actor is credited with (0 when the accounting is exact).",
+    f"{PREFIX}_transitions_untracked": "Transitions of insert streams beyond the shards' ledger slots (counted, in no "
+    "actor's total, de-duplicated in memory only).",
+    f"{PREFIX}_receipts_unresolved": "Failover receipts naming a stream no shard's ledger holds (their stored-twice "
+    "items are unknown).",
+    f"{PREFIX}_receipts_dropped": "Failover receipts the shards refused (another writer's stream, or no room left).",
     f"{PREFIX}_faults": "Component faults ridden out over the run, by kind (shard_restarts, redis_restarts, ...).",
 }
 
@@ -44,8 +53,7 @@ class TrainMetrics:
         self.replay_size = gauge(f"{PREFIX}_replay_size")
         self.actors = gauge(f"{PREFIX}_actors")
         self.transitions_lost = gauge(f"{PREFIX}_transitions_lost")
-        self.transitions_inserted = gauge(f"{PREFIX}_transitions_inserted")
-        self.transitions_stored_twice = gauge(f"{PREFIX}_transitions_stored_twice")
+        self.accounting = {name: gauge(f"{PREFIX}_{name}") for name in ACCOUNTING_FIELDS}
         name = f"{PREFIX}_faults"
         self.faults = Gauge(name, SERIES[name], ["run", "kind"], registry=self.registry)
         self.run = run
@@ -62,7 +70,9 @@ class TrainMetrics:
         self.replay_size.set(record.replay_size)
         self.actors.set(record.actors)
         self.transitions_lost.set(record.transitions_lost)
-        self.transitions_inserted.set(record.transitions_inserted)
-        self.transitions_stored_twice.set(record.transitions_stored_twice)
+        for name, series in self.accounting.items():  # left unset when no shard ledger counts them
+            value = getattr(record, name)
+            if value is not None:
+                series.set(value)
         for kind, count in record.faults.items():
             self.faults.labels(self.run, kind).set(count)

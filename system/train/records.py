@@ -7,12 +7,15 @@ Each record is a dataclass whose `to_json()` gives the line's object: {"kind": "
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from replay import reconcile
 from system.train.faults import FaultCounts
+
+log = logging.getLogger(__name__)
 
 RECENT_EPISODES = 100
 """The "recent return" is the mean over this many latest episodes."""
@@ -51,7 +54,24 @@ class RunCounters:
         self.shards_lost = int(state.get("shards_lost", 0))
         """Transitions that shards acknowledged and lost when they died, over the run (each shard
         id's ledger in its checkpoint directory counts across sessions)."""
-        self.start_fleet_lost = int(state.get("transitions_lost", 0)) - self.shards_lost
+        self.transitions_given_back = int(state.get("transitions_given_back", 0))
+        """Transitions a shard stored of batches that replay then handed back to an actor
+        unacknowledged (no shard took the re-send in time): the actor counted them lost, and
+        the shard holds them or counted them lost too (replay/accounting.py), over the run."""
+        self.accounting_tracked = "transitions_inserted" in state or not state
+        """Whether every shard keeps an insert ledger (train.checkpoint_replay): only then are the
+        stored-for-the-actors counts facts (else they stay out of state, records and status)."""
+        self.transitions_untracked = int(state.get("transitions_untracked", 0))
+        """Items the shards counted beyond their ledgers' stream slots (in no actor's total)."""
+        self.receipts_unresolved = int(state.get("receipts_unresolved", 0))
+        """Receipts naming a stream no shard's ledger holds (their stored-twice items are unknown)."""
+        self.receipts_dropped = int(state.get("receipts_dropped", 0))
+        """Receipts the shards refused (another writer's stream, or no room left)."""
+        self.transitions_unattributed = int(state.get("transitions_unattributed", 0))
+        """present + lost by shards - stored twice - given back - stored for the actors: items no
+        actor is credited with (a plain client's inserts, untracked streams, unresolved receipts);
+        0 when everything adds up."""
+        self.start_fleet_lost = int(state.get("transitions_lost", 0)) - self.shards_lost + self.transitions_given_back
         """Batches of earlier sessions that no shard acknowledged."""
         self.fleet_lost = 0
         """This session's batches that no shard acknowledged (the actors count them)."""
@@ -81,8 +101,24 @@ class RunCounters:
 
     @property
     def transitions_lost(self) -> int:
-        """Transitions lost over the whole run (never stored, or lost by a shard's crash)."""
-        return self.start_fleet_lost + self.fleet_lost + self.shards_lost
+        """Transitions lost over the whole run (never stored, or lost by a shard's crash), each
+        once: what an actor counted lost that a shard had stored (given back) counts once."""
+        return self.start_fleet_lost + self.fleet_lost + self.shards_lost - self.transitions_given_back
+
+    def accounting(self) -> dict[str, int]:
+        """The stored-for-the-actors counts as state.json and progress records hold them; empty
+        when a shard keeps no ledger (nothing there would be a fact)."""
+        if not self.accounting_tracked:
+            return {}
+        return {
+            "transitions_inserted": self.transitions_inserted,
+            "transitions_stored_twice": self.transitions_stored_twice,
+            "transitions_given_back": self.transitions_given_back,
+            "transitions_unattributed": self.transitions_unattributed,
+            "transitions_untracked": self.transitions_untracked,
+            "receipts_unresolved": self.receipts_unresolved,
+            "receipts_dropped": self.receipts_dropped,
+        }
 
     def wall_s(self) -> float:
         """Seconds the run has trained, over all its sessions (rounded to ms)."""
@@ -119,10 +155,22 @@ class RunCounters:
             "fresh_learners": self.fresh_learners,
             "transitions_lost": self.transitions_lost,
             "shards_lost": self.shards_lost,
-            "transitions_inserted": self.transitions_inserted,
-            "transitions_stored_twice": self.transitions_stored_twice,
+            **self.accounting(),
             "faults": self.faults.to_json(),
         }
+
+
+ACCOUNTING_FIELDS = (
+    "transitions_inserted",
+    "transitions_stored_twice",
+    "transitions_given_back",
+    "transitions_unattributed",
+    "transitions_untracked",
+    "receipts_unresolved",
+    "receipts_dropped",
+)
+"""A progress record's stored-for-the-actors counts (`RunCounters.accounting`): left out of its
+JSON when no shard ledger counts them."""
 
 
 @dataclass(frozen=True)
@@ -151,10 +199,22 @@ class ProgressRecord:
     transitions_lost: int
     """Transitions lost over the run: batches no shard acknowledged, plus what shards that died
     had acknowledged after their newest checkpoint."""
-    transitions_inserted: int = 0
-    """Transitions stored for the actors over the run, each once (the shards' ledgers)."""
-    transitions_stored_twice: int = 0
+    transitions_inserted: int | None = None
+    """Transitions stored for the actors over the run, each once (the shards' ledgers; None, and
+    left out of the JSON with the fields below, when a shard keeps no ledger)."""
+    transitions_stored_twice: int | None = None
     """Transitions stored by a shard and, with no reply reaching the writer, again elsewhere."""
+    transitions_given_back: int | None = None
+    """Transitions a shard stored of batches handed back to an actor unacknowledged (counted
+    lost once in `transitions_lost`)."""
+    transitions_unattributed: int | None = None
+    """present + lost by shards - stored twice - given back - stored for the actors (0: exact)."""
+    transitions_untracked: int | None = None
+    """Transitions of streams beyond the shards' ledger slots (in no actor's total)."""
+    receipts_unresolved: int | None = None
+    """Receipts naming a stream no shard's ledger holds."""
+    receipts_dropped: int | None = None
+    """Receipts the shards refused."""
     faults: dict[str, int] = field(default_factory=dict)
     """FaultCounts of the run so far."""
     silent: dict[str, float] = field(default_factory=dict)
@@ -166,6 +226,9 @@ class ProgressRecord:
 
     def to_json(self) -> dict:
         record = {"kind": "progress", **dataclasses.asdict(self)}
+        for name in ACCOUNTING_FIELDS:
+            if record[name] is None:
+                del record[name]
         if not self.final:
             del record["final"]
         if self.phase is None:
@@ -284,14 +347,51 @@ def _faults_text(record: ProgressRecord) -> str:
         text += f" | faults: {faults or 'none'}; {record.transitions_lost:,} transitions lost"
         if record.transitions_stored_twice:
             text += f", {record.transitions_stored_twice:,} stored twice"
+        if record.transitions_given_back:
+            text += f", {record.transitions_given_back:,} given back"
+    if record.transitions_unattributed:
+        text += f" | unattributed: {record.transitions_unattributed:,} transitions"
     if record.silent:
         text += " | silent: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in record.silent.items())
     return text
 
 
 def take_shard_accounting(counters: RunCounters, shards: list) -> None:
-    """Sets the run's inserted and stored-twice counts from every shard's insert ledger
-    (`ShardCounters.accounting`, one per shard id; all of them, or the counts are kept)."""
+    """Sets the run's lost-by-shards, inserted, stored-twice and given-back counts from every
+    shard's counters and insert ledger (`ShardCounters`, one per shard id: call it with all of
+    them, or not at all, so that the counts of the last call are kept)."""
+    counters.shards_lost = sum(shard.lost_transitions for shard in shards)
     reconciled = reconcile(shard.accounting for shard in shards)
+    counters.accounting_tracked = reconciled.tracked
+    if not reconciled.tracked:
+        counters.transitions_given_back = 0
+        return
     counters.transitions_stored_twice = reconciled.stored_twice
+    counters.transitions_given_back = reconciled.given_back
+    counters.transitions_untracked = reconciled.untracked_items
+    counters.receipts_unresolved = reconciled.unresolved
+    counters.receipts_dropped = reconciled.dropped_receipts + reconciled.refused
     counters.transitions_inserted = sum(items for tag, items in reconciled.by_writer.items() if tag)
+    present = sum(shard.inserts for shard in shards)
+    unattributed = (
+        present
+        + counters.shards_lost
+        - counters.transitions_stored_twice
+        - counters.transitions_given_back
+        - counters.transitions_inserted
+    )
+    if unattributed and unattributed != counters.transitions_unattributed:
+        log.warning(
+            "%s transitions unattributed: %s in shards + %s lost by shards - %s stored twice - %s given back "
+            "!= %s stored for the actors (%s untracked, %s receipts unresolved, %s dropped)",
+            f"{unattributed:,}",
+            f"{present:,}",
+            f"{counters.shards_lost:,}",
+            f"{counters.transitions_stored_twice:,}",
+            f"{counters.transitions_given_back:,}",
+            f"{counters.transitions_inserted:,}",
+            f"{counters.transitions_untracked:,}",
+            f"{counters.receipts_unresolved:,}",
+            f"{counters.receipts_dropped:,}",
+        )
+    counters.transitions_unattributed = unattributed

@@ -86,14 +86,13 @@ def _stop_shards(
 ) -> None:
     """Stops the shards (each writes its final checkpoint); takes their final loss counts and
     reconciles their ledgers with what the actors were told."""
-    lost, stopped_shards = [], []
+    stopped_shards = []
     for shard in parts.shards:
         try:
             stopped = parts.ray.get(shard.stop.remote(), timeout=STOP_TIMEOUT_S)
         except Exception as exc:
             failures.add("a shard did not stop cleanly", exc)
             continue
-        lost.append(stopped.lost_transitions)
         stopped_shards.append(stopped)
         log.info(
             "shard stopped with %s items after %s inserts; %s transitions lost to its crashes",
@@ -101,17 +100,26 @@ def _stop_shards(
             f"{stopped.inserts:,}",
             f"{stopped.lost_transitions:,}",
         )
-    if parts.shards and len(lost) == len(parts.shards):  # none started: keep the earlier sessions' count
-        counters.shards_lost = sum(lost)
+    if parts.shards and len(stopped_shards) == len(parts.shards):  # none started: keep the earlier sessions' count
         take_shard_accounting(counters, stopped_shards)
         present = sum(shard.inserts for shard in stopped_shards)
-        log.info(
-            "transitions stored for the actors: %s = %s in shards + %s lost by shards - %s stored twice",
-            f"{counters.transitions_inserted:,}",
-            f"{present:,}",
-            f"{counters.shards_lost:,}",
-            f"{counters.transitions_stored_twice:,}",
-        )
+        if counters.accounting_tracked:
+            log.info(
+                "transitions stored for the actors: %s = %s in shards + %s lost by shards - %s stored twice"
+                " - %s given back to the actors - %s unattributed",
+                f"{counters.transitions_inserted:,}",
+                f"{present:,}",
+                f"{counters.shards_lost:,}",
+                f"{counters.transitions_stored_twice:,}",
+                f"{counters.transitions_given_back:,}",
+                f"{counters.transitions_unattributed:,}",
+            )
+        else:
+            log.info(
+                "transitions stored for the actors: not counted (train.checkpoint_replay is off: the shards keep "
+                "no insert ledger); %s in shards",
+                f"{present:,}",
+            )
         if fleet is not None:
             _log_per_actor(plan, stopped_shards, fleet)
     for shard in parts.offline_shards:  # nothing to checkpoint: the dataset loads them at every start
@@ -148,7 +156,6 @@ def _take_shard_counts(parts: Components, counters: RunCounters) -> None:
     except Exception as exc:  # a shard restarting or hung: the last poll's counts stay
         log.warning("shard counts not taken before the final record: %s", exc)
         return
-    counters.shards_lost = sum(shard.lost_transitions for shard in shards)
     take_shard_accounting(counters, shards)
 
 
@@ -186,8 +193,7 @@ def _stop_learner(
             updates=result.updates,
             weights_version=result.version,
             transitions_lost=counters.transitions_lost,
-            transitions_inserted=counters.transitions_inserted,
-            transitions_stored_twice=counters.transitions_stored_twice,
+            **counters.accounting(),
             final=True,
         )
         plan.run.append_records([final.to_json()])

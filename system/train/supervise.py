@@ -469,7 +469,6 @@ class Supervisor:
         if fleet is not None:
             counters.fleet_lost = fleet.transitions_lost
         if len(shards) == len(self._shards):  # each shard's count is of the whole run: all of them, or keep the last
-            counters.shards_lost = sum(shard.lost_transitions for shard in shards)
             take_shard_accounting(counters, shards)
         silent_after = self.config.train.silent_after_s / 2
         silent = [
@@ -496,8 +495,7 @@ class Supervisor:
             actor_restarts=fleet.actor_restarts if fleet is not None else 0,
             env_restarts=fleet.env_restarts if fleet is not None else 0,
             transitions_lost=counters.transitions_lost,
-            transitions_inserted=counters.transitions_inserted,
-            transitions_stored_twice=counters.transitions_stored_twice,
+            **counters.accounting(),
             faults=self.faults.counts.to_json(),
             silent={poll.name: round(poll.silent_for(now), 1) for poll in silent},
             phase=counters.phase,

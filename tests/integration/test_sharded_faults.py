@@ -160,3 +160,162 @@ def test_a_writer_waiting_on_a_closed_clients_stream_gets_its_batches_back_to_se
     (error,) = outcome
     assert isinstance(error, ReplayUnavailableError)
     assert [batch["action"][0] for batch in error.unacknowledged] == [5]
+
+
+def test_what_a_dead_shard_stored_of_batches_handed_back_to_the_writer_counts_lost_once(tmp_path):
+    """One shard, killed (no final checkpoint) while a batch was cut short by its rate limiter; no
+    shard takes the re-send within insert_wait_s, so the batches go back to the caller, who counts
+    them lost. The shard comes back: what it had stored of them is given back, not stored twice,
+    and the run's lost count is exact."""
+    from types import SimpleNamespace
+
+    from replay import ReplayServer, ReplayUnavailableError
+    from system.train.records import RunCounters, take_shard_accounting
+
+    settings = dict(checkpoint_dir=str(tmp_path), samples_per_insert=1.0, error_buffer=10, min_size=1)
+    shard = ReplayServer(CARTPOLE_SPEC, port=0, limit_samples=False, **settings).start()
+    writer = ShardedReplay(addresses=[shard.address], writer_id="run-actor-0", insert_wait_s=1.0)
+    restarted = None
+    try:
+        for i in range(4):  # batch 1 acknowledged, batch 2 cut short by the limiter, 3 and 4 wait
+            writer.insert(make_batch(10, start=10 * i))
+        assert wait_until(lambda: shard.table.info().waiting_inserts == 1)
+        stored = shard.table.info().inserts
+        assert stored > 10
+        shard.stop(grace=0, checkpoint=False)  # as a SIGKILL: nothing after the last checkpoint
+        counted_lost = 0
+        try:
+            writer.insert(make_batch(10, start=100))
+            writer.flush(10)
+        except ReplayUnavailableError as exc:
+            counted_lost = sum(len(batch["action"]) for batch in exc.unacknowledged)
+        assert counted_lost == 40  # batches 2..5: none was acknowledged
+
+        restarted = ReplayServer(CARTPOLE_SPEC, port=shard.port, limit_samples=False, **settings).start()
+        assert restarted.lost_transitions == stored
+        assert wait_until(lambda: writer.shard_ids() == [0], timeout=10)  # the discovery round sees it back
+        writer.insert(make_batch(5, start=500))  # carries the receipt, handed back
+        writer.flush(10)
+        counters = RunCounters({}, eval_every_steps=0)
+        counters.fleet_lost = counted_lost
+        take_shard_accounting(
+            counters,
+            [
+                SimpleNamespace(
+                    inserts=restarted.table.info().inserts,
+                    lost_transitions=restarted.lost_transitions,
+                    accounting=restarted.accounting(),
+                )
+            ],
+        )
+        present = restarted.table.info().inserts
+        acknowledged = 10 + 5
+        assert (counters.transitions_stored_twice, counters.transitions_given_back) == (0, stored - 10)
+        assert counters.transitions_inserted == acknowledged == present + counters.shards_lost - stored + 10
+        assert counters.transitions_lost == 50  # 55 sent, 5 in replay
+        assert counters.transitions_unattributed == 0
+    finally:
+        writer.close()
+        for server in (shard, restarted):
+            if server is not None:
+                server.stop(grace=0, checkpoint=False)
+
+
+def test_closing_a_client_whose_stream_backs_off_hands_its_batches_back_at_the_next_flush(tmp_path):
+    """The shard died and the stream backs off before reconnecting; the client is closed (the shard
+    re-registered elsewhere: Membership drops it). The batches it held come back for the writer
+    to send elsewhere or count lost, instead of vanishing."""
+    from replay import ReplayClient, ReplayServer, ReplayUnavailableError
+
+    settings = dict(samples_per_insert=1.0, error_buffer=10, min_size=1, checkpoint_dir=str(tmp_path))
+    server = ReplayServer(CARTPOLE_SPEC, port=0, **settings).start()
+    client = ReplayClient(server.address, retry_for_s=30)
+    for i in range(4):  # the rate limiter holds batches 2..4 unacknowledged
+        client.insert(make_batch(10, start=10 * i))
+    assert wait_until(lambda: server.table.info().waiting_inserts == 1)
+    server.stop(grace=0, checkpoint=False)
+    time.sleep(0.3)  # the stream is now backing off (a 30 s budget)
+    started = time.monotonic()
+    client.close()
+    assert time.monotonic() - started < 5
+    with pytest.raises(ReplayUnavailableError, match="the client was closed") as caught:
+        client.flush(timeout=1)
+    assert [batch["action"][0] for batch in caught.value.unacknowledged] == [10, 20, 30]
+    client.flush(timeout=1)  # handed back once
+    client.close()
+
+
+def test_a_sender_waiting_on_a_client_closed_while_its_stream_backs_off_gets_the_batches_back(start_server):
+    import threading
+
+    from replay import ReplayClient, ReplayUnavailableError
+
+    server = start_server(samples_per_insert=1.0, error_buffer=10, min_size=1)
+    client = ReplayClient(server.address, retry_for_s=30, max_in_flight=1)
+    client.insert(make_batch(10))
+    client.insert(make_batch(10, start=10))  # held by the rate limiter: the window is full
+    assert wait_until(lambda: server.table.info().waiting_inserts == 1)
+    server.stop(grace=0, checkpoint=False)
+    time.sleep(0.3)  # backing off
+    outcome: list[BaseException] = []
+
+    def sender() -> None:
+        try:
+            client.insert(make_batch(10, start=20))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    assert not wait_until(lambda: not thread.is_alive(), timeout=0.3)  # waiting for room
+    client.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the sender was never released"
+    (error,) = outcome
+    assert isinstance(error, ReplayUnavailableError)
+    assert [batch["action"][0] for batch in error.unacknowledged] == [10]  # the batch in flight (it holds its own)
+
+
+def test_a_shard_killed_mid_stream_and_restarted_leaves_the_accounting_exact(redis_server, tmp_path):
+    """Two shards on a real registry; the writer's shard holds its batches on its rate limiter and
+    has stored part of one when it is killed (no final checkpoint). The writer re-sends what had
+    no acknowledgement to the other shard, with a receipt; the killed shard restarts from its
+    checkpoint directory. Every item acknowledged to the writer is accounted for exactly:
+    acknowledged == present + lost by shards - stored twice, with some stored twice."""
+    from replay import ReplayServer, reconcile, writer_tag
+
+    def start(shard_id: int, port: int = 0, **limits) -> ReplayServer:
+        settings = shard_kwargs(redis_server, run="exact", checkpoint_dir=str(tmp_path / f"ckpt{shard_id}"))
+        return ReplayServer(CARTPOLE_SPEC, port=port, shard_id=shard_id, **settings, **limits).start()
+
+    limited = dict(samples_per_insert=1.0, error_buffer=10, min_size=1)
+    shards = [start(0, **limited), start(1)]
+    writer_id = writer_for(0, [0, 1])
+    writer = ShardedReplay(redis_server.url, "exact", writer_id=writer_id, discovery_s=0.2, max_in_flight=4)
+    restarted = None
+    try:
+        writer.wait_for_shards(2)
+        for i in range(4):  # batch 1 acknowledged; batch 2 cut short by shard 0's limiter; 3, 4 wait
+            writer.insert(make_batch(10, start=10 * i))
+        assert wait_until(lambda: shards[0].table.info().waiting_inserts == 1)
+        stored = shards[0].table.info().inserts
+        assert 10 < stored < 20
+        shards[0].stop(grace=0, checkpoint=False)  # killed mid-stream: nothing after its last checkpoint
+        writer.insert(make_batch(10, start=40))
+        writer.flush(timeout=30)  # batches 2..5 re-sent to shard 1, the receipt with them
+        acknowledged = 50
+
+        restarted = start(0, port=shards[0].port, **limited)
+        assert restarted.lost_transitions == stored
+        shard_list = [restarted, shards[1]]
+        result = reconcile(shard.accounting() for shard in shard_list)
+        present = sum(shard.table.info().inserts for shard in shard_list)
+        assert result.stored_twice == stored - 10 > 0 and result.given_back == 0
+        assert acknowledged == present + restarted.lost_transitions - result.stored_twice
+        assert result.by_writer == {writer_tag(writer_id): acknowledged}
+        assert (result.unresolved, result.refused) == (0, 0)
+    finally:
+        writer.close()
+        for server in (*shards, restarted):
+            if server is not None:
+                server.stop(grace=0, checkpoint=False)

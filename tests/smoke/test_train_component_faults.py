@@ -146,15 +146,16 @@ def test_a_run_rides_out_a_killed_shard_and_a_hung_one_and_counts_what_they_lost
     acked, unacknowledged = map(
         _number, re.search(r"actors stopped: ([\d,]+) transitions inserted, ([\d,]+) lost", output).groups()
     )
-    stored, present, lost, twice = shard_totals(output)
+    stored, present, lost, twice, given_back = shard_totals(output)
     print(
         f"acknowledged to actors {acked:,}; in shards {present:,} + lost {lost:,} - stored twice {twice:,} "
+        f"- given back {given_back:,} "
         f"(shards said {said}; stored for the actors {stored:,}; never acknowledged {unacknowledged:,})"
     )
     assert lost == sum(said) > 0, output[-4000:]
-    assert acked == present + lost - twice
+    assert acked == present + lost - twice - given_back
     assert stored == acked  # no actor died: what they were told is what the shards hold for them
-    assert state["transitions_lost"] == unacknowledged + lost
+    assert state["transitions_lost"] == unacknowledged + lost - given_back
     assert (state["transitions_inserted"], state["transitions_stored_twice"]) == (stored, twice)
     final_record = run.latest()
     assert final_record["transitions_lost"] == state["transitions_lost"]
@@ -200,7 +201,7 @@ def test_a_killed_actors_last_chunk_is_counted_from_the_shards_ledgers(tmp_path)
 
     # What the killed process inserted after its last report is in the shards and in the totals.
     reported = _number(re.search(r"actors stopped: ([\d,]+) transitions inserted", output).group(1))
-    stored, present, lost, twice = shard_totals(output)
+    stored, present, lost, twice, _ = shard_totals(output)
     per_actor = [
         tuple(map(_number, m))
         for m in re.findall(r"actor \d: ([\d,]+) transitions stored by the shards, ([\d,]+) reported", output)
@@ -218,14 +219,14 @@ def test_a_killed_actors_last_chunk_is_counted_from_the_shards_ledgers(tmp_path)
     assert run.latest()["transitions_inserted"] == stored
 
 
-def shard_totals(output: str) -> tuple[int, int, int, int]:
-    """(stored for the actors, present, lost by shards, stored twice) as the driver logged them
-    at the end, checked against the shards' own final lines."""
-    stored, present, lost, twice = map(
+def shard_totals(output: str) -> tuple[int, int, int, int, int]:
+    """(stored for the actors, present, lost by shards, stored twice, given back) as the driver
+    logged them at the end, checked against the shards' own final lines; nothing unattributed."""
+    stored, present, lost, twice, given_back, unattributed = map(
         _number,
         re.search(
             r"transitions stored for the actors: ([\d,]+) = ([\d,]+) in shards \+ ([\d,]+) lost by shards "
-            r"- ([\d,]+) stored twice",
+            r"- ([\d,]+) stored twice - ([\d,]+) given back to the actors - ([\d,]+) unattributed",
             output,
         ).groups(),
     )
@@ -236,8 +237,8 @@ def shard_totals(output: str) -> tuple[int, int, int, int]:
         )
     ]
     assert len(final) == 2 and (present, lost) == (sum(i for i, _ in final), sum(x for _, x in final)), output[-4000:]
-    assert stored == present + lost - twice
-    return stored, present, lost, twice
+    assert stored == present + lost - twice - given_back and unattributed == 0
+    return stored, present, lost, twice, given_back
 
 
 def _cmdline(pid: int) -> bytes:

@@ -88,12 +88,19 @@ def test_the_shards_ledgers_give_the_run_its_inserted_and_stored_twice_counts():
     # acknowledged; actor 0 re-sent the rest to shard 1 (stream 8, 200 items), receipt attached.
     # A plain client (tag 0) also stored 5 items: not the actors'.
     shards = [
-        SimpleNamespace(accounting=ShardAccounting(0, {7: (actor0, 450), 9: (actor1, 1000)}, [])),
-        SimpleNamespace(accounting=ShardAccounting(1, {8: (actor0, 200), 3: (0, 5)}, [Receipt(0, 7, 300)])),
+        SimpleNamespace(
+            inserts=1450, lost_transitions=0, accounting=ShardAccounting(0, {7: (actor0, 450), 9: (actor1, 1000)}, [])
+        ),
+        SimpleNamespace(
+            inserts=205,
+            lost_transitions=0,
+            accounting=ShardAccounting(1, {8: (actor0, 200), 3: (0, 5)}, [Receipt(0, 7, 300, writer_tag=actor0)]),
+        ),
     ]
     counters = RunCounters({}, eval_every_steps=0)
     take_shard_accounting(counters, shards)
     assert (counters.transitions_inserted, counters.transitions_stored_twice) == (1500, 150)
+    assert counters.transitions_unattributed == 5  # the plain client's: no actor's
     state = counters.state()
     assert RunCounters(state, eval_every_steps=0).transitions_stored_twice == 150
     line = progress_line(
@@ -101,3 +108,61 @@ def test_the_shards_ledgers_give_the_run_its_inserted_and_stored_twice_counts():
         5000,
     )
     assert line.endswith("| faults: shard restarts 1; 450 transitions lost, 150 stored twice")
+
+
+def test_what_an_actor_counted_lost_and_its_shard_had_stored_is_lost_once_across_a_resume():
+    from types import SimpleNamespace
+
+    from replay import ShardAccounting, writer_tag
+    from replay.insert_ledger import Receipt
+    from system.train.records import take_shard_accounting
+
+    actor = writer_tag("run-actor-0")
+    # 10 acknowledged on shard 0, then 1 more stored; shard 0 died before a checkpoint (11 lost by
+    # it). No shard took the re-send in time: the actor counted 40 lost (that 1 among them).
+    shards = [
+        SimpleNamespace(
+            inserts=5,
+            lost_transitions=11,
+            accounting=ShardAccounting(0, {7: (actor, 11), 8: (actor, 5)}, [Receipt(0, 7, 10, True, actor)]),
+        )
+    ]
+    counters = RunCounters({}, eval_every_steps=0)
+    counters.fleet_lost = 40
+    take_shard_accounting(counters, shards)
+    assert (counters.transitions_given_back, counters.transitions_stored_twice) == (1, 0)
+    assert counters.transitions_lost == 50 and counters.transitions_inserted == 15
+    assert counters.transitions_unattributed == 0
+    resumed = RunCounters(counters.state(), eval_every_steps=0)
+    assert resumed.transitions_lost == 50
+    take_shard_accounting(resumed, shards)
+    assert resumed.transitions_lost == 50
+
+
+def test_without_shard_ledgers_the_stored_for_the_actors_counts_are_left_out_not_shown_as_zeros():
+    from types import SimpleNamespace
+
+    from replay import ShardAccounting
+    from system.observe.status import faults_line
+    from system.train.records import take_shard_accounting
+
+    shards = [SimpleNamespace(inserts=700, lost_transitions=300, accounting=ShardAccounting(0, tracked=False))]
+    counters = RunCounters({}, eval_every_steps=0)
+    take_shard_accounting(counters, shards)
+    state = counters.state()
+    assert "transitions_inserted" not in state and "transitions_stored_twice" not in state
+    assert state["transitions_lost"] == 300
+    assert "stored for the actors" not in faults_line(state)
+    progress = record(transitions_lost=300, **counters.accounting())
+    assert "transitions_inserted" not in progress.to_json()
+    assert RunCounters(state, eval_every_steps=0).accounting() == {}
+
+
+def test_accounting_gaps_are_named_in_status_and_the_progress_line_only_when_there_are_any():
+    from system.observe.status import faults_line
+
+    state = {"faults": {}, "transitions_lost": 0, "transitions_inserted": 100, "transitions_stored_twice": 0}
+    assert "accounting gaps" not in faults_line(state)
+    state.update(transitions_unattributed=7, receipts_dropped=2)
+    assert faults_line(state).endswith("; accounting gaps: unattributed 7, receipts dropped 2")
+    assert progress_line(record(transitions_unattributed=7), 5000).endswith("| unattributed: 7 transitions")

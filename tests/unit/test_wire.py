@@ -88,7 +88,7 @@ def test_malformed_messages_are_named():
     with pytest.raises(InvalidBatchError, match="malformed SampleResponse"):
         wire.decode_sample_response(b"\x0a\xff")
 
-    message = replay_pb2.InsertRequest(sequence=1)
+    message = replay_pb2.InsertRequest(writer_id=1, sequence=1)
     codec.encode_tensor(np.zeros(4, np.float32), message.batch.columns["reward"])
     message.batch.columns["reward"].shape[:] = [5]  # 16 bytes for 5 float32
     with pytest.raises(InvalidBatchError, match="column 'reward': 16 bytes, expected 20"):
@@ -114,12 +114,40 @@ def test_columns_outside_the_allowed_names_are_refused_before_they_are_read():
 
 
 def test_an_insert_request_carries_its_writer_tag_and_receipts_as_the_proto_declares():
-    receipts = [(1, 2**63 - 5, 4096), (0, 7, 0)]
+    receipts = [(1, 2**63 - 5, 4096, 0), (0, 7, 0, 1)]
     raw = wire.encode_insert_request(
         _columns(), writer_id=3, sequence=9, timeout_ms=0, writer_tag=2**62 + 1, resent_from=receipts
     )
     parsed = replay_pb2.InsertRequest.FromString(raw)
     assert parsed.writer_tag == 2**62 + 1
-    assert list(parsed.resent_from) == [1, 2**63 - 5, 4096, 0, 7, 0]
+    assert list(parsed.resent_from) == [1, 2**63 - 5, 4096, 0, 0, 7, 0, 1]
     view = wire.decode_insert_request(raw)
     assert (view.writer_tag, view.resent_from) == (2**62 + 1, tuple(receipts))
+
+
+def _varint_field(field: int, raw_value: bytes) -> bytes:
+    return bytes([field << 3]) + raw_value
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        # writer_id = 2**64 + 5: ten bytes whose last carries bits beyond the 64th
+        (_varint_field(2, b"\x85\x80\x80\x80\x80\x80\x80\x80\x80\x02"), "varint beyond 64 bits"),
+        (_varint_field(2, b"\x00"), r"no stream id \(writer_id 0\)"),
+    ],
+)
+def test_an_insert_request_a_ledger_could_not_record_is_refused(extra, expected):
+    raw = wire.encode_insert_request(_columns(), writer_id=3, sequence=1, timeout_ms=0)
+    with pytest.raises(InvalidBatchError, match=expected):
+        wire.decode_insert_request(raw + extra)  # the last value of a field wins
+
+
+def test_the_largest_64_bit_value_is_read_and_a_receipt_beyond_the_shard_ids_is_refused():
+    raw = wire.encode_insert_request(_columns(), writer_id=2**64 - 1, sequence=1, timeout_ms=0)
+    assert wire.decode_insert_request(raw).writer_id == 2**64 - 1
+    ok = wire.encode_insert_request(_columns(), writer_id=3, sequence=1, timeout_ms=0, resent_from=[(1023, 1, 0, 0)])
+    assert wire.decode_insert_request(ok).resent_from == ((1023, 1, 0, 0),)
+    bad = wire.encode_insert_request(_columns(), writer_id=3, sequence=1, timeout_ms=0, resent_from=[(1024, 1, 0, 0)])
+    with pytest.raises(InvalidBatchError, match=r"receipt of shard 1024 \(shard ids are 0..1023\)"):
+        wire.decode_insert_request(bad)
