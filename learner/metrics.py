@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 PREFIX = "qfleet_learner"
@@ -29,9 +31,9 @@ SERIES = {
 class LearnerMetrics:
     """The learner's series; `registry` is served on the learner's /metrics.
 
-    The policy series (`policy_loss`, `imitation_weight`) are exported only once set: a loss
-    without a policy to imitate (the Q losses, SAC) never shows them, rather than a 0 that reads as
-    a value.
+    The policy series (`policy_loss`, `imitation_weight`) read NaN until set: a loss without a
+    policy to imitate (the Q losses, SAC) shows "no value" in Grafana rather than a 0 that reads as
+    a value, while every dashboard query still finds its series.
     """
 
     def __init__(self, run: str, registry: CollectorRegistry | None = None):
@@ -51,12 +53,10 @@ class LearnerMetrics:
         self.q_mean = gauge(f"{PREFIX}_q_mean")
         self.td_error = gauge(f"{PREFIX}_td_error")
         self.grad_norm = gauge(f"{PREFIX}_grad_norm")
-        self._policy_loss = Gauge(
-            f"{PREFIX}_policy_loss", SERIES[f"{PREFIX}_policy_loss"], ["run"], registry=self.registry
-        )
-        self._imitation_weight = Gauge(
-            f"{PREFIX}_imitation_weight", SERIES[f"{PREFIX}_imitation_weight"], ["run"], registry=self.registry
-        )
+        self.policy_loss = gauge(f"{PREFIX}_policy_loss")
+        self.imitation_weight = gauge(f"{PREFIX}_imitation_weight")
+        self.policy_loss.set(math.nan)
+        self.imitation_weight.set(math.nan)
         self.achieved_utd = gauge(f"{PREFIX}_achieved_utd")
         self.target_utd = gauge(f"{PREFIX}_target_utd")
         self.weight_version = gauge(f"{PREFIX}_weight_version")
@@ -66,8 +66,8 @@ class LearnerMetrics:
         self.resets = counter(f"{PREFIX}_resets_total")
 
     def set_policy(self, policy_loss: float | None, imitation_weight: float | None) -> None:
-        """Sets the policy series from an update's figures; None leaves a series unset (unexported)."""
+        """Sets the policy series from an update's figures; None leaves a series as it is (NaN)."""
         if policy_loss is not None:
-            self._policy_loss.labels(self.run).set(policy_loss)
+            self.policy_loss.set(policy_loss)
         if imitation_weight is not None:
-            self._imitation_weight.labels(self.run).set(imitation_weight)
+            self.imitation_weight.set(imitation_weight)

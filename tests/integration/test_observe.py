@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import wait_until
@@ -66,6 +67,7 @@ def stop(proc: subprocess.Popen, group: bool = False) -> int:
     return proc.wait()
 
 
+@pytest.mark.timeout(300)  # a train, discovery and Prometheus; ~90 s, longer on a busy machine
 def test_every_dashboard_query_returns_series_from_a_live_run(tmp_path):
     run_dir = tmp_path / "run"
     train_log = open(tmp_path / "train.log", "w+")
