@@ -148,8 +148,8 @@ class ActorFleet:
         ray = self._ray
         # An actor that never reported may be waiting for resources: don't wait long for it.
         patience = 30.0 if slot.stats is not None else 5.0
-        if deadline is None:
-            deadline = time.monotonic() + self.chunk_s + patience
+        own = time.monotonic() + self.chunk_s + patience
+        deadline = own if deadline is None else min(deadline, own)
         try:
             if slot.ref is not None and not ray.wait([slot.ref], timeout=max(0.0, deadline - time.monotonic()))[0]:
                 raise TimeoutError("its chunk did not end in time (is it waiting for a replay that no longer samples?)")

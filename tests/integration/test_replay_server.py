@@ -210,11 +210,14 @@ def test_rate_limiter_blocks_samples_until_inserts_release_them(start_server, co
 def test_a_sample_larger_than_the_window_is_served_in_pieces(start_server, connect):
     server = start_server(capacity=1000, samples_per_insert=1.0, min_size=1, error_buffer=4.0)
     client = connect(server.address)
-    writer = threading.Thread(target=lambda: [client.insert(make_batch(2, start=i)) for i in range(0, 100, 2)])
+    # 68 items: all admitted once the 64 are drawn (the window lets inserts run 5 ahead), so
+    # nothing is left waiting on the limiter when the client closes.
+    writer = threading.Thread(target=lambda: [client.insert(make_batch(2, start=i)) for i in range(0, 68, 2)])
     writer.start()
     sample = client.sample(64, timeout=10)
     writer.join()
-    assert sample.data["action"].shape == (64,)
+    client.flush(timeout=10)
+    assert sample.data["action"].shape == (64,) and server.table.info().inserts == 68
 
 
 def test_deadlock_prone_configurations_are_refused_before_serving():

@@ -58,7 +58,7 @@ class Writer(threading.Thread):
         while not self.stop.is_set():
             client = self.client
             try:
-                client.insert(make_batch(50, start=1_000_000))
+                client.insert(make_batch(50, start=1_000_000), timeout=0.5)  # never left pending at close
                 client.flush(timeout=0.5)
                 self.items += 50
             except DeadlineExceededError:
