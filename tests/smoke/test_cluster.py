@@ -52,6 +52,10 @@ CLUSTER_SETTINGS = {
 MIN_ENV_STEPS = 10_000
 """Env steps the run makes before the test stops it: enough to learn (measured: 500 at 12,000)."""
 
+SHARD_SLACK_UPDATES = 50
+"""Updates a shard's rate limiter lets the learner run ahead of the ratio: its default error_buffer
+(0.1 x samples per insert x min_size = 0.1 x 64 x 1,000 = 6,400 items) over the batch size, 128."""
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -428,11 +432,23 @@ def test_a_cluster_run_places_by_resources_scales_survives_a_lost_node_and_learn
     # The learner kept its UTD with 4 actors, and with 1 actor on 2 shards too: the learner's
     # sampler credits the writer's shard instead of drawing past the global ratio (before that fix:
     # 1.28-2.22 updates per insert against 0.5).
+    # With 1 actor the learner may first catch up what it lagged behind with 4 (the ratio is held
+    # over the run, not per window), and each shard's limiter lets it run error_buffer items ahead:
+    # the window's updates are bounded by the target on its inserts, plus that lag, plus that slack.
     assert 0.3 < before["achieved_utd"] <= 0.55, before
     last = progress_records(run.run_dir)[-1]
-    alone_utd = (last["updates"] - alone["updates"]) / max(1, last["replay_inserts"] - alone["replay_inserts"])
-    print(f"UTD with 1 actor on 2 shards: {alone_utd:.2f} updates per insert (target {last['target_utd']})")
-    assert alone_utd <= 0.75, alone_utd
+    target = last["target_utd"]
+    inserts = last["replay_inserts"] - alone["replay_inserts"]
+    updates = last["updates"] - alone["updates"]
+    lag = max(0.0, target - alone["achieved_utd"]) * alone["replay_inserts"]
+    slack = 2 * SHARD_SLACK_UPDATES
+    print(
+        f"UTD with 1 actor on 2 shards: {updates / max(1, inserts):.2f} updates per insert ({updates:,} updates, "
+        f"{inserts:,} inserts; target {target}, lag at the start {lag:,.0f} updates, achieved "
+        f"{alone['achieved_utd']} then, {last['achieved_utd']} at the end)"
+    )
+    assert updates <= target * inserts + lag + slack, (updates, inserts, lag)
+    assert last["achieved_utd"] <= target * 1.1, last
     final_eval = [r for r in records(run.run_dir, "eval") if r["final"]]
     print("final eval:", final_eval[-1]["mean_return"] if final_eval else None)
     assert final_eval and final_eval[-1]["mean_return"] >= 60  # random: about 22; measured: 200.8, 500
