@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import socket
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -142,6 +143,7 @@ class EnvActor:
             self.weights = self._open(WeightSubscriber(WeightStore(redis_url, run, learner.weights)))
             self.registry = self._open(ActorRegistry(redis_url, run))
             self.metrics_address = ""
+            self.node = _ray_node()
             if actors.metrics_port is not None:
                 bind = actors.metrics_host
                 if bind == "node":
@@ -281,6 +283,8 @@ class EnvActor:
     def _report(self, stats: ActorStats) -> None:
         fields = {k: v for k, v in vars(stats).items() if v is not None}
         fields.update(host=socket.gethostname(), metrics=self.metrics_address, state=STATE_ACTING, insert_wait_s=0)
+        if self.node:
+            fields["node"] = self.node
         self.registry.report(self.actor_id, fields)
 
     def _report_held_back(self, waited: float) -> None:
@@ -302,3 +306,12 @@ class EnvActor:
             finally:
                 self._release()
         return stats
+
+
+def _ray_node() -> str:
+    """The Ray node this actor runs on ("ray-" + the node id's first 12 hex digits: several nodes
+    may share a host), or "" outside Ray."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ""
+    return "ray-" + ray.get_runtime_context().get_node_id()[:12]

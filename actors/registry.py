@@ -2,7 +2,8 @@
 
 qfleet:{run}:actors:desired      int     actors the supervisor keeps running (`qfleet scale`)
 qfleet:{run}:actors:actor:{id}   hash    the actor's latest report (ActorStats fields, host,
-                                         metrics address, state, insert_wait_s, updated_at),
+                                         Ray node (in Ray), metrics address, state,
+                                         insert_wait_s, updated_at),
                                          written once it is up, after each chunk and while its
                                          inserts wait; expires after ttl_s
 qfleet:{run}:actors:episodes     stream  one entry per actor flush with the episodes it finished

@@ -1,10 +1,11 @@
-"""`qfleet bench replay|sharded|learner|actors|weights|dataset|offline|ui-env`: the benchmarks behind docs/benchmarks.md."""
+"""`qfleet bench replay|sharded|learner|actors|weights|dataset|offline|ui-env|scaling`: the benchmarks behind docs/benchmarks.md."""
 
 from __future__ import annotations
 
 import argparse
 
 from learner import WEIGHTS_TRANSPORTS
+from system.cli.options import set_option
 from system.config import ConfigError
 
 NAME = "bench"
@@ -169,6 +170,36 @@ def add_parser(commands) -> None:
     ui_env.add_argument("--browsers", default="1,4", help="comma-separated browsers per actor (default: 1,4)")
     ui_env.add_argument("--seconds", type=float, default=20.0, help="stepping time per case (default: 20)")
     ui_env.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
+    scaling = subcommands.add_parser(
+        "scaling",
+        help="a live qfleet train's env steps/s as its actors are scaled, per placement layout",
+        description=(
+            "For each --layout (NAME=RESOURCES: the actors' `actors.resources`, e.g. spread='{actors: 1}' vs a "
+            "resource only one node offers), starts `qfleet train CONFIG`, waits until it learns, then scales "
+            "it to each count of --actors in turn and measures env steps/s, updates/s and the achieved UTD over "
+            "--seconds after --warmup-s, with the Ray nodes the actors report from and how many were held back "
+            "by the replay's rate limiter (then the learner is the limit: lower learner.updates_per_env_step). "
+            "On a cluster: --set ray.address=HOST:PORT --set redis.url=redis://HOST:PORT/0 (the Redis password "
+            "from QFLEET_REDIS_PASSWORD). Prints a Markdown table."
+        ),
+    )
+    scaling.add_argument(
+        "config", nargs="?", default="configs/cartpole.yaml", help="run config (default: configs/cartpole.yaml)"
+    )
+    scaling.add_argument("--actors", default="1,2,4", help="comma-separated actor counts, in order (default: 1,2,4)")
+    scaling.add_argument("--seconds", type=float, default=20.0, help="measuring time per count (default: 20)")
+    scaling.add_argument(
+        "--warmup-s", type=float, default=10.0, help="time after the actors report before measuring (default: 10)"
+    )
+    scaling.add_argument(
+        "--layout",
+        action="append",
+        default=[],
+        metavar="NAME=RESOURCES",
+        help="a placement of the actors (repeatable; default: the config's own actors.resources)",
+    )
+    set_option(scaling, "learner.updates_per_env_step=0.125")
+    scaling.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -203,6 +234,14 @@ def run(args: argparse.Namespace) -> int:
         return run_learner_bench(args.seconds, args.repeats, args.device, args.output, args.case, args.security)
     if args.bench_command == "weights":
         return _run_weights(args)
+    if args.bench_command == "scaling":
+        from system.bench.scaling import parse_layouts, run_scaling_bench
+
+        counts = _numbers("--actors", args.actors, int)
+        if args.seconds <= 0 or args.warmup_s < 0:
+            raise ConfigError("--seconds must be > 0 and --warmup-s >= 0")
+        layouts = parse_layouts(args.layout)
+        return run_scaling_bench(args.config, counts, args.seconds, args.warmup_s, layouts, args.set, args.output)
     if args.bench_command == "ui-env":
         from system.bench.ui_env import run_ui_env_bench
 

@@ -33,6 +33,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         ["bench", "weights"],
         ["bench", "dataset"],
         ["bench", "offline"],
+        ["bench", "scaling"],
         ["record"],
         ["dataset", "list"],
         ["actors", "run"],
@@ -188,6 +189,22 @@ def test_bench_offline_runs_briefly_and_reports_every_learner_and_seed(tmp_path)
     assert 22 < payload["dataset_mean_return"] < 500  # a dataset of medium quality
     assert len(payload["results"]) == 5 * 2  # every learner, every seed
     assert run("bench", "offline", "--seeds", "x").returncode == 2
+
+
+@pytest.mark.timeout(300)
+def test_bench_scaling_measures_each_actor_count_of_a_live_run_and_stops_it(tmp_path):
+    out = tmp_path / "bench.json"
+    settings = ["actors.num_cpus=0.25", "learner.learning_starts=256", "actors.insert_batch=64"]
+    args = ["--actors", "1,2", "--seconds", "2", "--warmup-s", "0", "--output", str(out)]
+    result = run("bench", "scaling", *args, *(f"--set={setting}" for setting in settings), timeout=240)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    windows = json.loads(out.read_text())
+    assert [(w["layout"], w["actors"]) for w in windows] == [("config", 1), ("config", 2)]
+    assert all(w["inserts_per_s"] > 0 and w["updates_per_s"] > 0 and w["nodes"] == 1 for w in windows), windows
+    assert "| layout | actors | nodes | env steps/s | inserts/s | x first |" in result.stdout
+    assert "| config | 2 | 1 |" in result.stdout
+    bad = run("bench", "scaling", "--layout", "no-equals-sign")
+    assert bad.returncode == 2 and "expected NAME=RESOURCES" in bad.stderr
 
 
 def test_bench_sharded_runs_briefly(tmp_path):
