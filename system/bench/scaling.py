@@ -91,12 +91,18 @@ class _LiveTrain:
     """One layout's `qfleet train` subprocess and its run directory."""
 
     def __init__(self, layout: str, command: list[str], run_dir: pathlib.Path, log: pathlib.Path):
+        from system.local import terminate_with_parent
         from system.train.run_dir import RunDir
 
         self.layout, self.run, self.log_path = layout, RunDir(run_dir), log
         with open(log, "w") as handle:
             self.proc = subprocess.Popen(
-                command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+                command,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
+                preexec_fn=terminate_with_parent,  # the bench killed hard stops its run too
             )
 
     def latest(self) -> dict:

@@ -16,7 +16,7 @@ from system.local.secrets import (
     was_redacted,
     without_redacted_password,
 )
-from system.local.signals import stop_on_signals
+from system.local.signals import stop_on_signals, terminate_with_parent
 
 __all__ = [
     "NEW_PASSWORD",
@@ -34,6 +34,7 @@ __all__ = [
     "save_run_secrets",
     "secrets_dir",
     "stop_on_signals",
+    "terminate_with_parent",
     "use_run_secrets",
     "was_redacted",
     "without_redacted_password",

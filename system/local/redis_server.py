@@ -10,10 +10,8 @@ can read in /proc/PID/cmdline.
 
 from __future__ import annotations
 
-import ctypes
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -21,6 +19,7 @@ import time
 from typing import IO
 
 from system.errors import RedisLaunchError
+from system.local.signals import terminate_with_parent
 
 START_TIMEOUT_S = 60.0
 """How long a start waits for redis-server to answer PING (a loaded machine can take seconds)."""
@@ -33,14 +32,6 @@ LOG_TAIL_LINES = 5
 
 NEW_PASSWORD = "new"
 """`RedisProcess(password=NEW_PASSWORD)` (the default): a fresh random password for this server."""
-
-
-def _terminate_with_parent() -> None:
-    """In the child before exec: ask Linux for SIGTERM when the parent goes (PR_SET_PDEATHSIG)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-    except OSError:  # not Linux/glibc: the owner's stop() is then the only way it ends
-        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -146,7 +137,7 @@ class RedisProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_terminate_with_parent,
+            preexec_fn=terminate_with_parent,
         )
         try:
             self.proc.stdin.write(self._config().encode())

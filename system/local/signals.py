@@ -1,7 +1,8 @@
-"""Graceful stop for qfleet's long-running commands."""
+"""Graceful stop for qfleet's long-running commands, and children that stop with their parent."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 import threading
@@ -26,3 +27,12 @@ def stop_on_signals(log: logging.Logger, what_happens: str, force_on_second: boo
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     return stop
+
+
+def terminate_with_parent() -> None:
+    """In a child before exec (`subprocess.Popen(preexec_fn=...)`): ask Linux for SIGTERM when the
+    parent goes (PR_SET_PDEATHSIG), so that a parent killed hard leaves no child running."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:  # not Linux/glibc: the owner's stop is then the only way it ends
+        pass
