@@ -239,7 +239,8 @@ class LearnerService:
 
     def _align_inserts(self) -> None:
         try:
-            self.learner.align_inserts(self.replay.info().inserts)
+            self.replay.info()  # reads every shard's counters: the run's inserts, lost ones included
+            self.learner.align_inserts(self.replay.stats()["inserts"])
         except ReplayError as exc:
             log.warning("replay insert count unknown at the start (%s): the UTD counts from the shards'", exc)
 

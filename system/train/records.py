@@ -189,10 +189,13 @@ class ProgressRecord:
     updates: int
     updates_per_s: float
     achieved_utd: float
+    """Updates per item inserted into the replay over the run (lost items included)."""
     target_utd: float
     weights_version: int
     replay_size: int
     replay_inserts: int
+    """Items the shards acknowledged over the run, those lost to shard crashes included: what the
+    learner's UTD counts (a lost shard's env steps were made, and learnt from)."""
     actors: int
     actor_restarts: int
     env_restarts: int
