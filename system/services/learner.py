@@ -101,6 +101,8 @@ class LearnerResult:
     """Why the training thread died (None when it stopped as asked)."""
     updates_per_second: float
     """Over the training thread's whole run (0 when it died)."""
+    achieved_utd: float = 0.0
+    """Updates per inserted item at the stop (`Learner.achieved_utd`), of the same moment as `updates`."""
 
 
 class LearnerService:
@@ -378,6 +380,7 @@ class LearnerService:
             checkpoint=str(summary.checkpoint) if summary and summary.checkpoint else "",
             error=self._error,
             updates_per_second=summary.updates_per_second if summary else 0.0,
+            achieved_utd=self.learner.achieved_utd(),
         )
         self.replay.close()
         if self.offline_replay is not None:

@@ -58,10 +58,10 @@ the inserts it has seen: its error_buffer (learner.sample_error_buffer: max(4 x 
 batches per request, 1,024) = 1,024 items) over the batch size, 64. The shards limit no samples
 (limit_samples false), so nothing else lets it run ahead."""
 
-POLL_SKEW_UPDATES = 100
-"""Slack for comparing the learner's updates with the driver's progress records of the shards'
-inserts: the driver polls each shard apart from the learner's own reads (up to ~200 inserts, an
-actor's insert batch or so, apart at each end of a window)."""
+FINAL_SKEW_INSERTS = 512
+"""How far the learner's final count of inserts may be from the shards' (2 of an actor's insert
+batches, 256 each): it reads them with each sample and every discovery_s, so its last read may
+miss the actors' last batches."""
 
 
 def free_port() -> int:
@@ -463,19 +463,22 @@ def test_a_cluster_run_places_by_resources_scales_survives_a_lost_node_and_learn
     assert not ahead, ahead[:3]
     # With 1 actor the learner may first catch up what it lagged behind with 4 (the ratio is held
     # over the run, not per window): the window's updates are bounded by the target on its inserts
-    # (the driver's records of the shards' counts) plus that lag plus the window and the polls' skew.
-    inserts = last["replay_inserts"] - alone["replay_inserts"]
+    # plus that lag plus the window (the bound above at the window's end, said of the window).
+    inserts = counted_inserts(last) - counted_inserts(alone)
     updates = last["updates"] - alone["updates"]
     lag = max(0.0, allowed(alone) - WINDOW_UPDATES - alone["updates"])
-    skew = max(abs(r["replay_inserts"] - counted_inserts(r)) for r in progress if r["achieved_utd"] > 0)
+    # The learner's count is the shards': at the end (the final record's counts are taken after
+    # the actors' last inserts) it saw every insert, the lost shard's included, within a few batches.
+    skew = last["replay_inserts"] - counted_inserts(last)
     print(
         f"UTD with 1 actor on 2 shards: {updates / max(1, inserts):.2f} updates per insert ({updates:,} updates, "
-        f"{inserts:,} inserts; target {target}, lag at the start {lag:,.0f} updates, achieved "
-        f"{alone['achieved_utd']} then, {last['achieved_utd']} at the end; before the node loss "
-        f"{before['achieved_utd']}); records vs the learner's insert count: at most {skew:,.0f} apart"
+        f"{inserts:,.0f} inserts; target {target}, lag at the start {lag:,.0f} updates); achieved "
+        f"{before['achieved_utd']} before the node loss, {alone['achieved_utd']} at 1 actor, {last['achieved_utd']} "
+        f"at the end; the shards counted {skew:+,.0f} inserts beside the learner's {counted_inserts(last):,.0f}"
     )
-    assert updates <= target * inserts + lag + WINDOW_UPDATES + POLL_SKEW_UPDATES, (updates, inserts, lag)
-    assert last["achieved_utd"] <= target * 1.01, last
+    assert updates <= target * inserts * (1 + 1e-4) + lag + WINDOW_UPDATES, (updates, inserts, lag)
+    assert last.get("final") and last["achieved_utd"] <= target * 1.01, last
+    assert abs(skew) <= FINAL_SKEW_INSERTS, (skew, last)
     final_eval = [r for r in records(run.run_dir, "eval") if r["final"]]
     print("final eval:", final_eval[-1]["mean_return"] if final_eval else None)
     assert final_eval and final_eval[-1]["mean_return"] >= 60  # random: about 22; measured: 200.8, 500
