@@ -316,7 +316,7 @@ class LearnerService:
             updates_per_second=rate,
             version=self.learner.version,
             inserts=inserts,
-            achieved_utd=self.learner.achieved_utd(inserts),
+            achieved_utd=self.learner.achieved_utd(inserts, updates),  # the updates of the record
             error=self._error,
             pid=os.getpid(),
             updates_lost=self.learner.updates_lost,
