@@ -319,20 +319,25 @@ class Learner:
         return self.version
 
     def inserts(self) -> int:
-        """Items inserted into the replay over the run, as the UTD counts them."""
+        """Items inserted into the replay over the run, as the UTD counts them: those a shard
+        acknowledged and lost to a crash too (the replay's `stats` counts them)."""
         return (self.replay.stats()["inserts"] if self.replay is not None else 0) + self.inserts_offset
 
-    def achieved_utd(self, inserts: int | None = None) -> float:
-        """Updates per inserted item (0 before any insert); updates before `utd_from_update` not counted."""
+    def achieved_utd(self, inserts: int | None = None, updates: int | None = None) -> float:
+        """Updates per inserted item (0 before any insert); updates before `utd_from_update` not
+        counted. `updates` (default: now's) and `inserts` let a report take both at its moment."""
         inserts = self.inserts() if inserts is None else inserts
-        return max(0, self.updates - self.utd_from_update) / inserts if inserts else 0.0
+        updates = self.updates if updates is None else updates
+        return max(0, updates - self.utd_from_update) / inserts if inserts else 0.0
 
     def align_inserts(self, replay_inserts: int) -> None:
         """Counts the UTD on from where the restored updates were: when the shards now count fewer
-        inserts than the checkpoint's (they came back empty after a crash), the difference is added.
+        inserts than the checkpoint's (they came back empty after a crash and could not tell what
+        they lost), the difference is added.
 
         Args:
-            replay_inserts: the shards' insert count now (read once they are reachable).
+            replay_inserts: the replay's insert count now, as `inserts` counts them (read once the
+                shards are reachable).
         """
         self.inserts_offset = max(0, self._base_inserts - replay_inserts)
 

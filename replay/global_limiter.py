@@ -6,6 +6,13 @@ counters ride along on every sample response, so the accounting costs no extra r
 sampling must wait. The learner's samples never leave that window: the achieved ratio is the
 target, within the window, however the writers are spread over the shards.
 
+The sums are the run's, not the live shards' (`Membership.totals`): a shard that crashes and comes
+back empty, or from an older checkpoint, still counts the inserts it acknowledged and lost (its
+Info's lost_transitions) and the samples its earlier process served. So a lost shard moves the
+window by neither: forgetting those samples would let the learner draw them again at once (a burst
+of updates beyond the ratio), and forgetting those inserts would close the window by spi of each.
+The actors did make those env steps, and the learner did learn from the samples.
+
 Shards also run their own limiter, which holds only their writers (`limit_samples=False`). Its
 window sees only the draws that land on that shard, by mass, not by who writes there: with one
 writer on shard A and a full, frozen shard B, half the draws go to B, so A's window gets half of
@@ -16,8 +23,9 @@ own window as if drawn, which are not samples anywhere (not in its `samples`, no
 sums). They stand in for the draws that went to shards without writers. The sample itself keeps
 waiting for the inserts that the credit frees.
 
-Why this cannot deadlock: sampling waits only on the global window, which opens with inserts. A
-writer waits only on its shard's window (before min_size nothing waits), i.e. diff + spi > max_diff
+Why this cannot deadlock: sampling waits only on the global window, which opens with inserts (a
+restarted shard's too: from its first Info on, which the waiting sample's fresh reads take, each of
+its new inserts adds one to the sum, whatever it lost). A writer waits only on its shard's window (before min_size nothing waits), i.e. diff + spi > max_diff
 there, so diff - min_diff > 2 * error_buffer - spi >= spi (a limiter's error_buffer is >= spi):
 each credit (>= spi items) lowers that diff by at least spi or down to min_diff, which frees an
 item of the waiting insert at once or after a few credits (the shard admits batches in pieces).

@@ -5,9 +5,13 @@ fixed list of addresses (each shard's id learnt from its Info). A shard that fai
 taken as down until the registry or a probe shows it back. A fixed address whose shard refuses
 this client's credentials (a wrong token, or a failed TLS handshake) is an error at construction;
 found later by the watcher, it is logged once and reported by the calls that find no live shard.
-taken as down until the registry or a probe shows it back. Once the client samples, the watcher
+Once the client samples, the watcher
 also re-reads every live shard's counters each `discovery_s`: sample responses refresh only the
 shards drawn from, so a shard first seen empty would otherwise never be drawn from at all.
+
+The counters summed (`totals`) are the run's: a shard id's inserts and samples go on over its
+restarts and after it leaves (see `ShardHandle.counted`), so that the global samples-per-insert
+window and the learner's UTD neither jump nor give a burst of samples when a shard is lost.
 """
 
 from __future__ import annotations
@@ -27,9 +31,23 @@ log = logging.getLogger(__name__)
 
 
 class ShardHandle:
-    """One shard as a sharded client sees it: its client and its last seen counters."""
+    """One shard as a sharded client sees it: its client and its last seen counters.
 
-    def __init__(self, shard_id: int, address: str, client: ReplayClient, started_at: float = 0.0):
+    A shard id's counts go on over its restarts (`counted`): a process that comes back empty, or
+    from an older checkpoint, reports fewer inserts and samples than its predecessor served. The
+    inserts it lost are in its Info (`lost_transitions`, from its ledger or the registry); the
+    samples its predecessor served beyond what it restored are carried here, from the
+    predecessor's handle (`previous`) as last seen.
+    """
+
+    def __init__(
+        self,
+        shard_id: int,
+        address: str,
+        client: ReplayClient,
+        started_at: float = 0.0,
+        previous: ShardHandle | None = None,
+    ):
         self.shard_id = shard_id
         self.address = address
         self.client = client
@@ -38,14 +56,36 @@ class ShardHandle:
         self.size = 0
         self.inserts = 0
         self.samples = 0
+        self.lost = 0
+        """Transitions this shard id acknowledged and lost to its crashes (its last Info)."""
+        self.carried_samples = 0
+        """Samples earlier processes of this shard id served that this one did not restore."""
+        if previous is not None and previous._previous is not None:  # it never had an Info: skip it
+            previous = previous._previous
+        self._previous = previous  # the shard id's earlier handle, until this process's first Info
         self.failed_at: float | None = None  # set while the shard is taken as down
         self.writers_waiting = False
         """Its last Info: inserts wait on its own rate limiter (its writers are held back)."""
 
-    def absorb(self, size: int, mass: float, inserts: int, samples: int) -> None:
-        """Takes counters from a response; inserts and samples never go back."""
+    def absorb(self, size: int, mass: float, inserts: int, samples: int, lost: int | None = None) -> None:
+        """Takes counters from a response (`lost` from an Info); inserts and samples never go back."""
+        previous = self._previous
+        if previous is not None and lost is not None:  # this process's first Info: what it did not restore
+            self.carried_samples = previous.carried_samples + max(0, previous.samples - samples)
+            self._previous = None
         self.size, self.mass = size, mass
         self.inserts, self.samples = max(self.inserts, inserts), max(self.samples, samples)
+        if lost is not None:
+            self.lost = max(self.lost, lost)
+
+    @property
+    def counted(self) -> tuple[int, int]:
+        """(inserts, samples) of this shard id over the run, restarts included: the inserts it
+        acknowledged (lost ones too) and the samples it served. Before a restarted process's first
+        Info, its predecessor's, so that the sums never dip while it is read."""
+        if self._previous is not None:
+            return self._previous.counted
+        return self.inserts + self.lost, self.samples + self.carried_samples
 
 
 class Membership:
@@ -64,6 +104,9 @@ class Membership:
         """Times a shard was found unavailable and left out."""
         self._pool = pool
         self._shards: dict[int, ShardHandle] = {}
+        self._departed: dict[int, ShardHandle] = {}
+        """Shards that left the registry, by id: their counts stay in `totals` (and go on in a
+        process of the same id that joins later)."""
         self._registry = ShardRegistry(config.redis_url, config.run) if config.redis_url else None
         self._stop = threading.Event()
         self._refusals: dict[str, ReplayAuthenticationError] = {}  # fixed address -> its shard's refusal
@@ -118,7 +161,8 @@ class Membership:
                         self._drop(shard_id)
                     log.info("shard %d joined run %r at %s", shard_id, run, record.address)
                     client = self._new_client(record.address)
-                    self._shards[shard_id] = ShardHandle(shard_id, record.address, client, record.started_at)
+                    previous = self._departed.pop(shard_id, None)
+                    self._shards[shard_id] = ShardHandle(shard_id, record.address, client, record.started_at, previous)
 
     def _probe_addresses(self) -> None:
         """Learns each fixed address's shard id from Info; a failed shard is probed again."""
@@ -163,6 +207,7 @@ class Membership:
 
     def _drop(self, shard_id: int) -> None:
         shard = self._shards.pop(shard_id)
+        self._departed[shard_id] = shard
         self._pool.submit(shard.client.close)
 
     def follow_counters(self) -> None:
@@ -225,10 +270,12 @@ class Membership:
     # -- counters --------------------------------------------------------------------------------
 
     def totals(self) -> tuple[int, int]:
-        """(inserts, samples) summed over every known shard, as last seen."""
+        """(inserts, samples) of the run, as last seen: every shard id's `ShardHandle.counted`,
+        those that left included. A shard that crashes and comes back changes neither sum: the
+        inserts it lost and the samples it had served still count."""
         with self.lock:
-            shards = list(self._shards.values())
-        return sum(s.inserts for s in shards), sum(s.samples for s in shards)
+            counts = [s.counted for s in (*self._shards.values(), *self._departed.values())]
+        return sum(inserts for inserts, _ in counts), sum(samples for _, samples in counts)
 
     def info_or_fail(self, shard: ShardHandle) -> ReplayInfo | None:
         """The shard's Info, or None after taking it as down (unreachable, or hung: no answer in 5 s)."""
@@ -244,7 +291,7 @@ class Membership:
         infos = {}
         for shard, info in zip(live, self._pool.map(self.info_or_fail, live), strict=True):
             if info is not None:
-                shard.absorb(info.size, info.priority_mass, info.inserts, info.samples)
+                shard.absorb(info.size, info.priority_mass, info.inserts, info.samples, info.lost_transitions)
                 shard.writers_waiting = info.rate_limiter.waiting_inserts > 0
                 infos[shard.shard_id] = info
         return infos

@@ -101,6 +101,8 @@ class LearnerResult:
     """Why the training thread died (None when it stopped as asked)."""
     updates_per_second: float
     """Over the training thread's whole run (0 when it died)."""
+    achieved_utd: float = 0.0
+    """Updates per inserted item at the stop (`Learner.achieved_utd`), of the same moment as `updates`."""
 
 
 class LearnerService:
@@ -239,7 +241,8 @@ class LearnerService:
 
     def _align_inserts(self) -> None:
         try:
-            self.learner.align_inserts(self.replay.info().inserts)
+            self.replay.info()  # reads every shard's counters: the run's inserts, lost ones included
+            self.learner.align_inserts(self.replay.stats()["inserts"])
         except ReplayError as exc:
             log.warning("replay insert count unknown at the start (%s): the UTD counts from the shards'", exc)
 
@@ -313,7 +316,7 @@ class LearnerService:
             updates_per_second=rate,
             version=self.learner.version,
             inserts=inserts,
-            achieved_utd=self.learner.achieved_utd(inserts),
+            achieved_utd=self.learner.achieved_utd(inserts, updates),  # the updates of the record
             error=self._error,
             pid=os.getpid(),
             updates_lost=self.learner.updates_lost,
@@ -377,6 +380,7 @@ class LearnerService:
             checkpoint=str(summary.checkpoint) if summary and summary.checkpoint else "",
             error=self._error,
             updates_per_second=summary.updates_per_second if summary else 0.0,
+            achieved_utd=self.learner.achieved_utd(),
         )
         self.replay.close()
         if self.offline_replay is not None:

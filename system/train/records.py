@@ -91,6 +91,9 @@ class RunCounters:
         """Learner updates at which the next offline-phase evaluation is due."""
         self.updates = 0
         """The learner's updates at its latest report."""
+        self.replay_inserts = 0
+        """Items the shards acknowledged over the run, lost ones included, at the latest poll of
+        every shard (`take_shard_accounting`)."""
         self.session_episodes = 0
         self.returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self._started = time.monotonic()
@@ -189,10 +192,13 @@ class ProgressRecord:
     updates: int
     updates_per_s: float
     achieved_utd: float
+    """Updates per item inserted into the replay over the run (lost items included)."""
     target_utd: float
     weights_version: int
     replay_size: int
     replay_inserts: int
+    """Items the shards acknowledged over the run, those lost to shard crashes included: what the
+    learner's UTD counts (a lost shard's env steps were made, and learnt from)."""
     actors: int
     actor_restarts: int
     env_restarts: int
@@ -361,6 +367,7 @@ def take_shard_accounting(counters: RunCounters, shards: list) -> None:
     shard's counters and insert ledger (`ShardCounters`, one per shard id: call it with all of
     them, or not at all, so that the counts of the last call are kept)."""
     counters.shards_lost = sum(shard.lost_transitions for shard in shards)
+    counters.replay_inserts = sum(shard.inserts for shard in shards) + counters.shards_lost
     reconciled = reconcile(shard.accounting for shard in shards)
     counters.accounting_tracked = reconciled.tracked
     if not reconciled.tracked:

@@ -490,7 +490,7 @@ class Supervisor:
             target_utd=self.config.learner.updates_per_env_step,
             weights_version=learner.version,
             replay_size=sum(shard.size for shard in shards),
-            replay_inserts=sum(shard.inserts for shard in shards),
+            replay_inserts=counters.replay_inserts,
             actors=fleet.actors if fleet is not None else 0,
             actor_restarts=fleet.actor_restarts if fleet is not None else 0,
             env_restarts=fleet.env_restarts if fleet is not None else 0,
