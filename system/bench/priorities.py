@@ -1,0 +1,255 @@
+"""`qfleet bench priorities`: priority updates to one shard, 256 keys per call, three ways.
+
+One qfleet shard in its own process on loopback holds a full prioritized table (CartPole-size
+items); keys come from samples of it. Measured, interleaved in each repeat so that a shared
+machine's drift hits them alike:
+
+- unary: `ReplayClient.update_priorities`, one `UpdatePriorities` call per update, each waited for
+  (what a learner did before the stream);
+- stream: `send_priorities` on the `UpdatePrioritiesStream` without coalescing: every update
+  sent, at most `max_in_flight` unanswered (updates queued while one is on the wire ride together);
+- coalesced: `send_priorities` with the default coalescing (latest priority per key, sent at
+  16,384 keys or after 20 ms).
+
+Calls/s counts the caller's calls until every update was answered (stream modes flush at the end);
+keys/s = calls/s x keys per call. Beside them Reverb's `mutate_priorities` at the same shape when
+`reverb` imports here, or in `--reverb-python`'s interpreter (system/bench/reverb_priorities.py);
+else "Reverb not installed: skipped". Reverb is no dependency of qfleet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from replay import PriorityStreamConfig, ReplayClient, ReplayCredentials, ReplayServer, generate_credentials
+from system.bench.replay import bench_spec, random_batch
+
+KEYS_PER_CALL = 256
+MODES = ("unary", "stream", "coalesced")
+REVERB_SCRIPT = pathlib.Path(__file__).with_name("reverb_priorities.py")
+SPEC = bench_spec((4,), "float32")
+
+
+def _serve_forever(capacity: int) -> None:
+    """Child-process entry: a prioritized shard (TLS + token when QFLEET_REPLAY_* are set); prints
+    its port, runs until stdin closes."""
+    server = ReplayServer(
+        SPEC, capacity=capacity, selector="prioritized", seed=0, credentials=ReplayCredentials.from_env()
+    ).start()
+    print(server.port, flush=True)
+    sys.stdin.read()
+    server.stop(grace=0, checkpoint=False)
+
+
+class _Shard:
+    """The benchmark shard in its own process."""
+
+    def __init__(self, capacity: int, credentials: ReplayCredentials | None):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QFLEET_REPLAY_")}
+        if credentials is not None:
+            env |= credentials.environ()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "system.bench.priorities", "--serve", str(capacity)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        line = self.proc.stdout.readline().strip()
+        if not line.isdigit():
+            self.close()
+            raise RuntimeError("the benchmark shard failed to start")
+        self.address = f"127.0.0.1:{line}"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _fill(client: ReplayClient, capacity: int) -> list[np.ndarray]:
+    """Fills the table; returns 64 chunks of sampled keys, `KEYS_PER_CALL` each."""
+    rng = np.random.default_rng(1)
+    chunk = random_batch(SPEC, min(capacity, 65_536), rng)
+    for start in range(0, capacity, len(chunk["action"])):
+        client.insert({name: column[: capacity - start] for name, column in chunk.items()})
+    client.flush()
+    return [sample.keys for sample in client.sample_batches(KEYS_PER_CALL, 64)]
+
+
+def _calls_per_s(send, keys: list[np.ndarray], priorities: list[np.ndarray], seconds: float, finish) -> float:
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        send(keys[calls % 64], priorities[calls % 64])
+        calls += 1
+    finish()
+    return calls / (time.perf_counter() - started)
+
+
+def measure_qfleet(capacity: int, seconds: float, repeats: int, security: str) -> dict:
+    """Calls/s of each mode (median of `repeats`), keys/s, and what the shard made of the updates."""
+    credentials = generate_credentials() if security == "on" else None
+    shard = _Shard(capacity, credentials)
+    clients = {
+        "unary": ReplayClient(shard.address, credentials=credentials),
+        "stream": ReplayClient(
+            shard.address, credentials=credentials, priorities=PriorityStreamConfig(coalesce_keys=0)
+        ),
+        "coalesced": ReplayClient(shard.address, credentials=credentials, priorities=PriorityStreamConfig()),
+    }
+    try:
+        keys = _fill(clients["unary"], capacity)
+        rng = np.random.default_rng(2)
+        priorities = [rng.uniform(0.1, 10.0, KEYS_PER_CALL) for _ in keys]
+        runs: dict[str, list[float]] = {mode: [] for mode in MODES}
+        for _ in range(repeats):
+            for mode in MODES:
+                client = clients[mode]
+                if mode == "unary":
+                    rate = _calls_per_s(client.update_priorities, keys, priorities, seconds, lambda: None)
+                else:
+                    rate = _calls_per_s(client.send_priorities, keys, priorities, seconds, client.flush_priorities)
+                runs[mode].append(rate)
+        results = {}
+        for mode in MODES:
+            calls = statistics.median(runs[mode])
+            results[mode] = {"calls_per_s": calls, "keys_per_s": calls * KEYS_PER_CALL, "runs_calls_per_s": runs[mode]}
+            if mode != "unary":
+                counts = clients[mode].priority_counts()
+                results[mode]["counts"] = {
+                    "applied": counts.applied,
+                    "dropped_stale": counts.dropped_stale,
+                    "lost": counts.lost,
+                    "rejected": counts.rejected,
+                    "coalesced": counts.coalesced,
+                }
+        return results
+    finally:
+        for client in clients.values():
+            client.close()
+        shard.close()
+
+
+def measure_reverb(capacity: int, seconds: float, repeats: int, reverb_python: str | None) -> tuple[dict | None, str]:
+    """Reverb's figures at the same shape, and how they were had (or why not)."""
+    try:
+        import reverb  # noqa: F401  (optional: never a dependency of qfleet)
+    except ImportError:
+        if reverb_python is None:
+            return None, "Reverb not installed: skipped (pip install dm-reverb elsewhere and pass --reverb-python)"
+    else:
+        from system.bench.reverb_priorities import measure_reverb as measure
+
+        return measure(capacity, KEYS_PER_CALL, seconds, repeats), "in-process import"
+    command = [reverb_python, str(REVERB_SCRIPT), "--capacity", str(capacity)]
+    command += ["--seconds", str(seconds), "--repeats", str(repeats), "--keys-per-call", str(KEYS_PER_CALL)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    last = (done.stdout.strip().splitlines() or [""])[-1]
+    if done.returncode != 0 or not last.startswith("{"):
+        return None, f"Reverb run failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}"
+    return json.loads(last), f"{reverb_python} {REVERB_SCRIPT.name}"
+
+
+def format_results(qfleet: dict, reverb: dict | None, reverb_note: str) -> str:
+    lines = [
+        f"| mode ({KEYS_PER_CALL} keys per call) | calls/s | keys/s | calls/s vs Reverb | keys/s vs Reverb |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for mode in MODES:
+        row = qfleet[mode]
+        versus = ("", "")
+        if reverb is not None:
+            versus = (
+                f"{row['calls_per_s'] / reverb['calls_per_s']:.2f}x",
+                f"{row['keys_per_s'] / reverb['keys_per_s']:.2f}x",
+            )
+        lines.append(
+            f"| qfleet {mode} | {row['calls_per_s']:,.0f} | {row['keys_per_s']:,.0f} | {versus[0]} | {versus[1]} |"
+        )
+    if reverb is not None:
+        lines.append(
+            f"| Reverb mutate_priorities | {reverb['calls_per_s']:,.0f} | {reverb['keys_per_s']:,.0f} | 1x | 1x |"
+        )
+    else:
+        lines.append(f"\n{reverb_note}")
+    return "\n".join(lines)
+
+
+def check_targets(qfleet: dict, reverb: dict | None) -> list[str]:
+    """The issue's targets: stream calls/s >= Reverb's; coalesced keys/s >= 10x Reverb's."""
+    if reverb is None:
+        return ["targets not checked: no Reverb figure"]
+    stream = qfleet["stream"]["calls_per_s"] / reverb["calls_per_s"]
+    coalesced = qfleet["coalesced"]["keys_per_s"] / reverb["keys_per_s"]
+    return [
+        f"stream calls/s vs Reverb's: {stream:.2f}x (target >= 1x): {'met' if stream >= 1 else 'NOT met'}",
+        f"coalesced keys/s vs Reverb's: {coalesced:.1f}x (target >= 10x): {'met' if coalesced >= 10 else 'NOT met'}",
+    ]
+
+
+def run_priorities_bench(
+    seconds: float,
+    repeats: int,
+    capacity: int,
+    security: str,
+    reverb_python: str | None,
+    output: str | None,
+) -> int:
+    """Runs the benchmark, prints the table and the targets; returns 0."""
+    machine = f"{platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, Python {platform.python_version()})"
+    print(
+        f"qfleet bench priorities: {seconds}s x {repeats} repeats per figure, capacity {capacity:,}, "
+        f"security {security}, on {machine}",
+        flush=True,
+    )
+    qfleet = measure_qfleet(capacity, seconds, repeats, security)
+    print("  measuring Reverb ...", flush=True)
+    reverb, reverb_note = measure_reverb(capacity, seconds, repeats, reverb_python)
+    print()
+    print(format_results(qfleet, reverb, reverb_note))
+    print()
+    for line in check_targets(qfleet, reverb):
+        print(line)
+    if output:
+        with open(output, "w") as handle:
+            json.dump(
+                {
+                    "machine": machine,
+                    "date": time.strftime("%Y-%m-%d %H:%M"),
+                    "seconds": seconds,
+                    "repeats": repeats,
+                    "capacity": capacity,
+                    "keys_per_call": KEYS_PER_CALL,
+                    "security": security,
+                    "qfleet": qfleet,
+                    "reverb": reverb,
+                    "reverb_note": reverb_note,
+                },
+                handle,
+                indent=2,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--serve", type=int, metavar="CAPACITY", help="internal: run the benchmark shard")
+    args = parser.parse_args()
+    if args.serve:
+        _serve_forever(args.serve)
+    else:
+        sys.exit(run_priorities_bench(3.0, 3, 100_000, "off", None, None))
