@@ -12,14 +12,16 @@ machine's drift hits them alike:
   16,384 keys or after 20 ms).
 
 Calls/s counts the caller's calls until every update was answered (stream modes flush at the end);
-keys/s = calls/s x keys per call. Beside them Reverb's `mutate_priorities` at the same shape when
-`reverb` imports here, or in `--reverb-python`'s interpreter (system/bench/reverb_priorities.py);
+keys/s = calls/s x keys per call. Beside them Reverb's `mutate_priorities` at the same shape (its
+server in its own process too, a full table of the same size), one run in each repeat, when
+`reverb` imports here or in `--reverb-python`'s interpreter (system/bench/reverb_priorities.py);
 else "Reverb not installed: skipped". Reverb is no dependency of qfleet.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import pathlib
@@ -100,8 +102,11 @@ def _calls_per_s(send, keys: list[np.ndarray], priorities: list[np.ndarray], sec
     return calls / (time.perf_counter() - started)
 
 
-def measure_qfleet(capacity: int, seconds: float, repeats: int, security: str) -> dict:
-    """Calls/s of each mode (median of `repeats`), keys/s, and what the shard made of the updates."""
+def measure_qfleet(
+    capacity: int, seconds: float, repeats: int, security: str, reverb: ReverbPeer | None = None
+) -> dict:
+    """Calls/s of each mode (median of `repeats`), keys/s, and what the shard made of the updates;
+    with `reverb`, one Reverb run after each repeat's qfleet runs."""
     credentials = generate_credentials() if security == "on" else None
     shard = _Shard(capacity, credentials)
     clients = {
@@ -124,6 +129,8 @@ def measure_qfleet(capacity: int, seconds: float, repeats: int, security: str) -
                 else:
                     rate = _calls_per_s(client.send_priorities, keys, priorities, seconds, client.flush_priorities)
                 runs[mode].append(rate)
+            if reverb is not None:
+                reverb.measure(seconds)
         results = {}
         for mode in MODES:
             calls = statistics.median(runs[mode])
@@ -144,24 +151,62 @@ def measure_qfleet(capacity: int, seconds: float, repeats: int, security: str) -
         shard.close()
 
 
-def measure_reverb(capacity: int, seconds: float, repeats: int, reverb_python: str | None) -> tuple[dict | None, str]:
-    """Reverb's figures at the same shape, and how they were had (or why not)."""
-    try:
-        import reverb  # noqa: F401  (optional: never a dependency of qfleet)
-    except ImportError:
-        if reverb_python is None:
-            return None, "Reverb not installed: skipped (pip install dm-reverb elsewhere and pass --reverb-python)"
-    else:
-        from system.bench.reverb_priorities import measure_reverb as measure
+class ReverbPeer:
+    """Reverb's side, in `python` (an interpreter that has `reverb`): system/bench/reverb_priorities.py
+    with --on-request, asked for one run per repeat so that its runs interleave with qfleet's."""
 
-        return measure(capacity, KEYS_PER_CALL, seconds, repeats), "in-process import"
-    command = [reverb_python, str(REVERB_SCRIPT), "--capacity", str(capacity)]
-    command += ["--seconds", str(seconds), "--repeats", str(repeats), "--keys-per-call", str(KEYS_PER_CALL)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-    last = (done.stdout.strip().splitlines() or [""])[-1]
-    if done.returncode != 0 or not last.startswith("{"):
-        return None, f"Reverb run failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}"
-    return json.loads(last), f"{reverb_python} {REVERB_SCRIPT.name}"
+    def __init__(self, python: str, capacity: int):
+        self.python = python
+        self.proc = subprocess.Popen(
+            [python, str(REVERB_SCRIPT), "--on-request", "--capacity", str(capacity)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # TensorFlow's and Reverb's logs
+            text=True,
+        )
+        self.ready = self._answer()
+        self.rates: list[float] = []
+
+    def _answer(self) -> dict:
+        for line in self.proc.stdout:  # skips anything a library printed before the answer
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"the Reverb side ended (exit {self.proc.wait()})")
+
+    def measure(self, seconds: float) -> None:
+        self.proc.stdin.write(f"{seconds}\n")
+        self.proc.stdin.flush()
+        self.rates.append(self._answer()["calls_per_s"])
+
+    def summary(self) -> dict:
+        calls = statistics.median(self.rates)
+        return {
+            "system": "reverb",
+            "version": self.ready["version"],
+            "python": self.python,
+            "fill_seconds": round(self.ready["fill_seconds"], 2),
+            "calls_per_s": calls,
+            "keys_per_s": calls * KEYS_PER_CALL,
+            "runs_calls_per_s": self.rates,
+        }
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def reverb_python(given: str | None) -> tuple[str | None, str]:
+    """The interpreter for Reverb's side (`given`, else this one if `reverb` imports), or why none."""
+    if given is not None:
+        return given, ""
+    if importlib.util.find_spec("reverb") is not None:  # optional: never a dependency of qfleet
+        return sys.executable, ""
+    return None, "Reverb not installed: skipped (pip install dm-reverb in another venv and pass --reverb-python)"
 
 
 def format_results(qfleet: dict, reverb: dict | None, reverb_note: str) -> str:
@@ -184,8 +229,7 @@ def format_results(qfleet: dict, reverb: dict | None, reverb_note: str) -> str:
         lines.append(
             f"| Reverb mutate_priorities | {reverb['calls_per_s']:,.0f} | {reverb['keys_per_s']:,.0f} | 1x | 1x |"
         )
-    else:
-        lines.append(f"\n{reverb_note}")
+    lines.append(f"\n{reverb_note}")
     return "\n".join(lines)
 
 
@@ -206,7 +250,7 @@ def run_priorities_bench(
     repeats: int,
     capacity: int,
     security: str,
-    reverb_python: str | None,
+    reverb_interpreter: str | None,
     output: str | None,
 ) -> int:
     """Runs the benchmark, prints the table and the targets; returns 0."""
@@ -216,9 +260,22 @@ def run_priorities_bench(
         f"security {security}, on {machine}",
         flush=True,
     )
-    qfleet = measure_qfleet(capacity, seconds, repeats, security)
-    print("  measuring Reverb ...", flush=True)
-    reverb, reverb_note = measure_reverb(capacity, seconds, repeats, reverb_python)
+    python, reverb_note = reverb_python(reverb_interpreter)
+    peer = None
+    if python is not None:
+        print(f"  filling Reverb's table ({python}) ...", flush=True)
+        try:
+            peer = ReverbPeer(python, capacity)
+            reverb_note = f"Reverb {peer.ready['version']} in {python}, runs interleaved with qfleet's"
+        except (OSError, RuntimeError) as exc:
+            reverb_note = f"Reverb side failed to start: {exc}"
+    print("  measuring (qfleet's modes, then Reverb, in each repeat) ...", flush=True)
+    try:
+        qfleet = measure_qfleet(capacity, seconds, repeats, security, peer)
+        reverb = peer.summary() if peer is not None else None
+    finally:
+        if peer is not None:
+            peer.close()
     print()
     print(format_results(qfleet, reverb, reverb_note))
     print()
