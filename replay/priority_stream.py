@@ -187,15 +187,16 @@ class PriorityStream:
                 request's stream failed, or the window stayed full for `max_wait_s`.
             Whenever an earlier failure is raised, this update is not sent and counts as lost.
         """
-        keys = np.asarray(keys, dtype=np.uint64)
-        priorities = np.asarray(priorities, dtype=np.float64)
+        # Copies: the request is made later, on another thread, and the caller may reuse its arrays.
+        keys = np.array(keys, dtype=np.uint64)
+        priorities = np.array(priorities, dtype=np.float64)
         if keys.ndim != 1:
             raise InvalidBatchError(f"keys must be one-dimensional, got shape {keys.shape}")
         # Two reductions (a NaN fails both comparisons); validate_priorities names the problem.
         if priorities.shape != keys.shape or not (
             priorities.size == 0 or 0 <= priorities.min() <= priorities.max() < np.inf
         ):
-            validate_priorities(priorities, keys.shape[0])  # one check above; this one names the problem
+            validate_priorities(priorities, keys.shape[0])
         if not keys.size:
             return
         with self._cond:
