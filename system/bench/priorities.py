@@ -37,6 +37,7 @@ from replay import PriorityStreamConfig, ReplayClient, ReplayCredentials, Replay
 from system.bench.replay import bench_spec, random_batch
 
 KEYS_PER_CALL = 256
+KEY_CHUNKS = 1024
 MODES = ("unary", "stream", "coalesced")
 REVERB_SCRIPT = pathlib.Path(__file__).with_name("reverb_priorities.py")
 SPEC = bench_spec((4,), "float32")
@@ -84,19 +85,20 @@ class _Shard:
 
 
 def _fill(client: ReplayClient, capacity: int) -> list[np.ndarray]:
-    """Fills the table; returns 64 chunks of sampled keys, `KEYS_PER_CALL` each."""
+    """Fills the table; returns `KEY_CHUNKS` chunks of sampled keys, `KEYS_PER_CALL` each (as a
+    learner's: a key repeats about as often as in its samples, not every 64 calls)."""
     rng = np.random.default_rng(1)
     chunk = random_batch(SPEC, min(capacity, 65_536), rng)
     for start in range(0, capacity, len(chunk["action"])):
         client.insert({name: column[: capacity - start] for name, column in chunk.items()})
     client.flush()
-    return [sample.keys for sample in client.sample_batches(KEYS_PER_CALL, 64)]
+    return [sample.keys for sample in client.sample_batches(KEYS_PER_CALL, KEY_CHUNKS)]
 
 
 def _calls_per_s(send, keys: list[np.ndarray], priorities: list[np.ndarray], seconds: float, finish) -> float:
     calls, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        send(keys[calls % 64], priorities[calls % 64])
+        send(keys[calls % KEY_CHUNKS], priorities[calls % KEY_CHUNKS])
         calls += 1
     finish()
     return calls / (time.perf_counter() - started)
