@@ -27,7 +27,16 @@ from learner.errors import CheckpointLossError, WeightStoreError
 from learner.metrics import LearnerMetrics
 from learner.spaces import ActionSpace
 from learner.weights import WeightStore
-from replay import Prefetcher, ReplayCredentials, ReplaySource, ShardedReplay, TorchBatch, keep_freed_memory
+from replay import (
+    Prefetcher,
+    PriorityCounts,
+    ReplayCredentials,
+    ReplayError,
+    ReplaySource,
+    ShardedReplay,
+    TorchBatch,
+    keep_freed_memory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,53 +113,6 @@ class LearnerSummary:
     checkpoint: pathlib.Path | None
 
 
-class _PrioritySender:
-    """Sends new priorities back from a background thread so the loop never waits on it."""
-
-    COALESCE_S = 0.05
-
-    def __init__(self, replay: ReplaySource):
-        self._replay = replay
-        self._queue: queue.Queue = queue.Queue(maxsize=64)
-        self._thread = threading.Thread(target=self._send, name="learner-priorities", daemon=True)
-        self._thread.start()
-        self.dropped_stale = 0
-
-    def send(self, keys: np.ndarray, priorities: np.ndarray) -> None:
-        self._queue.put((keys, priorities))
-
-    def _send(self) -> None:
-        closing = False
-        while not closing:
-            pending = [self._queue.get()]
-            # Gather what arrives within COALESCE_S into one request: a replay round trip costs
-            # the shard far more CPU than applying the priorities, so one call per few updates
-            # instead of one per update (Atari at batch 32: ~2 updates per call, CartPole ~15);
-            # 50 ms is small beside the prefetch queue's own lag. A key updated twice keeps its
-            # newer priority (the shard applies a batch's repeated keys in order).
-            deadline = time.monotonic() + self.COALESCE_S
-            while pending[-1] is not None:
-                try:
-                    pending.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
-            if None in pending:
-                closing = True
-                pending = pending[: pending.index(None)]
-            if not pending:
-                continue
-            keys = np.concatenate([k for k, _ in pending])
-            priorities = np.concatenate([p for _, p in pending])
-            try:
-                self.dropped_stale += self._replay.update_priorities(keys, priorities).dropped_stale
-            except Exception as exc:  # priorities are advisory: a failed update must not stop training
-                log.warning("priority update failed: %s", exc)
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
-
-
 class Learner:
     """Trains an agent from a replay source, publishes its weights and checkpoints itself.
 
@@ -215,7 +177,9 @@ class Learner:
         self._publish_failing = False
         self.last_result: UpdateResult | None = None
         """The `UpdateResult` of the latest update (loss, q_mean, ...), None before the first."""
-        self._priorities: _PrioritySender | None = None  # open while `run` runs
+        self._priorities: ReplaySource | None = None  # where `run` streams priorities, while it runs
+        self.priority_counts: PriorityCounts | None = None
+        """What became of the priorities the last `run` sent (applied, stale, lost), after it."""
         self._last_log = (time.perf_counter(), self.updates)  # (time, updates) of the last progress line
         if self.checkpoint_dir is not None:
             self._resume()
@@ -244,7 +208,7 @@ class Learner:
             batches_per_request=config.prefetch.batches_per_request,
             device=self.device,
         )
-        self._priorities = _PrioritySender(source)
+        self._priorities = source
         started, first_update = time.perf_counter(), self.updates
         self._last_log = (started, self.updates)
         try:
@@ -255,8 +219,8 @@ class Learner:
                 self.step(batch)
         finally:
             prefetcher.close()
-            self._priorities.close()
             self._priorities = None
+            self._flush_priorities(source)
         path = None
         if self.updates > first_update:
             # The checkpoint first: it needs no Redis, so a dead Redis cannot cost the training.
@@ -273,15 +237,19 @@ class Learner:
         """Exactly one update on `batch`: the agent's gradient step, new priorities sent back,
         target/reset bookkeeping, a publish and a checkpoint when due, counters and metrics.
 
-        Inside `run` priorities go back from a background thread; a step called on its own sends
-        them synchronously (and not at all without a replay, nor for a loss without TD errors).
+        Inside `run` priorities are streamed (`send_priorities`: coalesced, never waited for
+        unless the shard falls `max_in_flight` updates behind); a step called on its own sends them
+        synchronously (and not at all without a replay, nor for a loss without TD errors).
         """
         config = self.config
         result = self.agent.update(batch.data, batch.weights)
         if result.td_abs is not None:  # None: the loss has no TD error; items keep their priorities
             priorities = result.td_abs + config.priority_eps
             if self._priorities is not None:
-                self._priorities.send(batch.keys, priorities)
+                try:
+                    self._priorities.send_priorities(batch.keys, priorities)
+                except ReplayError as exc:  # priorities are advisory: a failed update must not stop training
+                    log.warning("priority update failed (counted lost): %s", exc)
             elif self.replay is not None:
                 self.replay.update_priorities(batch.keys, priorities)
         self.updates += 1
@@ -293,6 +261,15 @@ class Learner:
             self.checkpoint()
         self._record(result, batch)
         return result
+
+    def _flush_priorities(self, source: ReplaySource) -> None:
+        """Waits (up to 30 s) for the answers to the priorities `run` sent, and keeps the counts."""
+        try:
+            self.priority_counts = source.flush_priorities(timeout=30.0)
+        except ReplayError as exc:
+            log.warning("priority updates not all answered: %s", exc)
+        if self.priority_counts is not None and self.priority_counts.lost:
+            log.warning("%d priority updates lost (their shard failed or left)", self.priority_counts.lost)
 
     def _next_batch(self, prefetcher: Prefetcher, stop: threading.Event):
         waited = time.perf_counter()

@@ -4,7 +4,8 @@ Public surface:
     Spec, ReplayConfig, ReplayServer, ReplayClient, Sample, ReplayInfo (one shard);
     ShardedReplay, ShardedReplayConfig, ShardedInfo, ShardRegistry, live_shard_key,
     rendezvous_score, choose_shard, indexed_order (many shards as one); ReplaySource, ReplayStats
-    (what a learner reads); Prefetcher, TorchBatch
+    (what a learner reads); PriorityStreamConfig, PriorityCounts (streamed, coalesced priority
+    updates and what became of them); Prefetcher, TorchBatch
     (batches kept ready for a learner); MixedReplay, validate_fractions, split_counts (fixed-fraction mixes);
     keep_freed_memory (malloc settings for processes that move large batches); MAX_PRIORITY (the
     cap on stored priorities); ReplayCredentials, generate_credentials (a run's token and TLS
@@ -44,6 +45,7 @@ from replay.metrics import SERIES as METRIC_SERIES
 from replay.metrics import ShardedCollector
 from replay.mixing import MixedReplay, split_counts, validate_fractions
 from replay.prefetch import Prefetcher, TorchBatch
+from replay.priority_stream import PriorityCounts, PriorityStreamConfig
 from replay.private_files import create_private_file, private_dir
 from replay.rate_limiter import RateLimiter
 from replay.redis_connection import connect_redis, redact_url
@@ -89,6 +91,8 @@ __all__ = [
     "MixedReplay",
     "Prefetcher",
     "PriorityUpdateResult",
+    "PriorityCounts",
+    "PriorityStreamConfig",
     "RateLimiterConfigError",
     "ReplayClient",
     "ReplayAuthenticationError",

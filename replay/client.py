@@ -4,7 +4,8 @@
     client.insert({"obs": obs, "action": action, ...})   # streamed; returns at once
     client.flush()                                      # waits for acks; raises a batch's error
     sample = client.sample(256)                         # .data, .keys, .probabilities, .weights
-    client.update_priorities(sample.keys, new_priorities)
+    client.update_priorities(sample.keys, new_priorities)   # one unary call: waits for the answer
+    client.send_priorities(sample.keys, new_priorities)     # streamed and coalesced: returns at once
 
 Inserts ride one bidirectional stream with at most `max_in_flight` unacknowledged batches; an
 error in batch k is raised by the next `insert` or `flush`. Calls retry UNAVAILABLE (and a busy
@@ -47,6 +48,7 @@ from replay.errors import (
     ReplayUnavailableError,
 )
 from replay.limits import SHARD_BUSY
+from replay.priority_stream import PriorityCounts, PriorityStream, PriorityStreamConfig
 from replay.sample import Sample
 from replay.source import ReplayStats, make_stats
 from replay.spec import Spec
@@ -422,6 +424,7 @@ class ReplayClient:
             only their certificate (under its `server_name`, whatever host the address names),
             and sends their token with every call. None: plaintext, no token (a shard started
             without credentials). The private key, if present, is dropped: clients never hold it.
+        priorities: how `send_priorities` streams and coalesces (replay/priority_stream.py).
     """
 
     def __init__(
@@ -433,8 +436,12 @@ class ReplayClient:
         retry_for_s: float = 30.0,
         max_message_mb: int = 512,
         credentials: ReplayCredentials | None = None,
+        priorities: PriorityStreamConfig | None = None,
     ):
         self.address = address
+        self.priority_config = priorities or PriorityStreamConfig()
+        self._priorities: PriorityStream | None = None
+        self._closed_priorities = PriorityCounts()  # of streams a `close` ended
         self.credentials = None if credentials is None else credentials.for_clients()
         self._metadata = None if credentials is None else call_metadata(credentials.token)
         self.max_in_flight = max_in_flight
@@ -453,7 +460,7 @@ class ReplayClient:
 
     def __reduce__(self):
         # The address and the client's credentials (token and certificate; never a private key).
-        return (_rebuild, (self.address, self.credentials))
+        return (_rebuild, (self.address, self.credentials, self.priority_config))
 
     def __repr__(self) -> str:
         return f"ReplayClient({self.address!r}{', TLS' if self.secure else ''})"
@@ -490,6 +497,16 @@ class ReplayClient:
                     response_deserializer=replay_pb2.InsertResponse.FromString,
                 )
             return self._stub_obj
+
+    def _priority_stub(self):
+        """The UpdatePrioritiesStream call, taking requests already serialized."""
+        self._stub()
+        with self._lock:
+            return self._channel.stream_stream(
+                "/qfleet.replay.ReplayService/UpdatePrioritiesStream",
+                request_serializer=None,
+                response_deserializer=replay_pb2.UpdatePrioritiesResponse.FromString,
+            )
 
     def _call(self, method: str, request, what: str, timeout: float | None = None):
         backoff = _Backoff(self.retry_for_s)
@@ -589,6 +606,9 @@ class ReplayClient:
         if batch_size < 1 or num_batches < 1:
             raise InvalidBatchError(f"batch_size and num_batches must be >= 1, got {batch_size} and {num_batches}")
         what = f"sample({batch_size}x{num_batches})"
+        stream = self._priorities
+        if stream is not None:  # the sample should see the priorities sent before it
+            stream.push()
         deadline = None if timeout is None else time.monotonic() + timeout
         # The server enforces the timeout and says why; the gRPC deadline only guards a lost server.
         # The shard bounds every wait (max_sample_wait_s): until the caller's deadline, ask again.
@@ -638,6 +658,41 @@ class ReplayClient:
         codec.encode_tensor(np.asarray(priorities, dtype=np.float64), request.priorities)
         response = self._call("UpdatePriorities", request, "update_priorities")
         return PriorityUpdateResult(applied=response.applied, dropped_stale=response.dropped_stale)
+
+    def send_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> None:
+        """Sends new priorities of sampled keys on this client's priority stream; returns at once
+        (unless `priorities.max_in_flight` requests are unanswered). Coalesced as configured, and
+        sent before this client's next sample. What became of them: `flush_priorities`,
+        `priority_counts`.
+
+        Raises:
+            InvalidBatchError: keys and priorities are not equal 1-d shapes, or the shard refused
+                an earlier update.
+            ReplayUnavailableError: an earlier update's stream failed (counted lost) or the shard
+                answered nothing for `priorities.max_wait_s`.
+        """
+        with self._lock:
+            if self._priorities is None:
+                self._priorities = PriorityStream(self, self.priority_config)
+            stream = self._priorities
+        stream.send(keys, priorities)
+
+    def flush_priorities(self, timeout: float | None = None) -> PriorityCounts:
+        """Sends held priorities and waits for every answer; returns `priority_counts()`.
+
+        Raises:
+            DeadlineExceededError: updates still unanswered after `timeout` seconds.
+            as `send_priorities`, for a failed earlier update.
+        """
+        stream = self._priorities
+        if stream is not None:
+            stream.flush(timeout)
+        return self.priority_counts()
+
+    def priority_counts(self) -> PriorityCounts:
+        """Keys sent with `send_priorities` so far: applied, dropped as stale, lost, rejected."""
+        stream = self._priorities
+        return self._closed_priorities + (stream.counts() if stream is not None else PriorityCounts())
 
     def credit(self, items: int, timeout: float | None = None) -> int:
         """Counts up to `items` items against the shard's rate limiter as if sampled, without a
@@ -697,7 +752,12 @@ class ReplayClient:
         return CheckpointResult(path=response.path, size=response.size, sequence=response.sequence)
 
     def close(self) -> None:
-        """Ends the insert stream (after pending acks) and the channel."""
+        """Ends the priority stream (after its answers, up to 10 s), the insert stream (after
+        pending acks) and the channel."""
+        with self._lock:
+            priorities, self._priorities = self._priorities, None
+        if priorities is not None:  # what it holds goes first; what stays unanswered counts lost
+            self._closed_priorities += priorities.close()
         with self._lock:
             stream, self._stream = self._stream, None
             self._closed_stream, self.closed = stream, True
@@ -714,5 +774,7 @@ class ReplayClient:
         self.close()
 
 
-def _rebuild(address: str, credentials: ReplayCredentials | None) -> ReplayClient:
-    return ReplayClient(address, credentials=credentials)
+def _rebuild(
+    address: str, credentials: ReplayCredentials | None, priorities: PriorityStreamConfig | None = None
+) -> ReplayClient:
+    return ReplayClient(address, credentials=credentials, priorities=priorities)

@@ -11,6 +11,7 @@ from typing import Literal
 
 from replay.credentials import ReplayCredentials
 from replay.mixing import validate_fractions
+from replay.priority_stream import PriorityStreamConfig
 from replay.rate_limiter import RateLimiter
 
 RESERVED_THREADS = 4
@@ -238,6 +239,9 @@ class ShardedReplayConfig:
     credentials: ReplayCredentials | None = None
     """The run's replay token and certificate (TLS + token on every call); None: plaintext shards.
     Its repr shows neither the token nor the certificate."""
+
+    priorities: PriorityStreamConfig = PriorityStreamConfig()
+    """How `send_priorities` streams and coalesces updates to each shard."""
 
     def __post_init__(self) -> None:
         if (self.redis_url is None) == (self.addresses is None):

@@ -24,6 +24,7 @@ from concurrent import futures
 from replay.client import ReplayClient, ReplayInfo
 from replay.config import ShardedReplayConfig
 from replay.errors import DeadlineExceededError, ReplayAuthenticationError, ReplayUnavailableError
+from replay.priority_stream import PriorityCounts
 from replay.redis_connection import redact_url
 from replay.registry import ShardRegistry
 
@@ -101,6 +102,8 @@ class Membership:
         self.lock = threading.RLock()
         """Guards the shard set and each handle's `failed_at`."""
         self.failovers = 0
+        self.left_priorities = PriorityCounts()
+        """Priority updates of shards that left, by what became of them (ShardedReplay's totals)."""
         """Times a shard was found unavailable and left out."""
         self._pool = pool
         self._shards: dict[int, ShardHandle] = {}
@@ -131,6 +134,7 @@ class Membership:
             retry_for_s=config.failover_after_s,
             max_in_flight=config.max_in_flight,
             credentials=config.credentials,
+            priorities=config.priorities,
         )
 
     # -- following the shard set -----------------------------------------------------------------
@@ -208,7 +212,13 @@ class Membership:
     def _drop(self, shard_id: int) -> None:
         shard = self._shards.pop(shard_id)
         self._departed[shard_id] = shard
-        self._pool.submit(shard.client.close)
+        self._pool.submit(self._close_dropped, shard.client)
+
+    def _close_dropped(self, client: ReplayClient) -> None:
+        client.close()
+        counts = client.priority_counts()  # a shard that left keeps counting in the totals
+        with self.lock:
+            self.left_priorities += counts
 
     def follow_counters(self) -> None:
         """Has the watcher re-read every live shard's counters (size, mass, inserts, samples) each

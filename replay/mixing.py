@@ -20,6 +20,7 @@ import numpy as np
 from replay import keys as keylib
 from replay.client import PriorityUpdateResult, ReplayClient, Sample
 from replay.errors import InvalidBatchError
+from replay.priority_stream import PriorityCounts
 from replay.source import ReplayStats, make_stats
 
 if TYPE_CHECKING:  # sharded.py imports config.py, which imports this module
@@ -67,6 +68,7 @@ class MixedReplay:
         self.fractions = validate_fractions({name: fraction for name, (_, fraction) in sources.items()})
         self.sources = {name: source for name, (source, _) in sources.items()}
         self._owner = self._owners()
+        self._unrouted = 0  # priorities sent for keys of no source's shard (counted lost)
         self._pool = futures.ThreadPoolExecutor(max_workers=max(2, len(self.sources)))
 
     def sample(self, batch_size: int, *, beta: float | None = None, timeout: float | None = None) -> Sample:
@@ -119,6 +121,28 @@ class MixedReplay:
                 applied, dropped = applied + result.applied, dropped + result.dropped_stale
         unknown = int((~np.isin(shard_ids, list(self._owner))).sum())
         return PriorityUpdateResult(applied=applied, dropped_stale=dropped + unknown)
+
+    def send_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> None:
+        """Streams updates to the source owning each key's shard (keys of no source: lost)."""
+        keys = np.asarray(keys, dtype=np.uint64)
+        priorities = np.asarray(priorities, dtype=np.float64)
+        if keys.shape != priorities.shape:
+            raise InvalidBatchError(f"keys {keys.shape} and priorities {priorities.shape} differ in shape")
+        shard_ids = keylib.shard_of(keys)
+        if not np.isin(shard_ids, list(self._owner)).all():
+            self._owner = self._owners()
+        for name, source in self.sources.items():
+            mine = np.isin(shard_ids, [i for i, owner in self._owner.items() if owner == name])
+            if mine.any():
+                source.send_priorities(keys[mine], priorities[mine])
+        self._unrouted += int((~np.isin(shard_ids, list(self._owner))).sum())
+
+    def flush_priorities(self, timeout: float | None = None) -> PriorityCounts:
+        """Flushes every source's priority streams; returns their counts summed."""
+        counts = PriorityCounts(lost=self._unrouted)
+        for source in self.sources.values():
+            counts += source.flush_priorities(timeout)
+        return counts
 
     def _owners(self) -> dict[int, str]:
         """Which source each shard id belongs to, as the sources know their shards now.

@@ -84,6 +84,11 @@ def add_servicer(servicer: replay_pb2_grpc.ReplayServiceServicer, server: grpc.S
             replay_pb2.UpdatePrioritiesRequest,
             replay_pb2.UpdatePrioritiesResponse.SerializeToString,
         ),
+        "UpdatePrioritiesStream": grpc.stream_stream_rpc_method_handler(
+            servicer.UpdatePrioritiesStream,
+            request_deserializer=replay_pb2.UpdatePrioritiesRequest.FromString,
+            response_serializer=replay_pb2.UpdatePrioritiesResponse.SerializeToString,
+        ),
         "Info": unary(servicer.Info, replay_pb2.InfoRequest, replay_pb2.InfoResponse.SerializeToString),
         "Checkpoint": unary(
             servicer.Checkpoint, replay_pb2.CheckpointRequest, replay_pb2.CheckpointResponse.SerializeToString
@@ -306,6 +311,38 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
         return replay_pb2.CreditResponse(credited=self._table.credit(request.items))
 
     def UpdatePriorities(self, request, context):
+        response = self._update_priorities(request)
+        if response.code:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, response.message)
+        return response
+
+    def UpdatePrioritiesStream(self, request_iterator, context):
+        """Priority updates on one stream, answered in order; a bad request is answered with its
+        error and the stream goes on. It holds a worker thread as an Insert stream does, so it
+        takes one of the same slots and the same watch ends it when idle or old (the client
+        reopens it: every request it sent was answered)."""
+        slot = self._stream_slots.acquire(context)
+        if slot is None:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{SHARD_BUSY}: it serves at most {self._stream_slots.limit} Insert and priority streams at once "
+                "(max_workers - max_concurrent_samples - 4)",
+            )
+        stream = self._streams.opened(context)
+        try:
+            for request in request_iterator:
+                self._streams.busy(stream)
+                response = self._update_priorities(request)
+                self._streams.waiting(stream)
+                yield response
+                if self._streams.expired(stream):
+                    return
+        finally:
+            self._streams.closed(stream)
+            slot.release()
+
+    def _update_priorities(self, request) -> replay_pb2.UpdatePrioritiesResponse:
+        """Applies one request; an invalid one comes back with code INVALID_ARGUMENT, nothing applied."""
         started = time.perf_counter()
         try:
             keys = codec.decode_tensor(request.keys, "keys")
@@ -315,7 +352,8 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
             check_priority_update(keys.size, self._server.config.max_priority_updates)
             applied, dropped = self._table.update_priorities(keys, priorities)
         except InvalidBatchError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            return replay_pb2.UpdatePrioritiesResponse(code=code, message=str(exc))
         self._update_latency.observe(time.perf_counter() - started)
         return replay_pb2.UpdatePrioritiesResponse(applied=applied, dropped_stale=dropped)
 

@@ -27,6 +27,7 @@ from replay.drawing import ShardDrawer
 from replay.errors import InvalidBatchError, ReplayUnavailableError, SpecMismatchError
 from replay.global_limiter import GlobalSampleLimiter
 from replay.membership import Membership
+from replay.priority_stream import PriorityCounts
 from replay.rate_limiter import RateLimiter
 from replay.routing import ShardWriter
 from replay.source import ReplayStats, make_stats
@@ -90,6 +91,7 @@ class ShardedReplay:
         self._writer = ShardWriter(self._membership, writer_id, config.writer_index)
         self._global_limiter = GlobalSampleLimiter(self.limiter, self._membership)
         self._drawer = ShardDrawer(self._membership, self._pool, config.seed)
+        self._priorities_lost = 0  # sent for shards that had gone or failed
 
     def __reduce__(self):
         # Pickles as its config (credentials included, never a private key); the copy discovers
@@ -203,6 +205,48 @@ class ShardedReplay:
             applied += result.applied
             dropped += result.dropped_stale
         return PriorityUpdateResult(applied=applied, dropped_stale=dropped)
+
+    def send_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> None:
+        """Sends each key's new priority on the stream of the shard named in the key; returns at
+        once (see `ReplayClient.send_priorities`). Updates for shards that are gone or failed are
+        counted lost; a shard whose stream fails is marked failed, as a failed call marks it.
+
+        Raises:
+            InvalidBatchError: lengths differ, or a priority is negative or not finite.
+        """
+        keys = np.asarray(keys, dtype=np.uint64)
+        priorities = np.asarray(priorities, dtype=np.float64)
+        if keys.shape != priorities.shape or keys.ndim != 1:
+            raise InvalidBatchError(f"keys {keys.shape} and priorities {priorities.shape} must be equal 1-d shapes")
+        shard_ids = keylib.shard_of(keys)
+        shards = self._membership.all()
+        for shard_id in np.unique(shard_ids):
+            mine = shard_ids == shard_id
+            shard = shards.get(int(shard_id))
+            if shard is None or shard.failed_at is not None:
+                self._priorities_lost += int(mine.sum())
+                continue
+            try:
+                shard.client.send_priorities(keys[mine], priorities[mine])
+            except ReplayUnavailableError as exc:  # its stream counted what it lost
+                self._membership.mark_failed(shard, exc)
+
+    def flush_priorities(self, timeout: float | None = None) -> PriorityCounts:
+        """Sends what the shards' streams hold and waits for their answers; returns
+        `priority_counts()`. A shard that fails meanwhile is marked failed, its updates lost."""
+        for shard in self._membership.live():
+            try:
+                shard.client.flush_priorities(timeout)
+            except ReplayUnavailableError as exc:
+                self._membership.mark_failed(shard, exc)
+        return self.priority_counts()
+
+    def priority_counts(self) -> PriorityCounts:
+        """Keys sent with `send_priorities` so far, over every shard this replay has known."""
+        counts = PriorityCounts(lost=self._priorities_lost) + self._membership.left_priorities
+        for shard in self._membership.all().values():
+            counts += shard.client.priority_counts()
+        return counts
 
     # -- state -----------------------------------------------------------------------------------
 

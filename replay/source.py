@@ -14,6 +14,7 @@ from replay.sample import Sample
 
 if TYPE_CHECKING:  # client.py builds its stats here
     from replay.client import PriorityUpdateResult
+    from replay.priority_stream import PriorityCounts
 
 
 class ReplayStats(TypedDict):
@@ -53,6 +54,15 @@ class ReplaySource(Protocol):
 
     def update_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> PriorityUpdateResult:
         """Sets new priorities of sampled keys; keys of overwritten items are dropped and counted."""
+        ...
+
+    def send_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> None:
+        """The same, without waiting: streamed (and coalesced) to the shards; blocks only while
+        the stream's window is full. What became of them: `flush_priorities`."""
+        ...
+
+    def flush_priorities(self, timeout: float | None = None) -> PriorityCounts:
+        """Waits until every sent priority is answered; returns the counts so far."""
         ...
 
     def stats(self) -> ReplayStats:

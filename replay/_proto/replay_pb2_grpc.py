@@ -54,6 +54,11 @@ class ReplayServiceStub:
                 request_serializer=replay_dot___proto_dot_replay__pb2.UpdatePrioritiesRequest.SerializeToString,
                 response_deserializer=replay_dot___proto_dot_replay__pb2.UpdatePrioritiesResponse.FromString,
                 _registered_method=True)
+        self.UpdatePrioritiesStream = channel.stream_stream(
+                '/qfleet.replay.ReplayService/UpdatePrioritiesStream',
+                request_serializer=replay_dot___proto_dot_replay__pb2.UpdatePrioritiesRequest.SerializeToString,
+                response_deserializer=replay_dot___proto_dot_replay__pb2.UpdatePrioritiesResponse.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/qfleet.replay.ReplayService/Info',
                 request_serializer=replay_dot___proto_dot_replay__pb2.InfoRequest.SerializeToString,
@@ -97,6 +102,14 @@ class ReplayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdatePrioritiesStream(self, request_iterator, context):
+        """The same updates on one long-lived stream: one response per request, in order, so a client
+        sends without waiting for each answer (a bounded number in flight; replay/priority_stream.py).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Info(self, request, context):
         """Reports size, counters, priority mass and the rate limiter's state.
         """
@@ -131,6 +144,11 @@ def add_ReplayServiceServicer_to_server(servicer, server):
             ),
             'UpdatePriorities': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdatePriorities,
+                    request_deserializer=replay_dot___proto_dot_replay__pb2.UpdatePrioritiesRequest.FromString,
+                    response_serializer=replay_dot___proto_dot_replay__pb2.UpdatePrioritiesResponse.SerializeToString,
+            ),
+            'UpdatePrioritiesStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.UpdatePrioritiesStream,
                     request_deserializer=replay_dot___proto_dot_replay__pb2.UpdatePrioritiesRequest.FromString,
                     response_serializer=replay_dot___proto_dot_replay__pb2.UpdatePrioritiesResponse.SerializeToString,
             ),
@@ -251,6 +269,33 @@ class ReplayService:
             request,
             target,
             '/qfleet.replay.ReplayService/UpdatePriorities',
+            replay_dot___proto_dot_replay__pb2.UpdatePrioritiesRequest.SerializeToString,
+            replay_dot___proto_dot_replay__pb2.UpdatePrioritiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePrioritiesStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/qfleet.replay.ReplayService/UpdatePrioritiesStream',
             replay_dot___proto_dot_replay__pb2.UpdatePrioritiesRequest.SerializeToString,
             replay_dot___proto_dot_replay__pb2.UpdatePrioritiesResponse.FromString,
             options,

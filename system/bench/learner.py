@@ -23,6 +23,7 @@ import torch
 
 from learner import ActionSpace, Learner, LearnerConfig, PrefetchConfig, resolve_device
 from replay import (
+    PriorityCounts,
     PriorityUpdateResult,
     RateLimiter,
     ReplayStats,
@@ -88,6 +89,7 @@ class InProcessReplay:
         self.table = Table(spec, capacity, make_selector("prioritized", capacity, 0.6), RateLimiter())
         self.beta = beta
         self._inserts = self._samples = 0
+        self._counts = PriorityCounts()
 
     def insert(self, batch) -> None:
         self.table.insert(batch)
@@ -131,7 +133,14 @@ class InProcessReplay:
 
     def update_priorities(self, keys, priorities) -> PriorityUpdateResult:
         applied, dropped = self.table.update_priorities(keys, priorities)
+        self._counts += PriorityCounts(applied, dropped)
         return PriorityUpdateResult(applied, dropped)
+
+    def send_priorities(self, keys, priorities) -> None:
+        self.update_priorities(keys, priorities)  # in-process: applied at once
+
+    def flush_priorities(self, timeout=None) -> PriorityCounts:
+        return self._counts
 
 
 def _fill(target, payload: Payload) -> None:

@@ -120,7 +120,7 @@ class _RawServicer:
     def _unimplemented(self, request, context):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "the raw reference server only inserts and samples")
 
-    UpdatePriorities = Info = Checkpoint = Credit = _unimplemented
+    UpdatePriorities = UpdatePrioritiesStream = Info = Checkpoint = Credit = _unimplemented
 
 
 def _serve_forever(kind: str, payload: Payload, shard_id: int = 0) -> None:

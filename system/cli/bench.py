@@ -1,4 +1,4 @@
-"""`qfleet bench replay|sharded|learner|actors|weights|dataset|offline|ui-env|scaling`: the benchmarks behind docs/benchmarks.md."""
+"""`qfleet bench replay|priorities|sharded|learner|actors|weights|dataset|offline|ui-env|scaling`: the benchmarks behind docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -51,6 +51,33 @@ def add_parser(commands) -> None:
     _common(replay)
     replay.add_argument("--only", choices=["cartpole", "cartpole_small", "atari"], help="run one payload only")
     _security(replay)
+
+    priorities = subcommands.add_parser(
+        "priorities",
+        help="priority updates/s to one shard at 256 keys per call: unary, stream, coalesced (and Reverb's)",
+        description=(
+            "Fills one prioritized replay shard (its own process, loopback) and measures priority updates of "
+            "256 keys per call: the unary UpdatePriorities call, the UpdatePrioritiesStream, and the stream with "
+            "coalescing, interleaved; calls/s and keys/s. Beside them Reverb's mutate_priorities at the same "
+            "shape when `reverb` imports, or in --reverb-python's interpreter; else it says it skipped Reverb. "
+            "Prints a Markdown table and the targets (stream calls/s >= Reverb's, coalesced keys/s >= 10x)."
+        ),
+    )
+    _common(priorities)
+    priorities.add_argument(
+        "--capacity", type=int, default=100_000, help="items in the (full) table, both systems (default: 100000)"
+    )
+    priorities.add_argument(
+        "--security",
+        choices=["off", "on"],
+        default="off",
+        help="the shard plaintext as Reverb's (off; the default), or with TLS and the token as qfleet train runs it",
+    )
+    priorities.add_argument(
+        "--reverb-python",
+        metavar="PYTHON",
+        help="an interpreter that has dm-reverb (e.g. a separate venv's bin/python), for the Reverb side",
+    )
 
     sharded = subcommands.add_parser(
         "sharded",
@@ -207,6 +234,14 @@ def run(args: argparse.Namespace) -> int:
         from system.bench.replay import run_replay_bench
 
         return run_replay_bench(args.seconds, args.repeats, args.only, args.output, args.security)
+    if args.bench_command == "priorities":
+        from system.bench.priorities import run_priorities_bench
+
+        if args.seconds <= 0 or args.repeats < 1 or args.capacity < 64 * 256:
+            raise ConfigError("--seconds must be > 0, --repeats >= 1, --capacity >= 16384")
+        return run_priorities_bench(
+            args.seconds, args.repeats, args.capacity, args.security, args.reverb_python, args.output
+        )
     if args.bench_command == "sharded":
         from system.bench.sharded import run_sharded_bench
 

@@ -71,6 +71,12 @@ def call(channel: grpc.Channel, method: str, keys: np.ndarray, metadata):
         request = wire.encode_insert_request(make_batch(10, start=1000), writer_id=7, sequence=1, timeout_ms=0)
         stream = channel.stream_stream(SERVICE + "Insert", request_serializer=None, response_deserializer=None)
         return list(stream(iter([request]), metadata=metadata, timeout=10))
+    if method == "UpdatePrioritiesStream":
+        message = replay_pb2.UpdatePrioritiesRequest()
+        codec.encode_tensor(keys, message.keys)
+        codec.encode_tensor(np.full(len(keys), 1e6), message.priorities)
+        stream = channel.stream_stream(SERVICE + method, request_serializer=None, response_deserializer=None)
+        return list(stream(iter([message.SerializeToString()]), metadata=metadata, timeout=10))
     if method == "Sample":
         request = replay_pb2.SampleRequest(batch_size=8, num_batches=4, beta=-1.0).SerializeToString()
     elif method == "Credit":
@@ -98,7 +104,7 @@ def state(server: ReplayServer, tmp_path) -> tuple:
     )
 
 
-METHODS = ["Insert", "Sample", "Credit", "UpdatePriorities", "Info", "Checkpoint"]
+METHODS = ["Insert", "Sample", "Credit", "UpdatePriorities", "UpdatePrioritiesStream", "Info", "Checkpoint"]
 
 
 def test_every_method_is_in_the_list_checked_here():
@@ -162,6 +168,8 @@ def test_right_credentials_work_end_to_end_and_survive_pickling(shard):
     client.flush()
     sample = client.sample(32)
     assert client.update_priorities(sample.keys, np.full(32, 3.0)).applied == 32
+    client.send_priorities(sample.keys, np.full(32, 5.0))  # the priority stream: TLS and the token too
+    assert client.flush_priorities(timeout=10).applied == 32
     assert client.info().size == 150 and client.checkpoint().size == 150
     client.close()
 
@@ -169,7 +177,10 @@ def test_right_credentials_work_end_to_end_and_survive_pickling(shard):
     assert sharded.config.credentials.key_pem is None
     sharded.insert(make_batch(10, start=150))
     sharded.flush()
-    assert sharded.sample(8).keys.shape == (8,) and sharded.info().size == 160
+    keys = sharded.sample(8).keys
+    assert keys.shape == (8,) and sharded.info().size == 160
+    sharded.send_priorities(keys, np.full(8, 2.0))
+    assert sharded.flush_priorities(timeout=10).applied == 8
     sharded.close()
 
 
@@ -183,8 +194,13 @@ def test_a_wrong_token_raises_a_typed_error_at_once_without_the_token(shard):
         client.insert(make_batch(5))
         with pytest.raises(ReplayAuthenticationError):
             client.flush()
+        mass = shard.table.info().priority_mass
+        client.send_priorities(np.arange(5, dtype=np.uint64), np.full(5, 1e6))
+        with pytest.raises(ReplayAuthenticationError):
+            client.flush_priorities(timeout=10)
+        assert client.priority_counts().lost == 5  # refused, not applied, and said so
     assert wrong.token not in str(caught.value) and CREDENTIALS.token not in str(caught.value)
-    assert shard.table.info().size == 100
+    assert shard.table.info().size == 100 and shard.table.info().priority_mass == mass
 
 
 def test_a_plaintext_client_is_told_the_shard_wants_tls_and_a_token(shard):

@@ -178,6 +178,20 @@ def test_bench_replay_runs_briefly_and_reports_every_figure(tmp_path):
     assert all(payload["tls_ratio"][op] > 0 for op in ("insert", "sample"))
 
 
+def test_bench_priorities_runs_briefly_and_says_when_reverb_is_skipped(tmp_path):
+    out = tmp_path / "priorities.json"
+    args = ["--seconds", "0.2", "--repeats", "1", "--capacity", "16384", "--output", str(out)]
+    result = run("bench", "priorities", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| qfleet unary |" in result.stdout and "| qfleet coalesced |" in result.stdout
+    assert "Reverb not installed: skipped" in result.stdout  # reverb is no dependency of qfleet
+    report = json.loads(out.read_text())
+    assert all(report["qfleet"][mode]["calls_per_s"] > 0 for mode in ("unary", "stream", "coalesced"))
+    counts = report["qfleet"]["stream"]["counts"]
+    assert counts["applied"] > 0 and counts["lost"] == 0 and counts["rejected"] == 0
+    assert report["reverb"] is None and report["keys_per_call"] == 256
+
+
 def test_bench_offline_runs_briefly_and_reports_every_learner_and_seed(tmp_path):
     out = tmp_path / "bench.json"
     args = ["--episodes", "20", "--updates", "20", "--seeds", "0,1", "--eval-episodes", "2", "--output", str(out)]

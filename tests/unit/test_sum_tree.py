@@ -47,3 +47,20 @@ def test_rejects_negative_or_non_finite_leaves():
         tree.set(np.array([0]), np.array([-1.0]))
     with pytest.raises(ValueError):
         tree.set(np.array([0]), np.array([np.nan]))
+
+
+def test_a_dense_batch_refreshes_the_same_tree_as_sparse_batches_do():
+    """A batch over 1/64 of the leaves takes the whole-level path; the tree must be bit-identical."""
+    rng = np.random.default_rng(1)
+    dense, sparse = SumTree(4096), SumTree(4096)
+    start = rng.random(4096)
+    dense.set_all(start)
+    sparse.set_all(start)
+    indices = rng.integers(0, 4096, 1000)  # repeats included: the last value wins on both paths
+    values = rng.random(1000)
+    dense.set(indices, values)  # 1000 * 64 >= 4096: dense
+    for part in np.array_split(np.arange(1000), 1000 // 50):  # 50 * 64 < 4096: sparse
+        sparse.set(indices[part], values[part])
+    np.testing.assert_array_equal(dense._tree, sparse._tree)
+    targets = rng.random(500) * dense.total
+    np.testing.assert_array_equal(dense.find(targets), sparse.find(targets))
