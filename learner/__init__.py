@@ -3,7 +3,7 @@
 Public surface:
     LearnerConfig and its groups (ArchitectureConfig, OptimizerConfig, TargetConfig, DQNConfig,
     DistributionalConfig, SACConfig, IQLConfig, FilteredBCConfig, ResetConfig, PrefetchConfig,
-    WeightsConfig), WEIGHTS_TRANSPORTS (the weights' transport names), resolve_device, ActionSpace,
+    WeightsConfig), WEIGHTS_TRANSPORTS (the weights' transport names), resolve_device, ActionSpace, ActionLayout,
     parse_number, MalformedValues, LearnerError, WeightStoreError, MalformedWeightsError, MissingColumnError, MalformedColumnError,
     CheckpointLossError, WeightsHostError (importing these does not import torch);
     Learner, LearnerSummary, LearnerReached, make_replay, sample_error_buffer (the loop);
@@ -55,7 +55,7 @@ from learner.errors import (
     WeightStoreError,
 )
 from learner.redis_values import MalformedValues, parse_number
-from learner.spaces import ActionSpace
+from learner.spaces import ActionLayout, ActionSpace
 
 _RENAMED = {
     "METRIC_SERIES": "SERIES",
@@ -118,6 +118,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "ActionLayout",
     "ActionSpace",
     "ActionabilityConfig",
     "EncoderError",

@@ -1,7 +1,9 @@
 """Offline learners for discrete actions: `IQLAgent` ("iql") and `FilteredBCAgent` ("filtered_bc"),
 both implementing `learner.agent.Agent`. The maths is in `learner.offline_losses`.
 
-Both train a policy network pi (a Q-shaped network whose [B, A] outputs are logits) and publish it:
+Both train a policy network pi (its [B, A] outputs are logits: a Q-shaped network, or the factored
+UI policy's log-probabilities with `learner.policy_head: factored`; learner/action_heads.py) and
+publish it:
 actors and evaluation act greedily in pi (argmax of its logits), epsilon-greedy while exploring,
 through `learner.acting.PolicyLogits`. Continuous actions are not supported (IQL's Gaussian policy
 is not built).
@@ -23,10 +25,10 @@ from typing import ClassVar
 import torch
 
 from learner import offline_losses
+from learner.action_heads import build_iql_critic, build_policy_network
 from learner.agent import UpdateResult
 from learner.config import LearnerConfig
 from learner.errors import MalformedColumnError, MissingColumnError
-from learner.networks import IQLCritic, build_q_network
 from learner.optimization import periodic_reset, reinitialise_with_optimizer, step, update_target
 from learner.spaces import ActionSpace
 
@@ -44,7 +46,7 @@ class _PolicyAgent:
 
     def __init__(self, config: LearnerConfig, obs_shape: tuple[int, ...], space: ActionSpace, device: torch.device):
         self.config, self.device = config, device
-        self.policy = build_q_network(obs_shape, space.num_actions, 1, config.architecture).to(device)
+        self.policy = build_policy_network(obs_shape, space, config.architecture).to(device)
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.optimizer.lr)
 
     def _imitate(
@@ -76,6 +78,8 @@ class IQLAgent(_PolicyAgent):
       imitating the data action instead would pull pi back towards the behaviour policy exactly
       where the critic found nothing better among pi's own samples.
 
+    The twin Qs are discrete heads or, with `learner.critic: action_embedding`, Digi-Q's Q(s, a) with
+    the action as an input (learner/action_heads.py); both give [B, A] for Best-of-N's argmax.
     One target network holds the twin Qs and V (`learner.target_update` as for the other losses;
     "none": the online critics bootstrap). The critics and pi have their own optimizers; `loss`
     and `grad_norm` of an update are the critics' (Q + V), as for SAC; `policy_loss` and
@@ -84,7 +88,7 @@ class IQLAgent(_PolicyAgent):
 
     def __init__(self, config: LearnerConfig, obs_shape: tuple[int, ...], space: ActionSpace, device: torch.device):
         super().__init__(config, obs_shape, space, device)
-        self.critic = IQLCritic(obs_shape, space.num_actions, config.architecture).to(device)
+        self.critic = build_iql_critic(obs_shape, space, config.architecture).to(device)
         self.critic_target = copy.deepcopy(self.critic) if config.target.update != "none" else None
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.optimizer.lr)
 
