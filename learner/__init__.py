@@ -16,7 +16,8 @@ Public surface:
     join_chunks (its payload), WeightsHost, weights_host_name (the object store's Ray actor, a new
     name per host); LearnerMetrics; LearnerStatus, learner_status_key
     (its status hash in Redis); Policy (what actors and evaluation act with); build_q_network,
-    TanhGaussianActor; FrozenEncoder, SmallEncoder, load_encoder, load_small_encoder,
+    TanhGaussianActor; ActionEmbeddingQ, ActionEmbeddingIQLCritic, FactoredPolicy, action_descriptors
+    (Digi-Q's heads for UI action spaces: Q(s, a) with the action as an input, the factored policy); FrozenEncoder, SmallEncoder, load_encoder, load_small_encoder,
     save_small_encoder, load_transformers_encoder, instruction_embedding, ENCODER_LOADERS (frozen
     image encoders, docs/digiq.md); ActionabilityConfig, EncoderError (no torch),
     train_actionability, screen_changed, ActionabilityModel, ActionabilityResult (phase 1).
@@ -102,6 +103,10 @@ _LAZY = {
     "split_chunks": "learner.weights_codec",
     "join_chunks": "learner.weights_codec",
     "WeightsHost": "learner.weights_host",
+    "ActionEmbeddingQ": "learner.action_heads",
+    "ActionEmbeddingIQLCritic": "learner.action_heads",
+    "FactoredPolicy": "learner.action_heads",
+    "action_descriptors": "learner.action_heads",
     "FrozenEncoder": "learner.encoders",
     "SmallEncoder": "learner.encoders",
     "ENCODER_LOADERS": "learner.encoders",

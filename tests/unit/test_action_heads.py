@@ -8,18 +8,20 @@ import torch
 
 from actors import UIActionSpace
 from learner import (
+    ActionEmbeddingQ,
     ActionLayout,
     ActionSpace,
     ArchitectureConfig,
+    FactoredPolicy,
     IQLConfig,
     LearnerConfig,
     OptimizerConfig,
     Policy,
+    action_descriptors,
     decode_weights,
     encode_weights,
     make_agent,
 )
-from learner.action_heads import ActionEmbeddingQ, FactoredPolicy, action_descriptors
 from learner.offline_losses import sample_candidates
 
 CPU = torch.device("cpu")
