@@ -9,7 +9,7 @@ Public surface:
     Learner, LearnerSummary, LearnerReached, make_replay, sample_error_buffer (the loop);
     find_checkpoint, has_checkpoints, load_latest_checkpoint (checkpoints);
     Agent, UpdateResult (the seam), make_agent, AGENTS, DiscreteQAgent, SACAgent,
-    IQLAgent, FilteredBCAgent (agents); ActingHead, acting_head, ACTING_HEADS, PolicyLogits (how
+    IQLAgent, FilteredBCAgent (agents); ActingHead, acting_head, ACTING_HEADS, PolicyLogits, sample_actions (how
     actors act with what a discrete agent publishes);
     QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore (the parameter store: announced
     in Redis, carried by Redis or Ray's object store), encode_weights, decode_weights, split_chunks,
@@ -76,6 +76,7 @@ _LAZY = {
     "ActingHead": "learner.acting",
     "ACTING_HEADS": "learner.acting",
     "PolicyLogits": "learner.acting",
+    "sample_actions": "learner.acting",
     "acting_head": "learner.acting",
     "IQLAgent": "learner.offline_agents",
     "FilteredBCAgent": "learner.offline_agents",

@@ -4,7 +4,8 @@ The learner publishes `agent.policy_state()` (the online Q network, the offline 
 network pi, or SAC's actor); a Policy builds the same architecture, loads those weights and turns
 observations into actions: epsilon-greedy on expected Q values for discrete actions (C51 and
 HL-Gauss take the expectation over their support) or on pi's logits ("iql", "filtered_bc": greedy
-is pi's most likely action; `policy_acting: sample` draws from pi), a sample from the tanh-Gaussian for continuous ones.
+is pi's most likely action; `policy_acting: sample` draws from pi), a sample from the
+tanh-Gaussian for continuous ones.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from learner.acting import PolicyLogits, acting_head
+from learner.acting import PolicyLogits, acting_head, sample_actions
 from learner.action_heads import build_policy_network
 from learner.config import LearnerConfig
 from learner.networks import TanhGaussianActor, build_q_network
@@ -66,16 +67,14 @@ class Policy:
         """Actions for a batch of observations.
 
         Discrete: greedy in Q (or, with `learner.policy_acting: sample`, a draw from pi), replaced by
-        a uniform random action with probability `epsilon` per observation. Continuous: a sample of the policy, or its mean when `epsilon` is 0
-        (greedy evaluation).
+        a uniform random action with probability `epsilon` per observation. Continuous: a sample of
+        the policy, or its mean when `epsilon` is 0 (greedy evaluation).
         """
         if not self.space.discrete:
             action, _ = self.network(torch.from_numpy(np.asarray(obs)).float(), deterministic=epsilon == 0)
             return action.numpy()
         scores = self.q_values(obs)
-        if self.sample:  # draw from pi = softmax(logits): the Gumbel-max trick, one draw per row
-            scores = scores + rng.gumbel(size=scores.shape).astype(scores.dtype)
-        actions = scores.argmax(axis=1)
+        actions = sample_actions(scores, rng) if self.sample else scores.argmax(axis=1)
         if epsilon > 0:
             explore = rng.random(len(actions)) < epsilon
             count = np.count_nonzero(explore)
