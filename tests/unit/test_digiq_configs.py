@@ -3,6 +3,7 @@ the factored policy, Best-of-N, V by plain regression), an encoder's features an
 dataset; and a UI env gives the learner its action layout."""
 
 import dataclasses
+import os
 
 import pytest
 
@@ -39,3 +40,14 @@ def test_the_android_env_gives_the_learner_its_ui_action_layout():
     assert layout.kinds == ("tap", "swipe", "type", "key", "complete")
     assert layout.kind_of.count(0) == 16  # 4 x 4 taps
     assert layout.points[0] == (0.125, 0.125)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not os.path.exists("/usr/bin/chromedriver"), reason="chromium-driver is not installed")
+def test_the_miniwob_env_gives_the_learner_its_ui_action_layout():
+    config = load_config("configs/miniwob_digiq.yaml")
+    space = describe_env(dataclasses.replace(config.env, features=FeaturesConfig())).action_space
+    layout = space.layout
+    assert layout.kinds == ("tap", "swipe", "type", "key") and layout.num_actions == space.num_actions
+    assert layout.kind_of.count(0) == 120  # the 12 x 10 click grid
+    assert layout.points[1] == pytest.approx((0.15, 1 / 24))  # row 0, column 1: the cell's centre
