@@ -47,14 +47,14 @@ class ArchitectureConfig:
     critic: Literal["discrete", "action_embedding"] = "discrete"
     """"iql"'s Q networks: "discrete" (one output per action) or "action_embedding" (Digi-Q: Q(s, a)
     takes an embedding of the action as an input, a learned vector per action plus, for UI envs,
-    its kind, tap point and place within its kind; learner/ui_heads.py)."""
+    its kind, tap point and place within its kind; learner/action_heads.py)."""
 
     action_embedding_dim: int = 32
     """Width of the learned per-action embedding of the "action_embedding" critic."""
 
     policy_head: Literal["flat", "factored"] = "flat"
     """The offline losses' policy pi: "flat" (a softmax over every action) or "factored" (UI envs:
-    p(kind) x p(action | kind), kinds tap / swipe / type / key / complete; learner/ui_heads.py)."""
+    p(kind) x p(action | kind), kinds tap / swipe / type / key / complete; learner/action_heads.py)."""
 
     def __post_init__(self) -> None:
         if self.action_embedding_dim < 1:
@@ -336,8 +336,8 @@ class LearnerConfig:
 
     policy_acting: Literal["greedy", "sample"] = "greedy"
     """How actors act with an offline loss's policy pi ("iql", "filtered_bc"): "greedy" (its most
-    likely action, epsilon-greedy while exploring) or "sample" (draw from pi; epsilon-uniform on
-    top). Greedy evaluation (epsilon 0) takes pi's most likely action either way."""
+    likely action, epsilon-greedy while exploring) or "sample" (draw from pi, in the actors and in
+    evaluation alike; epsilon-uniform on top)."""
 
     seed: int = 0
     """Seeds network initialisation and the learner's random draws."""

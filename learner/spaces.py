@@ -11,7 +11,7 @@ class ActionLayout:
     """The structure of a flat discrete action space: each index's kind (tap, swipe, type, key, ...)
     and, for taps, the screen point it taps. `actors.UIActionSpace.layout()` builds it for MiniWoB and
     Android; the action-embedding critic reads it as features of each action and the factored policy
-    as its kinds (learner/ui_heads.py).
+    as its kinds (learner/action_heads.py).
 
     Raises:
         ValueError: fields of different lengths, a kind index outside `kinds`, or a kind with no action.
