@@ -146,11 +146,13 @@ def test_iql_recovers_the_optimal_policy_from_suboptimal_data(iql, critic, polic
     assert result.td_abs.shape == (420,) and np.isfinite(result.td_abs).all()
 
 
-def test_filtered_bc_recovers_the_optimal_policy_when_the_top_episodes_are_optimal():
-    learner_config = config("filtered_bc", filtered_bc=FilteredBCConfig(top_k_percent=5))
-    agent = make_agent(learner_config, (STATES,), ActionSpace(num_actions=2), CPU)
+@pytest.mark.parametrize(("policy_head", "space"), [("flat", PLAIN), ("factored", CHAIN_LAYOUT)])
+def test_filtered_bc_recovers_the_optimal_policy_when_the_top_episodes_are_optimal(policy_head, space):
+    architecture = ArchitectureConfig(hidden_size=32, policy_head=policy_head)
+    learner_config = config("filtered_bc", architecture, filtered_bc=FilteredBCConfig(top_k_percent=5))
+    agent = make_agent(learner_config, (STATES,), space, CPU)
     result = train(agent, recorded_batch(), 100)
-    assert greedy_actions(learner_config, agent) == [1, 1, 1, 1]
+    assert greedy_actions(learner_config, agent, space) == [1, 1, 1, 1]
     assert result.td_abs is None  # no TD error: no priorities sent, items keep theirs
     kept = recorded_batch()["episode_return"] >= 0.7 - 1e-6  # the optimal episodes' return
     assert result.imitation_weight == pytest.approx(float(kept.float().mean()))
