@@ -8,7 +8,8 @@ as an input, and a policy factored into the action's kind and its detail.
   concatenation, so this is the usual MLP over (features, action embedding). `forward` computes
   Q for every action in one pass, [B, A], by broadcasting the B states against the A action
   embeddings, so the losses that need a max or argmax over actions (Best-of-N) use it as they use
-  a discrete head; `q_at` computes only the given actions.
+  a discrete head; `q_at` computes only the given actions (what the IQL update uses: Q at the
+  data action and at Best-of-N's N candidates, B x N rows rather than B x A).
 - `ActionEmbeddingIQLCritic`: IQL's twin Qs of that kind and its V(s) (an MLP on the features).
 - `FactoredPolicy`: pi(a|s) = p(kind(a)|s) p(a|kind(a), s): a softmax over the kinds (tap, swipe,
   type, key, complete) and, within each kind, a softmax over its actions (tap cells, directions,
@@ -84,8 +85,13 @@ class ActionEmbeddingQ(nn.Module):
         return self._q(self.torso(obs)[:, None, :], self._action_features(every_action)[None, :, :])
 
     def q_at(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """[B]: Q(s_i, a_i) of one action per state (`action` [B] flat indices)."""
-        return self._q(self.torso(obs), self._action_features(action.long()))
+        """[B]: Q(s_i, a_i) of one action per state (`action` [B] flat indices), or [B, N]: Q of N
+        actions per state (`action` [B, N], e.g. Best-of-N's candidates). Costs B (or B x N)
+        action rows rather than B x A."""
+        state = self.torso(obs)
+        if action.dim() == 2:
+            state = state[:, None, :]
+        return self._q(state, self._action_features(action.long()))
 
     def head_modules(self) -> list[nn.Module]:
         return [self.head]
@@ -105,6 +111,11 @@ class ActionEmbeddingIQLCritic(nn.Module):
     def twin_q(self, obs: torch.Tensor) -> torch.Tensor:
         """[2, B, A] both Q networks' values of every action."""
         return torch.stack([self.q1(obs), self.q2(obs)])
+
+    def twin_q_at(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """[2, B] both Qs at one action per state (`action` [B]), or [2, B, N] at N per state
+        ([B, N]): only those actions are embedded and scored."""
+        return torch.stack([self.q1.q_at(obs, action), self.q2.q_at(obs, action)])
 
     def v(self, obs: torch.Tensor) -> torch.Tensor:
         """[B] state values."""

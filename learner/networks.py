@@ -115,6 +115,12 @@ class IQLCritic(nn.Module):
         """[2, B, A] both Q networks' values."""
         return torch.stack([self.q1(obs), self.q2(obs)])
 
+    def twin_q_at(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """[2, B] both Qs at one action per state (`action` [B]), or [2, B, N] at N per state ([B, N])."""
+        index = action.long() if action.dim() == 2 else action.long()[:, None]
+        q = self.twin_q(obs).gather(2, index.expand(2, *index.shape))
+        return q if action.dim() == 2 else q.squeeze(2)
+
     def v(self, obs: torch.Tensor) -> torch.Tensor:
         """[B] state values."""
         return self.value(obs).squeeze(-1)

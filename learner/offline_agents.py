@@ -96,13 +96,11 @@ class IQLAgent(_PolicyAgent):
         iql = self.config.iql
         obs, action = batch["obs"], batch["action"].long()
         reward, discount = batch["reward"].float(), batch["discount"].float()
-        rows = torch.arange(len(action), device=action.device)
         bootstrap = self.critic_target if self.critic_target is not None else self.critic
         with torch.no_grad():
-            q_target_all = bootstrap.twin_q(obs).min(dim=0).values  # [B, A]
-            q_target_taken = q_target_all[rows, action]
+            q_target_taken = bootstrap.twin_q_at(obs, action).min(dim=0).values  # [B]
             td_target = offline_losses.value_bootstrap_target(reward, discount, bootstrap.v(batch["next_obs"]))
-        q_taken = self.critic.twin_q(obs)[:, rows, action]  # [2, B]
+        q_taken = self.critic.twin_q_at(obs, action)  # [2, B]
         value = self.critic.v(obs)
         q_per_item = (q_taken - td_target).square().mean(dim=0)
         v_per_item = offline_losses.expectile_loss(q_target_taken - value, iql.expectile)
@@ -119,8 +117,9 @@ class IQLAgent(_PolicyAgent):
             with torch.no_grad():
                 data_action = action if iql.include_data_action else None
                 candidates = offline_losses.sample_candidates(logits.detach(), iql.n, data_action)
-                imitated, improves = offline_losses.best_of_n(
-                    candidates, q_target_all, value.detach(), iql.advantage_threshold
+                candidate_q = bootstrap.twin_q_at(obs, candidates).min(dim=0).values  # [B, N]
+                imitated, improves = offline_losses.best_candidate(
+                    candidates, candidate_q, value.detach(), iql.advantage_threshold
                 )
             item_weight = improves.float()
         policy_loss = self._imitate(logits, imitated, item_weight, weights)

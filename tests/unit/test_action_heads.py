@@ -88,7 +88,21 @@ def test_the_batched_pass_equals_one_call_per_action(layout):
     assert every.shape == (5, UI_SPACE.n)
     for action in range(UI_SPACE.n):
         torch.testing.assert_close(every[:, action], q.q_at(obs, torch.full((5,), action)))
+    candidates = torch.randint(0, UI_SPACE.n, (5, 4))  # Q at N actions per state, as Best-of-N asks
+    torch.testing.assert_close(q.q_at(obs, candidates), every.gather(1, candidates))
     assert "descriptors" not in q.state_dict()  # derived from the layout, never published
+
+
+@pytest.mark.parametrize("critic", ["discrete", "action_embedding"])
+def test_the_critics_score_the_actions_asked_for_as_the_full_pass_does(critic):
+    space = ActionSpace(num_actions=UI_SPACE.n, layout=UI_SPACE.layout())
+    agent = make_agent(factored_config(architecture=ArchitectureConfig(hidden_size=8, critic=critic)), (4,), space, CPU)
+    obs, action = torch.randn(6, 4), torch.randint(0, UI_SPACE.n, (6,))
+    candidates = torch.randint(0, UI_SPACE.n, (6, 3))
+    with torch.no_grad():
+        every = agent.critic.twin_q(obs)  # [2, B, A]
+        torch.testing.assert_close(agent.critic.twin_q_at(obs, action), every[:, torch.arange(6), action])
+        torch.testing.assert_close(agent.critic.twin_q_at(obs, candidates), every.gather(2, candidates.expand(2, 6, 3)))
 
 
 def test_the_structure_makes_actions_of_one_kind_start_alike():
@@ -136,7 +150,7 @@ def test_log_pi_is_log_p_kind_plus_log_p_action_given_kind():
 
 def factored_config(**kwargs) -> LearnerConfig:
     architecture = ArchitectureConfig(hidden_size=8, critic="action_embedding", policy_head="factored")
-    return LearnerConfig(loss="iql", architecture=architecture, **kwargs)
+    return LearnerConfig(**{"loss": "iql", "architecture": architecture, **kwargs})
 
 
 def test_actors_sample_the_factored_policy_at_its_probabilities():
