@@ -97,8 +97,15 @@ class IQLAgent(_PolicyAgent):
         obs, action = batch["obs"], batch["action"].long()
         reward, discount = batch["reward"].float(), batch["discount"].float()
         bootstrap = self.critic_target if self.critic_target is not None else self.critic
+        logits = self.policy(obs)
         with torch.no_grad():
-            q_target_taken = bootstrap.twin_q_at(obs, action).min(dim=0).values  # [B]
+            # Q_target where it is needed, in one pass: the data action, then Best-of-N's candidates.
+            asked = action[:, None]
+            if iql.extraction == "best_of_n":
+                data_action = action if iql.include_data_action else None
+                asked = torch.cat([asked, offline_losses.sample_candidates(logits.detach(), iql.n, data_action)], 1)
+            q_target_asked = bootstrap.twin_q_at(obs, asked).min(dim=0).values  # [B, 1 (+ N)]
+            q_target_taken = q_target_asked[:, 0]
             td_target = offline_losses.value_bootstrap_target(reward, discount, bootstrap.v(batch["next_obs"]))
         q_taken = self.critic.twin_q_at(obs, action)  # [2, B]
         value = self.critic.v(obs)
@@ -108,19 +115,14 @@ class IQLAgent(_PolicyAgent):
         max_grad_norm = self.config.optimizer.max_grad_norm
         grad_norm = step(self.critic_optimizer, critic_loss, list(self.critic.parameters()), max_grad_norm)
 
-        logits = self.policy(obs)
         advantage = q_target_taken - value.detach()
         if iql.extraction == "awr":
             imitated = action
             item_weight = offline_losses.awr_weights(advantage, iql.temperature, iql.max_weight)
         else:
-            with torch.no_grad():
-                data_action = action if iql.include_data_action else None
-                candidates = offline_losses.sample_candidates(logits.detach(), iql.n, data_action)
-                candidate_q = bootstrap.twin_q_at(obs, candidates).min(dim=0).values  # [B, N]
-                imitated, improves = offline_losses.best_candidate(
-                    candidates, candidate_q, value.detach(), iql.advantage_threshold
-                )
+            imitated, improves = offline_losses.best_candidate(
+                asked[:, 1:], q_target_asked[:, 1:], value.detach(), iql.advantage_threshold
+            )
             item_weight = improves.float()
         policy_loss = self._imitate(logits, imitated, item_weight, weights)
 
