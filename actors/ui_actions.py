@@ -33,6 +33,8 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 
+from learner import ActionLayout
+
 KINDS = ("tap", "swipe", "type", "key", "complete")
 """Action kinds, in index order; `UIActionSpace.kind_ids` numbers each index by this tuple."""
 SWIPE_DIRECTIONS = ("up", "down", "left", "right")
@@ -144,6 +146,16 @@ class UIActionSpace:
             if action.kind != "tap" and candidate == action:
                 return index
         raise ValueError(f"{action} is not in this action space")
+
+    def layout(self) -> ActionLayout:
+        """This space's structure for the learner's heads that use it (the action-embedding critic,
+        the factored policy): the kinds it has, each index's kind and each tap's point."""
+        kinds = tuple(kind for kind in KINDS if any(action.kind == kind for action in self.actions))
+        return ActionLayout(
+            kinds=kinds,
+            kind_of=tuple(kinds.index(action.kind) for action in self.actions),
+            points=tuple((action.x, action.y) if action.kind == "tap" else (0.0, 0.0) for action in self.actions),
+        )
 
     def indices(self, kind: str) -> np.ndarray:
         """The indices of every action of `kind`."""

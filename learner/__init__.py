@@ -3,20 +3,21 @@
 Public surface:
     LearnerConfig and its groups (ArchitectureConfig, OptimizerConfig, TargetConfig, DQNConfig,
     DistributionalConfig, SACConfig, IQLConfig, FilteredBCConfig, ResetConfig, PrefetchConfig,
-    WeightsConfig), WEIGHTS_TRANSPORTS (the weights' transport names), resolve_device, ActionSpace,
+    WeightsConfig), WEIGHTS_TRANSPORTS (the weights' transport names), resolve_device, ActionSpace, ActionLayout,
     parse_number, MalformedValues, LearnerError, WeightStoreError, MalformedWeightsError, MissingColumnError, MalformedColumnError,
     CheckpointLossError, WeightsHostError (importing these does not import torch);
     Learner, LearnerSummary, LearnerReached, make_replay, sample_error_buffer (the loop);
     find_checkpoint, has_checkpoints, load_latest_checkpoint (checkpoints);
     Agent, UpdateResult (the seam), make_agent, AGENTS, DiscreteQAgent, SACAgent,
-    IQLAgent, FilteredBCAgent (agents); ActingHead, acting_head, ACTING_HEADS, PolicyLogits (how
+    IQLAgent, FilteredBCAgent (agents); ActingHead, acting_head, ACTING_HEADS, PolicyLogits, sample_actions (how
     actors act with what a discrete agent publishes);
     QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore (the parameter store: announced
     in Redis, carried by Redis or Ray's object store), encode_weights, decode_weights, split_chunks,
     join_chunks (its payload), WeightsHost, weights_host_name (the object store's Ray actor, a new
     name per host); LearnerMetrics; LearnerStatus, learner_status_key
     (its status hash in Redis); Policy (what actors and evaluation act with); build_q_network,
-    TanhGaussianActor; FrozenEncoder, SmallEncoder, load_encoder, load_small_encoder,
+    TanhGaussianActor; ActionEmbeddingQ, ActionEmbeddingIQLCritic, FactoredPolicy, action_descriptors
+    (Digi-Q's heads for UI action spaces: Q(s, a) with the action as an input, the factored policy); FrozenEncoder, SmallEncoder, load_encoder, load_small_encoder,
     save_small_encoder, load_transformers_encoder, instruction_embedding, ENCODER_LOADERS (frozen
     image encoders, docs/digiq.md); ActionabilityConfig, EncoderError (no torch),
     train_actionability, screen_changed, ActionabilityModel, ActionabilityResult (phase 1).
@@ -55,7 +56,7 @@ from learner.errors import (
     WeightStoreError,
 )
 from learner.redis_values import MalformedValues, parse_number
-from learner.spaces import ActionSpace
+from learner.spaces import ActionLayout, ActionSpace
 
 _RENAMED = {
     "METRIC_SERIES": "SERIES",
@@ -75,6 +76,7 @@ _LAZY = {
     "ActingHead": "learner.acting",
     "ACTING_HEADS": "learner.acting",
     "PolicyLogits": "learner.acting",
+    "sample_actions": "learner.acting",
     "acting_head": "learner.acting",
     "IQLAgent": "learner.offline_agents",
     "FilteredBCAgent": "learner.offline_agents",
@@ -102,6 +104,10 @@ _LAZY = {
     "split_chunks": "learner.weights_codec",
     "join_chunks": "learner.weights_codec",
     "WeightsHost": "learner.weights_host",
+    "ActionEmbeddingQ": "learner.action_heads",
+    "ActionEmbeddingIQLCritic": "learner.action_heads",
+    "FactoredPolicy": "learner.action_heads",
+    "action_descriptors": "learner.action_heads",
     "FrozenEncoder": "learner.encoders",
     "SmallEncoder": "learner.encoders",
     "ENCODER_LOADERS": "learner.encoders",
@@ -118,6 +124,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "ActionLayout",
     "ActionSpace",
     "ActionabilityConfig",
     "EncoderError",

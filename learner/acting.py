@@ -2,8 +2,9 @@
 
 A published network's outputs are [B, A * bins]-shaped per action; the `ActingHead` of the
 configured loss says how many outputs each action has (`bins`) and turns them into the [B, A]
-scores greedy acting maximises. `learner.Policy` (imported by every actor) needs only this, so it
-lives apart from the agents and their optimizers.
+scores greedy acting maximises; `sample_actions` draws from an offline policy's logits instead
+(`learner.policy_acting: sample`). `learner.Policy` (imported by every actor) needs only this, so
+it lives apart from the agents and their optimizers.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from learner.config import LearnerConfig
@@ -37,6 +39,13 @@ class PolicyLogits:
     def values(self, out: torch.Tensor) -> torch.Tensor:
         """The logits themselves."""
         return out
+
+
+def sample_actions(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """[B] one action per row drawn from softmax(`logits`) [B, A] (`learner.policy_acting: sample`):
+    the Gumbel-max trick, argmax of logits + Gumbel noise. The factored policy's outputs are
+    log-probabilities, whose softmax is that distribution itself."""
+    return (logits + rng.gumbel(size=logits.shape).astype(logits.dtype)).argmax(axis=1)
 
 
 def _expected_q(config: LearnerConfig) -> ActingHead:

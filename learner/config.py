@@ -44,7 +44,21 @@ class ArchitectureConfig:
     dueling: bool = False
     """Dueling head: Q = V + A - mean(A) (per atom for distributional losses)."""
 
+    critic: Literal["discrete", "action_embedding"] = "discrete"
+    """"iql"'s Q networks: "discrete" (one output per action) or "action_embedding" (Digi-Q: Q(s, a)
+    takes an embedding of the action as an input, a learned vector per action plus, for UI envs,
+    its kind, tap point and place within its kind; learner/action_heads.py)."""
+
+    action_embedding_dim: int = 32
+    """Width of the learned per-action embedding of the "action_embedding" critic."""
+
+    policy_head: Literal["flat", "factored"] = "flat"
+    """The offline losses' policy pi: "flat" (a softmax over every action) or "factored" (UI envs:
+    p(kind) x p(action | kind), kinds tap / swipe / type / key / complete; learner/action_heads.py)."""
+
     def __post_init__(self) -> None:
+        if self.action_embedding_dim < 1:
+            _refuse("action_embedding_dim", self.action_embedding_dim, "must be >= 1")
         for name in ("hidden_size", "num_layers"):
             if getattr(self, name) < 1:
                 _refuse(name, getattr(self, name), "must be >= 1")
@@ -320,11 +334,17 @@ class LearnerConfig:
     device: str = "auto"
     """"auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"."""
 
+    policy_acting: Literal["greedy", "sample"] = "greedy"
+    """How actors act with an offline loss's policy pi ("iql", "filtered_bc"): "greedy" (its most
+    likely action, epsilon-greedy while exploring) or "sample" (draw from pi, in the actors and in
+    evaluation alike; epsilon-uniform on top)."""
+
     seed: int = 0
     """Seeds network initialisation and the learner's random draws."""
 
     architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig, metadata=FLAT)
-    """The networks (keys: network, hidden_size, num_layers, layer_norm, dueling)."""
+    """The networks (keys: network, hidden_size, num_layers, layer_norm, dueling, critic,
+    action_embedding_dim, policy_head)."""
 
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig, metadata=FLAT)
     """Adam and clipping (keys: lr, max_grad_norm)."""
@@ -369,6 +389,17 @@ class LearnerConfig:
             _refuse("updates_per_env_step", self.updates_per_env_step, "must be > 0")
         if not self.priority_eps > 0:
             _refuse("priority_eps", self.priority_eps, "must be > 0")
+        policy_losses = ("iql", "filtered_bc")
+        if self.architecture.critic != "discrete" and self.loss != "iql":
+            _refuse("critic", self.architecture.critic, f"needs loss 'iql' (loss is {self.loss!r})")
+        if self.architecture.policy_head != "flat" and self.loss not in policy_losses:
+            _refuse(
+                "policy_head",
+                self.architecture.policy_head,
+                f"needs loss 'iql' or 'filtered_bc' (loss is {self.loss!r})",
+            )
+        if self.policy_acting != "greedy" and self.loss not in policy_losses:
+            _refuse("policy_acting", self.policy_acting, f"needs loss 'iql' or 'filtered_bc' (loss is {self.loss!r})")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             _refuse("device", self.device, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
 

@@ -80,22 +80,25 @@ class QNetwork(nn.Module):
         return [m for m in (self.head, self.value) if m is not None]
 
 
-def build_q_network(
-    obs_shape: tuple[int, ...], num_actions: int, bins: int, architecture: ArchitectureConfig
-) -> QNetwork:
-    """The Q network for an observation shape ("auto" torso: the Nature CNN for HxWxC images of
-    at least 36x36, its smallest input; an MLP over the flattened observation otherwise, e.g. for
-    vectors and MinAtar's 10x10 grids)."""
+def build_torso(obs_shape: tuple[int, ...], architecture: ArchitectureConfig) -> nn.Module:
+    """The torso for an observation shape ("auto": the Nature CNN for HxWxC images of at least
+    36x36, its smallest input; an MLP over the flattened observation otherwise, e.g. for vectors,
+    encoder features and MinAtar's 10x10 grids). Its output width is `out_dim`."""
     network = architecture.torso
     if network == "auto":
         network = "cnn" if len(obs_shape) == 3 and min(obs_shape[:2]) >= 36 else "mlp"
     if network == "cnn":
         if len(obs_shape) != 3:
             raise ValueError(f"learner.network='cnn' needs HxWxC observations, got shape {obs_shape}")
-        torso: nn.Module = NatureCNN(obs_shape)
-    else:
-        torso = MLP(math.prod(obs_shape), architecture.hidden_size, architecture.num_layers, architecture.layer_norm)
-    return QNetwork(torso, num_actions, bins, architecture.dueling)
+        return NatureCNN(obs_shape)
+    return MLP(math.prod(obs_shape), architecture.hidden_size, architecture.num_layers, architecture.layer_norm)
+
+
+def build_q_network(
+    obs_shape: tuple[int, ...], num_actions: int, bins: int, architecture: ArchitectureConfig
+) -> QNetwork:
+    """The Q network for an observation shape (torso: `build_torso`)."""
+    return QNetwork(build_torso(obs_shape, architecture), num_actions, bins, architecture.dueling)
 
 
 class IQLCritic(nn.Module):
@@ -111,6 +114,12 @@ class IQLCritic(nn.Module):
     def twin_q(self, obs: torch.Tensor) -> torch.Tensor:
         """[2, B, A] both Q networks' values."""
         return torch.stack([self.q1(obs), self.q2(obs)])
+
+    def twin_q_at(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """[2, B] both Qs at one action per state (`action` [B]), or [2, B, N] at N per state ([B, N])."""
+        index = action.long() if action.dim() == 2 else action.long()[:, None]
+        q = self.twin_q(obs).gather(2, index.expand(2, *index.shape))
+        return q if action.dim() == 2 else q.squeeze(2)
 
     def v(self, obs: torch.Tensor) -> torch.Tensor:
         """[B] state values."""

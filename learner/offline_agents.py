@@ -1,9 +1,11 @@
 """Offline learners for discrete actions: `IQLAgent` ("iql") and `FilteredBCAgent` ("filtered_bc"),
 both implementing `learner.agent.Agent`. The maths is in `learner.offline_losses`.
 
-Both train a policy network pi (a Q-shaped network whose [B, A] outputs are logits) and publish it:
+Both train a policy network pi (its [B, A] outputs are logits: a Q-shaped network, or the factored
+UI policy's log-probabilities with `learner.policy_head: factored`; learner/action_heads.py) and
+publish it:
 actors and evaluation act greedily in pi (argmax of its logits), epsilon-greedy while exploring,
-through `learner.acting.PolicyLogits`. Continuous actions are not supported (IQL's Gaussian policy
+through `learner.acting.PolicyLogits` (or draw from pi: `learner.policy_acting: sample`). Continuous actions are not supported (IQL's Gaussian policy
 is not built).
 
 Batch columns: the usual `obs`, `action`, `reward`, `next_obs`, `discount`; "filtered_bc" also
@@ -23,10 +25,10 @@ from typing import ClassVar
 import torch
 
 from learner import offline_losses
+from learner.action_heads import build_iql_critic, build_policy_network
 from learner.agent import UpdateResult
 from learner.config import LearnerConfig
 from learner.errors import MalformedColumnError, MissingColumnError
-from learner.networks import IQLCritic, build_q_network
 from learner.optimization import periodic_reset, reinitialise_with_optimizer, step, update_target
 from learner.spaces import ActionSpace
 
@@ -44,7 +46,7 @@ class _PolicyAgent:
 
     def __init__(self, config: LearnerConfig, obs_shape: tuple[int, ...], space: ActionSpace, device: torch.device):
         self.config, self.device = config, device
-        self.policy = build_q_network(obs_shape, space.num_actions, 1, config.architecture).to(device)
+        self.policy = build_policy_network(obs_shape, space, config.architecture).to(device)
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.optimizer.lr)
 
     def _imitate(
@@ -76,6 +78,8 @@ class IQLAgent(_PolicyAgent):
       imitating the data action instead would pull pi back towards the behaviour policy exactly
       where the critic found nothing better among pi's own samples.
 
+    The twin Qs are discrete heads or, with `learner.critic: action_embedding`, Digi-Q's Q(s, a) with
+    the action as an input (learner/action_heads.py); both give [B, A] for Best-of-N's argmax.
     One target network holds the twin Qs and V (`learner.target_update` as for the other losses;
     "none": the online critics bootstrap). The critics and pi have their own optimizers; `loss`
     and `grad_norm` of an update are the critics' (Q + V), as for SAC; `policy_loss` and
@@ -84,7 +88,7 @@ class IQLAgent(_PolicyAgent):
 
     def __init__(self, config: LearnerConfig, obs_shape: tuple[int, ...], space: ActionSpace, device: torch.device):
         super().__init__(config, obs_shape, space, device)
-        self.critic = IQLCritic(obs_shape, space.num_actions, config.architecture).to(device)
+        self.critic = build_iql_critic(obs_shape, space, config.architecture).to(device)
         self.critic_target = copy.deepcopy(self.critic) if config.target.update != "none" else None
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.optimizer.lr)
 
@@ -92,13 +96,18 @@ class IQLAgent(_PolicyAgent):
         iql = self.config.iql
         obs, action = batch["obs"], batch["action"].long()
         reward, discount = batch["reward"].float(), batch["discount"].float()
-        rows = torch.arange(len(action), device=action.device)
         bootstrap = self.critic_target if self.critic_target is not None else self.critic
+        logits = self.policy(obs)
         with torch.no_grad():
-            q_target_all = bootstrap.twin_q(obs).min(dim=0).values  # [B, A]
-            q_target_taken = q_target_all[rows, action]
+            # Q_target where it is needed, in one pass: the data action, then Best-of-N's candidates.
+            asked = action[:, None]
+            if iql.extraction == "best_of_n":
+                data_action = action if iql.include_data_action else None
+                asked = torch.cat([asked, offline_losses.sample_candidates(logits.detach(), iql.n, data_action)], 1)
+            q_target_asked = bootstrap.twin_q_at(obs, asked).min(dim=0).values  # [B, 1 (+ N)]
+            q_target_taken = q_target_asked[:, 0]
             td_target = offline_losses.value_bootstrap_target(reward, discount, bootstrap.v(batch["next_obs"]))
-        q_taken = self.critic.twin_q(obs)[:, rows, action]  # [2, B]
+        q_taken = self.critic.twin_q_at(obs, action)  # [2, B]
         value = self.critic.v(obs)
         q_per_item = (q_taken - td_target).square().mean(dim=0)
         v_per_item = offline_losses.expectile_loss(q_target_taken - value, iql.expectile)
@@ -106,18 +115,14 @@ class IQLAgent(_PolicyAgent):
         max_grad_norm = self.config.optimizer.max_grad_norm
         grad_norm = step(self.critic_optimizer, critic_loss, list(self.critic.parameters()), max_grad_norm)
 
-        logits = self.policy(obs)
         advantage = q_target_taken - value.detach()
         if iql.extraction == "awr":
             imitated = action
             item_weight = offline_losses.awr_weights(advantage, iql.temperature, iql.max_weight)
         else:
-            with torch.no_grad():
-                data_action = action if iql.include_data_action else None
-                candidates = offline_losses.sample_candidates(logits.detach(), iql.n, data_action)
-                imitated, improves = offline_losses.best_of_n(
-                    candidates, q_target_all, value.detach(), iql.advantage_threshold
-                )
+            imitated, improves = offline_losses.best_candidate(
+                asked[:, 1:], q_target_asked[:, 1:], value.detach(), iql.advantage_threshold
+            )
             item_weight = improves.float()
         policy_loss = self._imitate(logits, imitated, item_weight, weights)
 

@@ -110,7 +110,18 @@ def best_of_n(
     Returns:
         (chosen [B] action indices, improves [B] bool).
     """
-    candidate_q = q.gather(1, candidates)
+    return best_candidate(candidates, q.gather(1, candidates), value, threshold)
+
+
+def best_candidate(
+    candidates: torch.Tensor, candidate_q: torch.Tensor, value: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`best_of_n` given Q at the candidates only (`candidate_q` [B, N]), as a critic that scores
+    just the actions asked for (Q(s, a) with an action embedding) gives it.
+
+    Returns:
+        (chosen [B] action indices, improves [B] bool).
+    """
     best = candidate_q.argmax(dim=1, keepdim=True)
     chosen = candidates.gather(1, best).squeeze(1)
     improves = candidate_q.gather(1, best).squeeze(1) - value > threshold

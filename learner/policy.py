@@ -4,7 +4,8 @@ The learner publishes `agent.policy_state()` (the online Q network, the offline 
 network pi, or SAC's actor); a Policy builds the same architecture, loads those weights and turns
 observations into actions: epsilon-greedy on expected Q values for discrete actions (C51 and
 HL-Gauss take the expectation over their support) or on pi's logits ("iql", "filtered_bc": greedy
-is pi's most likely action), a sample from the tanh-Gaussian for continuous ones.
+is pi's most likely action; `policy_acting: sample` draws from pi), a sample from the
+tanh-Gaussian for continuous ones.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from learner.acting import acting_head
+from learner.acting import PolicyLogits, acting_head, sample_actions
+from learner.action_heads import build_policy_network
 from learner.config import LearnerConfig
 from learner.networks import TanhGaussianActor, build_q_network
 from learner.spaces import ActionSpace
@@ -34,9 +36,13 @@ class Policy:
         self.version = 0
         architecture = config.architecture
         self.head = None
+        self.sample = config.policy_acting == "sample"
         if space.discrete:
             self.head = acting_head(config)
-            self.network = build_q_network(obs_shape, space.num_actions, self.head.bins, architecture)
+            if isinstance(self.head, PolicyLogits):
+                self.network = build_policy_network(obs_shape, space, architecture)
+            else:
+                self.network = build_q_network(obs_shape, space.num_actions, self.head.bins, architecture)
         else:
             low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
             obs_dim, action_dim = int(np.prod(obs_shape)), low.shape[0]
@@ -60,14 +66,15 @@ class Policy:
     def act(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
         """Actions for a batch of observations.
 
-        Discrete: greedy in Q, replaced by a uniform random action with probability `epsilon`
-        per observation. Continuous: a sample of the policy, or its mean when `epsilon` is 0
-        (greedy evaluation).
+        Discrete: greedy in Q (or, with `learner.policy_acting: sample`, a draw from pi), replaced by
+        a uniform random action with probability `epsilon` per observation. Continuous: a sample of
+        the policy, or its mean when `epsilon` is 0 (greedy evaluation).
         """
         if not self.space.discrete:
             action, _ = self.network(torch.from_numpy(np.asarray(obs)).float(), deterministic=epsilon == 0)
             return action.numpy()
-        actions = self.q_values(obs).argmax(axis=1)
+        scores = self.q_values(obs)
+        actions = sample_actions(scores, rng) if self.sample else scores.argmax(axis=1)
         if epsilon > 0:
             explore = rng.random(len(actions)) < epsilon
             count = np.count_nonzero(explore)

@@ -1,8 +1,42 @@
-"""`ActionSpace`: what the learner (and the policies actors act with) need of an env's actions."""
+"""`ActionSpace`: what the learner (and the policies actors act with) need of an env's actions, and
+`ActionLayout`: how a flat discrete space is structured (UI action spaces), for the heads that use it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ActionLayout:
+    """The structure of a flat discrete action space: each index's kind (tap, swipe, type, key, ...)
+    and, for taps, the screen point it taps. `actors.UIActionSpace.layout()` builds it for MiniWoB and
+    Android; the action-embedding critic reads it as features of each action and the factored policy
+    as its kinds (learner/action_heads.py).
+
+    Raises:
+        ValueError: fields of different lengths, a kind index outside `kinds`, or a kind with no action.
+    """
+
+    kinds: tuple[str, ...]
+    """The kinds that have at least one action, in index order (e.g. ("tap", "swipe", "type", "key"))."""
+    kind_of: tuple[int, ...]
+    """Per flat index, its kind's place in `kinds`."""
+    points: tuple[tuple[float, float], ...]
+    """Per flat index: a tap's normalised (x, y) in [0, 1]^2 (from the left and the top); (0, 0)
+    for the other kinds."""
+
+    def __post_init__(self) -> None:
+        if len(self.points) != len(self.kind_of):
+            raise ValueError(f"ActionLayout: {len(self.kind_of)} kinds but {len(self.points)} points")
+        if any(not 0 <= kind < len(self.kinds) for kind in self.kind_of):
+            raise ValueError(f"ActionLayout: kind_of holds indices outside 0..{len(self.kinds) - 1}")
+        empty = [name for k, name in enumerate(self.kinds) if k not in self.kind_of]
+        if empty:
+            raise ValueError(f"ActionLayout: kinds {empty} have no action")
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.kind_of)
 
 
 @dataclass(frozen=True)
@@ -15,6 +49,12 @@ class ActionSpace:
     """Continuous: lower bounds."""
     high: tuple[float, ...] | None = None
     """Continuous: upper bounds."""
+    layout: ActionLayout | None = None
+    """Discrete: the space's structure (UI envs), or None (a plain list of actions)."""
+
+    def __post_init__(self) -> None:
+        if self.layout is not None and self.layout.num_actions != self.num_actions:
+            raise ValueError(f"ActionSpace: {self.num_actions} actions but a layout of {self.layout.num_actions}")
 
     @property
     def discrete(self) -> bool:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from learner import (
+    ActionLayout,
     ActionSpace,
     Agent,
     ArchitectureConfig,
@@ -69,11 +70,15 @@ def recorded_batch() -> dict[str, torch.Tensor]:
     }
 
 
-def config(loss: str, **groups) -> LearnerConfig:
+SMALL = ArchitectureConfig(hidden_size=32)
+PLAIN = ActionSpace(num_actions=2)
+
+
+def config(loss: str, architecture: ArchitectureConfig = SMALL, **groups) -> LearnerConfig:
     return LearnerConfig(
         loss=loss,
         gamma=GAMMA,
-        architecture=ArchitectureConfig(hidden_size=32),
+        architecture=architecture,
         optimizer=OptimizerConfig(lr=1e-2),
         target=TargetConfig(update="soft", tau=0.05),
         seed=1,
@@ -89,9 +94,16 @@ def train(agent: Agent, batch: dict[str, torch.Tensor], updates: int):
     return result
 
 
-def greedy_actions(learner_config: LearnerConfig, agent: Agent) -> list[int]:
+CHAIN_LAYOUT = ActionSpace(
+    num_actions=2, layout=ActionLayout(kinds=("swipe", "key"), kind_of=(0, 1), points=((0.0, 0.0), (0.0, 0.0)))
+)
+"""The chain's two actions as two kinds of UI action (left a swipe, right a key): a space that the
+action-embedding critic and the factored policy read the structure of."""
+
+
+def greedy_actions(learner_config: LearnerConfig, agent: Agent, space: ActionSpace = PLAIN) -> list[int]:
     """What an actor does at states 0..3 with the published weights, without exploration."""
-    policy = Policy(learner_config, (STATES,), ActionSpace(num_actions=2), seed=99)
+    policy = Policy(learner_config, (STATES,), space, seed=99)
     policy.load(agent.policy_state(), version=1)
     return policy.act(np.eye(STATES, dtype=np.float32)[:4], epsilon=0.0, rng=np.random.default_rng(0)).tolist()
 
@@ -106,30 +118,41 @@ def test_the_recorded_behaviour_is_suboptimal_so_plain_cloning_goes_the_wrong_wa
 
 
 @pytest.mark.parametrize(
-    "iql",
-    [IQLConfig(expectile=0.9, temperature=10.0), IQLConfig(expectile=0.9, extraction="best_of_n", n=4)],
-    ids=["awr", "best_of_n"],
+    ("iql", "critic", "policy_head", "space"),
+    [
+        (IQLConfig(expectile=0.9, temperature=10.0), "discrete", "flat", ActionSpace(num_actions=2)),
+        (IQLConfig(expectile=0.9, extraction="best_of_n", n=4), "discrete", "flat", ActionSpace(num_actions=2)),
+        (IQLConfig(expectile=0.9, temperature=10.0), "action_embedding", "flat", ActionSpace(num_actions=2)),
+        (IQLConfig(expectile=0.9, extraction="best_of_n", n=4), "action_embedding", "flat", CHAIN_LAYOUT),
+        (IQLConfig(expectile=0.9, extraction="best_of_n", n=4), "action_embedding", "factored", CHAIN_LAYOUT),
+        (IQLConfig(expectile=0.5, extraction="best_of_n", n=1), "action_embedding", "factored", CHAIN_LAYOUT),
+    ],
+    ids=["awr", "best_of_n", "awr-embedding", "best_of_n-embedding", "digiq-best_of_4", "digiq-v-mse-best_of_1"],
 )
-def test_iql_recovers_the_optimal_policy_from_suboptimal_data(iql):
-    learner_config = config("iql", iql=iql)
-    agent = make_agent(learner_config, (STATES,), ActionSpace(num_actions=2), CPU)
+def test_iql_recovers_the_optimal_policy_from_suboptimal_data(iql, critic, policy_head, space):
+    architecture = ArchitectureConfig(hidden_size=32, critic=critic, policy_head=policy_head)
+    learner_config = config("iql", iql=iql, architecture=architecture)
+    agent = make_agent(learner_config, (STATES,), space, CPU)
     assert isinstance(agent, Agent)
     batch = recorded_batch()
     result = train(agent, batch, 200)
-    assert greedy_actions(learner_config, agent) == [1, 1, 1, 1]
+    assert greedy_actions(learner_config, agent, space) == [1, 1, 1, 1]
     with torch.no_grad():
         q = agent.critic.twin_q(torch.eye(STATES)[:4]).min(dim=0).values
         value = agent.critic.v(torch.eye(STATES)[:4])
     assert (q[:, 1] > q[:, 0]).all()
-    assert (value > q[:, 0]).all()  # expectile 0.9: V leans to the better action the data holds
+    if iql.expectile > 0.5:
+        assert (value > q[:, 0]).all()  # expectile 0.9: V leans to the better action the data holds
     assert result.td_abs.shape == (420,) and np.isfinite(result.td_abs).all()
 
 
-def test_filtered_bc_recovers_the_optimal_policy_when_the_top_episodes_are_optimal():
-    learner_config = config("filtered_bc", filtered_bc=FilteredBCConfig(top_k_percent=5))
-    agent = make_agent(learner_config, (STATES,), ActionSpace(num_actions=2), CPU)
+@pytest.mark.parametrize(("policy_head", "space"), [("flat", PLAIN), ("factored", CHAIN_LAYOUT)])
+def test_filtered_bc_recovers_the_optimal_policy_when_the_top_episodes_are_optimal(policy_head, space):
+    architecture = ArchitectureConfig(hidden_size=32, policy_head=policy_head)
+    learner_config = config("filtered_bc", architecture, filtered_bc=FilteredBCConfig(top_k_percent=5))
+    agent = make_agent(learner_config, (STATES,), space, CPU)
     result = train(agent, recorded_batch(), 100)
-    assert greedy_actions(learner_config, agent) == [1, 1, 1, 1]
+    assert greedy_actions(learner_config, agent, space) == [1, 1, 1, 1]
     assert result.td_abs is None  # no TD error: no priorities sent, items keep theirs
     kept = recorded_batch()["episode_return"] >= 0.7 - 1e-6  # the optimal episodes' return
     assert result.imitation_weight == pytest.approx(float(kept.float().mean()))

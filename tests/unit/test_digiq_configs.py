@@ -1,0 +1,53 @@
+"""The Digi-Q configs load and validate with Digi-Q's learner (IQL, Q(s, a) with an action embedding,
+the factored policy, Best-of-N, V by plain regression), an encoder's features and an offline
+dataset; and a UI env gives the learner its action layout."""
+
+import dataclasses
+import os
+
+import pytest
+
+from actors import FeaturesConfig, describe_env
+from system.config import load_config
+
+
+@pytest.mark.parametrize(
+    ("path", "env_id"),
+    [("configs/miniwob_digiq.yaml", "miniwob/click-button-v1"), ("configs/android_digiq.yaml", "qfleet/Android-v0")],
+)
+def test_a_digiq_config_loads_with_digiqs_learner(path, env_id):
+    config = load_config(path)
+    learner = config.learner
+    assert config.env.id == env_id and config.env.features.encoder == "small"
+    assert (learner.loss, learner.architecture.critic, learner.architecture.policy_head) == (
+        "iql",
+        "action_embedding",
+        "factored",
+    )
+    assert (learner.iql.extraction, learner.iql.n, learner.iql.expectile) == ("best_of_n", 16, 0.5)
+    assert learner.policy_acting == "sample"
+    assert config.offline.dataset and config.offline.updates > 0 and config.train.total_env_steps > 0
+    for n in (1, 4, 16):
+        assert load_config(path, [f"learner.best_of_n={n}"]).learner.iql.n == n
+
+
+def test_the_android_env_gives_the_learner_its_ui_action_layout():
+    config = load_config("configs/android_digiq.yaml")
+    env = dataclasses.replace(config.env, features=FeaturesConfig())  # no encoder needed to read spaces
+    space = describe_env(env).action_space
+    layout = space.layout
+    assert layout is not None and layout.num_actions == space.num_actions
+    assert layout.kinds == ("tap", "swipe", "type", "key", "complete")
+    assert layout.kind_of.count(0) == 16  # 4 x 4 taps
+    assert layout.points[0] == (0.125, 0.125)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not os.path.exists("/usr/bin/chromedriver"), reason="chromium-driver is not installed")
+def test_the_miniwob_env_gives_the_learner_its_ui_action_layout():
+    config = load_config("configs/miniwob_digiq.yaml")
+    space = describe_env(dataclasses.replace(config.env, features=FeaturesConfig())).action_space
+    layout = space.layout
+    assert layout.kinds == ("tap", "swipe", "type", "key") and layout.num_actions == space.num_actions
+    assert layout.kind_of.count(0) == 120  # the 12 x 10 click grid
+    assert layout.points[1] == pytest.approx((0.15, 1 / 24))  # row 0, column 1: the cell's centre
