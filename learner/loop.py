@@ -215,6 +215,11 @@ class Learner:
         self._publish_failing = False
         self.last_result: UpdateResult | None = None
         """The `UpdateResult` of the latest update (loss, q_mean, ...), None before the first."""
+        self.sample_staleness: float | None = None
+        """Weights versions between this learner and the actors' versions that produced the latest
+        batch (its mean; None before a batch of actors' data): the policy_staleness gauge."""
+        self.sample_age_s: float | None = None
+        """Seconds since those versions were published (batch mean): the sample_age_seconds gauge."""
         self._priorities: _PrioritySender | None = None  # open while `run` runs
         self._last_log = (time.perf_counter(), self.updates)  # (time, updates) of the last progress line
         if self.checkpoint_dir is not None:
@@ -471,10 +476,12 @@ class Learner:
         if versions is not None:
             versions = versions[versions >= 0]  # offline data (-1) was made by no version of this learner
         if versions is not None and len(versions):
-            metrics.policy_staleness.set(self.version - float(np.mean(versions)))
+            self.sample_staleness = self.version - float(np.mean(versions))
+            metrics.policy_staleness.set(self.sample_staleness)
             now = time.time()
             ages = [now - self._published_at.get(int(v), self._started_at) for v in np.unique(versions)]
-            metrics.sample_age.set(float(np.mean(ages)))
+            self.sample_age_s = float(np.mean(ages))
+            metrics.sample_age.set(self.sample_age_s)
         inserts = self.inserts()
         if inserts:
             metrics.achieved_utd.set(self.achieved_utd(inserts))
