@@ -63,6 +63,8 @@ class Budget:
     learning_starts: int = 1000
     stop_timeout_s: float = 120.0
     """How long a stopped `qfleet train` may take to finish its orderly stop before it is killed."""
+    peer_timeout_s: float = 1200.0
+    """How long a peer's whole run (start-up included) may take before it is killed."""
 
 
 def qfleet_command(case: EnvCase, utd: float, budget: Budget, run_dir: pathlib.Path) -> list[str]:
@@ -139,10 +141,10 @@ def _progress(metrics: pathlib.Path) -> list[dict]:
 
 
 def _spent(records: list[dict], budget: Budget) -> bool:
-    if not records:
+    """Whether to stop the run now: never with an env-step budget (train.total_env_steps stops
+    it), else once it has trained `budget.seconds`."""
+    if not records or budget.env_steps is not None:
         return False
-    if budget.env_steps is not None:
-        return records[-1]["env_steps"] >= budget.env_steps
     training = [r for r in records if r["updates"] > 0]
     return bool(training) and training[-1]["wall_s"] - training[0]["wall_s"] >= budget.seconds
 
@@ -215,13 +217,17 @@ def run_rllib(case: EnvCase, utd: float, budget: Budget, peer_python: str, out_d
     }
     log_path = out_dir / f"rllib-{case.name}-utd{utd:g}.log"
     with open(log_path, "w") as log:
-        done = subprocess.run(
-            [peer_python, str(PEER), json.dumps(request)],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            cwd=out_dir,
-        )
+        try:
+            done = subprocess.run(
+                [peer_python, str(PEER), json.dumps(request)],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                cwd=out_dir,
+                timeout=budget.peer_timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            return {"system": "rllib", "error": f"no result within {budget.peer_timeout_s:.0f} s; see {log_path}"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if not lines:
         return {"system": "rllib", "error": f"no result (exit {done.returncode}); see {log_path}"}

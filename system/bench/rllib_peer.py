@@ -67,6 +67,9 @@ def run(request: dict) -> dict:
             dueling=False,
             lr=2.5e-4,
         )
+        # Short iterations (RLlib's DQN default: 1,000 sampled steps each) so the window ends close to
+        # its budget; each iteration is still whole rounds of sampling and training.
+        .reporting(min_sample_timesteps_per_iteration=100, min_time_s_per_iteration=0)
         .rl_module(
             model_config=DefaultModelConfig(
                 fcnet_hiddens=[int(request["hidden_size"])] * int(request["num_layers"]),
@@ -76,7 +79,6 @@ def run(request: dict) -> dict:
         )
     )
     algo = config.build_algo()
-    print(f"built: {type(algo).__name__}", file=sys.stderr, flush=True)
     steps_path = ("env_runners", "num_env_steps_sampled_lifetime")
     trained_path = ("learners", "__all_modules__", "num_env_steps_trained_lifetime")
     start: tuple[float, float, float] | None = None  # (time, env steps, trained steps) when training began
