@@ -155,19 +155,24 @@ def window(records: list[dict]) -> dict:
 
     Before the first update only actors run (replay fills to learning_starts): counting it would
     mix two regimes. With fewer than two records after it, the window starts at the first env step.
+
+    Env steps are counted as the transitions the shards took (`replay_inserts`: one per env step,
+    what the learner's UTD is held against): the driver's own `env_steps` moves only when the
+    actors' `run` chunks return, which on a loaded machine can be tens of seconds apart.
     """
+    steps_key = "replay_inserts" if all("replay_inserts" in r for r in records) else "env_steps"
     live = [r for r in records if not r.get("final")] or records
     training = [r for r in live if r["updates"] > 0]
     if len(training) < 2:
-        training = [r for r in live if r["env_steps"] > 0]
+        training = [r for r in live if r[steps_key] > 0]
     if len(training) < 2:
         return {"error": "fewer than two progress records with env steps: budget too short"}
     first, last = training[0], training[-1]
     seconds = last["wall_s"] - first["wall_s"]
-    steps, updates = last["env_steps"] - first["env_steps"], last["updates"] - first["updates"]
+    steps, updates = last[steps_key] - first[steps_key], last["updates"] - first["updates"]
     return {
         "window_s": round(seconds, 1),
-        "env_steps": last["env_steps"],
+        "env_steps": max(last["env_steps"], last[steps_key]),
         "updates": last["updates"],
         "env_steps_per_s": round(steps / seconds, 1),
         "updates_per_s": round(updates / seconds, 1),

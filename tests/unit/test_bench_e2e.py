@@ -27,6 +27,16 @@ def test_window_counts_from_the_first_update_to_the_last_record_before_the_final
     assert figures["sample_staleness"] == 2.0  # the mean of the records that have it
 
 
+def test_window_counts_env_steps_as_the_transitions_the_shards_took_when_records_have_them():
+    def record(wall_s, actors_reported, inserts, updates):
+        return progress(wall_s, actors_reported, updates) | {"replay_inserts": inserts}
+
+    # The actors' first chunk has not returned: the driver's env_steps is still 0, replay is not.
+    figures = window([record(1.0, 0, 1000, 10), record(3.0, 0, 1600, 610), record(4.0, 2400, 2400, 900)])
+    assert figures["env_steps_per_s"] == 466.7 and figures["updates_per_s"] == 296.7  # 1400 / 3, 890 / 3
+    assert figures["achieved_utd"] == 0.6357 and figures["env_steps"] == 2400
+
+
 def test_window_falls_back_to_env_steps_and_says_when_the_budget_was_too_short():
     figures = window([progress(1.0, 0, 0), progress(2.0, 100, 0), progress(4.0, 300, 5)])
     assert figures["env_steps_per_s"] == 100.0 and figures["updates_per_s"] == 2.5
