@@ -47,6 +47,20 @@ def _lifetime(result: dict, *path: str) -> float:
     return float(node) if isinstance(node, int | float) else 0.0
 
 
+def _start_ray(ray, tries: int = 3) -> None:
+    """A local Ray; started again when its raylet misses Ray's fixed 30 s start-up wait (a loaded
+    machine), as a user would retry."""
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == tries:
+                raise
+            print(f"ray.init: {exc}; again ({attempt} of {tries})", file=sys.stderr, flush=True)
+            ray.shutdown()
+
+
 def run(request: dict) -> dict:
     """Trains RLlib's DQN for the request's budget; its figures."""
     import ray
@@ -54,7 +68,7 @@ def run(request: dict) -> dict:
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
     batch = int(request["batch_size"])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    _start_ray(ray)
     config = (
         DQNConfig()
         .environment(_register_env(request["env_id"], request.get("max_episode_steps")))
