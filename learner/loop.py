@@ -180,6 +180,11 @@ class Learner:
         self._priorities: ReplaySource | None = None  # where `run` streams priorities, while it runs
         self.priority_counts: PriorityCounts | None = None
         """What became of the priorities the last `run` sent (applied, stale, lost), after it."""
+        self.sample_staleness: float | None = None
+        """Weights versions between this learner and the actors' versions that produced the latest
+        batch (its mean; None before a batch of actors' data): the policy_staleness gauge."""
+        self.sample_age_s: float | None = None
+        """Seconds since those versions were published (batch mean): the sample_age_seconds gauge."""
         self._last_log = (time.perf_counter(), self.updates)  # (time, updates) of the last progress line
         if self.checkpoint_dir is not None:
             self._resume()
@@ -453,10 +458,12 @@ class Learner:
         if versions is not None:
             versions = versions[versions >= 0]  # offline data (-1) was made by no version of this learner
         if versions is not None and len(versions):
-            metrics.policy_staleness.set(self.version - float(np.mean(versions)))
+            self.sample_staleness = self.version - float(np.mean(versions))
+            metrics.policy_staleness.set(self.sample_staleness)
             now = time.time()
             ages = [now - self._published_at.get(int(v), self._started_at) for v in np.unique(versions)]
-            metrics.sample_age.set(float(np.mean(ages)))
+            self.sample_age_s = float(np.mean(ages))
+            metrics.sample_age.set(self.sample_age_s)
         inserts = self.inserts()
         if inserts:
             metrics.achieved_utd.set(self.achieved_utd(inserts))

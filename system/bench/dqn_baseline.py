@@ -1,5 +1,6 @@
 """A CleanRL-style single-process DQN, with the hyper-parameters CleanRL publishes for `dqn.py` on
-CartPole-v1 (see `train`): the baseline `system/bench/learning.py` runs beside qfleet.
+CartPole-v1 (see `train`): the baseline `system/bench/learning.py` runs beside qfleet; and `throughput`, the same loop at a
+given UTD, network and batch for a fixed budget, beside qfleet in `qfleet bench e2e`.
 
     python -m system.bench.dqn_baseline --seed 0 --eval-every 10000 --threshold 475
 """
@@ -128,6 +129,106 @@ def train(
             started = time.perf_counter()
     train_seconds += time.perf_counter() - started
     return {"seed": seed, "evals": evals, "reached": reached, "train_seconds": round(train_seconds, 2)}
+
+
+def throughput(
+    env_id: str,
+    updates_per_env_step: float,
+    hidden_size: int = 256,
+    num_layers: int = 2,
+    batch_size: int = 128,
+    learning_starts: int = 1000,
+    seconds: float = 20.0,
+    env_steps: int | None = None,
+    max_episode_steps: int | None = None,
+    buffer_size: int = 100_000,
+    seed: int = 0,
+) -> dict:
+    """The same loop at a given UTD, network and batch, for `seconds` of training (from the first
+    update) or until `env_steps`; returns env steps/s and updates/s over that window.
+
+    What `qfleet bench e2e` runs beside qfleet: one env, a uniform replay of numpy arrays, an MLP
+    of `num_layers` x `hidden_size` ReLU layers (qfleet's MLP torso + linear head, no LayerNorm),
+    double-DQN Huber targets, Adam; `updates_per_env_step` updates per env step on average (a
+    credit of that much per step, one update per whole unit). The env comes from qfleet's
+    `make_env`, so MinAtar ids work. One torch thread, as `train`.
+    """
+    from actors import EnvConfig, make_env
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    env = make_env(EnvConfig(id=env_id, num_envs=1, max_episode_steps=max_episode_steps))
+    obs_shape, num_actions = env.observation_space.shape, int(env.action_space.n)
+    obs_dim = int(np.prod(obs_shape))
+
+    def network() -> nn.Module:
+        layers: list[nn.Module] = []
+        for i in range(num_layers):
+            layers += [nn.Linear(obs_dim if i == 0 else hidden_size, hidden_size), nn.ReLU()]
+        return nn.Sequential(*layers, nn.Linear(hidden_size, num_actions))
+
+    q, target = network(), network()
+    target.load_state_dict(q.state_dict())
+    optimizer = torch.optim.Adam(q.parameters(), lr=2.5e-4)
+    buf_obs = np.zeros((buffer_size, obs_dim), np.float32)
+    buf_next = np.zeros((buffer_size, obs_dim), np.float32)
+    buf_act = np.zeros(buffer_size, np.int64)
+    buf_rew = np.zeros(buffer_size, np.float32)
+    buf_done = np.zeros(buffer_size, np.float32)
+    size = pos = updates = step = 0
+    credit = 0.0
+    obs = np.asarray(env.reset(seed=seed)[0], np.float32).reshape(-1)
+    window_start: tuple[float, int, int] | None = None  # (time, env steps, updates) at the first update
+    while True:
+        step += 1
+        if rng.random() < 0.1:
+            action = int(rng.integers(num_actions))
+        else:
+            with torch.inference_mode():
+                action = int(q(torch.from_numpy(obs[None])).argmax(1)[0])
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        next_obs = np.asarray(next_obs, np.float32).reshape(-1)
+        buf_obs[pos], buf_next[pos] = obs, next_obs
+        buf_act[pos], buf_rew[pos], buf_done[pos] = action, reward, float(terminated)
+        pos, size = (pos + 1) % buffer_size, min(size + 1, buffer_size)
+        obs = next_obs
+        if terminated or truncated:
+            obs = np.asarray(env.reset()[0], np.float32).reshape(-1)
+        if size < learning_starts:
+            continue
+        if window_start is None:
+            window_start = (time.perf_counter(), step - 1, updates)
+        credit += updates_per_env_step
+        while credit >= 1.0:
+            credit -= 1.0
+            idx = rng.integers(0, size, batch_size)
+            o, n = torch.from_numpy(buf_obs[idx]), torch.from_numpy(buf_next[idx])
+            a, r, d = torch.from_numpy(buf_act[idx]), torch.from_numpy(buf_rew[idx]), torch.from_numpy(buf_done[idx])
+            with torch.no_grad():
+                best = q(n).argmax(1, keepdim=True)
+                td_target = r + 0.99 * target(n).gather(1, best).squeeze(1) * (1.0 - d)
+            value = q(o).gather(1, a[:, None]).squeeze(1)
+            loss = F.smooth_l1_loss(value, td_target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            updates += 1
+            if updates % 250 == 0:
+                target.load_state_dict(q.state_dict())
+        elapsed = time.perf_counter() - window_start[0]
+        if (env_steps is not None and step >= env_steps) or (env_steps is None and elapsed >= seconds):
+            break
+    env.close()
+    steps, made = step - window_start[1], updates - window_start[2]
+    return {
+        "env_steps": step,
+        "updates": updates,
+        "window_s": round(elapsed, 2),
+        "env_steps_per_s": round(steps / elapsed, 1),
+        "updates_per_s": round(made / elapsed, 1),
+        "achieved_utd": round(made / max(steps, 1), 4),
+    }
 
 
 def main() -> None:

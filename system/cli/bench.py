@@ -1,4 +1,4 @@
-"""`qfleet bench replay|priorities|sharded|learner|actors|weights|dataset|offline|ui-env|scaling`: the benchmarks behind docs/benchmarks.md."""
+"""`qfleet bench replay|priorities|sharded|learner|actors|weights|dataset|offline|ui-env|scaling|e2e`: the benchmarks behind docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -227,6 +227,45 @@ def add_parser(commands) -> None:
     )
     set_option(scaling, "learner.updates_per_env_step=0.125")
     scaling.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
+    e2e = subcommands.add_parser(
+        "e2e",
+        help="the whole system as qfleet train runs it, beside the single-process loop and RLlib's DQN",
+        description=(
+            "For each env and UTD: runs `qfleet train` (embedded: Redis, Ray, shards, learner, actors as Ray "
+            "actors) on the env's config with double DQN on the same MLP and batch, stops it once it has "
+            "trained for --seconds (from its first update) or made --env-steps, and reports env steps/s, "
+            "updates/s, achieved UTD, policy staleness (the learner's weights version minus the actors') and "
+            "sample age (seconds since the weights behind the learner's batch were published). Then the "
+            "CleanRL-style single-process loop and RLlib's DQN (new API stack, training_intensity = UTD x "
+            "batch) on the same settings, one after another. RLlib runs under --peer-python (install it "
+            "there with `pip install .[bench]` or into a venv of its own); where it does not import, its row "
+            "says so. Prints JSON lines, then a Markdown table and the issue's target ratios."
+        ),
+        epilog="example: qfleet bench e2e --envs cartpole --utd 4 --seconds 30 --peer-python /work/peers-rllib/bin/python",
+    )
+    e2e.add_argument("--envs", default="cartpole,breakout", help="comma-separated: cartpole, breakout (default: both)")
+    e2e.add_argument("--utd", default="0.25,1,4", help="comma-separated updates per env step (default: 0.25,1,4)")
+    e2e.add_argument(
+        "--seconds",
+        type=float,
+        default=20.0,
+        help="training time per system and case, from its first update (default: 20)",
+    )
+    e2e.add_argument("--env-steps", type=int, help="instead of --seconds: env steps per system and case in all")
+    e2e.add_argument(
+        "--systems",
+        default="qfleet,single-process,rllib",
+        help="comma-separated among qfleet, single-process, rllib (default: all three)",
+    )
+    e2e.add_argument("--hidden-size", type=int, default=256, help="MLP width of every system (default: 256)")
+    e2e.add_argument("--num-layers", type=int, default=2, help="MLP hidden layers (default: 2)")
+    e2e.add_argument("--batch-size", type=int, default=128, help="transitions per update (default: 128)")
+    e2e.add_argument(
+        "--learning-starts", type=int, default=1000, help="transitions before the first update (default: 1000)"
+    )
+    e2e.add_argument("--peer-python", metavar="PATH", help="the interpreter that runs RLlib (default: this one)")
+    e2e.add_argument("--out-dir", metavar="DIR", help="run directories and logs (default: a new temporary folder)")
+    e2e.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -277,6 +316,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--seconds must be > 0 and --warmup-s >= 0")
         layouts = parse_layouts(args.layout)
         return run_scaling_bench(args.config, counts, args.seconds, args.warmup_s, layouts, args.set, args.output)
+    if args.bench_command == "e2e":
+        return _run_e2e(args)
     if args.bench_command == "ui-env":
         from system.bench.ui_env import run_ui_env_bench
 
@@ -312,3 +353,34 @@ def _run_weights(args: argparse.Namespace) -> int:
     from system.bench.weights import run_weights_bench
 
     return run_weights_bench(counts, sizes, transports, args.repeats, args.output)
+
+
+E2E_SYSTEMS = ("qfleet", "single-process", "rllib")
+E2E_ENVS = ("cartpole", "breakout")
+
+
+def _run_e2e(args: argparse.Namespace) -> int:
+    import sys
+
+    envs, systems = args.envs.split(","), args.systems.split(",")
+    for option, given, known in (("--envs", envs, E2E_ENVS), ("--systems", systems, E2E_SYSTEMS)):
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ConfigError(f"{option}: unknown {unknown[0]!r} (known: {', '.join(known)})")
+    utds = _numbers("--utd", args.utd, float)
+    if args.seconds <= 0 or (args.env_steps is not None and args.env_steps <= args.learning_starts):
+        raise ConfigError("--seconds must be > 0 and --env-steps > --learning-starts")
+    if min(args.hidden_size, args.num_layers, args.batch_size, args.learning_starts) < 1:
+        raise ConfigError("--hidden-size, --num-layers, --batch-size and --learning-starts must be >= 1")
+    from system.bench.e2e import Budget, run_e2e_bench
+
+    budget = Budget(
+        seconds=args.seconds,
+        env_steps=args.env_steps,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        batch_size=args.batch_size,
+        learning_starts=args.learning_starts,
+    )
+    peer = args.peer_python or sys.executable
+    return run_e2e_bench(envs, utds, budget, systems, peer, args.out_dir, args.output)

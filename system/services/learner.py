@@ -87,6 +87,10 @@ class LearnerProgress:
     """"offline" while it trains on the run's dataset alone, "online" once it samples actors'
     data (mixed with the dataset's when the run has one), "finished" once an offline-only run's
     learner made its offline updates (it trains no more)."""
+    sample_staleness: float | None = None
+    """`Learner.sample_staleness`: versions between the learner and the latest batch's data."""
+    sample_age_s: float | None = None
+    """`Learner.sample_age_s`: seconds since the latest batch's versions were published."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,6 +325,8 @@ class LearnerService:
             pid=os.getpid(),
             updates_lost=self.learner.updates_lost,
             phase=self._phase,
+            sample_staleness=self.learner.sample_staleness,
+            sample_age_s=self.learner.sample_age_s,
         )
         self._last_measured = (now, updates)
         return self._progress

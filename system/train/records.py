@@ -175,6 +175,9 @@ ACCOUNTING_FIELDS = (
 """A progress record's stored-for-the-actors counts (`RunCounters.accounting`): left out of its
 JSON when no shard ledger counts them."""
 
+STALENESS_FIELDS = ("policy_staleness", "sample_staleness", "sample_age_s")
+"""A progress record's staleness figures: left out of its JSON while unknown (None)."""
+
 
 @dataclass(frozen=True)
 class ProgressRecord:
@@ -229,10 +232,19 @@ class ProgressRecord:
     """The run's last counters (the key is written only when true)."""
     phase: str | None = None
     """"offline" or "online" in a run with an offline dataset (the key is written only then)."""
+    policy_staleness: float | None = None
+    """The learner's weights version minus the mean of the versions the live actors act with
+    (None, and left out of the JSON, while no actor runs)."""
+    sample_staleness: float | None = None
+    """The learner's version minus the mean version that produced its latest batch (None, and
+    left out, before it sampled actors' data)."""
+    sample_age_s: float | None = None
+    """Seconds since the versions of the learner's latest batch were published (batch mean; None,
+    and left out, as `sample_staleness`)."""
 
     def to_json(self) -> dict:
         record = {"kind": "progress", **dataclasses.asdict(self)}
-        for name in ACCOUNTING_FIELDS:
+        for name in (*ACCOUNTING_FIELDS, *STALENESS_FIELDS):
             if record[name] is None:
                 del record[name]
         if not self.final:

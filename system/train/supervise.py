@@ -499,7 +499,22 @@ class Supervisor:
             faults=self.faults.counts.to_json(),
             silent={poll.name: round(poll.silent_for(now), 1) for poll in silent},
             phase=counters.phase,
+            policy_staleness=_policy_staleness(learner.version, fleet),
+            sample_staleness=_rounded(learner.sample_staleness, 2),
+            sample_age_s=_rounded(learner.sample_age_s, 3),
         )
+
+
+def _policy_staleness(version: int, fleet: FleetStats | None) -> float | None:
+    """The learner's weights version minus the mean version the live actors act with (None
+    while no actor reports one)."""
+    if fleet is None or not fleet.policy_versions:
+        return None
+    return round(version - sum(fleet.policy_versions.values()) / len(fleet.policy_versions), 2)
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _restart_hung(ray, handle, last: ShardCounters | None) -> None:

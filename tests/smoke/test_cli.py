@@ -34,6 +34,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         ["bench", "dataset"],
         ["bench", "offline"],
         ["bench", "scaling"],
+        ["bench", "e2e"],
         ["record"],
         ["dataset", "list"],
         ["actors", "run"],

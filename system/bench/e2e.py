@@ -1,0 +1,327 @@
+"""End-to-end benchmark: the whole system as `qfleet train` runs it, beside the single-process loop
+and RLlib's DQN on the same env, network, batch size and UTD, one system after another.
+
+Each case (an env at a UTD) runs `qfleet train` (embedded: Redis, Ray, shards, learner, actors as
+Ray actors) as a subprocess on a fixed config: the env's config file with the learner set to
+double DQN on a `hidden_size` x `num_layers` MLP, batch `batch_size`, the case's UTD, and no
+evaluations. It stops the run with SIGTERM (the orderly stop) once it has trained for `seconds`
+(or reached `env_steps`) and reads the window from the first update to the last progress record
+of metrics.jsonl: env steps/s, updates/s, achieved UTD (updates / env steps in the window), policy
+staleness (the learner's weights version minus the actors', mean over the records) and sample age
+(seconds since the weights that produced the learner's batch were published, mean). Then the
+single-process loop (`dqn_baseline.throughput`) in this process, and RLlib's DQN as a subprocess
+of `peer_python` (`rllib_peer.py`; "RLlib not installed: skipped" when it does not import).
+
+    qfleet bench e2e --envs cartpole --utd 1 --seconds 20
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+"""The checkout: `qfleet train` runs from here (configs/ paths are relative to it)."""
+
+PEER = pathlib.Path(__file__).with_name("rllib_peer.py")
+"""RLlib's side: a standalone script (standard library at import), run by the peer interpreter."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvCase:
+    """An env of the benchmark: its qfleet config and the settings every system shares."""
+
+    name: str
+    config: str
+    """The `qfleet train` config (relative to the checkout)."""
+    env_id: str
+    max_episode_steps: int | None = None
+
+
+ENVS = {
+    "cartpole": EnvCase("cartpole", "configs/cartpole.yaml", "CartPole-v1"),
+    "breakout": EnvCase("breakout", "configs/minatar_breakout.yaml", "MinAtar/Breakout-v0", 10_000),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What every system of every case gets: the same network, batch and warm-up; `seconds` of
+    training from the first update, or `env_steps` in all when set."""
+
+    seconds: float = 20.0
+    env_steps: int | None = None
+    hidden_size: int = 256
+    num_layers: int = 2
+    batch_size: int = 128
+    learning_starts: int = 1000
+    stop_timeout_s: float = 120.0
+    """How long a stopped `qfleet train` may take to finish its orderly stop before it is killed."""
+    peer_timeout_s: float = 1200.0
+    """How long a peer's whole run (start-up included) may take before it is killed."""
+
+
+def qfleet_command(case: EnvCase, utd: float, budget: Budget, run_dir: pathlib.Path) -> list[str]:
+    """The `qfleet train` command line of one case."""
+    settings = {
+        "learner.loss": "dqn",
+        "learner.hidden_size": budget.hidden_size,
+        "learner.num_layers": budget.num_layers,
+        "learner.layer_norm": "false",
+        "learner.batch_size": budget.batch_size,
+        "learner.updates_per_env_step": utd,
+        "learner.learning_starts": budget.learning_starts,
+        "train.eval_every_steps": 0,
+        "train.eval_episodes": 1,
+        "train.total_env_steps": budget.env_steps or 10**9,
+    }
+    command = [sys.executable, "-m", "system.cli", "train", case.config, "--run-dir", str(run_dir)]
+    for key, value in settings.items():
+        command += ["--set", f"{key}={value}"]
+    return command
+
+
+def run_qfleet(case: EnvCase, utd: float, budget: Budget, out_dir: pathlib.Path) -> dict:
+    """Runs `qfleet train` on the case until the budget is spent; its figures (see `window`)."""
+    run_dir = out_dir / f"qfleet-{case.name}-utd{utd:g}"
+    log_path = out_dir / f"qfleet-{case.name}-utd{utd:g}.log"
+    metrics = run_dir / "metrics.jsonl"
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            qfleet_command(case, utd, budget, run_dir), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+        try:
+            while process.poll() is None:
+                if _spent(_progress(metrics), budget):
+                    process.send_signal(signal.SIGTERM)
+                    break
+                time.sleep(0.5)
+            code = process.wait(timeout=budget.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+    result = {
+        "system": "qfleet",
+        "log": str(log_path),
+        "exit_code": code,
+        "run_s": round(time.monotonic() - started, 1),
+    }
+    records = _progress(metrics)
+    if not records:
+        return result | {"error": f"no progress recorded (exit {code}); see {log_path}"}
+    first_step = next((r for r in records if r["env_steps"] > 0), None)
+    result["first_env_step_s"] = first_step["wall_s"] if first_step else None
+    return result | window(records)
+
+
+def _progress(metrics: pathlib.Path) -> list[dict]:
+    """The progress records of metrics.jsonl so far (a line being written is left for later)."""
+    if not metrics.exists():
+        return []
+    records = []
+    for line in metrics.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("kind") == "progress":
+            records.append(record)
+    return records
+
+
+def _spent(records: list[dict], budget: Budget) -> bool:
+    """Whether to stop the run now: never with an env-step budget (train.total_env_steps stops
+    it), else once it has trained `budget.seconds`."""
+    if not records or budget.env_steps is not None:
+        return False
+    training = [r for r in records if r["updates"] > 0]
+    return bool(training) and training[-1]["wall_s"] - training[0]["wall_s"] >= budget.seconds
+
+
+def window(records: list[dict]) -> dict:
+    """Rates over the progress records from the first with an update to the last before the stop
+    (the final record, written after the actors stopped, is left out), and the mean staleness.
+
+    Before the first update only actors run (replay fills to learning_starts): counting it would
+    mix two regimes. With fewer than two records after it, the window starts at the first env step.
+
+    Env steps are counted as the transitions the shards took (`replay_inserts`: one per env step,
+    what the learner's UTD is held against): the driver's own `env_steps` moves only when the
+    actors' `run` chunks return, which on a loaded machine can be tens of seconds apart.
+    """
+    steps_key = "replay_inserts" if all("replay_inserts" in r for r in records) else "env_steps"
+    live = [r for r in records if not r.get("final")] or records
+    training = [r for r in live if r["updates"] > 0]
+    if len(training) < 2:
+        training = [r for r in live if r[steps_key] > 0]
+    if len(training) < 2:
+        return {"error": "fewer than two progress records with env steps: budget too short"}
+    first, last = training[0], training[-1]
+    seconds = last["wall_s"] - first["wall_s"]
+    steps, updates = last[steps_key] - first[steps_key], last["updates"] - first["updates"]
+    return {
+        "window_s": round(seconds, 1),
+        "env_steps": max(last["env_steps"], last[steps_key]),
+        "updates": last["updates"],
+        "env_steps_per_s": round(steps / seconds, 1),
+        "updates_per_s": round(updates / seconds, 1),
+        "achieved_utd": round(updates / steps, 4) if steps else None,
+        "policy_staleness": _mean(training, "policy_staleness", 2),
+        "sample_staleness": _mean(training, "sample_staleness", 2),
+        "sample_age_s": _mean(training, "sample_age_s", 2),
+    }
+
+
+def _mean(records: list[dict], key: str, digits: int) -> float | None:
+    values = [r[key] for r in records if r.get(key) is not None]
+    return round(sum(values) / len(values), digits) if values else None
+
+
+def run_single_process(case: EnvCase, utd: float, budget: Budget) -> dict:
+    """The CleanRL-style loop (`dqn_baseline.throughput`) on the same settings, in this process."""
+    from system.bench.dqn_baseline import throughput
+
+    figures = throughput(
+        case.env_id,
+        utd,
+        hidden_size=budget.hidden_size,
+        num_layers=budget.num_layers,
+        batch_size=budget.batch_size,
+        learning_starts=budget.learning_starts,
+        seconds=budget.seconds,
+        env_steps=budget.env_steps,
+        max_episode_steps=case.max_episode_steps,
+    )
+    return {"system": "single-process"} | figures
+
+
+def run_rllib(case: EnvCase, utd: float, budget: Budget, peer_python: str, out_dir: pathlib.Path) -> dict:
+    """RLlib's DQN on the same settings, as a subprocess of `peer_python` (its own venv may pin what
+    qfleet does not); {"skipped": ...} when RLlib does not import there."""
+    request = {
+        "env_id": case.env_id,
+        "max_episode_steps": case.max_episode_steps,
+        "updates_per_env_step": utd,
+        "hidden_size": budget.hidden_size,
+        "num_layers": budget.num_layers,
+        "batch_size": budget.batch_size,
+        "learning_starts": budget.learning_starts,
+        "seconds": budget.seconds,
+        "env_steps": budget.env_steps,
+    }
+    log_path = out_dir / f"rllib-{case.name}-utd{utd:g}.log"
+    with open(log_path, "w") as log:
+        try:
+            done = subprocess.run(
+                [peer_python, str(PEER), json.dumps(request)],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                cwd=out_dir,
+                timeout=budget.peer_timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            return {"system": "rllib", "error": f"no result within {budget.peer_timeout_s:.0f} s; see {log_path}"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        return {"system": "rllib", "error": f"no result (exit {done.returncode}); see {log_path}"}
+    return {"system": "rllib", "log": str(log_path)} | json.loads(lines[-1])
+
+
+COLUMNS = (
+    ("env steps/s", "env_steps_per_s", ",.0f"),
+    ("updates/s", "updates_per_s", ",.1f"),
+    ("achieved UTD", "achieved_utd", ".3f"),
+    ("staleness (versions)", "policy_staleness", ".2f"),
+    ("sample age (s)", "sample_age_s", ".2f"),
+)
+
+
+def table(rows: list[dict]) -> str:
+    """The Markdown table of every row (a skipped or failed system says why across its figures)."""
+    head = "| system | env | UTD | " + " | ".join(name for name, _, _ in COLUMNS) + " |\n"
+    head += "|---|---|---:|" + "---:|" * len(COLUMNS) + "\n"
+    body = ""
+    for row in rows:
+        cells = f"| {row['system']} | {row['env']} | {row['utd']:g} | "
+        note = row.get("skipped") or row.get("error")
+        if note:
+            body += cells + note + " |" + " |" * (len(COLUMNS) - 1) + "\n"
+            continue
+        values = [format(row[key], spec) if row.get(key) is not None else "-" for _, key, spec in COLUMNS]
+        body += cells + " | ".join(values) + " |\n"
+    return head + body
+
+
+def ratios(rows: list[dict]) -> list[str]:
+    """The issue's targets, per case: qfleet env steps/s vs RLlib's (>= 5x) and qfleet updates/s
+    vs the single-process loop's (>= 0.9 at UTD 4)."""
+    lines = []
+    for env, utd in dict.fromkeys((r["env"], r["utd"]) for r in rows):
+        case = {r["system"]: r for r in rows if (r["env"], r["utd"]) == (env, utd) and r.get("env_steps_per_s")}
+        qfleet = case.get("qfleet")
+        if qfleet is None:
+            continue
+        if "rllib" in case:
+            lines.append(
+                f"{env} UTD {utd:g}: qfleet env steps/s = "
+                f"{qfleet['env_steps_per_s'] / case['rllib']['env_steps_per_s']:.2f}x RLlib's (target >= 5)"
+            )
+        single = case.get("single-process")
+        if single is not None and single["updates_per_s"]:
+            lines.append(
+                f"{env} UTD {utd:g}: qfleet updates/s = "
+                f"{qfleet['updates_per_s'] / single['updates_per_s']:.2f}x the single-process loop's"
+                + (" (target >= 0.9)" if utd == 4 else "")
+            )
+    return lines
+
+
+def run_e2e_bench(
+    envs: list[str],
+    utds: list[float],
+    budget: Budget,
+    systems: list[str],
+    peer_python: str,
+    out_dir: str | None,
+    output: str | None,
+) -> int:
+    """Every case, each system after the other; prints JSON lines as they come, then the table."""
+    folder = pathlib.Path(out_dir) if out_dir else pathlib.Path(tempfile.mkdtemp(prefix="qfleet-bench-e2e-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in envs:
+        case = ENVS[name]
+        for utd in utds:
+            for system in systems:
+                if system == "qfleet":
+                    row = run_qfleet(case, utd, budget, folder)
+                elif system == "single-process":
+                    row = run_single_process(case, utd, budget)
+                else:
+                    row = run_rllib(case, utd, budget, peer_python, folder)
+                row = {"system": row.pop("system"), "env": name, "utd": utd} | row
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print()
+    print(table(rows))
+    for line in ratios(rows):
+        print(line)
+    print(f"\nlogs and run directories: {folder}")
+    if output:
+        command = " ".join(["qfleet", *sys.argv[1:]]) if sys.argv else ""
+        document = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
+        pathlib.Path(output).write_text(json.dumps(document, indent=1) + "\n")
+    failed = [r for r in rows if r.get("error") or (r["system"] == "qfleet" and r.get("exit_code"))]
+    return 1 if failed else 0
