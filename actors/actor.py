@@ -8,6 +8,7 @@ chunks); tests and the benchmark run it in-process.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -56,6 +57,25 @@ class ActorStats:
     """Mean return of the last 100 episodes (None before the first)."""
     steps_per_second: float
     """Env steps per second over the last chunk."""
+    startup: ActorStartup | None = None
+    """When this process's envs were ready, its first step and first insert were taken (the run's
+    start-up breakdown); None from a caller that builds stats by hand."""
+
+
+@dataclass
+class ActorStartup:
+    """Unix times of an actor process's start-up milestones (None until reached)."""
+
+    created_at: float
+    """Its constructor began (the process is up, its modules imported)."""
+    envs_at: float | None = None
+    """Its envs were made and reset."""
+    ready_at: float | None = None
+    """Its constructor ended: envs, replay writer, weights and registry connected."""
+    first_step_at: float | None = None
+    """Its first env step returned."""
+    first_insert_at: float | None = None
+    """Its first batch of transitions was handed to replay."""
 
 
 def actor_epsilon(actor_id: int, num_actors: int, config: ActorsConfig) -> float:
@@ -95,6 +115,7 @@ class EnvActor:
     ):
         if writer is not None and replay is not None:
             raise ValueError("give a writer or a replay to write into, not both")
+        self.startup = ActorStartup(created_at=time.time())
         torch.set_num_threads(1)  # actors scale by processes, not by intra-op threads
         keep_freed_memory()  # insert messages of pixel envs are megabytes each
         self.actor_id, self.config = actor_id, actors
@@ -121,6 +142,7 @@ class EnvActor:
         try:
             self.envs = self._open(EnvVector(env, seed=seed * 10_000, max_rebuilds=actors.env_max_rebuilds))
             self.obs = self.envs.reset()
+            self.startup.envs_at = time.time()
             if writer is None:
                 replay = replay or ShardedReplay(
                     redis_url=redis_url,
@@ -152,6 +174,7 @@ class EnvActor:
                 host = socket.gethostname() if bind == "0.0.0.0" else bind
                 self.metrics_address = f"{host}:{server.server_port}"
             self._pull_weights(wait=True)  # a (re)started actor acts with the newest weights from its first step
+            self.startup.ready_at = time.time()
             self._report(self.stats())  # up: from here a missing chunk is not for want of resources
         except BaseException:
             self._release()
@@ -201,6 +224,16 @@ class EnvActor:
             self.writer.add(transitions)
         for episode in out.episodes:
             self._episode(episode.episode_return, episode.length)
+        if self.startup.first_insert_at is None:
+            self._mark_first_steps()
+
+    def _mark_first_steps(self) -> None:
+        """Stamps the first env step and the first batch handed to replay (the run's start-up)."""
+        now = time.time()
+        if self.startup.first_step_at is None:
+            self.startup.first_step_at = now
+        if self.writer.sent:
+            self.startup.first_insert_at = now
 
     def run(self, seconds: float, max_steps: int | None = None) -> ActorStats:
         """Steps for `seconds` (or `max_steps` env steps), then flushes inserts and episode
@@ -276,10 +309,11 @@ class EnvActor:
             weight_fetch_failures=self.weights.fetch_failures,
             recent_return=float(np.mean(self._returns)) if self._returns else None,
             steps_per_second=steps_per_second,
+            startup=dataclasses.replace(self.startup),
         )
 
     def _report(self, stats: ActorStats) -> None:
-        fields = {k: v for k, v in vars(stats).items() if v is not None}
+        fields = {k: v for k, v in vars(stats).items() if v is not None and k != "startup"}
         fields.update(host=socket.gethostname(), metrics=self.metrics_address, state=STATE_ACTING, insert_wait_s=0)
         self.registry.report(self.actor_id, fields)
 

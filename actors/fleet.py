@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from actors.actor import ActorStats, EnvActor
+from actors.actor import ActorStartup, ActorStats, EnvActor
 from actors.config import ActorsConfig, EnvConfig
 from actors.envs import describe_env
 from actors.errors import ActorRegistryError, FleetError
@@ -59,6 +59,8 @@ class FleetStats:
     inserted_by_actor: dict[int, int] = field(default_factory=dict)
     """Transitions inserted as each actor id's processes reported them (a killed one's last chunk
     is missing here; the shards' ledgers count it: see `actor_writer_id`)."""
+    startups: dict[int, ActorStartup] = field(default_factory=dict)
+    """Start-up milestones of each live actor's current process, from its latest report."""
 
 
 class ActorFleet:
@@ -313,6 +315,7 @@ class ActorFleet:
             recent_return=sum(r * n for r, n in returns) / weight if weight else None,
             policy_versions={s.actor_id: s.policy_version for s in live},
             inserted_by_actor=inserted_by_actor,
+            startups={s.actor_id: s.startup for s in live if s.startup is not None},
         )
 
     def pids(self) -> dict[int, int]:

@@ -215,6 +215,8 @@ class Learner:
         self._publish_failing = False
         self.last_result: UpdateResult | None = None
         """The `UpdateResult` of the latest update (loss, q_mean, ...), None before the first."""
+        self.first_update_at: float | None = None
+        """Unix time of this learner's first update (None before it): the run's start-up breakdown."""
         self._priorities: _PrioritySender | None = None  # open while `run` runs
         self._last_log = (time.perf_counter(), self.updates)  # (time, updates) of the last progress line
         if self.checkpoint_dir is not None:
@@ -285,6 +287,8 @@ class Learner:
             elif self.replay is not None:
                 self.replay.update_priorities(batch.keys, priorities)
         self.updates += 1
+        if self.first_update_at is None:
+            self.first_update_at = time.time()
         if self.agent.after_update(self.updates):
             self.metrics.resets.inc()
         if self.updates % config.publish_every == 0:

@@ -87,6 +87,8 @@ class LearnerProgress:
     """"offline" while it trains on the run's dataset alone, "online" once it samples actors'
     data (mixed with the dataset's when the run has one), "finished" once an offline-only run's
     learner made its offline updates (it trains no more)."""
+    first_update_at: float | None = None
+    """Unix time of this process's first update (None before it)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,6 +320,7 @@ class LearnerService:
             pid=os.getpid(),
             updates_lost=self.learner.updates_lost,
             phase=self._phase,
+            first_update_at=self.learner.first_update_at,
         )
         self._last_measured = (now, updates)
         return self._progress

@@ -47,6 +47,7 @@ from system.train.evaluate import RunEvaluations
 from system.train.metrics import TrainMetrics
 from system.train.plan import Plan, evaluates_in_driver, offline_shard_settings, shard_config
 from system.train.records import LearnerEventRecord, RunCounters
+from system.train.startup import StartupClock
 
 if TYPE_CHECKING:
     from actors import ActorFleet
@@ -145,6 +146,8 @@ class Components:
     """Ends what this run started if the driver dies (the embedded default only)."""
     replay_credentials: ReplayCredentials | None = field(default=None, repr=False)
     """This start's replay token, certificate and key (made by `launch`; never written anywhere)."""
+    startup: StartupClock = field(default_factory=StartupClock)
+    """When this session reached each phase of its start (`system.train.startup`)."""
 
 
 def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components: Components) -> None:
@@ -155,6 +158,8 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
         TrainError: a component could not start.
     """
     config, run = plan.config, plan.run
+    clock = components.startup
+    clock.mark("driver")
     components.replay_credentials = generate_credentials()
     if config.ray.address is None:
         components.watchdog = Watchdog.start()
@@ -168,7 +173,9 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
         )
     components.redis_url = url or _start_redis(components)
     components.info["redis_url"] = redact_url(components.redis_url)
+    clock.mark("redis")
     components.ray = _start_ray(config)
+    clock.mark("ray")
     if config.ray.address is None:
         components.info["ray_address"] = components.ray.get_runtime_context().gcs_address
     _save_secrets(plan, components)
@@ -302,6 +309,7 @@ def _start_shards(plan: Plan, components: Components, counters: RunCounters) -> 
             remote.options(**options).remote(plan.spec, settings, on_cluster, credentials=components.replay_credentials)
         )
     described = ray.get([shard.describe.remote() for shard in components.shards], timeout=300)
+    components.startup.mark("shards")
     for shard in described:
         restored = f", restored {shard.size:,} items" if shard.restored_from else ""
         log.info("shard %d serving at %s%s", shard.shard_id, shard.address, restored)
@@ -378,6 +386,7 @@ def _start_learner(plan: Plan, components: Components, counters: RunCounters) ->
         )
     )
     described = ray.get(components.learner.describe.remote(), timeout=600)
+    components.startup.mark("learner")
     for message in described.refused_checkpoints:
         log.warning("learner checkpoint refused: %s", message)
     where = f"resumed at update {described.resumed_at:,}" if described.resumed_from else "fresh"
