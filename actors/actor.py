@@ -18,7 +18,6 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from actors.config import ActorsConfig, EnvConfig
 from actors.envs import EnvVector, describe_env
@@ -27,7 +26,7 @@ from actors.nstep import NStepAccumulator, apex_epsilons
 from actors.registry import STATE_ACTING, STATE_HELD_BACK, ActorRegistry
 from actors.weights import WeightSubscriber
 from actors.writer import INSERT_MAX_BYTES, TransitionWriter, Writer, actor_writer_id
-from learner import LearnerConfig, Policy, WeightStore
+from learner import LearnerConfig
 from replay import ReplayCredentials, ShardedReplay, keep_freed_memory, start_metrics_server
 
 log = logging.getLogger(__name__)
@@ -116,6 +115,11 @@ class EnvActor:
         if writer is not None and replay is not None:
             raise ValueError("give a writer or a replay to write into, not both")
         self.startup = ActorStartup(created_at=time.time())
+        # torch here, not at the module's import: the driver imports this module to start actors.
+        import torch
+
+        from learner import Policy, WeightStore
+
         torch.set_num_threads(1)  # actors scale by processes, not by intra-op threads
         keep_freed_memory()  # insert messages of pixel envs are megabytes each
         self.actor_id, self.config = actor_id, actors

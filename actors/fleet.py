@@ -113,6 +113,10 @@ class ActorFleet:
         count = self.config.num_actors if num_actors is None else num_actors
         self.registry.set_desired(count)
         self._resize(count)
+        # Each actor's first chunk queued now: it steps as soon as it is built, not once the
+        # supervisor's first `poll` comes (which may wait for the learner to start).
+        for slot in self._slots.values():
+            self._submit(slot)
 
     def _new_actor(self, actor_id: int, num_actors: int):
         options = {

@@ -1,7 +1,8 @@
 """Starting a run's components in order: Redis -> Ray -> driver /metrics -> shards -> offline
 shards (a run with a dataset) -> learner -> evaluations, then (`start_actors`, after an offline
-phase) actors. What started is in `Components` at once, so a failure part way (or Ctrl-C)
-stops exactly what runs.
+phase) actors; in a fresh online run the actors start beside the learner (`actors_beside_learner`).
+What started is in `Components` at once, so a failure part way (or Ctrl-C) stops exactly what
+runs. Each phase is stamped in `Components.startup` (system/train/startup.py).
 
 Every start makes fresh replay credentials (a token and a self-signed certificate, in memory only):
 the shards get them with the private key, the learner and the actors without it, all as Ray
@@ -181,21 +182,37 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
     _save_secrets(plan, components)
     _start_metrics(plan, components)
     run.write_json("run.json", components.info)
-    for start in (_start_shards, _start_offline_shards, _start_learner):
+    for start in (_start_shards, _start_offline_shards, _create_learner):
         if stop.is_set():
             return
         start(plan, components, counters)
         run.write_json("run.json", components.info)
-    components.episodes = EpisodeFeed(components.redis_url, plan.name)
+    components.episodes = EpisodeFeed(components.redis_url, plan.name)  # before any actor reports one
+    if actors_beside_learner(plan) and not stop.is_set():
+        start_actors(plan, counters, components)  # their processes start while the learner's does
+    _await_learner(plan, components, counters)
+    run.write_json("run.json", components.info)
     if evaluates_in_driver(config):
         components.evaluations = RunEvaluations(config, components.redis_url, plan.name, counters)
     else:
         log.info("no driver evaluations for %s on emulators: follow the training returns", config.env.id)
 
 
+def actors_beside_learner(plan: Plan) -> bool:
+    """Whether the actors start while the learner starts (`launch`), not after it: in a fresh
+    online run, where both take seconds to load torch and build their networks and no actor
+    waits for anything of the learner's (there are no weights to act with before its first
+    publish). A resumed run's actors act with the weights its learner restores and publishes,
+    and a run with an offline dataset starts them after its offline phase: both after it."""
+    return not plan.state and plan.offline_data is None and not plan.offline_only
+
+
 def start_actors(plan: Plan, counters: RunCounters, components: Components) -> None:
-    """Starts the env actors (the online phase)."""
+    """Starts the env actors (the online phase); nothing when they run already."""
     from actors import ActorFleet
+
+    if components.fleet is not None:
+        return
 
     config = plan.config
     budget = config.train.total_env_steps - counters.start_env_steps
@@ -352,7 +369,8 @@ def _start_offline_shards(plan: Plan, components: Components, counters: RunCount
     components.info["offline_shards"] = [asdict(shard) for shard in described]
 
 
-def _start_learner(plan: Plan, components: Components, counters: RunCounters) -> None:
+def _create_learner(plan: Plan, components: Components, counters: RunCounters) -> None:
+    """Asks Ray for the learner (`_await_learner` waits until it is built)."""
     from system.train.hosts import LearnerHost
 
     config, train, ray = plan.config, plan.config.train, components.ray
@@ -385,7 +403,11 @@ def _start_learner(plan: Plan, components: Components, counters: RunCounters) ->
             reached=plan.learner_reached,
         )
     )
-    described = ray.get(components.learner.describe.remote(), timeout=600)
+
+
+def _await_learner(plan: Plan, components: Components, counters: RunCounters) -> None:
+    """Waits until the learner is built (it resumed, or starts fresh); logs and records how."""
+    described = components.ray.get(components.learner.describe.remote(), timeout=600)
     components.startup.mark("learner")
     for message in described.refused_checkpoints:
         log.warning("learner checkpoint refused: %s", message)
