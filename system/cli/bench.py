@@ -184,7 +184,7 @@ def add_parser(commands) -> None:
     startup.add_argument("--runs", type=int, default=3, help="qfleet train runs; medians reported (default: 3)")
     startup.add_argument("--config", metavar="FILE", help="run config (default: configs/cartpole.yaml)")
     startup.add_argument(
-        "--env-steps", type=int, default=2000, help="train.total_env_steps of each run (default: 2000)"
+        "--env-steps", type=int, default=4000, help="train.total_env_steps of each run (default: 4000)"
     )
     set_option(startup, "actors.num_actors=1 (added to each run)")
     startup.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")

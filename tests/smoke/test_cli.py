@@ -33,6 +33,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         ["bench", "weights"],
         ["bench", "dataset"],
         ["bench", "offline"],
+        ["bench", "startup"],
         ["record"],
         ["dataset", "list"],
         ["actors", "run"],
