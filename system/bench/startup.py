@@ -26,7 +26,10 @@ DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "cart
 """configs/cartpole.yaml of this checkout."""
 
 RUN_TIMEOUT_S = 300.0
-"""A run that takes longer is stopped and reported as failed."""
+"""A run that takes longer is stopped (SIGTERM) and reported as failed."""
+
+STOP_TIMEOUT_S = 60.0
+"""How long a run stopped for its time may take to stop in order before it is killed."""
 
 
 class StartupBenchError(RuntimeError):
@@ -83,9 +86,16 @@ def one_run(config: str, run_dir: pathlib.Path, total_env_steps: int, overrides:
     log_path = run_dir / "train.log"
     began = time.perf_counter()
     with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S).returncode
+            code = proc.wait(timeout=RUN_TIMEOUT_S)
         except subprocess.TimeoutExpired:
+            proc.terminate()  # SIGTERM: the run stops in order (Ray, Redis and its hosts go)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # its watchdog ends what it started
+                proc.wait()
             raise StartupBenchError(f"qfleet train ran past {RUN_TIMEOUT_S:.0f} s; see {log_path}", run_dir) from None
     wall = time.perf_counter() - began
     if code != 0:
