@@ -54,6 +54,7 @@ from actors.writer import TransitionWriter, Writer, actor_writer_id
 _LAZY = {
     "EnvActor": "actors.actor",
     "ActorStats": "actors.actor",
+    "ActorStartup": "actors.actor",
     "ActorFleet": "actors.fleet",
     "FleetStats": "actors.fleet",
     "WeightSubscriber": "actors.weights",

@@ -8,6 +8,7 @@ chunks); tests and the benchmark run it in-process.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -18,7 +19,6 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from actors.config import ActorsConfig, EnvConfig
 from actors.envs import EnvVector, describe_env
@@ -27,7 +27,7 @@ from actors.nstep import NStepAccumulator, apex_epsilons
 from actors.registry import STATE_ACTING, STATE_HELD_BACK, ActorRegistry
 from actors.weights import WeightSubscriber
 from actors.writer import INSERT_MAX_BYTES, TransitionWriter, Writer, actor_writer_id
-from learner import LearnerConfig, Policy, WeightStore
+from learner import LearnerConfig
 from replay import ReplayCredentials, ShardedReplay, keep_freed_memory, start_metrics_server
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,25 @@ class ActorStats:
     """Mean return of the last 100 episodes (None before the first)."""
     steps_per_second: float
     """Env steps per second over the last chunk."""
+    startup: ActorStartup | None = None
+    """When this process's envs were ready, its first step and first insert were taken (the run's
+    start-up breakdown); None from a caller that builds stats by hand."""
+
+
+@dataclass
+class ActorStartup:
+    """Unix times of an actor process's start-up milestones (None until reached)."""
+
+    created_at: float
+    """Its constructor began (the process is up, its modules imported)."""
+    envs_at: float | None = None
+    """Its envs were made and reset."""
+    ready_at: float | None = None
+    """Its constructor ended: envs, replay writer, weights and registry connected."""
+    first_step_at: float | None = None
+    """Its first env step returned."""
+    first_insert_at: float | None = None
+    """Its first batch of transitions was handed to replay."""
 
 
 def actor_epsilon(actor_id: int, num_actors: int, config: ActorsConfig) -> float:
@@ -96,6 +115,12 @@ class EnvActor:
     ):
         if writer is not None and replay is not None:
             raise ValueError("give a writer or a replay to write into, not both")
+        self.startup = ActorStartup(created_at=time.time())
+        # torch here, not at the module's import: the driver imports this module to start actors.
+        import torch
+
+        from learner import Policy, WeightStore
+
         torch.set_num_threads(1)  # actors scale by processes, not by intra-op threads
         keep_freed_memory()  # insert messages of pixel envs are megabytes each
         self.actor_id, self.config = actor_id, actors
@@ -122,6 +147,7 @@ class EnvActor:
         try:
             self.envs = self._open(EnvVector(env, seed=seed * 10_000, max_rebuilds=actors.env_max_rebuilds))
             self.obs = self.envs.reset()
+            self.startup.envs_at = time.time()
             if writer is None:
                 replay = replay or ShardedReplay(
                     redis_url=redis_url,
@@ -154,6 +180,7 @@ class EnvActor:
                 host = socket.gethostname() if bind == "0.0.0.0" else bind
                 self.metrics_address = f"{host}:{server.server_port}"
             self._pull_weights(wait=True)  # a (re)started actor acts with the newest weights from its first step
+            self.startup.ready_at = time.time()
             self._report(self.stats())  # up: from here a missing chunk is not for want of resources
         except BaseException:
             self._release()
@@ -203,6 +230,16 @@ class EnvActor:
             self.writer.add(transitions)
         for episode in out.episodes:
             self._episode(episode.episode_return, episode.length)
+        if self.startup.first_insert_at is None:
+            self._mark_first_steps()
+
+    def _mark_first_steps(self) -> None:
+        """Stamps the first env step and the first batch handed to replay (the run's start-up)."""
+        now = time.time()
+        if self.startup.first_step_at is None:
+            self.startup.first_step_at = now
+        if self.writer.sent:
+            self.startup.first_insert_at = now
 
     def run(self, seconds: float, max_steps: int | None = None) -> ActorStats:
         """Steps for `seconds` (or `max_steps` env steps), then flushes inserts and episode
@@ -278,10 +315,11 @@ class EnvActor:
             weight_fetch_failures=self.weights.fetch_failures,
             recent_return=float(np.mean(self._returns)) if self._returns else None,
             steps_per_second=steps_per_second,
+            startup=dataclasses.replace(self.startup),
         )
 
     def _report(self, stats: ActorStats) -> None:
-        fields = {k: v for k, v in vars(stats).items() if v is not None}
+        fields = {k: v for k, v in vars(stats).items() if v is not None and k != "startup"}
         fields.update(host=socket.gethostname(), metrics=self.metrics_address, state=STATE_ACTING, insert_wait_s=0)
         if self.node:
             fields["node"] = self.node

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from actors.actor import ActorStats, EnvActor
+from actors.actor import ActorStartup, ActorStats, EnvActor
 from actors.config import ActorsConfig, EnvConfig
 from actors.envs import describe_env
 from actors.errors import ActorRegistryError, FleetError
@@ -59,6 +59,8 @@ class FleetStats:
     inserted_by_actor: dict[int, int] = field(default_factory=dict)
     """Transitions inserted as each actor id's processes reported them (a killed one's last chunk
     is missing here; the shards' ledgers count it: see `actor_writer_id`)."""
+    startups: dict[int, ActorStartup] = field(default_factory=dict)
+    """Start-up milestones of each live actor's current process, from its latest report."""
 
 
 class ActorFleet:
@@ -111,6 +113,10 @@ class ActorFleet:
         count = self.config.num_actors if num_actors is None else num_actors
         self.registry.set_desired(count)
         self._resize(count)
+        # Each actor's first chunk queued now: it steps as soon as it is built, not once the
+        # supervisor's first `poll` comes (which may wait for the learner to start).
+        for slot in self._slots.values():
+            self._submit(slot)
 
     def _new_actor(self, actor_id: int, num_actors: int):
         options = {
@@ -313,6 +319,7 @@ class ActorFleet:
             recent_return=sum(r * n for r, n in returns) / weight if weight else None,
             policy_versions={s.actor_id: s.policy_version for s in live},
             inserted_by_actor=inserted_by_actor,
+            startups={s.actor_id: s.startup for s in live if s.startup is not None},
         )
 
     def pids(self) -> dict[int, int]:

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
-import torch
+from learner import MalformedValues, MalformedWeightsError, WeightsHostError, WeightStoreError
 
-from learner import MalformedValues, MalformedWeightsError, WeightsHostError, WeightStore, WeightStoreError
+if TYPE_CHECKING:
+    import torch
+
+    from learner import WeightStore
 
 log = logging.getLogger(__name__)
 

@@ -37,6 +37,8 @@ def actor_writer_id(run: str, actor_id: int) -> str:
 class Writer(Protocol):
     """What an actor hands its transitions to; `EnvActor` takes any."""
 
+    sent: int
+    """Transitions handed to replay so far (inserted, lost, or on their way)."""
     inserted: int
     """Transitions replay acknowledged, as of the last `flush`."""
     lost: int

@@ -185,6 +185,8 @@ class Learner:
         batch (its mean; None before a batch of actors' data): the policy_staleness gauge."""
         self.sample_age_s: float | None = None
         """Seconds since those versions were published (batch mean): the sample_age_seconds gauge."""
+        self.first_update_at: float | None = None
+        """Unix time of this learner's first update (None before it): the run's start-up breakdown."""
         self._last_log = (time.perf_counter(), self.updates)  # (time, updates) of the last progress line
         if self.checkpoint_dir is not None:
             self._resume()
@@ -258,6 +260,8 @@ class Learner:
             elif self.replay is not None:
                 self.replay.update_priorities(batch.keys, priorities)
         self.updates += 1
+        if self.first_update_at is None:
+            self.first_update_at = time.time()
         if self.agent.after_update(self.updates):
             self.metrics.resets.inc()
         if self.updates % config.publish_every == 0:

@@ -13,7 +13,7 @@
     qfleet learner run --redis-url URL --run NAME [--config FILE] [--checkpoint-dir DIR] [...]
     qfleet actors run --redis-url URL --run NAME [--config FILE] [--num-actors N] [...]
     qfleet scale --actors N --redis-url URL --run NAME
-    qfleet bench {replay,sharded,learner,actors,dataset,ui-env} [--seconds S] [--output FILE]
+    qfleet bench {replay,sharded,learner,actors,dataset,ui-env,startup} [--seconds S | --runs N] [--output FILE]
     qfleet config [CONFIG] [--set ...]
 
 Option help comes from the config dataclasses' field docstrings.

@@ -1,4 +1,4 @@
-"""`qfleet bench replay|priorities|sharded|learner|actors|weights|dataset|offline|ui-env|scaling|e2e`: the benchmarks behind docs/benchmarks.md."""
+"""`qfleet bench replay|priorities|sharded|learner|actors|weights|dataset|offline|ui-env|scaling|e2e|startup`: the benchmarks behind docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -267,8 +267,32 @@ def add_parser(commands) -> None:
     e2e.add_argument("--out-dir", metavar="DIR", help="run directories and logs (default: a new temporary folder)")
     e2e.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
 
+    startup = subcommands.add_parser(
+        "startup",
+        help="qfleet train's start-up: seconds to the first env step and first update, phase by phase",
+        description=(
+            "Runs a short CartPole `qfleet train` (everything on this machine) --runs times, one after "
+            "another, each as its own process, and reports every run's start-up breakdown (driver, Redis, "
+            "Ray, shards, learner, envs, actors, first env step, first insert, first update: seconds since "
+            "the process started), the median of each phase and the load average before each run, as JSON."
+        ),
+    )
+    startup.add_argument("--runs", type=int, default=3, help="qfleet train runs; medians reported (default: 3)")
+    startup.add_argument("--config", metavar="FILE", help="run config (default: configs/cartpole.yaml)")
+    startup.add_argument(
+        "--env-steps", type=int, default=4000, help="train.total_env_steps of each run (default: 4000)"
+    )
+    set_option(startup, "actors.num_actors=1 (added to each run)")
+    startup.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
+
 
 def run(args: argparse.Namespace) -> int:
+    if args.bench_command == "startup":
+        from system.bench.startup import run_startup_bench
+
+        if args.runs < 1 or args.env_steps < 1:
+            raise ConfigError("--runs and --env-steps must be >= 1")
+        return run_startup_bench(args.runs, args.config, args.env_steps, args.set, args.output)
     if args.bench_command == "replay":
         from system.bench.replay import run_replay_bench
 

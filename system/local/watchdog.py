@@ -46,12 +46,14 @@ class Watchdog:
         Raises:
             OSError: it could not start, or said nothing.
         """
+        # This file as a script, isolated (-I: no script folder, user site or PYTHON* variables on
+        # its path): it needs the standard library only, and the driver waits for its "ready"
+        # before Redis starts, so it must not load qfleet's packages (grpc, numpy: seconds).
         proc = subprocess.Popen(
-            [sys.executable, "-m", "system.local.watchdog", str(os.getpid())],
+            [sys.executable, "-I", str(Path(__file__).resolve()), str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             start_new_session=True,  # a Ctrl-C meant for the driver must not end it first
-            cwd=Path(__file__).resolve().parents[2],
         )
         await_ready(proc, READY_TIMEOUT_S)
         return cls(proc)

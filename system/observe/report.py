@@ -12,6 +12,7 @@ import numpy as np
 
 from replay import create_private_file
 from system.train.run_dir import RunDir
+from system.train.startup import PHASE_NAMES
 
 SMOOTH_EPISODES = 100
 """Training returns are shown as the mean over this many consecutive episodes."""
@@ -129,6 +130,7 @@ def summary_table(run: RunDir) -> str:
                 if int(state.get(key, 0)):
                     lines.append(f"| {label} | {int(state[key]):,} |")
     lines += _phase_rows(config, state, evals)
+    lines += _startup_rows(run)
     if last.get("recent_return") is not None:
         lines.append(f"| training return (last {SMOOTH_EPISODES} episodes) | {last['recent_return']:.1f} |")
     if evals:
@@ -152,6 +154,23 @@ def summary_table(run: RunDir) -> str:
             for e in evals
         ]
     return "\n".join(lines) + "\n"
+
+
+def _startup_rows(run: RunDir) -> list[str]:
+    """The latest session's start-up (system/train/startup.py), when recorded."""
+    recorded = run.records("startup")
+    if not recorded:
+        return []
+    phases = recorded[-1]["phases"]
+
+    def at(name: str) -> str:
+        return "-" if phases.get(name) is None else f"{phases[name]:.1f} s"
+
+    breakdown = ", ".join(f"{name.replace('_', ' ')} {at(name)}" for name in PHASE_NAMES)
+    return [
+        f"| start-up: first env step / first update | {at('first_env_step')} / {at('first_update')} |",
+        f"| start-up phases (since the command began) | {breakdown} |",
+    ]
 
 
 def _eval_phase(evaluation: dict) -> str:

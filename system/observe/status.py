@@ -21,6 +21,7 @@ from replay import redact_url
 from system.errors import ConfigError
 from system.local.secrets import use_run_secrets, without_redacted_password
 from system.train.run_dir import RunDir
+from system.train.startup import startup_text
 
 
 class _RedisGone(Exception):
@@ -197,6 +198,13 @@ _ACCOUNTING_GAPS = (
 """state.json keys named in the faults line when non-zero (where the exact accounting falls short)."""
 
 
+def startup_line(run_dir: RunDir) -> str:
+    """The latest session's start-up breakdown ("start-up: started in ..."), "" before it is
+    recorded (and for runs older than the record)."""
+    recorded = run_dir.records("startup")
+    return f"start-up: {startup_text(recorded[-1]['phases'])}" if recorded else ""
+
+
 def not_running_text(run_dir: RunDir, run: str, why: str) -> str:
     """What a stopped run's directory last recorded (state.json, metrics.jsonl), as text."""
     config = run_dir.load_config()
@@ -220,6 +228,8 @@ def not_running_text(run_dir: RunDir, run: str, why: str) -> str:
             lines.append(f"last evaluation: return {eval_return:.1f} at {eval_steps:,} env steps")
         if faults_line(state):
             lines.append(faults_line(state))
+        if startup_line(run_dir):
+            lines.append(startup_line(run_dir))
     lines.append(f"see `qfleet report {run_dir.path}` for its learning curve and summary")
     if env_steps < total:
         lines.append(f"continue it with `qfleet train --resume {run_dir.path}`")
@@ -264,4 +274,6 @@ def main_status(run_dir: str | None, redis_url: str | None, run: str | None) -> 
     faults = faults_line(directory.read_json("state.json") or {})
     if faults:
         print(f"{faults} (the driver's state.json)")
+    if startup_line(directory):
+        print(startup_line(directory))
     return 0

@@ -91,6 +91,8 @@ class LearnerProgress:
     """`Learner.sample_staleness`: versions between the learner and the latest batch's data."""
     sample_age_s: float | None = None
     """`Learner.sample_age_s`: seconds since the latest batch's versions were published."""
+    first_update_at: float | None = None
+    """Unix time of this process's first update (None before it)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,6 +329,7 @@ class LearnerService:
             phase=self._phase,
             sample_staleness=self.learner.sample_staleness,
             sample_age_s=self.learner.sample_age_s,
+            first_update_at=self.learner.first_update_at,
         )
         self._last_measured = (now, updates)
         return self._progress

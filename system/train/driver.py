@@ -20,7 +20,7 @@ from system.train.launch import launch, new_components, start_actors
 from system.train.plan import Plan, plan
 from system.train.records import LearnerEventRecord, RunCounters
 from system.train.shutdown import shutdown
-from system.train.supervise import Supervisor
+from system.train.supervise import Supervisor, record_startup
 
 log = logging.getLogger(__name__)
 
@@ -121,5 +121,7 @@ def train_session(checked: Plan, counters: RunCounters, stop) -> str | None:
         log.exception("qfleet train failed")
         error = f"{type(exc).__name__}: {exc}"
     finally:
+        if not components.startup.recorded:  # ended before its first update: what it reached
+            checked.run.append_records([record_startup(components.startup).to_json()])
         stopped_with = shutdown(checked, components, counters, supervisor.latest)
     return error or stopped_with

@@ -13,14 +13,18 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from actors import EnvConfig, make_env
-from learner import LearnerConfig, WeightStore
+from learner import LearnerConfig
 from system.config import ConfigError, RunConfig, env_spaces
 from system.train.records import EvalRecord, RunCounters
 from system.train.run_dir import RunDir
+
+if TYPE_CHECKING:
+    from learner import WeightStore
 
 log = logging.getLogger(__name__)
 
@@ -177,18 +181,41 @@ class RunEvaluations:
     """
 
     def __init__(self, config: RunConfig, redis_url: str, run: str, counters: RunCounters):
-        train = config.train
-        self.counters, self.every = counters, train.eval_every_steps
+        self.config, self.redis_url, self.run = config, redis_url, run
+        self.counters, self.every = counters, config.train.eval_every_steps
         self.every_updates = config.offline.eval_every_updates
-        self.weights = WeightStore(redis_url, run, config.learner.weights)
+        self._weights: WeightStore | None = None
+        self._background: BackgroundEvaluator | None = None
+
+    def prepare(self) -> None:
+        """Builds the weight-store reader and the evaluator (torch, the policy, the eval envs).
+        Done at the first evaluation, or earlier by the supervisor once the run has started:
+        never on the start-up's path, where the driver loading torch would slow the processes
+        that start beside it."""
+        if self._background is not None:
+            return
+        from learner import WeightStore
+
+        config, train = self.config, self.config.train
+        weights = WeightStore(self.redis_url, self.run, config.learner.weights)
         try:
             evaluator = Evaluator(
                 config.env, config.learner, train.eval_episodes, train.eval_epsilon, seed=10_000 + config.actors.seed
             )
         except BaseException:
-            self.weights.close()
+            weights.close()
             raise
-        self.background = BackgroundEvaluator(evaluator)
+        self._weights, self._background = weights, BackgroundEvaluator(evaluator)
+
+    @property
+    def weights(self) -> WeightStore:
+        self.prepare()
+        return self._weights
+
+    @property
+    def background(self) -> BackgroundEvaluator:
+        self.prepare()
+        return self._background
 
     def submit_if_due(self) -> None:
         """Hands the latest published weights to the background thread when an evaluation is due."""
@@ -235,6 +262,8 @@ class RunEvaluations:
 
     def finished(self) -> list[EvalRecord]:
         """Evaluations finished since the last call."""
+        if self._background is None:
+            return []
         return [self._record(tag, result, final=False) for tag, result in self.background.results()]
 
     def final(self) -> list[EvalRecord]:
@@ -283,9 +312,11 @@ class RunEvaluations:
 
     def close(self) -> None:
         """Closes the envs (unless an evaluation stuck in them still runs) and the weight store."""
-        if not self.background.running:
-            self.background.evaluator.close()
-        self.weights.close()
+        if self._background is None:
+            return
+        if not self._background.running:
+            self._background.evaluator.close()
+        self._weights.close()
 
 
 def main_eval(run_dir: str, episodes: int | None, epsilon: float | None, seed: int) -> int:

@@ -12,9 +12,12 @@ import os
 import socket
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from replay import ReplayConfig, ReplayCredentials, ReplayServer, ShardAccounting, Spec
-from system.services.learner import LearnerDescription, LearnerProgress, LearnerResult, LearnerService
+
+if TYPE_CHECKING:  # the learner's modules load torch: a shard's process never needs them
+    from system.services.learner import LearnerDescription, LearnerProgress, LearnerResult
 
 
 def restarted_by_ray() -> bool:
@@ -168,6 +171,8 @@ class LearnerHost:
         reached=None,
     ):
         import torch
+
+        from system.services.learner import LearnerService
 
         torch.set_num_threads(max(1, num_threads))
         if metrics_host == "node":

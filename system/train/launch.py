@@ -1,7 +1,8 @@
 """Starting a run's components in order: Redis -> Ray -> driver /metrics -> shards -> offline
 shards (a run with a dataset) -> learner -> evaluations, then (`start_actors`, after an offline
-phase) actors. What started is in `Components` at once, so a failure part way (or Ctrl-C)
-stops exactly what runs.
+phase) actors; in a fresh online run the actors start beside the learner (`actors_beside_learner`).
+What started is in `Components` at once, so a failure part way (or Ctrl-C) stops exactly what
+runs. Each phase is stamped in `Components.startup` (system/train/startup.py).
 
 Every start makes fresh replay credentials (a token and a self-signed certificate, in memory only):
 the shards get them with the private key, the learner and the actors without it, all as Ray
@@ -47,6 +48,7 @@ from system.train.evaluate import RunEvaluations
 from system.train.metrics import TrainMetrics
 from system.train.plan import Plan, evaluates_in_driver, offline_shard_settings, shard_config
 from system.train.records import LearnerEventRecord, RunCounters
+from system.train.startup import StartupClock
 
 if TYPE_CHECKING:
     from actors import ActorFleet
@@ -145,6 +147,8 @@ class Components:
     """Ends what this run started if the driver dies (the embedded default only)."""
     replay_credentials: ReplayCredentials | None = field(default=None, repr=False)
     """This start's replay token, certificate and key (made by `launch`; never written anywhere)."""
+    startup: StartupClock = field(default_factory=StartupClock)
+    """When this session reached each phase of its start (`system.train.startup`)."""
 
 
 def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components: Components) -> None:
@@ -155,6 +159,8 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
         TrainError: a component could not start.
     """
     config, run = plan.config, plan.run
+    clock = components.startup
+    clock.mark("driver")
     components.replay_credentials = generate_credentials()
     if config.ray.address is None:
         components.watchdog = Watchdog.start()
@@ -168,27 +174,45 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
         )
     components.redis_url = url or _start_redis(components)
     components.info["redis_url"] = redact_url(components.redis_url)
+    clock.mark("redis")
     components.ray = _start_ray(config)
+    clock.mark("ray")
     if config.ray.address is None:
         components.info["ray_address"] = components.ray.get_runtime_context().gcs_address
     _save_secrets(plan, components)
     _start_metrics(plan, components)
     run.write_json("run.json", components.info)
-    for start in (_start_shards, _start_offline_shards, _start_learner):
+    for start in (_start_shards, _start_offline_shards, _create_learner):
         if stop.is_set():
             return
         start(plan, components, counters)
         run.write_json("run.json", components.info)
-    components.episodes = EpisodeFeed(components.redis_url, plan.name)
+    components.episodes = EpisodeFeed(components.redis_url, plan.name)  # before any actor reports one
+    if actors_beside_learner(plan) and not stop.is_set():
+        start_actors(plan, counters, components)  # their processes start while the learner's does
+    _await_learner(plan, components, counters)
+    run.write_json("run.json", components.info)
     if evaluates_in_driver(config):
         components.evaluations = RunEvaluations(config, components.redis_url, plan.name, counters)
     else:
         log.info("no driver evaluations for %s on emulators: follow the training returns", config.env.id)
 
 
+def actors_beside_learner(plan: Plan) -> bool:
+    """Whether the actors start while the learner starts (`launch`), not after it: in a fresh
+    online run, where both take seconds to load torch and build their networks and no actor
+    waits for anything of the learner's (there are no weights to act with before its first
+    publish). A resumed run's actors act with the weights its learner restores and publishes,
+    and a run with an offline dataset starts them after its offline phase: both after it."""
+    return not plan.state and plan.offline_data is None and not plan.offline_only
+
+
 def start_actors(plan: Plan, counters: RunCounters, components: Components) -> None:
-    """Starts the env actors (the online phase)."""
+    """Starts the env actors (the online phase); nothing when they run already."""
     from actors import ActorFleet
+
+    if components.fleet is not None:
+        return
 
     config = plan.config
     budget = config.train.total_env_steps - counters.start_env_steps
@@ -302,6 +326,7 @@ def _start_shards(plan: Plan, components: Components, counters: RunCounters) -> 
             remote.options(**options).remote(plan.spec, settings, on_cluster, credentials=components.replay_credentials)
         )
     described = ray.get([shard.describe.remote() for shard in components.shards], timeout=300)
+    components.startup.mark("shards")
     for shard in described:
         restored = f", restored {shard.size:,} items" if shard.restored_from else ""
         log.info("shard %d serving at %s%s", shard.shard_id, shard.address, restored)
@@ -344,7 +369,8 @@ def _start_offline_shards(plan: Plan, components: Components, counters: RunCount
     components.info["offline_shards"] = [asdict(shard) for shard in described]
 
 
-def _start_learner(plan: Plan, components: Components, counters: RunCounters) -> None:
+def _create_learner(plan: Plan, components: Components, counters: RunCounters) -> None:
+    """Asks Ray for the learner (`_await_learner` waits until it is built)."""
     from system.train.hosts import LearnerHost
 
     config, train, ray = plan.config, plan.config.train, components.ray
@@ -377,7 +403,12 @@ def _start_learner(plan: Plan, components: Components, counters: RunCounters) ->
             reached=plan.learner_reached,
         )
     )
-    described = ray.get(components.learner.describe.remote(), timeout=600)
+
+
+def _await_learner(plan: Plan, components: Components, counters: RunCounters) -> None:
+    """Waits until the learner is built (it resumed, or starts fresh); logs and records how."""
+    described = components.ray.get(components.learner.describe.remote(), timeout=600)
+    components.startup.mark("learner")
     for message in described.refused_checkpoints:
         log.warning("learner checkpoint refused: %s", message)
     where = f"resumed at update {described.resumed_at:,}" if described.resumed_from else "fresh"

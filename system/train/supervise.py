@@ -29,6 +29,7 @@ from system.train.records import (
     progress_line,
     take_shard_accounting,
 )
+from system.train.startup import StartupClock, StartupRecord, startup_text
 
 if TYPE_CHECKING:
     from actors import FleetStats
@@ -256,6 +257,9 @@ class Supervisor:
                 learner = self._learner_progress(records, now)
                 counters.faults = self.faults.counts
                 if learner is not None:
+                    records += self._startup(fleet, learner)
+                    if parts.evaluations is not None and parts.startup.recorded:
+                        parts.evaluations.prepare()  # torch in the driver only once the run has started
                     self.latest = self._progress(fleet, learner, rate.add(now, counters.env_steps), now)
                     parts.metrics.update(self.latest)
                     records.append(self.latest)
@@ -267,6 +271,22 @@ class Supervisor:
             if counters.env_steps >= train.total_env_steps:
                 log.info("reached %s env steps", f"{counters.env_steps:,}")
                 return
+
+    def _startup(self, fleet: FleetStats, learner: LearnerProgress) -> list[StartupRecord]:
+        """Stamps the phases the actors and the learner reported; once every phase is known, the
+        start-up record (printed once)."""
+        clock = self.components.startup
+        if clock.recorded:
+            return []
+        startups = fleet.startups.values()
+        clock.mark_earliest("envs", (startup.envs_at for startup in startups))
+        clock.mark_earliest("actors", (startup.ready_at for startup in startups))
+        clock.mark_earliest("first_env_step", (startup.first_step_at for startup in startups))
+        clock.mark_earliest("first_insert", (startup.first_insert_at for startup in startups))
+        clock.mark_earliest("first_update", (learner.first_update_at,))
+        if not clock.complete():
+            return []
+        return [record_startup(clock)]
 
     def _poll(self, now: float) -> None:
         """Collects the shards' answers; counts and handles their faults (the learner's:
@@ -536,3 +556,11 @@ def _actor_exists(ray, name: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def record_startup(clock: StartupClock) -> StartupRecord:
+    """The session's start-up record, printed once (call it once per session)."""
+    clock.recorded = True
+    record = clock.record()
+    print(f"qfleet train: {startup_text(record.phases)}", flush=True)
+    return record

@@ -220,11 +220,12 @@ class RecordingWriter:
 
     def __init__(self):
         self.batches: list[dict[str, np.ndarray]] = []
-        self.inserted = self.lost = 0
+        self.sent = self.inserted = self.lost = 0
         self.closed = False
 
     def add(self, transitions):
         self.batches.append(transitions)
+        self.sent += len(transitions["reward"])
 
     def flush(self):
         self.inserted = sum(len(batch["reward"]) for batch in self.batches)

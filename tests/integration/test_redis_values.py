@@ -130,7 +130,7 @@ def test_status_shows_a_malformed_report_on_its_line_and_the_rest_as_usual(redis
 class _NullWriter:
     """Takes an actor's transitions and drops them (these tests are about weights and reports)."""
 
-    inserted = lost = 0
+    sent = inserted = lost = 0
 
     def add(self, transitions) -> None:
         pass

@@ -35,6 +35,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         ["bench", "offline"],
         ["bench", "scaling"],
         ["bench", "e2e"],
+        ["bench", "startup"],
         ["record"],
         ["dataset", "list"],
         ["actors", "run"],

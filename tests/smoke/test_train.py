@@ -29,6 +29,7 @@ from replay import (
     generate_credentials,
 )
 from system.local.secrets import load_run_secrets
+from system.train.startup import PHASE_NAMES
 
 QFLEET = [sys.executable, "-m", "system.cli"]
 
@@ -117,7 +118,8 @@ def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
             seen_pids.update(descendants(proc.pid))
             assert proc.poll() is None, Path(log.name).read_text()[-3000:]
             metrics = run_dir / "metrics.jsonl"
-            return metrics.exists() and '"kind":"eval"' in metrics.read_text()
+            text = metrics.read_text() if metrics.exists() else ""
+            return '"kind":"eval"' in text and '"kind":"startup"' in text
 
         assert wait_until(trained_and_evaluated, timeout=240, step=0.5), Path(log.name).read_text()[-3000:]
         info = json.loads((run_dir / "run.json").read_text())
@@ -179,6 +181,7 @@ def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
     # The live view named the learner, the shard and the actor.
     assert status.returncode == 0, status.stderr
     assert "learner: " in status.stdout and " updates (" in status.stdout
+    assert "start-up: started in " in status.stdout  # the session's start-up breakdown
     assert "shards: 1 live" in status.stdout and "actors: 1 reporting, 1 wanted" in status.stdout
 
     # A clean stop: every child process gone, every port closed, the run saved.
@@ -197,6 +200,17 @@ def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
     progress = records(run_dir, "progress")
     assert progress[-1]["updates"] > 0 and progress[-1]["weights_version"] > 0
     assert records(run_dir, "eval") and records(run_dir, "episodes")
+    # The start-up, phase by phase, in seconds since `qfleet train` began: every phase reached,
+    # each after what it waits for (a fresh run's actors start beside the learner).
+    (startup,) = records(run_dir, "startup")
+    phases = startup["phases"]
+    assert list(phases) == list(PHASE_NAMES) and all(at is not None and at > 0 for at in phases.values())
+    assert phases["driver"] <= phases["redis"] <= phases["ray"] <= phases["shards"] <= phases["learner"]
+    assert phases["shards"] <= phases["envs"] <= phases["actors"] <= phases["first_env_step"]
+    assert phases["first_env_step"] <= phases["first_insert"] <= phases["first_update"]
+    assert phases["learner"] <= phases["first_update"]
+    assert output.count("qfleet train: started in ") == 1
+    assert "| start-up: first env step / first update |" in (run_dir / "summary.md").read_text()
 
     # `eval` loads the newest checkpoint without Redis, Ray or shards.
     evaluated = qfleet("eval", str(run_dir), "--episodes", "2", timeout=120)
@@ -229,6 +243,10 @@ def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
     assert after[0]["updates"] >= progress[-1]["updates"]  # from the checkpoint on, not from 0
     assert records(run_dir, "progress")[-1]["final"] and records(run_dir, "progress")[-1]["env_steps"] == target
     assert f"finished at {target:,} env steps" in resumed.stdout
+    # A resumed run's actors start once its learner has restored (and published) its weights.
+    resumed_phases = records(run_dir, "startup")[-1]["phases"]
+    assert len(records(run_dir, "startup")) == 2 and None not in resumed_phases.values()
+    assert resumed_phases["learner"] <= resumed_phases["envs"]
 
 
 def test_sigterm_stops_train_in_the_same_order_as_ctrl_c(tmp_path):
