@@ -109,3 +109,20 @@ def test_losses_without_a_support_are_not_probed_and_devices_are_never_played():
             )
         ).learner.distributional.v_max
     )
+
+
+def test_the_default_recipe_follows_the_action_space():
+    from system.config.recipes import recipe_for
+
+    acrobot = load_config(None, base=recipe_for("Acrobot-v1"))
+    assert (acrobot.env.id, acrobot.learner.loss, acrobot.learner.distributional.v_min) == (
+        "Acrobot-v1",
+        "hl_gauss",
+        "auto",
+    )
+    assert (acrobot.actors.n_step, acrobot.learner.updates_per_env_step, acrobot.learner.target.every) == (3, 0.5, 100)
+    pendulum = load_config(None, ["train.total_env_steps=20000"], base=recipe_for("Pendulum-v1"))
+    assert (pendulum.env.id, pendulum.learner.loss, pendulum.train.total_env_steps) == ("Pendulum-v1", "sac", 20000)
+    assert resolve_value_support(pendulum) is pendulum  # sac has no value support to derive
+    with pytest.raises(ConfigError, match="a config file and a recipe"):
+        load_config("configs/cartpole.yaml", base=recipe_for("Acrobot-v1"))
