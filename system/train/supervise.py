@@ -13,7 +13,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from learner import CLAMPED_WARNING_FRACTION
 from system.errors import TrainError
 from system.observe.discovery import DISCOVERY_EVERY_S
 from system.train.faults import FaultLog
@@ -118,7 +117,6 @@ class Supervisor:
         self._shards: list[ComponentPoll] = []
         self._offline_shards: list[ComponentPoll] = []
         self._redis_feed_down = False
-        self._clamped_warned = False  # the driver says once that the value support clamps targets
 
     def _start_polls(self) -> None:
         """Polls of the shards' counters (once per session: the offline phase's go on online)."""
@@ -259,7 +257,6 @@ class Supervisor:
                 counters.faults = self.faults.counts
                 if learner is not None:
                     self.latest = self._progress(fleet, learner, rate.add(now, counters.env_steps), now)
-                    self._warn_if_clamped(self.latest)
                     parts.metrics.update(self.latest)
                     records.append(self.latest)
                     if printing.due(now):
@@ -461,23 +458,6 @@ class Supervisor:
             policy_versions=[episode["policy_version"] for episode in episodes],
         )
         return [record]
-
-    def _warn_if_clamped(self, record: ProgressRecord) -> None:
-        """Says once, in the driver's log, that the learner's value support clamps its targets (the
-        progress line says so while it lasts; the learner's own log once)."""
-        fraction = record.clamped_fraction
-        if self._clamped_warned or fraction is None or fraction <= CLAMPED_WARNING_FRACTION:
-            return
-        self._clamped_warned = True
-        support = self.config.learner.distributional
-        log.warning(
-            "%.0f%% of the learner's latest batch of targets fell outside the value support [learner.v_min=%s, "
-            "learner.v_max=%s] and were clamped: it cannot learn these returns; set learner.v_min/v_max to auto "
-            "(derived from the env) or to a range that holds them",
-            100 * fraction,
-            support.v_min,
-            support.v_max,
-        )
 
     def _progress(
         self, fleet: FleetStats | None, learner: LearnerProgress, env_steps_per_s: float, now: float
