@@ -5,7 +5,9 @@ Public surface:
     DistributionalConfig, SACConfig, IQLConfig, FilteredBCConfig, ResetConfig, PrefetchConfig,
     WeightsConfig), WEIGHTS_TRANSPORTS (the weights' transport names), resolve_device, ActionSpace, ActionLayout,
     parse_number, MalformedValues, LearnerError, WeightStoreError, MalformedWeightsError, MissingColumnError, MalformedColumnError,
-    CheckpointLossError, WeightsHostError (importing these does not import torch);
+    CheckpointLossError, WeightsHostError, and the value support's arithmetic (implied_returns,
+    auto_support, contains, discounted_horizon, SUPPORT_MARGIN, CLAMPED_WARNING_FRACTION) (importing
+    these does not import torch);
     Learner, LearnerSummary, LearnerReached, make_replay, sample_error_buffer (the loop);
     find_checkpoint, has_checkpoints, load_latest_checkpoint (checkpoints);
     Agent, UpdateResult (the seam), make_agent, AGENTS, DiscreteQAgent, SACAgent,
@@ -57,6 +59,14 @@ from learner.errors import (
 )
 from learner.redis_values import MalformedValues, parse_number
 from learner.spaces import ActionLayout, ActionSpace
+from learner.value_support import (
+    CLAMPED_WARNING_FRACTION,
+    SUPPORT_MARGIN,
+    auto_support,
+    contains,
+    discounted_horizon,
+    implied_returns,
+)
 
 _RENAMED = {
     "METRIC_SERIES": "SERIES",
@@ -125,6 +135,12 @@ _LAZY = {
 
 __all__ = [
     "ActionLayout",
+    "CLAMPED_WARNING_FRACTION",
+    "SUPPORT_MARGIN",
+    "auto_support",
+    "contains",
+    "discounted_horizon",
+    "implied_returns",
     "ActionSpace",
     "ActionabilityConfig",
     "EncoderError",

@@ -36,6 +36,10 @@ class UpdateResult:
     batch imitated for Best-of-N and kept for "filtered_bc" (in [0, 1]); the mean of AWR's clipped
     exp(beta * A) (1 when advantages are near 0, `awr_max_weight` when every weight is clipped);
     None for the losses without a policy to imitate."""
+    clamped_fraction: float | None = None
+    """Share of the batch whose target fell outside the value support ("c51", "hl_gauss"): those
+    targets were clamped, so the loss learned a wrong value for them; None for the losses without a
+    support."""
 
 
 @runtime_checkable

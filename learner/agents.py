@@ -52,7 +52,13 @@ class DiscreteQAgent:
         loss = (weights * per_item).mean()
         grad_norm = step(self.optimizer, loss, list(self.online.parameters()), self.config.optimizer.max_grad_norm)
         td = (q_taken.detach() - target.value).abs()
-        return UpdateResult(float(loss.detach()), float(q_taken.detach().mean()), grad_norm, td.cpu().numpy())
+        return UpdateResult(
+            float(loss.detach()),
+            float(q_taken.detach().mean()),
+            grad_norm,
+            td.cpu().numpy(),
+            clamped_fraction=target.clamped_fraction,
+        )
 
     def after_update(self, updates: int) -> bool:
         """Target update and periodic reset after update number `updates`; True if it reset."""

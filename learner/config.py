@@ -89,6 +89,11 @@ class DQNConfig:
     """Regression loss of "dqn"."""
 
 
+AUTO = "auto"
+"""A support bound derived from the env (`learner.value_support`): set by `qfleet train` from the
+env's reward range, discount and time limit before anything starts."""
+
+
 @dataclass(frozen=True)
 class DistributionalConfig:
     """The value support of the "c51" and "hl_gauss" losses."""
@@ -96,11 +101,17 @@ class DistributionalConfig:
     num_bins: int = 51
     """Atoms (C51) or bins (HL-Gauss) of the value distribution."""
 
-    v_min: float = -10.0
-    """Lower end of the value support; targets are clamped into [v_min, v_max]."""
+    v_min: float | Literal["auto"] = AUTO
+    """Lower end of the value support; targets are clamped into [v_min, v_max]. "auto": the lowest
+    discounted return the env's reward range and time limit allow, with 10% room (`qfleet train`
+    measures the reward range with a few random-policy episodes)."""
 
-    v_max: float = 10.0
-    """Upper end of the value support."""
+    v_max: float | Literal["auto"] = AUTO
+    """Upper end of the value support; "auto": the highest return the env allows, with 10% room."""
+
+    value_transform: Literal["none", "symlog"] = "none"
+    """"symlog": the bins are evenly spaced in symlog(value) (DreamerV3) between v_min and v_max, so
+    a wide fixed range (e.g. +-1e4) keeps fine bins near 0; "none": evenly spaced values."""
 
     sigma_ratio: float = 0.75
     """HL-Gauss: Gaussian sigma in bin widths (0.75 per "Stop Regressing")."""
@@ -108,10 +119,29 @@ class DistributionalConfig:
     def __post_init__(self) -> None:
         if self.num_bins < 2:
             _refuse("num_bins", self.num_bins, "must be >= 2")
-        if not self.v_max > self.v_min:
+        if self.resolved and not self.v_max > self.v_min:
             _refuse("v_max", self.v_max, f"must exceed v_min={self.v_min}")
         if not self.sigma_ratio > 0:
             _refuse("sigma_ratio", self.sigma_ratio, "must be > 0")
+
+    @property
+    def resolved(self) -> bool:
+        """Whether both bounds are numbers (no "auto" left to derive from the env)."""
+        return self.v_min != AUTO and self.v_max != AUTO
+
+    def bounds(self) -> tuple[float, float]:
+        """(v_min, v_max) as numbers.
+
+        Raises:
+            ValueError: a bound is still "auto" (only `qfleet train` and the services that load a
+                run's config derive it from the env).
+        """
+        if not self.resolved:
+            raise ValueError(
+                f"learner.v_min={self.v_min!r}, learner.v_max={self.v_max!r}: 'auto' is derived from the env by "
+                "`qfleet train` (system.config.resolve_value_support); set numbers to build a learner directly"
+            )
+        return float(self.v_min), float(self.v_max)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from learner.config import LearnerConfig, resolve_device
 from learner.errors import CheckpointLossError, WeightStoreError
 from learner.metrics import LearnerMetrics
 from learner.spaces import ActionSpace
+from learner.value_support import CLAMPED_WARNING_FRACTION
 from learner.weights import WeightStore
 from replay import (
     Prefetcher,
@@ -187,6 +188,8 @@ class Learner:
         """Seconds since those versions were published (batch mean): the sample_age_seconds gauge."""
         self.first_update_at: float | None = None
         """Unix time of this learner's first update (None before it): the run's start-up breakdown."""
+        self.clamped_warned = False
+        """Whether the learner has warned that the value support clamps targets (it warns once)."""
         self._last_log = (time.perf_counter(), self.updates)  # (time, updates) of the last progress line
         if self.checkpoint_dir is not None:
             self._resume()
@@ -458,6 +461,11 @@ class Learner:
             metrics.td_error.set(td_error)
         metrics.grad_norm.set(result.grad_norm)
         metrics.set_policy(result.policy_loss, result.imitation_weight)
+        if result.clamped_fraction is not None:
+            metrics.clamped_target_fraction.set(result.clamped_fraction)
+            if result.clamped_fraction > CLAMPED_WARNING_FRACTION and not self.clamped_warned:
+                self.clamped_warned = True
+                log.warning(clamped_warning(result.clamped_fraction, self.config))
         versions = batch.sample.data.get("policy_version")
         if versions is not None:
             versions = versions[versions >= 0]  # offline data (-1) was made by no version of this learner
@@ -481,6 +489,8 @@ class Learner:
                 policy = f" | pi loss {result.policy_loss:.4f}"
             if result.imitation_weight is not None:
                 policy += f" | imitation weight {result.imitation_weight:.3f}"
+            if result.clamped_fraction is not None and result.clamped_fraction > CLAMPED_WARNING_FRACTION:
+                policy += f" | clamped targets {result.clamped_fraction:.0%}"
             log.info(
                 "updates %d (%.1f/s) | loss %.4f | q %.3f | |td| %s%s | utd %s/%g | weights v%d",
                 self.updates,
@@ -494,3 +504,14 @@ class Learner:
                 self.version,
             )
             self._last_log = (now, self.updates)
+
+
+def clamped_warning(fraction: float, config: LearnerConfig) -> str:
+    """What the learner says (once) when the value support clamps more than
+    CLAMPED_WARNING_FRACTION of a batch's targets."""
+    support = config.distributional
+    return (
+        f"{fraction:.0%} of a batch's targets fell outside the value support [learner.v_min={support.v_min}, "
+        f"learner.v_max={support.v_max}] and were clamped onto it: the learner cannot represent these returns; "
+        "set learner.v_min/v_max to auto (derived from the env) or to a range that holds them"
+    )

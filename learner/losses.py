@@ -90,3 +90,21 @@ def cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Ten
 def expectation(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """E[value] under softmax(logits) over the last axis."""
     return (F.softmax(logits, dim=-1) * values).sum(-1)
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) * log(1 + |x|) (DreamerV3): compresses large magnitudes, ~x near 0."""
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of `symlog`: sign(x) * (exp(|x|) - 1)."""
+    return torch.sign(x) * torch.expm1(x.abs())
+
+
+def clamped_fraction(values: torch.Tensor, v_min: float, v_max: float) -> float:
+    """Share of `values` [B] outside [v_min, v_max]: targets a categorical loss must clamp."""
+    if values.numel() == 0:
+        return 0.0
+    outside = (values < v_min) | (values > v_max)
+    return float(outside.float().mean())

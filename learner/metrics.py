@@ -18,6 +18,8 @@ SERIES = {
     f"{PREFIX}_policy_loss": "Policy pi's loss of the latest update (offline losses iql, filtered_bc only).",
     f"{PREFIX}_imitation_weight": "Mean per-item weight of pi's imitation loss in the latest update: the share "
     "imitated (Best-of-N) or kept (filtered_bc), AWR's mean clipped weight (iql, filtered_bc only).",
+    f"{PREFIX}_clamped_target_fraction": "Share of the latest batch's targets outside the value support, "
+    "clamped onto it (c51, hl_gauss only; above 0.01 the learner warns).",
     f"{PREFIX}_achieved_utd": "Updates per transition inserted into replay (all shards), since the run began.",
     f"{PREFIX}_target_utd": "Configured updates per env step.",
     f"{PREFIX}_weight_version": "Version of the newest published weights.",
@@ -31,8 +33,8 @@ SERIES = {
 class LearnerMetrics:
     """The learner's series; `registry` is served on the learner's /metrics.
 
-    The policy series (`policy_loss`, `imitation_weight`) read NaN until set: a loss without a
-    policy to imitate (the Q losses, SAC) shows "no value" in Grafana rather than a 0 that reads as
+    The policy series (`policy_loss`, `imitation_weight`) and `clamped_target_fraction` read NaN
+    until set: a loss without a policy to imitate (the Q losses, SAC) or without a value support shows "no value" in Grafana rather than a 0 that reads as
     a value, while every dashboard query still finds its series.
     """
 
@@ -55,8 +57,10 @@ class LearnerMetrics:
         self.grad_norm = gauge(f"{PREFIX}_grad_norm")
         self.policy_loss = gauge(f"{PREFIX}_policy_loss")
         self.imitation_weight = gauge(f"{PREFIX}_imitation_weight")
+        self.clamped_target_fraction = gauge(f"{PREFIX}_clamped_target_fraction")
         self.policy_loss.set(math.nan)
         self.imitation_weight.set(math.nan)
+        self.clamped_target_fraction.set(math.nan)
         self.achieved_utd = gauge(f"{PREFIX}_achieved_utd")
         self.target_utd = gauge(f"{PREFIX}_target_utd")
         self.weight_version = gauge(f"{PREFIX}_weight_version")

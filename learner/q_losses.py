@@ -23,6 +23,9 @@ class QTarget:
     """[B] expected target value (what |TD error| is measured against)."""
     probs: torch.Tensor | None = None
     """[B, bins] target distribution of distributional losses; None for "dqn"."""
+    clamped_fraction: float | None = None
+    """Share of the batch whose target fell outside the value support and was clamped onto it
+    (distributional losses); None for "dqn", which has no support."""
 
 
 class QLoss(Protocol):
@@ -76,8 +79,11 @@ class C51Loss:
 
     def __init__(self, config: LearnerConfig, device: torch.device):
         support = config.distributional
+        if support.value_transform != "none":
+            raise ValueError(f"learner.value_transform={support.value_transform!r}: c51 takes 'none' (use hl_gauss)")
+        self.v_min, self.v_max = support.bounds()
         self.bins = support.num_bins
-        self.support = torch.linspace(support.v_min, support.v_max, support.num_bins, device=device)
+        self.support = torch.linspace(self.v_min, self.v_max, support.num_bins, device=device)
         """The atoms' values."""
 
     def values(self, out: torch.Tensor) -> torch.Tensor:
@@ -86,8 +92,11 @@ class C51Loss:
     def target(self, next_online, next_bootstrap, reward, discount) -> QTarget:
         best = self.values(next_online).argmax(dim=1)
         next_logits = next_bootstrap[torch.arange(len(best)), best]
-        probs = losses.categorical_projection(next_logits.softmax(-1), reward, discount, self.support)
-        return QTarget((probs * self.support).sum(-1), probs)
+        next_probs = next_logits.softmax(-1)
+        unclamped = reward + discount * (next_probs * self.support).sum(-1)
+        probs = losses.categorical_projection(next_probs, reward, discount, self.support)
+        clamped = losses.clamped_fraction(unclamped, self.v_min, self.v_max)
+        return QTarget((probs * self.support).sum(-1), probs, clamped)
 
     def per_item(self, taken, target):
         return losses.cross_entropy(taken, target.probs), self.values(taken)
@@ -95,23 +104,33 @@ class C51Loss:
 
 class HLGaussLoss:
     """The "hl_gauss" loss: classification onto a Gaussian-smoothed histogram of the double DQN
-    target (Farebrother et al. 2024)."""
+    target (Farebrother et al. 2024); with `value_transform: symlog` the histogram's bins are evenly
+    spaced in symlog(value) (DreamerV3's transform) and values are read back with symexp."""
 
     def __init__(self, config: LearnerConfig, device: torch.device):
         support = config.distributional
+        self.v_min, self.v_max = support.bounds()
+        self.symlog = support.value_transform == "symlog"
         self.bins = support.num_bins
-        self.edges = torch.linspace(support.v_min, support.v_max, support.num_bins + 1, device=device)
+        low, high = torch.tensor([self.v_min, self.v_max], dtype=torch.float32)
+        if self.symlog:
+            low, high = losses.symlog(low), losses.symlog(high)
+        self.edges = torch.linspace(float(low), float(high), support.num_bins + 1, device=device)
+        """Bin edges, in symlog(value) when `symlog`."""
         self.support = (self.edges[:-1] + self.edges[1:]) / 2
-        """The bins' centres."""
+        """The bins' centres (in symlog(value) when `symlog`)."""
         self.sigma = support.sigma_ratio * float(self.edges[1] - self.edges[0])
 
     def values(self, out: torch.Tensor) -> torch.Tensor:
-        return losses.expectation(out, self.support)
+        expected = losses.expectation(out, self.support)
+        return losses.symexp(expected) if self.symlog else expected
 
     def target(self, next_online, next_bootstrap, reward, discount) -> QTarget:
         online_values, bootstrap_values = _bootstrap_values(self, next_online, next_bootstrap)
         value = losses.double_q_target(reward, discount, online_values, bootstrap_values)
-        return QTarget(value, losses.hl_gauss_target(value, self.edges, self.sigma))
+        encoded = losses.symlog(value) if self.symlog else value
+        clamped = losses.clamped_fraction(value, self.v_min, self.v_max)
+        return QTarget(value, losses.hl_gauss_target(encoded, self.edges, self.sigma), clamped)
 
     def per_item(self, taken, target):
         return losses.cross_entropy(taken, target.probs), self.values(taken)

@@ -1,4 +1,4 @@
-"""`qfleet train CONFIG | --resume RUN_DIR`: the whole system for one run."""
+"""`qfleet train CONFIG | --env ENV_ID | --resume RUN_DIR`: the whole system for one run."""
 
 from __future__ import annotations
 
@@ -24,10 +24,18 @@ def add_parser(commands) -> None:
             "learner checkpoints, shards checkpoint); --resume continues the run later. Every key: "
             "`qfleet config`."
         ),
-        epilog="example: qfleet train configs/cartpole.yaml --set train.total_env_steps=20000 --set actors.num_actors=1",
+        epilog="examples: qfleet train configs/cartpole.yaml --set train.total_env_steps=20000 --set actors.num_actors=1\n"
+        "          qfleet train --env Acrobot-v1 --set train.total_env_steps=30000",
     )
     parser.add_argument(
-        "path", nargs="?", metavar="CONFIG", help="YAML run config (configs/*.yaml); omit with --resume"
+        "path", nargs="?", metavar="CONFIG", help="YAML run config (configs/*.yaml); omit with --resume or --env"
+    )
+    parser.add_argument(
+        "--env",
+        metavar="ENV_ID",
+        help="no config file: train this gymnasium id with the default recipe of its action space "
+        "(discrete: HL-Gauss DQN with the value support derived from the env; continuous: SAC with a "
+        "critic ensemble; docs/training.md); --set overrides any key",
     )
     set_option(parser, "train.total_env_steps=50000 (also with --resume)")
     parser.add_argument(
@@ -47,8 +55,8 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     from system.train import run_train
 
-    if args.path is None and args.resume is None:
-        raise ConfigError("give a CONFIG (e.g. configs/cartpole.yaml), or --resume RUN_DIR")
+    if args.path is None and args.resume is None and args.env is None:
+        raise ConfigError("give a CONFIG (e.g. configs/cartpole.yaml), --env ENV_ID, or --resume RUN_DIR")
     if args.resume is not None and args.run_dir is not None:
         raise ConfigError("--run-dir with --resume: a resumed run stays in its own directory")
-    return run_train(args.path, args.set, args.run_dir, args.resume, fresh_learner=args.fresh_learner)
+    return run_train(args.path, args.set, args.run_dir, args.resume, fresh_learner=args.fresh_learner, env_id=args.env)

@@ -2,7 +2,8 @@
 
 `RunConfig` composes the packages' sections (`env`, `actors`, `replay`, `learner`) with the
 roof's own (`train`, `redis`, `ray`, `offline`); `dataclass_args` turns any config dataclass into YAML
-sections, `--set` keys and `--help` text from its field docstrings; `env_spaces` checks the env.
+sections, `--set` keys and `--help` text from its field docstrings; `env_spaces` checks the env;
+`resolve_value_support` derives `learner.v_min/v_max: auto` from it.
 """
 
 from system.config.dataclass_args import add_arguments, build, describe, field_docs, from_arguments
@@ -19,6 +20,7 @@ from system.config.offline import (
 )
 from system.config.run import RunConfig, load_config, parse_override, to_yaml
 from system.config.sections import RayConfig, RedisConfig, TrainConfig
+from system.config.value_support import RewardProbe, probe_rewards, resolve_value_support
 from system.errors import ConfigError
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "OfflineConfig",
     "RayConfig",
     "RedisConfig",
+    "RewardProbe",
     "RunConfig",
     "TrainConfig",
     "add_arguments",
@@ -43,5 +46,7 @@ __all__ = [
     "offline_run_name",
     "online_batch_items",
     "parse_override",
+    "probe_rewards",
+    "resolve_value_support",
     "to_yaml",
 ]

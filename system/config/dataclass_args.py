@@ -66,6 +66,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if optional:
             return None
         raise ConfigError(f"{key}: a value is required (got null)")
+    if typing.get_origin(inner) in (typing.Union, types.UnionType):  # e.g. float | Literal["auto"]
+        return _coerce_union(value, inner, key)
     if typing.get_origin(inner) is typing.Literal:
         choices = typing.get_args(inner)
         if value not in choices:
@@ -111,6 +113,24 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(inner):
         return build(inner, value, key)
     raise ConfigError(f"{key}: unsupported field type {inner!r}")
+
+
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    """The first of the union's types (Literal choices first) that takes `value`."""
+    members = sorted(typing.get_args(tp), key=lambda member: typing.get_origin(member) is not typing.Literal)
+    for member in members:
+        try:
+            return coerce(value, member, key)
+        except ConfigError:
+            continue
+    names = " or ".join(_type_name(member) for member in members)
+    raise ConfigError(f"{key}: expected {names}, got {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return " or ".join(repr(choice) for choice in typing.get_args(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
 def flat_groups(cls: type) -> dict[str, type]:

@@ -75,14 +75,23 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 
 def load_config(
-    path: str | pathlib.Path | None, overrides: list[str] = (), flags: dict[str, Any] | None = None
+    path: str | pathlib.Path | None,
+    overrides: list[str] = (),
+    flags: dict[str, Any] | None = None,
+    base: dict[str, dict[str, Any]] | None = None,
 ) -> RunConfig:
     """Reads a YAML run config, applies `--set` overrides and flags (`section.key` -> value).
+
+    Args:
+        base: sections used in place of a file when `path` is None (a recipe of
+            `system.config.recipes`, for `qfleet train --env`).
 
     Raises:
         ConfigError: unreadable file, unknown section or key, or an invalid value (named).
     """
-    raw: dict[str, Any] = {}
+    if path is not None and base is not None:
+        raise ConfigError("a config file and a recipe: give one")
+    raw: dict[str, Any] = dict(base or {})
     if path is not None:
         path = pathlib.Path(path)
         try:

@@ -166,6 +166,14 @@ def _learner() -> list[Panel]:
             "or kept (filtered_bc), in [0, 1]; AWR's mean clipped exp(beta * advantage). Near 0 for Best-of-N: "
             "the critic finds nothing better than V among pi's samples.",
         ),
+        _gauge(
+            "Clamped targets",
+            "percentunit",
+            f"{prefix}_clamped_target_fraction",
+            description="Share of the latest batch's targets outside the value support [learner.v_min, "
+            "learner.v_max], clamped onto it (c51, hl_gauss; absent otherwise). Above 1% the support cannot hold "
+            "the returns: set learner.v_min/v_max to auto.",
+        ),
         Panel(
             "Update-to-data ratio: achieved vs target",
             "none",

@@ -34,6 +34,7 @@ from system.config import (
     env_spaces,
     offline_run_name,
     online_batch_items,
+    resolve_value_support,
 )
 from system.local.secrets import use_run_secrets
 from system.local.signals import stop_on_signals
@@ -93,6 +94,8 @@ class LearnerProgress:
     """`Learner.sample_age_s`: seconds since the latest batch's versions were published."""
     first_update_at: float | None = None
     """Unix time of this process's first update (None before it)."""
+    clamped_fraction: float | None = None
+    """Share of the latest batch's targets outside the value support (c51, hl_gauss; else None)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,6 +333,7 @@ class LearnerService:
             sample_staleness=self.learner.sample_staleness,
             sample_age_s=self.learner.sample_age_s,
             first_update_at=self.learner.first_update_at,
+            clamped_fraction=last.clamped_fraction if (last := self.learner.last_result) is not None else None,
         )
         self._last_measured = (now, updates)
         return self._progress
@@ -349,6 +353,9 @@ class LearnerService:
             else "",
             "imitation_weight": (
                 round(float(last.imitation_weight), 4) if last is not None and last.imitation_weight is not None else ""
+            ),
+            "clamped_fraction": (
+                round(float(last.clamped_fraction), 4) if last is not None and last.clamped_fraction is not None else ""
             ),
             "device": str(self.learner.device),
             "host": socket.gethostname(),
@@ -424,6 +431,7 @@ def run_learner(
             "qfleet learner run learns from online replay only (leave offline.dataset null)"
         )
     spaces = env_spaces(config.env)
+    config = resolve_value_support(config)  # the same numbers as the actors' (a seeded probe)
     credentials = service_credentials("qfleet learner run", insecure)
     use_run_secrets(redis_url)
     stop = stop_on_signals(log, "stopping after this update (publish + checkpoint)")

@@ -31,9 +31,10 @@ def run_train(
     run_dir: str | None,
     resume: str | None,
     fresh_learner: bool = False,
+    env_id: str | None = None,
 ) -> int:
     """Entry of `qfleet train` after argument parsing; returns the exit code."""
-    checked = plan(config_path, overrides, run_dir, resume, fresh_learner)
+    checked = plan(config_path, overrides, run_dir, resume, fresh_learner, env_id)
     config, run = checked.config, checked.run
     stop = stop_on_signals(
         log, "stopping in order: actors flush, the learner checkpoints, shards checkpoint (again: at once)", True

@@ -23,7 +23,9 @@ from system.config import (
     load_config,
     offline_run_name,
     online_batch_items,
+    resolve_value_support,
 )
+from system.config.recipes import recipe_for
 from system.train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -70,11 +72,14 @@ def plan(
     run_dir: str | None,
     resume: str | None,
     fresh_learner: bool = False,
+    env_id: str | None = None,
 ) -> Plan:
     """Resolves and checks everything a run needs; nothing is started or written.
 
     Args:
         fresh_learner: a resume may start a fresh learner when no learner checkpoint is good.
+        env_id: with no config file: train this env with the default recipe of its action space
+            (`system.config.recipes`).
 
     Raises:
         ConfigError: a bad value (named), an unknown env, a replay that cannot fit in memory, a
@@ -84,6 +89,8 @@ def plan(
     if fresh_learner and resume is None:
         raise ConfigError("--fresh-learner goes with --resume RUN_DIR (a new run's learner is fresh anyway)")
     if resume is not None:
+        if env_id is not None:
+            raise ConfigError("--resume RUN_DIR takes the run's own config.yaml: give no --env with it")
         if config_path is not None:
             raise ConfigError("--resume RUN_DIR takes the run's own config.yaml: give no CONFIG with it")
         run = RunDir(resume)
@@ -97,7 +104,12 @@ def plan(
             )
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, run_dir=str(run.path)))
     else:
-        config = load_config(config_path, overrides, {"train.run_dir": run_dir})
+        base = None
+        if env_id is not None:
+            if config_path is not None:
+                raise ConfigError(f"--env {env_id} trains the default recipe: give no CONFIG with it")
+            base = recipe_for(env_id)
+        config = load_config(config_path, overrides, {"train.run_dir": run_dir}, base=base)
         run = RunDir(config.train.run_dir or default_run_dir(config))
         if run.exists():
             raise ConfigError(
@@ -115,6 +127,7 @@ def plan(
     train = dataclasses.replace(config.train, run_dir=str(run.path), run_name=name)
     config = dataclasses.replace(config, train=train)
     spaces = env_spaces(config.env)
+    config = resolve_value_support(config)
     check(config, spaces.spec)
     checked = Plan(config, run, name, state, spaces.obs_shape, spaces.action_space, spaces.spec)
     checked.offline_spec = offline_spec(config, spaces.spec)

@@ -12,6 +12,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from learner import CLAMPED_WARNING_FRACTION
 from replay import reconcile
 from system.train.faults import FaultCounts
 
@@ -242,8 +243,14 @@ class ProgressRecord:
     """Seconds since the versions of the learner's latest batch were published (batch mean; None,
     and left out, as `sample_staleness`)."""
 
+    clamped_fraction: float | None = None
+    """Share of the learner's latest batch's targets outside the value support (c51, hl_gauss; the
+    key is written only then)."""
+
     def to_json(self) -> dict:
         record = {"kind": "progress", **dataclasses.asdict(self)}
+        if self.clamped_fraction is None:
+            del record["clamped_fraction"]
         for name in (*ACCOUNTING_FIELDS, *STALENESS_FIELDS):
             if record[name] is None:
                 del record[name]
@@ -342,8 +349,19 @@ def progress_line(record: ProgressRecord, total_env_steps: int) -> str:
         f"({record.env_steps_per_s:,.0f}/s) | episodes {record.episodes:,}, return {recent} (eval {evaluated}) | "
         f"updates {record.updates:,} ({record.updates_per_s:,.0f}/s), "
         f"utd {record.achieved_utd:.3f}/{record.target_utd:g} | "
-        f"replay {record.replay_size:,} | weights v{record.weights_version}" + _faults_text(record)
+        f"replay {record.replay_size:,} | weights v{record.weights_version}"
+        + _clamped_text(record)
+        + _faults_text(record)
     )
+
+
+def _clamped_text(record: ProgressRecord) -> str:
+    """ " | CLAMPED TARGETS n% (...)" while the value support clamps more than a small share of the
+    learner's batch, else ""."""
+    fraction = record.clamped_fraction
+    if fraction is None or fraction <= CLAMPED_WARNING_FRACTION:
+        return ""
+    return f" | CLAMPED TARGETS {fraction:.0%} of the batch (learner.v_min/v_max cannot hold the returns)"
 
 
 def offline_progress_line(record: ProgressRecord, offline_updates: int, dataset_size: int) -> str:

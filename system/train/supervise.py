@@ -522,6 +522,7 @@ class Supervisor:
             policy_staleness=_policy_staleness(learner.version, fleet),
             sample_staleness=_rounded(learner.sample_staleness, 2),
             sample_age_s=_rounded(learner.sample_age_s, 3),
+            clamped_fraction=learner.clamped_fraction,
         )
 
 

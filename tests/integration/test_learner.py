@@ -23,6 +23,7 @@ from learner import (
     ActionSpace,
     ArchitectureConfig,
     CheckpointLossError,
+    DistributionalConfig,
     FilteredBCConfig,
     IQLConfig,
     Learner,
@@ -152,7 +153,7 @@ def test_a_checkpoint_is_not_resumed_under_another_loss(tmp_path):
 
 
 def test_a_checkpoint_from_before_losses_were_recorded_that_does_not_fit_is_refused_clearly(tmp_path):
-    c51 = dataclasses.replace(SMALL, loss="c51")
+    c51 = dataclasses.replace(SMALL, loss="c51", distributional=DistributionalConfig(v_min=-10.0, v_max=10.0))
     learner = Learner(c51, None, (4,), ActionSpace(num_actions=2), checkpoint_dir=tmp_path)
     path = learner.checkpoint()
     state = torch.load(path, weights_only=True)

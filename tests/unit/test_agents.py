@@ -50,14 +50,23 @@ def chain_dataset():
     return batch, q_star
 
 
-@pytest.mark.parametrize("loss", ["dqn", "c51", "hl_gauss"])
-def test_learns_the_chain_mdp_to_its_known_q_star(loss):
+CHAIN_SUPPORT = DistributionalConfig(v_min=-0.5, v_max=1.5, num_bins=41)
+WIDE_SYMLOG_SUPPORT = DistributionalConfig(v_min=-1e4, v_max=1e4, num_bins=101, value_transform="symlog")
+"""The symlog candidate of issue #23: one fixed wide range for every task."""
+
+
+@pytest.mark.parametrize(
+    ("loss", "support"),
+    [("dqn", CHAIN_SUPPORT), ("c51", CHAIN_SUPPORT), ("hl_gauss", CHAIN_SUPPORT), ("hl_gauss", WIDE_SYMLOG_SUPPORT)],
+    ids=["dqn", "c51", "hl_gauss", "hl_gauss-symlog-1e4"],
+)
+def test_learns_the_chain_mdp_to_its_known_q_star(loss, support):
     config = LearnerConfig(
         loss=loss,
         architecture=ArchitectureConfig(hidden_size=64),
         optimizer=OptimizerConfig(lr=3e-3, max_grad_norm=None),
         target=TargetConfig(update="hard", every=50),
-        distributional=DistributionalConfig(v_min=-0.5, v_max=1.5, num_bins=41),
+        distributional=support,
         seed=1,
     )
     agent = make_agent(config, (5,), ActionSpace(num_actions=2), torch.device("cpu"))
@@ -148,11 +157,13 @@ def test_config_refuses_bad_values_naming_the_field():
 def test_every_discrete_loss_has_an_acting_head_and_a_continuous_one_is_refused():
     assert set(ACTING_HEADS) == {loss for loss, agent in AGENTS.items() if agent.discrete}
     for loss in ACTING_HEADS:
-        head = acting_head(LearnerConfig(loss=loss))
+        head = acting_head(LearnerConfig(loss=loss, distributional=CHAIN_SUPPORT))
         out = torch.zeros(3, 2 * head.bins)
         assert head.values(out.view(3, 2, head.bins) if head.bins > 1 else out).shape == (3, 2)
     with pytest.raises(ValueError, match="learner.loss='sac' needs a continuous"):
         acting_head(LearnerConfig(loss="sac"))
+    with pytest.raises(ValueError, match="'auto' is derived from the env by `qfleet train`"):
+        acting_head(LearnerConfig(loss="hl_gauss"))  # an unresolved support names what resolves it
 
 
 def test_actors_policy_does_not_import_the_agents():

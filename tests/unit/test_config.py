@@ -73,8 +73,9 @@ def test_nested_sections_from_yaml_and_set(tmp_path):
         ("", ["replaycapacity=5"], "replaycapacity"),
         ("", ["replay.mix={online: 0.5, offline: 0.6}"], "replay.mix.*sum to 1.1"),
         ("", ["learner.loss=ppo"], "learner.loss"),
-        ("", ["learner.v_min=50"], "learner.v_max"),
-        ("", ["learner.distributional.v_min=50"], "learner.v_max"),
+        ("", ["learner.v_min=50", "learner.v_max=10"], "learner.v_max"),
+        ("", ["learner.distributional.v_min=50", "learner.distributional.v_max=10"], "learner.v_max"),
+        ("", ["learner.v_min=lots"], "learner.v_min: expected 'auto' or a number, got 'lots'"),
         ("", ["learner.target_update_every=0"], "learner.target_update_every: target_update_every=0"),
         ("", ["learner.reset_modules=some"], "learner.reset_modules: 'some' is not one of"),
         ("", ["learner.sac.ensemble_sise=3"], "learner.sac.ensemble_sise: unknown key"),
@@ -114,7 +115,7 @@ def test_flat_learner_keys_fill_the_algorithm_groups(tmp_path):
     path.write_text("learner:\n  loss: hl_gauss\n  v_max: 110\n  network: mlp\n  reset_every: 50\n")
     overrides = ["learner.hidden_size=32", "learner.prefetch_batches_per_request=16", "learner.sac.ensemble_size=4"]
     learner = load_config(path, overrides, {"learner.lr": 0.001}).learner
-    assert (learner.loss, learner.distributional.v_max, learner.distributional.v_min) == ("hl_gauss", 110.0, -10.0)
+    assert (learner.loss, learner.distributional.v_max, learner.distributional.v_min) == ("hl_gauss", 110.0, "auto")
     assert (learner.architecture.torso, learner.architecture.hidden_size) == ("mlp", 32)
     assert (learner.resets.every, learner.prefetch.batches_per_request, learner.prefetch.depth) == (50, 16, 8)
     assert (learner.sac.ensemble_size, learner.optimizer.lr) == (4, 0.001)

@@ -47,6 +47,15 @@ def test_progress_line_names_faults_losses_and_silent_components_only_when_there
     assert line.endswith("| faults: shard restarts 1, redis restarts 2; 1,205 transitions lost | silent: shard 1 6 s")
 
 
+def test_progress_line_flags_clamped_targets_only_above_one_percent_and_json_keeps_the_fraction():
+    assert "CLAMPED" not in progress_line(record(), 5000)  # a loss without a support
+    assert "CLAMPED" not in progress_line(record(clamped_fraction=0.01), 5000)
+    line = progress_line(record(clamped_fraction=0.873), 5000)
+    assert "| CLAMPED TARGETS 87% of the batch (learner.v_min/v_max cannot hold the returns)" in line
+    assert "clamped_fraction" not in record().to_json()
+    assert record(clamped_fraction=0.0).to_json()["clamped_fraction"] == 0.0
+
+
 def test_a_component_failing_max_times_within_the_window_stops_the_run_others_do_not():
     faults = FaultLog(max_failures=3, window_s=60.0)
     faults.record("shard 0", "shard_restarts", "died", now=0.0)

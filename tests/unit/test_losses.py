@@ -62,3 +62,32 @@ def test_cross_entropy_and_expectation():
     target = torch.tensor([[1.0, 0.0]])
     torch.testing.assert_close(losses.cross_entropy(logits, target), torch.tensor([math.log(4.0)]))
     torch.testing.assert_close(losses.expectation(logits, torch.tensor([0.0, 4.0])), torch.tensor([3.0]))
+
+
+def test_symlog_and_symexp_invert_each_other_and_compress_large_magnitudes():
+    values = torch.tensor([-1e4, -100.0, -1.0, -1e-3, 0.0, 1e-3, 0.5, 110.0, 1e4], dtype=torch.float64)
+    torch.testing.assert_close(losses.symexp(losses.symlog(values)), values)
+    torch.testing.assert_close(
+        losses.symlog(torch.tensor([0.0, math.e - 1, -(math.e - 1)])), torch.tensor([0.0, 1.0, -1.0])
+    )
+    assert float(losses.symlog(torch.tensor(1e4))) == pytest.approx(math.log(1e4 + 1))
+
+
+def test_hl_gauss_over_symlog_bins_sums_to_one_and_reads_back_every_return():
+    # The symlog candidate: 101 bins evenly spaced in symlog(value) over [-1e4, 1e4]: a two-hot-like
+    # histogram of symlog(target) whose mean, symexp'd, is the target for CartPole's and Acrobot's
+    # returns alike, with no per-task support.
+    edges = torch.linspace(-math.log1p(1e4), math.log1p(1e4), 102)
+    centres = (edges[:-1] + edges[1:]) / 2
+    width = float(edges[1] - edges[0])
+    returns = torch.tensor([-99.3, -62.5, -1.0, 0.0, 0.3, 17.0, 99.3])
+    probs = losses.hl_gauss_target(losses.symlog(returns), edges, 0.75 * width)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(7))
+    torch.testing.assert_close(losses.symexp((probs * centres).sum(-1)), returns, rtol=1e-3, atol=1e-3)
+
+
+def test_clamped_fraction_counts_the_targets_outside_the_support():
+    targets = torch.tensor([-99.0, -5.0, 0.0, 50.0, 110.0, 111.0, float("inf"), 3.0])
+    assert losses.clamped_fraction(targets, 0.0, 110.0) == 0.5  # -99, -5, 111 and inf; the edges are inside
+    assert losses.clamped_fraction(targets[2:5], 0.0, 110.0) == 0.0
+    assert losses.clamped_fraction(torch.zeros(0), 0.0, 1.0) == 0.0
