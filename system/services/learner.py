@@ -103,6 +103,8 @@ class LearnerResult:
     """Over the training thread's whole run (0 when it died)."""
     achieved_utd: float = 0.0
     """Updates per inserted item at the stop (`Learner.achieved_utd`), of the same moment as `updates`."""
+    inserts: int = 0
+    """The inserts that UTD is of (`Learner.inserts`)."""
 
 
 class LearnerService:
@@ -374,13 +376,15 @@ class LearnerService:
         for thread in self._threads:
             thread.join()
         summary = self._summary
+        updates, inserts = self.learner.updates, self.learner.inserts()
         result = LearnerResult(
-            updates=self.learner.updates,
+            updates=updates,
             version=self.learner.version,
             checkpoint=str(summary.checkpoint) if summary and summary.checkpoint else "",
             error=self._error,
             updates_per_second=summary.updates_per_second if summary else 0.0,
-            achieved_utd=self.learner.achieved_utd(),
+            achieved_utd=self.learner.achieved_utd(inserts, updates),
+            inserts=inserts,
         )
         self.replay.close()
         if self.offline_replay is not None:
