@@ -86,16 +86,17 @@ class ShardHandle:
         self.boot_id = 0
         """The current process's boot id (0 until a response carries one)."""
         self._retired: set[int] = set()  # boot ids of earlier processes: their late answers are ignored
-        self._earlier = previous._as_earlier() if previous is not None else None
+        self._earlier = None
         if previous is not None:
-            self._retired = previous._retired | ({previous.boot_id} - {0})
+            # Its boot id may be the old process's or, if it saw a response of the new one, the new
+            # one's: a response with another id folds as within one handle, and either way the
+            # counts up to the restart are counted once.
+            with previous._lock:
+                self._earlier = previous._earlier_locked()
+                self.boot_id, self._retired = previous.boot_id, set(previous._retired)
         self.failed_at: float | None = None  # set while the shard is taken as down
         self.writers_waiting = False
         """Its last Info: inserts wait on its own rate limiter (its writers are held back)."""
-
-    def _as_earlier(self) -> _Earlier:
-        with self._lock:
-            return self._earlier_locked()
 
     def _earlier_locked(self) -> _Earlier:
         if self._earlier is not None:  # this process never had an Info: its predecessors' counts

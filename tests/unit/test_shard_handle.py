@@ -104,3 +104,15 @@ def test_counted_never_dips_while_first_infos_land_on_another_thread():
         sys.setswitchinterval(interval)
     assert not errors
     assert all(counts == (1000, 500) for counts in seen)
+
+
+def test_a_new_handle_after_the_old_one_saw_the_new_process_counts_the_restart_once():
+    old = handle()
+    info(old, 1000, 500, 0, OLD_BOOT)
+    sample(old, 0, 0, NEW_BOOT)  # the new process answered the old handle before the registry showed it
+    new = handle(previous=old)
+    assert new.counted == (1000, 500)
+    info(new, 0, 0, 1000, NEW_BOOT)
+    assert new.counted == (1000, 500)
+    info(new, 1500, 800, 1000, NEW_BOOT)
+    assert new.counted == (2500, 1300)
