@@ -127,6 +127,8 @@ class ReplayInfo:
     rate_limiter: RateLimiterState
     checkpoint_sequence: int
     lost_transitions: int
+    boot_id: int = 0
+    """Random, drawn when the shard process started: a change means a restart (0: an older shard)."""
 
 
 @dataclass(frozen=True)
@@ -642,6 +644,7 @@ class ReplayClient:
                     priority_mass=response.priority_mass,
                     inserts=response.inserts,
                     samples=response.samples,
+                    boot_id=response.boot_id,
                 )
             )
         return samples
@@ -723,6 +726,7 @@ class ReplayClient:
             spec=Spec.from_json(response.spec_json),
             checkpoint_sequence=response.checkpoint_sequence,
             lost_transitions=response.lost_transitions,
+            boot_id=response.boot_id,
             rate_limiter=RateLimiterState(
                 samples_per_insert=limiter.samples_per_insert or None,
                 min_size=limiter.min_size,

@@ -70,7 +70,7 @@ class ShardDrawer:
         except ReplayUnavailableError as exc:
             self._membership.mark_failed(shard, exc)
             return None
-        shard.absorb(sample.table_size, sample.priority_mass, sample.inserts, sample.samples)
+        shard.absorb(sample.table_size, sample.priority_mass, sample.inserts, sample.samples, boot_id=sample.boot_id)
         return sample
 
 

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from concurrent import futures
+from dataclasses import dataclass
 
 from replay.client import ReplayClient, ReplayInfo
 from replay.config import ShardedReplayConfig
@@ -31,14 +32,31 @@ from replay.registry import ShardRegistry
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _Earlier:
+    """What the earlier processes of a shard id served, as last seen, until a new process's first
+    Info says what it restored."""
+
+    counted: tuple[int, int]
+    """Their (inserts, samples) over the run (`ShardHandle.counted`)."""
+    samples: int
+    """The last process's own samples counter."""
+    carried_samples: int
+    """Samples of processes before the last one that it did not restore."""
+
+
 class ShardHandle:
     """One shard as a sharded client sees it: its client and its last seen counters.
 
     A shard id's counts go on over its restarts (`counted`): a process that comes back empty, or
     from an older checkpoint, reports fewer inserts and samples than its predecessor served. The
-    inserts it lost are in its Info (`lost_transitions`, from its ledger or the registry); the
-    samples its predecessor served beyond what it restored are carried here, from the
-    predecessor's handle (`previous`) as last seen.
+    inserts it lost are in its Info (`lost_transitions`, from its ledger or the registry); what
+    its predecessors counted beyond that and beyond what it restored is carried here. A restart
+    is told by a new handle (`previous`: the shard id's earlier handle) or, within one handle
+    (a fixed address, or a restart the registry has not shown yet), by a new `boot_id` in a
+    response. Until the new process's first Info, `counted` is the predecessors'.
+
+    Responses arrive on several threads (draws, the watcher): one lock orders them and `counted`.
     """
 
     def __init__(
@@ -53,40 +71,85 @@ class ShardHandle:
         self.address = address
         self.client = client
         self.started_at = started_at
+        self._lock = threading.Lock()
         self.mass = 0.0
         self.size = 0
         self.inserts = 0
         self.samples = 0
         self.lost = 0
         """Transitions this shard id acknowledged and lost to its crashes (its last Info)."""
+        self.carried_inserts = 0
+        """Inserts earlier processes of this shard id counted that this one's inserts and `lost`
+        do not (its `lost` started again from 0: a ledger moved aside, a registry state lost)."""
         self.carried_samples = 0
         """Samples earlier processes of this shard id served that this one did not restore."""
-        if previous is not None and previous._previous is not None:  # it never had an Info: skip it
-            previous = previous._previous
-        self._previous = previous  # the shard id's earlier handle, until this process's first Info
+        self.boot_id = 0
+        """The current process's boot id (0 until a response carries one)."""
+        self._retired: set[int] = set()  # boot ids of earlier processes: their late answers are ignored
+        self._earlier = None
+        if previous is not None:
+            # Its boot id may be the old process's or, if it saw a response of the new one, the new
+            # one's: a response with another id folds as within one handle, and either way the
+            # counts up to the restart are counted once.
+            with previous._lock:
+                self._earlier = previous._earlier_locked()
+                self.boot_id, self._retired = previous.boot_id, set(previous._retired)
         self.failed_at: float | None = None  # set while the shard is taken as down
         self.writers_waiting = False
         """Its last Info: inserts wait on its own rate limiter (its writers are held back)."""
 
-    def absorb(self, size: int, mass: float, inserts: int, samples: int, lost: int | None = None) -> None:
-        """Takes counters from a response (`lost` from an Info); inserts and samples never go back."""
-        previous = self._previous
-        if previous is not None and lost is not None:  # this process's first Info: what it did not restore
-            self.carried_samples = previous.carried_samples + max(0, previous.samples - samples)
-            self._previous = None
-        self.size, self.mass = size, mass
-        self.inserts, self.samples = max(self.inserts, inserts), max(self.samples, samples)
-        if lost is not None:
+    def _earlier_locked(self) -> _Earlier:
+        if self._earlier is not None:  # this process never had an Info: its predecessors' counts
+            return self._earlier
+        return _Earlier(self._counted_locked(), self.samples, self.carried_samples)
+
+    def absorb(
+        self,
+        size: int,
+        mass: float,
+        inserts: int,
+        samples: int,
+        lost: int | None = None,
+        boot_id: int = 0,
+    ) -> None:
+        """Takes counters from a response (`lost` from an Info). Within one process inserts and
+        samples never go back (responses may arrive out of order); a new `boot_id` is a new
+        process, whose counts start again on top of what its predecessors counted."""
+        with self._lock:
+            if boot_id:
+                if boot_id in self._retired:
+                    return  # a late answer of a process that has been replaced
+                if boot_id != self.boot_id:
+                    if self.boot_id:  # a restart behind this handle: fold what it counted
+                        self._earlier = self._earlier_locked()
+                        self._retired.add(self.boot_id)
+                        self.inserts = self.samples = self.lost = 0
+                        self.carried_inserts = self.carried_samples = 0
+                    self.boot_id = boot_id
+            self.size, self.mass = size, mass
+            self.inserts, self.samples = max(self.inserts, inserts), max(self.samples, samples)
+            if lost is None:
+                return
             self.lost = max(self.lost, lost)
+            earlier = self._earlier
+            if earlier is not None:  # this process's first Info: what it did not restore
+                self.carried_inserts = max(0, earlier.counted[0] - (self.inserts + self.lost))
+                self.carried_samples = earlier.carried_samples + max(0, earlier.samples - self.samples)
+                self._earlier = None  # last: `counted` switches once every field is set
 
     @property
     def counted(self) -> tuple[int, int]:
         """(inserts, samples) of this shard id over the run, restarts included: the inserts it
         acknowledged (lost ones too) and the samples it served. Before a restarted process's first
-        Info, its predecessor's, so that the sums never dip while it is read."""
-        if self._previous is not None:
-            return self._previous.counted
-        return self.inserts + self.lost, self.samples + self.carried_samples
+        Info, its predecessors', so that the sums never dip while it is read."""
+        with self._lock:
+            return self._counted_locked()
+
+    def _counted_locked(self) -> tuple[int, int]:
+        earlier = self._earlier
+        if earlier is not None:
+            return earlier.counted
+        return self.inserts + self.lost + self.carried_inserts, self.samples + self.carried_samples
 
 
 class Membership:
@@ -196,11 +259,18 @@ class Membership:
                 other = self._shards.get(info.shard_id)
                 if other is not None and other.address != address:
                     raise ValueError(f"shards {other.address} and {address} both have shard id {info.shard_id}")
-                if known is None:
-                    self._shards[info.shard_id] = ShardHandle(info.shard_id, address, client)
-                else:
+                if known is not None and known.boot_id and info.boot_id == known.boot_id:
+                    shard = known  # the same process: it was out of reach
                     known.failed_at = None
+                else:  # a new process (or one not yet told apart): its counts go on from the known one's
+                    previous = known if known is not None and known.shard_id == info.shard_id else None
+                    shard = ShardHandle(info.shard_id, address, client, previous=previous)
+                    if known is not None:
+                        self._shards.pop(known.shard_id, None)
+                    self._shards[info.shard_id] = shard
+                if known is not None:
                     log.info("shard %d at %s is back", info.shard_id, address)
+            shard.absorb(info.size, info.priority_mass, info.inserts, info.samples, info.lost_transitions, info.boot_id)
 
     def refusal(self) -> ReplayAuthenticationError | None:
         """The latest refusal of this client's credentials by a fixed address's shard, if any."""
@@ -301,7 +371,9 @@ class Membership:
         infos = {}
         for shard, info in zip(live, self._pool.map(self.info_or_fail, live), strict=True):
             if info is not None:
-                shard.absorb(info.size, info.priority_mass, info.inserts, info.samples, info.lost_transitions)
+                shard.absorb(
+                    info.size, info.priority_mass, info.inserts, info.samples, info.lost_transitions, info.boot_id
+                )
                 shard.writers_waiting = info.rate_limiter.waiting_inserts > 0
                 infos[shard.shard_id] = info
         return infos

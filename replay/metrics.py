@@ -31,7 +31,10 @@ SHARDED_SERIES = {
     f"{PREFIX}_achieved_samples_per_insert": "Total samples / total inserts over all shards, as last seen.",
     f"{PREFIX}_target_samples_per_insert": "The global samples_per_insert this client enforces (0: none).",
     f"{PREFIX}_live_shards": "Shards this client currently takes as live.",
-    f"{PREFIX}_global_inserts": "Sum of the shards' insert counters, as last seen.",
+    f"{PREFIX}_global_inserts": (
+        "Inserts of the run over all shard ids, as last seen: those lost to shard crashes and those of "
+        "shards that left included."
+    ),
     f"{PREFIX}_global_samples": "Sum of the shards' sample counters, as last seen.",
     f"{PREFIX}_failovers_total": "Times this client found a shard unavailable and moved on without it.",
 }

@@ -27,3 +27,5 @@ class Sample:
     """Items inserted into the table(s) so far, as of this sample."""
     samples: int = 0
     """Items sampled from the table(s) so far, this sample included."""
+    boot_id: int = 0
+    """The shard process's boot id (`ReplayInfo.boot_id`); 0 when unknown or of several shards."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
+import secrets
 import threading
 import time
 import weakref
@@ -296,6 +297,7 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
                 priority_mass=items.priority_mass,
                 inserts=items.inserts,
                 samples=items.samples,
+                boot_id=self._server.boot_id,
             )
             # gRPC gives a unary handler no send confirmation: the items count as delivered when
             # the response is handed over to a call that is still live.
@@ -439,6 +441,8 @@ class ReplayServer:
         """Transitions this shard id acknowledged and lost to crashes (its ledger, else the registry)."""
         self._ledger: InsertLedger | None = None
         self._ledger_lost = 0
+        self.boot_id = secrets.randbits(63) | 1
+        """Random and non-zero, drawn per process: clients tell a restart by it (Info, Sample)."""
 
     @property
     def secure(self) -> bool:
@@ -733,6 +737,7 @@ class ReplayServer:
             spec_json=self.spec.to_json(),
             checkpoint_sequence=self._checkpoint_sequence,
             lost_transitions=self.lost_transitions,
+            boot_id=self.boot_id,
             rate_limiter=replay_pb2.RateLimiterInfo(
                 samples_per_insert=limiter.samples_per_insert or 0.0,
                 min_size=limiter.min_size,

@@ -129,6 +129,7 @@ def encode_sample_response(
     priority_mass: float,
     inserts: int,
     samples: int,
+    boot_id: int = 0,
 ) -> bytes:
     """A serialized `SampleResponse` (field numbers as in replay.proto)."""
     out = _Writer()
@@ -140,6 +141,7 @@ def encode_sample_response(
     out.double(6, priority_mass)
     out.varint(7, inserts)
     out.varint(8, samples)
+    out.varint(9, boot_id)
     return out.tobytes()
 
 
@@ -280,10 +282,10 @@ def decode_sample_response(raw: bytes) -> Sample:
     what = "SampleResponse"
     data: dict[str, np.ndarray] = {}
     tensors: dict[int, np.ndarray] = {}
-    scalars = {5: 0, 7: 0, 8: 0}
+    scalars = {5: 0, 7: 0, 8: 0, 9: 0}
     priority_mass = 0.0
     names = {2: "keys", 3: "probabilities", 4: "weights"}
-    for field, wire_type, value in _fields(raw, 0, len(raw), what, 8):
+    for field, wire_type, value in _fields(raw, 0, len(raw), what, 9):
         if field == 1 and wire_type == _LEN:
             data = _read_batch(raw, value, what, None)
         elif field in names and wire_type == _LEN:
@@ -304,6 +306,7 @@ def decode_sample_response(raw: bytes) -> Sample:
         priority_mass=priority_mass,
         inserts=scalars[7],
         samples=scalars[8],
+        boot_id=scalars[9],
     )
 
 

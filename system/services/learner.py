@@ -23,7 +23,15 @@ from learner import (
     has_checkpoints,
     make_replay,
 )
-from replay import MixedReplay, ReplayCredentials, ReplayError, ShardedCollector, ShardedReplay, start_metrics_server
+from replay import (
+    MixedReplay,
+    ReplayCredentials,
+    ReplayError,
+    ReplayUnavailableError,
+    ShardedCollector,
+    ShardedReplay,
+    start_metrics_server,
+)
 from system.config import (
     FINISHED,
     OFFLINE,
@@ -43,6 +51,9 @@ log = logging.getLogger(__name__)
 
 REPORT_EVERY_S = 1.0
 """Seconds between measurements (progress, the status hash in Redis, updates/s on /metrics)."""
+ALIGN_WAIT_S = 10.0
+"""How long a resumed learner waits for the run's shards before aligning its insert count on them
+(bounded: a shard lost for good must not hold the learner back; the shards live then are used)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +123,8 @@ class LearnerResult:
     """Over the training thread's whole run (0 when it died)."""
     achieved_utd: float = 0.0
     """Updates per inserted item at the stop (`Learner.achieved_utd`), of the same moment as `updates`."""
+    inserts: int = 0
+    """The inserts that UTD is of (`Learner.inserts`)."""
 
 
 class LearnerService:
@@ -205,7 +218,7 @@ class LearnerService:
         elif self.offline_only:
             self._phase = FINISHED
         self._resumed_at = self.learner.updates
-        self._align_inserts()
+        self._align_inserts(config.train.num_shards)
         self.learner.metrics.registry.register(ShardedCollector(self.replay))
         self.metrics_address = ""
         self._http = None
@@ -248,9 +261,21 @@ class LearnerService:
             version=max(recorded.version, remembered.get("weights_version", 0)),
         )
 
-    def _align_inserts(self) -> None:
+    def _align_inserts(self, num_shards: int) -> None:
+        """Aligns a resumed learner's insert count on the shards' (`Learner.align_inserts`), once
+        the run's `num_shards` are live (up to ALIGN_WAIT_S): a shard not yet registered would be
+        missing from the count, and its inserts counted twice (in the offset, then on its own)."""
+        if self.learner.updates == 0:
+            return  # a fresh learner: nothing restored to align
         try:
-            self.replay.info()  # reads every shard's counters: the run's inserts, lost ones included
+            self.replay.wait_for_shards(num_shards, timeout=ALIGN_WAIT_S)
+        except ReplayUnavailableError as exc:
+            log.warning("aligning the UTD's inserts on the shards live now: %s", exc)
+        except ReplayError as exc:
+            log.warning("replay insert count unknown at the start (%s): the UTD counts from the shards'", exc)
+            return
+        try:
+            self.replay.info()  # reads every live shard's counters: the run's inserts, lost ones included
             self.learner.align_inserts(self.replay.stats()["inserts"])
         except ReplayError as exc:
             log.warning("replay insert count unknown at the start (%s): the UTD counts from the shards'", exc)
@@ -390,13 +415,15 @@ class LearnerService:
         for thread in self._threads:
             thread.join()
         summary = self._summary
+        updates, inserts = self.learner.updates, self.learner.inserts()
         result = LearnerResult(
-            updates=self.learner.updates,
+            updates=updates,
             version=self.learner.version,
             checkpoint=str(summary.checkpoint) if summary and summary.checkpoint else "",
             error=self._error,
             updates_per_second=summary.updates_per_second if summary else 0.0,
-            achieved_utd=self.learner.achieved_utd(),
+            achieved_utd=self.learner.achieved_utd(inserts, updates),
+            inserts=inserts,
         )
         self.replay.close()
         if self.offline_replay is not None:

@@ -92,9 +92,9 @@ class RunCounters:
         """Learner updates at which the next offline-phase evaluation is due."""
         self.updates = 0
         """The learner's updates at its latest report."""
-        self.replay_inserts = 0
+        self.replay_inserts = int(state.get("replay_inserts", 0))
         """Items the shards acknowledged over the run, lost ones included, at the latest poll of
-        every shard (`take_shard_accounting`)."""
+        every shard (`take_shard_accounting`; a resumed run starts from its state.json's)."""
         self.session_episodes = 0
         self.returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self._started = time.monotonic()
@@ -159,6 +159,7 @@ class RunCounters:
             "fresh_learners": self.fresh_learners,
             "transitions_lost": self.transitions_lost,
             "shards_lost": self.shards_lost,
+            "replay_inserts": self.replay_inserts,
             **self.accounting(),
             "faults": self.faults.to_json(),
         }
@@ -197,6 +198,9 @@ class ProgressRecord:
     updates_per_s: float
     achieved_utd: float
     """Updates per item inserted into the replay over the run (lost items included)."""
+    learner_inserts: int
+    """The inserts that UTD is of, as the learner counted them (`LearnerProgress.inserts`): exact,
+    where `updates / achieved_utd` is rounded."""
     target_utd: float
     weights_version: int
     replay_size: int

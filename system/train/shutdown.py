@@ -192,6 +192,7 @@ def _stop_learner(
             env_steps=counters.env_steps,
             updates=result.updates,
             achieved_utd=round(result.achieved_utd, 4),
+            learner_inserts=result.inserts,
             replay_inserts=counters.replay_inserts,  # after the actors' last inserts (_take_shard_counts)
             weights_version=result.version,
             transitions_lost=counters.transitions_lost,

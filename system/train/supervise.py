@@ -507,6 +507,7 @@ class Supervisor:
             updates=learner.updates,
             updates_per_s=round(learner.updates_per_second, 1),
             achieved_utd=round(learner.achieved_utd, 4),
+            learner_inserts=learner.inserts,
             target_utd=self.config.learner.updates_per_env_step,
             weights_version=learner.version,
             replay_size=sum(shard.size for shard in shards),

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import subprocess
+import threading
 import time
 
 import numpy as np
@@ -360,3 +361,64 @@ def test_within_a_session_the_counters_redis_kept_are_preferred_to_the_records(s
     assert (resumed.learner.updates, resumed.learner.updates_lost, resumed.learner.version) == (40, 50, 9)
     resumed.stop()
     status.close()
+
+
+def test_a_resumed_learner_aligns_its_inserts_once_every_shard_of_the_run_is_live(start_server, redis_server, tmp_path):
+    """Shard 1 re-registers a moment after the learner resumes (restarted from its checkpoint):
+    aligning on shard 0 alone would count shard 1's inserts twice (once in the offset for the
+    inserts the shards seemed to have lost, once from shard 1 itself)."""
+    spec = transition_spec("CartPole-v1")
+    shard_dirs = [tmp_path / f"shard-{i}" for i in (0, 1)]
+    live = [
+        start_server(
+            spec,
+            shard_id=i,
+            capacity=20_000,
+            checkpoint_dir=str(shard_dirs[i]),
+            **shard_kwargs(redis_server, run="faults"),
+        )
+        for i in (0, 1)
+    ]
+    writer = ShardedReplay(redis_server.url, "faults")
+    writer.wait_for_shards(2)
+    writer.insert(cartpole_transitions(2000))
+    writer.flush()
+    writer.close()
+    replay = make_replay(SMALL, redis_server.url, "faults", credentials=None)
+    learner = Learner(SMALL, replay, (4,), SPACE, run="faults", checkpoint_dir=tmp_path / "learner")
+    learner.run(max_updates=40)
+    assert learner.inserts() == 2000
+    replay.close()
+    live[1].stop(grace=0, checkpoint=True)  # it keeps its inserts in its checkpoint
+
+    def restart_shard_1():
+        time.sleep(1.0)
+        start_server(
+            spec,
+            shard_id=1,
+            capacity=20_000,
+            checkpoint_dir=str(shard_dirs[1]),
+            **shard_kwargs(redis_server, run="faults"),
+        )
+
+    restarter = threading.Thread(target=restart_shard_1)
+    restarter.start()
+    config = load_config(None, ["learner.device=cpu", "learner.architecture.hidden_size=32", "train.num_shards=2"])
+    service = LearnerService(
+        config,
+        (4,),
+        SPACE,
+        redis_server.url,
+        "faults",
+        str(tmp_path / "learner"),
+        metrics_host=None,
+        replay_credentials=None,
+    )
+    try:
+        restarter.join()
+        assert service.learner.updates == 40
+        service.replay.wait_for_shards(2)
+        service.replay.info()
+        assert service.learner.inserts() == 2000
+    finally:
+        service.stop()

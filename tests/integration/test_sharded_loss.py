@@ -83,3 +83,41 @@ def test_a_shard_restarted_empty_leaves_the_learners_window_and_insert_count_whe
         assert final["achieved_samples_per_insert"] <= SPI + (GLOBAL_BUFFER + BATCH) / final["inserts"], final
     finally:
         learner.close()
+
+
+def test_a_fixed_address_shard_restarted_empty_counts_its_lost_inserts_once(start_server, connect, redis_server):
+    """The same restart behind a fixed address (one handle, the same address): the new process is
+    told by its boot id, so its lost inserts count once, not on top of its predecessor's, and the
+    samples its predecessor served still count."""
+    shard = start_server(shard_id=0, **SHARD, **shard_kwargs(redis_server))
+    client = connect(shard.address)
+    client.insert(make_batch(CAPACITY))
+    client.flush()
+    learner = ShardedReplay(
+        addresses=[shard.address],
+        samples_per_insert=SPI,
+        min_size=MIN_SIZE,
+        error_buffer=GLOBAL_BUFFER,
+        discovery_s=0.2,
+    )
+    try:
+        drawn = sample_until_held(learner)
+        before = learner.stats()
+        assert before["inserts"] == CAPACITY and before["samples"] == drawn > 0
+
+        shard.stop(grace=0, checkpoint=False)
+        restarted = start_server(shard_id=0, port=shard.port, **SHARD, **shard_kwargs(redis_server))
+        assert restarted.lost_transitions == CAPACITY
+        client = connect(restarted.address)
+        client.insert(make_batch(200, start=10_000))
+        client.flush()
+        assert wait_until(lambda: learner.info().shards.get(0) is not None, timeout=10)
+        assert wait_until(lambda: learner.info().shards[0].inserts == 200, timeout=10)
+
+        after = learner.stats()
+        assert after["inserts"] == CAPACITY + 200, (before, after)
+        assert after["samples"] >= before["samples"], (before, after)
+        more = sample_until_held(learner)
+        assert more <= SPI * 200 + GLOBAL_BUFFER + BATCH, (more, before, after)
+    finally:
+        learner.close()

@@ -22,6 +22,7 @@ def record(**changes) -> ProgressRecord:
         "updates": 500,
         "updates_per_s": 50.0,
         "achieved_utd": 0.5,
+        "learner_inserts": 1000,
         "target_utd": 0.5,
         "weights_version": 3,
         "replay_size": 1000,
@@ -83,6 +84,24 @@ def test_counts_continue_across_a_resume_through_state_json():
     resumed.shards_lost = 600  # the shards' ledgers count over the whole run
     assert resumed.transitions_lost == 10 + 7 + 600
     assert FaultCounts.from_json(None) == FaultCounts()
+
+
+def test_the_replay_inserts_continue_across_a_resume_through_state_json():
+    from types import SimpleNamespace
+
+    from replay import ShardAccounting
+    from system.train.records import take_shard_accounting
+
+    counters = RunCounters({}, eval_every_steps=0)
+    shards = [SimpleNamespace(inserts=700, lost_transitions=300, accounting=ShardAccounting(0, tracked=False))]
+    take_shard_accounting(counters, shards)
+    resumed = RunCounters(counters.state(), eval_every_steps=0)
+    # until every shard answers again, the resumed run's records show the inserts it had, not 0
+    assert resumed.replay_inserts == 1000
+
+
+def test_a_progress_record_carries_the_learners_exact_insert_count():
+    assert record(updates=500, achieved_utd=0.3333, learner_inserts=1500).to_json()["learner_inserts"] == 1500
 
 
 def test_the_shards_ledgers_give_the_run_its_inserted_and_stored_twice_counts():

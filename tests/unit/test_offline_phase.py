@@ -116,9 +116,11 @@ def test_phases_go_into_state_json_and_come_back_on_resume():
 
 
 def test_records_name_their_phase_only_in_runs_with_an_offline_dataset():
-    progress = ProgressRecord(1.0, 2.0, 0, 0.0, 0, None, None, 10, 5.0, 0.0, 0.5, 1, 0, 0, 0, 0, 0, 0)
+    progress = ProgressRecord(1.0, 2.0, 0, 0.0, 0, None, None, 10, 5.0, 0.0, 0, 0.5, 1, 0, 0, 0, 0, 0, 0)
     assert "phase" not in progress.to_json()
-    offline = ProgressRecord(1.0, 2.0, 0, 0.0, 0, None, None, 10, 5.0, 0.0, 0.5, 1, 0, 0, 0, 0, 0, 0, phase="offline")
+    offline = ProgressRecord(
+        1.0, 2.0, 0, 0.0, 0, None, None, 10, 5.0, 0.0, 0, 0.5, 1, 0, 0, 0, 0, 0, 0, phase="offline"
+    )
     assert offline.to_json()["phase"] == "offline"
     evaluation = EvalRecord(0, 1.0, 3, False, 200.0, 10.0, [200.0], [200], 0.5)
     assert "phase" not in evaluation.to_json() and "updates" not in evaluation.to_json()
