@@ -52,9 +52,16 @@ class _PolicyAgent:
     def _imitate(
         self, logits: torch.Tensor, action: torch.Tensor, item_weight: torch.Tensor, weights: torch.Tensor
     ) -> float:
-        """One step of pi on -mean(weights * item_weight * log pi(action|s)); returns that loss."""
+        """One step of pi on -mean(weights * item_weight * log pi(action|s)); returns that loss.
+
+        No step when every item's weight is zero (Best-of-N found nothing better than V anywhere in
+        the batch): the loss has no gradient then, and an Adam step would still move pi by its
+        momentum."""
+        weight = weights * item_weight
+        if not bool((weight != 0).any()):
+            return 0.0
         log_likelihood = offline_losses.log_likelihood(logits, action)
-        loss = -(weights * item_weight * log_likelihood).mean()
+        loss = -(weight * log_likelihood).mean()
         step(self.policy_optimizer, loss, list(self.policy.parameters()), self.config.optimizer.max_grad_norm)
         return float(loss.detach())
 

@@ -9,6 +9,7 @@ import pytest
 
 from actors import FeaturesConfig, describe_env
 from system.config import ConfigError, load_config
+from system.train.plan import check_offline
 
 
 @pytest.mark.parametrize(
@@ -40,8 +41,9 @@ def test_a_digiq_configs_online_only_command_from_its_header_loads(path):
         assert "--set offline.dataset=null --set replay.mix=null" in header
     config = load_config(path, overrides)
     assert config.offline.dataset is None and config.replay.mix is None
-    with pytest.raises(ConfigError):  # a mix with no dataset to mix from is refused
-        load_config(path, ["offline.dataset=null"])
+    check_offline(config)  # what `qfleet train` checks of the offline section: passes
+    with pytest.raises(ConfigError, match="replay.mix"):  # a mix with no dataset to mix from is refused
+        check_offline(load_config(path, ["offline.dataset=null"]))
 
 
 def test_the_android_env_gives_the_learner_its_ui_action_layout():
