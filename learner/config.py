@@ -341,8 +341,8 @@ class LearnerConfig:
 
     policy_acting: Literal["greedy", "sample"] = "greedy"
     """How actors act with an offline loss's policy pi ("iql", "filtered_bc"): "greedy" (its most
-    likely action, epsilon-greedy while exploring) or "sample" (draw from pi, in the actors and in
-    evaluation alike; epsilon-uniform on top)."""
+    likely action, epsilon-greedy while exploring) or "sample" (draw from pi; epsilon-uniform on top).
+    Evaluation is greedy unless `train.eval_acting: policy`."""
 
     seed: int = 0
     """Seeds network initialisation and the learner's random draws."""

@@ -5,7 +5,8 @@ Both train a policy network pi (its [B, A] outputs are logits: a Q-shaped networ
 UI policy's log-probabilities with `learner.policy_head: factored`; learner/action_heads.py) and
 publish it:
 actors and evaluation act greedily in pi (argmax of its logits), epsilon-greedy while exploring,
-through `learner.acting.PolicyLogits` (or draw from pi: `learner.policy_acting: sample`). Continuous actions are not supported (IQL's Gaussian policy
+through `learner.acting.PolicyLogits` (actors draw from pi with `learner.policy_acting: sample`;
+evaluation stays greedy unless `train.eval_acting: policy`). Continuous actions are not supported (IQL's Gaussian policy
 is not built).
 
 Batch columns: the usual `obs`, `action`, `reward`, `next_obs`, `discount`; "filtered_bc" also
