@@ -7,9 +7,9 @@ as an input, and a policy factored into the action's kind and its detail.
   `ActionLayout`). Adding W_a [e_a, d_a] to the state's features is a linear layer over their
   concatenation, so this is the usual MLP over (features, action embedding). `forward` computes
   Q for every action in one pass, [B, A], by broadcasting the B states against the A action
-  embeddings, so the losses that need a max or argmax over actions (Best-of-N) use it as they use
-  a discrete head; `q_at` computes only the given actions (what the IQL update uses: Q at the
-  data action and at Best-of-N's N candidates, B x N rows rather than B x A).
+  embeddings (for a caller that wants every action's value); `q_at` computes only the given
+  actions, and is what the IQL update uses: Q at the data action and at Best-of-N's N candidates
+  (via `twin_q_at`), B x (1 + N) rows rather than B x A.
 - `ActionEmbeddingIQLCritic`: IQL's twin Qs of that kind and its V(s) (an MLP on the features).
 - `FactoredPolicy`: pi(a|s) = p(kind(a)|s) p(a|kind(a), s): a softmax over the kinds (tap, swipe,
   type, key, complete) and, within each kind, a softmax over its actions (tap cells, directions,

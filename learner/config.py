@@ -187,8 +187,13 @@ class IQLConfig:
 
     n: int = field(default=16, metadata=flat_key("best_of_n"))
     """Best-of-N: candidate actions per state (1, 4 or 16 in Digi-Q's study), sampled from the current
-    policy; distinct when n <= the number of actions (Digi-Q samples distinct ones), with
-    replacement beyond."""
+    policy (i.i.d. draws, or distinct ones with `best_of_n_replacement: false`)."""
+
+    replacement: bool = field(default=True, metadata=flat_key("best_of_n_replacement"))
+    """Best-of-N: draw the n candidates i.i.d. from pi (with replacement: a peaked pi offers its
+    favourite action n times, so the choice stays close to pi). False: n distinct actions
+    (Gumbel-top-k, without replacement, with replacement only when n exceeds the actions), which
+    pushes the choice towards argmax-Q over all actions, away from pi's support."""
 
     include_data_action: bool = field(default=False, metadata=flat_key("best_of_n_include_data_action"))
     """Best-of-N: the data action takes one of the n candidate slots (n - 1 sampled from pi), as Digi-Q's
@@ -366,8 +371,8 @@ class LearnerConfig:
 
     policy_acting: Literal["greedy", "sample"] = "greedy"
     """How actors act with an offline loss's policy pi ("iql", "filtered_bc"): "greedy" (its most
-    likely action, epsilon-greedy while exploring) or "sample" (draw from pi, in the actors and in
-    evaluation alike; epsilon-uniform on top)."""
+    likely action, epsilon-greedy while exploring) or "sample" (draw from pi; epsilon-uniform on top).
+    Evaluation is greedy unless `train.eval_acting: policy`."""
 
     seed: int = 0
     """Seeds network initialisation and the learner's random draws."""
@@ -393,7 +398,7 @@ class LearnerConfig:
 
     iql: IQLConfig = field(default_factory=IQLConfig, metadata=FLAT)
     """The "iql" loss (keys: expectile, policy_extraction, awr_temperature, awr_max_weight, best_of_n,
-    best_of_n_include_data_action, advantage_threshold)."""
+    best_of_n_replacement, best_of_n_include_data_action, advantage_threshold)."""
 
     filtered_bc: FilteredBCConfig = field(default_factory=FilteredBCConfig, metadata=FLAT)
     """The "filtered_bc" loss (key: top_k_percent)."""

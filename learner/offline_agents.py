@@ -5,7 +5,8 @@ Both train a policy network pi (its [B, A] outputs are logits: a Q-shaped networ
 UI policy's log-probabilities with `learner.policy_head: factored`; learner/action_heads.py) and
 publish it:
 actors and evaluation act greedily in pi (argmax of its logits), epsilon-greedy while exploring,
-through `learner.acting.PolicyLogits` (or draw from pi: `learner.policy_acting: sample`). Continuous actions are not supported (IQL's Gaussian policy
+through `learner.acting.PolicyLogits` (actors draw from pi with `learner.policy_acting: sample`;
+evaluation stays greedy unless `train.eval_acting: policy`). Continuous actions are not supported (IQL's Gaussian policy
 is not built).
 
 Batch columns: the usual `obs`, `action`, `reward`, `next_obs`, `discount`; "filtered_bc" also
@@ -52,9 +53,16 @@ class _PolicyAgent:
     def _imitate(
         self, logits: torch.Tensor, action: torch.Tensor, item_weight: torch.Tensor, weights: torch.Tensor
     ) -> float:
-        """One step of pi on -mean(weights * item_weight * log pi(action|s)); returns that loss."""
+        """One step of pi on -mean(weights * item_weight * log pi(action|s)); returns that loss.
+
+        No step when every item's weight is zero (Best-of-N found nothing better than V anywhere in
+        the batch): the loss has no gradient then, and an Adam step would still move pi by its
+        momentum."""
+        weight = weights * item_weight
+        if not bool((weight != 0).any()):
+            return 0.0
         log_likelihood = offline_losses.log_likelihood(logits, action)
-        loss = -(weights * item_weight * log_likelihood).mean()
+        loss = -(weight * log_likelihood).mean()
         step(self.policy_optimizer, loss, list(self.policy.parameters()), self.config.optimizer.max_grad_norm)
         return float(loss.detach())
 
@@ -71,15 +79,17 @@ class IQLAgent(_PolicyAgent):
     uses the online V); then pi by the configured extraction:
 
     - "awr": maximise exp(beta * (Q_target(s, a_data) - V(s))) (clipped) * log pi(a_data|s).
-    - "best_of_n" (Digi-Q, Bai et al. 2025): sample n candidates from the current pi (distinct when
-      n <= A; the data action in one slot with `include_data_action`), take the one with the
+    - "best_of_n" (Digi-Q, Bai et al. 2025): sample n candidates from the current pi (i.i.d., or
+      distinct with `best_of_n_replacement: false`; the data action in one slot with
+      `include_data_action`), take the one with the
       highest Q_target; if its advantage over V(s) exceeds the threshold, maximise its
       log-likelihood, else that item gives no gradient. Digi-Q's operator is this indicator:
       imitating the data action instead would pull pi back towards the behaviour policy exactly
       where the critic found nothing better among pi's own samples.
 
     The twin Qs are discrete heads or, with `learner.critic: action_embedding`, Digi-Q's Q(s, a) with
-    the action as an input (learner/action_heads.py); both give [B, A] for Best-of-N's argmax.
+    the action as an input (learner/action_heads.py); the update asks either only for Q at the data
+    action and Best-of-N's N candidates (`twin_q_at`), never for all A actions.
     One target network holds the twin Qs and V (`learner.target_update` as for the other losses;
     "none": the online critics bootstrap). The critics and pi have their own optimizers; `loss`
     and `grad_norm` of an update are the critics' (Q + V), as for SAC; `policy_loss` and
@@ -103,7 +113,10 @@ class IQLAgent(_PolicyAgent):
             asked = action[:, None]
             if iql.extraction == "best_of_n":
                 data_action = action if iql.include_data_action else None
-                asked = torch.cat([asked, offline_losses.sample_candidates(logits.detach(), iql.n, data_action)], 1)
+                candidates = offline_losses.sample_candidates(
+                    logits.detach(), iql.n, data_action, replacement=iql.replacement
+                )
+                asked = torch.cat([asked, candidates], 1)
             q_target_asked = bootstrap.twin_q_at(obs, asked).min(dim=0).values  # [B, 1 (+ N)]
             q_target_taken = q_target_asked[:, 0]
             td_target = offline_losses.value_bootstrap_target(reward, discount, bootstrap.v(batch["next_obs"]))

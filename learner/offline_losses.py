@@ -67,25 +67,32 @@ def log_likelihood(logits: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits, dim=-1).gather(1, action.long()[:, None]).squeeze(1)
 
 
-def sample_candidates(logits: torch.Tensor, n: int, data_action: torch.Tensor | None = None) -> torch.Tensor:
-    """Best-of-N's candidates: n actions per state drawn from pi = softmax(`logits`).
+def sample_candidates(
+    logits: torch.Tensor, n: int, data_action: torch.Tensor | None = None, *, replacement: bool = True
+) -> torch.Tensor:
+    """Best-of-N's candidates: n actions per state sampled from the current pi = softmax(`logits`).
 
-    Distinct when n <= A, as Digi-Q samples them: drawn without replacement by the Gumbel-top-k
-    trick (the n largest of logits + Gumbel noise; Kool et al. 2019), so a peaked pi still offers
-    n different actions to rank. With replacement when n > A. With `data_action`, the data action
-    takes the first slot and n - 1 are sampled (Digi-Q's `actor_always_include_original_action`).
+    With `replacement` (the default) the n are i.i.d. draws from pi, so a peaked pi offers its
+    favourite action in most slots and Best-of-N stays near pi's support. Without, they are
+    distinct (the Gumbel-top-k trick: the n largest of logits + Gumbel noise; Kool et al. 2019):
+    for n close to A that is nearly argmax-Q over every action, however unlikely under pi; drawn
+    with replacement anyway when n > A. With `data_action`, the data action takes the first slot and
+    n - 1 are sampled (Digi-Q's `actor_always_include_original_action`).
 
     Args:
         logits: [B, A] pi's logits (no gradient needed).
         n: candidates per state, >= 1.
         data_action: [B] the data's actions, or None.
+        replacement: i.i.d. draws (True) or distinct actions (False).
 
     Returns:
         [B, n] action indices.
     """
     sampled = n - 1 if data_action is not None else n
     actions = logits.shape[1]
-    if sampled <= actions:
+    if sampled == 0:
+        candidates = logits.new_zeros((logits.shape[0], 0), dtype=torch.long)
+    elif not replacement and sampled <= actions:
         gumbel = -torch.empty_like(logits).exponential_().log()
         candidates = (logits + gumbel).topk(sampled, dim=1).indices
     else:

@@ -14,7 +14,8 @@ class ActionLayout:
     as its kinds (learner/action_heads.py).
 
     Raises:
-        ValueError: fields of different lengths, a kind index outside `kinds`, or a kind with no action.
+        ValueError: fields of different lengths, a kind index outside `kinds`, a kind with no action,
+            a kind named twice, or a point outside [0, 1]^2 (or not finite).
     """
 
     kinds: tuple[str, ...]
@@ -33,6 +34,11 @@ class ActionLayout:
         empty = [name for k, name in enumerate(self.kinds) if k not in self.kind_of]
         if empty:
             raise ValueError(f"ActionLayout: kinds {empty} have no action")
+        if len(set(self.kinds)) != len(self.kinds):
+            raise ValueError(f"ActionLayout: kinds {list(self.kinds)} name a kind twice")
+        outside = [i for i, point in enumerate(self.points) if len(point) != 2 or not all(0 <= c <= 1 for c in point)]
+        if outside:
+            raise ValueError(f"ActionLayout: the points of actions {outside[:5]} are not in [0, 1]^2")
 
     @property
     def num_actions(self) -> int:

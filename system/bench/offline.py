@@ -107,7 +107,8 @@ class Outcome:
 
 
 def train_offline(config, loaded: dict[str, np.ndarray], updates: int, eval_episodes: int, seed: int) -> Outcome:
-    """`updates` updates of `config.learner` on uniform batches of `loaded`, then a greedy evaluation."""
+    """`updates` updates of `config.learner` on uniform batches of `loaded`, then a greedy evaluation
+    (pi's most likely action, whatever `learner.policy_acting` says; no epsilon)."""
     import torch
 
     from learner import make_agent
@@ -128,7 +129,7 @@ def train_offline(config, loaded: dict[str, np.ndarray], updates: int, eval_epis
         agent.update(batch, weights)
         agent.after_update(update)
     seconds = time.perf_counter() - started
-    evaluator = Evaluator(config.env, config.learner, eval_episodes, epsilon=0.0, seed=10_000 + seed)
+    evaluator = Evaluator(config.env, config.learner, eval_episodes, epsilon=0.0, seed=10_000 + seed, acting="greedy")
     try:
         result = evaluator.run(agent.policy_state(), updates)
     finally:

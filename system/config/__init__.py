@@ -7,7 +7,7 @@ sections, `--set` keys and `--help` text from its field docstrings; `env_spaces`
 """
 
 from system.config.dataclass_args import add_arguments, build, describe, field_docs, from_arguments
-from system.config.env import env_spaces
+from system.config.env import check_learner_for_env, env_spaces
 from system.config.offline import (
     DEFAULT_MIX,
     FINISHED,
@@ -38,6 +38,7 @@ __all__ = [
     "add_arguments",
     "batch_mix",
     "build",
+    "check_learner_for_env",
     "describe",
     "env_spaces",
     "field_docs",

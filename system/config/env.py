@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from actors import EnvConfig, EnvSpaces, UnsupportedEnvError, describe_env
+from learner import ActionSpace, LearnerConfig
 from system.errors import ConfigError
 
 
@@ -16,3 +17,18 @@ def env_spaces(env: EnvConfig) -> EnvSpaces:
         return describe_env(env)
     except UnsupportedEnvError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def check_learner_for_env(learner: LearnerConfig, space: ActionSpace, env_id: str) -> None:
+    """The learner's heads against the env's action space, before any network is built:
+    `learner.policy_head: factored` needs the kinds of action a UI env's layout gives (MiniWoB,
+    Android).
+
+    Raises:
+        ConfigError: naming the key and the env.
+    """
+    if learner.architecture.policy_head == "factored" and space.layout is None:
+        raise ConfigError(
+            f"learner.policy_head='factored' needs a UI action space with kinds of action (MiniWoB, Android); "
+            f"env.id={env_id!r} has a plain Discrete({space.num_actions}): use policy_head 'flat'"
+        )

@@ -4,6 +4,7 @@ packages' own sections."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from replay import redact_url
 
@@ -51,13 +52,18 @@ class TrainConfig:
     busy host); once it has answered, silent_after_s applies again."""
 
     eval_every_steps: int = 10_000
-    """Env steps between greedy evaluations of the latest weights (0: only at the end)."""
+    """Env steps between evaluations of the latest weights (0: only at the end)."""
 
     eval_episodes: int = 10
     """Episodes per evaluation (run side by side, one env each)."""
 
     eval_epsilon: float = 0.0
-    """Exploration during evaluation (0: greedy; Atari protocols often use 0.001 to 0.05)."""
+    """Exploration during evaluation: a uniform action with this probability (0: none; Atari protocols
+    often use 0.001 to 0.05)."""
+
+    eval_acting: Literal["greedy", "policy"] = "greedy"
+    """How evaluation acts: "greedy" (argmax of Q, or of the offline losses' pi) or "policy" (as the
+    actors act: with `learner.policy_acting: sample`, a draw from pi; else greedy as well)."""
 
     log_every_s: float = 10.0
     """Seconds between progress lines in the terminal (metrics.jsonl gets a record every second)."""

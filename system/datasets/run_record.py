@@ -18,7 +18,7 @@ import numpy as np
 
 from actors import INSTRUCTION_RULES, MINIWOB_PREFIX, EnvVector, InstructionBehaviour, make_env
 from learner import Policy
-from system.config import ConfigError, RunConfig, env_spaces, load_config
+from system.config import ConfigError, RunConfig, check_learner_for_env, env_spaces, load_config
 from system.datasets.errors import DatasetError
 from system.datasets.layout import check_dataset_id, datasets_dir
 from system.datasets.recorder import PolicyActions, RecordSettings, VectorActions, record_episodes
@@ -144,6 +144,7 @@ def _record_one(dataset_id: str, config: RunConfig, run: RunDir | None, settings
             policy, source = _policy_from_run(run, config)
         else:
             spaces = env_spaces(config.env)
+            check_learner_for_env(config.learner, spaces.action_space, config.env.id)
             policy = Policy(config.learner, spaces.obs_shape, spaces.action_space, seed=settings.seed)
             source = {"untrained": True}
 

@@ -372,11 +372,12 @@ def _run() -> list[Panel]:
             "Return",
             "none",
             (
-                (_select(f"{prefix}_eval_return"), "{{run}} evaluation (greedy)"),
+                (_select(f"{prefix}_eval_return"), "{{run}} evaluation"),
                 (_select(f"{prefix}_recent_return"), "{{run}} training (last 100 episodes)"),
             ),
-            "Mean return of the latest greedy evaluation of the published weights, and of the last 100 training "
-            "episodes (with exploration).",
+            "Mean return of the latest evaluation of the published weights (greedy, or as the actors act with "
+            "train.eval_acting: policy; train.eval_epsilon on top), and of the last 100 training episodes (with "
+            "exploration).",
         ),
         Stat("Env steps at the latest evaluation", "short", ((_select(f"{prefix}_eval_env_steps"), "{{run}}"),)),
         Stat("Episodes", "short", ((_select(f"{prefix}_episodes"), "{{run}}"),)),

@@ -58,13 +58,28 @@ class Evaluator:
         env: the env section (evaluated as `eval_env_config` makes it).
         learner: the learner section (decides the network).
         episodes: episodes per evaluation.
-        epsilon: exploration while evaluating (0: greedy).
+        epsilon: exploration while evaluating: a uniform action with this probability (0: none).
         seed: episode i of evaluation k is seeded seed + 1000 * k + i.
+        acting: "greedy" (the most likely action, whatever `learner.policy_acting` says) or "policy"
+            (as the actors act: a draw from pi with `learner.policy_acting: sample`).
     """
 
-    def __init__(self, env: EnvConfig, learner: LearnerConfig, episodes: int, epsilon: float = 0.0, seed: int = 0):
+    def __init__(
+        self,
+        env: EnvConfig,
+        learner: LearnerConfig,
+        episodes: int,
+        epsilon: float = 0.0,
+        seed: int = 0,
+        acting: str = "greedy",
+    ):
         from learner import Policy
 
+        if acting not in ("greedy", "policy"):
+            raise ConfigError(f"train.eval_acting={acting!r}: must be 'greedy' or 'policy'")
+        if acting == "greedy":
+            learner = dataclasses.replace(learner, policy_acting="greedy")
+        self.acting = acting
         self.env_config = eval_env_config(env)
         spaces = env_spaces(self.env_config)
         self.obs_shape, self.action_space = spaces.obs_shape, spaces.action_space
@@ -200,7 +215,12 @@ class RunEvaluations:
         weights = WeightStore(self.redis_url, self.run, config.learner.weights)
         try:
             evaluator = Evaluator(
-                config.env, config.learner, train.eval_episodes, train.eval_epsilon, seed=10_000 + config.actors.seed
+                config.env,
+                config.learner,
+                train.eval_episodes,
+                train.eval_epsilon,
+                seed=10_000 + config.actors.seed,
+                acting=train.eval_acting,
             )
         except BaseException:
             weights.close()
@@ -331,7 +351,7 @@ def main_eval(run_dir: str, episodes: int | None, epsilon: float | None, seed: i
     state, path = loaded
     episodes = episodes or config.train.eval_episodes
     epsilon = config.train.eval_epsilon if epsilon is None else epsilon
-    evaluator = Evaluator(config.env, config.learner, episodes, epsilon, seed)
+    evaluator = Evaluator(config.env, config.learner, episodes, epsilon, seed, acting=config.train.eval_acting)
     agent = make_agent(config.learner, evaluator.obs_shape, evaluator.action_space, _cpu())
     agent.load_state_dict(state["agent"])
     updates, version = int(state["counters"]["updates"]), int(state["counters"]["version"])

@@ -19,6 +19,7 @@ from system.config import (
     ConfigError,
     RunConfig,
     batch_mix,
+    check_learner_for_env,
     env_spaces,
     load_config,
     offline_run_name,
@@ -128,7 +129,7 @@ def plan(
     config = dataclasses.replace(config, train=train)
     spaces = env_spaces(config.env)
     config = resolve_value_support(config)
-    check(config, spaces.spec)
+    check(config, spaces.spec, spaces.action_space)
     checked = Plan(config, run, name, state, spaces.obs_shape, spaces.action_space, spaces.spec)
     checked.offline_spec = offline_spec(config, spaces.spec)
     checked.offline_data = load_offline(config, spaces, checked.offline_spec)
@@ -285,13 +286,14 @@ def _memory_available() -> int | None:
     return None
 
 
-def check(config: RunConfig, spec: Spec) -> None:
+def check(config: RunConfig, spec: Spec, action_space: ActionSpace) -> None:
     """Cross-section checks: what no single section can know.
 
     Raises:
         ConfigError: a combination that cannot run (named).
     """
     train, replay, learner = config.train, config.replay, config.learner
+    check_learner_for_env(learner, action_space, config.env.id)
     total_capacity = replay.capacity * train.num_shards
     if learner.learning_starts > total_capacity:
         raise ConfigError(

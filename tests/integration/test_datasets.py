@@ -580,6 +580,18 @@ def test_record_refuses_an_id_already_taken_before_playing_anything(tmp_path, ca
     assert (tmp_path / "cp/taken-v0" / "data" / "metadata.json").read_text() == before
 
 
+def test_record_refuses_a_factored_policy_on_an_env_without_kinds_of_action(tmp_path, capsys):
+    from system.cli import main
+
+    config = tmp_path / "factored.yaml"
+    config.write_text("env:\n  id: CartPole-v1\n  num_envs: 2\nlearner:\n  loss: iql\n  policy_head: factored\n")
+    args = ["record", "cp/factored-v0", "--config", str(config), "--episodes", "2", "--datasets-dir", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "learner.policy_head='factored'" in err and "'CartPole-v1'" in err and "Traceback" not in err
+    assert not (tmp_path / "cp/factored-v0").exists()
+
+
 def test_record_errors_name_the_flag_or_the_folder_without_a_traceback(tmp_path, cartpole_config, capsys):
     from system.cli import main
 

@@ -58,6 +58,21 @@ def test_a_layout_of_another_size_than_the_space_is_refused():
         ActionLayout(kinds=("tap", "key"), kind_of=(0,), points=((0.5, 0.5),))
 
 
+@pytest.mark.parametrize(
+    ("kinds", "points", "message"),
+    [
+        (("tap", "tap"), ((0.5, 0.5), (0.5, 0.5)), r"name a kind twice"),
+        (("tap", "key"), ((1.5, 0.5), (0.0, 0.0)), r"actions \[0\] are not in \[0, 1\]\^2"),
+        (("tap", "key"), ((0.5, 0.5), (0.0, -0.1)), r"actions \[1\] are not in \[0, 1\]\^2"),
+        (("tap", "key"), ((float("nan"), 0.5), (0.0, 0.0)), r"actions \[0\] are not in \[0, 1\]\^2"),
+    ],
+)
+def test_a_layout_with_a_kind_named_twice_or_a_point_off_the_screen_is_refused(kinds, points, message):
+    with pytest.raises(ValueError, match=message):
+        ActionLayout(kinds=kinds, kind_of=(0, 1), points=points)
+    ActionLayout(kinds=("tap", "key"), kind_of=(0, 1), points=((1.0, 0.0), (0.0, 0.0)))  # the edges are on it
+
+
 def test_action_embedding_q_by_hand():
     architecture = ArchitectureConfig(hidden_size=2, num_layers=1, action_embedding_dim=1)
     q = ActionEmbeddingQ((2,), 2, None, architecture)
@@ -105,9 +120,8 @@ def test_the_critics_score_the_actions_asked_for_as_the_full_pass_does(critic):
         torch.testing.assert_close(agent.critic.twin_q_at(obs, candidates), every.gather(2, candidates.expand(2, 6, 3)))
 
 
-def test_the_structure_makes_actions_of_one_kind_start_alike():
-    """With the layout, two taps differ from a tap and a key by more than their embeddings alone:
-    the descriptor is an input (changing a tap's point changes its Q)."""
+def test_a_taps_point_is_an_input_of_its_q():
+    """With the layout, the descriptor is an input: moving a tap's point changes its Q, and only its."""
     torch.manual_seed(0)
     q = ActionEmbeddingQ((4,), 3, TINY, ArchitectureConfig(hidden_size=8))
     obs = torch.randn(2, 4)
@@ -213,7 +227,7 @@ def two_states() -> dict[str, torch.Tensor]:
 def test_best_of_n_picks_the_argmax_q_candidate_and_imitates_it_only_when_it_beats_v(value, imitated):
     """n = A: every action is a candidate (distinct), so the choice is the argmax of Q, tap 1 (Q 2);
     its advantage 2 - V decides whether pi moves towards it."""
-    iql = IQLConfig(extraction="best_of_n", n=3)
+    iql = IQLConfig(extraction="best_of_n", n=3, replacement=False)
     learner_config = factored_config(iql=iql, optimizer=OptimizerConfig(lr=0.1))
     agent = make_agent(learner_config, (4,), ActionSpace(num_actions=3, layout=TINY), CPU)
     for network in (agent.critic_target.q1, agent.critic_target.q2):
@@ -236,9 +250,22 @@ def test_best_of_n_picks_the_argmax_q_candidate_and_imitates_it_only_when_it_bea
 
 
 @pytest.mark.parametrize("n", [1, 4, 16])
-def test_best_of_n_takes_any_configured_n_with_the_factored_policy(n):
+def test_best_of_n_takes_any_configured_n_with_the_factored_policy(n, monkeypatch):
+    """Any N: the imitated action is one of pi's candidates, and pi takes a step exactly when some
+    item's choice beats V (a threshold nothing beats leaves pi as it was)."""
+    from learner import offline_losses
+
+    chosen = []
+    choose = offline_losses.best_candidate
+
+    def spy(candidates, candidate_q, value, threshold):
+        action, improves = choose(candidates, candidate_q, value, threshold)
+        chosen.append((candidates, action, improves))
+        return action, improves
+
+    monkeypatch.setattr(offline_losses, "best_candidate", spy)
     space = ActionSpace(num_actions=UI_SPACE.n, layout=UI_SPACE.layout())
-    agent = make_agent(factored_config(iql=IQLConfig(extraction="best_of_n", n=n)), (4,), space, CPU)
+    torch.manual_seed(n)
     batch = {
         "obs": torch.randn(8, 4),
         "action": torch.randint(0, UI_SPACE.n, (8,)),
@@ -246,8 +273,18 @@ def test_best_of_n_takes_any_configured_n_with_the_factored_policy(n):
         "next_obs": torch.randn(8, 4),
         "discount": torch.full((8,), 0.9),
     }
-    result = agent.update(batch, torch.ones(8))
-    assert np.isfinite(result.loss) and np.isfinite(result.policy_loss) and result.td_abs.shape == (8,)
+    for threshold, steps in ((-1e9, True), (1e9, False)):
+        iql = IQLConfig(extraction="best_of_n", n=n, advantage_threshold=threshold)
+        agent = make_agent(factored_config(iql=iql), (4,), space, CPU)
+        before = [p.detach().clone() for p in agent.policy.parameters()]
+        result = agent.update(batch, torch.ones(8))
+        candidates, action, improves = chosen.pop()
+        assert candidates.shape == (8, n)
+        assert all(a in row for a, row in zip(action.tolist(), candidates.tolist(), strict=True))
+        assert bool(improves.all()) is steps and result.imitation_weight == float(improves.float().mean())
+        moved = any(not torch.equal(b, p) for b, p in zip(before, agent.policy.parameters(), strict=True))
+        assert moved is steps
+        assert np.isfinite(result.loss) and np.isfinite(result.policy_loss) and result.td_abs.shape == (8,)
 
 
 def test_the_action_embedding_critic_and_factored_policy_are_refused_where_they_do_not_apply():

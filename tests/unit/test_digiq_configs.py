@@ -8,7 +8,8 @@ import os
 import pytest
 
 from actors import FeaturesConfig, describe_env
-from system.config import load_config
+from system.config import ConfigError, load_config
+from system.train.plan import check_offline
 
 
 @pytest.mark.parametrize(
@@ -26,9 +27,23 @@ def test_a_digiq_config_loads_with_digiqs_learner(path, env_id):
     )
     assert (learner.iql.extraction, learner.iql.n, learner.iql.expectile) == ("best_of_n", 16, 0.5)
     assert learner.policy_acting == "sample"
+    # Q(s, a) only learns at the data's actions: the data action among the candidates ties pi to the data.
+    assert learner.iql.include_data_action and learner.iql.replacement
     assert config.offline.dataset and config.offline.updates > 0 and config.train.total_env_steps > 0
-    for n in (1, 4, 16):
-        assert load_config(path, [f"learner.best_of_n={n}"]).learner.iql.n == n
+
+
+@pytest.mark.parametrize("path", ["configs/miniwob_digiq.yaml", "configs/android_digiq.yaml"])
+def test_a_digiq_configs_online_only_command_from_its_header_loads(path):
+    with open(path) as f:
+        header = f.read()
+    overrides = ["offline.dataset=null", "replay.mix=null"]
+    if "android" in path:  # its header names the online-only command
+        assert "--set offline.dataset=null --set replay.mix=null" in header
+    config = load_config(path, overrides)
+    assert config.offline.dataset is None and config.replay.mix is None
+    check_offline(config)  # what `qfleet train` checks of the offline section: passes
+    with pytest.raises(ConfigError, match="replay.mix"):  # a mix with no dataset to mix from is refused
+        check_offline(load_config(path, ["offline.dataset=null"]))
 
 
 def test_the_android_env_gives_the_learner_its_ui_action_layout():

@@ -95,10 +95,11 @@ def train(agent: Agent, batch: dict[str, torch.Tensor], updates: int):
 
 
 CHAIN_LAYOUT = ActionSpace(
-    num_actions=2, layout=ActionLayout(kinds=("swipe", "key"), kind_of=(0, 1), points=((0.0, 0.0), (0.0, 0.0)))
+    num_actions=2, layout=ActionLayout(kinds=("swipe",), kind_of=(0, 0), points=((0.0, 0.0), (0.0, 0.0)))
 )
-"""The chain's two actions as two kinds of UI action (left a swipe, right a key): a space that the
-action-embedding critic and the factored policy read the structure of."""
+"""The chain's two actions as two swipes (left, right) of one kind: a space that the action-embedding
+critic and the factored policy read the structure of. Both in one kind, so the factored policy's
+choice is made by its within-kind softmax (p(kind) is 1)."""
 
 
 def greedy_actions(learner_config: LearnerConfig, agent: Agent, space: ActionSpace = PLAIN) -> list[int]:
@@ -233,7 +234,7 @@ def test_best_of_n_leaves_pi_unchanged_when_no_candidate_beats_v():
 
 
 def test_best_of_n_imitates_the_highest_q_candidate_when_it_beats_v():
-    iql = IQLConfig(extraction="best_of_n", n=2)  # n = A: both actions are candidates, every time
+    iql = IQLConfig(extraction="best_of_n", n=2, replacement=False)  # n = A, distinct: both, every time
     agent = make_agent(config("iql", iql=iql), (STATES,), ActionSpace(num_actions=2), CPU)
     set_head(agent.critic_target.q1, [0.0, 1.0])
     set_head(agent.critic_target.q2, [0.0, 1.0])  # action 1 is the best everywhere
@@ -243,6 +244,21 @@ def test_best_of_n_imitates_the_highest_q_candidate_when_it_beats_v():
     assert result.imitation_weight == 1.0
     assert result.policy_loss == pytest.approx(np.log(2.0))  # -mean(log 1/2) over two imitated items
     assert agent.policy.head.bias[1] > agent.policy.head.bias[0]  # towards action 1, at both states
+
+
+def test_a_batch_where_no_item_is_imitated_takes_no_policy_step():
+    """After a step that built Adam's momentum, a batch with every imitation weight zero leaves pi
+    as it was (an Adam step on a zero gradient would still move it)."""
+    iql = IQLConfig(extraction="best_of_n", n=2, include_data_action=True)
+    agent = make_agent(config("iql", iql=iql), (STATES,), ActionSpace(num_actions=2), CPU)
+    set_head(agent.critic.value, [-100.0])  # V far below any Q: every item is imitated
+    first = agent.update(two_rows(), torch.ones(2))
+    assert first.imitation_weight == 1.0
+    set_head(agent.critic.value, [100.0])  # now V far above: no item is
+    before = [p.detach().clone() for p in agent.policy.parameters()]
+    second = agent.update(two_rows(), torch.ones(2))
+    assert second.imitation_weight == 0.0 and second.policy_loss == 0.0
+    assert all(torch.equal(b, p) for b, p in zip(before, agent.policy.parameters(), strict=True))
 
 
 def test_pi_loss_is_weighted_by_the_importance_weights():

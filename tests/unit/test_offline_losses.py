@@ -72,22 +72,34 @@ def test_filtered_bc_keeps_the_top_k_percent_of_the_batch_by_episode_return(retu
     assert torch.nonzero(mask).flatten().tolist() == kept
 
 
-def test_best_of_n_candidates_are_distinct_when_n_is_at_most_the_number_of_actions():
+def test_best_of_n_candidates_are_iid_draws_from_pi_by_default():
+    torch.manual_seed(0)
+    favourite = torch.log(torch.tensor([[0.99, 0.005, 0.003, 0.002]])).repeat(20_000, 1)
+    candidates = offline_losses.sample_candidates(favourite, 4)
+    assert candidates.shape == (20_000, 4)
+    identical = (candidates == candidates[:, :1]).all(dim=1).float().mean()
+    assert float(identical) == pytest.approx(0.99**4, abs=0.01)  # distinct draws would give 0
+    frequencies = torch.bincount(candidates.flatten(), minlength=4).float() / candidates.numel()
+    torch.testing.assert_close(frequencies, torch.tensor([0.99, 0.005, 0.003, 0.002]), atol=0.005, rtol=0)
+
+
+def test_best_of_n_candidates_without_replacement_are_distinct_when_n_is_at_most_the_number_of_actions():
     torch.manual_seed(0)
     peaked = torch.tensor([[20.0, 0.0, 0.0, 0.0]]).repeat(500, 1)  # pi(a0) ~ 1
-    candidates = offline_losses.sample_candidates(peaked, 3)
+    candidates = offline_losses.sample_candidates(peaked, 3, replacement=False)
     assert candidates.shape == (500, 3)
     assert all(len(set(row)) == 3 for row in candidates.tolist())  # with replacement: mostly [0, 0, 0]
     assert (candidates[:, 0] == 0).all()  # the first is a plain draw from pi
-    assert sorted(offline_losses.sample_candidates(peaked, 4)[0].tolist()) == [0, 1, 2, 3]
-    more = offline_losses.sample_candidates(peaked, 6)  # n > A: with replacement
+    assert sorted(offline_losses.sample_candidates(peaked, 4, replacement=False)[0].tolist()) == [0, 1, 2, 3]
+    more = offline_losses.sample_candidates(peaked, 6, replacement=False)  # n > A: with replacement
     assert more.shape == (500, 6) and ((more >= 0) & (more < 4)).all()
 
 
-def test_best_of_n_first_candidate_is_drawn_from_pi():
+@pytest.mark.parametrize("replacement", [True, False])
+def test_best_of_n_first_candidate_is_drawn_from_pi(replacement):
     torch.manual_seed(1)
     logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]])).repeat(20_000, 1)
-    first = offline_losses.sample_candidates(logits, 2)[:, 0]
+    first = offline_losses.sample_candidates(logits, 2, replacement=replacement)[:, 0]
     frequencies = torch.bincount(first, minlength=3).float() / len(first)
     torch.testing.assert_close(frequencies, torch.tensor([0.6, 0.3, 0.1]), atol=0.015, rtol=0)
 
@@ -96,9 +108,11 @@ def test_best_of_n_can_hold_the_data_action_in_its_first_slot():
     torch.manual_seed(2)
     logits = torch.zeros(100, 5)
     data_action = torch.arange(100) % 5
-    candidates = offline_losses.sample_candidates(logits, 3, data_action)
+    candidates = offline_losses.sample_candidates(logits, 3, data_action, replacement=False)
     assert candidates.shape == (100, 3)
     assert torch.equal(candidates[:, 0], data_action)
     assert all(row[1] != row[2] for row in candidates.tolist())  # the n - 1 sampled are distinct
+    iid = offline_losses.sample_candidates(logits, 3, data_action)
+    assert iid.shape == (100, 3) and torch.equal(iid[:, 0], data_action)
     only_data = offline_losses.sample_candidates(logits, 1, data_action)
     assert torch.equal(only_data[:, 0], data_action)

@@ -76,3 +76,11 @@ def test_android_configs_plan_without_launching_anything_and_emulator_runs_skip_
     emulator = plan("configs/android_emulator.yaml", cluster, str(tmp_path / "emu"), None)
     assert emulator.config.actors.resources == {"android_emulator": 1.0}
     assert not evaluates_in_driver(emulator.config)
+
+
+def test_a_factored_policy_on_an_env_without_kinds_of_action_is_refused_by_the_plan(tmp_path):
+    overrides = ["learner.loss=iql", "learner.policy_head=factored"]
+    with pytest.raises(ConfigError, match=r"learner.policy_head='factored'.*'CartPole-v1'.*Discrete\(2\)"):
+        plan("configs/cartpole.yaml", overrides, str(tmp_path / "run"), None)
+    assert not (tmp_path / "run").exists()
+    assert plan("configs/cartpole.yaml", ["learner.loss=iql"], str(tmp_path / "run"), None).config.learner.loss == "iql"
