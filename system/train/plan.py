@@ -395,26 +395,13 @@ def check_offline(config: RunConfig) -> None:
         )
 
 
-def in_flight_items(config: RunConfig) -> int:
-    """Items the writers of one shard may have in flight at once: the actors spread over the shards
-    (`actors.num_actors` / `train.num_shards`, rounded up), each with `max_inserts_in_flight` inserts
-    of `insert_batch` items."""
-    actors, shards = config.actors, max(1, config.train.num_shards)
-    writers = -(-max(1, actors.num_actors) // shards)
-    return writers * actors.insert_batch * max(1, actors.max_inserts_in_flight)
-
-
 def shard_config(config: RunConfig, shard_id: int, redis_url: str, name: str, run: RunDir) -> ReplayConfig:
     """Shard `shard_id`'s settings: registry, checkpoints in the run directory, and the limiter
     that makes writers wait for the learner.
 
     The shard's window is Reverb's SampleToInsertRatio with min_size 1 and an error buffer wide
-    enough for `learning_starts` items on any single shard, plus the inserts its writers keep in
-    flight (`in_flight_items`), plus the learner's own sampling slack: actors fill the replay to
-    learning_starts, then run at most that far ahead of the UTD. Without the in-flight room the
-    window between what the learner may sample and what writers may insert is only
-    2 x that slack / samples_per_insert items (9 at UTD 4 and batch 128), and actors and learner
-    take turns in pieces of a few items instead of overlapping (`qfleet bench e2e`). Only
+    enough for `learning_starts` items on any single shard plus the learner's own sampling slack:
+    actors fill the replay to learning_starts, then run at most that far ahead of the UTD. Only
     inserts wait for it (`limit_samples=False`): the learner's sampler keeps the ratio over all
     shards, and a shard with fewer writers than its share of draws must not hold the learner up.
     With an offline dataset the ratio counts the online share of each batch only (`online_batch_items`).
@@ -434,8 +421,7 @@ def shard_config(config: RunConfig, shard_id: int, redis_url: str, name: str, ru
         samples_per_insert=samples_per_insert,
         limit_samples=False,
         min_size=1,
-        error_buffer=samples_per_insert * (learner.learning_starts + in_flight_items(config))
-        + sample_error_buffer(learner),
+        error_buffer=samples_per_insert * learner.learning_starts + sample_error_buffer(learner),
         checkpoint_dir=str(run.replay_checkpoints(shard_id)) if config.train.checkpoint_replay else None,
         checkpoint_every_s=config.train.shard_checkpoint_every_s if config.train.checkpoint_replay else None,
         seed=None if config.replay.seed is None else config.replay.seed + shard_id,
