@@ -179,7 +179,8 @@ class Learner:
         """The `UpdateResult` of the latest update (loss, q_mean, ...), None before the first."""
         self._priorities: ReplaySource | None = None  # where `run` streams priorities, while it runs
         self.priority_counts: PriorityCounts | None = None
-        """What became of the priorities the last `run` sent (applied, stale, lost), after it."""
+        """What became of the priorities sent to the source so far (applied, stale, lost), as of
+        the end of the last `run`: the source's counts, cumulative over its life, not per `run`."""
         self._last_log = (time.perf_counter(), self.updates)  # (time, updates) of the last progress line
         if self.checkpoint_dir is not None:
             self._resume()

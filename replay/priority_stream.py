@@ -62,11 +62,20 @@ class PriorityStreamConfig:
     updates are counted lost and ReplayUnavailableError is raised (a hung shard). `flush` without
     a timeout also stops after this long without an answer."""
 
+    max_request_keys: int = MAX_REQUEST_KEYS
+    """Most keys one request carries when queued updates are merged: the shard's
+    `max_priority_updates` (a shard refuses larger requests). One `send` larger than this still
+    goes alone, and is refused."""
+
     def __post_init__(self) -> None:
+        if not 1 <= self.max_request_keys <= MAX_REQUEST_KEYS:
+            raise ValueError(f"max_request_keys must be in [1, {MAX_REQUEST_KEYS}], got {self.max_request_keys}")
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
-        if not 0 <= self.coalesce_keys <= MAX_REQUEST_KEYS:
-            raise ValueError(f"coalesce_keys must be in [0, {MAX_REQUEST_KEYS}], got {self.coalesce_keys}")
+        if not 0 <= self.coalesce_keys <= self.max_request_keys:
+            raise ValueError(
+                f"coalesce_keys must be in [0, max_request_keys={self.max_request_keys}], got {self.coalesce_keys}"
+            )
         if self.coalesce_s <= 0 or self.max_wait_s <= 0:
             raise ValueError("coalesce_s and max_wait_s must be > 0")
 
@@ -172,8 +181,7 @@ class PriorityStream:
         self._error_from_stream = False  # it is a failed stream's (cleared when a later one answers)
         self._answers = 0
         self._backoff = None  # while a busy shard refuses the stream: the client's backoff
-        info_max = getattr(client, "max_priority_updates", None)
-        self._request_keys = min(MAX_REQUEST_KEYS, info_max or MAX_REQUEST_KEYS)
+        self._request_keys = config.max_request_keys
         self._applied = self._dropped = self._lost = self._rejected = self._coalesced = 0
         self._held: list[tuple[np.ndarray, np.ndarray]] = []
         self._held_keys = 0

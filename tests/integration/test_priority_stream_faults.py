@@ -234,3 +234,18 @@ def test_one_failed_stream_raises_once_and_is_not_reopened_by_the_timer(start_se
         assert (counts.applied, counts.lost) == (8, 11)
     finally:
         release.set()
+
+
+def test_merged_requests_stay_within_the_shards_max_priority_updates(start_server, connect, monkeypatch):
+    server, writer = filled(start_server, connect, max_priority_updates=16)
+    keys = writer.sample(8).keys
+    release, entered = hang_updates(server, monkeypatch)
+    config = PriorityStreamConfig(coalesce_keys=0, max_in_flight=64, max_request_keys=16)
+    client = connect(server.address, priorities=config)
+    client.send_priorities(keys, np.ones(8))
+    wait_until(entered.is_set)
+    for _ in range(10):  # queued while the shard is busy: merged, two sends a request at most
+        client.send_priorities(keys, np.full(8, 2.0))
+    release.set()
+    counts = client.flush_priorities(timeout=10)
+    assert (counts.applied, counts.rejected) == (88, 0)
