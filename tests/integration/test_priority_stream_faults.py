@@ -14,6 +14,7 @@ import pytest
 from conftest import make_batch, wait_until
 from replay import (
     InvalidBatchError,
+    MixedReplay,
     PriorityStreamConfig,
     ReplayError,
     ReplayUnavailableError,
@@ -155,6 +156,24 @@ def test_one_shards_error_does_not_cost_the_other_shard_its_updates(start_server
         sharded.close()
 
 
+def test_one_sources_error_does_not_cost_the_other_source_its_updates(start_server, connect):
+    shards, keys = two_shards(start_server, connect)
+    offline = connect(shards[0].address, priorities=PLAIN)
+    online = connect(shards[1].address, priorities=PLAIN)
+    mixed = MixedReplay({"offline": (offline, 0.5), "online": (online, 0.5)})
+    try:
+        offline.send_priorities(keys[1], np.ones(8))  # shard 1's keys: shard 0 refuses them
+        wait_until(lambda: offline.priority_counts().rejected == 8)
+        with pytest.raises(InvalidBatchError, match="belongs to shard"):
+            mixed.send_priorities(np.concatenate(keys), np.full(16, 2.0))
+        assert online.flush_priorities(timeout=10).applied == 8  # sent, though offline raised first
+        with pytest.raises(InvalidBatchError, match="is nan"):
+            mixed.send_priorities(np.concatenate(keys), np.full(16, np.nan))  # nothing sent anywhere
+        assert mixed.flush_priorities(timeout=10).applied == 8
+    finally:
+        mixed.close()
+
+
 def test_a_sharded_flush_waits_once_for_all_hung_shards(start_server, connect, monkeypatch):
     shards, keys = two_shards(start_server, connect)
     releases = [hang_updates(server, monkeypatch)[0] for server in shards]
@@ -249,3 +268,22 @@ def test_merged_requests_stay_within_the_shards_max_priority_updates(start_serve
     release.set()
     counts = client.flush_priorities(timeout=10)
     assert (counts.applied, counts.rejected) == (88, 0)
+
+
+def test_a_stream_the_shards_watch_cancels_with_requests_unanswered_is_reopened_and_resent(
+    start_server, connect, monkeypatch
+):
+    # An old stream is cancelled once it stays open insert_idle_s past its age: here while the
+    # shard still works on its request (the client did nothing wrong, and the shard is healthy).
+    server, writer = filled(start_server, connect, insert_stream_max_age_s=0.05, insert_idle_s=0.2)
+    keys = writer.sample(8).keys
+    release, entered = hang_updates(server, monkeypatch)
+    threading.Timer(1.0, release.set).start()
+    client = connect(server.address, priorities=PLAIN)
+    try:
+        client.send_priorities(keys, np.full(8, 2.0))
+        wait_until(entered.is_set)
+        counts = client.flush_priorities(timeout=20)
+        assert (counts.applied, counts.lost) == (8, 0)
+    finally:
+        release.set()
