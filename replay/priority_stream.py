@@ -35,7 +35,6 @@ import numpy as np
 from replay import codec
 from replay._proto import replay_pb2
 from replay.errors import DeadlineExceededError, InvalidBatchError, ReplayError, ReplayUnavailableError
-from replay.limits import SHARD_BUSY
 from replay.spec import validate_priorities
 
 if TYPE_CHECKING:
@@ -542,5 +541,8 @@ class PriorityStream:
 
 
 def _refused_busy(error: grpc.RpcError) -> bool:
-    """The shard refused the call as busy (all its priority stream slots taken): worth retrying."""
-    return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and (error.details() or "").startswith(SHARD_BUSY)
+    """The shard refused the call as busy (all its priority stream slots taken, or gRPC's own
+    concurrent-RPC cap): worth retrying."""
+    from replay.client import _shard_busy  # the client's one test of a busy refusal
+
+    return _shard_busy(error)
