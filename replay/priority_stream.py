@@ -56,10 +56,11 @@ class PriorityStreamConfig:
     after `coalesce_s`, or before the client samples. 0: every `send` goes at once."""
     coalesce_s: float = 0.02
     """With coalescing, the longest an update is held before it is sent."""
-    max_wait_s: float = 30.0
+    max_wait_s: float | None = None
     """How long `send` waits for room in a full window before giving the stream up: its unanswered
     updates are counted lost and ReplayUnavailableError is raised (a hung shard). `flush` without
-    a timeout also stops after this long without an answer."""
+    a timeout also stops after this long without an answer. None: the client's `retry_for_s`
+    (30 s; a ShardedReplay's clients: its `failover_after_s`, as its inserts and samples)."""
 
     max_request_keys: int = MAX_REQUEST_KEYS
     """Most keys one request carries when queued updates are merged: the shard's
@@ -75,7 +76,7 @@ class PriorityStreamConfig:
             raise ValueError(
                 f"coalesce_keys must be in [0, max_request_keys={self.max_request_keys}], got {self.coalesce_keys}"
             )
-        if self.coalesce_s <= 0 or self.max_wait_s <= 0:
+        if self.coalesce_s <= 0 or (self.max_wait_s is not None and self.max_wait_s <= 0):
             raise ValueError("coalesce_s and max_wait_s must be > 0")
 
 
@@ -181,6 +182,7 @@ class PriorityStream:
         self._answers = 0
         self._backoff = None  # while a busy shard refuses the stream: the client's backoff
         self._request_keys = config.max_request_keys
+        self._max_wait_s = client.retry_for_s if config.max_wait_s is None else config.max_wait_s
         self._applied = self._dropped = self._lost = self._rejected = self._coalesced = 0
         self._held: list[tuple[np.ndarray, np.ndarray]] = []
         self._held_keys = 0
@@ -279,9 +281,9 @@ class PriorityStream:
                         f"priority flush to {self._client.address}: {self._open.in_flight()} updates unanswered "
                         f"after {timeout}s"
                     )
-                if deadline is None and now - progress >= self.config.max_wait_s:
+                if deadline is None and now - progress >= self._max_wait_s:
                     raise self._give_up_locked()
-                wait = self.config.max_wait_s - (now - progress)
+                wait = self._max_wait_s - (now - progress)
                 self._cond.wait(wait if remaining is None else min(wait, remaining))
             self._raise_error()
             return self._counts_locked()
@@ -357,10 +359,10 @@ class PriorityStream:
     def _wait_for_room_locked(self) -> None:
         """Waits until the window has room; raises (the window's unanswered updates counted lost)
         when the shard answers nothing for `max_wait_s`, or the error a failed stream left."""
-        deadline = time.monotonic() + self.config.max_wait_s
+        deadline = time.monotonic() + self._max_wait_s
         while self._open is not None and self._open.in_flight() >= self.config.max_in_flight:
             if self._open.backing_off:  # a busy shard: the reader retries up to retry_for_s
-                deadline = time.monotonic() + self.config.max_wait_s
+                deadline = time.monotonic() + self._max_wait_s
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self._give_up_locked()
@@ -382,7 +384,7 @@ class PriorityStream:
         open_call = self._end_locked()
         open_call.call.cancel()
         return ReplayUnavailableError(
-            f"replay shard {self._client.address} answered no priority update for {self.config.max_wait_s}s "
+            f"replay shard {self._client.address} answered no priority update for {self._max_wait_s}s "
             f"({unanswered} keys unanswered, counted lost)",
             address=self._client.address,
         )

@@ -287,3 +287,24 @@ def test_a_stream_the_shards_watch_cancels_with_requests_unanswered_is_reopened_
         assert (counts.applied, counts.lost) == (8, 0)
     finally:
         release.set()
+
+
+def test_a_sharded_replays_priority_streams_give_a_hung_shard_up_after_failover_after_s(
+    start_server, connect, monkeypatch
+):
+    server, writer = filled(start_server, connect)
+    keys = writer.sample(8).keys
+    release, entered = hang_updates(server, monkeypatch)
+    threading.Timer(15, release.set).start()
+    sharded = ShardedReplay(addresses=[server.address], failover_after_s=0.5, priorities=PLAIN)
+    try:
+        sharded.wait_for_shards(1, timeout=10)
+        sharded.send_priorities(keys, np.ones(8))
+        wait_until(entered.is_set)
+        started = time.monotonic()
+        counts = sharded.flush_priorities()  # no answer for failover_after_s: the shard is failed over
+        assert time.monotonic() - started < 5
+        assert (counts.lost, sharded.failovers) == (8, 1)
+    finally:
+        release.set()
+        sharded.close()
