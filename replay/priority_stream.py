@@ -485,34 +485,33 @@ class PriorityStream:
 
                     self._backoff = _Backoff(self._client.retry_for_s)
                 backoff = self._backoff
-        if busy:
-            retry = backoff.sleep()  # outside the lock: senders go on queueing (the window bounds them)
-            with self._cond:
-                if self._open is not open_call:
-                    open_call.ended = True
-                    return
-                if retry:
-                    self._reopen_locked(open_call)
-                    return
-                self._backoff = None
+            else:
                 unanswered = open_call.keys()
                 self._end_locked()
-                self._keep_error(
-                    ReplayError(
-                        f"replay shard {self._client.address} is busy: it refused the priority stream for "
-                        f"{self._client.retry_for_s}s, all its priority stream slots taken ({unanswered} keys "
-                        "counted lost)"
-                    ),
-                    from_stream=True,
-                )
-            return
+                # Ended by the shard's idle or age limit with nothing unanswered: the next send
+                # reopens, nothing to say.
+                if unanswered or not ended:
+                    self._keep_error(self._stream_error(error, unanswered), from_stream=True)
+                return
+        retry = backoff.sleep()  # outside the lock: senders go on queueing (the window bounds them)
         with self._cond:
+            if self._open is not open_call:
+                open_call.ended = True
+                return
+            if retry:
+                self._reopen_locked(open_call)
+                return
+            self._backoff = None
             unanswered = open_call.keys()
             self._end_locked()
-            # Ended by the shard's idle or age limit with nothing unanswered: the next send
-            # reopens, nothing to say.
-            if unanswered or not ended:
-                self._keep_error(self._stream_error(error, unanswered), from_stream=True)
+            self._keep_error(
+                ReplayError(
+                    f"replay shard {self._client.address} is busy: it refused the priority stream for "
+                    f"{self._client.retry_for_s}s, all its priority stream slots taken ({unanswered} keys "
+                    "counted lost)"
+                ),
+                from_stream=True,
+            )
 
     def _stream_error(self, error: grpc.RpcError | None, unanswered: int) -> ReplayError:
         from replay.client import _typed_error  # the client's one mapping of gRPC failures
