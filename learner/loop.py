@@ -180,7 +180,8 @@ class Learner:
         """The `UpdateResult` of the latest update (loss, q_mean, ...), None before the first."""
         self._priorities: ReplaySource | None = None  # where `run` streams priorities, while it runs
         self.priority_counts: PriorityCounts | None = None
-        """What became of the priorities the last `run` sent (applied, stale, lost), after it."""
+        """What became of the priorities sent to the source so far (applied, stale, lost), as of
+        the end of the last `run`: the source's counts, cumulative over its life, not per `run`."""
         self.sample_staleness: float | None = None
         """Weights versions between this learner and the actors' versions that produced the latest
         batch (its mean; None before a batch of actors' data): the policy_staleness gauge."""

@@ -444,6 +444,7 @@ class ReplayClient:
         self.priority_config = priorities or PriorityStreamConfig()
         self._priorities: PriorityStream | None = None
         self._closed_priorities = PriorityCounts()  # of streams a `close` ended
+        self._priorities_closed = False
         self.credentials = None if credentials is None else credentials.for_clients()
         self._metadata = None if credentials is None else call_metadata(credentials.token)
         self.max_in_flight = max_in_flight
@@ -673,8 +674,14 @@ class ReplayClient:
                 an earlier update.
             ReplayUnavailableError: an earlier update's stream failed (counted lost) or the shard
                 answered nothing for `priorities.max_wait_s`.
+            ReplayError: the client is closed (the keys counted lost), or the shard stayed busy
+                (its priority stream slots taken) for `retry_for_s`.
         """
         with self._lock:
+            if self._priorities_closed:  # no new stream on a closed client: refused, and counted
+                lost = int(np.asarray(keys).size)
+                self._closed_priorities += PriorityCounts(lost=lost)
+                raise ReplayError(f"replay client of {self.address} is closed: {lost} priority updates counted lost")
             if self._priorities is None:
                 self._priorities = PriorityStream(self, self.priority_config)
             stream = self._priorities
@@ -755,13 +762,16 @@ class ReplayClient:
         response = self._call("Checkpoint", replay_pb2.CheckpointRequest(), "checkpoint")
         return CheckpointResult(path=response.path, size=response.size, sequence=response.sequence)
 
-    def close(self) -> None:
-        """Ends the priority stream (after its answers, up to 10 s), the insert stream (after
-        pending acks) and the channel."""
+    def close(self, priority_timeout: float = 10.0) -> None:
+        """Ends the priority stream (after its answers, up to `priority_timeout` s), the insert
+        stream (after pending acks) and the channel."""
         with self._lock:
             priorities, self._priorities = self._priorities, None
+            self._priorities_closed = True  # a send from now on is refused, not a new stream
         if priorities is not None:  # what it holds goes first; what stays unanswered counts lost
-            self._closed_priorities += priorities.close()
+            counts = priorities.close(priority_timeout)
+            with self._lock:
+                self._closed_priorities += counts
         with self._lock:
             stream, self._stream = self._stream, None
             self._closed_stream, self.closed = stream, True

@@ -75,6 +75,10 @@ class ReplayConfig:
     max_concurrent_samples: int = 8
     """Sample calls served at once (each may wait for the limiter); more get RESOURCE_EXHAUSTED."""
 
+    max_priority_streams: int = 2
+    """UpdatePrioritiesStream calls served at once (one per learner client): their own threads, so
+    Insert streams never starve them nor they Inserts; more are refused as busy (the client retries)."""
+
     max_concurrent_rpcs: int = 256
     """RPCs in progress or queued (streams included); more are refused with RESOURCE_EXHAUSTED."""
 
@@ -118,8 +122,9 @@ class ReplayConfig:
 
     @property
     def max_insert_streams(self) -> int:
-        """Insert streams served at once: the threads left after Samples and the reserve."""
-        return self.max_workers - self.max_concurrent_samples - RESERVED_THREADS
+        """Insert streams served at once: the threads left after Samples, priority streams and
+        the reserve."""
+        return self.max_workers - self.max_concurrent_samples - self.max_priority_streams - RESERVED_THREADS
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> None:
@@ -160,10 +165,13 @@ class ReplayConfig:
             bad("max_message_mb", "must be in [1, 2047]")
         if self.max_concurrent_samples < 1:
             bad("max_concurrent_samples", "must be >= 1")
-        if self.max_workers < self.max_concurrent_samples + RESERVED_THREADS + 1:
+        if self.max_priority_streams < 1:
+            bad("max_priority_streams", "must be >= 1")
+        if self.max_workers < self.max_concurrent_samples + self.max_priority_streams + RESERVED_THREADS + 1:
             bad(
                 "max_workers",
-                f"must be >= max_concurrent_samples + {RESERVED_THREADS + 1} (threads for Info and one Insert stream)",
+                f"must be >= max_concurrent_samples + max_priority_streams + {RESERVED_THREADS + 1} "
+                "(threads for Info and one Insert stream)",
             )
         if self.max_concurrent_rpcs < self.max_workers:
             bad("max_concurrent_rpcs", f"must be >= max_workers={self.max_workers}")

@@ -165,9 +165,10 @@ class Membership:
         self.lock = threading.RLock()
         """Guards the shard set and each handle's `failed_at`."""
         self.failovers = 0
-        self.left_priorities = PriorityCounts()
-        """Priority updates of shards that left, by what became of them (ShardedReplay's totals)."""
         """Times a shard was found unavailable and left out."""
+        self.left_priorities = PriorityCounts()
+        """Priority updates of shards that left or were closed, by what became of them
+        (ShardedReplay's totals)."""
         self._pool = pool
         self._shards: dict[int, ShardHandle] = {}
         self._departed: dict[int, ShardHandle] = {}
@@ -284,8 +285,8 @@ class Membership:
         self._departed[shard_id] = shard
         self._pool.submit(self._close_dropped, shard.client)
 
-    def _close_dropped(self, client: ReplayClient) -> None:
-        client.close()
+    def _close_dropped(self, client: ReplayClient, priority_timeout: float = 10.0) -> None:
+        client.close(priority_timeout)
         counts = client.priority_counts()  # a shard that left keeps counting in the totals
         with self.lock:
             self.left_priorities += counts
@@ -404,10 +405,19 @@ class Membership:
         self._watcher.join(timeout=5)
         self._close_all()
 
-    def _close_all(self) -> None:
+    def _close_all(self, timeout: float = 10.0) -> None:
+        """Closes every client at once (one overall `timeout` for their priority answers, not one
+        per shard), keeping what became of their priority updates in `left_priorities`."""
         with self.lock:
             shards, self._shards = list(self._shards.values()), {}
-        for shard in shards:
-            shard.client.close()
+        closers = [
+            threading.Thread(target=self._close_dropped, args=(shard.client, timeout), name="sharded-replay-close")
+            for shard in shards
+        ]
+        for closer in closers:
+            closer.start()
+        deadline = time.monotonic() + timeout + 5  # the insert streams' hand-back too
+        for closer in closers:
+            closer.join(timeout=max(0.0, deadline - time.monotonic()))
         if self._registry is not None:
             self._registry.close()

@@ -19,9 +19,10 @@ import numpy as np
 
 from replay import keys as keylib
 from replay.client import PriorityUpdateResult, ReplayClient, Sample
-from replay.errors import InvalidBatchError
+from replay.errors import InvalidBatchError, ReplayError
 from replay.priority_stream import PriorityCounts
 from replay.source import ReplayStats, make_stats
+from replay.spec import validate_priorities
 
 if TYPE_CHECKING:  # sharded.py imports config.py, which imports this module
     from replay.sharded import ShardedReplay
@@ -123,25 +124,41 @@ class MixedReplay:
         return PriorityUpdateResult(applied=applied, dropped_stale=dropped + unknown)
 
     def send_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> None:
-        """Streams updates to the source owning each key's shard (keys of no source: lost)."""
+        """Streams updates to the source owning each key's shard (keys of no source: lost).
+        Every source is sent its part before the first source's error is raised."""
         keys = np.asarray(keys, dtype=np.uint64)
         priorities = np.asarray(priorities, dtype=np.float64)
-        if keys.shape != priorities.shape:
-            raise InvalidBatchError(f"keys {keys.shape} and priorities {priorities.shape} differ in shape")
+        if keys.shape != priorities.shape or keys.ndim != 1:
+            raise InvalidBatchError(f"keys {keys.shape} and priorities {priorities.shape} must be equal 1-d shapes")
+        validate_priorities(priorities, keys.shape[0])  # once, before any source is sent anything
         shard_ids = keylib.shard_of(keys)
         if not np.isin(shard_ids, list(self._owner)).all():
             self._owner = self._owners()
+        first: ReplayError | None = None
         for name, source in self.sources.items():
             mine = np.isin(shard_ids, [i for i, owner in self._owner.items() if owner == name])
             if mine.any():
-                source.send_priorities(keys[mine], priorities[mine])
+                try:
+                    source.send_priorities(keys[mine], priorities[mine])
+                except ReplayError as exc:  # counted by the source's streams
+                    first = first or exc
         self._unrouted += int((~np.isin(shard_ids, list(self._owner))).sum())
+        if first is not None:
+            raise first
 
     def flush_priorities(self, timeout: float | None = None) -> PriorityCounts:
-        """Flushes every source's priority streams; returns their counts summed."""
+        """Flushes every source's priority streams; returns their counts summed. Every source is
+        flushed before the first source's error is raised."""
         counts = PriorityCounts(lost=self._unrouted)
+        first: ReplayError | None = None
         for source in self.sources.values():
-            counts += source.flush_priorities(timeout)
+            try:
+                source.flush_priorities(timeout)
+            except ReplayError as exc:
+                first = first or exc
+            counts += source.priority_counts()
+        if first is not None:
+            raise first
         return counts
 
     def _owners(self) -> dict[int, str]:

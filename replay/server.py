@@ -174,6 +174,7 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
         self._streams = streams
         self._stream_slots = Slots(config.max_insert_streams)
         self._sample_slots = Slots(config.max_concurrent_samples)
+        self._priority_slots = Slots(config.max_priority_streams)
         self._writers = WriterSequences(config.max_tracked_writers)
         self._columns = frozenset([*server.spec, PRIORITY_COLUMN])
         self._insert_latency = self._metrics.latency("insert")
@@ -186,7 +187,7 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{SHARD_BUSY}: it serves at most {self._stream_slots.limit} Insert streams at once "
-                "(max_workers - max_concurrent_samples - 4)",
+                "(max_workers - max_concurrent_samples - max_priority_streams - 4)",
             )
         cancelled = _cancellation(context)
         stream = self._streams.opened(context)
@@ -320,15 +321,16 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
 
     def UpdatePrioritiesStream(self, request_iterator, context):
         """Priority updates on one stream, answered in order; a bad request is answered with its
-        error and the stream goes on. It holds a worker thread as an Insert stream does, so it
-        takes one of the same slots and the same watch ends it when idle or old (the client
-        reopens it: every request it sent was answered)."""
-        slot = self._stream_slots.acquire(context)
+        error and the stream goes on. It holds a worker thread as an Insert stream does, from its
+        own slots (`max_priority_streams`: busy Inserts cannot refuse it, nor it starve them), and
+        the same watch ends it when idle or old (the client reopens it and re-sends what was not
+        answered)."""
+        slot = self._priority_slots.acquire(context)
         if slot is None:
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{SHARD_BUSY}: it serves at most {self._stream_slots.limit} Insert and priority streams at once "
-                "(max_workers - max_concurrent_samples - 4)",
+                f"{SHARD_BUSY}: it serves at most max_priority_streams={self._priority_slots.limit} priority "
+                "streams at once",
             )
         stream = self._streams.opened(context)
         try:

@@ -12,6 +12,7 @@ table). Priority updates go to the shard named in each key.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent import futures
@@ -24,13 +25,14 @@ from replay import keys as keylib
 from replay.client import PriorityUpdateResult, ReplayInfo, Sample
 from replay.config import ShardedReplayConfig
 from replay.drawing import ShardDrawer
-from replay.errors import InvalidBatchError, ReplayUnavailableError, SpecMismatchError
+from replay.errors import InvalidBatchError, ReplayError, ReplayUnavailableError, SpecMismatchError
 from replay.global_limiter import GlobalSampleLimiter
 from replay.membership import Membership
 from replay.priority_stream import PriorityCounts
 from replay.rate_limiter import RateLimiter
 from replay.routing import ShardWriter
 from replay.source import ReplayStats, make_stats
+from replay.spec import validate_priorities
 
 
 @dataclass(frozen=True)
@@ -209,17 +211,23 @@ class ShardedReplay:
     def send_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> None:
         """Sends each key's new priority on the stream of the shard named in the key; returns at
         once (see `ReplayClient.send_priorities`). Updates for shards that are gone or failed are
-        counted lost; a shard whose stream fails is marked failed, as a failed call marks it.
+        counted lost; a shard whose stream fails is marked failed, as a failed call marks it. One
+        shard's error never costs the others their updates: every shard is sent its part first.
 
         Raises:
-            InvalidBatchError: lengths differ, or a priority is negative or not finite.
+            InvalidBatchError: lengths differ, or a priority is negative or not finite (nothing
+                sent); or a shard refused an earlier update.
+            ReplayError: the first other error of a shard's stream (busy, closed), after every
+                shard was sent its part; that shard's part counted lost.
         """
         keys = np.asarray(keys, dtype=np.uint64)
         priorities = np.asarray(priorities, dtype=np.float64)
         if keys.shape != priorities.shape or keys.ndim != 1:
             raise InvalidBatchError(f"keys {keys.shape} and priorities {priorities.shape} must be equal 1-d shapes")
+        validate_priorities(priorities, keys.shape[0])  # once, before any shard is sent anything
         shard_ids = keylib.shard_of(keys)
         shards = self._membership.all()
+        first: ReplayError | None = None
         for shard_id in np.unique(shard_ids):
             mine = shard_ids == shard_id
             shard = shards.get(int(shard_id))
@@ -230,15 +238,44 @@ class ShardedReplay:
                 shard.client.send_priorities(keys[mine], priorities[mine])
             except ReplayUnavailableError as exc:  # its stream counted what it lost
                 self._membership.mark_failed(shard, exc)
+            except ReplayError as exc:  # counted lost or rejected by its stream; the shard is up
+                first = first or exc
+        if first is not None:
+            raise first
 
     def flush_priorities(self, timeout: float | None = None) -> PriorityCounts:
-        """Sends what the shards' streams hold and waits for their answers; returns
-        `priority_counts()`. A shard that fails meanwhile is marked failed, its updates lost."""
-        for shard in self._membership.live():
+        """Sends what the shards' streams hold and waits for their answers, every shard at once
+        (`timeout` is for all of them, not each); returns `priority_counts()`. A shard that fails
+        meanwhile is marked failed, its updates lost.
+
+        Raises:
+            DeadlineExceededError / ReplayError: the first shard's error other than unavailable,
+                after every shard was flushed (`priority_counts()` has what became of the keys).
+        """
+        shards = self._membership.live()
+        errors: list[ReplayError | None] = [None] * len(shards)
+
+        def flush(index: int) -> None:
             try:
-                shard.client.flush_priorities(timeout)
-            except ReplayUnavailableError as exc:
-                self._membership.mark_failed(shard, exc)
+                shards[index].client.flush_priorities(timeout)
+            except ReplayError as exc:
+                errors[index] = exc
+
+        flushers = [
+            threading.Thread(target=flush, args=(i,), name="sharded-priority-flush") for i in range(len(shards))
+        ]
+        for flusher in flushers:
+            flusher.start()
+        for flusher in flushers:  # each stops by `timeout`, or after max_wait_s without an answer
+            flusher.join()
+        first: ReplayError | None = None
+        for shard, error in zip(shards, errors, strict=True):
+            if isinstance(error, ReplayUnavailableError):
+                self._membership.mark_failed(shard, error)
+            elif error is not None:
+                first = first or error
+        if first is not None:
+            raise first
         return self.priority_counts()
 
     def priority_counts(self) -> PriorityCounts:

@@ -50,7 +50,7 @@ def serve(capacity: int) -> None:
 class ReverbBench:
     """A Reverb server in its own process with a full table, and a client with keys to update."""
 
-    def __init__(self, capacity: int, keys_per_call: int):
+    def __init__(self, capacity: int, keys_per_call: int, chunks: int = 1024):
         import numpy as np
         import reverb
 
@@ -75,12 +75,12 @@ class ReverbBench:
                     if i % 1000 == 999:
                         writer.flush()
             self.fill_seconds = time.perf_counter() - started
-            samples = self._client.sample(TABLE, num_samples=keys_per_call * 64)
+            samples = self._client.sample(TABLE, num_samples=keys_per_call * chunks)
             keys = np.array([sample[0].info.key for sample in samples], dtype=np.uint64)
             rng = np.random.default_rng(0)
             self._updates = [
                 {int(k): float(p) for k, p in zip(chunk, rng.uniform(0.1, 10.0, keys_per_call), strict=True)}
-                for chunk in keys.reshape(64, keys_per_call)
+                for chunk in keys.reshape(chunks, keys_per_call)
             ]
         except BaseException:
             self.close()
@@ -90,7 +90,7 @@ class ReverbBench:
         """`mutate_priorities` calls per second over `seconds`."""
         calls, begun = 0, time.perf_counter()
         while time.perf_counter() - begun < seconds:
-            self._client.mutate_priorities(TABLE, updates=self._updates[calls % 64])
+            self._client.mutate_priorities(TABLE, updates=self._updates[calls % len(self._updates)])
             calls += 1
         return calls / (time.perf_counter() - begun)
 
@@ -116,19 +116,19 @@ class ReverbBench:
             self._child.wait()
 
 
-def measure_reverb(capacity: int, keys_per_call: int, seconds: float, repeats: int) -> dict:
+def measure_reverb(capacity: int, keys_per_call: int, seconds: float, repeats: int, chunks: int = 1024) -> dict:
     """Calls/s and keys/s of `mutate_priorities` against a full table; returns a JSON-ready dict."""
-    bench = ReverbBench(capacity, keys_per_call)
+    bench = ReverbBench(capacity, keys_per_call, chunks)
     try:
         return bench.summary([bench.calls_per_s(seconds) for _ in range(repeats)])
     finally:
         bench.close()
 
 
-def measure_on_request(capacity: int, keys_per_call: int) -> None:
+def measure_on_request(capacity: int, keys_per_call: int, chunks: int = 1024) -> None:
     """`--on-request`: sets up, prints {"ready": ...}, then answers each stdin line SECONDS with
     {"calls_per_s": ...}, so a caller interleaves these runs with its own; ends at EOF."""
-    bench = ReverbBench(capacity, keys_per_call)
+    bench = ReverbBench(capacity, keys_per_call, chunks)
     try:
         print(json.dumps({"ready": True, "version": bench.version, "fill_seconds": bench.fill_seconds}), flush=True)
         for line in sys.stdin:
@@ -141,6 +141,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--capacity", type=int, default=100_000)
     parser.add_argument("--keys-per-call", type=int, default=256)
+    parser.add_argument("--chunks", type=int, default=1024, help="distinct key chunks cycled (as qfleet's side)")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--serve", action="store_true", help="internal: run the server")
@@ -150,6 +151,6 @@ if __name__ == "__main__":
         serve(args.capacity)
         sys.exit(0)
     if args.on_request:
-        measure_on_request(args.capacity, args.keys_per_call)
+        measure_on_request(args.capacity, args.keys_per_call, args.chunks)
         sys.exit(0)
-    print(json.dumps(measure_reverb(args.capacity, args.keys_per_call, args.seconds, args.repeats)))
+    print(json.dumps(measure_reverb(args.capacity, args.keys_per_call, args.seconds, args.repeats, args.chunks)))

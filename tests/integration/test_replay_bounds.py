@@ -295,8 +295,9 @@ def test_insert_streams_past_their_max_age_reconnect_without_losing_or_repeating
 
 
 def test_a_writer_refused_by_a_full_shard_gets_its_batches_back_as_unavailable(start_server, connect, raw_channel):
-    # 1 Sample + 4 reserved + 1 Insert stream: a second stream is refused as long as the first is open.
-    server = start_server(capacity=1000, max_workers=6, max_concurrent_samples=1)
+    # 1 Sample + 2 priority streams + 4 reserved + 1 Insert stream: a second Insert stream is
+    # refused as long as the first is open.
+    server = start_server(capacity=1000, max_workers=8, max_concurrent_samples=1)
     holder = RawInsert(raw_channel(server.address))
     assert holder.send(insert_bytes(make_batch(1))).inserted == 1
     writer = connect(server.address, retry_for_s=0.5)

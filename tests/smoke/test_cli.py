@@ -189,6 +189,8 @@ def test_bench_priorities_runs_briefly_and_says_when_reverb_is_skipped(tmp_path)
     assert "Reverb not installed: skipped" in result.stdout  # reverb is no dependency of qfleet
     report = json.loads(out.read_text())
     assert all(report["qfleet"][mode]["calls_per_s"] > 0 for mode in ("unary", "stream", "coalesced"))
+    assert all(report["qfleet"][mode]["applied_keys_per_s"] > 0 for mode in ("unary", "stream", "coalesced"))
+    assert "keys/s applied" in result.stdout  # what the shard applied, beside what was sent
     counts = report["qfleet"]["stream"]["counts"]
     assert counts["applied"] > 0 and counts["lost"] == 0 and counts["rejected"] == 0
     assert report["reverb"] is None and report["keys_per_call"] == 256
