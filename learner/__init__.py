@@ -49,6 +49,7 @@ from learner.config import (
 )
 from learner.errors import (
     CheckpointLossError,
+    CheckpointSupportError,
     EncoderError,
     LearnerError,
     MalformedColumnError,
@@ -146,6 +147,7 @@ __all__ = [
     "EncoderError",
     "ArchitectureConfig",
     "CheckpointLossError",
+    "CheckpointSupportError",
     "DQNConfig",
     "DistributionalConfig",
     "FilteredBCConfig",

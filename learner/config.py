@@ -116,6 +116,10 @@ class DistributionalConfig:
     sigma_ratio: float = 0.75
     """HL-Gauss: Gaussian sigma in bin widths (0.75 per "Stop Regressing")."""
 
+    derived: bool = field(default=False, metadata=flat_key("support_derived"))
+    """Written by `qfleet train`: whether a bound was "auto" and came from random play (so a clamping
+    learner knows to ask for numbers rather than for "auto"); not a setting."""
+
     def __post_init__(self) -> None:
         if self.num_bins < 2:
             _refuse("num_bins", self.num_bins, "must be >= 2")

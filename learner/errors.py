@@ -94,6 +94,26 @@ class CheckpointLossError(LearnerError):
         self.path, self.saved_loss, self.configured_loss = path, saved_loss, configured_loss
 
 
+class CheckpointSupportError(LearnerError):
+    """A checkpoint's distribution heads were trained on another value support than the configured
+    one: each bin would read as another value, so it is not resumed (and it is left in place).
+
+    Attributes:
+        path: the checkpoint.
+        saved: the support it was written under (learner key -> value).
+        configured: the configured support (learner key -> value).
+    """
+
+    def __init__(self, path: str, saved: dict, configured: dict):
+        differ = [key for key in configured if saved.get(key) != configured[key]]
+        changes = ", ".join(f"learner.{key}={saved.get(key)!r} (configured {configured[key]!r})" for key in differ)
+        super().__init__(
+            f"learner checkpoint {path} was trained on another value support: {changes}; resume with the "
+            "checkpoint's values, or use another checkpoint directory (a new run)"
+        )
+        self.path, self.saved, self.configured = path, saved, configured
+
+
 class WeightsHostError(WeightStoreError):
     """Weights published to Ray's object store cannot be reached or are not the publisher's: the
     weights host (the Ray actor that hands out the newest version's object references) is absent,

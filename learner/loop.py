@@ -23,7 +23,7 @@ from learner import checkpoint as ckpt
 from learner.agent import Agent, UpdateResult
 from learner.agents import make_agent
 from learner.config import LearnerConfig, resolve_device
-from learner.errors import CheckpointLossError, WeightStoreError
+from learner.errors import CheckpointLossError, CheckpointSupportError, WeightStoreError
 from learner.metrics import LearnerMetrics
 from learner.spaces import ActionSpace
 from learner.value_support import CLAMPED_WARNING_FRACTION
@@ -356,6 +356,7 @@ class Learner:
         """Writes a checkpoint of everything `resume` needs."""
         state = {
             "loss": self.config.loss,
+            "value_support": value_support_of(self.config),
             "agent": self.agent.state_dict(),
             "counters": {"updates": self.updates, "version": self.version, "inserts": self.inserts()},
             "rng": ckpt.rng_state(self.rng),
@@ -406,12 +407,16 @@ class Learner:
         """Restores the agent from a checkpoint written under the configured `learner.loss`.
 
         Raises:
+            CheckpointSupportError: its heads were trained on another value support.
             CheckpointLossError: it was written under another loss (or, from before losses were
                 recorded, its parts do not fit this agent).
         """
         saved_loss = state.get("loss")
         if saved_loss is not None and saved_loss != self.config.loss:
             raise CheckpointLossError(str(path), saved_loss, self.config.loss)
+        saved_support, configured_support = state.get("value_support"), value_support_of(self.config)
+        if saved_support and configured_support and saved_support != configured_support:
+            raise CheckpointSupportError(str(path), saved_support, configured_support)
         try:
             self.agent.load_state_dict(state["agent"])
         except (KeyError, RuntimeError) as exc:
@@ -507,12 +512,28 @@ class Learner:
             self._last_log = (now, self.updates)
 
 
+def value_support_of(config: LearnerConfig) -> dict:
+    """The value support a distributional learner's heads are trained on, as checkpointed (v_min,
+    v_max, num_bins, value_transform); empty for losses without one (or an unresolved support)."""
+    support = config.distributional
+    if config.loss not in ("c51", "hl_gauss") or not support.resolved:
+        return {}
+    v_min, v_max = support.bounds()
+    return {"v_min": v_min, "v_max": v_max, "num_bins": support.num_bins, "value_transform": support.value_transform}
+
+
 def clamped_warning(fraction: float, config: LearnerConfig) -> str:
     """What the learner says (once) when the value support clamps more than
     CLAMPED_WARNING_FRACTION of a batch's targets."""
     support = config.distributional
+    advice = (
+        "random play did not see these returns: set learner.v_min/v_max to numbers that hold them, or use "
+        "learner.value_transform=symlog with a wide range"
+        if support.derived
+        else "set learner.v_min/v_max to auto (derived from the env) or to a range that holds them"
+    )
     return (
         f"{fraction:.0%} of a batch's targets fell outside the value support [learner.v_min={support.v_min}, "
         f"learner.v_max={support.v_max}] and were clamped onto it: the learner cannot represent these returns; "
-        "set learner.v_min/v_max to auto (derived from the env) or to a range that holds them"
+        f"{advice}"
     )

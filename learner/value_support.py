@@ -2,8 +2,9 @@
 
 Two ways to need no per-task support (issue #23):
 
-- "auto": v_min/v_max derived from the env's reward range, the discount and the time limit
-  (`implied_returns`, `auto_support`): every return a policy can reach is in the support.
+- "auto": v_min/v_max derived from the env's reward range and the discount (`implied_returns`,
+  `auto_support`; no time limit, which actors bootstrap past): every value a policy can have is in
+  the support.
 - "symlog": bins evenly spaced in symlog(value) (DreamerV3, Hafner et al. 2023) over a fixed wide
   range: small values keep fine bins, large ones still fit.
 
@@ -59,7 +60,8 @@ def auto_support(
     """(v_min, v_max) holding `implied_returns` with `margin` of its width on each side; a reward
     range of zeros (a random policy saw no reward) is taken as [-1, 1] per step.
 
-    CartPole (reward 1, 500 steps, gamma 0.99) gives [-9.9, 109.3]; Acrobot (-1 or 0) [-109.3, 9.9].
+    `qfleet train` passes no horizon (actors bootstrap past time limits): CartPole (reward 1, gamma
+    0.99) gets [-10, 110]; Acrobot and MountainCar (-1 per step) [-110, 10].
     """
     if reward_min == reward_max == 0.0:
         reward_min, reward_max = -1.0, 1.0

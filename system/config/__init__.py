@@ -20,7 +20,13 @@ from system.config.offline import (
 )
 from system.config.run import RunConfig, load_config, parse_override, to_yaml
 from system.config.sections import RayConfig, RedisConfig, TrainConfig
-from system.config.value_support import RewardProbe, probe_rewards, resolve_value_support
+from system.config.value_support import (
+    RewardProbe,
+    check_value_support,
+    probe_rewards,
+    resolve_value_support,
+    with_placeholder_support,
+)
 from system.errors import ConfigError
 
 __all__ = [
@@ -48,6 +54,8 @@ __all__ = [
     "online_batch_items",
     "parse_override",
     "probe_rewards",
+    "check_value_support",
+    "with_placeholder_support",
     "resolve_value_support",
     "to_yaml",
 ]

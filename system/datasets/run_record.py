@@ -18,7 +18,15 @@ import numpy as np
 
 from actors import INSTRUCTION_RULES, MINIWOB_PREFIX, EnvVector, InstructionBehaviour, make_env
 from learner import Policy
-from system.config import ConfigError, RunConfig, check_learner_for_env, env_spaces, load_config
+from system.config import (
+    ConfigError,
+    RunConfig,
+    check_learner_for_env,
+    check_value_support,
+    env_spaces,
+    load_config,
+    with_placeholder_support,
+)
 from system.datasets.errors import DatasetError
 from system.datasets.layout import check_dataset_id, datasets_dir
 from system.datasets.recorder import PolicyActions, RecordSettings, VectorActions, record_episodes
@@ -113,6 +121,10 @@ def main_record(
         if settings.behaviour == "instruction" and not config.env.id.startswith(MINIWOB_PREFIX):
             raise ConfigError(f"--behaviour instruction: env.id={config.env.id!r} is not a MiniWoB task")
         _check_destination(datasets_dir(root) / one_id / "data", one_id)
+    for config in configs:
+        check_value_support(config)
+    # The acting network needs bounds, not the env's: any support gives the same greedy action.
+    configs = [with_placeholder_support(config) for config in configs]
     for config, one_id in zip(configs, ids, strict=True):
         _record_one(one_id, config, run, settings, root)
     return 0

@@ -13,7 +13,7 @@ import sys
 import time
 
 from actors import ActorFleet, ActorRegistry, ActorRegistryError, FleetError
-from system.config import ConfigError, RunConfig, env_spaces, resolve_value_support
+from system.config import ConfigError, RunConfig, check_value_support, env_spaces, with_placeholder_support
 from system.local.ray_runtime import init_ray
 from system.local.secrets import use_run_secrets
 from system.local.signals import stop_on_signals
@@ -50,7 +50,8 @@ def run_actors(
         ConfigError: a bad config, an unreachable Redis, or no replay credentials without --insecure.
     """
     env_spaces(config.env)  # an unknown env or unsupported spaces fail before anything starts
-    config = resolve_value_support(config)  # the same numbers as the learner's (a seeded probe)
+    check_value_support(config)
+    config = with_placeholder_support(config)  # acting needs no probe: any support gives the same greedy action
     credentials = service_credentials("qfleet actors run", insecure)
     use_run_secrets(redis_url)  # a local `qfleet train`'s Redis password and Ray token
     fleet = ActorFleet(

@@ -20,6 +20,7 @@ from system.config import (
     RunConfig,
     batch_mix,
     check_learner_for_env,
+    check_value_support,
     env_spaces,
     load_config,
     offline_run_name,
@@ -94,6 +95,7 @@ def plan(
             raise ConfigError("--resume RUN_DIR takes the run's own config.yaml: give no --env with it")
         if config_path is not None:
             raise ConfigError("--resume RUN_DIR takes the run's own config.yaml: give no CONFIG with it")
+        refuse_support_overrides(overrides)
         run = RunDir(resume)
         config = run.load_config(overrides)
         state = run.read_json("state.json") or {}
@@ -128,14 +130,36 @@ def plan(
     train = dataclasses.replace(config.train, run_dir=str(run.path), run_name=name)
     config = dataclasses.replace(config, train=train)
     spaces = env_spaces(config.env)
-    config = resolve_value_support(config)
     check(config, spaces.spec, spaces.action_space)
+    if resume is None or not config.learner.distributional.resolved:  # a run's config.yaml holds its numbers
+        config = resolve_value_support(config)
     checked = Plan(config, run, name, state, spaces.obs_shape, spaces.action_space, spaces.spec)
     checked.offline_spec = offline_spec(config, spaces.spec)
     checked.offline_data = load_offline(config, spaces, checked.offline_spec)
     if resume is not None:
         checked.learner_reached, checked.fresh_learner = learner_resume(run, fresh_learner)
     return checked
+
+
+SUPPORT_KEYS = ("v_min", "v_max", "num_bins", "value_transform")
+"""The value support's keys: the learner's checkpoint holds networks trained on them."""
+
+
+def refuse_support_overrides(overrides: list[str]) -> None:
+    """Refuses `--set` of a value-support key on `--resume`: the checkpointed distribution heads were
+    trained on the run's support, and would read wrong values on another.
+
+    Raises:
+        ConfigError: an override names learner.v_min, v_max, num_bins or value_transform.
+    """
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        name = key.rsplit(".", 1)[-1]
+        if key.startswith("learner.") and name in SUPPORT_KEYS:
+            raise ConfigError(
+                f"--set {key}: a resumed run keeps the value support its learner was trained on "
+                f"(learner.{', learner.'.join(SUPPORT_KEYS)}); start a new run to change it"
+            )
 
 
 OFFLINE_FIRST_SHARD_ID = 512
@@ -294,6 +318,7 @@ def check(config: RunConfig, spec: Spec, action_space: ActionSpace) -> None:
     """
     train, replay, learner = config.train, config.replay, config.learner
     check_learner_for_env(learner, action_space, config.env.id)
+    check_value_support(config)
     total_capacity = replay.capacity * train.num_shards
     if learner.learning_starts > total_capacity:
         raise ConfigError(

@@ -629,3 +629,15 @@ def test_a_file_flagging_both_on_its_last_step_is_read_as_terminated(tmp_path):
     end = len(episodes[0]) - 1
     assert read.terminations[end] and not read.truncations[end]
     assert load_transitions(source, SPEC, ACTIONS, n_step=2, gamma=0.9).transitions["discount"][end] == 0.0
+
+
+@pytest.mark.parametrize("loss", ["hl_gauss", "c51"])
+def test_record_with_a_distributional_config_plays_its_untrained_network_without_a_probe(tmp_path, loss, capsys):
+    # The default bounds are "auto": an acting network needs numbers, but not the env's.
+    from system.cli import main
+
+    config = tmp_path / "dist.yaml"
+    config.write_text(f"env:\n  id: CartPole-v1\n  num_envs: 2\nlearner:\n  loss: {loss}\n")
+    args = ["record", f"cp/{loss}-v0", "--config", str(config), "--episodes", "2", "--datasets-dir", str(tmp_path)]
+    assert main(args) == 0, capsys.readouterr().err
+    assert (tmp_path / f"cp/{loss}-v0" / "data" / "metadata.json").exists()

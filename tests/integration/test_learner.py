@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from learner import (
     ActionSpace,
     ArchitectureConfig,
     CheckpointLossError,
+    CheckpointSupportError,
     DistributionalConfig,
     FilteredBCConfig,
     IQLConfig,
@@ -150,6 +152,34 @@ def test_a_checkpoint_is_not_resumed_under_another_loss(tmp_path):
         Learner(SMALL, None, (4,), ActionSpace(num_actions=2), checkpoint_dir=tmp_path)
     assert path.exists()  # not damaged: left in place, not renamed aside
     assert Learner(iql, None, (4,), ActionSpace(num_actions=2), checkpoint_dir=tmp_path).resumed_from == path
+
+
+def test_a_clamping_support_is_warned_about_once_and_a_derived_one_asks_for_numbers(shards, redis_server, caplog):
+    shards.insert(cartpole_transitions(1000))  # reward 1 per step: targets near 1, outside [-0.5, 0.5]
+    shards.flush()
+    narrow = DistributionalConfig(v_min=-0.5, v_max=0.5, num_bins=11, derived=True)
+    config = dataclasses.replace(SMALL, loss="hl_gauss", distributional=narrow)
+    replay = make_replay(config, redis_server.url, "learn", credentials=None)
+    learner = Learner(config, replay, (4,), ActionSpace(num_actions=2), run="learn")
+    with caplog.at_level(logging.WARNING, logger="learner.loop"):
+        assert learner.run(max_updates=2).updates == 2
+    assert learner.last_result.clamped_fraction > 0.5
+    warnings = [record.getMessage() for record in caplog.records if "clamped onto it" in record.getMessage()]
+    assert len(warnings) == 1
+    assert "random play did not see these returns" in warnings[0] and "to auto" not in warnings[0]
+    replay.close()
+
+
+def test_a_checkpoint_is_not_resumed_on_another_value_support(tmp_path):
+    # A re-probed or edited support would read every trained bin as another value.
+    support = DistributionalConfig(v_min=-10.0, v_max=10.0, num_bins=21)
+    trained = dataclasses.replace(SMALL, loss="hl_gauss", distributional=support)
+    path = Learner(trained, None, (4,), ActionSpace(num_actions=2), checkpoint_dir=tmp_path).checkpoint()
+    wider = dataclasses.replace(trained, distributional=dataclasses.replace(support, v_max=12.5))
+    with pytest.raises(CheckpointSupportError, match=r"learner.v_max=10.0 \(configured 12.5\)") as raised:
+        Learner(wider, None, (4,), ActionSpace(num_actions=2), checkpoint_dir=tmp_path)
+    assert "v_min" not in str(raised.value) and path.exists()
+    assert Learner(trained, None, (4,), ActionSpace(num_actions=2), checkpoint_dir=tmp_path).resumed_from == path
 
 
 def test_a_checkpoint_from_before_losses_were_recorded_that_does_not_fit_is_refused_clearly(tmp_path):

@@ -91,3 +91,17 @@ def test_clamped_fraction_counts_the_targets_outside_the_support():
     assert losses.clamped_fraction(targets, 0.0, 110.0) == 0.5  # -99, -5, 111 and inf; the edges are inside
     assert losses.clamped_fraction(targets[2:5], 0.0, 110.0) == 0.0
     assert losses.clamped_fraction(torch.zeros(0), 0.0, 1.0) == 0.0
+
+
+@pytest.mark.parametrize("loss", ["c51", "hl_gauss"])
+def test_a_distributional_target_reports_the_share_it_clamped_onto_a_narrow_support(loss):
+    from learner import DistributionalConfig, LearnerConfig, make_q_loss
+
+    config = LearnerConfig(loss=loss, distributional=DistributionalConfig(v_min=-1.0, v_max=1.0, num_bins=11))
+    q_loss = make_q_loss(config, torch.device("cpu"))
+    logits = torch.zeros(4, 2, 11)  # uniform over the atoms: every next value is 0
+    reward = torch.tensor([0.5, -0.5, 3.0, -2.0])  # the last two leave [-1, 1]
+    target = q_loss.target(logits, logits, reward, torch.full((4,), 0.99))
+    assert target.clamped_fraction == pytest.approx(0.5)
+    inside = q_loss.target(logits[:2], logits[:2], reward[:2], torch.full((2,), 0.99))
+    assert inside.clamped_fraction == 0.0

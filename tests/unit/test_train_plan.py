@@ -84,3 +84,16 @@ def test_a_factored_policy_on_an_env_without_kinds_of_action_is_refused_by_the_p
         plan("configs/cartpole.yaml", overrides, str(tmp_path / "run"), None)
     assert not (tmp_path / "run").exists()
     assert plan("configs/cartpole.yaml", ["learner.loss=iql"], str(tmp_path / "run"), None).config.learner.loss == "iql"
+
+
+def test_a_resumed_run_keeps_its_derived_support_and_refuses_to_change_it(tmp_path):
+    overrides = ["env.id=Acrobot-v1", "learner.v_min=auto", "learner.v_max=auto"]
+    planned = plan("configs/cartpole.yaml", overrides, str(tmp_path / "run"), None)
+    support = planned.config.learner.distributional
+    assert (support.v_min, support.v_max, support.derived) == (-110.0, 10.0, True)
+    RunDir(tmp_path / "run").write_config(planned.config)
+    resumed = plan(None, ["train.total_env_steps=60000"], None, str(tmp_path / "run"))
+    assert resumed.config.learner.distributional == support  # read back, not probed again
+    for key in ("learner.v_max=20", "learner.num_bins=101", "learner.distributional.value_transform=symlog"):
+        with pytest.raises(ConfigError, match=f"--set {key.split('=')[0]}: a resumed run keeps the value support"):
+            plan(None, [key], None, str(tmp_path / "run"))

@@ -44,8 +44,8 @@ def test_auto_support_contains_the_implied_returns_with_room_on_each_side():
             assert support == pytest.approx((returns[0] - 0.1 * width, returns[1] + 0.1 * width))
     # No reward seen: +-1 per step is assumed rather than a zero-width support.
     assert auto_support(0.0, 0.0, 0.99, None) == pytest.approx((-120.0, 120.0))
-    # CartPole: what the hand-tuned [0, 110] was aiming at.
-    assert auto_support(1.0, 1.0, 0.99, 500) == pytest.approx((-9.934, 109.277), abs=1e-3)
+    # CartPole as `qfleet train` derives it (no horizon): what the hand-tuned [0, 110] was aiming at.
+    assert auto_support(1.0, 1.0, 0.99, None) == pytest.approx((-10.0, 110.0), abs=1e-3)
 
 
 def test_contains_needs_both_ends():
@@ -70,10 +70,36 @@ def test_auto_support_resolved_from_acrobot_holds_its_negative_returns(caplog):
     config = load_config("configs/cartpole.yaml", ["env.id=Acrobot-v1", "learner.v_min=auto", "learner.v_max=auto"])
     with caplog.at_level(logging.INFO, logger="system.config.value_support"):
         resolved = resolve_value_support(config).learner.distributional
-    assert resolved.resolved and contains(resolved.bounds(), (-99.3, 0.0))
-    assert (resolved.v_min, resolved.v_max) == pytest.approx((-109.277, 9.934), abs=1e-3)
-    assert "value support [-109.277, 9.934]" in caplog.text
+    # Actors bootstrap past the 500-step limit: values reach -1 / (1 - 0.99) = -100, plus 10% room.
+    assert (resolved.v_min, resolved.v_max) == pytest.approx((-110.0, 10.0), abs=1e-3)
+    assert "value support [-110, 10], 51 bins of width 2.35" in caplog.text  # configs/cartpole.yaml: c51
     assert not any(record.levelno >= logging.WARNING for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("env_id", "support"),
+    [("CartPole-v1", (-10.0, 110.0)), ("Acrobot-v1", (-110.0, 10.0)), ("MountainCar-v0", (-110.0, 10.0))],
+)
+def test_auto_support_holds_the_values_past_the_time_limit_that_actors_bootstrap(env_id, support):
+    # MountainCar: a policy that never reaches the flag has Q = -100 whatever its 200-step limit says.
+    config = load_config(None, [f"env.id={env_id}", "learner.loss=hl_gauss"])
+    resolved = resolve_value_support(config).learner.distributional
+    assert (resolved.v_min, resolved.v_max) == pytest.approx(support, abs=1e-3)
+
+
+def test_auto_with_gamma_1_is_refused_naming_what_to_set():
+    # Without a time limit, and with one too: actors bootstrap past it, so nothing bounds the returns.
+    for env_id in ("Pendulum-v1", "CartPole-v1"):
+        config = load_config(None, [f"env.id={env_id}", "learner.loss=hl_gauss", "learner.gamma=1.0"])
+        with pytest.raises(ConfigError, match="learner.gamma=1: .*set learner.v_min and learner.v_max"):
+            resolve_value_support(config)
+
+
+def test_the_probe_plays_every_step_or_asks_for_numbers():
+    config = load_config(None, ["env.id=CartPole-v1"])
+    assert probe_rewards(config.env, steps=300).steps == 300
+    with pytest.raises(ConfigError, match=r"played only .* of 300 random steps in 0 s.*set learner.v_min"):
+        probe_rewards(config.env, steps=300, seconds=0.0)
 
 
 def test_a_hand_set_support_that_cannot_hold_the_returns_is_kept_with_a_warning(caplog):
@@ -83,32 +109,55 @@ def test_a_hand_set_support_that_cannot_hold_the_returns_is_kept_with_a_warning(
     assert kept == config
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert "learner.v_min/v_max=[0, 110] cannot hold the returns Acrobot-v1 implies, [-99.3, 0.0]" in warnings[0]
+    # Random play's episodes: -1 per step for 500 steps, discounted: -99.3.
+    assert (
+        "learner.v_min/v_max=[0, 110] cannot hold the discounted returns random play reached on Acrobot-v1, [-99.3, -99.3]"
+        in warnings[0]
+    )
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="system.config.value_support"):
         resolve_value_support(load_config("configs/cartpole.yaml"))  # CartPole's own: it fits
     assert not caplog.records
 
 
+def test_a_support_that_holds_what_random_play_saw_but_not_the_worst_case_is_an_info_line(caplog):
+    # As configs/minatar_breakout.yaml's [0, 30] holds Breakout's returns but not 1 / (1 - gamma) per step.
+    config = load_config("configs/cartpole.yaml", ["learner.v_min=0", "learner.v_max=60"])  # random: <= 51.5
+    with caplog.at_level(logging.INFO, logger="system.config.value_support"):
+        resolve_value_support(config)
+    assert [record.levelno for record in caplog.records] == [logging.INFO]
+    assert "holds the returns random play reached on CartPole-v1 but not every return" in caplog.text
+
+
 def test_one_auto_bound_keeps_the_other_hand_set():
     config = load_config("configs/cartpole.yaml", ["learner.v_min=auto"])
     support = resolve_value_support(config).learner.distributional
-    assert (support.v_min, support.v_max) == pytest.approx((-9.934, 110.0), abs=1e-3)
+    assert (support.v_min, support.v_max) == pytest.approx((-10.0, 110.0), abs=1e-3)
 
 
 def test_losses_without_a_support_are_not_probed_and_devices_are_never_played():
     dqn = load_config(None, ["env.id=Acrobot-v1"])  # loss dqn: v_min/v_max stay auto, unused
     assert resolve_value_support(dqn) is dqn
+    assert (dqn.learner.distributional.v_min, dqn.learner.distributional.v_max) == ("auto", "auto")
     android = load_config(None, ["env.id=qfleet/Android-v0", "learner.loss=hl_gauss"])
     with pytest.raises(ConfigError, match="set learner.v_min and learner.v_max"):
         resolve_value_support(android)
-    assert math.isfinite(
-        resolve_value_support(
-            load_config(
-                None, ["env.id=qfleet/Android-v0", "learner.loss=hl_gauss", "learner.v_min=0", "learner.v_max=1"]
-            )
-        ).learner.distributional.v_max
-    )
+    hand_set = resolve_value_support(
+        load_config(None, ["env.id=qfleet/Android-v0", "learner.loss=hl_gauss", "learner.v_min=0", "learner.v_max=1"])
+    ).learner.distributional
+    assert (hand_set.v_min, hand_set.v_max) == (0.0, 1.0) and math.isfinite(hand_set.v_max)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["learner.loss=c51", "learner.value_transform=symlog"], "c51 projects onto evenly spaced atoms"),
+        (["learner.loss=dqn", "learner.value_transform=symlog"], "'dqn' has no value support to transform"),
+    ],
+)
+def test_a_value_transform_the_loss_cannot_use_is_refused_before_anything_is_probed(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_value_support(load_config(None, ["env.id=CartPole-v1", *overrides]))
 
 
 def test_the_default_recipe_follows_the_action_space():
