@@ -259,7 +259,7 @@ class Supervisor:
                 if learner is not None:
                     records += self._startup(fleet, learner)
                     if parts.evaluations is not None and parts.startup.recorded:
-                        parts.evaluations.prepare()  # torch in the driver only once the run has started
+                        parts.evaluations.prepare()  # torch in the driver once the run started; a failure: no evals
                     self.latest = self._progress(fleet, learner, rate.add(now, counters.env_steps), now)
                     parts.metrics.update(self.latest)
                     records.append(self.latest)
