@@ -35,6 +35,9 @@ PHASES: tuple[tuple[str, str], ...] = (
 
 PHASE_NAMES = tuple(name for name, _ in PHASES)
 
+ACTOR_PHASES = ("envs", "actors", "first_env_step", "first_insert")
+"""The phases only a run with actors reaches (an offline-only run has none)."""
+
 
 def process_started_at() -> float:
     """Unix time at which this process started (from /proc on Linux, to 10 ms); elsewhere the
@@ -83,9 +86,10 @@ class StartupClock:
         if known:
             self.mark(phase, min(known))
 
-    def complete(self) -> bool:
-        """Whether every phase was reached."""
-        return all(name in self.reached for name in PHASE_NAMES)
+    def complete(self, with_actors: bool = True) -> bool:
+        """Whether every phase was reached (`with_actors` False: every phase but the actors',
+        for an offline-only run, which starts none)."""
+        return all(name in self.reached for name in PHASE_NAMES if with_actors or name not in ACTOR_PHASES)
 
     def record(self) -> StartupRecord:
         """The breakdown as a metrics.jsonl record (phases not reached are None)."""

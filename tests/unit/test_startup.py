@@ -8,13 +8,16 @@ import os
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from system.bench.startup import StartupBenchError, median_phases, read_startup, train_command
 from system.observe.status import startup_line
+from system.train.driver import record_unfinished_startup
 from system.train.run_dir import RunDir
 from system.train.startup import PHASE_NAMES, StartupClock, startup_text
+from system.train.supervise import record_startup
 
 PHASES_OF_A_RUN = dict(zip(PHASE_NAMES, (1.1, 1.4, 3.3, 3.9, 5.1, 4.4, 4.6, 4.8, 5.0, 7.9), strict=True))
 
@@ -39,6 +42,33 @@ def test_the_clock_is_complete_once_every_phase_is_reached():
         assert not clock.complete()
         clock.mark(name, at=seconds)
     assert clock.complete() and clock.record().phases == PHASES_OF_A_RUN
+
+
+def test_an_offline_only_run_is_complete_without_the_actor_phases():
+    clock = StartupClock(started_at=0.0)
+    for name in ("driver", "redis", "ray", "shards", "learner"):
+        clock.mark(name, at=PHASES_OF_A_RUN[name])
+    assert not clock.complete(with_actors=False)
+    clock.mark("first_update", at=7.9)
+    assert clock.complete(with_actors=False) and not clock.complete()
+
+
+def test_a_session_that_reached_neither_an_env_step_nor_an_update_records_its_phases_but_prints_nothing(capsys):
+    clock = StartupClock(started_at=0.0)
+    clock.mark("driver", at=1.1)
+    assert record_startup(clock).phases["driver"] == 1.1 and clock.recorded
+    assert capsys.readouterr().out == ""
+    clock = StartupClock(started_at=0.0)
+    clock.mark("first_env_step", at=4.8)
+    record_startup(clock)
+    assert "started in 4.8 s to the first env step" in capsys.readouterr().out
+
+
+def test_a_start_up_record_that_cannot_be_written_is_logged_not_raised(tmp_path, caplog):
+    clock = StartupClock(started_at=0.0)
+    checked = SimpleNamespace(run=RunDir(tmp_path / "gone"))  # its folder does not exist
+    record_unfinished_startup(checked, SimpleNamespace(startup=clock))
+    assert any("start-up record not written" in r.getMessage() for r in caplog.records)
 
 
 def test_an_unknown_phase_is_refused_with_the_known_ones():
