@@ -203,8 +203,9 @@ def actors_beside_learner(plan: Plan) -> bool:
     online run, where both take seconds to load torch and build their networks and no actor
     waits for anything of the learner's (there are no weights to act with before its first
     publish). A resumed run's actors act with the weights its learner restores and publishes,
-    and a run with an offline dataset starts them after its offline phase: both after it."""
-    return not plan.state and plan.offline_data is None and not plan.offline_only
+    and a run with an offline dataset starts them after its offline phase: both after it. A
+    resume is known by `plan.resumed`, not by its state.json (a session may end before writing it)."""
+    return not plan.resumed and plan.offline_data is None and not plan.offline_only
 
 
 def start_actors(plan: Plan, counters: RunCounters, components: Components) -> None:
