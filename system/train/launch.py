@@ -409,7 +409,7 @@ def _create_learner(plan: Plan, components: Components, counters: RunCounters) -
 def _await_learner(plan: Plan, components: Components, counters: RunCounters) -> None:
     """Waits until the learner is built (it resumed, or starts fresh); logs and records how."""
     described = components.ray.get(components.learner.describe.remote(), timeout=600)
-    components.startup.mark("learner")
+    components.startup.mark("learner", described.built_at)  # its own clock, as its first update's
     for message in described.refused_checkpoints:
         log.warning("learner checkpoint refused: %s", message)
     where = f"resumed at update {described.resumed_at:,}" if described.resumed_from else "fresh"

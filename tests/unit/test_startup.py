@@ -14,7 +14,9 @@ import pytest
 
 from system.bench.startup import StartupBenchError, median_phases, read_startup, train_command
 from system.observe.status import startup_line
+from system.services.learner import LearnerDescription
 from system.train.driver import record_unfinished_startup
+from system.train.launch import _await_learner
 from system.train.run_dir import RunDir
 from system.train.startup import PHASE_NAMES, StartupClock, startup_text
 from system.train.supervise import record_startup
@@ -137,3 +139,22 @@ def test_a_bench_run_is_a_short_qfleet_train_with_its_own_run_directory(tmp_path
     sets = [command[i + 1] for i, arg in enumerate(command) if arg == "--set"]
     assert sets == ["train.total_env_steps=3000", "train.eval_every_steps=0", "actors.num_actors=1"]
     json.dumps(command)  # plain strings: nothing secret or odd on the command line
+
+
+def test_the_learner_phase_is_when_the_learner_was_built_not_when_the_driver_heard_of_it():
+    """The learner stamps its build and its first update itself: one observer for both."""
+    clock = StartupClock(started_at=1000.0)
+    described = LearnerDescription(
+        device="cpu", pid=1, metrics="", resumed_from="", updates=0, version=0, built_at=1005.25
+    )
+
+    class Learner:
+        class describe:
+            @staticmethod
+            def remote():
+                return described
+
+    ray = SimpleNamespace(get=lambda value, timeout=None: value)
+    components = SimpleNamespace(ray=ray, learner=Learner, startup=clock, info={})
+    _await_learner(SimpleNamespace(), components, SimpleNamespace())
+    assert clock.reached["learner"] == 5.25 and components.info["learner"]["built_at"] == 1005.25
