@@ -112,6 +112,13 @@ def test_the_bench_reads_the_latest_sessions_startup_record(tmp_path):
     assert startup_line(RunDir(tmp_path)).startswith("start-up: started in 4.8 s to the first env step")
 
 
+def test_status_shows_the_latest_whole_startup_record_past_a_line_cut_short_by_a_crash(tmp_path):
+    run = _run_dir_with(tmp_path, PHASES_OF_A_RUN)
+    with open(run.metrics_path, "a") as metrics:
+        metrics.write('{"kind":"startup","started_at":0.0,"phases":{"driver":9')  # the crash cut it here
+    assert startup_line(run).startswith("start-up: started in 4.8 s to the first env step")
+
+
 def test_a_run_without_a_startup_record_is_a_bench_failure_naming_its_directory(tmp_path):
     RunDir(tmp_path).append_records([{"kind": "progress", "env_steps": 0}])
     with pytest.raises(StartupBenchError, match="no startup record") as failed:
