@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -12,7 +14,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from system.bench.startup import StartupBenchError, median_phases, read_startup, train_command
+from system.bench.startup import (
+    StartupBenchError,
+    median_phases,
+    read_startup,
+    run_startup_bench,
+    train_command,
+)
+from system.config import ConfigError
 from system.observe.status import startup_line
 from system.services.learner import LearnerDescription
 from system.train.driver import record_unfinished_startup
@@ -165,3 +174,18 @@ def test_the_learner_phase_is_when_the_learner_was_built_not_when_the_driver_hea
     components = SimpleNamespace(ray=ray, learner=Learner, startup=clock, info={})
     _await_learner(SimpleNamespace(), components, SimpleNamespace())
     assert clock.reached["learner"] == 5.25 and components.info["learner"]["built_at"] == 1005.25
+
+
+def test_the_bench_refuses_redis_overrides_without_echoing_their_value(capsys):
+    with pytest.raises(ConfigError, match=r"--set redis\.url: .*embedded Redis") as refused:
+        run_startup_bench(1, None, 100, ["redis.url=redis://:hunter2@10.0.0.5:6379/0"], None)
+    assert "hunter2" not in str(refused.value) and "hunter2" not in capsys.readouterr().out
+
+
+def test_a_failed_bench_run_keeps_its_directory_and_log(tmp_path, capsys):
+    missing = str(tmp_path / "no-such-config.yaml")  # qfleet train refuses it at once
+    assert run_startup_bench(1, missing, 100, [], None) == 1
+    err = capsys.readouterr().err
+    kept = pathlib.Path(err.split("run directories kept in ")[1].split()[0])
+    assert (kept / "run-0" / "train.log").read_text().strip()
+    shutil.rmtree(kept)
