@@ -1,6 +1,7 @@
 """Starting a run's components in order: Redis -> Ray -> driver /metrics -> shards -> offline
 shards (a run with a dataset) -> learner -> evaluations, then (`start_actors`, after an offline
-phase) actors; in a fresh online run the actors start beside the learner (`actors_beside_learner`).
+phase) actors; in a fresh online run without an offline dataset the actors start beside the learner
+(`actors_beside_learner`).
 What started is in `Components` at once, so a failure part way (or Ctrl-C) stops exactly what
 runs. Each phase is stamped in `Components.startup` (system/train/startup.py).
 

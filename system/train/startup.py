@@ -2,14 +2,17 @@
 
 Each phase is stamped with the seconds from the start of the `qfleet train` process (interpreter
 start-up and imports included) to the moment it was reached. The driver stamps its own phases
-(checks done, Redis, Ray, shards, learner); the actors and the learner report theirs as Unix times
-(`actors.ActorStartup`, `LearnerProgress.first_update_at`), taken on the same machine in the
+(checks done, Redis, Ray, shards); the actors and the learner report theirs as Unix times
+(`actors.ActorStartup`; `LearnerDescription.built_at` and `LearnerProgress.first_update_at`, both
+stamped by the learner), taken on the same machine in the
 embedded default (on a cluster, clocks of other nodes may be off by their drift). Actors start
 side by side, so their phases are the earliest actor's: the first env step of the run, not of
 the slowest actor.
 
-Once every phase is known (at the first update), the breakdown goes to metrics.jsonl as one
-`startup` record and is printed once; a session that ends before that records what it reached.
+Once every phase is known (the actors' first insert and the learner's first update, whichever
+comes last; an offline-only run starts no actors and has no actor phases), the breakdown goes to
+metrics.jsonl as one `startup` record and is printed once. A session that ends before that records
+what it reached after its stop, and prints it only if it got as far as an env step or an update.
 """
 
 from __future__ import annotations
