@@ -260,6 +260,8 @@ class EnvActor:
         """Sends buffered transitions and waits until replay acknowledged them (or they were
         counted lost); writes pending episode records."""
         self.writer.flush()
+        if self.startup.first_insert_at is None and self.writer.sent:  # the first batch left only now
+            self._mark_first_steps()
         if self._episode_buffer:
             self.registry.add_episodes(self.actor_id, self._episode_buffer)
             self._episode_buffer = []

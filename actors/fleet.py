@@ -178,9 +178,13 @@ class ActorFleet:
         for slot in self._slots.values():
             if slot.ref is None and now >= slot.retry_at:
                 self._submit(slot)
-        for actor_id, slot in self._slots.items():
-            self._warn_if_overdue(actor_id, slot, now)
         refs = {slot.ref: actor_id for actor_id, slot in self._slots.items() if slot.ref is not None}
+        # A chunk that ended while nobody polled (the first ones, queued at start while the
+        # learner was still building) is done, not overdue.
+        done = set(ray.wait(list(refs), num_returns=len(refs), timeout=0)[0]) if refs else set()
+        for actor_id, slot in self._slots.items():
+            if slot.ref not in done:
+                self._warn_if_overdue(actor_id, slot, now)
         if not refs:
             time.sleep(timeout)
             return self.stats()

@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from system.config import ConfigError
 from system.train.run_dir import RunDir
 from system.train.startup import PHASE_NAMES
 
@@ -65,6 +67,21 @@ def median_phases(breakdowns: list[dict[str, float | None]]) -> dict[str, float 
     return medians
 
 
+def check_overrides(overrides: list[str]) -> None:
+    """Refuses `redis.*` overrides: every benchmark run starts its own embedded Redis, and a
+    redis.url (which may carry a password) would go on the command line and into the report.
+
+    Raises:
+        ConfigError: a redis.* override.
+    """
+    for setting in overrides:
+        if setting.strip().startswith("redis."):
+            key = setting.split("=", 1)[0].strip()
+            raise ConfigError(
+                f"--set {key}: qfleet bench startup runs the embedded Redis of each run; redis.* settings are not taken"
+            )
+
+
 def train_command(config: str, run_dir: pathlib.Path, total_env_steps: int, overrides: list[str]) -> list[str]:
     """The `qfleet train` command line of one benchmark run (no secrets: none are on it)."""
     sets = [f"train.total_env_steps={total_env_steps}", "train.eval_every_steps=0", *overrides]
@@ -104,24 +121,43 @@ def one_run(config: str, run_dir: pathlib.Path, total_env_steps: int, overrides:
 
 
 def run_startup_bench(
-    runs: int, config: str | None, total_env_steps: int, overrides: list[str], output: str | None
+    runs: int,
+    config: str | None,
+    total_env_steps: int,
+    overrides: list[str],
+    output: str | None,
+    out_dir: str | None = None,
 ) -> int:
-    """Runs the benchmark and prints its JSON; 1 when a run failed (after the others)."""
+    """Runs the benchmark and prints its JSON; 1 when a run failed (after the others).
+
+    Args:
+        out_dir: where the runs' directories go (kept); None: a temporary folder, removed
+            unless a run failed (its train.log is then there to read).
+
+    Raises:
+        ConfigError: a redis.* override (`check_overrides`).
+    """
+    check_overrides(overrides)
     config = config or str(DEFAULT_CONFIG)
+    work = pathlib.Path(out_dir) if out_dir else pathlib.Path(tempfile.mkdtemp(prefix="qfleet-bench-startup-"))
+    work.mkdir(parents=True, exist_ok=True)
     results, failures = [], []
-    with tempfile.TemporaryDirectory(prefix="qfleet-bench-startup-") as work:
-        for index in range(runs):
-            try:
-                result = one_run(config, pathlib.Path(work) / f"run-{index}", total_env_steps, overrides)
-            except StartupBenchError as exc:
-                failures.append(str(exc))
-                log_path = exc.run_dir / "train.log"
-                tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
-                print(f"run {index}: {exc}\n{tail}", file=sys.stderr)
-                continue
-            results.append(result)
-            first = result["phases"].get("first_env_step")
-            print(f"run {index}: first env step at {first} s, load {result['load_1min']}", file=sys.stderr)
+    for index in range(runs):
+        try:
+            result = one_run(config, work / f"run-{index}", total_env_steps, overrides)
+        except StartupBenchError as exc:
+            failures.append(str(exc))
+            log_path = exc.run_dir / "train.log"
+            tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+            print(f"run {index}: {exc}\n{tail}", file=sys.stderr)
+            continue
+        results.append(result)
+        first = result["phases"].get("first_env_step")
+        print(f"run {index}: first env step at {first} s, load {result['load_1min']}", file=sys.stderr)
+    if failures or out_dir:
+        print(f"run directories kept in {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     report = {
         "command": " ".join(["qfleet train", config, f"--set train.total_env_steps={total_env_steps}", *overrides]),
         "cpus": os.cpu_count(),

@@ -282,7 +282,10 @@ def add_parser(commands) -> None:
     startup.add_argument(
         "--env-steps", type=int, default=4000, help="train.total_env_steps of each run (default: 4000)"
     )
-    set_option(startup, "actors.num_actors=1 (added to each run)")
+    set_option(startup, "actors.num_actors=1, given to every run; redis.* settings are refused")
+    startup.add_argument(
+        "--out-dir", metavar="DIR", help="run directories and logs (default: a temporary folder, kept if a run failed)"
+    )
     startup.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
 
 
@@ -292,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
 
         if args.runs < 1 or args.env_steps < 1:
             raise ConfigError("--runs and --env-steps must be >= 1")
-        return run_startup_bench(args.runs, args.config, args.env_steps, args.set, args.output)
+        return run_startup_bench(args.runs, args.config, args.env_steps, args.set, args.output, args.out_dir)
     if args.bench_command == "replay":
         from system.bench.replay import run_replay_bench
 

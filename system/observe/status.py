@@ -13,6 +13,7 @@ QFLEET_REDIS_PASSWORD or the URL's. Addresses are shown without a password.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -201,8 +202,18 @@ _ACCOUNTING_GAPS = (
 def startup_line(run_dir: RunDir) -> str:
     """The latest session's start-up breakdown ("start-up: started in ..."), "" before it is
     recorded (and for runs older than the record)."""
-    recorded = run_dir.records("startup")
-    return f"start-up: {startup_text(recorded[-1]['phases'])}" if recorded else ""
+    if not run_dir.metrics_path.exists():
+        return ""
+    # Only the startup lines are parsed (metrics.jsonl holds a progress record every few seconds);
+    # records are written compact (`RunDir.append_records`), so the kind reads as below.
+    for line in reversed(run_dir.metrics_path.read_text().splitlines()):
+        if '"kind":"startup"' not in line:
+            continue
+        try:
+            return f"start-up: {startup_text(json.loads(line)['phases'])}"
+        except (ValueError, KeyError, TypeError, AttributeError):  # a truncated last line (a crash): an earlier one
+            continue
+    return ""
 
 
 def not_running_text(run_dir: RunDir, run: str, why: str) -> str:
@@ -228,8 +239,8 @@ def not_running_text(run_dir: RunDir, run: str, why: str) -> str:
             lines.append(f"last evaluation: return {eval_return:.1f} at {eval_steps:,} env steps")
         if faults_line(state):
             lines.append(faults_line(state))
-        if startup_line(run_dir):
-            lines.append(startup_line(run_dir))
+        if startup := startup_line(run_dir):
+            lines.append(startup)
     lines.append(f"see `qfleet report {run_dir.path}` for its learning curve and summary")
     if env_steps < total:
         lines.append(f"continue it with `qfleet train --resume {run_dir.path}`")
@@ -274,6 +285,6 @@ def main_status(run_dir: str | None, redis_url: str | None, run: str | None) -> 
     faults = faults_line(directory.read_json("state.json") or {})
     if faults:
         print(f"{faults} (the driver's state.json)")
-    if startup_line(directory):
-        print(startup_line(directory))
+    if startup := startup_line(directory):
+        print(startup)
     return 0

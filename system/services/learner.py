@@ -77,6 +77,9 @@ class LearnerDescription:
     fresh: bool = False
     """A new network continues a run that had trained (no good checkpoint): `updates_lost` are
     all of the previous network's."""
+    built_at: float | None = None
+    """Unix time its constructor ended (the run's "learner" start-up phase, stamped by the same
+    process that stamps its first update; None: not known)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,6 +240,7 @@ class LearnerService:
         self._progress: LearnerProgress | None = None
         self._last_measured = (time.monotonic(), self.learner.updates)
         self._threads: list[threading.Thread] = []
+        self.built_at = time.time()
 
     def _reached(self, recorded: LearnerReached | None, restarted: bool, checkpoint_dir: str | None) -> LearnerReached:
         """How far this run's learner got: the records' counters, with the updates the run's Redis
@@ -402,6 +406,7 @@ class LearnerService:
             updates_lost=self.learner.updates_lost,
             refused_checkpoints=tuple(self.learner.refused_checkpoints),
             fresh=self.learner.fresh,
+            built_at=self.built_at,
         )
 
     def progress(self) -> LearnerProgress:

@@ -16,7 +16,7 @@ import sys
 from system.config import ConfigError
 from system.errors import TrainError
 from system.local.signals import stop_on_signals
-from system.train.launch import launch, new_components, start_actors
+from system.train.launch import Components, launch, new_components, start_actors
 from system.train.plan import Plan, plan
 from system.train.records import LearnerEventRecord, RunCounters
 from system.train.shutdown import shutdown
@@ -122,7 +122,19 @@ def train_session(checked: Plan, counters: RunCounters, stop) -> str | None:
         log.exception("qfleet train failed")
         error = f"{type(exc).__name__}: {exc}"
     finally:
-        if not components.startup.recorded:  # ended before its first update: what it reached
-            checked.run.append_records([record_startup(components.startup).to_json()])
-        stopped_with = shutdown(checked, components, counters, supervisor.latest)
+        try:
+            stopped_with = shutdown(checked, components, counters, supervisor.latest)
+        finally:
+            record_unfinished_startup(checked, components)
     return error or stopped_with
+
+
+def record_unfinished_startup(checked: Plan, components: Components) -> None:
+    """A session that ended before its start-up record (before its first update): what it
+    reached. After the stop, and never in its way: a run folder that cannot be written is logged."""
+    if components.startup.recorded:
+        return
+    try:
+        checked.run.append_records([record_startup(components.startup).to_json()])
+    except Exception as exc:
+        log.warning("start-up record not written: %s: %s", type(exc).__name__, exc)

@@ -201,19 +201,28 @@ class RunEvaluations:
         self.every_updates = config.offline.eval_every_updates
         self._weights: WeightStore | None = None
         self._background: BackgroundEvaluator | None = None
+        self._unavailable = False  # the evaluator failed to build: no evaluations in this run
 
-    def prepare(self) -> None:
+    def prepare(self) -> bool:
         """Builds the weight-store reader and the evaluator (torch, the policy, the eval envs).
         Done at the first evaluation, or earlier by the supervisor once the run has started:
         never on the start-up's path, where the driver loading torch would slow the processes
-        that start beside it."""
-        if self._background is not None:
-            return
-        from learner import WeightStore
+        that start beside it.
 
+        Returns:
+            Whether the evaluator is ready. One that fails to build turns this run's evaluations
+            off with one warning: the run goes on, and its shards still stop in order.
+        """
+        if self._background is not None:
+            return True
+        if self._unavailable:
+            return False
         config, train = self.config, self.config.train
-        weights = WeightStore(self.redis_url, self.run, config.learner.weights)
+        weights = None
         try:
+            from learner import WeightStore
+
+            weights = WeightStore(self.redis_url, self.run, config.learner.weights)
             evaluator = Evaluator(
                 config.env,
                 config.learner,
@@ -222,20 +231,18 @@ class RunEvaluations:
                 seed=10_000 + config.actors.seed,
                 acting=train.eval_acting,
             )
+        except Exception as exc:
+            self._unavailable = True
+            log.warning("no evaluations in this run: the evaluator could not be built: %s: %s", type(exc).__name__, exc)
+            if weights is not None:
+                weights.close()
+            return False
         except BaseException:
-            weights.close()
+            if weights is not None:
+                weights.close()
             raise
         self._weights, self._background = weights, BackgroundEvaluator(evaluator)
-
-    @property
-    def weights(self) -> WeightStore:
-        self.prepare()
-        return self._weights
-
-    @property
-    def background(self) -> BackgroundEvaluator:
-        self.prepare()
-        return self._background
+        return True
 
     def submit_if_due(self) -> None:
         """Hands the latest published weights to the background thread when an evaluation is due."""
@@ -243,7 +250,9 @@ class RunEvaluations:
         if not every or counters.env_steps < counters.next_eval:
             return
         counters.next_eval = (counters.env_steps // every + 1) * every
-        fetched = self.weights.fetch(0)
+        if not self.prepare():
+            return
+        fetched = self._weights.fetch(0)
         if fetched is None:  # no weights published yet: evaluate at the next threshold
             return
         self._submit(*fetched)
@@ -254,13 +263,17 @@ class RunEvaluations:
         if not every or counters.updates < counters.next_offline_eval:
             return
         counters.next_offline_eval = (counters.updates // every + 1) * every
-        fetched = self.weights.fetch(0)
+        if not self.prepare():
+            return
+        fetched = self._weights.fetch(0)
         if fetched is not None:
             self._submit(*fetched)
 
     def submit_latest(self) -> None:
         """Evaluates the latest published weights now (the end of the offline phase)."""
-        fetched = self.weights.fetch(0)
+        if not self.prepare():
+            return
+        fetched = self._weights.fetch(0)
         if fetched is not None:
             self._submit(*fetched)
 
@@ -273,7 +286,7 @@ class RunEvaluations:
 
     def _submit(self, version: int, state: dict) -> None:
         tag = self._tag(version)
-        if not self.background.submit(tag, state, version):  # the previous one still runs: skip this one
+        if not self._background.submit(tag, state, version):  # the previous one still runs: skip this one
             log.info(
                 "evaluation at %s env steps, update %s skipped: the evaluator is still busy",
                 f"{tag['env_steps']:,}",
@@ -284,19 +297,25 @@ class RunEvaluations:
         """Evaluations finished since the last call."""
         if self._background is None:
             return []
-        return [self._record(tag, result, final=False) for tag, result in self.background.results()]
+        return [self._record(tag, result, final=False) for tag, result in self._background.results()]
 
     def final(self) -> list[EvalRecord]:
         """Waits for a running evaluation, then evaluates the last published weights (unless the
-        latest evaluation already was at these env steps)."""
-        records = [self._record(tag, result, final=False) for tag, result in self.background.close()]
-        if self.background.running:  # its envs are still in use by an evaluation that did not end
+        latest evaluation already was at these env steps). Never raises: what fails is logged and
+        the run's stop goes on (its shards still checkpoint)."""
+        if self._background is None and not self._published():
+            return []  # no evaluation ran and nothing to evaluate: the evaluator is not built for nothing
+        if not self.prepare():
+            log.warning("no final evaluation: the evaluator could not be built")
+            return []
+        records = [self._record(tag, result, final=False) for tag, result in self._background.close()]
+        if self._background.running:  # its envs are still in use by an evaluation that did not end
             log.warning("no final evaluation: the evaluator is stuck in an earlier one")
             return records
         counters = self.counters
         fetched = None
         try:
-            fetched = self.weights.fetch(0)
+            fetched = self._weights.fetch(0)
         except Exception as exc:
             log.warning("no final evaluation: %s", exc)
         last = counters.last_eval
@@ -304,10 +323,24 @@ class RunEvaluations:
             version, state = fetched
             tag = self._tag(version)
             try:
-                records.append(self._record(tag, self.background.evaluator.run(state, version), final=True))
+                records.append(self._record(tag, self._background.evaluator.run(state, version), final=True))
             except Exception as exc:
                 log.warning("final evaluation failed: %s: %s", type(exc).__name__, exc)
         return records
+
+    def _published(self) -> bool:
+        """Whether the learner published weights (asked without building the evaluator); True when
+        the store cannot be read, so that the usual path decides and logs."""
+        try:
+            from learner import WeightStore
+
+            store = WeightStore(self.redis_url, self.run, self.config.learner.weights)
+            try:
+                return store.fetch(0) is not None
+            finally:
+                store.close()
+        except Exception:
+            return True
 
     def _record(self, tag: dict, result: EvalResult, final: bool) -> EvalRecord:
         self.counters.evals += 1

@@ -1,6 +1,7 @@
 """Starting a run's components in order: Redis -> Ray -> driver /metrics -> shards -> offline
 shards (a run with a dataset) -> learner -> evaluations, then (`start_actors`, after an offline
-phase) actors; in a fresh online run the actors start beside the learner (`actors_beside_learner`).
+phase) actors; in a fresh online run without an offline dataset the actors start beside the learner
+(`actors_beside_learner`).
 What started is in `Components` at once, so a failure part way (or Ctrl-C) stops exactly what
 runs. Each phase is stamped in `Components.startup` (system/train/startup.py).
 
@@ -203,8 +204,9 @@ def actors_beside_learner(plan: Plan) -> bool:
     online run, where both take seconds to load torch and build their networks and no actor
     waits for anything of the learner's (there are no weights to act with before its first
     publish). A resumed run's actors act with the weights its learner restores and publishes,
-    and a run with an offline dataset starts them after its offline phase: both after it."""
-    return not plan.state and plan.offline_data is None and not plan.offline_only
+    and a run with an offline dataset starts them after its offline phase: both after it. A
+    resume is known by `plan.resumed`, not by its state.json (a session may end before writing it)."""
+    return not plan.resumed and plan.offline_data is None and not plan.offline_only
 
 
 def start_actors(plan: Plan, counters: RunCounters, components: Components) -> None:
@@ -408,7 +410,7 @@ def _create_learner(plan: Plan, components: Components, counters: RunCounters) -
 def _await_learner(plan: Plan, components: Components, counters: RunCounters) -> None:
     """Waits until the learner is built (it resumed, or starts fresh); logs and records how."""
     described = components.ray.get(components.learner.describe.remote(), timeout=600)
-    components.startup.mark("learner")
+    components.startup.mark("learner", described.built_at)  # its own clock, as its first update's
     for message in described.refused_checkpoints:
         log.warning("learner checkpoint refused: %s", message)
     where = f"resumed at update {described.resumed_at:,}" if described.resumed_from else "fresh"

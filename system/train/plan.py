@@ -45,6 +45,8 @@ class Plan:
     obs_shape: tuple[int, ...]
     action_space: ActionSpace
     spec: Spec
+    resumed: bool = False
+    """A `--resume` of a run that started before (whether or not its state.json was written)."""
     learner_reached: Any = None
     """How far the run's learner got in earlier sessions (a `learner.LearnerReached`; None for a
     fresh run): a resumed learner continues above it."""
@@ -137,6 +139,7 @@ def plan(
     checked.offline_spec = offline_spec(config, spaces.spec)
     checked.offline_data = load_offline(config, spaces, checked.offline_spec)
     if resume is not None:
+        checked.resumed = True
         checked.learner_reached, checked.fresh_learner = learner_resume(run, fresh_learner)
     return checked
 

@@ -51,8 +51,7 @@ def shutdown(plan: Plan, parts: Components, counters: RunCounters, latest: Progr
         fleet = _stop_actors(parts, counters, failures)
         _take_shard_counts(parts, counters)
         _stop_learner(plan, parts, counters, latest, failures)
-        if parts.evaluations is not None:
-            plan.run.append_records([record.to_json() for record in parts.evaluations.final()])
+        _final_evaluation(plan, parts, failures)
         _stop_shards(plan, parts, counters, fleet, failures)
         if parts.evaluations is not None:
             parts.evaluations.close()
@@ -79,6 +78,16 @@ def shutdown(plan: Plan, parts: Components, counters: RunCounters, latest: Progr
     if parts.watchdog is not None:
         parts.watchdog.close()
     return failures.first
+
+
+def _final_evaluation(plan: Plan, parts: Components, failures: _Failures) -> None:
+    """The final evaluation; one that fails is logged and the stop goes on to the shards."""
+    if parts.evaluations is None:
+        return
+    try:
+        plan.run.append_records([record.to_json() for record in parts.evaluations.final()])
+    except Exception as exc:  # an evaluation is not worth the shards' checkpoints
+        log.warning("no final evaluation: %s: %s", type(exc).__name__, exc)
 
 
 def _stop_shards(

@@ -2,14 +2,17 @@
 
 Each phase is stamped with the seconds from the start of the `qfleet train` process (interpreter
 start-up and imports included) to the moment it was reached. The driver stamps its own phases
-(checks done, Redis, Ray, shards, learner); the actors and the learner report theirs as Unix times
-(`actors.ActorStartup`, `LearnerProgress.first_update_at`), taken on the same machine in the
+(checks done, Redis, Ray, shards); the actors and the learner report theirs as Unix times
+(`actors.ActorStartup`; `LearnerDescription.built_at` and `LearnerProgress.first_update_at`, both
+stamped by the learner), taken on the same machine in the
 embedded default (on a cluster, clocks of other nodes may be off by their drift). Actors start
 side by side, so their phases are the earliest actor's: the first env step of the run, not of
 the slowest actor.
 
-Once every phase is known (at the first update), the breakdown goes to metrics.jsonl as one
-`startup` record and is printed once; a session that ends before that records what it reached.
+Once every phase is known (the actors' first insert and the learner's first update, whichever
+comes last; an offline-only run starts no actors and has no actor phases), the breakdown goes to
+metrics.jsonl as one `startup` record and is printed once. A session that ends before that records
+what it reached after its stop, and prints it only if it got as far as an env step or an update.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ PHASES: tuple[tuple[str, str], ...] = (
 """Every phase of a start, in the order a sequential start reaches them, with what it means."""
 
 PHASE_NAMES = tuple(name for name, _ in PHASES)
+
+ACTOR_PHASES = ("envs", "actors", "first_env_step", "first_insert")
+"""The phases only a run with actors reaches (an offline-only run has none)."""
 
 
 def process_started_at() -> float:
@@ -83,9 +89,10 @@ class StartupClock:
         if known:
             self.mark(phase, min(known))
 
-    def complete(self) -> bool:
-        """Whether every phase was reached."""
-        return all(name in self.reached for name in PHASE_NAMES)
+    def complete(self, with_actors: bool = True) -> bool:
+        """Whether every phase was reached (`with_actors` False: every phase but the actors',
+        for an offline-only run, which starts none)."""
+        return all(name in self.reached for name in PHASE_NAMES if with_actors or name not in ACTOR_PHASES)
 
     def record(self) -> StartupRecord:
         """The breakdown as a metrics.jsonl record (phases not reached are None)."""

@@ -168,6 +168,8 @@ class Supervisor:
                     learner = self._learner_progress(records, now)
                     counters.faults = self.faults.counts
                     if learner is not None:
+                        if self.config.train.total_env_steps == 0:  # offline only: no actor phases come
+                            records += self._startup_offline_only(learner)
                         self.latest = self._progress(None, learner, 0.0, now)
                         parts.metrics.update(self.latest)
                         records.append(self.latest)
@@ -259,7 +261,7 @@ class Supervisor:
                 if learner is not None:
                     records += self._startup(fleet, learner)
                     if parts.evaluations is not None and parts.startup.recorded:
-                        parts.evaluations.prepare()  # torch in the driver only once the run has started
+                        parts.evaluations.prepare()  # torch in the driver once the run started; a failure: no evals
                     self.latest = self._progress(fleet, learner, rate.add(now, counters.env_steps), now)
                     parts.metrics.update(self.latest)
                     records.append(self.latest)
@@ -285,6 +287,16 @@ class Supervisor:
         clock.mark_earliest("first_insert", (startup.first_insert_at for startup in startups))
         clock.mark_earliest("first_update", (learner.first_update_at,))
         if not clock.complete():
+            return []
+        return [record_startup(clock)]
+
+    def _startup_offline_only(self, learner: LearnerProgress) -> list[StartupRecord]:
+        """An offline-only run's start-up record, at its first update (it starts no actors)."""
+        clock = self.components.startup
+        if clock.recorded:
+            return []
+        clock.mark_earliest("first_update", (learner.first_update_at,))
+        if not clock.complete(with_actors=False):
             return []
         return [record_startup(clock)]
 
@@ -561,8 +573,10 @@ def _actor_exists(ray, name: str) -> bool:
 
 
 def record_startup(clock: StartupClock) -> StartupRecord:
-    """The session's start-up record, printed once (call it once per session)."""
+    """The session's start-up record (call it once per session), printed when the session got
+    as far as an env step or an update: a line of dashes says nothing."""
     clock.recorded = True
     record = clock.record()
-    print(f"qfleet train: {startup_text(record.phases)}", flush=True)
+    if record.phases["first_env_step"] is not None or record.phases["first_update"] is not None:
+        print(f"qfleet train: {startup_text(record.phases)}", flush=True)
     return record

@@ -21,7 +21,7 @@ from actors import (
     describe_env,
     transition_spec,
 )
-from actors.actor import actor_epsilon
+from actors.actor import NSTEP_BLOCK, actor_epsilon
 from conftest import shard_kwargs, wait_until
 from learner import ArchitectureConfig, LearnerConfig, Policy, WeightStore
 
@@ -287,3 +287,18 @@ def test_the_weight_subscriber_follows_new_versions_and_rides_out_a_redis_outage
     finally:
         subscriber.close()
         store.close()
+
+
+def test_a_first_batch_that_leaves_only_at_the_chunks_flush_still_stamps_the_first_insert(redis_server, shard):
+    env = EnvConfig(id="qfleet-test/Counter-v0", num_envs=2)
+    server = shard(env)
+    config = actor_config(insert_batch=100_000)  # no batch fills in the step loop: the flush sends it
+    actor = EnvActor(0, 1, env, config, LEARNER, redis_server.url, "act", replay_credentials=None)
+    try:
+        stats = actor.run(seconds=30, max_steps=4 * NSTEP_BLOCK * env.num_envs)
+        assert server.table.info().size == stats.transitions_inserted > 0
+        assert stats.startup.first_step_at is not None
+        assert stats.startup.first_insert_at is not None
+        assert stats.startup.ready_at <= stats.startup.first_step_at <= stats.startup.first_insert_at
+    finally:
+        actor.close()

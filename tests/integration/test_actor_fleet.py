@@ -119,6 +119,27 @@ def test_an_actor_waiting_for_resources_the_cluster_lacks_is_reported(ray_local,
         fleet.stop()
 
 
+def test_first_chunks_that_ended_before_the_first_poll_are_not_warned_overdue(
+    ray_local, redis_server, start_server, caplog, monkeypatch
+):
+    """The first chunks are queued at start; the first poll may come only once the learner is
+    built, long after they ended: those chunks are done, not overdue."""
+    import actors.fleet
+
+    start_server(transition_spec(ENV), capacity=100_000, **shard_kwargs(redis_server, run="late-poll"))
+    config = ActorsConfig(num_actors=1, num_cpus=0.5, insert_batch=64)
+    fleet = ActorFleet(ENV, config, LEARNER, redis_server.url, "late-poll", chunk_s=0.3, replay_credentials=None)
+    fleet.start()
+    try:
+        first_chunk = fleet._slots[0].ref
+        assert ray_local.wait([first_chunk], timeout=60)[0]  # it ended; nobody polled yet
+        monkeypatch.setattr(actors.fleet, "PENDING_WARNING_S", 0.0)  # so late that any open chunk is overdue
+        assert fleet.poll(timeout=0.2).env_steps > 0
+        assert "has not finished a chunk" not in caplog.text and "has not reported" not in caplog.text
+    finally:
+        fleet.stop()
+
+
 def test_actors_refused_by_replay_stop_the_fleet_at_once_not_after_three_failures(
     ray_local, redis_server, start_server
 ):

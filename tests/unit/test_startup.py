@@ -5,16 +5,30 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from system.bench.startup import StartupBenchError, median_phases, read_startup, train_command
+from system.bench.startup import (
+    StartupBenchError,
+    median_phases,
+    read_startup,
+    run_startup_bench,
+    train_command,
+)
+from system.config import ConfigError
 from system.observe.status import startup_line
+from system.services.learner import LearnerDescription
+from system.train.driver import record_unfinished_startup
+from system.train.launch import _await_learner
 from system.train.run_dir import RunDir
 from system.train.startup import PHASE_NAMES, StartupClock, startup_text
+from system.train.supervise import record_startup
 
 PHASES_OF_A_RUN = dict(zip(PHASE_NAMES, (1.1, 1.4, 3.3, 3.9, 5.1, 4.4, 4.6, 4.8, 5.0, 7.9), strict=True))
 
@@ -39,6 +53,33 @@ def test_the_clock_is_complete_once_every_phase_is_reached():
         assert not clock.complete()
         clock.mark(name, at=seconds)
     assert clock.complete() and clock.record().phases == PHASES_OF_A_RUN
+
+
+def test_an_offline_only_run_is_complete_without_the_actor_phases():
+    clock = StartupClock(started_at=0.0)
+    for name in ("driver", "redis", "ray", "shards", "learner"):
+        clock.mark(name, at=PHASES_OF_A_RUN[name])
+    assert not clock.complete(with_actors=False)
+    clock.mark("first_update", at=7.9)
+    assert clock.complete(with_actors=False) and not clock.complete()
+
+
+def test_a_session_that_reached_neither_an_env_step_nor_an_update_records_its_phases_but_prints_nothing(capsys):
+    clock = StartupClock(started_at=0.0)
+    clock.mark("driver", at=1.1)
+    assert record_startup(clock).phases["driver"] == 1.1 and clock.recorded
+    assert capsys.readouterr().out == ""
+    clock = StartupClock(started_at=0.0)
+    clock.mark("first_env_step", at=4.8)
+    record_startup(clock)
+    assert "started in 4.8 s to the first env step" in capsys.readouterr().out
+
+
+def test_a_start_up_record_that_cannot_be_written_is_logged_not_raised(tmp_path, caplog):
+    clock = StartupClock(started_at=0.0)
+    checked = SimpleNamespace(run=RunDir(tmp_path / "gone"))  # its folder does not exist
+    record_unfinished_startup(checked, SimpleNamespace(startup=clock))
+    assert any("start-up record not written" in r.getMessage() for r in caplog.records)
 
 
 def test_an_unknown_phase_is_refused_with_the_known_ones():
@@ -80,6 +121,13 @@ def test_the_bench_reads_the_latest_sessions_startup_record(tmp_path):
     assert startup_line(RunDir(tmp_path)).startswith("start-up: started in 4.8 s to the first env step")
 
 
+def test_status_shows_the_latest_whole_startup_record_past_a_line_cut_short_by_a_crash(tmp_path):
+    run = _run_dir_with(tmp_path, PHASES_OF_A_RUN)
+    with open(run.metrics_path, "a") as metrics:
+        metrics.write('{"kind":"startup","started_at":0.0,"phases":{"driver":9')  # the crash cut it here
+    assert startup_line(run).startswith("start-up: started in 4.8 s to the first env step")
+
+
 def test_a_run_without_a_startup_record_is_a_bench_failure_naming_its_directory(tmp_path):
     RunDir(tmp_path).append_records([{"kind": "progress", "env_steps": 0}])
     with pytest.raises(StartupBenchError, match="no startup record") as failed:
@@ -107,3 +155,37 @@ def test_a_bench_run_is_a_short_qfleet_train_with_its_own_run_directory(tmp_path
     sets = [command[i + 1] for i, arg in enumerate(command) if arg == "--set"]
     assert sets == ["train.total_env_steps=3000", "train.eval_every_steps=0", "actors.num_actors=1"]
     json.dumps(command)  # plain strings: nothing secret or odd on the command line
+
+
+def test_the_learner_phase_is_when_the_learner_was_built_not_when_the_driver_heard_of_it():
+    """The learner stamps its build and its first update itself: one observer for both."""
+    clock = StartupClock(started_at=1000.0)
+    described = LearnerDescription(
+        device="cpu", pid=1, metrics="", resumed_from="", updates=0, version=0, built_at=1005.25
+    )
+
+    class Learner:
+        class describe:
+            @staticmethod
+            def remote():
+                return described
+
+    ray = SimpleNamespace(get=lambda value, timeout=None: value)
+    components = SimpleNamespace(ray=ray, learner=Learner, startup=clock, info={})
+    _await_learner(SimpleNamespace(), components, SimpleNamespace())
+    assert clock.reached["learner"] == 5.25 and components.info["learner"]["built_at"] == 1005.25
+
+
+def test_the_bench_refuses_redis_overrides_without_echoing_their_value(capsys):
+    with pytest.raises(ConfigError, match=r"--set redis\.url: .*embedded Redis") as refused:
+        run_startup_bench(1, None, 100, ["redis.url=redis://:hunter2@10.0.0.5:6379/0"], None)
+    assert "hunter2" not in str(refused.value) and "hunter2" not in capsys.readouterr().out
+
+
+def test_a_failed_bench_run_keeps_its_directory_and_log(tmp_path, capsys):
+    missing = str(tmp_path / "no-such-config.yaml")  # qfleet train refuses it at once
+    assert run_startup_bench(1, missing, 100, [], None) == 1
+    err = capsys.readouterr().err
+    kept = pathlib.Path(err.split("run directories kept in ")[1].split()[0])
+    assert (kept / "run-0" / "train.log").read_text().strip()
+    shutil.rmtree(kept)

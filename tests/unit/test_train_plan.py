@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from learner import sample_error_buffer
 from replay.rate_limiter import RateLimiter
 from system.errors import ConfigError
 from system.train import evaluates_in_driver, plan, shard_config
+from system.train.launch import actors_beside_learner
 from system.train.run_dir import RunDir
 
 
@@ -97,3 +99,35 @@ def test_a_resumed_run_keeps_its_derived_support_and_refuses_to_change_it(tmp_pa
     for key in ("learner.v_max=20", "learner.num_bins=101", "learner.distributional.value_transform=symlog"):
         with pytest.raises(ConfigError, match=f"--set {key.split('=')[0]}: a resumed run keeps the value support"):
             plan(None, [key], None, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize(
+    ("case", "beside"),
+    [
+        ("fresh online run", True),
+        ("resumed run with a state.json", False),
+        ("resumed run whose first session ended before its state.json", False),
+        ("run with an offline dataset", False),
+        ("offline-only run", False),
+    ],
+)
+def test_actors_start_beside_the_learner_only_in_a_fresh_online_run(tmp_path, case, beside):
+    planned = plan("configs/cartpole.yaml", [], str(tmp_path / "run"), None)
+    if case.startswith("resumed"):
+        planned.resumed = True  # as `plan(..., resume=RUN_DIR)` sets it
+        planned.state = {"env_steps": 5000} if "with a state.json" in case else {}
+    elif case == "run with an offline dataset":
+        planned.offline_data = object()  # a loaded dataset
+    elif case == "offline-only run":
+        train = dataclasses.replace(planned.config.train, total_env_steps=0)
+        planned.config = dataclasses.replace(planned.config, train=train)
+    assert actors_beside_learner(planned) is beside
+
+
+def test_a_resume_is_planned_as_resumed_even_without_a_state_json(tmp_path):
+    first = plan("configs/cartpole.yaml", [], str(tmp_path / "run"), None)
+    assert not first.resumed
+    first.run.path.mkdir(parents=True)
+    first.run.write_config(first.config)
+    resumed = plan(None, [], None, str(first.run.path))
+    assert resumed.resumed and resumed.state == {} and not actors_beside_learner(resumed)
