@@ -50,8 +50,12 @@ def _register_env(env_id: str, max_episode_steps: int | None) -> str:
             if env_id not in gym.registry:
                 minatar.gym.register_envs()
         kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-        # A flat vector: RLlib's default model is then the MLP qfleet runs (not a CNN on MinAtar).
-        return gym.wrappers.FlattenObservation(gym.make(env_id, **kwargs))
+        # A flat float vector: RLlib's default model is then the MLP qfleet runs (not a CNN on
+        # MinAtar), and MinAtar's bool planes meet float weights as qfleet feeds them.
+        import numpy as np
+
+        flat = gym.wrappers.FlattenObservation(gym.make(env_id, **kwargs))
+        return gym.wrappers.DtypeObservation(flat, np.float32)
 
     name = f"qfleet-bench-{env_id}"
     register_env(name, create)
