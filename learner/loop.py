@@ -156,7 +156,6 @@ class Learner:
         self.rng = np.random.default_rng(config.seed)
         self.updates = 0
         self.version = 0
-        self._started_at = time.time()  # the age of data from versions no longer remembered
         self._published_at: dict[int, float] = {}  # version -> publish time, the last PUBLISH_MEMORY
         self.resumed_from: pathlib.Path | None = None
         self.refused_checkpoints: list[str] = []
@@ -186,7 +185,8 @@ class Learner:
         """Weights versions between this learner and the actors' versions that produced the latest
         batch (its mean; None before a batch of actors' data): the policy_staleness gauge."""
         self.sample_age_s: float | None = None
-        """Seconds since those versions were published (batch mean): the sample_age_seconds gauge."""
+        """Seconds since those versions were published (mean over the batch's transitions, version 0
+        left out: see `sample_age`): the sample_age_seconds gauge."""
         self.first_update_at: float | None = None
         """Unix time of this learner's first update (None before it): the run's start-up breakdown."""
         self.clamped_warned = False
@@ -307,6 +307,21 @@ class Learner:
         self._published_at.pop(self.version - PUBLISH_MEMORY, None)
         self.metrics.weight_version.set(self.version)
         return self.version
+
+    def sample_age(self, versions: np.ndarray, now: float) -> float | None:
+        """Seconds since the weights behind each sampled transition were published, mean over the
+        transitions (not over their distinct versions); None when none of them came from published
+        weights. Version 0 (the actors' initial weights, never published by this learner) has no
+        age and is left out; a version older than the last PUBLISH_MEMORY is aged from the oldest
+        publication remembered (a lower bound), never from the learner's start."""
+        if not self._published_at:
+            return None
+        oldest = min(self._published_at.values())
+        unique, counts = np.unique(versions[versions > 0], return_counts=True)
+        if not len(unique):
+            return None
+        ages = np.array([now - self._published_at.get(int(v), oldest) for v in unique])
+        return float(np.average(ages, weights=counts))
 
     def inserts(self) -> int:
         """Items inserted into the replay over the run, as the UTD counts them: those a shard
@@ -478,10 +493,10 @@ class Learner:
         if versions is not None and len(versions):
             self.sample_staleness = self.version - float(np.mean(versions))
             metrics.policy_staleness.set(self.sample_staleness)
-            now = time.time()
-            ages = [now - self._published_at.get(int(v), self._started_at) for v in np.unique(versions)]
-            self.sample_age_s = float(np.mean(ages))
-            metrics.sample_age.set(self.sample_age_s)
+            age = self.sample_age(versions, time.time())
+            if age is not None:
+                self.sample_age_s = age
+                metrics.sample_age.set(age)
         inserts = self.inserts()
         if inserts:
             metrics.achieved_utd.set(self.achieved_utd(inserts))

@@ -228,6 +228,7 @@ def throughput(
         "env_steps_per_s": round(steps / elapsed, 1),
         "updates_per_s": round(made / elapsed, 1),
         "achieved_utd": round(made / max(steps, 1), 4),
+        "torch_threads": torch.get_num_threads(),
     }
 
 

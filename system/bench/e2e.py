@@ -8,7 +8,9 @@ evaluations. It stops the run with SIGTERM (the orderly stop) once it has traine
 (or reached `env_steps`) and reads the window from the first update to the last progress record
 of metrics.jsonl: env steps/s, updates/s, achieved UTD (updates / env steps in the window), policy
 staleness (the learner's weights version minus the actors', mean over the records) and sample age
-(seconds since the weights that produced the learner's batch were published, mean). Then the
+(seconds since the weights that produced the learner's batch were published, mean over its
+samples). qfleet runs with uniform replay of 1-step transitions (`SAME_REPLAY`), as the others
+sample, and `Budget.overrides` (`--set`) after. Then the
 single-process loop (`dqn_baseline.throughput`) in this process, and RLlib's DQN as a subprocess
 of `peer_python` (`rllib_peer.py`; "RLlib not installed: skipped" when it does not import).
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import signal
 import subprocess
@@ -65,6 +68,22 @@ class Budget:
     """How long a stopped `qfleet train` may take to finish its orderly stop before it is killed."""
     peer_timeout_s: float = 1200.0
     """How long a peer's whole run (start-up included) may take before it is killed."""
+    overrides: tuple[str, ...] = ()
+    """Extra `--set SECTION.KEY=VALUE` for the qfleet runs, after the benchmark's own (they win)."""
+
+
+SAME_REPLAY = {"replay.selector": "uniform", "actors.n_step": 1}
+"""What qfleet runs with so that every system samples alike: uniform replay of 1-step transitions
+(the single-process loop has no other; RLlib is configured to match)."""
+
+
+def actor_layout(case: EnvCase, budget: Budget) -> tuple[int, int]:
+    """(actors, envs per actor) of the case's qfleet run (its config, then `--set`): RLlib gets as
+    many env runners of as many envs each."""
+    from system.config import load_config
+
+    config = load_config(str(ROOT / case.config), list(budget.overrides))
+    return config.actors.num_actors, config.env.num_envs
 
 
 def qfleet_command(case: EnvCase, utd: float, budget: Budget, run_dir: pathlib.Path) -> list[str]:
@@ -80,11 +99,29 @@ def qfleet_command(case: EnvCase, utd: float, budget: Budget, run_dir: pathlib.P
         "train.eval_every_steps": 0,
         "train.eval_episodes": 1,
         "train.total_env_steps": budget.env_steps or 10**9,
-    }
+    } | SAME_REPLAY
     command = [sys.executable, "-m", "system.cli", "train", case.config, "--run-dir", str(run_dir)]
     for key, value in settings.items():
         command += ["--set", f"{key}={value}"]
+    for override in budget.overrides:
+        command += ["--set", override]
     return command
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM to the benchmark: raise, so that the running case's cleanup stops its children."""
+    raise KeyboardInterrupt
+
+
+def _stop(process: subprocess.Popen, timeout_s: float) -> int:
+    """SIGTERM (the orderly stop), then SIGKILL to its whole process group after `timeout_s`."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.wait()
 
 
 def run_qfleet(case: EnvCase, utd: float, budget: Budget, out_dir: pathlib.Path) -> dict:
@@ -93,23 +130,23 @@ def run_qfleet(case: EnvCase, utd: float, budget: Budget, out_dir: pathlib.Path)
     log_path = out_dir / f"qfleet-{case.name}-utd{utd:g}.log"
     metrics = run_dir / "metrics.jsonl"
     started = time.monotonic()
+    from system.local import terminate_with_parent
+
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            qfleet_command(case, utd, budget, run_dir), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            qfleet_command(case, utd, budget, run_dir),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,  # its Redis, Ray and shards are killed with it as a group
+            preexec_fn=terminate_with_parent,  # the bench killed hard stops its run too
         )
         try:
-            while process.poll() is None:
-                if _spent(_progress(metrics), budget):
-                    process.send_signal(signal.SIGTERM)
-                    break
+            while process.poll() is None and not _spent(_progress(metrics), budget):
                 time.sleep(0.5)
-            code = process.wait(timeout=budget.stop_timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            code = process.wait()
+            code = _stop(process, budget.stop_timeout_s)
         except BaseException:
-            process.kill()
-            process.wait()
+            _stop(process, budget.stop_timeout_s)
             raise
     result = {
         "system": "qfleet",
@@ -120,9 +157,27 @@ def run_qfleet(case: EnvCase, utd: float, budget: Budget, out_dir: pathlib.Path)
     records = _progress(metrics)
     if not records:
         return result | {"error": f"no progress recorded (exit {code}); see {log_path}"}
-    first_step = next((r for r in records if r["env_steps"] > 0), None)
-    result["first_env_step_s"] = first_step["wall_s"] if first_step else None
-    return result | window(records)
+    result["first_env_step_s"] = first_env_step_s(records)
+    return result | {"torch_threads": _learner_threads(run_dir)} | window(records)
+
+
+def first_env_step_s(records: list[dict]) -> float | None:
+    """When the first transition reached the replay (the first record with `replay_inserts` > 0;
+    the driver's `env_steps` waits on the actors' first chunk, which can be much later)."""
+    key = "replay_inserts" if all("replay_inserts" in r for r in records) else "env_steps"
+    return next((r["wall_s"] for r in records if r[key] > 0), None)
+
+
+def _learner_threads(run_dir: pathlib.Path) -> int | None:
+    """The qfleet learner's torch threads (`train.learner_num_cpus`, as the run resolved it; its
+    actors run one each)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        return max(1, int(config["train"]["learner_num_cpus"]))
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _progress(metrics: pathlib.Path) -> list[dict]:
@@ -154,7 +209,8 @@ def window(records: list[dict]) -> dict:
     (the final record, written after the actors stopped, is left out), and the mean staleness.
 
     Before the first update only actors run (replay fills to learning_starts): counting it would
-    mix two regimes. With fewer than two records after it, the window starts at the first env step.
+    mix two regimes. With fewer than two records after it, the window starts at the first env step
+    and the figures say so (`"window": "fill"`: they measure the fill, not training).
 
     Env steps are counted as the transitions the shards took (`replay_inserts`: one per env step,
     what the learner's UTD is held against): the driver's own `env_steps` moves only when the
@@ -162,15 +218,16 @@ def window(records: list[dict]) -> dict:
     """
     steps_key = "replay_inserts" if all("replay_inserts" in r for r in records) else "env_steps"
     live = [r for r in records if not r.get("final")] or records
-    training = [r for r in live if r["updates"] > 0]
+    training, phase = [r for r in live if r["updates"] > 0], "training"
     if len(training) < 2:
-        training = [r for r in live if r[steps_key] > 0]
+        training, phase = [r for r in live if r[steps_key] > 0], "fill"
     if len(training) < 2:
         return {"error": "fewer than two progress records with env steps: budget too short"}
     first, last = training[0], training[-1]
     seconds = last["wall_s"] - first["wall_s"]
     steps, updates = last[steps_key] - first[steps_key], last["updates"] - first["updates"]
     return {
+        "window": phase,
         "window_s": round(seconds, 1),
         "env_steps": max(last["env_steps"], last[steps_key]),
         "updates": last["updates"],
@@ -209,6 +266,7 @@ def run_single_process(case: EnvCase, utd: float, budget: Budget) -> dict:
 def run_rllib(case: EnvCase, utd: float, budget: Budget, peer_python: str, out_dir: pathlib.Path) -> dict:
     """RLlib's DQN on the same settings, as a subprocess of `peer_python` (its own venv may pin what
     qfleet does not); {"skipped": ...} when RLlib does not import there."""
+    num_env_runners, envs_per_runner = actor_layout(case, budget)
     request = {
         "env_id": case.env_id,
         "max_episode_steps": case.max_episode_steps,
@@ -219,20 +277,32 @@ def run_rllib(case: EnvCase, utd: float, budget: Budget, peer_python: str, out_d
         "learning_starts": budget.learning_starts,
         "seconds": budget.seconds,
         "env_steps": budget.env_steps,
+        "num_env_runners": num_env_runners,
+        "num_envs_per_env_runner": envs_per_runner,
     }
+    from system.local import terminate_with_parent
+
     log_path = out_dir / f"rllib-{case.name}-utd{utd:g}.log"
     with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [peer_python, str(PEER), json.dumps(request)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=out_dir,
+            env=os.environ | {"OMP_NUM_THREADS": "1"},  # one torch thread per process, as qfleet's actors
+            start_new_session=True,
+            preexec_fn=terminate_with_parent,
+        )
         try:
-            done = subprocess.run(
-                [peer_python, str(PEER), json.dumps(request)],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                cwd=out_dir,
-                timeout=budget.peer_timeout_s,
-            )
+            stdout, _ = process.communicate(timeout=budget.peer_timeout_s)
         except subprocess.TimeoutExpired:
+            _stop(process, 30.0)
             return {"system": "rllib", "error": f"no result within {budget.peer_timeout_s:.0f} s; see {log_path}"}
+        except BaseException:
+            _stop(process, 30.0)
+            raise
+    done = subprocess.CompletedProcess(process.args, process.returncode, stdout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if not lines:
         return {"system": "rllib", "error": f"no result (exit {done.returncode}); see {log_path}"}
@@ -300,6 +370,7 @@ def run_e2e_bench(
     """Every case, each system after the other; prints JSON lines as they come, then the table."""
     folder = pathlib.Path(out_dir) if out_dir else pathlib.Path(tempfile.mkdtemp(prefix="qfleet-bench-e2e-"))
     folder.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # so that the running case's cleanup stops its children
     rows = []
     for name in envs:
         case = ENVS[name]

@@ -236,10 +236,12 @@ def add_parser(commands) -> None:
             "trained for --seconds (from its first update) or made --env-steps, and reports env steps/s, "
             "updates/s, achieved UTD, policy staleness (the learner's weights version minus the actors') and "
             "sample age (seconds since the weights behind the learner's batch were published). Then the "
-            "CleanRL-style single-process loop and RLlib's DQN (new API stack, training_intensity = UTD x "
-            "batch) on the same settings, one after another. RLlib runs under --peer-python (install it "
-            "there with `pip install .[bench]` or into a venv of its own); where it does not import, its row "
-            "says so. Prints JSON lines, then a Markdown table and the issue's target ratios."
+            "CleanRL-style single-process loop and RLlib's DQN (new API stack, env runners as qfleet's actors, "
+            "training_intensity set for the same UTD) on the same settings, one after another. Every system "
+            "samples a uniform replay of 1-step transitions (qfleet runs with replay.selector=uniform, "
+            "actors.n_step=1). RLlib runs under --peer-python, a separate venv (its pins clash with qfleet's: "
+            "pip install -r requirements-bench-rllib.txt there); where it does not import, its row says so. "
+            "Prints JSON lines, then a Markdown table and the issue's target ratios."
         ),
         epilog="example: qfleet bench e2e --envs cartpole --utd 4 --seconds 30 --peer-python /work/peers-rllib/bin/python",
     )
@@ -263,7 +265,12 @@ def add_parser(commands) -> None:
     e2e.add_argument(
         "--learning-starts", type=int, default=1000, help="transitions before the first update (default: 1000)"
     )
-    e2e.add_argument("--peer-python", metavar="PATH", help="the interpreter that runs RLlib (default: this one)")
+    e2e.add_argument(
+        "--peer-python",
+        metavar="PATH",
+        help="the interpreter of a separate venv that runs RLlib (requirements-bench-rllib.txt; default: this one)",
+    )
+    set_option(e2e, "env.num_envs=4 (qfleet's runs; RLlib's env runners follow its actors)")
     e2e.add_argument("--out-dir", metavar="DIR", help="run directories and logs (default: a new temporary folder)")
     e2e.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
 
@@ -399,7 +406,7 @@ def _run_e2e(args: argparse.Namespace) -> int:
         raise ConfigError("--seconds must be > 0 and --env-steps > --learning-starts")
     if min(args.hidden_size, args.num_layers, args.batch_size, args.learning_starts) < 1:
         raise ConfigError("--hidden-size, --num-layers, --batch-size and --learning-starts must be >= 1")
-    from system.bench.e2e import Budget, run_e2e_bench
+    from system.bench.e2e import ENVS, Budget, actor_layout, run_e2e_bench
 
     budget = Budget(
         seconds=args.seconds,
@@ -408,6 +415,9 @@ def _run_e2e(args: argparse.Namespace) -> int:
         num_layers=args.num_layers,
         batch_size=args.batch_size,
         learning_starts=args.learning_starts,
+        overrides=tuple(args.set),
     )
+    for name in envs:  # a bad --set fails here, not after the first case's runs
+        actor_layout(ENVS[name], budget)
     peer = args.peer_python or sys.executable
     return run_e2e_bench(envs, utds, budget, systems, peer, args.out_dir, args.output)

@@ -274,11 +274,12 @@ def test_checkpoint_then_new_process_resume_gives_identical_next_update(tmp_path
 
 
 def test_sample_age_survives_more_publications_than_it_remembers(shards, redis_server):
-    """Regression: at weights version PUBLISH_MEMORY the learner forgot the publish time that data
-    of version 0 (the actors' initial weights) is aged against, and died with a KeyError."""
+    """Regression: at weights version PUBLISH_MEMORY the learner forgot the publish time that old
+    data is aged against, and died with a KeyError. Data of version 1 (its first publication) is
+    then aged from the oldest publication it remembers."""
     from learner.loop import PUBLISH_MEMORY
 
-    shards.insert(cartpole_transitions(6000, version=0))
+    shards.insert(cartpole_transitions(6000, version=1))
     shards.flush()
     config = dataclasses.replace(SMALL, publish_every=1, checkpoint_every=10**6)
     store = WeightStore(redis_server.url, "learn")

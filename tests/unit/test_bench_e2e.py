@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from system.bench.e2e import ratios, table, window
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from system.bench.e2e import ENVS, ROOT, Budget, first_env_step_s, qfleet_command, ratios, run_rllib, table, window
 
 
 def progress(wall_s, env_steps, updates, final=False, **staleness):
@@ -19,7 +30,7 @@ def test_window_counts_from_the_first_update_to_the_last_record_before_the_final
         progress(9.0, 2100, 1100, final=True),  # after the actors stopped: left out
     ]
     figures = window(records)
-    assert figures["window_s"] == 2.0
+    assert figures["window"] == "training" and figures["window_s"] == 2.0
     assert figures["env_steps_per_s"] == 500.0  # (2000 - 1000) / 2
     assert figures["updates_per_s"] == 500.0  # (1010 - 10) / 2
     assert figures["achieved_utd"] == 1.0
@@ -37,9 +48,10 @@ def test_window_counts_env_steps_as_the_transitions_the_shards_took_when_records
     assert figures["achieved_utd"] == 0.6357 and figures["env_steps"] == 2400
 
 
-def test_window_falls_back_to_env_steps_and_says_when_the_budget_was_too_short():
+def test_window_falls_back_to_the_fill_says_so_and_says_when_the_budget_was_too_short():
     figures = window([progress(1.0, 0, 0), progress(2.0, 100, 0), progress(4.0, 300, 5)])
     assert figures["env_steps_per_s"] == 100.0 and figures["updates_per_s"] == 2.5
+    assert figures["window"] == "fill"  # measured while replay filled, not while training
     assert "too short" in window([progress(1.0, 0, 0), progress(2.0, 100, 0)])["error"]
 
 
@@ -72,3 +84,115 @@ def test_policy_staleness_is_the_learner_version_minus_the_actors_mean():
     fields |= {"policy_versions": {0: 7, 1: 9}, "inserted_by_actor": {}}
     assert _policy_staleness(10, FleetStats(**fields)) == 2.0
     assert _policy_staleness(10, FleetStats(**(fields | {"policy_versions": {}}))) is None
+
+
+def test_first_env_step_is_when_the_first_transition_reached_the_replay():
+    # The driver's env_steps waits for the actors' first chunk; the shards had inserts a second earlier.
+    records = [
+        progress(1.0, 0, 0) | {"replay_inserts": 0},
+        progress(2.0, 0, 0) | {"replay_inserts": 64},
+        progress(3.0, 512, 0) | {"replay_inserts": 600},
+    ]
+    assert first_env_step_s(records) == 2.0
+    assert first_env_step_s([progress(1.0, 0, 0), progress(2.5, 8, 0)]) == 2.5  # older records: env_steps
+
+
+def test_qfleet_samples_like_the_others_and_the_users_overrides_come_last(tmp_path):
+    budget = Budget(overrides=("env.num_envs=4", "actors.n_step=3"))
+    command = qfleet_command(ENVS["cartpole"], 1.0, budget, tmp_path)
+    sets = [command[i + 1] for i, arg in enumerate(command) if arg == "--set"]
+    assert "replay.selector=uniform" in sets and "actors.n_step=1" in sets  # the config's are prioritized, 3-step
+    assert sets[-2:] == ["env.num_envs=4", "actors.n_step=3"]  # after the benchmark's own: they win
+
+
+def test_rllib_training_intensity_gives_the_asked_utd_under_rllibs_round_robin_weights():
+    sys.path.insert(0, str(ROOT / "system" / "bench"))
+    try:
+        from rllib_peer import ROLLOUT_FRAGMENT_LENGTH, training_intensity
+    finally:
+        sys.path.pop(0)
+
+    def achieved(utd, batch, runners, envs):
+        """What RLlib 2.60 makes of it (ray/rllib/algorithms/dqn/dqn.py, calculate_rr_weights, without
+        its rounding): it counts runners + 1 samplers; only the remote runners sample."""
+        intensity = training_intensity(utd, batch, runners)
+        native_ratio = batch / (ROLLOUT_FRAGMENT_LENGTH * envs * (runners + 1))
+        updates_per_round = intensity / native_ratio  # train ops per sampling op, a batch each
+        return updates_per_round / (ROLLOUT_FRAGMENT_LENGTH * envs * max(runners, 1))
+
+    for utd, batch, runners, envs in ((1.0, 128, 2, 8), (4.0, 128, 2, 8), (0.25, 32, 3, 4), (1.0, 64, 0, 1)):
+        assert achieved(utd, batch, runners, envs) == pytest.approx(utd)
+
+
+def test_rllib_row_says_skipped_where_rllib_does_not_import(tmp_path):
+    # This interpreter is the product's venv: RLlib is no dependency of qfleet.
+    row = run_rllib(ENVS["cartpole"], 1.0, Budget(), sys.executable, tmp_path)
+    assert row == {"system": "rllib", "log": str(tmp_path / "rllib-cartpole-utd1.log")} | {
+        "skipped": "RLlib not installed: skipped"
+    }
+
+
+def test_single_process_loop_measures_training_on_one_torch_thread():
+    from system.bench.dqn_baseline import throughput
+
+    figures = throughput("CartPole-v1", 1.0, hidden_size=16, batch_size=16, learning_starts=100, env_steps=400)
+    assert figures["env_steps"] == 400 and figures["updates"] == 301  # one per step from the 100th on
+    assert figures["achieved_utd"] == pytest.approx(1.0, abs=0.01) and figures["torch_threads"] == 1
+
+
+def test_sample_age_is_a_mean_over_samples_and_leaves_version_zero_out():
+    from learner.loop import Learner
+
+    learner = SimpleNamespace(_published_at={})
+    assert Learner.sample_age(learner, np.array([0, 0]), now=100.0) is None  # nothing published yet
+    learner._published_at = {5: 90.0, 6: 98.0}
+    # Three samples of version 6 (2 s old), one of 5 (10 s old), version 0 (initial weights) left out.
+    assert Learner.sample_age(learner, np.array([6, 6, 6, 5, 0, 0]), now=100.0) == 4.0
+    assert Learner.sample_age(learner, np.array([0]), now=100.0) is None
+    # A version older than those remembered: aged from the oldest remembered publication, a lower bound.
+    assert Learner.sample_age(learner, np.array([2]), now=100.0) == 10.0
+
+
+CHILD = "import os, time; print(os.getpid(), flush=True); time.sleep(600)"
+
+BENCH = textwrap.dedent(
+    """
+    import pathlib, signal, sys
+    import system.bench.e2e as e2e
+
+    e2e.qfleet_command = lambda *args: [sys.executable, "-c", {child!r}]
+    signal.signal(signal.SIGTERM, e2e._interrupt)
+    e2e.run_qfleet(e2e.ENVS["cartpole"], 1.0, e2e.Budget(stop_timeout_s=5), pathlib.Path(sys.argv[1]))
+    """
+)
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_stopping_the_bench_stops_its_qfleet_train(tmp_path, how):
+    bench = subprocess.Popen(
+        [sys.executable, "-c", BENCH.format(child=CHILD), str(tmp_path)],
+        cwd=ROOT,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+    )
+    log = tmp_path / "qfleet-cartpole-utd1.log"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and log.read_text().strip()):
+        assert bench.poll() is None and time.monotonic() < deadline, "the stand-in qfleet train did not start"
+        time.sleep(0.1)
+    child = int(log.read_text().split()[0])
+    bench.send_signal(how)
+    bench.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while _alive(child):
+        if time.monotonic() > deadline:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail(f"qfleet train outlived the bench stopped by {how.name}")
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
