@@ -349,7 +349,9 @@ class _InsertStream:
         with self._cond:
             if self._closing:
                 if self._pending:  # closed under a waiting sender (its shard left): it sends them elsewhere
-                    self._errors.append(self._stream_error(error))
+                    # Closed while a reconnect was under way, too: the batches come back because
+                    # of the close, whatever the dying call said (a refused connection, say).
+                    self._errors.append(self._stream_error(None, _CLOSED))
                     self._give_up()
                     self._cond.notify_all()
                 return
