@@ -23,14 +23,13 @@ import dataclasses
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-"""The checkout: `qfleet train` runs from here (configs/ paths are relative to it)."""
+from system.bench.children import interrupt_on_sigterm, start_child, stop_child
+from system.bench.learning import ROOT
 
 PEER = pathlib.Path(__file__).with_name("rllib_peer.py")
 """RLlib's side: a standalone script (standard library at import), run by the peer interpreter."""
@@ -108,45 +107,22 @@ def qfleet_command(case: EnvCase, utd: float, budget: Budget, run_dir: pathlib.P
     return command
 
 
-def _interrupt(signum, frame) -> None:
-    """SIGTERM to the benchmark: raise, so that the running case's cleanup stops its children."""
-    raise KeyboardInterrupt
-
-
-def _stop(process: subprocess.Popen, timeout_s: float) -> int:
-    """SIGTERM (the orderly stop), then SIGKILL to its whole process group after `timeout_s`."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        return process.wait()
-
-
 def run_qfleet(case: EnvCase, utd: float, budget: Budget, out_dir: pathlib.Path) -> dict:
     """Runs `qfleet train` on the case until the budget is spent; its figures (see `window`)."""
     run_dir = out_dir / f"qfleet-{case.name}-utd{utd:g}"
     log_path = out_dir / f"qfleet-{case.name}-utd{utd:g}.log"
     metrics = run_dir / "metrics.jsonl"
     started = time.monotonic()
-    from system.local import terminate_with_parent
-
     with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            qfleet_command(case, utd, budget, run_dir),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            start_new_session=True,  # its Redis, Ray and shards are killed with it as a group
-            preexec_fn=terminate_with_parent,  # the bench killed hard stops its run too
+        process = start_child(
+            qfleet_command(case, utd, budget, run_dir), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
         )
         try:
             while process.poll() is None and not _spent(_progress(metrics), budget):
                 time.sleep(0.5)
-            code = _stop(process, budget.stop_timeout_s)
+            code = stop_child(process, budget.stop_timeout_s)
         except BaseException:
-            _stop(process, budget.stop_timeout_s)
+            stop_child(process, budget.stop_timeout_s)
             raise
     result = {
         "system": "qfleet",
@@ -280,27 +256,23 @@ def run_rllib(case: EnvCase, utd: float, budget: Budget, peer_python: str, out_d
         "num_env_runners": num_env_runners,
         "num_envs_per_env_runner": envs_per_runner,
     }
-    from system.local import terminate_with_parent
-
     log_path = out_dir / f"rllib-{case.name}-utd{utd:g}.log"
     with open(log_path, "w") as log:
-        process = subprocess.Popen(
+        process = start_child(
             [peer_python, str(PEER), json.dumps(request)],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
             cwd=out_dir,
             env=os.environ | {"OMP_NUM_THREADS": "1"},  # one torch thread per process, as qfleet's actors
-            start_new_session=True,
-            preexec_fn=terminate_with_parent,
         )
         try:
             stdout, _ = process.communicate(timeout=budget.peer_timeout_s)
         except subprocess.TimeoutExpired:
-            _stop(process, 30.0)
+            stop_child(process, 30.0)
             return {"system": "rllib", "error": f"no result within {budget.peer_timeout_s:.0f} s; see {log_path}"}
         except BaseException:
-            _stop(process, 30.0)
+            stop_child(process, 30.0)
             raise
     done = subprocess.CompletedProcess(process.args, process.returncode, stdout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -370,7 +342,7 @@ def run_e2e_bench(
     """Every case, each system after the other; prints JSON lines as they come, then the table."""
     folder = pathlib.Path(out_dir) if out_dir else pathlib.Path(tempfile.mkdtemp(prefix="qfleet-bench-e2e-"))
     folder.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, _interrupt)  # so that the running case's cleanup stops its children
+    interrupt_on_sigterm()  # so that the running case's cleanup stops its children
     rows = []
     for name in envs:
         case = ENVS[name]

@@ -14,9 +14,7 @@ is then the limit, not the actors: lower `learner.updates_per_env_step` to measu
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from system.bench.children import interrupt_on_sigterm, start_child, stop_child
 from system.bench.learning import ROOT
 from system.config import ConfigError
 
@@ -91,19 +90,11 @@ class _LiveTrain:
     """One layout's `qfleet train` subprocess and its run directory."""
 
     def __init__(self, layout: str, command: list[str], run_dir: pathlib.Path, log: pathlib.Path):
-        from system.local import terminate_with_parent
         from system.train.run_dir import RunDir
 
         self.layout, self.run, self.log_path = layout, RunDir(run_dir), log
         with open(log, "w") as handle:
-            self.proc = subprocess.Popen(
-                command,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                start_new_session=True,
-                preexec_fn=terminate_with_parent,  # the bench killed hard stops its run too
-            )
+            self.proc = start_child(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def latest(self) -> dict:
         records = self.run.records("progress")
@@ -119,13 +110,7 @@ class _LiveTrain:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_child(self.proc, timeout_s=120)
 
 
 def _measure(
@@ -225,10 +210,6 @@ def table(windows: Sequence[ScalingWindow]) -> str:
     return "\n".join(lines)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def run_scaling_bench(
     config: str,
     counts: Sequence[int],
@@ -241,7 +222,7 @@ def run_scaling_bench(
     """Every layout in turn; prints the table (and writes JSON to `output`). 1 when a run failed."""
     windows: list[ScalingWindow] = []
     failed = False
-    signal.signal(signal.SIGTERM, _interrupt)  # so that each run's `finally` stops its qfleet train
+    interrupt_on_sigterm()  # so that each run's `finally` stops its qfleet train
     with tempfile.TemporaryDirectory(prefix="qfleet-bench-scaling-") as tmp:
         for layout, resources in layouts.items():
             try:

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 
+from system.bench.children import start_child, stop_child
 from system.config import ConfigError
 from system.train.run_dir import RunDir
 from system.train.startup import PHASE_NAMES
@@ -103,17 +104,15 @@ def one_run(config: str, run_dir: pathlib.Path, total_env_steps: int, overrides:
     log_path = run_dir / "train.log"
     began = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        proc = start_child(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             code = proc.wait(timeout=RUN_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            proc.terminate()  # SIGTERM: the run stops in order (Ray, Redis and its hosts go)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()  # its watchdog ends what it started
-                proc.wait()
+            stop_child(proc, STOP_TIMEOUT_S)  # SIGTERM: the run stops in order (Ray, Redis and its hosts go)
             raise StartupBenchError(f"qfleet train ran past {RUN_TIMEOUT_S:.0f} s; see {log_path}", run_dir) from None
+        except BaseException:  # Ctrl-C: the run is in a session of its own, so it is stopped here
+            stop_child(proc, STOP_TIMEOUT_S)
+            raise
     wall = time.perf_counter() - began
     if code != 0:
         raise StartupBenchError(f"qfleet train exited with {code}; see {log_path}", run_dir)

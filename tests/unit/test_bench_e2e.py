@@ -161,7 +161,8 @@ BENCH = textwrap.dedent(
     import system.bench.e2e as e2e
 
     e2e.qfleet_command = lambda *args: [sys.executable, "-c", {child!r}]
-    signal.signal(signal.SIGTERM, e2e._interrupt)
+    from system.bench.children import interrupt_on_sigterm
+    interrupt_on_sigterm()
     e2e.run_qfleet(e2e.ENVS["cartpole"], 1.0, e2e.Budget(stop_timeout_s=5), pathlib.Path(sys.argv[1]))
     """
 )
