@@ -31,6 +31,10 @@ from replay.registry import ShardRegistry
 
 log = logging.getLogger(__name__)
 
+REGISTRY_WARNING_EVERY_S = 30.0
+"""While the registry stays unreachable, its warning repeats at most this often (the watcher reads
+it every `discovery_s`)."""
+
 
 @dataclass(frozen=True)
 class _Earlier:
@@ -175,6 +179,8 @@ class Membership:
         """Shards that left the registry, by id: their counts stay in `totals` (and go on in a
         process of the same id that joins later)."""
         self._registry = ShardRegistry(config.redis_url, config.run) if config.redis_url else None
+        self._registry_down_since: float | None = None
+        self._registry_warned_at = 0.0
         self._stop = threading.Event()
         self._refusals: dict[str, ReplayAuthenticationError] = {}  # fixed address -> its shard's refusal
         self._following_counters = False
@@ -214,8 +220,17 @@ class Membership:
         try:
             records = registry.live_shards()
         except ReplayUnavailableError as exc:
-            log.warning("%s; keeping the last known shards", exc)
+            now = time.monotonic()
+            if self._registry_down_since is None:
+                self._registry_down_since = now
+            if now - self._registry_warned_at >= REGISTRY_WARNING_EVERY_S:
+                self._registry_warned_at = now
+                down_for = now - self._registry_down_since
+                log.warning("%s; keeping the last known shards (for %.0f s so far)", exc, down_for)
             return
+        if self._registry_down_since is not None:
+            log.info("shard registry reachable again after %.0f s", time.monotonic() - self._registry_down_since)
+            self._registry_down_since, self._registry_warned_at = None, 0.0
         run = self.config.run
         with self.lock:
             for shard_id in list(self._shards):

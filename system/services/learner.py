@@ -128,6 +128,9 @@ class LearnerResult:
     """Updates per inserted item at the stop (`Learner.achieved_utd`), of the same moment as `updates`."""
     inserts: int = 0
     """The inserts that UTD is of (`Learner.inserts`)."""
+    clamped_fraction: float | None = None
+    """`LearnerProgress.clamped_fraction` of the last update (None before it, or for a loss
+    without a value support)."""
 
 
 class LearnerService:
@@ -429,6 +432,7 @@ class LearnerService:
             updates_per_second=summary.updates_per_second if summary else 0.0,
             achieved_utd=self.learner.achieved_utd(inserts, updates),
             inserts=inserts,
+            clamped_fraction=last.clamped_fraction if (last := self.learner.last_result) is not None else None,
         )
         self.replay.close()
         if self.offline_replay is not None:

@@ -193,28 +193,59 @@ def _stop_learner(
     except Exception as exc:
         failures.add("the learner did not stop cleanly", exc)
         return
-    if latest is not None:  # the last record carries the final counters
-        final = dataclasses.replace(
-            latest,
-            wall_s=counters.wall_s(),
-            time=round(time.time(), 3),
-            env_steps=counters.env_steps,
-            updates=result.updates,
-            achieved_utd=round(result.achieved_utd, 4),
-            learner_inserts=result.inserts,
-            replay_inserts=counters.replay_inserts,  # after the actors' last inserts (_take_shard_counts)
-            weights_version=result.version,
-            transitions_lost=counters.transitions_lost,
-            **counters.accounting(),
-            final=True,
-        )
-        plan.run.append_records([final.to_json()])
+    # The last record carries the final counters; a run that ended before its first progress
+    # record (a short run, stopped early) still gets one, from the counters alone.
+    base = latest if latest is not None else _first_record(plan, counters)
+    final = dataclasses.replace(
+        base,
+        wall_s=counters.wall_s(),
+        time=round(time.time(), 3),
+        env_steps=counters.env_steps,
+        updates=result.updates,
+        updates_per_s=base.updates_per_s if latest is not None else round(result.updates_per_second, 1),
+        achieved_utd=round(result.achieved_utd, 4),
+        learner_inserts=result.inserts,
+        replay_inserts=counters.replay_inserts,  # after the actors' last inserts (_take_shard_counts)
+        weights_version=result.version,
+        transitions_lost=counters.transitions_lost,
+        clamped_fraction=base.clamped_fraction if result.clamped_fraction is None else result.clamped_fraction,
+        **counters.accounting(),
+        final=True,
+    )
+    plan.run.append_records([final.to_json()])
     checkpoint = result.checkpoint or "-"
     log.info(
         "learner stopped at update %s (weights v%d); checkpoint %s", f"{result.updates:,}", result.version, checkpoint
     )
     if result.error:
         failures.first = failures.first or f"the learner failed: {result.error}"
+
+
+def _first_record(plan: Plan, counters: RunCounters) -> ProgressRecord:
+    """A progress record from the driver's counters alone (the learner's fields are the stop's)."""
+    return ProgressRecord(
+        wall_s=counters.wall_s(),
+        time=round(time.time(), 3),
+        env_steps=counters.env_steps,
+        env_steps_per_s=0.0,
+        episodes=counters.episodes,
+        recent_return=counters.recent_return(),
+        last_eval=list(counters.last_eval) if counters.last_eval else None,
+        updates=0,
+        updates_per_s=0.0,
+        achieved_utd=0.0,
+        learner_inserts=0,
+        target_utd=plan.config.learner.updates_per_env_step,
+        weights_version=0,
+        replay_size=0,
+        replay_inserts=counters.replay_inserts,
+        actors=0,
+        actor_restarts=0,
+        env_restarts=0,
+        transitions_lost=counters.transitions_lost,
+        faults=counters.faults.to_json(),
+        phase=counters.phase,
+    )
 
 
 def _learner_stopped(parts: Components):

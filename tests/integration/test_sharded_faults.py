@@ -5,6 +5,7 @@ Each test counts transitions inserted (acknowledged) vs present afterwards vs re
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 
@@ -103,7 +104,8 @@ def test_sigterm_loses_nothing(qfleet_serve, spec_file, redis_server, tmp_path):
     writer.close()
 
 
-def test_redis_restart_mid_run_components_re_register_and_carry_on(start_server, redis_server):
+def test_redis_restart_mid_run_components_re_register_and_carry_on(start_server, redis_server, caplog):
+    caplog.set_level(logging.INFO, logger="replay.membership")
     for shard_id in (0, 1):
         start_server(shard_id=shard_id, **shard_kwargs(redis_server, run="faults"))
     sharded = ShardedReplay(redis_server.url, "faults", discovery_s=0.2)
@@ -117,6 +119,9 @@ def test_redis_restart_mid_run_components_re_register_and_carry_on(start_server,
     assert len(sharded.sample(32).keys) == 32
     # The last known shards are kept through the discovery rounds (every 0.2 s) that fail.
     assert not wait_until(lambda: sharded.shard_ids() != [0, 1], timeout=0.6)
+    # Said once, not at every round: a user's log is not flooded while Redis is away.
+    warned = [r for r in caplog.records if "keeping the last known shards" in r.getMessage()]
+    assert len(warned) == 1 and redis_server.url.split("@")[-1].split("/")[0] in warned[0].getMessage()
 
     redis_server.start()  # same port, empty
     registry = ShardRegistry(redis_server.url, "faults")
@@ -124,6 +129,7 @@ def test_redis_restart_mid_run_components_re_register_and_carry_on(start_server,
     start_server(shard_id=2, **shard_kwargs(redis_server, run="faults"))
     assert wait_until(lambda: sharded.shard_ids() == [0, 1, 2], timeout=5)
     assert sharded.info().inserts == 200
+    assert any("shard registry reachable again" in r.getMessage() for r in caplog.records)
     sharded.close()
     registry.close()
 
