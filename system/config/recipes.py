@@ -18,9 +18,7 @@ DISCRETE_RECIPE: dict[str, dict[str, Any]] = {
         "num_actors": 2,
         "n_step": 3,
         "epsilon": 0.1,  # Ape-X: actor 0 explores with 0.1, actor 1 with 0.1^8
-        "insert_batch": 256,  # small inserts, one in flight: actors stay close to the learner's UTD
-        "max_inserts_in_flight": 1,
-    },
+    },  # insert_batch, max_inserts_in_flight: derived from the run (system.config.insert_settings)
     "replay": {"capacity": 100_000, "selector": "prioritized", "alpha": 0.6, "beta": 0.4},
     "learner": {
         "loss": "hl_gauss",
@@ -43,7 +41,7 @@ value support derived from the env instead of CartPole's hand-set [0, 110]."""
 
 CONTINUOUS_RECIPE: dict[str, dict[str, Any]] = {
     "env": {"num_envs": 8},
-    "actors": {"num_actors": 2, "insert_batch": 256, "max_inserts_in_flight": 1},
+    "actors": {"num_actors": 2},  # insert settings derived from the run (system.config.insert_settings)
     "learner": {"loss": "sac"},
     "train": {"eval_every_steps": 5000, "eval_episodes": 10},
 }
@@ -51,7 +49,8 @@ CONTINUOUS_RECIPE: dict[str, dict[str, Any]] = {
 measured SAC run (issue #23: Pendulum-v1 crossed -250 at 6,656 env steps): 10 LayerNorm critics in
 one batched pass, the target the minimum of 2 drawn at random (REDQ/RLPD), automatic entropy
 temperature, 3-step targets, UTD 1, batch 256, Adam 3e-4, hard target copies every 500 updates,
-prioritized replay; small inserts, one in flight, so actors stay close to the learner's UTD."""
+prioritized replay; insert settings derived from the run's length and UTD, so actors stay close to
+the learner's UTD."""
 
 
 def recipe_for(env_id: str) -> dict[str, dict[str, Any]]:

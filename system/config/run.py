@@ -1,7 +1,8 @@
 """`RunConfig`: one run's configuration, composed of each package's section.
 
 Sources, later ones winning: the dataclass defaults, a YAML file, `--set section.key=value`
-overrides, then explicit command-line flags. Every problem is a ConfigError naming the key,
+overrides, then explicit command-line flags; the actors' insert settings a config leaves out are
+derived from the run (`insert_settings`). Every problem is a ConfigError naming the key,
 raised before anything starts.
 """
 
@@ -19,6 +20,7 @@ from actors import ActorsConfig, EnvConfig
 from learner import LearnerConfig
 from replay import ReplayConfig, redact_url
 from system.config.dataclass_args import as_mapping, build, flatten
+from system.config.insert_settings import with_derived_inserts
 from system.config.offline import OfflineConfig
 from system.config.sections import RayConfig, RedisConfig, TrainConfig
 from system.errors import ConfigError
@@ -120,7 +122,8 @@ def load_config(
         if value is not None:
             section, key = dotted.split(".", 1)
             merged[section][key] = value
-    return RunConfig(**{name: build(cls, merged[name], name) for name, cls in SECTIONS.items()})
+    config = RunConfig(**{name: build(cls, merged[name], name) for name, cls in SECTIONS.items()})
+    return with_derived_inserts(config, given=set(merged["actors"]))
 
 
 def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:

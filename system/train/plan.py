@@ -27,6 +27,7 @@ from system.config import (
     online_batch_items,
     resolve_value_support,
 )
+from system.config.insert_settings import LEAD_WARN_FRACTION, InsertSettings, derive_insert_settings
 from system.config.recipes import recipe_for
 from system.train.run_dir import RunDir
 
@@ -351,22 +352,34 @@ def check(config: RunConfig, spec: Spec, action_space: ActionSpace) -> None:
             f"replay.capacity={replay.capacity}: {train.num_shards} shard(s) need {need / 2**30:.1f} GiB "
             f"({spec.item_nbytes():,} bytes per item) and this machine has {available / 2**30:.1f} GiB available; lower it"
         )
-    actors = config.actors
-    lead = actors.num_actors * actors.insert_batch * (actors.max_inserts_in_flight + 1)
-    if train.total_env_steps and lead > 0.05 * train.total_env_steps:
-        log.warning(
-            "actors may run up to %s transitions ahead of the learner (num_actors x insert_batch x "
-            "(max_inserts_in_flight + 1)), %.0f%% of train.total_env_steps: lower actors.insert_batch or "
-            "actors.max_inserts_in_flight for a tighter UTD",
-            f"{lead:,}",
-            100 * lead / train.total_env_steps,
-        )
+    if warning := insert_lead_warning(config):
+        log.warning("%s", warning)
     check_offline(config)
     defaults = type(replay)()
     for key in ("samples_per_insert", "min_size", "error_buffer", "checkpoint_dir", "redis_url"):
         if getattr(replay, key) != getattr(defaults, key):
             value = redact_url(replay.redis_url) if key == "redis_url" else getattr(replay, key)
             log.warning("replay.%s is set by qfleet train itself; the configured %r is ignored", key, value)
+
+
+def insert_lead_warning(config: RunConfig) -> str | None:
+    """What to say when the actors' insert settings let them run out of proportion ahead of the
+    learner (a lead above LEAD_WARN_FRACTION of the run); None when they fit, or are the ones
+    `derive_insert_settings` gives this run (a default config never warns)."""
+    train, actors = config.train, config.actors
+    settings = InsertSettings(actors.insert_batch, actors.max_inserts_in_flight)
+    lead = settings.lead(actors.num_actors)
+    if not train.total_env_steps or lead <= LEAD_WARN_FRACTION * train.total_env_steps:
+        return None
+    derived = derive_insert_settings(train.total_env_steps, config.learner.updates_per_env_step, actors.num_actors)
+    if settings == derived:
+        return None
+    return (
+        f"actors may run up to {lead:,} transitions ahead of the learner (num_actors x insert_batch x "
+        f"(max_inserts_in_flight + 1)), {100 * lead / train.total_env_steps:.0f}% of train.total_env_steps: "
+        f"leave actors.insert_batch and actors.max_inserts_in_flight out to derive them from the run "
+        f"(here {derived.insert_batch} and {derived.max_inserts_in_flight}), or lower them for a tighter UTD"
+    )
 
 
 def check_offline(config: RunConfig) -> None:

@@ -1,0 +1,86 @@
+"""The actors' insert settings derived from the run, and the plan's warning about explicit ones."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import pytest
+
+from system.config import load_config
+from system.config.insert_settings import InsertSettings, derive_insert_settings
+from system.train import plan
+from system.train.plan import insert_lead_warning
+
+CONFIGS = sorted(str(path) for path in pathlib.Path("configs").glob("*.yaml"))
+LEAD_WARNING = "ahead of the learner"
+
+
+@pytest.mark.parametrize(
+    ("total_env_steps", "utd", "num_actors", "expected"),
+    [
+        (20_000, 1.0, 2, InsertSettings(100, 1)),  # issue #23's Pendulum: 2% of the run is 400 transitions
+        (50_000, 0.5, 2, InsertSettings(250, 1)),  # configs/cartpole.yaml: 1,000 transitions
+        (2_000_000, 0.25, 4, InsertSettings(2048, 1)),  # 4096 updates / UTD 0.25 caps 2% (40,000)
+        (2_000_000, 4.0, 4, InsertSettings(128, 1)),  # a high UTD: 4096 updates are 1,024 env steps
+        (10_000_000, 0.1, 2, InsertSettings(4096, 4)),  # the batch at its largest, then more in flight
+        (10**9, 1e-4, 1, InsertSettings(4096, 32)),  # ... up to the fixed default's 32
+        (50, 1.0, 2, InsertSettings(1, 1)),  # a tiny run: the smallest settings
+        (0, 1.0, 2, InsertSettings(1, 1)),  # offline only: no actor runs
+    ],
+)
+def test_insert_settings_keep_the_lead_within_two_percent_of_the_run_and_4096_updates(
+    total_env_steps, utd, num_actors, expected
+):
+    settings = derive_insert_settings(total_env_steps, utd, num_actors)
+    assert settings == expected
+    if total_env_steps > 1000:  # above the floor of one transition per message
+        assert settings.lead(num_actors) <= min(0.02 * total_env_steps, 4096 / utd)
+
+
+def test_a_setting_given_is_kept_and_the_other_derived_around_it():
+    assert derive_insert_settings(50_000, 0.5, 2, insert_batch=100) == InsertSettings(100, 4)  # 500 per actor
+    assert derive_insert_settings(50_000, 0.5, 2, max_inserts_in_flight=4) == InsertSettings(100, 4)
+    assert derive_insert_settings(50_000, 0.5, 2, 4096, 32) == InsertSettings(4096, 32)
+
+
+def test_a_config_without_insert_settings_gets_derived_ones_and_explicit_ones_win():
+    derived = load_config(None, ["train.total_env_steps=20000", "learner.updates_per_env_step=1"]).actors
+    assert (derived.insert_batch, derived.max_inserts_in_flight) == (100, 1)
+    explicit = load_config(None, ["train.total_env_steps=20000", "actors.insert_batch=4096"]).actors
+    assert (explicit.insert_batch, explicit.max_inserts_in_flight) == (4096, 1)
+    both = load_config(None, ["actors.insert_batch=4096", "actors.max_inserts_in_flight=32"]).actors
+    assert (both.insert_batch, both.max_inserts_in_flight) == (4096, 32)
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_no_shipped_config_lets_actors_run_out_of_proportion_ahead(path):
+    assert insert_lead_warning(load_config(path)) is None
+
+
+def test_explicit_settings_out_of_proportion_are_still_warned_about_with_the_derived_ones():
+    config = load_config(
+        None, ["train.total_env_steps=20000", "actors.insert_batch=4096", "actors.max_inserts_in_flight=32"]
+    )
+    warning = insert_lead_warning(config)
+    assert "270,336 transitions ahead of the learner" in warning and "1352%" in warning
+    assert "(here 100 and 1)" in warning
+
+
+@pytest.mark.parametrize(
+    ("config", "env_id", "overrides"),
+    [
+        (None, "Pendulum-v1", ["train.total_env_steps=20000"]),  # issue #23's run
+        (None, "Pendulum-v1", []),
+        (None, "CartPole-v1", []),
+        ("configs/cartpole.yaml", None, ["train.total_env_steps=20000"]),  # "still 5% with CartPole's"
+        ("configs/cartpole.yaml", None, []),
+    ],
+)
+def test_default_recipes_and_the_cartpole_config_plan_without_the_lead_warning(
+    tmp_path, caplog, config, env_id, overrides
+):
+    with caplog.at_level(logging.WARNING):
+        planned = plan(config, overrides, str(tmp_path / "run"), None, env_id=env_id)
+    assert planned.config.actors.insert_batch <= 500  # derived, not the fixed 4096
+    assert LEAD_WARNING not in caplog.text
