@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from actors.actor import ActorStartup, ActorStats, EnvActor
+from actors.allotment import chunk_allotment
 from actors.config import ActorsConfig, EnvConfig
 from actors.envs import describe_env
 from actors.errors import ActorRegistryError, FleetError
@@ -76,6 +77,11 @@ class ActorFleet:
         max_env_steps: env steps of all actors together after which no chunk starts (None: no
             limit); the last chunks are shortened so that the fleet stops there, not a chunk later
             (past it by less than env.num_envs when it is not a multiple of that).
+        milestone_every: chunks are shortened the same way to end on multiples of this many env
+            steps (the run's evaluation schedule: the driver sees the count reach each one instead
+            of passing it by a chunk); None: no milestones. See `actors.allotment`.
+        milestone_offset: env steps of the run before this fleet (a resumed run's milestones are
+            multiples of the run's count).
     """
 
     def __init__(
@@ -88,6 +94,8 @@ class ActorFleet:
         chunk_s: float = 1.0,
         max_env_steps: int | None = None,
         *,
+        milestone_every: int | None = None,
+        milestone_offset: int = 0,
         replay_credentials: ReplayCredentials | None,
     ):
         import ray
@@ -96,6 +104,7 @@ class ActorFleet:
         self.env, self.config, self.learner = env, actors, learner
         self.redis_url, self.run, self.chunk_s = redis_url, run, chunk_s
         self.max_env_steps = max_env_steps
+        self.milestone_every, self.milestone_offset = milestone_every, milestone_offset
         self._replay_credentials = None if replay_credentials is None else replay_credentials.for_clients()
         self.registry = ActorRegistry(redis_url, run)
         self._slots: dict[int, _Slot] = {}
@@ -268,17 +277,19 @@ class ActorFleet:
             slot.submitted_at = time.monotonic()
 
     def _allotment(self) -> int | None:
-        """Env steps the next chunk may take: an even share of the budget not yet done nor promised
-        to chunks in flight, in whole vector steps (None: no budget; 0: nothing left)."""
-        if self.max_env_steps is None:
+        """Env steps the next chunk may take (`chunk_allotment`: None no limit, 0 nothing left)."""
+        if self.max_env_steps is None and not self.milestone_every:
             return None
         promised = sum(slot.allotment or 0 for slot in self._slots.values() if slot.ref is not None)
-        left = self.max_env_steps - self.stats().env_steps - promised
-        if left <= 0:
-            return 0
-        num_envs = self.env.num_envs
-        vector_steps = max(1, left // num_envs)
-        return -(-vector_steps // len(self._slots)) * num_envs
+        return chunk_allotment(
+            self.stats().env_steps,
+            promised,
+            len(self._slots),
+            self.env.num_envs,
+            self.max_env_steps,
+            self.milestone_every,
+            self.milestone_offset,
+        )
 
     def _count_restart(self, slot: _Slot) -> None:
         self.actor_restarts += 1

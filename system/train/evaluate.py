@@ -20,6 +20,7 @@ import numpy as np
 from actors import EnvConfig, make_env
 from learner import LearnerConfig
 from system.config import ConfigError, RunConfig, env_spaces
+from system.train.eval_schedule import due_evaluation
 from system.train.records import EvalRecord, RunCounters
 from system.train.run_dir import RunDir
 
@@ -245,17 +246,16 @@ class RunEvaluations:
         return True
 
     def submit_if_due(self) -> None:
-        """Hands the latest published weights to the background thread when an evaluation is due."""
-        counters, every = self.counters, self.every
-        if not every or counters.env_steps < counters.next_eval:
-            return
-        counters.next_eval = (counters.env_steps // every + 1) * every
-        if not self.prepare():
+        """Hands the latest published weights to the background thread when an evaluation is due
+        (`due_evaluation`: at each multiple of train.eval_every_steps, no drift, no bursts)."""
+        counters = self.counters
+        scheduled, counters.next_eval = due_evaluation(counters.env_steps, counters.next_eval, self.every)
+        if scheduled is None or not self.prepare():
             return
         fetched = self._weights.fetch(0)
         if fetched is None:  # no weights published yet: evaluate at the next threshold
             return
-        self._submit(*fetched)
+        self._submit(*fetched, scheduled=scheduled)
 
     def submit_offline_if_due(self) -> None:
         """In the offline phase: an evaluation when counters.updates passed the next threshold."""
@@ -277,15 +277,17 @@ class RunEvaluations:
         if fetched is not None:
             self._submit(*fetched)
 
-    def _tag(self, version: int) -> dict:
+    def _tag(self, version: int, scheduled: int | None = None) -> dict:
         counters = self.counters
         tag = {"env_steps": counters.env_steps, "wall_s": counters.wall_s(), "weights_version": version}
+        if scheduled is not None:
+            tag["scheduled_env_steps"] = scheduled
         if counters.phase is not None:
             tag |= {"phase": counters.phase, "updates": counters.updates}
         return tag
 
-    def _submit(self, version: int, state: dict) -> None:
-        tag = self._tag(version)
+    def _submit(self, version: int, state: dict, scheduled: int | None = None) -> None:
+        tag = self._tag(version, scheduled)
         if not self._background.submit(tag, state, version):  # the previous one still runs: skip this one
             log.info(
                 "evaluation at %s env steps, update %s skipped: the evaluator is still busy",
@@ -346,6 +348,8 @@ class RunEvaluations:
         self.counters.evals += 1
         self.counters.last_eval = (tag["env_steps"], result.mean)
         where = f"{tag['env_steps']:,} env steps"
+        if tag.get("scheduled_env_steps") is not None:
+            where = f"{tag['scheduled_env_steps']:,} env steps (scheduled; weights taken at {tag['env_steps']:,})"
         if tag.get("phase") == "offline":
             where = f"update {tag['updates']:,} (offline phase)"
         print(

@@ -225,6 +225,9 @@ def start_actors(plan: Plan, counters: RunCounters, components: Components) -> N
         components.redis_url,
         plan.name,
         max_env_steps=budget,
+        # chunks end on the evaluation schedule, so that evaluations come at their env steps
+        milestone_every=config.train.eval_every_steps if evaluates_in_driver(config) else None,
+        milestone_offset=counters.start_env_steps,
         replay_credentials=components.replay_credentials.for_clients(),
     )
     components.fleet.start()

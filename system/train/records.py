@@ -298,11 +298,16 @@ class EvalRecord:
     """"offline" or "online" in a run with an offline dataset (phase and updates are written only then)."""
     updates: int | None = None
     """The learner's updates when the weights were taken (runs with an offline dataset)."""
+    scheduled_env_steps: int | None = None
+    """The multiple of train.eval_every_steps this periodic evaluation is for (`env_steps` is at
+    or shortly past it: the driver sees the count as actors' chunks end); written only then."""
 
     def to_json(self) -> dict:
         record = {"kind": "eval", **dataclasses.asdict(self)}
         if self.phase is None:
             del record["phase"], record["updates"]
+        if self.scheduled_env_steps is None:
+            del record["scheduled_env_steps"]
         return record
 
 
