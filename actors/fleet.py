@@ -17,6 +17,7 @@ from actors.allotment import chunk_allotment
 from actors.config import ActorsConfig, EnvConfig
 from actors.envs import describe_env
 from actors.errors import ActorRegistryError, FleetError
+from actors.overdue import overdue, ray_actor_state
 from actors.registry import STATE_HELD_BACK, ActorRegistry
 from learner import LearnerConfig
 from replay import ReplayAuthenticationError, ReplayCredentials
@@ -230,9 +231,9 @@ class ActorFleet:
         return self.stats()
 
     def _warn_if_overdue(self, actor_id: int, slot: _Slot, now: float) -> None:
-        """Warns once when an actor's chunk is PENDING_WARNING_S overdue, with the reason its report
-        gives: inserts held back by replay's rate limiter (the UTD), or no report at all (the
-        actor never came up: Ray is waiting for resources the cluster lacks?)."""
+        """Says once when an actor's chunk is PENDING_WARNING_S overdue, and why (`actors.overdue`):
+        held back by the UTD (INFO: the progress line shows it), or a warning naming what Ray says:
+        not placed (resources the cluster lacks), still starting, restarting, or up but slow."""
         if slot.ref is None or slot.warned_pending:
             return
         due = slot.submitted_at + self.chunk_s
@@ -244,30 +245,26 @@ class ActorFleet:
         except ActorRegistryError as exc:
             report = {}
             log.warning("actor %d: cannot read its report: %s", actor_id, exc)
-        if report.get("state") == STATE_HELD_BACK:
-            log.warning(
-                "actor %d has not finished a chunk within %.0f s: held back by the UTD (the learner samples "
-                "slower than actors insert; its inserts have waited %s s on replay's rate limiter)",
-                actor_id,
-                PENDING_WARNING_S,
-                report.get("insert_wait_s", "-"),
-            )
-        elif report or slot.stats is not None:
-            log.warning(
-                "actor %d is up but has not finished a chunk within %.0f s (a slow env? `qfleet status` "
-                "shows its last report)",
-                actor_id,
-                PENDING_WARNING_S,
-            )
-        else:
-            log.warning(
-                "actor %d has not reported within %.0f s: is it waiting for resources the cluster lacks "
-                "(num_cpus=%s, resources=%s; `ray status` shows what is free)?",
-                actor_id,
-                PENDING_WARNING_S,
-                self.config.num_cpus,
-                dict(self.config.resources),
-            )
+        ray_state = None if report.get("state") == STATE_HELD_BACK else ray_actor_state(slot.handle)
+        said = overdue(
+            actor_id,
+            PENDING_WARNING_S,
+            report,
+            slot.stats is not None,
+            ray_state,
+            self.config.num_cpus,
+            self.config.resources,
+        )
+        log.log(logging.WARNING if said.warning else logging.INFO, "%s", said.text)
+
+    def held_back(self) -> int | None:
+        """Live actors whose latest report says their inserts wait on replay's rate limiter (held
+        back by the UTD); None when the reports cannot be read."""
+        try:
+            reports = self.registry.actors()
+        except ActorRegistryError:
+            return None
+        return sum(1 for actor_id in self._slots if reports.get(actor_id, {}).get("state") == STATE_HELD_BACK)
 
     def _submit(self, slot: _Slot) -> None:
         """Starts the slot's next chunk: with max_env_steps, only within its share of what is left."""

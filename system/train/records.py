@@ -251,10 +251,16 @@ class ProgressRecord:
     """Share of the learner's latest batch's targets outside the value support (c51, hl_gauss; the
     key is written only then)."""
 
+    actors_held_back: int | None = None
+    """Live actors whose inserts wait on replay's rate limiter now: held back by the UTD, the
+    learner being slower than the actors (None, and left out, while no actor runs or their reports
+    cannot be read)."""
+
     def to_json(self) -> dict:
         record = {"kind": "progress", **dataclasses.asdict(self)}
-        if self.clamped_fraction is None:
-            del record["clamped_fraction"]
+        for name in ("clamped_fraction", "actors_held_back"):
+            if record[name] is None:
+                del record[name]
         for name in (*ACCOUNTING_FIELDS, *STALENESS_FIELDS):
             if record[name] is None:
                 del record[name]
@@ -359,8 +365,19 @@ def progress_line(record: ProgressRecord, total_env_steps: int) -> str:
         f"updates {record.updates:,} ({record.updates_per_s:,.0f}/s), "
         f"utd {record.achieved_utd:.3f}/{record.target_utd:g} | "
         f"replay {record.replay_size:,} | weights v{record.weights_version}"
+        + _held_back_text(record)
         + _clamped_text(record)
         + _faults_text(record)
+    )
+
+
+def _held_back_text(record: ProgressRecord) -> str:
+    """ " | held back by the UTD: n/m actors" while actors' inserts wait on the learner, else ""."""
+    if not record.actors_held_back:
+        return ""
+    return (
+        f" | held back by the UTD: {record.actors_held_back}/{record.actors} actors wait for the learner "
+        f"(updates {record.updates_per_s:,.0f}/s at UTD {record.target_utd:g})"
     )
 
 

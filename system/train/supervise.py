@@ -536,6 +536,7 @@ class Supervisor:
             sample_staleness=_rounded(learner.sample_staleness, 2),
             sample_age_s=_rounded(learner.sample_age_s, 3),
             clamped_fraction=learner.clamped_fraction,
+            actors_held_back=None if fleet is None else self.components.fleet.held_back(),
         )
 
 

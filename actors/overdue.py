@@ -1,0 +1,117 @@
+"""Why an actor's chunk is overdue: the fleet's message, chosen from what the actor and Ray say.
+
+An actor whose `run` has not returned long after its chunk was due is one of:
+
+- held back: its report says its inserts wait on replay's rate limiter. That is the UTD at work (the
+  learner samples slower than the actors insert), not a fault: said once at INFO, and shown by
+  the progress line ("held back by the UTD"), not as a warning.
+- not placed: Ray has not created it (PENDING_CREATION without a worker process): the cluster
+  lacks the CPUs or custom resources it asks for.
+- starting: Ray placed it and its constructor still runs (building envs: an emulator boots).
+- restarting: Ray is restarting its dead process.
+- slow: it is up (it reported, or Ray says ALIVE) and a chunk takes long (a slow env).
+- unknown: no report and no answer from Ray: the message asks rather than claims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from actors.registry import STATE_HELD_BACK
+
+HELD_BACK = "held_back"
+NOT_PLACED = "not_placed"
+STARTING = "starting"
+RESTARTING = "restarting"
+SLOW = "slow"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class RayActorState:
+    """What Ray's control store says of an actor (`ray_actor_state`)."""
+
+    state: str
+    """Ray's actor state: DEPENDENCIES_UNREADY, PENDING_CREATION, ALIVE, RESTARTING or DEAD."""
+    placed: bool
+    """A worker process was given to it (it has a pid or port): its constructor runs or ran."""
+
+
+def ray_actor_state(handle) -> RayActorState | None:
+    """Ray's state of the actor behind `handle`; None when Ray cannot tell (Ray's own table, read
+    through a private call that needs no dashboard: any failure of it is no answer)."""
+    try:
+        from ray._private import state
+
+        info = state.actors(handle._actor_id.hex())
+        address = info.get("Address") or {}
+        placed = bool(info.get("Pid")) or bool(address.get("Port"))
+        return RayActorState(str(info["State"]), placed)
+    except Exception:
+        return None
+
+
+@dataclass(frozen=True)
+class Overdue:
+    """An overdue chunk's cause and what the fleet says of it."""
+
+    cause: str
+    text: str
+
+    @property
+    def warning(self) -> bool:
+        """A fault or a missing resource: a warning; held back by the UTD is the design working."""
+        return self.cause != HELD_BACK
+
+
+def overdue(
+    actor_id: int,
+    overdue_s: float,
+    report: dict,
+    reported_before: bool,
+    ray_state: RayActorState | None,
+    num_cpus: float,
+    resources: dict[str, float],
+) -> Overdue:
+    """The cause of actor `actor_id`'s chunk being `overdue_s` seconds late, and the message.
+
+    Args:
+        report: its latest registry report ({} when none is live).
+        reported_before: a chunk of it returned before (the fleet holds its stats).
+        ray_state: `ray_actor_state` of it (None: Ray did not say).
+        num_cpus, resources: what it asks Ray for (named when it is not placed).
+    """
+    late = f"actor {actor_id} has not finished a chunk within {overdue_s:.0f} s"
+    if report.get("state") == STATE_HELD_BACK:
+        return Overdue(
+            HELD_BACK,
+            f"{late}: held back by the UTD (the learner samples slower than the actors insert; its inserts "
+            f"have waited {report.get('insert_wait_s', '-')} s on replay's rate limiter)",
+        )
+    state = None if ray_state is None else ray_state.state
+    if state in ("PENDING_CREATION", "DEPENDENCIES_UNREADY") and not ray_state.placed:
+        return Overdue(
+            NOT_PLACED,
+            f"actor {actor_id} is not placed after {overdue_s:.0f} s: Ray is waiting for resources the cluster "
+            f"lacks (num_cpus={num_cpus:g}, resources={dict(resources)}; `ray status` shows what is free)",
+        )
+    if state == "PENDING_CREATION":
+        return Overdue(
+            STARTING,
+            f"actor {actor_id} is placed but still starting after {overdue_s:.0f} s (building its envs; "
+            "a slow env or emulator start?)",
+        )
+    if state == "RESTARTING":
+        return Overdue(RESTARTING, f"{late}: Ray is restarting its process")
+    if report or reported_before or state == "ALIVE":
+        return Overdue(
+            SLOW,
+            f"actor {actor_id} is up but has not finished a chunk within {overdue_s:.0f} s (a slow env? "
+            "`qfleet status` shows its last report)",
+        )
+    return Overdue(
+        UNKNOWN,
+        f"actor {actor_id} has not reported within {overdue_s:.0f} s and Ray does not say why: is it waiting "
+        f"for resources the cluster lacks (num_cpus={num_cpus:g}, resources={dict(resources)}; `ray status` "
+        "shows what is free)?",
+    )
