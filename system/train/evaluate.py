@@ -253,7 +253,8 @@ class RunEvaluations:
         if scheduled is None or not self.prepare():
             return
         fetched = self._weights.fetch(0)
-        if fetched is None:  # no weights published yet: evaluate at the next threshold
+        if fetched is None:  # no weights announced yet: still due, at the next round (not a multiple later)
+            counters.next_eval = scheduled
             return
         self._submit(*fetched, scheduled=scheduled)
 

@@ -47,13 +47,13 @@ def records(run_dir: Path, kind: str) -> list[dict]:
 def test_train_env_acrobot_with_the_default_recipe_derives_a_support_that_clamps_nothing(tmp_path):
     run_dir = tmp_path / "run"
     command = [*QFLEET, "train", "--env", "Acrobot-v1", "--run-dir", str(run_dir)]
-    done = subprocess.run(
-        [*command, *overrides(TINY | {"train.total_env_steps": 1500})], capture_output=True, text=True, timeout=540
-    )
+    settings = TINY | {"train.total_env_steps": 1500, "train.eval_every_steps": 500}
+    done = subprocess.run([*command, *overrides(settings)], capture_output=True, text=True, timeout=540)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert "value support [-110, 10], 51 bins of width 2.35 (auto: rewards in [-1, -1]" in output
     assert "cannot hold the" not in output and "CLAMPED" not in output
+    assert "ahead of the learner" not in output  # insert settings derived from the run
     assert "fell outside the value support" not in output
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["env"]["id"] == "Acrobot-v1"
@@ -62,6 +62,12 @@ def test_train_env_acrobot_with_the_default_recipe_derives_a_support_that_clamps
         -110.0,
         10.0,
     )
+    assert config["actors"]["insert_batch"] == 15  # 2% of 1,500 steps: 30 in flight at most
+    # Evaluations are labelled with their multiple of train.eval_every_steps (the weights taken at or
+    # after it: as soon as the learner's first weights are announced).
+    for record in records(run_dir, "eval"):
+        scheduled = record.get("scheduled_env_steps", record["env_steps"])
+        assert scheduled % 500 == 0 and 0 <= record["env_steps"] - scheduled < 500, record
     fractions = [r["clamped_fraction"] for r in records(run_dir, "progress") if "clamped_fraction" in r]
     assert fractions and max(fractions) <= 0.01, fractions
     assert records(run_dir, "progress")[-1]["updates"] > 0
