@@ -42,7 +42,7 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     from system.services.actors import run_actors
 
-    config = load_config(args.config, args.set, flag_overrides(args))
+    config = load_config(args.config, args.set, flag_overrides(args), derive_inserts=False)  # no run length here
     return run_actors(
         config, args.redis_url, args.run, args.ray_address, args.max_env_steps, args.log_every, args.insecure
     )

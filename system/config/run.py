@@ -81,12 +81,17 @@ def load_config(
     overrides: list[str] = (),
     flags: dict[str, Any] | None = None,
     base: dict[str, dict[str, Any]] | None = None,
+    *,
+    derive_inserts: bool = True,
 ) -> RunConfig:
     """Reads a YAML run config, applies `--set` overrides and flags (`section.key` -> value).
 
     Args:
         base: sections used in place of a file when `path` is None (a recipe of
             `system.config.recipes`, for `qfleet train --env`).
+        derive_inserts: the actors' insert settings the sources leave out are derived from the
+            run (`insert_settings`); False keeps `ActorsConfig`'s fixed defaults (standalone
+            actors, `qfleet actors run`, have no run length to size them by).
 
     Raises:
         ConfigError: unreadable file, unknown section or key, or an invalid value (named).
@@ -123,7 +128,7 @@ def load_config(
             section, key = dotted.split(".", 1)
             merged[section][key] = value
     config = RunConfig(**{name: build(cls, merged[name], name) for name, cls in SECTIONS.items()})
-    return with_derived_inserts(config, given=set(merged["actors"]))
+    return with_derived_inserts(config, given=set(merged["actors"])) if derive_inserts else config
 
 
 def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:

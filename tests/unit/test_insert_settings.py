@@ -51,6 +51,8 @@ def test_a_config_without_insert_settings_gets_derived_ones_and_explicit_ones_wi
     assert (explicit.insert_batch, explicit.max_inserts_in_flight) == (4096, 1)
     both = load_config(None, ["actors.insert_batch=4096", "actors.max_inserts_in_flight=32"]).actors
     assert (both.insert_batch, both.max_inserts_in_flight) == (4096, 32)
+    standalone = load_config(None, ["train.total_env_steps=20000"], derive_inserts=False).actors  # qfleet actors run
+    assert (standalone.insert_batch, standalone.max_inserts_in_flight) == (4096, 32)
 
 
 @pytest.mark.parametrize("path", CONFIGS)
