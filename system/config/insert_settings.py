@@ -11,7 +11,7 @@ sized from the run:
 
     lead budget = min(LEAD_FRACTION x train.total_env_steps, LEAD_UPDATES / learner.updates_per_env_step)
 
-then split over the actors: one message in flight, the batch as large as the budget allows (up to
+(2% of the run, and 512 learner updates' worth of transitions), then split over the actors: one message in flight, the batch as large as the budget allows (up to
 MAX_INSERT_BATCH); once the batch is at its largest, more messages in flight (up to
 MAX_INSERTS_IN_FLIGHT) for throughput. A key given in the config wins; the other is derived around
 it. `system.train.plan` warns when the lead of explicit settings is out of proportion to the run.
@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from system.config.run import RunConfig
 
 LEAD_FRACTION = 0.02
 """The lead budget as a fraction of train.total_env_steps (plan warns above 5%: `LEAD_WARN_FRACTION`)."""
@@ -28,13 +32,16 @@ LEAD_FRACTION = 0.02
 LEAD_WARN_FRACTION = 0.05
 """A lead above this fraction of the run is out of proportion (plan warns about explicit settings)."""
 
-LEAD_UPDATES = 4096
-"""The lead budget in learner updates: at a high UTD each transition ahead costs that many updates
-of staleness, so a UTD-4 run gets a quarter of a UTD-1 run's lead."""
+LEAD_UPDATES = 512
+"""The lead budget in learner updates: the data in flight was collected by a policy this many
+updates behind the learner at most, whatever the run's length. It is what configs/cartpole.yaml was
+tuned with (2 actors x 256 x 2 at UTD 0.5: 1,024 transitions, 512 updates), a few target-network
+periods; a higher UTD gets proportionally fewer transitions (UTD 4: 128)."""
 
 MAX_INSERT_BATCH = 4096
-"""The largest derived insert message (the fixed default's size: docs/benchmarks.md shows larger
-ones add little throughput)."""
+"""The largest derived insert message (the fixed default's size). Small messages cost actors little:
+a shard takes over 300k CartPole transitions/s at 256 per message (docs/benchmarks.md, replay
+insert), far above what a run's actors produce."""
 
 MAX_INSERTS_IN_FLIGHT = 32
 """The most derived messages in flight (the fixed default's)."""
@@ -90,7 +97,7 @@ INSERT_KEYS = ("insert_batch", "max_inserts_in_flight")
 """The `actors` keys derived when a config leaves them out."""
 
 
-def with_derived_inserts(config, given: set[str]):
+def with_derived_inserts(config: RunConfig, given: set[str]) -> RunConfig:
     """`config` (a `RunConfig`) with the `actors` insert keys not in `given` derived from its run
     length, UTD and actor count."""
     actors = config.actors

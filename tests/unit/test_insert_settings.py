@@ -21,21 +21,22 @@ LEAD_WARNING = "ahead of the learner"
     [
         (20_000, 1.0, 2, InsertSettings(100, 1)),  # issue #23's Pendulum: 2% of the run is 400 transitions
         (50_000, 0.5, 2, InsertSettings(250, 1)),  # configs/cartpole.yaml: 1,000 transitions
-        (2_000_000, 0.25, 4, InsertSettings(2048, 1)),  # 4096 updates / UTD 0.25 caps 2% (40,000)
-        (2_000_000, 4.0, 4, InsertSettings(128, 1)),  # a high UTD: 4096 updates are 1,024 env steps
-        (10_000_000, 0.1, 2, InsertSettings(4096, 4)),  # the batch at its largest, then more in flight
+        (1_000_000, 0.5, 2, InsertSettings(256, 1)),  # 512 updates at UTD 0.5: cartpole.yaml's tuned 256
+        (2_000_000, 0.25, 4, InsertSettings(256, 1)),  # 512 updates / UTD 0.25 = 2,048 caps 2% (40,000)
+        (2_000_000, 4.0, 4, InsertSettings(16, 1)),  # a high UTD: 512 updates are 128 env steps
+        (10_000_000, 0.001, 2, InsertSettings(4096, 23)),  # the batch at its largest, then more in flight
         (10**9, 1e-4, 1, InsertSettings(4096, 32)),  # ... up to the fixed default's 32
         (50, 1.0, 2, InsertSettings(1, 1)),  # a tiny run: the smallest settings
         (0, 1.0, 2, InsertSettings(1, 1)),  # offline only: no actor runs
     ],
 )
-def test_insert_settings_keep_the_lead_within_two_percent_of_the_run_and_4096_updates(
+def test_insert_settings_keep_the_lead_within_two_percent_of_the_run_and_512_updates(
     total_env_steps, utd, num_actors, expected
 ):
     settings = derive_insert_settings(total_env_steps, utd, num_actors)
     assert settings == expected
     if total_env_steps > 1000:  # above the floor of one transition per message
-        assert settings.lead(num_actors) <= min(0.02 * total_env_steps, 4096 / utd)
+        assert settings.lead(num_actors) <= min(0.02 * total_env_steps, 512 / utd)
 
 
 def test_a_setting_given_is_kept_and_the_other_derived_around_it():
