@@ -267,7 +267,8 @@ class ActorFleet:
         return sum(1 for actor_id in self._slots if reports.get(actor_id, {}).get("state") == STATE_HELD_BACK)
 
     def _submit(self, slot: _Slot) -> None:
-        """Starts the slot's next chunk: with max_env_steps, only within its share of what is left."""
+        """Starts the slot's next chunk: with max_env_steps or milestones, only within its share of
+        what is left to the nearer of them (`chunk_allotment`)."""
         slot.allotment = self._allotment()
         if slot.allotment != 0:
             slot.ref = slot.handle.run.remote(self.chunk_s, slot.allotment)
