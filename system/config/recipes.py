@@ -48,7 +48,7 @@ CONTINUOUS_RECIPE: dict[str, dict[str, Any]] = {
     "replay": {"capacity": 100_000, "selector": "prioritized", "alpha": 0.6, "beta": 0.4},
     "learner": {
         "loss": "sac",
-        "ensemble_size": 2,  # 10 (REDQ) costs 3.5x the CPU time per update for the same UTD
+        "ensemble_size": 2,  # 10 (REDQ) costs about 3x the CPU time per update
         "ensemble_subset": 2,
         "batch_size": 256,
         "hidden_size": 256,
