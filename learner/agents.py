@@ -6,6 +6,7 @@ act with what an agent publishes is `learner.acting`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import ClassVar
 
@@ -89,6 +90,19 @@ class DiscreteQAgent:
             self.target.load_state_dict(state["target"])
 
 
+@contextlib.contextmanager
+def frozen(parameters: list[nn.Parameter]):
+    """Parameters that take no gradient inside the block: a loss flows through the network to its
+    inputs without computing (and later discarding) gradients of its weights."""
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+
+
 class SACAgent:
     """SAC (Haarnoja et al. 2018) with an ensemble of LayerNorm critics computed in one batched
     pass; the target takes the minimum over a random subset of `ensemble_subset` critics (REDQ,
@@ -109,30 +123,34 @@ class SACAgent:
         self.log_alpha = torch.tensor(initial_log_alpha, device=device, requires_grad=True)
         self.target_entropy = -float(action_dim)
         lr = config.optimizer.lr
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=lr)
+        self.actor_parameters, self.critic_parameters = list(self.actor.parameters()), list(self.critic.parameters())
+        self.actor_optimizer = torch.optim.Adam(self.actor_parameters, lr=lr, foreach=True)
+        self.critic_optimizer = torch.optim.Adam(self.critic_parameters, lr=lr, foreach=True)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=lr)
 
     def update(self, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> UpdateResult:
+        """One critic, actor and temperature step. The target evaluates only the `ensemble_subset`
+        members it takes the minimum over, and the actor's loss flows into the actions only (the
+        critics' weights are frozen for it): the two costs that grew with the ensemble size."""
         obs, action = batch["obs"].float(), batch["action"].float()
         reward, discount = batch["reward"].float(), batch["discount"].float()
         alpha = self.log_alpha.exp().detach()
+        sac, max_grad_norm = self.config.sac, self.config.optimizer.max_grad_norm
         with torch.no_grad():
             next_action, next_log_prob = self.actor(batch["next_obs"].float())
             critics = self.critic_target if self.critic_target is not None else self.critic
-            sac = self.config.sac
             subset = torch.randperm(sac.ensemble_size, device=self.device)[: sac.ensemble_subset]
-            next_q = critics(batch["next_obs"], next_action)[subset].min(dim=0).values
+            next_q = critics(batch["next_obs"], next_action, members=subset).min(dim=0).values
             target = reward + discount * (next_q - alpha * next_log_prob)
         q = self.critic(obs, action)  # [E, B]
         per_item = ((q - target) ** 2).mean(dim=0)
         critic_loss = (weights * per_item).mean()
-        max_grad_norm = self.config.optimizer.max_grad_norm
-        grad_norm = step(self.critic_optimizer, critic_loss, list(self.critic.parameters()), max_grad_norm)
+        grad_norm = step(self.critic_optimizer, critic_loss, self.critic_parameters, max_grad_norm)
 
         new_action, log_prob = self.actor(obs)
-        actor_loss = (alpha * log_prob - self.critic(obs, new_action).mean(dim=0)).mean()
-        step(self.actor_optimizer, actor_loss, list(self.actor.parameters()), max_grad_norm)
+        with frozen(self.critic_parameters):
+            actor_loss = (alpha * log_prob - self.critic(obs, new_action).mean(dim=0)).mean()
+            step(self.actor_optimizer, actor_loss, self.actor_parameters, max_grad_norm)
         alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
         self.alpha_optimizer.zero_grad(set_to_none=True)
         alpha_loss.backward()

@@ -133,7 +133,8 @@ class IQLCritic(nn.Module):
 
 
 class EnsembleLinear(nn.Module):
-    """E independent linear layers applied in one batched matmul: [E, B, in] -> [E, B, out]."""
+    """E independent linear layers applied in one batched matmul: [E, B, in] -> [E, B, out]
+    (or [M, B, in] -> [M, B, out] for M chosen `members`)."""
 
     def __init__(self, members: int, in_dim: int, out_dim: int):
         super().__init__()
@@ -146,8 +147,10 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        if members is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return torch.baddbmm(self.bias[members], x, self.weight[members])
 
 
 class EnsembleLayerNorm(nn.Module):
@@ -162,30 +165,32 @@ class EnsembleLayerNorm(nn.Module):
         nn.init.ones_(self.weight)
         nn.init.zeros_(self.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        weight, bias = (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
+        return F.layer_norm(x, x.shape[-1:]) * weight + bias
 
 
 class EnsembleCritic(nn.Module):
-    """E LayerNorm MLP critics Q_e(s, a), all computed in one batched pass: returns [E, B]."""
+    """E LayerNorm MLP critics Q_e(s, a), all computed in one batched pass (a batched matmul per
+    layer, no loop over members): returns [E, B], or [M, B] for M chosen `members` (REDQ's target
+    needs only the members it takes the minimum over)."""
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_size: int, num_layers: int, members: int):
         super().__init__()
-        layers: list[nn.Module] = []
-        for i in range(num_layers):
-            layers += [
-                EnsembleLinear(members, obs_dim + action_dim if i == 0 else hidden_size, hidden_size),
-                EnsembleLayerNorm(members, hidden_size),
-                nn.ReLU(),
-            ]
-        self.body = nn.Sequential(*layers)
+        self.linears = nn.ModuleList(
+            EnsembleLinear(members, obs_dim + action_dim if i == 0 else hidden_size, hidden_size)
+            for i in range(num_layers)
+        )
+        self.norms = nn.ModuleList(EnsembleLayerNorm(members, hidden_size) for _ in range(num_layers))
         self.head = EnsembleLinear(members, hidden_size, 1)
         self.members = members
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         x = torch.cat([obs.flatten(1).float(), action.float()], dim=-1)
-        x = x.unsqueeze(0).expand(self.members, *x.shape)
-        return self.head(self.body(x)).squeeze(-1)
+        x = x.unsqueeze(0).expand(self.members if members is None else len(members), *x.shape)
+        for linear, norm in zip(self.linears, self.norms, strict=True):
+            x = F.relu(norm(linear(x, members), members))
+        return self.head(x, members).squeeze(-1)
 
     def head_modules(self) -> list[nn.Module]:
         return [self.head]

@@ -19,8 +19,7 @@ def update_target(online: nn.Module, target: nn.Module, config: TargetConfig, up
     """Moves `target` towards `online`: Polyak by `tau` ("soft"), or a copy every `every` updates ("hard")."""
     if config.update == "soft":
         with torch.no_grad():
-            for target_param, online_param in zip(target.parameters(), online.parameters(), strict=True):
-                target_param.lerp_(online_param, config.tau)
+            torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), config.tau)
     elif config.update == "hard" and updates % config.every == 0:
         target.load_state_dict(online.state_dict())
 

@@ -1,4 +1,4 @@
-"""`qfleet bench replay|priorities|sharded|learner|actors|weights|dataset|offline|ui-env|scaling|e2e|startup`: the benchmarks behind docs/benchmarks.md."""
+"""`qfleet bench replay|priorities|sharded|learner|sac-updates|actors|weights|dataset|offline|ui-env|scaling|e2e|startup`: the benchmarks behind docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -106,6 +106,28 @@ def add_parser(commands) -> None:
         "--case", action="append", choices=LEARNER_CASES, help="run only this case (repeatable; default: all three)"
     )
     _security(learner)
+
+    sac_updates = subcommands.add_parser(
+        "sac-updates",
+        help="the SAC learner's updates/s on CPU per ensemble size, beside Stable-Baselines3's SAC",
+        description=(
+            "Runs qfleet's SAC update step in-process (no Ray, no replay server) on uniform batches of random "
+            "Pendulum-shaped transitions, for each ensemble size of LayerNorm critics, and Stable-Baselines3's "
+            "SAC.train on a filled buffer at the same batch and network (SB3's defaults for Pendulum: batch 256, "
+            "2x256), interleaved, one torch thread each. SB3 runs under --peer-python, a separate venv "
+            "(requirements-bench-sb3.txt); where it is missing, its row is skipped and the table says so. Prints "
+            "a Markdown table: updates per CPU second and per wall second, and the ratio to SB3's."
+        ),
+        epilog="example: qfleet bench sac-updates --peer-python /work/peers-sb3/bin/python",
+    )
+    _common(sac_updates)
+    sac_updates.add_argument("--ensembles", default="2,5,10", help="comma-separated critic counts (default: 2,5,10)")
+    sac_updates.add_argument("--batch-size", type=int, default=256, help="transitions per update (default: 256)")
+    sac_updates.add_argument("--hidden-size", type=int, default=256, help="MLP width (default: 256)")
+    sac_updates.add_argument("--num-layers", type=int, default=2, help="MLP hidden layers (default: 2)")
+    sac_updates.add_argument(
+        "--peer-python", metavar="PATH", help="the interpreter of a venv with stable-baselines3 (default: this one)"
+    )
 
     actors = subcommands.add_parser(
         "actors",
@@ -340,6 +362,22 @@ def run(args: argparse.Namespace) -> int:
         from system.bench.learner import run_learner_bench
 
         return run_learner_bench(args.seconds, args.repeats, args.device, args.output, args.case, args.security)
+    if args.bench_command == "sac-updates":
+        from system.bench.sac_updates import run_sac_updates_bench
+
+        ensembles = _numbers("--ensembles", args.ensembles, int, minimum=2)
+        if args.seconds <= 0 or args.repeats < 1 or min(args.batch_size, args.hidden_size, args.num_layers) < 1:
+            raise ConfigError("--seconds must be > 0; --repeats, --batch-size, --hidden-size, --num-layers >= 1")
+        return run_sac_updates_bench(
+            ensembles,
+            args.seconds,
+            args.repeats,
+            args.batch_size,
+            args.hidden_size,
+            args.num_layers,
+            args.peer_python,
+            args.output,
+        )
     if args.bench_command == "weights":
         return _run_weights(args)
     if args.bench_command == "scaling":

@@ -29,6 +29,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         ["bench", "replay"],
         ["bench", "sharded"],
         ["bench", "learner"],
+        ["bench", "sac-updates"],
         ["bench", "actors"],
         ["bench", "weights"],
         ["bench", "dataset"],
@@ -253,6 +254,23 @@ def test_bench_learner_runs_one_case_briefly(tmp_path):
     help_text = run("bench", "learner", "--help").stdout
     assert all(name in help_text for name in CASES)
     assert run("bench", "learner", "--case", "pong").returncode == 2
+
+
+def test_bench_sac_updates_runs_briefly_and_says_when_sb3_is_missing(tmp_path):
+    out = tmp_path / "sac.json"
+    result = run(
+        *("bench", "sac-updates", "--ensembles", "2,3", "--hidden-size", "32", "--batch-size", "64"),
+        *("--seconds", "0.2", "--repeats", "1", "--output", str(out)),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "| qfleet SAC, 2 LayerNorm critics |" in result.stdout
+        and "| qfleet SAC, 3 LayerNorm critics |" in result.stdout
+    )
+    results = json.loads(out.read_text())["results"]
+    assert all(row["updates_per_cpu_s"] > 0 for row in results.values())
+    assert "SB3 not installed: skipped" in result.stdout  # qfleet's venv has no stable-baselines3
+    assert run("bench", "sac-updates", "--ensembles", "1").returncode != 0  # an ensemble needs 2 critics
 
 
 def test_bench_actors_runs_briefly_and_reports_every_figure(tmp_path):

@@ -111,6 +111,54 @@ def test_sac_ensemble_target_uses_a_subset_minimum_and_learns_a_bandit():
     assert result.td_abs.shape == (128,)
 
 
+def member_critic(ensemble, member: int) -> torch.nn.Sequential:
+    """Member `member` of an EnsembleCritic as a plain torch MLP (nn.Linear, nn.LayerNorm, ReLU), its
+    weights copied: the member-by-member computation the batched pass must equal."""
+    layers = []
+    for linear, norm in zip(ensemble.linears, ensemble.norms, strict=True):
+        plain = torch.nn.Linear(*linear.weight.shape[1:])
+        plain.weight.data, plain.bias.data = linear.weight[member].T.clone(), linear.bias[member, 0].clone()
+        layer_norm = torch.nn.LayerNorm(norm.weight.shape[-1])
+        layer_norm.weight.data, layer_norm.bias.data = norm.weight[member, 0].clone(), norm.bias[member, 0].clone()
+        layers += [plain, layer_norm, torch.nn.ReLU()]
+    head = torch.nn.Linear(*ensemble.head.weight.shape[1:])
+    head.weight.data, head.bias.data = ensemble.head.weight[member].T.clone(), ensemble.head.bias[member, 0].clone()
+    return torch.nn.Sequential(*layers, head)
+
+
+def test_the_batched_critic_ensemble_equals_its_members_computed_one_by_one():
+    from learner.networks import EnsembleCritic
+
+    torch.manual_seed(0)
+    ensemble = EnsembleCritic(obs_dim=3, action_dim=2, hidden_size=16, num_layers=2, members=5)
+    with torch.no_grad():  # non-default LayerNorm affines, so that a member mix-up would show
+        for norm in ensemble.norms:
+            norm.weight.normal_(1.0, 0.3)
+            norm.bias.normal_(0.0, 0.3)
+    obs, action = torch.randn(9, 3), torch.randn(9, 2)
+    batched = ensemble(obs, action)
+    one_by_one = torch.stack([member_critic(ensemble, e)(torch.cat([obs, action], 1)).squeeze(-1) for e in range(5)])
+    assert batched.shape == (5, 9)
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-5, atol=1e-5)
+    # REDQ's target evaluates only the members it draws: the same values as those rows of the full pass.
+    members = torch.tensor([3, 1])
+    torch.testing.assert_close(ensemble(obs, action, members=members), batched[members], rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_critics_pass_the_actor_loss_to_the_actions_without_weight_gradients():
+    from learner.agents import frozen
+    from learner.networks import EnsembleCritic
+
+    critic = EnsembleCritic(obs_dim=3, action_dim=1, hidden_size=8, num_layers=2, members=4)
+    action = torch.randn(6, 1, requires_grad=True)
+    parameters = list(critic.parameters())
+    with frozen(parameters):
+        critic(torch.randn(6, 3), action).mean().backward()
+    assert action.grad is not None and action.grad.abs().sum() > 0
+    assert all(p.grad is None for p in parameters)
+    assert all(p.requires_grad for p in parameters)  # the critic loss trains them again after the block
+
+
 def test_reset_reinitialises_parameters_and_optimizer_state():
     config = LearnerConfig(
         architecture=ArchitectureConfig(hidden_size=32), resets=ResetConfig(every=10, modules="head"), seed=3

@@ -164,7 +164,7 @@ def test_every_shipped_config_loads(path):
 
 def test_reference_lists_flat_learner_keys_with_their_docs():
     reference = describe(LearnerConfig, "learner")
-    assert "  ensemble_size: 10    # Critics in the ensemble" in reference
+    assert "  ensemble_size: 2    # Critics in the ensemble" in reference
     assert "  network: auto    # " in reference
     assert "architecture" not in reference
 
