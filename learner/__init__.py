@@ -8,7 +8,8 @@ Public surface:
     CheckpointLossError, WeightsHostError, and the value support's arithmetic (implied_returns,
     auto_support, contains, discounted_horizon, SUPPORT_MARGIN, CLAMPED_WARNING_FRACTION) (importing
     these does not import torch);
-    Learner, LearnerSummary, LearnerReached, make_replay, sample_error_buffer (the loop);
+    Learner, LearnerSummary, LearnerReached, make_replay, sample_error_buffer (the loop); PhaseMark,
+    OFFLINE_PHASE, ONLINE_PHASE (the offline/online phase a checkpoint was written in);
     find_checkpoint, has_checkpoints, load_latest_checkpoint (checkpoints);
     Agent, UpdateResult (the seam), make_agent, AGENTS, DiscreteQAgent, SACAgent,
     IQLAgent, FilteredBCAgent (agents); ActingHead, acting_head, ACTING_HEADS, PolicyLogits, sample_actions (how
@@ -94,6 +95,9 @@ _LAZY = {
     "Learner": "learner.loop",
     "LearnerSummary": "learner.loop",
     "LearnerReached": "learner.loop",
+    "PhaseMark": "learner.phase_mark",
+    "OFFLINE_PHASE": "learner.phase_mark",
+    "ONLINE_PHASE": "learner.phase_mark",
     "make_replay": "learner.loop",
     "sample_error_buffer": "learner.loop",
     "LearnerMetrics": "learner.metrics",

@@ -25,6 +25,7 @@ from learner.agents import make_agent
 from learner.config import LearnerConfig, resolve_device
 from learner.errors import CheckpointLossError, CheckpointSupportError, WeightStoreError
 from learner.metrics import LearnerMetrics
+from learner.phase_mark import OFFLINE_PHASE, PhaseMark
 from learner.spaces import ActionSpace
 from learner.value_support import CLAMPED_WARNING_FRACTION
 from learner.weights import WeightStore
@@ -101,6 +102,11 @@ class LearnerReached:
     fresh_from: int = 0
     """The update at which the run's current network started (the last fresh learner's start; 0:
     the run's start): a learner that must start fresh again loses the updates since then."""
+    phase: str | None = None
+    """The phase the run's records (state.json) put it in: "offline", "online", or None (a run
+    without an offline phase, or not recorded yet)."""
+    online_from: int | None = None
+    """The learner update at which the records say the online phase began (None: not recorded)."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,12 @@ class Learner:
         """A new network continues a run that had trained (no good checkpoint)."""
         self._reached = reached or LearnerReached()
         self._base_inserts = 0  # the inserts the restored updates were counted against
+        self.phase_mark: PhaseMark | None = None
+        """Where the learner stands in a run with an offline phase (set by its runner; None: a run
+        without one): written into every checkpoint. In the offline phase each update counts in
+        its `offline_updates`."""
+        self.resumed_mark: PhaseMark | None = None
+        """The `PhaseMark` of the checkpoint resumed from (None: none, or it had none)."""
         self.utd_from_update = 0
         """Updates made before the replay's data counted (a run's offline phase, on a dataset alone):
         the UTD is (updates - utd_from_update) / inserts."""
@@ -264,6 +276,9 @@ class Learner:
             elif self.replay is not None:
                 self.replay.update_priorities(batch.keys, priorities)
         self.updates += 1
+        mark = self.phase_mark
+        if mark is not None and mark.phase == OFFLINE_PHASE:
+            self.phase_mark = PhaseMark(OFFLINE_PHASE, mark.offline_updates + 1)
         if self.first_update_at is None:
             self.first_update_at = time.time()
         if self.agent.after_update(self.updates):
@@ -376,6 +391,8 @@ class Learner:
             "counters": {"updates": self.updates, "version": self.version, "inserts": self.inserts()},
             "rng": ckpt.rng_state(self.rng),
         }
+        if self.phase_mark is not None:
+            state["phase"] = self.phase_mark.to_state()
         path = ckpt.save(self.checkpoint_dir, state, self.updates)
         self._last_checkpoint = time.monotonic()
         log.info("learner checkpoint at update %d: %s", self.updates, path)
@@ -403,6 +420,7 @@ class Learner:
         self.version = int(counters["version"])
         self._base_inserts = int(counters.get("inserts", 0))
         ckpt.restore_rng(state["rng"], self.rng)
+        self.resumed_mark = PhaseMark.from_state(state)
         self.metrics.updates.inc(self.updates)
         self.resumed_from = found.path
         self.updates_lost = max(0, reached.updates - self.updates)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from system.bench.offline_online import Budget, run_offline_online_bench
+
 CONFIG = "configs/cartpole_offline_online.yaml"
 """The offline learners' settings (IQL's expectile, AWR temperature, network, lr, gamma, n-step)."""
 
@@ -145,8 +147,14 @@ def run_offline_bench(
     seeds: list[int],
     eval_episodes: int,
     output: str | None,
+    online: Budget | None = None,
+    out_dir: str = "runs/bench-offline-online",
 ) -> int:
-    """Records (or takes) the dataset, trains every learner on every seed, prints the table."""
+    """Records (or takes) the dataset, trains every learner on every seed, prints the table.
+
+    With `online` (`--online`): instead, for every seed, `qfleet train` offline -> online on the
+    dataset vs from scratch, until an evaluation reaches `online.threshold` (system/bench/offline_online.py;
+    run directories and logs under `out_dir`)."""
     import torch
 
     from system.config import load_config
@@ -165,6 +173,11 @@ def run_offline_bench(
         spaces = env_spaces(base.env)
         source = DatasetSource(dataset, datasets_dir)
         returns = load_episodes(source, spaces.spec, spaces.action_space).returns()
+        if online is not None:  # the runs read the dataset while the scratch folder lives
+            dataset_mean = float(np.mean(returns))
+            print(f"[offline] dataset {dataset}: {len(returns)} episodes, mean return {dataset_mean:.1f}", flush=True)
+            folder = str(pathlib.Path(datasets_dir).resolve()) if datasets_dir else "null"
+            return run_offline_online_bench(seeds, online, dataset, folder, dataset_mean, out_dir, output)
         loaded = load_transitions(
             source,
             with_episode_return(spaces.spec),

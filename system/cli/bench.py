@@ -188,11 +188,14 @@ def add_parser(commands) -> None:
         help="offline learners on one CartPole dataset: IQL + AWR, IQL + Best-of-N, filtered BC",
         description=(
             "Records a CartPole dataset of medium quality (a pole-balancing controller taking random actions "
-            "with a per-episode probability of 0.3 to 0.9), or takes --dataset, then trains IQL + AWR, IQL + "
+            "with a per-episode probability of 0.5 to 0.8), or takes --dataset, then trains IQL + AWR, IQL + "
             "Best-of-N (N = 1, 4, 16) and filtered BC (top 10%%) in-process on uniform batches of it for "
             "--updates updates each, over every seed of --seeds, and evaluates each greedily. Prints a Markdown "
             "table: the dataset's mean return, every learner's greedy return per seed, vs the dataset's mean, "
-            "and whether the best beats filtered BC."
+            "and whether the best beats filtered BC. With --online, instead: per seed, `qfleet train` of "
+            "configs/cartpole_offline_online.yaml offline -> online on the dataset (--updates offline updates) "
+            "vs the same recipe from scratch, each until an evaluation reaches --threshold or "
+            "--total-env-steps; prints the env steps each needed."
         ),
     )
     offline.add_argument("--dataset", metavar="ID", help="use this recorded dataset instead of recording one")
@@ -206,6 +209,24 @@ def add_parser(commands) -> None:
         "--eval-episodes", type=int, default=10, help="greedy evaluation episodes per run (default: 10)"
     )
     offline.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
+    offline.add_argument(
+        "--online",
+        action="store_true",
+        help="compare offline -> online `qfleet train` runs with from-scratch ones (env steps to --threshold)",
+    )
+    offline.add_argument(
+        "--threshold", type=float, default=475.0, help="--online: the evaluation to reach (default: 475)"
+    )
+    offline.add_argument(
+        "--total-env-steps", type=int, default=50_000, help="--online: each run's budget (default: 50000)"
+    )
+    offline.add_argument(
+        "--eval-every", type=int, default=2500, help="--online: env steps between evaluations (default: 2500)"
+    )
+    offline.add_argument("--out-dir", default="runs/bench-offline-online", help="--online: run directories and logs")
+    offline.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="--online: an override for both arms"
+    )
     ui_env = subcommands.add_parser(
         "ui-env",
         help="MiniWoB in headless Chromium: env steps/s per browser and per actor",
@@ -355,8 +376,25 @@ def run(args: argparse.Namespace) -> int:
         seeds = _numbers("--seeds", args.seeds, int, minimum=0)
         if args.updates < 1 or args.episodes < 1 or args.eval_episodes < 1:
             raise ConfigError("--updates, --episodes and --eval-episodes must be >= 1")
+        online = None
+        if args.online:
+            from system.bench.offline_online import Budget
+
+            if args.total_env_steps < 1 or args.eval_every < 1:
+                raise ConfigError("--total-env-steps and --eval-every must be >= 1")
+            online = Budget(
+                args.total_env_steps, args.eval_every, args.eval_episodes, args.updates, args.threshold, tuple(args.set)
+            )
         return run_offline_bench(
-            args.dataset, args.datasets_dir, args.episodes, args.updates, seeds, args.eval_episodes, args.output
+            args.dataset,
+            args.datasets_dir,
+            args.episodes,
+            args.updates,
+            seeds,
+            args.eval_episodes,
+            args.output,
+            online,
+            args.out_dir,
         )
     if args.bench_command == "learner":
         from system.bench.learner import run_learner_bench

@@ -19,6 +19,7 @@ from learner import (
     Learner,
     LearnerReached,
     LearnerStatus,
+    PhaseMark,
     WeightStore,
     has_checkpoints,
     make_replay,
@@ -46,6 +47,7 @@ from system.config import (
 )
 from system.local.secrets import use_run_secrets
 from system.local.signals import stop_on_signals
+from system.services.phases import PhaseDecision, decide_phase
 
 log = logging.getLogger(__name__)
 
@@ -216,13 +218,13 @@ class LearnerService:
             log_every_s=log_every_s,
             reached=self._reached(reached, restarted, checkpoint_dir),
         )
-        self.learner.utd_from_update = self.offline_updates
         self.offline_only = self.mix is not None and config.train.total_env_steps == 0
         """An offline-only run: no online phase follows the offline one."""
-        if self.learner.updates < self.offline_updates:
-            self._phase = OFFLINE
-        elif self.offline_only:
-            self._phase = FINISHED
+        self._offline_until = self.learner.updates
+        """The update at which the offline phase ends (this learner's update count + the offline
+        updates it has left)."""
+        if self.mix is not None:
+            self._enter_phase(self._decide_phase(reached))
         self._resumed_at = self.learner.updates
         self._align_inserts(config.train.num_shards)
         self.learner.metrics.registry.register(ShardedCollector(self.replay))
@@ -244,6 +246,33 @@ class LearnerService:
         self._last_measured = (time.monotonic(), self.learner.updates)
         self._threads: list[threading.Thread] = []
         self.built_at = time.time()
+
+    def _decide_phase(self, reached: LearnerReached | None) -> PhaseDecision:
+        """The phase this learner starts in, from its checkpoint's mark and the run's records
+        (system/services/phases.py says which wins when they disagree)."""
+        learner = self.learner
+        mark = learner.resumed_mark if learner.resumed_from is not None else PhaseMark(OFFLINE, 0)  # no network yet
+        recorded = reached or LearnerReached()
+        decision = decide_phase(
+            self.offline_updates, self.offline_only, learner.updates, mark, recorded.phase, recorded.online_from
+        )
+        if decision.note:
+            log.warning("learner phase: %s", decision.note)
+        log.info(
+            "learner phase %s at update %d: %d offline updates made, %d left",
+            decision.phase,
+            learner.updates,
+            decision.offline_updates,
+            decision.offline_left,
+        )
+        return decision
+
+    def _enter_phase(self, decision: PhaseDecision) -> None:
+        self._phase = decision.phase
+        self.learner.phase_mark = decision.mark()
+        self._offline_until = self.learner.updates + decision.offline_left
+        online_from = decision.online_from if decision.online_from is not None else self._offline_until
+        self.learner.utd_from_update = online_from  # the UTD counts online updates only
 
     def _reached(self, recorded: LearnerReached | None, restarted: bool, checkpoint_dir: str | None) -> LearnerReached:
         """How far this run's learner got: the records' counters, with the updates the run's Redis
@@ -306,10 +335,10 @@ class LearnerService:
             if self._phase == FINISHED:
                 return
             if self._phase == OFFLINE:
-                until = self.offline_updates if max_updates is None else min(max_updates, self.offline_updates)
+                until = self._offline_until if max_updates is None else min(max_updates, self._offline_until)
                 self._summary = learner.run(max_updates=until, stop=self._stop, source=self.offline_replay)
-                if learner.updates < self.offline_updates:
-                    return  # stopped during the offline phase (its checkpoint is the resume point)
+                if learner.updates < self._offline_until:
+                    return  # stopped during the offline phase (its checkpoint, marked offline, is the resume point)
                 if self.offline_only:
                     log.info("offline phase done at update %d: an offline-only run trains no more", learner.updates)
                     self._phase = FINISHED
@@ -320,7 +349,9 @@ class LearnerService:
             source = None
             if self.mix is not None:
                 mixed = source = MixedReplay({name: (self._source(name), self.mix[name]) for name in self.mix})
-            self._phase = ONLINE
+            if self._phase != ONLINE:  # the offline phase just ended: online from this update on
+                offline_updates = learner.phase_mark.offline_updates if learner.phase_mark else 0
+                self._enter_phase(PhaseDecision(ONLINE, offline_updates, 0, learner.updates))
             self._summary = learner.run(max_updates=max_updates, stop=self._stop, source=source)
         except Exception as exc:  # reported through `progress` and `stop`
             log.exception("learner failed")

@@ -118,6 +118,9 @@ class Evaluator:
             env.close()
 
 
+ANNOUNCE_WAIT_S = 60.0
+"""How long the offline phase's result evaluation waits for the learner's last weights."""
+
 FINISH_TIMEOUT_S = 300.0
 """How long the end of a run waits for an evaluation in progress."""
 
@@ -270,13 +273,21 @@ class RunEvaluations:
         if fetched is not None:
             self._submit(*fetched)
 
-    def submit_latest(self) -> None:
-        """Evaluates the latest published weights now (the end of the offline phase)."""
+    def submit_latest(self, version: int = 0, wait_s: float = ANNOUNCE_WAIT_S) -> None:
+        """Evaluates the learner's weights of `version` now (the end of the offline phase): waits
+        up to `wait_s` for them to be announced (the object store announces a version once its
+        host holds it, which a short offline phase can end before), then evaluates the newest
+        announced; none announced: warned, no evaluation."""
         if not self.prepare():
             return
+        deadline = time.monotonic() + wait_s
+        while self._weights.version() < version and time.monotonic() < deadline:
+            time.sleep(0.2)
         fetched = self._weights.fetch(0)
-        if fetched is not None:
-            self._submit(*fetched)
+        if fetched is None:
+            log.warning("no evaluation of the offline phase's result: no weights announced within %g s", wait_s)
+            return
+        self._submit(*fetched)
 
     def _tag(self, version: int, scheduled: int | None = None) -> dict:
         counters = self.counters

@@ -103,7 +103,7 @@ def plan(
         config = run.load_config(overrides)
         state = run.read_json("state.json") or {}
         done = int(state.get("env_steps", 0))
-        if done >= config.train.total_env_steps:
+        if done >= config.train.total_env_steps and not is_offline_only(config):  # offline only: below
             raise ConfigError(
                 f"train.total_env_steps={config.train.total_env_steps}: the run already did {done:,} env steps; "
                 f"go further with --set train.total_env_steps=N (N > {done})"
@@ -141,8 +141,34 @@ def plan(
     checked.offline_data = load_offline(config, spaces, checked.offline_spec)
     if resume is not None:
         checked.resumed = True
-        checked.learner_reached, checked.fresh_learner = learner_resume(run, fresh_learner)
+        checked.learner_reached, checked.fresh_learner = learner_resume(run, fresh_learner, state)
+        if checked.offline_only:
+            refuse_finished_offline_only(checked)
     return checked
+
+
+def refuse_finished_offline_only(checked: Plan) -> None:
+    """An offline-only run resumes to finish its offline updates; one that made them all is done.
+
+    Raises:
+        ConfigError: the learner's phase (its checkpoint and the run's records,
+            `system.services.phases`) is finished.
+    """
+    from learner import PhaseMark, load_latest_checkpoint
+    from system.services.phases import decide_phase
+
+    config, reached = checked.config, checked.learner_reached
+    latest = None if checked.fresh_learner else load_latest_checkpoint(checked.run.checkpoints)
+    updates = int(latest[0]["counters"]["updates"]) if latest else reached.updates
+    mark = PhaseMark.from_state(latest[0]) if latest else PhaseMark(OFFLINE, 0)
+    decision = decide_phase(config.offline.updates, True, updates, mark, reached.phase, reached.online_from)
+    if decision.phase == OFFLINE:
+        return
+    raise ConfigError(
+        f"offline.updates={config.offline.updates}: this offline-only run's learner already made "
+        f"{decision.offline_updates:,} offline updates; go further with --set offline.updates=N "
+        f"(N > {decision.offline_updates}), or online with --set train.total_env_steps=N"
+    )
 
 
 SUPPORT_KEYS = ("v_min", "v_max", "num_bins", "value_transform")
@@ -225,8 +251,9 @@ def offline_shard_settings(config: RunConfig, loaded, shard: int, redis_url: str
     return offline_shard_config(base, loaded.source, loaded.size, shard, first_shard_id=OFFLINE_FIRST_SHARD_ID)
 
 
-def learner_resume(run: RunDir, fresh_learner: bool):
-    """How far the run's learner got (its records), and whether it must start fresh.
+def learner_resume(run: RunDir, fresh_learner: bool, state: dict | None = None):
+    """How far the run's learner got (its records; `state`: its state.json, for the phase of a
+    run with an offline dataset), and whether it must start fresh.
 
     Returns:
         (a `learner.LearnerReached`, True when no checkpoint is good but fresh_learner allows it).
@@ -244,6 +271,8 @@ def learner_resume(run: RunDir, fresh_learner: bool):
         version=max((int(r.get("weights_version", 0)) for r in progress), default=0),
         inserts=int(last.get("replay_inserts", 0)),
         fresh_from=int(fresh_starts[-1].get("updates", 0)) if fresh_starts else 0,
+        phase=(state or {}).get("phase"),
+        online_from=((state or {}).get("online_from") or {}).get("updates"),
     )
     found = find_checkpoint(run.checkpoints)
     if found.path is not None or (reached.updates == 0 and not found.refused):

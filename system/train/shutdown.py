@@ -213,6 +213,7 @@ def _stop_learner(
         final=True,
     )
     plan.run.append_records([final.to_json()])
+    counters.updates = result.updates  # where its stop checkpoint is: what the run's last line says
     checkpoint = result.checkpoint or "-"
     log.info(
         "learner stopped at update %s (weights v%d); checkpoint %s", f"{result.updates:,}", result.version, checkpoint

@@ -3,6 +3,7 @@ until train.total_env_steps, a stop request, or a failed component."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -191,8 +192,9 @@ class Supervisor:
                     return
                 if online:
                     counters.updates = max(counters.updates, config.offline.updates)
-                    if parts.evaluations is not None:  # the offline phase's result
-                        self._evaluate(parts.evaluations.submit_latest)
+                    if parts.evaluations is not None:  # the offline phase's result: its last weights
+                        version = self._learner_version(learner.version)
+                        self._evaluate(functools.partial(parts.evaluations.submit_latest, version))
                     records.append(counters.start_online(counters.updates))
                     print(
                         f"qfleet train: offline phase done at update {counters.updates:,}; starting the actors "
@@ -207,6 +209,15 @@ class Supervisor:
                     return
         finally:
             counters.faults = self.faults.counts
+
+    def _learner_version(self, reported: int) -> int:
+        """The learner's weights version now (its `describe`; `reported`, from its last progress
+        measurement, when it does not answer within 10 s)."""
+        try:
+            return self.components.ray.get(self.components.learner.describe.remote(), timeout=10).version
+        except Exception as exc:  # a learner restarting: the measured version is at most a second old
+            log.debug("learner version not read (%s): using its last report's", exc)
+            return reported
 
     def _mix_text(self) -> str:
         from system.config import batch_mix

@@ -6,6 +6,8 @@ match the env, or is missing, stops the run before anything starts."""
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
 
@@ -146,3 +148,62 @@ def test_an_offline_only_run_trains_filtered_bc_on_the_dataset_evaluates_and_sta
     assert len(final) == 1 and final[0]["phase"] == "offline" and final[0]["updates"] >= 300
     summary = (run_dir / "summary.md").read_text()
     assert "| phase | offline (offline only: no actors) |" in summary
+
+
+@pytest.mark.timeout(300)
+def test_an_offline_only_run_stopped_by_sigterm_mid_phase_resumes_and_makes_exactly_its_offline_updates(
+    datasets, tmp_path
+):
+    """SIGTERM once the offline phase has made updates; the resume finishes it. The first session's
+    phase is made far too long to end before the signal (however slow the machine), and the resume
+    sets where it ends: 200 updates past the stop."""
+    import torch
+
+    run_dir = tmp_path / "run"
+    settings = {
+        **SETTINGS,
+        "offline.datasets_dir": str(datasets),
+        "offline.updates": 1_000_000,
+        "offline.eval_every_updates": 0,
+        "train.total_env_steps": 0,
+        "train.log_every_s": 1,
+    }
+    first = subprocess.Popen(
+        [*QFLEET, "train", CONFIG, "--run-dir", str(run_dir), *overrides(settings)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        seen = []
+        for line in first.stdout:
+            seen.append(line)
+            made = re.search(r"offline phase: updates ([\d,]+)/", line)
+            if made and int(made.group(1).replace(",", "")) > 0:
+                break
+        first.send_signal(signal.SIGTERM)
+        out = "".join(seen) + first.stdout.read()
+        assert first.wait(timeout=120) == 0, out[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    stopped = re.search(r"stopped at update ([\d,]+) of the offline phase", out)
+    assert stopped, out[-3000:]
+    stopped_at = int(stopped.group(1).replace(",", ""))
+    target = stopped_at + 200
+
+    resumed = qfleet("train", "--resume", str(run_dir), "--set", f"offline.updates={target}", timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"finished at update {target:,} of the offline phase ({target:,} updates), offline only" in resumed.stdout
+
+    newest = max((run_dir / "checkpoints").glob("learner-*.pt"))
+    state = torch.load(newest, weights_only=True)
+    assert state["counters"]["updates"] == target
+    assert state["phase"] == {"phase": "offline", "offline_updates": target, "online_from": None}
+    assert [p["phase"] for p in records(run_dir, "phase")] == ["offline"]  # one phase, resumed: no new boundary
+    progress = records(run_dir, "progress")
+    assert all(p["phase"] == "offline" and p["env_steps"] == 0 for p in progress)
+    assert max(p["updates"] for p in progress) == target
+    learner = json.loads((run_dir / "run.json").read_text())["learner"]
+    assert learner["resumed_at"] == stopped_at and learner["updates_lost"] == 0  # nothing redone

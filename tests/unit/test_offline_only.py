@@ -117,3 +117,33 @@ def test_the_summary_puts_each_evaluations_phase_in_its_own_cell_and_names_an_of
     assert "| 0 | 0.0 | v5 | offline, update 1,000 | 200.0 +- 0.0 |" in summary
     for row in summary.splitlines():  # every table row closes its last cell: nothing trails the table
         assert not row.startswith("|") or row.endswith("|"), row
+
+
+def test_an_offline_only_run_stopped_mid_phase_resumes_to_finish_it_and_a_finished_one_is_refused(datasets, tmp_path):
+    from learner import PhaseMark
+    from learner.checkpoint import save
+
+    folder, _ = datasets
+    fresh = plan(OFFLINE_ONLY, offline_only(folder, "offline.updates=300"), str(tmp_path / "run"), None)
+    run = fresh.run
+    run.write_config(fresh.config)
+    run.write_json("state.json", {"phase": "offline", "online_from": None, "env_steps": 0})
+    counters = {"updates": 120, "version": 3, "inserts": 0}
+    save(
+        run.checkpoints,
+        {"agent": {}, "counters": counters, "rng": {}, "phase": PhaseMark("offline", 120).to_state()},
+        120,
+    )
+
+    resumed = plan(None, [], None, str(run.path))  # total_env_steps 0 is not "done" for an offline-only run
+    assert resumed.offline_only and resumed.learner_reached.phase == "offline"
+
+    counters["updates"] = 300
+    save(
+        run.checkpoints,
+        {"agent": {}, "counters": counters, "rng": {}, "phase": PhaseMark("offline", 300).to_state()},
+        300,
+    )
+    with pytest.raises(ConfigError, match="already made 300 offline updates; go further with --set offline.updates"):
+        plan(None, [], None, str(run.path))
+    assert plan(None, ["offline.updates=500"], None, str(run.path)).offline_only

@@ -1,0 +1,250 @@
+"""`qfleet bench offline --online`: does an offline phase save env steps? `qfleet train` runs of
+one recipe (configs/cartpole_offline_online.yaml: IQL + AWR), per seed, two ways:
+
+- **offline -> online**: the offline phase on the recorded dataset (`offline.updates` updates on it
+  alone), then online with actors, every batch mixing dataset and actors' data (`replay.mix`);
+- **from scratch**: the same recipe with no dataset (offline.dataset and replay.mix null).
+
+Each run goes until an evaluation reaches the threshold (CartPole: 475) or train.total_env_steps;
+the figure is the env steps of that first evaluation. The offline phase moves no env steps, so an
+offline -> online run whose offline result already reaches the threshold counts 0. Runs one after
+another (never side by side), each stopped in order (SIGTERM) once it has its figure.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from system.bench.children import interrupt_on_sigterm, start_child, stop_child
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+"""The checkout: `qfleet train` runs from here (configs/ paths are relative to it)."""
+
+CONFIG = "configs/cartpole_offline_online.yaml"
+
+ARMS = ("offline -> online", "from scratch")
+
+STOP_TIMEOUT_S = 300.0
+"""How long a stopped run may take to stop in order (checkpoints, final evaluation)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What each run may spend, and what it is evaluated on."""
+
+    total_env_steps: int
+    eval_every_steps: int
+    eval_episodes: int
+    offline_updates: int
+    threshold: float
+    overrides: tuple[str, ...] = ()
+    """Extra `--set KEY=VALUE` for both arms (e.g. actors.num_actors=2)."""
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    """One run's figures."""
+
+    arm: str
+    seed: int
+    reached_env_steps: int | None
+    """Env steps of the first evaluation >= the threshold (None: not within the budget)."""
+    offline_result: float | None
+    """The evaluation at the end of the offline phase (None from scratch)."""
+    best_return: float | None
+    """The best evaluation of the run."""
+    env_steps: int
+    """Env steps the run made (up to its stop)."""
+    wall_s: float
+    exit_code: int
+    log: str
+
+
+def settings(arm: str, seed: int, budget: Budget, dataset: str, datasets_dir: str) -> dict[str, object]:
+    """The `--set`s of one run: the arm's, then the budget's."""
+    common = {
+        "train.seed": seed,
+        "train.total_env_steps": budget.total_env_steps,
+        "train.eval_every_steps": budget.eval_every_steps,
+        "train.eval_episodes": budget.eval_episodes,
+        "train.log_every_s": 30,
+    }
+    if arm == ARMS[0]:
+        return {
+            "offline.dataset": dataset,
+            "offline.datasets_dir": datasets_dir,
+            "offline.updates": budget.offline_updates,
+            "offline.eval_every_updates": 0,  # only the offline phase's result: its end
+        } | common
+    return {"offline.dataset": "null", "replay.mix": "null"} | common
+
+
+def reached(evals: list[dict], threshold: float) -> int | None:
+    """Env steps of the first evaluation at or above `threshold` in metrics.jsonl's eval records
+    (offline-phase ones are at env step 0); None when none is."""
+    return next((int(e["env_steps"]) for e in evals if e["mean_return"] >= threshold), None)
+
+
+def offline_result(evals: list[dict]) -> float | None:
+    """The latest offline-phase evaluation's mean return (the offline phase's result)."""
+    offline = [e["mean_return"] for e in evals if e.get("phase") == "offline"]
+    return offline[-1] if offline else None
+
+
+def _records(metrics: pathlib.Path, kind: str) -> list[dict]:
+    if not metrics.exists():
+        return []
+    lines = metrics.read_text().splitlines()
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line being written
+            continue
+        if record.get("kind") == kind:
+            records.append(record)
+    return records
+
+
+def run_arm(arm: str, seed: int, budget: Budget, dataset: str, datasets_dir: str, out_dir: pathlib.Path) -> ArmResult:
+    """One `qfleet train` run until its first evaluation >= the threshold or its budget."""
+    name = f"{'offline-online' if arm == ARMS[0] else 'scratch'}-seed{seed}"
+    run_dir, log_path = out_dir / name, out_dir / f"{name}.log"
+    command = [sys.executable, "-m", "system.cli", "train", CONFIG, "--run-dir", str(run_dir)]
+    for key, value in settings(arm, seed, budget, dataset, datasets_dir).items():
+        command += ["--set", f"{key}={value}"]
+    for override in budget.overrides:
+        command += ["--set", override]
+    print(f"[offline-online] {arm}, seed {seed}: {' '.join(command[3:])}", flush=True)
+    metrics = run_dir / "metrics.jsonl"
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        process = start_child(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            while process.poll() is None and reached(_records(metrics, "eval"), budget.threshold) is None:
+                time.sleep(1.0)
+            code = stop_child(process, STOP_TIMEOUT_S)
+        except BaseException:
+            stop_child(process, STOP_TIMEOUT_S)
+            raise
+    evals = _records(metrics, "eval")
+    progress = _records(metrics, "progress")
+    result = ArmResult(
+        arm,
+        seed,
+        reached(evals, budget.threshold),
+        offline_result(evals) if arm == ARMS[0] else None,
+        max((e["mean_return"] for e in evals), default=None),
+        int(progress[-1]["env_steps"]) if progress else 0,
+        round(time.monotonic() - started, 1),
+        code,
+        str(log_path),
+    )
+    if code != 0:
+        print(f"[offline-online] {arm}, seed {seed}: qfleet train exited {code}; see {log_path}", flush=True)
+    return result
+
+
+def table(results: list[ArmResult], budget: Budget, dataset: str, dataset_mean: float) -> str:
+    """Per seed: env steps to the threshold both ways, and their ratio; the medians."""
+    t = f"{budget.threshold:g}"
+    lines = [
+        f"Dataset `{dataset}` (mean return {dataset_mean:.1f}); {CONFIG}; offline phase {budget.offline_updates:,} "
+        f"updates; evaluations every {budget.eval_every_steps:,} env steps, {budget.eval_episodes} episodes; "
+        f"budget {budget.total_env_steps:,} env steps per run.",
+        "",
+        f"| seed | offline -> online: env steps to eval >= {t} | offline result | from scratch: env steps to eval >= {t} "
+        "| offline -> online / from scratch |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    by_seed: dict[int, dict[str, ArmResult]] = {}
+    for result in results:
+        by_seed.setdefault(result.seed, {})[result.arm] = result
+    ratios = []
+    for seed, arms in by_seed.items():
+        offon, scratch = arms.get(ARMS[0]), arms.get(ARMS[1])
+        ratio = _ratio(offon, scratch)
+        if ratio is not None:
+            ratios.append(ratio)
+        lines.append(
+            f"| {seed} | {_steps(offon, budget)} | {_number(offon.offline_result if offon else None)} | "
+            f"{_steps(scratch, budget)} | {'-' if ratio is None else f'{ratio:.2f}'} |"
+        )
+    medians = [_median([r for r in results if r.arm == arm], budget) for arm in ARMS]
+    lines.append(
+        f"| median | {medians[0]} | | {medians[1]} | {f'{statistics.median(ratios):.2f}' if ratios else '-'} |"
+    )
+    return "\n".join(lines)
+
+
+def _ratio(offon: ArmResult | None, scratch: ArmResult | None) -> float | None:
+    if offon is None or scratch is None or offon.reached_env_steps is None or not scratch.reached_env_steps:
+        return None
+    return offon.reached_env_steps / scratch.reached_env_steps
+
+
+def _steps(result: ArmResult | None, budget: Budget) -> str:
+    if result is None:
+        return "-"
+    if result.reached_env_steps is None:
+        return f"not within {budget.total_env_steps:,} (best {_number(result.best_return)})"
+    return f"{result.reached_env_steps:,}"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _median(results: list[ArmResult], budget: Budget) -> str:
+    """The median env steps over seeds, a run that never reached the threshold counted as beyond
+    every budget (so the median says "not within" when half of them did not reach it)."""
+    if not results:
+        return "-"
+    steps = sorted(r.reached_env_steps if r.reached_env_steps is not None else float("inf") for r in results)
+    value = statistics.median(steps)
+    return f"not within {budget.total_env_steps:,}" if value == float("inf") else f"{value:,.0f}"
+
+
+def run_offline_online_bench(
+    seeds: list[int],
+    budget: Budget,
+    dataset: str,
+    datasets_dir: str,
+    dataset_mean: float,
+    out_dir: str,
+    output: str | None,
+) -> int:
+    """Runs both arms for every seed (one run at a time), prints the table; JSON to `output`."""
+    interrupt_on_sigterm()
+    folder = pathlib.Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    results: list[ArmResult] = []
+    for seed in seeds:
+        for arm in ARMS:
+            result = run_arm(arm, seed, budget, dataset, datasets_dir, folder)
+            results.append(result)
+            print(
+                f"[offline-online] {arm}, seed {seed}: {_steps(result, budget)} env steps to >= {budget.threshold:g} "
+                f"({result.env_steps:,} env steps, {result.wall_s:.0f} s)",
+                flush=True,
+            )
+    print()
+    print(table(results, budget, dataset, dataset_mean))
+    if output:
+        payload = {
+            "command": " ".join(sys.argv),
+            "date": time.strftime("%Y-%m-%d"),
+            "config": CONFIG,
+            "dataset": dataset,
+            "dataset_mean_return": dataset_mean,
+            "budget": asdict(budget),
+            "results": [asdict(r) for r in results],
+        }
+        pathlib.Path(output).write_text(json.dumps(payload, indent=1) + "\n")
+    return 1 if any(r.exit_code != 0 for r in results) else 0

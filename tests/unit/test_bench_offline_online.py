@@ -1,0 +1,51 @@
+"""`qfleet bench offline --online`'s arithmetic: the env steps of the first evaluation at the
+threshold (offline-phase evaluations at env step 0), each arm's settings, and the table's ratios
+and medians (a run that never reached the threshold counts as beyond every budget)."""
+
+from __future__ import annotations
+
+from system.bench.offline_online import ARMS, ArmResult, Budget, offline_result, reached, settings, table
+
+BUDGET = Budget(total_env_steps=20_000, eval_every_steps=2500, eval_episodes=5, offline_updates=2000, threshold=475)
+
+
+def test_the_figure_is_the_first_evaluation_at_the_threshold_and_an_offline_result_counts_at_step_zero():
+    evals = [
+        {"phase": "offline", "env_steps": 0, "mean_return": 300.0},
+        {"phase": "online", "env_steps": 2500, "mean_return": 480.0},
+        {"phase": "online", "env_steps": 5000, "mean_return": 500.0},
+    ]
+    assert reached(evals, 475) == 2500 and offline_result(evals) == 300.0
+    assert reached([{"phase": "offline", "env_steps": 0, "mean_return": 500.0}], 475) == 0
+    assert reached(evals, 501) is None
+    assert offline_result([{"env_steps": 2500, "mean_return": 40.0}]) is None  # a run from scratch
+
+
+def test_the_arms_differ_only_in_the_dataset():
+    offon = settings(ARMS[0], 3, BUDGET, "cartpole/medium-v0", "/data")
+    scratch = settings(ARMS[1], 3, BUDGET, "cartpole/medium-v0", "/data")
+    assert offon["offline.dataset"] == "cartpole/medium-v0" and offon["offline.updates"] == 2000
+    assert scratch["offline.dataset"] == "null" and scratch["replay.mix"] == "null"
+    shared = {key: value for key, value in offon.items() if key.startswith("train.")}
+    assert shared == {key: value for key, value in scratch.items() if key.startswith("train.")}
+    assert shared["train.seed"] == 3 and shared["train.total_env_steps"] == 20_000
+
+
+def result(arm: str, seed: int, steps: int | None, offline: float | None = None) -> ArmResult:
+    return ArmResult(arm, seed, steps, offline, 480.0 if steps is not None else 200.0, 0, 1.0, 0, "log")
+
+
+def test_the_table_gives_each_seeds_ratio_and_medians_counting_a_miss_as_beyond_the_budget():
+    results = [
+        result(ARMS[0], 0, 0, 490.0),
+        result(ARMS[1], 0, 10_000),
+        result(ARMS[0], 1, 2500, 300.0),
+        result(ARMS[1], 1, 12_500),
+        result(ARMS[0], 2, None, 100.0),
+        result(ARMS[1], 2, None),
+    ]
+    text = table(results, BUDGET, "cartpole/medium-v0", 120.0)
+    assert "| 0 | 0 | 490.0 | 10,000 | 0.00 |" in text
+    assert "| 1 | 2,500 | 300.0 | 12,500 | 0.20 |" in text
+    assert "| 2 | not within 20,000 (best 200.0) | 100.0 | not within 20,000 (best 200.0) | - |" in text
+    assert "| median | 2,500 | | 12,500 | 0.10 |" in text
