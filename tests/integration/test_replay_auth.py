@@ -160,7 +160,9 @@ def test_refusals_are_counted_on_metrics(start_server):
 
 
 def test_right_credentials_work_end_to_end_and_survive_pickling(shard):
-    client = pickle.loads(pickle.dumps(ReplayClient(shard.address, credentials=CREDENTIALS)))
+    original_client = ReplayClient(shard.address, credentials=CREDENTIALS)
+    client = pickle.loads(pickle.dumps(original_client))
+    original_client.close()
     assert client.credentials.key_pem is None  # a client never carries the private key
     assert CREDENTIALS.token not in repr(client) and CREDENTIALS.token not in repr(client.credentials)
     client.insert(make_batch(50, start=100))
@@ -173,7 +175,9 @@ def test_right_credentials_work_end_to_end_and_survive_pickling(shard):
     assert client.info().size == 150 and client.checkpoint().size == 150
     client.close()
 
-    sharded = pickle.loads(pickle.dumps(ShardedReplay(addresses=[shard.address], credentials=CREDENTIALS)))
+    original = ShardedReplay(addresses=[shard.address], credentials=CREDENTIALS)
+    sharded = pickle.loads(pickle.dumps(original))
+    original.close()  # the copy discovers the shards again on its own
     assert sharded.config.credentials.key_pem is None
     sharded.insert(make_batch(10, start=150))
     sharded.flush()
