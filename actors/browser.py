@@ -13,8 +13,9 @@ Faults: a step that runs past `step_timeout_s` (a hung page) or whose browser is
 chromedriver killed) kills what is left of that browser and ends the episode truncated with
 `info["env_restarted"]` (the actor counts it); the next reset launches a new browser. A reset past
 `reset_timeout_s` kills the browser and raises `BrowserTimeoutError` (the actor rebuilds the env).
-chromedriver and Chromium are started with a parent-death signal (prctl; util-linux's setpriv), so
-a killed actor takes its browsers with it.
+chromedriver and Chromium are started with a parent-death signal (util-linux's setpriv; a prctl
+preexec_fn for chromedriver only where setpriv is missing), so a killed actor takes its browsers
+with it.
 """
 
 from __future__ import annotations
