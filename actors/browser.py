@@ -13,8 +13,9 @@ Faults: a step that runs past `step_timeout_s` (a hung page) or whose browser is
 chromedriver killed) kills what is left of that browser and ends the episode truncated with
 `info["env_restarted"]` (the actor counts it); the next reset launches a new browser. A reset past
 `reset_timeout_s` kills the browser and raises `BrowserTimeoutError` (the actor rebuilds the env).
-chromedriver and Chromium are started with a parent-death signal (prctl; util-linux's setpriv), so
-a killed actor takes its browsers with it.
+chromedriver and Chromium are started with a parent-death signal (util-linux's setpriv; a prctl
+preexec_fn for chromedriver only where setpriv is missing), so a killed actor takes its browsers
+with it.
 """
 
 from __future__ import annotations
@@ -96,24 +97,37 @@ _launchers: dict[str, str] = {}
 _launchers_lock = threading.Lock()
 
 
-def _chromium_launcher(chromium_path: str) -> str:
-    """A script that runs Chromium with a parent-death signal (util-linux's setpriv), so Chromium
-    ends when its chromedriver does: Chromium does not notice on its own. One per process, in a
-    private temporary directory removed at exit."""
+def _dying_launcher(executable: str) -> str:
+    """A script that runs `executable` with a parent-death signal (SIGKILL, by util-linux's setpriv),
+    so it ends when the thread that started it does: Chromium does not notice its chromedriver's
+    end on its own, nor chromedriver its actor's. setpriv sets the signal and execs, so no Python
+    runs between fork and exec in the actor (unsafe beside gRPC's threads) and the pid stays the
+    one the starter sees. One script per executable and process, in a private temporary directory
+    removed at exit."""
     with _launchers_lock:
-        if chromium_path not in _launchers:
-            directory = pathlib.Path(tempfile.mkdtemp(prefix="qfleet-chromium-"))
+        if executable not in _launchers:
+            directory = pathlib.Path(tempfile.mkdtemp(prefix="qfleet-browser-launcher-"))
             atexit.register(shutil.rmtree, directory, ignore_errors=True)
-            script = directory / "chromium"
-            script.write_text(f'#!/bin/sh\nexec setpriv --pdeathsig KILL {shlex.quote(chromium_path)} "$@"\n')
+            script = directory / pathlib.Path(executable).name
+            script.write_text(f'#!/bin/sh\nexec setpriv --pdeathsig KILL -- {shlex.quote(executable)} "$@"\n')
             script.chmod(0o700)
-            _launchers[chromium_path] = str(script)
-        return _launchers[chromium_path]
+            _launchers[executable] = str(script)
+        return _launchers[executable]
 
 
 def _die_with_parent() -> None:
-    """Runs in chromedriver's child process before exec: SIGKILL it when its parent thread ends."""
+    """Runs in chromedriver's child process before exec when setpriv is missing (the fallback):
+    SIGKILL it when its parent thread ends."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def _chromedriver_service(chromedriver_path: str):
+    """selenium's Service for chromedriver, started so that it dies with this browser's thread."""
+    from selenium.webdriver.chrome.service import Service
+
+    if shutil.which("setpriv") is not None:
+        return Service(executable_path=_dying_launcher(chromedriver_path))
+    return Service(executable_path=chromedriver_path, popen_kw={"preexec_fn": _die_with_parent})
 
 
 class Browser:
@@ -139,7 +153,6 @@ class Browser:
         import psutil
         from miniwob.selenium_instance import SeleniumInstance
         from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
 
         config = self.config
         browser = self
@@ -147,12 +160,11 @@ class Browser:
         class Instance(SeleniumInstance):
             def create_driver(self):  # miniwob's, with our binaries and flags
                 options = webdriver.ChromeOptions()
-                options.binary_location = _chromium_launcher(config.chromium_path)
+                options.binary_location = _dying_launcher(config.chromium_path)
                 for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
                     options.add_argument(arg)
                 options.add_argument(f"--window-size={_WINDOW[0]},{_WINDOW[1]}")
-                service = Service(executable_path=config.chromedriver_path, popen_kw={"preexec_fn": _die_with_parent})
-                self.driver = webdriver.Chrome(service=service, options=options)
+                self.driver = webdriver.Chrome(service=_chromedriver_service(config.chromedriver_path), options=options)
                 driver_process = psutil.Process(self.driver.service.process.pid)
                 browser.processes = [driver_process, *driver_process.children(recursive=True)]
                 self.driver.get(self.url)

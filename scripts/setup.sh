@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a fresh machine: system packages (redis-server, prometheus, docker-compose,
-# chromium, chromium-driver) when absent,
+# chromium, chromium-driver, util-linux) when absent,
 # a .venv virtualenv in the checkout with torch (CPU wheel first), the pinned requirements and
 # qfleet itself (editable). Re-running does only what is missing.
 set -euo pipefail
@@ -16,6 +16,9 @@ command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 # MiniWoB browser envs (actors/browser.py): headless Chromium and the matching ChromeDriver.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+# setpriv and prlimit: children that die with their parent (redis-server, browsers, bench runs), set
+# without Python between fork and exec; a test's file-size limit.
+command -v setpriv >/dev/null 2>&1 && command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -204,6 +205,30 @@ def redis_server(tmp_path):
     server = RedisServer(tmp_path)
     yield server
     server.stop()
+
+
+DISCOVERY_THREAD = "sharded-replay-discovery"
+"""The name of a ShardedReplay's registry watcher thread (replay/membership.py)."""
+
+
+def _discovery_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == DISCOVERY_THREAD and t.is_alive()}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_sharded_replay():
+    """Fails the test that leaves a ShardedReplay's discovery watcher running in this process
+    after its own fixtures have been torn down: a client not closed keeps polling a registry that
+    is gone, and every later test's log fills with "shard registry ... unreachable". Watchers that
+    were already running when the test began (a module-wide fixture's) are not its concern.
+
+    Autouse and function-scoped, so this teardown runs after the test's other function fixtures'
+    (which close what they opened); a closing watcher gets a generous moment to end."""
+    before = _discovery_threads()
+    yield
+    if not wait_until(lambda: not (_discovery_threads() - before), timeout=30.0, step=0.05):
+        leaked = len(_discovery_threads() - before)
+        pytest.fail(f"{leaked} ShardedReplay discovery watcher(s) left running: close the ShardedReplay", pytrace=False)
 
 
 def wait_until(predicate, timeout=10.0, step=0.05):

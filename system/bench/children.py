@@ -15,9 +15,10 @@ import subprocess
 
 def start_child(command: list[str], **popen) -> subprocess.Popen:
     """`subprocess.Popen(command, **popen)` in a session of its own that ends with this process."""
-    from system.local import terminate_with_parent
+    from system.local import dying_with_parent
 
-    return subprocess.Popen(command, start_new_session=True, preexec_fn=terminate_with_parent, **popen)
+    command, dying = dying_with_parent(command)
+    return subprocess.Popen(command, start_new_session=True, **dying, **popen)
 
 
 def stop_child(process: subprocess.Popen, timeout_s: float) -> int:

@@ -16,7 +16,7 @@ from system.local.secrets import (
     was_redacted,
     without_redacted_password,
 )
-from system.local.signals import stop_on_signals, terminate_with_parent
+from system.local.signals import dying_with_parent, stop_on_signals
 
 __all__ = [
     "NEW_PASSWORD",
@@ -24,6 +24,7 @@ __all__ = [
     "RedisLaunchError",
     "RedisProcess",
     "RunSecrets",
+    "dying_with_parent",
     "find_run_secrets",
     "free_port",
     "init_ray",
@@ -34,7 +35,6 @@ __all__ = [
     "save_run_secrets",
     "secrets_dir",
     "stop_on_signals",
-    "terminate_with_parent",
     "use_run_secrets",
     "was_redacted",
     "without_redacted_password",

@@ -19,7 +19,7 @@ import time
 from typing import IO
 
 from system.errors import RedisLaunchError
-from system.local.signals import terminate_with_parent
+from system.local.signals import dying_with_parent
 
 START_TIMEOUT_S = 60.0
 """How long a start waits for redis-server to answer PING (a loaded machine can take seconds)."""
@@ -125,26 +125,37 @@ class RedisProcess:
 
     def _start_once(self, timeout: float) -> None:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         # Its output goes to an unnamed file, read back only to say why a start failed.
         self._log = tempfile.TemporaryFile(prefix="qfleet-redis-log-")
         # Its own session, so a Ctrl-C meant for the owner does not stop Redis before the owner's
         # orderly shutdown; and it gets SIGTERM if the owner dies without stopping it. `-`: the
         # config comes on stdin (read to its end before redis-server starts serving).
+        command, popen = dying_with_parent(["redis-server", "-"])
         self.proc = subprocess.Popen(
-            ["redis-server", "-"],
+            command,
             stdin=subprocess.PIPE,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=terminate_with_parent,
+            **popen,
         )
         try:
             self.proc.stdin.write(self._config().encode())
             self.proc.stdin.close()
         except BrokenPipeError:  # it exited at once; the loop below says why
             pass
-        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=1.0, socket_timeout=1.0)
+        # No retries inside a ping (redis-py's default retries a timeout with backoff): the loop
+        # below retries, and a port held by a process that never answers fails in a second, not 15.
+        client = redis.Redis(
+            port=self.port,
+            password=self.password,
+            socket_connect_timeout=1.0,
+            socket_timeout=1.0,
+            retry=Retry(NoBackoff(), 0),
+        )
         deadline = time.monotonic() + timeout
         try:
             while True:

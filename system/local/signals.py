@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import shutil
 import signal
 import threading
+from typing import Any
 
 
 def stop_on_signals(log: logging.Logger, what_happens: str, force_on_second: bool = False) -> threading.Event:
@@ -31,8 +33,28 @@ def stop_on_signals(log: logging.Logger, what_happens: str, force_on_second: boo
 
 def terminate_with_parent() -> None:
     """In a child before exec (`subprocess.Popen(preexec_fn=...)`): ask Linux for SIGTERM when the
-    parent goes (PR_SET_PDEATHSIG), so that a parent killed hard leaves no child running."""
+    parent goes (PR_SET_PDEATHSIG), so that a parent killed hard leaves no child running.
+
+    The fallback of `dying_with_parent` only: Python code run between fork and exec in a process
+    with other threads (gRPC's, Ray's) can deadlock or abort the child."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
     except OSError:  # not Linux/glibc: the owner's stop is then the only way it ends
         pass
+
+
+def dying_with_parent(command: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """`command` and the extra `subprocess.Popen` keyword arguments that make the child get SIGTERM
+    when the thread that starts it ends (PR_SET_PDEATHSIG), so that a parent killed hard leaves no
+    child running.
+
+    With util-linux's `setpriv` (scripts/setup.sh installs it) the command runs under
+    `setpriv --pdeathsig SIGTERM --`, which sets the signal and execs it: the child keeps its pid and
+    no Python runs after fork. Without it, `terminate_with_parent` as a `preexec_fn`.
+
+    Use: `command, popen = dying_with_parent(command); subprocess.Popen(command, **popen, ...)`.
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        return [setpriv, "--pdeathsig", "SIGTERM", "--", *command], {}
+    return list(command), {"preexec_fn": terminate_with_parent}

@@ -1,14 +1,21 @@
 """The embedded redis-server: it starts on a free port with a password that is nowhere on its
 command line, refuses clients without it, and when it cannot start the error says why in
-redis-server's own words."""
+redis-server's own words; and it dies with an owner killed hard."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from conftest import wait_until
 from replay import connect_redis
 from system.errors import RedisLaunchError
 from system.local.redis_server import RedisProcess
@@ -38,7 +45,8 @@ def test_each_embedded_redis_gets_a_fresh_password_that_is_not_on_its_command_li
 
 def test_a_client_without_the_password_gets_noauth_and_one_with_a_wrong_one_is_refused(tmp_path):
     with RedisProcess(directory=str(tmp_path)) as server:
-        anonymous = redis.Redis(port=server.port, protocol=2)
+        # No retries: redis-py 8 retries a refused handshake with backoff (4 s of the test's time).
+        anonymous = redis.Redis(port=server.port, protocol=2, retry=Retry(NoBackoff(), 0))
         with pytest.raises(redis.AuthenticationError):
             anonymous.ping()
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
@@ -91,3 +99,39 @@ def test_a_port_answered_by_another_redis_is_not_taken_for_ours(tmp_path):
         client = connect_redis(first.url, password=first.password)
         assert client.ping()  # the first one is untouched
         client.close()
+
+
+OWNER = """
+import sys, time
+from system.local.redis_server import RedisProcess
+server = RedisProcess(directory=sys.argv[1]).start()
+print(server.proc.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_redis_server_whose_owner_is_killed_hard_goes_too(tmp_path):
+    """Its owner SIGKILLed (no orderly stop runs): the kernel's parent-death signal ends it."""
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    redis_pid = None
+    try:
+        redis_pid = int(owner.stdout.readline())
+        # Started through setpriv, which execs it: the pid its owner knows is redis-server's own.
+        assert open(f"/proc/{redis_pid}/comm").read().strip() == "redis-server"
+        owner.kill()
+        owner.wait()
+        assert wait_until(lambda: not _alive(redis_pid), timeout=60), "redis-server outlived its owner"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if redis_pid is not None and _alive(redis_pid):
+            os.kill(redis_pid, signal.SIGKILL)

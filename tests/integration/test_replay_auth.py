@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
-import resource
 import stat
 import subprocess
 import sys
@@ -161,7 +160,9 @@ def test_refusals_are_counted_on_metrics(start_server):
 
 
 def test_right_credentials_work_end_to_end_and_survive_pickling(shard):
-    client = pickle.loads(pickle.dumps(ReplayClient(shard.address, credentials=CREDENTIALS)))
+    original_client = ReplayClient(shard.address, credentials=CREDENTIALS)
+    client = pickle.loads(pickle.dumps(original_client))
+    original_client.close()
     assert client.credentials.key_pem is None  # a client never carries the private key
     assert CREDENTIALS.token not in repr(client) and CREDENTIALS.token not in repr(client.credentials)
     client.insert(make_batch(50, start=100))
@@ -174,7 +175,9 @@ def test_right_credentials_work_end_to_end_and_survive_pickling(shard):
     assert client.info().size == 150 and client.checkpoint().size == 150
     client.close()
 
-    sharded = pickle.loads(pickle.dumps(ShardedReplay(addresses=[shard.address], credentials=CREDENTIALS)))
+    original = ShardedReplay(addresses=[shard.address], credentials=CREDENTIALS)
+    sharded = pickle.loads(pickle.dumps(original))
+    original.close()  # the copy discovers the shards again on its own
     assert sharded.config.credentials.key_pem is None
     sharded.insert(make_batch(10, start=150))
     sharded.flush()
@@ -343,18 +346,15 @@ def test_replay_credentials_uses_an_existing_private_empty_folder_as_it_is(tmp_p
 
 
 def test_replay_credentials_keeps_nothing_when_a_write_fails(tmp_path):
-    """A file-size limit of 100 bytes: the token (43) is written, the certificate is not."""
+    """A file-size limit of 100 bytes: the token (43) is written, the certificate is not. util-linux's
+    prlimit sets it before exec (a preexec_fn would run Python after fork beside gRPC's threads)."""
     out = tmp_path / "new" / "creds"
-
-    def small_files():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
-
     made = subprocess.run(
-        [sys.executable, "-B", "-m", "system.cli", "replay", "credentials", "--out", str(out)],
+        ["prlimit", "--fsize=100:100", "--", sys.executable, "-B", "-m", "system.cli", "replay", "credentials"]
+        + ["--out", str(out)],
         capture_output=True,
         text=True,
         timeout=60,
-        preexec_fn=small_files,
     )
     assert made.returncode == 2 and "cannot write cert.pem" in made.stderr and "nothing was kept" in made.stderr
     assert not out.exists() and (tmp_path / "new").is_dir()

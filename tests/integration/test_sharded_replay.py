@@ -243,6 +243,7 @@ def test_a_mixed_sources_priorities_reach_a_shard_that_joined_it_after_the_mix_w
     result = mixed.update_priorities(keys, np.full(8, 5.0))
     assert (result.applied, result.dropped_stale) == (8, 0)
     mixed.close()
+    online.close()  # its sources are the caller's to close: the watcher would outlive its Redis
 
 
 # -- a shard that refuses this client's credentials ----------------------------------------------

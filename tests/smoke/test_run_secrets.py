@@ -2,7 +2,9 @@
 local process would: its Redis refuses clients without the run's password, its Ray refuses
 processes without the run's token (RAY_AUTH_MODE=disabled, or a wrong token), nothing of it listens
 off loopback, and the password and token are found in no argv, no file of the run folder, not in
-its output, `qfleet status` or a discovery 503; the private secrets file is 0600 and goes with the run."""
+its output, `qfleet status` or a discovery 503; the private secrets file is 0600 and goes with the run.
+SIGTERM to the driver alone stops it in the same order as Ctrl-C (one run serves both checks: a
+`qfleet train` start is the suite's costliest step)."""
 
 from __future__ import annotations
 
@@ -89,7 +91,7 @@ def files_holding(root: Path, secrets: list[bytes]) -> list[str]:
 
 
 @pytest.mark.timeout(420)
-def test_a_running_train_refuses_outsiders_and_leaves_no_secret_behind(tmp_path, monkeypatch):
+def test_a_running_train_refuses_outsiders_stops_in_order_on_sigterm_and_leaves_no_secret_behind(tmp_path, monkeypatch):
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
@@ -188,7 +190,9 @@ def test_a_running_train_refuses_outsiders_and_leaves_no_secret_behind(tmp_path,
         assert outcomes["wrong token"].startswith("REFUSED"), outcomes
         assert outcomes["run's token"].startswith("JOINED") and "-learner" in outcomes["run's token"], outcomes
 
-        os.killpg(proc.pid, signal.SIGINT)
+        # SIGTERM, what Kubernetes, systemd and `ray job stop` send, to the driver alone (`kill PID`):
+        # the same orderly stop as Ctrl-C to the process group (tests/smoke/test_train.py).
+        proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=180)
         assert code == 0, Path(log.name).read_text()[-3000:]
 
@@ -214,6 +218,13 @@ def test_a_running_train_refuses_outsiders_and_leaves_no_secret_behind(tmp_path,
             discovery.kill()
             discovery.wait()
         log.close()
+
+    # It stopped in order: the learner and the shard checkpointed, and it says how to go on.
+    output = Path(log.name).read_text()
+    assert "received SIGTERM: stopping in order" in output
+    assert list((run_dir / "checkpoints").glob("learner-*.pt")), output[-3000:]
+    assert list((run_dir / "replay" / "shard-0").glob("*.safetensors")), output[-3000:]
+    assert "continue it with: qfleet train --resume" in output
 
     # After the run: the secrets file is gone; neither secret is in the run folder or its output.
     assert not store.exists()

@@ -1,12 +1,11 @@
 """`qfleet train`, `status`, `eval`, `report` and `--resume` as a user runs them (subprocesses):
 the embedded default (redis-server child, local Ray, a shard, the learner, an actor), stopped with
-Ctrl-C, then resumed to the end."""
+Ctrl-C, then resumed to the end (SIGTERM's stop: tests/smoke/test_run_secrets.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import ssl
@@ -28,7 +27,7 @@ from replay import (
     ReplayUnavailableError,
     generate_credentials,
 )
-from system.local.secrets import load_run_secrets
+from system.local.secrets import load_run_secrets, secrets_dir
 from system.train.startup import PHASE_NAMES
 
 QFLEET = [sys.executable, "-m", "system.cli"]
@@ -184,8 +183,10 @@ def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
     assert "start-up: started in " in status.stdout  # the session's start-up breakdown
     assert "shards: 1 live" in status.stdout and "actors: 1 reporting, 1 wanted" in status.stdout
 
-    # A clean stop: every child process gone, every port closed, the run saved.
+    # A clean stop: every child process gone, every port closed, the run saved, its secrets file
+    # gone (SIGTERM to the driver alone: tests/smoke/test_run_secrets.py).
     assert seen_pids and not [pid for pid in seen_pids if alive(pid)]
+    assert not (secrets_dir() / f"{info['secrets_id']}.json").exists()
     assert not [a for a in addresses if listening(a)]
     assert json.loads((run_dir / "prometheus" / "targets.json").read_text()) == []  # nothing left to scrape
     assert "received SIGINT" in output and "continue it with: qfleet train --resume" in output
@@ -247,37 +248,3 @@ def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
     resumed_phases = records(run_dir, "startup")[-1]["phases"]
     assert len(records(run_dir, "startup")) == 2 and None not in resumed_phases.values()
     assert resumed_phases["learner"] <= resumed_phases["envs"]
-
-
-def test_sigterm_stops_train_in_the_same_order_as_ctrl_c(tmp_path):
-    """SIGTERM is what Kubernetes, systemd and `ray job stop` send, to the driver alone (`kill PID`)."""
-    run_dir = tmp_path / "run"
-    log = open(tmp_path / "train.log", "w+")
-    settings = {**SETTINGS, "train.eval_every_steps": 0, "train.total_env_steps": 1_000_000}
-    proc = subprocess.Popen(
-        [*QFLEET, "train", "configs/cartpole.yaml", "--run-dir", str(run_dir), *overrides(settings)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-
-        def learning() -> bool:
-            assert proc.poll() is None, Path(log.name).read_text()[-3000:]
-            metrics = run_dir / "metrics.jsonl"
-            return metrics.exists() and re.search(r'"updates":[1-9]', metrics.read_text()) is not None
-
-        assert wait_until(learning, timeout=240, step=0.5), Path(log.name).read_text()[-3000:]
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-    output = Path(log.name).read_text()
-    assert code == 0, output[-3000:]
-    assert "received SIGTERM: stopping in order" in output
-    assert list((run_dir / "checkpoints").glob("learner-*.pt")), output[-3000:]
-    assert list((run_dir / "replay" / "shard-0").glob("*.safetensors")), output[-3000:]
-    assert "continue it with: qfleet train --resume" in output

@@ -19,6 +19,16 @@ from conftest import wait_until
 
 FAULTS = overrides({**SETTINGS, "learner.checkpoint_every_s": 3, "train.eval_every_steps": 4000})
 
+LEARNER_KILL_STEPS = 12_000
+"""The killed-learner run's length: the kill comes at 1,500 updates (about 3,500 env steps; the
+replay's ratio keeps env steps within a window of the updates), so the restarted learner trains on
+for thousands of env steps more."""
+
+DRIVER_KILL_STEPS, FRESH_STEPS = 6_000, 7_000
+"""The killed-driver run's length, then the --fresh-learner resume's. The kill comes at 300 updates
+and a checkpoint (every 3 s), about 1,100 env steps; on a fast machine the first checkpoint may come
+a few thousand later, still well short of the end."""
+
 
 def start_train(run_dir: Path, log_path: Path, total_env_steps: int) -> subprocess.Popen:
     command = [*QFLEET, "train", "configs/cartpole.yaml", "--run-dir", str(run_dir), *FAULTS]
@@ -40,7 +50,7 @@ def learner_checkpointed(proc: subprocess.Popen, run_dir: Path, log_path: Path, 
 @pytest.mark.timeout(360)
 def test_a_killed_learner_resumes_from_its_checkpoint_and_the_run_finishes(tmp_path):
     run_dir, log_path = tmp_path / "run", tmp_path / "train.log"
-    proc = start_train(run_dir, log_path, total_env_steps=20_000)
+    proc = start_train(run_dir, log_path, total_env_steps=LEARNER_KILL_STEPS)
     try:
         assert wait_until(lambda: learner_checkpointed(proc, run_dir, log_path, 1500), timeout=240, step=0.5)
         learner_pid = json.loads((run_dir / "run.json").read_text())["learner"]["pid"]
@@ -54,7 +64,7 @@ def test_a_killed_learner_resumes_from_its_checkpoint_and_the_run_finishes(tmp_p
             proc.wait()
     output = log_path.read_text()
     assert code == 0, output[-3000:]
-    assert "finished at 20,000 env steps" in output
+    assert f"finished at {LEARNER_KILL_STEPS:,} env steps" in output
     assert "the learner was restarted" in output and "updates lost" in output
 
     progress = records(run_dir, "progress")
@@ -85,7 +95,7 @@ def test_a_killed_learner_resumes_from_its_checkpoint_and_the_run_finishes(tmp_p
 @pytest.mark.timeout(600)
 def test_a_killed_driver_leaves_nothing_behind_and_the_run_resumes(tmp_path):
     run_dir, log_path = tmp_path / "run", tmp_path / "train.log"
-    proc = start_train(run_dir, log_path, total_env_steps=8_000)
+    proc = start_train(run_dir, log_path, total_env_steps=DRIVER_KILL_STEPS)
     started: set[int] = set()
     try:
 
@@ -110,7 +120,7 @@ def test_a_killed_driver_leaves_nothing_behind_and_the_run_resumes(tmp_path):
 
     resumed = qfleet("train", "--resume", str(run_dir), timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "finished at 8,000 env steps" in resumed.stdout
+    assert f"finished at {DRIVER_KILL_STEPS:,} env steps" in resumed.stdout
     assert "learner on cpu (resumed at update" in resumed.stderr + resumed.stdout
     versions = [r["weights_version"] for r in records(run_dir, "progress")]
     assert versions == sorted(versions), "weights versions went down across the resume"
@@ -118,7 +128,7 @@ def test_a_killed_driver_leaves_nothing_behind_and_the_run_resumes(tmp_path):
     # No good learner checkpoint: a resume refuses and says how to go on ...
     for checkpoint in run_dir.glob("checkpoints/learner-*.pt"):
         checkpoint.write_bytes(checkpoint.read_bytes()[:300])
-    further = overrides({"train.total_env_steps": 10_000})
+    further = overrides({"train.total_env_steps": FRESH_STEPS})
     refused = qfleet("train", "--resume", str(run_dir), *further, timeout=120)
     assert refused.returncode != 0
     assert "no good learner checkpoint" in refused.stderr and "--fresh-learner" in refused.stderr
@@ -128,8 +138,9 @@ def test_a_killed_driver_leaves_nothing_behind_and_the_run_resumes(tmp_path):
     assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
     assert f"fresh, counting on from update {updates_before:,}" in fresh.stderr + fresh.stdout
     assert records(run_dir, "learner")[-1]["event"] == "fresh"
-    assert json.loads((run_dir / "state.json").read_text())["fresh_learners"] == [8_000]
-    assert "| fresh learner (no good checkpoint) | at 8,000 env steps |" in (run_dir / "summary.md").read_text()
+    assert json.loads((run_dir / "state.json").read_text())["fresh_learners"] == [DRIVER_KILL_STEPS]
+    fresh_row = f"| fresh learner (no good checkpoint) | at {DRIVER_KILL_STEPS:,} env steps |"
+    assert fresh_row in (run_dir / "summary.md").read_text()
     progress = records(run_dir, "progress")
     assert progress[-1]["updates"] > updates_before
     assert [r["weights_version"] for r in progress] == sorted(r["weights_version"] for r in progress)
