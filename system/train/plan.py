@@ -368,7 +368,7 @@ def insert_lead_warning(config: RunConfig) -> str | None:
     `derive_insert_settings` gives this run (a default config never warns)."""
     train, actors = config.train, config.actors
     settings = InsertSettings(actors.insert_batch, actors.max_inserts_in_flight)
-    lead = settings.lead(actors.num_actors)
+    lead = settings.lead(actors.num_actors, config.env.num_envs)
     if not train.total_env_steps or lead <= LEAD_WARN_FRACTION * train.total_env_steps:
         return None
     derived = derive_insert_settings(train.total_env_steps, config.learner.updates_per_env_step, actors.num_actors)

@@ -12,7 +12,8 @@ from system.config.insert_settings import InsertSettings, derive_insert_settings
 from system.train import plan
 from system.train.plan import insert_lead_warning
 
-CONFIGS = sorted(str(path) for path in pathlib.Path("configs").glob("*.yaml"))
+CONFIG_DIR = pathlib.Path(__file__).parents[2] / "configs"
+CONFIGS = sorted(str(path) for path in CONFIG_DIR.glob("*.yaml"))
 LEAD_WARNING = "ahead of the learner"
 
 
@@ -56,9 +57,19 @@ def test_a_config_without_insert_settings_gets_derived_ones_and_explicit_ones_wi
     assert (standalone.insert_batch, standalone.max_inserts_in_flight) == (4096, 32)
 
 
+def test_the_shipped_configs_are_found_from_any_working_directory():
+    assert len(CONFIGS) >= 3 and any(path.endswith("cartpole.yaml") for path in CONFIGS)
+
+
 @pytest.mark.parametrize("path", CONFIGS)
 def test_no_shipped_config_lets_actors_run_out_of_proportion_ahead(path):
     assert insert_lead_warning(load_config(path)) is None
+
+
+def test_the_lead_counts_a_vector_step_of_more_envs_than_insert_batch():
+    settings = InsertSettings(insert_batch=15, max_inserts_in_flight=1)
+    assert settings.lead(2) == settings.lead(2, num_envs=15) == 2 * 15 * 2
+    assert settings.lead(2, num_envs=64) == 2 * 64 * 2  # one vector step is the smallest hand-over
 
 
 def test_explicit_settings_out_of_proportion_are_still_warned_about_with_the_derived_ones():
@@ -76,8 +87,8 @@ def test_explicit_settings_out_of_proportion_are_still_warned_about_with_the_der
         (None, "Pendulum-v1", ["train.total_env_steps=20000"]),  # issue #23's run
         (None, "Pendulum-v1", []),
         (None, "CartPole-v1", []),
-        ("configs/cartpole.yaml", None, ["train.total_env_steps=20000"]),  # "still 5% with CartPole's"
-        ("configs/cartpole.yaml", None, []),
+        (str(CONFIG_DIR / "cartpole.yaml"), None, ["train.total_env_steps=20000"]),  # "still 5% with CartPole's"
+        (str(CONFIG_DIR / "cartpole.yaml"), None, []),
     ],
 )
 def test_default_recipes_and_the_cartpole_config_plan_without_the_lead_warning(
