@@ -24,8 +24,8 @@ from actors import (
 )
 from actors.actor import NSTEP_BLOCK, actor_epsilon
 from conftest import shard_kwargs, wait_until
-from system.config.insert_settings import derive_insert_settings
 from learner import ArchitectureConfig, LearnerConfig, Policy, WeightStore
+from system.config.insert_settings import derive_insert_settings
 
 GAMMA = 0.9
 LEARNER = LearnerConfig(architecture=ArchitectureConfig(hidden_size=16), gamma=GAMMA)

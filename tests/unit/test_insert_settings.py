@@ -53,7 +53,7 @@ def test_a_config_without_insert_settings_gets_derived_ones_and_explicit_ones_wi
     assert (explicit.insert_batch, explicit.max_inserts_in_flight) == (4096, 1)
     both = load_config(None, ["actors.insert_batch=4096", "actors.max_inserts_in_flight=32"]).actors
     assert (both.insert_batch, both.max_inserts_in_flight) == (4096, 32)
-    standalone = load_config(None, ["train.total_env_steps=20000"], derive_inserts=False).actors  # qfleet actors run
+    standalone = load_config(None, ["train.total_env_steps=20000"], derive_inserts=False).actors  # no derivation asked
     assert (standalone.insert_batch, standalone.max_inserts_in_flight) == (4096, 32)
 
 
@@ -98,3 +98,25 @@ def test_default_recipes_and_the_cartpole_config_plan_without_the_lead_warning(
         planned = plan(config, overrides, str(tmp_path / "run"), None, env_id=env_id)
     assert planned.config.actors.insert_batch <= 500  # derived, not the fixed 4096
     assert LEAD_WARNING not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ([], (250, 1)),  # the config's 50k steps at UTD 0.5 with 2 actors, as `qfleet train` derives them
+        (["--max-env-steps", "20000"], (100, 1)),  # the actors' own run length
+        (["--set", "actors.insert_batch=64"], (64, 6)),  # a setting given wins, the other derived around it
+    ],
+)
+def test_standalone_actors_derive_their_insert_settings_like_qfleet_train(monkeypatch, extra, expected):
+    import system.services.actors
+    from system.cli import main
+
+    started = {}
+    monkeypatch.setattr(
+        system.services.actors, "run_actors", lambda config, *args: started.setdefault("c", config) and 0
+    )
+    argv = ["actors", "run", "--config", str(CONFIG_DIR / "cartpole.yaml"), "--redis-url", "redis://127.0.0.1:1/0"]
+    assert main([*argv, "--run", "demo", *extra]) == 0
+    actors = started["c"].actors
+    assert (actors.insert_batch, actors.max_inserts_in_flight) == expected  # not the fixed 4096 x 32
