@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from actors.actor import ActorStartup, ActorStats, EnvActor
-from actors.allotment import chunk_allotment
+from actors.allotment import chunk_allotment, min_chunk_steps
 from actors.config import ActorsConfig, EnvConfig
 from actors.envs import describe_env
 from actors.errors import ActorRegistryError, FleetError
@@ -269,13 +269,14 @@ class ActorFleet:
     def _submit(self, slot: _Slot) -> None:
         """Starts the slot's next chunk: with max_env_steps or milestones, only within its share of
         what is left to the nearer of them (`chunk_allotment`)."""
-        slot.allotment = self._allotment()
+        slot.allotment = self._allotment(slot)
         if slot.allotment != 0:
             slot.ref = slot.handle.run.remote(self.chunk_s, slot.allotment)
             slot.submitted_at = time.monotonic()
 
-    def _allotment(self) -> int | None:
-        """Env steps the next chunk may take (`chunk_allotment`: None no limit, 0 nothing left)."""
+    def _allotment(self, slot: _Slot) -> int | None:
+        """Env steps the slot's next chunk may take (`chunk_allotment`: None no limit, 0 nothing
+        left); toward a milestone at least `min_chunk_steps` at the pace of its last chunk."""
         if self.max_env_steps is None and not self.milestone_every:
             return None
         promised = sum(slot.allotment or 0 for slot in self._slots.values() if slot.ref is not None)
@@ -287,6 +288,7 @@ class ActorFleet:
             self.max_env_steps,
             self.milestone_every,
             self.milestone_offset,
+            min_chunk_steps(self.env.num_envs, slot.stats and slot.stats.steps_per_second, self.chunk_s),
         )
 
     def _count_restart(self, slot: _Slot) -> None:
