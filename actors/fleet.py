@@ -233,7 +233,8 @@ class ActorFleet:
     def _warn_if_overdue(self, actor_id: int, slot: _Slot, now: float) -> None:
         """Says once when an actor's chunk is PENDING_WARNING_S overdue, and why (`actors.overdue`):
         held back by the UTD (INFO: the progress line shows it), or a warning naming what Ray says:
-        not placed (resources the cluster lacks), still starting, restarting, or up but slow."""
+        not placed (resources the cluster lacks), still starting, restarting, dead (with the cause Ray
+        gives), or up but slow. Ray is asked for at most RAY_STATE_TIMEOUT_S (no answer: "unknown")."""
         if slot.ref is None or slot.warned_pending:
             return
         due = slot.submitted_at + self.chunk_s
