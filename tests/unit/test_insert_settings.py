@@ -120,3 +120,22 @@ def test_standalone_actors_derive_their_insert_settings_like_qfleet_train(monkey
     assert main([*argv, "--run", "demo", *extra]) == 0
     actors = started["c"].actors
     assert (actors.insert_batch, actors.max_inserts_in_flight) == expected  # not the fixed 4096 x 32
+
+
+def test_on_a_resume_the_warning_names_the_values_to_set_not_keys_to_leave_out():
+    # a run derived 100 x 1 for 2 actors; resumed with 16 actors, config.yaml keeps 100 x 1
+    config = load_config(
+        None,
+        [
+            "train.total_env_steps=20000",
+            "learner.updates_per_env_step=1",
+            "actors.num_actors=16",
+            "actors.insert_batch=100",
+            "actors.max_inserts_in_flight=1",
+        ],
+    )
+    warning = insert_lead_warning(config, resumed=True)
+    assert "3,200 transitions ahead" in warning
+    assert "--set actors.insert_batch=12 --set actors.max_inserts_in_flight=1" in warning
+    assert "leave actors.insert_batch" not in warning
+    assert "leave actors.insert_batch" in insert_lead_warning(config)  # a fresh run can leave them out
