@@ -10,7 +10,7 @@ import pytest
 
 from actors.allotment import chunk_allotment, min_chunk_steps
 from system.train.eval_schedule import due_evaluation
-from system.train.records import EvalRecord
+from system.train.records import EvalRecord, RunCounters
 
 
 def test_evaluations_fall_due_at_each_multiple_whatever_step_they_are_noticed_at():
@@ -156,3 +156,14 @@ def test_allotment_without_a_budget_or_milestones_is_unlimited_and_a_spent_budge
     assert chunk_allotment(1600, 0, 2, 8, milestone_every=2000) == 248  # a quarter of 1,000, whole vector steps
     assert chunk_allotment(1900, 0, 2, 8, milestone_every=2000) == 96  # less left: all of it (whole vector steps)
     assert chunk_allotment(1900, 0, 2, 8, max_env_steps=1950, milestone_every=2000) == 24  # the budget binds
+
+
+def test_a_resume_that_shortens_the_interval_is_due_at_the_new_interval_s_next_multiple_at_the_latest():
+    # saved: 12,000 done, the next evaluation at 15,000 (every 5,000); resumed with every 2,000:
+    # the fleet's chunks end on multiples of 2,000, so the next evaluation is due at 14,000
+    assert RunCounters({"env_steps": 12_000, "next_eval": 15_000}, eval_every_steps=2000).next_eval == 14_000
+    # a longer interval: the saved due step comes first and stays
+    assert RunCounters({"env_steps": 12_000, "next_eval": 14_000}, eval_every_steps=5000).next_eval == 14_000
+    assert RunCounters({"env_steps": 12_000, "next_eval": 14_000}, eval_every_steps=2000).next_eval == 14_000
+    assert RunCounters({}, eval_every_steps=2000).next_eval == 2000
+    assert RunCounters({"env_steps": 500, "next_eval": 700}, eval_every_steps=0).next_eval == 700  # no schedule
