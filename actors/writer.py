@@ -120,14 +120,14 @@ class TransitionWriter:
 
     def add(self, transitions: dict[str, np.ndarray]) -> None:
         """Buffers transitions; sends messages of exactly batch_items while that many are held
-        (the rest stays buffered), or all that is held once it reaches INSERT_MAX_BYTES."""
+        (the rest stays buffered), then all that is held if it still reaches INSERT_MAX_BYTES."""
         self._buffer.append(transitions)
         self._buffered += _items(transitions)
         self._buffered_bytes += sum(column.nbytes for column in transitions.values())
+        if self._buffered >= self.batch_items:
+            self._send_batches()
         if self._buffered_bytes >= INSERT_MAX_BYTES:
             self._send_buffered()
-        elif self._buffered >= self.batch_items:
-            self._send_batches()
 
     def flush(self) -> None:
         """Sends what is buffered and waits until replay acknowledged every transition sent (or
