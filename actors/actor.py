@@ -33,7 +33,16 @@ from replay import ReplayCredentials, ShardedReplay, keep_freed_memory, start_me
 log = logging.getLogger(__name__)
 
 NSTEP_BLOCK = 64
-"""Most vector steps between n-step emissions (fewer where one would exceed INSERT_MAX_BYTES)."""
+"""Most vector steps between n-step emissions (fewer where one would exceed INSERT_MAX_BYTES or
+actors.insert_batch: `nstep_block`)."""
+
+
+def nstep_block(insert_batch: int, num_envs: int, step_bytes: int) -> int:
+    """Vector steps between the n-step accumulator's emissions: at most NSTEP_BLOCK, and small
+    enough that one emission (block x num_envs transitions) fits in an insert message of
+    `insert_batch` and in INSERT_MAX_BYTES (`step_bytes`: the bytes of one vector step's
+    transitions), so what an actor holds back unsent stays within about one message; at least 1."""
+    return max(1, min(NSTEP_BLOCK, insert_batch // num_envs, INSERT_MAX_BYTES // max(1, step_bytes)))
 
 
 @dataclass
@@ -129,8 +138,7 @@ class EnvActor:
         spaces = describe_env(env)
         self.policy = Policy(learner, spaces.obs_shape, spaces.action_space, seed=seed)
         self.epsilon = actor_epsilon(actor_id, num_actors, actors)
-        block_bytes = env.num_envs * spaces.spec.item_nbytes()
-        block = max(1, min(NSTEP_BLOCK, INSERT_MAX_BYTES // block_bytes))
+        block = nstep_block(actors.insert_batch, env.num_envs, env.num_envs * spaces.spec.item_nbytes())
         self.nstep = NStepAccumulator(env.num_envs, actors.n_step, learner.gamma, block=block)
         self.env_steps = self.vector_steps = self.episodes = 0
         self._returns: deque[float] = deque(maxlen=100)  # of the last 100 episodes

@@ -20,6 +20,7 @@ def chunk_allotment(
     max_env_steps: int | None = None,
     milestone_every: int | None = None,
     milestone_offset: int = 0,
+    min_chunk: int = 0,
 ) -> int | None:
     """Env steps the next chunk may take, in whole vector steps of `num_envs`.
 
@@ -33,6 +34,9 @@ def chunk_allotment(
             0: no milestones.
         milestone_offset: env steps the run did before this fleet (a resumed run's milestones are
             multiples of the run's count).
+        min_chunk: env steps a chunk toward a milestone takes at least, though it passes the
+            milestone (`min_chunk_steps`: each chunk end costs a round trip, a flush and a report,
+            which a fast actor must not pay every few steps); the budget still binds.
 
     Returns:
         None: no limit; 0: the budget is spent or promised (no chunk starts); otherwise at least
@@ -47,6 +51,7 @@ def chunk_allotment(
         at = milestone_offset + reached
         to_milestone = (at // milestone_every + 1) * milestone_every - at
         smallest = _share(milestone_every // MILESTONE_MIN_PARTS, actors, num_envs)
+        smallest = max(smallest, _share(min_chunk, 1, num_envs))
         toward = max(_share(to_milestone, actors, num_envs), min(smallest, _share(to_milestone, 1, num_envs)))
         share = toward if share is None else min(share, toward)
     return share
@@ -57,6 +62,21 @@ MILESTONE_MIN_PARTS = 4
 all that is left to the milestone, when less): the shares halve as chunks end near a milestone, and
 this stops the halving after a few, so that a milestone costs each actor a few more chunk ends
 (flushes, reports) at most."""
+
+MIN_CHUNK_BLOCKS = 64
+"""A chunk toward a milestone takes at least this many vector steps (one n-step block at most)."""
+
+MIN_CHUNK_FRACTION = 4
+"""... and at least 1/this of what the actor steps in a plain chunk at its measured pace."""
+
+
+def min_chunk_steps(num_envs: int, steps_per_second: float | None, chunk_s: float) -> int:
+    """The smallest chunk toward a milestone for an actor at `steps_per_second` (None: not known
+    yet): MIN_CHUNK_BLOCKS vector steps, or a 1/MIN_CHUNK_FRACTION of a plain chunk of `chunk_s`
+    seconds when more. A fast actor then ends a few more chunks per milestone, not hundreds; an
+    evaluation it passes records both its scheduled and its actual env step."""
+    by_pace = int((steps_per_second or 0.0) * chunk_s / MIN_CHUNK_FRACTION)
+    return max(MIN_CHUNK_BLOCKS * num_envs, by_pace)
 
 
 def _share(left: int, actors: int, num_envs: int) -> int:

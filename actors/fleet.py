@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from actors.actor import ActorStartup, ActorStats, EnvActor
-from actors.allotment import chunk_allotment
+from actors.allotment import chunk_allotment, min_chunk_steps
 from actors.config import ActorsConfig, EnvConfig
 from actors.envs import describe_env
 from actors.errors import ActorRegistryError, FleetError
@@ -233,7 +233,8 @@ class ActorFleet:
     def _warn_if_overdue(self, actor_id: int, slot: _Slot, now: float) -> None:
         """Says once when an actor's chunk is PENDING_WARNING_S overdue, and why (`actors.overdue`):
         held back by the UTD (INFO: the progress line shows it), or a warning naming what Ray says:
-        not placed (resources the cluster lacks), still starting, restarting, or up but slow."""
+        not placed (resources the cluster lacks), still starting, restarting, dead (with the cause Ray
+        gives), or up but slow. Ray is asked for at most RAY_STATE_TIMEOUT_S (no answer: "unknown")."""
         if slot.ref is None or slot.warned_pending:
             return
         due = slot.submitted_at + self.chunk_s
@@ -269,13 +270,14 @@ class ActorFleet:
     def _submit(self, slot: _Slot) -> None:
         """Starts the slot's next chunk: with max_env_steps or milestones, only within its share of
         what is left to the nearer of them (`chunk_allotment`)."""
-        slot.allotment = self._allotment()
+        slot.allotment = self._allotment(slot)
         if slot.allotment != 0:
             slot.ref = slot.handle.run.remote(self.chunk_s, slot.allotment)
             slot.submitted_at = time.monotonic()
 
-    def _allotment(self) -> int | None:
-        """Env steps the next chunk may take (`chunk_allotment`: None no limit, 0 nothing left)."""
+    def _allotment(self, slot: _Slot) -> int | None:
+        """Env steps the slot's next chunk may take (`chunk_allotment`: None no limit, 0 nothing
+        left); toward a milestone at least `min_chunk_steps` at the pace of its last chunk."""
         if self.max_env_steps is None and not self.milestone_every:
             return None
         promised = sum(slot.allotment or 0 for slot in self._slots.values() if slot.ref is not None)
@@ -287,6 +289,7 @@ class ActorFleet:
             self.max_env_steps,
             self.milestone_every,
             self.milestone_offset,
+            min_chunk_steps(self.env.num_envs, slot.stats and slot.stats.steps_per_second, self.chunk_s),
         )
 
     def _count_restart(self, slot: _Slot) -> None:

@@ -9,12 +9,16 @@ An actor whose `run` has not returned long after its chunk was due is one of:
   lacks the CPUs or custom resources it asks for.
 - starting: Ray placed it and its constructor still runs (building envs: an emulator boots).
 - restarting: Ray is restarting its dead process.
+- dead: Ray says its process died (and is not restarting it): the cause Ray gives.
 - slow: it is up (it reported, or Ray says ALIVE) and a chunk takes long (a slow env).
-- unknown: no report and no answer from Ray: the message asks rather than claims.
+- unknown: no report and no answer from Ray (or Ray took longer than RAY_STATE_TIMEOUT_S to
+  answer): the message asks rather than claims.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from actors.registry import STATE_HELD_BACK
@@ -24,7 +28,13 @@ NOT_PLACED = "not_placed"
 STARTING = "starting"
 RESTARTING = "restarting"
 SLOW = "slow"
+DEAD = "dead"
 UNKNOWN = "unknown"
+
+RAY_STATE_TIMEOUT_S = 2.0
+"""How long the fleet waits for Ray's answer about an overdue actor: the lookup is a synchronous
+call to Ray's control store with no timeout of its own, and the fleet's poll (evaluations,
+progress, shutdown) must not hang on a stalled one."""
 
 
 @dataclass(frozen=True)
@@ -35,20 +45,51 @@ class RayActorState:
     """Ray's actor state: DEPENDENCIES_UNREADY, PENDING_CREATION, ALIVE, RESTARTING or DEAD."""
     placed: bool
     """A worker process was given to it (it has a pid or port): its constructor runs or ran."""
+    death_cause: str = ""
+    """Why it died, as Ray says (DEAD only; "" when Ray gives no message)."""
 
 
-def ray_actor_state(handle) -> RayActorState | None:
-    """Ray's state of the actor behind `handle`; None when Ray cannot tell (Ray's own table, read
-    through a private call that needs no dashboard: any failure of it is no answer)."""
+def ray_actor_state(
+    handle, timeout_s: float = RAY_STATE_TIMEOUT_S, lookup: Callable[[str], dict] | None = None
+) -> RayActorState | None:
+    """Ray's state of the actor behind `handle`; None when Ray cannot tell within `timeout_s` (Ray's
+    own table, read through a private call that needs no dashboard: any failure of it is no
+    answer). The call runs in a daemon thread: a stalled control store leaves that thread waiting,
+    not the caller. `lookup`: the actor id -> Ray's actor info (default: Ray's)."""
+    answer: list[RayActorState | None] = [None]
+
+    def ask() -> None:
+        try:
+            info = (lookup or _ray_actor_info)(handle._actor_id.hex())
+            address = info.get("Address") or {}
+            placed = bool(info.get("Pid")) or bool(address.get("Port"))
+            answer[0] = RayActorState(str(info["State"]), placed, _death_cause(info.get("DeathCause")))
+        except Exception:
+            answer[0] = None
+
+    thread = threading.Thread(target=ask, name="ray-actor-state", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return None if thread.is_alive() else answer[0]
+
+
+def _ray_actor_info(actor_id: str) -> dict:
+    from ray._private import state
+
+    return state.actors(actor_id)
+
+
+def _death_cause(cause) -> str:
+    """The first line of the error message in Ray's ActorDeathCause (a protobuf), else the kind of
+    cause it names; "" when there is none."""
     try:
-        from ray._private import state
-
-        info = state.actors(handle._actor_id.hex())
-        address = info.get("Address") or {}
-        placed = bool(info.get("Pid")) or bool(address.get("Port"))
-        return RayActorState(str(info["State"]), placed)
+        kind = cause.WhichOneof("context")
+        if kind is None:
+            return ""
+        message = str(getattr(getattr(cause, kind), "error_message", "") or "").strip()
+        return message.splitlines()[0] if message else kind.removesuffix("_context").replace("_", " ")
     except Exception:
-        return None
+        return ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +144,9 @@ def overdue(
         )
     if state == "RESTARTING":
         return Overdue(RESTARTING, f"{late}: Ray is restarting its process")
+    if state == "DEAD":
+        cause = f": {ray_state.death_cause}" if ray_state.death_cause else " (it gives no cause)"
+        return Overdue(DEAD, f"{late}: Ray says its process died{cause}")
     if report or reported_before or state == "ALIVE":
         return Overdue(
             SLOW,

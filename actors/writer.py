@@ -68,7 +68,8 @@ def _items(batch: dict[str, np.ndarray]) -> int:
 
 
 class TransitionWriter:
-    """Sends transitions to replay in insert messages of `batch_items` (or INSERT_MAX_BYTES).
+    """Sends transitions to replay in insert messages of exactly `batch_items` (fewer at a flush,
+    or once INSERT_MAX_BYTES are buffered), whatever the size of what the actor hands it.
 
     The writer never retries: below it, `ShardedReplay` moves unacknowledged batches to the next
     live shard and, while none is live, waits for one (its `insert_wait_s`); a plain
@@ -118,11 +119,14 @@ class TransitionWriter:
         self._buffered = self._buffered_bytes = 0
 
     def add(self, transitions: dict[str, np.ndarray]) -> None:
-        """Buffers transitions; sends a message once batch_items or INSERT_MAX_BYTES are held."""
+        """Buffers transitions; sends messages of exactly batch_items while that many are held
+        (the rest stays buffered), then all that is held if it still reaches INSERT_MAX_BYTES."""
         self._buffer.append(transitions)
         self._buffered += _items(transitions)
         self._buffered_bytes += sum(column.nbytes for column in transitions.values())
-        if self._buffered >= self.batch_items or self._buffered_bytes >= INSERT_MAX_BYTES:
+        if self._buffered >= self.batch_items:
+            self._send_batches()
+        if self._buffered_bytes >= INSERT_MAX_BYTES:
             self._send_buffered()
 
     def flush(self) -> None:
@@ -151,6 +155,22 @@ class TransitionWriter:
             return
         batch = _concat(self._buffer)
         self._buffer, self._buffered, self._buffered_bytes = [], 0, 0
+        self._send(batch)
+
+    def _send_batches(self) -> None:
+        """Sends messages of batch_items while that many are buffered; keeps the remainder, so a
+        message never exceeds batch_items however many transitions one `add` brought."""
+        held = _concat(self._buffer)
+        size, start = self.batch_items, 0
+        while self._buffered - start >= size:
+            self._send({name: column[start : start + size] for name, column in held.items()})
+            start += size
+        rest = {name: column[start:] for name, column in held.items()}
+        self._buffer = [rest] if start < self._buffered else []
+        self._buffered -= start
+        self._buffered_bytes = sum(column.nbytes for column in rest.values()) if self._buffer else 0
+
+    def _send(self, batch: dict[str, np.ndarray]) -> None:
         self.sent += _items(batch)
         self._deliver(lambda: self.replay.insert(batch))
 

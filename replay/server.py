@@ -42,7 +42,7 @@ from replay.redis_connection import redact_url
 from replay.registry import ShardRecord, ShardRegistry, new_record
 from replay.selectors import make_selector
 from replay.spec import PRIORITY_COLUMN, Spec
-from replay.table import Table
+from replay.table import Table, TableInfo
 from replay.writers import WriterSequences
 
 log = logging.getLogger(__name__)
@@ -601,6 +601,11 @@ class ReplayServer:
     def ledger(self) -> InsertLedger | None:
         """The record of what this shard id stored (with a checkpoint_dir; else None)."""
         return self._ledger
+
+    def counters(self) -> tuple[TableInfo, ShardAccounting]:
+        """The table's counters and `accounting()` at one moment (`Table.info_with`): the items
+        present and the ledger's per-stream counts agree however fast inserts come."""
+        return self.table.info_with(self.accounting)
 
     def accounting(self) -> ShardAccounting:
         """What the ledger says of each insert stream and of streams writers gave up on."""

@@ -406,6 +406,13 @@ class Table:
         """Items inserted so far: a plain read without the lock, at least every insert that returned."""
         return self._inserts
 
+    def info_with(self, read: Callable[[], object]) -> tuple[TableInfo, object]:
+        """`info()` and `read()` at one moment: both under the table's lock, which every insert
+        holds while it writes its items and their ledger record (`progress`), so a count `read`
+        takes of those records matches `inserts` (not one insert more or less)."""
+        with self._cond:
+            return self.info(), read()
+
     def info(self) -> TableInfo:
         """Counters and limiter state, read under the lock."""
         with self._cond:

@@ -42,7 +42,10 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     from system.services.actors import run_actors
 
-    config = load_config(args.config, args.set, flag_overrides(args), derive_inserts=False)  # no run length here
+    # The insert settings a config leaves out are derived as for `qfleet train`: from --max-env-steps
+    # when given, else the config's train.total_env_steps (with its UTD and actor count).
+    overrides = [*args.set, *([f"train.total_env_steps={args.max_env_steps}"] if args.max_env_steps else [])]
+    config = load_config(args.config, overrides, flag_overrides(args))
     return run_actors(
         config, args.redis_url, args.run, args.ray_address, args.max_env_steps, args.log_every, args.insecure
     )

@@ -4,7 +4,8 @@
 How far actors may run ahead of the learner beyond the replay's rate-limiter window is what each
 actor has sent and replay has not admitted yet: up to `max_inserts_in_flight` unacknowledged
 insert messages plus the one it is filling, so num_actors x insert_batch x (max_inserts_in_flight
-+ 1) transitions ("the lead"). Those transitions were collected by a policy that many env steps
++ 1) transitions ("the lead"; `InsertSettings.lead`: messages are exactly insert_batch, and the
+actor's n-step block is sized to fit in one). Those transitions were collected by a policy that many env steps
 (x the UTD: learner updates) older than the learner's. The fixed defaults (4096 x 33 per actor)
 suit a long throughput run and were 1352% of a 20k-step Pendulum run (issue #23). So the lead is
 sized from the run:
@@ -54,10 +55,17 @@ class InsertSettings:
     insert_batch: int
     max_inserts_in_flight: int
 
-    def lead(self, num_actors: int) -> int:
-        """Transitions all actors may hold sent but not admitted: num_actors x insert_batch x
-        (max_inserts_in_flight + 1)."""
-        return num_actors * self.insert_batch * (self.max_inserts_in_flight + 1)
+    def lead(self, num_actors: int, num_envs: int = 1) -> int:
+        """Transitions all actors may hold sent but not admitted: num_actors x message x
+        (max_inserts_in_flight + 1), a message being max(insert_batch, num_envs).
+
+        An actor's writer sends messages of exactly insert_batch (`actors.TransitionWriter`), and
+        its n-step accumulator hands them over every `actors.actor.nstep_block` vector steps, at
+        most insert_batch transitions at a time; with more envs than insert_batch one vector
+        step's transitions (num_envs) are the smallest hand-over. On top of the lead, each actor
+        is collecting at most one such block (plus n_step - 1 steps of open windows) that is not
+        yet transitions."""
+        return num_actors * max(self.insert_batch, num_envs) * (self.max_inserts_in_flight + 1)
 
 
 def lead_budget(total_env_steps: int, updates_per_env_step: float) -> float:

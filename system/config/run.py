@@ -90,8 +90,8 @@ def load_config(
         base: sections used in place of a file when `path` is None (a recipe of
             `system.config.recipes`, for `qfleet train --env`).
         derive_inserts: the actors' insert settings the sources leave out are derived from the
-            run (`insert_settings`); False keeps `ActorsConfig`'s fixed defaults (standalone
-            actors, `qfleet actors run`, have no run length to size them by).
+            run (`insert_settings`: train.total_env_steps, the UTD, actors.num_actors); False
+            keeps `ActorsConfig`'s fixed defaults (4096 and 32).
 
     Raises:
         ConfigError: unreadable file, unknown section or key, or an invalid value (named).

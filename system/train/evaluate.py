@@ -207,6 +207,11 @@ class RunEvaluations:
         self._background: BackgroundEvaluator | None = None
         self._unavailable = False  # the evaluator failed to build: no evaluations in this run
 
+    @property
+    def unavailable(self) -> bool:
+        """The evaluator failed to build: this run has no more evaluations (`prepare`)."""
+        return self._unavailable
+
     def prepare(self) -> bool:
         """Builds the weight-store reader and the evaluator (torch, the policy, the eval envs).
         Done at the first evaluation, or earlier by the supervisor once the run has started:

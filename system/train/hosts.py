@@ -120,7 +120,7 @@ class ShardHost:
         )
 
     def info(self) -> ShardCounters:
-        info = self.server.table.info()
+        info, accounting = self.server.counters()  # at one moment: the unattributed count is no race
         return ShardCounters(
             size=info.size,
             inserts=info.inserts,
@@ -129,7 +129,7 @@ class ShardHost:
             lost_transitions=self.server.lost_transitions,
             pid=os.getpid(),
             host=socket.gethostname(),
-            accounting=self.server.accounting(),
+            accounting=accounting,
         )
 
     def stop(self) -> ShardCounters:

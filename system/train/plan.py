@@ -133,7 +133,7 @@ def plan(
     train = dataclasses.replace(config.train, run_dir=str(run.path), run_name=name)
     config = dataclasses.replace(config, train=train)
     spaces = env_spaces(config.env)
-    check(config, spaces.spec, spaces.action_space)
+    check(config, spaces.spec, spaces.action_space, resumed=resume is not None)
     if resume is None or not config.learner.distributional.resolved:  # a run's config.yaml holds its numbers
         config = resolve_value_support(config)
     checked = Plan(config, run, name, state, spaces.obs_shape, spaces.action_space, spaces.spec)
@@ -343,7 +343,7 @@ def _memory_available() -> int | None:
     return None
 
 
-def check(config: RunConfig, spec: Spec, action_space: ActionSpace) -> None:
+def check(config: RunConfig, spec: Spec, action_space: ActionSpace, *, resumed: bool = False) -> None:
     """Cross-section checks: what no single section can know.
 
     Raises:
@@ -381,7 +381,7 @@ def check(config: RunConfig, spec: Spec, action_space: ActionSpace) -> None:
             f"replay.capacity={replay.capacity}: {train.num_shards} shard(s) need {need / 2**30:.1f} GiB "
             f"({spec.item_nbytes():,} bytes per item) and this machine has {available / 2**30:.1f} GiB available; lower it"
         )
-    if warning := insert_lead_warning(config):
+    if warning := insert_lead_warning(config, resumed=resumed):
         log.warning("%s", warning)
     check_offline(config)
     defaults = type(replay)()
@@ -391,23 +391,33 @@ def check(config: RunConfig, spec: Spec, action_space: ActionSpace) -> None:
             log.warning("replay.%s is set by qfleet train itself; the configured %r is ignored", key, value)
 
 
-def insert_lead_warning(config: RunConfig) -> str | None:
+def insert_lead_warning(config: RunConfig, *, resumed: bool = False) -> str | None:
     """What to say when the actors' insert settings let them run out of proportion ahead of the
     learner (a lead above LEAD_WARN_FRACTION of the run); None when they fit, or are the ones
-    `derive_insert_settings` gives this run (a default config never warns)."""
+    `derive_insert_settings` gives this run (a default config never warns). `resumed`: the run's
+    config.yaml holds its settings, so the advice is the values to `--set`, not keys to leave out."""
     train, actors = config.train, config.actors
     settings = InsertSettings(actors.insert_batch, actors.max_inserts_in_flight)
-    lead = settings.lead(actors.num_actors)
+    lead = settings.lead(actors.num_actors, config.env.num_envs)
     if not train.total_env_steps or lead <= LEAD_WARN_FRACTION * train.total_env_steps:
         return None
     derived = derive_insert_settings(train.total_env_steps, config.learner.updates_per_env_step, actors.num_actors)
     if settings == derived:
         return None
+    if resumed:
+        advice = (
+            f"a resume keeps the run's saved settings (config.yaml): --set actors.insert_batch={derived.insert_batch} "
+            f"--set actors.max_inserts_in_flight={derived.max_inserts_in_flight} to size them for "
+            f"{actors.num_actors} actors and this run"
+        )
+    else:
+        advice = (
+            f"leave actors.insert_batch and actors.max_inserts_in_flight out to derive them from the run "
+            f"(here {derived.insert_batch} and {derived.max_inserts_in_flight}), or lower them for a tighter UTD"
+        )
     return (
         f"actors may run up to {lead:,} transitions ahead of the learner (num_actors x insert_batch x "
-        f"(max_inserts_in_flight + 1)), {100 * lead / train.total_env_steps:.0f}% of train.total_env_steps: "
-        f"leave actors.insert_batch and actors.max_inserts_in_flight out to derive them from the run "
-        f"(here {derived.insert_batch} and {derived.max_inserts_in_flight}), or lower them for a tighter UTD"
+        f"(max_inserts_in_flight + 1)), {100 * lead / train.total_env_steps:.0f}% of train.total_env_steps: {advice}"
     )
 
 

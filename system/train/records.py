@@ -38,6 +38,10 @@ class RunCounters:
         self.start_wall_s = float(state.get("wall_s", 0.0))
         self.next_eval = int(state.get("next_eval", 0)) or eval_every_steps
         """Env steps at which the next evaluation is due."""
+        if eval_every_steps and self.next_eval % eval_every_steps:
+            # a resume that changed train.eval_every_steps: the fleet's chunks end on the new
+            # interval's multiples, so the next evaluation is due at the first of them at the latest
+            self.next_eval = min(self.next_eval, (self.start_env_steps // eval_every_steps + 1) * eval_every_steps)
         self.evals = int(state.get("evals", 0))
         last_eval = state.get("last_eval")
         self.last_eval: tuple[int, float] | None = tuple(last_eval) if last_eval else None

@@ -265,6 +265,8 @@ class Supervisor:
             if parts.evaluations is not None:
                 self._evaluate(parts.evaluations.submit_if_due)
                 records += parts.evaluations.finished()
+                if parts.evaluations.unavailable:  # no evaluations: chunks need not end on their schedule
+                    parts.fleet.milestone_every = None
             if recording.due(now):
                 self._poll(now)
                 learner = self._learner_progress(records, now)

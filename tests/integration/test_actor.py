@@ -17,6 +17,7 @@ from actors import (
     EnvActor,
     EnvConfig,
     EnvFailedError,
+    TransitionWriter,
     UnsupportedEnvError,
     describe_env,
     transition_spec,
@@ -24,6 +25,7 @@ from actors import (
 from actors.actor import NSTEP_BLOCK, actor_epsilon
 from conftest import shard_kwargs, wait_until
 from learner import ArchitectureConfig, LearnerConfig, Policy, WeightStore
+from system.config.insert_settings import derive_insert_settings
 
 GAMMA = 0.9
 LEARNER = LearnerConfig(architecture=ArchitectureConfig(hidden_size=16), gamma=GAMMA)
@@ -255,6 +257,53 @@ def test_an_actor_hands_its_stamped_transitions_to_any_writer(redis_server):
     assert writer.closed  # the actor owns its writer
     assert stats.transitions_inserted == writer.inserted > 0 and stats.transitions_lost == 0
     assert all(set(batch["actor_id"]) == {1} and set(batch["policy_version"]) == {0} for batch in writer.batches)
+
+
+class RecordingReplay:
+    """A replay for a real `TransitionWriter`: keeps each insert message's size."""
+
+    def __init__(self):
+        self.messages: list[int] = []
+
+    def insert(self, batch):
+        self.messages.append(len(batch["reward"]))
+
+    def flush(self):
+        self.messages.append(0)  # a flush: what came before it may be a short last message
+
+    def close(self):
+        pass
+
+
+def test_insert_messages_of_a_derived_config_are_its_insert_batch_not_an_nstep_block(redis_server):
+    # Issue #23's Pendulum run with 8 envs: the derived 100 per message, one in flight. The n-step
+    # accumulator used to hand over 64 x 8 = 512 transitions at a time, so messages were ~512
+    # whatever insert_batch said, and the lead 5x the derived one.
+    settings = derive_insert_settings(20_000, 1.0, 2)
+    assert settings.insert_batch == 100
+    env = EnvConfig(id="qfleet-test/Counter-v0", num_envs=8)  # episodes end every 20 steps
+    replay = RecordingReplay()
+    config = actor_config(metrics_port=None, insert_batch=settings.insert_batch)
+    actor = EnvActor(
+        0,
+        2,
+        env,
+        config,
+        LEARNER,
+        redis_server.url,
+        "act",
+        writer=TransitionWriter(replay, batch_items=settings.insert_batch),
+        replay_credentials=None,
+    )
+    try:
+        stats = actor.run(seconds=60, max_steps=3000)
+        assert actor.nstep.block * env.num_envs <= settings.insert_batch  # held back: at most one message
+    finally:
+        actor.close()
+    *messages, last, flush = replay.messages[: replay.messages.index(0) + 1]
+    assert len(messages) >= 20 and set(messages) == {settings.insert_batch}
+    assert 0 < last <= settings.insert_batch and flush == 0
+    assert sum(messages) + last == stats.transitions_inserted
 
 
 def test_epsilons_follow_the_apex_schedule():

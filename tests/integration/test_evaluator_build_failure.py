@@ -42,7 +42,9 @@ def evaluations(redis_server, monkeypatch):
 def test_an_evaluator_that_fails_to_build_turns_evaluations_off_with_one_warning(evaluations, caplog):
     runs, counters = evaluations
     caplog.set_level(logging.WARNING)
+    assert not runs.unavailable
     assert runs.prepare() is False
+    assert runs.unavailable  # the supervisor then stops ending chunks on the evaluation schedule
     counters.env_steps = 500
     runs.submit_if_due()  # due, but no evaluator: skipped without raising
     runs.submit_latest()

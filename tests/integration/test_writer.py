@@ -47,12 +47,15 @@ def test_transitions_go_out_in_messages_of_batch_items_and_the_rest_at_flush(sta
     writer.add(make_batch(60))
     writer.add(make_batch(30, start=60))
     assert server.table.info().inserts == 0  # 90 < batch_items: still buffered
-    writer.add(make_batch(20, start=90))  # 110 >= 100: one message of all three
-    assert wait_until(lambda: server.table.info().inserts == 110, 5)
-    writer.add(make_batch(5, start=110))
+    writer.add(make_batch(20, start=90))  # 110 >= 100: one message of the first 100, 10 kept
+    assert wait_until(lambda: server.table.info().inserts == 100, 5)
+    assert writer.sent == 100
+    writer.add(make_batch(250, start=110))  # 260 held: two more messages of 100, 60 kept
+    assert wait_until(lambda: server.table.info().inserts == 300, 5)
+    assert writer.sent == 300
     writer.flush()
-    assert stored_ids(server) == list(range(115))
-    assert (writer.sent, writer.inserted, writer.lost) == (115, 115, 0)
+    assert stored_ids(server) == list(range(360))
+    assert (writer.sent, writer.inserted, writer.lost) == (360, 360, 0)
 
 
 def test_inserted_counts_acknowledged_transitions_as_of_the_last_flush(start_server, writers):
@@ -60,7 +63,7 @@ def test_inserted_counts_acknowledged_transitions_as_of_the_last_flush(start_ser
     writer = writers(sharded(server), batch_items=10)
     writer.add(make_batch(12))
     writer.add(make_batch(3, start=12))
-    assert (writer.sent, writer.inserted) == (12, 0)  # one message out, not flushed yet
+    assert (writer.sent, writer.inserted) == (10, 0)  # one message of 10 out, not flushed yet
     writer.flush()
     assert (writer.sent, writer.inserted) == (15, 15)
 

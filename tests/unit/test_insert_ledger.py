@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import make_batch
+from conftest import make_batch, wait_until
 from replay import (
     LedgerError,
     LedgerInUseError,
@@ -333,3 +333,40 @@ def test_a_ledger_held_by_a_live_process_is_refused_and_taken_once_it_is_gone(tm
     assert LEDGER_NAME in os.listdir(tmp_path)  # not set aside: it is in use
     first.close()
     InsertLedger(tmp_path).close()
+
+
+def test_a_shard_s_counters_and_its_ledger_are_read_at_one_moment(start_server, tmp_path):
+    """The driver's "unattributed" count compares the items present with what the ledger recorded
+    for the actors: read at two moments, an insert landing in between made it -1 (issue: a long
+    Pendulum run's progress line). Here an insert is sent just as the ledger is read."""
+    import threading
+
+    server = start_server(checkpoint_dir=str(tmp_path))
+    channel = grpc.insecure_channel(server.address)
+    insert = channel.stream_stream(
+        "/qfleet.replay.ReplayService/Insert", response_deserializer=InsertResponse.FromString
+    )
+
+    def send(sequence: int) -> None:
+        raw = wire.encode_insert_request(make_batch(10), writer_id=STREAM, sequence=sequence, timeout_ms=0)
+        (reply,) = insert(iter([raw]))
+        assert reply.inserted == 10
+
+    send(1)
+    accounting, sent = server.accounting, []
+
+    def accounting_as_an_insert_lands():
+        thread = threading.Thread(target=lambda: sent.append(send(2)))
+        thread.start()
+        thread.join(timeout=1.0)  # it lands now, unless the table's lock holds it until the read is done
+        return accounting()
+
+    server.accounting = accounting_as_an_insert_lands
+    try:
+        info, ledger = server.counters()
+    finally:
+        server.accounting = accounting
+    assert sum(items for _, items in ledger.streams.values()) == info.inserts  # one moment: they agree
+    assert wait_until(lambda: sent, 30)  # the held insert goes on once the read is done
+    assert server.table.info().inserts == 20
+    channel.close()

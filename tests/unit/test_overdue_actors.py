@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import threading
+from types import SimpleNamespace
+
 import pytest
 
 from actors import STATE_ACTING, STATE_HELD_BACK
-from actors.overdue import HELD_BACK, NOT_PLACED, RESTARTING, SLOW, STARTING, UNKNOWN, RayActorState, overdue
+from actors.overdue import (
+    DEAD,
+    HELD_BACK,
+    NOT_PLACED,
+    RESTARTING,
+    SLOW,
+    STARTING,
+    UNKNOWN,
+    RayActorState,
+    overdue,
+    ray_actor_state,
+)
 from system.train.records import ProgressRecord, progress_line
 
 HELD = {"state": STATE_HELD_BACK, "insert_wait_s": 75}
@@ -25,6 +39,9 @@ ACTING = {"state": STATE_ACTING, "insert_wait_s": 0}
         (ACTING, True, RayActorState("ALIVE", True), SLOW, "is up but has not finished a chunk"),
         ({}, False, RayActorState("ALIVE", True), SLOW, "a slow env?"),
         ({}, False, None, UNKNOWN, "Ray does not say why: is it waiting for resources"),
+        # an actor that had reported and then died is not "up but slow"
+        (ACTING, True, RayActorState("DEAD", True, "The actor died unexpectedly"), DEAD, "died: The actor died"),
+        ({}, True, RayActorState("DEAD", True), DEAD, "Ray says its process died (it gives no cause)"),
     ],
 )
 def test_an_overdue_actor_is_described_by_its_real_cause(report, reported_before, ray_state, cause, says):
@@ -64,3 +81,35 @@ def test_the_progress_line_shows_actors_held_back_by_the_utd_and_the_record_keep
     assert held.to_json()["actors_held_back"] == 2
     assert "held back" not in progress_line(progress(actors_held_back=0), 20_000)
     assert "actors_held_back" not in progress(actors_held_back=None).to_json()
+
+
+HANDLE = SimpleNamespace(_actor_id=SimpleNamespace(hex=lambda: "ab12"))
+
+
+def test_a_stalled_ray_control_store_is_no_answer_instead_of_a_frozen_fleet():
+    stalled, asked = threading.Event(), []
+
+    def lookup(actor_id):  # Ray's synchronous call, its control store not answering
+        asked.append(actor_id)
+        stalled.wait()
+        return {"State": "ALIVE"}
+
+    try:
+        assert ray_actor_state(HANDLE, timeout_s=0.2, lookup=lookup) is None
+        assert asked == ["ab12"]
+    finally:
+        stalled.set()
+
+
+def test_ray_state_is_read_with_its_death_cause():
+    from ray.core.generated import common_pb2
+
+    cause = common_pb2.ActorDeathCause()  # what Ray's actor table holds
+    cause.actor_died_error_context.error_message = "The actor died because its worker was killed\nmore"
+    info = {"State": "DEAD", "Pid": 12, "DeathCause": cause}
+    state = ray_actor_state(HANDLE, timeout_s=30, lookup=lambda actor_id: info)
+    assert state == RayActorState("DEAD", True, "The actor died because its worker was killed")
+    assert ray_actor_state(HANDLE, timeout_s=30, lookup=lambda actor_id: {"State": "ALIVE"}) == RayActorState(
+        "ALIVE", False
+    )
+    assert ray_actor_state(HANDLE, timeout_s=30, lookup=lambda actor_id: {}) is None  # no state: no answer
