@@ -154,7 +154,7 @@ class SACConfig:
 
     ensemble_size: int = 2
     """Critics in the ensemble, computed in one batched pass. 2 (SAC's clipped double Q, with LayerNorm)
-    by default: on CPU an update of 10 (REDQ; RLPD with LayerNorm, for high UTD) costs about 3x the
+    by default: on CPU an update of 10 (REDQ; RLPD with LayerNorm, for high UTD) costs 3-4x the
     time of 2 (`qfleet bench sac-updates`)."""
 
     ensemble_subset: int = 2
