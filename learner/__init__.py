@@ -5,7 +5,7 @@ Public surface:
     DistributionalConfig, SACConfig, IQLConfig, FilteredBCConfig, ResetConfig, PrefetchConfig,
     WeightsConfig), WEIGHTS_TRANSPORTS (the weights' transport names), resolve_device, ActionSpace, ActionLayout,
     parse_number, MalformedValues, LearnerError, WeightStoreError, MalformedWeightsError, MissingColumnError, MalformedColumnError,
-    CheckpointLossError, WeightsHostError, and the value support's arithmetic (implied_returns,
+    CheckpointLossError, CheckpointShapeError, WeightsHostError, and the value support's arithmetic (implied_returns,
     auto_support, contains, discounted_horizon, SUPPORT_MARGIN, CLAMPED_WARNING_FRACTION) (importing
     these does not import torch);
     Learner, LearnerSummary, LearnerReached, make_replay, sample_error_buffer (the loop); PhaseMark,
@@ -50,6 +50,7 @@ from learner.config import (
 )
 from learner.errors import (
     CheckpointLossError,
+    CheckpointShapeError,
     CheckpointSupportError,
     EncoderError,
     LearnerError,
@@ -151,6 +152,7 @@ __all__ = [
     "EncoderError",
     "ArchitectureConfig",
     "CheckpointLossError",
+    "CheckpointShapeError",
     "CheckpointSupportError",
     "DQNConfig",
     "DistributionalConfig",

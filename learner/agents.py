@@ -94,19 +94,22 @@ class DiscreteQAgent:
 def frozen(parameters: list[nn.Parameter]):
     """Parameters that take no gradient inside the block: a loss flows through the network to its
     inputs without computing (and later discarding) gradients of its weights."""
+    flags = [parameter.requires_grad for parameter in parameters]
     for parameter in parameters:
         parameter.requires_grad_(False)
     try:
         yield
     finally:
-        for parameter in parameters:
-            parameter.requires_grad_(True)
+        for parameter, flag in zip(parameters, flags, strict=True):
+            parameter.requires_grad_(flag)
 
 
 class SACAgent:
     """SAC (Haarnoja et al. 2018) with an ensemble of LayerNorm critics computed in one batched
     pass; the target takes the minimum over a random subset of `ensemble_subset` critics (REDQ,
-    Chen et al. 2021; RLPD, Ball et al. 2023). The actor follows the ensemble mean."""
+    Chen et al. 2021; RLPD, Ball et al. 2023). The actor maximises the minimum over the critics
+    when the target takes the minimum over all of them (SAC's clipped double Q, as in SAC and SB3),
+    and their mean when it draws a subset (REDQ, RLPD); `sac.actor_q` chooses otherwise."""
 
     discrete: ClassVar[bool] = False
 
@@ -121,7 +124,10 @@ class SACAgent:
         self.critic_target = copy.deepcopy(self.critic) if config.target.update != "none" else None
         initial_log_alpha = float(np.log(config.sac.init_temperature))
         self.log_alpha = torch.tensor(initial_log_alpha, device=device, requires_grad=True)
-        self.target_entropy = -float(action_dim)
+        # SAC's -action_dim, in the units of actions scaled to [-1, 1] (as SB3's): the actor's
+        # log-probability is of the env's actions, whose entropy is sum(log(scale)) higher.
+        self.target_entropy = -float(action_dim) + float(np.log((high - low) / 2.0).sum())
+        self.actor_q = config.sac.actor_q_for_ensemble()
         lr = config.optimizer.lr
         self.actor_parameters, self.critic_parameters = list(self.actor.parameters()), list(self.critic.parameters())
         self.actor_optimizer = torch.optim.Adam(self.actor_parameters, lr=lr, foreach=True)
@@ -133,23 +139,16 @@ class SACAgent:
         members it takes the minimum over, and the actor's loss flows into the actions only (the
         critics' weights are frozen for it): the two costs that grew with the ensemble size."""
         obs, action = batch["obs"].float(), batch["action"].float()
-        reward, discount = batch["reward"].float(), batch["discount"].float()
         alpha = self.log_alpha.exp().detach()
-        sac, max_grad_norm = self.config.sac, self.config.optimizer.max_grad_norm
-        with torch.no_grad():
-            next_action, next_log_prob = self.actor(batch["next_obs"].float())
-            critics = self.critic_target if self.critic_target is not None else self.critic
-            subset = torch.randperm(sac.ensemble_size, device=self.device)[: sac.ensemble_subset]
-            next_q = critics(batch["next_obs"], next_action, members=subset).min(dim=0).values
-            target = reward + discount * (next_q - alpha * next_log_prob)
+        max_grad_norm = self.config.optimizer.max_grad_norm
+        target = self.td_target(batch, alpha)
         q = self.critic(obs, action)  # [E, B]
         per_item = ((q - target) ** 2).mean(dim=0)
         critic_loss = (weights * per_item).mean()
         grad_norm = step(self.critic_optimizer, critic_loss, self.critic_parameters, max_grad_norm)
 
-        new_action, log_prob = self.actor(obs)
         with frozen(self.critic_parameters):
-            actor_loss = (alpha * log_prob - self.critic(obs, new_action).mean(dim=0)).mean()
+            actor_loss, log_prob = self.actor_loss(obs, alpha)
             step(self.actor_optimizer, actor_loss, self.actor_parameters, max_grad_norm)
         alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
         self.alpha_optimizer.zero_grad(set_to_none=True)
@@ -158,6 +157,28 @@ class SACAgent:
 
         td = (q.detach().mean(dim=0) - target).abs()
         return UpdateResult(float(critic_loss.detach()), float(q.detach().mean()), grad_norm, td.cpu().numpy())
+
+    def td_target(self, batch: dict[str, torch.Tensor], alpha: torch.Tensor) -> torch.Tensor:
+        """[B] soft TD targets r + discount * (min over drawn target critics Q(s', a') - alpha *
+        log pi(a'|s')), a' ~ pi(s'): `ensemble_subset` members drawn at random (all of them, and
+        no draw, when the subset is the whole ensemble)."""
+        sac = self.config.sac
+        with torch.no_grad():
+            next_action, next_log_prob = self.actor(batch["next_obs"].float())
+            critics = self.critic_target if self.critic_target is not None else self.critic
+            subset = None
+            if sac.ensemble_subset < sac.ensemble_size:
+                subset = torch.randperm(sac.ensemble_size, device=self.device)[: sac.ensemble_subset]
+            next_q = critics(batch["next_obs"], next_action, members=subset).min(dim=0).values
+            return batch["reward"].float() + batch["discount"].float() * (next_q - alpha * next_log_prob)
+
+    def actor_loss(self, obs: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAC's policy loss mean(alpha * log pi(a|s) - Q(s, a)), a ~ pi(s) reparameterised and Q
+        the critics' minimum or mean (`sac.actor_q`); and log pi(a|s) [B], which tunes alpha."""
+        new_action, log_prob = self.actor(obs)
+        q = self.critic(obs, new_action)  # [E, B]
+        q = q.min(dim=0).values if self.actor_q == "min" else q.mean(dim=0)
+        return (alpha * log_prob - q).mean(), log_prob
 
     def after_update(self, updates: int) -> bool:
         if self.critic_target is not None:

@@ -154,14 +154,20 @@ class SACConfig:
 
     ensemble_size: int = 2
     """Critics in the ensemble, computed in one batched pass. 2 (SAC's clipped double Q, with LayerNorm)
-    by default: on CPU an update of 10 (REDQ; RLPD with LayerNorm, for high UTD) costs about 3x the
+    by default: on CPU an update of 10 (REDQ; RLPD with LayerNorm, for high UTD) costs 3-4x the
     time of 2 (`qfleet bench sac-updates`)."""
 
     ensemble_subset: int = 2
     """Critics the target takes the minimum over, drawn at random per update."""
 
+    actor_q: Literal["auto", "min", "mean"] = "auto"
+    """What the actor maximises over the critics: "min" (SAC and SB3's clipped double Q), "mean"
+    (REDQ and RLPD, with 10 critics; more optimistic), or "auto": min when the target takes the
+    minimum over every critic (ensemble_subset == ensemble_size, as with the default 2), mean otherwise."""
+
     init_temperature: float = 1.0
-    """Initial entropy temperature (tuned towards -action_dim entropy)."""
+    """Initial entropy temperature (tuned towards an entropy of -action_dim for actions scaled to
+    [-1, 1], SAC's and SB3's target)."""
 
     def __post_init__(self) -> None:
         if self.ensemble_size < 2:
@@ -170,6 +176,12 @@ class SACConfig:
             _refuse("ensemble_subset", self.ensemble_subset, f"must be in [1, ensemble_size={self.ensemble_size}]")
         if not self.init_temperature > 0:
             _refuse("init_temperature", self.init_temperature, "must be > 0")
+
+    def actor_q_for_ensemble(self) -> Literal["min", "mean"]:
+        """`actor_q` with "auto" resolved by the ensemble: "min" when the target's subset is every critic."""
+        if self.actor_q != "auto":
+            return self.actor_q
+        return "min" if self.ensemble_subset == self.ensemble_size else "mean"
 
 
 @dataclass(frozen=True)
@@ -400,7 +412,7 @@ class LearnerConfig:
     """The "c51" and "hl_gauss" losses (keys: num_bins, v_min, v_max, sigma_ratio)."""
 
     sac: SACConfig = field(default_factory=SACConfig, metadata=FLAT)
-    """The "sac" loss (keys: ensemble_size, ensemble_subset, init_temperature)."""
+    """The "sac" loss (keys: ensemble_size, ensemble_subset, actor_q, init_temperature)."""
 
     iql: IQLConfig = field(default_factory=IQLConfig, metadata=FLAT)
     """The "iql" loss (keys: expectile, policy_extraction, awr_temperature, awr_max_weight, best_of_n,

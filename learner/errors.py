@@ -94,6 +94,25 @@ class CheckpointLossError(LearnerError):
         self.path, self.saved_loss, self.configured_loss = path, saved_loss, configured_loss
 
 
+class CheckpointShapeError(LearnerError):
+    """A checkpoint written under the configured `learner.loss` holds networks of other sizes than
+    the configured ones (e.g. `learner.ensemble_size`, whose default went from 10 to 2, or
+    `hidden_size`): it cannot be resumed under these settings (and it is left in place).
+
+    Attributes:
+        path: the checkpoint.
+        detail: what did not fit (the first lines of torch's message).
+    """
+
+    def __init__(self, path: str, detail: str):
+        super().__init__(
+            f"learner checkpoint {path} holds networks of other sizes than this run's learner settings "
+            f"({detail}): resume with the settings it was trained with (its run's config.yaml: e.g. "
+            "learner.ensemble_size, hidden_size, num_layers), or use another checkpoint directory (a new run)"
+        )
+        self.path, self.detail = path, detail
+
+
 class CheckpointSupportError(LearnerError):
     """A checkpoint's distribution heads were trained on another value support than the configured
     one: each bin would read as another value, so it is not resumed (and it is left in place).

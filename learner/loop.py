@@ -23,7 +23,7 @@ from learner import checkpoint as ckpt
 from learner.agent import Agent, UpdateResult
 from learner.agents import make_agent
 from learner.config import LearnerConfig, resolve_device
-from learner.errors import CheckpointLossError, CheckpointSupportError, WeightStoreError
+from learner.errors import CheckpointLossError, CheckpointShapeError, CheckpointSupportError, WeightStoreError
 from learner.metrics import LearnerMetrics
 from learner.phase_mark import OFFLINE_PHASE, PhaseMark
 from learner.spaces import ActionSpace
@@ -441,6 +441,7 @@ class Learner:
 
         Raises:
             CheckpointSupportError: its heads were trained on another value support.
+            CheckpointShapeError: its networks have other sizes than the configured ones.
             CheckpointLossError: it was written under another loss (or, from before losses were
                 recorded, its parts do not fit this agent).
         """
@@ -453,9 +454,11 @@ class Learner:
         try:
             self.agent.load_state_dict(state["agent"])
         except (KeyError, RuntimeError) as exc:
+            detail = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            if saved_loss is not None and isinstance(exc, RuntimeError):
+                raise CheckpointShapeError(str(path), detail) from exc
             if saved_loss is not None:
                 raise
-            detail = f"{type(exc).__name__}: {str(exc)[:200]}"
             raise CheckpointLossError(str(path), None, self.config.loss, detail) from exc
 
     def _continue_versions(self) -> None:

@@ -173,24 +173,35 @@ class EnsembleLayerNorm(nn.Module):
 class EnsembleCritic(nn.Module):
     """E LayerNorm MLP critics Q_e(s, a), all computed in one batched pass (a batched matmul per
     layer, no loop over members): returns [E, B], or [M, B] for M chosen `members` (REDQ's target
-    needs only the members it takes the minimum over)."""
+    needs only the members it takes the minimum over).
+
+    `body` keeps the layout of the first SAC checkpoints (Linear, LayerNorm, ReLU per hidden layer,
+    keys `body.0`, `body.1`, `body.3`, ...) and so their parameter order too, which Adam's saved
+    state follows by position: checkpoints written before `members` existed still load."""
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_size: int, num_layers: int, members: int):
         super().__init__()
-        self.linears = nn.ModuleList(
-            EnsembleLinear(members, obs_dim + action_dim if i == 0 else hidden_size, hidden_size)
-            for i in range(num_layers)
-        )
-        self.norms = nn.ModuleList(EnsembleLayerNorm(members, hidden_size) for _ in range(num_layers))
+        layers: list[nn.Module] = []
+        for i in range(num_layers):
+            layers += [
+                EnsembleLinear(members, obs_dim + action_dim if i == 0 else hidden_size, hidden_size),
+                EnsembleLayerNorm(members, hidden_size),
+                nn.ReLU(),
+            ]
+        self.body = nn.Sequential(*layers)
         self.head = EnsembleLinear(members, hidden_size, 1)
         self.members = members
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         x = torch.cat([obs.flatten(1).float(), action.float()], dim=-1)
         x = x.unsqueeze(0).expand(self.members if members is None else len(members), *x.shape)
-        for linear, norm in zip(self.linears, self.norms, strict=True):
+        for linear, norm in self.hidden_layers():
             x = F.relu(norm(linear(x, members), members))
         return self.head(x, members).squeeze(-1)
+
+    def hidden_layers(self) -> list[tuple[EnsembleLinear, EnsembleLayerNorm]]:
+        """(linear, LayerNorm) of each hidden layer, in order."""
+        return [(self.body[i], self.body[i + 1]) for i in range(0, len(self.body), 3)]
 
     def head_modules(self) -> list[nn.Module]:
         return [self.head]

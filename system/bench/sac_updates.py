@@ -212,7 +212,7 @@ def run_sac_updates_bench(
                         "num_layers": num_layers,
                         "seconds": seconds,
                         "repeats": repeats,
-                        "learner": dataclasses.asdict(learner_config(2, batch_size, hidden_size, num_layers)),
+                        "learners": {name: dataclasses.asdict(side.agent.config) for name, side in sides.items()},
                     },
                     "results": results,
                     "note": note,

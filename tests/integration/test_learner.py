@@ -24,6 +24,7 @@ from learner import (
     ActionSpace,
     ArchitectureConfig,
     CheckpointLossError,
+    CheckpointShapeError,
     CheckpointSupportError,
     DistributionalConfig,
     FilteredBCConfig,
@@ -152,6 +153,17 @@ def test_a_checkpoint_is_not_resumed_under_another_loss(tmp_path):
         Learner(SMALL, None, (4,), ActionSpace(num_actions=2), checkpoint_dir=tmp_path)
     assert path.exists()  # not damaged: left in place, not renamed aside
     assert Learner(iql, None, (4,), ActionSpace(num_actions=2), checkpoint_dir=tmp_path).resumed_from == path
+
+
+def test_a_checkpoint_of_other_network_sizes_is_refused_naming_the_settings(tmp_path):
+    # A SAC run from when the default was 10 critics, resumed under today's default of 2.
+    ten = dataclasses.replace(SMALL, loss="sac", sac=SACConfig(ensemble_size=10))
+    space = ActionSpace(low=(-1.0,), high=(1.0,))
+    path = Learner(ten, None, (3,), space, checkpoint_dir=tmp_path).checkpoint()
+    with pytest.raises(CheckpointShapeError, match="other sizes than this run's learner settings.*ensemble_size"):
+        Learner(dataclasses.replace(ten, sac=SACConfig()), None, (3,), space, checkpoint_dir=tmp_path)
+    assert path.exists()  # left in place
+    assert Learner(ten, None, (3,), space, checkpoint_dir=tmp_path).resumed_from == path
 
 
 def test_a_clamping_support_is_warned_about_once_and_a_derived_one_asks_for_numbers(shards, redis_server, caplog):

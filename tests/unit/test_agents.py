@@ -18,6 +18,7 @@ from learner import (
     LearnerConfig,
     OptimizerConfig,
     ResetConfig,
+    SACAgent,
     SACConfig,
     TargetConfig,
     acting_head,
@@ -81,7 +82,7 @@ def test_learns_the_chain_mdp_to_its_known_q_star(loss, support):
     np.testing.assert_allclose(q, q_star, atol=0.05)
 
 
-def test_sac_ensemble_target_uses_a_subset_minimum_and_learns_a_bandit():
+def test_sac_with_six_batched_critics_learns_a_one_step_bandit():
     config = LearnerConfig(
         loss="sac",
         architecture=ArchitectureConfig(hidden_size=64),
@@ -115,7 +116,7 @@ def member_critic(ensemble, member: int) -> torch.nn.Sequential:
     """Member `member` of an EnsembleCritic as a plain torch MLP (nn.Linear, nn.LayerNorm, ReLU), its
     weights copied: the member-by-member computation the batched pass must equal."""
     layers = []
-    for linear, norm in zip(ensemble.linears, ensemble.norms, strict=True):
+    for linear, norm in ensemble.hidden_layers():
         plain = torch.nn.Linear(*linear.weight.shape[1:])
         plain.weight.data, plain.bias.data = linear.weight[member].T.clone(), linear.bias[member, 0].clone()
         layer_norm = torch.nn.LayerNorm(norm.weight.shape[-1])
@@ -132,7 +133,7 @@ def test_the_batched_critic_ensemble_equals_its_members_computed_one_by_one():
     torch.manual_seed(0)
     ensemble = EnsembleCritic(obs_dim=3, action_dim=2, hidden_size=16, num_layers=2, members=5)
     with torch.no_grad():  # non-default LayerNorm affines, so that a member mix-up would show
-        for norm in ensemble.norms:
+        for _, norm in ensemble.hidden_layers():
             norm.weight.normal_(1.0, 0.3)
             norm.bias.normal_(0.0, 0.3)
     obs, action = torch.randn(9, 3), torch.randn(9, 2)
@@ -157,6 +158,186 @@ def test_frozen_critics_pass_the_actor_loss_to_the_actions_without_weight_gradie
     assert action.grad is not None and action.grad.abs().sum() > 0
     assert all(p.grad is None for p in parameters)
     assert all(p.requires_grad for p in parameters)  # the critic loss trains them again after the block
+
+
+def test_soft_target_update_moves_the_target_tau_of_the_way_to_the_online_network_and_hard_copies():
+    from learner.optimization import update_target
+
+    online, target = torch.nn.Linear(2, 3), torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        for p in online.parameters():
+            p.fill_(1.0)
+        for p in target.parameters():
+            p.fill_(0.0)
+    update_target(online, target, TargetConfig(update="soft", tau=0.1), updates=1)
+    assert all(torch.allclose(p, torch.full_like(p, 0.1)) for p in target.parameters())
+    assert all(torch.equal(p, torch.ones_like(p)) for p in online.parameters())  # the online net is untouched
+    update_target(online, target, TargetConfig(update="hard", every=3), updates=2)
+    assert all(torch.allclose(p, torch.full_like(p, 0.1)) for p in target.parameters())  # not due
+    update_target(online, target, TargetConfig(update="hard", every=3), updates=3)
+    assert all(torch.equal(p, torch.ones_like(p)) for p in target.parameters())
+
+
+def sac_agent(ensemble_size: int, ensemble_subset: int, **sac) -> SACAgent:
+    config = LearnerConfig(
+        loss="sac",
+        architecture=ArchitectureConfig(hidden_size=16),
+        sac=SACConfig(ensemble_size=ensemble_size, ensemble_subset=ensemble_subset, **sac),
+        seed=0,
+    )
+    return make_agent(config, (3,), ActionSpace(low=(-2.0,), high=(2.0,)), torch.device("cpu"))
+
+
+def constant_critics(critic, values: torch.Tensor) -> None:
+    """Each member of `critic` returns its entry of `values` whatever the input (head weights 0)."""
+    with torch.no_grad():
+        critic.head.weight.zero_()
+        critic.head.bias.copy_(values.view(-1, 1, 1))
+
+
+@pytest.mark.parametrize(("ensemble_size", "ensemble_subset"), [(5, 2), (2, 2)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sac_target_bootstraps_the_minimum_of_the_drawn_target_critics_minus_alpha_log_prob(
+    ensemble_size, ensemble_subset, seed
+):
+    agent = sac_agent(ensemble_size, ensemble_subset, init_temperature=0.3)
+    target_values = torch.tensor([4.0, -1.0, 2.5, 0.5, 3.0])[:ensemble_size]
+    constant_critics(agent.critic_target, target_values)
+    constant_critics(agent.critic, target_values + 100.0)  # the online critics are not bootstrapped from
+    batch = {
+        "reward": torch.randn(8),
+        "next_obs": torch.randn(8, 3),
+        "discount": torch.tensor([0.9, 0.9, 0.0, 0.5, 0.9, 0.9, 0.9, 0.25]),
+    }
+    alpha = agent.log_alpha.exp().detach()
+    torch.manual_seed(seed)
+    target = agent.td_target(batch, alpha)
+
+    torch.manual_seed(seed)  # the same draws: a' ~ pi(s'), then the members
+    with torch.no_grad():
+        _, next_log_prob = agent.actor(batch["next_obs"])
+    drawn = torch.randperm(ensemble_size)[:ensemble_subset] if ensemble_subset < ensemble_size else slice(None)
+    assert next_log_prob.abs().min() > 1e-3  # alpha * log pi has a visible share of the target
+    expected = batch["reward"] + batch["discount"] * (target_values[drawn].min() - alpha * next_log_prob)
+    torch.testing.assert_close(target, expected)
+    # The update regresses every online critic towards that target: td_abs is |mean Q - target|.
+    full_batch = {**batch, "obs": torch.randn(8, 3), "action": torch.rand(8, 1)}
+    torch.manual_seed(seed)
+    result = agent.update(full_batch, torch.ones(8))
+    online_mean = float((target_values + 100.0).mean())
+    np.testing.assert_allclose(result.td_abs, (online_mean - expected).abs().numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("ensemble_size", "ensemble_subset", "actor_q", "expected"),
+    [
+        (2, 2, "auto", "min"),
+        (10, 2, "auto", "mean"),
+        (3, 3, "auto", "min"),
+        (10, 2, "min", "min"),
+        (2, 2, "mean", "mean"),
+    ],
+)
+def test_sac_actor_follows_the_critics_minimum_like_sac_unless_the_target_draws_a_subset(
+    ensemble_size, ensemble_subset, actor_q, expected
+):
+    agent = sac_agent(ensemble_size, ensemble_subset, actor_q=actor_q)
+    values = torch.linspace(-2.0, 5.0, ensemble_size)
+    constant_critics(agent.critic, values)
+    obs, alpha = torch.randn(8, 3), torch.tensor(0.3)
+    torch.manual_seed(0)
+    loss, log_prob = agent.actor_loss(obs, alpha)
+    q = values.min() if expected == "min" else values.mean()
+    torch.testing.assert_close(loss, (alpha * log_prob - q).mean())
+
+
+def test_sac_target_entropy_is_minus_action_dim_for_actions_scaled_to_unit_bounds():
+    # SB3's -action_dim is of actions in [-1, 1]; the actor's log-probability is of env actions.
+    pendulum = sac_agent(2, 2)  # bounds [-2, 2]: entropy log 2 higher than in [-1, 1]
+    assert pendulum.target_entropy == pytest.approx(-1.0 + np.log(2.0))
+    config = LearnerConfig(loss="sac", architecture=ArchitectureConfig(hidden_size=8))
+    unit = make_agent(config, (3,), ActionSpace(low=(-1.0,) * 3, high=(1.0,) * 3), torch.device("cpu"))
+    assert unit.target_entropy == pytest.approx(-3.0)
+
+
+def test_sac_actor_step_leaves_the_critic_gradients_of_the_critic_step_unchanged():
+    agent = sac_agent(3, 2)
+    after_critic_step = []
+    agent.critic_optimizer.register_step_post_hook(
+        lambda optimizer, args, kwargs: after_critic_step.append([p.grad.clone() for p in agent.critic_parameters])
+    )
+    batch = {
+        "obs": torch.randn(16, 3),
+        "action": torch.rand(16, 1) * 4 - 2,
+        "reward": torch.randn(16),
+        "next_obs": torch.randn(16, 3),
+        "discount": torch.full((16,), 0.9),
+    }
+    agent.update(batch, torch.ones(16))
+    assert len(after_critic_step) == 1
+    for parameter, grad in zip(agent.critic_parameters, after_critic_step[0], strict=True):
+        assert torch.equal(parameter.grad, grad)
+        assert parameter.requires_grad
+
+
+def test_frozen_restores_each_parameters_own_requires_grad():
+    from learner.agents import frozen
+
+    trained, fixed = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2), requires_grad=False)
+    with frozen([trained, fixed]):
+        assert not trained.requires_grad and not fixed.requires_grad
+    assert trained.requires_grad and not fixed.requires_grad
+
+
+class FirstLayoutEnsembleCritic(torch.nn.Module):
+    """EnsembleCritic as the first SAC checkpoints saved it (before `members`): the layout an old
+    run's checkpoint holds."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_size: int, num_layers: int, members: int):
+        from learner.networks import EnsembleLayerNorm, EnsembleLinear
+
+        super().__init__()
+        layers = []
+        for i in range(num_layers):
+            in_dim = obs_dim + action_dim if i == 0 else hidden_size
+            layers += [EnsembleLinear(members, in_dim, hidden_size), EnsembleLayerNorm(members, hidden_size)]
+            layers.append(torch.nn.ReLU())
+        self.body = torch.nn.Sequential(*layers)
+        self.head = EnsembleLinear(members, hidden_size, 1)
+        self.members = members
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs.flatten(1).float(), action.float()], dim=-1)
+        return self.head(self.body(x.unsqueeze(0).expand(self.members, *x.shape))).squeeze(-1)
+
+
+def test_a_critic_and_its_adam_state_saved_in_the_first_layout_load_and_train_on(tmp_path):
+    from learner.networks import EnsembleCritic
+
+    torch.manual_seed(0)
+    obs, action, target = torch.randn(16, 3), torch.randn(16, 1), torch.randn(16)
+
+    def train(critic, optimizer) -> None:
+        optimizer.zero_grad()
+        ((critic(obs, action) - target) ** 2).mean().backward()
+        optimizer.step()
+
+    old = FirstLayoutEnsembleCritic(3, 1, 16, 2, members=3)
+    old_optimizer = torch.optim.Adam(old.parameters(), lr=1e-2)
+    for _ in range(3):
+        train(old, old_optimizer)
+    torch.save({"critic": old.state_dict(), "optimizer": old_optimizer.state_dict()}, tmp_path / "old.pt")
+
+    saved = torch.load(tmp_path / "old.pt", weights_only=True)
+    new = EnsembleCritic(3, 1, 16, 2, members=3)
+    new_optimizer = torch.optim.Adam(new.parameters(), lr=1e-2)
+    new.load_state_dict(saved["critic"])
+    new_optimizer.load_state_dict(saved["optimizer"])  # positional: each moment must meet its own tensor
+    torch.testing.assert_close(new(obs, action), old(obs, action))
+    train(old, old_optimizer)
+    train(new, new_optimizer)
+    for name, value in old.state_dict().items():
+        torch.testing.assert_close(new.state_dict()[name], value, msg=name)
 
 
 def test_reset_reinitialises_parameters_and_optimizer_state():

@@ -181,7 +181,7 @@ def test_the_default_recipe_follows_the_action_space():
     assert resolve_value_support(pendulum) is pendulum  # sac has no value support to derive
     # The shipped SAC config is this recipe: `qfleet train --env Pendulum-v1` trains what it documents.
     assert load_config("configs/pendulum_sac.yaml") == pendulum
-    assert pendulum.learner.sac.ensemble_size == 2  # SAC critics always have LayerNorm
+    assert pendulum.learner.sac.ensemble_size == 2  # clipped double Q: the recipe keeps the default 2 critics
     assert pendulum.learner.updates_per_env_step >= 1 and pendulum.learner.target.update == "soft"
     with pytest.raises(ConfigError, match="a config file and a recipe"):
         load_config("configs/cartpole.yaml", base=recipe_for("Acrobot-v1"))
