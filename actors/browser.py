@@ -13,22 +13,23 @@ Faults: a step that runs past `step_timeout_s` (a hung page) or whose browser is
 chromedriver killed) kills what is left of that browser and ends the episode truncated with
 `info["env_restarted"]` (the actor counts it); the next reset launches a new browser. A reset past
 `reset_timeout_s` kills the browser and raises `BrowserTimeoutError` (the actor rebuilds the env).
-chromedriver and Chromium are started with a parent-death signal (util-linux's setpriv; a prctl
-preexec_fn for chromedriver only where setpriv is missing), so a killed actor takes its browsers
-with it.
+chromedriver and Chromium are started with a parent-death signal (util-linux's setpriv, when one
+that takes --pdeathsig is found; otherwise a prctl preexec_fn for chromedriver only, with a
+warning), so a killed actor takes its browsers with it.
 """
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
 import contextlib
 import ctypes
+import hashlib
 import logging
+import os
 import pathlib
 import shlex
-import shutil
 import signal
+import stat
 import tempfile
 import threading
 import time
@@ -40,6 +41,7 @@ import numpy as np
 from actors.config import MINIWOB_PREFIX, BrowserConfig
 from actors.errors import BrowserSetupError, BrowserTimeoutError, UnsupportedEnvError
 from actors.ui_actions import UIAction, UIActionSpace, instruction_tokens, text_candidates
+from replay import pdeathsig_setpriv
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,31 @@ def _running(process) -> bool:
 
 _launchers: dict[str, str] = {}
 _launchers_lock = threading.Lock()
+_warned_no_setpriv = False
+
+
+def _launcher_dir() -> pathlib.Path | None:
+    """This user's folder of launcher scripts, $TMPDIR/qfleet-<uid>/launchers (0700), reused by
+    every process so that nothing piles up there when processes are SIGKILLed. None (and a
+    warning) if a folder on that path belongs to another user or others may write into it: a
+    script there could be replaced by someone else's."""
+    uid = os.getuid()
+    top = pathlib.Path(tempfile.gettempdir()) / f"qfleet-{uid}"
+    directory = top / "launchers"
+    for path in (top, directory):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or stat.S_IMODE(info.st_mode) & 0o077:
+            log.warning(
+                "%s is not a private directory of this user (owner %d, mode %s): browsers start without "
+                "a parent-death signal",
+                path,
+                info.st_uid,
+                oct(stat.S_IMODE(info.st_mode)),
+            )
+            return None
+    return directory
 
 
 def _dying_launcher(executable: str) -> str:
@@ -102,16 +129,44 @@ def _dying_launcher(executable: str) -> str:
     so it ends when the thread that started it does: Chromium does not notice its chromedriver's
     end on its own, nor chromedriver its actor's. setpriv sets the signal and execs, so no Python
     runs between fork and exec in the actor (unsafe beside gRPC's threads) and the pid stays the
-    one the starter sees. One script per executable and process, in a private temporary directory
-    removed at exit."""
+    one the starter sees.
+
+    Scripts live in this user's private launcher folder (`_launcher_dir`), named by a hash of what
+    they run, and are written to a temporary file renamed into place: processes share them and a
+    killed process leaves nothing new behind. Where no setpriv takes `--pdeathsig` (missing or
+    older than util-linux 2.33) `executable` is returned unchanged, with a warning once: the
+    browser still starts, without the signal (chromedriver then gets a prctl preexec_fn)."""
+    global _warned_no_setpriv
     with _launchers_lock:
-        if executable not in _launchers:
-            directory = pathlib.Path(tempfile.mkdtemp(prefix="qfleet-browser-launcher-"))
-            atexit.register(shutil.rmtree, directory, ignore_errors=True)
-            script = directory / pathlib.Path(executable).name
-            script.write_text(f'#!/bin/sh\nexec setpriv --pdeathsig KILL -- {shlex.quote(executable)} "$@"\n')
-            script.chmod(0o700)
-            _launchers[executable] = str(script)
+        if executable in _launchers:
+            return _launchers[executable]
+        setpriv = pdeathsig_setpriv()
+        if setpriv is None:
+            if not _warned_no_setpriv:
+                _warned_no_setpriv = True
+                log.warning(
+                    "no setpriv with --pdeathsig (util-linux >= 2.33; scripts/setup.sh installs it): "
+                    "a Chromium whose actor is killed hard may keep running"
+                )
+            return executable
+        directory = _launcher_dir()
+        if directory is None:
+            _launchers[executable] = executable
+            return executable
+        text = f'#!/bin/sh\nexec {shlex.quote(setpriv)} --pdeathsig KILL -- {shlex.quote(executable)} "$@"\n'
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        script = directory / f"{pathlib.Path(executable).name}-{digest}"
+        descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".writing-")
+        try:
+            with os.fdopen(descriptor, "w") as file:
+                file.write(text)
+            os.chmod(temporary, 0o700)
+            os.replace(temporary, script)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        _launchers[executable] = str(script)
         return _launchers[executable]
 
 
@@ -125,8 +180,9 @@ def _chromedriver_service(chromedriver_path: str):
     """selenium's Service for chromedriver, started so that it dies with this browser's thread."""
     from selenium.webdriver.chrome.service import Service
 
-    if shutil.which("setpriv") is not None:
-        return Service(executable_path=_dying_launcher(chromedriver_path))
+    launcher = _dying_launcher(chromedriver_path)
+    if launcher != chromedriver_path:
+        return Service(executable_path=launcher)
     return Service(executable_path=chromedriver_path, popen_kw={"preexec_fn": _die_with_parent})
 
 

@@ -13,7 +13,8 @@ Public surface:
     connect_redis, redact_url (the run's Redis, its password kept out of sight);
     BoundedHTTPServer, HTTPLimits, start_metrics_server (HTTP with bounded threads and timeouts,
     for /metrics and discovery); private_dir, create_private_file (owner-only checkpoints and
-    run folders); and the errors.
+    run folders); pdeathsig_setpriv (a setpriv that gives children a parent-death signal, if
+    this machine has one that works); and the errors.
 """
 
 from replay import wire
@@ -44,6 +45,7 @@ from replay.limits import MAX_PRIORITY
 from replay.metrics import SERIES as METRIC_SERIES
 from replay.metrics import ShardedCollector
 from replay.mixing import MixedReplay, split_counts, validate_fractions
+from replay.parent_death import pdeathsig_setpriv
 from replay.prefetch import Prefetcher, TorchBatch
 from replay.priority_stream import PriorityCounts, PriorityStreamConfig
 from replay.private_files import create_private_file, private_dir
@@ -75,6 +77,7 @@ __all__ = [
     "HTTPLimits",
     "start_metrics_server",
     "create_private_file",
+    "pdeathsig_setpriv",
     "private_dir",
     "add_servicer",
     "grpc_options",

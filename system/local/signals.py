@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import shutil
 import signal
 import threading
 from typing import Any
+
+from replay import pdeathsig_setpriv
 
 
 def stop_on_signals(log: logging.Logger, what_happens: str, force_on_second: bool = False) -> threading.Event:
@@ -48,13 +49,14 @@ def dying_with_parent(command: list[str]) -> tuple[list[str], dict[str, Any]]:
     when the thread that starts it ends (PR_SET_PDEATHSIG), so that a parent killed hard leaves no
     child running.
 
-    With util-linux's `setpriv` (scripts/setup.sh installs it) the command runs under
-    `setpriv --pdeathsig SIGTERM --`, which sets the signal and execs it: the child keeps its pid and
-    no Python runs after fork. Without it, `terminate_with_parent` as a `preexec_fn`.
+    With a util-linux `setpriv` that takes `--pdeathsig` (2.33 or newer; scripts/setup.sh installs
+    it; `replay.pdeathsig_setpriv` probes it once) the command runs under `setpriv --pdeathsig
+    SIGTERM --`, which sets the signal and execs it: the child keeps its pid and no Python runs
+    after fork. Without one, `terminate_with_parent` as a `preexec_fn`.
 
     Use: `command, popen = dying_with_parent(command); subprocess.Popen(command, **popen, ...)`.
     """
-    setpriv = shutil.which("setpriv")
+    setpriv = pdeathsig_setpriv()
     if setpriv is not None:
         return [setpriv, "--pdeathsig", "SIGTERM", "--", *command], {}
     return list(command), {"preexec_fn": terminate_with_parent}
