@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a fresh machine: system packages (redis-server, prometheus, docker-compose,
-# chromium, chromium-driver, util-linux) when absent,
+# chromium, chromium-driver, util-linux or setpriv) when absent,
 # a .venv virtualenv in the checkout with torch (CPU wheel first), the pinned requirements and
 # qfleet itself (editable). Re-running does only what is missing.
 set -euo pipefail
@@ -18,17 +18,28 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 # setpriv and prlimit: children that die with their parent (redis-server, browsers, bench runs), set
 # without Python between fork and exec; a test's file-size limit.
-command -v setpriv >/dev/null 2>&1 && command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
-if [ ${#need_apt[@]} -gt 0 ]; then
+# On Debian <= 11 setpriv is a package of its own (`setpriv`); from 12 on it is in util-linux.
+command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
+need_setpriv=0
+command -v setpriv >/dev/null 2>&1 || need_setpriv=1
+if [ ${#need_apt[@]} -gt 0 ] || [ "$need_setpriv" = 1 ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  log "installing ${need_apt[*]} with apt"
   $SUDO apt-get update -qq
+  if [ "$need_setpriv" = 1 ]; then  # after the update: a fresh machine's package lists are empty
+    if apt-cache show setpriv >/dev/null 2>&1; then need_apt+=(setpriv); else need_apt+=(util-linux); fi
+  fi
+  log "installing ${need_apt[*]} with apt"
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   # The Debian packages start system-wide services; qfleet starts its own on loopback ports.
   for svc in redis-server prometheus; do
     (command -v systemctl >/dev/null && $SUDO systemctl disable --now "$svc" >/dev/null 2>&1) || true
   done
+fi
+if ! command -v setpriv >/dev/null 2>&1; then
+  log "warning: setpriv is still missing: children fall back to a preexec_fn, and Chromium starts without a parent-death signal"
+elif ! setpriv --pdeathsig TERM -- true >/dev/null 2>&1; then
+  log "warning: this setpriv has no --pdeathsig (util-linux < 2.33): children fall back to a preexec_fn, and Chromium starts without a parent-death signal"
 fi
 
 PY=${PYTHON:-python3}
