@@ -210,23 +210,40 @@ def redis_server(tmp_path):
 DISCOVERY_THREAD = "sharded-replay-discovery"
 """The name of a ShardedReplay's registry watcher thread (replay/membership.py)."""
 
+LEAK_WAIT_S = 10.0
+"""How long a test's teardown waits for its watchers to end (close() joins one for up to 5 s)."""
+
 
 def _discovery_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == DISCOVERY_THREAD and t.is_alive()}
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Records on the test item whether its set-up or body failed (`item.qfleet_failed`), for
+    teardown checks that would only add noise to a failure already reported."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when in ("setup", "call") and report.failed:
+        item.qfleet_failed = True
+
+
 @pytest.fixture(autouse=True)
-def no_leaked_sharded_replay():
+def no_leaked_sharded_replay(request):
     """Fails the test that leaves a ShardedReplay's discovery watcher running in this process
     after its own fixtures have been torn down: a client not closed keeps polling a registry that
     is gone, and every later test's log fills with "shard registry ... unreachable". Watchers that
-    were already running when the test began (a module-wide fixture's) are not its concern.
+    were already running when the test began (a module-wide fixture's) are not its concern, nor
+    are those of a test that already failed (it may have stopped before its own close).
 
     Autouse and function-scoped, so this teardown runs after the test's other function fixtures'
-    (which close what they opened); a closing watcher gets a generous moment to end."""
+    (which close what they opened); a closing watcher gets a moment to end (close() joins it for
+    up to 5 s)."""
     before = _discovery_threads()
     yield
-    if not wait_until(lambda: not (_discovery_threads() - before), timeout=30.0, step=0.05):
+    if getattr(request.node, "qfleet_failed", False):
+        return
+    if not wait_until(lambda: not (_discovery_threads() - before), timeout=LEAK_WAIT_S, step=0.05):
         leaked = len(_discovery_threads() - before)
         pytest.fail(f"{leaked} ShardedReplay discovery watcher(s) left running: close the ShardedReplay", pytrace=False)
 
