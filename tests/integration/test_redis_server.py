@@ -118,13 +118,34 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_a_redis_server_whose_owner_is_killed_hard_goes_too(tmp_path):
-    """Its owner SIGKILLed (no orderly stop runs): the kernel's parent-death signal ends it."""
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("setpriv", ["as installed", "too old for --pdeathsig"])
+def test_a_redis_server_whose_owner_is_killed_hard_goes_too(tmp_path, setpriv):
+    """Its owner SIGKILLed (no orderly stop runs): the kernel's parent-death signal ends it. With
+    a setpriv older than util-linux 2.33 (RHEL 8, Ubuntu 18.04) on PATH it still starts, and goes."""
+    env = dict(os.environ)
+    (tmp_path / "redis").mkdir()
+    if setpriv != "as installed":
+        fake = tmp_path / "bin"
+        fake.mkdir()
+        (fake / "setpriv").write_text("#!/bin/sh\necho \"setpriv: unrecognized option '$1'\" >&2\nexit 1\n")
+        (fake / "setpriv").chmod(0o755)
+        env["PATH"] = f"{fake}{os.pathsep}{env['PATH']}"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(tmp_path / "redis")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     redis_pid = None
     try:
-        redis_pid = int(owner.stdout.readline())
-        # Started through setpriv, which execs it: the pid its owner knows is redis-server's own.
+        line = owner.stdout.readline()
+        if not line:  # the owner ended before it had a redis-server: say why
+            owner.wait(timeout=60)
+            pytest.fail(f"the owner printed no pid; its stderr:\n{owner.stderr.read()[-3000:]}")
+        redis_pid = int(line)
+        # setpriv (where it takes --pdeathsig) execs redis-server, and the preexec_fn fallback
+        # runs before exec: either way the pid its owner knows is redis-server's own.
         assert open(f"/proc/{redis_pid}/comm").read().strip() == "redis-server"
         owner.kill()
         owner.wait()
@@ -135,3 +156,5 @@ def test_a_redis_server_whose_owner_is_killed_hard_goes_too(tmp_path):
             owner.wait()
         if redis_pid is not None and _alive(redis_pid):
             os.kill(redis_pid, signal.SIGKILL)
+        owner.stdout.close()
+        owner.stderr.close()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from test_train import QFLEET, SMALL, descendants, overrides
+from test_train import QFLEET, SMALL, alive, descendants, overrides
 
 from actors import ActorRegistry
 from conftest import wait_until
@@ -192,9 +192,14 @@ def test_a_running_train_refuses_outsiders_stops_in_order_on_sigterm_and_leaves_
 
         # SIGTERM, what Kubernetes, systemd and `ray job stop` send, to the driver alone (`kill PID`):
         # the same orderly stop as Ctrl-C to the process group (tests/smoke/test_train.py).
+        # Its children go with it: none of them got the signal, yet none outlives it.
+        children = (pids | descendants(proc.pid)) - {proc.pid}
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=180)
         assert code == 0, Path(log.name).read_text()[-3000:]
+        assert wait_until(lambda: not [pid for pid in children if alive(pid)], timeout=60, step=0.5), [
+            Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in children if alive(pid)
+        ]
 
         # Its Redis is gone: discovery answers 503, naming the Redis but not the password.
         def unavailable() -> bool:
