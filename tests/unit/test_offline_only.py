@@ -147,3 +147,21 @@ def test_an_offline_only_run_stopped_mid_phase_resumes_to_finish_it_and_a_finish
     with pytest.raises(ConfigError, match="already made 300 offline updates; go further with --set offline.updates"):
         plan(None, [], None, str(run.path))
     assert plan(None, ["offline.updates=500"], None, str(run.path)).offline_only
+
+
+def test_an_offline_only_run_is_finished_where_its_learner_says_its_offline_phase_ends(tmp_path):
+    from types import SimpleNamespace
+
+    from system.train.driver import end_line
+    from system.train.records import RunCounters
+
+    config = load_config(OFFLINE_ONLY, ["train.total_env_steps=0", "offline.updates=300"])
+    checked = SimpleNamespace(config=config, run=RunDir(tmp_path / "run"), offline_only=True)
+    counters = RunCounters({"phase": "offline"}, 0, 0)
+    counters.updates, counters.offline_until = 350, 450  # a fresh learner continued from update 150
+    line = end_line(checked, counters)
+    assert line.startswith("qfleet train: stopped at update 350 of the offline phase (ends at update 450)")
+    assert "continue it with: qfleet train --resume" in line
+    counters.updates = 450
+    assert end_line(checked, counters).startswith("qfleet train: finished at update 450")
+    assert "--resume" not in end_line(checked, counters)
