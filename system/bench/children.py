@@ -23,14 +23,28 @@ def start_child(command: list[str], **popen) -> subprocess.Popen:
 
 def stop_child(process: subprocess.Popen, timeout_s: float) -> int:
     """SIGTERM (the orderly stop), then SIGKILL to its whole process group after `timeout_s`;
-    its exit code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+    its exit code. Interrupted while it waits (a second Ctrl-C), it kills the group before the
+    interrupt goes on: a child is never left running."""
     try:
-        return process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            kill_group(process)
+            return process.wait()
+    finally:
+        if process.poll() is None:
+            kill_group(process)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL to the child's process group (its session: `start_child`), and reaps it."""
+    try:
         os.killpg(process.pid, signal.SIGKILL)
-        return process.wait()
+    except ProcessLookupError:  # gone already
+        pass
+    process.wait()
 
 
 def _interrupt(signum, frame) -> None:

@@ -1,9 +1,12 @@
-"""`qfleet bench offline --online`: does an offline phase save env steps? `qfleet train` runs of
-one recipe (configs/cartpole_offline_online.yaml: IQL + AWR), per seed, two ways:
+"""`qfleet bench offline --online`: does an offline phase save env steps? `qfleet train` runs, per
+seed, two ways:
 
-- **offline -> online**: the offline phase on the recorded dataset (`offline.updates` updates on it
-  alone), then online with actors, every batch mixing dataset and actors' data (`replay.mix`);
-- **from scratch**: the same recipe with no dataset (offline.dataset and replay.mix null).
+- **offline -> online** (configs/cartpole_offline_online.yaml: IQL + AWR): the offline phase on the
+  recorded dataset (`offline.updates` updates on it alone), then online with actors, every batch
+  mixing dataset and actors' data (`replay.mix`);
+- **from scratch**: the project's best from-scratch recipe by default (configs/cartpole.yaml, the
+  tuned DQN), with no dataset; `--scratch-config configs/cartpole_offline_online.yaml` compares
+  against the same IQL + AWR recipe instead (a weaker online learner).
 
 Each run goes until an evaluation reaches the threshold (CartPole: 475) or train.total_env_steps;
 the figure is the env steps of that first evaluation. The offline phase moves no env steps, so an
@@ -27,6 +30,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 """The checkout: `qfleet train` runs from here (configs/ paths are relative to it)."""
 
 CONFIG = "configs/cartpole_offline_online.yaml"
+"""The offline -> online arm's recipe."""
+
+SCRATCH_CONFIG = "configs/cartpole.yaml"
+"""The from-scratch arm's recipe by default: the tuned DQN (docs/training.md)."""
 
 ARMS = ("offline -> online", "from scratch")
 
@@ -45,6 +52,8 @@ class Budget:
     threshold: float
     overrides: tuple[str, ...] = ()
     """Extra `--set KEY=VALUE` for both arms (e.g. actors.num_actors=2)."""
+    scratch_config: str = SCRATCH_CONFIG
+    """The from-scratch arm's config file."""
 
 
 @dataclass(frozen=True)
@@ -112,15 +121,40 @@ def _records(metrics: pathlib.Path, kind: str) -> list[dict]:
     return records
 
 
-def run_arm(arm: str, seed: int, budget: Budget, dataset: str, datasets_dir: str, out_dir: pathlib.Path) -> ArmResult:
-    """One `qfleet train` run until its first evaluation >= the threshold or its budget."""
-    name = f"{'offline-online' if arm == ARMS[0] else 'scratch'}-seed{seed}"
-    run_dir, log_path = out_dir / name, out_dir / f"{name}.log"
-    command = [sys.executable, "-m", "system.cli", "train", CONFIG, "--run-dir", str(run_dir)]
+def train_command(
+    arm: str, seed: int, budget: Budget, dataset: str, datasets_dir: str, run_dir: pathlib.Path
+) -> list[str]:
+    """The `qfleet train` command of one run."""
+    config = CONFIG if arm == ARMS[0] else budget.scratch_config
+    command = [sys.executable, "-m", "system.cli", "train", config, "--run-dir", str(run_dir)]
     for key, value in settings(arm, seed, budget, dataset, datasets_dir).items():
         command += ["--set", f"{key}={value}"]
     for override in budget.overrides:
         command += ["--set", override]
+    return command
+
+
+def run_arm(
+    arm: str,
+    seed: int,
+    budget: Budget,
+    dataset: str,
+    datasets_dir: str,
+    out_dir: pathlib.Path,
+    command: list[str] | None = None,
+    stop_timeout_s: float = STOP_TIMEOUT_S,
+) -> ArmResult:
+    """One `qfleet train` run until its first evaluation >= the threshold or its budget.
+
+    Args:
+        command: run this instead of `train_command` (tests: a stand-in writing RUN_DIR/metrics.jsonl,
+            which is `out_dir`/NAME with NAME "offline-online-seedN" or "scratch-seedN").
+        stop_timeout_s: how long the run may take to stop in order before its process group is killed.
+    """
+    name = f"{'offline-online' if arm == ARMS[0] else 'scratch'}-seed{seed}"
+    run_dir, log_path = out_dir / name, out_dir / f"{name}.log"
+    if command is None:
+        command = train_command(arm, seed, budget, dataset, datasets_dir, run_dir)
     print(f"[offline-online] {arm}, seed {seed}: {' '.join(command[3:])}", flush=True)
     metrics = run_dir / "metrics.jsonl"
     started = time.monotonic()
@@ -129,10 +163,8 @@ def run_arm(arm: str, seed: int, budget: Budget, dataset: str, datasets_dir: str
         try:
             while process.poll() is None and reached(_records(metrics, "eval"), budget.threshold) is None:
                 time.sleep(1.0)
-            code = stop_child(process, STOP_TIMEOUT_S)
-        except BaseException:
-            stop_child(process, STOP_TIMEOUT_S)
-            raise
+        finally:  # also on Ctrl-C: stop_child kills the group if a second one interrupts its wait
+            code = stop_child(process, stop_timeout_s)
     evals = _records(metrics, "eval")
     progress = _records(metrics, "progress")
     result = ArmResult(
@@ -155,7 +187,8 @@ def table(results: list[ArmResult], budget: Budget, dataset: str, dataset_mean: 
     """Per seed: env steps to the threshold both ways, and their ratio; the medians."""
     t = f"{budget.threshold:g}"
     lines = [
-        f"Dataset `{dataset}` (mean return {dataset_mean:.1f}); {CONFIG}; offline phase {budget.offline_updates:,} "
+        f"Dataset `{dataset}` (mean return {dataset_mean:.1f}); offline -> online: {CONFIG}, from scratch: "
+        f"{budget.scratch_config}; offline phase {budget.offline_updates:,} "
         f"updates; evaluations every {budget.eval_every_steps:,} env steps, {budget.eval_episodes} episodes; "
         f"budget {budget.total_env_steps:,} env steps per run.",
         "",
@@ -241,6 +274,7 @@ def run_offline_online_bench(
             "command": " ".join(sys.argv),
             "date": time.strftime("%Y-%m-%d"),
             "config": CONFIG,
+            "scratch_config": budget.scratch_config,
             "dataset": dataset,
             "dataset_mean_return": dataset_mean,
             "budget": asdict(budget),

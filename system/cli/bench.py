@@ -194,7 +194,7 @@ def add_parser(commands) -> None:
             "table: the dataset's mean return, every learner's greedy return per seed, vs the dataset's mean, "
             "and whether the best beats filtered BC. With --online, instead: per seed, `qfleet train` of "
             "configs/cartpole_offline_online.yaml offline -> online on the dataset (--updates offline updates) "
-            "vs the same recipe from scratch, each until an evaluation reaches --threshold or "
+            "vs --scratch-config from scratch, each until an evaluation reaches --threshold or "
             "--total-env-steps; prints the env steps each needed."
         ),
     )
@@ -214,18 +214,16 @@ def add_parser(commands) -> None:
         action="store_true",
         help="compare offline -> online `qfleet train` runs with from-scratch ones (env steps to --threshold)",
     )
+    offline.add_argument("--threshold", type=float, help="--online: the evaluation to reach (default: 475)")
+    offline.add_argument("--total-env-steps", type=int, help="--online: each run's budget (default: 50000)")
+    offline.add_argument("--eval-every", type=int, help="--online: env steps between evaluations (default: 2500)")
+    offline.add_argument("--out-dir", help="--online: run directories and logs (default: runs/bench-offline-online)")
+    offline.add_argument("--set", action="append", metavar="KEY=VALUE", help="--online: an override for both arms")
     offline.add_argument(
-        "--threshold", type=float, default=475.0, help="--online: the evaluation to reach (default: 475)"
-    )
-    offline.add_argument(
-        "--total-env-steps", type=int, default=50_000, help="--online: each run's budget (default: 50000)"
-    )
-    offline.add_argument(
-        "--eval-every", type=int, default=2500, help="--online: env steps between evaluations (default: 2500)"
-    )
-    offline.add_argument("--out-dir", default="runs/bench-offline-online", help="--online: run directories and logs")
-    offline.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="--online: an override for both arms"
+        "--scratch-config",
+        metavar="FILE",
+        help="--online: the from-scratch arm's recipe (default: configs/cartpole.yaml, the tuned DQN; "
+        "configs/cartpole_offline_online.yaml compares against the same IQL + AWR recipe)",
     )
     ui_env = subcommands.add_parser(
         "ui-env",
@@ -376,15 +374,25 @@ def run(args: argparse.Namespace) -> int:
         seeds = _numbers("--seeds", args.seeds, int, minimum=0)
         if args.updates < 1 or args.episodes < 1 or args.eval_episodes < 1:
             raise ConfigError("--updates, --episodes and --eval-episodes must be >= 1")
+        online_only = ("set", "threshold", "total_env_steps", "eval_every", "out_dir", "scratch_config")
+        if not args.online and (given := [key for key in online_only if getattr(args, key) is not None]):
+            options = ", ".join("--" + key.replace("_", "-") for key in given)
+            raise ConfigError(f"{options}: only with --online (the offline learners' bench takes none of them)")
         online = None
         if args.online:
-            from system.bench.offline_online import Budget
+            from system.bench.offline_online import SCRATCH_CONFIG, Budget
 
-            if args.total_env_steps < 1 or args.eval_every < 1:
-                raise ConfigError("--total-env-steps and --eval-every must be >= 1")
             online = Budget(
-                args.total_env_steps, args.eval_every, args.eval_episodes, args.updates, args.threshold, tuple(args.set)
+                _or(args.total_env_steps, 50_000),
+                _or(args.eval_every, 2500),
+                args.eval_episodes,
+                args.updates,
+                _or(args.threshold, 475.0),
+                tuple(args.set or ()),
+                args.scratch_config or SCRATCH_CONFIG,
             )
+            if online.total_env_steps < 1 or online.eval_every_steps < 1:
+                raise ConfigError("--total-env-steps and --eval-every must be >= 1")
         return run_offline_bench(
             args.dataset,
             args.datasets_dir,
@@ -394,7 +402,7 @@ def run(args: argparse.Namespace) -> int:
             args.eval_episodes,
             args.output,
             online,
-            args.out_dir,
+            args.out_dir or "runs/bench-offline-online",
         )
     if args.bench_command == "learner":
         from system.bench.learner import run_learner_bench
@@ -497,3 +505,8 @@ def _run_e2e(args: argparse.Namespace) -> int:
         actor_layout(ENVS[name], budget)
     peer = args.peer_python or sys.executable
     return run_e2e_bench(envs, utds, budget, systems, peer, args.out_dir, args.output)
+
+
+def _or(value, default):
+    """`value`, or `default` when the option was not given (None)."""
+    return default if value is None else value

@@ -112,6 +112,9 @@ class LearnerProgress:
     """Unix time of this process's first update (None before it)."""
     clamped_fraction: float | None = None
     """Share of the latest batch's targets outside the value support (c51, hl_gauss; else None)."""
+    offline_until: int | None = None
+    """The update at which this learner's offline phase ends (None without one): a fresh learner
+    continuing a run counts on from the run's updates, so this is not always offline.updates."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,8 +274,7 @@ class LearnerService:
         self._phase = decision.phase
         self.learner.phase_mark = decision.mark()
         self._offline_until = self.learner.updates + decision.offline_left
-        online_from = decision.online_from if decision.online_from is not None else self._offline_until
-        self.learner.utd_from_update = online_from  # the UTD counts online updates only
+        self.learner.utd_from_update = decision.utd_from(self.learner.updates)  # the UTD counts online updates only
 
     def _reached(self, recorded: LearnerReached | None, restarted: bool, checkpoint_dir: str | None) -> LearnerReached:
         """How far this run's learner got: the records' counters, with the updates the run's Redis
@@ -378,6 +380,9 @@ class LearnerService:
                 log.debug("learner status not written: %s", exc)
 
     def _measure(self) -> LearnerProgress:
+        # The phase before the version: the phase turns online only after the offline phase's final
+        # publish, so a measurement saying "online" carries that publish's version or a later one.
+        phase = self._phase
         now, updates = time.monotonic(), self.learner.updates
         last_time, last_updates = self._last_measured
         inserts = self.learner.inserts()
@@ -392,11 +397,12 @@ class LearnerService:
             error=self._error,
             pid=os.getpid(),
             updates_lost=self.learner.updates_lost,
-            phase=self._phase,
+            phase=phase,
             sample_staleness=self.learner.sample_staleness,
             sample_age_s=self.learner.sample_age_s,
             first_update_at=self.learner.first_update_at,
             clamped_fraction=last.clamped_fraction if (last := self.learner.last_result) is not None else None,
+            offline_until=self._offline_until if self.mix is not None else None,
         )
         self._last_measured = (now, updates)
         return self._progress
@@ -444,9 +450,10 @@ class LearnerService:
         )
 
     def progress(self) -> LearnerProgress:
-        """The latest measurement (taken every REPORT_EVERY_S), with the current `error`."""
+        """The latest measurement (taken every REPORT_EVERY_S), with the current `error` (its phase
+        is the measurement's: one with its version, see `_measure`)."""
         progress = self._progress or self._measure()
-        return LearnerProgress(**{**vars(progress), "error": self._error, "phase": self._phase})
+        return LearnerProgress(**{**vars(progress), "error": self._error})
 
     def stop(self) -> LearnerResult:
         """Ends training after the current update (it publishes and checkpoints), closes everything."""

@@ -38,6 +38,11 @@ class PhaseDecision:
     note: str = ""
     """Why the records disagreed and which one won ("" when they agree): logged by the learner."""
 
+    def utd_from(self, updates: int) -> int:
+        """The update from which a learner now at `updates` counts its UTD (online updates only):
+        where the online phase began, or, before it, where the offline phase will end."""
+        return self.online_from if self.online_from is not None else updates + self.offline_left
+
     def mark(self) -> PhaseMark:
         """The checkpoint mark of this decision (a finished run's is its offline phase's)."""
         if self.phase == ONLINE:

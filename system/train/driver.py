@@ -59,20 +59,27 @@ def run_train(
         log.warning("report not written: %s: %s", type(exc).__name__, exc)
     if error:
         print(f"qfleet train: {error}", file=sys.stderr, flush=True)
+    print(end_line(checked, counters), flush=True)
+    return 1 if error else 0
+
+
+def end_line(checked: Plan, counters: RunCounters) -> str:
+    """The last line of a session: finished, or stopped with where and how to continue."""
+    config, run = checked.config, checked.run
     done = counters.env_steps >= config.train.total_env_steps
+    offline_until = counters.offline_until  # the learner's: a fresh one counts on from the run's updates
     if checked.offline_only:
-        done = counters.updates >= config.offline.updates
+        done = offline_until is not None and counters.updates >= offline_until
     hint = "" if done else f"; continue it with: qfleet train --resume {run.path}"
     where = f"{counters.env_steps:,} env steps"
     if counters.phase == "offline":
-        where = f"update {counters.updates:,} of the offline phase ({config.offline.updates:,} updates)"
+        end = (
+            f"ends at update {offline_until:,}" if offline_until is not None else f"{config.offline.updates:,} updates"
+        )
+        where = f"update {counters.updates:,} of the offline phase ({end})"
     if checked.offline_only:
         where += ", offline only"
-    print(
-        f"qfleet train: {'finished' if done else 'stopped'} at {where}; run directory {run.path}{hint}",
-        flush=True,
-    )
-    return 1 if error else 0
+    return f"qfleet train: {'finished' if done else 'stopped'} at {where}; run directory {run.path}{hint}"
 
 
 def offline_text(checked: Plan, counters: RunCounters) -> str:

@@ -119,7 +119,8 @@ class Evaluator:
 
 
 ANNOUNCE_WAIT_S = 60.0
-"""How long the offline phase's result evaluation waits for the learner's last weights."""
+"""How long the driver waits for the offline phase's last weights to be announced (evaluated as
+the phase's result) before it starts the actors without that evaluation."""
 
 FINISH_TIMEOUT_S = 300.0
 """How long the end of a run waits for an evaluation in progress."""
@@ -278,21 +279,25 @@ class RunEvaluations:
         if fetched is not None:
             self._submit(*fetched)
 
-    def submit_latest(self, version: int = 0, wait_s: float = ANNOUNCE_WAIT_S) -> None:
-        """Evaluates the learner's weights of `version` now (the end of the offline phase): waits
-        up to `wait_s` for them to be announced (the object store announces a version once its
-        host holds it, which a short offline phase can end before), then evaluates the newest
-        announced; none announced: warned, no evaluation."""
+    def submit_if_announced(self, version: int) -> bool:
+        """Evaluates the learner's weights of `version` (the end of the offline phase) once the
+        object store has announced them (it announces a version once its host holds it, which a
+        short offline phase can end before). Never waits: one read of the announced version.
+
+        Returns:
+            True when there is nothing more to wait for (submitted, or no evaluator); False while
+            `version` is not announced yet (the caller asks again at its next round, up to its
+            own deadline: ANNOUNCE_WAIT_S).
+        """
         if not self.prepare():
-            return
-        deadline = time.monotonic() + wait_s
-        while self._weights.version() < version and time.monotonic() < deadline:
-            time.sleep(0.2)
+            return True
+        if self._weights.version() < version:
+            return False
         fetched = self._weights.fetch(0)
         if fetched is None:
-            log.warning("no evaluation of the offline phase's result: no weights announced within %g s", wait_s)
-            return
+            return False
         self._submit(*fetched)
+        return True
 
     def _tag(self, version: int, scheduled: int | None = None) -> dict:
         counters = self.counters

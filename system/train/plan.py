@@ -53,6 +53,9 @@ class Plan:
     fresh run): a resumed learner continues above it."""
     fresh_learner: bool = False
     """A resume whose learner starts fresh (no good checkpoint, --fresh-learner given)."""
+    learner_checkpoint: tuple[int, Any] | None = None
+    """The newest good learner checkpoint's update count and `learner.PhaseMark` (None when it
+    has no mark) of a resume; None: no good checkpoint."""
     offline_data: Any = None
     """The `offline` dataset's n-step transitions, read and validated (a
     `system.datasets.LoadedDataset`; None without one): loaded into the offline shards at every start."""
@@ -103,6 +106,8 @@ def plan(
         config = run.load_config(overrides)
         state = run.read_json("state.json") or {}
         done = int(state.get("env_steps", 0))
+        if done > 0 and is_offline_only(config):
+            refuse_offline_only_after_online(config, state)
         if done >= config.train.total_env_steps and not is_offline_only(config):  # offline only: below
             raise ConfigError(
                 f"train.total_env_steps={config.train.total_env_steps}: the run already did {done:,} env steps; "
@@ -141,7 +146,9 @@ def plan(
     checked.offline_data = load_offline(config, spaces, checked.offline_spec)
     if resume is not None:
         checked.resumed = True
-        checked.learner_reached, checked.fresh_learner = learner_resume(run, fresh_learner, state)
+        checked.learner_reached, checked.fresh_learner, checked.learner_checkpoint = learner_resume(
+            run, fresh_learner, state
+        )
         if checked.offline_only:
             refuse_finished_offline_only(checked)
     return checked
@@ -154,20 +161,39 @@ def refuse_finished_offline_only(checked: Plan) -> None:
         ConfigError: the learner's phase (its checkpoint and the run's records,
             `system.services.phases`) is finished.
     """
-    from learner import PhaseMark, load_latest_checkpoint
+    from learner import PhaseMark
     from system.services.phases import decide_phase
 
     config, reached = checked.config, checked.learner_reached
-    latest = None if checked.fresh_learner else load_latest_checkpoint(checked.run.checkpoints)
-    updates = int(latest[0]["counters"]["updates"]) if latest else reached.updates
-    mark = PhaseMark.from_state(latest[0]) if latest else PhaseMark(OFFLINE, 0)
+    latest = None if checked.fresh_learner else checked.learner_checkpoint
+    updates, mark = latest if latest else (reached.updates, PhaseMark(OFFLINE, 0))
     decision = decide_phase(config.offline.updates, True, updates, mark, reached.phase, reached.online_from)
     if decision.phase == OFFLINE:
         return
+    if decision.phase == ONLINE:
+        refuse_offline_only_after_online(config, checked.state, decision.online_from)
     raise ConfigError(
         f"offline.updates={config.offline.updates}: this offline-only run's learner already made "
         f"{decision.offline_updates:,} offline updates; go further with --set offline.updates=N "
         f"(N > {decision.offline_updates}), or online with --set train.total_env_steps=N"
+    )
+
+
+def refuse_offline_only_after_online(config: RunConfig, state: dict, online_from: int | None = None) -> None:
+    """A run that went online cannot continue offline-only (train.total_env_steps=0 on its resume):
+    its learner trains online from now on (phases only go forward).
+
+    Raises:
+        ConfigError: always, with how to go further online.
+    """
+    done = int(state.get("env_steps", 0))
+    if online_from is None:
+        online_from = (state.get("online_from") or {}).get("updates")
+    at = f" at update {online_from:,}" if online_from is not None else ""
+    raise ConfigError(
+        f"train.total_env_steps={config.train.total_env_steps}: this run went online{at} and already did "
+        f"{done:,} env steps; it cannot become offline-only: go further with --set train.total_env_steps=N "
+        f"(N > {done})"
     )
 
 
@@ -256,12 +282,13 @@ def learner_resume(run: RunDir, fresh_learner: bool, state: dict | None = None):
     run with an offline dataset), and whether it must start fresh.
 
     Returns:
-        (a `learner.LearnerReached`, True when no checkpoint is good but fresh_learner allows it).
+        (a `learner.LearnerReached`, True when no checkpoint is good but fresh_learner allows it,
+        the newest good checkpoint's (update count, `learner.PhaseMark` or None), None without one).
 
     Raises:
         ConfigError: the learner trained but no checkpoint of it is good, without fresh_learner.
     """
-    from learner import LearnerReached, find_checkpoint
+    from learner import LearnerReached, PhaseMark, find_checkpoint
 
     progress = run.records("progress")
     last = progress[-1] if progress else {}
@@ -275,8 +302,11 @@ def learner_resume(run: RunDir, fresh_learner: bool, state: dict | None = None):
         online_from=((state or {}).get("online_from") or {}).get("updates"),
     )
     found = find_checkpoint(run.checkpoints)
+    newest = None
+    if found.state is not None:
+        newest = (int(found.state["counters"]["updates"]), PhaseMark.from_state(found.state))
     if found.path is not None or (reached.updates == 0 and not found.refused):
-        return reached, False  # a good checkpoint, or a learner that never trained
+        return reached, False, newest  # a good checkpoint, or a learner that never trained
     why = "; ".join(found.refused) if found.refused else f"none in {run.checkpoints}"
     if aside := sorted(path.name for path in run.checkpoints.glob("*.refused")):
         why += f"; refused before and renamed: {', '.join(aside)}"
@@ -289,7 +319,7 @@ def learner_resume(run: RunDir, fresh_learner: bool, state: dict | None = None):
             f"the run records it): qfleet train --resume {run.path} --fresh-learner"
         )
     log.warning("no good learner checkpoint (%s): a fresh learner continues from update %d", why, reached.updates)
-    return reached, True
+    return reached, True, None
 
 
 def default_run_dir(config: RunConfig) -> pathlib.Path:

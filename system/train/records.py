@@ -94,6 +94,9 @@ class RunCounters:
         an online-only run)."""
         self.next_offline_eval = int(state.get("next_offline_eval", 0)) or eval_every_updates
         """Learner updates at which the next offline-phase evaluation is due."""
+        self.offline_until: int | None = None
+        """The update at which the learner's offline phase ends, as the learner reports it (None
+        before its first report; not saved: each session's learner says)."""
         self.updates = 0
         """The learner's updates at its latest report."""
         self.replay_inserts = int(state.get("replay_inserts", 0))

@@ -3,7 +3,6 @@ until train.total_env_steps, a stop request, or a failed component."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
@@ -12,10 +11,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from system.errors import TrainError
 from system.observe.discovery import DISCOVERY_EVERY_S
+from system.train.evaluate import ANNOUNCE_WAIT_S
 from system.train.faults import FaultLog
 from system.train.launch import Components
 from system.train.plan import Plan
@@ -91,6 +92,18 @@ class StepRate:
         return (env_steps - window[0][1]) / max(now - window[0][0], 1e-9)
 
 
+@dataclass(frozen=True)
+class OfflineEnd:
+    """The learner reported the end of its offline phase (its first report past it)."""
+
+    version: int
+    """Its weights version in that report: the offline phase's final publish or later."""
+    at_update: int
+    """Where the offline phase ended (where the online phase is recorded to begin)."""
+    seen_at: float
+    """time.monotonic() of that report (the wait for the offline result counts from it)."""
+
+
 class Supervisor:
     """Runs the loop of one session over started `components`.
 
@@ -134,8 +147,10 @@ class Supervisor:
         """The offline phase: the learner trains on the dataset alone, no actor runs, evaluations
         come every offline.eval_every_updates. Returns once the learner reports the online phase
         (at once for one resumed past it; it ends the phase with a checkpoint and a publish, whose
-        weights are evaluated as the offline result), or, in an offline-only run, "finished" (its
-        final evaluation is shutdown's), or when `stop` is set.
+        weights are evaluated as the offline result) and that evaluation is submitted, or, in an
+        offline-only run, "finished" (its final evaluation is shutdown's), or when `stop` is set.
+        No round waits: the offline result's weights are asked for once a round, up to
+        ANNOUNCE_WAIT_S, while the loop goes on supervising.
 
         Raises:
             TrainError: as `run`.
@@ -147,6 +162,7 @@ class Supervisor:
         if counters.phase is None:
             counters.phase = "offline"
             record = PhaseRecord("offline", counters.wall_s(), counters.env_steps, counters.updates)
+            self.run_dir.write_json("state.json", counters.state())  # first: a kill in between records no phase twice
             self.run_dir.append_records([record.to_json()])
         recording = Periodic(RECORD_EVERY_S)
         printing = Periodic(config.train.log_every_s)
@@ -155,20 +171,23 @@ class Supervisor:
         self._start_polls()
         parts.targets.write()
         dataset_size = sum(poll.value.size for poll in self._offline_shards if poll.value is not None)
+        ending: OfflineEnd | None = None  # the learner went online: its offline result is awaited
         try:
             while not self.stop.wait(POLL_TIMEOUT_S):
                 now = time.monotonic()
                 self._watch_redis()
                 records: list = []
                 if parts.evaluations is not None:
-                    self._evaluate(parts.evaluations.submit_offline_if_due)
+                    if ending is None:
+                        self._evaluate(parts.evaluations.submit_offline_if_due)
                     records += parts.evaluations.finished()
-                online = False
                 if recording.due(now):
                     self._poll(now)
                     learner = self._learner_progress(records, now)
                     counters.faults = self.faults.counts
                     if learner is not None:
+                        if learner.offline_until is not None:
+                            counters.offline_until = learner.offline_until
                         if self.config.train.total_env_steps == 0:  # offline only: no actor phases come
                             records += self._startup_offline_only(learner)
                         self.latest = self._progress(None, learner, 0.0, now)
@@ -177,11 +196,12 @@ class Supervisor:
                         dataset_size = (
                             sum(poll.value.size for poll in self._offline_shards if poll.value) or dataset_size
                         )
+                        offline_until = counters.offline_until or config.offline.updates
                         if printing.due(now):
-                            print(offline_progress_line(self.latest, config.offline.updates, dataset_size), flush=True)
-                        online = learner.phase != "offline"
-                if online and self.config.train.total_env_steps == 0:  # offline only: no actors follow
-                    counters.updates = max(counters.updates, config.offline.updates)
+                            print(offline_progress_line(self.latest, offline_until, dataset_size), flush=True)
+                        if learner.phase != "offline" and ending is None:
+                            ending = OfflineEnd(learner.version, max(learner.updates, offline_until), now)
+                if ending is not None and self.config.train.total_env_steps == 0:  # offline only: no actors follow
                     print(
                         f"qfleet train: offline phase done at update {counters.updates:,}; offline only "
                         "(train.total_env_steps 0): no actors start, the final evaluation follows",
@@ -190,34 +210,45 @@ class Supervisor:
                     self.run_dir.append_records([record.to_json() for record in records])
                     self.run_dir.write_json("state.json", counters.state())
                     return
-                if online:
-                    counters.updates = max(counters.updates, config.offline.updates)
-                    if parts.evaluations is not None:  # the offline phase's result: its last weights
-                        version = self._learner_version(learner.version)
-                        self._evaluate(functools.partial(parts.evaluations.submit_latest, version))
-                    records.append(counters.start_online(counters.updates))
+                if ending is not None and self._offline_result_submitted(ending, now):
+                    online = counters.start_online(ending.at_update)
+                    self.run_dir.write_json(
+                        "state.json", counters.state()
+                    )  # first: a kill in between records no phase twice
+                    self.run_dir.append_records([record.to_json() for record in (*records, online)])
                     print(
-                        f"qfleet train: offline phase done at update {counters.updates:,}; starting the actors "
+                        f"qfleet train: offline phase done at update {ending.at_update:,}; starting the actors "
                         f"(online phase: each batch mixes {self._mix_text()})",
                         flush=True,
                     )
+                    return
                 self.run_dir.append_records([record.to_json() for record in records])
                 targets.tick(now)
                 state.tick(now)
-                if online:
-                    self.run_dir.write_json("state.json", counters.state())
-                    return
         finally:
             counters.faults = self.faults.counts
 
-    def _learner_version(self, reported: int) -> int:
-        """The learner's weights version now (its `describe`; `reported`, from its last progress
-        measurement, when it does not answer within 10 s)."""
+    def _offline_result_submitted(self, ending: OfflineEnd, now: float) -> bool:
+        """Whether the online phase may start: the offline phase's last weights were handed to the
+        evaluator (asked once, never waited for), there is no evaluator, or ANNOUNCE_WAIT_S passed
+        (warned: the offline result goes unevaluated)."""
+        evaluations = self.components.evaluations
+        if evaluations is None:
+            return True
         try:
-            return self.components.ray.get(self.components.learner.describe.remote(), timeout=10).version
-        except Exception as exc:  # a learner restarting: the measured version is at most a second old
-            log.debug("learner version not read (%s): using its last report's", exc)
-            return reported
+            if evaluations.submit_if_announced(ending.version):
+                return True
+        except Exception as exc:  # Redis away for a moment: asked again next round, up to the deadline
+            log.debug("offline result not submitted yet: %s: %s", type(exc).__name__, exc)
+        if now - ending.seen_at < ANNOUNCE_WAIT_S:
+            return False
+        log.warning(
+            "no evaluation of the offline phase's result: its weights (v%d) were not announced within %g s; "
+            "starting the actors",
+            ending.version,
+            ANNOUNCE_WAIT_S,
+        )
+        return True
 
     def _mix_text(self) -> str:
         from system.config import batch_mix

@@ -193,7 +193,7 @@ def test_resume_falls_back_to_an_older_checkpoint(tmp_path):
     newest = run.checkpoints / "learner-000000000040.pt"
     newest.write_bytes(b"")
 
-    reached, fresh = learner_resume(run, fresh_learner=False)
+    reached, fresh, _ = learner_resume(run, fresh_learner=False)
     assert (reached.updates, reached.version, fresh) == (45, 9, False)
     assert find_checkpoint(run.checkpoints).path == run.checkpoints / "learner-000000000020.pt"
 
@@ -211,7 +211,7 @@ def test_resume_without_a_good_checkpoint_refuses_unless_a_fresh_learner_is_aske
     assert not only.exists() and only.with_name(only.name + ".refused").exists()  # out of pruning's way
     assert "update 45" in message and f"qfleet train --resume {run.path} --fresh-learner" in message
 
-    reached, fresh = learner_resume(run, fresh_learner=True)
+    reached, fresh, _ = learner_resume(run, fresh_learner=True)
     # The driver records the fresh start: the fresh learner counts no loss of its own again.
     assert fresh and reached == LearnerReached(updates=45, version=9, inserts=3000, fresh_from=45)
     # A fresh learner's counters go on from there: the UTD and the checkpoints' numbers continue.
@@ -222,7 +222,7 @@ def test_resume_without_a_good_checkpoint_refuses_unless_a_fresh_learner_is_aske
 
 def test_resume_of_a_run_whose_learner_never_trained_needs_no_checkpoint(tmp_path):
     run = run_dir_with(tmp_path, updates=0)
-    assert learner_resume(run, fresh_learner=False) == (LearnerReached(0, 9, 3000), False)
+    assert learner_resume(run, fresh_learner=False) == (LearnerReached(0, 9, 3000), False, None)
 
 
 def test_a_checkpoint_written_below_damaged_ones_is_kept(tmp_path):
@@ -267,7 +267,7 @@ def test_a_loss_reported_by_an_earlier_session_is_not_counted_again(tmp_path):
     (run.path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     checkpointed_learner(run.checkpoints, [40])
 
-    reached, fresh = learner_resume(run, fresh_learner=False)
+    reached, fresh, _ = learner_resume(run, fresh_learner=False)
     assert reached == LearnerReached(updates=40, version=8, inserts=2600) and not fresh
     resumed = Learner(SMALL, None, (4,), SPACE, checkpoint_dir=run.checkpoints, reached=reached)
     assert resumed.updates_lost == 0 and resumed.version == 8

@@ -40,6 +40,7 @@ class StandInLearner:
 
     def __init__(self):
         self.pid, self.progress_delay_s, self.describe_delay_s, self.described = 1, 0.0, 0.0, {}
+        self.reported = {}
 
     def behave(self, **settings) -> None:
         vars(self).update(settings)
@@ -47,7 +48,14 @@ class StandInLearner:
     def progress(self) -> LearnerProgress:
         time.sleep(self.progress_delay_s)
         return LearnerProgress(
-            updates=75, updates_per_second=1.0, version=9, inserts=300, achieved_utd=0.25, error=None, pid=self.pid
+            updates=75,
+            updates_per_second=1.0,
+            version=9,
+            inserts=300,
+            achieved_utd=0.25,
+            error=None,
+            pid=self.pid,
+            **self.reported,
         )
 
     def describe(self) -> LearnerDescription:
@@ -67,6 +75,70 @@ def supervised(ray_local, tmp_path):
     counters = RunCounters({}, eval_every_steps=1000)
     yield Supervisor(plan, components, counters, threading.Event()), learner
     ray_local.kill(learner)
+
+
+class StandInEvaluations:
+    """The offline result's evaluation: its weights announced once `announced` is set."""
+
+    def __init__(self):
+        self.announced, self.asked = threading.Event(), []
+
+    def submit_offline_if_due(self) -> None:
+        pass
+
+    def finished(self) -> list:
+        return []
+
+    def submit_if_announced(self, version: int) -> bool:
+        self.asked.append(version)
+        return self.announced.is_set()
+
+
+def offline_phase(supervisor: Supervisor) -> StandInEvaluations:
+    """`supervisor` set for run_offline of a run with a 100-update offline phase."""
+    supervisor.config = load_config(None, ["offline.updates=100"])
+    evaluations = StandInEvaluations()
+    parts = supervisor.components
+    parts.evaluations, parts.metrics, parts.targets = (
+        evaluations,
+        SimpleNamespace(update=lambda record: None),
+        SimpleNamespace(write=dict),
+    )
+    return evaluations
+
+
+def test_the_end_of_the_offline_phase_awaits_its_results_weights_without_blocking_the_loop(supervised, monkeypatch):
+    supervisor, learner = supervised
+    evaluations = offline_phase(supervisor)
+    supervisor.components.ray.get(learner.behave.remote(reported={"phase": "online", "offline_until": 75}))
+    loop = threading.Thread(target=supervisor.run_offline)
+    loop.start()
+    assert wait_until(lambda: len(evaluations.asked) >= 2, 60)  # asked again each round: never waited on
+    assert evaluations.asked[0] == 9 and loop.is_alive()
+    run = supervisor.run_dir
+    assert [r["phase"] for r in run.records("phase")] == ["offline"]  # no actors until it is submitted
+    assert run.read_json("state.json")["phase"] == "offline"
+    supervisor.stop.set()  # a Ctrl-C meanwhile ends the loop at its next round
+    loop.join(timeout=30)
+    assert not loop.is_alive()
+
+    supervisor.stop.clear()
+    evaluations.announced.set()
+    supervisor.run_offline()  # returns by itself once the offline result is submitted
+    assert [(r["phase"], r["updates"]) for r in run.records("phase")] == [("offline", 0), ("online", 75)]
+    assert run.read_json("state.json")["online_from"]["updates"] == 75
+
+
+def test_offline_weights_never_announced_start_the_actors_after_the_wait_with_a_warning(
+    supervised, monkeypatch, caplog
+):
+    monkeypatch.setattr(supervise, "ANNOUNCE_WAIT_S", 2.0)
+    supervisor, learner = supervised
+    evaluations = offline_phase(supervisor)
+    supervisor.components.ray.get(learner.behave.remote(reported={"phase": "online", "offline_until": 75}))
+    supervisor.run_offline()
+    assert evaluations.asked and supervisor.counters.phase == "online"
+    assert any("no evaluation of the offline phase's result" in r.getMessage() for r in caplog.records)
 
 
 def test_a_restart_is_recorded_once_the_restarted_learner_answers_and_a_fresh_network_as_fresh(supervised):

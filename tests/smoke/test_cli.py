@@ -212,25 +212,6 @@ def test_bench_offline_runs_briefly_and_reports_every_learner_and_seed(tmp_path)
 
 
 @pytest.mark.timeout(300)
-def test_bench_offline_online_runs_both_arms_per_seed_and_stops_each_at_the_threshold(tmp_path):
-    """A threshold of 1 is reached by the first evaluation: the offline -> online run's offline
-    result (env step 0), the from-scratch run's first online one; each run is stopped there."""
-    out, runs = tmp_path / "bench.json", tmp_path / "runs"
-    settings = ["env.num_envs=2", "actors.num_cpus=0.5", "learner.learning_starts=200", "replay.capacity=5000"]
-    args = ["--online", "--episodes", "10", "--updates", "50", "--seeds", "0", "--eval-episodes", "2"]
-    args += ["--threshold", "1", "--total-env-steps", "3000", "--eval-every", "500", "--out-dir", str(runs)]
-    result = run("bench", "offline", *args, *(f"--set={s}" for s in settings), "--output", str(out), timeout=280)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "| seed | offline -> online: env steps to eval >= 1 | offline result |" in result.stdout
-    payload = json.loads(out.read_text())
-    offon, scratch = payload["results"]
-    assert (offon["arm"], scratch["arm"]) == ("offline -> online", "from scratch")
-    assert offon["reached_env_steps"] == 0 and offon["offline_result"] >= 1  # reached offline: no env step needed
-    assert scratch["reached_env_steps"] >= 500 and scratch["offline_result"] is None  # its first evaluation
-    assert (runs / "offline-online-seed0" / "checkpoints").is_dir() and (runs / "scratch-seed0.log").exists()
-
-
-@pytest.mark.timeout(300)
 def test_bench_scaling_measures_each_actor_count_of_a_live_run_and_stops_it(tmp_path):
     out = tmp_path / "bench.json"
     settings = ["actors.num_cpus=0.25", "learner.learning_starts=256", "actors.insert_batch=64"]

@@ -102,6 +102,7 @@ def test_an_offline_then_online_run_goes_through_both_phases_and_learns(datasets
     offline_evals = [e for e in evals if e["phase"] == "offline"]
     online_evals = [e for e in evals if e["phase"] == "online"]
     assert offline_evals and offline_evals[-1]["updates"] >= 1500 - 25  # the offline phase's result
+    assert offline_evals[-1]["env_steps"] == 0  # taken before the actors start (the bench's figure at step 0)
     assert online_evals and online_evals[-1]["env_steps"] == 4000
     figures = [(e["phase"], e["updates"], e["env_steps"], e["wall_s"], e["mean_return"]) for e in evals]
     print("evaluations (phase, updates, env steps, wall s, mean return):", figures, "switch:", switch)
@@ -124,39 +125,14 @@ def test_a_dataset_of_another_env_stops_the_run_before_anything_starts(datasets,
     assert not run_dir.exists()
 
 
-@pytest.mark.timeout(240)
-def test_an_offline_only_run_trains_filtered_bc_on_the_dataset_evaluates_and_starts_no_actors(datasets, tmp_path):
-    run_dir = tmp_path / "run"
-    settings = {
-        **SETTINGS,
-        "offline.datasets_dir": str(datasets),
-        "offline.updates": 300,
-        "offline.eval_every_updates": 0,
-        "train.total_env_steps": 0,
-        "learner.loss": "filtered_bc",
-    }
-    out = qfleet("train", CONFIG, "--run-dir", str(run_dir), *overrides(settings), timeout=200)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "offline only: 300 updates on it alone" in out.stdout
-    assert "offline phase done at update 300; offline only" in out.stdout
-    assert "finished at update 300 of the offline phase (300 updates), offline only" in out.stdout
-
-    assert [p["phase"] for p in records(run_dir, "phase")] == ["offline"]  # no online phase
-    assert all(p["actors"] == 0 and p["env_steps"] == 0 for p in records(run_dir, "progress"))
-    assert not records(run_dir, "episodes")
-    final = [e for e in records(run_dir, "eval") if e["final"]]
-    assert len(final) == 1 and final[0]["phase"] == "offline" and final[0]["updates"] >= 300
-    summary = (run_dir / "summary.md").read_text()
-    assert "| phase | offline (offline only: no actors) |" in summary
-
-
-@pytest.mark.timeout(300)
-def test_an_offline_only_run_stopped_by_sigterm_mid_phase_resumes_and_makes_exactly_its_offline_updates(
+@pytest.mark.timeout(400)
+def test_an_offline_only_filtered_bc_run_stopped_by_sigterm_mid_phase_resumes_to_exactly_its_updates_and_no_actors(
     datasets, tmp_path
 ):
     """SIGTERM once the offline phase has made updates; the resume finishes it. The first session's
     phase is made far too long to end before the signal (however slow the machine), and the resume
-    sets where it ends: 200 updates past the stop."""
+    sets where it ends: 200 updates past the stop. Then the run is checked as an offline-only run:
+    evaluated, no actors, no episodes, one phase."""
     import torch
 
     run_dir = tmp_path / "run"
@@ -166,7 +142,9 @@ def test_an_offline_only_run_stopped_by_sigterm_mid_phase_resumes_and_makes_exac
         "offline.updates": 1_000_000,
         "offline.eval_every_updates": 0,
         "train.total_env_steps": 0,
+        "train.eval_episodes": 1,
         "train.log_every_s": 1,
+        "learner.loss": "filtered_bc",
     }
     first = subprocess.Popen(
         [*QFLEET, "train", CONFIG, "--run-dir", str(run_dir), *overrides(settings)],
@@ -188,6 +166,7 @@ def test_an_offline_only_run_stopped_by_sigterm_mid_phase_resumes_and_makes_exac
         if first.poll() is None:
             first.kill()
             first.wait()
+    assert "offline only: 1,000,000 updates on it alone" in out
     stopped = re.search(r"stopped at update ([\d,]+) of the offline phase", out)
     assert stopped, out[-3000:]
     stopped_at = int(stopped.group(1).replace(",", ""))
@@ -195,7 +174,9 @@ def test_an_offline_only_run_stopped_by_sigterm_mid_phase_resumes_and_makes_exac
 
     resumed = qfleet("train", "--resume", str(run_dir), "--set", f"offline.updates={target}", timeout=240)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"finished at update {target:,} of the offline phase ({target:,} updates), offline only" in resumed.stdout
+    assert f"offline phase done at update {target:,}; offline only" in resumed.stdout
+    finished = f"finished at update {target:,} of the offline phase (ends at update {target:,}), offline only"
+    assert finished in resumed.stdout
 
     newest = max((run_dir / "checkpoints").glob("learner-*.pt"))
     state = torch.load(newest, weights_only=True)
@@ -207,3 +188,8 @@ def test_an_offline_only_run_stopped_by_sigterm_mid_phase_resumes_and_makes_exac
     assert max(p["updates"] for p in progress) == target
     learner = json.loads((run_dir / "run.json").read_text())["learner"]
     assert learner["resumed_at"] == stopped_at and learner["updates_lost"] == 0  # nothing redone
+    assert all(p["actors"] == 0 for p in progress) and not records(run_dir, "episodes")
+    final = [e for e in records(run_dir, "eval") if e["final"]]
+    assert final[-1]["phase"] == "offline" and final[-1]["updates"] >= target
+    summary = (run_dir / "summary.md").read_text()
+    assert "| phase | offline (offline only: no actors) |" in summary

@@ -4,7 +4,21 @@ and medians (a run that never reached the threshold counts as beyond every budge
 
 from __future__ import annotations
 
-from system.bench.offline_online import ARMS, ArmResult, Budget, offline_result, reached, settings, table
+import pytest
+
+from system.bench.offline import record_medium_dataset
+from system.bench.offline_online import (
+    ARMS,
+    CONFIG,
+    SCRATCH_CONFIG,
+    ArmResult,
+    Budget,
+    offline_result,
+    reached,
+    settings,
+    table,
+)
+from system.train import plan
 
 BUDGET = Budget(total_env_steps=20_000, eval_every_steps=2500, eval_episodes=5, offline_updates=2000, threshold=475)
 
@@ -31,6 +45,21 @@ def test_the_arms_differ_only_in_the_dataset():
     assert shared["train.seed"] == 3 and shared["train.total_env_steps"] == 20_000
 
 
+@pytest.mark.parametrize("scratch_config", [SCRATCH_CONFIG, CONFIG])
+def test_each_arms_settings_are_a_run_qfleet_train_accepts(tmp_path, scratch_config):
+    folder = tmp_path / "datasets"
+    record_medium_dataset(str(folder), "cartpole/medium-v0", episodes=3, seed=0)
+    budget = Budget(3000, 500, 2, 50, 1.0, ("env.num_envs=2",), scratch_config)
+    for arm, config in ((ARMS[0], CONFIG), (ARMS[1], scratch_config)):
+        overrides = [
+            f"{key}={value}" for key, value in settings(arm, 0, budget, "cartpole/medium-v0", str(folder)).items()
+        ]
+        checked = plan(config, [*overrides, *budget.overrides], str(tmp_path / arm.replace(" ", "")), None)
+        assert checked.config.train.total_env_steps == 3000 and checked.config.env.num_envs == 2
+        assert (checked.offline_data is not None) == (arm == ARMS[0]), arm  # "null" reads as no dataset
+        assert checked.config.replay.mix is None or arm == ARMS[0]
+
+
 def result(arm: str, seed: int, steps: int | None, offline: float | None = None) -> ArmResult:
     return ArmResult(arm, seed, steps, offline, 480.0 if steps is not None else 200.0, 0, 1.0, 0, "log")
 
@@ -49,3 +78,10 @@ def test_the_table_gives_each_seeds_ratio_and_medians_counting_a_miss_as_beyond_
     assert "| 1 | 2,500 | 300.0 | 12,500 | 0.20 |" in text
     assert "| 2 | not within 20,000 (best 200.0) | 100.0 | not within 20,000 (best 200.0) | - |" in text
     assert "| median | 2,500 | | 12,500 | 0.10 |" in text
+
+
+def test_online_only_options_without_online_are_refused_not_ignored(capsys):
+    from system.cli import main
+
+    assert main(["bench", "offline", "--set", "actors.num_actors=2", "--threshold", "400"]) == 2
+    assert "--set, --threshold: only with --online" in capsys.readouterr().err

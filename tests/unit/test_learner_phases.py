@@ -16,75 +16,82 @@ OFFLINE, ONLINE = "offline", "online"
 
 
 @pytest.mark.parametrize(
-    ("case", "args", "expected"),
+    ("case", "args", "expected"),  # expected: phase, offline updates made, left, online from, UTD from
     [
-        ("a new run starts offline", (2000, False, 0, PhaseMark(OFFLINE, 0), None), (OFFLINE, 0, 2000, None)),
+        ("a new run starts offline", (2000, False, 0, PhaseMark(OFFLINE, 0), None), (OFFLINE, 0, 2000, None, 2000)),
         (
             "stopped mid offline phase: the checkpoint's updates count",
             (2000, False, 1500, PhaseMark(OFFLINE, 1500), OFFLINE),
-            (OFFLINE, 1500, 500, None),
+            (OFFLINE, 1500, 500, None, 2000),
         ),
         (
             "killed mid offline phase, state.json not written yet",
             (2000, False, 700, PhaseMark(OFFLINE, 700), None),
-            (OFFLINE, 700, 1300, None),
+            (OFFLINE, 700, 1300, None, 2000),
         ),
         (
             "offline-only, stopped mid phase: finishes its updates",
             (300, True, 120, PhaseMark(OFFLINE, 120), OFFLINE),
-            (OFFLINE, 120, 180, None),
+            (OFFLINE, 120, 180, None, 300),
         ),
         (
             "offline-only, all updates made",
             (300, True, 300, PhaseMark(OFFLINE, 300), OFFLINE),
-            ("finished", 300, 0, None),
+            ("finished", 300, 0, None, 300),
         ),
         (
             "the offline phase's last checkpoint: online begins there",
             (2000, False, 2000, PhaseMark(OFFLINE, 2000), OFFLINE),
-            (ONLINE, 2000, 0, 2000),
+            (ONLINE, 2000, 0, 2000, 2000),
         ),
         (
             "stopped online: never offline again, even with offline.updates raised",
             (5000, False, 9000, PhaseMark(ONLINE, 2000, 2000), ONLINE, 2000),
-            (ONLINE, 2000, 0, 2000),
+            (ONLINE, 2000, 0, 2000, 2000),
         ),
         (
             "state.json online, the checkpoint older and offline: online wins",
             (2000, False, 1800, PhaseMark(OFFLINE, 1800), ONLINE, 2000),
-            (ONLINE, 1800, 0, 1800),
+            (ONLINE, 1800, 0, 1800, 1800),
         ),
         (
             "checkpoint online, state.json older and offline: online wins",
             (2000, False, 2600, PhaseMark(ONLINE, 2000, 2000), OFFLINE),
-            (ONLINE, 2000, 0, 2000),
+            (ONLINE, 2000, 0, 2000, 2000),
         ),
         (
             "offline.updates raised while still offline: the phase goes on to the new number",
             (3000, False, 2000, PhaseMark(OFFLINE, 2000), OFFLINE),
-            (OFFLINE, 2000, 1000, None),
+            (OFFLINE, 2000, 1000, None, 3000),
         ),
         (
             "a checkpoint without a mark (older qfleet): its updates count as offline ones",
             (2000, False, 1200, None, OFFLINE),
-            (OFFLINE, 1200, 800, None),
+            (OFFLINE, 1200, 800, None, 2000),
         ),
         (
             "without a mark, past offline.updates: online from offline.updates",
             (2000, False, 5000, None, ONLINE, 2000),
-            (ONLINE, 2000, 0, 2000),
+            (ONLINE, 2000, 0, 2000, 2000),
         ),
         (
             "a fresh network continuing from update 1500 makes every offline update",
             (2000, False, 1500, PhaseMark(OFFLINE, 0), OFFLINE),
-            (OFFLINE, 0, 2000, None),
+            (OFFLINE, 0, 2000, None, 3500),
         ),
-        ("no offline phase configured", (0, False, 0, PhaseMark(OFFLINE, 0), None), (ONLINE, 0, 0, 0)),
+        ("no offline phase configured", (0, False, 0, PhaseMark(OFFLINE, 0), None), (ONLINE, 0, 0, 0, 0)),
     ],
 )
 def test_the_resumed_phase_follows_the_later_record_and_the_checkpoints_offline_updates(case, args, expected):
     decision = decide_phase(*args)
-    assert (decision.phase, decision.offline_updates, decision.offline_left, decision.online_from) == expected, case
+    utd_from = decision.utd_from(args[2])  # where the learner's UTD starts counting (online updates only)
+    assert (
+        decision.phase,
+        decision.offline_updates,
+        decision.offline_left,
+        decision.online_from,
+        utd_from,
+    ) == expected, case
 
 
 def test_a_disagreement_that_skips_offline_updates_is_explained():

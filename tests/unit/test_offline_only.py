@@ -147,3 +147,50 @@ def test_an_offline_only_run_stopped_mid_phase_resumes_to_finish_it_and_a_finish
     with pytest.raises(ConfigError, match="already made 300 offline updates; go further with --set offline.updates"):
         plan(None, [], None, str(run.path))
     assert plan(None, ["offline.updates=500"], None, str(run.path)).offline_only
+
+
+def test_an_offline_only_run_is_finished_where_its_learner_says_its_offline_phase_ends(tmp_path):
+    from types import SimpleNamespace
+
+    from system.train.driver import end_line
+    from system.train.records import RunCounters
+
+    config = load_config(OFFLINE_ONLY, ["train.total_env_steps=0", "offline.updates=300"])
+    checked = SimpleNamespace(config=config, run=RunDir(tmp_path / "run"), offline_only=True)
+    counters = RunCounters({"phase": "offline"}, 0, 0)
+    counters.updates, counters.offline_until = 350, 450  # a fresh learner continued from update 150
+    line = end_line(checked, counters)
+    assert line.startswith("qfleet train: stopped at update 350 of the offline phase (ends at update 450)")
+    assert "continue it with: qfleet train --resume" in line
+    counters.updates = 450
+    assert end_line(checked, counters).startswith("qfleet train: finished at update 450")
+    assert "--resume" not in end_line(checked, counters)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"phase": "online", "online_from": {"updates": 300}, "env_steps": 5000},
+        {"phase": "online", "online_from": {"updates": 300}, "env_steps": 0},  # killed as it went online
+    ],
+)
+def test_a_run_that_went_online_is_refused_as_offline_only_with_advice_that_works(datasets, tmp_path, state):
+    from learner import PhaseMark
+    from learner.checkpoint import save
+
+    folder, _ = datasets
+    fresh = plan(
+        OFFLINE_ONLY, [f"offline.dataset={DATASET}", f"offline.datasets_dir={folder}"], str(tmp_path / "r"), None
+    )
+    run = fresh.run
+    run.write_config(fresh.config)
+    run.write_json("state.json", state)
+    mark = PhaseMark("online", 300, 300).to_state()
+    save(
+        run.checkpoints,
+        {"agent": {}, "counters": {"updates": 400, "version": 5, "inserts": 0}, "rng": {}, "phase": mark},
+        400,
+    )
+    with pytest.raises(ConfigError, match="went online at update 300.*cannot become offline-only") as refused:
+        plan(None, ["train.total_env_steps=0"], None, str(run.path))
+    assert "--set train.total_env_steps=N" in str(refused.value) and "offline.updates=N" not in str(refused.value)
