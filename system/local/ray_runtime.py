@@ -47,8 +47,12 @@ _generated_token: str | None = None
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, worker_niceness: int | None = None) -> None:
     """`ray.init` for qfleet's drivers; a no-op when Ray is already initialised.
+
+    `worker_niceness` (local instances only; None: Ray's default, 15) is the niceness Ray starts
+    its worker processes with: `qfleet train` passes `ray.worker_niceness` (0), so its learner and
+    actors compete for CPU on equal terms with ordinary processes instead of behind them.
 
     Local instances (`address` None) run without the dashboard, with a per-instance token and on
     loopback (see the module's docstring); `address` joins a cluster with the token the
@@ -81,6 +85,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
                 include_dashboard=False,
                 logging_level=logging.WARNING,
                 _temp_dir=str(private_temp_dir()),
+                **({} if worker_niceness is None else {"_system_config": {"worker_niceness": worker_niceness}}),
             )
             gcs = ray.get_runtime_context().gcs_address
             if _host(gcs) not in _LOOPBACK_HOSTS:

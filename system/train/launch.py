@@ -278,7 +278,11 @@ def _start_ray(config: RunConfig):
     try:
         if config.ray.address is None:
             need = config.actors.num_actors * config.actors.num_cpus + config.train.learner_num_cpus
-            init_ray(None, num_cpus=config.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(need)))
+            init_ray(
+                None,
+                num_cpus=config.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(need)),
+                worker_niceness=config.ray.worker_niceness,
+            )
         else:
             init_ray(config.ray.address)
     except RayLaunchError as exc:
