@@ -22,6 +22,7 @@ import torch
 from actors import ActorFleet, ActorsConfig, EnvActor, EnvConfig, describe_env, make_env
 from learner import LearnerConfig, Policy
 from replay import ReplayCredentials, generate_credentials
+from system.config import RayConfig
 from system.local.ray_runtime import init_ray
 from system.local.redis_server import RedisProcess
 from system.local.secrets import REDIS_PASSWORD_ENV
@@ -84,10 +85,11 @@ class _Shard:
 
 
 def _ray_worker_niceness() -> int:
-    """The niceness Ray starts its worker processes with (15 unless RAY_worker_niceness says otherwise).
+    """The niceness Ray started its worker processes with (`ray.worker_niceness`, as `qfleet train`
+    starts a local Ray).
 
-    The shard runs at it, as `qfleet train`'s shards (Ray actors) do: a shard at niceness 0 beside a
-    Ray actor at 15 takes CPU from it whenever both want a core, which no deployment does.
+    The shard runs at it, as `qfleet train`'s shards (Ray actors) do: a shard at another niceness
+    than the Ray actor beside it would take CPU from it (or give it away) as no deployment does.
     """
     import ray
 
@@ -137,7 +139,7 @@ def run_actors_bench(seconds: float, repeats: int, env_id: str, num_envs: int, o
     # Redis first, its password in the environment before Ray starts: Ray's workers inherit it.
     redis = RedisProcess().start()
     os.environ[REDIS_PASSWORD_ENV] = redis.password
-    init_ray(num_cpus=2)
+    init_ray(num_cpus=2, worker_niceness=RayConfig().worker_niceness)  # as `qfleet train` starts Ray
     import ray
 
     niceness = _ray_worker_niceness()
