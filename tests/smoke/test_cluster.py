@@ -300,7 +300,7 @@ def test_a_cluster_run_places_by_resources_scales_survives_a_lost_node_and_learn
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    run = LiveRun(tmp_path / "run", proc, log_path)
+    run = LiveRun(tmp_path / "run", proc, log_path, settings["train.total_env_steps"])
     name = "run"
     phases: dict[str, float] = {}
 
