@@ -23,7 +23,6 @@ else "Reverb not installed: skipped". Reverb is no dependency of qfleet.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -36,6 +35,7 @@ import time
 import numpy as np
 
 from replay import PriorityStreamConfig, ReplayClient, ReplayCredentials, ReplayServer, generate_credentials
+from system.bench.peer import PeerProcess, peer_python
 from system.bench.replay import bench_spec, random_batch
 
 KEYS_PER_CALL = 256
@@ -183,41 +183,23 @@ def measure_qfleet(
         shard.close()
 
 
-class ReverbPeer:
+class ReverbPeer(PeerProcess):
     """Reverb's side, in `python` (an interpreter that has `reverb`): system/bench/reverb_priorities.py
-    with --on-request, asked for one run per repeat so that its runs interleave with qfleet's."""
+    with --on-request, asked for one run per repeat so that its runs interleave with qfleet's
+    (stderr shown: TensorFlow's and Reverb's logs, and any failure of theirs)."""
 
     def __init__(self, python: str, capacity: int):
         self.python = python
-        self.proc = subprocess.Popen(
-            [
-                python,
-                str(REVERB_SCRIPT),
-                "--on-request",
-                "--capacity",
-                str(capacity),
-                "--keys-per-call",
-                str(KEYS_PER_CALL),
-                "--chunks",
-                str(KEY_CHUNKS),  # the same keys cycled as qfleet's side
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,  # stderr shown: TensorFlow's and Reverb's logs, and any failure of theirs
+        keys = ("--keys-per-call", str(KEYS_PER_CALL), "--chunks", str(KEY_CHUNKS))  # qfleet's keys, cycled
+        super().__init__(
+            "the Reverb side", [python, str(REVERB_SCRIPT), "--on-request", "--capacity", str(capacity), *keys]
         )
-        self.ready = self._answer()
         self.rates: list[float] = []
 
-    def _answer(self) -> dict:
-        for line in self.proc.stdout:  # skips anything a library printed before the answer
-            if line.startswith("{"):
-                return json.loads(line)
-        raise RuntimeError(f"the Reverb side ended (exit {self.proc.wait()})")
-
-    def measure(self, seconds: float) -> None:
-        self.proc.stdin.write(f"{seconds}\n")
-        self.proc.stdin.flush()
-        self.rates.append(self._answer()["calls_per_s"])
+    def measure(self, seconds: float) -> dict:
+        answer = super().measure(seconds)
+        self.rates.append(answer["calls_per_s"])
+        return answer
 
     def summary(self) -> dict:
         calls = statistics.median(self.rates)
@@ -231,23 +213,11 @@ class ReverbPeer:
             "runs_calls_per_s": self.rates,
         }
 
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
 
 def reverb_python(given: str | None) -> tuple[str | None, str]:
     """The interpreter for Reverb's side (`given`, else this one if `reverb` imports), or why none."""
-    if given is not None:
-        return given, ""
-    if importlib.util.find_spec("reverb") is not None:  # optional: never a dependency of qfleet
-        return sys.executable, ""
-    return None, "Reverb not installed: skipped (pip install dm-reverb in another venv and pass --reverb-python)"
+    missing = "Reverb not installed: skipped (pip install dm-reverb in another venv and pass --reverb-python)"
+    return peer_python(given, "reverb", missing)  # optional: never a dependency of qfleet
 
 
 def format_results(qfleet: dict, reverb: dict | None, reverb_note: str) -> str:

@@ -14,13 +14,10 @@ process spends no CPU time) and per wall-clock second; ratios are of the CPU-tim
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +25,7 @@ import numpy as np
 import torch
 
 from learner import ActionSpace, ArchitectureConfig, LearnerConfig, SACConfig, TargetConfig, make_agent
+from system.bench.peer import PeerProcess, peer_python
 
 PEER_SCRIPT = Path(__file__).with_name("sb3_sac_peer.py")
 OBS_DIM, ACTION_DIM = 3, 1  # Pendulum-v1
@@ -82,52 +80,20 @@ class QfleetSide:
         }
 
 
-class SB3Side:
+class SB3Side(PeerProcess):
     """SB3's side in `python`: sb3_sac_peer.py --on-request, asked for one run at a time."""
 
     def __init__(self, python: str, batch_size: int, hidden_size: int, num_layers: int, capacity: int):
-        self.proc = subprocess.Popen(
-            [
-                python,
-                str(PEER_SCRIPT),
-                "--on-request",
-                *("--batch-size", str(batch_size), "--hidden-size", str(hidden_size)),
-                *("--num-layers", str(num_layers), "--capacity", str(capacity)),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.version = self._answer()["version"]
-
-    def _answer(self) -> dict:
-        for line in self.proc.stdout:  # skips anything a library printed before the answer
-            if line.startswith("{"):
-                return json.loads(line)
-        raise RuntimeError(f"the SB3 side ended (exit {self.proc.wait()})")
-
-    def measure(self, seconds: float) -> dict:
-        self.proc.stdin.write(f"{seconds}\n")
-        self.proc.stdin.flush()
-        return self._answer()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        sizes = ("--batch-size", str(batch_size), "--hidden-size", str(hidden_size))
+        more = ("--num-layers", str(num_layers), "--capacity", str(capacity))
+        super().__init__("the SB3 side", [python, str(PEER_SCRIPT), "--on-request", *sizes, *more])
+        self.version = self.ready["version"]
 
 
 def sb3_python(given: str | None) -> tuple[str | None, str]:
     """The interpreter for SB3's side (`given`, else this one if `stable_baselines3` imports), or why none."""
-    if given is not None:
-        return given, ""
-    if importlib.util.find_spec("stable_baselines3") is not None:  # optional: never a dependency of qfleet
-        return sys.executable, ""
-    return None, "SB3 not installed: skipped (pip install -r requirements-bench-sb3.txt in another venv, --peer-python)"
+    missing = "SB3 not installed: skipped (pip install -r requirements-bench-sb3.txt in another venv, --peer-python)"
+    return peer_python(given, "stable_baselines3", missing)  # optional: never a dependency of qfleet
 
 
 def summarise(runs: list[dict]) -> dict:
