@@ -63,6 +63,8 @@ class FleetStats:
     is missing here; the shards' ledgers count it: see `actor_writer_id`)."""
     startups: dict[int, ActorStartup] = field(default_factory=dict)
     """Start-up milestones of each live actor's current process, from its latest report."""
+    actor_ids: frozenset[int] = frozenset()
+    """Every actor id this fleet has run (live, retired, or killed before it ever reported)."""
 
 
 class ActorFleet:
@@ -111,6 +113,7 @@ class ActorFleet:
         self._slots: dict[int, _Slot] = {}
         self.actor_restarts = 0
         self._closed_stats: list[ActorStats] = []  # last stats of retired or dead actor processes
+        self._retired_ids: frozenset[int] = frozenset()  # ids scaled away (some never reported)
         self._remote = ray.remote(EnvActor)
 
     def start(self, num_actors: int | None = None) -> None:
@@ -161,6 +164,7 @@ class ActorFleet:
     def _retire(self, actor_id: int, deadline: float | None = None) -> None:
         """Lets the actor finish its chunk, flush and close, then kills it."""
         slot = self._slots.pop(actor_id)
+        self._retired_ids |= {actor_id}
         ray = self._ray
         # An actor that never reported may be waiting for resources: don't wait long for it.
         patience = 30.0 if slot.stats is not None else 5.0
@@ -336,6 +340,7 @@ class ActorFleet:
             policy_versions={s.actor_id: s.policy_version for s in live},
             inserted_by_actor=inserted_by_actor,
             startups={s.actor_id: s.startup for s in live if s.startup is not None},
+            actor_ids=frozenset(self._slots) | frozenset(inserted_by_actor) | self._retired_ids,
         )
 
     def pids(self) -> dict[int, int]:

@@ -288,6 +288,11 @@ class InsertLedger:
             self.dropped_receipts += refused
         return refused
 
+    def count_unread(self, receipts: int) -> None:
+        """Receipts a request carried past `wire.MAX_RESENT_FROM`: not read, counted as dropped."""
+        with self._lock:
+            self.dropped_receipts += receipts
+
     def receipts(self) -> list[Receipt]:
         with self._lock:
             return list(self._receipts)

@@ -21,6 +21,7 @@ import numpy as np
 from replay.accounting import writer_tag
 from replay.errors import ReplayUnavailableError
 from replay.membership import Membership, ShardHandle
+from replay.wire import MAX_RESENT_FROM
 
 
 def rendezvous_score(writer_id: str, shard_id: int) -> int:
@@ -109,10 +110,13 @@ class ShardWriter:
                 receipts, self._receipts = self._receipts, []
             sent = 0
             try:
-                for batch in batches:
-                    shard.client.insert(batch, timeout, writer_tag=self.writer_tag, resent_from=receipts)
-                    receipts = []
+                for batch in batches:  # at most MAX_RESENT_FROM receipts per request: a shard reads no more
+                    carried, receipts = receipts[:MAX_RESENT_FROM], receipts[MAX_RESENT_FROM:]
+                    shard.client.insert(batch, timeout, writer_tag=self.writer_tag, resent_from=carried)
                     sent += 1
+                if receipts:  # more than these batches could carry: the next inserts take them
+                    with self._lock:
+                        self._receipts[:0] = receipts
                 return
             except ReplayUnavailableError as exc:
                 self._membership.mark_failed(shard, exc)

@@ -224,6 +224,8 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
                     for s, stream, acked, back in request.resent_from
                 )
                 ledger.receive(receipts, request.writer_tag)
+            if request.receipts_beyond:  # not read: shown as dropped receipts, never silently lost
+                ledger.count_unread(request.receipts_beyond)
             progress = _LedgerProgress(ledger, request.writer_id, request.writer_tag, request.sequence)
         # Without a ledger, or for a stream beyond its slots (a new one gets a slot on its first
         # write: never seen here), the last sequences in memory skip a re-sent batch.

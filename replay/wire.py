@@ -32,11 +32,12 @@ from replay.sample import Sample
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 _MAX_RESPONSE_COLUMNS = 4096  # columns a client reads from a SampleResponse (the shard's spec)
 MAX_RESENT_FROM = 64
+"""Receipts of abandoned streams one InsertRequest may carry (the rest are counted as dropped
+receipts, not read; `ShardedReplay` never sends more)."""
 RECEIPT_FIELDS = 4
 """Numbers per receipt in `resent_from`: shard id, stream id, items acknowledged, handed back (0/1)."""
 MAX_SHARD_ID = MAX_SHARDS - 1
 """The largest shard id a key can name."""
-"""Receipts of abandoned streams one InsertRequest may carry (the rest are ignored)."""
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -323,6 +324,8 @@ class InsertRequestView:
     resent_from: tuple[tuple[int, int, int, int], ...] = ()
     """(shard id, stream id, items acknowledged on it, handed back) of streams given up on (see
     the encoder)."""
+    receipts_beyond: int = 0
+    """Receipts past the first MAX_RESENT_FROM (not read: the shard counts them as dropped)."""
 
     def columns(self, allowed: Collection[str] | None = None) -> dict[str, np.ndarray]:
         """The batch's columns as read-only views of the received bytes.
@@ -355,14 +358,16 @@ def decode_insert_request(raw: bytes) -> InsertRequestView:
             scalars[field] = value
         elif field == 6 and wire_type == _LEN:
             pos, stop = value
-            while pos < stop and len(resent) < RECEIPT_FIELDS * MAX_RESENT_FROM:
+            while pos < stop:
                 number, pos = _read_varint(raw, pos, stop, "InsertRequest resent_from")
                 resent.append(number)
     if len(resent) % RECEIPT_FIELDS:
         raise _malformed("InsertRequest", f"resent_from holds {len(resent)} numbers, not {RECEIPT_FIELDS} per receipt")
+    beyond = max(0, len(resent) // RECEIPT_FIELDS - MAX_RESENT_FROM)
+    resent = resent[: RECEIPT_FIELDS * MAX_RESENT_FROM]
     receipts = tuple(tuple(resent[i : i + RECEIPT_FIELDS]) for i in range(0, len(resent), RECEIPT_FIELDS))
     _check_stream(scalars[2], receipts)
-    return InsertRequestView(scalars[2], scalars[3], scalars[4], raw, span, scalars[5], receipts)
+    return InsertRequestView(scalars[2], scalars[3], scalars[4], raw, span, scalars[5], receipts, beyond)
 
 
 def _check_stream(writer_id: int, receipts: tuple[tuple[int, ...], ...]) -> None:

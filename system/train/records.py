@@ -83,6 +83,18 @@ class RunCounters:
         self.transitions_inserted = int(state.get("transitions_inserted", 0))
         """Transitions stored for the actors over the run, each once, as the shards' insert ledgers
         count them (a killed actor's last chunk included): present + lost by shards - stored twice."""
+        self.start_stored_by_writer: dict[int, int] | None = (
+            {int(tag): int(items) for tag, items in state["stored_by_writer"].items()}
+            if "stored_by_writer" in state
+            else ({} if not state else None)
+        )
+        """Items stored for each writer tag by the earlier sessions (None: a resumed run whose
+        state.json predates the key: no baseline, so no env steps are credited from the shards)."""
+        self.stored_by_writer: dict[int, int] = dict(self.start_stored_by_writer or {})
+        """Items stored for each writer tag over the run, at the latest poll of every shard."""
+        self.env_steps_unreported = 0
+        """Env steps of this session that no actor process reported (it was killed before its
+        next report) but whose transitions the shards stored: counted into `env_steps`."""
         self.transitions_stored_twice = int(state.get("transitions_stored_twice", 0))
         """Transitions a shard stored (held, or lost with it) whose writer then re-sent them to
         another shard, having had no reply (replay/accounting.py)."""
@@ -115,6 +127,26 @@ class RunCounters:
         """Transitions lost over the whole run (never stored, or lost by a shard's crash), each
         once: what an actor counted lost that a shard had stored (given back) counts once."""
         return self.start_fleet_lost + self.fleet_lost + self.shards_lost - self.transitions_given_back
+
+    def count_env_steps(self, run: str, fleet) -> None:
+        """Sets the run's env steps from this session's fleet (`actors.FleetStats`): what its
+        processes reported, plus for each actor id the transitions the shards' ledgers stored for
+        it beyond what its processes reported. Those are env steps too (one transition per env
+        step), of a process killed after inserting them and before its next report (or of a chunk
+        still running). Exact to within one insert batch per killed process: transitions buffered
+        at its last report were counted as env steps then and stored after, and those buffered
+        when it died were never stored. Never goes back."""
+        unreported = 0
+        if self.accounting_tracked and self.start_stored_by_writer is not None:
+            from actors import actor_writer_id
+            from replay import writer_tag
+
+            for actor_id in fleet.actor_ids:
+                tag = writer_tag(actor_writer_id(run, actor_id))
+                stored = self.stored_by_writer.get(tag, 0) - self.start_stored_by_writer.get(tag, 0)
+                unreported += max(0, stored - fleet.inserted_by_actor.get(actor_id, 0))
+        self.env_steps_unreported = unreported
+        self.env_steps = max(self.env_steps, self.start_env_steps + fleet.env_steps + unreported)
 
     def accounting(self) -> dict[str, int]:
         """The stored-for-the-actors counts as state.json and progress records hold them; empty
@@ -168,6 +200,11 @@ class RunCounters:
             "shards_lost": self.shards_lost,
             "replay_inserts": self.replay_inserts,
             **self.accounting(),
+            **(
+                {"stored_by_writer": {str(tag): items for tag, items in sorted(self.stored_by_writer.items())}}
+                if self.accounting_tracked and self.start_stored_by_writer is not None
+                else {}
+            ),
             "faults": self.faults.to_json(),
         }
 
@@ -442,6 +479,7 @@ def take_shard_accounting(counters: RunCounters, shards: list) -> None:
     counters.receipts_unresolved = reconciled.unresolved
     counters.receipts_dropped = reconciled.dropped_receipts + reconciled.refused
     counters.transitions_inserted = sum(items for tag, items in reconciled.by_writer.items() if tag)
+    counters.stored_by_writer = {tag: items for tag, items in reconciled.by_writer.items() if tag}
     present = sum(shard.inserts for shard in shards)
     unattributed = (
         present

@@ -50,6 +50,15 @@ def shutdown(plan: Plan, parts: Components, counters: RunCounters, latest: Progr
     try:
         fleet = _stop_actors(parts, counters, failures)
         _take_shard_counts(parts, counters)
+        if fleet is not None:  # a killed process's last env steps, from what the shards stored for it
+            counters.count_env_steps(plan.name, fleet)
+            if counters.env_steps_unreported:
+                log.info(
+                    "%s env steps that killed actor processes never reported are counted from the transitions "
+                    "the shards stored for them (%s env steps in all)",
+                    f"{counters.env_steps_unreported:,}",
+                    f"{counters.env_steps:,}",
+                )
         _stop_learner(plan, parts, counters, latest, failures)
         _final_evaluation(plan, parts, failures)
         _stop_shards(plan, parts, counters, fleet, failures)
@@ -176,7 +185,6 @@ def _stop_actors(parts: Components, counters: RunCounters, failures: _Failures) 
     except Exception as exc:
         failures.add("actors did not stop cleanly", exc)
         return None
-    counters.env_steps = max(counters.env_steps, counters.start_env_steps + stats.env_steps)
     counters.fleet_lost = stats.transitions_lost
     inserted, lost = f"{stats.transitions_inserted:,}", f"{stats.transitions_lost:,}"
     log.info("actors stopped: %s transitions inserted, %s lost", inserted, lost)

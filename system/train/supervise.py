@@ -288,7 +288,7 @@ class Supervisor:
                 fleet = parts.fleet.poll(timeout=POLL_TIMEOUT_S)
             except FleetError as exc:
                 raise TrainError(str(exc)) from None
-            counters.env_steps = counters.start_env_steps + fleet.env_steps
+            counters.count_env_steps(self.name, fleet)
             self.faults.set_actor_restarts(fleet.actor_restarts)
             now = time.monotonic()
             self._watch_redis()

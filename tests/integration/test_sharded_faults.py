@@ -325,3 +325,29 @@ def test_a_shard_killed_mid_stream_and_restarted_leaves_the_accounting_exact(red
         for server in (*shards, restarted):
             if server is not None:
                 server.stop(grace=0, checkpoint=False)
+
+
+def test_more_receipts_than_one_request_carries_all_reach_the_shard_over_the_next_inserts(tmp_path):
+    """After many failovers a writer may hold more receipts than one insert request carries: it
+    spreads them over its next requests, so the shard's ledger keeps every one and drops none."""
+    from replay import ReplayServer
+    from replay.accounting import writer_tag
+    from replay.insert_ledger import Receipt
+    from replay.wire import MAX_RESENT_FROM
+
+    shard = ReplayServer(CARTPOLE_SPEC, port=0, checkpoint_dir=str(tmp_path)).start()
+    writer = ShardedReplay(addresses=[shard.address], writer_id="run-actor-0")
+    try:
+        tag = writer_tag("run-actor-0")
+        held = [(0, stream, 10, 0) for stream in range(1, MAX_RESENT_FROM + 37)]
+        writer._writer._receipts = list(held)  # as if its earlier streams to shard 0 had been given up on
+        writer.insert(make_batch(10))
+        writer.flush(10)
+        assert len(shard.ledger.receipts()) == MAX_RESENT_FROM  # one request's worth; the rest wait
+        writer.insert(make_batch(10, start=10))
+        writer.flush(10)
+        assert set(shard.ledger.receipts()) == {Receipt(*r, tag) for r in held}
+        assert shard.ledger.dropped_receipts == 0
+    finally:
+        writer.close()
+        shard.stop(grace=0, checkpoint=False)

@@ -220,6 +220,11 @@ def test_a_killed_actors_last_chunk_is_counted_from_the_shards_ledgers(tmp_path)
     # (most of the time, but a kill right after a report leaves none to count: not asserted).
     assert all(s >= r for s, r in per_actor), per_actor
     assert stored >= reported
+    # The env steps behind what the killed process stored count too (one transition per env step).
+    unreported = sum(s - r for s, r in per_actor)
+    assert state["env_steps"] >= stored
+    if unreported:
+        assert f"{unreported:,} env steps that killed actor processes never reported are counted" in output
     assert state["transitions_inserted"] == stored
     assert f"| transitions stored for the actors | {stored:,} |" in (run.run_dir / "summary.md").read_text()
     assert run.latest()["transitions_inserted"] == stored

@@ -125,6 +125,15 @@ def test_an_insert_request_carries_its_writer_tag_and_receipts_as_the_proto_decl
     assert (view.writer_tag, view.resent_from) == (2**62 + 1, tuple(receipts))
 
 
+def test_receipts_past_the_limit_are_not_read_but_counted_for_the_shard_to_show():
+    receipts = [(0, stream, 1, 0) for stream in range(1, wire.MAX_RESENT_FROM + 7)]
+    raw = wire.encode_insert_request(_columns(), writer_id=3, sequence=1, timeout_ms=0, resent_from=receipts)
+    view = wire.decode_insert_request(raw)
+    assert view.resent_from == tuple(receipts[: wire.MAX_RESENT_FROM]) and view.receipts_beyond == 6
+    within = wire.encode_insert_request(_columns(), writer_id=3, sequence=1, timeout_ms=0, resent_from=receipts[:64])
+    assert wire.decode_insert_request(within).receipts_beyond == 0
+
+
 def _varint_field(field: int, raw_value: bytes) -> bytes:
     return bytes([field << 3]) + raw_value
 
