@@ -63,6 +63,8 @@ class FleetStats:
     is missing here; the shards' ledgers count it: see `actor_writer_id`)."""
     startups: dict[int, ActorStartup] = field(default_factory=dict)
     """Start-up milestones of each live actor's current process, from its latest report."""
+    env_steps_by_actor: dict[int, int] = field(default_factory=dict)
+    """Env steps as each actor id's processes reported them (a killed one's last chunk is missing)."""
     actor_ids: frozenset[int] = frozenset()
     """Every actor id this fleet has run (live, retired, or killed before it ever reported)."""
 
@@ -325,8 +327,10 @@ class ActorFleet:
         returns = [(s.recent_return, s.episodes) for s in recent if s.recent_return is not None]
         weight = sum(n for _, n in returns)
         inserted_by_actor: dict[int, int] = {}
+        env_steps_by_actor: dict[int, int] = {}
         for s in every:
             inserted_by_actor[s.actor_id] = inserted_by_actor.get(s.actor_id, 0) + s.transitions_inserted
+            env_steps_by_actor[s.actor_id] = env_steps_by_actor.get(s.actor_id, 0) + s.env_steps
         return FleetStats(
             actors=len(self._slots),
             env_steps=sum(s.env_steps for s in every),
@@ -339,8 +343,9 @@ class ActorFleet:
             recent_return=sum(r * n for r, n in returns) / weight if weight else None,
             policy_versions={s.actor_id: s.policy_version for s in live},
             inserted_by_actor=inserted_by_actor,
+            env_steps_by_actor=env_steps_by_actor,
             startups={s.actor_id: s.startup for s in live if s.startup is not None},
-            actor_ids=frozenset(self._slots) | frozenset(inserted_by_actor) | self._retired_ids,
+            actor_ids=frozenset(self._slots) | frozenset(env_steps_by_actor) | self._retired_ids,
         )
 
     def pids(self) -> dict[int, int]:

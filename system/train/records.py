@@ -130,12 +130,12 @@ class RunCounters:
 
     def count_env_steps(self, run: str, fleet) -> None:
         """Sets the run's env steps from this session's fleet (`actors.FleetStats`): what its
-        processes reported, plus for each actor id the transitions the shards' ledgers stored for
-        it beyond what its processes reported. Those are env steps too (one transition per env
-        step), of a process killed after inserting them and before its next report (or of a chunk
-        still running). Exact to within one insert batch per killed process: transitions buffered
-        at its last report were counted as env steps then and stored after, and those buffered
-        when it died were never stored. Never goes back."""
+        processes reported, plus, for each actor id, the transitions the shards' ledgers stored
+        for it beyond the env steps its processes reported. Each stored transition is one env
+        step of its own (n-step windows included), so an actor took at least as many env steps as
+        the shards stored for it: a process killed after inserting and before its next report is
+        counted. A lower bound, never above the truth: short by the dead process's transitions
+        still buffered when it died (and those buffered at its last report). Never goes back."""
         unreported = 0
         if self.accounting_tracked and self.start_stored_by_writer is not None:
             from actors import actor_writer_id
@@ -144,7 +144,7 @@ class RunCounters:
             for actor_id in fleet.actor_ids:
                 tag = writer_tag(actor_writer_id(run, actor_id))
                 stored = self.stored_by_writer.get(tag, 0) - self.start_stored_by_writer.get(tag, 0)
-                unreported += max(0, stored - fleet.inserted_by_actor.get(actor_id, 0))
+                unreported += max(0, stored - fleet.env_steps_by_actor.get(actor_id, 0))
         self.env_steps_unreported = unreported
         self.env_steps = max(self.env_steps, self.start_env_steps + fleet.env_steps + unreported)
 

@@ -220,11 +220,12 @@ def test_a_killed_actors_last_chunk_is_counted_from_the_shards_ledgers(tmp_path)
     # (most of the time, but a kill right after a report leaves none to count: not asserted).
     assert all(s >= r for s, r in per_actor), per_actor
     assert stored >= reported
-    # The env steps behind what the killed process stored count too (one transition per env step).
-    unreported = sum(s - r for s, r in per_actor)
+    # The env steps behind what the killed process stored count too (one transition per env step):
+    # the run's count is at least what the shards stored, and what it credits beyond the processes'
+    # reports is at most what they stored beyond their reports.
     assert state["env_steps"] >= stored
-    if unreported:
-        assert f"{unreported:,} env steps that killed actor processes never reported are counted" in output
+    credited = re.search(r"([\d,]+) env steps that killed actor processes never reported are counted", output)
+    assert credited is None or 0 < _number(credited.group(1)) <= sum(s - r for s, r in per_actor)
     assert state["transitions_inserted"] == stored
     assert f"| transitions stored for the actors | {stored:,} |" in (run.run_dir / "summary.md").read_text()
     assert run.latest()["transitions_inserted"] == stored
