@@ -8,11 +8,18 @@ embedded default), waits until the learner updates, then for each count N: scale
 N actors report, lets `warmup_s` pass, and measures env steps/s, updates/s and the achieved UTD over
 `seconds` from the run's progress records (written every second). It also counts the Ray nodes the
 actors report from, and how many of them were held back by the replay's rate limiter (the learner
-is then the limit, not the actors: lower `learner.updates_per_env_step` to measure the actors).
+is then the limit, not the actors: lower `learner.updates_per_env_step` to measure the actors), and
+env steps/s per node from the actors' own reports.
+
+With `local_cluster`, it first starts the multi-node topology of README's "Deploy on a Ray cluster"
+on this machine (system/bench/local_cluster.py: a head, worker nodes A and B, an external Redis with
+a password, fresh secrets), runs every layout on it, and stops it however the bench ends; its
+default layouts are LOCAL_LAYOUTS: the actors spread over both worker nodes vs all on node B.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import subprocess
@@ -23,7 +30,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from system.bench.children import interrupt_on_sigterm, start_child, stop_child
+from system.bench.cluster_topology import ACTOR_NODE
 from system.bench.learning import ROOT
+from system.bench.local_cluster import LocalDeployment, node_resource
 from system.config import ConfigError
 
 START_TIMEOUT_S = 300.0
@@ -31,6 +40,13 @@ START_TIMEOUT_S = 300.0
 
 ACTORS_TIMEOUT_S = 120.0
 """How long newly wanted actors may take to report (the fleet warns of missing resources at 60 s)."""
+
+LOCAL_LAYOUTS: dict[str, str | None] = {
+    "spread": "{actors: 1}",
+    "one-node": f"{{actors: 1, {node_resource(ACTOR_NODE)}: 1}}",
+}
+"""`--local-cluster`'s layouts: the topology's own placement (an `actors` slot on any worker node;
+the fleet asks Ray to SPREAD them), and every actor on node B (a resource only it offers)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,10 @@ class ScalingWindow:
     held_back: int
     """Actors whose inserts were waiting on the replay's rate limiter at the window's end."""
     seconds: float
+    per_node: dict[str, float]
+    """Env steps/s of the actors on each node (its name in the local cluster, else as the actors
+    report it: "ray-" and its Ray node id's first 12 hex digits), from each actor's own reports over
+    the window (`per_node_rates`)."""
 
 
 class ScalingRunError(RuntimeError):
@@ -114,7 +134,14 @@ class _LiveTrain:
 
 
 def _measure(
-    train: _LiveTrain, registry, redis_url: str, run: str, count: int, seconds: float, warmup_s: float
+    train: _LiveTrain,
+    registry,
+    redis_url: str,
+    run: str,
+    count: int,
+    seconds: float,
+    warmup_s: float,
+    node_names: dict[str, str],
 ) -> ScalingWindow:
     from actors import STATE_HELD_BACK
     from system.services.actors import scale
@@ -127,11 +154,11 @@ def _measure(
         timeout=ACTORS_TIMEOUT_S,
     )
     time.sleep(warmup_s)  # a measurement parameter: new actors make their envs and first chunks
-    first = train.latest()
+    first, first_reports = train.latest(), registry.actors()
     time.sleep(seconds)
-    last = train.latest()
+    last, last_reports = train.latest(), registry.actors()
     elapsed = max(1e-9, last["time"] - first["time"])
-    reports = registry.actors().values()
+    reports = last_reports.values()
     inserts = last["replay_inserts"] - first["replay_inserts"]
     return ScalingWindow(
         layout=train.layout,
@@ -143,7 +170,29 @@ def _measure(
         nodes=len({r.get("node") for r in reports if r.get("node")}),
         held_back=sum(1 for r in reports if r.get("state") == STATE_HELD_BACK),
         seconds=round(elapsed, 1),
+        per_node=per_node_rates(first_reports, last_reports, node_names),
     )
+
+
+def per_node_rates(first: dict[int, dict], last: dict[int, dict], node_names: dict[str, str]) -> dict[str, float]:
+    """Env steps/s per node between two readings of the actors' reports: each actor's env steps
+    from its report in `first` to its report in `last` over the time between them (the reports'
+    `updated_at`: one per chunk, so a rate over whole chunks), summed over the actors on each node.
+    An actor not in `first` (new) is left out; one whose report did not change (it made no chunk
+    in between: held back, or stalled) counts 0. Nodes are named by `node_names` (a report's node
+    -> name), else as reported; sorted by name."""
+    rates: dict[str, float] = {}
+    for actor_id, report in last.items():
+        node = str(report.get("node") or "?")
+        name = node_names.get(node, node)
+        rates.setdefault(name, 0.0)
+        before = first.get(actor_id)
+        if before is None:
+            continue
+        seconds = float(report.get("updated_at", 0)) - float(before.get("updated_at", 0))
+        if seconds > 0:
+            rates[name] += (float(report.get("env_steps", 0)) - float(before.get("env_steps", 0))) / seconds
+    return {name: round(rates[name], 1) for name in sorted(rates)}
 
 
 def run_layout(
@@ -155,8 +204,10 @@ def run_layout(
     warmup_s: float,
     overrides: Sequence[str],
     out_dir: pathlib.Path,
+    node_names: dict[str, str] | None = None,
 ) -> list[ScalingWindow]:
-    """One layout's run: every count measured in turn, then the run stopped (SIGTERM)."""
+    """One layout's run: every count measured in turn, then the run stopped (SIGTERM). The layout's
+    resources come after `overrides`, so they win over an `actors.resources` there."""
     from actors import ActorRegistry
     from system.local.secrets import use_run_secrets, without_redacted_password
 
@@ -165,8 +216,8 @@ def run_layout(
         "train.total_env_steps=1000000000",  # the bench stops the run
         "train.eval_every_steps=0",
         f"actors.num_actors={counts[0]}",
-        *([f"actors.resources={resources}"] if resources is not None else []),
         *overrides,
+        *([f"actors.resources={resources}"] if resources is not None else []),
     ]
     command = [sys.executable, "-m", "system.cli", "train", config, "--run-dir", str(run_dir)]
     for setting in settings:
@@ -182,7 +233,7 @@ def run_layout(
         registry = ActorRegistry(redis_url, run)
         windows = []
         for count in counts:
-            window = _measure(train, registry, redis_url, run, count, seconds, warmup_s)
+            window = _measure(train, registry, redis_url, run, count, seconds, warmup_s, node_names or {})
             print(f"[scaling] {json.dumps(asdict(window))}", flush=True)
             windows.append(window)
         return windows
@@ -193,10 +244,11 @@ def run_layout(
 
 
 def table(windows: Sequence[ScalingWindow]) -> str:
-    """Markdown: one row per layout and count, with the speed-up of inserts/s over the layout's first count."""
+    """Markdown: one row per layout and count, with the speed-up of inserts/s over the layout's first
+    count and env steps/s per node."""
     lines = [
-        "| layout | actors | nodes | env steps/s | inserts/s | x first | updates/s | UTD | held back |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| layout | actors | nodes | env steps/s | inserts/s | x first | updates/s | UTD | held back | per node |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     first: dict[str, float] = {}
     for w in windows:
@@ -205,7 +257,8 @@ def table(windows: Sequence[ScalingWindow]) -> str:
         lines.append(
             f"| {w.layout} | {w.actors} | {w.nodes} | {w.env_steps_per_s:,.0f} | {w.inserts_per_s:,.0f} | {ratio} "
             f"| {w.updates_per_s:,.1f} "
-            f"| {w.achieved_utd:.3f} | {w.held_back} |"
+            f"| {w.achieved_utd:.3f} | {w.held_back} "
+            f"| {', '.join(f'{node} {rate:,.0f}' for node, rate in w.per_node.items())} |"
         )
     return "\n".join(lines)
 
@@ -218,17 +271,25 @@ def run_scaling_bench(
     layouts: dict[str, str | None],
     overrides: Sequence[str],
     output: str | None,
+    local_cluster: bool = False,
 ) -> int:
-    """Every layout in turn; prints the table (and writes JSON to `output`). 1 when a run failed."""
+    """Every layout in turn (on a `LocalDeployment` it starts and stops, with `local_cluster`);
+    prints the table (and writes JSON to `output`). 1 when a run failed."""
     windows: list[ScalingWindow] = []
     failed = False
-    interrupt_on_sigterm()  # so that each run's `finally` stops its qfleet train
-    with tempfile.TemporaryDirectory(prefix="qfleet-bench-scaling-") as tmp:
+    interrupt_on_sigterm()  # so that each run's `finally` stops its qfleet train (and the cluster)
+    with contextlib.ExitStack() as stack:
+        tmp = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qfleet-bench-scaling-")))
+        node_names: dict[str, str] = {}
+        if local_cluster:
+            print("[scaling] starting the local cluster: a head, worker nodes, an external Redis", flush=True)
+            deployment = stack.enter_context(LocalDeployment())
+            overrides = [*deployment.train_settings(), *overrides]
+            node_names = deployment.node_names()
+            print(f"[scaling] cluster up at {deployment.cluster.address}: {deployment.workers}", flush=True)
         for layout, resources in layouts.items():
             try:
-                windows += run_layout(
-                    layout, resources, config, counts, seconds, warmup_s, overrides, pathlib.Path(tmp)
-                )
+                windows += run_layout(layout, resources, config, counts, seconds, warmup_s, overrides, tmp, node_names)
             except ScalingRunError as exc:
                 failed = True
                 print(f"[scaling] {exc}; its log's last lines:", file=sys.stderr)

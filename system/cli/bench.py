@@ -248,7 +248,8 @@ def add_parser(commands) -> None:
             "--seconds after --warmup-s, with the Ray nodes the actors report from and how many were held back "
             "by the replay's rate limiter (then the learner is the limit: lower learner.updates_per_env_step). "
             "On a cluster: --set ray.address=HOST:PORT --set redis.url=redis://HOST:PORT/0 (the Redis password "
-            "from QFLEET_REDIS_PASSWORD). Prints a Markdown table."
+            "from QFLEET_REDIS_PASSWORD); --local-cluster starts the 3-node topology on this machine and stops it "
+            "afterwards. Prints a Markdown table, with env steps/s per node."
         ),
     )
     scaling.add_argument(
@@ -264,7 +265,18 @@ def add_parser(commands) -> None:
         action="append",
         default=[],
         metavar="NAME=RESOURCES",
-        help="a placement of the actors (repeatable; default: the config's own actors.resources)",
+        help=(
+            "a placement of the actors (repeatable; default: the config's own actors.resources; with "
+            "--local-cluster: spread over both worker nodes, and all on node B)"
+        ),
+    )
+    scaling.add_argument(
+        "--local-cluster",
+        action="store_true",
+        help=(
+            "start the 3-node cluster of README's 'Deploy on a Ray cluster' on this machine (a head, worker "
+            "nodes A and B on 127.0.0.1, an external Redis with a password, fresh secrets), run on it and stop it"
+        ),
     )
     set_option(scaling, "learner.updates_per_env_step=0.125")
     scaling.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
@@ -427,13 +439,17 @@ def run(args: argparse.Namespace) -> int:
     if args.bench_command == "weights":
         return _run_weights(args)
     if args.bench_command == "scaling":
-        from system.bench.scaling import parse_layouts, run_scaling_bench
+        from system.bench.scaling import LOCAL_LAYOUTS, parse_layouts, run_scaling_bench
 
         counts = _numbers("--actors", args.actors, int)
         if args.seconds <= 0 or args.warmup_s < 0:
             raise ConfigError("--seconds must be > 0 and --warmup-s >= 0")
-        layouts = parse_layouts(args.layout)
-        return run_scaling_bench(args.config, counts, args.seconds, args.warmup_s, layouts, args.set, args.output)
+        if args.local_cluster and any(s.startswith(("ray.address=", "redis.url=")) for s in args.set):
+            raise ConfigError("--local-cluster starts its own Ray and Redis: drop --set ray.address / redis.url")
+        layouts = LOCAL_LAYOUTS if args.local_cluster and not args.layout else parse_layouts(args.layout)
+        return run_scaling_bench(
+            args.config, counts, args.seconds, args.warmup_s, layouts, args.set, args.output, args.local_cluster
+        )
     if args.bench_command == "e2e":
         return _run_e2e(args)
     if args.bench_command == "ui-env":

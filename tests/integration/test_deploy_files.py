@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cluster_topology import ACTOR_NODE, HEAD_CPUS, LEARNER_NODE, WORKERS, train_overrides
 
+from system.bench.cluster_topology import ACTOR_NODE, HEAD_CPUS, LEARNER_NODE, WORKERS, train_overrides
 from system.cli import build_parser
 from system.config import RunConfig, load_config
 
@@ -618,7 +618,7 @@ def placement(config: RunConfig) -> dict[str, object]:
 
 
 TOPOLOGY_PLACEMENT = placement(load_config(ROOT / "configs" / "cartpole.yaml", train_overrides()))
-"""What tests/smoke/test_cluster.py's run asks for (tests/cluster_topology.py)."""
+"""What tests/smoke/test_cluster.py's run asks for (system/bench/cluster_topology.py)."""
 
 
 def ray_start_options(command: str) -> dict[str, object]:

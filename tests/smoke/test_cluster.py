@@ -1,10 +1,11 @@
 """`qfleet train` on a multi-node Ray cluster, as README's "Deploy on a Ray cluster" runs it: a
-head and two worker nodes (separate raylets, each with custom resources: tests/cluster_topology.py,
-the topology every deploy file starts too), Ray token auth, an external password-protected
-redis-server, everything on 127.0.0.1. A policy larger than a Redis string reaches actors on both
-worker nodes; then one run checks placement by resources (Ray's actor table), scaling under load
-(2 -> 4 -> 1 actors), the hard loss of a worker node that hosts actors and a shard, the loss
-accounting, the UTD and learning."""
+head and two worker nodes (separate raylets, each with custom resources:
+system/bench/cluster_topology.py, the topology every deploy file starts too; started by
+system/bench/local_cluster.py, as `qfleet bench scaling --local-cluster` starts it), Ray token auth,
+an external password-protected redis-server, everything on 127.0.0.1. A policy larger than a Redis
+string reaches actors on both worker nodes; then one run checks placement by resources (Ray's actor
+table), scaling under load (2 -> 4 -> 1 actors), the hard loss of a worker node that hosts actors
+and a shard, the loss accounting, the UTD and learning."""
 
 from __future__ import annotations
 
@@ -13,31 +14,21 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cluster_topology import ACTOR_NODE, HEAD_CPUS, LEARNER_NODE, TRAIN_SETTINGS, WORKERS
 from test_train import QFLEET, SETTINGS, overrides, records
 from test_train_component_faults import LiveRun, progress_records, shard_totals
 
 from conftest import RedisServer, wait_until
+from system.bench.cluster_topology import ACTOR_NODE, LEARNER_NODE, TRAIN_SETTINGS, WORKERS
+from system.bench.local_cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-RAY = str(Path(sys.executable).with_name("ray"))
-NODE = str(Path(__file__).with_name("ray_node.py"))
-
-NODE_CPUS = 1
-"""CPUs each worker node offers (this machine has 2 cores); the head offers HEAD_CPUS."""
-
-NODE_STORE_MB = 1024
-"""Each worker node's object store: room for the > 512 MB policy its actors pull."""
 
 CLUSTER_SETTINGS = {
     **SETTINGS,
@@ -64,121 +55,13 @@ batches, 256 each): it reads them with each sample and every discovery_s, so its
 miss the actors' last batches."""
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class RayCluster:
-    """A head (`ray start --head`) and worker nodes (tests/smoke/ray_node.py), each a process group
-    of its own, on 127.0.0.1; stopped by PID."""
-
-    directory: Path
-    env: dict[str, str]
-    port: int = field(default_factory=free_port)
-    nodes: dict[str, subprocess.Popen] = field(default_factory=dict)
-    node_ids: dict[str, str] = field(default_factory=dict)
-    _state: object | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start_head(self) -> None:
-        command = [
-            RAY,
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={self.port}",
-            f"--num-cpus={HEAD_CPUS}",
-            "--include-dashboard=false",
-            f"--ray-client-server-port={free_port()}",
-            f"--temp-dir={self.directory / 'ray'}",
-            "--disable-usage-stats",
-        ]
-        self._start("head", command, "Ray runtime started")
-
-    def add_workers(self, workers: dict[str, dict[str, float]]) -> None:
-        """Starts the worker nodes together (each with its own socket folder) and waits for all."""
-        for name, resources in workers.items():
-            (self.directory / name).mkdir()
-            command = [
-                sys.executable,
-                NODE,
-                f"--address={self.address}",
-                f"--num-cpus={NODE_CPUS}",
-                f"--resources={json.dumps(resources)}",
-                f"--object-store-mb={NODE_STORE_MB}",
-                f"--sockets={self.directory / name}",
-            ]
-            self._launch(name, command)
-        for name in workers:
-            line = self._wait(name, "ready ")
-            self.node_ids[name] = line.split("ready ", 1)[1].split()[0]
-
-    def _start(self, name: str, command: list[str], ready: str) -> str:
-        self._launch(name, command)
-        return self._wait(name, ready)
-
-    def _launch(self, name: str, command: list[str]) -> None:
-        with open(self.directory / f"{name}.log", "w") as log:
-            self.nodes[name] = subprocess.Popen(
-                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def _wait(self, name: str, ready: str, timeout: float = 120) -> str:
-        log_path = self.directory / f"{name}.log"
-
-        def up() -> bool:
-            assert self.nodes[name].poll() is None, log_path.read_text()[-3000:]
-            return ready in log_path.read_text()
-
-        assert wait_until(up, timeout=timeout, step=0.1), log_path.read_text()[-3000:]
-        return next(line for line in log_path.read_text().splitlines() if ready in line)
-
-    def kill(self, name: str) -> None:
-        """The node lost hard: SIGKILL to its process group (its raylet, store and agents)."""
-        os.killpg(self.nodes[name].pid, signal.SIGKILL)
-        self.nodes[name].wait()
-
-    def stop(self) -> None:
-        for name in reversed(list(self.nodes)):
-            proc = self.nodes[name]
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.nodes.values():
-            try:
-                proc.wait(timeout=5)  # `ray start --block` may sit on SIGTERM: then SIGKILL
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-    def actors(self) -> dict[str, str]:
-        """Every live named actor of the cluster -> the id of its node, from the GCS's actor table
-        (what Ray's state API serves: `ray.util.state.list_actors` asks the dashboard for it, and
-        the dashboard needs `ray[default]`, which qfleet does not install)."""
-        from ray._private.state import GlobalState
-        from ray._raylet import GcsClientOptions
-
-        if self._state is None:
-            self._state = GlobalState()
-            self._state._initialize_global_state(GcsClientOptions.create(self.address, None, True, False))
-        table = self._state.actor_table(None, actor_state_name="ALIVE")
-        return {actor["Name"]: actor["Address"]["NodeID"] for actor in table.values() if actor["Name"]}
-
-
 @pytest.fixture(scope="module")
 def ray_cluster():
     """The head and WORKERS, with the session's Ray token, in a short folder (Ray's socket paths
     must stay under 108 bytes)."""
     directory = Path(tempfile.mkdtemp(prefix="qfc-"))
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    assert env.get("RAY_AUTH_MODE") == "token" and env.get("RAY_AUTH_TOKEN")
-    cluster = RayCluster(directory, env)
+    assert os.environ.get("RAY_AUTH_MODE") == "token" and os.environ.get("RAY_AUTH_TOKEN")
+    cluster = LocalCluster(directory, dict(os.environ))
     try:
         cluster.start_head()
         cluster.add_workers(WORKERS)
@@ -345,7 +228,7 @@ def test_a_cluster_run_places_by_resources_scales_survives_a_lost_node_and_learn
         assert {placed[f"actor-{i}"] for i in range(2)} == {node_a, node_b}
 
         # Nothing of the cluster or the run listens off loopback.
-        pids = process_tree({p.pid for p in ray_cluster.nodes.values()} | {proc.pid})
+        pids = process_tree(ray_cluster.pids() | {proc.pid})
         assert not listening_off_loopback(pids)
 
         # Scale up under load: 4 actors, over both worker nodes.

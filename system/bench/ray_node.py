@@ -1,13 +1,14 @@
-"""One Ray worker node on 127.0.0.1, in a process of its own (a test helper).
+"""One Ray worker node on 127.0.0.1, in a process of its own (for the local test cluster:
+system/bench/local_cluster.py).
 
 Ray 2.60 keeps a node on loopback only in its single-machine mode
 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: the node's address stays 127.0.0.1 and its gRPC servers bind
 to it), and in that mode `ray start --address` refuses to add a worker node; without it, Ray
 rewrites 127.0.0.1 to the machine's address and its servers listen on every interface. So the
-test's worker nodes are started here the way `ray start --address` does it (and Ray's own
+local cluster's worker nodes are started here the way `ray start --address` does it (and Ray's own
 `ray.cluster_utils.Cluster`), with `ray._private.node.Node`.
 
-    python tests/smoke/ray_node.py --address 127.0.0.1:PORT --num-cpus 1 --resources '{"actors": 4}' \
+    python system/bench/ray_node.py --address 127.0.0.1:PORT --num-cpus 1 --resources '{"actors": 4}' \
         --sockets /tmp/qfc-x/node-b
 
 With --sockets, the node's raylet and object store sockets get those fixed names in that folder

@@ -1,6 +1,7 @@
-"""The multi-node topology of a qfleet cluster, in one place: what tests/smoke/test_cluster.py
-starts, what README's "Deploy on a Ray cluster" tells a user to start, and what docker-compose.yml,
-deploy/ray/ (the cluster launcher) and deploy/kuberay/ start. tests/integration/test_deploy_files.py
+"""The multi-node topology of a qfleet cluster, in one place: what tests/smoke/test_cluster.py and
+`qfleet bench scaling --local-cluster` start on one machine (system/bench/local_cluster.py), what
+README's "Deploy on a Ray cluster" tells a user to start, and what docker-compose.yml, deploy/ray/
+(the cluster launcher) and deploy/kuberay/ start. tests/integration/test_deploy_files.py
 reads those files and compares them with these constants, so none of them can drift apart.
 
 Two kinds of worker node, told apart by the custom resources they offer, and a head that runs the
