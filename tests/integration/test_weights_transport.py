@@ -358,7 +358,8 @@ def test_a_subscriber_downloads_the_weights_once_at_its_start(redis_server):
 # the same code, tested with small chunks above, so the suite carries only the train default here)
 @pytest.mark.parametrize("transport", ["object_store"])
 def test_a_policy_larger_than_a_redis_string_reaches_an_actor(ray_local, redis_server, followers, transport):
-    """560 MB: above the 512 MiB Redis caps a string (or a hash field) at, in 64 MiB chunks."""
+    """560 MB: above the 512 MiB Redis caps a string (or a hash field) at (the Redis transport
+    carries it in 64 MiB chunks, the object store as one object)."""
     config = WeightsConfig(transport=transport)
     state = {f"layer{i}": torch.full((35_000_000,), float(i)) for i in range(4)}
     store = WeightStore(redis_server.url, f"large-{transport}", config)
