@@ -5,7 +5,7 @@ Public surface:
     DistributionalConfig, SACConfig, IQLConfig, FilteredBCConfig, ResetConfig, PrefetchConfig,
     WeightsConfig), WEIGHTS_TRANSPORTS (the weights' transport names), resolve_device, ActionSpace, ActionLayout,
     parse_number, MalformedValues, LearnerError, WeightStoreError, MalformedWeightsError, MissingColumnError, MalformedColumnError,
-    CheckpointLossError, CheckpointShapeError, WeightsHostError, and the value support's arithmetic (implied_returns,
+    CheckpointLossError, CheckpointShapeError, WeightsHostError, SupersededReadError, and the value support's arithmetic (implied_returns,
     auto_support, contains, discounted_horizon, SUPPORT_MARGIN, CLAMPED_WARNING_FRACTION) (importing
     these does not import torch);
     Learner, LearnerSummary, LearnerReached, make_replay, sample_error_buffer (the loop); PhaseMark,
@@ -15,8 +15,8 @@ Public surface:
     IQLAgent, FilteredBCAgent (agents); ActingHead, acting_head, ACTING_HEADS, PolicyLogits, sample_actions (how
     actors act with what a discrete agent publishes);
     QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore (the parameter store: announced
-    in Redis, carried by Redis or Ray's object store), encode_weights, decode_weights, split_chunks,
-    join_chunks (its payload), WeightsHost, weights_host_name (the object store's Ray actor, a new
+    in Redis, carried by Redis or Ray's object store), encode_weights, decode_weights, header_digest,
+    split_chunks, join_chunks (its payload), WeightsHost, weights_host_name (the object store's Ray actor, a new
     name per host); LearnerMetrics; LearnerStatus, learner_status_key
     (its status hash in Redis); Policy (what actors and evaluation act with); build_q_network,
     TanhGaussianActor; ActionEmbeddingQ, ActionEmbeddingIQLCritic, FactoredPolicy, action_descriptors
@@ -57,6 +57,7 @@ from learner.errors import (
     MalformedColumnError,
     MalformedWeightsError,
     MissingColumnError,
+    SupersededReadError,
     WeightsHostError,
     WeightStoreError,
 )
@@ -117,6 +118,7 @@ _LAZY = {
     "WeightStore": "learner.weights",
     "encode_weights": "learner.weights_codec",
     "decode_weights": "learner.weights_codec",
+    "header_digest": "learner.weights_codec",
     "split_chunks": "learner.weights_codec",
     "join_chunks": "learner.weights_codec",
     "WeightsHost": "learner.weights_host",
@@ -172,6 +174,7 @@ __all__ = [
     "WeightStoreError",
     "WeightsConfig",
     "WeightsHostError",
+    "SupersededReadError",
     "WEIGHTS_TRANSPORTS",
     "parse_number",
     "resolve_device",

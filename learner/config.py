@@ -321,13 +321,14 @@ class WeightsConfig:
     runs inside Ray (`qfleet train`), else Redis (`qfleet learner run`)."""
 
     chunk_bytes: int = 64 * 2**20
-    """Largest piece of the payload (Redis caps a string at 512 MB; policies may be larger)."""
+    """Transport redis: the largest piece of the payload (Redis caps a string at 512 MB; policies may
+    be larger). The object store puts each version as one object, whatever its size."""
 
     keep_versions: int = 2
     """Object store: versions whose payloads the learner keeps pinned (the newest and the ones before)."""
 
     timeout_s: float = 60.0
-    """Object store: how long a reader waits for the payload's chunks (Redis calls time out after 10 s)."""
+    """Object store: how long a reader waits for the payload (Redis calls time out after 10 s)."""
 
     host_timeout_s: float = 10.0
     """Object store: how long the weights host may take to answer (the learner's offer of a version,

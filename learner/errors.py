@@ -137,7 +137,7 @@ class WeightsHostError(WeightStoreError):
     """Weights published to Ray's object store cannot be reached or are not the publisher's: the
     weights host (the Ray actor that hands out the newest version's object references) is absent,
     dead, hung or holds another version than Redis announces, a chunk does not match the
-    manifest's digest, the payload's owner (the learner) is gone, the pull timed out, or this
+    manifest's header digest or size, the payload's owner (the learner) is gone, the pull timed out, or this
     process is not connected to the run's Ray. Readers keep their current weights and retry; the
     learner replaces a host that fails it.
 
@@ -153,6 +153,16 @@ class WeightsHostError(WeightStoreError):
 
     def __reduce__(self):
         return (type(self), (str(self), self.host))
+
+
+class SupersededReadError(WeightStoreError):
+    """A newer version replaced the one being read (its manifest changed between the reads of its
+    chunks): the reader reads the new manifest instead. Raised to callers only when that happens
+    twice in a row.
+
+    Attributes:
+        redis_url: the store's Redis (its password hidden).
+    """
 
 
 class EncoderError(LearnerError, ValueError):

@@ -2,19 +2,21 @@
 
     qfleet:{run}:learner:weights_version   int    the announced version (one cheap GET to poll)
     qfleet:{run}:learner:weights           hash   the manifest: version, transport, chunks, bytes,
-                                                  published_at; and the payload's place:
+                                                  header_digest, published_at; and the payload's place:
         transport "redis":         chunk:0 .. chunk:{chunks-1}   the payload itself, in chunks
-        transport "object_store":  host, namespace, digest:0 .. digest:{chunks-1}
-                                   the Ray actor handing out the chunks' refs, and their SHA-256
+        transport "object_store":  host, namespace (chunks 1)    the Ray actor handing out the payload's ref
 
 Both keys are written in one MULTI/EXEC (the hash replaced whole), so a reader never sees a
 version without its payload's place. Versions start at 1 and only grow; 0: nothing published.
 
-The payload is safetensors (learner/weights_codec.py), never pickle. Through the object store
-(learner/weights_host.py) Redis carries a few hundred bytes per publish, whatever the policy's
-size, Ray moves the payload node to node, and the learner hands the publish to a background
-thread (it never waits for the weights host); through Redis every reader downloads it whole from
-one Redis (runs without Ray). Readers follow whichever transport the publisher chose.
+The payload is safetensors (learner/weights_codec.py), never pickle; `header_digest` (SHA-256 of
+its header, which holds a random publish id) names one publish, and readers refuse a payload whose
+size or header digest is not the manifest's. Through the object store (learner/weights_host.py)
+Redis carries a few hundred bytes per publish, whatever the policy's size, Ray moves the payload
+node to node, readers on a node share one copy in its shared memory (the tensors they get are
+views of it), and the learner hands the publish to a background thread (it never waits for the
+weights host); through Redis every reader downloads it whole from one Redis, chunk by chunk into
+one buffer of its own (runs without Ray). Readers follow whichever transport the publisher chose.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ import redis
 import torch
 
 from learner.config import WEIGHTS_OVER_OBJECT_STORE, WEIGHTS_OVER_REDIS, WeightsConfig
-from learner.errors import MalformedWeightsError, WeightStoreError
+from learner.errors import MalformedWeightsError, SupersededReadError, WeightStoreError
 from learner.redis_values import parse_number
-from learner.weights_codec import decode_weights, encode_weights, split_chunks
+from learner.weights_codec import decode_weights, encode_weights, header_digest
 from learner.weights_host import HostAheadError, ObjectStoreTransport
 from learner.weights_transport import Manifest, RedisTransport, Transport
 from replay import connect_redis, redact_url
@@ -41,7 +43,10 @@ REDIS, OBJECT_STORE = WEIGHTS_OVER_REDIS, WEIGHTS_OVER_OBJECT_STORE
 """The transports a manifest names."""
 
 REDIS_TIMEOUT_S = 10.0
-"""Redis calls' socket timeout (a manifest with a Redis-carried payload is a few reads of 64 MiB)."""
+"""Redis calls' socket timeout (a Redis-carried payload is read one chunk, at most 512 MiB, per call)."""
+
+MANIFEST_FIELDS = ("version", "transport", "chunks", "bytes", "header_digest", *ObjectStoreTransport.fields)
+"""The manifest fields a reader reads in one HMGET (never the payload's chunks)."""
 
 
 def _keys(run: str) -> tuple[str, str]:
@@ -88,7 +93,12 @@ class WeightStore:
         """The transport called `name`, started at its first use (the publisher's, or a reader's)."""
         with self._transports_lock:
             if name not in self._transports:
-                factories = {REDIS: RedisTransport, OBJECT_STORE: lambda: ObjectStoreTransport(self.run, self.config)}
+                factories = {
+                    REDIS: lambda: RedisTransport(
+                        self._redis, self._weights_key, self.config.chunk_bytes, self._shown_url
+                    ),
+                    OBJECT_STORE: lambda: ObjectStoreTransport(self.run, self.config),
+                }
                 self._transports[name] = factories[name]()
             return self._transports[name]
 
@@ -105,16 +115,15 @@ class WeightStore:
                 `WeightStoreError`: Redis refused), or Ray is not connected; this version is on its way.
         """
         blob = encode_weights(state, version)
-        chunks = split_chunks(blob, self.config.chunk_bytes)
         transport = self.transport
         manifest = {
             "version": version,
             "transport": transport,
-            "chunks": len(chunks),
             "bytes": len(blob),
+            "header_digest": header_digest(blob),
             "published_at": f"{time.time():.6f}",
         }
-        self._transport(transport).publish(version, chunks, lambda place: self._announce({**manifest, **place}))
+        self._transport(transport).publish(version, blob, lambda place: self._announce({**manifest, **place}))
         return len(blob)
 
     def _announce(self, manifest: dict) -> None:
@@ -158,6 +167,10 @@ class WeightStore:
         announced version (an earlier learner's number reused) is ignored, logged once: versions
         only grow, so the weights held are newer.
 
+        The tensors are views of the payload as read, never to be written to: through the object
+        store, this node's shared-memory copy that every reader on the node maps (load them into a
+        network, which copies); through Redis, a buffer of this reader's own.
+
         Raises:
             WeightStoreError: Redis is unreachable (`WeightsHostError`: the object store's host is
                 gone, slow or holds less than announced, a chunk is not the publisher's, the
@@ -182,7 +195,7 @@ class WeightStore:
             try:
                 payload = self._transport(manifest.transport).read(manifest)
                 break
-            except HostAheadError:
+            except (HostAheadError, SupersededReadError):
                 if attempt == 2:
                     raise
             except MalformedWeightsError as exc:
@@ -190,7 +203,7 @@ class WeightStore:
                     f"{self._weights_key} in {self._shown_url}: {exc}", self._weights_key
                 ) from None
         try:
-            version, tensors = decode_weights(payload)
+            version, tensors = decode_weights(payload, in_place=True)
         except MalformedWeightsError as exc:
             raise MalformedWeightsError(f"{self._weights_key} in {self._shown_url}: {exc}", self._weights_key) from None
         if version != manifest.version:
@@ -201,29 +214,31 @@ class WeightStore:
         return version, tensors
 
     def _manifest(self) -> Manifest | None:
-        """The manifest hash, parsed (None: no manifest)."""
+        """The manifest hash's fields but the payload's chunks, parsed (None: no manifest)."""
         try:
-            fields = self._redis.hgetall(self._weights_key)
+            values = self._redis.hmget(self._weights_key, MANIFEST_FIELDS)
         except redis.ResponseError as exc:  # WRONGTYPE: something else than a manifest (a foreign SET)
             raise MalformedWeightsError(
                 f"{self._weights_key} in {self._shown_url}: {exc}", key=self._weights_key
             ) from None
         except redis.RedisError as exc:
             raise WeightStoreError(f"cannot fetch weights from {self._shown_url}: {exc}", self._shown_url) from None
+        fields = {name: value for name, value in zip(MANIFEST_FIELDS, values, strict=True) if value is not None}
         if not fields:
             return None
-        fields = {key.decode(errors="replace"): value for key, value in fields.items()}
         try:
             transport = fields["transport"].decode()
             if transport not in (REDIS, OBJECT_STORE):
                 raise ValueError(f"unknown transport {transport[:40]!r}")
             version, chunks, total = (_count(fields[name]) for name in ("version", "chunks", "bytes"))
+            digest = fields["header_digest"].decode()
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             raise MalformedWeightsError(
                 f"{self._weights_key} in {self._shown_url}: not a weights manifest: {type(exc).__name__}: {exc}",
                 self._weights_key,
             ) from None
-        return Manifest(version, transport, chunks, total, fields)
+        own = {name: value for name, value in fields.items() if name in ObjectStoreTransport.fields}
+        return Manifest(version, transport, chunks, total, digest, own)
 
     def close(self) -> None:
         """Announces a version still on its way (object store: up to host_timeout_s + 10 s), then

@@ -1,10 +1,12 @@
 """The weights payload: a policy state dict as safetensors bytes (no pickle), split into chunks.
 
-One format for every transport. `encode_weights` writes safetensors with the version in its
-metadata; `decode_weights` reads it back from any buffer (bytes, bytearray, the read-only numpy
-views Ray hands out) into tensors that share one writable buffer, so a reader holds one copy of
-the payload, not three (reply, joined bytes, tensors). Chunks keep every piece below the 512 MB a
-Redis string may hold and let a transport move a large policy piece by piece.
+One format for every transport. `encode_weights` writes safetensors with the version and a random
+publish id in its metadata, so the header (`header_digest`) names one publish: a reader that checks
+it against the manifest refuses another version's, another run's or another publish's payload
+without hashing the tensors' bytes. `decode_weights` parses the header strictly and builds the
+tensors as views over the buffer it is given: a reader holds one copy of the payload (Redis), or
+none of its own (the read-only numpy array Ray maps from the node's shared memory). Chunks keep
+every piece below the 512 MB a Redis string may hold.
 
 The safetensors layout (https://github.com/huggingface/safetensors#format): an 8-byte
 little-endian header length N, N bytes of JSON ({name: {dtype, shape, data_offsets: [begin, end]},
@@ -16,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import secrets
 import time
+import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -52,16 +56,40 @@ before any allocation."""
 
 
 def encode_weights(state: dict[str, torch.Tensor], version: int) -> bytes:
-    """`state` as safetensors bytes; the metadata holds `version` and the publish time."""
+    """`state` as safetensors bytes; the metadata holds `version`, the publish time and a random
+    publish id (128 bits: two publishes never share a header, see `header_digest`)."""
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
-    return save_safetensors(tensors, metadata={"version": str(version), "published_at": f"{time.time():.6f}"})
+    metadata = {"version": str(version), "published_at": f"{time.time():.6f}", "publish_id": secrets.token_hex(16)}
+    return save_safetensors(tensors, metadata=metadata)
 
 
-def decode_weights(blob: Buffer) -> tuple[int, dict[str, torch.Tensor]]:
+def header_digest(blob: Buffer) -> str:
+    """The SHA-256, in hex, of a payload's length field and header (not of the tensors' bytes).
+
+    The header holds the version, the publish id and every tensor's name, dtype, shape and offsets,
+    so equal digests mean the same publish's layout; with the payload's size checked too, a reader
+    refuses a wrong or mixed-up payload for the cost of hashing a few kB, not the whole policy.
+
+    Raises:
+        MalformedWeightsError: the length field is missing or points past the payload.
+    """
+    view = memoryview(blob).cast("B")
+    if len(view) < 8:
+        raise _malformed(f"{len(view)} bytes, shorter than the header length")
+    header_len = int.from_bytes(view[:8], "little")
+    if header_len > min(MAX_HEADER_BYTES, len(view) - 8):
+        raise _malformed(f"a header of {header_len} bytes in {len(view)} bytes")
+    return hashlib.sha256(view[: 8 + header_len]).hexdigest()
+
+
+def decode_weights(blob: Buffer, *, in_place: bool = False) -> tuple[int, dict[str, torch.Tensor]]:
     """(version, tensors) of an encoded payload.
 
     A bytearray is used in place (the tensors are views into it); any other buffer (bytes, a
-    memoryview, the read-only numpy arrays Ray hands out) is copied once into a new bytearray first.
+    memoryview, the read-only numpy arrays Ray hands out) is copied once into a new bytearray first,
+    unless `in_place`: then the tensors are views of `blob` whatever it is. The caller must not
+    write to tensors over a read-only buffer (bytes, Ray's shared memory, which every reader on the
+    node shares): loading them into a network (`load_state_dict` copies) is what they are for.
 
     The header is checked before any tensor is built: a version >= 1, known dtypes, integer shapes
     and offsets that tile the data exactly (sorted by offset, no gap, no overlap, aligned to the
@@ -70,9 +98,14 @@ def decode_weights(blob: Buffer) -> tuple[int, dict[str, torch.Tensor]]:
     Raises:
         MalformedWeightsError: not a qfleet weights payload (the message says why).
     """
-    buffer = blob if isinstance(blob, bytearray) else bytearray(memoryview(blob).cast("B"))
+    if in_place or isinstance(blob, bytearray):
+        buffer = blob
+    else:
+        buffer = bytearray(memoryview(blob).cast("B"))
     try:
-        return _decode(buffer)
+        with warnings.catch_warnings():  # torch warns that a read-only buffer gives writable tensors: see above
+            warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
+            return _decode(buffer)
     except MalformedWeightsError:
         raise
     except Exception as exc:
@@ -87,28 +120,29 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _decode(buffer: bytearray) -> tuple[int, dict[str, torch.Tensor]]:
-    if len(buffer) < 8:
-        raise _malformed(f"{len(buffer)} bytes, shorter than the header length")
-    header_len = int.from_bytes(buffer[:8], "little")
+def _decode(buffer: Buffer) -> tuple[int, dict[str, torch.Tensor]]:
+    view = memoryview(buffer).cast("B")
+    if len(view) < 8:
+        raise _malformed(f"{len(view)} bytes, shorter than the header length")
+    header_len = int.from_bytes(view[:8], "little")
     if header_len > MAX_HEADER_BYTES:
         raise _malformed(f"a header of {header_len} bytes, above the {MAX_HEADER_BYTES} allowed")
     data_start = 8 + header_len
-    if data_start > len(buffer):
-        raise _malformed(f"a header of {header_len} bytes in {len(buffer)} bytes")
-    header = json.loads(bytes(buffer[8:data_start]))
+    if data_start > len(view):
+        raise _malformed(f"a header of {header_len} bytes in {len(view)} bytes")
+    header = json.loads(bytes(view[8:data_start]))
     if not isinstance(header, dict):
         raise _malformed("the header is not a JSON object")
     version = _version(header.pop("__metadata__", None))
     entries = {name: _entry(name, entry) for name, entry in header.items()}
-    _check_tiling(entries, len(buffer) - data_start)
+    _check_tiling(entries, len(view) - data_start)
     tensors = {}
     for name, (dtype, shape, begin, _) in entries.items():
         count = math.prod(shape)
         if count == 0:
             tensors[name] = torch.empty(shape, dtype=dtype)
             continue
-        tensor = torch.frombuffer(buffer, dtype=dtype, count=count, offset=data_start + begin).view(shape)
+        tensor = torch.frombuffer(view, dtype=dtype, count=count, offset=data_start + begin).view(shape)
         if dtype == torch.bool and bool((tensor.view(torch.uint8) > 1).any()):
             raise _malformed(f"tensor {name!r}: BOOL bytes other than 0 and 1")
         tensors[name] = tensor
@@ -152,12 +186,6 @@ def _check_tiling(entries: dict[str, tuple], data_len: int) -> None:
         position = end
     if position != data_len:
         raise _malformed(f"the tensors cover {position} of the {data_len} data bytes")
-
-
-def chunk_digest(chunk: Buffer) -> str:
-    """The SHA-256 of a chunk, in hex: the manifest carries one per chunk, so a reader refuses
-    chunks that are not the publisher's (SHA-256: hashlib's fastest here, about 1.3 GB/s)."""
-    return hashlib.sha256(chunk).hexdigest()
 
 
 def split_chunks(blob: bytes, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[memoryview]:

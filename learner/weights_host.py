@@ -1,16 +1,35 @@
-"""Weights through Ray's object store: the learner `ray.put`s each version's chunks and a small
-named Ray actor, the weights host, holds their references and hands them to readers.
+"""Weights through Ray's object store: the learner `ray.put`s each version's payload once, as one
+numpy uint8 array, and a small named Ray actor, the weights host, holds its reference and hands it
+to readers.
 
 Why a host: an ObjectRef cannot be rebuilt from a string by an unrelated process, so Redis cannot
-carry one. Redis carries the host's name and namespace instead, and a SHA-256 per chunk; a reader
-looks the host up by name, asks it for the newest version's refs, `ray.get`s them and checks each
-chunk against its digest before decoding. Ray pulls each chunk once per node into that node's
-object store and readers on the node share it (zero-copy numpy views), so the learner's node
+carry one. Redis carries the host's name and namespace instead (and, like every manifest, the
+payload's size and header digest); a reader looks the host up by name, asks it for the newest
+version's ref and `ray.get`s it. Ray pulls the object once per node into that node's shared-memory
+store, and `ray.get` of a numpy array maps it there read-only without a copy: every reader on the
+node shares one copy, `decode_weights(..., in_place=True)` builds the tensors as views of it, and
+the only per-reader copy left is the actor loading them into its network. The learner's node
 serves one copy per node, from Ray's object manager, not from the learner's Python thread.
+
+Integrity, and why readers do not hash the whole payload: a reader checks that the object is the
+size the manifest announces and that its header hashes to the manifest's header digest (SHA-256 of
+a few kB). The header holds the version, a random 128-bit publish id and every tensor's name,
+dtype, shape and offsets, and the decoder then checks that those offsets tile the object exactly;
+so another version's, another run's or another publish's object, a truncated one or a host that
+hands out the wrong ref is refused. What this does not catch is an object whose header is the
+publisher's but whose tensor bytes differ: Ray objects are immutable once sealed and Ray's
+transfers run over TCP, so that takes a bug in Ray or someone able to put objects into the
+cluster, and whoever can do that can run code in the readers themselves (Ray's token is the trust
+boundary; the manifest in password-protected Redis is what names the right object). Hashing every
+byte in every reader (SHA-256 of every chunk, as before) cost each reader about 250 ms of CPU per
+300 MB (measured on this 2-core VM), most of a publish's latency with 32 readers on one node; the
+header check costs microseconds. Chunks were dropped for the same reason: one object lets the
+tensors be views (no tensor straddles two objects) and Ray moves large objects between nodes in
+pieces of its own.
 
 The learner never waits on the host: `publish` hands the encoded payload to a background thread
 (a latest-wins slot: a version not yet offered is dropped for a newer one) and returns. The
-thread puts the chunks, offers their refs to the host and announces the version in Redis only
+thread puts the payload, offers its ref to the host and announces the version in Redis only
 once the host holds it. A host that does not answer within `host_timeout_s`, or answers with
 another version than offered, is killed and replaced by a new one under a new name (one name per
 host: a hung or foreign actor squatting a name is never adopted again); the error reaches the
@@ -19,7 +38,8 @@ learner at its next publish.
 Lifetimes: the learner owns the payload objects (it put them) and the host (it created it), so
 both end with the learner's process, like the weights they describe. The learner keeps the refs
 of its last `keep_versions` versions and the host those of the newest; readers hold borrowed refs
-while they pull, and Ray frees released objects asynchronously, so up to about 3 x
+while they pull, and a reader's tensors keep its node's copy mapped until the reader drops them
+(after loading them), and Ray frees released objects asynchronously, so up to about 3 x
 `keep_versions` payloads may sit in the object store briefly.
 """
 
@@ -36,8 +56,7 @@ import numpy as np
 
 from learner.config import WeightsConfig
 from learner.errors import MalformedWeightsError, WeightsHostError, WeightStoreError
-from learner.weights_codec import chunk_digest, join_chunks
-from learner.weights_transport import Manifest
+from learner.weights_transport import Manifest, check_payload
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +76,7 @@ class WeightsHost:
         self._version, self._refs, self._bytes = 0, [], 0
 
     def offer(self, version: int, refs: list, total_bytes: int) -> int:
-        """Holds `refs` (a list, so Ray passes them as refs, unresolved) and their `total_bytes` if
+        """Holds `refs` (a list of one ref, so Ray passes it as a ref, unresolved) and their `total_bytes` if
         `version` is newer than the one held; returns the version now held (the publisher checks
         it is `version`)."""
         if version > self._version:
@@ -65,7 +84,7 @@ class WeightsHost:
         return self._version
 
     def latest(self) -> tuple[int, list, int]:
-        """(version, chunk refs, total bytes) of the newest version offered; (0, [], 0) before the first."""
+        """(version, [payload ref], total bytes) of the newest version offered; (0, [], 0) before the first."""
         return self._version, self._refs, self._bytes
 
 
@@ -77,7 +96,7 @@ class HostAheadError(WeightsHostError):
 @dataclass(frozen=True)
 class _Offer:
     version: int
-    chunks: list[memoryview]
+    blob: bytes
     announce: Callable[[dict], None]
 
 
@@ -105,8 +124,10 @@ class ObjectStoreTransport:
 
     # -- publishing (the learner) --------------------------------------------------------------------
 
-    def publish(self, version: int, chunks: list[memoryview], announce: Callable[[dict], None]) -> None:
-        """Queues `chunks` as `version` and returns at once; `announce(fields)` runs once the host
+    fields = ("host", "namespace")
+
+    def publish(self, version: int, blob: bytes, announce: Callable[[dict], None]) -> None:
+        """Queues `blob` as `version` and returns at once; `announce(fields)` runs once the host
         holds it. A queued version not yet offered is dropped for this one.
 
         Raises:
@@ -126,7 +147,7 @@ class ObjectStoreTransport:
             if self._closed:
                 raise WeightsHostError("the weights publisher is closed", self.host or "")
             error, self._error = self._error, None
-            self._slot = _Offer(version, chunks, announce)
+            self._slot = _Offer(version, blob, announce)
             self._changed.notify_all()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._deliver_loop, name="weights-publisher", daemon=True)
@@ -173,15 +194,15 @@ class ObjectStoreTransport:
                 self._changed.notify_all()
 
     def _deliver(self, offer: _Offer) -> None:
-        """Puts the chunks, has a host take them (replacing a failed host once), then announces."""
+        """Puts the payload (one numpy object: readers map it zero-copy), has a host take it
+        (replacing a failed host once), then announces."""
         import ray
 
-        total = sum(len(chunk) for chunk in offer.chunks)
+        total = len(offer.blob)
         try:
-            refs = [ray.put(np.frombuffer(chunk, dtype=np.uint8)) for chunk in offer.chunks]
+            refs = [ray.put(np.frombuffer(offer.blob, dtype=np.uint8))]
         except ray.exceptions.RayError as exc:
             raise WeightsHostError(f"cannot put weights v{offer.version} into Ray's object store: {exc}") from None
-        digests = {f"digest:{i}": chunk_digest(chunk) for i, chunk in enumerate(offer.chunks)}
         for attempt in (1, 2):
             try:
                 self._offer(offer.version, refs, total)
@@ -194,7 +215,7 @@ class ObjectStoreTransport:
                 if attempt == 2 or superseded:
                     raise
         self._kept.append(refs)
-        offer.announce({"host": self.host, "namespace": ray.get_runtime_context().namespace or "", **digests})
+        offer.announce({"chunks": 1, "host": self.host, "namespace": ray.get_runtime_context().namespace or ""})
 
     def _offer(self, version: int, refs: list, total: int) -> None:
         import ray
@@ -251,21 +272,20 @@ class ObjectStoreTransport:
 
     # -- reading (actors, evaluation) ----------------------------------------------------------------
 
-    def read(self, manifest: Manifest) -> bytearray:
-        """The payload `manifest` announces, pulled from its host, each chunk checked against the
-        manifest's digest, joined into one writable buffer.
+    def read(self, manifest: Manifest) -> np.ndarray:
+        """The payload `manifest` announces, pulled from its host: a read-only numpy array over
+        this node's shared-memory copy (no copy of its own), its size and header digest checked.
 
         Raises:
             HostAheadError: the host holds a newer version (published since the manifest was read).
             WeightsHostError: Ray is not connected, the host is absent, dead, slow or holds less than
-                announced, a chunk is not the publisher's, the payload's owner died, or the pull
-                timed out.
+                announced, the object is not the one announced, the payload's owner died, or the
+                pull timed out.
         """
         import ray
 
         try:
             name, namespace = manifest.fields["host"].decode(), manifest.fields["namespace"].decode()
-            digests = [manifest.fields[f"digest:{i}"].decode() for i in range(manifest.chunks)]
         except (KeyError, UnicodeDecodeError) as exc:
             raise MalformedWeightsError(f"not an object store manifest: {type(exc).__name__}: {exc}") from None
         if not ray.is_initialized():
@@ -283,25 +303,23 @@ class ObjectStoreTransport:
             raise HostAheadError(f"weights host {name} holds v{held}, newer than the v{manifest.version} read", name)
         if held < manifest.version:
             raise WeightsHostError(f"weights host {name} holds v{held}, Redis announces v{manifest.version}", name)
-        if len(refs) != manifest.chunks or held_bytes != manifest.bytes:
+        if len(refs) != 1 or manifest.chunks != 1 or held_bytes != manifest.bytes:
             raise WeightsHostError(
-                f"weights host {name} holds {len(refs)} chunks of {held_bytes} bytes for v{held}, "
+                f"weights host {name} holds {len(refs)} objects of {held_bytes} bytes for v{held}, "
                 f"the manifest says {manifest.chunks} of {manifest.bytes}",
                 name,
             )
         try:
-            chunks = ray.get(refs, timeout=self.config.timeout_s)
+            payload = ray.get(refs[0], timeout=self.config.timeout_s)
         except ray.exceptions.RayError as exc:
             raise WeightsHostError(
                 f"cannot pull weights v{held} from host {name}: {type(exc).__name__}", name
             ) from None
-        for index, (chunk, digest) in enumerate(zip(chunks, digests, strict=True)):
-            if chunk_digest(chunk) != digest:
-                raise WeightsHostError(
-                    f"chunk {index} of weights v{held} from host {name} does not match the manifest's digest: refused",
-                    name,
-                )
-        return join_chunks(chunks, manifest.bytes)
+        is_bytes = isinstance(payload, np.ndarray) and payload.dtype == np.uint8 and payload.ndim == 1
+        why = check_payload(payload, manifest) if is_bytes else f"a {type(payload).__name__}, not a byte array"
+        if why is not None:
+            raise WeightsHostError(f"the object weights host {name} hands out for v{held} is refused: {why}", name)
+        return payload
 
     def _host_handle(self, name: str, namespace: str):
         import ray

@@ -5,13 +5,35 @@ On one machine, a single Ray node and an embedded redis-server: N subscribers (R
 num_cpus=0, each a `WeightSubscriber` as an env actor runs it, polling the version every 50 ms)
 follow a run's weights; the driver publishes a policy of S MB `repeats` times, after one
 unmeasured warm-up publish (which starts the object store's weights host, once per learner). A
-publish's latency runs from the start of `WeightStore.publish` (encoding included) to the moment
-the last subscriber has decoded it (loading it into a network is not included); a subscriber's
-thread wakes the bench's wait when it has decoded (no polling). The publish call's own duration
-is how long the learner is held up. The bytes through Redis are the server's
-`total_net_input_bytes + total_net_output_bytes` over that time; divided by the payload's size
-they count the payload's copies through Redis. Cases alternate transports, so drifting load hits
-both. With 20 publishes per case the p99 is in effect the slowest of them.
+publish's latency runs from the start of `WeightStore.publish` to the moment the last subscriber
+holds the new version's tensors; a subscriber's thread wakes the bench's wait when it has them
+(no polling). What that includes, per path:
+
+- object_store: the learner encodes the payload (safetensors) and hashes its header; its
+  background thread copies it into Ray's object store (one `ray.put`), offers the ref to the
+  weights host and announces the manifest in Redis. Each subscriber notices the version (a GET
+  every 50 ms), reads the manifest (one HMGET), asks the host for the ref, `ray.get`s it (Ray maps
+  the node's shared copy, read-only, no copy), checks its size and header digest, and decodes it:
+  the tensors are views of that shared copy.
+- redis: the learner encodes the payload, hashes its header and writes it, in chunks, into the
+  manifest hash (one MULTI/EXEC). Each subscriber notices the version, reads the manifest, fetches
+  the chunks one by one (one HGET each) and copies each into a buffer of its own, then checks the
+  payload's size and header digest. A real reader (`RedisTransport`) copies into one payload-sized
+  buffer and decodes views of it; the bench's subscribers stream instead
+  (system/bench/weights_stream.py: the same downloads and copies into one chunk-sized buffer,
+  without the final tensor views, about 1 ms), because 32 readers holding 300 MB each at once do
+  not fit this VM beside 32 torch workers. That is slightly less work than a real reader: the
+  Redis path's figures are a lower bound, and its ratio to the object store's an underestimate.
+
+Neither includes loading the tensors into a network (a copy every actor makes, on both paths).
+After recording the time a subscriber drops the tensors (an env actor drops them once loaded).
+Chunks are 8 MiB here (`BENCH_CHUNK_BYTES`, the Redis path only; the object store puts one object
+per version): Redis copies each reply into the reading client's output buffer, so smaller chunks
+keep 32 readers' buffers small without changing the bytes moved. The publish call's own duration is how
+long the learner is held up. The bytes through Redis are the server's `total_net_input_bytes +
+total_net_output_bytes` over that time; divided by the payload's size they count the payload's
+copies through Redis. Cases alternate transports, so drifting load hits both. With 20 publishes
+per case the p99 is in effect the slowest of them.
 """
 
 from __future__ import annotations
@@ -28,12 +50,16 @@ import torch
 
 from learner import WeightsConfig, WeightStore
 from replay import connect_redis
+from system.bench.weights_stream import StreamingRedisReader
 from system.local.ray_runtime import init_ray
 from system.local.redis_server import RedisProcess
 from system.local.secrets import REDIS_PASSWORD_ENV
 
 WAIT_S = 600.0
 """Longest wait for every subscriber to receive one publish."""
+
+BENCH_CHUNK_BYTES = 8 * 2**20
+"""The Redis path's chunk size here (see the module's docstring)."""
 
 
 class WeightsFollower:
@@ -42,15 +68,29 @@ class WeightsFollower:
 
     def __init__(self):
         self.subscriber = None
-        self.version, self.tensors = 0, {}
+        self.version, self.tensors, self.keep = 0, {}, True
 
-    def follow(self, redis_url: str, run: str, config: WeightsConfig, poll_s: float = 0.05) -> None:
-        """Follows `run`'s weights from now on (one pool of followers serves every case)."""
+    def follow(
+        self,
+        redis_url: str,
+        run: str,
+        config: WeightsConfig,
+        poll_s: float = 0.05,
+        keep: bool = True,
+        stream_redis: bool = False,
+    ) -> None:
+        """Follows `run`'s weights from now on (one pool of followers serves every case); `keep`:
+        holds the newest tensors for `held`, else drops them once received (the bench);
+        `stream_redis`: reads Redis-carried weights with the bench's `StreamingRedisReader`."""
         from actors import WeightSubscriber
 
         self.close()
-        self.subscriber = WeightSubscriber(WeightStore(redis_url, run, config), poll_s=poll_s, retry_s=0.1)
-        self.version, self.tensors = 0, {}
+        if stream_redis and config.transport == "redis":
+            store = StreamingRedisReader(redis_url, run)
+        else:
+            store = WeightStore(redis_url, run, config)
+        self.subscriber = WeightSubscriber(store, poll_s=poll_s, retry_s=0.1)
+        self.version, self.tensors, self.keep = 0, {}, keep
 
     def received(self, version: int, timeout: float) -> float:
         """time.time() at which `version` (or a newer one) was decoded here: woken by the
@@ -73,7 +113,7 @@ class WeightsFollower:
 
     def _keep(self, fetched) -> None:
         if fetched is not None:
-            self.version, self.tensors = fetched
+            self.version, self.tensors = fetched[0], fetched[1] if self.keep else {}
 
     def close(self) -> None:
         if self.subscriber is not None:
@@ -101,11 +141,11 @@ def _redis_bytes(client) -> int:
 def _case(ray, redis, subscribers, transport: str, megabytes: float, count: int, repeats: int) -> dict:
     """Latencies (s) and Redis bytes of `repeats` publishes of `megabytes` to `count` subscribers."""
     run = f"bench-weights-{transport}-{megabytes:g}mb-{count}"
-    config = WeightsConfig(transport=transport)
+    config = WeightsConfig(transport=transport, chunk_bytes=BENCH_CHUNK_BYTES)
     store = WeightStore(redis.url, run, config)
     client = connect_redis(redis.url)
     chosen = subscribers[:count]
-    ray.get([subscriber.follow.remote(redis.url, run, config) for subscriber in chosen])
+    ray.get([subscriber.follow.remote(redis.url, run, config, keep=False, stream_redis=True) for subscriber in chosen])
     state = policy_of(megabytes)
     latencies, moved, blocked = [], [], []
     try:
@@ -181,8 +221,8 @@ def run_weights_bench(
 def _print_table(results: list[dict], repeats: int) -> None:
     print(
         f"\nPublish to all subscribers on one Ray node ({repeats} publishes per row, so p99 is about the max; "
-        f"latency: publish start to the last subscriber's decode, not its load into a network; subscribers "
-        f"poll the version every 50 ms); {os.cpu_count()} CPUs, {platform.platform()}\n"
+        f"latency: publish start to the last subscriber holding the decoded tensors (Redis: having streamed "
+        f"every chunk, a lower bound), not their load into a network; subscribers poll the version every 50 ms; Redis chunks {BENCH_CHUNK_BYTES // 2**20} MiB); {os.cpu_count()} CPUs, {platform.platform()}\n"
     )
     print(
         "| subscribers | payload | transport | p50 | p99 | publish call (p50) | bytes through Redis per publish "

@@ -150,9 +150,10 @@ def add_parser(commands) -> None:
             "Starts a redis-server and a local Ray instance with N subscribers (Ray actors, num_cpus=0, "
             "each following the weights as an env actor does), publishes a policy of S MB --repeats times "
             "through Ray's object store and through Redis (alternating), and reports the latency from "
-            "publish to the last subscriber's decode (p50, p99) and the bytes through Redis per publish. "
-            "Memory: each subscriber holds one decoded copy (two while a Redis reply is joined), so 32 x "
-            "300 MB needs about 20 GB. Quick check: --subscribers 2 --sizes-mb 1 --repeats 3. Prints a "
+            "publish to the last subscriber holding the decoded tensors (p50, p99) and the bytes through Redis "
+            "per publish. Memory: subscribers drop what they received; the Redis path's subscribers stream "
+            "(one chunk held: a lower bound of its latency), so 32 x 300 MB fits in about 10 GiB, most of it "
+            "32 torch workers. Quick check: --subscribers 2 --sizes-mb 1 --repeats 3. Prints a "
             "Markdown table."
         ),
     )

@@ -1,8 +1,8 @@
 """Weights from a publisher to subscribers on Ray actors, through Redis or Ray's object store, on a
 local Ray instance and a real redis-server: the newest version arrives whole, the object store
 keeps the payload out of Redis and old versions out of memory, a missing, hung or refusing weights
-host costs actors fresh weights (not their current ones) and never the learner's time, and chunks
-that are not the publisher's are refused."""
+host costs actors fresh weights (not their current ones) and never the learner's time, an object that
+is not the announced publish is refused, and a Redis read a publish overtakes is never mixed."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import wait_until
-from learner import WeightsConfig, WeightsHostError, WeightStore
+from learner import SupersededReadError, WeightsConfig, WeightsHostError, WeightStore
 from learner.weights import resolve_transport
 from replay import connect_redis
 from system.bench.weights import WeightsFollower
@@ -280,24 +280,45 @@ def test_a_refused_version_replaces_the_host_and_readers_refuse_a_host_that_disa
         raw.close()
 
 
-def test_chunks_that_do_not_match_the_manifests_digests_are_refused(ray_local, redis_server):
-    """Redis (password-protected) carries a SHA-256 per chunk: chunks a host hands out that are not
-    the ones the learner published are refused before decoding."""
-    config = WeightsConfig(transport="object_store", chunk_bytes=SMALL_CHUNKS)
-    store = WeightStore(redis_server.url, "digests", config)
-    reader = WeightStore(redis_server.url, "digests", config)
+def test_an_object_that_is_not_the_announced_publish_is_refused(ray_local, redis_server):
+    """Redis (password-protected) names the publish (its size and header digest): a host that hands
+    out another run's object of the same version and shape is refused, without hashing its data."""
+    config = WeightsConfig(transport="object_store")
+    store, other = WeightStore(redis_server.url, "named", config), WeightStore(redis_server.url, "other", config)
+    reader = WeightStore(redis_server.url, "named", config)
     raw = connect_redis(redis_server.url)
     try:
         store.publish(state_of(1), 1)
-        assert store.flush(60)
+        other.publish(state_of(1), 1)  # the same bytes but for its publish id
+        assert store.flush(60) and other.flush(60)
         assert reader.fetch(0)[0] == 1
-        raw.hset("qfleet:digests:learner:weights", "digest:2", "0" * 64)
-        with pytest.raises(WeightsHostError, match="chunk 2 of weights v1 .* does not match the manifest's digest"):
+        raw.hset("qfleet:named:learner:weights", "host", host_of(raw, "other"))  # a mixed-up host
+        with pytest.raises(WeightsHostError, match="is refused: its header is not the one the manifest announces"):
+            reader.fetch(0)
+        raw.hset("qfleet:named:learner:weights", mapping={"host": host_of(raw, "named"), "bytes": 12})
+        with pytest.raises(WeightsHostError, match="holds 1 objects of [0-9]+ bytes for v1, the manifest says 1 of 12"):
             reader.fetch(0)
     finally:
-        store.close()
-        reader.close()
+        for closing in (store, other, reader):
+            closing.close()
         raw.close()
+
+
+def test_a_redis_read_that_a_publish_overtakes_is_superseded_not_mixed(redis_server):
+    """Chunks are read one by one: a publish between two reads is noticed (the header digest
+    changed), never decoded as a mix of two versions; a fetch then reads the new version."""
+    config = WeightsConfig(transport="redis", chunk_bytes=SMALL_CHUNKS)
+    store = WeightStore(redis_server.url, "overtaken", config)
+    try:
+        store.publish(state_of(1), 1)
+        manifest = store._manifest()
+        store.publish(state_of(2), 2)  # same layout, so its chunks would fit v1's manifest
+        with pytest.raises(SupersededReadError, match="weights v1 .* were replaced while being read"):
+            store._transport("redis").read(manifest)
+        version, tensors = store.fetch(0)
+        assert version == 2 and sums_of(tensors) == sums_of(state_of(2))
+    finally:
+        store.close()
 
 
 def test_a_subscriber_downloads_the_weights_once_at_its_start(redis_server):
@@ -337,7 +358,8 @@ def test_a_subscriber_downloads_the_weights_once_at_its_start(redis_server):
 # the same code, tested with small chunks above, so the suite carries only the train default here)
 @pytest.mark.parametrize("transport", ["object_store"])
 def test_a_policy_larger_than_a_redis_string_reaches_an_actor(ray_local, redis_server, followers, transport):
-    """560 MB: above the 512 MiB Redis caps a string (or a hash field) at, in 64 MiB chunks."""
+    """560 MB: above the 512 MiB Redis caps a string (or a hash field) at (the Redis transport
+    carries it in 64 MiB chunks, the object store as one object)."""
     config = WeightsConfig(transport=transport)
     state = {f"layer{i}": torch.full((35_000_000,), float(i)) for i in range(4)}
     store = WeightStore(redis_server.url, f"large-{transport}", config)

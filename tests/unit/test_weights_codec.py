@@ -1,5 +1,6 @@
-"""The weights payload: safetensors written and read back from any buffer, split into chunks and
-joined again; malformed payloads refused with a typed error, never half-decoded."""
+"""The weights payload: safetensors written and read back from any buffer (in place: tensors that
+view it), split into chunks and joined again; malformed payloads refused with a typed error, never
+half-decoded; a payload that is not the manifest's (size, header digest) refused."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from learner import (
     WeightStoreError,
     decode_weights,
     encode_weights,
+    header_digest,
     join_chunks,
     split_chunks,
 )
-from learner.weights_codec import chunk_digest
+from learner.weights_transport import Manifest, check_payload
 
 STATE = {
     "torso.0.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4),
@@ -62,6 +64,18 @@ def test_a_bytearray_is_decoded_in_place_and_read_only_buffers_are_copied_once()
     assert not view_start <= copied["torso.0.weight"].data_ptr() < view_start + view.nbytes  # its own buffer
     copied["torso.0.weight"] += 1  # writable, and writing leaves the object store's bytes alone
     assert bytes(view) == bytes(blob)
+
+
+def test_in_place_tensors_view_a_read_only_buffer_and_keep_it_alive():
+    """As a reader decodes the numpy array Ray maps from the node's shared memory: no copy, and
+    the tensors stay valid after the reader drops the array."""
+    payload = np.frombuffer(encode_weights(STATE, version=3), np.uint8)  # read-only
+    start = payload.ctypes.data
+    version, tensors = decode_weights(payload, in_place=True)
+    assert version == 3
+    assert start <= tensors["torso.0.weight"].data_ptr() < start + payload.nbytes
+    del payload
+    _assert_same(tensors, STATE)
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 7, 100, 10**6])
@@ -120,6 +134,11 @@ def _one(**changes) -> bytes:
         pytest.param(_blob({"__metadata__": {"version": " 1"}}), "not an integer >= 1", id="version-padded"),
         pytest.param(_blob({"__metadata__": {"version": 1}}), "not an integer >= 1", id="version-not-a-string"),
         pytest.param(_blob({**V1, "w": F32_2}, bytes(4)), "cover 8 of the 4 data bytes", id="data-cut"),
+        pytest.param(
+            _blob({**V1, "a": F32_2, "b": {**F32_2, "data_offsets": [8, 16]}}, bytes(8)),
+            "cover 16 of the 8 data bytes",
+            id="offsets-past-the-end",
+        ),
         pytest.param(_one(shape=[3]), "do not hold F32", id="shape-too-large-for-the-offsets"),
         pytest.param(_one(data_offsets=[4, 0]), "do not hold", id="offsets-reversed"),
         pytest.param(_one(dtype="C64"), "unknown dtype", id="unknown-dtype"),
@@ -173,12 +192,42 @@ def test_tensors_listed_out_of_offset_order_still_decode():
     assert version == 1 and tensors["w"].tolist() == [1.0, 2.0] and tensors["n"].item() == 7
 
 
-def test_chunk_digests_tell_a_changed_chunk_from_the_published_one():
-    chunk = split_chunks(encode_weights(STATE, version=2), 64)[1]
-    assert chunk_digest(chunk) == chunk_digest(np.frombuffer(bytes(chunk), np.uint8))
-    changed = bytearray(chunk)
-    changed[0] ^= 1
-    assert chunk_digest(changed) != chunk_digest(chunk)
+def _manifest_of(blob: bytes, version: int = 2) -> Manifest:
+    return Manifest(version, "object_store", 1, len(blob), header_digest(blob), {})
+
+
+def test_every_publish_has_its_own_header_digest_whatever_buffer_holds_it():
+    first, second = encode_weights(STATE, version=2), encode_weights(STATE, version=2)
+    assert header_digest(first) != header_digest(second)  # the same state and version, another publish
+    assert header_digest(np.frombuffer(first, np.uint8)) == header_digest(bytearray(first))
+    assert check_payload(np.frombuffer(first, np.uint8), _manifest_of(first)) is None
+
+
+def test_a_payload_of_another_publish_version_or_size_is_refused():
+    blob = encode_weights(STATE, version=2)
+    manifest = _manifest_of(blob)
+    other_publish = encode_weights(STATE, version=2)
+    assert "not the one the manifest announces" in check_payload(other_publish, manifest)
+    assert "not the one the manifest announces" in check_payload(encode_weights(STATE, 3), _manifest_of(blob, 3))
+    assert check_payload(blob[:-4], manifest) == f"{len(blob) - 4} bytes, the manifest says {len(blob)}"
+    assert check_payload(blob + b"\0", manifest) == f"{len(blob) + 1} bytes, the manifest says {len(blob)}"
+    changed_header = bytearray(blob)
+    changed_header[20] ^= 1
+    assert "not the one the manifest announces" in check_payload(changed_header, manifest)
+
+
+@pytest.mark.parametrize(
+    ("blob", "message"),
+    [
+        pytest.param(b"\x01\x00", "2 bytes, shorter than the header length", id="no-length-field"),
+        pytest.param(struct.pack("<Q", 50) + b"{}", "a header of 50 bytes in 10 bytes", id="header-past-the-end"),
+        pytest.param(b"\xff" * 16, "a header of 18446744073709551615 bytes", id="header-length-2**64-1"),
+    ],
+)
+def test_the_header_digest_of_a_cut_payload_is_refused(blob, message):
+    with pytest.raises(MalformedWeightsError, match=message):
+        header_digest(blob)
+    assert message.split(",")[0] in check_payload(blob, Manifest(1, "redis", 1, len(blob), "0" * 64, {}))
 
 
 @pytest.mark.parametrize(
