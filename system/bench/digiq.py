@@ -34,6 +34,7 @@ import shutil
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -376,7 +377,7 @@ def dataset_summary(config, dataset_id: str, datasets_dir: pathlib.Path, seconds
     return {
         "dataset": dataset_id,
         "episodes": len(returns),
-        "success_rate": _rate(list(returns)),
+        "success_rate": round(_rate(list(returns)), 4),
         "seconds": round(seconds, 1),
     }
 
@@ -408,16 +409,29 @@ class TaskRun:
         overrides = learner_overrides(self.paths, self.settings, learner) + list(extra)
         return seeded(load_config(str(ROOT / CONFIG), overrides))
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Runs the unfinished cells; False when one failed. A failed preparation cell (STEPS) skips
+        the task's other cells; a failed learner cell only itself (a re-run retries them)."""
+        succeeded = True
         for cell in self.settings.cells():
             if self.results.done(self.task, cell) is not None:
                 log(f"{self.task} / {cell}: done before, skipped")
                 continue
             started = time.perf_counter()
             log(f"{self.task} / {cell}: starting")
-            result = self.run_cell(cell)
+            try:
+                result = self.run_cell(cell)
+            except Exception as exc:  # noqa: BLE001 - one failed cell must not lose the other tasks
+                traceback.print_exc()
+                succeeded = False
+                if cell in STEPS:
+                    log(f"{self.task} / {cell}: failed ({exc}); the task's other cells are skipped")
+                    return False
+                log(f"{self.task} / {cell}: failed ({exc})")
+                continue
             self.results.record(self.task, cell, result)
             log(f"{self.task} / {cell}: {_brief(result)} ({time.perf_counter() - started:.0f} s)")
+        return succeeded
 
     def run_cell(self, cell: str) -> dict:
         settings, paths = self.settings, self.paths
@@ -634,11 +648,19 @@ def run_digiq_bench(tasks: list[str], settings: DigiqSettings, out: str, work_di
     results = Results(out, settings)
     work = pathlib.Path(work_dir or f"{out}.work").resolve()
     log(f"results: {out}; datasets, encoders and runs: {work}")
+    failed = []
     for task in tasks:
-        TaskRun(task, settings, results, work).run()
-        print()
-        print(table(results), flush=True)
-    return 0
+        if not TaskRun(task, settings, results, work).run():
+            failed.append(task)
+        print_table(results)
+    if failed:
+        log(f"cells failed in {', '.join(failed)}: see above; a re-run with the same --out retries them")
+    return 1 if failed else 0
+
+
+def print_table(results: Results) -> None:
+    print()
+    print(table(results), flush=True)
 
 
 def add_digiq_arguments(parser) -> None:

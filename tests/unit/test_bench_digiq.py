@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from system.bench.digiq import FILTERED_BC, ONLINE, DigiqSettings, Results, digiq_cell, table
+from system.bench.digiq import FILTERED_BC, ONLINE, DigiqSettings, Results, TaskRun, digiq_cell, table
 from system.cli import build_parser
 from system.config import ConfigError
 
@@ -77,3 +77,32 @@ def test_bad_options_are_refused_before_anything_runs(options, message, tmp_path
     with pytest.raises(ConfigError, match=message):
         digiq_from_arguments(args)
     assert not (tmp_path / "x.json").exists()
+
+
+class ScriptedTask(TaskRun):
+    """A task whose cells return at once, and raise where told (the real cells run browsers)."""
+
+    def __init__(self, results, failing):
+        super().__init__("click-button", results.settings, results, results.path.parent)
+        self.failing, self.ran = failing, []
+
+    def run_cell(self, cell):
+        self.ran.append(cell)
+        if cell in self.failing:
+            raise RuntimeError(f"{cell}: exited 1")
+        return solved(0.5)
+
+
+def test_a_failed_learner_cell_skips_only_itself_and_a_failed_preparation_the_rest_of_its_task(tmp_path):
+    settings = DigiqSettings(best_of_n=(1, 4))
+    learner_fails = ScriptedTask(Results(tmp_path / "a.json", settings), {digiq_cell(1)})
+    assert learner_fails.run() is False
+    assert learner_fails.ran == list(settings.cells())  # every other cell still ran
+    assert learner_fails.results.done("click-button", digiq_cell(1)) is None
+    assert learner_fails.results.done("click-button", digiq_cell(4)) is not None
+
+    encoder_fails = ScriptedTask(Results(tmp_path / "b.json", settings), {"encoder"})
+    assert encoder_fails.run() is False
+    assert encoder_fails.ran == ["pixels dataset", "encoder"]
+    again = ScriptedTask(Results(tmp_path / "b.json", settings), set())  # the re-run retries from there
+    assert again.run() is True and again.ran == list(settings.cells())[1:]
