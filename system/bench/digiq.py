@@ -58,6 +58,9 @@ ONLINE = "Digi-Q offline -> online"
 STEPS = ("pixels dataset", "encoder", "features dataset")
 """The preparation cells of a task, in order."""
 
+THROUGHPUT_ROUNDS = 3
+"""Features and pixels segments of the updates/s cell, alternated; the ratio is the rounds' median."""
+
 STOP_TIMEOUT_S = 300.0
 """How long a stopped child command may take to stop in order before its group is killed."""
 
@@ -391,7 +394,7 @@ def updates_per_s(config, loaded: dict[str, np.ndarray], seconds: float, seed: i
     del warm_agent
     count = max(2, int(seconds / max(one, 1e-3)))  # the first update's time, an upper bound per update
     _, took = train_agent(config, loaded, count, seed)
-    return {"updates": count, "seconds": round(took, 2), "updates_per_s": count / took}
+    return {"updates": count, "seconds": took, "updates_per_s": count / took}
 
 
 class TaskRun:
@@ -518,16 +521,30 @@ class TaskRun:
         learner = {"learner.best_of_n": self.settings.online_n}
         features = self.config(learner)
         pixels = self.config(learner | {"learner.network": "cnn"}, ("env.features.encoder=none",))
-        on_features = updates_per_s(features, self.features(), self.settings.throughput_s, self.settings.seed)
-        log(f"{self.task} / updates/s: features {on_features['updates_per_s']:.1f}")
         screens = load_dataset(pixels, self.paths.pixels_id, self.paths.datasets)
-        on_pixels = updates_per_s(pixels, screens, self.settings.throughput_s, self.settings.seed)
+        segment_s, seed = self.settings.throughput_s / THROUGHPUT_ROUNDS, self.settings.seed
+        rounds = []
+        for round_ in range(1, THROUGHPUT_ROUNDS + 1):  # interleaved: a load that changes hits both sides
+            on_features = updates_per_s(features, self.features(), segment_s, seed)
+            on_pixels = updates_per_s(pixels, screens, segment_s, seed)
+            rounds.append({"features": on_features, "pixels": on_pixels})
+            log(
+                f"{self.task} / updates/s, round {round_}/{THROUGHPUT_ROUNDS}: features "
+                f"{on_features['updates_per_s']:.1f}, pixels {on_pixels['updates_per_s']:.2f}"
+            )
         return {
             "batch_size": features.learner.batch_size,
-            "features": on_features,
-            "pixels": on_pixels,
-            "ratio": on_features["updates_per_s"] / on_pixels["updates_per_s"],
+            "features": _total(r["features"] for r in rounds),
+            "pixels": _total(r["pixels"] for r in rounds),
+            "ratio": statistics.median(r["features"]["updates_per_s"] / r["pixels"]["updates_per_s"] for r in rounds),
+            "rounds": rounds,
         }
+
+
+def _total(segments) -> dict:
+    segments = list(segments)
+    updates, seconds = sum(s["updates"] for s in segments), sum(s["seconds"] for s in segments)
+    return {"updates": updates, "seconds": round(seconds, 2), "updates_per_s": updates / seconds}
 
 
 def _find(record: dict, key: str) -> dict:
