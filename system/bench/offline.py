@@ -108,18 +108,22 @@ class Outcome:
     seconds: float
 
 
-def train_offline(config, loaded: dict[str, np.ndarray], updates: int, eval_episodes: int, seed: int) -> Outcome:
-    """`updates` updates of `config.learner` on uniform batches of `loaded`, then a greedy evaluation
-    (pi's most likely action, whatever `learner.policy_acting` says; no epsilon)."""
+def train_agent(config, loaded: dict[str, np.ndarray], updates: int, seed: int, progress=None):
+    """A fresh agent of `config.learner` after `updates` updates on uniform batches of `loaded`.
+
+    Args:
+        progress: called as progress(update, seconds) every `PROGRESS_EVERY` updates (long runs).
+
+    Returns:
+        (the agent, the seconds its updates took).
+    """
     import torch
 
     from learner import make_agent
     from system.config import env_spaces
-    from system.train.evaluate import Evaluator
 
     spaces = env_spaces(config.env)
-    device = torch.device("cpu")
-    agent = make_agent(config.learner, spaces.obs_shape, spaces.action_space, device)
+    agent = make_agent(config.learner, spaces.obs_shape, spaces.action_space, torch.device("cpu"))
     rng = np.random.default_rng(seed)
     size = len(loaded["reward"])
     batch_size = config.learner.batch_size
@@ -130,7 +134,21 @@ def train_offline(config, loaded: dict[str, np.ndarray], updates: int, eval_epis
         batch = {name: torch.from_numpy(column[rows]) for name, column in loaded.items()}
         agent.update(batch, weights)
         agent.after_update(update)
-    seconds = time.perf_counter() - started
+        if progress is not None and update % PROGRESS_EVERY == 0:
+            progress(update, time.perf_counter() - started)
+    return agent, time.perf_counter() - started
+
+
+PROGRESS_EVERY = 500
+"""Updates between `train_agent`'s progress calls."""
+
+
+def train_offline(config, loaded: dict[str, np.ndarray], updates: int, eval_episodes: int, seed: int) -> Outcome:
+    """`updates` updates of `config.learner` on uniform batches of `loaded`, then a greedy evaluation
+    (pi's most likely action, whatever `learner.policy_acting` says; no epsilon)."""
+    from system.train.evaluate import Evaluator
+
+    agent, seconds = train_agent(config, loaded, updates, seed)
     evaluator = Evaluator(config.env, config.learner, eval_episodes, epsilon=0.0, seed=10_000 + seed, acting="greedy")
     try:
         result = evaluator.run(agent.policy_state(), updates)

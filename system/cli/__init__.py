@@ -14,6 +14,7 @@
     qfleet actors run --redis-url URL --run NAME [--config FILE] [--num-actors N] [...]
     qfleet scale --actors N --redis-url URL --run NAME
     qfleet bench {replay,sharded,learner,actors,dataset,ui-env,startup} [--seconds S | --runs N] [--output FILE]
+    qfleet bench digiq --out FILE [--tasks T,...] [--episodes N] [--updates U] [...]   (issue 21, MiniWoB)
     qfleet config [CONFIG] [--set ...]
 
 Option help comes from the config dataclasses' field docstrings.

@@ -1,4 +1,4 @@
-"""`qfleet bench replay|priorities|sharded|learner|sac-updates|actors|weights|dataset|offline|ui-env|scaling|e2e|startup`: the benchmarks behind docs/benchmarks.md."""
+"""`qfleet bench replay|priorities|sharded|learner|sac-updates|actors|weights|dataset|offline|ui-env|digiq|scaling|e2e|startup`: the benchmarks behind docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -239,6 +239,30 @@ def add_parser(commands) -> None:
     ui_env.add_argument("--browsers", default="1,4", help="comma-separated browsers per actor (default: 1,4)")
     ui_env.add_argument("--seconds", type=float, default=20.0, help="stepping time per case (default: 20)")
     ui_env.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
+    digiq = subcommands.add_parser(
+        "digiq",
+        help="issue 21's MiniWoB benchmark: filtered BC vs Digi-Q offline (N = 1, 4, 16) vs offline -> online",
+        description=(
+            "Per MiniWoB task (headless Chromium, configs/miniwob_digiq.yaml): records --pixel-episodes episodes "
+            "of screenshots with the instruction-following behaviour (follows with probability --follow-p per "
+            "step, random otherwise), trains the encoder on them (qfleet encoder train, phase 1), records the "
+            "--episodes features dataset with that encoder, then trains filtered BC and Digi-Q offline for each N "
+            "of --best-of-n (--updates updates each, in this process), runs qfleet train offline (the same "
+            "updates) -> online (--online-env-steps env steps, N = --online-n), and evaluates each policy "
+            "greedily on --eval-episodes episodes (--browsers at a time): the success rate and its seed. Then "
+            "the learner's updates/s on the features vs on the screenshots (a CNN) at the same batch size. Each "
+            "finished cell goes to --out (JSON) at once; a re-run with the same --out and settings skips "
+            "finished cells (datasets, encoders and runs are kept in --work-dir). Prints a table per task, the "
+            "means over tasks and the issue's targets. Ctrl-C stops everything it started."
+        ),
+        epilog=(
+            "example (tiny, one task): qfleet bench digiq --tasks click-button --pixel-episodes 20 --episodes 20 "
+            "--encoder-epochs 1 --updates 50 --online-env-steps 200 --eval-episodes 4 --out /tmp/digiq.json"
+        ),
+    )
+    from system.bench.digiq import add_digiq_arguments
+
+    add_digiq_arguments(digiq)
     scaling = subcommands.add_parser(
         "scaling",
         help="a live qfleet train's env steps/s as its actors are scaled, per placement layout",
@@ -453,6 +477,13 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.bench_command == "e2e":
         return _run_e2e(args)
+    if args.bench_command == "digiq":
+        from system.bench.digiq import digiq_from_arguments
+
+        tasks, settings = digiq_from_arguments(args)
+        from system.bench.digiq import run_digiq_bench
+
+        return run_digiq_bench(tasks, settings, args.out, args.work_dir)
     if args.bench_command == "ui-env":
         from system.bench.ui_env import run_ui_env_bench
 

@@ -35,6 +35,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         ["bench", "weights"],
         ["bench", "dataset"],
         ["bench", "offline"],
+        ["bench", "digiq"],
         ["bench", "scaling"],
         ["bench", "e2e"],
         ["bench", "startup"],

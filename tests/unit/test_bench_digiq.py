@@ -1,0 +1,108 @@
+"""`qfleet bench digiq`'s bookkeeping: the results file a stopped run resumes from, its argument
+checks and its targets, on hand-made cells (the pipeline itself runs in the MiniWoB subprocess tests)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from system.bench.digiq import FILTERED_BC, ONLINE, DigiqSettings, Results, TaskRun, digiq_cell, table
+from system.cli import build_parser
+from system.config import ConfigError
+
+
+def solved(rate: float) -> dict:
+    return {"success_rate": rate, "successes": int(100 * rate), "episodes": 100, "eval_seed": 10_000}
+
+
+def test_a_rerun_with_the_same_file_and_settings_finds_the_cells_a_stopped_run_finished(tmp_path):
+    out = tmp_path / "digiq.json"
+    first = Results(out, DigiqSettings(updates=300))
+    first.record("click-button", FILTERED_BC, solved(0.5))
+    first.record("click-button", digiq_cell(4), solved(0.75))
+
+    again = Results(out, DigiqSettings(updates=300))
+    assert again.done("click-button", FILTERED_BC)["success_rate"] == 0.5
+    assert again.done("click-button", digiq_cell(4))["successes"] == 75
+    assert again.done("click-button", digiq_cell(16)) is None
+    assert again.done("click-link", FILTERED_BC) is None
+    again.record("click-link", FILTERED_BC, solved(0.25))  # keeps the earlier run's cells
+    stored = json.loads(out.read_text())
+    assert set(stored["tasks"]) == {"click-button", "click-link"}
+    assert stored["settings"]["updates"] == 300
+    assert not list(tmp_path.glob("*.tmp"))  # written whole, then renamed
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_them(tmp_path):
+    out = tmp_path / "digiq.json"
+    Results(out, DigiqSettings(updates=300, follow_p=0.5)).record("click-button", FILTERED_BC, solved(0.5))
+    with pytest.raises(ConfigError, match=r"other settings \(follow_p, updates\)"):
+        Results(out, DigiqSettings(updates=600, follow_p=0.7))
+
+
+def test_the_table_gives_the_means_and_judges_the_issue_targets(tmp_path):
+    results = Results(tmp_path / "digiq.json", DigiqSettings(best_of_n=(16,)))
+    for task, bc, digiq, online, ratio in (("click-button", 0.5, 0.7, 0.8, 30.0), ("click-tab", 0.3, 0.4, 0.3, 8.0)):
+        results.record(task, "features dataset", {"success_rate": 0.6})
+        results.record(task, FILTERED_BC, solved(bc))
+        results.record(task, digiq_cell(16), solved(digiq))
+        results.record(task, ONLINE, solved(online))
+        speed = {"features": {"updates_per_s": 8.0 * ratio}, "pixels": {"updates_per_s": 8.0}, "ratio": ratio}
+        results.record(task, "updates/s", speed)
+    text = table(results)
+    assert "| click-button | 0.60 | 0.50 | 0.70 | 0.80 | 240.0 | 8.00 | 30.0x |" in text
+    assert "| mean | 0.60 (2 tasks) | 0.40 (2 tasks) | 0.55 (2 tasks) | 0.55 (2 tasks) |" in text
+    assert "Digi-Q offline N=16 - filtered BC: +15.0 points over 2 tasks (>= 10: met)." in text
+    assert "Online - offline (N=16, same offline updates): +0.0 points over 2 tasks (> 0: not met)." in text
+    assert "19.0x median, 8.0x lowest (2 tasks; >= 10x: not met)" in text
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--tasks", "click-button,book-flight"], "book-flight: the instruction-following behaviour has rules for"),
+        (["--tasks", "click-tab,click-tab"], "a task is named twice"),
+        (["--best-of-n", "1,x"], "--best-of-n '1,x': expected comma-separated integers"),
+        (["--best-of-n", "0,4"], "every N must be >= 1"),
+        (["--eval-episodes", "0"], "--eval-episodes 0: must be >= 1"),
+        (["--follow-p", "1.5"], r"--follow-p 1.5: must be in \[0, 1\]"),
+        (["--set", "learner.no_such_key=1"], "no_such_key"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_runs(options, message, tmp_path):
+    from system.bench.digiq import digiq_from_arguments
+
+    args = build_parser().parse_args(["bench", "digiq", "--out", str(tmp_path / "x.json"), *options])
+    with pytest.raises(ConfigError, match=message):
+        digiq_from_arguments(args)
+    assert not (tmp_path / "x.json").exists()
+
+
+class ScriptedTask(TaskRun):
+    """A task whose cells return at once, and raise where told (the real cells run browsers)."""
+
+    def __init__(self, results, failing):
+        super().__init__("click-button", results.settings, results, results.path.parent)
+        self.failing, self.ran = failing, []
+
+    def run_cell(self, cell):
+        self.ran.append(cell)
+        if cell in self.failing:
+            raise RuntimeError(f"{cell}: exited 1")
+        return solved(0.5)
+
+
+def test_a_failed_learner_cell_skips_only_itself_and_a_failed_preparation_the_rest_of_its_task(tmp_path):
+    settings = DigiqSettings(best_of_n=(1, 4))
+    learner_fails = ScriptedTask(Results(tmp_path / "a.json", settings), {digiq_cell(1)})
+    assert learner_fails.run() is False
+    assert learner_fails.ran == list(settings.cells())  # every other cell still ran
+    assert learner_fails.results.done("click-button", digiq_cell(1)) is None
+    assert learner_fails.results.done("click-button", digiq_cell(4)) is not None
+
+    encoder_fails = ScriptedTask(Results(tmp_path / "b.json", settings), {"encoder"})
+    assert encoder_fails.run() is False
+    assert encoder_fails.ran == ["pixels dataset", "encoder"]
+    again = ScriptedTask(Results(tmp_path / "b.json", settings), set())  # the re-run retries from there
+    assert again.run() is True and again.ran == list(settings.cells())[1:]
