@@ -44,7 +44,8 @@ class RayLaunchError(RuntimeError):
 
 class ClusterStartError(RuntimeError):
     """A node of the bench's local Ray cluster (system/bench/local_cluster.py) exited or did not
-    come up in time. Its log is removed with the cluster's folder, so the message quotes its end.
+    come up in time. The message quotes the end of the node's log (`LocalDeployment` removes the
+    log with its folder).
 
     Attributes:
         node: the node's name ("head", or a worker's name from the topology).
