@@ -1,5 +1,6 @@
 """The roof's typed errors: a bad config, a dataset that cannot be used, a run that failed, an
-embedded Redis or local Ray that did not start."""
+embedded Redis or local Ray that did not start, a node of the bench's local cluster that did not
+come up."""
 
 from __future__ import annotations
 
@@ -39,6 +40,24 @@ class RayLaunchError(RuntimeError):
     def __init__(self, message: str, gcs_address: str = ""):
         super().__init__(message)
         self.gcs_address = gcs_address
+
+
+class ClusterStartError(RuntimeError):
+    """A node of the bench's local Ray cluster (system/bench/local_cluster.py) exited or did not
+    come up in time. The message quotes the end of the node's log (`LocalDeployment` removes the
+    log with its folder).
+
+    Attributes:
+        node: the node's name ("head", or a worker's name from the topology).
+        reason: what happened.
+        log_tail: the last 2,000 characters of the node's log.
+    """
+
+    def __init__(self, node: str, reason: str, log_tail: str = ""):
+        super().__init__(f"Ray node {node!r} {reason}; the end of its log:\n{log_tail}")
+        self.node = node
+        self.reason = reason
+        self.log_tail = log_tail
 
 
 class DatasetError(ValueError):

@@ -7,7 +7,8 @@ tests/smoke/test_cluster.py starts it to test a run on a cluster (with the test 
 and Redis password); `qfleet bench scaling --local-cluster` starts it (`LocalDeployment`, with fresh
 secrets) to measure how a run scales over its nodes. Everything listens on 127.0.0.1. Each node is a
 process group of its own (SIGKILL to it is a node lost hard) that gets SIGTERM when the thread that
-started it ends, and is stopped by PID.
+started it ends, and is stopped by PID: SIGTERM, then SIGKILL to every node's group, even when a
+second Ctrl-C cuts the stop short.
 """
 
 from __future__ import annotations
@@ -25,9 +26,17 @@ from pathlib import Path
 
 from system.bench.children import start_child
 from system.bench.cluster_topology import HEAD_CPUS, WORKERS, train_overrides
+from system.errors import ClusterStartError
 from system.local import RedisProcess, free_port
 
-RAY = str(Path(sys.executable).with_name("ray"))
+
+def _ray_command() -> str:
+    """Ray's `ray` command: beside this interpreter (its venv's), else the first on PATH."""
+    beside = Path(sys.executable).with_name("ray")
+    return str(beside) if beside.exists() else shutil.which("ray") or str(beside)
+
+
+RAY = _ray_command()
 NODE_SCRIPT = str(Path(__file__).with_name("ray_node.py"))
 
 NODE_CPUS = 1
@@ -45,20 +54,12 @@ STOP_TIMEOUT_S = 5.0
 SECRET_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "QFLEET_REDIS_PASSWORD")
 """The environment variables `LocalDeployment` sets for its lifetime (and then puts back)."""
 
+TMP_ROOT = "/tmp"
+"""Where `LocalDeployment` makes its folder: a short path whatever $TMPDIR is (Ray's socket paths
+in it must stay under 108 bytes)."""
 
-class ClusterStartError(RuntimeError):
-    """A node of the local cluster exited or did not come up in time.
-
-    Attributes:
-        node: the node's name ("head", or a worker's name from the topology).
-        reason: what happened.
-        log: the node's log file (its last lines are in the message).
-    """
-
-    def __init__(self, node: str, reason: str, log: Path):
-        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-        super().__init__(f"Ray node {node!r} {reason} (see {log}):\n{tail}")
-        self.node, self.reason, self.log = node, reason, log
+LOG_TAIL_CHARS = 2000
+"""How much of a node's log a ClusterStartError quotes."""
 
 
 class LocalCluster:
@@ -77,7 +78,6 @@ class LocalCluster:
         self.nodes: dict[str, subprocess.Popen] = {}
         self.node_ids: dict[str, str] = {}
         """Worker name -> its Ray node id."""
-        self._state = None
 
     @property
     def address(self) -> str:
@@ -136,45 +136,39 @@ class LocalCluster:
             if found:
                 return found[0]
             if self.nodes[name].poll() is not None:
-                raise ClusterStartError(name, f"exited {self.nodes[name].returncode} before it was up", log)
+                raise ClusterStartError(name, f"exited {self.nodes[name].returncode} before it was up", _tail(log))
             if time.monotonic() > deadline:
-                raise ClusterStartError(name, f"was not up after {timeout:.0f} s", log)
+                raise ClusterStartError(name, f"was not up after {timeout:.0f} s", _tail(log))
             time.sleep(0.1)
 
     def pids(self) -> set[int]:
         """The nodes' process ids (each leads its node's process group)."""
         return {proc.pid for proc in self.nodes.values()}
 
-    def kill(self, name: str) -> None:
-        """Node `name` lost hard: SIGKILL to its process group (its raylet, store and workers)."""
-        os.killpg(self.nodes[name].pid, signal.SIGKILL)
-        self.nodes[name].wait()
-
     def stop(self) -> None:
-        """SIGTERM to every node's process group (workers first), SIGKILL to those still running
-        after STOP_TIMEOUT_S."""
-        for name in reversed(list(self.nodes)):
-            if self.nodes[name].poll() is None:
-                _signal_group(self.nodes[name], signal.SIGTERM)
-        for proc in self.nodes.values():
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
+        """SIGTERM to every node's process group (workers first); after up to STOP_TIMEOUT_S for
+        each leader to exit, SIGKILL to every group, whatever happened meanwhile: a group member that
+        outlived its leader goes too, and an interrupt (a second Ctrl-C, SIGTERM) while it waits
+        still kills every node before it goes on."""
+        try:
+            for name in reversed(list(self.nodes)):
+                if self.nodes[name].poll() is None:
+                    _signal_group(self.nodes[name], signal.SIGTERM)
+            for proc in self.nodes.values():
+                try:
+                    proc.wait(timeout=STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            for proc in self.nodes.values():
                 _signal_group(proc, signal.SIGKILL)
+            for proc in self.nodes.values():
                 proc.wait()
 
-    def actors(self) -> dict[str, str]:
-        """Every live named actor of the cluster -> the id of its node, from the GCS's actor table
-        (what Ray's state API serves: `ray.util.state.list_actors` asks the dashboard for it, and
-        the dashboard needs `ray[default]`, which qfleet does not install)."""
-        from ray._private.state import GlobalState
-        from ray._raylet import GcsClientOptions
 
-        if self._state is None:
-            self._state = GlobalState()
-            self._state._initialize_global_state(GcsClientOptions.create(self.address, None, True, False))
-        table = self._state.actor_table(None, actor_state_name="ALIVE")
-        return {actor["Name"]: actor["Address"]["NodeID"] for actor in table.values() if actor["Name"]}
+def _tail(log: Path) -> str:
+    """The end of a node's log (LOG_TAIL_CHARS), or "" when it has none."""
+    return log.read_text(errors="replace")[-LOG_TAIL_CHARS:] if log.exists() else ""
 
 
 def _signal_group(proc: subprocess.Popen, signum: int) -> None:
@@ -188,7 +182,11 @@ class LocalDeployment:
     """A context manager: the topology's cluster (`LocalCluster` with WORKERS, each worker also
     offering `actors_<name>`, as many as its `actors` slots, so that a run can pin its actors to
     one node) and an external redis-server with a password, started with fresh secrets and stopped
-    on exit, however it is left (an error, Ctrl-C, or SIGTERM turned into KeyboardInterrupt).
+    on exit, however it is left: an error, Ctrl-C, or SIGTERM where the caller turns SIGTERM into
+    KeyboardInterrupt (`qfleet bench scaling` does: system.bench.children.interrupt_on_sigterm;
+    Python's default for SIGTERM ends the process without any cleanup). Its folder (nodes' logs,
+    Ray's temp folder) is removed on exit; a node that did not start raises ClusterStartError,
+    which quotes the end of that node's log.
 
     While it runs, this process's environment holds the cluster's Ray token (RAY_AUTH_MODE=token,
     RAY_AUTH_TOKEN) and the Redis password (QFLEET_REDIS_PASSWORD), so the `qfleet train` and
@@ -207,7 +205,7 @@ class LocalDeployment:
 
     def __enter__(self) -> LocalDeployment:
         self._saved_env = {name: os.environ.get(name) for name in SECRET_ENV}
-        self._directory = Path(tempfile.mkdtemp(prefix="qfc-"))
+        self._directory = Path(tempfile.mkdtemp(prefix="qfc-", dir=TMP_ROOT))
         try:
             self.redis = RedisProcess(directory=str(self._directory))
             self.redis.start()
@@ -224,11 +222,15 @@ class LocalDeployment:
         return self
 
     def __exit__(self, *exc) -> None:
+        """Stops the nodes, then Redis, then puts the environment back and removes the folder:
+        each step runs even when one before it failed or was interrupted."""
         try:
-            if self.cluster is not None:
-                self.cluster.stop()
-            if self.redis is not None:
-                self.redis.stop()
+            try:
+                if self.cluster is not None:
+                    self.cluster.stop()
+            finally:
+                if self.redis is not None:
+                    self.redis.stop()
         finally:
             for name, value in self._saved_env.items():
                 if value is None:

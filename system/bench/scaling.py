@@ -69,7 +69,8 @@ class ScalingWindow:
     per_node: dict[str, float]
     """Env steps/s of the actors on each node (its name in the local cluster, else as the actors
     report it: "ray-" and its Ray node id's first 12 hex digits), from each actor's own reports over
-    the window (`per_node_rates`)."""
+    the window (`per_node_rates`). On one machine's local cluster, the share of its throughput that
+    came from each node's actors (all nodes share its cores), not a per-host capacity."""
 
 
 class ScalingRunError(RuntimeError):
@@ -177,22 +178,32 @@ def _measure(
 def per_node_rates(first: dict[int, dict], last: dict[int, dict], node_names: dict[str, str]) -> dict[str, float]:
     """Env steps/s per node between two readings of the actors' reports: each actor's env steps
     from its report in `first` to its report in `last` over the time between them (the reports'
-    `updated_at`: one per chunk, so a rate over whole chunks), summed over the actors on each node.
-    An actor not in `first` (new) is left out; one whose report did not change (it made no chunk
-    in between: held back, or stalled) counts 0. Nodes are named by `node_names` (a report's node
-    -> name), else as reported; sorted by name."""
+    `updated_at`: the time of the report's last write, a chunk's or a held-back notice's, which
+    changes no count), summed over the actors on each node.
+
+    An actor counts only where both reports are of one process on one node: one not in `first`
+    (new), or whose process or node changed in between (Ray restarted it under the same actor id:
+    its count began again at 0, perhaps on another node), is left out of the window, since when its
+    new process began is not known; its node is still listed. One whose report did not change (it
+    made no chunk in between: held back, or stalled) counts 0. Nodes are named by `node_names` (a
+    report's node -> name), else as reported; sorted by name."""
     rates: dict[str, float] = {}
     for actor_id, report in last.items():
         node = str(report.get("node") or "?")
         name = node_names.get(node, node)
         rates.setdefault(name, 0.0)
         before = first.get(actor_id)
-        if before is None:
+        if before is None or _process(before) != _process(report):
             continue
         seconds = float(report.get("updated_at", 0)) - float(before.get("updated_at", 0))
         if seconds > 0:
             rates[name] += (float(report.get("env_steps", 0)) - float(before.get("env_steps", 0))) / seconds
     return {name: round(rates[name], 1) for name in sorted(rates)}
+
+
+def _process(report: dict) -> tuple[str, str]:
+    """(node, pid) of the process that wrote an actor's report (strings, as Redis holds them)."""
+    return str(report.get("node") or "?"), str(report.get("pid", ""))
 
 
 def run_layout(

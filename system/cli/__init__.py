@@ -44,7 +44,7 @@ from system.cli import (
     train,
 )
 from system.config import ConfigError
-from system.errors import DatasetError
+from system.errors import ClusterStartError, DatasetError, RedisLaunchError
 
 COMMANDS = {
     module.NAME: module
@@ -103,5 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qfleet: {exc}", file=sys.stderr)
         return 2
     except ReplayError as exc:
+        print(f"qfleet: {exc}", file=sys.stderr)
+        return 1
+    except (ClusterStartError, RedisLaunchError) as exc:  # a Redis or Ray node the command started did not start
         print(f"qfleet: {exc}", file=sys.stderr)
         return 1

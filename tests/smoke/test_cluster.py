@@ -59,7 +59,7 @@ miss the actors' last batches."""
 def ray_cluster():
     """The head and WORKERS, with the session's Ray token, in a short folder (Ray's socket paths
     must stay under 108 bytes)."""
-    directory = Path(tempfile.mkdtemp(prefix="qfc-"))
+    directory = Path(tempfile.mkdtemp(prefix="qfc-", dir="/tmp"))
     assert os.environ.get("RAY_AUTH_MODE") == "token" and os.environ.get("RAY_AUTH_TOKEN")
     cluster = LocalCluster(directory, dict(os.environ))
     try:
@@ -77,6 +77,30 @@ def cluster_redis(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+_GCS_STATE: dict = {}
+"""A GCS address -> Ray's GlobalState reading it (one per cluster)."""
+
+
+def cluster_actors(address: str) -> dict[str, str]:
+    """Every live named actor of the cluster at GCS `address` -> the id of its node, from the
+    GCS's actor table (what Ray's state API serves: `ray.util.state.list_actors` asks the dashboard
+    for it, and the dashboard needs `ray[default]`, which qfleet does not install)."""
+    from ray._private.state import GlobalState
+    from ray._raylet import GcsClientOptions
+
+    if address not in _GCS_STATE:
+        _GCS_STATE[address] = GlobalState()
+        _GCS_STATE[address]._initialize_global_state(GcsClientOptions.create(address, None, True, False))
+    table = _GCS_STATE[address].actor_table(None, actor_state_name="ALIVE")
+    return {actor["Name"]: actor["Address"]["NodeID"] for actor in table.values() if actor["Name"]}
+
+
+def kill_node(cluster: LocalCluster, name: str) -> None:
+    """Node `name` lost hard: SIGKILL to its process group (its raylet, store and workers)."""
+    os.killpg(cluster.nodes[name].pid, signal.SIGKILL)
+    cluster.nodes[name].wait()
 
 
 def listening_off_loopback(pids: set[int]) -> list[str]:
@@ -207,7 +231,7 @@ def test_a_cluster_run_places_by_resources_scales_survives_a_lost_node_and_learn
             prefix = f"qfleet-{name}-"
             return {
                 actor.removeprefix(prefix): node
-                for actor, node in ray_cluster.actors().items()
+                for actor, node in cluster_actors(ray_cluster.address).items()
                 if actor.startswith(prefix) and not actor.startswith(f"{prefix}weights-")
             }
 
@@ -215,7 +239,7 @@ def test_a_cluster_run_places_by_resources_scales_survives_a_lost_node_and_learn
             """The nodes of the run's live weights hosts (`qfleet-RUN-weights-XXXXXXXX`: a new
             name for each host the learner starts)."""
             prefix = f"qfleet-{name}-weights-"
-            return {node for actor, node in ray_cluster.actors().items() if actor.startswith(prefix)}
+            return {node for actor, node in cluster_actors(ray_cluster.address).items() if actor.startswith(prefix)}
 
         def roles(actors: int) -> set[str]:
             return {"learner", "shard-0", "shard-1", *(f"actor-{i}" for i in range(actors))}
@@ -241,7 +265,7 @@ def test_a_cluster_run_places_by_resources_scales_survives_a_lost_node_and_learn
 
         # Node B lost hard: its actors and its shard come back on node A; the run goes on.
         before = run.latest()
-        ray_cluster.kill(ACTOR_NODE)
+        kill_node(ray_cluster, ACTOR_NODE)
         killed = time.monotonic()
 
         def recovered() -> bool:
