@@ -60,17 +60,24 @@ class WeightSubscriber:
             WeightStoreError: Redis is unreachable. A malformed value or an unreachable object
                 store (`WeightsHostError`: counted, logged, retried in the background) give None.
         """
+        fetched = None
         try:
-            fetched = self._fetch()
+            fetched = self._claim(self._fetch())
         except WeightsHostError as exc:
             self._failed(exc)
-            fetched = None
         finally:
+            # Only now: a thread started before the fetched version was recorded as seen would
+            # download the same weights again (it did, under load).
             self._follow_in_background()
+        return fetched
+
+    def _claim(self, fetched: tuple[int, dict[str, torch.Tensor]] | None) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """Records `fetched` as seen and returns it, or None when it is not newer than the weights
+        already seen (the thread, or a later fetch_now, had it or newer)."""
         if fetched is None:
             return None
         with self._lock:
-            if fetched[0] <= self._seen:  # the thread (a later fetch_now) already had it or newer
+            if fetched[0] <= self._seen:
                 return None
             self._seen = fetched[0]
             if self._pending is not None and self._pending[0] <= fetched[0]:

@@ -281,6 +281,7 @@ def test_bench_sac_updates_runs_briefly_beside_sb3_or_says_it_is_missing(tmp_pat
     assert run("bench", "sac-updates", "--ensembles", "1").returncode != 0  # an ensemble needs 2 critics
 
 
+@pytest.mark.timeout(300)  # the run's own timeout is 240 s
 def test_bench_actors_runs_briefly_and_reports_every_figure(tmp_path):
     out = tmp_path / "actors.json"
     result = run("bench", "actors", "--seconds", "0.3", "--repeats", "1", "--output", str(out), timeout=240)
@@ -293,6 +294,7 @@ def test_bench_actors_runs_briefly_and_reports_every_figure(tmp_path):
     assert all(value > 0 for value in figures.values())
 
 
+@pytest.mark.timeout(300)  # the run's own timeout is 240 s
 def test_bench_weights_runs_briefly_with_both_transports(tmp_path):
     out = tmp_path / "weights.json"
     args = ["--subscribers", "2", "--sizes-mb", "2", "--repeats", "2", "--output", str(out)]
