@@ -114,6 +114,7 @@ class ActorFleet:
         self.registry = ActorRegistry(redis_url, run)
         self._slots: dict[int, _Slot] = {}
         self.actor_restarts = 0
+        self._desired_unread = False  # Redis away at the last read of the desired count
         self._closed_stats: list[ActorStats] = []  # last stats of retired or dead actor processes
         self._retired_ids: frozenset[int] = frozenset()  # ids scaled away (some never reported)
         self._remote = ray.remote(EnvActor)
@@ -186,7 +187,7 @@ class ActorFleet:
     def poll(self, timeout: float = 1.0) -> FleetStats:
         """One supervision round: follow the desired size, collect finished chunks, re-submit."""
         ray = self._ray
-        desired = self.registry.desired()
+        desired = self._desired()
         if desired is not None and desired != len(self._slots):
             log.info("scaling actors %d -> %d", len(self._slots), desired)
             self._resize(desired)
@@ -263,6 +264,21 @@ class ActorFleet:
             self.config.resources,
         )
         log.log(logging.WARNING if said.warning else logging.INFO, "%s", said.text)
+
+    def _desired(self) -> int | None:
+        """The requested actor count; None (keep the fleet as it is) while Redis cannot be read:
+        a restarting Redis costs a scaling request a few rounds, never the run. Said once per gap."""
+        try:
+            desired = self.registry.desired()
+        except ActorRegistryError as exc:
+            if not self._desired_unread:
+                log.warning("desired actor count not read while Redis is away (the fleet keeps its size): %s", exc)
+            self._desired_unread = True
+            return None
+        if self._desired_unread:
+            log.info("desired actor count read again")
+            self._desired_unread = False
+        return desired
 
     def held_back(self) -> int | None:
         """Live actors whose latest report says their inserts wait on replay's rate limiter (held
