@@ -93,8 +93,8 @@ def test_actor_inserts_stamped_n_step_transitions_and_reports_episodes(redis_ser
     server = shard(env)
     actor = EnvActor(2, 4, env, actor_config(epsilon=0.5), LEARNER, redis_server.url, "act", replay_credentials=None)
     try:
-        stats = actor.run(seconds=0.5)
-        assert stats.env_steps > 200 and stats.episodes > 0
+        stats = actor.run(seconds=120, max_steps=240)  # a step budget, not a time: loaded machines vary
+        assert stats.env_steps >= 240 and stats.episodes > 0
         # Every transition the actor counted is in the shard, stamped with its id and version 0.
         assert server.table.info().size == stats.transitions_inserted > 0
         data = sample_all(server, 500)
