@@ -22,6 +22,7 @@ import numpy as np
 
 from actors.config import ActorsConfig, EnvConfig
 from actors.envs import EnvVector, describe_env
+from actors.errors import ActorRegistryError
 from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
 from actors.registry import STATE_ACTING, STATE_HELD_BACK, ActorRegistry
@@ -146,6 +147,7 @@ class EnvActor:
         self._counted = {"env_steps": 0, "episodes": 0, "env_restarts": 0}  # already in the metrics
         self._versions = np.zeros(env.num_envs, np.int64)  # policy_version column of one step
         self._episode_buffer: list[tuple[float, int, int, int]] = []  # for the episode stream
+        self._redis_away = False  # the last write to the run's Redis failed (said once per gap)
 
         # Envs first (an env that cannot start fails before anything connects), then the
         # connections; if any step fails, what was opened is closed again.
@@ -271,8 +273,25 @@ class EnvActor:
         if self.startup.first_insert_at is None and self.writer.sent:  # the first batch left only now
             self._mark_first_steps()
         if self._episode_buffer:
-            self.registry.add_episodes(self.actor_id, self._episode_buffer)
-            self._episode_buffer = []
+            if self._to_redis("write episode records", self.registry.add_episodes, self.actor_id, self._episode_buffer):
+                self._episode_buffer = []  # else kept for the next flush: Redis is away for a moment
+
+    def _to_redis(self, what: str, write, *args) -> bool:
+        """One write to the run's Redis; False (said once per gap, the chunk goes on) while Redis
+        is away: a restarting Redis costs reports and episode records a delay, not the actor."""
+        try:
+            write(*args)
+        except ActorRegistryError as exc:
+            if not self._redis_away:
+                log.warning(
+                    "actor %d: cannot %s while Redis is away (kept or retried later): %s", self.actor_id, what, exc
+                )
+            self._redis_away = True
+            return False
+        if self._redis_away:
+            log.info("actor %d: Redis is back", self.actor_id)
+            self._redis_away = False
+        return True
 
     def _episode(self, episode_return: float, length: int) -> None:
         self.episodes += 1
@@ -333,12 +352,17 @@ class EnvActor:
         fields.update(host=socket.gethostname(), metrics=self.metrics_address, state=STATE_ACTING, insert_wait_s=0)
         if self.node:
             fields["node"] = self.node
-        self.registry.report(self.actor_id, fields)
+        self._to_redis("report its state", self.registry.report, self.actor_id, fields)
 
     def _report_held_back(self, waited: float) -> None:
         """Says in the actor's report that its inserts have waited `waited` s on replay (called
         from the writer's watch thread: the step loop is blocked in the insert meanwhile)."""
-        self.registry.report(self.actor_id, {"state": STATE_HELD_BACK, "insert_wait_s": f"{waited:.0f}"})
+        self._to_redis(
+            "report its state",
+            self.registry.report,
+            self.actor_id,
+            {"state": STATE_HELD_BACK, "insert_wait_s": f"{waited:.0f}"},
+        )
 
     def pid(self) -> int:
         return os.getpid()
@@ -350,7 +374,7 @@ class EnvActor:
         finally:
             stats = self.stats()
             try:
-                self.registry.remove(self.actor_id)
+                self._to_redis("remove its report", self.registry.remove, self.actor_id)  # else it expires
             finally:
                 self._release()
         return stats

@@ -127,6 +127,30 @@ def test_actor_inserts_stamped_n_step_transitions_and_reports_episodes(redis_ser
     assert 2 not in ActorRegistry(redis_server.url, "act").actors()  # a closed actor leaves no report
 
 
+def test_an_actor_rides_out_a_redis_restart_and_writes_the_episodes_it_kept(redis_server, shard):
+    import signal
+
+    env = EnvConfig(id="qfleet-test/Counter-v0", num_envs=3)
+    shard(env)
+    actor = EnvActor(0, 1, env, actor_config(epsilon=0.5), LEARNER, redis_server.url, "gap", replay_credentials=None)
+    try:
+        actor.run(seconds=120, max_steps=60)
+        redis_server.proc.send_signal(signal.SIGKILL)
+        redis_server.proc.wait(timeout=30)
+        during = actor.run(seconds=120, max_steps=60)  # its reports and episode records fail: kept
+        assert during.episodes >= 6
+        redis_server.stop()
+        redis_server.start()  # on its port, as the driver restarts the embedded one
+        actor.run(seconds=120, max_steps=3)
+        _, episodes = actor.registry.read_episodes()
+        # Those finished while Redis was away reach the stream now (earlier ones may have gone with
+        # Redis's last second of unsynced writes).
+        assert [e for e in episodes if e["env_steps"] > 60] and len(episodes) >= during.episodes - 3
+        assert ActorRegistry(redis_server.url, "gap").actors()[0]["env_steps"] >= 120
+    finally:
+        actor.close()
+
+
 def test_actor_pulls_a_new_weight_version_and_stamps_it(redis_server, shard):
     env = EnvConfig(id="CartPole-v1", num_envs=2)
     server = shard(env)
