@@ -19,8 +19,8 @@ its header, which holds a random publish id) names one publish, and readers refu
 size or header digest is not the manifest's. Through the object store (learner/weights_host.py)
 Redis carries a few hundred bytes per publish, whatever the policy's size, Ray moves the payload
 node to node, readers on a node share one copy in its shared memory (the tensors they get are
-views of it, handed out only as copies: `SharedWeights`), and the learner hands the publish to a background thread (it never waits for the
-weights host); through Redis every reader downloads it whole from one Redis, chunk by chunk into
+views of it, handed out only as copies: `SharedWeights`), and the learner hands the publish to a
+background thread (it never waits for the weights host); through Redis every reader downloads it whole from one Redis, chunk by chunk into
 one buffer of its own, from a key that publish alone wrote (a publish during a read leaves it
 consistent; runs without Ray). Readers follow whichever transport the publisher chose.
 """
@@ -234,7 +234,11 @@ class WeightStore:
         return version, SharedWeights(payload, tensors)
 
     def _manifest(self) -> Manifest | None:
-        """The manifest hash's fields but the payload's chunks, parsed (None: no manifest)."""
+        """The manifest's fields, parsed (None: no manifest).
+
+        Raises:
+            MalformedWeightsError: not a manifest, or one of another format (another qfleet version).
+        """
         try:
             values = self._redis.hmget(self._weights_key, MANIFEST_FIELDS)
         except redis.ResponseError as exc:  # WRONGTYPE: something else than a manifest (a foreign SET)
