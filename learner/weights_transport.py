@@ -57,7 +57,8 @@ class Transport(Protocol):
 
     def read(self, manifest: Manifest) -> Buffer:
         """The payload `manifest` announces, checked against its size and header digest: a buffer
-        that `decode_weights(..., in_place=True)` may view (the caller never writes to the tensors)."""
+        that `decode_weights(..., in_place=True)` may view (the caller wraps the views in a
+        `SharedWeights`, which hands out only copies)."""
 
     def flush(self, timeout: float) -> bool:
         """Waits for published versions still on their way; False if `timeout` passed first."""
