@@ -5,11 +5,12 @@ weights (from Redis or Ray's object store, wherever the learner put them); the s
 `take()`, so fetches never stall env stepping. The thread starts after the actor's first,
 synchronous `fetch_now()` (or its first `take()`), so the weights are not downloaded twice at the
 start. A failed fetch (Redis down, the weights host or the learner that owns the payload gone, a
-host holding less than announced, a chunk that is not the publisher's, a pull that timed out) is
-logged once per outage, counted in `fetch_failures` and retried every `retry_s`, and the actor acts
+host holding less than announced, an object that is not the announced publish, a pull that timed
+out, a Redis read overtaken by newer publishes twice) is logged once per outage, counted in `fetch_failures` and retried every `retry_s`, and the actor acts
 with the weights it has meanwhile; a malformed value (a version that is not a number, a payload
 that is not weights) is counted and skipped until the next valid publish replaces it. Versions
-handed out never go down.
+handed out never go down. An unexpected error in a fetch (a bug) is logged and counted like a
+failure: it never ends the thread.
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from learner import MalformedValues, MalformedWeightsError, WeightsHostError, WeightStoreError
+from learner import MalformedValues, MalformedWeightsError, SupersededReadError, WeightsHostError, WeightStoreError
 
 if TYPE_CHECKING:
-    import torch
-
-    from learner import WeightStore
+    from learner import SharedWeights, WeightStore
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +45,25 @@ class WeightSubscriber:
         self._seen = known_version  # newest version fetched (or handed over); only grows
         self.malformed = MalformedValues(log)
         """Malformed values read from the store, skipped (by key; the first of each is logged)."""
-        self._pending: tuple[int, dict[str, torch.Tensor]] | None = None
+        self._pending: tuple[int, SharedWeights] | None = None
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def fetch_now(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+    def fetch_now(self) -> tuple[int, SharedWeights] | None:
         """Synchronously fetches weights newer than the ones seen (for an actor's first step), then
         follows the store in the background.
 
         Raises:
-            WeightStoreError: Redis is unreachable. A malformed value or an unreachable object
-                store (`WeightsHostError`: counted, logged, retried in the background) give None.
+            WeightStoreError: Redis is unreachable. A malformed value, an unreachable object
+                store (`WeightsHostError`) or reads overtaken by publishes (`SupersededReadError`)
+                give None (counted, logged, retried in the background).
         """
         fetched = None
         try:
             fetched = self._claim(self._fetch())
-        except WeightsHostError as exc:
+        except (WeightsHostError, SupersededReadError) as exc:
             self._failed(exc)
         finally:
             # Only now: a thread started before the fetched version was recorded as seen would
@@ -71,7 +71,7 @@ class WeightSubscriber:
             self._follow_in_background()
         return fetched
 
-    def _claim(self, fetched: tuple[int, dict[str, torch.Tensor]] | None) -> tuple[int, dict[str, torch.Tensor]] | None:
+    def _claim(self, fetched: tuple[int, SharedWeights] | None) -> tuple[int, SharedWeights] | None:
         """Records `fetched` as seen and returns it, or None when it is not newer than the weights
         already seen (the thread, or a later fetch_now, had it or newer)."""
         if fetched is None:
@@ -84,7 +84,7 @@ class WeightSubscriber:
                 self._pending = None
         return fetched
 
-    def take(self, timeout: float = 0.0) -> tuple[int, dict[str, torch.Tensor]] | None:
+    def take(self, timeout: float = 0.0) -> tuple[int, SharedWeights] | None:
         """The newest weights fetched since the last call, or None (cheap when nothing is new).
 
         Args:
@@ -104,7 +104,7 @@ class WeightSubscriber:
             self._thread = threading.Thread(target=self._follow, name="weight-subscriber", daemon=True)
             self._thread.start()
 
-    def _fetch(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+    def _fetch(self) -> tuple[int, SharedWeights] | None:
         with self._lock:
             seen = self._seen
         try:
@@ -113,7 +113,7 @@ class WeightSubscriber:
             self.malformed.add(exc.key or "weights", str(exc))
             return None
 
-    def _failed(self, exc: WeightStoreError) -> None:
+    def _failed(self, exc: Exception) -> None:
         with self._lock:
             self.fetch_failures += 1
             first = not self._failing
@@ -126,6 +126,10 @@ class WeightSubscriber:
             try:
                 fetched = self._fetch()
             except WeightStoreError as exc:
+                self._failed(exc)
+                continue
+            except Exception as exc:  # a bug: logged and counted, the thread goes on
+                log.exception("weights: unexpected error in a fetch")
                 self._failed(exc)
                 continue
             if self._failing:

@@ -15,8 +15,8 @@ Public surface:
     IQLAgent, FilteredBCAgent (agents); ActingHead, acting_head, ACTING_HEADS, PolicyLogits, sample_actions (how
     actors act with what a discrete agent publishes);
     QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore (the parameter store: announced
-    in Redis, carried by Redis or Ray's object store), encode_weights, decode_weights, header_digest,
-    split_chunks, join_chunks (its payload), WeightsHost, weights_host_name (the object store's Ray actor, a new
+    in Redis, carried by Redis or Ray's object store), SharedWeights (the weights it fetches), WEIGHTS_MANIFEST_FORMAT (its manifest's layout), encode_weights, decode_weights, header_digest,
+    MAX_HEADER_BYTES, split_chunks, join_chunks (its payload), WeightsHost, weights_host_name (the object store's Ray actor, a new
     name per host); LearnerMetrics; LearnerStatus, learner_status_key
     (its status hash in Redis); Policy (what actors and evaluation act with); build_q_network,
     TanhGaussianActor; ActionEmbeddingQ, ActionEmbeddingIQLCritic, FactoredPolicy, action_descriptors
@@ -77,6 +77,7 @@ _RENAMED = {
     "load_latest_checkpoint": "load_latest",
     "find_checkpoint": "find",
     "weights_host_name": "host_name",
+    "WEIGHTS_MANIFEST_FORMAT": "MANIFEST_FORMAT",
 }
 """Names exported under another name than their module's."""
 
@@ -116,6 +117,9 @@ _LAZY = {
     "Q_LOSSES": "learner.q_losses",
     "make_q_loss": "learner.q_losses",
     "WeightStore": "learner.weights",
+    "SharedWeights": "learner.shared_weights",
+    "WEIGHTS_MANIFEST_FORMAT": "learner.weights",
+    "MAX_HEADER_BYTES": "learner.weights_codec",
     "encode_weights": "learner.weights_codec",
     "decode_weights": "learner.weights_codec",
     "header_digest": "learner.weights_codec",

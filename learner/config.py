@@ -325,7 +325,9 @@ class WeightsConfig:
     be larger). The object store puts each version as one object, whatever its size."""
 
     keep_versions: int = 2
-    """Object store: versions whose payloads the learner keeps pinned (the newest and the ones before)."""
+    """Versions whose payloads the learner keeps (the newest and the ones before): object store, pinned
+    refs; redis, payload keys in Redis (a Redis read overtaken by this many publishes starts again on
+    the newest, so raise it when publishes come faster than a reader downloads one)."""
 
     timeout_s: float = 60.0
     """Object store: how long a reader waits for the payload (Redis calls time out after 10 s)."""

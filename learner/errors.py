@@ -136,9 +136,9 @@ class CheckpointSupportError(LearnerError):
 class WeightsHostError(WeightStoreError):
     """Weights published to Ray's object store cannot be reached or are not the publisher's: the
     weights host (the Ray actor that hands out the newest version's object references) is absent,
-    dead, hung or holds another version than Redis announces, a chunk does not match the
-    manifest's header digest or size, the payload's owner (the learner) is gone, the pull timed out, or this
-    process is not connected to the run's Ray. Readers keep their current weights and retry; the
+    dead, hung or holds another version than Redis announces, the object it hands out is not the
+    size or does not have the header digest the manifest announces, the payload's owner (the learner)
+    is gone, the pull timed out, or this process is not connected to the run's Ray. Readers keep their current weights and retry; the
     learner replaces a host that fails it.
 
     Pickles with its fields (it crosses Ray's process boundaries).
@@ -156,9 +156,9 @@ class WeightsHostError(WeightStoreError):
 
 
 class SupersededReadError(WeightStoreError):
-    """A newer version replaced the one being read (its manifest changed between the reads of its
-    chunks): the reader reads the new manifest instead. Raised to callers only when that happens
-    twice in a row.
+    """The payload being read was deleted: `keep_versions` newer versions were published while a
+    Redis reader read its chunks. The reader reads the new manifest instead; raised to callers only
+    when that happens twice in a row.
 
     Attributes:
         redis_url: the store's Redis (its password hidden).

@@ -17,6 +17,7 @@ from learner.acting import PolicyLogits, acting_head, sample_actions
 from learner.action_heads import build_policy_network
 from learner.config import LearnerConfig
 from learner.networks import TanhGaussianActor, build_q_network
+from learner.shared_weights import SharedWeights
 from learner.spaces import ActionSpace
 
 
@@ -51,9 +52,13 @@ class Policy:
             )
         self.network.eval()
 
-    def load(self, state: dict[str, torch.Tensor], version: int) -> None:
-        """Takes published weights (raises if they do not fit this architecture)."""
-        self.network.load_state_dict(state)
+    def load(self, state: SharedWeights | dict[str, torch.Tensor], version: int) -> None:
+        """Takes weights: fetched ones (`SharedWeights`, copied in from the shared payload, never
+        written to) or a state dict (raises if they do not fit this architecture)."""
+        if isinstance(state, SharedWeights):
+            state.load_into(self.network)
+        else:
+            self.network.load_state_dict(state)
         self.version = version
 
     @torch.inference_mode()

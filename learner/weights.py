@@ -1,22 +1,28 @@
 """The parameter store: versioned policy weights, announced in Redis, carried by Redis or by Ray.
 
     qfleet:{run}:learner:weights_version   int    the announced version (one cheap GET to poll)
-    qfleet:{run}:learner:weights           hash   the manifest: version, transport, chunks, bytes,
-                                                  header_digest, published_at; and the payload's place:
-        transport "redis":         chunk:0 .. chunk:{chunks-1}   the payload itself, in chunks
+    qfleet:{run}:learner:weights           hash   the manifest: format, version, transport, chunks,
+                                                  bytes, header_digest, published_at; and the payload's place:
+        transport "redis":         payload                       the key of the hash holding its chunks
         transport "object_store":  host, namespace (chunks 1)    the Ray actor handing out the payload's ref
+    qfleet:{run}:learner:weights:payload:{id}  hash   transport "redis": chunk:0 .. chunk:{chunks-1}, one
+                                                  publish's payload, written once (`RedisTransport`)
+    qfleet:{run}:learner:weights:payloads  list   transport "redis": the payload keys, oldest first
 
-Both keys are written in one MULTI/EXEC (the hash replaced whole), so a reader never sees a
-version without its payload's place. Versions start at 1 and only grow; 0: nothing published.
+The manifest and the version are written in one MULTI/EXEC (the hash replaced whole), after the
+payload, so a reader never sees a version without its payload. Versions start at 1 and only grow;
+0: nothing published. `format` names the manifest's layout: a reader refuses another one (a learner
+and actors of different qfleet versions) with a message that says so.
 
 The payload is safetensors (learner/weights_codec.py), never pickle; `header_digest` (SHA-256 of
 its header, which holds a random publish id) names one publish, and readers refuse a payload whose
 size or header digest is not the manifest's. Through the object store (learner/weights_host.py)
 Redis carries a few hundred bytes per publish, whatever the policy's size, Ray moves the payload
 node to node, readers on a node share one copy in its shared memory (the tensors they get are
-views of it), and the learner hands the publish to a background thread (it never waits for the
-weights host); through Redis every reader downloads it whole from one Redis, chunk by chunk into
-one buffer of its own (runs without Ray). Readers follow whichever transport the publisher chose.
+views of it, handed out only as copies: `SharedWeights`), and the learner hands the publish to a
+background thread (it never waits for the weights host); through Redis every reader downloads it whole from one Redis, chunk by chunk into
+one buffer of its own, from a key that publish alone wrote (a publish during a read leaves it
+consistent; runs without Ray). Readers follow whichever transport the publisher chose.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import torch
 from learner.config import WEIGHTS_OVER_OBJECT_STORE, WEIGHTS_OVER_REDIS, WeightsConfig
 from learner.errors import MalformedWeightsError, SupersededReadError, WeightStoreError
 from learner.redis_values import parse_number
+from learner.shared_weights import SharedWeights
 from learner.weights_codec import decode_weights, encode_weights, header_digest
 from learner.weights_host import HostAheadError, ObjectStoreTransport
 from learner.weights_transport import Manifest, RedisTransport, Transport
@@ -45,8 +52,14 @@ REDIS, OBJECT_STORE = WEIGHTS_OVER_REDIS, WEIGHTS_OVER_OBJECT_STORE
 REDIS_TIMEOUT_S = 10.0
 """Redis calls' socket timeout (a Redis-carried payload is read one chunk, at most 512 MiB, per call)."""
 
-MANIFEST_FIELDS = ("version", "transport", "chunks", "bytes", "header_digest", *ObjectStoreTransport.fields)
-"""The manifest fields a reader reads in one HMGET (never the payload's chunks)."""
+MANIFEST_FORMAT = "qfleet-weights-3"
+"""The manifest's layout (3: header digest, Redis payloads under keys of their own)."""
+
+OWN_FIELDS = (*RedisTransport.fields, *ObjectStoreTransport.fields)
+"""The transports' own manifest fields."""
+
+MANIFEST_FIELDS = ("format", "version", "transport", "chunks", "bytes", "header_digest", *OWN_FIELDS)
+"""The manifest fields a reader reads in one HMGET."""
 
 
 def _keys(run: str) -> tuple[str, str]:
@@ -95,7 +108,11 @@ class WeightStore:
             if name not in self._transports:
                 factories = {
                     REDIS: lambda: RedisTransport(
-                        self._redis, self._weights_key, self.config.chunk_bytes, self._shown_url
+                        self._redis,
+                        self._weights_key,
+                        self.config.chunk_bytes,
+                        self.config.keep_versions,
+                        self._shown_url,
                     ),
                     OBJECT_STORE: lambda: ObjectStoreTransport(self.run, self.config),
                 }
@@ -117,6 +134,7 @@ class WeightStore:
         blob = encode_weights(state, version)
         transport = self.transport
         manifest = {
+            "format": MANIFEST_FORMAT,
             "version": version,
             "transport": transport,
             "bytes": len(blob),
@@ -162,19 +180,21 @@ class WeightStore:
             )
         return version
 
-    def fetch(self, known_version: int = 0) -> tuple[int, dict[str, torch.Tensor]] | None:
+    def fetch(self, known_version: int = 0) -> tuple[int, SharedWeights] | None:
         """The newest weights if their version is above `known_version`, else None. A lower
         announced version (an earlier learner's number reused) is ignored, logged once: versions
         only grow, so the weights held are newer.
 
-        The tensors are views of the payload as read, never to be written to: through the object
-        store, this node's shared-memory copy that every reader on the node maps (load them into a
-        network, which copies); through Redis, a buffer of this reader's own.
+        The weights are a `SharedWeights`: views of the payload as read (through the object store,
+        this node's shared-memory copy that every reader on the node maps; through Redis, a
+        read-only buffer of this reader's own), handed out only as copies (`load_into` a network,
+        or a tensor's copy by name).
 
         Raises:
             WeightStoreError: Redis is unreachable (`WeightsHostError`: the object store's host is
-                gone, slow or holds less than announced, a chunk is not the publisher's, the
-                payload's owner is gone, or the pull timed out).
+                gone, slow or holds less than announced, the object is not the announced publish,
+                the payload's owner is gone, or the pull timed out; `SupersededReadError`: newer
+                publishes overtook two reads in a row).
             MalformedWeightsError: the version, the manifest or the payload is malformed.
         """
         announced = self.version()
@@ -211,10 +231,14 @@ class WeightStore:
                 f"{self._weights_key} in {self._shown_url}: the manifest says v{manifest.version}, its payload v{version}",
                 self._weights_key,
             )
-        return version, tensors
+        return version, SharedWeights(payload, tensors)
 
     def _manifest(self) -> Manifest | None:
-        """The manifest hash's fields but the payload's chunks, parsed (None: no manifest)."""
+        """The manifest's fields, parsed (None: no manifest).
+
+        Raises:
+            MalformedWeightsError: not a manifest, or one of another format (another qfleet version).
+        """
         try:
             values = self._redis.hmget(self._weights_key, MANIFEST_FIELDS)
         except redis.ResponseError as exc:  # WRONGTYPE: something else than a manifest (a foreign SET)
@@ -226,6 +250,13 @@ class WeightStore:
         fields = {name: value for name, value in zip(MANIFEST_FIELDS, values, strict=True) if value is not None}
         if not fields:
             return None
+        if fields.get("format") != MANIFEST_FORMAT.encode():
+            written = fields.get("format", b"none").decode(errors="replace")[:40]
+            raise MalformedWeightsError(
+                f"{self._weights_key} in {self._shown_url}: a manifest of format {written!r}, not {MANIFEST_FORMAT!r}: "
+                "written by another qfleet version; run the learner and the actors from the same version",
+                self._weights_key,
+            )
         try:
             transport = fields["transport"].decode()
             if transport not in (REDIS, OBJECT_STORE):
@@ -237,7 +268,7 @@ class WeightStore:
                 f"{self._weights_key} in {self._shown_url}: not a weights manifest: {type(exc).__name__}: {exc}",
                 self._weights_key,
             ) from None
-        own = {name: value for name, value in fields.items() if name in ObjectStoreTransport.fields}
+        own = {name: value for name, value in fields.items() if name in OWN_FIELDS}
         return Manifest(version, transport, chunks, total, digest, own)
 
     def close(self) -> None:

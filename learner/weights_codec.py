@@ -50,6 +50,18 @@ _DTYPES = {
 }
 """safetensors dtype names -> torch dtypes (those a policy network holds)."""
 
+
+def _silence_read_only_buffer_warning() -> None:
+    """Torch warns, once per process, that a tensor over a read-only buffer is writable: spent
+    here, at import, on a dummy buffer, so that it never fires in a reader's thread (a per-call
+    `warnings.catch_warnings` is not thread-safe). Why the views are never written: `SharedWeights`."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
+        torch.frombuffer(b"\0", dtype=torch.uint8)
+
+
+_silence_read_only_buffer_warning()
+
 MAX_HEADER_BYTES = 100_000_000
 """Longest header a reader parses (safetensors' own limit): a length field of 2**63 is refused
 before any allocation."""
@@ -87,9 +99,10 @@ def decode_weights(blob: Buffer, *, in_place: bool = False) -> tuple[int, dict[s
 
     A bytearray is used in place (the tensors are views into it); any other buffer (bytes, a
     memoryview, the read-only numpy arrays Ray hands out) is copied once into a new bytearray first,
-    unless `in_place`: then the tensors are views of `blob` whatever it is. The caller must not
-    write to tensors over a read-only buffer (bytes, Ray's shared memory, which every reader on the
-    node shares): loading them into a network (`load_state_dict` copies) is what they are for.
+    unless `in_place`: then the tensors are views of `blob` whatever it is. Torch has no read-only
+    tensors: views over a read-only buffer (bytes, Ray's shared memory, which every reader on the
+    node shares) are writable, and a write changes the buffer for every reader. `WeightStore.fetch`
+    therefore hands them out only inside a `SharedWeights` (learner/shared_weights.py).
 
     The header is checked before any tensor is built: a version >= 1, known dtypes, integer shapes
     and offsets that tile the data exactly (sorted by offset, no gap, no overlap, aligned to the
@@ -103,9 +116,7 @@ def decode_weights(blob: Buffer, *, in_place: bool = False) -> tuple[int, dict[s
     else:
         buffer = bytearray(memoryview(blob).cast("B"))
     try:
-        with warnings.catch_warnings():  # torch warns that a read-only buffer gives writable tensors: see above
-            warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
-            return _decode(buffer)
+        return _decode(buffer)
     except MalformedWeightsError:
         raise
     except Exception as exc:

@@ -7,8 +7,9 @@ carry one. Redis carries the host's name and namespace instead (and, like every 
 payload's size and header digest); a reader looks the host up by name, asks it for the newest
 version's ref and `ray.get`s it. Ray pulls the object once per node into that node's shared-memory
 store, and `ray.get` of a numpy array maps it there read-only without a copy: every reader on the
-node shares one copy, `decode_weights(..., in_place=True)` builds the tensors as views of it, and
-the only per-reader copy left is the actor loading them into its network. The learner's node
+node shares one copy, `decode_weights(..., in_place=True)` builds the tensors as views of it
+(handed out only as copies, by `SharedWeights`: torch would let a reader write through a view, into
+every reader's weights), and the only per-reader copy left is the actor loading them into its network. The learner's node
 serves one copy per node, from Ray's object manager, not from the learner's Python thread.
 
 Integrity, and why readers do not hash the whole payload: a reader checks that the object is the

@@ -6,30 +6,34 @@ num_cpus=0, each a `WeightSubscriber` as an env actor runs it, polling the versi
 follow a run's weights; the driver publishes a policy of S MB `repeats` times, after one
 unmeasured warm-up publish (which starts the object store's weights host, once per learner). A
 publish's latency runs from the start of `WeightStore.publish` to the moment the last subscriber
-holds the new version's tensors; a subscriber's thread wakes the bench's wait when it has them
-(no polling). What that includes, per path:
+has read every byte of the new version; a subscriber's thread wakes the bench's wait when it has
+(no polling). Every subscriber does the same full read on both paths: it copies each byte of the
+payload once, chunk by chunk, into one reused 8 MiB buffer (system/bench/weights_stream.py),
+standing in for the load into a network's parameters (the copy every actor makes), so the latency
+covers the payload's bytes on both paths. What that includes, per path:
 
 - object_store: the learner encodes the payload (safetensors) and hashes its header; its
   background thread copies it into Ray's object store (one `ray.put`), offers the ref to the
   weights host and announces the manifest in Redis. Each subscriber notices the version (a GET
   every 50 ms), reads the manifest (one HMGET), asks the host for the ref, `ray.get`s it (Ray maps
-  the node's shared copy, read-only, no copy), checks its size and header digest, and decodes it:
-  the tensors are views of that shared copy.
-- redis: the learner encodes the payload, hashes its header and writes it, in chunks, into the
-  manifest hash (one MULTI/EXEC). Each subscriber notices the version, reads the manifest, fetches
-  the chunks one by one (one HGET each) and copies each into a buffer of its own, then checks the
-  payload's size and header digest. A real reader (`RedisTransport`) copies into one payload-sized
-  buffer and decodes views of it; the bench's subscribers stream instead
-  (system/bench/weights_stream.py: the same downloads and copies into one chunk-sized buffer,
-  without the final tensor views, about 1 ms), because 32 readers holding 300 MB each at once do
-  not fit this VM beside 32 torch workers. That is slightly less work than a real reader: the
-  Redis path's figures are a lower bound, and its ratio to the object store's an underestimate.
+  the node's shared copy, read-only, no copy), checks its size and header digest, decodes it (the
+  tensors are views of that shared copy), then copies its bytes into the reused buffer.
+- redis: the learner encodes the payload, hashes its header and writes it, in chunks, into a hash
+  of its own, then announces the manifest naming it. Each subscriber notices the version, reads
+  the manifest, fetches the chunks one by one (one HGET each) and copies each into the reused
+  buffer, then checks the payload's size and header digest. A real reader (`RedisTransport`)
+  copies into one payload-sized buffer, decodes views of it and then loads them into its network
+  (a second copy); the bench's subscribers stream instead (`StreamingRedisReader`: the download's
+  copy is the stand-in for the load, without the final tensor views, about 1 ms), because 32
+  readers holding 300 MB each at once do not fit this VM beside 32 torch workers. That is slightly
+  less work than a real reader: the Redis path's figures are a lower bound, and its ratio to the
+  object store's an underestimate.
 
-Neither includes loading the tensors into a network (a copy every actor makes, on both paths).
-After recording the time a subscriber drops the tensors (an env actor drops them once loaded).
-Chunks are 8 MiB here (`BENCH_CHUNK_BYTES`, the Redis path only; the object store puts one object
-per version): Redis copies each reply into the reading client's output buffer, so smaller chunks
-keep 32 readers' buffers small without changing the bytes moved. The publish call's own duration is how
+After recording the time a subscriber drops the weights (an env actor drops them once loaded).
+Chunks are 8 MiB here (`BENCH_CHUNK_BYTES`, the Redis path only, production's default is 64 MiB;
+the object store puts one object per version): Redis copies each reply into the reading client's
+output buffer, so smaller chunks keep 32 readers' buffers small without changing the bytes moved.
+The publish call's own duration is how
 long the learner is held up. The bytes through Redis are the server's `total_net_input_bytes +
 total_net_output_bytes` over that time; divided by the payload's size they count the payload's
 copies through Redis. Cases alternate transports, so drifting load hits both. With 20 publishes
@@ -48,9 +52,9 @@ import time
 import numpy as np
 import torch
 
-from learner import WeightsConfig, WeightStore
+from learner import SharedWeights, WeightsConfig, WeightStore
 from replay import connect_redis
-from system.bench.weights_stream import StreamingRedisReader
+from system.bench.weights_stream import StreamingRedisReader, copy_through
 from system.local.ray_runtime import init_ray
 from system.local.redis_server import RedisProcess
 from system.local.secrets import REDIS_PASSWORD_ENV
@@ -68,29 +72,25 @@ class WeightsFollower:
 
     def __init__(self):
         self.subscriber = None
-        self.version, self.tensors, self.keep = 0, {}, True
+        self.version, self.tensors, self.bench = 0, {}, False
+        self.scratch = np.empty(BENCH_CHUNK_BYTES, dtype=np.uint8)
 
     def follow(
-        self,
-        redis_url: str,
-        run: str,
-        config: WeightsConfig,
-        poll_s: float = 0.05,
-        keep: bool = True,
-        stream_redis: bool = False,
+        self, redis_url: str, run: str, config: WeightsConfig, poll_s: float = 0.05, bench: bool = False
     ) -> None:
-        """Follows `run`'s weights from now on (one pool of followers serves every case); `keep`:
-        holds the newest tensors for `held`, else drops them once received (the bench);
-        `stream_redis`: reads Redis-carried weights with the bench's `StreamingRedisReader`."""
+        """Follows `run`'s weights from now on (one pool of followers serves every case). `bench`:
+        reads every publish as the bench measures it (the module's docstring: every byte copied
+        once into a reused chunk-sized buffer, Redis-carried weights streamed by
+        `StreamingRedisReader`) and drops it once received; else holds the newest weights for `held`."""
         from actors import WeightSubscriber
 
         self.close()
-        if stream_redis and config.transport == "redis":
+        if bench and config.transport == "redis":
             store = StreamingRedisReader(redis_url, run)
         else:
             store = WeightStore(redis_url, run, config)
         self.subscriber = WeightSubscriber(store, poll_s=poll_s, retry_s=0.1)
-        self.version, self.tensors, self.keep = 0, {}, keep
+        self.version, self.tensors, self.bench = 0, {}, bench
 
     def received(self, version: int, timeout: float) -> float:
         """time.time() at which `version` (or a newer one) was decoded here: woken by the
@@ -112,8 +112,12 @@ class WeightsFollower:
         return self.subscriber.fetch_failures
 
     def _keep(self, fetched) -> None:
-        if fetched is not None:
-            self.version, self.tensors = fetched[0], fetched[1] if self.keep else {}
+        if fetched is None:
+            return
+        version, weights = fetched
+        if self.bench and isinstance(weights, SharedWeights):  # the object store's payload, mapped
+            copy_through(weights.payload, self.scratch)
+        self.version, self.tensors = version, {} if self.bench else weights
 
     def close(self) -> None:
         if self.subscriber is not None:
@@ -145,7 +149,7 @@ def _case(ray, redis, subscribers, transport: str, megabytes: float, count: int,
     store = WeightStore(redis.url, run, config)
     client = connect_redis(redis.url)
     chosen = subscribers[:count]
-    ray.get([subscriber.follow.remote(redis.url, run, config, keep=False, stream_redis=True) for subscriber in chosen])
+    ray.get([subscriber.follow.remote(redis.url, run, config, bench=True) for subscriber in chosen])
     state = policy_of(megabytes)
     latencies, moved, blocked = [], [], []
     try:
@@ -163,7 +167,9 @@ def _case(ray, redis, subscribers, transport: str, megabytes: float, count: int,
             moved.append(_redis_bytes(client) - before)
     finally:
         ray.get([subscriber.close.remote() for subscriber in chosen])
-        client.delete(f"qfleet:{run}:learner:weights", f"qfleet:{run}:learner:weights_version")
+        keys = client.keys(f"qfleet:{run}:learner:weights*")  # the manifest, version and payloads
+        if keys:
+            client.delete(*keys)
         client.close()
         store.close()
     return {
@@ -221,8 +227,8 @@ def run_weights_bench(
 def _print_table(results: list[dict], repeats: int) -> None:
     print(
         f"\nPublish to all subscribers on one Ray node ({repeats} publishes per row, so p99 is about the max; "
-        f"latency: publish start to the last subscriber holding the decoded tensors (Redis: having streamed "
-        f"every chunk, a lower bound), not their load into a network; subscribers poll the version every 50 ms; Redis chunks {BENCH_CHUNK_BYTES // 2**20} MiB); {os.cpu_count()} CPUs, {platform.platform()}\n"
+        f"latency: publish start to the last subscriber having copied every byte once into a reused buffer, "
+        f"standing in for the load into a network (Redis: streamed, a lower bound); subscribers poll the version every 50 ms; Redis chunks {BENCH_CHUNK_BYTES // 2**20} MiB); {os.cpu_count()} CPUs, {platform.platform()}\n"
     )
     print(
         "| subscribers | payload | transport | p50 | p99 | publish call (p50) | bytes through Redis per publish "

@@ -160,6 +160,7 @@ class BackgroundEvaluator:
                 self._done.put((tag, self.evaluator.run(state, version)))
             except Exception as exc:  # an evaluation failing must not end the run
                 log.warning("evaluation failed: %s: %s", type(exc).__name__, exc)
+            del request, state  # not pinned while waiting: the weights may be an object store payload
 
     def results(self) -> list[tuple[dict, EvalResult]]:
         out = []

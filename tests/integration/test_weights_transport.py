@@ -6,6 +6,7 @@ is not the announced publish is refused, and a Redis read a publish overtakes is
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -16,8 +17,9 @@ import pytest
 import torch
 
 from conftest import wait_until
-from learner import SupersededReadError, WeightsConfig, WeightsHostError, WeightStore
+from learner import MalformedWeightsError, SupersededReadError, WeightsConfig, WeightsHostError, WeightStore
 from learner.weights import resolve_transport
+from learner.weights_transport import RedisTransport
 from replay import connect_redis
 from system.bench.weights import WeightsFollower
 
@@ -304,21 +306,168 @@ def test_an_object_that_is_not_the_announced_publish_is_refused(ray_local, redis
         raw.close()
 
 
-def test_a_redis_read_that_a_publish_overtakes_is_superseded_not_mixed(redis_server):
-    """Chunks are read one by one: a publish between two reads is noticed (the header digest
-    changed), never decoded as a mix of two versions; a fetch then reads the new version."""
-    config = WeightsConfig(transport="redis", chunk_bytes=SMALL_CHUNKS)
-    store = WeightStore(redis_server.url, "overtaken", config)
+def test_a_policy_loaded_from_the_object_store_and_then_changed_leaves_the_shared_payload_alone(
+    ray_local, redis_server
+):
+    """The tensors a reader gets view its node's shared copy, which torch cannot make read-only:
+    they are handed out only as copies, so neither a network trained in place after loading them
+    nor a write to a tensor taken by name changes what the next reader on the node gets."""
+    from learner import LearnerConfig, Policy
+    from learner.spaces import ActionSpace
+
+    config = WeightsConfig(transport="object_store")
+    policy = Policy(LearnerConfig(), (4,), ActionSpace(num_actions=2), seed=1)
+    published = {name: tensor.clone() for name, tensor in policy.network.state_dict().items()}
+    store = WeightStore(redis_server.url, "shared", config)
+    reader = WeightStore(redis_server.url, "shared", config)
     try:
-        store.publish(state_of(1), 1)
-        manifest = store._manifest()
-        store.publish(state_of(2), 2)  # same layout, so its chunks would fit v1's manifest
-        with pytest.raises(SupersededReadError, match="weights v1 .* were replaced while being read"):
-            store._transport("redis").read(manifest)
-        version, tensors = store.fetch(0)
-        assert version == 2 and sums_of(tensors) == sums_of(state_of(2))
+        store.publish(published, 1)
+        assert store.flush(60)
+        version, weights = reader.fetch(0)
+        policy.load(weights, version)
+        with torch.no_grad():
+            for parameter in policy.network.parameters():
+                parameter.add_(42.0)
+        name = next(iter(weights))
+        weights[name].fill_(42.0)
+        _, again = reader.fetch(0)  # a second ray.get of the same object on this node
+        assert sums_of(again) == sums_of(published)
     finally:
         store.close()
+        reader.close()
+
+
+def test_weights_held_across_later_publishes_keep_their_values(ray_local, redis_server):
+    """A reader holding v1 (an evaluation still running) while v2..v4 are published and the
+    learner releases v1 (keep_versions=2): v1's payload stays mapped and intact until dropped."""
+    config = WeightsConfig(transport="object_store", keep_versions=2)
+    store = WeightStore(redis_server.url, "held", config)
+    reader = WeightStore(redis_server.url, "held", config)
+    try:
+        store.publish(state_of(1, 250_000), 1)
+        assert store.flush(60)
+        version, held = reader.fetch(0)
+        for later in range(2, 5):
+            store.publish(state_of(later, 250_000), later)
+            assert store.flush(60)
+        assert reader.fetch(1)[0] == 4
+        gc.collect()
+        assert version == 1 and sums_of(held) == sums_of(state_of(1, 250_000))
+    finally:
+        store.close()
+        reader.close()
+
+
+class OvertakingClient:
+    """A Redis client whose reads of chunk:0 are followed by `publishes` new versions (a read
+    that publishes overtake, whatever the machine's speed): everything else goes to `client`."""
+
+    def __init__(self, client, publisher: WeightStore, publishes: int, reads: int = 10**9):
+        self.client, self.publisher, self.publishes, self.reads = client, publisher, publishes, reads
+        self.published = []
+
+    def hget(self, key, field):
+        value = self.client.hget(key, field)
+        if field == "chunk:0" and self.reads > 0:
+            self.reads -= 1
+            for _ in range(self.publishes):
+                version = self.publisher.version() + 1
+                self.publisher.publish(state_of(version), version)
+                self.published.append(version)
+        return value
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def overtaken_store(redis_server, run: str, publishes: int, reads: int = 10**9) -> tuple[WeightStore, WeightStore]:
+    """(publisher, reader) of `run`, the reader's reads overtaken by `publishes` publishes each."""
+    config = WeightsConfig(transport="redis", chunk_bytes=SMALL_CHUNKS, keep_versions=2)
+    publisher, reader = WeightStore(redis_server.url, run, config), WeightStore(redis_server.url, run, config)
+    slow = OvertakingClient(connect_redis(redis_server.url), publisher, publishes, reads)
+    reader._transports["redis"] = RedisTransport(
+        slow, "qfleet:" + run + ":learner:weights", SMALL_CHUNKS, config.keep_versions, redis_server.url
+    )
+    return publisher, reader
+
+
+def test_redis_reads_that_publishes_overtake_deliver_whole_versions(redis_server):
+    """Every read is overtaken by a publish (publishes come faster than a read takes): each fetch
+    still delivers one whole version, the one its manifest named, and readers keep up."""
+    publisher, reader = overtaken_store(redis_server, "overtaken", publishes=1)
+    try:
+        publisher.publish(state_of(1), 1)
+        held = 0
+        for _ in range(4):
+            version, weights = reader.fetch(held)
+            assert version > held and sums_of(weights) == sums_of(state_of(version))
+            held = version
+        assert held >= 4 and reader._transports["redis"].client.published[-1] > held  # published meanwhile
+    finally:
+        publisher.close()
+        reader.close()
+
+
+def test_a_redis_read_whose_payload_is_deleted_is_superseded_and_the_store_reads_the_newest(redis_server):
+    """`keep_versions` (2) publishes during a read delete its payload: never a mix, never a crash;
+    the fetch reads the new manifest (the second read here is not overtaken)."""
+    from actors import WeightSubscriber
+
+    publisher, reader = overtaken_store(redis_server, "deleted", publishes=2, reads=1)
+    raw = connect_redis(redis_server.url)
+    try:
+        publisher.publish(state_of(1), 1)
+        version, weights = reader.fetch(0)
+        assert version == 3 and sums_of(weights) == sums_of(state_of(3))
+        manifest = reader._manifest()
+        publisher.publish(state_of(4), 4)
+        publisher.publish(state_of(5), 5)
+        with pytest.raises(SupersededReadError, match="weights v3 .* were deleted while being read"):
+            reader._transport("redis").read(manifest)
+        assert raw.llen("qfleet:deleted:learner:weights:payloads") == 2  # the old payloads are gone
+        assert len(raw.keys("qfleet:deleted:learner:weights:payload:*")) == 2
+
+        # Overtaken on every read: an actor's first fetch gives None (counted), never raises.
+        fast_publisher, always = overtaken_store(redis_server, "deleted", publishes=2)
+        subscriber = WeightSubscriber(always, retry_s=60)
+        try:
+            assert subscriber.fetch_now() is None and subscriber.fetch_failures == 1
+        finally:
+            subscriber.close()
+            fast_publisher.close()
+    finally:
+        publisher.close()
+        reader.close()
+        raw.close()
+
+
+def test_a_forged_manifest_size_or_format_is_refused_before_any_allocation(redis_server):
+    """Anyone who can write Redis can write the manifest: a size of 100 GB is refused by the chunk
+    sizes Redis holds (no allocation), another qfleet version's manifest by its format."""
+    from actors import WeightSubscriber
+
+    config = WeightsConfig(transport="redis", chunk_bytes=SMALL_CHUNKS)
+    publisher, reader = WeightStore(redis_server.url, "forged", config), WeightStore(redis_server.url, "forged", config)
+    raw = connect_redis(redis_server.url)
+    key, version_key = "qfleet:forged:learner:weights", "qfleet:forged:learner:weights_version"
+    subscriber = WeightSubscriber(reader, poll_s=0.01)
+    try:
+        publisher.publish(state_of(1), 1)
+        assert subscriber.fetch_now()[0] == 1
+        raw.hset(key, mapping={"bytes": 10**11, "version": 2})
+        raw.set(version_key, 2)
+        with pytest.raises(MalformedWeightsError, match="hold [0-9]+ bytes, the manifest says 100000000000"):
+            reader.fetch(1)
+        assert wait_until(lambda: subscriber.malformed.total >= 2, 30)  # its thread reads on
+        raw.hdel(key, "format")
+        with pytest.raises(MalformedWeightsError, match="written by another qfleet version; run the learner and"):
+            reader.fetch(1)
+        publisher.publish(state_of(3), 3)
+        assert subscriber.take(timeout=30)[0] == 3
+    finally:
+        subscriber.close()
+        publisher.close()
+        raw.close()
 
 
 def test_a_subscriber_downloads_the_weights_once_at_its_start(redis_server):

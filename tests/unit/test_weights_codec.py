@@ -4,10 +4,13 @@ half-decoded; a payload that is not the manifest's (size, header digest) refused
 
 from __future__ import annotations
 
+import gc
 import json
 import pickle
 import struct
+import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from safetensors.torch import load as load_safetensors
 
 from learner import (
     MalformedWeightsError,
+    SharedWeights,
     WeightsHostError,
     WeightStoreError,
     decode_weights,
@@ -68,14 +72,72 @@ def test_a_bytearray_is_decoded_in_place_and_read_only_buffers_are_copied_once()
 
 def test_in_place_tensors_view_a_read_only_buffer_and_keep_it_alive():
     """As a reader decodes the numpy array Ray maps from the node's shared memory: no copy, and
-    the tensors stay valid after the reader drops the array."""
+    the tensors keep the array alive after the reader drops it (and only as long as they live)."""
     payload = np.frombuffer(encode_weights(STATE, version=3), np.uint8)  # read-only
     start = payload.ctypes.data
     version, tensors = decode_weights(payload, in_place=True)
     assert version == 3
     assert start <= tensors["torso.0.weight"].data_ptr() < start + payload.nbytes
+    alive = weakref.ref(payload)
     del payload
+    gc.collect()
+    assert alive() is not None  # held by the tensors
     _assert_same(tensors, STATE)
+    del tensors
+    gc.collect()
+    assert alive() is None
+
+
+def _shared(version: int = 3) -> tuple[np.ndarray, SharedWeights]:
+    payload = np.frombuffer(encode_weights(STATE, version=version), np.uint8)  # read-only, as Ray hands it out
+    return payload, SharedWeights(payload, decode_weights(payload, in_place=True)[1])
+
+
+def test_shared_weights_hand_out_copies_never_the_views_of_the_shared_payload():
+    payload, shared = _shared()
+    before = payload.tobytes()
+    _assert_same(dict(shared), STATE)
+    shared["torso.0.weight"][0, 0] = 42.0  # a copy of its own
+    assert shared["torso.0.weight"][0, 0] == 0.0
+    assert payload.tobytes() == before
+    with pytest.raises(TypeError):
+        shared.payload[0] = 1  # read-only bytes
+
+
+def test_weights_loaded_into_a_module_are_copies_of_the_shared_payload():
+    """A network loaded from shared weights and then trained in place leaves the payload (that
+    every reader on the node maps) unchanged."""
+    state = {"weight": torch.arange(6, dtype=torch.float32).reshape(2, 3), "bias": torch.ones(2)}
+    payload = np.frombuffer(encode_weights(state, version=1), np.uint8)
+    before = payload.tobytes()
+    shared = SharedWeights(payload, decode_weights(payload, in_place=True)[1])
+    module = torch.nn.Linear(3, 2)
+    shared.load_into(module)
+    assert torch.equal(module.weight, state["weight"]) and torch.equal(module.bias, state["bias"])
+    with torch.no_grad():
+        module.weight.add_(100.0)
+        module.bias.zero_()
+    assert payload.tobytes() == before
+    _assert_same(dict(shared), state)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        shared.load_into(torch.nn.Linear(4, 2))
+
+
+def test_decoding_a_read_only_buffer_in_a_thread_warns_nothing():
+    """Torch's warning about read-only buffers is spent at import, not raised (or filtered with a
+    thread-unsafe catch_warnings) in a reader's thread: a fresh process with warnings as errors."""
+    code = (
+        "import threading, numpy as np; from learner import encode_weights, decode_weights; import torch\n"
+        "payload = np.frombuffer(encode_weights({'w': torch.ones(3)}, 1), np.uint8)\n"
+        "errors = []\n"
+        "def read():\n"
+        "    try: decode_weights(payload, in_place=True)\n"
+        "    except Exception as exc: errors.append(exc)\n"
+        "thread = threading.Thread(target=read); thread.start(); thread.join()\n"
+        "assert not errors, errors\n"
+    )
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 7, 100, 10**6])
