@@ -28,10 +28,15 @@ from actors.nstep import NStepAccumulator, apex_epsilons
 from actors.registry import STATE_ACTING, STATE_HELD_BACK, ActorRegistry
 from actors.weights import WeightSubscriber
 from actors.writer import INSERT_MAX_BYTES, TransitionWriter, Writer, actor_writer_id
-from learner import LearnerConfig
+from learner import LearnerConfig, WeightStoreError
 from replay import ReplayCredentials, ShardedReplay, keep_freed_memory, start_metrics_server
 
 log = logging.getLogger(__name__)
+
+EPISODES_PER_ENTRY = 1_000
+"""Episode records per entry of the run's episode stream (one write)."""
+MAX_KEPT_EPISODES = 10_000
+"""Episode records an actor keeps while Redis is away; older ones are dropped (and said)."""
 
 NSTEP_BLOCK = 64
 """Most vector steps between n-step emissions (fewer where one would exceed INSERT_MAX_BYTES or
@@ -189,7 +194,10 @@ class EnvActor:
                 server = self._open(start_metrics_server(actors.metrics_port, bind, self.metrics.registry))
                 host = socket.gethostname() if bind == "0.0.0.0" else bind
                 self.metrics_address = f"{host}:{server.server_port}"
-            self._pull_weights(wait=True)  # a (re)started actor acts with the newest weights from its first step
+            try:
+                self._pull_weights(wait=True)  # a (re)started actor acts with the newest weights from its first step
+            except WeightStoreError as exc:  # Redis away: the background fetch brings them once it is back
+                log.warning("actor %d starts with its initial weights while Redis is away: %s", actor_id, exc)
             self.startup.ready_at = time.time()
             self._report(self.stats())  # up: from here a missing chunk is not for want of resources
         except BaseException:
@@ -272,9 +280,20 @@ class EnvActor:
         self.writer.flush()
         if self.startup.first_insert_at is None and self.writer.sent:  # the first batch left only now
             self._mark_first_steps()
-        if self._episode_buffer:
-            if self._to_redis("write episode records", self.registry.add_episodes, self.actor_id, self._episode_buffer):
-                self._episode_buffer = []  # else kept for the next flush: Redis is away for a moment
+        while self._episode_buffer:  # in entries of at most EPISODES_PER_ENTRY
+            entry = self._episode_buffer[:EPISODES_PER_ENTRY]
+            if not self._to_redis("write episode records", self.registry.add_episodes, self.actor_id, entry):
+                break  # kept for the next flush: Redis is away for a moment
+            del self._episode_buffer[: len(entry)]
+        if len(self._episode_buffer) > MAX_KEPT_EPISODES:  # a long outage: the newest are kept
+            dropped = len(self._episode_buffer) - MAX_KEPT_EPISODES
+            del self._episode_buffer[:dropped]
+            log.warning(
+                "actor %d: %d episode records dropped while Redis is away (the newest %d kept)",
+                self.actor_id,
+                dropped,
+                MAX_KEPT_EPISODES,
+            )
 
     def _to_redis(self, what: str, write, *args) -> bool:
         """One write to the run's Redis; False (said once per gap, the chunk goes on) while Redis

@@ -127,7 +127,10 @@ class ActorFleet:
         """
         describe_env(self.env)
         count = self.config.num_actors if num_actors is None else num_actors
-        self.registry.set_desired(count)
+        try:
+            self.registry.set_desired(count)
+        except ActorRegistryError as exc:  # Redis away: `qfleet status` shows the wanted count once it is back
+            log.warning("desired actor count not written while Redis is away: %s", exc)
         self._resize(count)
         # Each actor's first chunk queued now: it steps as soon as it is built, not once the
         # supervisor's first `poll` comes (which may wait for the learner to start).

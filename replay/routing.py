@@ -111,8 +111,10 @@ class ShardWriter:
             sent = 0
             try:
                 for batch in batches:  # at most MAX_RESENT_FROM receipts per request: a shard reads no more
-                    carried, receipts = receipts[:MAX_RESENT_FROM], receipts[MAX_RESENT_FROM:]
-                    shard.client.insert(batch, timeout, writer_tag=self.writer_tag, resent_from=carried)
+                    shard.client.insert(
+                        batch, timeout, writer_tag=self.writer_tag, resent_from=receipts[:MAX_RESENT_FROM]
+                    )
+                    receipts = receipts[MAX_RESENT_FROM:]  # only once the batch is on its way with them
                     sent += 1
                 if receipts:  # more than these batches could carry: the next inserts take them
                     with self._lock:
@@ -127,11 +129,12 @@ class ShardWriter:
         """The receipts the next batch carries: the stream given up on (its shard may have stored
         some of the batches re-sent now: replay/accounting.py), and those that had not arrived
         anywhere yet (a repeat is harmless: receipts are counted once)."""
-        receipts = [*unsent, *exc.resent_from]
-        if exc.abandoned is not None:
-            receipts.append((shard.shard_id, *exc.abandoned, 0))
+        receipts = [*exc.resent_from, *unsent]
+        if exc.abandoned is not None:  # first: it must ride the first of its stream's re-sent batches
+            receipts.insert(0, (shard.shard_id, *exc.abandoned, 0))
         with self._lock:
-            self._receipts.extend(tuple(r) for r in receipts if tuple(r) not in self._receipts)
+            fresh = [tuple(r) for r in dict.fromkeys(tuple(r) for r in receipts) if tuple(r) not in self._receipts]
+            self._receipts[:0] = fresh
 
     def _hand_back_receipts(self) -> None:
         """The batches go back to the caller, who counts them lost: every receipt not delivered

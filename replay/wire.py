@@ -351,6 +351,7 @@ def decode_insert_request(raw: bytes) -> InsertRequestView:
     scalars = {2: 0, 3: 0, 4: 0, 5: 0}
     span = None
     resent: list[int] = []
+    skipped = 0
     for field, wire_type, value in _fields(raw, 0, len(raw), "InsertRequest", 6):
         if field == 1 and wire_type == _LEN:
             span = value
@@ -358,13 +359,17 @@ def decode_insert_request(raw: bytes) -> InsertRequestView:
             scalars[field] = value
         elif field == 6 and wire_type == _LEN:
             pos, stop = value
-            while pos < stop:
+            while pos < stop:  # keeps the first MAX_RESENT_FROM receipts' numbers, only counts the rest
                 number, pos = _read_varint(raw, pos, stop, "InsertRequest resent_from")
-                resent.append(number)
-    if len(resent) % RECEIPT_FIELDS:
-        raise _malformed("InsertRequest", f"resent_from holds {len(resent)} numbers, not {RECEIPT_FIELDS} per receipt")
-    beyond = max(0, len(resent) // RECEIPT_FIELDS - MAX_RESENT_FROM)
-    resent = resent[: RECEIPT_FIELDS * MAX_RESENT_FROM]
+                if len(resent) < RECEIPT_FIELDS * MAX_RESENT_FROM:
+                    resent.append(number)
+                else:
+                    skipped += 1
+    if (len(resent) + skipped) % RECEIPT_FIELDS:
+        raise _malformed(
+            "InsertRequest", f"resent_from holds {len(resent) + skipped} numbers, not {RECEIPT_FIELDS} per receipt"
+        )
+    beyond = skipped // RECEIPT_FIELDS
     receipts = tuple(tuple(resent[i : i + RECEIPT_FIELDS]) for i in range(0, len(resent), RECEIPT_FIELDS))
     _check_stream(scalars[2], receipts)
     return InsertRequestView(scalars[2], scalars[3], scalars[4], raw, span, scalars[5], receipts, beyond)

@@ -83,14 +83,17 @@ class RunCounters:
         self.transitions_inserted = int(state.get("transitions_inserted", 0))
         """Transitions stored for the actors over the run, each once, as the shards' insert ledgers
         count them (a killed actor's last chunk included): present + lost by shards - stored twice."""
-        self.start_stored_by_writer: dict[int, int] | None = (
-            {int(tag): int(items) for tag, items in state["stored_by_writer"].items()}
-            if "stored_by_writer" in state
+        self.start_counted_by_writer: dict[int, int] | None = (
+            {int(tag): int(items) for tag, items in state["counted_by_writer"].items()}
+            if "counted_by_writer" in state
             else ({} if not state else None)
         )
-        """Items stored for each writer tag by the earlier sessions (None: a resumed run whose
-        state.json predates the key: no baseline, so no env steps are credited from the shards)."""
-        self.stored_by_writer: dict[int, int] = dict(self.start_stored_by_writer or {})
+        """Per writer tag, how far the earlier sessions' env steps cover its ledger count: what the
+        shards stored for it beyond this is new (None: a resumed run whose state.json predates the
+        key: no baseline, so no env steps are credited from the shards)."""
+        self.counted_by_writer: dict[int, int] = dict(self.start_counted_by_writer or {})
+        """The same, over the run so far (saved in state.json for the next session)."""
+        self.stored_by_writer: dict[int, int] = {}
         """Items stored for each writer tag over the run, at the latest poll of every shard."""
         self.env_steps_unreported = 0
         """Env steps of this session that no actor process reported (it was killed before its
@@ -134,17 +137,24 @@ class RunCounters:
         for it beyond the env steps its processes reported. Each stored transition is one env
         step of its own (n-step windows included), so an actor took at least as many env steps as
         the shards stored for it: a process killed after inserting and before its next report is
-        counted. A lower bound, never above the truth: short by the dead process's transitions
-        still buffered when it died (and those buffered at its last report). Never goes back."""
+        counted. A lower bound as long as the ledgers' per-writer counts are exact, so nothing is
+        credited once a shard dropped or could not resolve a receipt (a re-sent batch would then
+        count twice for its writer). Short by what a dead process still had buffered. Never goes
+        back."""
         unreported = 0
-        if self.accounting_tracked and self.start_stored_by_writer is not None:
+        start = self.start_counted_by_writer
+        exact = not (self.receipts_dropped or self.receipts_unresolved or self.transitions_unattributed)
+        if self.accounting_tracked and start is not None and exact and self.stored_by_writer:
             from actors import actor_writer_id
             from replay import writer_tag
 
             for actor_id in fleet.actor_ids:
                 tag = writer_tag(actor_writer_id(run, actor_id))
-                stored = self.stored_by_writer.get(tag, 0) - self.start_stored_by_writer.get(tag, 0)
-                unreported += max(0, stored - fleet.env_steps_by_actor.get(actor_id, 0))
+                reported = fleet.env_steps_by_actor.get(actor_id, 0)
+                stored = self.stored_by_writer.get(tag, 0) - start.get(tag, 0)
+                unreported += max(0, stored - reported)
+                counted = start.get(tag, 0) + max(reported, stored)  # the ledger count these env steps cover
+                self.counted_by_writer[tag] = max(self.counted_by_writer.get(tag, 0), counted)
         self.env_steps_unreported = unreported
         self.env_steps = max(self.env_steps, self.start_env_steps + fleet.env_steps + unreported)
 
@@ -201,8 +211,8 @@ class RunCounters:
             "replay_inserts": self.replay_inserts,
             **self.accounting(),
             **(
-                {"stored_by_writer": {str(tag): items for tag, items in sorted(self.stored_by_writer.items())}}
-                if self.accounting_tracked and self.start_stored_by_writer is not None
+                {"counted_by_writer": {str(tag): items for tag, items in sorted(self.counted_by_writer.items())}}
+                if self.accounting_tracked and self.start_counted_by_writer is not None
                 else {}
             ),
             "faults": self.faults.to_json(),

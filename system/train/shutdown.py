@@ -148,19 +148,20 @@ def _stop_shards(
 
 
 def _log_per_actor(plan: Plan, shards: list, fleet: FleetStats) -> None:
-    """Each actor's transitions as the shards count them beside what its processes reported (a
-    process that was killed never reported its last chunk)."""
+    """Each actor's transitions as the shards count them (over the run) beside what this session's
+    processes reported (a process that was killed never reported its last chunk; one killed
+    before its first report is listed with 0)."""
     from actors import actor_writer_id
     from replay import reconcile, writer_tag
 
     by_writer = reconcile(shard.accounting for shard in shards).by_writer
-    for actor_id in sorted(fleet.inserted_by_actor):
+    for actor_id in sorted(fleet.actor_ids):
         stored = by_writer.get(writer_tag(actor_writer_id(plan.name, actor_id)), 0)
         log.info(
-            "actor %d: %s transitions stored by the shards, %s reported by its processes",
+            "actor %d: %s transitions stored by the shards over the run, %s reported by this session's processes",
             actor_id,
             f"{stored:,}",
-            f"{fleet.inserted_by_actor[actor_id]:,}",
+            f"{fleet.inserted_by_actor.get(actor_id, 0):,}",
         )
 
 

@@ -215,9 +215,13 @@ def test_cancelled_blocked_samples_take_nothing_from_the_learners_budget(start_s
         assert (after.samples, after.diff, after.inserts) == (spent.samples, spent.diff, spent.inserts)
         assert all(call.cancelled() for call in blocked)
 
-        # Inserts resume: the learner draws again, as far as the new inserts allow.
-        writer.running.set()
-        assert sampling_rate(learner, windows=1) > 0
+        # 320 new items: the learner draws 320 (spi 1), and only it: a cancelled Sample that
+        # still waited for budget would take its 300 as the items arrive.
+        writer.client.insert(make_batch(320, start=10**6))
+        writer.client.flush(timeout=10)
+        for _ in range(10):
+            learner.sample(32, timeout=30)
+        assert server.table.info().samples == spent.samples + 320
     finally:
         writer.close()
 

@@ -207,7 +207,9 @@ def test_a_killed_actors_last_chunk_is_counted_from_the_shards_ledgers(tmp_path)
     stored, present, lost, twice, _ = shard_totals(output)
     per_actor = [
         tuple(map(_number, m))
-        for m in re.findall(r"actor \d: ([\d,]+) transitions stored by the shards, ([\d,]+) reported", output)
+        for m in re.findall(
+            r"actor \d: ([\d,]+) transitions stored by the shards over the run, ([\d,]+) reported", output
+        )
     ]
     print(
         f"stored for the actors {stored:,} = in shards {present:,} + lost {lost:,} - stored twice {twice:,}; "

@@ -51,7 +51,7 @@ def test_a_resumed_run_credits_only_what_its_own_session_stored_and_saves_its_ba
     first.stored_by_writer = {tag(0): 5_000}
     first.count_env_steps("run", fleet({0: 5_000}))
     state = first.state()
-    assert state["stored_by_writer"] == {str(tag(0)): 5_000}
+    assert state["counted_by_writer"] == {str(tag(0)): 5_000}
 
     resumed = RunCounters(state, eval_every_steps=0)
     resumed.stored_by_writer = {tag(0): 5_700}
@@ -59,9 +59,30 @@ def test_a_resumed_run_credits_only_what_its_own_session_stored_and_saves_its_ba
     assert (resumed.env_steps, resumed.env_steps_unreported) == (5_700, 188)
 
 
+def test_a_resume_after_a_crash_does_not_count_again_what_the_last_state_had_reported():
+    # The crashed session's last state: 1,000 env steps reported, the shards' poll older (800).
+    first = RunCounters({}, eval_every_steps=0)
+    first.stored_by_writer = {tag(0): 800}
+    first.count_env_steps("run", fleet({0: 1_000}))
+    assert first.env_steps == 1_000
+
+    resumed = RunCounters(first.state(), eval_every_steps=0)
+    resumed.stored_by_writer = {tag(0): 1_000}  # the 200 stored after that poll were reported already
+    resumed.count_env_steps("run", fleet({0: 64}))
+    assert (resumed.env_steps, resumed.env_steps_unreported) == (1_064, 0)
+
+
+def test_nothing_is_credited_while_a_ledger_count_may_hold_a_batch_twice():
+    counters = RunCounters({}, eval_every_steps=0)
+    counters.stored_by_writer = {tag(0): 1_512}
+    counters.receipts_dropped = 1  # a re-sent batch's receipt a shard could not keep
+    counters.count_env_steps("run", fleet({0: 1_000}))
+    assert (counters.env_steps, counters.env_steps_unreported) == (1_000, 0)
+
+
 def test_a_run_resumed_from_a_state_without_the_baseline_credits_nothing():
     resumed = RunCounters({"env_steps": 5_000, "transitions_inserted": 5_000}, eval_every_steps=0)
     resumed.stored_by_writer = {tag(0): 5_700}
     resumed.count_env_steps("run", fleet({0: 100}))
     assert (resumed.env_steps, resumed.env_steps_unreported) == (5_100, 0)
-    assert "stored_by_writer" not in resumed.state()
+    assert "counted_by_writer" not in resumed.state()
