@@ -385,6 +385,32 @@ def dataset_summary(config, dataset_id: str, datasets_dir: pathlib.Path, seconds
     }
 
 
+def policy_sanity(config, agent, loaded: dict[str, np.ndarray]) -> dict:
+    """How the greedy policy treats its own training states, so a collapsed policy shows: the share
+    of the successful episodes' steps (episode_return > 0) where it picks the recorded action, and
+    how many distinct actions it picks over every training state."""
+    import numpy as np
+
+    from learner import Policy
+    from system.config import env_spaces
+
+    spaces = env_spaces(config.env)
+    policy = Policy(dataclasses.replace(config.learner, policy_acting="greedy"), spaces.obs_shape, spaces.action_space)
+    policy.load(agent.policy_state(), 0)
+    rng = np.random.default_rng(0)
+    greedy = np.concatenate(
+        [policy.act(loaded["obs"][i : i + 1024], 0.0, rng) for i in range(0, len(loaded["obs"]), 1024)]
+    )
+    rewarded = loaded["episode_return"] > 0
+    match = float(np.mean(greedy[rewarded] == loaded["action"][rewarded])) if rewarded.any() else None
+    return {
+        "train_match_on_rewarded": None if match is None else round(match, 4),
+        "rewarded_steps": int(rewarded.sum()),
+        "distinct_greedy_actions": int(len(np.unique(greedy))),
+        "training_states": int(len(greedy)),
+    }
+
+
 def updates_per_s(config, loaded: dict[str, np.ndarray], seconds: float, seed: int) -> dict:
     """Updates/s of `config.learner` on uniform batches of `loaded` for about `seconds` (after one
     warm-up update: first-call costs are not the steady rate)."""
@@ -480,8 +506,18 @@ class TaskRun:
             log(f"{self.task} / {cell}: update {update:,}/{updates:,} ({update / seconds:.1f} updates/s)")
 
         agent, seconds = train_agent(config, self.features(), updates, self.settings.seed, progress)
+        sanity = policy_sanity(config, agent, self.features())
+        log(
+            f"{self.task} / {cell}: greedy action = recorded on {sanity['train_match_on_rewarded']} of the "
+            f"successful steps; {sanity['distinct_greedy_actions']} distinct greedy actions"
+        )
         result = evaluate(config, agent.policy_state(), self.settings, f"{self.task} / {cell}")
-        return result | {"updates": updates, "train_seed": self.settings.seed, "train_s": round(seconds, 1)}
+        return result | {
+            "updates": updates,
+            "train_seed": self.settings.seed,
+            "train_s": round(seconds, 1),
+            "sanity": sanity,
+        }
 
     def online(self) -> dict:
         import torch
