@@ -65,6 +65,26 @@ STOP_TIMEOUT_S = 300.0
 """How long a stopped child command may take to stop in order before its group is killed."""
 
 
+BENCH_OWNED = (
+    "learner.best_of_n",
+    "learner.loss",
+    "learner.critic",
+    "learner.top_k_percent",
+    "learner.network",
+    "env.id",
+    "env.num_envs",
+    "env.features.",
+    "train.seed",
+    "train.total_env_steps",
+    "offline.",
+)
+"""`--set` keys (a trailing dot: a whole section) the bench sets per cell; overriding one would make
+a cell's label lie (an "N=1" cell trained with another N), so `--set` of them is refused."""
+
+SECRET_WORDS = ("password", "token", "secret", "key_pem", "_key")
+"""A `--set` key holding one of these has its value replaced by *** wherever the bench shows it."""
+
+
 def digiq_cell(n: int) -> str:
     return f"Digi-Q offline N={n}"
 
@@ -119,6 +139,19 @@ class DigiqSettings:
             raise ConfigError(f"--best-of-n {self.best_of_n}: every N must be >= 1")
         if self.online_env_steps < 0 or self.throughput_s <= 0 or self.seed < 0:
             raise ConfigError("--online-env-steps and --seed must be >= 0, --throughput-s > 0")
+        if self.online_n not in self.best_of_n:
+            raise ConfigError(
+                f"--online-n {self.online_n}: not among --best-of-n {','.join(map(str, self.best_of_n))}, so the "
+                "online run would have no offline cell of the same N to improve on"
+            )
+        for override in self.overrides:
+            key = override.split("=", 1)[0].strip()
+            owned = [k for k in BENCH_OWNED if key == k or (k.endswith(".") and key.startswith(k))]
+            if owned:
+                raise ConfigError(
+                    f"--set {key}: the bench sets {owned[0].rstrip('.')} itself per cell (its labels would no "
+                    "longer say what ran); use its own options (--best-of-n, --online-n, --seed, --browsers, ...)"
+                )
 
     def cells(self) -> tuple[str, ...]:
         """A task's cells, in the order they run."""
@@ -142,7 +175,7 @@ class Results:
         self.tasks: dict[str, dict[str, dict]] = {}
         if self.path.exists():
             stored = json.loads(self.path.read_text())
-            mine = _jsonable(dataclasses.asdict(settings))
+            mine = _stored_settings(settings)
             if stored.get("settings") != mine:
                 differ = sorted(k for k in mine if stored.get("settings", {}).get(k) != mine[k])
                 raise ConfigError(
@@ -159,10 +192,10 @@ class Results:
         """Keeps the cell's result and rewrites the file (atomically: a stop mid-write loses nothing)."""
         self.tasks.setdefault(task, {})[cell] = result
         payload = {
-            "command": " ".join(sys.argv),
+            "command": " ".join(map(redact_word, sys.argv)),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "config": CONFIG,
-            "settings": _jsonable(dataclasses.asdict(self.settings)),
+            "settings": _stored_settings(self.settings),
             "tasks": self.tasks,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +206,26 @@ class Results:
 
 def _jsonable(value):
     return json.loads(json.dumps(value))
+
+
+def _stored_settings(settings: DigiqSettings) -> dict:
+    """The settings as the results file holds them: secrets in `--set`s redacted."""
+    stored = _jsonable(dataclasses.asdict(settings))
+    stored["overrides"] = [redact_word(override) for override in settings.overrides]
+    return stored
+
+
+def redact_word(word: str) -> str:
+    """A command-line word safe to log and store: a `KEY=VALUE` whose key names a secret gets
+    `KEY=***`, a URL (alone or as a value) loses its password (`replay.redact_url`)."""
+    from replay import redact_url
+
+    key, equals, value = word.partition("=")
+    if equals and any(part in key.lower() for part in SECRET_WORDS):
+        return f"{key}=***"
+    if equals and "://" in value:
+        return f"{key}={redact_url(value)}"
+    return redact_url(word) if "://" in word else word
 
 
 @dataclass(frozen=True)
@@ -213,7 +266,7 @@ def run_command(command: list[str], what: str) -> None:
     Raises:
         RuntimeError: it exited with a non-zero code.
     """
-    log(f"{what}: {' '.join(command[2:])}")
+    log(f"{what}: {' '.join(map(redact_word, command[2:]))}")
     process = start_child(command, cwd=ROOT)
     try:
         code = process.wait()
@@ -411,16 +464,57 @@ def policy_sanity(config, agent, loaded: dict[str, np.ndarray]) -> dict:
     }
 
 
-def updates_per_s(config, loaded: dict[str, np.ndarray], seconds: float, seed: int) -> dict:
-    """Updates/s of `config.learner` on uniform batches of `loaded` for about `seconds` (after one
-    warm-up update: first-call costs are not the steady rate)."""
-    from system.bench.offline import train_agent
+WARMUP_UPDATES = 3
+"""Untimed updates before the updates/s clock starts (first-call costs are not the steady rate)."""
+MIN_TIMED_UPDATES = 20
+"""The fewest timed updates of an updates/s figure, however long they take."""
 
-    warm_agent, one = train_agent(config, loaded, 1, seed)
-    del warm_agent
-    count = max(2, int(seconds / max(one, 1e-3)))  # the first update's time, an upper bound per update
-    _, took = train_agent(config, loaded, count, seed)
-    return {"updates": count, "seconds": took, "updates_per_s": count / took}
+
+def updates_per_s(config, loaded: dict[str, np.ndarray], seconds: float, seed: int) -> dict:
+    """Updates/s of `config.learner` on uniform batches of `loaded`, on the learner's own device
+    (`learner.device`, as `qfleet train` resolves it): one agent is warmed up by WARMUP_UPDATES
+    updates, then timed until `seconds` have passed and at least MIN_TIMED_UPDATES updates ran."""
+    import numpy as np
+    import torch
+
+    from learner import make_agent, resolve_device
+    from system.config import env_spaces
+
+    device = resolve_device(config.learner.device)
+    spaces = env_spaces(config.env)
+    torch.manual_seed(seed)
+    agent = make_agent(config.learner, spaces.obs_shape, spaces.action_space, device)
+    rng = np.random.default_rng(seed)
+    size, batch_size = len(loaded["reward"]), config.learner.batch_size
+    weights = torch.ones(batch_size, device=device)
+
+    def update(number: int) -> None:
+        rows = rng.integers(0, size, batch_size)
+        agent.update({name: torch.from_numpy(column[rows]).to(device) for name, column in loaded.items()}, weights)
+        agent.after_update(number)
+
+    def synchronise() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for number in range(1, WARMUP_UPDATES + 1):
+        update(number)
+    synchronise()
+    count, started = 0, time.perf_counter()
+    while count < MIN_TIMED_UPDATES or time.perf_counter() - started < seconds:
+        count += 1
+        update(WARMUP_UPDATES + count)
+        if count % 10 == 0:
+            synchronise()  # the deadline is judged on finished work
+    synchronise()
+    took = time.perf_counter() - started
+    return {
+        "updates": count,
+        "seconds": took,
+        "updates_per_s": count / took,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
 
 
 class TaskRun:
@@ -552,12 +646,28 @@ class TaskRun:
             "train_s": round(train_s, 1),
         }
 
-    def throughput(self) -> dict:
-        """Updates/s of Digi-Q (the online N) on features vs on screenshots, same batch size."""
+    def throughput_configs(self):
+        """(features, pixels): Digi-Q with the online N on features, and the same learner on the
+        screenshots (a CNN trained with the heads, no frozen encoder)."""
         learner = {"learner.best_of_n": self.settings.online_n}
         features = self.config(learner)
         pixels = self.config(learner | {"learner.network": "cnn"}, ("env.features.encoder=none",))
+        return features, pixels
+
+    def throughput(self) -> dict:
+        """Updates/s of Digi-Q (the online N) on features vs on screenshots, same batch size."""
+        import torch
+
+        features, pixels = self.throughput_configs()
         screens = load_dataset(pixels, self.paths.pixels_id, self.paths.datasets)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)  # the learner's own setting, not the bench's one thread
+        try:
+            return self._throughput(features, pixels, screens)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _throughput(self, features, pixels, screens) -> dict:
         segment_s, seed = self.settings.throughput_s / THROUGHPUT_ROUNDS, self.settings.seed
         rounds = []
         for round_ in range(1, THROUGHPUT_ROUNDS + 1):  # interleaved: a load that changes hits both sides
@@ -570,6 +680,8 @@ class TaskRun:
             )
         return {
             "batch_size": features.learner.batch_size,
+            "device": rounds[0]["features"]["device"],
+            "threads": rounds[0]["features"]["threads"],
             "features": _total(r["features"] for r in rounds),
             "pixels": _total(r["pixels"] for r in rounds),
             "ratio": statistics.median(r["features"]["updates_per_s"] / r["pixels"]["updates_per_s"] for r in rounds),
