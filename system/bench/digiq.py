@@ -55,11 +55,16 @@ TASKS = ("click-button", "click-link", "click-dialog", "click-tab", "focus-text"
 
 FILTERED_BC = "filtered BC"
 ONLINE = "Digi-Q offline -> online"
+ONLINE_OFFLINE = "the online run's offline phase"
+"""A table column: the ONLINE cell's `offline_phase` result (the same run before it went online)."""
 STEPS = ("pixels dataset", "encoder", "features dataset")
 """The preparation cells of a task, in order."""
 
 THROUGHPUT_ROUNDS = 3
 """Features and pixels segments of the updates/s cell, alternated; the ratio is the rounds' median."""
+
+EVAL_SEED_BASE = 1_000_000
+"""Evaluation seeds start here (+ 100000 per --seed): a recording's envs start at 10000 --seed + j."""
 
 STOP_TIMEOUT_S = 300.0
 """How long a stopped child command may take to stop in order before its group is killed."""
@@ -116,7 +121,8 @@ class DigiqSettings:
     throughput_s: float = 20.0
     """Seconds of updates for each of the features and pixels updates/s."""
     seed: int = 0
-    """Recordings (--seed), learners (train.seed); evaluations are seeded 10000 + seed."""
+    """Recordings (--seed: env j starts at 10000 seed + j), learners (train.seed); evaluations are
+    seeded from EVAL_SEED_BASE + 100000 seed, far from any recording's seeds."""
     overrides: tuple[str, ...] = ()
     """`--set KEY=VALUE` over CONFIG for every recording, learner and run (after the bench's own)."""
 
@@ -139,6 +145,11 @@ class DigiqSettings:
             raise ConfigError(f"--best-of-n {self.best_of_n}: every N must be >= 1")
         if self.online_env_steps < 0 or self.throughput_s <= 0 or self.seed < 0:
             raise ConfigError("--online-env-steps and --seed must be >= 0, --throughput-s > 0")
+        if -(-self.eval_episodes // self.browsers) > 100:  # round k's seeds are eval_seed + 1000 k + i
+            raise ConfigError(
+                f"--eval-episodes {self.eval_episodes}: at most 100 rounds of --browsers {self.browsers} "
+                "(each --seed has 100000 evaluation seeds)"
+            )
         if self.online_n not in self.best_of_n:
             raise ConfigError(
                 f"--online-n {self.online_n}: not among --best-of-n {','.join(map(str, self.best_of_n))}, so the "
@@ -159,7 +170,7 @@ class DigiqSettings:
 
     @property
     def eval_seed(self) -> int:
-        return 10_000 + self.seed
+        return EVAL_SEED_BASE + 100_000 * self.seed
 
 
 class Results:
@@ -348,23 +359,26 @@ def learner_overrides(paths: TaskPaths, settings: DigiqSettings, learner: dict[s
 
 
 def learner_settings(cell: str, settings: DigiqSettings) -> dict[str, object]:
-    """Each offline cell's settings over CONFIG: filtered BC on the successful episodes (top-k ties
-    keep every episode with the best return), or Digi-Q with its N."""
+    """Each offline cell's settings over CONFIG: filtered BC (plain BC, top_k_percent 100, on rows
+    `TaskRun.offline` has already filtered to the successful episodes: a per-batch top-k would keep
+    whole batches of failures when a batch holds few successes), or Digi-Q with its N."""
     if cell == FILTERED_BC:
-        return {"learner.loss": "filtered_bc", "learner.critic": "discrete", "learner.top_k_percent": 10}
+        return {"learner.loss": "filtered_bc", "learner.critic": "discrete", "learner.top_k_percent": 100}
     return {"learner.best_of_n": int(cell.rsplit("=", 1)[1])}
 
 
 def online_command(paths: TaskPaths, settings: DigiqSettings) -> list[str]:
-    """`qfleet train` offline -> online; it evaluates only briefly itself (`browsers` episodes at the
-    offline phase's end and at the end): the 100-episode evaluation runs here after it."""
+    """`qfleet train` of the offline phase only (train.total_env_steps 0; `resume_command` then takes
+    the same run online), so online and offline are compared within one training run, the offline
+    checkpoint evaluated here as the online one is. It evaluates only briefly itself (`browsers`
+    episodes); the `eval_episodes` evaluations run here after each phase."""
     online = {
         "offline.dataset": paths.features_id,
         "offline.datasets_dir": str(paths.datasets),
         "offline.updates": settings.updates,
         "offline.eval_every_updates": 0,
         "learner.best_of_n": settings.online_n,
-        "train.total_env_steps": settings.online_env_steps,
+        "train.total_env_steps": 0,
         "train.eval_every_steps": max(settings.online_env_steps, 1),
         "train.eval_episodes": settings.browsers,
         "train.log_every_s": 30,
@@ -373,6 +387,12 @@ def online_command(paths: TaskPaths, settings: DigiqSettings) -> list[str]:
     for override in learner_overrides(paths, settings, online):
         command += ["--set", override]
     return command
+
+
+def resume_command(paths: TaskPaths, settings: DigiqSettings) -> list[str]:
+    """`qfleet train --resume` of `online_command`'s offline-only run, online for the env-step budget."""
+    command = [sys.executable, "-m", "system.cli", "train", "--resume", str(paths.online_run)]
+    return command + ["--set", f"train.total_env_steps={settings.online_env_steps}"]
 
 
 def evaluate(config, policy_state: dict, settings: DigiqSettings, what: str) -> dict:
@@ -599,7 +619,14 @@ class TaskRun:
         def progress(update: int, seconds: float) -> None:
             log(f"{self.task} / {cell}: update {update:,}/{updates:,} ({update / seconds:.1f} updates/s)")
 
-        agent, seconds = train_agent(config, self.features(), updates, self.settings.seed, progress)
+        loaded, kept = self.features(), {}
+        if cell == FILTERED_BC:
+            successful = loaded["episode_return"] > 0
+            if not successful.any():
+                raise RuntimeError(f"{FILTERED_BC}: the dataset has no successful episode to imitate")
+            loaded = {name: column[successful] for name, column in loaded.items()}
+            kept = {"rows_kept": int(successful.sum()), "share_kept": round(float(successful.mean()), 4)}
+        agent, seconds = train_agent(config, loaded, updates, self.settings.seed, progress)
         sanity = policy_sanity(config, agent, self.features())
         log(
             f"{self.task} / {cell}: greedy action = recorded on {sanity['train_match_on_rewarded']} of the "
@@ -611,40 +638,50 @@ class TaskRun:
             "train_seed": self.settings.seed,
             "train_s": round(seconds, 1),
             "sanity": sanity,
+            **kept,
         }
 
     def online(self) -> dict:
-        import torch
-
-        from learner import load_latest_checkpoint, make_agent
+        """One `qfleet train` run: its offline phase alone, evaluated; then the same run resumed
+        online, evaluated: the online gain is measured within one training process."""
         from system.train import RunDir
 
         _remove(self.paths.online_run)
         started = time.perf_counter()
-        run_command(online_command(self.paths, self.settings), ONLINE)
+        run_command(online_command(self.paths, self.settings), f"{ONLINE} (offline phase)")
+        offline = self.evaluate_run_checkpoint("offline phase")
+        offline["train_s"] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+        run_command(resume_command(self.paths, self.settings), f"{ONLINE} (online phase)")
+        result = self.evaluate_run_checkpoint("online")
+        progress = RunDir(self.paths.online_run).records("progress")
+        return result | {
+            "best_of_n": self.settings.online_n,
+            "env_steps": int(progress[-1]["env_steps"]) if progress else None,
+            "train_seed": self.settings.seed,
+            "train_s": round(time.perf_counter() - started, 1),
+            "offline_phase": offline,
+        }
+
+    def evaluate_run_checkpoint(self, phase: str) -> dict:
+        """The online run's latest learner checkpoint, evaluated like every other cell."""
+        import torch
+
+        from learner import load_latest_checkpoint, make_agent
+        from system.config import env_spaces
+        from system.train import RunDir
+
         run = RunDir(self.paths.online_run)
         config = run.load_config()
         loaded = load_latest_checkpoint(run.checkpoints)
         if loaded is None:
-            raise RuntimeError(f"{ONLINE}: {run.checkpoints} holds no learner checkpoint")
+            raise RuntimeError(f"{ONLINE} ({phase}): {run.checkpoints} holds no learner checkpoint")
         state, path = loaded
-        from system.config import env_spaces
-
         spaces = env_spaces(config.env)
         agent = make_agent(config.learner, spaces.obs_shape, spaces.action_space, torch.device("cpu"))
         agent.load_state_dict(state["agent"])
-        progress = run.records("progress")
-        train_s = time.perf_counter() - started
-        result = evaluate(config, agent.policy_state(), self.settings, f"{self.task} / {ONLINE}")
-        return result | {
-            "best_of_n": self.settings.online_n,
-            "offline_updates": self.settings.updates,
-            "env_steps": int(progress[-1]["env_steps"]) if progress else None,
-            "updates": int(state["counters"]["updates"]),
-            "checkpoint": str(path),
-            "train_seed": self.settings.seed,
-            "train_s": round(train_s, 1),
-        }
+        result = evaluate(config, agent.policy_state(), self.settings, f"{self.task} / {ONLINE} ({phase})")
+        return result | {"updates": int(state["counters"]["updates"]), "checkpoint": str(path)}
 
     def throughput_configs(self):
         """(features, pixels): Digi-Q with the online N on features, and the same learner on the
@@ -721,12 +758,18 @@ def _brief(result: dict) -> str:
 def table(results: Results) -> str:
     """Per task: the dataset's success, every learner's, the updates/s; then the means and targets."""
     settings = results.settings
-    learners = [FILTERED_BC, *(digiq_cell(n) for n in settings.best_of_n), ONLINE]
-    heads = ["data", "filtered BC", *(f"N={n}" for n in settings.best_of_n), f"online (N={settings.online_n})"]
+    learners = [FILTERED_BC, *(digiq_cell(n) for n in settings.best_of_n), ONLINE_OFFLINE, ONLINE]
+    heads = [
+        "data",
+        "filtered BC",
+        *(f"N={n}" for n in settings.best_of_n),
+        f"run's offline phase (N={settings.online_n})",
+        f"+ online (N={settings.online_n})",
+    ]
     lines = [
         f"Success rate over {settings.eval_episodes} greedy evaluation episodes (seed {settings.eval_seed}); "
         f"datasets: {settings.episodes} episodes at follow-p {settings.follow_p}; {settings.updates:,} offline "
-        f"updates; online: {settings.online_env_steps:,} env steps; {CONFIG}.",
+        f"updates; online: {settings.online_env_steps:,} env steps; {CONFIG}. (upd: the policy's updates.)",
         "",
         "| task | " + " | ".join(heads) + " | updates/s features | updates/s pixels | ratio |",
         "|---|" + "---:|" * (len(heads) + 3),
@@ -738,8 +781,11 @@ def table(results: Results) -> str:
         if data is not None:
             columns["data"].append(data)
         for name in learners:
-            value = cells.get(name, {}).get("success_rate")
-            row.append(_cell(value))
+            result = cells.get(ONLINE, {}).get("offline_phase", {}) if name == ONLINE_OFFLINE else cells.get(name, {})
+            value = result.get("success_rate")
+            row.append(
+                _cell(value) + (f" ({result['updates']:,} upd)" if value is not None and "updates" in result else "")
+            )
             if value is not None:
                 columns[name].append(value)
         speed = cells.get("updates/s")
@@ -774,13 +820,17 @@ def targets(results: Results) -> list[str]:
             lines.append(
                 f"Digi-Q offline N={n} - filtered BC: {gain:+.1f} points over {len(pairs)} tasks (>= 10: {verdict})."
             )
-    pairs = _pairs(results, ONLINE, digiq_cell(settings.online_n))
+    pairs = [
+        (cells[ONLINE]["success_rate"], cells[ONLINE]["offline_phase"]["success_rate"])
+        for cells in results.tasks.values()
+        if "offline_phase" in cells.get(ONLINE, {})
+    ]
     if pairs:
         gain = round(100 * statistics.mean(a - b for a, b in pairs), 6)  # no float dust in the verdict
         verdict = "met" if gain > 0 else "not met"
         lines.append(
-            f"Online - offline (N={settings.online_n}, same offline updates): {gain:+.1f} points over {len(pairs)} tasks "
-            f"(> 0: {verdict})."
+            f"Online - its own offline phase (N={settings.online_n}, one run, {settings.online_env_steps:,} env steps): "
+            f"{gain:+.1f} points over {len(pairs)} tasks (> 0: {verdict})."
         )
     ratios = [cells["updates/s"]["ratio"] for cells in results.tasks.values() if "updates/s" in cells]
     if ratios:
@@ -909,7 +959,7 @@ def add_digiq_arguments(parser) -> None:
         "--seed",
         type=int,
         default=d.seed,
-        help=f"recordings and learners; evaluations use 10000 + seed (default: {d.seed})",
+        help=f"recordings and learners; evaluations use 1000000 + 100000 * seed (default: {d.seed})",
     )
 
 

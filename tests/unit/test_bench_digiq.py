@@ -12,8 +12,8 @@ from system.cli import build_parser
 from system.config import ConfigError
 
 
-def solved(rate: float) -> dict:
-    return {"success_rate": rate, "successes": int(100 * rate), "episodes": 100, "eval_seed": 10_000}
+def solved(rate: float, **more) -> dict:
+    return {"success_rate": rate, "successes": int(100 * rate), "episodes": 100, "eval_seed": 10_000, **more}
 
 
 def test_a_rerun_with_the_same_file_and_settings_finds_the_cells_a_stopped_run_finished(tmp_path):
@@ -43,18 +43,26 @@ def test_a_rerun_with_other_settings_is_refused_naming_them(tmp_path):
 
 def test_the_table_gives_the_means_and_judges_the_issue_targets(tmp_path):
     results = Results(tmp_path / "digiq.json", DigiqSettings(best_of_n=(16,)))
-    for task, bc, digiq, online, ratio in (("click-button", 0.5, 0.7, 0.8, 30.0), ("click-tab", 0.3, 0.4, 0.3, 8.0)):
+    rows = (("click-button", 0.5, 0.7, 0.6, 0.8, 30.0), ("click-tab", 0.3, 0.4, 0.4, 0.3, 8.0))
+    for task, bc, digiq, before, online, ratio in rows:
         results.record(task, "features dataset", {"success_rate": 0.6})
-        results.record(task, FILTERED_BC, solved(bc))
-        results.record(task, digiq_cell(16), solved(digiq))
-        results.record(task, ONLINE, solved(online))
+        results.record(task, FILTERED_BC, solved(bc, updates=500))
+        results.record(task, digiq_cell(16), solved(digiq, updates=500))
+        offline_phase = solved(before, updates=500)
+        results.record(task, ONLINE, solved(online, updates=900, offline_phase=offline_phase))
         speed = {"features": {"updates_per_s": 8.0 * ratio}, "pixels": {"updates_per_s": 8.0}, "ratio": ratio}
         results.record(task, "updates/s", speed)
     text = table(results)
-    assert "| click-button | 0.60 | 0.50 | 0.70 | 0.80 | 240.0 | 8.00 | 30.0x |" in text
-    assert "| mean | 0.60 (2 tasks) | 0.40 (2 tasks) | 0.55 (2 tasks) | 0.55 (2 tasks) |" in text
+    assert (
+        "| click-button | 0.60 | 0.50 (500 upd) | 0.70 (500 upd) | 0.60 (500 upd) | 0.80 (900 upd) "
+        "| 240.0 | 8.00 | 30.0x |" in text
+    )
+    assert "| mean | 0.60 (2 tasks) | 0.40 (2 tasks) | 0.55 (2 tasks) | 0.50 (2 tasks) | 0.55 (2 tasks) |" in text
     assert "Digi-Q offline N=16 - filtered BC: +15.0 points over 2 tasks (>= 10: met)." in text
-    assert "Online - offline (N=16, same offline updates): +0.0 points over 2 tasks (> 0: not met)." in text
+    # online against the same run's offline phase (0.6 -> 0.8, 0.4 -> 0.3), not the separate N=16 cell
+    assert (
+        "Online - its own offline phase (N=16, one run, 5,000 env steps): +5.0 points over 2 tasks (> 0: met)." in text
+    )
     assert "19.0x median, 8.0x lowest (2 tasks; >= 10x: not met)" in text
 
 
@@ -68,6 +76,7 @@ def test_the_table_gives_the_means_and_judges_the_issue_targets(tmp_path):
         (["--eval-episodes", "0"], "--eval-episodes 0: must be >= 1"),
         (["--follow-p", "1.5"], r"--follow-p 1.5: must be in \[0, 1\]"),
         (["--set", "learner.no_such_key=1"], "no_such_key"),
+        (["--eval-episodes", "401"], "--eval-episodes 401: at most 100 rounds of --browsers 4"),
         (["--online-n", "8"], "--online-n 8: not among --best-of-n 1,4,16"),
         (["--set", "learner.best_of_n=4"], "--set learner.best_of_n: the bench sets learner.best_of_n itself"),
         (["--set", "learner.loss=iql"], "--set learner.loss: the bench sets"),
