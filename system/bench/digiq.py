@@ -63,6 +63,11 @@ STEPS = ("pixels dataset", "encoder", "features dataset")
 THROUGHPUT_ROUNDS = 3
 """Features and pixels segments of the updates/s cell, alternated; the ratio is the rounds' median."""
 
+BENCH_VERSION = 2
+"""Bumped when a change to this bench changes what a cell means: results of another version are
+not resumed (2: standardised features, filtered BC on successful rows, online vs its own offline
+phase, new evaluation seeds)."""
+
 EVAL_SEED_BASE = 1_000_000
 """Evaluation seeds start here (+ 100000 per --seed): a recording's envs start at 10000 --seed + j."""
 
@@ -195,6 +200,11 @@ class Results:
                 )
             self.tasks = stored.get("tasks", {})
 
+    def forget(self, task: str, cells: list[str]) -> None:
+        """Drops those cells' results (they are redone), keeping the rest."""
+        for cell in cells:
+            self.tasks.get(task, {}).pop(cell, None)
+
     def done(self, task: str, cell: str) -> dict | None:
         """The cell's result when it finished in this or an earlier run, else None."""
         return self.tasks.get(task, {}).get(cell)
@@ -220,9 +230,14 @@ def _jsonable(value):
 
 
 def _stored_settings(settings: DigiqSettings) -> dict:
-    """The settings as the results file holds them: secrets in `--set`s redacted."""
+    """The settings as the results file holds them (secrets in `--set`s redacted), with the bench's
+    version and a hash of CONFIG: a resume compares them all."""
+    import hashlib
+
     stored = _jsonable(dataclasses.asdict(settings))
     stored["overrides"] = [redact_word(override) for override in settings.overrides]
+    stored["bench_version"] = BENCH_VERSION
+    stored["config_sha256"] = hashlib.sha256((ROOT / CONFIG).read_bytes()).hexdigest()
     return stored
 
 
@@ -556,6 +571,7 @@ class TaskRun:
         """Runs the unfinished cells; False when one failed. A failed preparation cell (STEPS) skips
         the task's other cells; a failed learner cell only itself (a re-run retries them)."""
         succeeded = True
+        self.forget_lost_preparation()
         for cell in self.settings.cells():
             if self.results.done(self.task, cell) is not None:
                 log(f"{self.task} / {cell}: done before, skipped")
@@ -575,6 +591,25 @@ class TaskRun:
             self.results.record(self.task, cell, result)
             log(f"{self.task} / {cell}: {_brief(result)} ({time.perf_counter() - started:.0f} s)")
         return succeeded
+
+    def prepared(self, cell: str) -> pathlib.Path:
+        """What a preparation cell (STEPS) leaves in the work folder."""
+        paths = self.paths
+        return {
+            "pixels dataset": paths.datasets / paths.pixels_id,
+            "encoder": paths.encoder / "encoder.json",
+            "features dataset": paths.datasets / paths.features_id,
+        }[cell]
+
+    def forget_lost_preparation(self) -> None:
+        """A finished preparation cell whose files are gone from the work folder (another
+        --work-dir, deleted) is redone, and every cell after it with it."""
+        cells = list(self.settings.cells())
+        for cell in STEPS:
+            if self.results.done(self.task, cell) is not None and not self.prepared(cell).exists():
+                log(f"{self.task} / {cell}: {self.prepared(cell)} is gone; redoing it and the cells after it")
+                self.results.forget(self.task, cells[cells.index(cell) :])
+                return
 
     def run_cell(self, cell: str) -> dict:
         settings, paths = self.settings, self.paths

@@ -118,7 +118,22 @@ def test_a_failed_learner_cell_skips_only_itself_and_a_failed_preparation_the_re
     assert encoder_fails.run() is False
     assert encoder_fails.ran == ["pixels dataset", "encoder"]
     again = ScriptedTask(Results(tmp_path / "b.json", settings), set())  # the re-run retries from there
+    again.prepared("pixels dataset").mkdir(parents=True)  # what the real pixels cell would have left
     assert again.run() is True and again.ran == list(settings.cells())[1:]
+
+
+def test_a_finished_preparation_whose_files_are_gone_is_redone_with_everything_after_it(tmp_path):
+    settings = DigiqSettings(best_of_n=(1,), online_n=1)
+    first = ScriptedTask(Results(tmp_path / "a.json", settings), set())
+    for cell in ("pixels dataset", "features dataset"):
+        first.prepared(cell).mkdir(parents=True)
+    first.paths.encoder.mkdir(parents=True)
+    first.prepared("encoder").write_text("{}")
+    assert first.run() is True
+    first.prepared("encoder").unlink()  # the encoder was deleted since
+    again = ScriptedTask(Results(tmp_path / "a.json", settings), set())
+    assert again.run() is True
+    assert again.ran == list(settings.cells())[1:]  # the pixels dataset is still there: kept
 
 
 def test_secrets_in_overrides_are_redacted_in_the_results_file_and_the_log(tmp_path, monkeypatch):
