@@ -21,7 +21,7 @@ Public surface:
     (its status hash in Redis); Policy (what actors and evaluation act with); build_q_network,
     TanhGaussianActor; ActionEmbeddingQ, ActionEmbeddingIQLCritic, FactoredPolicy, action_descriptors
     (Digi-Q's heads for UI action spaces: Q(s, a) with the action as an input, the factored policy); FrozenEncoder, SmallEncoder, load_encoder, load_small_encoder,
-    save_small_encoder, load_transformers_encoder, instruction_embedding, ENCODER_LOADERS (frozen
+    save_small_encoder, feature_statistics, load_transformers_encoder, instruction_embedding, ENCODER_LOADERS (frozen
     image encoders, docs/digiq.md); ActionabilityConfig, EncoderError (no torch),
     train_actionability, screen_changed, ActionabilityModel, ActionabilityResult (phase 1).
 
@@ -136,6 +136,7 @@ _LAZY = {
     "load_encoder": "learner.encoders",
     "load_small_encoder": "learner.encoders",
     "save_small_encoder": "learner.encoders",
+    "feature_statistics": "learner.encoders",
     "instruction_embedding": "learner.encoders",
     "load_transformers_encoder": "learner.hf_encoder",
     "ActionabilityModel": "learner.actionability",

@@ -11,12 +11,21 @@ learner only ever see the feature vectors. Two kinds:
 
 Weights are read from safetensors only: a directory that holds pickle checkpoints (`.bin`, `.pt`,
 ...) instead is refused, since unpickling runs code.
+
+A frozen encoder's raw features barely vary between screens (a small encoder's LayerNorm output
+had a per-dimension std of ~0.006 against values of ~0.8), and learners on them collapse to one
+action. So `qfleet encoder train` also saves the per-dimension mean and std of the features over its
+training screens (`encoder.json`, `standardise`), and `FrozenEncoder.encode` returns
+`(features - mean) / std`: features in replay, in datasets and at acting time are standardised
+the same way. A small encoder saved without them (an older `qfleet encoder train`) still loads,
+with raw features and one warning.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import pathlib
 from collections.abc import Callable
 from typing import Any
@@ -27,10 +36,16 @@ from torch import nn
 
 from learner.errors import EncoderError
 
+log = logging.getLogger(__name__)
+
 SMALL_FORMAT = "qfleet-small-encoder"
 """`format` of a small encoder's encoder.json."""
 WEIGHTS_FILE = "encoder.safetensors"
 CONFIG_FILE = "encoder.json"
+STANDARDISE_KEY = "standardise"
+"""encoder.json's key for the features' per-dimension `mean` and `std` (lists of D floats)."""
+MIN_STD = 1e-5
+"""A dimension whose std is below this is treated as constant: divided by MIN_STD, not ~0."""
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 """Weight files refused: torch.save and `pytorch_model.bin` are pickles."""
 
@@ -85,16 +100,51 @@ class FrozenEncoder:
         feature_dim: D.
         name: what it is (shown in logs and errors), e.g. "small encoder at DIR".
         input_shape: the (H, W, C) it was built for; None: any size (it resizes).
+        standardise: (mean [D], std [D]) that `encode` standardises the features with; None: raw.
     """
 
-    def __init__(self, module: nn.Module, feature_dim: int, name: str, input_shape: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        module: nn.Module,
+        feature_dim: int,
+        name: str,
+        input_shape: tuple[int, ...] | None = None,
+        standardise: tuple[np.ndarray, np.ndarray] | None = None,
+    ):
         self.module = module.eval().requires_grad_(False)
         self.feature_dim, self.name, self.input_shape = feature_dim, name, input_shape
+        self.standardise = None
+        if standardise is not None:
+            mean, std = (np.asarray(v, np.float32).reshape(feature_dim) for v in standardise)
+            self.standardise = (mean, np.maximum(std, MIN_STD))
 
-    def encode(self, frames: np.ndarray) -> np.ndarray:
-        """[B, H, W, C] uint8 frames -> [B, D] float32 features."""
+    def raw(self, frames: np.ndarray) -> np.ndarray:
+        """[B, H, W, C] uint8 frames -> [B, D] float32 features as the module gives them."""
         with torch.inference_mode():
             return self.module(torch.from_numpy(np.ascontiguousarray(frames))).float().numpy()
+
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        """[B, H, W, C] uint8 frames -> [B, D] float32 features, standardised when it has statistics."""
+        features = self.raw(frames)
+        if self.standardise is None:
+            return features
+        mean, std = self.standardise
+        return (features - mean) / std
+
+
+def feature_statistics(encoder: FrozenEncoder, frames: np.ndarray, batch: int = 256) -> dict[str, list[float]]:
+    """The per-dimension mean and std of `encoder`'s raw features over `frames` (uint8 [N, H, W, C]),
+    in batches; what `save_small_encoder(standardise=...)` stores."""
+    total = np.zeros(encoder.feature_dim, np.float64)
+    squares = np.zeros(encoder.feature_dim, np.float64)
+    for start in range(0, len(frames), batch):
+        features = encoder.raw(frames[start : start + batch]).astype(np.float64)
+        total += features.sum(axis=0)
+        squares += np.square(features).sum(axis=0)
+    count = max(len(frames), 1)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+    return {"mean": mean.tolist(), "std": std.tolist(), "frames": int(len(frames))}
 
 
 def refuse_pickles(directory: pathlib.Path, wanted: str) -> None:
@@ -113,16 +163,23 @@ def refuse_pickles(directory: pathlib.Path, wanted: str) -> None:
     raise EncoderError(str(directory), f"no {wanted} found")
 
 
-def save_small_encoder(encoder: SmallEncoder, directory: str | pathlib.Path, extra: dict[str, Any]) -> pathlib.Path:
+def save_small_encoder(
+    encoder: SmallEncoder,
+    directory: str | pathlib.Path,
+    extra: dict[str, Any],
+    standardise: dict[str, Any] | None = None,
+) -> pathlib.Path:
     """Writes `encoder.safetensors` and `encoder.json` (its shape plus `extra`, e.g. how it was
-    trained) into `directory` (created). Returns the directory."""
+    trained, plus `standardise`: `feature_statistics`' mean and std, when given) into `directory`
+    (created). Returns the directory."""
     from safetensors.torch import save_file
 
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in encoder.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
-    (directory / CONFIG_FILE).write_text(json.dumps({**encoder.describe(), **extra}, indent=2) + "\n")
+    stats = {STANDARDISE_KEY: standardise} if standardise is not None else {}
+    (directory / CONFIG_FILE).write_text(json.dumps({**encoder.describe(), **extra, **stats}, indent=2) + "\n")
     return directory
 
 
@@ -151,6 +208,20 @@ def read_small_config(directory: pathlib.Path) -> dict[str, Any]:
             raise EncoderError(str(directory), f"{CONFIG_FILE}: {key}={value!r} is not a list of positive integers")
     if not isinstance(config.get("feature_dim"), int) or config["feature_dim"] < 1:
         raise EncoderError(str(directory), f"{CONFIG_FILE}: feature_dim={config.get('feature_dim')!r} must be >= 1")
+    stats = config.get(STANDARDISE_KEY)
+    if stats is not None:
+        for key in ("mean", "std"):
+            value = stats.get(key) if isinstance(stats, dict) else None
+            if (
+                not isinstance(value, list)
+                or len(value) != config["feature_dim"]
+                or not all(isinstance(v, int | float) and np.isfinite(v) for v in value)
+                or (key == "std" and min(value) < 0)
+            ):
+                raise EncoderError(
+                    str(directory),
+                    f"{CONFIG_FILE}: {STANDARDISE_KEY}.{key} is not a list of feature_dim finite numbers",
+                )
     return config
 
 
@@ -176,7 +247,18 @@ def load_small_encoder(path: str | pathlib.Path, layer: int = -1) -> FrozenEncod
         raise EncoderError(str(directory), f"{WEIGHTS_FILE} is missing") from None
     except (SafetensorError, RuntimeError, OSError) as exc:
         raise EncoderError(str(directory), f"{WEIGHTS_FILE} does not fit {CONFIG_FILE} ({exc})") from None
-    return FrozenEncoder(encoder, encoder.feature_dim, f"small encoder at {directory}", encoder.obs_shape)
+    stats = config.get(STANDARDISE_KEY)
+    if stats is None:
+        log.warning(
+            "small encoder at %s: %s has no feature statistics (%r), so its features are used raw (they barely "
+            "vary; learners may collapse): retrain it with this version's `qfleet encoder train`",
+            directory,
+            CONFIG_FILE,
+            STANDARDISE_KEY,
+        )
+    standardise = (stats["mean"], stats["std"]) if stats is not None else None
+    name = f"small encoder at {directory}"
+    return FrozenEncoder(encoder, encoder.feature_dim, name, encoder.obs_shape, standardise)
 
 
 def _load_transformers(path: str | pathlib.Path, layer: int = -1) -> FrozenEncoder:

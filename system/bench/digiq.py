@@ -55,14 +55,44 @@ TASKS = ("click-button", "click-link", "click-dialog", "click-tab", "focus-text"
 
 FILTERED_BC = "filtered BC"
 ONLINE = "Digi-Q offline -> online"
+ONLINE_OFFLINE = "the online run's offline phase"
+"""A table column: the ONLINE cell's `offline_phase` result (the same run before it went online)."""
 STEPS = ("pixels dataset", "encoder", "features dataset")
 """The preparation cells of a task, in order."""
 
 THROUGHPUT_ROUNDS = 3
 """Features and pixels segments of the updates/s cell, alternated; the ratio is the rounds' median."""
 
+BENCH_VERSION = 2
+"""Bumped when a change to this bench changes what a cell means: results of another version are
+not resumed (2: standardised features, filtered BC on successful rows, online vs its own offline
+phase, new evaluation seeds)."""
+
+EVAL_SEED_BASE = 1_000_000
+"""Evaluation seeds start here (+ 100000 per --seed): a recording's envs start at 10000 --seed + j."""
+
 STOP_TIMEOUT_S = 300.0
 """How long a stopped child command may take to stop in order before its group is killed."""
+
+
+BENCH_OWNED = (
+    "learner.best_of_n",
+    "learner.loss",
+    "learner.critic",
+    "learner.top_k_percent",
+    "learner.network",
+    "env.id",
+    "env.num_envs",
+    "env.features.",
+    "train.seed",
+    "train.total_env_steps",
+    "offline.",
+)
+"""`--set` keys (a trailing dot: a whole section) the bench sets per cell; overriding one would make
+a cell's label lie (an "N=1" cell trained with another N), so `--set` of them is refused."""
+
+SECRET_WORDS = ("password", "token", "secret", "key_pem", "_key")
+"""A `--set` key holding one of these has its value replaced by *** wherever the bench shows it."""
 
 
 def digiq_cell(n: int) -> str:
@@ -96,7 +126,8 @@ class DigiqSettings:
     throughput_s: float = 20.0
     """Seconds of updates for each of the features and pixels updates/s."""
     seed: int = 0
-    """Recordings (--seed), learners (train.seed); evaluations are seeded 10000 + seed."""
+    """Recordings (--seed: env j starts at 10000 seed + j), learners (train.seed); evaluations are
+    seeded from EVAL_SEED_BASE + 100000 seed, far from any recording's seeds."""
     overrides: tuple[str, ...] = ()
     """`--set KEY=VALUE` over CONFIG for every recording, learner and run (after the bench's own)."""
 
@@ -119,6 +150,24 @@ class DigiqSettings:
             raise ConfigError(f"--best-of-n {self.best_of_n}: every N must be >= 1")
         if self.online_env_steps < 0 or self.throughput_s <= 0 or self.seed < 0:
             raise ConfigError("--online-env-steps and --seed must be >= 0, --throughput-s > 0")
+        if -(-self.eval_episodes // self.browsers) > 100:  # round k's seeds are eval_seed + 1000 k + i
+            raise ConfigError(
+                f"--eval-episodes {self.eval_episodes}: at most 100 rounds of --browsers {self.browsers} "
+                "(each --seed has 100000 evaluation seeds)"
+            )
+        if self.online_n not in self.best_of_n:
+            raise ConfigError(
+                f"--online-n {self.online_n}: not among --best-of-n {','.join(map(str, self.best_of_n))}, so the "
+                "online run would have no offline cell of the same N to improve on"
+            )
+        for override in self.overrides:
+            key = override.split("=", 1)[0].strip()
+            owned = [k for k in BENCH_OWNED if key == k or (k.endswith(".") and key.startswith(k))]
+            if owned:
+                raise ConfigError(
+                    f"--set {key}: the bench sets {owned[0].rstrip('.')} itself per cell (its labels would no "
+                    "longer say what ran); use its own options (--best-of-n, --online-n, --seed, --browsers, ...)"
+                )
 
     def cells(self) -> tuple[str, ...]:
         """A task's cells, in the order they run."""
@@ -126,7 +175,7 @@ class DigiqSettings:
 
     @property
     def eval_seed(self) -> int:
-        return 10_000 + self.seed
+        return EVAL_SEED_BASE + 100_000 * self.seed
 
 
 class Results:
@@ -142,7 +191,7 @@ class Results:
         self.tasks: dict[str, dict[str, dict]] = {}
         if self.path.exists():
             stored = json.loads(self.path.read_text())
-            mine = _jsonable(dataclasses.asdict(settings))
+            mine = _stored_settings(settings)
             if stored.get("settings") != mine:
                 differ = sorted(k for k in mine if stored.get("settings", {}).get(k) != mine[k])
                 raise ConfigError(
@@ -150,6 +199,11 @@ class Results:
                     "give the same settings to resume, or another --out"
                 )
             self.tasks = stored.get("tasks", {})
+
+    def forget(self, task: str, cells: list[str]) -> None:
+        """Drops those cells' results (they are redone), keeping the rest."""
+        for cell in cells:
+            self.tasks.get(task, {}).pop(cell, None)
 
     def done(self, task: str, cell: str) -> dict | None:
         """The cell's result when it finished in this or an earlier run, else None."""
@@ -159,10 +213,10 @@ class Results:
         """Keeps the cell's result and rewrites the file (atomically: a stop mid-write loses nothing)."""
         self.tasks.setdefault(task, {})[cell] = result
         payload = {
-            "command": " ".join(sys.argv),
+            "command": " ".join(map(redact_word, sys.argv)),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "config": CONFIG,
-            "settings": _jsonable(dataclasses.asdict(self.settings)),
+            "settings": _stored_settings(self.settings),
             "tasks": self.tasks,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +227,31 @@ class Results:
 
 def _jsonable(value):
     return json.loads(json.dumps(value))
+
+
+def _stored_settings(settings: DigiqSettings) -> dict:
+    """The settings as the results file holds them (secrets in `--set`s redacted), with the bench's
+    version and a hash of CONFIG: a resume compares them all."""
+    import hashlib
+
+    stored = _jsonable(dataclasses.asdict(settings))
+    stored["overrides"] = [redact_word(override) for override in settings.overrides]
+    stored["bench_version"] = BENCH_VERSION
+    stored["config_sha256"] = hashlib.sha256((ROOT / CONFIG).read_bytes()).hexdigest()
+    return stored
+
+
+def redact_word(word: str) -> str:
+    """A command-line word safe to log and store: a `KEY=VALUE` whose key names a secret gets
+    `KEY=***`, a URL (alone or as a value) loses its password (`replay.redact_url`)."""
+    from replay import redact_url
+
+    key, equals, value = word.partition("=")
+    if equals and any(part in key.lower() for part in SECRET_WORDS):
+        return f"{key}=***"
+    if equals and "://" in value:
+        return f"{key}={redact_url(value)}"
+    return redact_url(word) if "://" in word else word
 
 
 @dataclass(frozen=True)
@@ -213,7 +292,7 @@ def run_command(command: list[str], what: str) -> None:
     Raises:
         RuntimeError: it exited with a non-zero code.
     """
-    log(f"{what}: {' '.join(command[2:])}")
+    log(f"{what}: {' '.join(map(redact_word, command[2:]))}")
     process = start_child(command, cwd=ROOT)
     try:
         code = process.wait()
@@ -295,23 +374,26 @@ def learner_overrides(paths: TaskPaths, settings: DigiqSettings, learner: dict[s
 
 
 def learner_settings(cell: str, settings: DigiqSettings) -> dict[str, object]:
-    """Each offline cell's settings over CONFIG: filtered BC on the successful episodes (top-k ties
-    keep every episode with the best return), or Digi-Q with its N."""
+    """Each offline cell's settings over CONFIG: filtered BC (plain BC, top_k_percent 100, on rows
+    `TaskRun.offline` has already filtered to the successful episodes: a per-batch top-k would keep
+    whole batches of failures when a batch holds few successes), or Digi-Q with its N."""
     if cell == FILTERED_BC:
-        return {"learner.loss": "filtered_bc", "learner.critic": "discrete", "learner.top_k_percent": 10}
+        return {"learner.loss": "filtered_bc", "learner.critic": "discrete", "learner.top_k_percent": 100}
     return {"learner.best_of_n": int(cell.rsplit("=", 1)[1])}
 
 
 def online_command(paths: TaskPaths, settings: DigiqSettings) -> list[str]:
-    """`qfleet train` offline -> online; it evaluates only briefly itself (`browsers` episodes at the
-    offline phase's end and at the end): the 100-episode evaluation runs here after it."""
+    """`qfleet train` of the offline phase only (train.total_env_steps 0; `resume_command` then takes
+    the same run online), so online and offline are compared within one training run, the offline
+    checkpoint evaluated here as the online one is. It evaluates only briefly itself (`browsers`
+    episodes); the `eval_episodes` evaluations run here after each phase."""
     online = {
         "offline.dataset": paths.features_id,
         "offline.datasets_dir": str(paths.datasets),
         "offline.updates": settings.updates,
         "offline.eval_every_updates": 0,
         "learner.best_of_n": settings.online_n,
-        "train.total_env_steps": settings.online_env_steps,
+        "train.total_env_steps": 0,
         "train.eval_every_steps": max(settings.online_env_steps, 1),
         "train.eval_episodes": settings.browsers,
         "train.log_every_s": 30,
@@ -320,6 +402,12 @@ def online_command(paths: TaskPaths, settings: DigiqSettings) -> list[str]:
     for override in learner_overrides(paths, settings, online):
         command += ["--set", override]
     return command
+
+
+def resume_command(paths: TaskPaths, settings: DigiqSettings) -> list[str]:
+    """`qfleet train --resume` of `online_command`'s offline-only run, online for the env-step budget."""
+    command = [sys.executable, "-m", "system.cli", "train", "--resume", str(paths.online_run)]
+    return command + ["--set", f"train.total_env_steps={settings.online_env_steps}"]
 
 
 def evaluate(config, policy_state: dict, settings: DigiqSettings, what: str) -> dict:
@@ -385,16 +473,83 @@ def dataset_summary(config, dataset_id: str, datasets_dir: pathlib.Path, seconds
     }
 
 
-def updates_per_s(config, loaded: dict[str, np.ndarray], seconds: float, seed: int) -> dict:
-    """Updates/s of `config.learner` on uniform batches of `loaded` for about `seconds` (after one
-    warm-up update: first-call costs are not the steady rate)."""
-    from system.bench.offline import train_agent
+def policy_sanity(config, agent, loaded: dict[str, np.ndarray]) -> dict:
+    """How the greedy policy treats its own training states, so a collapsed policy shows: the share
+    of the successful episodes' steps (episode_return > 0) where it picks the recorded action, and
+    how many distinct actions it picks over every training state."""
+    import numpy as np
 
-    warm_agent, one = train_agent(config, loaded, 1, seed)
-    del warm_agent
-    count = max(2, int(seconds / max(one, 1e-3)))  # the first update's time, an upper bound per update
-    _, took = train_agent(config, loaded, count, seed)
-    return {"updates": count, "seconds": took, "updates_per_s": count / took}
+    from learner import Policy
+    from system.config import env_spaces
+
+    spaces = env_spaces(config.env)
+    policy = Policy(dataclasses.replace(config.learner, policy_acting="greedy"), spaces.obs_shape, spaces.action_space)
+    policy.load(agent.policy_state(), 0)
+    rng = np.random.default_rng(0)
+    greedy = np.concatenate(
+        [policy.act(loaded["obs"][i : i + 1024], 0.0, rng) for i in range(0, len(loaded["obs"]), 1024)]
+    )
+    rewarded = loaded["episode_return"] > 0
+    match = float(np.mean(greedy[rewarded] == loaded["action"][rewarded])) if rewarded.any() else None
+    return {
+        "train_match_on_rewarded": None if match is None else round(match, 4),
+        "rewarded_steps": int(rewarded.sum()),
+        "distinct_greedy_actions": int(len(np.unique(greedy))),
+        "training_states": int(len(greedy)),
+    }
+
+
+WARMUP_UPDATES = 3
+"""Untimed updates before the updates/s clock starts (first-call costs are not the steady rate)."""
+MIN_TIMED_UPDATES = 20
+"""The fewest timed updates of an updates/s figure, however long they take."""
+
+
+def updates_per_s(config, loaded: dict[str, np.ndarray], seconds: float, seed: int) -> dict:
+    """Updates/s of `config.learner` on uniform batches of `loaded`, on the learner's own device
+    (`learner.device`, as `qfleet train` resolves it): one agent is warmed up by WARMUP_UPDATES
+    updates, then timed until `seconds` have passed and at least MIN_TIMED_UPDATES updates ran."""
+    import numpy as np
+    import torch
+
+    from learner import make_agent, resolve_device
+    from system.config import env_spaces
+
+    device = resolve_device(config.learner.device)
+    spaces = env_spaces(config.env)
+    torch.manual_seed(seed)
+    agent = make_agent(config.learner, spaces.obs_shape, spaces.action_space, device)
+    rng = np.random.default_rng(seed)
+    size, batch_size = len(loaded["reward"]), config.learner.batch_size
+    weights = torch.ones(batch_size, device=device)
+
+    def update(number: int) -> None:
+        rows = rng.integers(0, size, batch_size)
+        agent.update({name: torch.from_numpy(column[rows]).to(device) for name, column in loaded.items()}, weights)
+        agent.after_update(number)
+
+    def synchronise() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for number in range(1, WARMUP_UPDATES + 1):
+        update(number)
+    synchronise()
+    count, started = 0, time.perf_counter()
+    while count < MIN_TIMED_UPDATES or time.perf_counter() - started < seconds:
+        count += 1
+        update(WARMUP_UPDATES + count)
+        if count % 10 == 0:
+            synchronise()  # the deadline is judged on finished work
+    synchronise()
+    took = time.perf_counter() - started
+    return {
+        "updates": count,
+        "seconds": took,
+        "updates_per_s": count / took,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
 
 
 class TaskRun:
@@ -416,6 +571,7 @@ class TaskRun:
         """Runs the unfinished cells; False when one failed. A failed preparation cell (STEPS) skips
         the task's other cells; a failed learner cell only itself (a re-run retries them)."""
         succeeded = True
+        self.forget_lost_preparation()
         for cell in self.settings.cells():
             if self.results.done(self.task, cell) is not None:
                 log(f"{self.task} / {cell}: done before, skipped")
@@ -435,6 +591,25 @@ class TaskRun:
             self.results.record(self.task, cell, result)
             log(f"{self.task} / {cell}: {_brief(result)} ({time.perf_counter() - started:.0f} s)")
         return succeeded
+
+    def prepared(self, cell: str) -> pathlib.Path:
+        """What a preparation cell (STEPS) leaves in the work folder."""
+        paths = self.paths
+        return {
+            "pixels dataset": paths.datasets / paths.pixels_id,
+            "encoder": paths.encoder / "encoder.json",
+            "features dataset": paths.datasets / paths.features_id,
+        }[cell]
+
+    def forget_lost_preparation(self) -> None:
+        """A finished preparation cell whose files are gone from the work folder (another
+        --work-dir, deleted) is redone, and every cell after it with it."""
+        cells = list(self.settings.cells())
+        for cell in STEPS:
+            if self.results.done(self.task, cell) is not None and not self.prepared(cell).exists():
+                log(f"{self.task} / {cell}: {self.prepared(cell)} is gone; redoing it and the cells after it")
+                self.results.forget(self.task, cells[cells.index(cell) :])
+                return
 
     def run_cell(self, cell: str) -> dict:
         settings, paths = self.settings, self.paths
@@ -479,49 +654,92 @@ class TaskRun:
         def progress(update: int, seconds: float) -> None:
             log(f"{self.task} / {cell}: update {update:,}/{updates:,} ({update / seconds:.1f} updates/s)")
 
-        agent, seconds = train_agent(config, self.features(), updates, self.settings.seed, progress)
+        loaded, kept = self.features(), {}
+        if cell == FILTERED_BC:
+            successful = loaded["episode_return"] > 0
+            if not successful.any():
+                raise RuntimeError(f"{FILTERED_BC}: the dataset has no successful episode to imitate")
+            loaded = {name: column[successful] for name, column in loaded.items()}
+            kept = {"rows_kept": int(successful.sum()), "share_kept": round(float(successful.mean()), 4)}
+        agent, seconds = train_agent(config, loaded, updates, self.settings.seed, progress)
+        sanity = policy_sanity(config, agent, self.features())
+        log(
+            f"{self.task} / {cell}: greedy action = recorded on {sanity['train_match_on_rewarded']} of the "
+            f"successful steps; {sanity['distinct_greedy_actions']} distinct greedy actions"
+        )
         result = evaluate(config, agent.policy_state(), self.settings, f"{self.task} / {cell}")
-        return result | {"updates": updates, "train_seed": self.settings.seed, "train_s": round(seconds, 1)}
+        return result | {
+            "updates": updates,
+            "train_seed": self.settings.seed,
+            "train_s": round(seconds, 1),
+            "sanity": sanity,
+            **kept,
+        }
 
     def online(self) -> dict:
-        import torch
-
-        from learner import load_latest_checkpoint, make_agent
+        """One `qfleet train` run: its offline phase alone, evaluated; then the same run resumed
+        online, evaluated: the online gain is measured within one training process."""
         from system.train import RunDir
 
         _remove(self.paths.online_run)
         started = time.perf_counter()
-        run_command(online_command(self.paths, self.settings), ONLINE)
+        run_command(online_command(self.paths, self.settings), f"{ONLINE} (offline phase)")
+        offline = self.evaluate_run_checkpoint("offline phase")
+        offline["train_s"] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+        run_command(resume_command(self.paths, self.settings), f"{ONLINE} (online phase)")
+        result = self.evaluate_run_checkpoint("online")
+        progress = RunDir(self.paths.online_run).records("progress")
+        return result | {
+            "best_of_n": self.settings.online_n,
+            "env_steps": int(progress[-1]["env_steps"]) if progress else None,
+            "train_seed": self.settings.seed,
+            "train_s": round(time.perf_counter() - started, 1),
+            "offline_phase": offline,
+        }
+
+    def evaluate_run_checkpoint(self, phase: str) -> dict:
+        """The online run's latest learner checkpoint, evaluated like every other cell."""
+        import torch
+
+        from learner import load_latest_checkpoint, make_agent
+        from system.config import env_spaces
+        from system.train import RunDir
+
         run = RunDir(self.paths.online_run)
         config = run.load_config()
         loaded = load_latest_checkpoint(run.checkpoints)
         if loaded is None:
-            raise RuntimeError(f"{ONLINE}: {run.checkpoints} holds no learner checkpoint")
+            raise RuntimeError(f"{ONLINE} ({phase}): {run.checkpoints} holds no learner checkpoint")
         state, path = loaded
-        from system.config import env_spaces
-
         spaces = env_spaces(config.env)
         agent = make_agent(config.learner, spaces.obs_shape, spaces.action_space, torch.device("cpu"))
         agent.load_state_dict(state["agent"])
-        progress = run.records("progress")
-        train_s = time.perf_counter() - started
-        result = evaluate(config, agent.policy_state(), self.settings, f"{self.task} / {ONLINE}")
-        return result | {
-            "best_of_n": self.settings.online_n,
-            "offline_updates": self.settings.updates,
-            "env_steps": int(progress[-1]["env_steps"]) if progress else None,
-            "updates": int(state["counters"]["updates"]),
-            "checkpoint": str(path),
-            "train_seed": self.settings.seed,
-            "train_s": round(train_s, 1),
-        }
+        result = evaluate(config, agent.policy_state(), self.settings, f"{self.task} / {ONLINE} ({phase})")
+        return result | {"updates": int(state["counters"]["updates"]), "checkpoint": str(path)}
 
-    def throughput(self) -> dict:
-        """Updates/s of Digi-Q (the online N) on features vs on screenshots, same batch size."""
+    def throughput_configs(self):
+        """(features, pixels): Digi-Q with the online N on features, and the same learner on the
+        screenshots (a CNN trained with the heads, no frozen encoder)."""
         learner = {"learner.best_of_n": self.settings.online_n}
         features = self.config(learner)
         pixels = self.config(learner | {"learner.network": "cnn"}, ("env.features.encoder=none",))
+        return features, pixels
+
+    def throughput(self) -> dict:
+        """Updates/s of Digi-Q (the online N) on features vs on screenshots, same batch size."""
+        import torch
+
+        features, pixels = self.throughput_configs()
         screens = load_dataset(pixels, self.paths.pixels_id, self.paths.datasets)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)  # the learner's own setting, not the bench's one thread
+        try:
+            return self._throughput(features, pixels, screens)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _throughput(self, features, pixels, screens) -> dict:
         segment_s, seed = self.settings.throughput_s / THROUGHPUT_ROUNDS, self.settings.seed
         rounds = []
         for round_ in range(1, THROUGHPUT_ROUNDS + 1):  # interleaved: a load that changes hits both sides
@@ -534,6 +752,8 @@ class TaskRun:
             )
         return {
             "batch_size": features.learner.batch_size,
+            "device": rounds[0]["features"]["device"],
+            "threads": rounds[0]["features"]["threads"],
             "features": _total(r["features"] for r in rounds),
             "pixels": _total(r["pixels"] for r in rounds),
             "ratio": statistics.median(r["features"]["updates_per_s"] / r["pixels"]["updates_per_s"] for r in rounds),
@@ -573,12 +793,18 @@ def _brief(result: dict) -> str:
 def table(results: Results) -> str:
     """Per task: the dataset's success, every learner's, the updates/s; then the means and targets."""
     settings = results.settings
-    learners = [FILTERED_BC, *(digiq_cell(n) for n in settings.best_of_n), ONLINE]
-    heads = ["data", "filtered BC", *(f"N={n}" for n in settings.best_of_n), f"online (N={settings.online_n})"]
+    learners = [FILTERED_BC, *(digiq_cell(n) for n in settings.best_of_n), ONLINE_OFFLINE, ONLINE]
+    heads = [
+        "data",
+        "filtered BC",
+        *(f"N={n}" for n in settings.best_of_n),
+        f"run's offline phase (N={settings.online_n})",
+        f"+ online (N={settings.online_n})",
+    ]
     lines = [
         f"Success rate over {settings.eval_episodes} greedy evaluation episodes (seed {settings.eval_seed}); "
         f"datasets: {settings.episodes} episodes at follow-p {settings.follow_p}; {settings.updates:,} offline "
-        f"updates; online: {settings.online_env_steps:,} env steps; {CONFIG}.",
+        f"updates; online: {settings.online_env_steps:,} env steps; {CONFIG}. (upd: the policy's updates.)",
         "",
         "| task | " + " | ".join(heads) + " | updates/s features | updates/s pixels | ratio |",
         "|---|" + "---:|" * (len(heads) + 3),
@@ -590,8 +816,11 @@ def table(results: Results) -> str:
         if data is not None:
             columns["data"].append(data)
         for name in learners:
-            value = cells.get(name, {}).get("success_rate")
-            row.append(_cell(value))
+            result = cells.get(ONLINE, {}).get("offline_phase", {}) if name == ONLINE_OFFLINE else cells.get(name, {})
+            value = result.get("success_rate")
+            row.append(
+                _cell(value) + (f" ({result['updates']:,} upd)" if value is not None and "updates" in result else "")
+            )
             if value is not None:
                 columns[name].append(value)
         speed = cells.get("updates/s")
@@ -626,13 +855,17 @@ def targets(results: Results) -> list[str]:
             lines.append(
                 f"Digi-Q offline N={n} - filtered BC: {gain:+.1f} points over {len(pairs)} tasks (>= 10: {verdict})."
             )
-    pairs = _pairs(results, ONLINE, digiq_cell(settings.online_n))
+    pairs = [
+        (cells[ONLINE]["success_rate"], cells[ONLINE]["offline_phase"]["success_rate"])
+        for cells in results.tasks.values()
+        if "offline_phase" in cells.get(ONLINE, {})
+    ]
     if pairs:
         gain = round(100 * statistics.mean(a - b for a, b in pairs), 6)  # no float dust in the verdict
         verdict = "met" if gain > 0 else "not met"
         lines.append(
-            f"Online - offline (N={settings.online_n}, same offline updates): {gain:+.1f} points over {len(pairs)} tasks "
-            f"(> 0: {verdict})."
+            f"Online - its own offline phase (N={settings.online_n}, one run, {settings.online_env_steps:,} env steps): "
+            f"{gain:+.1f} points over {len(pairs)} tasks (> 0: {verdict})."
         )
     ratios = [cells["updates/s"]["ratio"] for cells in results.tasks.values() if "updates/s" in cells]
     if ratios:
@@ -761,7 +994,7 @@ def add_digiq_arguments(parser) -> None:
         "--seed",
         type=int,
         default=d.seed,
-        help=f"recordings and learners; evaluations use 10000 + seed (default: {d.seed})",
+        help=f"recordings and learners; evaluations use 1000000 + 100000 * seed (default: {d.seed})",
     )
 
 

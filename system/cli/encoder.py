@@ -3,7 +3,9 @@
 Reads a recorded dataset of screenshots and UI actions, labels each (screen, action) by whether
 the next screen differs, trains the small encoder with an action embedding and a classifier head
 on that actionability objective, reports held-out accuracy and saves the frozen encoder
-(`encoder.safetensors` + `encoder.json`) for `env.features: {encoder: small, path: DIR}`.
+(`encoder.safetensors` + `encoder.json`) for `env.features: {encoder: small, path: DIR}`, with the
+per-dimension mean and std of its features over the dataset's screens: the featuriser standardises
+features with them (raw ones barely vary between screens, and learners on them collapse).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def add_parser(commands) -> None:
             "Android env, env.features.encoder none), label each step by whether the action changed the screen, "
             "train a small CNN encoder with an action embedding and a classifier head on that label, report "
             "accuracy on held-out episodes, and save the encoder (safetensors + JSON, no pickle) in --out for "
-            "env.features: {encoder: small, path: OUT}. A progress line comes after every epoch."
+            "env.features: {encoder: small, path: OUT}, with the per-dimension mean and std of its features over the "
+            "dataset's screens (features are standardised with them wherever the encoder runs). A progress line comes after every epoch."
         ),
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -48,7 +51,7 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from learner import save_small_encoder, train_actionability
+    from learner import FrozenEncoder, feature_statistics, save_small_encoder, train_actionability
     from system.datasets import load_recorded_episodes
 
     config = from_arguments(args, ActionabilityConfig, NAME)
@@ -91,7 +94,14 @@ def run(args: argparse.Namespace) -> int:
     )
     summary = result.summary()
     trained = {"dataset": args.dataset, "num_actions": num_actions, "config": dataclasses.asdict(config), **summary}
-    save_small_encoder(result.model.encoder, out, {"actionability": trained})
+    encoder = result.model.encoder.cpu()
+    stats = feature_statistics(FrozenEncoder(encoder, encoder.feature_dim, "the trained encoder"), frames)
+    save_small_encoder(encoder, out, {"actionability": trained}, standardise=stats)
+    raw_std = float(np.mean(stats["std"]))
+    print(
+        f"encoder train: features over {len(frames):,} screens: mean |mean| {np.mean(np.abs(stats['mean'])):.4f}, "
+        f"mean std {raw_std:.4f} (saved; features are standardised with them)"
+    )
     majority = max(result.positive_fraction, 1 - result.positive_fraction)
     print(
         f"encoder train: held-out accuracy {result.holdout_accuracy:.3f} (balanced {result.holdout_balanced_accuracy:.3f}; "

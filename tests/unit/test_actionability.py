@@ -110,3 +110,8 @@ def test_qfleet_encoder_train_trains_and_saves_from_a_recorded_dataset(tmp_path,
     assert saved["actionability"]["holdout_balanced_accuracy"] >= 0.95
     assert load_small_encoder(out).encode(frames[0, :2]).shape == (2, 64)
     assert sorted(path.name for path in out.iterdir()) == ["encoder.json", "encoder.safetensors"]
+    # the saved statistics standardise the features of the screens it was trained on
+    features = load_small_encoder(out).encode(np.concatenate(list(frames)))
+    assert saved["standardise"]["frames"] == frames.shape[0] * frames.shape[1]
+    np.testing.assert_allclose(features.mean(axis=0), 0.0, atol=1e-2)
+    np.testing.assert_allclose(features.std(axis=0), 1.0, atol=1e-2)

@@ -12,8 +12,8 @@ from system.cli import build_parser
 from system.config import ConfigError
 
 
-def solved(rate: float) -> dict:
-    return {"success_rate": rate, "successes": int(100 * rate), "episodes": 100, "eval_seed": 10_000}
+def solved(rate: float, **more) -> dict:
+    return {"success_rate": rate, "successes": int(100 * rate), "episodes": 100, "eval_seed": 10_000, **more}
 
 
 def test_a_rerun_with_the_same_file_and_settings_finds_the_cells_a_stopped_run_finished(tmp_path):
@@ -43,18 +43,26 @@ def test_a_rerun_with_other_settings_is_refused_naming_them(tmp_path):
 
 def test_the_table_gives_the_means_and_judges_the_issue_targets(tmp_path):
     results = Results(tmp_path / "digiq.json", DigiqSettings(best_of_n=(16,)))
-    for task, bc, digiq, online, ratio in (("click-button", 0.5, 0.7, 0.8, 30.0), ("click-tab", 0.3, 0.4, 0.3, 8.0)):
+    rows = (("click-button", 0.5, 0.7, 0.6, 0.8, 30.0), ("click-tab", 0.3, 0.4, 0.4, 0.3, 8.0))
+    for task, bc, digiq, before, online, ratio in rows:
         results.record(task, "features dataset", {"success_rate": 0.6})
-        results.record(task, FILTERED_BC, solved(bc))
-        results.record(task, digiq_cell(16), solved(digiq))
-        results.record(task, ONLINE, solved(online))
+        results.record(task, FILTERED_BC, solved(bc, updates=500))
+        results.record(task, digiq_cell(16), solved(digiq, updates=500))
+        offline_phase = solved(before, updates=500)
+        results.record(task, ONLINE, solved(online, updates=900, offline_phase=offline_phase))
         speed = {"features": {"updates_per_s": 8.0 * ratio}, "pixels": {"updates_per_s": 8.0}, "ratio": ratio}
         results.record(task, "updates/s", speed)
     text = table(results)
-    assert "| click-button | 0.60 | 0.50 | 0.70 | 0.80 | 240.0 | 8.00 | 30.0x |" in text
-    assert "| mean | 0.60 (2 tasks) | 0.40 (2 tasks) | 0.55 (2 tasks) | 0.55 (2 tasks) |" in text
+    assert (
+        "| click-button | 0.60 | 0.50 (500 upd) | 0.70 (500 upd) | 0.60 (500 upd) | 0.80 (900 upd) "
+        "| 240.0 | 8.00 | 30.0x |" in text
+    )
+    assert "| mean | 0.60 (2 tasks) | 0.40 (2 tasks) | 0.55 (2 tasks) | 0.50 (2 tasks) | 0.55 (2 tasks) |" in text
     assert "Digi-Q offline N=16 - filtered BC: +15.0 points over 2 tasks (>= 10: met)." in text
-    assert "Online - offline (N=16, same offline updates): +0.0 points over 2 tasks (> 0: not met)." in text
+    # online against the same run's offline phase (0.6 -> 0.8, 0.4 -> 0.3), not the separate N=16 cell
+    assert (
+        "Online - its own offline phase (N=16, one run, 5,000 env steps): +5.0 points over 2 tasks (> 0: met)." in text
+    )
     assert "19.0x median, 8.0x lowest (2 tasks; >= 10x: not met)" in text
 
 
@@ -68,6 +76,12 @@ def test_the_table_gives_the_means_and_judges_the_issue_targets(tmp_path):
         (["--eval-episodes", "0"], "--eval-episodes 0: must be >= 1"),
         (["--follow-p", "1.5"], r"--follow-p 1.5: must be in \[0, 1\]"),
         (["--set", "learner.no_such_key=1"], "no_such_key"),
+        (["--eval-episodes", "401"], "--eval-episodes 401: at most 100 rounds of --browsers 4"),
+        (["--online-n", "8"], "--online-n 8: not among --best-of-n 1,4,16"),
+        (["--set", "learner.best_of_n=4"], "--set learner.best_of_n: the bench sets learner.best_of_n itself"),
+        (["--set", "learner.loss=iql"], "--set learner.loss: the bench sets"),
+        (["--set", "env.features.path=x"], "--set env.features.path: the bench sets env.features itself"),
+        (["--set", "offline.updates=9"], "--set offline.updates: the bench sets offline itself"),
     ],
 )
 def test_bad_options_are_refused_before_anything_runs(options, message, tmp_path):
@@ -76,7 +90,6 @@ def test_bad_options_are_refused_before_anything_runs(options, message, tmp_path
     args = build_parser().parse_args(["bench", "digiq", "--out", str(tmp_path / "x.json"), *options])
     with pytest.raises(ConfigError, match=message):
         digiq_from_arguments(args)
-    assert not (tmp_path / "x.json").exists()
 
 
 class ScriptedTask(TaskRun):
@@ -94,7 +107,7 @@ class ScriptedTask(TaskRun):
 
 
 def test_a_failed_learner_cell_skips_only_itself_and_a_failed_preparation_the_rest_of_its_task(tmp_path):
-    settings = DigiqSettings(best_of_n=(1, 4))
+    settings = DigiqSettings(best_of_n=(1, 4), online_n=4)
     learner_fails = ScriptedTask(Results(tmp_path / "a.json", settings), {digiq_cell(1)})
     assert learner_fails.run() is False
     assert learner_fails.ran == list(settings.cells())  # every other cell still ran
@@ -105,4 +118,78 @@ def test_a_failed_learner_cell_skips_only_itself_and_a_failed_preparation_the_re
     assert encoder_fails.run() is False
     assert encoder_fails.ran == ["pixels dataset", "encoder"]
     again = ScriptedTask(Results(tmp_path / "b.json", settings), set())  # the re-run retries from there
+    again.prepared("pixels dataset").mkdir(parents=True)  # what the real pixels cell would have left
     assert again.run() is True and again.ran == list(settings.cells())[1:]
+
+
+def test_a_finished_preparation_whose_files_are_gone_is_redone_with_everything_after_it(tmp_path):
+    settings = DigiqSettings(best_of_n=(1,), online_n=1)
+    first = ScriptedTask(Results(tmp_path / "a.json", settings), set())
+    for cell in ("pixels dataset", "features dataset"):
+        first.prepared(cell).mkdir(parents=True)
+    first.paths.encoder.mkdir(parents=True)
+    first.prepared("encoder").write_text("{}")
+    assert first.run() is True
+    first.prepared("encoder").unlink()  # the encoder was deleted since
+    again = ScriptedTask(Results(tmp_path / "a.json", settings), set())
+    assert again.run() is True
+    assert again.ran == list(settings.cells())[1:]  # the pixels dataset is still there: kept
+
+
+def test_secrets_in_overrides_are_redacted_in_the_results_file_and_the_log(tmp_path, monkeypatch):
+    from system.bench.digiq import redact_word
+
+    password_url = "redis.url=redis://:hunter2@10.0.0.1:6379/0"
+    settings = DigiqSettings(overrides=(password_url, "replay.token=hunter2"))
+    monkeypatch.setattr("sys.argv", ["qfleet", "bench", "digiq", "--set", password_url])
+    out = tmp_path / "digiq.json"
+    Results(out, settings).record("click-button", FILTERED_BC, solved(0.5))
+    assert "hunter2" not in out.read_text()
+    assert Results(out, settings).done("click-button", FILTERED_BC) is not None  # resumes with the same settings
+    assert redact_word(password_url) == "redis.url=redis://:***@10.0.0.1:6379/0"
+    assert redact_word("redis://:hunter2@h:1") == "redis://:***@h:1"
+    assert redact_word("learner.batch_size=64") == "learner.batch_size=64"
+
+
+def overrides_of(command: list[str]) -> dict[str, str]:
+    pairs = [command[i + 1] for i, word in enumerate(command) if word == "--set"]
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def test_every_cell_trains_with_the_same_budget_and_data_and_its_label_is_its_n(tmp_path):
+    import dataclasses
+
+    from system.bench.digiq import CONFIG, ROOT, learner_settings, online_command
+    from system.config import load_config
+
+    settings = DigiqSettings(best_of_n=(1, 4), online_n=4, updates=700, seed=3, overrides=("learner.hidden_size=64",))
+    run = TaskRun("click-button", settings, Results(tmp_path / "d.json", settings), tmp_path)
+    offline = {cell: run.config(learner_settings(cell, settings)) for cell in (FILTERED_BC, *map(digiq_cell, (1, 4)))}
+    online = overrides_of(online_command(run.paths, settings))
+    online_config = load_config(str(ROOT / CONFIG), [f"{k}={v}" for k, v in online.items()])
+    for cell, config in [*offline.items(), (ONLINE, online_config)]:
+        assert config.learner.batch_size == online_config.learner.batch_size, cell
+        assert config.learner.architecture.hidden_size == 64, cell  # the user's --set reaches every cell
+        assert config.train.seed == 3, cell
+        assert config.env.features.path == str(run.paths.encoder), cell
+    for n in (1, 4):
+        assert offline[digiq_cell(n)].learner.iql.n == n
+    assert online_config.learner.iql.n == settings.online_n
+    assert online_config.offline.updates == settings.updates
+    assert online_config.offline.dataset == run.paths.features_id
+    assert offline[FILTERED_BC].learner.loss == "filtered_bc"
+
+    features, pixels = run.throughput_configs()
+
+    def leaves(value, prefix=""):
+        if dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in leaves(item, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): value}
+
+    mine, theirs = leaves(features), leaves(pixels)
+    differ = {key for key in mine.keys() | theirs.keys() if mine.get(key) != theirs.get(key)}
+    assert differ and all(key == "learner.architecture.torso" or key.startswith("env.features.") for key in differ), (
+        differ
+    )

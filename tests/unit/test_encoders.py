@@ -160,3 +160,42 @@ def test_bad_features_settings_name_the_key(setting, message):
 
 def test_features_default_to_none_in_a_run_config():
     assert load_config(None).env.features == FeaturesConfig() and EnvConfig().features.encoder == "none"
+
+
+def test_features_are_standardised_with_the_statistics_saved_with_the_encoder(tmp_path, caplog):
+    from learner import FrozenEncoder, feature_statistics
+
+    torch.manual_seed(4)
+    encoder = SmallEncoder(SCREEN, 16).eval()
+    frames = screens(64)
+    raw = FrozenEncoder(encoder, 16, "raw")
+    stats = feature_statistics(raw, frames, batch=10)  # batches that do not divide the frames
+    save_small_encoder(encoder, tmp_path / "enc", {}, standardise=stats)
+    loaded = load_small_encoder(tmp_path / "enc")
+    features = loaded.encode(frames)
+    np.testing.assert_allclose(features.mean(axis=0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(features.std(axis=0), 1.0, atol=1e-3)
+    np.testing.assert_allclose(
+        features, (raw.encode(frames) - np.array(stats["mean"])) / np.array(stats["std"]), rtol=1e-4, atol=1e-4
+    )
+    # an encoder folder from before the statistics still loads, raw, and says so
+    save_small_encoder(encoder, tmp_path / "old", {})
+    with caplog.at_level("WARNING", logger="learner.encoders"):
+        old = load_small_encoder(tmp_path / "old")
+    np.testing.assert_array_equal(old.encode(frames), raw.encode(frames))
+    assert "no feature statistics" in caplog.text
+
+
+def test_the_featuriser_observes_standardised_features(tmp_path):
+    from learner import FrozenEncoder, feature_statistics
+
+    torch.manual_seed(5)
+    encoder = SmallEncoder(SCREEN, 8).eval()
+    raw = FrozenEncoder(encoder, 8, "raw")
+    stats = feature_statistics(raw, screens(32))
+    save_small_encoder(encoder, tmp_path / "enc", {}, standardise=stats)
+    env = featurize(Screens(), FeaturesConfig("small", str(tmp_path / "enc"), instruction_dim=4), "screens")
+    obs, _ = env.reset(seed=0)
+    expected = (raw.encode(screens(1, 0))[0] - np.array(stats["mean"])) / np.array(stats["std"])
+    np.testing.assert_allclose(obs[:8], expected, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(obs[:8], raw.encode(screens(1, 0))[0], atol=1e-2)
