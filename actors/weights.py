@@ -128,8 +128,9 @@ class WeightSubscriber:
             except WeightStoreError as exc:
                 self._failed(exc)
                 continue
-            except Exception as exc:  # a bug: logged and counted, the thread goes on
-                log.exception("weights: unexpected error in a fetch")
+            except Exception as exc:  # a bug: logged (its traceback once per outage) and counted, the thread goes on
+                if not self._failing:
+                    log.exception("weights: unexpected error in a fetch")
                 self._failed(exc)
                 continue
             if self._failing:

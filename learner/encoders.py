@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import pathlib
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +47,12 @@ STANDARDISE_KEY = "standardise"
 """encoder.json's key for the features' per-dimension `mean` and `std` (lists of D floats)."""
 MIN_STD = 1e-5
 """A dimension whose std is below this is treated as constant: divided by MIN_STD, not ~0."""
+RELATIVE_STD_FLOOR = 0.01
+"""No dimension is divided by less than this share of the median std: one that barely varied on
+the training screens would otherwise be blown up on new screens."""
+STANDARDISED_CLIP = 10.0
+"""Standardised features are clipped to +-this (a screen far from the training ones stays finite
+and in range)."""
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 """Weight files refused: torch.save and `pytorch_model.bin` are pickles."""
 
@@ -116,7 +123,8 @@ class FrozenEncoder:
         self.standardise = None
         if standardise is not None:
             mean, std = (np.asarray(v, np.float32).reshape(feature_dim) for v in standardise)
-            self.standardise = (mean, np.maximum(std, MIN_STD))
+            floor = max(MIN_STD, RELATIVE_STD_FLOOR * float(np.median(std)))
+            self.standardise = (mean, np.maximum(std, floor).astype(np.float32))
 
     def raw(self, frames: np.ndarray) -> np.ndarray:
         """[B, H, W, C] uint8 frames -> [B, D] float32 features as the module gives them."""
@@ -129,7 +137,7 @@ class FrozenEncoder:
         if self.standardise is None:
             return features
         mean, std = self.standardise
-        return (features - mean) / std
+        return np.clip((features - mean) / std, -STANDARDISED_CLIP, STANDARDISED_CLIP)
 
 
 def feature_statistics(encoder: FrozenEncoder, frames: np.ndarray, batch: int = 256) -> dict[str, list[float]]:
@@ -183,6 +191,13 @@ def save_small_encoder(
     return directory
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # a JSON integer too large for a float
+        return False
+
+
 def read_small_config(directory: pathlib.Path) -> dict[str, Any]:
     """A small encoder's encoder.json, checked.
 
@@ -215,7 +230,7 @@ def read_small_config(directory: pathlib.Path) -> dict[str, Any]:
             if (
                 not isinstance(value, list)
                 or len(value) != config["feature_dim"]
-                or not all(isinstance(v, int | float) and np.isfinite(v) for v in value)
+                or not all(type(v) in (int, float) and _finite(v) for v in value)
                 or (key == "std" and min(value) < 0)
             ):
                 raise EncoderError(

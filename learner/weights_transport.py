@@ -90,8 +90,12 @@ class RedisTransport:
     spans many calls and can outlast a publish. A payload key is written once and never changed, so
     a publish made meanwhile leaves the read consistent; the publisher deletes a payload once
     `keep` newer ones exist (listed in `{key}:payloads`, so a restarted learner deletes an earlier
-    one's too). A read overtaken by `keep` - 1 publishes or more may find its payload gone: it is
-    `SupersededReadError` and the store reads the new manifest. Redis holds up to `keep` payloads.
+    one's too). A read overtaken by `keep` publishes or more may find its payload gone: it is
+    `SupersededReadError` and the store reads the new manifest. Redis holds up to `keep` payloads,
+    and `keep` + 1 plus one chunk while a publish is being written (chunks are written one call
+    each: an unannounced key needs no transaction, and one would hold the whole payload in Redis's
+    buffers a second time). A finished run leaves its newest `keep` payloads in its Redis (the
+    embedded one goes with the run).
 
     Args:
         client: the store's Redis connection.
@@ -112,14 +116,26 @@ class RedisTransport:
         chunks = split_chunks(blob, self.chunk_bytes)
         payload_key = f"{self.key}:payload:{secrets.token_hex(8)}"
         try:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.hset(payload_key, mapping={f"chunk:{i}": chunk for i, chunk in enumerate(chunks)})
-            pipe.rpush(self.payloads_key, payload_key)
-            pipe.execute()
-        except redis.RedisError as exc:
+            self.client.rpush(self.payloads_key, payload_key)  # listed first: never left behind unlisted
+            for i, chunk in enumerate(chunks):
+                self.client.hset(payload_key, f"chunk:{i}", chunk)
+            announce({"chunks": len(chunks), "payload": payload_key})
+        except (redis.RedisError, WeightStoreError) as exc:
+            self._forget(payload_key)
+            if isinstance(exc, WeightStoreError):
+                raise
             raise WeightStoreError(f"cannot publish weights to {self.shown_url}: {exc}", self.shown_url) from None
-        announce({"chunks": len(chunks), "payload": payload_key})
         self._delete_old()
+
+    def _forget(self, payload_key: str) -> None:
+        """Best effort: a payload that was never announced takes no place among the `keep`."""
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(payload_key)
+            pipe.lrem(self.payloads_key, 0, payload_key)
+            pipe.execute()
+        except redis.RedisError:  # Redis away: the next publishes delete it as an old one
+            pass
 
     def _delete_old(self) -> None:
         """Deletes the payloads older than the newest `keep` (after the announcement: readers of the

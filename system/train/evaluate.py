@@ -361,7 +361,7 @@ class RunEvaluations:
 
             store = WeightStore(self.redis_url, self.run, self.config.learner.weights)
             try:
-                return store.fetch(0) is not None
+                return store.version() > 0  # one small GET, not the payload
             finally:
                 store.close()
         except Exception:
