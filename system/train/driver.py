@@ -40,7 +40,9 @@ def run_train(
         log, "stopping in order: actors flush, the learner checkpoints, shards checkpoint (again: at once)", True
     )
     run.write_config(config)
-    counters = RunCounters(checked.state, config.train.eval_every_steps, config.offline.eval_every_updates)
+    counters = RunCounters(
+        checked.state, config.train.eval_every_steps, config.offline.eval_every_updates, resumed=checked.resumed
+    )
     if checked.fresh_learner:
         record_fresh_learner(checked, counters)
     what = f"resuming at {counters.start_env_steps:,} env steps" if resume else "fresh"

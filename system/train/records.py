@@ -29,9 +29,10 @@ class RunCounters:
         state: state.json of the run so far (empty for a fresh run).
         eval_every_steps: train.eval_every_steps (where the first evaluation of a fresh run is).
         eval_every_updates: offline.eval_every_updates (the first offline-phase evaluation).
+        resumed: a `--resume` (whether or not the run's state.json was written).
     """
 
-    def __init__(self, state: dict, eval_every_steps: int, eval_every_updates: int = 0):
+    def __init__(self, state: dict, eval_every_steps: int, eval_every_updates: int = 0, resumed: bool = False):
         self.start_env_steps = int(state.get("env_steps", 0))
         """Env steps of the earlier sessions."""
         self.start_episodes = int(state.get("episodes", 0))
@@ -83,16 +84,11 @@ class RunCounters:
         self.transitions_inserted = int(state.get("transitions_inserted", 0))
         """Transitions stored for the actors over the run, each once, as the shards' insert ledgers
         count them (a killed actor's last chunk included): present + lost by shards - stored twice."""
-        self.start_counted_by_writer: dict[int, int] | None = (
-            {int(tag): int(items) for tag, items in state["counted_by_writer"].items()}
-            if "counted_by_writer" in state
-            else ({} if not state else None)
-        )
-        """Per writer tag, how far the earlier sessions' env steps cover its ledger count: what the
-        shards stored for it beyond this is new (None: a resumed run whose state.json predates the
-        key: no baseline, so no env steps are credited from the shards)."""
-        self.counted_by_writer: dict[int, int] = dict(self.start_counted_by_writer or {})
-        """The same, over the run so far (saved in state.json for the next session)."""
+        self.start_counted_by_writer: dict[int, int] | None = {} if not (state or resumed) else None
+        """Per writer tag, the ledger count this session's credit starts from: 0 in a fresh run; in a
+        resumed one, the counts at this session's first poll of every shard (None before it).
+        What an earlier session stored after its last state.json (a killed driver) is not
+        credited: that session's env steps stay as its state recorded them."""
         self.stored_by_writer: dict[int, int] = {}
         """Items stored for each writer tag over the run, at the latest poll of every shard."""
         self.env_steps_unreported = 0
@@ -153,8 +149,6 @@ class RunCounters:
                 reported = fleet.env_steps_by_actor.get(actor_id, 0)
                 stored = self.stored_by_writer.get(tag, 0) - start.get(tag, 0)
                 unreported += max(0, stored - reported)
-                counted = start.get(tag, 0) + max(reported, stored)  # the ledger count these env steps cover
-                self.counted_by_writer[tag] = max(self.counted_by_writer.get(tag, 0), counted)
         self.env_steps_unreported = unreported
         self.env_steps = max(self.env_steps, self.start_env_steps + fleet.env_steps + unreported)
 
@@ -210,11 +204,6 @@ class RunCounters:
             "shards_lost": self.shards_lost,
             "replay_inserts": self.replay_inserts,
             **self.accounting(),
-            **(
-                {"counted_by_writer": {str(tag): items for tag, items in sorted(self.counted_by_writer.items())}}
-                if self.accounting_tracked and self.start_counted_by_writer is not None
-                else {}
-            ),
             "faults": self.faults.to_json(),
         }
 
@@ -490,6 +479,8 @@ def take_shard_accounting(counters: RunCounters, shards: list) -> None:
     counters.receipts_dropped = reconciled.dropped_receipts + reconciled.refused
     counters.transitions_inserted = sum(items for tag, items in reconciled.by_writer.items() if tag)
     counters.stored_by_writer = {tag: items for tag, items in reconciled.by_writer.items() if tag}
+    if counters.start_counted_by_writer is None:  # a resumed run's first poll: its credit starts here
+        counters.start_counted_by_writer = dict(counters.stored_by_writer)
     present = sum(shard.inserts for shard in shards)
     unattributed = (
         present

@@ -46,30 +46,31 @@ def test_reports_that_catch_up_with_the_shards_credit_nothing_and_the_count_neve
     assert (counters.env_steps, counters.env_steps_unreported) == (1_024, 0)
 
 
-def test_a_resumed_run_credits_only_what_its_own_session_stored_and_saves_its_baseline():
-    first = RunCounters({}, eval_every_steps=0)
-    first.stored_by_writer = {tag(0): 5_000}
-    first.count_env_steps("run", fleet({0: 5_000}))
-    state = first.state()
-    assert state["counted_by_writer"] == {str(tag(0)): 5_000}
+def test_a_resumed_run_credits_only_what_its_own_session_stored_after_its_first_poll():
+    from types import SimpleNamespace
 
-    resumed = RunCounters(state, eval_every_steps=0)
-    resumed.stored_by_writer = {tag(0): 5_700}
-    resumed.count_env_steps("run", fleet({0: 512}))  # 188 stored after the last report
-    assert (resumed.env_steps, resumed.env_steps_unreported) == (5_700, 188)
+    from replay.accounting import ShardAccounting
+    from system.train.records import take_shard_accounting
 
+    def shard(stored: int):
+        streams = {1: (tag(0), stored)}
+        return SimpleNamespace(inserts=stored, lost_transitions=0, accounting=ShardAccounting(0, streams, []))
 
-def test_a_resume_after_a_crash_does_not_count_again_what_the_last_state_had_reported():
-    # The crashed session's last state: 1,000 env steps reported, the shards' poll older (800).
-    first = RunCounters({}, eval_every_steps=0)
-    first.stored_by_writer = {tag(0): 800}
-    first.count_env_steps("run", fleet({0: 1_000}))
-    assert first.env_steps == 1_000
-
-    resumed = RunCounters(first.state(), eval_every_steps=0)
-    resumed.stored_by_writer = {tag(0): 1_000}  # the 200 stored after that poll were reported already
+    # The killed driver's last state said 1,000 env steps; its actor went on storing to 1,200.
+    resumed = RunCounters({"env_steps": 1_000, "transitions_inserted": 1_000}, eval_every_steps=0)
+    take_shard_accounting(resumed, [shard(1_200)])  # this session's first poll: its baseline
     resumed.count_env_steps("run", fleet({0: 64}))
     assert (resumed.env_steps, resumed.env_steps_unreported) == (1_064, 0)
+    take_shard_accounting(resumed, [shard(1_500)])  # then its process is killed after storing 300
+    resumed.count_env_steps("run", fleet({0: 128}))
+    assert (resumed.env_steps, resumed.env_steps_unreported) == (1_300, 172)
+
+    # A driver killed before its first state.json: the resume still starts its credit at its first poll.
+    early = RunCounters({}, eval_every_steps=0, resumed=True)
+    early.count_env_steps("run", fleet({0: 0}))  # no poll yet: nothing to credit from
+    take_shard_accounting(early, [shard(1_200)])
+    early.count_env_steps("run", fleet({0: 64}))
+    assert (early.env_steps, early.env_steps_unreported) == (64, 0)
 
 
 def test_nothing_is_credited_while_a_ledger_count_may_hold_a_batch_twice():
@@ -78,11 +79,3 @@ def test_nothing_is_credited_while_a_ledger_count_may_hold_a_batch_twice():
     counters.receipts_dropped = 1  # a re-sent batch's receipt a shard could not keep
     counters.count_env_steps("run", fleet({0: 1_000}))
     assert (counters.env_steps, counters.env_steps_unreported) == (1_000, 0)
-
-
-def test_a_run_resumed_from_a_state_without_the_baseline_credits_nothing():
-    resumed = RunCounters({"env_steps": 5_000, "transitions_inserted": 5_000}, eval_every_steps=0)
-    resumed.stored_by_writer = {tag(0): 5_700}
-    resumed.count_env_steps("run", fleet({0: 100}))
-    assert (resumed.env_steps, resumed.env_steps_unreported) == (5_100, 0)
-    assert "counted_by_writer" not in resumed.state()
