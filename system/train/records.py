@@ -84,7 +84,7 @@ class RunCounters:
         self.transitions_inserted = int(state.get("transitions_inserted", 0))
         """Transitions stored for the actors over the run, each once, as the shards' insert ledgers
         count them (a killed actor's last chunk included): present + lost by shards - stored twice."""
-        self.start_counted_by_writer: dict[int, int] | None = {} if not (state or resumed) else None
+        self.credit_baseline: dict[int, int] | None = {} if not (state or resumed) else None
         """Per writer tag, the ledger count this session's credit starts from: 0 in a fresh run; in a
         resumed one, the counts at this session's first poll of every shard (None before it).
         What an earlier session stored after its last state.json (a killed driver) is not
@@ -138,7 +138,7 @@ class RunCounters:
         count twice for its writer). Short by what a dead process still had buffered. Never goes
         back."""
         unreported = 0
-        start = self.start_counted_by_writer
+        start = self.credit_baseline
         exact = not (self.receipts_dropped or self.receipts_unresolved or self.transitions_unattributed)
         if self.accounting_tracked and start is not None and exact and self.stored_by_writer:
             from actors import actor_writer_id
@@ -479,8 +479,8 @@ def take_shard_accounting(counters: RunCounters, shards: list) -> None:
     counters.receipts_dropped = reconciled.dropped_receipts + reconciled.refused
     counters.transitions_inserted = sum(items for tag, items in reconciled.by_writer.items() if tag)
     counters.stored_by_writer = {tag: items for tag, items in reconciled.by_writer.items() if tag}
-    if counters.start_counted_by_writer is None:  # a resumed run's first poll: its credit starts here
-        counters.start_counted_by_writer = dict(counters.stored_by_writer)
+    if counters.credit_baseline is None:  # a resumed run's first poll: its credit starts here
+        counters.credit_baseline = dict(counters.stored_by_writer)
     present = sum(shard.inserts for shard in shards)
     unattributed = (
         present
