@@ -14,7 +14,7 @@ Public surface:
     Writer, TransitionWriter, actor_writer_id (how its transitions reach replay);
     ActorFleet, FleetStats (many, on Ray);
     ActorRegistry, actor_report_key, STATE_ACTING, STATE_HELD_BACK (the actors' Redis keys and
-    report states), ActorMetrics (`qfleet_actor_*`);
+    report states), RedisGap (a Redis outage said once), ActorMetrics (`qfleet_actor_*`);
     UnsupportedEnvError, AndroidSetupError, BrowserSetupError, BrowserTimeoutError, EnvFailedError, SimulatorTimeoutError, FleetError,
     ActorRegistryError (actors/errors.py).
 """
@@ -45,6 +45,7 @@ from actors.features import FeaturizedEnv, featurize
 from actors.metrics import SERIES as METRIC_SERIES
 from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
+from actors.redis_gap import RedisGap
 from actors.registry import STATE_ACTING, STATE_HELD_BACK, ActorRegistry, actor_report_key
 from actors.spec import spec_for_spaces
 from actors.ui_actions import UIAction, UIActionSpace, instruction_tokens, text_candidates
@@ -75,6 +76,7 @@ __all__ = [
     "ActorMetrics",
     "ActorRegistry",
     "ActorRegistryError",
+    "RedisGap",
     "ActorsConfig",
     "AndroidConfig",
     "AndroidSetupError",

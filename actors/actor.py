@@ -25,6 +25,7 @@ from actors.envs import EnvVector, describe_env
 from actors.errors import ActorRegistryError
 from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
+from actors.redis_gap import RedisGap
 from actors.registry import STATE_ACTING, STATE_HELD_BACK, ActorRegistry
 from actors.weights import WeightSubscriber
 from actors.writer import INSERT_MAX_BYTES, TransitionWriter, Writer, actor_writer_id
@@ -152,7 +153,11 @@ class EnvActor:
         self._counted = {"env_steps": 0, "episodes": 0, "env_restarts": 0}  # already in the metrics
         self._versions = np.zeros(env.num_envs, np.int64)  # policy_version column of one step
         self._episode_buffer: list[tuple[float, int, int, int]] = []  # for the episode stream
-        self._redis_away = False  # the last write to the run's Redis failed (said once per gap)
+        self._redis_gap = RedisGap(
+            log,
+            away=f"actor {actor_id}: Redis is away (reports and episode records kept or retried later)",
+            back=f"actor {actor_id}: Redis is back",
+        )
 
         # Envs first (an env that cannot start fails before anything connects), then the
         # connections; if any step fails, what was opened is closed again.
@@ -301,15 +306,9 @@ class EnvActor:
         try:
             write(*args)
         except ActorRegistryError as exc:
-            if not self._redis_away:
-                log.warning(
-                    "actor %d: cannot %s while Redis is away (kept or retried later): %s", self.actor_id, what, exc
-                )
-            self._redis_away = True
+            self._redis_gap.failed(f"cannot {what}: {exc}")
             return False
-        if self._redis_away:
-            log.info("actor %d: Redis is back", self.actor_id)
-            self._redis_away = False
+        self._redis_gap.succeeded()
         return True
 
     def _episode(self, episode_return: float, length: int) -> None:

@@ -18,11 +18,21 @@ from actors.config import ActorsConfig, EnvConfig
 from actors.envs import describe_env
 from actors.errors import ActorRegistryError, FleetError
 from actors.overdue import overdue, ray_actor_state
+from actors.redis_gap import RedisGap
 from actors.registry import STATE_HELD_BACK, ActorRegistry
 from learner import LearnerConfig
 from replay import ReplayAuthenticationError, ReplayCredentials
 
 log = logging.getLogger(__name__)
+
+
+def desired_count_gap() -> RedisGap:
+    """How the fleet says that it cannot read the desired actor count (and keeps its size)."""
+    return RedisGap(
+        log,
+        away="desired actor count not read while Redis is away (the fleet keeps its size)",
+        back="desired actor count read again",
+    )
 
 
 PENDING_WARNING_S = 60.0
@@ -114,7 +124,7 @@ class ActorFleet:
         self.registry = ActorRegistry(redis_url, run)
         self._slots: dict[int, _Slot] = {}
         self.actor_restarts = 0
-        self._desired_unread = False  # Redis away at the last read of the desired count
+        self._desired_gap = desired_count_gap()
         self._closed_stats: list[ActorStats] = []  # last stats of retired or dead actor processes
         self._retired_ids: frozenset[int] = frozenset()  # ids scaled away (some never reported)
         self._remote = ray.remote(EnvActor)
@@ -274,13 +284,9 @@ class ActorFleet:
         try:
             desired = self.registry.desired()
         except ActorRegistryError as exc:
-            if not self._desired_unread:
-                log.warning("desired actor count not read while Redis is away (the fleet keeps its size): %s", exc)
-            self._desired_unread = True
+            self._desired_gap.failed(exc)
             return None
-        if self._desired_unread:
-            log.info("desired actor count read again")
-            self._desired_unread = False
+        self._desired_gap.succeeded()
         return desired
 
     def held_back(self) -> int | None:

@@ -131,7 +131,9 @@ class Supervisor:
         self._describing: tuple[int, object] | None = None  # (restarted learner's pid, its describe() call)
         self._shards: list[ComponentPoll] = []
         self._offline_shards: list[ComponentPoll] = []
-        self._redis_feed_down = False
+        from actors import RedisGap
+
+        self._episodes_gap = RedisGap(log, away="episodes not read while Redis is away", back="episodes read again")
 
     def _start_polls(self) -> None:
         """Polls of the shards' counters (once per session: the offline phase's go on online)."""
@@ -515,13 +517,9 @@ class Supervisor:
         try:
             episodes = self.components.episodes.read()
         except ActorRegistryError as exc:  # Redis away: its stream keeps them, read on its return
-            if not self._redis_feed_down:
-                log.warning("episodes not read while Redis is away: %s", exc)
-            self._redis_feed_down = True
+            self._episodes_gap.failed(exc)
             return []
-        if self._redis_feed_down:
-            log.info("episodes read again")
-            self._redis_feed_down = False
+        self._episodes_gap.succeeded()
         if not episodes:
             return []
         self.counters.add_episodes([episode["return"] for episode in episodes])

@@ -8,12 +8,13 @@ import signal
 from types import SimpleNamespace
 
 from actors import ActorFleet
+from actors.fleet import desired_count_gap
 from actors.registry import ActorRegistry
 
 
 def test_the_desired_count_is_not_read_while_redis_is_away_and_read_again_after(redis_server, caplog):
     registry = ActorRegistry(redis_server.url, run="gap")
-    fleet = SimpleNamespace(registry=registry, _desired_unread=False)  # the state ActorFleet._desired uses
+    fleet = SimpleNamespace(registry=registry, _desired_gap=desired_count_gap())  # the state ActorFleet._desired uses
     try:
         registry.set_desired(3)
         assert ActorFleet._desired(fleet) == 3
