@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+import psutil
 import torch
 
 from replay import create_private_file, private_dir
@@ -82,16 +83,6 @@ def _fsync_directory(directory: pathlib.Path) -> None:
         os.close(handle)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_temporaries(directory: pathlib.Path) -> list[pathlib.Path]:
     """Removes the temporary files of saves whose process is gone (killed midway); returns them."""
     if not directory.is_dir():
@@ -99,7 +90,7 @@ def sweep_temporaries(directory: pathlib.Path) -> list[pathlib.Path]:
     removed = []
     for path in directory.iterdir():
         match = _TEMPORARY.match(path.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not psutil.pid_exists(int(match.group(1))):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

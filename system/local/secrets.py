@@ -22,6 +22,8 @@ import socket
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import psutil
+
 from replay import redact_url
 
 REDIS_PASSWORD_ENV = "QFLEET_REDIS_PASSWORD"
@@ -213,21 +215,11 @@ def _remove_stale(directory: pathlib.Path) -> None:
         if record is None or record.get("host") != host:
             continue
         pid = record.get("driver_pid")
-        if isinstance(pid, int) and pid > 0 and not _alive(pid):
+        if isinstance(pid, int) and pid > 0 and not psutil.pid_exists(pid):
             path.unlink(missing_ok=True)
 
 
 def _live_here(record: dict) -> bool:
     """The record's driver runs on this host (a home folder may be shared by several machines)."""
     pid = record.get("driver_pid")
-    return record.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0 and _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return record.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0 and psutil.pid_exists(pid)
