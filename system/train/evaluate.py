@@ -1,4 +1,4 @@
-"""Evaluation: run a policy for N whole episodes, one env each, side by side.
+"""Evaluation: run a policy for N whole episodes, one env each, side by side (in waves on UI envs).
 
 Used by `qfleet train` (`RunEvaluations`: periodically on the latest published weights, in a
 background thread, and once at the end) and by `qfleet eval RUN_DIR` (the newest checkpoint).
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from actors import EnvConfig, make_env
+from actors import ANDROID_ID, MINIWOB_PREFIX, EnvConfig, make_env
 from learner import LearnerConfig
 from system.config import ConfigError, RunConfig, env_spaces
 from system.train.eval_schedule import due_evaluation
@@ -52,8 +52,23 @@ def eval_env_config(env: EnvConfig) -> EnvConfig:
     return dataclasses.replace(env, terminal_on_life_loss=False)
 
 
+UI_EVAL_PARALLEL = 4
+"""Episodes evaluated at once on a browser or emulator env (each env is a Chromium or an emulator:
+a 100-episode evaluation must not start 100 of them)."""
+
+
+def eval_parallel(env: EnvConfig, episodes: int) -> int:
+    """Envs an evaluation runs side by side: every episode at once for simulators (one batched
+    forward per step), `UI_EVAL_PARALLEL` for browsers and emulators."""
+    if env.id.startswith(MINIWOB_PREFIX) or env.id == ANDROID_ID:
+        return max(1, min(episodes, UI_EVAL_PARALLEL))
+    return max(1, episodes)
+
+
 class Evaluator:
-    """Runs `episodes` episodes of a policy, one env per episode, one batched forward per step.
+    """Runs `episodes` episodes of a policy, side by side in waves of `parallel` envs (one env per
+    episode of a wave), one batched forward per step. Episode i is seeded the same whatever
+    `parallel` is, so the result does not depend on it.
 
     Args:
         env: the env section (evaluated as `eval_env_config` makes it).
@@ -63,6 +78,8 @@ class Evaluator:
         seed: episode i of evaluation k is seeded seed + 1000 * k + i.
         acting: "greedy" (the most likely action, whatever `learner.policy_acting` says) or "policy"
             (as the actors act: a draw from pi with `learner.policy_acting: sample`).
+        parallel: envs run side by side (None: `eval_parallel`: all episodes, or
+            `UI_EVAL_PARALLEL` on browsers and emulators).
     """
 
     def __init__(
@@ -73,6 +90,7 @@ class Evaluator:
         epsilon: float = 0.0,
         seed: int = 0,
         acting: str = "greedy",
+        parallel: int | None = None,
     ):
         from learner import Policy
 
@@ -85,7 +103,11 @@ class Evaluator:
         spaces = env_spaces(self.env_config)
         self.obs_shape, self.action_space = spaces.obs_shape, spaces.action_space
         self.policy = Policy(learner, spaces.obs_shape, spaces.action_space, seed=seed)
-        self.envs = [make_env(self.env_config) for _ in range(episodes)]
+        if episodes < 1 or (parallel is not None and parallel < 1):
+            raise ConfigError(f"evaluation needs episodes >= 1 and parallel >= 1 (got {episodes}, {parallel})")
+        self.episodes = episodes
+        width = eval_parallel(env, episodes) if parallel is None else min(parallel, episodes)
+        self.envs = [make_env(self.env_config) for _ in range(width)]
         self.epsilon, self.seed = epsilon, seed
         self.rng = np.random.default_rng(seed)
         self.evaluations = 0
@@ -95,23 +117,29 @@ class Evaluator:
         if state is not None:
             self.policy.load(state, version)
         start = time.perf_counter()
-        n = len(self.envs)
         base = self.seed + 1000 * self.evaluations
         self.evaluations += 1
-        obs = [env.reset(seed=base + i)[0] for i, env in enumerate(self.envs)]
-        returns, lengths = np.zeros(n), np.zeros(n, np.int64)
-        running = list(range(n))
+        returns, lengths = np.zeros(self.episodes), np.zeros(self.episodes, np.int64)
+        for first in range(0, self.episodes, len(self.envs)):
+            wave = range(first, min(first + len(self.envs), self.episodes))
+            self._play(wave, base, returns, lengths)
+        return EvalResult([float(r) for r in returns], [int(x) for x in lengths], time.perf_counter() - start)
+
+    def _play(self, wave: range, base: int, returns: np.ndarray, lengths: np.ndarray) -> None:
+        """Plays episodes `wave` (one env each, in order) to their ends into returns/lengths."""
+        envs = dict(zip(wave, self.envs, strict=False))
+        obs = {i: env.reset(seed=base + i)[0] for i, env in envs.items()}
+        running = list(wave)
         while running:
             actions = self.policy.act(np.stack([obs[i] for i in running]), self.epsilon, self.rng)
             still = []
             for i, action in zip(running, actions, strict=True):
-                obs[i], reward, terminated, truncated, _ = self.envs[i].step(action)
+                obs[i], reward, terminated, truncated, _ = envs[i].step(action)
                 returns[i] += float(reward)
                 lengths[i] += 1
                 if not (terminated or truncated):
                     still.append(i)
             running = still
-        return EvalResult([float(r) for r in returns], [int(x) for x in lengths], time.perf_counter() - start)
 
     def close(self) -> None:
         for env in self.envs:
