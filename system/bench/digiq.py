@@ -733,7 +733,10 @@ class TaskRun:
         features, pixels = self.throughput_configs()
         screens = load_dataset(pixels, self.paths.pixels_id, self.paths.datasets)
         threads = torch.get_num_threads()
-        torch.set_num_threads(os.cpu_count() or 1)  # the learner's own setting, not the bench's one thread
+        # The threads `qfleet train` gives its learner (train.learner_num_cpus, 1 by default). Not the
+        # machine's CPUs: two threads on a busy 2-core VM made each small update 26x slower (the
+        # threads wait on each other at every op), which measures the machine's load, not the learner.
+        torch.set_num_threads(features.train.learner_threads)
         try:
             return self._throughput(features, pixels, screens)
         finally:

@@ -89,6 +89,11 @@ class TrainConfig:
     that offer them, spread over those nodes (a node lost takes as few shards as it can), and a
     shard whose node is lost restarts on another that offers them."""
 
+    @property
+    def learner_threads(self) -> int:
+        """The learner's torch intra-op threads: `learner_num_cpus`, at least 1."""
+        return max(1, int(self.learner_num_cpus))
+
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> None:
             raise ValueError(f"{name}={getattr(self, name)!r}: {why}")

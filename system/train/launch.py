@@ -406,7 +406,7 @@ def _create_learner(plan: Plan, components: Components, counters: RunCounters) -
             components.redis_url,
             plan.name,
             str(plan.run.checkpoints),
-            num_threads=max(1, int(train.learner_num_cpus)),
+            num_threads=train.learner_threads,
             metrics_host="node" if config.ray.address is not None else "127.0.0.1",
             replay_credentials=components.replay_credentials.for_clients(),
             reached=plan.learner_reached,
