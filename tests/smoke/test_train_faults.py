@@ -19,10 +19,10 @@ from conftest import wait_until
 
 FAULTS = overrides({**SETTINGS, "learner.checkpoint_every_s": 3, "train.eval_every_steps": 4000})
 
-LEARNER_KILL_STEPS = 12_000
-"""The killed-learner run's length: the kill comes at 1,500 updates (about 3,500 env steps; the
-replay's ratio keeps env steps within a window of the updates), so the restarted learner trains on
-for thousands of env steps more."""
+LEARNER_KILL_STEPS, LEARNER_KILL_UPDATES = 10_000, 1_000
+"""The killed-learner run's length, and the updates (with a checkpoint) at which its learner is
+killed: about 2,500 env steps (the replay's ratio keeps env steps within a window of the updates),
+so the restarted learner trains on for thousands of env steps more."""
 
 DRIVER_KILL_STEPS = 6_000
 """The killed-driver run's length. The kill comes at 300 updates and a checkpoint (every 3 s), about
@@ -58,7 +58,9 @@ def test_a_killed_learner_resumes_from_its_checkpoint_and_the_run_finishes(tmp_p
     run_dir, log_path = tmp_path / "run", tmp_path / "train.log"
     proc = start_train(run_dir, log_path, total_env_steps=LEARNER_KILL_STEPS)
     try:
-        assert wait_until(lambda: learner_checkpointed(proc, run_dir, log_path, 1500), timeout=240, step=0.5)
+        assert wait_until(
+            lambda: learner_checkpointed(proc, run_dir, log_path, LEARNER_KILL_UPDATES), timeout=240, step=0.5
+        )
         learner_pid = json.loads((run_dir / "run.json").read_text())["learner"]["pid"]
         time.sleep(1.0)  # a few updates beyond the newest checkpoint
         assert_fault_in_time(records(run_dir, "progress")[-1]["env_steps"], LEARNER_KILL_STEPS)
