@@ -8,7 +8,8 @@ Public surface:
     CheckpointLossError, CheckpointShapeError, WeightsHostError, SupersededReadError, and the value support's arithmetic (implied_returns,
     auto_support, contains, discounted_horizon, SUPPORT_MARGIN, CLAMPED_WARNING_FRACTION) (importing
     these does not import torch);
-    Learner, LearnerSummary, LearnerReached, make_replay, sample_error_buffer (the loop); PhaseMark,
+    Learner, LearnerSummary, LearnerReached, make_replay (the loop), sample_error_buffer (its window's
+    slack; torch-free); PhaseMark,
     OFFLINE_PHASE, ONLINE_PHASE (the offline/online phase a checkpoint was written in);
     find_checkpoint, has_checkpoints, load_latest_checkpoint (checkpoints);
     Agent, UpdateResult (the seam), make_agent, AGENTS, DiscreteQAgent, SACAgent,
@@ -102,7 +103,7 @@ _LAZY = {
     "OFFLINE_PHASE": "learner.phase_mark",
     "ONLINE_PHASE": "learner.phase_mark",
     "make_replay": "learner.loop",
-    "sample_error_buffer": "learner.loop",
+    "sample_error_buffer": "learner.sample_window",
     "LearnerMetrics": "learner.metrics",
     "METRIC_SERIES": "learner.metrics",
     "load_latest_checkpoint": "learner.checkpoint",

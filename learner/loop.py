@@ -26,6 +26,7 @@ from learner.config import LearnerConfig, resolve_device
 from learner.errors import CheckpointLossError, CheckpointShapeError, CheckpointSupportError, WeightStoreError
 from learner.metrics import LearnerMetrics
 from learner.phase_mark import OFFLINE_PHASE, PhaseMark
+from learner.sample_window import sample_error_buffer
 from learner.spaces import ActionSpace
 from learner.value_support import CLAMPED_WARNING_FRACTION
 from learner.weights import WeightStore
@@ -52,12 +53,6 @@ VERSION_READ_S = 30.0
 VERSION_SAFETY_STEP = 1000
 """A resumed learner that cannot read the published version continues this far above the highest
 version it knows (checkpoint, run records): above anything published since, in practice."""
-
-
-def sample_error_buffer(config: LearnerConfig) -> float:
-    """Slack of the learner's global samples-per-insert window, in sampled items: room for the
-    prefetcher's requests (prefetch_batches_per_request batches each) from a few threads."""
-    return max(4.0 * config.batch_size * config.prefetch.batches_per_request, 1024.0)
 
 
 def make_replay(

@@ -183,7 +183,14 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
     _save_secrets(plan, components)
     _start_metrics(plan, components)
     run.write_json("run.json", components.info)
-    for start in (_start_shards, _start_offline_shards, _create_learner):
+    if stop.is_set():
+        return
+    _create_shards(plan, components)
+    if actors_beside_learner(plan):  # a fresh learner needs nothing of the shards' to build: both start at once
+        _create_learner(plan, components, counters)
+    _await_shards(components)
+    run.write_json("run.json", components.info)
+    for start in (_start_offline_shards, _create_learner):
         if stop.is_set():
             return
         start(plan, components, counters)
@@ -205,7 +212,10 @@ def actors_beside_learner(plan: Plan) -> bool:
     waits for anything of the learner's (there are no weights to act with before its first
     publish). A resumed run's actors act with the weights its learner restores and publishes,
     and a run with an offline dataset starts them after its offline phase: both after it. A
-    resume is known by `plan.resumed`, not by its state.json (a session may end before writing it)."""
+    resume is known by `plan.resumed`, not by its state.json (a session may end before writing it).
+
+    In such a run the learner's process also starts beside the shards': a fresh learner aligns
+    no restored counts on theirs (a resumed one waits for the shards, so it is asked for after them)."""
     return not plan.resumed and plan.offline_data is None and not plan.offline_only
 
 
@@ -316,7 +326,8 @@ def _start_metrics(plan: Plan, components: Components) -> None:
         log.info("driver metrics %s; Prometheus targets in %s", address, components.targets.path)
 
 
-def _start_shards(plan: Plan, components: Components, counters: RunCounters) -> None:
+def _create_shards(plan: Plan, components: Components) -> None:
+    """Asks Ray for the run's shards (`_await_shards` waits until they serve)."""
     from system.train.hosts import ShardHost
 
     config, ray = plan.config, components.ray
@@ -334,7 +345,11 @@ def _start_shards(plan: Plan, components: Components, counters: RunCounters) -> 
         components.shards.append(
             remote.options(**options).remote(plan.spec, settings, on_cluster, credentials=components.replay_credentials)
         )
-    described = ray.get([shard.describe.remote() for shard in components.shards], timeout=300)
+
+
+def _await_shards(components: Components) -> None:
+    """Waits until every shard serves; logs where, and what each restored."""
+    described = components.ray.get([shard.describe.remote() for shard in components.shards], timeout=300)
     components.startup.mark("shards")
     for shard in described:
         restored = f", restored {shard.size:,} items" if shard.restored_from else ""
@@ -379,8 +394,11 @@ def _start_offline_shards(plan: Plan, components: Components, counters: RunCount
 
 
 def _create_learner(plan: Plan, components: Components, counters: RunCounters) -> None:
-    """Asks Ray for the learner (`_await_learner` waits until it is built)."""
+    """Asks Ray for the learner (`_await_learner` waits until it is built); once."""
     from system.train.hosts import LearnerHost
+
+    if components.learner is not None:
+        return
 
     config, train, ray = plan.config, plan.config.train, components.ray
     gpus = train.learner_num_gpus

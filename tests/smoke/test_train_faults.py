@@ -19,15 +19,21 @@ from conftest import wait_until
 
 FAULTS = overrides({**SETTINGS, "learner.checkpoint_every_s": 3, "train.eval_every_steps": 4000})
 
-LEARNER_KILL_STEPS = 12_000
-"""The killed-learner run's length: the kill comes at 1,500 updates (about 3,500 env steps; the
-replay's ratio keeps env steps within a window of the updates), so the restarted learner trains on
-for thousands of env steps more."""
+LEARNER_KILL_STEPS, LEARNER_KILL_UPDATES = 10_000, 1_000
+"""The killed-learner run's length, and the updates (with a checkpoint) at which its learner is
+killed: about 2,500 env steps (the replay's ratio keeps env steps within a window of the updates),
+so the restarted learner trains on for thousands of env steps more."""
 
-DRIVER_KILL_STEPS, FRESH_STEPS = 6_000, 7_000
-"""The killed-driver run's length, then the --fresh-learner resume's. The kill comes at 300 updates
-and a checkpoint (every 3 s), about 1,100 env steps; on a fast machine the first checkpoint may come
-a few thousand later, still well short of the end."""
+DRIVER_KILL_STEPS = 6_000
+"""The killed-driver run's length. The kill comes at 300 updates and a checkpoint (every 3 s), about
+1,100 env steps; on a fast machine the first checkpoint may come a few thousand later, still well
+short of the end."""
+
+RESUME_STEPS, FRESH_STEPS = 2_000, 1_000
+"""Env steps the resume of the killed run goes on for (from what its state.json recorded: 0 when
+the driver died before its first write), then the --fresh-learner resume (whole numbers of vector
+steps). The resume re-runs what the shards lost, so its own budget, not the killed run's, keeps it
+short."""
 
 
 def start_train(run_dir: Path, log_path: Path, total_env_steps: int) -> subprocess.Popen:
@@ -52,7 +58,9 @@ def test_a_killed_learner_resumes_from_its_checkpoint_and_the_run_finishes(tmp_p
     run_dir, log_path = tmp_path / "run", tmp_path / "train.log"
     proc = start_train(run_dir, log_path, total_env_steps=LEARNER_KILL_STEPS)
     try:
-        assert wait_until(lambda: learner_checkpointed(proc, run_dir, log_path, 1500), timeout=240, step=0.5)
+        assert wait_until(
+            lambda: learner_checkpointed(proc, run_dir, log_path, LEARNER_KILL_UPDATES), timeout=240, step=0.5
+        )
         learner_pid = json.loads((run_dir / "run.json").read_text())["learner"]["pid"]
         time.sleep(1.0)  # a few updates beyond the newest checkpoint
         assert_fault_in_time(records(run_dir, "progress")[-1]["env_steps"], LEARNER_KILL_STEPS)
@@ -120,9 +128,12 @@ def test_a_killed_driver_leaves_nothing_behind_and_the_run_resumes(tmp_path):
             proc.wait()
     assert len(started) >= 8  # redis, Ray's own processes and agents, the shard, learner and actor
 
-    resumed = qfleet("train", "--resume", str(run_dir), timeout=300)
+    recorded = json.loads((run_dir / "state.json").read_text())["env_steps"] if (run_dir / "state.json").exists() else 0
+    resume_to = recorded + RESUME_STEPS
+    resumed = qfleet("train", "--resume", str(run_dir), *overrides({"train.total_env_steps": resume_to}), timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"finished at {DRIVER_KILL_STEPS:,} env steps" in resumed.stdout
+    assert f"resuming at {recorded:,} env steps" in resumed.stdout
+    assert f"finished at {resume_to:,} env steps" in resumed.stdout
     assert "learner on cpu (resumed at update" in resumed.stderr + resumed.stdout
     versions = [r["weights_version"] for r in records(run_dir, "progress")]
     assert versions == sorted(versions), "weights versions went down across the resume"
@@ -130,7 +141,7 @@ def test_a_killed_driver_leaves_nothing_behind_and_the_run_resumes(tmp_path):
     # No good learner checkpoint: a resume refuses and says how to go on ...
     for checkpoint in run_dir.glob("checkpoints/learner-*.pt"):
         checkpoint.write_bytes(checkpoint.read_bytes()[:300])
-    further = overrides({"train.total_env_steps": FRESH_STEPS})
+    further = overrides({"train.total_env_steps": resume_to + FRESH_STEPS})
     refused = qfleet("train", "--resume", str(run_dir), *further, timeout=120)
     assert refused.returncode != 0
     assert "no good learner checkpoint" in refused.stderr and "--fresh-learner" in refused.stderr
@@ -140,8 +151,8 @@ def test_a_killed_driver_leaves_nothing_behind_and_the_run_resumes(tmp_path):
     assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
     assert f"fresh, counting on from update {updates_before:,}" in fresh.stderr + fresh.stdout
     assert records(run_dir, "learner")[-1]["event"] == "fresh"
-    assert json.loads((run_dir / "state.json").read_text())["fresh_learners"] == [DRIVER_KILL_STEPS]
-    fresh_row = f"| fresh learner (no good checkpoint) | at {DRIVER_KILL_STEPS:,} env steps |"
+    assert json.loads((run_dir / "state.json").read_text())["fresh_learners"] == [resume_to]
+    fresh_row = f"| fresh learner (no good checkpoint) | at {resume_to:,} env steps |"
     assert fresh_row in (run_dir / "summary.md").read_text()
     progress = records(run_dir, "progress")
     assert progress[-1]["updates"] > updates_before

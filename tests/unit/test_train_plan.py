@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -38,6 +40,21 @@ def test_a_shard_takes_learning_starts_items_before_any_sample_then_holds_writer
         assert limiter.insertable(10**9, inserts, samples=int(100 * spi)) == 100
         # ... and the learner may sample everything the ratio allows on that shard.
         assert limiter.sampleable(10**9, inserts, samples=0) >= inserts * spi
+
+
+def test_planning_a_run_and_its_shards_leaves_torch_to_the_learner(tmp_path):
+    """The driver plans the run and its shards' rate limiters without importing torch: the import
+    takes seconds of CPU, and in `qfleet train` it would come before the shards are even asked for."""
+    code = (
+        "import sys\n"
+        "from system.train import plan, shard_config\n"
+        f"planned = plan('configs/cartpole.yaml', [], {str(tmp_path / 'run')!r}, None)\n"
+        "shard_config(planned.config, 0, 'redis://127.0.0.1:1/0', planned.name, planned.run)\n"
+        "print(sorted(name for name in sys.modules if name == 'torch' or name.startswith('torch.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]", done.stdout[:300]
 
 
 def test_seed_names_and_existing_run_directories(tmp_path):
