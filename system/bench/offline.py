@@ -41,20 +41,28 @@ RECORDED_ID = "bench/medium-v0"
 EPSILONS = (0.5, 0.6, 0.7, 0.8)
 """Per-episode probabilities of a random action in the recorded dataset."""
 
-LEARNERS = {
-    "IQL + AWR": {"learner.loss": "iql", "learner.policy_extraction": "awr"},
-    "IQL + Best-of-N (N=1)": {"learner.loss": "iql", "learner.policy_extraction": "best_of_n", "learner.best_of_n": 1},
-    "IQL + Best-of-N (N=4)": {"learner.loss": "iql", "learner.policy_extraction": "best_of_n", "learner.best_of_n": 4},
-    "IQL + Best-of-N (N=16)": {
-        "learner.loss": "iql",
-        "learner.policy_extraction": "best_of_n",
-        "learner.best_of_n": 16,
-    },
-    "filtered BC (top 10%)": {"learner.loss": "filtered_bc", "learner.top_k_percent": 10},
-}
-"""Each learner's settings over `CONFIG`."""
+BEST_OF_N = (1, 4, 16)
+"""The Best-of-N learners' N by default (Digi-Q's study)."""
 
 FILTERED_BC = "filtered BC (top 10%)"
+
+
+def learners(best_of_n: tuple[int, ...] = BEST_OF_N) -> dict[str, dict[str, object]]:
+    """Each learner's settings over the bench's config: IQL + AWR, IQL + Best-of-N for each N of
+    `best_of_n`, filtered BC (top 10%)."""
+    table: dict[str, dict[str, object]] = {"IQL + AWR": {"learner.loss": "iql", "learner.policy_extraction": "awr"}}
+    for n in best_of_n:
+        table[f"IQL + Best-of-N (N={n})"] = {
+            "learner.loss": "iql",
+            "learner.policy_extraction": "best_of_n",
+            "learner.best_of_n": n,
+        }
+    table[FILTERED_BC] = {"learner.loss": "filtered_bc", "learner.top_k_percent": 10}
+    return table
+
+
+LEARNERS = learners()
+"""The default learners."""
 
 
 def controller_action(obs: np.ndarray) -> int:
@@ -179,11 +187,13 @@ def run_offline_bench(
     config: str = CONFIG,
     policy: str | None = None,
     record: RecordSettings | None = None,
+    best_of_n: tuple[int, ...] = BEST_OF_N,
 ) -> int:
     """Records (or takes) the dataset, trains every learner on every seed, prints the table.
 
     Args:
-        config: the learners' settings (env, network, IQL's keys); `LEARNERS` override the loss.
+        config: the learners' settings (env, network, IQL's keys); `learners` override the loss.
+        best_of_n: the Best-of-N learners' N (one learner each).
         policy, record: record the dataset from this `qfleet train` run's newest checkpoint with
             these settings (`qfleet record`'s path) as `dataset` (default `RECORDED_ID`) in
             `datasets_dir` (default: a temporary folder, deleted at the end).
@@ -238,7 +248,7 @@ def run_offline_bench(
         flush=True,
     )
     outcomes: list[Outcome] = []
-    for name, settings in LEARNERS.items():
+    for name, settings in learners(best_of_n).items():
         for seed in seeds:
             overrides = [f"{key}={value}" for key, value in settings.items()] + [f"train.seed={seed}"]
             from system.train.plan import seeded

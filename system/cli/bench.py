@@ -249,6 +249,12 @@ def add_parser(commands) -> None:
     offline.add_argument("--updates", type=int, default=2000, help="updates per learner and seed (default: 2000)")
     offline.add_argument("--seeds", default="0", help="comma-separated seeds, each reported (default: 0)")
     offline.add_argument(
+        "--best-of-n",
+        default="1,4,16",
+        metavar="N,...",
+        help="the IQL + Best-of-N learners' N, one learner each (default: 1,4,16)",
+    )
+    offline.add_argument(
         "--eval-episodes", type=int, default=10, help="greedy evaluation episodes per run (default: 10)"
     )
     offline.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
@@ -503,6 +509,7 @@ def run(args: argparse.Namespace) -> int:
             config,
             args.policy,
             record,
+            tuple(_numbers("--best-of-n", args.best_of_n, int)),
         )
     if args.bench_command == "learner":
         from system.bench.learner import run_learner_bench

@@ -121,3 +121,44 @@ def test_bench_offline_policy_options_become_qfleet_records_settings():
     )
     assert parsed() == RecordSettings(episodes=300, epsilon=0.1)
     assert parsed(policy=None) is None
+
+
+def test_bench_offline_records_from_a_runs_checkpoint_and_trains_every_learner_on_it(tmp_path, capsys):
+    # A run directory as `qfleet train` leaves it (config.yaml, a learner checkpoint), on CartPole.
+    import json
+
+    import torch
+
+    from learner import checkpoint, make_agent
+    from learner.checkpoint import rng_state
+    from system.cli import main
+    from system.config import env_spaces, load_config
+    from system.datasets import load_recorded_episodes
+
+    config_text = "env:\n  id: CartPole-v1\n  num_envs: 2\nlearner:\n  hidden_size: 16\n  batch_size: 8\n"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(config_text)
+    config = load_config(run / "config.yaml", [])
+    spaces = env_spaces(config.env)
+    agent = make_agent(config.learner, spaces.obs_shape, spaces.action_space, torch.device("cpu"))
+    state = {
+        "agent": agent.state_dict(),
+        "counters": {"version": 3, "updates": 30},
+        "rng": rng_state(np.random.default_rng()),
+    }
+    checkpoint.save(run / "checkpoints", state, 30)
+    learners_config = tmp_path / "learners.yaml"
+    learners_config.write_text(config_text)
+    output = tmp_path / "table.json"
+    args = ["bench", "offline", "--config", str(learners_config), "--policy", str(run), "--record-steps", "120"]
+    args += ["--epsilon", "0.2,0.6", "--datasets-dir", str(tmp_path / "data"), "--dataset", "cp/bench-v0"]
+    args += ["--updates", "3", "--eval-episodes", "1", "--best-of-n", "4", "--output", str(output)]
+    assert main(args) == 0, capsys.readouterr().err
+    recorded = load_recorded_episodes("cp/bench-v0", str(tmp_path / "data"))  # kept in --datasets-dir
+    assert int(recorded.lengths.sum()) >= 120
+    assert all(0.2 <= m["epsilon"] <= 0.6 and m["policy_version"] == 3 for m in recorded.metadata)
+    result = json.loads(output.read_text())
+    assert result["dataset_transitions"] == int(recorded.lengths.sum()) and result["config"] == str(learners_config)
+    names = [r["learner"] for r in result["results"]]
+    assert names == ["IQL + AWR", "IQL + Best-of-N (N=4)", "filtered BC (top 10%)"]
