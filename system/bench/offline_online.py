@@ -1,12 +1,14 @@
 """`qfleet bench offline --online`: does an offline phase save env steps? `qfleet train` runs, per
 seed, two ways:
 
-- **offline -> online** (configs/cartpole_offline_online.yaml: IQL + AWR): the offline phase on the
-  recorded dataset (`offline.updates` updates on it alone), then online with actors, every batch
-  mixing dataset and actors' data (`replay.mix`);
+- **offline -> online** (`--config`, default configs/cartpole_offline_online.yaml: IQL + AWR;
+  MinAtar: configs/minatar_breakout_offline_online.yaml, the tuned hl_gauss DQN): the offline phase
+  on the recorded dataset (`offline.updates` updates on it alone), then online with actors, every
+  batch mixing dataset and actors' data (`replay.mix`);
 - **from scratch**: the project's best from-scratch recipe by default (configs/cartpole.yaml, the
   tuned DQN), with no dataset; `--scratch-config configs/cartpole_offline_online.yaml` compares
-  against the same IQL + AWR recipe instead (a weaker online learner).
+  against the same IQL + AWR recipe instead (a weaker online learner); `--no-scratch` skips this arm
+  (its figures known from earlier runs, e.g. MinAtar's 250k-step runs).
 
 Each run goes until an evaluation reaches the threshold (CartPole: 475) or train.total_env_steps;
 the figure is the env steps of that first evaluation. The offline phase moves no env steps, so an
