@@ -248,11 +248,23 @@ def run_offline_bench(
         flush=True,
     )
     outcomes: list[Outcome] = []
-    for name, settings in learners(best_of_n).items():
-        for seed in seeds:
-            overrides = [f"{key}={value}" for key, value in settings.items()] + [f"train.seed={seed}"]
-            from system.train.plan import seeded
+    summary = {
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "config": config,
+        "dataset": dataset,
+        "dataset_episodes": len(returns),
+        "dataset_transitions": len(loaded["reward"]),
+        "dataset_mean_return": dataset_mean,
+        "updates": updates,
+        "eval_episodes": eval_episodes,
+        "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",
+    }
+    from system.train.plan import seeded
 
+    for seed in seeds:  # seed by seed: a run cut short still has whole tables of the seeds it did
+        for name, settings in learners(best_of_n).items():
+            overrides = [f"{key}={value}" for key, value in settings.items()] + [f"train.seed={seed}"]
             learner_config = seeded(load_config(config, overrides))
             outcome = train_offline(learner_config, loaded, updates, eval_episodes, seed)
             outcome = Outcome(name, seed, outcome.mean_return, outcome.std_return, outcome.seconds)
@@ -262,27 +274,13 @@ def run_offline_bench(
                 flush=True,
             )
             outcomes.append(outcome)
+            if output:  # after every learner, so an interrupted run keeps what it measured
+                results = sorted(outcomes, key=lambda o: list(learners(best_of_n)).index(o.learner))
+                summary["results"] = [vars(o) for o in results]
+                pathlib.Path(output).write_text(json.dumps(summary, indent=1) + "\n")
+    outcomes.sort(key=lambda o: list(learners(best_of_n)).index(o.learner))  # the table groups by learner
     print()
     print(table(dataset, dataset_mean, outcomes, updates, eval_episodes))
-    if output:
-        with open(output, "w") as file:
-            json.dump(
-                {
-                    "command": " ".join(sys.argv),
-                    "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-                    "config": config,
-                    "dataset": dataset,
-                    "dataset_episodes": len(returns),
-                    "dataset_transitions": len(loaded["reward"]),
-                    "dataset_mean_return": dataset_mean,
-                    "updates": updates,
-                    "eval_episodes": eval_episodes,
-                    "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",
-                    "results": [vars(o) for o in outcomes],
-                },
-                file,
-                indent=1,
-            )
     return 0
 
 
