@@ -203,9 +203,10 @@ def add_parser(commands) -> None:
         epilog=(
             "MinAtar Breakout (issue 20): qfleet bench offline --config configs/minatar_breakout_offline_online.yaml "
             "--policy runs/medium --record-steps 200000 --epsilon 0.05,0.5 --datasets-dir DIR --dataset "
-            "minatar/breakout-medium-v0 --updates 10000 --eval-episodes 20 --seeds 0,1,2; then --online with "
-            "--dataset minatar/breakout-medium-v0 --datasets-dir DIR --threshold 16 --total-env-steps 125000 "
-            "--eval-every 12500 --scratch-config configs/minatar_breakout.yaml (or --no-scratch)."
+            "minatar/breakout-medium-v0 --updates 3000 --eval-episodes 20 --seeds 0,1,2 --best-of-n 4,16; then "
+            "--online with --dataset minatar/breakout-medium-v0 --datasets-dir DIR --updates 10000 --threshold 16 "
+            "--total-env-steps 125000 --eval-every 12500 --eval-episodes 10 --scratch-config "
+            "configs/minatar_breakout.yaml (or --no-scratch)."
         ),
     )
     offline.add_argument(
