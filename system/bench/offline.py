@@ -1,10 +1,12 @@
-"""`qfleet bench offline`: offline learners side by side on one CartPole dataset (issue 20's table
-at small scale).
+"""`qfleet bench offline`: offline learners side by side on one dataset (issue 20's table).
 
-Records a CartPole dataset of medium quality (each episode played by a pole-balancing controller
-that takes a uniformly random action with a probability drawn per episode from `EPSILONS`: a wide
-spread of returns whose mean sits well between random, ~22, and the 500 cap), or takes an existing
-one (--dataset), loads it as `qfleet train` does (n-step transitions with `episode_return`), then
+By default records a CartPole dataset of medium quality (each episode played by a pole-balancing
+controller that takes a uniformly random action with a probability drawn per episode from
+`EPSILONS`: a wide spread of returns whose mean sits well between random, ~22, and the 500 cap).
+On any env, `--policy RUN_DIR` records one with `qfleet record`'s own path (the run's newest
+checkpoint with epsilon-greedy exploration, a fixed epsilon or one drawn per episode), and
+`--config` gives the learners' env and network (e.g. configs/minatar_breakout_offline_online.yaml);
+or it takes an existing dataset (--dataset). It loads the dataset as `qfleet train` does (n-step transitions with `episode_return`), then
 trains each learner in-process on uniform batches of it for U updates and evaluates it greedily
 (the evaluator of `qfleet train`): IQL + AWR, IQL + Best-of-N (N in 1, 4, 16), filtered BC (top
 10%), each over every seed. Prints a Markdown table; no Redis, Ray or shards (the learners' math
@@ -18,6 +20,7 @@ import json
 import pathlib
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,27 +28,41 @@ from dataclasses import dataclass
 import numpy as np
 
 from system.bench.offline_online import Budget, run_offline_online_bench
+from system.config import ConfigError
+from system.datasets import RecordSettings
 
 CONFIG = "configs/cartpole_offline_online.yaml"
-"""The offline learners' settings (IQL's expectile, AWR temperature, network, lr, gamma, n-step)."""
+"""The offline learners' settings by default (IQL's expectile, AWR temperature, network, lr, gamma,
+n-step); `--config` gives another env's."""
+
+RECORDED_ID = "bench/medium-v0"
+"""The id a `--policy` recording gets when --dataset names none."""
 
 EPSILONS = (0.5, 0.6, 0.7, 0.8)
 """Per-episode probabilities of a random action in the recorded dataset."""
 
-LEARNERS = {
-    "IQL + AWR": {"learner.loss": "iql", "learner.policy_extraction": "awr"},
-    "IQL + Best-of-N (N=1)": {"learner.loss": "iql", "learner.policy_extraction": "best_of_n", "learner.best_of_n": 1},
-    "IQL + Best-of-N (N=4)": {"learner.loss": "iql", "learner.policy_extraction": "best_of_n", "learner.best_of_n": 4},
-    "IQL + Best-of-N (N=16)": {
-        "learner.loss": "iql",
-        "learner.policy_extraction": "best_of_n",
-        "learner.best_of_n": 16,
-    },
-    "filtered BC (top 10%)": {"learner.loss": "filtered_bc", "learner.top_k_percent": 10},
-}
-"""Each learner's settings over `CONFIG`."""
+BEST_OF_N = (1, 4, 16)
+"""The Best-of-N learners' N by default (Digi-Q's study)."""
 
 FILTERED_BC = "filtered BC (top 10%)"
+
+
+def learners(best_of_n: tuple[int, ...] = BEST_OF_N) -> dict[str, dict[str, object]]:
+    """Each learner's settings over the bench's config: IQL + AWR, IQL + Best-of-N for each N of
+    `best_of_n`, filtered BC (top 10%)."""
+    table: dict[str, dict[str, object]] = {"IQL + AWR": {"learner.loss": "iql", "learner.policy_extraction": "awr"}}
+    for n in best_of_n:
+        table[f"IQL + Best-of-N (N={n})"] = {
+            "learner.loss": "iql",
+            "learner.policy_extraction": "best_of_n",
+            "learner.best_of_n": n,
+        }
+    table[FILTERED_BC] = {"learner.loss": "filtered_bc", "learner.top_k_percent": 10}
+    return table
+
+
+LEARNERS = learners()
+"""The default learners."""
 
 
 def controller_action(obs: np.ndarray) -> int:
@@ -167,8 +184,19 @@ def run_offline_bench(
     output: str | None,
     online: Budget | None = None,
     out_dir: str = "runs/bench-offline-online",
+    config: str = CONFIG,
+    policy: str | None = None,
+    record: RecordSettings | None = None,
+    best_of_n: tuple[int, ...] = BEST_OF_N,
 ) -> int:
     """Records (or takes) the dataset, trains every learner on every seed, prints the table.
+
+    Args:
+        config: the learners' settings (env, network, IQL's keys); `learners` override the loss.
+        best_of_n: the Best-of-N learners' N (one learner each).
+        policy, record: record the dataset from this `qfleet train` run's newest checkpoint with
+            these settings (`qfleet record`'s path) as `dataset` (default `RECORDED_ID`) in
+            `datasets_dir` (default: a temporary folder, deleted at the end).
 
     With `online` (`--online`): instead, for every seed, `qfleet train` offline -> online on the
     dataset vs from scratch, until an evaluation reaches `online.threshold` (system/bench/offline_online.py;
@@ -179,9 +207,19 @@ def run_offline_bench(
     from system.datasets import DatasetSource, load_episodes, load_transitions, with_episode_return
 
     torch.set_num_threads(1)
-    base = load_config(CONFIG, [])
+    base = load_config(config, [])
     with tempfile.TemporaryDirectory(prefix="qfleet-bench-offline-") as scratch:
-        if dataset is None:
+        if policy is not None:
+            from system.datasets.run_record import main_record
+
+            dataset, datasets_dir = dataset or RECORDED_ID, datasets_dir or scratch
+            main_record(dataset, policy, None, [], record or RecordSettings(episodes=episodes), datasets_dir)
+        elif dataset is None:
+            if base.env.id != "CartPole-v1":
+                raise ConfigError(
+                    f"--config {config} plays {base.env.id}: give --policy RUN_DIR to record a dataset, or "
+                    "--dataset (the built-in recording is CartPole's controller)"
+                )
             dataset, datasets_dir = "cartpole/medium-v0", scratch
             started = time.perf_counter()
             record_medium_dataset(scratch, dataset, episodes, seed=0)
@@ -210,14 +248,25 @@ def run_offline_bench(
         flush=True,
     )
     outcomes: list[Outcome] = []
-    for name, settings in LEARNERS.items():
-        for seed in seeds:
-            overrides = [f"{key}={value}" for key, value in settings.items()] + [f"train.seed={seed}"]
-            config = load_config(CONFIG, overrides)
-            from system.train.plan import seeded
+    summary = {
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "config": config,
+        "dataset": dataset,
+        "dataset_episodes": len(returns),
+        "dataset_transitions": len(loaded["reward"]),
+        "dataset_mean_return": dataset_mean,
+        "updates": updates,
+        "eval_episodes": eval_episodes,
+        "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",
+    }
+    from system.train.plan import seeded
 
-            config = seeded(config)
-            outcome = train_offline(config, loaded, updates, eval_episodes, seed)
+    for seed in seeds:  # seed by seed: a run cut short still has whole tables of the seeds it did
+        for name, settings in learners(best_of_n).items():
+            overrides = [f"{key}={value}" for key, value in settings.items()] + [f"train.seed={seed}"]
+            learner_config = seeded(load_config(config, overrides))
+            outcome = train_offline(learner_config, loaded, updates, eval_episodes, seed)
             outcome = Outcome(name, seed, outcome.mean_return, outcome.std_return, outcome.seconds)
             print(
                 f"[offline] {name}, seed {seed}: {outcome.mean_return:.1f} +- {outcome.std_return:.1f} "
@@ -225,22 +274,13 @@ def run_offline_bench(
                 flush=True,
             )
             outcomes.append(outcome)
+            if output:  # after every learner, so an interrupted run keeps what it measured
+                results = sorted(outcomes, key=lambda o: list(learners(best_of_n)).index(o.learner))
+                summary["results"] = [vars(o) for o in results]
+                pathlib.Path(output).write_text(json.dumps(summary, indent=1) + "\n")
+    outcomes.sort(key=lambda o: list(learners(best_of_n)).index(o.learner))  # the table groups by learner
     print()
     print(table(dataset, dataset_mean, outcomes, updates, eval_episodes))
-    if output:
-        with open(output, "w") as file:
-            json.dump(
-                {
-                    "dataset": dataset,
-                    "dataset_mean_return": dataset_mean,
-                    "updates": updates,
-                    "eval_episodes": eval_episodes,
-                    "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",
-                    "results": [vars(o) for o in outcomes],
-                },
-                file,
-                indent=1,
-            )
     return 0
 
 

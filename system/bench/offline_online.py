@@ -1,12 +1,14 @@
 """`qfleet bench offline --online`: does an offline phase save env steps? `qfleet train` runs, per
 seed, two ways:
 
-- **offline -> online** (configs/cartpole_offline_online.yaml: IQL + AWR): the offline phase on the
-  recorded dataset (`offline.updates` updates on it alone), then online with actors, every batch
-  mixing dataset and actors' data (`replay.mix`);
+- **offline -> online** (`--config`, default configs/cartpole_offline_online.yaml: IQL + AWR;
+  MinAtar: configs/minatar_breakout_offline_online.yaml, the tuned hl_gauss DQN): the offline phase
+  on the recorded dataset (`offline.updates` updates on it alone), then online with actors, every
+  batch mixing dataset and actors' data (`replay.mix`);
 - **from scratch**: the project's best from-scratch recipe by default (configs/cartpole.yaml, the
   tuned DQN), with no dataset; `--scratch-config configs/cartpole_offline_online.yaml` compares
-  against the same IQL + AWR recipe instead (a weaker online learner).
+  against the same IQL + AWR recipe instead (a weaker online learner); `--no-scratch` skips this arm
+  (its figures known from earlier runs, e.g. MinAtar's 250k-step runs).
 
 Each run goes until an evaluation reaches the threshold (CartPole: 475) or train.total_env_steps;
 the figure is the env steps of that first evaluation. The offline phase moves no env steps, so an
@@ -52,8 +54,12 @@ class Budget:
     threshold: float
     overrides: tuple[str, ...] = ()
     """Extra `--set KEY=VALUE` for both arms (e.g. actors.num_actors=2)."""
-    scratch_config: str = SCRATCH_CONFIG
-    """The from-scratch arm's config file."""
+    scratch_config: str | None = SCRATCH_CONFIG
+    """The from-scratch arm's config file; None: no from-scratch arm (its figures are known from
+    earlier runs, e.g. MinAtar's 250k-step runs in docs/benchmarks.md)."""
+    config: str = CONFIG
+    """The offline -> online arm's config file (its env, learner, replay.mix and offline.dataset's
+    settings; the dataset itself is the bench's)."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,7 @@ def train_command(
     arm: str, seed: int, budget: Budget, dataset: str, datasets_dir: str, run_dir: pathlib.Path
 ) -> list[str]:
     """The `qfleet train` command of one run."""
-    config = CONFIG if arm == ARMS[0] else budget.scratch_config
+    config = budget.config if arm == ARMS[0] else budget.scratch_config
     command = [sys.executable, "-m", "system.cli", "train", config, "--run-dir", str(run_dir)]
     for key, value in settings(arm, seed, budget, dataset, datasets_dir).items():
         command += ["--set", f"{key}={value}"]
@@ -187,8 +193,8 @@ def table(results: list[ArmResult], budget: Budget, dataset: str, dataset_mean: 
     """Per seed: env steps to the threshold both ways, and their ratio; the medians."""
     t = f"{budget.threshold:g}"
     lines = [
-        f"Dataset `{dataset}` (mean return {dataset_mean:.1f}); offline -> online: {CONFIG}, from scratch: "
-        f"{budget.scratch_config}; offline phase {budget.offline_updates:,} "
+        f"Dataset `{dataset}` (mean return {dataset_mean:.1f}); offline -> online: {budget.config}, from scratch: "
+        f"{budget.scratch_config or 'not run'}; offline phase {budget.offline_updates:,} "
         f"updates; evaluations every {budget.eval_every_steps:,} env steps, {budget.eval_episodes} episodes; "
         f"budget {budget.total_env_steps:,} env steps per run.",
         "",
@@ -258,8 +264,9 @@ def run_offline_online_bench(
     folder = pathlib.Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     results: list[ArmResult] = []
+    arms = ARMS if budget.scratch_config is not None else ARMS[:1]
     for seed in seeds:
-        for arm in ARMS:
+        for arm in arms:
             result = run_arm(arm, seed, budget, dataset, datasets_dir, folder)
             results.append(result)
             print(
@@ -273,7 +280,7 @@ def run_offline_online_bench(
         payload = {
             "command": " ".join(sys.argv),
             "date": time.strftime("%Y-%m-%d"),
-            "config": CONFIG,
+            "config": budget.config,
             "scratch_config": budget.scratch_config,
             "dataset": dataset,
             "dataset_mean_return": dataset_mean,

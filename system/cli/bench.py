@@ -186,26 +186,75 @@ def add_parser(commands) -> None:
     dataset.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
     offline = subcommands.add_parser(
         "offline",
-        help="offline learners on one CartPole dataset: IQL + AWR, IQL + Best-of-N, filtered BC",
+        help="offline learners on one dataset: IQL + AWR, IQL + Best-of-N, filtered BC",
         description=(
             "Records a CartPole dataset of medium quality (a pole-balancing controller taking random actions "
-            "with a per-episode probability of 0.5 to 0.8), or takes --dataset, then trains IQL + AWR, IQL + "
+            "with a per-episode probability of 0.5 to 0.8), or, with --policy RUN_DIR, one of any env played by "
+            "that run's newest checkpoint with --epsilon exploration (as qfleet record does), or takes "
+            "--dataset; --config gives the learners' env, network and IQL settings. Then trains IQL + AWR, IQL + "
             "Best-of-N (N = 1, 4, 16) and filtered BC (top 10%%) in-process on uniform batches of it for "
             "--updates updates each, over every seed of --seeds, and evaluates each greedily. Prints a Markdown "
             "table: the dataset's mean return, every learner's greedy return per seed, vs the dataset's mean, "
             "and whether the best beats filtered BC. With --online, instead: per seed, `qfleet train` of "
-            "configs/cartpole_offline_online.yaml offline -> online on the dataset (--updates offline updates) "
-            "vs --scratch-config from scratch, each until an evaluation reaches --threshold or "
-            "--total-env-steps; prints the env steps each needed."
+            "--config offline -> online on the dataset (--updates offline updates) vs --scratch-config from "
+            "scratch, each until an evaluation reaches --threshold or --total-env-steps; prints the env steps "
+            "each needed."
+        ),
+        epilog=(
+            "MinAtar Breakout (issue 20): qfleet bench offline --config configs/minatar_breakout_offline_online.yaml "
+            "--policy runs/medium --record-steps 200000 --epsilon 0.05,0.5 --datasets-dir DIR --dataset "
+            "minatar/breakout-medium-v0 --updates 3000 --eval-episodes 20 --seeds 0,1,2 --best-of-n 4,16; then "
+            "--online with --dataset minatar/breakout-medium-v0 --datasets-dir DIR --updates 10000 --threshold 16 "
+            "--total-env-steps 125000 --eval-every 12500 --eval-episodes 10 --scratch-config "
+            "configs/minatar_breakout.yaml (or --no-scratch)."
         ),
     )
-    offline.add_argument("--dataset", metavar="ID", help="use this recorded dataset instead of recording one")
-    offline.add_argument("--datasets-dir", metavar="DIR", help="folder of datasets for --dataset")
     offline.add_argument(
-        "--episodes", type=int, default=300, help="episodes to record when no --dataset is given (default: 300)"
+        "--config",
+        metavar="FILE",
+        help="the learners' settings (env, network, IQL's keys) and --online's offline -> online recipe "
+        "(default: configs/cartpole_offline_online.yaml)",
+    )
+    offline.add_argument(
+        "--dataset",
+        metavar="ID",
+        help="use this recorded dataset instead of recording one; with --policy, the id to record it as "
+        "(default: bench/medium-v0)",
+    )
+    offline.add_argument(
+        "--datasets-dir",
+        metavar="DIR",
+        help="folder of datasets for --dataset (with --policy: where it is recorded and kept; default: a "
+        "temporary folder)",
+    )
+    offline.add_argument(
+        "--policy",
+        metavar="RUN_DIR",
+        help="record the dataset from this qfleet train run's newest checkpoint (its env: match --config)",
+    )
+    offline.add_argument(
+        "--record-steps",
+        type=int,
+        help="--policy: stop recording once the episodes hold this many transitions (or at --episodes)",
+    )
+    offline.add_argument(
+        "--epsilon",
+        help="--policy: a random action with this probability; LO,HI: each episode draws its own from "
+        "[LO, HI] (a spread of quality; default: 0.1)",
+    )
+    offline.add_argument(
+        "--episodes",
+        type=int,
+        help="episodes to record when no --dataset is given (default: 300, or with --policy and --record-steps none)",
     )
     offline.add_argument("--updates", type=int, default=2000, help="updates per learner and seed (default: 2000)")
     offline.add_argument("--seeds", default="0", help="comma-separated seeds, each reported (default: 0)")
+    offline.add_argument(
+        "--best-of-n",
+        default="1,4,16",
+        metavar="N,...",
+        help="the IQL + Best-of-N learners' N, one learner each (default: 1,4,16)",
+    )
     offline.add_argument(
         "--eval-episodes", type=int, default=10, help="greedy evaluation episodes per run (default: 10)"
     )
@@ -223,8 +272,14 @@ def add_parser(commands) -> None:
     offline.add_argument(
         "--scratch-config",
         metavar="FILE",
-        help="--online: the from-scratch arm's recipe (default: configs/cartpole.yaml, the tuned DQN; "
-        "configs/cartpole_offline_online.yaml compares against the same IQL + AWR recipe)",
+        help="--online: the from-scratch arm's recipe (default with the default --config: "
+        "configs/cartpole.yaml, the tuned DQN; configs/cartpole_offline_online.yaml compares against the "
+        "same IQL + AWR recipe)",
+    )
+    offline.add_argument(
+        "--no-scratch",
+        action="store_true",
+        help="--online: run only the offline -> online arm (the from-scratch figures are known already)",
     )
     ui_env = subcommands.add_parser(
         "ui-env",
@@ -406,19 +461,30 @@ def run(args: argparse.Namespace) -> int:
         shapes = args.shape or ["even", "uneven"]
         return run_dataset_bench(args.steps, shapes, args.shards, args.n_step, args.repeats, args.output)
     if args.bench_command == "offline":
+        from system.bench.offline import CONFIG as OFFLINE_CONFIG
         from system.bench.offline import run_offline_bench
 
         seeds = _numbers("--seeds", args.seeds, int, minimum=0)
-        if args.updates < 1 or args.episodes < 1 or args.eval_episodes < 1:
+        if args.updates < 1 or (args.episodes is not None and args.episodes < 1) or args.eval_episodes < 1:
             raise ConfigError("--updates, --episodes and --eval-episodes must be >= 1")
         online_only = ("set", "threshold", "total_env_steps", "eval_every", "out_dir", "scratch_config")
-        if not args.online and (given := [key for key in online_only if getattr(args, key) is not None]):
+        given = [key for key in online_only if getattr(args, key) is not None] + ["no_scratch"] * args.no_scratch
+        if not args.online and given:
             options = ", ".join("--" + key.replace("_", "-") for key in given)
             raise ConfigError(f"{options}: only with --online (the offline learners' bench takes none of them)")
+        record = _record_settings(args)
+        config = args.config or OFFLINE_CONFIG
         online = None
         if args.online:
             from system.bench.offline_online import SCRATCH_CONFIG, Budget
 
+            if args.scratch_config is not None and args.no_scratch:
+                raise ConfigError("--scratch-config and --no-scratch: give one")
+            if args.config is not None and args.scratch_config is None and not args.no_scratch:
+                raise ConfigError(
+                    f"--config {args.config}: name the from-scratch arm's recipe (--scratch-config FILE) or "
+                    "give --no-scratch (the default, configs/cartpole.yaml, goes with the default --config)"
+                )
             online = Budget(
                 _or(args.total_env_steps, 50_000),
                 _or(args.eval_every, 2500),
@@ -426,20 +492,25 @@ def run(args: argparse.Namespace) -> int:
                 args.updates,
                 _or(args.threshold, 475.0),
                 tuple(args.set or ()),
-                args.scratch_config or SCRATCH_CONFIG,
+                None if args.no_scratch else args.scratch_config or SCRATCH_CONFIG,
+                config,
             )
             if online.total_env_steps < 1 or online.eval_every_steps < 1:
                 raise ConfigError("--total-env-steps and --eval-every must be >= 1")
         return run_offline_bench(
             args.dataset,
             args.datasets_dir,
-            args.episodes,
+            _or(args.episodes, 300),
             args.updates,
             seeds,
             args.eval_episodes,
             args.output,
             online,
             args.out_dir or "runs/bench-offline-online",
+            config,
+            args.policy,
+            record,
+            tuple(_numbers("--best-of-n", args.best_of_n, int)),
         )
     if args.bench_command == "learner":
         from system.bench.learner import run_learner_bench
@@ -553,6 +624,38 @@ def _run_e2e(args: argparse.Namespace) -> int:
         actor_layout(ENVS[name], budget)
     peer = args.peer_python or sys.executable
     return run_e2e_bench(envs, utds, budget, systems, peer, args.out_dir, args.output)
+
+
+def _record_settings(args: argparse.Namespace):
+    """`bench offline`'s recording settings for --policy (None without it): --epsilon E or LO,HI,
+    --record-steps and --episodes as `qfleet record`'s --epsilon, --epsilon-max, --steps, --episodes.
+
+    Raises:
+        ConfigError: a recording option without --policy, --policy with --dataset's recording
+            options missing, or a bad --epsilon.
+    """
+    from system.datasets import RecordSettings
+
+    if args.policy is None:
+        if args.epsilon is not None or args.record_steps is not None:
+            raise ConfigError("--epsilon, --record-steps: only with --policy (they say how it is recorded)")
+        return None
+    if args.online:
+        raise ConfigError(
+            "--policy with --online: record the dataset first (bench offline --policy ... or qfleet record)"
+        )
+    epsilons = _numbers("--epsilon", args.epsilon or "0.1", float, minimum=0)
+    if len(epsilons) > 2 or max(epsilons) > 1 or epsilons != sorted(epsilons):
+        raise ConfigError(f"--epsilon {args.epsilon!r}: one value, or LO,HI, in [0, 1] with LO <= HI")
+    try:
+        return RecordSettings(
+            episodes=args.episodes if args.episodes is not None or args.record_steps is not None else 300,
+            steps=args.record_steps,
+            epsilon=epsilons[0],
+            epsilon_max=epsilons[1] if len(epsilons) == 2 else None,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"bench offline --policy: {exc}") from None
 
 
 def _or(value, default):

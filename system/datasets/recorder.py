@@ -31,7 +31,9 @@ class EpisodeRecorder:
     Args:
         writer: where finished episodes go.
         first_obs: the vector's first observations (from `EnvVector.reset`).
-        actor_id, epsilon: stamped on every episode's metadata.
+        actor_id: stamped on every episode's metadata.
+        epsilon: stamped on every episode's metadata: one value, or env index -> its episode's
+            epsilon (asked as the episode ends; a per-episode spread, `PolicyActions.epsilon_max`).
         mark_success: stamp `success` on every episode: it terminated on a positive reward (what
             a solved MiniWoB task gives, with either of env.browser.reward's settings).
         episode_metadata: env index -> more metadata for its episode as it ends (a behaviour
@@ -43,7 +45,7 @@ class EpisodeRecorder:
         writer: DatasetWriter,
         first_obs: np.ndarray,
         actor_id: int,
-        epsilon: float,
+        epsilon: float | Callable[[int], float],
         mark_success: bool = False,
         episode_metadata: Callable[[int], dict[str, Any]] | None = None,
     ):
@@ -107,7 +109,7 @@ class EpisodeRecorder:
             self.successes.append(success)
         metadata.update(
             policy_version=int(self._versions[i]),
-            epsilon=float(self.epsilon),
+            epsilon=float(self.epsilon(i) if callable(self.epsilon) else self.epsilon),
             actor_id=int(self.actor_id),
             **{"return": episode_return},
         )
@@ -130,8 +132,12 @@ class EpisodeRecorder:
 class RecordSettings:
     """How `record_episodes` runs (the `qfleet record` options)."""
 
-    episodes: int
-    """Episodes to record (all actors together, per env); the last vector step's extra episodes are kept."""
+    episodes: int | None = None
+    """Episodes to record (all actors together, per env); the last vector step's extra episodes are
+    kept. At least one of episodes and steps."""
+    steps: int | None = None
+    """Stop once the finished episodes hold this many steps (env transitions; the last vector
+    step's episodes are kept whole, episodes still running are dropped)."""
     behaviour: Literal["network", "instruction"] = "network"
     """What acts. network: the --policy run's newest checkpoint or --config's untrained network, with
     --epsilon exploration; instruction: a MiniWoB policy that follows the task's instruction with
@@ -142,6 +148,9 @@ class RecordSettings:
     expert, 0: uniformly random); stored in the dataset's and each episode's metadata."""
     epsilon: float = 0.0
     """behaviour network: a random action with this probability, else the network's."""
+    epsilon_max: float | None = None
+    """behaviour network: each episode's epsilon drawn uniformly from [--epsilon, --epsilon-max] as
+    it starts (a spread of quality from one policy), stamped in its metadata. Discrete actions."""
     num_actors: int = 1
     """Actors (env vectors of env.num_envs envs each, own seeds), stepped in turn in this process."""
     seed: int = 0
@@ -150,9 +159,19 @@ class RecordSettings:
     progress_every_s: float = 10.0
     """Seconds between progress lines; the dataset is committed at each."""
 
+    def done(self, episodes: int, steps: int) -> bool:
+        """Whether a recording that has `episodes` episodes of `steps` steps is complete."""
+        return (self.episodes is not None and episodes >= self.episodes) or (
+            self.steps is not None and steps >= self.steps
+        )
+
     def __post_init__(self) -> None:
-        if self.episodes < 1:
+        if self.episodes is None and self.steps is None:
+            raise ValueError("episodes=None: required unless steps is given")
+        if self.episodes is not None and self.episodes < 1:
             raise ValueError(f"episodes={self.episodes}: must be >= 1")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps={self.steps}: must be >= 1")
         if not 0.0 <= self.epsilon <= 1.0:
             raise ValueError(f"epsilon={self.epsilon}: must be in [0, 1]")
         if not 0.0 <= self.follow_p <= 1.0:
@@ -162,6 +181,10 @@ class RecordSettings:
                 f"epsilon={self.epsilon}: behaviour instruction acts at random with probability 1 - follow_p; "
                 "set --follow-p instead"
             )
+        if self.epsilon_max is not None and not self.epsilon <= self.epsilon_max <= 1.0:
+            raise ValueError(f"epsilon_max={self.epsilon_max}: must be in [epsilon, 1] (epsilon={self.epsilon})")
+        if self.behaviour == "instruction" and self.epsilon_max is not None:
+            raise ValueError(f"epsilon_max={self.epsilon_max}: only with --behaviour network")
         if self.behaviour == "network" and self.follow_p != 1.0:
             raise ValueError(f"follow_p={self.follow_p}: only with --behaviour instruction")
         if self.num_actors < 1:
@@ -191,18 +214,39 @@ class VectorActions(Protocol):
 
 @dataclass
 class PolicyActions:
-    """A network (`learner.Policy`) with epsilon-greedy exploration, as `VectorActions`."""
+    """A network (`learner.Policy`) with epsilon-greedy exploration, as `VectorActions`.
+
+    With `epsilon_max`, each env's episode draws its own epsilon uniformly from [epsilon,
+    epsilon_max] as it starts (discrete actions): one policy then records episodes of every
+    quality from near-greedy to near-random, which is what lets an offline learner tell good
+    actions from bad ones. `episode_epsilon(env)` is the epsilon of env's current episode.
+    """
 
     policy: Any
     epsilon: float
     rng: np.random.Generator
+    epsilon_max: float | None = None
+    _episode: np.ndarray | None = None
 
     @property
     def version(self) -> int:
         return int(self.policy.version)
 
+    def episode_epsilon(self, env: int) -> float:
+        """The epsilon env `env`'s current episode acts with."""
+        return self.epsilon if self._episode is None else float(self._episode[env])
+
     def act(self, obs: np.ndarray, infos: Sequence[dict[str, Any]], starts: np.ndarray) -> np.ndarray:
-        return self.policy.act(obs, self.epsilon, self.rng)
+        if self.epsilon_max is None:
+            return self.policy.act(obs, self.epsilon, self.rng)
+        if self._episode is None:
+            self._episode = np.full(len(obs), self.epsilon)
+        starts = np.asarray(starts, bool)
+        self._episode[starts] = self.rng.uniform(self.epsilon, self.epsilon_max, np.count_nonzero(starts))
+        actions = self.policy.act(obs, 0.0, self.rng)
+        explore = self.rng.random(len(actions)) < self._episode
+        actions[explore] = self.rng.integers(0, self.policy.space.num_actions, np.count_nonzero(explore))
+        return actions
 
     def episode_metadata(self, env: int) -> dict[str, Any]:
         return {}
@@ -243,12 +287,12 @@ def record_episodes(
         obs = [vector.reset() for vector in vectors]
         starts = [np.ones(vector.num_envs, bool) for vector in vectors]
         recorders = [
-            EpisodeRecorder(writer, o, i, chooser.epsilon, mark_success, chooser.episode_metadata)
+            EpisodeRecorder(writer, o, i, _epsilon_of(chooser), mark_success, chooser.episode_metadata)
             for i, (o, chooser) in enumerate(zip(obs, choosers, strict=True))
         ]
         started = last = time.monotonic()
         done = 0
-        while done < settings.episodes:
+        while not settings.done(done, writer.steps):
             for i, vector in enumerate(vectors):
                 actions = choosers[i].act(obs[i], vector.infos, starts[i])
                 out = vector.step(actions)
@@ -270,7 +314,8 @@ def record_episodes(
                 recent = [r for rec in recorders for r in rec.returns[-100:]]
                 successes = [s for rec in recorders for s in rec.successes]
                 progress(
-                    f"recorded {done:,}/{settings.episodes:,} episodes, {writer.steps:,} steps "
+                    f"recorded {done:,}{'' if settings.episodes is None else f'/{settings.episodes:,}'} episodes, "
+                    f"{writer.steps:,}{'' if settings.steps is None else f'/{settings.steps:,}'} steps "
                     f"({writer.steps / max(last - started, 1e-9):,.0f} steps/s)"
                     + (f", mean return {np.mean(recent):.1f}" if recent else "")
                     + (f", success {np.mean(successes):.2f}" if successes else "")
@@ -280,3 +325,10 @@ def record_episodes(
     finally:
         for vector in vectors:
             vector.close()
+
+
+def _epsilon_of(chooser: VectorActions) -> float | Callable[[int], float]:
+    """What a recorder stamps as each episode's epsilon: per episode for a spread."""
+    if isinstance(chooser, PolicyActions) and chooser.epsilon_max is not None:
+        return chooser.episode_epsilon
+    return chooser.epsilon

@@ -161,10 +161,14 @@ def _record_one(dataset_id: str, config: RunConfig, run: RunDir | None, settings
             source = {"untrained": True}
 
         def make_actions(i: int, vector: EnvVector) -> VectorActions:
-            return PolicyActions(policy, settings.epsilon, np.random.default_rng(settings.seed + 1000 * i))
+            rng = np.random.default_rng(settings.seed + 1000 * i)
+            return PolicyActions(policy, settings.epsilon, rng, settings.epsilon_max)
 
+        if settings.epsilon_max is not None and not policy.space.discrete:
+            raise ConfigError(f"--epsilon-max: {config.env.id} has continuous actions (epsilon spreads are discrete)")
         epsilon = settings.epsilon
-        what = f"{run.path if run else 'an untrained network'} with epsilon {settings.epsilon}"
+        spread = f"epsilon {settings.epsilon}" + ("" if settings.epsilon_max is None else f"-{settings.epsilon_max}")
+        what = f"{run.path if run else 'an untrained network'} with {spread}"
     env = make_env(config.env)
     try:
         observation_space, action_space, env_spec = env.observation_space, env.action_space, env.spec
@@ -182,6 +186,8 @@ def _record_one(dataset_id: str, config: RunConfig, run: RunDir | None, settings
     }
     if settings.behaviour == "instruction":
         recorded_by["follow_p"] = settings.follow_p
+    if settings.epsilon_max is not None:
+        recorded_by["epsilon_max"] = settings.epsilon_max  # each episode's own is in its metadata
     writer = DatasetWriter(
         data,
         dataset_id,
@@ -191,7 +197,7 @@ def _record_one(dataset_id: str, config: RunConfig, run: RunDir | None, settings
         {"algorithm_name": "qfleet", "qfleet": recorded_by},
     )
     print(
-        f"qfleet record: {config.env.id}, {settings.episodes:,} episodes of {what}, "
+        f"qfleet record: {config.env.id}, {_amount(settings)} of {what}, "
         f"{settings.num_actors} actor(s) x {config.env.num_envs} envs -> {data.parent}",
         flush=True,
     )
@@ -215,3 +221,10 @@ def _record_one(dataset_id: str, config: RunConfig, run: RunDir | None, settings
         f"{success}; dataset {dataset_id} at {data.parent}",
         flush=True,
     )
+
+
+def _amount(settings: RecordSettings) -> str:
+    """What the recording stops at, in words."""
+    parts = [f"{settings.episodes:,} episodes"] if settings.episodes is not None else []
+    parts += [f"{settings.steps:,} steps"] if settings.steps is not None else []
+    return " or ".join(parts)

@@ -28,6 +28,7 @@ from system.datasets import (
     fill_shards,
     list_datasets,
     load_episodes,
+    load_recorded_episodes,
     load_transitions,
     nstep_transitions,
     offline_shard_config,
@@ -601,7 +602,7 @@ def test_record_errors_name_the_flag_or_the_folder_without_a_traceback(tmp_path,
     assert main([*base, "--episodes", "two"]) == 2
     assert "--episodes: expected an integer" in capsys.readouterr().err
     assert main(base) == 2
-    assert "--episodes: required" in capsys.readouterr().err
+    assert "--episodes=None: required unless steps is given" in capsys.readouterr().err
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     args = ["record", "cp/new-v0", "--config", cartpole_config, "--episodes", "2", "--datasets-dir", str(blocker)]
@@ -641,3 +642,15 @@ def test_record_with_a_distributional_config_plays_its_untrained_network_without
     args = ["record", f"cp/{loss}-v0", "--config", str(config), "--episodes", "2", "--datasets-dir", str(tmp_path)]
     assert main(args) == 0, capsys.readouterr().err
     assert (tmp_path / f"cp/{loss}-v0" / "data" / "metadata.json").exists()
+
+
+def test_record_by_steps_with_an_epsilon_spread_stamps_each_episodes_own_epsilon(tmp_path, cartpole_config, capsys):
+    from system.cli import main
+
+    args = ["record", "cp/spread-v0", "--config", cartpole_config, "--datasets-dir", str(tmp_path)]
+    assert main([*args, "--steps", "300", "--epsilon", "0.2", "--epsilon-max", "0.8"]) == 0, capsys.readouterr().err
+    read = load_recorded_episodes("cp/spread-v0", str(tmp_path))
+    assert int(read.lengths.sum()) >= 300  # whole episodes, stopped once they hold the steps asked
+    epsilons = [m["epsilon"] for m in read.metadata]
+    assert all(0.2 <= e <= 0.8 for e in epsilons) and len(set(epsilons)) == len(epsilons)
+    assert read.dataset_metadata["qfleet"]["epsilon_max"] == 0.8

@@ -4,6 +4,8 @@ and medians (a run that never reached the threshold counts as beyond every budge
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 
 from system.bench.offline import record_medium_dataset
@@ -85,3 +87,15 @@ def test_online_only_options_without_online_are_refused_not_ignored(capsys):
 
     assert main(["bench", "offline", "--set", "actors.num_actors=2", "--threshold", "400"]) == 2
     assert "--set, --threshold: only with --online" in capsys.readouterr().err
+
+
+def test_another_config_is_the_offline_online_arms_recipe_and_no_scratch_leaves_that_arm_out():
+    from system.bench.offline_online import train_command
+
+    budget = Budget(125_000, 12_500, 10, 10_000, 16, (), None, "configs/minatar_breakout_offline_online.yaml")
+    command = train_command(ARMS[0], 1, budget, "minatar/breakout-medium-v0", "/data", pathlib.Path("/r"))
+    assert command[3:5] == ["train", "configs/minatar_breakout_offline_online.yaml"]
+    text = table([result(ARMS[0], 0, 25_000, 9.5), result(ARMS[0], 1, None, 8.0)], budget, "minatar/b-v0", 4.5)
+    assert "offline -> online: configs/minatar_breakout_offline_online.yaml, from scratch: not run" in text
+    assert "| 0 | 25,000 | 9.5 | - | - |" in text
+    assert "| 1 | not within 125,000 (best 200.0) | 8.0 | - | - |" in text
