@@ -1,7 +1,7 @@
 """Starting a run's components in order: Redis -> Ray -> driver /metrics -> shards -> offline
 shards (a run with a dataset) -> learner -> evaluations, then (`start_actors`, after an offline
-phase) actors; in a fresh online run without an offline dataset the actors start beside the learner
-(`actors_beside_learner`).
+phase) actors; in a fresh online run without an offline dataset (`fresh_online_start`) the
+learner's process starts beside the shards and the actors' beside the learner.
 What started is in `Components` at once, so a failure part way (or Ctrl-C) stops exactly what
 runs. Each phase is stamped in `Components.startup` (system/train/startup.py).
 
@@ -185,18 +185,10 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
     run.write_json("run.json", components.info)
     if stop.is_set():
         return
-    _create_shards(plan, components)
-    if actors_beside_learner(plan):  # a fresh learner needs nothing of the shards' to build: both start at once
-        _create_learner(plan, components, counters)
-    _await_shards(components)
-    run.write_json("run.json", components.info)
-    for start in (_start_offline_shards, _create_learner):
-        if stop.is_set():
-            return
-        start(plan, components, counters)
-        run.write_json("run.json", components.info)
+    if not _start_shards_and_learner(plan, components, counters, stop):
+        return
     components.episodes = EpisodeFeed(components.redis_url, plan.name)  # before any actor reports one
-    if actors_beside_learner(plan) and not stop.is_set():
+    if fresh_online_start(plan) and not stop.is_set():
         start_actors(plan, counters, components)  # their processes start while the learner's does
     _await_learner(plan, components, counters)
     run.write_json("run.json", components.info)
@@ -206,16 +198,33 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
         log.info("no driver evaluations for %s on emulators: follow the training returns", config.env.id)
 
 
-def actors_beside_learner(plan: Plan) -> bool:
-    """Whether the actors start while the learner starts (`launch`), not after it: in a fresh
-    online run, where both take seconds to load torch and build their networks and no actor
-    waits for anything of the learner's (there are no weights to act with before its first
-    publish). A resumed run's actors act with the weights its learner restores and publishes,
-    and a run with an offline dataset starts them after its offline phase: both after it. A
-    resume is known by `plan.resumed`, not by its state.json (a session may end before writing it).
+def _start_shards_and_learner(plan: Plan, components: Components, counters: RunCounters, stop) -> bool:
+    """Asks for the shards, then the offline shards and the learner, in `fresh_online_start`'s
+    order; False when `stop` was set on the way. The learner is asked for once, and is in
+    `components` as soon as it is, so a shard that fails afterwards stops it with the rest."""
+    run = plan.run
+    _create_shards(plan, components)
+    if fresh_online_start(plan):  # a fresh learner needs nothing of the shards' to build: both start at once
+        _create_learner(plan, components, counters)
+    _await_shards(components)
+    run.write_json("run.json", components.info)
+    for start in (_start_offline_shards, _create_learner):
+        if stop.is_set():
+            return False
+        start(plan, components, counters)
+        run.write_json("run.json", components.info)
+    return True
 
-    In such a run the learner's process also starts beside the shards': a fresh learner aligns
-    no restored counts on theirs (a resumed one waits for the shards, so it is asked for after them)."""
+
+def fresh_online_start(plan: Plan) -> bool:
+    """Whether this session starts its processes side by side (`launch`): the learner's beside
+    the shards', the actors' beside the learner's. In a fresh online run both take seconds to load
+    torch and build their networks, a fresh learner aligns no restored counts on the shards', and
+    no actor waits for anything of the learner's (there are no weights to act with before its
+    first publish). A resumed run's learner aligns on its shards and its actors act with the
+    weights it restores and publishes; a run with an offline dataset starts its actors after its
+    offline phase: each after the other. A resume is known by `plan.resumed`, not by its
+    state.json (a session may end before writing it)."""
     return not plan.resumed and plan.offline_data is None and not plan.offline_only
 
 

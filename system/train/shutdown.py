@@ -197,6 +197,12 @@ def _stop_learner(
 ) -> None:
     if parts.learner is None:
         return
+    if "learner" not in parts.info and not plan.resumed:
+        # A fresh learner asked for beside shards that then failed (or a Ctrl-C): it never served,
+        # so there is nothing to checkpoint or record; killed, not waited for while it builds.
+        parts.ray.kill(parts.learner)
+        log.info("learner stopped before it served")
+        return
     try:
         result = _learner_stopped(parts)
     except Exception as exc:

@@ -12,8 +12,8 @@ import pytest
 from learner import sample_error_buffer
 from replay.rate_limiter import RateLimiter
 from system.errors import ConfigError
-from system.train import evaluates_in_driver, plan, shard_config
-from system.train.launch import actors_beside_learner
+from system.train import evaluates_in_driver, launch, plan, shard_config
+from system.train.launch import fresh_online_start
 from system.train.run_dir import RunDir
 
 
@@ -128,7 +128,7 @@ def test_a_resumed_run_keeps_its_derived_support_and_refuses_to_change_it(tmp_pa
         ("offline-only run", False),
     ],
 )
-def test_actors_start_beside_the_learner_only_in_a_fresh_online_run(tmp_path, case, beside):
+def test_processes_start_side_by_side_only_in_a_fresh_online_run(tmp_path, case, beside):
     planned = plan("configs/cartpole.yaml", [], str(tmp_path / "run"), None)
     if case.startswith("resumed"):
         planned.resumed = True  # as `plan(..., resume=RUN_DIR)` sets it
@@ -138,7 +138,7 @@ def test_actors_start_beside_the_learner_only_in_a_fresh_online_run(tmp_path, ca
     elif case == "offline-only run":
         train = dataclasses.replace(planned.config.train, total_env_steps=0)
         planned.config = dataclasses.replace(planned.config, train=train)
-    assert actors_beside_learner(planned) is beside
+    assert fresh_online_start(planned) is beside
 
 
 def test_a_resume_is_planned_as_resumed_even_without_a_state_json(tmp_path):
@@ -147,4 +147,69 @@ def test_a_resume_is_planned_as_resumed_even_without_a_state_json(tmp_path):
     first.run.path.mkdir(parents=True)
     first.run.write_config(first.config)
     resumed = plan(None, [], None, str(first.run.path))
-    assert resumed.resumed and resumed.state == {} and not actors_beside_learner(resumed)
+    assert resumed.resumed and resumed.state == {} and not fresh_online_start(resumed)
+
+
+def _record_start_order(monkeypatch, planned, fail_shards: bool = False):
+    """Runs launch's shards-and-learner step with its steps replaced by recorders; returns the
+    calls in order and the components (the learner handle is what a stop would stop)."""
+    import threading
+    from types import SimpleNamespace
+
+    calls: list[str] = []
+
+    def create_learner(plan_, components, counters):
+        calls.append("learner")
+        assert components.learner is None, "the learner is asked for twice"
+        components.learner = "learner handle"
+
+    def await_shards(components):
+        calls.append("await shards")
+        if fail_shards:
+            raise RuntimeError("a shard failed to start")
+
+    monkeypatch.setattr(launch, "_create_shards", lambda plan_, components: calls.append("shards"))
+    monkeypatch.setattr(launch, "_await_shards", await_shards)
+    monkeypatch.setattr(launch, "_start_offline_shards", lambda *args: calls.append("offline shards"))
+    monkeypatch.setattr(launch, "_create_learner", lambda *a: None if a[1].learner else create_learner(*a))
+    components = SimpleNamespace(learner=None, info={})
+    planned.run.path.mkdir(parents=True, exist_ok=True)  # run.json is written after each step
+    try:
+        launch._start_shards_and_learner(planned, components, None, threading.Event())
+    except RuntimeError:
+        assert fail_shards
+    return calls, components
+
+
+def test_a_fresh_runs_learner_is_asked_for_beside_its_shards_and_a_resumed_ones_after(tmp_path, monkeypatch):
+    fresh = plan("configs/cartpole.yaml", [], str(tmp_path / "fresh"), None)
+    calls, components = _record_start_order(monkeypatch, fresh)
+    assert calls == ["shards", "learner", "await shards", "offline shards"]
+    assert components.learner == "learner handle"
+
+    resumed = plan("configs/cartpole.yaml", [], str(tmp_path / "resumed"), None)
+    resumed.resumed = True
+    calls, _ = _record_start_order(monkeypatch, resumed)
+    assert calls == ["shards", "await shards", "offline shards", "learner"]
+
+    with_dataset = plan("configs/cartpole.yaml", [], str(tmp_path / "dataset"), None)
+    with_dataset.offline_data = object()
+    calls, _ = _record_start_order(monkeypatch, with_dataset)
+    assert calls == ["shards", "await shards", "offline shards", "learner"]
+
+
+def test_a_shard_that_fails_after_a_fresh_learner_was_asked_for_leaves_it_in_the_components_to_stop(
+    tmp_path, monkeypatch
+):
+    fresh = plan("configs/cartpole.yaml", [], str(tmp_path / "fresh"), None)
+    calls, components = _record_start_order(monkeypatch, fresh, fail_shards=True)
+    assert calls == ["shards", "learner", "await shards"]
+    assert components.learner == "learner handle"  # shutdown stops what is in the components
+
+
+def test_a_plain_resume_runs_on_to_the_runs_own_total_env_steps(tmp_path):
+    first = plan("configs/cartpole.yaml", ["train.total_env_steps=12345"], str(tmp_path / "run"), None)
+    first.run.path.mkdir(parents=True)
+    first.run.write_config(first.config)
+    resumed = plan(None, [], None, str(first.run.path))
+    assert resumed.config.train.total_env_steps == 12345
