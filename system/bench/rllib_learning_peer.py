@@ -29,7 +29,6 @@ import sys
 import time
 
 STARTED = time.perf_counter()
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads
 
 CARTPOLE_DQN = {
     "lr": 0.0005,
@@ -163,6 +162,7 @@ def run(request: dict) -> None:
 
 
 def main() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: one thread
     request = json.loads(sys.argv[1])
     try:
         import ray.rllib  # noqa: F401

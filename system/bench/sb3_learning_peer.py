@@ -22,7 +22,6 @@ import sys
 import time
 
 STARTED = time.perf_counter()
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads
 
 ZOO = "rl-baselines3-zoo 2.9.0a2 (commit 22e3ff2, 2026-04-23)"
 """Where the values below come from: hyperparams/dqn.yml and hyperparams/sac.yml of this version."""
@@ -173,6 +172,7 @@ def run(request: dict) -> None:
 
 
 def main() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: one thread
     request = json.loads(sys.argv[1])
     try:
         import stable_baselines3  # noqa: F401
