@@ -100,13 +100,26 @@ def run_qfleet(task: Task, seed: int, suite: Suite) -> dict:
         print(f"[learning] qfleet train exited {code}; see {suite.out_dir / f'{name}.log'}", flush=True)
     metrics = run_dir / "metrics.jsonl"
     records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    offset = clock_offset(records)
     evals = [
-        {"env_steps": r["env_steps"], "wall_s": r["wall_s"], "mean_return": r["mean_return"]}
+        {"env_steps": r["env_steps"], "wall_s": round(r["wall_s"] + offset, 2), "mean_return": r["mean_return"]}
         for r in records
         if r["kind"] == "eval"
     ]
     settings_given = [*source, *(f"{k}={v}" for k, v in settings.items()), *suite.qfleet_overrides]
     return {"evals": evals, "wall_s": round(wall, 1), "exit_code": code, "config": {"command": settings_given}}
+
+
+def clock_offset(records: list[dict]) -> float:
+    """Seconds from `qfleet train`'s start to its run clock's zero (metrics' wall_s), from the
+    "startup" record (the command's start, epoch) and a "progress" record (epoch and wall_s): added
+    to qfleet's wall_s, every system's wall time counts from its process start. 0 when either is
+    missing."""
+    startup = next((r for r in records if r["kind"] == "startup"), None)
+    progress = next((r for r in records if r["kind"] == "progress" and "time" in r), None)
+    if startup is None or progress is None:
+        return 0.0
+    return max(0.0, progress["time"] - progress["wall_s"] - startup["started_at"])
 
 
 def run_peer(system: str, task: Task, seed: int, suite: Suite) -> dict:

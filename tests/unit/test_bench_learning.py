@@ -79,6 +79,15 @@ def test_task_table_has_a_row_per_seed_and_each_systems_median():
     assert "| sb3 | 0 | never |" in table and "| sb3 | median" not in table  # one seed: no median row
 
 
+def test_qfleets_wall_times_count_from_its_process_start_as_the_peers_do():
+    from system.bench.learning import clock_offset
+
+    startup = {"kind": "startup", "started_at": 1000.0, "phases": {"driver": 1.9}}
+    progress = {"kind": "progress", "time": 1020.0, "wall_s": 18.0}  # the run clock began at 1002.0
+    assert clock_offset([startup, {"kind": "eval", "wall_s": 5.0}, progress]) == pytest.approx(2.0)
+    assert clock_offset([progress]) == 0.0  # no startup record (an older run): wall_s as recorded
+
+
 def test_median_curve_interpolates_each_seed_onto_the_first_seeds_points_up_to_the_shortest():
     grid, median = median_curve(
         [
