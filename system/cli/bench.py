@@ -477,6 +477,9 @@ def _run_learning(args: argparse.Namespace) -> int:
         qfleet_config=args.config,
         qfleet_overrides=tuple(args.set),
     )
+    from system.bench.children import interrupt_on_sigterm
+
+    interrupt_on_sigterm()  # SIGTERM stops the running child in order (its `finally`), as Ctrl-C does
     return run_learning_bench(suite)
 
 
