@@ -181,3 +181,27 @@ def test_resume_keeps_finished_runs_and_still_writes_the_tables_json_and_png(tmp
     assert "| qfleet | 0 | 2,000 | 2 | yes |" in out and "| sb3 | 0 | 1,000 | 1 | no |" in out
     assert json.loads(suite.output.read_text())["runs"] == kept
     assert (tmp_path / "cartpole.png").stat().st_size > 0 and "| sb3 | 0 |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tasks", "cartpole,pong"], "--tasks: unknown 'pong'"),
+        (["--systems", "qfleet,dopamine"], "--systems: unknown 'dopamine'"),
+        (["--tasks", "cartpole,acrobot", "--config", "configs/cartpole.yaml"], "--config: give one task"),
+        (["--steps", "acrobot=1000"], "'acrobot' is not among the tasks"),
+        (["--threshold", "cartpole=high"], "expected TASK=VALUE"),
+    ],
+)
+def test_bad_suite_options_are_refused_before_anything_runs(argv, message, tmp_path):
+    import argparse
+
+    from system.cli import bench
+    from system.config import ConfigError
+
+    parser = argparse.ArgumentParser()
+    bench.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "learning", "--out-dir", str(tmp_path / "out"), *argv])
+    with pytest.raises(ConfigError, match=message):
+        bench.run(args)
+    assert not (tmp_path / "out").exists()
