@@ -1,4 +1,4 @@
-"""`qfleet bench replay|priorities|sharded|learner|sac-updates|actors|weights|dataset|offline|ui-env|digiq|scaling|e2e|startup`: the benchmarks behind docs/benchmarks.md."""
+"""`qfleet bench replay|priorities|sharded|learner|sac-updates|actors|weights|dataset|offline|ui-env|digiq|scaling|e2e|startup|learning`: the benchmarks behind docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -407,6 +407,8 @@ def add_parser(commands) -> None:
     e2e.add_argument("--out-dir", metavar="DIR", help="run directories and logs (default: a new temporary folder)")
     e2e.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
 
+    _add_learning(subcommands)
+
     startup = subcommands.add_parser(
         "startup",
         help="qfleet train's start-up: seconds to the first env step and first update, phase by phase",
@@ -429,7 +431,116 @@ def add_parser(commands) -> None:
     startup.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
 
 
+LEARNING_TASKS = ("cartpole", "acrobot", "breakout", "asterix", "freeway", "pendulum", "hopper")
+"""The tasks of `qfleet bench learning`: system.bench.learning_tasks.TASKS, copied so that `--help`
+needs no torch (tests/unit/test_bench_learning.py keeps them equal)."""
+LEARNING_SYSTEMS = ("qfleet", "sb3", "rllib", "cleanrl")
+
+
+def _add_learning(subcommands) -> None:
+    learning = subcommands.add_parser(
+        "learning",
+        help="qfleet's default recipe beside SB3 (zoo hyper-parameters) and RLlib on a suite of tasks",
+        description=(
+            "Per task and seed, one run after another (never side by side): `qfleet train --env ID` (the default "
+            "recipe; only the budget, seed and evaluation schedule set), Stable-Baselines3 with rl-baselines3-zoo's "
+            "hyper-parameters for the env (MinAtar, which the zoo lacks: the MinAtar paper's reference DQN), RLlib's "
+            "DQN/SAC as its tuned examples set them, and optionally the CleanRL-style DQN baseline. Every system is "
+            "evaluated greedily for the same number of episodes after the same env steps. Reports env steps and "
+            "wall time to the first evaluation at or above the task's threshold, whether every later evaluation "
+            "stays there (held), and the final evaluation, as Markdown tables, JSON and one PNG per task. "
+            "Thresholds: CartPole 475, Acrobot -100 and Hopper 3800 are the env specs' reward_threshold; Pendulum "
+            "-200 (its spec has none); MinAtar has none anywhere: Breakout 16 is docs/benchmarks.md's target, "
+            "Asterix 8 and Freeway 40 are placeholders chosen here (--threshold replaces them). Default budgets: "
+            "cartpole 50k, acrobot 100k, pendulum 20k (the zoo's), MinAtar 250k, hopper 100k (the zoo: 1M). "
+            "SB3 and RLlib run under --sb3-python / --rllib-python (separate venvs: requirements-bench-sb3.txt, "
+            "requirements-bench-rllib.txt); a peer that is not installed is skipped with a line saying so."
+        ),
+        epilog="example: qfleet bench learning --tasks cartpole --seeds 0,1,2 --sb3-python /work/peers-sb3/bin/python "
+        "--rllib-python /work/peers-rllib/bin/python --out-dir runs/bench-learning",
+    )
+    learning.add_argument(
+        "--tasks", default="cartpole", help=f"comma-separated among {', '.join(LEARNING_TASKS)} (default: cartpole)"
+    )
+    learning.add_argument(
+        "--systems",
+        default="qfleet,sb3,rllib",
+        help=f"comma-separated among {', '.join(LEARNING_SYSTEMS)}, run in this order (default: qfleet,sb3,rllib)",
+    )
+    learning.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    learning.add_argument(
+        "--steps", action="append", default=[], metavar="TASK=N", help="env-step budget of a task (repeatable)"
+    )
+    learning.add_argument(
+        "--threshold", action="append", default=[], metavar="TASK=R", help="return to reach on a task (repeatable)"
+    )
+    learning.add_argument("--sb3-python", metavar="PATH", help="interpreter of a venv with stable-baselines3")
+    learning.add_argument("--rllib-python", metavar="PATH", help="interpreter of a venv with ray[rllib]")
+    learning.add_argument(
+        "--config",
+        metavar="FILE",
+        help="qfleet runs this config instead of the default recipe (one task only; not the suite's comparison)",
+    )
+    set_option(learning, "learner.lr=0.0005, for qfleet's runs only (not the suite's comparison)")
+    learning.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        default="runs/bench-learning",
+        help="runs, logs, PNGs (default: runs/bench-learning)",
+    )
+    learning.add_argument("--output", metavar="FILE", help="the JSON results (default: OUT_DIR/results.json)")
+    learning.add_argument(
+        "--resume", action="store_true", help="keep the finished runs of --output and run only the rest"
+    )
+
+
+def _run_learning(args: argparse.Namespace) -> int:
+    import dataclasses
+    import pathlib
+
+    tasks, systems = args.tasks.split(","), args.systems.split(",")
+    for option, given, known in (("--tasks", tasks, LEARNING_TASKS), ("--systems", systems, LEARNING_SYSTEMS)):
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ConfigError(f"{option}: unknown {unknown[0]!r} (known: {', '.join(known)})")
+    seeds = _numbers("--seeds", args.seeds, int, minimum=0)
+    if args.config is not None and len(tasks) != 1:
+        raise ConfigError("--config: give one task (the config's env must be that task's)")
+    from system.bench.learning import Suite, run_learning_bench
+    from system.bench.learning_tasks import TASKS, parse_per_task
+
+    try:
+        steps = parse_per_task("--steps", args.steps, tasks, int)
+        thresholds = parse_per_task("--threshold", args.threshold, tasks, float)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    chosen = []
+    for name in tasks:
+        task = dataclasses.replace(TASKS[name], env_steps=steps.get(name, TASKS[name].env_steps))
+        if name in thresholds:
+            task = dataclasses.replace(task, threshold=thresholds[name], threshold_source="--threshold")
+        chosen.append(task)
+    out_dir = pathlib.Path(args.out_dir)
+    suite = Suite(
+        tasks=tuple(chosen),
+        systems=tuple(systems),
+        seeds=tuple(seeds),
+        peer_pythons={"sb3": args.sb3_python, "rllib": args.rllib_python},
+        out_dir=out_dir,
+        output=pathlib.Path(args.output) if args.output else out_dir / "results.json",
+        resume=args.resume,
+        qfleet_config=args.config,
+        qfleet_overrides=tuple(args.set),
+    )
+    from system.bench.children import interrupt_on_sigterm
+
+    interrupt_on_sigterm()  # SIGTERM stops the running child in order (its `finally`), as Ctrl-C does
+    return run_learning_bench(suite)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.bench_command == "learning":
+        return _run_learning(args)
     if args.bench_command == "startup":
         from system.bench.startup import run_startup_bench
 

@@ -1,0 +1,207 @@
+"""`qfleet bench learning`'s figures (threshold, held, final), tables, PNGs, task options, the peers'
+hyper-parameters, skipped peers and --resume, without training anything (the real run:
+tests/smoke/test_bench_learning_cli.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+
+import pytest
+
+from system.bench.learning import Suite, run_learning_bench, run_peer
+from system.bench.learning_plot import median_curve, plot_task
+from system.bench.learning_results import median_or_never, summarise, task_table
+from system.bench.learning_tasks import TASKS, parse_per_task
+
+
+def evals(*points: tuple[int, float]) -> list[dict]:
+    """Evaluations at (env steps, mean return), 1 s of wall time per 1,000 env steps."""
+    return [{"env_steps": steps, "wall_s": steps / 1000, "mean_return": value} for steps, value in points]
+
+
+def test_a_run_that_reaches_the_threshold_and_stays_there_is_held_from_its_first_hit():
+    row = summarise(0, evals((1000, 20.0), (2000, 480.0), (3000, 500.0)), 475.0, 31.5)
+    assert row["reached_env_steps"] == 2000 and row["reached_wall_s"] == 2.0
+    assert row["held"] and row["held_from_env_steps"] == 2000 and row["min_after"] == 480.0
+    assert row["final"] == 500.0 and row["evaluations"] == 3 and row["wall_s"] == 31.5
+
+
+def test_a_run_that_drops_below_after_reaching_is_not_held_and_says_from_where_it_holds_again():
+    row = summarise(1, evals((1000, 500.0), (2000, 300.0), (3000, 490.0), (4000, 500.0)), 475.0, None)
+    assert row["reached_env_steps"] == 1000  # the first hit counts, not the last
+    assert not row["held"] and row["min_after"] == 300.0
+    assert row["held_from_env_steps"] == 3000 and row["final"] == 500.0
+
+
+def test_a_run_whose_last_evaluation_is_below_holds_from_nowhere():
+    row = summarise(2, evals((1000, 500.0), (2000, 474.9)), 475.0, 10.0)
+    assert row["reached_env_steps"] == 1000 and not row["held"] and row["held_from_env_steps"] is None
+
+
+def test_negative_thresholds_compare_by_value():  # Acrobot -100, Pendulum -200
+    row = summarise(0, evals((5000, -500.0), (10000, -99.0), (15000, -80.0)), -100.0, 60.0)
+    assert row["reached_env_steps"] == 10000 and row["held"]
+
+
+def test_a_run_that_never_reaches_or_never_evaluated_has_no_figures_but_its_final():
+    never = summarise(0, evals((1000, 10.0), (2000, 12.0)), 475.0, 5.0)
+    assert never["reached_env_steps"] is None and never["reached_wall_s"] is None and never["min_after"] is None
+    assert not never["held"] and never["final"] == 12.0
+    died = summarise(1, [], 475.0, 3.0)
+    assert died["final"] is None and died["evaluations"] == 0 and not died["held"]
+
+
+@pytest.mark.parametrize(
+    ("values", "median"),
+    [([1000, None, 3000], 3000), ([1000, None, None], None), ([1000, 2000], 1500), ([1000, None], None), ([], None)],
+)
+def test_median_counts_never_as_more_than_any_figure(values, median):
+    assert median_or_never(values) == median
+
+
+def test_task_table_has_a_row_per_seed_and_each_systems_median():
+    rows = {
+        "qfleet": [
+            summarise(0, evals((1000, 480.0), (2000, 500.0)), 475.0, 20.0),
+            summarise(1, evals((1000, 10.0), (2000, 476.0)), 475.0, 21.0),
+            summarise(2, evals((1000, 100.0), (2000, 200.0)), 475.0, 22.0),
+        ],
+        "sb3": [summarise(0, evals((1000, 100.0)), 475.0, 9.0)],
+    }
+    table = task_table("cartpole", 475.0, rows)
+    assert "first eval >= 475 (env steps)" in table
+    assert "| qfleet | 0 | 1,000 | 1 | yes | 480.0 | 500.0 | 2 | 20 |" in table
+    assert "| qfleet | 2 | never | never | no | never | 200.0 | 2 | 22 |" in table
+    assert "| qfleet | median | 2,000 | 2 | 2 of 3 | | 476.0 | | |" in table
+    assert "| sb3 | 0 | never |" in table and "| sb3 | median" not in table  # one seed: no median row
+
+
+def test_qfleets_wall_times_count_from_its_process_start_as_the_peers_do():
+    from system.bench.learning import clock_offset
+
+    startup = {"kind": "startup", "started_at": 1000.0, "phases": {"driver": 1.9}}
+    progress = {"kind": "progress", "time": 1020.0, "wall_s": 18.0}  # the run clock began at 1002.0
+    assert clock_offset([startup, {"kind": "eval", "wall_s": 5.0}, progress]) == pytest.approx(2.0)
+    assert clock_offset([progress]) == 0.0  # no startup record (an older run): wall_s as recorded
+
+
+def test_median_curve_interpolates_each_seed_onto_the_first_seeds_points_up_to_the_shortest():
+    grid, median = median_curve(
+        [
+            evals((1000, 0.0), (2000, 10.0), (3000, 20.0)),
+            evals((1500, 10.0), (2500, 30.0)),  # at 1000: 10 (held flat before its first), at 2000: 20
+            evals((1000, 40.0), (2000, 40.0), (3000, 40.0)),
+        ]
+    )
+    assert grid.tolist() == [1000.0, 2000.0]  # 3000 is past the shortest curve's end (2500)
+    assert median.tolist() == [10.0, 20.0]
+    assert median_curve([evals((1000, 1.0)), []])[0].size == 0
+
+
+def test_plot_task_writes_a_png_with_every_system(tmp_path):
+    png = tmp_path / "plots" / "cartpole.png"
+    curves = {"qfleet": [evals((1000, 10.0), (2000, 500.0))] * 2, "sb3": [evals((1000, 5.0), (2000, 300.0)), []]}
+    plot_task(png, "CartPole-v1", 475.0, curves)
+    data = png.read_bytes()
+    assert data.startswith(b"\x89PNG") and len(data) > 5000
+
+
+def test_per_task_options_name_a_task_of_the_run_and_a_value():
+    assert parse_per_task("--steps", ["cartpole=20000"], ["cartpole", "acrobot"], int) == {"cartpole": 20000}
+    assert parse_per_task("--threshold", ["acrobot=-90.5"], ["acrobot"], float) == {"acrobot": -90.5}
+    for bad, message in (
+        ("cartpole", "expected TASK=VALUE"),
+        ("cartpole=lots", "expected TASK=VALUE"),
+        ("hopper=5", "'hopper' is not among the tasks"),
+        ("cartpole=0", "must be >= 1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_per_task("--steps", [bad], ["cartpole"], int)
+
+
+def test_the_cli_offers_exactly_the_suites_tasks_and_systems():
+    from system.bench.learning import SYSTEMS
+    from system.cli.bench import LEARNING_SYSTEMS, LEARNING_TASKS
+
+    assert LEARNING_TASKS == tuple(TASKS) and LEARNING_SYSTEMS == SYSTEMS
+    assert {t.env_id for t in TASKS.values()} >= {"CartPole-v1", "Acrobot-v1", "Pendulum-v1", "Hopper-v5"}
+    assert all(t.threshold_source and t.eval_every < t.env_steps for t in TASKS.values())
+
+
+def test_sb3_peer_takes_the_zoos_entry_and_says_where_it_comes_from():
+    from system.bench.sb3_learning_peer import hyperparameters
+
+    algo, kwargs, source = hyperparameters("CartPole-v1", 50_000)
+    assert algo == "DQN" and kwargs["train_freq"] == 256 and kwargs["gradient_steps"] == 128
+    assert "hyperparams/dqn.yml CartPole-v1" in source
+    algo, kwargs, source = hyperparameters("Hopper-v5", 100_000)
+    assert algo == "SAC" and kwargs == {"learning_starts": 10_000} and "Hopper-v4" in source
+    algo, kwargs, source = hyperparameters("MinAtar/Breakout-v0", 250_000)
+    assert algo == "DQN" and kwargs["exploration_fraction"] == pytest.approx(0.4)  # 100k of 250k
+    with pytest.raises(KeyError):
+        hyperparameters("MountainCar-v0", 1000)
+
+
+def _suite(tmp_path: pathlib.Path, **changes) -> Suite:
+    task = dataclasses.replace(TASKS["cartpole"], env_steps=3000, eval_every=1000)
+    suite = Suite((task,), ("qfleet", "sb3"), (0, 1), {"sb3": None, "rllib": None}, tmp_path, tmp_path / "r.json")
+    return dataclasses.replace(suite, **changes)
+
+
+def test_a_peer_without_its_interpreter_is_skipped_with_what_to_do(tmp_path):
+    suite = _suite(tmp_path, peer_pythons={"sb3": str(tmp_path / "no-python")})
+    assert run_peer("sb3", suite.tasks[0], 0, suite) == {
+        "skipped": f"--sb3-python {tmp_path / 'no-python'}: no such interpreter"
+    }
+
+
+def test_a_peer_whose_interpreter_lacks_the_package_is_skipped_by_the_peer_itself(tmp_path):
+    pytest.importorskip("torch")  # qfleet's venv; stable-baselines3 is never one of its packages
+    suite = _suite(tmp_path, peer_pythons={"sb3": sys.executable})
+    run = run_peer("sb3", suite.tasks[0], 0, suite)
+    assert run["skipped"] == f"stable-baselines3 does not import in {sys.executable}"
+    assert run["exit_code"] == 0 and run["evals"] == []
+
+
+def test_resume_keeps_finished_runs_and_still_writes_the_tables_json_and_png(tmp_path, capsys):
+    suite = _suite(tmp_path, systems=("qfleet", "sb3"), seeds=(0,), resume=True)
+    kept = [
+        {"task": "cartpole", "system": "qfleet", "seed": 0, "env_steps": 3000, "exit_code": 0, "wall_s": 30.0}
+        | {"evals": evals((1000, 100.0), (2000, 480.0), (3000, 500.0))},
+        {"task": "cartpole", "system": "sb3", "seed": 0, "env_steps": 3000, "exit_code": 0, "wall_s": 20.0}
+        | {"evals": evals((1000, 480.0), (3000, 400.0))},
+    ]
+    suite.output.write_text(json.dumps({"runs": kept}))
+    assert run_learning_bench(suite) == 0  # nothing left to run: no process started
+    out = capsys.readouterr().out
+    assert out.count("kept from") == 2
+    assert "| qfleet | 0 | 2,000 | 2 | yes |" in out and "| sb3 | 0 | 1,000 | 1 | no |" in out
+    assert json.loads(suite.output.read_text())["runs"] == kept
+    assert (tmp_path / "cartpole.png").stat().st_size > 0 and "| sb3 | 0 |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tasks", "cartpole,pong"], "--tasks: unknown 'pong'"),
+        (["--systems", "qfleet,dopamine"], "--systems: unknown 'dopamine'"),
+        (["--tasks", "cartpole,acrobot", "--config", "configs/cartpole.yaml"], "--config: give one task"),
+        (["--steps", "acrobot=1000"], "'acrobot' is not among the tasks"),
+        (["--threshold", "cartpole=high"], "expected TASK=VALUE"),
+    ],
+)
+def test_bad_suite_options_are_refused_before_anything_runs(argv, message, tmp_path):
+    import argparse
+
+    from system.cli import bench
+    from system.config import ConfigError
+
+    parser = argparse.ArgumentParser()
+    bench.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "learning", "--out-dir", str(tmp_path / "out"), *argv])
+    with pytest.raises(ConfigError, match=message):
+        bench.run(args)
+    assert not (tmp_path / "out").exists()
