@@ -88,6 +88,9 @@ def test_record_settings_refuse_what_they_cannot_do(settings, message):
         RecordSettings(**settings)
 
 
+MINATAR_ONLINE = "configs/minatar_breakout_offline_online.yaml"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -96,9 +99,15 @@ def test_record_settings_refuse_what_they_cannot_do(settings, message):
         (["--policy", "runs/x", "--epsilon", "0.6,0.5", "--record-steps", "10"], "LO <= HI"),
         (["--policy", "runs/x", "--online"], "record the dataset first"),
         (["--config", "configs/minatar_breakout_offline_online.yaml", "--online"], "--scratch-config FILE"),
+        (["--config", MINATAR_ONLINE, "--online", "--no-scratch"], "give --threshold"),
         (["--online", "--no-scratch", "--scratch-config", "configs/cartpole.yaml"], "give one"),
         (["--no-scratch"], "--no-scratch: only with --online"),
-        (["--config", "configs/minatar_breakout_offline_online.yaml"], "give --policy RUN_DIR"),
+        (["--config", "configs/minatar_breakout_iql.yaml"], "give --policy RUN_DIR"),
+        # the table's learners on a DQN's settings: the hard target copies that collapsed Best-of-N
+        (["--config", MINATAR_ONLINE, "--dataset", "d-v0"], "learner.loss is 'hl_gauss'"),
+        (["--online", "--best-of-n", "4"], "--best-of-n: not with --online"),
+        (["--dataset", "d-v0", "--episodes", "10"], "--episodes with --dataset: nothing is recorded"),
+        (["--config", "configs/minatar_breakout_iql.yaml", "--policy", "no/such/run"], "not a qfleet run directory"),
     ],
 )
 def test_bench_offline_refuses_recording_and_arm_options_that_do_not_fit(args, message, capsys):
@@ -107,6 +116,40 @@ def test_bench_offline_refuses_recording_and_arm_options_that_do_not_fit(args, m
     assert main(["bench", "offline", *args, "--updates", "1"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_online_with_another_config_takes_that_configs_budget_not_cartpoles(monkeypatch):
+    from system.bench import offline
+    from system.cli import main
+
+    seen = {}
+    monkeypatch.setattr(offline, "run_offline_bench", lambda *args: seen.setdefault("online", args[7]) and 0)
+    args = ["bench", "offline", "--online", "--config", MINATAR_ONLINE, "--no-scratch", "--threshold", "16"]
+    assert main(args) == 0
+    budget = seen["online"]  # configs/minatar_breakout_offline_online.yaml's train.* and offline.updates
+    assert (budget.total_env_steps, budget.eval_every_steps, budget.offline_updates) == (125_000, 12_500, 10_000)
+    assert (budget.threshold, budget.config) == (16, MINATAR_ONLINE)
+    seen.clear()
+    assert main(["bench", "offline", "--online", "--no-scratch"]) == 0  # the default config: CartPole's figures
+    assert (seen["online"].total_env_steps, seen["online"].offline_updates, seen["online"].threshold) == (
+        50_000,
+        2000,
+        475,
+    )
+
+
+def test_bench_offline_refuses_a_policy_run_of_another_env_before_recording(tmp_path, capsys):
+    from system.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("env:\n  id: CartPole-v1\n")
+    data = tmp_path / "data"
+    args = ["bench", "offline", "--config", "configs/minatar_breakout_iql.yaml", "--policy", str(run)]
+    assert main([*args, "--record-steps", "50", "--datasets-dir", str(data), "--updates", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "plays CartPole-v1" in err and "MinAtar/Breakout-v0" in err and "Traceback" not in err
+    assert not data.exists()  # refused before anything was recorded
 
 
 def test_bench_offline_policy_options_become_qfleet_records_settings():
@@ -149,7 +192,7 @@ def test_bench_offline_records_from_a_runs_checkpoint_and_trains_every_learner_o
     }
     checkpoint.save(run / "checkpoints", state, 30)
     learners_config = tmp_path / "learners.yaml"
-    learners_config.write_text(config_text)
+    learners_config.write_text(config_text + "  loss: iql\n")  # the offline learners' own settings
     output = tmp_path / "table.json"
     args = ["bench", "offline", "--config", str(learners_config), "--policy", str(run), "--record-steps", "120"]
     args += ["--epsilon", "0.2,0.6", "--datasets-dir", str(tmp_path / "data"), "--dataset", "cp/bench-v0"]
