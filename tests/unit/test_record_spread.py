@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from system.datasets import EpisodeRecorder, PolicyActions, RecordSettings
+from system.datasets import EpisodeRecorder, PolicyActions, RecordSettings, record_episodes
 
 
 class FixedPolicy:
@@ -66,6 +66,64 @@ def test_the_recorder_stamps_each_episodes_own_epsilon():
     assert [e.metadata["epsilon"] for e in written] == [0.2, 0.7]
 
 
+class ScheduledVector:
+    """Two envs whose episodes last the given numbers of steps, in turn (reward 1 a step); every
+    observation is the env's index, so a written episode names the env that played it."""
+
+    num_envs = 2
+    LENGTHS = ([2, 5, 1, 3, 2, 4], [4, 1, 3, 2, 5, 1])
+
+    def __init__(self):
+        self.infos = [{}, {}]
+        self.episode, self.step_in_episode = [0, 0], [0, 0]
+
+    def reset(self):
+        return np.array([[0.0], [1.0]])
+
+    def step(self, actions):
+        ends = np.zeros(2, bool)
+        for env in range(2):
+            self.step_in_episode[env] += 1
+            if self.step_in_episode[env] == self.LENGTHS[env][self.episode[env] % 6]:
+                ends[env], self.step_in_episode[env] = True, 0
+                self.episode[env] += 1
+        obs = self.reset()
+        return SimpleNamespace(
+            obs=obs, reward=np.ones(2), final_obs=obs, terminated=ends, truncated=~ends & False, aborted=~ends & False
+        )
+
+    def close(self):
+        pass
+
+
+def test_record_episodes_writes_each_episode_with_the_epsilon_it_was_played_with():
+    """Not the next episode's (drawn as the env starts again) nor another env's: each written
+    episode's epsilon is the one its env drew at that episode's first step."""
+
+    class LoggedDraws(PolicyActions):
+        draws: tuple[list[float], list[float]]  # per env, each episode's draw as it started
+
+        def act(self, obs, infos, starts):
+            actions = super().act(obs, infos, starts)
+            for env in np.flatnonzero(starts):
+                self.draws[env].append(self.episode_epsilon(env))
+            return actions
+
+    chooser = LoggedDraws(FixedPolicy(), 0.05, np.random.default_rng(3), epsilon_max=0.5)
+    chooser.draws = ([], [])
+    written = []
+    writer = SimpleNamespace(add=written.append, steps=0, flush=lambda: None)
+    settings = RecordSettings(episodes=9, epsilon=0.05, epsilon_max=0.5, progress_every_s=1e9)
+    record_episodes(writer, lambda i, seed: ScheduledVector(), lambda i, vector: chooser, settings)
+    assert len(written) >= 9
+    for env in (0, 1):
+        mine = [e for e in written if e.observations[0][0] == env]
+        assert [len(e.actions) for e in mine] == ScheduledVector.LENGTHS[env][: len(mine)]
+        assert [e.metadata["epsilon"] for e in mine] == chooser.draws[env][: len(mine)]
+        assert len(chooser.draws[env]) - len(mine) in (0, 1)  # at most one unfinished episode after them
+    assert len({e.metadata["epsilon"] for e in written}) == len(written)  # every episode drew its own
+
+
 def test_a_recording_stops_at_its_episodes_or_its_steps_whichever_comes_first():
     assert RecordSettings(steps=100).done(episodes=1, steps=100)
     assert not RecordSettings(steps=100).done(episodes=1000, steps=99)
@@ -76,7 +134,7 @@ def test_a_recording_stops_at_its_episodes_or_its_steps_whichever_comes_first():
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({}, "episodes=None: required unless steps"),
+        ({}, "episodes=None: give --episodes or --steps"),
         ({"steps": 0}, "steps=0: must be >= 1"),
         ({"steps": 5, "epsilon": 0.5, "epsilon_max": 0.4}, "epsilon_max=0.4: must be in [epsilon, 1]"),
         ({"steps": 5, "epsilon_max": 1.5}, "epsilon_max=1.5"),
