@@ -5,7 +5,8 @@ controller that takes a uniformly random action with a probability drawn per epi
 `EPSILONS`: a wide spread of returns whose mean sits well between random, ~22, and the 500 cap).
 On any env, `--policy RUN_DIR` records one with `qfleet record`'s own path (the run's newest
 checkpoint with epsilon-greedy exploration, a fixed epsilon or one drawn per episode), and
-`--config` gives the learners' env and network (e.g. configs/minatar_breakout_offline_online.yaml);
+`--config` gives the learners' env, network and learner settings (an offline learner's config, e.g.
+configs/minatar_breakout_iql.yaml; a DQN's is refused: its target settings are not IQL's);
 or it takes an existing dataset (--dataset). It loads the dataset as `qfleet train` does (n-step transitions with `episode_return`), then
 trains each learner in-process on uniform batches of it for U updates and evaluates it greedily
 (the evaluator of `qfleet train`): IQL + AWR, IQL + Best-of-N (N in 1, 4, 16), filtered BC (top
