@@ -221,6 +221,12 @@ class IQLConfig:
     advantage_threshold: float = 0.0
     """Best-of-N: the chosen action is imitated only when Q(s, a) - V(s) exceeds this."""
 
+    policy_starts: int = 0
+    """Updates of the critics alone before pi's first update (AWR and Best-of-N). Best-of-N copies
+    whichever sampled action the target critic scores highest: from an untrained critic that is one
+    arbitrary action in nearly every state, and pi collapses onto it before the critic has learned
+    anything (MinAtar Breakout, issue 20). Wait until the critic has trained (e.g. 1,000 updates)."""
+
     def __post_init__(self) -> None:
         if not 0.0 < self.expectile < 1.0:
             _refuse("expectile", self.expectile, "must be in (0, 1)")
@@ -238,6 +244,8 @@ class IQLConfig:
             _refuse("awr_max_weight", self.max_weight, "must be > 0")
         if self.n < 1:
             _refuse("best_of_n", self.n, "must be >= 1")
+        if self.policy_starts < 0:
+            _refuse("policy_starts", self.policy_starts, "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -419,7 +427,7 @@ class LearnerConfig:
 
     iql: IQLConfig = field(default_factory=IQLConfig, metadata=FLAT)
     """The "iql" loss (keys: expectile, policy_extraction, awr_temperature, awr_max_weight, best_of_n,
-    best_of_n_replacement, best_of_n_include_data_action, advantage_threshold)."""
+    best_of_n_replacement, best_of_n_include_data_action, advantage_threshold, policy_starts)."""
 
     filtered_bc: FilteredBCConfig = field(default_factory=FilteredBCConfig, metadata=FLAT)
     """The "filtered_bc" loss (key: top_k_percent)."""

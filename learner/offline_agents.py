@@ -91,7 +91,8 @@ class IQLAgent(_PolicyAgent):
     the action as an input (learner/action_heads.py); the update asks either only for Q at the data
     action and Best-of-N's N candidates (`twin_q_at`), never for all A actions.
     One target network holds the twin Qs and V (`learner.target_update` as for the other losses;
-    "none": the online critics bootstrap). The critics and pi have their own optimizers; `loss`
+    "none": the online critics bootstrap). With `iql.policy_starts`, pi is not updated in the first
+    that many updates (`imitation_weight` 0): the critics train first. The critics and pi have their own optimizers; `loss`
     and `grad_norm` of an update are the critics' (Q + V), as for SAC; `policy_loss` and
     `imitation_weight` are pi's.
     """
@@ -101,9 +102,12 @@ class IQLAgent(_PolicyAgent):
         self.critic = build_iql_critic(obs_shape, space, config.architecture).to(device)
         self.critic_target = copy.deepcopy(self.critic) if config.target.update != "none" else None
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.optimizer.lr)
+        self.updates = 0
+        """Updates made (checkpointed): pi waits for `iql.policy_starts` of them."""
 
     def update(self, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> UpdateResult:
         iql = self.config.iql
+        self.updates += 1
         obs, action = batch["obs"], batch["action"].long()
         reward, discount = batch["reward"].float(), batch["discount"].float()
         bootstrap = self.critic_target if self.critic_target is not None else self.critic
@@ -129,7 +133,9 @@ class IQLAgent(_PolicyAgent):
         grad_norm = step(self.critic_optimizer, critic_loss, list(self.critic.parameters()), max_grad_norm)
 
         advantage = q_target_taken - value.detach()
-        if iql.extraction == "awr":
+        if self.updates <= iql.policy_starts:  # the critics alone: pi would imitate an untrained critic's picks
+            imitated, item_weight = action, torch.zeros_like(advantage)
+        elif iql.extraction == "awr":
             imitated = action
             item_weight = offline_losses.awr_weights(advantage, iql.temperature, iql.max_weight)
         else:
@@ -169,6 +175,7 @@ class IQLAgent(_PolicyAgent):
             "critic": self.critic.state_dict(),
             "policy_optimizer": self.policy_optimizer.state_dict(),
             "critic_optimizer": self.critic_optimizer.state_dict(),
+            "updates": torch.tensor(self.updates),
         }
         if self.critic_target is not None:
             state["critic_target"] = self.critic_target.state_dict()
@@ -179,6 +186,7 @@ class IQLAgent(_PolicyAgent):
         self.critic.load_state_dict(state["critic"])
         self.policy_optimizer.load_state_dict(state["policy_optimizer"])
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.updates = int(state.get("updates", self.config.iql.policy_starts))  # older checkpoints: trained
         if self.critic_target is not None:
             self.critic_target.load_state_dict(state["critic_target"])
 

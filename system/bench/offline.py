@@ -5,7 +5,8 @@ controller that takes a uniformly random action with a probability drawn per epi
 `EPSILONS`: a wide spread of returns whose mean sits well between random, ~22, and the 500 cap).
 On any env, `--policy RUN_DIR` records one with `qfleet record`'s own path (the run's newest
 checkpoint with epsilon-greedy exploration, a fixed epsilon or one drawn per episode), and
-`--config` gives the learners' env and network (e.g. configs/minatar_breakout_offline_online.yaml);
+`--config` gives the learners' env, network and learner settings (an offline learner's config, e.g.
+configs/minatar_breakout_iql.yaml; a DQN's is refused: its target settings are not IQL's);
 or it takes an existing dataset (--dataset). It loads the dataset as `qfleet train` does (n-step transitions with `episode_return`), then
 trains each learner in-process on uniform batches of it for U updates and evaluates it greedily
 (the evaluator of `qfleet train`): IQL + AWR, IQL + Best-of-N (N in 1, 4, 16), filtered BC (top
@@ -16,7 +17,6 @@ training through the whole system).
 
 from __future__ import annotations
 
-import json
 import pathlib
 import platform
 import statistics
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from system.bench.offline_online import Budget, run_offline_online_bench
+from system.bench.results import write_results
 from system.config import ConfigError
 from system.datasets import RecordSettings
 
@@ -45,6 +46,28 @@ BEST_OF_N = (1, 4, 16)
 """The Best-of-N learners' N by default (Digi-Q's study)."""
 
 FILTERED_BC = "filtered BC (top 10%)"
+
+OFFLINE_LOSSES = ("iql", "filtered_bc")
+"""The losses a table `--config` may name: its learner settings are then the offline learners' own
+(a DQN's hard target copies every 250 updates collapsed Best-of-N on MinAtar, issue 20)."""
+
+
+def check_policy_env(policy: str, base, config: str) -> None:
+    """Refuses a `--policy` run whose env (id, observation shape, action space) is not `--config`'s,
+    before anything is recorded (the learners would not read the dataset)."""
+    from system.config import env_spaces
+    from system.train import RunDir
+
+    played = RunDir(pathlib.Path(policy)).load_config([])
+    if played.env.id != base.env.id:
+        raise ConfigError(f"--policy {policy} plays {played.env.id}, --config {config} {base.env.id}: give one env")
+    mine, theirs = env_spaces(base.env), env_spaces(played.env)
+    if (mine.obs_shape, mine.action_space) != (theirs.obs_shape, theirs.action_space):
+        raise ConfigError(
+            f"--policy {policy} and --config {config} play {base.env.id} with other spaces "
+            f"(observations {theirs.obs_shape} vs {mine.obs_shape}, actions {theirs.action_space} vs "
+            f"{mine.action_space}): give the run's env settings"
+        )
 
 
 def learners(best_of_n: tuple[int, ...] = BEST_OF_N) -> dict[str, dict[str, object]]:
@@ -208,6 +231,14 @@ def run_offline_bench(
 
     torch.set_num_threads(1)
     base = load_config(config, [])
+    if online is None and base.learner.loss not in OFFLINE_LOSSES:
+        raise ConfigError(
+            f"--config {config}: its learner.loss is {base.learner.loss!r}, so its learner settings (target "
+            "network, lr) were tuned for that loss, not for the offline learners; give an offline learner's "
+            "config (learner.loss iql or filtered_bc), e.g. configs/minatar_breakout_iql.yaml"
+        )
+    if policy is not None:
+        check_policy_env(policy, base, config)
     with tempfile.TemporaryDirectory(prefix="qfleet-bench-offline-") as scratch:
         if policy is not None:
             from system.datasets.run_record import main_record
@@ -277,7 +308,7 @@ def run_offline_bench(
             if output:  # after every learner, so an interrupted run keeps what it measured
                 results = sorted(outcomes, key=lambda o: list(learners(best_of_n)).index(o.learner))
                 summary["results"] = [vars(o) for o in results]
-                pathlib.Path(output).write_text(json.dumps(summary, indent=1) + "\n")
+                write_results(output, summary)
     outcomes.sort(key=lambda o: list(learners(best_of_n)).index(o.learner))  # the table groups by learner
     print()
     print(table(dataset, dataset_mean, outcomes, updates, eval_episodes))

@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from system.bench.children import interrupt_on_sigterm, start_child, stop_child
+from system.bench.results import write_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 """The checkout: `qfleet train` runs from here (configs/ paths are relative to it)."""
@@ -250,6 +251,11 @@ def _median(results: list[ArmResult], budget: Budget) -> str:
     return f"not within {budget.total_env_steps:,}" if value == float("inf") else f"{value:,.0f}"
 
 
+def arms_to_run(budget: Budget) -> tuple[str, ...]:
+    """The arms each seed runs: both, or only offline -> online without a from-scratch recipe."""
+    return ARMS if budget.scratch_config is not None else ARMS[:1]
+
+
 def run_offline_online_bench(
     seeds: list[int],
     budget: Budget,
@@ -264,9 +270,18 @@ def run_offline_online_bench(
     folder = pathlib.Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     results: list[ArmResult] = []
-    arms = ARMS if budget.scratch_config is not None else ARMS[:1]
+    payload = {
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "config": budget.config,
+        "scratch_config": budget.scratch_config,
+        "dataset": dataset,
+        "dataset_mean_return": dataset_mean,
+        "budget": asdict(budget),
+        "results": [],
+    }
     for seed in seeds:
-        for arm in arms:
+        for arm in arms_to_run(budget):
             result = run_arm(arm, seed, budget, dataset, datasets_dir, folder)
             results.append(result)
             print(
@@ -274,18 +289,8 @@ def run_offline_online_bench(
                 f"({result.env_steps:,} env steps, {result.wall_s:.0f} s)",
                 flush=True,
             )
+            if output:  # after every run, so an interrupted multi-seed bench keeps what it measured
+                write_results(output, payload | {"results": [asdict(r) for r in results]})
     print()
     print(table(results, budget, dataset, dataset_mean))
-    if output:
-        payload = {
-            "command": " ".join(sys.argv),
-            "date": time.strftime("%Y-%m-%d"),
-            "config": budget.config,
-            "scratch_config": budget.scratch_config,
-            "dataset": dataset,
-            "dataset_mean_return": dataset_mean,
-            "budget": asdict(budget),
-            "results": [asdict(r) for r in results],
-        }
-        pathlib.Path(output).write_text(json.dumps(payload, indent=1) + "\n")
     return 1 if any(r.exit_code != 0 for r in results) else 0

@@ -201,11 +201,11 @@ def add_parser(commands) -> None:
             "each needed."
         ),
         epilog=(
-            "MinAtar Breakout (issue 20): qfleet bench offline --config configs/minatar_breakout_offline_online.yaml "
+            "MinAtar Breakout (issue 20): qfleet bench offline --config configs/minatar_breakout_iql.yaml "
             "--policy runs/medium --record-steps 200000 --epsilon 0.05,0.5 --datasets-dir DIR --dataset "
             "minatar/breakout-medium-v0 --updates 3000 --eval-episodes 20 --seeds 0,1,2 --best-of-n 4,16; then "
-            "--online with --dataset minatar/breakout-medium-v0 --datasets-dir DIR --updates 10000 --threshold 16 "
-            "--total-env-steps 125000 --eval-every 12500 --eval-episodes 10 --scratch-config "
+            "--online --config configs/minatar_breakout_offline_online.yaml --dataset minatar/breakout-medium-v0 "
+            "--datasets-dir DIR --threshold 16 --eval-episodes 10 --scratch-config "
             "configs/minatar_breakout.yaml (or --no-scratch)."
         ),
     )
@@ -245,15 +245,20 @@ def add_parser(commands) -> None:
     offline.add_argument(
         "--episodes",
         type=int,
-        help="episodes to record when no --dataset is given (default: 300, or with --policy and --record-steps none)",
+        help="episodes to record when no --dataset is given (default: 300, or with --policy and --record-steps "
+        "none); refused with --dataset alone (nothing is recorded)",
     )
-    offline.add_argument("--updates", type=int, default=2000, help="updates per learner and seed (default: 2000)")
+    offline.add_argument(
+        "--updates",
+        type=int,
+        help="updates per learner and seed (default: 2000); --online: the offline phase's (default: 2000 with "
+        "the default --config, else the config's offline.updates)",
+    )
     offline.add_argument("--seeds", default="0", help="comma-separated seeds, each reported (default: 0)")
     offline.add_argument(
         "--best-of-n",
-        default="1,4,16",
         metavar="N,...",
-        help="the IQL + Best-of-N learners' N, one learner each (default: 1,4,16)",
+        help="the IQL + Best-of-N learners' N, one learner each (default: 1,4,16; not with --online)",
     )
     offline.add_argument(
         "--eval-episodes", type=int, default=10, help="greedy evaluation episodes per run (default: 10)"
@@ -264,9 +269,22 @@ def add_parser(commands) -> None:
         action="store_true",
         help="compare offline -> online `qfleet train` runs with from-scratch ones (env steps to --threshold)",
     )
-    offline.add_argument("--threshold", type=float, help="--online: the evaluation to reach (default: 475)")
-    offline.add_argument("--total-env-steps", type=int, help="--online: each run's budget (default: 50000)")
-    offline.add_argument("--eval-every", type=int, help="--online: env steps between evaluations (default: 2500)")
+    offline.add_argument(
+        "--threshold",
+        type=float,
+        help="--online: the evaluation to reach (default: 475 with the default --config; required with another)",
+    )
+    offline.add_argument(
+        "--total-env-steps",
+        type=int,
+        help="--online: each run's budget (default: 50000 with the default --config, else its train.total_env_steps)",
+    )
+    offline.add_argument(
+        "--eval-every",
+        type=int,
+        help="--online: env steps between evaluations (default: 2500 with the default --config, else its "
+        "train.eval_every_steps)",
+    )
     offline.add_argument("--out-dir", help="--online: run directories and logs (default: runs/bench-offline-online)")
     offline.add_argument("--set", action="append", metavar="KEY=VALUE", help="--online: an override for both arms")
     offline.add_argument(
@@ -576,8 +594,13 @@ def run(args: argparse.Namespace) -> int:
         from system.bench.offline import run_offline_bench
 
         seeds = _numbers("--seeds", args.seeds, int, minimum=0)
-        if args.updates < 1 or (args.episodes is not None and args.episodes < 1) or args.eval_episodes < 1:
+        given_counts = [n for n in (args.updates, args.episodes) if n is not None]
+        if min(given_counts, default=1) < 1 or args.eval_episodes < 1:
             raise ConfigError("--updates, --episodes and --eval-episodes must be >= 1")
+        if args.online and args.best_of_n is not None:
+            raise ConfigError("--best-of-n: not with --online (it picks the in-process table's learners)")
+        if args.dataset is not None and args.policy is None and args.episodes is not None:
+            raise ConfigError("--episodes with --dataset: nothing is recorded (--dataset takes a recorded one)")
         online_only = ("set", "threshold", "total_env_steps", "eval_every", "out_dir", "scratch_config")
         given = [key for key in online_only if getattr(args, key) is not None] + ["no_scratch"] * args.no_scratch
         if not args.online and given:
@@ -596,11 +619,16 @@ def run(args: argparse.Namespace) -> int:
                     f"--config {args.config}: name the from-scratch arm's recipe (--scratch-config FILE) or "
                     "give --no-scratch (the default, configs/cartpole.yaml, goes with the default --config)"
                 )
+            defaults = _online_defaults(args.config)
+            if args.config not in (None, OFFLINE_CONFIG) and args.threshold is None:
+                raise ConfigError(
+                    f"--config {args.config}: give --threshold (the default, 475, is CartPole's, for the default --config)"
+                )
             online = Budget(
-                _or(args.total_env_steps, 50_000),
-                _or(args.eval_every, 2500),
+                _or(args.total_env_steps, defaults[0]),
+                _or(args.eval_every, defaults[1]),
                 args.eval_episodes,
-                args.updates,
+                _or(args.updates, defaults[2]),
                 _or(args.threshold, 475.0),
                 tuple(args.set or ()),
                 None if args.no_scratch else args.scratch_config or SCRATCH_CONFIG,
@@ -612,7 +640,7 @@ def run(args: argparse.Namespace) -> int:
             args.dataset,
             args.datasets_dir,
             _or(args.episodes, 300),
-            args.updates,
+            _or(args.updates, 2000),
             seeds,
             args.eval_episodes,
             args.output,
@@ -621,7 +649,7 @@ def run(args: argparse.Namespace) -> int:
             config,
             args.policy,
             record,
-            tuple(_numbers("--best-of-n", args.best_of_n, int)),
+            tuple(_numbers("--best-of-n", args.best_of_n or "1,4,16", int)),
         )
     if args.bench_command == "learner":
         from system.bench.learner import run_learner_bench
@@ -767,6 +795,20 @@ def _record_settings(args: argparse.Namespace):
         )
     except ValueError as exc:
         raise ConfigError(f"bench offline --policy: {exc}") from None
+
+
+def _online_defaults(config: str | None) -> tuple[int, int, int]:
+    """`--online`'s total env steps, evaluation period and offline updates when not given: the
+    CartPole figures with the default --config, else that config's train.total_env_steps,
+    train.eval_every_steps and offline.updates (not CartPole's, silently)."""
+    from system.bench.offline import CONFIG
+    from system.config import load_config
+
+    if config in (None, CONFIG):
+        return 50_000, 2500, 2000
+
+    loaded = load_config(config, [])
+    return loaded.train.total_env_steps, loaded.train.eval_every_steps, loaded.offline.updates
 
 
 def _or(value, default):

@@ -167,7 +167,7 @@ class RecordSettings:
 
     def __post_init__(self) -> None:
         if self.episodes is None and self.steps is None:
-            raise ValueError("episodes=None: required unless steps is given")
+            raise ValueError("episodes=None: give --episodes or --steps")
         if self.episodes is not None and self.episodes < 1:
             raise ValueError(f"episodes={self.episodes}: must be >= 1")
         if self.steps is not None and self.steps < 1:

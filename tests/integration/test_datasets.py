@@ -602,7 +602,7 @@ def test_record_errors_name_the_flag_or_the_folder_without_a_traceback(tmp_path,
     assert main([*base, "--episodes", "two"]) == 2
     assert "--episodes: expected an integer" in capsys.readouterr().err
     assert main(base) == 2
-    assert "--episodes=None: required unless steps is given" in capsys.readouterr().err
+    assert "--episodes=None: give --episodes or --steps" in capsys.readouterr().err
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     args = ["record", "cp/new-v0", "--config", cartpole_config, "--episodes", "2", "--datasets-dir", str(blocker)]

@@ -99,3 +99,31 @@ def test_another_config_is_the_offline_online_arms_recipe_and_no_scratch_leaves_
     assert "offline -> online: configs/minatar_breakout_offline_online.yaml, from scratch: not run" in text
     assert "| 0 | 25,000 | 9.5 | - | - |" in text
     assert "| 1 | not within 125,000 (best 200.0) | 8.0 | - | - |" in text
+
+
+@pytest.mark.parametrize(("scratch_config", "arms"), [(None, ARMS[:1]), (SCRATCH_CONFIG, ARMS)])
+def test_each_seed_runs_its_arms_and_the_json_holds_every_finished_run_before_the_next(
+    scratch_config, arms, tmp_path, monkeypatch
+):
+    """--no-scratch runs only offline -> online; the results file is rewritten after every run, so
+    a bench interrupted at seed 1 keeps seed 0's figures."""
+    import json
+
+    from system.bench import offline_online
+
+    output, ran = tmp_path / "results.json", []
+
+    def fake_run_arm(arm, seed, budget, dataset, datasets_dir, out_dir):
+        written = json.loads(output.read_text())["results"] if output.exists() else []
+        assert [(r["arm"], r["seed"]) for r in written] == ran  # every earlier run already on disk
+        ran.append((arm, seed))
+        return result(arm, seed, 2500)
+
+    monkeypatch.setattr(offline_online, "run_arm", fake_run_arm)
+    monkeypatch.setattr(offline_online, "interrupt_on_sigterm", lambda: None)
+    budget = Budget(20_000, 2500, 5, 2000, 475, (), scratch_config)
+    code = offline_online.run_offline_online_bench([0, 1], budget, "d-v0", "/data", 20.0, str(tmp_path), str(output))
+    assert code == 0
+    assert ran == [(arm, seed) for seed in (0, 1) for arm in arms]
+    assert [(r["arm"], r["seed"]) for r in json.loads(output.read_text())["results"]] == ran
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left

@@ -2,6 +2,7 @@
 suboptimal behaviour policy, publish it so actors act with it, and checkpoint and reset like the
 others."""
 
+import dataclasses
 import io
 
 import numpy as np
@@ -301,9 +302,44 @@ def test_filtered_bc_without_episode_returns_names_the_missing_column():
     assert raised.value.column == "episode_return" and "obs" in raised.value.columns
 
 
+def policy_entropy(agent: Agent) -> float:
+    """pi's mean entropy over the chain's states (log 2 = 0.69 is uniform)."""
+    with torch.no_grad():
+        logits = agent.policy(torch.eye(STATES))
+    return float(-(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean())
+
+
+def test_best_of_n_does_not_imitate_an_untrained_frozen_critic_before_policy_starts():
+    """Issue 20: an untrained target critic (here frozen: hard copies far apart) ranks one action
+    first almost everywhere; Best-of-N copying it from update 1 drives pi's entropy to ~0 before the
+    critic learns. With policy_starts, pi is untouched (entropy as initialised) until then, and
+    learns from the update after."""
+    frozen = TargetConfig(update="hard", every=10_000)
+
+    def agent_after(policy_starts: int, updates: int):
+        iql = IQLConfig(extraction="best_of_n", n=16, policy_starts=policy_starts)
+        learner_config = dataclasses.replace(config("iql", iql=iql), target=frozen)
+        agent = make_agent(learner_config, (STATES,), PLAIN, CPU)
+        set_head(agent.critic_target.q1, [0.0, 0.3])  # the untrained critic's arbitrary favourite: 1
+        set_head(agent.critic_target.q2, [0.0, 0.3])
+        initial = policy_entropy(agent)
+        result = train(agent, recorded_batch(), updates)
+        return agent, initial, result
+
+    collapsed, initial, _ = agent_after(policy_starts=0, updates=25)
+    assert policy_entropy(collapsed) < 0.1 * initial  # the failure policy_starts prevents
+    waiting, initial, result = agent_after(policy_starts=25, updates=25)
+    assert result.imitation_weight == 0.0 and result.policy_loss == 0.0
+    assert policy_entropy(waiting) == pytest.approx(initial)
+    before = [p.detach().clone() for p in waiting.policy.parameters()]
+    assert waiting.update(recorded_batch(), torch.ones(420)).imitation_weight > 0  # update 26: pi learns
+    assert not all(torch.equal(b, p) for b, p in zip(before, waiting.policy.parameters(), strict=True))
+
+
 @pytest.mark.parametrize("extraction", ["awr", "best_of_n"])
 def test_a_checkpointed_iql_agent_makes_the_same_next_update(extraction):
-    learner_config = config("iql", iql=IQLConfig(extraction=extraction))
+    # policy_starts 3: pi's first step is the update after the checkpoint, so the update count is restored
+    learner_config = config("iql", iql=IQLConfig(extraction=extraction, policy_starts=3))
     batch = recorded_batch()
     agent = make_agent(learner_config, (STATES,), ActionSpace(num_actions=2), CPU)
     train(agent, batch, 3)
