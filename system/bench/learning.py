@@ -8,7 +8,10 @@ final evaluation; Markdown tables, JSON (written after every run: `--resume` con
 died), and one PNG per task. qfleet runs `qfleet train --env ID` with only the budget, seed and the
 evaluation schedule set; the peers run in their own interpreters (separate venvs) as child
 processes that stream their evaluations back as JSON lines (system/bench/sb3_learning_peer.py,
-rllib_learning_peer.py); a peer that is not installed is skipped with a line saying so. "cleanrl" is
+rllib_learning_peer.py); a peer whose interpreter option is not given, or which lacks the package,
+is skipped with a line saying so. Every run has a deadline (`run_timeout`: exit "timeout"); a qfleet
+run folder left by an earlier suite is moved aside first (a rerun never reads its metrics); "held" is
+"unverified" where qfleet skipped scheduled evaluations. "cleanrl" is
 the CleanRL-style DQN baseline (system.bench.dqn_baseline, CleanRL's CartPole hyper-parameters) that
 docs/benchmarks.md's CartPole table ran beside qfleet.
 """

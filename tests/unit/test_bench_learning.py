@@ -375,3 +375,29 @@ def test_bad_suite_options_are_refused_before_anything_runs(argv, message, tmp_p
     with pytest.raises(ConfigError, match=message):
         bench.run(args)
     assert not (tmp_path / "out").exists()
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting for its new parent to reap it does not)."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_stopping_a_child_whose_leader_already_exited_kills_what_it_left_in_its_group(tmp_path):
+    import time
+
+    from system.bench.children import start_child, stop_child
+
+    pid_file = tmp_path / "pid"
+    with open(pid_file, "w") as out:  # the leader starts a server-like process in its group, then exits
+        process = start_child(["sh", "-c", "sleep 600 & echo $!"], stdout=out)
+        process.wait()
+    left = int(pid_file.read_text())
+    assert _running(left)
+    assert stop_child(process, timeout_s=60) == 0
+    deadline = time.monotonic() + 120  # SIGKILL is prompt; generous for a loaded machine
+    while _running(left) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(left)
