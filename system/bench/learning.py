@@ -6,8 +6,8 @@ Per task (system.bench.learning_tasks) and seed: env steps and wall time to the 
 evaluation at or above the task's threshold, whether every later one stays there ("held"), and the
 final evaluation; Markdown tables, JSON (written after every run: `--resume` continues a suite that
 died), and one PNG per task. qfleet runs `qfleet train --env ID` with only the budget, seed and the
-evaluation schedule set; the peers run in their own interpreters (separate venvs) as child
-processes that stream their evaluations back as JSON lines (system/bench/sb3_learning_peer.py,
+evaluation schedule set (and train.eval_skip_when_busy=false: every scheduled evaluation made); the
+peers run in their own interpreters (separate venvs) as child processes that stream their evaluations back as JSON lines (system/bench/sb3_learning_peer.py,
 rllib_learning_peer.py); a peer whose interpreter option is not given, or which lacks the package,
 is skipped with a line saying so. Every run has a deadline (`run_timeout`: exit "timeout"); a qfleet
 run folder left by an earlier suite is moved aside first (a rerun never reads its metrics); "held" is
@@ -99,6 +99,7 @@ def run_qfleet(task: Task, seed: int, suite: Suite) -> dict:
         "train.eval_every_steps": task.eval_every,
         "train.eval_episodes": task.eval_episodes,
         "train.log_every_s": 30,
+        "train.eval_skip_when_busy": "false",  # every scheduled evaluation, so "held" sees them all
     }
     source = [suite.qfleet_config] if suite.qfleet_config else ["--env", task.env_id]
     command = [sys.executable, "-m", "system.cli", "train", *source, "--run-dir", str(run_dir)]

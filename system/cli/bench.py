@@ -443,13 +443,12 @@ def _add_learning(subcommands) -> None:
         help="qfleet's default recipe beside SB3 (zoo hyper-parameters) and RLlib on a suite of tasks",
         description=(
             "Per task and seed, one run after another (never side by side): `qfleet train --env ID` (the default "
-            "recipe; only the budget, seed and evaluation schedule set), Stable-Baselines3 with rl-baselines3-zoo's "
+            "recipe; only the budget, seed and evaluation schedule set, every scheduled evaluation made), Stable-Baselines3 with rl-baselines3-zoo's "
             "hyper-parameters for the env (MinAtar, which the zoo lacks: the MinAtar paper's reference DQN), RLlib's "
             "DQN/SAC as its tuned examples set them, and optionally the CleanRL-style DQN baseline. Every system is "
             "evaluated greedily for the same number of episodes after the same env steps. Reports env steps and "
             "wall time to the first evaluation at or above the task's threshold, whether every later evaluation "
-            "stays there (held; 'unverified' when qfleet skipped a scheduled evaluation because the previous one "
-            "still ran), the final evaluation and each run's exit, as Markdown tables, JSON and one PNG per task. "
+            "stays there (held; 'unverified' when a scheduled qfleet evaluation is missing), the final evaluation and each run's exit, as Markdown tables, JSON and one PNG per task. "
             "Wall times count from each run's process start to when an evaluation's result was known (cleanrl's: "
             "training only). "
             "Thresholds: CartPole 475, Acrobot -100 and Hopper 3800 are the env specs' reward_threshold; Pendulum "
