@@ -23,8 +23,9 @@ def start_child(command: list[str], **popen) -> subprocess.Popen:
 
 def stop_child(process: subprocess.Popen, timeout_s: float) -> int:
     """SIGTERM (the orderly stop), then SIGKILL to its whole process group after `timeout_s`;
-    its exit code. Interrupted while it waits (a second Ctrl-C), it kills the group before the
-    interrupt goes on: a child is never left running."""
+    its exit code. Whatever of its group outlives the leader (a server it started) is killed too,
+    and so is the group when interrupted while it waits (a second Ctrl-C): a child is never left
+    running."""
     try:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -34,8 +35,7 @@ def stop_child(process: subprocess.Popen, timeout_s: float) -> int:
             kill_group(process)
             return process.wait()
     finally:
-        if process.poll() is None:
-            kill_group(process)
+        kill_group(process)
 
 
 def kill_group(process: subprocess.Popen) -> None:

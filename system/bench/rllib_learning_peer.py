@@ -14,16 +14,20 @@ Configs (ray 2.60's rllib/tuned_examples): discrete actions take dqn/cartpole_dq
 tuned new-stack DQN for Acrobot or MinAtar; MinAtar's grid is flattened, so the same MLP applies);
 Pendulum takes sac/pendulum_sac.py, MuJoCo tasks sac/halfcheetah_sac.py (RLlib's MuJoCo SAC). Set
 as there except: one env runner process (the local one; the machine has 2 cores), one torch thread,
-iterations of at most `eval_every` sampled steps, and the kernel initialisers left at RLlib's
-defaults (the examples pass torch functions, which this API also takes, but the settings of a
-results file must be JSON). Evaluation: RLlib's own `Algorithm.evaluate()` with `explore=False`
-(greedy) for `eval_episodes` episodes, once the sampled env steps pass each multiple of
-`eval_every`, and at the end; `wall_s` counts from this process's start and includes evaluations.
+and iterations of gcd(eval_every, env_steps, 1000) sampled env steps (500 for CartPole's 2,500 and
+50k: a divisor of both, so evaluations fall on the schedule and the run ends at the budget). The
+examples' initialisers are given by name ("xavier_uniform_" for `nn.init.xavier_uniform_`,
+"orthogonal_" with {"gain": 0.01}, "zeros_"): RLlib's DefaultModelConfig takes a name or a callable
+and resolves names in `torch.nn.init`, and names keep the settings JSON. Evaluation: RLlib's own
+`Algorithm.evaluate()` with `explore=False` (greedy) for `eval_episodes` episodes, once the sampled
+env steps reach each multiple of `eval_every`, and at the end; `wall_s` counts from this process's
+start and includes evaluations.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -40,7 +44,13 @@ CARTPOLE_DQN = {
     "epsilon": [[0, 1.0], [10000, 0.02]],
 }
 """rllib/tuned_examples/dqn/cartpole_dqn.py's .training(); its model: one 256 tanh layer + a 256 head."""
-CARTPOLE_DQN_MODEL = {"fcnet_hiddens": [256], "fcnet_activation": "tanh", "head_fcnet_hiddens": [256]}
+CARTPOLE_DQN_MODEL = {
+    "fcnet_hiddens": [256],
+    "fcnet_activation": "tanh",
+    "fcnet_bias_initializer": "zeros_",
+    "head_fcnet_bias_initializer": "zeros_",
+    "head_fcnet_hiddens": [256],
+}
 
 PENDULUM_SAC = {
     "initial_alpha": 1.001,
@@ -70,7 +80,22 @@ MUJOCO_SAC = {
     "num_steps_sampled_before_learning_starts": 10000,
 }
 """rllib/tuned_examples/sac/halfcheetah_sac.py's .training()."""
-SAC_MODEL = {"fcnet_hiddens": [256, 256], "fcnet_activation": "relu", "head_fcnet_hiddens": []}
+SAC_MODEL = {
+    "fcnet_hiddens": [256, 256],
+    "fcnet_activation": "relu",
+    "fcnet_kernel_initializer": "xavier_uniform_",
+    "head_fcnet_hiddens": [],
+    "head_fcnet_activation": None,
+    "head_fcnet_kernel_initializer": "orthogonal_",
+    "head_fcnet_kernel_initializer_kwargs": {"gain": 0.01},
+}
+"""pendulum_sac.py's model (halfcheetah_sac.py sets the same in the old stack's key names)."""
+
+
+def iteration_steps(eval_every: int, env_steps: int) -> int:
+    """Env steps sampled per training iteration: a divisor of the schedule and the budget (at most
+    1,000), so evaluations fall on multiples of `eval_every` and the run stops at `env_steps`."""
+    return math.gcd(eval_every, env_steps, 1000)
 
 
 def settings(env_id: str, discrete: bool) -> tuple[str, dict, dict, str]:
@@ -116,7 +141,7 @@ def run(request: dict) -> None:
     print(
         json.dumps(
             {"ready": True, "ray": ray.__version__, "algo": algo_name, "training": training, "model": model}
-            | {"source": f"ray {ray.__version__} {source}"}
+            | {"source": f"ray {ray.__version__} {source}", "iteration_steps": iteration_steps(eval_every, env_steps)}
         ),
         flush=True,
     )
@@ -129,7 +154,9 @@ def run(request: dict) -> None:
         .env_runners(num_env_runners=0)
         .training(**_tuples(training))
         .rl_module(model_config=DefaultModelConfig(**model))
-        .reporting(min_sample_timesteps_per_iteration=min(1000, eval_every), min_time_s_per_iteration=0)
+        .reporting(
+            min_sample_timesteps_per_iteration=iteration_steps(eval_every, env_steps), min_time_s_per_iteration=0
+        )
         .evaluation(
             evaluation_num_env_runners=0,
             evaluation_duration=eval_episodes,

@@ -92,7 +92,7 @@ class SB3Side(PeerProcess):
 
 def sb3_python(given: str | None) -> tuple[str | None, str]:
     """The interpreter for SB3's side (`given`, else this one if `stable_baselines3` imports), or why none."""
-    missing = "SB3 not installed: skipped (pip install -r requirements-bench-sb3.txt in another venv, --peer-python)"
+    missing = "SB3 not installed: skipped (pip install --no-deps -r requirements-bench-sb3.txt in another venv, --peer-python)"
     return peer_python(given, "stable_baselines3", missing)  # optional: never a dependency of qfleet
 
 

@@ -10,7 +10,8 @@ line (no pickle): first {"ready": ...} with the versions and the hyper-parameter
         '{"env_id": "CartPole-v1", "env_steps": 50000, "seed": 0, "eval_every": 2500, "eval_episodes": 10}'
 
 Evaluation: `eval_episodes` greedy episodes (`deterministic=True`) on a separate env after every
-`eval_every` env steps and at the end; `wall_s` counts from this process's start (imports and set-up
+`eval_every` env steps and at the budget, where training stops exactly (the callback ends `learn`,
+which would otherwise finish its rollout of `train_freq` steps and train past the budget); `wall_s` counts from this process's start (imports and set-up
 included, as qfleet's run clock counts its start-up) and includes the evaluations. One torch thread.
 """
 
@@ -156,11 +157,12 @@ def run(request: dict) -> None:
             self.next_eval, self.last_eval = eval_every, -1
 
         def _on_step(self) -> bool:
-            if self.num_timesteps >= self.next_eval:
+            if self.num_timesteps >= self.next_eval or self.num_timesteps >= env_steps:
                 evaluate(self.model, self.num_timesteps)
                 self.last_eval = self.num_timesteps
-                self.next_eval += eval_every
-            return True
+                while self.next_eval <= self.num_timesteps:
+                    self.next_eval += eval_every
+            return self.num_timesteps < env_steps  # False: learn() stops here, at the budget
 
     cls = DQN if algo == "DQN" else SAC
     model = cls("MlpPolicy", make_env(env_id), seed=seed, device="cpu", verbose=0, **kwargs)
@@ -179,7 +181,23 @@ def main() -> None:
     except ImportError:
         print(json.dumps({"skipped": f"stable-baselines3 does not import in {sys.executable}"}), flush=True)
         return
+    needs = env_package(request["env_id"])
+    if needs is not None:
+        try:
+            __import__(needs)
+        except ImportError as exc:
+            print(json.dumps({"skipped": f"{needs} does not import in {sys.executable} ({exc})"}), flush=True)
+            return
     run(request)
+
+
+def env_package(env_id: str) -> str | None:
+    """The package an env needs beyond gymnasium (a skip, not a crash, where it is missing)."""
+    if env_id.startswith("MinAtar/"):
+        return "minatar"
+    if env_id.split("-")[0] in ("Hopper", "HalfCheetah", "Walker2d", "Ant", "Humanoid", "Swimmer", "Reacher"):
+        return "mujoco"
+    return None
 
 
 if __name__ == "__main__":

@@ -461,18 +461,24 @@ def _add_learning(subcommands) -> None:
         help="qfleet's default recipe beside SB3 (zoo hyper-parameters) and RLlib on a suite of tasks",
         description=(
             "Per task and seed, one run after another (never side by side): `qfleet train --env ID` (the default "
-            "recipe; only the budget, seed and evaluation schedule set), Stable-Baselines3 with rl-baselines3-zoo's "
+            "recipe; only the budget, seed and evaluation schedule set, every scheduled evaluation made), Stable-Baselines3 with rl-baselines3-zoo's "
             "hyper-parameters for the env (MinAtar, which the zoo lacks: the MinAtar paper's reference DQN), RLlib's "
             "DQN/SAC as its tuned examples set them, and optionally the CleanRL-style DQN baseline. Every system is "
             "evaluated greedily for the same number of episodes after the same env steps. Reports env steps and "
             "wall time to the first evaluation at or above the task's threshold, whether every later evaluation "
-            "stays there (held), and the final evaluation, as Markdown tables, JSON and one PNG per task. "
+            "stays there (held; 'unverified' when a scheduled qfleet evaluation is missing), the final evaluation and each run's exit, as Markdown tables, JSON and one PNG per task. "
+            "Wall times count from each run's process start to when an evaluation's result was known (cleanrl's: "
+            "training only). "
             "Thresholds: CartPole 475, Acrobot -100 and Hopper 3800 are the env specs' reward_threshold; Pendulum "
             "-200 (its spec has none); MinAtar has none anywhere: Breakout 16 is docs/benchmarks.md's target, "
             "Asterix 8 and Freeway 40 are placeholders chosen here (--threshold replaces them). Default budgets: "
             "cartpole 50k, acrobot 100k, pendulum 20k (the zoo's), MinAtar 250k, hopper 100k (the zoo: 1M). "
             "SB3 and RLlib run under --sb3-python / --rllib-python (separate venvs: requirements-bench-sb3.txt, "
-            "requirements-bench-rllib.txt); a peer that is not installed is skipped with a line saying so."
+            "requirements-bench-rllib.txt); without its option, or where the package does not import there, a peer "
+            "is skipped with a line saying so. RLlib is evaluated at every multiple of eval_every (its iterations "
+            "sample gcd(eval_every, budget, 1000) env steps); SB3 stops exactly at the budget. A run that exceeds "
+            "--run-timeout is stopped and its exit shows 'timeout'; an earlier run's qfleet folder is moved "
+            "aside (NAME.old-TIME) before a rerun."
         ),
         epilog="example: qfleet bench learning --tasks cartpole --seeds 0,1,2 --sb3-python /work/peers-sb3/bin/python "
         "--rllib-python /work/peers-rllib/bin/python --out-dir runs/bench-learning",
@@ -492,8 +498,19 @@ def _add_learning(subcommands) -> None:
     learning.add_argument(
         "--threshold", action="append", default=[], metavar="TASK=R", help="return to reach on a task (repeatable)"
     )
-    learning.add_argument("--sb3-python", metavar="PATH", help="interpreter of a venv with stable-baselines3")
-    learning.add_argument("--rllib-python", metavar="PATH", help="interpreter of a venv with ray[rllib]")
+    learning.add_argument(
+        "--sb3-python", metavar="PATH", help="interpreter of a venv with stable-baselines3 (without it: sb3 is skipped)"
+    )
+    learning.add_argument(
+        "--rllib-python", metavar="PATH", help="interpreter of a venv with ray[rllib] (without it: rllib is skipped)"
+    )
+    learning.add_argument(
+        "--run-timeout",
+        type=float,
+        metavar="S",
+        help="seconds one run may take before it is stopped (exit 'timeout'; default: an hour per 100k env steps "
+        "of the task's budget, at least an hour)",
+    )
     learning.add_argument(
         "--config",
         metavar="FILE",
@@ -508,7 +525,10 @@ def _add_learning(subcommands) -> None:
     )
     learning.add_argument("--output", metavar="FILE", help="the JSON results (default: OUT_DIR/results.json)")
     learning.add_argument(
-        "--resume", action="store_true", help="keep the finished runs of --output and run only the rest"
+        "--resume",
+        action="store_true",
+        help="keep the finished runs of --output made with the same settings (evaluation schedule, --config/--set, "
+        "peer interpreter) and run only the rest",
     )
 
 
@@ -522,6 +542,8 @@ def _run_learning(args: argparse.Namespace) -> int:
         if unknown:
             raise ConfigError(f"{option}: unknown {unknown[0]!r} (known: {', '.join(known)})")
     seeds = _numbers("--seeds", args.seeds, int, minimum=0)
+    if args.run_timeout is not None and not args.run_timeout > 0:
+        raise ConfigError(f"--run-timeout: must be > 0 (got {args.run_timeout:g})")
     if args.config is not None and len(tasks) != 1:
         raise ConfigError("--config: give one task (the config's env must be that task's)")
     from system.bench.learning import Suite, run_learning_bench
@@ -549,6 +571,7 @@ def _run_learning(args: argparse.Namespace) -> int:
         resume=args.resume,
         qfleet_config=args.config,
         qfleet_overrides=tuple(args.set),
+        run_timeout_s=args.run_timeout,
     )
     from system.bench.children import interrupt_on_sigterm
 

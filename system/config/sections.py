@@ -57,6 +57,12 @@ class TrainConfig:
     eval_episodes: int = 10
     """Episodes per evaluation (run side by side, one env each)."""
 
+    eval_skip_when_busy: bool = True
+    """Evaluations run beside training, one at a time: True skips a scheduled evaluation requested
+    while one runs and another already waits (training is never held up, the log says so); False
+    queues every one (each holds its weights until evaluated), so every scheduled point is
+    evaluated: `qfleet bench learning` sets it so that "held" is judged on the whole schedule."""
+
     eval_epsilon: float = 0.0
     """Exploration during evaluation: a uniform action with this probability (0: none; Atari protocols
     often use 0.001 to 0.05)."""

@@ -155,15 +155,16 @@ FINISH_TIMEOUT_S = 300.0
 
 
 class BackgroundEvaluator:
-    """Evaluates in a thread, one evaluation at a time; a request made while one runs is skipped.
+    """Evaluates in a thread, one evaluation at a time; with `skip_when_busy`, a request made while
+    one runs and another waits is skipped, else every request is queued (train.eval_skip_when_busy).
 
     `submit(tag, state, version)` hands weights over; `results()` returns finished
     (tag, EvalResult) pairs.
     """
 
-    def __init__(self, evaluator: Evaluator):
+    def __init__(self, evaluator: Evaluator, skip_when_busy: bool = True):
         self.evaluator = evaluator
-        self._requests: queue.Queue = queue.Queue(maxsize=1)
+        self._requests: queue.Queue = queue.Queue(maxsize=1 if skip_when_busy else 0)
         self._done: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="evaluator", daemon=True)
         self._thread.start()
@@ -202,11 +203,9 @@ class BackgroundEvaluator:
         """Finishes a queued evaluation (when `wait`), stops the thread, returns what finished
         (the evaluator itself stays open). An evaluation still running after `timeout_s` (a hung
         env) is left behind with a warning: the run's end does not wait on it."""
-        if not wait:
-            try:
-                self._requests.get_nowait()
-            except queue.Empty:
-                pass
+        if not wait:  # drop every request that waits
+            with self._requests.mutex:
+                self._requests.queue.clear()
         try:
             self._requests.put(None, timeout=timeout_s)
         except queue.Full:  # the thread is stuck in an evaluation and has not taken the queued one
@@ -280,7 +279,8 @@ class RunEvaluations:
             if weights is not None:
                 weights.close()
             raise
-        self._weights, self._background = weights, BackgroundEvaluator(evaluator)
+        skip = self.config.train.eval_skip_when_busy
+        self._weights, self._background = weights, BackgroundEvaluator(evaluator, skip_when_busy=skip)
         return True
 
     def submit_if_due(self) -> None:

@@ -60,3 +60,15 @@ def test_the_end_of_a_run_does_not_wait_forever_on_a_hung_evaluation(caplog):
     assert background.running  # still stuck: the caller must not use its envs (final() skips)
     assert "an evaluation is still running after 0.5 s" in caplog.text
     evaluator.release.set()
+
+
+def test_without_skipping_every_request_made_while_busy_is_queued_and_evaluated_in_order():
+    from system.config import TrainConfig
+
+    assert TrainConfig().eval_skip_when_busy  # the product's default: training is never held up
+    evaluator = StandInEvaluator("hang")
+    background = BackgroundEvaluator(evaluator, skip_when_busy=False)  # train.eval_skip_when_busy: false
+    assert all(background.submit({"env_steps": n}, {}, n) for n in (1, 2, 3, 4))
+    evaluator.release.set()
+    done = background.close()
+    assert [(tag["env_steps"], result.returns) for tag, result in done] == [(n, [float(n)]) for n in (1, 2, 3, 4)]
