@@ -202,13 +202,23 @@ def test_a_hung_weights_host_never_holds_up_publishes_and_is_replaced(ray_local,
         pid = ray_local.get(ray_local.get_actor(hung).__ray_call__.remote(lambda _: os.getpid()))
         objects = plasma_objects(ray_local)
         os.kill(pid, signal.SIGSTOP)
-        for version in range(2, 8):
+        store.publish(state_of(2, 250_000), 2)
+        publisher = store._transport(store.transport)
+        # v2 is being offered to the hung host before the next versions queue behind it: so the
+        # failure is the superseded offer's and is reported (a version offered only after all of
+        # them are queued is retried on the new host in silence, which a loaded machine can cause).
+        assert wait_until(lambda: publisher._busy, 30)
+        reported = []
+        for version in range(3, 9):
+            if version == 8:
+                assert store.flush(120)
             started = time.monotonic()
-            store.publish(state_of(version, 250_000), version)
+            try:
+                store.publish(state_of(version, 250_000), version)
+            except WeightsHostError as exc:  # at the first publish after the failure: v8, or one
+                reported.append(str(exc))  # of v3-v7 on a machine so slow the offer timed out first
             assert time.monotonic() - started < 0.5  # encoding 1 MB; no wait on the host
-        assert store.flush(120)
-        with pytest.raises(WeightsHostError, match=f"{hung} did not take v[2-7] within 1 s"):
-            store.publish(state_of(8, 250_000), 8)  # the failure is reported; v8 is on its way
+        assert len(reported) == 1 and re.search(f"{hung} did not take v2 within 1 s", reported[0]), reported
         assert store.flush(60)
         assert all_hold(ray_local, handles, 8, timeout=30)
         assert host_of(raw, "hung") != hung
