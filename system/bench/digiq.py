@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from system.bench.children import interrupt_on_sigterm, start_child, stop_child
+from system.bench.results import write_results
 from system.config import ConfigError
 
 if TYPE_CHECKING:
@@ -220,9 +221,7 @@ class Results:
             "tasks": self.tasks,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(payload, indent=1) + "\n")
-        os.replace(temporary, self.path)
+        write_results(self.path, payload)
 
 
 def _jsonable(value):

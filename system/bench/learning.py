@@ -30,6 +30,7 @@ import time
 from system.bench.children import kill_group, start_child, stop_child
 from system.bench.learning_results import summarise, task_table
 from system.bench.learning_tasks import Task
+from system.bench.results import write_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 """The checkout: `qfleet train` runs from here (configs/ paths are relative to it)."""
@@ -374,7 +375,7 @@ def run_learning_bench(suite: Suite) -> int:
                 run["identity"] = identity(system, task, suite)
                 results["runs"].append(run)
                 suite.output.parent.mkdir(parents=True, exist_ok=True)
-                suite.output.write_text(json.dumps(results, indent=1) + "\n")
+                write_results(suite.output, results)
                 if "skipped" in run:
                     print(f"[learning] {task.name} {system}: skipped: {run['skipped']}", flush=True)
                     break  # the other seeds would be skipped for the same reason
