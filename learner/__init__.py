@@ -13,7 +13,7 @@ Public surface:
     OFFLINE_PHASE, ONLINE_PHASE (the offline/online phase a checkpoint was written in);
     find_checkpoint, has_checkpoints, load_latest_checkpoint (checkpoints);
     Agent, UpdateResult (the seam), make_agent, AGENTS, DiscreteQAgent, SACAgent,
-    IQLAgent, FilteredBCAgent (agents); ActingHead, acting_head, ACTING_HEADS, PolicyLogits, sample_actions (how
+    IQLAgent, FilteredBCAgent (agents); adam (the agents' Adam: torch's fused kernel); ActingHead, acting_head, ACTING_HEADS, PolicyLogits, sample_actions (how
     actors act with what a discrete agent publishes);
     QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore (the parameter store: announced
     in Redis, carried by Redis or Ray's object store), SharedWeights (the weights it fetches), WEIGHTS_MANIFEST_FORMAT (its manifest's layout), encode_weights, decode_weights, header_digest,
@@ -89,6 +89,7 @@ _LAZY = {
     "DiscreteQAgent": "learner.agents",
     "SACAgent": "learner.agents",
     "make_agent": "learner.agents",
+    "adam": "learner.optimization",
     "ActingHead": "learner.acting",
     "ACTING_HEADS": "learner.acting",
     "PolicyLogits": "learner.acting",

@@ -18,7 +18,7 @@ from learner.agent import Agent, UpdateResult
 from learner.config import LearnerConfig
 from learner.networks import EnsembleCritic, TanhGaussianActor, build_q_network
 from learner.offline_agents import FilteredBCAgent, IQLAgent
-from learner.optimization import periodic_reset, reinitialise_with_optimizer, step, update_target
+from learner.optimization import adam, periodic_reset, reinitialise_with_optimizer, step, update_target
 from learner.q_losses import make_q_loss
 from learner.spaces import ActionSpace
 
@@ -34,7 +34,9 @@ class DiscreteQAgent:
         self.q_loss = make_q_loss(config, device)
         self.online = build_q_network(obs_shape, space.num_actions, self.q_loss.bins, config.architecture).to(device)
         self.target = copy.deepcopy(self.online) if config.target.update != "none" else None
-        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=config.optimizer.lr)
+        self.parameters = list(self.online.parameters())
+        """The online network's parameters (resets re-initialise them in place)."""
+        self.optimizer = adam(self.parameters, config.optimizer.lr)
 
     def q_values(self, network: nn.Module, obs: torch.Tensor) -> torch.Tensor:
         """[B, A] expected action values."""
@@ -51,7 +53,7 @@ class DiscreteQAgent:
         taken = self.online(obs)[torch.arange(len(action)), action]
         per_item, q_taken = self.q_loss.per_item(taken, target)
         loss = (weights * per_item).mean()
-        grad_norm = step(self.optimizer, loss, list(self.online.parameters()), self.config.optimizer.max_grad_norm)
+        grad_norm = step(self.optimizer, loss, self.parameters, self.config.optimizer.max_grad_norm)
         td = (q_taken.detach() - target.value).abs()
         return UpdateResult(
             float(loss.detach()),

