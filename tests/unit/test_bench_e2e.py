@@ -140,6 +140,23 @@ def test_single_process_loop_measures_training_on_one_torch_thread():
     assert figures["achieved_utd"] == pytest.approx(1.0, abs=0.01) and figures["torch_threads"] == 1
 
 
+def test_update_cost_times_the_learner_e2e_runs_beside_the_loops_update_on_one_thread():
+    from system.bench.update_cost import qfleet_learner, run
+
+    config = qfleet_learner("breakout", Budget()).config  # the e2e run's learner, like for like
+    assert (config.loss, config.batch_size, config.architecture.hidden_size) == ("dqn", 128, 256)
+    assert config.architecture.num_layers == 2 and not config.architecture.layer_norm
+    figures = run("cartpole", rounds=1, updates=2)
+    assert figures["torch_threads"] == 1
+    assert set(figures["cases"]) == {
+        "loop update (default Adam)",
+        "loop update (fused Adam)",
+        "qfleet agent.update",
+        "qfleet Learner.step",
+    }
+    assert all(case["min_us"] > 0 for case in figures["cases"].values())
+
+
 def test_sample_age_is_a_mean_over_samples_and_leaves_version_zero_out():
     from learner.loop import Learner
 

@@ -1,0 +1,160 @@
+"""CPU per update, like for like: qfleet's learner update (`Learner.step`: the agent's update with
+its loss, clipping, TD errors and priorities, then the loop's bookkeeping and metrics) beside the
+single-process loop's update (`dqn_baseline.throughput`'s), on the same batch and network, one
+torch thread, in this process, no replay server: what `qfleet bench e2e`'s updates/s ratio would
+be if nothing but the update step differed.
+
+    python -m system.bench.update_cost [--env cartpole|breakout] [--rounds 7] [--updates 300]
+
+Each case runs `--updates` updates per round, the cases interleaved over `--rounds` rounds;
+figures are thread CPU time per update (`time.thread_time`: what other processes on a busy machine
+take does not count), the median and the minimum over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from learner import ActionSpace, Learner, adam
+from replay import Sample, TorchBatch
+from system.bench.e2e import ENVS, Budget, qfleet_command
+from system.bench.learning import ROOT
+
+OBS_SHAPES = {"cartpole": ((4,), 2), "breakout": ((10, 10, 4), 6)}
+"""Observation shape and actions of each env of `qfleet bench e2e`."""
+
+
+class _NoReplay:
+    """Takes the learner's priorities and answers its insert count, at no cost."""
+
+    def update_priorities(self, keys, priorities) -> None:
+        pass
+
+    def stats(self) -> dict:
+        return {"inserts": 1}
+
+
+def _batch(obs_shape: tuple[int, ...], num_actions: int, batch_size: int) -> Sample:
+    rng = np.random.default_rng(0)
+    data = {
+        "obs": rng.random((batch_size, *obs_shape), dtype=np.float32),
+        "next_obs": rng.random((batch_size, *obs_shape), dtype=np.float32),
+        "action": rng.integers(0, num_actions, batch_size).astype(np.int64),
+        "reward": rng.random(batch_size, dtype=np.float32),
+        "discount": np.full(batch_size, 0.99, np.float32),
+        "policy_version": np.zeros(batch_size, np.int64),
+    }
+    ones = np.ones(batch_size, np.float32)
+    keys = np.arange(batch_size, dtype=np.uint64)
+    return Sample(data=data, keys=keys, probabilities=ones / batch_size, weights=ones, table_size=1, priority_mass=1.0)
+
+
+def loop_update(sample: Sample, num_actions: int, budget: Budget, fused: bool) -> Callable[[], None]:
+    """The single-process loop's update (its code, its network), with torch's default Adam kernel
+    (CleanRL's) or the fused one qfleet's learner uses."""
+    obs_dim = int(np.prod(sample.data["obs"].shape[1:]))
+
+    def network() -> nn.Module:
+        layers: list[nn.Module] = []
+        for i in range(budget.num_layers):
+            layers += [nn.Linear(obs_dim if i == 0 else budget.hidden_size, budget.hidden_size), nn.ReLU()]
+        return nn.Sequential(*layers, nn.Linear(budget.hidden_size, num_actions))
+
+    q, target = network(), network()
+    target.load_state_dict(q.state_dict())
+    optimizer = adam(q.parameters(), 2.5e-4) if fused else torch.optim.Adam(q.parameters(), lr=2.5e-4)
+    o = torch.from_numpy(sample.data["obs"].reshape(len(sample.keys), -1))
+    n = torch.from_numpy(sample.data["next_obs"].reshape(len(sample.keys), -1))
+    a, r = torch.from_numpy(sample.data["action"]), torch.from_numpy(sample.data["reward"])
+    d = torch.zeros(len(sample.keys))
+
+    def update() -> None:
+        with torch.no_grad():
+            best = q(n).argmax(1, keepdim=True)
+            td_target = r + 0.99 * target(n).gather(1, best).squeeze(1) * (1.0 - d)
+        value = q(o).gather(1, a[:, None]).squeeze(1)
+        loss = F.smooth_l1_loss(value, td_target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return update
+
+
+def qfleet_learner(env: str, budget: Budget) -> Learner:
+    """The learner `qfleet bench e2e` runs for `env` (its config and settings), with no replay."""
+    from system.config import load_config
+
+    case = ENVS[env]
+    command = qfleet_command(case, 4.0, budget, ROOT)
+    overrides = [command[i + 1] for i, word in enumerate(command) if word == "--set"]
+    config = load_config(str(ROOT / case.config), overrides).learner
+    obs_shape, num_actions = OBS_SHAPES[env]
+    learner = Learner(config, None, obs_shape, ActionSpace(num_actions=num_actions), log_every_s=1e9)
+    learner.replay = _NoReplay()  # takes the priorities (computed as in a run) and counts inserts
+    return learner
+
+
+def measure(cases: dict[str, Callable[[], object]], rounds: int, updates: int) -> dict[str, dict[str, float]]:
+    """Thread CPU microseconds per call of each case, interleaved over `rounds`."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, case in cases.items():
+            for _ in range(max(1, updates // 10)):  # warm caches and allocator
+                case()
+            started = time.thread_time()
+            for _ in range(updates):
+                case()
+            times[name].append((time.thread_time() - started) / updates * 1e6)
+    return {
+        name: {"median_us": round(statistics.median(t), 1), "min_us": round(min(t), 1)} for name, t in times.items()
+    }
+
+
+def run(env: str, rounds: int, updates: int) -> dict:
+    """Every case on `env`'s batch; each one's median also as a ratio to the loop's (default Adam)."""
+    torch.set_num_threads(1)
+    budget = Budget()
+    obs_shape, num_actions = OBS_SHAPES[env]
+    sample = _batch(obs_shape, num_actions, budget.batch_size)
+    batch = TorchBatch(
+        data={name: torch.from_numpy(column.copy()) for name, column in sample.data.items()},
+        weights=torch.from_numpy(sample.weights.copy()),
+        keys=sample.keys,
+        probabilities=sample.probabilities,
+        sample=sample,
+    )
+    learner = qfleet_learner(env, budget)
+    cases = {
+        "loop update (default Adam)": loop_update(sample, num_actions, budget, fused=False),
+        "loop update (fused Adam)": loop_update(sample, num_actions, budget, fused=True),
+        "qfleet agent.update": lambda: learner.agent.update(batch.data, batch.weights),
+        "qfleet Learner.step": lambda: learner.step(batch),
+    }
+    figures = measure(cases, rounds, updates)
+    base = figures["loop update (default Adam)"]["median_us"]
+    for values in figures.values():
+        values["vs_loop_default_adam"] = round(values["median_us"] / base, 3)
+    return {"env": env, "batch_size": budget.batch_size, "torch_threads": torch.get_num_threads(), "cases": figures}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="cartpole", choices=sorted(OBS_SHAPES))
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--updates", type=int, default=300)
+    args = parser.parse_args()
+    print(json.dumps(run(args.env, args.rounds, args.updates), indent=1))
+
+
+if __name__ == "__main__":
+    main()
