@@ -24,7 +24,7 @@ def adam(parameters, lr: float) -> torch.optim.Adam:
     per tensor for the moments and the update instead of about ten element-wise ops, the same
     update rule (results agree to float32 rounding). Measured on the learner's CartPole MLP
     (2 x 256, batch 128, one thread): the optimizer step ~2.8x cheaper than the for-loop kernel,
-    about a quarter of the update's CPU. A checkpoint keeps the kernel it was written with: one
+    the whole update 17-20% cheaper (`python -m system.bench.update_cost`). A checkpoint keeps the kernel it was written with: one
     from before this resumes on the for-loop kernel (the same update, slower)."""
     parameters = list(parameters)
     devices = {parameter.device.type for parameter in parameters}
