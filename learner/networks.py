@@ -70,6 +70,8 @@ class QNetwork(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         features = self.torso(obs)
+        if self.bins == 1 and self.value is None:
+            return self.head(features)  # already [B, A]: no view and squeeze for autograd to track
         out = self.head(features).view(-1, self.num_actions, self.bins)
         if self.value is not None:
             out = self.value(features).view(-1, 1, self.bins) + out - out.mean(dim=1, keepdim=True)
