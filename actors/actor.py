@@ -30,7 +30,7 @@ from actors.registry import STATE_ACTING, STATE_HELD_BACK, ActorRegistry
 from actors.weights import WeightSubscriber
 from actors.writer import INSERT_MAX_BYTES, TransitionWriter, Writer, actor_writer_id
 from learner import LearnerConfig, WeightStoreError
-from replay import ReplayCredentials, ShardedReplay, keep_freed_memory, start_metrics_server
+from replay import ReplayCredentials, ReplayUnavailableError, ShardedReplay, keep_freed_memory, start_metrics_server
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,35 @@ class ActorStartup:
     envs_at: float | None = None
     """Its envs were made and reset."""
     ready_at: float | None = None
-    """Its constructor ended: envs, replay writer, weights and registry connected."""
+    """Its constructor ended: envs, replay writer, weights and registry connected, a shard serving."""
     first_step_at: float | None = None
     """Its first env step returned."""
     first_insert_at: float | None = None
     """Its first batch of transitions was handed to replay."""
+
+
+REPLAY_WAIT_LOG_S = 30.0
+"""While no shard serves, an actor says so this often (`await_replay`)."""
+
+
+def await_replay(replay: ShardedReplay, actor_id: int) -> None:
+    """Returns once at least one of the run's shards serves. In a fresh run the actors start
+    beside the shards (`system.train.launch`): an actor built before any shard registered waits
+    here, without a limit, instead of stepping into inserts that would wait `insert_retry_s` and
+    then count its first transitions lost; the driver, which waits for its shards with a limit,
+    stops the actors if a shard never comes. Where a shard serves already, it returns at once.
+
+    Raises:
+        ReplayAuthenticationError: a shard refuses the run's credentials.
+    """
+    waited = 0.0
+    while True:
+        try:
+            replay.wait_for_shards(1, timeout=REPLAY_WAIT_LOG_S)
+            return
+        except ReplayUnavailableError:
+            waited += REPLAY_WAIT_LOG_S
+            log.warning("actor %d: no replay shard of the run serves after %.0f s; still waiting", actor_id, waited)
 
 
 def actor_epsilon(actor_id: int, num_actors: int, config: ActorsConfig) -> float:
@@ -199,6 +223,8 @@ class EnvActor:
                 server = self._open(start_metrics_server(actors.metrics_port, bind, self.metrics.registry))
                 host = socket.gethostname() if bind == "0.0.0.0" else bind
                 self.metrics_address = f"{host}:{server.server_port}"
+            if replay is not None:
+                await_replay(replay, actor_id)
             try:
                 self._pull_weights(wait=True)  # a (re)started actor acts with the newest weights from its first step
             except WeightStoreError as exc:  # Redis away: the background fetch brings them once it is back

@@ -131,7 +131,7 @@ def test_an_actor_rides_out_a_redis_restart_and_writes_the_episodes_it_kept(redi
     import signal
 
     env = EnvConfig(id="qfleet-test/Counter-v0", num_envs=3)
-    shard(env)
+    shard(env, run="gap")  # the actor's run: an actor steps once a shard of its run serves
     actor = EnvActor(0, 1, env, actor_config(epsilon=0.5), LEARNER, redis_server.url, "gap", replay_credentials=None)
     try:
         actor.run(seconds=120, max_steps=60)
@@ -372,5 +372,37 @@ def test_a_first_batch_that_leaves_only_at_the_chunks_flush_still_stamps_the_fir
         assert stats.startup.first_step_at is not None
         assert stats.startup.first_insert_at is not None
         assert stats.startup.ready_at <= stats.startup.first_step_at <= stats.startup.first_insert_at
+    finally:
+        actor.close()
+
+
+def test_an_actor_built_before_any_shard_serves_waits_for_one_and_its_first_transitions_land(
+    redis_server, shard, monkeypatch, caplog
+):
+    # A fresh run starts its actors beside its shards (system/train/launch.py): an actor built
+    # first waits for a shard before its first step instead of losing its first inserts.
+    monkeypatch.setattr("actors.actor.REPLAY_WAIT_LOG_S", 0.2)  # it says it waits at once
+    env = EnvConfig(id="qfleet-test/Counter-v0", num_envs=2)
+    config = actor_config(insert_retry_s=0.1, metrics_port=None)  # without the wait, inserts would be lost
+    built: list = []
+
+    def build():
+        built.append(EnvActor(0, 1, env, config, LEARNER, redis_server.url, "act", replay_credentials=None))
+
+    builder = threading.Thread(target=build, daemon=True)
+    with caplog.at_level("WARNING", logger="actors.actor"):
+        builder.start()
+        waiting = "no replay shard of the run serves"
+        assert wait_until(lambda: built or waiting in caplog.text, 120)
+    assert waiting in caplog.text and not built  # still waiting: no shard has served yet
+    server = shard(env)
+    builder.join(120)
+    assert built, "the actor did not start once a shard served"
+    actor = built[0]
+    try:
+        stats = actor.run(seconds=120, max_steps=100)
+        assert stats.transitions_lost == 0 and stats.transitions_inserted > 0
+        assert server.table.info().size == stats.transitions_inserted
+        assert stats.startup.ready_at <= stats.startup.first_step_at
     finally:
         actor.close()
