@@ -225,9 +225,9 @@ def fresh_online_start(plan: Plan) -> bool:
     learner's beside the shards'. In a fresh online run they take seconds to load torch and build
     their networks, a fresh learner aligns no restored counts on the shards', no actor waits for
     anything of the learner's (there are no weights to act with before its first publish), and an
-    actor waits for a serving shard before its first step (`actors.EnvActor`). A resumed run's learner aligns on its shards and its actors act with the
-    weights it restores and publishes; a run with an offline dataset starts its actors after its
-    offline phase: each after the other. A resume is known by `plan.resumed`, not by its
+    actor waits for a serving shard before its first step (`actors.EnvActor`). A resumed run's
+    learner aligns on its shards and its actors act with the weights it restores and publishes; a
+    run with an offline dataset starts its actors after its offline phase: each after the other. A resume is known by `plan.resumed`, not by its
     state.json (a session may end before writing it)."""
     return not plan.resumed and plan.offline_data is None and not plan.offline_only
 
