@@ -3,6 +3,7 @@ inserts, the weights it pulls, the episodes it reports, and what it does when en
 
 from __future__ import annotations
 
+import gc
 import threading
 import urllib.request
 
@@ -257,6 +258,39 @@ class RecordingWriter:
 
     def close(self):
         self.closed = True
+
+
+def test_an_actor_leaves_the_garbage_collector_as_it_found_it_built_or_failed(redis_server):
+    # The constructor pauses the collector while it imports and builds (faster start-up).
+    env = EnvConfig(id="qfleet-test/Counter-v0", num_envs=1)
+    try:
+        for enabled in (True, False):
+            if enabled:
+                gc.enable()
+            else:
+                gc.disable()
+            actor = EnvActor(
+                0,
+                1,
+                env,
+                actor_config(metrics_port=None),
+                LEARNER,
+                redis_server.url,
+                "gc",
+                writer=RecordingWriter(),
+                replay_credentials=None,
+            )
+            actor.close()
+            assert gc.isenabled() is enabled
+        gc.enable()
+        broken = EnvConfig(id="qfleet-test/Broken-v0", num_envs=1)
+        with pytest.raises(EnvFailedError):
+            EnvActor(
+                0, 1, broken, actor_config(env_max_rebuilds=1), LEARNER, redis_server.url, "gc", replay_credentials=None
+            )
+        assert gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_an_actor_hands_its_stamped_transitions_to_any_writer(redis_server):
