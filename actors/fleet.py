@@ -177,14 +177,17 @@ class ActorFleet:
             if actor_id >= count:
                 self._retire(actor_id)
 
-    def _retire(self, actor_id: int, deadline: float | None = None) -> None:
-        """Lets the actor finish its chunk, flush and close, then kills it."""
+    def _retire(self, actor_id: int, deadline: float | None = None, since: float | None = None) -> None:
+        """Lets the actor finish its chunk, flush and close, then kills it. Its patience counts
+        from `since` (monotonic; default now): a fleet stopping all its actors gives each the
+        same window, not one after another."""
         slot = self._slots.pop(actor_id)
         self._retired_ids |= {actor_id}
         ray = self._ray
-        # An actor that never reported may be waiting for resources: don't wait long for it.
+        # An actor that never reported may be waiting for resources (or, in a fresh run, for a
+        # shard that failed to start): don't wait long for it.
         patience = 30.0 if slot.stats is not None else 5.0
-        own = time.monotonic() + self.chunk_s + patience
+        own = (time.monotonic() if since is None else since) + self.chunk_s + patience
         deadline = own if deadline is None else min(deadline, own)
         try:
             if slot.ref is not None and not ray.wait([slot.ref], timeout=max(0.0, deadline - time.monotonic()))[0]:
@@ -380,9 +383,10 @@ class ActorFleet:
 
     def stop(self) -> FleetStats:
         """Lets running chunks finish, flushes and closes every actor, and kills them."""
-        deadline = time.monotonic() + self.chunk_s + 30.0  # one wait for all, not one per actor
+        began = time.monotonic()
+        deadline = began + self.chunk_s + 30.0  # one wait for all, not one per actor
         for actor_id in sorted(self._slots, reverse=True):
-            self._retire(actor_id, deadline)
+            self._retire(actor_id, deadline, since=began)
         stats = self.stats()
         self.registry.close()
         return stats

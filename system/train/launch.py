@@ -1,7 +1,7 @@
 """Starting a run's components in order: Redis -> Ray -> driver /metrics -> shards -> offline
 shards (a run with a dataset) -> learner -> evaluations, then (`start_actors`, after an offline
 phase) actors; in a fresh online run without an offline dataset (`fresh_online_start`) the
-learner's process starts beside the shards and the actors' beside the learner.
+actors' processes, then the learner's, start beside the shards'.
 What started is in `Components` at once, so a failure part way (or Ctrl-C) stops exactly what
 runs. Each phase is stamped in `Components.startup` (system/train/startup.py).
 
@@ -185,11 +185,9 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
     run.write_json("run.json", components.info)
     if stop.is_set():
         return
+    components.episodes = EpisodeFeed(components.redis_url, plan.name)  # before any actor reports one
     if not _start_shards_and_learner(plan, components, counters, stop):
         return
-    components.episodes = EpisodeFeed(components.redis_url, plan.name)  # before any actor reports one
-    if fresh_online_start(plan) and not stop.is_set():
-        start_actors(plan, counters, components)  # their processes start while the learner's does
     _await_learner(plan, components, counters)
     run.write_json("run.json", components.info)
     if evaluates_in_driver(config):
@@ -200,11 +198,17 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
 
 def _start_shards_and_learner(plan: Plan, components: Components, counters: RunCounters, stop) -> bool:
     """Asks for the shards, then the offline shards and the learner, in `fresh_online_start`'s
-    order; False when `stop` was set on the way. The learner is asked for once, and is in
-    `components` as soon as it is, so a shard that fails afterwards stops it with the rest."""
+    order (a fresh online run asks for its actors too, then its learner, before the shards
+    serve); False when `stop` was set on the way. The learner and the actors are asked for once,
+    and are in `components` as soon as they are, so a shard that fails afterwards stops them with
+    the rest."""
     run = plan.run
     _create_shards(plan, components)
-    if fresh_online_start(plan):  # a fresh learner needs nothing of the shards' to build: both start at once
+    if fresh_online_start(plan) and not stop.is_set():
+        # Neither needs anything of the shards' to build (an actor waits for a shard only before
+        # its first step). The actors first: Ray hands its prestarted worker processes out in
+        # this order, and the first env step waits on an actor, not on the learner.
+        start_actors(plan, counters, components)
         _create_learner(plan, components, counters)
     _await_shards(components)
     run.write_json("run.json", components.info)
@@ -217,13 +221,13 @@ def _start_shards_and_learner(plan: Plan, components: Components, counters: RunC
 
 
 def fresh_online_start(plan: Plan) -> bool:
-    """Whether this session starts its processes side by side (`launch`): the learner's beside
-    the shards', the actors' beside the learner's. In a fresh online run both take seconds to load
-    torch and build their networks, a fresh learner aligns no restored counts on the shards', and
-    no actor waits for anything of the learner's (there are no weights to act with before its
-    first publish). A resumed run's learner aligns on its shards and its actors act with the
-    weights it restores and publishes; a run with an offline dataset starts its actors after its
-    offline phase: each after the other. A resume is known by `plan.resumed`, not by its
+    """Whether this session starts its processes side by side (`launch`): the actors' and the
+    learner's beside the shards'. In a fresh online run they take seconds to load torch and build
+    their networks, a fresh learner aligns no restored counts on the shards', no actor waits for
+    anything of the learner's (there are no weights to act with before its first publish), and an
+    actor waits for a serving shard before its first step (`actors.EnvActor`). A resumed run's
+    learner aligns on its shards and its actors act with the weights it restores and publishes; a
+    run with an offline dataset starts its actors after its offline phase: each after the other. A resume is known by `plan.resumed`, not by its
     state.json (a session may end before writing it)."""
     return not plan.resumed and plan.offline_data is None and not plan.offline_only
 

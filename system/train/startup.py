@@ -29,7 +29,7 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("shards", "every replay shard serves"),
     ("learner", "the learner is built (network, replay client, checkpoint read)"),
     ("envs", "the first actor's envs are made and reset"),
-    ("actors", "the first actor is up (envs, replay writer, weights, registry)"),
+    ("actors", "the first actor is up (envs, replay writer, weights, registry, a shard serving)"),
     ("first_env_step", "the first env step returned"),
     ("first_insert", "the first batch of transitions was handed to replay"),
     ("first_update", "the learner's first update"),

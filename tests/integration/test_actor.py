@@ -3,6 +3,7 @@ inserts, the weights it pulls, the episodes it reports, and what it does when en
 
 from __future__ import annotations
 
+import gc
 import threading
 import urllib.request
 
@@ -131,7 +132,7 @@ def test_an_actor_rides_out_a_redis_restart_and_writes_the_episodes_it_kept(redi
     import signal
 
     env = EnvConfig(id="qfleet-test/Counter-v0", num_envs=3)
-    shard(env)
+    shard(env, run="gap")  # the actor's run: an actor steps once a shard of its run serves
     actor = EnvActor(0, 1, env, actor_config(epsilon=0.5), LEARNER, redis_server.url, "gap", replay_credentials=None)
     try:
         actor.run(seconds=120, max_steps=60)
@@ -259,6 +260,39 @@ class RecordingWriter:
         self.closed = True
 
 
+def test_an_actor_leaves_the_garbage_collector_as_it_found_it_built_or_failed(redis_server):
+    # The constructor pauses the collector while it imports and builds (faster start-up).
+    env = EnvConfig(id="qfleet-test/Counter-v0", num_envs=1)
+    try:
+        for enabled in (True, False):
+            if enabled:
+                gc.enable()
+            else:
+                gc.disable()
+            actor = EnvActor(
+                0,
+                1,
+                env,
+                actor_config(metrics_port=None),
+                LEARNER,
+                redis_server.url,
+                "gc",
+                writer=RecordingWriter(),
+                replay_credentials=None,
+            )
+            actor.close()
+            assert gc.isenabled() is enabled
+        gc.enable()
+        broken = EnvConfig(id="qfleet-test/Broken-v0", num_envs=1)
+        with pytest.raises(EnvFailedError):
+            EnvActor(
+                0, 1, broken, actor_config(env_max_rebuilds=1), LEARNER, redis_server.url, "gc", replay_credentials=None
+            )
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_an_actor_hands_its_stamped_transitions_to_any_writer(redis_server):
     env = EnvConfig(id="qfleet-test/Counter-v0", num_envs=2)
     writer = RecordingWriter()
@@ -372,5 +406,37 @@ def test_a_first_batch_that_leaves_only_at_the_chunks_flush_still_stamps_the_fir
         assert stats.startup.first_step_at is not None
         assert stats.startup.first_insert_at is not None
         assert stats.startup.ready_at <= stats.startup.first_step_at <= stats.startup.first_insert_at
+    finally:
+        actor.close()
+
+
+def test_an_actor_built_before_any_shard_serves_waits_for_one_and_its_first_transitions_land(
+    redis_server, shard, monkeypatch, caplog
+):
+    # A fresh run starts its actors beside its shards (system/train/launch.py): an actor built
+    # first waits for a shard before its first step instead of losing its first inserts.
+    monkeypatch.setattr("actors.actor.REPLAY_WAIT_LOG_S", 0.2)  # it says it waits at once
+    env = EnvConfig(id="qfleet-test/Counter-v0", num_envs=2)
+    config = actor_config(insert_retry_s=0.1, metrics_port=None)  # without the wait, inserts would be lost
+    built: list = []
+
+    def build():
+        built.append(EnvActor(0, 1, env, config, LEARNER, redis_server.url, "act", replay_credentials=None))
+
+    builder = threading.Thread(target=build, daemon=True)
+    with caplog.at_level("WARNING", logger="actors.actor"):
+        builder.start()
+        waiting = "no replay shard of the run serves"
+        assert wait_until(lambda: built or waiting in caplog.text, 120)
+    assert waiting in caplog.text and not built  # still waiting: no shard has served yet
+    server = shard(env)
+    builder.join(120)
+    assert built, "the actor did not start once a shard served"
+    actor = built[0]
+    try:
+        stats = actor.run(seconds=120, max_steps=100)
+        assert stats.transitions_lost == 0 and stats.transitions_inserted > 0
+        assert server.table.info().size == stats.transitions_inserted
+        assert stats.startup.ready_at <= stats.startup.first_step_at
     finally:
         actor.close()

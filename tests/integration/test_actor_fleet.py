@@ -121,6 +121,29 @@ def test_an_actor_ray_cannot_place_is_said_to_wait_for_resources(ray_local, redi
         fleet.stop()
 
 
+def test_a_stopping_fleet_waits_once_for_all_its_actors_that_never_reported_not_once_each(
+    ray_local, redis_server, monkeypatch
+):
+    # As when a fresh run's shard fails to start while its actors wait for one: the stop kills
+    # them after one window of patience, not after one window per actor.
+    import ray
+
+    config = ActorsConfig(num_actors=3, resources={"android_emulator": 1})  # never placed, never reporting
+    fleet = ActorFleet(ENV, config, LEARNER, redis_server.url, "never", chunk_s=0.3, replay_credentials=None)
+    fleet.start()
+    waits: list[float] = []
+    wait = ray.wait
+
+    def recording_wait(refs, *args, timeout=None, **kwargs):
+        waits.append(timeout)
+        return wait(refs, *args, timeout=timeout, **kwargs)
+
+    monkeypatch.setattr(ray, "wait", recording_wait)
+    stats = fleet.stop()
+    assert stats.actors == 0 and len(waits) == 3
+    assert sum(waits) <= fleet.chunk_s + 5.0 + 0.5  # each waits what is left of one window
+
+
 def test_first_chunks_that_ended_before_the_first_poll_are_not_warned_overdue(
     ray_local, redis_server, start_server, caplog, monkeypatch
 ):

@@ -168,11 +168,17 @@ def _record_start_order(monkeypatch, planned, fail_shards: bool = False):
         if fail_shards:
             raise RuntimeError("a shard failed to start")
 
+    def start_actors(plan_, counters, components):
+        calls.append("actors")
+        assert components.fleet is None, "the actors are asked for twice"
+        components.fleet = "fleet handle"
+
     monkeypatch.setattr(launch, "_create_shards", lambda plan_, components: calls.append("shards"))
+    monkeypatch.setattr(launch, "start_actors", start_actors)
     monkeypatch.setattr(launch, "_await_shards", await_shards)
     monkeypatch.setattr(launch, "_start_offline_shards", lambda *args: calls.append("offline shards"))
     monkeypatch.setattr(launch, "_create_learner", lambda *a: None if a[1].learner else create_learner(*a))
-    components = SimpleNamespace(learner=None, info={})
+    components = SimpleNamespace(learner=None, fleet=None, info={})
     planned.run.path.mkdir(parents=True, exist_ok=True)  # run.json is written after each step
     try:
         launch._start_shards_and_learner(planned, components, None, threading.Event())
@@ -181,11 +187,14 @@ def _record_start_order(monkeypatch, planned, fail_shards: bool = False):
     return calls, components
 
 
-def test_a_fresh_runs_learner_is_asked_for_beside_its_shards_and_a_resumed_ones_after(tmp_path, monkeypatch):
+def test_a_fresh_runs_actors_and_learner_are_asked_for_beside_its_shards_and_a_resumed_ones_after(
+    tmp_path, monkeypatch
+):
     fresh = plan("configs/cartpole.yaml", [], str(tmp_path / "fresh"), None)
     calls, components = _record_start_order(monkeypatch, fresh)
-    assert calls == ["shards", "learner", "await shards", "offline shards"]
-    assert components.learner == "learner handle"
+    # The actors before the learner: they take Ray's prestarted workers, and the first env step waits on them.
+    assert calls == ["shards", "actors", "learner", "await shards", "offline shards"]
+    assert components.learner == "learner handle" and components.fleet == "fleet handle"
 
     resumed = plan("configs/cartpole.yaml", [], str(tmp_path / "resumed"), None)
     resumed.resumed = True
@@ -198,13 +207,14 @@ def test_a_fresh_runs_learner_is_asked_for_beside_its_shards_and_a_resumed_ones_
     assert calls == ["shards", "await shards", "offline shards", "learner"]
 
 
-def test_a_shard_that_fails_after_a_fresh_learner_was_asked_for_leaves_it_in_the_components_to_stop(
+def test_a_shard_that_fails_after_a_fresh_runs_actors_and_learner_were_asked_for_leaves_them_to_stop(
     tmp_path, monkeypatch
 ):
     fresh = plan("configs/cartpole.yaml", [], str(tmp_path / "fresh"), None)
     calls, components = _record_start_order(monkeypatch, fresh, fail_shards=True)
-    assert calls == ["shards", "learner", "await shards"]
-    assert components.learner == "learner handle"  # shutdown stops what is in the components
+    assert calls == ["shards", "actors", "learner", "await shards"]
+    # shutdown stops what is in the components: the learner and the actors waiting for a shard
+    assert components.learner == "learner handle" and components.fleet == "fleet handle"
 
 
 def test_a_plain_resume_runs_on_to_the_runs_own_total_env_steps(tmp_path):
