@@ -225,10 +225,15 @@ name their shard unambiguously, so priority updates route."""
 
 def offline_spec(config: RunConfig, spec: Spec) -> Spec | None:
     """The offline shards' columns: `spec`, with `episode_return` for "filtered_bc" (which only an
-    offline-only run may use: `check_offline`); None without a dataset."""
+    offline-only run may use: `check_offline`) and, in an offline-only run, for "iql" with
+    `policy_warmup: filtered_bc` (mixed batches need the same columns from both sources, and
+    actors' transitions have no episode return: run the offline phase alone, then `--resume` it
+    online, as `qfleet bench digiq` does); None without a dataset."""
     if not config.offline.enabled:
         return None
-    if config.learner.loss == "filtered_bc":
+    iql = config.learner.iql
+    warmup = config.learner.loss == "iql" and iql.policy_warmup == "filtered_bc" and iql.policy_starts > 0
+    if config.learner.loss == "filtered_bc" or (warmup and is_offline_only(config)):
         from system.datasets import with_episode_return
 
         return with_episode_return(spec)
