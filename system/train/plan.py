@@ -477,6 +477,12 @@ def check_offline(config: RunConfig) -> None:
                 "transition's episode_return, which actors' online transitions lack: it trains on an offline "
                 "dataset only (offline.dataset with train.total_env_steps=0)"
             )
+        if learner.loss == "iql" and learner.iql.policy_warmup == "filtered_bc" and learner.iql.policy_starts > 0:
+            raise ConfigError(
+                "learner.policy_warmup='filtered_bc' clones the best episodes of an offline dataset, ranked by "
+                "each transition's episode_return, which actors' online transitions lack: set offline.dataset, "
+                "or learner.policy_warmup=none"
+            )
         if replay.mix is not None:
             raise ConfigError(
                 f"replay.mix={replay.mix!r}: mixes an offline dataset into online batches; "
