@@ -227,6 +227,14 @@ class IQLConfig:
     arbitrary action in nearly every state, and pi collapses onto it before the critic has learned
     anything (MinAtar Breakout, issue 20). Wait until the critic has trained (e.g. 1,000 updates)."""
 
+    policy_warmup: Literal["none", "filtered_bc"] = "none"
+    """What pi learns during those `policy_starts` updates: nothing ("none"), or filtered behaviour
+    cloning ("filtered_bc": the data actions of the batch's top `top_k_percent` episodes by return;
+    needs the `episode_return` column datasets give). Digi-Q's actor is a policy already trained on
+    such data before Best-of-N improves it, so its N candidates are actions a trained policy
+    proposes; from an untrained pi they are near-uniform, and Best-of-N then copies whichever of
+    them the critic overrates (MiniWoB click-button: docs/digiq.md)."""
+
     def __post_init__(self) -> None:
         if not 0.0 < self.expectile < 1.0:
             _refuse("expectile", self.expectile, "must be in (0, 1)")
@@ -246,6 +254,8 @@ class IQLConfig:
             _refuse("best_of_n", self.n, "must be >= 1")
         if self.policy_starts < 0:
             _refuse("policy_starts", self.policy_starts, "must be >= 0")
+        if self.policy_warmup not in ("none", "filtered_bc"):
+            _refuse("policy_warmup", self.policy_warmup, "must be none or filtered_bc")
 
 
 @dataclass(frozen=True)
@@ -427,7 +437,8 @@ class LearnerConfig:
 
     iql: IQLConfig = field(default_factory=IQLConfig, metadata=FLAT)
     """The "iql" loss (keys: expectile, policy_extraction, awr_temperature, awr_max_weight, best_of_n,
-    best_of_n_replacement, best_of_n_include_data_action, advantage_threshold, policy_starts)."""
+    best_of_n_replacement, best_of_n_include_data_action, advantage_threshold, policy_starts,
+    policy_warmup)."""
 
     filtered_bc: FilteredBCConfig = field(default_factory=FilteredBCConfig, metadata=FLAT)
     """The "filtered_bc" loss (key: top_k_percent)."""

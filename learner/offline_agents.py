@@ -92,7 +92,9 @@ class IQLAgent(_PolicyAgent):
     action and Best-of-N's N candidates (`twin_q_at`), never for all A actions.
     One target network holds the twin Qs and V (`learner.target_update` as for the other losses;
     "none": the online critics bootstrap). With `iql.policy_starts`, pi is not updated in the first
-    that many updates (`imitation_weight` 0): the critics train first. The critics and pi have their own optimizers; `loss`
+    that many updates: the critics train first, while pi learns nothing (`imitation_weight` 0) or,
+    with `iql.policy_warmup: filtered_bc`, clones the data actions of the batch's best episodes (as
+    `FilteredBCAgent`), so that Best-of-N starts from a trained proposal policy as Digi-Q's does. The critics and pi have their own optimizers; `loss`
     and `grad_norm` of an update are the critics' (Q + V), as for SAC; `policy_loss` and
     `imitation_weight` are pi's.
     """
@@ -133,8 +135,8 @@ class IQLAgent(_PolicyAgent):
         grad_norm = step(self.critic_optimizer, critic_loss, list(self.critic.parameters()), max_grad_norm)
 
         advantage = q_target_taken - value.detach()
-        if self.updates <= iql.policy_starts:  # the critics alone: pi would imitate an untrained critic's picks
-            imitated, item_weight = action, torch.zeros_like(advantage)
+        if self.updates <= iql.policy_starts:  # the critics first: pi would imitate an untrained critic's picks
+            imitated, item_weight = action, self._warmup_weight(batch, advantage)
         elif iql.extraction == "awr":
             imitated = action
             item_weight = offline_losses.awr_weights(advantage, iql.temperature, iql.max_weight)
@@ -155,6 +157,14 @@ class IQLAgent(_PolicyAgent):
             policy_loss=policy_loss,
             imitation_weight=float(item_weight.mean()),
         )
+
+    def _warmup_weight(self, batch: dict[str, torch.Tensor], advantage: torch.Tensor) -> torch.Tensor:
+        """pi's weights on the data actions before `policy_starts`: none, or filtered BC's selection
+        (the batch's top `top_k_percent` episodes by return)."""
+        if self.config.iql.policy_warmup == "none":
+            return torch.zeros_like(advantage)
+        episode_return = _column(batch, "episode_return", f"{self.config.loss} (policy_warmup)").float()
+        return offline_losses.top_returns(episode_return, self.config.filtered_bc.top_k_percent).float()
 
     def after_update(self, updates: int) -> bool:
         if self.critic_target is not None:

@@ -490,11 +490,65 @@ def policy_sanity(config, agent, loaded: dict[str, np.ndarray]) -> dict:
     )
     rewarded = loaded["episode_return"] > 0
     match = float(np.mean(greedy[rewarded] == loaded["action"][rewarded])) if rewarded.any() else None
-    return {
+    sanity = {
         "train_match_on_rewarded": None if match is None else round(match, 4),
         "rewarded_steps": int(rewarded.sum()),
         "distinct_greedy_actions": int(len(np.unique(greedy))),
         "training_states": int(len(greedy)),
+    }
+    critic = getattr(agent, "critic", None)
+    if critic is not None:
+        sanity["critic"] = critic_sanity(critic, loaded)
+    return sanity
+
+
+def critic_sanity(critic, loaded: dict[str, np.ndarray]) -> dict:
+    """`critic_ranking` of an IQL critic (min of its twin Qs, its V) on a dataset's transitions."""
+    import numpy as np
+    import torch
+
+    q_parts, value_parts = [], []
+    with torch.no_grad():
+        for i in range(0, len(loaded["obs"]), 1024):
+            obs = torch.from_numpy(loaded["obs"][i : i + 1024])
+            q_parts.append(critic.twin_q(obs).min(dim=0).values.numpy())
+            value_parts.append(critic.v(obs).numpy())
+    return critic_ranking(np.concatenate(q_parts), np.concatenate(value_parts), loaded["action"], loaded["reward"] > 0)
+
+
+def critic_ranking(q: np.ndarray, value: np.ndarray, action: np.ndarray, rewarded: np.ndarray) -> dict:
+    """How well a critic tells good actions from bad, on recorded transitions; Best-of-N trusts it.
+
+    - `rewarded_action_top1` and `rewarded_action_mean_rank`: on the steps that earned a reward,
+      the share where the recorded action has the highest Q of every action, and its mean rank
+      (0: the highest; ties rank it first). Best-of-N imitates argmax-Q over pi's samples, so a
+      critic that ranks many other actions above the one that earned the reward steers pi away
+      from it.
+    - `advantage_auc`: the probability that a rewarded step's Q(s, a) - V(s) exceeds an unrewarded
+      step's (ties count half): does the critic tell which recorded step earned the reward? 0.5 is
+      chance.
+    - `q_max_mean` and `v_mean`: the mean over states of max_a Q(s, a) and of V(s); a max above
+      the highest return the task can give is Q overrated at actions the data rarely holds.
+
+    Args:
+        q: [B, A] Q of every action; value: [B] V(s); action: [B] recorded actions; rewarded: [B] bool.
+    """
+    import numpy as np
+
+    rows = np.arange(len(action))
+    taken = q[rows, action]
+    rank = (q > taken[:, None]).sum(axis=1)
+    advantage = taken - value
+    good, bad = advantage[rewarded], advantage[~rewarded]
+    auc = None
+    if len(good) and len(bad):
+        auc = float((good[:, None] > bad[None, :]).mean() + 0.5 * (good[:, None] == bad[None, :]).mean())
+    return {
+        "rewarded_action_top1": round(float((rank[rewarded] == 0).mean()), 4) if rewarded.any() else None,
+        "rewarded_action_mean_rank": round(float(rank[rewarded].mean()), 2) if rewarded.any() else None,
+        "advantage_auc": None if auc is None else round(auc, 4),
+        "q_max_mean": round(float(q.max(axis=1).mean()), 4),
+        "v_mean": round(float(value.mean()), 4),
     }
 
 
@@ -666,6 +720,8 @@ class TaskRun:
             f"{self.task} / {cell}: greedy action = recorded on {sanity['train_match_on_rewarded']} of the "
             f"successful steps; {sanity['distinct_greedy_actions']} distinct greedy actions"
         )
+        if "critic" in sanity:
+            log(f"{self.task} / {cell}: critic on its training steps: {sanity['critic']}")
         result = evaluate(config, agent.policy_state(), self.settings, f"{self.task} / {cell}")
         return result | {
             "updates": updates,

@@ -225,10 +225,15 @@ name their shard unambiguously, so priority updates route."""
 
 def offline_spec(config: RunConfig, spec: Spec) -> Spec | None:
     """The offline shards' columns: `spec`, with `episode_return` for "filtered_bc" (which only an
-    offline-only run may use: `check_offline`); None without a dataset."""
+    offline-only run may use: `check_offline`) and, in an offline-only run, for "iql" with
+    `policy_warmup: filtered_bc` (mixed batches need the same columns from both sources, and
+    actors' transitions have no episode return: run the offline phase alone, then `--resume` it
+    online, as `qfleet bench digiq` does); None without a dataset."""
     if not config.offline.enabled:
         return None
-    if config.learner.loss == "filtered_bc":
+    iql = config.learner.iql
+    warmup = config.learner.loss == "iql" and iql.policy_warmup == "filtered_bc" and iql.policy_starts > 0
+    if config.learner.loss == "filtered_bc" or (warmup and is_offline_only(config)):
         from system.datasets import with_episode_return
 
         return with_episode_return(spec)
@@ -471,6 +476,12 @@ def check_offline(config: RunConfig) -> None:
                 "learner.loss='filtered_bc' imitates the transitions of the best episodes, ranked by each "
                 "transition's episode_return, which actors' online transitions lack: it trains on an offline "
                 "dataset only (offline.dataset with train.total_env_steps=0)"
+            )
+        if learner.loss == "iql" and learner.iql.policy_warmup == "filtered_bc" and learner.iql.policy_starts > 0:
+            raise ConfigError(
+                "learner.policy_warmup='filtered_bc' clones the best episodes of an offline dataset, ranked by "
+                "each transition's episode_return, which actors' online transitions lack: set offline.dataset, "
+                "or learner.policy_warmup=none"
             )
         if replay.mix is not None:
             raise ConfigError(

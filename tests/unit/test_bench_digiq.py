@@ -193,3 +193,27 @@ def test_every_cell_trains_with_the_same_budget_and_data_and_its_label_is_its_n(
     assert differ and all(key == "learner.architecture.torso" or key.startswith("env.features.") for key in differ), (
         differ
     )
+
+
+def test_the_critic_ranking_counts_where_the_rewarded_action_has_the_highest_q_and_its_advantage_auc():
+    import numpy as np
+
+    from system.bench.digiq import critic_ranking
+
+    q = np.array(
+        [
+            [0.1, 0.9, 0.2],  # rewarded, recorded 1: the highest (rank 0)
+            [0.8, 0.3, 0.7],  # rewarded, recorded 2: one action above it (rank 1)
+            [0.5, 0.4, 0.6],  # unrewarded, recorded 0
+        ]
+    )
+    value = np.array([0.5, 0.5, 0.5])
+    ranking = critic_ranking(q, value, np.array([1, 2, 0]), np.array([True, True, False]))
+    assert ranking["rewarded_action_top1"] == 0.5
+    assert ranking["rewarded_action_mean_rank"] == 0.5
+    # advantages: rewarded 0.4, 0.2; unrewarded 0.0: both rewarded steps rank above it
+    assert ranking["advantage_auc"] == 1.0
+    assert ranking["q_max_mean"] == pytest.approx((0.9 + 0.8 + 0.6) / 3, abs=1e-4)
+
+    swapped = critic_ranking(q, np.array([0.9, 0.9, 0.0]), np.array([1, 2, 0]), np.array([True, True, False]))
+    assert swapped["advantage_auc"] == 0.0  # the unrewarded step's advantage (0.5) beats both (0.0, -0.2)

@@ -39,11 +39,15 @@ def test_a_digiq_configs_online_only_command_from_its_header_loads(path):
     overrides = ["offline.dataset=null", "replay.mix=null"]
     if "android" in path:  # its header names the online-only command
         assert "--set offline.dataset=null --set replay.mix=null" in header
+    if load_config(path).learner.iql.policy_warmup != "none":  # pi's warm-up clones a dataset's best episodes
+        with pytest.raises(ConfigError, match="policy_warmup"):
+            check_offline(load_config(path, overrides))
+        overrides.append("learner.policy_warmup=none")
     config = load_config(path, overrides)
     assert config.offline.dataset is None and config.replay.mix is None
     check_offline(config)  # what `qfleet train` checks of the offline section: passes
     with pytest.raises(ConfigError, match="replay.mix"):  # a mix with no dataset to mix from is refused
-        check_offline(load_config(path, ["offline.dataset=null"]))
+        check_offline(load_config(path, [o for o in overrides if o != "replay.mix=null"]))
 
 
 def test_the_android_env_gives_the_learner_its_ui_action_layout():

@@ -336,6 +336,36 @@ def test_best_of_n_does_not_imitate_an_untrained_frozen_critic_before_policy_sta
     assert not all(torch.equal(b, p) for b, p in zip(before, waiting.policy.parameters(), strict=True))
 
 
+def test_with_a_filtered_bc_warmup_pi_clones_the_best_episodes_while_the_critics_train_first():
+    """Digi-Q starts Best-of-N from a trained proposal policy: during `policy_starts`, pi clones the
+    data actions of the batch's top episodes (here the optimal ones) and nothing else; Best-of-N
+    takes over after. The behaviour mostly goes left, so plain cloning of every row would too."""
+    iql = IQLConfig(extraction="best_of_n", n=4, policy_starts=60, policy_warmup="filtered_bc")
+    learner_config = config("iql", iql=iql, filtered_bc=FilteredBCConfig(top_k_percent=5))
+    agent = make_agent(learner_config, (STATES,), PLAIN, CPU)
+    critic_before = [p.detach().clone() for p in agent.critic.parameters()]
+    result = train(agent, recorded_batch(), 60)
+    assert greedy_actions(learner_config, agent) == [1, 1, 1, 1]
+    kept = recorded_batch()["episode_return"] >= 0.7 - 1e-6  # the optimal episodes' rows only
+    assert result.imitation_weight == pytest.approx(float(kept.float().mean()))
+    assert not all(torch.equal(b, p) for b, p in zip(critic_before, agent.critic.parameters(), strict=True))
+    after = agent.update(recorded_batch(), torch.ones(420))  # update 61: Best-of-N's own weights
+    assert after.imitation_weight != pytest.approx(float(kept.float().mean()))
+
+
+def test_a_filtered_bc_warmup_without_episode_returns_names_the_missing_column():
+    iql = IQLConfig(extraction="best_of_n", policy_starts=10, policy_warmup="filtered_bc")
+    agent = make_agent(config("iql", iql=iql), (STATES,), PLAIN, CPU)
+    batch = {k: v for k, v in recorded_batch().items() if k != "episode_return"}
+    with pytest.raises(MissingColumnError, match="policy_warmup.*'episode_return'"):
+        agent.update(batch, torch.ones(420))
+
+
+def test_an_unknown_policy_warmup_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match="policy_warmup"):
+        IQLConfig(policy_warmup="bc")
+
+
 @pytest.mark.parametrize("extraction", ["awr", "best_of_n"])
 def test_a_checkpointed_iql_agent_makes_the_same_next_update(extraction):
     # policy_starts 3: pi's first step is the update after the checkpoint, so the update count is restored

@@ -85,6 +85,18 @@ def test_an_offline_only_plan_starts_no_actors_and_gives_filtered_bc_its_episode
     assert not online.offline_only
 
 
+def test_an_offline_only_iql_plan_with_a_filtered_bc_warmup_gives_its_offline_rows_episode_returns(datasets, tmp_path):
+    folder, returns = datasets
+    warmup = ["learner.policy_warmup=filtered_bc", "learner.policy_starts=100"]
+    offline = plan(OFFLINE_ONLY, offline_only(folder, *warmup), str(tmp_path / "warm"), None)
+    assert "episode_return" in offline.offline_spec.columns
+    assert set(offline.offline_data.transitions["episode_return"].tolist()) == set(returns)
+    # Online, mixed batches need the same columns from both sources: the offline rows keep the env's.
+    mixed = [f"offline.datasets_dir={folder}", f"offline.dataset={DATASET}", *warmup]
+    online = plan(OFFLINE_ONLY, mixed, None, None)
+    assert not online.offline_only and online.offline_spec == online.spec
+
+
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [
