@@ -419,6 +419,7 @@ def check(config: RunConfig, spec: Spec, action_space: ActionSpace, *, resumed: 
     if warning := insert_lead_warning(config, resumed=resumed):
         log.warning("%s", warning)
     check_offline(config)
+    check_warmup_phase(config, resumed=resumed)
     defaults = type(replay)()
     for key in ("samples_per_insert", "min_size", "error_buffer", "checkpoint_dir", "redis_url"):
         if getattr(replay, key) != getattr(defaults, key):
@@ -454,6 +455,26 @@ def insert_lead_warning(config: RunConfig, *, resumed: bool = False) -> str | No
         f"actors may run up to {lead:,} transitions ahead of the learner (num_actors x insert_batch x "
         f"(max_inserts_in_flight + 1)), {100 * lead / train.total_env_steps:.0f}% of train.total_env_steps: {advice}"
     )
+
+
+def check_warmup_phase(config: RunConfig, *, resumed: bool) -> None:
+    """A fresh offline -> online run whose pi warms up by filtered BC is refused before anything
+    starts: the warm-up ranks the dataset's episodes by `episode_return`, a column only an
+    offline-only run's batches carry (mixed batches need the same columns as actors' transitions),
+    so the run would stop at its first update. Its offline phase runs alone, then `--resume`s
+    online (a resumed run's pi is past its warm-up).
+
+    Raises:
+        ConfigError: naming the key and the two commands.
+    """
+    iql = config.learner.iql
+    warmup = config.learner.loss == "iql" and iql.policy_warmup == "filtered_bc" and iql.policy_starts > 0
+    if warmup and config.offline.enabled and not is_offline_only(config) and not resumed:
+        raise ConfigError(
+            "learner.policy_warmup='filtered_bc' ranks the offline dataset's episodes by episode_return, which "
+            "only an offline-only run's batches carry: run the offline phase alone (--set train.total_env_steps=0), "
+            "then qfleet train --resume RUN_DIR --set train.total_env_steps=N; or set learner.policy_warmup=none"
+        )
 
 
 def check_offline(config: RunConfig) -> None:

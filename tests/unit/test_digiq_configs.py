@@ -70,3 +70,15 @@ def test_the_miniwob_env_gives_the_learner_its_ui_action_layout():
     assert layout.kinds == ("tap", "swipe", "type", "key") and layout.num_actions == space.num_actions
     assert layout.kind_of.count(0) == 120  # the 12 x 10 click grid
     assert layout.points[1] == pytest.approx((0.15, 1 / 24))  # row 0, column 1: the cell's centre
+
+
+def test_a_fresh_offline_then_online_run_with_the_warmup_is_refused_before_anything_starts_and_a_resume_is_not():
+    from system.train.plan import check_warmup_phase
+
+    config = load_config("configs/miniwob_digiq.yaml")
+    assert config.learner.iql.policy_warmup == "filtered_bc" and config.train.total_env_steps > 0
+    with pytest.raises(ConfigError, match=r"policy_warmup.*train.total_env_steps=0.*--resume"):
+        check_warmup_phase(config, resumed=False)
+    check_warmup_phase(config, resumed=True)  # the offline phase ran alone: pi is past its warm-up
+    check_warmup_phase(load_config("configs/miniwob_digiq.yaml", ["train.total_env_steps=0"]), resumed=False)
+    check_warmup_phase(load_config("configs/miniwob_digiq.yaml", ["learner.policy_warmup=none"]), resumed=False)

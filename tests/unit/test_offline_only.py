@@ -91,9 +91,12 @@ def test_an_offline_only_iql_plan_with_a_filtered_bc_warmup_gives_its_offline_ro
     offline = plan(OFFLINE_ONLY, offline_only(folder, *warmup), str(tmp_path / "warm"), None)
     assert "episode_return" in offline.offline_spec.columns
     assert set(offline.offline_data.transitions["episode_return"].tolist()) == set(returns)
-    # Online, mixed batches need the same columns from both sources: the offline rows keep the env's.
+    # Online, mixed batches need the same columns from both sources (actors' rows have no returns):
+    # a fresh offline -> online run with the warm-up is refused before it starts, naming the two commands.
     mixed = [f"offline.datasets_dir={folder}", f"offline.dataset={DATASET}", *warmup]
-    online = plan(OFFLINE_ONLY, mixed, None, None)
+    with pytest.raises(ConfigError, match=r"policy_warmup.*total_env_steps=0.*--resume"):
+        plan(OFFLINE_ONLY, mixed, None, None)
+    online = plan(OFFLINE_ONLY, [*mixed, "learner.policy_warmup=none"], None, None)
     assert not online.offline_only and online.offline_spec == online.spec
 
 
