@@ -168,17 +168,26 @@ def test_single_process_loop_measures_training_on_one_torch_thread():
     assert figures["achieved_utd"] == pytest.approx(1.0, abs=0.01) and figures["torch_threads"] == 1
 
 
-def test_update_cost_times_the_learner_e2e_runs_beside_the_loops_update_on_one_thread():
-    from system.bench.update_cost import qfleet_learner, run
+def test_update_cost_times_the_learner_e2e_runs_beside_the_loops_update_on_one_thread(tmp_path, monkeypatch):
+    import json
+
+    from system.bench.update_cost import qfleet_learner, run_update_cost_bench
+    from system.cli.bench import E2E_ENVS
 
     config = qfleet_learner("breakout", Budget()).config  # the e2e run's learner, like for like
     assert (config.loss, config.batch_size, config.architecture.hidden_size) == ("dqn", 128, 256)
     assert config.architecture.num_layers == 2 and not config.architecture.layer_norm
-    figures = run("cartpole", rounds=1, updates=2)
-    assert figures["torch_threads"] == 1
+    monkeypatch.setattr(sys, "argv", ["qfleet", "bench", "update-cost", "--output", str(tmp_path / "cost.json")])
+    assert run_update_cost_bench("cartpole", rounds=1, updates=2, output=str(tmp_path / "cost.json")) == 0
+    figures = json.loads((tmp_path / "cost.json").read_text())
+    assert figures["torch_threads"] == 1 and figures["env"] == "cartpole"
+    assert figures["command"] == f"qfleet bench update-cost --output {tmp_path / 'cost.json'}"
+    assert (figures["commit"] is None) == (figures["dirty"] is None) and "CPUs" in figures["machine"]
+    assert set(E2E_ENVS) == set(ENVS)  # --env's choices, copied for a torch-free --help
     assert set(figures["cases"]) == {
         "loop update (default Adam)",
         "loop update (fused Adam)",
+        "qfleet agent.update (default Adam)",
         "qfleet agent.update",
         "qfleet Learner.step",
     }
