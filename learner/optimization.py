@@ -24,11 +24,28 @@ def adam(parameters, lr: float) -> torch.optim.Adam:
     per tensor for the moments and the update instead of about ten element-wise ops, the same
     update rule (results agree to float32 rounding). `qfleet bench update-cost --env cartpole`
     (the CartPole MLP, 2 x 256, batch 128, one thread): `agent.update` 13% cheaper by the median,
-    19% by the minimum, than with the for-loop kernel. A checkpoint keeps the kernel it was written
-    with: one from before this resumes on the for-loop kernel (the same update, slower)."""
+    19% by the minimum, than with the for-loop kernel. A checkpoint written with the for-loop kernel
+    resumes on the fused one (`load_adam_state`)."""
     parameters = list(parameters)
     devices = {parameter.device.type for parameter in parameters}
     return torch.optim.Adam(parameters, lr=lr, fused=devices <= FUSED_ADAM_DEVICES)
+
+
+def load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
+    """Loads a checkpoint's `state` into `optimizer`, keeping the kernel `optimizer` was built with:
+    the saved param groups name the kernel they were written with (`fused` None before `adam`), and
+    loading them as they are would keep a resumed run on the slower for-loop kernel for good. The
+    step counts become float32 tensors on their parameters' devices, as the fused kernel keeps them."""
+    fused = optimizer.param_groups[0].get("fused")
+    optimizer.load_state_dict(state)
+    if not fused:
+        return
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, None
+        for parameter in group["params"]:
+            kept = optimizer.state.get(parameter)
+            if kept and "step" in kept:
+                kept["step"] = torch.as_tensor(kept["step"], dtype=torch.float32, device=parameter.device)
 
 
 def update_target(online: nn.Module, target: nn.Module, config: TargetConfig, updates: int) -> None:

@@ -146,8 +146,8 @@ def test_fused_adam_makes_the_for_loop_adams_updates():
 
 
 def test_a_dqn_agent_resumes_the_adam_state_of_a_for_loop_checkpoint():
-    """Checkpoints written before the fused kernel load, and training continues as the for-loop
-    Adam would (on the kernel the checkpoint names)."""
+    """Checkpoints written before the fused kernel load onto it (not onto the slower for-loop kernel
+    they name for good), and training continues as the for-loop Adam would, to float32 rounding."""
     config = LearnerConfig(architecture=ArchitectureConfig(hidden_size=32), seed=1)
     space = ActionSpace(num_actions=2)
     old = make_agent(config, (4,), space, torch.device("cpu"))
@@ -166,9 +166,12 @@ def test_a_dqn_agent_resumes_the_adam_state_of_a_for_loop_checkpoint():
 
     resumed = make_agent(config, (4,), space, torch.device("cpu"))
     resumed.load_state_dict(saved)
-    assert not resumed.optimizer.param_groups[0]["fused"]  # the kernel the checkpoint names
-    for agent in (old, resumed):
-        agent.update(batch, torch.ones(16))
+    assert all(group["fused"] for group in resumed.optimizer.param_groups)
+    assert all(kept["step"].dtype == torch.float32 for kept in resumed.optimizer.state.values())
+    for _ in range(3):
+        for agent in (old, resumed):
+            agent.update(batch, torch.ones(16))
+    assert all(int(kept["step"]) == 6 for kept in resumed.optimizer.state.values())  # the counts carried over
     for mine, theirs in zip(resumed.online.parameters(), old.online.parameters(), strict=True):
         torch.testing.assert_close(mine, theirs)
 
