@@ -1,6 +1,6 @@
 """`EnvActor`: steps a vector of environments with the latest policy and feeds the replay.
 
-One vector step: switch to weights a background thread fetched (every weight_poll_steps steps),
+One vector step: switch to weights a background thread fetched (every step by default),
 act for all envs with one batched forward, step the envs, turn the steps into n-step transitions
 and hand them to the writer. Plain Python: `ActorFleet` runs it as a Ray actor (`run(seconds)` in
 chunks); tests and the benchmark run it in-process.
@@ -265,7 +265,9 @@ class EnvActor:
     # -- the loop ---------------------------------------------------------------------------------
 
     def step(self) -> None:
-        """One step of every env."""
+        """One step of every env, with the newest weights the background subscriber holds (checked
+        every weight_poll_steps steps: by default every step, so that a step loop slowed down by
+        inserts the rate limiter holds back still acts with a version published meanwhile)."""
         if self.vector_steps % self.config.weight_poll_steps == 0:
             self._pull_weights()
         obs = self.obs

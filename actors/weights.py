@@ -84,6 +84,12 @@ class WeightSubscriber:
                 self._pending = None
         return fetched
 
+    @property
+    def pending_version(self) -> int | None:
+        """The version fetched in the background and not yet taken (None: nothing new)."""
+        pending = self._pending
+        return None if pending is None else pending[0]
+
     def take(self, timeout: float = 0.0) -> tuple[int, SharedWeights] | None:
         """The newest weights fetched since the last call, or None (cheap when nothing is new).
 

@@ -18,7 +18,14 @@ from learner.agent import Agent, UpdateResult
 from learner.config import LearnerConfig
 from learner.networks import EnsembleCritic, TanhGaussianActor, build_q_network
 from learner.offline_agents import FilteredBCAgent, IQLAgent
-from learner.optimization import adam, periodic_reset, reinitialise_with_optimizer, step, update_target
+from learner.optimization import (
+    adam,
+    load_adam_state,
+    periodic_reset,
+    reinitialise_with_optimizer,
+    step,
+    update_target,
+)
 from learner.q_losses import make_q_loss
 from learner.spaces import ActionSpace
 
@@ -87,7 +94,7 @@ class DiscreteQAgent:
 
     def load_state_dict(self, state: dict) -> None:
         self.online.load_state_dict(state["online"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_adam_state(self.optimizer, state["optimizer"])
         if self.target is not None:
             self.target.load_state_dict(state["target"])
 

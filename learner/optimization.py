@@ -22,13 +22,30 @@ FUSED_ADAM_DEVICES = {"cpu", "cuda"}
 def adam(parameters, lr: float) -> torch.optim.Adam:
     """Adam with torch's fused kernel where the parameters' device has one (CPU, CUDA): one pass
     per tensor for the moments and the update instead of about ten element-wise ops, the same
-    update rule (results agree to float32 rounding). Measured on the learner's CartPole MLP
-    (2 x 256, batch 128, one thread): the optimizer step ~2.8x cheaper than the for-loop kernel,
-    the whole update 17-20% cheaper (`python -m system.bench.update_cost`). A checkpoint keeps the kernel it was written with: one
-    from before this resumes on the for-loop kernel (the same update, slower)."""
+    update rule (results agree to float32 rounding). `qfleet bench update-cost --env cartpole`
+    (the CartPole MLP, 2 x 256, batch 128, one thread): `agent.update` 13% cheaper by the median,
+    19% by the minimum, than with the for-loop kernel. A checkpoint written with the for-loop kernel
+    resumes on the fused one (`load_adam_state`)."""
     parameters = list(parameters)
     devices = {parameter.device.type for parameter in parameters}
     return torch.optim.Adam(parameters, lr=lr, fused=devices <= FUSED_ADAM_DEVICES)
+
+
+def load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
+    """Loads a checkpoint's `state` into `optimizer`, keeping the kernel `optimizer` was built with:
+    the saved param groups name the kernel they were written with (`fused` None before `adam`), and
+    loading them as they are would keep a resumed run on the slower for-loop kernel for good. The
+    step counts become float32 tensors on their parameters' devices, as the fused kernel keeps them."""
+    fused = optimizer.param_groups[0].get("fused")
+    optimizer.load_state_dict(state)
+    if not fused:
+        return
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, None
+        for parameter in group["params"]:
+            kept = optimizer.state.get(parameter)
+            if kept and "step" in kept:
+                kept["step"] = torch.as_tensor(kept["step"], dtype=torch.float32, device=parameter.device)
 
 
 def update_target(online: nn.Module, target: nn.Module, config: TargetConfig, updates: int) -> None:
@@ -70,22 +87,32 @@ def periodic_reset(agent: Agent, resets: ResetConfig, updates: int) -> bool:
 def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters, max_grad_norm: float | None) -> float:
     """One optimizer step on `loss`, gradients clipped by global norm; returns the norm before clipping.
 
+    Every agent's update goes through here (the Q losses, SAC's critic and actor, IQL, filtered BC).
     The clipping is `clip_grad_norm_`'s: gradients scaled by min(1, max_grad_norm / (norm + 1e-6)).
-    Where that factor is clearly 1 (the norm below UNCLIPPED_BELOW of the limit) the scaling, a
-    multiply of every gradient by 1, is skipped: the same gradients, ~3% of the CPU of an update
-    of the CartPole MLP (2 x 256, batch 128)."""
+    On CPU, where that factor is clearly 1 (norm + 1e-6 below UNCLIPPED_BELOW of the limit), the
+    scaling, a multiply of every gradient by exactly 1, is skipped: the same gradients, ~3% of the
+    CPU of an update of the CartPole MLP (2 x 256, batch 128). A NaN or infinite norm fails that test,
+    so torch scales as it would (NaN everywhere). On other devices (CUDA) the clip always runs and the
+    norm is read after the step: reading it first would make the CPU wait for the backward pass."""
+    parameters = list(parameters)  # walked twice: a generator would leave the clip nothing to scale
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
-    norm = nn.utils.get_total_norm(grads)
+    norm = nn.utils.get_total_norm([parameter.grad for parameter in parameters if parameter.grad is not None])
+    if norm.device.type != "cpu":
+        if max_grad_norm is not None:
+            nn.utils.clip_grads_with_norm_(parameters, max_grad_norm, norm)
+        optimizer.step()
+        return float(norm)
     value = float(norm)
-    if max_grad_norm is not None and value >= UNCLIPPED_BELOW * max_grad_norm:
+    if max_grad_norm is not None and not value + CLIP_EPSILON < UNCLIPPED_BELOW * max_grad_norm:
         nn.utils.clip_grads_with_norm_(parameters, max_grad_norm, norm)
     optimizer.step()
     return value
 
 
+CLIP_EPSILON = 1e-6
+"""What `clip_grad_norm_` adds to the norm before dividing the limit by it."""
 UNCLIPPED_BELOW = 0.999
-"""Below this share of max_grad_norm, `clip_grad_norm_`'s factor max_grad_norm / (norm + 1e-6) is
-above 1 by far more than float32 rounding, so it clamps to exactly 1; nearer the limit `step`
-lets torch compute the factor."""
+"""Where norm + CLIP_EPSILON is below this share of max_grad_norm, `clip_grad_norm_`'s factor
+max_grad_norm / (norm + 1e-6) is above 1 by far more than float32 rounding, so it clamps to exactly
+1; nearer the limit (or past it) `step` lets torch compute the factor."""

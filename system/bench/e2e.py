@@ -9,7 +9,8 @@ evaluations. It stops the run with SIGTERM (the orderly stop) once it has traine
 of metrics.jsonl: env steps/s, updates/s, achieved UTD (updates / env steps in the window), policy
 staleness (the learner's weights version minus the actors', mean over the records) and sample age
 (seconds since the weights that produced the learner's batch were published, mean over its
-samples). qfleet runs with uniform replay of 1-step transitions (`SAME_REPLAY`), as the others
+samples of versions above 0: null when every sample was made by the initial weights). A qfleet row
+whose actors never left v0 while the learner published is flagged `invalid` (`never_left_v0`). qfleet runs with uniform replay of 1-step transitions (`SAME_REPLAY`), as the others
 sample, and `Budget.overrides` (`--set`) after. Then the
 single-process loop (`dqn_baseline.throughput`) in this process, and RLlib's DQN as a subprocess
 of `peer_python` (`rllib_peer.py`; "RLlib not installed: skipped" when it does not import).
@@ -202,7 +203,8 @@ def window(records: list[dict]) -> dict:
     first, last = training[0], training[-1]
     seconds = last["wall_s"] - first["wall_s"]
     steps, updates = last[steps_key] - first[steps_key], last["updates"] - first["updates"]
-    return {
+    invalid = {"invalid": reason} if (reason := never_left_v0(training)) else {}
+    return invalid | {
         "window": phase,
         "window_s": round(seconds, 1),
         "env_steps": max(last["env_steps"], last[steps_key]),
@@ -214,6 +216,21 @@ def window(records: list[dict]) -> dict:
         "sample_staleness": _mean(training, "sample_staleness", 2),
         "sample_age_s": _mean(training, "sample_age_s", 2),
     }
+
+
+def never_left_v0(records: list[dict]) -> str | None:
+    """Why the window does not measure the system as it runs, or None: the learner published
+    weights, yet the actors acted with the initial ones (v0) in every record (policy staleness equal
+    to the learner's version), or every sample the learner drew was made by v0 (`sample_age_s`,
+    which leaves version 0 out, null in every record that has a sample staleness)."""
+    published = [r for r in records if r.get("weights_version", 0) > 0]
+    acting = [r for r in published if r.get("policy_staleness") is not None]
+    if acting and all(r["policy_staleness"] >= r["weights_version"] for r in acting):
+        return "the actors acted with the initial weights (v0) through the whole window"
+    sampled = [r for r in published if r.get("sample_staleness") is not None]
+    if sampled and all(r.get("sample_age_s") is None for r in sampled):
+        return "every sample the learner drew was made with the initial weights (v0)"
+    return None
 
 
 def _mean(records: list[dict], key: str, digits: int) -> float | None:
@@ -294,16 +311,20 @@ def table(rows: list[dict]) -> str:
     """The Markdown table of every row (a skipped or failed system says why across its figures)."""
     head = "| system | env | UTD | " + " | ".join(name for name, _, _ in COLUMNS) + " |\n"
     head += "|---|---|---:|" + "---:|" * len(COLUMNS) + "\n"
-    body = ""
+    body, notes = "", ""
     for row in rows:
-        cells = f"| {row['system']} | {row['env']} | {row['utd']:g} | "
+        system = row["system"]
+        if row.get("invalid"):
+            system += " (invalid)"
+            notes += f"\n(invalid) {row['system']} {row['env']} UTD {row['utd']:g}: {row['invalid']}"
+        cells = f"| {system} | {row['env']} | {row['utd']:g} | "
         note = row.get("skipped") or row.get("error")
         if note:
             body += cells + note + " |" + " |" * (len(COLUMNS) - 1) + "\n"
             continue
         values = [format(row[key], spec) if row.get(key) is not None else "-" for _, key, spec in COLUMNS]
         body += cells + " | ".join(values) + " |\n"
-    return head + body
+    return head + body + notes
 
 
 def ratios(rows: list[dict]) -> list[str]:
@@ -314,6 +335,9 @@ def ratios(rows: list[dict]) -> list[str]:
         case = {r["system"]: r for r in rows if (r["env"], r["utd"]) == (env, utd) and r.get("env_steps_per_s")}
         qfleet = case.get("qfleet")
         if qfleet is None:
+            continue
+        if qfleet.get("invalid"):
+            lines.append(f"{env} UTD {utd:g}: no ratio, the qfleet row is invalid ({qfleet['invalid']})")
             continue
         if "rllib" in case:
             lines.append(

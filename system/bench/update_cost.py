@@ -1,21 +1,30 @@
-"""CPU per update, like for like: qfleet's learner update (`Learner.step`: the agent's update with
-its loss, clipping, TD errors and priorities, then the loop's bookkeeping and metrics) beside the
-single-process loop's update (`dqn_baseline.throughput`'s), on the same batch and network, one
-torch thread, in this process, no replay server: what `qfleet bench e2e`'s updates/s ratio would
-be if nothing but the update step differed.
+"""`qfleet bench update-cost`: CPU per update, like for like. qfleet's learner update (`Learner.step`:
+the agent's update with its loss, clipping, TD errors and priorities, then the loop's bookkeeping
+and metrics) beside the single-process loop's update (`dqn_baseline.throughput`'s), on the same
+batch and network, one torch thread, in this process, no replay server: what `qfleet bench e2e`'s
+updates/s ratio would be if nothing but the update step differed. The agent's update runs with its
+fused Adam and with torch's default (for-loop) kernel, the loop's with both kernels too.
 
-    python -m system.bench.update_cost [--env cartpole|breakout] [--rounds 7] [--updates 300]
+    qfleet bench update-cost --env cartpole|breakout [--rounds 7] [--updates 300] [--output FILE]
 
 Each case runs `--updates` updates per round, the cases interleaved over `--rounds` rounds;
 figures are thread CPU time per update (`time.thread_time`: what other processes on a busy machine
 take does not count), the median and the minimum over the rounds.
+
+What it leaves out, so its figures are a floor of a run's CPU per update, not a forecast: the
+weight publish every `publish_every` updates and the priority stream to the shards (here a stub
+takes the priorities); the conversion of the observations (here float32 already, where a run's
+may be uint8 or bool and pay a `.float()`); the sampling and the prefetcher. Medians move with
+the machine's load (on a busy 2-CPU machine the Breakout medians were up to a third above their
+minimum): compare cases of one run, not figures of two.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -28,6 +37,7 @@ from learner import ActionSpace, Learner, adam
 from replay import Sample, TorchBatch
 from system.bench.e2e import ENVS, Budget, qfleet_command
 from system.bench.learning import ROOT
+from system.bench.results import provenance, write_results
 
 OBS_SHAPES = {"cartpole": ((4,), 2), "breakout": ((10, 10, 4), 6)}
 """Observation shape and actions of each env of `qfleet bench e2e`."""
@@ -133,10 +143,13 @@ def run(env: str, rounds: int, updates: int) -> dict:
         probabilities=sample.probabilities,
         sample=sample,
     )
-    learner = qfleet_learner(env, budget)
+    learner, loop_adam = qfleet_learner(env, budget), qfleet_learner(env, budget)
+    agent = loop_adam.agent  # the same agent with torch's default Adam kernel (what it had before)
+    agent.optimizer = torch.optim.Adam(agent.parameters, lr=loop_adam.config.optimizer.lr)
     cases = {
         "loop update (default Adam)": loop_update(sample, num_actions, budget, fused=False),
         "loop update (fused Adam)": loop_update(sample, num_actions, budget, fused=True),
+        "qfleet agent.update (default Adam)": lambda: agent.update(batch.data, batch.weights),
         "qfleet agent.update": lambda: learner.agent.update(batch.data, batch.weights),
         "qfleet Learner.step": lambda: learner.step(batch),
     }
@@ -144,17 +157,36 @@ def run(env: str, rounds: int, updates: int) -> dict:
     base = figures["loop update (default Adam)"]["median_us"]
     for values in figures.values():
         values["vs_loop_default_adam"] = round(values["median_us"] / base, 3)
-    return {"env": env, "batch_size": budget.batch_size, "torch_threads": torch.get_num_threads(), "cases": figures}
+    return {
+        "env": env,
+        "batch_size": budget.batch_size,
+        "rounds": rounds,
+        "updates_per_round": updates,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cases": figures,
+    }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", default="cartpole", choices=sorted(OBS_SHAPES))
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--updates", type=int, default=300)
-    args = parser.parse_args()
-    print(json.dumps(run(args.env, args.rounds, args.updates), indent=1))
+def table(result: dict) -> str:
+    """The Markdown table of one `run`'s cases."""
+    lines = ["| case | median us/update | min us/update | vs loop (default Adam) |", "|---|---:|---:|---:|"]
+    for name, figures in result["cases"].items():
+        lines.append(
+            f"| {name} | {figures['median_us']:,.1f} | {figures['min_us']:,.1f} | {figures['vs_loop_default_adam']:.3f} |"
+        )
+    return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    main()
+def run_update_cost_bench(env: str, rounds: int, updates: int, output: str | None) -> int:
+    """Measures `env`'s cases, prints the JSON and the table; writes `output` with the command,
+    date, commit (and whether the checkout had changes) and machine."""
+    result = run(env, rounds, updates)
+    machine = f"{platform.node()} ({platform.machine()}, Python {platform.python_version()})"
+    document = provenance(sys.argv, machine) | result
+    print(json.dumps(document, indent=1))
+    print()
+    print(table(result))
+    if output:
+        write_results(output, document)
+    return 0

@@ -1,4 +1,4 @@
-"""`qfleet bench replay|priorities|sharded|learner|sac-updates|actors|weights|dataset|offline|ui-env|digiq|scaling|e2e|startup|learning`: the benchmarks behind docs/benchmarks.md."""
+"""`qfleet bench replay|priorities|sharded|learner|sac-updates|actors|weights|dataset|offline|ui-env|digiq|scaling|e2e|update-cost|startup|learning`: the benchmarks behind docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ from system.cli.options import set_option
 from system.config import ConfigError
 
 NAME = "bench"
+
+E2E_ENVS = ("cartpole", "breakout")
+"""The envs of `qfleet bench e2e` and `bench update-cost`: system.bench.e2e.ENVS, copied so that
+`--help` needs no torch."""
 
 LEARNER_CASES = ("cartpole-mlp b256", "atari-cnn b32", "atari-cnn b256")
 """The cases of `qfleet bench learner`: system.bench.learner.CASES, copied so that `--help` needs no
@@ -425,6 +429,27 @@ def add_parser(commands) -> None:
     e2e.add_argument("--out-dir", metavar="DIR", help="run directories and logs (default: a new temporary folder)")
     e2e.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE")
 
+    update_cost = subcommands.add_parser(
+        "update-cost",
+        help="CPU per update of qfleet's learner beside the single-process loop's, one batch, one thread",
+        description=(
+            "Times, in this process on one torch thread and one fixed batch (no replay, no actors), the update "
+            "step `qfleet bench e2e` runs on --env: the single-process loop's update with torch's default "
+            "(for-loop) Adam and with the fused one, qfleet's agent.update with the default Adam and with its "
+            "fused one, and the learner's whole step (agent.update, priorities, bookkeeping). Cases interleave "
+            "over --rounds; thread CPU microseconds per update, median and minimum, and each median over the "
+            "loop's (default Adam). Leaves out the weight publish, the priority stream and the observation "
+            "conversion of a run. Prints JSON and a Markdown table."
+        ),
+        epilog="example: qfleet bench update-cost --env breakout --output update-cost-breakout.json",
+    )
+    update_cost.add_argument("--env", default="cartpole", choices=E2E_ENVS, help="the e2e env (default: cartpole)")
+    update_cost.add_argument("--rounds", type=int, default=7, help="interleaved rounds of every case (default: 7)")
+    update_cost.add_argument("--updates", type=int, default=300, help="timed updates per case and round (default: 300)")
+    update_cost.add_argument(
+        "--output", metavar="FILE", help="also write the results as JSON to FILE (command, date, commit, machine)"
+    )
+
     _add_learning(subcommands)
 
     startup = subcommands.add_parser(
@@ -710,6 +735,12 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.bench_command == "e2e":
         return _run_e2e(args)
+    if args.bench_command == "update-cost":
+        if min(args.rounds, args.updates) < 1:
+            raise ConfigError("--rounds and --updates must be >= 1")
+        from system.bench.update_cost import run_update_cost_bench
+
+        return run_update_cost_bench(args.env, args.rounds, args.updates, args.output)
     if args.bench_command == "digiq":
         from system.bench.digiq import digiq_from_arguments
 
@@ -755,7 +786,6 @@ def _run_weights(args: argparse.Namespace) -> int:
 
 
 E2E_SYSTEMS = ("qfleet", "single-process", "rllib")
-E2E_ENVS = ("cartpole", "breakout")
 
 
 def _run_e2e(args: argparse.Namespace) -> int:

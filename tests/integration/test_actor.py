@@ -177,6 +177,57 @@ def test_actor_pulls_a_new_weight_version_and_stamps_it(redis_server, shard):
         store.close()
 
 
+def test_an_actor_held_back_by_the_rate_limiter_switches_to_weights_published_while_it_waited(
+    redis_server, start_server
+):
+    """Inserts the rate limiter holds back slow an actor's steps to a crawl (a UTD-4 run: a few per
+    second); it still acts with a version published while it waited from its very next step."""
+    from replay import DeadlineExceededError, ReplayClient
+
+    env = EnvConfig(id="CartPole-v1", num_envs=2)
+    # The shard admits about 2 items more than it has sampled, and only the test samples it.
+    server = start_server(
+        transition_spec(env),
+        capacity=100_000,
+        samples_per_insert=1.0,
+        error_buffer=1.0,
+        **shard_kwargs(redis_server, run="held"),
+    )
+    spaces = describe_env(env)
+    store = WeightStore(redis_server.url, "held")
+    actor = EnvActor(
+        0, 1, env, actor_config(metrics_port=None), LEARNER, redis_server.url, "held", replay_credentials=None
+    )
+    # 32 vector steps: one emission of the n-step block, whose insert waits at the end of the chunk.
+    runner = threading.Thread(target=actor.run, kwargs={"seconds": 120, "max_steps": 64})
+    try:
+        runner.start()
+        assert wait_until(lambda: server.table.info().waiting_inserts > 0, 60)  # held back
+        published = Policy(LEARNER, spaces.obs_shape, spaces.action_space, seed=5).network.state_dict()
+        store.publish(published, version=1)
+        assert wait_until(lambda: actor.weights.pending_version == 1 or actor.policy.version == 1, 60)
+
+        with ReplayClient(f"127.0.0.1:{server.port}") as client:
+
+            def released() -> bool:  # samples let the held insert in, 2 items at a time
+                try:
+                    client.sample(2, timeout=0.5)
+                except DeadlineExceededError:
+                    pass
+                return not runner.is_alive()
+
+            assert wait_until(released, 60, step=0)
+        stats = actor.run(seconds=120, max_steps=2)  # one vector step
+        assert stats.policy_version == 1
+        torch.testing.assert_close(actor.policy.network.state_dict()["head.bias"], published["head.bias"])
+    finally:
+        if runner.is_alive():
+            server.stop(grace=0, checkpoint=False)  # releases the held insert
+            runner.join(timeout=60)
+        actor.close()
+        store.close()
+
+
 def test_an_env_that_raises_is_rebuilt_counted_and_the_actor_goes_on(redis_server, shard):
     env = EnvConfig(id="qfleet-test/Flaky-v0", num_envs=4)
     server = shard(env)

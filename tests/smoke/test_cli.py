@@ -38,6 +38,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         ["bench", "digiq"],
         ["bench", "scaling"],
         ["bench", "e2e"],
+        ["bench", "update-cost"],
         ["bench", "startup"],
         ["record"],
         ["dataset", "list"],

@@ -55,6 +55,34 @@ def test_window_falls_back_to_the_fill_says_so_and_says_when_the_budget_was_too_
     assert "too short" in window([progress(1.0, 0, 0), progress(2.0, 100, 0)])["error"]
 
 
+@pytest.mark.parametrize(
+    ("staleness", "reason"),
+    [
+        ({"policy_staleness": [3.0, 9.0], "sample_staleness": [2.0, 5.0], "sample_age_s": [1.0, 2.0]}, None),
+        ({"policy_staleness": [4.0, 12.0]}, "the actors acted with the initial weights (v0)"),
+        ({"policy_staleness": [1.0, 2.0], "sample_staleness": [4.0, 12.0]}, "every sample the learner drew"),
+    ],
+    ids=["actors-follow", "actors-at-v0", "samples-at-v0"],
+)
+def test_a_window_whose_actors_never_left_v0_is_flagged_invalid(staleness, reason):
+    """The learner published v4 and v12, yet the actors (or every sample) stayed at v0: the figures
+    measure nothing like a run (issue #22: weight pulls every 50 steps of a held-back actor)."""
+    records = [progress(1.0, 1000, 0)]
+    for i, (wall_s, version) in enumerate([(2.0, 4), (3.0, 12)]):
+        fields = {key: values[i] for key, values in staleness.items()}
+        records.append(progress(wall_s, 1000 + 100 * i, 400 * (i + 1), weights_version=version, **fields))
+    figures = window(records)
+    if reason is None:
+        assert "invalid" not in figures
+        return
+    assert reason in figures["invalid"]
+    row = {"system": "qfleet", "env": "breakout", "utd": 4.0} | figures
+    single = {"system": "single-process", "env": "breakout", "utd": 4.0, "env_steps_per_s": 50, "updates_per_s": 200}
+    text = table([row, single])
+    assert "| qfleet (invalid) | breakout | 4 |" in text and reason in text
+    assert ratios([row, single]) == [f"breakout UTD 4: no ratio, the qfleet row is invalid ({figures['invalid']})"]
+
+
 def test_table_and_ratios_compare_systems_of_the_same_case():
     rows = [
         {"system": "qfleet", "env": "cartpole", "utd": 4.0, "env_steps_per_s": 1000.0, "updates_per_s": 3600.0},
@@ -140,17 +168,26 @@ def test_single_process_loop_measures_training_on_one_torch_thread():
     assert figures["achieved_utd"] == pytest.approx(1.0, abs=0.01) and figures["torch_threads"] == 1
 
 
-def test_update_cost_times_the_learner_e2e_runs_beside_the_loops_update_on_one_thread():
-    from system.bench.update_cost import qfleet_learner, run
+def test_update_cost_times_the_learner_e2e_runs_beside_the_loops_update_on_one_thread(tmp_path, monkeypatch):
+    import json
+
+    from system.bench.update_cost import qfleet_learner, run_update_cost_bench
+    from system.cli.bench import E2E_ENVS
 
     config = qfleet_learner("breakout", Budget()).config  # the e2e run's learner, like for like
     assert (config.loss, config.batch_size, config.architecture.hidden_size) == ("dqn", 128, 256)
     assert config.architecture.num_layers == 2 and not config.architecture.layer_norm
-    figures = run("cartpole", rounds=1, updates=2)
-    assert figures["torch_threads"] == 1
+    monkeypatch.setattr(sys, "argv", ["qfleet", "bench", "update-cost", "--output", str(tmp_path / "cost.json")])
+    assert run_update_cost_bench("cartpole", rounds=1, updates=2, output=str(tmp_path / "cost.json")) == 0
+    figures = json.loads((tmp_path / "cost.json").read_text())
+    assert figures["torch_threads"] == 1 and figures["env"] == "cartpole"
+    assert figures["command"] == f"qfleet bench update-cost --output {tmp_path / 'cost.json'}"
+    assert (figures["commit"] is None) == (figures["dirty"] is None) and "CPUs" in figures["machine"]
+    assert set(E2E_ENVS) == set(ENVS)  # --env's choices, copied for a torch-free --help
     assert set(figures["cases"]) == {
         "loop update (default Adam)",
         "loop update (fused Adam)",
+        "qfleet agent.update (default Adam)",
         "qfleet agent.update",
         "qfleet Learner.step",
     }

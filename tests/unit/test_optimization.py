@@ -3,6 +3,7 @@ skipping the clip's multiply by 1 leaves the gradients `clip_grad_norm_` would l
 head's unreshaped output is the reshaped one."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -48,20 +49,82 @@ def test_step_leaves_exactly_the_parameters_clip_grad_norm_leaves(max_grad_norm,
             assert torch.equal(mine, theirs)
 
 
-def test_step_near_the_limit_scales_by_torchs_own_factor():
-    """Just below max_grad_norm the clip factor is computed by torch, not assumed to be 1."""
-    reference, ours = network(), network()
-    batch_loss(reference, 0).backward()
-    norm = float(torch.nn.utils.get_total_norm([p.grad for p in reference.parameters()]))
-    limit = norm * 1.0002  # within UNCLIPPED_BELOW of the norm
-    reference_sgd = torch.optim.SGD(reference.parameters(), lr=1.0)
-    torch.nn.utils.clip_grad_norm_(list(reference.parameters()), limit)
-    reference_sgd.step()
+def one_sgd_step(net: torch.nn.Module, limit: float | None, loss_scale: float, clip) -> None:
+    """One SGD step (lr 1, so that a clip factor below 1 shows in the parameters) on the scaled loss."""
+    sgd = torch.optim.SGD(net.parameters(), lr=1.0)
+    loss = batch_loss(net, 0) * loss_scale
+    if clip is None:
+        sgd.zero_grad(set_to_none=True)
+        loss.backward()
+        if limit is not None:
+            torch.nn.utils.clip_grad_norm_(list(net.parameters()), limit)
+        sgd.step()
+    else:
+        clip(sgd, loss, net.parameters(), limit)  # a generator, as `net.parameters()` gives
 
-    step(torch.optim.SGD(ours.parameters(), lr=1.0), batch_loss(ours, 0), list(ours.parameters()), limit)
+
+def unscaled_norm() -> float:
+    net = network()
+    batch_loss(net, 0).backward()
+    return float(torch.nn.utils.get_total_norm([p.grad for p in net.parameters()]))
+
+
+@pytest.mark.parametrize(
+    ("norm_over_limit", "limit", "clipped"),
+    [
+        (None, "norm + 5e-7", True),  # factor (norm + 5e-7) / (norm + 1e-6): just below 1
+        (1.2, None, True),  # the limit at the unscaled norm / 1.2
+        (0.9985, 1e-5, True),  # norm + 1e-6 is above the limit: torch scales by ~0.91
+        (0.984, 3e-5, True),  # by ~0.95
+        (0.9, 1e-5, False),  # 1e-5 / (0.9e-5 + 1e-6) = 1 exactly
+        (0.5, 1.0, False),
+    ],
+    ids=[
+        "a-hair-above-the-norm",
+        "a-sixth-below-the-norm",
+        "tiny-limit-0.9985",
+        "tiny-limit-0.984",
+        "tiny-limit-0.9",
+        "half",
+    ],
+)
+def test_step_near_the_limit_scales_by_torchs_own_factor(norm_over_limit, limit, clipped):
+    """Wherever clip_grad_norm_'s factor may be below 1 it is torch's, not assumed to be 1."""
+    norm = unscaled_norm()
+    if limit == "norm + 5e-7":
+        loss_scale, limit = 1.0, norm + 5e-7
+    elif limit is None:
+        loss_scale, limit = 1.0, norm / norm_over_limit
+    else:  # scale the loss so that the norm is `norm_over_limit` of the limit
+        loss_scale = norm_over_limit * limit / norm
+    reference, unclipped, ours = network(), network(), network()
+    one_sgd_step(reference, limit, loss_scale, clip=None)
+    one_sgd_step(unclipped, None, loss_scale, clip=None)
+    one_sgd_step(ours, limit, loss_scale, clip=step)
 
     for mine, theirs in zip(ours.parameters(), reference.parameters(), strict=True):
         assert torch.equal(mine, theirs)
+    differs = [not torch.equal(a, b) for a, b in zip(reference.parameters(), unclipped.parameters(), strict=True)]
+    assert any(differs) == clipped  # where torch scales, the case really is one it scales
+
+
+def test_a_nan_gradient_turns_every_parameter_nan_as_clip_grad_norm_does():
+    """One NaN gradient makes the global norm NaN; torch then scales every gradient by NaN."""
+    reference, ours = network(), network()
+
+    def loss(net: torch.nn.Module) -> torch.Tensor:
+        return batch_loss(net, 0) + net[2].bias[0] * float("nan")
+
+    reference_sgd = torch.optim.SGD(reference.parameters(), lr=1.0)
+    loss(reference).backward()
+    torch.nn.utils.clip_grad_norm_(list(reference.parameters()), 1.0)
+    reference_sgd.step()
+
+    norm = step(torch.optim.SGD(ours.parameters(), lr=1.0), loss(ours), ours.parameters(), 1.0)
+
+    assert math.isnan(norm)
+    assert all(torch.isnan(p).all() for p in reference.parameters())  # what torch does
+    assert all(torch.isnan(p).all() for p in ours.parameters())
 
 
 def test_fused_adam_makes_the_for_loop_adams_updates():
@@ -83,8 +146,8 @@ def test_fused_adam_makes_the_for_loop_adams_updates():
 
 
 def test_a_dqn_agent_resumes_the_adam_state_of_a_for_loop_checkpoint():
-    """Checkpoints written before the fused kernel load, and training continues as the for-loop
-    Adam would (on the kernel the checkpoint names)."""
+    """Checkpoints written before the fused kernel load onto it (not onto the slower for-loop kernel
+    they name for good), and training continues as the for-loop Adam would, to float32 rounding."""
     config = LearnerConfig(architecture=ArchitectureConfig(hidden_size=32), seed=1)
     space = ActionSpace(num_actions=2)
     old = make_agent(config, (4,), space, torch.device("cpu"))
@@ -103,8 +166,12 @@ def test_a_dqn_agent_resumes_the_adam_state_of_a_for_loop_checkpoint():
 
     resumed = make_agent(config, (4,), space, torch.device("cpu"))
     resumed.load_state_dict(saved)
-    for agent in (old, resumed):
-        agent.update(batch, torch.ones(16))
+    assert all(group["fused"] for group in resumed.optimizer.param_groups)
+    assert all(kept["step"].dtype == torch.float32 for kept in resumed.optimizer.state.values())
+    for _ in range(3):
+        for agent in (old, resumed):
+            agent.update(batch, torch.ones(16))
+    assert all(int(kept["step"]) == 6 for kept in resumed.optimizer.state.values())  # the counts carried over
     for mine, theirs in zip(resumed.online.parameters(), old.online.parameters(), strict=True):
         torch.testing.assert_close(mine, theirs)
 
