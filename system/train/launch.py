@@ -198,18 +198,25 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
 
 def _start_shards_and_learner(plan: Plan, components: Components, counters: RunCounters, stop) -> bool:
     """Asks for the shards, then the offline shards and the learner, in `fresh_online_start`'s
-    order (a fresh online run asks for its actors too, then its learner, before the shards
-    serve); False when `stop` was set on the way. The learner and the actors are asked for once,
+    order (a fresh online run asks for its actors and its learner too before the shards serve:
+    the actors first where all fit, else the learner first); False when `stop` was set on the way. The learner and the actors are asked for once,
     and are in `components` as soon as they are, so a shard that fails afterwards stops them with
     the rest."""
     run = plan.run
     _create_shards(plan, components)
     if fresh_online_start(plan) and not stop.is_set():
         # Neither needs anything of the shards' to build (an actor waits for a shard only before
-        # its first step). The actors first: Ray hands its prestarted worker processes out in
-        # this order, and the first env step waits on an actor, not on the learner.
-        start_actors(plan, counters, components)
-        _create_learner(plan, components, counters)
+        # its first step). The actors first where everything fits: Ray hands its prestarted worker
+        # processes out in this order, and the first env step waits on an actor, not on the
+        # learner. Ray also hands out CPUs in the order they are asked for: where not everything
+        # fits, the learner first, so that the run goes on with fewer actors, not without a learner.
+        _learner_gpus(plan, components)  # a config error before anything starts
+        if _all_fit(plan, components):
+            start_actors(plan, counters, components)
+            _create_learner(plan, components, counters)
+        else:
+            _create_learner(plan, components, counters)
+            start_actors(plan, counters, components)
     _await_shards(components)
     run.write_json("run.json", components.info)
     for start in (_start_offline_shards, _create_learner):
@@ -227,8 +234,9 @@ def fresh_online_start(plan: Plan) -> bool:
     anything of the learner's (there are no weights to act with before its first publish), and an
     actor waits for a serving shard before its first step (`actors.EnvActor`). A resumed run's
     learner aligns on its shards and its actors act with the weights it restores and publishes; a
-    run with an offline dataset starts its actors after its offline phase: each after the other. A resume is known by `plan.resumed`, not by its
-    state.json (a session may end before writing it)."""
+    run with an offline dataset starts its actors after its offline phase: each after the other.
+    A resume is known by `plan.resumed`, not by its state.json (a session may end before writing
+    it)."""
     return not plan.resumed and plan.offline_data is None and not plan.offline_only
 
 
@@ -293,6 +301,20 @@ def _save_secrets(plan: Plan, components: Components) -> None:
     components.info["secrets_id"] = secrets_id
 
 
+def _cpus_needed(config: RunConfig) -> float:
+    """The CPUs the run's actors and learner ask Ray for together."""
+    return config.actors.num_actors * config.actors.num_cpus + config.train.learner_num_cpus
+
+
+def _all_fit(plan: Plan, components: Components) -> bool:
+    """Whether the actors and the learner all fit in the Ray cluster's CPUs, with no custom
+    resources asked for (whose placement this cannot foresee)."""
+    config = plan.config
+    if config.actors.resources or config.train.learner_resources:
+        return False
+    return components.ray.cluster_resources().get("CPU", 0) >= _cpus_needed(config)
+
+
 def _start_ray(config: RunConfig):
     from system.errors import RayLaunchError
     from system.local.ray_runtime import init_ray
@@ -300,7 +322,7 @@ def _start_ray(config: RunConfig):
     # init_ray before `import ray` here: Ray reads its single-machine switch at import.
     try:
         if config.ray.address is None:
-            need = config.actors.num_actors * config.actors.num_cpus + config.train.learner_num_cpus
+            need = _cpus_needed(config)
             init_ray(
                 None,
                 num_cpus=config.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(need)),
@@ -414,15 +436,9 @@ def _create_learner(plan: Plan, components: Components, counters: RunCounters) -
         return
 
     config, train, ray = plan.config, plan.config.train, components.ray
-    gpus = train.learner_num_gpus
-    if gpus is None:
-        has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
-        gpus = 1 if has_gpu and config.learner.device != "cpu" else 0
-    if config.learner.device.startswith("cuda") and gpus == 0:
-        raise TrainError(f"learner.device={config.learner.device!r}: the Ray cluster has no GPU for the learner")
     options = {
         "num_cpus": train.learner_num_cpus,
-        "num_gpus": gpus,
+        "num_gpus": _learner_gpus(plan, components),
         "resources": dict(train.learner_resources or {}),
         "max_restarts": LEARNER_MAX_RESTARTS,
         "name": f"qfleet-{plan.name}-learner",
@@ -443,6 +459,23 @@ def _create_learner(plan: Plan, components: Components, counters: RunCounters) -
             reached=plan.learner_reached,
         )
     )
+
+
+def _learner_gpus(plan: Plan, components: Components) -> int | float:
+    """The GPUs the learner asks Ray for: train.learner_num_gpus, else 1 where the cluster has one
+    and learner.device is not "cpu".
+
+    Raises:
+        TrainError: learner.device is cuda and the learner gets no GPU.
+    """
+    config = plan.config
+    gpus = config.train.learner_num_gpus
+    if gpus is None:
+        has_gpu = components.ray.cluster_resources().get("GPU", 0) >= 1
+        gpus = 1 if has_gpu and config.learner.device != "cpu" else 0
+    if config.learner.device.startswith("cuda") and gpus == 0:
+        raise TrainError(f"learner.device={config.learner.device!r}: the Ray cluster has no GPU for the learner")
+    return gpus
 
 
 def _await_learner(plan: Plan, components: Components, counters: RunCounters) -> None:
