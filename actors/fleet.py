@@ -278,6 +278,7 @@ class ActorFleet:
             ray_state,
             self.config.num_cpus,
             self.config.resources,
+            run=self.run,
         )
         log.log(logging.WARNING if said.warning else logging.INFO, "%s", said.text)
 
