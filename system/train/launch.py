@@ -384,7 +384,12 @@ def _create_shards(plan: Plan, components: Components) -> None:
 
 def _await_shards(components: Components) -> None:
     """Waits until every shard serves; logs where, and what each restored."""
-    described = components.ray.get([shard.describe.remote() for shard in components.shards], timeout=300)
+    described = await_started(
+        components.ray,
+        {shard.describe.remote(): f"replay shard {i}" for i, shard in enumerate(components.shards)},
+        SHARD_START_S,
+        "not placed? train.shard_resources; `ray status`",
+    )
     components.startup.mark("shards")
     for shard in described:
         restored = f", restored {shard.size:,} items" if shard.restored_from else ""
@@ -392,6 +397,47 @@ def _await_shards(components: Components) -> None:
         for message in shard.refused_checkpoints:
             log.warning("shard %d: %s", shard.shard_id, message)
     components.info["shards"] = [asdict(shard) for shard in described]
+
+
+SHARD_START_S = 300.0
+"""How long the driver waits for its replay shards to serve."""
+OFFLINE_SHARD_START_S = 600.0
+"""How long it waits for its offline shards (each inserts its share of the dataset first)."""
+LEARNER_START_S = 600.0
+"""How long it waits for its learner to be built."""
+
+
+def await_started(ray, describes: dict, timeout_s: float, not_placed: str) -> list:
+    """Waits for Ray's answers to `describes` (a describe() reference -> what it describes,
+    e.g. "replay shard 1"), in that order; sees a failure as soon as one comes, not after the
+    others answer.
+
+    Raises:
+        TrainError: one failed to start ("... did not start: " with the last line of its error,
+            which holds the cause, e.g. `OSError: replay server cannot listen on ...`), or one
+            had not answered within `timeout_s` (named with the `not_placed` hint).
+    """
+    from ray.exceptions import RayError
+
+    pending = dict(describes)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            late = next(iter(pending.values()))
+            raise TrainError(f"{late} did not start within {timeout_s:.0f} s ({not_placed})")
+        name = pending.pop(ready[0])
+        try:
+            ray.get(ready[0])
+        except RayError as exc:
+            raise TrainError(f"{name} did not start: {_last_line(exc)}") from None
+    return ray.get(list(describes))
+
+
+def _last_line(exc: BaseException) -> str:
+    """The last non-empty line of an error's message (a Ray error's ends with the cause)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _start_offline_shards(plan: Plan, components: Components, counters: RunCounters) -> None:
@@ -420,7 +466,12 @@ def _start_offline_shards(plan: Plan, components: Components, counters: RunCount
             items=rows,
         )
         components.offline_shards.append(handle)
-    described = ray.get([shard.describe.remote() for shard in components.offline_shards], timeout=600)
+    described = await_started(
+        ray,
+        {shard.describe.remote(): f"offline shard {i}" for i, shard in enumerate(components.offline_shards)},
+        OFFLINE_SHARD_START_S,
+        "not placed? `ray status`",
+    )
     for shard in described:
         log.info(
             "offline shard %d serving %s dataset transitions at %s", shard.shard_id, f"{shard.size:,}", shard.address
@@ -480,7 +531,12 @@ def _learner_gpus(plan: Plan, components: Components) -> int | float:
 
 def _await_learner(plan: Plan, components: Components, counters: RunCounters) -> None:
     """Waits until the learner is built (it resumed, or starts fresh); logs and records how."""
-    described = components.ray.get(components.learner.describe.remote(), timeout=600)
+    (described,) = await_started(
+        components.ray,
+        {components.learner.describe.remote(): "the learner"},
+        LEARNER_START_S,
+        "not placed? train.learner_num_cpus, learner_num_gpus, learner_resources; `ray status`",
+    )
     components.startup.mark("learner", described.built_at)  # its own clock, as its first update's
     for message in described.refused_checkpoints:
         log.warning("learner checkpoint refused: %s", message)
