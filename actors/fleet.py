@@ -129,13 +129,18 @@ class ActorFleet:
         self._retired_ids: frozenset[int] = frozenset()  # ids scaled away (some never reported)
         self._remote = ray.remote(EnvActor)
 
-    def start(self, num_actors: int | None = None) -> None:
+    def start(self, num_actors: int | None = None, *, env_checked: bool = False) -> None:
         """Checks the env (fails fast with a clear error) and starts the actors.
+
+        Args:
+            env_checked: the caller built the env already (`env_spaces`): not again here (a
+                heavy env takes seconds, in the way of the processes asked for after the actors).
 
         Raises:
             UnsupportedEnvError: unknown env id or unsupported spaces, before any actor starts.
         """
-        describe_env(self.env)
+        if not env_checked:
+            describe_env(self.env)
         count = self.config.num_actors if num_actors is None else num_actors
         try:
             self.registry.set_desired(count)

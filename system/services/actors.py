@@ -95,7 +95,7 @@ def run_actors(
         print(f"qfleet actors: warning: {missing}", file=sys.stderr, flush=True)
     stop = stop_on_signals(log, "stopping actors (flushing their transitions)")
     init_ray(ray_address)
-    fleet.start()
+    fleet.start(env_checked=True)  # env_spaces above
     print(f"qfleet actors: run {run!r}, {config.actors.num_actors} actors on {config.env.id}", flush=True)
     started = last_log = time.monotonic()
     code = 0

@@ -261,7 +261,7 @@ def start_actors(plan: Plan, counters: RunCounters, components: Components) -> N
         milestone_offset=counters.start_env_steps,
         replay_credentials=components.replay_credentials.for_clients(),
     )
-    components.fleet.start()
+    components.fleet.start(env_checked=True)  # the plan built the env (`plan`)
 
 
 def _start_redis(components: Components) -> str:
