@@ -13,7 +13,7 @@ Public surface:
     EnvActor, ActorStats (one actor), WeightSubscriber (its weights, followed in the background),
     Writer, TransitionWriter, actor_writer_id (how its transitions reach replay);
     ActorFleet, FleetStats (many, on Ray);
-    ActorRegistry, actor_report_key, STATE_ACTING, STATE_HELD_BACK (the actors' Redis keys and
+    ActorRegistry, actor_report_key, STATE_ACTING, STATE_AWAITING_REPLAY, STATE_HELD_BACK (the actors' Redis keys and
     report states), RedisGap (a Redis outage said once), ActorMetrics (`qfleet_actor_*`);
     UnsupportedEnvError, AndroidSetupError, BrowserSetupError, BrowserTimeoutError, EnvFailedError, SimulatorTimeoutError, FleetError,
     ActorRegistryError (actors/errors.py).
@@ -46,7 +46,7 @@ from actors.metrics import SERIES as METRIC_SERIES
 from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
 from actors.redis_gap import RedisGap
-from actors.registry import STATE_ACTING, STATE_HELD_BACK, ActorRegistry, actor_report_key
+from actors.registry import STATE_ACTING, STATE_AWAITING_REPLAY, STATE_HELD_BACK, ActorRegistry, actor_report_key
 from actors.spec import spec_for_spaces
 from actors.ui_actions import UIAction, UIActionSpace, instruction_tokens, text_candidates
 from actors.writer import TransitionWriter, Writer, actor_writer_id
@@ -72,6 +72,7 @@ __all__ = [
     "MINIWOB_PREFIX",
     "METRIC_SERIES",
     "STATE_ACTING",
+    "STATE_AWAITING_REPLAY",
     "STATE_HELD_BACK",
     "ActorMetrics",
     "ActorRegistry",

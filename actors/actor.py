@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,7 @@ from actors.errors import ActorRegistryError
 from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
 from actors.redis_gap import RedisGap
-from actors.registry import STATE_ACTING, STATE_HELD_BACK, ActorRegistry
+from actors.registry import STATE_ACTING, STATE_AWAITING_REPLAY, STATE_HELD_BACK, ActorRegistry
 from actors.weights import WeightSubscriber
 from actors.writer import INSERT_MAX_BYTES, TransitionWriter, Writer, actor_writer_id
 from learner import LearnerConfig, WeightStoreError
@@ -98,24 +99,37 @@ REPLAY_WAIT_LOG_S = 30.0
 """While no shard serves, an actor says so this often (`await_replay`)."""
 
 
-def await_replay(replay: ShardedReplay, actor_id: int) -> None:
-    """Returns once at least one of the run's shards serves. In a fresh run the actors start
+def await_replay(replay: ShardedReplay, actor_id: int, run: str, waiting: Callable[[], None] | None = None) -> None:
+    """Returns once at least one of run `run`'s shards serves. In a fresh run the actors start
     beside the shards (`system.train.launch`): an actor built before any shard registered waits
     here, without a limit, instead of stepping into inserts that would wait `insert_retry_s` and
     then count its first transitions lost; the driver, which waits for its shards with a limit,
     stops the actors if a shard never comes. Where a shard serves already, it returns at once.
 
-    Raises:
-        ReplayAuthenticationError: a shard refuses the run's credentials.
+    Args:
+        waiting: called before the first wait and again with each warning (every
+            REPLAY_WAIT_LOG_S), so that the actor's report says what it waits for.
     """
     waited = 0.0
+    timeout = 0.0  # a first look: no report and no warning where a shard serves already
     while True:
         try:
-            replay.wait_for_shards(1, timeout=REPLAY_WAIT_LOG_S)
+            replay.wait_for_shards(1, timeout=timeout)
             return
-        except ReplayUnavailableError:
-            waited += REPLAY_WAIT_LOG_S
-            log.warning("actor %d: no replay shard of the run serves after %.0f s; still waiting", actor_id, waited)
+        except ReplayUnavailableError as exc:
+            if timeout:
+                waited += timeout
+                # its message names where the actor looks: the run and the (redacted) Redis
+                log.warning(
+                    "actor %d: no replay shard of run %r serves after %.0f s; still waiting (%s)",
+                    actor_id,
+                    run,
+                    waited,
+                    exc,
+                )
+            if waiting is not None:
+                waiting()
+            timeout = REPLAY_WAIT_LOG_S
 
 
 def actor_epsilon(actor_id: int, num_actors: int, config: ActorsConfig) -> float:
@@ -159,7 +173,7 @@ class EnvActor:
         # The cyclic collector paused while the imports and the build make their ~10^5 long-lived
         # objects: its passes over them cost ~17% of the CPU of `import torch` here (1.33 -> 1.11
         # s), on the path to the run's first env step. The little cyclic garbage they leave (about
-        # 0.5 MB) is frozen with them below; the collector runs as before from the first step on.
+        # 0.5 MB) is frozen with them below; the collector runs again before anything is awaited.
         collecting = gc.isenabled()
         gc.disable()
         try:
@@ -230,16 +244,6 @@ class EnvActor:
                     server = self._open(start_metrics_server(actors.metrics_port, bind, self.metrics.registry))
                     host = socket.gethostname() if bind == "0.0.0.0" else bind
                     self.metrics_address = f"{host}:{server.server_port}"
-                if replay is not None:
-                    await_replay(replay, actor_id)
-                try:
-                    self._pull_weights(
-                        wait=True
-                    )  # a (re)started actor acts with the newest weights from its first step
-                except WeightStoreError as exc:  # Redis away: the background fetch brings them once it is back
-                    log.warning("actor %d starts with its initial weights while Redis is away: %s", actor_id, exc)
-                self.startup.ready_at = time.time()
-                self._report(self.stats())  # up: from here a missing chunk is not for want of resources
             except BaseException:
                 self._release()
                 raise
@@ -249,6 +253,25 @@ class EnvActor:
         finally:
             if collecting:
                 gc.enable()
+        # What follows waits on others (a shard, the weights, Redis), for as long as they take:
+        # with the collector running (the pause is process-wide: every thread's garbage waits).
+        try:
+            if replay is not None:
+                await_replay(
+                    replay,
+                    actor_id,
+                    run,
+                    lambda: self._report(self.stats(), STATE_AWAITING_REPLAY, ttl_s=2 * REPLAY_WAIT_LOG_S),
+                )
+            try:  # a (re)started actor acts with the newest weights from its first step
+                self._pull_weights(wait=True)
+            except WeightStoreError as exc:  # Redis away: the background fetch brings them once it is back
+                log.warning("actor %d starts with its initial weights while Redis is away: %s", actor_id, exc)
+            self.startup.ready_at = time.time()
+            self._report(self.stats())  # up: from here a missing chunk is not for want of resources
+        except BaseException:
+            self._release()
+            raise
 
     def _open(self, resource):
         self._opened.append(resource)
@@ -405,12 +428,13 @@ class EnvActor:
             startup=dataclasses.replace(self.startup),
         )
 
-    def _report(self, stats: ActorStats) -> None:
+    def _report(self, stats: ActorStats, state: str = STATE_ACTING, ttl_s: float = 30.0) -> None:
+        """Replaces the actor's report: `stats` and `state`, for `ttl_s` seconds."""
         fields = {k: v for k, v in vars(stats).items() if v is not None and k != "startup"}
-        fields.update(host=socket.gethostname(), metrics=self.metrics_address, state=STATE_ACTING, insert_wait_s=0)
+        fields.update(host=socket.gethostname(), metrics=self.metrics_address, state=state, insert_wait_s=0)
         if self.node:
             fields["node"] = self.node
-        self._to_redis("report its state", self.registry.report, self.actor_id, fields)
+        self._to_redis("report its state", self.registry.report, self.actor_id, fields, ttl_s)
 
     def _report_held_back(self, waited: float) -> None:
         """Says in the actor's report that its inserts have waited `waited` s on replay (called

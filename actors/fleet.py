@@ -129,13 +129,18 @@ class ActorFleet:
         self._retired_ids: frozenset[int] = frozenset()  # ids scaled away (some never reported)
         self._remote = ray.remote(EnvActor)
 
-    def start(self, num_actors: int | None = None) -> None:
+    def start(self, num_actors: int | None = None, *, env_checked: bool = False) -> None:
         """Checks the env (fails fast with a clear error) and starts the actors.
+
+        Args:
+            env_checked: the caller built the env already (`env_spaces`): not again here (a
+                heavy env takes seconds, in the way of the processes asked for after the actors).
 
         Raises:
             UnsupportedEnvError: unknown env id or unsupported spaces, before any actor starts.
         """
-        describe_env(self.env)
+        if not env_checked:
+            describe_env(self.env)
         count = self.config.num_actors if num_actors is None else num_actors
         try:
             self.registry.set_desired(count)
@@ -177,10 +182,12 @@ class ActorFleet:
             if actor_id >= count:
                 self._retire(actor_id)
 
-    def _retire(self, actor_id: int, deadline: float | None = None, since: float | None = None) -> None:
+    def _retire(
+        self, actor_id: int, deadline: float | None = None, since: float | None = None, stopping: bool = False
+    ) -> None:
         """Lets the actor finish its chunk, flush and close, then kills it. Its patience counts
         from `since` (monotonic; default now): a fleet stopping all its actors gives each the
-        same window, not one after another."""
+        same window, not one after another (`stopping`: the fleet's `stop`)."""
         slot = self._slots.pop(actor_id)
         self._retired_ids |= {actor_id}
         ray = self._ray
@@ -191,10 +198,17 @@ class ActorFleet:
         deadline = own if deadline is None else min(deadline, own)
         try:
             if slot.ref is not None and not ray.wait([slot.ref], timeout=max(0.0, deadline - time.monotonic()))[0]:
-                raise TimeoutError("its chunk did not end in time (is it waiting for a replay that no longer samples?)")
+                raise TimeoutError(
+                    "its chunk did not end in time (is it waiting for a replay that no longer samples?)"
+                    if slot.stats is not None
+                    else "it had not started stepping (still being built, waiting for a replay shard of its run, "
+                    "or for resources)"
+                )
             self._closed_stats.append(ray.get(slot.handle.close.remote(), timeout=60))
         except Exception as exc:  # dead, stuck or never started: nothing left to flush
-            log.warning("actor %d did not close cleanly (%s); killing it", actor_id, _first_line(exc))
+            # A stop that ends a failed start expects actors that never reported: said at INFO.
+            level = logging.INFO if stopping and slot.stats is None else logging.WARNING
+            log.log(level, "actor %d did not close cleanly (%s); killing it", actor_id, _first_line(exc))
             if slot.stats is not None:  # its last report still counts (what it did since is lost)
                 self._closed_stats.append(slot.stats)
         ray.kill(slot.handle, no_restart=True)
@@ -278,6 +292,7 @@ class ActorFleet:
             ray_state,
             self.config.num_cpus,
             self.config.resources,
+            run=self.run,
         )
         log.log(logging.WARNING if said.warning else logging.INFO, "%s", said.text)
 
@@ -386,7 +401,7 @@ class ActorFleet:
         began = time.monotonic()
         deadline = began + self.chunk_s + 30.0  # one wait for all, not one per actor
         for actor_id in sorted(self._slots, reverse=True):
-            self._retire(actor_id, deadline, since=began)
+            self._retire(actor_id, deadline, since=began, stopping=True)
         stats = self.stats()
         self.registry.close()
         return stats

@@ -7,6 +7,8 @@ An actor whose `run` has not returned long after its chunk was due is one of:
   the progress line ("held back by the UTD"), not as a warning.
 - not placed: Ray has not created it (PENDING_CREATION without a worker process): the cluster
   lacks the CPUs or custom resources it asks for.
+- awaiting replay: its report says it is built and waits for a shard of its run to serve (the
+  run's shards are not up, or the actor was given the wrong run).
 - starting: Ray placed it and its constructor still runs (building envs: an emulator boots).
 - restarting: Ray is restarting its dead process.
 - dead: Ray says its process died (and is not restarting it): the cause Ray gives.
@@ -21,9 +23,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from actors.registry import STATE_HELD_BACK
+from actors.registry import STATE_AWAITING_REPLAY, STATE_HELD_BACK
 
 HELD_BACK = "held_back"
+AWAITING_REPLAY = "awaiting_replay"
 NOT_PLACED = "not_placed"
 STARTING = "starting"
 RESTARTING = "restarting"
@@ -113,6 +116,8 @@ def overdue(
     ray_state: RayActorState | None,
     num_cpus: float,
     resources: dict[str, float],
+    *,
+    run: str,
 ) -> Overdue:
     """The cause of actor `actor_id`'s chunk being `overdue_s` seconds late, and the message.
 
@@ -121,6 +126,7 @@ def overdue(
         reported_before: a chunk of it returned before (the fleet holds its stats).
         ray_state: `ray_actor_state` of it (None: Ray did not say).
         num_cpus, resources: what it asks Ray for (named when it is not placed).
+        run: the run it belongs to (named when it waits for a shard of it).
     """
     late = f"actor {actor_id} has not finished a chunk within {overdue_s:.0f} s"
     if report.get("state") == STATE_HELD_BACK:
@@ -135,6 +141,12 @@ def overdue(
             NOT_PLACED,
             f"actor {actor_id} is not placed after {overdue_s:.0f} s: Ray is waiting for resources the cluster "
             f"lacks (num_cpus={num_cpus:g}, resources={dict(resources)}; `ray status` shows what is free)",
+        )
+    if report.get("state") == STATE_AWAITING_REPLAY and state not in ("RESTARTING", "DEAD"):
+        return Overdue(
+            AWAITING_REPLAY,
+            f"actor {actor_id} still waits for a replay shard of run {run!r} after {overdue_s:.0f} s (its "
+            "chunk is overdue): are its shards up, is --run right?",
         )
     if state == "PENDING_CREATION":
         return Overdue(

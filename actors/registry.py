@@ -38,6 +38,10 @@ EPISODE_FIELDS = ("return", "length", "policy_version", "env_steps")
 STATE_ACTING = "acting"
 """An actor report's `state`: the actor is up and stepping its envs."""
 
+STATE_AWAITING_REPLAY = "awaiting_replay"
+"""An actor report's `state`: the actor is built and waits for a shard of its run to serve
+before its first step (`actors.actor.await_replay`)."""
+
 STATE_HELD_BACK = "held_back"
 """An actor report's `state`: its inserts have waited `insert_wait_s` seconds on replay, whose
 rate limiter holds writers while the learner samples slower than the actors insert (the UTD)."""

@@ -157,14 +157,17 @@ def _actor_line(actor_id: int, report: dict) -> str:
         f"{report.get('episodes', 0):>11,}  v{report.get('policy_version', 0):<7} {float(report.get('epsilon', 0)):<7.4f} "
         f"{report.get('env_restarts', 0):>13} {report.get('transitions_lost', 0):>5}  "
         f"{'-' if recent is None else f'{float(recent):.1f}':>6}  {report.get('metrics') or '-'}"
-        f"{_held_back(report)}"
+        f"{_state_note(report)}"
     )
 
 
-def _held_back(report: dict) -> str:
-    """A note for an actor whose inserts wait on replay's rate limiter ('' for one that acts)."""
-    from actors import STATE_HELD_BACK
+def _state_note(report: dict) -> str:
+    """A note for an actor whose inserts wait on replay's rate limiter, or that waits for a shard
+    before its first step ('' for one that acts)."""
+    from actors import STATE_AWAITING_REPLAY, STATE_HELD_BACK
 
+    if report.get("state") == STATE_AWAITING_REPLAY:
+        return "  waiting for a replay shard of the run (are its shards up, is --run right?)"
     if report.get("state") != STATE_HELD_BACK:
         return ""
     return f"  held back by the UTD: inserts waiting {float(report.get('insert_wait_s', 0)):.0f} s"

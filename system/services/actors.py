@@ -13,6 +13,7 @@ import sys
 import time
 
 from actors import ActorFleet, ActorRegistry, ActorRegistryError, FleetError
+from replay import ReplayUnavailableError, ShardRegistry, redact_url
 from system.config import ConfigError, RunConfig, check_value_support, env_spaces, with_placeholder_support
 from system.local.ray_runtime import init_ray
 from system.local.secrets import use_run_secrets
@@ -29,6 +30,28 @@ def progress_line(stats) -> str:
         f"{stats.actors} actors | {stats.env_steps:,} env steps ({stats.steps_per_second:,.0f}/s) | "
         f"{stats.episodes:,} episodes, recent return {recent} | weights v{','.join(map(str, versions)) or '-'} | "
         f"restarts: {stats.env_restarts} env, {stats.actor_restarts} actor | lost {stats.transitions_lost:,}"
+    )
+
+
+def missing_shards(redis_url: str, run: str) -> str:
+    """What to tell the user when run `run` has no live replay shard at `redis_url` ("" when it
+    has one): its actors would wait for one, without a limit, before their first step.
+
+    Raises:
+        ConfigError: Redis cannot be read.
+    """
+    registry = ShardRegistry(redis_url, run)
+    try:
+        live = registry.live_shards()
+    except ReplayUnavailableError as exc:
+        raise ConfigError(f"--redis-url: {exc}") from None
+    finally:
+        registry.close()
+    if live:
+        return ""
+    return (
+        f"run {run!r} has no live replay shard at {redact_url(redis_url)}: its actors wait for one before "
+        "their first step (are its shards up, is --run right?)"
     )
 
 
@@ -67,9 +90,12 @@ def run_actors(
         fleet.registry.actors()  # Redis reachable? (fails here, not inside every actor)
     except ActorRegistryError as exc:
         raise ConfigError(f"--redis-url: {exc}") from None
+    missing = missing_shards(redis_url, run)
+    if missing:
+        print(f"qfleet actors: warning: {missing}", file=sys.stderr, flush=True)
     stop = stop_on_signals(log, "stopping actors (flushing their transitions)")
     init_ray(ray_address)
-    fleet.start()
+    fleet.start(env_checked=True)  # env_spaces above
     print(f"qfleet actors: run {run!r}, {config.actors.num_actors} actors on {config.env.id}", flush=True)
     started = last_log = time.monotonic()
     code = 0

@@ -198,18 +198,25 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
 
 def _start_shards_and_learner(plan: Plan, components: Components, counters: RunCounters, stop) -> bool:
     """Asks for the shards, then the offline shards and the learner, in `fresh_online_start`'s
-    order (a fresh online run asks for its actors too, then its learner, before the shards
-    serve); False when `stop` was set on the way. The learner and the actors are asked for once,
+    order (a fresh online run asks for its actors and its learner too before the shards serve:
+    the actors first where all fit, else the learner first); False when `stop` was set on the way. The learner and the actors are asked for once,
     and are in `components` as soon as they are, so a shard that fails afterwards stops them with
     the rest."""
     run = plan.run
     _create_shards(plan, components)
     if fresh_online_start(plan) and not stop.is_set():
         # Neither needs anything of the shards' to build (an actor waits for a shard only before
-        # its first step). The actors first: Ray hands its prestarted worker processes out in
-        # this order, and the first env step waits on an actor, not on the learner.
-        start_actors(plan, counters, components)
-        _create_learner(plan, components, counters)
+        # its first step). The actors first where everything fits: Ray hands its prestarted worker
+        # processes out in this order, and the first env step waits on an actor, not on the
+        # learner. Ray also hands out CPUs in the order they are asked for: where not everything
+        # fits, the learner first, so that the run goes on with fewer actors, not without a learner.
+        _learner_gpus(plan, components)  # a config error before anything starts
+        if _all_fit(plan, components):
+            start_actors(plan, counters, components)
+            _create_learner(plan, components, counters)
+        else:
+            _create_learner(plan, components, counters)
+            start_actors(plan, counters, components)
     _await_shards(components)
     run.write_json("run.json", components.info)
     for start in (_start_offline_shards, _create_learner):
@@ -227,8 +234,9 @@ def fresh_online_start(plan: Plan) -> bool:
     anything of the learner's (there are no weights to act with before its first publish), and an
     actor waits for a serving shard before its first step (`actors.EnvActor`). A resumed run's
     learner aligns on its shards and its actors act with the weights it restores and publishes; a
-    run with an offline dataset starts its actors after its offline phase: each after the other. A resume is known by `plan.resumed`, not by its
-    state.json (a session may end before writing it)."""
+    run with an offline dataset starts its actors after its offline phase: each after the other.
+    A resume is known by `plan.resumed`, not by its state.json (a session may end before writing
+    it)."""
     return not plan.resumed and plan.offline_data is None and not plan.offline_only
 
 
@@ -253,7 +261,7 @@ def start_actors(plan: Plan, counters: RunCounters, components: Components) -> N
         milestone_offset=counters.start_env_steps,
         replay_credentials=components.replay_credentials.for_clients(),
     )
-    components.fleet.start()
+    components.fleet.start(env_checked=True)  # the plan built the env (`plan`)
 
 
 def _start_redis(components: Components) -> str:
@@ -293,6 +301,20 @@ def _save_secrets(plan: Plan, components: Components) -> None:
     components.info["secrets_id"] = secrets_id
 
 
+def _cpus_needed(config: RunConfig) -> float:
+    """The CPUs the run's actors and learner ask Ray for together."""
+    return config.actors.num_actors * config.actors.num_cpus + config.train.learner_num_cpus
+
+
+def _all_fit(plan: Plan, components: Components) -> bool:
+    """Whether the actors and the learner all fit in the Ray cluster's CPUs, with no custom
+    resources asked for (whose placement this cannot foresee)."""
+    config = plan.config
+    if config.actors.resources or config.train.learner_resources:
+        return False
+    return components.ray.cluster_resources().get("CPU", 0) >= _cpus_needed(config)
+
+
 def _start_ray(config: RunConfig):
     from system.errors import RayLaunchError
     from system.local.ray_runtime import init_ray
@@ -300,7 +322,7 @@ def _start_ray(config: RunConfig):
     # init_ray before `import ray` here: Ray reads its single-machine switch at import.
     try:
         if config.ray.address is None:
-            need = config.actors.num_actors * config.actors.num_cpus + config.train.learner_num_cpus
+            need = _cpus_needed(config)
             init_ray(
                 None,
                 num_cpus=config.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(need)),
@@ -362,7 +384,12 @@ def _create_shards(plan: Plan, components: Components) -> None:
 
 def _await_shards(components: Components) -> None:
     """Waits until every shard serves; logs where, and what each restored."""
-    described = components.ray.get([shard.describe.remote() for shard in components.shards], timeout=300)
+    described = await_started(
+        components.ray,
+        {shard.describe.remote(): f"replay shard {i}" for i, shard in enumerate(components.shards)},
+        SHARD_START_S,
+        "not placed? train.shard_resources; `ray status`",
+    )
     components.startup.mark("shards")
     for shard in described:
         restored = f", restored {shard.size:,} items" if shard.restored_from else ""
@@ -370,6 +397,47 @@ def _await_shards(components: Components) -> None:
         for message in shard.refused_checkpoints:
             log.warning("shard %d: %s", shard.shard_id, message)
     components.info["shards"] = [asdict(shard) for shard in described]
+
+
+SHARD_START_S = 300.0
+"""How long the driver waits for its replay shards to serve."""
+OFFLINE_SHARD_START_S = 600.0
+"""How long it waits for its offline shards (each inserts its share of the dataset first)."""
+LEARNER_START_S = 600.0
+"""How long it waits for its learner to be built."""
+
+
+def await_started(ray, describes: dict, timeout_s: float, not_placed: str) -> list:
+    """Waits for Ray's answers to `describes` (a describe() reference -> what it describes,
+    e.g. "replay shard 1"), in that order; sees a failure as soon as one comes, not after the
+    others answer.
+
+    Raises:
+        TrainError: one failed to start ("... did not start: " with the last line of its error,
+            which holds the cause, e.g. `OSError: replay server cannot listen on ...`), or one
+            had not answered within `timeout_s` (named with the `not_placed` hint).
+    """
+    from ray.exceptions import RayError
+
+    pending = dict(describes)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            late = next(iter(pending.values()))
+            raise TrainError(f"{late} did not start within {timeout_s:.0f} s ({not_placed})")
+        name = pending.pop(ready[0])
+        try:
+            ray.get(ready[0])
+        except RayError as exc:
+            raise TrainError(f"{name} did not start: {_last_line(exc)}") from None
+    return ray.get(list(describes))
+
+
+def _last_line(exc: BaseException) -> str:
+    """The last non-empty line of an error's message (a Ray error's ends with the cause)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _start_offline_shards(plan: Plan, components: Components, counters: RunCounters) -> None:
@@ -398,7 +466,12 @@ def _start_offline_shards(plan: Plan, components: Components, counters: RunCount
             items=rows,
         )
         components.offline_shards.append(handle)
-    described = ray.get([shard.describe.remote() for shard in components.offline_shards], timeout=600)
+    described = await_started(
+        ray,
+        {shard.describe.remote(): f"offline shard {i}" for i, shard in enumerate(components.offline_shards)},
+        OFFLINE_SHARD_START_S,
+        "not placed? `ray status`",
+    )
     for shard in described:
         log.info(
             "offline shard %d serving %s dataset transitions at %s", shard.shard_id, f"{shard.size:,}", shard.address
@@ -414,15 +487,9 @@ def _create_learner(plan: Plan, components: Components, counters: RunCounters) -
         return
 
     config, train, ray = plan.config, plan.config.train, components.ray
-    gpus = train.learner_num_gpus
-    if gpus is None:
-        has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
-        gpus = 1 if has_gpu and config.learner.device != "cpu" else 0
-    if config.learner.device.startswith("cuda") and gpus == 0:
-        raise TrainError(f"learner.device={config.learner.device!r}: the Ray cluster has no GPU for the learner")
     options = {
         "num_cpus": train.learner_num_cpus,
-        "num_gpus": gpus,
+        "num_gpus": _learner_gpus(plan, components),
         "resources": dict(train.learner_resources or {}),
         "max_restarts": LEARNER_MAX_RESTARTS,
         "name": f"qfleet-{plan.name}-learner",
@@ -445,9 +512,31 @@ def _create_learner(plan: Plan, components: Components, counters: RunCounters) -
     )
 
 
+def _learner_gpus(plan: Plan, components: Components) -> int | float:
+    """The GPUs the learner asks Ray for: train.learner_num_gpus, else 1 where the cluster has one
+    and learner.device is not "cpu".
+
+    Raises:
+        TrainError: learner.device is cuda and the learner gets no GPU.
+    """
+    config = plan.config
+    gpus = config.train.learner_num_gpus
+    if gpus is None:
+        has_gpu = components.ray.cluster_resources().get("GPU", 0) >= 1
+        gpus = 1 if has_gpu and config.learner.device != "cpu" else 0
+    if config.learner.device.startswith("cuda") and gpus == 0:
+        raise TrainError(f"learner.device={config.learner.device!r}: the Ray cluster has no GPU for the learner")
+    return gpus
+
+
 def _await_learner(plan: Plan, components: Components, counters: RunCounters) -> None:
     """Waits until the learner is built (it resumed, or starts fresh); logs and records how."""
-    described = components.ray.get(components.learner.describe.remote(), timeout=600)
+    (described,) = await_started(
+        components.ray,
+        {components.learner.describe.remote(): "the learner"},
+        LEARNER_START_S,
+        "not placed? train.learner_num_cpus, learner_num_gpus, learner_resources; `ray status`",
+    )
     components.startup.mark("learner", described.built_at)  # its own clock, as its first update's
     for message in described.refused_checkpoints:
         log.warning("learner checkpoint refused: %s", message)

@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from actors import (
+    STATE_ACTING,
+    STATE_AWAITING_REPLAY,
     ActorRegistry,
     ActorsConfig,
     EnvActor,
@@ -26,6 +28,7 @@ from actors import (
 from actors.actor import NSTEP_BLOCK, actor_epsilon
 from conftest import shard_kwargs, wait_until
 from learner import ArchitectureConfig, LearnerConfig, Policy, WeightStore
+from replay import redact_url
 from system.config.insert_settings import derive_insert_settings
 
 GAMMA = 0.9
@@ -461,12 +464,23 @@ def test_a_first_batch_that_leaves_only_at_the_chunks_flush_still_stamps_the_fir
         actor.close()
 
 
-def test_an_actor_built_before_any_shard_serves_waits_for_one_and_its_first_transitions_land(
+def test_an_actor_built_before_any_shard_serves_waits_for_one_says_so_and_its_first_transitions_land(
     redis_server, shard, monkeypatch, caplog
 ):
     # A fresh run starts its actors beside its shards (system/train/launch.py): an actor built
-    # first waits for a shard before its first step instead of losing its first inserts.
+    # first waits for a shard before its first step instead of losing its first inserts, and its
+    # report and log say what it waits for (issue #22: a wrong --run looked like a slow env start).
+    import actors.actor
+
     monkeypatch.setattr("actors.actor.REPLAY_WAIT_LOG_S", 0.2)  # it says it waits at once
+    collecting: list[bool] = []  # whether the collector runs while the actor waits (issue #22)
+    original = actors.actor.await_replay
+
+    def await_replay(*args, **kwargs):
+        collecting.append(gc.isenabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr("actors.actor.await_replay", await_replay)
     env = EnvConfig(id="qfleet-test/Counter-v0", num_envs=2)
     config = actor_config(insert_retry_s=0.1, metrics_port=None)  # without the wait, inserts would be lost
     built: list = []
@@ -474,20 +488,27 @@ def test_an_actor_built_before_any_shard_serves_waits_for_one_and_its_first_tran
     def build():
         built.append(EnvActor(0, 1, env, config, LEARNER, redis_server.url, "act", replay_credentials=None))
 
+    registry = ActorRegistry(redis_server.url, "act")
     builder = threading.Thread(target=build, daemon=True)
     with caplog.at_level("WARNING", logger="actors.actor"):
         builder.start()
-        waiting = "no replay shard of the run serves"
+        waiting = "no replay shard of run 'act' serves"
         assert wait_until(lambda: built or waiting in caplog.text, 120)
     assert waiting in caplog.text and not built  # still waiting: no shard has served yet
+    assert redact_url(redis_server.url) in caplog.text  # where it looks: the run and its Redis
+    assert collecting == [True]  # the collector's pause ended with the build, not the wait
+    report = registry.actors()[0]
+    assert report["state"] == STATE_AWAITING_REPLAY and report["env_steps"] == 0  # a full report: status shows it
     server = shard(env)
     builder.join(120)
     assert built, "the actor did not start once a shard served"
     actor = built[0]
     try:
+        assert registry.actors()[0]["state"] == STATE_ACTING
         stats = actor.run(seconds=120, max_steps=100)
         assert stats.transitions_lost == 0 and stats.transitions_inserted > 0
         assert server.table.info().size == stats.transitions_inserted
         assert stats.startup.ready_at <= stats.startup.first_step_at
     finally:
         actor.close()
+        registry.close()

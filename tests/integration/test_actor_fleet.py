@@ -122,7 +122,7 @@ def test_an_actor_ray_cannot_place_is_said_to_wait_for_resources(ray_local, redi
 
 
 def test_a_stopping_fleet_waits_once_for_all_its_actors_that_never_reported_not_once_each(
-    ray_local, redis_server, monkeypatch
+    ray_local, redis_server, monkeypatch, caplog
 ):
     # As when a fresh run's shard fails to start while its actors wait for one: the stop kills
     # them after one window of patience, not after one window per actor.
@@ -139,9 +139,15 @@ def test_a_stopping_fleet_waits_once_for_all_its_actors_that_never_reported_not_
         return wait(refs, *args, timeout=timeout, **kwargs)
 
     monkeypatch.setattr(ray, "wait", recording_wait)
-    stats = fleet.stop()
+    with caplog.at_level("INFO", logger="actors.fleet"):
+        stats = fleet.stop()
     assert stats.actors == 0 and len(waits) == 3
     assert sum(waits) <= fleet.chunk_s + 5.0 + 0.5  # each waits what is left of one window
+    # issue #22: said as what it is (it never stepped), at INFO: a failed start expects it
+    killed = [r for r in caplog.records if "did not close cleanly" in r.getMessage()]
+    assert len(killed) == 3 and all(r.levelname == "INFO" for r in killed)
+    assert all("it had not started stepping" in r.getMessage() for r in killed)
+    assert "no longer samples" not in caplog.text
 
 
 def test_first_chunks_that_ended_before_the_first_poll_are_not_warned_overdue(

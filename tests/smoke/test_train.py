@@ -221,14 +221,14 @@ def test_train_status_ctrl_c_eval_report_and_resume(tmp_path):
     assert records(run_dir, "eval") and records(run_dir, "episodes")
     # The start-up, phase by phase, in seconds since `qfleet train` began: every phase reached,
     # each after what it waits for (a fresh run's actors and learner start beside the shards, and
-    # an actor is up once a shard serves; a resumed run's learner after the shards: below).
+    # an actor is up once one shard serves, which may come before "shards": that waits for every
+    # shard's answer to the driver; a resumed run's learner after the shards: below).
     (startup,) = records(run_dir, "startup")
     phases = startup["phases"]
     assert list(phases) == list(PHASE_NAMES) and all(at is not None and at > 0 for at in phases.values())
     assert phases["driver"] <= phases["redis"] <= phases["ray"] <= phases["shards"]
     assert phases["ray"] <= phases["learner"]
     assert phases["ray"] <= phases["envs"] <= phases["actors"] <= phases["first_env_step"]
-    assert phases["shards"] <= phases["actors"]
     assert phases["first_env_step"] <= phases["first_insert"] <= phases["first_update"]
     assert phases["learner"] <= phases["first_update"]
     assert output.count("qfleet train: started in ") == 1

@@ -7,8 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from actors import STATE_ACTING, STATE_HELD_BACK
+from actors import STATE_ACTING, STATE_AWAITING_REPLAY, STATE_HELD_BACK
 from actors.overdue import (
+    AWAITING_REPLAY,
     DEAD,
     HELD_BACK,
     NOT_PLACED,
@@ -24,6 +25,7 @@ from system.train.records import ProgressRecord, progress_line
 
 HELD = {"state": STATE_HELD_BACK, "insert_wait_s": 75}
 ACTING = {"state": STATE_ACTING, "insert_wait_s": 0}
+AWAITING = {"state": STATE_AWAITING_REPLAY, "insert_wait_s": 0}
 
 
 @pytest.mark.parametrize(
@@ -35,6 +37,16 @@ ACTING = {"state": STATE_ACTING, "insert_wait_s": 0}
         ({}, False, RayActorState("PENDING_CREATION", False), NOT_PLACED, "resources the cluster lacks"),
         ({}, False, RayActorState("DEPENDENCIES_UNREADY", False), NOT_PLACED, "resources={'gpu_node': 1.0}"),
         ({}, False, RayActorState("PENDING_CREATION", True), STARTING, "placed but still starting"),
+        # issue #22: an actor built and waiting for a shard (a wrong --run, shards being replaced) is not "starting"
+        (
+            AWAITING,
+            False,
+            RayActorState("PENDING_CREATION", True),
+            AWAITING_REPLAY,
+            "a replay shard of run 'cartpole' after 60 s",
+        ),
+        (AWAITING, True, RayActorState("PENDING_CREATION", True), AWAITING_REPLAY, "is --run right?"),
+        (AWAITING, True, RayActorState("RESTARTING", False), RESTARTING, "Ray is restarting its process"),
         ({}, True, RayActorState("RESTARTING", False), RESTARTING, "Ray is restarting its process"),
         (ACTING, True, RayActorState("ALIVE", True), SLOW, "is up but has not finished a chunk"),
         ({}, False, RayActorState("ALIVE", True), SLOW, "a slow env?"),
@@ -45,7 +57,7 @@ ACTING = {"state": STATE_ACTING, "insert_wait_s": 0}
     ],
 )
 def test_an_overdue_actor_is_described_by_its_real_cause(report, reported_before, ray_state, cause, says):
-    said = overdue(3, 60.0, report, reported_before, ray_state, 1.0, {"gpu_node": 1.0})
+    said = overdue(3, 60.0, report, reported_before, ray_state, 1.0, {"gpu_node": 1.0}, run="cartpole")
     assert said.cause == cause and says in said.text and said.text.startswith("actor 3 ")
     assert said.warning == (cause != HELD_BACK)  # held back by the UTD is the design working: no warning
 

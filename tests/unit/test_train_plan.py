@@ -150,9 +150,10 @@ def test_a_resume_is_planned_as_resumed_even_without_a_state_json(tmp_path):
     assert resumed.resumed and resumed.state == {} and not fresh_online_start(resumed)
 
 
-def _record_start_order(monkeypatch, planned, fail_shards: bool = False):
-    """Runs launch's shards-and-learner step with its steps replaced by recorders; returns the
-    calls in order and the components (the learner handle is what a stop would stop)."""
+def _record_start_order(monkeypatch, planned, fail_shards: bool = False, cluster: dict | None = None):
+    """Runs launch's shards-and-learner step with its steps replaced by recorders, on a Ray
+    cluster of `cluster`'s resources (default: CPUs for everything); returns the calls in order
+    and the components (the learner handle is what a stop would stop)."""
     import threading
     from types import SimpleNamespace
 
@@ -178,12 +179,18 @@ def _record_start_order(monkeypatch, planned, fail_shards: bool = False):
     monkeypatch.setattr(launch, "_await_shards", await_shards)
     monkeypatch.setattr(launch, "_start_offline_shards", lambda *args: calls.append("offline shards"))
     monkeypatch.setattr(launch, "_create_learner", lambda *a: None if a[1].learner else create_learner(*a))
-    components = SimpleNamespace(learner=None, fleet=None, info={})
+    if cluster is None:
+        cluster = {"CPU": launch._cpus_needed(planned.config)}
+    components = SimpleNamespace(
+        learner=None, fleet=None, info={}, ray=SimpleNamespace(cluster_resources=lambda: cluster)
+    )
     planned.run.path.mkdir(parents=True, exist_ok=True)  # run.json is written after each step
+    components.error = None
     try:
         launch._start_shards_and_learner(planned, components, None, threading.Event())
-    except RuntimeError:
-        assert fail_shards
+    except RuntimeError as exc:  # as the driver gets it
+        components.error = exc
+    assert fail_shards or components.error is None or isinstance(components.error, launch.TrainError)
     return calls, components
 
 
@@ -205,6 +212,38 @@ def test_a_fresh_runs_actors_and_learner_are_asked_for_beside_its_shards_and_a_r
     with_dataset.offline_data = object()
     calls, _ = _record_start_order(monkeypatch, with_dataset)
     assert calls == ["shards", "await shards", "offline shards", "learner"]
+
+
+@pytest.mark.parametrize(
+    ("case", "overrides", "cpus_short"),
+    [
+        ("ray.num_cpus below what the actors and the learner ask for", [], 0.5),
+        ("more actors than the cluster has CPUs", ["actors.num_actors=64"], None),
+        ("actors that ask for custom resources", ["actors.resources={actor_host: 1}"], 0),
+        ("a learner that asks for custom resources", ["train.learner_resources={gpu_host: 1}"], 0),
+    ],
+)
+def test_a_fresh_run_asks_for_its_learner_before_its_actors_where_not_all_can_be_placed(
+    tmp_path, monkeypatch, case, overrides, cpus_short
+):
+    # Ray hands out CPUs in the order they are asked for: actors first would leave the learner none.
+    fresh = plan("configs/cartpole.yaml", overrides, str(tmp_path / "fresh"), None)
+    need = launch._cpus_needed(fresh.config)
+    cpus = 8 if cpus_short is None else need - cpus_short
+    assert cpus < need or cpus_short == 0
+    calls, components = _record_start_order(monkeypatch, fresh, cluster={"CPU": cpus})
+    assert calls == ["shards", "learner", "actors", "await shards", "offline shards"]
+    assert components.learner == "learner handle" and components.fleet == "fleet handle"
+
+
+def test_a_fresh_run_whose_learner_needs_a_gpu_the_cluster_lacks_fails_before_its_actors_start(tmp_path, monkeypatch):
+    fresh = plan("configs/cartpole.yaml", [], str(tmp_path / "fresh"), None)
+    # (plan refuses cuda on a machine without it; on a cluster the driver's node may have none)
+    learner = dataclasses.replace(fresh.config.learner, device="cuda")
+    fresh.config = dataclasses.replace(fresh.config, learner=learner)
+    calls, components = _record_start_order(monkeypatch, fresh, cluster={"CPU": 64})
+    assert "learner.device='cuda': the Ray cluster has no GPU" in str(components.error)
+    assert calls == ["shards"]  # neither the actors nor the learner were asked for
 
 
 def test_a_shard_that_fails_after_a_fresh_runs_actors_and_learner_were_asked_for_leaves_them_to_stop(
