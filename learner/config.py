@@ -229,8 +229,9 @@ class IQLConfig:
 
     policy_warmup: Literal["none", "filtered_bc"] = "none"
     """What pi learns during those `policy_starts` updates: nothing ("none"), or filtered behaviour
-    cloning ("filtered_bc": the data actions of the batch's top `top_k_percent` episodes by return;
-    needs the `episode_return` column datasets give). Digi-Q's actor is a policy already trained on
+    cloning ("filtered_bc": the data actions of the batch's top `top_k_percent` transitions by
+    episode return, averaged over those kept as "filtered_bc" does; needs the `episode_return`
+    column datasets give; a batch without it teaches pi nothing, with a warning). Digi-Q's actor is a policy already trained on
     such data before Best-of-N improves it, so its N candidates are actions a trained policy
     proposes; from an untrained pi they are near-uniform, and Best-of-N then copies whichever of
     them the critic overrates (MiniWoB click-button: docs/digiq.md)."""

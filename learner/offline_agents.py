@@ -21,6 +21,7 @@ no priorities are sent, and items keep the priority they were inserted with.
 from __future__ import annotations
 
 import copy
+import logging
 from typing import ClassVar
 
 import torch
@@ -33,11 +34,29 @@ from learner.errors import MalformedColumnError, MissingColumnError
 from learner.optimization import periodic_reset, reinitialise_with_optimizer, step, update_target
 from learner.spaces import ActionSpace
 
+log = logging.getLogger(__name__)
+
 
 def _column(batch: dict[str, torch.Tensor], column: str, loss: str) -> torch.Tensor:
     if column not in batch:
         raise MissingColumnError(loss, column, sorted(batch))
     return batch[column]
+
+
+def _episode_return(batch: dict[str, torch.Tensor], loss: str) -> torch.Tensor:
+    """The batch's `episode_return` [B] as float, refused when missing or not finite (a NaN would
+    rank as no return at all, an inf keep only its own episode)."""
+    episode_return = _column(batch, "episode_return", loss).float()
+    if not torch.isfinite(episode_return).all():
+        raise MalformedColumnError(loss, "episode_return", "holds NaN or infinite returns")
+    return episode_return
+
+
+def _kept_weight(kept: torch.Tensor) -> torch.Tensor:
+    """Per-item weights [B] that make a mean over the batch the mean over the kept items only
+    (kept * B / kept.sum()), as `FilteredBCAgent`'s loss averages; zeros when none is kept."""
+    count = kept.sum()
+    return kept * (kept.numel() / count) if count > 0 else kept
 
 
 class _PolicyAgent:
@@ -93,9 +112,14 @@ class IQLAgent(_PolicyAgent):
     One target network holds the twin Qs and V (`learner.target_update` as for the other losses;
     "none": the online critics bootstrap). With `iql.policy_starts`, pi is not updated in the first
     that many updates: the critics train first, while pi learns nothing (`imitation_weight` 0) or,
-    with `iql.policy_warmup: filtered_bc`, clones the data actions of the batch's best episodes (as
-    `FilteredBCAgent`), so that Best-of-N starts from a trained proposal policy as Digi-Q's does. The critics and pi have their own optimizers; `loss`
-    and `grad_norm` of an update are the critics' (Q + V), as for SAC; `policy_loss` and
+    with `iql.policy_warmup: filtered_bc`, clones the data actions of the batch's top
+    `top_k_percent` transitions by episode return, with `FilteredBCAgent`'s selection and loss (the
+    mean over the kept items), so that Best-of-N starts from a trained proposal policy as Digi-Q's
+    does; Best-of-N's candidates are neither sampled nor scored then. A warm-up batch without
+    `episode_return` (a learner restarted from no checkpoint in an online phase, whose batches hold
+    actors' transitions) is not refused: pi learns nothing on it, as with `policy_warmup: none`,
+    and a warning says so once. The critics and pi have their own optimizers; `loss` and
+    `grad_norm` of an update are the critics' (Q + V), as for SAC; `policy_loss` and
     `imitation_weight` are pi's.
     """
 
@@ -106,6 +130,7 @@ class IQLAgent(_PolicyAgent):
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.optimizer.lr)
         self.updates = 0
         """Updates made (checkpointed): pi waits for `iql.policy_starts` of them."""
+        self._warned_no_returns = False
 
     def update(self, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> UpdateResult:
         iql = self.config.iql
@@ -114,10 +139,13 @@ class IQLAgent(_PolicyAgent):
         reward, discount = batch["reward"].float(), batch["discount"].float()
         bootstrap = self.critic_target if self.critic_target is not None else self.critic
         logits = self.policy(obs)
+        warming_up = (
+            self.updates <= iql.policy_starts
+        )  # the critics first: pi would imitate an untrained critic's picks
         with torch.no_grad():
             # Q_target where it is needed, in one pass: the data action, then Best-of-N's candidates.
             asked = action[:, None]
-            if iql.extraction == "best_of_n":
+            if iql.extraction == "best_of_n" and not warming_up:
                 data_action = action if iql.include_data_action else None
                 candidates = offline_losses.sample_candidates(
                     logits.detach(), iql.n, data_action, replacement=iql.replacement
@@ -135,16 +163,19 @@ class IQLAgent(_PolicyAgent):
         grad_norm = step(self.critic_optimizer, critic_loss, list(self.critic.parameters()), max_grad_norm)
 
         advantage = q_target_taken - value.detach()
-        if self.updates <= iql.policy_starts:  # the critics first: pi would imitate an untrained critic's picks
-            imitated, item_weight = action, self._warmup_weight(batch, advantage)
+        if warming_up:
+            imitated, kept = action, self._warmup_kept(batch, advantage)
+            item_weight, imitation_weight = _kept_weight(kept), float(kept.mean())
         elif iql.extraction == "awr":
             imitated = action
             item_weight = offline_losses.awr_weights(advantage, iql.temperature, iql.max_weight)
+            imitation_weight = float(item_weight.mean())
         else:
             imitated, improves = offline_losses.best_candidate(
                 asked[:, 1:], q_target_asked[:, 1:], value.detach(), iql.advantage_threshold
             )
             item_weight = improves.float()
+            imitation_weight = float(item_weight.mean())
         policy_loss = self._imitate(logits, imitated, item_weight, weights)
 
         q_mean = q_taken.detach().mean(dim=0)
@@ -155,15 +186,26 @@ class IQLAgent(_PolicyAgent):
             grad_norm,
             td.cpu().numpy(),
             policy_loss=policy_loss,
-            imitation_weight=float(item_weight.mean()),
+            imitation_weight=imitation_weight,
         )
 
-    def _warmup_weight(self, batch: dict[str, torch.Tensor], advantage: torch.Tensor) -> torch.Tensor:
-        """pi's weights on the data actions before `policy_starts`: none, or filtered BC's selection
-        (the batch's top `top_k_percent` episodes by return)."""
+    def _warmup_kept(self, batch: dict[str, torch.Tensor], advantage: torch.Tensor) -> torch.Tensor:
+        """The data actions pi clones before `policy_starts` ([B] 0/1): none, or filtered BC's
+        selection (the batch's top `top_k_percent` transitions by episode return); none either when
+        the batch has no `episode_return` (see the class docstring)."""
         if self.config.iql.policy_warmup == "none":
             return torch.zeros_like(advantage)
-        episode_return = _column(batch, "episode_return", f"{self.config.loss} (policy_warmup)").float()
+        if "episode_return" not in batch:
+            if not self._warned_no_returns:
+                self._warned_no_returns = True
+                log.warning(
+                    "update %d: pi's filtered-BC warm-up (until learner.policy_starts=%d) gets batches without "
+                    "episode_return (a learner restarted without a checkpoint online?): pi learns nothing until then",
+                    self.updates,
+                    self.config.iql.policy_starts,
+                )
+            return torch.zeros_like(advantage)
+        episode_return = _episode_return(batch, f"{self.config.loss} (policy_warmup)")
         return offline_losses.top_returns(episode_return, self.config.filtered_bc.top_k_percent).float()
 
     def after_update(self, updates: int) -> bool:
@@ -203,8 +245,8 @@ class IQLAgent(_PolicyAgent):
 
 class FilteredBCAgent(_PolicyAgent):
     """Filtered behaviour cloning: maximise log pi(a_data|s) over the transitions whose episode
-    return is in the top `top_k_percent` of the batch (`offline_losses.top_returns`), averaged over
-    those kept. A baseline for the value-based learners: it can only be as good as the data's best
+    return is in the top `top_k_percent` of the batch (`offline_losses.top_returns`: with 0/1
+    returns and fewer successes than k% of the batch, the successes only), averaged over those kept. A baseline for the value-based learners: it can only be as good as the data's best
     episodes.
 
     The top k% is taken per batch, over transitions: long episodes hold more transitions, so they
@@ -215,10 +257,7 @@ class FilteredBCAgent(_PolicyAgent):
     """
 
     def update(self, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> UpdateResult:
-        loss_name = self.config.loss
-        episode_return = _column(batch, "episode_return", loss_name).float()
-        if not torch.isfinite(episode_return).all():
-            raise MalformedColumnError(loss_name, "episode_return", "holds NaN or infinite returns")
+        episode_return = _episode_return(batch, self.config.loss)
         kept = offline_losses.top_returns(episode_return, self.config.filtered_bc.top_k_percent).float()
         log_likelihood = offline_losses.log_likelihood(self.policy(batch["obs"]), batch["action"])
         loss = -(weights * kept * log_likelihood).sum() / kept.sum()

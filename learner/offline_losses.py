@@ -139,7 +139,11 @@ def top_returns(episode_return: torch.Tensor, top_k_percent: float) -> torch.Ten
     """Filtered BC's selection: the items whose episode return is among the top k% of the batch.
 
     keep = ceil(k% of B) (at least 1) items by return; every item whose return equals the lowest
-    kept one is kept too, so ties are never split by position.
+    kept one is kept too, so ties are never split by position. When that lowest kept return is the
+    batch's minimum while the batch holds higher ones (0/1 returns with fewer successes than
+    k% of B), only the items above the minimum are kept: the ties would otherwise keep the whole
+    batch, failures included. A batch whose returns are all equal, or k = 100, keeps every item
+    (plain BC).
 
     Args:
         episode_return: [B] the return of the episode each transition belongs to.
@@ -150,4 +154,8 @@ def top_returns(episode_return: torch.Tensor, top_k_percent: float) -> torch.Ten
     """
     keep = max(1, math.ceil(top_k_percent * episode_return.numel() / 100.0 - 1e-9))  # 1e-9: no float ceil-up
     lowest_kept = episode_return.topk(keep).values[-1]
-    return episode_return >= lowest_kept
+    kept = episode_return >= lowest_kept
+    above = episode_return > lowest_kept
+    if int(kept.sum()) > keep and lowest_kept == episode_return.min() and bool(above.any()):
+        return above  # the ties at the minimum would have kept the whole batch
+    return kept

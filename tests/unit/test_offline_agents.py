@@ -340,7 +340,7 @@ def test_with_a_filtered_bc_warmup_pi_clones_the_best_episodes_while_the_critics
     """Digi-Q starts Best-of-N from a trained proposal policy: during `policy_starts`, pi clones the
     data actions of the batch's top episodes (here the optimal ones) and nothing else; Best-of-N
     takes over after. The behaviour mostly goes left, so plain cloning of every row would too."""
-    iql = IQLConfig(extraction="best_of_n", n=4, policy_starts=60, policy_warmup="filtered_bc")
+    iql = IQLConfig(extraction="best_of_n", n=4, policy_starts=60, policy_warmup="filtered_bc", advantage_threshold=1e9)
     learner_config = config("iql", iql=iql, filtered_bc=FilteredBCConfig(top_k_percent=5))
     agent = make_agent(learner_config, (STATES,), PLAIN, CPU)
     critic_before = [p.detach().clone() for p in agent.critic.parameters()]
@@ -349,16 +349,58 @@ def test_with_a_filtered_bc_warmup_pi_clones_the_best_episodes_while_the_critics
     kept = recorded_batch()["episode_return"] >= 0.7 - 1e-6  # the optimal episodes' rows only
     assert result.imitation_weight == pytest.approx(float(kept.float().mean()))
     assert not all(torch.equal(b, p) for b, p in zip(critic_before, agent.critic.parameters(), strict=True))
-    after = agent.update(recorded_batch(), torch.ones(420))  # update 61: Best-of-N's own weights
-    assert after.imitation_weight != pytest.approx(float(kept.float().mean()))
+    after = agent.update(recorded_batch(), torch.ones(420))  # update 61: Best-of-N, whose threshold nothing beats
+    assert (after.imitation_weight, after.policy_loss) == (0.0, 0.0)
 
 
-def test_a_filtered_bc_warmup_without_episode_returns_names_the_missing_column():
+def test_the_warmups_policy_loss_is_filtered_bcs_mean_over_the_kept_transitions():
+    batch, weights = recorded_batch(), torch.ones(420)
+    top = FilteredBCConfig(top_k_percent=5)
+    iql = IQLConfig(extraction="best_of_n", policy_starts=10, policy_warmup="filtered_bc")
+    warmup = make_agent(config("iql", iql=iql, filtered_bc=top), (STATES,), PLAIN, CPU).update(batch, weights)
+    bc = make_agent(config("filtered_bc", filtered_bc=top), (STATES,), PLAIN, CPU)
+    bc.policy.load_state_dict(make_agent(config("iql", iql=iql, filtered_bc=top), (STATES,), PLAIN, CPU).policy_state())
+    filtered = bc.update(batch, weights)
+    assert warmup.imitation_weight == pytest.approx(filtered.imitation_weight) and warmup.imitation_weight < 0.2
+    assert warmup.policy_loss == pytest.approx(filtered.policy_loss, rel=1e-5)  # not scaled down by the kept share
+
+
+def test_best_of_n_samples_no_candidates_during_the_warmup():
+    iql = IQLConfig(extraction="best_of_n", n=16, policy_starts=2, policy_warmup="filtered_bc")
+    agent = make_agent(config("iql", iql=iql), (STATES,), PLAIN, CPU)
+    for update in (1, 2):
+        rng = torch.get_rng_state()
+        agent.update(recorded_batch(), torch.ones(420))
+        assert torch.equal(rng, torch.get_rng_state()), update  # nothing drawn
+    rng = torch.get_rng_state()
+    agent.update(recorded_batch(), torch.ones(420))  # update 3: Best-of-N samples its candidates
+    assert not torch.equal(rng, torch.get_rng_state())
+
+
+def test_a_filtered_bc_warmup_refuses_non_finite_episode_returns_naming_the_column():
+    iql = IQLConfig(extraction="best_of_n", policy_starts=10, policy_warmup="filtered_bc")
+    agent = make_agent(config("iql", iql=iql), (STATES,), PLAIN, CPU)
+    batch = recorded_batch()
+    batch["episode_return"][3] = float("nan")
+    with pytest.raises(MalformedColumnError, match="policy_warmup.*'episode_return' holds NaN or infinite"):
+        agent.update(batch, torch.ones(420))
+
+
+def test_a_warmup_batch_without_episode_returns_teaches_pi_nothing_and_warns_once(caplog):
+    """A learner restarted without a checkpoint in an online phase warms up again on actors'
+    transitions, which have no episode return: the critics train, pi waits as with no warm-up."""
     iql = IQLConfig(extraction="best_of_n", policy_starts=10, policy_warmup="filtered_bc")
     agent = make_agent(config("iql", iql=iql), (STATES,), PLAIN, CPU)
     batch = {k: v for k, v in recorded_batch().items() if k != "episode_return"}
-    with pytest.raises(MissingColumnError, match="policy_warmup.*'episode_return'"):
-        agent.update(batch, torch.ones(420))
+    policy_before = [p.detach().clone() for p in agent.policy.parameters()]
+    critic_before = [p.detach().clone() for p in agent.critic.parameters()]
+    with caplog.at_level("WARNING", logger="learner.offline_agents"):
+        results = [agent.update(batch, torch.ones(420)) for _ in range(3)]
+    assert all((r.imitation_weight, r.policy_loss) == (0.0, 0.0) for r in results)
+    assert all(torch.equal(b, p) for b, p in zip(policy_before, agent.policy.parameters(), strict=True))
+    assert not all(torch.equal(b, p) for b, p in zip(critic_before, agent.critic.parameters(), strict=True))
+    warnings = [r for r in caplog.records if "episode_return" in r.getMessage()]
+    assert len(warnings) == 1 and "policy_starts=10" in warnings[0].getMessage()
 
 
 def test_an_unknown_policy_warmup_is_refused_naming_the_key():

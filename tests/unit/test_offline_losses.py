@@ -65,6 +65,9 @@ def test_best_of_n_picks_the_highest_q_candidate_and_masks_those_without_advanta
         ([1, 5, 3, 5, 2, 0, 4, 7, 6, 8], 1, [9]),  # at least one
         ([1, 5, 5, 5, 0], 40, [1, 2, 3]),  # two items, but ties with the lowest kept are all kept
         ([1, 5, 5, 5, 0], 100, [0, 1, 2, 3, 4]),  # plain behaviour cloning
+        ([0, 0, 1, 0, 0, 0, 1, 0, 0, 0], 30, [2, 6]),  # 2 successes < 3 kept: not the failures tied at 0
+        ([0, 1, 1, 1, 0, 1, 0, 0, 0, 0], 30, [1, 2, 3, 5]),  # 4 successes >= 3: ties above 0 all kept
+        ([2, 2, 2, 2], 25, [0, 1, 2, 3]),  # all equal: plain behaviour cloning
     ],
 )
 def test_filtered_bc_keeps_the_top_k_percent_of_the_batch_by_episode_return(returns, top_k_percent, kept):
