@@ -61,7 +61,8 @@ class Plan:
     `system.datasets.LoadedDataset`; None without one): loaded into the offline shards at every start."""
     offline_spec: Spec | None = None
     """The offline shards' columns: `spec`, plus `episode_return` when the loss ranks by it
-    ("filtered_bc"); None without a dataset."""
+    ("filtered_bc", or "iql" with `policy_warmup: filtered_bc` in an offline-only run); None without
+    a dataset."""
 
     @property
     def offline_only(self) -> bool:
@@ -139,18 +140,22 @@ def plan(
     config = dataclasses.replace(config, train=train)
     spaces = env_spaces(config.env)
     check(config, spaces.spec, spaces.action_space, resumed=resume is not None)
+    if resume is None:
+        check_warmup_phase(config)
     if resume is None or not config.learner.distributional.resolved:  # a run's config.yaml holds its numbers
         config = resolve_value_support(config)
     checked = Plan(config, run, name, state, spaces.obs_shape, spaces.action_space, spaces.spec)
-    checked.offline_spec = offline_spec(config, spaces.spec)
-    checked.offline_data = load_offline(config, spaces, checked.offline_spec)
     if resume is not None:
         checked.resumed = True
         checked.learner_reached, checked.fresh_learner, checked.learner_checkpoint = learner_resume(
             run, fresh_learner, state
         )
+        latest = None if checked.fresh_learner else checked.learner_checkpoint
+        check_warmup_phase(config, latest[0] if latest else None)
         if checked.offline_only:
             refuse_finished_offline_only(checked)
+    checked.offline_spec = offline_spec(config, spaces.spec)
+    checked.offline_data = load_offline(config, spaces, checked.offline_spec)
     return checked
 
 
@@ -231,9 +236,7 @@ def offline_spec(config: RunConfig, spec: Spec) -> Spec | None:
     online, as `qfleet bench digiq` does); None without a dataset."""
     if not config.offline.enabled:
         return None
-    iql = config.learner.iql
-    warmup = config.learner.loss == "iql" and iql.policy_warmup == "filtered_bc" and iql.policy_starts > 0
-    if config.learner.loss == "filtered_bc" or (warmup and is_offline_only(config)):
+    if config.learner.loss == "filtered_bc" or (warms_up_by_filtered_bc(config) and is_offline_only(config)):
         from system.datasets import with_episode_return
 
         return with_episode_return(spec)
@@ -419,7 +422,6 @@ def check(config: RunConfig, spec: Spec, action_space: ActionSpace, *, resumed: 
     if warning := insert_lead_warning(config, resumed=resumed):
         log.warning("%s", warning)
     check_offline(config)
-    check_warmup_phase(config, resumed=resumed)
     defaults = type(replay)()
     for key in ("samples_per_insert", "min_size", "error_buffer", "checkpoint_dir", "redis_url"):
         if getattr(replay, key) != getattr(defaults, key):
@@ -457,24 +459,41 @@ def insert_lead_warning(config: RunConfig, *, resumed: bool = False) -> str | No
     )
 
 
-def check_warmup_phase(config: RunConfig, *, resumed: bool) -> None:
-    """A fresh offline -> online run whose pi warms up by filtered BC is refused before anything
-    starts: the warm-up ranks the dataset's episodes by `episode_return`, a column only an
-    offline-only run's batches carry (mixed batches need the same columns as actors' transitions),
-    so the run would stop at its first update. Its offline phase runs alone, then `--resume`s
-    online (a resumed run's pi is past its warm-up).
+def warms_up_by_filtered_bc(config: RunConfig) -> bool:
+    """Whether pi's first `learner.policy_starts` updates clone the batch's best transitions, ranked
+    by `episode_return`."""
+    iql = config.learner.iql
+    return config.learner.loss == "iql" and iql.policy_warmup == "filtered_bc" and iql.policy_starts > 0
+
+
+def check_warmup_phase(config: RunConfig, resumed_from: int | None = None) -> None:
+    """An offline -> online run whose pi would warm up by filtered BC on mixed batches is refused
+    before anything starts: the warm-up ranks the dataset's transitions by `episode_return`, a
+    column only an offline-only run's batches carry (mixed batches need the same columns as actors'
+    transitions). Its offline phase runs alone, then `--resume`s online: allowed when the resumed
+    learner's checkpoint (`resumed_from`, its update count) is at or past `policy_starts`; a fresh
+    run, a resume whose learner starts fresh (`resumed_from` None) or one checkpointed inside the
+    warm-up would warm up on mixed batches.
 
     Raises:
-        ConfigError: naming the key and the two commands.
+        ConfigError: naming the keys and the commands.
     """
-    iql = config.learner.iql
-    warmup = config.learner.loss == "iql" and iql.policy_warmup == "filtered_bc" and iql.policy_starts > 0
-    if warmup and config.offline.enabled and not is_offline_only(config) and not resumed:
-        raise ConfigError(
-            "learner.policy_warmup='filtered_bc' ranks the offline dataset's episodes by episode_return, which "
-            "only an offline-only run's batches carry: run the offline phase alone (--set train.total_env_steps=0), "
-            "then qfleet train --resume RUN_DIR --set train.total_env_steps=N; or set learner.policy_warmup=none"
-        )
+    if not (warms_up_by_filtered_bc(config) and config.offline.enabled) or is_offline_only(config):
+        return
+    policy_starts = config.learner.iql.policy_starts
+    if resumed_from is not None and resumed_from >= policy_starts:
+        return
+    if resumed_from is None:
+        where = "this run's learner would start the warm-up afresh on mixed batches"
+    else:
+        where = f"this run's learner checkpoint is at update {resumed_from:,}, inside the warm-up"
+    raise ConfigError(
+        f"learner.policy_warmup='filtered_bc' (until learner.policy_starts={policy_starts}) ranks the offline "
+        f"dataset's transitions by episode_return, which only an offline-only run's batches carry, and {where}: "
+        "finish the offline phase offline-only first (a new run with --set train.total_env_steps=0, or "
+        "qfleet train --resume RUN_DIR --set train.total_env_steps=0), then qfleet train --resume RUN_DIR "
+        "--set train.total_env_steps=N; or set learner.policy_warmup=none"
+    )
 
 
 def check_offline(config: RunConfig) -> None:
@@ -498,7 +517,7 @@ def check_offline(config: RunConfig) -> None:
                 "transition's episode_return, which actors' online transitions lack: it trains on an offline "
                 "dataset only (offline.dataset with train.total_env_steps=0)"
             )
-        if learner.loss == "iql" and learner.iql.policy_warmup == "filtered_bc" and learner.iql.policy_starts > 0:
+        if warms_up_by_filtered_bc(config):
             raise ConfigError(
                 "learner.policy_warmup='filtered_bc' clones the best episodes of an offline dataset, ranked by "
                 "each transition's episode_return, which actors' online transitions lack: set offline.dataset, "
@@ -523,6 +542,13 @@ def check_offline(config: RunConfig) -> None:
         raise ConfigError(
             f"replay.mix={mix!r}: a batch of learner.batch_size={learner.batch_size} would hold {counts} items "
             "per source; each needs at least one"
+        )
+    if warms_up_by_filtered_bc(config) and offline.updates <= learner.iql.policy_starts:
+        raise ConfigError(
+            f"offline.updates={offline.updates}: with learner.policy_warmup='filtered_bc' the first "
+            f"learner.policy_starts={learner.iql.policy_starts} updates are the warm-up; the offline phase must go "
+            "past it (pi's Best-of-N or AWR training never runs offline otherwise, and an online resume would warm "
+            "up on batches without episode_return): raise offline.updates or lower learner.policy_starts"
         )
     if learner.loss == "filtered_bc" and not offline_only:
         raise ConfigError(

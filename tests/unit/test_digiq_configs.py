@@ -72,13 +72,28 @@ def test_the_miniwob_env_gives_the_learner_its_ui_action_layout():
     assert layout.points[1] == pytest.approx((0.15, 1 / 24))  # row 0, column 1: the cell's centre
 
 
-def test_a_fresh_offline_then_online_run_with_the_warmup_is_refused_before_anything_starts_and_a_resume_is_not():
+def test_an_offline_then_online_run_with_the_warmup_is_refused_unless_its_learner_resumes_past_the_warmup():
     from system.train.plan import check_warmup_phase
 
     config = load_config("configs/miniwob_digiq.yaml")
+    starts = config.learner.iql.policy_starts
     assert config.learner.iql.policy_warmup == "filtered_bc" and config.train.total_env_steps > 0
-    with pytest.raises(ConfigError, match=r"policy_warmup.*train.total_env_steps=0.*--resume"):
-        check_warmup_phase(config, resumed=False)
-    check_warmup_phase(config, resumed=True)  # the offline phase ran alone: pi is past its warm-up
-    check_warmup_phase(load_config("configs/miniwob_digiq.yaml", ["train.total_env_steps=0"]), resumed=False)
-    check_warmup_phase(load_config("configs/miniwob_digiq.yaml", ["learner.policy_warmup=none"]), resumed=False)
+    with pytest.raises(ConfigError, match=r"policy_warmup.*afresh.*total_env_steps=0.*--resume"):
+        check_warmup_phase(config)  # a fresh run, or a resume whose learner starts fresh
+    with pytest.raises(ConfigError, match=rf"update {starts - 1:,}, inside the warm-up"):
+        check_warmup_phase(config, resumed_from=starts - 1)
+    check_warmup_phase(config, resumed_from=starts)  # the offline phase ran alone past the warm-up
+    check_warmup_phase(load_config("configs/miniwob_digiq.yaml", ["train.total_env_steps=0"]))
+    check_warmup_phase(load_config("configs/miniwob_digiq.yaml", ["learner.policy_warmup=none"]))
+
+
+@pytest.mark.parametrize("path", ["configs/miniwob_digiq.yaml", "configs/android_digiq.yaml"])
+def test_a_digiq_configs_offline_phase_goes_past_the_warmup_and_a_shorter_one_is_refused(path):
+    config = load_config(path, ["train.total_env_steps=0"])
+    check_offline(config)
+    if config.learner.iql.policy_warmup == "filtered_bc":
+        starts = config.learner.iql.policy_starts
+        assert config.offline.updates > starts
+        short = load_config(path, ["train.total_env_steps=0", f"offline.updates={starts}"])
+        with pytest.raises(ConfigError, match=rf"offline.updates={starts}.*learner.policy_starts={starts}"):
+            check_offline(short)

@@ -69,6 +69,10 @@ def test_loaded_rows_carry_episode_return_only_when_asked_and_no_policy_version_
     assert "episode_return" not in plain and set(plain) == set(spec.columns)
 
 
+WARMUP = ("learner.loss=iql", "learner.policy_warmup=filtered_bc", "learner.policy_starts=200")
+"""pi clones the best transitions, ranked by episode_return, during the first 200 updates."""
+
+
 def offline_only(folder, *extra: str) -> list[str]:
     return ["train.total_env_steps=0", f"offline.dataset={DATASET}", f"offline.datasets_dir={folder}", *extra]
 
@@ -108,6 +112,10 @@ def test_an_offline_only_iql_plan_with_a_filtered_bc_warmup_gives_its_offline_ro
         (["learner.loss=filtered_bc"], "filtered_bc.*actors' online transitions lack"),
         (["offline.dataset=d", "learner.loss=filtered_bc"], "filtered_bc.*runs offline only"),
         (["train.total_env_steps=-1"], "total_env_steps=-1"),
+        (  # the offline phase would be all warm-up: Best-of-N never runs, an online resume warms up again
+            [*WARMUP, "train.total_env_steps=0", "offline.dataset=d", "offline.updates=200"],
+            "offline.updates=200.*learner.policy_starts=200",
+        ),
     ],
 )
 def test_runs_that_cannot_be_offline_only_or_filtered_bc_are_refused_naming_why(tmp_path, overrides, named):
@@ -209,3 +217,44 @@ def test_a_run_that_went_online_is_refused_as_offline_only_with_advice_that_work
     with pytest.raises(ConfigError, match="went online at update 300.*cannot become offline-only") as refused:
         plan(None, ["train.total_env_steps=0"], None, str(run.path))
     assert "--set train.total_env_steps=N" in str(refused.value) and "offline.updates=N" not in str(refused.value)
+
+
+def test_an_offline_only_run_stopped_inside_its_warmup_cannot_resume_online_until_its_offline_phase_is_past_it(
+    datasets, tmp_path
+):
+    """Online, batches are mixed and hold no episode_return: a learner that would still be warming
+    up (checkpointed at update 120 of policy_starts 200, or starting fresh) is refused, with the
+    command that finishes the offline phase first; one checkpointed past the warm-up goes online."""
+    from learner import PhaseMark
+    from learner.checkpoint import save
+
+    folder, _ = datasets
+    fresh = plan(OFFLINE_ONLY, offline_only(folder, *WARMUP, "offline.updates=300"), str(tmp_path / "run"), None)
+    run = fresh.run
+    run.write_config(fresh.config)
+    run.write_json("state.json", {"phase": "offline", "online_from": None, "env_steps": 0})
+
+    def checkpoint(updates: int) -> None:
+        state = {"agent": {}, "counters": {"updates": updates, "version": 3, "inserts": 0}, "rng": {}}
+        save(run.checkpoints, state | {"phase": PhaseMark("offline", updates).to_state()}, updates)
+
+    checkpoint(120)
+    with pytest.raises(
+        ConfigError, match=r"update 120, inside the warm-up.*--resume RUN_DIR --set train.total_env_steps=0"
+    ):
+        plan(None, ["train.total_env_steps=5000"], None, str(run.path))
+    assert plan(None, [], None, str(run.path)).offline_only  # finishing the offline phase offline-only is allowed
+    checkpoint(200)
+    online = plan(None, ["train.total_env_steps=5000"], None, str(run.path))
+    assert not online.offline_only and online.learner_checkpoint[0] == 200
+
+
+def test_an_online_resume_of_a_warmup_run_whose_learner_starts_fresh_is_refused(datasets, tmp_path):
+    folder, _ = datasets
+    fresh = plan(OFFLINE_ONLY, offline_only(folder, *WARMUP, "offline.updates=300"), str(tmp_path / "run"), None)
+    run = fresh.run
+    run.write_config(fresh.config)
+    run.write_json("state.json", {"phase": "offline", "online_from": None, "env_steps": 0})
+    run.append_records([{"kind": "progress", "updates": 250, "weights_version": 4}])  # trained, no checkpoint left
+    with pytest.raises(ConfigError, match="start the warm-up afresh on mixed batches"):
+        plan(None, ["train.total_env_steps=5000"], None, str(run.path), fresh_learner=True)
