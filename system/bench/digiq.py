@@ -372,6 +372,24 @@ def learner_overrides(paths: TaskPaths, settings: DigiqSettings, learner: dict[s
     return [f"{key}={value}" for key, value in (common | learner).items()] + list(settings.overrides)
 
 
+def refuse_updates_within_warmup(updates: int, config) -> None:
+    """Every Digi-Q cell must train past pi's filtered-BC warm-up (`learner.policy_starts`):
+    otherwise its pi is pure filtered BC, Best-of-N never runs and its "N=..." label lies, and the
+    online run's resume would warm up again on batches without episode_return.
+
+    Raises:
+        ConfigError: `updates` <= learner.policy_starts with the warm-up on, naming both.
+    """
+    from system.train.plan import warms_up_by_filtered_bc
+
+    starts = config.learner.iql.policy_starts
+    if warms_up_by_filtered_bc(config) and updates <= starts:
+        raise ConfigError(
+            f"--updates {updates}: the first learner.policy_starts={starts} updates are pi's filtered-BC warm-up, "
+            f"so Best-of-N would never run; give --updates above {starts} (or --set learner.policy_starts lower)"
+        )
+
+
 def learner_settings(cell: str, settings: DigiqSettings) -> dict[str, object]:
     """Each offline cell's settings over CONFIG: filtered BC (plain BC, top_k_percent 100, on rows
     `TaskRun.offline` has already filtered to the successful episodes: a per-batch top-k would keep
@@ -503,7 +521,11 @@ def policy_sanity(config, agent, loaded: dict[str, np.ndarray]) -> dict:
 
 
 def critic_sanity(critic, loaded: dict[str, np.ndarray]) -> dict:
-    """`critic_ranking` of an IQL critic (min of its twin Qs, its V) on a dataset's transitions."""
+    """`critic_ranking` of an IQL critic (min of its twin Qs, its V) on a dataset's transitions.
+
+    A step counts as rewarded when its `reward` > 0: the n-step return, so with actors.n_step > 1
+    the steps up to n - 1 before the success count too (`policy_sanity` ranks by
+    `episode_return` > 0, every step of a successful episode); the MiniWoB config's n_step is 1."""
     import numpy as np
     import torch
 
@@ -520,13 +542,14 @@ def critic_ranking(q: np.ndarray, value: np.ndarray, action: np.ndarray, rewarde
     """How well a critic tells good actions from bad, on recorded transitions; Best-of-N trusts it.
 
     - `rewarded_action_top1` and `rewarded_action_mean_rank`: on the steps that earned a reward,
-      the share where the recorded action has the highest Q of every action, and its mean rank
-      (0: the highest; ties rank it first). Best-of-N imitates argmax-Q over pi's samples, so a
+      the share where the recorded action has a Q strictly above every other action's, and its mean
+      rank (0: the highest; an action tied with k others ranks k/2 below the best it ties, so a
+      flat critic reads (A - 1)/2 and top-1 0, not a perfect ranking). Best-of-N imitates argmax-Q over pi's samples, so a
       critic that ranks many other actions above the one that earned the reward steers pi away
       from it.
     - `advantage_auc`: the probability that a rewarded step's Q(s, a) - V(s) exceeds an unrewarded
-      step's (ties count half): does the critic tell which recorded step earned the reward? 0.5 is
-      chance.
+      step's (ties count half; the Mann-Whitney U, computed from the
+      pooled ranks rather than a rewarded x unrewarded matrix): does the critic tell which recorded step earned the reward? 0.5 is chance.
     - `q_max_mean` and `v_mean`: the mean over states of max_a Q(s, a) and of V(s); a max above
       the highest return the task can give is Q overrated at actions the data rarely holds.
 
@@ -537,19 +560,35 @@ def critic_ranking(q: np.ndarray, value: np.ndarray, action: np.ndarray, rewarde
 
     rows = np.arange(len(action))
     taken = q[rows, action]
-    rank = (q > taken[:, None]).sum(axis=1)
+    above = (q > taken[:, None]).sum(axis=1)
+    tied = (q == taken[:, None]).sum(axis=1) - 1  # the recorded action itself not counted
+    rank = above + 0.5 * tied
     advantage = taken - value
-    good, bad = advantage[rewarded], advantage[~rewarded]
+    rewarded = np.asarray(rewarded, dtype=bool)
+    good, bad = int(rewarded.sum()), int((~rewarded).sum())
     auc = None
-    if len(good) and len(bad):
-        auc = float((good[:, None] > bad[None, :]).mean() + 0.5 * (good[:, None] == bad[None, :]).mean())
+    if good and bad:
+        auc = float((_midranks(advantage)[rewarded].sum() - good * (good + 1) / 2) / (good * bad))
     return {
-        "rewarded_action_top1": round(float((rank[rewarded] == 0).mean()), 4) if rewarded.any() else None,
+        "rewarded_action_top1": round(float(((above + tied)[rewarded] == 0).mean()), 4) if rewarded.any() else None,
         "rewarded_action_mean_rank": round(float(rank[rewarded].mean()), 2) if rewarded.any() else None,
         "advantage_auc": None if auc is None else round(auc, 4),
         "q_max_mean": round(float(q.max(axis=1).mean()), 4),
         "v_mean": round(float(value.mean()), 4),
     }
+
+
+def _midranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of `values`, tied values sharing the mean of their ranks (for the Mann-Whitney U)."""
+    import numpy as np
+
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)  # positions starts+1..ends, averaged
+    return ranks
 
 
 WARMUP_UPDATES = 3
@@ -1080,7 +1119,8 @@ def digiq_from_arguments(args) -> tuple[list[str], DigiqSettings]:
     overrides = tuple(args.set or ())
     from system.config import load_config
 
-    load_config(str(ROOT / CONFIG), list(overrides))  # a bad --set fails now, not after the first recording
+    config = load_config(str(ROOT / CONFIG), list(overrides))  # a bad --set fails now, not after the first recording
+    refuse_updates_within_warmup(args.updates, config)
     settings = DigiqSettings(
         follow_p=args.follow_p,
         pixel_episodes=args.pixel_episodes,

@@ -82,6 +82,8 @@ def test_the_table_gives_the_means_and_judges_the_issue_targets(tmp_path):
         (["--set", "learner.loss=iql"], "--set learner.loss: the bench sets"),
         (["--set", "env.features.path=x"], "--set env.features.path: the bench sets env.features itself"),
         (["--set", "offline.updates=9"], "--set offline.updates: the bench sets offline itself"),
+        (["--updates", "500"], r"--updates 500: the first learner.policy_starts=1000 updates are pi's filtered-BC"),
+        (["--updates", "1500", "--set", "learner.policy_starts=1500"], "--updates 1500.*policy_starts=1500"),
     ],
 )
 def test_bad_options_are_refused_before_anything_runs(options, message, tmp_path):
@@ -162,7 +164,7 @@ def test_every_cell_trains_with_the_same_budget_and_data_and_its_label_is_its_n(
     from system.bench.digiq import CONFIG, ROOT, learner_settings, online_command
     from system.config import load_config
 
-    settings = DigiqSettings(best_of_n=(1, 4), online_n=4, updates=700, seed=3, overrides=("learner.hidden_size=64",))
+    settings = DigiqSettings(best_of_n=(1, 4), online_n=4, updates=1200, seed=3, overrides=("learner.hidden_size=64",))
     run = TaskRun("click-button", settings, Results(tmp_path / "d.json", settings), tmp_path)
     offline = {cell: run.config(learner_settings(cell, settings)) for cell in (FILTERED_BC, *map(digiq_cell, (1, 4)))}
     online = overrides_of(online_command(run.paths, settings))
@@ -217,3 +219,26 @@ def test_the_critic_ranking_counts_where_the_rewarded_action_has_the_highest_q_a
 
     swapped = critic_ranking(q, np.array([0.9, 0.9, 0.0]), np.array([1, 2, 0]), np.array([True, True, False]))
     assert swapped["advantage_auc"] == 0.0  # the unrewarded step's advantage (0.5) beats both (0.0, -0.2)
+
+
+def test_the_critic_ranking_gives_a_flat_critic_no_credit_and_counts_tied_advantages_half():
+    import numpy as np
+
+    from system.bench.digiq import critic_ranking
+
+    flat = critic_ranking(np.zeros((4, 3)), np.zeros(4), np.array([0, 1, 2, 0]), np.array([True, True, False, False]))
+    assert flat["rewarded_action_top1"] == 0.0  # tied with every action: not the strictly highest
+    assert flat["rewarded_action_mean_rank"] == 1.0  # (3 - 1) / 2: the middle of the three tied
+    assert flat["advantage_auc"] == 0.5  # every pair tied
+    q = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    # advantages: rewarded 1.0, 0.0; unrewarded 0.0, 0.0, -1.0: pairs won 3 + 1, tied 2 of 6
+    value = np.array([0.0, 0.0, 0.0, 0.0, 1.0])
+    ranking = critic_ranking(q, value, np.array([0, 0, 0, 0, 0]), np.array([True, True, False, False, False]))
+    assert ranking["rewarded_action_mean_rank"] == pytest.approx((0.5 + 1.0) / 2)
+    assert ranking["advantage_auc"] == pytest.approx((4 + 0.5 * 2) / 6, abs=1e-4)
+    rng = np.random.default_rng(0)  # the rank-based AUC is the pairwise one
+    advantage, rewarded = rng.integers(0, 5, 200).astype(float), rng.random(200) < 0.3
+    good, bad = advantage[rewarded], advantage[~rewarded]
+    pairwise = (good[:, None] > bad[None, :]).mean() + 0.5 * (good[:, None] == bad[None, :]).mean()
+    got = critic_ranking(advantage[:, None], np.zeros(200), np.zeros(200, dtype=int), rewarded)["advantage_auc"]
+    assert got == pytest.approx(pairwise, abs=1e-4)
