@@ -199,14 +199,14 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
 def _start_shards_and_learner(plan: Plan, components: Components, counters: RunCounters, stop) -> bool:
     """Asks for the shards, then the offline shards and the learner, in `fresh_online_start`'s
     order (a fresh online run asks for its actors and its learner too before the shards serve:
-    the actors first where all fit, else the learner first); False when `stop` was set on the way. The learner and the actors are asked for once,
-    and are in `components` as soon as they are, so a shard that fails afterwards stops them with
-    the rest."""
+    the actors first where all surely fit (`_all_fit`), else the learner first); False when `stop`
+    was set on the way. The learner and the actors are asked for once, and are in `components` as
+    soon as they are, so a shard that fails afterwards stops them with the rest."""
     run = plan.run
     _create_shards(plan, components)
     if fresh_online_start(plan) and not stop.is_set():
         # Neither needs anything of the shards' to build (an actor waits for a shard only before
-        # its first step). The actors first where everything fits: Ray hands its prestarted worker
+        # its first step). The actors first where everything surely fits: Ray hands its prestarted worker
         # processes out in this order, and the first env step waits on an actor, not on the
         # learner. Ray also hands out CPUs in the order they are asked for: where not everything
         # fits, the learner first, so that the run goes on with fewer actors, not without a learner.
@@ -307,9 +307,14 @@ def _cpus_needed(config: RunConfig) -> float:
 
 
 def _all_fit(plan: Plan, components: Components) -> bool:
-    """Whether the actors and the learner all fit in the Ray cluster's CPUs, with no custom
-    resources asked for (whose placement this cannot foresee)."""
+    """Whether the actors and the learner surely all fit: on a local Ray this driver started (one
+    node, nothing else running on it), in its CPUs, with no custom resources asked for (whose
+    placement this cannot foresee). On a cluster (ray.address set) never: other jobs may hold
+    CPUs, the CPUs are split across nodes (the actors go SPREAD, and may leave no node the
+    learner's CPUs) and the actors may fill the GPU node's CPUs."""
     config = plan.config
+    if config.ray.address is not None:
+        return False
     if config.actors.resources or config.train.learner_resources:
         return False
     return components.ray.cluster_resources().get("CPU", 0) >= _cpus_needed(config)
