@@ -49,6 +49,7 @@ from system.train.evaluate import RunEvaluations
 from system.train.metrics import TrainMetrics
 from system.train.plan import Plan, evaluates_in_driver, offline_shard_settings, shard_config
 from system.train.records import LearnerEventRecord, RunCounters
+from system.train.start_errors import error_header, named_together, redacted
 from system.train.startup import StartupClock
 
 if TYPE_CHECKING:
@@ -418,9 +419,10 @@ def await_started(ray, describes: dict, timeout_s: float, not_placed: str) -> li
     others answer.
 
     Raises:
-        TrainError: one failed to start ("... did not start: " with the last line of its error,
-            which holds the cause, e.g. `OSError: replay server cannot listen on ...`), or one
-            had not answered within `timeout_s` (named with the `not_placed` hint).
+        TrainError: one failed to start ("... did not start: " with its exception's header line,
+            which holds the cause, e.g. `OSError: replay server cannot listen on ...`; the full
+            error goes to the log at DEBUG), or some had not answered within `timeout_s` (all
+            of them named, with the `not_placed` hint).
     """
     from ray.exceptions import RayError
 
@@ -429,20 +431,16 @@ def await_started(ray, describes: dict, timeout_s: float, not_placed: str) -> li
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
         if not ready:
-            late = next(iter(pending.values()))
+            late = named_together(list(pending.values()))
             raise TrainError(f"{late} did not start within {timeout_s:.0f} s ({not_placed})")
         name = pending.pop(ready[0])
         try:
             ray.get(ready[0])
         except RayError as exc:
-            raise TrainError(f"{name} did not start: {_last_line(exc)}") from None
+            text = redacted(str(exc))
+            log.debug("%s did not start:\n%s", name, text)
+            raise TrainError(f"{name} did not start: {error_header(text) or type(exc).__name__}") from None
     return ray.get(list(describes))
-
-
-def _last_line(exc: BaseException) -> str:
-    """The last non-empty line of an error's message (a Ray error's ends with the cause)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
 
 
 def _start_offline_shards(plan: Plan, components: Components, counters: RunCounters) -> None:
