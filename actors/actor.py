@@ -261,7 +261,8 @@ class EnvActor:
                     replay,
                     actor_id,
                     run,
-                    lambda: self._report(self.stats(), STATE_AWAITING_REPLAY, ttl_s=2 * REPLAY_WAIT_LOG_S),
+                    # refreshed with each warning; the slack outlives a stalled process between two
+                    lambda: self._report(self.stats(), STATE_AWAITING_REPLAY, ttl_s=REPLAY_WAIT_LOG_S + 30),
                 )
             try:  # a (re)started actor acts with the newest weights from its first step
                 self._pull_weights(wait=True)

@@ -8,9 +8,10 @@ An actor whose `run` has not returned long after its chunk was due is one of:
 - not placed: Ray has not created it (PENDING_CREATION without a worker process): the cluster
   lacks the CPUs or custom resources it asks for.
 - awaiting replay: its report says it is built and waits for a shard of its run to serve (the
-  run's shards are not up, or the actor was given the wrong run).
+  run's shards are not up, or the actor was given the wrong run); also when Ray restarted it (Ray
+  says RESTARTING until the constructor, and so its wait, returns).
 - starting: Ray placed it and its constructor still runs (building envs: an emulator boots).
-- restarting: Ray is restarting its dead process.
+- restarting: Ray is restarting its dead process (and the new one has not reported yet).
 - dead: Ray says its process died (and is not restarting it): the cause Ray gives.
 - slow: it is up (it reported, or Ray says ALIVE) and a chunk takes long (a slow env).
 - unknown: no report and no answer from Ray (or Ray took longer than RAY_STATE_TIMEOUT_S to
@@ -142,7 +143,14 @@ def overdue(
             f"actor {actor_id} is not placed after {overdue_s:.0f} s: Ray is waiting for resources the cluster "
             f"lacks (num_cpus={num_cpus:g}, resources={dict(resources)}; `ray status` shows what is free)",
         )
-    if report.get("state") == STATE_AWAITING_REPLAY and state not in ("RESTARTING", "DEAD"):
+    awaiting = report.get("state") == STATE_AWAITING_REPLAY
+    if awaiting and state == "RESTARTING":
+        # Ray keeps a restarted actor RESTARTING until its constructor returns, i.e. through the wait
+        return Overdue(
+            AWAITING_REPLAY,
+            f"{late}: Ray restarted it; it waits for a replay shard of run {run!r} (are its shards up?)",
+        )
+    if awaiting and state != "DEAD":
         return Overdue(
             AWAITING_REPLAY,
             f"actor {actor_id} still waits for a replay shard of run {run!r} after {overdue_s:.0f} s (its "

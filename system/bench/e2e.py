@@ -10,7 +10,8 @@ of metrics.jsonl: env steps/s, updates/s, achieved UTD (updates / env steps in t
 staleness (the learner's weights version minus the actors', mean over the records) and sample age
 (seconds since the weights that produced the learner's batch were published, mean over its
 samples of versions above 0: null when every sample was made by the initial weights). A qfleet row
-whose actors never left v0 while the learner published is flagged `invalid` (`never_left_v0`). qfleet runs with uniform replay of 1-step transitions (`SAME_REPLAY`), as the others
+whose actors never left v0 while the learner published (in 2 records or more after its first publish) is
+flagged `invalid` (`never_left_v0`). qfleet runs with uniform replay of 1-step transitions (`SAME_REPLAY`), as the others
 sample, and `Budget.overrides` (`--set`) after. Then the
 single-process loop (`dqn_baseline.throughput`) in this process, and RLlib's DQN as a subprocess
 of `peer_python` (`rllib_peer.py`; "RLlib not installed: skipped" when it does not import).
@@ -218,17 +219,23 @@ def window(records: list[dict]) -> dict:
     }
 
 
+NEVER_LEFT_V0_RECORDS = 2
+"""Records after the first publish that never_left_v0 needs before it flags a window: the one
+written just after it may come before any actor pulled the weights or inserted with them."""
+
+
 def never_left_v0(records: list[dict]) -> str | None:
     """Why the window does not measure the system as it runs, or None: the learner published
     weights, yet the actors acted with the initial ones (v0) in every record (policy staleness equal
     to the learner's version), or every sample the learner drew was made by v0 (`sample_age_s`,
-    which leaves version 0 out, null in every record that has a sample staleness)."""
+    which leaves version 0 out, null in every record that has a sample staleness); each seen in at
+    least NEVER_LEFT_V0_RECORDS records after the first publish."""
     published = [r for r in records if r.get("weights_version", 0) > 0]
     acting = [r for r in published if r.get("policy_staleness") is not None]
-    if acting and all(r["policy_staleness"] >= r["weights_version"] for r in acting):
+    if len(acting) >= NEVER_LEFT_V0_RECORDS and all(r["policy_staleness"] >= r["weights_version"] for r in acting):
         return "the actors acted with the initial weights (v0) through the whole window"
     sampled = [r for r in published if r.get("sample_staleness") is not None]
-    if sampled and all(r.get("sample_age_s") is None for r in sampled):
+    if len(sampled) >= NEVER_LEFT_V0_RECORDS and all(r.get("sample_age_s") is None for r in sampled):
         return "every sample the learner drew was made with the initial weights (v0)"
     return None
 

@@ -49,6 +49,7 @@ from system.train.evaluate import RunEvaluations
 from system.train.metrics import TrainMetrics
 from system.train.plan import Plan, evaluates_in_driver, offline_shard_settings, shard_config
 from system.train.records import LearnerEventRecord, RunCounters
+from system.train.start_errors import error_header, named_together, redacted
 from system.train.startup import StartupClock
 
 if TYPE_CHECKING:
@@ -199,14 +200,14 @@ def launch(plan: Plan, counters: RunCounters, stop: threading.Event, components:
 def _start_shards_and_learner(plan: Plan, components: Components, counters: RunCounters, stop) -> bool:
     """Asks for the shards, then the offline shards and the learner, in `fresh_online_start`'s
     order (a fresh online run asks for its actors and its learner too before the shards serve:
-    the actors first where all fit, else the learner first); False when `stop` was set on the way. The learner and the actors are asked for once,
-    and are in `components` as soon as they are, so a shard that fails afterwards stops them with
-    the rest."""
+    the actors first where all surely fit (`_all_fit`), else the learner first); False when `stop`
+    was set on the way. The learner and the actors are asked for once, and are in `components` as
+    soon as they are, so a shard that fails afterwards stops them with the rest."""
     run = plan.run
     _create_shards(plan, components)
     if fresh_online_start(plan) and not stop.is_set():
         # Neither needs anything of the shards' to build (an actor waits for a shard only before
-        # its first step). The actors first where everything fits: Ray hands its prestarted worker
+        # its first step). The actors first where everything surely fits: Ray hands its prestarted worker
         # processes out in this order, and the first env step waits on an actor, not on the
         # learner. Ray also hands out CPUs in the order they are asked for: where not everything
         # fits, the learner first, so that the run goes on with fewer actors, not without a learner.
@@ -307,9 +308,14 @@ def _cpus_needed(config: RunConfig) -> float:
 
 
 def _all_fit(plan: Plan, components: Components) -> bool:
-    """Whether the actors and the learner all fit in the Ray cluster's CPUs, with no custom
-    resources asked for (whose placement this cannot foresee)."""
+    """Whether the actors and the learner surely all fit: on a local Ray this driver started (one
+    node, nothing else running on it), in its CPUs, with no custom resources asked for (whose
+    placement this cannot foresee). On a cluster (ray.address set) never: other jobs may hold
+    CPUs, the CPUs are split across nodes (the actors go SPREAD, and may leave no node the
+    learner's CPUs) and the actors may fill the GPU node's CPUs."""
     config = plan.config
+    if config.ray.address is not None:
+        return False
     if config.actors.resources or config.train.learner_resources:
         return False
     return components.ray.cluster_resources().get("CPU", 0) >= _cpus_needed(config)
@@ -413,9 +419,10 @@ def await_started(ray, describes: dict, timeout_s: float, not_placed: str) -> li
     others answer.
 
     Raises:
-        TrainError: one failed to start ("... did not start: " with the last line of its error,
-            which holds the cause, e.g. `OSError: replay server cannot listen on ...`), or one
-            had not answered within `timeout_s` (named with the `not_placed` hint).
+        TrainError: one failed to start ("... did not start: " with its exception's header line,
+            which holds the cause, e.g. `OSError: replay server cannot listen on ...`; the full
+            error goes to the log at DEBUG), or some had not answered within `timeout_s` (all
+            of them named, with the `not_placed` hint).
     """
     from ray.exceptions import RayError
 
@@ -424,20 +431,16 @@ def await_started(ray, describes: dict, timeout_s: float, not_placed: str) -> li
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
         if not ready:
-            late = next(iter(pending.values()))
+            late = named_together(list(pending.values()))
             raise TrainError(f"{late} did not start within {timeout_s:.0f} s ({not_placed})")
         name = pending.pop(ready[0])
         try:
             ray.get(ready[0])
         except RayError as exc:
-            raise TrainError(f"{name} did not start: {_last_line(exc)}") from None
+            text = redacted(str(exc))
+            log.debug("%s did not start:\n%s", name, text)
+            raise TrainError(f"{name} did not start: {error_header(text) or type(exc).__name__}") from None
     return ray.get(list(describes))
-
-
-def _last_line(exc: BaseException) -> str:
-    """The last non-empty line of an error's message (a Ray error's ends with the cause)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
 
 
 def _start_offline_shards(plan: Plan, components: Components, counters: RunCounters) -> None:

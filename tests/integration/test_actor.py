@@ -22,13 +22,14 @@ from actors import (
     EnvFailedError,
     TransitionWriter,
     UnsupportedEnvError,
+    actor_report_key,
     describe_env,
     transition_spec,
 )
 from actors.actor import NSTEP_BLOCK, actor_epsilon
 from conftest import shard_kwargs, wait_until
 from learner import ArchitectureConfig, LearnerConfig, Policy, WeightStore
-from replay import redact_url
+from replay import connect_redis, redact_url
 from system.config.insert_settings import derive_insert_settings
 
 GAMMA = 0.9
@@ -489,16 +490,22 @@ def test_an_actor_built_before_any_shard_serves_waits_for_one_says_so_and_its_fi
         built.append(EnvActor(0, 1, env, config, LEARNER, redis_server.url, "act", replay_credentials=None))
 
     registry = ActorRegistry(redis_server.url, "act")
+    raw = connect_redis(redis_server.url)
     builder = threading.Thread(target=build, daemon=True)
     with caplog.at_level("WARNING", logger="actors.actor"):
         builder.start()
         waiting = "no replay shard of run 'act' serves"
         assert wait_until(lambda: built or waiting in caplog.text, 120)
-    assert waiting in caplog.text and not built  # still waiting: no shard has served yet
+        assert waiting in caplog.text and not built  # still waiting: no shard has served yet
+        first = registry.actors()[0]
+        assert first["state"] == STATE_AWAITING_REPLAY and first["env_steps"] == 0  # a full report: status shows it
+        # the report is refreshed with each warning and outlives the waits between them
+        assert wait_until(lambda: built or caplog.text.count(waiting) >= 3, 120) and not built
+        assert raw.pttl(actor_report_key("act", 0)) > 0
+        report = registry.actors()[0]
+    assert report["state"] == STATE_AWAITING_REPLAY and report["updated_at"] > first["updated_at"]
     assert redact_url(redis_server.url) in caplog.text  # where it looks: the run and its Redis
     assert collecting == [True]  # the collector's pause ended with the build, not the wait
-    report = registry.actors()[0]
-    assert report["state"] == STATE_AWAITING_REPLAY and report["env_steps"] == 0  # a full report: status shows it
     server = shard(env)
     builder.join(120)
     assert built, "the actor did not start once a shard served"
@@ -512,3 +519,4 @@ def test_an_actor_built_before_any_shard_serves_waits_for_one_says_so_and_its_fi
     finally:
         actor.close()
         registry.close()
+        raw.close()

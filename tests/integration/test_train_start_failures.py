@@ -3,6 +3,8 @@ knows it (a local Ray instance, real actors)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from system.errors import TrainError
@@ -14,9 +16,9 @@ def component_class():
     function, so that Ray's workers get it by value (they cannot import this test module)."""
 
     class Component:
-        def __init__(self, fails: bool = False):
-            if fails:
-                raise OSError("replay server cannot listen on 127.0.0.1:1: [Errno 98] Address already in use")
+        def __init__(self, error: Exception | None = None):
+            if error is not None:
+                raise error
 
         def describe(self) -> str:
             return "serving"
@@ -39,7 +41,7 @@ def test_a_component_that_fails_to_start_is_named_with_its_cause_without_waiting
     remote = ray_local.remote(component_class()).options(num_cpus=0)
     good = remote.remote()
     never_placed = ray_local.remote(component_class()).options(num_cpus=0, resources={"absent_node": 1}).remote()
-    failing = remote.remote(fails=True)
+    failing = remote.remote(OSError("replay server cannot listen on 127.0.0.1:1: [Errno 98] Address already in use"))
     describes = {
         good.describe.remote(): "replay shard 0",
         never_placed.describe.remote(): "replay shard 1",
@@ -56,11 +58,35 @@ def test_a_component_that_fails_to_start_is_named_with_its_cause_without_waiting
         ray_local.kill(handle)
 
 
-def test_a_component_ray_cannot_place_is_named_with_what_to_check_once_the_limit_passes(ray_local):
-    good = ray_local.remote(component_class()).options(num_cpus=0).remote()
-    never_placed = ray_local.remote(component_class()).options(num_cpus=0, resources={"absent_node": 1}).remote()
+def test_an_error_of_several_lines_is_named_by_its_first_and_logged_in_full_without_secrets(ray_local, caplog):
+    message = (
+        "CUDA error: out of memory\n"
+        "CUDA kernel errors might be asynchronously reported at some other API call.\n"
+        "    while the learner read redis://:pw-not-to-show@127.0.0.1:1/0\n"
+        "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions."
+    )
+    failing = ray_local.remote(component_class()).options(num_cpus=0).remote(RuntimeError(message))
+    caplog.set_level(logging.DEBUG, logger="system.train.launch")
+    with pytest.raises(TrainError) as raised:
+        await_started(ray_local, {failing.describe.remote(): "the learner"}, 120.0, "-")
+    # the cause, not the message's last line ("Compile with ...")
+    assert str(raised.value) == "the learner did not start: RuntimeError: CUDA error: out of memory"
+    logged = caplog.text
+    assert "Compile with `TORCH_USE_CUDA_DSA`" in logged and "redis://:***@127.0.0.1:1/0" in logged
+    assert "pw-not-to-show" not in logged
+    ray_local.kill(failing)
+
+
+def test_components_ray_cannot_place_are_all_named_with_what_to_check_once_the_limit_passes(ray_local):
+    remote = ray_local.remote(component_class())
+    good = remote.options(num_cpus=0).remote()
+    never_placed = [remote.options(num_cpus=0, resources={"absent_node": 1}).remote() for _ in range(3)]
     assert await_started(ray_local, {good.describe.remote(): "the learner"}, 120.0, "-") == ["serving"]
     with pytest.raises(TrainError, match=r"^the learner did not start within 1 s \(not placed\? `ray status`\)$"):
-        await_started(ray_local, {never_placed.describe.remote(): "the learner"}, 1.0, "not placed? `ray status`")
-    for handle in (good, never_placed):
+        await_started(ray_local, {never_placed[0].describe.remote(): "the learner"}, 1.0, "not placed? `ray status`")
+    shards = {good.describe.remote(): "replay shard 0"}
+    shards.update({handle.describe.remote(): f"replay shard {i}" for i, handle in enumerate(never_placed[1:], 1)})
+    with pytest.raises(TrainError, match=r"^replay shards 1, 2 did not start within 1 s \(not placed\?\)$"):
+        await_started(ray_local, shards, 1.0, "not placed?")
+    for handle in (good, *never_placed):
         ray_local.kill(handle)

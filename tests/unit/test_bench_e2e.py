@@ -83,6 +83,19 @@ def test_a_window_whose_actors_never_left_v0_is_flagged_invalid(staleness, reaso
     assert ratios([row, single]) == [f"breakout UTD 4: no ratio, the qfleet row is invalid ({figures['invalid']})"]
 
 
+def test_a_window_with_one_record_after_the_first_publish_is_not_flagged():
+    # The record just after the first publish may come before any actor pulled it or inserted with it.
+    acting_at_v0 = {"policy_staleness": 4.0, "sample_staleness": 4.0}
+    records = [
+        progress(1.0, 1000, 0),
+        progress(2.0, 1100, 400),
+        progress(3.0, 1200, 800, weights_version=4, **acting_at_v0),
+    ]
+    assert "invalid" not in window(records)
+    records.append(progress(4.0, 1300, 1200, weights_version=8, policy_staleness=8.0, sample_staleness=8.0))
+    assert "the actors acted with the initial weights (v0)" in window(records)["invalid"]  # a second: flagged
+
+
 def test_table_and_ratios_compare_systems_of_the_same_case():
     rows = [
         {"system": "qfleet", "env": "cartpole", "utd": 4.0, "env_steps_per_s": 1000.0, "updates_per_s": 3600.0},

@@ -145,13 +145,15 @@ def test_fused_adam_makes_the_for_loop_adams_updates():
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
 
 
-def test_a_dqn_agent_resumes_the_adam_state_of_a_for_loop_checkpoint():
-    """Checkpoints written before the fused kernel load onto it (not onto the slower for-loop kernel
-    they name for good), and training continues as the for-loop Adam would, to float32 rounding."""
-    config = LearnerConfig(architecture=ArchitectureConfig(hidden_size=32), seed=1)
-    space = ActionSpace(num_actions=2)
-    old = make_agent(config, (4,), space, torch.device("cpu"))
-    old.optimizer = torch.optim.Adam(old.parameters, lr=config.optimizer.lr)  # as written before
+CONFIG = LearnerConfig(architecture=ArchitectureConfig(hidden_size=32), seed=1)
+SPACE = ActionSpace(num_actions=2)
+
+
+def for_loop_checkpoint():
+    """A CPU agent on the for-loop Adam (as written before `adam`) after 3 updates, its saved
+    state, and the batch it trained on."""
+    old = make_agent(CONFIG, (4,), SPACE, torch.device("cpu"))
+    old.optimizer = torch.optim.Adam(old.parameters, lr=CONFIG.optimizer.lr)
     generator = torch.Generator().manual_seed(0)
     batch = {
         "obs": torch.randn(16, 4, generator=generator),
@@ -162,9 +164,14 @@ def test_a_dqn_agent_resumes_the_adam_state_of_a_for_loop_checkpoint():
     }
     for _ in range(3):
         old.update(batch, torch.ones(16))
-    saved = copy.deepcopy(old.state_dict())
+    return old, copy.deepcopy(old.state_dict()), batch
 
-    resumed = make_agent(config, (4,), space, torch.device("cpu"))
+
+def test_a_dqn_agent_resumes_the_adam_state_of_a_for_loop_checkpoint():
+    """Checkpoints written before the fused kernel load onto it (not onto the slower for-loop kernel
+    they name for good), and training continues as the for-loop Adam would, to float32 rounding."""
+    old, saved, batch = for_loop_checkpoint()
+    resumed = make_agent(CONFIG, (4,), SPACE, torch.device("cpu"))
     resumed.load_state_dict(saved)
     assert all(group["fused"] for group in resumed.optimizer.param_groups)
     assert all(kept["step"].dtype == torch.float32 for kept in resumed.optimizer.state.values())
@@ -174,6 +181,21 @@ def test_a_dqn_agent_resumes_the_adam_state_of_a_for_loop_checkpoint():
     assert all(int(kept["step"]) == 6 for kept in resumed.optimizer.state.values())  # the counts carried over
     for mine, theirs in zip(resumed.online.parameters(), old.online.parameters(), strict=True):
         torch.testing.assert_close(mine, theirs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_for_loop_cpu_checkpoint_resumes_on_cuda_with_its_step_counts_on_the_gpu():
+    """The fused CUDA kernel wants its step counts on its parameters' device; a CPU checkpoint's
+    are CPU tensors (or numbers), which the kernel refuses: load_adam_state moves them."""
+    _, saved, batch = for_loop_checkpoint()
+    cuda = torch.device("cuda", 0)
+    resumed = make_agent(CONFIG, (4,), SPACE, cuda)
+    resumed.load_state_dict(saved)
+    assert all(group["fused"] for group in resumed.optimizer.param_groups)
+    resumed.update({key: value.to(cuda) for key, value in batch.items()}, torch.ones(16, device=cuda))
+    steps = [kept["step"] for kept in resumed.optimizer.state.values()]
+    assert steps and all(step.device == cuda and step.dtype == torch.float32 for step in steps)
+    assert all(int(step) == 4 for step in steps)  # the counts carried over, and the update ran
 
 
 @pytest.mark.parametrize("num_actions", [1, 4])

@@ -46,7 +46,15 @@ AWAITING = {"state": STATE_AWAITING_REPLAY, "insert_wait_s": 0}
             "a replay shard of run 'cartpole' after 60 s",
         ),
         (AWAITING, True, RayActorState("PENDING_CREATION", True), AWAITING_REPLAY, "is --run right?"),
-        (AWAITING, True, RayActorState("RESTARTING", False), RESTARTING, "Ray is restarting its process"),
+        # Ray says RESTARTING until a restarted actor's constructor returns: through its whole wait
+        (
+            AWAITING,
+            True,
+            RayActorState("RESTARTING", False),
+            AWAITING_REPLAY,
+            "Ray restarted it; it waits for a replay shard of run 'cartpole' (are its shards up?)",
+        ),
+        (AWAITING, True, RayActorState("DEAD", True, "The actor died unexpectedly"), DEAD, "died: The actor died"),
         ({}, True, RayActorState("RESTARTING", False), RESTARTING, "Ray is restarting its process"),
         (ACTING, True, RayActorState("ALIVE", True), SLOW, "is up but has not finished a chunk"),
         ({}, False, RayActorState("ALIVE", True), SLOW, "a slow env?"),
