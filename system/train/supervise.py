@@ -584,10 +584,14 @@ class Supervisor:
 
 def _policy_staleness(version: int, fleet: FleetStats | None) -> float | None:
     """The learner's weights version minus the mean version the live actors act with (None
-    while no actor reports one)."""
+    while no actor reports one). The driver's `version` comes from its last poll of the learner,
+    while actors take each published version within a vector step (`actors.weight_poll_steps`)
+    and report it: the newest version an actor acts with is known to be published, so it bounds
+    the learner's version from below and the figure is never negative."""
     if fleet is None or not fleet.policy_versions:
         return None
-    return round(version - sum(fleet.policy_versions.values()) / len(fleet.policy_versions), 2)
+    versions = fleet.policy_versions.values()
+    return round(max(version, *versions) - sum(versions) / len(versions), 2)
 
 
 def _rounded(value: float | None, digits: int) -> float | None:

@@ -24,7 +24,7 @@ LEARNER_KILL_STEPS, LEARNER_KILL_UPDATES = 10_000, 1_000
 killed: about 2,500 env steps (the replay's ratio keeps env steps within a window of the updates),
 so the restarted learner trains on for thousands of env steps more."""
 
-DRIVER_KILL_STEPS = 6_000
+DRIVER_KILL_STEPS = 8_000
 """The killed-driver run's length. The kill comes at 300 updates and a checkpoint (every 3 s), about
 1,100 env steps; on a fast machine the first checkpoint may come a few thousand later, still well
 short of the end."""

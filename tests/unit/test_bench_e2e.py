@@ -125,6 +125,9 @@ def test_policy_staleness_is_the_learner_version_minus_the_actors_mean():
     fields |= {"policy_versions": {0: 7, 1: 9}, "inserted_by_actor": {}}
     assert _policy_staleness(10, FleetStats(**fields)) == 2.0
     assert _policy_staleness(10, FleetStats(**(fields | {"policy_versions": {}}))) is None
+    # The driver's learner version is from its last poll; an actor may already act with a newer one
+    # (published since): that version bounds the learner's from below, so never a negative staleness.
+    assert _policy_staleness(8, FleetStats(**(fields | {"policy_versions": {0: 12, 1: 10}}))) == 1.0
 
 
 def test_first_env_step_is_when_the_first_transition_reached_the_replay():

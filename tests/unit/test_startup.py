@@ -170,7 +170,10 @@ def test_the_learner_phase_is_when_the_learner_was_built_not_when_the_driver_hea
             def remote():
                 return described
 
-    ray = SimpleNamespace(get=lambda value, timeout=None: value)
+    ray = SimpleNamespace(
+        get=lambda value, timeout=None: value,
+        wait=lambda refs, num_returns, timeout: (refs[:num_returns], refs[num_returns:]),
+    )
     components = SimpleNamespace(ray=ray, learner=Learner, startup=clock, info={})
     _await_learner(SimpleNamespace(), components, SimpleNamespace())
     assert clock.reached["learner"] == 5.25 and components.info["learner"]["built_at"] == 1005.25
