@@ -131,6 +131,28 @@ def train(
     return {"seed": seed, "evals": evals, "reached": reached, "train_seconds": round(train_seconds, 2)}
 
 
+def double_dqn_update(
+    q: nn.Module,
+    target: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    obs: torch.Tensor,
+    next_obs: torch.Tensor,
+    action: torch.Tensor,
+    reward: torch.Tensor,
+    done: torch.Tensor,
+) -> None:
+    """The loop's update in `throughput` (and what `qfleet bench update-cost` times as the loop's):
+    a double-DQN 1-step target, gamma 0.99, Huber loss, one optimizer step."""
+    with torch.no_grad():
+        best = q(next_obs).argmax(1, keepdim=True)
+        td_target = reward + 0.99 * target(next_obs).gather(1, best).squeeze(1) * (1.0 - done)
+    value = q(obs).gather(1, action[:, None]).squeeze(1)
+    loss = F.smooth_l1_loss(value, td_target)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
 def throughput(
     env_id: str,
     updates_per_env_step: float,
@@ -209,14 +231,7 @@ def throughput(
             idx = rng.integers(0, size, batch_size)
             o, n = torch.from_numpy(buf_obs[idx]), torch.from_numpy(buf_next[idx])
             a, r, d = torch.from_numpy(buf_act[idx]), torch.from_numpy(buf_rew[idx]), torch.from_numpy(buf_done[idx])
-            with torch.no_grad():
-                best = q(n).argmax(1, keepdim=True)
-                td_target = r + 0.99 * target(n).gather(1, best).squeeze(1) * (1.0 - d)
-            value = q(o).gather(1, a[:, None]).squeeze(1)
-            loss = F.smooth_l1_loss(value, td_target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            double_dqn_update(q, target, optimizer, o, n, a, r, d)
             updates += 1
             if updates % 250 == 0:
                 target.load_state_dict(q.state_dict())

@@ -31,10 +31,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from learner import ActionSpace, Learner, adam
 from replay import Sample, TorchBatch
+from system.bench.dqn_baseline import double_dqn_update
 from system.bench.e2e import ENVS, Budget, qfleet_command
 from system.bench.learning import ROOT
 from system.bench.results import provenance, write_results
@@ -88,14 +88,7 @@ def loop_update(sample: Sample, num_actions: int, budget: Budget, fused: bool) -
     d = torch.zeros(len(sample.keys))
 
     def update() -> None:
-        with torch.no_grad():
-            best = q(n).argmax(1, keepdim=True)
-            td_target = r + 0.99 * target(n).gather(1, best).squeeze(1) * (1.0 - d)
-        value = q(o).gather(1, a[:, None]).squeeze(1)
-        loss = F.smooth_l1_loss(value, td_target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        double_dqn_update(q, target, optimizer, o, n, a, r, d)
 
     return update
 
