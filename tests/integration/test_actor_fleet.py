@@ -68,6 +68,9 @@ def test_a_killed_actor_comes_back_with_fresh_weights_and_scale_resizes_the_flee
         polled(fleet, lambda s: len(s.policy_versions) == 2 and s.env_steps > 0)
         spaces = describe_env(ENV)
         store.publish(Policy(LEARNER, spaces.obs_shape, spaces.action_space, seed=5).network.state_dict(), 3)
+        # On Ray the object store's host announces v3 in the background (its first start can take
+        # seconds under load): a restart before the announcement would rightly start on v0.
+        assert store.flush(timeout=60)
 
         pids = fleet.pids()
         os.kill(pids[1], signal.SIGKILL)
