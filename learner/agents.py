@@ -22,6 +22,7 @@ from learner.optimization import (
     adam,
     load_adam_state,
     periodic_reset,
+    polyak_average,
     reinitialise_with_optimizer,
     step,
     update_target,
@@ -32,7 +33,9 @@ from learner.spaces import ActionSpace
 
 class DiscreteQAgent:
     """Double DQN with n-step targets, C51 or HL-Gauss on one Q network (+ target network); the
-    loss is `q_losses.Q_LOSSES[config.loss]`."""
+    loss is `q_losses.Q_LOSSES[config.loss]`. With `policy_average_tau` it publishes a Polyak
+    average of the online network (the policy actors and evaluations act with) instead of the
+    online network."""
 
     discrete: ClassVar[bool] = True
 
@@ -41,6 +44,9 @@ class DiscreteQAgent:
         self.q_loss = make_q_loss(config, device)
         self.online = build_q_network(obs_shape, space.num_actions, self.q_loss.bins, config.architecture).to(device)
         self.target = copy.deepcopy(self.online) if config.target.update != "none" else None
+        self.policy_average = copy.deepcopy(self.online) if config.policy_average_tau is not None else None
+        """The published policy's network when `policy_average_tau` is set: the online network's
+        Polyak average, moved after every update; it takes no gradients."""
         self.parameters = list(self.online.parameters())
         """The online network's parameters (resets re-initialise them in place)."""
         self.optimizer = adam(self.parameters, config.optimizer.lr)
@@ -74,29 +80,41 @@ class DiscreteQAgent:
         """Target update and periodic reset after update number `updates`; True if it reset."""
         if self.target is not None:
             update_target(self.online, self.target, self.config.target, updates)
+        if self.policy_average is not None:
+            polyak_average(self.policy_average, self.online, self.config.policy_average_tau)
         return periodic_reset(self, self.config.resets, updates)
 
     def reset(self, which: str) -> None:
-        """Re-initialises the head (or every layer) and its optimizer state; the target follows."""
+        """Re-initialises the head (or every layer) and its optimizer state; the target and the
+        policy average follow (an average of the old and new weights would be neither)."""
         reinitialise_with_optimizer(self.online, self.optimizer, which)
-        if self.target is not None:
-            self.target.load_state_dict(self.online.state_dict())
+        for follower in (self.target, self.policy_average):
+            if follower is not None:
+                follower.load_state_dict(self.online.state_dict())
 
     def policy_state(self) -> dict[str, torch.Tensor]:
-        """The online network's weights (on CPU): what actors act with."""
-        return {k: v.detach().cpu() for k, v in self.online.state_dict().items()}
+        """The weights actors act with (on CPU): the policy average's with `policy_average_tau`,
+        else the online network's."""
+        network = self.online if self.policy_average is None else self.policy_average
+        return {k: v.detach().cpu() for k, v in network.state_dict().items()}
 
     def state_dict(self) -> dict:
         state = {"online": self.online.state_dict(), "optimizer": self.optimizer.state_dict()}
         if self.target is not None:
             state["target"] = self.target.state_dict()
+        if self.policy_average is not None:
+            state["policy_average"] = self.policy_average.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restores a `state_dict`; a checkpoint written without a policy average (an older run, or
+        one with `policy_average_tau` unset) starts the average at the online network."""
         self.online.load_state_dict(state["online"])
         load_adam_state(self.optimizer, state["optimizer"])
         if self.target is not None:
             self.target.load_state_dict(state["target"])
+        if self.policy_average is not None:
+            self.policy_average.load_state_dict(state.get("policy_average", state["online"]))
 
 
 @contextlib.contextmanager

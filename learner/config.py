@@ -399,6 +399,14 @@ class LearnerConfig:
     publish_every: int = 100
     """Updates between weight publications to the parameter store."""
 
+    policy_average_tau: float | None = None
+    """The discrete Q losses ("dqn", "c51", "hl_gauss"): publish a Polyak average of the online
+    network, moved by this step after every update (about 1 / tau updates of memory), instead of the
+    online network itself; actors and evaluations act with it. The online network's greedy action
+    flips with the noise of the last few updates where two actions' values are close (CartPole's
+    evaluations dipped after reaching 500); the average smooths that noise out of the policy without
+    changing what the learner learns. null: publish the online network."""
+
     checkpoint_every: int = 10_000
     """Updates between learner checkpoints (also written when it stops)."""
 
@@ -476,6 +484,15 @@ class LearnerConfig:
             )
         if self.policy_acting != "greedy" and self.loss not in policy_losses:
             _refuse("policy_acting", self.policy_acting, f"needs loss 'iql' or 'filtered_bc' (loss is {self.loss!r})")
+        if self.policy_average_tau is not None:
+            if not 0.0 < self.policy_average_tau <= 1.0:
+                _refuse("policy_average_tau", self.policy_average_tau, "must be in (0, 1], or null")
+            if self.loss not in ("dqn", "c51", "hl_gauss"):
+                _refuse(
+                    "policy_average_tau",
+                    self.policy_average_tau,
+                    f"needs loss 'dqn', 'c51' or 'hl_gauss' (loss is {self.loss!r}); null for the others",
+                )
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             _refuse("device", self.device, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
 

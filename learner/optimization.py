@@ -48,11 +48,19 @@ def load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
                 kept["step"] = torch.as_tensor(kept["step"], dtype=torch.float32, device=parameter.device)
 
 
+def polyak_average(average: nn.Module, online: nn.Module, tau: float) -> None:
+    """Moves every parameter of `average` a step `tau` towards `online`'s, in place:
+    average <- (1 - tau) * average + tau * online (Polyak averaging, as DDPG's soft targets); after k
+    steps towards a fixed online network the distance left is (1 - tau)^k of the first. Buffers are
+    left alone: qfleet's networks hold only constants there (action scales, layouts)."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(average.parameters()), list(online.parameters()), tau)
+
+
 def update_target(online: nn.Module, target: nn.Module, config: TargetConfig, updates: int) -> None:
     """Moves `target` towards `online`: Polyak by `tau` ("soft"), or a copy every `every` updates ("hard")."""
     if config.update == "soft":
-        with torch.no_grad():
-            torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), config.tau)
+        polyak_average(target, online, config.tau)
     elif config.update == "hard" and updates % config.every == 0:
         target.load_state_dict(online.state_dict())
 
