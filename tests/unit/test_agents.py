@@ -178,6 +178,82 @@ def test_soft_target_update_moves_the_target_tau_of_the_way_to_the_online_networ
     assert all(torch.equal(p, torch.ones_like(p)) for p in target.parameters())
 
 
+def test_polyak_average_leaves_one_minus_tau_to_the_k_of_the_distance_after_k_steps():
+    from learner.optimization import polyak_average
+
+    online, average = torch.nn.Linear(2, 3), torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        for p in online.parameters():
+            p.fill_(1.0)
+        for p in average.parameters():
+            p.fill_(-1.0)
+    for _ in range(3):
+        polyak_average(average, online, tau=0.1)
+    expected = 1.0 - 2.0 * 0.9**3  # distance 2 at the start, 0.9^3 of it left: -0.458
+    assert all(torch.allclose(p, torch.full_like(p, expected)) for p in average.parameters())
+    assert all(torch.equal(p, torch.ones_like(p)) for p in online.parameters())  # the online net is untouched
+
+
+def averaged_agent(tau: float | None, **settings) -> Agent:
+    config = LearnerConfig(
+        loss="hl_gauss",
+        distributional=CHAIN_SUPPORT,
+        architecture=ArchitectureConfig(hidden_size=16),
+        policy_average_tau=tau,
+        seed=0,
+        **settings,
+    )
+    return make_agent(config, (5,), ActionSpace(num_actions=2), torch.device("cpu"))
+
+
+def test_a_policy_average_agent_publishes_the_average_moved_tau_of_the_way_after_each_update():
+    agent = averaged_agent(0.25)
+    batch, _ = chain_dataset()
+    published = agent.policy_state()
+    initial = {k: v.clone() for k, v in agent.online.state_dict().items()}
+    assert all(torch.equal(published[k], initial[k]) for k in initial)  # it starts at the online network
+    for update in (1, 2):
+        before = {k: v.clone() for k, v in agent.policy_state().items()}
+        agent.update(batch, torch.ones(8))
+        agent.after_update(update)
+        online = agent.online.state_dict()
+        for name, value in agent.policy_state().items():
+            torch.testing.assert_close(value, 0.75 * before[name] + 0.25 * online[name], msg=name)
+    assert any(not torch.equal(agent.policy_state()[k], online[k]) for k in online)  # not the online network
+    assert not any(p.requires_grad and p.grad is not None for p in agent.policy_average.parameters())
+
+    unaveraged = averaged_agent(None)
+    unaveraged.update(batch, torch.ones(8))
+    unaveraged.after_update(1)
+    online = unaveraged.online.state_dict()
+    assert all(torch.equal(v, online[k]) for k, v in unaveraged.policy_state().items())  # null: the online net
+
+
+def test_a_checkpoint_keeps_the_policy_average_and_one_without_it_starts_it_at_the_online_network():
+    agent = averaged_agent(0.25)
+    batch, _ = chain_dataset()
+    for update in range(1, 4):
+        agent.update(batch, torch.ones(8))
+        agent.after_update(update)
+    restored = averaged_agent(0.25, batch_size=8)
+    restored.load_state_dict(agent.state_dict())
+    for name, value in agent.policy_state().items():
+        torch.testing.assert_close(restored.policy_state()[name], value, msg=name)
+
+    older = agent.state_dict()
+    del older["policy_average"]  # a run from before policy_average_tau
+    restored.load_state_dict(older)
+    for name, value in agent.online.state_dict().items():
+        torch.testing.assert_close(restored.policy_state()[name], value, msg=name)
+
+
+def test_policy_average_tau_is_refused_outside_0_1_and_for_losses_without_a_q_network_policy():
+    with pytest.raises(ValueError, match="policy_average_tau=0.0: must be in"):
+        LearnerConfig(policy_average_tau=0.0)
+    with pytest.raises(ValueError, match="policy_average_tau=0.005: needs loss 'dqn', 'c51' or 'hl_gauss'"):
+        LearnerConfig(loss="sac", policy_average_tau=0.005)
+
+
 def sac_agent(ensemble_size: int, ensemble_subset: int, **sac) -> SACAgent:
     config = LearnerConfig(
         loss="sac",
@@ -342,7 +418,10 @@ def test_a_critic_and_its_adam_state_saved_in_the_first_layout_load_and_train_on
 
 def test_reset_reinitialises_parameters_and_optimizer_state():
     config = LearnerConfig(
-        architecture=ArchitectureConfig(hidden_size=32), resets=ResetConfig(every=10, modules="head"), seed=3
+        architecture=ArchitectureConfig(hidden_size=32),
+        resets=ResetConfig(every=10, modules="head"),
+        policy_average_tau=0.5,
+        seed=3,
     )
     agent = make_agent(config, (5,), ActionSpace(num_actions=2), torch.device("cpu"))
     batch, _ = chain_dataset()
@@ -361,6 +440,7 @@ def test_reset_reinitialises_parameters_and_optimizer_state():
     assert all(p not in agent.optimizer.state for p in agent.online.head.parameters())
     assert all(p in agent.optimizer.state for p in agent.online.torso.parameters())
     torch.testing.assert_close(agent.target.head.weight, agent.online.head.weight)
+    torch.testing.assert_close(agent.policy_average.head.weight, agent.online.head.weight)  # restarts with it
 
     agent.reset("all")
     assert not agent.optimizer.state
