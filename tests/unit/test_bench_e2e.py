@@ -208,6 +208,16 @@ def test_update_cost_times_the_learner_e2e_runs_beside_the_loops_update_on_one_t
         "qfleet Learner.step",
     }
     assert all(case["min_us"] > 0 for case in figures["cases"].values())
+    assert (figures["device"], figures["clock"]) == ("cpu", "thread CPU time")
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:7", "gpu0"])
+def test_update_cost_refuses_a_device_it_cannot_run_on_before_building_anything(device):
+    from system.bench.update_cost import bench_device
+    from system.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"--device {device}: "):
+        bench_device(device)
 
 
 def test_sample_age_is_a_mean_over_samples_and_leaves_version_zero_out():
