@@ -16,6 +16,7 @@ from torch import nn
 
 from learner.agent import Agent, UpdateResult
 from learner.config import LearnerConfig
+from learner.losses import at_actions
 from learner.networks import EnsembleCritic, TanhGaussianActor, build_q_network
 from learner.offline_agents import FilteredBCAgent, IQLAgent
 from learner.optimization import (
@@ -57,7 +58,7 @@ class DiscreteQAgent:
             next_online = self.online(batch["next_obs"])
             next_bootstrap = next_online if self.target is None else self.target(batch["next_obs"])
             target = self.q_loss.target(next_online, next_bootstrap, reward, discount)
-        taken = self.online(obs)[torch.arange(len(action)), action]
+        taken = at_actions(self.online(obs), action)
         per_item, q_taken = self.q_loss.per_item(taken, target)
         loss = (weights * per_item).mean()
         grad_norm = step(self.optimizer, loss, self.parameters, self.config.optimizer.max_grad_norm)

@@ -91,7 +91,7 @@ class C51Loss:
 
     def target(self, next_online, next_bootstrap, reward, discount) -> QTarget:
         best = self.values(next_online).argmax(dim=1)
-        next_logits = next_bootstrap[torch.arange(len(best)), best]
+        next_logits = losses.at_actions(next_bootstrap, best)
         next_probs = next_logits.softmax(-1)
         unclamped = reward + discount * (next_probs * self.support).sum(-1)
         probs = losses.categorical_projection(next_probs, reward, discount, self.support)
