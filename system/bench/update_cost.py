@@ -142,9 +142,48 @@ def measure(
     }
 
 
-def run(env: str, rounds: int, updates: int, device: str = "cpu") -> dict:
+PROFILED_EVENTS = {
+    "kernel launches": ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel"),
+    "stream synchronisations": ("cudaStreamSynchronize", "cudaDeviceSynchronize"),
+    "memory copies": ("cudaMemcpyAsync",),
+    "host reads of a tensor (.item(), float())": ("aten::_local_scalar_dense",),
+}
+"""What `profile_steps` counts per step, by the profiler's event names."""
+
+
+def profile_steps(step: Callable[[], object], steps: int, device: torch.device, top: int = 15) -> dict:
+    """Where `steps` calls of `step` go, by torch.profiler: host time per step, on CUDA the device's
+    kernel time per step and the launches, synchronisations, copies and host reads per step (a GPU
+    learner bound by its host shows kernel time far under the step's wall time), and the `top` ops
+    by host time as the profiler's table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as profiler:
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize(device)
+        wall = time.perf_counter() - started
+    events = profiler.key_averages()
+    result: dict = {"steps": steps, "wall_us_per_step_profiled": round(wall / steps * 1e6, 1)}
+    if cuda:
+        kernels = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+        result["device_kernel_us_per_step"] = round(kernels / steps, 1)
+    for label, names in PROFILED_EVENTS.items():
+        result[f"{label} per step"] = round(sum(e.count for e in events if e.key in names) / steps, 2)
+    result["top_ops_by_host_time"] = events.table(
+        sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40
+    )
+    return result
+
+
+def run(env: str, rounds: int, updates: int, device: str = "cpu", profile: int = 0) -> dict:
     """Every case on `env`'s batch on `device` (cpu, cuda, cuda:N); each one's median also as a
-    ratio to the loop's (default Adam).
+    ratio to the loop's (default Adam); with `profile` > 0, then that many `Learner.step` calls
+    under torch.profiler (`profile_steps`).
 
     Raises:
         ConfigError: `device` is not one torch knows, or a CUDA device this machine lacks.
@@ -175,7 +214,8 @@ def run(env: str, rounds: int, updates: int, device: str = "cpu") -> dict:
     base = figures["loop update (default Adam)"]["median_us"]
     for values in figures.values():
         values["vs_loop_default_adam"] = round(values["median_us"] / base, 3)
-    return {
+    profiled = {"profile": profile_steps(cases["qfleet Learner.step"], profile, target)} if profile > 0 else {}
+    return profiled | {
         "env": env,
         "batch_size": budget.batch_size,
         "rounds": rounds,
@@ -217,15 +257,25 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_update_cost_bench(env: str, rounds: int, updates: int, output: str | None, device: str = "cpu") -> int:
-    """Measures `env`'s cases on `device`, prints the JSON and the table; writes `output` with the
-    command, date, commit (and whether the checkout had changes) and machine."""
-    result = run(env, rounds, updates, device)
+def run_update_cost_bench(
+    env: str, rounds: int, updates: int, output: str | None, device: str = "cpu", profile: int = 0
+) -> int:
+    """Measures `env`'s cases on `device` (and profiles `profile` learner steps), prints the JSON
+    and the tables; writes `output` with the command, date, commit (and whether the checkout had
+    changes) and machine."""
+    result = run(env, rounds, updates, device, profile)
     machine = f"{platform.node()} ({platform.machine()}, Python {platform.python_version()})"
     document = provenance(sys.argv, machine) | result
-    print(json.dumps(document, indent=1))
+    print(json.dumps({k: v for k, v in document.items() if k != "profile"}, indent=1))
     print()
     print(table(result))
+    if "profile" in result:
+        figures = result["profile"]
+        print(f"\nqfleet Learner.step under torch.profiler, {figures['steps']} steps:")
+        for name, value in figures.items():
+            if name not in ("steps", "top_ops_by_host_time"):
+                print(f"  {name}: {value}")
+        print(figures["top_ops_by_host_time"])
     if output:
         write_results(output, document)
     return 0

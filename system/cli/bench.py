@@ -451,6 +451,14 @@ def add_parser(commands) -> None:
         "--device", default="cpu", help="torch device of every case: cpu, cuda, cuda:N (default: cpu)"
     )
     update_cost.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="then profile this many learner steps with torch.profiler: host time, device kernel time, kernel "
+        "launches, synchronisations and host reads per step, top ops (default: 0, no profile)",
+    )
+    update_cost.add_argument(
         "--output", metavar="FILE", help="also write the results as JSON to FILE (command, date, commit, machine)"
     )
 
@@ -744,7 +752,9 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--rounds and --updates must be >= 1")
         from system.bench.update_cost import run_update_cost_bench
 
-        return run_update_cost_bench(args.env, args.rounds, args.updates, args.output, args.device)
+        if args.profile < 0:
+            raise ConfigError(f"--profile {args.profile}: must be >= 0")
+        return run_update_cost_bench(args.env, args.rounds, args.updates, args.output, args.device, args.profile)
     if args.bench_command == "digiq":
         from system.bench.digiq import digiq_from_arguments
 
