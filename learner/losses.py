@@ -112,9 +112,14 @@ def symexp(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.expm1(x.abs())
 
 
-def clamped_fraction(values: torch.Tensor, v_min: float, v_max: float) -> float:
-    """Share of `values` [B] outside [v_min, v_max]: targets a categorical loss must clamp."""
+def clamped_share(values: torch.Tensor, v_min: float, v_max: float) -> torch.Tensor:
+    """Share of `values` [B] outside [v_min, v_max] (targets a categorical loss must clamp), as a
+    0-dim tensor on their device: reading it is left to the caller (a CUDA graph cannot read)."""
     if values.numel() == 0:
-        return 0.0
-    outside = (values < v_min) | (values > v_max)
-    return float(outside.float().mean())
+        return torch.zeros((), device=values.device)
+    return ((values < v_min) | (values > v_max)).float().mean()
+
+
+def clamped_fraction(values: torch.Tensor, v_min: float, v_max: float) -> float:
+    """`clamped_share` read as a float."""
+    return float(clamped_share(values, v_min, v_max))

@@ -100,15 +100,17 @@ def loop_update(
     return update
 
 
-def qfleet_learner(env: str, budget: Budget, device: str = "cpu") -> Learner:
+def qfleet_learner(env: str, budget: Budget, device: str = "cpu", cuda_graph: bool = True) -> Learner:
     """The learner `qfleet bench e2e` runs for `env` (its config and settings) on `device`, with no
-    replay."""
+    replay; `cuda_graph` False: its updates op by op on a CUDA device too."""
     from system.config import load_config
 
     case = ENVS[env]
     command = qfleet_command(case, 4.0, budget, ROOT)
     overrides = [command[i + 1] for i, word in enumerate(command) if word == "--set"]
-    config = dataclasses.replace(load_config(str(ROOT / case.config), overrides).learner, device=device)
+    config = dataclasses.replace(
+        load_config(str(ROOT / case.config), overrides).learner, device=device, cuda_graph=cuda_graph
+    )
     obs_shape, num_actions = OBS_SHAPES[env]
     learner = Learner(config, None, obs_shape, ActionSpace(num_actions=num_actions), log_every_s=1e9)
     learner.replay = _NoReplay()  # takes the priorities (computed as in a run) and counts inserts
@@ -200,15 +202,21 @@ def run(env: str, rounds: int, updates: int, device: str = "cpu", profile: int =
         probabilities=sample.probabilities,
         sample=sample,
     )
-    learner, loop_adam = qfleet_learner(env, budget, str(target)), qfleet_learner(env, budget, str(target))
+    learner = qfleet_learner(env, budget, str(target))
+    loop_adam = qfleet_learner(env, budget, str(target), cuda_graph=False)
     agent = loop_adam.agent  # the same agent with torch's default Adam kernel (what it had before)
     agent.optimizer = torch.optim.Adam(agent.parameters, lr=loop_adam.config.optimizer.lr)
+    op_by_op: dict[str, Callable[[], object]] = {}
+    if getattr(learner.agent, "graphed", None) is not None:  # on CUDA: the same step without its CUDA graph
+        eager = qfleet_learner(env, budget, str(target), cuda_graph=False)
+        op_by_op["qfleet Learner.step (op by op)"] = lambda: eager.step(batch)
     cases = {
         "loop update (default Adam)": loop_update(sample, num_actions, budget, fused=False, device=target),
         "loop update (fused Adam)": loop_update(sample, num_actions, budget, fused=True, device=target),
         "qfleet agent.update (default Adam)": lambda: agent.update(batch.data, batch.weights),
         "qfleet agent.update": lambda: learner.agent.update(batch.data, batch.weights),
         "qfleet Learner.step": lambda: learner.step(batch),
+        **op_by_op,
     }
     figures = measure(cases, rounds, updates, target)
     base = figures["loop update (default Adam)"]["median_us"]
