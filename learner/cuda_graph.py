@@ -85,7 +85,9 @@ class GraphedUpdate:
         self._inputs = {name: tensor.clone() for name, tensor in inputs.items()}
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward writes the gradients it owns
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the prefetcher's threads go on copying batches to the device meanwhile (in
+        # the default "global" mode their calls would fail the capture)
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._output = self.update(self._inputs)
         self._graph, self._signature = graph, signature
         self.captures += 1
