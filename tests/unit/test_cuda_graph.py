@@ -2,6 +2,7 @@
 through a reset, a learning-rate change and a checkpoint load. Needs CUDA (skipped elsewhere); on the
 CPU only the switch is checked."""
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -89,8 +90,7 @@ def test_graphed_updates_match_op_by_op_ones_through_a_reset_an_lr_change_and_a_
                 for group in agent.optimizer.param_groups:
                     group["lr"] = 5e-4
         if update == 24:  # a checkpoint load replaces the optimizer's state and groups
-            state = eager.state_dict()
-            graphed.load_state_dict(state)
+            graphed.load_state_dict(copy.deepcopy(eager.state_dict()))  # as from a file: no tensor shared
         assert_same_result(graphed.update(batch, weights), eager.update(batch, weights))
         graphed.after_update(update)
         eager.after_update(update)
@@ -110,7 +110,7 @@ def test_a_graphed_agent_checkpoint_resumes_op_by_op_and_back():
         graphed.update(batch, weights)
         graphed.after_update(update)
     resumed = make_agent(config("hl_gauss", False), (8,), space, device)
-    resumed.load_state_dict(graphed.state_dict())
+    resumed.load_state_dict(copy.deepcopy(graphed.state_dict()))  # as from a file: no tensor shared
     for update, (batch, weights) in enumerate(data[5:], start=6):
         assert_same_result(graphed.update(batch, weights), resumed.update(batch, weights))
         graphed.after_update(update)
