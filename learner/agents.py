@@ -140,6 +140,9 @@ class DiscreteQAgent:
         if self.graphed is not None:  # the load replaced the optimizer's state and groups
             make_capturable(self.optimizer)
             self.graphed.invalidate()
+        else:  # a checkpoint of a graphed run says capturable; op by op it only costs
+            for group in self.optimizer.param_groups:
+                group["capturable"] = False
 
 
 @contextlib.contextmanager

@@ -18,9 +18,13 @@ right after its capture (a capture records kernels without running them).
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable
 
 import torch
+
+log = logging.getLogger(__name__)
 
 WARMUP_UPDATES = 3
 """Ordinary updates (on a side stream) before each capture: they create the optimizer's state,
@@ -44,12 +48,17 @@ class GraphedUpdate:
         """Graphs captured so far (a signature change, reset or load makes another)."""
         self.replays = 0
         """Updates that ran as a replay of a captured graph."""
+        self.disabled: str | None = None
+        """Why updates run op by op for good (a capture failed), else None."""
         self._graph: torch.cuda.CUDAGraph | None = None
         self._inputs: dict[str, torch.Tensor] = {}
         self._output: torch.Tensor | None = None
         self._signature: tuple | None = None
         self._warmup_left = WARMUP_UPDATES
+        # Streams of this update's own device (torch's shared capture stream is on the current
+        # device, cuda:0 unless set: a cuda:1 learner's kernels would run beside an empty capture).
         self._side = torch.cuda.Stream(device)
+        self._capture_stream = torch.cuda.Stream(device)
 
     def invalidate(self) -> None:
         """Drops the captured graph (after a reset or a load replaced state it recorded): the next
@@ -59,19 +68,25 @@ class GraphedUpdate:
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """One update on `inputs`; its figures as a device tensor (valid until the next call)."""
-        signature = self._signature_of(inputs)
-        if self._graph is not None and signature == self._signature:
-            for name, tensor in inputs.items():
-                self._inputs[name].copy_(tensor, non_blocking=True)
-            self._graph.replay()
-            self.replays += 1
-            return self._output
-        if self._graph is not None:  # something the capture baked in changed: warm up again
-            self.invalidate()
-        if self._warmup_left > 0:
-            self._warmup_left -= 1
-            return self._on_side_stream(inputs)
-        return self._capture(inputs, signature)
+        with torch.cuda.device(self.device):
+            if self.disabled is not None:
+                return self._on_side_stream(inputs)
+            signature = self._signature_of(inputs)
+            if self._graph is not None and signature == self._signature:
+                for name, tensor in inputs.items():
+                    self._inputs[name].copy_(tensor, non_blocking=True)
+                self._graph.replay()
+                self.replays += 1
+                return self._output
+            if self._graph is not None:  # something the capture baked in changed: warm up again
+                self.invalidate()
+            if self._warmup_left > 0:
+                self._warmup_left -= 1
+                return self._on_side_stream(inputs)
+            try:
+                return self._capture(inputs, signature)
+            except Exception as exc:  # noqa: BLE001 - any failed capture: the update runs op by op
+                return self._give_up(inputs, exc)
 
     def _on_side_stream(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         current = torch.cuda.current_stream(self.device)
@@ -85,24 +100,57 @@ class GraphedUpdate:
         self._inputs = {name: tensor.clone() for name, tensor in inputs.items()}
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward writes the gradients it owns
         graph = torch.cuda.CUDAGraph()
-        # thread_local: the prefetcher's threads go on copying batches to the device meanwhile (in
-        # the default "global" mode their calls would fail the capture)
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self._output = self.update(self._inputs)
-        self._graph, self._signature = graph, signature
+        with warnings.catch_warnings():
+            # torch only warns of a capture that recorded nothing (the work ran elsewhere): an error
+            warnings.filterwarnings("error", message=".*CUDA Graph is empty.*")
+            # thread_local: the prefetcher's threads go on copying batches to the device meanwhile
+            # (in the default "global" mode their calls would fail the capture)
+            with torch.cuda.graph(graph, stream=self._capture_stream, capture_error_mode="thread_local"):
+                output = self.update(self._inputs)
+        self._graph, self._signature, self._output = graph, signature, output
         self.captures += 1
         graph.replay()  # the capture recorded this update's kernels; now they run
         self.replays += 1
         return self._output
 
+    def _give_up(self, inputs: dict[str, torch.Tensor], exc: Exception) -> torch.Tensor:
+        """After a failed capture (which ran none of the update's kernels): op by op from now on,
+        starting with this update, so that it still runs exactly once."""
+        self.disabled = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        log.warning(
+            "the learner's update could not be captured as a CUDA graph (%s); it runs op by op from "
+            "now on (set learner.cuda_graph: false to skip the attempt)",
+            self.disabled,
+        )
+        self._graph, self._inputs, self._output, self._signature = None, {}, None, None
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize(self.device)
+        return self._on_side_stream(inputs)
+
     def _signature_of(self, inputs: dict[str, torch.Tensor]) -> tuple:
+        """What a capture bakes in: the inputs' shapes and dtypes and every optimizer group's
+        settings (learning rate, betas, eps, weight decay, ...)."""
         shapes = tuple((name, tuple(tensor.shape), tensor.dtype) for name, tensor in sorted(inputs.items()))
-        return shapes, tuple(float(group["lr"]) for group in self.optimizer.param_groups)
+        settings = tuple(
+            tuple(sorted((key, _hashable(value)) for key, value in group.items() if key != "params"))
+            for group in self.optimizer.param_groups
+        )
+        return shapes, settings
+
+
+def _hashable(value):
+    """A group setting as a comparable value (a tensor learning rate by its value)."""
+    if isinstance(value, torch.Tensor):
+        return float(value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
 
 
 def make_capturable(optimizer: torch.optim.Optimizer) -> None:
     """Sets `capturable` on every group of a (fused) Adam, with its step counts on the parameters'
     devices: what a captured step needs (also after a checkpoint load restored uncapturable groups)."""
+    optimizer._warned_capturable_if_run_uncaptured = True  # torch's advice against it is for eager runs
     for group in optimizer.param_groups:
         group["capturable"] = True
         for parameter in group["params"]:

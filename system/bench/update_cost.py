@@ -12,7 +12,11 @@ figures are the median and the minimum over the rounds of, on the CPU, thread CP
 (`time.thread_time`: what other processes on a busy machine take does not count) and, on a CUDA
 device, wall time per update between two device synchronisations (the host's launches and waits
 and the device's kernels together: what bounds a GPU learner's updates/s). On CUDA the batch is on
-the device already, so the host-to-device copy a run's prefetcher makes is left out too.
+the device already, so the host-to-device copy a run's prefetcher makes is left out too; there
+"qfleet agent.update" and "qfleet Learner.step" replay the update as a CUDA graph
+(`learner.cuda_graph`, the default), "qfleet agent.update (default Adam)" runs op by op (so its
+ratio mixes the Adam kernel with the graph), and one more case, "qfleet Learner.step (op by op)",
+is the same step without the graph.
 
 What it leaves out, so its figures are a floor of a run's CPU per update, not a forecast: the
 weight publish every `publish_every` updates and the priority stream to the shards (here a stub
@@ -146,6 +150,7 @@ def measure(
 
 PROFILED_EVENTS = {
     "kernel launches": ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel"),
+    "graph launches (each replays a captured update's kernels)": ("cudaGraphLaunch",),
     "stream synchronisations": ("cudaStreamSynchronize", "cudaDeviceSynchronize"),
     "memory copies": ("cudaMemcpyAsync",),
     "host reads of a tensor (.item(), float())": ("aten::_local_scalar_dense",),

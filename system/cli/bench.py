@@ -440,7 +440,9 @@ def add_parser(commands) -> None:
             "over --rounds; microseconds per update (thread CPU time; on a CUDA --device, wall time between "
             "device synchronisations), median and minimum, and each median over the loop's (default Adam). "
             "Leaves out the weight publish, the priority stream and the observation conversion of a run "
-            "(and on CUDA the batch's copy to the device). Prints JSON and a Markdown table."
+            "(and on CUDA the batch's copy to the device). On CUDA qfleet's update and step replay a CUDA "
+            "graph (learner.cuda_graph), and one more case times the step op by op. Prints JSON and a "
+            "Markdown table."
         ),
         epilog="example: qfleet bench update-cost --env breakout --output update-cost-breakout.json",
     )
