@@ -16,6 +16,8 @@ from torch import nn
 
 from learner.agent import Agent, UpdateResult
 from learner.config import LearnerConfig
+from learner.cuda_graph import GraphedUpdate, make_capturable
+from learner.losses import at_actions
 from learner.networks import EnsembleCritic, TanhGaussianActor, build_q_network
 from learner.offline_agents import FilteredBCAgent, IQLAgent
 from learner.optimization import (
@@ -25,6 +27,7 @@ from learner.optimization import (
     polyak_average,
     reinitialise_with_optimizer,
     step,
+    step_on_device,
     update_target,
 )
 from learner.q_losses import make_q_loss
@@ -50,6 +53,11 @@ class DiscreteQAgent:
         self.parameters = list(self.online.parameters())
         """The online network's parameters (resets re-initialise them in place)."""
         self.optimizer = adam(self.parameters, config.optimizer.lr)
+        self.graphed: GraphedUpdate | None = None
+        """The update as a replayed CUDA graph (`learner.cuda_graph` on a CUDA device), else None."""
+        if config.cuda_graph and device.type == "cuda":
+            make_capturable(self.optimizer)
+            self.graphed = GraphedUpdate(self._update_on_device, self.optimizer, device)
 
     def q_values(self, network: nn.Module, obs: torch.Tensor) -> torch.Tensor:
         """[B, A] expected action values."""
@@ -57,23 +65,53 @@ class DiscreteQAgent:
 
     def update(self, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> UpdateResult:
         """One gradient step on importance-weighted losses."""
+        if self.graphed is not None:
+            return self._graphed_update(batch, weights)
+        loss, q_taken, target = self._losses(batch, weights)
+        grad_norm = step(self.optimizer, loss, self.parameters, self.config.optimizer.max_grad_norm)
+        td = (q_taken.detach() - target.value).abs()
+        clamped = target.clamped_fraction
+        return UpdateResult(
+            float(loss.detach()),
+            float(q_taken.detach().mean()),
+            grad_norm,
+            td.cpu().numpy(),
+            clamped_fraction=None if clamped is None else float(clamped),
+        )
+
+    def _losses(self, batch: dict[str, torch.Tensor], weights: torch.Tensor):
+        """The batch's importance-weighted loss, the taken actions' Q and the bootstrap target."""
         obs, action = batch["obs"], batch["action"].long()
         reward, discount = batch["reward"].float(), batch["discount"].float()
         with torch.no_grad():
             next_online = self.online(batch["next_obs"])
             next_bootstrap = next_online if self.target is None else self.target(batch["next_obs"])
             target = self.q_loss.target(next_online, next_bootstrap, reward, discount)
-        taken = self.online(obs)[torch.arange(len(action)), action]
+        taken = at_actions(self.online(obs), action)
         per_item, q_taken = self.q_loss.per_item(taken, target)
-        loss = (weights * per_item).mean()
-        grad_norm = step(self.optimizer, loss, self.parameters, self.config.optimizer.max_grad_norm)
-        td = (q_taken.detach() - target.value).abs()
+        return (weights * per_item).mean(), q_taken, target
+
+    GRAPHED_INPUTS = ("obs", "next_obs", "action", "reward", "discount")
+    """The batch columns an update reads (the graph's input buffers, with the weights)."""
+
+    def _update_on_device(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The update `GraphedUpdate` captures: no host reads; its figures in one tensor [4 + B]:
+        loss, mean Q taken, gradient norm, clamped share (NaN for "dqn"), then |TD error| per item."""
+        loss, q_taken, target = self._losses(inputs, inputs["weights"])
+        norm = step_on_device(self.optimizer, loss, self.parameters, self.config.optimizer.max_grad_norm)
+        q_taken = q_taken.detach()
+        clamped = target.clamped_fraction
+        if clamped is None:
+            clamped = torch.full((), float("nan"), device=loss.device)
+        figures = torch.stack([loss.detach(), q_taken.mean(), norm.to(loss.dtype), clamped.to(loss.dtype)])
+        return torch.cat([figures, (q_taken - target.value).abs().to(loss.dtype)])
+
+    def _graphed_update(self, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> UpdateResult:
+        inputs = {name: batch[name] for name in self.GRAPHED_INPUTS} | {"weights": weights}
+        figures = self.graphed(inputs).cpu().numpy()  # the update's one read by the host
+        loss, q_mean, grad_norm, clamped = (float(value) for value in figures[:4])
         return UpdateResult(
-            float(loss.detach()),
-            float(q_taken.detach().mean()),
-            grad_norm,
-            td.cpu().numpy(),
-            clamped_fraction=target.clamped_fraction,
+            loss, q_mean, grad_norm, figures[4:].copy(), clamped_fraction=None if np.isnan(clamped) else clamped
         )
 
     def after_update(self, updates: int) -> bool:
@@ -91,6 +129,8 @@ class DiscreteQAgent:
         for follower in (self.target, self.policy_average):
             if follower is not None:
                 follower.load_state_dict(self.online.state_dict())
+        if self.graphed is not None:  # the optimizer's state the graph recorded is gone
+            self.graphed.invalidate()
 
     def policy_state(self) -> dict[str, torch.Tensor]:
         """The weights actors act with (on CPU): the policy average's with `policy_average_tau`,
@@ -115,6 +155,12 @@ class DiscreteQAgent:
             self.target.load_state_dict(state["target"])
         if self.policy_average is not None:
             self.policy_average.load_state_dict(state.get("policy_average", state["online"]))
+        if self.graphed is not None:  # the load replaced the optimizer's state and groups
+            make_capturable(self.optimizer)
+            self.graphed.invalidate()
+        else:  # a checkpoint of a graphed run says capturable; op by op it only costs
+            for group in self.optimizer.param_groups:
+                group["capturable"] = False
 
 
 @contextlib.contextmanager

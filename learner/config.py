@@ -416,6 +416,13 @@ class LearnerConfig:
     device: str = "auto"
     """"auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"."""
 
+    cuda_graph: bool = True
+    """On a CUDA device, the discrete Q losses ("dqn", "c51", "hl_gauss") replay each update as one
+    captured CUDA graph (after a few ordinary updates that warm it up): the same math, without the
+    host launching each of its ~60-120 small kernels one by one, which bounds a GPU learner's
+    updates/s (docs/benchmarks.md, "The learner on a GPU"). No effect on the CPU; false: every
+    update runs op by op."""
+
     policy_acting: Literal["greedy", "sample"] = "greedy"
     """How actors act with an offline loss's policy pi ("iql", "filtered_bc"): "greedy" (its most
     likely action, epsilon-greedy while exploring) or "sample" (draw from pi; epsilon-uniform on top).

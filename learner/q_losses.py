@@ -23,9 +23,10 @@ class QTarget:
     """[B] expected target value (what |TD error| is measured against)."""
     probs: torch.Tensor | None = None
     """[B, bins] target distribution of distributional losses; None for "dqn"."""
-    clamped_fraction: float | None = None
+    clamped_fraction: torch.Tensor | None = None
     """Share of the batch whose target fell outside the value support and was clamped onto it
-    (distributional losses); None for "dqn", which has no support."""
+    (distributional losses), a 0-dim tensor not yet read by the host; None for "dqn", which has no
+    support."""
 
 
 class QLoss(Protocol):
@@ -91,11 +92,11 @@ class C51Loss:
 
     def target(self, next_online, next_bootstrap, reward, discount) -> QTarget:
         best = self.values(next_online).argmax(dim=1)
-        next_logits = next_bootstrap[torch.arange(len(best)), best]
+        next_logits = losses.at_actions(next_bootstrap, best)
         next_probs = next_logits.softmax(-1)
         unclamped = reward + discount * (next_probs * self.support).sum(-1)
         probs = losses.categorical_projection(next_probs, reward, discount, self.support)
-        clamped = losses.clamped_fraction(unclamped, self.v_min, self.v_max)
+        clamped = losses.clamped_share(unclamped, self.v_min, self.v_max)
         return QTarget((probs * self.support).sum(-1), probs, clamped)
 
     def per_item(self, taken, target):
@@ -129,7 +130,7 @@ class HLGaussLoss:
         online_values, bootstrap_values = _bootstrap_values(self, next_online, next_bootstrap)
         value = losses.double_q_target(reward, discount, online_values, bootstrap_values)
         encoded = losses.symlog(value) if self.symlog else value
-        clamped = losses.clamped_fraction(value, self.v_min, self.v_max)
+        clamped = losses.clamped_share(value, self.v_min, self.v_max)
         return QTarget(value, losses.hl_gauss_target(encoded, self.edges, self.sigma), clamped)
 
     def per_item(self, taken, target):

@@ -437,15 +437,29 @@ def add_parser(commands) -> None:
             "step `qfleet bench e2e` runs on --env: the single-process loop's update with torch's default "
             "(for-loop) Adam and with the fused one, qfleet's agent.update with the default Adam and with its "
             "fused one, and the learner's whole step (agent.update, priorities, bookkeeping). Cases interleave "
-            "over --rounds; thread CPU microseconds per update, median and minimum, and each median over the "
-            "loop's (default Adam). Leaves out the weight publish, the priority stream and the observation "
-            "conversion of a run. Prints JSON and a Markdown table."
+            "over --rounds; microseconds per update (thread CPU time; on a CUDA --device, wall time between "
+            "device synchronisations), median and minimum, and each median over the loop's (default Adam). "
+            "Leaves out the weight publish, the priority stream and the observation conversion of a run "
+            "(and on CUDA the batch's copy to the device). On CUDA qfleet's update and step replay a CUDA "
+            "graph (learner.cuda_graph), and one more case times the step op by op. Prints JSON and a "
+            "Markdown table."
         ),
         epilog="example: qfleet bench update-cost --env breakout --output update-cost-breakout.json",
     )
     update_cost.add_argument("--env", default="cartpole", choices=E2E_ENVS, help="the e2e env (default: cartpole)")
     update_cost.add_argument("--rounds", type=int, default=7, help="interleaved rounds of every case (default: 7)")
     update_cost.add_argument("--updates", type=int, default=300, help="timed updates per case and round (default: 300)")
+    update_cost.add_argument(
+        "--device", default="cpu", help="torch device of every case: cpu, cuda, cuda:N (default: cpu)"
+    )
+    update_cost.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="then profile this many learner steps with torch.profiler: host time, device kernel time, kernel "
+        "launches, synchronisations and host reads per step, top ops (default: 0, no profile)",
+    )
     update_cost.add_argument(
         "--output", metavar="FILE", help="also write the results as JSON to FILE (command, date, commit, machine)"
     )
@@ -740,7 +754,9 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--rounds and --updates must be >= 1")
         from system.bench.update_cost import run_update_cost_bench
 
-        return run_update_cost_bench(args.env, args.rounds, args.updates, args.output)
+        if args.profile < 0:
+            raise ConfigError(f"--profile {args.profile}: must be >= 0")
+        return run_update_cost_bench(args.env, args.rounds, args.updates, args.output, args.device, args.profile)
     if args.bench_command == "digiq":
         from system.bench.digiq import digiq_from_arguments
 

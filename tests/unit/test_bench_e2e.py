@@ -193,11 +193,12 @@ def test_update_cost_times_the_learner_e2e_runs_beside_the_loops_update_on_one_t
     config = qfleet_learner("breakout", Budget()).config  # the e2e run's learner, like for like
     assert (config.loss, config.batch_size, config.architecture.hidden_size) == ("dqn", 128, 256)
     assert config.architecture.num_layers == 2 and not config.architecture.layer_norm
-    monkeypatch.setattr(sys, "argv", ["qfleet", "bench", "update-cost", "--output", str(tmp_path / "cost.json")])
-    assert run_update_cost_bench("cartpole", rounds=1, updates=2, output=str(tmp_path / "cost.json")) == 0
+    argv = ["qfleet", "bench", "update-cost", "--profile", "3", "--output", str(tmp_path / "cost.json")]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert run_update_cost_bench("cartpole", rounds=1, updates=2, output=str(tmp_path / "cost.json"), profile=3) == 0
     figures = json.loads((tmp_path / "cost.json").read_text())
     assert figures["torch_threads"] == 1 and figures["env"] == "cartpole"
-    assert figures["command"] == f"qfleet bench update-cost --output {tmp_path / 'cost.json'}"
+    assert figures["command"] == f"qfleet bench update-cost --profile 3 --output {tmp_path / 'cost.json'}"
     assert (figures["commit"] is None) == (figures["dirty"] is None) and "CPUs" in figures["machine"]
     assert set(E2E_ENVS) == set(ENVS)  # --env's choices, copied for a torch-free --help
     assert set(figures["cases"]) == {
@@ -208,6 +209,20 @@ def test_update_cost_times_the_learner_e2e_runs_beside_the_loops_update_on_one_t
         "qfleet Learner.step",
     }
     assert all(case["min_us"] > 0 for case in figures["cases"].values())
+    assert (figures["device"], figures["clock"]) == ("cpu", "thread CPU time")
+    profiled = figures["profile"]  # where the learner's step goes, by torch.profiler
+    assert profiled["steps"] == 3 and "device_kernel_us_per_step" not in profiled  # no device on the CPU
+    assert profiled["host reads of a tensor (.item(), float()) per step"] >= 1  # the loss, for the metrics
+    assert "aten::addmm" in profiled["top_ops_by_host_time"]
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:7", "gpu0"])
+def test_update_cost_refuses_a_device_it_cannot_run_on_before_building_anything(device):
+    from system.bench.update_cost import bench_device
+    from system.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"--device {device}: "):
+        bench_device(device)
 
 
 def test_sample_age_is_a_mean_over_samples_and_leaves_version_zero_out():

@@ -105,3 +105,17 @@ def test_a_distributional_target_reports_the_share_it_clamped_onto_a_narrow_supp
     assert target.clamped_fraction == pytest.approx(0.5)
     inside = q_loss.target(logits[:2], logits[:2], reward[:2], torch.full((2,), 0.99))
     assert inside.clamped_fraction == 0.0
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (5, 3, 7)])
+def test_at_actions_takes_each_rows_action_with_the_values_and_gradients_of_indexing(shape):
+    out = torch.randn(*shape, requires_grad=True)
+    action = torch.tensor([2, 0, 1, 2, 2])
+    weights = torch.randn(shape[:1] + shape[2:])
+    (losses.at_actions(out, action) * weights).sum().backward()
+    mine = out.grad.clone()
+    out.grad = None
+    indexed = out[torch.arange(len(action)), action]
+    (indexed * weights).sum().backward()
+    assert torch.equal(losses.at_actions(out, action), indexed)
+    assert torch.equal(mine, out.grad)  # a repeated action (2) gets no more than its own rows' gradient
