@@ -47,7 +47,7 @@ class Agent(Protocol):
     """Networks + optimizers + one `update(batch)`. Knows nothing of replay, Redis or processes.
 
     The loop calls `update` (one gradient step; `td_abs` becomes new priorities), then
-    `after_update` (target network, periodic reset), and publishes `policy_state()`.
+    `after_update` (target network, policy average, periodic reset), and publishes `policy_state()`.
     """
 
     discrete: ClassVar[bool]
@@ -58,8 +58,8 @@ class Agent(Protocol):
         ...
 
     def after_update(self, updates: int) -> bool:
-        """Target-network and periodic-reset bookkeeping after update number `updates`; True if
-        it reset."""
+        """Target-network, policy-average and periodic-reset bookkeeping after update number
+        `updates`; True if it reset."""
         ...
 
     def reset(self, which: Literal["head", "all"]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from typing import ClassVar
 
 import numpy as np
@@ -33,6 +34,8 @@ from learner.optimization import (
 from learner.q_losses import make_q_loss
 from learner.spaces import ActionSpace
 
+log = logging.getLogger(__name__)
+
 
 class DiscreteQAgent:
     """Double DQN with n-step targets, C51 or HL-Gauss on one Q network (+ target network); the
@@ -47,7 +50,9 @@ class DiscreteQAgent:
         self.q_loss = make_q_loss(config, device)
         self.online = build_q_network(obs_shape, space.num_actions, self.q_loss.bins, config.architecture).to(device)
         self.target = copy.deepcopy(self.online) if config.target.update != "none" else None
-        self.policy_average = copy.deepcopy(self.online) if config.policy_average_tau is not None else None
+        self.policy_average = (
+            copy.deepcopy(self.online).requires_grad_(False) if config.policy_average_tau is not None else None
+        )
         """The published policy's network when `policy_average_tau` is set: the online network's
         Polyak average, moved after every update; it takes no gradients."""
         self.parameters = list(self.online.parameters())
@@ -154,6 +159,8 @@ class DiscreteQAgent:
         if self.target is not None:
             self.target.load_state_dict(state["target"])
         if self.policy_average is not None:
+            if "policy_average" not in state:
+                log.info("policy average started at the online network (the checkpoint has none)")
             self.policy_average.load_state_dict(state.get("policy_average", state["online"]))
         if self.graphed is not None:  # the load replaced the optimizer's state and groups
             make_capturable(self.optimizer)

@@ -1,6 +1,7 @@
 """`Policy`: the network actors and evaluation act with, rebuilt from the learner's config.
 
-The learner publishes `agent.policy_state()` (the online Q network, the offline losses' policy
+The learner publishes `agent.policy_state()` (the online Q network, or its Polyak average with
+`learner.policy_average_tau`; the offline losses' policy
 network pi, or SAC's actor); a Policy builds the same architecture, loads those weights and turns
 observations into actions: epsilon-greedy on expected Q values for discrete actions (C51 and
 HL-Gauss take the expectation over their support) or on pi's logits ("iql", "filtered_bc": greedy

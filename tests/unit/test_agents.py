@@ -220,7 +220,9 @@ def test_a_policy_average_agent_publishes_the_average_moved_tau_of_the_way_after
         for name, value in agent.policy_state().items():
             torch.testing.assert_close(value, 0.75 * before[name] + 0.25 * online[name], msg=name)
     assert any(not torch.equal(agent.policy_state()[k], online[k]) for k in online)  # not the online network
-    assert not any(p.requires_grad and p.grad is not None for p in agent.policy_average.parameters())
+    averaged = {id(p) for p in agent.policy_average.parameters()}
+    assert not any(p.requires_grad for p in agent.policy_average.parameters())  # never trained by a gradient
+    assert not averaged & {id(p) for group in agent.optimizer.param_groups for p in group["params"]}
 
     unaveraged = averaged_agent(None)
     unaveraged.update(batch, torch.ones(8))

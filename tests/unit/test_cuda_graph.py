@@ -24,8 +24,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 SUPPORT = DistributionalConfig(v_min=-1.0, v_max=1.0, num_bins=21)  # rewards in [0, 3) clamp some targets
 
 
-def config(loss: str, cuda_graph: bool, device: str = "cuda") -> LearnerConfig:
+def config(loss: str, cuda_graph: bool, device: str = "cuda", policy_average_tau: float | None = None) -> LearnerConfig:
     return LearnerConfig(
+        policy_average_tau=policy_average_tau,
         loss=loss,
         device=device,
         cuda_graph=cuda_graph,
@@ -69,15 +70,18 @@ def assert_same_parameters(one, other) -> None:
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
     for mine, theirs in zip(one.target.parameters(), other.target.parameters(), strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+    if one.policy_average is not None:  # moved outside the graph, after each update
+        for mine, theirs in zip(one.policy_average.parameters(), other.policy_average.parameters(), strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
 
 
 @needs_cuda
-@pytest.mark.parametrize("loss", ["dqn", "c51", "hl_gauss"])
-def test_graphed_updates_match_op_by_op_ones_through_a_reset_an_lr_change_and_a_load(loss):
+@pytest.mark.parametrize(("loss", "tau"), [("dqn", None), ("c51", None), ("hl_gauss", None), ("dqn", 0.25)], ids=str)
+def test_graphed_updates_match_op_by_op_ones_through_a_reset_an_lr_change_and_a_load(loss, tau):
     device = torch.device("cuda")
     space = ActionSpace(num_actions=3)
-    graphed = make_agent(config(loss, True), (8,), space, device)
-    eager = make_agent(config(loss, False), (8,), space, device)
+    graphed = make_agent(config(loss, True, policy_average_tau=tau), (8,), space, device)
+    eager = make_agent(config(loss, False, policy_average_tau=tau), (8,), space, device)
     assert graphed.graphed is not None and eager.graphed is None
     for update, (batch, weights) in enumerate(batches(30, device), start=1):
         if update == 12:  # a reset replaces optimizer state the graph recorded
@@ -85,6 +89,8 @@ def test_graphed_updates_match_op_by_op_ones_through_a_reset_an_lr_change_and_a_
             eager.reset("head")
             eager.online.load_state_dict(graphed.online.state_dict())  # the same fresh head in both
             eager.target.load_state_dict(graphed.target.state_dict())
+            if tau is not None:
+                eager.policy_average.load_state_dict(graphed.policy_average.state_dict())
         if update == 18:  # a learning rate the capture baked in
             for agent in (graphed, eager):
                 for group in agent.optimizer.param_groups:
