@@ -28,6 +28,7 @@ from replay.errors import DeadlineExceededError, ReplayAuthenticationError, Repl
 from replay.priority_stream import PriorityCounts
 from replay.redis_connection import redact_url
 from replay.registry import ShardRegistry
+from replay.selectors import uses_priorities
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,9 @@ class ShardHandle:
         self.failed_at: float | None = None  # set while the shard is taken as down
         self.writers_waiting = False
         """Its last Info: inserts wait on its own rate limiter (its writers are held back)."""
+        self.uses_priorities = True
+        """Its last Info: its selector draws by priority (until an Info says it draws uniformly,
+        priorities are sent: a shard that discards them costs only the sending)."""
 
     def _earlier_locked(self) -> _Earlier:
         if self._earlier is not None:  # this process never had an Info: its predecessors' counts
@@ -287,6 +291,7 @@ class Membership:
                 if known is not None:
                     log.info("shard %d at %s is back", info.shard_id, address)
             shard.absorb(info.size, info.priority_mass, info.inserts, info.samples, info.lost_transitions, info.boot_id)
+            shard.uses_priorities = uses_priorities(info.selector)
 
     def refusal(self) -> ReplayAuthenticationError | None:
         """The latest refusal of this client's credentials by a fixed address's shard, if any."""
@@ -391,6 +396,7 @@ class Membership:
                     info.size, info.priority_mass, info.inserts, info.samples, info.lost_transitions, info.boot_id
                 )
                 shard.writers_waiting = info.rate_limiter.waiting_inserts > 0
+                shard.uses_priorities = uses_priorities(info.selector)
                 infos[shard.shard_id] = info
         return infos
 

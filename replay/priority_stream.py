@@ -94,6 +94,8 @@ class PriorityCounts:
     """Keys of requests the shard refused as invalid (their error is raised by the next call)."""
     coalesced: int = 0
     """Updates replaced by a newer priority of the same key before they were sent."""
+    unused: int = 0
+    """Keys not sent because their shard's selector draws uniformly and would discard them."""
 
     def __add__(self, other: PriorityCounts) -> PriorityCounts:
         return PriorityCounts(
@@ -102,6 +104,7 @@ class PriorityCounts:
             self.lost + other.lost,
             self.rejected + other.rejected,
             self.coalesced + other.coalesced,
+            self.unused + other.unused,
         )
 
 

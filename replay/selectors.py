@@ -130,6 +130,12 @@ class PrioritizedSelector:
         self.max_priority = float(state["selector/max_priority"][0])
 
 
+def uses_priorities(name: str) -> bool:
+    """Whether the selector called `name` draws by priority: a uniform selector discards every
+    priority it is given, so a learner need not send any to its table."""
+    return name != UniformSelector.name
+
+
 def make_selector(name: str, capacity: int, alpha: float) -> Selector:
     """Builds the selector called `name` ("uniform" or "prioritized")."""
     if name == "uniform":

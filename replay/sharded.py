@@ -94,6 +94,7 @@ class ShardedReplay:
         self._global_limiter = GlobalSampleLimiter(self.limiter, self._membership)
         self._drawer = ShardDrawer(self._membership, self._pool, config.seed)
         self._priorities_lost = 0  # sent for shards that had gone or failed
+        self._priorities_unused = 0  # not sent: their shard draws uniformly (`PriorityCounts.unused`)
 
     def __reduce__(self):
         # Pickles as its config (credentials included, never a private key); the copy discovers
@@ -210,7 +211,8 @@ class ShardedReplay:
 
     def send_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> None:
         """Sends each key's new priority on the stream of the shard named in the key; returns at
-        once (see `ReplayClient.send_priorities`). Updates for shards that are gone or failed are
+        once (see `ReplayClient.send_priorities`). Updates for shards that draw uniformly are not
+        sent (counted `unused`: such a shard discards them); for shards that are gone or failed they are
         counted lost; a shard whose stream fails is marked failed, as a failed call marks it. One
         shard's error never costs the others their updates: every shard is sent its part first.
 
@@ -225,14 +227,20 @@ class ShardedReplay:
         if keys.shape != priorities.shape or keys.ndim != 1:
             raise InvalidBatchError(f"keys {keys.shape} and priorities {priorities.shape} must be equal 1-d shapes")
         validate_priorities(priorities, keys.shape[0])  # once, before any shard is sent anything
-        shard_ids = keylib.shard_of(keys)
         shards = self._membership.all()
+        if shards and not any(shard.uses_priorities or shard.failed_at is not None for shard in shards.values()):
+            self._priorities_unused += keys.shape[0]  # every shard is up and draws uniformly
+            return
+        shard_ids = keylib.shard_of(keys)
         first: ReplayError | None = None
         for shard_id in np.unique(shard_ids):
             mine = shard_ids == shard_id
             shard = shards.get(int(shard_id))
             if shard is None or shard.failed_at is not None:
                 self._priorities_lost += int(mine.sum())
+                continue
+            if not shard.uses_priorities:
+                self._priorities_unused += int(mine.sum())
                 continue
             try:
                 shard.client.send_priorities(keys[mine], priorities[mine])
@@ -280,7 +288,8 @@ class ShardedReplay:
 
     def priority_counts(self) -> PriorityCounts:
         """Keys sent with `send_priorities` so far, over every shard this replay has known."""
-        counts = PriorityCounts(lost=self._priorities_lost) + self._membership.left_priorities
+        counts = PriorityCounts(lost=self._priorities_lost, unused=self._priorities_unused)
+        counts += self._membership.left_priorities
         for shard in self._membership.all().values():
             counts += shard.client.priority_counts()
         return counts

@@ -15,6 +15,7 @@ from conftest import make_batch, shard_kwargs, wait_until, writer_for
 from replay import (
     MixedReplay,
     Prefetcher,
+    PriorityCounts,
     ReplayAuthenticationError,
     ReplayCredentials,
     ReplayServer,
@@ -287,3 +288,31 @@ def test_a_shard_found_later_that_refuses_is_logged_once_and_named_by_the_calls(
             sharded.wait_for_shards(1, timeout=0.3)
     finally:
         sharded.close()
+
+
+def test_streamed_priorities_reach_only_shards_that_draw_by_priority(start_server, connect):
+    """A uniform shard discards priorities: the learner's stream skips it (counted `unused`) and
+    still updates the prioritized shard beside it; with only uniform shards nothing is sent."""
+    prioritized = start_server(shard_id=0, capacity=100, selector="prioritized", alpha=1.0, seed=0)
+    uniform = start_server(shard_id=1, capacity=100, selector="uniform", seed=1)
+    for server, start in ((prioritized, 0), (uniform, 50)):
+        client = connect(server.address)
+        client.insert(make_batch(50, start=start))
+        client.flush()
+    sharded = ShardedReplay(None, "test", [prioritized.address, uniform.address], seed=0)
+    batch = sharded.sample(64)
+    on_uniform = int(((batch.keys >> np.uint64(54)).astype(int) == 1).sum())
+    assert 0 < on_uniform < 64
+    sharded.send_priorities(batch.keys, np.full(64, 3.0))
+    counts = sharded.flush_priorities(timeout=30)
+    assert counts.unused == on_uniform and counts.lost == 0
+    assert counts.applied + counts.coalesced == 64 - on_uniform
+    unique_prioritized = len(np.unique(batch.keys[(batch.keys >> np.uint64(54)).astype(int) == 0]))
+    assert sharded.info().shards[0].priority_mass == pytest.approx(50 - unique_prioritized + 3.0 * unique_prioritized)
+    sharded.close()
+
+    only_uniform = ShardedReplay(None, "test", [uniform.address], seed=0)
+    keys = only_uniform.sample(16).keys
+    only_uniform.send_priorities(keys, np.full(16, 2.0))
+    assert only_uniform.flush_priorities(timeout=30) == PriorityCounts(unused=16)
+    only_uniform.close()
