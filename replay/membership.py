@@ -119,10 +119,12 @@ class ShardHandle:
         samples: int,
         lost: int | None = None,
         boot_id: int = 0,
+        selector: str | None = None,
     ) -> None:
-        """Takes counters from a response (`lost` from an Info). Within one process inserts and
-        samples never go back (responses may arrive out of order); a new `boot_id` is a new
-        process, whose counts start again on top of what its predecessors counted."""
+        """Takes counters from a response (`lost` and `selector` from an Info). Within one process
+        inserts and samples never go back (responses may arrive out of order); a new `boot_id` is a
+        new process, whose counts start again on top of what its predecessors counted, and which is
+        taken to draw by priority until its own Info names its selector."""
         with self._lock:
             if boot_id:
                 if boot_id in self._retired:
@@ -133,7 +135,10 @@ class ShardHandle:
                         self._retired.add(self.boot_id)
                         self.inserts = self.samples = self.lost = 0
                         self.carried_inserts = self.carried_samples = 0
+                        self.uses_priorities = True
                     self.boot_id = boot_id
+            if selector is not None:
+                self.uses_priorities = uses_priorities(selector)
             self.size, self.mass = size, mass
             self.inserts, self.samples = max(self.inserts, inserts), max(self.samples, samples)
             if lost is None:
@@ -290,8 +295,15 @@ class Membership:
                     self._shards[info.shard_id] = shard
                 if known is not None:
                     log.info("shard %d at %s is back", info.shard_id, address)
-            shard.absorb(info.size, info.priority_mass, info.inserts, info.samples, info.lost_transitions, info.boot_id)
-            shard.uses_priorities = uses_priorities(info.selector)
+            shard.absorb(
+                info.size,
+                info.priority_mass,
+                info.inserts,
+                info.samples,
+                info.lost_transitions,
+                info.boot_id,
+                info.selector,
+            )
 
     def refusal(self) -> ReplayAuthenticationError | None:
         """The latest refusal of this client's credentials by a fixed address's shard, if any."""
@@ -393,10 +405,15 @@ class Membership:
         for shard, info in zip(live, self._pool.map(self.info_or_fail, live), strict=True):
             if info is not None:
                 shard.absorb(
-                    info.size, info.priority_mass, info.inserts, info.samples, info.lost_transitions, info.boot_id
+                    info.size,
+                    info.priority_mass,
+                    info.inserts,
+                    info.samples,
+                    info.lost_transitions,
+                    info.boot_id,
+                    info.selector,
                 )
                 shard.writers_waiting = info.rate_limiter.waiting_inserts > 0
-                shard.uses_priorities = uses_priorities(info.selector)
                 infos[shard.shard_id] = info
         return infos
 

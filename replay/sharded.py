@@ -228,9 +228,6 @@ class ShardedReplay:
             raise InvalidBatchError(f"keys {keys.shape} and priorities {priorities.shape} must be equal 1-d shapes")
         validate_priorities(priorities, keys.shape[0])  # once, before any shard is sent anything
         shards = self._membership.all()
-        if shards and not any(shard.uses_priorities or shard.failed_at is not None for shard in shards.values()):
-            self._priorities_unused += keys.shape[0]  # every shard is up and draws uniformly
-            return
         shard_ids = keylib.shard_of(keys)
         first: ReplayError | None = None
         for shard_id in np.unique(shard_ids):
@@ -287,7 +284,8 @@ class ShardedReplay:
         return self.priority_counts()
 
     def priority_counts(self) -> PriorityCounts:
-        """Keys sent with `send_priorities` so far, over every shard this replay has known."""
+        """Keys given to `send_priorities` so far (sent, or counted unused or lost), over every shard
+        this replay has known."""
         counts = PriorityCounts(lost=self._priorities_lost, unused=self._priorities_unused)
         counts += self._membership.left_priorities
         for shard in self._membership.all().values():

@@ -18,6 +18,7 @@ from replay import (
     PriorityCounts,
     ReplayAuthenticationError,
     ReplayCredentials,
+    ReplayError,
     ReplayServer,
     ShardedReplay,
     ShardRegistry,
@@ -292,7 +293,8 @@ def test_a_shard_found_later_that_refuses_is_logged_once_and_named_by_the_calls(
 
 def test_streamed_priorities_reach_only_shards_that_draw_by_priority(start_server, connect):
     """A uniform shard discards priorities: the learner's stream skips it (counted `unused`) and
-    still updates the prioritized shard beside it; with only uniform shards nothing is sent."""
+    still updates the prioritized shard beside it; with only uniform shards nothing is sent, and
+    keys of a shard that is not there are still counted lost."""
     prioritized = start_server(shard_id=0, capacity=100, selector="prioritized", alpha=1.0, seed=0)
     uniform = start_server(shard_id=1, capacity=100, selector="uniform", seed=1)
     for server, start in ((prioritized, 0), (uniform, 50)):
@@ -300,19 +302,68 @@ def test_streamed_priorities_reach_only_shards_that_draw_by_priority(start_serve
         client.insert(make_batch(50, start=start))
         client.flush()
     sharded = ShardedReplay(None, "test", [prioritized.address, uniform.address], seed=0)
-    batch = sharded.sample(64)
-    on_uniform = int(((batch.keys >> np.uint64(54)).astype(int) == 1).sum())
-    assert 0 < on_uniform < 64
-    sharded.send_priorities(batch.keys, np.full(64, 3.0))
-    counts = sharded.flush_priorities(timeout=30)
-    assert counts.unused == on_uniform and counts.lost == 0
-    assert counts.applied + counts.coalesced == 64 - on_uniform
-    unique_prioritized = len(np.unique(batch.keys[(batch.keys >> np.uint64(54)).astype(int) == 0]))
-    assert sharded.info().shards[0].priority_mass == pytest.approx(50 - unique_prioritized + 3.0 * unique_prioritized)
-    sharded.close()
+    try:
+        batch = sharded.sample(64)
+        on_uniform = int(((batch.keys >> np.uint64(54)).astype(int) == 1).sum())
+        assert 0 < on_uniform < 64
+        sharded.send_priorities(batch.keys, np.full(64, 3.0))
+        counts = sharded.flush_priorities(timeout=30)
+        assert counts.unused == on_uniform and counts.lost == 0
+        assert counts.applied + counts.coalesced == 64 - on_uniform
+        unique_prioritized = len(np.unique(batch.keys[(batch.keys >> np.uint64(54)).astype(int) == 0]))
+        expected = 50 - unique_prioritized + 3.0 * unique_prioritized
+        assert sharded.info().shards[0].priority_mass == pytest.approx(expected)
+    finally:
+        sharded.close()
 
     only_uniform = ShardedReplay(None, "test", [uniform.address], seed=0)
-    keys = only_uniform.sample(16).keys
-    only_uniform.send_priorities(keys, np.full(16, 2.0))
-    assert only_uniform.flush_priorities(timeout=30) == PriorityCounts(unused=16)
-    only_uniform.close()
+    try:
+        keys = only_uniform.sample(16).keys
+        only_uniform.send_priorities(keys, np.full(16, 2.0))
+        strangers = keys.copy()
+        strangers[:4] = (strangers[:4] & np.uint64((1 << 54) - 1)) | np.uint64(7 << 54)  # shard 7: none
+        only_uniform.send_priorities(strangers[:4], np.full(4, 2.0))
+        assert only_uniform.flush_priorities(timeout=30) == PriorityCounts(unused=16, lost=4)
+    finally:
+        only_uniform.close()
+
+
+def test_a_shard_restarted_with_a_prioritized_selector_gets_priorities_again(start_server, connect):
+    """A uniform shard replaced on the same address by a prioritized one: from the new process's
+    first answer the learner sends it priorities again (not only after its next Info)."""
+    uniform = start_server(shard_id=0, capacity=100, selector="uniform", seed=0)
+    client = connect(uniform.address)
+    client.insert(make_batch(50))
+    client.flush()
+    sharded = ShardedReplay(None, "test", [uniform.address], seed=0)
+    try:
+        sharded.send_priorities(sharded.sample(8).keys, np.full(8, 2.0))
+        assert sharded.priority_counts().unused == 8
+        uniform.stop(grace=0.2, checkpoint=False)
+        restarted = start_server(shard_id=0, capacity=100, selector="prioritized", alpha=1.0, seed=1, port=uniform.port)
+        fresh = connect(restarted.address)
+        fresh.insert(make_batch(50))
+        fresh.flush()
+        keys = wait_for_sample_from(sharded, restarted)
+        sharded.send_priorities(keys, np.full(len(keys), 3.0))
+        counts = sharded.flush_priorities(timeout=30)
+        assert counts.unused == 8 and counts.applied + counts.coalesced == len(keys)
+        assert restarted.table.info().priority_mass > 50.0  # they reached the new process
+    finally:
+        sharded.close()
+
+
+def wait_for_sample_from(sharded: ShardedReplay, server) -> np.ndarray:
+    """Keys of the first batch `sharded` draws from `server`'s process (retrying while the client
+    still reconnects to the restarted address)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            batch = sharded.sample(8, timeout=5)
+        except ReplayError:
+            if time.monotonic() > deadline:
+                raise
+            continue
+        if server.table.info().samples > 0:
+            return batch.keys
+        assert time.monotonic() < deadline, "never sampled from the restarted shard"

@@ -95,3 +95,11 @@ def test_selectors_are_built_by_name_and_check_alpha():
         make_selector("fifo", 4, 0.6)
     with pytest.raises(ValueError, match="alpha"):
         PrioritizedSelector(4, alpha=1.5)
+
+
+def test_only_the_uniform_selector_is_known_to_discard_priorities():
+    from replay.selectors import uses_priorities
+
+    assert not uses_priorities("uniform")
+    # prioritized, and a name this client does not know (an older or newer shard): sent
+    assert uses_priorities("prioritized") and uses_priorities("") and uses_priorities("other")
