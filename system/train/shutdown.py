@@ -50,6 +50,10 @@ def shutdown(plan: Plan, parts: Components, counters: RunCounters, latest: Progr
     try:
         fleet = _stop_actors(parts, counters, failures)
         _take_shard_counts(parts, counters)
+        if fleet is not None and not parts.startup.recorded:
+            # a short session's actors may have reported their first steps only with their last
+            # chunk, which the stop collected: the unfinished start-up record still gets them
+            parts.startup.mark_actors(fleet.startups.values())
         if fleet is not None:  # a killed process's last env steps, from what the shards stored for it
             counters.count_env_steps(plan.name, fleet)
             if counters.env_steps_unreported:

@@ -89,6 +89,15 @@ class StartupClock:
         if known:
             self.mark(phase, min(known))
 
+    def mark_actors(self, startups: Iterable) -> None:
+        """Stamps the actors' phases (`ACTOR_PHASES`) at the earliest any of `startups` (the
+        actors' `ActorStartup`s as their reports brought them) reached each."""
+        startups = list(startups)
+        self.mark_earliest("envs", (startup.envs_at for startup in startups))
+        self.mark_earliest("actors", (startup.ready_at for startup in startups))
+        self.mark_earliest("first_env_step", (startup.first_step_at for startup in startups))
+        self.mark_earliest("first_insert", (startup.first_insert_at for startup in startups))
+
     def complete(self, with_actors: bool = True) -> bool:
         """Whether every phase was reached (`with_actors` False: every phase but the actors',
         for an offline-only run, which starts none)."""

@@ -326,11 +326,7 @@ class Supervisor:
         clock = self.components.startup
         if clock.recorded:
             return []
-        startups = fleet.startups.values()
-        clock.mark_earliest("envs", (startup.envs_at for startup in startups))
-        clock.mark_earliest("actors", (startup.ready_at for startup in startups))
-        clock.mark_earliest("first_env_step", (startup.first_step_at for startup in startups))
-        clock.mark_earliest("first_insert", (startup.first_insert_at for startup in startups))
+        clock.mark_actors(fleet.startups.values())
         clock.mark_earliest("first_update", (learner.first_update_at,))
         if not clock.complete():
             return []

@@ -55,6 +55,16 @@ def test_the_clock_is_complete_once_every_phase_is_reached():
     assert clock.complete() and clock.record().phases == PHASES_OF_A_RUN
 
 
+def test_the_actor_phases_are_the_earliest_any_actor_reported_and_unreported_ones_stay_open():
+    from actors import ActorStartup
+
+    clock = StartupClock(started_at=1000.0)
+    late = ActorStartup(created_at=1001.0, envs_at=1003.0, ready_at=1004.0, first_step_at=1005.0)
+    early = ActorStartup(created_at=1001.0, envs_at=1002.0, ready_at=1004.5)  # no step reported yet
+    clock.mark_actors([late, early])
+    assert clock.reached == {"envs": 2.0, "actors": 4.0, "first_env_step": 5.0}  # no first insert yet
+
+
 def test_an_offline_only_run_is_complete_without_the_actor_phases():
     clock = StartupClock(started_at=0.0)
     for name in ("driver", "redis", "ray", "shards", "learner"):
