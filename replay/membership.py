@@ -150,6 +150,19 @@ class ShardHandle:
                 self.carried_samples = earlier.carried_samples + max(0, earlier.samples - self.samples)
                 self._earlier = None  # last: `counted` switches once every field is set
 
+    def absorb_info(self, info: ReplayInfo) -> None:
+        """`absorb` of everything an Info brings: the counters, the lost transitions, the process's
+        boot id and its selector."""
+        self.absorb(
+            info.size,
+            info.priority_mass,
+            info.inserts,
+            info.samples,
+            info.lost_transitions,
+            info.boot_id,
+            info.selector,
+        )
+
     @property
     def counted(self) -> tuple[int, int]:
         """(inserts, samples) of this shard id over the run, restarts included: the inserts it
@@ -295,15 +308,7 @@ class Membership:
                     self._shards[info.shard_id] = shard
                 if known is not None:
                     log.info("shard %d at %s is back", info.shard_id, address)
-            shard.absorb(
-                info.size,
-                info.priority_mass,
-                info.inserts,
-                info.samples,
-                info.lost_transitions,
-                info.boot_id,
-                info.selector,
-            )
+            shard.absorb_info(info)
 
     def refusal(self) -> ReplayAuthenticationError | None:
         """The latest refusal of this client's credentials by a fixed address's shard, if any."""
@@ -404,15 +409,7 @@ class Membership:
         infos = {}
         for shard, info in zip(live, self._pool.map(self.info_or_fail, live), strict=True):
             if info is not None:
-                shard.absorb(
-                    info.size,
-                    info.priority_mass,
-                    info.inserts,
-                    info.samples,
-                    info.lost_transitions,
-                    info.boot_id,
-                    info.selector,
-                )
+                shard.absorb_info(info)
                 shard.writers_waiting = info.rate_limiter.waiting_inserts > 0
                 infos[shard.shard_id] = info
         return infos
