@@ -134,6 +134,10 @@ class _LiveTrain:
         stop_child(self.proc, timeout_s=120)
 
 
+MIN_EXTENSION_S = 5.0
+"""The least a window is extended by while the shards' insert counts have not moved in it."""
+
+
 def _measure(
     train: _LiveTrain,
     registry,
@@ -158,6 +162,13 @@ def _measure(
     first, first_reports = train.latest(), registry.actors()
     time.sleep(seconds)
     last, last_reports = train.latest(), registry.actors()
+    # The shards' insert counts reach the run's records a poll later than the actors' env steps (on
+    # a loaded machine a poll can outlast a short window): the window goes on, up to its length
+    # again, until they moved, and the rates are over the records' own times.
+    extended = time.monotonic() + max(seconds, MIN_EXTENSION_S)
+    while last["replay_inserts"] == first["replay_inserts"] and time.monotonic() < extended:
+        time.sleep(0.25)
+        last, last_reports = train.latest(), registry.actors()
     elapsed = max(1e-9, last["time"] - first["time"])
     reports = last_reports.values()
     inserts = last["replay_inserts"] - first["replay_inserts"]
