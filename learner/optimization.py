@@ -102,15 +102,12 @@ def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters, max_g
     CPU of an update of the CartPole MLP (2 x 256, batch 128). A NaN or infinite norm fails that test,
     so torch scales as it would (NaN everywhere). On other devices (CUDA) the clip always runs and the
     norm is read after the step: reading it first would make the CPU wait for the backward pass."""
+    if loss.device.type != "cpu":
+        return float(step_on_device(optimizer, loss, parameters, max_grad_norm))
     parameters = list(parameters)  # walked twice: a generator would leave the clip nothing to scale
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     norm = nn.utils.get_total_norm([parameter.grad for parameter in parameters if parameter.grad is not None])
-    if norm.device.type != "cpu":
-        if max_grad_norm is not None:
-            nn.utils.clip_grads_with_norm_(parameters, max_grad_norm, norm)
-        optimizer.step()
-        return float(norm)
     value = float(norm)
     if max_grad_norm is not None and not value + CLIP_EPSILON < UNCLIPPED_BELOW * max_grad_norm:
         nn.utils.clip_grads_with_norm_(parameters, max_grad_norm, norm)
@@ -121,8 +118,9 @@ def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters, max_g
 def step_on_device(
     optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters, max_grad_norm: float | None
 ) -> torch.Tensor:
-    """`step` without any read by the host, for a captured CUDA graph: the clip always runs and the
-    norm before clipping comes back as a 0-dim tensor on the device."""
+    """`step` on a device other than the CPU, without any read by the host (also what a captured
+    CUDA graph runs): the clip always runs and the norm before clipping comes back as a 0-dim
+    tensor on the device."""
     parameters = list(parameters)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
