@@ -21,11 +21,12 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from actors.config import ActorsConfig, EnvConfig
-from actors.envs import EnvVector, describe_env
+from actors.envs import EnvSpaces, EnvVector, describe_env
 from actors.errors import ActorRegistryError
 from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
@@ -36,6 +37,9 @@ from actors.weights import WeightSubscriber
 from actors.writer import INSERT_MAX_BYTES, TransitionWriter, Writer, actor_writer_id
 from learner import LearnerConfig, MalformedWeightsError, WeightStoreError, announced_version
 from replay import ReplayCredentials, ReplayUnavailableError, ShardedReplay, keep_freed_memory, start_metrics_server
+
+if TYPE_CHECKING:
+    from learner import Policy
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +211,7 @@ class EnvActor:
             self.rng = np.random.default_rng(seed)
             spaces = describe_env(env)
             self.action_space = spaces.action_space
-            self.policy = None  # a learner.Policy once built
+            self.policy: Policy | None = None  # once built
             self.weights: WeightSubscriber | None = None  # built with the policy
             self.epsilon = actor_epsilon(actor_id, num_actors, actors)
             block = nstep_block(actors.insert_batch, env.num_envs, env.num_envs * spaces.spec.item_nbytes())
@@ -304,7 +308,7 @@ class EnvActor:
             self._release()
             raise
 
-    def _adopt(self, policy, weights: WeightSubscriber) -> None:
+    def _adopt(self, policy: Policy, weights: WeightSubscriber) -> None:
         """Takes a built policy and its weight subscriber: the actor acts with them from now on."""
         self.policy, self.weights = policy, weights
         self.startup.policy_at = time.time()
@@ -557,7 +561,9 @@ def _weights_announced(redis_url: str, run: str, actor_id: int) -> bool:
         return True
 
 
-def _build_policy(learner: LearnerConfig, spaces, seed: int, redis_url: str, run: str):
+def _build_policy(
+    learner: LearnerConfig, spaces: EnvSpaces, seed: int, redis_url: str, run: str
+) -> tuple[Policy, WeightSubscriber]:
     """An actor's `learner.Policy` (initial weights seeded by `seed`) and the `WeightSubscriber`
     that follows the run's weight store: imports torch (~0.9 s of CPU), on the caller's thread."""
     import torch  # here, not at the module's import: the driver imports this module to start actors
