@@ -2,7 +2,9 @@
 
 One vector step: switch to weights a background thread fetched (every step by default),
 act for all envs with one batched forward, step the envs, turn the steps into n-step transitions
-and hand them to the writer. Plain Python: `ActorFleet` runs it as a Ray actor (`run(seconds)` in
+and hand them to the writer. In a fresh run (`fresh_run`, `actors.random_before_policy`) the first
+steps are uniform random ones, taken while a background thread imports torch and builds the policy
+(`actors.policy_build`). Plain Python: `ActorFleet` runs it as a Ray actor (`run(seconds)` in
 chunks); tests and the benchmark run it in-process.
 """
 
@@ -17,21 +19,27 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from actors.config import ActorsConfig, EnvConfig
-from actors.envs import EnvVector, describe_env
+from actors.envs import EnvSpaces, EnvVector, describe_env
 from actors.errors import ActorRegistryError
 from actors.metrics import ActorMetrics
 from actors.nstep import NStepAccumulator, apex_epsilons
+from actors.policy_build import build_in_background, random_actions
 from actors.redis_gap import RedisGap
 from actors.registry import STATE_ACTING, STATE_AWAITING_REPLAY, STATE_HELD_BACK, ActorRegistry
 from actors.weights import WeightSubscriber
 from actors.writer import INSERT_MAX_BYTES, TransitionWriter, Writer, actor_writer_id
-from learner import LearnerConfig, WeightStoreError
+from learner import LearnerConfig, MalformedWeightsError, WeightStoreError, announced_version
 from replay import ReplayCredentials, ReplayUnavailableError, ShardedReplay, keep_freed_memory, start_metrics_server
+
+if TYPE_CHECKING:
+    from learner import Policy
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,10 @@ class ActorStats:
     """Mean return of the last 100 episodes (None before the first)."""
     steps_per_second: float
     """Env steps per second over the last chunk."""
+    random_steps: int = 0
+    """Env steps acted uniformly at random before the policy was built (a fresh run's first steps,
+    `actors.random_before_policy`); their transitions carry policy_version 0, as those of the
+    untrained initial network do. Included in `env_steps`."""
     startup: ActorStartup | None = None
     """When this process's envs were ready, its first step and first insert were taken (the run's
     start-up breakdown); None from a caller that builds stats by hand."""
@@ -88,12 +100,19 @@ class ActorStartup:
     envs_at: float | None = None
     """Its envs were made and reset."""
     ready_at: float | None = None
-    """Its constructor ended: envs, replay writer, weights and registry connected, a shard serving."""
+    """Its constructor ended: envs, replay writer, weights and registry connected, a shard serving
+    (in a fresh run that acts before its policy: everything but the policy and the weights)."""
+    policy_at: float | None = None
+    """Its policy was built (torch imported, the network made): from here it acts with the policy."""
     first_step_at: float | None = None
     """Its first env step returned."""
     first_insert_at: float | None = None
     """Its first batch of transitions was handed to replay."""
 
+
+BUILD_CLOSE_WAIT_S = 120.0
+"""How long closing an actor waits for a background build of its policy to end (imports cannot be
+interrupted), so that the weight subscriber it made is closed too."""
 
 REPLAY_WAIT_LOG_S = 30.0
 """While no shard serves, an actor says so this often (`await_replay`)."""
@@ -151,6 +170,12 @@ class EnvActor:
             made at the call site.
         writer: takes the transitions instead (then `replay` must be None); default: a
             TransitionWriter into `replay`. The actor closes it.
+        fresh_run: the run has no learned weights to act with yet (a fresh online run,
+            `system.train.launch.fresh_online_start`): with `actors.random_before_policy` the actor
+            steps with uniform random actions while a background thread builds its policy, unless
+            the weight store already announces a version (a process restarted after the learner's
+            first publish acts with those weights from its first step, as every actor of a resumed
+            run does). False: the policy is built, and the newest weights loaded, before any step.
     """
 
     def __init__(
@@ -166,6 +191,7 @@ class EnvActor:
         writer: Writer | None = None,
         *,
         replay_credentials: ReplayCredentials | None,
+        fresh_run: bool = False,
     ):
         if writer is not None and replay is not None:
             raise ValueError("give a writer or a replay to write into, not both")
@@ -173,29 +199,27 @@ class EnvActor:
         # The cyclic collector paused while the imports and the build make their ~10^5 long-lived
         # objects: its passes over them cost ~17% of the CPU of `import torch` here (1.33 -> 1.11
         # s), on the path to the run's first env step. The little cyclic garbage they leave (about
-        # 0.5 MB) is frozen with them below; the collector runs again before anything is awaited.
+        # 0.5 MB) is frozen with them; the collector runs again before anything is awaited, or,
+        # where the policy is built in the background, once that build ended.
         collecting = gc.isenabled()
         gc.disable()
+        self._policy_build: Future | None = None  # the background build, while it runs
         try:
-            # torch here, not at the module's import: the driver imports this module to start actors.
-            import torch
-
-            from learner import Policy, WeightStore
-
-            torch.set_num_threads(1)  # actors scale by processes, not by intra-op threads
             keep_freed_memory()  # insert messages of pixel envs are megabytes each
             self.actor_id, self.config = actor_id, actors
             seed = actors.seed + actor_id
             self.rng = np.random.default_rng(seed)
             spaces = describe_env(env)
-            self.policy = Policy(learner, spaces.obs_shape, spaces.action_space, seed=seed)
+            self.action_space = spaces.action_space
+            self.policy: Policy | None = None  # once built
+            self.weights: WeightSubscriber | None = None  # built with the policy
             self.epsilon = actor_epsilon(actor_id, num_actors, actors)
             block = nstep_block(actors.insert_batch, env.num_envs, env.num_envs * spaces.spec.item_nbytes())
             self.nstep = NStepAccumulator(env.num_envs, actors.n_step, learner.gamma, block=block)
-            self.env_steps = self.vector_steps = self.episodes = 0
+            self.env_steps = self.vector_steps = self.episodes = self.random_steps = 0
             self._returns: deque[float] = deque(maxlen=100)  # of the last 100 episodes
             self._lengths: deque[int] = deque(maxlen=100)
-            self._counted = {"env_steps": 0, "episodes": 0, "env_restarts": 0}  # already in the metrics
+            self._counted = {"env_steps": 0, "episodes": 0, "env_restarts": 0, "random_steps": 0}  # in the metrics
             self._versions = np.zeros(env.num_envs, np.int64)  # policy_version column of one step
             self._episode_buffer: list[tuple[float, int, int, int]] = []  # for the episode stream
             self._redis_gap = RedisGap(
@@ -203,6 +227,13 @@ class EnvActor:
                 away=f"actor {actor_id}: Redis is away (reports and episode records kept or retried later)",
                 back=f"actor {actor_id}: Redis is back",
             )
+            acts_first = fresh_run and actors.random_before_policy and not _weights_announced(redis_url, run, actor_id)
+
+            def build_policy():
+                return _build_policy(learner, spaces, seed, redis_url, run)
+
+            if not acts_first:
+                self._adopt(*build_policy())
 
             # Envs first (an env that cannot start fails before anything connects), then the
             # connections; if any step fails, what was opened is closed again.
@@ -210,6 +241,8 @@ class EnvActor:
             self.metrics = ActorMetrics(run, actor_id)
             self.metrics.epsilon.set(self.epsilon)
             try:
+                if self.weights is not None:
+                    self._open(self.weights)
                 self.envs = self._open(EnvVector(env, seed=seed * 10_000, max_rebuilds=actors.env_max_rebuilds))
                 self.obs = self.envs.reset()
                 self.startup.envs_at = time.time()
@@ -231,7 +264,6 @@ class EnvActor:
                         on_held_back=self._report_held_back,
                     )
                 self.writer = self._open(writer)
-                self.weights = self._open(WeightSubscriber(WeightStore(redis_url, run, learner.weights)))
                 self.registry = self._open(ActorRegistry(redis_url, run))
                 self.metrics_address = ""
                 self.node = _ray_node()
@@ -244,17 +276,21 @@ class EnvActor:
                     server = self._open(start_metrics_server(actors.metrics_port, bind, self.metrics.registry))
                     host = socket.gethostname() if bind == "0.0.0.0" else bind
                     self.metrics_address = f"{host}:{server.server_port}"
+                if acts_first:  # the collector's pause ends with the build (`build_in_background`)
+                    self._policy_build = build_in_background(build_policy, f"actor-{actor_id}-policy", collecting)
             except BaseException:
                 self._release()
                 raise
-            # The imports (torch, gymnasium, grpc) leave ~10^5 long-lived objects; freezing them keeps
-            # the collector's full passes from walking them again and again in the step loop.
-            gc.freeze()
+            if self._policy_build is None:
+                # The imports (torch, gymnasium, grpc) leave ~10^5 long-lived objects; freezing them
+                # keeps the collector's full passes from walking them again and again in the step loop.
+                gc.freeze()
         finally:
-            if collecting:
+            if collecting and self._policy_build is None:
                 gc.enable()
         # What follows waits on others (a shard, the weights, Redis), for as long as they take:
-        # with the collector running (the pause is process-wide: every thread's garbage waits).
+        # with the collector running (the pause is process-wide: every thread's garbage waits),
+        # except while a background build holds it paused for a few seconds more.
         try:
             if replay is not None:
                 await_replay(
@@ -264,21 +300,55 @@ class EnvActor:
                     # refreshed with each warning; the slack outlives a stalled process between two
                     lambda: self._report(self.stats(), STATE_AWAITING_REPLAY, ttl_s=REPLAY_WAIT_LOG_S + 30),
                 )
-            try:  # a (re)started actor acts with the newest weights from its first step
-                self._pull_weights(wait=True)
-            except WeightStoreError as exc:  # Redis away: the background fetch brings them once it is back
-                log.warning("actor %d starts with its initial weights while Redis is away: %s", actor_id, exc)
+            if self.policy is not None:
+                self._pull_newest_weights()  # a (re)started actor acts with them from its first step
             self.startup.ready_at = time.time()
             self._report(self.stats())  # up: from here a missing chunk is not for want of resources
         except BaseException:
             self._release()
             raise
 
+    def _adopt(self, policy: Policy, weights: WeightSubscriber) -> None:
+        """Takes a built policy and its weight subscriber: the actor acts with them from now on."""
+        self.policy, self.weights = policy, weights
+        self.startup.policy_at = time.time()
+
+    def _take_built_policy(self) -> None:
+        """Switches to the policy once the background build has finished (nothing while it runs),
+        with the newest published weights; raises what the build raised."""
+        build = self._policy_build
+        if build is None or not build.done():
+            return
+        self._policy_build = None
+        policy, weights = build.result()
+        self._open(weights)
+        self._adopt(policy, weights)
+        log.info(
+            "actor %d: policy built after %d random env steps; acting with it from now on",
+            self.actor_id,
+            self.random_steps,
+        )
+        self._pull_newest_weights()  # the learner may have published while it was built
+
+    def _pull_newest_weights(self) -> None:
+        """Loads the newest weights in the store now (see `_pull_weights`); while Redis is away the
+        actor acts with those it has and the background subscriber brings them once it is back."""
+        try:
+            self._pull_weights(wait=True)
+        except WeightStoreError as exc:
+            log.warning("actor %d starts with its initial weights while Redis is away: %s", self.actor_id, exc)
+
     def _open(self, resource):
         self._opened.append(resource)
         return resource
 
     def _release(self) -> None:
+        build, self._policy_build = self._policy_build, None
+        if build is not None:  # an import cannot be interrupted: its end is awaited, its subscriber closed
+            try:
+                self._open(build.result(timeout=BUILD_CLOSE_WAIT_S)[1])
+            except Exception as exc:
+                log.warning("actor %d: its policy's build did not end cleanly: %s", self.actor_id, exc)
         while self._opened:
             resource = self._opened.pop()
             try:
@@ -291,14 +361,23 @@ class EnvActor:
     def step(self) -> None:
         """One step of every env, with the newest weights the background subscriber holds (checked
         every weight_poll_steps steps: by default every step, so that a step loop slowed down by
-        inserts the rate limiter holds back still acts with a version published meanwhile)."""
-        if self.vector_steps % self.config.weight_poll_steps == 0:
+        inserts the rate limiter holds back still acts with a version published meanwhile). Before
+        a background build of the policy has ended, uniform random actions (policy_version 0)."""
+        if self.policy is None:
+            self._take_built_policy()
+        elif self.vector_steps % self.config.weight_poll_steps == 0:
             self._pull_weights()
         obs = self.obs
-        actions = self.policy.act(obs, self.epsilon, self.rng)
+        if self.policy is None:
+            actions = random_actions(self.action_space, len(obs), self.rng)
+        else:
+            actions = self.policy.act(obs, self.epsilon, self.rng)
         out = self.envs.step(actions)
-        if self._versions[0] != self.policy.version:
-            self._versions = np.full(len(actions), self.policy.version, np.int64)
+        if self.policy is None:
+            self.random_steps += len(actions) - len(out.failed)
+        version = self.policy_version
+        if self._versions[0] != version:
+            self._versions = np.full(len(actions), version, np.int64)
         transitions = self.nstep.add(
             obs,
             actions,
@@ -379,9 +458,15 @@ class EnvActor:
         self.episodes += 1
         self._returns.append(episode_return)
         self._lengths.append(length)
-        self._episode_buffer.append((float(episode_return), length, self.policy.version, self.env_steps))
+        self._episode_buffer.append((float(episode_return), length, self.policy_version, self.env_steps))
 
     # -- weights ----------------------------------------------------------------------------------
+
+    @property
+    def policy_version(self) -> int:
+        """The version of the weights the actor acts with: 0 for the initial network, and for the
+        uniform random actions taken before the policy was built (no learned weights either)."""
+        return 0 if self.policy is None else self.policy.version
 
     def _pull_weights(self, wait: bool = False) -> None:
         """Loads newer weights: those the subscriber fetched in the background, or (`wait`)
@@ -406,6 +491,7 @@ class EnvActor:
             ("env_steps", self.env_steps, self.metrics.env_steps),
             ("episodes", self.episodes, self.metrics.episodes),
             ("env_restarts", restarts, self.metrics.env_restarts),
+            ("random_steps", self.random_steps, self.metrics.random_steps),
         ):
             counter.inc(value - self._counted[name])
             self._counted[name] = value
@@ -417,15 +503,16 @@ class EnvActor:
             pid=os.getpid(),
             env_steps=self.env_steps,
             episodes=self.episodes,
-            policy_version=self.policy.version,
+            policy_version=self.policy_version,
             epsilon=self.epsilon,
             env_restarts=restarts,
             transitions_inserted=self.writer.inserted,
             transitions_lost=self.writer.lost,
-            malformed_weights=self.weights.malformed.total,
-            weight_fetch_failures=self.weights.fetch_failures,
+            malformed_weights=0 if self.weights is None else self.weights.malformed.total,
+            weight_fetch_failures=0 if self.weights is None else self.weights.fetch_failures,
             recent_return=float(np.mean(self._returns)) if self._returns else None,
             steps_per_second=steps_per_second,
+            random_steps=self.random_steps,
             startup=dataclasses.replace(self.startup),
         )
 
@@ -461,6 +548,31 @@ class EnvActor:
             finally:
                 self._release()
         return stats
+
+
+def _weights_announced(redis_url: str, run: str, actor_id: int) -> bool:
+    """Whether the run's weight store announces a version (torch-free: one GET). Where it cannot be
+    read (Redis away, a malformed value) the answer is yes: the actor then builds its policy before
+    its first step, as where weights exist, and never acts at random where it should not."""
+    try:
+        return announced_version(redis_url, run) > 0
+    except (WeightStoreError, MalformedWeightsError) as exc:
+        log.warning("actor %d: cannot read the weights version (%s); building its policy before acting", actor_id, exc)
+        return True
+
+
+def _build_policy(
+    learner: LearnerConfig, spaces: EnvSpaces, seed: int, redis_url: str, run: str
+) -> tuple[Policy, WeightSubscriber]:
+    """An actor's `learner.Policy` (initial weights seeded by `seed`) and the `WeightSubscriber`
+    that follows the run's weight store: imports torch (~0.9 s of CPU), on the caller's thread."""
+    import torch  # here, not at the module's import: the driver imports this module to start actors
+
+    from learner import Policy, WeightStore
+
+    torch.set_num_threads(1)  # actors scale by processes, not by intra-op threads
+    policy = Policy(learner, spaces.obs_shape, spaces.action_space, seed=seed)
+    return policy, WeightSubscriber(WeightStore(redis_url, run, learner.weights))
 
 
 def _ray_node() -> str:

@@ -337,6 +337,13 @@ class ActorsConfig:
     seed: int = 0
     """Seeds environments, exploration and initial weights (actor i uses seed + i)."""
 
+    random_before_policy: bool = True
+    """In a fresh online run (no learned weights yet), step with uniform random actions while the
+    policy is built in the background (torch's import and the network: ~1.7 s of CPU), as an
+    untrained network acts no better; switch to it once built. Never where weights exist (a resumed
+    run, an online phase after an offline one, an actor restarted after the first publish). false:
+    each actor builds its policy before its first step."""
+
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> None:
             raise ValueError(f"{name}={getattr(self, name)!r}: {why}")

@@ -77,6 +77,8 @@ class FleetStats:
     """Env steps as each actor id's processes reported them (a killed one's last chunk is missing)."""
     actor_ids: frozenset[int] = frozenset()
     """Every actor id this fleet has run (live, retired, or killed before it ever reported)."""
+    random_steps: int = 0
+    """Env steps acted uniformly at random before the actors' policies were built (fresh runs)."""
 
 
 class ActorFleet:
@@ -97,6 +99,10 @@ class ActorFleet:
             of passing it by a chunk); None: no milestones. See `actors.allotment`.
         milestone_offset: env steps of the run before this fleet (a resumed run's milestones are
             multiples of the run's count).
+        fresh_run: the run has no learned weights yet (a fresh online run): its actors may step
+            with uniform random actions while they build their policies (`EnvActor`'s
+            `fresh_run`, `actors.random_before_policy`); each still checks the weight store first,
+            so a replaced or restarted one acts with published weights from its first step.
     """
 
     def __init__(
@@ -112,6 +118,7 @@ class ActorFleet:
         milestone_every: int | None = None,
         milestone_offset: int = 0,
         replay_credentials: ReplayCredentials | None,
+        fresh_run: bool = False,
     ):
         import ray
 
@@ -120,6 +127,7 @@ class ActorFleet:
         self.redis_url, self.run, self.chunk_s = redis_url, run, chunk_s
         self.max_env_steps = max_env_steps
         self.milestone_every, self.milestone_offset = milestone_every, milestone_offset
+        self.fresh_run = fresh_run
         self._replay_credentials = None if replay_credentials is None else replay_credentials.for_clients()
         self.registry = ActorRegistry(redis_url, run)
         self._slots: dict[int, _Slot] = {}
@@ -171,6 +179,7 @@ class ActorFleet:
             self.redis_url,
             self.run,
             replay_credentials=self._replay_credentials,
+            fresh_run=self.fresh_run,
         )
 
     def _resize(self, count: int) -> None:
@@ -389,6 +398,7 @@ class ActorFleet:
             env_steps_by_actor=env_steps_by_actor,
             startups={s.actor_id: s.startup for s in live if s.startup is not None},
             actor_ids=frozenset(self._slots) | frozenset(env_steps_by_actor) | self._retired_ids,
+            random_steps=sum(s.random_steps for s in every),
         )
 
     def pids(self) -> dict[int, int]:

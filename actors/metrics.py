@@ -17,6 +17,9 @@ SERIES = {
     f"{PREFIX}_transitions_inserted_total": "n-step transitions acknowledged by replay.",
     f"{PREFIX}_transitions_lost_total": "Transitions no replay shard accepted within insert_retry_s (dropped, counted).",
     f"{PREFIX}_env_restarts_total": "Environments rebuilt after raising in step or reset.",
+    f"{PREFIX}_random_steps_total": (
+        "Environment steps acted uniformly at random before the actor's policy was built (fresh runs)."
+    ),
     f"{PREFIX}_weight_pulls_total": "New weight versions fetched from the parameter store.",
     f"{PREFIX}_insert_wait_seconds_total": "Seconds spent blocked inserting (replay back-pressure or failover).",
     f"{PREFIX}_weight_version": "Version of the weights the actor acts with (0: initial).",
@@ -52,6 +55,7 @@ class ActorMetrics:
         self.transitions_inserted = counter("transitions_inserted")
         self.transitions_lost = counter("transitions_lost")
         self.env_restarts = counter("env_restarts")
+        self.random_steps = counter("random_steps")
         self.weight_pulls = counter("weight_pulls")
         self.insert_wait_seconds = counter("insert_wait_seconds")
         self.weight_version = gauge("weight_version")

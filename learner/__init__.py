@@ -16,7 +16,8 @@ Public surface:
     IQLAgent, FilteredBCAgent (agents); adam (the agents' Adam: torch's fused kernel); ActingHead, acting_head, ACTING_HEADS, PolicyLogits, sample_actions (how
     actors act with what a discrete agent publishes);
     QLoss, Q_LOSSES, make_q_loss (the discrete losses); WeightStore (the parameter store: announced
-    in Redis, carried by Redis or Ray's object store), SharedWeights (the weights it fetches), WEIGHTS_MANIFEST_FORMAT (its manifest's layout), encode_weights, decode_weights, header_digest,
+    in Redis, carried by Redis or Ray's object store), announced_version (the version it announces, read
+    without torch), SharedWeights (the weights it fetches), WEIGHTS_MANIFEST_FORMAT (its manifest's layout), encode_weights, decode_weights, header_digest,
     MAX_HEADER_BYTES, split_chunks, join_chunks (its payload), WeightsHost, weights_host_name (the object store's Ray actor, a new
     name per host); LearnerMetrics; LearnerStatus, learner_status_key
     (its status hash in Redis); Policy (what actors and evaluation act with); build_q_network,
@@ -119,6 +120,7 @@ _LAZY = {
     "Q_LOSSES": "learner.q_losses",
     "make_q_loss": "learner.q_losses",
     "WeightStore": "learner.weights",
+    "announced_version": "learner.weights_version",
     "SharedWeights": "learner.shared_weights",
     "WEIGHTS_MANIFEST_FORMAT": "learner.weights",
     "MAX_HEADER_BYTES": "learner.weights_codec",

@@ -37,11 +37,11 @@ import torch
 
 from learner.config import WEIGHTS_OVER_OBJECT_STORE, WEIGHTS_OVER_REDIS, WeightsConfig
 from learner.errors import MalformedWeightsError, SupersededReadError, WeightStoreError
-from learner.redis_values import parse_number
 from learner.shared_weights import SharedWeights
 from learner.weights_codec import decode_weights, encode_weights, header_digest
 from learner.weights_host import HostAheadError, ObjectStoreTransport
 from learner.weights_transport import Manifest, RedisTransport, Transport
+from learner.weights_version import parse_version, weights_keys
 from replay import connect_redis, redact_url
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,6 @@ OWN_FIELDS = (*RedisTransport.fields, *ObjectStoreTransport.fields)
 
 MANIFEST_FIELDS = ("format", "version", "transport", "chunks", "bytes", "header_digest", *OWN_FIELDS)
 """The manifest fields a reader reads in one HMGET."""
-
-
-def _keys(run: str) -> tuple[str, str]:
-    return f"qfleet:{run}:learner:weights", f"qfleet:{run}:learner:weights_version"
 
 
 def resolve_transport(setting: str) -> str:
@@ -87,7 +83,7 @@ class WeightStore:
     def __init__(self, redis_url: str, run: str = "default", config: WeightsConfig | None = None):
         self.redis_url, self.run = redis_url, run
         self.config = config or WeightsConfig()
-        self._weights_key, self._version_key = _keys(run)
+        self._weights_key, self._version_key = weights_keys(run)
         self._shown_url = redact_url(redis_url)
         self._redis = connect_redis(redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=2.0)
         self._lower_seen = False  # a version below the one held was announced (logged once)
@@ -171,14 +167,7 @@ class WeightStore:
             raise WeightStoreError(
                 f"cannot read the weights version from {self._shown_url}: {exc}", self._shown_url
             ) from None
-        if value is None:
-            return 0
-        version = parse_number(value)
-        if not isinstance(version, int) or version < 0:
-            raise MalformedWeightsError(
-                f"{self._version_key} in {self._shown_url} holds {value[:100]!r}, not a version", key=self._version_key
-            )
-        return version
+        return parse_version(value, self._version_key, self._shown_url)
 
     def fetch(self, known_version: int = 0) -> tuple[int, SharedWeights] | None:
         """The newest weights if their version is above `known_version`, else None. A lower

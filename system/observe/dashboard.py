@@ -303,8 +303,10 @@ def _actors() -> list[Panel]:
             (
                 (_rate(f"{prefix}_env_steps_total", "run, actor"), "actor {{actor}}"),
                 (_rate(f"{prefix}_env_steps_total", "run"), "{{run}} total"),
+                (_rate(f"{prefix}_random_steps_total", "run"), "{{run}} random, before the policy"),
             ),
-            "Environment steps per second of each actor (every env of its vector) and of all actors.",
+            "Environment steps per second of each actor (every env of its vector) and of all actors; "
+            "of those, the uniform random steps a fresh run's actors take while building their policy.",
         ),
         _gauge("Episode return", "none", f"{prefix}_episode_return", "actor {{actor}}"),
         _gauge("Episode length", "short", f"{prefix}_episode_length", "actor {{actor}}"),

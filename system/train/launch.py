@@ -261,6 +261,7 @@ def start_actors(plan: Plan, counters: RunCounters, components: Components) -> N
         milestone_every=config.train.eval_every_steps if evaluates_in_driver(config) else None,
         milestone_offset=counters.start_env_steps,
         replay_credentials=components.replay_credentials.for_clients(),
+        fresh_run=fresh_online_start(plan),  # no weights yet: the actors may act while building
     )
     components.fleet.start(env_checked=True)  # the plan built the env (`plan`)
 

@@ -256,3 +256,39 @@ def test_an_actor_held_back_by_the_replay_rate_limiter_is_reported_as_held_back_
         server.stop(grace=0, checkpoint=False)  # releases the held insert: the actor's chunk ends
         fleet.stop()
         registry.close()
+
+
+def test_a_fresh_runs_actors_step_at_random_until_built_and_one_restarted_after_a_publish_acts_with_its_weights(
+    ray_local, redis_server, start_server
+):
+    # Issue #22's start-up: a Ray worker imports torch (~1 s of CPU) and builds the policy after its
+    # envs are up; in a fresh run its first steps are uniform random ones meanwhile.
+    start_server(transition_spec(ENV), capacity=100_000, **shard_kwargs(redis_server, run="fresh"))
+    config = ActorsConfig(num_actors=1, num_cpus=0.5, insert_batch=64)
+    fleet = ActorFleet(
+        ENV, config, LEARNER, redis_server.url, "fresh", chunk_s=0.3, replay_credentials=None, fresh_run=True
+    )
+    store = WeightStore(redis_server.url, "fresh")
+    registry = ActorRegistry(redis_server.url, "fresh")
+    try:
+        fleet.start()
+        stats = polled(fleet, lambda s: 0 in s.startups and s.startups[0].policy_at is not None, timeout=120)
+        first = stats.startups[0]
+        assert stats.random_steps > 0 and first.first_step_at < first.policy_at  # stepped before its policy
+        random_steps = stats.random_steps
+        stats = polled(fleet, lambda s: s.env_steps > stats.env_steps)
+        assert stats.random_steps == random_steps  # none once the policy acts
+
+        spaces = describe_env(ENV)
+        store.publish(Policy(LEARNER, spaces.obs_shape, spaces.action_space, seed=5).network.state_dict(), 4)
+        assert store.flush(timeout=60)
+        # Ray restarts the killed process with the same constructor (fresh_run=True): weights exist
+        # now, so it builds its policy and loads them before its first step.
+        os.kill(fleet.pids()[0], signal.SIGKILL)
+        polled(fleet, lambda s: s.actor_restarts == 1 and s.policy_versions.get(0) == 4, timeout=120)
+        report = registry.actors()[0]
+        assert report["random_steps"] == 0 and report["env_steps"] > 0 and report["policy_version"] == 4
+    finally:
+        fleet.stop()
+        store.close()
+        registry.close()

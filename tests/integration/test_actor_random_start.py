@@ -1,0 +1,165 @@
+"""A fresh run's actor steps with uniform random actions while its policy is built, marks those
+steps, and switches to the policy once built; an actor of a run that has weights never does
+(real redis-server and shard, the actor in-process; issue #22's start-up)."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import urllib.request
+
+import pytest
+
+import actors.actor
+from actors import ActorsConfig, EnvActor, EnvConfig, describe_env, transition_spec
+from conftest import shard_kwargs, wait_until
+from learner import ArchitectureConfig, LearnerConfig, Policy, WeightStore
+from replay import ReplayClient
+
+LEARNER = LearnerConfig(architecture=ArchitectureConfig(hidden_size=16))
+ENV = EnvConfig(id="CartPole-v1", num_envs=2)
+
+
+def actor_config(**overrides) -> ActorsConfig:
+    return ActorsConfig(**{"n_step": 3, "insert_batch": 16, "num_actors": 1, "metrics_port": 0, **overrides})
+
+
+@pytest.fixture
+def shard(redis_server, start_server):
+    def start(run: str):
+        return start_server(transition_spec(ENV), capacity=100_000, **shard_kwargs(redis_server, run=run))
+
+    return start
+
+
+@pytest.fixture
+def held_build(monkeypatch):
+    """The policy's real build, held until the test sets the event (in a worker process it takes
+    ~1.7 s of CPU to import torch; in this process torch is loaded and the build takes ms)."""
+    release = threading.Event()
+    builds: list[str] = []  # the thread each build ran on
+    original = actors.actor._build_policy
+
+    def build(*args):
+        builds.append(threading.current_thread().name)
+        assert release.wait(120), "the test never released the build"
+        return original(*args)
+
+    monkeypatch.setattr("actors.actor._build_policy", build)
+    yield release, builds
+    release.set()
+
+
+def versions_in(server) -> set[int]:
+    with ReplayClient(f"127.0.0.1:{server.port}") as client:
+        return set(client.sample(1000).data["policy_version"].tolist())
+
+
+def test_a_fresh_runs_actor_steps_at_random_while_its_policy_builds_marks_those_steps_then_acts_with_it(
+    redis_server, shard, held_build
+):
+    release, builds = held_build
+    server = shard("fresh")
+    actor = EnvActor(
+        0, 1, ENV, actor_config(), LEARNER, redis_server.url, "fresh", replay_credentials=None, fresh_run=True
+    )
+    try:
+        assert actor.policy is None and builds == ["actor-0-policy"]  # built in the background
+        before = actor.run(seconds=120, max_steps=200)  # steps while the build is held
+        assert before.env_steps >= 200 and before.random_steps == before.env_steps
+        assert before.startup.first_step_at is not None and before.startup.policy_at is None
+        assert before.policy_version == 0 and versions_in(server) == {0}  # no learned weights: version 0
+        # the count reaches the actor's report and its /metrics
+        report = actor.registry.actors()[0]
+        assert report["random_steps"] == before.random_steps
+        body = urllib.request.urlopen(f"http://{report['metrics']}/metrics", timeout=5).read().decode()
+        assert f'qfleet_actor_random_steps_total{{actor="0",run="fresh"}} {float(before.random_steps)}' in body
+
+        # The learner publishes meanwhile; once built, the actor acts with the newest weights.
+        spaces = describe_env(ENV)
+        store = WeightStore(redis_server.url, "fresh")
+        try:
+            published = Policy(LEARNER, spaces.obs_shape, spaces.action_space, seed=9).network.state_dict()
+            store.publish(published, version=3)
+        finally:
+            store.close()
+        release.set()
+        assert wait_until(lambda: actor.run(seconds=0.2).startup.policy_at is not None, 60)
+        after = actor.run(seconds=120, max_steps=100)
+        assert after.random_steps == actor.random_steps  # no random step after the switch
+        assert after.env_steps - after.random_steps >= 100 and after.policy_version == 3
+        assert versions_in(server) == {0, 3}
+        assert gc.isenabled()  # the build ended the collector's pause
+    finally:
+        release.set()
+        actor.close()
+
+
+def test_an_actor_of_a_run_that_has_weights_acts_with_them_from_its_first_step(redis_server, shard, held_build):
+    # A restarted actor of a fresh run (Ray keeps its constructor's fresh_run=True) after the
+    # learner's first publish: it builds its policy and loads the weights before stepping.
+    release, builds = held_build
+    release.set()
+    server = shard("published")
+    spaces = describe_env(ENV)
+    store = WeightStore(redis_server.url, "published")
+    try:
+        store.publish(Policy(LEARNER, spaces.obs_shape, spaces.action_space, seed=1).network.state_dict(), version=5)
+    finally:
+        store.close()
+    actor = EnvActor(
+        0, 1, ENV, actor_config(), LEARNER, redis_server.url, "published", replay_credentials=None, fresh_run=True
+    )
+    try:
+        assert builds == [threading.main_thread().name] and actor.policy.version == 5
+        stats = actor.run(seconds=120, max_steps=100)
+        assert stats.random_steps == 0 and stats.policy_version == 5
+        assert stats.startup.policy_at <= stats.startup.first_step_at
+        assert versions_in(server) == {5}
+    finally:
+        actor.close()
+
+
+@pytest.mark.parametrize(
+    ("fresh_run", "random_before_policy"), [(False, True), (True, False)], ids=["not-fresh", "switched-off"]
+)
+def test_an_actor_not_in_a_fresh_run_or_told_not_to_builds_its_policy_before_its_first_step(
+    redis_server, shard, held_build, fresh_run, random_before_policy
+):
+    release, builds = held_build
+    release.set()
+    shard("built")
+    config = actor_config(random_before_policy=random_before_policy, metrics_port=None)
+    actor = EnvActor(
+        0, 1, ENV, config, LEARNER, redis_server.url, "built", replay_credentials=None, fresh_run=fresh_run
+    )
+    try:
+        assert builds == [threading.main_thread().name] and actor.policy is not None
+        stats = actor.run(seconds=120, max_steps=50)
+        assert stats.random_steps == 0 and stats.env_steps >= 50
+    finally:
+        actor.close()
+
+
+def test_an_actor_closed_while_its_policy_builds_waits_for_the_build_and_closes_what_it_made(
+    redis_server, shard, held_build
+):
+    release, _ = held_build
+    shard("closing")
+    actor = EnvActor(
+        0,
+        1,
+        ENV,
+        actor_config(metrics_port=None),
+        LEARNER,
+        redis_server.url,
+        "closing",
+        replay_credentials=None,
+        fresh_run=True,
+    )
+    actor.run(seconds=120, max_steps=20)
+    threading.Timer(0.5, release.set).start()
+    stats = actor.close()
+    assert stats.random_steps >= 20 and stats.startup.policy_at is None
+    assert not [t for t in threading.enumerate() if t.name == "actor-0-policy"]  # the build ended
+    assert gc.isenabled()

@@ -1,0 +1,68 @@
+"""The uniform random actions a fresh run's actors take before their policy is built, and the
+background build that ends the garbage collector's pause (actors/policy_build.py)."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import numpy as np
+import pytest
+
+from actors.policy_build import build_in_background, random_actions
+from learner import ActionSpace
+
+
+def test_discrete_random_actions_cover_every_action_uniformly_as_int64_indices():
+    actions = random_actions(ActionSpace(num_actions=4), 40_000, np.random.default_rng(0))
+    assert actions.dtype == np.int64 and actions.shape == (40_000,)
+    counts = np.bincount(actions, minlength=4)
+    assert len(counts) == 4 and np.all(np.abs(counts / 40_000 - 0.25) < 0.01)  # ~8 sigma of binomial noise
+
+
+def test_continuous_random_actions_are_float32_uniform_within_each_dimensions_bounds():
+    space = ActionSpace(low=(-1.0, 0.0), high=(1.0, 10.0))
+    actions = random_actions(space, 20_000, np.random.default_rng(0))
+    assert actions.dtype == np.float32 and actions.shape == (20_000, 2)
+    assert np.all(actions >= [-1.0, 0.0]) and np.all(actions <= [1.0, 10.0])
+    np.testing.assert_allclose(actions.mean(axis=0), [0.0, 5.0], atol=0.1)
+
+
+def test_random_actions_follow_the_actors_seeded_generator():
+    space = ActionSpace(num_actions=6)
+    first = random_actions(space, 8, np.random.default_rng(3))
+    np.testing.assert_array_equal(first, random_actions(space, 8, np.random.default_rng(3)))
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["built", "failed"])
+def test_a_background_build_hands_over_its_result_or_error_and_ends_the_collectors_pause(fails):
+    release = threading.Event()
+
+    def build():
+        assert release.wait(60)
+        if fails:
+            raise RuntimeError("no torch here")
+        return "policy"
+
+    gc.disable()  # the actor's pause
+    try:
+        future = build_in_background(build, "test-build", resume_collector=True)
+        assert not future.done() and not gc.isenabled()  # paused while the build runs
+        release.set()
+        if fails:
+            with pytest.raises(RuntimeError, match="no torch here"):
+                future.result(timeout=60)
+        else:
+            assert future.result(timeout=60) == "policy"
+        assert gc.isenabled()  # resumed before the result was handed over
+    finally:
+        gc.enable()
+
+
+def test_a_background_build_leaves_a_collector_the_caller_had_off_off():
+    gc.disable()
+    try:
+        assert build_in_background(lambda: 1, "test-build", resume_collector=False).result(timeout=60) == 1
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
