@@ -63,7 +63,8 @@ class ShardedReplay:
         config: every setting at once, instead of the arguments above and `settings`.
         **settings: any other `ShardedReplayConfig` field by name: writer_id, writer_index, samples_per_insert,
             min_size, error_buffer, beta, discovery_s, failover_after_s, seed, max_in_flight,
-            credentials (the run's replay token and certificate, for shards that serve TLS).
+            credentials (the run's replay token and certificate, for shards that serve TLS),
+            same_host_feed ("auto": samples from shards on this host through shared memory).
 
     Raises:
         ValueError: neither or both of redis_url and addresses; both config and other arguments.
