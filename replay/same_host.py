@@ -219,6 +219,9 @@ class RegionWriter:
 
     def _open(self, name: str) -> _Mapped:
         now = time.monotonic()
+        # Under the lock, mapping included (microseconds): a second call naming the same new
+        # region waits for the first's mapping instead of opening the file again, which the
+        # learner may have unlinked as soon as the first call's answer came back.
         with self._lock:
             for stale in [key for key, r in self._regions.items() if now - r.used > self.idle_s]:
                 del self._regions[stale]  # unmapped when the last write into it ends
@@ -227,9 +230,7 @@ class RegionWriter:
                 region.used = now
                 self._regions.move_to_end(name)
                 return region
-        region = self._map(name)
-        with self._lock:
-            self._regions[name] = region
+            region = self._regions[name] = self._map(name)
             while len(self._regions) > self.max_regions:
                 self._regions.popitem(last=False)
         return region

@@ -31,6 +31,7 @@ from replay.membership import Membership
 from replay.priority_stream import PriorityCounts
 from replay.rate_limiter import RateLimiter
 from replay.routing import ShardWriter
+from replay.same_host import FeedCounts
 from replay.source import ReplayStats, make_stats
 from replay.spec import validate_priorities
 
@@ -294,6 +295,11 @@ class ShardedReplay:
         return counts
 
     # -- state -----------------------------------------------------------------------------------
+
+    def same_host_feed_counts(self) -> dict[int, FeedCounts]:
+        """What the same-host feed did for each live shard, by shard id (empty while it is off)."""
+        counts = {s.shard_id: s.client.same_host_feed_counts() for s in self._membership.live()}
+        return {shard_id: c for shard_id, c in counts.items() if c is not None}
 
     def info(self) -> ShardedInfo:
         """Totals over the live shards plus each one's info."""
