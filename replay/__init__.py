@@ -53,10 +53,10 @@ from replay.prefetch import Prefetcher, TorchBatch
 from replay.priority_stream import PriorityCounts, PriorityStreamConfig
 from replay.private_files import create_private_file, private_dir
 from replay.rate_limiter import RateLimiter
-from replay.same_host import FEED_MODES, FeedCounts, FeedRegion, RegionWriter, host_identity
 from replay.redis_connection import connect_redis, redact_url
 from replay.registry import ShardRecord, ShardRegistry, live_shard_key
 from replay.routing import choose_shard, indexed_order, rendezvous_score
+from replay.same_host import FEED_MODES, FeedCounts, FeedRegion, RegionWriter, host_identity
 from replay.selectors import make_selector
 from replay.server import ReplayServer, add_servicer, importance_weights, insert_response
 from replay.sharded import ShardedInfo, ShardedReplay
