@@ -239,7 +239,8 @@ class RegionWriter:
         if not _NAME.match(name):
             raise RegionRefusedError(f"{name[:80]!r} is not a feed region's name")
         try:
-            descriptor = os.open(REGION_DIR / name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # No links followed; O_NONBLOCK: a FIFO planted under the name cannot hold the call.
+            descriptor = os.open(REGION_DIR / name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise RegionRefusedError(f"region {name} cannot be opened: {exc.strerror}") from None
         try:

@@ -115,8 +115,9 @@ BAD_NAME = "qfleet-feed-" + "0" * 31 + "z"
         (lambda name: _region_file(name, 0o600, 64), "qfleet-feed-" + "ef" * 16, "runs past"),
         (lambda name: os.mkdir(REGION_DIR / name, 0o700), "qfleet-feed-" + "12" * 16, "cannot be opened"),
         (lambda name: os.symlink("/tmp", REGION_DIR / name), "qfleet-feed-" + "34" * 16, "cannot be opened"),
+        (lambda name: os.mkfifo(REGION_DIR / name, 0o600), "qfleet-feed-" + "56" * 16, "not a regular file"),
     ],
-    ids=["path", "name", "missing", "readable-by-others", "too-small", "directory", "symlink"],
+    ids=["path", "name", "missing", "readable-by-others", "too-small", "directory", "symlink", "fifo"],
 )
 def test_a_shard_refuses_a_region_it_should_not_write_into(make, name, expected):
     path = REGION_DIR / name
@@ -126,7 +127,7 @@ def test_a_shard_refuses_a_region_it_should_not_write_into(make, name, expected)
         with pytest.raises(RegionRefusedError, match=expected):
             RegionWriter().write(name, 0, 4096, COLUMNS)
     finally:
-        if path.is_symlink() or path.is_file():
+        if path.is_symlink() or path.is_file() or path.is_fifo():
             path.unlink()
         elif path.is_dir():
             path.rmdir()
