@@ -283,7 +283,8 @@ class SameHostFeed:
     """A `ReplayClient`'s side of the feed: when to name a region, and the region's slots.
 
     The first call of a client goes inline and tells the slot size (bytes per item of the
-    response); later calls of up to `max_items_factor` times as many items take a slot. A refusal
+    response); later calls take a slot, a call larger than the slots makes a new region (slots
+    for the next power of two of items). A refusal
     retires the region (a restarted shard cannot open an unlinked one) and the next call makes a
     new one; after `MAX_REFUSALS` refusals in a row the feed stays off for this client.
 
@@ -319,8 +320,11 @@ class SameHostFeed:
             if region is None or region.exhausted or region.slot_bytes < needed:
                 if region is not None:  # unmapped when the calls using it are done with it
                     region.unlink()
+                # Slots for the next power of two of items: a shard's share of a sharded draw
+                # varies from call to call, and each growth is a new region.
+                room = slot_bytes_for(self._item_bytes, self._columns, 1 << (items - 1).bit_length())
                 try:
-                    region = self._region = FeedRegion(needed, self.slots)
+                    region = self._region = FeedRegion(room, self.slots)
                 except OSError as exc:
                     self._turn_off(f"no shared-memory region could be made: {exc}")
                     return None

@@ -170,3 +170,22 @@ def test_a_shard_restarted_on_its_address_gets_a_new_region_after_one_inline_ans
     counts = client.same_host_feed_counts()
     assert (counts.in_region, counts.refused, counts.regions) == (3, 1, 2)
     assert second.refused_regions == 1
+
+
+def test_a_sharded_draw_whose_share_per_shard_varies_reuses_a_few_regions(start_server, connect):
+    servers = [start_server(capacity=1000, shard_id=i, seed=i) for i in (0, 1)]
+    for i, server in enumerate(servers):
+        client = connect(server.address)
+        client.insert(make_batch(300, start=1000 * i))
+        client.flush()
+    learner = ShardedReplay(addresses=[s.address for s in servers], seed=0, same_host_feed="auto")
+    try:
+        for _ in range(30):
+            batch = learner.sample(64, timeout=10)
+            np.testing.assert_array_equal(batch.data["obs"][:, 0], batch.data["action"].astype(np.float32))
+        counts = learner.same_host_feed_counts()
+        assert sorted(counts) == [0, 1]
+        for shard_counts in counts.values():  # shares of ~32 of 64: slots for 32, then 64 at most
+            assert shard_counts.regions <= 2 and shard_counts.in_region >= 25 and shard_counts.refused == 0
+    finally:
+        learner.close()
