@@ -189,7 +189,7 @@ class RegionWriter:
         idle_s: a mapping not written for this long is dropped (a learner that went away).
     """
 
-    def __init__(self, max_regions: int = 16, idle_s: float = 60.0):
+    def __init__(self, max_regions: int = 16, idle_s: float = 300.0):
         self.max_regions = max_regions
         self.idle_s = idle_s
         self._lock = threading.Lock()
