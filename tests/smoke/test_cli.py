@@ -261,7 +261,12 @@ def test_bench_learner_runs_one_case_briefly(tmp_path):
     (row,) = json.loads(out.read_text())["rows"]
     assert row["case"] == case and row["grpc"] > 0 and row["grpc_tls"] > 0 and row["in_process"] > 0
     assert row["grpc_ratio"] > 0 and row["tls_ratio"] > 0 and "TLS / plaintext" in result.stdout
-    assert row["same_host"] > 0 and row["same_host_ratio"] > 0 and "same-host feed / gRPC" in result.stdout
+    assert (
+        row["same_host"] > 0
+        and row["same_host_ratio"] > 0
+        and row["same_host_vs_grpc"] > 0
+        and "same-host feed / gRPC" in result.stdout
+    )
     assert set(row["cpu_ms"]) == {"in_process", "grpc", "grpc_tls", "same_host"}
     help_text = run("bench", "learner", "--help").stdout
     assert all(name in help_text for name in CASES)
