@@ -316,7 +316,13 @@ class PrefetchConfig:
     batches_per_request: int = field(default=4, metadata=flat_key("prefetch_batches_per_request"))
     """Batches per replay round trip; aim for a few MB: 16 for CartPole, 4 for Atari at batch 32."""
 
+    same_host_feed: Literal["auto", "off"] = field(default="off", metadata=flat_key("same_host_feed"))
+    """"auto": a shard on the learner's host writes sampled batches into a shared-memory region
+    the learner owns instead of the gRPC response (replay/same_host.py); "off": always gRPC."""
+
     def __post_init__(self) -> None:
+        if self.same_host_feed not in ("auto", "off"):
+            _refuse("same_host_feed", self.same_host_feed, "must be 'auto' or 'off'")
         if self.depth < 1:
             _refuse("prefetch_depth", self.depth, "must be >= 1")
         if self.batches_per_request < 1:
@@ -462,7 +468,7 @@ class LearnerConfig:
     """Periodic resets (keys: reset_every, reset_modules)."""
 
     prefetch: PrefetchConfig = field(default_factory=PrefetchConfig, metadata=FLAT)
-    """The prefetching sampler (keys: prefetch_depth, prefetch_batches_per_request)."""
+    """The prefetching sampler (keys: prefetch_depth, prefetch_batches_per_request, same_host_feed)."""
 
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     """How weights reach the actors (keys: weights.transport, weights.chunk_bytes, ...)."""

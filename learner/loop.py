@@ -80,6 +80,7 @@ def make_replay(
         error_buffer=sample_error_buffer(config),
         seed=config.seed,
         credentials=credentials,
+        same_host_feed=config.prefetch.same_host_feed,
     )
 
 

@@ -7,6 +7,8 @@ Public surface:
     (what a learner reads); PriorityStreamConfig, PriorityCounts (streamed, coalesced priority
     updates and what became of them); Prefetcher, TorchBatch
     (batches kept ready for a learner); MixedReplay, validate_fractions, split_counts (fixed-fraction mixes);
+    FeedRegion, RegionWriter, FeedCounts, host_identity, FEED_MODES (the same-host feed: samples
+    through the learner's shared memory instead of the response, replay/same_host.py);
     keep_freed_memory (malloc settings for processes that move large batches); MAX_PRIORITY (the
     cap on stored priorities); ReplayCredentials, generate_credentials (a run's token and TLS
     certificate; TOKEN_ENV, CERT_ENV, KEY_ENV name the environment variables that hold them);
@@ -31,6 +33,7 @@ from replay.errors import (
     LedgerError,
     LedgerInUseError,
     RateLimiterConfigError,
+    RegionRefusedError,
     ReplayAuthenticationError,
     ReplayError,
     ReplayTLSError,
@@ -53,6 +56,7 @@ from replay.rate_limiter import RateLimiter
 from replay.redis_connection import connect_redis, redact_url
 from replay.registry import ShardRecord, ShardRegistry, live_shard_key
 from replay.routing import choose_shard, indexed_order, rendezvous_score
+from replay.same_host import FEED_MODES, FeedCounts, FeedRegion, RegionWriter, host_identity
 from replay.selectors import make_selector
 from replay.server import ReplayServer, add_servicer, importance_weights, insert_response
 from replay.sharded import ShardedInfo, ShardedReplay
@@ -70,6 +74,11 @@ __all__ = [
     "KEY_ENV",
     "TOKEN_ENV",
     "MAX_PRIORITY",
+    "FEED_MODES",
+    "FeedCounts",
+    "FeedRegion",
+    "RegionWriter",
+    "host_identity",
     "METRIC_SERIES",
     "RateLimiter",
     "Table",
@@ -97,6 +106,7 @@ __all__ = [
     "PriorityCounts",
     "PriorityStreamConfig",
     "RateLimiterConfigError",
+    "RegionRefusedError",
     "ReplayClient",
     "ReplayAuthenticationError",
     "ReplayConfig",

@@ -22,6 +22,7 @@ A shard started with `ReplayCredentials` serves TLS only and wants the run's tok
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import queue
 import random
@@ -49,6 +50,7 @@ from replay.errors import (
 )
 from replay.limits import SHARD_BUSY
 from replay.priority_stream import PriorityCounts, PriorityStream, PriorityStreamConfig
+from replay.same_host import FEED_MODES, FeedCounts, SameHostFeed
 from replay.sample import Sample
 from replay.source import ReplayStats, make_stats
 from replay.spec import Spec
@@ -129,6 +131,8 @@ class ReplayInfo:
     lost_transitions: int
     boot_id: int = 0
     """Random, drawn when the shard process started: a change means a restart (0: an older shard)."""
+    host: str = ""
+    """The shard's host name and kernel boot id, for the same-host feed ("": unknown, or an older shard)."""
 
 
 @dataclass(frozen=True)
@@ -429,6 +433,9 @@ class ReplayClient:
             and sends their token with every call. None: plaintext, no token (a shard started
             without credentials). The private key, if present, is dropped: clients never hold it.
         priorities: how `send_priorities` streams and coalesces (replay/priority_stream.py).
+        same_host_feed: "auto": when the shard's Info names this host, samples arrive through a
+            shared-memory region this client owns instead of the response (replay/same_host.py);
+            "off": always in the response.
     """
 
     def __init__(
@@ -441,8 +448,14 @@ class ReplayClient:
         max_message_mb: int = 512,
         credentials: ReplayCredentials | None = None,
         priorities: PriorityStreamConfig | None = None,
+        same_host_feed: str = "off",
     ):
+        if same_host_feed not in FEED_MODES:
+            raise ValueError(f"same_host_feed={same_host_feed!r}: expected one of {FEED_MODES}")
         self.address = address
+        self.same_host_feed = same_host_feed
+        self._feed = SameHostFeed(address) if same_host_feed == "auto" else None
+        self._shard_host: str | None = None  # from the shard's Info
         self.priority_config = priorities or PriorityStreamConfig()
         self._priorities: PriorityStream | None = None
         self._closed_priorities = PriorityCounts()  # of streams a `close` ended
@@ -465,7 +478,7 @@ class ReplayClient:
 
     def __reduce__(self):
         # The address and the client's credentials (token and certificate; never a private key).
-        return (_rebuild, (self.address, self.credentials, self.priority_config))
+        return (_rebuild, (self.address, self.credentials, self.priority_config, self.same_host_feed))
 
     def __repr__(self) -> str:
         return f"ReplayClient({self.address!r}{', TLS' if self.secure else ''})"
@@ -617,6 +630,7 @@ class ReplayClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         # The server enforces the timeout and says why; the gRPC deadline only guards a lost server.
         # The shard bounds every wait (max_sample_wait_s): until the caller's deadline, ask again.
+        feed = self._feed_for_samples()
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             request = replay_pb2.SampleRequest(
@@ -625,13 +639,38 @@ class ReplayClient:
                 beta=-1.0 if beta is None else beta,
                 timeout_ms=0 if remaining is None else max(1, int(math.ceil(remaining * 1000))),
             )
+            slot = None if feed is None else feed.take(batch_size * num_batches)
+            if slot is not None:
+                region, index = slot
+                request.region, request.region_offset = region.name, region.offset(index)
+                request.region_bytes = region.slot_bytes
+            grpc_timeout = None if remaining is None else remaining + 10
+            started = time.monotonic()
             try:
-                raw = self._call("SampleBytes", request, what, None if remaining is None else remaining + 10)
+                raw = self._call("SampleBytes", request, what, grpc_timeout)
                 break
             except DeadlineExceededError:
+                # The shard's own deadline (well before the gRPC one) is answered before anything
+                # is written: the slot is free again. The gRPC deadline's may leave it writing.
+                if slot is not None:
+                    shard_said = grpc_timeout is None or time.monotonic() - started < grpc_timeout - 1
+                    if shard_said:
+                        slot[0].release(slot[1])
+                    else:
+                        feed.failed(*slot)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
-        response = wire.decode_sample_response(raw)  # every batch of the request as one Sample
+            except BaseException:
+                if slot is not None:
+                    feed.failed(*slot)
+                raise
+        if slot is None:
+            response = wire.decode_sample_response(raw)  # every batch of the request as one Sample
+            if feed is not None:
+                feed.went_inline()
+                feed.learn(response.data, batch_size * num_batches)
+        else:
+            response = self._read_slot(feed, raw, slot, batch_size * num_batches)
         self._counters = (response.inserts, response.samples)
         data, keys, probabilities, weights = response.data, response.keys, response.probabilities, response.weights
         samples = []
@@ -651,6 +690,41 @@ class ReplayClient:
                 )
             )
         return samples
+
+    def _feed_for_samples(self) -> SameHostFeed | None:
+        """The same-host feed, when it is on and the shard shares this host; else None (inline).
+
+        The shard's host comes from its Info (a `ShardedReplay` reads it anyway; a lone client
+        asks once)."""
+        if self._feed is None:
+            return None
+        if self._shard_host is None:
+            try:
+                self.info(timeout=5.0)
+            except ReplayError:
+                return None  # inline this time; the sample call itself says what is wrong
+        return self._feed if self._feed.usable_with(self._shard_host or "") else None
+
+    def _read_slot(self, feed: SameHostFeed, raw: bytes, slot: tuple, items: int) -> Sample:
+        """A response whose columns may be in the feed's slot: copied out, then the slot is freed."""
+        region, index = slot
+        try:
+            view = region.view(index)
+            response, answer = wire.decode_sample_reply(raw, view)
+            if answer.used:  # copies: the slot is the next call's as soon as it is freed
+                response = dataclasses.replace(response, data={k: np.array(v) for k, v in response.data.items()})
+            del view
+        except BaseException:
+            feed.failed(region, index)
+            raise
+        feed.answered(region, index, used=answer.used, refused=answer.refused)
+        if not answer.used:
+            feed.learn(response.data, items)
+        return response
+
+    def same_host_feed_counts(self) -> FeedCounts | None:
+        """What the same-host feed did for this client (None: the feed is off)."""
+        return None if self._feed is None else self._feed.counts
 
     def update_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> PriorityUpdateResult:
         """Sets new priorities for sampled keys; keys of overwritten items are dropped and counted.
@@ -720,6 +794,7 @@ class ReplayClient:
         """Size, counters, priority mass and rate-limiter state of the shard."""
         response = self._call("Info", replay_pb2.InfoRequest(), "info", timeout)
         self._counters = (response.inserts, response.samples)
+        self._shard_host = response.host
         limiter = response.rate_limiter
         return ReplayInfo(
             address=self.address,
@@ -736,6 +811,7 @@ class ReplayClient:
             checkpoint_sequence=response.checkpoint_sequence,
             lost_transitions=response.lost_transitions,
             boot_id=response.boot_id,
+            host=response.host,
             rate_limiter=RateLimiterState(
                 samples_per_insert=limiter.samples_per_insert or None,
                 min_size=limiter.min_size,
@@ -782,6 +858,8 @@ class ReplayClient:
             stream.close()
         if channel is not None:
             channel.close()
+        if self._feed is not None:
+            self._feed.close()
 
     def __enter__(self) -> ReplayClient:
         return self
@@ -791,6 +869,9 @@ class ReplayClient:
 
 
 def _rebuild(
-    address: str, credentials: ReplayCredentials | None, priorities: PriorityStreamConfig | None = None
+    address: str,
+    credentials: ReplayCredentials | None,
+    priorities: PriorityStreamConfig | None = None,
+    same_host_feed: str = "off",
 ) -> ReplayClient:
-    return ReplayClient(address, credentials=credentials, priorities=priorities)
+    return ReplayClient(address, credentials=credentials, priorities=priorities, same_host_feed=same_host_feed)

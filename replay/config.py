@@ -251,7 +251,13 @@ class ShardedReplayConfig:
     priorities: PriorityStreamConfig = PriorityStreamConfig()
     """How `send_priorities` streams and coalesces updates to each shard."""
 
+    same_host_feed: str = "off"
+    """"auto": samples from a shard on this host arrive through a shared-memory region this
+    process owns, not the gRPC response (replay/same_host.py); "off": always in the response."""
+
     def __post_init__(self) -> None:
+        if self.same_host_feed not in ("auto", "off"):
+            raise ValueError(f"same_host_feed={self.same_host_feed!r}: expected 'auto' or 'off'")
         if (self.redis_url is None) == (self.addresses is None):
             raise ValueError("give either redis_url (discover shards) or addresses (fixed shards), not both")
         if self.addresses is not None:

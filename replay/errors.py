@@ -140,3 +140,16 @@ class RequestCancelledError(ReplayError):
 
 class TableClosedError(ReplayError):
     """The table is shutting down; waiting calls are released with this."""
+
+
+class RegionRefusedError(ReplayError):
+    """A shard would not write a sample into the shared-memory region a request named
+    (replay/same_host.py); it answers inline instead.
+
+    Attributes:
+        reason: why (the name's form, the file's type, owner, mode or size, or the slot's size).
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason

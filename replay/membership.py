@@ -227,6 +227,7 @@ class Membership:
             max_in_flight=config.max_in_flight,
             credentials=config.credentials,
             priorities=config.priorities,
+            same_host_feed=config.same_host_feed,
         )
 
     # -- following the shard set -----------------------------------------------------------------

@@ -48,7 +48,9 @@ def to_torch(sample: Sample, device) -> TorchBatch:
     pin = device.type == "cuda"
 
     def move(array: np.ndarray):
-        tensor = torch.from_numpy(np.array(array, copy=True))  # received buffers are read-only
+        # Received buffers are read-only views of the response: copied. A writable array is the
+        # sample's own (copied out of the same-host feed's slot, or gathered in-process): shared.
+        tensor = torch.from_numpy(np.array(array, copy=not array.flags.writeable))
         if pin:
             tensor = tensor.pin_memory()
         return tensor.to(device, non_blocking=pin)

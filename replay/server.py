@@ -32,7 +32,13 @@ from replay.auth import TokenInterceptor
 from replay.codec import grpc_options
 from replay.config import ReplayConfig
 from replay.credentials import ReplayCredentials
-from replay.errors import DeadlineExceededError, InvalidBatchError, RequestCancelledError, TableClosedError
+from replay.errors import (
+    DeadlineExceededError,
+    InvalidBatchError,
+    RegionRefusedError,
+    RequestCancelledError,
+    TableClosedError,
+)
 from replay.http_server import start_metrics_server
 from replay.insert_ledger import InsertLedger, Receipt, open_ledger
 from replay.limits import SHARD_BUSY, check_priority_update, check_sample_request
@@ -40,6 +46,7 @@ from replay.metrics import ReplayMetrics
 from replay.rate_limiter import RateLimiter
 from replay.redis_connection import redact_url
 from replay.registry import ShardRecord, ShardRegistry, new_record
+from replay.same_host import RegionWriter, host_identity
 from replay.selectors import make_selector
 from replay.spec import PRIORITY_COLUMN, Spec
 from replay.table import Table, TableInfo
@@ -180,6 +187,7 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
         self._insert_latency = self._metrics.latency("insert")
         self._sample_latency = self._metrics.latency("sample")
         self._update_latency = self._metrics.latency("update_priorities")
+        self._regions = RegionWriter()
 
     def Insert(self, request_iterator, context):
         slot = self._stream_slots.acquire(context)
@@ -291,6 +299,7 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         delivered = False
         try:
+            offsets, refused = self._write_region(request, items.data, context)
             response = wire.encode_sample_response(
                 items.data,
                 items.keys,
@@ -301,6 +310,8 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
                 inserts=items.inserts,
                 samples=items.samples,
                 boot_id=self._server.boot_id,
+                region_offsets=offsets,
+                region_refused=refused,
             )
             # gRPC gives a unary handler no send confirmation: the items count as delivered when
             # the response is handed over to a call that is still live.
@@ -310,6 +321,23 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
         if not delivered:
             context.abort(grpc.StatusCode.CANCELLED, "the client went away before the sample was handed over")
         return response
+
+    def _write_region(self, request, columns, context) -> tuple[list[int], str]:
+        """The same-host feed: the columns into the request's region slot, if it names one.
+
+        Returns each column's offset in the slot (empty: answer inline) and why a named region
+        was not used. Nothing is written for a call that has already ended (its slot may be the
+        learner's again).
+        """
+        if not request.region:
+            return [], ""
+        if not context.is_active():
+            return [], "the call ended before the sample was written"
+        try:
+            return self._regions.write(request.region, request.region_offset, request.region_bytes, columns), ""
+        except RegionRefusedError as exc:
+            self._server.count_refused_region(exc.reason)
+            return [], exc.reason
 
     def Credit(self, request, context):
         # O(1) under the table lock and bounded by the window (`Table.credit`): no slot needed.
@@ -447,6 +475,12 @@ class ReplayServer:
         self._ledger_lost = 0
         self.boot_id = secrets.randbits(63) | 1
         """Random and non-zero, drawn per process: clients tell a restart by it (Info, Sample)."""
+        self.host = host_identity()
+        """This host as the same-host feed compares it (Info): learners with the same one may
+        name a shared-memory region for samples (replay/same_host.py)."""
+        self.refused_regions = 0
+        """Sample requests whose named region was not used (answered inline), since start."""
+        self._refusal_logged = False
 
     @property
     def secure(self) -> bool:
@@ -644,6 +678,14 @@ class ReplayServer:
             self._rejected_batches += 1
         self.metrics.rejected_batches.inc()
 
+    def count_refused_region(self, reason: str) -> None:
+        """Counts a same-host feed region not used; the first is logged (warning) with its reason."""
+        with self._rejected_lock:
+            self.refused_regions += 1
+            first, self._refusal_logged = not self._refusal_logged, True
+        if first:
+            log.warning("replay shard %d answers samples inline: %s", self.config.shard_id, reason)
+
     def _count_unauthenticated(self) -> None:
         # Runs on gRPC's polling thread (the interceptor): an int add under the GIL, no lock.
         self._unauthenticated += 1
@@ -747,6 +789,7 @@ class ReplayServer:
             checkpoint_sequence=self._checkpoint_sequence,
             lost_transitions=self.lost_transitions,
             boot_id=self.boot_id,
+            host=self.host,
             rate_limiter=replay_pb2.RateLimiterInfo(
                 samples_per_insert=limiter.samples_per_insert or 0.0,
                 min_size=limiter.min_size,

@@ -31,6 +31,7 @@ from replay.membership import Membership
 from replay.priority_stream import PriorityCounts
 from replay.rate_limiter import RateLimiter
 from replay.routing import ShardWriter
+from replay.same_host import FeedCounts
 from replay.source import ReplayStats, make_stats
 from replay.spec import validate_priorities
 
@@ -63,7 +64,8 @@ class ShardedReplay:
         config: every setting at once, instead of the arguments above and `settings`.
         **settings: any other `ShardedReplayConfig` field by name: writer_id, writer_index, samples_per_insert,
             min_size, error_buffer, beta, discovery_s, failover_after_s, seed, max_in_flight,
-            credentials (the run's replay token and certificate, for shards that serve TLS).
+            credentials (the run's replay token and certificate, for shards that serve TLS),
+            same_host_feed ("auto": samples from shards on this host through shared memory).
 
     Raises:
         ValueError: neither or both of redis_url and addresses; both config and other arguments.
@@ -293,6 +295,11 @@ class ShardedReplay:
         return counts
 
     # -- state -----------------------------------------------------------------------------------
+
+    def same_host_feed_counts(self) -> dict[int, FeedCounts]:
+        """What the same-host feed did for each live shard, by shard id (empty while it is off)."""
+        counts = {s.shard_id: s.client.same_host_feed_counts() for s in self._membership.live()}
+        return {shard_id: c for shard_id, c in counts.items() if c is not None}
 
     def info(self) -> ShardedInfo:
         """Totals over the live shards plus each one's info."""

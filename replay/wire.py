@@ -17,6 +17,7 @@ every loop here is bounded by what the message may hold, and an Insert's columns
 from __future__ import annotations
 
 import functools
+import math
 import struct
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -97,24 +98,36 @@ class _Writer:
         self.parts.extend(inner.parts)
         self.size += inner.size
 
-    def tensor(self, field: int, value: np.ndarray) -> None:
-        array = np.ascontiguousarray(little_endian(np.asarray(value)))
+    def tensor(self, field: int, value: np.ndarray, inline: bool = True) -> None:
+        """A Tensor: dtype, shape and (when `inline`) the data; without, its bytes are elsewhere."""
+        array = np.asarray(value)
+        if inline:
+            array = np.ascontiguousarray(little_endian(array))
+        nbytes = array.nbytes if inline else 0
         shape = b"".join([_varint(d) for d in array.shape])  # packed repeated int64
-        head = _dtype_field(array.dtype) + _key(2, _LEN) + _varint(len(shape)) + shape
-        head += _key(3, _LEN) + _varint(array.nbytes)
-        self.add(_key(field, _LEN) + _varint(len(head) + array.nbytes))
+        head = _dtype_field(array.dtype.newbyteorder("<")) + _key(2, _LEN) + _varint(len(shape)) + shape
+        head += _key(3, _LEN) + _varint(nbytes)
+        self.add(_key(field, _LEN) + _varint(len(head) + nbytes))
         self.add(head)
-        if array.nbytes:
+        if nbytes:
             self.add(memoryview(array.reshape(-1)).cast("B"))
 
-    def batch(self, field: int, columns: Mapping[str, np.ndarray]) -> None:
+    def batch(self, field: int, columns: Mapping[str, np.ndarray], inline: bool = True) -> None:
         batch = _Writer()
         for name, value in columns.items():
             entry = _Writer()  # map<string, Tensor> entries are messages {1: key, 2: value}
             entry.blob(1, name.encode())
-            entry.tensor(2, value)
+            entry.tensor(2, value, inline)
             batch.message(1, entry)
         self.message(field, batch)
+
+    def packed(self, field: int, values: Sequence[int]) -> None:
+        if values:
+            self.blob(field, b"".join(_varint(value) for value in values))
+
+    def text(self, field: int, value: str) -> None:
+        if value:
+            self.blob(field, value.encode())
 
     def tobytes(self) -> bytes:
         return b"".join(self.parts)
@@ -131,10 +144,18 @@ def encode_sample_response(
     inserts: int,
     samples: int,
     boot_id: int = 0,
+    region_offsets: Sequence[int] = (),
+    region_refused: str = "",
 ) -> bytes:
-    """A serialized `SampleResponse` (field numbers as in replay.proto)."""
+    """A serialized `SampleResponse` (field numbers as in replay.proto).
+
+    Args:
+        region_offsets: where each column of `data` was written in the request's region slot
+            (the same-host feed): the columns then go without their bytes. Empty: inline.
+        region_refused: why the request's region was not used.
+    """
     out = _Writer()
-    out.batch(1, data)
+    out.batch(1, data, inline=not region_offsets)
     out.tensor(2, keys)
     out.tensor(3, probabilities)
     out.tensor(4, weights)
@@ -143,6 +164,8 @@ def encode_sample_response(
     out.varint(7, inserts)
     out.varint(8, samples)
     out.varint(9, boot_id)
+    out.packed(10, region_offsets)
+    out.text(11, region_refused)
     return out.tobytes()
 
 
@@ -232,7 +255,9 @@ def _fields(buf: bytes, start: int, end: int, what: str, known: int) -> Iterator
         yield field, wire_type, value
 
 
-def _read_tensor(buf: bytes, span: tuple[int, int], name: str) -> np.ndarray:
+def _read_tensor(buf: bytes, span: tuple[int, int], name: str, elsewhere: tuple | None = None) -> np.ndarray:
+    """A Tensor's array: a view of its data in `buf`, or with `elsewhere` (buffer, offset) of the
+    bytes at that offset of that buffer (the same-host feed's slot), its own data then empty."""
     dtype, shape, data = "", [], (span[0], span[0])
     for field, wire_type, value in _fields(buf, *span, f"tensor {name!r}", 3 + MAX_DIMS):
         if wire_type != _LEN:
@@ -248,11 +273,30 @@ def _read_tensor(buf: bytes, span: tuple[int, int], name: str) -> np.ndarray:
                 shape.append(_int64(dim))
         elif field == 3:
             data = value
+    if elsewhere is not None:
+        if data[1] != data[0]:
+            raise _malformed(f"tensor {name!r}", "data both inline and in the region")
+        source, offset = elsewhere
+        dtype_obj = np.dtype(dtype) if dtype else np.dtype("u1")
+        nbytes = math.prod(shape) * dtype_obj.itemsize if shape and all(d >= 0 for d in shape) else -1
+        if offset + nbytes > len(source):
+            raise _malformed(f"tensor {name!r}", f"{nbytes} bytes at {offset} run past the {len(source)}-byte slot")
+        return array_from_bytes(source, dtype, shape, offset, nbytes, name)
     return array_from_bytes(buf, dtype, shape, data[0], data[1] - data[0], name)
 
 
-def _read_batch(buf: bytes, span: tuple[int, int], what: str, allowed: Collection[str] | None) -> dict[str, np.ndarray]:
-    """The columns of a batch; with `allowed`, a column not in it is refused before it is read."""
+def _read_batch(
+    buf: bytes,
+    span: tuple[int, int],
+    what: str,
+    allowed: Collection[str] | None,
+    region: tuple[memoryview, list[int]] | None = None,
+) -> dict[str, np.ndarray]:
+    """The columns of a batch; with `allowed`, a column not in it is refused before it is read.
+
+    With `region` (a slot's bytes, each column's offset in it) the columns' bytes are read from
+    the slot, one offset per column in order.
+    """
     columns = {}
     limit = _MAX_RESPONSE_COLUMNS if allowed is None else len(allowed)
     for field, wire_type, entry in _fields(buf, *span, what, limit):
@@ -270,25 +314,63 @@ def _read_batch(buf: bytes, span: tuple[int, int], what: str, allowed: Collectio
             raise InvalidBatchError(f"column {name!r} is not in the spec (expected columns: {sorted(allowed)})")
         if name in columns:
             raise _malformed(what, f"column {name!r} appears twice")
-        columns[name] = _read_tensor(buf, tensor or (entry[1], entry[1]), name)
+        elsewhere = None
+        if region is not None:
+            if len(columns) >= len(region[1]):
+                raise _malformed(what, f"more columns than the {len(region[1])} region offsets")
+            elsewhere = (region[0], region[1][len(columns)])
+        columns[name] = _read_tensor(buf, tensor or (entry[1], entry[1]), name, elsewhere)
+    if region is not None and len(columns) != len(region[1]):
+        raise _malformed(what, f"{len(region[1])} region offsets for {len(columns)} columns")
     return columns
+
+
+@dataclass(frozen=True)
+class RegionAnswer:
+    """What a SampleResponse says of the same-host feed's region."""
+
+    used: bool
+    """The columns are in the request's slot (read through `decode_sample_response`'s `slot`)."""
+    refused: str
+    """Why the shard did not use the region ("" when it did, or none was named)."""
 
 
 def decode_sample_response(raw: bytes) -> Sample:
     """Reads a serialized `SampleResponse` without copying its arrays (read-only views of `raw`).
 
     Raises:
-        InvalidBatchError: the bytes are not a well-formed SampleResponse.
+        InvalidBatchError: the bytes are not a well-formed SampleResponse (or name a region).
+    """
+    return decode_sample_reply(raw)[0]
+
+
+def decode_sample_reply(raw: bytes, slot: memoryview | None = None) -> tuple[Sample, RegionAnswer]:
+    """Reads a serialized `SampleResponse` without copying its arrays (read-only views of `raw`,
+    or of `slot` for columns the shard wrote into the same-host feed's slot).
+
+    Raises:
+        InvalidBatchError: the bytes are not a well-formed SampleResponse, or name region offsets
+            when no slot was given (or ones outside it).
     """
     what = "SampleResponse"
     data: dict[str, np.ndarray] = {}
+    batch_span = None
     tensors: dict[int, np.ndarray] = {}
     scalars = {5: 0, 7: 0, 8: 0, 9: 0}
     priority_mass = 0.0
+    offsets: list[int] = []
+    refused = ""
     names = {2: "keys", 3: "probabilities", 4: "weights"}
-    for field, wire_type, value in _fields(raw, 0, len(raw), what, 9):
+    for field, wire_type, value in _fields(raw, 0, len(raw), what, 11):
         if field == 1 and wire_type == _LEN:
-            data = _read_batch(raw, value, what, None)
+            batch_span = value
+        elif field == 10 and wire_type == _LEN:
+            pos, stop = value
+            while pos < stop and len(offsets) <= _MAX_RESPONSE_COLUMNS:
+                offset, pos = _read_varint(raw, pos, stop, f"{what} region_offsets")
+                offsets.append(offset)
+        elif field == 11 and wire_type == _LEN:
+            refused = raw[value[0] : value[1]].decode("utf-8", "replace")
         elif field in names and wire_type == _LEN:
             tensors[field] = _read_tensor(raw, value, names[field])
         elif field in scalars and wire_type == _VARINT:
@@ -298,7 +380,11 @@ def decode_sample_response(raw: bytes) -> Sample:
     missing = [names[f] for f in names if f not in tensors]
     if missing:
         raise _malformed(what, f"no {', '.join(missing)}")
-    return Sample(
+    if offsets and slot is None:
+        raise _malformed(what, "columns in a region this call named none of")
+    if batch_span is not None:
+        data = _read_batch(raw, batch_span, what, None, (slot, offsets) if offsets else None)
+    sample = Sample(
         data=data,
         keys=tensors[2],
         probabilities=tensors[3],
@@ -309,6 +395,7 @@ def decode_sample_response(raw: bytes) -> Sample:
         samples=scalars[8],
         boot_id=scalars[9],
     )
+    return sample, RegionAnswer(used=bool(offsets), refused=refused)
 
 
 @dataclass(frozen=True)

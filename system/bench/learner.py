@@ -4,7 +4,10 @@ The same `Learner.run` is fed by one shard in another process (through `ShardedR
 same `Table` in-process, for the CASES (CartPole MLP, Atari Nature CNN), replay full, limiter off:
 the learner's top speed, timed over a window inside each run (see `WARMUP_S`). `security`: the
 shard plaintext ("off"), with TLS + token ("on", as `qfleet train` runs it), or both in one run,
-the feeds taking turns ("both").
+the feeds taking turns ("both"). Beside them, always, the same-host feed (replay/same_host.py: the
+shard writes samples into the learner's shared memory; TLS + token unless `security` is "off"),
+compared with the gRPC runs of the same security. Each window also reports the CPU the learner's
+and the shard's processes used per update (`/proc/PID/stat`): on a small machine, CPU saved is the gain.
 """
 
 from __future__ import annotations
@@ -156,14 +159,32 @@ WARMUP_S = 0.5
 """Seconds of each run before its timed window: the prefetcher filling its queue, first allocations."""
 
 
-def _updates_per_second(case: Case, replay, seconds: float) -> float:
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """One timed window of a learner run."""
+
+    updates_per_s: float
+    learner_cpu_ms: float
+    """CPU of the learner's process per update (all its threads: compute, prefetcher, gRPC)."""
+    shard_cpu_ms: float
+    """CPU of the shard's process per update (0 in-process: the learner's own)."""
+
+
+def _updates_per_second(case: Case, replay, seconds: float, shard_pid: int | None = None) -> Window:
     """Updates/s of one `Learner.run` over a window of `seconds` that starts WARMUP_S into the run
     and ends before it stops: steady state, without the prefetcher's start and close (a training
-    run pays those once, not every few seconds)."""
+    run pays those once, not every few seconds); and the CPU each process used per update in it."""
     learner = Learner(case.config, replay, case.obs_shape, ActionSpace(num_actions=case.num_actions), log_every_s=1e9)
     learner.run(max_updates=3)  # first run: allocations, lazy initialisation
     stop = threading.Event()
-    window: list[tuple[float, int]] = []
+    window: list[tuple[float, int, float, float]] = []
 
     def mark() -> None:
         # At the moment an update completes, so that the window holds whole updates (a 2 s window
@@ -171,7 +192,8 @@ def _updates_per_second(case: Case, replay, seconds: float) -> float:
         before = learner.updates
         while learner.updates == before and not stop.wait(0.0005):
             pass
-        window.append((time.perf_counter(), learner.updates))
+        shard = 0.0 if shard_pid is None else process_cpu_s(shard_pid)
+        window.append((time.perf_counter(), learner.updates, time.process_time(), shard))
 
     def timer() -> None:
         for wait in (WARMUP_S, seconds):
@@ -189,8 +211,9 @@ def _updates_per_second(case: Case, replay, seconds: float) -> float:
         clock.join()
     if len(window) < 2:
         raise RuntimeError(f"{case.name}: the learner stopped before the timed window ended")
-    (t0, u0), (t1, u1) = window
-    return (u1 - u0) / (t1 - t0)
+    (t0, u0, l0, s0), (t1, u1, l1, s1) = window
+    updates = max(1, u1 - u0)
+    return Window((u1 - u0) / (t1 - t0), 1000 * (l1 - l0) / updates, 1000 * (s1 - s0) / updates)
 
 
 def run_learner_bench(
@@ -215,7 +238,15 @@ def run_learner_bench(
     )
     credentials = generate_credentials()
     feeds = [name for name, on in (("grpc", security != "on"), ("grpc_tls", security != "off")) if on]
-    labels = {"grpc": "over gRPC", "grpc_tls": "over gRPC with TLS + token"}
+    # The same-host feed, as `qfleet train` would run it: TLS + token for the control message
+    # unless the shards are plaintext.
+    feeds.append("same_host" if security != "off" else "same_host_plain")
+    labels = {
+        "grpc": "over gRPC",
+        "grpc_tls": "over gRPC with TLS + token",
+        "same_host": "same-host feed (TLS + token)",
+        "same_host_plain": "same-host feed (plaintext)",
+    }
     rows = []
     for case in _cases(device):
         if only and case.name not in only:
@@ -226,46 +257,71 @@ def run_learner_bench(
         servers, sources = {}, {}
         try:
             for feed in feeds:
-                tls = credentials if feed == "grpc_tls" else None
+                tls = credentials if feed in ("grpc_tls", "same_host") else None
                 servers[feed] = ChildServer("qfleet", case.payload, credentials=tls)
                 sources[feed] = ShardedReplay(
-                    addresses=[servers[feed].address], credentials=tls.for_clients() if tls else None
+                    addresses=[servers[feed].address],
+                    credentials=tls.for_clients() if tls else None,
+                    same_host_feed="auto" if feed.startswith("same_host") else "off",
                 )
                 _fill(sources[feed], case.payload)
             # Alternate the feeds so that drift in this shared machine's speed hits each alike.
             runs: dict[str, list[float]] = {"in_process": [], **{feed: [] for feed in feeds}}
+            cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
             for _ in range(repeats):
-                runs["in_process"].append(_updates_per_second(case, local, seconds))
-                for feed in feeds:
-                    runs[feed].append(_updates_per_second(case, sources[feed], seconds))
+                for name in runs:
+                    source = local if name == "in_process" else sources[name]
+                    pid = None if name == "in_process" else servers[name].proc.pid
+                    window = _updates_per_second(case, source, seconds, pid)
+                    runs[name].append(window.updates_per_s)
+                    cpu[name].append((window.learner_cpu_ms, window.shard_cpu_ms))
                 line = ", ".join(f"{labels.get(k, 'in-process')} {v[-1]:,.1f}/s" for k, v in runs.items())
                 print(f"    {line}", flush=True)
+            for name in cpu:
+                learner_ms = statistics.median(c[0] for c in cpu[name])
+                shard_ms = statistics.median(c[1] for c in cpu[name])
+                print(
+                    f"    CPU per update, {labels.get(name, 'in-process')}: learner {learner_ms:.1f} ms, "
+                    f"shard {shard_ms:.1f} ms (medians of the windows)",
+                    flush=True,
+                )
         finally:
             for source in sources.values():
                 source.close()
             for server in servers.values():
                 server.close()
         del local
-        row = {"case": case.name, "in_process": statistics.median(runs["in_process"]), "runs": runs}
+        row = {"case": case.name, "in_process": statistics.median(runs["in_process"]), "runs": runs, "cpu_ms": cpu}
         for feed in feeds:
             row[feed] = statistics.median(runs[feed])
             # Each gRPC run against the in-process run just before it: the closest in time.
             row[f"{feed}_ratio"] = statistics.median(g / i for g, i in zip(runs[feed], runs["in_process"], strict=True))
-        if len(feeds) == 2:  # each TLS run against the plaintext run just before it
+        if "grpc" in feeds and "grpc_tls" in feeds:  # each TLS run against the plaintext run just before it
             row["tls_ratio"] = statistics.median(t / p for t, p in zip(runs["grpc_tls"], runs["grpc"], strict=True))
+        same_host = feeds[-1]  # against the gRPC runs of the same security, just before each
+        plain = "grpc_tls" if same_host == "same_host" else "grpc"
+        row["same_host_vs_grpc"] = statistics.median(f / g for f, g in zip(runs[same_host], runs[plain], strict=True))
         rows.append(row)
     print()
     head = "".join(f" updates/s {labels[feed]} (shard + prefetcher) |" for feed in feeds)
     ratios = "".join(f" {labels[feed]} / in-process |" for feed in feeds)
-    tls = " TLS / plaintext |" if len(feeds) == 2 else ""
-    print(f"| case |{head} updates/s in-process |{ratios}{tls}")
-    print("|---|" + "---:|" * (2 * len(feeds) + 1 + bool(tls)))
+    tls = " TLS / plaintext |" if "grpc" in feeds and "grpc_tls" in feeds else ""
+    print(f"| case |{head} updates/s in-process |{ratios}{tls} same-host feed / gRPC of its security |")
+    print("|---|" + "---:|" * (2 * len(feeds) + 2 + bool(tls)))
     for row in rows:
         cells = [f"{row[feed]:,.1f}" for feed in feeds] + [f"{row['in_process']:,.1f}"]
         cells += [f"{row[f'{feed}_ratio']:.1%}" for feed in feeds]
         cells += [f"{row['tls_ratio']:.1%}"] if tls else []
+        cells += [f"{row['same_host_vs_grpc']:.1%}"]
         print(f"| {row['case']} | " + " | ".join(cells) + " |")
     print("\n(updates/s: medians of the runs; ratios: medians over adjacent pairs of runs)\n")
+    print("| case | feed | learner CPU ms/update | shard CPU ms/update |\n|---|---|---:|---:|")
+    for row in rows:
+        for name, windows in row["cpu_ms"].items():
+            learner_ms = statistics.median(c[0] for c in windows)
+            shard_ms = statistics.median(c[1] for c in windows)
+            print(f"| {row['case']} | {labels.get(name, 'in-process')} | {learner_ms:.1f} | {shard_ms:.1f} |")
+    print()
     for row in rows:
         for feed in feeds:
             ratio = row[f"{feed}_ratio"]

@@ -110,6 +110,12 @@ def add_parser(commands) -> None:
         "--case", action="append", choices=LEARNER_CASES, help="run only this case (repeatable; default: all three)"
     )
     _security(learner)
+    learner.add_argument(
+        "--feed-only",
+        action="store_true",
+        help="time the feeds alone (sample and move to torch, no update): batches/s and CPU ms per batch of "
+        "the learner's and the shard's processes, for in-process, gRPC (per --security) and the same-host feed",
+    )
 
     sac_updates = subcommands.add_parser(
         "sac-updates",
@@ -714,6 +720,10 @@ def run(args: argparse.Namespace) -> int:
             tuple(_numbers("--best-of-n", args.best_of_n or "1,4,16", int)),
         )
     if args.bench_command == "learner":
+        if args.feed_only:
+            from system.bench.feed import run_feed_bench
+
+            return run_feed_bench(args.seconds, args.repeats, args.output, args.case, args.security)
         from system.bench.learner import run_learner_bench
 
         return run_learner_bench(args.seconds, args.repeats, args.device, args.output, args.case, args.security)

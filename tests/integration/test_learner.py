@@ -302,3 +302,20 @@ def test_sample_age_survives_more_publications_than_it_remembers(shards, redis_s
     assert learner.metrics.sample_age._value.get() > 0
     replay.close()
     store.close()
+
+
+def test_a_learner_with_the_same_host_feed_trains_from_shards_through_its_regions(shards, redis_server):
+    shards.insert(cartpole_transitions(2000))
+    shards.flush()
+    config = dataclasses.replace(SMALL, prefetch=PrefetchConfig(depth=2, batches_per_request=2, same_host_feed="auto"))
+    replay = make_replay(config, redis_server.url, "learn", credentials=None)
+    learner = Learner(config, replay, (4,), ActionSpace(num_actions=2), run="learn")
+    summary = learner.run(max_updates=30)
+
+    assert summary.updates == 30
+    counts = replay.same_host_feed_counts()
+    # One writer's items land on one shard (rendezvous routing): the learner samples that one.
+    assert sum(c.in_region for c in counts.values()) >= 10 and not any(c.refused for c in counts.values())
+    info = shards.info()  # priorities of keys that came through the regions went back to their shards
+    assert info.priority_mass != pytest.approx(info.size)
+    replay.close()

@@ -261,9 +261,32 @@ def test_bench_learner_runs_one_case_briefly(tmp_path):
     (row,) = json.loads(out.read_text())["rows"]
     assert row["case"] == case and row["grpc"] > 0 and row["grpc_tls"] > 0 and row["in_process"] > 0
     assert row["grpc_ratio"] > 0 and row["tls_ratio"] > 0 and "TLS / plaintext" in result.stdout
+    assert (
+        row["same_host"] > 0
+        and row["same_host_ratio"] > 0
+        and row["same_host_vs_grpc"] > 0
+        and "same-host feed / gRPC" in result.stdout
+    )
+    assert set(row["cpu_ms"]) == {"in_process", "grpc", "grpc_tls", "same_host"}
     help_text = run("bench", "learner", "--help").stdout
     assert all(name in help_text for name in CASES)
     assert run("bench", "learner", "--case", "pong").returncode == 2
+
+
+def test_bench_learner_feed_only_reports_cpu_per_batch_with_the_same_host_feed_used(tmp_path):
+    out = tmp_path / "feed.json"
+    case = "cartpole-mlp b256"  # the smallest table to fill three times over
+    result = run(
+        *("bench", "learner", "--feed-only", "--case", case, "--seconds", "0.3", "--repeats", "1"),
+        *("--security", "on", "--output", str(out)),
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row["feed"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"in_process", "grpc_tls", "same_host"}
+    assert all(row["batches_per_s"] > 0 and row["learner_cpu_ms"] > 0 for row in rows.values())
+    assert rows["same_host"]["feed_counts"]["in_region"] > 0 and rows["same_host"]["feed_counts"]["refused"] == 0
+    assert f"| {case} | same-host feed + TLS |" in result.stdout
 
 
 def test_bench_sac_updates_runs_briefly_beside_sb3_or_says_it_is_missing(tmp_path):

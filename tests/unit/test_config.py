@@ -219,3 +219,10 @@ def test_a_module_env_id_imports_only_what_env_allow_import_names(tmp_path, monk
     finally:
         sys.modules.pop("qfleet_test_envmod", None)
         gym.registry.pop("EnvModCartPole-v0", None)
+
+
+def test_the_same_host_feed_is_a_learner_key_off_by_default_and_checked():
+    assert load_config(None, []).learner.prefetch.same_host_feed == "off"
+    assert load_config(None, ["learner.same_host_feed=auto"]).learner.prefetch.same_host_feed == "auto"
+    with pytest.raises(ConfigError, match="same_host_feed"):
+        load_config(None, ["learner.same_host_feed=always"])

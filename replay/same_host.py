@@ -1,0 +1,387 @@
+"""The same-host feed: sampled columns written into the learner's shared memory, not the response.
+
+When a learner and a shard run on one host, a sample's bytes need not cross the loopback (with
+TLS: encrypted, copied through the kernel, decrypted). The learner creates a region, a file under
+/dev/shm with mode 0600 and an unguessable name, cut into slots; its Sample request (authenticated
+as every call is) names the region and a free slot, the shard writes the columns there and answers
+with only their layout, and the learner copies them out and frees the slot.
+
+    region = FeedRegion(slot_bytes=layout_bytes(spec, 256), slots=4)   # learner side
+    writer = RegionWriter()                                              # shard side
+    offsets = writer.write(region.name, offset, size, columns)           # RegionRefusedError if unusable
+
+Who may use it, and how it is kept safe:
+- Only a shard whose `host_identity()` (host name and the kernel's boot id) equals the learner's
+  is ever sent a region name; a shard on another host never is.
+- The shard opens the region itself (no symlinks followed) and writes only into a regular file of
+  its own user with mode 0600, at least as large as the slot named, and only under /dev/shm with a
+  name of this module's form: nothing else on the host can be written through a request.
+- The region's bytes are visible to the learner's user only (the same user as the shard's). The
+  learner unlinks the file once the shard has used it (each side holds its mapping), so a learner
+  that dies leaves no file behind; the shard drops a mapping unused for `RegionWriter.idle_s`.
+- Anything odd makes the shard answer inline with the reason (`SampleResponse.region_refused`):
+  the learner logs the first refusal, counts them all, and carries on with the gRPC path.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import mmap
+import os
+import pathlib
+import re
+import secrets
+import socket
+import stat
+import threading
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from replay.errors import RegionRefusedError
+
+log = logging.getLogger(__name__)
+
+REGION_DIR = pathlib.Path("/dev/shm")
+"""Where regions live (tmpfs: memory, never disk)."""
+
+NAME_PREFIX = "qfleet-feed-"
+_NAME = re.compile(r"qfleet-feed-[0-9a-f]{32}\Z")
+ALIGN = 64
+"""Each column starts at a multiple of this many bytes from its slot's start (a cache line)."""
+
+FEED_MODES = ("auto", "off")
+"""`same_host_feed` settings: "auto" uses the feed with every shard on this host, "off" never."""
+
+
+def host_identity() -> str:
+    """This host as the feed compares it: host name and kernel boot id; "" when unknown.
+
+    Two processes with equal identities share /dev/shm (a container with its own /dev/shm has its
+    own host name too, by default). "" never matches: without a boot id nothing is assumed.
+    """
+    try:
+        boot = pathlib.Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+    return f"{socket.gethostname()}/{boot}" if boot else ""
+
+
+def layout(columns: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> tuple[list[int], int]:
+    """Offsets of the columns (name -> (shape, dtype), in order) in a slot, and the bytes they take."""
+    offsets, end = [], 0
+    for shape, dtype in columns.values():
+        start = -(-end // ALIGN) * ALIGN
+        offsets.append(start)
+        end = start + math.prod(shape) * np.dtype(dtype).itemsize
+    return offsets, end
+
+
+def slot_bytes_for(item_bytes: int, columns: int, items: int) -> int:
+    """A slot that holds `items` items of `item_bytes` bytes over `columns` columns (with alignment)."""
+    return items * item_bytes + columns * ALIGN
+
+
+class FeedRegion:
+    """The learner's side: a ring of `slots` slots of `slot_bytes` bytes in a private /dev/shm file.
+
+    Slots are taken by `acquire` (None when all are taken: the caller samples inline) and given
+    back by `release`; a slot whose request failed in a way that may leave the shard still writing
+    is `retire`d instead, never reused. `unlink` removes the file (the mapping stays); `close`
+    unlinks and unmaps.
+
+    Raises:
+        OSError: /dev/shm is missing or full.
+    """
+
+    def __init__(self, slot_bytes: int, slots: int):
+        if slot_bytes < 1 or slots < 1:
+            raise ValueError(f"slot_bytes={slot_bytes} and slots={slots} must be >= 1")
+        self.name = NAME_PREFIX + secrets.token_hex(16)
+        self.slot_bytes = -(-slot_bytes // ALIGN) * ALIGN
+        self.slots = slots
+        self._path = REGION_DIR / self.name
+        descriptor = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(descriptor, 0o600)  # the umask cannot widen it, but a narrower one would refuse the shard
+            os.ftruncate(descriptor, self.slot_bytes * slots)
+            self._map = mmap.mmap(descriptor, self.slot_bytes * slots)
+        except BaseException:
+            os.close(descriptor)
+            self._path.unlink(missing_ok=True)
+            raise
+        os.close(descriptor)
+        self._lock = threading.Lock()
+        self._free = collections.deque(range(slots))
+        self._retired = 0
+        self._linked = True
+        self.closed = False
+
+    def acquire(self) -> int | None:
+        """A free slot's index, or None when every slot is taken or retired."""
+        with self._lock:
+            return self._free.popleft() if self._free and not self.closed else None
+
+    def release(self, slot: int) -> None:
+        """Gives `slot` back to the ring."""
+        with self._lock:
+            self._free.append(slot)
+
+    def retire(self, slot: int) -> None:
+        """Takes `slot` out of the ring for good (a shard may still be writing into it)."""
+        with self._lock:
+            self._retired += 1
+
+    @property
+    def exhausted(self) -> bool:
+        """True when every slot is retired: the caller should make a new region."""
+        return self._retired >= self.slots
+
+    def offset(self, slot: int) -> int:
+        """Bytes from the region's start to `slot`."""
+        return slot * self.slot_bytes
+
+    def view(self, slot: int) -> memoryview:
+        """The bytes of `slot` (valid until `close`)."""
+        start = self.offset(slot)
+        return memoryview(self._map)[start : start + self.slot_bytes]
+
+    def unlink(self) -> None:
+        """Removes the file; the learner's mapping and the shard's stay (the bytes live until both go)."""
+        with self._lock:
+            linked, self._linked = self._linked, False
+        if linked:
+            self._path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Unlinks the file and unmaps the region (later when views of it are still held)."""
+        self.unlink()
+        with self._lock:
+            self.closed = True
+        try:
+            self._map.close()
+        except BufferError:  # a view still exported: the mapping goes with the last one
+            pass
+
+    def __del__(self):
+        if getattr(self, "_linked", False):
+            self._path.unlink(missing_ok=True)
+
+
+class _Mapped:
+    """A region the shard has open: its mapping, size and when it was last written."""
+
+    __slots__ = ("map", "size", "used")
+
+    def __init__(self, region_map: mmap.mmap, size: int):
+        self.map, self.size, self.used = region_map, size, time.monotonic()
+
+
+class RegionWriter:
+    """The shard's side: opens regions named by requests (after the checks), keeps them mapped,
+    and writes sampled columns into their slots.
+
+    Args:
+        max_regions: mappings kept at once (the least recently written goes first).
+        idle_s: a mapping not written for this long is dropped (a learner that went away).
+    """
+
+    def __init__(self, max_regions: int = 16, idle_s: float = 300.0):
+        self.max_regions = max_regions
+        self.idle_s = idle_s
+        self._lock = threading.Lock()
+        self._regions: collections.OrderedDict[str, _Mapped] = collections.OrderedDict()
+        self._uid = os.geteuid()
+
+    def write(self, name: str, offset: int, size: int, columns: Mapping[str, np.ndarray]) -> list[int]:
+        """Writes `columns` into the slot [offset, offset + size) of region `name`.
+
+        Returns:
+            Each column's offset from the slot's start, in the order of `columns`.
+
+        Raises:
+            RegionRefusedError: the name, the file or the slot is not usable (the reason names which).
+        """
+        offsets, needed = layout({key: (value.shape, value.dtype) for key, value in columns.items()})
+        if needed > size:
+            raise RegionRefusedError(f"the slot holds {size} bytes, the sample takes {needed}")
+        region = self._open(name)
+        if offset + size > region.size:
+            raise RegionRefusedError(f"the slot [{offset}, {offset + size}) runs past the region's {region.size} bytes")
+        for start, column in zip(offsets, columns.values(), strict=True):
+            column = np.ascontiguousarray(column)
+            target = np.frombuffer(region.map, dtype=column.dtype, count=column.size, offset=offset + start)
+            np.copyto(target.reshape(column.shape), column)
+        return offsets
+
+    def _open(self, name: str) -> _Mapped:
+        now = time.monotonic()
+        # Under the lock, mapping included (microseconds): a second call naming the same new
+        # region waits for the first's mapping instead of opening the file again, which the
+        # learner may have unlinked as soon as the first call's answer came back.
+        with self._lock:
+            for stale in [key for key, r in self._regions.items() if now - r.used > self.idle_s]:
+                del self._regions[stale]  # unmapped when the last write into it ends
+            region = self._regions.get(name)
+            if region is not None:
+                region.used = now
+                self._regions.move_to_end(name)
+                return region
+            region = self._regions[name] = self._map(name)
+            while len(self._regions) > self.max_regions:
+                self._regions.popitem(last=False)
+        return region
+
+    def _map(self, name: str) -> _Mapped:
+        if not _NAME.match(name):
+            raise RegionRefusedError(f"{name[:80]!r} is not a feed region's name")
+        try:
+            # No links followed; O_NONBLOCK: a FIFO planted under the name cannot hold the call.
+            descriptor = os.open(REGION_DIR / name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            raise RegionRefusedError(f"region {name} cannot be opened: {exc.strerror}") from None
+        try:
+            info = os.fstat(descriptor)
+            if not stat.S_ISREG(info.st_mode):
+                raise RegionRefusedError(f"region {name} is not a regular file")
+            if info.st_uid != self._uid:
+                raise RegionRefusedError(f"region {name} belongs to uid {info.st_uid}, not the shard's {self._uid}")
+            if stat.S_IMODE(info.st_mode) != 0o600:
+                raise RegionRefusedError(f"region {name} has mode {oct(stat.S_IMODE(info.st_mode))}, not 0o600")
+            if info.st_size == 0:
+                raise RegionRefusedError(f"region {name} is empty")
+            return _Mapped(mmap.mmap(descriptor, info.st_size), info.st_size)
+        finally:
+            os.close(descriptor)
+
+    def close(self) -> None:
+        """Drops every mapping."""
+        with self._lock:
+            self._regions.clear()
+
+
+class FeedCounts:
+    """What a client's same-host feed did: samples through the region, inline, and refusals."""
+
+    __slots__ = ("in_region", "inline", "refused", "regions")
+
+    def __init__(self):
+        self.in_region = 0
+        """Sample calls answered through the region."""
+        self.inline = 0
+        """Sample calls answered inline while the feed was on (no free slot, first call, refusals)."""
+        self.refused = 0
+        """Calls whose region the shard refused (each logged at debug level, the first as a warning)."""
+        self.regions = 0
+        """Regions created."""
+
+
+class SameHostFeed:
+    """A `ReplayClient`'s side of the feed: when to name a region, and the region's slots.
+
+    The first call of a client goes inline and tells the slot size (bytes per item of the
+    response); later calls take a slot, a call larger than the slots makes a new region (slots
+    for the next power of two of items). A refusal
+    retires the region (a restarted shard cannot open an unlinked one) and the next call makes a
+    new one; after `MAX_REFUSALS` refusals in a row the feed stays off for this client.
+
+    Args:
+        slots: concurrent calls served through the region (more go inline).
+    """
+
+    MAX_REFUSALS = 3
+
+    def __init__(self, address: str, slots: int = 4):
+        self.address = address
+        self.slots = slots
+        self.counts = FeedCounts()
+        self._lock = threading.Lock()
+        self._region: FeedRegion | None = None
+        self._item_bytes = 0  # per item, all columns; 0 until a first inline answer
+        self._columns = 0
+        self._refusals = 0
+        self._off_reason = ""
+        self._local_host = host_identity()
+
+    def usable_with(self, shard_host: str) -> bool:
+        """Whether a shard announcing `shard_host` shares this host (and the feed is not off)."""
+        return bool(shard_host) and shard_host == self._local_host and not self._off_reason
+
+    def take(self, items: int) -> tuple[FeedRegion, int] | None:
+        """A region and a free slot for a call of `items` items; None: go inline."""
+        with self._lock:
+            if self._off_reason or not self._item_bytes:
+                return None
+            needed = slot_bytes_for(self._item_bytes, self._columns, items)
+            region = self._region
+            if region is None or region.exhausted or region.slot_bytes < needed:
+                if region is not None:  # unmapped when the calls using it are done with it
+                    region.unlink()
+                # Slots for the next power of two of items: a shard's share of a sharded draw
+                # varies from call to call, and each growth is a new region.
+                room = slot_bytes_for(self._item_bytes, self._columns, 1 << (items - 1).bit_length())
+                try:
+                    region = self._region = FeedRegion(room, self.slots)
+                except OSError as exc:
+                    self._turn_off(f"no shared-memory region could be made: {exc}")
+                    return None
+                self.counts.regions += 1
+            slot = region.acquire()
+        return None if slot is None else (region, slot)
+
+    def learn(self, sample_data: Mapping[str, np.ndarray], items: int) -> None:
+        """Sizes slots from an inline answer's columns (`items` items)."""
+        if items < 1 or not sample_data:
+            return
+        with self._lock:
+            self._item_bytes = max(self._item_bytes, -(-sum(c.nbytes for c in sample_data.values()) // items))
+            self._columns = max(self._columns, len(sample_data))
+
+    def answered(self, region: FeedRegion, slot: int, used: bool, refused: str) -> None:
+        """After a call's answer was read (and the slot copied out): the slot goes back."""
+        region.release(slot)
+        with self._lock:
+            if used:
+                self.counts.in_region += 1
+                self._refusals = 0
+                region.unlink()  # both sides hold their mappings: nothing left behind if the learner dies
+                return
+            self.counts.inline += 1
+            if not refused:  # an older shard that ignores the region
+                self._turn_off("the shard does not know the same-host feed")
+                return
+            self.counts.refused += 1
+            self._refusals += 1
+            first = self.counts.refused == 1
+            if self._region is region:  # unmapped when the calls using it are done with it
+                self._region = None
+                region.unlink()
+            if self._refusals >= self.MAX_REFUSALS:
+                self._turn_off(f"{self._refusals} refusals in a row, the last: {refused}")
+                return
+        (log.warning if first else log.debug)(
+            "same-host feed from %s: the shard answered inline (%s); a new region is tried", self.address, refused
+        )
+
+    def failed(self, region: FeedRegion, slot: int) -> None:
+        """After a call failed: its slot is retired (the shard may still be writing into it)."""
+        region.retire(slot)
+
+    def went_inline(self) -> None:
+        """Counts a call made inline while the feed is on (first call, no free slot)."""
+        with self._lock:
+            self.counts.inline += 1
+
+    def _turn_off(self, reason: str) -> None:
+        self._off_reason = reason
+        log.warning("same-host feed from %s is off for this client: %s", self.address, reason)
+
+    def close(self) -> None:
+        """Unlinks and unmaps the region."""
+        with self._lock:
+            region, self._region = self._region, None
+        if region is not None:
+            region.close()

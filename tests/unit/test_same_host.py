@@ -1,0 +1,158 @@
+"""The same-host feed's two ends without gRPC: the region a learner makes, what a shard writes
+into, and what it refuses (replay/same_host.py)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from replay import wire
+from replay.errors import InvalidBatchError, RegionRefusedError
+from replay.same_host import ALIGN, REGION_DIR, FeedRegion, RegionWriter, host_identity, layout
+
+COLUMNS = {
+    "obs": np.arange(6 * 4, dtype=np.float32).reshape(6, 4),
+    "action": np.arange(6, dtype=np.int64),
+    "frame": np.arange(6 * 3, dtype=np.uint8).reshape(6, 3),
+}
+
+
+@pytest.fixture
+def region():
+    made = FeedRegion(slot_bytes=4096, slots=3)
+    yield made
+    made.close()
+
+
+def test_a_region_is_a_private_file_under_dev_shm_with_an_unguessable_name(region):
+    info = os.stat(REGION_DIR / region.name)
+    assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == os.geteuid()
+    assert info.st_size == 3 * region.slot_bytes and region.slot_bytes % ALIGN == 0
+    other = FeedRegion(slot_bytes=64, slots=1)
+    assert other.name != region.name and len(region.name.rsplit("-", 1)[1]) == 32
+    other.close()
+    assert not (REGION_DIR / other.name).exists()
+
+
+def test_slots_go_round_until_every_one_is_taken_and_retired_slots_never_come_back(region):
+    taken = [region.acquire() for _ in range(3)]
+    assert sorted(taken) == [0, 1, 2] and region.acquire() is None
+    region.release(taken[0])
+    region.retire(taken[1])
+    assert region.acquire() == taken[0] and region.acquire() is None
+    region.retire(taken[0])
+    region.retire(taken[2])
+    assert region.exhausted
+
+
+def test_what_a_shard_writes_into_a_slot_reads_back_through_the_response(region):
+    writer = RegionWriter()
+    slot = 1
+    offsets = writer.write(region.name, region.offset(slot), region.slot_bytes, COLUMNS)
+    assert offsets == layout({k: (v.shape, v.dtype) for k, v in COLUMNS.items()})[0]
+    assert all(offset % ALIGN == 0 for offset in offsets)
+    keys = np.arange(6, dtype=np.uint64)
+    raw = wire.encode_sample_response(
+        COLUMNS,
+        keys,
+        np.full(6, 0.1),
+        np.ones(6),
+        table_size=6,
+        priority_mass=6.0,
+        inserts=6,
+        samples=6,
+        region_offsets=offsets,
+    )
+    assert len(raw) < 400  # the layout only: the columns' 168 bytes are not in it
+    sample, answer = wire.decode_sample_reply(raw, region.view(slot))
+    assert answer.used and not answer.refused
+    for name, column in COLUMNS.items():
+        np.testing.assert_array_equal(sample.data[name], column)
+        assert sample.data[name].dtype == column.dtype
+    np.testing.assert_array_equal(sample.keys, keys)
+    writer.close()
+
+
+def test_a_response_naming_offsets_outside_the_slot_or_no_slot_is_malformed(region):
+    raw = wire.encode_sample_response(
+        COLUMNS,
+        np.arange(6, dtype=np.uint64),
+        np.ones(6),
+        np.ones(6),
+        table_size=6,
+        priority_mass=6.0,
+        inserts=6,
+        samples=6,
+        region_offsets=[0, 128, region.slot_bytes - 8],
+    )
+    with pytest.raises(InvalidBatchError, match="run past"):
+        wire.decode_sample_reply(raw, region.view(0))
+    with pytest.raises(InvalidBatchError, match="named none"):
+        wire.decode_sample_response(raw)
+
+
+def _region_file(name: str, mode: int, size: int) -> None:
+    path = REGION_DIR / name
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+    os.fchmod(descriptor, mode)
+    os.ftruncate(descriptor, size)
+    os.close(descriptor)
+
+
+BAD_NAME = "qfleet-feed-" + "0" * 31 + "z"
+
+
+@pytest.mark.parametrize(
+    ("make", "name", "expected"),
+    [
+        (None, "../etc/passwd", "not a feed region's name"),
+        (None, BAD_NAME, "not a feed region's name"),
+        (None, "qfleet-feed-" + "ab" * 16, "cannot be opened"),
+        (lambda name: _region_file(name, 0o644, 4096), "qfleet-feed-" + "cd" * 16, "mode 0o644"),
+        (lambda name: _region_file(name, 0o600, 64), "qfleet-feed-" + "ef" * 16, "runs past"),
+        (lambda name: os.mkdir(REGION_DIR / name, 0o700), "qfleet-feed-" + "12" * 16, "cannot be opened"),
+        (lambda name: os.symlink("/tmp", REGION_DIR / name), "qfleet-feed-" + "34" * 16, "cannot be opened"),
+        (lambda name: os.mkfifo(REGION_DIR / name, 0o600), "qfleet-feed-" + "56" * 16, "not a regular file"),
+    ],
+    ids=["path", "name", "missing", "readable-by-others", "too-small", "directory", "symlink", "fifo"],
+)
+def test_a_shard_refuses_a_region_it_should_not_write_into(make, name, expected):
+    path = REGION_DIR / name
+    if make is not None:
+        make(name)
+    try:
+        with pytest.raises(RegionRefusedError, match=expected):
+            RegionWriter().write(name, 0, 4096, COLUMNS)
+    finally:
+        if path.is_symlink() or path.is_file() or path.is_fifo():
+            path.unlink()
+        elif path.is_dir():
+            path.rmdir()
+
+
+def test_a_slot_too_small_for_the_sample_is_refused_before_the_region_is_opened(region):
+    with pytest.raises(RegionRefusedError, match="the slot holds 64 bytes"):
+        RegionWriter().write(region.name, 0, 64, COLUMNS)
+
+
+def test_a_shard_keeps_writing_into_a_region_the_learner_unlinked_and_drops_it_when_idle(region):
+    writer = RegionWriter(idle_s=0.0)
+    writer.write(region.name, 0, region.slot_bytes, COLUMNS)
+    region.unlink()  # as the learner does after the first answer through it
+    assert not (REGION_DIR / region.name).exists()
+    writer.idle_s = 60.0
+    writer.write(region.name, region.offset(2), region.slot_bytes, COLUMNS)  # its mapping stays
+    view = np.frombuffer(region.view(2), dtype=np.float32, count=24)
+    np.testing.assert_array_equal(view, COLUMNS["obs"].reshape(-1))
+    del view
+    writer.idle_s = 0.0
+    with pytest.raises(RegionRefusedError, match="cannot be opened"):  # dropped as idle: gone for good
+        writer.write(region.name, 0, region.slot_bytes, COLUMNS)
+
+
+def test_the_host_identity_names_host_and_boot():
+    identity = host_identity()
+    assert identity.startswith(os.uname().nodename + "/") and len(identity) > len(os.uname().nodename) + 30
