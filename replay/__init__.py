@@ -5,7 +5,7 @@ Public surface:
     ShardedReplay, ShardedReplayConfig, ShardedInfo, ShardRegistry, live_shard_key,
     rendezvous_score, choose_shard, indexed_order (many shards as one); ReplaySource, ReplayStats
     (what a learner reads); PriorityStreamConfig, PriorityCounts (streamed, coalesced priority
-    updates and what became of them); Prefetcher, TorchBatch
+    updates and what became of them); Prefetcher, TorchBatch, to_torch
     (batches kept ready for a learner); MixedReplay, validate_fractions, split_counts (fixed-fraction mixes);
     FeedRegion, RegionWriter, FeedCounts, host_identity, FEED_MODES (the same-host feed: samples
     through the learner's shared memory instead of the response, replay/same_host.py);
@@ -49,7 +49,7 @@ from replay.metrics import SERIES as METRIC_SERIES
 from replay.metrics import ShardedCollector
 from replay.mixing import MixedReplay, split_counts, validate_fractions
 from replay.parent_death import pdeathsig_setpriv
-from replay.prefetch import Prefetcher, TorchBatch
+from replay.prefetch import Prefetcher, TorchBatch, to_torch
 from replay.priority_stream import PriorityCounts, PriorityStreamConfig
 from replay.private_files import create_private_file, private_dir
 from replay.rate_limiter import RateLimiter
@@ -130,6 +130,7 @@ __all__ = [
     "SpecMismatchError",
     "TableClosedError",
     "TorchBatch",
+    "to_torch",
     "choose_shard",
     "indexed_order",
     "connect_redis",

@@ -15,8 +15,7 @@ import json
 import statistics
 import time
 
-from replay import ShardedReplay, generate_credentials
-from replay.prefetch import to_torch
+from replay import ShardedReplay, generate_credentials, to_torch
 from system.bench.learner import Case, InProcessReplay, _cases, _fill, process_cpu_s
 from system.bench.replay import ChildServer
 
