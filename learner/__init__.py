@@ -5,7 +5,7 @@ Public surface:
     DistributionalConfig, SACConfig, IQLConfig, FilteredBCConfig, ResetConfig, PrefetchConfig,
     WeightsConfig), WEIGHTS_TRANSPORTS (the weights' transport names), resolve_device, ActionSpace, ActionLayout,
     parse_number, MalformedValues, LearnerError, WeightStoreError, MalformedWeightsError, MissingColumnError, MalformedColumnError,
-    CheckpointLossError, CheckpointShapeError, WeightsHostError, SupersededReadError, and the value support's arithmetic (implied_returns,
+    CheckpointLossError, CheckpointShapeError, WeightsHostError, HostAheadError, SupersededReadError, and the value support's arithmetic (implied_returns,
     auto_support, contains, discounted_horizon, SUPPORT_MARGIN, CLAMPED_WARNING_FRACTION) (importing
     these does not import torch);
     Learner, LearnerSummary, LearnerReached, make_replay (the loop), sample_error_buffer (its window's
@@ -55,6 +55,7 @@ from learner.errors import (
     CheckpointShapeError,
     CheckpointSupportError,
     EncoderError,
+    HostAheadError,
     LearnerError,
     MalformedColumnError,
     MalformedWeightsError,
@@ -184,6 +185,7 @@ __all__ = [
     "WeightsConfig",
     "WeightsHostError",
     "SupersededReadError",
+    "HostAheadError",
     "WEIGHTS_TRANSPORTS",
     "parse_number",
     "resolve_device",

@@ -155,6 +155,12 @@ class WeightsHostError(WeightStoreError):
         return (type(self), (str(self), self.host))
 
 
+class HostAheadError(WeightsHostError):
+    """The host holds a newer version than the manifest read (published in between): read the
+    manifest again. A race with the learner's publishing, not a fault: the reader's next read
+    sees the newer manifest."""
+
+
 class SupersededReadError(WeightStoreError):
     """The payload being read was deleted: `keep_versions` newer versions were published while a
     Redis reader read its chunks. The reader reads the new manifest instead; raised to callers only

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from learner.config import WeightsConfig
-from learner.errors import MalformedWeightsError, WeightsHostError, WeightStoreError
+from learner.errors import HostAheadError, MalformedWeightsError, WeightsHostError, WeightStoreError
 from learner.weights_transport import Manifest, check_payload
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,6 @@ class WeightsHost:
     def latest(self) -> tuple[int, list, int]:
         """(version, [payload ref], total bytes) of the newest version offered; (0, [], 0) before the first."""
         return self._version, self._refs, self._bytes
-
-
-class HostAheadError(WeightsHostError):
-    """The host holds a newer version than the manifest read (published in between): read the
-    manifest again."""
 
 
 @dataclass(frozen=True)

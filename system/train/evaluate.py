@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from actors import ANDROID_ID, MINIWOB_PREFIX, EnvConfig, make_env
-from learner import LearnerConfig
+from learner import HostAheadError, LearnerConfig, SupersededReadError
 from system.config import ConfigError, RunConfig, env_spaces
 from system.train.eval_schedule import due_evaluation
 from system.train.records import EvalRecord, RunCounters
@@ -290,7 +290,15 @@ class RunEvaluations:
         scheduled, counters.next_eval = due_evaluation(counters.env_steps, counters.next_eval, self.every)
         if scheduled is None or not self.prepare():
             return
-        fetched = self._weights.fetch(0)
+        try:
+            fetched = self._weights.fetch(0)
+        except (HostAheadError, SupersededReadError) as exc:
+            # The learner published twice while the weights were read (a busy machine, frequent
+            # publishes): a race, not a fault. Still due, read again at the next round, so that
+            # the schedule has no hole (a skipped point would leave "held" unverified).
+            log.info("evaluation at %s env steps: weights read again next round (%s)", f"{scheduled:,}", exc)
+            counters.next_eval = scheduled
+            return
         if fetched is None:  # no weights announced yet: still due, at the next round (not a multiple later)
             counters.next_eval = scheduled
             return
