@@ -409,8 +409,9 @@ class LearnerConfig:
     """The discrete Q losses ("dqn", "c51", "hl_gauss"): publish a Polyak average of the online
     network, moved by this step after every update (about 1 / tau updates of memory), instead of the
     online network itself; actors and evaluations act with it, the loss and targets are unchanged.
-    null (the default): publish the online network. Measured on CartPole at 0.005 (docs/training.md,
-    "Holding 500"): it did not hold 500 in more seeds, so it is off."""
+    null (the dataclass default): publish the online network. The discrete recipe of `--env` and
+    configs/cartpole.yaml set 0.005: over 17 CartPole seeds every final evaluation ended at or above
+    475 with it, against 15 of 17 without (docs/training.md, "Holding 500")."""
 
     checkpoint_every: int = 10_000
     """Updates between learner checkpoints (also written when it stops)."""

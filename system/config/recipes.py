@@ -32,12 +32,14 @@ DISCRETE_RECIPE: dict[str, dict[str, Any]] = {
         "target_update_every": 100,
         "updates_per_env_step": 0.5,
         "learning_starts": 1000,
+        "policy_average_tau": 0.005,  # actors and evaluations act with a Polyak average of the online network
     },
     "train": {"eval_every_steps": 5000, "eval_episodes": 10},
 }
 """Discrete actions: configs/cartpole.yaml's DQN-family recipe (HL-Gauss with LayerNorm, double DQN
-targets from 3-step returns, UTD 0.5, hard target copies every 100 updates, Ape-X epsilons) with the
-value support derived from the env instead of CartPole's hand-set [0, 110]."""
+targets from 3-step returns, UTD 0.5, hard target copies every 100 updates, Ape-X epsilons, the
+published policy a Polyak average of the online network) with the value support derived from the
+env instead of CartPole's hand-set [0, 110]."""
 
 CONTINUOUS_RECIPE: dict[str, dict[str, Any]] = {
     "env": {"num_envs": 8},
