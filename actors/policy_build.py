@@ -35,15 +35,28 @@ def random_actions(space: ActionSpace, count: int, rng: np.random.Generator) -> 
     return rng.uniform(low, high, size=(count, low.shape[0])).astype(np.float32)
 
 
-def build_in_background(build: Callable[[], T], name: str, resume_collector: bool) -> Future[T]:
+GC_PAUSE_MAX_S = 15.0
+"""The longest a background build keeps the cyclic collector paused (a build takes ~1.7 s of CPU;
+one slowed down far beyond that by a loaded host must not leave the acting thread's garbage
+uncollected for as long as it lasts)."""
+
+
+def build_in_background(
+    build: Callable[[], T], name: str, resume_collector: bool, pause_max_s: float = GC_PAUSE_MAX_S
+) -> Future[T]:
     """Runs `build` on a daemon thread; its result (or its exception) arrives in the returned future.
 
     The caller paused the cyclic garbage collector for the imports and the build (`EnvActor`: its
     passes over their ~10^5 long-lived objects cost ~17% of `import torch`); the thread freezes what
     the build left and, with `resume_collector`, enables the collector again once the build ended,
-    failed or not (the pause is process-wide: only the build's end may end it).
+    failed or not, or after `pause_max_s` if the build is still running then (the pause is
+    process-wide). A build that ends after that bound has its garbage collected before the freeze.
     """
     future: Future[T] = Future()
+    bound = threading.Timer(pause_max_s, gc.enable) if resume_collector else None
+    if bound is not None:
+        bound.daemon = True
+        bound.start()
 
     def work() -> None:
         result: T | None = None
@@ -53,6 +66,10 @@ def build_in_background(build: Callable[[], T], name: str, resume_collector: boo
         except BaseException as exc:  # handed to whoever takes the result
             error = exc
         # the collector runs again before the result is handed over
+        if bound is not None:
+            bound.cancel()
+        if gc.isenabled():  # the pause ended at its bound: collect what piled up before freezing
+            gc.collect()
         gc.freeze()
         if resume_collector:
             gc.enable()

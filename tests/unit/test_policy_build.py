@@ -6,10 +6,13 @@ from __future__ import annotations
 import gc
 import threading
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
+from actors import UnsupportedEnvError, spec_for_spaces
 from actors.policy_build import build_in_background, random_actions
+from conftest import wait_until
 from learner import ActionSpace
 
 
@@ -65,4 +68,29 @@ def test_a_background_build_leaves_a_collector_the_caller_had_off_off():
         assert build_in_background(lambda: 1, "test-build", resume_collector=False).result(timeout=60) == 1
         assert not gc.isenabled()
     finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("low", [-np.inf, -1.0], ids=["unbounded-low", "unbounded-high"])
+def test_an_env_whose_box_actions_are_unbounded_is_refused_with_a_clear_error(low):
+    # uniform random actions (and the policy's) live within [low, high]: an infinite bound cannot
+    high = np.inf if low == -1.0 else 1.0
+    space = gym.spaces.Box(low, high, shape=(2,), dtype=np.float32)
+    obs = gym.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+    with pytest.raises(UnsupportedEnvError, match="unbounded") as caught:
+        spec_for_spaces("Unbounded-v0", obs, space)
+    assert caught.value.env_id == "Unbounded-v0"
+    spec_for_spaces("Bounded-v0", obs, gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32))  # accepted
+
+
+def test_a_long_background_build_ends_the_collectors_pause_at_its_bound():
+    release = threading.Event()
+    gc.disable()  # the actor's pause
+    try:
+        future = build_in_background(lambda: release.wait(60), "test-build", resume_collector=True, pause_max_s=0.2)
+        assert wait_until(gc.isenabled, 30) and not future.done()  # resumed while the build still runs
+        release.set()
+        assert future.result(timeout=60) is True and gc.isenabled()
+    finally:
+        release.set()
         gc.enable()
