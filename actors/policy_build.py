@@ -27,8 +27,19 @@ T = TypeVar("T")
 
 def random_actions(space: ActionSpace, count: int, rng: np.random.Generator) -> np.ndarray:
     """`count` actions drawn uniformly from `space`: discrete, int64 indices in [0, num_actions)
-    (what epsilon-greedy draws when it explores); continuous, float32 vectors uniform in [low, high]
-    per dimension (SB3's `action_space.sample()` before `learning_starts`)."""
+    (what epsilon-greedy draws when it explores), or, for a UI space with a layout (MiniWoB,
+    Android), a kind uniformly and then an action of that kind uniformly (as a factored policy
+    draws them: else the hundreds of taps of a screen grid would crowd out the few keys and swipes);
+    continuous, float32 vectors uniform in [low, high] per dimension (SB3's `action_space.sample()`
+    before `learning_starts`)."""
+    if space.discrete and space.layout is not None:
+        kind_of = np.asarray(space.layout.kind_of, np.int64)
+        by_kind = np.argsort(kind_of, kind="stable")  # the actions, grouped by kind
+        kinds = np.arange(len(space.layout.kinds))
+        first = np.searchsorted(kind_of[by_kind], kinds)
+        size = np.searchsorted(kind_of[by_kind], kinds, side="right") - first  # every kind has an action
+        kind = rng.integers(0, len(kinds), count)
+        return by_kind[first[kind] + rng.integers(0, size[kind])]
     if space.discrete:
         return rng.integers(0, space.num_actions, count)
     low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)

@@ -13,7 +13,7 @@ import pytest
 from actors import UnsupportedEnvError, spec_for_spaces
 from actors.policy_build import build_in_background, random_actions
 from conftest import wait_until
-from learner import ActionSpace
+from learner import ActionLayout, ActionSpace
 
 
 def test_discrete_random_actions_cover_every_action_uniformly_as_int64_indices():
@@ -94,3 +94,16 @@ def test_a_long_background_build_ends_the_collectors_pause_at_its_bound():
     finally:
         release.set()
         gc.enable()
+
+
+def test_ui_random_actions_draw_a_kind_uniformly_then_an_action_of_that_kind():
+    # 6 taps, 1 swipe, 1 key: a uniform index would be a tap 3 times in 4
+    kind_of = (0, 0, 0, 1, 0, 0, 0, 2)
+    points = tuple((0.5, 0.5) if kind == 0 else (0.0, 0.0) for kind in kind_of)
+    layout = ActionLayout(kinds=("tap", "swipe", "key"), kind_of=kind_of, points=points)
+    actions = random_actions(ActionSpace(num_actions=8, layout=layout), 30_000, np.random.default_rng(0))
+    assert actions.dtype == np.int64 and actions.shape == (30_000,)
+    kinds = np.bincount(np.asarray(kind_of)[actions], minlength=3) / 30_000
+    np.testing.assert_allclose(kinds, [1 / 3] * 3, atol=0.015)
+    taps = np.bincount(actions, minlength=8)[[0, 1, 2, 4, 5, 6]] / 30_000
+    np.testing.assert_allclose(taps, [1 / 18] * 6, atol=0.01)  # within the kind, uniform
