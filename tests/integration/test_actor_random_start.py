@@ -265,3 +265,12 @@ def test_a_build_still_running_after_its_bound_is_logged_once(redis_server, shar
     finally:
         release.set()
         actor.close()
+
+
+def test_an_env_with_a_features_encoder_has_its_policy_built_first(monkeypatch):
+    # the encoder loads torch and runs it on the acting thread at every reset and step: nothing to win
+    from actors import FeaturesConfig
+
+    monkeypatch.setattr("actors.actor._torch_loaded", lambda: False)  # as in a fresh worker process
+    encoded = EnvConfig(id="CartPole-v1", features=FeaturesConfig(encoder="small", path="/encoder"))
+    assert actors.actor._build_in_background_pays(ENV) and not actors.actor._build_in_background_pays(encoded)
