@@ -11,6 +11,7 @@ chunks); tests and the benchmark run it in-process.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import logging
 import os
@@ -110,9 +111,10 @@ class ActorStartup:
     """Its first batch of transitions was handed to replay."""
 
 
-BUILD_CLOSE_WAIT_S = 120.0
-"""How long closing an actor waits for a background build of its policy to end (imports cannot be
-interrupted), so that the weight subscriber it made is closed too."""
+BUILD_WARN_S = 30.0
+"""A background build of the policy still running after this long is logged once, with the random
+steps taken so far (it takes ~1.7 s of CPU: a host that busy, or a build that hangs, is worth a
+look)."""
 
 REPLAY_WAIT_LOG_S = 30.0
 """While no shard serves, an actor says so this often (`await_replay`)."""
@@ -200,7 +202,8 @@ class EnvActor:
         # objects: its passes over them cost ~17% of the CPU of `import torch` here (1.33 -> 1.11
         # s), on the path to the run's first env step. The little cyclic garbage they leave (about
         # 0.5 MB) is frozen with them; the collector runs again before anything is awaited, or,
-        # where the policy is built in the background, once that build ended.
+        # where the policy is built in the background, once that build ended (or at the latest after
+        # `actors.policy_build.GC_PAUSE_MAX_S`).
         collecting = gc.isenabled()
         gc.disable()
         self._policy_build: Future | None = None  # the background build, while it runs
@@ -227,7 +230,15 @@ class EnvActor:
                 away=f"actor {actor_id}: Redis is away (reports and episode records kept or retried later)",
                 back=f"actor {actor_id}: Redis is back",
             )
-            acts_first = fresh_run and actors.random_before_policy and not _weights_announced(redis_url, run, actor_id)
+            acts_first = (
+                fresh_run
+                and actors.random_before_policy
+                and _build_in_background_pays(env)
+                and not _weights_announced(redis_url, run, actor_id)
+            )
+            self._build_started = time.monotonic()
+            self._build_warned = False
+            self._build_error: BaseException | None = None  # a failed background build, raised by every step
 
             def build_policy():
                 return _build_policy(learner, spaces, seed, redis_url, run)
@@ -276,7 +287,8 @@ class EnvActor:
                     server = self._open(start_metrics_server(actors.metrics_port, bind, self.metrics.registry))
                     host = socket.gethostname() if bind == "0.0.0.0" else bind
                     self.metrics_address = f"{host}:{server.server_port}"
-                if acts_first:  # the collector's pause ends with the build (`build_in_background`)
+                if acts_first:  # the collector's pause ends with the build, or at its bound (`build_in_background`)
+                    self._build_started = time.monotonic()
                     self._policy_build = build_in_background(build_policy, f"actor-{actor_id}-policy", collecting)
             except BaseException:
                 self._release()
@@ -290,7 +302,7 @@ class EnvActor:
                 gc.enable()
         # What follows waits on others (a shard, the weights, Redis), for as long as they take:
         # with the collector running (the pause is process-wide: every thread's garbage waits),
-        # except while a background build holds it paused for a few seconds more.
+        # except while a background build holds it paused a few seconds more (GC_PAUSE_MAX_S at most).
         try:
             if replay is not None:
                 await_replay(
@@ -314,13 +326,26 @@ class EnvActor:
         self.startup.policy_at = time.time()
 
     def _take_built_policy(self) -> None:
-        """Switches to the policy once the background build has finished (nothing while it runs),
-        with the newest published weights; raises what the build raised."""
+        """Switches to the policy once the background build has finished (nothing while it runs,
+        but a warning once it has run for BUILD_WARN_S), with the newest published weights; raises
+        what the build raised, and keeps it for every later step."""
         build = self._policy_build
-        if build is None or not build.done():
+        if build is None:
+            return
+        if not build.done():
+            self._warn_slow_build()
             return
         self._policy_build = None
-        policy, weights = build.result()
+        try:
+            policy, weights = build.result()
+        except BaseException as exc:
+            self._build_error = exc
+            raise
+        import torch  # loaded by the build
+
+        # Torch fixes a thread's intra-op thread count on that thread: the build's
+        # `set_num_threads(1)` held for the build's thread, this one acts.
+        torch.set_num_threads(1)
         self._open(weights)
         self._adopt(policy, weights)
         log.info(
@@ -329,6 +354,19 @@ class EnvActor:
             self.random_steps,
         )
         self._pull_newest_weights()  # the learner may have published while it was built
+
+    def _warn_slow_build(self) -> None:
+        """Logs once that the background build has run for more than BUILD_WARN_S."""
+        building_s = time.monotonic() - self._build_started
+        if not self._build_warned and building_s > BUILD_WARN_S:
+            self._build_warned = True
+            log.warning(
+                "actor %d: its policy has been building for %.0f s (%d uniform random env steps so far); "
+                "it acts at random until the build ends",
+                self.actor_id,
+                building_s,
+                self.random_steps,
+            )
 
     def _pull_newest_weights(self) -> None:
         """Loads the newest weights in the store now (see `_pull_weights`); while Redis is away the
@@ -344,11 +382,8 @@ class EnvActor:
 
     def _release(self) -> None:
         build, self._policy_build = self._policy_build, None
-        if build is not None:  # an import cannot be interrupted: its end is awaited, its subscriber closed
-            try:
-                self._open(build.result(timeout=BUILD_CLOSE_WAIT_S)[1])
-            except Exception as exc:
-                log.warning("actor %d: its policy's build did not end cleanly: %s", self.actor_id, exc)
+        if build is not None:  # an import cannot be interrupted: not awaited, its subscriber closed when it ends
+            build.add_done_callback(functools.partial(_close_built_subscriber, self.actor_id))
         while self._opened:
             resource = self._opened.pop()
             try:
@@ -364,6 +399,8 @@ class EnvActor:
         inserts the rate limiter holds back still acts with a version published meanwhile). Before
         a background build of the policy has ended, uniform random actions (policy_version 0)."""
         if self.policy is None:
+            if self._build_error is not None:  # the actor cannot act with a policy: it stops acting
+                raise self._build_error
             self._take_built_policy()
         elif self.vector_steps % self.config.weight_poll_steps == 0:
             self._pull_weights()
@@ -548,6 +585,29 @@ class EnvActor:
             finally:
                 self._release()
         return stats
+
+
+def _build_in_background_pays(env: EnvConfig) -> bool:
+    """Whether building the policy in the background shortens the way to the first env step: not
+    where torch is loaded already (nothing left to wait for) or where the env runs a features
+    encoder (`env.features`: the encoder loads torch, and runs it on the acting thread, anyway)."""
+    return env.features.encoder == "none" and not _torch_loaded()
+
+
+def _torch_loaded() -> bool:
+    """Whether this process has imported torch."""
+    return "torch" in sys.modules
+
+
+def _close_built_subscriber(actor_id: int, build: Future) -> None:
+    """Closes the weight subscriber a background build made for an actor closed before it ended
+    (the build's done-callback)."""
+    if build.exception() is not None:
+        return
+    try:
+        build.result()[1].close()
+    except Exception as exc:
+        log.warning("actor %d: closing its policy's weight subscriber failed: %s", actor_id, exc)
 
 
 def _weights_announced(redis_url: str, run: str, actor_id: int) -> bool:

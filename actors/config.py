@@ -341,7 +341,8 @@ class ActorsConfig:
     """In a fresh online run (no learned weights yet), step with uniform random actions while the
     policy is built in the background (torch's import and the network: ~1.7 s of CPU), as an
     untrained network acts no better; switch to it once built. Never where weights exist (a resumed
-    run, an online phase after an offline one, an actor restarted after the first publish). false:
+    run, an online phase after an offline one, an actor restarted after the first publish), nor
+    where nothing is won (torch already loaded in the process, or an `env.features` encoder). false:
     each actor builds its policy before its first step."""
 
     def __post_init__(self) -> None:

@@ -25,6 +25,14 @@ def spec_for_spaces(env_id: str, observation_space: gym.Space, action_space: gym
     if isinstance(action_space, gym.spaces.Discrete):
         action = ((), "int64")
     elif isinstance(action_space, gym.spaces.Box):
+        if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+            # the actors' policy and a fresh run's uniform random actions both act within the bounds
+            raise UnsupportedEnvError(
+                f"env.id={env_id!r}: action space {action_space} has unbounded (non-finite) bounds; qfleet "
+                "acts within [low, high] (its policy, and a fresh run's uniform random first steps) and "
+                "needs finite ones: wrap the env so that its action space is bounded",
+                env_id=env_id,
+            )
         action = (action_space.shape, "float32")
     else:
         raise UnsupportedEnvError(

@@ -129,6 +129,9 @@ def summary_table(run: RunDir) -> str:
             ):
                 if int(state.get(key, 0)):
                     lines.append(f"| {label} | {int(state[key]):,} |")
+    random_steps = max((int(record.get("random_steps", 0)) for record in progress), default=0)
+    if random_steps:  # a fresh run's first steps (`actors.random_before_policy`): the session that started
+        lines.append(f"| env steps at random before the actors' policies | {random_steps:,} |")
     lines += _phase_rows(config, state, evals)
     lines += _startup_rows(run)
     if last.get("recent_return") is not None:

@@ -108,7 +108,7 @@ def _live_text(redis_url: str, run: str, live: _Live) -> str:
     lines += ["", f"actors: {len(reports)} reporting, {desired if desired is not None else '-'} wanted"]
     if reports:
         lines.append(
-            "  id  host:pid              env steps    episodes  weights  epsilon  env restarts  lost  return  metrics"
+            "  id  host:pid              env steps    episodes  weights  epsilon  env restarts  random  lost  return  metrics"
         )
         for actor_id, report in sorted(reports.items()):
             lines.append(_line(f"  {actor_id:<3}", _actor_line, actor_id, report))
@@ -155,7 +155,7 @@ def _actor_line(actor_id: int, report: dict) -> str:
     return (
         f"  {actor_id:<3} {host_pid:<20} {report.get('env_steps', 0):>10,} "
         f"{report.get('episodes', 0):>11,}  v{report.get('policy_version', 0):<7} {float(report.get('epsilon', 0)):<7.4f} "
-        f"{report.get('env_restarts', 0):>13} {report.get('transitions_lost', 0):>5}  "
+        f"{report.get('env_restarts', 0):>13} {int(report.get('random_steps', 0)):>7,} {report.get('transitions_lost', 0):>5}  "
         f"{'-' if recent is None else f'{float(recent):.1f}':>6}  {report.get('metrics') or '-'}"
         f"{_state_note(report)}"
     )

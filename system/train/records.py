@@ -256,6 +256,9 @@ class ProgressRecord:
     transitions_lost: int
     """Transitions lost over the run: batches no shard acknowledged, plus what shards that died
     had acknowledged after their newest checkpoint."""
+    random_steps: int = 0
+    """Env steps this session's actors acted uniformly at random before their policies were built
+    (a fresh run's first steps, `actors.random_before_policy`; included in `env_steps`)."""
     transitions_inserted: int | None = None
     """Transitions stored for the actors over the run, each once (the shards' ledgers; None, and
     left out of the JSON with the fields below, when a shard keeps no ledger)."""

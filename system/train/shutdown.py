@@ -262,6 +262,7 @@ def _first_record(plan: Plan, counters: RunCounters) -> ProgressRecord:
         actors=0,
         actor_restarts=0,
         env_restarts=0,
+        random_steps=0,
         transitions_lost=counters.transitions_lost,
         faults=counters.faults.to_json(),
         phase=counters.phase,

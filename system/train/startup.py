@@ -29,7 +29,8 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("shards", "every replay shard serves"),
     ("learner", "the learner is built (network, replay client, checkpoint read)"),
     ("envs", "the first actor's envs are made and reset"),
-    ("actors", "the first actor is up (envs, replay writer, weights, registry, a shard serving)"),
+    ("actors", "the first actor is up (envs, replay writer, registry, a shard serving)"),
+    ("policy", "the first actor acts with its policy (built first, or in a fresh run after random steps)"),
     ("first_env_step", "the first env step returned"),
     ("first_insert", "the first batch of transitions was handed to replay"),
     ("first_update", "the learner's first update"),
@@ -38,7 +39,7 @@ PHASES: tuple[tuple[str, str], ...] = (
 
 PHASE_NAMES = tuple(name for name, _ in PHASES)
 
-ACTOR_PHASES = ("envs", "actors", "first_env_step", "first_insert")
+ACTOR_PHASES = ("envs", "actors", "policy", "first_env_step", "first_insert")
 """The phases only a run with actors reaches (an offline-only run has none)."""
 
 
@@ -95,6 +96,7 @@ class StartupClock:
         startups = list(startups)
         self.mark_earliest("envs", (startup.envs_at for startup in startups))
         self.mark_earliest("actors", (startup.ready_at for startup in startups))
+        self.mark_earliest("policy", (startup.policy_at for startup in startups))
         self.mark_earliest("first_env_step", (startup.first_step_at for startup in startups))
         self.mark_earliest("first_insert", (startup.first_insert_at for startup in startups))
 

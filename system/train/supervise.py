@@ -565,6 +565,7 @@ class Supervisor:
             actors=fleet.actors if fleet is not None else 0,
             actor_restarts=fleet.actor_restarts if fleet is not None else 0,
             env_restarts=fleet.env_restarts if fleet is not None else 0,
+            random_steps=fleet.random_steps if fleet is not None else 0,
             transitions_lost=counters.transitions_lost,
             **counters.accounting(),
             faults=self.faults.counts.to_json(),

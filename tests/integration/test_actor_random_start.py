@@ -5,7 +5,10 @@ steps, and switches to the policy once built; an actor of a run that has weights
 from __future__ import annotations
 
 import gc
+import logging
+import sys
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -35,17 +38,22 @@ def shard(redis_server, start_server):
 @pytest.fixture
 def held_build(monkeypatch):
     """The policy's real build, held until the test sets the event (in a worker process it takes
-    ~1.7 s of CPU to import torch; in this process torch is loaded and the build takes ms)."""
+    ~1.7 s of CPU to import torch; in this process torch is loaded and the build takes ms, so the
+    actor is told torch is not loaded yet, as in a fresh worker process)."""
     release = threading.Event()
     builds: list[str] = []  # the thread each build ran on
+    built: list = []  # what each build returned: (policy, weight subscriber)
     original = actors.actor._build_policy
 
     def build(*args):
         builds.append(threading.current_thread().name)
         assert release.wait(120), "the test never released the build"
-        return original(*args)
+        built.append(original(*args))
+        return built[-1]
 
     monkeypatch.setattr("actors.actor._build_policy", build)
+    monkeypatch.setattr("actors.actor._torch_loaded", lambda: False)
+    release.built = built
     yield release, builds
     release.set()
 
@@ -121,13 +129,18 @@ def test_an_actor_of_a_run_that_has_weights_acts_with_them_from_its_first_step(r
 
 
 @pytest.mark.parametrize(
-    ("fresh_run", "random_before_policy"), [(False, True), (True, False)], ids=["not-fresh", "switched-off"]
+    ("fresh_run", "random_before_policy", "torch_loaded"),
+    [(False, True, False), (True, False, False), (True, True, True)],
+    ids=["not-fresh", "switched-off", "torch-loaded"],
 )
 def test_an_actor_not_in_a_fresh_run_or_told_not_to_builds_its_policy_before_its_first_step(
-    redis_server, shard, held_build, fresh_run, random_before_policy
+    redis_server, shard, held_build, monkeypatch, fresh_run, random_before_policy, torch_loaded
 ):
+    # torch-loaded: a process that imported torch already (as this one did) has nothing to win
     release, builds = held_build
     release.set()
+    if torch_loaded:
+        monkeypatch.setattr("actors.actor._torch_loaded", lambda: "torch" in sys.modules)
     shard("built")
     config = actor_config(random_before_policy=random_before_policy, metrics_port=None)
     actor = EnvActor(
@@ -141,9 +154,10 @@ def test_an_actor_not_in_a_fresh_run_or_told_not_to_builds_its_policy_before_its
         actor.close()
 
 
-def test_an_actor_closed_while_its_policy_builds_waits_for_the_build_and_closes_what_it_made(
+def test_an_actor_closed_while_its_policy_builds_returns_at_once_and_closes_what_the_build_made_once_it_ends(
     redis_server, shard, held_build
 ):
+    # the fleet gives an actor's close 60 s; an import cannot be interrupted, so close does not wait
     release, _ = held_build
     shard("closing")
     actor = EnvActor(
@@ -158,8 +172,105 @@ def test_an_actor_closed_while_its_policy_builds_waits_for_the_build_and_closes_
         fresh_run=True,
     )
     actor.run(seconds=120, max_steps=20)
-    threading.Timer(0.5, release.set).start()
-    stats = actor.close()
+    closing = time.monotonic()
+    stats = actor.close()  # the build is held: it has not ended
+    assert time.monotonic() - closing < 30 and not release.built
     assert stats.random_steps >= 20 and stats.startup.policy_at is None
-    assert not [t for t in threading.enumerate() if t.name == "actor-0-policy"]  # the build ended
+    release.set()
+    assert wait_until(lambda: release.built, 60)
+    _, subscriber = release.built[0]
+    assert wait_until(lambda: subscriber._stop.is_set(), 60)  # closed by the build's end
+    assert wait_until(lambda: not [t for t in threading.enumerate() if t.name == "actor-0-policy"], 60)
     assert gc.isenabled()
+
+
+def test_a_failed_policy_build_fails_every_later_chunk_of_the_actor(redis_server, shard, monkeypatch):
+    def build(*args):
+        raise RuntimeError("the network does not fit this env")
+
+    monkeypatch.setattr("actors.actor._build_policy", build)
+    monkeypatch.setattr("actors.actor._torch_loaded", lambda: False)
+    shard("failing")
+    actor = EnvActor(
+        0,
+        1,
+        ENV,
+        actor_config(metrics_port=None),
+        LEARNER,
+        redis_server.url,
+        "failing",
+        replay_credentials=None,
+        fresh_run=True,
+    )
+    try:
+        for _ in range(3):  # not once and then at random for ever
+            with pytest.raises(RuntimeError, match="does not fit"):
+                actor.run(seconds=30, max_steps=200)
+        assert actor.policy is None
+    finally:
+        actor.close()
+
+
+def test_the_acting_thread_runs_torch_on_one_intra_op_thread_once_the_policy_is_adopted(
+    redis_server, shard, held_build
+):
+    # torch fixes the intra-op thread count per thread: the build's thread setting it is not enough
+    import torch
+
+    release, _ = held_build
+    shard("threads")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # torch's default on the project VM (2 vCPUs)
+    actor = EnvActor(
+        0,
+        1,
+        ENV,
+        actor_config(metrics_port=None),
+        LEARNER,
+        redis_server.url,
+        "threads",
+        replay_credentials=None,
+        fresh_run=True,
+    )
+    try:
+        actor.run(seconds=120, max_steps=10)
+        release.set()
+        assert wait_until(lambda: actor.run(seconds=0.2).startup.policy_at is not None, 60)
+        assert torch.get_num_threads() == 1
+    finally:
+        actor.close()
+        torch.set_num_threads(threads)
+
+
+def test_a_build_still_running_after_its_bound_is_logged_once(redis_server, shard, held_build, monkeypatch, caplog):
+    release, _ = held_build
+    monkeypatch.setattr("actors.actor.BUILD_WARN_S", 0.0)
+    shard("slow")
+    actor = EnvActor(
+        0,
+        1,
+        ENV,
+        actor_config(metrics_port=None),
+        LEARNER,
+        redis_server.url,
+        "slow",
+        replay_credentials=None,
+        fresh_run=True,
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="actors.actor"):
+            actor.run(seconds=120, max_steps=50)
+        warned = [r.getMessage() for r in caplog.records if "has been building" in r.getMessage()]
+        assert len(warned) == 1 and "uniform random env steps so far" in warned[0]
+    finally:
+        release.set()
+        actor.close()
+
+
+def test_an_env_with_a_features_encoder_has_its_policy_built_first(monkeypatch):
+    # the encoder loads torch and runs it on the acting thread at every reset and step: nothing to win
+    from actors import FeaturesConfig
+
+    monkeypatch.setattr("actors.actor._torch_loaded", lambda: False)  # as in a fresh worker process
+    encoded = EnvConfig(id="CartPole-v1", features=FeaturesConfig(encoder="small", path="/encoder"))
+    assert actors.actor._build_in_background_pays(ENV) and not actors.actor._build_in_background_pays(encoded)

@@ -6,11 +6,14 @@ from __future__ import annotations
 import gc
 import threading
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
+from actors import UnsupportedEnvError, spec_for_spaces
 from actors.policy_build import build_in_background, random_actions
-from learner import ActionSpace
+from conftest import wait_until
+from learner import ActionLayout, ActionSpace
 
 
 def test_discrete_random_actions_cover_every_action_uniformly_as_int64_indices():
@@ -66,3 +69,41 @@ def test_a_background_build_leaves_a_collector_the_caller_had_off_off():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("low", [-np.inf, -1.0], ids=["unbounded-low", "unbounded-high"])
+def test_an_env_whose_box_actions_are_unbounded_is_refused_with_a_clear_error(low):
+    # uniform random actions (and the policy's) live within [low, high]: an infinite bound cannot
+    high = np.inf if low == -1.0 else 1.0
+    space = gym.spaces.Box(low, high, shape=(2,), dtype=np.float32)
+    obs = gym.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+    with pytest.raises(UnsupportedEnvError, match="unbounded") as caught:
+        spec_for_spaces("Unbounded-v0", obs, space)
+    assert caught.value.env_id == "Unbounded-v0"
+    spec_for_spaces("Bounded-v0", obs, gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32))  # accepted
+
+
+def test_a_long_background_build_ends_the_collectors_pause_at_its_bound():
+    release = threading.Event()
+    gc.disable()  # the actor's pause
+    try:
+        future = build_in_background(lambda: release.wait(60), "test-build", resume_collector=True, pause_max_s=0.2)
+        assert wait_until(gc.isenabled, 30) and not future.done()  # resumed while the build still runs
+        release.set()
+        assert future.result(timeout=60) is True and gc.isenabled()
+    finally:
+        release.set()
+        gc.enable()
+
+
+def test_ui_random_actions_draw_a_kind_uniformly_then_an_action_of_that_kind():
+    # 6 taps, 1 swipe, 1 key: a uniform index would be a tap 3 times in 4
+    kind_of = (0, 0, 0, 1, 0, 0, 0, 2)
+    points = tuple((0.5, 0.5) if kind == 0 else (0.0, 0.0) for kind in kind_of)
+    layout = ActionLayout(kinds=("tap", "swipe", "key"), kind_of=kind_of, points=points)
+    actions = random_actions(ActionSpace(num_actions=8, layout=layout), 30_000, np.random.default_rng(0))
+    assert actions.dtype == np.int64 and actions.shape == (30_000,)
+    kinds = np.bincount(np.asarray(kind_of)[actions], minlength=3) / 30_000
+    np.testing.assert_allclose(kinds, [1 / 3] * 3, atol=0.015)
+    taps = np.bincount(actions, minlength=8)[[0, 1, 2, 4, 5, 6]] / 30_000
+    np.testing.assert_allclose(taps, [1 / 18] * 6, atol=0.01)  # within the kind, uniform

@@ -30,7 +30,7 @@ from system.train.run_dir import RunDir
 from system.train.startup import PHASE_NAMES, StartupClock, startup_text
 from system.train.supervise import record_startup
 
-PHASES_OF_A_RUN = dict(zip(PHASE_NAMES, (1.1, 1.4, 3.3, 3.9, 5.1, 4.4, 4.6, 4.8, 5.0, 7.9), strict=True))
+PHASES_OF_A_RUN = dict(zip(PHASE_NAMES, (1.1, 1.4, 3.3, 3.9, 5.1, 4.4, 4.6, 5.6, 4.8, 5.0, 7.9), strict=True))
 
 
 def test_a_phase_is_stamped_in_seconds_since_the_process_started_and_keeps_its_earliest_stamp():
@@ -59,10 +59,11 @@ def test_the_actor_phases_are_the_earliest_any_actor_reported_and_unreported_one
     from actors import ActorStartup
 
     clock = StartupClock(started_at=1000.0)
-    late = ActorStartup(created_at=1001.0, envs_at=1003.0, ready_at=1004.0, first_step_at=1005.0)
+    late = ActorStartup(created_at=1001.0, envs_at=1003.0, ready_at=1004.0, first_step_at=1005.0, policy_at=1006.0)
     early = ActorStartup(created_at=1001.0, envs_at=1002.0, ready_at=1004.5)  # no step reported yet
     clock.mark_actors([late, early])
-    assert clock.reached == {"envs": 2.0, "actors": 4.0, "first_env_step": 5.0}  # no first insert yet
+    # no first insert yet; the policy as the actor that adopted it first reported it (after random steps)
+    assert clock.reached == {"envs": 2.0, "actors": 4.0, "policy": 6.0, "first_env_step": 5.0}
 
 
 def test_an_offline_only_run_is_complete_without_the_actor_phases():

@@ -1,4 +1,5 @@
-"""`qfleet status`'s lines: the learner's offline-loss figures only when reported; what an actor waits for."""
+"""`qfleet status`'s lines: the learner's offline-loss figures only when reported; what an actor waits for;
+the random steps a fresh run's actors took before their policies (also in progress records and the summary)."""
 
 from system.observe.status import _learner_line
 
@@ -24,3 +25,28 @@ def test_an_actor_waiting_for_a_replay_shard_is_shown_as_waiting_not_as_an_idle_
     waiting = _actor_line(0, {**report, "state": STATE_AWAITING_REPLAY})
     assert "waiting for a replay shard of the run (are its shards up, is --run right?)" in waiting
     assert "waiting" not in _actor_line(0, {**report, "state": STATE_ACTING})
+
+
+def test_an_actors_random_steps_before_its_policy_have_their_own_column():
+    # a fresh run's actors step at random while their policies build (actors.random_before_policy)
+    from system.observe.status import _actor_line
+
+    report = {"host": "h", "pid": 7, "env_steps": 5000, "episodes": 20, "policy_version": 3, "epsilon": 0.4}
+    line = _actor_line(0, {**report, "env_restarts": 2, "random_steps": "1234", "transitions_lost": 9})
+    assert "            2   1,234     9  " in line  # env restarts, random, lost
+    assert "            0       0     0  " in _actor_line(0, report)  # an older actor's report has none
+
+
+def test_the_random_steps_of_a_fresh_runs_actors_reach_the_progress_records_and_the_summary(tmp_path):
+    from system.config import load_config
+    from system.observe.report import summary_table
+    from system.train.records import ProgressRecord
+    from system.train.run_dir import RunDir
+
+    values = (1.0, 2.0, 600, 0.0, 3, None, None, 10, 5.0, 0.0, 0, 0.5, 1, 0, 0, 2, 0, 0, 0)
+    record = ProgressRecord(*values, random_steps=480).to_json()
+    assert record["random_steps"] == 480
+    run = RunDir(tmp_path / "run")
+    run.write_config(load_config("configs/cartpole.yaml", []))
+    run.append_records([record, ProgressRecord(*values).to_json()])
+    assert "| env steps at random before the actors' policies | 480 |" in summary_table(run)
