@@ -409,9 +409,9 @@ class LearnerConfig:
     """The discrete Q losses ("dqn", "c51", "hl_gauss"): publish a Polyak average of the online
     network, moved by this step after every update (about 1 / tau updates of memory), instead of the
     online network itself; actors and evaluations act with it, the loss and targets are unchanged.
-    null (the dataclass default): publish the online network. The discrete recipe of `--env` and
-    configs/cartpole.yaml set 0.005: over 17 CartPole seeds every final evaluation ended at or above
-    475 with it, against 15 of 17 without (docs/training.md, "Holding 500")."""
+    null (the default): publish the online network. The discrete recipe of `qfleet train --env`
+    sets 0.005: over 17 CartPole seeds every final evaluation ended at or above 475 with it, against
+    15 of 17 without (docs/training.md, "Holding 500"); set null there to switch to another loss."""
 
     checkpoint_every: int = 10_000
     """Updates between learner checkpoints (also written when it stops)."""
