@@ -20,8 +20,11 @@ def test_a_digiq_config_loads_with_digiqs_learner(path, env_id):
     config = load_config(path)
     learner = config.learner
     assert config.env.id == env_id and config.env.features.encoder == "small"
-    critic = "spatial" if "miniwob" in path else "action_embedding"
-    assert (learner.loss, learner.architecture.critic, learner.architecture.policy_head) == ("iql", critic, "factored")
+    assert (learner.loss, learner.architecture.critic, learner.architecture.policy_head) == (
+        "iql",
+        "action_embedding",
+        "factored",
+    )
     assert (learner.iql.extraction, learner.iql.n, learner.iql.expectile) == ("best_of_n", 16, 0.5)
     assert learner.policy_acting == "sample"
     # Q(s, a) only learns at the data's actions: the data action among the candidates ties pi to the data.
@@ -111,13 +114,14 @@ def test_bad_screen_grid_and_critic_keys_are_refused_naming_the_key(setting, mes
         load_config("configs/miniwob_digiq.yaml", overrides)
 
 
-def test_the_miniwob_config_gives_its_features_a_screen_grid_aligned_with_the_taps():
-    config = load_config("configs/miniwob_digiq.yaml")
+def test_the_miniwob_config_takes_the_spatial_critic_with_a_screen_grid_aligned_with_the_taps():
+    grid = ["env.features.grid_rows=12", "env.features.grid_cols=10", "learner.critic=spatial"]
+    config = load_config("configs/miniwob_digiq.yaml", grid)
     features, browser = config.env.features, config.env.browser
     assert (features.grid_rows, features.grid_cols) == (browser.grid_rows, browser.grid_cols)
     assert config.learner.architecture.critic == "spatial"
     # Screenshots (the encoder's own training data) ignore the grid: the pixel recording still loads.
-    load_config("configs/miniwob_digiq.yaml", ["env.features.encoder=none"])
+    load_config("configs/miniwob_digiq.yaml", [*grid, "env.features.encoder=none"])
 
 
 def test_the_spatial_critic_is_refused_for_an_env_without_a_screen_grid():
