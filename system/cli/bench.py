@@ -352,7 +352,8 @@ def add_parser(commands) -> None:
         ),
         epilog=(
             "example: qfleet bench critic --dataset miniwob/click-button-features-v0 --datasets-dir WORK/datasets "
-            "--set env.features.path=WORK/click-button/encoder --critics action_embedding,spatial"
+            "--set env.features.path=WORK/encoders/click-button --set env.features.grid_rows=12 "
+            "--set env.features.grid_cols=10 --critics action_embedding,spatial"
         ),
     )
     critic.add_argument(
