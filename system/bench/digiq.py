@@ -245,6 +245,8 @@ def _stored_settings(settings: DigiqSettings) -> dict:
 
     stored = _jsonable(dataclasses.asdict(settings))
     stored["overrides"] = [redact_word(override) for override in settings.overrides]
+    if not settings.skip:
+        del stored["skip"]  # as results made before --skip existed hold them
     stored["bench_version"] = BENCH_VERSION
     stored["config_sha256"] = hashlib.sha256((ROOT / CONFIG).read_bytes()).hexdigest()
     return stored
