@@ -219,6 +219,18 @@ class FeaturesConfig:
     """Length of the instruction's embedding appended to the image features (a fixed random
     bag-of-words projection of info["instruction_tokens"]; zeros for envs without one); 0: none."""
 
+    grid_rows: int = 0
+    """Rows of the screen grid of features appended after the instruction: the encoder's spatial
+    feature map average-pooled to grid_rows x grid_cols cells (each the map's channels), so the
+    "spatial" critic reads what is on the screen where a tap lands (learner.critic: spatial).
+    Set it to env.browser.grid_rows (the tap grid) to give each tap cell its own; 0: no grid.
+    Ignored with encoder none (screenshots); the small encoder has a feature map, a transformers
+    encoder is refused at start-up (not built)."""
+
+    grid_cols: int = 0
+    """Columns of that grid (0 with grid_rows 0). A grid costs rows x cols x channels float32 per
+    observation (12 x 10 x 64: 30 KiB, twice that per transition with next_obs)."""
+
     def __post_init__(self) -> None:
         if self.encoder not in ("none", "small", "transformers"):
             raise ValueError(f"encoder={self.encoder!r}: must be none, small or transformers")
@@ -230,6 +242,10 @@ class FeaturesConfig:
             )
         if self.instruction_dim < 0:
             raise ValueError(f"instruction_dim={self.instruction_dim}: must be >= 0")
+        if self.grid_rows < 0 or self.grid_cols < 0 or (self.grid_rows == 0) != (self.grid_cols == 0):
+            raise ValueError(
+                f"grid_rows={self.grid_rows}, grid_cols={self.grid_cols}: both >= 1 for a screen grid, or both 0"
+            )
 
 
 @dataclass(frozen=True)

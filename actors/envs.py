@@ -18,7 +18,7 @@ import numpy as np
 
 from actors.config import ANDROID_ID, MINIWOB_PREFIX, AndroidConfig, EnvConfig
 from actors.errors import EnvFailedError, UnsupportedEnvError
-from actors.features import featurize
+from actors.features import FeaturizedEnv, featurize
 from actors.spec import spec_for_spaces
 from actors.ui_actions import UIActionSpace
 from learner import ActionSpace
@@ -149,11 +149,12 @@ def describe_env(config: EnvConfig) -> EnvSpaces:
         obs_space, act_space = env.observation_space, env.action_space
         ui_actions = getattr(env.unwrapped, "ui_actions", None)  # MiniWoB and Android envs have one
         layout = ui_actions.layout() if isinstance(ui_actions, UIActionSpace) else None
+        screen = env.screen if isinstance(env, FeaturizedEnv) else None
     finally:
         env.close()
     spec = spec_for_spaces(config.id, obs_space, act_space)
     if isinstance(act_space, gym.spaces.Discrete):
-        space = ActionSpace(num_actions=int(act_space.n), layout=layout)
+        space = ActionSpace(num_actions=int(act_space.n), layout=layout, screen=screen)
     else:
         space = ActionSpace(low=tuple(map(float, act_space.low)), high=tuple(map(float, act_space.high)))
     return EnvSpaces(tuple(obs_space.shape), space, spec)

@@ -6,6 +6,11 @@ of the screenshot, followed by a fixed embedding of the instruction's tokens
 (`info["instruction_tokens"]`, as MiniWoB and Android give them), float32 [D]. Features are thus
 computed once, in the actor, and what reaches replay, datasets and the learner is that vector:
 every loss trains small heads on it without touching pixels.
+
+With `env.features.grid_rows/grid_cols`, the vector goes on with the screen grid: the encoder's
+spatial feature map pooled to that many cells (`FrozenEncoder.grid`), flattened row-major; the
+wrapper's `screen` (a `learner.ScreenGrid`) says where it lies, and the learner's "spatial" critic
+reads a tap's cell from it (learner/action_heads.py).
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ class FeaturizedEnv(gym.Wrapper):
         encoder: a `learner.FrozenEncoder` (`encode` uint8 [B, H, W, C] -> float32 [B, D]).
         instruction_dim: length of the appended instruction embedding (0: none).
         env_id: for errors.
+        grid: (rows, cols) of the screen grid appended last, or None.
     """
 
-    def __init__(self, env: gym.Env, encoder, instruction_dim: int, env_id: str):
+    def __init__(self, env: gym.Env, encoder, instruction_dim: int, env_id: str, grid: tuple[int, int] | None = None):
         super().__init__(env)
         space = env.observation_space
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 3 or space.dtype != np.uint8:
@@ -43,15 +49,31 @@ class FeaturizedEnv(gym.Wrapper):
                 f"{env_id!r} gives {'x'.join(map(str, space.shape))} (train it on this env's observations)",
                 env_id=env_id,
             )
+        from learner import ScreenGrid
+
         self.encoder, self.instruction_dim = encoder, instruction_dim
         size = encoder.feature_dim + instruction_dim
+        self.screen: ScreenGrid | None = None
+        """Where the observation holds the screen grid (None without one)."""
+        if grid is not None:
+            if not encoder.map_channels:
+                raise UnsupportedEnvError(
+                    f"env.features.grid_rows: {encoder.name} has no spatial feature map for a screen grid",
+                    env_id=env_id,
+                )
+            self.screen = ScreenGrid(size, grid[0], grid[1], encoder.map_channels)
+            size += self.screen.size
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
         self._instruction = np.zeros(instruction_dim, np.float32)
 
     def features(self, frame: np.ndarray) -> np.ndarray:
-        """[D] float32: one screenshot's features with the current instruction's embedding."""
-        image = self.encoder.encode(np.asarray(frame)[None])[0]
-        return np.concatenate([image, self._instruction]) if self.instruction_dim else image
+        """[D] float32: one screenshot's features with the current instruction's embedding (and the
+        screen grid, flattened, when configured)."""
+        frames = np.asarray(frame)[None]
+        parts = [self.encoder.encode(frames)[0], self._instruction]
+        if self.screen is not None:
+            parts.append(self.encoder.grid(frames, self.screen.rows, self.screen.cols)[0].reshape(-1))
+        return np.concatenate(parts).astype(np.float32, copy=False)
 
     def _follow_instruction(self, info: dict | None) -> None:
         from learner import instruction_embedding
@@ -90,7 +112,8 @@ def featurize(env: gym.Env, config: FeaturesConfig, env_id: str) -> gym.Env:
         env.close()
         raise UnsupportedEnvError(f"env.features.path={config.path!r}: {exc.why}", env_id=env_id) from None
     try:
-        return FeaturizedEnv(env, encoder, config.instruction_dim, env_id)
+        grid = (config.grid_rows, config.grid_cols) if config.grid_rows else None
+        return FeaturizedEnv(env, encoder, config.instruction_dim, env_id, grid)
     except UnsupportedEnvError:
         env.close()
         raise

@@ -3,7 +3,7 @@
 Public surface:
     LearnerConfig and its groups (ArchitectureConfig, OptimizerConfig, TargetConfig, DQNConfig,
     DistributionalConfig, SACConfig, IQLConfig, FilteredBCConfig, ResetConfig, PrefetchConfig,
-    WeightsConfig), WEIGHTS_TRANSPORTS (the weights' transport names), resolve_device, ActionSpace, ActionLayout,
+    WeightsConfig), WEIGHTS_TRANSPORTS (the weights' transport names), resolve_device, ActionSpace, ActionLayout, ScreenGrid,
     parse_number, MalformedValues, LearnerError, WeightStoreError, MalformedWeightsError, MissingColumnError, MalformedColumnError,
     CheckpointLossError, CheckpointShapeError, WeightsHostError, HostAheadError, SupersededReadError, and the value support's arithmetic (implied_returns,
     auto_support, contains, discounted_horizon, SUPPORT_MARGIN, CLAMPED_WARNING_FRACTION) (importing
@@ -21,7 +21,7 @@ Public surface:
     MAX_HEADER_BYTES, split_chunks, join_chunks (its payload), WeightsHost, weights_host_name (the object store's Ray actor, a new
     name per host); LearnerMetrics; LearnerStatus, learner_status_key
     (its status hash in Redis); Policy (what actors and evaluation act with); build_q_network,
-    TanhGaussianActor; ActionEmbeddingQ, ActionEmbeddingIQLCritic, FactoredPolicy, action_descriptors
+    TanhGaussianActor; ActionEmbeddingQ, ActionEmbeddingIQLCritic, SpatialQ, tap_corners, FactoredPolicy, action_descriptors
     (Digi-Q's heads for UI action spaces: Q(s, a) with the action as an input, the factored policy); FrozenEncoder, SmallEncoder, load_encoder, load_small_encoder,
     save_small_encoder, feature_statistics, load_transformers_encoder, instruction_embedding, ENCODER_LOADERS (frozen
     image encoders, docs/digiq.md); ActionabilityConfig, EncoderError (no torch),
@@ -65,7 +65,7 @@ from learner.errors import (
     WeightStoreError,
 )
 from learner.redis_values import MalformedValues, parse_number
-from learner.spaces import ActionLayout, ActionSpace
+from learner.spaces import ActionLayout, ActionSpace, ScreenGrid
 from learner.value_support import (
     CLAMPED_WARNING_FRACTION,
     SUPPORT_MARGIN,
@@ -133,6 +133,8 @@ _LAZY = {
     "WeightsHost": "learner.weights_host",
     "ActionEmbeddingQ": "learner.action_heads",
     "ActionEmbeddingIQLCritic": "learner.action_heads",
+    "SpatialQ": "learner.action_heads",
+    "tap_corners": "learner.action_heads",
     "FactoredPolicy": "learner.action_heads",
     "action_descriptors": "learner.action_heads",
     "FrozenEncoder": "learner.encoders",
@@ -160,6 +162,7 @@ __all__ = [
     "discounted_horizon",
     "implied_returns",
     "ActionSpace",
+    "ScreenGrid",
     "ActionabilityConfig",
     "EncoderError",
     "ArchitectureConfig",

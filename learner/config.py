@@ -44,10 +44,12 @@ class ArchitectureConfig:
     dueling: bool = False
     """Dueling head: Q = V + A - mean(A) (per atom for distributional losses)."""
 
-    critic: Literal["discrete", "action_embedding"] = "discrete"
-    """"iql"'s Q networks: "discrete" (one output per action) or "action_embedding" (Digi-Q: Q(s, a)
+    critic: Literal["discrete", "action_embedding", "spatial"] = "discrete"
+    """"iql"'s Q networks: "discrete" (one output per action), "action_embedding" (Digi-Q: Q(s, a)
     takes an embedding of the action as an input, a learned vector per action plus, for UI envs,
-    its kind, tap point and place within its kind; learner/action_heads.py)."""
+    its kind, tap point and place within its kind) or "spatial" (the action embedding plus, for a
+    tap, the screen grid's features at the tapped point: needs env.features.grid_rows/grid_cols;
+    learner/action_heads.py)."""
 
     action_embedding_dim: int = 32
     """Width of the learned per-action embedding of the "action_embedding" critic."""

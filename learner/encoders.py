@@ -89,6 +89,11 @@ class SmallEncoder(nn.Module):
         """[B, H, W, C] uint8 -> [B, D] float32."""
         return self.project(self.conv(frames.permute(0, 3, 1, 2).float() / 255.0))
 
+    def feature_map(self, frames: torch.Tensor) -> torch.Tensor:
+        """[B, H, W, C] uint8 -> [B, channels[-1], h, w]: the last convolution's output, before it is
+        flattened; what a screen grid of features is pooled from (`FrozenEncoder.grid`)."""
+        return self.conv[:-1](frames.permute(0, 3, 1, 2).float() / 255.0)
+
     def describe(self) -> dict[str, Any]:
         """What encoder.json records to rebuild it."""
         return {
@@ -108,6 +113,9 @@ class FrozenEncoder:
         name: what it is (shown in logs and errors), e.g. "small encoder at DIR".
         input_shape: the (H, W, C) it was built for; None: any size (it resizes).
         standardise: (mean [D], std [D]) that `encode` standardises the features with; None: raw.
+        feature_map: maps the same uint8 frames to a spatial map [B, channels, h, w], for `grid`;
+            None: the encoder has none (transformers encoders: not built).
+        map_channels: the channels of `feature_map`'s output (0 without one).
     """
 
     def __init__(
@@ -117,8 +125,11 @@ class FrozenEncoder:
         name: str,
         input_shape: tuple[int, ...] | None = None,
         standardise: tuple[np.ndarray, np.ndarray] | None = None,
+        feature_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        map_channels: int = 0,
     ):
         self.module = module.eval().requires_grad_(False)
+        self.feature_map, self.map_channels = feature_map, map_channels
         self.feature_dim, self.name, self.input_shape = feature_dim, name, input_shape
         self.standardise = None
         if standardise is not None:
@@ -138,6 +149,23 @@ class FrozenEncoder:
             return features
         mean, std = self.standardise
         return np.clip((features - mean) / std, -STANDARDISED_CLIP, STANDARDISED_CLIP)
+
+    def grid(self, frames: np.ndarray, rows: int, cols: int) -> np.ndarray:
+        """[B, H, W, C] uint8 frames -> [B, rows, cols, map_channels] float32: the encoder's spatial
+        feature map average-pooled to `rows` x `cols` cells (torch's adaptive average pooling), so
+        cell (r, c) describes the part of the screen a tap at that cell's centre lands on. Raw (not
+        standardised): a cell's values are the convolutions' own, and the "spatial" critic learns
+        its scale.
+
+        Raises:
+            EncoderError: the encoder has no spatial feature map.
+        """
+        if self.feature_map is None:
+            raise EncoderError(self.name, "has no spatial feature map for a screen grid (built for the small encoder)")
+        with torch.inference_mode():
+            spatial = self.feature_map(torch.from_numpy(np.ascontiguousarray(frames))).float()
+            pooled = nn.functional.adaptive_avg_pool2d(spatial, (rows, cols))
+            return pooled.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def feature_statistics(encoder: FrozenEncoder, frames: np.ndarray, batch: int = 256) -> dict[str, list[float]]:
@@ -273,7 +301,9 @@ def load_small_encoder(path: str | pathlib.Path, layer: int = -1) -> FrozenEncod
         )
     standardise = (stats["mean"], stats["std"]) if stats is not None else None
     name = f"small encoder at {directory}"
-    return FrozenEncoder(encoder, encoder.feature_dim, name, encoder.obs_shape, standardise)
+    return FrozenEncoder(
+        encoder, encoder.feature_dim, name, encoder.obs_shape, standardise, encoder.feature_map, encoder.channels[-1]
+    )
 
 
 def _load_transformers(path: str | pathlib.Path, layer: int = -1) -> FrozenEncoder:

@@ -1,5 +1,6 @@
 """`ActionSpace`: what the learner (and the policies actors act with) need of an env's actions, and
-`ActionLayout`: how a flat discrete space is structured (UI action spaces), for the heads that use it."""
+`ActionLayout`: how a flat discrete space is structured (UI action spaces), for the heads that use it,
+and `ScreenGrid`: where a featurized UI observation holds the screen's feature grid that taps land on."""
 
 from __future__ import annotations
 
@@ -46,6 +47,39 @@ class ActionLayout:
 
 
 @dataclass(frozen=True)
+class ScreenGrid:
+    """Where an observation carries the screen's spatial features: the frozen encoder's feature map
+    pooled to `rows` x `cols` cells of `channels` values, flattened row-major (cell by cell, channels
+    last) after the first `offset` values (the global features: image features + instruction).
+    `actors.FeaturizedEnv` writes it with `env.features.grid_rows/grid_cols`; the "spatial" critic
+    reads a tap's cell from it and every other head reads only the first `offset` values
+    (learner/action_heads.py).
+
+    Raises:
+        ValueError: a size below 1.
+    """
+
+    offset: int
+    """Length of the global features before the grid."""
+    rows: int
+    """Grid rows (top to bottom)."""
+    cols: int
+    """Grid columns (left to right)."""
+    channels: int
+    """Values per cell (the encoder's feature-map channels)."""
+
+    def __post_init__(self) -> None:
+        for name in ("offset", "rows", "cols", "channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ScreenGrid: {name}={getattr(self, name)} must be >= 1")
+
+    @property
+    def size(self) -> int:
+        """Values of the grid in an observation (rows x cols x channels)."""
+        return self.rows * self.cols * self.channels
+
+
+@dataclass(frozen=True)
 class ActionSpace:
     """What the learner needs of the env's action space."""
 
@@ -57,6 +91,9 @@ class ActionSpace:
     """Continuous: upper bounds."""
     layout: ActionLayout | None = None
     """Discrete: the space's structure (UI envs), or None (a plain list of actions)."""
+    screen: ScreenGrid | None = None
+    """Where the observations carry the screen's feature grid that taps land on (featurized UI envs
+    with `env.features.grid_rows/grid_cols`), or None."""
 
     def __post_init__(self) -> None:
         if self.layout is not None and self.layout.num_actions != self.num_actions:

@@ -61,6 +61,9 @@ ONLINE_OFFLINE = "the online run's offline phase"
 STEPS = ("pixels dataset", "encoder", "features dataset")
 """The preparation cells of a task, in order."""
 
+SKIPPABLE = {"online": ONLINE, "updates/s": "updates/s"}
+"""`--skip` names -> the cells they leave out."""
+
 THROUGHPUT_ROUNDS = 3
 """Features and pixels segments of the updates/s cell, alternated; the ratio is the rounds' median."""
 
@@ -131,6 +134,9 @@ class DigiqSettings:
     seeded from EVAL_SEED_BASE + 100000 seed, far from any recording's seeds."""
     overrides: tuple[str, ...] = ()
     """`--set KEY=VALUE` over CONFIG for every recording, learner and run (after the bench's own)."""
+    skip: tuple[str, ...] = ()
+    """Cells not run (SKIPPABLE: the online run, the updates/s), e.g. to measure the offline cells
+    of a new critic in the time a shared machine gives."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.follow_p <= 1.0:
@@ -161,6 +167,9 @@ class DigiqSettings:
                 f"--online-n {self.online_n}: not among --best-of-n {','.join(map(str, self.best_of_n))}, so the "
                 "online run would have no offline cell of the same N to improve on"
             )
+        unknown = [cell for cell in self.skip if cell not in SKIPPABLE]
+        if unknown:
+            raise ConfigError(f"--skip {','.join(unknown)}: only {', '.join(SKIPPABLE)} can be skipped")
         for override in self.overrides:
             key = override.split("=", 1)[0].strip()
             owned = [k for k in BENCH_OWNED if key == k or (k.endswith(".") and key.startswith(k))]
@@ -172,7 +181,8 @@ class DigiqSettings:
 
     def cells(self) -> tuple[str, ...]:
         """A task's cells, in the order they run."""
-        return (*STEPS, FILTERED_BC, *(digiq_cell(n) for n in self.best_of_n), ONLINE, "updates/s")
+        optional = tuple(cell for name, cell in SKIPPABLE.items() if name not in self.skip)
+        return (*STEPS, FILTERED_BC, *(digiq_cell(n) for n in self.best_of_n), *optional)
 
     @property
     def eval_seed(self) -> int:
@@ -235,6 +245,8 @@ def _stored_settings(settings: DigiqSettings) -> dict:
 
     stored = _jsonable(dataclasses.asdict(settings))
     stored["overrides"] = [redact_word(override) for override in settings.overrides]
+    if not settings.skip:
+        del stored["skip"]  # as results made before --skip existed hold them
     stored["bench_version"] = BENCH_VERSION
     stored["config_sha256"] = hashlib.sha256((ROOT / CONFIG).read_bytes()).hexdigest()
     return stored
@@ -1088,6 +1100,11 @@ def add_digiq_arguments(parser) -> None:
         "e.g. learner.updates_per_env_step=0.5",
     )
     parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated cells not to run: online (the offline -> online run), updates/s (default: none)",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=d.seed,
@@ -1135,5 +1152,6 @@ def digiq_from_arguments(args) -> tuple[list[str], DigiqSettings]:
         throughput_s=args.throughput_s,
         seed=args.seed,
         overrides=overrides,
+        skip=tuple(cell.strip() for cell in args.skip.split(",") if cell.strip()),
     )
     return tasks, settings

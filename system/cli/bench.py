@@ -1,4 +1,4 @@
-"""`qfleet bench replay|priorities|sharded|learner|sac-updates|actors|weights|dataset|offline|ui-env|digiq|scaling|e2e|update-cost|startup|learning`: the benchmarks behind docs/benchmarks.md."""
+"""`qfleet bench replay|priorities|sharded|learner|sac-updates|actors|weights|dataset|offline|ui-env|digiq|critic|scaling|e2e|update-cost|startup|learning`: the benchmarks behind docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -346,6 +346,39 @@ def add_parser(commands) -> None:
     from system.bench.digiq import add_digiq_arguments
 
     add_digiq_arguments(digiq)
+    critic = subcommands.add_parser(
+        "critic",
+        help="Digi-Q's critics on held-out episodes: does each rank the rewarded UI action first?",
+        description=(
+            "Splits a recorded features dataset by whole episodes (--holdout-fraction held out, drawn with --seed), "
+            "trains CONFIG's IQL learner once per critic of --critics on the rest (--updates updates on uniform "
+            "batches), and reports each critic's ranking on the held-out and the training episodes: the share of "
+            "rewarded steps whose recorded action has the highest Q of every action, its mean rank, the advantage "
+            "AUC (rewarded vs unrewarded steps), mean max-Q and V. Prints a Markdown table; --out also writes JSON."
+        ),
+        epilog=(
+            "example: qfleet bench critic --dataset miniwob/click-button-features-v0 --datasets-dir WORK/datasets "
+            "--set env.features.path=WORK/encoders/click-button --set env.features.grid_rows=12 "
+            "--set env.features.grid_cols=10 --critics action_embedding,spatial"
+        ),
+    )
+    critic.add_argument(
+        "--config", default="configs/miniwob_digiq.yaml", help="the learner and env (default: %(default)s)"
+    )
+    critic.add_argument("--dataset", required=True, help="the features dataset id (recorded with CONFIG's encoder)")
+    critic.add_argument("--datasets-dir", help="where the dataset lives (default: the datasets folder)")
+    critic.add_argument(
+        "--critics",
+        default="action_embedding,spatial",
+        help="comma-separated learner.critic values (default: %(default)s)",
+    )
+    critic.add_argument("--updates", type=int, default=3000, help="updates per critic (default: %(default)s)")
+    critic.add_argument(
+        "--holdout-fraction", type=float, default=0.2, help="share of episodes held out (default: %(default)s)"
+    )
+    critic.add_argument("--seed", type=int, default=0, help="the held-out draw and the learners (default: %(default)s)")
+    critic.add_argument("--set", action="append", metavar="KEY=VALUE", help="an override of CONFIG (repeatable)")
+    critic.add_argument("--out", metavar="FILE", help="also write the results as JSON to FILE")
     scaling = subcommands.add_parser(
         "scaling",
         help="a live qfleet train's env steps/s as its actors are scaled, per placement layout",
@@ -774,6 +807,24 @@ def run(args: argparse.Namespace) -> int:
         from system.bench.digiq import run_digiq_bench
 
         return run_digiq_bench(tasks, settings, args.out, args.work_dir)
+    if args.bench_command == "critic":
+        from system.bench.critic_ranking import run_critic_bench
+        from system.datasets import datasets_dir
+
+        critics = [name.strip() for name in args.critics.split(",") if name.strip()]
+        if not critics or args.updates < 1:
+            raise ConfigError("--critics must name at least one critic and --updates be >= 1")
+        return run_critic_bench(
+            args.config,
+            list(args.set or ()),
+            args.dataset,
+            str(datasets_dir(args.datasets_dir)),
+            critics,
+            args.updates,
+            args.holdout_fraction,
+            args.seed,
+            args.out,
+        )
     if args.bench_command == "ui-env":
         from system.bench.ui_env import run_ui_env_bench
 

@@ -22,11 +22,17 @@ def env_spaces(env: EnvConfig) -> EnvSpaces:
 def check_learner_for_env(learner: LearnerConfig, space: ActionSpace, env_id: str) -> None:
     """The learner's heads against the env's action space, before any network is built:
     `learner.policy_head: factored` needs the kinds of action a UI env's layout gives (MiniWoB,
-    Android).
+    Android), and `learner.critic: spatial` that too and a screen grid in the features.
 
     Raises:
         ConfigError: naming the key and the env.
     """
+    if learner.architecture.critic == "spatial" and (space.layout is None or space.screen is None):
+        raise ConfigError(
+            f"learner.critic='spatial' needs a UI env (MiniWoB, Android) whose features carry a screen grid "
+            f"(env.features.grid_rows and grid_cols >= 1, encoder small); env.id={env_id!r} has "
+            f"{'no UI action layout' if space.layout is None else 'no screen grid'}: use critic 'action_embedding'"
+        )
     if learner.architecture.policy_head == "factored" and space.layout is None:
         raise ConfigError(
             f"learner.policy_head='factored' needs a UI action space with kinds of action (MiniWoB, Android); "

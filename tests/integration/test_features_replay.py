@@ -11,7 +11,14 @@ import torch
 
 from actors import ActorsConfig, EnvActor, EnvConfig, FeaturesConfig, describe_env, transition_spec
 from conftest import shard_kwargs
-from learner import ArchitectureConfig, LearnerConfig, SmallEncoder, instruction_embedding, save_small_encoder
+from learner import (
+    ArchitectureConfig,
+    LearnerConfig,
+    ScreenGrid,
+    SmallEncoder,
+    instruction_embedding,
+    save_small_encoder,
+)
 
 SCREENS = np.random.default_rng(0).integers(0, 256, (6, 36, 36, 3), dtype=np.uint8)
 """The screens the env shows: screen t % 6 at step t."""
@@ -70,6 +77,42 @@ def test_the_transitions_an_actor_inserts_carry_the_frozen_encoders_features(tmp
     for column in ("obs", "next_obs"):
         # Each row is one screen's features (batch-of-one vs batch-of-six convolutions may differ
         # in the last bits), and every screen shows up.
+        distance = np.abs(data[column][:, None, :] - expected[None]).max(axis=2)
+        assert distance.min(axis=1).max() < 1e-5, column
+        assert set(distance.argmin(axis=1)) == set(range(6)), column
+
+
+def test_with_a_screen_grid_replay_also_carries_the_encoders_pooled_feature_map(tmp_path, redis_server, start_server):
+    torch.manual_seed(1)
+    encoder = SmallEncoder(SCREENS.shape[1:], feature_dim=24, channels=(8, 8, 4)).eval()
+    save_small_encoder(encoder, tmp_path / "enc", {})
+    with torch.no_grad():
+        frames = torch.from_numpy(SCREENS)
+        images = encoder(frames).numpy()
+        cells = torch.nn.functional.adaptive_avg_pool2d(encoder.feature_map(frames), (2, 3))  # [6, 4, 2, 3]
+    grid = cells.permute(0, 2, 3, 1).reshape(6, -1).numpy()  # row-major cells, channels last
+    instruction = np.repeat(instruction_embedding(TOKENS[None], 8), 6, axis=0)
+    expected = np.concatenate([images, instruction, grid], axis=1)
+
+    features = FeaturesConfig(encoder="small", path=str(tmp_path / "enc"), instruction_dim=8, grid_rows=2, grid_cols=3)
+    env = EnvConfig(id="qfleet-test/ScreenCycle-v0", num_envs=2, features=features)
+    described = describe_env(env)
+    assert described.obs_shape == (32 + 2 * 3 * 4,)
+    assert described.action_space.screen == ScreenGrid(offset=32, rows=2, cols=3, channels=4)
+    server = start_server(described.spec, capacity=10_000, **shard_kwargs(redis_server, run="grid"))
+    actors = ActorsConfig(n_step=1, insert_batch=16, num_actors=1, metrics_port=None)
+    learner = LearnerConfig(architecture=ArchitectureConfig(hidden_size=16))
+    actor = EnvActor(0, 1, env, actors, learner, redis_server.url, "grid", replay_credentials=None)
+    try:
+        stats = actor.run(seconds=30, max_steps=200)
+    finally:
+        actor.close()
+    assert stats.transitions_inserted == server.table.info().size > 0
+    from replay import ReplayClient
+
+    with ReplayClient(f"127.0.0.1:{server.port}") as client:
+        data = client.sample(100).data
+    for column in ("obs", "next_obs"):
         distance = np.abs(data[column][:, None, :] - expected[None]).max(axis=2)
         assert distance.min(axis=1).max() < 1e-5, column
         assert set(distance.argmin(axis=1)) == set(range(6)), column

@@ -17,10 +17,13 @@ from learner import (
     LearnerConfig,
     OptimizerConfig,
     Policy,
+    ScreenGrid,
+    SpatialQ,
     action_descriptors,
     decode_weights,
     encode_weights,
     make_agent,
+    tap_corners,
 )
 from learner.offline_losses import sample_candidates
 
@@ -75,7 +78,7 @@ def test_a_layout_with_a_kind_named_twice_or_a_point_off_the_screen_is_refused(k
 
 def test_action_embedding_q_by_hand():
     architecture = ArchitectureConfig(hidden_size=2, num_layers=1, action_embedding_dim=1)
-    q = ActionEmbeddingQ((2,), 2, None, architecture)
+    q = ActionEmbeddingQ((2,), ActionSpace(2), architecture)
     with torch.no_grad():
         linear = q.torso.net[0]
         linear.weight.copy_(torch.eye(2))
@@ -97,7 +100,7 @@ def test_action_embedding_q_by_hand():
 @pytest.mark.parametrize("layout", [None, UI_SPACE.layout()], ids=["embedding", "embedding+structure"])
 def test_the_batched_pass_equals_one_call_per_action(layout):
     torch.manual_seed(0)
-    q = ActionEmbeddingQ((8,), UI_SPACE.n, layout, ArchitectureConfig(hidden_size=16))
+    q = ActionEmbeddingQ((8,), ActionSpace(UI_SPACE.n, layout=layout), ArchitectureConfig(hidden_size=16))
     obs = torch.randn(5, 8)
     every = q(obs)
     assert every.shape == (5, UI_SPACE.n)
@@ -123,7 +126,7 @@ def test_the_critics_score_the_actions_asked_for_as_the_full_pass_does(critic):
 def test_a_taps_point_is_an_input_of_its_q():
     """With the layout, the descriptor is an input: moving a tap's point changes its Q, and only its."""
     torch.manual_seed(0)
-    q = ActionEmbeddingQ((4,), 3, TINY, ArchitectureConfig(hidden_size=8))
+    q = ActionEmbeddingQ((4,), ActionSpace(3, layout=TINY), ArchitectureConfig(hidden_size=8))
     obs = torch.randn(2, 4)
     before = q(obs)
     moved = ActionLayout(kinds=TINY.kinds, kind_of=TINY.kind_of, points=((0.9, 0.9), *TINY.points[1:]))
@@ -296,3 +299,95 @@ def test_the_action_embedding_critic_and_factored_policy_are_refused_where_they_
         LearnerConfig(loss="dqn", policy_acting="sample")
     with pytest.raises(ValueError, match=r"learner.policy_head='factored' needs a UI action space.*Discrete\(2\)"):
         make_agent(factored_config(), (4,), ActionSpace(num_actions=2), CPU)
+
+
+GRID = ScreenGrid(offset=3, rows=2, cols=3, channels=2)
+"""A 2 x 3 screen grid of 2 channels after 3 global features: aligned with UI_SPACE's 2 x 3 taps."""
+
+
+def grid_obs(cells: torch.Tensor, global_features: torch.Tensor) -> torch.Tensor:
+    """Observations [B, 3 + 12]: the global features, then the [B, 2, 3, 2] cells row-major."""
+    return torch.cat([global_features, cells.reshape(len(cells), -1)], dim=1)
+
+
+def spatial_q(hidden: int = 8) -> SpatialQ:
+    torch.manual_seed(0)
+    space = ActionSpace(UI_SPACE.n, layout=UI_SPACE.layout(), screen=GRID)
+    return SpatialQ((GRID.offset + GRID.size,), space, ArchitectureConfig(hidden_size=hidden))
+
+
+def test_a_tap_on_a_grid_aligned_with_the_taps_reads_exactly_its_cell():
+    corners, weights = tap_corners(UI_SPACE.layout(), GRID, UI_SPACE.n)
+    for tap in range(6):  # tap i = row i // 3, col i % 3: its own cell, weight 1
+        assert float(weights[tap][corners[tap] == tap].sum()) == pytest.approx(1.0)
+    assert float(weights[6:].abs().sum()) == 0.0  # swipes, types, keys, complete read no cell
+    cells = torch.arange(12, dtype=torch.float32).reshape(1, 2, 3, 2)
+    local = spatial_q().local_features(grid_obs(cells, torch.zeros(1, 3)), torch.arange(UI_SPACE.n)[None, :])
+    torch.testing.assert_close(local[0, :6], cells.reshape(6, 2))
+    torch.testing.assert_close(local[0, 6:], torch.zeros(7, 2))
+
+
+def test_a_tap_between_cell_centres_reads_their_bilinear_mix():
+    between = ActionLayout(kinds=("tap",), kind_of=(0, 0), points=((1 / 3, 0.5), (0.0, 1.0)))
+    corners, weights = tap_corners(between, GRID, 2)
+    cells = torch.tensor([[1.0, 2.0, 4.0], [8.0, 16.0, 32.0]])  # one channel's values per cell
+    flat = cells.reshape(-1)
+    # (1/3, 1/2): col 0.5, row 0.5 -> the mean of cells (0,0), (0,1), (1,0), (1,1); (0, 1): cell (1, 0).
+    assert float((flat[corners[0]] * weights[0]).sum()) == pytest.approx((1 + 2 + 8 + 16) / 4)
+    assert float((flat[corners[1]] * weights[1]).sum()) == pytest.approx(8.0)
+
+
+def test_a_taps_q_changes_with_its_own_cell_only():
+    q = spatial_q()
+    obs = grid_obs(torch.randn(4, 2, 3, 2), torch.randn(4, 3))
+    with torch.no_grad():
+        before = q(obs)
+        changed = obs.clone()
+        changed[:, GRID.offset + 4 * 2 : GRID.offset + 5 * 2] += 3.0  # cell 4: row 1, col 1
+        after = q(changed)
+    moved = (before - after).abs().amax(dim=0) > 1e-6
+    assert moved.tolist() == [i == 4 for i in range(UI_SPACE.n)]
+
+
+def test_the_spatial_critic_scores_candidates_as_its_full_pass_does():
+    q = spatial_q()
+    obs = grid_obs(torch.randn(5, 2, 3, 2), torch.randn(5, 3))
+    with torch.no_grad():
+        every = q(obs)
+        for action in range(UI_SPACE.n):
+            torch.testing.assert_close(every[:, action], q.q_at(obs, torch.full((5,), action)))
+        candidates = torch.randint(0, UI_SPACE.n, (5, 4))
+        torch.testing.assert_close(q.q_at(obs, candidates), every.gather(1, candidates))
+    assert not any(name in q.state_dict() for name in ("corners", "corner_weights", "descriptors"))
+
+
+def test_with_a_screen_grid_the_policy_and_v_read_the_global_features_only():
+    space = ActionSpace(num_actions=UI_SPACE.n, layout=UI_SPACE.layout(), screen=GRID)
+    config = factored_config(architecture=ArchitectureConfig(hidden_size=8, critic="spatial", policy_head="factored"))
+    agent = make_agent(config, (GRID.offset + GRID.size,), space, CPU)
+    obs = grid_obs(torch.randn(3, 2, 3, 2), torch.randn(3, 3))
+    other_grid = grid_obs(torch.randn(3, 2, 3, 2), obs[:, :3])
+    with torch.no_grad():
+        torch.testing.assert_close(agent.policy(obs), agent.policy(other_grid))
+        torch.testing.assert_close(agent.critic.v(obs), agent.critic.v(other_grid))
+        assert not torch.allclose(
+            agent.critic.twin_q_at(obs, torch.zeros(3, dtype=torch.long)),
+            agent.critic.twin_q_at(other_grid, torch.zeros(3, dtype=torch.long)),
+        )
+    batch = {
+        "obs": obs,
+        "action": torch.tensor([0, 4, 9]),
+        "reward": torch.tensor([1.0, 0.0, 0.0]),
+        "next_obs": other_grid,
+        "discount": torch.tensor([0.0, 0.9, 0.9]),
+    }
+    result = agent.update(batch, torch.ones(3))
+    assert np.isfinite(result.loss) and result.td_abs.shape == (3,)
+
+
+def test_the_spatial_critic_is_refused_without_a_screen_grid():
+    with pytest.raises(ValueError, match="critic='spatial': needs loss 'iql'"):
+        LearnerConfig(loss="dqn", architecture=ArchitectureConfig(critic="spatial"))
+    config = factored_config(architecture=ArchitectureConfig(hidden_size=8, critic="spatial"))
+    with pytest.raises(ValueError, match="needs observations with a screen grid"):
+        make_agent(config, (4,), ActionSpace(num_actions=UI_SPACE.n, layout=UI_SPACE.layout()), CPU)

@@ -242,3 +242,11 @@ def test_the_critic_ranking_gives_a_flat_critic_no_credit_and_counts_tied_advant
     pairwise = (good[:, None] > bad[None, :]).mean() + 0.5 * (good[:, None] == bad[None, :]).mean()
     got = critic_ranking(advantage[:, None], np.zeros(200), np.zeros(200, dtype=int), rewarded)["advantage_auc"]
     assert got == pytest.approx(pairwise, abs=1e-4)
+
+
+def test_skipped_cells_are_not_run_and_an_unknown_skip_is_refused():
+    cells = DigiqSettings(skip=("online", "updates/s")).cells()
+    assert cells[-1] == "Digi-Q offline N=16" and "updates/s" not in cells
+    assert DigiqSettings(skip=("updates/s",)).cells()[-1] == "Digi-Q offline -> online"
+    with pytest.raises(ConfigError, match="--skip encoder: only online, updates/s can be skipped"):
+        DigiqSettings(skip=("encoder",))

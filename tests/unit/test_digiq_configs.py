@@ -97,3 +97,40 @@ def test_a_digiq_configs_offline_phase_goes_past_the_warmup_and_a_shorter_one_is
         short = load_config(path, ["train.total_env_steps=0", f"offline.updates={starts}"])
         with pytest.raises(ConfigError, match=rf"offline.updates={starts}.*learner.policy_starts={starts}"):
             check_offline(short)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (["env.features.grid_rows=12"], r"env.features.grid_rows: grid_rows=12, grid_cols=0: both >= 1"),
+        (["env.features.grid_cols=-1", "env.features.grid_rows=-1"], r"env.features.grid_rows: grid_rows=-1"),
+        (["env.features.grid_rows=two"], r"env.features.grid_rows"),
+        (["learner.critic=pixels"], r"learner.critic"),
+    ],
+)
+def test_bad_screen_grid_and_critic_keys_are_refused_naming_the_key(setting, message):
+    overrides = ["env.features.grid_rows=0", "env.features.grid_cols=0", *setting]
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/miniwob_digiq.yaml", overrides)
+
+
+def test_the_miniwob_config_takes_the_spatial_critic_with_a_screen_grid_aligned_with_the_taps():
+    grid = ["env.features.grid_rows=12", "env.features.grid_cols=10", "learner.critic=spatial"]
+    config = load_config("configs/miniwob_digiq.yaml", grid)
+    features, browser = config.env.features, config.env.browser
+    assert (features.grid_rows, features.grid_cols) == (browser.grid_rows, browser.grid_cols)
+    assert config.learner.architecture.critic == "spatial"
+    # Screenshots (the encoder's own training data) ignore the grid: the pixel recording still loads.
+    load_config("configs/miniwob_digiq.yaml", [*grid, "env.features.encoder=none"])
+
+
+def test_the_spatial_critic_is_refused_for_an_env_without_a_screen_grid():
+    from learner import ActionSpace
+    from system.config import check_learner_for_env
+
+    config = load_config("configs/android_digiq.yaml", ["learner.critic=spatial"])
+    layout = describe_env(dataclasses.replace(config.env, features=FeaturesConfig())).action_space.layout
+    with pytest.raises(ConfigError, match=r"learner.critic='spatial' needs .*no screen grid"):
+        check_learner_for_env(config.learner, ActionSpace(layout.num_actions, layout=layout), config.env.id)
+    with pytest.raises(ConfigError, match=r"learner.critic='spatial' needs .*no UI action layout"):
+        check_learner_for_env(config.learner, ActionSpace(4), "CartPole-v1")
