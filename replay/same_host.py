@@ -358,7 +358,7 @@ class RegionWriter:
 class FeedCounts:
     """What a client's same-host feed did: samples through the region, inline, and refusals."""
 
-    __slots__ = ("in_region", "inline", "refused", "regions")
+    __slots__ = ("in_region", "inline", "refused", "regions", "retired")
 
     def __init__(self):
         self.in_region = 0
@@ -369,6 +369,8 @@ class FeedCounts:
         """Calls whose region the shard refused (each logged at debug level, the first as a warning)."""
         self.regions = 0
         """Regions created."""
+        self.retired = 0
+        """Slots retired: calls naming one that failed while the shard may have been writing into it."""
 
 
 class SameHostFeed:
@@ -466,6 +468,7 @@ class SameHostFeed:
         learner that dies after a failed first call leaves no file behind.
         """
         with self._lock:
+            self.counts.retired += 1
             if not region.used:
                 if self._region is region:
                     self._region = None

@@ -202,3 +202,31 @@ def test_a_sharded_draw_whose_share_per_shard_varies_reuses_a_few_regions(start_
             assert shard_counts.regions <= 2 and shard_counts.in_region >= 25 and shard_counts.refused == 0
     finally:
         learner.close()
+
+
+def test_a_sample_naming_a_slot_is_retried_inline_never_resent_into_the_same_slot(start_server, connect):
+    # One sample at a time: while another client's sample waits on the rate limiter, the feed's
+    # call is answered SHARD_BUSY (retried); resent as it was, two attempts could write one slot.
+    server = start_server(
+        capacity=1000, samples_per_insert=1.0, min_size=10, error_buffer=5.0, max_concurrent_samples=1
+    )
+    feed = connect(server.address, same_host_feed="auto")
+    other = connect(server.address)
+    feed.insert(make_batch(10))
+    feed.flush()
+    feed.sample(2)  # inline: sizes the slots (the limiter lets 3 more items through)
+    waiting = threading.Thread(target=other.sample, args=(4,), daemon=True)
+    waiting.start()
+    assert wait_until(lambda: feed.info().rate_limiter.waiting_samples == 1, timeout=30)
+    got = []
+    sampling = threading.Thread(target=lambda: got.append(feed.sample(2, timeout=60)), daemon=True)
+    sampling.start()
+    assert wait_until(lambda: feed.same_host_feed_counts().retired == 1, timeout=30)
+    feed.insert(make_batch(6, start=10))  # within the window: releases the waiting sample, then the retry
+    feed.flush()
+    sampling.join(60)
+    waiting.join(60)
+    assert got and got[0].data["action"].shape == (2,)
+    np.testing.assert_array_equal(got[0].data["obs"][:, 0], got[0].data["action"].astype(np.float32))
+    counts = feed.same_host_feed_counts()
+    assert (counts.in_region, counts.retired, server.refused_regions) == (0, 1, 0)
