@@ -3,6 +3,7 @@ into, and what it refuses (replay/same_host.py)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -264,3 +265,12 @@ def test_a_region_whose_first_calls_failed_is_unlinked_once_none_is_in_flight():
     replacement, _ = feed.take(4)
     assert replacement is not region
     feed.close()
+
+
+def test_a_region_larger_than_dev_shm_fails_when_made_not_when_the_shard_writes():
+    # Larger than the whole tmpfs: the kernel refuses the allocation at once (nothing is taken
+    # from other users of /dev/shm); a sparse file would have been made and faulted later.
+    stats = os.statvfs(REGION_DIR)
+    with pytest.raises(OSError) as failure:
+        FeedRegion(slot_bytes=stats.f_blocks * stats.f_frsize + (1 << 20), slots=1)
+    assert failure.value.errno == errno.ENOSPC
