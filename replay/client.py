@@ -726,18 +726,11 @@ class ReplayClient:
         """A response whose columns may be in the feed's slot: copied out, then the slot is freed."""
         region, index = slot
         try:
-            view = region.view(index)
+            view = region.view(index)  # mapped while the slot is held, even if `close` ran meanwhile
             response, answer = wire.decode_sample_reply(raw, view)
             if answer.used:  # copies: the slot is the next call's as soon as it is freed
                 response = dataclasses.replace(response, data={k: np.array(v) for k, v in response.data.items()})
             del view
-        except ValueError as exc:  # "mmap closed": this client was closed under the call
-            feed.failed(region, index)
-            if not region.closed:
-                raise
-            raise ReplayUnavailableError(
-                f"replay shard at {self.address}: the client was closed during the sample ({exc})", address=self.address
-            ) from None
         except BaseException:
             feed.failed(region, index)
             raise

@@ -176,8 +176,11 @@ class FeedRegion:
     def _unlink_if_idle(self) -> None:
         with self._lock:
             idle = self._dropped and self._in_flight == 0
+            unmap = idle and self.closed
         if idle:
             self.unlink()
+        if unmap:
+            self._unmap()
 
     @property
     def exhausted(self) -> bool:
@@ -201,10 +204,17 @@ class FeedRegion:
             self._path.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Unlinks the file and unmaps the region (later when views of it are still held)."""
+        """Unlinks the file and unmaps the region: at once, or when the last call holding a slot
+        gives it back (a client closed from another thread must not pull a slot from under a
+        call reading it), or with the last view of it."""
         self.unlink()
         with self._lock:
-            self.closed = True
+            self.closed = self._dropped = True
+            unmap = self._in_flight == 0
+        if unmap:
+            self._unmap()
+
+    def _unmap(self) -> None:
         try:
             self._map.close()
         except BufferError:  # a view still exported: the mapping goes with the last one

@@ -274,3 +274,14 @@ def test_a_region_larger_than_dev_shm_fails_when_made_not_when_the_shard_writes(
     with pytest.raises(OSError) as failure:
         FeedRegion(slot_bytes=stats.f_blocks * stats.f_frsize + (1 << 20), slots=1)
     assert failure.value.errno == errno.ENOSPC
+
+
+def test_a_region_closed_while_a_call_holds_a_slot_stays_readable_until_the_slot_comes_back():
+    region = FeedRegion(slot_bytes=256, slots=2)
+    slot = region.acquire()
+    region.close()  # e.g. Membership drops the shard's client from another thread
+    assert region.acquire() is None and not (REGION_DIR / region.name).exists()
+    assert len(region.view(slot)) == region.slot_bytes  # the call can still read its answer
+    region.release(slot)
+    with pytest.raises(ValueError):
+        region.view(slot)  # unmapped with the last slot given back
