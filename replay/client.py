@@ -206,6 +206,10 @@ def _typed_error(err: grpc.RpcError, address: str, what: str, secure: bool = Tru
     return ReplayError(f"{text} ({code.name})")
 
 
+class _RetryableFailure(Exception):
+    """A call made with `retry=False` failed in a way `_call` would otherwise retry (internal)."""
+
+
 class _Backoff:
     """Capped exponential backoff with jitter, giving up after `budget_s` seconds."""
 
@@ -526,7 +530,12 @@ class ReplayClient:
                 response_deserializer=replay_pb2.UpdatePrioritiesResponse.FromString,
             )
 
-    def _call(self, method: str, request, what: str, timeout: float | None = None):
+    def _call(self, method: str, request, what: str, timeout: float | None = None, retry: bool = True):
+        """`method` with `request`; transient failures retried with backoff for `retry_for_s`.
+
+        Raises:
+            _RetryableFailure: with `retry=False`, a failure that would have been retried.
+        """
         backoff = _Backoff(self.retry_for_s)
         while True:
             try:
@@ -534,8 +543,11 @@ class ReplayClient:
             except grpc.RpcError as err:
                 # A client closed under its call (its shard left the run) says so at once: the
                 # caller (ShardedReplay) goes on with the other shards.
-                if _retryable(err) and not self._closed_under(err) and backoff.sleep():
-                    continue
+                if _retryable(err) and not self._closed_under(err):
+                    if not retry:
+                        raise _RetryableFailure() from None
+                    if backoff.sleep():
+                        continue
                 raise _typed_error(err, self.address, what, self.secure) from None
 
     def _closed_under(self, err: grpc.RpcError) -> bool:
@@ -643,12 +655,17 @@ class ReplayClient:
             if slot is not None:
                 region, index = slot
                 request.region, request.region_offset = region.name, region.offset(index)
-                request.region_bytes = region.slot_bytes
+                request.region_bytes, request.region_key = region.slot_bytes, region.key
             grpc_timeout = None if remaining is None else remaining + 10
             started = time.monotonic()
             try:
-                raw = self._call("SampleBytes", request, what, grpc_timeout)
+                # A call naming a slot is not resent as it is: the first attempt may still be
+                # writing into the slot when a second one would (a torn batch).
+                raw = self._call("SampleBytes", request, what, grpc_timeout, retry=slot is None)
                 break
+            except _RetryableFailure:
+                feed.failed(*slot)  # retired: the first attempt may still be writing into it
+                feed = None  # again inline, with the usual retries
             except DeadlineExceededError:
                 # The shard's own deadline (well before the gRPC one) is answered before anything
                 # is written: the slot is free again. The gRPC deadline's may leave it writing.
@@ -709,7 +726,7 @@ class ReplayClient:
         """A response whose columns may be in the feed's slot: copied out, then the slot is freed."""
         region, index = slot
         try:
-            view = region.view(index)
+            view = region.view(index)  # mapped while the slot is held, even if `close` ran meanwhile
             response, answer = wire.decode_sample_reply(raw, view)
             if answer.used:  # copies: the slot is the next call's as soon as it is freed
                 response = dataclasses.replace(response, data={k: np.array(v) for k, v in response.data.items()})

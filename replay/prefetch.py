@@ -41,7 +41,12 @@ class TorchBatch:
 
 
 def to_torch(sample: Sample, device) -> TorchBatch:
-    """Copies a sample's arrays into torch tensors on `device` (pinned staging for CUDA)."""
+    """A sample's arrays as torch tensors on `device` (pinned staging for CUDA).
+
+    Read-only arrays (views of a received response) are copied; writable ones (the sample's own:
+    copied out of the same-host feed's slot, or gathered in-process) are shared on CPU, not
+    copied: a source must not reuse or change an array after handing it out in a Sample.
+    """
     import torch  # only the learner side needs torch
 
     device = torch.device(device)

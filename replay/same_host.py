@@ -8,17 +8,24 @@ with only their layout, and the learner copies them out and frees the slot.
 
     region = FeedRegion(slot_bytes=layout_bytes(spec, 256), slots=4)   # learner side
     writer = RegionWriter()                                              # shard side
-    offsets = writer.write(region.name, offset, size, columns)           # RegionRefusedError if unusable
+    offsets = writer.write(region.name, region.key, offset, size, columns)  # RegionRefusedError if unusable
 
 Who may use it, and how it is kept safe:
 - Only a shard whose `host_identity()` (host name and the kernel's boot id) equals the learner's
   is ever sent a region name; a shard on another host never is.
 - The shard opens the region itself (no symlinks followed) and writes only into a regular file of
-  its own user with mode 0600, at least as large as the slot named, and only under /dev/shm with a
-  name of this module's form: nothing else on the host can be written through a request.
+  its own user with mode 0600, one link, all its blocks allocated, at least as large as the slot
+  named, and only under /dev/shm with a name of this module's form: nothing else on the host can
+  be written through a request.
+- The region starts with a random key (`KEY_BYTES`) that the learner sends with each request (inside
+  the authenticated, encrypted call); the shard compares it before any write, so a caller holding
+  the run's token cannot make the shard write into another learner's region by naming it.
+- The learner allocates every page up front (`posix_fallocate`): a full /dev/shm fails there
+  (ENOSPC, the feed turns off) instead of faulting (SIGBUS) in the shard's first write.
 - The region's bytes are visible to the learner's user only (the same user as the shard's). The
-  learner unlinks the file once the shard has used it (each side holds its mapping), so a learner
-  that dies leaves no file behind; the shard drops a mapping unused for `RegionWriter.idle_s`.
+  learner unlinks the file once the shard has used it (each side holds its mapping), or once a
+  region it gave up on has no call left in flight, so a learner that dies leaves no file behind;
+  the shard drops a mapping unused for `RegionWriter.idle_s` (swept by a timer).
 - Anything odd makes the shard answer inline with the reason (`SampleResponse.region_refused`):
   the learner logs the first refusal, counts them all, and carries on with the gRPC path.
 """
@@ -26,6 +33,7 @@ Who may use it, and how it is kept safe:
 from __future__ import annotations
 
 import collections
+import hmac
 import logging
 import math
 import mmap
@@ -41,6 +49,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from replay.codec import little_endian
 from replay.errors import RegionRefusedError
 
 log = logging.getLogger(__name__)
@@ -52,6 +61,10 @@ NAME_PREFIX = "qfleet-feed-"
 _NAME = re.compile(r"qfleet-feed-[0-9a-f]{32}\Z")
 ALIGN = 64
 """Each column starts at a multiple of this many bytes from its slot's start (a cache line)."""
+KEY_BYTES = 16
+"""The random key at the region's start that a request must name (ties the region to its learner)."""
+HEADER_BYTES = ALIGN
+"""Bytes before the first slot: the key, padded to `ALIGN`."""
 
 FEED_MODES = ("auto", "off")
 """`same_host_feed` settings: "auto" uses the feed with every shard on this host, "off" never."""
@@ -86,15 +99,16 @@ def slot_bytes_for(item_bytes: int, columns: int, items: int) -> int:
 
 
 class FeedRegion:
-    """The learner's side: a ring of `slots` slots of `slot_bytes` bytes in a private /dev/shm file.
+    """The learner's side: a ring of `slots` slots of `slot_bytes` bytes in a private /dev/shm file,
+    after a header holding `key`.
 
     Slots are taken by `acquire` (None when all are taken: the caller samples inline) and given
     back by `release`; a slot whose request failed in a way that may leave the shard still writing
-    is `retire`d instead, never reused. `unlink` removes the file (the mapping stays); `close`
-    unlinks and unmaps.
+    is `retire`d instead, never reused. `unlink` removes the file (the mapping stays); `drop`
+    unlinks it once no call holds a slot (a region given up on); `close` unlinks and unmaps.
 
     Raises:
-        OSError: /dev/shm is missing or full.
+        OSError: /dev/shm is missing or full (ENOSPC: every page is allocated here, up front).
     """
 
     def __init__(self, slot_bytes: int, slots: int):
@@ -103,37 +117,70 @@ class FeedRegion:
         self.name = NAME_PREFIX + secrets.token_hex(16)
         self.slot_bytes = -(-slot_bytes // ALIGN) * ALIGN
         self.slots = slots
+        self.key = secrets.token_bytes(KEY_BYTES)
+        """Sent with each request naming the region: the shard writes only when it matches the header."""
         self._path = REGION_DIR / self.name
+        size = HEADER_BYTES + self.slot_bytes * slots
         descriptor = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             os.fchmod(descriptor, 0o600)  # the umask cannot widen it, but a narrower one would refuse the shard
-            os.ftruncate(descriptor, self.slot_bytes * slots)
-            self._map = mmap.mmap(descriptor, self.slot_bytes * slots)
+            os.ftruncate(descriptor, size)
+            # Every page now: a sparse file on a full tmpfs would SIGBUS the shard's first write.
+            os.posix_fallocate(descriptor, 0, size)
+            self._map = mmap.mmap(descriptor, size)
         except BaseException:
             os.close(descriptor)
             self._path.unlink(missing_ok=True)
             raise
         os.close(descriptor)
+        self._map[:KEY_BYTES] = self.key
         self._lock = threading.Lock()
         self._free = collections.deque(range(slots))
         self._retired = 0
+        self._in_flight = 0
+        self._dropped = False
         self._linked = True
         self.closed = False
+        self.used = False
+        """Set once a shard answered a call through the region (it holds a mapping: the file can go)."""
 
     def acquire(self) -> int | None:
-        """A free slot's index, or None when every slot is taken or retired."""
+        """A free slot's index, or None when every slot is taken or retired (or the region dropped)."""
         with self._lock:
-            return self._free.popleft() if self._free and not self.closed else None
+            if not self._free or self.closed or self._dropped:
+                return None
+            self._in_flight += 1
+            return self._free.popleft()
 
     def release(self, slot: int) -> None:
         """Gives `slot` back to the ring."""
         with self._lock:
             self._free.append(slot)
+            self._in_flight -= 1
+        self._unlink_if_idle()
 
     def retire(self, slot: int) -> None:
         """Takes `slot` out of the ring for good (a shard may still be writing into it)."""
         with self._lock:
             self._retired += 1
+            self._in_flight -= 1
+        self._unlink_if_idle()
+
+    def drop(self) -> None:
+        """No new calls will use the region: its file goes once no call holds a slot (a call still
+        in flight may be the one that makes the shard map it, so it stays linked until then)."""
+        with self._lock:
+            self._dropped = True
+        self._unlink_if_idle()
+
+    def _unlink_if_idle(self) -> None:
+        with self._lock:
+            idle = self._dropped and self._in_flight == 0
+            unmap = idle and self.closed
+        if idle:
+            self.unlink()
+        if unmap:
+            self._unmap()
 
     @property
     def exhausted(self) -> bool:
@@ -141,8 +188,8 @@ class FeedRegion:
         return self._retired >= self.slots
 
     def offset(self, slot: int) -> int:
-        """Bytes from the region's start to `slot`."""
-        return slot * self.slot_bytes
+        """Bytes from the region's start to `slot` (after the header)."""
+        return HEADER_BYTES + slot * self.slot_bytes
 
     def view(self, slot: int) -> memoryview:
         """The bytes of `slot` (valid until `close`)."""
@@ -157,10 +204,17 @@ class FeedRegion:
             self._path.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Unlinks the file and unmaps the region (later when views of it are still held)."""
+        """Unlinks the file and unmaps the region: at once, or when the last call holding a slot
+        gives it back (a client closed from another thread must not pull a slot from under a
+        call reading it), or with the last view of it."""
         self.unlink()
         with self._lock:
-            self.closed = True
+            self.closed = self._dropped = True
+            unmap = self._in_flight == 0
+        if unmap:
+            self._unmap()
+
+    def _unmap(self) -> None:
         try:
             self._map.close()
         except BufferError:  # a view still exported: the mapping goes with the last one
@@ -195,22 +249,33 @@ class RegionWriter:
         self._lock = threading.Lock()
         self._regions: collections.OrderedDict[str, _Mapped] = collections.OrderedDict()
         self._uid = os.geteuid()
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
 
-    def write(self, name: str, offset: int, size: int, columns: Mapping[str, np.ndarray]) -> list[int]:
-        """Writes `columns` into the slot [offset, offset + size) of region `name`.
+    def write(self, name: str, key: bytes, offset: int, size: int, columns: Mapping[str, np.ndarray]) -> list[int]:
+        """Writes `columns` into the slot [offset, offset + size) of region `name`, whose header
+        must hold `key`.
 
         Returns:
             Each column's offset from the slot's start, in the order of `columns`.
 
         Raises:
-            RegionRefusedError: the name, the file or the slot is not usable (the reason names which).
+            RegionRefusedError: the name, the file, the key or the slot is not usable (the reason
+                names which).
         """
-        offsets, needed = layout({key: (value.shape, value.dtype) for key, value in columns.items()})
+        # Little-endian, as the inline path sends them (the learner reads the wire's dtype).
+        columns = {column: little_endian(np.asarray(value)) for column, value in columns.items()}
+        offsets, needed = layout({column: (value.shape, value.dtype) for column, value in columns.items()})
         if needed > size:
             raise RegionRefusedError(f"the slot holds {size} bytes, the sample takes {needed}")
         region = self._open(name)
-        if offset + size > region.size:
-            raise RegionRefusedError(f"the slot [{offset}, {offset + size}) runs past the region's {region.size} bytes")
+        # Compared on every write, before it: the header is the learner's, a mapping is shared.
+        if len(key) != KEY_BYTES or not hmac.compare_digest(bytes(region.map[:KEY_BYTES]), key):
+            raise RegionRefusedError(f"region {name}: the request's key does not match the region's")
+        if offset < HEADER_BYTES or offset + size > region.size:
+            raise RegionRefusedError(
+                f"the slot [{offset}, {offset + size}) is outside the region's slots [{HEADER_BYTES}, {region.size})"
+            )
         for start, column in zip(offsets, columns.values(), strict=True):
             column = np.ascontiguousarray(column)
             target = np.frombuffer(region.map, dtype=column.dtype, count=column.size, offset=offset + start)
@@ -223,8 +288,7 @@ class RegionWriter:
         # region waits for the first's mapping instead of opening the file again, which the
         # learner may have unlinked as soon as the first call's answer came back.
         with self._lock:
-            for stale in [key for key, r in self._regions.items() if now - r.used > self.idle_s]:
-                del self._regions[stale]  # unmapped when the last write into it ends
+            self._sweep(now)
             region = self._regions.get(name)
             if region is not None:
                 region.used = now
@@ -233,7 +297,32 @@ class RegionWriter:
             region = self._regions[name] = self._map(name)
             while len(self._regions) > self.max_regions:
                 self._regions.popitem(last=False)
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=self._sweep_periodically, name="replay-regions", daemon=True)
+                self._sweeper.start()
         return region
+
+    def _sweep(self, now: float) -> None:
+        """Drops mappings unused for `idle_s` (under the lock)."""
+        for stale in [key for key, r in self._regions.items() if now - r.used > self.idle_s]:
+            del self._regions[stale]  # unmapped when the last write into it ends
+
+    @property
+    def mapped(self) -> int:
+        """Regions mapped now."""
+        with self._lock:
+            return len(self._regions)
+
+    def sweep(self) -> int:
+        """Drops mappings unused for `idle_s`; returns how many stay mapped."""
+        with self._lock:
+            self._sweep(time.monotonic())
+            return len(self._regions)
+
+    def _sweep_periodically(self) -> None:
+        # Without it a mapping outlives the last learner that writes (tmpfs pages stay pinned).
+        while not self._stop.wait(max(0.05, self.idle_s / 4)):
+            self.sweep()
 
     def _map(self, name: str) -> _Mapped:
         if not _NAME.match(name):
@@ -251,22 +340,35 @@ class RegionWriter:
                 raise RegionRefusedError(f"region {name} belongs to uid {info.st_uid}, not the shard's {self._uid}")
             if stat.S_IMODE(info.st_mode) != 0o600:
                 raise RegionRefusedError(f"region {name} has mode {oct(stat.S_IMODE(info.st_mode))}, not 0o600")
-            if info.st_size == 0:
-                raise RegionRefusedError(f"region {name} is empty")
-            return _Mapped(mmap.mmap(descriptor, info.st_size), info.st_size)
+            if info.st_nlink != 1:
+                raise RegionRefusedError(f"region {name} has {info.st_nlink} links, not 1")
+            if info.st_size <= HEADER_BYTES:
+                raise RegionRefusedError(f"region {name} holds no slot ({info.st_size} bytes)")
+            if info.st_blocks * 512 < info.st_size:  # a sparse file: a write could SIGBUS on a full tmpfs
+                raise RegionRefusedError(
+                    f"region {name} is not allocated ({info.st_blocks * 512} of {info.st_size} bytes)"
+                )
+            try:
+                return _Mapped(mmap.mmap(descriptor, info.st_size), info.st_size)
+            except (OSError, ValueError, OverflowError) as exc:
+                raise RegionRefusedError(f"region {name} cannot be mapped: {exc}") from None
         finally:
             os.close(descriptor)
 
     def close(self) -> None:
-        """Drops every mapping."""
+        """Drops every mapping and stops the sweeping timer."""
+        self._stop.set()
         with self._lock:
             self._regions.clear()
+            sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.join()
 
 
 class FeedCounts:
     """What a client's same-host feed did: samples through the region, inline, and refusals."""
 
-    __slots__ = ("in_region", "inline", "refused", "regions")
+    __slots__ = ("in_region", "inline", "refused", "regions", "retired")
 
     def __init__(self):
         self.in_region = 0
@@ -277,6 +379,8 @@ class FeedCounts:
         """Calls whose region the shard refused (each logged at debug level, the first as a warning)."""
         self.regions = 0
         """Regions created."""
+        self.retired = 0
+        """Slots retired: calls naming one that failed while the shard may have been writing into it."""
 
 
 class SameHostFeed:
@@ -318,8 +422,8 @@ class SameHostFeed:
             needed = slot_bytes_for(self._item_bytes, self._columns, items)
             region = self._region
             if region is None or region.exhausted or region.slot_bytes < needed:
-                if region is not None:  # unmapped when the calls using it are done with it
-                    region.unlink()
+                if region is not None:  # unlinked and unmapped when the calls using it are done with it
+                    region.drop()
                 # Slots for the next power of two of items: a shard's share of a sharded draw
                 # varies from call to call, and each growth is a new region.
                 room = slot_bytes_for(self._item_bytes, self._columns, 1 << (items - 1).bit_length())
@@ -347,6 +451,7 @@ class SameHostFeed:
             if used:
                 self.counts.in_region += 1
                 self._refusals = 0
+                region.used = True
                 region.unlink()  # both sides hold their mappings: nothing left behind if the learner dies
                 return
             self.counts.inline += 1
@@ -356,9 +461,9 @@ class SameHostFeed:
             self.counts.refused += 1
             self._refusals += 1
             first = self.counts.refused == 1
-            if self._region is region:  # unmapped when the calls using it are done with it
+            if self._region is region:  # unlinked and unmapped when the calls using it are done with it
                 self._region = None
-                region.unlink()
+            region.drop()
             if self._refusals >= self.MAX_REFUSALS:
                 self._turn_off(f"{self._refusals} refusals in a row, the last: {refused}")
                 return
@@ -367,7 +472,17 @@ class SameHostFeed:
         )
 
     def failed(self, region: FeedRegion, slot: int) -> None:
-        """After a call failed: its slot is retired (the shard may still be writing into it)."""
+        """After a call failed: its slot is retired (the shard may still be writing into it).
+
+        A region no shard has used yet is given up (unlinked once no call holds a slot): a
+        learner that dies after a failed first call leaves no file behind.
+        """
+        with self._lock:
+            self.counts.retired += 1
+            if not region.used:
+                if self._region is region:
+                    self._region = None
+                region.drop()
         region.retire(slot)
 
     def went_inline(self) -> None:

@@ -187,7 +187,7 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
         self._insert_latency = self._metrics.latency("insert")
         self._sample_latency = self._metrics.latency("sample")
         self._update_latency = self._metrics.latency("update_priorities")
-        self._regions = RegionWriter()
+        self._regions = server.regions
 
     def Insert(self, request_iterator, context):
         slot = self._stream_slots.acquire(context)
@@ -334,7 +334,12 @@ class _Servicer(replay_pb2_grpc.ReplayServiceServicer):
         if not context.is_active():
             return [], "the call ended before the sample was written"
         try:
-            return self._regions.write(request.region, request.region_offset, request.region_bytes, columns), ""
+            return (
+                self._regions.write(
+                    request.region, request.region_key, request.region_offset, request.region_bytes, columns
+                ),
+                "",
+            )
         except RegionRefusedError as exc:
             self._server.count_refused_region(exc.reason)
             return [], exc.reason
@@ -478,6 +483,8 @@ class ReplayServer:
         self.host = host_identity()
         """This host as the same-host feed compares it (Info): learners with the same one may
         name a shared-memory region for samples (replay/same_host.py)."""
+        self.regions = RegionWriter()
+        """The same-host feed's mappings (swept by its own timer; dropped at `stop`)."""
         self.refused_regions = 0
         """Sample requests whose named region was not used (answered inline), since start."""
         self._refusal_logged = False
@@ -578,6 +585,7 @@ class ReplayServer:
             return
         self._stop_event.set()
         self.table.close()
+        self.regions.close()
         self._grpc.stop(grace).wait()
         self._grpc = None
         _running_servers.discard(self)

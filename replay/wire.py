@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from replay.codec import array_from_bytes, little_endian
+from replay.codec import _wire_dtype, array_from_bytes, little_endian
 from replay.errors import InvalidBatchError
 from replay.keys import MAX_SHARDS
 from replay.limits import MAX_DIMS, MAX_UNKNOWN_FIELDS
@@ -277,8 +277,9 @@ def _read_tensor(buf: bytes, span: tuple[int, int], name: str, elsewhere: tuple 
         if data[1] != data[0]:
             raise _malformed(f"tensor {name!r}", "data both inline and in the region")
         source, offset = elsewhere
-        dtype_obj = np.dtype(dtype) if dtype else np.dtype("u1")
-        nbytes = math.prod(shape) * dtype_obj.itemsize if shape and all(d >= 0 for d in shape) else -1
+        wire_dtype = _wire_dtype(dtype)  # validated before use; array_from_bytes names what is wrong
+        itemsize = 1 if isinstance(wire_dtype, str) else wire_dtype.itemsize
+        nbytes = math.prod(shape) * itemsize if shape and all(d >= 0 for d in shape) else -1
         if offset + nbytes > len(source):
             raise _malformed(f"tensor {name!r}", f"{nbytes} bytes at {offset} run past the {len(source)}-byte slot")
         return array_from_bytes(source, dtype, shape, offset, nbytes, name)

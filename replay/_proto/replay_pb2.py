@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1areplay/_proto/replay.proto\x12\rqfleet.replay\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x82\x01\n\x05\x42\x61tch\x12\x32\n\x07\x63olumns\x18\x01 \x03(\x0b\x32!.qfleet.replay.Batch.ColumnsEntry\x1a\x45\n\x0c\x43olumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.qfleet.replay.Tensor:\x02\x38\x01\"\x96\x01\n\rInsertRequest\x12#\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x14.qfleet.replay.Batch\x12\x11\n\twriter_id\x18\x02 \x01(\x04\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x04\x12\x12\n\nwriter_tag\x18\x05 \x01(\x04\x12\x13\n\x0bresent_from\x18\x06 \x03(\x04\"S\n\x0eInsertResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08inserted\x18\x04 \x01(\x04\"\x97\x01\n\rSampleRequest\x12\x12\n\nbatch_size\x18\x01 \x01(\r\x12\x13\n\x0bnum_batches\x18\x02 \x01(\r\x12\x0c\n\x04\x62\x65ta\x18\x03 \x01(\x01\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x04\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x15\n\rregion_offset\x18\x06 \x01(\x04\x12\x14\n\x0cregion_bytes\x18\x07 \x01(\x04\"\xbe\x02\n\x0eSampleResponse\x12#\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x14.qfleet.replay.Batch\x12#\n\x04keys\x18\x02 \x01(\x0b\x32\x15.qfleet.replay.Tensor\x12,\n\rprobabilities\x18\x03 \x01(\x0b\x32\x15.qfleet.replay.Tensor\x12&\n\x07weights\x18\x04 \x01(\x0b\x32\x15.qfleet.replay.Tensor\x12\x12\n\ntable_size\x18\x05 \x01(\x04\x12\x15\n\rpriority_mass\x18\x06 \x01(\x01\x12\x0f\n\x07inserts\x18\x07 \x01(\x04\x12\x0f\n\x07samples\x18\x08 \x01(\x04\x12\x0f\n\x07\x62oot_id\x18\t \x01(\x04\x12\x16\n\x0eregion_offsets\x18\n \x03(\x04\x12\x16\n\x0eregion_refused\x18\x0b \x01(\t\"\x1e\n\rCreditRequest\x12\r\n\x05items\x18\x01 \x01(\x04\"\"\n\x0e\x43reditResponse\x12\x10\n\x08\x63redited\x18\x01 \x01(\x04\"i\n\x17UpdatePrioritiesRequest\x12#\n\x04keys\x18\x01 \x01(\x0b\x32\x15.qfleet.replay.Tensor\x12)\n\npriorities\x18\x02 \x01(\x0b\x32\x15.qfleet.replay.Tensor\"a\n\x18UpdatePrioritiesResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x04\x12\x15\n\rdropped_stale\x18\x02 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"\r\n\x0bInfoRequest\"\xef\x01\n\x0fRateLimiterInfo\x12\x1a\n\x12samples_per_insert\x18\x01 \x01(\x01\x12\x10\n\x08min_size\x18\x02 \x01(\x04\x12\x10\n\x08min_diff\x18\x03 \x01(\x01\x12\x10\n\x08max_diff\x18\x04 \x01(\x01\x12\x0c\n\x04\x64iff\x18\x05 \x01(\x01\x12\x17\n\x0fwaiting_inserts\x18\x06 \x01(\r\x12\x17\n\x0fwaiting_samples\x18\x07 \x01(\r\x12\x1b\n\x13insert_wait_seconds\x18\x08 \x01(\x01\x12\x1b\n\x13sample_wait_seconds\x18\t \x01(\x01\x12\x10\n\x08\x63redited\x18\n \x01(\x04\"\xe6\x02\n\x0cInfoResponse\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x04\x12\x0f\n\x07inserts\x18\x04 \x01(\x04\x12\x0f\n\x07samples\x18\x05 \x01(\x04\x12\x15\n\rpriority_mass\x18\x06 \x01(\x01\x12 \n\x18\x64ropped_priority_updates\x18\x07 \x01(\x04\x12\x18\n\x10rejected_batches\x18\x08 \x01(\x04\x12\x10\n\x08selector\x18\t \x01(\t\x12\x11\n\tspec_json\x18\n \x01(\t\x12\x34\n\x0crate_limiter\x18\x0b \x01(\x0b\x32\x1e.qfleet.replay.RateLimiterInfo\x12\x1b\n\x13\x63heckpoint_sequence\x18\x0c \x01(\x04\x12\x18\n\x10lost_transitions\x18\r \x01(\x04\x12\x0f\n\x07\x62oot_id\x18\x0e \x01(\x04\x12\x0c\n\x04host\x18\x0f \x01(\t\"\x13\n\x11\x43heckpointRequest\"B\n\x12\x43heckpointResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x32\xd0\x04\n\rReplayService\x12I\n\x06Insert\x12\x1c.qfleet.replay.InsertRequest\x1a\x1d.qfleet.replay.InsertResponse(\x01\x30\x01\x12\x45\n\x06Sample\x12\x1c.qfleet.replay.SampleRequest\x1a\x1d.qfleet.replay.SampleResponse\x12\x45\n\x06\x43redit\x12\x1c.qfleet.replay.CreditRequest\x1a\x1d.qfleet.replay.CreditResponse\x12\x63\n\x10UpdatePriorities\x12&.qfleet.replay.UpdatePrioritiesRequest\x1a\'.qfleet.replay.UpdatePrioritiesResponse\x12m\n\x16UpdatePrioritiesStream\x12&.qfleet.replay.UpdatePrioritiesRequest\x1a\'.qfleet.replay.UpdatePrioritiesResponse(\x01\x30\x01\x12?\n\x04Info\x12\x1a.qfleet.replay.InfoRequest\x1a\x1b.qfleet.replay.InfoResponse\x12Q\n\nCheckpoint\x12 .qfleet.replay.CheckpointRequest\x1a!.qfleet.replay.CheckpointResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1areplay/_proto/replay.proto\x12\rqfleet.replay\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x82\x01\n\x05\x42\x61tch\x12\x32\n\x07\x63olumns\x18\x01 \x03(\x0b\x32!.qfleet.replay.Batch.ColumnsEntry\x1a\x45\n\x0c\x43olumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.qfleet.replay.Tensor:\x02\x38\x01\"\x96\x01\n\rInsertRequest\x12#\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x14.qfleet.replay.Batch\x12\x11\n\twriter_id\x18\x02 \x01(\x04\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x04\x12\x12\n\nwriter_tag\x18\x05 \x01(\x04\x12\x13\n\x0bresent_from\x18\x06 \x03(\x04\"S\n\x0eInsertResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08inserted\x18\x04 \x01(\x04\"\xab\x01\n\rSampleRequest\x12\x12\n\nbatch_size\x18\x01 \x01(\r\x12\x13\n\x0bnum_batches\x18\x02 \x01(\r\x12\x0c\n\x04\x62\x65ta\x18\x03 \x01(\x01\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x04\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x15\n\rregion_offset\x18\x06 \x01(\x04\x12\x14\n\x0cregion_bytes\x18\x07 \x01(\x04\x12\x12\n\nregion_key\x18\x08 \x01(\x0c\"\xbe\x02\n\x0eSampleResponse\x12#\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x14.qfleet.replay.Batch\x12#\n\x04keys\x18\x02 \x01(\x0b\x32\x15.qfleet.replay.Tensor\x12,\n\rprobabilities\x18\x03 \x01(\x0b\x32\x15.qfleet.replay.Tensor\x12&\n\x07weights\x18\x04 \x01(\x0b\x32\x15.qfleet.replay.Tensor\x12\x12\n\ntable_size\x18\x05 \x01(\x04\x12\x15\n\rpriority_mass\x18\x06 \x01(\x01\x12\x0f\n\x07inserts\x18\x07 \x01(\x04\x12\x0f\n\x07samples\x18\x08 \x01(\x04\x12\x0f\n\x07\x62oot_id\x18\t \x01(\x04\x12\x16\n\x0eregion_offsets\x18\n \x03(\x04\x12\x16\n\x0eregion_refused\x18\x0b \x01(\t\"\x1e\n\rCreditRequest\x12\r\n\x05items\x18\x01 \x01(\x04\"\"\n\x0e\x43reditResponse\x12\x10\n\x08\x63redited\x18\x01 \x01(\x04\"i\n\x17UpdatePrioritiesRequest\x12#\n\x04keys\x18\x01 \x01(\x0b\x32\x15.qfleet.replay.Tensor\x12)\n\npriorities\x18\x02 \x01(\x0b\x32\x15.qfleet.replay.Tensor\"a\n\x18UpdatePrioritiesResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x04\x12\x15\n\rdropped_stale\x18\x02 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"\r\n\x0bInfoRequest\"\xef\x01\n\x0fRateLimiterInfo\x12\x1a\n\x12samples_per_insert\x18\x01 \x01(\x01\x12\x10\n\x08min_size\x18\x02 \x01(\x04\x12\x10\n\x08min_diff\x18\x03 \x01(\x01\x12\x10\n\x08max_diff\x18\x04 \x01(\x01\x12\x0c\n\x04\x64iff\x18\x05 \x01(\x01\x12\x17\n\x0fwaiting_inserts\x18\x06 \x01(\r\x12\x17\n\x0fwaiting_samples\x18\x07 \x01(\r\x12\x1b\n\x13insert_wait_seconds\x18\x08 \x01(\x01\x12\x1b\n\x13sample_wait_seconds\x18\t \x01(\x01\x12\x10\n\x08\x63redited\x18\n \x01(\x04\"\xe6\x02\n\x0cInfoResponse\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x04\x12\x0f\n\x07inserts\x18\x04 \x01(\x04\x12\x0f\n\x07samples\x18\x05 \x01(\x04\x12\x15\n\rpriority_mass\x18\x06 \x01(\x01\x12 \n\x18\x64ropped_priority_updates\x18\x07 \x01(\x04\x12\x18\n\x10rejected_batches\x18\x08 \x01(\x04\x12\x10\n\x08selector\x18\t \x01(\t\x12\x11\n\tspec_json\x18\n \x01(\t\x12\x34\n\x0crate_limiter\x18\x0b \x01(\x0b\x32\x1e.qfleet.replay.RateLimiterInfo\x12\x1b\n\x13\x63heckpoint_sequence\x18\x0c \x01(\x04\x12\x18\n\x10lost_transitions\x18\r \x01(\x04\x12\x0f\n\x07\x62oot_id\x18\x0e \x01(\x04\x12\x0c\n\x04host\x18\x0f \x01(\t\"\x13\n\x11\x43heckpointRequest\"B\n\x12\x43heckpointResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x32\xd0\x04\n\rReplayService\x12I\n\x06Insert\x12\x1c.qfleet.replay.InsertRequest\x1a\x1d.qfleet.replay.InsertResponse(\x01\x30\x01\x12\x45\n\x06Sample\x12\x1c.qfleet.replay.SampleRequest\x1a\x1d.qfleet.replay.SampleResponse\x12\x45\n\x06\x43redit\x12\x1c.qfleet.replay.CreditRequest\x1a\x1d.qfleet.replay.CreditResponse\x12\x63\n\x10UpdatePriorities\x12&.qfleet.replay.UpdatePrioritiesRequest\x1a\'.qfleet.replay.UpdatePrioritiesResponse\x12m\n\x16UpdatePrioritiesStream\x12&.qfleet.replay.UpdatePrioritiesRequest\x1a\'.qfleet.replay.UpdatePrioritiesResponse(\x01\x30\x01\x12?\n\x04Info\x12\x1a.qfleet.replay.InfoRequest\x1a\x1b.qfleet.replay.InfoResponse\x12Q\n\nCheckpoint\x12 .qfleet.replay.CheckpointRequest\x1a!.qfleet.replay.CheckpointResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,27 +44,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INSERTRESPONSE']._serialized_start=385
   _globals['_INSERTRESPONSE']._serialized_end=468
   _globals['_SAMPLEREQUEST']._serialized_start=471
-  _globals['_SAMPLEREQUEST']._serialized_end=622
-  _globals['_SAMPLERESPONSE']._serialized_start=625
-  _globals['_SAMPLERESPONSE']._serialized_end=943
-  _globals['_CREDITREQUEST']._serialized_start=945
-  _globals['_CREDITREQUEST']._serialized_end=975
-  _globals['_CREDITRESPONSE']._serialized_start=977
-  _globals['_CREDITRESPONSE']._serialized_end=1011
-  _globals['_UPDATEPRIORITIESREQUEST']._serialized_start=1013
-  _globals['_UPDATEPRIORITIESREQUEST']._serialized_end=1118
-  _globals['_UPDATEPRIORITIESRESPONSE']._serialized_start=1120
-  _globals['_UPDATEPRIORITIESRESPONSE']._serialized_end=1217
-  _globals['_INFOREQUEST']._serialized_start=1219
-  _globals['_INFOREQUEST']._serialized_end=1232
-  _globals['_RATELIMITERINFO']._serialized_start=1235
-  _globals['_RATELIMITERINFO']._serialized_end=1474
-  _globals['_INFORESPONSE']._serialized_start=1477
-  _globals['_INFORESPONSE']._serialized_end=1835
-  _globals['_CHECKPOINTREQUEST']._serialized_start=1837
-  _globals['_CHECKPOINTREQUEST']._serialized_end=1856
-  _globals['_CHECKPOINTRESPONSE']._serialized_start=1858
-  _globals['_CHECKPOINTRESPONSE']._serialized_end=1924
-  _globals['_REPLAYSERVICE']._serialized_start=1927
-  _globals['_REPLAYSERVICE']._serialized_end=2519
+  _globals['_SAMPLEREQUEST']._serialized_end=642
+  _globals['_SAMPLERESPONSE']._serialized_start=645
+  _globals['_SAMPLERESPONSE']._serialized_end=963
+  _globals['_CREDITREQUEST']._serialized_start=965
+  _globals['_CREDITREQUEST']._serialized_end=995
+  _globals['_CREDITRESPONSE']._serialized_start=997
+  _globals['_CREDITRESPONSE']._serialized_end=1031
+  _globals['_UPDATEPRIORITIESREQUEST']._serialized_start=1033
+  _globals['_UPDATEPRIORITIESREQUEST']._serialized_end=1138
+  _globals['_UPDATEPRIORITIESRESPONSE']._serialized_start=1140
+  _globals['_UPDATEPRIORITIESRESPONSE']._serialized_end=1237
+  _globals['_INFOREQUEST']._serialized_start=1239
+  _globals['_INFOREQUEST']._serialized_end=1252
+  _globals['_RATELIMITERINFO']._serialized_start=1255
+  _globals['_RATELIMITERINFO']._serialized_end=1494
+  _globals['_INFORESPONSE']._serialized_start=1497
+  _globals['_INFORESPONSE']._serialized_end=1855
+  _globals['_CHECKPOINTREQUEST']._serialized_start=1857
+  _globals['_CHECKPOINTREQUEST']._serialized_end=1876
+  _globals['_CHECKPOINTRESPONSE']._serialized_start=1878
+  _globals['_CHECKPOINTRESPONSE']._serialized_end=1944
+  _globals['_REPLAYSERVICE']._serialized_start=1947
+  _globals['_REPLAYSERVICE']._serialized_end=2539
 # @@protoc_insertion_point(module_scope)

@@ -203,7 +203,11 @@ class LearnerService:
         """The run's offline shards (their own registry namespace; None without a dataset)."""
         if self.mix is not None:
             self.offline_replay = ShardedReplay(
-                redis_url, offline_run_name(run), seed=config.learner.seed, credentials=replay_credentials
+                redis_url,
+                offline_run_name(run),
+                seed=config.learner.seed,
+                credentials=replay_credentials,
+                same_host_feed=config.learner.prefetch.same_host_feed,  # as the online shards'
             )
         self.offline_updates = config.offline.updates if self.mix is not None else 0
         """Updates of the offline phase (0: none)."""

@@ -21,6 +21,20 @@ def feed_files() -> set[str]:
     return {name for name in os.listdir(REGION_DIR) if name.startswith(NAME_PREFIX)}
 
 
+@pytest.fixture
+def made_regions(monkeypatch) -> list[str]:
+    """Names of the regions this test's clients create (other test runs share /dev/shm)."""
+    names: list[str] = []
+
+    class Recorded(same_host_module.FeedRegion):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            names.append(self.name)
+
+    monkeypatch.setattr(same_host_module, "FeedRegion", Recorded)
+    return names
+
+
 def test_batches_through_the_region_equal_the_responses_for_the_same_seed(start_server, connect):
     credentials = generate_credentials()
     servers = [start_server(capacity=1000, selector="prioritized", seed=3, credentials=credentials) for _ in (0, 1)]
@@ -58,18 +72,17 @@ def test_priorities_of_keys_sampled_through_the_region_apply(start_server, conne
     assert client.info().priority_mass == pytest.approx(100 - distinct + 4.0 * distinct)
 
 
-def test_no_region_file_outlives_the_first_answer_through_it_nor_the_client(start_server, connect):
+def test_no_region_file_outlives_the_first_answer_through_it_nor_the_client(start_server, connect, made_regions):
     server = start_server(capacity=1000)
-    before = feed_files()
     client = connect(server.address, same_host_feed="auto")
     client.insert(make_batch(200))
     client.flush()
     client.sample(16)
     client.sample(16)  # through a new region: the shard mapped it, the learner unlinked it
-    assert client.same_host_feed_counts().in_region == 1
-    assert feed_files() == before  # a learner killed now leaves nothing in /dev/shm
+    assert client.same_host_feed_counts().in_region == 1 and len(made_regions) == 1
+    assert not feed_files() & set(made_regions)  # a learner killed now leaves nothing in /dev/shm
     client.close()
-    assert feed_files() == before
+    assert not feed_files() & set(made_regions)
 
 
 def test_a_shard_on_another_host_is_never_sent_a_region(start_server, connect):
@@ -189,3 +202,31 @@ def test_a_sharded_draw_whose_share_per_shard_varies_reuses_a_few_regions(start_
             assert shard_counts.regions <= 2 and shard_counts.in_region >= 25 and shard_counts.refused == 0
     finally:
         learner.close()
+
+
+def test_a_sample_naming_a_slot_is_retried_inline_never_resent_into_the_same_slot(start_server, connect):
+    # One sample at a time: while another client's sample waits on the rate limiter, the feed's
+    # call is answered SHARD_BUSY (retried); resent as it was, two attempts could write one slot.
+    server = start_server(
+        capacity=1000, samples_per_insert=1.0, min_size=10, error_buffer=5.0, max_concurrent_samples=1
+    )
+    feed = connect(server.address, same_host_feed="auto")
+    other = connect(server.address)
+    feed.insert(make_batch(10))
+    feed.flush()
+    feed.sample(2)  # inline: sizes the slots (the limiter lets 3 more items through)
+    waiting = threading.Thread(target=other.sample, args=(4,), daemon=True)
+    waiting.start()
+    assert wait_until(lambda: feed.info().rate_limiter.waiting_samples == 1, timeout=30)
+    got = []
+    sampling = threading.Thread(target=lambda: got.append(feed.sample(2, timeout=60)), daemon=True)
+    sampling.start()
+    assert wait_until(lambda: feed.same_host_feed_counts().retired == 1, timeout=30)
+    feed.insert(make_batch(6, start=10))  # within the window: releases the waiting sample, then the retry
+    feed.flush()
+    sampling.join(60)
+    waiting.join(60)
+    assert got and got[0].data["action"].shape == (2,)
+    np.testing.assert_array_equal(got[0].data["obs"][:, 0], got[0].data["action"].astype(np.float32))
+    counts = feed.same_host_feed_counts()
+    assert (counts.in_region, counts.retired, server.refused_regions) == (0, 1, 0)
