@@ -20,6 +20,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -110,6 +111,9 @@ class ActorStartup:
     first_insert_at: float | None = None
     """Its first batch of transitions was handed to replay."""
 
+
+BUILD_POLL_S = 0.5
+"""How long one `step` waits for a background build once the actor made its share of random steps."""
 
 BUILD_WARN_S = 30.0
 """A background build of the policy still running after this long is logged once, with the random
@@ -220,6 +224,10 @@ class EnvActor:
             block = nstep_block(actors.insert_batch, env.num_envs, env.num_envs * spaces.spec.item_nbytes())
             self.nstep = NStepAccumulator(env.num_envs, actors.n_step, learner.gamma, block=block)
             self.env_steps = self.vector_steps = self.episodes = self.random_steps = 0
+            # This actor's share of the transitions the learner needs before its first update: random
+            # steps beyond it add nothing the policy's own would not, and take the CPU the learner
+            # and the shards need to start (on an idle 2-core VM the first update came 1.1 s later).
+            self.random_steps_cap = max(1, -(-learner.learning_starts // max(num_actors, 1)))
             self._returns: deque[float] = deque(maxlen=100)  # of the last 100 episodes
             self._lengths: deque[int] = deque(maxlen=100)
             self._counted = {"env_steps": 0, "episodes": 0, "env_restarts": 0, "random_steps": 0}  # in the metrics
@@ -397,11 +405,18 @@ class EnvActor:
         """One step of every env, with the newest weights the background subscriber holds (checked
         every weight_poll_steps steps: by default every step, so that a step loop slowed down by
         inserts the rate limiter holds back still acts with a version published meanwhile). Before
-        a background build of the policy has ended, uniform random actions (policy_version 0)."""
+        a background build of the policy has ended, uniform random actions (policy_version 0), up
+        to `random_steps_cap` (the actor's share of learner.learning_starts); past it the actor
+        waits for the build (up to BUILD_POLL_S per call, without stepping)."""
         if self.policy is None:
             if self._build_error is not None:  # the actor cannot act with a policy: it stops acting
                 raise self._build_error
+            capped = self.random_steps >= self.random_steps_cap
+            if capped and self._policy_build is not None:  # its share made: wait for the build a while
+                futures.wait([self._policy_build], timeout=BUILD_POLL_S)
             self._take_built_policy()
+            if capped and self.policy is None:
+                return  # still building: no step (`run` comes back here until its deadline)
         elif self.vector_steps % self.config.weight_poll_steps == 0:
             self._pull_weights()
         obs = self.obs

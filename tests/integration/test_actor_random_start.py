@@ -274,3 +274,37 @@ def test_an_env_with_a_features_encoder_has_its_policy_built_first(monkeypatch):
     monkeypatch.setattr("actors.actor._torch_loaded", lambda: False)  # as in a fresh worker process
     encoded = EnvConfig(id="CartPole-v1", features=FeaturesConfig(encoder="small", path="/encoder"))
     assert actors.actor._build_in_background_pays(ENV) and not actors.actor._build_in_background_pays(encoded)
+
+
+def test_a_fresh_runs_actor_makes_only_its_share_of_the_learners_first_data_at_random_then_waits_for_its_policy(
+    redis_server, shard, held_build
+):
+    """Random steps beyond the actor's share of learner.learning_starts would only take CPU from
+    the learner's and the shards' start: past it the actor waits for its build, then acts with it."""
+    release, _ = held_build
+    shard("capped")
+    learner = LearnerConfig(architecture=ArchitectureConfig(hidden_size=16), learning_starts=60)
+    actor = EnvActor(
+        0,
+        2,
+        ENV,
+        actor_config(num_actors=2),
+        learner,
+        redis_server.url,
+        "capped",
+        replay_credentials=None,
+        fresh_run=True,
+    )
+    try:
+        assert actor.random_steps_cap == 30  # 60 transitions before the first update, over 2 actors
+        held = actor.run(seconds=2.0)  # the build is held for the whole chunk
+        assert actor.policy is None
+        assert 30 <= held.random_steps < 30 + ENV.num_envs  # the last vector step may pass the cap
+        assert held.env_steps == held.random_steps
+        release.set()
+        assert wait_until(lambda: actor.run(seconds=0.2).startup.policy_at is not None, 60)
+        after = actor.run(seconds=120, max_steps=50)
+        assert after.random_steps == held.random_steps and after.env_steps >= held.env_steps + 50
+    finally:
+        release.set()
+        actor.close()
