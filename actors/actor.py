@@ -227,7 +227,10 @@ class EnvActor:
             # This actor's share of the transitions the learner needs before its first update: random
             # steps beyond it add nothing the policy's own would not, and take the CPU the learner
             # and the shards need to start (on an idle 2-core VM the first update came 1.1 s later).
-            self.random_steps_cap = max(1, -(-learner.learning_starts // max(num_actors, 1)))
+            # The n-step accumulator holds the last n - 1 steps of every env back: they come on top.
+            share = -(-learner.learning_starts // max(num_actors, 1))
+            self.random_steps_cap = max(1, share + actors.n_step * env.num_envs)
+            self._flushed_at_cap = False
             self._returns: deque[float] = deque(maxlen=100)  # of the last 100 episodes
             self._lengths: deque[int] = deque(maxlen=100)
             self._counted = {"env_steps": 0, "episodes": 0, "env_restarts": 0, "random_steps": 0}  # in the metrics
@@ -413,6 +416,9 @@ class EnvActor:
                 raise self._build_error
             capped = self.random_steps >= self.random_steps_cap
             if capped and self._policy_build is not None:  # its share made: wait for the build a while
+                if not self._flushed_at_cap:  # the learner's first batch must not wait in a buffer
+                    self._flushed_at_cap = True
+                    self.writer.flush()
                 futures.wait([self._policy_build], timeout=BUILD_POLL_S)
             self._take_built_policy()
             if capped and self.policy is None:

@@ -296,10 +296,12 @@ def test_a_fresh_runs_actor_makes_only_its_share_of_the_learners_first_data_at_r
         fresh_run=True,
     )
     try:
-        assert actor.random_steps_cap == 30  # 60 transitions before the first update, over 2 actors
+        # 60 transitions before the first update, over 2 actors, and the 3-step accumulator's 2 x 3
+        assert actor.random_steps_cap == 30 + 3 * ENV.num_envs
         held = actor.run(seconds=2.0)  # the build is held for the whole chunk
         assert actor.policy is None
-        assert 30 <= held.random_steps < 30 + ENV.num_envs  # the last vector step may pass the cap
+        assert actor.random_steps_cap <= held.random_steps < actor.random_steps_cap + ENV.num_envs
+        assert actor.writer.inserted >= 30  # its share reached replay, not left in the buffer
         assert held.env_steps == held.random_steps
         release.set()
         assert wait_until(lambda: actor.run(seconds=0.2).startup.policy_at is not None, 60)
