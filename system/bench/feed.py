@@ -15,9 +15,8 @@ import json
 import statistics
 import time
 
-from replay import ShardedReplay, generate_credentials, to_torch
-from system.bench.learner import Case, InProcessReplay, _cases, _fill, process_cpu_s
-from system.bench.replay import ChildServer
+from replay import generate_credentials, to_torch
+from system.bench.learner import Case, InProcessReplay, _cases, _fill, process_cpu_s, start_feeds
 
 LABELS = {
     "in_process": "in-process",
@@ -60,15 +59,7 @@ def run_feed_bench(seconds: float, repeats: int, output: str | None, only: list[
         _fill(local, case.payload)
         servers, sources = {}, {}
         try:
-            for feed in feeds:
-                tls = credentials if feed in ("grpc_tls", "same_host") else None
-                servers[feed] = ChildServer("qfleet", case.payload, credentials=tls)
-                sources[feed] = ShardedReplay(
-                    addresses=[servers[feed].address],
-                    credentials=tls.for_clients() if tls else None,
-                    same_host_feed="auto" if feed.startswith("same_host") else "off",
-                )
-                _fill(sources[feed], case.payload)
+            start_feeds(case, feeds, credentials, servers, sources)
             windows: dict[str, list[tuple[float, float, float]]] = {name: [] for name in ("in_process", *feeds)}
             for _ in range(repeats):  # the feeds take turns: drift in the machine's speed hits each alike
                 for name in windows:

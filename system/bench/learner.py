@@ -146,6 +146,21 @@ class InProcessReplay:
         return self._counts
 
 
+def start_feeds(case: Case, feeds: list[str], credentials, servers: dict, sources: dict) -> None:
+    """For each feed ("grpc", "grpc_tls", "same_host", "same_host_plain"), a shard in a child
+    process holding `case`'s payload and a ShardedReplay reading it that way, filled; into
+    `servers` and `sources` as they start, so that the caller closes whatever started."""
+    for feed in feeds:
+        tls = credentials if feed in ("grpc_tls", "same_host") else None
+        servers[feed] = ChildServer("qfleet", case.payload, credentials=tls)
+        sources[feed] = ShardedReplay(
+            addresses=[servers[feed].address],
+            credentials=tls.for_clients() if tls else None,
+            same_host_feed="auto" if feed.startswith("same_host") else "off",
+        )
+        _fill(sources[feed], case.payload)
+
+
 def _fill(target, payload: Payload) -> None:
     rng = np.random.default_rng(0)
     chunk = random_batch(payload.spec, min(payload.capacity, 8192), rng)
@@ -256,15 +271,7 @@ def run_learner_bench(
         _fill(local, case.payload)
         servers, sources = {}, {}
         try:
-            for feed in feeds:
-                tls = credentials if feed in ("grpc_tls", "same_host") else None
-                servers[feed] = ChildServer("qfleet", case.payload, credentials=tls)
-                sources[feed] = ShardedReplay(
-                    addresses=[servers[feed].address],
-                    credentials=tls.for_clients() if tls else None,
-                    same_host_feed="auto" if feed.startswith("same_host") else "off",
-                )
-                _fill(sources[feed], case.payload)
+            start_feeds(case, feeds, credentials, servers, sources)
             # Alternate the feeds so that drift in this shared machine's speed hits each alike.
             runs: dict[str, list[float]] = {"in_process": [], **{feed: [] for feed in feeds}}
             cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
