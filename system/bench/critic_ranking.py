@@ -66,7 +66,7 @@ def critic_configs(config_path: str, overrides: list[str], critics: list[str], s
         for critic in critics
     }
     spaces = env_spaces(next(iter(configs.values())).env)  # the overrides of learner.critic leave the env alone
-    for critic, config in configs.items():
+    for config in configs.values():
         if config.learner.loss != "iql":
             raise ConfigError(f"learner.loss={config.learner.loss!r}: the critic bench trains IQL's critics (loss iql)")
         check_learner_for_env(config.learner, spaces.action_space, config.env.id)
