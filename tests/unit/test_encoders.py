@@ -199,3 +199,20 @@ def test_the_featuriser_observes_standardised_features(tmp_path):
     expected = (raw.encode(screens(1, 0))[0] - np.array(stats["mean"])) / np.array(stats["std"])
     np.testing.assert_allclose(obs[:8], expected, rtol=1e-4, atol=1e-4)
     assert not np.allclose(obs[:8], raw.encode(screens(1, 0))[0], atol=1e-2)
+
+
+def test_features_and_screen_grid_come_from_one_pass_of_the_convolutions(tmp_path):
+    torch.manual_seed(4)
+    save_small_encoder(SmallEncoder(SCREEN, 16, channels=(8, 8, 4)).eval(), tmp_path / "enc", {})
+    loaded = load_small_encoder(tmp_path / "enc")
+    frames = screens(3)
+    passes = []
+    loaded.module.conv[0].register_forward_hook(lambda *_: passes.append(1))
+    features, grid = loaded.encode_with_grid(frames, 2, 3)
+    assert len(passes) == 1
+    np.testing.assert_array_equal(features, loaded.encode(frames))
+    with torch.no_grad():
+        spatial = loaded.module.feature_map(torch.from_numpy(frames))
+        expected = torch.nn.functional.adaptive_avg_pool2d(spatial, (2, 3)).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(grid, expected)
+    assert grid.shape == (3, 2, 3, 4)
