@@ -150,6 +150,10 @@ def test_an_encoder_for_other_screens_or_a_missing_one_is_refused_naming_the_key
         ("env.features.encoder=small", "env.features.path: path=None: the encoder's directory is required"),
         ("env.features={encoder: small, path: d, layer: 2}", "env.features.layer: layer=2: the small encoder has one"),
         ("env.features.instruction_dim=-1", "env.features.instruction_dim: instruction_dim=-1: must be >= 0"),
+        (
+            "env.features={encoder: transformers, path: d, grid_rows: 2, grid_cols: 3}",
+            "env.features.grid_rows: grid_rows=2: a screen grid is pooled from the small encoder's spatial feature map",
+        ),
     ],
 )
 def test_bad_features_settings_name_the_key(setting, message):
