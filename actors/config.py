@@ -225,7 +225,7 @@ class FeaturesConfig:
     "spatial" critic reads what is on the screen where a tap lands (learner.critic: spatial).
     Set it to env.browser.grid_rows (the tap grid) to give each tap cell its own; 0: no grid.
     Ignored with encoder none (screenshots); the small encoder has a feature map, a transformers
-    encoder is refused at start-up (not built)."""
+    encoder has none and is refused with a grid when the config loads."""
 
     grid_cols: int = 0
     """Columns of that grid (0 with grid_rows 0). A grid costs rows x cols x channels float32 per
@@ -245,6 +245,11 @@ class FeaturesConfig:
         if self.grid_rows < 0 or self.grid_cols < 0 or (self.grid_rows == 0) != (self.grid_cols == 0):
             raise ValueError(
                 f"grid_rows={self.grid_rows}, grid_cols={self.grid_cols}: both >= 1 for a screen grid, or both 0"
+            )
+        if self.encoder == "transformers" and self.grid_rows:
+            raise ValueError(
+                f"grid_rows={self.grid_rows}: a screen grid is pooled from the small encoder's spatial feature map; "
+                "a transformers encoder has none (set grid_rows and grid_cols to 0, or use encoder small)"
             )
 
 

@@ -8,7 +8,7 @@ computed once, in the actor, and what reaches replay, datasets and the learner i
 every loss trains small heads on it without touching pixels.
 
 With `env.features.grid_rows/grid_cols`, the vector goes on with the screen grid: the encoder's
-spatial feature map pooled to that many cells (`FrozenEncoder.grid`), flattened row-major; the
+spatial feature map pooled to that many cells (`FrozenEncoder.encode_with_grid`), flattened row-major; the
 wrapper's `screen` (a `learner.ScreenGrid`) says where it lies, and the learner's "spatial" critic
 reads a tap's cell from it (learner/action_heads.py).
 """
@@ -70,10 +70,10 @@ class FeaturizedEnv(gym.Wrapper):
         """[D] float32: one screenshot's features with the current instruction's embedding (and the
         screen grid, flattened, when configured)."""
         frames = np.asarray(frame)[None]
-        parts = [self.encoder.encode(frames)[0], self._instruction]
-        if self.screen is not None:
-            parts.append(self.encoder.grid(frames, self.screen.rows, self.screen.cols)[0].reshape(-1))
-        return np.concatenate(parts).astype(np.float32, copy=False)
+        if self.screen is None:
+            return np.concatenate([self.encoder.encode(frames)[0], self._instruction]).astype(np.float32, copy=False)
+        image, grid = self.encoder.encode_with_grid(frames, self.screen.rows, self.screen.cols)  # one conv pass
+        return np.concatenate([image[0], self._instruction, grid[0].reshape(-1)]).astype(np.float32, copy=False)
 
     def _follow_instruction(self, info: dict | None) -> None:
         from learner import instruction_embedding

@@ -170,13 +170,20 @@ class SpatialQ(ActionEmbeddingQ):
     module docstring). Needs a space with a layout and a screen grid.
 
     Raises:
-        ValueError: the space has no screen grid.
+        ValueError: the space has no screen grid, no layout or no tap actions (the critic would be an
+            action-embedding one that costs more).
     """
 
     def __init__(self, obs_shape: tuple[int, ...], space: ActionSpace, architecture: ArchitectureConfig):
-        super().__init__(obs_shape, space, architecture)
         if space.screen is None:
             raise ValueError("learner.critic='spatial' needs observations with a screen grid (env.features.grid_rows)")
+        if space.layout is None or "tap" not in space.layout.kinds:
+            raise ValueError(
+                "learner.critic='spatial' reads the screen grid where a tap lands: it needs a UI action space "
+                f"with tap actions, this one has {'no layout' if space.layout is None else 'no tap kind'}; "
+                "use critic 'action_embedding'"
+            )
+        super().__init__(obs_shape, space, architecture)
         self.screen = space.screen
         corners, weights = tap_corners(space.layout, space.screen, space.num_actions)
         self.register_buffer("corners", corners, persistent=False)

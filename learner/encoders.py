@@ -87,12 +87,17 @@ class SmallEncoder(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """[B, H, W, C] uint8 -> [B, D] float32."""
-        return self.project(self.conv(frames.permute(0, 3, 1, 2).float() / 255.0))
+        return self.features_from_map(self.feature_map(frames))
 
     def feature_map(self, frames: torch.Tensor) -> torch.Tensor:
         """[B, H, W, C] uint8 -> [B, channels[-1], h, w]: the last convolution's output, before it is
-        flattened; what a screen grid of features is pooled from (`FrozenEncoder.grid`)."""
+        flattened; what a screen grid of features is pooled from (`FrozenEncoder.encode_with_grid`)."""
         return self.conv[:-1](frames.permute(0, 3, 1, 2).float() / 255.0)
+
+    def features_from_map(self, spatial: torch.Tensor) -> torch.Tensor:
+        """[B, channels[-1], h, w] `feature_map` output -> [B, D]: the rest of `forward`, so a screen
+        grid and the features come from one pass of the convolutions."""
+        return self.project(self.conv[-1](spatial))
 
     def describe(self) -> dict[str, Any]:
         """What encoder.json records to rebuild it."""
@@ -113,9 +118,12 @@ class FrozenEncoder:
         name: what it is (shown in logs and errors), e.g. "small encoder at DIR".
         input_shape: the (H, W, C) it was built for; None: any size (it resizes).
         standardise: (mean [D], std [D]) that `encode` standardises the features with; None: raw.
-        feature_map: maps the same uint8 frames to a spatial map [B, channels, h, w], for `grid`;
-            None: the encoder has none (transformers encoders: not built).
+        feature_map: maps the same uint8 frames to a spatial map [B, channels, h, w], for
+            `encode_with_grid`; None: the encoder has none (transformers encoders: not built).
         map_channels: the channels of `feature_map`'s output (0 without one).
+        features_from_map: maps `feature_map`'s output to what `module` gives (module(frames) ==
+            features_from_map(feature_map(frames))), so the convolutions run once for both; with
+            `feature_map`.
     """
 
     def __init__(
@@ -127,9 +135,12 @@ class FrozenEncoder:
         standardise: tuple[np.ndarray, np.ndarray] | None = None,
         feature_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
         map_channels: int = 0,
+        features_from_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
+        if (feature_map is None) != (features_from_map is None):
+            raise ValueError("feature_map and features_from_map come together (a screen grid needs both)")
         self.module = module.eval().requires_grad_(False)
-        self.feature_map, self.map_channels = feature_map, map_channels
+        self.feature_map, self.map_channels, self.features_from_map = feature_map, map_channels, features_from_map
         self.feature_dim, self.name, self.input_shape = feature_dim, name, input_shape
         self.standardise = None
         if standardise is not None:
@@ -144,28 +155,31 @@ class FrozenEncoder:
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
         """[B, H, W, C] uint8 frames -> [B, D] float32 features, standardised when it has statistics."""
-        features = self.raw(frames)
+        return self._standardised(self.raw(frames))
+
+    def _standardised(self, features: np.ndarray) -> np.ndarray:
         if self.standardise is None:
             return features
         mean, std = self.standardise
         return np.clip((features - mean) / std, -STANDARDISED_CLIP, STANDARDISED_CLIP)
 
-    def grid(self, frames: np.ndarray, rows: int, cols: int) -> np.ndarray:
-        """[B, H, W, C] uint8 frames -> [B, rows, cols, map_channels] float32: the encoder's spatial
-        feature map average-pooled to `rows` x `cols` cells (torch's adaptive average pooling), so
-        cell (r, c) describes the part of the screen a tap at that cell's centre lands on. Raw (not
-        standardised): a cell's values are the convolutions' own, and the "spatial" critic learns
-        its scale.
+    def encode_with_grid(self, frames: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+        """[B, H, W, C] uint8 frames -> (`encode(frames)`, [B, rows, cols, map_channels] float32 grid),
+        from one pass of the convolutions. The grid is the encoder's spatial feature map average-pooled
+        to `rows` x `cols` cells (torch's adaptive average pooling), so cell (r, c) describes the part
+        of the screen a tap at that cell's centre lands on. Raw (not standardised): a cell's values are
+        the convolutions' own, and the "spatial" critic learns its scale.
 
         Raises:
             EncoderError: the encoder has no spatial feature map.
         """
-        if self.feature_map is None:
+        if self.feature_map is None or self.features_from_map is None:
             raise EncoderError(self.name, "has no spatial feature map for a screen grid (built for the small encoder)")
         with torch.inference_mode():
-            spatial = self.feature_map(torch.from_numpy(np.ascontiguousarray(frames))).float()
-            pooled = nn.functional.adaptive_avg_pool2d(spatial, (rows, cols))
-            return pooled.permute(0, 2, 3, 1).contiguous().numpy()
+            spatial = self.feature_map(torch.from_numpy(np.ascontiguousarray(frames)))
+            features = self.features_from_map(spatial).float().numpy()
+            pooled = nn.functional.adaptive_avg_pool2d(spatial.float(), (rows, cols))
+            return self._standardised(features), pooled.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def feature_statistics(encoder: FrozenEncoder, frames: np.ndarray, batch: int = 256) -> dict[str, list[float]]:
@@ -302,7 +316,14 @@ def load_small_encoder(path: str | pathlib.Path, layer: int = -1) -> FrozenEncod
     standardise = (stats["mean"], stats["std"]) if stats is not None else None
     name = f"small encoder at {directory}"
     return FrozenEncoder(
-        encoder, encoder.feature_dim, name, encoder.obs_shape, standardise, encoder.feature_map, encoder.channels[-1]
+        encoder,
+        encoder.feature_dim,
+        name,
+        encoder.obs_shape,
+        standardise,
+        encoder.feature_map,
+        encoder.channels[-1],
+        encoder.features_from_map,
     )
 
 

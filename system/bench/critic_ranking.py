@@ -25,6 +25,8 @@ from system.config import ConfigError
 if TYPE_CHECKING:
     import numpy as np
 
+    from system.config import RunConfig
+
 
 def split_episodes(lengths: np.ndarray, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(training rows, held-out rows) of a dataset whose episode e holds rows starts[e] : starts[e] +
@@ -48,6 +50,29 @@ def split_episodes(lengths: np.ndarray, holdout_fraction: float, seed: int) -> t
     return np.flatnonzero(~held_out_step), np.flatnonzero(held_out_step)
 
 
+def critic_configs(config_path: str, overrides: list[str], critics: list[str], seed: int) -> dict[str, RunConfig]:
+    """Each critic's config (CONFIG with `learner.critic` and `train.seed` set), checked against the
+    env's action space before anything trains: a critic that cannot run (a name that is no critic,
+    "spatial" without a screen grid) is refused at once, not after the critics before it trained.
+
+    Raises:
+        ConfigError: a loss other than IQL, a bad critic name, or a critic the env cannot feed.
+    """
+    from system.config import check_learner_for_env, env_spaces, load_config
+    from system.train.plan import seeded
+
+    configs = {
+        critic: seeded(load_config(config_path, [*overrides, f"learner.critic={critic}", f"train.seed={seed}"]))
+        for critic in critics
+    }
+    spaces = env_spaces(next(iter(configs.values())).env)  # the overrides of learner.critic leave the env alone
+    for config in configs.values():
+        if config.learner.loss != "iql":
+            raise ConfigError(f"learner.loss={config.learner.loss!r}: the critic bench trains IQL's critics (loss iql)")
+        check_learner_for_env(config.learner, spaces.action_space, config.env.id)
+    return configs
+
+
 def run_critic_bench(
     config_path: str,
     overrides: list[str],
@@ -59,18 +84,21 @@ def run_critic_bench(
     seed: int,
     out: str | None,
 ) -> int:
-    """Trains one IQL learner per critic on the training episodes and prints (and writes to `out`)
-    each critic's ranking on the held-out and training episodes. Returns 0."""
+    """Trains one IQL learner per critic on the training episodes and prints (and writes to `out`,
+    after each critic, so a later failure keeps the earlier results) each critic's ranking on the
+    held-out and training episodes. Returns 0.
+
+    Raises:
+        ConfigError: a critic that cannot run (`critic_configs`), before any training.
+    """
 
     from system.bench.digiq import critic_sanity, load_dataset
     from system.bench.offline import train_agent
-    from system.config import env_spaces, load_config
+    from system.config import env_spaces
     from system.datasets import DatasetSource, load_episodes
-    from system.train.plan import seeded
 
-    base = load_config(config_path, overrides)
-    if base.learner.loss != "iql":
-        raise ConfigError(f"learner.loss={base.learner.loss!r}: the critic bench trains IQL's critics (loss iql)")
+    configs = critic_configs(config_path, overrides, critics, seed)
+    base = configs[critics[0]]
     spaces = env_spaces(base.env)
     lengths = load_episodes(DatasetSource(dataset, datasets_dir), spaces.spec, spaces.action_space).lengths
     loaded = load_dataset(base, dataset, pathlib.Path(datasets_dir))
@@ -90,8 +118,7 @@ def run_critic_bench(
         "seed": seed,
         "critics": {},
     }
-    for critic in critics:
-        config = seeded(load_config(config_path, [*overrides, f"learner.critic={critic}", f"train.seed={seed}"]))
+    for critic, config in configs.items():
         started = time.perf_counter()
         agent, seconds = train_agent(config, train, updates, seed)
         results["critics"][critic] = {
@@ -100,9 +127,9 @@ def run_critic_bench(
             "updates_per_s": round(updates / seconds, 2),
         }
         print(f"[critic] {critic}: {json.dumps(results['critics'][critic])} ({time.perf_counter() - started:.0f} s)")
+        if out:
+            write_results(out, results)
     print(table(results))
-    if out:
-        write_results(out, results)
     return 0
 
 

@@ -162,7 +162,7 @@ class DigiqSettings:
                 f"--eval-episodes {self.eval_episodes}: at most 100 rounds of --browsers {self.browsers} "
                 "(each --seed has 100000 evaluation seeds)"
             )
-        if self.online_n not in self.best_of_n:
+        if "online" not in self.skip and self.online_n not in self.best_of_n:  # only an online cell needs it
             raise ConfigError(
                 f"--online-n {self.online_n}: not among --best-of-n {','.join(map(str, self.best_of_n))}, so the "
                 "online run would have no offline cell of the same N to improve on"
@@ -245,7 +245,9 @@ def _stored_settings(settings: DigiqSettings) -> dict:
 
     stored = _jsonable(dataclasses.asdict(settings))
     stored["overrides"] = [redact_word(override) for override in settings.overrides]
-    if not settings.skip:
+    if settings.skip:
+        stored["skip"] = sorted(set(settings.skip))  # "online,updates/s" and "updates/s,online" resume each other
+    else:
         del stored["skip"]  # as results made before --skip existed hold them
     stored["bench_version"] = BENCH_VERSION
     stored["config_sha256"] = hashlib.sha256((ROOT / CONFIG).read_bytes()).hexdigest()
@@ -1066,7 +1068,10 @@ def add_digiq_arguments(parser) -> None:
         help="comma-separated Ns of Digi-Q offline (default: 1,4,16)",
     )
     parser.add_argument(
-        "--online-n", type=int, default=d.online_n, help=f"the N of the offline -> online run (default: {d.online_n})"
+        "--online-n",
+        type=int,
+        default=d.online_n,
+        help=f"the N of the offline -> online run, one of --best-of-n unless --skip online (default: {d.online_n})",
     )
     parser.add_argument(
         "--online-env-steps",
@@ -1152,6 +1157,6 @@ def digiq_from_arguments(args) -> tuple[list[str], DigiqSettings]:
         throughput_s=args.throughput_s,
         seed=args.seed,
         overrides=overrides,
-        skip=tuple(cell.strip() for cell in args.skip.split(",") if cell.strip()),
+        skip=tuple(sorted({cell.strip() for cell in args.skip.split(",") if cell.strip()})),
     )
     return tasks, settings

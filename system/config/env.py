@@ -27,12 +27,22 @@ def check_learner_for_env(learner: LearnerConfig, space: ActionSpace, env_id: st
     Raises:
         ConfigError: naming the key and the env.
     """
-    if learner.architecture.critic == "spatial" and (space.layout is None or space.screen is None):
-        raise ConfigError(
-            f"learner.critic='spatial' needs a UI env (MiniWoB, Android) whose features carry a screen grid "
-            f"(env.features.grid_rows and grid_cols >= 1, encoder small); env.id={env_id!r} has "
-            f"{'no UI action layout' if space.layout is None else 'no screen grid'}: use critic 'action_embedding'"
+    if learner.architecture.critic == "spatial":
+        missing = (
+            "no UI action layout"
+            if space.layout is None
+            else "no tap actions"
+            if "tap" not in space.layout.kinds
+            else "no screen grid"
+            if space.screen is None
+            else None
         )
+        if missing:
+            raise ConfigError(
+                f"learner.critic='spatial' needs a UI env (MiniWoB, Android) with tap actions whose features carry "
+                f"a screen grid (env.features.grid_rows and grid_cols >= 1, encoder small); env.id={env_id!r} has "
+                f"{missing}: use critic 'action_embedding'"
+            )
     if learner.architecture.policy_head == "factored" and space.layout is None:
         raise ConfigError(
             f"learner.policy_head='factored' needs a UI action space with kinds of action (MiniWoB, Android); "

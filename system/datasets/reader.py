@@ -2,7 +2,8 @@
 
 `read_dataset` checks the metadata (`metadata.read_dataset_metadata`: counts and types; the format;
 the spaces against the env's: observation shape and dtype, a Discrete action space of the env's n
-starting at 0, or a Box of the env's shape), then every episode: its file against the sha256 its
+starting at 0, or a Box of the env's shape; the screen grid a features dataset recorded against
+the env's), then every episode: its file against the sha256 its
 metadata holds (qfleet writes one; a Minari-made dataset has none, and then only Arrow's own
 structure checks catch damage), its schema (no extension types, read before any data), its
 columns (present, types, lengths, dtypes, no missing values) and values (no NaN or infinity in
@@ -25,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from learner import ActionSpace
+from learner import ActionSpace, ScreenGrid
 from replay import Spec
 from system.datasets.errors import DatasetError
 from system.datasets.layout import DATA_FORMAT, EPISODE_FILE, episode_dir
@@ -89,6 +90,16 @@ def parse_spaces(metadata: dict[str, Any], dataset: str):
     return spaces[0], spaces[1]
 
 
+SCREEN_GRID_KEY = "screen_grid"
+"""Key, in the dataset metadata's "qfleet" record, of the screen grid its features carry (absent: none,
+or a dataset recorded before qfleet wrote it)."""
+
+
+def screen_grid_record(screen: ScreenGrid | None) -> dict[str, int] | None:
+    """The screen grid as the dataset's metadata records it: {rows, cols, channels}, or None."""
+    return None if screen is None else {"rows": screen.rows, "cols": screen.cols, "channels": screen.channels}
+
+
 def check_spaces(observation_space, action_space, spec: Spec, action: ActionSpace, dataset: str) -> None:
     """The dataset's spaces against the env's (its transition spec and action space).
 
@@ -102,8 +113,17 @@ def check_spaces(observation_space, action_space, spec: Spec, action: ActionSpac
         tuple(observation_space.shape),
         np.dtype(observation_space.dtype),
     ) != (obs_shape, obs_dtype):
+        # A features vector's width is set by env.features: the likeliest cause of a mismatch.
+        hint = (
+            "; features datasets are read with the env.features they were recorded with "
+            "(encoder, instruction_dim, grid_rows x grid_cols)"
+            if len(obs_shape) == 1 and isinstance(observation_space, gym.spaces.Box)
+            else ""
+        )
         raise DatasetError(
-            dataset, "observation_space", f"{observation_space} does not match the env's Box{obs_shape} {obs_dtype}"
+            dataset,
+            "observation_space",
+            f"{observation_space} does not match the env's Box{obs_shape} {obs_dtype}{hint}",
         )
     if action.discrete:
         if (
@@ -116,6 +136,34 @@ def check_spaces(observation_space, action_space, spec: Spec, action: ActionSpac
             )
     elif not isinstance(action_space, gym.spaces.Box) or tuple(action_space.shape) != (len(action.low),):
         raise DatasetError(dataset, "action_space", f"{action_space} does not match the env's Box({len(action.low)},)")
+
+
+def check_screen_grid(metadata: dict, action: ActionSpace, dataset: str) -> None:
+    """The screen grid the dataset recorded (metadata "qfleet" -> "screen_grid") against the env's
+    (env.features.grid_rows x grid_cols): a 12 x 10 grid read as 10 x 12 has the same width, so the
+    spaces alone would not tell them apart. Datasets that record none (recorded elsewhere, or before
+    qfleet wrote it) are checked by their width only.
+
+    Raises:
+        DatasetError: naming `screen_grid`, both grids and the keys to set.
+    """
+    recorded_by = metadata.get("qfleet")
+    if not isinstance(recorded_by, dict) or SCREEN_GRID_KEY not in recorded_by:
+        return
+    recorded, expected = recorded_by[SCREEN_GRID_KEY], screen_grid_record(action.screen)
+    if recorded != expected:
+        raise DatasetError(
+            dataset,
+            SCREEN_GRID_KEY,
+            f"recorded with the screen grid {_grid(recorded)}, the env's is {_grid(expected)}: set "
+            "env.features.grid_rows and grid_cols (and the encoder) as when it was recorded",
+        )
+
+
+def _grid(record: object) -> str:
+    if isinstance(record, dict):
+        return f"{record.get('rows')} x {record.get('cols')} cells of {record.get('channels')} channels"
+    return "none" if record is None else repr(record)
 
 
 def _is_extension(field: pa.Field) -> bool:
@@ -215,6 +263,7 @@ def read_dataset(data: pathlib.Path, dataset: str, spec: Spec, action: ActionSpa
         )
     observation_space, action_space = parse_spaces(metadata, dataset)
     check_spaces(observation_space, action_space, spec, action, dataset)
+    check_screen_grid(metadata, action, dataset)
     episodes, total_steps = metadata["total_episodes"], metadata["total_steps"]
     if episodes == 0:
         raise DatasetError(dataset, "total_episodes", "the dataset holds no episode")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from actors import INSTRUCTION_RULES, MINIWOB_PREFIX, EnvVector, InstructionBehaviour, make_env
+from actors import INSTRUCTION_RULES, MINIWOB_PREFIX, EnvVector, FeaturizedEnv, InstructionBehaviour, make_env
 from learner import Policy
 from system.config import (
     ConfigError,
@@ -29,6 +29,7 @@ from system.config import (
 )
 from system.datasets.errors import DatasetError
 from system.datasets.layout import check_dataset_id, datasets_dir
+from system.datasets.reader import SCREEN_GRID_KEY, screen_grid_record
 from system.datasets.recorder import PolicyActions, RecordSettings, VectorActions, record_episodes
 from system.datasets.writer import DatasetWriter, check_dataset_free
 
@@ -172,6 +173,7 @@ def _record_one(dataset_id: str, config: RunConfig, run: RunDir | None, settings
     env = make_env(config.env)
     try:
         observation_space, action_space, env_spec = env.observation_space, env.action_space, env.spec
+        screen = env.screen if isinstance(env, FeaturizedEnv) else None
     finally:
         env.close()
     # Only what a shared dataset needs: no paths, no env settings (they can hold local paths).
@@ -184,6 +186,8 @@ def _record_one(dataset_id: str, config: RunConfig, run: RunDir | None, settings
         "seed": settings.seed,
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if screen is not None:  # a 12 x 10 grid read as 10 x 12 has the same width: the reader checks this
+        recorded_by[SCREEN_GRID_KEY] = screen_grid_record(screen)
     if settings.behaviour == "instruction":
         recorded_by["follow_p"] = settings.follow_p
     if settings.epsilon_max is not None:

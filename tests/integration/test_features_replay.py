@@ -5,8 +5,11 @@ its instruction, bit for bit; the learner's spec and the actor's agree on the fe
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 
 from actors import ActorsConfig, EnvActor, EnvConfig, FeaturesConfig, describe_env, transition_spec
@@ -116,3 +119,30 @@ def test_with_a_screen_grid_replay_also_carries_the_encoders_pooled_feature_map(
         distance = np.abs(data[column][:, None, :] - expected[None]).max(axis=2)
         assert distance.min(axis=1).max() < 1e-5, column
         assert set(distance.argmin(axis=1)) == set(range(6)), column
+
+
+def test_a_features_dataset_records_its_screen_grid_and_refuses_a_transposed_one(tmp_path, capsys):
+    from system.cli import main
+    from system.datasets import DatasetError, DatasetSource, load_episodes
+
+    save_small_encoder(SmallEncoder(SCREENS.shape[1:], feature_dim=24, channels=(8, 8, 4)).eval(), tmp_path / "enc", {})
+    config = tmp_path / "screens.yaml"
+    features = f"{{encoder: small, path: {tmp_path / 'enc'}, instruction_dim: 8, grid_rows: 2, grid_cols: 3}}"
+    config.write_text(f"env:\n  id: qfleet-test/ScreenCycle-v0\n  num_envs: 1\n  features: {features}\n")
+    args = ["record", "screens/grid-v0", "--config", str(config), "--episodes", "2", "--datasets-dir", str(tmp_path)]
+    assert main(args) == 0, capsys.readouterr().err
+    metadata = json.loads((tmp_path / "screens/grid-v0/data/metadata.json").read_text())
+    assert metadata["qfleet"]["screen_grid"] == {"rows": 2, "cols": 3, "channels": 4}
+
+    source = DatasetSource("screens/grid-v0", str(tmp_path))
+
+    def spaces(rows: int, cols: int):
+        grid = FeaturesConfig("small", str(tmp_path / "enc"), instruction_dim=8, grid_rows=rows, grid_cols=cols)
+        described = describe_env(EnvConfig(id="qfleet-test/ScreenCycle-v0", features=grid))
+        return described.spec, described.action_space
+
+    assert load_episodes(source, *spaces(2, 3)).lengths.tolist() == [12, 12]
+    with pytest.raises(DatasetError, match=r"screen_grid: recorded with the screen grid 2 x 3 cells .* env's is 3 x 2"):
+        load_episodes(source, *spaces(3, 2))  # 3 x 2 cells have the same width as 2 x 3
+    with pytest.raises(DatasetError, match=r"observation_space: .*env.features .*grid_rows x grid_cols"):
+        load_episodes(source, *spaces(0, 0))

@@ -391,3 +391,19 @@ def test_the_spatial_critic_is_refused_without_a_screen_grid():
     config = factored_config(architecture=ArchitectureConfig(hidden_size=8, critic="spatial"))
     with pytest.raises(ValueError, match="needs observations with a screen grid"):
         make_agent(config, (4,), ActionSpace(num_actions=UI_SPACE.n, layout=UI_SPACE.layout()), CPU)
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [(None, "no layout"), (ActionLayout(kinds=("key",), kind_of=(0, 0), points=((0.0, 0.0),) * 2), "no tap kind")],
+)
+def test_the_spatial_critic_is_refused_where_no_action_taps_the_screen(layout, message):
+    from system.config import ConfigError, check_learner_for_env
+
+    space = ActionSpace(num_actions=2, layout=layout, screen=GRID)
+    with pytest.raises(ValueError, match=rf"learner.critic='spatial' reads the screen grid .*{message}"):
+        SpatialQ((GRID.offset + GRID.size,), space, ArchitectureConfig(hidden_size=8))
+    config = factored_config(architecture=ArchitectureConfig(hidden_size=8, critic="spatial"))
+    missing = "no UI action layout" if layout is None else "no tap actions"
+    with pytest.raises(ConfigError, match=rf"learner.critic='spatial' needs .*has {missing}"):
+        check_learner_for_env(config, space, "qfleet-test/NoTaps-v0")

@@ -250,3 +250,19 @@ def test_skipped_cells_are_not_run_and_an_unknown_skip_is_refused():
     assert DigiqSettings(skip=("updates/s",)).cells()[-1] == "Digi-Q offline -> online"
     with pytest.raises(ConfigError, match="--skip encoder: only online, updates/s can be skipped"):
         DigiqSettings(skip=("encoder",))
+
+
+def test_the_skipped_cells_resume_in_any_order_and_online_n_matters_only_with_an_online_cell(tmp_path):
+    from system.bench.digiq import digiq_from_arguments
+
+    out = tmp_path / "digiq.json"
+    Results(out, DigiqSettings(skip=("updates/s", "online"))).record("click-button", FILTERED_BC, solved(0.5))
+    again = Results(out, DigiqSettings(skip=("online", "updates/s", "online")))
+    assert again.done("click-button", FILTERED_BC)["success_rate"] == 0.5
+    assert json.loads(out.read_text())["settings"]["skip"] == ["online", "updates/s"]
+
+    base = ["bench", "digiq", "--out", str(out), "--best-of-n", "1,4", "--online-n", "16"]
+    _, settings = digiq_from_arguments(build_parser().parse_args([*base, "--skip", "updates/s,online"]))
+    assert settings.skip == ("online", "updates/s") and ONLINE not in settings.cells()
+    with pytest.raises(ConfigError, match="--online-n 16: not among --best-of-n 1,4"):
+        digiq_from_arguments(build_parser().parse_args([*base, "--skip", "updates/s"]))

@@ -120,8 +120,18 @@ def test_the_miniwob_config_takes_the_spatial_critic_with_a_screen_grid_aligned_
     features, browser = config.env.features, config.env.browser
     assert (features.grid_rows, features.grid_cols) == (browser.grid_rows, browser.grid_cols)
     assert config.learner.architecture.critic == "spatial"
-    # Screenshots (the encoder's own training data) ignore the grid: the pixel recording still loads.
-    load_config("configs/miniwob_digiq.yaml", [*grid, "env.features.encoder=none"])
+    # Screenshots (the encoder's own training data) ignore the grid: the pixel recording's env keeps
+    # the browser's screenshots as its observations, with no grid appended.
+    import gymnasium as gym
+    import numpy as np
+
+    from actors import featurize
+
+    pixels = load_config("configs/miniwob_digiq.yaml", [*grid, "env.features.encoder=none"]).env
+    screenshots = gym.spaces.Box(0, 255, (browser.obs_height, browser.obs_width, 3), np.uint8)
+    env = gym.Env()
+    env.observation_space, env.action_space = screenshots, gym.spaces.Discrete(2)
+    assert featurize(env, pixels.features, pixels.id).observation_space == screenshots
 
 
 def test_the_spatial_critic_is_refused_for_an_env_without_a_screen_grid():

@@ -150,6 +150,10 @@ def test_an_encoder_for_other_screens_or_a_missing_one_is_refused_naming_the_key
         ("env.features.encoder=small", "env.features.path: path=None: the encoder's directory is required"),
         ("env.features={encoder: small, path: d, layer: 2}", "env.features.layer: layer=2: the small encoder has one"),
         ("env.features.instruction_dim=-1", "env.features.instruction_dim: instruction_dim=-1: must be >= 0"),
+        (
+            "env.features={encoder: transformers, path: d, grid_rows: 2, grid_cols: 3}",
+            "env.features.grid_rows: grid_rows=2: a screen grid is pooled from the small encoder's spatial feature map",
+        ),
     ],
 )
 def test_bad_features_settings_name_the_key(setting, message):
@@ -199,3 +203,20 @@ def test_the_featuriser_observes_standardised_features(tmp_path):
     expected = (raw.encode(screens(1, 0))[0] - np.array(stats["mean"])) / np.array(stats["std"])
     np.testing.assert_allclose(obs[:8], expected, rtol=1e-4, atol=1e-4)
     assert not np.allclose(obs[:8], raw.encode(screens(1, 0))[0], atol=1e-2)
+
+
+def test_features_and_screen_grid_come_from_one_pass_of_the_convolutions(tmp_path):
+    torch.manual_seed(4)
+    save_small_encoder(SmallEncoder(SCREEN, 16, channels=(8, 8, 4)).eval(), tmp_path / "enc", {})
+    loaded = load_small_encoder(tmp_path / "enc")
+    frames = screens(3)
+    passes = []
+    loaded.module.conv[0].register_forward_hook(lambda *_: passes.append(1))
+    features, grid = loaded.encode_with_grid(frames, 2, 3)
+    assert len(passes) == 1
+    np.testing.assert_array_equal(features, loaded.encode(frames))
+    with torch.no_grad():
+        spatial = loaded.module.feature_map(torch.from_numpy(frames))
+        expected = torch.nn.functional.adaptive_avg_pool2d(spatial, (2, 3)).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(grid, expected)
+    assert grid.shape == (3, 2, 3, 4)
