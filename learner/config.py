@@ -318,9 +318,11 @@ class PrefetchConfig:
     batches_per_request: int = field(default=4, metadata=flat_key("prefetch_batches_per_request"))
     """Batches per replay round trip; aim for a few MB: 16 for CartPole, 4 for Atari at batch 32."""
 
-    same_host_feed: Literal["auto", "off"] = field(default="off", metadata=flat_key("same_host_feed"))
+    same_host_feed: Literal["auto", "off"] = field(default="auto", metadata=flat_key("same_host_feed"))
     """"auto": a shard on the learner's host writes sampled batches into a shared-memory region
-    the learner owns instead of the gRPC response (replay/same_host.py); "off": always gRPC."""
+    the learner owns instead of the gRPC response (replay/same_host.py); "off": always gRPC. The
+    default since it measured at least gRPC + TLS's updates/s in every case of `qfleet bench
+    learner` (docs/benchmarks.md, "Same-host feed")."""
 
     def __post_init__(self) -> None:
         if self.same_host_feed not in ("auto", "off"):

@@ -70,6 +70,11 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         return _coerce_union(value, inner, key)
     if typing.get_origin(inner) is typing.Literal:
         choices = typing.get_args(inner)
+        if isinstance(value, bool):  # YAML 1.1 reads off/on/no/yes as booleans: the choice so spelled
+            spellings = ("on", "yes", "true") if value else ("off", "no", "false")
+            spelled = [choice for choice in choices if isinstance(choice, str) and choice.lower() in spellings]
+            if len(spelled) == 1:
+                return spelled[0]
         if value not in choices:
             raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
         return value

@@ -221,8 +221,17 @@ def test_a_module_env_id_imports_only_what_env_allow_import_names(tmp_path, monk
         gym.registry.pop("EnvModCartPole-v0", None)
 
 
-def test_the_same_host_feed_is_a_learner_key_off_by_default_and_checked():
-    assert load_config(None, []).learner.prefetch.same_host_feed == "off"
-    assert load_config(None, ["learner.same_host_feed=auto"]).learner.prefetch.same_host_feed == "auto"
+def test_the_same_host_feed_is_a_learner_key_on_by_default_and_checked():
+    assert load_config(None, []).learner.prefetch.same_host_feed == "auto"
+    assert load_config(None, ["learner.same_host_feed=off"]).learner.prefetch.same_host_feed == "off"
     with pytest.raises(ConfigError, match="same_host_feed"):
         load_config(None, ["learner.same_host_feed=always"])
+
+
+def test_a_choice_spelled_off_is_that_choice_though_yaml_reads_it_as_false(tmp_path):
+    """YAML 1.1 reads `off` as false: a key whose choices include "off" takes it as "off"."""
+    path = tmp_path / "feed.yaml"
+    path.write_text("learner:\n  same_host_feed: off\n")
+    assert load_config(str(path), []).learner.prefetch.same_host_feed == "off"
+    with pytest.raises(ConfigError, match="same_host_feed"):  # true spells no choice of this key
+        load_config(None, ["learner.same_host_feed=on"])
