@@ -19,7 +19,14 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from learner import MalformedValues, MalformedWeightsError, SupersededReadError, WeightsHostError, WeightStoreError
+from learner import (
+    HostAheadError,
+    MalformedValues,
+    MalformedWeightsError,
+    SupersededReadError,
+    WeightsHostError,
+    WeightStoreError,
+)
 
 if TYPE_CHECKING:
     from learner import SharedWeights, WeightStore
@@ -41,6 +48,9 @@ class WeightSubscriber:
         self.store, self.poll_s, self.retry_s = store, poll_s, retry_s
         self.fetch_failures = 0
         """Fetches that failed (store unreachable, weights host or payload gone, pull timed out)."""
+        self.overtaken = 0
+        """Fetches the learner's publishes overtook (`HostAheadError`, `SupersededReadError`): a
+        race on a busy machine, not an outage; read again at the next poll."""
         self._failing = False  # in an outage: logged at its start, retried every retry_s
         self._seen = known_version  # newest version fetched (or handed over); only grows
         self.malformed = MalformedValues(log)
@@ -63,7 +73,9 @@ class WeightSubscriber:
         fetched = None
         try:
             fetched = self._claim(self._fetch())
-        except (WeightsHostError, SupersededReadError) as exc:
+        except (HostAheadError, SupersededReadError):
+            self.overtaken += 1  # newer weights exist: the background thread reads them at its next poll
+        except WeightsHostError as exc:
             self._failed(exc)
         finally:
             # Only now: a thread started before the fetched version was recorded as seen would
@@ -131,6 +143,11 @@ class WeightSubscriber:
         while not self._stop.wait(self.retry_s if self._failing else self.poll_s):
             try:
                 fetched = self._fetch()
+            except (HostAheadError, SupersededReadError):
+                # Publishes overtook the read (frequent publishes, a busy machine): newer weights
+                # exist, so read again at the next poll, not after an outage's retry_s.
+                self.overtaken += 1
+                continue
             except WeightStoreError as exc:
                 self._failed(exc)
                 continue

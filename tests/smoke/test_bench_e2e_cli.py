@@ -21,7 +21,10 @@ SMALL += overrides({"learner.publish_every": 20, "train.log_every_s": 1})
 @pytest.mark.timeout(300)  # about 30 s on an idle machine; a `qfleet train` start takes minutes on a loaded one
 def test_bench_e2e_trains_qfleet_for_its_seconds_and_stops_it_in_order(tmp_path):
     out = tmp_path / "e2e.json"
-    tiny = ["--envs", "cartpole", "--utd", "1", "--seconds", "2", "--learning-starts", "200", "--systems", "qfleet"]
+    # 5 s: the window starts at the first update, when a fresh run's actors (stepping before their
+    # policy is built) may be held back with their first, v0 data; their next reports, with
+    # published weights, must fall inside the window (a 2 s one could end before them).
+    tiny = ["--envs", "cartpole", "--utd", "1", "--seconds", "5", "--learning-starts", "200", "--systems", "qfleet"]
     tiny += ["--hidden-size", "32", "--batch-size", "32", "--out-dir", str(tmp_path / "runs"), "--output", str(out)]
     result = subprocess.run([*QFLEET, "bench", "e2e", *tiny, *SMALL], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

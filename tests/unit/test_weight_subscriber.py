@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 from actors import WeightSubscriber
+from learner import HostAheadError, SupersededReadError
 
 
 class FlakyStore:
@@ -38,3 +39,20 @@ def test_an_unexpected_error_in_a_fetch_is_counted_and_the_thread_reads_on(caplo
     finally:
         subscriber.close()
     assert store.closed
+
+
+def test_a_read_overtaken_by_publishes_is_read_again_at_the_next_poll_not_after_an_outages_wait(caplog):
+    """With publishes every few ms, the weights host may hold a newer version than the manifest
+    read, twice in a row: a race, not an outage. The subscriber reads again at its next poll (an
+    outage's retry_s here is an hour: the test would time out), counts it and logs nothing."""
+    overtaken = [HostAheadError("host holds v2, newer than the v1 read", "h"), SupersededReadError("read twice")]
+    store = FlakyStore(overtaken)
+    subscriber = WeightSubscriber(store, poll_s=0.001, retry_s=3600.0)
+    try:
+        subscriber._follow_in_background()
+        fetched = subscriber.take(timeout=60)
+        assert fetched is not None and fetched[0] == 1
+        assert subscriber.overtaken == 2 and subscriber.fetch_failures == 0
+        assert "acting with the current weights" not in caplog.text
+    finally:
+        subscriber.close()
