@@ -234,6 +234,11 @@ class _Mapped:
         self.map, self.size, self.used = region_map, size, time.monotonic()
 
 
+def _holds_key(region: _Mapped, key: bytes) -> bool:
+    """Whether the region's header holds `key` (compared in constant time)."""
+    return len(key) == KEY_BYTES and hmac.compare_digest(bytes(region.map[:KEY_BYTES]), key)
+
+
 class RegionWriter:
     """The shard's side: opens regions named by requests (after the checks), keeps them mapped,
     and writes sampled columns into their slots.
@@ -268,9 +273,9 @@ class RegionWriter:
         offsets, needed = layout({column: (value.shape, value.dtype) for column, value in columns.items()})
         if needed > size:
             raise RegionRefusedError(f"the slot holds {size} bytes, the sample takes {needed}")
-        region = self._open(name)
+        region = self._open(name, key)
         # Compared on every write, before it: the header is the learner's, a mapping is shared.
-        if len(key) != KEY_BYTES or not hmac.compare_digest(bytes(region.map[:KEY_BYTES]), key):
+        if not _holds_key(region, key):
             raise RegionRefusedError(f"region {name}: the request's key does not match the region's")
         if offset < HEADER_BYTES or offset + size > region.size:
             raise RegionRefusedError(
@@ -282,7 +287,7 @@ class RegionWriter:
             np.copyto(target.reshape(column.shape), column)
         return offsets
 
-    def _open(self, name: str) -> _Mapped:
+    def _open(self, name: str, key: bytes) -> _Mapped:
         now = time.monotonic()
         # Under the lock, mapping included (microseconds): a second call naming the same new
         # region waits for the first's mapping instead of opening the file again, which the
@@ -294,7 +299,11 @@ class RegionWriter:
                 region.used = now
                 self._regions.move_to_end(name)
                 return region
-            region = self._regions[name] = self._map(name)
+            region = self._map(name)
+            if not _holds_key(region, key):  # never kept: a wrong key must not pin another run's pages
+                region.map.close()
+                raise RegionRefusedError(f"region {name}: the request's key does not match the region's")
+            self._regions[name] = region
             while len(self._regions) > self.max_regions:
                 self._regions.popitem(last=False)
             if self._sweeper is None:

@@ -184,6 +184,9 @@ def test_a_shard_writes_only_into_a_region_whose_key_the_request_names(region):
         with pytest.raises(RegionRefusedError, match="key does not match"):
             writer.write(region.name, key, region.offset(0), region.slot_bytes, COLUMNS)
     assert not any(region.view(0))  # nothing was written
+    assert writer.mapped == 0  # and a wrong key's mapping is not kept (it would pin the region's pages)
+    writer.write(region.name, region.key, region.offset(0), region.slot_bytes, COLUMNS)
+    assert writer.mapped == 1 and any(region.view(0))
     writer.close()
 
 
