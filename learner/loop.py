@@ -237,6 +237,7 @@ class Learner:
                 if batch is None:
                     break
                 self.step(batch)
+                prefetcher.release(batch)  # freed on a sampler thread, off this one
         finally:
             prefetcher.close()
             self._priorities = None

@@ -5,6 +5,9 @@
         ...
     prefetcher.close()
 
+A consumer that hands each batch back when done with it (`prefetcher.release(batch)`) has it freed
+on the sampler threads instead of its own (see `release`).
+
 With `device` set ("cpu", "cuda", "cuda:0", or a torch.device) batches arrive as `TorchBatch`:
 columns and weights as torch tensors already on the device (through pinned memory when the device
 is CUDA). Without it they are the source's numpy `Sample`s.
@@ -12,6 +15,7 @@ is CUDA). Without it they are the source's numpy `Sample`s.
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 from dataclasses import dataclass
@@ -107,6 +111,8 @@ class Prefetcher:
         self._device = device
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._spent: collections.deque = collections.deque()  # released batches, oldest first
+        self._spent_lock = threading.Lock()  # one sampler frees at a time: never the newest
         self.delivered = 0
         self._threads = [threading.Thread(target=self._fill, name=f"prefetch-{i}", daemon=True) for i in range(threads)]
         for thread in self._threads:
@@ -114,6 +120,7 @@ class Prefetcher:
 
     def _fill(self) -> None:
         while not self._stop.is_set():
+            self._free_spent()
             try:
                 # A bounded wait, so that close() is noticed while the replay holds samples back
                 # (min_size, or the samples-per-insert budget spent).
@@ -151,6 +158,26 @@ class Prefetcher:
         self.delivered += 1
         return item
 
+    def release(self, batch) -> None:
+        """Hands back a batch the consumer is done with, to be freed on a sampler thread (before
+        its next request) rather than on the consumer's.
+
+        Why: a CPU `TorchBatch`'s tensors share the sample's numpy arrays (`to_torch`), and freeing
+        a tensor that shares a numpy array waits on the GIL while other threads of the process run
+        Python: measured here with one busy Python thread beside it, ~67 us per CartPole batch of
+        128 against ~3 us for tensors torch allocated itself. Freed on the learner's thread, it
+        cost 5-12% of that thread in UTD 4 CartPole runs (docs/benchmarks.md, "Where a UTD 4
+        learner's time goes"). The newest released batch is kept until the next one comes: the
+        consumer may still hold it (its loop variable), and whoever drops the last reference frees.
+        """
+        self._spent.append(batch)
+
+    def _free_spent(self) -> None:
+        """Drops every released batch but the newest (see `release`)."""
+        with self._spent_lock:
+            while len(self._spent) > 1:
+                self._spent.popleft()
+
     @property
     def ready(self) -> int:
         """Batches waiting right now."""
@@ -161,6 +188,7 @@ class Prefetcher:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30)
+        self._spent.clear()
 
     def __enter__(self) -> Prefetcher:
         return self
