@@ -79,13 +79,19 @@ class Prefetcher:
     Args:
         source: what to sample from (a `ReplayClient`, `ShardedReplay` or `MixedReplay`).
         batch_size: items per batch.
-        depth: batches kept ready.
+        depth: batches kept ready (in whole requests: ceil(depth / batches_per_request) of them,
+            and the rest of the request being served).
         threads: concurrent samplers (each holds one request in flight).
         batches_per_request: batches drawn per round trip.
         beta: importance-sampling exponent (None: the source's default).
         device: None for numpy `Sample`s, else a torch device for `TorchBatch`es.
 
     Errors raised by the source in a background thread are raised by `next()`.
+
+    A request's batches are queued together and handed out one by one from the consumer's side:
+    a sampler waiting for room is woken once per request taken, not once per batch. Each wake-up
+    makes it want the GIL back while the consumer (the learner) runs; on a loaded 2-core machine
+    that showed as 13-17% of the learner thread spent waking samplers in UTD 4 CartPole runs.
     """
 
     POLL_S = 0.5
@@ -109,7 +115,8 @@ class Prefetcher:
         self._per_request = batches_per_request
         self._beta = beta
         self._device = device
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue = queue.Queue(maxsize=-(-depth // batches_per_request))  # of requests
+        self._taken: collections.deque = collections.deque()  # the rest of the request being served
         self._stop = threading.Event()
         self._spent: collections.deque = collections.deque()  # released batches, oldest first
         self._spent_lock = threading.Lock()  # one sampler frees at a time: never the newest
@@ -132,13 +139,12 @@ class Prefetcher:
                 continue
             except Exception as exc:  # handed to the consumer, who decides
                 items = [exc]
-            for item in items:
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+            while items and not self._stop.is_set():
+                try:
+                    self._queue.put(items, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
             if items and isinstance(items[0], Exception):
                 return
 
@@ -152,7 +158,12 @@ class Prefetcher:
         """The next batch; raises a background error, or queue.Empty after `timeout`."""
         if self._stop.is_set():
             raise StopIteration
-        item = self._queue.get(timeout=timeout)
+        try:
+            item = self._taken.popleft()
+        except IndexError:
+            first, *rest = self._queue.get(timeout=timeout)
+            self._taken.extend(rest)
+            item = first
         if isinstance(item, Exception):
             raise item
         self.delivered += 1
@@ -181,7 +192,7 @@ class Prefetcher:
     @property
     def ready(self) -> int:
         """Batches waiting right now."""
-        return self._queue.qsize()
+        return self._queue.qsize() * self._per_request + len(self._taken)
 
     def close(self) -> None:
         """Stops the sampler threads (a request in flight finishes first)."""
