@@ -173,13 +173,12 @@ class Prefetcher:
         """Hands back a batch the consumer is done with, to be freed on a sampler thread (before
         its next request) rather than on the consumer's.
 
-        Why: a CPU `TorchBatch`'s tensors share the sample's numpy arrays (`to_torch`), and freeing
-        a tensor that shares a numpy array waits on the GIL while other threads of the process run
-        Python: measured here with one busy Python thread beside it, ~67 us per CartPole batch of
-        128 against ~3 us for tensors torch allocated itself. Freed on the learner's thread, it
-        cost 5-12% of that thread in UTD 4 CartPole runs (docs/benchmarks.md, "Where a UTD 4
-        learner's time goes"). The newest released batch is kept until the next one comes: the
-        consumer may still hold it (its loop variable), and whoever drops the last reference frees.
+        Why: py-spy put 5-12% of the learner thread at the line that drops the last batch in UTD 4
+        CartPole runs of `qfleet train` on a loaded 2-core machine (docs/benchmarks.md, "Where a UTD
+        4 learner's time goes"); on its own, a free costs microseconds, so that share is the thread
+        waiting there (for the GIL or the CPU). The newest released batch is kept until the next one
+        comes: the consumer may still hold it (its loop variable), and whoever drops the last
+        reference frees it.
         """
         self._spent.append(batch)
 
