@@ -26,6 +26,7 @@ from learner.config import LearnerConfig, resolve_device
 from learner.errors import CheckpointLossError, CheckpointShapeError, CheckpointSupportError, WeightStoreError
 from learner.metrics import LearnerMetrics
 from learner.phase_mark import OFFLINE_PHASE, PhaseMark
+from learner.publish_times import PublishTimes
 from learner.sample_window import sample_error_buffer
 from learner.spaces import ActionSpace
 from learner.value_support import CLAMPED_WARNING_FRACTION
@@ -158,7 +159,7 @@ class Learner:
         self.rng = np.random.default_rng(config.seed)
         self.updates = 0
         self.version = 0
-        self._published_at: dict[int, float] = {}  # version -> publish time, the last PUBLISH_MEMORY
+        self._published_at = PublishTimes(PUBLISH_MEMORY)  # the last PUBLISH_MEMORY versions' publish times
         self.resumed_from: pathlib.Path | None = None
         self.refused_checkpoints: list[str] = []
         """Why newer checkpoints were skipped at the resume ("PATH: why")."""
@@ -236,6 +237,7 @@ class Learner:
                 if batch is None:
                     break
                 self.step(batch)
+                prefetcher.release(batch)  # freed on a sampler thread, off this one
         finally:
             prefetcher.close()
             self._priorities = None
@@ -314,8 +316,7 @@ class Learner:
             return self.version
         self.version += 1
         self.weight_store.publish(self.agent.policy_state(), self.version)
-        self._published_at[self.version] = time.time()
-        self._published_at.pop(self.version - PUBLISH_MEMORY, None)
+        self._published_at.record(self.version, time.time())
         self.metrics.weight_version.set(self.version)
         return self.version
 
@@ -324,15 +325,9 @@ class Learner:
         transitions (not over their distinct versions); None when none of them came from published
         weights. Version 0 (the actors' initial weights, never published by this learner) has no
         age and is left out; a version older than the last PUBLISH_MEMORY is aged from the oldest
-        publication remembered (a lower bound), never from the learner's start."""
-        if not self._published_at:
-            return None
-        oldest = min(self._published_at.values())
-        unique, counts = np.unique(versions[versions > 0], return_counts=True)
-        if not len(unique):
-            return None
-        ages = np.array([now - self._published_at.get(int(v), oldest) for v in unique])
-        return float(np.average(ages, weights=counts))
+        publication remembered (a lower bound), never from the learner's start (`PublishTimes.age`:
+        vectorised, as it runs on every update)."""
+        return self._published_at.age(versions, now)
 
     def inserts(self) -> int:
         """Items inserted into the replay over the run, as the UTD counts them: those a shard

@@ -5,6 +5,9 @@
         ...
     prefetcher.close()
 
+A consumer that hands each batch back when done with it (`prefetcher.release(batch)`) has it freed
+on the sampler threads instead of its own (see `release`).
+
 With `device` set ("cpu", "cuda", "cuda:0", or a torch.device) batches arrive as `TorchBatch`:
 columns and weights as torch tensors already on the device (through pinned memory when the device
 is CUDA). Without it they are the source's numpy `Sample`s.
@@ -12,6 +15,7 @@ is CUDA). Without it they are the source's numpy `Sample`s.
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 from dataclasses import dataclass
@@ -75,13 +79,19 @@ class Prefetcher:
     Args:
         source: what to sample from (a `ReplayClient`, `ShardedReplay` or `MixedReplay`).
         batch_size: items per batch.
-        depth: batches kept ready.
+        depth: batches kept ready (in whole requests: ceil(depth / batches_per_request) of them,
+            and the rest of the request being served).
         threads: concurrent samplers (each holds one request in flight).
         batches_per_request: batches drawn per round trip.
         beta: importance-sampling exponent (None: the source's default).
         device: None for numpy `Sample`s, else a torch device for `TorchBatch`es.
 
     Errors raised by the source in a background thread are raised by `next()`.
+
+    A request's batches are queued together and handed out one by one from the consumer's side:
+    a sampler waiting for room is woken once per request taken, not once per batch. Each wake-up
+    makes it want the GIL back while the consumer (the learner) runs; on a loaded 2-core machine
+    that showed as 13-17% of the learner thread spent waking samplers in UTD 4 CartPole runs.
     """
 
     POLL_S = 0.5
@@ -105,8 +115,11 @@ class Prefetcher:
         self._per_request = batches_per_request
         self._beta = beta
         self._device = device
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue = queue.Queue(maxsize=-(-depth // batches_per_request))  # of requests
+        self._taken: collections.deque = collections.deque()  # the rest of the request being served
         self._stop = threading.Event()
+        self._spent: collections.deque = collections.deque()  # released batches, oldest first
+        self._spent_lock = threading.Lock()  # one sampler frees at a time: never the newest
         self.delivered = 0
         self._threads = [threading.Thread(target=self._fill, name=f"prefetch-{i}", daemon=True) for i in range(threads)]
         for thread in self._threads:
@@ -114,6 +127,7 @@ class Prefetcher:
 
     def _fill(self) -> None:
         while not self._stop.is_set():
+            self._free_spent()
             try:
                 # A bounded wait, so that close() is noticed while the replay holds samples back
                 # (min_size, or the samples-per-insert budget spent).
@@ -125,13 +139,12 @@ class Prefetcher:
                 continue
             except Exception as exc:  # handed to the consumer, who decides
                 items = [exc]
-            for item in items:
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+            while items and not self._stop.is_set():
+                try:
+                    self._queue.put(items, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
             if items and isinstance(items[0], Exception):
                 return
 
@@ -145,22 +158,47 @@ class Prefetcher:
         """The next batch; raises a background error, or queue.Empty after `timeout`."""
         if self._stop.is_set():
             raise StopIteration
-        item = self._queue.get(timeout=timeout)
+        try:
+            item = self._taken.popleft()
+        except IndexError:
+            first, *rest = self._queue.get(timeout=timeout)
+            self._taken.extend(rest)
+            item = first
         if isinstance(item, Exception):
             raise item
         self.delivered += 1
         return item
 
+    def release(self, batch) -> None:
+        """Hands back a batch the consumer is done with, to be freed on a sampler thread (before
+        its next request) rather than on the consumer's.
+
+        Why: py-spy put 5-12% of the learner thread at the line that drops the last batch in UTD 4
+        CartPole runs of `qfleet train` on a loaded 2-core machine (docs/benchmarks.md, "Where a UTD
+        4 learner's time goes"); on its own, a free costs microseconds, so that share is the thread
+        waiting there (for the GIL or the CPU). The newest released batch is kept until the next one
+        comes: the consumer may still hold it (its loop variable), and whoever drops the last
+        reference frees it.
+        """
+        self._spent.append(batch)
+
+    def _free_spent(self) -> None:
+        """Drops every released batch but the newest (see `release`)."""
+        with self._spent_lock:
+            while len(self._spent) > 1:
+                self._spent.popleft()
+
     @property
     def ready(self) -> int:
         """Batches waiting right now."""
-        return self._queue.qsize()
+        return self._queue.qsize() * self._per_request + len(self._taken)
 
     def close(self) -> None:
         """Stops the sampler threads (a request in flight finishes first)."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30)
+        self._spent.clear()
 
     def __enter__(self) -> Prefetcher:
         return self

@@ -145,6 +145,8 @@ def validate_priorities(priorities: np.ndarray, length: int, what: str = "priori
         raise InvalidBatchError(f"column {what!r}: shape {priorities.shape}, expected ({length},)")
     if priorities.dtype.kind not in "fiu":
         raise InvalidBatchError(f"column {what!r}: dtype {priorities.dtype.name}, expected float64")
+    if length and 0 <= priorities.min() and priorities.max() < np.inf:  # the common case in two reductions
+        return  # (a NaN makes both comparisons false: it is found below)
     if not np.all(np.isfinite(priorities)):
         bad = int(np.flatnonzero(~np.isfinite(priorities))[0])
         raise InvalidBatchError(f"column {what!r}: item {bad} is {priorities[bad]}, expected a finite value >= 0")

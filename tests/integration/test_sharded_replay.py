@@ -6,6 +6,7 @@ import logging
 import pickle
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -198,6 +199,41 @@ def test_prefetcher_keeps_batches_ready_and_surfaces_errors(start_server, connec
     with pytest.raises(Exception, match="unavailable"):
         broken.get(timeout=20)
     broken.close()
+
+
+def test_a_prefetcher_serves_whole_requests_within_its_depth(start_server, connect):
+    server = start_server(capacity=1000)
+    client = connect(server.address)
+    client.insert(make_batch(500))
+    client.flush()
+    with Prefetcher(client, 16, depth=8, threads=2, batches_per_request=4) as prefetcher:
+        assert wait_until(lambda: prefetcher.ready == 8)  # two requests of 4 queued
+        seen = []
+        for _ in range(20):
+            seen.append(prefetcher.get(timeout=20))
+            assert prefetcher.ready <= 8 + 3  # at most the rest of the request being served beyond depth
+    assert prefetcher.delivered == 20
+    assert all(batch.data["obs"].shape == (16, 4) for batch in seen)
+
+
+def test_a_prefetcher_frees_released_batches_on_its_samplers_keeping_the_newest(start_server, connect):
+    server = start_server(capacity=1000)
+    client = connect(server.address)
+    client.insert(make_batch(500))
+    client.flush()
+    with Prefetcher(client, 16, depth=2, threads=1, batches_per_request=2, device="cpu") as prefetcher:
+        released = []
+        for _ in range(3):
+            batch = prefetcher.get(timeout=20)
+            released.append(weakref.ref(batch))
+            prefetcher.release(batch)
+        del batch
+        # The sampler frees what was released before its next request; taking batches makes room for it.
+        assert wait_until(
+            lambda: prefetcher.get(timeout=20) is not None and released[0]() is None and released[1]() is None,
+            timeout=30,
+        )
+        assert released[2]() is not None  # the newest released batch waits for the next release
 
 
 def test_mixed_sources_draw_fixed_fractions(start_server, connect):

@@ -227,10 +227,12 @@ def test_update_cost_refuses_a_device_it_cannot_run_on_before_building_anything(
 
 def test_sample_age_is_a_mean_over_samples_and_leaves_version_zero_out():
     from learner.loop import Learner
+    from learner.publish_times import PublishTimes
 
-    learner = SimpleNamespace(_published_at={})
+    learner = SimpleNamespace(_published_at=PublishTimes(1000))
     assert Learner.sample_age(learner, np.array([0, 0]), now=100.0) is None  # nothing published yet
-    learner._published_at = {5: 90.0, 6: 98.0}
+    learner._published_at.record(5, 90.0)
+    learner._published_at.record(6, 98.0)
     # Three samples of version 6 (2 s old), one of 5 (10 s old), version 0 (initial weights) left out.
     assert Learner.sample_age(learner, np.array([6, 6, 6, 5, 0, 0]), now=100.0) == 4.0
     assert Learner.sample_age(learner, np.array([0]), now=100.0) is None
