@@ -92,6 +92,7 @@ _LAZY = {
     "SACAgent": "learner.agents",
     "make_agent": "learner.agents",
     "adam": "learner.optimization",
+    "scheduled_lr": "learner.lr_schedule",
     "ActingHead": "learner.acting",
     "ACTING_HEADS": "learner.acting",
     "PolicyLogits": "learner.acting",

@@ -19,6 +19,7 @@ from learner.agent import Agent, UpdateResult
 from learner.config import LearnerConfig
 from learner.cuda_graph import GraphedUpdate, make_capturable
 from learner.losses import at_actions
+from learner.lr_schedule import GRAPHED_STEPS, scheduled_lr, set_learning_rate
 from learner.networks import EnsembleCritic, TanhGaussianActor, build_q_network
 from learner.offline_agents import FilteredBCAgent, IQLAgent
 from learner.optimization import (
@@ -57,6 +58,7 @@ class DiscreteQAgent:
         Polyak average, moved after every update; it takes no gradients."""
         self.parameters = list(self.online.parameters())
         """The online network's parameters (resets re-initialise them in place)."""
+        scheduled_lr(config.optimizer, 0)  # refuses a linear schedule without a horizon before anything runs
         self.optimizer = adam(self.parameters, config.optimizer.lr)
         self.graphed: GraphedUpdate | None = None
         """The update as a replayed CUDA graph (`learner.cuda_graph` on a CUDA device), else None."""
@@ -120,7 +122,11 @@ class DiscreteQAgent:
         )
 
     def after_update(self, updates: int) -> bool:
-        """Target update and periodic reset after update number `updates`; True if it reset."""
+        """Target update, policy average, the next update's learning rate (`learner.lr_schedule`)
+        and periodic reset after update number `updates`; True if it reset."""
+        if self.config.optimizer.lr_schedule != "constant":
+            steps = None if self.graphed is None else GRAPHED_STEPS
+            set_learning_rate(self.optimizer, scheduled_lr(self.config.optimizer, updates, steps))
         if self.target is not None:
             update_target(self.online, self.target, self.config.target, updates)
         if self.policy_average is not None:

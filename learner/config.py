@@ -76,9 +76,25 @@ class OptimizerConfig:
     max_grad_norm: float | None = 10.0
     """Gradient clipping by global norm; null: none."""
 
+    lr_schedule: Literal["constant", "linear"] = "constant"
+    """"constant": `lr` throughout; "linear": from `lr` down to `lr` x `lr_final_fraction` over
+    `lr_decay_updates` updates, then held there (`learner.lr_schedule`). Discrete Q losses only
+    ("dqn", "c51", "hl_gauss")."""
+
+    lr_final_fraction: float = 0.1
+    """The "linear" schedule's floor, as a fraction of `lr`, in (0, 1]."""
+
+    lr_decay_updates: int | None = None
+    """Updates the "linear" schedule decays over; null: `qfleet train` sets it to the run's update
+    budget, train.total_env_steps x updates_per_env_step (+ offline.updates with an offline phase)."""
+
     def __post_init__(self) -> None:
         if not self.lr > 0:
             _refuse("lr", self.lr, "must be > 0")
+        if not 0.0 < self.lr_final_fraction <= 1.0:
+            _refuse("lr_final_fraction", self.lr_final_fraction, "must be in (0, 1]")
+        if self.lr_decay_updates is not None and self.lr_decay_updates < 1:
+            _refuse("lr_decay_updates", self.lr_decay_updates, "must be >= 1, or null for the run's update budget")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             _refuse("max_grad_norm", self.max_grad_norm, "must be > 0, or null")
 
@@ -447,7 +463,8 @@ class LearnerConfig:
     action_embedding_dim, policy_head)."""
 
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig, metadata=FLAT)
-    """Adam and clipping (keys: lr, max_grad_norm)."""
+    """Adam, its learning-rate schedule and clipping (keys: lr, max_grad_norm, lr_schedule,
+    lr_final_fraction, lr_decay_updates)."""
 
     target: TargetConfig = field(default_factory=TargetConfig, metadata=FLAT)
     """The target network (keys: target_update, target_update_every, tau)."""
@@ -510,6 +527,12 @@ class LearnerConfig:
                     self.policy_average_tau,
                     f"needs loss 'dqn', 'c51' or 'hl_gauss' (loss is {self.loss!r}); null for the others",
                 )
+        if self.optimizer.lr_schedule != "constant" and self.loss not in ("dqn", "c51", "hl_gauss"):
+            _refuse(
+                "lr_schedule",
+                self.optimizer.lr_schedule,
+                f"needs loss 'dqn', 'c51' or 'hl_gauss' (loss is {self.loss!r}); 'constant' for the others",
+            )
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             _refuse("device", self.device, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
 

@@ -28,6 +28,7 @@ from system.config import (
     resolve_value_support,
 )
 from system.config.insert_settings import LEAD_WARN_FRACTION, InsertSettings, derive_insert_settings
+from system.config.lr_horizon import resolve_lr_horizon
 from system.config.recipes import recipe_for
 from system.train.run_dir import RunDir
 
@@ -144,6 +145,7 @@ def plan(
         check_warmup_phase(config)
     if resume is None or not config.learner.distributional.resolved:  # a run's config.yaml holds its numbers
         config = resolve_value_support(config)
+    config = resolve_lr_horizon(config)  # a resumed run's config.yaml holds the horizon it started with
     checked = Plan(config, run, name, state, spaces.obs_shape, spaces.action_space, spaces.spec)
     if resume is not None:
         checked.resumed = True

@@ -1,0 +1,36 @@
+"""`learner.lr_decay_updates` derived from the run: a linear learning-rate schedule decays over the
+run's update budget, which only the whole run config knows (the learner sees its own section)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from system.config.run import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def update_budget(config: RunConfig) -> int:
+    """The updates a run makes: train.total_env_steps x learner.updates_per_env_step (the UTD the
+    replay holds), plus the offline phase's `offline.updates` when it has a dataset; at least 1."""
+    online = round(config.train.total_env_steps * config.learner.updates_per_env_step)
+    offline = config.offline.updates if config.offline.dataset is not None else 0
+    return max(1, online + offline)
+
+
+def resolve_lr_horizon(config: RunConfig) -> RunConfig:
+    """`config` with `learner.lr_decay_updates` set to `update_budget` where a "linear" schedule
+    leaves it null; any other config unchanged (a set horizon is kept)."""
+    optimizer = config.learner.optimizer
+    if optimizer.lr_schedule == "constant" or optimizer.lr_decay_updates is not None:
+        return config
+    budget = update_budget(config)
+    log.info(
+        "learning rate %g decays linearly to %g over %d updates (the run's update budget)",
+        optimizer.lr,
+        optimizer.lr * optimizer.lr_final_fraction,
+        budget,
+    )
+    learner = dataclasses.replace(config.learner, optimizer=dataclasses.replace(optimizer, lr_decay_updates=budget))
+    return dataclasses.replace(config, learner=learner)
