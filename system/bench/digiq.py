@@ -133,7 +133,8 @@ class DigiqSettings:
     """Recordings (--seed: env j starts at 10000 seed + j), learners (train.seed); evaluations are
     seeded from EVAL_SEED_BASE + 100000 seed, far from any recording's seeds."""
     overrides: tuple[str, ...] = ()
-    """`--set KEY=VALUE` over CONFIG for every recording, learner and run (after the bench's own)."""
+    """`--set KEY=VALUE` over CONFIG for every recording, learner and run (a learner cell's own
+    settings win where they meet: filtered BC's `learner.cql_alpha` 0)."""
     skip: tuple[str, ...] = ()
     """Cells not run (SKIPPABLE: the online run, the updates/s), e.g. to measure the offline cells
     of a new critic in the time a shared machine gives."""
