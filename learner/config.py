@@ -254,6 +254,13 @@ class IQLConfig:
     proposes; from an untrained pi they are near-uniform, and Best-of-N then copies whichever of
     them the critic overrates (MiniWoB click-button: docs/digiq.md)."""
 
+    cql_alpha: float = 0.0
+    """Weight of a conservative penalty on the twin Qs (discrete CQL, Kumar et al. 2020):
+    alpha * (logsumexp_a Q(s, a) - Q(s, a_data)) added to each twin's TD loss, with Q of every action
+    from one pass. It lowers Q at the actions the data rarely holds, which the critic otherwise
+    overrates and Best-of-N copies (MiniWoB: docs/digiq.md). 0 (default): plain IQL. Finite, >= 0;
+    needs loss "iql"."""
+
     def __post_init__(self) -> None:
         if not 0.0 < self.expectile < 1.0:
             _refuse("expectile", self.expectile, "must be in (0, 1)")
@@ -261,6 +268,7 @@ class IQLConfig:
             "awr_temperature": self.temperature,
             "awr_max_weight": self.max_weight,
             "advantage_threshold": self.advantage_threshold,
+            "cql_alpha": self.cql_alpha,
         }
         for key, value in finite.items():
             if not math.isfinite(value):
@@ -269,6 +277,8 @@ class IQLConfig:
             _refuse("awr_temperature", self.temperature, "must be >= 0")
         if not self.max_weight > 0:
             _refuse("awr_max_weight", self.max_weight, "must be > 0")
+        if not self.cql_alpha >= 0:
+            _refuse("cql_alpha", self.cql_alpha, "must be >= 0")
         if self.n < 1:
             _refuse("best_of_n", self.n, "must be >= 1")
         if self.policy_starts < 0:
@@ -481,7 +491,7 @@ class LearnerConfig:
     iql: IQLConfig = field(default_factory=IQLConfig, metadata=FLAT)
     """The "iql" loss (keys: expectile, policy_extraction, awr_temperature, awr_max_weight, best_of_n,
     best_of_n_replacement, best_of_n_include_data_action, advantage_threshold, policy_starts,
-    policy_warmup)."""
+    policy_warmup, cql_alpha)."""
 
     filtered_bc: FilteredBCConfig = field(default_factory=FilteredBCConfig, metadata=FLAT)
     """The "filtered_bc" loss (key: top_k_percent)."""
@@ -510,6 +520,12 @@ class LearnerConfig:
         policy_losses = ("iql", "filtered_bc")
         if self.architecture.critic != "discrete" and self.loss != "iql":
             _refuse("critic", self.architecture.critic, f"needs loss 'iql' (loss is {self.loss!r})")
+        if self.iql.cql_alpha != 0 and self.loss != "iql":
+            _refuse(
+                "cql_alpha",
+                self.iql.cql_alpha,
+                f"penalises iql's critics of discrete actions: needs loss 'iql' (loss is {self.loss!r}); 0 for the others",
+            )
         if self.architecture.policy_head != "flat" and self.loss not in policy_losses:
             _refuse(
                 "policy_head",

@@ -109,6 +109,9 @@ class IQLAgent(_PolicyAgent):
     The twin Qs are discrete heads or, with `learner.critic: action_embedding`, Digi-Q's Q(s, a) with
     the action as an input (learner/action_heads.py); the update asks either only for Q at the data
     action and Best-of-N's N candidates (`twin_q_at`), never for all A actions.
+    With `iql.cql_alpha` > 0 each twin's loss also has discrete CQL's penalty (Kumar et al. 2020),
+    alpha * (logsumexp_a Q(s, a) - Q(s, a_data)), from Q of every action in one pass (`twin_q`):
+    it lowers the Qs at actions the data rarely holds, which Best-of-N would otherwise copy.
     One target network holds the twin Qs and V (`learner.target_update` as for the other losses;
     "none": the online critics bootstrap). With `iql.policy_starts`, pi is not updated in the first
     that many updates: the critics train first, while pi learns nothing (`imitation_weight` 0) or,
@@ -154,9 +157,15 @@ class IQLAgent(_PolicyAgent):
             q_target_asked = bootstrap.twin_q_at(obs, asked).min(dim=0).values  # [B, 1 (+ N)]
             q_target_taken = q_target_asked[:, 0]
             td_target = offline_losses.value_bootstrap_target(reward, discount, bootstrap.v(batch["next_obs"]))
-        q_taken = self.critic.twin_q_at(obs, action)  # [2, B]
         value = self.critic.v(obs)
-        q_per_item = (q_taken - td_target).square().mean(dim=0)
+        if iql.cql_alpha > 0:  # Q of every action, in one pass: the penalty needs them all
+            q_every = self.critic.twin_q(obs)  # [2, B, A]
+            q_taken = q_every.gather(2, action[None, :, None].expand(2, -1, 1)).squeeze(2)
+            penalty = offline_losses.conservative_penalty(q_every, action).mean(dim=0)
+        else:
+            q_taken = self.critic.twin_q_at(obs, action)  # [2, B]
+            penalty = torch.zeros_like(value)
+        q_per_item = (q_taken - td_target).square().mean(dim=0) + iql.cql_alpha * penalty
         v_per_item = offline_losses.expectile_loss(q_target_taken - value, iql.expectile)
         critic_loss = (weights * (q_per_item + v_per_item)).mean()
         max_grad_norm = self.config.optimizer.max_grad_norm

@@ -39,6 +39,27 @@ def expectile_loss(difference: torch.Tensor, expectile: float) -> torch.Tensor:
     return weight * difference.square()
 
 
+def conservative_penalty(q: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """Discrete CQL's regulariser, per item: logsumexp_a Q(s, a) - Q(s, a_data) (Kumar et al. 2020,
+    "Conservative Q-Learning for Offline Reinforcement Learning", eq. 4 with the entropy-regularised
+    max over actions; the form of their discrete-action (CQL(H)) experiments).
+
+    Minimising it pushes Q down at every action in proportion to softmax(Q) (the overrated ones most)
+    and up at the data's action: actions the data rarely holds lose the arbitrary values their
+    untrained embeddings give them, which Best-of-N would otherwise copy. It is >= 0, and 0 only
+    in the limit where the data action's Q dominates every other by far.
+
+    Args:
+        q: [..., B, A] Q of every action (e.g. [2, B, A]: both twins).
+        action: [B] the data's actions.
+
+    Returns:
+        [..., B] the penalty per item (and per twin).
+    """
+    index = action.long()[:, None].expand(*q.shape[:-1], 1)
+    return torch.logsumexp(q, dim=-1) - q.gather(-1, index).squeeze(-1)
+
+
 def value_bootstrap_target(reward: torch.Tensor, discount: torch.Tensor, next_value: torch.Tensor) -> torch.Tensor:
     """IQL's Q target: r + discount * V(s'). No max over actions, so no action outside the data
     is ever evaluated.

@@ -133,7 +133,8 @@ class DigiqSettings:
     """Recordings (--seed: env j starts at 10000 seed + j), learners (train.seed); evaluations are
     seeded from EVAL_SEED_BASE + 100000 seed, far from any recording's seeds."""
     overrides: tuple[str, ...] = ()
-    """`--set KEY=VALUE` over CONFIG for every recording, learner and run (after the bench's own)."""
+    """`--set KEY=VALUE` over CONFIG for every recording, learner and run (a learner cell's own
+    settings win where they meet: filtered BC's `learner.cql_alpha` 0)."""
     skip: tuple[str, ...] = ()
     """Cells not run (SKIPPABLE: the online run, the updates/s), e.g. to measure the offline cells
     of a new critic in the time a shared machine gives."""
@@ -383,7 +384,9 @@ def learner_overrides(paths: TaskPaths, settings: DigiqSettings, learner: dict[s
         "env.features.path": str(paths.encoder),
         "train.seed": settings.seed,
     }
-    return [f"{key}={value}" for key, value in (common | learner).items()] + list(settings.overrides)
+    # The cell's own settings last: the keys it shares with `--set` are only those the bench does not
+    # own (BENCH_OWNED refuses the others), e.g. filtered BC's cql_alpha 0, which must win.
+    return list(settings.overrides) + [f"{key}={value}" for key, value in (common | learner).items()]
 
 
 def refuse_updates_within_warmup(updates: int, config) -> None:
@@ -407,9 +410,15 @@ def refuse_updates_within_warmup(updates: int, config) -> None:
 def learner_settings(cell: str, settings: DigiqSettings) -> dict[str, object]:
     """Each offline cell's settings over CONFIG: filtered BC (plain BC, top_k_percent 100, on rows
     `TaskRun.offline` has already filtered to the successful episodes: a per-batch top-k would keep
-    whole batches of failures when a batch holds few successes), or Digi-Q with its N."""
+    whole batches of failures when a batch holds few successes), or Digi-Q with its N. Filtered BC has
+    no critic, so a `--set learner.cql_alpha` (Digi-Q's critics' penalty) is 0 there."""
     if cell == FILTERED_BC:
-        return {"learner.loss": "filtered_bc", "learner.critic": "discrete", "learner.top_k_percent": 100}
+        return {
+            "learner.loss": "filtered_bc",
+            "learner.critic": "discrete",
+            "learner.top_k_percent": 100,
+            "learner.cql_alpha": 0,
+        }
     return {"learner.best_of_n": int(cell.rsplit("=", 1)[1])}
 
 

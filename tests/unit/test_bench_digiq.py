@@ -197,6 +197,20 @@ def test_every_cell_trains_with_the_same_budget_and_data_and_its_label_is_its_n(
     )
 
 
+def test_a_set_cql_alpha_reaches_the_digiq_cells_and_the_online_run_but_not_filtered_bc(tmp_path):
+    from system.bench.digiq import CONFIG, ROOT, learner_settings, online_command
+    from system.config import load_config
+
+    settings = DigiqSettings(best_of_n=(1, 4), online_n=4, overrides=("learner.cql_alpha=0.5",))
+    run = TaskRun("click-button", settings, Results(tmp_path / "d.json", settings), tmp_path)
+    for n in (1, 4):
+        assert run.config(learner_settings(digiq_cell(n), settings)).learner.iql.cql_alpha == 0.5
+    online = overrides_of(online_command(run.paths, settings))
+    assert load_config(str(ROOT / CONFIG), [f"{k}={v}" for k, v in online.items()]).learner.iql.cql_alpha == 0.5
+    filtered_bc = run.config(learner_settings(FILTERED_BC, settings)).learner  # no critic: refused if it kept 0.5
+    assert (filtered_bc.loss, filtered_bc.iql.cql_alpha) == ("filtered_bc", 0.0)
+
+
 def test_the_critic_ranking_counts_where_the_rewarded_action_has_the_highest_q_and_its_advantage_auc():
     import numpy as np
 

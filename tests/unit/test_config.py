@@ -101,6 +101,14 @@ def test_nested_sections_from_yaml_and_set(tmp_path):
         ("", ["env..id=x"], "expected section.key=value"),
         ("", ["train.shard_resources={replay: -1}"], "train.shard_resources.*amounts must be >= 0"),
         ("", ["train.learner_resources={learner: -1}"], "train.learner_resources.*amounts must be >= 0"),
+        ("", ["learner.loss=iql", "learner.cql_alpha=-1"], "learner.cql_alpha: cql_alpha=-1.0: must be >= 0"),
+        ("", ["learner.loss=iql", "learner.cql_alpha=.nan"], "learner.cql_alpha: cql_alpha=nan: must be finite"),
+        (
+            "",
+            ["learner.loss=dqn", "learner.cql_alpha=1"],
+            "learner: cql_alpha=1.0: .*needs loss 'iql' \\(loss is 'dqn'\\)",
+        ),
+        ("", ["learner.loss=filtered_bc", "learner.cql_alpha=1"], "cql_alpha.*needs loss 'iql'"),
     ],
 )
 def test_bad_configs_fail_naming_the_key(tmp_path, yaml_text, overrides, named):

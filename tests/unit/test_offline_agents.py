@@ -452,3 +452,57 @@ def test_reset_reinitialises_the_heads_of_pi_and_the_critics():
 def test_an_offline_loss_needs_discrete_actions():
     with pytest.raises(ValueError, match="learner.loss='iql' needs a discrete action space"):
         make_agent(config("iql"), (4,), ActionSpace(low=(-1.0,), high=(1.0,)), CPU)
+
+
+def test_cql_alpha_adds_alpha_times_the_conservative_penalty_to_the_critic_loss():
+    agent = make_agent(
+        config("iql", iql=IQLConfig(expectile=0.7, cql_alpha=0.5)), (STATES,), ActionSpace(num_actions=2), CPU
+    )
+    set_head(agent.critic_target.q1, [1.0, 2.0])
+    set_head(agent.critic_target.q2, [3.0, 0.0])
+    for network in (agent.critic_target.value, agent.critic.value, agent.critic.q1, agent.critic.q2):
+        set_head(network, [0.0] * network.head.bias.numel())
+    result = agent.update(two_rows(), torch.ones(2))
+    # As without the penalty (0.475), plus 0.5 * (logsumexp(0, 0) - 0) = 0.5 * log 2 per item and twin.
+    assert result.loss == pytest.approx(0.475 + 0.5 * np.log(2.0))
+    np.testing.assert_allclose(result.td_abs, [0.5, 0.0], atol=1e-7)  # priorities stay the TD errors
+
+
+def test_the_cql_alpha_key_reaches_the_iql_loss_through_the_config():
+    from system.config import load_config
+
+    losses = {}
+    for alpha in (0.0, 2.0):
+        learner_config = load_config(
+            None, ["learner.loss=iql", "learner.hidden_size=32", f"learner.cql_alpha={alpha}"]
+        ).learner
+        assert learner_config.iql.cql_alpha == alpha
+        agent = make_agent(learner_config, (STATES,), ActionSpace(num_actions=3), CPU)
+        for network in (agent.critic.q1, agent.critic.q2):
+            set_head(network, [0.0, 0.0, 0.0])  # Q = 0 at all three actions: a penalty of log 3
+        losses[alpha] = agent.update(two_rows(), torch.ones(2)).loss
+    assert losses[2.0] - losses[0.0] == pytest.approx(2.0 * np.log(3.0), rel=1e-5)
+
+
+def q_after_training(critic: str, alpha: float, overrated: float) -> torch.Tensor:
+    """[4 states, 3 actions] min of the twins after 300 updates on the chain's data, in a space with
+    a third action the data never holds; `overrated` is added to that action's Q at the start (the
+    discrete critic's head bias for it), as an untrained action's Q can be."""
+    architecture = dataclasses.replace(SMALL, critic=critic)
+    agent = make_agent(config("iql", architecture, iql=IQLConfig(cql_alpha=alpha)), (STATES,), ActionSpace(3), CPU)
+    if overrated:
+        for twin in (agent.critic.q1, agent.critic.q2, agent.critic_target.q1, agent.critic_target.q2):
+            with torch.no_grad():
+                twin.head.bias[2] += overrated
+    train(agent, recorded_batch(), 300)
+    with torch.no_grad():
+        return agent.critic.twin_q(torch.eye(STATES)[:4]).min(dim=0).values
+
+
+def test_the_conservative_penalty_brings_an_overrated_action_the_data_never_holds_below_the_datas():
+    def gap(q: torch.Tensor) -> float:  # how far the unseen action rises above the data's, at worst
+        return (q[:, 2] - q[:, :2].min(dim=1).values).max().item()
+
+    assert gap(q_after_training("discrete", 0.0, overrated=5.0)) > 4  # plain IQL never touches it
+    assert gap(q_after_training("discrete", 1.0, overrated=5.0)) < 0
+    assert gap(q_after_training("action_embedding", 1.0, overrated=0.0)) < 0

@@ -119,3 +119,26 @@ def test_best_of_n_can_hold_the_data_action_in_its_first_slot():
     assert iid.shape == (100, 3) and torch.equal(iid[:, 0], data_action)
     only_data = offline_losses.sample_candidates(logits, 1, data_action)
     assert torch.equal(only_data[:, 0], data_action)
+
+
+def test_the_conservative_penalty_is_logsumexp_of_q_minus_q_at_the_data_action():
+    q = torch.tensor([[0.0, 0.0, math.log(2.0)], [0.0, 0.0, math.log(2.0)]])  # logsumexp: log 4
+    penalty = offline_losses.conservative_penalty(q, torch.tensor([2, 0]))
+    torch.testing.assert_close(penalty, torch.tensor([math.log(2.0), math.log(4.0)]))
+
+
+def test_the_conservative_penalty_pushes_q_down_by_softmax_and_up_at_the_data_action():
+    q = torch.tensor([[0.0, 0.0, math.log(2.0)]], requires_grad=True)  # softmax: 0.25, 0.25, 0.5
+    offline_losses.conservative_penalty(q, torch.tensor([0])).sum().backward()
+    # d/dQ_a = softmax(Q)_a - 1[a = a_data]: the data action rises, the others fall, the
+    # highest (overrated) one most.
+    torch.testing.assert_close(q.grad, torch.tensor([[0.25 - 1.0, 0.25, 0.5]]))
+
+
+def test_the_conservative_penalty_is_per_twin_and_item():
+    q = torch.stack([torch.zeros(2, 4), torch.tensor([[3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])])
+    penalty = offline_losses.conservative_penalty(q, torch.tensor([0, 1]))
+    expected_twin2_item0 = math.log(math.exp(3.0) + 3.0) - 3.0
+    torch.testing.assert_close(
+        penalty, torch.tensor([[math.log(4.0), math.log(4.0)], [expected_twin2_item0, math.log(4.0)]])
+    )
