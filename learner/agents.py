@@ -121,12 +121,20 @@ class DiscreteQAgent:
             loss, q_mean, grad_norm, figures[4:].copy(), clamped_fraction=None if np.isnan(clamped) else clamped
         )
 
+    def set_learning_rate(self, updates: int) -> float:
+        """Sets the rate of the update after update number `updates` from the config
+        (`learner.lr_schedule`; "constant": `lr`) and returns it. Set after every update and after
+        a resume, so a resumed run follows the configured schedule and `lr`, not the rate its
+        checkpoint's optimizer state holds. Setting the rate a CUDA graph was captured with again
+        leaves the graph as it is (`learner.cuda_graph` compares values); only a change re-captures."""
+        steps = None if self.graphed is None else GRAPHED_STEPS
+        rate = scheduled_lr(self.config.optimizer, updates, steps)
+        set_learning_rate(self.optimizer, rate)
+        return rate
+
     def after_update(self, updates: int) -> bool:
-        """Target update, policy average, the next update's learning rate (`learner.lr_schedule`)
-        and periodic reset after update number `updates`; True if it reset."""
-        if self.config.optimizer.lr_schedule != "constant":
-            steps = None if self.graphed is None else GRAPHED_STEPS
-            set_learning_rate(self.optimizer, scheduled_lr(self.config.optimizer, updates, steps))
+        """Target update, policy average and periodic reset after update number `updates`; True
+        if it reset. (The next update's learning rate is `set_learning_rate`'s.)"""
         if self.target is not None:
             update_target(self.online, self.target, self.config.target, updates)
         if self.policy_average is not None:
@@ -270,6 +278,13 @@ class SACAgent:
         if self.critic_target is not None:
             update_target(self.critic, self.critic_target, self.config.target, updates)
         return periodic_reset(self, self.config.resets, updates)
+
+    def set_learning_rate(self, updates: int) -> float:
+        """Sets every optimizer's rate to the configured `lr` (SAC has no schedule), whatever a
+        loaded checkpoint's optimizer state held; returns it."""
+        for optimizer in (self.actor_optimizer, self.critic_optimizer, self.alpha_optimizer):
+            set_learning_rate(optimizer, self.config.optimizer.lr)
+        return self.config.optimizer.lr
 
     def reset(self, which: str) -> None:
         """Re-initialises heads (or all layers) of actor and critics, with their optimizer state."""
