@@ -12,8 +12,13 @@ log = logging.getLogger(__name__)
 
 
 def update_budget(config: RunConfig) -> int:
-    """The updates a run makes: train.total_env_steps x learner.updates_per_env_step (the UTD the
-    replay holds), plus the offline phase's `offline.updates` when it has a dataset; at least 1."""
+    """The updates a run plans to make: train.total_env_steps x learner.updates_per_env_step (the
+    UTD the replay holds), plus the offline phase's `offline.updates` when it has a dataset; at
+    least 1.
+
+    A plan, not a count: the run ends at total_env_steps, and a learner that trails the inserts
+    has made somewhat fewer updates by then, so such a run ends with its learning rate slightly
+    above the schedule's floor."""
     online = round(config.train.total_env_steps * config.learner.updates_per_env_step)
     offline = config.offline.updates if config.offline.dataset is not None else 0
     return max(1, online + offline)
