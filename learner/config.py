@@ -86,7 +86,8 @@ class OptimizerConfig:
 
     lr_decay_updates: int | None = None
     """Updates the "linear" schedule decays over; null: `qfleet train` sets it to the run's update
-    budget, train.total_env_steps x updates_per_env_step (+ offline.updates with an offline phase)."""
+    budget, train.total_env_steps x updates_per_env_step (+ offline.updates with an offline phase);
+    `qfleet learner run` has no budget and refuses a "linear" schedule without it."""
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
