@@ -60,6 +60,9 @@ class DiscreteQAgent:
         """The online network's parameters (resets re-initialise them in place)."""
         scheduled_lr(config.optimizer, 0)  # refuses a linear schedule without a horizon before anything runs
         self.optimizer = adam(self.parameters, config.optimizer.lr)
+        self._rate_set: float | None = None
+        """The rate `set_learning_rate` last set on the optimizer's groups (None: not since they were
+        built or loaded)."""
         self.graphed: GraphedUpdate | None = None
         """The update as a replayed CUDA graph (`learner.cuda_graph` on a CUDA device), else None."""
         if config.cuda_graph and device.type == "cuda":
@@ -129,7 +132,9 @@ class DiscreteQAgent:
         leaves the graph as it is (`learner.cuda_graph` compares values); only a change re-captures."""
         steps = None if self.graphed is None else GRAPHED_STEPS
         rate = scheduled_lr(self.config.optimizer, updates, steps)
-        set_learning_rate(self.optimizer, rate)
+        if rate != self._rate_set:  # a capturable group's tensor rate: no device write per update
+            set_learning_rate(self.optimizer, rate)
+            self._rate_set = rate
         return rate
 
     def after_update(self, updates: int) -> bool:
@@ -170,6 +175,7 @@ class DiscreteQAgent:
         one with `policy_average_tau` unset) starts the average at the online network."""
         self.online.load_state_dict(state["online"])
         load_adam_state(self.optimizer, state["optimizer"])
+        self._rate_set = None  # the groups now hold the checkpoint's rate
         if self.target is not None:
             self.target.load_state_dict(state["target"])
         if self.policy_average is not None:
