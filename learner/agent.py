@@ -47,7 +47,8 @@ class Agent(Protocol):
     """Networks + optimizers + one `update(batch)`. Knows nothing of replay, Redis or processes.
 
     The loop calls `update` (one gradient step; `td_abs` becomes new priorities), then
-    `after_update` (target network, policy average, periodic reset), and publishes `policy_state()`.
+    `after_update` (target network, policy average, periodic reset) and `set_learning_rate`, and
+    publishes `policy_state()`.
     """
 
     discrete: ClassVar[bool]
@@ -60,6 +61,12 @@ class Agent(Protocol):
     def after_update(self, updates: int) -> bool:
         """Target-network, policy-average and periodic-reset bookkeeping after update number
         `updates`; True if it reset."""
+        ...
+
+    def set_learning_rate(self, updates: int) -> float:
+        """Sets every optimizer's rate for the update after update number `updates` from the config
+        (`learner.lr_schedule`) and returns it; the loop calls it after each update and after a
+        resume, so the configured `lr` and schedule rule over a checkpoint's optimizer state."""
         ...
 
     def reset(self, which: Literal["head", "all"]) -> None:

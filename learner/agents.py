@@ -60,6 +60,9 @@ class DiscreteQAgent:
         """The online network's parameters (resets re-initialise them in place)."""
         scheduled_lr(config.optimizer, 0)  # refuses a linear schedule without a horizon before anything runs
         self.optimizer = adam(self.parameters, config.optimizer.lr)
+        self._rate_set: float | None = None
+        """The rate `set_learning_rate` last set on the optimizer's groups (None: not since they were
+        built or loaded)."""
         self.graphed: GraphedUpdate | None = None
         """The update as a replayed CUDA graph (`learner.cuda_graph` on a CUDA device), else None."""
         if config.cuda_graph and device.type == "cuda":
@@ -121,12 +124,22 @@ class DiscreteQAgent:
             loss, q_mean, grad_norm, figures[4:].copy(), clamped_fraction=None if np.isnan(clamped) else clamped
         )
 
+    def set_learning_rate(self, updates: int) -> float:
+        """Sets the rate of the update after update number `updates` from the config
+        (`learner.lr_schedule`; "constant": `lr`) and returns it. Set after every update and after
+        a resume, so a resumed run follows the configured schedule and `lr`, not the rate its
+        checkpoint's optimizer state holds. Setting the rate a CUDA graph was captured with again
+        leaves the graph as it is (`learner.cuda_graph` compares values); only a change re-captures."""
+        steps = None if self.graphed is None else GRAPHED_STEPS
+        rate = scheduled_lr(self.config.optimizer, updates, steps)
+        if rate != self._rate_set:  # a capturable group's tensor rate: no device write per update
+            set_learning_rate(self.optimizer, rate)
+            self._rate_set = rate
+        return rate
+
     def after_update(self, updates: int) -> bool:
-        """Target update, policy average, the next update's learning rate (`learner.lr_schedule`)
-        and periodic reset after update number `updates`; True if it reset."""
-        if self.config.optimizer.lr_schedule != "constant":
-            steps = None if self.graphed is None else GRAPHED_STEPS
-            set_learning_rate(self.optimizer, scheduled_lr(self.config.optimizer, updates, steps))
+        """Target update, policy average and periodic reset after update number `updates`; True
+        if it reset. (The next update's learning rate is `set_learning_rate`'s.)"""
         if self.target is not None:
             update_target(self.online, self.target, self.config.target, updates)
         if self.policy_average is not None:
@@ -162,6 +175,7 @@ class DiscreteQAgent:
         one with `policy_average_tau` unset) starts the average at the online network."""
         self.online.load_state_dict(state["online"])
         load_adam_state(self.optimizer, state["optimizer"])
+        self._rate_set = None  # the groups now hold the checkpoint's rate
         if self.target is not None:
             self.target.load_state_dict(state["target"])
         if self.policy_average is not None:
@@ -270,6 +284,13 @@ class SACAgent:
         if self.critic_target is not None:
             update_target(self.critic, self.critic_target, self.config.target, updates)
         return periodic_reset(self, self.config.resets, updates)
+
+    def set_learning_rate(self, updates: int) -> float:
+        """Sets every optimizer's rate to the configured `lr` (SAC has no schedule), whatever a
+        loaded checkpoint's optimizer state held; returns it."""
+        for optimizer in (self.actor_optimizer, self.critic_optimizer, self.alpha_optimizer):
+            set_learning_rate(optimizer, self.config.optimizer.lr)
+        return self.config.optimizer.lr
 
     def reset(self, which: str) -> None:
         """Re-initialises heads (or all layers) of actor and critics, with their optimizer state."""

@@ -86,7 +86,8 @@ class OptimizerConfig:
 
     lr_decay_updates: int | None = None
     """Updates the "linear" schedule decays over; null: `qfleet train` sets it to the run's update
-    budget, train.total_env_steps x updates_per_env_step (+ offline.updates with an offline phase)."""
+    budget, train.total_env_steps x updates_per_env_step (+ offline.updates with an offline phase);
+    `qfleet learner run` has no budget and refuses a "linear" schedule without it."""
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -339,7 +340,9 @@ class PrefetchConfig:
     """The prefetching sampler that keeps batches ready."""
 
     depth: int = field(default=8, metadata=flat_key("prefetch_depth"))
-    """Batches the prefetching sampler keeps ready."""
+    """Batches the prefetching sampler keeps queued, in whole requests: floor(depth /
+    batches_per_request) of them but at least one (one request when a request is bigger), plus
+    the rest of the request the learner is taking batches from."""
 
     batches_per_request: int = field(default=4, metadata=flat_key("prefetch_batches_per_request"))
     """Batches per replay round trip; aim for a few MB: 16 for CartPole, 4 for Atari at batch 32."""

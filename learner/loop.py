@@ -203,6 +203,7 @@ class Learner:
         self._last_log = (time.perf_counter(), self.updates)  # (time, updates) of the last progress line
         if self.checkpoint_dir is not None:
             self._resume()
+        self._set_learning_rate()  # a resumed run: the configured rate, not its checkpoint's
         self._continue_versions()
 
     # -- the loop --------------------------------------------------------------------------------
@@ -281,6 +282,7 @@ class Learner:
             self.first_update_at = time.time()
         if self.agent.after_update(self.updates):
             self.metrics.resets.inc()
+        self._set_learning_rate()
         if self.updates % config.publish_every == 0:
             self.try_publish()
         if self.checkpoint_dir is not None and self._checkpoint_due():
@@ -426,6 +428,10 @@ class Learner:
             log.info(
                 "resumed learner at update %d, weights version %d, from %s", self.updates, self.version, found.path
             )
+
+    def _set_learning_rate(self) -> None:
+        """The next update's learning rate, from the config and `updates`, on the agent and its gauge."""
+        self.metrics.learning_rate.set(self.agent.set_learning_rate(self.updates))
 
     def _load_agent(self, state: dict, path: pathlib.Path) -> None:
         """Restores the agent from a checkpoint written under the configured `learner.loss`.

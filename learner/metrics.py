@@ -23,6 +23,8 @@ SERIES = {
     f"{PREFIX}_achieved_utd": "Updates per transition inserted into replay (all shards), since the run began.",
     f"{PREFIX}_target_utd": "Configured updates per env step.",
     f"{PREFIX}_weight_version": "Version of the newest published weights.",
+    f"{PREFIX}_learning_rate": "Adam's learning rate for the next update (learner.lr_schedule; after a resume, "
+    "the configured one).",
     f"{PREFIX}_policy_staleness": "Learner weight version minus the version that produced the sampled transitions (batch mean).",
     f"{PREFIX}_sample_age_seconds": "Seconds since the weights that produced the sampled transitions were published (batch mean).",
     f"{PREFIX}_data_wait_seconds_total": "Seconds the learner waited for data (replay empty or UTD budget spent).",
@@ -64,6 +66,7 @@ class LearnerMetrics:
         self.achieved_utd = gauge(f"{PREFIX}_achieved_utd")
         self.target_utd = gauge(f"{PREFIX}_target_utd")
         self.weight_version = gauge(f"{PREFIX}_weight_version")
+        self.learning_rate = gauge(f"{PREFIX}_learning_rate")
         self.policy_staleness = gauge(f"{PREFIX}_policy_staleness")
         self.sample_age = gauge(f"{PREFIX}_sample_age_seconds")
         self.data_wait = counter(f"{PREFIX}_data_wait_seconds_total")

@@ -31,6 +31,7 @@ from learner.action_heads import build_iql_critic, build_policy_network
 from learner.agent import UpdateResult
 from learner.config import LearnerConfig
 from learner.errors import MalformedColumnError, MissingColumnError
+from learner.lr_schedule import set_learning_rate
 from learner.optimization import periodic_reset, reinitialise_with_optimizer, step, update_target
 from learner.spaces import ActionSpace
 
@@ -222,6 +223,13 @@ class IQLAgent(_PolicyAgent):
             update_target(self.critic, self.critic_target, self.config.target, updates)
         return periodic_reset(self, self.config.resets, updates)
 
+    def set_learning_rate(self, updates: int) -> float:
+        """Sets both optimizers' rate to the configured `lr` (no schedule for this loss), whatever
+        a loaded checkpoint's optimizer state held; returns it."""
+        for optimizer in (self.policy_optimizer, self.critic_optimizer):
+            set_learning_rate(optimizer, self.config.optimizer.lr)
+        return self.config.optimizer.lr
+
     def reset(self, which: str) -> None:
         """Re-initialises the heads (or every layer) of pi and the critics, with their optimizer
         state; the target critics follow."""
@@ -279,6 +287,12 @@ class FilteredBCAgent(_PolicyAgent):
 
     def after_update(self, updates: int) -> bool:
         return periodic_reset(self, self.config.resets, updates)
+
+    def set_learning_rate(self, updates: int) -> float:
+        """Sets pi's optimizer's rate to the configured `lr` (no schedule for this loss), whatever
+        a loaded checkpoint's optimizer state held; returns it."""
+        set_learning_rate(self.policy_optimizer, self.config.optimizer.lr)
+        return self.config.optimizer.lr
 
     def reset(self, which: str) -> None:
         """Re-initialises pi's head (or every layer) with its optimizer state."""

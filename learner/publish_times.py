@@ -43,6 +43,8 @@ class PublishTimes:
             self._oldest = when
         elif replaced:  # the oldest may have been the time forgotten: read it again
             self._oldest = float(self._times[self._versions > 0].min())
+        else:  # a wall clock stepped back makes a newer version's time the oldest
+            self._oldest = min(self._oldest, when)
 
     def age(self, versions: np.ndarray, now: float) -> float | None:
         """Seconds since the weights behind each of `versions` were published, mean over the items

@@ -79,8 +79,10 @@ class Prefetcher:
     Args:
         source: what to sample from (a `ReplayClient`, `ShardedReplay` or `MixedReplay`).
         batch_size: items per batch.
-        depth: batches kept ready (in whole requests: ceil(depth / batches_per_request) of them,
-            and the rest of the request being served).
+        depth: batches kept ready: whole requests are queued, floor(depth / batches_per_request)
+            of them but at least one, so the queue holds at most `depth` batches (one request when
+            a request is bigger than `depth`); the rest of the request being served (fewer than
+            `batches_per_request`) comes on top.
         threads: concurrent samplers (each holds one request in flight).
         batches_per_request: batches drawn per round trip.
         beta: importance-sampling exponent (None: the source's default).
@@ -115,7 +117,7 @@ class Prefetcher:
         self._per_request = batches_per_request
         self._beta = beta
         self._device = device
-        self._queue: queue.Queue = queue.Queue(maxsize=-(-depth // batches_per_request))  # of requests
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth // batches_per_request))  # of requests
         self._taken: collections.deque = collections.deque()  # the rest of the request being served
         self._stop = threading.Event()
         self._spent: collections.deque = collections.deque()  # released batches, oldest first
@@ -190,15 +192,26 @@ class Prefetcher:
 
     @property
     def ready(self) -> int:
-        """Batches waiting right now."""
-        return self._queue.qsize() * self._per_request + len(self._taken)
+        """Batches waiting right now (a queued background error is not a batch)."""
+        with self._queue.mutex:
+            queued = sum(len(items) for items in self._queue.queue if not isinstance(items[0], Exception))
+        return queued + len(self._taken)
 
     def close(self) -> None:
-        """Stops the sampler threads (a request in flight finishes first)."""
+        """Stops the sampler threads (a request in flight finishes first) and drops every batch
+        it still holds (queued, being served, released), so none waits for the prefetcher's
+        collection."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30)
-        self._spent.clear()
+        with self._spent_lock:  # a sampler that outlived its join may still be freeing
+            self._spent.clear()
+        self._taken.clear()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
 
     def __enter__(self) -> Prefetcher:
         return self

@@ -7,6 +7,7 @@ import argparse
 from learner import LearnerConfig
 from system.cli.options import config_options, flag_overrides, insecure_option, run_options
 from system.config import add_arguments, load_config
+from system.config.lr_horizon import require_lr_horizon
 
 NAME = "learner"
 
@@ -23,6 +24,8 @@ def add_parser(commands) -> None:
             "serve /metrics. The replay token and certificate come from QFLEET_REPLAY_TOKEN and "
             "QFLEET_REPLAY_TLS_CERT (or --insecure for plaintext shards). "
             "SIGTERM or Ctrl-C: finish the update, publish, checkpoint, exit 0. "
+            "--lr-schedule linear needs --lr-decay-updates (only `qfleet train` derives it from the "
+            "run's update budget). "
             "Prints 'qfleet learner: run NAME on DEVICE (...); metrics URL' once started."
         ),
     )
@@ -42,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from system.services.learner import run_learner
 
     config = load_config(args.config, args.set, flag_overrides(args))
+    require_lr_horizon(config)  # no run budget here to derive a linear schedule's horizon from
     return run_learner(
         config,
         args.redis_url,

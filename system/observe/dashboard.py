@@ -41,6 +41,11 @@ PANEL_HEIGHT, PANEL_WIDTH = 8, 8
 
 ALL_SERIES = LEARNER_SERIES | REPLAY_SERIES | ACTOR_SERIES | TRAIN_SERIES
 
+OFF_PANEL = frozenset({"qfleet_learner_learning_rate"})
+"""Exported series no panel shows, on purpose: the learning rate follows the config (constant, or a
+known linear decay), so it is read on /metrics or in Prometheus when checking a schedule, not
+watched."""
+
 
 def series(name: str) -> str:
     """`name`, checked against the metric modules (KeyError: a series nobody exports); a histogram's

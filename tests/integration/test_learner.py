@@ -89,6 +89,7 @@ def test_learner_trains_from_shards_publishes_weights_and_sends_priorities(shard
     assert 'qfleet_learner_updates_total{run="learn"} 40.0' in text
     assert 'qfleet_learner_weight_version{run="learn"} 5.0' in text
     assert 'qfleet_learner_target_utd{run="learn"} 0.25' in text
+    assert f'qfleet_learner_learning_rate{{run="learn"}} {SMALL.optimizer.lr}' in text
     for series in ("loss", "q_mean", "td_error", "grad_norm", "achieved_utd", "policy_staleness", "sample_age_seconds"):
         assert f"qfleet_learner_{series}{{" in text
     for series in ("policy_loss", "imitation_weight"):  # DQN has no policy: NaN ("no value"), not a 0
@@ -153,6 +154,18 @@ def test_a_checkpoint_is_not_resumed_under_another_loss(tmp_path):
         Learner(SMALL, None, (4,), ActionSpace(num_actions=2), checkpoint_dir=tmp_path)
     assert path.exists()  # not damaged: left in place, not renamed aside
     assert Learner(iql, None, (4,), ActionSpace(num_actions=2), checkpoint_dir=tmp_path).resumed_from == path
+
+
+def test_a_resumed_learner_steps_with_the_configured_rate_and_shows_it(tmp_path):
+    space = ActionSpace(num_actions=2)
+    first = Learner(SMALL, None, (4,), space, checkpoint_dir=tmp_path)
+    first.checkpoint()
+    changed = dataclasses.replace(SMALL, optimizer=dataclasses.replace(SMALL.optimizer, lr=SMALL.optimizer.lr / 4))
+    resumed = Learner(changed, None, (4,), space, checkpoint_dir=tmp_path)
+    assert resumed.resumed_from is not None
+    assert {float(group["lr"]) for group in resumed.agent.optimizer.param_groups} == {changed.optimizer.lr}
+    text = generate_latest(resumed.metrics.registry).decode()
+    assert f'qfleet_learner_learning_rate{{run="{resumed.run_name}"}} {changed.optimizer.lr}' in text
 
 
 def test_a_checkpoint_of_other_network_sizes_is_refused_naming_the_settings(tmp_path):

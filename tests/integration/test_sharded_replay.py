@@ -185,6 +185,8 @@ def test_prefetcher_keeps_batches_ready_and_surfaces_errors(start_server, connec
     with Prefetcher(client, 64, depth=4, threads=2) as prefetcher:
         assert wait_until(lambda: prefetcher.ready == 4)
         batches = [next(prefetcher) for _ in range(20)]
+        assert wait_until(lambda: prefetcher.ready == 4)
+    assert prefetcher.ready == 0  # close() dropped the batches it held: none waits for collection
     assert all(b.data["obs"].shape == (64, 4) for b in batches)
 
     torch = pytest.importorskip("torch")
@@ -195,7 +197,10 @@ def test_prefetcher_keeps_batches_ready_and_surfaces_errors(start_server, connec
     np.testing.assert_array_equal(batch.data["action"].numpy(), batch.sample.data["action"])
 
     server.stop(grace=0.1, checkpoint=False)
-    broken = Prefetcher(connect(server.address, retry_for_s=0.2), 8)
+    broken = Prefetcher(connect(server.address, retry_for_s=0.2), 8, threads=1)
+    # The sampler stops once it has queued its error; a queued error is not a batch ready.
+    assert wait_until(lambda: "prefetch-0" not in {thread.name for thread in threading.enumerate()}, timeout=20)
+    assert broken.ready == 0
     with pytest.raises(Exception, match="unavailable"):
         broken.get(timeout=20)
     broken.close()
@@ -206,14 +211,20 @@ def test_a_prefetcher_serves_whole_requests_within_its_depth(start_server, conne
     client = connect(server.address)
     client.insert(make_batch(500))
     client.flush()
-    with Prefetcher(client, 16, depth=8, threads=2, batches_per_request=4) as prefetcher:
-        assert wait_until(lambda: prefetcher.ready == 8)  # two requests of 4 queued
+    with Prefetcher(client, 16, depth=10, threads=2, batches_per_request=4) as prefetcher:
+        assert wait_until(lambda: prefetcher.ready == 8)  # floor(10 / 4) = two requests of 4 queued
         seen = []
         for _ in range(20):
             seen.append(prefetcher.get(timeout=20))
-            assert prefetcher.ready <= 8 + 3  # at most the rest of the request being served beyond depth
+            assert prefetcher.ready <= 8 + 3  # two requests, plus the rest of the one being served
+        assert prefetcher.ready <= 8 + 3
     assert prefetcher.delivered == 20
     assert all(batch.data["obs"].shape == (16, 4) for batch in seen)
+    with Prefetcher(client, 16, depth=2, threads=2, batches_per_request=4) as prefetcher:
+        assert wait_until(lambda: prefetcher.ready == 4)  # a request bigger than depth: one queued
+        first = prefetcher.get(timeout=20)
+        assert first.data["obs"].shape == (16, 4)
+        assert prefetcher.ready <= 4 + 3
 
 
 def test_a_prefetcher_frees_released_batches_on_its_samplers_keeping_the_newest(start_server, connect):

@@ -91,6 +91,10 @@ def test_config_reference_and_resolved_config(tmp_path):
         (["actors", "run", "--redis-url", "redis://127.0.0.1:1/0", "--num-actors", "0"], "actors.num_actors"),
         (["actors", "run", "--insecure", "--redis-url", "redis://127.0.0.1:1/0"], "redis://127.0.0.1:1/0"),
         (["scale", "--actors", "-1", "--redis-url", "redis://127.0.0.1:1/0"], "--actors -1"),
+        (
+            ["learner", "run", "--insecure", "--redis-url", "redis://127.0.0.1:1/0", "--lr-schedule", "linear"],
+            "learner.lr_decay_updates=None",
+        ),
         (["train"], "give a CONFIG"),
         (["train", "configs/cartpole.yaml", "--set", "learner.batch_sizee=3"], "learner.batch_sizee: unknown key"),
         (["train", "configs/cartpole.yaml", "--set", "env.id=NoSuchEnv-v9"], "NoSuchEnv-v9"),

@@ -85,12 +85,13 @@ def test_qfleet_train_decays_over_the_runs_update_budget_and_a_resume_keeps_it(t
     assert constant.config.learner.optimizer.lr_decay_updates is None
 
 
-def scheduled_agent():
+def scheduled_agent(**optimizer):
+    settings = {"lr": 1e-2, "lr_schedule": "linear", "lr_final_fraction": 0.5, "lr_decay_updates": 10} | optimizer
     config = LearnerConfig(
         loss="hl_gauss",
         distributional=CHAIN_SUPPORT,
         architecture=ArchitectureConfig(hidden_size=16),
-        optimizer=OptimizerConfig(lr=1e-2, lr_schedule="linear", lr_final_fraction=0.5, lr_decay_updates=10),
+        optimizer=OptimizerConfig(**settings),
         seed=0,
     )
     return make_agent(config, (5,), ActionSpace(num_actions=2), torch.device("cpu"))
@@ -102,22 +103,47 @@ def learning_rate(agent) -> float:
     return rate
 
 
-def test_an_agent_steps_with_the_scheduled_rate_and_a_resumed_one_continues_it():
-    agent = scheduled_agent()
+def train(agent, updates: range) -> None:
+    """Updates as the learner loop makes them: the step, its bookkeeping, the next rate."""
     batch, _ = chain_dataset()
-    assert learning_rate(agent) == 1e-2
-    for update in range(1, 5):
+    for update in updates:
         agent.update(batch, torch.ones(8))
         agent.after_update(update)
+        agent.set_learning_rate(update)
+
+
+def test_an_agent_steps_with_the_scheduled_rate_and_a_resumed_one_continues_it():
+    agent = scheduled_agent()
+    assert learning_rate(agent) == 1e-2
+    train(agent, range(1, 5))
     assert learning_rate(agent) == pytest.approx(1e-2 * (1 - 0.5 * 4 / 10))  # the 5th update's rate
 
     resumed = scheduled_agent()
     resumed.load_state_dict(copy.deepcopy(agent.state_dict()))  # as a checkpoint file: no shared tensors
-    assert learning_rate(resumed) == learning_rate(agent)  # the checkpoint holds the rate last set
+    assert resumed.set_learning_rate(4) == learning_rate(resumed) == learning_rate(agent)  # as the loop resumes
     for update in range(5, 13):
-        for each in (agent, resumed):
-            each.update(batch, torch.ones(8))
-            each.after_update(update)
+        train(agent, range(update, update + 1))
+        train(resumed, range(update, update + 1))
     assert learning_rate(resumed) == learning_rate(agent) == pytest.approx(5e-3)  # the floor, past 10
     for name, value in agent.online.state_dict().items():
         torch.testing.assert_close(resumed.online.state_dict()[name], value, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "rate"),
+    [
+        ({"lr_schedule": "constant"}, 1e-2),  # back to constant after a decayed linear run: lr, not the decayed rate
+        ({"lr": 3e-3}, 3e-3 * (1 - 0.5 * 8 / 10)),  # a changed lr: its schedule at the restored update count
+    ],
+)
+def test_a_resumed_agent_steps_with_the_configured_rate_not_the_checkpoints(optimizer, rate):
+    agent = scheduled_agent()
+    train(agent, range(1, 9))
+    assert learning_rate(agent) == pytest.approx(1e-2 * (1 - 0.5 * 8 / 10))  # decayed: 6e-3
+    resumed = scheduled_agent(**optimizer)
+    resumed.load_state_dict(copy.deepcopy(agent.state_dict()))
+    assert resumed.set_learning_rate(8) == pytest.approx(rate)
+    assert learning_rate(resumed) == pytest.approx(rate)  # what the next step uses
+    train(resumed, range(9, 10))
+    expected = 1e-2 if optimizer.get("lr_schedule") == "constant" else 3e-3 * (1 - 0.5 * 9 / 10)
+    assert learning_rate(resumed) == pytest.approx(expected)

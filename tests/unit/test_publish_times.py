@@ -44,3 +44,12 @@ def test_a_version_below_one_or_a_memory_below_one_is_refused():
         PublishTimes(memory=0)
     with pytest.raises(ValueError, match="versions are >= 1"):
         PublishTimes(memory=4).record(0, 1.0)
+
+
+def test_a_wall_clock_stepped_back_makes_the_new_time_the_oldest():
+    times = PublishTimes(memory=4)
+    times.record(1, 100.0)
+    times.record(2, 50.0)  # the clock stepped back between two publishes
+    # version 31 is not remembered: it is aged from the oldest time remembered, 50.0, not 100.0
+    assert times.age(np.array([7 * 4 + 3]), now=60.0) == pytest.approx(10.0)
+    assert times.age(np.array([1, 2]), now=110.0) == pytest.approx(reference_age({1: 100.0, 2: 50.0}, [1, 2], 110.0))
