@@ -65,8 +65,8 @@ class Agent(Protocol):
 
     def set_learning_rate(self, updates: int) -> float:
         """Sets every optimizer's rate for the update after update number `updates` from the config
-        (`learner.lr_schedule`) and returns it; the loop calls it after each update and after a
-        resume, so the configured `lr` and schedule rule over a checkpoint's optimizer state."""
+        (`learner.lr_schedule`) and returns it; the loop calls it once at its start (after a
+        resume) and, for a schedule that moves, after each update, so the configured `lr` and schedule rule over a checkpoint's optimizer state."""
         ...
 
     def reset(self, which: Literal["head", "all"]) -> None:

@@ -126,8 +126,8 @@ class DiscreteQAgent:
 
     def set_learning_rate(self, updates: int) -> float:
         """Sets the rate of the update after update number `updates` from the config
-        (`learner.lr_schedule`; "constant": `lr`) and returns it. Set after every update and after
-        a resume, so a resumed run follows the configured schedule and `lr`, not the rate its
+        (`learner.lr_schedule`; "constant": `lr`) and returns it. Set once at the loop's start (after
+        a resume) and, for a linear schedule, after every update, so a resumed run follows the configured schedule and `lr`, not the rate its
         checkpoint's optimizer state holds. Setting the rate a CUDA graph was captured with again
         leaves the graph as it is (`learner.cuda_graph` compares values); only a change re-captures."""
         steps = None if self.graphed is None else GRAPHED_STEPS

@@ -282,7 +282,8 @@ class Learner:
             self.first_update_at = time.time()
         if self.agent.after_update(self.updates):
             self.metrics.resets.inc()
-        self._set_learning_rate()
+        if config.optimizer.lr_schedule != "constant":  # a constant rate was set once, at the start
+            self._set_learning_rate()
         if self.updates % config.publish_every == 0:
             self.try_publish()
         if self.checkpoint_dir is not None and self._checkpoint_due():

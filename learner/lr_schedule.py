@@ -1,8 +1,8 @@
 """The learning rate over a run: constant, or a linear decay from `lr` to a floor.
 
 A schedule is a pure function of the update count, so a resumed learner continues it from its
-restored `updates`: the agents set the rate from the config after every update and after a resume
-(`set_learning_rate` on each agent), whatever rate the checkpoint's optimizer groups held. The
+restored `updates`: the learner sets the rate from the config once at its start (after a resume)
+and, for the linear decay, after every update (`set_learning_rate` on each agent), whatever rate the checkpoint's optimizer groups held. The
 linear decay is the one DQN's exploration and many Atari agents use for epsilon, applied to Adam's
 step size: lr(u) = lr * (1 - (1 - f) * min(u / H, 1)), with f = `lr_final_fraction` and H =
 `lr_decay_updates` (the run's update budget; `qfleet train` derives it).

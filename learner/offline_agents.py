@@ -162,11 +162,11 @@ class IQLAgent(_PolicyAgent):
         if iql.cql_alpha > 0:  # Q of every action, in one pass: the penalty needs them all
             q_every = self.critic.twin_q(obs)  # [2, B, A]
             q_taken = q_every.gather(2, action[None, :, None].expand(2, -1, 1)).squeeze(2)
-            penalty = offline_losses.conservative_penalty(q_every, action).mean(dim=0)
+            q_per_item = (q_taken - td_target).square().mean(dim=0)
+            q_per_item = q_per_item + iql.cql_alpha * offline_losses.conservative_penalty(q_every, action).mean(dim=0)
         else:
             q_taken = self.critic.twin_q_at(obs, action)  # [2, B]
-            penalty = torch.zeros_like(value)
-        q_per_item = (q_taken - td_target).square().mean(dim=0) + iql.cql_alpha * penalty
+            q_per_item = (q_taken - td_target).square().mean(dim=0)
         v_per_item = offline_losses.expectile_loss(q_target_taken - value, iql.expectile)
         critic_loss = (weights * (q_per_item + v_per_item)).mean()
         max_grad_norm = self.config.optimizer.max_grad_norm
